@@ -1,0 +1,91 @@
+#include "ops/attention.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace sy::ops {
+
+namespace {
+void check(const Tensor& qkv, const AttentionShape& s) {
+  SY_CHECK(s.H > 0 && s.C % s.H == 0, "attention: C=" << s.C << " not divisible by H=" << s.H);
+  check_shape(qkv, {s.B, s.T, 3 * s.C}, "attention qkv");
+}
+}  // namespace
+
+void attention_forward(Tensor& out, Tensor& att, const Tensor& qkv, const AttentionShape& s) {
+  check(qkv, s);
+  check_shape(out, {s.B, s.T, s.C}, "attention out");
+  check_shape(att, {s.B, s.H, s.T, s.T}, "attention att");
+  const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const float* in = qkv.f32();
+  float* o = out.f32();
+  float* a = att.f32();
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        const float* q = in + (b * T + t) * C3 + h * D;
+        float* arow = a + ((b * s.H + h) * T + t) * T;
+        float mx = -INFINITY;
+        for (int64_t u = 0; u <= t; ++u) {
+          const float* k = in + (b * T + u) * C3 + C + h * D;
+          float d = 0;
+          for (int64_t i = 0; i < D; ++i) d += q[i] * k[i];
+          arow[u] = d * scale;
+          mx = std::max(mx, arow[u]);
+        }
+        float sum = 0;
+        for (int64_t u = 0; u <= t; ++u) sum += (arow[u] = std::exp(arow[u] - mx));
+        for (int64_t u = 0; u <= t; ++u) arow[u] /= sum;
+        for (int64_t u = t + 1; u < T; ++u) arow[u] = 0;
+        float* orow = o + (b * T + t) * C + h * D;
+        std::fill(orow, orow + D, 0.f);
+        for (int64_t u = 0; u <= t; ++u) {
+          const float* v = in + (b * T + u) * C3 + 2 * C + h * D;
+          for (int64_t i = 0; i < D; ++i) orow[i] += arow[u] * v[i];
+        }
+      }
+}
+
+void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& att,
+                        const AttentionShape& s) {
+  check(qkv, s);
+  check_shape(dqkv, qkv.shape(), "attention dqkv");
+  check_shape(dout, {s.B, s.T, s.C}, "attention dout");
+  const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const float* in = qkv.f32();
+  float* din = dqkv.f32();
+  std::vector<float> da(T);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        const float* arow = att.f32() + ((b * s.H + h) * T + t) * T;
+        const float* dorow = dout.f32() + (b * T + t) * C + h * D;
+        float dot = 0;
+        for (int64_t u = 0; u <= t; ++u) {
+          const float* v = in + (b * T + u) * C3 + 2 * C + h * D;
+          float* dv = din + (b * T + u) * C3 + 2 * C + h * D;
+          float d = 0;
+          for (int64_t i = 0; i < D; ++i) {
+            d += dorow[i] * v[i];
+            dv[i] += arow[u] * dorow[i];
+          }
+          da[u] = d;
+          dot += arow[u] * d;
+        }
+        const float* q = in + (b * T + t) * C3 + h * D;
+        float* dq = din + (b * T + t) * C3 + h * D;
+        for (int64_t u = 0; u <= t; ++u) {
+          float ds = arow[u] * (da[u] - dot) * scale;
+          const float* k = in + (b * T + u) * C3 + C + h * D;
+          float* dk = din + (b * T + u) * C3 + C + h * D;
+          for (int64_t i = 0; i < D; ++i) {
+            dq[i] += ds * k[i];
+            dk[i] += ds * q[i];
+          }
+        }
+      }
+}
+
+}  // namespace sy::ops

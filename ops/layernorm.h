@@ -1,0 +1,24 @@
+// Layer normalisation over the last dimension (Ba et al. 2016).
+//
+//   mu_n = mean_c x[n,c]    rstd_n = 1 / sqrt(var_n + eps)
+//   xhat = (x - mu) * rstd  y = xhat * w + b
+//
+// Shapes: x, y (N, C); w, b (C); saved for backward: mean, rstd (N).
+// Backward (per row, g = dy * w):
+//   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))
+//   dw += sum_n dy * xhat; db += sum_n dy. All gradients accumulate (+=).
+// w and b may be undefined Tensors: then y = xhat (routed attention's
+// parameter-free normalisation of queries and keys).
+#pragma once
+#include "runtime/tensor.h"
+
+namespace sy::ops {
+
+constexpr float kLayerNormEps = 1e-5f;
+
+void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
+                       const Tensor& b);
+void layernorm_backward(Tensor& dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
+                        const Tensor& w, const Tensor& mean, const Tensor& rstd);
+
+}  // namespace sy::ops

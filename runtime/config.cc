@@ -1,0 +1,191 @@
+#include "runtime/config.h"
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "runtime/error.h"
+
+namespace sy {
+
+namespace pb = google::protobuf;
+
+namespace {
+
+std::string field_names(const pb::Descriptor* d) {
+  std::string s;
+  for (int i = 0; i < d->field_count(); ++i) s += (i ? ", " : "") + d->field(i)->name();
+  return s;
+}
+
+// Collects the first parse error and turns it into one line that names the
+// file, the line, the field on that line and what was wrong.
+class FirstError : public pb::io::ErrorCollector {
+ public:
+  FirstError(std::string source, std::string text) : source_(std::move(source)), text_(std::move(text)) {}
+  void AddError(int line, pb::io::ColumnNumber col, const std::string& message) override {
+    if (!first_.empty()) return;
+    std::ostringstream os;
+    os << source_ << ":" << line + 1 << ":" << col + 1 << ": ";
+    std::string field = field_on_line(line);
+    if (!field.empty()) os << "field '" << field << "': ";
+    os << message;
+    // Unknown field: say which fields are allowed in that message.
+    const std::string key = "Message type \"";
+    auto p = message.find(key);
+    if (p != std::string::npos) {
+      auto q = message.find('"', p + key.size());
+      const pb::Descriptor* d =
+          pb::DescriptorPool::generated_pool()->FindMessageTypeByName(message.substr(p + key.size(), q - p - key.size()));
+      if (d) os << " (allowed: " << field_names(d) << ")";
+    }
+    first_ = os.str();
+  }
+  void AddWarning(int, pb::io::ColumnNumber, const std::string&) override {}
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string field_on_line(int line) const {
+    std::istringstream in(text_);
+    std::string l;
+    for (int i = 0; i <= line && std::getline(in, l); ++i) {
+    }
+    auto b = l.find_first_not_of(" \t");
+    if (b == std::string::npos) return "";
+    auto e = l.find_first_of(" \t:{", b);
+    return l.substr(b, e == std::string::npos ? std::string::npos : e - b);
+  }
+  std::string source_, text_, first_;
+};
+
+}  // namespace
+
+Config parse_config(const std::string& text, const std::string& source) {
+  Config cfg;
+  pb::TextFormat::Parser parser;
+  FirstError errors(source, text);
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &cfg))
+    throw ConfigError(errors.first().empty() ? source + ": cannot parse config" : errors.first());
+  return cfg;
+}
+
+void apply_override(Config& cfg, const std::string& assignment) {
+  const std::string where = "--set " + assignment;
+  auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw ConfigError(where + ": expected path.to.field=value");
+  const std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  pb::Message* msg = &cfg;
+  std::string walked;
+  size_t start = 0;
+  while (true) {
+    size_t dot = path.find('.', start);
+    std::string name = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    const pb::Descriptor* d = msg->GetDescriptor();
+    const pb::FieldDescriptor* f = d->FindFieldByName(name);
+    if (!f)
+      throw ConfigError(where + ": no field '" + name + "' in " +
+                        (walked.empty() ? std::string("the config") : walked) +
+                        " (allowed: " + field_names(d) + ")");
+    walked += (walked.empty() ? "" : ".") + name;
+    if (dot == std::string::npos) {
+      if (f->is_repeated() || f->type() == pb::FieldDescriptor::TYPE_MESSAGE)
+        throw ConfigError(where + ": '" + walked + "' is a message; set one of its fields (" +
+                          (f->message_type() ? field_names(f->message_type()) : "") + ")");
+      if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg))
+        throw ConfigError(where + ": '" + value + "' is not a valid " + f->type_name() +
+                          " for " + walked);
+      return;
+    }
+    if (f->type() != pb::FieldDescriptor::TYPE_MESSAGE)
+      throw ConfigError(where + ": '" + walked + "' is a " + f->type_name() + ", not a message");
+    msg = msg->GetReflection()->MutableMessage(msg, f);
+    start = dot + 1;
+  }
+}
+
+namespace {
+
+// One range check: "<source>: <field> = <value>: must be in <range>".
+class Checker {
+ public:
+  explicit Checker(std::string source) : source_(std::move(source)) {}
+  template <typename T>
+  void range(const char* field, T v, T lo, T hi, bool lo_open = false, bool hi_open = false) {
+    bool ok = (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+    if (!ok) {
+      std::ostringstream os;
+      os << (lo_open ? "(" : "[") << lo << ", " << hi << (hi_open ? ")" : "]");
+      fail(field, v, "must be in " + os.str());
+    }
+  }
+  template <typename T>
+  [[noreturn]] void fail(const char* field, T v, const std::string& why) {
+    std::ostringstream os;
+    os << source_ << ": " << field << " = " << v << ": " << why;
+    throw ConfigError(os.str());
+  }
+
+ private:
+  std::string source_;
+};
+
+}  // namespace
+
+void validate_config(const Config& cfg, const std::string& source) {
+  Checker c(source);
+  const auto& m = cfg.model();
+  if (m.vocab_size() != 256) c.fail("model.vocab_size", m.vocab_size(), "must be 256 (byte-level models)");
+  c.range("model.d_model", m.d_model(), 8, 8192);
+  c.range("model.n_layers", m.n_layers(), 1, 256);
+  c.range("model.n_heads", m.n_heads(), 1, m.d_model());
+  if (m.d_model() % m.n_heads() != 0)
+    c.fail("model.d_model", m.d_model(), "must be divisible by model.n_heads = " + std::to_string(m.n_heads()));
+  c.range("model.ffn_hidden", m.ffn_hidden(), 1, 65536);
+  c.range("model.seq_len", m.seq_len(), 2, 65536);
+  c.range("model.init_std", m.init_std(), 0.f, 1.f, true);
+
+  const auto& t = cfg.train();
+  c.range("train.batch", t.batch(), 1, 65536);
+  c.range("train.steps", t.steps(), 1, 100000000);
+  c.range("train.lr", t.lr(), 0.f, 1.f, true);
+  c.range("train.min_lr_ratio", t.min_lr_ratio(), 0.f, 1.f);
+  c.range("train.warmup_steps", t.warmup_steps(), 0, t.steps());
+  c.range("train.beta1", t.beta1(), 0.f, 1.f, false, true);
+  c.range("train.beta2", t.beta2(), 0.f, 1.f, false, true);
+  c.range("train.eps", t.eps(), 0.f, 1.f, true, true);
+  c.range("train.weight_decay", t.weight_decay(), 0.f, 1.f);
+  c.range("train.grad_clip", t.grad_clip(), 0.f, 1e6f);
+  c.range("train.log_interval", t.log_interval(), 1, t.steps());
+  c.range("train.eval_interval", t.eval_interval(), 0, t.steps());
+  c.range("train.eval_batches", t.eval_batches(), 1, 100000);
+
+  const auto& d = cfg.data();
+  c.range("data.val_fraction", d.val_fraction(), 0.f, 0.5f, true);
+  if (d.source() == switchyard::DataConfig::TEXT_FILE) {
+    if (d.path().empty()) c.fail("data.path", "\"\"", "required when data.source is TEXT_FILE");
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(d.path(), ec))
+      c.fail("data.path", d.path(), "no such file (paths are relative to the working directory)");
+  } else {
+    c.range<int64_t>("data.synthetic_bytes", d.synthetic_bytes(), 10000, 1000000000);
+  }
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot open config file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  Config cfg = parse_config(ss.str(), path);
+  for (const auto& o : overrides) apply_override(cfg, o);
+  validate_config(cfg, overrides.empty() ? path : path + " (with --set overrides)");
+  return cfg;
+}
+
+}  // namespace sy

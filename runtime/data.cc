@@ -1,0 +1,127 @@
+#include "runtime/data.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "runtime/error.h"
+
+namespace sy {
+
+namespace {
+
+std::string digits(Rng& r, int n) {
+  std::string s;
+  for (int i = 0; i < n; ++i) s += static_cast<char>('0' + r.below(10));
+  return s;
+}
+
+std::string brackets(Rng& r, int len) {
+  static const char open[] = "([{", close[] = ")]}";
+  std::string s, stack;
+  while (static_cast<int>(s.size()) < len) {
+    int remaining = len - static_cast<int>(s.size());
+    // Open while there is room to close everything afterwards.
+    bool can_open = static_cast<int>(stack.size()) + 2 <= remaining;
+    if (!stack.empty() && (!can_open || r.below(2))) {
+      s += stack.back();
+      stack.pop_back();
+    } else {
+      int k = static_cast<int>(r.below(3));
+      s += open[k];
+      stack += close[k];
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string synthetic_example(char task, Rng& r) {
+  switch (task) {
+    case 'C': {
+      std::string key;
+      int n = static_cast<int>(r.between(6, 10));
+      for (int i = 0; i < n; ++i) key += static_cast<char>('a' + r.below(26));
+      return "C" + key + ":" + std::string(r.between(16, 96), '.') + "?" + key + "\n";
+    }
+    case 'S': {
+      std::string d = digits(r, static_cast<int>(r.between(3, 8)));
+      std::string s = d;
+      std::sort(s.begin(), s.end());
+      return "S" + d + ">" + s + "\n";
+    }
+    case 'B':
+      return "B" + brackets(r, 2 * static_cast<int>(r.between(2, 8))) + "\n";
+    case 'A': {
+      int64_t a = r.between(0, 9999), b = r.between(0, 9999);
+      return "A" + std::to_string(a) + "+" + std::to_string(b) + "=" + std::to_string(a + b) + "\n";
+    }
+  }
+  throw Error(std::string("unknown synthetic task '") + task + "'");
+}
+
+std::string synthetic_corpus(uint64_t seed, int64_t n_bytes) {
+  Rng r(seed ^ 0x5EEDC0DEull);
+  static const char tasks[] = "CSBA";
+  std::string out;
+  out.reserve(n_bytes + 128);
+  while (static_cast<int64_t>(out.size()) < n_bytes) out += synthetic_example(tasks[r.below(4)], r);
+  out.resize(n_bytes);
+  return out;
+}
+
+std::string read_file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot open data file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Dataset make_dataset(const std::string& corpus, double val_fraction, int64_t seq_len) {
+  const int64_t n = static_cast<int64_t>(corpus.size());
+  const int64_t n_val = static_cast<int64_t>(n * val_fraction);
+  Dataset d{corpus.substr(0, n - n_val), corpus.substr(n - n_val)};
+  const int64_t need = 2 * (seq_len + 1);
+  if (static_cast<int64_t>(d.val.size()) < need || static_cast<int64_t>(d.train.size()) < need)
+    throw ConfigError("data: corpus of " + std::to_string(n) + " bytes is too small for seq_len " +
+                      std::to_string(seq_len) + " with val_fraction " + std::to_string(val_fraction) +
+                      " (each split needs at least " + std::to_string(need) + " bytes)");
+  return d;
+}
+
+WindowSampler::WindowSampler(const std::string* bytes, int64_t B, int64_t T, uint64_t seed)
+    : bytes_(bytes), B_(B), T_(T), rng_(seed) {}
+
+Batch WindowSampler::at(const std::vector<int64_t>& offsets) const {
+  Batch b;
+  b.inputs.resize(B_ * T_);
+  b.targets.resize(B_ * T_);
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes_->data());
+  for (int64_t i = 0; i < B_; ++i)
+    for (int64_t t = 0; t < T_; ++t) {
+      b.inputs[i * T_ + t] = p[offsets[i] + t];
+      b.targets[i * T_ + t] = p[offsets[i] + t + 1];
+    }
+  return b;
+}
+
+Batch WindowSampler::next() {
+  const int64_t span = static_cast<int64_t>(bytes_->size()) - T_ - 1;
+  std::vector<int64_t> off(B_);
+  for (auto& o : off) o = static_cast<int64_t>(rng_.below(span + 1));
+  return at(off);
+}
+
+Batch WindowSampler::fixed(int64_t idx) {
+  const int64_t span = static_cast<int64_t>(bytes_->size()) - T_ - 1;
+  std::vector<int64_t> off(B_);
+  // Golden-ratio stride: evaluation windows spread over the whole split.
+  for (int64_t i = 0; i < B_; ++i)
+    off[i] = static_cast<int64_t>(std::fmod((idx * B_ + i) * 0.6180339887498949, 1.0) * (span + 1));
+  return at(off);
+}
+
+}  // namespace sy

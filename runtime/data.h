@@ -1,0 +1,56 @@
+// Byte-level data: a corpus (built-in synthetic multi-task text, or a file's
+// bytes) split into train and validation tails, and a sampler of windows.
+//
+// Synthetic corpus: a stream of examples, each a line that opens with its
+// task's prefix byte:
+//   C  long-range copy:  "C" key ":" "." * gap "?" key "\n"
+//                        key: 6-10 lowercase letters, gap 16-96 dots; the key
+//                        must be recalled across the gap.
+//   S  sort digits:      "S" digits ">" sorted(digits) "\n"      (3-8 digits)
+//   B  brackets:         "B" balanced sequence over ()[]{} "\n"  (4-16 bytes)
+//   A  addition:         "A" a "+" b "=" a+b "\n"               (a, b < 10^4)
+// Everything is drawn from Rng(seed), so the corpus is a function of the seed.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/rng.h"
+
+namespace sy {
+
+std::string synthetic_corpus(uint64_t seed, int64_t n_bytes);
+// One example of each task, for tests and docs: returns the line for `task`
+// in {'C','S','B','A'}.
+std::string synthetic_example(char task, Rng& rng);
+std::string read_file_bytes(const std::string& path);
+
+struct Batch {
+  std::vector<int32_t> inputs;   // (B*T) bytes
+  std::vector<int32_t> targets;  // (B*T) the next byte of each input
+};
+
+// Samples B windows of T+1 bytes from one split: at random offsets (training)
+// or at evenly spaced fixed offsets (evaluation, the same every time).
+class WindowSampler {
+ public:
+  WindowSampler(const std::string* bytes, int64_t B, int64_t T, uint64_t seed);
+  Batch next();              // random windows; advances the sampler
+  Batch fixed(int64_t idx);  // the idx-th evaluation batch (deterministic)
+  uint64_t rng_state() const { return rng_.state(); }
+  void set_rng_state(uint64_t s) { rng_.set_state(s); }
+
+ private:
+  Batch at(const std::vector<int64_t>& offsets) const;
+  const std::string* bytes_;
+  int64_t B_, T_;
+  Rng rng_;
+};
+
+// A corpus split into its head (train) and tail (val).
+struct Dataset {
+  std::string train, val;
+};
+Dataset make_dataset(const std::string& corpus, double val_fraction, int64_t seq_len);
+
+}  // namespace sy

@@ -1,0 +1,82 @@
+// The dense layers of a transformer block, each with an explicit forward that
+// saves what its backward needs (as llm.c does; there is no general autograd).
+// Shapes: token rows are (N, C) with N = B*T. backward(dy) returns dx and
+// accumulates parameter gradients into Param::grad.
+#pragma once
+#include <string>
+
+#include "ops/attention.h"
+#include "runtime/params.h"
+
+namespace sy {
+
+class Linear {
+ public:
+  Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out, Rng& rng, float std,
+         bool bias = true);
+  Tensor forward(const Tensor& x);
+  Tensor backward(const Tensor& dy);
+  int64_t in() const { return w_->value.dim(0); }
+  int64_t out() const { return w_->value.dim(1); }
+
+ private:
+  Param* w_;
+  Param* b_ = nullptr;
+  Tensor x_;
+};
+
+class LayerNorm {
+ public:
+  LayerNorm(ParamStore& ps, const std::string& name, int64_t C, Rng& rng);
+  Tensor forward(const Tensor& x);
+  Tensor backward(const Tensor& dy);
+
+ private:
+  Param *w_, *b_;
+  Tensor x_, mean_, rstd_;
+};
+
+// What sits in a block's feed-forward position: a dense MLP or a MoE layer.
+class FeedForward {
+ public:
+  virtual ~FeedForward() = default;
+  virtual Tensor forward(const Tensor& x) = 0;  // x (N, C) -> (N, C)
+  virtual Tensor backward(const Tensor& dy) = 0;
+  virtual void set_training(bool) {}
+  // Multiply-adds x2 spent by the last forward, for FLOP accounting.
+  virtual double forward_flops() const = 0;
+};
+
+// y = fc2(gelu(fc1(x)))
+class Mlp : public FeedForward {
+ public:
+  Mlp(ParamStore& ps, const std::string& name, int64_t C, int64_t hidden, Rng& rng, float std,
+      float out_std);
+  Tensor forward(const Tensor& x) override;
+  Tensor backward(const Tensor& dy) override;
+  double forward_flops() const override { return flops_; }
+
+ private:
+  Linear fc1_, fc2_;
+  Tensor pre_;
+  double flops_ = 0;
+};
+
+// y = proj(attention(qkv(x)))
+class CausalSelfAttention {
+ public:
+  CausalSelfAttention(ParamStore& ps, const std::string& name, int64_t C, int64_t H, Rng& rng,
+                      float std, float out_std);
+  Tensor forward(const Tensor& x, int64_t B, int64_t T);
+  Tensor backward(const Tensor& dy);
+  double forward_flops() const { return flops_; }
+
+ private:
+  Linear qkv_, proj_;
+  int64_t C_, H_;
+  ops::AttentionShape shape_{};
+  Tensor qkv_out_, att_;
+  double flops_ = 0;
+};
+
+}  // namespace sy

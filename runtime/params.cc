@@ -1,0 +1,44 @@
+#include "runtime/params.h"
+
+namespace sy {
+
+Param* ParamStore::add(const std::string& name, Shape shape, Rng& rng, float std, bool decay,
+                       float fill) {
+  SY_CHECK(!find(name), "duplicate parameter name " << name);
+  auto p = std::make_unique<Param>();
+  p->name = name;
+  p->value = Tensor(shape);
+  p->grad = Tensor(shape);
+  p->m = Tensor(shape);
+  p->v = Tensor(shape);
+  p->decay = decay;
+  float* w = p->value.f32();
+  for (int64_t i = 0; i < p->value.numel(); ++i)
+    w[i] = std != 0.f ? static_cast<float>(rng.normal() * std) : fill;
+  params_.push_back(std::move(p));
+  return params_.back().get();
+}
+
+std::vector<Param*> ParamStore::all() const {
+  std::vector<Param*> out;
+  for (auto& p : params_) out.push_back(p.get());
+  return out;
+}
+
+Param* ParamStore::find(const std::string& name) const {
+  for (auto& p : params_)
+    if (p->name == name) return p.get();
+  return nullptr;
+}
+
+void ParamStore::zero_grad() {
+  for (auto& p : params_) p->grad.zero();
+}
+
+int64_t ParamStore::numel() const {
+  int64_t n = 0;
+  for (auto& p : params_) n += p->value.numel();
+  return n;
+}
+
+}  // namespace sy

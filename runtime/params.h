@@ -1,0 +1,36 @@
+// Param: one trainable tensor with its gradient and AdamW state, and the
+// ParamStore that owns all of a model's parameters in creation order (the
+// order checkpoints, gradient all-reduce and the optimizer walk).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/rng.h"
+#include "runtime/tensor.h"
+
+namespace sy {
+
+struct Param {
+  std::string name;
+  Tensor value, grad;  // fp32
+  Tensor m, v;         // AdamW moments, fp32
+  bool decay = true;   // weight decay applies (matrices); false for biases, norms
+  bool expert = false; // an expert's weight (sharded under expert parallelism)
+};
+
+class ParamStore {
+ public:
+  // Normal(0, std) init; std == 0 means zeros, fill != 0 means constant fill.
+  Param* add(const std::string& name, Shape shape, Rng& rng, float std, bool decay,
+             float fill = 0.f);
+  std::vector<Param*> all() const;
+  Param* find(const std::string& name) const;
+  void zero_grad();
+  int64_t numel() const;
+
+ private:
+  std::vector<std::unique_ptr<Param>> params_;
+};
+
+}  // namespace sy

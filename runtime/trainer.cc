@@ -1,0 +1,136 @@
+#include "runtime/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ostream>
+
+#include "ops/adamw.h"
+#include "runtime/metrics.h"
+
+namespace sy {
+
+namespace {
+
+std::string corpus_for(const Config& cfg) {
+  const auto& d = cfg.data();
+  if (d.source() == switchyard::DataConfig::TEXT_FILE) return read_file_bytes(d.path());
+  return synthetic_corpus(cfg.train().seed(), d.synthetic_bytes());
+}
+
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+float learning_rate(const switchyard::TrainConfig& t, int64_t step) {
+  if (t.warmup_steps() > 0 && step <= t.warmup_steps())
+    return t.lr() * static_cast<float>(step) / t.warmup_steps();
+  const double span = std::max<int64_t>(1, t.steps() - t.warmup_steps());
+  const double progress = std::min(1.0, (step - t.warmup_steps()) / span);
+  const double min_lr = t.lr() * t.min_lr_ratio();
+  return static_cast<float>(min_lr + 0.5 * (t.lr() - min_lr) * (1.0 + std::cos(M_PI * progress)));
+}
+
+Trainer::Trainer(const Config& cfg, TrainOptions opts)
+    : cfg_(cfg),
+      opts_(std::move(opts)),
+      data_(make_dataset(corpus_for(cfg), cfg.data().val_fraction(), cfg.model().seq_len())),
+      model_(cfg),
+      train_(&data_.train, cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 1),
+      val_(&data_.val, cfg.train().batch(), cfg.model().seq_len(), 0) {}
+
+float Trainer::evaluate() {
+  model_.set_training(false);
+  double sum = 0;
+  for (int i = 0; i < cfg_.train().eval_batches(); ++i) sum += model_.forward(val_.fixed(i));
+  model_.set_training(true);
+  return static_cast<float>(sum / cfg_.train().eval_batches());
+}
+
+TrainResult Trainer::run() {
+  const auto& t = cfg_.train();
+  MetricsWriter metrics(opts_.metrics_path);
+  std::vector<Param*> params = model_.params().all();
+  std::vector<Tensor*> grads;
+  for (Param* p : params) grads.push_back(&p->grad);
+  ops::AdamWConfig adam{t.lr(), t.beta1(), t.beta2(), t.eps(), t.weight_decay()};
+  const int64_t tokens_per_step = static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
+
+  if (opts_.log) {
+    *opts_.log << "model: " << model_.params().numel() << " parameters, " << cfg_.model().n_layers()
+               << " layers, d_model " << cfg_.model().d_model() << "; data: "
+               << data_.train.size() << " train / " << data_.val.size() << " val bytes\n";
+    opts_.log->flush();
+  }
+
+  TrainResult result;
+  const double t0 = now_s();
+  double interval_start = t0, interval_flops = 0;
+  int64_t interval_tokens = 0;
+  float loss_sum = 0;
+  int loss_count = 0;
+  for (int64_t step = 1; step <= t.steps(); ++step) {
+    model_.params().zero_grad();
+    const float loss = model_.forward(train_.next());
+    model_.backward();
+    const float grad_norm = ops::clip_grad_norm(grads, t.grad_clip());
+    adam.lr = learning_rate(t, step);
+    for (Param* p : params) ops::adamw_update(p->value, p->grad, p->m, p->v, adam, step, p->decay);
+    if (step == 1) result.first_loss = loss;
+    result.final_loss = loss;
+    loss_sum += loss;
+    ++loss_count;
+    interval_tokens += tokens_per_step;
+    interval_flops += 3.0 * model_.forward_flops();  // backward ~ 2x forward
+
+    const bool eval_now =
+        step == t.steps() || (t.eval_interval() > 0 && step % t.eval_interval() == 0);
+    const bool log_now = eval_now || step % t.log_interval() == 0;
+    if (!log_now) continue;
+    nlohmann::json line;
+    float val_loss = NAN;
+    if (eval_now) {
+      val_loss = evaluate();
+      result.final_val_loss = val_loss;
+    }
+    const double now = now_s(), dt = std::max(1e-9, now - interval_start);
+    const double tok_s = interval_tokens / dt, elapsed = now - t0;
+    const double eta = elapsed / step * (t.steps() - step);
+    const float mean_loss = loss_sum / loss_count;
+    result.tokens_per_s = tok_s;
+    line["step"] = step;
+    line["loss"] = mean_loss;
+    if (eval_now) line["val_loss"] = val_loss;
+    line["lr"] = adam.lr;
+    line["grad_norm"] = grad_norm;
+    line["tokens_per_s"] = tok_s;
+    line["tflops"] = interval_flops / dt / 1e12;
+    line["elapsed_s"] = elapsed;
+    metrics.write(line);
+    if (opts_.log) {
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "step %6lld/%d | loss %.4f", static_cast<long long>(step),
+                    t.steps(), mean_loss);
+      std::string s = buf;
+      if (eval_now) {
+        std::snprintf(buf, sizeof buf, " | val %.4f", val_loss);
+        s += buf;
+      }
+      std::snprintf(buf, sizeof buf, " | lr %.2e | %.1fk tok/s | %.2f GFLOP/s | ETA %s", adam.lr,
+                    tok_s / 1e3, interval_flops / dt / 1e9, format_duration(eta).c_str());
+      *opts_.log << s << buf << "\n";
+      opts_.log->flush();
+    }
+    interval_start = now_s();  // evaluation time is not training time
+    interval_tokens = 0;
+    interval_flops = 0;
+    loss_sum = 0;
+    loss_count = 0;
+  }
+  return result;
+}
+
+}  // namespace sy
