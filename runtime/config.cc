@@ -2,8 +2,10 @@
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/stubs/logging.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -97,6 +99,7 @@ void apply_override(Config& cfg, const std::string& assignment) {
       if (f->is_repeated() || f->type() == pb::FieldDescriptor::TYPE_MESSAGE)
         throw ConfigError(where + ": '" + walked + "' is a message; set one of its fields (" +
                           (f->message_type() ? field_names(f->message_type()) : "") + ")");
+      pb::LogSilencer quiet;  // our message replaces protobuf's stderr log
       if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg))
         throw ConfigError(where + ": '" + value + "' is not a valid " + f->type_name() +
                           " for " + walked);
@@ -174,6 +177,29 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("data.path", d.path(), "no such file (paths are relative to the working directory)");
   } else {
     c.range<int64_t>("data.synthetic_bytes", d.synthetic_bytes(), 10000, 1000000000);
+  }
+
+  const auto& e = cfg.moe();
+  c.range("moe.num_experts", e.num_experts(), 0, 4096);
+  if (e.num_experts() > 0) {
+    c.range("moe.top_k", e.top_k(), 1, std::min(8, e.num_experts()));
+    c.range("moe.capacity_factor", e.capacity_factor(), 0.f, 64.f, true);
+    c.range("moe.capacity_factor_eval", e.capacity_factor_eval(), 0.f, 64.f, true);
+    c.range("moe.every_n_layers", e.every_n_layers(), 1, m.n_layers());
+    c.range("moe.jitter", e.jitter(), 0.f, 1.f, false, true);
+    c.range("moe.bias_balance_rate", e.bias_balance_rate(), 0.f, 1.f);
+    c.range("moe.load_balance_coef", e.load_balance_coef(), 0.f, 100.f);
+    c.range("moe.z_loss_coef", e.z_loss_coef(), 0.f, 100.f);
+    c.range("moe.budget_coef", e.budget_coef(), 0.f, 100.f);
+    c.range("moe.budget", e.budget(), 0.f, 1e9f);
+    c.range("moe.expert_hidden", e.expert_hidden(), 0, 65536);
+    if (e.expert_cost_size() != 0 && e.expert_cost_size() != e.num_experts())
+      c.fail("moe.expert_cost", std::to_string(e.expert_cost_size()) + " values",
+             "must be empty or hold moe.num_experts = " + std::to_string(e.num_experts()) + " values");
+    for (float v : e.expert_cost())
+      if (v < 0) c.fail("moe.expert_cost", v, "costs must be >= 0");
+    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
+      c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
   }
 }
 

@@ -50,7 +50,16 @@ Transformer::Transformer(const Config& cfg)
   blocks_.reserve(m.n_layers());
   for (int l = 0; l < m.n_layers(); ++l) {
     const std::string name = "h" + std::to_string(l);
-    auto ffn = std::make_unique<Mlp>(params_, name + ".mlp", C_, m.ffn_hidden(), rng, std, out_std);
+    const auto& moe = cfg.moe();
+    std::unique_ptr<FeedForward> ffn;
+    if (moe.num_experts() > 0 && (l + 1) % moe.every_n_layers() == 0) {
+      auto layer = std::make_unique<MoeLayer>(params_, name + ".moe", C_, moe, m.ffn_hidden(), rng,
+                                              std, out_std, cfg.train().seed() * 1000003 + l);
+      moe_.emplace_back(l, layer.get());
+      ffn = std::move(layer);
+    } else {
+      ffn = std::make_unique<Mlp>(params_, name + ".mlp", C_, m.ffn_hidden(), rng, std, out_std);
+    }
     blocks_.emplace_back(params_, name, m, std::move(ffn), rng);
   }
   ln_f_ = std::make_unique<LayerNorm>(params_, "ln_f", C_, rng);
@@ -82,6 +91,12 @@ void Transformer::backward() {
   Tensor dh = ln_f_->backward(head_->backward(dlogits));
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dh = it->backward(dh);
   ops::embedding_backward(wte_->grad, wpe_->grad, dh, inputs_, T_);
+}
+
+double Transformer::aux_loss() const {
+  double s = 0;
+  for (const auto& [l, layer] : moe_) s += layer->aux_loss();
+  return s;
 }
 
 double Transformer::forward_flops() const {

@@ -15,6 +15,7 @@
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/layers.h"
+#include "runtime/moe_layer.h"
 
 namespace sy {
 
@@ -37,7 +38,13 @@ class Transformer {
  public:
   explicit Transformer(const Config& cfg);
   // Mean next-byte cross-entropy of the batch (nats/byte); saves activations.
+  // Router losses are not included (see aux_loss()) but their gradients are
+  // part of backward().
   float forward(const Batch& batch);
+  // Sum of the MoE layers' router losses in the last forward.
+  double aux_loss() const;
+  // The MoE layers, in depth order, with the index of their block.
+  const std::vector<std::pair<int, MoeLayer*>>& moe_layers() const { return moe_; }
   void backward();
   void set_training(bool training);
   ParamStore& params() { return params_; }
@@ -52,6 +59,7 @@ class Transformer {
   ParamStore params_;
   Param *wte_, *wpe_;
   std::vector<Block> blocks_;
+  std::vector<std::pair<int, MoeLayer*>> moe_;
   std::unique_ptr<LayerNorm> ln_f_;
   std::unique_ptr<Linear> head_;
   // saved

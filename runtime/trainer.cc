@@ -109,6 +109,18 @@ TrainResult Trainer::run() {
     line["tokens_per_s"] = tok_s;
     line["tflops"] = interval_flops / dt / 1e12;
     line["elapsed_s"] = elapsed;
+    std::string moe_short;
+    for (const auto& [l, layer] : model_.moe_layers()) {
+      const MoeStats& st = layer->stats();
+      line["moe"].push_back({{"layer", l}, {"load", st.load}, {"max_over_mean", st.max_over_mean},
+                             {"cv", st.cv}, {"dropped", st.dropped}, {"entropy", st.entropy},
+                             {"capacity", st.capacity}, {"lb_loss", st.lb_loss}, {"z_loss", st.z_loss},
+                             {"budget_loss", st.budget_loss}, {"expected_cost", st.expected_cost}});
+      char b[96];
+      std::snprintf(b, sizeof b, " | L%d max/mean %.2f drop %.3f", l, st.max_over_mean, st.dropped);
+      moe_short += b;
+    }
+    if (!model_.moe_layers().empty()) line["aux_loss"] = model_.aux_loss();
     metrics.write(line);
     if (opts_.log) {
       char buf[256];
@@ -121,7 +133,7 @@ TrainResult Trainer::run() {
       }
       std::snprintf(buf, sizeof buf, " | lr %.2e | %.1fk tok/s | %.2f GFLOP/s | ETA %s", adam.lr,
                     tok_s / 1e3, interval_flops / dt / 1e9, format_duration(eta).c_str());
-      *opts_.log << s << buf << "\n";
+      *opts_.log << s << buf << moe_short << "\n";
       opts_.log->flush();
     }
     interval_start = now_s();  // evaluation time is not training time

@@ -1,0 +1,60 @@
+#include "ops/router_loss.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace sy::ops {
+
+float load_balance_loss(std::vector<float>& dprobs, const std::vector<float>& probs,
+                        const Route& r, float alpha) {
+  const int64_t N = r.num_items, G = r.num_groups;
+  dprobs.resize(N * G, 0.f);
+  if (alpha == 0.f || N == 0) return 0.f;
+  std::vector<int64_t> load = chosen_per_group(r);
+  const double total = std::max<int64_t>(1, r.assigned);
+  double loss = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    const double f = load[g] / total;
+    double P = 0;
+    for (int64_t i = 0; i < N; ++i) P += probs[i * G + g];
+    P /= N;
+    loss += f * P;
+    const float d = static_cast<float>(alpha * G * f / N);
+    for (int64_t i = 0; i < N; ++i) dprobs[i * G + g] += d;
+  }
+  return static_cast<float>(alpha * G * loss);
+}
+
+float z_loss(std::vector<float>& dlogits, const float* logits, int64_t N, int64_t G, float beta) {
+  dlogits.resize(N * G, 0.f);
+  if (beta == 0.f || N == 0) return 0.f;
+  double loss = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const float* l = logits + i * G;
+    const float mx = *std::max_element(l, l + G);
+    double s = 0;
+    for (int64_t g = 0; g < G; ++g) s += std::exp(l[g] - mx);
+    const double lse = mx + std::log(s);
+    loss += lse * lse;
+    for (int64_t g = 0; g < G; ++g)
+      dlogits[i * G + g] += static_cast<float>(2.0 * beta * lse * std::exp(l[g] - lse) / N);
+  }
+  return static_cast<float>(beta * loss / N);
+}
+
+float budget_loss(std::vector<float>& dprobs, const std::vector<float>& probs, int64_t N,
+                  int64_t G, const std::vector<float>& cost, float budget, float lambda,
+                  float* expected) {
+  dprobs.resize(N * G, 0.f);
+  double C = 0;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t g = 0; g < G; ++g) C += probs[i * G + g] * (cost.empty() ? 1.f : cost[g]);
+  C /= std::max<int64_t>(1, N);
+  if (expected) *expected = static_cast<float>(C);
+  if (lambda == 0.f || C <= budget) return 0.f;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t g = 0; g < G; ++g) dprobs[i * G + g] += lambda * (cost.empty() ? 1.f : cost[g]) / N;
+  return static_cast<float>(lambda * (C - budget));
+}
+
+}  // namespace sy::ops

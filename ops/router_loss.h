@@ -1,0 +1,29 @@
+// Losses that keep routing healthy (each optional; coefficient 0 disables).
+//
+// Load balance (Switch Transformer, Fedus et al. 2021, eq. 4):
+//   L_lb = alpha * G * sum_g f_g P_g,  f_g = (assignments chosen for g) / (N k),
+//   P_g = mean_i p_ig.  f is a count (no gradient): dL/dp_ig = alpha G f_g / N.
+// Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5):
+//   L_z = beta * mean_i (logsumexp_g l_ig)^2,  dL/dl_ig = 2 beta lse_i softmax(l_i)_g / N.
+// Compute budget (seed 002): C = sum_i sum_g p_ig c_g / N,
+//   L_b = lambda * max(0, C - B),  dL/dp_ig = lambda c_g / N when C > B, else 0.
+//
+// Each returns the loss value and accumulates its gradient (times `scale`,
+// the upstream gradient, normally 1) into dprobs or dlogits (N, G).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "ops/routing.h"
+
+namespace sy::ops {
+
+float load_balance_loss(std::vector<float>& dprobs, const std::vector<float>& probs,
+                        const Route& r, float alpha);
+float z_loss(std::vector<float>& dlogits, const float* logits, int64_t N, int64_t G, float beta);
+// cost (G) or empty for all ones; also returns the expected cost C in *expected.
+float budget_loss(std::vector<float>& dprobs, const std::vector<float>& probs, int64_t N,
+                  int64_t G, const std::vector<float>& cost, float budget, float lambda,
+                  float* expected = nullptr);
+
+}  // namespace sy::ops

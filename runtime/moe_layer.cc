@@ -1,0 +1,149 @@
+#include "runtime/moe_layer.h"
+
+#include <cmath>
+#include <numeric>
+
+#include "ops/dispatch.h"
+#include "ops/expert_ffn.h"
+#include "ops/matmul.h"
+#include "ops/router_loss.h"
+
+namespace sy {
+
+namespace {
+ops::ScoreFn score_fn(const switchyard::MoeConfig& c) {
+  return c.score_function() == switchyard::MoeConfig::SIGMOID ? ops::ScoreFn::sigmoid
+                                                              : ops::ScoreFn::softmax;
+}
+bool expert_choice(const switchyard::MoeConfig& c) {
+  return c.router() == switchyard::MoeConfig::EXPERT_CHOICE;
+}
+}  // namespace
+
+MoeLayer::MoeLayer(ParamStore& ps, const std::string& name, int64_t C,
+                   const switchyard::MoeConfig& cfg, int64_t default_hidden, Rng& rng, float std,
+                   float out_std, uint64_t seed)
+    : cfg_(cfg), C_(C), G_(cfg.num_experts()),
+      H_(cfg.expert_hidden() > 0 ? cfg.expert_hidden() : default_hidden), rng_(seed) {
+  wg_ = ps.add(name + ".router.w", {C_, G_}, rng, std, false);
+  w1_ = ps.add(name + ".experts.w1", {G_, C_, H_}, rng, std, true);
+  b1_ = ps.add(name + ".experts.b1", {G_, H_}, rng, 0.f, false);
+  w2_ = ps.add(name + ".experts.w2", {G_, H_, C_}, rng, out_std, true);
+  b2_ = ps.add(name + ".experts.b2", {G_, C_}, rng, 0.f, false);
+  for (Param* p : {w1_, b1_, w2_, b2_}) p->expert = true;
+  if (cfg.shared_expert())
+    shared_ = std::make_unique<Mlp>(ps, name + ".shared", C_, H_, rng, std, out_std);
+  bias_.assign(G_, 0.f);
+  cost_.assign(cfg.expert_cost().begin(), cfg.expert_cost().end());
+}
+
+Tensor MoeLayer::forward(const Tensor& x) {
+  const int64_t N = x.dim(0);
+  x_ = x;
+  // Router input, with multiplicative jitter in training.
+  xr_ = x;
+  noise_.clear();
+  if (training_ && cfg_.jitter() > 0) {
+    xr_ = x.clone();
+    noise_.resize(x.numel());
+    float* p = xr_.f32();
+    for (int64_t i = 0; i < xr_.numel(); ++i) {
+      noise_[i] = static_cast<float>(1.0 + cfg_.jitter() * (2.0 * rng_.uniform() - 1.0));
+      p[i] *= noise_[i];
+    }
+  }
+  logits_.assign(N * G_, 0.f);
+  ops::gemm_rows(logits_.data(), xr_.f32(), wg_->value.f32(), nullptr, N, C_, G_);
+  const ops::ScoreFn fn = score_fn(cfg_);
+  ops::router_scores(probs_, logits_.data(), N, G_, fn);
+
+  const float cf = training_ ? cfg_.capacity_factor() : cfg_.capacity_factor_eval();
+  if (expert_choice(cfg_)) {
+    route_ = ops::groups_choose(probs_, N, G_, static_cast<int64_t>(std::ceil(double(cf) * N / G_)));
+  } else {
+    ops::TokensChooseParams p;
+    p.k = cfg_.top_k();
+    p.capacity_factor = cf;
+    p.dropless = cfg_.dropless();
+    p.score_fn = fn;
+    p.priority = cfg_.slot_priority() == switchyard::MoeConfig::SCORE ? ops::SlotPriority::score
+                                                                      : ops::SlotPriority::position;
+    p.renormalize = cfg_.renormalize();
+    if (cfg_.bias_balance_rate() > 0) p.selection_bias = bias_;
+    route_ = ops::tokens_choose(probs_, N, G_, p);
+  }
+
+  buf_ = Tensor({route_.rows(), C_});
+  ops::dispatch_forward(buf_, x, route_);
+  pre_ = Tensor({route_.rows(), H_});
+  out_ = Tensor({route_.rows(), C_});
+  ops::expert_ffn_forward(out_, pre_, buf_, route_.offset, {w1_->value, b1_->value, w2_->value, b2_->value});
+  Tensor y({N, C_});
+  ops::combine_forward(y, out_, route_);
+  if (shared_) {
+    Tensor s = shared_->forward(x);
+    for (int64_t i = 0; i < y.numel(); ++i) y.f32()[i] += s.f32()[i];
+  }
+
+  // Statistics and router losses (values now; gradients in backward).
+  std::vector<float> scratch;
+  stats_ = MoeStats{};
+  stats_.capacity = route_.capacity;
+  std::vector<int64_t> load = ops::chosen_per_group(route_);
+  const double total = std::max<int64_t>(1, route_.assigned), mean = 1.0 / G_;
+  double var = 0, mx = 0;
+  for (int64_t g = 0; g < G_; ++g) {
+    const double f = load[g] / total;
+    stats_.load.push_back(f);
+    mx = std::max(mx, f);
+    var += (f - mean) * (f - mean);
+  }
+  stats_.max_over_mean = mx / mean;
+  stats_.cv = std::sqrt(var / G_) / mean;
+  stats_.dropped = static_cast<double>(route_.dropped) / total;
+  for (int64_t i = 0; i < N * G_; ++i)
+    if (probs_[i] > 0) stats_.entropy -= probs_[i] * std::log(probs_[i]);
+  stats_.entropy /= std::max<int64_t>(1, N);
+  stats_.lb_loss = ops::load_balance_loss(scratch, probs_, route_, cfg_.load_balance_coef());
+  stats_.z_loss = ops::z_loss(scratch, logits_.data(), N, G_, cfg_.z_loss_coef());
+  float expected = 0;
+  stats_.budget_loss = ops::budget_loss(scratch, probs_, N, G_, cost_, cfg_.budget(), cfg_.budget_coef(), &expected);
+  stats_.expected_cost = expected;
+
+  if (training_ && cfg_.bias_balance_rate() > 0) ops::update_balance_bias(bias_, load, cfg_.bias_balance_rate());
+  flops_ = 2.0 * N * C_ * G_ + 4.0 * route_.rows() * C_ * H_ + (shared_ ? shared_->forward_flops() : 0);
+  return y;
+}
+
+Tensor MoeLayer::backward(const Tensor& dy) {
+  const int64_t N = x_.dim(0);
+  Tensor dx(x_.shape());
+  // combine -> experts -> dispatch
+  Tensor dout(out_.shape());
+  std::vector<float> dweight;
+  ops::combine_backward(dout, dweight, dy, out_, route_);
+  Tensor dbuf(buf_.shape());
+  ops::expert_ffn_backward(dbuf, {w1_->grad, b1_->grad, w2_->grad, b2_->grad}, dout, buf_, pre_,
+                           route_.offset, {w1_->value, b1_->value, w2_->value, b2_->value});
+  ops::dispatch_backward(dx, dbuf, route_);
+  // Router: weights and losses -> dprobs -> dlogits (+ z-loss) -> Wg, x.
+  std::vector<float> dprobs(N * G_, 0.f), dlogits(N * G_, 0.f);
+  ops::route_weights_backward(dprobs, dweight, probs_, route_, cfg_.renormalize() && !expert_choice(cfg_));
+  ops::load_balance_loss(dprobs, probs_, route_, cfg_.load_balance_coef());
+  ops::budget_loss(dprobs, probs_, N, G_, cost_, cfg_.budget(), cfg_.budget_coef());
+  ops::router_scores_backward(dlogits, dprobs, probs_, N, G_, score_fn(cfg_));
+  ops::z_loss(dlogits, logits_.data(), N, G_, cfg_.z_loss_coef());
+  // The router saw x * noise: its input gradient is scaled by the same noise.
+  Tensor dxr(x_.shape());
+  ops::gemm_rows_backward(dxr.f32(), wg_->grad.f32(), nullptr, dlogits.data(), xr_.f32(),
+                          wg_->value.f32(), N, C_, G_);
+  for (int64_t i = 0; i < dx.numel(); ++i)
+    dx.f32()[i] += noise_.empty() ? dxr.f32()[i] : dxr.f32()[i] * noise_[i];
+  if (shared_) {
+    Tensor ds = shared_->backward(dy);
+    for (int64_t i = 0; i < dx.numel(); ++i) dx.f32()[i] += ds.f32()[i];
+  }
+  return dx;
+}
+
+}  // namespace sy

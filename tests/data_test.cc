@@ -1,0 +1,76 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "runtime/data.h"
+#include "runtime/error.h"
+
+namespace sy {
+namespace {
+
+TEST(Synthetic, DeterministicFromSeed) {
+  EXPECT_EQ(synthetic_corpus(1, 5000), synthetic_corpus(1, 5000));
+  EXPECT_NE(synthetic_corpus(1, 5000), synthetic_corpus(2, 5000));
+  EXPECT_EQ(synthetic_corpus(3, 777).size(), 777u);
+}
+
+TEST(Synthetic, EveryTaskAppearsWithItsPrefix) {
+  std::string c = synthetic_corpus(9, 20000);
+  for (const char* p : {"\nC", "\nS", "\nB", "\nA"}) EXPECT_NE(c.find(p), std::string::npos) << p;
+}
+
+TEST(Synthetic, ExamplesAreCorrect) {
+  Rng r(42);
+  for (int i = 0; i < 200; ++i) {
+    std::string s = synthetic_example('S', r);  // S<digits>><sorted>\n
+    auto gt = s.find('>');
+    std::string in = s.substr(1, gt - 1), out = s.substr(gt + 1, s.size() - gt - 2);
+    std::sort(in.begin(), in.end());
+    EXPECT_EQ(in, out) << s;
+
+    std::string a = synthetic_example('A', r);  // A<a>+<b>=<sum>\n
+    auto plus = a.find('+'), eq = a.find('=');
+    EXPECT_EQ(std::stol(a.substr(1, plus - 1)) + std::stol(a.substr(plus + 1, eq - plus - 1)),
+              std::stol(a.substr(eq + 1))) << a;
+
+    std::string b = synthetic_example('B', r), stack;
+    for (char ch : b.substr(1, b.size() - 2)) {
+      if (ch == '(' || ch == '[' || ch == '{') {
+        stack += ch == '(' ? ')' : ch == '[' ? ']' : '}';
+      } else {
+        ASSERT_FALSE(stack.empty()) << b;
+        EXPECT_EQ(stack.back(), ch) << b;
+        stack.pop_back();
+      }
+    }
+    EXPECT_TRUE(stack.empty()) << b;
+
+    std::string c = synthetic_example('C', r);  // C<key>:....?<key>\n
+    auto colon = c.find(':'), q = c.find('?');
+    EXPECT_EQ(c.substr(1, colon - 1), c.substr(q + 1, c.size() - q - 2)) << c;
+    EXPECT_GE(q - colon - 1, 16u);
+  }
+}
+
+TEST(WindowSampler, TargetsAreNextBytes) {
+  std::string text = synthetic_corpus(5, 10000);
+  WindowSampler s(&text, 3, 17, 1);
+  Batch b = s.next();
+  ASSERT_EQ(b.inputs.size(), 51u);
+  for (int i = 0; i < 3; ++i)
+    for (int t = 0; t + 1 < 17; ++t) EXPECT_EQ(b.targets[i * 17 + t], b.inputs[i * 17 + t + 1]);
+  Batch e1 = s.fixed(2), e2 = s.fixed(2);
+  EXPECT_EQ(e1.inputs, e2.inputs);
+}
+
+TEST(Dataset, SplitsTailForValidation) {
+  std::string text(1000, 'x');
+  text.replace(900, 100, std::string(100, 'v'));
+  Dataset d = make_dataset(text, 0.1, 8);
+  EXPECT_EQ(d.train, std::string(900, 'x'));
+  EXPECT_EQ(d.val, std::string(100, 'v'));
+  EXPECT_THROW(make_dataset(text, 0.01, 64), ConfigError);
+}
+
+}  // namespace
+}  // namespace sy

@@ -1,0 +1,75 @@
+// Finite-difference gradient checking shared by the op, layer and model tests.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+
+#include "runtime/rng.h"
+#include "runtime/tensor.h"
+
+namespace sy::testing {
+
+inline void fill_normal(Tensor& t, Rng& rng, float std = 1.f) {
+  float* p = t.f32();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(rng.normal() * std);
+}
+
+inline Tensor randn(Shape s, Rng& rng, float std = 1.f) {
+  Tensor t(std::move(s));
+  fill_normal(t, rng, std);
+  return t;
+}
+
+// sum_i a_i * r_i in double: a scalar loss whose gradient w.r.t. a is r.
+inline double dot(const Tensor& a, const Tensor& r) {
+  double s = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a.f32()[i]) * r.f32()[i];
+  return s;
+}
+
+// Compares analytic[i] with the central difference (L(x+e) - L(x-e)) / 2e for
+// up to max_checks elements of x (spread over the tensor). An element fails
+// when |num - ana| > tol * max(|num|, |ana|) + atol; atol = tol * 1e-2 * max|ana|
+// keeps tiny gradients from failing on float round-off alone.
+inline void expect_gradient(const std::string& what, Tensor& x, const Tensor& analytic,
+                            const std::function<double()>& loss, double eps = 1e-2,
+                            double tol = 2e-2, int max_checks = 48) {
+  ASSERT_EQ(x.shape(), analytic.shape()) << what;
+  float* p = x.f32();
+  const float* a = analytic.f32();
+  const int64_t n = x.numel();
+  double amax = 0;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(static_cast<double>(a[i])));
+  const double atol = tol * 1e-2 * amax + 1e-6;
+  const int64_t stride = std::max<int64_t>(1, n / max_checks);
+  int bad = 0;
+  double worst = 0;
+  int64_t worst_i = -1;
+  double worst_num = 0;
+  for (int64_t i = 0; i < n; i += stride) {
+    const float orig = p[i];
+    p[i] = orig + static_cast<float>(eps);
+    const double lp = loss();
+    p[i] = orig - static_cast<float>(eps);
+    const double lm = loss();
+    p[i] = orig;
+    const double num = (lp - lm) / (2 * eps);
+    const double err = std::fabs(num - a[i]);
+    const double allowed = tol * std::max(std::fabs(num), std::fabs(static_cast<double>(a[i]))) + atol;
+    if (err > allowed) ++bad;
+    if (err - allowed > worst || worst_i < 0) {
+      worst = err - allowed;
+      worst_i = i;
+      worst_num = num;
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " elements outside tolerance; worst at " << worst_i
+                    << ": analytic " << a[worst_i] << " vs numeric " << worst_num;
+  // A gradient check of an all-zero gradient proves nothing.
+  EXPECT_GT(amax, 0.0) << what << ": analytic gradient is identically zero";
+}
+
+}  // namespace sy::testing

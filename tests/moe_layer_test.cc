@@ -1,0 +1,174 @@
+// The MoE layer: equivalences with the dense FFN and with the weighted sum of
+// all experts, and finite-difference gradients for router, experts and input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "grad_check.h"
+#include "ops/gelu.h"
+#include "runtime/moe_layer.h"
+
+namespace sy {
+namespace {
+
+switchyard::MoeConfig moe_config(int G, int k) {
+  switchyard::MoeConfig c;
+  c.set_num_experts(G);
+  c.set_top_k(k);
+  c.set_capacity_factor(static_cast<float>(G));  // room for every token
+  c.set_capacity_factor_eval(static_cast<float>(G));
+  c.set_load_balance_coef(0.f);
+  c.set_z_loss_coef(0.f);
+  return c;
+}
+
+// Expert g applied to one row: gelu(x W1 + b1) W2 + b2.
+std::vector<float> expert_row(ParamStore& ps, const std::string& name, int g, const float* x, int64_t C,
+                              int64_t H) {
+  const float* w1 = ps.find(name + ".experts.w1")->value.f32() + g * C * H;
+  const float* b1 = ps.find(name + ".experts.b1")->value.f32() + g * H;
+  const float* w2 = ps.find(name + ".experts.w2")->value.f32() + g * H * C;
+  const float* b2 = ps.find(name + ".experts.b2")->value.f32() + g * C;
+  std::vector<float> h(H), a(H), y(C);
+  for (int64_t j = 0; j < H; ++j) {
+    h[j] = b1[j];
+    for (int64_t c = 0; c < C; ++c) h[j] += x[c] * w1[c * H + j];
+  }
+  ops::gelu_forward(a.data(), h.data(), H);
+  for (int64_t c = 0; c < C; ++c) {
+    y[c] = b2[c];
+    for (int64_t j = 0; j < H; ++j) y[c] += a[j] * w2[j * C + c];
+  }
+  return y;
+}
+
+void randomize_biases(ParamStore& ps, Rng& rng) {
+  for (Param* p : ps.all())
+    if (p->name.find(".b") != std::string::npos) testing::fill_normal(p->value, rng, 0.1f);
+}
+
+TEST(MoeLayer, OneExpertEqualsDenseFfn) {
+  Rng rng(1);
+  const int64_t C = 8, H = 12, N = 9;
+  ParamStore ps;
+  MoeLayer moe(ps, "m", C, moe_config(1, 1), H, rng, 0.3f, 0.3f, 7);
+  Mlp mlp(ps, "d", C, H, rng, 0.3f, 0.3f);
+  randomize_biases(ps, rng);
+  // Same weights in both.
+  for (const char* s : {"w1", "b1", "w2", "b2"}) {
+    Param* src = ps.find(std::string("m.experts.") + s);
+    std::string dn = std::string("d.fc") + (s[1] == '1' ? "1" : "2") + (s[0] == 'w' ? ".w" : ".b");
+    Param* dst = ps.find(dn);
+    ASSERT_EQ(src->value.numel(), dst->value.numel()) << dn;
+    std::copy_n(src->value.f32(), src->value.numel(), dst->value.f32());
+  }
+  Tensor x = testing::randn({N, C}, rng);
+  Tensor a = moe.forward(x), b = mlp.forward(x);
+  for (int64_t i = 0; i < N * C; ++i) EXPECT_NEAR(a.f32()[i], b.f32()[i], 1e-5f);
+  EXPECT_EQ(moe.stats().dropped, 0);
+}
+
+TEST(MoeLayer, TopKEqualsGIsProbabilityWeightedSumOfAllExperts) {
+  Rng rng(2);
+  const int64_t C = 6, H = 5, N = 7, G = 4;
+  ParamStore ps;
+  MoeLayer moe(ps, "m", C, moe_config(G, G), H, rng, 0.5f, 0.5f, 7);
+  randomize_biases(ps, rng);
+  Tensor x = testing::randn({N, C}, rng);
+  Tensor y = moe.forward(x);
+  EXPECT_EQ(moe.route().dropped, 0);
+  const float* wg = ps.find("m.router.w")->value.f32();
+  for (int64_t i = 0; i < N; ++i) {
+    std::vector<double> logit(G, 0.0);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t c = 0; c < C; ++c) logit[g] += x.f32()[i * C + c] * wg[c * G + g];
+    double mx = *std::max_element(logit.begin(), logit.end()), z = 0;
+    for (double l : logit) z += std::exp(l - mx);
+    std::vector<double> want(C, 0.0);
+    for (int64_t g = 0; g < G; ++g) {
+      auto e = expert_row(ps, "m", static_cast<int>(g), x.f32() + i * C, C, H);
+      for (int64_t c = 0; c < C; ++c) want[c] += std::exp(logit[g] - mx) / z * e[c];
+    }
+    for (int64_t c = 0; c < C; ++c) EXPECT_NEAR(y.f32()[i * C + c], want[c], 1e-5) << i << "," << c;
+  }
+}
+
+TEST(MoeLayer, ExpertChoiceFillsEveryExpert) {
+  Rng rng(3);
+  auto cfg = moe_config(4, 1);
+  cfg.set_router(switchyard::MoeConfig::EXPERT_CHOICE);
+  cfg.set_capacity_factor(1.0f);
+  ParamStore ps;
+  MoeLayer moe(ps, "m", 8, cfg, 8, rng, 0.3f, 0.3f, 7);
+  moe.forward(testing::randn({12, 8}, rng));
+  for (int32_t c : moe.route().count) EXPECT_EQ(c, 3);
+}
+
+// Loss = y . R + router losses; every parameter and the input against finite
+// differences. The choice of experts is held fixed by a large margin: FD steps
+// are small next to the gaps between router scores.
+void check_layer_gradients(switchyard::MoeConfig cfg, uint64_t seed) {
+  Rng rng(seed);
+  const int64_t C = 6, H = 7, N = 10;
+  ParamStore ps;
+  MoeLayer moe(ps, "m", C, cfg, H, rng, 0.4f, 0.4f, 7);
+  randomize_biases(ps, rng);
+  Tensor x = testing::randn({N, C}, rng), R = testing::randn({N, C}, rng);
+  auto loss = [&] {
+    Tensor y = moe.forward(x);
+    return testing::dot(y, R) + moe.aux_loss();
+  };
+  loss();
+  ps.zero_grad();
+  Tensor dx = moe.backward(R);
+  std::vector<std::pair<std::string, Tensor>> grads;
+  for (Param* p : ps.all()) grads.emplace_back(p->name, p->grad.clone());
+  for (auto& [name, g] : grads) testing::expect_gradient(name, ps.find(name)->value, g, loss, 1e-3, 3e-2);
+  testing::expect_gradient("x", x, dx, loss, 1e-3, 3e-2);
+}
+
+TEST(MoeLayer, GradientsTop1WithLosses) {
+  auto c = moe_config(3, 1);
+  c.set_load_balance_coef(0.1f);
+  c.set_z_loss_coef(0.05f);
+  c.set_budget_coef(0.2f);
+  c.add_expert_cost(1), c.add_expert_cost(3), c.add_expert_cost(0.5);
+  c.set_budget(0.5f);
+  check_layer_gradients(c, 11);
+}
+
+TEST(MoeLayer, GradientsTop2RenormalizedSigmoidSharedExpert) {
+  auto c = moe_config(4, 2);
+  c.set_renormalize(true);
+  c.set_score_function(switchyard::MoeConfig::SIGMOID);
+  c.set_shared_expert(true);
+  c.set_load_balance_coef(0.1f);
+  check_layer_gradients(c, 12);
+}
+
+TEST(MoeLayer, GradientsExpertChoice) {
+  auto c = moe_config(3, 1);
+  c.set_router(switchyard::MoeConfig::EXPERT_CHOICE);
+  c.set_capacity_factor(1.0f);
+  c.set_z_loss_coef(0.05f);
+  check_layer_gradients(c, 13);
+}
+
+TEST(MoeLayer, DroppedTokensGetZeroOutput) {
+  Rng rng(4);
+  auto cfg = moe_config(2, 1);
+  cfg.set_capacity_factor(0.25f);  // C = ceil(0.25 * 16 / 2) = 2 per expert
+  ParamStore ps;
+  MoeLayer moe(ps, "m", 4, cfg, 4, rng, 0.5f, 0.5f, 7);
+  randomize_biases(ps, rng);
+  Tensor y = moe.forward(testing::randn({16, 4}, rng));
+  const auto& r = moe.route();
+  EXPECT_EQ(r.rows(), 4);
+  EXPECT_EQ(r.dropped, 12);
+  for (int64_t i = 0; i < 16; ++i)
+    if (r.slot[i] < 0)
+      for (int c = 0; c < 4; ++c) EXPECT_EQ(y.f32()[i * 4 + c], 0.f);
+}
+
+}  // namespace
+}  // namespace sy
