@@ -60,6 +60,11 @@ struct TokensChooseParams {
   std::vector<float> selection_bias;  // (G) or empty
 };
 
+// ceil(fraction * n) for capacities given as float fractions or factors.
+// Config floats like 0.3 are stored as 0.30000001; a relative tolerance of
+// 1e-6 keeps ceil from counting that last ulp as one more row.
+int64_t ceil_capacity(double fraction, double n);
+
 // scores = score_fn(logits), row by row.  logits, probs (N, G)
 void router_scores(std::vector<float>& probs, const float* logits, int64_t N, int64_t G, ScoreFn fn);
 
@@ -68,8 +73,11 @@ Route tokens_choose(const std::vector<float>& probs, int64_t N, int64_t G,
                     const TokensChooseParams& p);
 
 // Groups choose: each group g takes the `capacity` items with the highest
-// scores[i*G + g]; scores (N, G).
-Route groups_choose(const std::vector<float>& scores, int64_t N, int64_t G, int64_t capacity);
+// scores[i*G + g]; scores (N, G). With segment > 0 the choice is made in every
+// run of `segment` consecutive items separately (per sequence, as depth
+// routing does): capacity items per group per segment; N % segment == 0.
+Route groups_choose(const std::vector<float>& scores, int64_t N, int64_t G, int64_t capacity,
+                    int64_t segment = 0);
 
 // Threshold: scores (N), route item i where scores[i] > tau.
 Route threshold_route(const std::vector<float>& scores, int64_t N, float tau);

@@ -99,6 +99,10 @@ void apply_override(Config& cfg, const std::string& assignment) {
       if (f->is_repeated() || f->type() == pb::FieldDescriptor::TYPE_MESSAGE)
         throw ConfigError(where + ": '" + walked + "' is a message; set one of its fields (" +
                           (f->message_type() ? field_names(f->message_type()) : "") + ")");
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {  // taken as is, no quotes
+        msg->GetReflection()->SetString(msg, f, value);
+        return;
+      }
       pb::LogSilencer quiet;  // our message replaces protobuf's stderr log
       if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg))
         throw ConfigError(where + ": '" + value + "' is not a valid " + f->type_name() +
@@ -201,6 +205,13 @@ void validate_config(const Config& cfg, const std::string& source) {
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
   }
+
+  const auto& dp = cfg.depth();
+  c.range("depth.every_n_layers", dp.every_n_layers(), 0, m.n_layers());
+  c.range("depth.capacity", dp.capacity(), 0.f, 1.f, true);
+  c.range("depth.tau", dp.tau(), 0.f, 1.f, true, true);
+  c.range("depth.budget_coef", dp.budget_coef(), 0.f, 100.f);
+  c.range("depth.budget", dp.budget(), 0.f, 1.f);
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -75,9 +75,13 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
   att_ = Tensor({B, H_, T, T});
   Tensor y({B, T, C_});
   ops::attention_forward(y, att_, qkv_out_, shape_);
-  // Projections 2*N*C*4C, scores and weighted sum 2 * 2*B*H*T*T/2*D (causal half).
-  flops_ = 2.0 * B * T * (4.0 * C_ * C_) + 2.0 * B * T * T * C_;
+  flops_ = flops(B, T);
   return proj_.forward(y.reshape({B * T, C_}));
+}
+
+double CausalSelfAttention::flops(int64_t B, int64_t T) const {
+  // Projections 2*N*C*4C; scores and weighted sum 2 * 2*B*H*(T*T/2)*D (causal half).
+  return 2.0 * B * T * (4.0 * C_ * C_) + 2.0 * B * T * T * C_;
 }
 
 Tensor CausalSelfAttention::backward(const Tensor& dy) {

@@ -70,6 +70,8 @@ class CausalSelfAttention {
   Tensor forward(const Tensor& x, int64_t B, int64_t T);
   Tensor backward(const Tensor& dy);
   double forward_flops() const { return flops_; }
+  // FLOPs of a forward over B sequences of T tokens.
+  double flops(int64_t B, int64_t T) const;
 
  private:
   Linear qkv_, proj_;

@@ -1,8 +1,10 @@
 #include "runtime/model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "ops/cross_entropy.h"
+#include "ops/dispatch.h"
 
 namespace sy {
 
@@ -17,26 +19,84 @@ void add_into(Tensor& a, const Tensor& b) {
 }  // namespace
 
 Block::Block(ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
-             std::unique_ptr<FeedForward> ffn, Rng& rng)
+             std::unique_ptr<FeedForward> ffn, Rng& rng, const switchyard::DepthConfig* depth)
     : ln1_(ps, name + ".ln1", m.d_model(), rng),
       ln2_(ps, name + ".ln2", m.d_model(), rng),
       attn_(ps, name + ".attn", m.d_model(), m.n_heads(), rng, m.init_std(),
             m.init_std() / std::sqrt(2.f * m.n_layers())),
-      ffn_(std::move(ffn)) {}
+      ffn_(std::move(ffn)) {
+  if (depth) depth_ = std::make_unique<DepthRouter>(ps, name + ".depth", m.d_model(), *depth, rng, m.init_std());
+}
 
-Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
+void Block::set_training(bool t) {
+  training_ = t;
+  ffn_->set_training(t);
+}
+
+Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T) {
   Tensor h = attn_.forward(ln1_.forward(x), B, T);
   add_into(h, x);
   Tensor out = ffn_->forward(ln2_.forward(h));
   add_into(out, h);
+  flops_ += attn_.forward_flops() + ffn_->forward_flops();
   return out;
 }
 
-Tensor Block::backward(const Tensor& dy) {
+Tensor Block::inner_backward(const Tensor& dy) {
   Tensor dh = ln2_.backward(ffn_->backward(dy));
   add_into(dh, dy);
   Tensor dx = ln1_.backward(attn_.backward(dh));
   add_into(dx, dh);
+  return dx;
+}
+
+Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
+  flops_ = 0;
+  if (!depth_) {
+    Tensor y = inner_forward(x, B, T);
+    dense_flops_ = flops_;
+    return y;
+  }
+  const int64_t C = x.dim(1);
+  const ops::Route& r = depth_->select(x, B, T, training_);
+  Tensor xs({r.rows(), C});
+  ops::dispatch_forward(xs, x, r);
+  // Routed rows are sequence-major and in position order within a sequence,
+  // so each sequence's routed tokens form one causal sub-sequence.
+  const std::vector<int64_t> n = depth_->per_sequence(B, T);
+  const bool uniform = std::all_of(n.begin(), n.end(), [&](int64_t v) { return v == n[0]; });
+  Tensor z;
+  double ffn_flops = 0;
+  if (uniform && n[0] > 0) {
+    z = inner_forward(xs, B, n[0]);
+    ffn_flops = ffn_->forward_flops();
+  } else {
+    // Different counts per sequence (the causal predictor at evaluation): one
+    // sequence at a time. Activations are not kept for backward here.
+    SY_CHECK(!training_, "depth routing in training must route the same count per sequence");
+    z = Tensor({r.rows(), C});
+    int64_t row = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      if (n[b] == 0) continue;
+      Tensor xb({n[b], C});
+      std::copy_n(xs.f32() + row * C, n[b] * C, xb.f32());
+      Tensor zb = inner_forward(xb, 1, n[b]);
+      ffn_flops += ffn_->forward_flops();
+      std::copy_n(zb.f32(), n[b] * C, z.f32() + row * C);
+      row += n[b];
+    }
+  }
+  // Router: 2*N*C (score) + 2*N*C (predictor).
+  flops_ += 4.0 * B * T * C;
+  dense_flops_ = attn_.flops(B, T) + (r.rows() > 0 ? ffn_flops * B * T / r.rows() : 0.0);
+  return depth_->combine(x, z);
+}
+
+Tensor Block::backward(const Tensor& dy) {
+  if (!depth_) return inner_backward(dy);
+  Tensor dx(dy.shape());
+  Tensor dz = depth_->backward(dy, dx);
+  if (dz.dim(0) > 0) ops::dispatch_backward(dx, inner_backward(dz), depth_->route());
   return dx;
 }
 
@@ -60,7 +120,9 @@ Transformer::Transformer(const Config& cfg)
     } else {
       ffn = std::make_unique<Mlp>(params_, name + ".mlp", C_, m.ffn_hidden(), rng, std, out_std);
     }
-    blocks_.emplace_back(params_, name, m, std::move(ffn), rng);
+    const auto& dp = cfg.depth();
+    const bool depth_routed = dp.every_n_layers() > 0 && (l + 1) % dp.every_n_layers() == 0;
+    blocks_.emplace_back(params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr);
   }
   ln_f_ = std::make_unique<LayerNorm>(params_, "ln_f", C_, rng);
   head_ = std::make_unique<Linear>(params_, "head", C_, V_, rng, std, false);
@@ -68,7 +130,7 @@ Transformer::Transformer(const Config& cfg)
 
 void Transformer::set_training(bool training) {
   training_ = training;
-  for (auto& b : blocks_) b.ffn().set_training(training);
+  for (auto& b : blocks_) b.set_training(training);
 }
 
 float Transformer::forward(const Batch& batch) {
@@ -96,12 +158,20 @@ void Transformer::backward() {
 double Transformer::aux_loss() const {
   double s = 0;
   for (const auto& [l, layer] : moe_) s += layer->aux_loss();
+  for (const auto& b : blocks_)
+    if (b.depth()) s += b.depth()->aux_loss();
   return s;
 }
 
 double Transformer::forward_flops() const {
   double f = 2.0 * B_ * T_ * C_ * V_;
   for (const auto& b : blocks_) f += b.forward_flops();
+  return f;
+}
+
+double Transformer::dense_forward_flops() const {
+  double f = 2.0 * B_ * T_ * C_ * V_;
+  for (const auto& b : blocks_) f += b.dense_flops();
   return f;
 }
 

@@ -15,23 +15,38 @@
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/layers.h"
+#include "runtime/depth_router.h"
 #include "runtime/moe_layer.h"
 
 namespace sy {
 
+// x -> x + Attn(LN1(x)) -> + FFN(LN2(.)); on a depth-routed block only the
+// tokens the DepthRouter picks go through (attending among themselves), and
+// the rest pass unchanged.
 class Block {
  public:
   Block(ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
-        std::unique_ptr<FeedForward> ffn, Rng& rng);
+        std::unique_ptr<FeedForward> ffn, Rng& rng,
+        const switchyard::DepthConfig* depth = nullptr);
   Tensor forward(const Tensor& x, int64_t B, int64_t T);
   Tensor backward(const Tensor& dy);
+  void set_training(bool t);
   FeedForward& ffn() { return *ffn_; }
-  double forward_flops() const { return attn_.forward_flops() + ffn_->forward_flops(); }
+  DepthRouter* depth() const { return depth_.get(); }
+  double forward_flops() const { return flops_; }
+  // What the same block would have spent processing every token.
+  double dense_flops() const { return dense_flops_; }
 
  private:
+  Tensor inner_forward(const Tensor& x, int64_t B, int64_t T);
+  Tensor inner_backward(const Tensor& dy);
+
   LayerNorm ln1_, ln2_;
   CausalSelfAttention attn_;
   std::unique_ptr<FeedForward> ffn_;
+  std::unique_ptr<DepthRouter> depth_;
+  bool training_ = true;
+  double flops_ = 0, dense_flops_ = 0;
 };
 
 class Transformer {
@@ -41,7 +56,7 @@ class Transformer {
   // Router losses are not included (see aux_loss()) but their gradients are
   // part of backward().
   float forward(const Batch& batch);
-  // Sum of the MoE layers' router losses in the last forward.
+  // Sum of the MoE and depth routers' losses in the last forward.
   double aux_loss() const;
   // The MoE layers, in depth order, with the index of their block.
   const std::vector<std::pair<int, MoeLayer*>>& moe_layers() const { return moe_; }
@@ -49,8 +64,10 @@ class Transformer {
   void set_training(bool training);
   ParamStore& params() { return params_; }
   std::vector<Block>& blocks() { return blocks_; }
-  // FLOPs of the last forward (multiply-add = 2), including the LM head.
+  // FLOPs of the last forward (multiply-add = 2), including the LM head, and
+  // what the same model would have spent without depth routing.
   double forward_flops() const;
+  double dense_forward_flops() const;
   int64_t seq_len() const { return T_; }
 
  private:

@@ -59,7 +59,7 @@ Tensor MoeLayer::forward(const Tensor& x) {
 
   const float cf = training_ ? cfg_.capacity_factor() : cfg_.capacity_factor_eval();
   if (expert_choice(cfg_)) {
-    route_ = ops::groups_choose(probs_, N, G_, static_cast<int64_t>(std::ceil(double(cf) * N / G_)));
+    route_ = ops::groups_choose(probs_, N, G_, ops::ceil_capacity(cf, static_cast<double>(N) / G_));
   } else {
     ops::TokensChooseParams p;
     p.k = cfg_.top_k();

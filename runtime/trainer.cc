@@ -23,6 +23,49 @@ double now_s() {
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
+// Per-layer routing and compute statistics of the model's last forward, as a
+// metrics object; a short form for the progress line goes to `brief`.
+nlohmann::json routing_metrics(Transformer& model, int64_t tokens_per_step, std::string& brief) {
+  nlohmann::json line = nlohmann::json::object();
+  char b[96];
+  for (const auto& [l, layer] : model.moe_layers()) {
+    const MoeStats& st = layer->stats();
+    line["moe"].push_back({{"layer", l}, {"load", st.load}, {"max_over_mean", st.max_over_mean},
+                           {"cv", st.cv}, {"dropped", st.dropped}, {"entropy", st.entropy},
+                           {"capacity", st.capacity}, {"lb_loss", st.lb_loss}, {"z_loss", st.z_loss},
+                           {"budget_loss", st.budget_loss}, {"expected_cost", st.expected_cost}});
+    std::snprintf(b, sizeof b, " | L%d max/mean %.2f drop %.3f", l, st.max_over_mean, st.dropped);
+    brief += b;
+  }
+  if (!model.moe_layers().empty()) line["aux_loss"] = model.aux_loss();
+  // Compute actually spent against the same model without depth routing.
+  const double tokens = static_cast<double>(tokens_per_step);
+  const double spent = model.forward_flops(), dense = model.dense_forward_flops();
+  line["flops_per_token"] = spent / tokens;
+  line["dense_flops_per_token"] = dense / tokens;
+  line["compute_fraction"] = spent / dense;
+  for (size_t l = 0; l < model.blocks().size(); ++l) {
+    const Block& blk = model.blocks()[l];
+    nlohmann::json bl = {{"layer", l}, {"flops_per_token", blk.forward_flops() / tokens},
+                         {"dense_flops_per_token", blk.dense_flops() / tokens}};
+    if (const DepthRouter* d = blk.depth()) {
+      bl["processed"] = d->stats().processed;
+      bl["predictor_accuracy"] = d->stats().predictor_accuracy;
+      bl["predictor_bce"] = d->stats().predictor_bce;
+      bl["budget_loss"] = d->stats().budget_loss;
+      std::snprintf(b, sizeof b, " | L%zu kept %.2f acc %.2f", l, d->stats().processed,
+                    d->stats().predictor_accuracy);
+      brief += b;
+    }
+    line["layers"].push_back(bl);
+  }
+  if (spent < dense) {
+    std::snprintf(b, sizeof b, " | compute %.2fx dense", spent / dense);
+    brief += b;
+  }
+  return line;
+}
+
 }  // namespace
 
 float learning_rate(const switchyard::TrainConfig& t, int64_t step) {
@@ -90,7 +133,9 @@ TrainResult Trainer::run() {
         step == t.steps() || (t.eval_interval() > 0 && step % t.eval_interval() == 0);
     const bool log_now = eval_now || step % t.log_interval() == 0;
     if (!log_now) continue;
-    nlohmann::json line;
+    // Routing statistics of this training step (evaluation below reroutes).
+    std::string routing_short;
+    nlohmann::json line = routing_metrics(model_, tokens_per_step, routing_short);
     float val_loss = NAN;
     if (eval_now) {
       val_loss = evaluate();
@@ -109,18 +154,6 @@ TrainResult Trainer::run() {
     line["tokens_per_s"] = tok_s;
     line["tflops"] = interval_flops / dt / 1e12;
     line["elapsed_s"] = elapsed;
-    std::string moe_short;
-    for (const auto& [l, layer] : model_.moe_layers()) {
-      const MoeStats& st = layer->stats();
-      line["moe"].push_back({{"layer", l}, {"load", st.load}, {"max_over_mean", st.max_over_mean},
-                             {"cv", st.cv}, {"dropped", st.dropped}, {"entropy", st.entropy},
-                             {"capacity", st.capacity}, {"lb_loss", st.lb_loss}, {"z_loss", st.z_loss},
-                             {"budget_loss", st.budget_loss}, {"expected_cost", st.expected_cost}});
-      char b[96];
-      std::snprintf(b, sizeof b, " | L%d max/mean %.2f drop %.3f", l, st.max_over_mean, st.dropped);
-      moe_short += b;
-    }
-    if (!model_.moe_layers().empty()) line["aux_loss"] = model_.aux_loss();
     metrics.write(line);
     if (opts_.log) {
       char buf[256];
@@ -133,7 +166,7 @@ TrainResult Trainer::run() {
       }
       std::snprintf(buf, sizeof buf, " | lr %.2e | %.1fk tok/s | %.2f GFLOP/s | ETA %s", adam.lr,
                     tok_s / 1e3, interval_flops / dt / 1e9, format_duration(eta).c_str());
-      *opts_.log << s << buf << moe_short << "\n";
+      *opts_.log << s << buf << routing_short << "\n";
       opts_.log->flush();
     }
     interval_start = now_s();  // evaluation time is not training time

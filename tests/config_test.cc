@@ -93,6 +93,8 @@ TEST(Config, SetOverridesAnyField) {
   apply_override(c, "train.lr=0.01");
   apply_override(c, "data.source=TEXT_FILE");
   apply_override(c, "train.seed=18446744073709551615");
+  apply_override(c, "data.path=../some dir/file.txt");
+  EXPECT_EQ(c.data().path(), "../some dir/file.txt");
   EXPECT_EQ(c.model().d_model(), 128);
   EXPECT_FLOAT_EQ(c.train().lr(), 0.01f);
   EXPECT_EQ(c.data().source(), switchyard::DataConfig::TEXT_FILE);

@@ -64,7 +64,7 @@ TEST(TokensChoose, InvariantsOnRandomInputs) {
               SCOPED_TRACE(::testing::Message() << "N=" << N << " G=" << G << " k=" << k << " cf=" << cf);
               expect_invariants(r);
               if (dropless) EXPECT_EQ(r.dropped, 0);
-              else EXPECT_EQ(r.capacity, static_cast<int64_t>(std::ceil(double(cf) * N * k / G)));
+              else EXPECT_EQ(r.capacity, ceil_capacity(cf, double(N) * k / G));
               // k distinct groups per item
               for (int64_t i = 0; i < N; ++i) {
                 std::set<int> gs(r.group.begin() + i * k, r.group.begin() + (i + 1) * k);
@@ -72,6 +72,13 @@ TEST(TokensChoose, InvariantsOnRandomInputs) {
               }
             }
       }
+}
+
+TEST(Capacity, FloatFractionsDoNotGainARow) {
+  EXPECT_EQ(ceil_capacity(0.3f, 10), 3);     // 0.3f = 0.30000001
+  EXPECT_EQ(ceil_capacity(1.1f, 100), 110);  // 1.1f = 1.10000002
+  EXPECT_EQ(ceil_capacity(0.31f, 10), 4);
+  EXPECT_EQ(ceil_capacity(1.25f, 37.0 * 2 / 8), 12);  // 11.5625 -> 12
 }
 
 TEST(TokensChoose, HandComputedTiesAndOverflow) {

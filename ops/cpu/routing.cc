@@ -8,6 +8,11 @@
 
 namespace sy::ops {
 
+int64_t ceil_capacity(double fraction, double n) {
+  const double x = fraction * n;
+  return static_cast<int64_t>(std::ceil(x - 1e-6 * std::fabs(x)));
+}
+
 void router_scores(std::vector<float>& probs, const float* logits, int64_t N, int64_t G, ScoreFn fn) {
   probs.resize(N * G);
   for (int64_t i = 0; i < N; ++i) {
@@ -101,28 +106,34 @@ Route tokens_choose(const std::vector<float>& probs, int64_t N, int64_t G,
     for (int32_t g : r.group) ++load[g];
     r.capacity = std::max<int64_t>(1, *std::max_element(load.begin(), load.end()));
   } else {
-    r.capacity = static_cast<int64_t>(std::ceil(static_cast<double>(p.capacity_factor) * N * k / G));
+    r.capacity = ceil_capacity(p.capacity_factor, static_cast<double>(N) * k / G);
   }
   assign_slots(r, order);
   return r;
 }
 
-Route groups_choose(const std::vector<float>& scores, int64_t N, int64_t G, int64_t capacity) {
+Route groups_choose(const std::vector<float>& scores, int64_t N, int64_t G, int64_t capacity,
+                    int64_t segment) {
   SY_CHECK(static_cast<int64_t>(scores.size()) == N * G, "scores size " << scores.size());
   SY_CHECK(capacity >= 0, "capacity " << capacity);
+  const int64_t S = segment > 0 ? segment : N;
+  SY_CHECK(N % std::max<int64_t>(S, 1) == 0, "groups_choose: " << N << " items in segments of " << S);
+  const int64_t per_segment = std::min(capacity, S), segments = S > 0 ? N / S : 0;
   Route r;
-  r.num_items = N, r.k = G, r.num_groups = G, r.capacity = std::min(capacity, N);
+  r.num_items = N, r.k = G, r.num_groups = G, r.capacity = per_segment * segments;
   r.group.assign(N * G, -1);
   r.weight.assign(N * G, 0.f);
-  std::vector<float> col(N);
-  for (int64_t g = 0; g < G; ++g) {
-    for (int64_t i = 0; i < N; ++i) col[i] = scores[i * G + g];
-    std::vector<int64_t> idx = argsort_desc(col);
-    for (int64_t c = 0; c < r.capacity; ++c) {
-      r.group[idx[c] * G + g] = static_cast<int32_t>(g);
-      r.weight[idx[c] * G + g] = col[idx[c]];
+  std::vector<float> col(S);
+  for (int64_t s0 = 0; s0 < N; s0 += S)
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t i = 0; i < S; ++i) col[i] = scores[(s0 + i) * G + g];
+      std::vector<int64_t> idx = argsort_desc(col);
+      for (int64_t c = 0; c < per_segment; ++c) {
+        const int64_t item = s0 + idx[c];
+        r.group[item * G + g] = static_cast<int32_t>(g);
+        r.weight[item * G + g] = col[idx[c]];
+      }
     }
-  }
   // Slots in item (position) order; nothing is dropped by construction.
   std::vector<int64_t> order(N * G);
   std::iota(order.begin(), order.end(), 0);

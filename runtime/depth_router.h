@@ -1,0 +1,60 @@
+// DepthRouter: which tokens a depth-routed block processes (the third routed
+// computation of the routing core; Raposo et al. 2024, Mixture-of-Depths).
+//
+//   r_i = w . x_i                                   router score (N)
+//   training:  route = groups_choose(r, G=1, C = ceil(capacity * T), per sequence)
+//   eval:      route = threshold(sigmoid(W_p sg(x_i) + b_p) > tau)   (causal)
+//   y_i = (1 - w_i) x_i + w_i z_i   for routed i (z = the block on routed tokens)
+//   y_i = x_i                       otherwise (bit-identical: nothing is added)
+//   w_i = sigma(r_i) / sg(sigma(r_i)) (straight-through, 1 in value) or sigma(r_i)
+//
+// (1 - w) x + w z equals x + w (z - x), and for w = 1 it is z exactly, so a
+// block at capacity 1 equals the unrouted block bit for bit.
+// Backward: dz_i = w_i dy_i; dx_i += (1 - w_i) dy_i; dw_i = dy_i . (z_i - x_i);
+// dr_i = dw_i * dw/dr, with dw/dr = 1 - sigma (straight-through) or
+// sigma (1 - sigma); then dW += x^T dr, dx += dr w^T. The predictor's BCE
+// gradient reaches only W_p, b_p.
+#pragma once
+#include <vector>
+
+#include "ops/routing.h"
+#include "runtime/config.h"
+#include "runtime/params.h"
+
+namespace sy {
+
+struct DepthStats {
+  double processed = 0;           // fraction of tokens the block processed
+  double predictor_accuracy = 0;  // agreement of (p > tau) with the top-k choice (training)
+  double predictor_bce = 0;
+  double budget_loss = 0;
+};
+
+class DepthRouter {
+ public:
+  DepthRouter(ParamStore& ps, const std::string& name, int64_t C, const switchyard::DepthConfig& cfg,
+              Rng& rng, float std);
+  // Chooses the tokens to process; x (N, C) holds B sequences of T tokens.
+  const ops::Route& select(const Tensor& x, int64_t B, int64_t T, bool training);
+  // y from x (N, C) and the block's output z (route.rows(), C) on routed tokens.
+  Tensor combine(const Tensor& x, const Tensor& z);
+  // Returns dz; accumulates into dx (N, C) the pass-through and router paths.
+  Tensor backward(const Tensor& dy, Tensor& dx);
+  const DepthStats& stats() const { return stats_; }
+  double aux_loss() const { return stats_.budget_loss; }
+  const ops::Route& route() const { return route_; }
+  // Tokens routed in each of the B sequences of the last select().
+  std::vector<int64_t> per_sequence(int64_t B, int64_t T) const;
+
+ private:
+  switchyard::DepthConfig cfg_;
+  int64_t C_;
+  Param *w_, *wp_, *bp_;
+  bool training_ = true;
+  Tensor x_, z_;
+  std::vector<float> r_, sig_, weight_, pred_;
+  ops::Route route_;
+  DepthStats stats_;
+};
+
+}  // namespace sy

@@ -1,0 +1,209 @@
+// Adaptive depth: a depth-routed block against the unrouted one, gradients,
+// pass-through exactness and causality of the inference-time predictor.
+#include <gtest/gtest.h>
+
+#include "grad_check.h"
+#include "runtime/model.h"
+
+namespace sy {
+namespace {
+
+switchyard::ModelConfig model_cfg() {
+  switchyard::ModelConfig m;
+  m.set_d_model(8);
+  m.set_n_heads(2);
+  m.set_n_layers(2);
+  m.set_ffn_hidden(12);
+  m.set_init_std(0.3f);
+  return m;
+}
+
+switchyard::DepthConfig depth_cfg(float capacity, bool sigmoid_weight = false) {
+  switchyard::DepthConfig d;
+  d.set_every_n_layers(1);
+  d.set_capacity(capacity);
+  if (sigmoid_weight) d.set_weight(switchyard::DepthConfig::SIGMOID);
+  return d;
+}
+
+// A block (and its params) built from a fixed seed; depth router optional.
+struct TestBlock {
+  ParamStore ps;
+  std::unique_ptr<Block> block;
+  TestBlock(const switchyard::DepthConfig* depth, uint64_t seed = 1) {
+    Rng rng(seed);
+    auto m = model_cfg();
+    auto ffn = std::make_unique<Mlp>(ps, "b.mlp", m.d_model(), m.ffn_hidden(), rng, 0.3f, 0.3f);
+    block = std::make_unique<Block>(ps, "b", m, std::move(ffn), rng, depth);
+  }
+};
+
+TEST(Depth, CapacityOneEqualsUnroutedBlockExactly) {
+  auto d = depth_cfg(1.0f);
+  TestBlock plain(nullptr), routed(&d);
+  Rng rng(2);
+  Tensor x = testing::randn({3 * 7, 8}, rng);
+  Tensor a = plain.block->forward(x, 3, 7), b = routed.block->forward(x, 3, 7);
+  for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.f32()[i], b.f32()[i]) << "element " << i;
+  EXPECT_EQ(routed.block->depth()->stats().processed, 1.0);
+}
+
+TEST(Depth, RoutedAwayTokensPassBitIdentical) {
+  auto d = depth_cfg(0.3f);
+  TestBlock t(&d);
+  Rng rng(3);
+  Tensor x = testing::randn({2 * 10, 8}, rng);
+  Tensor y = t.block->forward(x, 2, 10);
+  const ops::Route& r = t.block->depth()->route();
+  EXPECT_EQ(r.rows(), 2 * 3);  // ceil(0.3 * 10) per sequence
+  int64_t untouched = 0;
+  for (int64_t i = 0; i < 20; ++i) {
+    bool same = true;
+    for (int c = 0; c < 8; ++c) same &= y.f32()[i * 8 + c] == x.f32()[i * 8 + c];
+    if (r.group[i] < 0) EXPECT_TRUE(same) << "token " << i << " was routed away but changed";
+    else EXPECT_FALSE(same) << "token " << i << " was processed but is unchanged";
+    untouched += same;
+  }
+  EXPECT_EQ(untouched, 14);
+}
+
+// loss = y . R + budget loss; all block parameters and the input.
+void check_gradients(const switchyard::DepthConfig& d, bool check_router) {
+  TestBlock t(&d, 5);
+  Rng rng(6);
+  Tensor x = testing::randn({2 * 6, 8}, rng), R = testing::randn({2 * 6, 8}, rng);
+  auto loss = [&] {
+    Tensor y = t.block->forward(x, 2, 6);
+    return testing::dot(y, R) + t.block->depth()->aux_loss();
+  };
+  loss();
+  t.ps.zero_grad();
+  Tensor dx = t.block->backward(R);
+  for (Param* p : t.ps.all()) {
+    if (p->name.find("predictor") != std::string::npos) continue;  // its own loss, below
+    if (!check_router && p->name.find("router") != std::string::npos) continue;
+    // Trunk parameters do not move the router's input, so the choice stays put
+    // and a larger step (less round-off) is safe; the router and x use 1e-3.
+    const bool moves_choice = p->name.find("router") != std::string::npos;
+    Tensor g = p->grad.clone();
+    testing::expect_gradient(p->name, p->value, g, loss, moves_choice ? 1e-3 : 1e-2, 3e-2);
+  }
+  if (check_router) testing::expect_gradient("x", x, dx, loss, 1e-3, 3e-2);
+  // The predictor learns by BCE against the top-k choice, and only it.
+  auto bce = [&] {
+    t.block->forward(x, 2, 6);
+    return t.block->depth()->stats().predictor_bce;
+  };
+  bce();
+  t.ps.zero_grad();
+  t.block->backward(Tensor(R.shape()));  // zero upstream: only the predictor's own loss
+  Param* wp = t.ps.find("b.depth.predictor.w");
+  Tensor g = wp->grad.clone();
+  testing::expect_gradient("predictor.w", wp->value, g, bce, 1e-3, 3e-2);
+}
+
+TEST(Depth, GradientsSigmoidWeight) {
+  auto d = depth_cfg(0.5f, true);
+  d.set_budget_coef(0.5f);
+  d.set_budget(0.1f);
+  check_gradients(d, true);
+}
+
+TEST(Depth, GradientsStraightThroughTrunk) {
+  // The straight-through weight is 1 in value: its router gradient is a
+  // surrogate that finite differences cannot see, so only the trunk is checked.
+  check_gradients(depth_cfg(0.5f), false);
+}
+
+TEST(Depth, StraightThroughRouterGradientIsSigmoidSurrogate) {
+  // d loss / d r_i = (dy_i . (z_i - x_i)) (1 - sigma(r_i)) for routed tokens: the
+  // router weight gradient equals x^T dr computed by hand.
+  auto d = depth_cfg(0.5f);
+  TestBlock t(&d, 7);
+  Rng rng(8);
+  Tensor x = testing::randn({6, 8}, rng), R = testing::randn({6, 8}, rng);
+  Tensor y = t.block->forward(x, 1, 6);
+  t.ps.zero_grad();
+  t.block->backward(R);
+  const ops::Route& r = t.block->depth()->route();
+  Param* w = t.ps.find("b.depth.router.w");
+  std::vector<double> want(8, 0.0);
+  for (int64_t i = 0; i < 6; ++i) {
+    if (r.group[i] < 0) continue;
+    double s = 0, dw = 0;
+    for (int c = 0; c < 8; ++c) s += x.f32()[i * 8 + c] * w->value.f32()[c];
+    const double sig = 1 / (1 + std::exp(-s));
+    for (int c = 0; c < 8; ++c) dw += R.f32()[i * 8 + c] * (y.f32()[i * 8 + c] - x.f32()[i * 8 + c]);
+    for (int c = 0; c < 8; ++c) want[c] += dw * (1 - sig) * x.f32()[i * 8 + c];
+  }
+  for (int c = 0; c < 8; ++c) EXPECT_NEAR(w->grad.f32()[c], want[c], 1e-4 * (1 + std::fabs(want[c])));
+}
+
+TEST(Depth, PredictorRoutingIsCausal) {
+  auto d = depth_cfg(0.5f);
+  d.set_tau(0.5f);
+  TestBlock t(&d, 9);
+  // Bias the predictor so that some but not all tokens are routed.
+  t.ps.find("b.depth.predictor.b")->value.f32()[0] = 0.2f;
+  t.block->set_training(false);
+  Rng rng(10);
+  const int64_t T = 12;
+  Tensor x = testing::randn({T, 8}, rng);
+  Tensor y0 = t.block->forward(x, 1, T);
+  const double processed = t.block->depth()->stats().processed;
+  EXPECT_GT(processed, 0.0);
+  EXPECT_LT(processed, 1.0);
+  for (int64_t j = 1; j < T; ++j) {
+    Tensor x2 = x.clone();
+    for (int c = 0; c < 8; ++c) x2.f32()[j * 8 + c] += 1.5f;
+    Tensor y = t.block->forward(x2, 1, T);
+    for (int64_t i = 0; i < j * 8; ++i) ASSERT_EQ(y.f32()[i], y0.f32()[i]) << "token j=" << j << " changed output " << i / 8;
+  }
+}
+
+TEST(Depth, TopKRoutingLooksAtTheFuture) {
+  // Why inference uses the predictor: with top-k over the sequence, a later
+  // token can push an earlier one out of the block.
+  auto d = depth_cfg(0.5f);
+  TestBlock t(&d, 11);
+  Rng rng(12);
+  const int64_t T = 8;
+  Tensor x = testing::randn({T, 8}, rng);
+  // The last token moved far against, then along, the router weight: from the
+  // router's least to its most favoured token.
+  const float* w = t.ps.find("b.depth.router.w")->value.f32();
+  Tensor x1 = x.clone(), x2 = x.clone();
+  for (int c = 0; c < 8; ++c) {
+    x1.f32()[(T - 1) * 8 + c] -= 100.f * w[c];
+    x2.f32()[(T - 1) * 8 + c] += 100.f * w[c];
+  }
+  t.block->forward(x1, 1, T);
+  std::vector<int32_t> g0 = t.block->depth()->route().group;
+  EXPECT_LT(g0[T - 1], 0);
+  t.block->forward(x2, 1, T);
+  std::vector<int32_t> g1 = t.block->depth()->route().group;
+  int changed_earlier = 0;
+  for (int64_t i = 0; i + 1 < T; ++i) changed_earlier += g0[i] != g1[i];
+  EXPECT_GT(changed_earlier, 0) << "expected an earlier token's membership to change";
+}
+
+TEST(Depth, MoeBlockSeesOnlyRoutedTokens) {
+  Config cfg = parse_config(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
+    moe { num_experts: 4 every_n_layers: 1 capacity_factor: 4 }
+    depth { every_n_layers: 2 capacity: 0.25 }
+  )", "test");
+  validate_config(cfg, "test");
+  Transformer model(cfg);
+  Batch b;
+  for (int i = 0; i < 16; ++i) b.inputs.push_back(i * 7 % 256), b.targets.push_back(i);
+  model.forward(b);
+  ASSERT_EQ(model.moe_layers().size(), 2u);
+  EXPECT_EQ(model.moe_layers()[0].second->route().num_items, 16);  // layer 0: every token
+  EXPECT_EQ(model.moe_layers()[1].second->route().num_items, 4);   // layer 1: 2 of 8 per sequence
+  EXPECT_LT(model.forward_flops(), model.dense_forward_flops());
+  model.backward();  // runs through both
+}
+
+}  // namespace
+}  // namespace sy
