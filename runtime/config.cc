@@ -181,6 +181,10 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("data.path", d.path(), "no such file (paths are relative to the working directory)");
   } else {
     c.range<int64_t>("data.synthetic_bytes", d.synthetic_bytes(), 10000, 1000000000);
+    if (d.synthetic_tasks().empty() || d.synthetic_tasks().find_first_not_of("CSBA") != std::string::npos)
+      c.fail("data.synthetic_tasks", "\"" + d.synthetic_tasks() + "\"", "must be a non-empty subset of \"CSBA\"");
+    c.range("data.copy_gap_min", d.copy_gap_min(), 1, 100000);
+    c.range("data.copy_gap_max", d.copy_gap_max(), d.copy_gap_min(), 100000);
   }
 
   const auto& e = cfg.moe();
@@ -204,6 +208,22 @@ void validate_config(const Config& cfg, const std::string& source) {
       if (v < 0) c.fail("moe.expert_cost", v, "costs must be >= 0");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
+  }
+
+  const auto& at = cfg.attention();
+  c.range("attention.last_n_layers", at.last_n_layers(), 0, m.n_layers());
+  if (at.kind() == switchyard::AttentionConfig::ROUTED) {
+    c.range("attention.num_routing_heads", at.num_routing_heads(), 0, m.n_heads());
+    c.range("attention.num_clusters", at.num_clusters(), 0, m.seq_len());
+    c.range("attention.window", at.window(), 1, 65536);
+    c.range("attention.capacity_factor", at.capacity_factor(), 0.f, 64.f, true);
+    c.range("attention.ema_decay", at.ema_decay(), 0.f, 1.f, false, true);
+    c.range("attention.kmeans_iters", at.kmeans_iters(), 0, 100);
+    c.range("attention.commitment_coef", at.commitment_coef(), 0.f, 100.f);
+  }
+  if (at.kind() == switchyard::AttentionConfig::BLOCK_TOPK) {
+    c.range("attention.block_size", at.block_size(), 1, 65536);
+    c.range("attention.topk_blocks", at.topk_blocks(), 0, 65536);
   }
 
   const auto& dp = cfg.depth();

@@ -38,13 +38,13 @@ std::string brackets(Rng& r, int len) {
 
 }  // namespace
 
-std::string synthetic_example(char task, Rng& r) {
+std::string synthetic_example(char task, Rng& r, const SyntheticSpec& spec) {
   switch (task) {
     case 'C': {
       std::string key;
       int n = static_cast<int>(r.between(6, 10));
       for (int i = 0; i < n; ++i) key += static_cast<char>('a' + r.below(26));
-      return "C" + key + ":" + std::string(r.between(16, 96), '.') + "?" + key + "\n";
+      return "C" + key + ":" + std::string(r.between(spec.gap_min, spec.gap_max), '.') + "?" + key + "\n";
     }
     case 'S': {
       std::string d = digits(r, static_cast<int>(r.between(3, 8)));
@@ -62,12 +62,13 @@ std::string synthetic_example(char task, Rng& r) {
   throw Error(std::string("unknown synthetic task '") + task + "'");
 }
 
-std::string synthetic_corpus(uint64_t seed, int64_t n_bytes) {
+std::string synthetic_corpus(uint64_t seed, int64_t n_bytes, const SyntheticSpec& spec) {
   Rng r(seed ^ 0x5EEDC0DEull);
-  static const char tasks[] = "CSBA";
+  const std::string& tasks = spec.tasks;
   std::string out;
   out.reserve(n_bytes + 128);
-  while (static_cast<int64_t>(out.size()) < n_bytes) out += synthetic_example(tasks[r.below(4)], r);
+  while (static_cast<int64_t>(out.size()) < n_bytes)
+    out += synthetic_example(tasks[r.below(tasks.size())], r, spec);
   out.resize(n_bytes);
   return out;
 }

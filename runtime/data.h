@@ -4,7 +4,7 @@
 // Synthetic corpus: a stream of examples, each a line that opens with its
 // task's prefix byte:
 //   C  long-range copy:  "C" key ":" "." * gap "?" key "\n"
-//                        key: 6-10 lowercase letters, gap 16-96 dots; the key
+//                        key: 6-10 lowercase letters, gap 16-96 dots (by default); the key
 //                        must be recalled across the gap.
 //   S  sort digits:      "S" digits ">" sorted(digits) "\n"      (3-8 digits)
 //   B  brackets:         "B" balanced sequence over ()[]{} "\n"  (4-16 bytes)
@@ -19,10 +19,13 @@
 
 namespace sy {
 
-std::string synthetic_corpus(uint64_t seed, int64_t n_bytes);
-// One example of each task, for tests and docs: returns the line for `task`
-// in {'C','S','B','A'}.
-std::string synthetic_example(char task, Rng& rng);
+struct SyntheticSpec {
+  std::string tasks = "CSBA";  // prefix bytes of the tasks to draw from
+  int gap_min = 16, gap_max = 96;  // copy task filler length
+};
+std::string synthetic_corpus(uint64_t seed, int64_t n_bytes, const SyntheticSpec& spec = {});
+// One example of `task` in {'C','S','B','A'}.
+std::string synthetic_example(char task, Rng& rng, const SyntheticSpec& spec = {});
 std::string read_file_bytes(const std::string& path);
 
 struct Batch {

@@ -62,16 +62,29 @@ class Mlp : public FeedForward {
   double flops_ = 0;
 };
 
+// What sits in a block's attention position: dense causal attention, or a
+// sparse one (runtime/sparse_self_attention.h).
+class SelfAttention {
+ public:
+  virtual ~SelfAttention() = default;
+  virtual Tensor forward(const Tensor& x, int64_t B, int64_t T) = 0;  // x (B*T, C)
+  virtual Tensor backward(const Tensor& dy) = 0;
+  virtual void set_training(bool) {}
+  virtual double forward_flops() const = 0;
+  // FLOPs a dense forward over B sequences of T tokens would spend.
+  virtual double flops(int64_t B, int64_t T) const = 0;
+  virtual double aux_loss() const { return 0; }
+};
+
 // y = proj(attention(qkv(x)))
-class CausalSelfAttention {
+class CausalSelfAttention : public SelfAttention {
  public:
   CausalSelfAttention(ParamStore& ps, const std::string& name, int64_t C, int64_t H, Rng& rng,
                       float std, float out_std);
-  Tensor forward(const Tensor& x, int64_t B, int64_t T);
-  Tensor backward(const Tensor& dy);
-  double forward_flops() const { return flops_; }
-  // FLOPs of a forward over B sequences of T tokens.
-  double flops(int64_t B, int64_t T) const;
+  Tensor forward(const Tensor& x, int64_t B, int64_t T) override;
+  Tensor backward(const Tensor& dy) override;
+  double forward_flops() const override { return flops_; }
+  double flops(int64_t B, int64_t T) const override;
 
  private:
   Linear qkv_, proj_;

@@ -19,33 +19,40 @@ void add_into(Tensor& a, const Tensor& b) {
 }  // namespace
 
 Block::Block(ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
-             std::unique_ptr<FeedForward> ffn, Rng& rng, const switchyard::DepthConfig* depth)
+             std::unique_ptr<FeedForward> ffn, Rng& rng, const switchyard::DepthConfig* depth,
+             const SparseAttentionSpec* sparse)
     : ln1_(ps, name + ".ln1", m.d_model(), rng),
       ln2_(ps, name + ".ln2", m.d_model(), rng),
-      attn_(ps, name + ".attn", m.d_model(), m.n_heads(), rng, m.init_std(),
-            m.init_std() / std::sqrt(2.f * m.n_layers())),
       ffn_(std::move(ffn)) {
+  const float out_std = m.init_std() / std::sqrt(2.f * m.n_layers());
+  if (sparse)
+    attn_ = std::make_unique<SparseSelfAttention>(ps, name + ".attn", m.d_model(), m.n_heads(), *sparse,
+                                                  rng, m.init_std(), out_std);
+  else
+    attn_ = std::make_unique<CausalSelfAttention>(ps, name + ".attn", m.d_model(), m.n_heads(), rng,
+                                                  m.init_std(), out_std);
   if (depth) depth_ = std::make_unique<DepthRouter>(ps, name + ".depth", m.d_model(), *depth, rng, m.init_std());
 }
 
 void Block::set_training(bool t) {
   training_ = t;
+  attn_->set_training(t);
   ffn_->set_training(t);
 }
 
 Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T) {
-  Tensor h = attn_.forward(ln1_.forward(x), B, T);
+  Tensor h = attn_->forward(ln1_.forward(x), B, T);
   add_into(h, x);
   Tensor out = ffn_->forward(ln2_.forward(h));
   add_into(out, h);
-  flops_ += attn_.forward_flops() + ffn_->forward_flops();
+  flops_ += attn_->forward_flops() + ffn_->forward_flops();
   return out;
 }
 
 Tensor Block::inner_backward(const Tensor& dy) {
   Tensor dh = ln2_.backward(ffn_->backward(dy));
   add_into(dh, dy);
-  Tensor dx = ln1_.backward(attn_.backward(dh));
+  Tensor dx = ln1_.backward(attn_->backward(dh));
   add_into(dx, dh);
   return dx;
 }
@@ -88,7 +95,7 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
   }
   // Router: 2*N*C (score) + 2*N*C (predictor).
   flops_ += 4.0 * B * T * C;
-  dense_flops_ = attn_.flops(B, T) + (r.rows() > 0 ? ffn_flops * B * T / r.rows() : 0.0);
+  dense_flops_ = attn_->flops(B, T) + (r.rows() > 0 ? ffn_flops * B * T / r.rows() : 0.0);
   return depth_->combine(x, z);
 }
 
@@ -108,6 +115,10 @@ Transformer::Transformer(const Config& cfg)
   wte_ = params_.add("wte", {V_, C_}, rng, std, false);
   wpe_ = params_.add("wpe", {T_, C_}, rng, std, false);
   blocks_.reserve(m.n_layers());
+  const auto& at = cfg.attention();
+  if (at.kind() == switchyard::AttentionConfig::ROUTED && at.share_centroids())
+    shared_centroids_.assign(at.num_routing_heads(),
+                             ops::Centroids(cluster_count(at, T_), C_ / m.n_heads()));
   for (int l = 0; l < m.n_layers(); ++l) {
     const std::string name = "h" + std::to_string(l);
     const auto& moe = cfg.moe();
@@ -122,7 +133,13 @@ Transformer::Transformer(const Config& cfg)
     }
     const auto& dp = cfg.depth();
     const bool depth_routed = dp.every_n_layers() > 0 && (l + 1) % dp.every_n_layers() == 0;
-    blocks_.emplace_back(params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr);
+    const auto& at = cfg.attention();
+    const bool sparse = at.kind() != switchyard::AttentionConfig::DENSE &&
+                        (at.last_n_layers() == 0 || l >= m.n_layers() - at.last_n_layers());
+    SparseAttentionSpec spec{at, T_, shared_centroids_.empty() ? nullptr : &shared_centroids_,
+                             cfg.train().seed() * 7919 + l};
+    blocks_.emplace_back(params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
+                         sparse ? &spec : nullptr);
   }
   ln_f_ = std::make_unique<LayerNorm>(params_, "ln_f", C_, rng);
   head_ = std::make_unique<Linear>(params_, "head", C_, V_, rng, std, false);
@@ -158,8 +175,10 @@ void Transformer::backward() {
 double Transformer::aux_loss() const {
   double s = 0;
   for (const auto& [l, layer] : moe_) s += layer->aux_loss();
-  for (const auto& b : blocks_)
+  for (const auto& b : blocks_) {
     if (b.depth()) s += b.depth()->aux_loss();
+    s += b.attention().aux_loss();
+  }
   return s;
 }
 

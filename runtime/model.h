@@ -17,6 +17,7 @@
 #include "runtime/layers.h"
 #include "runtime/depth_router.h"
 #include "runtime/moe_layer.h"
+#include "runtime/sparse_self_attention.h"
 
 namespace sy {
 
@@ -27,11 +28,13 @@ class Block {
  public:
   Block(ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
         std::unique_ptr<FeedForward> ffn, Rng& rng,
-        const switchyard::DepthConfig* depth = nullptr);
+        const switchyard::DepthConfig* depth = nullptr,
+        const SparseAttentionSpec* sparse = nullptr);
   Tensor forward(const Tensor& x, int64_t B, int64_t T);
   Tensor backward(const Tensor& dy);
   void set_training(bool t);
   FeedForward& ffn() { return *ffn_; }
+  SelfAttention& attention() const { return *attn_; }
   DepthRouter* depth() const { return depth_.get(); }
   double forward_flops() const { return flops_; }
   // What the same block would have spent processing every token.
@@ -42,7 +45,7 @@ class Block {
   Tensor inner_backward(const Tensor& dy);
 
   LayerNorm ln1_, ln2_;
-  CausalSelfAttention attn_;
+  std::unique_ptr<SelfAttention> attn_;
   std::unique_ptr<FeedForward> ffn_;
   std::unique_ptr<DepthRouter> depth_;
   bool training_ = true;
@@ -77,6 +80,7 @@ class Transformer {
   Param *wte_, *wpe_;
   std::vector<Block> blocks_;
   std::vector<std::pair<int, MoeLayer*>> moe_;
+  std::vector<ops::Centroids> shared_centroids_;  // attention.share_centroids
   std::unique_ptr<LayerNorm> ln_f_;
   std::unique_ptr<Linear> head_;
   // saved

@@ -15,7 +15,8 @@ namespace {
 std::string corpus_for(const Config& cfg) {
   const auto& d = cfg.data();
   if (d.source() == switchyard::DataConfig::TEXT_FILE) return read_file_bytes(d.path());
-  return synthetic_corpus(cfg.train().seed(), d.synthetic_bytes());
+  return synthetic_corpus(cfg.train().seed(), d.synthetic_bytes(),
+                          {d.synthetic_tasks(), d.copy_gap_min(), d.copy_gap_max()});
 }
 
 double now_s() {
@@ -56,6 +57,14 @@ nlohmann::json routing_metrics(Transformer& model, int64_t tokens_per_step, std:
       std::snprintf(b, sizeof b, " | L%zu kept %.2f acc %.2f", l, d->stats().processed,
                     d->stats().predictor_accuracy);
       brief += b;
+    }
+    if (const auto* sa = dynamic_cast<const SparseSelfAttention*>(&blk.attention())) {
+      const SparseAttentionStats& st = sa->stats();
+      bl["attention_pair_fraction"] = st.pair_fraction;
+      bl["cluster_size_mean"] = st.cluster_size_mean;
+      bl["cluster_size_max"] = st.cluster_size_max;
+      bl["centroid_drift"] = st.centroid_drift;
+      bl["commitment_loss"] = st.commitment_loss;
     }
     line["layers"].push_back(bl);
   }
@@ -103,6 +112,20 @@ TrainResult Trainer::run() {
   const int64_t tokens_per_step = static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
 
   if (opts_.log) {
+    const auto& at = cfg_.attention();
+    if (at.kind() != switchyard::AttentionConfig::DENSE) {
+      // What this attention costs at long context: n = 4096 (k = round(sqrt n) = 64
+      // clusters unless num_clusters is set), per layer and sequence.
+      const int64_t n = 4096, D = cfg_.model().d_model() / cfg_.model().n_heads();
+      const AttentionPairs p = attention_pairs(at, n, cfg_.model().n_heads());
+      const double per_pair = 4.0 * D * cfg_.model().n_heads();  // scores + weighted sum, all heads
+      char b[256];
+      std::snprintf(b, sizeof b,
+                    "attention FLOPs per layer at n=%lld (k=%lld clusters): %.3g vs dense %.3g (%.2f%%)\n",
+                    static_cast<long long>(n), static_cast<long long>(cluster_count(at, n)),
+                    p.sparse * per_pair, p.dense * per_pair, 100.0 * p.sparse / p.dense);
+      *opts_.log << b;
+    }
     *opts_.log << "model: " << model_.params().numel() << " parameters, " << cfg_.model().n_layers()
                << " layers, d_model " << cfg_.model().d_model() << "; data: "
                << data_.train.size() << " train / " << data_.val.size() << " val bytes\n";

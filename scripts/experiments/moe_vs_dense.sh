@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Issue 3's measurements: dense tiny vs switch_tiny at equal steps on the
 # synthetic corpus and on tinyshakespeare, and switch_tiny with and without the
-# load-balance loss. Writes docs/runs/*.jsonl and docs/moe_vs_dense.png,
-# docs/moe_balance.png. Run from the repo root after building (~8 min, 2 cores).
+# load-balance loss, 2000 steps each. Writes docs/runs/*.jsonl and docs/moe_vs_dense.png,
+# docs/moe_balance.png. Run from the repo root after building (~12 min, 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=build/bin/train_switch
 OUT=docs/runs
 mkdir -p "$OUT"
 SHAKE=../shared/data/tinyshakespeare.txt
-common=(--set train.eval_interval=50 --set train.log_interval=10)
+common=(--set train.steps=2000 --set train.eval_interval=100 --set train.log_interval=10)
 text=(--set data.source=TEXT_FILE --set data.path=$SHAKE)
 run() { local name=$1; shift; echo "== $name"; "$BIN" "$@" "${common[@]}" --metrics "$OUT/$name.jsonl" | tail -1; }
 run tiny_synthetic --config configs/tiny.pbtxt &

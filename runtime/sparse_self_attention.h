@@ -1,0 +1,88 @@
+// SparseSelfAttention: a block's attention when attention.kind is ROUTED or
+// BLOCK_TOPK (configs/switchyard.proto, AttentionConfig).
+//
+//   ROUTED:     heads [0, H - R) are local (causal sliding window), heads
+//               [H - R, H) attend within content clusters (ops/routed_attention.h)
+//   BLOCK_TOPK: every head attends to its own block and its top-k earlier
+//               blocks (ops/sparse_attention.h)
+//   y = proj(concat_h attention_h(qkv(x)))
+//
+// Centroids live per block and routing head, or in one set per routing head
+// shared by all routed blocks (share_centroids). In training they are
+// initialised by k-means on the first batch and then follow an EMA of the
+// assigned normalised queries (and keys, in balanced mode); the per-cluster
+// counts and sums pass through `stats_reducer` first (the data-parallel sum).
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "ops/routed_attention.h"
+#include "runtime/config.h"
+#include "runtime/layers.h"
+
+namespace sy {
+
+// round(sqrt(seq_len)) when num_clusters is 0.
+int64_t cluster_count(const switchyard::AttentionConfig& a, int64_t seq_len);
+
+struct SparseAttentionSpec {
+  switchyard::AttentionConfig cfg;
+  int64_t seq_len;
+  std::vector<ops::Centroids>* shared;  // per routing head, or null: own centroids
+  uint64_t seed;
+};
+
+struct SparseAttentionStats {
+  double pair_fraction = 0;       // query-key pairs computed / dense causal pairs
+  double cluster_size_mean = 0;   // routing heads: members per non-empty cluster
+  double cluster_size_max = 0;
+  double centroid_drift = 0;      // mean |mu_new - mu_old| in the last update
+  double commitment_loss = 0;
+};
+
+// Query-key pairs of one sequence of n tokens, per layer: {this config, dense}.
+struct AttentionPairs {
+  double sparse, dense;
+};
+AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, int64_t n_heads);
+
+class SparseSelfAttention : public SelfAttention {
+ public:
+  SparseSelfAttention(ParamStore& ps, const std::string& name, int64_t C, int64_t H,
+                      const SparseAttentionSpec& spec, Rng& rng, float std, float out_std);
+  Tensor forward(const Tensor& x, int64_t B, int64_t T) override;
+  Tensor backward(const Tensor& dy) override;
+  void set_training(bool t) override { training_ = t; }
+  double forward_flops() const override { return flops_; }
+  double flops(int64_t B, int64_t T) const override;
+  double aux_loss() const override { return stats_.commitment_loss; }
+  const SparseAttentionStats& stats() const { return stats_; }
+  // Sums per-cluster statistics over data-parallel ranks before the EMA update.
+  void set_stats_reducer(std::function<void(std::vector<float>&)> f) { reducer_ = std::move(f); }
+  const std::vector<ops::Centroids>& centroids() const { return *centroids_; }
+  int64_t num_local_heads() const { return H_ - R_; }
+
+ private:
+  bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }
+
+  switchyard::AttentionConfig cfg_;
+  Linear qkv_, proj_;
+  int64_t C_, H_, D_, R_, K_;
+  std::vector<ops::Centroids> own_;
+  std::vector<ops::Centroids>* centroids_;
+  Rng rng_;
+  bool training_ = true;
+  std::function<void(std::vector<float>&)> reducer_;
+  // saved for backward
+  int64_t B_ = 0, T_ = 0;
+  Tensor qkv_out_, y_;
+  std::vector<float> lse_;                 // (B, H, T)
+  std::vector<ops::KeySets> keys_;         // (B, H)
+  std::vector<Tensor> qn_, qn_mean_, qn_rstd_;  // per routing head (B*T, D)
+  std::vector<std::vector<int32_t>> cluster_of_;  // per routing head (B*T): query's cluster (causal) or -1
+  SparseAttentionStats stats_;
+  double commit_count_ = 0;  // assigned queries in the commitment mean
+  double flops_ = 0;
+};
+
+}  // namespace sy

@@ -1,0 +1,283 @@
+// Local, block top-k and routed attention: causality, equivalences with dense
+// attention, the log-sum-exp merge, gradients and the centroid EMA.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "grad_check.h"
+#include "ops/layernorm.h"
+#include "ops/routed_attention.h"
+#include "runtime/sparse_self_attention.h"
+
+namespace sy {
+namespace {
+
+using ops::HeadQKV;
+using ops::KeySets;
+
+switchyard::AttentionConfig routed_cfg(int routing_heads, int clusters, int window, bool balanced = false) {
+  switchyard::AttentionConfig a;
+  a.set_kind(switchyard::AttentionConfig::ROUTED);
+  a.set_num_routing_heads(routing_heads);
+  a.set_num_clusters(clusters);
+  a.set_window(window);
+  if (balanced) a.set_assignment(switchyard::AttentionConfig::BALANCED);
+  return a;
+}
+
+switchyard::AttentionConfig block_cfg(int block, int topk) {
+  switchyard::AttentionConfig a;
+  a.set_kind(switchyard::AttentionConfig::BLOCK_TOPK);
+  a.set_block_size(block);
+  a.set_topk_blocks(topk);
+  return a;
+}
+
+struct Layer {
+  ParamStore ps;
+  std::unique_ptr<SparseSelfAttention> attn;
+  Layer(const switchyard::AttentionConfig& a, int64_t C, int64_t H, int64_t T, uint64_t seed = 1) {
+    Rng rng(seed);
+    attn = std::make_unique<SparseSelfAttention>(ps, "a", C, H, SparseAttentionSpec{a, T, nullptr, 3}, rng,
+                                                 0.5f, 0.5f);
+  }
+};
+
+// Changing token j changes no output at i < j.
+void expect_causal(const switchyard::AttentionConfig& a) {
+  const int64_t C = 8, H = 2, T = 24;
+  Layer l(a, C, H, T);
+  Rng rng(2);
+  Tensor x = testing::randn({T, C}, rng);
+  l.attn->forward(x, 1, T);  // training forward initialises the centroids
+  l.attn->set_training(false);
+  Tensor y0 = l.attn->forward(x, 1, T);
+  for (int64_t j = 1; j < T; j += 3) {
+    Tensor x2 = x.clone();
+    for (int64_t c = 0; c < C; ++c) x2.f32()[j * C + c] += static_cast<float>(rng.normal() * 2);
+    Tensor y = l.attn->forward(x2, 1, T);
+    for (int64_t i = 0; i < j * C; ++i) ASSERT_EQ(y.f32()[i], y0.f32()[i]) << "token " << j << " leaked into " << i / C;
+  }
+}
+
+TEST(LocalAttention, NoLeakFromTheFuture) { expect_causal(routed_cfg(0, 1, 5)); }
+TEST(RoutedAttention, CausalModeNoLeakFromTheFuture) { expect_causal(routed_cfg(2, 4, 3)); }
+TEST(RoutedAttention, LocalPlusRoutingNoLeak) { expect_causal(routed_cfg(1, 3, 4)); }
+TEST(BlockTopK, NoLeakFromTheFuture) { expect_causal(block_cfg(4, 2)); }
+
+TEST(RoutedAttention, BalancedModeMembershipDependsOnLaterTokens) {
+  // The paper's balanced clusters take each centroid's top T/k tokens over the
+  // whole sequence, so a later token can change an earlier token's output.
+  const int64_t C = 8, H = 2, T = 24;
+  Layer l(routed_cfg(2, 4, 3, true), C, H, T);
+  Rng rng(4);
+  Tensor x = testing::randn({T, C}, rng);
+  l.attn->forward(x, 1, T);
+  l.attn->set_training(false);
+  Tensor y0 = l.attn->forward(x, 1, T);
+  int leaks = 0;
+  for (int64_t j = T / 2; j < T; ++j) {
+    Tensor x2 = x.clone();
+    for (int64_t c = 0; c < C; ++c) x2.f32()[j * C + c] *= -3.f;
+    Tensor y = l.attn->forward(x2, 1, T);
+    for (int64_t i = 0; i < j * C; ++i) leaks += y.f32()[i] != y0.f32()[i];
+  }
+  EXPECT_GT(leaks, 0);
+}
+
+// A layer of dense causal attention and a sparse one, same weights.
+void expect_equals_dense(const switchyard::AttentionConfig& a) {
+  const int64_t C = 8, H = 2, T = 13, B = 2;
+  Layer sparse(a, C, H, T, 5);
+  ParamStore ps;
+  Rng rng(5);
+  CausalSelfAttention dense(ps, "a", C, H, rng, 0.5f, 0.5f);
+  Rng in(6);
+  Tensor x = testing::randn({B * T, C}, in);
+  Tensor ys = sparse.attn->forward(x, B, T), yd = dense.forward(x, B, T);
+  for (int64_t i = 0; i < ys.numel(); ++i) EXPECT_NEAR(ys.f32()[i], yd.f32()[i], 1e-5f) << i;
+  EXPECT_NEAR(sparse.attn->stats().pair_fraction, 1.0, 1e-12);
+}
+
+TEST(RoutedAttention, OneClusterEqualsDenseCausalAttention) { expect_equals_dense(routed_cfg(2, 1, 1)); }
+TEST(LocalAttention, WindowAtLeastNEqualsDense) { expect_equals_dense(routed_cfg(0, 1, 13)); }
+TEST(BlockTopK, AllBlocksEqualsDense) { expect_equals_dense(block_cfg(4, 100)); }
+
+// Brute-force union of a query's clusters' allowed keys.
+KeySets union_keys(const ops::Clusters& cl, int64_t T) {
+  KeySets ks;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int32_t> keys;
+    bool member = false;
+    for (int64_t c = 0; c < cl.num(); ++c) {
+      if (std::find(cl.queries[c].begin(), cl.queries[c].end(), t) == cl.queries[c].end()) continue;
+      member = true;
+      for (int32_t u : cl.keys[c])
+        if (u <= t && std::find(keys.begin(), keys.end(), u) == keys.end()) keys.push_back(u);
+    }
+    if (member && keys.empty()) keys.push_back(static_cast<int32_t>(t));
+    std::sort(keys.begin(), keys.end());
+    ks.add_query(keys);
+  }
+  return ks;
+}
+
+struct Head {
+  int64_t T, D;
+  Tensor q, k, v;
+  HeadQKV view() const { return {q.f32(), k.f32(), v.f32(), D, T, D}; }
+};
+
+Head random_head(int64_t T, int64_t D, Rng& rng) {
+  return {T, D, testing::randn({T, D}, rng), testing::randn({T, D}, rng), testing::randn({T, D}, rng)};
+}
+
+ops::Clusters balanced_clusters(const Head& h, int64_t K, Rng& rng) {
+  ops::Centroids c(K, h.D);
+  Tensor qn({h.T, h.D}), kn({h.T, h.D}), m({h.T}), r({h.T});
+  ops::layernorm_forward(qn, m, r, h.q, Tensor(), Tensor());
+  ops::layernorm_forward(kn, m, r, h.k, Tensor(), Tensor());
+  ops::kmeans_init(c, qn.f32(), h.T, 2, rng);
+  ops::ClusterParams p;
+  p.mode = ops::ClusterMode::balanced;
+  return ops::assign_clusters(qn.f32(), kn.f32(), h.D, h.T, c, p);
+}
+
+TEST(RoutedAttention, LseMergeEqualsAttentionOverTheUnion) {
+  Rng rng(7);
+  for (int trial = 0; trial < 5; ++trial) {
+    Head h = random_head(37, 6, rng);
+    ops::Clusters cl = balanced_clusters(h, 5, rng);  // S = 8: tokens in 0..5 clusters
+    int multi = 0;
+    for (int64_t t = 0; t < h.T; ++t) {
+      int n = 0;
+      for (auto& q : cl.queries) n += std::count(q.begin(), q.end(), t);
+      multi += n > 1;
+    }
+    ASSERT_GT(multi, 0) << "want queries in several clusters";
+    Tensor o({h.T, h.D}), o2({h.T, h.D});
+    o.fill(NAN), o2.fill(NAN);  // poison
+    std::vector<float> lse(h.T), lse2(h.T);
+    KeySets ks;
+    ops::routed_attention_forward(o.f32(), h.D, lse.data(), ks, h.view(), cl);
+    KeySets want = union_keys(cl, h.T);
+    EXPECT_EQ(ks.idx, want.idx);
+    EXPECT_EQ(ks.off, want.off);
+    ops::sparse_attention_forward(o2.f32(), h.D, lse2.data(), h.view(), want);
+    for (int64_t i = 0; i < o.numel(); ++i) ASSERT_NEAR(o.f32()[i], o2.f32()[i], 1e-5f);
+    for (int64_t t = 0; t < h.T; ++t)
+      if (std::isfinite(lse2[t])) EXPECT_NEAR(lse[t], lse2[t], 1e-5f);
+      else EXPECT_EQ(lse[t], lse2[t]);
+  }
+}
+
+TEST(RoutedAttention, QueryInNoClusterGetsZeroAndLoneQueryAttendsToItself) {
+  Rng rng(8);
+  Head h = random_head(4, 3, rng);
+  ops::Clusters cl;
+  cl.queries = {{1, 3}};
+  cl.keys = {{2}};  // query 1 has no allowed key (2 > 1): attends to itself
+  Tensor o({4, 3});
+  std::vector<float> lse(4);
+  KeySets ks;
+  ops::routed_attention_forward(o.f32(), 3, lse.data(), ks, h.view(), cl);
+  for (int d = 0; d < 3; ++d) {
+    EXPECT_EQ(o.f32()[0 * 3 + d], 0.f);                 // in no cluster
+    EXPECT_EQ(o.f32()[1 * 3 + d], h.v.f32()[1 * 3 + d]);  // itself
+    EXPECT_NEAR(o.f32()[3 * 3 + d], h.v.f32()[2 * 3 + d], 1e-6);  // its only key
+  }
+}
+
+void expect_head_gradients(const KeySets& ks, Head& h, const std::string& what) {
+  Rng rng(9);
+  Tensor R = testing::randn({h.T, h.D}, rng);
+  auto loss = [&] {
+    Tensor o({h.T, h.D});
+    std::vector<float> lse(h.T);
+    ops::sparse_attention_forward(o.f32(), h.D, lse.data(), h.view(), ks);
+    return testing::dot(o, R);
+  };
+  Tensor o({h.T, h.D});
+  std::vector<float> lse(h.T);
+  ops::sparse_attention_forward(o.f32(), h.D, lse.data(), h.view(), ks);
+  Tensor dq({h.T, h.D}), dk({h.T, h.D}), dv({h.T, h.D});
+  ops::sparse_attention_backward({dq.f32(), dk.f32(), dv.f32(), h.D}, R.f32(), o.f32(), h.D, lse.data(),
+                                 h.view(), ks);
+  testing::expect_gradient(what + " dq", h.q, dq, loss, 1e-2);
+  testing::expect_gradient(what + " dk", h.k, dk, loss, 1e-2);
+  testing::expect_gradient(what + " dv", h.v, dv, loss, 1e-2);
+}
+
+TEST(SparseAttention, GradientsMatchFiniteDifferences) {
+  Rng rng(10);
+  Head h = random_head(19, 4, rng);
+  expect_head_gradients(ops::local_keysets(19, 5), h, "local");
+  expect_head_gradients(ops::block_topk_keysets(h.view(), 4, 2), h, "block top-k");
+  ops::Clusters cl = balanced_clusters(h, 3, rng);
+  Tensor o({19, 4});
+  std::vector<float> lse(19);
+  KeySets ks;
+  ops::routed_attention_forward(o.f32(), 4, lse.data(), ks, h.view(), cl);
+  expect_head_gradients(ks, h, "routed (clusters fixed)");
+}
+
+TEST(SparseAttention, LayerGradientsLocalPlusRouting) {
+  const int64_t C = 8, H = 2, T = 10;
+  Layer l(routed_cfg(1, 2, 3), C, H, T, 11);
+  Rng rng(12);
+  Tensor x = testing::randn({2 * T, C}, rng), R = testing::randn({2 * T, C}, rng);
+  l.attn->forward(x, 2, T);
+  l.attn->set_training(false);  // centroids fixed from here on
+  auto loss = [&] { return testing::dot(l.attn->forward(x, 2, T), R); };
+  loss();
+  l.ps.zero_grad();
+  Tensor dx = l.attn->backward(R);
+  for (Param* p : l.ps.all()) {
+    Tensor g = p->grad.clone();
+    testing::expect_gradient(p->name, p->value, g, loss, 1e-3, 3e-2);
+  }
+  testing::expect_gradient("x", x, dx, loss, 1e-3, 3e-2);
+}
+
+TEST(Centroids, EmaUpdateMatchesHandComputedCase) {
+  // K = 1, D = 2, decay 0.5. mu = (sqrt2, 0), EMA sum = mu, count = 1.
+  ops::Centroids c(1, 2);
+  c.mu = {std::sqrt(2.f), 0.f};
+  c.sum = c.mu;
+  c.count = {1.f};
+  c.initialized = true;
+  ops::ClusterStats s{{0.f, 2.f * std::sqrt(2.f)}, {2.f}};  // two vectors (0, sqrt2)
+  float drift = ops::ema_update(c, s, 0.5f);
+  // sum = 0.5 (sqrt2, 0) + 0.5 (0, 2 sqrt2) = (sqrt2/2, sqrt2); count = 1.5
+  EXPECT_FLOAT_EQ(c.sum[0], std::sqrt(2.f) / 2);
+  EXPECT_FLOAT_EQ(c.sum[1], std::sqrt(2.f));
+  EXPECT_FLOAT_EQ(c.count[0], 1.5f);
+  // mu = sqrt(2) * sum / |sum| = sqrt2 (1, 2) / sqrt5
+  EXPECT_NEAR(c.mu[0], std::sqrt(2.f) / std::sqrt(5.f), 1e-6);
+  EXPECT_NEAR(c.mu[1], 2 * std::sqrt(2.f) / std::sqrt(5.f), 1e-6);
+  const float dx = c.mu[0] - std::sqrt(2.f), dy = c.mu[1];
+  EXPECT_NEAR(drift, std::sqrt(dx * dx + dy * dy), 1e-6);
+}
+
+TEST(Centroids, ClusterNeverSeenKeepsItsCentroid) {
+  ops::Centroids c(2, 2);
+  c.mu = {std::sqrt(2.f), 0.f, 0.f, std::sqrt(2.f)};
+  c.sum = c.mu;
+  c.count = {1.f, 1.f};
+  ops::ClusterStats s{{std::sqrt(2.f), 0.f, 0.f, 0.f}, {1.f, 0.f}};
+  ops::ema_update(c, s, 0.9f);
+  EXPECT_NEAR(c.mu[2], 0.f, 1e-6);
+  EXPECT_NEAR(c.mu[3], std::sqrt(2.f), 1e-6);
+}
+
+TEST(AttentionPairs, RoutedAt4096With64ClustersIsA64thOfDense) {
+  auto a = routed_cfg(4, 0, 64);
+  AttentionPairs p = attention_pairs(a, 4096, 4);
+  EXPECT_EQ(cluster_count(a, 4096), 64);
+  // 64 clusters of 64, causal inside: 64 * 64*65/2 pairs against 4096*4097/2.
+  EXPECT_NEAR(p.sparse, 64.0 * 64 * 65 / 2, 1e-6);
+  EXPECT_NEAR(p.dense, 4096.0 * 4097 / 2, 1e-6);
+}
+
+}  // namespace
+}  // namespace sy
