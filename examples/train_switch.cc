@@ -1,41 +1,89 @@
-// train_switch: train a Switchyard model from a text-format config.
+// train_switch: train a Switchyard model from a text-format config, on one
+// process or on several under mpirun (data + expert parallelism).
 //
 //   build/bin/train_switch --config configs/tiny.pbtxt [--set k=v ...] [--metrics out.jsonl]
+//   mpirun -np 4 build/bin/train_switch --config configs/switch_tiny.pbtxt --set parallel.expert_parallel=4
 //
-// Exit codes: 0 done, 2 bad input (config, override, data file), 1 any other error.
+// Exit codes: 0 done, 2 bad input (config, override, data file), 1 any other
+// error. Under mpirun a rank that fails prints "error: rank R: ..." and aborts
+// the whole job, so no other rank waits on it.
 #include <cblas.h>
 
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "comm/mpi_communicator.h"
 #include "runtime/trainer.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"Train a Switchyard model"};
-  std::string config_path, metrics_path;
+  std::string config_path, metrics_path, fault;
   std::vector<std::string> overrides;
   int threads = 1;
   app.add_option("--config", config_path, "text-format config (configs/*.pbtxt)")->required();
   app.add_option("--set", overrides, "override a field: path.to.field=value (repeatable)");
-  app.add_option("--metrics", metrics_path, "write one JSON line per logged step here");
-  app.add_option("--threads", threads, "OpenBLAS threads for the CPU backend")->check(CLI::Range(1, 1024));
-  CLI11_PARSE(app, argc, argv);
-
+  app.add_option("--metrics", metrics_path, "write one JSON line per logged step here (rank 0)");
+  app.add_option("--threads", threads, "OpenBLAS threads per rank for the CPU backend")->check(CLI::Range(1, 1024));
+  app.add_option("--inject-fault", fault,
+                 "testing failure handling: KIND:RANK:STEP with KIND throw, hang or exit");
   try {
-    openblas_set_num_threads(threads);
-    sy::Config cfg = sy::load_config(config_path, overrides);
-    std::cout << "switchyard: backend cpu (" << threads << " thread" << (threads > 1 ? "s" : "")
-              << "), config " << config_path << "\n";
-    sy::Trainer trainer(cfg, {metrics_path, &std::cout});
-    sy::TrainResult r = trainer.run();
-    std::cout << "done: loss " << r.first_loss << " -> " << r.final_loss << ", val "
-              << r.final_val_loss << "\n";
-  } catch (const sy::ConfigError& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
   }
+
+  openblas_set_num_threads(threads);
+  sy::Config cfg = sy::load_config(config_path, overrides);
+  sy::TrainOptions opts{metrics_path, &std::cout};
+  std::unique_ptr<sy::ParallelContext> par;
+  if (world_size > 1) {
+    par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),
+                                      cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
+    opts.par = par.get();
+  } else if (cfg.parallel().expert_parallel() != 1) {
+    throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
+                          ": must divide the world size 1 (launch with mpirun -np N)");
+  }
+  if (!fault.empty()) {
+    auto a = fault.find(':'), b = fault.rfind(':');
+    if (a == std::string::npos || a == b) throw sy::ConfigError("--inject-fault " + fault + ": expected KIND:RANK:STEP");
+    opts.fault = fault.substr(0, a);
+    opts.fault_rank = std::stoi(fault.substr(a + 1, b - a - 1));
+    opts.fault_step = std::stoll(fault.substr(b + 1));
+  }
+  if (world_rank == 0) {
+    std::cout << "switchyard: backend cpu (" << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), "
+              << world_size << " rank" << (world_size > 1 ? "s" : "");
+    if (world_size > 1) std::cout << " (mpi, expert_parallel " << cfg.parallel().expert_parallel() << ")";
+    std::cout << ", config " << config_path << "\n";
+  }
+  sy::Trainer trainer(cfg, opts);
+  sy::TrainResult r = trainer.run();
+  if (world_rank == 0)
+    std::cout << "done: loss " << r.first_loss << " -> " << r.final_loss << ", val " << r.final_val_loss << "\n";
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  sy::comm::MpiSession mpi(&argc, &argv);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int code = 0;
+  try {
+    code = run(argc, argv, rank, size);
+  } catch (const sy::ConfigError& e) {
+    std::cerr << "error: " << (size > 1 ? "rank " + std::to_string(rank) + ": " : "") << e.what() << std::endl;
+    code = 2;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << (size > 1 ? "rank " + std::to_string(rank) + ": " : "") << e.what() << std::endl;
+    code = 1;
+  }
+  // One rank's failure ends the job: the others may be inside a collective.
+  if (code != 0 && size > 1) sy::comm::abort_job(code);
+  return code;
 }

@@ -28,5 +28,9 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
 // Returns the global norm before clipping; scales the grads in place when it
 // exceeds max_norm (max_norm <= 0 disables clipping).
 float clip_grad_norm(const std::vector<Tensor*>& grads, float max_norm);
+// The two halves, for a norm whose squares are summed across ranks first.
+double grad_sq_sum(const std::vector<Tensor*>& grads);
+// Scales by max_norm / norm when norm > max_norm > 0.
+void clip_to_norm(const std::vector<Tensor*>& grads, float norm, float max_norm);
 
 }  // namespace sy::ops

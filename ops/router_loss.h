@@ -20,6 +20,16 @@ namespace sy::ops {
 
 float load_balance_loss(std::vector<float>& dprobs, const std::vector<float>& probs,
                         const Route& r, float alpha);
+// The same from given statistics: f (G) and P (G) may cover more tokens than
+// these N (every data-parallel rank's, all-reduced), which makes the loss
+// independent of how the batch is split. The gradient alpha G f_g / N uses
+// this rank's N: with the data-parallel average over ranks of equal N it is
+// the gradient of the global loss.
+float load_balance_loss(std::vector<float>& dprobs, int64_t N, int64_t G, const std::vector<double>& f,
+                        const std::vector<double>& P, float alpha);
+// Raw sums for those statistics: per group, assignments chosen and summed
+// probability; then total assignments and tokens. Layout (2G + 2).
+std::vector<double> load_balance_sums(const std::vector<float>& probs, const Route& r);
 float z_loss(std::vector<float>& dlogits, const float* logits, int64_t N, int64_t G, float beta);
 // cost (G) or empty for all ones; also returns the expected cost C in *expected.
 float budget_loss(std::vector<float>& dprobs, const std::vector<float>& probs, int64_t N,

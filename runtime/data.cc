@@ -93,6 +93,14 @@ Dataset make_dataset(const std::string& corpus, double val_fraction, int64_t seq
   return d;
 }
 
+Batch slice_batch(const Batch& b, int64_t T, int rank, int world) {
+  const int64_t B = static_cast<int64_t>(b.inputs.size()) / T;
+  SY_CHECK(B % world == 0, "batch of " << B << " sequences over " << world << " ranks");
+  const int64_t per = B / world, begin = rank * per * T, end = begin + per * T;
+  return {std::vector<int32_t>(b.inputs.begin() + begin, b.inputs.begin() + end),
+          std::vector<int32_t>(b.targets.begin() + begin, b.targets.begin() + end)};
+}
+
 WindowSampler::WindowSampler(const std::string* bytes, int64_t B, int64_t T, uint64_t seed)
     : bytes_(bytes), B_(B), T_(T), rng_(seed) {}
 

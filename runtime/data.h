@@ -33,6 +33,10 @@ struct Batch {
   std::vector<int32_t> targets;  // (B*T) the next byte of each input
 };
 
+// Sequences [rank*B/world, (rank+1)*B/world) of a batch of B sequences of T:
+// a data-parallel rank's slice of the global batch.
+Batch slice_batch(const Batch& b, int64_t T, int rank, int world);
+
 // Samples B windows of T+1 bytes from one split: at random offsets (training)
 // or at evenly spaced fixed offsets (evaluation, the same every time).
 class WindowSampler {

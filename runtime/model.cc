@@ -107,7 +107,7 @@ Tensor Block::backward(const Tensor& dy) {
   return dx;
 }
 
-Transformer::Transformer(const Config& cfg)
+Transformer::Transformer(const Config& cfg, ParallelContext* par)
     : cfg_(cfg), C_(cfg.model().d_model()), V_(cfg.model().vocab_size()), T_(cfg.model().seq_len()) {
   const auto& m = cfg.model();
   Rng rng(cfg.train().seed());
@@ -125,7 +125,7 @@ Transformer::Transformer(const Config& cfg)
     std::unique_ptr<FeedForward> ffn;
     if (moe.num_experts() > 0 && (l + 1) % moe.every_n_layers() == 0) {
       auto layer = std::make_unique<MoeLayer>(params_, name + ".moe", C_, moe, m.ffn_hidden(), rng,
-                                              std, out_std, cfg.train().seed() * 1000003 + l);
+                                              std, out_std, cfg.train().seed() * 1000003 + l, par);
       moe_.emplace_back(l, layer.get());
       ffn = std::move(layer);
     } else {
@@ -142,6 +142,14 @@ Transformer::Transformer(const Config& cfg)
                          sparse ? &spec : nullptr);
   }
   ln_f_ = std::make_unique<LayerNorm>(params_, "ln_f", C_, rng);
+  // Routed attention: centroid statistics are summed over data-parallel
+  // ranks before each EMA update, so every replica keeps the same centroids.
+  if (par && par->world_size() > 1)
+    for (auto& b : blocks_)
+      if (auto* sa = dynamic_cast<SparseSelfAttention*>(&b.attention()))
+        sa->set_stats_reducer([par](std::vector<float>& v) {
+          par->world->all_reduce_sum(v.data(), static_cast<int64_t>(v.size()), "routed attention centroids");
+        });
   head_ = std::make_unique<Linear>(params_, "head", C_, V_, rng, std, false);
 }
 

@@ -54,7 +54,8 @@ class Block {
 
 class Transformer {
  public:
-  explicit Transformer(const Config& cfg);
+  // par: the process layout when running on several ranks (null: one rank).
+  explicit Transformer(const Config& cfg, ParallelContext* par = nullptr);
   // Mean next-byte cross-entropy of the batch (nats/byte); saves activations.
   // Router losses are not included (see aux_loss()) but their gradients are
   // part of backward().

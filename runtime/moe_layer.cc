@@ -22,14 +22,20 @@ bool expert_choice(const switchyard::MoeConfig& c) {
 
 MoeLayer::MoeLayer(ParamStore& ps, const std::string& name, int64_t C,
                    const switchyard::MoeConfig& cfg, int64_t default_hidden, Rng& rng, float std,
-                   float out_std, uint64_t seed)
+                   float out_std, uint64_t seed, ParallelContext* par)
     : cfg_(cfg), C_(C), G_(cfg.num_experts()),
-      H_(cfg.expert_hidden() > 0 ? cfg.expert_hidden() : default_hidden), rng_(seed) {
+      H_(cfg.expert_hidden() > 0 ? cfg.expert_hidden() : default_hidden), El_(G_), par_(par),
+      name_(name), rng_(seed + (par ? par->rank() : 0)) {
+  const int ep = par ? par->ep_size : 1;
+  SY_CHECK(G_ % ep == 0, "moe.num_experts = " << G_ << " over expert_parallel = " << ep);
+  El_ = G_ / ep;
+  const int64_t e0 = (par ? par->shard() : 0) * El_, e1 = e0 + El_;
+  if (ep > 1) exchange_ = std::make_unique<ExpertExchange>(*par->ep, G_, C_);
   wg_ = ps.add(name + ".router.w", {C_, G_}, rng, std, false);
-  w1_ = ps.add(name + ".experts.w1", {G_, C_, H_}, rng, std, true);
-  b1_ = ps.add(name + ".experts.b1", {G_, H_}, rng, 0.f, false);
-  w2_ = ps.add(name + ".experts.w2", {G_, H_, C_}, rng, out_std, true);
-  b2_ = ps.add(name + ".experts.b2", {G_, C_}, rng, 0.f, false);
+  w1_ = ps.add_rows(name + ".experts.w1", {G_, C_, H_}, e0, e1, rng, std, true);
+  b1_ = ps.add_rows(name + ".experts.b1", {G_, H_}, e0, e1, rng, 0.f, false);
+  w2_ = ps.add_rows(name + ".experts.w2", {G_, H_, C_}, e0, e1, rng, out_std, true);
+  b2_ = ps.add_rows(name + ".experts.b2", {G_, C_}, e0, e1, rng, 0.f, false);
   for (Param* p : {w1_, b1_, w2_, b2_}) p->expert = true;
   if (cfg.shared_expert())
     shared_ = std::make_unique<Mlp>(ps, name + ".shared", C_, H_, rng, std, out_std);
@@ -75,9 +81,19 @@ Tensor MoeLayer::forward(const Tensor& x) {
 
   buf_ = Tensor({route_.rows(), C_});
   ops::dispatch_forward(buf_, x, route_);
-  pre_ = Tensor({route_.rows(), H_});
-  out_ = Tensor({route_.rows(), C_});
-  ops::expert_ffn_forward(out_, pre_, buf_, route_.offset, {w1_->value, b1_->value, w2_->value, b2_->value});
+  // Expert parallelism: rows travel to the ranks owning their experts and back.
+  std::vector<int32_t> offsets = route_.offset;
+  ebuf_ = buf_;
+  if (exchange_) {
+    exchange_->reset_counters();
+    exchange_->plan(route_.count, name_.c_str());
+    ebuf_ = exchange_->forward(buf_, name_.c_str());
+    offsets = exchange_->expert_offsets();
+  }
+  pre_ = Tensor({ebuf_.dim(0), H_});
+  Tensor eout({ebuf_.dim(0), C_});
+  ops::expert_ffn_forward(eout, pre_, ebuf_, offsets, {w1_->value, b1_->value, w2_->value, b2_->value});
+  out_ = exchange_ ? exchange_->reverse(eout, name_.c_str()) : eout;
   Tensor y({N, C_});
   ops::combine_forward(y, out_, route_);
   if (shared_) {
@@ -89,29 +105,38 @@ Tensor MoeLayer::forward(const Tensor& x) {
   std::vector<float> scratch;
   stats_ = MoeStats{};
   stats_.capacity = route_.capacity;
-  std::vector<int64_t> load = ops::chosen_per_group(route_);
-  const double total = std::max<int64_t>(1, route_.assigned), mean = 1.0 / G_;
+  // Load statistics over every data-parallel rank's tokens.
+  std::vector<double> sums = ops::load_balance_sums(probs_, route_);
+  if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(sums.data(), 2 * G_ + 2, name_.c_str());
+  const double total = std::max(1.0, sums[2 * G_]), mean = 1.0 / G_;
+  lb_f_.assign(G_, 0.0);
+  lb_P_.assign(G_, 0.0);
+  std::vector<int64_t> load(G_);
   double var = 0, mx = 0;
   for (int64_t g = 0; g < G_; ++g) {
-    const double f = load[g] / total;
+    load[g] = static_cast<int64_t>(sums[g]);
+    lb_f_[g] = sums[g] / total;
+    lb_P_[g] = sums[G_ + g] / std::max(1.0, sums[2 * G_ + 1]);
+    const double f = lb_f_[g];
     stats_.load.push_back(f);
     mx = std::max(mx, f);
     var += (f - mean) * (f - mean);
   }
   stats_.max_over_mean = mx / mean;
   stats_.cv = std::sqrt(var / G_) / mean;
-  stats_.dropped = static_cast<double>(route_.dropped) / total;
+  stats_.dropped = static_cast<double>(route_.dropped) / std::max<int64_t>(1, route_.assigned);
   for (int64_t i = 0; i < N * G_; ++i)
     if (probs_[i] > 0) stats_.entropy -= probs_[i] * std::log(probs_[i]);
   stats_.entropy /= std::max<int64_t>(1, N);
-  stats_.lb_loss = ops::load_balance_loss(scratch, probs_, route_, cfg_.load_balance_coef());
+  stats_.lb_loss = ops::load_balance_loss(scratch, N, G_, lb_f_, lb_P_, cfg_.load_balance_coef());
   stats_.z_loss = ops::z_loss(scratch, logits_.data(), N, G_, cfg_.z_loss_coef());
   float expected = 0;
   stats_.budget_loss = ops::budget_loss(scratch, probs_, N, G_, cost_, cfg_.budget(), cfg_.budget_coef(), &expected);
   stats_.expected_cost = expected;
 
   if (training_ && cfg_.bias_balance_rate() > 0) ops::update_balance_bias(bias_, load, cfg_.bias_balance_rate());
-  flops_ = 2.0 * N * C_ * G_ + 4.0 * route_.rows() * C_ * H_ + (shared_ ? shared_->forward_flops() : 0);
+  flops_ = 2.0 * N * C_ * G_ + 4.0 * ebuf_.dim(0) * C_ * H_ + (shared_ ? shared_->forward_flops() : 0);
+  if (exchange_) stats_.comm_s = exchange_->seconds(), stats_.bytes_sent = exchange_->bytes_sent();
   return y;
 }
 
@@ -122,14 +147,20 @@ Tensor MoeLayer::backward(const Tensor& dy) {
   Tensor dout(out_.shape());
   std::vector<float> dweight;
   ops::combine_backward(dout, dweight, dy, out_, route_);
-  Tensor dbuf(buf_.shape());
-  ops::expert_ffn_backward(dbuf, {w1_->grad, b1_->grad, w2_->grad, b2_->grad}, dout, buf_, pre_,
-                           route_.offset, {w1_->value, b1_->value, w2_->value, b2_->value});
+  // Gradients travel the forward's way: to the experts' owners, and back.
+  if (exchange_) exchange_->reset_counters();
+  Tensor edout = exchange_ ? exchange_->forward(dout, name_.c_str()) : dout;
+  Tensor edbuf(ebuf_.shape());
+  ops::expert_ffn_backward(edbuf, {w1_->grad, b1_->grad, w2_->grad, b2_->grad}, edout, ebuf_, pre_,
+                           exchange_ ? exchange_->expert_offsets() : route_.offset,
+                           {w1_->value, b1_->value, w2_->value, b2_->value});
+  Tensor dbuf = exchange_ ? exchange_->reverse(edbuf, name_.c_str()) : edbuf;
   ops::dispatch_backward(dx, dbuf, route_);
+  if (exchange_) stats_.comm_s += exchange_->seconds(), stats_.bytes_sent += exchange_->bytes_sent();
   // Router: weights and losses -> dprobs -> dlogits (+ z-loss) -> Wg, x.
   std::vector<float> dprobs(N * G_, 0.f), dlogits(N * G_, 0.f);
   ops::route_weights_backward(dprobs, dweight, probs_, route_, cfg_.renormalize() && !expert_choice(cfg_));
-  ops::load_balance_loss(dprobs, probs_, route_, cfg_.load_balance_coef());
+  ops::load_balance_loss(dprobs, N, G_, lb_f_, lb_P_, cfg_.load_balance_coef());
   ops::budget_loss(dprobs, probs_, N, G_, cost_, cfg_.budget(), cfg_.budget_coef());
   ops::router_scores_backward(dlogits, dprobs, probs_, N, G_, score_fn(cfg_));
   ops::z_loss(dlogits, logits_.data(), N, G_, cfg_.z_loss_coef());

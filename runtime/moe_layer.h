@@ -14,7 +14,9 @@
 
 #include "ops/routing.h"
 #include "runtime/config.h"
+#include "runtime/expert_exchange.h"
 #include "runtime/layers.h"
+#include "runtime/parallel.h"
 
 namespace sy {
 
@@ -24,12 +26,17 @@ struct MoeStats {
   double max_over_mean = 0, cv = 0, dropped = 0, entropy = 0;
   double lb_loss = 0, z_loss = 0, budget_loss = 0, expected_cost = 0;
   int64_t capacity = 0;
+  double comm_s = 0;  // all-to-all seconds in the last forward + backward
+  double bytes_sent = 0;
 };
 
 class MoeLayer : public FeedForward {
  public:
+  // With `par` (several ranks) the experts are sharded over par->ep and the
+  // load-balance statistics are summed over par->world.
   MoeLayer(ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
-           int64_t default_hidden, Rng& rng, float std, float out_std, uint64_t seed);
+           int64_t default_hidden, Rng& rng, float std, float out_std, uint64_t seed,
+           ParallelContext* par = nullptr);
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
   void set_training(bool t) override { training_ = t; }
@@ -42,7 +49,10 @@ class MoeLayer : public FeedForward {
 
  private:
   switchyard::MoeConfig cfg_;
-  int64_t C_, G_, H_;
+  int64_t C_, G_, H_, El_;  // El_: experts held by this rank
+  ParallelContext* par_;
+  std::unique_ptr<ExpertExchange> exchange_;  // expert parallelism, else null
+  std::string name_;
   Param *wg_, *w1_, *b1_, *w2_, *b2_;
   std::unique_ptr<Mlp> shared_;
   std::vector<float> bias_;  // selection bias (auxiliary-loss-free balancing)
@@ -51,8 +61,10 @@ class MoeLayer : public FeedForward {
   bool training_ = true;
   // saved for backward
   Tensor x_, xr_, buf_, pre_, out_;
+  Tensor ebuf_;  // expert-major rows this rank's experts processed (ebuf_ = buf_ on one rank)
   std::vector<float> noise_;  // jitter factors (N*C), empty when not jittering
   std::vector<float> logits_, probs_;
+  std::vector<double> lb_f_, lb_P_;  // load-balance statistics (global under data parallelism)
   ops::Route route_;
   MoeStats stats_;
   double flops_ = 0;

@@ -19,6 +19,21 @@ Param* ParamStore::add(const std::string& name, Shape shape, Rng& rng, float std
   return params_.back().get();
 }
 
+Param* ParamStore::add_rows(const std::string& name, Shape full, int64_t begin, int64_t end, Rng& rng,
+                            float std, bool decay) {
+  int64_t row = 1;
+  for (size_t i = 1; i < full.size(); ++i) row *= full[i];
+  Shape shard = full;
+  shard[0] = end - begin;
+  Param* p = add(name, shard, rng, 0.f, decay);
+  float* w = p->value.f32();
+  for (int64_t i = 0; i < full[0] * row; ++i) {
+    const float v = std != 0.f ? static_cast<float>(rng.normal() * std) : 0.f;
+    if (i >= begin * row && i < end * row) w[i - begin * row] = v;
+  }
+  return p;
+}
+
 std::vector<Param*> ParamStore::all() const {
   std::vector<Param*> out;
   for (auto& p : params_) out.push_back(p.get());

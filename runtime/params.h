@@ -24,6 +24,11 @@ class ParamStore {
   // Normal(0, std) init; std == 0 means zeros, fill != 0 means constant fill.
   Param* add(const std::string& name, Shape shape, Rng& rng, float std, bool decay,
              float fill = 0.f);
+  // Rows [begin, end) along dim 0 of a parameter of `full` shape: draws the
+  // whole tensor's values from rng (so the stream, and every other parameter,
+  // is the same as without sharding) and keeps the slice. Expert shards.
+  Param* add_rows(const std::string& name, Shape full, int64_t begin, int64_t end, Rng& rng, float std,
+                  bool decay);
   std::vector<Param*> all() const;
   Param* find(const std::string& name) const;
   void zero_grad();

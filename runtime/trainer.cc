@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ostream>
+#include <thread>
 
 #include "ops/adamw.h"
 #include "runtime/metrics.h"
@@ -75,6 +76,21 @@ nlohmann::json routing_metrics(Transformer& model, int64_t tokens_per_step, std:
   return line;
 }
 
+// Mean of one value over all ranks.
+float world_mean(ParallelContext* par, float v, const char* what) {
+  if (!par || par->world_size() == 1) return v;
+  double d = v;
+  par->world->all_reduce_sum(&d, 1, what);
+  return static_cast<float>(d / par->world_size());
+}
+
+[[noreturn]] void inject_fault(const std::string& kind, int rank, int64_t step) {
+  if (kind == "hang")
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  if (kind == "exit") std::_Exit(3);
+  throw Error("injected fault on rank " + std::to_string(rank) + " at step " + std::to_string(step));
+}
+
 }  // namespace
 
 float learning_rate(const switchyard::TrainConfig& t, int64_t step) {
@@ -90,24 +106,31 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
     : cfg_(cfg),
       opts_(std::move(opts)),
       data_(make_dataset(corpus_for(cfg), cfg.data().val_fraction(), cfg.model().seq_len())),
-      model_(cfg),
+      model_(cfg, opts_.par),
       train_(&data_.train, cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 1),
-      val_(&data_.val, cfg.train().batch(), cfg.model().seq_len(), 0) {}
+      val_(&data_.val, cfg.train().batch(), cfg.model().seq_len(), 0) {
+  if (opts_.par) rank_ = opts_.par->rank(), world_ = opts_.par->world_size();
+  if (cfg.train().batch() % world_ != 0)
+    throw ConfigError("train.batch = " + std::to_string(cfg.train().batch()) + ": the global batch must split evenly over " +
+                      std::to_string(world_) + " ranks");
+  if (rank_ != 0) opts_.log = nullptr, opts_.metrics_path.clear();
+}
+
 
 float Trainer::evaluate() {
   model_.set_training(false);
   double sum = 0;
-  for (int i = 0; i < cfg_.train().eval_batches(); ++i) sum += model_.forward(val_.fixed(i));
+  const int64_t T = cfg_.model().seq_len();
+  for (int i = 0; i < cfg_.train().eval_batches(); ++i)
+    sum += model_.forward(slice_batch(val_.fixed(i), T, rank_, world_));
   model_.set_training(true);
-  return static_cast<float>(sum / cfg_.train().eval_batches());
+  return world_mean(opts_.par, static_cast<float>(sum / cfg_.train().eval_batches()), "validation loss");
 }
 
 TrainResult Trainer::run() {
   const auto& t = cfg_.train();
   MetricsWriter metrics(opts_.metrics_path);
   std::vector<Param*> params = model_.params().all();
-  std::vector<Tensor*> grads;
-  for (Param* p : params) grads.push_back(&p->grad);
   ops::AdamWConfig adam{t.lr(), t.beta1(), t.beta2(), t.eps(), t.weight_decay()};
   const int64_t tokens_per_step = static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
 
@@ -138,11 +161,22 @@ TrainResult Trainer::run() {
   int64_t interval_tokens = 0;
   float loss_sum = 0;
   int loss_count = 0;
+  const int64_t bucket_bytes = static_cast<int64_t>(cfg_.parallel().grad_bucket_mb() * (1 << 20));
+  double allreduce_s = 0;
   for (int64_t step = 1; step <= t.steps(); ++step) {
+    if (step == opts_.fault_step && rank_ == opts_.fault_rank) inject_fault(opts_.fault, rank_, step);
     model_.params().zero_grad();
-    const float loss = model_.forward(train_.next());
+    // Every rank draws the same global batch and trains on its slice.
+    const float local_loss = model_.forward(slice_batch(train_.next(), cfg_.model().seq_len(), rank_, world_));
     model_.backward();
-    const float grad_norm = ops::clip_grad_norm(grads, t.grad_clip());
+    if (opts_.par && world_ > 1) {
+      const double before = opts_.par->world->comm_seconds() + opts_.par->replicas->comm_seconds();
+      all_reduce_gradients(model_.params(), *opts_.par, bucket_bytes);
+      allreduce_s += opts_.par->world->comm_seconds() + opts_.par->replicas->comm_seconds() - before;
+    }
+    const float loss = world_mean(opts_.par, local_loss, "training loss");
+    result.losses.push_back(loss);
+    const float grad_norm = clip_gradients(model_.params(), opts_.par, t.grad_clip());
     adam.lr = learning_rate(t, step);
     for (Param* p : params) ops::adamw_update(p->value, p->grad, p->m, p->v, adam, step, p->decay);
     if (step == 1) result.first_loss = loss;
@@ -177,6 +211,14 @@ TrainResult Trainer::run() {
     line["tokens_per_s"] = tok_s;
     line["tflops"] = interval_flops / dt / 1e12;
     line["elapsed_s"] = elapsed;
+    if (world_ > 1) {
+      double a2a = 0;
+      for (const auto& [l, layer] : model_.moe_layers()) a2a += layer->stats().comm_s;
+      line["ranks"] = world_;
+      line["comm_all_to_all_s"] = a2a;       // last step, all MoE layers
+      line["comm_all_reduce_s"] = allreduce_s;  // since the last log line
+    }
+    allreduce_s = 0;
     metrics.write(line);
     if (opts_.log) {
       char buf[256];

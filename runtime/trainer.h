@@ -6,16 +6,24 @@
 
 #include "runtime/config.h"
 #include "runtime/model.h"
+#include "runtime/parallel.h"
 
 namespace sy {
 
 struct TrainOptions {
-  std::string metrics_path;  // JSONL; empty for none
-  std::ostream* log = nullptr;  // progress lines; null for silence
+  std::string metrics_path;  // JSONL; empty for none (only rank 0 writes)
+  std::ostream* log = nullptr;  // progress lines; null for silence (only rank 0 prints)
+  ParallelContext* par = nullptr;  // several ranks; null for one
+  // Testing failure handling: at step fault_step, rank fault_rank throws
+  // ("throw"), blocks forever ("hang") or exits at once ("exit").
+  std::string fault;
+  int fault_rank = -1;
+  int64_t fault_step = -1;
 };
 
 struct TrainResult {
   float first_loss = 0, final_loss = 0, final_val_loss = 0;
+  std::vector<float> losses;  // every step's training loss (mean over all ranks)
   double tokens_per_s = 0;
 };
 
@@ -35,6 +43,7 @@ class Trainer {
   Dataset data_;
   Transformer model_;
   WindowSampler train_, val_;
+  int rank_ = 0, world_ = 1;
 };
 
 }  // namespace sy

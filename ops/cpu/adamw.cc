@@ -24,20 +24,27 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
   }
 }
 
-float clip_grad_norm(const std::vector<Tensor*>& grads, float max_norm) {
+double grad_sq_sum(const std::vector<Tensor*>& grads) {
   double sq = 0;
   for (const Tensor* g : grads) {
     const float* p = g->f32();
     for (int64_t i = 0; i < g->numel(); ++i) sq += static_cast<double>(p[i]) * p[i];
   }
-  const float norm = static_cast<float>(std::sqrt(sq));
-  if (max_norm > 0 && norm > max_norm) {
-    const float k = max_norm / norm;
-    for (Tensor* g : grads) {
-      float* p = g->f32();
-      for (int64_t i = 0; i < g->numel(); ++i) p[i] *= k;
-    }
+  return sq;
+}
+
+void clip_to_norm(const std::vector<Tensor*>& grads, float norm, float max_norm) {
+  if (max_norm <= 0 || norm <= max_norm) return;
+  const float k = max_norm / norm;
+  for (Tensor* g : grads) {
+    float* p = g->f32();
+    for (int64_t i = 0; i < g->numel(); ++i) p[i] *= k;
   }
+}
+
+float clip_grad_norm(const std::vector<Tensor*>& grads, float max_norm) {
+  const float norm = static_cast<float>(std::sqrt(grad_sq_sum(grads)));
+  clip_to_norm(grads, norm, max_norm);
   return norm;
 }
 

@@ -5,24 +5,41 @@
 
 namespace sy::ops {
 
-float load_balance_loss(std::vector<float>& dprobs, const std::vector<float>& probs,
-                        const Route& r, float alpha) {
+std::vector<double> load_balance_sums(const std::vector<float>& probs, const Route& r) {
   const int64_t N = r.num_items, G = r.num_groups;
+  std::vector<double> s(2 * G + 2, 0.0);
+  for (int32_t g : r.group)
+    if (g >= 0) s[g] += 1;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t g = 0; g < G; ++g) s[G + g] += probs[i * G + g];
+  s[2 * G] = static_cast<double>(r.assigned);
+  s[2 * G + 1] = static_cast<double>(N);
+  return s;
+}
+
+float load_balance_loss(std::vector<float>& dprobs, int64_t N, int64_t G, const std::vector<double>& f,
+                        const std::vector<double>& P, float alpha) {
   dprobs.resize(N * G, 0.f);
   if (alpha == 0.f || N == 0) return 0.f;
-  std::vector<int64_t> load = chosen_per_group(r);
-  const double total = std::max<int64_t>(1, r.assigned);
   double loss = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const double f = load[g] / total;
-    double P = 0;
-    for (int64_t i = 0; i < N; ++i) P += probs[i * G + g];
-    P /= N;
-    loss += f * P;
-    const float d = static_cast<float>(alpha * G * f / N);
+    loss += f[g] * P[g];
+    const float d = static_cast<float>(alpha * G * f[g] / N);
     for (int64_t i = 0; i < N; ++i) dprobs[i * G + g] += d;
   }
   return static_cast<float>(alpha * G * loss);
+}
+
+float load_balance_loss(std::vector<float>& dprobs, const std::vector<float>& probs,
+                        const Route& r, float alpha) {
+  const int64_t G = r.num_groups;
+  const std::vector<double> s = load_balance_sums(probs, r);
+  std::vector<double> f(G), P(G);
+  for (int64_t g = 0; g < G; ++g) {
+    f[g] = s[g] / std::max(1.0, s[2 * G]);
+    P[g] = s[G + g] / std::max(1.0, s[2 * G + 1]);
+  }
+  return load_balance_loss(dprobs, r.num_items, G, f, P, alpha);
 }
 
 float z_loss(std::vector<float>& dlogits, const float* logits, int64_t N, int64_t G, float beta) {

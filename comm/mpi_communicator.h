@@ -1,0 +1,58 @@
+// MpiCommunicator: Communicator over an MPI communicator. Collectives are
+// issued non-blocking (MPI_Ialltoallv, MPI_Iallreduce, ...) and polled with
+// MPI_Test until done or the timeout passes. Host buffers only; device
+// buffers are staged through pinned host memory by the caller (GPU backend).
+#pragma once
+#include <mpi.h>
+
+#include "comm/communicator.h"
+
+namespace sy::comm {
+
+// MPI_CHECK: the MPI member of the check-macro family; throws BackendError
+// with MPI's own error string.
+void mpi_check(int code, const char* expr, const char* file, int line);
+#define MPI_CHECK(expr) ::sy::comm::mpi_check((expr), #expr, __FILE__, __LINE__)
+
+class MpiCommunicator : public Communicator {
+ public:
+  // Wraps (and owns, unless it is MPI_COMM_WORLD) `comm`.
+  explicit MpiCommunicator(MPI_Comm comm = MPI_COMM_WORLD);
+  ~MpiCommunicator() override;
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::vector<int> world_ranks() const override { return world_ranks_; }
+  std::unique_ptr<Communicator> split(int color, int key) const override;
+  void all_to_all(const int64_t* send, int64_t* recv, int64_t n, const char* context) override;
+  void all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                    const std::vector<int64_t>& recv_counts, const char* context) override;
+  void all_reduce_sum(float* data, int64_t n, const char* context) override;
+  void all_reduce_sum(double* data, int64_t n, const char* context) override;
+  void broadcast(void* data, int64_t bytes, int root, const char* context) override;
+  void barrier(const char* context) override;
+  MPI_Comm handle() const { return comm_; }
+
+ private:
+  void wait(MPI_Request& req, const char* op, const char* context);
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 1;
+  std::vector<int> world_ranks_;
+};
+
+// RAII for MPI_Init_thread / MPI_Finalize.
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+};
+
+// Ends every rank of the job: what a rank's top-level handler calls after
+// printing its error, so that no other rank waits forever.
+[[noreturn]] void abort_job(int code);
+
+}  // namespace sy::comm

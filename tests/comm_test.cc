@@ -1,0 +1,160 @@
+// Communicator and expert exchange under mpirun (-np 2 and 4): tagged
+// payloads checked for exact equality, uneven and empty sends, sub-groups,
+// timeouts, and MoE layers whose ranks route very different token counts.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "comm/mpi_communicator.h"
+#include "grad_check.h"
+#include "mpi_main.h"
+#include "runtime/moe_layer.h"
+#include "runtime/parallel.h"
+
+namespace sy {
+namespace {
+
+comm::MpiCommunicator& world() {
+  static comm::MpiCommunicator w(MPI_COMM_WORLD);
+  w.set_timeout_s(60);
+  return w;
+}
+
+// Payload element i of the block rank `src` sends to rank `dst`.
+float tag(int src, int dst, int64_t i) { return static_cast<float>(src * 1000000 + dst * 10000 + i); }
+
+TEST(Communicator, AllToAllVMovesTaggedRowsExactlyWithUnevenAndEmptyCounts) {
+  auto& w = world();
+  const int R = w.rank(), W = w.size();
+  // Rank r sends (r + 2*d) % 3 elements to rank d: some zero, some not.
+  auto count = [](int s, int d) { return static_cast<int64_t>((s + 2 * d) % 3) * 5; };
+  std::vector<int64_t> sc(W), rc(W);
+  std::vector<float> send;
+  for (int d = 0; d < W; ++d) {
+    sc[d] = count(R, d);
+    rc[d] = count(d, R);
+    for (int64_t i = 0; i < sc[d]; ++i) send.push_back(tag(R, d, i));
+  }
+  int64_t total = 0;
+  for (auto c : rc) total += c;
+  std::vector<float> recv(total, -1.f);  // poisoned
+  w.all_to_all_v(send.data(), sc, recv.data(), rc, "test");
+  int64_t o = 0;
+  for (int s = 0; s < W; ++s)
+    for (int64_t i = 0; i < rc[s]; ++i) ASSERT_EQ(recv[o++], tag(s, R, i)) << "from rank " << s;
+}
+
+TEST(Communicator, AllToAllCountsAllReduceBroadcastSplit) {
+  auto& w = world();
+  const int R = w.rank(), W = w.size();
+  std::vector<int64_t> send(2 * W), recv(2 * W, -1);
+  for (int d = 0; d < W; ++d) send[2 * d] = R * 100 + d, send[2 * d + 1] = -R;
+  w.all_to_all(send.data(), recv.data(), 2, "test");
+  for (int s = 0; s < W; ++s) {
+    EXPECT_EQ(recv[2 * s], s * 100 + R);
+    EXPECT_EQ(recv[2 * s + 1], -s);
+  }
+  std::vector<float> v = {static_cast<float>(R), 1.f};
+  w.all_reduce_sum(v.data(), 2, "test");
+  EXPECT_EQ(v[0], W * (W - 1) / 2.f);
+  EXPECT_EQ(v[1], static_cast<float>(W));
+  int64_t b = R == 0 ? 4242 : 0;
+  w.broadcast(&b, sizeof b, 0, "test");
+  EXPECT_EQ(b, 4242);
+  auto even = w.split(R % 2, R);
+  EXPECT_EQ(even->size(), (W + 1 - R % 2) / 2);
+  EXPECT_EQ(even->world_ranks()[even->rank()], R);
+  double x = 1;
+  even->all_reduce_sum(&x, 1, "test");
+  EXPECT_EQ(x, even->size());
+}
+
+TEST(Communicator, CollectiveThatALateRankNeverJoinsTimesOut) {
+  auto& w = world();
+  if (w.size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  auto c = w.split(0, w.rank());
+  c->set_timeout_s(0.5);
+  if (c->rank() == 1) {
+    // Rank 1 is "stuck" past everyone's timeout, then catches up by itself.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  } else {
+    float v = 1;
+    try {
+      c->all_reduce_sum(&v, 1, "layer h3.moe");
+      FAIL() << "expected CommTimeout";
+    } catch (const comm::CommTimeout& e) {
+      std::string m = e.what();
+      EXPECT_NE(m.find("all_reduce in 'layer h3.moe' did not complete within 0.5 s"), std::string::npos) << m;
+      EXPECT_NE(m.find("world ranks 0,1"), std::string::npos) << m;
+    }
+  }
+  // The abandoned all-reduce is never matched; the group is not used again.
+  w.barrier("test");
+}
+
+// A MoE layer sharded over every rank against the same layer on one rank,
+// fed the gathered tokens; `skew` biases the router so that all tokens choose
+// expert 0 (one rank receives everything, the others nothing). With router
+// losses on, the load-balance loss (global statistics) must agree; gradients
+// are compared with them off, since each rank's router-loss gradient is its
+// share of the data-parallel average (scaled by N_local, not N).
+void compare_with_single_rank(bool skew, bool router_losses) {
+  auto& w = world();
+  const int W = w.size();
+  const int64_t C = 6, H = 5, G = 2 * W, n = 7;  // n tokens per rank
+  switchyard::MoeConfig cfg;
+  cfg.set_num_experts(static_cast<int32_t>(G));
+  cfg.set_top_k(2);
+  cfg.set_dropless(true);
+  cfg.set_load_balance_coef(router_losses ? 0.01f : 0.f);
+  cfg.set_z_loss_coef(router_losses ? 0.001f : 0.f);
+  auto par = ParallelContext::create(std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD), W, 60);
+  ParamStore ps_par, ps_one;
+  Rng r1(5), r2(5);
+  MoeLayer sharded(ps_par, "m", C, cfg, H, r1, 0.5f, 0.5f, 9, par.get());
+  MoeLayer whole(ps_one, "m", C, cfg, H, r2, 0.5f, 0.5f, 9, nullptr);
+  if (skew)
+    for (ParamStore* ps : {&ps_par, &ps_one}) ps->find("m.router.w")->value.f32()[0] = 50.f;  // x_0 -> expert 0
+  Rng in(77);
+  Tensor all = testing::randn({n * W, C}, in), R = testing::randn({n * W, C}, in);
+  for (int64_t i = 0; i < n * W; ++i) all.f32()[i * C] = std::fabs(all.f32()[i * C]) + 0.1f;  // skew works
+  Tensor mine({n, C}), Rm({n, C});
+  std::copy_n(all.f32() + w.rank() * n * C, n * C, mine.f32());
+  std::copy_n(R.f32() + w.rank() * n * C, n * C, Rm.f32());
+  Tensor y = sharded.forward(mine), y1 = whole.forward(all);
+  for (int64_t i = 0; i < n * C; ++i) ASSERT_NEAR(y.f32()[i], y1.f32()[w.rank() * n * C + i], 1e-5f);
+  EXPECT_NEAR(sharded.stats().lb_loss, whole.stats().lb_loss, 1e-6);
+  double z = sharded.stats().z_loss;  // a mean over this rank's tokens: average the ranks'
+  w.all_reduce_sum(&z, 1, "test");
+  EXPECT_NEAR(z / W, whole.stats().z_loss, 1e-6);
+  if (router_losses) EXPECT_GT(whole.stats().lb_loss, 0.0);
+  if (skew) {
+    EXPECT_NEAR(whole.stats().load[0], 0.5, 1e-12);  // every token's first choice
+    EXPECT_EQ(sharded.stats().load, whole.stats().load);
+  }
+  if (router_losses) return;
+  // Backward: input gradients match; expert gradients, summed over ranks
+  // (each rank's loss is its share), match the single layer's.
+  ps_par.zero_grad();
+  ps_one.zero_grad();
+  Tensor dx = sharded.backward(Rm), dx1 = whole.backward(R);
+  for (int64_t i = 0; i < n * C; ++i) ASSERT_NEAR(dx.f32()[i], dx1.f32()[w.rank() * n * C + i], 1e-4f);
+  const Param* w1 = ps_par.find("m.experts.w1");
+  const Param* w1_all = ps_one.find("m.experts.w1");
+  const int64_t shard = w1->grad.numel();
+  for (int64_t i = 0; i < shard; ++i)
+    ASSERT_NEAR(w1->grad.f32()[i], w1_all->grad.f32()[w.rank() * shard + i], 1e-4f) << i;
+}
+
+TEST(ExpertParallel, ShardedLayerEqualsOneRank) {
+  compare_with_single_rank(false, false);
+  compare_with_single_rank(false, true);
+}
+TEST(ExpertParallel, AllTokensToOneRanksExpertsNoMismatchNoHang) {
+  compare_with_single_rank(true, false);
+  compare_with_single_rank(true, true);
+}
+
+}  // namespace
+}  // namespace sy
