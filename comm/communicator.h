@@ -1,9 +1,9 @@
 // Communicator: the one interface for moving data between ranks.
 //
-// Every collective takes a timeout: one that has not completed within it
-// throws CommTimeout naming the collective, the caller's context (the layer)
-// and the group's ranks; the program's top level then aborts the job, so a
-// lost or stuck rank never turns into a silent hang.
+// Every collective has a timeout: one that has not completed within it ends
+// the job with one line naming the collective, the caller's context (the
+// layer) and the group's ranks, so a lost or stuck rank never turns into a
+// silent hang (MpiCommunicator: a watchdog thread, see there).
 //
 // Counts and displacements are in elements; all_to_all_v's displacements are
 // the exclusive prefix sums of the counts (rows for rank r are contiguous and
@@ -17,11 +17,6 @@
 #include "runtime/error.h"
 
 namespace sy::comm {
-
-class CommTimeout : public BackendError {
- public:
-  using BackendError::BackendError;
-};
 
 class Communicator {
  public:

@@ -1,7 +1,11 @@
 #include "comm/mpi_communicator.h"
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <numeric>
 #include <sstream>
 #include <thread>
@@ -20,25 +24,64 @@ std::string ranks_str(const std::vector<int>& r) {
   return os.str();
 }
 
-std::vector<int> displacements(const std::vector<int64_t>& counts) {
-  std::vector<int> d(counts.size(), 0);
+// MPI takes int counts and displacements (prefix sums of the counts).
+void to_mpi(const std::vector<int64_t>& counts, std::vector<int>& c, std::vector<int>& d) {
+  c.resize(counts.size());
+  d.resize(counts.size());
   int64_t acc = 0;
   for (size_t i = 0; i < counts.size(); ++i) {
-    SY_CHECK(acc <= INT32_MAX, "all_to_all_v displacement " << acc << " exceeds MPI's int range");
+    SY_CHECK(counts[i] >= 0 && counts[i] <= INT32_MAX && acc <= INT32_MAX,
+             "all_to_all_v count " << counts[i] << " at displacement " << acc << " outside MPI's int range");
+    c[i] = static_cast<int>(counts[i]);
     d[i] = static_cast<int>(acc);
     acc += counts[i];
   }
-  return d;
 }
 
-std::vector<int> to_int(const std::vector<int64_t>& v) {
-  std::vector<int> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    SY_CHECK(v[i] >= 0 && v[i] <= INT32_MAX, "all_to_all_v count " << v[i] << " outside MPI's int range");
-    out[i] = static_cast<int>(v[i]);
+// One per process: checks the deadline of the collective in flight (at most
+// one: MPI calls come from the main thread only). What it needs for its
+// message is recorded as pointers and composed only if it fires, so arming
+// costs a few atomic stores.
+class Watchdog {
+ public:
+  struct Call {
+    const char* op;
+    const char* context;
+    double timeout_s;
+    int world_rank;
+    const std::vector<int>* group;
+  };
+  static Watchdog& get() {
+    static Watchdog w;
+    return w;
   }
-  return out;
-}
+  void arm(double deadline, const Call* call) {
+    call_.store(call);
+    deadline_.store(deadline);
+  }
+  void disarm() { deadline_.store(0); }
+
+ private:
+  Watchdog() {
+    std::thread([this] {
+      for (;;) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        const double d = deadline_.load();
+        if (d > 0 && now_s() > d) fire(*call_.load());
+      }
+    }).detach();
+  }
+  [[noreturn]] static void fire(const Call& c) {
+    std::fprintf(stderr,
+                 "error: rank %d: %s in '%s' did not complete within %g s (group of world ranks %s): "
+                 "a rank is stuck or gone\n",
+                 c.world_rank, c.op, c.context, c.timeout_s, ranks_str(*c.group).c_str());
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+  std::atomic<double> deadline_{0};
+  std::atomic<const Call*> call_{nullptr};
+};
 }  // namespace
 
 void mpi_check(int code, const char* expr, const char* file, int line) {
@@ -76,30 +119,21 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) const {
   return c;
 }
 
-void MpiCommunicator::wait(MPI_Request& req, const char* op, const char* context) {
-  const double t0 = now_s(), deadline = t0 + timeout_s_;
-  int done = 0;
-  for (int spins = 0;; ++spins) {
-    MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
-    if (done) break;
-    if (now_s() > deadline) {
-      std::ostringstream os;
-      os << op << " in '" << context << "' did not complete within " << timeout_s_
-         << " s on world rank " << world_ranks_[rank_] << " (group of world ranks "
-         << ranks_str(world_ranks_) << "): a rank is stuck or gone";
-      throw CommTimeout(os.str());
-    }
-    // Spin briefly (latency), then yield (oversubscribed ranks share cores).
-    if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
-  }
+template <typename F>
+void MpiCommunicator::guarded(const char* op, const char* context, F&& call) {
+  const Watchdog::Call desc{op, context, timeout_s_, world_ranks_[rank_], &world_ranks_};
+  const double t0 = now_s();
+  Watchdog::get().arm(t0 + timeout_s_, &desc);
+  const int rc = call();
+  Watchdog::get().disarm();
   comm_seconds_ += now_s() - t0;
+  mpi_check(rc, op, __FILE__, __LINE__);
 }
 
 void MpiCommunicator::all_to_all(const int64_t* send, int64_t* recv, int64_t n, const char* context) {
-  MPI_Request req;
-  MPI_CHECK(MPI_Ialltoall(send, static_cast<int>(n), MPI_INT64_T, recv, static_cast<int>(n), MPI_INT64_T,
-                          comm_, &req));
-  wait(req, "all_to_all", context);
+  guarded("all_to_all", context, [&] {
+    return MPI_Alltoall(send, static_cast<int>(n), MPI_INT64_T, recv, static_cast<int>(n), MPI_INT64_T, comm_);
+  });
 }
 
 void MpiCommunicator::all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
@@ -107,36 +141,31 @@ void MpiCommunicator::all_to_all_v(const float* send, const std::vector<int64_t>
   SY_CHECK(static_cast<int>(send_counts.size()) == size_ && static_cast<int>(recv_counts.size()) == size_,
            "all_to_all_v in '" << context << "': " << send_counts.size() << " send and " << recv_counts.size()
                                << " recv counts for a group of " << size_);
-  const std::vector<int> sc = to_int(send_counts), rc = to_int(recv_counts);
-  const std::vector<int> sd = displacements(send_counts), rd = displacements(recv_counts);
-  MPI_Request req;
-  MPI_CHECK(MPI_Ialltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT,
-                           comm_, &req));
-  wait(req, "all_to_all_v", context);
+  to_mpi(send_counts, scratch_[0], scratch_[1]);
+  to_mpi(recv_counts, scratch_[2], scratch_[3]);
+  guarded("all_to_all_v", context, [&] {
+    return MPI_Alltoallv(send, scratch_[0].data(), scratch_[1].data(), MPI_FLOAT, recv, scratch_[2].data(),
+                         scratch_[3].data(), MPI_FLOAT, comm_);
+  });
 }
 
 void MpiCommunicator::all_reduce_sum(float* data, int64_t n, const char* context) {
-  MPI_Request req;
-  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_, &req));
-  wait(req, "all_reduce", context);
+  guarded("all_reduce", context,
+          [&] { return MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_); });
 }
 
 void MpiCommunicator::all_reduce_sum(double* data, int64_t n, const char* context) {
-  MPI_Request req;
-  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_, &req));
-  wait(req, "all_reduce", context);
+  guarded("all_reduce", context,
+          [&] { return MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_); });
 }
 
 void MpiCommunicator::broadcast(void* data, int64_t bytes, int root, const char* context) {
-  MPI_Request req;
-  MPI_CHECK(MPI_Ibcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_, &req));
-  wait(req, "broadcast", context);
+  guarded("broadcast", context,
+          [&] { return MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_); });
 }
 
 void MpiCommunicator::barrier(const char* context) {
-  MPI_Request req;
-  MPI_CHECK(MPI_Ibarrier(comm_, &req));
-  wait(req, "barrier", context);
+  guarded("barrier", context, [&] { return MPI_Barrier(comm_); });
 }
 
 MpiSession::MpiSession(int* argc, char*** argv) {

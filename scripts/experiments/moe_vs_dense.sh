@@ -12,16 +12,18 @@ SHAKE=../shared/data/tinyshakespeare.txt
 common=(--set train.steps=2000 --set train.eval_interval=100 --set train.log_interval=10)
 text=(--set data.source=TEXT_FILE --set data.path=$SHAKE)
 run() { local name=$1; shift; echo "== $name"; "$BIN" "$@" "${common[@]}" --metrics "$OUT/$name.jsonl" | tail -1; }
-run tiny_synthetic --config configs/tiny.pbtxt &
-run switch_tiny_synthetic --config configs/switch_tiny.pbtxt &
-wait
-run switch_tiny_synthetic_nolb --config configs/switch_tiny.pbtxt --set moe.load_balance_coef=0 &
-if [ -f "$SHAKE" ]; then
-  run tiny_shakespeare --config configs/tiny.pbtxt "${text[@]}" &
+if [ "${1:-}" != "--plot-only" ]; then
+  run tiny_synthetic --config configs/tiny.pbtxt &
+  run switch_tiny_synthetic --config configs/switch_tiny.pbtxt &
   wait
-  run switch_tiny_shakespeare --config configs/switch_tiny.pbtxt "${text[@]}"
+  run switch_tiny_synthetic_nolb --config configs/switch_tiny.pbtxt --set moe.load_balance_coef=0 &
+  if [ -f "$SHAKE" ]; then
+    run tiny_shakespeare --config configs/tiny.pbtxt "${text[@]}" &
+    wait
+    run switch_tiny_shakespeare --config configs/switch_tiny.pbtxt "${text[@]}"
+  fi
+  wait
 fi
-wait
 # JSONL -> columns for gnuplot: step val_loss / step max_over_mean
 val() { grep '"val_loss"' "$OUT/$1.jsonl" | sed -E 's/.*"step":([0-9]+).*"val_loss":([-0-9.e]+).*/\1 \2/' > "/tmp/$1.val"; }
 load() { sed -E 's/.*"max_over_mean":([-0-9.e]+).*"step":([0-9]+).*/\2 \1/' "$OUT/$1.jsonl" > "/tmp/$1.load"; }
@@ -30,7 +32,7 @@ for r in tiny_synthetic switch_tiny_synthetic switch_tiny_synthetic_nolb tiny_sh
 done
 for r in switch_tiny_synthetic switch_tiny_synthetic_nolb; do load $r; done
 gnuplot <<GP
-set terminal pngcairo size 1100,420 font ",10"
+set terminal pngcairo noenhanced size 1100,420 font ",10"
 set output "docs/moe_vs_dense.png"
 set multiplot layout 1,2 title "Validation loss at equal steps: dense tiny vs switch_tiny (8 experts, top-1)"
 set xlabel "step"; set ylabel "val loss (nats/byte)"; set grid; set key top right
@@ -39,7 +41,7 @@ plot "/tmp/tiny_synthetic.val" w lp t "dense tiny", "/tmp/switch_tiny_synthetic.
 set title "tinyshakespeare"
 plot "/tmp/tiny_shakespeare.val" w lp t "dense tiny", "/tmp/switch_tiny_shakespeare.val" w lp t "switch_tiny"
 unset multiplot
-set terminal pngcairo size 700,420 font ",10"
+set terminal pngcairo noenhanced size 700,420 font ",10"
 set output "docs/moe_balance.png"
 set title "switch_tiny expert load (max/mean over 8 experts, training batch)"
 set xlabel "step"; set ylabel "max / mean load"; set yrange [0:*]

@@ -17,7 +17,7 @@ for r in routed_copy local_copy; do
   echo "$r: $(tail -1 /tmp/$r.val) (step, val loss)"
 done
 gnuplot <<GP
-set terminal pngcairo size 700,420 font ",10"
+set terminal pngcairo noenhanced size 700,420 font ",10"
 set output "docs/routed_vs_local.png"
 set title "Long-range copy (gap 48-160, window 32): val loss at equal steps"
 set xlabel "step"; set ylabel "val loss (nats/byte)"; set grid
