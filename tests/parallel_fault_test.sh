@@ -27,14 +27,17 @@ for kind in throw hang exit; do
     exit)  check exit $rc 60 $took "Process name: \\[\\[[0-9]+,[0-9]+\\],1\\]" ;;  # mpirun names rank 1
   esac
 done
-# SIGKILL from outside: rank 1 found by its OpenMPI rank variable.
+# SIGKILL from outside: rank 1 of this job (tagged, so no other job's rank is
+# touched) found by its OpenMPI rank variable.
+export SY_FAULT_TEST_TAG=$$
 start=$(date +%s)
-timeout 120 "$MPIRUN" --oversubscribe -np 2 "$BIN" "${args[@]}" --set train.steps=100000 > "$tmp/kill.log" 2>&1 &
+timeout 120 "$MPIRUN" --oversubscribe -np 2 -x SY_FAULT_TEST_TAG "$BIN" "${args[@]}" --set train.steps=100000 > "$tmp/kill.log" 2>&1 &
 job=$!
 victim=""
 for _ in $(seq 1 100); do
   for p in $(pgrep -f "$BIN" || true); do
-    tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1" && victim=$p
+    env=$(tr '\0' '\n' < /proc/$p/environ 2>/dev/null) || continue
+    grep -qx "OMPI_COMM_WORLD_RANK=1" <<<"$env" && grep -qx "SY_FAULT_TEST_TAG=$$" <<<"$env" && victim=$p
   done
   [ -n "$victim" ] && break
   sleep 0.1
