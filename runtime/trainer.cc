@@ -165,6 +165,8 @@ TrainResult Trainer::run() {
   double allreduce_s = 0;
   for (int64_t step = 1; step <= t.steps(); ++step) {
     if (step == opts_.fault_step && rank_ == opts_.fault_rank) inject_fault(opts_.fault, rank_, step);
+    const double step_start = now_s();
+    double step_allreduce = 0;
     model_.params().zero_grad();
     // Every rank draws the same global batch and trains on its slice.
     const float local_loss = model_.forward(slice_batch(train_.next(), cfg_.model().seq_len(), rank_, world_));
@@ -172,13 +174,23 @@ TrainResult Trainer::run() {
     if (opts_.par && world_ > 1) {
       const double before = opts_.par->world->comm_seconds() + opts_.par->replicas->comm_seconds();
       all_reduce_gradients(model_.params(), *opts_.par, bucket_bytes);
-      allreduce_s += opts_.par->world->comm_seconds() + opts_.par->replicas->comm_seconds() - before;
+      step_allreduce = opts_.par->world->comm_seconds() + opts_.par->replicas->comm_seconds() - before;
+      allreduce_s += step_allreduce;
     }
     const float loss = world_mean(opts_.par, local_loss, "training loss");
     result.losses.push_back(loss);
     const float grad_norm = clip_gradients(model_.params(), opts_.par, t.grad_clip());
     adam.lr = learning_rate(t, step);
     for (Param* p : params) ops::adamw_update(p->value, p->grad, p->m, p->v, adam, step, p->decay);
+    if (step > 2) {
+      ++result.timed_steps;
+      result.step_s += now_s() - step_start;
+      result.all_reduce_s += step_allreduce;
+      for (const auto& [l, layer] : model_.moe_layers()) {
+        result.all_to_all_s += layer->stats().comm_s;
+        result.all_to_all_bytes += layer->stats().bytes_sent;
+      }
+    }
     if (step == 1) result.first_loss = loss;
     result.final_loss = loss;
     loss_sum += loss;

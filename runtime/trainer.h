@@ -24,6 +24,10 @@ struct TrainOptions {
 struct TrainResult {
   float first_loss = 0, final_loss = 0, final_val_loss = 0;
   std::vector<float> losses;  // every step's training loss (mean over all ranks)
+  // Timing over the steps after the first two (warm-up), this rank:
+  int64_t timed_steps = 0;
+  double step_s = 0, all_to_all_s = 0, all_reduce_s = 0;
+  double all_to_all_bytes = 0;  // bytes this rank sent in MoE exchanges
   double tokens_per_s = 0;
 };
 

@@ -1,0 +1,245 @@
+// scaling_sweep: how a model scales over rank counts, measured and projected.
+//
+//   build/bin/scaling_sweep --config configs/switch_tiny.pbtxt --ranks 1,2 --out docs/scaling
+//
+// For each mode and rank count N it launches `mpirun -np N scaling_sweep
+// --worker ...` (experts sharded over all N ranks, parallel.expert_parallel = N):
+//   weak:   fixed tokens per rank (global batch = per_rank_batch * N)
+//   strong: fixed global batch (global_batch, split over N)
+// and writes <out>.csv (ranks, tokens/s, step time split into compute /
+// all-to-all / all-reduce, efficiency) and <out>.png (gnuplot), with
+//   weak efficiency   = (tokens/s per rank at N) / (tokens/s at 1)
+//   strong efficiency = T1 / (N * TN)
+// Projection (an alpha-beta model of the links): from the single-rank
+// compute time and the bytes each rank sends, step time at N is
+//   t = t_compute + t_a2a + t_ar
+//   t_a2a = sum over exchanges of [alpha + S (N-1)/N / busbw]      (S = bytes a rank sends)
+//   t_ar  = 2 (N-1) alpha + 2 (N-1)/N P / busbw                   (ring all-reduce of P bytes)
+// with busbw the bus bandwidth as nccl-tests defines it (algbw * (n-1)/n);
+// beyond gpus_per_node ranks the inter-node share of the all-to-all traffic,
+// (N - gpus_per_node)/N of it, crosses a node's link (node_gbs per node).
+// The CPU runs check the model with link parameters measured by bench_comm.
+#include <cblas.h>
+#include <mpi.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "comm/mpi_communicator.h"
+#include "runtime/trainer.h"
+
+namespace {
+
+struct Link {
+  double alpha_s, busbw_gbs;  // latency; bus bandwidth within a node
+  double node_gbs;            // per node, across nodes
+  int per_node;               // ranks per node
+};
+
+// What one measurement reports (rank 0, maxima over ranks).
+struct Measured {
+  int ranks = 0;
+  double tokens_per_s = 0, step_s = 0, compute_s = 0, a2a_s = 0, ar_s = 0;
+  double exchanges = 0;       // all-to-alls of rows per step: 4 per MoE layer
+  double bytes_per_exchange = 0;  // rows a rank sends in one: tokens * top_k * d_model * 4
+  double dense_bytes = 0;     // dense gradients all-reduced per step
+};
+
+int worker(const std::string& config, const std::vector<std::string>& sets, const std::string& result) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  openblas_set_num_threads(1);  // one core per rank
+  sy::Config cfg = sy::load_config(config, sets);
+  sy::TrainOptions opts;
+  std::unique_ptr<sy::ParallelContext> par;
+  if (size > 1) {
+    par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),
+                                      cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
+    opts.par = par.get();
+  }
+  sy::Trainer trainer(cfg, opts);
+  sy::TrainResult r = trainer.run();
+  // The slowest rank sets the pace: maxima over ranks.
+  double v[3] = {r.step_s, r.all_to_all_s, r.all_reduce_s}, mx[3];
+  MPI_Allreduce(v, mx, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  if (rank != 0) return 0;
+  const double n = static_cast<double>(r.timed_steps);
+  const double tokens = static_cast<double>(cfg.train().batch()) * cfg.model().seq_len();
+  int64_t dense = 0;
+  for (sy::Param* p : trainer.model().params().all())
+    if (!p->expert) dense += p->value.numel();
+  const double moe_layers = static_cast<double>(trainer.model().moe_layers().size());
+  nlohmann::json j = {{"ranks", size}, {"step_s", mx[0] / n}, {"a2a_s", mx[1] / n}, {"ar_s", mx[2] / n},
+                      {"exchanges", 4.0 * moe_layers},
+                      {"bytes_per_exchange", tokens / size * cfg.moe().top_k() * cfg.model().d_model() * 4.0},
+                      {"dense_bytes", 4.0 * dense}, {"tokens_per_s", tokens / (mx[0] / n)}};
+  std::ofstream(result) << j.dump() << "\n";
+  return 0;
+}
+
+// Step time at N ranks from the single-rank measurement `one` (see the top).
+double project(const Measured& one, int N, bool weak, const Link& L) {
+  const double compute = weak ? one.compute_s : one.compute_s / N;
+  if (N == 1) return compute;
+  const double S = weak ? one.bytes_per_exchange : one.bytes_per_exchange / N;
+  const double frac = (N - 1.0) / N;
+  double a2a = 0;
+  for (int e = 0; e < static_cast<int>(one.exchanges); ++e) {
+    double t = L.alpha_s + S * frac / (L.busbw_gbs * 1e9);
+    if (N > L.per_node)  // a node's ranks send (N - per_node)/N of their rows off the node
+      t = std::max(t, L.alpha_s + L.per_node * S * (N - L.per_node) / N / (L.node_gbs * 1e9));
+    a2a += t;
+  }
+  const double ar_gbs = N > L.per_node ? L.node_gbs / L.per_node : L.busbw_gbs;
+  const double ar = 2.0 * (N - 1) * L.alpha_s + 2.0 * frac * one.dense_bytes / (ar_gbs * 1e9);
+  return compute + a2a + ar;
+}
+
+Measured run_one(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int N,
+                 int batch, int steps, const std::string& tag) {
+  const std::string res = tag + ".json";
+  std::ostringstream cmd;
+  cmd << "mpirun --oversubscribe -np " << N << " " << argv0 << " --worker --result " << res << " --config "
+      << config << " --steps " << steps;
+  for (const auto& s : sets) cmd << " --set " << s;
+  cmd << " --set train.batch=" << batch << " --set parallel.expert_parallel=" << N << " > " << tag << ".log 2>&1";
+  if (std::system(cmd.str().c_str()) != 0) throw sy::Error(cmd.str() + " failed; see " + tag + ".log");
+  nlohmann::json j;
+  std::ifstream(res) >> j;
+  std::remove(res.c_str());
+  std::remove((tag + ".log").c_str());
+  Measured x;
+  x.ranks = N;
+  x.step_s = j["step_s"], x.a2a_s = j["a2a_s"], x.ar_s = j["ar_s"], x.tokens_per_s = j["tokens_per_s"];
+  x.exchanges = j["exchanges"], x.bytes_per_exchange = j["bytes_per_exchange"], x.dense_bytes = j["dense_bytes"];
+  x.compute_s = x.step_s - x.a2a_s - x.ar_s;
+  return x;
+}
+
+void plot(const std::string& out) {
+  std::FILE* gp = popen("gnuplot", "w");
+  if (!gp) return;
+  std::fprintf(gp,
+               "set terminal pngcairo noenhanced size 1100,420 font ',10'\n"
+               "set output '%s.png'\nset datafile separator ','\n"
+               "set multiplot layout 1,2 title 'scaling_sweep (CPU, MPI): measured and projected'\n"
+               "set xlabel 'ranks'; set xtics 1; set grid; set key top left\n"
+               "set title 'step time split (ms)'; set ylabel 'ms'; set style data linespoints\n"
+               "plot '< grep ^weak %s.csv' u 2:($4*1000) t 'weak: step', '' u 2:($5*1000) t 'weak: compute', "
+               "'' u 2:($6*1000) t 'weak: all-to-all', '' u 2:($7*1000) t 'weak: all-reduce', "
+               "'' u 2:($9*1000) t 'weak: projected step' dt 2, "
+               "'< grep ^strong %s.csv' u 2:($4*1000) t 'strong: step', '' u 2:($9*1000) t 'strong: projected' dt 2\n"
+               "set title 'efficiency'; set ylabel 'efficiency'; set yrange [0:1.2]\n"
+               "plot '< grep ^weak %s.csv' u 2:8 t 'weak', '< grep ^strong %s.csv' u 2:8 t 'strong'\n"
+               "unset multiplot\n",
+               out.c_str(), out.c_str(), out.c_str(), out.c_str(), out.c_str());
+  pclose(gp);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Scaling sweep: weak and strong scaling over rank counts, and a projection"};
+  std::string config = "configs/switch_tiny.pbtxt", out = "docs/scaling", ranks_arg = "1,2", result;
+  std::vector<std::string> sets;
+  std::vector<int> project_ranks = {8, 16, 64, 512};
+  int steps = 30, per_rank_batch = 8, global_batch = 16;
+  double compute_s = 0, latency_us = 1.2, gpu_latency_us = 10;
+  Link cpu{0, 12.0, 12.0, 1 << 30}, gpu{0, 370.0, 48.0, 8};
+  bool is_worker = false;
+  app.add_flag("--worker", is_worker, "internal: one measurement under mpirun");
+  app.add_option("--result", result, "internal: where the worker writes its JSON");
+  app.add_option("--config", config, "model config");
+  app.add_option("--set", sets, "config overrides");
+  app.add_option("--ranks", ranks_arg, "comma-separated rank counts");
+  app.add_option("--steps", steps, "steps per measurement (the first 2 are warm-up)")->check(CLI::Range(4, 1000000));
+  app.add_option("--per-rank-batch", per_rank_batch, "weak scaling: sequences per rank");
+  app.add_option("--global-batch", global_batch, "strong scaling: sequences in the global batch");
+  app.add_option("--out", out, "output prefix: <out>.csv, <out>.png, <out>_projection.csv");
+  app.add_option("--project", project_ranks, "rank counts to project to with the GPU link parameters");
+  app.add_option("--compute-s", compute_s, "single-rank compute seconds per step for the GPU projection (default: the measured CPU one)");
+  app.add_option("--cpu-link-gbs", cpu.busbw_gbs, "MPI all-to-all bus bandwidth here (bench_comm, ~1 MB)");
+  app.add_option("--cpu-link-latency-us", latency_us, "MPI latency here (bench_comm, 1 KB)");
+  app.add_option("--gpu-link-gbs", gpu.busbw_gbs, "all-to-all bus bandwidth within an H100 NVLink node");
+  app.add_option("--gpu-link-latency-us", gpu_latency_us, "collective latency within a node");
+  app.add_option("--node-link-gbs", gpu.node_gbs, "per-node bandwidth across nodes (400 Gb/s InfiniBand)");
+  app.add_option("--gpus-per-node", gpu.per_node, "GPUs per node");
+  CLI11_PARSE(app, argc, argv);
+  cpu.alpha_s = latency_us * 1e-6;
+  gpu.alpha_s = gpu_latency_us * 1e-6;
+
+  try {
+    std::vector<std::string> base = sets;
+    for (const char* s : {"train.warmup_steps=1", "train.eval_interval=0", "train.log_interval=100000000"})
+      base.push_back(s);
+    base.push_back("train.steps=" + std::to_string(steps));
+    if (is_worker) {
+      // Only workers are MPI processes: a driver that had initialised MPI
+      // would hand its own MPI environment to the mpirun it launches.
+      sy::comm::MpiSession mpi(&argc, &argv);
+      return worker(config, base, result);
+    }
+
+    std::vector<int> ranks;
+    std::stringstream ss(ranks_arg);
+    for (std::string r; std::getline(ss, r, ',');) ranks.push_back(std::stoi(r));
+    if (ranks.empty() || ranks[0] != 1) throw sy::ConfigError("--ranks " + ranks_arg + ": must start with 1 (the baseline)");
+    std::ofstream csv(out + ".csv");
+    csv << "mode,ranks,tokens_per_s,step_s,compute_s,all_to_all_s,all_reduce_s,efficiency,projected_step_s,"
+           "projection_error\n";
+    std::printf("%-6s %5s %10s %9s %9s %9s %9s %6s %9s %7s\n", "mode", "ranks", "tokens/s", "step_ms", "compute",
+                "all2all", "allreduce", "eff", "proj_ms", "err");
+    Measured weak1;
+    for (const char* m : {"weak", "strong"}) {
+      const bool weak = std::string(m) == "weak";
+      Measured one;
+      for (int N : ranks) {
+        const int batch = weak ? per_rank_batch * N : global_batch;
+        Measured x = run_one(argv[0], config, base, N, batch, steps, out + "_" + m + std::to_string(N));
+        if (N == 1) one = x;
+        const double eff = N == 1 ? 1.0 : weak ? (x.tokens_per_s / N) / one.tokens_per_s : one.step_s / (N * x.step_s);
+        // The model at N uses the exchange count and bytes of the run at N's
+        // config, the single-rank compute time, and the measured links.
+        Measured basis = one;
+        basis.exchanges = x.exchanges;
+        basis.bytes_per_exchange = x.bytes_per_exchange * (weak ? 1 : N);
+        const double proj = N == 1 ? one.step_s : project(basis, N, weak, cpu);
+        const double err = (proj - x.step_s) / x.step_s;
+        std::printf("%-6s %5d %10.0f %9.2f %9.2f %9.2f %9.2f %6.3f %9.2f %+6.1f%%\n", m, N, x.tokens_per_s,
+                    x.step_s * 1e3, x.compute_s * 1e3, x.a2a_s * 1e3, x.ar_s * 1e3, eff, proj * 1e3, 100 * err);
+        csv << m << "," << N << "," << x.tokens_per_s << "," << x.step_s << "," << x.compute_s << "," << x.a2a_s
+            << "," << x.ar_s << "," << eff << "," << proj << "," << err << "\n";
+        if (weak && N == ranks.back() && N > 1) weak1 = x, weak1.compute_s = one.compute_s;
+        if (weak && N == ranks.back() && N == 1) weak1 = x;
+      }
+    }
+    csv.close();
+    plot(out);
+
+    // Projection to GPU clusters, weak scaling, experts over all ranks.
+    Measured g = weak1;
+    if (compute_s > 0) g.compute_s = compute_s;
+    if (g.exchanges == 0) g.exchanges = 4;  // a single-rank sweep: assume one MoE layer
+    std::ofstream pcsv(out + "_projection.csv");
+    pcsv << "ranks,step_s,efficiency\n";
+    std::printf("\nprojection (weak scaling; compute %.3f ms/step; %.0f exchanges of %.0f KiB per rank; "
+                "%.2f MiB dense gradients; links: %.0f GB/s in a node of %d, %.0f GB/s per node across):\n",
+                g.compute_s * 1e3, g.exchanges, g.bytes_per_exchange / 1024, g.dense_bytes / (1 << 20), gpu.busbw_gbs,
+                gpu.per_node, gpu.node_gbs);
+    for (int N : project_ranks) {
+      const double t = project(g, N, true, gpu);
+      std::printf("  %5d ranks: step %8.3f ms, efficiency %.3f\n", N, t * 1e3, g.compute_s / t);
+      pcsv << N << "," << t << "," << g.compute_s / t << "\n";
+    }
+    std::printf("wrote %s.csv %s.png %s_projection.csv\n", out.c_str(), out.c_str(), out.c_str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
