@@ -54,7 +54,9 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     opts.fault_step = std::stoll(fault.substr(b + 1));
   }
   if (world_rank == 0) {
-    std::cout << "switchyard: backend cpu (" << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), "
+    // AUTO resolves to the CPU: there are no CUDA kernels yet (issue 6).
+    std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
+              << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), "
               << world_size << " rank" << (world_size > 1 ? "s" : "");
     if (world_size > 1) std::cout << " (mpi, expert_parallel " << cfg.parallel().expert_parallel() << ")";
     std::cout << ", config " << config_path << "\n";

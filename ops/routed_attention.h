@@ -3,9 +3,14 @@
 //
 //   qn = LN(q), kn = LN(k)        (layer norm without scale or bias; |x| = sqrt(D))
 //   score_tc = xn_t . mu_c        centroids mu (K, D), |mu_c| = sqrt(D)
-//   causal:   each token joins argmax_c score(qn_t)  (tokens choose, slots by
-//             position; queries and keys share the lists) - nothing about t
-//             depends on tokens after t, so generation can use it
+//   causal:   each query joins argmax_c score(qn_t) and each key joins
+//             argmax_c score(kn_u) (tokens choose, slots by position) - nothing
+//             about t depends on tokens after t, so generation can use it.
+//             (The public implementations share one list, with keys = queries;
+//             here keys keep their own projection, so the list of a key must
+//             come from its key: membership then follows the q.k the attention
+//             trains. With one list chosen by qn, nothing teaches a key token
+//             to join the cluster of the queries that need it.)
 //   balanced: each centroid takes its top S = ceil(T/K) queries and, separately,
 //             keys (groups choose; the paper's) - membership depends on later
 //             tokens: training and encoders only

@@ -226,6 +226,9 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("attention.topk_blocks", at.topk_blocks(), 0, 65536);
   }
 
+  if (cfg.backend() == switchyard::Config::CUDA)
+    c.fail("backend", "CUDA", "this build has no CUDA kernels yet; use AUTO or CPU");
+
   const auto& pl = cfg.parallel();
   c.range("parallel.expert_parallel", pl.expert_parallel(), 1, 65536);
   c.range("parallel.timeout_s", pl.timeout_s(), 0.f, 86400.f, true);

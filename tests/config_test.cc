@@ -76,6 +76,11 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
   expect_invalid("train { steps: 10 warmup_steps: 11 }", "train.warmup_steps = 11: must be in [0, 10]");
 }
 
+TEST(Config, BackendCudaNotBuilt) {
+  expect_invalid("backend: CUDA", "t.pbtxt: backend = CUDA: this build has no CUDA kernels yet");
+  EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
+}
+
 TEST(Config, InconsistentSizes) {
   expect_invalid("model { d_model: 64 n_heads: 5 }",
                  "model.d_model = 64: must be divisible by model.n_heads = 5");

@@ -51,8 +51,12 @@ Clusters assign_clusters(const float* qn, const float* kn, int64_t ld, int64_t T
     tp.k = 1;
     tp.dropless = p.dropless;
     tp.capacity_factor = p.capacity_factor;
+    // Queries by their normalised query, keys by their normalised key: the
+    // vectors whose dot product the attention trains are the ones that decide
+    // membership, so a useful (query, key) pair is pulled into one cluster.
+    // Each token's choice depends on that token alone: causal.
     cl.queries = members(tokens_choose(qs, T, c.K, tp));
-    cl.keys = cl.queries;
+    cl.keys = members(tokens_choose(centroid_scores(kn, ld, T, c), T, c.K, tp));
   } else {
     const int64_t S = (T + c.K - 1) / c.K;
     cl.queries = members(groups_choose(qs, T, c.K, S));
