@@ -48,7 +48,4 @@ class Communicator {
   double comm_seconds_ = 0;
 };
 
-// A group of one rank: every collective is a copy. What a single process uses.
-std::unique_ptr<Communicator> make_self_communicator();
-
 }  // namespace sy::comm

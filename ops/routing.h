@@ -95,7 +95,4 @@ void router_scores_backward(std::vector<float>& dlogits, const std::vector<float
 // Auxiliary-loss-free balancing: bias_g += rate * sign(mean load - load_g).
 void update_balance_bias(std::vector<float>& bias, const std::vector<int64_t>& load, float rate);
 
-// Load per group: assignments chosen (before capacity), for f_g and metrics.
-std::vector<int64_t> chosen_per_group(const Route& r);
-
 }  // namespace sy::ops

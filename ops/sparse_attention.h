@@ -55,7 +55,4 @@ KeySets local_keysets(int64_t T, int64_t window);
 // a block-mean of queries would let t see later queries of its block.
 KeySets block_topk_keysets(const HeadQKV& h, int64_t block, int64_t topk);
 
-// Dense causal key sets, K(t) = {0..t} (the reference).
-KeySets causal_keysets(int64_t T);
-
 }  // namespace sy::ops

@@ -72,7 +72,6 @@ class Transformer {
   // what the same model would have spent without depth routing.
   double forward_flops() const;
   double dense_forward_flops() const;
-  int64_t seq_len() const { return T_; }
 
  private:
   Config cfg_;

@@ -101,23 +101,22 @@ Tensor MoeLayer::forward(const Tensor& x) {
     for (int64_t i = 0; i < y.numel(); ++i) y.f32()[i] += s.f32()[i];
   }
 
-  // Statistics and router losses (values now; gradients in backward).
-  std::vector<float> scratch;
+  // Statistics, and the router losses with their gradients (which backward
+  // adds to the combine weights' own).
   stats_ = MoeStats{};
   stats_.capacity = route_.capacity;
   // Load statistics over every data-parallel rank's tokens.
   std::vector<double> sums = ops::load_balance_sums(probs_, route_);
   if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(sums.data(), 2 * G_ + 2, name_.c_str());
   const double total = std::max(1.0, sums[2 * G_]), mean = 1.0 / G_;
-  lb_f_.assign(G_, 0.0);
-  lb_P_.assign(G_, 0.0);
+  std::vector<double> f_lb(G_), P_lb(G_);
   std::vector<int64_t> load(G_);
   double var = 0, mx = 0;
   for (int64_t g = 0; g < G_; ++g) {
     load[g] = static_cast<int64_t>(sums[g]);
-    lb_f_[g] = sums[g] / total;
-    lb_P_[g] = sums[G_ + g] / std::max(1.0, sums[2 * G_ + 1]);
-    const double f = lb_f_[g];
+    f_lb[g] = sums[g] / total;
+    P_lb[g] = sums[G_ + g] / std::max(1.0, sums[2 * G_ + 1]);
+    const double f = f_lb[g];
     stats_.load.push_back(f);
     mx = std::max(mx, f);
     var += (f - mean) * (f - mean);
@@ -128,10 +127,13 @@ Tensor MoeLayer::forward(const Tensor& x) {
   for (int64_t i = 0; i < N * G_; ++i)
     if (probs_[i] > 0) stats_.entropy -= probs_[i] * std::log(probs_[i]);
   stats_.entropy /= std::max<int64_t>(1, N);
-  stats_.lb_loss = ops::load_balance_loss(scratch, N, G_, lb_f_, lb_P_, cfg_.load_balance_coef());
-  stats_.z_loss = ops::z_loss(scratch, logits_.data(), N, G_, cfg_.z_loss_coef());
+  aux_dprobs_.assign(N * G_, 0.f);
+  aux_dlogits_.assign(N * G_, 0.f);
+  stats_.lb_loss = ops::load_balance_loss(aux_dprobs_, N, G_, f_lb, P_lb, cfg_.load_balance_coef());
+  stats_.z_loss = ops::z_loss(aux_dlogits_, logits_.data(), N, G_, cfg_.z_loss_coef());
   float expected = 0;
-  stats_.budget_loss = ops::budget_loss(scratch, probs_, N, G_, cost_, cfg_.budget(), cfg_.budget_coef(), &expected);
+  stats_.budget_loss =
+      ops::budget_loss(aux_dprobs_, probs_, N, G_, cost_, cfg_.budget(), cfg_.budget_coef(), &expected);
   stats_.expected_cost = expected;
 
   if (training_ && cfg_.bias_balance_rate() > 0) ops::update_balance_bias(bias_, load, cfg_.bias_balance_rate());
@@ -158,12 +160,9 @@ Tensor MoeLayer::backward(const Tensor& dy) {
   ops::dispatch_backward(dx, dbuf, route_);
   if (exchange_) stats_.comm_s += exchange_->seconds(), stats_.bytes_sent += exchange_->bytes_sent();
   // Router: weights and losses -> dprobs -> dlogits (+ z-loss) -> Wg, x.
-  std::vector<float> dprobs(N * G_, 0.f), dlogits(N * G_, 0.f);
+  std::vector<float> dprobs = aux_dprobs_, dlogits = aux_dlogits_;  // the router losses' part
   ops::route_weights_backward(dprobs, dweight, probs_, route_, cfg_.renormalize() && !expert_choice(cfg_));
-  ops::load_balance_loss(dprobs, N, G_, lb_f_, lb_P_, cfg_.load_balance_coef());
-  ops::budget_loss(dprobs, probs_, N, G_, cost_, cfg_.budget(), cfg_.budget_coef());
   ops::router_scores_backward(dlogits, dprobs, probs_, N, G_, score_fn(cfg_));
-  ops::z_loss(dlogits, logits_.data(), N, G_, cfg_.z_loss_coef());
   // The router saw x * noise: its input gradient is scaled by the same noise.
   Tensor dxr(x_.shape());
   ops::gemm_rows_backward(dxr.f32(), wg_->grad.f32(), nullptr, dlogits.data(), xr_.f32(),

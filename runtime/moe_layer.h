@@ -64,7 +64,7 @@ class MoeLayer : public FeedForward {
   Tensor ebuf_;  // expert-major rows this rank's experts processed (ebuf_ = buf_ on one rank)
   std::vector<float> noise_;  // jitter factors (N*C), empty when not jittering
   std::vector<float> logits_, probs_;
-  std::vector<double> lb_f_, lb_P_;  // load-balance statistics (global under data parallelism)
+  std::vector<float> aux_dprobs_, aux_dlogits_;  // router losses' gradients (N, G), from forward
   ops::Route route_;
   MoeStats stats_;
   double flops_ = 0;

@@ -60,7 +60,6 @@ class SparseSelfAttention : public SelfAttention {
   // Sums per-cluster statistics over data-parallel ranks before the EMA update.
   void set_stats_reducer(std::function<void(std::vector<float>&)> f) { reducer_ = std::move(f); }
   const std::vector<ops::Centroids>& centroids() const { return *centroids_; }
-  int64_t num_local_heads() const { return H_ - R_; }
 
  private:
   bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }

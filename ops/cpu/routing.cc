@@ -204,11 +204,4 @@ void update_balance_bias(std::vector<float>& bias, const std::vector<int64_t>& l
   }
 }
 
-std::vector<int64_t> chosen_per_group(const Route& r) {
-  std::vector<int64_t> load(r.num_groups, 0);
-  for (int32_t g : r.group)
-    if (g >= 0) ++load[g];
-  return load;
-}
-
 }  // namespace sy::ops

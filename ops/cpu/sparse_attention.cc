@@ -86,8 +86,6 @@ KeySets local_keysets(int64_t T, int64_t window) {
   return ks;
 }
 
-KeySets causal_keysets(int64_t T) { return local_keysets(T, std::max<int64_t>(T, 1)); }
-
 KeySets block_topk_keysets(const HeadQKV& h, int64_t block, int64_t topk) {
   SY_CHECK(block >= 1 && topk >= 0, "block top-k: block " << block << ", k " << topk);
   const int64_t nb = (h.T + block - 1) / block;
