@@ -198,6 +198,7 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("moe.bias_balance_rate", e.bias_balance_rate(), 0.f, 1.f);
     c.range("moe.load_balance_coef", e.load_balance_coef(), 0.f, 100.f);
     c.range("moe.z_loss_coef", e.z_loss_coef(), 0.f, 100.f);
+    c.range("moe.router_noise", e.router_noise(), 0.f, 10.f);
     c.range("moe.budget_coef", e.budget_coef(), 0.f, 100.f);
     c.range("moe.budget", e.budget(), 0.f, 1e9f);
     c.range("moe.expert_hidden", e.expert_hidden(), 0, 65536);

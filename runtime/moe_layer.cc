@@ -60,6 +60,9 @@ Tensor MoeLayer::forward(const Tensor& x) {
   }
   logits_.assign(N * G_, 0.f);
   ops::gemm_rows(logits_.data(), xr_.f32(), wg_->value.f32(), nullptr, N, C_, G_);
+  // Noisy gating: the noise is a constant offset, so backward is unchanged.
+  if (training_ && cfg_.router_noise() > 0)
+    for (float& l : logits_) l += static_cast<float>(cfg_.router_noise() * rng_.normal());
   const ops::ScoreFn fn = score_fn(cfg_);
   ops::router_scores(probs_, logits_.data(), N, G_, fn);
 

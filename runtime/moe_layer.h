@@ -1,6 +1,7 @@
 // MoeLayer: a mixture-of-experts FFN built on the routing core.
 //
-//   logits = x_r Wg            (N, G), fp32; x_r = x * U(1-j, 1+j) when jittering
+//   logits = x_r Wg [+ eps]    (N, G), fp32; x_r = x * U(1-j, 1+j) when jittering,
+//                              eps ~ N(0, router_noise^2) (noisy gating), training only
 //   route  = tokens_choose(score_fn(logits)) or groups_choose (expert choice)
 //   y      = combine(experts(dispatch(x)))  [+ shared_expert(x)]
 //

@@ -170,5 +170,31 @@ TEST(MoeLayer, DroppedTokensGetZeroOutput) {
       for (int c = 0; c < 4; ++c) EXPECT_EQ(y.f32()[i * 4 + c], 0.f);
 }
 
+// Noisy gating: identical tokens have identical logits, so without noise the
+// top-1 argmax sends all of them to one expert (max/mean = G); with noise of
+// std 1 (large next to the logit gaps of a std-0.02 router) they spread over
+// the experts, in training only.
+TEST(MoeLayer, RouterNoiseSplitsIdenticalTokensInTrainingOnly) {
+  Rng rng(5);
+  auto cfg = moe_config(8, 1);
+  ParamStore ps;
+  MoeLayer moe(ps, "m", 16, cfg, 16, rng, 0.02f, 0.02f, 7);
+  const int64_t N = 2048;
+  Tensor row = testing::randn({1, 16}, rng), x({N, 16});
+  for (int64_t i = 0; i < N; ++i)
+    for (int c = 0; c < 16; ++c) x.f32()[i * 16 + c] = row.f32()[c];
+  moe.forward(x);
+  EXPECT_DOUBLE_EQ(moe.stats().max_over_mean, 8.0);
+  cfg.set_router_noise(1.f);
+  ParamStore ps2;
+  Rng rng2(5);
+  MoeLayer noisy(ps2, "m", 16, cfg, 16, rng2, 0.02f, 0.02f, 7);
+  noisy.forward(x);
+  EXPECT_LT(noisy.stats().max_over_mean, 1.3);
+  noisy.set_training(false);
+  noisy.forward(x);
+  EXPECT_DOUBLE_EQ(noisy.stats().max_over_mean, 8.0);
+}
+
 }  // namespace
 }  // namespace sy

@@ -2,7 +2,7 @@
 # Issue 3's measurements: dense tiny vs switch_tiny at equal steps on the
 # synthetic corpus and on tinyshakespeare, and switch_tiny with and without the
 # load-balance loss, 2000 steps each. Writes docs/runs/*.jsonl and docs/moe_vs_dense.png,
-# docs/moe_balance.png. Run from the repo root after building (~12 min, 2 cores).
+# docs/moe_balance.png. Run from the repo root after building (~15 min, 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=build/bin/train_switch
@@ -24,13 +24,13 @@ if [ "${1:-}" != "--plot-only" ]; then
   fi
   wait
 fi
-# JSONL -> columns for gnuplot: step val_loss / step max_over_mean
+# JSONL -> columns for gnuplot: step val_loss / step max_over_mean (the greedy match takes the last MoE layer's)
 val() { grep '"val_loss"' "$OUT/$1.jsonl" | sed -E 's/.*"step":([0-9]+).*"val_loss":([-0-9.e]+).*/\1 \2/' > "/tmp/$1.val"; }
 load() { sed -E 's/.*"max_over_mean":([-0-9.e]+).*"step":([0-9]+).*/\2 \1/' "$OUT/$1.jsonl" > "/tmp/$1.load"; }
 for r in tiny_synthetic switch_tiny_synthetic switch_tiny_synthetic_nolb tiny_shakespeare switch_tiny_shakespeare; do
   [ -f "$OUT/$r.jsonl" ] && val $r
 done
-for r in switch_tiny_synthetic switch_tiny_synthetic_nolb; do load $r; done
+for r in switch_tiny_synthetic switch_tiny_synthetic_nolb switch_tiny_shakespeare; do [ -f "$OUT/$r.jsonl" ] && load $r; done
 gnuplot <<GP
 set terminal pngcairo noenhanced size 1100,420 font ",10"
 set output "docs/moe_vs_dense.png"
@@ -43,8 +43,8 @@ plot "/tmp/tiny_shakespeare.val" w lp t "dense tiny", "/tmp/switch_tiny_shakespe
 unset multiplot
 set terminal pngcairo noenhanced size 700,420 font ",10"
 set output "docs/moe_balance.png"
-set title "switch_tiny expert load (max/mean over 8 experts, training batch)"
+set title "switch_tiny expert load, layer 1 (max/mean over 8 experts, training batch)"
 set xlabel "step"; set ylabel "max / mean load"; set yrange [0:*]
-plot "/tmp/switch_tiny_synthetic.load" w l t "load-balance coef 0.01", "/tmp/switch_tiny_synthetic_nolb.load" w l t "coef 0", 1.5 w l dt 2 t "1.5"
+plot "/tmp/switch_tiny_synthetic.load" w l t "synthetic, load-balance coef 0.01", "/tmp/switch_tiny_synthetic_nolb.load" w l t "synthetic, coef 0", "/tmp/switch_tiny_shakespeare.load" w l t "tinyshakespeare, coef 0.01", 1.5 w l dt 2 t "1.5"
 GP
 echo "wrote docs/moe_vs_dense.png docs/moe_balance.png"
