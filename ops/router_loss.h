@@ -27,6 +27,13 @@ float load_balance_loss(std::vector<float>& dprobs, const std::vector<float>& pr
 // the gradient of the global loss.
 float load_balance_loss(std::vector<float>& dprobs, int64_t N, int64_t G, const std::vector<double>& f,
                         const std::vector<double>& P, float alpha);
+// Grouped (GShard groups; DeepSeek-V3's sequence-wise loss when group is the
+// sequence length): items split into runs of `group` consecutive items, S = N /
+// group of them, each with its own f_sg and P_sg;
+//   L = alpha * G * (1/S) sum_s sum_g f_sg P_sg,  dL/dp_ig = alpha G f_sg / N
+// for i in run s. group = N is the ungrouped loss. N % group == 0.
+float load_balance_loss_grouped(std::vector<float>& dprobs, const std::vector<float>& probs,
+                                const Route& r, int64_t group, float alpha);
 // Raw sums for those statistics: per group, assignments chosen and summed
 // probability; then total assignments and tokens. Layout (2G + 2).
 std::vector<double> load_balance_sums(const std::vector<float>& probs, const Route& r);

@@ -199,6 +199,11 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("moe.load_balance_coef", e.load_balance_coef(), 0.f, 100.f);
     c.range("moe.z_loss_coef", e.z_loss_coef(), 0.f, 100.f);
     c.range("moe.router_noise", e.router_noise(), 0.f, 10.f);
+    c.range("moe.load_balance_tokens", e.load_balance_tokens(), 0, 1000000000);
+    const int64_t step_tokens = int64_t{t.batch()} * m.seq_len();
+    if (e.load_balance_tokens() > 0 && step_tokens % e.load_balance_tokens() != 0)
+      c.fail("moe.load_balance_tokens", e.load_balance_tokens(),
+             "must divide train.batch * model.seq_len = " + std::to_string(step_tokens));
     c.range("moe.budget_coef", e.budget_coef(), 0.f, 100.f);
     c.range("moe.budget", e.budget(), 0.f, 1e9f);
     c.range("moe.expert_hidden", e.expert_hidden(), 0, 65536);

@@ -132,7 +132,14 @@ Tensor MoeLayer::forward(const Tensor& x) {
   stats_.entropy /= std::max<int64_t>(1, N);
   aux_dprobs_.assign(N * G_, 0.f);
   aux_dlogits_.assign(N * G_, 0.f);
-  stats_.lb_loss = ops::load_balance_loss(aux_dprobs_, N, G_, f_lb, P_lb, cfg_.load_balance_coef());
+  // Grouped balance is computed on this rank's tokens: a group never spans ranks.
+  const int64_t lb_group = cfg_.load_balance_tokens();
+  SY_CHECK(lb_group == 0 || N % lb_group == 0,
+           name_ << ": moe.load_balance_tokens = " << lb_group << " does not divide the " << N
+                 << " tokens this rank routes");
+  stats_.lb_loss = lb_group > 0 ? ops::load_balance_loss_grouped(aux_dprobs_, probs_, route_, lb_group,
+                                                                 cfg_.load_balance_coef())
+                                : ops::load_balance_loss(aux_dprobs_, N, G_, f_lb, P_lb, cfg_.load_balance_coef());
   stats_.z_loss = ops::z_loss(aux_dlogits_, logits_.data(), N, G_, cfg_.z_loss_coef());
   float expected = 0;
   stats_.budget_loss =

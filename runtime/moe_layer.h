@@ -8,7 +8,9 @@
 // Tokens dropped over capacity get no expert output: with the block's residual
 // they pass through unchanged. The router learns through the combine weights
 // (dweight -> dprobs -> dlogits -> Wg and x) and through the router losses,
-// whose gradients are added in backward.
+// whose gradients are added in backward. The load-balance loss covers every
+// data-parallel rank's tokens, or with moe.load_balance_tokens > 0 each run of
+// that many of this rank's tokens (per sequence) and their mean.
 #pragma once
 #include <memory>
 #include <vector>

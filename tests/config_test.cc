@@ -75,6 +75,8 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
   expect_invalid("data { val_fraction: 0 }", "data.val_fraction = 0");
   expect_invalid("train { steps: 10 warmup_steps: 11 }", "train.warmup_steps = 11: must be in [0, 10]");
   expect_invalid("moe { num_experts: 4 router_noise: -1 }", "moe.router_noise = -1: must be in [0, 10]");
+  expect_invalid("moe { num_experts: 4 load_balance_tokens: 100 }",
+                 "moe.load_balance_tokens = 100: must divide train.batch * model.seq_len = ");
 }
 
 TEST(Config, BackendCudaNotBuilt) {

@@ -196,5 +196,28 @@ TEST(MoeLayer, RouterNoiseSplitsIdenticalTokensInTrainingOnly) {
   EXPECT_DOUBLE_EQ(noisy.stats().max_over_mean, 8.0);
 }
 
+TEST(MoeLayer, LoadBalanceTokensGroupsTheLoss) {
+  // One group of all N tokens is the batch-wide loss; groups of N/2 see more
+  // imbalance than the batch does (each half favours other experts here), and
+  // a group size that does not divide N is refused.
+  const int64_t N = 64, C = 8, G = 4;
+  Rng data(3);
+  Tensor x = testing::randn({N, C}, data);
+  for (int64_t i = 0; i < N; ++i) x.f32()[i * C] += i < N / 2 ? 3.f : -3.f;
+  auto lb_loss = [&](int tokens) {
+    switchyard::MoeConfig cfg = moe_config(G, 1);
+    cfg.set_load_balance_coef(0.01f);
+    cfg.set_load_balance_tokens(tokens);
+    ParamStore ps;
+    Rng rng(4);
+    MoeLayer moe(ps, "m", C, cfg, 16, rng, 0.5f, 0.5f, 7);
+    moe.forward(x);
+    return moe.stats().lb_loss;
+  };
+  EXPECT_NEAR(lb_loss(N), lb_loss(0), 1e-7);
+  EXPECT_GT(lb_loss(N / 2), lb_loss(0) + 1e-4);
+  EXPECT_THROW(lb_loss(24), Error);
+}
+
 }  // namespace
 }  // namespace sy

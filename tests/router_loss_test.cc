@@ -21,6 +21,28 @@ TEST(LoadBalance, HandComputed) {
   EXPECT_NEAR(load_balance_loss(d, q, rb, 1.f), 1.f, 1e-6);
 }
 
+TEST(LoadBalance, GroupedSeesImbalanceInsideEachSequence) {
+  // 4 tokens in 2 sequences of 2, 2 experts: sequence A sends both tokens to
+  // expert 0, sequence B both to expert 1. Over the batch f = P = (1/2, 1/2),
+  // the balanced minimum; per sequence each is fully unbalanced.
+  std::vector<float> p = {0.9f, 0.1f, 0.7f, 0.3f, 0.2f, 0.8f, 0.4f, 0.6f}, d;
+  TokensChooseParams prm;
+  prm.capacity_factor = 2;
+  const Route r = tokens_choose(p, 4, 2, prm);
+  ASSERT_EQ(r.group, (std::vector<int32_t>{0, 0, 1, 1}));
+  EXPECT_NEAR(load_balance_loss(d, p, r, 1.f), 1.f, 1e-6);
+  // A: f = (1, 0), P = (0.8, 0.2); B: f = (0, 1), P = (0.3, 0.7).
+  // L = 1 * 2 * (0.8 + 0.7) / 2 = 1.5;  dL/dp_i0 = 2 f_s0 / 4.
+  std::vector<float> dg;
+  EXPECT_NEAR(load_balance_loss_grouped(dg, p, r, 2, 1.f), 1.5f, 1e-6);
+  EXPECT_EQ(dg, (std::vector<float>{0.5f, 0.f, 0.5f, 0.f, 0.f, 0.5f, 0.f, 0.5f}));
+  // One group of all N tokens is the ungrouped loss, gradient included.
+  std::vector<float> d1, dn;
+  const float l1 = load_balance_loss(d1, p, r, 0.3f), ln = load_balance_loss_grouped(dn, p, r, 4, 0.3f);
+  EXPECT_NEAR(l1, ln, 1e-6);
+  for (size_t i = 0; i < d1.size(); ++i) EXPECT_NEAR(d1[i], dn[i], 1e-7) << i;
+}
+
 TEST(RouterLosses, GradientsMatchFiniteDifferences) {
   Rng rng(1);
   const int64_t N = 6, G = 4;
@@ -31,21 +53,23 @@ TEST(RouterLosses, GradientsMatchFiniteDifferences) {
   prm.k = 2;
   const Route r = tokens_choose(probs, N, G, prm);  // f is a count: fixed
   const std::vector<float> cost = {1.f, 2.f, 4.f, 8.f};
-  auto total = [&](bool lb, bool z, bool b) {
-    return [&, lb, z, b] {
+  auto total = [&](bool lb, bool z, bool b, bool lbg = false) {
+    return [&, lb, z, b, lbg] {
       std::vector<float> p, scratch;
       router_scores(p, logits.f32(), N, G, ScoreFn::softmax);
       double s = 0;
       if (lb) s += load_balance_loss(scratch, p, r, 0.3f);
+      if (lbg) s += load_balance_loss_grouped(scratch, p, r, 3, 0.3f);
       if (z) s += z_loss(scratch, logits.f32(), N, G, 0.2f);
       if (b) s += budget_loss(scratch, p, N, G, cost, 1.5f, 0.7f);
       return s;
     };
   };
-  for (int which = 0; which < 3; ++which) {
+  for (int which = 0; which < 4; ++which) {
     std::vector<float> dprobs(N * G, 0.f), dlogits(N * G, 0.f);
     float expected = 0;
     if (which == 0) load_balance_loss(dprobs, probs, r, 0.3f);
+    if (which == 3) load_balance_loss_grouped(dprobs, probs, r, 3, 0.3f);
     if (which == 1) z_loss(dlogits, logits.f32(), N, G, 0.2f);
     if (which == 2) {
       EXPECT_GT(budget_loss(dprobs, probs, N, G, cost, 1.5f, 0.7f, &expected), 0.f);
@@ -54,8 +78,9 @@ TEST(RouterLosses, GradientsMatchFiniteDifferences) {
     router_scores_backward(dlogits, dprobs, probs, N, G, ScoreFn::softmax);
     Tensor d({N, G});
     std::copy(dlogits.begin(), dlogits.end(), d.f32());
-    const char* names[] = {"load balance", "z-loss", "budget"};
-    testing::expect_gradient(names[which], logits, d, total(which == 0, which == 1, which == 2), 1e-2);
+    const char* names[] = {"load balance", "z-loss", "budget", "grouped load balance"};
+    testing::expect_gradient(names[which], logits, d,
+                             total(which == 0, which == 1, which == 2, which == 3), 1e-2);
   }
 }
 

@@ -42,6 +42,34 @@ float load_balance_loss(std::vector<float>& dprobs, const std::vector<float>& pr
   return load_balance_loss(dprobs, r.num_items, G, f, P, alpha);
 }
 
+float load_balance_loss_grouped(std::vector<float>& dprobs, const std::vector<float>& probs,
+                                const Route& r, int64_t group, float alpha) {
+  const int64_t N = r.num_items, G = r.num_groups, k = r.k;
+  dprobs.resize(N * G, 0.f);
+  if (alpha == 0.f || N == 0) return 0.f;
+  const int64_t S = N / group;
+  double loss = 0;
+  std::vector<double> f(G), P(G);
+  for (int64_t s = 0; s < S; ++s) {
+    std::fill(f.begin(), f.end(), 0.0);
+    std::fill(P.begin(), P.end(), 0.0);
+    double used = 0;
+    for (int64_t i = s * group; i < (s + 1) * group; ++i) {
+      for (int64_t j = 0; j < k; ++j)
+        if (const int32_t g = r.group[i * k + j]; g >= 0) f[g] += 1, used += 1;
+      for (int64_t g = 0; g < G; ++g) P[g] += probs[i * G + g];
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      f[g] /= std::max(1.0, used);
+      P[g] /= static_cast<double>(group);
+      loss += f[g] * P[g];
+      const float d = static_cast<float>(alpha * G * f[g] / N);
+      for (int64_t i = s * group; i < (s + 1) * group; ++i) dprobs[i * G + g] += d;
+    }
+  }
+  return static_cast<float>(alpha * G * loss / S);
+}
+
 float z_loss(std::vector<float>& dlogits, const float* logits, int64_t N, int64_t G, float beta) {
   dlogits.resize(N * G, 0.f);
   if (beta == 0.f || N == 0) return 0.f;
