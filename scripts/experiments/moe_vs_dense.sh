@@ -3,6 +3,8 @@
 # synthetic corpus and on tinyshakespeare, and switch_tiny with and without the
 # load-balance loss, 2000 steps each. Writes docs/runs/*.jsonl and docs/moe_vs_dense.png,
 # docs/moe_balance.png. Run from the repo root after building (~15 min, 2 cores).
+# --batch64 adds the 64-sequence runs (dense, switch_tiny with the batch-wide and
+# the per-sequence load-balance loss; ~50 min more). --plot-only replots.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=build/bin/train_switch
@@ -12,6 +14,13 @@ SHAKE=../shared/data/tinyshakespeare.txt
 common=(--set train.steps=2000 --set train.eval_interval=100 --set train.log_interval=10)
 text=(--set data.source=TEXT_FILE --set data.path=$SHAKE)
 run() { local name=$1; shift; echo "== $name"; "$BIN" "$@" "${common[@]}" --metrics "$OUT/$name.jsonl" | tail -1; }
+b64=(--set train.batch=64)
+if [ "${1:-}" = "--batch64" ]; then
+  run tiny_synthetic_b64 --config configs/tiny.pbtxt "${b64[@]}" &
+  run switch_tiny_synthetic_b64 --config configs/switch_tiny.pbtxt "${b64[@]}" &
+  wait
+  run switch_tiny_synthetic_b64_seq --config configs/switch_tiny.pbtxt "${b64[@]}" --set moe.load_balance_tokens=128
+fi
 if [ "${1:-}" != "--plot-only" ]; then
   run tiny_synthetic --config configs/tiny.pbtxt &
   run switch_tiny_synthetic --config configs/switch_tiny.pbtxt &
@@ -30,7 +39,11 @@ load() { sed -E 's/.*"max_over_mean":([-0-9.e]+).*"step":([0-9]+).*/\2 \1/' "$OU
 for r in tiny_synthetic switch_tiny_synthetic switch_tiny_synthetic_nolb tiny_shakespeare switch_tiny_shakespeare; do
   [ -f "$OUT/$r.jsonl" ] && val $r
 done
-for r in switch_tiny_synthetic switch_tiny_synthetic_nolb switch_tiny_shakespeare; do [ -f "$OUT/$r.jsonl" ] && load $r; done
+for r in switch_tiny_synthetic switch_tiny_synthetic_nolb switch_tiny_shakespeare switch_tiny_synthetic_b64_seq; do
+  [ -f "$OUT/$r.jsonl" ] && load $r
+done
+seq64=""
+[ -f "$OUT/switch_tiny_synthetic_b64_seq.jsonl" ] && seq64=', "/tmp/switch_tiny_synthetic_b64_seq.load" w l t "synthetic, 64 sequences, per-sequence loss 0.01"'
 gnuplot <<GP
 set terminal pngcairo noenhanced size 1100,420 font ",10"
 set output "docs/moe_vs_dense.png"
@@ -45,6 +58,6 @@ set terminal pngcairo noenhanced size 700,420 font ",10"
 set output "docs/moe_balance.png"
 set title "switch_tiny expert load, layer 1 (max/mean over 8 experts, training batch)"
 set xlabel "step"; set ylabel "max / mean load"; set yrange [0:*]
-plot "/tmp/switch_tiny_synthetic.load" w l t "synthetic, load-balance coef 0.01", "/tmp/switch_tiny_synthetic_nolb.load" w l t "synthetic, coef 0", "/tmp/switch_tiny_shakespeare.load" w l t "tinyshakespeare, coef 0.01", 1.5 w l dt 2 t "1.5"
+plot "/tmp/switch_tiny_synthetic.load" w l t "synthetic, load-balance coef 0.01", "/tmp/switch_tiny_synthetic_nolb.load" w l t "synthetic, coef 0", "/tmp/switch_tiny_shakespeare.load" w l t "tinyshakespeare, coef 0.01"$seq64, 1.5 w l dt 2 lc rgb "black" t "1.5"
 GP
 echo "wrote docs/moe_vs_dense.png docs/moe_balance.png"
