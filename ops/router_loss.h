@@ -34,9 +34,11 @@ float load_balance_loss(std::vector<float>& dprobs, int64_t N, int64_t G, const 
 // for i in run s. group = N is the ungrouped loss. N % group == 0.
 float load_balance_loss_grouped(std::vector<float>& dprobs, const std::vector<float>& probs,
                                 const Route& r, int64_t group, float alpha);
-// Raw sums for those statistics: per group, assignments chosen and summed
-// probability; then total assignments and tokens. Layout (2G + 2).
-std::vector<double> load_balance_sums(const std::vector<float>& probs, const Route& r);
+// Raw sums for those statistics over items [i0, i1) (i1 < 0: to the end): per
+// group, assignments chosen and summed probability; then used assignments and
+// items. Layout (2G + 2).
+std::vector<double> load_balance_sums(const std::vector<float>& probs, const Route& r,
+                                      int64_t i0 = 0, int64_t i1 = -1);
 float z_loss(std::vector<float>& dlogits, const float* logits, int64_t N, int64_t G, float beta);
 // cost (G) or empty for all ones; also returns the expected cost C in *expected.
 float budget_loss(std::vector<float>& dprobs, const std::vector<float>& probs, int64_t N,

@@ -5,15 +5,16 @@
 
 namespace sy::ops {
 
-std::vector<double> load_balance_sums(const std::vector<float>& probs, const Route& r) {
-  const int64_t N = r.num_items, G = r.num_groups;
+std::vector<double> load_balance_sums(const std::vector<float>& probs, const Route& r, int64_t i0,
+                                      int64_t i1) {
+  const int64_t G = r.num_groups, k = r.k;
+  if (i1 < 0) i1 = r.num_items;
   std::vector<double> s(2 * G + 2, 0.0);
-  for (int32_t g : r.group)
-    if (g >= 0) s[g] += 1;
-  for (int64_t i = 0; i < N; ++i)
+  for (int64_t a = i0 * k; a < i1 * k; ++a)
+    if (const int32_t g = r.group[a]; g >= 0) s[g] += 1, s[2 * G] += 1;
+  for (int64_t i = i0; i < i1; ++i)
     for (int64_t g = 0; g < G; ++g) s[G + g] += probs[i * G + g];
-  s[2 * G] = static_cast<double>(r.assigned);
-  s[2 * G + 1] = static_cast<double>(N);
+  s[2 * G + 1] = static_cast<double>(i1 - i0);
   return s;
 }
 
@@ -44,26 +45,17 @@ float load_balance_loss(std::vector<float>& dprobs, const std::vector<float>& pr
 
 float load_balance_loss_grouped(std::vector<float>& dprobs, const std::vector<float>& probs,
                                 const Route& r, int64_t group, float alpha) {
-  const int64_t N = r.num_items, G = r.num_groups, k = r.k;
+  const int64_t N = r.num_items, G = r.num_groups;
   dprobs.resize(N * G, 0.f);
   if (alpha == 0.f || N == 0) return 0.f;
   const int64_t S = N / group;
   double loss = 0;
-  std::vector<double> f(G), P(G);
   for (int64_t s = 0; s < S; ++s) {
-    std::fill(f.begin(), f.end(), 0.0);
-    std::fill(P.begin(), P.end(), 0.0);
-    double used = 0;
-    for (int64_t i = s * group; i < (s + 1) * group; ++i) {
-      for (int64_t j = 0; j < k; ++j)
-        if (const int32_t g = r.group[i * k + j]; g >= 0) f[g] += 1, used += 1;
-      for (int64_t g = 0; g < G; ++g) P[g] += probs[i * G + g];
-    }
+    const std::vector<double> sums = load_balance_sums(probs, r, s * group, (s + 1) * group);
     for (int64_t g = 0; g < G; ++g) {
-      f[g] /= std::max(1.0, used);
-      P[g] /= static_cast<double>(group);
-      loss += f[g] * P[g];
-      const float d = static_cast<float>(alpha * G * f[g] / N);
+      const double f = sums[g] / std::max(1.0, sums[2 * G]), P = sums[G + g] / group;
+      loss += f * P;
+      const float d = static_cast<float>(alpha * G * f / N);
       for (int64_t i = s * group; i < (s + 1) * group; ++i) dprobs[i * G + g] += d;
     }
   }
