@@ -1,5 +1,6 @@
 #include "runtime/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -121,8 +122,23 @@ float Trainer::evaluate() {
   model_.set_training(false);
   double sum = 0;
   const int64_t T = cfg_.model().seq_len();
-  for (int i = 0; i < cfg_.train().eval_batches(); ++i)
+  const int n = cfg_.train().eval_batches();
+  held_out_.clear();
+  for (int i = 0; i < n; ++i) {
     sum += model_.forward(slice_batch(val_.fixed(i), T, rank_, world_));
+    // Every batch routes the same number of tokens, so the pass's load is the
+    // mean of the batches' load fractions (already summed over ranks).
+    size_t m = 0;
+    for (const auto& [l, layer] : model_.moe_layers()) {
+      const MoeStats& st = layer->stats();
+      if (held_out_.size() <= m) held_out_.push_back({l, std::vector<double>(st.load.size(), 0.0), 0, 0});
+      HeldOutRouting& h = held_out_[m++];
+      for (size_t g = 0; g < st.load.size(); ++g) h.load[g] += st.load[g] / n;
+      h.dropped += st.dropped / n;
+    }
+  }
+  for (HeldOutRouting& h : held_out_)
+    h.max_over_mean = h.load.empty() ? 0 : *std::max_element(h.load.begin(), h.load.end()) * h.load.size();
   model_.set_training(true);
   return world_mean(opts_.par, static_cast<float>(sum / cfg_.train().eval_batches()), "validation loss");
 }
@@ -217,7 +233,12 @@ TrainResult Trainer::run() {
     result.tokens_per_s = tok_s;
     line["step"] = step;
     line["loss"] = mean_loss;
-    if (eval_now) line["val_loss"] = val_loss;
+    if (eval_now) {
+      line["val_loss"] = val_loss;
+      for (const HeldOutRouting& h : held_out_)
+        line["val_moe"].push_back({{"layer", h.layer}, {"load", h.load}, {"max_over_mean", h.max_over_mean},
+                                   {"dropped", h.dropped}});
+    }
     line["lr"] = adam.lr;
     line["grad_norm"] = grad_norm;
     line["tokens_per_s"] = tok_s;
@@ -240,6 +261,10 @@ TrainResult Trainer::run() {
       if (eval_now) {
         std::snprintf(buf, sizeof buf, " | val %.4f", val_loss);
         s += buf;
+        for (const HeldOutRouting& h : held_out_) {
+          std::snprintf(buf, sizeof buf, " (L%d max/mean %.2f)", h.layer, h.max_over_mean);
+          s += buf;
+        }
       }
       std::snprintf(buf, sizeof buf, " | lr %.2e | %.1fk tok/s | %.2f GFLOP/s | ETA %s", adam.lr,
                     tok_s / 1e3, interval_flops / dt / 1e9, format_duration(eta).c_str());

@@ -3,6 +3,7 @@
 #pragma once
 #include <iosfwd>
 #include <string>
+#include <vector>
 
 #include "runtime/config.h"
 #include "runtime/model.h"
@@ -31,6 +32,14 @@ struct TrainResult {
   double tokens_per_s = 0;
 };
 
+// Expert load of one MoE layer over a whole validation pass: the router in
+// evaluation mode (no noise or jitter, eval capacity) on held-out text.
+struct HeldOutRouting {
+  int layer = 0;
+  std::vector<double> load;  // fraction of assignments per expert, before capacity
+  double max_over_mean = 0, dropped = 0;
+};
+
 // Learning rate at `step` (1-based): linear warm-up to lr, cosine to min_lr.
 float learning_rate(const switchyard::TrainConfig& t, int64_t step);
 
@@ -39,6 +48,8 @@ class Trainer {
   Trainer(const Config& cfg, TrainOptions opts);
   TrainResult run();
   float evaluate();  // mean validation loss over eval_batches fixed batches
+  // Per MoE layer, the expert load of the last evaluate() (empty for a dense model).
+  const std::vector<HeldOutRouting>& held_out_routing() const { return held_out_; }
   Transformer& model() { return model_; }
 
  private:
@@ -48,6 +59,7 @@ class Trainer {
   Transformer model_;
   WindowSampler train_, val_;
   int rank_ = 0, world_ = 1;
+  std::vector<HeldOutRouting> held_out_;
 };
 
 }  // namespace sy

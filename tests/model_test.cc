@@ -2,6 +2,7 @@
 // a fixed batch drives the loss down.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "grad_check.h"
@@ -82,6 +83,52 @@ TEST(Schedule, WarmupThenCosineToFloor) {
   EXPECT_FLOAT_EQ(learning_rate(t, 10), 1.f);
   EXPECT_NEAR(learning_rate(t, 60), 0.55f, 1e-6);  // halfway: (1 + 0.1) / 2
   EXPECT_NEAR(learning_rate(t, 110), 0.1f, 1e-6);
+}
+
+// The validation pass reports each MoE layer's expert load with the router in
+// evaluation mode: no noise, so two passes route identically, while the same
+// router in training mode (noise std 5 on the logits) does not.
+TEST(Trainer, HeldOutRoutingIsNoiselessAndNormalised) {
+  Config c = parse_config(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 24 seq_len: 16 }
+    train { batch: 4 eval_batches: 3 seed: 3 }
+    data { synthetic_bytes: 20000 }
+    moe { num_experts: 4 every_n_layers: 1 router_noise: 5 capacity_factor_eval: 0.5 }
+  )", "test");
+  validate_config(c, "test");
+  Trainer t(c, {});
+  t.evaluate();
+  const std::vector<HeldOutRouting> first = t.held_out_routing();
+  ASSERT_EQ(first.size(), 2u);
+  for (size_t m = 0; m < first.size(); ++m) {
+    const HeldOutRouting& h = first[m];
+    EXPECT_EQ(h.layer, static_cast<int>(m));
+    ASSERT_EQ(h.load.size(), 4u);
+    double sum = 0, mx = 0;
+    for (double f : h.load) sum += f, mx = std::max(mx, f);
+    EXPECT_NEAR(sum, 1.0, 1e-9);
+    EXPECT_NEAR(h.max_over_mean, 4 * mx, 1e-9);
+    EXPECT_GT(h.dropped, 0.0);  // eval capacity 0.5: half the slots a balanced load needs
+  }
+  t.evaluate();
+  for (size_t m = 0; m < first.size(); ++m) EXPECT_EQ(t.held_out_routing()[m].load, first[m].load);
+
+  // In training mode the same batch routes differently from one forward to the next.
+  Transformer& model = t.model();
+  model.set_training(true);
+  const Batch b = small_batch(4, 16, 11);
+  model.forward(b);
+  const std::vector<double> a = model.moe_layers()[0].second->stats().load;
+  model.forward(b);
+  EXPECT_NE(model.moe_layers()[0].second->stats().load, a);
+}
+
+TEST(Trainer, DenseModelHasNoHeldOutRouting) {
+  Config c = parse_config("model { seq_len: 16 } train { batch: 2 eval_batches: 1 } data { synthetic_bytes: 20000 }", "test");
+  validate_config(c, "test");
+  Trainer t(c, {});
+  t.evaluate();
+  EXPECT_TRUE(t.held_out_routing().empty());
 }
 
 }  // namespace
