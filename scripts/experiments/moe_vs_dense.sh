@@ -2,7 +2,7 @@
 # Issue 3's measurements: dense tiny vs switch_tiny at equal steps on the
 # synthetic corpus and on tinyshakespeare, and switch_tiny with and without the
 # load-balance loss, 2000 steps each. Writes docs/runs/*.jsonl and docs/moe_vs_dense.png,
-# docs/moe_balance.png. Run from the repo root after building (~15 min, 2 cores).
+# docs/moe_balance.png. Run from the repo root after building (~20 min, 2 cores).
 # --batch64 adds the 64-sequence runs (dense, switch_tiny with the batch-wide and
 # the per-sequence load-balance loss; ~50 min more). --plot-only replots.
 set -euo pipefail
@@ -31,6 +31,10 @@ if [ "${1:-}" != "--plot-only" ]; then
     wait
     run switch_tiny_shakespeare --config configs/switch_tiny.pbtxt "${text[@]}"
   fi
+  wait
+  # Held-out load without router noise, and the per-sequence balance loss (README).
+  run switch_tiny_synthetic_noise0 --config configs/switch_tiny.pbtxt --set moe.router_noise=0 &
+  run switch_tiny_synthetic_seq --config configs/switch_tiny.pbtxt --set moe.load_balance_tokens=128 &
   wait
 fi
 # JSONL -> columns for gnuplot: step val_loss / step max_over_mean (the greedy match takes the last MoE layer's)
