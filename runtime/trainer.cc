@@ -140,7 +140,7 @@ float Trainer::evaluate() {
   for (HeldOutRouting& h : held_out_)
     h.max_over_mean = h.load.empty() ? 0 : *std::max_element(h.load.begin(), h.load.end()) * h.load.size();
   model_.set_training(true);
-  return world_mean(opts_.par, static_cast<float>(sum / cfg_.train().eval_batches()), "validation loss");
+  return world_mean(opts_.par, static_cast<float>(sum / n), "validation loss");
 }
 
 TrainResult Trainer::run() {
