@@ -123,22 +123,21 @@ float Trainer::evaluate() {
   double sum = 0;
   const int64_t T = cfg_.model().seq_len();
   const int n = cfg_.train().eval_batches();
+  const auto& moe = model_.moe_layers();
   held_out_.clear();
+  for (const auto& [l, layer] : moe) held_out_.push_back({l, std::vector<double>(cfg_.moe().num_experts(), 0.0)});
   for (int i = 0; i < n; ++i) {
     sum += model_.forward(slice_batch(val_.fixed(i), T, rank_, world_));
     // Every batch routes the same number of tokens, so the pass's load is the
     // mean of the batches' load fractions (already summed over ranks).
-    size_t m = 0;
-    for (const auto& [l, layer] : model_.moe_layers()) {
-      const MoeStats& st = layer->stats();
-      if (held_out_.size() <= m) held_out_.push_back({l, std::vector<double>(st.load.size(), 0.0), 0, 0});
-      HeldOutRouting& h = held_out_[m++];
-      for (size_t g = 0; g < st.load.size(); ++g) h.load[g] += st.load[g] / n;
-      h.dropped += st.dropped / n;
+    for (size_t m = 0; m < moe.size(); ++m) {
+      const MoeStats& st = moe[m].second->stats();
+      for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] / n;
+      held_out_[m].dropped += st.dropped / n;
     }
   }
   for (HeldOutRouting& h : held_out_)
-    h.max_over_mean = h.load.empty() ? 0 : *std::max_element(h.load.begin(), h.load.end()) * h.load.size();
+    h.max_over_mean = *std::max_element(h.load.begin(), h.load.end()) * h.load.size();
   model_.set_training(true);
   return world_mean(opts_.par, static_cast<float>(sum / n), "validation loss");
 }
