@@ -58,6 +58,10 @@ struct TokensChooseParams {
   SlotPriority priority = SlotPriority::position;
   bool renormalize = false;
   std::vector<float> selection_bias;  // (G) or empty
+  // (N*G) or empty: when given, items select their top-k by these keys (plus
+  // selection_bias) instead of by p; the weights are still p. Sampling a
+  // group in proportion to p is keys = log p + Gumbel noise (Gumbel-max).
+  const std::vector<float>* selection_keys = nullptr;
 };
 
 // ceil(fraction * n) for capacities given as float fractions or factors.

@@ -2,7 +2,9 @@
 //
 //   logits = x_r Wg [+ eps]    (N, G), fp32; x_r = x * U(1-j, 1+j) when jittering,
 //                              eps ~ N(0, router_noise^2) (noisy gating), training only
-//   route  = tokens_choose(score_fn(logits)) or groups_choose (expert choice)
+//   route  = tokens_choose(score_fn(logits)) or groups_choose (expert choice);
+//            with router_noise_kind GUMBEL, tokens choose by logits + Gumbel(0,
+//            router_noise) instead (training only; the weights stay clean)
 //   y      = combine(experts(dispatch(x)))  [+ shared_expert(x)]
 //
 // Tokens dropped over capacity get no expert output: with the block's residual
@@ -67,6 +69,7 @@ class MoeLayer : public FeedForward {
   Tensor ebuf_;  // expert-major rows this rank's experts processed (ebuf_ = buf_ on one rank)
   std::vector<float> noise_;  // jitter factors (N*C), empty when not jittering
   std::vector<float> logits_, probs_;
+  std::vector<float> keys_;  // Gumbel selection keys (N, G), training with router_noise_kind GUMBEL
   std::vector<float> aux_dprobs_, aux_dlogits_;  // router losses' gradients (N, G), from forward
   ops::Route route_;
   MoeStats stats_;

@@ -196,6 +196,54 @@ TEST(MoeLayer, RouterNoiseSplitsIdenticalTokensInTrainingOnly) {
   EXPECT_DOUBLE_EQ(noisy.stats().max_over_mean, 8.0);
 }
 
+// Gumbel noise at scale 1 draws each token's expert from its softmax: N
+// identical tokens with known router probabilities land on expert g about
+// N p_g times (within 5 binomial standard deviations), each with the clean
+// p_g as its weight; at scale 0.5 the draw follows softmax(2 l), which is
+// sharper; in evaluation the choice is the argmax again.
+TEST(MoeLayer, GumbelNoiseSamplesExpertsFromTheRouter) {
+  const int64_t N = 20000, C = 4, G = 4;
+  const std::vector<float> l = {1.0f, 0.5f, 0.f, -1.f};  // router logits of every token
+  Tensor x({N, C});
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t c = 0; c < C; ++c) x.f32()[i * C + c] = c == 0 ? 1.f : 0.f;
+  auto softmax = [&](float t) {
+    std::vector<double> p(G);
+    double z = 0;
+    for (int g = 0; g < G; ++g) z += p[g] = std::exp(l[g] / t);
+    for (double& v : p) v /= z;
+    return p;
+  };
+  auto run = [&](float scale, bool training) {
+    auto cfg = moe_config(G, 1);
+    cfg.set_router_noise(scale);
+    cfg.set_router_noise_kind(switchyard::MoeConfig::GUMBEL);
+    ParamStore ps;
+    Rng rng(6);
+    MoeLayer moe(ps, "m", C, cfg, 8, rng, 0.02f, 0.02f, 9);
+    float* wg = ps.find("m.router.w")->value.f32();  // (C, G): row 0 gives the logits
+    for (int64_t a = 0; a < C * G; ++a) wg[a] = a < G ? l[a] : 0.f;
+    moe.set_training(training);
+    moe.forward(x);
+    return moe.route();
+  };
+  const std::vector<double> p = softmax(1.f);
+  for (float scale : {1.f, 0.5f}) {
+    const ops::Route r = run(scale, true);
+    const std::vector<double> q = softmax(scale);
+    std::vector<int64_t> n(G, 0);
+    for (int64_t i = 0; i < N; ++i) {
+      ++n[r.group[i]];
+      ASSERT_NEAR(r.weight[i], p[r.group[i]], 1e-6) << "weight of token " << i;
+    }
+    for (int g = 0; g < G; ++g)
+      EXPECT_NEAR(static_cast<double>(n[g]), N * q[g], 5 * std::sqrt(N * q[g] * (1 - q[g])))
+          << "scale " << scale << ", expert " << g;
+  }
+  const ops::Route eval = run(1.f, false);
+  for (int64_t i = 0; i < N; ++i) ASSERT_EQ(eval.group[i], 0);
+}
+
 TEST(MoeLayer, LoadBalanceTokensGroupsTheLoss) {
   // One group of all N tokens is the batch-wide loss; groups of N/2 see more
   // imbalance than the batch does (each half favours other experts here), and

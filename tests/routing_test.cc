@@ -135,6 +135,22 @@ TEST(TokensChoose, SelectionBiasMovesChoiceNotWeight) {
   EXPECT_FLOAT_EQ(r.weight[0], 0.3f);
 }
 
+TEST(TokensChoose, SelectionKeysMoveChoiceNotWeight) {
+  // Keys replace p for the choice (item 0 takes group 1, item 1 group 0, the
+  // lower index on a tie), the weights stay p.
+  std::vector<float> p = {0.7f, 0.3f, 0.4f, 0.6f};
+  std::vector<float> keys = {0.f, 1.f, 2.f, 2.f};
+  TokensChooseParams prm;
+  prm.capacity_factor = 2;
+  prm.selection_keys = &keys;
+  Route r = tokens_choose(p, 2, 2, prm);
+  EXPECT_EQ(r.group, (std::vector<int32_t>{1, 0}));
+  EXPECT_EQ(r.weight, (std::vector<float>{0.3f, 0.4f}));
+  std::vector<float> short_keys(3);
+  prm.selection_keys = &short_keys;
+  EXPECT_THROW(tokens_choose(p, 2, 2, prm), Error);
+}
+
 TEST(BalanceBias, MovesTowardBalanceBySign) {
   std::vector<float> bias = {0, 0, 0};
   update_balance_bias(bias, {6, 3, 0}, 0.1f);  // mean 3

@@ -71,12 +71,15 @@ Route tokens_choose(const std::vector<float>& probs, int64_t N, int64_t G,
   r.num_items = N, r.k = k, r.num_groups = G;
   r.group.assign(N * k, -1);
   r.weight.assign(N * k, 0.f);
+  SY_CHECK(!p.selection_keys || static_cast<int64_t>(p.selection_keys->size()) == N * G,
+           "selection keys of " << p.selection_keys->size() << " for " << N << " x " << G);
   std::vector<float> sel(G);
   std::vector<int64_t> idx(G);
   std::vector<float> top_score(N);
   for (int64_t i = 0; i < N; ++i) {
     const float* pi = probs.data() + i * G;
-    for (int64_t g = 0; g < G; ++g) sel[g] = pi[g] + (p.selection_bias.empty() ? 0.f : p.selection_bias[g]);
+    const float* key = p.selection_keys ? p.selection_keys->data() + i * G : pi;
+    for (int64_t g = 0; g < G; ++g) sel[g] = key[g] + (p.selection_bias.empty() ? 0.f : p.selection_bias[g]);
     std::iota(idx.begin(), idx.end(), 0);
     // Top-k by selection score, ties to the lower group index.
     std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) {
