@@ -214,6 +214,9 @@ void validate_config(const Config& cfg, const std::string& source) {
       if (v < 0) c.fail("moe.expert_cost", v, "costs must be >= 0");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
+    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE &&
+        e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
+      c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
   }
 
   const auto& at = cfg.attention();
