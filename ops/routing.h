@@ -13,7 +13,8 @@
 // Policies:
 //  1. tokens choose:  p = softmax(l) or sigmoid(l) (fp32); each item takes its
 //     top-k groups by p + selection_bias (the bias moves selection only, never
-//     the weight; DeepSeek-V3's auxiliary-loss-free balancing);
+//     the weight; DeepSeek-V3's auxiliary-loss-free balancing), or by given
+//     selection keys + selection_bias (Gumbel draws);
 //     C = ceil(capacity_factor * N * k / G); overflow is dropped (and counted)
 //     or, dropless, C grows to the largest count. Slots are handed out choice
 //     rank by choice rank (every item's 1st choice before any 2nd choice), in

@@ -5,7 +5,8 @@
 # drawn from the router by Gumbel noise), 2000 steps on the synthetic corpus;
 # then docs/moe_frontier.png: val loss at step 2000 against the share of logged
 # steps (from step 100) whose per-batch max/mean load is 1.5 or more, dense tiny
-# as a line. Runs two at a time, one thread each (~40 min on 2 cores; about 4.5
+# as a line (switch_tiny and dense tiny as configured come from moe_vs_dense.sh's
+# docs/runs/). Runs two at a time, one thread each (~40 min on 2 cores; about 4.5
 # min a run; runs whose OUT/NAME.jsonl exists are skipped). Usage:
 # moe_frontier.sh [OUT] [--plot-only]
 set -euo pipefail
