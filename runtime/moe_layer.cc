@@ -61,17 +61,19 @@ Tensor MoeLayer::forward(const Tensor& x) {
   logits_.assign(N * G_, 0.f);
   ops::gemm_rows(logits_.data(), xr_.f32(), wg_->value.f32(), nullptr, N, C_, G_);
   // Noisy gating: the noise is a constant offset, so backward is unchanged.
-  const bool gumbel = cfg_.router_noise_kind() == switchyard::MoeConfig::GUMBEL;
-  if (training_ && cfg_.router_noise() > 0 && !gumbel)
+  const bool noisy = training_ && cfg_.router_noise() > 0;
+  const bool gumbel = noisy && cfg_.router_noise_kind() == switchyard::MoeConfig::GUMBEL;
+  if (noisy && !gumbel)
     for (float& l : logits_) l += static_cast<float>(cfg_.router_noise() * rng_.normal());
   // Gumbel selection keys: logits + beta * (-log(-log u)); argmax over them
-  // picks g with probability softmax(l / beta)_g (Gumbel-max).
-  keys_.clear();
-  if (training_ && cfg_.router_noise() > 0 && gumbel) {
-    keys_.resize(N * G_);
+  // picks g with probability softmax(l / beta)_g (Gumbel-max). Selection only:
+  // backward never sees them.
+  std::vector<float> keys;
+  if (gumbel) {
+    keys.resize(N * G_);
     for (int64_t a = 0; a < N * G_; ++a) {
       const double u = std::max(rng_.uniform(), 1e-300);
-      keys_[a] = logits_[a] - static_cast<float>(cfg_.router_noise() * std::log(-std::log(u)));
+      keys[a] = logits_[a] - static_cast<float>(cfg_.router_noise() * std::log(-std::log(u)));
     }
   }
   const ops::ScoreFn fn = score_fn(cfg_);
@@ -90,7 +92,7 @@ Tensor MoeLayer::forward(const Tensor& x) {
                                                                       : ops::SlotPriority::position;
     p.renormalize = cfg_.renormalize();
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = bias_;
-    if (!keys_.empty()) p.selection_keys = &keys_;
+    if (gumbel) p.selection_keys = &keys;
     route_ = ops::tokens_choose(probs_, N, G_, p);
   }
 

@@ -69,7 +69,6 @@ class MoeLayer : public FeedForward {
   Tensor ebuf_;  // expert-major rows this rank's experts processed (ebuf_ = buf_ on one rank)
   std::vector<float> noise_;  // jitter factors (N*C), empty when not jittering
   std::vector<float> logits_, probs_;
-  std::vector<float> keys_;  // Gumbel selection keys (N, G), training with router_noise_kind GUMBEL
   std::vector<float> aux_dprobs_, aux_dlogits_;  // router losses' gradients (N, G), from forward
   ops::Route route_;
   MoeStats stats_;
