@@ -122,9 +122,17 @@ Tensor MoeLayer::forward(const Tensor& x) {
   // adds to the combine weights' own).
   stats_ = MoeStats{};
   stats_.capacity = route_.capacity;
-  // Load statistics over every data-parallel rank's tokens.
+  // Statistics over every data-parallel rank's tokens: the load-balance sums,
+  // then dropped and assigned choices and the router entropy summed over tokens
+  // (rank 0 reports them, so a rank-local value would describe 1/world of the batch).
   std::vector<double> sums = ops::load_balance_sums(probs_, route_);
-  if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(sums.data(), 2 * G_ + 2, name_.c_str());
+  double token_entropy = 0;
+  for (int64_t i = 0; i < N * G_; ++i)
+    if (probs_[i] > 0) token_entropy -= probs_[i] * std::log(probs_[i]);
+  sums.insert(sums.end(), {static_cast<double>(route_.dropped), static_cast<double>(route_.assigned),
+                           token_entropy});
+  if (par_ && par_->world_size() > 1)
+    par_->world->all_reduce_sum(sums.data(), static_cast<int64_t>(sums.size()), name_.c_str());
   const double total = std::max(1.0, sums[2 * G_]), mean = 1.0 / G_;
   std::vector<double> f_lb(G_), P_lb(G_);
   std::vector<int64_t> load(G_);
@@ -140,10 +148,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
   }
   stats_.max_over_mean = mx / mean;
   stats_.cv = std::sqrt(var / G_) / mean;
-  stats_.dropped = static_cast<double>(route_.dropped) / std::max<int64_t>(1, route_.assigned);
-  for (int64_t i = 0; i < N * G_; ++i)
-    if (probs_[i] > 0) stats_.entropy -= probs_[i] * std::log(probs_[i]);
-  stats_.entropy /= std::max<int64_t>(1, N);
+  stats_.dropped = sums[2 * G_ + 2] / std::max(1.0, sums[2 * G_ + 3]);
+  stats_.entropy = sums[2 * G_ + 4] / std::max(1.0, sums[2 * G_ + 1]);
   aux_dprobs_.assign(N * G_, 0.f);
   aux_dlogits_.assign(N * G_, 0.f);
   // Grouped balance is computed on this rank's tokens: a group never spans ranks.

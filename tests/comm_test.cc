@@ -131,6 +131,45 @@ TEST(ExpertParallel, AllTokensToOneRanksExpertsNoMismatchNoHang) {
   compare_with_single_rank(true, true);
 }
 
+// Rank 0 reports the metrics, so dropped and entropy must describe every
+// rank's tokens. Rank 0's tokens all choose expert 0 (and overflow it); the
+// others' spread out, so a rank-local dropped fraction would differ.
+TEST(ExpertParallel, DroppedAndEntropyCoverEveryRank) {
+  auto& w = world();
+  const int W = w.size();
+  if (W < 2) GTEST_SKIP() << "needs 2 ranks";
+  const int64_t C = 6, H = 5, G = 2 * W, n = 16;
+  switchyard::MoeConfig cfg;
+  cfg.set_num_experts(static_cast<int32_t>(G));
+  cfg.set_top_k(1);
+  cfg.set_capacity_factor(1.0f);
+  cfg.set_load_balance_coef(0.f);
+  cfg.set_z_loss_coef(0.f);
+  auto par = ParallelContext::create(std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD), W, 60);
+  ParamStore ps_par, ps_one;
+  Rng r1(5), r2(5);
+  MoeLayer sharded(ps_par, "m", C, cfg, H, r1, 0.5f, 0.5f, 9, par.get());
+  MoeLayer whole(ps_one, "m", C, cfg, H, r2, 0.5f, 0.5f, 9, nullptr);
+  for (ParamStore* ps : {&ps_par, &ps_one}) ps->find("m.router.w")->value.f32()[0] = 50.f;
+  Rng in(77);
+  Tensor all = testing::randn({n * W, C}, in);
+  for (int64_t i = 0; i < n * W; ++i) {
+    const float a = std::fabs(all.f32()[i * C]) + 0.1f;
+    all.f32()[i * C] = i < n ? a : -a;  // rank 0: expert 0 wins by a wide margin
+  }
+  Tensor mine({n, C});
+  std::copy_n(all.f32() + w.rank() * n * C, n * C, mine.f32());
+  sharded.forward(mine);
+  whole.forward(all);
+  double counts[2] = {static_cast<double>(sharded.route().dropped), static_cast<double>(sharded.route().assigned)};
+  const double local = counts[0] / counts[1];
+  w.all_reduce_sum(counts, 2, "test");
+  EXPECT_GT(counts[0], 0.0);
+  EXPECT_DOUBLE_EQ(sharded.stats().dropped, counts[0] / counts[1]);
+  if (w.rank() == 0) EXPECT_NE(local, counts[0] / counts[1]);  // the check can fail
+  EXPECT_NEAR(sharded.stats().entropy, whole.stats().entropy, 1e-9);
+}
+
 // Routed attention under data parallelism: each rank sees different tokens,
 // yet with the cluster statistics summed over ranks before every EMA update
 // the centroids stay identical everywhere (and without it they drift apart).
