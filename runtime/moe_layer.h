@@ -25,7 +25,10 @@
 
 namespace sy {
 
-// What a MoE layer reports about its last forward (metrics).
+// What a MoE layer reports about its last forward (metrics). Load, dropped and
+// entropy cover every data-parallel rank's tokens, as does the batch-wide
+// load-balance loss; the grouped one and the z- and budget losses are over
+// this rank's tokens.
 struct MoeStats {
   std::vector<double> load;  // fraction of assignments per expert (before capacity)
   double max_over_mean = 0, cv = 0, dropped = 0, entropy = 0;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 3: switch_tiny as configured and the two Gumbel settings closest to the
-# load bar (moe_frontier.sh), on more seeds and on both corpora, with every
-# training batch's load logged (train.log_interval=1), so "over 1.5" counts
+# Issue 3: switch_tiny as configured, the two Gumbel settings closest to the
+# load bar (moe_frontier.sh) and load-balance coefficients 0.03 and 0.1, on more
+# seeds and on both corpora, with every training batch's load logged (train.log_interval=1), so "over 1.5" counts
 # batches, not logged steps. 2000 steps, 16 sequences, two runs at a time, one
 # thread each (~4.5 min a run on one core; 23 runs, ~55 min on 2 cores). Runs
 # whose docs/runs/seeds/NAME.jsonl exists are skipped.
