@@ -39,6 +39,9 @@ float load_balance_loss_grouped(std::vector<float>& dprobs, const std::vector<fl
 // items. Layout (2G + 2).
 std::vector<double> load_balance_sums(const std::vector<float>& probs, const Route& r,
                                       int64_t i0 = 0, int64_t i1 = -1);
+// f_g (share of used assignments) and P_g (mean probability) from those sums.
+void load_balance_fractions(const std::vector<double>& sums, int64_t G, std::vector<double>& f,
+                            std::vector<double>& P);
 float z_loss(std::vector<float>& dlogits, const float* logits, int64_t N, int64_t G, float beta);
 // cost (G) or empty for all ones; also returns the expected cost C in *expected.
 float budget_loss(std::vector<float>& dprobs, const std::vector<float>& probs, int64_t N,

@@ -133,19 +133,17 @@ Tensor MoeLayer::forward(const Tensor& x) {
                            token_entropy});
   if (par_ && par_->world_size() > 1)
     par_->world->all_reduce_sum(sums.data(), static_cast<int64_t>(sums.size()), name_.c_str());
-  const double total = std::max(1.0, sums[2 * G_]), mean = 1.0 / G_;
-  std::vector<double> f_lb(G_), P_lb(G_);
+  const double mean = 1.0 / G_;
+  std::vector<double> f_lb, P_lb;
+  ops::load_balance_fractions(sums, G_, f_lb, P_lb);
   std::vector<int64_t> load(G_);
   double var = 0, mx = 0;
   for (int64_t g = 0; g < G_; ++g) {
     load[g] = static_cast<int64_t>(sums[g]);
-    f_lb[g] = sums[g] / total;
-    P_lb[g] = sums[G_ + g] / std::max(1.0, sums[2 * G_ + 1]);
-    const double f = f_lb[g];
-    stats_.load.push_back(f);
-    mx = std::max(mx, f);
-    var += (f - mean) * (f - mean);
+    mx = std::max(mx, f_lb[g]);
+    var += (f_lb[g] - mean) * (f_lb[g] - mean);
   }
+  stats_.load = f_lb;
   stats_.max_over_mean = mx / mean;
   stats_.cv = std::sqrt(var / G_) / mean;
   stats_.dropped = sums[2 * G_ + 2] / std::max(1.0, sums[2 * G_ + 3]);

@@ -18,29 +18,43 @@ std::vector<double> load_balance_sums(const std::vector<float>& probs, const Rou
   return s;
 }
 
+void load_balance_fractions(const std::vector<double>& sums, int64_t G, std::vector<double>& f,
+                            std::vector<double>& P) {
+  f.assign(G, 0.0);
+  P.assign(G, 0.0);
+  for (int64_t g = 0; g < G; ++g) {
+    f[g] = sums[g] / std::max(1.0, sums[2 * G]);
+    P[g] = sums[G + g] / std::max(1.0, sums[2 * G + 1]);
+  }
+}
+
+namespace {
+// Adds alpha G f_g / N to dprobs[i, g] for the items [i0, i1) whose statistics
+// f and P are; returns sum_g f_g P_g.
+double add_balance_term(std::vector<float>& dprobs, int64_t i0, int64_t i1, int64_t N, int64_t G,
+                        const std::vector<double>& f, const std::vector<double>& P, float alpha) {
+  double fp = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    fp += f[g] * P[g];
+    const float d = static_cast<float>(alpha * G * f[g] / N);
+    for (int64_t i = i0; i < i1; ++i) dprobs[i * G + g] += d;
+  }
+  return fp;
+}
+}  // namespace
+
 float load_balance_loss(std::vector<float>& dprobs, int64_t N, int64_t G, const std::vector<double>& f,
                         const std::vector<double>& P, float alpha) {
   dprobs.resize(N * G, 0.f);
   if (alpha == 0.f || N == 0) return 0.f;
-  double loss = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    loss += f[g] * P[g];
-    const float d = static_cast<float>(alpha * G * f[g] / N);
-    for (int64_t i = 0; i < N; ++i) dprobs[i * G + g] += d;
-  }
-  return static_cast<float>(alpha * G * loss);
+  return static_cast<float>(alpha * G * add_balance_term(dprobs, 0, N, N, G, f, P, alpha));
 }
 
 float load_balance_loss(std::vector<float>& dprobs, const std::vector<float>& probs,
                         const Route& r, float alpha) {
-  const int64_t G = r.num_groups;
-  const std::vector<double> s = load_balance_sums(probs, r);
-  std::vector<double> f(G), P(G);
-  for (int64_t g = 0; g < G; ++g) {
-    f[g] = s[g] / std::max(1.0, s[2 * G]);
-    P[g] = s[G + g] / std::max(1.0, s[2 * G + 1]);
-  }
-  return load_balance_loss(dprobs, r.num_items, G, f, P, alpha);
+  std::vector<double> f, P;
+  load_balance_fractions(load_balance_sums(probs, r), r.num_groups, f, P);
+  return load_balance_loss(dprobs, r.num_items, r.num_groups, f, P, alpha);
 }
 
 float load_balance_loss_grouped(std::vector<float>& dprobs, const std::vector<float>& probs,
@@ -50,14 +64,11 @@ float load_balance_loss_grouped(std::vector<float>& dprobs, const std::vector<fl
   if (alpha == 0.f || N == 0) return 0.f;
   const int64_t S = N / group;
   double loss = 0;
+  std::vector<double> f, P;
   for (int64_t s = 0; s < S; ++s) {
-    const std::vector<double> sums = load_balance_sums(probs, r, s * group, (s + 1) * group);
-    for (int64_t g = 0; g < G; ++g) {
-      const double f = sums[g] / std::max(1.0, sums[2 * G]), P = sums[G + g] / group;
-      loss += f * P;
-      const float d = static_cast<float>(alpha * G * f / N);
-      for (int64_t i = s * group; i < (s + 1) * group; ++i) dprobs[i * G + g] += d;
-    }
+    const int64_t i0 = s * group, i1 = i0 + group;
+    load_balance_fractions(load_balance_sums(probs, r, i0, i1), G, f, P);
+    loss += add_balance_term(dprobs, i0, i1, N, G, f, P, alpha);
   }
   return static_cast<float>(alpha * G * loss / S);
 }
