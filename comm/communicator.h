@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/error.h"
+#include "core/error.h"
 
 namespace sy::comm {
 

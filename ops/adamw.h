@@ -9,7 +9,7 @@
 #pragma once
 #include <vector>
 
-#include "runtime/tensor.h"
+#include "core/tensor.h"
 
 namespace sy::ops {
 

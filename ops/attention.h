@@ -11,7 +11,7 @@
 //   dq_t += sum_u ds[t,u] k_u / sqrt(D); dk_u += sum_t ds[t,u] q_t / sqrt(D).
 // dqkv accumulates.
 #pragma once
-#include "runtime/tensor.h"
+#include "core/tensor.h"
 
 namespace sy::ops {
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "ops/routing.h"
-#include "runtime/tensor.h"
+#include "core/tensor.h"
 
 namespace sy::ops {
 

@@ -6,7 +6,7 @@
 //
 // Shapes: any, y like x. Saved for backward: x. dx accumulates.
 #pragma once
-#include "runtime/tensor.h"
+#include "core/tensor.h"
 
 namespace sy::ops {
 

@@ -10,7 +10,7 @@
 // w and b may be undefined Tensors: then y = xhat (routed attention's
 // parameter-free normalisation of queries and keys).
 #pragma once
-#include "runtime/tensor.h"
+#include "core/tensor.h"
 
 namespace sy::ops {
 

@@ -5,7 +5,7 @@
 // Backward: dx += dy W^T; dW += x^T dy; db += sum_n dy. Gradients accumulate.
 // Saved for backward: x (the caller keeps it).
 #pragma once
-#include "runtime/tensor.h"
+#include "core/tensor.h"
 
 namespace sy::ops {
 

@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "ops/sparse_attention.h"
-#include "runtime/rng.h"
+#include "core/rng.h"
 
 namespace sy::ops {
 

@@ -10,7 +10,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "runtime/error.h"
+#include "core/error.h"
 
 namespace sy {
 

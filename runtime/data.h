@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/rng.h"
+#include "core/rng.h"
 
 namespace sy {
 

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
-#include "runtime/tensor.h"
+#include "core/tensor.h"
 
 namespace sy {
 

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "runtime/error.h"
+#include "core/error.h"
 
 namespace sy {
 

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "runtime/rng.h"
-#include "runtime/tensor.h"
+#include "core/rng.h"
+#include "core/tensor.h"
 
 namespace sy {
 

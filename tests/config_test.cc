@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "runtime/config.h"
-#include "runtime/error.h"
+#include "core/error.h"
 
 namespace sy {
 namespace {

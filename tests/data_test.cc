@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "runtime/data.h"
-#include "runtime/error.h"
+#include "core/error.h"
 
 namespace sy {
 namespace {

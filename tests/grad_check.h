@@ -7,8 +7,8 @@
 #include <functional>
 #include <string>
 
-#include "runtime/rng.h"
-#include "runtime/tensor.h"
+#include "core/rng.h"
+#include "core/tensor.h"
 
 namespace sy::testing {
 

@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "runtime/tensor.h"
+#include "core/tensor.h"
 
 namespace sy {
 namespace {

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "runtime/error.h"
+#include "core/error.h"
 
 namespace sy::ops {
 

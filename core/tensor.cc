@@ -1,11 +1,11 @@
-#include "runtime/tensor.h"
+#include "core/tensor.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
 
-#include "runtime/cuda_check.h"
+#include "core/cuda_check.h"
 
 namespace sy {
 

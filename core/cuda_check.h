@@ -4,7 +4,7 @@
 #ifdef SY_WITH_CUDA
 #include <cuda_runtime.h>
 
-#include "runtime/error.h"
+#include "core/error.h"
 
 #define CUDA_CHECK(expr)                                                         \
   do {                                                                           \
