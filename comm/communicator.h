@@ -1,20 +1,23 @@
-// Communicator: the one interface for moving data between ranks.
+// Communicator: the one interface for moving data between ranks, on tensors.
 //
 // Every collective has a timeout: one that has not completed within it ends
 // the job with one line naming the collective, the caller's context (the
 // layer) and the group's ranks, so a lost or stuck rank never turns into a
 // silent hang (MpiCommunicator: a watchdog thread, see there).
 //
-// Counts and displacements are in elements; all_to_all_v's displacements are
-// the exclusive prefix sums of the counts (rows for rank r are contiguous and
-// in rank order, as the group-major MoE buffer lays them out).
+// Tensors may be f32, bf16, i32, i64 or f64 (movement: any; sums: what the
+// backend can add), on the host or a device; work is ordered on `stream`
+// (NCCL) or done before the call returns (MPI, which ignores the stream and
+// stages device tensors through host memory). all_to_all_v moves rows of
+// dim 0: send_rows[r] consecutive rows go to rank r, in rank order (as the
+// group-major MoE buffer lays them out), recv_rows[r] arrive from rank r.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "core/tensor.h"
 
 namespace sy::comm {
 
@@ -28,14 +31,19 @@ class Communicator {
   // Sub-groups: ranks with the same color form one, ordered by key.
   virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
 
-  // n values to every rank: send (size*n), recv (size*n).
-  virtual void all_to_all(const int64_t* send, int64_t* recv, int64_t n, const char* context) = 0;
-  virtual void all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
-                            const std::vector<int64_t>& recv_counts, const char* context) = 0;
-  virtual void all_reduce_sum(float* data, int64_t n, const char* context) = 0;
-  virtual void all_reduce_sum(double* data, int64_t n, const char* context) = 0;
-  virtual void broadcast(void* data, int64_t bytes, int root, const char* context) = 0;
+  // n = send.size() / size() host counts to every rank (the planning step
+  // of an exchange: counts are host values).
+  virtual void all_to_all_counts(const std::vector<int64_t>& send, std::vector<int64_t>& recv,
+                                 const char* context) = 0;
+  virtual void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                            const std::vector<int64_t>& recv_rows, Stream stream, const char* context) = 0;
+  // In place: every element summed over the group.
+  virtual void all_reduce_sum(Tensor& t, Stream stream, const char* context) = 0;
+  virtual void broadcast(Tensor& t, int root, Stream stream, const char* context) = 0;
   virtual void barrier(const char* context) = 0;
+
+  // One host value summed over the group.
+  double all_reduce_sum(double v, const char* context);
 
   double timeout_s() const { return timeout_s_; }
   void set_timeout_s(double s) { timeout_s_ = s; }

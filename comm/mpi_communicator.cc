@@ -10,6 +10,8 @@
 #include <sstream>
 #include <thread>
 
+#include "core/context.h"
+
 namespace sy::comm {
 
 namespace {
@@ -84,15 +86,36 @@ class Watchdog {
 };
 }  // namespace
 
-void mpi_check(int code, const char* expr, const char* file, int line) {
-  if (code == MPI_SUCCESS) return;
+std::string mpi_error_string(int code) {
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
-  MPI_Error_string(code, msg, &len);
-  std::ostringstream os;
-  os << file << ":" << line << ": " << expr << ": " << std::string(msg, len);
-  throw BackendError(os.str());
+  if (MPI_Error_string(code, msg, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(code);
+  return std::string(msg, len);
 }
+
+namespace {
+
+// The MPI type that moves (or sums) one element of t.
+MPI_Datatype mpi_type(DType t, bool sum, const char* context) {
+  switch (t) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT32_T;
+    case DType::i64: return MPI_INT64_T;
+    case DType::bf16:
+      if (sum) throw BackendError(std::string("all_reduce in '") + context + "': MPI cannot sum bf16 tensors");
+      return MPI_UINT16_T;
+  }
+  return MPI_BYTE;
+}
+
+// A host tensor with t's contents: t itself on the host, else a staged copy.
+Tensor on_host(const Tensor& t) { return t.device().is_cpu() ? t : t.to(host_ctx()); }
+
+// Elements per row of dim 0.
+int64_t row_elems(const Tensor& t) { return t.ndim() == 0 || t.dim(0) == 0 ? 0 : t.numel() / t.dim(0); }
+
+}  // namespace
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
   MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
@@ -127,41 +150,63 @@ void MpiCommunicator::guarded(const char* op, const char* context, F&& call) {
   const int rc = call();
   Watchdog::get().disarm();
   comm_seconds_ += now_s() - t0;
-  mpi_check(rc, op, __FILE__, __LINE__);
+  if (rc != MPI_SUCCESS)
+    throw BackendError(std::string("MPI: ") + op + " in '" + context + "': " + mpi_error_string(rc));
 }
 
-void MpiCommunicator::all_to_all(const int64_t* send, int64_t* recv, int64_t n, const char* context) {
-  guarded("all_to_all", context, [&] {
-    return MPI_Alltoall(send, static_cast<int>(n), MPI_INT64_T, recv, static_cast<int>(n), MPI_INT64_T, comm_);
-  });
+void MpiCommunicator::all_to_all_counts(const std::vector<int64_t>& send, std::vector<int64_t>& recv,
+                                        const char* context) {
+  SY_CHECK(!send.empty() && send.size() % size_ == 0,
+           "all_to_all_counts in '" << context << "': " << send.size() << " counts for a group of " << size_);
+  recv.assign(send.size(), 0);
+  const int n = static_cast<int>(send.size() / size_);
+  guarded("all_to_all", context,
+          [&] { return MPI_Alltoall(send.data(), n, MPI_INT64_T, recv.data(), n, MPI_INT64_T, comm_); });
 }
 
-void MpiCommunicator::all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
-                                   const std::vector<int64_t>& recv_counts, const char* context) {
-  SY_CHECK(static_cast<int>(send_counts.size()) == size_ && static_cast<int>(recv_counts.size()) == size_,
-           "all_to_all_v in '" << context << "': " << send_counts.size() << " send and " << recv_counts.size()
+void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                                   const std::vector<int64_t>& recv_rows, Stream, const char* context) {
+  SY_CHECK(static_cast<int>(send_rows.size()) == size_ && static_cast<int>(recv_rows.size()) == size_,
+           "all_to_all_v in '" << context << "': " << send_rows.size() << " send and " << recv_rows.size()
                                << " recv counts for a group of " << size_);
-  to_mpi(send_counts, scratch_[0], scratch_[1]);
-  to_mpi(recv_counts, scratch_[2], scratch_[3]);
+  SY_CHECK(send.dtype() == recv.dtype(), "all_to_all_v in '" << context << "': " << dtype_name(send.dtype())
+                                                             << " sent, " << dtype_name(recv.dtype()) << " received");
+  int64_t ns = 0, nr = 0;
+  for (int64_t r : send_rows) ns += r;
+  for (int64_t r : recv_rows) nr += r;
+  SY_CHECK(send.ndim() >= 1 && ns == send.dim(0) && recv.ndim() >= 1 && nr == recv.dim(0),
+           "all_to_all_v in '" << context << "': " << ns << " rows to send from " << shape_str(send.shape()) << ", "
+                               << nr << " to receive into " << shape_str(recv.shape()));
+  const int64_t w = std::max(row_elems(send), row_elems(recv));
+  std::vector<int64_t> sc(size_), rc(size_);
+  for (int i = 0; i < size_; ++i) sc[i] = send_rows[i] * w, rc[i] = recv_rows[i] * w;
+  to_mpi(sc, scratch_[0], scratch_[1]);
+  to_mpi(rc, scratch_[2], scratch_[3]);
+  const MPI_Datatype type = mpi_type(send.dtype(), false, context);
+  const Tensor hs = on_host(send);
+  Tensor hr = recv.device().is_cpu() ? recv : Tensor::empty(recv.shape(), recv.dtype(), host_ctx());
   guarded("all_to_all_v", context, [&] {
-    return MPI_Alltoallv(send, scratch_[0].data(), scratch_[1].data(), MPI_FLOAT, recv, scratch_[2].data(),
-                         scratch_[3].data(), MPI_FLOAT, comm_);
+    return MPI_Alltoallv(hs.raw(), scratch_[0].data(), scratch_[1].data(), type, hr.raw(), scratch_[2].data(),
+                         scratch_[3].data(), type, comm_);
   });
+  if (!recv.device().is_cpu()) recv.copy_from(hr, host_ctx());
 }
 
-void MpiCommunicator::all_reduce_sum(float* data, int64_t n, const char* context) {
+void MpiCommunicator::all_reduce_sum(Tensor& t, Stream, const char* context) {
+  const MPI_Datatype type = mpi_type(t.dtype(), true, context);
+  SY_CHECK(t.numel() <= INT32_MAX, "all_reduce in '" << context << "': " << t.numel() << " elements");
+  Tensor h = on_host(t);
   guarded("all_reduce", context,
-          [&] { return MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_); });
+          [&] { return MPI_Allreduce(MPI_IN_PLACE, h.raw(), static_cast<int>(t.numel()), type, MPI_SUM, comm_); });
+  if (!t.device().is_cpu()) t.copy_from(h, host_ctx());
 }
 
-void MpiCommunicator::all_reduce_sum(double* data, int64_t n, const char* context) {
-  guarded("all_reduce", context,
-          [&] { return MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_); });
-}
-
-void MpiCommunicator::broadcast(void* data, int64_t bytes, int root, const char* context) {
+void MpiCommunicator::broadcast(Tensor& t, int root, Stream, const char* context) {
+  SY_CHECK(t.nbytes() <= INT32_MAX, "broadcast in '" << context << "': " << t.nbytes() << " bytes");
+  Tensor h = on_host(t);
   guarded("broadcast", context,
-          [&] { return MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_); });
+          [&] { return MPI_Bcast(h.raw(), static_cast<int>(t.nbytes()), MPI_BYTE, root, comm_); });
+  if (!t.device().is_cpu()) t.copy_from(h, host_ctx());
 }
 
 void MpiCommunicator::barrier(const char* context) {

@@ -6,8 +6,8 @@
 // '<layer>' did not complete within T s ... world ranks ...") and the process
 // exits with status 1, which makes mpirun end the whole job. A blocked MPI
 // call cannot be interrupted to throw, which is why this one path exits
-// rather than throwing. Host buffers only; device buffers are staged through
-// pinned host memory by the caller (GPU backend).
+// rather than throwing. Device tensors are staged through host memory, so
+// several ranks can share one GPU (NCCL refuses that).
 #pragma once
 #include <mpi.h>
 
@@ -15,10 +15,10 @@
 
 namespace sy::comm {
 
-// MPI_CHECK: the MPI member of the check-macro family; throws BackendError
-// with MPI's own error string.
-void mpi_check(int code, const char* expr, const char* file, int line);
-#define MPI_CHECK(expr) ::sy::comm::mpi_check((expr), #expr, __FILE__, __LINE__)
+// MPI's own error string for a return code.
+std::string mpi_error_string(int code);
+// MPI_CHECK: the MPI member of the check-macro family (core/error.h).
+#define MPI_CHECK(expr) SY_CHECK_CALL("MPI", expr, MPI_SUCCESS, ::sy::comm::mpi_error_string)
 
 class MpiCommunicator : public Communicator {
  public:
@@ -32,20 +32,20 @@ class MpiCommunicator : public Communicator {
   int size() const override { return size_; }
   std::vector<int> world_ranks() const override { return world_ranks_; }
   std::unique_ptr<Communicator> split(int color, int key) const override;
-  void all_to_all(const int64_t* send, int64_t* recv, int64_t n, const char* context) override;
-  void all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
-                    const std::vector<int64_t>& recv_counts, const char* context) override;
-  void all_reduce_sum(float* data, int64_t n, const char* context) override;
-  void all_reduce_sum(double* data, int64_t n, const char* context) override;
-  void broadcast(void* data, int64_t bytes, int root, const char* context) override;
+  void all_to_all_counts(const std::vector<int64_t>& send, std::vector<int64_t>& recv,
+                         const char* context) override;
+  void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                    const std::vector<int64_t>& recv_rows, Stream stream, const char* context) override;
+  void all_reduce_sum(Tensor& t, Stream stream, const char* context) override;
+  void broadcast(Tensor& t, int root, Stream stream, const char* context) override;
   void barrier(const char* context) override;
+  using Communicator::all_reduce_sum;
   MPI_Comm handle() const { return comm_; }
 
  private:
   // Runs one blocking collective under the watchdog's deadline.
   template <typename F>
   void guarded(const char* op, const char* context, F&& call);
-  std::vector<int>& scratch(int i) const { return scratch_[i]; }
   mutable std::vector<int> scratch_[4];  // MPI's int counts/displacements, reused
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;

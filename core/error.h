@@ -4,6 +4,12 @@
 // top of each rank (examples/) and turn it into a message and an exit code
 // (2 for bad input, 1 for everything else); under MPI the job is aborted so no
 // other rank waits on a collective that will never complete.
+//
+// Check macros: SY_CHECK for invariants, and one macro per library built from
+// SY_CHECK_CALL (CUDA_CHECK, CUBLAS_CHECK in core/cuda_check.h, NCCL_CHECK in
+// comm/nccl_communicator.h, MPI_CHECK in comm/mpi_communicator.h). Each is a
+// statement (do { } while (0)) and throws BackendError naming the caller's file
+// and line, the expression and the library's own error string.
 #pragma once
 
 #include <sstream>
@@ -24,13 +30,14 @@ class ConfigError : public Error {
   using Error::Error;
 };
 
-// Tensor shapes or dtypes that do not fit an op; the message shows both shapes.
+// Tensor shapes, dtypes or devices that do not fit an op; the message shows both.
 class ShapeError : public Error {
  public:
   using Error::Error;
 };
 
-// A failed call into CUDA, cuBLAS, NCCL or MPI.
+// A failed call into CUDA, cuBLAS, NCCL or MPI, or a tensor on a backend this
+// build (or this op) does not have.
 class BackendError : public Error {
  public:
   using Error::Error;
@@ -38,6 +45,8 @@ class BackendError : public Error {
 
 namespace detail {
 [[noreturn]] void throw_check(const char* file, int line, const char* expr, const std::string& msg);
+[[noreturn]] void throw_call(const char* library, const char* file, int line, const char* expr,
+                             const std::string& reason);
 }  // namespace detail
 
 }  // namespace sy
@@ -50,4 +59,14 @@ namespace detail {
       sy_check_os_ << msg;                                                    \
       ::sy::detail::throw_check(__FILE__, __LINE__, #cond, sy_check_os_.str()); \
     }                                                                         \
+  } while (0)
+
+// SY_CHECK_CALL(library, expr, success, reason_fn): the template of the
+// library check macros. expr returns a status; anything but `success` throws
+// BackendError "file:line: library: expr: reason_fn(status)".
+#define SY_CHECK_CALL(library, expr, success, reason_fn)                          \
+  do {                                                                            \
+    const auto sy_status_ = (expr);                                               \
+    if (sy_status_ != (success))                                                  \
+      ::sy::detail::throw_call(library, __FILE__, __LINE__, #expr, reason_fn(sy_status_)); \
   } while (0)

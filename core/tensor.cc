@@ -9,10 +9,6 @@
 
 namespace sy {
 
-const char* dtype_name(DType t) { return t == DType::f32 ? "f32" : "bf16"; }
-const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
-size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
-
 std::string shape_str(const Shape& s) {
   std::ostringstream os;
   os << "[";
@@ -21,44 +17,29 @@ std::string shape_str(const Shape& s) {
   return os.str();
 }
 
-bool cuda_available() {
-#ifdef SY_WITH_CUDA
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-#else
-  return false;
-#endif
+Tensor Tensor::empty(Shape shape, DType dtype, const Ctx& ctx) {
+  SY_CHECK(ctx.alloc, "Tensor::empty: context for " << ctx.device.str() << " has no allocator");
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.device_ = ctx.device;
+  t.numel_ = 1;
+  for (int64_t d : t.shape_) {
+    if (d < 0) throw ShapeError("negative dimension in shape " + shape_str(t.shape_));
+    t.numel_ *= d;
+  }
+  const size_t bytes = std::max<size_t>(t.nbytes(), 1);
+  Allocator* alloc = ctx.alloc;
+  const Stream stream = ctx.stream;
+  void* p = alloc->allocate(bytes, stream);
+  t.storage_ = std::shared_ptr<void>(p, [alloc, bytes, stream](void* q) { alloc->deallocate(q, bytes, stream); });
+  return t;
 }
 
-namespace {
-
-std::shared_ptr<void> allocate(size_t bytes, Device device) {
-  size_t n = std::max<size_t>(bytes, 1);
-  if (device == Device::cpu) {
-    void* p = std::calloc(n, 1);
-    if (!p) throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
-    return std::shared_ptr<void>(p, std::free);
-  }
-#ifdef SY_WITH_CUDA
-  void* p = nullptr;
-  CUDA_CHECK(cudaMalloc(&p, n));
-  CUDA_CHECK(cudaMemset(p, 0, n));
-  return std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });
-#else
-  throw Error("this build of Switchyard has no CUDA backend (configure with SWITCHYARD_CUDA=ON)");
-#endif
-}
-
-}  // namespace
-
-Tensor::Tensor(Shape shape, DType dtype, Device device)
-    : shape_(std::move(shape)), dtype_(dtype), device_(device) {
-  numel_ = 1;
-  for (int64_t d : shape_) {
-    if (d < 0) throw ShapeError("negative dimension in shape " + shape_str(shape_));
-    numel_ *= d;
-  }
-  storage_ = allocate(nbytes(), device_);
+Tensor Tensor::zeros(Shape shape, DType dtype, const Ctx& ctx) {
+  Tensor t = empty(std::move(shape), dtype, ctx);
+  t.zero(ctx);
+  return t;
 }
 
 int64_t Tensor::dim(int i) const {
@@ -69,21 +50,18 @@ int64_t Tensor::dim(int i) const {
   return shape_[j];
 }
 
+void Tensor::check_dtype(DType want, const char* what) const {
+  if (dtype_ != want)
+    throw ShapeError(std::string(what) + ": a " + dtype_name(dtype_) + " tensor read as " + dtype_name(want));
+}
+
 float* Tensor::f32() {
-  if (dtype_ != DType::f32 || device_ != Device::cpu)
-    throw ShapeError(std::string("f32() on a ") + dtype_name(dtype_) + " " + device_name(device_) +
+  if (dtype_ != DType::f32 || !device_.is_cpu())
+    throw ShapeError(std::string("f32() on a ") + dtype_name(dtype_) + " " + device_.str() +
                      " tensor; host f32 access needs an f32 cpu tensor");
-  return static_cast<float*>(storage_.get());
+  return static_cast<float*>(raw());
 }
 const float* Tensor::f32() const { return const_cast<Tensor*>(this)->f32(); }
-
-uint16_t* Tensor::bf16() {
-  if (dtype_ != DType::bf16 || device_ != Device::cpu)
-    throw ShapeError(std::string("bf16() on a ") + dtype_name(dtype_) + " " +
-                     device_name(device_) + " tensor");
-  return static_cast<uint16_t*>(storage_.get());
-}
-const uint16_t* Tensor::bf16() const { return const_cast<Tensor*>(this)->bf16(); }
 
 Tensor Tensor::reshape(Shape shape) const {
   int64_t n = 1;
@@ -95,67 +73,105 @@ Tensor Tensor::reshape(Shape shape) const {
   return t;
 }
 
-Tensor Tensor::clone() const {
-  Tensor t(shape_, dtype_, device_);
-  if (device_ == Device::cpu) {
-    std::memcpy(t.raw(), raw(), nbytes());
-  } else {
+Tensor Tensor::rows(int64_t begin, int64_t end) const {
+  SY_CHECK(ndim() >= 1 && 0 <= begin && begin <= end && end <= shape_[0],
+           "rows(" << begin << ", " << end << ") of a tensor of shape " << shape_str(shape_));
+  const int64_t row = shape_[0] > 0 ? numel_ / shape_[0] : 0;
+  Tensor t = *this;
+  t.shape_[0] = end - begin;
+  t.numel_ = (end - begin) * row;
+  t.offset_ += static_cast<size_t>(begin * row) * dtype_size(dtype_);
+  return t;
+}
+
+namespace {
+
 #ifdef SY_WITH_CUDA
-    CUDA_CHECK(cudaMemcpy(t.raw(), raw(), nbytes(), cudaMemcpyDeviceToDevice));
+cudaMemcpyKind copy_kind(Device dst, Device src) {
+  if (dst.is_cpu()) return src.is_cpu() ? cudaMemcpyHostToHost : cudaMemcpyDeviceToHost;
+  return src.is_cpu() ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice;
+}
 #endif
+
+// Copies `bytes` between host and device memory; device copies are ordered
+// on `stream` (and synchronous when either side is the host's pageable memory).
+void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t bytes, Stream stream) {
+  if (bytes == 0) return;
+  if (dd.is_cpu() && sd.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
   }
-  return t;
-}
-
-Tensor Tensor::to(Device device) const {
-  if (device == device_) return clone();
-  Tensor t(shape_, dtype_, device);
 #ifdef SY_WITH_CUDA
-  auto kind = device == Device::cuda ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
-  CUDA_CHECK(cudaMemcpy(t.raw(), raw(), nbytes(), kind));
+  auto s = static_cast<cudaStream_t>(stream.handle);
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, copy_kind(dd, sd), s));
+  if (dd.is_cpu() || sd.is_cpu()) CUDA_CHECK(cudaStreamSynchronize(s));
+#else
+  (void)stream;
+  throw BackendError("this build of Switchyard has no CUDA backend (configure with SWITCHYARD_CUDA=ON)");
 #endif
+}
+
+}  // namespace
+
+void Tensor::copy_to_host(void* dst) const { copy_bytes(dst, Device::cpu(), raw(), device_, nbytes(), Stream{}); }
+
+void Tensor::copy_from(const Tensor& src, const Ctx& ctx) {
+  SY_CHECK(src.dtype_ == dtype_ && src.numel_ == numel_,
+           "copy_from: " << dtype_name(src.dtype_) << " " << shape_str(src.shape_) << " into "
+                         << dtype_name(dtype_) << " " << shape_str(shape_));
+  copy_bytes(raw(), device_, src.raw(), src.device_, nbytes(), ctx.stream);
+}
+
+Tensor Tensor::clone(const Ctx& ctx) const {
+  SY_CHECK(ctx.device == device_, "clone of a " << device_.str() << " tensor on " << ctx.device.str());
+  Tensor t = empty(shape_, dtype_, ctx);
+  t.copy_from(*this, ctx);
   return t;
 }
 
-uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN stays NaN
-  uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>((u + rounding) >> 16);
+Tensor Tensor::clone() const {
+  SY_CHECK(device_.is_cpu(), "clone() without a context is for host tensors; this one is on " << device_.str());
+  return clone(host_ctx());
 }
 
-float bf16_to_f32(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+Tensor Tensor::to(const Ctx& ctx) const {
+  Tensor t = empty(shape_, dtype_, ctx);
+  t.copy_from(*this, ctx);
+  return t;
 }
 
 Tensor Tensor::to(DType dtype) const {
-  if (device_ != Device::cpu) throw ShapeError("dtype conversion is implemented on the CPU only");
+  if (!device_.is_cpu()) throw ShapeError("dtype conversion is implemented on the CPU only");
   if (dtype == dtype_) return clone();
-  Tensor t(shape_, dtype, Device::cpu);
+  SY_CHECK((dtype_ == DType::f32 && dtype == DType::bf16) || (dtype_ == DType::bf16 && dtype == DType::f32),
+           "to(" << dtype_name(dtype) << ") from " << dtype_name(dtype_) << ": only f32 <-> bf16");
+  Tensor t = empty(shape_, dtype, host_ctx());
   if (dtype == DType::bf16) {
     const float* src = f32();
-    uint16_t* dst = t.bf16();
-    for (int64_t i = 0; i < numel_; ++i) dst[i] = f32_to_bf16(src[i]);
+    bf16_t* dst = t.data<bf16_t>();
+    for (int64_t i = 0; i < numel_; ++i) dst[i].bits = f32_to_bf16(src[i]);
   } else {
-    const uint16_t* src = bf16();
+    const bf16_t* src = data<bf16_t>();
     float* dst = t.f32();
-    for (int64_t i = 0; i < numel_; ++i) dst[i] = bf16_to_f32(src[i]);
+    for (int64_t i = 0; i < numel_; ++i) dst[i] = bf16_to_f32(src[i].bits);
   }
   return t;
 }
 
-void Tensor::zero() {
-  if (device_ == Device::cpu) {
+void Tensor::zero(const Ctx& ctx) {
+  SY_CHECK(ctx.device == device_, "zero of a " << device_.str() << " tensor on " << ctx.device.str());
+  if (device_.is_cpu()) {
     std::memset(raw(), 0, nbytes());
-  } else {
-#ifdef SY_WITH_CUDA
-    CUDA_CHECK(cudaMemset(raw(), 0, nbytes()));
-#endif
+    return;
   }
+#ifdef SY_WITH_CUDA
+  CUDA_CHECK(cudaMemsetAsync(raw(), 0, nbytes(), static_cast<cudaStream_t>(ctx.stream.handle)));
+#endif
+}
+
+void Tensor::zero() {
+  SY_CHECK(device_.is_cpu(), "zero() without a context is for host tensors; this one is on " << device_.str());
+  zero(host_ctx());
 }
 
 void Tensor::fill(float v) {
@@ -167,6 +183,11 @@ void check_shape(const Tensor& t, const Shape& expected, const char* what) {
   if (t.shape() != expected)
     throw ShapeError(std::string(what) + ": expected " + shape_str(expected) + ", got " +
                      shape_str(t.shape()));
+}
+
+void check_dtype(const Tensor& t, DType want, const char* what) {
+  if (t.dtype() != want)
+    throw ShapeError(std::string(what) + ": expected " + dtype_name(want) + ", got " + dtype_name(t.dtype()));
 }
 
 }  // namespace sy

@@ -1,39 +1,37 @@
 // Tensor: a contiguous, row-major n-d array on one device.
 //
-// Storage is reference-counted: copying a Tensor shares its buffer (like a
-// view); clone() copies the data. Moving data between devices is always
-// explicit (to(Device)). dtype f32 is what the CPU ops compute in; bf16 is a
-// storage format (GPU GEMM inputs) converted explicitly with to(DType).
+// Storage is reference-counted: copying a Tensor shares its bytes (a view);
+// reshape() and rows() are views too; clone() copies. Storage comes from the
+// Ctx's allocator and is not initialised by empty(); zeros() fills it.
+// Moving data between devices is always explicit (to(ctx)). Typed access,
+// data<T>(), checks the dtype and returns a device pointer for device tensors;
+// f32() is the host shorthand the CPU reference uses.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/context.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace sy {
 
-enum class DType { f32, bf16 };
-enum class Device { cpu, cuda };
-
-const char* dtype_name(DType t);
-const char* device_name(Device d);
-size_t dtype_size(DType t);
-
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
-
-// True where the binary has the CUDA backend and a GPU is visible.
-bool cuda_available();
 
 class Tensor {
  public:
   Tensor() = default;
-  // Zero-filled tensor of the given shape.
-  explicit Tensor(Shape shape, DType dtype = DType::f32, Device device = Device::cpu);
+  // Uninitialised storage on ctx's device, from ctx's allocator, ordered on ctx's stream.
+  static Tensor empty(Shape shape, DType dtype, const Ctx& ctx);
+  static Tensor zeros(Shape shape, DType dtype, const Ctx& ctx);
+  // A host tensor holding `values` (shape defaults to 1-d).
+  template <class T>
+  static Tensor from_host(const std::vector<T>& values, Shape shape = {});
 
   const Shape& shape() const { return shape_; }
   int ndim() const { return static_cast<int>(shape_.size()); }
@@ -44,35 +42,80 @@ class Tensor {
   Device device() const { return device_; }
   bool defined() const { return static_cast<bool>(storage_); }
 
-  // Typed host access; throws unless the tensor is f32 (or bf16) on the CPU.
+  // Typed pointer (host or device); throws ShapeError on a dtype mismatch.
+  template <class T>
+  T* data();
+  template <class T>
+  const T* data() const;
+  // Host f32 access; throws unless the tensor is f32 on the CPU.
   float* f32();
   const float* f32() const;
-  uint16_t* bf16();
-  const uint16_t* bf16() const;
-  void* raw() { return storage_.get(); }
-  const void* raw() const { return storage_.get(); }
+  void* raw() { return static_cast<char*>(storage_.get()) + offset_; }
+  const void* raw() const { return static_cast<const char*>(storage_.get()) + offset_; }
 
   // Same storage, new shape with the same number of elements.
   Tensor reshape(Shape shape) const;
-  Tensor clone() const;
-  Tensor to(Device device) const;
-  Tensor to(DType dtype) const;  // CPU only: f32 <-> bf16 (round to nearest even)
-  void zero();
-  void fill(float v);  // f32 on CPU
+  // Same storage, rows [begin, end) of dim 0.
+  Tensor rows(int64_t begin, int64_t end) const;
+
+  // Copies on ctx's device (which must be this tensor's), ordered on its stream.
+  Tensor clone(const Ctx& ctx) const;
+  Tensor clone() const;  // host tensors only
+  // A copy on ctx's device: host <-> device, device <-> device.
+  Tensor to(const Ctx& ctx) const;
+  Tensor to(DType dtype) const;  // host only: f32 <-> bf16 (round to nearest even)
+  // Copies src's bytes in (same dtype and element count, any devices).
+  void copy_from(const Tensor& src, const Ctx& ctx);
+  void zero(const Ctx& ctx);
+  void zero();  // host tensors only
+  void fill(float v);  // host f32 only
+  // The elements as a host vector (a synchronous copy for device tensors).
+  template <class T>
+  std::vector<T> to_vector() const;
 
  private:
+  void check_dtype(DType want, const char* what) const;
+  void copy_to_host(void* dst) const;  // nbytes(), synchronous
   Shape shape_;
   int64_t numel_ = 0;
   DType dtype_ = DType::f32;
-  Device device_ = Device::cpu;
+  Device device_;
   std::shared_ptr<void> storage_;
+  size_t offset_ = 0;  // bytes into storage_ (rows() views)
 };
 
 // Throws ShapeError "<what>: expected [a, b], got [c, d]" when shapes differ.
 void check_shape(const Tensor& t, const Shape& expected, const char* what);
+// Throws ShapeError unless t has dtype `want`.
+void check_dtype(const Tensor& t, DType want, const char* what);
 
-// bf16 <-> f32 conversion, round to nearest even.
-uint16_t f32_to_bf16(float f);
-float bf16_to_f32(uint16_t b);
+template <class T>
+T* Tensor::data() {
+  check_dtype(dtype_of<T>(), "data()");
+  return static_cast<T*>(raw());
+}
+template <class T>
+const T* Tensor::data() const {
+  check_dtype(dtype_of<T>(), "data()");
+  return static_cast<const T*>(raw());
+}
+
+template <class T>
+Tensor Tensor::from_host(const std::vector<T>& values, Shape shape) {
+  if (shape.empty()) shape = {static_cast<int64_t>(values.size())};
+  Tensor t = empty(std::move(shape), dtype_of<T>(), host_ctx());
+  SY_CHECK(t.numel() == static_cast<int64_t>(values.size()),
+           "from_host: " << values.size() << " values for shape " << shape_str(t.shape()));
+  std::copy(values.begin(), values.end(), t.data<T>());
+  return t;
+}
+
+template <class T>
+std::vector<T> Tensor::to_vector() const {
+  check_dtype(dtype_of<T>(), "to_vector()");
+  std::vector<T> v(static_cast<size_t>(numel_));
+  copy_to_host(v.data());
+  return v;
+}
 
 }  // namespace sy

@@ -42,6 +42,8 @@ int main(int argc, char** argv) {
   for (int64_t bytes = 1 << 10; bytes <= (int64_t{1} << 24); bytes <<= 2) {
     const int64_t per_peer = std::max<int64_t>(1, bytes / 4 / W);  // floats to each rank
     std::vector<float> send(per_peer * W, static_cast<float>(R)), recv(per_peer * W);
+    const sy::Tensor send_t = sy::Tensor::from_host(send);
+    sy::Tensor recv_t = sy::Tensor::from_host(recv);
     std::vector<int64_t> counts(W, per_peer);
     std::vector<int> c(W, static_cast<int>(per_peer)), d(W);
     for (int i = 0; i < W; ++i) d[i] = static_cast<int>(i * per_peer);
@@ -54,7 +56,7 @@ int main(int argc, char** argv) {
       double t1 = MPI_Wtime();
       MPI_Barrier(MPI_COMM_WORLD);
       double t2 = MPI_Wtime();
-      comm.all_to_all_v(send.data(), counts, recv.data(), counts, "bench");
+      comm.all_to_all_v(send_t, counts, recv_t, counts, sy::Stream{}, "bench");
       double t3 = MPI_Wtime();
       if (it >= 5) t_mpi.push_back(t1 - t0), t_ours.push_back(t3 - t2);
     }

@@ -72,7 +72,7 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   const double tokens = static_cast<double>(cfg.train().batch()) * cfg.model().seq_len();
   int64_t dense = 0;
   for (sy::Param* p : trainer.model().params().all())
-    if (!p->expert) dense += p->value.numel();
+    if (!p->expert()) dense += p->value.numel();
   const double moe_layers = static_cast<double>(trainer.model().moe_layers().size());
   nlohmann::json j = {{"ranks", size}, {"step_s", mx[0] / n}, {"a2a_s", mx[1] / n}, {"ar_s", mx[2] / n},
                       {"exchanges", 4.0 * moe_layers},

@@ -10,12 +10,32 @@
 #include <cblas.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <iostream>
+#include <thread>
 
 #include "comm/mpi_communicator.h"
 #include "runtime/trainer.h"
 
 namespace {
+
+// --inject-fault KIND:RANK:STEP: at step STEP, rank RANK throws ("throw"),
+// blocks forever ("hang") or exits at once ("exit"), to test that the job
+// ends with one line naming the rank and never hangs.
+std::function<void(int64_t)> fault_hook(const std::string& spec, int world_rank) {
+  const auto a = spec.find(':'), b = spec.rfind(':');
+  if (a == std::string::npos || a == b) throw sy::ConfigError("--inject-fault " + spec + ": expected KIND:RANK:STEP");
+  const std::string kind = spec.substr(0, a);
+  const int rank = std::stoi(spec.substr(a + 1, b - a - 1));
+  const int64_t step = std::stoll(spec.substr(b + 1));
+  return [=](int64_t s) {
+    if (s != step || world_rank != rank) return;
+    if (kind == "hang")
+      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+    if (kind == "exit") std::_Exit(3);
+    throw sy::Error("injected fault on rank " + std::to_string(rank) + " at step " + std::to_string(step));
+  };
+}
 
 int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"Train a Switchyard model"};
@@ -46,13 +66,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
                           ": must divide the world size 1 (launch with mpirun -np N)");
   }
-  if (!fault.empty()) {
-    auto a = fault.find(':'), b = fault.rfind(':');
-    if (a == std::string::npos || a == b) throw sy::ConfigError("--inject-fault " + fault + ": expected KIND:RANK:STEP");
-    opts.fault = fault.substr(0, a);
-    opts.fault_rank = std::stoi(fault.substr(a + 1, b - a - 1));
-    opts.fault_step = std::stoll(fault.substr(b + 1));
-  }
+  if (!fault.empty()) opts.before_step = fault_hook(fault, world_rank);
   if (world_rank == 0) {
     // AUTO resolves to the CPU: there are no CUDA kernels yet (issue 6).
     std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")

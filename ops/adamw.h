@@ -6,6 +6,9 @@
 //
 // Clipping: norm = sqrt(sum over all grads of g^2); if norm > max_norm every
 // gradient is scaled by max_norm / norm (Pascanu et al. 2013).
+//
+// Multi-tensor: one call updates a list of parameters (one kernel launch per
+// list on a device, as llm.c and Apex do).
 #pragma once
 #include <vector>
 
@@ -21,16 +24,27 @@ struct AdamWConfig {
   float weight_decay = 0.f;
 };
 
-// step counts from 1.
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWConfig& c,
-                  int64_t step, bool decay);
+// One parameter's tensors, all of its shape (fp32).
+struct AdamWParam {
+  Tensor* value;
+  const Tensor* grad;
+  Tensor* m;
+  Tensor* v;
+  bool decay;  // weight decay applies (matrices); false for biases, norms, embeddings
+};
 
-// Returns the global norm before clipping; scales the grads in place when it
-// exceeds max_norm (max_norm <= 0 disables clipping).
-float clip_grad_norm(const std::vector<Tensor*>& grads, float max_norm);
-// The two halves, for a norm whose squares are summed across ranks first.
-double grad_sq_sum(const std::vector<Tensor*>& grads);
+// step counts from 1.
+void adamw_update(Ctx& ctx, const std::vector<AdamWParam>& params, const AdamWConfig& c, int64_t step);
+
+// Sum of squares over the tensors (fixed order, double accumulation).
+double grad_sq_sum(Ctx& ctx, const std::vector<const Tensor*>& grads);
 // Scales by max_norm / norm when norm > max_norm > 0.
-void clip_to_norm(const std::vector<Tensor*>& grads, float norm, float max_norm);
+void clip_to_norm(Ctx& ctx, const std::vector<Tensor*>& grads, float norm, float max_norm);
+
+namespace cpu {
+void adamw_update(Ctx& ctx, const std::vector<AdamWParam>& params, const AdamWConfig& c, int64_t step);
+double grad_sq_sum(Ctx& ctx, const std::vector<const Tensor*>& grads);
+void clip_to_norm(Ctx& ctx, const std::vector<Tensor*>& grads, float norm, float max_norm);
+}  // namespace cpu
 
 }  // namespace sy::ops

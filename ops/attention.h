@@ -19,8 +19,27 @@ struct AttentionShape {
   int64_t B, T, C, H;
 };
 
-void attention_forward(Tensor& out, Tensor& att, const Tensor& qkv, const AttentionShape& s);
-void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& att,
-                        const AttentionShape& s);
+struct AttentionArgs {
+  Tensor& out;
+  Tensor& att;
+  const Tensor& qkv;
+  AttentionShape shape;
+};
+
+struct AttentionBackwardArgs {
+  Tensor& dqkv;
+  const Tensor& dout;
+  const Tensor& qkv;
+  const Tensor& att;
+  AttentionShape shape;
+};
+
+void attention_forward(Ctx& ctx, const AttentionArgs& a);
+void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
+
+namespace cpu {
+void attention_forward(Ctx& ctx, const AttentionArgs& a);
+void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
+}  // namespace cpu
 
 }  // namespace sy::ops

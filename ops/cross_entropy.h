@@ -3,19 +3,33 @@
 //   p[n, :] = softmax(logits[n, :])     loss = -(1/N) sum_n log p[n, y_n]
 //   dlogits[n, :] = scale * (p[n, :] - onehot(y_n)) / N
 //
-// Shapes: logits, probs (N, V); targets (N). Saved for backward: probs.
+// Shapes: logits, probs (N, V); targets (N) i32. Saved for backward: probs.
 // dlogits is overwritten (it is the first gradient of the backward pass).
 #pragma once
-#include <cstdint>
-#include <vector>
-
 #include "core/tensor.h"
 
 namespace sy::ops {
 
-// Returns the mean loss; fills probs.
-float cross_entropy_forward(Tensor& probs, const Tensor& logits, const std::vector<int32_t>& targets);
-void cross_entropy_backward(Tensor& dlogits, const Tensor& probs,
-                            const std::vector<int32_t>& targets, float scale = 1.f);
+struct CrossEntropyArgs {
+  Tensor& probs;
+  const Tensor& logits;
+  const Tensor& targets;
+};
+
+struct CrossEntropyBackwardArgs {
+  Tensor& dlogits;
+  const Tensor& probs;
+  const Tensor& targets;
+  float scale = 1.f;  // the upstream gradient of the loss
+};
+
+// Returns the mean loss (a host value: one synchronisation per step on a device).
+float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a);
+void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a);
+
+namespace cpu {
+float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a);
+void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a);
+}  // namespace cpu
 
 }  // namespace sy::ops

@@ -7,19 +7,38 @@
 //   dispatch: dx[i] += dbuf[row(a)]
 //   combine:  dout[row(a)] = weight[a] * dy[i];  dweight[a] = dy[i] . out[row(a)]
 // Shapes: x, y (N, D); buf, out (route.rows(), D); dweight (N*k).
-// Dropped and unused assignments move nothing and get dweight 0.
+// Dropped and unused assignments move nothing and get dweight 0. combine
+// overwrites y, combine_backward overwrites dout's kept rows and dweight.
+//
+// residual_combine (adaptive depth, k = 1): the block's output z on the kept
+// rows mixed into the residual stream x with weights w (N):
+//   y_i = (1 - w_i) x_i + w_i z[row(i)]   kept i      (w_i = 1 gives z exactly)
+//   y_i = x_i                             otherwise   (bit-identical: nothing added)
+// Backward: dz[row(i)] = w_i dy_i; dx_i += (1 - w_i) dy_i (kept) or dy_i;
+//   dw_i = dy_i . (z[row(i)] - x_i) (0 where not kept). dz, dw overwritten.
 #pragma once
-#include <vector>
-
-#include "ops/routing.h"
 #include "core/tensor.h"
+#include "ops/routing.h"
 
 namespace sy::ops {
 
-void dispatch_forward(Tensor& buf, const Tensor& x, const Route& r);
-void dispatch_backward(Tensor& dx, const Tensor& dbuf, const Route& r);
-void combine_forward(Tensor& y, const Tensor& out, const Route& r);
-void combine_backward(Tensor& dout, std::vector<float>& dweight, const Tensor& dy,
-                      const Tensor& out, const Route& r);
+void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r);
+void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r);
+void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
+void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
+
+void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor& z, const Tensor& w, const Route& r);
+void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
+                               const Tensor& z, const Tensor& w, const Route& r);
+
+namespace cpu {
+void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor& z, const Tensor& w, const Route& r);
+void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
+                               const Tensor& z, const Tensor& w, const Route& r);
+void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r);
+void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r);
+void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
+void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
+}  // namespace cpu
 
 }  // namespace sy::ops

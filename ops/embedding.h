@@ -2,21 +2,35 @@
 //
 //   out[n, :] = wte[tok[n], :] + wpe[n mod T, :]        n = b*T + t
 //
-// Shapes: tok (B*T), wte (V, C), wpe (maxT, C), out (B*T, C).
+// Shapes: tok (B*T) i32, wte (V, C), wpe (maxT, C), out (B*T, C).
 // Backward: dwte[tok[n]] += dout[n]; dwpe[t] += dout[n]. Gradients accumulate.
 #pragma once
-#include <cstdint>
-#include <vector>
-
 #include "core/tensor.h"
 
 namespace sy::ops {
 
-using Tokens = std::vector<int32_t>;
+struct EmbeddingArgs {
+  Tensor& out;
+  const Tensor& tokens;
+  const Tensor& wte;
+  const Tensor& wpe;
+  int64_t T;  // sequence length: position of row n is n mod T
+};
 
-void embedding_forward(Tensor& out, const Tokens& tok, int64_t T, const Tensor& wte,
-                       const Tensor& wpe);
-void embedding_backward(Tensor& dwte, Tensor& dwpe, const Tensor& dout, const Tokens& tok,
-                        int64_t T);
+struct EmbeddingBackwardArgs {
+  Tensor& dwte;
+  Tensor& dwpe;
+  const Tensor& dout;
+  const Tensor& tokens;
+  int64_t T;
+};
+
+void embedding_forward(Ctx& ctx, const EmbeddingArgs& a);
+void embedding_backward(Ctx& ctx, const EmbeddingBackwardArgs& a);
+
+namespace cpu {
+void embedding_forward(Ctx& ctx, const EmbeddingArgs& a);
+void embedding_backward(Ctx& ctx, const EmbeddingBackwardArgs& a);
+}  // namespace cpu
 
 }  // namespace sy::ops

@@ -4,9 +4,10 @@
 //   pre = buf_g W1[g] + b1[g]     act = gelu(pre)     out_g = act W2[g] + b2[g]
 //
 // Shapes: buf, out (R, D); pre (R, H) saved for backward; W1 (G, D, H),
-// b1 (G, H), W2 (G, H, D), b2 (G, D); offset (G+1) with offset[G] = R.
+// b1 (G, H), W2 (G, H, D), b2 (G, D); offset (G+1) with offset[G] = R, on the
+// host (GEMM shapes are host values: the Route's one device-to-host copy).
 // Backward (per expert, act recomputed from pre): the matmul and gelu
-// backwards; every gradient accumulates.
+// backwards; dbuf and every weight gradient accumulate.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -29,10 +30,30 @@ struct ExpertGrads {
   Tensor& b2;
 };
 
-void expert_ffn_forward(Tensor& out, Tensor& pre, const Tensor& buf,
-                        const std::vector<int32_t>& offset, const ExpertWeights& w);
-void expert_ffn_backward(Tensor& dbuf, const ExpertGrads& dw, const Tensor& dout, const Tensor& buf,
-                         const Tensor& pre, const std::vector<int32_t>& offset,
-                         const ExpertWeights& w);
+struct ExpertFfnArgs {
+  Tensor& out;
+  Tensor& pre;
+  const Tensor& buf;
+  const std::vector<int32_t>& offset;
+  ExpertWeights w;
+};
+
+struct ExpertFfnBackwardArgs {
+  Tensor& dbuf;
+  ExpertGrads dw;
+  const Tensor& dout;
+  const Tensor& buf;
+  const Tensor& pre;
+  const std::vector<int32_t>& offset;
+  ExpertWeights w;
+};
+
+void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a);
+void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a);
+
+namespace cpu {
+void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a);
+void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a);
+}  // namespace cpu
 
 }  // namespace sy::ops

@@ -10,9 +10,12 @@
 
 namespace sy::ops {
 
-void gelu_forward(Tensor& y, const Tensor& x);
-void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x);
-void gelu_forward(float* y, const float* x, int64_t n);
-void gelu_backward(float* dx, const float* dy, const float* x, int64_t n);
+void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x);
+void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x);
+
+namespace cpu {
+void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x);
+void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x);
+}  // namespace cpu
 
 }  // namespace sy::ops

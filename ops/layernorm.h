@@ -8,7 +8,7 @@
 //   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))
 //   dw += sum_n dy * xhat; db += sum_n dy. All gradients accumulate (+=).
 // w and b may be undefined Tensors: then y = xhat (routed attention's
-// parameter-free normalisation of queries and keys).
+// parameter-free normalisation of queries and keys), and dw, db are null.
 #pragma once
 #include "core/tensor.h"
 
@@ -16,9 +16,32 @@ namespace sy::ops {
 
 constexpr float kLayerNormEps = 1e-5f;
 
-void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                       const Tensor& b);
-void layernorm_backward(Tensor& dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
-                        const Tensor& w, const Tensor& mean, const Tensor& rstd);
+struct LayerNormArgs {
+  Tensor& y;
+  Tensor& mean;
+  Tensor& rstd;
+  const Tensor& x;
+  const Tensor& w;
+  const Tensor& b;
+};
+
+struct LayerNormBackwardArgs {
+  Tensor& dx;
+  Tensor* dw;
+  Tensor* db;
+  const Tensor& dy;
+  const Tensor& x;
+  const Tensor& w;
+  const Tensor& mean;
+  const Tensor& rstd;
+};
+
+void layernorm_forward(Ctx& ctx, const LayerNormArgs& a);
+void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a);
+
+namespace cpu {
+void layernorm_forward(Ctx& ctx, const LayerNormArgs& a);
+void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a);
+}  // namespace cpu
 
 }  // namespace sy::ops

@@ -23,6 +23,8 @@
 //   in no cluster gets o = 0.
 // Backward goes through q, k, v (ops/sparse_attention.h over the union key
 // sets saved here), not through the assignment.
+// Shapes: one head of one sequence, q, k, v, o (T, D) contiguous, lse (T);
+// qn, kn the normalised q, k (T, D); centroids mu (K, D).
 //
 // Centroids: k-means on the first batch, then an exponential moving average of
 // per-cluster counts and sums of the assigned normalised vectors,
@@ -33,8 +35,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "ops/sparse_attention.h"
 #include "core/rng.h"
+#include "ops/routing.h"
+#include "ops/sparse_attention.h"
 
 namespace sy::ops {
 
@@ -46,46 +49,76 @@ struct ClusterParams {
   float capacity_factor = 2.0f;  // causal, not dropless: C = ceil(cf * T / K)
 };
 
-// Members of each cluster, positions ascending.
+// Cluster membership as two Routes over the T tokens (K groups): queries by
+// their normalised query, keys by their normalised key. A cluster's members
+// are its rows in the group-major buffer, in position order.
 struct Clusters {
-  std::vector<std::vector<int32_t>> queries, keys;  // (K) lists
-  int64_t num() const { return static_cast<int64_t>(queries.size()); }
+  Route queries, keys;
+  int64_t num() const { return queries.num_groups; }
 };
 
 struct Centroids {
   int64_t K = 0, D = 0;
-  std::vector<float> mu;      // (K, D), |mu_c| = sqrt(D)
-  std::vector<float> sum;     // (K, D) EMA of sums
-  std::vector<float> count;   // (K) EMA of counts
+  Tensor mu;     // (K, D), |mu_c| = sqrt(D)
+  Tensor sum;    // (K, D) EMA of sums
+  Tensor count;  // (K) EMA of counts
   bool initialized = false;
   Centroids() = default;
-  Centroids(int64_t k, int64_t d) : K(k), D(d), mu(k * d), sum(k * d), count(k) {}
+  Centroids(int64_t k, int64_t d, Ctx& ctx);
 };
 
 // Per-cluster counts and sums of assigned normalised vectors in one batch.
 struct ClusterStats {
-  std::vector<float> sum;    // (K, D)
-  std::vector<float> count;  // (K)
+  Tensor sum;    // (K, D)
+  Tensor count;  // (K)
+  ClusterStats() = default;
+  ClusterStats(int64_t k, int64_t d, Ctx& ctx);  // zeros
 };
 
-// qn, kn: normalised rows (T, D), ld floats apart.
-Clusters assign_clusters(const float* qn, const float* kn, int64_t ld, int64_t T,
-                         const Centroids& c, const ClusterParams& p);
+struct RoutedAttentionArgs {
+  Tensor& o;
+  Tensor& lse;
+  KeySets& keys;  // out: the union key set of every query, for backward
+  const Tensor& q;
+  const Tensor& k;
+  const Tensor& v;
+  const Clusters& clusters;
+};
 
-// Forward; fills o (rows ld_o apart), lse (T) and the union key sets for backward.
-void routed_attention_forward(float* o, int64_t ld_o, float* lse, KeySets& keys, const HeadQKV& h,
-                              const Clusters& cl);
-
+void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
+                     const ClusterParams& p);
+void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
 // Adds the members' normalised vectors to stats (queries, and keys where the
 // lists differ).
-void accumulate_cluster_stats(ClusterStats& s, const float* qn, const float* kn, int64_t ld,
-                              int64_t D, const Clusters& cl);
-
-// Spherical k-means on n rows x (n, D): random distinct rows, then `iters`
-// rounds of assign (argmax dot) and mean, each rescaled to norm sqrt(D).
-void kmeans_init(Centroids& c, const float* x, int64_t n, int iters, Rng& rng);
-
+void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
+// Spherical k-means on the rows of x (n, D): random distinct rows, then
+// `iters` rounds of assign (argmax dot) and mean, each rescaled to norm sqrt(D).
+void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
 // EMA update from (all-reduced) stats; returns the mean |mu_new - mu_old|.
-float ema_update(Centroids& c, const ClusterStats& s, float decay);
+float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
+
+// Commitment loss (VQ-VAE's, as the Routing Transformer adds it), over the
+// queries that joined a cluster:
+//   L = beta * (1/n) sum_t |qn_t - mu_c(t)|^2 / D,   dqn_t = 2 beta (qn_t - mu_c(t)) / (n D).
+// commitment_sums returns sum_t |qn_t - mu_c(t)|^2 / D and n for one head of
+// one sequence; commitment_backward writes dqn_t = scale (qn_t - mu_c(t)) for
+// members (dqn accumulates) with scale = 2 beta / (n D) over the whole batch.
+struct CommitmentSums {
+  double sq = 0;
+  int64_t count = 0;
+};
+CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
+void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
+
+namespace cpu {
+CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
+void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
+void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
+                     const ClusterParams& p);
+void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
+void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
+void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
+float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
+}  // namespace cpu
 
 }  // namespace sy::ops

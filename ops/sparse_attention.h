@@ -9,50 +9,76 @@
 //   dv_j += a_tj do_t;  Delta_t = do_t . o_t;  ds_tj = a_tj (do_t . v_j - Delta_t)
 //   dq_t += sum_j ds_tj k_j / sqrt(D);  dk_j += ds_tj q_t / sqrt(D)
 //
-// Rows of q, k, v, o (and their gradients) are `ld` floats apart, so a head
-// can be read in place from a packed (T, 3C) qkv buffer.
+// Shapes: q, k, v, o and their gradients (T, D), contiguous (a head of a
+// sequence, e.g. a rows() view of a (B*H*T, D) head-major tensor); lse (T).
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "core/tensor.h"
+
 namespace sy::ops {
 
-// Keys of query t: idx[off[t] .. off[t+1]).
+// Keys of query t: idx[off[t] .. off[t+1]), positions within the sequence.
 struct KeySets {
-  std::vector<int64_t> off{0};
-  std::vector<int32_t> idx;
-  int64_t queries() const { return static_cast<int64_t>(off.size()) - 1; }
-  int64_t pairs() const { return static_cast<int64_t>(idx.size()); }
-  void add_query(const std::vector<int32_t>& keys) {
-    idx.insert(idx.end(), keys.begin(), keys.end());
-    off.push_back(static_cast<int64_t>(idx.size()));
-  }
+  Tensor off;  // i64 (T+1)
+  Tensor idx;  // i32 (pairs)
+  int64_t queries() const { return off.defined() ? off.numel() - 1 : 0; }
+  int64_t pairs() const { return idx.defined() ? idx.numel() : 0; }
 };
 
-struct HeadQKV {
-  const float *q, *k, *v;
-  int64_t ld, T, D;
+// Builds KeySets on the host, query by query.
+class KeySetsBuilder {
+ public:
+  void add_query(const std::vector<int32_t>& keys);
+  KeySets build(Ctx& ctx) const;
+
+ private:
+  std::vector<int64_t> off_{0};
+  std::vector<int32_t> idx_;
 };
 
-struct HeadGrads {
-  float *dq, *dk, *dv;  // accumulate, rows ld apart
-  int64_t ld;
+struct SparseAttentionArgs {
+  Tensor& o;
+  Tensor& lse;
+  const Tensor& q;
+  const Tensor& k;
+  const Tensor& v;
+  const KeySets& keys;
 };
 
-// o (T rows, ld_o apart), lse (T).
-void sparse_attention_forward(float* o, int64_t ld_o, float* lse, const HeadQKV& h, const KeySets& ks);
-void sparse_attention_backward(const HeadGrads& g, const float* dout, const float* o, int64_t ld_o,
-                               const float* lse, const HeadQKV& h, const KeySets& ks);
+struct SparseAttentionBackwardArgs {
+  Tensor& dq;  // accumulate
+  Tensor& dk;
+  Tensor& dv;
+  const Tensor& dout;
+  const Tensor& o;
+  const Tensor& lse;
+  const Tensor& q;
+  const Tensor& k;
+  const Tensor& v;
+  const KeySets& keys;
+};
+
+void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a);
+void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a);
 
 // Causal sliding window: K(t) = {max(0, t-w+1) .. t} (a true sliding window
 // of w keys, not block-local).
-KeySets local_keysets(int64_t T, int64_t window);
+KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
 
 // Block top-k (MoBA / NSA style, made causal per query): keys in blocks of
 // `block`; query t scores each block that ends before its own block starts by
 // q_t . mean(K_block), keeps the top `topk` (ties: lower block), and always
 // keeps its own block up to t. Per query rather than per query block, because
 // a block-mean of queries would let t see later queries of its block.
-KeySets block_topk_keysets(const HeadQKV& h, int64_t block, int64_t topk);
+KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
+
+namespace cpu {
+void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a);
+void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a);
+KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
+KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
+}  // namespace cpu
 
 }  // namespace sy::ops

@@ -14,6 +14,10 @@
 // dr_i = dw_i * dw/dr, with dw/dr = 1 - sigma (straight-through) or
 // sigma (1 - sigma); then dW += x^T dr, dx += dr w^T. The predictor's BCE
 // gradient reaches only W_p, b_p.
+// The routing core does the work: groups_choose / threshold_route pick the
+// tokens, dispatch gathers them for the block, residual_combine mixes the
+// block's output back (ops/dispatch.h), ops/depth_gate.h the weights and the
+// predictor's loss.
 #pragma once
 #include <vector>
 
@@ -32,7 +36,7 @@ struct DepthStats {
 
 class DepthRouter {
  public:
-  DepthRouter(ParamStore& ps, const std::string& name, int64_t C, const switchyard::DepthConfig& cfg,
+  DepthRouter(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::DepthConfig& cfg,
               Rng& rng, float std);
   // Chooses the tokens to process; x (N, C) holds B sequences of T tokens.
   const ops::Route& select(const Tensor& x, int64_t B, int64_t T, bool training);
@@ -43,16 +47,18 @@ class DepthRouter {
   const DepthStats& stats() const { return stats_; }
   double aux_loss() const { return stats_.budget_loss; }
   const ops::Route& route() const { return route_; }
-  // Tokens routed in each of the B sequences of the last select().
+  // Tokens routed in each of the B sequences of the last select() (from the
+  // route's host copy: routed rows are in item order).
   std::vector<int64_t> per_sequence(int64_t B, int64_t T) const;
 
  private:
+  Ctx& ctx_;
   switchyard::DepthConfig cfg_;
   int64_t C_;
   Param *w_, *wp_, *bp_;
   bool training_ = true;
   Tensor x_, z_;
-  std::vector<float> r_, sig_, weight_, pred_;
+  Tensor r_, sig_, weight_, pred_;  // (N)
   ops::Route route_;
   DepthStats stats_;
 };

@@ -6,75 +6,76 @@
 
 namespace sy {
 
-Linear::Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out, Rng& rng,
-               float std, bool bias) {
+Linear::Linear(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t in, int64_t out, Rng& rng, float std,
+               bool bias)
+    : ctx_(ctx) {
   w_ = ps.add(name + ".w", {in, out}, rng, std, true);
   if (bias) b_ = ps.add(name + ".b", {out}, rng, 0.f, false);
 }
 
 Tensor Linear::forward(const Tensor& x) {
   x_ = x;
-  Tensor y({x.dim(0), out()});
-  ops::matmul_forward(y, x, w_->value, b_ ? b_->value : Tensor());
+  Tensor y = Tensor::empty({x.dim(0), out()}, DType::f32, ctx_);
+  ops::matmul_forward(ctx_, {y, x, w_->value, b_ ? b_->value : Tensor()});
   return y;
 }
 
 Tensor Linear::backward(const Tensor& dy) {
-  Tensor dx(x_.shape());
-  ops::matmul_backward(&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value);
+  Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);
+  ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value});
   return dx;
 }
 
-LayerNorm::LayerNorm(ParamStore& ps, const std::string& name, int64_t C, Rng& rng) {
+LayerNorm::LayerNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, Rng& rng) : ctx_(ctx) {
   w_ = ps.add(name + ".w", {C}, rng, 0.f, false, 1.f);
   b_ = ps.add(name + ".b", {C}, rng, 0.f, false);
 }
 
 Tensor LayerNorm::forward(const Tensor& x) {
   x_ = x;
-  mean_ = Tensor({x.dim(0)});
-  rstd_ = Tensor({x.dim(0)});
-  Tensor y(x.shape());
-  ops::layernorm_forward(y, mean_, rstd_, x, w_->value, b_->value);
+  mean_ = Tensor::empty({x.dim(0)}, DType::f32, ctx_);
+  rstd_ = Tensor::empty({x.dim(0)}, DType::f32, ctx_);
+  Tensor y = Tensor::empty(x.shape(), DType::f32, ctx_);
+  ops::layernorm_forward(ctx_, {y, mean_, rstd_, x, w_->value, b_->value});
   return y;
 }
 
 Tensor LayerNorm::backward(const Tensor& dy) {
-  Tensor dx(x_.shape());
-  ops::layernorm_backward(dx, &w_->grad, &b_->grad, dy, x_, w_->value, mean_, rstd_);
+  Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);
+  ops::layernorm_backward(ctx_, {dx, &w_->grad, &b_->grad, dy, x_, w_->value, mean_, rstd_});
   return dx;
 }
 
-Mlp::Mlp(ParamStore& ps, const std::string& name, int64_t C, int64_t hidden, Rng& rng, float std,
+Mlp::Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t hidden, Rng& rng, float std,
          float out_std)
-    : fc1_(ps, name + ".fc1", C, hidden, rng, std), fc2_(ps, name + ".fc2", hidden, C, rng, out_std) {}
+    : ctx_(ctx), fc1_(ctx, ps, name + ".fc1", C, hidden, rng, std), fc2_(ctx, ps, name + ".fc2", hidden, C, rng, out_std) {}
 
 Tensor Mlp::forward(const Tensor& x) {
   pre_ = fc1_.forward(x);
-  Tensor act(pre_.shape());
-  ops::gelu_forward(act, pre_);
+  Tensor act = Tensor::empty(pre_.shape(), DType::f32, ctx_);
+  ops::gelu_forward(ctx_, act, pre_);
   flops_ = 2.0 * x.dim(0) * (fc1_.in() * fc1_.out() + fc2_.in() * fc2_.out());
   return fc2_.forward(act);
 }
 
 Tensor Mlp::backward(const Tensor& dy) {
   Tensor dact = fc2_.backward(dy);
-  Tensor dpre(pre_.shape());
-  ops::gelu_backward(dpre, dact, pre_);
+  Tensor dpre = Tensor::zeros(pre_.shape(), DType::f32, ctx_);
+  ops::gelu_backward(ctx_, dpre, dact, pre_);
   return fc1_.backward(dpre);
 }
 
-CausalSelfAttention::CausalSelfAttention(ParamStore& ps, const std::string& name, int64_t C,
-                                         int64_t H, Rng& rng, float std, float out_std)
-    : qkv_(ps, name + ".qkv", C, 3 * C, rng, std), proj_(ps, name + ".proj", C, C, rng, out_std),
+CausalSelfAttention::CausalSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H,
+                                         Rng& rng, float std, float out_std)
+    : ctx_(ctx), qkv_(ctx, ps, name + ".qkv", C, 3 * C, rng, std), proj_(ctx, ps, name + ".proj", C, C, rng, out_std),
       C_(C), H_(H) {}
 
 Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
   shape_ = {B, T, C_, H_};
   qkv_out_ = qkv_.forward(x).reshape({B, T, 3 * C_});
-  att_ = Tensor({B, H_, T, T});
-  Tensor y({B, T, C_});
-  ops::attention_forward(y, att_, qkv_out_, shape_);
+  att_ = Tensor::empty({B, H_, T, T}, DType::f32, ctx_);
+  Tensor y = Tensor::empty({B, T, C_}, DType::f32, ctx_);
+  ops::attention_forward(ctx_, {y, att_, qkv_out_, shape_});
   flops_ = flops(B, T);
   return proj_.forward(y.reshape({B * T, C_}));
 }
@@ -86,8 +87,8 @@ double CausalSelfAttention::flops(int64_t B, int64_t T) const {
 
 Tensor CausalSelfAttention::backward(const Tensor& dy) {
   Tensor dyatt = proj_.backward(dy);
-  Tensor dqkv(qkv_out_.shape());
-  ops::attention_backward(dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, att_, shape_);
+  Tensor dqkv = Tensor::zeros(qkv_out_.shape(), DType::f32, ctx_);
+  ops::attention_backward(ctx_, {dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, att_, shape_});
   return qkv_.backward(dqkv.reshape({shape_.B * shape_.T, 3 * C_}));
 }
 

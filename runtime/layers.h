@@ -1,7 +1,8 @@
 // The dense layers of a transformer block, each with an explicit forward that
 // saves what its backward needs (as llm.c does; there is no general autograd).
 // Shapes: token rows are (N, C) with N = B*T. backward(dy) returns dx and
-// accumulates parameter gradients into Param::grad.
+// accumulates parameter gradients into Param::grad. Each layer runs its ops on
+// the Ctx it was built with (the model's device, stream and allocator).
 #pragma once
 #include <string>
 
@@ -12,14 +13,15 @@ namespace sy {
 
 class Linear {
  public:
-  Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out, Rng& rng, float std,
+  Linear(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t in, int64_t out, Rng& rng, float std,
          bool bias = true);
   Tensor forward(const Tensor& x);
   Tensor backward(const Tensor& dy);
-  int64_t in() const { return w_->value.dim(0); }
-  int64_t out() const { return w_->value.dim(1); }
+  int64_t in() const { return w_->shape[0]; }
+  int64_t out() const { return w_->shape[1]; }
 
  private:
+  Ctx& ctx_;
   Param* w_;
   Param* b_ = nullptr;
   Tensor x_;
@@ -27,11 +29,12 @@ class Linear {
 
 class LayerNorm {
  public:
-  LayerNorm(ParamStore& ps, const std::string& name, int64_t C, Rng& rng);
+  LayerNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, Rng& rng);
   Tensor forward(const Tensor& x);
   Tensor backward(const Tensor& dy);
 
  private:
+  Ctx& ctx_;
   Param *w_, *b_;
   Tensor x_, mean_, rstd_;
 };
@@ -50,13 +53,14 @@ class FeedForward {
 // y = fc2(gelu(fc1(x)))
 class Mlp : public FeedForward {
  public:
-  Mlp(ParamStore& ps, const std::string& name, int64_t C, int64_t hidden, Rng& rng, float std,
+  Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t hidden, Rng& rng, float std,
       float out_std);
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
   double forward_flops() const override { return flops_; }
 
  private:
+  Ctx& ctx_;
   Linear fc1_, fc2_;
   Tensor pre_;
   double flops_ = 0;
@@ -79,7 +83,7 @@ class SelfAttention {
 // y = proj(attention(qkv(x)))
 class CausalSelfAttention : public SelfAttention {
  public:
-  CausalSelfAttention(ParamStore& ps, const std::string& name, int64_t C, int64_t H, Rng& rng,
+  CausalSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H, Rng& rng,
                       float std, float out_std);
   Tensor forward(const Tensor& x, int64_t B, int64_t T) override;
   Tensor backward(const Tensor& dy) override;
@@ -87,6 +91,7 @@ class CausalSelfAttention : public SelfAttention {
   double flops(int64_t B, int64_t T) const override;
 
  private:
+  Ctx& ctx_;
   Linear qkv_, proj_;
   int64_t C_, H_;
   ops::AttentionShape shape_{};

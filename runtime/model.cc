@@ -5,33 +5,26 @@
 
 #include "ops/cross_entropy.h"
 #include "ops/dispatch.h"
+#include "ops/elementwise.h"
 
 namespace sy {
 
-namespace {
-// a += b, elementwise.
-void add_into(Tensor& a, const Tensor& b) {
-  check_shape(b, a.shape(), "residual add");
-  float* p = a.f32();
-  const float* q = b.f32();
-  for (int64_t i = 0; i < a.numel(); ++i) p[i] += q[i];
-}
-}  // namespace
-
-Block::Block(ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
+Block::Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
              std::unique_ptr<FeedForward> ffn, Rng& rng, const switchyard::DepthConfig* depth,
              const SparseAttentionSpec* sparse)
-    : ln1_(ps, name + ".ln1", m.d_model(), rng),
-      ln2_(ps, name + ".ln2", m.d_model(), rng),
+    : ctx_(&ctx),
+      ln1_(ctx, ps, name + ".ln1", m.d_model(), rng),
+      ln2_(ctx, ps, name + ".ln2", m.d_model(), rng),
       ffn_(std::move(ffn)) {
   const float out_std = m.init_std() / std::sqrt(2.f * m.n_layers());
   if (sparse)
-    attn_ = std::make_unique<SparseSelfAttention>(ps, name + ".attn", m.d_model(), m.n_heads(), *sparse,
+    attn_ = std::make_unique<SparseSelfAttention>(ctx, ps, name + ".attn", m.d_model(), m.n_heads(), *sparse,
                                                   rng, m.init_std(), out_std);
   else
-    attn_ = std::make_unique<CausalSelfAttention>(ps, name + ".attn", m.d_model(), m.n_heads(), rng,
+    attn_ = std::make_unique<CausalSelfAttention>(ctx, ps, name + ".attn", m.d_model(), m.n_heads(), rng,
                                                   m.init_std(), out_std);
-  if (depth) depth_ = std::make_unique<DepthRouter>(ps, name + ".depth", m.d_model(), *depth, rng, m.init_std());
+  if (depth)
+    depth_ = std::make_unique<DepthRouter>(ctx, ps, name + ".depth", m.d_model(), *depth, rng, m.init_std());
 }
 
 void Block::set_training(bool t) {
@@ -42,18 +35,18 @@ void Block::set_training(bool t) {
 
 Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T) {
   Tensor h = attn_->forward(ln1_.forward(x), B, T);
-  add_into(h, x);
+  ops::add_into(*ctx_, h, x);
   Tensor out = ffn_->forward(ln2_.forward(h));
-  add_into(out, h);
+  ops::add_into(*ctx_, out, h);
   flops_ += attn_->forward_flops() + ffn_->forward_flops();
   return out;
 }
 
 Tensor Block::inner_backward(const Tensor& dy) {
   Tensor dh = ln2_.backward(ffn_->backward(dy));
-  add_into(dh, dy);
+  ops::add_into(*ctx_, dh, dy);
   Tensor dx = ln1_.backward(attn_->backward(dh));
-  add_into(dx, dh);
+  ops::add_into(*ctx_, dx, dh);
   return dx;
 }
 
@@ -66,8 +59,8 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
   }
   const int64_t C = x.dim(1);
   const ops::Route& r = depth_->select(x, B, T, training_);
-  Tensor xs({r.rows(), C});
-  ops::dispatch_forward(xs, x, r);
+  Tensor xs = Tensor::empty({r.rows(), C}, DType::f32, *ctx_);
+  ops::dispatch_forward(*ctx_, xs, x, r);
   // Routed rows are sequence-major and in position order within a sequence,
   // so each sequence's routed tokens form one causal sub-sequence.
   const std::vector<int64_t> n = depth_->per_sequence(B, T);
@@ -81,15 +74,14 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
     // Different counts per sequence (the causal predictor at evaluation): one
     // sequence at a time. Activations are not kept for backward here.
     SY_CHECK(!training_, "depth routing in training must route the same count per sequence");
-    z = Tensor({r.rows(), C});
+    z = Tensor::empty({r.rows(), C}, DType::f32, *ctx_);
     int64_t row = 0;
     for (int64_t b = 0; b < B; ++b) {
       if (n[b] == 0) continue;
-      Tensor xb({n[b], C});
-      std::copy_n(xs.f32() + row * C, n[b] * C, xb.f32());
-      Tensor zb = inner_forward(xb, 1, n[b]);
+      Tensor zb = inner_forward(xs.rows(row, row + n[b]), 1, n[b]);
       ffn_flops += ffn_->forward_flops();
-      std::copy_n(zb.f32(), n[b] * C, z.f32() + row * C);
+      Tensor dst = z.rows(row, row + n[b]);
+      dst.copy_from(zb, *ctx_);
       row += n[b];
     }
   }
@@ -101,14 +93,14 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
 
 Tensor Block::backward(const Tensor& dy) {
   if (!depth_) return inner_backward(dy);
-  Tensor dx(dy.shape());
+  Tensor dx = Tensor::zeros(dy.shape(), DType::f32, *ctx_);
   Tensor dz = depth_->backward(dy, dx);
-  if (dz.dim(0) > 0) ops::dispatch_backward(dx, inner_backward(dz), depth_->route());
+  if (dz.dim(0) > 0) ops::dispatch_backward(*ctx_, dx, inner_backward(dz), depth_->route());
   return dx;
 }
 
-Transformer::Transformer(const Config& cfg, ParallelContext* par)
-    : cfg_(cfg), C_(cfg.model().d_model()), V_(cfg.model().vocab_size()), T_(cfg.model().seq_len()) {
+Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
+    : ctx_(ctx), cfg_(cfg), C_(cfg.model().d_model()), V_(cfg.model().vocab_size()), T_(cfg.model().seq_len()) {
   const auto& m = cfg.model();
   Rng rng(cfg.train().seed());
   const float std = m.init_std(), out_std = std / std::sqrt(2.f * m.n_layers());
@@ -117,19 +109,19 @@ Transformer::Transformer(const Config& cfg, ParallelContext* par)
   blocks_.reserve(m.n_layers());
   const auto& at = cfg.attention();
   if (at.kind() == switchyard::AttentionConfig::ROUTED && at.share_centroids())
-    shared_centroids_.assign(at.num_routing_heads(),
-                             ops::Centroids(cluster_count(at, T_), C_ / m.n_heads()));
+    for (int r = 0; r < at.num_routing_heads(); ++r)
+      shared_centroids_.emplace_back(cluster_count(at, T_), C_ / m.n_heads(), ctx_);
   for (int l = 0; l < m.n_layers(); ++l) {
     const std::string name = "h" + std::to_string(l);
     const auto& moe = cfg.moe();
     std::unique_ptr<FeedForward> ffn;
     if (moe.num_experts() > 0 && (l + 1) % moe.every_n_layers() == 0) {
-      auto layer = std::make_unique<MoeLayer>(params_, name + ".moe", C_, moe, m.ffn_hidden(), rng,
+      auto layer = std::make_unique<MoeLayer>(ctx_, params_, name + ".moe", C_, moe, m.ffn_hidden(), rng,
                                               std, out_std, cfg.train().seed() * 1000003 + l, par);
       moe_.emplace_back(l, layer.get());
       ffn = std::move(layer);
     } else {
-      ffn = std::make_unique<Mlp>(params_, name + ".mlp", C_, m.ffn_hidden(), rng, std, out_std);
+      ffn = std::make_unique<Mlp>(ctx_, params_, name + ".mlp", C_, m.ffn_hidden(), rng, std, out_std);
     }
     const auto& dp = cfg.depth();
     const bool depth_routed = dp.every_n_layers() > 0 && (l + 1) % dp.every_n_layers() == 0;
@@ -138,19 +130,20 @@ Transformer::Transformer(const Config& cfg, ParallelContext* par)
                         (at.last_n_layers() == 0 || l >= m.n_layers() - at.last_n_layers());
     SparseAttentionSpec spec{at, T_, shared_centroids_.empty() ? nullptr : &shared_centroids_,
                              cfg.train().seed() * 7919 + l};
-    blocks_.emplace_back(params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
+    blocks_.emplace_back(ctx_, params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
                          sparse ? &spec : nullptr);
   }
-  ln_f_ = std::make_unique<LayerNorm>(params_, "ln_f", C_, rng);
+  ln_f_ = std::make_unique<LayerNorm>(ctx_, params_, "ln_f", C_, rng);
   // Routed attention: centroid statistics are summed over data-parallel
   // ranks before each EMA update, so every replica keeps the same centroids.
   if (par && par->world_size() > 1)
     for (auto& b : blocks_)
       if (auto* sa = dynamic_cast<SparseSelfAttention*>(&b.attention()))
-        sa->set_stats_reducer([par](std::vector<float>& v) {
-          par->world->all_reduce_sum(v.data(), static_cast<int64_t>(v.size()), "routed attention centroids");
+        sa->set_stats_reducer([par, this](Tensor& t) {
+          par->world->all_reduce_sum(t, ctx_.stream, "routed attention centroids");
         });
-  head_ = std::make_unique<Linear>(params_, "head", C_, V_, rng, std, false);
+  head_ = std::make_unique<Linear>(ctx_, params_, "head", C_, V_, rng, std, false);
+  params_.finalize(ctx_);
 }
 
 void Transformer::set_training(bool training) {
@@ -162,22 +155,22 @@ float Transformer::forward(const Batch& batch) {
   const int64_t N = static_cast<int64_t>(batch.inputs.size());
   SY_CHECK(N % T_ == 0, "batch of " << N << " tokens is not a multiple of seq_len " << T_);
   B_ = N / T_;
-  inputs_ = batch.inputs;
-  targets_ = batch.targets;
-  Tensor h({N, C_});
-  ops::embedding_forward(h, inputs_, T_, wte_->value, wpe_->value);
+  inputs_ = Tensor::from_host(batch.inputs).to(ctx_);
+  targets_ = Tensor::from_host(batch.targets).to(ctx_);
+  Tensor h = Tensor::empty({N, C_}, DType::f32, ctx_);
+  ops::embedding_forward(ctx_, {h, inputs_, wte_->value, wpe_->value, T_});
   for (auto& b : blocks_) h = b.forward(h, B_, T_);
   Tensor logits = head_->forward(ln_f_->forward(h));
-  probs_ = Tensor(logits.shape());
-  return ops::cross_entropy_forward(probs_, logits, targets_);
+  probs_ = Tensor::empty(logits.shape(), DType::f32, ctx_);
+  return ops::cross_entropy_forward(ctx_, {probs_, logits, targets_});
 }
 
 void Transformer::backward() {
-  Tensor dlogits(probs_.shape());
-  ops::cross_entropy_backward(dlogits, probs_, targets_);
+  Tensor dlogits = Tensor::empty(probs_.shape(), DType::f32, ctx_);
+  ops::cross_entropy_backward(ctx_, {dlogits, probs_, targets_});
   Tensor dh = ln_f_->backward(head_->backward(dlogits));
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dh = it->backward(dh);
-  ops::embedding_backward(wte_->grad, wpe_->grad, dh, inputs_, T_);
+  ops::embedding_backward(ctx_, {wte_->grad, wpe_->grad, dh, inputs_, T_});
 }
 
 double Transformer::aux_loss() const {

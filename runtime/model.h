@@ -26,7 +26,7 @@ namespace sy {
 // the rest pass unchanged.
 class Block {
  public:
-  Block(ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
+  Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
         std::unique_ptr<FeedForward> ffn, Rng& rng,
         const switchyard::DepthConfig* depth = nullptr,
         const SparseAttentionSpec* sparse = nullptr);
@@ -44,6 +44,7 @@ class Block {
   Tensor inner_forward(const Tensor& x, int64_t B, int64_t T);
   Tensor inner_backward(const Tensor& dy);
 
+  Ctx* ctx_;
   LayerNorm ln1_, ln2_;
   std::unique_ptr<SelfAttention> attn_;
   std::unique_ptr<FeedForward> ffn_;
@@ -54,8 +55,9 @@ class Block {
 
 class Transformer {
  public:
-  // par: the process layout when running on several ranks (null: one rank).
-  explicit Transformer(const Config& cfg, ParallelContext* par = nullptr);
+  // ctx: where it runs; par: the process layout when running on several
+  // ranks (null: one rank).
+  Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par = nullptr);
   // Mean next-byte cross-entropy of the batch (nats/byte); saves activations.
   // Router losses are not included (see aux_loss()) but their gradients are
   // part of backward().
@@ -74,6 +76,7 @@ class Transformer {
   double dense_forward_flops() const;
 
  private:
+  Ctx& ctx_;
   Config cfg_;
   int64_t C_, V_, T_;
   ParamStore params_;
@@ -84,7 +87,7 @@ class Transformer {
   std::unique_ptr<LayerNorm> ln_f_;
   std::unique_ptr<Linear> head_;
   // saved
-  ops::Tokens inputs_, targets_;
+  Tensor inputs_, targets_;  // (B*T) i32
   int64_t B_ = 0;
   Tensor probs_;
   bool training_ = true;

@@ -1,9 +1,9 @@
 #include "runtime/parallel.h"
 
 #include <cmath>
-#include <cstring>
 
 #include "ops/adamw.h"
+#include "ops/elementwise.h"
 
 namespace sy {
 
@@ -25,58 +25,41 @@ std::unique_ptr<ParallelContext> ParallelContext::create(std::unique_ptr<comm::C
 }
 
 namespace {
-void reduce_bucket(std::vector<Param*>& bucket, comm::Communicator& c, float scale, const char* what) {
-  if (bucket.empty()) return;
-  int64_t n = 0;
-  for (Param* p : bucket) n += p->grad.numel();
-  std::vector<float> flat(n);
-  int64_t o = 0;
-  for (Param* p : bucket) {
-    std::memcpy(flat.data() + o, p->grad.f32(), p->grad.nbytes());
-    o += p->grad.numel();
-  }
-  c.all_reduce_sum(flat.data(), n, what);
-  o = 0;
-  for (Param* p : bucket) {
-    float* g = p->grad.f32();
-    for (int64_t i = 0; i < p->grad.numel(); ++i) g[i] = flat[o + i] * scale;
-    o += p->grad.numel();
-  }
-  bucket.clear();
+// grad[begin, end) of an arena: summed over c, then scaled to the mean.
+void reduce_range(Ctx& ctx, Tensor& grad, int64_t begin, int64_t end, comm::Communicator& c, float scale,
+                  const char* what) {
+  if (end <= begin) return;
+  Tensor t = grad.rows(begin, end);
+  c.all_reduce_sum(t, ctx.stream, what);
+  ops::scale(ctx, t, scale);
 }
 }  // namespace
 
-void all_reduce_gradients(ParamStore& params, ParallelContext& par, int64_t bucket_bytes) {
+void all_reduce_gradients(Ctx& ctx, ParamStore& params, ParallelContext& par, int64_t bucket_bytes) {
   if (par.world_size() == 1) return;
   const float scale = 1.f / static_cast<float>(par.world_size());
-  std::vector<Param*> dense, experts;
-  int64_t bytes = 0;
+  Tensor& dense = params.arena(ParamKind::dense).grad;
+  int64_t begin = 0;
   for (Param* p : params.all()) {
-    if (p->expert) {
-      experts.push_back(p);
-      continue;
-    }
-    dense.push_back(p);
-    bytes += static_cast<int64_t>(p->grad.nbytes());
-    if (bytes >= bucket_bytes) {
-      reduce_bucket(dense, *par.world, scale, "dense gradients");
-      bytes = 0;
+    if (p->expert()) continue;
+    const int64_t end = p->offset + p->value.numel();
+    if ((end - begin) * static_cast<int64_t>(sizeof(float)) >= bucket_bytes) {
+      reduce_range(ctx, dense, begin, end, *par.world, scale, "dense gradients");
+      begin = end;
     }
   }
-  reduce_bucket(dense, *par.world, scale, "dense gradients");
-  reduce_bucket(experts, *par.replicas, scale, "expert gradients");
+  reduce_range(ctx, dense, begin, params.arena(ParamKind::dense).numel(), *par.world, scale, "dense gradients");
+  Tensor& experts = params.arena(ParamKind::expert).grad;
+  reduce_range(ctx, experts, 0, params.arena(ParamKind::expert).numel(), *par.replicas, scale, "expert gradients");
 }
 
-float clip_gradients(ParamStore& params, ParallelContext* par, float max_norm) {
-  std::vector<Tensor*> dense, experts, all;
-  for (Param* p : params.all()) {
-    (p->expert ? experts : dense).push_back(&p->grad);
-    all.push_back(&p->grad);
-  }
-  double expert_sq = ops::grad_sq_sum(experts);
-  if (par && par->ep_size > 1) par->ep->all_reduce_sum(&expert_sq, 1, "gradient norm");
-  const float norm = static_cast<float>(std::sqrt(ops::grad_sq_sum(dense) + expert_sq));
-  ops::clip_to_norm(all, norm, max_norm);
+float clip_gradients(Ctx& ctx, ParamStore& params, ParallelContext* par, float max_norm) {
+  Tensor& dense = params.arena(ParamKind::dense).grad;
+  Tensor& experts = params.arena(ParamKind::expert).grad;
+  double expert_sq = ops::grad_sq_sum(ctx, {&experts});
+  if (par && par->ep_size > 1) expert_sq = par->ep->all_reduce_sum(expert_sq, "gradient norm");
+  const float norm = static_cast<float>(std::sqrt(ops::grad_sq_sum(ctx, {&dense}) + expert_sq));
+  ops::clip_to_norm(ctx, {&dense, &experts}, norm, max_norm);
   return norm;
 }
 

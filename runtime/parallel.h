@@ -28,13 +28,14 @@ struct ParallelContext {
 // Averages gradients over data-parallel replicas: dense parameters over the
 // world, expert parameters over their shard's replicas; both divided by the
 // world size (each rank's loss is a mean over its own tokens). Dense
-// gradients travel in buckets of about bucket_bytes.
-void all_reduce_gradients(ParamStore& params, ParallelContext& par, int64_t bucket_bytes);
+// gradients travel in buckets of about bucket_bytes: ranges of the dense
+// gradient arena, reduced in place, each ending at a parameter boundary.
+void all_reduce_gradients(Ctx& ctx, ParamStore& params, ParallelContext& par, int64_t bucket_bytes);
 
 // Global-norm clipping over the whole model: under expert parallelism a rank
 // holds one expert shard, so the experts' squares are summed over the
 // expert-parallel group (which holds every shard once) before the norm is
 // taken; every rank then applies the same scale. par may be null (one rank).
-float clip_gradients(ParamStore& params, ParallelContext* par, float max_norm);
+float clip_gradients(Ctx& ctx, ParamStore& params, ParallelContext* par, float max_norm);
 
 }  // namespace sy

@@ -2,36 +2,67 @@
 
 namespace sy {
 
-Param* ParamStore::add(const std::string& name, Shape shape, Rng& rng, float std, bool decay,
-                       float fill) {
+Param* ParamStore::add(const std::string& name, Shape shape, Rng& rng, float std, bool decay, float fill,
+                       ParamKind kind) {
+  SY_CHECK(!finalized_, "parameter " << name << " added after the store was finalized");
   SY_CHECK(!find(name), "duplicate parameter name " << name);
   auto p = std::make_unique<Param>();
   p->name = name;
-  p->value = Tensor(shape);
-  p->grad = Tensor(shape);
-  p->m = Tensor(shape);
-  p->v = Tensor(shape);
+  p->shape = shape;
   p->decay = decay;
-  float* w = p->value.f32();
-  for (int64_t i = 0; i < p->value.numel(); ++i)
-    w[i] = std != 0.f ? static_cast<float>(rng.normal() * std) : fill;
+  p->kind = kind;
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<float> w(n);
+  for (int64_t i = 0; i < n; ++i) w[i] = std != 0.f ? static_cast<float>(rng.normal() * std) : fill;
   params_.push_back(std::move(p));
+  staged_.push_back(std::move(w));
   return params_.back().get();
 }
 
-Param* ParamStore::add_rows(const std::string& name, Shape full, int64_t begin, int64_t end, Rng& rng,
-                            float std, bool decay) {
+Param* ParamStore::add_rows(const std::string& name, Shape full, int64_t begin, int64_t end, Rng& rng, float std,
+                            bool decay, ParamKind kind) {
   int64_t row = 1;
   for (size_t i = 1; i < full.size(); ++i) row *= full[i];
   Shape shard = full;
   shard[0] = end - begin;
-  Param* p = add(name, shard, rng, 0.f, decay);
-  float* w = p->value.f32();
+  Param* p = add(name, shard, rng, 0.f, decay, 0.f, kind);
+  std::vector<float>& w = staged_.back();
   for (int64_t i = 0; i < full[0] * row; ++i) {
     const float v = std != 0.f ? static_cast<float>(rng.normal() * std) : 0.f;
     if (i >= begin * row && i < end * row) w[i - begin * row] = v;
   }
   return p;
+}
+
+void ParamStore::finalize(Ctx& ctx) {
+  SY_CHECK(!finalized_, "ParamStore::finalize called twice");
+  int64_t size[2] = {0, 0};
+  for (auto& p : params_) {
+    const int k = static_cast<int>(p->kind);
+    p->offset = size[k];
+    size[k] += static_cast<int64_t>(staged_[&p - params_.data()].size());
+  }
+  for (int k = 0; k < 2; ++k) {
+    ParamArena& a = arenas_[k];
+    a.value = Tensor::empty({size[k]}, DType::f32, ctx);
+    a.grad = Tensor::zeros({size[k]}, DType::f32, ctx);
+    a.m = Tensor::zeros({size[k]}, DType::f32, ctx);
+    a.v = Tensor::zeros({size[k]}, DType::f32, ctx);
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Param& p = *params_[i];
+    ParamArena& a = arenas_[static_cast<int>(p.kind)];
+    const int64_t n = static_cast<int64_t>(staged_[i].size());
+    auto view = [&](const Tensor& arena) { return arena.rows(p.offset, p.offset + n).reshape(p.shape); };
+    p.value = view(a.value);
+    p.grad = view(a.grad);
+    p.m = view(a.m);
+    p.v = view(a.v);
+    p.value.copy_from(Tensor::from_host(staged_[i], p.shape), ctx);
+  }
+  staged_.clear();
+  finalized_ = true;
 }
 
 std::vector<Param*> ParamStore::all() const {
@@ -46,13 +77,16 @@ Param* ParamStore::find(const std::string& name) const {
   return nullptr;
 }
 
-void ParamStore::zero_grad() {
-  for (auto& p : params_) p->grad.zero();
+void ParamStore::zero_grad(Ctx& ctx) {
+  SY_CHECK(finalized_, "zero_grad before finalize");
+  for (ParamArena& a : arenas_) a.grad.zero(ctx);
 }
 
 int64_t ParamStore::numel() const {
   int64_t n = 0;
-  for (auto& p : params_) n += p->value.numel();
+  for (const ParamArena& a : arenas_) n += a.numel();
+  if (!finalized_)
+    for (const auto& w : staged_) n += static_cast<int64_t>(w.size());
   return n;
 }
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ops/elementwise.h"
+#include "ops/heads.h"
 #include "ops/layernorm.h"
 
 namespace sy {
@@ -35,12 +37,12 @@ AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, 
   return {per_head_sum / n_heads, dense};
 }
 
-SparseSelfAttention::SparseSelfAttention(ParamStore& ps, const std::string& name, int64_t C, int64_t H,
-                                         const SparseAttentionSpec& spec, Rng& rng, float std,
-                                         float out_std)
-    : cfg_(spec.cfg),
-      qkv_(ps, name + ".qkv", C, 3 * C, rng, std),
-      proj_(ps, name + ".proj", C, C, rng, out_std),
+SparseSelfAttention::SparseSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H,
+                                         const SparseAttentionSpec& spec, Rng& rng, float std, float out_std)
+    : ctx_(ctx),
+      cfg_(spec.cfg),
+      qkv_(ctx, ps, name + ".qkv", C, 3 * C, rng, std),
+      proj_(ctx, ps, name + ".proj", C, C, rng, out_std),
       C_(C), H_(H), D_(C / H),
       R_(routed() ? spec.cfg.num_routing_heads() : 0),
       K_(cluster_count(spec.cfg, spec.seq_len)),
@@ -48,7 +50,7 @@ SparseSelfAttention::SparseSelfAttention(ParamStore& ps, const std::string& name
   if (spec.shared && routed()) {
     centroids_ = spec.shared;
   } else {
-    own_.assign(R_, ops::Centroids(K_, D_));
+    for (int64_t r = 0; r < R_; ++r) own_.emplace_back(K_, D_, ctx);
     centroids_ = &own_;
   }
 }
@@ -57,13 +59,28 @@ double SparseSelfAttention::flops(int64_t B, int64_t T) const {
   return 2.0 * B * T * (4.0 * C_ * C_) + 2.0 * B * T * T * C_;
 }
 
+namespace {
+// Head h of sequence b: rows [b*T, (b+1)*T) of head h of an (H, B*T, D) tensor.
+Tensor head(const Tensor& t, int64_t h, int64_t b, int64_t T) {
+  const int64_t N = t.dim(1), D = t.dim(2);
+  return t.reshape({t.dim(0) * N, D}).rows(h * N + b * T, h * N + (b + 1) * T);
+}
+}  // namespace
+
 Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
   B_ = B, T_ = T;
-  const int64_t N = B * T, C3 = 3 * C_;
-  qkv_out_ = qkv_.forward(x);
-  y_ = Tensor({N, C_});
-  lse_.assign(B * H_ * T, 0.f);
-  keys_.assign(B * H_, ops::KeySets{});
+  const int64_t N = B * T;
+  const Tensor qkv = qkv_.forward(x);
+  q_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
+  k_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
+  v_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
+  ops::split_heads(ctx_, q_, qkv, 0);
+  ops::split_heads(ctx_, k_, qkv, C_);
+  ops::split_heads(ctx_, v_, qkv, 2 * C_);
+  o_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
+  lse_ = Tensor::empty({H_, N}, DType::f32, ctx_);
+  keys_.assign(H_ * B, ops::KeySets{});
+  clusters_.assign(R_ * B, ops::Clusters{});
   const int64_t L = H_ - R_;  // local heads (ROUTED); BLOCK_TOPK uses every head
   stats_ = SparseAttentionStats{};
 
@@ -72,25 +89,19 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
   qn_.assign(R_, Tensor());
   qn_mean_.assign(R_, Tensor());
   qn_rstd_.assign(R_, Tensor());
-  cluster_of_.assign(R_, std::vector<int32_t>(N, -1));
   for (int64_t r = 0; r < R_; ++r) {
     const int64_t h = L + r;
-    Tensor q({N, D_}), k({N, D_});
-    for (int64_t i = 0; i < N; ++i) {
-      std::copy_n(qkv_out_.f32() + i * C3 + h * D_, D_, q.f32() + i * D_);
-      std::copy_n(qkv_out_.f32() + i * C3 + C_ + h * D_, D_, k.f32() + i * D_);
-    }
-    qn_[r] = Tensor({N, D_});
-    kn[r] = Tensor({N, D_});
-    qn_mean_[r] = Tensor({N});
-    qn_rstd_[r] = Tensor({N});
-    Tensor km({N}), kr({N});
-    ops::layernorm_forward(qn_[r], qn_mean_[r], qn_rstd_[r], q, Tensor(), Tensor());
-    ops::layernorm_forward(kn[r], km, kr, k, Tensor(), Tensor());
+    qn_[r] = Tensor::empty({N, D_}, DType::f32, ctx_);
+    kn[r] = Tensor::empty({N, D_}, DType::f32, ctx_);
+    qn_mean_[r] = Tensor::empty({N}, DType::f32, ctx_);
+    qn_rstd_[r] = Tensor::empty({N}, DType::f32, ctx_);
+    Tensor km = Tensor::empty({N}, DType::f32, ctx_), kr = Tensor::empty({N}, DType::f32, ctx_);
+    ops::layernorm_forward(ctx_, {qn_[r], qn_mean_[r], qn_rstd_[r], q_.rows(h, h + 1).reshape({N, D_}), Tensor(), Tensor()});
+    ops::layernorm_forward(ctx_, {kn[r], km, kr, k_.rows(h, h + 1).reshape({N, D_}), Tensor(), Tensor()});
     ops::Centroids& c = (*centroids_)[r];
     if (!c.initialized) {
       SY_CHECK(training_, "routed attention evaluated before its centroids were initialised by training");
-      ops::kmeans_init(c, qn_[r].f32(), N, cfg_.kmeans_iters(), rng_);
+      ops::kmeans_init(ctx_, c, qn_[r], cfg_.kmeans_iters(), rng_);
     }
   }
 
@@ -99,45 +110,38 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
                                                                         : ops::ClusterMode::causal;
   cp.dropless = cfg_.dropless();
   cp.capacity_factor = cfg_.capacity_factor();
-  const ops::KeySets local = routed() ? ops::local_keysets(T, cfg_.window()) : ops::KeySets{};
-  std::vector<ops::ClusterStats> cstats(R_);
+  const ops::KeySets local = routed() ? ops::local_keysets(ctx_, T, cfg_.window()) : ops::KeySets{};
+  std::vector<ops::ClusterStats> cstats;
+  for (int64_t r = 0; r < R_; ++r) cstats.emplace_back(K_, D_, ctx_);
   double pairs = 0, sizes = 0, nonempty = 0, size_max = 0, commit = 0, assigned = 0;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H_; ++h) {
-      const float* base = qkv_out_.f32() + b * T * C3 + h * D_;
-      ops::HeadQKV hv{base, base + C_, base + 2 * C_, C3, T, D_};
-      float* o = y_.f32() + b * T * C_ + h * D_;
-      float* lse = lse_.data() + (b * H_ + h) * T;
-      ops::KeySets& ks = keys_[b * H_ + h];
+      const Tensor q = head(q_, h, b, T), k = head(k_, h, b, T), v = head(v_, h, b, T);
+      Tensor o = head(o_, h, b, T);
+      Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T, (b + 1) * T);
+      ops::KeySets& ks = keys_[h * B + b];
       if (!routed()) {
-        ks = ops::block_topk_keysets(hv, cfg_.block_size(), cfg_.topk_blocks());
-        ops::sparse_attention_forward(o, C_, lse, hv, ks);
+        ks = ops::block_topk_keysets(ctx_, q, k, cfg_.block_size(), cfg_.topk_blocks());
+        ops::sparse_attention_forward(ctx_, {o, lse, q, k, v, ks});
       } else if (h < L) {
         ks = local;
-        ops::sparse_attention_forward(o, C_, lse, hv, ks);
+        ops::sparse_attention_forward(ctx_, {o, lse, q, k, v, ks});
       } else {
         const int64_t r = h - L;
-        const float* qn = qn_[r].f32() + b * T * D_;
-        const float* kn_b = kn[r].f32() + b * T * D_;
-        ops::Clusters cl = ops::assign_clusters(qn, kn_b, D_, T, (*centroids_)[r], cp);
-        ops::routed_attention_forward(o, C_, lse, ks, hv, cl);
-        if (training_) ops::accumulate_cluster_stats(cstats[r], qn, kn_b, D_, D_, cl);
+        const Tensor qn = qn_[r].rows(b * T, (b + 1) * T), knb = kn[r].rows(b * T, (b + 1) * T);
+        ops::Clusters& cl = clusters_[r * B + b];
         const ops::Centroids& c = (*centroids_)[r];
-        for (int64_t k = 0; k < cl.num(); ++k) {
-          const double n = static_cast<double>(cl.queries[k].size());
+        ops::assign_clusters(ctx_, cl, qn, knb, c, cp);
+        ops::routed_attention_forward(ctx_, {o, lse, ks, q, k, v, cl});
+        if (training_) ops::accumulate_cluster_stats(ctx_, cstats[r], qn, knb, cl);
+        for (int32_t n : cl.queries.host_count()) {
           if (n > 0) sizes += n, ++nonempty;
-          size_max = std::max(size_max, n);
-          if (cp.mode == ops::ClusterMode::causal)
-            for (int32_t t : cl.queries[k]) {
-              cluster_of_[r][b * T + t] = static_cast<int32_t>(k);
-              double d2 = 0;
-              for (int64_t i = 0; i < D_; ++i) {
-                const double e = qn[t * D_ + i] - c.mu[k * D_ + i];
-                d2 += e * e;
-              }
-              commit += d2 / D_;
-              ++assigned;
-            }
+          size_max = std::max<double>(size_max, n);
+        }
+        if (cp.mode == ops::ClusterMode::causal) {
+          const ops::CommitmentSums cs = ops::commitment_sums(ctx_, qn, cl, c);
+          commit += cs.sq;
+          assigned += static_cast<double>(cs.count);
         }
       }
       pairs += static_cast<double>(ks.pairs());
@@ -150,54 +154,58 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
   if (training_) {
     double drift = 0;
     for (int64_t r = 0; r < R_; ++r) {
-      ops::Centroids& c = (*centroids_)[r];
-      cstats[r].sum.resize(K_ * D_, 0.f);
-      cstats[r].count.resize(K_, 0.f);
       if (reducer_) {
         reducer_(cstats[r].sum);
         reducer_(cstats[r].count);
       }
-      drift += ops::ema_update(c, cstats[r], cfg_.ema_decay());
+      drift += ops::ema_update(ctx_, (*centroids_)[r], cstats[r], cfg_.ema_decay());
     }
     stats_.centroid_drift = R_ > 0 ? drift / R_ : 0;
   }
   flops_ = 2.0 * N * C_ * 4.0 * C_ + 4.0 * pairs * D_;
-  return proj_.forward(y_);
+  Tensor y = Tensor::empty({N, C_}, DType::f32, ctx_);
+  ops::merge_heads(ctx_, y, o_, 0);
+  return proj_.forward(y);
 }
 
 Tensor SparseSelfAttention::backward(const Tensor& dy) {
-  const int64_t N = B_ * T_, C3 = 3 * C_, L = H_ - R_;
-  Tensor dyatt = proj_.backward(dy);
-  Tensor dqkv({N, C3});
+  const int64_t N = B_ * T_, L = H_ - R_;
+  const Tensor dyatt = proj_.backward(dy);
+  Tensor dout = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
+  ops::split_heads(ctx_, dout, dyatt, 0);
+  Tensor dq = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
+  Tensor dk = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
+  Tensor dv = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
   for (int64_t b = 0; b < B_; ++b)
     for (int64_t h = 0; h < H_; ++h) {
-      const float* base = qkv_out_.f32() + b * T_ * C3 + h * D_;
-      ops::HeadQKV hv{base, base + C_, base + 2 * C_, C3, T_, D_};
-      float* g = dqkv.f32() + b * T_ * C3 + h * D_;
-      ops::sparse_attention_backward({g, g + C_, g + 2 * C_, C3}, dyatt.f32() + b * T_ * C_ + h * D_,
-                                     y_.f32() + b * T_ * C_ + h * D_, C_,
-                                     lse_.data() + (b * H_ + h) * T_, hv, keys_[b * H_ + h]);
+      Tensor dqh = head(dq, h, b, T_), dkh = head(dk, h, b, T_), dvh = head(dv, h, b, T_);
+      const Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T_, (b + 1) * T_);
+      ops::sparse_attention_backward(ctx_, {dqh, dkh, dvh, head(dout, h, b, T_), head(o_, h, b, T_), lse,
+                                            head(q_, h, b, T_), head(k_, h, b, T_), head(v_, h, b, T_),
+                                            keys_[h * B_ + b]});
     }
   // Commitment loss beta * mean((qn - sg(mu))^2) -> qn -> q (through the
   // parameter-free layer norm).
   if (cfg_.commitment_coef() > 0 && commit_count_ > 0)
     for (int64_t r = 0; r < R_; ++r) {
+      const int64_t h = L + r;
       const ops::Centroids& c = (*centroids_)[r];
-      Tensor dqn({N, D_}), dq({N, D_});
-      const float k = static_cast<float>(2.0 * cfg_.commitment_coef() / (commit_count_ * D_));
-      for (int64_t i = 0; i < N; ++i) {
-        const int32_t cl = cluster_of_[r][i];
-        if (cl < 0) continue;
-        for (int64_t d = 0; d < D_; ++d)
-          dqn.f32()[i * D_ + d] = k * (qn_[r].f32()[i * D_ + d] - c.mu[cl * D_ + d]);
+      const float scale = static_cast<float>(2.0 * cfg_.commitment_coef() / (commit_count_ * D_));
+      Tensor dqn = Tensor::zeros({N, D_}, DType::f32, ctx_);
+      for (int64_t b = 0; b < B_; ++b) {
+        Tensor dqnb = dqn.rows(b * T_, (b + 1) * T_);
+        ops::commitment_backward(ctx_, dqnb, qn_[r].rows(b * T_, (b + 1) * T_), clusters_[r * B_ + b], c, scale);
       }
-      // The layer norm's input is the head's query slice; its mean/rstd were saved.
-      Tensor q({N, D_});
-      for (int64_t i = 0; i < N; ++i) std::copy_n(qkv_out_.f32() + i * C3 + (L + r) * D_, D_, q.f32() + i * D_);
-      ops::layernorm_backward(dq, nullptr, nullptr, dqn, q, Tensor(), qn_mean_[r], qn_rstd_[r]);
-      for (int64_t i = 0; i < N; ++i)
-        for (int64_t d = 0; d < D_; ++d) dqkv.f32()[i * C3 + (L + r) * D_ + d] += dq.f32()[i * D_ + d];
+      Tensor dqh = dq.rows(h, h + 1).reshape({N, D_});
+      Tensor dlq = Tensor::zeros({N, D_}, DType::f32, ctx_);
+      ops::layernorm_backward(ctx_, {dlq, nullptr, nullptr, dqn, q_.rows(h, h + 1).reshape({N, D_}), Tensor(),
+                                     qn_mean_[r], qn_rstd_[r]});
+      ops::add_into(ctx_, dqh, dlq);
     }
+  Tensor dqkv = Tensor::empty({N, 3 * C_}, DType::f32, ctx_);
+  ops::merge_heads(ctx_, dqkv, dq, 0);
+  ops::merge_heads(ctx_, dqkv, dk, C_);
+  ops::merge_heads(ctx_, dqkv, dv, 2 * C_);
   return qkv_.backward(dqkv);
 }
 

@@ -48,7 +48,7 @@ AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, 
 
 class SparseSelfAttention : public SelfAttention {
  public:
-  SparseSelfAttention(ParamStore& ps, const std::string& name, int64_t C, int64_t H,
+  SparseSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H,
                       const SparseAttentionSpec& spec, Rng& rng, float std, float out_std);
   Tensor forward(const Tensor& x, int64_t B, int64_t T) override;
   Tensor backward(const Tensor& dy) override;
@@ -58,12 +58,13 @@ class SparseSelfAttention : public SelfAttention {
   double aux_loss() const override { return stats_.commitment_loss; }
   const SparseAttentionStats& stats() const { return stats_; }
   // Sums per-cluster statistics over data-parallel ranks before the EMA update.
-  void set_stats_reducer(std::function<void(std::vector<float>&)> f) { reducer_ = std::move(f); }
+  void set_stats_reducer(std::function<void(Tensor&)> f) { reducer_ = std::move(f); }
   const std::vector<ops::Centroids>& centroids() const { return *centroids_; }
 
  private:
   bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }
 
+  Ctx& ctx_;
   switchyard::AttentionConfig cfg_;
   Linear qkv_, proj_;
   int64_t C_, H_, D_, R_, K_;
@@ -71,14 +72,14 @@ class SparseSelfAttention : public SelfAttention {
   std::vector<ops::Centroids>* centroids_;
   Rng rng_;
   bool training_ = true;
-  std::function<void(std::vector<float>&)> reducer_;
+  std::function<void(Tensor&)> reducer_;
   // saved for backward
   int64_t B_ = 0, T_ = 0;
-  Tensor qkv_out_, y_;
-  std::vector<float> lse_;                 // (B, H, T)
-  std::vector<ops::KeySets> keys_;         // (B, H)
+  Tensor q_, k_, v_, o_;                   // (H, B*T, D): head h of sequence b is rows [b*T, (b+1)*T) of head h
+  Tensor lse_;                             // (H, B*T)
+  std::vector<ops::KeySets> keys_;         // (H, B): keys_[h * B + b]
   std::vector<Tensor> qn_, qn_mean_, qn_rstd_;  // per routing head (B*T, D)
-  std::vector<std::vector<int32_t>> cluster_of_;  // per routing head (B*T): query's cluster (causal) or -1
+  std::vector<ops::Clusters> clusters_;    // (R, B): clusters_[r * B + b]
   SparseAttentionStats stats_;
   double commit_count_ = 0;  // assigned queries in the commitment mean
   double flops_ = 0;

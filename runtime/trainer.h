@@ -1,6 +1,12 @@
 // The training loop: data, model, AdamW with warm-up + cosine schedule,
 // gradient clipping, periodic evaluation, progress lines and metrics.
+//
+//   run():      step() for train.steps steps, evaluating and logging as configured
+//   step():     one optimizer step: forward and backward on this rank's slice
+//               of the global batch, gradient all-reduce, clipping, AdamW
+//   evaluate(): validation loss (and held-out routing) on fixed batches
 #pragma once
+#include <functional>
 #include <iosfwd>
 #include <string>
 #include <vector>
@@ -8,6 +14,7 @@
 #include "runtime/config.h"
 #include "runtime/model.h"
 #include "runtime/parallel.h"
+#include "runtime/step_metrics.h"
 
 namespace sy {
 
@@ -15,11 +22,16 @@ struct TrainOptions {
   std::string metrics_path;  // JSONL; empty for none (only rank 0 writes)
   std::ostream* log = nullptr;  // progress lines; null for silence (only rank 0 prints)
   ParallelContext* par = nullptr;  // several ranks; null for one
-  // Testing failure handling: at step fault_step, rank fault_rank throws
-  // ("throw"), blocks forever ("hang") or exits at once ("exit").
-  std::string fault;
-  int fault_rank = -1;
-  int64_t fault_step = -1;
+  // Called on every rank before each step (testing failure handling:
+  // train_switch's --inject-fault throws, hangs or exits from here).
+  std::function<void(int64_t step)> before_step;
+};
+
+struct StepResult {
+  float loss = 0;       // mean over all ranks
+  float grad_norm = 0;  // before clipping
+  float lr = 0;
+  double seconds = 0, all_reduce_s = 0, all_to_all_s = 0, all_to_all_bytes = 0;
 };
 
 struct TrainResult {
@@ -32,14 +44,6 @@ struct TrainResult {
   double tokens_per_s = 0;
 };
 
-// Expert load of one MoE layer over a whole validation pass: the router in
-// evaluation mode (no noise or jitter, eval capacity) on held-out text.
-struct HeldOutRouting {
-  int layer = 0;
-  std::vector<double> load;  // fraction of assignments per expert, before capacity
-  double max_over_mean = 0, dropped = 0;
-};
-
 // Learning rate at `step` (1-based): linear warm-up to lr, cosine to min_lr.
 float learning_rate(const switchyard::TrainConfig& t, int64_t step);
 
@@ -47,6 +51,7 @@ class Trainer {
  public:
   Trainer(const Config& cfg, TrainOptions opts);
   TrainResult run();
+  StepResult step(int64_t step);
   float evaluate();  // mean validation loss over eval_batches fixed batches
   // Per MoE layer, the expert load of the last evaluate() (empty for a dense model).
   const std::vector<HeldOutRouting>& held_out_routing() const { return held_out_; }
@@ -55,6 +60,7 @@ class Trainer {
  private:
   Config cfg_;
   TrainOptions opts_;
+  Ctx& ctx_;
   Dataset data_;
   Transformer model_;
   WindowSampler train_, val_;

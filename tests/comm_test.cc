@@ -36,8 +36,12 @@ TEST(Communicator, AllToAllVMovesTaggedRowsExactlyWithUnevenAndEmptyCounts) {
   }
   int64_t total = 0;
   for (auto c : rc) total += c;
-  std::vector<float> recv(total, -1.f);  // poisoned
-  w.all_to_all_v(send.data(), sc, recv.data(), rc, "test");
+  // 1-d tensors: a row of dim 0 is one element, so the counts are element counts.
+  const Tensor send_t = Tensor::from_host(send, {static_cast<int64_t>(send.size())});
+  Tensor recv_t = testing::zeros({total});
+  recv_t.fill(-1.f);  // poisoned
+  w.all_to_all_v(send_t, sc, recv_t, rc, Stream{}, "test");
+  const std::vector<float> recv = recv_t.to_vector<float>();
   int64_t o = 0;
   for (int s = 0; s < W; ++s)
     for (int64_t i = 0; i < rc[s]; ++i) ASSERT_EQ(recv[o++], tag(s, R, i)) << "from rank " << s;
@@ -48,23 +52,22 @@ TEST(Communicator, AllToAllCountsAllReduceBroadcastSplit) {
   const int R = w.rank(), W = w.size();
   std::vector<int64_t> send(2 * W), recv(2 * W, -1);
   for (int d = 0; d < W; ++d) send[2 * d] = R * 100 + d, send[2 * d + 1] = -R;
-  w.all_to_all(send.data(), recv.data(), 2, "test");
+  w.all_to_all_counts(send, recv, "test");
   for (int s = 0; s < W; ++s) {
     EXPECT_EQ(recv[2 * s], s * 100 + R);
     EXPECT_EQ(recv[2 * s + 1], -s);
   }
-  std::vector<float> v = {static_cast<float>(R), 1.f};
-  w.all_reduce_sum(v.data(), 2, "test");
-  EXPECT_EQ(v[0], W * (W - 1) / 2.f);
-  EXPECT_EQ(v[1], static_cast<float>(W));
-  int64_t b = R == 0 ? 4242 : 0;
-  w.broadcast(&b, sizeof b, 0, "test");
-  EXPECT_EQ(b, 4242);
+  Tensor v = Tensor::from_host(std::vector<float>{static_cast<float>(R), 1.f});
+  w.all_reduce_sum(v, Stream{}, "test");
+  EXPECT_EQ(v.f32()[0], W * (W - 1) / 2.f);
+  EXPECT_EQ(v.f32()[1], static_cast<float>(W));
+  Tensor b = Tensor::from_host(std::vector<int64_t>{R == 0 ? 4242 : 0});
+  w.broadcast(b, 0, Stream{}, "test");
+  EXPECT_EQ(b.data<int64_t>()[0], 4242);
   auto even = w.split(R % 2, R);
   EXPECT_EQ(even->size(), (W + 1 - R % 2) / 2);
   EXPECT_EQ(even->world_ranks()[even->rank()], R);
-  double x = 1;
-  even->all_reduce_sum(&x, 1, "test");
+  double x = even->all_reduce_sum(1.0, "test");
   EXPECT_EQ(x, even->size());
 }
 
@@ -87,21 +90,22 @@ void compare_with_single_rank(bool skew, bool router_losses) {
   auto par = ParallelContext::create(std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD), W, 60);
   ParamStore ps_par, ps_one;
   Rng r1(5), r2(5);
-  MoeLayer sharded(ps_par, "m", C, cfg, H, r1, 0.5f, 0.5f, 9, par.get());
-  MoeLayer whole(ps_one, "m", C, cfg, H, r2, 0.5f, 0.5f, 9, nullptr);
+  MoeLayer sharded(host_ctx(), ps_par, "m", C, cfg, H, r1, 0.5f, 0.5f, 9, par.get());
+  MoeLayer whole(host_ctx(), ps_one, "m", C, cfg, H, r2, 0.5f, 0.5f, 9, nullptr);
+  ps_par.finalize(host_ctx());
+  ps_one.finalize(host_ctx());
   if (skew)
     for (ParamStore* ps : {&ps_par, &ps_one}) ps->find("m.router.w")->value.f32()[0] = 50.f;  // x_0 -> expert 0
   Rng in(77);
   Tensor all = testing::randn({n * W, C}, in), R = testing::randn({n * W, C}, in);
   for (int64_t i = 0; i < n * W; ++i) all.f32()[i * C] = std::fabs(all.f32()[i * C]) + 0.1f;  // skew works
-  Tensor mine({n, C}), Rm({n, C});
-  std::copy_n(all.f32() + w.rank() * n * C, n * C, mine.f32());
-  std::copy_n(R.f32() + w.rank() * n * C, n * C, Rm.f32());
+  Tensor mine = all.rows(w.rank() * n, (w.rank() + 1) * n).clone(),
+         Rm = R.rows(w.rank() * n, (w.rank() + 1) * n).clone();
   Tensor y = sharded.forward(mine), y1 = whole.forward(all);
   for (int64_t i = 0; i < n * C; ++i) ASSERT_NEAR(y.f32()[i], y1.f32()[w.rank() * n * C + i], 1e-5f);
   EXPECT_NEAR(sharded.stats().lb_loss, whole.stats().lb_loss, 1e-6);
-  double z = sharded.stats().z_loss;  // a mean over this rank's tokens: average the ranks'
-  w.all_reduce_sum(&z, 1, "test");
+  // a mean over this rank's tokens: average the ranks'
+  const double z = w.all_reduce_sum(sharded.stats().z_loss, "test");
   EXPECT_NEAR(z / W, whole.stats().z_loss, 1e-6);
   if (router_losses) EXPECT_GT(whole.stats().lb_loss, 0.0);
   if (skew) {
@@ -111,8 +115,8 @@ void compare_with_single_rank(bool skew, bool router_losses) {
   if (router_losses) return;
   // Backward: input gradients match; expert gradients, summed over ranks
   // (each rank's loss is its share), match the single layer's.
-  ps_par.zero_grad();
-  ps_one.zero_grad();
+  ps_par.zero_grad(host_ctx());
+  ps_one.zero_grad(host_ctx());
   Tensor dx = sharded.backward(Rm), dx1 = whole.backward(R);
   for (int64_t i = 0; i < n * C; ++i) ASSERT_NEAR(dx.f32()[i], dx1.f32()[w.rank() * n * C + i], 1e-4f);
   const Param* w1 = ps_par.find("m.experts.w1");
@@ -148,8 +152,10 @@ TEST(ExpertParallel, DroppedAndEntropyCoverEveryRank) {
   auto par = ParallelContext::create(std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD), W, 60);
   ParamStore ps_par, ps_one;
   Rng r1(5), r2(5);
-  MoeLayer sharded(ps_par, "m", C, cfg, H, r1, 0.5f, 0.5f, 9, par.get());
-  MoeLayer whole(ps_one, "m", C, cfg, H, r2, 0.5f, 0.5f, 9, nullptr);
+  MoeLayer sharded(host_ctx(), ps_par, "m", C, cfg, H, r1, 0.5f, 0.5f, 9, par.get());
+  MoeLayer whole(host_ctx(), ps_one, "m", C, cfg, H, r2, 0.5f, 0.5f, 9, nullptr);
+  ps_par.finalize(host_ctx());
+  ps_one.finalize(host_ctx());
   for (ParamStore* ps : {&ps_par, &ps_one}) ps->find("m.router.w")->value.f32()[0] = 50.f;
   Rng in(77);
   Tensor all = testing::randn({n * W, C}, in);
@@ -157,13 +163,14 @@ TEST(ExpertParallel, DroppedAndEntropyCoverEveryRank) {
     const float a = std::fabs(all.f32()[i * C]) + 0.1f;
     all.f32()[i * C] = i < n ? a : -a;  // rank 0: expert 0 wins by a wide margin
   }
-  Tensor mine({n, C});
-  std::copy_n(all.f32() + w.rank() * n * C, n * C, mine.f32());
+  Tensor mine = all.rows(w.rank() * n, (w.rank() + 1) * n).clone();
   sharded.forward(mine);
   whole.forward(all);
-  double counts[2] = {static_cast<double>(sharded.route().dropped), static_cast<double>(sharded.route().assigned)};
+  Tensor counts_t = Tensor::from_host(
+      std::vector<double>{static_cast<double>(sharded.route().dropped), static_cast<double>(sharded.route().assigned)});
+  const double* counts = counts_t.data<double>();
   const double local = counts[0] / counts[1];
-  w.all_reduce_sum(counts, 2, "test");
+  w.all_reduce_sum(counts_t, Stream{}, "test");
   EXPECT_GT(counts[0], 0.0);
   EXPECT_DOUBLE_EQ(sharded.stats().dropped, counts[0] / counts[1]);
   if (w.rank() == 0) EXPECT_NE(local, counts[0] / counts[1]);  // the check can fail
@@ -183,9 +190,9 @@ double centroid_spread(bool reduce) {
   a.set_ema_decay(0.5f);  // a fast EMA: differences show within a few steps
   ParamStore ps;
   Rng rng(3);  // the same weights and k-means seed everywhere
-  SparseSelfAttention attn(ps, "a", 8, 2, SparseAttentionSpec{a, 12, nullptr, 5}, rng, 0.5f, 0.5f);
-  if (reduce)
-    attn.set_stats_reducer([&](std::vector<float>& v) { w.all_reduce_sum(v.data(), static_cast<int64_t>(v.size()), "centroids"); });
+  SparseSelfAttention attn(host_ctx(), ps, "a", 8, 2, SparseAttentionSpec{a, 12, nullptr, 5}, rng, 0.5f, 0.5f);
+  ps.finalize(host_ctx());
+  if (reduce) attn.set_stats_reducer([&](Tensor& v) { w.all_reduce_sum(v, Stream{}, "centroids"); });
   // k-means runs on the first batch, which is the same on every rank; later
   // batches differ by rank.
   Rng same(11), own(100 + w.rank());
@@ -194,7 +201,7 @@ double centroid_spread(bool reduce) {
   // max over elements of (max over ranks - min over ranks)
   double spread = 0;
   for (const auto& c : attn.centroids())
-    for (float v : c.mu) {
+    for (float v : c.mu.to_vector<float>()) {
       double hi = v, lo = -v;
       MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
       MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);

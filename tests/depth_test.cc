@@ -33,8 +33,9 @@ struct TestBlock {
   TestBlock(const switchyard::DepthConfig* depth, uint64_t seed = 1) {
     Rng rng(seed);
     auto m = model_cfg();
-    auto ffn = std::make_unique<Mlp>(ps, "b.mlp", m.d_model(), m.ffn_hidden(), rng, 0.3f, 0.3f);
-    block = std::make_unique<Block>(ps, "b", m, std::move(ffn), rng, depth);
+    auto ffn = std::make_unique<Mlp>(host_ctx(), ps, "b.mlp", m.d_model(), m.ffn_hidden(), rng, 0.3f, 0.3f);
+    block = std::make_unique<Block>(host_ctx(), ps, "b", m, std::move(ffn), rng, depth);
+    ps.finalize(host_ctx());
   }
 };
 
@@ -56,11 +57,12 @@ TEST(Depth, RoutedAwayTokensPassBitIdentical) {
   Tensor y = t.block->forward(x, 2, 10);
   const ops::Route& r = t.block->depth()->route();
   EXPECT_EQ(r.rows(), 2 * 3);  // ceil(0.3 * 10) per sequence
+  const std::vector<int32_t> group = r.group.to_vector<int32_t>();
   int64_t untouched = 0;
   for (int64_t i = 0; i < 20; ++i) {
     bool same = true;
     for (int c = 0; c < 8; ++c) same &= y.f32()[i * 8 + c] == x.f32()[i * 8 + c];
-    if (r.group[i] < 0) EXPECT_TRUE(same) << "token " << i << " was routed away but changed";
+    if (group[i] < 0) EXPECT_TRUE(same) << "token " << i << " was routed away but changed";
     else EXPECT_FALSE(same) << "token " << i << " was processed but is unchanged";
     untouched += same;
   }
@@ -77,7 +79,7 @@ void check_gradients(const switchyard::DepthConfig& d, bool check_router) {
     return testing::dot(y, R) + t.block->depth()->aux_loss();
   };
   loss();
-  t.ps.zero_grad();
+  t.ps.zero_grad(host_ctx());
   Tensor dx = t.block->backward(R);
   for (Param* p : t.ps.all()) {
     if (p->name.find("predictor") != std::string::npos) continue;  // its own loss, below
@@ -95,8 +97,8 @@ void check_gradients(const switchyard::DepthConfig& d, bool check_router) {
     return t.block->depth()->stats().predictor_bce;
   };
   bce();
-  t.ps.zero_grad();
-  t.block->backward(Tensor(R.shape()));  // zero upstream: only the predictor's own loss
+  t.ps.zero_grad(host_ctx());
+  t.block->backward(testing::zeros(R.shape()));  // zero upstream: only the predictor's own loss
   Param* wp = t.ps.find("b.depth.predictor.w");
   Tensor g = wp->grad.clone();
   testing::expect_gradient("predictor.w", wp->value, g, bce, 1e-3, 3e-2);
@@ -123,13 +125,14 @@ TEST(Depth, StraightThroughRouterGradientIsSigmoidSurrogate) {
   Rng rng(8);
   Tensor x = testing::randn({6, 8}, rng), R = testing::randn({6, 8}, rng);
   Tensor y = t.block->forward(x, 1, 6);
-  t.ps.zero_grad();
+  t.ps.zero_grad(host_ctx());
   t.block->backward(R);
   const ops::Route& r = t.block->depth()->route();
+  const std::vector<int32_t> group = r.group.to_vector<int32_t>();
   Param* w = t.ps.find("b.depth.router.w");
   std::vector<double> want(8, 0.0);
   for (int64_t i = 0; i < 6; ++i) {
-    if (r.group[i] < 0) continue;
+    if (group[i] < 0) continue;
     double s = 0, dw = 0;
     for (int c = 0; c < 8; ++c) s += x.f32()[i * 8 + c] * w->value.f32()[c];
     const double sig = 1 / (1 + std::exp(-s));
@@ -178,10 +181,10 @@ TEST(Depth, TopKRoutingLooksAtTheFuture) {
     x2.f32()[(T - 1) * 8 + c] += 100.f * w[c];
   }
   t.block->forward(x1, 1, T);
-  std::vector<int32_t> g0 = t.block->depth()->route().group;
+  std::vector<int32_t> g0 = t.block->depth()->route().group.to_vector<int32_t>();
   EXPECT_LT(g0[T - 1], 0);
   t.block->forward(x2, 1, T);
-  std::vector<int32_t> g1 = t.block->depth()->route().group;
+  std::vector<int32_t> g1 = t.block->depth()->route().group.to_vector<int32_t>();
   int changed_earlier = 0;
   for (int64_t i = 0; i + 1 < T; ++i) changed_earlier += g0[i] != g1[i];
   EXPECT_GT(changed_earlier, 0) << "expected an earlier token's membership to change";
@@ -194,7 +197,7 @@ TEST(Depth, MoeBlockSeesOnlyRoutedTokens) {
     depth { every_n_layers: 2 capacity: 0.25 }
   )", "test");
   validate_config(cfg, "test");
-  Transformer model(cfg);
+  Transformer model(host_ctx(), cfg);
   Batch b;
   for (int i = 0; i < 16; ++i) b.inputs.push_back(i * 7 % 256), b.targets.push_back(i);
   model.forward(b);

@@ -17,8 +17,11 @@ inline void fill_normal(Tensor& t, Rng& rng, float std = 1.f) {
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(rng.normal() * std);
 }
 
+// A zero-filled host f32 tensor.
+inline Tensor zeros(Shape s) { return Tensor::zeros(std::move(s), DType::f32, host_ctx()); }
+
 inline Tensor randn(Shape s, Rng& rng, float std = 1.f) {
-  Tensor t(std::move(s));
+  Tensor t = zeros(std::move(s));
   fill_normal(t, rng, std);
   return t;
 }

@@ -34,9 +34,9 @@ Batch small_batch(int64_t B, int64_t T, uint64_t seed) {
 
 TEST(Transformer, WholeModelGradientCheck) {
   Config cfg = small_config();
-  Transformer model(cfg);
+  Transformer model(host_ctx(), cfg);
   Batch batch = small_batch(2, 6, 3);
-  model.params().zero_grad();
+  model.params().zero_grad(host_ctx());
   model.forward(batch);
   model.backward();
   auto loss = [&] { return static_cast<double>(model.forward(batch)); };
@@ -51,7 +51,7 @@ TEST(Transformer, WholeModelGradientCheck) {
 
 TEST(Transformer, InitialLossIsAboutLog256) {
   Config cfg = parse_config("model { d_model: 32 n_heads: 2 seq_len: 16 }", "test");
-  Transformer model(cfg);
+  Transformer model(host_ctx(), cfg);
   float l = model.forward(small_batch(4, 16, 5));
   EXPECT_NEAR(l, std::log(256.f), 0.1);
 }
@@ -59,16 +59,18 @@ TEST(Transformer, InitialLossIsAboutLog256) {
 TEST(Transformer, OverfitsOneBatch) {
   Config cfg = small_config();
   cfg.mutable_model()->set_init_std(0.02f);
-  Transformer model(cfg);
+  Transformer model(host_ctx(), cfg);
   Batch batch = small_batch(2, 6, 11);
   ops::AdamWConfig adam{1e-2f, 0.9f, 0.95f, 1e-8f, 0.f};
   float first = 0, last = 0;
   for (int step = 1; step <= 60; ++step) {
-    model.params().zero_grad();
+    model.params().zero_grad(host_ctx());
     last = model.forward(batch);
     if (step == 1) first = last;
     model.backward();
-    for (Param* p : model.params().all()) ops::adamw_update(p->value, p->grad, p->m, p->v, adam, step, p->decay);
+    std::vector<ops::AdamWParam> params;
+    for (Param* p : model.params().all()) params.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay});
+    ops::adamw_update(host_ctx(), params, adam, step);
   }
   EXPECT_LT(last, 0.2f * first) << "first " << first << " last " << last;
 }

@@ -29,12 +29,14 @@ std::vector<float> expert_row(ParamStore& ps, const std::string& name, int g, co
   const float* b1 = ps.find(name + ".experts.b1")->value.f32() + g * H;
   const float* w2 = ps.find(name + ".experts.w2")->value.f32() + g * H * C;
   const float* b2 = ps.find(name + ".experts.b2")->value.f32() + g * C;
-  std::vector<float> h(H), a(H), y(C);
+  std::vector<float> h(H), y(C);
   for (int64_t j = 0; j < H; ++j) {
     h[j] = b1[j];
     for (int64_t c = 0; c < C; ++c) h[j] += x[c] * w1[c * H + j];
   }
-  ops::gelu_forward(a.data(), h.data(), H);
+  Tensor at = testing::zeros({H});
+  ops::gelu_forward(host_ctx(), at, Tensor::from_host(h));
+  const float* a = at.f32();
   for (int64_t c = 0; c < C; ++c) {
     y[c] = b2[c];
     for (int64_t j = 0; j < H; ++j) y[c] += a[j] * w2[j * C + c];
@@ -51,8 +53,9 @@ TEST(MoeLayer, OneExpertEqualsDenseFfn) {
   Rng rng(1);
   const int64_t C = 8, H = 12, N = 9;
   ParamStore ps;
-  MoeLayer moe(ps, "m", C, moe_config(1, 1), H, rng, 0.3f, 0.3f, 7);
-  Mlp mlp(ps, "d", C, H, rng, 0.3f, 0.3f);
+  MoeLayer moe(host_ctx(), ps, "m", C, moe_config(1, 1), H, rng, 0.3f, 0.3f, 7);
+  Mlp mlp(host_ctx(), ps, "d", C, H, rng, 0.3f, 0.3f);
+  ps.finalize(host_ctx());
   randomize_biases(ps, rng);
   // Same weights in both.
   for (const char* s : {"w1", "b1", "w2", "b2"}) {
@@ -72,7 +75,8 @@ TEST(MoeLayer, TopKEqualsGIsProbabilityWeightedSumOfAllExperts) {
   Rng rng(2);
   const int64_t C = 6, H = 5, N = 7, G = 4;
   ParamStore ps;
-  MoeLayer moe(ps, "m", C, moe_config(G, G), H, rng, 0.5f, 0.5f, 7);
+  MoeLayer moe(host_ctx(), ps, "m", C, moe_config(G, G), H, rng, 0.5f, 0.5f, 7);
+  ps.finalize(host_ctx());
   randomize_biases(ps, rng);
   Tensor x = testing::randn({N, C}, rng);
   Tensor y = moe.forward(x);
@@ -99,9 +103,10 @@ TEST(MoeLayer, ExpertChoiceFillsEveryExpert) {
   cfg.set_router(switchyard::MoeConfig::EXPERT_CHOICE);
   cfg.set_capacity_factor(1.0f);
   ParamStore ps;
-  MoeLayer moe(ps, "m", 8, cfg, 8, rng, 0.3f, 0.3f, 7);
+  MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 8, rng, 0.3f, 0.3f, 7);
+  ps.finalize(host_ctx());
   moe.forward(testing::randn({12, 8}, rng));
-  for (int32_t c : moe.route().count) EXPECT_EQ(c, 3);
+  for (int32_t c : moe.route().count.to_vector<int32_t>()) EXPECT_EQ(c, 3);
 }
 
 // Loss = y . R + router losses; every parameter and the input against finite
@@ -111,7 +116,8 @@ void check_layer_gradients(switchyard::MoeConfig cfg, uint64_t seed) {
   Rng rng(seed);
   const int64_t C = 6, H = 7, N = 10;
   ParamStore ps;
-  MoeLayer moe(ps, "m", C, cfg, H, rng, 0.4f, 0.4f, 7);
+  MoeLayer moe(host_ctx(), ps, "m", C, cfg, H, rng, 0.4f, 0.4f, 7);
+  ps.finalize(host_ctx());
   randomize_biases(ps, rng);
   Tensor x = testing::randn({N, C}, rng), R = testing::randn({N, C}, rng);
   auto loss = [&] {
@@ -119,7 +125,7 @@ void check_layer_gradients(switchyard::MoeConfig cfg, uint64_t seed) {
     return testing::dot(y, R) + moe.aux_loss();
   };
   loss();
-  ps.zero_grad();
+  ps.zero_grad(host_ctx());
   Tensor dx = moe.backward(R);
   std::vector<std::pair<std::string, Tensor>> grads;
   for (Param* p : ps.all()) grads.emplace_back(p->name, p->grad.clone());
@@ -159,14 +165,16 @@ TEST(MoeLayer, DroppedTokensGetZeroOutput) {
   auto cfg = moe_config(2, 1);
   cfg.set_capacity_factor(0.25f);  // C = ceil(0.25 * 16 / 2) = 2 per expert
   ParamStore ps;
-  MoeLayer moe(ps, "m", 4, cfg, 4, rng, 0.5f, 0.5f, 7);
+  MoeLayer moe(host_ctx(), ps, "m", 4, cfg, 4, rng, 0.5f, 0.5f, 7);
+  ps.finalize(host_ctx());
   randomize_biases(ps, rng);
   Tensor y = moe.forward(testing::randn({16, 4}, rng));
   const auto& r = moe.route();
   EXPECT_EQ(r.rows(), 4);
   EXPECT_EQ(r.dropped, 12);
+  const std::vector<int32_t> slot = r.slot.to_vector<int32_t>();
   for (int64_t i = 0; i < 16; ++i)
-    if (r.slot[i] < 0)
+    if (slot[i] < 0)
       for (int c = 0; c < 4; ++c) EXPECT_EQ(y.f32()[i * 4 + c], 0.f);
 }
 
@@ -178,9 +186,10 @@ TEST(MoeLayer, RouterNoiseSplitsIdenticalTokensInTrainingOnly) {
   Rng rng(5);
   auto cfg = moe_config(8, 1);
   ParamStore ps;
-  MoeLayer moe(ps, "m", 16, cfg, 16, rng, 0.02f, 0.02f, 7);
+  MoeLayer moe(host_ctx(), ps, "m", 16, cfg, 16, rng, 0.02f, 0.02f, 7);
+  ps.finalize(host_ctx());
   const int64_t N = 2048;
-  Tensor row = testing::randn({1, 16}, rng), x({N, 16});
+  Tensor row = testing::randn({1, 16}, rng), x = testing::zeros({N, 16});
   for (int64_t i = 0; i < N; ++i)
     for (int c = 0; c < 16; ++c) x.f32()[i * 16 + c] = row.f32()[c];
   moe.forward(x);
@@ -188,7 +197,8 @@ TEST(MoeLayer, RouterNoiseSplitsIdenticalTokensInTrainingOnly) {
   cfg.set_router_noise(1.f);
   ParamStore ps2;
   Rng rng2(5);
-  MoeLayer noisy(ps2, "m", 16, cfg, 16, rng2, 0.02f, 0.02f, 7);
+  MoeLayer noisy(host_ctx(), ps2, "m", 16, cfg, 16, rng2, 0.02f, 0.02f, 7);
+  ps2.finalize(host_ctx());
   noisy.forward(x);
   EXPECT_LT(noisy.stats().max_over_mean, 1.3);
   noisy.set_training(false);
@@ -204,7 +214,7 @@ TEST(MoeLayer, RouterNoiseSplitsIdenticalTokensInTrainingOnly) {
 TEST(MoeLayer, GumbelNoiseSamplesExpertsFromTheRouter) {
   const int64_t N = 20000, C = 4, G = 4;
   const std::vector<float> l = {1.0f, 0.5f, 0.f, -1.f};  // router logits of every token
-  Tensor x({N, C});
+  Tensor x = testing::zeros({N, C});
   for (int64_t i = 0; i < N; ++i)
     for (int64_t c = 0; c < C; ++c) x.f32()[i * C + c] = c == 0 ? 1.f : 0.f;
   auto softmax = [&](float t) {
@@ -220,7 +230,8 @@ TEST(MoeLayer, GumbelNoiseSamplesExpertsFromTheRouter) {
     cfg.set_router_noise_kind(switchyard::MoeConfig::GUMBEL);
     ParamStore ps;
     Rng rng(6);
-    MoeLayer moe(ps, "m", C, cfg, 8, rng, 0.02f, 0.02f, 9);
+    MoeLayer moe(host_ctx(), ps, "m", C, cfg, 8, rng, 0.02f, 0.02f, 9);
+    ps.finalize(host_ctx());
     float* wg = ps.find("m.router.w")->value.f32();  // (C, G): row 0 gives the logits
     for (int64_t a = 0; a < C * G; ++a) wg[a] = a < G ? l[a] : 0.f;
     moe.set_training(training);
@@ -231,17 +242,20 @@ TEST(MoeLayer, GumbelNoiseSamplesExpertsFromTheRouter) {
   for (float scale : {1.f, 0.5f}) {
     const ops::Route r = run(scale, true);
     const std::vector<double> q = softmax(scale);
+    const std::vector<int32_t> group = r.group.to_vector<int32_t>();
+    const std::vector<float> weight = r.weight.to_vector<float>();
     std::vector<int64_t> n(G, 0);
     for (int64_t i = 0; i < N; ++i) {
-      ++n[r.group[i]];
-      ASSERT_NEAR(r.weight[i], p[r.group[i]], 1e-6) << "weight of token " << i;
+      ++n[group[i]];
+      ASSERT_NEAR(weight[i], p[group[i]], 1e-6) << "weight of token " << i;
     }
     for (int g = 0; g < G; ++g)
       EXPECT_NEAR(static_cast<double>(n[g]), N * q[g], 5 * std::sqrt(N * q[g] * (1 - q[g])))
           << "scale " << scale << ", expert " << g;
   }
   const ops::Route eval = run(1.f, false);
-  for (int64_t i = 0; i < N; ++i) ASSERT_EQ(eval.group[i], 0);
+  const std::vector<int32_t> eval_group = eval.group.to_vector<int32_t>();
+  for (int64_t i = 0; i < N; ++i) ASSERT_EQ(eval_group[i], 0);
 }
 
 TEST(MoeLayer, LoadBalanceTokensGroupsTheLoss) {
@@ -258,7 +272,8 @@ TEST(MoeLayer, LoadBalanceTokensGroupsTheLoss) {
     cfg.set_load_balance_tokens(tokens);
     ParamStore ps;
     Rng rng(4);
-    MoeLayer moe(ps, "m", C, cfg, 16, rng, 0.5f, 0.5f, 7);
+    MoeLayer moe(host_ctx(), ps, "m", C, cfg, 16, rng, 0.5f, 0.5f, 7);
+    ps.finalize(host_ctx());
     moe.forward(x);
     return moe.stats().lb_loss;
   };

@@ -23,7 +23,7 @@ for kind in throw hang exit; do
   rc=$?; took=$(( $(date +%s) - start ))
   case $kind in
     throw) check throw $rc 60 $took "error: rank 1: injected fault on rank 1 at step 3" ;;
-    hang)  check hang $rc 60 $took "error: rank 0: all_to_all(_v)? in 'h[0-9]+\\.moe' did not complete within 3 s \\(group of world ranks 0,1\\)" ;;
+    hang)  check hang $rc 60 $took "error: rank 0: (all_to_all(_v)?|all_reduce) in 'h[0-9]+\\.moe' did not complete within 3 s \\(group of world ranks 0,1\\)" ;;
     exit)  check exit $rc 60 $took "Process name: \\[\\[[0-9]+,[0-9]+\\],1\\]" ;;  # mpirun names rank 1
   esac
 done

@@ -12,7 +12,6 @@
 namespace sy {
 namespace {
 
-using ops::HeadQKV;
 using ops::KeySets;
 
 switchyard::AttentionConfig routed_cfg(int routing_heads, int clusters, int window, bool balanced = false) {
@@ -38,8 +37,9 @@ struct Layer {
   std::unique_ptr<SparseSelfAttention> attn;
   Layer(const switchyard::AttentionConfig& a, int64_t C, int64_t H, int64_t T, uint64_t seed = 1) {
     Rng rng(seed);
-    attn = std::make_unique<SparseSelfAttention>(ps, "a", C, H, SparseAttentionSpec{a, T, nullptr, 3}, rng,
-                                                 0.5f, 0.5f);
+    attn = std::make_unique<SparseSelfAttention>(host_ctx(), ps, "a", C, H, SparseAttentionSpec{a, T, nullptr, 3},
+                                                 rng, 0.5f, 0.5f);
+    ps.finalize(host_ctx());
   }
 };
 
@@ -91,7 +91,8 @@ void expect_equals_dense(const switchyard::AttentionConfig& a) {
   Layer sparse(a, C, H, T, 5);
   ParamStore ps;
   Rng rng(5);
-  CausalSelfAttention dense(ps, "a", C, H, rng, 0.5f, 0.5f);
+  CausalSelfAttention dense(host_ctx(), ps, "a", C, H, rng, 0.5f, 0.5f);
+  ps.finalize(host_ctx());
   Rng in(6);
   Tensor x = testing::randn({B * T, C}, in);
   Tensor ys = sparse.attn->forward(x, B, T), yd = dense.forward(x, B, T);
@@ -103,29 +104,40 @@ TEST(RoutedAttention, OneClusterEqualsDenseCausalAttention) { expect_equals_dens
 TEST(LocalAttention, WindowAtLeastNEqualsDense) { expect_equals_dense(routed_cfg(0, 1, 13)); }
 TEST(BlockTopK, AllBlocksEqualsDense) { expect_equals_dense(block_cfg(4, 100)); }
 
+// Members of each cluster of a Route (in position order): item i is in
+// cluster c when one of its assignments to c was kept.
+std::vector<std::vector<int32_t>> members(const ops::Route& r) {
+  std::vector<std::vector<int32_t>> m(r.num_groups);
+  const std::vector<int32_t> group = r.group.to_vector<int32_t>(), slot = r.slot.to_vector<int32_t>();
+  for (int64_t a = 0; a < r.assignments(); ++a)
+    if (group[a] >= 0 && slot[a] >= 0) m[group[a]].push_back(static_cast<int32_t>(a / r.k));
+  return m;
+}
+
 // Brute-force union of a query's clusters' allowed keys.
 KeySets union_keys(const ops::Clusters& cl, int64_t T) {
-  KeySets ks;
+  const auto queries = members(cl.queries), keys_of = members(cl.keys);
+  ops::KeySetsBuilder ks;
   for (int64_t t = 0; t < T; ++t) {
     std::vector<int32_t> keys;
     bool member = false;
     for (int64_t c = 0; c < cl.num(); ++c) {
-      if (std::find(cl.queries[c].begin(), cl.queries[c].end(), t) == cl.queries[c].end()) continue;
+      if (std::find(queries[c].begin(), queries[c].end(), t) == queries[c].end()) continue;
       member = true;
-      for (int32_t u : cl.keys[c])
+      for (int32_t u : keys_of[c])
         if (u <= t && std::find(keys.begin(), keys.end(), u) == keys.end()) keys.push_back(u);
     }
     if (member && keys.empty()) keys.push_back(static_cast<int32_t>(t));
     std::sort(keys.begin(), keys.end());
     ks.add_query(keys);
   }
-  return ks;
+  return ks.build(host_ctx());
 }
 
+// One head of one sequence: q, k, v contiguous (T, D).
 struct Head {
   int64_t T, D;
   Tensor q, k, v;
-  HeadQKV view() const { return {q.f32(), k.f32(), v.f32(), D, T, D}; }
 };
 
 Head random_head(int64_t T, int64_t D, Rng& rng) {
@@ -133,38 +145,55 @@ Head random_head(int64_t T, int64_t D, Rng& rng) {
 }
 
 ops::Clusters balanced_clusters(const Head& h, int64_t K, Rng& rng) {
-  ops::Centroids c(K, h.D);
-  Tensor qn({h.T, h.D}), kn({h.T, h.D}), m({h.T}), r({h.T});
-  ops::layernorm_forward(qn, m, r, h.q, Tensor(), Tensor());
-  ops::layernorm_forward(kn, m, r, h.k, Tensor(), Tensor());
-  ops::kmeans_init(c, qn.f32(), h.T, 2, rng);
+  Ctx& ctx = host_ctx();
+  ops::Centroids c(K, h.D, ctx);
+  Tensor qn = testing::zeros({h.T, h.D}), kn = testing::zeros({h.T, h.D}), m = testing::zeros({h.T}),
+         r = testing::zeros({h.T});
+  ops::layernorm_forward(ctx, {qn, m, r, h.q, Tensor(), Tensor()});
+  ops::layernorm_forward(ctx, {kn, m, r, h.k, Tensor(), Tensor()});
+  ops::kmeans_init(ctx, c, qn, 2, rng);
   ops::ClusterParams p;
   p.mode = ops::ClusterMode::balanced;
-  return ops::assign_clusters(qn.f32(), kn.f32(), h.D, h.T, c, p);
+  ops::Clusters cl;
+  ops::assign_clusters(ctx, cl, qn, kn, c, p);
+  return cl;
+}
+
+// One cluster (K = 1) over T tokens with the given members: a threshold route.
+ops::Route one_cluster(int64_t T, const std::vector<int32_t>& in) {
+  std::vector<float> score(T, 0.f);
+  for (int32_t t : in) score[t] = 1.f;
+  ops::Route r;
+  ops::threshold_route(host_ctx(), r, Tensor::from_host(score), 0.5f);
+  return r;
 }
 
 TEST(RoutedAttention, LseMergeEqualsAttentionOverTheUnion) {
+  Ctx& ctx = host_ctx();
   Rng rng(7);
   for (int trial = 0; trial < 5; ++trial) {
     Head h = random_head(37, 6, rng);
     ops::Clusters cl = balanced_clusters(h, 5, rng);  // S = 8: tokens in 0..5 clusters
     int multi = 0;
+    const auto queries = members(cl.queries);
     for (int64_t t = 0; t < h.T; ++t) {
       int n = 0;
-      for (auto& q : cl.queries) n += std::count(q.begin(), q.end(), t);
+      for (auto& q : queries) n += std::count(q.begin(), q.end(), t);
       multi += n > 1;
     }
     ASSERT_GT(multi, 0) << "want queries in several clusters";
-    Tensor o({h.T, h.D}), o2({h.T, h.D});
+    Tensor o = testing::zeros({h.T, h.D}), o2 = testing::zeros({h.T, h.D});
     o.fill(NAN), o2.fill(NAN);  // poison
-    std::vector<float> lse(h.T), lse2(h.T);
+    Tensor lse_t = testing::zeros({h.T}), lse2_t = testing::zeros({h.T});
     KeySets ks;
-    ops::routed_attention_forward(o.f32(), h.D, lse.data(), ks, h.view(), cl);
+    ops::routed_attention_forward(ctx, {o, lse_t, ks, h.q, h.k, h.v, cl});
     KeySets want = union_keys(cl, h.T);
-    EXPECT_EQ(ks.idx, want.idx);
-    EXPECT_EQ(ks.off, want.off);
-    ops::sparse_attention_forward(o2.f32(), h.D, lse2.data(), h.view(), want);
+    EXPECT_EQ(ks.idx.to_vector<int32_t>(), want.idx.to_vector<int32_t>());
+    EXPECT_EQ(ks.off.to_vector<int64_t>(), want.off.to_vector<int64_t>());
+    ops::sparse_attention_forward(ctx, {o2, lse2_t, h.q, h.k, h.v, want});
     for (int64_t i = 0; i < o.numel(); ++i) ASSERT_NEAR(o.f32()[i], o2.f32()[i], 1e-5f);
+    const float* lse = lse_t.f32();
+    const float* lse2 = lse2_t.f32();
     for (int64_t t = 0; t < h.T; ++t)
       if (std::isfinite(lse2[t])) EXPECT_NEAR(lse[t], lse2[t], 1e-5f);
       else EXPECT_EQ(lse[t], lse2[t]);
@@ -175,12 +204,11 @@ TEST(RoutedAttention, QueryInNoClusterGetsZeroAndLoneQueryAttendsToItself) {
   Rng rng(8);
   Head h = random_head(4, 3, rng);
   ops::Clusters cl;
-  cl.queries = {{1, 3}};
-  cl.keys = {{2}};  // query 1 has no allowed key (2 > 1): attends to itself
-  Tensor o({4, 3});
-  std::vector<float> lse(4);
+  cl.queries = one_cluster(4, {1, 3});
+  cl.keys = one_cluster(4, {2});  // query 1 has no allowed key (2 > 1): attends to itself
+  Tensor o = testing::zeros({4, 3}), lse = testing::zeros({4});
   KeySets ks;
-  ops::routed_attention_forward(o.f32(), 3, lse.data(), ks, h.view(), cl);
+  ops::routed_attention_forward(host_ctx(), {o, lse, ks, h.q, h.k, h.v, cl});
   for (int d = 0; d < 3; ++d) {
     EXPECT_EQ(o.f32()[0 * 3 + d], 0.f);                 // in no cluster
     EXPECT_EQ(o.f32()[1 * 3 + d], h.v.f32()[1 * 3 + d]);  // itself
@@ -189,35 +217,33 @@ TEST(RoutedAttention, QueryInNoClusterGetsZeroAndLoneQueryAttendsToItself) {
 }
 
 void expect_head_gradients(const KeySets& ks, Head& h, const std::string& what) {
+  Ctx& ctx = host_ctx();
   Rng rng(9);
   Tensor R = testing::randn({h.T, h.D}, rng);
   auto loss = [&] {
-    Tensor o({h.T, h.D});
-    std::vector<float> lse(h.T);
-    ops::sparse_attention_forward(o.f32(), h.D, lse.data(), h.view(), ks);
+    Tensor o = testing::zeros({h.T, h.D}), lse = testing::zeros({h.T});
+    ops::sparse_attention_forward(ctx, {o, lse, h.q, h.k, h.v, ks});
     return testing::dot(o, R);
   };
-  Tensor o({h.T, h.D});
-  std::vector<float> lse(h.T);
-  ops::sparse_attention_forward(o.f32(), h.D, lse.data(), h.view(), ks);
-  Tensor dq({h.T, h.D}), dk({h.T, h.D}), dv({h.T, h.D});
-  ops::sparse_attention_backward({dq.f32(), dk.f32(), dv.f32(), h.D}, R.f32(), o.f32(), h.D, lse.data(),
-                                 h.view(), ks);
+  Tensor o = testing::zeros({h.T, h.D}), lse = testing::zeros({h.T});
+  ops::sparse_attention_forward(ctx, {o, lse, h.q, h.k, h.v, ks});
+  Tensor dq = testing::zeros({h.T, h.D}), dk = testing::zeros({h.T, h.D}), dv = testing::zeros({h.T, h.D});
+  ops::sparse_attention_backward(ctx, {dq, dk, dv, R, o, lse, h.q, h.k, h.v, ks});
   testing::expect_gradient(what + " dq", h.q, dq, loss, 1e-2);
   testing::expect_gradient(what + " dk", h.k, dk, loss, 1e-2);
   testing::expect_gradient(what + " dv", h.v, dv, loss, 1e-2);
 }
 
 TEST(SparseAttention, GradientsMatchFiniteDifferences) {
+  Ctx& ctx = host_ctx();
   Rng rng(10);
   Head h = random_head(19, 4, rng);
-  expect_head_gradients(ops::local_keysets(19, 5), h, "local");
-  expect_head_gradients(ops::block_topk_keysets(h.view(), 4, 2), h, "block top-k");
+  expect_head_gradients(ops::local_keysets(ctx, 19, 5), h, "local");
+  expect_head_gradients(ops::block_topk_keysets(ctx, h.q, h.k, 4, 2), h, "block top-k");
   ops::Clusters cl = balanced_clusters(h, 3, rng);
-  Tensor o({19, 4});
-  std::vector<float> lse(19);
+  Tensor o = testing::zeros({19, 4}), lse = testing::zeros({19});
   KeySets ks;
-  ops::routed_attention_forward(o.f32(), 4, lse.data(), ks, h.view(), cl);
+  ops::routed_attention_forward(ctx, {o, lse, ks, h.q, h.k, h.v, cl});
   expect_head_gradients(ks, h, "routed (clusters fixed)");
 }
 
@@ -230,7 +256,7 @@ TEST(SparseAttention, LayerGradientsLocalPlusRouting) {
   l.attn->set_training(false);  // centroids fixed from here on
   auto loss = [&] { return testing::dot(l.attn->forward(x, 2, T), R); };
   loss();
-  l.ps.zero_grad();
+  l.ps.zero_grad(host_ctx());
   Tensor dx = l.attn->backward(R);
   for (Param* p : l.ps.all()) {
     Tensor g = p->grad.clone();
@@ -241,33 +267,39 @@ TEST(SparseAttention, LayerGradientsLocalPlusRouting) {
 
 TEST(Centroids, EmaUpdateMatchesHandComputedCase) {
   // K = 1, D = 2, decay 0.5. mu = (sqrt2, 0), EMA sum = mu, count = 1.
-  ops::Centroids c(1, 2);
-  c.mu = {std::sqrt(2.f), 0.f};
-  c.sum = c.mu;
-  c.count = {1.f};
+  Ctx& ctx = host_ctx();
+  ops::Centroids c(1, 2, ctx);
+  c.mu = Tensor::from_host(std::vector<float>{std::sqrt(2.f), 0.f}, {1, 2});
+  c.sum = c.mu.clone();
+  c.count = Tensor::from_host(std::vector<float>{1.f});
   c.initialized = true;
-  ops::ClusterStats s{{0.f, 2.f * std::sqrt(2.f)}, {2.f}};  // two vectors (0, sqrt2)
-  float drift = ops::ema_update(c, s, 0.5f);
+  ops::ClusterStats s(1, 2, ctx);
+  s.sum = Tensor::from_host(std::vector<float>{0.f, 2.f * std::sqrt(2.f)}, {1, 2});  // two vectors (0, sqrt2)
+  s.count = Tensor::from_host(std::vector<float>{2.f});
+  float drift = ops::ema_update(ctx, c, s, 0.5f);
   // sum = 0.5 (sqrt2, 0) + 0.5 (0, 2 sqrt2) = (sqrt2/2, sqrt2); count = 1.5
-  EXPECT_FLOAT_EQ(c.sum[0], std::sqrt(2.f) / 2);
-  EXPECT_FLOAT_EQ(c.sum[1], std::sqrt(2.f));
-  EXPECT_FLOAT_EQ(c.count[0], 1.5f);
+  EXPECT_FLOAT_EQ(c.sum.f32()[0], std::sqrt(2.f) / 2);
+  EXPECT_FLOAT_EQ(c.sum.f32()[1], std::sqrt(2.f));
+  EXPECT_FLOAT_EQ(c.count.f32()[0], 1.5f);
   // mu = sqrt(2) * sum / |sum| = sqrt2 (1, 2) / sqrt5
-  EXPECT_NEAR(c.mu[0], std::sqrt(2.f) / std::sqrt(5.f), 1e-6);
-  EXPECT_NEAR(c.mu[1], 2 * std::sqrt(2.f) / std::sqrt(5.f), 1e-6);
-  const float dx = c.mu[0] - std::sqrt(2.f), dy = c.mu[1];
+  EXPECT_NEAR(c.mu.f32()[0], std::sqrt(2.f) / std::sqrt(5.f), 1e-6);
+  EXPECT_NEAR(c.mu.f32()[1], 2 * std::sqrt(2.f) / std::sqrt(5.f), 1e-6);
+  const float dx = c.mu.f32()[0] - std::sqrt(2.f), dy = c.mu.f32()[1];
   EXPECT_NEAR(drift, std::sqrt(dx * dx + dy * dy), 1e-6);
 }
 
 TEST(Centroids, ClusterNeverSeenKeepsItsCentroid) {
-  ops::Centroids c(2, 2);
-  c.mu = {std::sqrt(2.f), 0.f, 0.f, std::sqrt(2.f)};
-  c.sum = c.mu;
-  c.count = {1.f, 1.f};
-  ops::ClusterStats s{{std::sqrt(2.f), 0.f, 0.f, 0.f}, {1.f, 0.f}};
-  ops::ema_update(c, s, 0.9f);
-  EXPECT_NEAR(c.mu[2], 0.f, 1e-6);
-  EXPECT_NEAR(c.mu[3], std::sqrt(2.f), 1e-6);
+  Ctx& ctx = host_ctx();
+  ops::Centroids c(2, 2, ctx);
+  c.mu = Tensor::from_host(std::vector<float>{std::sqrt(2.f), 0.f, 0.f, std::sqrt(2.f)}, {2, 2});
+  c.sum = c.mu.clone();
+  c.count = Tensor::from_host(std::vector<float>{1.f, 1.f});
+  ops::ClusterStats s(2, 2, ctx);
+  s.sum = Tensor::from_host(std::vector<float>{std::sqrt(2.f), 0.f, 0.f, 0.f}, {2, 2});
+  s.count = Tensor::from_host(std::vector<float>{1.f, 0.f});
+  ops::ema_update(ctx, c, s, 0.9f);
+  EXPECT_NEAR(c.mu.f32()[2], 0.f, 1e-6);
+  EXPECT_NEAR(c.mu.f32()[3], std::sqrt(2.f), 1e-6);
 }
 
 TEST(AttentionPairs, RoutedAt4096With64ClustersIsA64thOfDense) {

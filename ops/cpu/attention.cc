@@ -2,20 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
-namespace sy::ops {
+namespace sy::ops::cpu {
 
-namespace {
-void check(const Tensor& qkv, const AttentionShape& s) {
-  SY_CHECK(s.H > 0 && s.C % s.H == 0, "attention: C=" << s.C << " not divisible by H=" << s.H);
-  check_shape(qkv, {s.B, s.T, 3 * s.C}, "attention qkv");
-}
-}  // namespace
-
-void attention_forward(Tensor& out, Tensor& att, const Tensor& qkv, const AttentionShape& s) {
-  check(qkv, s);
-  check_shape(out, {s.B, s.T, s.C}, "attention out");
-  check_shape(att, {s.B, s.H, s.T, s.T}, "attention att");
+void attention_forward(Ctx&, const AttentionArgs& args) {
+  const AttentionShape& s = args.shape;
+  Tensor& out = args.out;
+  Tensor& att = args.att;
+  const Tensor& qkv = args.qkv;
   const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const float* in = qkv.f32();
@@ -47,11 +42,12 @@ void attention_forward(Tensor& out, Tensor& att, const Tensor& qkv, const Attent
       }
 }
 
-void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& att,
-                        const AttentionShape& s) {
-  check(qkv, s);
-  check_shape(dqkv, qkv.shape(), "attention dqkv");
-  check_shape(dout, {s.B, s.T, s.C}, "attention dout");
+void attention_backward(Ctx&, const AttentionBackwardArgs& args) {
+  const AttentionShape& s = args.shape;
+  Tensor& dqkv = args.dqkv;
+  const Tensor& dout = args.dout;
+  const Tensor& qkv = args.qkv;
+  const Tensor& att = args.att;
   const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const float* in = qkv.f32();
@@ -88,4 +84,4 @@ void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, con
       }
 }
 
-}  // namespace sy::ops
+}  // namespace sy::ops::cpu

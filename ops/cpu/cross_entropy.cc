@@ -3,19 +3,16 @@
 #include <algorithm>
 #include <cmath>
 
-namespace sy::ops {
+namespace sy::ops::cpu {
 
-float cross_entropy_forward(Tensor& probs, const Tensor& logits,
-                            const std::vector<int32_t>& targets) {
-  const int64_t N = logits.dim(0), V = logits.dim(1);
-  check_shape(probs, logits.shape(), "cross_entropy probs");
-  SY_CHECK(static_cast<int64_t>(targets.size()) == N,
-           "cross_entropy: " << targets.size() << " targets for " << N << " rows");
+float cross_entropy_forward(Ctx&, const CrossEntropyArgs& a) {
+  const int64_t N = a.logits.dim(0), V = a.logits.dim(1);
+  const int32_t* targets = a.targets.data<int32_t>();
   double total = 0;
   for (int64_t n = 0; n < N; ++n) {
-    const float* l = logits.f32() + n * V;
-    float* p = probs.f32() + n * V;
-    float mx = *std::max_element(l, l + V);
+    const float* l = a.logits.f32() + n * V;
+    float* p = a.probs.f32() + n * V;
+    const float mx = *std::max_element(l, l + V);
     double sum = 0;
     for (int64_t v = 0; v < V; ++v) sum += (p[v] = std::exp(l[v] - mx));
     for (int64_t v = 0; v < V; ++v) p[v] = static_cast<float>(p[v] / sum);
@@ -25,17 +22,16 @@ float cross_entropy_forward(Tensor& probs, const Tensor& logits,
   return static_cast<float>(total / N);
 }
 
-void cross_entropy_backward(Tensor& dlogits, const Tensor& probs,
-                            const std::vector<int32_t>& targets, float scale) {
-  const int64_t N = probs.dim(0), V = probs.dim(1);
-  check_shape(dlogits, probs.shape(), "cross_entropy dlogits");
-  const float k = scale / static_cast<float>(N);
+void cross_entropy_backward(Ctx&, const CrossEntropyBackwardArgs& a) {
+  const int64_t N = a.probs.dim(0), V = a.probs.dim(1);
+  const int32_t* targets = a.targets.data<int32_t>();
+  const float k = a.scale / static_cast<float>(N);
   for (int64_t n = 0; n < N; ++n) {
-    const float* p = probs.f32() + n * V;
-    float* d = dlogits.f32() + n * V;
+    const float* p = a.probs.f32() + n * V;
+    float* d = a.dlogits.f32() + n * V;
     for (int64_t v = 0; v < V; ++v) d[v] = k * p[v];
     d[targets[n]] -= k;
   }
 }
 
-}  // namespace sy::ops
+}  // namespace sy::ops::cpu

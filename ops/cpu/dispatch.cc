@@ -2,30 +2,20 @@
 
 #include <algorithm>
 
-namespace sy::ops {
+namespace sy::ops::cpu {
 
-namespace {
-void check(const Tensor& tokens, const Tensor& rows, const Route& r, const char* what) {
-  SY_CHECK(tokens.ndim() == 2 && tokens.dim(0) == r.num_items,
-           what << ": token tensor " << shape_str(tokens.shape()) << " for " << r.num_items << " items");
-  check_shape(rows, {r.rows(), tokens.dim(1)}, what);
-}
-}  // namespace
-
-void dispatch_forward(Tensor& buf, const Tensor& x, const Route& r) {
-  check(x, buf, r, "dispatch buf");
+void dispatch_forward(Ctx&, Tensor& buf, const Tensor& x, const Route& r) {
   const int64_t D = x.dim(1);
-  for (int64_t a = 0; a < r.num_items * r.k; ++a) {
+  for (int64_t a = 0; a < r.assignments(); ++a) {
     const int64_t row = r.row(a);
     if (row < 0) continue;
     std::copy_n(x.f32() + (a / r.k) * D, D, buf.f32() + row * D);
   }
 }
 
-void dispatch_backward(Tensor& dx, const Tensor& dbuf, const Route& r) {
-  check(dx, dbuf, r, "dispatch dbuf");
+void dispatch_backward(Ctx&, Tensor& dx, const Tensor& dbuf, const Route& r) {
   const int64_t D = dx.dim(1);
-  for (int64_t a = 0; a < r.num_items * r.k; ++a) {
+  for (int64_t a = 0; a < r.assignments(); ++a) {
     const int64_t row = r.row(a);
     if (row < 0) continue;
     float* d = dx.f32() + (a / r.k) * D;
@@ -34,27 +24,26 @@ void dispatch_backward(Tensor& dx, const Tensor& dbuf, const Route& r) {
   }
 }
 
-void combine_forward(Tensor& y, const Tensor& out, const Route& r) {
-  check(y, out, r, "combine out");
+void combine_forward(Ctx&, Tensor& y, const Tensor& out, const Route& r) {
   const int64_t D = y.dim(1);
+  const float* weight = r.weight.f32();
   y.zero();
-  for (int64_t a = 0; a < r.num_items * r.k; ++a) {
+  for (int64_t a = 0; a < r.assignments(); ++a) {
     const int64_t row = r.row(a);
     if (row < 0) continue;
     float* d = y.f32() + (a / r.k) * D;
     const float* s = out.f32() + row * D;
-    const float w = r.weight[a];
+    const float w = weight[a];
     for (int64_t c = 0; c < D; ++c) d[c] += w * s[c];
   }
 }
 
-void combine_backward(Tensor& dout, std::vector<float>& dweight, const Tensor& dy,
-                      const Tensor& out, const Route& r) {
-  check(dy, out, r, "combine out");
-  check_shape(dout, out.shape(), "combine dout");
+void combine_backward(Ctx&, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r) {
   const int64_t D = dy.dim(1);
-  dweight.assign(r.num_items * r.k, 0.f);
-  for (int64_t a = 0; a < r.num_items * r.k; ++a) {
+  const float* weight = r.weight.f32();
+  float* dw = dweight.f32();
+  std::fill_n(dw, r.assignments(), 0.f);
+  for (int64_t a = 0; a < r.assignments(); ++a) {
     const int64_t row = r.row(a);
     if (row < 0) continue;
     const float* g = dy.f32() + (a / r.k) * D;
@@ -62,11 +51,51 @@ void combine_backward(Tensor& dout, std::vector<float>& dweight, const Tensor& d
     float* d = dout.f32() + row * D;
     float dot = 0;
     for (int64_t c = 0; c < D; ++c) {
-      d[c] = r.weight[a] * g[c];
+      d[c] = weight[a] * g[c];
       dot += g[c] * o[c];
     }
-    dweight[a] = dot;
+    dw[a] = dot;
   }
 }
 
-}  // namespace sy::ops
+void residual_combine_forward(Ctx&, Tensor& y, const Tensor& x, const Tensor& z, const Tensor& w_t, const Route& r) {
+  const int64_t N = x.dim(0), C = x.dim(1);
+  const float* w = w_t.f32();
+  std::copy_n(x.f32(), N * C, y.f32());
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t row = r.row(i);
+    if (row < 0) continue;
+    float* yr = y.f32() + i * C;
+    const float* zr = z.f32() + row * C;
+    for (int64_t c = 0; c < C; ++c) yr[c] = (1.f - w[i]) * yr[c] + w[i] * zr[c];
+  }
+}
+
+void residual_combine_backward(Ctx&, Tensor& dx, Tensor& dz, Tensor& dw_t, const Tensor& dy, const Tensor& x,
+                               const Tensor& z, const Tensor& w_t, const Route& r) {
+  const int64_t N = x.dim(0), C = x.dim(1);
+  const float* w = w_t.f32();
+  float* dw = dw_t.f32();
+  for (int64_t i = 0; i < N; ++i) {
+    const float* g = dy.f32() + i * C;
+    float* dxr = dx.f32() + i * C;
+    const int64_t row = r.row(i);
+    dw[i] = 0.f;
+    if (row < 0) {
+      for (int64_t c = 0; c < C; ++c) dxr[c] += g[c];
+      continue;
+    }
+    const float* xr = x.f32() + i * C;
+    const float* zr = z.f32() + row * C;
+    float* dzr = dz.f32() + row * C;
+    float d = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      dzr[c] = w[i] * g[c];
+      dxr[c] += (1.f - w[i]) * g[c];
+      d += g[c] * (zr[c] - xr[c]);
+    }
+    dw[i] = d;
+  }
+}
+
+}  // namespace sy::ops::cpu

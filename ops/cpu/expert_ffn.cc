@@ -3,64 +3,45 @@
 #include "ops/gelu.h"
 #include "ops/matmul.h"
 
-namespace sy::ops {
+namespace sy::ops::cpu {
 
 namespace {
-struct Dims {
-  int64_t G, D, H, R;
-};
-Dims check(const Tensor& buf, const Tensor& pre, const std::vector<int32_t>& offset,
-           const ExpertWeights& w) {
-  const int64_t G = w.w1.dim(0), D = w.w1.dim(1), H = w.w1.dim(2), R = buf.dim(0);
-  check_shape(w.b1, {G, H}, "expert b1");
-  check_shape(w.w2, {G, H, D}, "expert w2");
-  check_shape(w.b2, {G, D}, "expert b2");
-  check_shape(buf, {R, D}, "expert buffer");
-  check_shape(pre, {R, H}, "expert pre-activation");
-  SY_CHECK(static_cast<int64_t>(offset.size()) == G + 1 && offset[G] == R,
-           "expert offsets: " << offset.size() << " entries, last " << offset.back() << ", buffer rows " << R);
-  return {G, D, H, R};
+// Expert g's slice of a (G, a, b) weight as an (a, b) matrix, or of a (G, b) bias as (b).
+Tensor expert(const Tensor& w, int64_t g) {
+  Shape s(w.shape().begin() + 1, w.shape().end());
+  return w.rows(g, g + 1).reshape(s);
 }
 }  // namespace
 
-void expert_ffn_forward(Tensor& out, Tensor& pre, const Tensor& buf,
-                        const std::vector<int32_t>& offset, const ExpertWeights& w) {
-  const Dims d = check(buf, pre, offset, w);
-  check_shape(out, buf.shape(), "expert out");
-  std::vector<float> act;
-  for (int64_t g = 0; g < d.G; ++g) {
-    const int64_t r0 = offset[g], n = offset[g + 1] - r0;
-    if (n == 0) continue;
-    float* p = pre.f32() + r0 * d.H;
-    gemm_rows(p, buf.f32() + r0 * d.D, w.w1.f32() + g * d.D * d.H, w.b1.f32() + g * d.H, n, d.D, d.H);
-    act.resize(n * d.H);
-    gelu_forward(act.data(), p, n * d.H);
-    gemm_rows(out.f32() + r0 * d.D, act.data(), w.w2.f32() + g * d.H * d.D, w.b2.f32() + g * d.D, n,
-              d.H, d.D);
+void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
+  const int64_t G = a.w.w1.dim(0), H = a.w.w1.dim(2);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1];
+    if (r1 == r0) continue;
+    Tensor pre = a.pre.rows(r0, r1), out = a.out.rows(r0, r1);
+    cpu::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), expert(a.w.w1, g), expert(a.w.b1, g)});
+    Tensor act = Tensor::empty({r1 - r0, H}, DType::f32, ctx);
+    cpu::gelu_forward(ctx, act, pre);
+    cpu::matmul_forward(ctx, {out, act, expert(a.w.w2, g), expert(a.w.b2, g)});
   }
 }
 
-void expert_ffn_backward(Tensor& dbuf, const ExpertGrads& dw, const Tensor& dout, const Tensor& buf,
-                         const Tensor& pre, const std::vector<int32_t>& offset,
-                         const ExpertWeights& w) {
-  const Dims d = check(buf, pre, offset, w);
-  check_shape(dout, buf.shape(), "expert dout");
-  check_shape(dbuf, buf.shape(), "expert dbuf");
-  std::vector<float> act, dact, dpre;
-  for (int64_t g = 0; g < d.G; ++g) {
-    const int64_t r0 = offset[g], n = offset[g + 1] - r0;
-    if (n == 0) continue;
-    const float* p = pre.f32() + r0 * d.H;
-    act.resize(n * d.H);
-    gelu_forward(act.data(), p, n * d.H);
-    dact.assign(n * d.H, 0.f);
-    gemm_rows_backward(dact.data(), dw.w2.f32() + g * d.H * d.D, dw.b2.f32() + g * d.D,
-                       dout.f32() + r0 * d.D, act.data(), w.w2.f32() + g * d.H * d.D, n, d.H, d.D);
-    dpre.assign(n * d.H, 0.f);
-    gelu_backward(dpre.data(), dact.data(), p, n * d.H);
-    gemm_rows_backward(dbuf.f32() + r0 * d.D, dw.w1.f32() + g * d.D * d.H, dw.b1.f32() + g * d.H,
-                       dpre.data(), buf.f32() + r0 * d.D, w.w1.f32() + g * d.D * d.H, n, d.D, d.H);
+void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
+  const int64_t G = a.w.w1.dim(0), H = a.w.w1.dim(2);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1];
+    if (r1 == r0) continue;
+    const Tensor pre = a.pre.rows(r0, r1);
+    Tensor act = Tensor::empty({r1 - r0, H}, DType::f32, ctx);
+    cpu::gelu_forward(ctx, act, pre);
+    Tensor dact = Tensor::zeros({r1 - r0, H}, DType::f32, ctx);
+    Tensor dw2 = expert(a.dw.w2, g), db2 = expert(a.dw.b2, g), dw1 = expert(a.dw.w1, g), db1 = expert(a.dw.b1, g);
+    cpu::matmul_backward(ctx, {&dact, &dw2, &db2, a.dout.rows(r0, r1), act, expert(a.w.w2, g)});
+    Tensor dpre = Tensor::zeros({r1 - r0, H}, DType::f32, ctx);
+    cpu::gelu_backward(ctx, dpre, dact, pre);
+    Tensor dbuf = a.dbuf.rows(r0, r1);
+    cpu::matmul_backward(ctx, {&dbuf, &dw1, &db1, dpre, a.buf.rows(r0, r1), expert(a.w.w1, g)});
   }
 }
 
-}  // namespace sy::ops
+}  // namespace sy::ops::cpu

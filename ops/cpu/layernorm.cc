@@ -2,21 +2,15 @@
 
 #include <cmath>
 
-namespace sy::ops {
+namespace sy::ops::cpu {
 
-void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
-                       const Tensor& b) {
-  const int64_t N = x.dim(0), C = x.dim(1);
-  check_shape(y, x.shape(), "layernorm y");
-  check_shape(mean, {N}, "layernorm mean");
-  check_shape(rstd, {N}, "layernorm rstd");
-  const bool affine = w.defined();
-  if (affine) {
-    check_shape(w, {C}, "layernorm weight");
-    check_shape(b, {C}, "layernorm bias");
-  }
-  const float* xp = x.f32();
-  float* yp = y.f32();
+void layernorm_forward(Ctx&, const LayerNormArgs& a) {
+  const int64_t N = a.x.dim(0), C = a.x.dim(1);
+  const bool affine = a.w.defined();
+  const float* xp = a.x.f32();
+  float* yp = a.y.f32();
+  const float* w = affine ? a.w.f32() : nullptr;
+  const float* b = affine ? a.b.f32() : nullptr;
   for (int64_t n = 0; n < N; ++n) {
     const float* xr = xp + n * C;
     double m = 0, v = 0;
@@ -25,46 +19,46 @@ void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, c
     for (int64_t c = 0; c < C; ++c) v += (xr[c] - m) * (xr[c] - m);
     v /= C;
     const float s = static_cast<float>(1.0 / std::sqrt(v + kLayerNormEps));
-    mean.f32()[n] = static_cast<float>(m);
-    rstd.f32()[n] = s;
+    a.mean.f32()[n] = static_cast<float>(m);
+    a.rstd.f32()[n] = s;
     float* yr = yp + n * C;
     for (int64_t c = 0; c < C; ++c) {
-      float xh = (xr[c] - static_cast<float>(m)) * s;
-      yr[c] = affine ? xh * w.f32()[c] + b.f32()[c] : xh;
+      const float xh = (xr[c] - static_cast<float>(m)) * s;
+      yr[c] = affine ? xh * w[c] + b[c] : xh;
     }
   }
 }
 
-void layernorm_backward(Tensor& dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
-                        const Tensor& w, const Tensor& mean, const Tensor& rstd) {
-  const int64_t N = x.dim(0), C = x.dim(1);
-  check_shape(dy, x.shape(), "layernorm dy");
-  check_shape(dx, x.shape(), "layernorm dx");
-  const bool affine = w.defined();
+void layernorm_backward(Ctx&, const LayerNormBackwardArgs& a) {
+  const int64_t N = a.x.dim(0), C = a.x.dim(1);
+  const bool affine = a.w.defined();
+  const float* w = affine ? a.w.f32() : nullptr;
+  float* dw = affine ? a.dw->f32() : nullptr;
+  float* db = affine ? a.db->f32() : nullptr;
   for (int64_t n = 0; n < N; ++n) {
-    const float* xr = x.f32() + n * C;
-    const float* dyr = dy.f32() + n * C;
-    float* dxr = dx.f32() + n * C;
-    const float m = mean.f32()[n], s = rstd.f32()[n];
+    const float* xr = a.x.f32() + n * C;
+    const float* dyr = a.dy.f32() + n * C;
+    float* dxr = a.dx.f32() + n * C;
+    const float m = a.mean.f32()[n], s = a.rstd.f32()[n];
     double gmean = 0, gxmean = 0;
     for (int64_t c = 0; c < C; ++c) {
-      float xh = (xr[c] - m) * s;
-      float g = affine ? dyr[c] * w.f32()[c] : dyr[c];
+      const float xh = (xr[c] - m) * s;
+      const float g = affine ? dyr[c] * w[c] : dyr[c];
       gmean += g;
       gxmean += g * xh;
     }
     gmean /= C;
     gxmean /= C;
     for (int64_t c = 0; c < C; ++c) {
-      float xh = (xr[c] - m) * s;
-      float g = affine ? dyr[c] * w.f32()[c] : dyr[c];
+      const float xh = (xr[c] - m) * s;
+      const float g = affine ? dyr[c] * w[c] : dyr[c];
       dxr[c] += s * (g - static_cast<float>(gmean) - xh * static_cast<float>(gxmean));
       if (affine) {
-        dw->f32()[c] += dyr[c] * xh;
-        db->f32()[c] += dyr[c];
+        dw[c] += dyr[c] * xh;
+        db[c] += dyr[c];
       }
     }
   }
 }
 
-}  // namespace sy::ops
+}  // namespace sy::ops::cpu

@@ -6,18 +6,21 @@
 #include "ops/routing.h"
 #include "core/error.h"
 
-namespace sy::ops {
+namespace sy::ops::cpu {
 
 namespace {
 
 // scores (T, K) = xn . mu^T
-std::vector<float> centroid_scores(const float* xn, int64_t ld, int64_t T, const Centroids& c) {
-  std::vector<float> s(T * c.K, 0.f);
+Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
+  const int64_t T = xn.dim(0);
+  Tensor s = Tensor::empty({T, c.K}, DType::f32, ctx);
+  const float* x = xn.f32();
+  const float* mu = c.mu.f32();
   for (int64_t t = 0; t < T; ++t)
     for (int64_t k = 0; k < c.K; ++k) {
       float d = 0;
-      for (int64_t i = 0; i < c.D; ++i) d += xn[t * ld + i] * c.mu[k * c.D + i];
-      s[t * c.K + k] = d;
+      for (int64_t i = 0; i < c.D; ++i) d += x[t * c.D + i] * mu[k * c.D + i];
+      s.f32()[t * c.K + k] = d;
     }
   return s;
 }
@@ -25,11 +28,19 @@ std::vector<float> centroid_scores(const float* xn, int64_t ld, int64_t T, const
 // Members of each group of a Route, in slot (= position) order.
 std::vector<std::vector<int32_t>> members(const Route& r) {
   std::vector<std::vector<int32_t>> m(r.num_groups);
-  for (int64_t g = 0; g < r.num_groups; ++g) m[g].resize(r.count[g]);
-  for (int64_t a = 0; a < r.num_items * r.k; ++a)
-    if (r.slot[a] >= 0) m[r.group[a]][r.slot[a]] = static_cast<int32_t>(a / r.k);
+  const std::vector<int32_t> count = r.host_count();
+  for (int64_t g = 0; g < r.num_groups; ++g) m[g].resize(count[g]);
+  const int32_t* group = r.group.data<int32_t>();
+  const int32_t* slot = r.slot.data<int32_t>();
+  for (int64_t a = 0; a < r.assignments(); ++a)
+    if (slot[a] >= 0) m[group[a]][slot[a]] = static_cast<int32_t>(a / r.k);
   return m;
 }
+
+// Cluster members as lists: queries[c], keys[c] in position order.
+struct Members {
+  std::vector<std::vector<int32_t>> queries, keys;
+};
 
 void rescale(float* v, int64_t D) {
   double n = 0;
@@ -41,11 +52,9 @@ void rescale(float* v, int64_t D) {
 
 }  // namespace
 
-Clusters assign_clusters(const float* qn, const float* kn, int64_t ld, int64_t T,
-                         const Centroids& c, const ClusterParams& p) {
-  SY_CHECK(c.K >= 1, "routed attention needs at least one centroid");
-  Clusters cl;
-  const std::vector<float> qs = centroid_scores(qn, ld, T, c);
+void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
+                     const ClusterParams& p) {
+  const int64_t T = qn.dim(0);
   if (p.mode == ClusterMode::causal) {
     TokensChooseParams tp;
     tp.k = 1;
@@ -55,19 +64,24 @@ Clusters assign_clusters(const float* qn, const float* kn, int64_t ld, int64_t T
     // vectors whose dot product the attention trains are the ones that decide
     // membership, so a useful (query, key) pair is pulled into one cluster.
     // Each token's choice depends on that token alone: causal.
-    cl.queries = members(tokens_choose(qs, T, c.K, tp));
-    cl.keys = members(tokens_choose(centroid_scores(kn, ld, T, c), T, c.K, tp));
+    cpu::tokens_choose(ctx, cl.queries, centroid_scores(ctx, qn, c), tp);
+    cpu::tokens_choose(ctx, cl.keys, centroid_scores(ctx, kn, c), tp);
   } else {
     const int64_t S = (T + c.K - 1) / c.K;
-    cl.queries = members(groups_choose(qs, T, c.K, S));
-    cl.keys = members(groups_choose(centroid_scores(kn, ld, T, c), T, c.K, S));
+    cpu::groups_choose(ctx, cl.queries, centroid_scores(ctx, qn, c), S, 0);
+    cpu::groups_choose(ctx, cl.keys, centroid_scores(ctx, kn, c), S, 0);
   }
-  return cl;
 }
 
-void routed_attention_forward(float* o, int64_t ld_o, float* lse, KeySets& keys, const HeadQKV& h,
-                              const Clusters& cl) {
-  const int64_t T = h.T, D = h.D, K = cl.num();
+void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
+  const int64_t T = args.q.dim(0), D = args.q.dim(1);
+  const Members cl{members(args.clusters.queries), members(args.clusters.keys)};
+  const int64_t K = static_cast<int64_t>(cl.queries.size());
+  const float* hq = args.q.f32();
+  const float* hk = args.k.f32();
+  const float* hv = args.v.f32();
+  float* o = args.o.f32();
+  float* lse = args.lse.f32();
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   // Membership bitmaps: the first cluster two tokens share decides where a pair counts.
   const int64_t W = (K + 63) / 64;
@@ -95,7 +109,7 @@ void routed_attention_forward(float* o, int64_t ld_o, float* lse, KeySets& keys,
         if (u > t) break;  // keys are in position order
         if (first_common(t, u) != c) continue;
         float d = 0;
-        for (int64_t i = 0; i < D; ++i) d += h.q[t * h.ld + i] * h.k[u * h.ld + i];
+        for (int64_t i = 0; i < D; ++i) d += hq[t * D + i] * hk[u * D + i];
         s.push_back(d * scale);
         mc = std::max(mc, s.back());
         union_keys[t].push_back(u);
@@ -109,25 +123,25 @@ void routed_attention_forward(float* o, int64_t ld_o, float* lse, KeySets& keys,
       for (size_t j = 0; j < s.size(); ++j) {
         const float e = std::exp(s[j] - mc) * a_new;
         l[t] += e;
-        const float* v = h.v + union_keys[t][first + j] * h.ld;
+        const float* v = hv + union_keys[t][first + j] * D;
         for (int64_t i = 0; i < D; ++i) at[i] += e * v[i];
       }
       m[t] = mn;
     }
   }
-  keys = KeySets{};
+  KeySetsBuilder keys;
   for (int64_t t = 0; t < T; ++t) {
-    float* ot = o + t * ld_o;
+    float* ot = o + t * D;
     bool in_cluster = false;
     for (int64_t w = 0; w < W; ++w) in_cluster |= qm[t * W + w] != 0;
     if (union_keys[t].empty() && in_cluster) {
       // No allowed key: attend to itself.
       union_keys[t].push_back(static_cast<int32_t>(t));
       float d = 0;
-      for (int64_t i = 0; i < D; ++i) d += h.q[t * h.ld + i] * h.k[t * h.ld + i];
+      for (int64_t i = 0; i < D; ++i) d += hq[t * D + i] * hk[t * D + i];
       m[t] = d * scale;
       l[t] = 1.f;
-      std::copy_n(h.v + t * h.ld, D, acc.data() + t * D);
+      std::copy_n(hv + t * D, D, acc.data() + t * D);
     }
     if (union_keys[t].empty()) {
       std::fill(ot, ot + D, 0.f);
@@ -139,34 +153,36 @@ void routed_attention_forward(float* o, int64_t ld_o, float* lse, KeySets& keys,
     std::sort(union_keys[t].begin(), union_keys[t].end());
     keys.add_query(union_keys[t]);
   }
+  args.keys = keys.build(ctx);
 }
 
-void accumulate_cluster_stats(ClusterStats& s, const float* qn, const float* kn, int64_t ld,
-                              int64_t D, const Clusters& cl) {
-  const int64_t K = cl.num();
-  s.sum.resize(K * D, 0.f);
-  s.count.resize(K, 0.f);
+void accumulate_cluster_stats(Ctx&, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& clusters) {
+  const Members cl{members(clusters.queries), members(clusters.keys)};
+  const int64_t K = clusters.num(), D = qn.dim(1);
+  float* sum = s.sum.f32();
+  float* count = s.count.f32();
   auto add = [&](int64_t c, const float* x) {
-    for (int64_t i = 0; i < D; ++i) s.sum[c * D + i] += x[i];
-    s.count[c] += 1.f;
+    for (int64_t i = 0; i < D; ++i) sum[c * D + i] += x[i];
+    count[c] += 1.f;
   };
   for (int64_t c = 0; c < K; ++c) {
-    for (int32_t t : cl.queries[c]) add(c, qn + t * ld);
+    for (int32_t t : cl.queries[c]) add(c, qn.f32() + t * D);
     if (cl.keys[c] != cl.queries[c])
-      for (int32_t u : cl.keys[c]) add(c, kn + u * ld);
+      for (int32_t u : cl.keys[c]) add(c, kn.f32() + u * D);
   }
 }
 
-void kmeans_init(Centroids& c, const float* x, int64_t n, int iters, Rng& rng) {
-  SY_CHECK(n >= 1, "k-means on an empty batch");
-  const int64_t K = c.K, D = c.D;
+void kmeans_init(Ctx&, Centroids& c, const Tensor& xt, int iters, Rng& rng) {
+  const int64_t K = c.K, D = c.D, n = xt.dim(0);
+  const float* x = xt.f32();
+  float* mu = c.mu.f32();
   // Distinct random rows (with repetition only when n < K).
   std::vector<int64_t> pick(n);
   for (int64_t i = 0; i < n; ++i) pick[i] = i;
   for (int64_t i = 0; i < std::min(n, K); ++i) std::swap(pick[i], pick[i + rng.below(n - i)]);
   for (int64_t k = 0; k < K; ++k) {
-    std::copy_n(x + pick[k % n] * D, D, c.mu.data() + k * D);
-    rescale(c.mu.data() + k * D, D);
+    std::copy_n(x + pick[k % n] * D, D, mu + k * D);
+    rescale(mu + k * D, D);
   }
   std::vector<float> sum(K * D);
   std::vector<int64_t> cnt(K);
@@ -178,7 +194,7 @@ void kmeans_init(Centroids& c, const float* x, int64_t n, int iters, Rng& rng) {
       float bd = -INFINITY;
       for (int64_t k = 0; k < K; ++k) {
         float d = 0;
-        for (int64_t j = 0; j < D; ++j) d += x[i * D + j] * c.mu[k * D + j];
+        for (int64_t j = 0; j < D; ++j) d += x[i * D + j] * mu[k * D + j];
         if (d > bd) bd = d, best = k;
       }
       for (int64_t j = 0; j < D; ++j) sum[best * D + j] += x[i * D + j];
@@ -186,31 +202,63 @@ void kmeans_init(Centroids& c, const float* x, int64_t n, int iters, Rng& rng) {
     }
     for (int64_t k = 0; k < K; ++k)
       if (cnt[k] > 0) {
-        std::copy_n(sum.data() + k * D, D, c.mu.data() + k * D);
-        rescale(c.mu.data() + k * D, D);
+        std::copy_n(sum.data() + k * D, D, mu + k * D);
+        rescale(mu + k * D, D);
       }
   }
   // The EMA starts from the k-means solution: one unit of count per centroid.
-  c.sum = c.mu;
-  std::fill(c.count.begin(), c.count.end(), 1.f);
+  std::copy_n(mu, K * D, c.sum.f32());
+  std::fill_n(c.count.f32(), K, 1.f);
   c.initialized = true;
 }
 
-float ema_update(Centroids& c, const ClusterStats& s, float decay) {
+float ema_update(Ctx&, Centroids& c, const ClusterStats& s, float decay) {
   const int64_t K = c.K, D = c.D;
+  float* count = c.count.f32();
+  float* csum = c.sum.f32();
+  float* mu = c.mu.f32();
+  const float* scount = s.count.f32();
+  const float* ssum = s.sum.f32();
   double drift = 0;
   std::vector<float> old(D);
   for (int64_t k = 0; k < K; ++k) {
-    c.count[k] = decay * c.count[k] + (1.f - decay) * s.count[k];
-    for (int64_t i = 0; i < D; ++i) c.sum[k * D + i] = decay * c.sum[k * D + i] + (1.f - decay) * s.sum[k * D + i];
-    std::copy_n(c.mu.data() + k * D, D, old.data());
-    std::copy_n(c.sum.data() + k * D, D, c.mu.data() + k * D);
-    rescale(c.mu.data() + k * D, D);
+    count[k] = decay * count[k] + (1.f - decay) * scount[k];
+    for (int64_t i = 0; i < D; ++i) csum[k * D + i] = decay * csum[k * D + i] + (1.f - decay) * ssum[k * D + i];
+    std::copy_n(mu + k * D, D, old.data());
+    std::copy_n(csum + k * D, D, mu + k * D);
+    rescale(mu + k * D, D);
     double d2 = 0;
-    for (int64_t i = 0; i < D; ++i) d2 += double(c.mu[k * D + i] - old[i]) * (c.mu[k * D + i] - old[i]);
+    for (int64_t i = 0; i < D; ++i) d2 += double(mu[k * D + i] - old[i]) * (mu[k * D + i] - old[i]);
     drift += std::sqrt(d2);
   }
   return static_cast<float>(drift / std::max<int64_t>(1, K));
 }
 
-}  // namespace sy::ops
+CommitmentSums commitment_sums(Ctx&, const Tensor& qn, const Clusters& clusters, const Centroids& c) {
+  const std::vector<std::vector<int32_t>> queries = members(clusters.queries);
+  const int64_t D = c.D;
+  const float* mu = c.mu.f32();
+  CommitmentSums s;
+  for (size_t k = 0; k < queries.size(); ++k)
+    for (int32_t t : queries[k]) {
+      double d2 = 0;
+      for (int64_t i = 0; i < D; ++i) {
+        const double e = qn.f32()[t * D + i] - mu[k * D + i];
+        d2 += e * e;
+      }
+      s.sq += d2 / D;
+      ++s.count;
+    }
+  return s;
+}
+
+void commitment_backward(Ctx&, Tensor& dqn, const Tensor& qn, const Clusters& clusters, const Centroids& c, float scale) {
+  const std::vector<std::vector<int32_t>> queries = members(clusters.queries);
+  const int64_t D = c.D;
+  const float* mu = c.mu.f32();
+  for (size_t k = 0; k < queries.size(); ++k)
+    for (int32_t t : queries[k])
+      for (int64_t d = 0; d < D; ++d) dqn.f32()[t * D + d] += scale * (qn.f32()[t * D + d] - mu[k * D + d]);
+}
+
+}  // namespace sy::ops::cpu

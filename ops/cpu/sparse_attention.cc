@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 
-namespace sy::ops {
+namespace sy::ops::cpu {
 
 namespace {
 float dot(const float* a, const float* b, int64_t n) {
@@ -14,17 +14,30 @@ float dot(const float* a, const float* b, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
   return s;
 }
+
+// One head of one sequence: q, k, v (T, D), contiguous.
+struct Head {
+  const float *q, *k, *v;
+  int64_t T, D;
+};
+Head head(const Tensor& q, const Tensor& k, const Tensor& v) {
+  return {q.f32(), k.f32(), v.f32(), q.dim(0), q.dim(1)};
+}
 }  // namespace
 
-void sparse_attention_forward(float* o, int64_t ld_o, float* lse, const HeadQKV& h, const KeySets& ks) {
-  SY_CHECK(ks.queries() == h.T, "key sets for " << ks.queries() << " queries, head has " << h.T);
+void sparse_attention_forward(Ctx&, const SparseAttentionArgs& args) {
+  const Head h = head(args.q, args.k, args.v);
+  const int64_t* off = args.keys.off.data<int64_t>();
+  const int32_t* idx = args.keys.idx.data<int32_t>();
+  float* o = args.o.f32();
+  float* lse = args.lse.f32();
   const float scale = 1.f / std::sqrt(static_cast<float>(h.D));
   std::vector<float> s;
   for (int64_t t = 0; t < h.T; ++t) {
-    float* ot = o + t * ld_o;
+    float* ot = o + t * h.D;
     std::fill(ot, ot + h.D, 0.f);
-    const int64_t n = ks.off[t + 1] - ks.off[t];
-    const int32_t* keys = ks.idx.data() + ks.off[t];
+    const int64_t n = off[t + 1] - off[t];
+    const int32_t* keys = idx + off[t];
     if (n == 0) {
       lse[t] = -INFINITY;
       continue;
@@ -32,40 +45,48 @@ void sparse_attention_forward(float* o, int64_t ld_o, float* lse, const HeadQKV&
     s.resize(n);
     float mx = -INFINITY;
     for (int64_t j = 0; j < n; ++j) {
-      s[j] = dot(h.q + t * h.ld, h.k + keys[j] * h.ld, h.D) * scale;
+      s[j] = dot(h.q + t * h.D, h.k + keys[j] * h.D, h.D) * scale;
       mx = std::max(mx, s[j]);
     }
     float sum = 0;
     for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
     for (int64_t j = 0; j < n; ++j) {
       const float a = s[j] / sum;
-      const float* v = h.v + keys[j] * h.ld;
+      const float* v = h.v + keys[j] * h.D;
       for (int64_t d = 0; d < h.D; ++d) ot[d] += a * v[d];
     }
     lse[t] = mx + std::log(sum);
   }
 }
 
-void sparse_attention_backward(const HeadGrads& g, const float* dout, const float* o, int64_t ld_o,
-                               const float* lse, const HeadQKV& h, const KeySets& ks) {
+void sparse_attention_backward(Ctx&, const SparseAttentionBackwardArgs& args) {
+  const Head h = head(args.q, args.k, args.v);
+  const int64_t* off = args.keys.off.data<int64_t>();
+  const int32_t* idx = args.keys.idx.data<int32_t>();
+  const float* dout = args.dout.f32();
+  const float* o = args.o.f32();
+  const float* lse = args.lse.f32();
+  float* gdq = args.dq.f32();
+  float* gdk = args.dk.f32();
+  float* gdv = args.dv.f32();
   const float scale = 1.f / std::sqrt(static_cast<float>(h.D));
   for (int64_t t = 0; t < h.T; ++t) {
-    const int64_t n = ks.off[t + 1] - ks.off[t];
+    const int64_t n = off[t + 1] - off[t];
     if (n == 0) continue;
-    const int32_t* keys = ks.idx.data() + ks.off[t];
-    const float* dot_ = dout + t * ld_o;
-    const float delta = dot(dot_, o + t * ld_o, h.D);
-    const float* q = h.q + t * h.ld;
-    float* dq = g.dq + t * g.ld;
+    const int32_t* keys = idx + off[t];
+    const float* dot_ = dout + t * h.D;
+    const float delta = dot(dot_, o + t * h.D, h.D);
+    const float* q = h.q + t * h.D;
+    float* dq = gdq + t * h.D;
     for (int64_t j = 0; j < n; ++j) {
       const int64_t u = keys[j];
-      const float a = std::exp(dot(q, h.k + u * h.ld, h.D) * scale - lse[t]);
-      const float* v = h.v + u * h.ld;
-      float* dv = g.dv + u * g.ld;
+      const float a = std::exp(dot(q, h.k + u * h.D, h.D) * scale - lse[t]);
+      const float* v = h.v + u * h.D;
+      float* dv = gdv + u * h.D;
       for (int64_t d = 0; d < h.D; ++d) dv[d] += a * dot_[d];
       const float ds = a * (dot(dot_, v, h.D) - delta) * scale;
-      const float* k = h.k + u * h.ld;
-      float* dk = g.dk + u * g.ld;
+      const float* k = h.k + u * h.D;
+      float* dk = gdk + u * h.D;
       for (int64_t d = 0; d < h.D; ++d) {
         dq[d] += ds * k[d];
         dk[d] += ds * q[d];
@@ -74,37 +95,36 @@ void sparse_attention_backward(const HeadGrads& g, const float* dout, const floa
   }
 }
 
-KeySets local_keysets(int64_t T, int64_t window) {
-  SY_CHECK(window >= 1, "local attention window " << window);
-  KeySets ks;
+KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window) {
+  KeySetsBuilder ks;
   std::vector<int32_t> keys;
   for (int64_t t = 0; t < T; ++t) {
     keys.clear();
     for (int64_t u = std::max<int64_t>(0, t - window + 1); u <= t; ++u) keys.push_back(static_cast<int32_t>(u));
     ks.add_query(keys);
   }
-  return ks;
+  return ks.build(ctx);
 }
 
-KeySets block_topk_keysets(const HeadQKV& h, int64_t block, int64_t topk) {
-  SY_CHECK(block >= 1 && topk >= 0, "block top-k: block " << block << ", k " << topk);
+KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk) {
+  const Head h = head(q, k, k);
   const int64_t nb = (h.T + block - 1) / block;
   // mean(K_block) per block
   std::vector<float> kmean(nb * h.D, 0.f);
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t u0 = b * block, u1 = std::min(h.T, u0 + block);
     for (int64_t u = u0; u < u1; ++u)
-      for (int64_t d = 0; d < h.D; ++d) kmean[b * h.D + d] += h.k[u * h.ld + d];
+      for (int64_t d = 0; d < h.D; ++d) kmean[b * h.D + d] += h.k[u * h.D + d];
     for (int64_t d = 0; d < h.D; ++d) kmean[b * h.D + d] /= static_cast<float>(u1 - u0);
   }
-  KeySets ks;
+  KeySetsBuilder ks;
   std::vector<int32_t> keys;
   std::vector<float> score;
   std::vector<int64_t> order;
   for (int64_t t = 0; t < h.T; ++t) {
     const int64_t own = t / block;
     score.resize(own);
-    for (int64_t b = 0; b < own; ++b) score[b] = dot(h.q + t * h.ld, kmean.data() + b * h.D, h.D);
+    for (int64_t b = 0; b < own; ++b) score[b] = dot(h.q + t * h.D, kmean.data() + b * h.D, h.D);
     order.resize(own);
     std::iota(order.begin(), order.end(), 0);
     const int64_t keep = std::min(topk, own);
@@ -118,7 +138,7 @@ KeySets block_topk_keysets(const HeadQKV& h, int64_t block, int64_t topk) {
     for (int64_t u = own * block; u <= t; ++u) keys.push_back(static_cast<int32_t>(u));
     ks.add_query(keys);
   }
-  return ks;
+  return ks.build(ctx);
 }
 
-}  // namespace sy::ops
+}  // namespace sy::ops::cpu

@@ -1,0 +1,32 @@
+// Ctx: what every op receives. The device it runs on, the stream its work is
+// ordered on, the allocator its outputs and scratch come from, and the BLAS
+// handles (cuBLAS/cuBLASLt with their workspace on CUDA; OpenBLAS on the CPU
+// needs none). A Ctx does not own these: the host one is a process-wide
+// singleton, a device one is owned by a DeviceRuntime (core/cuda_runtime.h,
+// CUDA builds only).
+#pragma once
+#include <cstddef>
+
+#include "core/allocator.h"
+#include "core/device.h"
+
+namespace sy {
+
+struct BlasHandle {
+  void* cublas = nullptr;     // cublasHandle_t
+  void* cublaslt = nullptr;   // cublasLtHandle_t
+  void* workspace = nullptr;  // device bytes for cuBLASLt, one per stream
+  size_t workspace_bytes = 0;
+};
+
+struct Ctx {
+  Device device;
+  Stream stream;
+  Allocator* alloc = nullptr;
+  BlasHandle blas;
+};
+
+// The CPU context: host allocator, no stream, no handles.
+Ctx& host_ctx();
+
+}  // namespace sy

@@ -1,0 +1,132 @@
+#include "core/device_runtime.h"
+
+#include <string>
+
+#include "core/cuda_check.h"
+#include "core/error.h"
+
+#ifdef SY_WITH_CUDA
+#include <cublasLt.h>
+#endif
+
+namespace sy {
+
+#ifdef SY_WITH_CUDA
+
+namespace {
+
+// Stream-ordered caching allocator on the device's default memory pool.
+class CudaPoolAllocator final : public Allocator {
+ public:
+  explicit CudaPoolAllocator(int device) : device_(device) {
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool_, device));
+    // Keep freed memory in the pool (a cache) instead of returning it to the driver.
+    uint64_t never = UINT64_MAX;
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &never));
+  }
+  Device device() const override { return Device::cuda(device_); }
+  void* allocate(size_t bytes, Stream s) override {
+    void* p = nullptr;
+    CUDA_CHECK(cudaMallocFromPoolAsync(&p, bytes, pool_, static_cast<cudaStream_t>(s.handle)));
+    count_alloc(bytes);
+    return p;
+  }
+  void deallocate(void* p, size_t bytes, Stream s) override {
+    // A destructor must not throw: a failed free leaves the bytes counted.
+    if (cudaFreeAsync(p, static_cast<cudaStream_t>(s.handle)) == cudaSuccess) count_free(bytes);
+  }
+
+ private:
+  int device_;
+  cudaMemPool_t pool_ = nullptr;
+};
+
+class CudaRuntime final : public DeviceRuntime {
+ public:
+  explicit CudaRuntime(int device) : alloc_(device) {
+    CUDA_CHECK(cudaSetDevice(device));
+    CUDA_CHECK(cudaGetDeviceProperties(&props_, device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&cublas_));
+    CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    CUBLAS_CHECK(cublasLtCreate(&lt_));
+    // 32 MiB: cuBLASLt's recommendation for Hopper (one workspace per stream).
+    workspace_bytes_ = 32u << 20;
+    CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+    CUBLAS_CHECK(cublasSetWorkspace(cublas_, workspace_, workspace_bytes_));
+    ctx_ = Ctx{Device::cuda(device), Stream{stream_}, &alloc_, BlasHandle{cublas_, lt_, workspace_, workspace_bytes_}};
+  }
+  ~CudaRuntime() override {
+    cudaStreamSynchronize(stream_);
+    cublasLtDestroy(lt_);
+    cublasDestroy(cublas_);
+    cudaFree(workspace_);
+    cudaStreamDestroy(stream_);
+  }
+  Ctx& ctx() override { return ctx_; }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  size_t total_bytes() const override { return props_.totalGlobalMem; }
+  size_t free_bytes() const override {
+    size_t free = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return free;
+  }
+  const char* name() const override { return props_.name; }
+
+ private:
+  CudaPoolAllocator alloc_;
+  cudaDeviceProp props_{};
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  Ctx ctx_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceRuntime> DeviceRuntime::create(int device) {
+  if (!cuda_available()) throw BackendError("no CUDA device is visible (cudaGetDeviceCount found none)");
+  return std::make_unique<CudaRuntime>(device);
+}
+
+EventTimer::EventTimer(Stream stream) : stream_(stream) {
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  start_ = a, stop_ = b;
+}
+
+EventTimer::~EventTimer() {
+  cudaEventDestroy(static_cast<cudaEvent_t>(start_));
+  cudaEventDestroy(static_cast<cudaEvent_t>(stop_));
+}
+
+void EventTimer::start() {
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(start_), static_cast<cudaStream_t>(stream_.handle)));
+}
+
+float EventTimer::stop_ms() {
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(stop_), static_cast<cudaStream_t>(stream_.handle)));
+  CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(stop_)));
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start_), static_cast<cudaEvent_t>(stop_)));
+  return ms;
+}
+
+#else
+
+std::unique_ptr<DeviceRuntime> DeviceRuntime::create(int) {
+  throw BackendError("this build of Switchyard has no CUDA backend (configure with SWITCHYARD_CUDA=ON)");
+}
+EventTimer::EventTimer(Stream stream) : stream_(stream) {
+  throw BackendError("EventTimer: this build of Switchyard has no CUDA backend");
+}
+EventTimer::~EventTimer() = default;
+void EventTimer::start() {}
+float EventTimer::stop_ms() { return 0; }
+
+#endif
+
+}  // namespace sy

@@ -1,0 +1,43 @@
+// How an op's entry point (ops/<op>.cc) picks its backend: it checks shapes
+// once, checks that every tensor is on the context's device, then calls
+// cpu::<op> or cuda::<op> with the same arguments. An op whose CUDA kernels
+// are not written yet (or a build without CUDA) throws BackendError naming
+// the op, so a device tensor never reaches host code.
+#pragma once
+#include <initializer_list>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace sy::ops {
+
+// Throws ShapeError naming the op and the first tensor not on ctx's device
+// (undefined tensors are skipped: optional inputs).
+void check_device(const Ctx& ctx, const char* op, std::initializer_list<const Tensor*> tensors);
+
+[[noreturn]] void no_cuda_kernel(const char* op);
+
+}  // namespace sy::ops
+
+// Calls the CPU reference of `op`; on a CUDA context, the CUDA kernels when
+// the build has them.
+#ifdef SY_WITH_CUDA
+#define SY_DISPATCH(ctx, op, ...)                                   \
+  do {                                                              \
+    if ((ctx).device.is_cpu()) return ::sy::ops::cpu::op(__VA_ARGS__); \
+    return ::sy::ops::cuda::op(__VA_ARGS__);                        \
+  } while (0)
+#else
+#define SY_DISPATCH(ctx, op, ...)                                   \
+  do {                                                              \
+    if ((ctx).device.is_cpu()) return ::sy::ops::cpu::op(__VA_ARGS__); \
+    ::sy::ops::no_cuda_kernel(#op);                                 \
+  } while (0)
+#endif
+
+// The same for ops with no CUDA kernels yet.
+#define SY_DISPATCH_CPU_ONLY(ctx, op, ...)                          \
+  do {                                                              \
+    if ((ctx).device.is_cpu()) return ::sy::ops::cpu::op(__VA_ARGS__); \
+    ::sy::ops::no_cuda_kernel(#op);                                 \
+  } while (0)

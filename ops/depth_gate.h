@@ -1,0 +1,38 @@
+// The depth router's gate (Mixture-of-Depths, Raposo et al. 2024; the layer
+// is runtime/depth_router.h): combine weights from router scores, and the
+// causal predictor's loss.
+//
+//   s_i = sigmoid(r_i)
+//   w_i = s_i / sg(s_i)  (straight-through: 1 in value)  or  s_i,   kept i; 0 otherwise
+// Backward: dr_i = dw_i (1 - s_i)  [straight-through: d(s/sg(s))/dr = s(1-s)/s]
+//                  or dw_i s_i (1 - s_i),   plus dbudget_i s_i (1 - s_i)
+//           (the budget loss is on s: ops/router_loss.h's budget_loss with G = 1).
+// Predictor: p_i = sigmoid(l_i), y_i = 1 when the route kept i;
+//   BCE = -mean_i (y_i log p_i + (1 - y_i) log(1 - p_i))  (p clamped to [1e-7, 1 - 1e-7]),
+//   dl_i = (p_i - y_i) / N;  accuracy = mean_i [(p_i > tau) == y_i].
+// Shapes: r, s, w, dr, dw, dbudget, p, dl (N); the route has k = 1.
+#pragma once
+#include "core/tensor.h"
+#include "ops/routing.h"
+
+namespace sy::ops {
+
+struct PredictorStats {
+  double bce = 0, accuracy = 0;
+};
+
+void depth_gate_forward(Ctx& ctx, Tensor& w, const Tensor& s, const Route& r, bool straight_through);
+// dr is overwritten.
+void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& dbudget, const Tensor& s,
+                         const Route& r, bool straight_through);
+// dl is overwritten.
+PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau);
+
+namespace cpu {
+void depth_gate_forward(Ctx& ctx, Tensor& w, const Tensor& s, const Route& r, bool straight_through);
+void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& dbudget, const Tensor& s,
+                         const Route& r, bool straight_through);
+PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau);
+}  // namespace cpu
+
+}  // namespace sy::ops

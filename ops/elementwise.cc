@@ -1,0 +1,37 @@
+#include "ops/elementwise.h"
+
+#include "ops/backend.h"
+
+namespace sy::ops {
+
+namespace {
+void check(Ctx& ctx, const char* op, const Tensor& y, const Tensor& x) {
+  check_shape(x, y.shape(), op);
+  check_dtype(y, DType::f32, op);
+  check_dtype(x, DType::f32, op);
+  check_device(ctx, op, {&y, &x});
+}
+}  // namespace
+
+void add_into(Ctx& ctx, Tensor& y, const Tensor& x) {
+  check(ctx, "add_into", y, x);
+  SY_DISPATCH_CPU_ONLY(ctx, add_into, ctx, y, x);
+}
+
+void mul_into(Ctx& ctx, Tensor& y, const Tensor& x) {
+  check(ctx, "mul_into", y, x);
+  SY_DISPATCH_CPU_ONLY(ctx, mul_into, ctx, y, x);
+}
+
+void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x) {
+  check(ctx, "sigmoid", y, x);
+  SY_DISPATCH_CPU_ONLY(ctx, sigmoid, ctx, y, x);
+}
+
+void scale(Ctx& ctx, Tensor& y, float s) {
+  check_dtype(y, DType::f32, "scale");
+  check_device(ctx, "scale", {&y});
+  SY_DISPATCH_CPU_ONLY(ctx, scale, ctx, y, s);
+}
+
+}  // namespace sy::ops

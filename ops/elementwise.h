@@ -1,0 +1,24 @@
+// Elementwise ops on tensors of one shape (f32):
+//
+//   add_into:  y += x            (residual adds, a shared expert's output)
+//   mul_into:  y *= x            (multiplicative jitter and its gradient)
+//   scale:     y *= s            (a scalar: the data-parallel mean of summed gradients)
+//   sigmoid:   y = 1 / (1 + exp(-x))
+#pragma once
+#include "core/tensor.h"
+
+namespace sy::ops {
+
+void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
+void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
+void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
+void scale(Ctx& ctx, Tensor& y, float s);
+
+namespace cpu {
+void scale(Ctx& ctx, Tensor& y, float s);
+void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
+void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
+void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
+}  // namespace cpu
+
+}  // namespace sy::ops

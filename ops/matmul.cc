@@ -1,0 +1,29 @@
+#include "ops/matmul.h"
+
+#include "ops/backend.h"
+
+namespace sy::ops {
+
+void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
+  SY_CHECK(a.x.ndim() == 2 && a.w.ndim() == 2, "matmul: x " << shape_str(a.x.shape()) << ", W " << shape_str(a.w.shape()));
+  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
+  check_shape(a.w, {K, M}, "matmul W");
+  check_shape(a.y, {N, M}, "matmul y");
+  if (a.b.defined()) check_shape(a.b, {M}, "matmul bias");
+  check_device(ctx, "matmul_forward", {&a.y, &a.x, &a.w, &a.b});
+  SY_DISPATCH_CPU_ONLY(ctx, matmul_forward, ctx, a);
+}
+
+void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
+  SY_CHECK(a.x.ndim() == 2 && a.w.ndim() == 2, "matmul: x " << shape_str(a.x.shape()) << ", W " << shape_str(a.w.shape()));
+  const int64_t N = a.x.dim(0), M = a.w.dim(1);
+  check_shape(a.w, {a.x.dim(1), M}, "matmul W");
+  check_shape(a.dy, {N, M}, "matmul dy");
+  if (a.dx) check_shape(*a.dx, a.x.shape(), "matmul dx");
+  if (a.dw) check_shape(*a.dw, a.w.shape(), "matmul dW");
+  if (a.db) check_shape(*a.db, {M}, "matmul db");
+  check_device(ctx, "matmul_backward", {a.dx, a.dw, a.db, &a.dy, &a.x, &a.w});
+  SY_DISPATCH_CPU_ONLY(ctx, matmul_backward, ctx, a);
+}
+
+}  // namespace sy::ops

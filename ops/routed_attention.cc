@@ -1,0 +1,83 @@
+#include "ops/routed_attention.h"
+
+#include "ops/backend.h"
+
+namespace sy::ops {
+
+Centroids::Centroids(int64_t k, int64_t d, Ctx& ctx)
+    : K(k), D(d),
+      mu(Tensor::zeros({k, d}, DType::f32, ctx)),
+      sum(Tensor::zeros({k, d}, DType::f32, ctx)),
+      count(Tensor::zeros({k}, DType::f32, ctx)) {}
+
+ClusterStats::ClusterStats(int64_t k, int64_t d, Ctx& ctx)
+    : sum(Tensor::zeros({k, d}, DType::f32, ctx)), count(Tensor::zeros({k}, DType::f32, ctx)) {}
+
+namespace {
+void check_rows(const Tensor& x, int64_t D, const char* what) {
+  SY_CHECK(x.ndim() == 2 && x.dim(1) == D, what << " " << shape_str(x.shape()) << " is not (T, " << D << ")");
+}
+}  // namespace
+
+void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
+                     const ClusterParams& p) {
+  SY_CHECK(c.K >= 1, "routed attention needs at least one centroid");
+  check_rows(qn, c.D, "cluster queries");
+  check_shape(kn, qn.shape(), "cluster keys");
+  check_device(ctx, "assign_clusters", {&qn, &kn, &c.mu});
+  SY_DISPATCH_CPU_ONLY(ctx, assign_clusters, ctx, cl, qn, kn, c, p);
+}
+
+void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
+  SY_CHECK(a.q.ndim() == 2, "routed attention: q " << shape_str(a.q.shape()) << " is not (T, D)");
+  const int64_t T = a.q.dim(0);
+  check_shape(a.k, a.q.shape(), "routed attention k");
+  check_shape(a.v, a.q.shape(), "routed attention v");
+  check_shape(a.o, a.q.shape(), "routed attention o");
+  check_shape(a.lse, {T}, "routed attention lse");
+  SY_CHECK(a.clusters.queries.num_items == T && a.clusters.keys.num_items == T,
+           "routed attention: clusters over " << a.clusters.queries.num_items << " tokens, head has " << T);
+  check_device(ctx, "routed_attention_forward", {&a.o, &a.lse, &a.q, &a.k, &a.v, &a.clusters.queries.group});
+  SY_DISPATCH_CPU_ONLY(ctx, routed_attention_forward, ctx, a);
+}
+
+void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl) {
+  const int64_t K = cl.num();
+  SY_CHECK(s.sum.ndim() == 2 && s.sum.dim(0) == K, "cluster stats " << shape_str(s.sum.shape()) << " for " << K << " clusters");
+  check_rows(qn, s.sum.dim(1), "cluster queries");
+  check_shape(kn, qn.shape(), "cluster keys");
+  check_shape(s.count, {K}, "cluster counts");
+  check_device(ctx, "accumulate_cluster_stats", {&s.sum, &s.count, &qn, &kn});
+  SY_DISPATCH_CPU_ONLY(ctx, accumulate_cluster_stats, ctx, s, qn, kn, cl);
+}
+
+void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng) {
+  check_rows(x, c.D, "k-means input");
+  SY_CHECK(x.dim(0) >= 1, "k-means on an empty batch");
+  check_device(ctx, "kmeans_init", {&x, &c.mu});
+  SY_DISPATCH_CPU_ONLY(ctx, kmeans_init, ctx, c, x, iters, rng);
+}
+
+float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay) {
+  check_shape(s.sum, {c.K, c.D}, "cluster stats sum");
+  check_shape(s.count, {c.K}, "cluster stats count");
+  check_device(ctx, "ema_update", {&c.mu, &c.sum, &c.count, &s.sum, &s.count});
+  SY_DISPATCH_CPU_ONLY(ctx, ema_update, ctx, c, s, decay);
+}
+
+CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c) {
+  check_rows(qn, c.D, "commitment queries");
+  SY_CHECK(cl.queries.num_items == qn.dim(0), "commitment: clusters over " << cl.queries.num_items << " of " << qn.dim(0) << " queries");
+  check_device(ctx, "commitment_sums", {&qn, &c.mu, &cl.queries.group});
+  SY_DISPATCH_CPU_ONLY(ctx, commitment_sums, ctx, qn, cl, c);
+}
+
+void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale) {
+  check_rows(qn, c.D, "commitment queries");
+  check_shape(dqn, qn.shape(), "commitment dqn");
+  SY_CHECK(cl.queries.num_items == qn.dim(0), "commitment: clusters over " << cl.queries.num_items << " of " << qn.dim(0) << " queries");
+  check_device(ctx, "commitment_backward", {&dqn, &qn, &c.mu, &cl.queries.group});
+  SY_DISPATCH_CPU_ONLY(ctx, commitment_backward, ctx, dqn, qn, cl, c, scale);
+}
+
+}  // namespace sy::ops

@@ -1,0 +1,89 @@
+#include "ops/routing.h"
+
+#include <cmath>
+
+#include "ops/backend.h"
+
+namespace sy::ops {
+
+int64_t ceil_capacity(double fraction, double n) {
+  const double x = fraction * n;
+  return static_cast<int64_t>(std::ceil(x - 1e-6 * std::fabs(x)));
+}
+
+std::vector<int32_t> Route::host_count() const {
+  std::vector<int32_t> c(num_groups, 0);
+  for (int64_t g = 0; g < num_groups && g + 1 < static_cast<int64_t>(host_offset.size()); ++g)
+    c[g] = host_offset[g + 1] - host_offset[g];
+  return c;
+}
+
+int64_t Route::row(int64_t a) const {
+  const int32_t s = slot.data<int32_t>()[a];
+  return s < 0 ? -1 : host_offset[group.data<int32_t>()[a]] + s;
+}
+
+namespace {
+void check_matrix(const Tensor& t, const char* what) {
+  check_dtype(t, DType::f32, what);
+  SY_CHECK(t.ndim() == 2, what << " " << shape_str(t.shape()) << " is not (N, G)");
+}
+}  // namespace
+
+void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn) {
+  check_matrix(logits, "router logits");
+  check_shape(probs, logits.shape(), "router probs");
+  check_device(ctx, "router_scores", {&probs, &logits});
+  SY_DISPATCH_CPU_ONLY(ctx, router_scores, ctx, probs, logits, fn);
+}
+
+void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn) {
+  check_matrix(probs, "router probs");
+  check_shape(dprobs, probs.shape(), "router dprobs");
+  check_shape(dlogits, probs.shape(), "router dlogits");
+  check_device(ctx, "router_scores_backward", {&dlogits, &dprobs, &probs});
+  SY_DISPATCH_CPU_ONLY(ctx, router_scores_backward, ctx, dlogits, dprobs, probs, fn);
+}
+
+void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
+  check_matrix(probs, "router probs");
+  const int64_t N = probs.dim(0), G = probs.dim(1);
+  SY_CHECK(p.k >= 1 && p.k <= G, "top_k = " << p.k << " with " << G << " groups");
+  if (p.selection_bias) check_shape(*p.selection_bias, {G}, "selection bias");
+  if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
+  check_device(ctx, "tokens_choose", {&probs, p.selection_bias, p.selection_keys});
+  SY_DISPATCH_CPU_ONLY(ctx, tokens_choose, ctx, r, probs, p);
+}
+
+void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment) {
+  check_matrix(scores, "group scores");
+  const int64_t N = scores.dim(0), S = segment > 0 ? segment : N;
+  SY_CHECK(capacity >= 0, "capacity " << capacity);
+  SY_CHECK(N % std::max<int64_t>(S, 1) == 0, "groups_choose: " << N << " items in segments of " << S);
+  check_device(ctx, "groups_choose", {&scores});
+  SY_DISPATCH_CPU_ONLY(ctx, groups_choose, ctx, r, scores, capacity, segment);
+}
+
+void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau) {
+  check_dtype(scores, DType::f32, "threshold scores");
+  SY_CHECK(scores.ndim() == 1, "threshold scores " << shape_str(scores.shape()) << " are not (N)");
+  check_device(ctx, "threshold_route", {&scores});
+  SY_DISPATCH_CPU_ONLY(ctx, threshold_route, ctx, r, scores, tau);
+}
+
+void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
+                            const Route& r, bool renormalized) {
+  check_shape(probs, {r.num_items, r.num_groups}, "route probs");
+  check_shape(dprobs, probs.shape(), "route dprobs");
+  check_shape(dweight, {r.assignments()}, "route dweight");
+  check_device(ctx, "route_weights_backward", {&dprobs, &dweight, &probs, &r.group});
+  SY_DISPATCH_CPU_ONLY(ctx, route_weights_backward, ctx, dprobs, dweight, probs, r, renormalized);
+}
+
+void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate) {
+  check_shape(bias, {static_cast<int64_t>(load.size())}, "balance bias");
+  check_device(ctx, "update_balance_bias", {&bias});
+  SY_DISPATCH_CPU_ONLY(ctx, update_balance_bias, ctx, bias, load, rate);
+}
+
+}  // namespace sy::ops

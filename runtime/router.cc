@@ -1,0 +1,143 @@
+#include "runtime/router.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "ops/elementwise.h"
+#include "ops/matmul.h"
+
+namespace sy {
+
+namespace {
+ops::ScoreFn score_fn(const switchyard::MoeConfig& c) {
+  return c.score_function() == switchyard::MoeConfig::SIGMOID ? ops::ScoreFn::sigmoid : ops::ScoreFn::softmax;
+}
+bool expert_choice(const switchyard::MoeConfig& c) { return c.router() == switchyard::MoeConfig::EXPERT_CHOICE; }
+}  // namespace
+
+Router::Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
+               Rng& rng, float std, uint64_t seed, ParallelContext* par)
+    : ctx_(ctx), cfg_(cfg), name_(name), C_(C), G_(cfg.num_experts()), par_(par),
+      cost_(cfg.expert_cost().begin(), cfg.expert_cost().end()), rng_(seed + (par ? par->rank() : 0)) {
+  wg_ = ps.add(name + ".router.w", {C_, G_}, rng, std, false);
+  bias_ = Tensor::zeros({G_}, DType::f32, ctx_);
+}
+
+bool Router::renormalized() const { return cfg_.renormalize() && !expert_choice(cfg_); }
+
+const ops::Route& Router::forward(const Tensor& x) {
+  const int64_t N = x.dim(0);
+  // Router input, with multiplicative jitter in training.
+  xr_ = x;
+  noise_ = Tensor();
+  if (training_ && cfg_.jitter() > 0) {
+    noise_ = Tensor::empty(x.shape(), DType::f32, host_ctx());
+    for (int64_t i = 0; i < noise_.numel(); ++i)
+      noise_.f32()[i] = static_cast<float>(1.0 + cfg_.jitter() * (2.0 * rng_.uniform() - 1.0));
+    noise_ = noise_.to(ctx_);
+    xr_ = x.clone(ctx_);
+    ops::mul_into(ctx_, xr_, noise_);
+  }
+  logits_ = Tensor::empty({N, G_}, DType::f32, ctx_);
+  ops::matmul_forward(ctx_, {logits_, xr_, wg_->value, Tensor()});
+  // Noisy gating: the noise is a constant offset, so backward is unchanged.
+  const bool noisy = training_ && cfg_.router_noise() > 0;
+  const bool gumbel = noisy && cfg_.router_noise_kind() == switchyard::MoeConfig::GUMBEL;
+  if (noisy && !gumbel) {
+    Tensor eps = Tensor::empty(logits_.shape(), DType::f32, host_ctx());
+    for (int64_t i = 0; i < eps.numel(); ++i) eps.f32()[i] = static_cast<float>(cfg_.router_noise() * rng_.normal());
+    ops::add_into(ctx_, logits_, eps.to(ctx_));
+  }
+  // Gumbel selection keys: logits + beta * (-log(-log u)); argmax over them
+  // picks g with probability softmax(l / beta)_g (Gumbel-max). Selection only:
+  // backward never sees them.
+  Tensor keys;
+  if (gumbel) {
+    Tensor g = Tensor::empty(logits_.shape(), DType::f32, host_ctx());
+    for (int64_t a = 0; a < g.numel(); ++a) {
+      const double u = std::max(rng_.uniform(), 1e-300);
+      g.f32()[a] = -static_cast<float>(cfg_.router_noise() * std::log(-std::log(u)));
+    }
+    keys = logits_.clone(ctx_);
+    ops::add_into(ctx_, keys, g.to(ctx_));
+  }
+  probs_ = Tensor::empty({N, G_}, DType::f32, ctx_);
+  ops::router_scores(ctx_, probs_, logits_, score_fn(cfg_));
+
+  const float cf = training_ ? cfg_.capacity_factor() : cfg_.capacity_factor_eval();
+  if (expert_choice(cfg_)) {
+    ops::groups_choose(ctx_, route_, probs_, ops::ceil_capacity(cf, static_cast<double>(N) / G_));
+  } else {
+    ops::TokensChooseParams p;
+    p.k = cfg_.top_k();
+    p.capacity_factor = cf;
+    p.dropless = cfg_.dropless();
+    p.priority = cfg_.slot_priority() == switchyard::MoeConfig::SCORE ? ops::SlotPriority::score
+                                                                      : ops::SlotPriority::position;
+    p.renormalize = cfg_.renormalize();
+    if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;
+    if (gumbel) p.selection_keys = &keys;
+    ops::tokens_choose(ctx_, route_, probs_, p);
+  }
+  losses_and_stats(N);
+  return route_;
+}
+
+void Router::losses_and_stats(int64_t N) {
+  stats_ = RoutingStats{};
+  stats_.capacity = route_.capacity;
+  // Statistics over every data-parallel rank's tokens (rank 0 reports them, so
+  // a rank-local value would describe 1/world of the batch).
+  Tensor sums = Tensor::empty({ops::routing_sums_size(G_)}, DType::f64, ctx_);
+  ops::routing_sums(ctx_, sums, probs_, route_);
+  if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(sums, ctx_.stream, name_.c_str());
+  const ops::RoutingTotals tot = ops::RoutingTotals::read(sums, G_);
+  const std::vector<double> f = tot.f(), P = tot.P();
+  const double mean = 1.0 / G_;
+  double var = 0, mx = 0;
+  for (int64_t g = 0; g < G_; ++g) {
+    mx = std::max(mx, f[g]);
+    var += (f[g] - mean) * (f[g] - mean);
+  }
+  stats_.load = f;
+  stats_.max_over_mean = mx / mean;
+  stats_.cv = std::sqrt(var / G_) / mean;
+  stats_.dropped = tot.dropped / std::max(1.0, tot.assigned);
+  stats_.unserved = tot.unserved / std::max(1.0, tot.items);
+  stats_.entropy = tot.entropy / std::max(1.0, tot.items);
+
+  aux_dprobs_ = Tensor::zeros({N, G_}, DType::f32, ctx_);
+  aux_dlogits_ = Tensor::zeros({N, G_}, DType::f32, ctx_);
+  // Grouped balance is computed on this rank's tokens: a group never spans ranks.
+  const int64_t lb_group = cfg_.load_balance_tokens();
+  SY_CHECK(lb_group == 0 || N % lb_group == 0,
+           name_ << ": moe.load_balance_tokens = " << lb_group << " does not divide the " << N
+                 << " tokens this rank routes");
+  stats_.lb_loss = lb_group > 0 ? ops::load_balance_loss_grouped(ctx_, aux_dprobs_, probs_, route_, lb_group,
+                                                                 cfg_.load_balance_coef())
+                                : ops::load_balance_loss(ctx_, aux_dprobs_, f, P, cfg_.load_balance_coef());
+  stats_.z_loss = ops::z_loss(ctx_, aux_dlogits_, logits_, cfg_.z_loss_coef());
+  float expected = 0;
+  stats_.budget_loss =
+      ops::budget_loss(ctx_, aux_dprobs_, probs_, cost_, cfg_.budget(), cfg_.budget_coef(), &expected);
+  stats_.expected_cost = expected;
+
+  if (training_ && cfg_.bias_balance_rate() > 0) {
+    std::vector<int64_t> load(tot.chosen.begin(), tot.chosen.end());
+    ops::update_balance_bias(ctx_, bias_, load, cfg_.bias_balance_rate());
+  }
+}
+
+void Router::backward(const Tensor& dweight, Tensor& dx) {
+  // Weights and losses -> dprobs -> dlogits (+ z-loss) -> Wg, x.
+  Tensor dprobs = aux_dprobs_.clone(ctx_), dlogits = aux_dlogits_.clone(ctx_);
+  ops::route_weights_backward(ctx_, dprobs, dweight, probs_, route_, renormalized());
+  ops::router_scores_backward(ctx_, dlogits, dprobs, probs_, score_fn(cfg_));
+  // The router saw x * noise: its input gradient is scaled by the same noise.
+  Tensor dxr = Tensor::zeros(dx.shape(), DType::f32, ctx_);
+  ops::matmul_backward(ctx_, {&dxr, &wg_->grad, nullptr, dlogits, xr_, wg_->value});
+  if (noise_.defined()) ops::mul_into(ctx_, dxr, noise_);
+  ops::add_into(ctx_, dx, dxr);
+}
+
+}  // namespace sy

@@ -1,0 +1,79 @@
+// Router: the gate of a MoE layer (Megatron-Core's split: Router ->
+// TokenDispatcher -> GroupedExperts; runtime/moe_layer.h puts them together).
+//
+//   logits = x_r Wg [+ eps]    (N, G), fp32; x_r = x * U(1-j, 1+j) when jittering,
+//                              eps ~ N(0, router_noise^2) (noisy gating), training only
+//   probs  = softmax or sigmoid(logits)
+//   route  = tokens_choose(probs) or groups_choose (expert choice); with
+//            router_noise_kind GUMBEL, tokens choose by logits + Gumbel(0,
+//            router_noise) instead (training only; the weights stay clean)
+//
+// It also computes the routing statistics and the router losses of each
+// forward (load balance, z-loss, compute budget), whose gradients backward
+// adds to the combine weights' own: dweight -> dprobs -> dlogits -> Wg and x
+// (the straight-through path of the routing core). Statistics and the
+// batch-wide load-balance loss cover every data-parallel rank's tokens; the
+// grouped load-balance loss, the z- and budget losses are over this rank's.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "ops/router_loss.h"
+#include "ops/routing.h"
+#include "runtime/config.h"
+#include "runtime/params.h"
+#include "runtime/parallel.h"
+
+namespace sy {
+
+// What a router reports about its last forward (metrics).
+struct RoutingStats {
+  std::vector<double> load;  // share of assignments per expert (before capacity), every rank's tokens
+  double max_over_mean = 0, cv = 0;
+  double dropped = 0;   // share of used assignments dropped over capacity
+  double unserved = 0;  // share of tokens with no kept assignment (no expert at all)
+  double entropy = 0;   // mean router entropy per token
+  double lb_loss = 0, z_loss = 0, budget_loss = 0, expected_cost = 0;
+  int64_t capacity = 0;
+};
+
+class Router {
+ public:
+  // par (several ranks) makes the statistics global; seed keys the noise draws.
+  Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg, Rng& rng,
+         float std, uint64_t seed, ParallelContext* par);
+  // Routes x (N, C); saves what backward needs.
+  const ops::Route& forward(const Tensor& x);
+  // dweight (N*k): the combine weights' gradient. Accumulates the router's
+  // input gradient into dx (N, C) and Wg's gradient into the ParamStore.
+  void backward(const Tensor& dweight, Tensor& dx);
+  void set_training(bool t) { training_ = t; }
+  const ops::Route& route() const { return route_; }
+  const RoutingStats& stats() const { return stats_; }
+  double aux_loss() const { return stats_.lb_loss + stats_.z_loss + stats_.budget_loss; }
+  const Tensor& balance_bias() const { return bias_; }
+  bool renormalized() const;
+  int64_t num_groups() const { return G_; }
+
+ private:
+  void losses_and_stats(int64_t N);
+
+  Ctx& ctx_;
+  switchyard::MoeConfig cfg_;
+  std::string name_;
+  int64_t C_, G_;
+  ParallelContext* par_;
+  Param* wg_;
+  Tensor bias_;  // (G) selection bias (auxiliary-loss-free balancing)
+  std::vector<float> cost_;
+  Rng rng_;
+  bool training_ = true;
+  // saved for backward
+  Tensor xr_, noise_;            // router input (jittered), jitter factors (undefined when not jittering)
+  Tensor logits_, probs_;        // (N, G)
+  Tensor aux_dprobs_, aux_dlogits_;  // the router losses' gradients, from forward
+  ops::Route route_;
+  RoutingStats stats_;
+};
+
+}  // namespace sy

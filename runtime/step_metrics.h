@@ -1,0 +1,54 @@
+// What a logged step reports: the JSON metrics line (one per logged step,
+// runtime/metrics.h writes it) and the human progress line, built from the
+// model's last forward and the trainer's counters.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/model.h"
+
+namespace sy {
+
+// Expert load of one MoE layer over a whole validation pass: the router in
+// evaluation mode (no noise or jitter, eval capacity) on held-out text.
+struct HeldOutRouting {
+  int layer = 0;
+  std::vector<double> load;  // fraction of assignments per expert, before capacity
+  double max_over_mean = 0, dropped = 0;
+};
+
+// The trainer's side of one logged step.
+struct StepLog {
+  int64_t step = 0, steps = 0;
+  float loss = 0;                 // mean training loss since the last log line
+  bool evaluated = false;
+  float val_loss = 0;
+  const std::vector<HeldOutRouting>* held_out = nullptr;  // with evaluated
+  float lr = 0, grad_norm = 0;
+  double tokens_per_s = 0, flops_per_s = 0, elapsed_s = 0, eta_s = 0;
+  int world = 1;
+  double all_to_all_s = 0;   // last step, all MoE layers
+  double all_reduce_s = 0;   // since the last log line
+};
+
+// The model's part of a logged step: per-layer routing and compute statistics
+// of its last forward, as metrics and as the progress line's short form. Taken
+// after the training step, before evaluation reroutes.
+struct RoutingSnapshot {
+  nlohmann::json metrics = nlohmann::json::object();
+  std::string brief;
+};
+RoutingSnapshot routing_snapshot(Transformer& model, int64_t tokens_per_step);
+
+// The metrics line: the snapshot plus the trainer's counters.
+nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r);
+// "step 10/600 | loss ... | val ... | lr ... | 4.5k tok/s | ... | ETA ..." + r.brief
+std::string progress_line(const StepLog& s, const RoutingSnapshot& r);
+
+// What starts a run's log: parameters, layers, data, and for sparse attention
+// what it costs at long context.
+std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_bytes, int64_t val_bytes);
+
+}  // namespace sy

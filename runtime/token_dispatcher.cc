@@ -1,0 +1,47 @@
+#include "runtime/token_dispatcher.h"
+
+#include "ops/dispatch.h"
+
+namespace sy {
+
+TokenDispatcher::TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> exchange, const std::string& name)
+    : ctx_(ctx), exchange_(std::move(exchange)), name_(name) {}
+
+Tensor TokenDispatcher::dispatch(const Tensor& x, const ops::Route& r) {
+  route_ = &r;
+  N_ = x.dim(0), C_ = x.dim(1);
+  Tensor buf = Tensor::empty({r.rows(), C_}, DType::f32, ctx_);
+  ops::dispatch_forward(ctx_, buf, x, r);
+  if (!exchange_) return buf;
+  exchange_->reset_counters();
+  exchange_->plan(r.host_count(), name_.c_str());
+  return exchange_->forward(buf, name_.c_str());
+}
+
+const std::vector<int32_t>& TokenDispatcher::expert_offsets() const {
+  return exchange_ ? exchange_->expert_offsets() : route_->host_offset;
+}
+
+Tensor TokenDispatcher::combine(const Tensor& expert_out) {
+  out_ = exchange_ ? exchange_->reverse(expert_out, name_.c_str()) : expert_out;
+  Tensor y = Tensor::empty({N_, C_}, DType::f32, ctx_);
+  ops::combine_forward(ctx_, y, out_, *route_);
+  return y;
+}
+
+Tensor TokenDispatcher::combine_backward(const Tensor& dy, Tensor& dweight) {
+  Tensor dout = Tensor::zeros(out_.shape(), DType::f32, ctx_);
+  dweight = Tensor::empty({route_->assignments()}, DType::f32, ctx_);
+  ops::combine_backward(ctx_, dout, dweight, dy, out_, *route_);
+  // Gradients travel the forward's way: to the experts' owners, and back.
+  return exchange_ ? exchange_->forward(dout, name_.c_str()) : dout;
+}
+
+Tensor TokenDispatcher::dispatch_backward(const Tensor& dbuf) {
+  Tensor d = exchange_ ? exchange_->reverse(dbuf, name_.c_str()) : dbuf;
+  Tensor dx = Tensor::zeros({N_, C_}, DType::f32, ctx_);
+  ops::dispatch_backward(ctx_, dx, d, *route_);
+  return dx;
+}
+
+}  // namespace sy

@@ -1,0 +1,44 @@
+// TokenDispatcher: moves token rows along a Route to the experts that
+// process them and back (ops/dispatch.h), across the expert-parallel group
+// when there is one (runtime/expert_exchange.h).
+//
+//   dispatch: x (N, C) -> group-major buffer (route.rows(), C) -> [exchange]
+//             -> expert-major rows of this rank's experts (expert_offsets())
+//   combine:  expert outputs -> [exchange back] -> y_i = sum_j w_ij out_ij
+// Backward runs the same path in reverse; the combine weights' gradient goes
+// to the router (runtime/router.h).
+#pragma once
+#include <memory>
+
+#include "ops/routing.h"
+#include "runtime/expert_exchange.h"
+
+namespace sy {
+
+class TokenDispatcher {
+ public:
+  // exchange: the expert-parallel exchange, or null on one rank.
+  TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> exchange, const std::string& name);
+  // Rows of x for this rank's experts, expert-major.
+  Tensor dispatch(const Tensor& x, const ops::Route& r);
+  // (local experts + 1) row offsets into dispatch()'s buffer.
+  const std::vector<int32_t>& expert_offsets() const;
+  Tensor combine(const Tensor& expert_out);
+  // Returns d(expert_out); fills dweight (N*k).
+  Tensor combine_backward(const Tensor& dy, Tensor& dweight);
+  // Returns dx (N, C) from d(dispatch()'s buffer).
+  Tensor dispatch_backward(const Tensor& dbuf);
+  // All-to-all seconds and bytes sent in the last forward + backward.
+  double comm_seconds() const { return exchange_ ? exchange_->seconds() : 0; }
+  double bytes_sent() const { return exchange_ ? exchange_->bytes_sent() : 0; }
+
+ private:
+  Ctx& ctx_;
+  std::unique_ptr<ExpertExchange> exchange_;
+  std::string name_;
+  const ops::Route* route_ = nullptr;
+  int64_t N_ = 0, C_ = 0;
+  Tensor out_;  // group-major expert outputs, saved for combine's backward
+};
+
+}  // namespace sy
