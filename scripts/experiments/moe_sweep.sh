@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Issue 3 follow-up: why does dense tiny overtake switch_tiny at 64 sequences
-# per step, and which switch_tiny settings keep the load bar (max/mean < 1.5)?
-# Runs every variant below at once, one thread each (on the GPU machine's 16
-# cores: 28 min; on 2 cores about 3 hours). Synthetic corpus, 2000 steps unless
-# named otherwise. Plot with moe_sweep_plot.sh. Usage: moe_sweep.sh OUTDIR [BIN]
+# Why does dense tiny overtake switch_tiny at 64 sequences per step, and which
+# switch_tiny settings keep the load bar (max/mean < 1.5)?
+# (docs/experiments/moe-balance.md). Runs every variant below at once, one
+# thread each (on a 16-core machine: 28 min; on 2 cores about 3 hours).
+# Synthetic corpus, 2000 steps unless named otherwise. Plot with
+# moe_sweep_plot.sh, which reads OUTDIR from $RUNS/sweep (RUNS defaults to
+# build/runs). Usage: moe_sweep.sh [OUTDIR [BIN]]   (OUTDIR: $RUNS/sweep)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${1:?usage: moe_sweep.sh OUTDIR [BIN]}
+OUT=${1:-${RUNS:-build/runs}/sweep}
 BIN=${2:-build/bin/train_switch}
 mkdir -p "$OUT"
 export OPENBLAS_NUM_THREADS=1
