@@ -151,6 +151,10 @@ void Transformer::set_training(bool training) {
   for (auto& b : blocks_) b.set_training(training);
 }
 
+void Transformer::set_step(int64_t step) {
+  for (auto& [l, layer] : moe_) layer->set_step(step);
+}
+
 float Transformer::forward(const Batch& batch) {
   const int64_t N = static_cast<int64_t>(batch.inputs.size());
   SY_CHECK(N % T_ == 0, "batch of " << N << " tokens is not a multiple of seq_len " << T_);

@@ -68,6 +68,8 @@ class Transformer {
   const std::vector<std::pair<int, MoeLayer*>>& moe_layers() const { return moe_; }
   void backward();
   void set_training(bool training);
+  // The training step whose random draws (router noise) the next forward uses.
+  void set_step(int64_t step);
   ParamStore& params() { return params_; }
   std::vector<Block>& blocks() { return blocks_; }
   // FLOPs of the last forward (multiply-add = 2), including the LM head, and

@@ -86,6 +86,7 @@ StepResult Trainer::step(int64_t step) {
   const double start = now_s();
   ParamStore& params = model_.params();
   params.zero_grad(ctx_);
+  model_.set_step(step);
   // Every rank draws the same global batch and trains on its slice.
   const float local_loss = model_.forward(slice_batch(train_.next(), cfg_.model().seq_len(), rank_, world_));
   model_.backward();

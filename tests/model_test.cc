@@ -115,14 +115,20 @@ TEST(Trainer, HeldOutRoutingIsNoiselessAndNormalised) {
   t.evaluate();
   for (size_t m = 0; m < first.size(); ++m) EXPECT_EQ(t.held_out_routing()[m].load, first[m].load);
 
-  // In training mode the same batch routes differently from one forward to the next.
+  // In training mode the same batch routes differently from one step to the
+  // next (the noise is keyed by the step), and identically at the same step.
   Transformer& model = t.model();
   model.set_training(true);
   const Batch b = small_batch(4, 16, 11);
+  model.set_step(1);
   model.forward(b);
   const std::vector<double> a = model.moe_layers()[0].second->stats().load;
+  model.set_step(2);
   model.forward(b);
   EXPECT_NE(model.moe_layers()[0].second->stats().load, a);
+  model.set_step(1);
+  model.forward(b);
+  EXPECT_EQ(model.moe_layers()[0].second->stats().load, a);
 }
 
 TEST(Trainer, DenseModelHasNoHeldOutRouting) {
