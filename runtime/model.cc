@@ -134,14 +134,19 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
                          sparse ? &spec : nullptr);
   }
   ln_f_ = std::make_unique<LayerNorm>(ctx_, params_, "ln_f", C_, rng);
-  // Routed attention: centroid statistics are summed over data-parallel
-  // ranks before each EMA update, so every replica keeps the same centroids.
+  // Routed attention: every replica starts from rank 0's warm-up centroids
+  // and sums the cluster statistics over data-parallel ranks before each EMA
+  // update, so all keep the same centroids.
   if (par && par->world_size() > 1)
     for (auto& b : blocks_)
-      if (auto* sa = dynamic_cast<SparseSelfAttention*>(&b.attention()))
+      if (auto* sa = dynamic_cast<SparseSelfAttention*>(&b.attention())) {
         sa->set_stats_reducer([par, this](Tensor& t) {
           par->world->all_reduce_sum(t, ctx_.stream, "routed attention centroids");
         });
+        sa->set_centroid_broadcaster([par, this](Tensor& t) {
+          par->world->broadcast(t, 0, ctx_.stream, "routed attention centroids");
+        });
+      }
   head_ = std::make_unique<Linear>(ctx_, params_, "head", C_, V_, rng, std, false);
   params_.finalize(ctx_);
 }
@@ -149,6 +154,27 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
 void Transformer::set_training(bool training) {
   training_ = training;
   for (auto& b : blocks_) b.set_training(training);
+}
+
+bool Transformer::needs_calibration() const {
+  for (const auto& b : blocks_)
+    if (const auto* sa = dynamic_cast<const SparseSelfAttention*>(&b.attention()))
+      if (sa->needs_calibration()) return true;
+  return false;
+}
+
+void Transformer::calibrate(const Batch& warmup) {
+  const bool was_training = training_;
+  set_training(false);
+  for (auto& b : blocks_)
+    if (auto* sa = dynamic_cast<SparseSelfAttention*>(&b.attention())) sa->calibrate_next_forward();
+  forward(warmup);
+  set_training(was_training);
+}
+
+void Transformer::end_step() {
+  for (auto& b : blocks_)
+    if (auto* sa = dynamic_cast<SparseSelfAttention*>(&b.attention())) sa->update_centroids();
 }
 
 void Transformer::set_step(int64_t step) {

@@ -70,6 +70,12 @@ class Transformer {
   void set_training(bool training);
   // The training step whose random draws (router noise) the next forward uses.
   void set_step(int64_t step);
+  // Routed attention: initialise centroids on a warm-up batch that no loss
+  // sees (an evaluation-mode forward), and apply their EMA update after a
+  // training step. end_step() follows backward().
+  bool needs_calibration() const;
+  void calibrate(const Batch& warmup);
+  void end_step();
   ParamStore& params() { return params_; }
   std::vector<Block>& blocks() { return blocks_; }
   // FLOPs of the last forward (multiply-add = 2), including the LM head, and

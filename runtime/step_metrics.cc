@@ -16,7 +16,8 @@ RoutingSnapshot routing_snapshot(Transformer& model, int64_t tokens_per_step) {
                            {"dropped", st.dropped}, {"unserved", st.unserved}, {"entropy", st.entropy},
                            {"capacity", st.capacity}, {"lb_loss", st.lb_loss}, {"z_loss", st.z_loss},
                            {"budget_loss", st.budget_loss}, {"expected_cost", st.expected_cost}});
-    std::snprintf(b, sizeof b, " | L%d max/mean %.2f drop %.3f", l, st.max_over_mean, st.dropped);
+    std::snprintf(b, sizeof b, " | L%d max/mean %.2f drop %.3f unserved %.3f", l, st.max_over_mean, st.dropped,
+                  st.unserved);
     snap.brief += b;
   }
   if (!model.moe_layers().empty()) line["aux_loss"] = model.aux_loss();
@@ -63,7 +64,8 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
     line["val_loss"] = s.val_loss;
     for (const HeldOutRouting& h : *s.held_out)
       line["val_moe"].push_back(
-          {{"layer", h.layer}, {"load", h.load}, {"max_over_mean", h.max_over_mean}, {"dropped", h.dropped}});
+          {{"layer", h.layer}, {"load", h.load}, {"max_over_mean", h.max_over_mean}, {"dropped", h.dropped},
+           {"unserved", h.unserved}});
   }
   line["lr"] = s.lr;
   line["grad_norm"] = s.grad_norm;

@@ -16,7 +16,7 @@ namespace sy {
 struct HeldOutRouting {
   int layer = 0;
   std::vector<double> load;  // fraction of assignments per expert, before capacity
-  double max_over_mean = 0, dropped = 0;
+  double max_over_mean = 0, dropped = 0, unserved = 0;
 };
 
 // The trainer's side of one logged step.

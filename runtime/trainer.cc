@@ -48,7 +48,9 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
       data_(make_dataset(corpus_for(cfg), cfg.data().val_fraction(), cfg.model().seq_len())),
       model_(ctx_, cfg, opts_.par),
       train_(&data_.train, cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 1),
-      val_(&data_.val, cfg.train().batch(), cfg.model().seq_len(), 0) {
+      val_(&data_.val, cfg.train().batch(), cfg.model().seq_len(), 0),
+      // Training text the loss never sees at step 1: another seed's windows.
+      warmup_(&data_.train, cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 2) {
   if (opts_.par) rank_ = opts_.par->rank(), world_ = opts_.par->world_size();
   if (cfg.train().batch() % world_ != 0)
     throw ConfigError("train.batch = " + std::to_string(cfg.train().batch()) + ": the global batch must split evenly over " +
@@ -72,6 +74,7 @@ float Trainer::evaluate() {
       const RoutingStats& st = moe[m].second->stats();
       for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] / n;
       held_out_[m].dropped += st.dropped / n;
+      held_out_[m].unserved += st.unserved / n;
     }
   }
   for (HeldOutRouting& h : held_out_)
@@ -90,6 +93,7 @@ StepResult Trainer::step(int64_t step) {
   // Every rank draws the same global batch and trains on its slice.
   const float local_loss = model_.forward(slice_batch(train_.next(), cfg_.model().seq_len(), rank_, world_));
   model_.backward();
+  model_.end_step();
   if (opts_.par && world_ > 1) {
     const double before = opts_.par->world->comm_seconds() + opts_.par->replicas->comm_seconds();
     all_reduce_gradients(ctx_, params, *opts_.par, static_cast<int64_t>(cfg_.parallel().grad_bucket_mb() * (1 << 20)));
@@ -119,6 +123,12 @@ TrainResult Trainer::run() {
                               static_cast<int64_t>(data_.val.size()));
     opts_.log->flush();
   }
+
+  // Routed attention's centroids start from a warm-up batch (k-means), not
+  // from the first training batch: that would let its later tokens choose
+  // the clusters its earlier tokens join.
+  if (model_.needs_calibration())
+    model_.calibrate(slice_batch(warmup_.next(), cfg_.model().seq_len(), rank_, world_));
 
   TrainResult result;
   const double t0 = now_s();

@@ -63,7 +63,7 @@ class Trainer {
   Ctx& ctx_;
   Dataset data_;
   Transformer model_;
-  WindowSampler train_, val_;
+  WindowSampler train_, val_, warmup_;
   int rank_ = 0, world_ = 1;
   std::vector<HeldOutRouting> held_out_;
 };

@@ -178,9 +178,10 @@ TEST(ExpertParallel, DroppedAndEntropyCoverEveryRank) {
 }
 
 // Routed attention under data parallelism: each rank sees different tokens,
-// yet with the cluster statistics summed over ranks before every EMA update
-// the centroids stay identical everywhere (and without it they drift apart).
-double centroid_spread(bool reduce) {
+// even in its warm-up batch, yet with rank 0's warm-up centroids broadcast
+// and the cluster statistics summed over ranks before every EMA update the
+// centroids stay identical everywhere (and without both they differ).
+double centroid_spread(bool sync) {
   auto& w = world();
   switchyard::AttentionConfig a;
   a.set_kind(switchyard::AttentionConfig::ROUTED);
@@ -192,12 +193,19 @@ double centroid_spread(bool reduce) {
   Rng rng(3);  // the same weights and k-means seed everywhere
   SparseSelfAttention attn(host_ctx(), ps, "a", 8, 2, SparseAttentionSpec{a, 12, nullptr, 5}, rng, 0.5f, 0.5f);
   ps.finalize(host_ctx());
-  if (reduce) attn.set_stats_reducer([&](Tensor& v) { w.all_reduce_sum(v, Stream{}, "centroids"); });
-  // k-means runs on the first batch, which is the same on every rank; later
-  // batches differ by rank.
-  Rng same(11), own(100 + w.rank());
-  attn.forward(testing::randn({2 * 12, 8}, same), 2, 12);
-  for (int step = 0; step < 5; ++step) attn.forward(testing::randn({2 * 12, 8}, own), 2, 12);
+  if (sync) {
+    attn.set_stats_reducer([&](Tensor& v) { w.all_reduce_sum(v, Stream{}, "centroids"); });
+    attn.set_centroid_broadcaster([&](Tensor& v) { w.broadcast(v, 0, Stream{}, "centroids"); });
+  }
+  Rng own(100 + w.rank());
+  attn.set_training(false);
+  attn.calibrate_next_forward();
+  attn.forward(testing::randn({2 * 12, 8}, own), 2, 12);
+  attn.set_training(true);
+  for (int step = 0; step < 5; ++step) {
+    attn.forward(testing::randn({2 * 12, 8}, own), 2, 12);
+    attn.update_centroids();
+  }
   // max over elements of (max over ranks - min over ranks)
   double spread = 0;
   for (const auto& c : attn.centroids())
