@@ -44,6 +44,9 @@ class Communicator {
 
   // One host value summed over the group.
   double all_reduce_sum(double v, const char* context);
+  // Whether another thread may run collectives on another communicator while
+  // this one is in a collective (the overlapped gradient reduction needs it).
+  virtual bool concurrent_collectives() const { return false; }
 
   double timeout_s() const { return timeout_s_; }
   void set_timeout_s(double s) { timeout_s_ = s; }

@@ -144,6 +144,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::vector<int> world_ranks() const override { return world_ranks_; }
+  bool concurrent_collectives() const override { return true; }
 
   std::unique_ptr<Communicator> split(int color, int key) const override {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;

@@ -112,6 +112,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
     for (int r = 0; r < at.num_routing_heads(); ++r)
       shared_centroids_.emplace_back(cluster_count(at, T_), C_ / m.n_heads(), ctx_);
   for (int l = 0; l < m.n_layers(); ++l) {
+    block_offset_.push_back(params_.numel(ParamKind::dense));
     const std::string name = "h" + std::to_string(l);
     const auto& moe = cfg.moe();
     std::unique_ptr<FeedForward> ffn;
@@ -133,6 +134,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
     blocks_.emplace_back(ctx_, params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
                          sparse ? &spec : nullptr);
   }
+  tail_offset_ = params_.numel(ParamKind::dense);
   ln_f_ = std::make_unique<LayerNorm>(ctx_, params_, "ln_f", C_, rng);
   // Routed attention: every replica starts from rank 0's warm-up centroids
   // and sums the cluster statistics over data-parallel ranks before each EMA
@@ -195,12 +197,17 @@ float Transformer::forward(const Batch& batch) {
   return ops::cross_entropy_forward(ctx_, {probs_, logits, targets_});
 }
 
-void Transformer::backward() {
+void Transformer::backward(const std::function<void(int64_t)>& ready) {
   Tensor dlogits = Tensor::empty(probs_.shape(), DType::f32, ctx_);
   ops::cross_entropy_backward(ctx_, {dlogits, probs_, targets_});
   Tensor dh = ln_f_->backward(head_->backward(dlogits));
-  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dh = it->backward(dh);
+  if (ready) ready(tail_offset_);
+  for (size_t l = blocks_.size(); l-- > 0;) {
+    dh = blocks_[l].backward(dh);
+    if (ready) ready(block_offset_[l]);
+  }
   ops::embedding_backward(ctx_, {wte_->grad, wpe_->grad, dh, inputs_, T_});
+  if (ready) ready(0);
 }
 
 double Transformer::aux_loss() const {

@@ -8,6 +8,7 @@
 // forward() saves every activation backward() needs; backward() accumulates
 // into the ParamStore's gradients (call params().zero_grad() between steps).
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -66,7 +67,9 @@ class Transformer {
   double aux_loss() const;
   // The MoE layers, in depth order, with the index of their block.
   const std::vector<std::pair<int, MoeLayer*>>& moe_layers() const { return moe_; }
-  void backward();
+  // ready(offset), when given, hears as soon as the dense gradients at arena
+  // offsets >= offset are final (block by block, from the last).
+  void backward(const std::function<void(int64_t)>& ready = {});
   void set_training(bool training);
   // The training step whose random draws (router noise) the next forward uses.
   void set_step(int64_t step);
@@ -92,6 +95,8 @@ class Transformer {
   std::vector<Block> blocks_;
   std::vector<std::pair<int, MoeLayer*>> moe_;
   std::vector<ops::Centroids> shared_centroids_;  // attention.share_centroids
+  std::vector<int64_t> block_offset_;  // dense arena offset of each block's first parameter
+  int64_t tail_offset_ = 0;            // ... of ln_f's (ln_f and head come last)
   std::unique_ptr<LayerNorm> ln_f_;
   std::unique_ptr<Linear> head_;
   // saved

@@ -82,6 +82,14 @@ void ParamStore::zero_grad(Ctx& ctx) {
   for (ParamArena& a : arenas_) a.grad.zero(ctx);
 }
 
+int64_t ParamStore::numel(ParamKind k) const {
+  if (finalized_) return arena(k).numel();
+  int64_t n = 0;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (params_[i]->kind == k) n += static_cast<int64_t>(staged_[i].size());
+  return n;
+}
+
 int64_t ParamStore::numel() const {
   int64_t n = 0;
   for (const ParamArena& a : arenas_) n += a.numel();

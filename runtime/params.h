@@ -61,6 +61,8 @@ class ParamStore {
   ParamArena& arena(ParamKind k) { return arenas_[static_cast<int>(k)]; }
   void zero_grad(Ctx& ctx);
   int64_t numel() const;
+  // Elements of one kind added so far: the arena offset the next one gets.
+  int64_t numel(ParamKind k) const;
 
  private:
   std::vector<std::unique_ptr<Param>> params_;

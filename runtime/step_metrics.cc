@@ -76,6 +76,7 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
     line["ranks"] = s.world;
     line["comm_all_to_all_s"] = s.all_to_all_s;
     line["comm_all_reduce_s"] = s.all_reduce_s;
+    line["comm_all_reduce_exposed_s"] = s.all_reduce_exposed_s;
   }
   return line;
 }

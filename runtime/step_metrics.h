@@ -31,6 +31,7 @@ struct StepLog {
   int world = 1;
   double all_to_all_s = 0;   // last step, all MoE layers
   double all_reduce_s = 0;   // since the last log line
+  double all_reduce_exposed_s = 0;  // the part of it backward did not hide
 };
 
 // The model's part of a logged step: per-layer routing and compute statistics

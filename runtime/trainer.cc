@@ -56,6 +56,10 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
     throw ConfigError("train.batch = " + std::to_string(cfg.train().batch()) + ": the global batch must split evenly over " +
                       std::to_string(world_) + " ranks");
   if (rank_ != 0) opts_.log = nullptr, opts_.metrics_path.clear();
+  if (opts_.par && world_ > 1)
+    reducer_ = std::make_unique<GradientReducer>(ctx_, model_.params(), *opts_.par,
+                                                 static_cast<int64_t>(cfg.parallel().grad_bucket_mb() * (1 << 20)),
+                                                 cfg.parallel().overlap_grad_reduce());
 }
 
 float Trainer::evaluate() {
@@ -92,13 +96,16 @@ StepResult Trainer::step(int64_t step) {
   model_.set_step(step);
   // Every rank draws the same global batch and trains on its slice.
   const float local_loss = model_.forward(slice_batch(train_.next(), cfg_.model().seq_len(), rank_, world_));
-  model_.backward();
-  model_.end_step();
-  if (opts_.par && world_ > 1) {
-    const double before = opts_.par->world->comm_seconds() + opts_.par->replicas->comm_seconds();
-    all_reduce_gradients(ctx_, params, *opts_.par, static_cast<int64_t>(cfg_.parallel().grad_bucket_mb() * (1 << 20)));
-    r.all_reduce_s = opts_.par->world->comm_seconds() + opts_.par->replicas->comm_seconds() - before;
+  if (reducer_) {
+    reducer_->begin();
+    model_.backward([this](int64_t offset) { reducer_->ready(offset); });
+    const ReduceTimes rt = reducer_->finish();
+    r.all_reduce_s = rt.all_reduce_s;
+    r.all_reduce_exposed_s = rt.exposed_s;
+  } else {
+    model_.backward();
   }
+  model_.end_step();
   r.loss = world_mean(opts_.par, local_loss, "training loss");
   r.grad_norm = clip_gradients(ctx_, params, opts_.par, t.grad_clip());
   r.lr = learning_rate(t, step);
@@ -132,7 +139,7 @@ TrainResult Trainer::run() {
 
   TrainResult result;
   const double t0 = now_s();
-  double interval_start = t0, interval_flops = 0, allreduce_s = 0;
+  double interval_start = t0, interval_flops = 0, allreduce_s = 0, allreduce_exposed_s = 0;
   int64_t interval_tokens = 0;
   float loss_sum = 0;
   int loss_count = 0;
@@ -141,10 +148,12 @@ TrainResult Trainer::run() {
     const StepResult r = step(s);
     result.losses.push_back(r.loss);
     allreduce_s += r.all_reduce_s;
+    allreduce_exposed_s += r.all_reduce_exposed_s;
     if (s > 2) {
       ++result.timed_steps;
       result.step_s += r.seconds;
       result.all_reduce_s += r.all_reduce_s;
+      result.all_reduce_exposed_s += r.all_reduce_exposed_s;
       result.all_to_all_s += r.all_to_all_s;
       result.all_to_all_bytes += r.all_to_all_bytes;
     }
@@ -163,6 +172,7 @@ TrainResult Trainer::run() {
     log.world = world_;
     log.all_to_all_s = r.all_to_all_s;
     log.all_reduce_s = allreduce_s;
+    log.all_reduce_exposed_s = allreduce_exposed_s;
     log.lr = r.lr;
     log.grad_norm = r.grad_norm;
     log.loss = loss_sum / loss_count;
@@ -185,7 +195,7 @@ TrainResult Trainer::run() {
       *opts_.log << progress_line(log, routing) << "\n";
       opts_.log->flush();
     }
-    allreduce_s = 0;
+    allreduce_s = allreduce_exposed_s = 0;
     interval_start = now_s();  // evaluation time is not training time
     interval_tokens = 0;
     interval_flops = 0;

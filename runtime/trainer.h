@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/config.h"
+#include "runtime/grad_reducer.h"
 #include "runtime/model.h"
 #include "runtime/parallel.h"
 #include "runtime/step_metrics.h"
@@ -32,6 +33,7 @@ struct StepResult {
   float grad_norm = 0;  // before clipping
   float lr = 0;
   double seconds = 0, all_reduce_s = 0, all_to_all_s = 0, all_to_all_bytes = 0;
+  double all_reduce_exposed_s = 0;  // the part of all_reduce_s backward did not hide
 };
 
 struct TrainResult {
@@ -39,7 +41,7 @@ struct TrainResult {
   std::vector<float> losses;  // every step's training loss (mean over all ranks)
   // Timing over the steps after the first two (warm-up), this rank:
   int64_t timed_steps = 0;
-  double step_s = 0, all_to_all_s = 0, all_reduce_s = 0;
+  double step_s = 0, all_to_all_s = 0, all_reduce_s = 0, all_reduce_exposed_s = 0;
   double all_to_all_bytes = 0;  // bytes this rank sent in MoE exchanges
   double tokens_per_s = 0;
 };
@@ -66,6 +68,7 @@ class Trainer {
   WindowSampler train_, val_, warmup_;
   int rank_ = 0, world_ = 1;
   std::vector<HeldOutRouting> held_out_;
+  std::unique_ptr<GradientReducer> reducer_;  // several ranks only
 };
 
 }  // namespace sy

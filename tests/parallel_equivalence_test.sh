@@ -10,7 +10,7 @@ BIN=$1; SRC=$2; MPIRUN=$3
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 args=(--config "$SRC/configs/switch_tiny.pbtxt" --set train.steps=20 --set train.warmup_steps=2
       --set train.log_interval=1 --set train.eval_interval=0 --set train.batch=8
-      --set data.synthetic_bytes=100000 --set moe.dropless=true --set moe.jitter=0 --set moe.router_noise=0
+      --set data.synthetic_bytes=100000 --set parallel.grad_bucket_mb=0.01 --set moe.dropless=true --set moe.jitter=0 --set moe.router_noise=0
       --set moe.every_n_layers=1 --set moe.top_k=2)
 losses() { sed -E 's/.*"loss":([-0-9.e]+).*/\1/' "$1"; }
 noisy=(--set moe.jitter=0.01 --set moe.router_noise=0.3)
