@@ -5,14 +5,18 @@
 //   mpirun -np 4 build/bin/train_switch --config configs/switch_tiny.pbtxt --set parallel.expert_parallel=4
 //
 // Exit codes: 0 done, 2 bad input (config, override, data file), 1 any other
-// error. Under mpirun a rank that fails prints "error: rank R: ..." and aborts
-// the whole job, so no other rank waits on it.
+// error. Under mpirun the ranks agree at start-up: a config that differs
+// between ranks, or bad input on any rank, is printed once by rank 0 and every
+// rank exits with the code. A rank that fails later prints "error: rank R: ..."
+// and aborts the whole job, so no other rank waits on it.
 #include <cblas.h>
 
 #include <CLI/CLI.hpp>
+#include <functional>
 #include <iostream>
 
 #include "comm/mpi_communicator.h"
+#include "runtime/startup.h"
 #include "runtime/trainer.h"
 
 namespace {
@@ -28,31 +32,47 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   app.add_option("--threads", threads, "OpenBLAS threads per rank for the CPU backend")->check(CLI::Range(1, 1024));
   app.add_option("--inject-fault", fault,
                  "testing failure handling: KIND:RANK:STEP with KIND throw, hang or exit");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
+
+  // Start-up: each phase runs on every rank and the ranks agree on its outcome
+  // before any goes on, so a bad config is reported once (by rank 0) and no
+  // rank waits in a collective for one that stopped.
+  std::unique_ptr<sy::comm::MpiCommunicator> world;
+  if (world_size > 1) world = std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD);
+  auto agreed = [&](const std::function<void()>& phase) { world ? sy::agree_on(*world, phase) : phase(); };
+
+  bool help = false;
+  sy::Config cfg;
+  sy::TrainOptions opts{metrics_path, &std::cout};
+  agreed([&] {
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      if (e.get_exit_code() != 0) throw sy::ConfigError(std::string(e.what()) + " (see --help)");
+      if (world_rank == 0) app.exit(e);  // --help
+      help = true;
+      return;
+    }
+    cfg = sy::load_config(config_path, overrides);
+    opts.metrics_path = metrics_path;
+    if (world_size == 1 && cfg.parallel().expert_parallel() != 1)
+      throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
+                            ": must divide the world size 1 (launch with mpirun -np N)");
+    if (!fault.empty()) {
+      auto a = fault.find(':'), b = fault.rfind(':');
+      if (a == std::string::npos || a == b) throw sy::ConfigError("--inject-fault " + fault + ": expected KIND:RANK:STEP");
+      opts.fault = fault.substr(0, a);
+      opts.fault_rank = std::stoi(fault.substr(a + 1, b - a - 1));
+      opts.fault_step = std::stoll(fault.substr(b + 1));
+    }
+  });
+  if (help) return 0;
+  // Replicas must train the same model on the same data: one config, one build.
+  if (world) {
+    const std::string mismatch = sy::config_mismatch(*world, cfg, sy::code_version());
+    if (!mismatch.empty()) throw sy::AgreedError(mismatch, 2);
   }
 
   openblas_set_num_threads(threads);
-  sy::Config cfg = sy::load_config(config_path, overrides);
-  sy::TrainOptions opts{metrics_path, &std::cout};
-  std::unique_ptr<sy::ParallelContext> par;
-  if (world_size > 1) {
-    par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),
-                                      cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
-    opts.par = par.get();
-  } else if (cfg.parallel().expert_parallel() != 1) {
-    throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
-                          ": must divide the world size 1 (launch with mpirun -np N)");
-  }
-  if (!fault.empty()) {
-    auto a = fault.find(':'), b = fault.rfind(':');
-    if (a == std::string::npos || a == b) throw sy::ConfigError("--inject-fault " + fault + ": expected KIND:RANK:STEP");
-    opts.fault = fault.substr(0, a);
-    opts.fault_rank = std::stoi(fault.substr(a + 1, b - a - 1));
-    opts.fault_step = std::stoll(fault.substr(b + 1));
-  }
   if (world_rank == 0) {
     // AUTO resolves to the CPU: there are no CUDA kernels yet (issue 6).
     std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
@@ -61,8 +81,17 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     if (world_size > 1) std::cout << " (mpi, expert_parallel " << cfg.parallel().expert_parallel() << ")";
     std::cout << ", config " << config_path << "\n";
   }
-  sy::Trainer trainer(cfg, opts);
-  sy::TrainResult r = trainer.run();
+  std::unique_ptr<sy::ParallelContext> par;
+  std::unique_ptr<sy::Trainer> trainer;
+  agreed([&] {
+    if (world_size > 1) {
+      par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),
+                                        cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
+      opts.par = par.get();
+    }
+    trainer = std::make_unique<sy::Trainer>(cfg, opts);
+  });
+  sy::TrainResult r = trainer->run();
   if (world_rank == 0)
     std::cout << "done: loss " << r.first_loss << " -> " << r.final_loss << ", val " << r.final_val_loss << "\n";
   return 0;
@@ -78,6 +107,10 @@ int main(int argc, char** argv) {
   int code = 0;
   try {
     code = run(argc, argv, rank, size);
+  } catch (const sy::AgreedError& e) {
+    // Every rank holds this error (start-up): rank 0 prints it, all exit.
+    if (rank == 0) std::cerr << "error: " << e.what() << std::endl;
+    return e.exit_code();
   } catch (const sy::ConfigError& e) {
     std::cerr << "error: " << (size > 1 ? "rank " + std::to_string(rank) + ": " : "") << e.what() << std::endl;
     code = 2;

@@ -256,6 +256,66 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("depth.budget", dp.budget(), 0.f, 1.f);
 }
 
+namespace {
+
+void canonical_fields(const pb::Message& m, const std::string& prefix, std::string& out) {
+  const pb::Descriptor* d = m.GetDescriptor();
+  const pb::Reflection* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    const std::string path = prefix + f->name();
+    if (!f->is_repeated() && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      canonical_fields(r->GetMessage(m, f), path + ".", out);  // unset: its defaults
+      continue;
+    }
+    std::string v;
+    out += path + " = ";
+    if (f->is_repeated()) {
+      out += "[";
+      for (int k = 0; k < r->FieldSize(m, f); ++k) {
+        pb::TextFormat::PrintFieldValueToString(m, f, k, &v);
+        out += (k ? ", " : "") + v;
+      }
+      out += "]";
+    } else {
+      pb::TextFormat::PrintFieldValueToString(m, f, -1, &v);  // the default when unset
+      out += v;
+    }
+    out += "\n";
+  }
+}
+
+}  // namespace
+
+std::string canonical_config_text(const Config& cfg) {
+  std::string out;
+  canonical_fields(cfg, "", out);
+  return out;
+}
+
+FieldDifference first_difference(const std::string& canonical_a, const std::string& canonical_b) {
+  std::istringstream a(canonical_a), b(canonical_b);
+  std::string la, lb;
+  auto split = [](const std::string& line, std::string& field, std::string& value) {
+    auto eq = line.find(" = ");
+    field = line.substr(0, eq);
+    value = eq == std::string::npos ? "" : line.substr(eq + 3);
+  };
+  while (true) {
+    const bool ga = static_cast<bool>(std::getline(a, la)), gb = static_cast<bool>(std::getline(b, lb));
+    if (!ga && !gb) return {};
+    if (ga && gb && la == lb) continue;
+    FieldDifference d;
+    std::string fb;
+    if (ga) split(la, d.field, d.a);
+    if (gb) split(lb, fb, d.b);
+    if (!ga) d.field = fb, d.a = "(no such field)";
+    if (!gb) d.b = "(no such field)";
+    if (ga && gb && d.field != fb) d.b = "(no such field; next field " + fb + ")";  // different schemas
+    return d;
+  }
+}
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError(path + ": cannot open config file");

@@ -24,4 +24,16 @@ void apply_override(Config& cfg, const std::string& assignment);
 // the config in the error (a file path).
 void validate_config(const Config& cfg, const std::string& source);
 
+// Every field of the resolved config, set or at its default, one line each
+// ("model.d_model = 64", repeated fields as "[a, b]", strings quoted and
+// escaped) in schema order: two configs that train alike give the same text.
+std::string canonical_config_text(const Config& cfg);
+
+// The first field whose line differs between two canonical texts, with its
+// value in each; `field` is empty when the texts are equal.
+struct FieldDifference {
+  std::string field, a, b;
+};
+FieldDifference first_difference(const std::string& canonical_a, const std::string& canonical_b);
+
 }  // namespace sy

@@ -120,6 +120,33 @@ TEST(Config, BadOverrides) {
   EXPECT_NE(error_of([&] { apply_override(c, "model.d_model.x=1"); }).find("not a message"), std::string::npos);
 }
 
+TEST(Config, CanonicalTextIsTheResolvedConfig) {
+  // A default set explicitly resolves to the same config as one left unset.
+  const std::string base = canonical_config_text(parse_ok(""));
+  EXPECT_EQ(canonical_config_text(parse_ok("model { d_model: 64 }")), base);
+  EXPECT_NE(base.find("model.d_model = 64\n"), std::string::npos) << base;
+  EXPECT_NE(base.find("moe.expert_cost = []\n"), std::string::npos) << base;
+  EXPECT_NE(base.find("data.synthetic_tasks = \"CSBA\"\n"), std::string::npos) << base;
+  EXPECT_TRUE(first_difference(base, base).field.empty());
+  FieldDifference d = first_difference(base, canonical_config_text(parse_ok("model { d_model: 32 } train { seed: 7 }")));
+  EXPECT_EQ(d.field, "model.d_model");
+  EXPECT_EQ(d.a, "64");
+  EXPECT_EQ(d.b, "32");
+  d = first_difference(base, canonical_config_text(parse_ok("moe { num_experts: 2 expert_cost: [1, 4] }")));
+  EXPECT_EQ(d.field, "moe.num_experts");
+  d = first_difference(canonical_config_text(parse_ok("moe { num_experts: 2 }")),
+                       canonical_config_text(parse_ok("moe { num_experts: 2 expert_cost: [1, 4] }")));
+  EXPECT_EQ(d.field, "moe.expert_cost");
+  EXPECT_EQ(d.a, "[]");
+  EXPECT_EQ(d.b, "[1, 4]");
+  // A string with a newline stays on its line.
+  Config c = parse_ok("");
+  c.mutable_data()->set_synthetic_tasks("C\nS");
+  d = first_difference(base, canonical_config_text(c));
+  EXPECT_EQ(d.field, "data.synthetic_tasks");
+  EXPECT_EQ(d.b, "\"C\\nS\"");
+}
+
 TEST(Config, MissingFile) {
   EXPECT_NE(error_of([] { load_config("/nonexistent.pbtxt"); }).find("/nonexistent.pbtxt: cannot open"), std::string::npos);
 }
