@@ -1,7 +1,7 @@
 // train_switch: train a Switchyard model from a text-format config, on one
 // process or on several under mpirun (data + expert parallelism).
 //
-//   build/bin/train_switch --config configs/tiny.pbtxt [--set k=v ...] [--metrics out.jsonl]
+//   build/bin/train_switch --config configs/tiny.pbtxt [--set k=v ...] [--metrics out.jsonl [--overwrite]]
 //   mpirun -np 4 build/bin/train_switch --config configs/switch_tiny.pbtxt --set parallel.expert_parallel=4
 //
 // Exit codes: 0 done, 2 bad input (config, override, data file), 1 any other
@@ -16,6 +16,7 @@
 #include <iostream>
 
 #include "comm/mpi_communicator.h"
+#include "runtime/metrics.h"
 #include "runtime/startup.h"
 #include "runtime/trainer.h"
 
@@ -26,9 +27,11 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   std::string config_path, metrics_path, fault;
   std::vector<std::string> overrides;
   int threads = 1;
+  bool overwrite = false;
   app.add_option("--config", config_path, "text-format config (configs/*.pbtxt)")->required();
   app.add_option("--set", overrides, "override a field: path.to.field=value (repeatable)");
   app.add_option("--metrics", metrics_path, "write one JSON line per logged step here (rank 0)");
+  app.add_flag("--overwrite", overwrite, "replace an existing non-empty --metrics file");
   app.add_option("--threads", threads, "OpenBLAS threads per rank for the CPU backend")->check(CLI::Range(1, 1024));
   app.add_option("--inject-fault", fault,
                  "testing failure handling: KIND:RANK:STEP with KIND throw, hang or exit");
@@ -54,6 +57,11 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     }
     cfg = sy::load_config(config_path, overrides);
     opts.metrics_path = metrics_path;
+    if (world_rank == 0) {
+      const bool text = cfg.data().source() == switchyard::DataConfig::TEXT_FILE;
+      sy::check_metrics_path(metrics_path, {{"the config file", config_path}, {"data.path", text ? cfg.data().path() : ""}},
+                             overwrite);
+    }
     if (world_size == 1 && cfg.parallel().expert_parallel() != 1)
       throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
                             ": must divide the world size 1 (launch with mpirun -np N)");

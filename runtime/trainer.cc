@@ -276,6 +276,7 @@ TrainResult Trainer::run() {
     loss_sum = 0;
     loss_count = 0;
   }
+  metrics.close();
   return result;
 }
 

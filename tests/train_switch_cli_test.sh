@@ -33,5 +33,24 @@ for k in step loss lr tokens_per_s elapsed_s; do
   grep -q "\"$k\"" "$tmp/m.jsonl" || { echo "FAIL: metrics lack $k"; fail=1; }
 done
 tail -1 "$tmp/m.jsonl" | grep -q '"val_loss"' || { echo "FAIL: last line lacks val_loss"; fail=1; }
+
+# Metrics are never lost or allowed to destroy data.
+short=(--config "$SRC/configs/tiny.pbtxt" --set train.steps=2 --set train.warmup_steps=1 --set train.log_interval=1
+       --set train.eval_interval=2 --set train.eval_batches=1 --set data.synthetic_bytes=20000)
+"$BIN" "${short[@]}" --metrics /dev/full > "$tmp/out" 2> "$tmp/err"; rc=$?
+if [ $rc -eq 0 ] || [ "$(wc -l < "$tmp/err")" -ne 1 ] || ! grep -q "metrics file /dev/full: write failed: No space left on device" "$tmp/err"; then
+  echo "FAIL metrics-full: exit $rc:"; cat "$tmp/err"; fail=1
+else echo "ok   metrics-full: exit $rc: $(cat "$tmp/err")"; fi
+cp "$SRC/configs/tiny.pbtxt" "$tmp/cfg.pbtxt"
+expect_exit2 metrics-is-config "is the config file $tmp/cfg.pbtxt, an input of this run" \
+  --config "$tmp/cfg.pbtxt" --set train.steps=2 --set train.warmup_steps=1 --metrics "$tmp/./cfg.pbtxt"
+cmp -s "$SRC/configs/tiny.pbtxt" "$tmp/cfg.pbtxt" || { echo "FAIL metrics-is-config: the config was changed"; fail=1; }
+head -c 30000 /dev/urandom | base64 > "$tmp/text.txt"; ln "$tmp/text.txt" "$tmp/hardlink.txt"
+expect_exit2 metrics-is-data "is data.path $tmp/text.txt, an input of this run" "${short[@]}" \
+  --set data.source=TEXT_FILE --set data.path="$tmp/text.txt" --metrics "$tmp/hardlink.txt"
+expect_exit2 metrics-exists "m.jsonl: exists and is not empty" "${short[@]}" --metrics "$tmp/m.jsonl"
+"$BIN" "${short[@]}" --metrics "$tmp/m.jsonl" --overwrite > "$tmp/out" 2>&1 && [ "$(wc -l < "$tmp/m.jsonl")" -eq 2 ] \
+  && echo "ok   metrics-overwrite" || { echo "FAIL metrics-overwrite:"; cat "$tmp/out"; fail=1; }
+
 [ $fail -eq 0 ] && echo "all train_switch CLI checks passed"
 exit $fail

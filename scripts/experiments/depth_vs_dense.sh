@@ -10,8 +10,8 @@ OUT=docs/runs
 mkdir -p "$OUT"
 common=(--set train.eval_interval=50 --set train.log_interval=10)
 if [ "${1:-}" != "--plot-only" ]; then
-  "$BIN" --config configs/tiny.pbtxt "${common[@]}" --metrics "$OUT/tiny_flops.jsonl" | tail -1 &
-  "$BIN" --config configs/depth_tiny.pbtxt "${common[@]}" --metrics "$OUT/depth_tiny_flops.jsonl" | tail -1 &
+  "$BIN" --config configs/tiny.pbtxt "${common[@]}" --metrics "$OUT/tiny_flops.jsonl" --overwrite | tail -1 &
+  "$BIN" --config configs/depth_tiny.pbtxt "${common[@]}" --metrics "$OUT/depth_tiny_flops.jsonl" --overwrite | tail -1 &
   wait
 fi
 tokens=$((16 * 128))

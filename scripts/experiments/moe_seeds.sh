@@ -57,7 +57,7 @@ if [ "${2:-}" != "--table-only" ]; then
     name=${r%%|*}
     [ -f "$OUT/$name.jsonl" ] && continue
     full="$SCRATCH/$name.jsonl"
-    echo "$BIN ${r#*|} $common --metrics $full.part > $SCRATCH/$name.log 2>&1 && mv $full.part $full && python3 scripts/experiments/moe_load_stats.py $full --thin $OUT/$name.jsonl > /dev/null && echo done $name || { echo FAILED $name; tail -3 $SCRATCH/$name.log; }"
+    echo "$BIN ${r#*|} $common --metrics $full.part --overwrite > $SCRATCH/$name.log 2>&1 && mv $full.part $full && python3 scripts/experiments/moe_load_stats.py $full --thin $OUT/$name.jsonl > /dev/null && echo done $name || { echo FAILED $name; tail -3 $SCRATCH/$name.log; }"
   done | xargs -P 2 -I{} bash -c '{}'
 fi
 
