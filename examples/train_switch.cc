@@ -12,6 +12,8 @@
 #include <cblas.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
+#include <climits>
 #include <functional>
 #include <iostream>
 
@@ -21,6 +23,35 @@
 #include "runtime/trainer.h"
 
 namespace {
+
+// --inject-fault KIND:RANK:STEP.
+void parse_fault(const std::string& fault, sy::TrainOptions& opts) {
+  const std::string allowed = ": expected KIND:RANK:STEP with KIND throw, hang or exit and RANK, STEP integers >= 0";
+  auto a = fault.find(':'), b = fault.rfind(':');
+  if (a == std::string::npos || a == b) throw sy::ConfigError("--inject-fault " + fault + allowed);
+  auto integer = [&](const std::string& s, const char* what) {
+    long long v = -1;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc() || end != s.data() + s.size() || v < 0 || v > INT32_MAX)
+      throw sy::ConfigError("--inject-fault " + fault + ": " + what + " '" + s + "' is not an integer in [0, 2147483647]" + allowed);
+    return v;
+  };
+  opts.fault = fault.substr(0, a);
+  if (opts.fault != "throw" && opts.fault != "hang" && opts.fault != "exit")
+    throw sy::ConfigError("--inject-fault " + fault + ": KIND '" + opts.fault + "' is not throw, hang or exit" + allowed);
+  opts.fault_rank = static_cast<int>(integer(fault.substr(a + 1, b - a - 1), "RANK"));
+  opts.fault_step = integer(fault.substr(b + 1), "STEP");
+}
+
+// Ranks of the job on this machine (they share its memory). Collective.
+int ranks_on_this_machine() {
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int n = 1;
+  MPI_Comm_size(node, &n);
+  MPI_Comm_free(&node);
+  return n;
+}
 
 int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"Train a Switchyard model"};
@@ -41,6 +72,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   // rank waits in a collective for one that stopped.
   std::unique_ptr<sy::comm::MpiCommunicator> world;
   if (world_size > 1) world = std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD);
+  const int ranks_here = world_size > 1 ? ranks_on_this_machine() : 1;
   auto agreed = [&](const std::function<void()>& phase) { world ? sy::agree_on(*world, phase) : phase(); };
 
   bool help = false;
@@ -65,13 +97,9 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     if (world_size == 1 && cfg.parallel().expert_parallel() != 1)
       throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
                             ": must divide the world size 1 (launch with mpirun -np N)");
-    if (!fault.empty()) {
-      auto a = fault.find(':'), b = fault.rfind(':');
-      if (a == std::string::npos || a == b) throw sy::ConfigError("--inject-fault " + fault + ": expected KIND:RANK:STEP");
-      opts.fault = fault.substr(0, a);
-      opts.fault_rank = std::stoi(fault.substr(a + 1, b - a - 1));
-      opts.fault_step = std::stoll(fault.substr(b + 1));
-    }
+    if (!fault.empty()) parse_fault(fault, opts);
+    sy::check_memory(cfg, world_size, ranks_here, sy::physical_memory_bytes(),
+                     overrides.empty() ? config_path : config_path + " (with --set overrides)");
   });
   if (help) return 0;
   // Replicas must train the same model on the same data: one config, one build.

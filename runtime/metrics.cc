@@ -1,6 +1,8 @@
 #include "runtime/metrics.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -64,6 +66,31 @@ void check_metrics_path(const std::string& path, const std::vector<std::pair<std
       throw ConfigError("--metrics " + path + ": exists and is not empty (" + std::to_string(size) +
                         " bytes); pass --overwrite to replace it, or choose another file");
   }
+}
+
+namespace {
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+ProgressLine::ProgressLine(std::ostream* out, std::string what, int64_t total, double after_s, double every_s)
+    : out_(out), what_(std::move(what)), total_(total), start_(now_s()), after_s_(after_s), every_s_(every_s) {}
+
+void ProgressLine::done(int64_t n) {
+  if (!out_) return;
+  const double now = now_s(), elapsed = now - start_;
+  if (elapsed < after_s_) return;
+  if (n < total_ && last_ >= 0 && now - last_ < every_s_) return;
+  last_ = now;
+  const double rate = n / std::max(1e-9, elapsed);
+  char b[160];
+  std::snprintf(b, sizeof b, "%s %lld/%lld batches | %.2f batches/s | ETA %s\n", what_.c_str(),
+                static_cast<long long>(n), static_cast<long long>(total_), rate,
+                format_duration((total_ - n) / std::max(1e-9, rate)).c_str());
+  *out_ << b;
+  out_->flush();
 }
 
 std::string format_duration(double seconds) {

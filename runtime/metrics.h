@@ -6,7 +6,9 @@
 // written stop the run with one line naming the file and the system's reason
 // (a full disk, /dev/full), rather than going missing or ending mid-line.
 #pragma once
+#include <cstdint>
 #include <cstdio>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +42,21 @@ class MetricsWriter {
 // its path), or an existing non-empty file unless `overwrite`.
 void check_metrics_path(const std::string& path, const std::vector<std::pair<std::string, std::string>>& inputs,
                         bool overwrite);
+
+// Progress of a long loop (a long evaluation): silent for its first after_s
+// seconds, then one line every every_s seconds and at the end, e.g.
+//   "evaluation 1200/65536 batches | 3.2 batches/s | ETA 5:40"
+class ProgressLine {
+ public:
+  ProgressLine(std::ostream* out, std::string what, int64_t total, double after_s, double every_s);
+  void done(int64_t n);  // n of total finished
+
+ private:
+  std::ostream* out_;
+  std::string what_;
+  int64_t total_;
+  double start_, after_s_, every_s_, last_ = -1;
+};
 
 // "1:05" / "1:02:03"
 std::string format_duration(double seconds);

@@ -67,6 +67,19 @@ void all_reduce_gradients(ParamStore& params, ParallelContext& par, int64_t buck
   reduce_bucket(experts, *par.replicas, scale, "expert gradients");
 }
 
+int64_t global_param_count(const ParamStore& params, ParallelContext* par) {
+  int64_t dense = 0;
+  double experts = 0;  // exact in a double up to 2^53
+  for (Param* p : params.all()) {
+    if (p->expert)
+      experts += static_cast<double>(p->value.numel());
+    else
+      dense += p->value.numel();
+  }
+  if (par && par->ep_size > 1) par->ep->all_reduce_sum(&experts, 1, "parameter count");
+  return dense + static_cast<int64_t>(experts);
+}
+
 float clip_gradients(ParamStore& params, ParallelContext* par, float max_norm) {
   std::vector<Tensor*> dense, experts, all;
   for (Param* p : params.all()) {

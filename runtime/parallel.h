@@ -25,6 +25,11 @@ struct ParallelContext {
   int shard() const { return ep->rank(); }
 };
 
+// Parameters of the whole model: the dense ones once and every expert's,
+// summed over the expert-parallel group (which holds each shard once). A
+// collective over the group when par is set.
+int64_t global_param_count(const ParamStore& params, ParallelContext* par);
+
 // Averages gradients over data-parallel replicas: dense parameters over the
 // world, expert parameters over their shard's replicas; both divided by the
 // world size (each rank's loss is a mean over its own tokens). Dense

@@ -126,6 +126,7 @@ float Trainer::evaluate() {
   const auto& moe = model_.moe_layers();
   held_out_.clear();
   for (const auto& [l, layer] : moe) held_out_.push_back({l, std::vector<double>(cfg_.moe().num_experts(), 0.0)});
+  ProgressLine progress(opts_.log, "evaluation", n, opts_.progress_after_s, opts_.progress_every_s);
   for (int i = 0; i < n; ++i) {
     sum += model_.forward(slice_batch(val_.fixed(i), T, rank_, world_));
     // Every batch routes the same number of tokens, so the pass's load is the
@@ -135,6 +136,7 @@ float Trainer::evaluate() {
       for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] / n;
       held_out_[m].dropped += st.dropped / n;
     }
+    progress.done(i + 1);
   }
   for (HeldOutRouting& h : held_out_)
     h.max_over_mean = *std::max_element(h.load.begin(), h.load.end()) * h.load.size();
@@ -148,6 +150,7 @@ TrainResult Trainer::run() {
   std::vector<Param*> params = model_.params().all();
   ops::AdamWConfig adam{t.lr(), t.beta1(), t.beta2(), t.eps(), t.weight_decay()};
   const int64_t tokens_per_step = static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
+  const int64_t n_params = global_param_count(model_.params(), opts_.par);  // every rank: a collective
 
   if (opts_.log) {
     const auto& at = cfg_.attention();
@@ -164,7 +167,7 @@ TrainResult Trainer::run() {
                     p.sparse * per_pair, p.dense * per_pair, 100.0 * p.sparse / p.dense);
       *opts_.log << b;
     }
-    *opts_.log << "model: " << model_.params().numel() << " parameters, " << cfg_.model().n_layers()
+    *opts_.log << "model: " << n_params << " parameters, " << cfg_.model().n_layers()
                << " layers, d_model " << cfg_.model().d_model() << "; data: "
                << data_.train.size() << " train / " << data_.val.size() << " val bytes\n";
     opts_.log->flush();

@@ -15,6 +15,9 @@ struct TrainOptions {
   std::string metrics_path;  // JSONL; empty for none (only rank 0 writes)
   std::ostream* log = nullptr;  // progress lines; null for silence (only rank 0 prints)
   ParallelContext* par = nullptr;  // several ranks; null for one
+  // An evaluation running longer than progress_after_s prints a progress line
+  // (batches, rate, ETA) every progress_every_s seconds.
+  double progress_after_s = 5, progress_every_s = 10;
   // Testing failure handling: at step fault_step, rank fault_rank throws
   // ("throw"), blocks forever ("hang") or exits at once ("exit").
   std::string fault;

@@ -3,7 +3,9 @@
 // existing non-empty file without --overwrite, is refused before training.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <sstream>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -90,6 +92,21 @@ TEST(Metrics, RefusesNonEmptyFileUnlessOverwrite) {
   EXPECT_NE(m.find("--metrics " + old + ": exists and is not empty (11 bytes); pass --overwrite"), std::string::npos) << m;
   EXPECT_NO_THROW(check_metrics_path(old, {}, true));
   EXPECT_NO_THROW(check_metrics_path(empty, {}, false));
+}
+
+TEST(Metrics, ProgressLineAfterADelayWithRateAndEta) {
+  std::ostringstream out;
+  ProgressLine now(&out, "evaluation", 4, 0, 0);
+  for (int i = 1; i <= 4; ++i) now.done(i);
+  const std::string s = out.str();
+  EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 4) << s;
+  EXPECT_NE(s.find("evaluation 4/4 batches | "), std::string::npos) << s;
+  EXPECT_NE(s.find(" batches/s | ETA "), std::string::npos) << s;
+  std::ostringstream none;
+  ProgressLine later(&none, "evaluation", 4, 3600, 10);
+  for (int i = 1; i <= 4; ++i) later.done(i);
+  EXPECT_EQ(none.str(), "");
+  ProgressLine(nullptr, "evaluation", 4, 0, 0).done(1);  // no stream: silent
 }
 
 }  // namespace
