@@ -25,6 +25,13 @@ std::unique_ptr<ParallelContext> ParallelContext::create(std::unique_ptr<comm::C
   return p;
 }
 
+int64_t global_param_count(const ParamStore& params, ParallelContext* par) {
+  const int64_t dense = params.numel(ParamKind::dense);
+  double experts = static_cast<double>(params.numel(ParamKind::expert));  // exact in a double up to 2^53
+  if (par && par->ep_size > 1) experts = par->ep->all_reduce_sum(experts, "parameter count");
+  return dense + static_cast<int64_t>(experts);
+}
+
 float clip_gradients(Ctx& ctx, ParamStore& params, ParallelContext* par, float max_norm) {
   Tensor& dense = params.arena(ParamKind::dense).grad;
   Tensor& experts = params.arena(ParamKind::expert).grad;

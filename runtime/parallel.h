@@ -29,6 +29,11 @@ struct ParallelContext {
   int shard() const { return ep->rank(); }
 };
 
+// Parameters of the whole model: the dense ones once and every expert's,
+// summed over the expert-parallel group (which holds each shard once). A
+// collective over the group when par is set.
+int64_t global_param_count(const ParamStore& params, ParallelContext* par);
+
 // Global-norm clipping over the whole model: under expert parallelism a rank
 // holds one expert shard, so the experts' squares are summed over the
 // expert-parallel group (which holds every shard once) before the norm is

@@ -70,6 +70,7 @@ float Trainer::evaluate() {
   const auto& moe = model_.moe_layers();
   held_out_.clear();
   for (const auto& [l, layer] : moe) held_out_.push_back({l, std::vector<double>(cfg_.moe().num_experts(), 0.0)});
+  ProgressLine progress(opts_.log, "evaluation", n, opts_.progress_after_s, opts_.progress_every_s);
   for (int i = 0; i < n; ++i) {
     sum += model_.forward(slice_batch(val_.fixed(i), T, rank_, world_));
     // Every batch routes the same number of tokens, so the pass's load is the
@@ -80,6 +81,7 @@ float Trainer::evaluate() {
       held_out_[m].dropped += st.dropped / n;
       held_out_[m].unserved += st.unserved / n;
     }
+    progress.done(i + 1);
   }
   for (HeldOutRouting& h : held_out_)
     h.max_over_mean = *std::max_element(h.load.begin(), h.load.end()) * h.load.size();
@@ -125,8 +127,9 @@ TrainResult Trainer::run() {
   const auto& t = cfg_.train();
   MetricsWriter metrics(opts_.metrics_path);
   const int64_t tokens_per_step = static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
+  const int64_t n_params = global_param_count(model_.params(), opts_.par);  // every rank: a collective
   if (opts_.log) {
-    *opts_.log << run_summary(cfg_, model_.params().numel(), static_cast<int64_t>(data_.train.size()),
+    *opts_.log << run_summary(cfg_, n_params, static_cast<int64_t>(data_.train.size()),
                               static_cast<int64_t>(data_.val.size()));
     opts_.log->flush();
   }
@@ -202,6 +205,7 @@ TrainResult Trainer::run() {
     loss_sum = 0;
     loss_count = 0;
   }
+  metrics.close();
   return result;
 }
 

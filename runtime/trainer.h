@@ -26,6 +26,9 @@ struct TrainOptions {
   // Called on every rank before each step (testing failure handling:
   // train_switch's --inject-fault throws, hangs or exits from here).
   std::function<void(int64_t step)> before_step;
+  // An evaluation running longer than progress_after_s prints a progress line
+  // (batches, rate, ETA) every progress_every_s seconds.
+  double progress_after_s = 5, progress_every_s = 10;
 };
 
 struct StepResult {
