@@ -67,15 +67,18 @@ int run(int argc, char** argv, int world_rank, int world_size) {
                           ": must divide the world size 1 (launch with mpirun -np N)");
   }
   if (!fault.empty()) opts.before_step = fault_hook(fault, world_rank);
+  // AUTO resolves to the CPU until every op (attention included) has CUDA kernels.
+  sy::Trainer trainer(cfg, opts);
   if (world_rank == 0) {
-    // AUTO resolves to the CPU: there are no CUDA kernels yet (issue 6).
-    std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
-              << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), "
-              << world_size << " rank" << (world_size > 1 ? "s" : "");
+    if (trainer.device())
+      std::cout << "switchyard: backend cuda (" << trainer.device()->name() << "), ";
+    else
+      std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
+                << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), ";
+    std::cout << world_size << " rank" << (world_size > 1 ? "s" : "");
     if (world_size > 1) std::cout << " (mpi, expert_parallel " << cfg.parallel().expert_parallel() << ")";
     std::cout << ", config " << config_path << "\n";
   }
-  sy::Trainer trainer(cfg, opts);
   sy::TrainResult r = trainer.run();
   if (world_rank == 0)
     std::cout << "done: loss " << r.first_loss << " -> " << r.final_loss << ", val " << r.final_val_loss << "\n";
