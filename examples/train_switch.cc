@@ -121,14 +121,6 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   }
 
   openblas_set_num_threads(threads);
-  if (world_rank == 0) {
-    // AUTO resolves to the CPU: there are no CUDA kernels yet (issue 6).
-    std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
-              << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), "
-              << world_size << " rank" << (world_size > 1 ? "s" : "");
-    if (world_size > 1) std::cout << " (mpi, expert_parallel " << cfg.parallel().expert_parallel() << ")";
-    std::cout << ", config " << config_path << "\n";
-  }
   std::unique_ptr<sy::ParallelContext> par;
   std::unique_ptr<sy::Trainer> trainer;
   agreed([&] {
@@ -137,8 +129,19 @@ int run(int argc, char** argv, int world_rank, int world_size) {
                                         cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
       opts.par = par.get();
     }
+    // AUTO resolves to the CPU until every op (attention included) has CUDA kernels.
     trainer = std::make_unique<sy::Trainer>(cfg, opts);
   });
+  if (world_rank == 0) {
+    if (trainer->device())
+      std::cout << "switchyard: backend cuda (" << trainer->device()->name() << "), ";
+    else
+      std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
+                << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), ";
+    std::cout << world_size << " rank" << (world_size > 1 ? "s" : "");
+    if (world_size > 1) std::cout << " (mpi, expert_parallel " << cfg.parallel().expert_parallel() << ")";
+    std::cout << ", config " << config_path << "\n";
+  }
   sy::TrainResult r = trainer->run();
   if (world_rank == 0)
     std::cout << "done: loss " << r.first_loss << " -> " << r.final_loss << ", val " << r.final_val_loss << "\n";

@@ -350,8 +350,10 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("attention.topk_blocks", at.topk_blocks(), 0, 65536);
   }
 
+#ifndef SY_WITH_CUDA
   if (cfg.backend() == switchyard::Config::CUDA)
-    c.fail("backend", "CUDA", "this build has no CUDA kernels yet; use AUTO or CPU");
+    c.fail("backend", "CUDA", "this build has no CUDA backend (configure with SWITCHYARD_CUDA=ON); use AUTO or CPU");
+#endif
 
   const auto& pl = cfg.parallel();
   c.range("parallel.expert_parallel", pl.expert_parallel(), 1, 65536);

@@ -186,9 +186,15 @@ void Transformer::set_step(int64_t step) {
 float Transformer::forward(const Batch& batch) {
   const int64_t N = static_cast<int64_t>(batch.inputs.size());
   SY_CHECK(N % T_ == 0, "batch of " << N << " tokens is not a multiple of seq_len " << T_);
+  SY_CHECK(static_cast<int64_t>(batch.targets.size()) == N,
+           "batch of " << N << " inputs with " << batch.targets.size() << " targets");
   B_ = N / T_;
-  inputs_ = Tensor::from_host(batch.inputs).to(ctx_);
-  targets_ = Tensor::from_host(batch.targets).to(ctx_);
+  // Inputs and targets travel together: one host-to-device copy per batch.
+  std::vector<int32_t> tokens(batch.inputs);
+  tokens.insert(tokens.end(), batch.targets.begin(), batch.targets.end());
+  const Tensor both = Tensor::from_host(tokens).to(ctx_);
+  inputs_ = both.rows(0, N);
+  targets_ = both.rows(N, 2 * N);
   Tensor h = Tensor::empty({N, C_}, DType::f32, ctx_);
   ops::embedding_forward(ctx_, {h, inputs_, wte_->value, wpe_->value, T_});
   for (auto& b : blocks_) h = b.forward(h, B_, T_);

@@ -19,6 +19,11 @@ std::string corpus_for(const Config& cfg) {
                           {d.synthetic_tasks(), d.copy_gap_min(), d.copy_gap_max()});
 }
 
+std::unique_ptr<DeviceRuntime> device_for(const Config& cfg) {
+  if (cfg.backend() != switchyard::Config::CUDA) return nullptr;
+  return DeviceRuntime::create(0);
+}
+
 double now_s() {
   using namespace std::chrono;
   return duration<double>(steady_clock::now().time_since_epoch()).count();
@@ -44,7 +49,8 @@ float learning_rate(const switchyard::TrainConfig& t, int64_t step) {
 Trainer::Trainer(const Config& cfg, TrainOptions opts)
     : cfg_(cfg),
       opts_(std::move(opts)),
-      ctx_(host_ctx()),
+      device_(device_for(cfg)),
+      ctx_(device_ ? device_->ctx() : host_ctx()),
       data_(make_dataset(corpus_for(cfg), cfg.data().val_fraction(), cfg.model().seq_len())),
       model_(ctx_, cfg, opts_.par),
       train_(&data_.train, cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 1),

@@ -8,9 +8,11 @@
 #pragma once
 #include <functional>
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "core/device_runtime.h"
 #include "runtime/config.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/model.h"
@@ -61,10 +63,17 @@ class Trainer {
   // Per MoE layer, the expert load of the last evaluate() (empty for a dense model).
   const std::vector<HeldOutRouting>& held_out_routing() const { return held_out_; }
   Transformer& model() { return model_; }
+  // The GPU the model runs on (backend CUDA), or null on the CPU.
+  DeviceRuntime* device() { return device_.get(); }
 
  private:
   Config cfg_;
   TrainOptions opts_;
+  // backend CUDA: the device runtime that owns the stream, the allocator and
+  // the cuBLAS handles; the model's tensors live there and each step's batch
+  // goes host -> device once. AUTO stays on the CPU until every op (attention
+  // included) has CUDA kernels.
+  std::unique_ptr<DeviceRuntime> device_;
   Ctx& ctx_;
   Dataset data_;
   Transformer model_;

@@ -85,8 +85,12 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
                  "moe.router_noise_kind = GUMBEL: Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
 }
 
-TEST(Config, BackendCudaNotBuilt) {
-  expect_invalid("backend: CUDA", "t.pbtxt: backend = CUDA: this build has no CUDA kernels yet");
+TEST(Config, BackendCudaOnlyWhereBuilt) {
+#ifdef SY_WITH_CUDA
+  EXPECT_EQ(parse_ok("backend: CUDA").backend(), switchyard::Config::CUDA);
+#else
+  expect_invalid("backend: CUDA", "t.pbtxt: backend = CUDA: this build has no CUDA backend");
+#endif
   EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
 }
 
