@@ -15,7 +15,7 @@ mkdir -p "$BUILD"
 # fast_unwind_on_malloc=0: OpenMPI unloads its components at MPI_Finalize and
 # neither they nor libc keep frame pointers, so the fast unwinder's allocation
 # stacks end in "<unknown module>", which no suppression can name; the DWARF
-# unwinder reaches the MPI library frames (it costs about 1.7x in run time).
+# unwinder reaches the MPI library frames (about 1.3x the CPU time).
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:fast_unwind_on_malloc=0:strict_string_checks=1:detect_stack_use_after_return=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$ROOT/scripts/lsan_mpi.supp:print_suppressions=0}
