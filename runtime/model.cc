@@ -136,12 +136,18 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
   ln_f_ = std::make_unique<LayerNorm>(ctx_, params_, "ln_f", C_, rng);
   // Routed attention: centroid statistics are summed over data-parallel
   // ranks before each EMA update, so every replica keeps the same centroids.
+  // Each rank runs k-means on its own slice of the first batch; rank 0's
+  // result becomes everyone's.
   if (par && par->world_size() > 1)
     for (auto& b : blocks_)
-      if (auto* sa = dynamic_cast<SparseSelfAttention*>(&b.attention()))
+      if (auto* sa = dynamic_cast<SparseSelfAttention*>(&b.attention())) {
         sa->set_stats_reducer([par, this](Tensor& t) {
           par->world->all_reduce_sum(t, ctx_.stream, "routed attention centroids");
         });
+        sa->set_init_sync([par, this](ops::Centroids& c) {
+          for (Tensor* t : {&c.mu, &c.sum, &c.count}) par->world->broadcast(*t, 0, ctx_.stream, "centroid init");
+        });
+      }
   head_ = std::make_unique<Linear>(ctx_, params_, "head", C_, V_, rng, std, false);
   params_.finalize(ctx_);
 }

@@ -102,6 +102,7 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
     if (!c.initialized) {
       SY_CHECK(training_, "routed attention evaluated before its centroids were initialised by training");
       ops::kmeans_init(ctx_, c, qn_[r], cfg_.kmeans_iters(), rng_);
+      if (init_sync_) init_sync_(c);
     }
   }
 

@@ -59,6 +59,9 @@ class SparseSelfAttention : public SelfAttention {
   const SparseAttentionStats& stats() const { return stats_; }
   // Sums per-cluster statistics over data-parallel ranks before the EMA update.
   void set_stats_reducer(std::function<void(Tensor&)> f) { reducer_ = std::move(f); }
+  // Makes a set every replica's after k-means (a broadcast from one rank):
+  // each rank clusters its own slice of the first batch.
+  void set_init_sync(std::function<void(ops::Centroids&)> f) { init_sync_ = std::move(f); }
   const std::vector<ops::Centroids>& centroids() const { return *centroids_; }
 
  private:
@@ -73,6 +76,7 @@ class SparseSelfAttention : public SelfAttention {
   Rng rng_;
   bool training_ = true;
   std::function<void(Tensor&)> reducer_;
+  std::function<void(ops::Centroids&)> init_sync_;
   // saved for backward
   int64_t B_ = 0, T_ = 0;
   Tensor q_, k_, v_, o_;                   // (H, B*T, D): head h of sequence b is rows [b*T, (b+1)*T) of head h
