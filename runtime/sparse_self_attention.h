@@ -63,6 +63,9 @@ class SparseSelfAttention : public SelfAttention {
   // each rank clusters its own slice of the first batch.
   void set_init_sync(std::function<void(ops::Centroids&)> f) { init_sync_ = std::move(f); }
   const std::vector<ops::Centroids>& centroids() const { return *centroids_; }
+  std::vector<ops::Centroids>& centroids() { return *centroids_; }
+  // Whether the centroids are this block's own (not the shared set).
+  bool owns_centroids() const { return centroids_ == &own_; }
 
  private:
   bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }
