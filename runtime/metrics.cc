@@ -7,9 +7,9 @@
 
 namespace sy {
 
-MetricsWriter::MetricsWriter(const std::string& path) {
+MetricsWriter::MetricsWriter(const std::string& path, bool append) {
   if (path.empty()) return;
-  out_.open(path, std::ios::trunc);
+  out_.open(path, append ? std::ios::app : std::ios::trunc);
   if (!out_) throw ConfigError(path + ": cannot open metrics file for writing");
 }
 

@@ -12,7 +12,9 @@ namespace sy {
 class MetricsWriter {
  public:
   MetricsWriter() = default;
-  explicit MetricsWriter(const std::string& path);  // empty path: write nothing
+  // Empty path: write nothing. append: continue the file (a resumed run)
+  // rather than start it anew.
+  explicit MetricsWriter(const std::string& path, bool append = false);
   void write(const nlohmann::json& line);
 
  private:
