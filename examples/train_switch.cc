@@ -182,7 +182,10 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   const sy::TrainResult r = trainer.run();
   switch (r.stop) {
     case sy::TrainResult::Stop::done:
-      if (world_rank == 0)
+      if (world_rank == 0 && r.losses.empty())
+        std::cout << "done: nothing to train: the checkpoint is at step " << r.last_step << " of train.steps = "
+                  << cfg.train().steps() << " (--set train.steps=N to go on)\n";
+      else if (world_rank == 0)
         std::cout << "done: loss " << r.first_loss << " -> " << r.final_loss << ", val " << r.final_val_loss
                   << (r.checkpoint.empty() ? "" : ", checkpoint " + r.checkpoint) << "\n";
       return 0;
