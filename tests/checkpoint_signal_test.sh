@@ -51,7 +51,7 @@ check() {
 
 start sigint "$BIN" "${args[@]}" && { kill -INT $job; wait $job; check sigint $? 4 SIGINT; }
 
-grace=(--mca odls_base_sigkill_timeout 5)
+grace=(--mca odls_base_sigkill_timeout 10)
 mpi=("$MPIRUN" --oversubscribe -np 2 "${grace[@]}" "$BIN" --set parallel.expert_parallel=2 --set parallel.timeout_s=120)
 if start mpi "${mpi[@]}" "${args[@]}"; then
   kill -TERM $job; wait $job; rc=$?
