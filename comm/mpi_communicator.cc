@@ -240,6 +240,16 @@ MpiSession::~MpiSession() {
   if (!finalized) MPI_Finalize();
 }
 
+NodeLocal node_local(MPI_Comm comm) {
+  MPI_Comm node;
+  MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  NodeLocal n;
+  MPI_Comm_rank(node, &n.rank);
+  MPI_Comm_size(node, &n.size);
+  MPI_Comm_free(&node);
+  return n;
+}
+
 void abort_job(int code) { MPI_Abort(MPI_COMM_WORLD, code); std::abort(); }
 
 }  // namespace sy::comm

@@ -68,6 +68,13 @@ class MpiSession {
   static inline bool thread_multiple_ = false;
 };
 
+// This rank's place among the ranks of `comm` on its own node (shared
+// memory): which GPU it takes, and whether every rank has one to itself.
+struct NodeLocal {
+  int rank = 0, size = 1;
+};
+NodeLocal node_local(MPI_Comm comm);
+
 // Ends every rank of the job: what a rank's top-level handler calls after
 // printing its error, so that no other rank waits forever.
 [[noreturn]] void abort_job(int code);

@@ -48,17 +48,19 @@ float bf16_to_f32(uint16_t b) {
 
 std::string Device::str() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
 
-bool cuda_available() {
+int cuda_device_count() {
 #ifdef SY_WITH_CUDA
-  static const bool available = [] {
+  static const int count = [] {
     int n = 0;
-    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
   }();
-  return available;
+  return count;
 #else
-  return false;
+  return 0;
 #endif
 }
+
+bool cuda_available() { return cuda_device_count() > 0; }
 
 void Allocator::count_alloc(size_t bytes) {
   const size_t now = in_use_ += bytes;

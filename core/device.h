@@ -22,5 +22,7 @@ struct Device {
 // True where the binary has the CUDA backend and a GPU is visible. Checked
 // once: without a driver cudaGetDeviceCount's error is sticky.
 bool cuda_available();
+// The number of visible CUDA devices (0 without the backend or a driver).
+int cuda_device_count();
 
 }  // namespace sy

@@ -47,6 +47,8 @@
 #include <unistd.h>
 
 #include "comm/mpi_communicator.h"
+#include "comm/nccl_communicator.h"
+#include "core/device.h"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/metrics.h"
@@ -255,10 +257,32 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   }
   std::unique_ptr<sy::ParallelContext> par;
   std::unique_ptr<sy::Trainer> trainer;
+  bool nccl = false;
   agreed([&] {
     if (world_size > 1) {
-      par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),
-                                        cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
+      // Each rank takes a GPU by its rank on its node. NCCL needs one GPU per
+      // rank; ranks sharing a GPU move device tensors through MPI instead.
+      const sy::comm::NodeLocal local = sy::comm::node_local(MPI_COMM_WORLD);
+      const int gpus = sy::cuda_device_count();
+      if (gpus > 0) opts.device = local.rank % gpus;
+      const auto pb = cfg.parallel().backend();
+      const bool on_gpu = cfg.backend() == switchyard::Config::CUDA, own_gpu = gpus >= local.size;
+      if (pb == switchyard::ParallelConfig::NCCL && !own_gpu)
+        throw sy::ConfigError("parallel.backend = NCCL: " + std::to_string(local.size) + " ranks on this node share " +
+                              std::to_string(gpus) + " GPU" + (gpus == 1 ? "" : "s") +
+                              "; NCCL needs one GPU per rank (use MPI, which stages through the host)");
+      nccl = on_gpu && own_gpu &&
+             (pb == switchyard::ParallelConfig::NCCL ||
+              (pb == switchyard::ParallelConfig::AUTO && sy::comm::nccl_available()));
+      std::unique_ptr<sy::comm::Communicator> world_comm;
+      if (nccl) {
+        sy::comm::MpiCommunicator bootstrap(MPI_COMM_WORLD);  // carries NCCL's unique id
+        world_comm = sy::comm::make_nccl_communicator(bootstrap, opts.device, cfg.parallel().timeout_s());
+      } else {
+        world_comm = std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD);
+      }
+      par = sy::ParallelContext::create(std::move(world_comm), cfg.parallel().expert_parallel(),
+                                        cfg.parallel().timeout_s());
       opts.par = par.get();
     }
     // AUTO resolves to the CPU until every op (attention included) has CUDA kernels.
@@ -271,7 +295,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
                 << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), ";
     std::cout << world_size << " rank" << (world_size > 1 ? "s" : "");
-    if (world_size > 1) std::cout << " (mpi, expert_parallel " << cfg.parallel().expert_parallel() << ")";
+    if (world_size > 1) std::cout << (nccl ? " (nccl" : " (mpi") << ", expert_parallel " << cfg.parallel().expert_parallel() << ")";
     std::cout << ", config " << source << "\n";
   }
   if (!checkpoint.empty()) trainer->restore(checkpoint, !eval_only);

@@ -14,6 +14,7 @@
 
 #include <unistd.h>
 
+#include "comm/nccl_communicator.h"
 #include "core/error.h"
 
 namespace sy {
@@ -367,8 +368,12 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("parallel.expert_parallel", pl.expert_parallel(), 1, 65536);
   c.range("parallel.timeout_s", pl.timeout_s(), 0.f, 86400.f, true);
   c.range("parallel.grad_bucket_mb", pl.grad_bucket_mb(), 0.f, 4096.f, true);
-  if (pl.backend() == switchyard::ParallelConfig::NCCL)
-    c.fail("parallel.backend", "NCCL", "not available in this build (the NCCL communicator needs the CUDA backend); use AUTO or MPI");
+  if (pl.backend() == switchyard::ParallelConfig::NCCL) {
+    if (!comm::nccl_available())
+      c.fail("parallel.backend", "NCCL", "not in this build (configure with the CUDA backend and NCCL); use AUTO or MPI");
+    else if (cfg.backend() != switchyard::Config::CUDA)
+      c.fail("parallel.backend", "NCCL", "needs backend: CUDA (NCCL moves device memory); use AUTO or MPI");
+  }
   if (e.num_experts() > 0 && e.num_experts() % pl.expert_parallel() != 0)
     c.fail("parallel.expert_parallel", pl.expert_parallel(),
            "must divide moe.num_experts = " + std::to_string(e.num_experts()));

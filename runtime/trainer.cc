@@ -22,9 +22,9 @@ std::string corpus_for(const Config& cfg) {
                           {d.synthetic_tasks(), d.copy_gap_min(), d.copy_gap_max()});
 }
 
-std::unique_ptr<DeviceRuntime> device_for(const Config& cfg) {
+std::unique_ptr<DeviceRuntime> device_for(const Config& cfg, int device) {
   if (cfg.backend() != switchyard::Config::CUDA) return nullptr;
-  return DeviceRuntime::create(0);
+  return DeviceRuntime::create(device);
 }
 
 double now_s() {
@@ -78,7 +78,7 @@ float learning_rate(const switchyard::TrainConfig& t, int64_t step) {
 Trainer::Trainer(const Config& cfg, TrainOptions opts)
     : cfg_(cfg),
       opts_(std::move(opts)),
-      device_(device_for(cfg)),
+      device_(device_for(cfg, opts_.device)),
       ctx_(device_ ? device_->ctx() : host_ctx()),
       data_(make_dataset(corpus_for(cfg), cfg.data().val_fraction(), cfg.model().seq_len())),
       model_(ctx_, cfg, opts_.par),

@@ -33,6 +33,7 @@ struct TrainOptions {
   std::string metrics_path;  // JSONL; empty for none (only rank 0 writes)
   std::ostream* log = nullptr;  // progress lines; null for silence (only rank 0 prints)
   ParallelContext* par = nullptr;  // several ranks; null for one
+  int device = 0;  // backend CUDA: this rank's GPU (its node-local rank modulo the GPUs)
   // Called on every rank before each step (testing failure handling:
   // train_switch's --inject-fault throws, hangs, exits or poisons a parameter
   // from here).

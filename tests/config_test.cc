@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "comm/nccl_communicator.h"
 #include "runtime/config.h"
 #include "core/error.h"
 
@@ -92,6 +93,17 @@ TEST(Config, BackendCudaOnlyWhereBuilt) {
   expect_invalid("backend: CUDA", "t.pbtxt: backend = CUDA: this build has no CUDA backend");
 #endif
   EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
+}
+
+TEST(Config, NcclNeedsTheCudaBackendAndNccl) {
+  if (comm::nccl_available()) {
+    expect_invalid("parallel { backend: NCCL }", "t.pbtxt: parallel.backend = NCCL: needs backend: CUDA");
+    EXPECT_EQ(parse_ok("backend: CUDA parallel { backend: NCCL }").parallel().backend(),
+              switchyard::ParallelConfig::NCCL);
+  } else {
+    expect_invalid("parallel { backend: NCCL }", "t.pbtxt: parallel.backend = NCCL: not in this build");
+  }
+  EXPECT_EQ(parse_ok("parallel { backend: MPI }").parallel().backend(), switchyard::ParallelConfig::MPI);
 }
 
 TEST(Config, InconsistentSizes) {
