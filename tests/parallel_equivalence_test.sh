@@ -12,6 +12,10 @@ args=(--config "$SRC/configs/switch_tiny.pbtxt" --set train.steps=20 --set train
       --set train.log_interval=1 --set train.eval_interval=0 --set train.batch=8
       --set data.synthetic_bytes=100000 --set parallel.grad_bucket_mb=0.01 --set moe.dropless=true --set moe.jitter=0 --set moe.router_noise=0
       --set moe.every_n_layers=1 --set moe.top_k=2)
+# SY_TEST_ARGS: more overrides for every run (scripts/gpu_check.sh: --set backend=CUDA,
+# the ranks sharing one GPU through the MPI communicator).
+read -r -a more <<< "${SY_TEST_ARGS:-}"
+args+=("${more[@]}")
 losses() { sed -E 's/.*"loss":([-0-9.e]+).*/\1/' "$1"; }
 noisy=(--set moe.jitter=0.01 --set moe.router_noise=0.3)
 "$BIN" "${args[@]}" --metrics "$tmp/one.jsonl" > "$tmp/one.log" 2>&1 || { cat "$tmp/one.log"; exit 1; }
