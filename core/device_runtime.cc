@@ -72,6 +72,15 @@ class CudaRuntime final : public DeviceRuntime {
     return free;
   }
   const char* name() const override { return props_.name; }
+  double peak_tflops() const override {
+    // NVIDIA's datasheet figures for Hopper (sm_90): SXM H100 and H200 989,
+    // H100 NVL / H200 NVL 835, H100 PCIe 756. Other parts: not known here.
+    if (props_.major != 9 || props_.minor != 0) return 0;
+    const std::string n = props_.name;
+    if (n.find("PCIe") != std::string::npos) return 756;
+    if (n.find("NVL") != std::string::npos) return 835;
+    return 989;
+  }
 
  private:
   CudaPoolAllocator alloc_;

@@ -26,6 +26,9 @@ class DeviceRuntime {
   virtual size_t total_bytes() const = 0;
   virtual size_t free_bytes() const = 0;
   virtual const char* name() const = 0;
+  // The device's dense bf16 tensor-core peak in TFLOP/s (datasheet, no
+  // sparsity): the denominator of MFU. 0 where not known (MFU not reported).
+  virtual double peak_tflops() const { return 0; }
 };
 
 // Times work on a stream with CUDA events (the device machine has no working

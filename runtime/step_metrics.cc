@@ -72,6 +72,10 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
   line["bad_steps"] = s.bad_steps;
   line["tokens_per_s"] = s.tokens_per_s;
   line["tflops"] = s.flops_per_s / 1e12;
+  // MFU: the model FLOPs counted above (forward and backward of the work
+  // routed, attention included) per second over the device's bf16 peak.
+  if (s.peak_tflops > 0) line["mfu"] = s.flops_per_s / 1e12 / s.peak_tflops;
+  if (s.device_bytes_high_water > 0) line["device_mem_gib"] = s.device_bytes_high_water / 1073741824.0;
   line["elapsed_s"] = s.elapsed_s;
   if (s.world > 1) {
     line["ranks"] = s.world;
@@ -98,6 +102,14 @@ std::string progress_line(const StepLog& s, const RoutingSnapshot& r) {
   std::snprintf(b, sizeof b, " | lr %.2e | %.1fk tok/s | %.2f GFLOP/s | ETA %s", s.lr, s.tokens_per_s / 1e3,
                 s.flops_per_s / 1e9, format_duration(s.eta_s).c_str());
   out += b;
+  if (s.peak_tflops > 0) {
+    std::snprintf(b, sizeof b, " | MFU %.1f%%", 100 * s.flops_per_s / 1e12 / s.peak_tflops);
+    out += b;
+  }
+  if (s.device_bytes_high_water > 0) {
+    std::snprintf(b, sizeof b, " | mem %.1f GiB", s.device_bytes_high_water / 1073741824.0);
+    out += b;
+  }
   if (s.bad_steps > 0) out += " | bad steps " + std::to_string(s.bad_steps);
   return out + r.brief;
 }

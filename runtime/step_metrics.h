@@ -30,6 +30,10 @@ struct StepLog {
   int64_t bad_steps = 0;          // steps skipped for non-finite values, in all
   double tokens_per_s = 0, flops_per_s = 0, elapsed_s = 0, eta_s = 0;
   int world = 1;
+  // Backend CUDA: the device's dense bf16 peak (TFLOP/s; 0 unknown) and the
+  // allocator's high-water mark of live device bytes.
+  double peak_tflops = 0;
+  size_t device_bytes_high_water = 0;
   double all_to_all_s = 0;   // last step, all MoE layers
   double all_reduce_s = 0;   // since the last log line
   double all_reduce_exposed_s = 0;  // the part of it backward did not hide

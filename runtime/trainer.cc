@@ -285,6 +285,10 @@ TrainResult Trainer::run() {
     log.step = s;
     log.steps = t.steps();
     log.world = world_;
+    if (device_) {
+      log.peak_tflops = device_->peak_tflops();
+      log.device_bytes_high_water = ctx_.alloc->high_water();
+    }
     log.all_to_all_s = r.all_to_all_s;
     log.all_reduce_s = allreduce_s;
     log.all_reduce_exposed_s = allreduce_exposed_s;

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "runtime/metrics.h"
+#include "runtime/step_metrics.h"
 
 namespace sy {
 namespace {
@@ -107,6 +108,23 @@ TEST(Metrics, ProgressLineAfterADelayWithRateAndEta) {
   for (int i = 1; i <= 4; ++i) later.done(i);
   EXPECT_EQ(none.str(), "");
   ProgressLine(nullptr, "evaluation", 4, 0, 0).done(1);  // no stream: silent
+}
+
+// MFU and device memory appear only with a device (peak and high water set):
+// 494.5 TFLOP/s on a 989 TFLOP/s part is 50%.
+TEST(Metrics, MfuAndDeviceMemoryOnlyOnADevice) {
+  StepLog s;
+  s.step = 1, s.steps = 2, s.flops_per_s = 494.5e12;
+  const RoutingSnapshot r;
+  EXPECT_FALSE(metrics_line(s, r).contains("mfu"));
+  EXPECT_EQ(progress_line(s, r).find("MFU"), std::string::npos);
+  s.peak_tflops = 989;
+  s.device_bytes_high_water = size_t{3} << 29;  // 1.5 GiB
+  const nlohmann::json line = metrics_line(s, r);
+  EXPECT_DOUBLE_EQ(line["mfu"].get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(line["device_mem_gib"].get<double>(), 1.5);
+  const std::string p = progress_line(s, r);
+  EXPECT_NE(p.find(" | MFU 50.0% | mem 1.5 GiB"), std::string::npos) << p;
 }
 
 }  // namespace
