@@ -8,6 +8,10 @@
 //
 // Loads the weights and the routing state (not the optimizer state) at
 // expert_parallel 1, whatever the size the checkpoint was written at.
+// A model trained on token shards encodes the prompt and decodes its output
+// through the SentencePiece model its config names (data.tokenizer, relative
+// to the working directory) or --tokenizer, read by runtime/piece_codec.h;
+// byte-level models need none.
 // runtime/generate.h describes the generation. Exit codes: 0 done, 2 bad input
 // (a checkpoint that is missing, corrupt or partial: one line naming the file
 // and the tensor), 1 any other error.
@@ -15,27 +19,30 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/generate.h"
 #include "runtime/startup.h"
+#include "runtime/piece_codec.h"
 
 namespace {
 
 int run(int argc, char** argv) {
   CLI::App app{"Generate text from a Switchyard checkpoint"};
-  std::string spec, root = "checkpoints", prompt;
+  std::string spec, root = "checkpoints", prompt, tokenizer;
   int tokens = 200, threads = 1;
   sy::ops::SamplingParams sp;
   uint64_t seed = 1;
   app.add_option("--checkpoint", spec, "a checkpoint directory, or 'latest' in --checkpoint-dir")->required();
   app.add_option("--checkpoint-dir", root, "where 'latest' is looked up (train.checkpoint_dir)");
   app.add_option("--prompt", prompt, "the text to continue (default: a newline)");
-  app.add_option("--tokens", tokens, "bytes to generate")->check(CLI::Range(0, 1000000));
+  app.add_option("--tokens", tokens, "tokens (bytes for a byte-level model) to generate")->check(CLI::Range(0, 1000000));
   app.add_option("--temperature", sp.temperature, "softmax temperature; 0 is greedy")->check(CLI::Range(0.f, 100.f));
-  app.add_option("--top-k", sp.top_k, "draw from the k most probable bytes only; 0: all")->check(CLI::Range(0, 256));
+  app.add_option("--top-k", sp.top_k, "draw from the k most probable tokens only; 0: all")->check(CLI::Range(0, 1 << 20));
+  app.add_option("--tokenizer", tokenizer, "the SentencePiece .model to decode with (default: the config's data.tokenizer)");
   app.add_option("--seed", seed, "seed of the draws");
   app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
   try {
@@ -53,10 +60,31 @@ int run(int argc, char** argv) {
   std::string why;
   if (!sy::causal(cfg, &why)) std::cerr << "note: generation sees padding after each position: " << why << "\n";
 
+  if (tokenizer.empty()) tokenizer = cfg.data().tokenizer();
+  const int V = cfg.model().vocab_size();
+  if (tokenizer.empty() && V != 256)
+    throw sy::ConfigError(dir + ": model.vocab_size = " + std::to_string(V) +
+                          " (token ids, not bytes) and the config names no data.tokenizer; pass --tokenizer FILE.model");
   sy::GenerationRouting routing;
-  const std::string text = sy::generate(model, cfg, prompt, tokens, sp, seed, &routing);
+  std::string text;
+  if (tokenizer.empty()) {
+    text = sy::generate(model, cfg, prompt, tokens, sp, seed, &routing);
+  } else {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(tokenizer, ec))
+      throw sy::ConfigError("tokenizer " + tokenizer +
+                            ": no such file (data.tokenizer is relative to the directory training ran in; "
+                            "pass --tokenizer FILE.model)");
+    const sy::PieceCodec tok = sy::PieceCodec::load(tokenizer);
+    if (tok.vocab_size() > V)
+      throw sy::ConfigError("tokenizer " + tokenizer + ": " + std::to_string(tok.vocab_size()) +
+                            " pieces, more than the model's model.vocab_size = " + std::to_string(V));
+    const std::vector<int32_t> ids =
+        sy::generate_ids(model, cfg, tok.encode(prompt.empty() ? std::string("\n") : prompt), tokens, sp, seed, &routing);
+    text = tok.decode(ids);
+  }
   std::cout << text << "\n";
-  std::cout << "--- " << tokens << " bytes from " << dir << " (temperature " << sp.temperature << ", top-k "
+  std::cout << "--- " << tokens << (tokenizer.empty() ? " bytes" : " tokens") << " from " << dir << " (temperature " << sp.temperature << ", top-k "
             << sp.top_k << ", seed " << seed << "); where they were routed:\n";
   char b[64];
   for (const auto& m : routing.moe) {

@@ -20,14 +20,11 @@
 // bytes) so an input runs in well under a millisecond; refusing sizes that do
 // not fit in memory is the config check's job, not the loaders'.
 //
-// Token shards (tokenize's flat binary ids with a header, memory-mapped) and
-// checkpoints (safetensors files and a text manifest) do not exist yet. Their
-// readers get targets here when they do: shard_fuzz.cc serving the input as a
-// shard file through the same memfd (header fields, ids beyond the
-// vocabulary, a truncated tail, a shard split over ranks), checkpoint_fuzz.cc
-// serving a safetensors file and a manifest; each with a seed corpus in
-// fuzz/corpus/<target>/, a line in fuzz/CMakeLists.txt and a name in
-// scripts/ci_fuzz.sh's target list.
+// Token shards have their own target (shard_fuzz.cc). Checkpoints
+// (safetensors files and a text manifest) get one here when it is written:
+// checkpoint_fuzz.cc serving a safetensors file and a manifest through the
+// same memfd, with a seed corpus in fuzz/corpus/<target>/, a line in
+// fuzz/CMakeLists.txt and a name in scripts/ci_fuzz.sh's target list.
 #include <fuzzer/FuzzedDataProvider.h>
 #include <sys/mman.h>
 #include <unistd.h>

@@ -263,7 +263,10 @@ void validate_config(const Config& cfg, const std::string& source) {
   Checker c(source);
   check_finite(cfg, "", c);
   const auto& m = cfg.model();
-  if (m.vocab_size() != 256) c.fail("model.vocab_size", m.vocab_size(), "must be 256 (byte-level models)");
+  const bool tokens = cfg.data().source() == switchyard::DataConfig::TOKEN_FILES;
+  if (tokens) c.range("model.vocab_size", m.vocab_size(), 2, 1 << 20);
+  else if (m.vocab_size() != 256)
+    c.fail("model.vocab_size", m.vocab_size(), "must be 256 for byte-level data (data.source TOKEN_FILES allows [2, 1048576])");
   c.range("model.d_model", m.d_model(), 8, 8192);
   c.range("model.n_layers", m.n_layers(), 1, 256);
   c.range("model.n_heads", m.n_heads(), 1, m.d_model());
@@ -294,7 +297,22 @@ void validate_config(const Config& cfg, const std::string& source) {
 
   const auto& d = cfg.data();
   c.range("data.val_fraction", d.val_fraction(), 0.f, 0.5f, true);
-  if (d.source() == switchyard::DataConfig::TEXT_FILE) {
+  if (d.source() != switchyard::DataConfig::TOKEN_FILES) {
+    const char* src = d.source() == switchyard::DataConfig::TEXT_FILE ? "TEXT_FILE" : "SYNTHETIC";
+    const std::string why = std::string("set while data.source is ") + src + ", which does not read it";
+    if (!d.token_files().empty()) c.fail("data.token_files", "\"" + d.token_files() + "\"", why);
+    if (!d.val_token_files().empty()) c.fail("data.val_token_files", "\"" + d.val_token_files() + "\"", why);
+    if (!d.tokenizer().empty()) c.fail("data.tokenizer", "\"" + d.tokenizer() + "\"", why + " (byte-level data needs none)");
+  }
+  if (d.source() == switchyard::DataConfig::TOKEN_FILES) {
+    // The patterns are expanded and the shards checked when the data is
+    // loaded (runtime/training_data.h): a config names data that may not
+    // have been tokenized yet.
+    if (d.token_files().empty()) c.fail("data.token_files", "\"\"", "required when data.source is TOKEN_FILES");
+    if (d.val_token_files().empty()) c.fail("data.val_token_files", "\"\"", "required when data.source is TOKEN_FILES");
+    if (!d.path().empty())
+      c.fail("data.path", d.path(), "set while data.source is TOKEN_FILES, which reads data.token_files instead");
+  } else if (d.source() == switchyard::DataConfig::TEXT_FILE) {
     if (d.path().empty()) c.fail("data.path", "\"\"", "required when data.source is TEXT_FILE");
     const std::string kind = not_a_regular_file(d.path());
     if (kind == "no such file")

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -101,41 +102,101 @@ Batch slice_batch(const Batch& b, int64_t T, int rank, int world) {
           std::vector<int32_t>(b.targets.begin() + begin, b.targets.begin() + end)};
 }
 
-WindowSampler::WindowSampler(const std::string* bytes, int64_t B, int64_t T, uint64_t seed)
-    : bytes_(bytes), B_(B), T_(T), seed_(seed) {}
+Split Split::of_bytes(const std::string& bytes) {
+  Split s;
+  s.add(bytes.data(), static_cast<int64_t>(bytes.size()), 1);
+  return s;
+}
 
-Batch WindowSampler::at(const std::vector<int64_t>& offsets) const {
+void Split::add(const void* ids, int64_t n, int width) {
+  SY_CHECK(width == 1 || width == 2 || width == 4, "token width " << width);
+  runs_.push_back({ids, n, width});
+}
+
+int64_t Split::tokens() const {
+  int64_t n = 0;
+  for (const Run& r : runs_) n += r.n;
+  return n;
+}
+
+int32_t Split::id(size_t run, int64_t i) const {
+  const Run& r = runs_[run];
+  const auto* p = static_cast<const unsigned char*>(r.ids) + i * r.width;
+  if (r.width == 1) return *p;
+  if (r.width == 2) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+  }
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return static_cast<int32_t>(v);  // ids are below model.vocab_size <= 2^20
+}
+
+WindowSampler::WindowSampler(Split split, int64_t B, int64_t T, uint64_t seed)
+    : split_(std::move(split)), B_(B), T_(T), seed_(seed) {
+  int64_t total = 0;
+  for (const Split::Run& r : split_.runs()) {
+    total += std::max<int64_t>(0, r.n - T);
+    starts_.push_back(total);
+  }
+}
+
+WindowSampler::WindowSampler(const std::string* bytes, int64_t B, int64_t T, uint64_t seed)
+    : WindowSampler(Split::of_bytes(*bytes), B, T, seed) {}
+
+std::pair<size_t, int64_t> WindowSampler::locate(int64_t w) const {
+  SY_CHECK(w >= 0 && w < windows(), "window " << w << " of " << windows());
+  const size_t r = std::upper_bound(starts_.begin(), starts_.end(), w) - starts_.begin();
+  return {r, w - (r == 0 ? 0 : starts_[r - 1])};
+}
+
+Batch WindowSampler::at(const std::vector<int64_t>& numbers) const {
+  const int64_t n = static_cast<int64_t>(numbers.size());
   Batch b;
-  b.inputs.resize(B_ * T_);
-  b.targets.resize(B_ * T_);
-  const auto* p = reinterpret_cast<const unsigned char*>(bytes_->data());
-  for (int64_t i = 0; i < B_; ++i)
+  b.inputs.resize(n * T_);
+  b.targets.resize(n * T_);
+  for (int64_t i = 0; i < n; ++i) {
+    const auto [run, off] = locate(numbers[i]);
     for (int64_t t = 0; t < T_; ++t) {
-      b.inputs[i * T_ + t] = p[offsets[i] + t];
-      b.targets[i * T_ + t] = p[offsets[i] + t + 1];
+      b.inputs[i * T_ + t] = split_.id(run, off + t);
+      b.targets[i * T_ + t] = split_.id(run, off + t + 1);
     }
+  }
   return b;
 }
 
-Batch WindowSampler::next() {
-  const int64_t span = static_cast<int64_t>(bytes_->size()) - T_ - 1;
-  std::vector<int64_t> off(B_);
+namespace {
+// Window indices [begin, end) of rank's slice of B windows.
+std::pair<int64_t, int64_t> rank_windows(int64_t B, int rank, int world) {
+  SY_CHECK(world >= 1 && rank >= 0 && rank < world && B % world == 0,
+           "batch of " << B << " sequences over " << world << " ranks (rank " << rank << ")");
+  const int64_t per = B / world;
+  return {rank * per, (rank + 1) * per};
+}
+}  // namespace
+
+Batch WindowSampler::next(int rank, int world) {
+  const auto [begin, end] = rank_windows(B_, rank, world);
+  SY_CHECK(windows() > 0, "no window of " << T_ + 1 << " ids in a split of " << split_.tokens());
+  std::vector<int64_t> num;
   const RandomKey key{seed_, random_stream(RandomPurpose::data), static_cast<uint32_t>(drawn_), 0};
-  for (int64_t b = 0; b < B_; ++b) {
+  for (int64_t b = begin; b < end; ++b) {
     const Philox4 w = random_bits(key, static_cast<uint64_t>(b));
-    off[b] = static_cast<int64_t>(bits_below(w.v[0], w.v[1], static_cast<uint64_t>(span + 1)));
+    num.push_back(static_cast<int64_t>(bits_below(w.v[0], w.v[1], static_cast<uint64_t>(windows()))));
   }
   ++drawn_;
-  return at(off);
+  return at(num);
 }
 
-Batch WindowSampler::fixed(int64_t idx) {
-  const int64_t span = static_cast<int64_t>(bytes_->size()) - T_ - 1;
-  std::vector<int64_t> off(B_);
+Batch WindowSampler::fixed(int64_t idx, int rank, int world) {
+  const auto [begin, end] = rank_windows(B_, rank, world);
+  SY_CHECK(windows() > 0, "no window of " << T_ + 1 << " ids in a split of " << split_.tokens());
+  std::vector<int64_t> num;
   // Golden-ratio stride: evaluation windows spread over the whole split.
-  for (int64_t i = 0; i < B_; ++i)
-    off[i] = static_cast<int64_t>(std::fmod((idx * B_ + i) * 0.6180339887498949, 1.0) * (span + 1));
-  return at(off);
+  for (int64_t i = begin; i < end; ++i)
+    num.push_back(static_cast<int64_t>(std::fmod((idx * B_ + i) * 0.6180339887498949, 1.0) * windows()));
+  return at(num);
 }
 
 }  // namespace sy

@@ -1,5 +1,6 @@
-// Byte-level data: a corpus (built-in synthetic multi-task text, or a file's
-// bytes) split into train and validation tails, and a sampler of windows.
+// Training data: a byte corpus (built-in synthetic multi-task text, or a
+// file's bytes) split into train and validation tails, or token shards
+// (runtime/token_shard.h); and a sampler of windows over either.
 //
 // Synthetic corpus: a stream of examples, each a line that opens with its
 // task's prefix byte:
@@ -13,6 +14,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/philox.h"
@@ -30,30 +32,65 @@ std::string synthetic_example(char task, Rng& rng, const SyntheticSpec& spec = {
 std::string read_file_bytes(const std::string& path);
 
 struct Batch {
-  std::vector<int32_t> inputs;   // (B*T) bytes
-  std::vector<int32_t> targets;  // (B*T) the next byte of each input
+  std::vector<int32_t> inputs;   // (B*T) token ids (bytes for byte-level data)
+  std::vector<int32_t> targets;  // (B*T) the next id of each input
 };
 
 // Sequences [rank*B/world, (rank+1)*B/world) of a batch of B sequences of T:
 // a data-parallel rank's slice of the global batch.
 Batch slice_batch(const Batch& b, int64_t T, int rank, int world);
 
-// Samples B windows of T+1 bytes from one split: at random offsets (training)
-// or at evenly spaced fixed offsets (evaluation, the same every time).
-// Training offsets are counter-based draws (core/philox.h): window b of batch
-// n starts at a function of (seed, n, b) alone, so the sampler's whole state
-// is n (position()), which a checkpoint stores and a resume restores.
-class WindowSampler {
+// One split of the data as runs of token ids in memory that windows never
+// cross: a byte corpus is one run of 1-byte ids, token shards (data source
+// TOKEN_FILES) one run of 2- or 4-byte ids each. The split views the memory;
+// its owner (a string, a mapped shard) must outlive it.
+class Split {
  public:
-  WindowSampler(const std::string* bytes, int64_t B, int64_t T, uint64_t seed);
-  Batch next();              // random windows; advances the sampler
-  Batch fixed(int64_t idx);  // the idx-th evaluation batch (deterministic)
-  uint64_t position() const { return drawn_; }  // batches drawn so far
-  void set_position(uint64_t n) { drawn_ = n; }
+  struct Run {
+    const void* ids = nullptr;
+    int64_t n = 0;
+    int width = 1;  // bytes per id: 1, 2 or 4
+  };
+  Split() = default;
+  static Split of_bytes(const std::string& bytes);
+  void add(const void* ids, int64_t n, int width);
+  const std::vector<Run>& runs() const { return runs_; }
+  int64_t tokens() const;
+  int32_t id(size_t run, int64_t i) const;
 
  private:
-  Batch at(const std::vector<int64_t>& offsets) const;
-  const std::string* bytes_;
+  std::vector<Run> runs_;
+};
+
+// Samples B windows of T+1 consecutive ids from one split: at random
+// (training) or at evenly spaced fixed places (evaluation, the same every
+// time). A run of n ids holds n - T window starts; the split's W starts are
+// numbered run after run, so one number in [0, W) names a window, and every
+// window is equally likely whatever the runs' lengths.
+// Training draws are counter-based (core/philox.h): window b of batch n is
+// number bits_below(philox(seed; b, n, data stream), W), a function of
+// (seed, n, b) alone, so the sampler's whole state is n (position()), which
+// a checkpoint stores and a resume restores. Evaluation window i of batch idx
+// is number floor(frac((idx*B + i) * 0.618...) * W) (a golden-ratio stride).
+// A data-parallel rank draws only its own windows, b in
+// [rank*B/world, (rank+1)*B/world): the same ones it would slice out of the
+// whole batch, so the stream does not depend on the world size.
+class WindowSampler {
+ public:
+  WindowSampler(Split split, int64_t B, int64_t T, uint64_t seed);
+  WindowSampler(const std::string* bytes, int64_t B, int64_t T, uint64_t seed);
+  Batch next(int rank = 0, int world = 1);  // random windows; advances the sampler
+  Batch fixed(int64_t idx, int rank = 0, int world = 1);  // the idx-th evaluation batch
+  uint64_t position() const { return drawn_; }  // batches drawn so far
+  void set_position(uint64_t n) { drawn_ = n; }
+  int64_t windows() const { return starts_.empty() ? 0 : starts_.back(); }  // W
+  // Window number w's run and the offset of its first id there.
+  std::pair<size_t, int64_t> locate(int64_t w) const;
+
+ private:
+  Batch at(const std::vector<int64_t>& numbers) const;
+  Split split_;
+  std::vector<int64_t> starts_;  // starts_[r]: window starts in runs [0, r]
   int64_t B_, T_;
   uint64_t seed_;
   uint64_t drawn_ = 0;

@@ -1,5 +1,6 @@
 #include "runtime/generate.h"
 
+#include "core/error.h"
 #include "core/philox.h"
 
 namespace sy {
@@ -22,10 +23,11 @@ bool causal(const Config& cfg, std::string* why) {
   return true;
 }
 
-std::string generate(Transformer& model, const Config& cfg, const std::string& prompt, int n,
-                     const ops::SamplingParams& sp, uint64_t seed, GenerationRouting* routing) {
+std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::vector<int32_t> text, int n,
+                                  const ops::SamplingParams& sp, uint64_t seed, GenerationRouting* routing) {
   const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
-  std::string text = prompt.empty() ? std::string("\n") : prompt;
+  SY_CHECK(!text.empty(), "generation needs a non-empty context");
+  for (int32_t id : text) SY_CHECK(id >= 0 && id < V, "context id " << id << " outside the vocabulary of " << V);
   if (routing) {
     *routing = GenerationRouting{};
     for (const auto& [l, layer] : model.moe_layers())
@@ -40,12 +42,12 @@ std::string generate(Transformer& model, const Config& cfg, const std::string& p
     b.inputs.assign(T, 0);
     b.targets.assign(T, 0);
     for (int64_t t = 0; t < len; ++t)
-      b.inputs[t] = static_cast<unsigned char>(text[text.size() - len + t]);
+      b.inputs[t] = text[text.size() - len + t];
     model.forward(b);
     const Tensor probs = model.probs().rows(last, last + 1).reshape({V}).to(host_ctx());
     const RandomKey key{seed, random_stream(RandomPurpose::sample), 0, 0};
     const float u = bits_to_uniform(random_bits(key, text.size()).v[0]);
-    text += static_cast<char>(ops::sample_token(host_ctx(), probs, sp, u));
+    text.push_back(static_cast<int32_t>(ops::sample_token(host_ctx(), probs, sp, u)));
     if (!routing) continue;
     // Where this position went: a depth-routed block's MoE layer sees only
     // the kept tokens, in position order, so there `last` is its rank among them.
@@ -72,6 +74,17 @@ std::string generate(Transformer& model, const Config& cfg, const std::string& p
       }
     }
   }
+  return text;
+}
+
+std::string generate(Transformer& model, const Config& cfg, const std::string& prompt, int n,
+                     const ops::SamplingParams& sp, uint64_t seed, GenerationRouting* routing) {
+  const std::string start = prompt.empty() ? std::string("\n") : prompt;
+  std::vector<int32_t> ids;
+  for (char c : start) ids.push_back(static_cast<unsigned char>(c));
+  ids = generate_ids(model, cfg, std::move(ids), n, sp, seed, routing);
+  std::string text;
+  for (int32_t id : ids) text += static_cast<char>(id);
   return text;
 }
 

@@ -138,7 +138,8 @@ std::string eval_progress_line(const EvalReport& e) {
   return out;
 }
 
-std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_bytes, int64_t val_bytes) {
+std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_size, int64_t val_size,
+                        const std::string& train_unit, const std::string& val_unit) {
   std::string out;
   char b[256];
   const auto& at = cfg.attention();
@@ -153,10 +154,13 @@ std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_byt
                   p.dense * per_pair, 100.0 * p.sparse / p.dense);
     out += b;
   }
-  std::snprintf(b, sizeof b, "model: %lld parameters, %d layers, d_model %d; data: %lld train / %lld val bytes\n",
+  std::snprintf(b, sizeof b, "model: %lld parameters, %d layers, d_model %d; data: %lld train ",
                 static_cast<long long>(parameters), cfg.model().n_layers(), cfg.model().d_model(),
-                static_cast<long long>(train_bytes), static_cast<long long>(val_bytes));
-  return out + b;
+                static_cast<long long>(train_size));
+  out += b;
+  if (train_unit != "bytes" || val_unit != "bytes") out += train_unit + " ";
+  std::snprintf(b, sizeof b, "/ %lld val ", static_cast<long long>(val_size));
+  return out + b + val_unit + "\n";
 }
 
 }  // namespace sy

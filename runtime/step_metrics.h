@@ -68,6 +68,7 @@ std::string eval_progress_line(const EvalReport& e);
 
 // What starts a run's log: parameters, layers, data, and for sparse attention
 // what it costs at long context.
-std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_bytes, int64_t val_bytes);
+std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_size, int64_t val_size,
+                        const std::string& train_unit = "bytes", const std::string& val_unit = "bytes");
 
 }  // namespace sy

@@ -15,13 +15,6 @@ namespace sy {
 
 namespace {
 
-std::string corpus_for(const Config& cfg) {
-  const auto& d = cfg.data();
-  if (d.source() == switchyard::DataConfig::TEXT_FILE) return read_file_bytes(d.path());
-  return synthetic_corpus(cfg.train().seed(), d.synthetic_bytes(),
-                          {d.synthetic_tasks(), d.copy_gap_min(), d.copy_gap_max()});
-}
-
 std::unique_ptr<DeviceRuntime> device_for(const Config& cfg, int device) {
   if (cfg.backend() != switchyard::Config::CUDA) return nullptr;
   return DeviceRuntime::create(device);
@@ -80,12 +73,12 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
       opts_(std::move(opts)),
       device_(device_for(cfg, opts_.device)),
       ctx_(device_ ? device_->ctx() : host_ctx()),
-      data_(make_dataset(corpus_for(cfg), cfg.data().val_fraction(), cfg.model().seq_len())),
+      data_(cfg),
       model_(ctx_, cfg, opts_.par),
-      train_(&data_.train, cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 1),
-      val_(&data_.val, cfg.train().batch(), cfg.model().seq_len(), 0),
+      train_(data_.train(), cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 1),
+      val_(data_.val(), cfg.train().batch(), cfg.model().seq_len(), 0),
       // Training text the loss never sees at step 1: another seed's windows.
-      warmup_(&data_.train, cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 2) {
+      warmup_(data_.train(), cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 2) {
   if (opts_.par) rank_ = opts_.par->rank(), world_ = opts_.par->world_size();
   if (cfg.train().batch() % world_ != 0)
     throw ConfigError("train.batch = " + std::to_string(cfg.train().batch()) + ": the global batch must split evenly over " +
@@ -99,7 +92,7 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
 
 void Trainer::calibrate_if_needed() {
   if (model_.needs_calibration())
-    model_.calibrate(slice_batch(warmup_.next(), cfg_.model().seq_len(), rank_, world_));
+    model_.calibrate(warmup_.next(rank_, world_));
 }
 
 float Trainer::evaluate() {
@@ -117,7 +110,7 @@ float Trainer::evaluate() {
   for (size_t l = 0; l < blocks.size(); ++l)
     if (blocks[l].depth()) held_out_depth_.emplace_back(static_cast<int>(l), 0.0);
   for (int i = 0; i < n; ++i) {
-    sum += model_.forward(slice_batch(val_.fixed(i), T, rank_, world_));
+    sum += model_.forward(val_.fixed(i, rank_, world_));
     for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->stats().processed / n;
     // Every batch routes the same number of tokens, so the pass's load is the
     // mean of the batches' load fractions (already summed over ranks).
@@ -215,7 +208,7 @@ StepResult Trainer::step(int64_t step) {
   model_.set_step(step);
   RoutingStateCopy routing_before = copy_routing_state(model_);
   // Every rank draws the same global batch and trains on its slice.
-  last_batch_ = slice_batch(train_.next(), cfg_.model().seq_len(), rank_, world_);
+  last_batch_ = train_.next(rank_, world_);
   tokens_seen_ += static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
   step_ = step;
   const float local_loss = model_.forward(last_batch_);
@@ -263,8 +256,8 @@ TrainResult Trainer::run() {
   const int64_t n_params = global_param_count(model_.params(), opts_.par);  // every rank: a collective
   const int64_t start = step_;
   if (opts_.log) {
-    *opts_.log << run_summary(cfg_, n_params, static_cast<int64_t>(data_.train.size()),
-                              static_cast<int64_t>(data_.val.size()));
+    *opts_.log << run_summary(cfg_, n_params, data_.train().tokens(), data_.val().tokens(), data_.train_unit(),
+                              data_.val_unit());
     if (!restored_from_.empty())
       *opts_.log << "resumed from " << restored_from_ << " after step " << start << " (" << tokens_seen_
                  << " tokens seen, batch " << train_.position() << " of the data stream)\n";

@@ -26,6 +26,7 @@
 #include "runtime/model.h"
 #include "runtime/parallel.h"
 #include "runtime/step_metrics.h"
+#include "runtime/training_data.h"
 
 namespace sy {
 
@@ -106,7 +107,7 @@ class Trainer {
   // included) has CUDA kernels.
   std::unique_ptr<DeviceRuntime> device_;
   Ctx& ctx_;
-  Dataset data_;
+  TrainingData data_;
   Transformer model_;
   WindowSampler train_, val_, warmup_;
   void calibrate_if_needed();

@@ -13,7 +13,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=(config_fuzz data_fuzz)
+TARGETS=(config_fuzz data_fuzz shard_fuzz)
 "$ROOT/scripts/install_missing.sh" clang libclang-rt-dev llvm
 BUILD=$ROOT/build-fuzz
 mkdir -p "$BUILD"

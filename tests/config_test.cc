@@ -86,6 +86,25 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
                  "moe.router_noise_kind = GUMBEL: Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
 }
 
+TEST(Config, TokenFilesAllowLargerVocabularies) {
+  const std::string tok = "data { source: TOKEN_FILES token_files: \"t/train_*.bin\" val_token_files: \"t/val_*.bin\" } ";
+  // The patterns are not expanded at load: the data may not exist yet.
+  EXPECT_EQ(parse_ok(tok + "model { vocab_size: 2048 }").model().vocab_size(), 2048);
+  EXPECT_EQ(parse_ok(tok + "model { vocab_size: 1048576 }").model().vocab_size(), 1048576);
+  expect_invalid(tok + "model { vocab_size: 1048577 }", "model.vocab_size = 1048577: must be in [2, 1048576]");
+  expect_invalid(tok + "model { vocab_size: 1 }", "model.vocab_size = 1: must be in [2, 1048576]");
+  expect_invalid("model { vocab_size: 2048 }",
+                 "model.vocab_size = 2048: must be 256 for byte-level data (data.source TOKEN_FILES allows [2, 1048576])");
+  expect_invalid("data { source: TOKEN_FILES val_token_files: \"v\" }",
+                 "data.token_files = \"\": required when data.source is TOKEN_FILES");
+  expect_invalid("data { source: TOKEN_FILES token_files: \"t\" }",
+                 "data.val_token_files = \"\": required when data.source is TOKEN_FILES");
+  expect_invalid(tok.substr(0, tok.size() - 2) + " path: \"x.txt\" }",
+                 "data.path = x.txt: set while data.source is TOKEN_FILES, which reads data.token_files instead");
+  expect_invalid("data { token_files: \"t\" }", "data.token_files = \"t\": set while data.source is SYNTHETIC");
+  expect_invalid("data { tokenizer: \"m.model\" }", "data.tokenizer = \"m.model\": set while data.source is SYNTHETIC");
+}
+
 TEST(Config, BackendCudaOnlyWhereBuilt) {
 #ifdef SY_WITH_CUDA
   EXPECT_EQ(parse_ok("backend: CUDA").backend(), switchyard::Config::CUDA);

@@ -1,0 +1,181 @@
+// tokenize: text files -> a SentencePiece BPE tokenizer and token shards
+// that data.source TOKEN_FILES trains on (runtime/token_shard.h).
+//
+//   build/bin/tokenize --input a.txt --input b.txt --vocab-size 2048 --out data/tok
+//   build/bin/tokenize --input c.txt --model data/tok/tokenizer.model --out data/tok2
+//
+// Trains a tokenizer on the inputs (runtime/tokenizer.h has the recipe) or
+// loads an existing .model, encodes the inputs in order and writes, in --out:
+//   tokenizer.model      the tokenizer (a copy of --model when given)
+//   train_NNNNNN.bin     the head of the token stream, --shard-tokens per shard
+//   val_NNNNNN.bin       its tail, a --val-fraction of the tokens
+// Each shard is written to a temporary name and renamed into place. Shards
+// already in --out are refused unless --overwrite (which removes them
+// first), so a training glob never mixes two tokenizations.
+// Exit codes: 0 done, 2 bad input (one line naming it), 1 any other error.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "core/error.h"
+#include "runtime/token_shard.h"
+#include "runtime/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string read_text(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) throw sy::ConfigError("--input " + path + ": no such file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw sy::ConfigError("--input " + path + ": cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Encodes in pieces of about 1 MiB cut after a newline: memory stays
+// bounded by the piece, and decoding the ids still gives the text back.
+void encode_into(const sy::Tokenizer& tok, const std::string& text, std::vector<uint32_t>& ids) {
+  const size_t piece = 1 << 20;
+  for (size_t s = 0; s < text.size();) {
+    size_t e = std::min(text.size(), s + piece);
+    if (e < text.size()) {
+      const size_t nl = text.rfind('\n', e - 1);
+      if (nl != std::string::npos && nl >= s) e = nl + 1;
+    }
+    const std::vector<uint32_t> part = tok.encode(text.substr(s, e - s));
+    ids.insert(ids.end(), part.begin(), part.end());
+    s = e;
+  }
+}
+
+bool is_shard_name(const std::string& name) {
+  const auto ends = [&](const char* suf) {
+    const size_t n = std::strlen(suf);
+    return name.size() >= n && name.compare(name.size() - n, n, suf) == 0;
+  };
+  return (name.rfind("train_", 0) == 0 || name.rfind("val_", 0) == 0) && (ends(".bin") || ends(".bin.tmp"));
+}
+
+std::string shard_path(const std::string& dir, const char* split, size_t i) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%s_%06zu.bin", split, i);
+  return (fs::path(dir) / b).string();
+}
+
+// Writes ids[begin, end) as shards of at most per_shard ids; returns their count.
+size_t write_split(const std::string& dir, const char* split, const std::vector<uint32_t>& ids, size_t begin,
+                   size_t end, size_t per_shard, uint32_t vocab) {
+  size_t n = 0;
+  for (size_t s = begin; s < end; s += per_shard, ++n)
+    sy::write_token_shard(shard_path(dir, split, n),
+                          std::vector<uint32_t>(ids.begin() + s, ids.begin() + std::min(end, s + per_shard)), vocab);
+  return n;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"Train or load a SentencePiece BPE tokenizer and write token shards"};
+  std::vector<std::string> inputs;
+  std::string out, model;
+  int vocab_size = 2048, threads = 1;
+  double val_fraction = 0.1;
+  int64_t shard_tokens = 100000000;
+  bool overwrite = false;
+  app.add_option("--input", inputs, "text file(s) to tokenize (and train the tokenizer on)")->required();
+  app.add_option("--out", out, "directory for tokenizer.model and the shards")->required();
+  app.add_option("--vocab-size", vocab_size, "pieces of a trained tokenizer (256 byte pieces and 3 control ids included)")
+      ->check(CLI::Range(260, 1 << 20));
+  app.add_option("--model", model, "an existing SentencePiece .model to use instead of training one");
+  app.add_option("--val-fraction", val_fraction, "tail of the token stream held out for validation")
+      ->check(CLI::Range(1e-6, 0.5));
+  app.add_option("--shard-tokens", shard_tokens, "tokens per shard at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  app.add_option("--threads", threads, "tokenizer training threads")->check(CLI::Range(1, 1024));
+  app.add_flag("--overwrite", overwrite, "replace the shards and tokenizer already in --out");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+
+  std::vector<std::string> texts;
+  size_t bytes = 0;
+  for (const std::string& in : inputs) texts.push_back(read_text(in)), bytes += texts.back().size();
+
+  // Refuse before any work if --out already holds shards.
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec || !fs::is_directory(out)) throw sy::ConfigError("--out " + out + ": cannot create the directory");
+  std::vector<fs::path> old;
+  for (const auto& e : fs::directory_iterator(out))
+    if (is_shard_name(e.path().filename().string()) || e.path().filename() == "tokenizer.model") old.push_back(e.path());
+  if (!old.empty() && !overwrite)
+    throw sy::ConfigError("--out " + out + ": holds " + old.front().filename().string() + " and " +
+                          std::to_string(old.size() - 1) +
+                          " more shard or tokenizer files; pass --overwrite to replace them");
+
+  sy::Tokenizer tok = [&] {
+    if (!model.empty()) return sy::Tokenizer::load(model);
+    sy::TokenizerTraining t;
+    t.vocab_size = vocab_size;
+    t.threads = threads;
+    t.texts = texts;
+    std::cout << "tokenize: training a " << vocab_size << "-piece BPE tokenizer on " << bytes << " bytes\n"
+              << std::flush;
+    return sy::Tokenizer::train(t);
+  }();
+  const uint32_t vocab = static_cast<uint32_t>(tok.vocab_size());
+
+  std::vector<uint32_t> ids;
+  for (const std::string& t : texts) encode_into(tok, t, ids);
+  const size_t n_val = static_cast<size_t>(static_cast<double>(ids.size()) * val_fraction);
+  if (n_val == 0 || n_val == ids.size())
+    throw sy::ConfigError("--val-fraction " + std::to_string(val_fraction) + ": " + std::to_string(ids.size()) +
+                          " tokens leave an empty split");
+
+  for (const fs::path& p : old) fs::remove(p);
+  const std::string tok_path = (fs::path(out) / "tokenizer.model").string();
+  {
+    std::ofstream f(tok_path + ".tmp", std::ios::binary | std::ios::trunc);
+    f.write(tok.serialized().data(), static_cast<std::streamsize>(tok.serialized().size()));
+    f.flush();
+    if (!f) throw sy::Error(tok_path + ".tmp: cannot write");
+  }
+  fs::rename(tok_path + ".tmp", tok_path);
+  const size_t split = ids.size() - n_val;
+  const size_t per = static_cast<size_t>(shard_tokens);
+  const size_t n_train = write_split(out, "train", ids, 0, split, per, vocab);
+  const size_t n_val_shards = write_split(out, "val", ids, split, ids.size(), per, vocab);
+
+  // Bytes per token of each split, for converting a loss per token into
+  // one per byte (nats/byte = nats/token * tokens / bytes).
+  const std::string val_text = tok.decode(std::vector<int32_t>(ids.begin() + split, ids.end()));
+  const double train_bytes = static_cast<double>(bytes - val_text.size());
+  std::printf("tokenize: %zu bytes -> %zu tokens (%.3f bytes/token), vocabulary %u\n", bytes, ids.size(),
+              static_cast<double>(bytes) / ids.size(), vocab);
+  std::printf("  train: %zu tokens (%.0f bytes, %.3f bytes/token) in %zu shard%s\n", split, train_bytes,
+              train_bytes / split, n_train, n_train == 1 ? "" : "s");
+  std::printf("  val:   %zu tokens (%zu bytes, %.3f bytes/token) in %zu shard%s\n", n_val, val_text.size(),
+              static_cast<double>(val_text.size()) / n_val, n_val_shards, n_val_shards == 1 ? "" : "s");
+  std::printf("  wrote %s, %s/train_*.bin, %s/val_*.bin\n", tok_path.c_str(), out.c_str(), out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const sy::ConfigError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 1;
+  }
+}

@@ -1,0 +1,110 @@
+#include "runtime/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <fstream>
+#include <sstream>
+#include <unordered_map>
+
+#include "core/error.h"
+
+namespace sy {
+
+struct Tokenizer::Impl {
+  sentencepiece::SentencePieceProcessor sp;
+  std::string proto;
+};
+
+namespace {
+
+// Chunks of whole lines, each at most `max` bytes (a longer line is cut).
+class ChunkIterator : public sentencepiece::SentenceIterator {
+ public:
+  ChunkIterator(const std::vector<std::string>& texts, size_t max) {
+    for (const std::string& t : texts)
+      for (size_t s = 0; s < t.size();) {
+        size_t e = std::min(t.size(), s + max);
+        if (e < t.size()) {
+          const size_t nl = t.rfind('\n', e - 1);
+          if (nl != std::string::npos && nl >= s) e = nl + 1;
+        }
+        chunks_.push_back(t.substr(s, e - s));
+        s = e;
+      }
+  }
+  bool done() const override { return i_ >= chunks_.size(); }
+  void Next() override { ++i_; }
+  const std::string& value() const override { return chunks_[i_]; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  std::vector<std::string> chunks_;
+  size_t i_ = 0;
+};
+
+}  // namespace
+
+Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+Tokenizer::~Tokenizer() = default;
+
+Tokenizer Tokenizer::from_proto(const std::string& serialized, const std::string& name) {
+  auto impl = std::make_unique<Impl>();
+  const auto st = impl->sp.LoadFromSerializedProto(serialized);
+  if (!st.ok()) throw ConfigError(name + ": not a SentencePiece model: " + st.ToString());
+  impl->proto = serialized;
+  return Tokenizer(std::move(impl));
+}
+
+Tokenizer Tokenizer::load(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot open the tokenizer model");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return from_proto(ss.str(), path);
+}
+
+Tokenizer Tokenizer::train(const TokenizerTraining& t) {
+  ChunkIterator chunks(t.texts, static_cast<size_t>(t.max_chunk));
+  const std::unordered_map<std::string, std::string> args = {
+      {"model_type", "bpe"},
+      {"vocab_size", std::to_string(t.vocab_size)},
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      {"add_dummy_prefix", "false"},
+      {"allow_whitespace_only_pieces", "true"},
+      {"character_coverage", "1.0"},
+      {"byte_fallback", "true"},
+      {"max_sentence_length", std::to_string(t.max_chunk + 16)},
+      {"num_threads", std::to_string(t.threads)},
+      {"minloglevel", "1"},  // warnings and errors only
+  };
+  std::string proto;
+  const auto st = sentencepiece::SentencePieceTrainer::Train(args, &chunks, &proto);
+  if (!st.ok()) throw ConfigError("tokenizer training failed: " + st.ToString());
+  return from_proto(proto, "the trained tokenizer");
+}
+
+int Tokenizer::vocab_size() const { return impl_->sp.GetPieceSize(); }
+
+std::vector<uint32_t> Tokenizer::encode(const std::string& text) const {
+  std::vector<int> ids;
+  const auto st = impl_->sp.Encode(text, &ids);
+  if (!st.ok()) throw Error("tokenizer: cannot encode: " + st.ToString());
+  return std::vector<uint32_t>(ids.begin(), ids.end());
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  std::string out;
+  const auto st = impl_->sp.Decode(std::vector<int>(ids.begin(), ids.end()), &out);
+  if (!st.ok()) throw Error("tokenizer: cannot decode: " + st.ToString());
+  return out;
+}
+
+std::string Tokenizer::piece(int32_t id) const { return impl_->sp.IdToPiece(id); }
+
+const std::string& Tokenizer::serialized() const { return impl_->proto; }
+
+}  // namespace sy
