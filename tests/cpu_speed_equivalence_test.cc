@@ -13,6 +13,7 @@
 
 #include "core/rng.h"
 #include "grad_check.h"
+#include "ops/attention.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/gelu.h"
 
@@ -71,6 +72,76 @@ void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
   }
 }
 
+void attention_forward(Tensor& out, Tensor& att, const Tensor& qkv, const ops::AttentionShape& s) {
+  const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const float* in = qkv.f32();
+  float* o = out.f32();
+  float* a = att.f32();
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        const float* q = in + (b * T + t) * C3 + h * D;
+        float* arow = a + ((b * s.H + h) * T + t) * T;
+        float mx = -INFINITY;
+        for (int64_t u = 0; u <= t; ++u) {
+          const float* k = in + (b * T + u) * C3 + C + h * D;
+          float d = 0;
+          for (int64_t i = 0; i < D; ++i) d += q[i] * k[i];
+          arow[u] = d * scale;
+          mx = std::max(mx, arow[u]);
+        }
+        float sum = 0;
+        for (int64_t u = 0; u <= t; ++u) sum += (arow[u] = std::exp(arow[u] - mx));
+        for (int64_t u = 0; u <= t; ++u) arow[u] /= sum;
+        for (int64_t u = t + 1; u < T; ++u) arow[u] = 0;
+        float* orow = o + (b * T + t) * C + h * D;
+        std::fill(orow, orow + D, 0.f);
+        for (int64_t u = 0; u <= t; ++u) {
+          const float* v = in + (b * T + u) * C3 + 2 * C + h * D;
+          for (int64_t i = 0; i < D; ++i) orow[i] += arow[u] * v[i];
+        }
+      }
+}
+
+void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& att,
+                        const ops::AttentionShape& s) {
+  const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const float* in = qkv.f32();
+  float* din = dqkv.f32();
+  std::vector<float> da(T);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        const float* arow = att.f32() + ((b * s.H + h) * T + t) * T;
+        const float* dorow = dout.f32() + (b * T + t) * C + h * D;
+        float dot = 0;
+        for (int64_t u = 0; u <= t; ++u) {
+          const float* v = in + (b * T + u) * C3 + 2 * C + h * D;
+          float* dv = din + (b * T + u) * C3 + 2 * C + h * D;
+          float d = 0;
+          for (int64_t i = 0; i < D; ++i) {
+            d += dorow[i] * v[i];
+            dv[i] += arow[u] * dorow[i];
+          }
+          da[u] = d;
+          dot += arow[u] * d;
+        }
+        const float* q = in + (b * T + t) * C3 + h * D;
+        float* dq = din + (b * T + t) * C3 + h * D;
+        for (int64_t u = 0; u <= t; ++u) {
+          float ds = arow[u] * (da[u] - dot) * scale;
+          const float* k = in + (b * T + u) * C3 + C + h * D;
+          float* dk = din + (b * T + u) * C3 + C + h * D;
+          for (int64_t i = 0; i < D; ++i) {
+            dq[i] += ds * k[i];
+            dk[i] += ds * q[i];
+          }
+        }
+      }
+}
+
 }  // namespace old
 
 // ---- The comparisons. ----
@@ -108,6 +179,29 @@ TEST(CpuSpeedEquivalence, Gelu) {
       old::gelu_backward(dx_old, dy, x);
       expect_close(std::string(from_zero ? "gelu dx" : "gelu dx (accumulated)") + " n=" + std::to_string(n), dx,
                    dx_old);
+    }
+  }
+}
+
+TEST(CpuSpeedEquivalence, Attention) {
+  Ctx& ctx = host_ctx();
+  Rng rng(102);
+  const ops::AttentionShape shapes[] = {{1, 1, 8, 2}, {2, 3, 12, 3}, {1, 37, 15, 3}, {2, 129, 64, 4}, {3, 128, 64, 4}};
+  for (const ops::AttentionShape& s : shapes) {
+    const std::string tag = " B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " C=" + std::to_string(s.C) +
+                            " H=" + std::to_string(s.H);
+    const Tensor qkv = randn({s.B, s.T, 3 * s.C}, rng), dout = randn({s.B, s.T, s.C}, rng);
+    Tensor out = zeros({s.B, s.T, s.C}), att = zeros({s.B, s.H, s.T, s.T});
+    Tensor out_old = zeros({s.B, s.T, s.C}), att_old = zeros({s.B, s.H, s.T, s.T});
+    ops::attention_forward(ctx, {out, att, qkv, s});
+    old::attention_forward(out_old, att_old, qkv, s);
+    expect_close("attention out" + tag, out, out_old);
+    expect_close("attention att" + tag, att, att_old);
+    for (const bool from_zero : {true, false}) {
+      Tensor dqkv = from_zero ? zeros({s.B, s.T, 3 * s.C}) : randn({s.B, s.T, 3 * s.C}, rng), dqkv_old = copy_of(dqkv);
+      ops::attention_backward(ctx, {dqkv, dout, qkv, att, s});
+      old::attention_backward(dqkv_old, dout, qkv, att_old, s);
+      expect_close(std::string(from_zero ? "attention dqkv" : "attention dqkv (accumulated)") + tag, dqkv, dqkv_old);
     }
   }
 }
