@@ -16,6 +16,7 @@
 #include "ops/attention.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/gelu.h"
+#include "ops/layernorm.h"
 
 namespace sy {
 namespace {
@@ -142,6 +143,64 @@ void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, con
       }
 }
 
+void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w, const Tensor& bias) {
+  const int64_t N = x.dim(0), C = x.dim(1);
+  const bool affine = w.defined();
+  const float* xp = x.f32();
+  float* yp = y.f32();
+  const float* wp = affine ? w.f32() : nullptr;
+  const float* b = affine ? bias.f32() : nullptr;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* xr = xp + n * C;
+    double m = 0, v = 0;
+    for (int64_t c = 0; c < C; ++c) m += xr[c];
+    m /= C;
+    for (int64_t c = 0; c < C; ++c) v += (xr[c] - m) * (xr[c] - m);
+    v /= C;
+    const float s = static_cast<float>(1.0 / std::sqrt(v + ops::kLayerNormEps));
+    mean.f32()[n] = static_cast<float>(m);
+    rstd.f32()[n] = s;
+    float* yr = yp + n * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float xh = (xr[c] - static_cast<float>(m)) * s;
+      yr[c] = affine ? xh * wp[c] + b[c] : xh;
+    }
+  }
+}
+
+void layernorm_backward(Tensor& dx, Tensor* dw_t, Tensor* db_t, const Tensor& dy, const Tensor& x, const Tensor& w_t,
+                        const Tensor& mean, const Tensor& rstd) {
+  const int64_t N = x.dim(0), C = x.dim(1);
+  const bool affine = w_t.defined();
+  const float* w = affine ? w_t.f32() : nullptr;
+  float* dw = affine ? dw_t->f32() : nullptr;
+  float* db = affine ? db_t->f32() : nullptr;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* xr = x.f32() + n * C;
+    const float* dyr = dy.f32() + n * C;
+    float* dxr = dx.f32() + n * C;
+    const float m = mean.f32()[n], s = rstd.f32()[n];
+    double gmean = 0, gxmean = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const float xh = (xr[c] - m) * s;
+      const float g = affine ? dyr[c] * w[c] : dyr[c];
+      gmean += g;
+      gxmean += g * xh;
+    }
+    gmean /= C;
+    gxmean /= C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float xh = (xr[c] - m) * s;
+      const float g = affine ? dyr[c] * w[c] : dyr[c];
+      dxr[c] += s * (g - static_cast<float>(gmean) - xh * static_cast<float>(gxmean));
+      if (affine) {
+        dw[c] += dyr[c] * xh;
+        db[c] += dyr[c];
+      }
+    }
+  }
+}
+
 }  // namespace old
 
 // ---- The comparisons. ----
@@ -204,6 +263,41 @@ TEST(CpuSpeedEquivalence, Attention) {
       expect_close(std::string(from_zero ? "attention dqkv" : "attention dqkv (accumulated)") + tag, dqkv, dqkv_old);
     }
   }
+}
+
+TEST(CpuSpeedEquivalence, LayerNorm) {
+  Ctx& ctx = host_ctx();
+  Rng rng(103);
+  for (int64_t N : {1, 3, 37, 129})
+    for (int64_t C : {1, 3, 37, 64, 129})
+      for (const bool affine : {true, false}) {
+        const std::string tag = " N=" + std::to_string(N) + " C=" + std::to_string(C) + (affine ? "" : " no affine");
+        // An offset mean, as in a residual stream.
+        Tensor x = randn({N, C}, rng, 2.f), dy = randn({N, C}, rng);
+        for (int64_t i = 0; i < x.numel(); ++i) x.f32()[i] += 0.5f;
+        const Tensor w = affine ? randn({C}, rng) : Tensor(), b = affine ? randn({C}, rng) : Tensor();
+        Tensor y = zeros({N, C}), mean = zeros({N}), rstd = zeros({N});
+        Tensor y_old = zeros({N, C}), mean_old = zeros({N}), rstd_old = zeros({N});
+        ops::layernorm_forward(ctx, {y, mean, rstd, x, w, b});
+        old::layernorm_forward(y_old, mean_old, rstd_old, x, w, b);
+        expect_close("layernorm y" + tag, y, y_old);
+        expect_close("layernorm mean" + tag, mean, mean_old);
+        expect_close("layernorm rstd" + tag, rstd, rstd_old);
+        for (const bool from_zero : {true, false}) {
+          const std::string t2 = (from_zero ? "" : " (accumulated)") + tag;
+          Tensor dx = from_zero ? zeros({N, C}) : randn({N, C}, rng), dx_old = copy_of(dx);
+          Tensor dw = from_zero ? zeros({C}) : randn({C}, rng), dw_old = copy_of(dw);
+          Tensor db = from_zero ? zeros({C}) : randn({C}, rng), db_old = copy_of(db);
+          ops::layernorm_backward(ctx, {dx, affine ? &dw : nullptr, affine ? &db : nullptr, dy, x, w, mean_old, rstd_old});
+          old::layernorm_backward(dx_old, affine ? &dw_old : nullptr, affine ? &db_old : nullptr, dy, x, w, mean_old,
+                                  rstd_old);
+          expect_close("layernorm dx" + t2, dx, dx_old);
+          if (affine) {
+            expect_close("layernorm dw" + t2, dw, dw_old);
+            expect_close("layernorm db" + t2, db, db_old);
+          }
+        }
+      }
 }
 
 }  // namespace
