@@ -14,6 +14,7 @@
 #include "core/rng.h"
 #include "grad_check.h"
 #include "ops/attention.h"
+#include "ops/cross_entropy.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/gelu.h"
 #include "ops/layernorm.h"
@@ -201,6 +202,22 @@ void layernorm_backward(Tensor& dx, Tensor* dw_t, Tensor* db_t, const Tensor& dy
   }
 }
 
+float cross_entropy_forward(Tensor& probs, const Tensor& logits, const Tensor& targets_t) {
+  const int64_t N = logits.dim(0), V = logits.dim(1);
+  const int32_t* targets = targets_t.data<int32_t>();
+  double total = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* l = logits.f32() + n * V;
+    float* p = probs.f32() + n * V;
+    const float mx = *std::max_element(l, l + V);
+    double sum = 0;
+    for (int64_t v = 0; v < V; ++v) sum += (p[v] = std::exp(l[v] - mx));
+    for (int64_t v = 0; v < V; ++v) p[v] = static_cast<float>(p[v] / sum);
+    total += -(l[targets[n]] - mx - std::log(sum));
+  }
+  return static_cast<float>(total / N);
+}
+
 }  // namespace old
 
 // ---- The comparisons. ----
@@ -298,6 +315,26 @@ TEST(CpuSpeedEquivalence, LayerNorm) {
           }
         }
       }
+}
+
+TEST(CpuSpeedEquivalence, CrossEntropy) {
+  Ctx& ctx = host_ctx();
+  Rng rng(104);
+  for (int64_t N : {1, 3, 37, 129})
+    for (int64_t V : {1, 3, 37, 256, 257}) {
+      const std::string tag = " N=" + std::to_string(N) + " V=" + std::to_string(V);
+      const Tensor logits = randn({N, V}, rng, 3.f);
+      Tensor targets = Tensor::empty({N}, DType::i32, ctx);
+      for (int64_t n = 0; n < N; ++n) targets.data<int32_t>()[n] = static_cast<int32_t>(rng.below(V));
+      Tensor probs = zeros({N, V}), probs_old = zeros({N, V});
+      const float loss = ops::cross_entropy_forward(ctx, {probs, logits, targets});
+      const float loss_old = old::cross_entropy_forward(probs_old, logits, targets);
+      expect_close("cross-entropy probs" + tag, probs, probs_old);
+      const double rel = std::fabs(loss - loss_old) / std::max(1e-30, std::fabs(static_cast<double>(loss_old)));
+      std::printf("  %-52s relative %.2e\n", ("cross-entropy loss" + tag).c_str(), rel);
+      if (V > 1) EXPECT_LE(rel, kRelL2) << "cross-entropy loss" << tag << ": " << loss << " vs " << loss_old;
+      else EXPECT_LE(std::fabs(loss - loss_old), 1e-7) << "cross-entropy loss" << tag;
+    }
 }
 
 }  // namespace
