@@ -22,33 +22,41 @@ namespace {
 
 // Query rows per block: rows [r0, r1) see keys [0, r1) only, so blocks skip
 // most of the masked upper triangle (at T = 128, 10/16 of the full GEMMs'
-// work). 32 was the fastest of 16, 32, 64 and 128 at tiny's shapes.
+// work). 32 was the fastest of 16, 32, 64 and 128 at tiny's shapes. A multiple
+// of 8: the padded rows below never pass the block's last computed column.
 constexpr int64_t kRowBlock = 32;
 
-// Scores (T, T) to probabilities in place: row t softmaxed over u <= t, zero
-// for u > t.
+// Row t covers u <= t; its loops run to nv = t + 1 rounded up to 8 (at most
+// T) so they stay in whole vectors: the scores in (t, nv) are set to -inf
+// first (exp gives exactly 0, adding nothing to the sums), and everything
+// past t is zeroed at the end.
+inline int64_t padded(int64_t n, int64_t T) { return std::min(T, (n + 7) / 8 * 8); }
+
+// Scores (T, T) to probabilities in place, rows [t0, t1): row t softmaxed over
+// u <= t, zero for u > t.
 SY_VECTOR_CLONES void causal_softmax(float* a, int64_t T, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t) {
     float* row = a + t * T;
-    const int64_t n = t + 1;
-    const float mx = max_lanes(row, n);
-    for (int64_t u = 0; u < n; ++u) row[u] = exp_approx(row[u] - mx);
-    const float inv = 1.f / sum_lanes(row, n);
-    for (int64_t u = 0; u < n; ++u) row[u] *= inv;
+    const int64_t n = t + 1, nv = padded(n, T);
+    for (int64_t u = n; u < nv; ++u) row[u] = -INFINITY;
+    const float mx = max_lanes(row, nv);
+    for (int64_t u = 0; u < nv; ++u) row[u] = exp_approx(row[u] - mx);
+    const float inv = 1.f / sum_lanes(row, nv);
+    for (int64_t u = 0; u < nv; ++u) row[u] *= inv;
     std::fill(row + n, row + T, 0.f);
   }
 }
 
-// dA (T, T) to dS in place: ds[t,u] = a[t,u] (da[t,u] - sum_u' a[t,u'] da[t,u']) * scale
-// for u <= t, zero for u > t.
+// dA (T, T) to dS in place, rows [t0, t1): ds[t,u] = a[t,u] (da[t,u] - sum_u' a[t,u'] da[t,u']) * scale
+// for u <= t, zero for u > t (a is zero there; da is finite up to the block's last column).
 SY_VECTOR_CLONES void causal_softmax_backward(float* d, const float* a, int64_t T, int64_t t0, int64_t t1,
                                                float scale) {
   for (int64_t t = t0; t < t1; ++t) {
     const float* ar = a + t * T;
     float* dr = d + t * T;
-    const int64_t n = t + 1;
-    const float dot = dot_lanes(ar, dr, n);
-    for (int64_t u = 0; u < n; ++u) dr[u] = ar[u] * (dr[u] - dot) * scale;
+    const int64_t n = t + 1, nv = padded(n, T);
+    const float dot = dot_lanes(ar, dr, nv);
+    for (int64_t u = 0; u < nv; ++u) dr[u] = ar[u] * (dr[u] - dot) * scale;
     std::fill(dr + n, dr + T, 0.f);
   }
 }
