@@ -13,6 +13,7 @@
 
 #include "core/rng.h"
 #include "grad_check.h"
+#include "ops/adamw.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/cpu/vec_math.h"
@@ -218,6 +219,33 @@ float cross_entropy_forward(Tensor& probs, const Tensor& logits, const Tensor& t
   return static_cast<float>(total / N);
 }
 
+void adamw_update(const std::vector<ops::AdamWParam>& params, const ops::AdamWConfig& c, int64_t step) {
+  const float bc1 = 1.f - std::pow(c.beta1, static_cast<float>(step));
+  const float bc2 = 1.f - std::pow(c.beta2, static_cast<float>(step));
+  for (const ops::AdamWParam& p : params) {
+    const float wd = p.decay ? c.weight_decay : 0.f;
+    float* w = p.value->f32();
+    const float* g = p.grad->f32();
+    float* mp = p.m->f32();
+    float* vp = p.v->f32();
+    for (int64_t i = 0; i < p.value->numel(); ++i) {
+      mp[i] = c.beta1 * mp[i] + (1.f - c.beta1) * g[i];
+      vp[i] = c.beta2 * vp[i] + (1.f - c.beta2) * g[i] * g[i];
+      const float mhat = mp[i] / bc1, vhat = vp[i] / bc2;
+      w[i] -= c.lr * (mhat / (std::sqrt(vhat) + c.eps) + wd * w[i]);
+    }
+  }
+}
+
+double grad_sq_sum(const std::vector<const Tensor*>& grads) {
+  double sq = 0;
+  for (const Tensor* g : grads) {
+    const float* p = g->f32();
+    for (int64_t i = 0; i < g->numel(); ++i) sq += static_cast<double>(p[i]) * p[i];
+  }
+  return sq;
+}
+
 }  // namespace old
 
 // ---- The comparisons. ----
@@ -335,6 +363,40 @@ TEST(CpuSpeedEquivalence, CrossEntropy) {
       if (V > 1) EXPECT_LE(rel, kRelL2) << "cross-entropy loss" << tag << ": " << loss << " vs " << loss_old;
       else EXPECT_LE(std::fabs(loss - loss_old), 1e-7) << "cross-entropy loss" << tag;
     }
+}
+
+TEST(CpuSpeedEquivalence, AdamWAndGradNorm) {
+  Ctx& ctx = host_ctx();
+  Rng rng(105);
+  const ops::AdamWConfig c{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+  std::vector<Tensor> w, g, m, v, w_old, m_old, v_old;
+  const int64_t sizes[] = {1, 3, 37, 129, 4099};
+  for (int64_t n : sizes) {
+    w.push_back(randn({n}, rng)), g.push_back(randn({n}, rng, 0.1f));
+    m.push_back(randn({n}, rng, 0.01f)), v.push_back(randn({n}, rng, 0.01f));
+    for (int64_t i = 0; i < n; ++i) v.back().f32()[i] = std::fabs(v.back().f32()[i]);
+    w_old.push_back(copy_of(w.back())), m_old.push_back(copy_of(m.back())), v_old.push_back(copy_of(v.back()));
+  }
+  std::vector<ops::AdamWParam> p, p_old;
+  std::vector<const Tensor*> grads;
+  for (size_t i = 0; i < w.size(); ++i) {
+    p.push_back({&w[i], &g[i], &m[i], &v[i], i % 2 == 0});
+    p_old.push_back({&w_old[i], &g[i], &m_old[i], &v_old[i], i % 2 == 0});
+    grads.push_back(&g[i]);
+  }
+  for (int64_t step : {1, 2, 7}) {
+    ops::adamw_update(ctx, p, c, step);
+    old::adamw_update(p_old, c, step);
+  }
+  for (size_t i = 0; i < w.size(); ++i) {
+    const std::string tag = " n=" + std::to_string(sizes[i]);
+    expect_close("adamw w" + tag, w[i], w_old[i]);
+    expect_close("adamw m" + tag, m[i], m_old[i]);
+    expect_close("adamw v" + tag, v[i], v_old[i]);
+  }
+  const double sq = ops::grad_sq_sum(ctx, grads), sq_old = old::grad_sq_sum(grads);
+  std::printf("  %-52s relative %.2e\n", "grad_sq_sum", std::fabs(sq - sq_old) / sq_old);
+  EXPECT_LE(std::fabs(sq - sq_old), 1e-12 * sq_old);
 }
 
 }  // namespace
