@@ -16,9 +16,11 @@
 #include "ops/adamw.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
+#include "ops/expert_ffn.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/gelu.h"
 #include "ops/layernorm.h"
+#include "ops/matmul.h"
 
 namespace sy {
 namespace {
@@ -246,6 +248,46 @@ double grad_sq_sum(const std::vector<const Tensor*>& grads) {
   return sq;
 }
 
+// The expert FFN as it was: per expert, the matmul entry points (unchanged)
+// around the old GELU loops, act recomputed and gradients through zeroed buffers.
+Tensor expert(const Tensor& w, int64_t g) {
+  Shape s(w.shape().begin() + 1, w.shape().end());
+  return w.rows(g, g + 1).reshape(s);
+}
+
+void expert_ffn_forward(const ops::ExpertFfnArgs& a) {
+  Ctx& ctx = host_ctx();
+  const int64_t G = a.w.w1.dim(0), H = a.w.w1.dim(2);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1];
+    if (r1 == r0) continue;
+    Tensor pre = a.pre.rows(r0, r1), out = a.out.rows(r0, r1);
+    ops::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), expert(a.w.w1, g), expert(a.w.b1, g)});
+    Tensor act = Tensor::empty({r1 - r0, H}, DType::f32, ctx);
+    gelu_forward(act, pre);
+    ops::matmul_forward(ctx, {out, act, expert(a.w.w2, g), expert(a.w.b2, g)});
+  }
+}
+
+void expert_ffn_backward(const ops::ExpertFfnBackwardArgs& a) {
+  Ctx& ctx = host_ctx();
+  const int64_t G = a.w.w1.dim(0), H = a.w.w1.dim(2);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1];
+    if (r1 == r0) continue;
+    const Tensor pre = a.pre.rows(r0, r1);
+    Tensor act = Tensor::empty({r1 - r0, H}, DType::f32, ctx);
+    gelu_forward(act, pre);
+    Tensor dact = Tensor::zeros({r1 - r0, H}, DType::f32, ctx);
+    Tensor dw2 = expert(a.dw.w2, g), db2 = expert(a.dw.b2, g), dw1 = expert(a.dw.w1, g), db1 = expert(a.dw.b1, g);
+    ops::matmul_backward(ctx, {&dact, &dw2, &db2, a.dout.rows(r0, r1), act, expert(a.w.w2, g)});
+    Tensor dpre = Tensor::zeros({r1 - r0, H}, DType::f32, ctx);
+    gelu_backward(dpre, dact, pre);
+    Tensor dbuf = a.dbuf.rows(r0, r1);
+    ops::matmul_backward(ctx, {&dbuf, &dw1, &db1, dpre, a.buf.rows(r0, r1), expert(a.w.w1, g)});
+  }
+}
+
 }  // namespace old
 
 // ---- The comparisons. ----
@@ -397,6 +439,45 @@ TEST(CpuSpeedEquivalence, AdamWAndGradNorm) {
   const double sq = ops::grad_sq_sum(ctx, grads), sq_old = old::grad_sq_sum(grads);
   std::printf("  %-52s relative %.2e\n", "grad_sq_sum", std::fabs(sq - sq_old) / sq_old);
   EXPECT_LE(std::fabs(sq - sq_old), 1e-12 * sq_old);
+}
+
+TEST(CpuSpeedEquivalence, ExpertFfn) {
+  Ctx& ctx = host_ctx();
+  Rng rng(106);
+  struct Case {
+    int64_t D, H;
+    std::vector<int32_t> offset;  // G + 1, an empty expert included
+  };
+  const Case cases[] = {{3, 5, {0, 1, 1, 4}}, {16, 37, {0, 37, 37, 40, 129}}, {64, 256, {0, 129, 300, 300, 333}}};
+  for (const Case& k : cases) {
+    const int64_t G = static_cast<int64_t>(k.offset.size()) - 1, R = k.offset.back(), D = k.D, H = k.H;
+    const std::string tag = " G=" + std::to_string(G) + " R=" + std::to_string(R) + " D=" + std::to_string(D) +
+                            " H=" + std::to_string(H);
+    const Tensor buf = randn({R, D}, rng), dout = randn({R, D}, rng);
+    const Tensor w1 = randn({G, D, H}, rng, 0.3f), b1 = randn({G, H}, rng), w2 = randn({G, H, D}, rng, 0.1f),
+                 b2 = randn({G, D}, rng);
+    Tensor out = zeros({R, D}), pre = zeros({R, H}), out_old = zeros({R, D}), pre_old = zeros({R, H});
+    ops::expert_ffn_forward(ctx, {out, pre, buf, k.offset, {w1, b1, w2, b2}});
+    old::expert_ffn_forward({out_old, pre_old, buf, k.offset, {w1, b1, w2, b2}});
+    expect_close("expert_ffn out" + tag, out, out_old);
+    expect_close("expert_ffn pre" + tag, pre, pre_old);
+    for (const bool from_zero : {true, false}) {
+      const std::string t2 = (from_zero ? "" : " (accumulated)") + tag;
+      auto start = [&](Shape s) { return from_zero ? zeros(std::move(s)) : randn(std::move(s), rng); };
+      Tensor dbuf = start({R, D}), dw1 = start({G, D, H}), db1 = start({G, H}), dw2 = start({G, H, D}),
+             db2 = start({G, D});
+      Tensor dbuf_old = copy_of(dbuf), dw1_old = copy_of(dw1), db1_old = copy_of(db1), dw2_old = copy_of(dw2),
+             db2_old = copy_of(db2);
+      ops::expert_ffn_backward(ctx, {dbuf, {dw1, db1, dw2, db2}, dout, buf, pre_old, k.offset, {w1, b1, w2, b2}});
+      old::expert_ffn_backward(
+          {dbuf_old, {dw1_old, db1_old, dw2_old, db2_old}, dout, buf, pre_old, k.offset, {w1, b1, w2, b2}});
+      expect_close("expert_ffn dbuf" + t2, dbuf, dbuf_old);
+      expect_close("expert_ffn dw1" + t2, dw1, dw1_old);
+      expect_close("expert_ffn db1" + t2, db1, db1_old);
+      expect_close("expert_ffn dw2" + t2, dw2, dw2_old);
+      expect_close("expert_ffn db2" + t2, db2, db2_old);
+    }
+  }
 }
 
 }  // namespace
