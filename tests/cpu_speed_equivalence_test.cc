@@ -21,6 +21,7 @@
 #include "ops/gelu.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
+#include "ops/router_loss.h"
 
 namespace sy {
 namespace {
@@ -288,6 +289,23 @@ void expert_ffn_backward(const ops::ExpertFfnBackwardArgs& a) {
   }
 }
 
+float z_loss(Tensor& dlogits, const Tensor& logits, float beta) {
+  const int64_t N = logits.dim(0), G = logits.dim(1);
+  if (beta == 0.f || N == 0) return 0.f;
+  double loss = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const float* l = logits.f32() + i * G;
+    float* dl = dlogits.f32() + i * G;
+    const float mx = *std::max_element(l, l + G);
+    double s = 0;
+    for (int64_t g = 0; g < G; ++g) s += std::exp(l[g] - mx);
+    const double lse = mx + std::log(s);
+    loss += lse * lse;
+    for (int64_t g = 0; g < G; ++g) dl[g] += static_cast<float>(2.0 * beta * lse * std::exp(l[g] - lse) / N);
+  }
+  return static_cast<float>(beta * loss / N);
+}
+
 }  // namespace old
 
 // ---- The comparisons. ----
@@ -478,6 +496,22 @@ TEST(CpuSpeedEquivalence, ExpertFfn) {
       expect_close("expert_ffn db2" + t2, db2, db2_old);
     }
   }
+}
+
+TEST(CpuSpeedEquivalence, ZLoss) {
+  Ctx& ctx = host_ctx();
+  Rng rng(107);
+  for (int64_t N : {1, 3, 37, 129, 2048})
+    for (int64_t G : {1, 3, 8, 37}) {
+      const std::string tag = " N=" + std::to_string(N) + " G=" + std::to_string(G);
+      const Tensor logits = randn({N, G}, rng, 2.f);
+      for (const bool from_zero : {true, false}) {
+        Tensor d = from_zero ? zeros({N, G}) : randn({N, G}, rng, 1e-3f), d_old = copy_of(d);
+        const float loss = ops::z_loss(ctx, d, logits, 1e-3f), loss_old = old::z_loss(d_old, logits, 1e-3f);
+        expect_close(std::string("z_loss dlogits") + (from_zero ? "" : " (accumulated)") + tag, d, d_old);
+        EXPECT_LE(std::fabs(loss - loss_old), kRelL2 * std::fabs(loss_old)) << "z_loss" << tag;
+      }
+    }
 }
 
 }  // namespace
