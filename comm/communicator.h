@@ -44,6 +44,9 @@ class Communicator {
 
   // One host value summed over the group.
   double all_reduce_sum(double v, const char* context);
+  // Whether another thread may run collectives on another communicator while
+  // this one is in a collective (the overlapped gradient reduction needs it).
+  virtual bool concurrent_collectives() const { return false; }
 
   double timeout_s() const { return timeout_s_; }
   void set_timeout_s(double s) { timeout_s_ = s; }
@@ -55,5 +58,12 @@ class Communicator {
   double timeout_s_ = 300;
   double comm_seconds_ = 0;
 };
+
+namespace detail {
+// For the communicators' watchdogs and timers: a monotonic clock in seconds,
+// and a group's world ranks as "0,1,3" for the one-line timeout error.
+double now_s();
+std::string ranks_str(const std::vector<int>& ranks);
+}  // namespace detail
 
 }  // namespace sy::comm

@@ -14,17 +14,10 @@
 
 namespace sy::comm {
 
-namespace {
-double now_s() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
+using detail::now_s;
+using detail::ranks_str;
 
-std::string ranks_str(const std::vector<int>& r) {
-  std::ostringstream os;
-  for (size_t i = 0; i < r.size(); ++i) os << (i ? "," : "") << r[i];
-  return os.str();
-}
+namespace {
 
 // MPI takes int counts and displacements (prefix sums of the counts).
 void to_mpi(const std::vector<int64_t>& counts, std::vector<int>& c, std::vector<int>& d) {
@@ -40,10 +33,11 @@ void to_mpi(const std::vector<int64_t>& counts, std::vector<int>& c, std::vector
   }
 }
 
-// One per process: checks the deadline of the collective in flight (at most
-// one: MPI calls come from the main thread only). What it needs for its
-// message is recorded as pointers and composed only if it fires, so arming
-// costs a few atomic stores.
+// One per process: checks the deadline of each collective in flight, one per
+// calling thread (the main thread's, and the gradient reducer's, which runs
+// collectives on its own communicator while backward goes on). What it needs
+// for its message is recorded as pointers and composed only if it fires, so
+// arming costs a few atomic stores.
 class Watchdog {
  public:
   struct Call {
@@ -58,18 +52,35 @@ class Watchdog {
     return w;
   }
   void arm(double deadline, const Call* call) {
-    call_.store(call);
-    deadline_.store(deadline);
+    Slot& s = slots_[slot()];
+    s.call.store(call);
+    s.deadline.store(deadline);
   }
-  void disarm() { deadline_.store(0); }
+  void disarm() { slots_[slot()].deadline.store(0); }
 
  private:
+  static constexpr int kSlots = 8;
+  struct Slot {
+    std::atomic<double> deadline{0};
+    std::atomic<const Call*> call{nullptr};
+  };
+  // This thread's slot, claimed on its first collective.
+  int slot() {
+    thread_local int mine = -1;
+    if (mine < 0) {
+      mine = next_.fetch_add(1);
+      if (mine >= kSlots) throw Error("MPI watchdog: more than 8 threads run collectives");
+    }
+    return mine;
+  }
   Watchdog() {
     std::thread([this] {
       for (;;) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        const double d = deadline_.load();
-        if (d > 0 && now_s() > d) fire(*call_.load());
+        for (Slot& s : slots_) {
+          const double d = s.deadline.load();
+          if (d > 0 && now_s() > d) fire(*s.call.load());
+        }
       }
     }).detach();
   }
@@ -81,8 +92,8 @@ class Watchdog {
     std::fflush(stderr);
     std::_Exit(1);
   }
-  std::atomic<double> deadline_{0};
-  std::atomic<const Call*> call_{nullptr};
+  Slot slots_[kSlots];
+  std::atomic<int> next_{0};
 };
 }  // namespace
 
@@ -213,9 +224,14 @@ void MpiCommunicator::barrier(const char* context) {
   guarded("barrier", context, [&] { return MPI_Barrier(comm_); });
 }
 
+bool MpiCommunicator::concurrent_collectives() const { return MpiSession::thread_multiple(); }
+
 MpiSession::MpiSession(int* argc, char*** argv) {
   int provided = 0;
-  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  // MULTIPLE: the gradient reducer's thread runs collectives (on its own
+  // communicator) while the main thread's backward runs the expert exchange.
+  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
+  thread_multiple_ = provided >= MPI_THREAD_MULTIPLE;
 }
 
 MpiSession::~MpiSession() {

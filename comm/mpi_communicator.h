@@ -41,6 +41,7 @@ class MpiCommunicator : public Communicator {
   void barrier(const char* context) override;
   using Communicator::all_reduce_sum;
   MPI_Comm handle() const { return comm_; }
+  bool concurrent_collectives() const override;
 
  private:
   // Runs one blocking collective under the watchdog's deadline.
@@ -57,8 +58,14 @@ class MpiSession {
  public:
   MpiSession(int* argc, char*** argv);
   ~MpiSession();
+  // Whether collectives may be called from several threads at once (the
+  // overlapped gradient reduction needs it; without it, it runs after backward).
+  static bool thread_multiple() { return thread_multiple_; }
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
+
+ private:
+  static inline bool thread_multiple_ = false;
 };
 
 // Ends every rank of the job: what a rank's top-level handler calls after

@@ -19,11 +19,22 @@
 // beyond gpus_per_node ranks the inter-node share of the all-to-all traffic,
 // (N - gpus_per_node)/N of it, crosses a node's link (node_gbs per node).
 // The CPU runs check the model with link parameters measured by bench_comm.
+//
+// Each point runs --repeats times (default 3): the table and CSV give the
+// medians, and the CSV the spread (step_s_min/max, efficiency_min/max from the
+// extremes of both runs compared), the 1-minute load average before the point
+// and the core count. A load average above the cores the sweep leaves free is
+// warned about on stderr: on a busy machine the figures are not reproducible.
+// Run as root, the inner mpirun gets OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)=1.
 #include <cblas.h>
 #include <mpi.h>
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -121,6 +132,46 @@ Measured run_one(const char* argv0, const std::string& config, const std::vector
   return x;
 }
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// A point measured `repeats` times: medians, and the spread of the step time.
+struct Point {
+  Measured median;
+  double step_min = 0, step_max = 0;
+};
+
+Point run_point(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int N, int batch,
+                int steps, const std::string& tag, int repeats) {
+  std::vector<Measured> runs;
+  for (int r = 0; r < repeats; ++r) runs.push_back(run_one(argv0, config, sets, N, batch, steps, tag));
+  auto med = [&](double Measured::*f) {
+    std::vector<double> v;
+    for (const Measured& m : runs) v.push_back(m.*f);
+    return median(v);
+  };
+  Point p;
+  p.median = runs[0];
+  p.median.step_s = med(&Measured::step_s);
+  p.median.a2a_s = med(&Measured::a2a_s);
+  p.median.ar_s = med(&Measured::ar_s);
+  p.median.compute_s = med(&Measured::compute_s);
+  p.median.tokens_per_s = med(&Measured::tokens_per_s);
+  p.step_min = p.step_max = runs[0].step_s;
+  for (const Measured& m : runs) p.step_min = std::min(p.step_min, m.step_s), p.step_max = std::max(p.step_max, m.step_s);
+  return p;
+}
+
+// The 1-minute load average (first field of /proc/loadavg); -1 when unknown.
+double load_average(const std::string& file) {
+  double l = -1;
+  std::ifstream(file) >> l;
+  return l;
+}
+
 void plot(const std::string& out) {
   std::FILE* gp = popen("gnuplot", "w");
   if (!gp) return;
@@ -152,12 +203,16 @@ int main(int argc, char** argv) {
   double compute_s = 0, latency_us = 1.2, gpu_latency_us = 10;
   Link cpu{0, 12.0, 12.0, 1 << 30}, gpu{0, 370.0, 48.0, 8};
   bool is_worker = false;
+  int repeats = 3;
+  std::string loadavg_file = "/proc/loadavg";
   app.add_flag("--worker", is_worker, "internal: one measurement under mpirun");
   app.add_option("--result", result, "internal: where the worker writes its JSON");
   app.add_option("--config", config, "model config");
   app.add_option("--set", sets, "config overrides");
   app.add_option("--ranks", ranks_arg, "comma-separated rank counts");
   app.add_option("--steps", steps, "steps per measurement (the first 2 are warm-up)")->check(CLI::Range(4, 1000000));
+  app.add_option("--repeats", repeats, "runs per point; the CSV gives their median and spread")->check(CLI::Range(1, 1000));
+  app.add_option("--loadavg-file", loadavg_file, "where the load average is read (testing)");
   app.add_option("--per-rank-batch", per_rank_batch, "weak scaling: sequences per rank");
   app.add_option("--global-batch", global_batch, "strong scaling: sequences in the global batch");
   app.add_option("--out", out, "output prefix: <out>.csv, <out>.png, <out>_projection.csv");
@@ -189,20 +244,43 @@ int main(int argc, char** argv) {
     std::stringstream ss(ranks_arg);
     for (std::string r; std::getline(ss, r, ',');) ranks.push_back(std::stoi(r));
     if (ranks.empty() || ranks[0] != 1) throw sy::ConfigError("--ranks " + ranks_arg + ": must start with 1 (the baseline)");
+    // OpenMPI's mpirun refuses to run as root without its consent.
+    if (geteuid() == 0) {
+      setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+      setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+    }
+    const int cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+    const int most = *std::max_element(ranks.begin(), ranks.end());
+    const double load = load_average(loadavg_file);
+    if (load > std::max(0, cores - most))
+      std::fprintf(stderr,
+                   "warning: load average %.2f exceeds the %d of %d cores this sweep leaves free at %d ranks: "
+                   "the machine is busy and timings will vary (see the spread columns of %s.csv)\n",
+                   load, std::max(0, cores - most), cores, most, out.c_str());
     std::ofstream csv(out + ".csv");
     csv << "mode,ranks,tokens_per_s,step_s,compute_s,all_to_all_s,all_reduce_s,efficiency,projected_step_s,"
-           "projection_error\n";
-    std::printf("%-6s %5s %10s %9s %9s %9s %9s %6s %9s %7s\n", "mode", "ranks", "tokens/s", "step_ms", "compute",
-                "all2all", "allreduce", "eff", "proj_ms", "err");
+           "projection_error,repeats,step_s_min,step_s_max,efficiency_min,efficiency_max,loadavg_1m,cores\n";
+    std::printf("%d run%s per point, medians; load average %.2f on %d cores\n", repeats, repeats > 1 ? "s" : "",
+                load, cores);
+    std::printf("%-6s %5s %10s %9s %15s %9s %9s %9s %6s %13s %9s %7s\n", "mode", "ranks", "tokens/s", "step_ms",
+                "step_ms_range", "compute", "all2all", "allreduce", "eff", "eff_range", "proj_ms", "err");
     Measured weak1;
     for (const char* m : {"weak", "strong"}) {
       const bool weak = std::string(m) == "weak";
       Measured one;
+      Point one_point;
       for (int N : ranks) {
         const int batch = weak ? per_rank_batch * N : global_batch;
-        Measured x = run_one(argv[0], config, base, N, batch, steps, out + "_" + m + std::to_string(N));
-        if (N == 1) one = x;
+        const double point_load = load_average(loadavg_file);
+        Point pt = run_point(argv[0], config, base, N, batch, steps, out + "_" + m + std::to_string(N), repeats);
+        const Measured& x = pt.median;
+        if (N == 1) one = x, one_point = pt;
         const double eff = N == 1 ? 1.0 : weak ? (x.tokens_per_s / N) / one.tokens_per_s : one.step_s / (N * x.step_s);
+        // Both efficiencies are T1 / TN (weak) or T1 / (N TN) (strong): the
+        // extremes pair the fastest and slowest runs of the two points.
+        const double scale = N == 1 ? 1.0 : weak ? 1.0 : 1.0 / N;
+        const double eff_min = N == 1 ? 1.0 : scale * one_point.step_min / pt.step_max;
+        const double eff_max = N == 1 ? 1.0 : scale * one_point.step_max / pt.step_min;
         // The model at N uses the exchange count and bytes of the run at N's
         // config, the single-rank compute time, and the measured links.
         Measured basis = one;
@@ -210,10 +288,15 @@ int main(int argc, char** argv) {
         basis.bytes_per_exchange = x.bytes_per_exchange * (weak ? 1 : N);
         const double proj = N == 1 ? one.step_s : project(basis, N, weak, cpu);
         const double err = (proj - x.step_s) / x.step_s;
-        std::printf("%-6s %5d %10.0f %9.2f %9.2f %9.2f %9.2f %6.3f %9.2f %+6.1f%%\n", m, N, x.tokens_per_s,
-                    x.step_s * 1e3, x.compute_s * 1e3, x.a2a_s * 1e3, x.ar_s * 1e3, eff, proj * 1e3, 100 * err);
+        char range[32], eff_range[32];
+        std::snprintf(range, sizeof range, "%.2f-%.2f", pt.step_min * 1e3, pt.step_max * 1e3);
+        std::snprintf(eff_range, sizeof eff_range, "%.3f-%.3f", eff_min, eff_max);
+        std::printf("%-6s %5d %10.0f %9.2f %15s %9.2f %9.2f %9.2f %6.3f %13s %9.2f %+6.1f%%\n", m, N, x.tokens_per_s,
+                    x.step_s * 1e3, range, x.compute_s * 1e3, x.a2a_s * 1e3, x.ar_s * 1e3, eff, eff_range, proj * 1e3,
+                    100 * err);
         csv << m << "," << N << "," << x.tokens_per_s << "," << x.step_s << "," << x.compute_s << "," << x.a2a_s
-            << "," << x.ar_s << "," << eff << "," << proj << "," << err << "\n";
+            << "," << x.ar_s << "," << eff << "," << proj << "," << err << "," << repeats << "," << pt.step_min << ","
+            << pt.step_max << "," << eff_min << "," << eff_max << "," << point_load << "," << cores << "\n";
         if (weak && N == ranks.back() && N > 1) weak1 = x, weak1.compute_s = one.compute_s;
         if (weak && N == ranks.back() && N == 1) weak1 = x;
       }

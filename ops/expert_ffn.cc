@@ -23,7 +23,7 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   check(ctx, a.buf, a.pre, a.offset, a.w);
   check_shape(a.out, a.buf.shape(), "expert out");
   check_device(ctx, "expert_ffn_forward", {&a.out});
-  SY_DISPATCH_CPU_ONLY(ctx, expert_ffn_forward, ctx, a);
+  SY_DISPATCH(ctx, expert_ffn_forward, ctx, a);
 }
 
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
@@ -35,7 +35,7 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   check_shape(a.dw.w2, a.w.w2.shape(), "expert dw2");
   check_shape(a.dw.b2, a.w.b2.shape(), "expert db2");
   check_device(ctx, "expert_ffn_backward", {&a.dbuf, &a.dout, &a.dw.w1, &a.dw.b1, &a.dw.w2, &a.dw.b2});
-  SY_DISPATCH_CPU_ONLY(ctx, expert_ffn_backward, ctx, a);
+  SY_DISPATCH(ctx, expert_ffn_backward, ctx, a);
 }
 
 }  // namespace sy::ops

@@ -6,9 +6,13 @@
 #include <google/protobuf/text_format.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include <unistd.h>
 
 #include "core/error.h"
 
@@ -17,6 +21,42 @@ namespace sy {
 namespace pb = google::protobuf;
 
 namespace {
+
+// Bytes outside printable ASCII as \xNN, and at most `max` bytes of the input:
+// a binary file's content in a message stays one readable line.
+std::string printable(const std::string& s, size_t max = 200) {
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < max; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\x%02x", c);
+      out += b;
+    }
+  }
+  if (s.size() > max) out += "...";
+  return out;
+}
+
+// What a path that is not a regular file is ("is a directory"); empty for a
+// regular file.
+std::string not_a_regular_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  switch (st.type()) {
+    case fs::file_type::regular: return "";
+    case fs::file_type::not_found: return "no such file";
+    case fs::file_type::directory: return "is a directory";
+    case fs::file_type::fifo: return "is a FIFO (named pipe)";
+    case fs::file_type::socket: return "is a socket";
+    case fs::file_type::character: return "is a character device";
+    case fs::file_type::block: return "is a block device";
+    default: return ec ? "cannot be read: " + ec.message() : "is not a regular file";
+  }
+}
 
 std::string field_names(const pb::Descriptor* d) {
   std::string s;
@@ -34,8 +74,8 @@ class FirstError : public pb::io::ErrorCollector {
     std::ostringstream os;
     os << source_ << ":" << line + 1 << ":" << col + 1 << ": ";
     std::string field = field_on_line(line);
-    if (!field.empty()) os << "field '" << field << "': ";
-    os << message;
+    if (!field.empty()) os << "field '" << printable(field, 40) << "': ";
+    os << printable(message);
     // Unknown field: say which fields are allowed in that message.
     const std::string key = "Message type \"";
     auto p = message.find(key);
@@ -66,15 +106,50 @@ class FirstError : public pb::io::ErrorCollector {
 
 }  // namespace
 
-Config parse_config(const std::string& text, const std::string& source) {
-  Config cfg;
+void parse_text_proto(const std::string& text, const std::string& source, pb::Message& msg) {
   pb::TextFormat::Parser parser;
   FirstError errors(source, text);
   parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(text, &cfg))
-    throw ConfigError(errors.first().empty() ? source + ": cannot parse config" : errors.first());
+  if (!parser.ParseFromString(text, &msg))
+    throw ConfigError(errors.first().empty() ? source + ": cannot parse (text-format protobuf expected)"
+                                             : errors.first());
+}
+
+Config parse_config(const std::string& text, const std::string& source) {
+  Config cfg;
+  parse_text_proto(text, source, cfg);
   return cfg;
 }
+
+namespace {
+
+// A repeated scalar field from "a,b,c" (or "[a, b, c]"): the list is replaced;
+// an empty value clears it.
+void set_list(pb::Message* msg, const pb::FieldDescriptor* f, std::string value, const std::string& where,
+              const std::string& walked) {
+  auto trim = [](std::string v) {
+    const auto b = v.find_first_not_of(" \t"), e = v.find_last_not_of(" \t");
+    return b == std::string::npos ? std::string() : v.substr(b, e - b + 1);
+  };
+  value = trim(value);
+  if (value.size() >= 2 && value.front() == '[' && value.back() == ']') value = trim(value.substr(1, value.size() - 2));
+  msg->GetReflection()->ClearField(msg, f);
+  if (value.empty()) return;
+  pb::LogSilencer quiet;
+  std::stringstream ss(value);
+  int i = 0;
+  for (std::string item; std::getline(ss, item, ','); ++i) {
+    item = trim(item);
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
+      msg->GetReflection()->AddString(msg, f, item);
+    } else if (!pb::TextFormat::ParseFieldValueFromString(item, f, msg)) {
+      throw ConfigError(where + ": '" + item + "' (element " + std::to_string(i) + ") is not a valid " +
+                        f->type_name() + " for " + walked + " (a list: comma-separated values)");
+    }
+  }
+}
+
+}  // namespace
 
 void apply_override(Config& cfg, const std::string& assignment) {
   const std::string where = "--set " + assignment;
@@ -96,9 +171,13 @@ void apply_override(Config& cfg, const std::string& assignment) {
                         " (allowed: " + field_names(d) + ")");
     walked += (walked.empty() ? "" : ".") + name;
     if (dot == std::string::npos) {
-      if (f->is_repeated() || f->type() == pb::FieldDescriptor::TYPE_MESSAGE)
+      if (f->type() == pb::FieldDescriptor::TYPE_MESSAGE)
         throw ConfigError(where + ": '" + walked + "' is a message; set one of its fields (" +
-                          (f->message_type() ? field_names(f->message_type()) : "") + ")");
+                          field_names(f->message_type()) + ")");
+      if (f->is_repeated()) {
+        set_list(msg, f, value, where, walked);
+        return;
+      }
       if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {  // taken as is, no quotes
         msg->GetReflection()->SetString(msg, f, value);
         return;
@@ -144,8 +223,44 @@ class Checker {
 
 }  // namespace
 
+namespace {
+
+// Every float and double field, repeated ones too, set or not, must be finite.
+void check_finite(const pb::Message& m, const std::string& prefix, Checker& c) {
+  const pb::Descriptor* d = m.GetDescriptor();
+  const pb::Reflection* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    const std::string path = prefix + f->name();
+    const auto t = f->cpp_type();
+    if (t == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      if (f->is_repeated())
+        for (int k = 0; k < r->FieldSize(m, f); ++k)
+          check_finite(r->GetRepeatedMessage(m, f, k), path + "[" + std::to_string(k) + "].", c);
+      else
+        check_finite(r->GetMessage(m, f), path + ".", c);
+      continue;
+    }
+    if (t != pb::FieldDescriptor::CPPTYPE_FLOAT && t != pb::FieldDescriptor::CPPTYPE_DOUBLE) continue;
+    auto get = [&](int k) -> double {
+      if (t == pb::FieldDescriptor::CPPTYPE_FLOAT) return k < 0 ? r->GetFloat(m, f) : r->GetRepeatedFloat(m, f, k);
+      return k < 0 ? r->GetDouble(m, f) : r->GetRepeatedDouble(m, f, k);
+    };
+    if (!f->is_repeated()) {
+      if (!std::isfinite(get(-1))) c.fail(path.c_str(), get(-1), "must be a finite number");
+      continue;
+    }
+    for (int k = 0; k < r->FieldSize(m, f); ++k)
+      if (!std::isfinite(get(k)))
+        c.fail((path + "[" + std::to_string(k) + "]").c_str(), get(k), "must be a finite number");
+  }
+}
+
+}  // namespace
+
 void validate_config(const Config& cfg, const std::string& source) {
   Checker c(source);
+  check_finite(cfg, "", c);
   const auto& m = cfg.model();
   if (m.vocab_size() != 256) c.fail("model.vocab_size", m.vocab_size(), "must be 256 (byte-level models)");
   c.range("model.d_model", m.d_model(), 8, 8192);
@@ -171,15 +286,23 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("train.log_interval", t.log_interval(), 1, 100000000);
   c.range("train.eval_interval", t.eval_interval(), 0, 100000000);
   c.range("train.eval_batches", t.eval_batches(), 1, 100000);
+  c.range("train.checkpoint_interval", t.checkpoint_interval(), 0, 100000000);
+  if (t.checkpoint_dir().empty()) c.fail("train.checkpoint_dir", "\"\"", "must name a directory");
+  c.range("train.keep_checkpoints", t.keep_checkpoints(), 0, 1000000);
+  c.range("train.max_bad_steps", t.max_bad_steps(), 1, 1000000);
 
   const auto& d = cfg.data();
   c.range("data.val_fraction", d.val_fraction(), 0.f, 0.5f, true);
   if (d.source() == switchyard::DataConfig::TEXT_FILE) {
     if (d.path().empty()) c.fail("data.path", "\"\"", "required when data.source is TEXT_FILE");
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(d.path(), ec))
+    const std::string kind = not_a_regular_file(d.path());
+    if (kind == "no such file")
       c.fail("data.path", d.path(), "no such file (paths are relative to the working directory)");
+    if (!kind.empty()) c.fail("data.path", d.path(), kind + "; data must be a regular file");
   } else {
+    if (!d.path().empty())
+      c.fail("data.path", d.path(),
+             "set while data.source is SYNTHETIC, which does not read it; set data.source: TEXT_FILE to train on the file");
     c.range<int64_t>("data.synthetic_bytes", d.synthetic_bytes(), 10000, 1000000000);
     if (d.synthetic_tasks().empty() || d.synthetic_tasks().find_first_not_of("CSBA") != std::string::npos)
       c.fail("data.synthetic_tasks", "\"" + d.synthetic_tasks() + "\"", "must be a non-empty subset of \"CSBA\"");
@@ -235,8 +358,10 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("attention.topk_blocks", at.topk_blocks(), 0, 65536);
   }
 
+#ifndef SY_WITH_CUDA
   if (cfg.backend() == switchyard::Config::CUDA)
-    c.fail("backend", "CUDA", "this build has no CUDA kernels yet; use AUTO or CPU");
+    c.fail("backend", "CUDA", "this build has no CUDA backend (configure with SWITCHYARD_CUDA=ON); use AUTO or CPU");
+#endif
 
   const auto& pl = cfg.parallel();
   c.range("parallel.expert_parallel", pl.expert_parallel(), 1, 65536);
@@ -256,9 +381,164 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("depth.budget", dp.budget(), 0.f, 1.f);
 }
 
+MemoryEstimate estimate_memory(const Config& cfg, int world) {
+  const auto& m = cfg.model();
+  const auto& e = cfg.moe();
+  const auto& at = cfg.attention();
+  const double C = m.d_model(), F = m.ffn_hidden(), T = m.seq_len(), V = m.vocab_size(), H = m.n_heads();
+  const int L = m.n_layers();
+  const double B = std::max(1, cfg.train().batch() / std::max(1, world)), N = B * T;
+  const double He = e.expert_hidden() > 0 ? e.expert_hidden() : F, E = e.num_experts();
+  const double ep = std::max(1, cfg.parallel().expert_parallel());
+  double params = V * C + T * C + C * V + V + 2 * C;  // embeddings, head, final norm
+  double acts = N * (2 * V + 4 * C);                  // logits and probabilities; embeddings
+  int dense_attention = 0;
+  for (int l = 0; l < L; ++l) {
+    params += 4 * C + 4 * C * C + 4 * C;  // norms, qkv and output projections
+    acts += N * 6 * C;                    // norm outputs, q, k, v, attention output
+    const bool moe = E > 0 && (l + 1) % std::max(1, e.every_n_layers()) == 0;
+    if (moe) {
+      params += C * E + E / ep * (2 * C * He + He + C) + (e.shared_expert() ? 2 * C * He + He + C : 0);
+      acts += N * (2 * E + e.top_k() * e.capacity_factor() * (2 * C + 2 * He) + (e.shared_expert() ? 2 * He : 0));
+    } else {
+      params += 2 * C * F + F + C;
+      acts += N * 2 * F;
+    }
+    const bool sparse = at.kind() != switchyard::AttentionConfig::DENSE &&
+                        (at.last_n_layers() == 0 || l >= L - at.last_n_layers());
+    if (!sparse) ++dense_attention;
+  }
+  MemoryEstimate est;
+  est.parameters = 16 * params;
+  est.activations = 4 * acts;
+  est.attention = 4.0 * dense_attention * B * H * T * T;
+  return est;
+}
+
+double physical_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * page : 0;
+}
+
+namespace {
+std::string bytes_str(double b) {
+  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int u = 0;
+  while (b >= 1024 && u < 5) b /= 1024, ++u;
+  char s[32];
+  std::snprintf(s, sizeof s, "%.1f %s", b, unit[u]);
+  return s;
+}
+}  // namespace
+
+void check_memory(const Config& cfg, int world, int ranks_here, double available, const std::string& source) {
+  if (available <= 0) return;
+  const MemoryEstimate est = estimate_memory(cfg, world);
+  const double need = est.total() * std::max(1, ranks_here);
+  if (need <= available) return;
+  const auto& m = cfg.model();
+  std::ostringstream os;
+  os << source << ": model.seq_len = " << m.seq_len() << " with train.batch = " << cfg.train().batch()
+     << ": training needs about " << bytes_str(need);
+  if (ranks_here > 1) os << " (" << ranks_here << " ranks on this machine, " << bytes_str(est.total()) << " each)";
+  os << " (attention matrices " << bytes_str(est.attention) << ", other activations " << bytes_str(est.activations)
+     << ", parameters with gradients and AdamW state " << bytes_str(est.parameters) << ") but this machine has "
+     << bytes_str(available) << " of physical memory; lower model.seq_len or train.batch";
+  throw ConfigError(os.str());
+}
+
+namespace {
+
+void canonical_fields(const pb::Message& m, const std::string& prefix, std::string& out) {
+  const pb::Descriptor* d = m.GetDescriptor();
+  const pb::Reflection* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    const std::string path = prefix + f->name();
+    if (!f->is_repeated() && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      canonical_fields(r->GetMessage(m, f), path + ".", out);  // unset: its defaults
+      continue;
+    }
+    std::string v;
+    out += path + " = ";
+    if (f->is_repeated()) {
+      out += "[";
+      for (int k = 0; k < r->FieldSize(m, f); ++k) {
+        pb::TextFormat::PrintFieldValueToString(m, f, k, &v);
+        out += (k ? ", " : "") + v;
+      }
+      out += "]";
+    } else {
+      pb::TextFormat::PrintFieldValueToString(m, f, -1, &v);  // the default when unset
+      out += v;
+    }
+    out += "\n";
+  }
+}
+
+}  // namespace
+
+std::string canonical_config_text(const Config& cfg) {
+  std::string out;
+  canonical_fields(cfg, "", out);
+  return out;
+}
+
+FieldDifference first_difference(const std::string& canonical_a, const std::string& canonical_b) {
+  std::istringstream a(canonical_a), b(canonical_b);
+  std::string la, lb;
+  auto split = [](const std::string& line, std::string& field, std::string& value) {
+    auto eq = line.find(" = ");
+    field = line.substr(0, eq);
+    value = eq == std::string::npos ? "" : line.substr(eq + 3);
+  };
+  while (true) {
+    const bool ga = static_cast<bool>(std::getline(a, la)), gb = static_cast<bool>(std::getline(b, lb));
+    if (!ga && !gb) return {};
+    if (ga && gb && la == lb) continue;
+    FieldDifference d;
+    std::string fb;
+    if (ga) split(la, d.field, d.a);
+    if (gb) split(lb, fb, d.b);
+    if (!ga) d.field = fb, d.a = "(no such field)";
+    if (!gb) d.b = "(no such field)";
+    if (ga && gb && d.field != fb) d.b = "(no such field; next field " + fb + ")";  // different schemas
+    return d;
+  }
+}
+
+void fill_defaults(pb::Message& msg) {
+  const pb::Descriptor* d = msg.GetDescriptor();
+  const pb::Reflection* r = msg.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    if (f->is_repeated()) continue;
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      fill_defaults(*r->MutableMessage(&msg, f));
+      continue;
+    }
+    if (r->HasField(msg, f)) continue;
+    switch (f->cpp_type()) {
+      case pb::FieldDescriptor::CPPTYPE_INT32: r->SetInt32(&msg, f, f->default_value_int32()); break;
+      case pb::FieldDescriptor::CPPTYPE_INT64: r->SetInt64(&msg, f, f->default_value_int64()); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT32: r->SetUInt32(&msg, f, f->default_value_uint32()); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT64: r->SetUInt64(&msg, f, f->default_value_uint64()); break;
+      case pb::FieldDescriptor::CPPTYPE_FLOAT: r->SetFloat(&msg, f, f->default_value_float()); break;
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE: r->SetDouble(&msg, f, f->default_value_double()); break;
+      case pb::FieldDescriptor::CPPTYPE_BOOL: r->SetBool(&msg, f, f->default_value_bool()); break;
+      case pb::FieldDescriptor::CPPTYPE_ENUM: r->SetEnum(&msg, f, f->default_value_enum()); break;
+      case pb::FieldDescriptor::CPPTYPE_STRING: r->SetString(&msg, f, f->default_value_string()); break;
+      case pb::FieldDescriptor::CPPTYPE_MESSAGE: break;
+    }
+  }
+}
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  const std::string kind = not_a_regular_file(path);
+  if (!kind.empty() && kind != "no such file")
+    throw ConfigError(path + ": " + kind + ", not a config file (--config takes a text-format .pbtxt file)");
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": cannot open config file");
+  if (!in) throw ConfigError(path + ": cannot open config file" + (kind.empty() ? "" : ": " + kind));
   std::stringstream ss;
   ss << in.rdbuf();
   Config cfg = parse_config(ss.str(), path);

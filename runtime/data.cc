@@ -102,7 +102,7 @@ Batch slice_batch(const Batch& b, int64_t T, int rank, int world) {
 }
 
 WindowSampler::WindowSampler(const std::string* bytes, int64_t B, int64_t T, uint64_t seed)
-    : bytes_(bytes), B_(B), T_(T), rng_(seed) {}
+    : bytes_(bytes), B_(B), T_(T), seed_(seed) {}
 
 Batch WindowSampler::at(const std::vector<int64_t>& offsets) const {
   Batch b;
@@ -120,7 +120,12 @@ Batch WindowSampler::at(const std::vector<int64_t>& offsets) const {
 Batch WindowSampler::next() {
   const int64_t span = static_cast<int64_t>(bytes_->size()) - T_ - 1;
   std::vector<int64_t> off(B_);
-  for (auto& o : off) o = static_cast<int64_t>(rng_.below(span + 1));
+  const RandomKey key{seed_, random_stream(RandomPurpose::data), static_cast<uint32_t>(drawn_), 0};
+  for (int64_t b = 0; b < B_; ++b) {
+    const Philox4 w = random_bits(key, static_cast<uint64_t>(b));
+    off[b] = static_cast<int64_t>(bits_below(w.v[0], w.v[1], static_cast<uint64_t>(span + 1)));
+  }
+  ++drawn_;
   return at(off);
 }
 

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/philox.h"
 #include "core/rng.h"
 
 namespace sy {
@@ -39,19 +40,23 @@ Batch slice_batch(const Batch& b, int64_t T, int rank, int world);
 
 // Samples B windows of T+1 bytes from one split: at random offsets (training)
 // or at evenly spaced fixed offsets (evaluation, the same every time).
+// Training offsets are counter-based draws (core/philox.h): window b of batch
+// n starts at a function of (seed, n, b) alone, so the sampler's whole state
+// is n (position()), which a checkpoint stores and a resume restores.
 class WindowSampler {
  public:
   WindowSampler(const std::string* bytes, int64_t B, int64_t T, uint64_t seed);
   Batch next();              // random windows; advances the sampler
   Batch fixed(int64_t idx);  // the idx-th evaluation batch (deterministic)
-  uint64_t rng_state() const { return rng_.state(); }
-  void set_rng_state(uint64_t s) { rng_.set_state(s); }
+  uint64_t position() const { return drawn_; }  // batches drawn so far
+  void set_position(uint64_t n) { drawn_ = n; }
 
  private:
   Batch at(const std::vector<int64_t>& offsets) const;
   const std::string* bytes_;
   int64_t B_, T_;
-  Rng rng_;
+  uint64_t seed_;
+  uint64_t drawn_ = 0;
 };
 
 // A corpus split into its head (train) and tail (val).

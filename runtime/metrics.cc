@@ -1,22 +1,96 @@
 #include "runtime/metrics.h"
 
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
-#include <cstdio>
+#include <cstring>
+#include <filesystem>
 
 #include "core/error.h"
 
 namespace sy {
 
-MetricsWriter::MetricsWriter(const std::string& path) {
+namespace fs = std::filesystem;
+
+MetricsWriter::MetricsWriter(const std::string& path, bool append) : path_(path) {
   if (path.empty()) return;
-  out_.open(path, std::ios::trunc);
-  if (!out_) throw ConfigError(path + ": cannot open metrics file for writing");
+  file_ = std::fopen(path.c_str(), append ? "a" : "w");
+  if (!file_)
+    throw ConfigError("--metrics " + path + ": cannot open for writing: " + std::strerror(errno));
+}
+
+MetricsWriter::~MetricsWriter() {
+  if (file_) std::fclose(file_);
+}
+
+void MetricsWriter::fail(const char* what, int err) {
+  if (file_) std::fclose(file_);
+  file_ = nullptr;
+  throw Error("metrics file " + path_ + ": " + what + " failed: " + std::strerror(err));
 }
 
 void MetricsWriter::write(const nlohmann::json& line) {
-  if (!out_.is_open()) return;
-  out_ << line.dump() << "\n";
-  out_.flush();
+  if (!file_) return;
+  const std::string s = line.dump() + "\n";
+  errno = 0;
+  if (std::fwrite(s.data(), 1, s.size(), file_) != s.size()) fail("write", errno ? errno : EIO);
+  if (std::fflush(file_) != 0) fail("write", errno ? errno : EIO);
+}
+
+void MetricsWriter::close() {
+  if (!file_) return;
+  std::FILE* f = file_;
+  file_ = nullptr;
+  errno = 0;
+  const bool flushed = std::fflush(f) == 0;
+  const int flush_err = errno;
+  if (std::fclose(f) != 0 || !flushed)
+    throw Error("metrics file " + path_ + ": close failed: " + std::strerror(flushed ? errno : flush_err));
+}
+
+void check_metrics_path(const std::string& path, const std::vector<std::pair<std::string, std::string>>& inputs,
+                        bool overwrite) {
+  if (path.empty()) return;
+  std::error_code ec;
+  for (const auto& [what, input] : inputs) {
+    if (input.empty()) continue;
+    if (fs::equivalent(path, input, ec))
+      throw ConfigError("--metrics " + path + ": is " + what + " " + input +
+                        ", an input of this run; write metrics to another file");
+  }
+  const fs::file_status st = fs::status(path, ec);
+  if (!overwrite && fs::is_regular_file(st)) {
+    const auto size = fs::file_size(path, ec);
+    if (!ec && size > 0)
+      throw ConfigError("--metrics " + path + ": exists and is not empty (" + std::to_string(size) +
+                        " bytes); pass --overwrite to replace it, or choose another file");
+  }
+}
+
+namespace {
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+ProgressLine::ProgressLine(std::ostream* out, std::string what, int64_t total, double after_s, double every_s)
+    : out_(out), what_(std::move(what)), total_(total), start_(now_s()), after_s_(after_s), every_s_(every_s) {}
+
+void ProgressLine::done(int64_t n) {
+  if (!out_) return;
+  const double now = now_s(), elapsed = now - start_;
+  if (elapsed < after_s_) return;
+  if (n < total_ && last_ >= 0 && now - last_ < every_s_) return;
+  last_ = now;
+  const double rate = n / std::max(1e-9, elapsed);
+  char b[160];
+  std::snprintf(b, sizeof b, "%s %lld/%lld batches | %.2f batches/s | ETA %s\n", what_.c_str(),
+                static_cast<long long>(n), static_cast<long long>(total_), rate,
+                format_duration((total_ - n) / std::max(1e-9, rate)).c_str());
+  *out_ << b;
+  out_->flush();
 }
 
 std::string format_duration(double seconds) {

@@ -1,9 +1,17 @@
 // Metrics: one JSON object per logged step, one line each (JSONL), flushed as
 // it is written so a crashed run still leaves whole lines; and the human
 // progress line with rate and ETA.
+//
+// Every write, flush and the final close is checked: metrics that cannot be
+// written stop the run with one line naming the file and the system's reason
+// (a full disk, /dev/full), rather than going missing or ending mid-line.
 #pragma once
-#include <fstream>
+#include <cstdint>
+#include <cstdio>
+#include <ostream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -12,11 +20,42 @@ namespace sy {
 class MetricsWriter {
  public:
   MetricsWriter() = default;
-  explicit MetricsWriter(const std::string& path);  // empty path: write nothing
+  // Creates or truncates `path`, or with append continues it (a resumed run);
+  // ConfigError when it cannot be opened; an empty path writes nothing.
+  explicit MetricsWriter(const std::string& path, bool append = false);
+  ~MetricsWriter();  // closes without reporting; call close() to check it
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
+  // One line, flushed; throws Error naming the file and the reason on failure.
   void write(const nlohmann::json& line);
+  // Flushes and closes; throws Error naming the file and the reason on failure.
+  void close();
 
  private:
-  std::ofstream out_;
+  [[noreturn]] void fail(const char* what, int err);
+  std::string path_;
+  std::FILE* file_ = nullptr;
+};
+
+// Refuses (ConfigError, one line) a metrics path that would destroy data: the
+// same file, by filesystem identity, as one of the run's `inputs` (what it is,
+// its path), or an existing non-empty file unless `overwrite`.
+void check_metrics_path(const std::string& path, const std::vector<std::pair<std::string, std::string>>& inputs,
+                        bool overwrite);
+
+// Progress of a long loop (a long evaluation): silent for its first after_s
+// seconds, then one line every every_s seconds and at the end, e.g.
+//   "evaluation 1200/65536 batches | 3.2 batches/s | ETA 5:40"
+class ProgressLine {
+ public:
+  ProgressLine(std::ostream* out, std::string what, int64_t total, double after_s, double every_s);
+  void done(int64_t n);  // n of total finished
+
+ private:
+  std::ostream* out_;
+  std::string what_;
+  int64_t total_;
+  double start_, after_s_, every_s_, last_ = -1;
 };
 
 // "1:05" / "1:02:03"

@@ -8,6 +8,7 @@
 // forward() saves every activation backward() needs; backward() accumulates
 // into the ParamStore's gradients (call params().zero_grad() between steps).
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -53,6 +54,12 @@ class Block {
   double flops_ = 0, dense_flops_ = 0;
 };
 
+// A routed-attention centroid set (a checkpoint's routing state).
+struct CentroidSetRef {
+  std::string prefix;  // "h<l>.attn.centroids.<r>", or "attn.shared_centroids.<r>" (share_centroids)
+  ops::Centroids* centroids;
+};
+
 class Transformer {
  public:
   // ctx: where it runs; par: the process layout when running on several
@@ -66,9 +73,33 @@ class Transformer {
   double aux_loss() const;
   // The MoE layers, in depth order, with the index of their block.
   const std::vector<std::pair<int, MoeLayer*>>& moe_layers() const { return moe_; }
-  void backward();
+  // ready(offset), when given, hears as soon as the dense gradients at arena
+  // offsets >= offset are final (block by block, from the last).
+  void backward(const std::function<void(int64_t)>& ready = {});
   void set_training(bool training);
+  // The training step whose random draws (router noise) the next forward uses.
+  void set_step(int64_t step);
+  // Routed attention: initialise centroids on a warm-up batch that no loss
+  // sees (an evaluation-mode forward), and apply their EMA update after a
+  // training step. end_step() follows backward().
+  bool needs_calibration() const;
+  void calibrate(const Batch& warmup);
+  void end_step();
   ParamStore& params() { return params_; }
+  Ctx& ctx() { return ctx_; }
+  // Routing state that changes in training without being a parameter, which a
+  // checkpoint carries: centroid sets, and each MoE layer's balancing bias
+  // ("h<l>.moe.router.balance_bias", (G): the model's own tensor, a view).
+  std::vector<CentroidSetRef> centroid_sets();
+  std::vector<std::pair<std::string, Tensor>> balance_biases();
+  // The last forward's next-byte probabilities, (N, V).
+  const Tensor& probs() const { return probs_; }
+  // The forward of `batch` with every part's output checked: -1 when all are
+  // finite, else the first that is not: 0 the embedding, 1 + l block l,
+  // n_layers + 1 the head (ln_f, head, loss). part_name(): "embedding",
+  // "block h<l>", "head".
+  int first_nonfinite_part(const Batch& batch);
+  std::string part_name(int part) const;
   std::vector<Block>& blocks() { return blocks_; }
   // FLOPs of the last forward (multiply-add = 2), including the LM head, and
   // what the same model would have spent without depth routing.
@@ -84,6 +115,8 @@ class Transformer {
   std::vector<Block> blocks_;
   std::vector<std::pair<int, MoeLayer*>> moe_;
   std::vector<ops::Centroids> shared_centroids_;  // attention.share_centroids
+  std::vector<int64_t> block_offset_;  // dense arena offset of each block's first parameter
+  int64_t tail_offset_ = 0;            // ... of ln_f's (ln_f and head come last)
   std::unique_ptr<LayerNorm> ln_f_;
   std::unique_ptr<Linear> head_;
   // saved
@@ -91,6 +124,8 @@ class Transformer {
   int64_t B_ = 0;
   Tensor probs_;
   bool training_ = true;
+  bool check_finite_ = false;
+  int first_nonfinite_ = -1;
 };
 
 }  // namespace sy

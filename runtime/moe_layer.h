@@ -31,6 +31,7 @@ class MoeLayer : public FeedForward {
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
   void set_training(bool t) override { router_.set_training(t); }
+  void set_step(int64_t step) { router_.set_step(step); }
   double forward_flops() const override { return flops_; }
   const RoutingStats& stats() const { return router_.stats(); }
   // Sum of the router losses of the last forward (added to the training loss).

@@ -15,6 +15,10 @@ struct ParallelContext {
   std::unique_ptr<comm::Communicator> world;
   std::unique_ptr<comm::Communicator> ep;         // this rank's expert-parallel group
   std::unique_ptr<comm::Communicator> replicas;   // ranks holding the same expert shard
+  // The world again, for the dense gradient all-reduce that runs on the
+  // reducer's thread during backward (collectives of one group must not
+  // interleave between threads, so it gets its own).
+  std::unique_ptr<comm::Communicator> grads;
   int ep_size = 1;
 
   // Checks world % ep (ConfigError naming parallel.expert_parallel otherwise).
@@ -25,12 +29,10 @@ struct ParallelContext {
   int shard() const { return ep->rank(); }
 };
 
-// Averages gradients over data-parallel replicas: dense parameters over the
-// world, expert parameters over their shard's replicas; both divided by the
-// world size (each rank's loss is a mean over its own tokens). Dense
-// gradients travel in buckets of about bucket_bytes: ranges of the dense
-// gradient arena, reduced in place, each ending at a parameter boundary.
-void all_reduce_gradients(Ctx& ctx, ParamStore& params, ParallelContext& par, int64_t bucket_bytes);
+// Parameters of the whole model: the dense ones once and every expert's,
+// summed over the expert-parallel group (which holds each shard once). A
+// collective over the group when par is set.
+int64_t global_param_count(const ParamStore& params, ParallelContext* par);
 
 // Global-norm clipping over the whole model: under expert parallelism a rank
 // holds one expert shard, so the experts' squares are summed over the

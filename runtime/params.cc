@@ -11,6 +11,7 @@ Param* ParamStore::add(const std::string& name, Shape shape, Rng& rng, float std
   p->shape = shape;
   p->decay = decay;
   p->kind = kind;
+  p->rows_total = shape.empty() ? 1 : shape[0];
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   std::vector<float> w(n);
@@ -27,6 +28,8 @@ Param* ParamStore::add_rows(const std::string& name, Shape full, int64_t begin, 
   Shape shard = full;
   shard[0] = end - begin;
   Param* p = add(name, shard, rng, 0.f, decay, 0.f, kind);
+  p->row_begin = begin;
+  p->rows_total = full[0];
   std::vector<float>& w = staged_.back();
   for (int64_t i = 0; i < full[0] * row; ++i) {
     const float v = std != 0.f ? static_cast<float>(rng.normal() * std) : 0.f;
@@ -80,6 +83,14 @@ Param* ParamStore::find(const std::string& name) const {
 void ParamStore::zero_grad(Ctx& ctx) {
   SY_CHECK(finalized_, "zero_grad before finalize");
   for (ParamArena& a : arenas_) a.grad.zero(ctx);
+}
+
+int64_t ParamStore::numel(ParamKind k) const {
+  if (finalized_) return arena(k).numel();
+  int64_t n = 0;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (params_[i]->kind == k) n += static_cast<int64_t>(staged_[i].size());
+  return n;
 }
 
 int64_t ParamStore::numel() const {

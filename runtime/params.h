@@ -32,6 +32,9 @@ struct Param {
   bool decay = true;   // weight decay applies (matrices); false for biases, norms
   ParamKind kind = ParamKind::dense;  // expert: sharded under expert parallelism
   int64_t offset = 0;  // elements into its kind's arenas
+  // add_rows: this is rows [row_begin, row_begin + shape[0]) of a tensor of
+  // rows_total rows (an expert shard: a row is one expert); else 0, shape[0].
+  int64_t row_begin = 0, rows_total = 0;
   bool expert() const { return kind == ParamKind::expert; }
 };
 
@@ -61,6 +64,8 @@ class ParamStore {
   ParamArena& arena(ParamKind k) { return arenas_[static_cast<int>(k)]; }
   void zero_grad(Ctx& ctx);
   int64_t numel() const;
+  // Elements of one kind added so far: the arena offset the next one gets.
+  int64_t numel(ParamKind k) const;
 
  private:
   std::vector<std::unique_ptr<Param>> params_;

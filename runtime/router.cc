@@ -5,6 +5,7 @@
 
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "ops/random.h"
 
 namespace sy {
 
@@ -18,7 +19,7 @@ bool expert_choice(const switchyard::MoeConfig& c) { return c.router() == switch
 Router::Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
                Rng& rng, float std, uint64_t seed, ParallelContext* par)
     : ctx_(ctx), cfg_(cfg), name_(name), C_(C), G_(cfg.num_experts()), par_(par),
-      cost_(cfg.expert_cost().begin(), cfg.expert_cost().end()), rng_(seed + (par ? par->rank() : 0)) {
+      cost_(cfg.expert_cost().begin(), cfg.expert_cost().end()), seed_(seed) {
   wg_ = ps.add(name + ".router.w", {C_, G_}, rng, std, false);
   bias_ = Tensor::zeros({G_}, DType::f32, ctx_);
 }
@@ -27,14 +28,18 @@ bool Router::renormalized() const { return cfg_.renormalize() && !expert_choice(
 
 const ops::Route& Router::forward(const Tensor& x) {
   const int64_t N = x.dim(0);
+  // Draws of element e of a (N, width) tensor are keyed by its index in the
+  // global batch: this rank's tokens start at rank * N.
+  const uint64_t first_token = static_cast<uint64_t>(par_ ? par_->rank() : 0) * N;
+  auto key = [&](RandomPurpose p, int64_t width) {
+    return RandomKey{seed_, random_stream(p), step_, first_token * width};
+  };
   // Router input, with multiplicative jitter in training.
   xr_ = x;
   noise_ = Tensor();
   if (training_ && cfg_.jitter() > 0) {
-    noise_ = Tensor::empty(x.shape(), DType::f32, host_ctx());
-    for (int64_t i = 0; i < noise_.numel(); ++i)
-      noise_.f32()[i] = static_cast<float>(1.0 + cfg_.jitter() * (2.0 * rng_.uniform() - 1.0));
-    noise_ = noise_.to(ctx_);
+    noise_ = Tensor::empty(x.shape(), DType::f32, ctx_);
+    ops::random_uniform(ctx_, noise_, key(RandomPurpose::jitter, C_), 1.f - cfg_.jitter(), 1.f + cfg_.jitter());
     xr_ = x.clone(ctx_);
     ops::mul_into(ctx_, xr_, noise_);
   }
@@ -44,22 +49,19 @@ const ops::Route& Router::forward(const Tensor& x) {
   const bool noisy = training_ && cfg_.router_noise() > 0;
   const bool gumbel = noisy && cfg_.router_noise_kind() == switchyard::MoeConfig::GUMBEL;
   if (noisy && !gumbel) {
-    Tensor eps = Tensor::empty(logits_.shape(), DType::f32, host_ctx());
-    for (int64_t i = 0; i < eps.numel(); ++i) eps.f32()[i] = static_cast<float>(cfg_.router_noise() * rng_.normal());
-    ops::add_into(ctx_, logits_, eps.to(ctx_));
+    Tensor eps = Tensor::empty(logits_.shape(), DType::f32, ctx_);
+    ops::random_normal(ctx_, eps, key(RandomPurpose::router_noise, G_), cfg_.router_noise());
+    ops::add_into(ctx_, logits_, eps);
   }
   // Gumbel selection keys: logits + beta * (-log(-log u)); argmax over them
   // picks g with probability softmax(l / beta)_g (Gumbel-max). Selection only:
   // backward never sees them.
   Tensor keys;
   if (gumbel) {
-    Tensor g = Tensor::empty(logits_.shape(), DType::f32, host_ctx());
-    for (int64_t a = 0; a < g.numel(); ++a) {
-      const double u = std::max(rng_.uniform(), 1e-300);
-      g.f32()[a] = -static_cast<float>(cfg_.router_noise() * std::log(-std::log(u)));
-    }
+    Tensor g = Tensor::empty(logits_.shape(), DType::f32, ctx_);
+    ops::random_gumbel(ctx_, g, key(RandomPurpose::gumbel, G_), cfg_.router_noise());
     keys = logits_.clone(ctx_);
-    ops::add_into(ctx_, keys, g.to(ctx_));
+    ops::add_into(ctx_, keys, g);
   }
   probs_ = Tensor::empty({N, G_}, DType::f32, ctx_);
   ops::router_scores(ctx_, probs_, logits_, score_fn(cfg_));

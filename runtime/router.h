@@ -39,7 +39,10 @@ struct RoutingStats {
 
 class Router {
  public:
-  // par (several ranks) makes the statistics global; seed keys the noise draws.
+  // par (several ranks) makes the statistics global; seed keys the noise
+  // draws (ops/random.h): jitter, Gaussian and Gumbel noise of token i at
+  // step s are a function of (seed, s, i's index in the global batch), so
+  // they do not depend on the number of ranks and a resumed run redraws them.
   Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg, Rng& rng,
          float std, uint64_t seed, ParallelContext* par);
   // Routes x (N, C); saves what backward needs.
@@ -48,6 +51,8 @@ class Router {
   // input gradient into dx (N, C) and Wg's gradient into the ParamStore.
   void backward(const Tensor& dweight, Tensor& dx);
   void set_training(bool t) { training_ = t; }
+  // The training step the next forward's noise belongs to.
+  void set_step(int64_t step) { step_ = static_cast<uint32_t>(step); }
   const ops::Route& route() const { return route_; }
   const RoutingStats& stats() const { return stats_; }
   double aux_loss() const { return stats_.lb_loss + stats_.z_loss + stats_.budget_loss; }
@@ -66,7 +71,8 @@ class Router {
   Param* wg_;
   Tensor bias_;  // (G) selection bias (auxiliary-loss-free balancing)
   std::vector<float> cost_;
-  Rng rng_;
+  uint64_t seed_;
+  uint32_t step_ = 0;
   bool training_ = true;
   // saved for backward
   Tensor xr_, noise_;            // router input (jittered), jitter factors (undefined when not jittering)

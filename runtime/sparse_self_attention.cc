@@ -100,10 +100,17 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
     ops::layernorm_forward(ctx_, {kn[r], km, kr, k_.rows(h, h + 1).reshape({N, D_}), Tensor(), Tensor()});
     ops::Centroids& c = (*centroids_)[r];
     if (!c.initialized) {
-      SY_CHECK(training_, "routed attention evaluated before its centroids were initialised by training");
+      SY_CHECK(calibrating_ && !training_,
+               "routed attention's centroids are not initialised: calibrate on a warm-up batch first "
+               "(Transformer::calibrate), so that no batch the loss sees chooses them");
       ops::kmeans_init(ctx_, c, qn_[r], cfg_.kmeans_iters(), rng_);
+      if (broadcaster_)
+        for (Tensor* t : {&c.mu, &c.sum, &c.count}) broadcaster_(*t);
     }
   }
+  calibrating_ = false;
+  if (training_ && pending_.empty())
+    for (int64_t r = 0; r < R_; ++r) pending_.emplace_back(K_, D_, ctx_);
 
   ops::ClusterParams cp;
   cp.mode = cfg_.assignment() == switchyard::AttentionConfig::BALANCED ? ops::ClusterMode::balanced
@@ -111,8 +118,6 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
   cp.dropless = cfg_.dropless();
   cp.capacity_factor = cfg_.capacity_factor();
   const ops::KeySets local = routed() ? ops::local_keysets(ctx_, T, cfg_.window()) : ops::KeySets{};
-  std::vector<ops::ClusterStats> cstats;
-  for (int64_t r = 0; r < R_; ++r) cstats.emplace_back(K_, D_, ctx_);
   double pairs = 0, sizes = 0, nonempty = 0, size_max = 0, commit = 0, assigned = 0;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H_; ++h) {
@@ -133,7 +138,7 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
         const ops::Centroids& c = (*centroids_)[r];
         ops::assign_clusters(ctx_, cl, qn, knb, c, cp);
         ops::routed_attention_forward(ctx_, {o, lse, ks, q, k, v, cl});
-        if (training_) ops::accumulate_cluster_stats(ctx_, cstats[r], qn, knb, cl);
+        if (training_) ops::accumulate_cluster_stats(ctx_, pending_[r], qn, knb, cl);
         for (int32_t n : cl.queries.host_count()) {
           if (n > 0) sizes += n, ++nonempty;
           size_max = std::max<double>(size_max, n);
@@ -151,21 +156,31 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
   stats_.cluster_size_max = size_max;
   stats_.commitment_loss = assigned > 0 ? cfg_.commitment_coef() * commit / assigned : 0;
   commit_count_ = assigned;
-  if (training_) {
-    double drift = 0;
-    for (int64_t r = 0; r < R_; ++r) {
-      if (reducer_) {
-        reducer_(cstats[r].sum);
-        reducer_(cstats[r].count);
-      }
-      drift += ops::ema_update(ctx_, (*centroids_)[r], cstats[r], cfg_.ema_decay());
-    }
-    stats_.centroid_drift = R_ > 0 ? drift / R_ : 0;
-  }
   flops_ = 2.0 * N * C_ * 4.0 * C_ + 4.0 * pairs * D_;
   Tensor y = Tensor::empty({N, C_}, DType::f32, ctx_);
   ops::merge_heads(ctx_, y, o_, 0);
   return proj_.forward(y);
+}
+
+bool SparseSelfAttention::needs_calibration() const {
+  for (const ops::Centroids& c : *centroids_)
+    if (!c.initialized) return true;
+  return false;
+}
+
+double SparseSelfAttention::update_centroids() {
+  if (pending_.empty()) return 0;
+  double drift = 0;
+  for (int64_t r = 0; r < R_; ++r) {
+    if (reducer_) {
+      reducer_(pending_[r].sum);
+      reducer_(pending_[r].count);
+    }
+    drift += ops::ema_update(ctx_, (*centroids_)[r], pending_[r], cfg_.ema_decay());
+  }
+  pending_.clear();
+  stats_.centroid_drift = R_ > 0 ? drift / R_ : 0;
+  return stats_.centroid_drift;
 }
 
 Tensor SparseSelfAttention::backward(const Tensor& dy) {

@@ -8,10 +8,16 @@
 //   y = proj(concat_h attention_h(qkv(x)))
 //
 // Centroids live per block and routing head, or in one set per routing head
-// shared by all routed blocks (share_centroids). In training they are
-// initialised by k-means on the first batch and then follow an EMA of the
-// assigned normalised queries (and keys, in balanced mode); the per-cluster
-// counts and sums pass through `stats_reducer` first (the data-parallel sum).
+// shared by all routed blocks (share_centroids). Causality in training as in
+// evaluation: a token's membership may depend only on tokens up to it and on
+// centroids fixed before the step. So the centroids are initialised by
+// k-means on a warm-up batch the loss never sees (calibrate(); the trainer
+// draws one before the first step), a training forward only accumulates the
+// per-cluster counts and sums, and update_centroids() applies the EMA after
+// the step (Transformer::end_step), the statistics first passing through
+// `stats_reducer` (the data-parallel sum). Updating inside the forward would
+// let this batch's later tokens move the clusters that its earlier tokens
+// join (through the next layer, with shared centroids).
 #pragma once
 #include <functional>
 #include <vector>
@@ -53,13 +59,26 @@ class SparseSelfAttention : public SelfAttention {
   Tensor forward(const Tensor& x, int64_t B, int64_t T) override;
   Tensor backward(const Tensor& dy) override;
   void set_training(bool t) override { training_ = t; }
+  // The next forward (in evaluation mode) initialises any uninitialised
+  // centroids by k-means on its own normalised queries: a warm-up batch.
+  void calibrate_next_forward() { calibrating_ = true; }
+  bool needs_calibration() const;
+  // Applies the EMA update from the statistics of the training forwards since
+  // the last update; returns the mean centroid drift.
+  double update_centroids();
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
   double aux_loss() const override { return stats_.commitment_loss; }
   const SparseAttentionStats& stats() const { return stats_; }
   // Sums per-cluster statistics over data-parallel ranks before the EMA update.
   void set_stats_reducer(std::function<void(Tensor&)> f) { reducer_ = std::move(f); }
+  // Sends rank 0's centroids to every rank after the warm-up k-means (each
+  // rank's warm-up slice differs; replicas must start from the same ones).
+  void set_centroid_broadcaster(std::function<void(Tensor&)> f) { broadcaster_ = std::move(f); }
   const std::vector<ops::Centroids>& centroids() const { return *centroids_; }
+  std::vector<ops::Centroids>& centroids() { return *centroids_; }
+  // Whether the centroids are this block's own (not the shared set).
+  bool owns_centroids() const { return centroids_ == &own_; }
 
  private:
   bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }
@@ -72,7 +91,9 @@ class SparseSelfAttention : public SelfAttention {
   std::vector<ops::Centroids>* centroids_;
   Rng rng_;
   bool training_ = true;
-  std::function<void(Tensor&)> reducer_;
+  bool calibrating_ = false;
+  std::function<void(Tensor&)> reducer_, broadcaster_;
+  std::vector<ops::ClusterStats> pending_;  // per routing head, since the last update
   // saved for backward
   int64_t B_ = 0, T_ = 0;
   Tensor q_, k_, v_, o_;                   // (H, B*T, D): head h of sequence b is rows [b*T, (b+1)*T) of head h

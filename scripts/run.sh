@@ -5,4 +5,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$ROOT"
-exec ./build/bin/train_switch --config configs/tiny.pbtxt --metrics build/metrics.jsonl "$@"
+exec ./build/bin/train_switch --config configs/tiny.pbtxt --metrics build/metrics.jsonl --overwrite "$@"

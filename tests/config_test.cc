@@ -2,6 +2,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "runtime/config.h"
 #include "core/error.h"
@@ -81,8 +85,12 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
                  "moe.router_noise_kind = GUMBEL: Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
 }
 
-TEST(Config, BackendCudaNotBuilt) {
-  expect_invalid("backend: CUDA", "t.pbtxt: backend = CUDA: this build has no CUDA kernels yet");
+TEST(Config, BackendCudaOnlyWhereBuilt) {
+#ifdef SY_WITH_CUDA
+  EXPECT_EQ(parse_ok("backend: CUDA").backend(), switchyard::Config::CUDA);
+#else
+  expect_invalid("backend: CUDA", "t.pbtxt: backend = CUDA: this build has no CUDA backend");
+#endif
   EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
 }
 
@@ -118,6 +126,111 @@ TEST(Config, BadOverrides) {
   EXPECT_NE(error_of([&] { apply_override(c, "model=3"); }).find("is a message"), std::string::npos);
   EXPECT_NE(error_of([&] { apply_override(c, "model.d_model"); }).find("expected path.to.field=value"), std::string::npos);
   EXPECT_NE(error_of([&] { apply_override(c, "model.d_model.x=1"); }).find("not a message"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "moe.expert_cost=1,x"); })
+                .find("--set moe.expert_cost=1,x: 'x' (element 1) is not a valid float for moe.expert_cost"),
+            std::string::npos);
+}
+
+TEST(Config, SetReplacesRepeatedFields) {
+  Config c = parse_config("moe { num_experts: 4 expert_cost: [9, 9] }", "t.pbtxt");
+  apply_override(c, "moe.expert_cost=1,1,4,4");
+  ASSERT_EQ(c.moe().expert_cost_size(), 4);
+  EXPECT_EQ(c.moe().expert_cost(0), 1.f);
+  EXPECT_EQ(c.moe().expert_cost(3), 4.f);
+  validate_config(c, "t.pbtxt");
+  apply_override(c, "moe.expert_cost=[0.5, 2, 3, 4]");
+  ASSERT_EQ(c.moe().expert_cost_size(), 4);
+  EXPECT_EQ(c.moe().expert_cost(0), 0.5f);
+  apply_override(c, "moe.expert_cost=");
+  EXPECT_EQ(c.moe().expert_cost_size(), 0);
+}
+
+TEST(Config, EveryFloatMustBeFinite) {
+  expect_invalid("moe { num_experts: 2 expert_cost: [1, inf] }", "t.pbtxt: moe.expert_cost[1] = inf: must be a finite number");
+  expect_invalid("moe { num_experts: 2 expert_cost: [nan, 1] }", "moe.expert_cost[0] = nan: must be a finite number");
+  expect_invalid("train { lr: nan }", "train.lr = nan: must be a finite number");
+  expect_invalid("moe { budget: -inf }", "moe.budget = -inf: must be a finite number");
+  expect_invalid("parallel { timeout_s: inf }", "parallel.timeout_s = inf: must be a finite number");
+}
+
+TEST(Config, DataPathNeedsTextFileSource) {
+  expect_invalid("data { path: \"/etc/hostname\" }",
+                 "data.path = /etc/hostname: set while data.source is SYNTHETIC, which does not read it");
+}
+
+TEST(Config, NonRegularFilesAreNamed) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("sy_cfg_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string fifo = (dir / "fifo").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_NE(error_of([&] { load_config(dir.string()); }).find(dir.string() + ": is a directory, not a config file"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { load_config(fifo); }).find(fifo + ": is a FIFO (named pipe), not a config file"),
+            std::string::npos);
+  expect_invalid("data { source: TEXT_FILE path: \"" + dir.string() + "\" }",
+                 "data.path = " + dir.string() + ": is a directory; data must be a regular file");
+  expect_invalid("data { source: TEXT_FILE path: \"" + fifo + "\" }",
+                 "data.path = " + fifo + ": is a FIFO (named pipe); data must be a regular file");
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Config, BinaryConfigIsEscapedWithTheParsersReason) {
+  const std::string text("\x00\x01" "binary\x00stuff\n", 16);
+  const std::string m = error_of([&] { parse_config(text, "b.pbtxt"); });
+  EXPECT_NE(m.find("b.pbtxt:1:1: field '\\x00\\x01binary\\x00stuff': Invalid control characters"), std::string::npos) << m;
+  for (unsigned char ch : m) EXPECT_TRUE(ch >= 0x20 && ch < 0x7f) << "raw byte " << int(ch) << " in: " << m;
+  const std::string elf = "\x7f" "ELF\x02\x01\x01" + std::string(200, '\xff');
+  const std::string e = error_of([&] { parse_config(elf, "elf.pbtxt"); });
+  for (unsigned char ch : e) EXPECT_TRUE(ch >= 0x20 && ch < 0x7f) << "raw byte " << int(ch) << " in: " << e;
+  EXPECT_LT(e.size(), 600u) << e;
+}
+
+TEST(Config, MemoryEstimateRefusesWhatCannotFit) {
+  Config c = parse_ok("model { seq_len: 65536 } train { batch: 16 }");
+  const MemoryEstimate est = estimate_memory(c, 1);
+  // Two dense attention layers of 16 x 4 heads x 65536^2 floats.
+  EXPECT_DOUBLE_EQ(est.attention, 4.0 * 2 * 16 * 4 * 65536.0 * 65536.0);
+  EXPECT_GT(est.activations, 0);
+  EXPECT_GT(est.parameters, 16.0 * 65536 * 64);  // the position table alone
+  const std::string m = error_of([&] { check_memory(c, 1, 1, 64.0 * (1ull << 30), "t.pbtxt"); });
+  EXPECT_NE(m.find("t.pbtxt: model.seq_len = 65536 with train.batch = 16: training needs about 2.0 TiB"), std::string::npos) << m;
+  EXPECT_NE(m.find("but this machine has 64.0 GiB of physical memory"), std::string::npos) << m;
+  // Data parallelism splits the batch: 8 ranks on 8 machines need an eighth each.
+  EXPECT_DOUBLE_EQ(estimate_memory(c, 8).attention, est.attention / 8);
+  EXPECT_NO_THROW(check_memory(parse_ok(""), 1, 1, 1.0 * (1ull << 30), "t.pbtxt"));
+  EXPECT_LT(estimate_memory(parse_ok(""), 1).total(), 64.0 * (1 << 20));
+  // Two ranks on one machine need twice one rank's.
+  const double one = estimate_memory(parse_ok(""), 2).total();
+  EXPECT_NO_THROW(check_memory(parse_ok(""), 2, 2, 2.01 * one, "t.pbtxt"));
+  EXPECT_THROW(check_memory(parse_ok(""), 2, 2, 1.99 * one, "t.pbtxt"), ConfigError);
+  EXPECT_GT(physical_memory_bytes(), 0);
+}
+
+TEST(Config, CanonicalTextIsTheResolvedConfig) {
+  // A default set explicitly resolves to the same config as one left unset.
+  const std::string base = canonical_config_text(parse_ok(""));
+  EXPECT_EQ(canonical_config_text(parse_ok("model { d_model: 64 }")), base);
+  EXPECT_NE(base.find("model.d_model = 64\n"), std::string::npos) << base;
+  EXPECT_NE(base.find("moe.expert_cost = []\n"), std::string::npos) << base;
+  EXPECT_NE(base.find("data.synthetic_tasks = \"CSBA\"\n"), std::string::npos) << base;
+  EXPECT_TRUE(first_difference(base, base).field.empty());
+  FieldDifference d = first_difference(base, canonical_config_text(parse_ok("model { d_model: 32 } train { seed: 7 }")));
+  EXPECT_EQ(d.field, "model.d_model");
+  EXPECT_EQ(d.a, "64");
+  EXPECT_EQ(d.b, "32");
+  d = first_difference(base, canonical_config_text(parse_ok("moe { num_experts: 2 expert_cost: [1, 4] }")));
+  EXPECT_EQ(d.field, "moe.num_experts");
+  d = first_difference(canonical_config_text(parse_ok("moe { num_experts: 2 }")),
+                       canonical_config_text(parse_ok("moe { num_experts: 2 expert_cost: [1, 4] }")));
+  EXPECT_EQ(d.field, "moe.expert_cost");
+  EXPECT_EQ(d.a, "[]");
+  EXPECT_EQ(d.b, "[1, 4]");
+  // A string with a newline stays on its line.
+  Config c = parse_ok("");
+  c.mutable_data()->set_synthetic_tasks("C\nS");
+  d = first_difference(base, canonical_config_text(c));
+  EXPECT_EQ(d.field, "data.synthetic_tasks");
+  EXPECT_EQ(d.b, "\"C\\nS\"");
 }
 
 TEST(Config, MissingFile) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 
 #include "grad_check.h"
 #include "ops/adamw.h"
@@ -115,14 +116,20 @@ TEST(Trainer, HeldOutRoutingIsNoiselessAndNormalised) {
   t.evaluate();
   for (size_t m = 0; m < first.size(); ++m) EXPECT_EQ(t.held_out_routing()[m].load, first[m].load);
 
-  // In training mode the same batch routes differently from one forward to the next.
+  // In training mode the same batch routes differently from one step to the
+  // next (the noise is keyed by the step), and identically at the same step.
   Transformer& model = t.model();
   model.set_training(true);
   const Batch b = small_batch(4, 16, 11);
+  model.set_step(1);
   model.forward(b);
   const std::vector<double> a = model.moe_layers()[0].second->stats().load;
+  model.set_step(2);
   model.forward(b);
   EXPECT_NE(model.moe_layers()[0].second->stats().load, a);
+  model.set_step(1);
+  model.forward(b);
+  EXPECT_EQ(model.moe_layers()[0].second->stats().load, a);
 }
 
 TEST(Trainer, DenseModelHasNoHeldOutRouting) {
@@ -131,6 +138,29 @@ TEST(Trainer, DenseModelHasNoHeldOutRouting) {
   Trainer t(c, {});
   t.evaluate();
   EXPECT_TRUE(t.held_out_routing().empty());
+}
+
+// A long evaluation says how far it is: here every batch is "long".
+TEST(Trainer, LongEvaluationPrintsProgress) {
+  Config c = parse_config("model { seq_len: 16 } train { batch: 2 eval_batches: 3 } data { synthetic_bytes: 20000 }", "test");
+  validate_config(c, "test");
+  std::ostringstream log;
+  TrainOptions opts;
+  opts.log = &log;
+  opts.progress_after_s = 0;
+  opts.progress_every_s = 0;
+  Trainer t(c, opts);
+  t.evaluate();
+  const std::string s = log.str();
+  for (const char* want : {"evaluation 1/3 batches | ", "evaluation 2/3 batches | ", "evaluation 3/3 batches | "})
+    EXPECT_NE(s.find(want), std::string::npos) << s;
+  EXPECT_NE(s.find("batches/s | ETA 0:00"), std::string::npos) << s;
+  // A short one (under the default 5 s) prints nothing.
+  std::ostringstream quiet;
+  TrainOptions q;
+  q.log = &quiet;
+  Trainer(c, q).evaluate();
+  EXPECT_EQ(quiet.str(), "");
 }
 
 }  // namespace

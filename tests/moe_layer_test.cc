@@ -109,6 +109,44 @@ TEST(MoeLayer, ExpertChoiceFillsEveryExpert) {
   for (int32_t c : moe.route().count.to_vector<int32_t>()) EXPECT_EQ(c, 3);
 }
 
+// Unserved tokens (no expert at all) are reported apart from dropped
+// assignments, for every policy. Expert choice drops nothing, yet the tokens
+// no expert picked get no expert output: counted from the route by hand.
+TEST(MoeLayer, UnservedTokensAreReportedForEveryPolicy) {
+  for (bool expert_choice : {true, false}) {
+    SCOPED_TRACE(expert_choice ? "expert choice" : "tokens choose");
+    Rng rng(3);
+    auto cfg = moe_config(4, expert_choice ? 1 : 2);
+    if (expert_choice) cfg.set_router(switchyard::MoeConfig::EXPERT_CHOICE);
+    cfg.set_capacity_factor(expert_choice ? 1.0f : 0.5f);
+    ParamStore ps;
+    MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 8, rng, 0.3f, 0.3f, 7);
+    ps.finalize(host_ctx());
+    const int64_t N = 24;
+    moe.forward(testing::randn({N, 8}, rng));
+    const ops::Route& r = moe.route();
+    const std::vector<int32_t> group = r.group.to_vector<int32_t>(), slot = r.slot.to_vector<int32_t>();
+    int64_t unserved = 0, used = 0, dropped = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      bool served = false;
+      for (int64_t j = 0; j < r.k; ++j) {
+        const int64_t a = i * r.k + j;
+        if (group[a] < 0) continue;
+        ++used;
+        if (slot[a] >= 0)
+          served = true;
+        else
+          ++dropped;
+      }
+      unserved += !served;
+    }
+    EXPECT_GT(unserved, 0);
+    EXPECT_DOUBLE_EQ(moe.stats().unserved, static_cast<double>(unserved) / N);
+    EXPECT_DOUBLE_EQ(moe.stats().dropped, static_cast<double>(dropped) / used);
+    if (expert_choice) EXPECT_EQ(moe.stats().dropped, 0.0);
+  }
+}
+
 // Loss = y . R + router losses; every parameter and the input against finite
 // differences. The choice of experts is held fixed by a large margin: FD steps
 // are small next to the gaps between router scores.

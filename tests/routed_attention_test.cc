@@ -43,20 +43,38 @@ struct Layer {
   }
 };
 
-// Changing token j changes no output at i < j.
+// Initialises the layer's centroids by k-means on a warm-up batch (an
+// evaluation-mode forward), as the trainer does before its first step.
+void calibrate(Layer& l, const Tensor& warmup, int64_t B, int64_t T) {
+  l.attn->set_training(false);
+  l.attn->calibrate_next_forward();
+  l.attn->forward(warmup, B, T);
+}
+
+// Token j's change at x2 is seen by outputs at i < j: count them.
+int count_leaks(const Tensor& y, const Tensor& y0, int64_t j, int64_t C) {
+  int leaks = 0;
+  for (int64_t i = 0; i < j * C; ++i) leaks += y.f32()[i] != y0.f32()[i];
+  return leaks;
+}
+
+// Changing token j changes no output at i < j, in evaluation mode and in
+// training mode (where the forward also gathers the centroid statistics).
 void expect_causal(const switchyard::AttentionConfig& a) {
   const int64_t C = 8, H = 2, T = 24;
-  Layer l(a, C, H, T);
-  Rng rng(2);
-  Tensor x = testing::randn({T, C}, rng);
-  l.attn->forward(x, 1, T);  // training forward initialises the centroids
-  l.attn->set_training(false);
-  Tensor y0 = l.attn->forward(x, 1, T);
-  for (int64_t j = 1; j < T; j += 3) {
-    Tensor x2 = x.clone();
-    for (int64_t c = 0; c < C; ++c) x2.f32()[j * C + c] += static_cast<float>(rng.normal() * 2);
-    Tensor y = l.attn->forward(x2, 1, T);
-    for (int64_t i = 0; i < j * C; ++i) ASSERT_EQ(y.f32()[i], y0.f32()[i]) << "token " << j << " leaked into " << i / C;
+  for (bool training : {false, true}) {
+    SCOPED_TRACE(training ? "training" : "evaluation");
+    Layer l(a, C, H, T);
+    Rng rng(2);
+    calibrate(l, testing::randn({T, C}, rng), 1, T);
+    l.attn->set_training(training);
+    Tensor x = testing::randn({T, C}, rng);
+    Tensor y0 = l.attn->forward(x, 1, T);
+    for (int64_t j = 1; j < T; j += 3) {
+      Tensor x2 = x.clone();
+      for (int64_t c = 0; c < C; ++c) x2.f32()[j * C + c] += static_cast<float>(rng.normal() * 2);
+      EXPECT_EQ(count_leaks(l.attn->forward(x2, 1, T), y0, j, C), 0) << "token " << j << " leaked";
+    }
   }
 }
 
@@ -65,6 +83,60 @@ TEST(RoutedAttention, CausalModeNoLeakFromTheFuture) { expect_causal(routed_cfg(
 TEST(RoutedAttention, LocalPlusRoutingNoLeak) { expect_causal(routed_cfg(1, 3, 4)); }
 TEST(BlockTopK, NoLeakFromTheFuture) { expect_causal(block_cfg(4, 2)); }
 
+// The controls: the check above catches the two ways the centroids can leak.
+// (1) k-means on the batch the loss sees (the old first step): with centroids
+// chosen from x2, token j moves the clusters earlier tokens join.
+TEST(RoutedAttention, CausalModeLeaksWhenCentroidsComeFromTheSameBatch) {
+  const int64_t C = 8, H = 2, T = 24;
+  Rng rng(2);
+  const Tensor x = testing::randn({T, C}, rng);
+  int leaks = 0;
+  for (int64_t j = 1; j < T; j += 3) {
+    Layer l0(routed_cfg(2, 4, 3), C, H, T), l2(routed_cfg(2, 4, 3), C, H, T);
+    Tensor x2 = x.clone();
+    for (int64_t c = 0; c < C; ++c) x2.f32()[j * C + c] += static_cast<float>(rng.normal() * 2);
+    calibrate(l0, x, 1, T);
+    calibrate(l2, x2, 1, T);
+    l0.attn->set_training(true);
+    l2.attn->set_training(true);
+    leaks += count_leaks(l2.attn->forward(x2, 1, T), l0.attn->forward(x, 1, T), j, C);
+  }
+  EXPECT_GT(leaks, 0);
+}
+
+// (2) an EMA update from the batch before it is used (what updating inside
+// the forward does to the next layer with shared centroids): after an
+// update from x2, earlier tokens' outputs depend on token j.
+TEST(RoutedAttention, CausalModeLeaksWhenTheEmaSeesTheSameBatch) {
+  const int64_t C = 8, H = 2, T = 24;
+  auto a = routed_cfg(2, 4, 3);
+  a.set_ema_decay(0.5f);
+  Rng rng(2);
+  const Tensor w = testing::randn({T, C}, rng), x = testing::randn({T, C}, rng);
+  int leaks = 0;
+  for (int64_t j = 1; j < T; j += 3) {
+    Layer l0(a, C, H, T), l2(a, C, H, T);
+    Tensor x2 = x.clone();
+    for (int64_t c = 0; c < C; ++c) x2.f32()[j * C + c] += static_cast<float>(rng.normal() * 2);
+    calibrate(l0, w, 1, T);
+    calibrate(l2, w, 1, T);
+    l0.attn->set_training(true);
+    l2.attn->set_training(true);
+    l0.attn->forward(x, 1, T);
+    l0.attn->update_centroids();
+    l2.attn->forward(x2, 1, T);
+    l2.attn->update_centroids();
+    leaks += count_leaks(l2.attn->forward(x2, 1, T), l0.attn->forward(x, 1, T), j, C);
+  }
+  EXPECT_GT(leaks, 0);
+}
+
+TEST(RoutedAttention, TrainingBeforeCalibrationIsRefused) {
+  Layer l(routed_cfg(2, 4, 3), 8, 2, 24);
+  Rng rng(2);
+  EXPECT_THROW(l.attn->forward(testing::randn({24, 8}, rng), 1, 24), Error);
+}
+
 TEST(RoutedAttention, BalancedModeMembershipDependsOnLaterTokens) {
   // The paper's balanced clusters take each centroid's top T/k tokens over the
   // whole sequence, so a later token can change an earlier token's output.
@@ -72,8 +144,7 @@ TEST(RoutedAttention, BalancedModeMembershipDependsOnLaterTokens) {
   Layer l(routed_cfg(2, 4, 3, true), C, H, T);
   Rng rng(4);
   Tensor x = testing::randn({T, C}, rng);
-  l.attn->forward(x, 1, T);
-  l.attn->set_training(false);
+  calibrate(l, testing::randn({T, C}, rng), 1, T);
   Tensor y0 = l.attn->forward(x, 1, T);
   int leaks = 0;
   for (int64_t j = T / 2; j < T; ++j) {
@@ -95,6 +166,8 @@ void expect_equals_dense(const switchyard::AttentionConfig& a) {
   ps.finalize(host_ctx());
   Rng in(6);
   Tensor x = testing::randn({B * T, C}, in);
+  calibrate(sparse, x, B, T);
+  sparse.attn->set_training(true);
   Tensor ys = sparse.attn->forward(x, B, T), yd = dense.forward(x, B, T);
   for (int64_t i = 0; i < ys.numel(); ++i) EXPECT_NEAR(ys.f32()[i], yd.f32()[i], 1e-5f) << i;
   EXPECT_NEAR(sparse.attn->stats().pair_fraction, 1.0, 1e-12);
@@ -252,8 +325,7 @@ TEST(SparseAttention, LayerGradientsLocalPlusRouting) {
   Layer l(routed_cfg(1, 2, 3), C, H, T, 11);
   Rng rng(12);
   Tensor x = testing::randn({2 * T, C}, rng), R = testing::randn({2 * T, C}, rng);
-  l.attn->forward(x, 2, T);
-  l.attn->set_training(false);  // centroids fixed from here on
+  calibrate(l, x, 2, T);  // centroids fixed from here on (evaluation mode)
   auto loss = [&] { return testing::dot(l.attn->forward(x, 2, T), R); };
   loss();
   l.ps.zero_grad(host_ctx());

@@ -7,7 +7,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fail=0
 expect_exit2() {  # name, expected-substring, args...
   local name=$1 needle=$2; shift 2
-  "$BIN" "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
+  timeout 60 "$BIN" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null; local rc=$?
   if [ $rc -ne 2 ]; then echo "FAIL $name: exit $rc, want 2"; cat "$tmp/err"; fail=1; return; fi
   if [ "$(wc -l <"$tmp/err")" -ne 1 ]; then echo "FAIL $name: stderr not one line:"; cat "$tmp/err"; fail=1; return; fi
   grep -qF -- "$needle" "$tmp/err" || { echo "FAIL $name: '$needle' not in: $(cat "$tmp/err")"; fail=1; return; }
@@ -23,6 +23,35 @@ expect_exit2 bad-set "train.steps = -1: must be in [1, 100000000]" --config "$SR
 expect_exit2 bad-set-type "not a valid int32" --config "$SRC/configs/tiny.pbtxt" --set model.d_model=big
 expect_exit2 no-config "nope.pbtxt: cannot open" --config "$tmp/nope.pbtxt"
 
+# Smaller traps: non-regular files, binary configs, lists, non-finite floats,
+# a path nobody reads, fault syntax, a step that cannot fit in memory.
+mkfifo "$tmp/fifo"
+expect_exit2 config-dir "$tmp: is a directory, not a config file" --config "$tmp"
+expect_exit2 config-fifo "$tmp/fifo: is a FIFO (named pipe), not a config file" --config "$tmp/fifo"
+printf '\000\001binary\000stuff\n' > "$tmp/binary.pbtxt"
+expect_exit2 config-binary "binary.pbtxt:1:1: field '\x00\x01binary\x00stuff': Invalid control characters" --config "$tmp/binary.pbtxt"
+LC_ALL=C grep -q '[^ -~]' "$tmp/err" && { echo "FAIL config-binary: raw bytes in the message"; fail=1; }
+expect_exit2 set-list-bad "'x' (element 2) is not a valid float for moe.expert_cost" \
+  --config "$SRC/configs/switch_tiny.pbtxt" --set moe.expert_cost=1,1,x,4
+expect_exit2 list-inf "moe.expert_cost[3] = inf: must be a finite number" \
+  --config "$SRC/configs/switch_tiny.pbtxt" --set moe.expert_cost=1,1,4,inf
+expect_exit2 path-unread "data.path = $tmp/heads.pbtxt: set while data.source is SYNTHETIC" \
+  --config "$SRC/configs/tiny.pbtxt" --set data.path="$tmp/heads.pbtxt"
+expect_exit2 data-dir "data.path = $tmp: is a directory; data must be a regular file" \
+  --config "$SRC/configs/tiny.pbtxt" --set data.source=TEXT_FILE --set data.path="$tmp"
+expect_exit2 data-fifo "data.path = $tmp/fifo: is a FIFO (named pipe); data must be a regular file" \
+  --config "$SRC/configs/tiny.pbtxt" --set data.source=TEXT_FILE --set data.path="$tmp/fifo"
+expect_exit2 fault-syntax "--inject-fault throw:x:y: RANK 'x' is not an integer" \
+  --config "$SRC/configs/tiny.pbtxt" --inject-fault throw:x:y
+expect_exit2 memory "model.seq_len = 65536 with train.batch = 16: training needs about 2.0 TiB" \
+  --config "$SRC/configs/tiny.pbtxt" --set model.seq_len=65536
+grep -q "of physical memory; lower model.seq_len or train.batch" "$tmp/err" || { echo "FAIL memory: no advice"; fail=1; }
+# A list set on the command line trains.
+"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --set moe.num_experts=4 --set moe.expert_cost=1,1,4,4 --set moe.budget_coef=0.1 \
+  --set train.steps=2 --set train.warmup_steps=1 --set train.eval_batches=1 --set data.synthetic_bytes=20000 \
+  --metrics "$tmp/cost.jsonl" > "$tmp/out" 2>&1 && grep -q '"expected_cost"' "$tmp/cost.jsonl" \
+  && echo "ok   set-list: moe.expert_cost=1,1,4,4 trains" || { echo "FAIL set-list:"; cat "$tmp/out"; fail=1; }
+
 # A short run: progress lines and one metrics line per logged step.
 "$BIN" --config "$SRC/configs/tiny.pbtxt" --set train.steps=4 --set train.warmup_steps=1 --set train.log_interval=2 \
   --set train.eval_interval=4 --set train.eval_batches=1 --set data.synthetic_bytes=20000 \
@@ -33,5 +62,24 @@ for k in step loss lr tokens_per_s elapsed_s; do
   grep -q "\"$k\"" "$tmp/m.jsonl" || { echo "FAIL: metrics lack $k"; fail=1; }
 done
 tail -1 "$tmp/m.jsonl" | grep -q '"val_loss"' || { echo "FAIL: last line lacks val_loss"; fail=1; }
+
+# Metrics are never lost or allowed to destroy data.
+short=(--config "$SRC/configs/tiny.pbtxt" --set train.steps=2 --set train.warmup_steps=1 --set train.log_interval=1
+       --set train.eval_interval=2 --set train.eval_batches=1 --set data.synthetic_bytes=20000)
+"$BIN" "${short[@]}" --metrics /dev/full > "$tmp/out" 2> "$tmp/err"; rc=$?
+if [ $rc -eq 0 ] || [ "$(wc -l < "$tmp/err")" -ne 1 ] || ! grep -q "metrics file /dev/full: write failed: No space left on device" "$tmp/err"; then
+  echo "FAIL metrics-full: exit $rc:"; cat "$tmp/err"; fail=1
+else echo "ok   metrics-full: exit $rc: $(cat "$tmp/err")"; fi
+cp "$SRC/configs/tiny.pbtxt" "$tmp/cfg.pbtxt"
+expect_exit2 metrics-is-config "is the config file $tmp/cfg.pbtxt, an input of this run" \
+  --config "$tmp/cfg.pbtxt" --set train.steps=2 --set train.warmup_steps=1 --metrics "$tmp/./cfg.pbtxt"
+cmp -s "$SRC/configs/tiny.pbtxt" "$tmp/cfg.pbtxt" || { echo "FAIL metrics-is-config: the config was changed"; fail=1; }
+head -c 30000 /dev/urandom | base64 > "$tmp/text.txt"; ln "$tmp/text.txt" "$tmp/hardlink.txt"
+expect_exit2 metrics-is-data "is data.path $tmp/text.txt, an input of this run" "${short[@]}" \
+  --set data.source=TEXT_FILE --set data.path="$tmp/text.txt" --metrics "$tmp/hardlink.txt"
+expect_exit2 metrics-exists "m.jsonl: exists and is not empty" "${short[@]}" --metrics "$tmp/m.jsonl"
+"$BIN" "${short[@]}" --metrics "$tmp/m.jsonl" --overwrite > "$tmp/out" 2>&1 && [ "$(wc -l < "$tmp/m.jsonl")" -eq 2 ] \
+  && echo "ok   metrics-overwrite" || { echo "FAIL metrics-overwrite:"; cat "$tmp/out"; fail=1; }
+
 [ $fail -eq 0 ] && echo "all train_switch CLI checks passed"
 exit $fail

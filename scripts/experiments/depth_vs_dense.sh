@@ -12,8 +12,8 @@ OUT=${RUNS:-build/runs}
 common=(--set train.eval_interval=50 --set train.log_interval=10)
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"
-  "$BIN" --config configs/tiny.pbtxt "${common[@]}" --metrics "$OUT/tiny_flops.jsonl" | tail -1 &
-  "$BIN" --config configs/depth_tiny.pbtxt "${common[@]}" --metrics "$OUT/depth_tiny_flops.jsonl" | tail -1 &
+  "$BIN" --config configs/tiny.pbtxt "${common[@]}" --metrics "$OUT/tiny_flops.jsonl" --overwrite | tail -1 &
+  "$BIN" --config configs/depth_tiny.pbtxt "${common[@]}" --metrics "$OUT/depth_tiny_flops.jsonl" --overwrite | tail -1 &
   wait
   python3 scripts/experiments/runs_to_csv.py depth_vs_dense "$OUT" > docs/depth_vs_dense.csv
 fi

@@ -43,7 +43,7 @@ if [ "${1:-}" != "--plot-only" ]; then
   for r in "${runs[@]}"; do
     name=${r%%|*}
     [ -f "$OUT/$name.jsonl" ] && continue  # finished earlier (a run writes .part, renamed at the end)
-    echo "$BIN ${r#*|} $common --metrics $OUT/$name.jsonl.part > $tmp/$name.log 2>&1 && mv $OUT/$name.jsonl.part $OUT/$name.jsonl && echo done $name || { echo FAILED $name; tail -3 $tmp/$name.log; }"
+    echo "$BIN ${r#*|} $common --metrics $OUT/$name.jsonl.part --overwrite > $tmp/$name.log 2>&1 && mv $OUT/$name.jsonl.part $OUT/$name.jsonl && echo done $name || { echo FAILED $name; tail -3 $tmp/$name.log; }"
   done | xargs -P 2 -I{} bash -c '{}'
   python3 scripts/experiments/runs_to_csv.py moe_frontier "$RUNS" > docs/moe_frontier.csv
 fi

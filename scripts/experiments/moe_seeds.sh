@@ -68,7 +68,7 @@ if [ $table_only = 0 ]; then
     name=${r%%|*}
     [ -f "$OUT/$name.jsonl" ] && continue
     full="$SCRATCH/$name.jsonl"
-    echo "$BIN ${r#*|} $common --metrics $full.part > $SCRATCH/$name.log 2>&1 && mv $full.part $full && python3 scripts/experiments/moe_load_stats.py $full --thin $OUT/$name.jsonl > /dev/null && echo done $name || { echo FAILED $name; tail -3 $SCRATCH/$name.log; }"
+    echo "$BIN ${r#*|} $common --metrics $full.part --overwrite > $SCRATCH/$name.log 2>&1 && mv $full.part $full && python3 scripts/experiments/moe_load_stats.py $full --thin $OUT/$name.jsonl > /dev/null && echo done $name || { echo FAILED $name; tail -3 $SCRATCH/$name.log; }"
   done | xargs -P 2 -I{} bash -c '{}'
   python3 scripts/experiments/runs_to_csv.py moe_seeds "$RUNS" > docs/moe_seeds.csv
   python3 scripts/experiments/runs_to_csv.py moe_load_parts "$RUNS" > docs/moe_load_parts.csv

@@ -17,7 +17,7 @@ b64=(--set train.batch=64)
 seq=(--set moe.load_balance_tokens=128)
 D=(--config configs/tiny.pbtxt)
 S=(--config configs/switch_tiny.pbtxt)
-run() { local name=$1; shift; "$BIN" "$@" --metrics "$OUT/$name.jsonl" > "$OUT/$name.log" 2>&1; echo "$name rc=$?" >> "$OUT/done.txt"; }
+run() { local name=$1; shift; "$BIN" "$@" --metrics "$OUT/$name.jsonl" --overwrite > "$OUT/$name.log" 2>&1; echo "$name rc=$?" >> "$OUT/done.txt"; }
 run dense_b64 "${D[@]}" "${b64[@]}" "${common[@]}" &
 run dense_b64_seed2 "${D[@]}" "${b64[@]}" "${common[@]}" --set train.seed=2 &
 run dense_b64_lr15 "${D[@]}" "${b64[@]}" "${common[@]}" --set train.lr=0.0015 &

@@ -15,7 +15,7 @@ OUT=${RUNS:-build/runs}
 SHAKE=../shared/data/tinyshakespeare.txt
 common=(--set train.steps=2000 --set train.eval_interval=100 --set train.log_interval=10)
 text=(--set data.source=TEXT_FILE --set data.path=$SHAKE)
-run() { local name=$1; shift; echo "== $name"; "$BIN" "$@" "${common[@]}" --metrics "$OUT/$name.jsonl" | tail -1; }
+run() { local name=$1; shift; echo "== $name"; "$BIN" "$@" "${common[@]}" --metrics "$OUT/$name.jsonl" --overwrite | tail -1; }
 b64=(--set train.batch=64)
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"

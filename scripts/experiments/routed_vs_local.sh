@@ -13,13 +13,13 @@ BIN=build/bin/train_switch
 OUT=${RUNS:-build/runs}
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"
-  "$BIN" --config configs/routed_copy.pbtxt --metrics "$OUT/routed_copy.jsonl" | grep -E "attention FLOPs|done" &
-  "$BIN" --config configs/routed_copy.pbtxt --set attention.num_routing_heads=0 --metrics "$OUT/local_copy.jsonl" | grep done &
+  "$BIN" --config configs/routed_copy.pbtxt --metrics "$OUT/routed_copy.jsonl" --overwrite | grep -E "attention FLOPs|done" &
+  "$BIN" --config configs/routed_copy.pbtxt --set attention.num_routing_heads=0 --metrics "$OUT/local_copy.jsonl" --overwrite | grep done &
   wait
   s2=(--set train.seed=2)
-  "$BIN" --config configs/routed_copy.pbtxt "${s2[@]}" --metrics "$OUT/routed_copy_seed2.jsonl" | grep done &
+  "$BIN" --config configs/routed_copy.pbtxt "${s2[@]}" --metrics "$OUT/routed_copy_seed2.jsonl" --overwrite | grep done &
   "$BIN" --config configs/routed_copy.pbtxt "${s2[@]}" --set attention.num_routing_heads=0 \
-    --metrics "$OUT/local_copy_seed2.jsonl" | grep done &
+    --metrics "$OUT/local_copy_seed2.jsonl" --overwrite | grep done &
   wait
   python3 scripts/experiments/runs_to_csv.py routed_vs_local "$OUT" > docs/routed_vs_local.csv
 fi

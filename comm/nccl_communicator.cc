@@ -1,0 +1,316 @@
+#include "comm/nccl_communicator.h"
+
+#ifdef SY_WITH_NCCL
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "core/cuda_check.h"
+#endif
+
+namespace sy::comm {
+
+using detail::now_s;
+using detail::ranks_str;
+
+#ifndef SY_WITH_NCCL
+
+std::string nccl_error_string(int code) { return "NCCL error " + std::to_string(code); }
+bool nccl_available() { return false; }
+std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator&, int, double) {
+  throw BackendError("this build of Switchyard has no NCCL (a CUDA build with NCCL found at configure time)");
+}
+
+#else
+
+std::string nccl_error_string(int code) { return ncclGetErrorString(static_cast<ncclResult_t>(code)); }
+bool nccl_available() { return true; }
+
+namespace {
+
+ncclDataType_t nccl_type(DType t) {
+  switch (t) {
+    case DType::f32: return ncclFloat32;
+    case DType::bf16: return ncclBfloat16;
+    case DType::i32: return ncclInt32;
+    case DType::i64: return ncclInt64;
+    case DType::f64: return ncclFloat64;
+  }
+  return ncclUint8;
+}
+
+// Waits for a non-blocking NCCL call to leave ncclInProgress.
+void settle(ncclComm_t comm, ncclResult_t r, const char* what) {
+  while (r == ncclInProgress) {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    NCCL_CHECK(ncclCommGetAsyncError(comm, &r));
+  }
+  if (r != ncclSuccess)
+    throw BackendError(std::string("NCCL: ") + what + ": " + ncclGetErrorString(r) + " (" + ncclGetLastError(comm) + ")");
+}
+
+// A collective in flight: its completion event and deadline.
+struct Pending {
+  ncclComm_t comm;
+  cudaEvent_t done;
+  double deadline;
+  const char* op;
+  std::string context;
+  double timeout_s;
+  int world_rank;
+  std::string group;
+};
+
+// One per process: watches every NCCL collective in flight.
+class Watchdog {
+ public:
+  static Watchdog& get() {
+    static Watchdog w;
+    return w;
+  }
+  void watch(Pending p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.push_back(std::move(p));
+  }
+
+ private:
+  Watchdog() {
+    std::thread([this] {
+      for (;;) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        std::lock_guard<std::mutex> lock(mu_);
+        while (!pending_.empty() && cudaEventQuery(pending_.front().done) == cudaSuccess) {
+          cudaEventDestroy(pending_.front().done);
+          pending_.pop_front();
+        }
+        if (pending_.empty()) continue;
+        const Pending& p = pending_.front();
+        ncclResult_t async = ncclSuccess;
+        ncclCommGetAsyncError(p.comm, &async);
+        if (async != ncclSuccess && async != ncclInProgress) fire(p, ncclGetErrorString(async));
+        if (now_s() > p.deadline) fire(p, nullptr);
+      }
+    }).detach();
+  }
+  [[noreturn]] static void fire(const Pending& p, const char* nccl_error) {
+    if (nccl_error)
+      std::fprintf(stderr, "error: rank %d: %s in '%s' failed: NCCL: %s (group of world ranks %s)\n", p.world_rank,
+                   p.op, p.context.c_str(), nccl_error, p.group.c_str());
+    else
+      std::fprintf(stderr,
+                   "error: rank %d: %s in '%s' did not complete within %g s (group of world ranks %s): "
+                   "a rank is stuck or gone\n",
+                   p.world_rank, p.op, p.context.c_str(), p.timeout_s, p.group.c_str());
+    std::fflush(stderr);
+    ncclCommAbort(p.comm);
+    std::_Exit(1);
+  }
+  std::mutex mu_;
+  std::deque<Pending> pending_;
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(ncclComm_t comm, int device, std::vector<int> world_ranks, double timeout_s)
+      : comm_(comm), device_(device), world_ranks_(std::move(world_ranks)) {
+    timeout_s_ = timeout_s;
+    NCCL_CHECK(ncclCommUserRank(comm_, &rank_));
+    NCCL_CHECK(ncclCommCount(comm_, &size_));
+    CUDA_CHECK(cudaSetDevice(device_));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+  ~NcclCommunicator() override {
+    cudaStreamSynchronize(stream_);
+    ncclCommDestroy(comm_);
+    cudaStreamDestroy(stream_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::vector<int> world_ranks() const override { return world_ranks_; }
+  bool concurrent_collectives() const override { return true; }
+
+  std::unique_ptr<Communicator> split(int color, int key) const override {
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    ncclComm_t sub = nullptr;
+    settle(comm_, ncclCommSplit(comm_, color, key, &sub, &config), "ncclCommSplit");
+    settle(sub, ncclSuccess, "ncclCommSplit");
+    // The new group's members, as world ranks: gathered over the new group.
+    int n = 0;
+    NCCL_CHECK(ncclCommCount(sub, &n));
+    int* buf = nullptr;
+    CUDA_CHECK(cudaMalloc(&buf, sizeof(int) * (n + 1)));
+    const int mine = world_ranks_[rank_];
+    CUDA_CHECK(cudaMemcpy(buf + n, &mine, sizeof(int), cudaMemcpyHostToDevice));
+    settle(sub, ncclAllGather(buf + n, buf, 1, ncclInt32, sub, stream_), "ncclAllGather");
+    std::vector<int> members(n);
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    CUDA_CHECK(cudaMemcpy(members.data(), buf, sizeof(int) * n, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaFree(buf));
+    return std::make_unique<NcclCommunicator>(sub, device_, members, timeout_s_);
+  }
+
+  void all_to_all_counts(const std::vector<int64_t>& send, std::vector<int64_t>& recv, const char* context) override {
+    SY_CHECK(!send.empty() && send.size() % size_ == 0,
+             "all_to_all_counts in '" << context << "': " << send.size() << " counts for a group of " << size_);
+    const int64_t n = static_cast<int64_t>(send.size()) / size_;
+    Tensor s = Tensor::from_host(send), r = Tensor::from_host(send);
+    std::vector<int64_t> rows(size_, n);
+    all_to_all_v(s, rows, r, rows, Stream{}, context);
+    recv = r.to_vector<int64_t>();
+  }
+
+  void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                    const std::vector<int64_t>& recv_rows, Stream stream, const char* context) override {
+    SY_CHECK(static_cast<int>(send_rows.size()) == size_ && static_cast<int>(recv_rows.size()) == size_,
+             "all_to_all_v in '" << context << "': counts for " << send_rows.size() << "/" << recv_rows.size()
+                                 << " ranks, group of " << size_);
+    SY_CHECK(send.dtype() == recv.dtype(), "all_to_all_v in '" << context << "': dtypes differ");
+    const int64_t w = row_elems(send.numel() > 0 ? send : recv);
+    Staged s(*this, const_cast<Tensor&>(send), false), r(*this, recv, true);
+    const size_t esize = dtype_size(send.dtype());
+    run("all_to_all_v", context, stream, [&] {
+      NCCL_CHECK(ncclGroupStart());
+      int64_t so = 0, ro = 0;
+      for (int p = 0; p < size_; ++p) {
+        if (send_rows[p] > 0)
+          NCCL_CHECK(ncclSend(static_cast<const char*>(s.ptr()) + so * w * esize, send_rows[p] * w,
+                              nccl_type(send.dtype()), p, comm_, stream_));
+        if (recv_rows[p] > 0)
+          NCCL_CHECK(ncclRecv(static_cast<char*>(r.ptr()) + ro * w * esize, recv_rows[p] * w, nccl_type(recv.dtype()),
+                              p, comm_, stream_));
+        so += send_rows[p], ro += recv_rows[p];
+      }
+      return ncclGroupEnd();
+    });
+  }
+
+  void all_reduce_sum(Tensor& t, Stream stream, const char* context) override {
+    Staged s(*this, t, true);
+    run("all_reduce", context, stream, [&] {
+      return ncclAllReduce(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), ncclSum, comm_, stream_);
+    });
+  }
+
+  void broadcast(Tensor& t, int root, Stream stream, const char* context) override {
+    Staged s(*this, t, true);
+    run("broadcast", context, stream, [&] {
+      return ncclBroadcast(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), root, comm_, stream_);
+    });
+  }
+
+  void barrier(const char* context) override {
+    Tensor one = Tensor::from_host(std::vector<int32_t>{1});
+    all_reduce_sum(one, Stream{}, context);
+  }
+
+ private:
+  static int64_t row_elems(const Tensor& t) { return t.ndim() == 0 || t.dim(0) == 0 ? 1 : t.numel() / t.dim(0); }
+
+  // A tensor's bytes in device memory for the collective: the tensor itself
+  // when it is on a device, else a staged copy (copied back when `out`).
+  class Staged {
+   public:
+    Staged(NcclCommunicator& c, Tensor& t, bool out) : c_(c), t_(t), out_(out) {
+      if (!t.device().is_cpu() || t.nbytes() == 0) return;
+      CUDA_CHECK(cudaMallocAsync(&buf_, t.nbytes(), c.stream_));
+      CUDA_CHECK(cudaMemcpyAsync(buf_, t.raw(), t.nbytes(), cudaMemcpyHostToDevice, c.stream_));
+    }
+    ~Staged() {
+      if (!buf_) return;
+      if (out_) {
+        cudaMemcpyAsync(t_.raw(), buf_, t_.nbytes(), cudaMemcpyDeviceToHost, c_.stream_);
+        cudaStreamSynchronize(c_.stream_);
+      }
+      cudaFreeAsync(buf_, c_.stream_);
+    }
+    void* ptr() { return buf_ ? buf_ : t_.raw(); }
+
+   private:
+    NcclCommunicator& c_;
+    Tensor& t_;
+    bool out_;
+    void* buf_ = nullptr;
+  };
+
+  // Orders `enqueue` (NCCL calls on stream_) after the caller's stream and
+  // the caller's later work after it; times it; hands it to the watchdog.
+  template <class F>
+  void run(const char* op, const char* context, Stream caller, F&& enqueue) {
+    auto cs = static_cast<cudaStream_t>(caller.handle);
+    cudaEvent_t ready, start, done;
+    CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&done));
+    CUDA_CHECK(cudaEventRecord(ready, cs));
+    CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
+    CUDA_CHECK(cudaEventRecord(start, stream_));
+    settle(comm_, enqueue(), op);
+    CUDA_CHECK(cudaEventRecord(done, stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(cs, done, 0));
+    cudaEvent_t watched;
+    CUDA_CHECK(cudaEventCreateWithFlags(&watched, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(watched, stream_));
+    Watchdog::get().watch({comm_, watched, now_s() + timeout_s_, op, context, timeout_s_, world_ranks_[rank_],
+                           ranks_str(world_ranks_)});
+    timings_.push_back({start, done});
+    cudaEventDestroy(ready);
+    // Settle the time of the collectives that are done (no waiting).
+    while (!timings_.empty() && cudaEventQuery(timings_.front().second) == cudaSuccess) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, timings_.front().first, timings_.front().second);
+      comm_seconds_ += ms / 1e3;
+      cudaEventDestroy(timings_.front().first);
+      cudaEventDestroy(timings_.front().second);
+      timings_.pop_front();
+    }
+  }
+
+  ncclComm_t comm_;
+  int device_;
+  std::vector<int> world_ranks_;
+  int rank_ = 0, size_ = 1;
+  cudaStream_t stream_ = nullptr;
+  std::deque<std::pair<cudaEvent_t, cudaEvent_t>> timings_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator& mpi, int device, double timeout_s) {
+  CUDA_CHECK(cudaSetDevice(device));
+  ncclUniqueId id;
+  if (mpi.rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
+  static_assert(sizeof id % 4 == 0, "ncclUniqueId travels as 32-bit words");
+  Tensor idt = Tensor::empty({static_cast<int64_t>(sizeof id / 4)}, DType::i32, host_ctx());
+  std::memcpy(idt.raw(), &id, sizeof id);
+  mpi.broadcast(idt, 0, Stream{}, "NCCL unique id");
+  std::memcpy(&id, idt.raw(), sizeof id);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclComm_t comm = nullptr;
+  const double deadline = now_s() + timeout_s;
+  ncclResult_t r = ncclCommInitRankConfig(&comm, mpi.size(), id, mpi.rank(), &config);
+  while (r == ncclInProgress) {
+    if (now_s() > deadline) {
+      ncclCommAbort(comm);
+      throw BackendError("NCCL communicator set-up did not complete within " + std::to_string(timeout_s) + " s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    NCCL_CHECK(ncclCommGetAsyncError(comm, &r));
+  }
+  if (r != ncclSuccess) throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
+  return std::make_unique<NcclCommunicator>(comm, device, mpi.world_ranks(), timeout_s);
+}
+
+#endif
+
+}  // namespace sy::comm

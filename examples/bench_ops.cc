@@ -1,0 +1,325 @@
+// bench_ops: each op through its entry point, and the whole MoE layer forward
+// + backward against a dense FFN of equal active FLOPs, on the CPU or a GPU.
+// The recipe (llm.c's dev/cuda, nccl-tests): warm-up, then the median of
+// timed runs (CUDA events on a device, the host clock on the CPU); the work
+// counted by formula (FLOPs, or the fewest bytes: each input read once, each
+// output written once); the rate as a fraction of the ceilings measured in
+// the same run (GEMM: cuBLAS bf16 8192^3 on a GPU, our fp32 matmul on the
+// CPU; copy: a large device-to-device or host memcpy, bytes read + written);
+// #wrong: output elements off the CPU reference beyond the op's tolerance
+// class (device runs only). A table on stdout (last), JSON to --json.
+//
+//   build/bin/bench_ops --device cuda --json bench_ops.json
+//   build/bin/bench_ops --device cpu --quick           (small shapes: a smoke test)
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "core/device_runtime.h"
+#include "core/rng.h"
+#include "ops/adamw.h"
+#include "ops/cross_entropy.h"
+#include "ops/dispatch.h"
+#include "ops/gelu.h"
+#include "ops/layernorm.h"
+#include "ops/matmul.h"
+#include "ops/routing.h"
+#include "runtime/moe_layer.h"
+
+#ifdef SY_WITH_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "core/cuda_check.h"
+#endif
+
+namespace {
+
+using sy::Ctx;
+using sy::DType;
+using sy::Tensor;
+
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+// Median seconds of `iters` runs of f after `warmup` runs.
+double time_it(Ctx& ctx, sy::DeviceRuntime* rt, const std::function<void()>& f, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    if (rt) {
+      sy::EventTimer timer(ctx.stream);
+      timer.start();
+      f();
+      t.push_back(timer.stop_ms() / 1e3);
+    } else {
+      const double t0 = now_s();
+      f();
+      t.push_back(now_s() - t0);
+    }
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+Tensor randn(sy::Shape s, sy::Rng& rng, float std = 1.f) {
+  Tensor t = Tensor::empty(std::move(s), DType::f32, sy::host_ctx());
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(rng.normal() * std);
+  return t;
+}
+
+// Elements of got (device result) off want (CPU) by more than rtol relative
+// (with an absolute floor of rtol * rms(want)).
+int64_t count_wrong(const Tensor& got_dev, const Tensor& want, double rtol) {
+  const Tensor got = got_dev.to(sy::host_ctx());
+  double rms = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) rms += double(want.f32()[i]) * want.f32()[i];
+  rms = std::sqrt(rms / std::max<int64_t>(1, want.numel()));
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double a = got.f32()[i], b = want.f32()[i];
+    if (!(std::fabs(a - b) <= rtol * (std::fabs(b) + rms))) ++wrong;
+  }
+  return wrong;
+}
+
+struct Row {
+  std::string name, shape;
+  double seconds = 0, flops = 0, bytes = 0;
+  int64_t wrong = -1;  // -1: not compared
+  std::string note;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Switchyard op benchmarks"};
+  std::string device = "cuda", json_path;
+  bool quick = false;
+  int iters = 20;
+  app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--json", json_path, "write the results here");
+  app.add_option("--iters", iters, "timed runs per case (median)")->check(CLI::Range(1, 10000));
+  app.add_flag("--quick", quick, "small shapes (a smoke test)");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    std::unique_ptr<sy::DeviceRuntime> rt;
+    if (device == "cuda") rt = sy::DeviceRuntime::create(0);
+    Ctx& ctx = rt ? rt->ctx() : sy::host_ctx();
+    Ctx& cpu = sy::host_ctx();
+    sy::Rng rng(1234);
+    const int warmup = quick ? 1 : 3;
+    std::vector<Row> rows;
+
+    // Ceilings, measured in this run.
+    double gemm_rate = 0, copy_rate = 0;
+    std::string gemm_what, copy_what;
+#ifdef SY_WITH_CUDA
+    if (rt) {
+      const int n = quick ? 1024 : 8192;
+      void *a, *b, *c;
+      const size_t bytes = size_t(n) * n * 2;
+      CUDA_CHECK(cudaMalloc(&a, bytes));
+      CUDA_CHECK(cudaMalloc(&b, bytes));
+      CUDA_CHECK(cudaMalloc(&c, bytes));
+      CUDA_CHECK(cudaMemset(a, 0x3c, bytes));  // 1.0-ish bf16 pattern, not zeros
+      CUDA_CHECK(cudaMemset(b, 0x3b, bytes));
+      auto handle = static_cast<cublasHandle_t>(ctx.blas.cublas);
+      const float one = 1.f, zero = 0.f;
+      const double s = time_it(ctx, rt.get(), [&] {
+        CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n,
+                                  &zero, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      }, warmup, iters);
+      gemm_rate = 2.0 * n * n * double(n) / s;
+      gemm_what = "cuBLAS bf16 " + std::to_string(n) + "^3";
+      const size_t copy_bytes = size_t(1) << (quick ? 26 : 30);
+      void *src, *dst;
+      CUDA_CHECK(cudaMalloc(&src, copy_bytes));
+      CUDA_CHECK(cudaMalloc(&dst, copy_bytes));
+      CUDA_CHECK(cudaMemset(src, 1, copy_bytes));
+      const double cs = time_it(ctx, rt.get(), [&] {
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(ctx.stream.handle)));
+      }, warmup, iters);
+      copy_rate = 2.0 * copy_bytes / cs;
+      copy_what = "device copy " + std::to_string(copy_bytes >> 20) + " MiB";
+      for (void* p : {a, b, c, src, dst}) cudaFree(p);
+    }
+#endif
+    if (!rt) {
+      const int64_t n = quick ? 256 : 1024;
+      Tensor x = randn({n, n}, rng), w = randn({n, n}, rng), y = Tensor::empty({n, n}, DType::f32, cpu);
+      const double s = time_it(cpu, nullptr, [&] { sy::ops::matmul_forward(cpu, {y, x, w, Tensor()}); }, warmup, iters);
+      gemm_rate = 2.0 * n * n * double(n) / s;
+      gemm_what = "OpenBLAS fp32 " + std::to_string(n) + "^3";
+      const size_t copy_bytes = size_t(1) << (quick ? 24 : 28);
+      std::vector<char> src(copy_bytes, 1), dst(copy_bytes);
+      const double cs = time_it(cpu, nullptr, [&] { std::memcpy(dst.data(), src.data(), copy_bytes); }, warmup, iters);
+      copy_rate = 2.0 * copy_bytes / cs;
+      copy_what = "memcpy " + std::to_string(copy_bytes >> 20) + " MiB";
+    }
+
+    // One op case: inputs made on the host, moved to ctx; run() on ctx;
+    // `check` (device runs) compares against the same op on the CPU.
+    auto add = [&](Row row, const std::function<void()>& run, const std::function<int64_t()>& check) {
+      try {
+        row.seconds = time_it(ctx, rt.get(), run, warmup, iters);
+        if (rt && check) row.wrong = check();
+      } catch (const sy::BackendError& e) {
+        row.note = "no kernel";
+      }
+      rows.push_back(row);
+    };
+
+    const int64_t N = quick ? 512 : 16384, C = quick ? 64 : 1024, H = quick ? 256 : 4096;
+    {  // layernorm forward
+      Tensor xh = randn({N, C}, rng, 3.f), wh = randn({C}, rng), bh = randn({C}, rng);
+      Tensor x = xh.to(ctx), w = wh.to(ctx), b = bh.to(ctx);
+      Tensor y = Tensor::empty({N, C}, DType::f32, ctx), m = Tensor::empty({N}, DType::f32, ctx), r = Tensor::empty({N}, DType::f32, ctx);
+      add({"layernorm_forward", std::to_string(N) + "x" + std::to_string(C), 0, 0, 2.0 * N * C * 4 + 2.0 * C * 4},
+          [&] { sy::ops::layernorm_forward(ctx, {y, m, r, x, w, b}); },
+          [&] {
+            Tensor yc = Tensor::empty({N, C}, DType::f32, cpu), mc = Tensor::empty({N}, DType::f32, cpu), rc = Tensor::empty({N}, DType::f32, cpu);
+            sy::ops::layernorm_forward(cpu, {yc, mc, rc, xh, wh, bh});
+            return count_wrong(y, yc, 1e-4);
+          });
+    }
+    {  // gelu forward
+      Tensor xh = randn({N, H}, rng, 2.f), x = xh.to(ctx), y = Tensor::empty({N, H}, DType::f32, ctx);
+      add({"gelu_forward", std::to_string(N) + "x" + std::to_string(H), 0, 0, 2.0 * N * H * 4},
+          [&] { sy::ops::gelu_forward(ctx, y, x); },
+          [&] {
+            Tensor yc = Tensor::empty({N, H}, DType::f32, cpu);
+            sy::ops::gelu_forward(cpu, yc, xh);
+            return count_wrong(y, yc, 1e-4);
+          });
+    }
+    {  // matmul forward, fp32
+      Tensor xh = randn({N, C}, rng), wh = randn({C, H}, rng, 0.03f), x = xh.to(ctx), w = wh.to(ctx);
+      Tensor y = Tensor::empty({N, H}, DType::f32, ctx);
+      add({"matmul_forward_fp32", std::to_string(N) + "x" + std::to_string(C) + "x" + std::to_string(H), 0, 2.0 * N * C * H, 0},
+          [&] { sy::ops::matmul_forward(ctx, {y, x, w, Tensor()}); },
+          [&] {
+            Tensor yc = Tensor::empty({N, H}, DType::f32, cpu);
+            sy::ops::matmul_forward(cpu, {yc, xh, wh, Tensor()});
+            return count_wrong(y, yc, 1e-4);
+          });
+    }
+    {  // cross-entropy forward + backward
+      const int64_t V = quick ? 256 : 32768, n = quick ? 512 : 8192;
+      Tensor lh = randn({n, V}, rng, 2.f), th = Tensor::empty({n}, DType::i32, cpu);
+      for (int64_t i = 0; i < n; ++i) th.data<int32_t>()[i] = static_cast<int32_t>(rng.below(V));
+      Tensor l = lh.to(ctx), t = th.to(ctx), p = Tensor::empty({n, V}, DType::f32, ctx), d = Tensor::empty({n, V}, DType::f32, ctx);
+      add({"cross_entropy_fwd_bwd", std::to_string(n) + "x" + std::to_string(V), 0, 0, 3.0 * n * V * 4},
+          [&] {
+            sy::ops::cross_entropy_forward(ctx, {p, l, t});
+            sy::ops::cross_entropy_backward(ctx, {d, p, t});
+          },
+          [&] {
+            Tensor pc = Tensor::empty({n, V}, DType::f32, cpu), dc = Tensor::empty({n, V}, DType::f32, cpu);
+            sy::ops::cross_entropy_forward(cpu, {pc, lh, th});
+            sy::ops::cross_entropy_backward(cpu, {dc, pc, th});
+            return count_wrong(d, dc, 1e-4);
+          });
+    }
+    {  // fused gating: scores + top-2 + slots over 65536 x 64 logits (logits read once)
+      const int64_t T = quick ? 4096 : 65536, E = 64;
+      Tensor lh = randn({T, E}, rng), l = lh.to(ctx), p = Tensor::empty({T, E}, DType::f32, ctx);
+      sy::ops::TokensChooseParams tp;
+      tp.k = 2;
+      sy::ops::Route route;
+      add({"gating_top2", std::to_string(T) + "x" + std::to_string(E), 0, 0, double(T) * E * 4},
+          [&] {
+            sy::ops::router_scores(ctx, p, l, sy::ops::ScoreFn::softmax);
+            sy::ops::tokens_choose(ctx, route, p, tp);
+          },
+          [&] {
+            Tensor pc = Tensor::empty({T, E}, DType::f32, cpu);
+            sy::ops::Route rc;
+            sy::ops::router_scores(cpu, pc, lh, sy::ops::ScoreFn::softmax);
+            sy::ops::tokens_choose(cpu, rc, pc, tp);
+            const std::vector<int32_t> g = route.slot.to_vector<int32_t>(), gc = rc.slot.to_vector<int32_t>();
+            int64_t wrong = 0;
+            for (size_t i = 0; i < g.size(); ++i) wrong += g[i] != gc[i];
+            return wrong;
+          });
+    }
+    {  // MoE layer forward + backward against the dense FFN of equal active FLOPs
+      const int64_t E = quick ? 8 : 64;
+      switchyard::MoeConfig mc;
+      mc.set_num_experts(static_cast<int32_t>(E));
+      mc.set_top_k(2);
+      mc.set_capacity_factor(1.25f);
+      mc.set_expert_hidden(static_cast<int32_t>(H));
+      sy::ParamStore ps, psd;
+      sy::Rng init(7);
+      sy::MoeLayer moe(ctx, ps, "moe", C, mc, H, init, 0.02f, 0.02f, 9);
+      sy::Mlp dense(ctx, psd, "mlp", C, 2 * H, init, 0.02f, 0.02f);
+      ps.finalize(ctx);
+      psd.finalize(ctx);
+      Tensor x = randn({N, C}, rng).to(ctx), dy = randn({N, C}, rng).to(ctx);
+      const double active = 2.0 * 3.0 * N * (2.0 * C * H) * 2;  // fwd + bwd (3x), top-2, two GEMMs of 2CH
+      add({"moe_layer_fwd_bwd", "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(H) + " E" +
+                                    std::to_string(E) + " top2",
+           0, active, 0},
+          [&] {
+            moe.forward(x);
+            moe.backward(dy);
+          },
+          nullptr);
+      add({"dense_ffn_fwd_bwd", "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(2 * H), 0, active, 0},
+          [&] {
+            dense.forward(x);
+            dense.backward(dy);
+          },
+          nullptr);
+    }
+    {  // multi-tensor AdamW over 64M parameters: reads w, g, m, v; writes w, m, v
+      const int64_t n = quick ? (1 << 20) : (int64_t(1) << 26);
+      Tensor w = Tensor::zeros({n}, DType::f32, ctx), g = randn({n}, rng, 1e-3f).to(ctx);
+      Tensor m = Tensor::zeros({n}, DType::f32, ctx), v = Tensor::zeros({n}, DType::f32, ctx);
+      sy::ops::AdamWConfig ac;
+      int64_t step = 0;
+      add({"adamw", std::to_string(n), 0, 0, 7.0 * n * 4},
+          [&] { sy::ops::adamw_update(ctx, {{&w, &g, &m, &v, true}}, ac, ++step); }, nullptr);
+    }
+
+    // The table, last.
+    nlohmann::json out = {{"device", rt ? rt->name() : std::string("cpu")},
+                          {"gemm_ceiling", {{"what", gemm_what}, {"flops_per_s", gemm_rate}}},
+                          {"copy_ceiling", {{"what", copy_what}, {"bytes_per_s", copy_rate}}},
+                          {"ops", nlohmann::json::array()}};
+    std::printf("device %s | ceilings: %s %.1f TFLOP/s, %s %.2f TB/s\n", rt ? rt->name() : "cpu", gemm_what.c_str(),
+                gemm_rate / 1e12, copy_what.c_str(), copy_rate / 1e12);
+    std::printf("%-24s %-34s %10s %12s %9s %7s  %s\n", "op", "shape", "ms", "rate", "of ceil", "#wrong", "note");
+    for (const Row& r : rows) {
+      char rate[32] = "-", frac[16] = "-", wrong[16] = "-";
+      if (r.seconds > 0 && r.flops > 0) {
+        std::snprintf(rate, sizeof rate, "%.2f TFLOP/s", r.flops / r.seconds / 1e12);
+        std::snprintf(frac, sizeof frac, "%.1f%%", 100 * r.flops / r.seconds / gemm_rate);
+      } else if (r.seconds > 0 && r.bytes > 0) {
+        std::snprintf(rate, sizeof rate, "%.1f GB/s", r.bytes / r.seconds / 1e9);
+        std::snprintf(frac, sizeof frac, "%.1f%%", 100 * r.bytes / r.seconds / copy_rate);
+      }
+      if (r.wrong >= 0) std::snprintf(wrong, sizeof wrong, "%lld", static_cast<long long>(r.wrong));
+      std::printf("%-24s %-34s %10.3f %12s %9s %7s  %s\n", r.name.c_str(), r.shape.c_str(), r.seconds * 1e3, rate, frac,
+                  wrong, r.note.c_str());
+      out["ops"].push_back({{"op", r.name}, {"shape", r.shape}, {"seconds", r.seconds}, {"flops", r.flops},
+                            {"bytes", r.bytes}, {"wrong", r.wrong}, {"note", r.note}});
+    }
+    if (!json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,119 @@
+#include "runtime/grad_reducer.h"
+
+#include <chrono>
+
+#include "ops/elementwise.h"
+
+namespace sy {
+
+namespace {
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+GradientReducer::GradientReducer(Ctx& ctx, ParamStore& params, ParallelContext& par, int64_t bucket_bytes,
+                                 bool overlap)
+    : ctx_(ctx), params_(params), par_(par),
+      overlap_(overlap && par.world_size() > 1 && par.grads && par.grads->concurrent_collectives() &&
+               par.world->concurrent_collectives()),
+      scale_(1.f / static_cast<float>(par.world_size())) {
+  // Buckets in reverse creation order, each closed once it holds bucket_bytes.
+  const std::vector<Param*> all = params.all();
+  int64_t end = -1, begin = 0;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    const Param& p = **it;
+    if (p.expert()) continue;
+    if (end < 0) end = p.offset + p.value.numel();
+    begin = p.offset;
+    if ((end - begin) * static_cast<int64_t>(sizeof(float)) >= bucket_bytes) {
+      buckets_.emplace_back(begin, end);
+      end = -1;
+    }
+  }
+  if (end >= 0) buckets_.emplace_back(begin, end);
+  if (overlap_) thread_ = std::thread([this] { worker(); });
+}
+
+GradientReducer::~GradientReducer() {
+  if (!thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void GradientReducer::reduce(std::pair<int64_t, int64_t> range, comm::Communicator& c, const char* what) {
+  Tensor t = params_.arena(ParamKind::dense).grad.rows(range.first, range.second);
+  c.all_reduce_sum(t, ctx_.stream, what);
+  ops::scale(ctx_, t, scale_);
+}
+
+void GradientReducer::worker() {
+  for (;;) {
+    std::pair<int64_t, int64_t> range;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      range = queue_.front();
+      queue_.pop_front();
+    }
+    const double t0 = now_s();
+    reduce(range, *par_.grads, "dense gradients");
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      busy_s_ += now_s() - t0;
+      --in_flight_;
+    }
+    cv_.notify_all();
+  }
+}
+
+void GradientReducer::begin() {
+  launched_ = 0;
+  busy_s_ = 0;
+}
+
+void GradientReducer::ready(int64_t offset) {
+  if (!overlap_) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (; launched_ < buckets_.size() && buckets_[launched_].first >= offset; ++launched_) {
+    queue_.push_back(buckets_[launched_]);
+    ++in_flight_;
+  }
+  cv_.notify_all();
+}
+
+ReduceTimes GradientReducer::finish() {
+  ReduceTimes t;
+  if (par_.world_size() == 1) return t;
+  if (overlap_) {
+    ready(0);
+    const double w0 = now_s();
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return in_flight_ == 0; });
+    t.exposed_s = now_s() - w0;
+    t.all_reduce_s = busy_s_;
+  } else {
+    const double t0 = now_s();
+    for (const auto& b : buckets_) reduce(b, *par_.world, "dense gradients");
+    t.all_reduce_s = t.exposed_s = now_s() - t0;
+  }
+  const double e0 = now_s();
+  const int64_t n = params_.arena(ParamKind::expert).numel();
+  if (n > 0) {
+    Tensor g = params_.arena(ParamKind::expert).grad;
+    par_.replicas->all_reduce_sum(g, ctx_.stream, "expert gradients");
+    ops::scale(ctx_, g, scale_);
+  }
+  const double e = now_s() - e0;
+  t.all_reduce_s += e;
+  t.exposed_s += e;
+  return t;
+}
+
+}  // namespace sy

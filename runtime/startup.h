@@ -1,0 +1,47 @@
+// Start-up under several ranks (mpirun): every rank loads its own config from
+// its own command line, so the ranks must agree before they train together.
+//
+//   agree_on(world, phase)    runs a local phase (load the config, check the
+//                             paths) on every rank; if it failed anywhere, every
+//                             rank throws the same AgreedError, so rank 0 can
+//                             print it once and every rank exit with its code,
+//                             without MPI_Abort and without a rank left waiting.
+//   config_mismatch(...)      compares a hash of each rank's resolved config
+//                             and code version with rank 0's; on a mismatch
+//                             names the first differing field and the ranks.
+#pragma once
+#include <functional>
+#include <string>
+
+#include "comm/communicator.h"
+#include "runtime/config.h"
+
+namespace sy {
+
+// An error every rank of the job holds, with the same message: rank 0 prints
+// it, every rank exits with exit_code() (2 bad input, 1 anything else).
+class AgreedError : public Error {
+ public:
+  AgreedError(const std::string& what, int exit_code) : Error(what), exit_code_(exit_code) {}
+  int exit_code() const { return exit_code_; }
+
+ private:
+  int exit_code_;
+};
+
+// The code version compiled in (git describe at configure time, or "unknown").
+const char* code_version();
+
+// Runs `phase` here and agrees on the outcome with every rank of `world` (a
+// collective: every rank must call it). If `phase` threw on any rank, throws
+// AgreedError on every rank with the lowest failing rank's message (prefixed
+// "rank R: " when not every rank failed) and exit code 2 for a ConfigError,
+// else 1. With one rank the exception passes through unchanged.
+void agree_on(comm::Communicator& world, const std::function<void()>& phase);
+
+// Empty when every rank's resolved config (canonical_config_text) and code
+// version equal rank 0's; otherwise one line, the same on every rank, naming
+// the first differing field, its values and the ranks that differ. Collective.
+std::string config_mismatch(comm::Communicator& world, const Config& cfg, const std::string& version);
+
+}  // namespace sy

@@ -1,0 +1,182 @@
+// One conformance suite for every Communicator (MPI and NCCL), under mpirun:
+// payloads tagged with their source, destination and index, checked for
+// exact equality; uneven and empty counts; rows of several elements; every
+// dtype; sub-groups. Instances:
+//   mpi_host    MpiCommunicator on host tensors (CI, np 1/2/4)
+//   mpi_device  MpiCommunicator on device tensors (staged through the host:
+//               several ranks on one GPU); needs a GPU
+//   nccl        NcclCommunicator on device tensors; needs a GPU per rank
+//               (NCCL refuses two ranks on one GPU: np 1 on the GPU machine)
+// (Timeouts end the process by design; parallel_fault_test.sh checks them.)
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+
+#include "comm/mpi_communicator.h"
+#include "comm/nccl_communicator.h"
+#include "core/device_runtime.h"
+#include "mpi_main.h"
+
+namespace sy {
+namespace {
+
+enum class Backend { mpi_host, mpi_device, nccl };
+
+comm::MpiCommunicator& mpi_world() {
+  static comm::MpiCommunicator w(MPI_COMM_WORLD);
+  w.set_timeout_s(60);
+  return w;
+}
+
+class Conformance : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == Backend::mpi_host) {
+      comm_ = &mpi_world();
+      ctx_ = &host_ctx();
+      return;
+    }
+    if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA): device communicators not tested";
+    static std::unique_ptr<DeviceRuntime> rt = DeviceRuntime::create(0);
+    ctx_ = &rt->ctx();
+    if (GetParam() == Backend::mpi_device) {
+      comm_ = &mpi_world();
+      return;
+    }
+    if (!comm::nccl_available()) GTEST_SKIP() << "built without NCCL";
+    if (mpi_world().size() > 1)
+      GTEST_SKIP() << "NCCL needs a GPU per rank (it refuses two ranks on one GPU); run with -np 1 on one GPU";
+    static std::unique_ptr<comm::Communicator> nccl = comm::make_nccl_communicator(mpi_world(), 0, 60);
+    comm_ = nccl.get();
+  }
+  comm::Communicator& comm() { return *comm_; }
+  Ctx& ctx() { return *ctx_; }
+
+  // A host tensor of `dtype` whose element i holds v(i), moved to the backend.
+  template <class F>
+  Tensor make(Shape s, DType dtype, F v) {
+    Tensor h = Tensor::empty(s, dtype, host_ctx());
+    for (int64_t i = 0; i < h.numel(); ++i) set(h, i, v(i));
+    return h.to(ctx());
+  }
+  static void set(Tensor& h, int64_t i, double x) {
+    switch (h.dtype()) {
+      case DType::f32: h.data<float>()[i] = static_cast<float>(x); break;
+      case DType::bf16: h.data<bf16_t>()[i].bits = f32_to_bf16(static_cast<float>(x)); break;
+      case DType::i32: h.data<int32_t>()[i] = static_cast<int32_t>(x); break;
+      case DType::i64: h.data<int64_t>()[i] = static_cast<int64_t>(x); break;
+      case DType::f64: h.data<double>()[i] = x; break;
+    }
+  }
+  static double get(const Tensor& h, int64_t i) {
+    switch (h.dtype()) {
+      case DType::f32: return h.data<float>()[i];
+      case DType::bf16: return bf16_to_f32(h.data<bf16_t>()[i].bits);
+      case DType::i32: return h.data<int32_t>()[i];
+      case DType::i64: return static_cast<double>(h.data<int64_t>()[i]);
+      case DType::f64: return h.data<double>()[i];
+    }
+    return NAN;
+  }
+
+ private:
+  comm::Communicator* comm_ = nullptr;
+  Ctx* ctx_ = nullptr;
+};
+
+const DType kAll[] = {DType::f32, DType::bf16, DType::i32, DType::i64, DType::f64};
+
+// Tag of element e of row i of the block src sends to dst: small enough to be
+// exact in bf16 (8 significant bits) when folded modulo 128.
+double tag(int src, int dst, int64_t i, int64_t e, DType d) {
+  const double t = src * 997 + dst * 31 + i * 3 + e;
+  return d == DType::bf16 ? std::fmod(t, 128.0) : t;
+}
+
+TEST_P(Conformance, AllToAllVTaggedRowsUnevenAndEmptyEveryDtype) {
+  const int R = comm().rank(), W = comm().size();
+  const int64_t width = 3;
+  // Rows from s to d: (s + 2d) % 3 * 2, so some blocks are empty.
+  auto rows = [](int s, int d) { return static_cast<int64_t>((s + 2 * d) % 3) * 2; };
+  std::vector<int64_t> sr(W), rr(W);
+  int64_t ns = 0, nr = 0;
+  for (int d = 0; d < W; ++d) sr[d] = rows(R, d), rr[d] = rows(d, R), ns += sr[d], nr += rr[d];
+  for (DType dt : kAll) {
+    SCOPED_TRACE(dtype_name(dt));
+    // Send block for d at row offset sum_{d'<d} sr[d'].
+    std::vector<std::tuple<int, int64_t>> who(ns);
+    for (int d = 0, o = 0; d < W; ++d)
+      for (int64_t i = 0; i < sr[d]; ++i) who[o++] = {d, i};
+    const Tensor send = make({ns, width}, dt, [&](int64_t k) {
+      auto [d, i] = who[k / width];
+      return tag(R, d, i, k % width, dt);
+    });
+    Tensor recv = make({nr, width}, dt, [](int64_t) { return -1; });
+    comm().all_to_all_v(send, sr, recv, rr, ctx().stream, "conformance");
+    const Tensor got = recv.to(host_ctx());
+    int64_t row = 0;
+    for (int s = 0; s < W; ++s)
+      for (int64_t i = 0; i < rr[s]; ++i, ++row)
+        for (int64_t e = 0; e < width; ++e)
+          ASSERT_EQ(get(got, row * width + e), tag(s, R, i, e, dt)) << "row " << i << " from rank " << s;
+  }
+}
+
+TEST_P(Conformance, AllReduceSumsEveryAddableDtype) {
+  const int R = comm().rank(), W = comm().size();
+  for (DType dt : kAll) {
+    if (dt == DType::bf16 && GetParam() != Backend::nccl) continue;  // MPI cannot add bf16
+    SCOPED_TRACE(dtype_name(dt));
+    Tensor t = make({5, 2}, dt, [&](int64_t i) { return (R + 1) * (i + 1); });
+    comm().all_reduce_sum(t, ctx().stream, "conformance");
+    const Tensor got = t.to(host_ctx());
+    for (int64_t i = 0; i < 10; ++i) EXPECT_EQ(get(got, i), W * (W + 1) / 2.0 * (i + 1)) << i;
+  }
+  EXPECT_EQ(comm().all_reduce_sum(static_cast<double>(R), "conformance"), W * (W - 1) / 2.0);
+}
+
+TEST_P(Conformance, BroadcastFromTheLastRankEveryDtype) {
+  const int R = comm().rank(), W = comm().size();
+  for (DType dt : kAll) {
+    SCOPED_TRACE(dtype_name(dt));
+    Tensor t = make({7}, dt, [&](int64_t i) { return R == W - 1 ? 10 + i : -1; });
+    comm().broadcast(t, W - 1, ctx().stream, "conformance");
+    const Tensor got = t.to(host_ctx());
+    for (int64_t i = 0; i < 7; ++i) EXPECT_EQ(get(got, i), 10 + i);
+  }
+}
+
+TEST_P(Conformance, CountsAndSubGroups) {
+  const int R = comm().rank(), W = comm().size();
+  std::vector<int64_t> send(2 * W), recv;
+  for (int d = 0; d < W; ++d) send[2 * d] = R * 100 + d, send[2 * d + 1] = -R;
+  comm().all_to_all_counts(send, recv, "conformance");
+  ASSERT_EQ(recv.size(), send.size());
+  for (int s = 0; s < W; ++s) {
+    EXPECT_EQ(recv[2 * s], s * 100 + R);
+    EXPECT_EQ(recv[2 * s + 1], -s);
+  }
+  // Even and odd ranks, ordered by descending rank: a collective inside each.
+  auto sub = comm().split(R % 2, -R);
+  EXPECT_EQ(sub->size(), (W + 1 - R % 2) / 2);
+  EXPECT_EQ(sub->world_ranks()[sub->rank()], comm().world_ranks()[R]);
+  for (int i = 1; i < sub->size(); ++i) EXPECT_GT(sub->world_ranks()[i - 1], sub->world_ranks()[i]);
+  Tensor t = make({1}, DType::i64, [&](int64_t) { return R; });
+  sub->all_reduce_sum(t, ctx().stream, "conformance");
+  int64_t want = 0;
+  for (int r = R % 2; r < W; r += 2) want += r;
+  EXPECT_EQ(get(t.to(host_ctx()), 0), want);
+  sub->barrier("conformance");
+}
+
+INSTANTIATE_TEST_SUITE_P(Communicators, Conformance,
+                         ::testing::Values(Backend::mpi_host, Backend::mpi_device, Backend::nccl),
+                         [](const ::testing::TestParamInfo<Backend>& p) {
+                           return std::string(p.param == Backend::mpi_host     ? "mpi_host"
+                                              : p.param == Backend::mpi_device ? "mpi_device"
+                                                                               : "nccl");
+                         });
+
+}  // namespace
+}  // namespace sy

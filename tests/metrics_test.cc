@@ -1,0 +1,113 @@
+// Metrics are never lost silently: a failed write or close names the file and
+// the system's reason; a metrics path that is an input of the run, or an
+// existing non-empty file without --overwrite, is refused before training.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "runtime/metrics.h"
+
+namespace sy {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_EQ(m.find('\n'), std::string::npos) << "error must be one line: " << m;
+    return m;
+  }
+  ADD_FAILURE() << "expected an error";
+  return "";
+}
+
+struct TempDir {
+  fs::path dir = fs::temp_directory_path() / ("sy_metrics_test_" + std::to_string(::getpid()));
+  TempDir() { fs::create_directories(dir); }
+  ~TempDir() { fs::remove_all(dir); }
+  std::string file(const std::string& name, const std::string& content) const {
+    std::ofstream(dir / name) << content;
+    return (dir / name).string();
+  }
+};
+
+TEST(Metrics, FullDeviceNamesFileAndReason) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full here";
+  MetricsWriter w("/dev/full");
+  const std::string m = error_of([&] { w.write({{"step", 1}}); });
+  EXPECT_NE(m.find("metrics file /dev/full: write failed: "), std::string::npos) << m;
+  EXPECT_NE(m.find(std::strerror(ENOSPC)), std::string::npos) << m;
+}
+
+TEST(Metrics, WritesWholeLinesAndCloses) {
+  TempDir t;
+  const std::string p = (t.dir / "m.jsonl").string();
+  MetricsWriter w(p);
+  w.write({{"step", 1}});
+  w.write({{"step", 2}});
+  w.close();
+  std::ifstream in(p);
+  std::string a, b, c;
+  std::getline(in, a), std::getline(in, b);
+  EXPECT_EQ(a, "{\"step\":1}");
+  EXPECT_EQ(b, "{\"step\":2}");
+  EXPECT_FALSE(std::getline(in, c));
+}
+
+TEST(Metrics, UnopenableNamesReason) {
+  TempDir t;
+  const std::string m = error_of([&] { MetricsWriter w(t.dir.string()); });
+  EXPECT_NE(m.find(std::strerror(EISDIR)), std::string::npos) << m;
+}
+
+TEST(Metrics, RefusesAnInputOfTheRunByIdentity) {
+  TempDir t;
+  const std::string cfg = t.file("run.pbtxt", "model {}\n"), data = t.file("text.txt", "hello\n");
+  // Another spelling of the same file, and a hard link to it.
+  const std::string other = (t.dir / "." / "run.pbtxt").string();
+  fs::create_hard_link(data, t.dir / "link.txt");
+  std::string m = error_of([&] { check_metrics_path(other, {{"the config file", cfg}, {"data.path", data}}, true); });
+  EXPECT_NE(m.find("is the config file " + cfg + ", an input of this run"), std::string::npos) << m;
+  m = error_of([&] {
+    check_metrics_path((t.dir / "link.txt").string(), {{"the config file", cfg}, {"data.path", data}}, true);
+  });
+  EXPECT_NE(m.find("is data.path " + data), std::string::npos) << m;
+  EXPECT_NO_THROW(check_metrics_path((t.dir / "new.jsonl").string(), {{"the config file", cfg}, {"data.path", ""}}, false));
+}
+
+TEST(Metrics, RefusesNonEmptyFileUnlessOverwrite) {
+  TempDir t;
+  const std::string old = t.file("old.jsonl", "{\"step\":1}\n"), empty = t.file("empty.jsonl", "");
+  const std::string m = error_of([&] { check_metrics_path(old, {}, false); });
+  EXPECT_NE(m.find("--metrics " + old + ": exists and is not empty (11 bytes); pass --overwrite"), std::string::npos) << m;
+  EXPECT_NO_THROW(check_metrics_path(old, {}, true));
+  EXPECT_NO_THROW(check_metrics_path(empty, {}, false));
+}
+
+TEST(Metrics, ProgressLineAfterADelayWithRateAndEta) {
+  std::ostringstream out;
+  ProgressLine now(&out, "evaluation", 4, 0, 0);
+  for (int i = 1; i <= 4; ++i) now.done(i);
+  const std::string s = out.str();
+  EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 4) << s;
+  EXPECT_NE(s.find("evaluation 4/4 batches | "), std::string::npos) << s;
+  EXPECT_NE(s.find(" batches/s | ETA "), std::string::npos) << s;
+  std::ostringstream none;
+  ProgressLine later(&none, "evaluation", 4, 3600, 10);
+  for (int i = 1; i <= 4; ++i) later.done(i);
+  EXPECT_EQ(none.str(), "");
+  ProgressLine(nullptr, "evaluation", 4, 0, 0).done(1);  // no stream: silent
+}
+
+}  // namespace
+}  // namespace sy

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# scaling_sweep is reproducible to the extent the machine allows: each point
+# is repeated and the CSV gives the median and spread, the load average and
+# the cores; a busy machine is warned about. Run as root it passes mpirun
+# what OpenMPI needs, so the consent variables are unset here on purpose.
+set -u
+BIN=$1; SRC=$2
+unset OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fail=0
+echo "99.00 98.00 97.00 3/456 7890" > "$tmp/busy"
+echo "0.00 0.00 0.00 1/456 7890" > "$tmp/quiet"
+"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --ranks 1,2 --steps 4 --repeats 2 --set data.synthetic_bytes=50000 \
+  --loadavg-file "$tmp/busy" --out "$tmp/s" > "$tmp/out" 2> "$tmp/err" || { echo "FAIL sweep (uid $(id -u)):"; cat "$tmp/out" "$tmp/err" "$tmp"/*.log 2>/dev/null; exit 1; }
+grep -q "^warning: load average 99.00 exceeds the 0 of $(nproc) cores" "$tmp/err" \
+  && echo "ok   busy machine warned: $(cat "$tmp/err")" || { echo "FAIL no warning for load 99:"; cat "$tmp/err"; fail=1; }
+head -1 "$tmp/s.csv" | grep -q ",repeats,step_s_min,step_s_max,efficiency_min,efficiency_max,loadavg_1m,cores$" \
+  || { echo "FAIL csv header: $(head -1 "$tmp/s.csv")"; fail=1; }
+# Every row: 2 repeats, min <= median <= max for the step time and the
+# efficiency, the load read before the point, this machine's cores.
+bad=$(awk -F, -v cores="$(nproc)" 'NR > 1 {
+  n++
+  if ($11 != 2 || $12 > $4 || $4 > $13 || $14 > $8 + 1e-12 || $8 > $15 + 1e-12 || $16 != 99 || $17 != cores) print "row " NR ": " $0
+} END { if (n != 4) print n " rows, want 4" }' "$tmp/s.csv")
+[ -z "$bad" ] && echo "ok   csv: 4 points, medians within their spread" || { echo "FAIL csv: $bad"; cat "$tmp/s.csv"; fail=1; }
+# A quiet machine: no warning.
+"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --ranks 1 --steps 4 --repeats 1 --set data.synthetic_bytes=50000 \
+  --loadavg-file "$tmp/quiet" --out "$tmp/q" > "$tmp/out" 2> "$tmp/err" || { echo "FAIL quiet sweep:"; cat "$tmp/out" "$tmp/err"; fail=1; }
+grep -q "^warning: load average" "$tmp/err" && { echo "FAIL quiet machine warned: $(cat "$tmp/err")"; fail=1; } || echo "ok   quiet machine: no warning"
+exit $fail
