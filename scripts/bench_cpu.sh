@@ -45,6 +45,7 @@ results="$tmp/results.jsonl"
 total=$((warmup + steps + 1))
 for rep in $(seq 1 "$reps"); do
   for c in $configs; do
+    rm -f "$tmp/ours.jsonl"  # train_switch refuses to overwrite a metrics file
     taskset -c "$core" "$bin" --config "$src/configs/$c.pbtxt" --threads 1 --set train.steps=$total \
       --set train.log_interval=1 --set train.eval_interval=0 \
       --set train.eval_batches=1 --metrics "$tmp/ours.jsonl" > "$tmp/ours.log" 2>&1 \
