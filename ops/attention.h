@@ -5,7 +5,8 @@
 //   a[t, :] = softmax(s[t, :])              out_t = sum_u a[t, u] v_u
 //
 // Shapes: qkv (B, T, 3C) laid out [q | k | v] per token; out (B, T, C);
-// saved for backward: att (B, H, T, T), the probabilities a.
+// saved for backward: att (B, H, T, T), the probabilities a, zero for u > t
+// (the CPU backward reads whole vectors of a row past t and relies on it).
 // Backward: dv_u += sum_t a[t,u] dout_t; da[t,u] = dout_t . v_u;
 //   ds[t,u] = a[t,u] (da[t,u] - sum_u' a[t,u'] da[t,u']);
 //   dq_t += sum_u ds[t,u] k_u / sqrt(D); dk_u += sum_t ds[t,u] q_t / sqrt(D).

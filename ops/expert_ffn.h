@@ -6,8 +6,8 @@
 // Shapes: buf, out (R, D); pre (R, H) saved for backward; W1 (G, D, H),
 // b1 (G, H), W2 (G, H, D), b2 (G, D); offset (G+1) with offset[G] = R, on the
 // host (GEMM shapes are host values: the Route's one device-to-host copy).
-// Backward (per expert, act recomputed from pre): the matmul and gelu
-// backwards; dbuf and every weight gradient accumulate.
+// Backward (per expert, act and gelu'(pre) recomputed from pre in one pass):
+// the matmul and gelu backwards; dbuf and every weight gradient accumulate.
 #pragma once
 #include <cstdint>
 #include <vector>

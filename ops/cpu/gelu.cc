@@ -1,33 +1,23 @@
 #include "ops/gelu.h"
 
-#include <cmath>
+#include "ops/cpu/gelu_math.h"
 
 namespace sy::ops::cpu {
 
 namespace {
-constexpr float kS2Pi = 0.7978845608028654f;  // sqrt(2/pi)
-constexpr float kC = 0.044715f;
-}  // namespace
-
-void gelu_forward(Ctx&, Tensor& y, const Tensor& x) {
-  const float* xp = x.f32();
-  float* yp = y.f32();
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    const float v = xp[i];
-    yp[i] = 0.5f * v * (1.f + std::tanh(kS2Pi * (v + kC * v * v * v)));
-  }
+SY_VECTOR_CLONES void forward(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = gelu_value(x[i]);
 }
 
+SY_VECTOR_CLONES void backward(float* dx, const float* dy, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * gelu_derivative(x[i]);
+}
+}  // namespace
+
+void gelu_forward(Ctx&, Tensor& y, const Tensor& x) { forward(y.f32(), x.f32(), x.numel()); }
+
 void gelu_backward(Ctx&, Tensor& dx, const Tensor& dy, const Tensor& x) {
-  const float* xp = x.f32();
-  const float* g = dy.f32();
-  float* d = dx.f32();
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    const float v = xp[i];
-    const float t = std::tanh(kS2Pi * (v + kC * v * v * v));
-    const float dd = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * kS2Pi * (1.f + 3.f * kC * v * v);
-    d[i] += g[i] * dd;
-  }
+  backward(dx.f32(), dy.f32(), x.f32(), x.numel());
 }
 
 }  // namespace sy::ops::cpu

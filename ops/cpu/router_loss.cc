@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace sy::ops::cpu {
 
@@ -83,16 +84,21 @@ float load_balance_loss_grouped(Ctx&, Tensor& dprobs, const Tensor& probs, const
 float z_loss(Ctx&, Tensor& dlogits, const Tensor& logits, float beta) {
   const int64_t N = logits.dim(0), G = logits.dim(1);
   if (beta == 0.f || N == 0) return 0.f;
+  // softmax(l)_g = e^(l_g - max) / s reuses the exps of the sum (one exp per
+  // element; it was e^(l_g - lse), a second one).
   double loss = 0;
+  std::vector<double> e(G);
+  const float* lp = logits.f32();
+  float* dlp = dlogits.f32();
   for (int64_t i = 0; i < N; ++i) {
-    const float* l = logits.f32() + i * G;
-    float* dl = dlogits.f32() + i * G;
+    const float* l = lp + i * G;
+    float* dl = dlp + i * G;
     const float mx = *std::max_element(l, l + G);
     double s = 0;
-    for (int64_t g = 0; g < G; ++g) s += std::exp(l[g] - mx);
+    for (int64_t g = 0; g < G; ++g) s += (e[g] = std::exp(l[g] - mx));
     const double lse = mx + std::log(s);
     loss += lse * lse;
-    for (int64_t g = 0; g < G; ++g) dl[g] += static_cast<float>(2.0 * beta * lse * std::exp(l[g] - lse) / N);
+    for (int64_t g = 0; g < G; ++g) dl[g] += static_cast<float>(2.0 * beta * lse * (e[g] / s) / N);
   }
   return static_cast<float>(beta * loss / N);
 }
