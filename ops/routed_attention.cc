@@ -25,7 +25,7 @@ void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn,
   check_rows(qn, c.D, "cluster queries");
   check_shape(kn, qn.shape(), "cluster keys");
   check_device(ctx, "assign_clusters", {&qn, &kn, &c.mu});
-  SY_DISPATCH_CPU_ONLY(ctx, assign_clusters, ctx, cl, qn, kn, c, p);
+  SY_DISPATCH(ctx, assign_clusters, ctx, cl, qn, kn, c, p);
 }
 
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
@@ -47,8 +47,8 @@ void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const
   check_rows(qn, s.sum.dim(1), "cluster queries");
   check_shape(kn, qn.shape(), "cluster keys");
   check_shape(s.count, {K}, "cluster counts");
-  check_device(ctx, "accumulate_cluster_stats", {&s.sum, &s.count, &qn, &kn});
-  SY_DISPATCH_CPU_ONLY(ctx, accumulate_cluster_stats, ctx, s, qn, kn, cl);
+  check_device(ctx, "accumulate_cluster_stats", {&s.sum, &s.count, &qn, &kn, &cl.queries.group, &cl.keys.group});
+  SY_DISPATCH(ctx, accumulate_cluster_stats, ctx, s, qn, kn, cl);
 }
 
 void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng) {
@@ -62,14 +62,14 @@ float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay) {
   check_shape(s.sum, {c.K, c.D}, "cluster stats sum");
   check_shape(s.count, {c.K}, "cluster stats count");
   check_device(ctx, "ema_update", {&c.mu, &c.sum, &c.count, &s.sum, &s.count});
-  SY_DISPATCH_CPU_ONLY(ctx, ema_update, ctx, c, s, decay);
+  SY_DISPATCH(ctx, ema_update, ctx, c, s, decay);
 }
 
 CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c) {
   check_rows(qn, c.D, "commitment queries");
   SY_CHECK(cl.queries.num_items == qn.dim(0), "commitment: clusters over " << cl.queries.num_items << " of " << qn.dim(0) << " queries");
   check_device(ctx, "commitment_sums", {&qn, &c.mu, &cl.queries.group});
-  SY_DISPATCH_CPU_ONLY(ctx, commitment_sums, ctx, qn, cl, c);
+  SY_DISPATCH(ctx, commitment_sums, ctx, qn, cl, c);
 }
 
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale) {
@@ -77,7 +77,7 @@ void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters
   check_shape(dqn, qn.shape(), "commitment dqn");
   SY_CHECK(cl.queries.num_items == qn.dim(0), "commitment: clusters over " << cl.queries.num_items << " of " << qn.dim(0) << " queries");
   check_device(ctx, "commitment_backward", {&dqn, &qn, &c.mu, &cl.queries.group});
-  SY_DISPATCH_CPU_ONLY(ctx, commitment_backward, ctx, dqn, qn, cl, c, scale);
+  SY_DISPATCH(ctx, commitment_backward, ctx, dqn, qn, cl, c, scale);
 }
 
 }  // namespace sy::ops

@@ -31,6 +31,14 @@
 //   n_c <- d n_c + (1-d) count_c,  s_c <- d s_c + (1-d) sum_c,
 //   mu_c = sqrt(D) s_c / |s_c|    (clusters never seen keep their centroid)
 // with counts and sums summed over data-parallel ranks before the update.
+//
+// Backends: assign_clusters, accumulate_cluster_stats, ema_update,
+// commitment_sums and commitment_backward have CUDA kernels
+// (ops/cuda/routed_attention.cu: scores by a cuBLAS GEMM, the routing core's
+// tokens/groups choose, per-cluster sums in position order, no atomics).
+// kmeans_init (once, on the first batch) and routed_attention_forward (it
+// needs the variable-length flash kernel) run on the CPU only for now: on a
+// CUDA context they throw BackendError.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -120,5 +128,15 @@ void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const
 void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
 float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
 }  // namespace cpu
+
+// The CUDA kernels (ops/cuda/routed_attention.cu; CUDA builds).
+namespace cuda {
+CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
+void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
+void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
+                     const ClusterParams& p);
+void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
+float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
+}  // namespace cuda
 
 }  // namespace sy::ops

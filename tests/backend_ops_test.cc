@@ -12,6 +12,7 @@
 // (attention) are skipped by the CUDA instance.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -35,6 +36,7 @@
 #include "ops/matmul.h"
 #include "ops/permute.h"
 #include "ops/random.h"
+#include "ops/routed_attention.h"
 #include "ops/router_loss.h"
 #include "ops/routing.h"
 
@@ -143,6 +145,124 @@ OpCase tokens_choose_case(const std::string& name, int64_t N, int64_t G, int k,
             ops::Route route;
             ops::tokens_choose(x, route, in[0], p);
             put_route(x, route, o);
+          }};
+}
+
+// ---- routed attention's clusters ----
+//
+// Normalised vectors and centroids: rows of norm sqrt(D). The CUDA scores come
+// from a GEMM that rounds differently from the CPU's loop, so inputs are
+// redrawn until every decision has a score gap >= 1e-3: causal, each row's
+// best centroid against its second; balanced, each centroid's S-th best item
+// against its (S+1)-th.
+Tensor unit_rows(int64_t n, int64_t D, Rng& rng) {
+  Tensor t = randn({n, D}, rng);
+  for (int64_t i = 0; i < n; ++i) {
+    double sq = 0;
+    for (int64_t d = 0; d < D; ++d) sq += double(t.f32()[i * D + d]) * t.f32()[i * D + d];
+    const float f = static_cast<float>(std::sqrt(D / sq));
+    for (int64_t d = 0; d < D; ++d) t.f32()[i * D + d] *= f;
+  }
+  return t;
+}
+
+bool decisions_separated(const Tensor& x, const Tensor& mu, ops::ClusterMode mode) {
+  constexpr double kGap = 1e-3;
+  const int64_t T = x.dim(0), D = x.dim(1), K = mu.dim(0);
+  std::vector<double> s(T * K);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t d = 0; d < D; ++d) s[t * K + k] += double(x.f32()[t * D + d]) * mu.f32()[k * D + d];
+  if (mode == ops::ClusterMode::causal) {
+    for (int64_t t = 0; t < T && K > 1; ++t) {
+      std::vector<double> row(s.begin() + t * K, s.begin() + (t + 1) * K);
+      std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<double>());
+      if (row[0] - row[1] < kGap) return false;
+    }
+    return true;
+  }
+  const int64_t S = (T + K - 1) / K;
+  for (int64_t k = 0; k < K && S < T; ++k) {
+    std::vector<double> col(T);
+    for (int64_t t = 0; t < T; ++t) col[t] = s[t * K + k];
+    std::sort(col.begin(), col.end(), std::greater<double>());
+    if (col[S - 1] - col[S] < kGap) return false;
+  }
+  return true;
+}
+
+struct ClusterSpec {
+  std::string name;
+  int64_t T, K, D;
+  ops::ClusterParams params;
+  bool shared_keys;  // kn = qn: the key lists equal the query lists
+};
+
+// Inputs: qn, kn (T, D), mu (K, D), the centroids' EMA sum (K, D) and count
+// (K), a batch's stats sum (K, D) and count (K) to add onto, dqn (T, D).
+Ins cluster_inputs(const ClusterSpec& c, Rng& r) {
+  Tensor qn, kn, mu;
+  do {
+    qn = unit_rows(c.T, c.D, r);
+    kn = c.shared_keys ? qn.clone() : unit_rows(c.T, c.D, r);
+    mu = unit_rows(c.K, c.D, r);
+  } while (!decisions_separated(qn, mu, c.params.mode) || !decisions_separated(kn, mu, c.params.mode));
+  Tensor count = Tensor::empty({c.K}, DType::f32, host_ctx()), s_count = count.clone();
+  for (int64_t k = 0; k < c.K; ++k) {
+    count.f32()[k] = 1.f + static_cast<float>(r.below(20));
+    s_count.f32()[k] = static_cast<float>(r.below(5));
+  }
+  return Ins{qn, kn, mu, randn({c.K, c.D}, r), count, randn({c.K, c.D}, r), s_count, randn({c.T, c.D}, r)};
+}
+
+ops::Centroids centroids_of(Tensor mu, Tensor sum, Tensor count) {
+  ops::Centroids c;
+  c.K = mu.dim(0), c.D = mu.dim(1);
+  c.mu = std::move(mu), c.sum = std::move(sum), c.count = std::move(count);
+  c.initialized = true;
+  return c;
+}
+
+// assign_clusters: both Routes (class F for the weights, which are GEMM
+// scores; every integer output exact).
+OpCase assign_clusters_case(const ClusterSpec& c) {
+  const int64_t k = c.params.mode == ops::ClusterMode::causal ? 1 : c.K;
+  return {"assign_clusters_" + c.name, Tol::f32, [c](Rng& r) { return cluster_inputs(c, r); },
+          [c, k](Ctx& x, const Ins&) {
+            Outs o = route_outputs(x, c.T, k, c.K), keys = route_outputs(x, c.T, k, c.K);
+            o.insert(o.end(), keys.begin(), keys.end());
+            return o;
+          },
+          [c](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+            ops::Clusters cl;
+            ops::assign_clusters(x, cl, in[0], in[1], centroids_of(in[2], in[3], in[4]), c.params);
+            std::vector<Tensor> q(o.begin(), o.begin() + 6), kk(o.begin() + 6, o.end());
+            put_route(x, cl.queries, q);
+            put_route(x, cl.keys, kk);
+          }};
+}
+
+// The centroid upkeep after an assignment: stats accumulated onto given
+// values, the commitment sums and backward, then the EMA update.
+OpCase centroid_update_case(const ClusterSpec& c) {
+  return {"cluster_stats_commitment_ema_" + c.name, Tol::f32, [c](Rng& r) { return cluster_inputs(c, r); },
+          [c](Ctx& x, const Ins&) {
+            return Outs{fresh(x, {c.K, c.D}), fresh(x, {c.K}), fresh(x, {c.T, c.D}), fresh(x, {c.K, c.D}),
+                        fresh(x, {c.K, c.D}), fresh(x, {c.K}), fresh(x, {3})};
+          },
+          [c](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+            const int from[6] = {5, 6, 7, 2, 3, 4};  // stats sum, count, dqn, mu, EMA sum, count
+            for (int i = 0; i < 6; ++i) o[i].copy_from(in[from[i]], x);
+            ops::Centroids cent = centroids_of(o[3], o[4], o[5]);
+            ops::Clusters cl;
+            ops::assign_clusters(x, cl, in[0], in[1], cent, c.params);
+            ops::ClusterStats st;
+            st.sum = o[0], st.count = o[1];
+            ops::accumulate_cluster_stats(x, st, in[0], in[1], cl);
+            const ops::CommitmentSums cs = ops::commitment_sums(x, in[0], cl, cent);
+            ops::commitment_backward(x, o[2], in[0], cl, cent, 0.37f);
+            const float drift = ops::ema_update(x, cent, st, 0.9f);
+            put(x, o[6], std::vector<float>{static_cast<float>(cs.sq), static_cast<float>(cs.count), drift});
           }};
 }
 
@@ -442,6 +562,19 @@ std::vector<OpCase> cases() {
                  const float b = ops::budget_loss(x, o[1], in[1], {1.f, 2.f, 0.5f, 1.f, 3.f, 1.f}, 0.9f, 0.1f, &expected);
                  put(x, o[2], std::vector<float>{z, b, expected});
                }});
+  // ---- routed attention's clusters ----
+  ops::ClusterParams causal, capped, balanced;
+  capped.dropless = false;
+  capped.capacity_factor = 1.0f;  // drops
+  balanced.mode = ops::ClusterMode::balanced;
+  for (const ClusterSpec& spec : {ClusterSpec{"causal", 37, 5, 16, causal, false},
+                                  ClusterSpec{"causal_capped", 53, 4, 24, capped, false},
+                                  ClusterSpec{"causal_shared_keys_one_cluster", 7, 1, 7, causal, true},
+                                  ClusterSpec{"balanced_wide", 37, 4, 130, balanced, false},
+                                  ClusterSpec{"balanced_shared_keys", 30, 3, 20, balanced, true}}) {
+    c.push_back(assign_clusters_case(spec));
+    c.push_back(centroid_update_case(spec));
+  }
   // ---- experts ----
   c.push_back({"expert_ffn", Tol::f32,
                [](Rng& r) {

@@ -1,0 +1,275 @@
+// Routed attention's cluster assignment and centroid upkeep on CUDA
+// (ops/routed_attention.h). The attention itself (routed_attention_forward)
+// and k-means initialisation stay on the CPU for now.
+//
+// assign_clusters:  scores (T, K) = xn mu^T by one cuBLASLt GEMM (gemm.h),
+//   then the routing core's CUDA tokens_choose (causal: top-1, slots by
+//   position) or groups_choose (balanced: each centroid's top S = ceil(T/K)):
+//   the same Route as the CPU for the same scores. The GEMM rounds
+//   differently from the CPU's loop, so decisions agree where the scores are
+//   separated by more than that rounding (the tests use gaps >= 1e-3).
+// members:  a Route's group-major buffer inverted once, row -> (item, group):
+//   each kept assignment writes its own row (offset[g] + slot), so no two
+//   threads write one place. A cluster's rows are its members in position order.
+// accumulate_cluster_stats:  one block per cluster; thread d walks the
+//   cluster's query rows, then (when the key list differs) its key rows, in
+//   row order, adding into sum[c, d] - the CPU's additions in the CPU's order,
+//   so the sums are bitwise the reference's. The count is the CPU's loop of
+//   += 1 on one thread.
+// ema_update:  one block per centroid: n, s by the CPU's expressions
+//   (__fmul_rn/__fadd_rn: no FMA contraction), |s|^2 and the drift by a
+//   fixed block tree in double, the mean drift by sum_f64_to_host.
+// commitment_sums:  one warp per query row, |qn - mu|^2 / D in double by a
+//   fixed butterfly, summed over rows by sum_f64_to_host (fixed order).
+// commitment_backward:  one thread per element of dqn, adding the query's
+//   clusters in ascending order (its assignments in index order: k = 1, or
+//   the groups-choose layout a = t*K + c), as the CPU's cluster loop does.
+// No atomics anywhere: two runs give the same bits.
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/gemm.h"
+#include "ops/routed_attention.h"
+
+#include <algorithm>
+
+namespace sy::ops::cuda {
+
+namespace {
+constexpr int kWarps = kBlock / 32;  // rows per block in the warp-per-row kernel
+constexpr int kRowBlock = 128;       // threads of the per-cluster kernels (a power of two: block_sum)
+
+// scores (T, K) = xn (T, D) . mu^T, mu stored (K, D).
+Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
+  const int64_t T = xn.dim(0);
+  Tensor s = Tensor::empty({T, c.K}, DType::f32, ctx);
+  if (T == 0) return s;
+  GemmArgs g;
+  g.trans_b = true;
+  g.M = T, g.N = c.K, g.K = c.D;
+  g.A = xn.data<float>(), g.lda = c.D;
+  g.B = c.mu.data<float>(), g.ldb = c.D;
+  g.C = s.data<float>(), g.ldc = c.K;
+  gemm(ctx, g);
+  return s;
+}
+
+// A Route's buffer rows as (item, group), on the device.
+struct Members {
+  Tensor item, group;  // i32 (rows)
+  int64_t rows = 0;
+  const int32_t* items() const { return rows > 0 ? item.data<int32_t>() : nullptr; }
+  const int32_t* groups() const { return rows > 0 ? group.data<int32_t>() : nullptr; }
+};
+}  // namespace
+
+static __global__ void member_rows(const int32_t* group, const int32_t* slot, const int32_t* offset, int64_t n, int64_t k,
+                                   int32_t* row_item, int32_t* row_group) {
+  const int64_t a = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (a >= n || slot[a] < 0) return;
+  const int32_t g = group[a];
+  const int64_t row = offset[g] + slot[a];
+  row_item[row] = static_cast<int32_t>(a / k);
+  row_group[row] = g;
+}
+
+namespace {
+Members members(Ctx& ctx, const Route& r) {
+  Members m;
+  m.rows = r.rows();
+  if (m.rows == 0) return m;
+  m.item = Tensor::empty({m.rows}, DType::i32, ctx);
+  m.group = Tensor::empty({m.rows}, DType::i32, ctx);
+  const int64_t n = r.assignments();
+  member_rows<<<grid_for(n), kBlock, 0, stream(ctx)>>>(r.group.data<int32_t>(), r.slot.data<int32_t>(),
+                                                       r.offset.data<int32_t>(), n, r.k, m.item.data<int32_t>(),
+                                                       m.group.data<int32_t>());
+  CUDA_CHECK(cudaGetLastError());
+  return m;
+}
+}  // namespace
+
+// ---- assign_clusters ------------------------------------------------------
+
+void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
+                     const ClusterParams& p) {
+  const int64_t T = qn.dim(0);
+  if (p.mode == ClusterMode::causal) {
+    TokensChooseParams tp;
+    tp.k = 1;
+    tp.dropless = p.dropless;
+    tp.capacity_factor = p.capacity_factor;
+    // Queries by their normalised query, keys by their normalised key (see the
+    // CPU reference): each token's choice depends on that token alone.
+    cuda::tokens_choose(ctx, cl.queries, centroid_scores(ctx, qn, c), tp);
+    cuda::tokens_choose(ctx, cl.keys, centroid_scores(ctx, kn, c), tp);
+  } else {
+    const int64_t S = (T + c.K - 1) / c.K;
+    cuda::groups_choose(ctx, cl.queries, centroid_scores(ctx, qn, c), S, 0);
+    cuda::groups_choose(ctx, cl.keys, centroid_scores(ctx, kn, c), S, 0);
+  }
+}
+
+// ---- accumulate_cluster_stats ---------------------------------------------
+
+namespace {
+struct StatsArgs {
+  float* sum;    // (K, D)
+  float* count;  // (K)
+  const float* qn;
+  const float* kn;  // (T, D)
+  const int32_t* q_offset;
+  const int32_t* q_item;  // query route: offsets (K+1), buffer rows -> position
+  const int32_t* k_offset;
+  const int32_t* k_item;  // key route
+  int64_t D;
+};
+}  // namespace
+
+static __global__ void cluster_stats_kernel(StatsArgs a) {
+  const int64_t c = blockIdx.x;
+  const int32_t q0 = a.q_offset[c], q1 = a.q_offset[c + 1], k0 = a.k_offset[c], k1 = a.k_offset[c + 1];
+  // The CPU adds the keys only where the key list differs from the query list.
+  bool same = q1 - q0 == k1 - k0;
+  if (same) {  // uniform over the block: the barrier below is reached by all or none
+    bool mine = true;
+    for (int32_t i = threadIdx.x; i < q1 - q0; i += blockDim.x) mine &= a.q_item[q0 + i] == a.k_item[k0 + i];
+    same = __syncthreads_and(mine);
+  }
+  for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) {
+    float acc = a.sum[c * a.D + d];
+    for (int32_t r = q0; r < q1; ++r) acc += a.qn[a.q_item[r] * a.D + d];
+    if (!same)
+      for (int32_t r = k0; r < k1; ++r) acc += a.kn[a.k_item[r] * a.D + d];
+    a.sum[c * a.D + d] = acc;
+  }
+  if (threadIdx.x == 0) {
+    float n = a.count[c];
+    const int32_t members = (q1 - q0) + (same ? 0 : k1 - k0);
+    for (int32_t i = 0; i < members; ++i) n += 1.f;  // the CPU's count[c] += 1 (exact below 2^24)
+    a.count[c] = n;
+  }
+}
+
+void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl) {
+  const int64_t K = cl.num();
+  if (K == 0) return;
+  const Members q = members(ctx, cl.queries), k = members(ctx, cl.keys);
+  StatsArgs a{s.sum.data<float>(),          s.count.data<float>(),          qn.data<float>(), kn.data<float>(),
+              cl.queries.offset.data<int32_t>(), q.items(), cl.keys.offset.data<int32_t>(), k.items(),
+              qn.dim(1)};
+  cluster_stats_kernel<<<static_cast<unsigned>(K), kRowBlock, 0, stream(ctx)>>>(a);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- ema_update -----------------------------------------------------------
+
+namespace {
+struct EmaArgs {
+  float* mu;
+  float* sum;    // (K, D)
+  float* count;  // (K)
+  const float* s_sum;
+  const float* s_count;
+  double* drift;  // (K) |mu_new - mu_old| per centroid
+  int64_t D;
+  float decay;
+};
+}  // namespace
+
+static __global__ void ema_kernel(EmaArgs a) {
+  __shared__ double scratch[kRowBlock];
+  const int64_t k = blockIdx.x;
+  const float keep = a.decay, take = 1.f - a.decay;
+  if (threadIdx.x == 0) a.count[k] = __fadd_rn(__fmul_rn(keep, a.count[k]), __fmul_rn(take, a.s_count[k]));
+  float* s = a.sum + k * a.D;
+  float* mu = a.mu + k * a.D;
+  double n = 0;
+  for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) {
+    const float v = __fadd_rn(__fmul_rn(keep, s[d]), __fmul_rn(take, a.s_sum[k * a.D + d]));
+    s[d] = v;
+    n += static_cast<double>(v) * v;  // exact product of two floats: FMA or not, one rounding
+  }
+  n = block_sum(n, scratch);
+  // mu = sqrt(D) s / |s|, as the CPU's rescale: a float factor, then a float product.
+  const float f = n > 0 ? static_cast<float>(sqrt(static_cast<double>(a.D) / n)) : 1.f;
+  double d2 = 0;
+  for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) {
+    const float old = mu[d], m = __fmul_rn(s[d], f);
+    mu[d] = m;
+    const float e = __fsub_rn(m, old);
+    d2 += static_cast<double>(e) * e;
+  }
+  d2 = block_sum(d2, scratch);
+  if (threadIdx.x == 0) a.drift[k] = sqrt(d2);
+}
+
+float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay) {
+  if (c.K == 0) return 0.f;
+  Tensor drift = Tensor::empty({c.K}, DType::f64, ctx);
+  EmaArgs a{c.mu.data<float>(),   c.sum.data<float>(), c.count.data<float>(), s.sum.data<float>(),
+            s.count.data<float>(), drift.data<double>(), c.D,                  decay};
+  ema_kernel<<<static_cast<unsigned>(c.K), kRowBlock, 0, stream(ctx)>>>(a);
+  CUDA_CHECK(cudaGetLastError());
+  return static_cast<float>(sum_f64_to_host(ctx, drift.data<double>(), c.K) / std::max<int64_t>(1, c.K));
+}
+
+// ---- commitment loss ------------------------------------------------------
+
+// Row r of the query buffer: out[r] = |qn_t - mu_c|^2 / D (the CPU's float
+// difference, squared and summed in double).
+static __global__ void commitment_rows(const float* qn, const float* mu, const int32_t* item, const int32_t* group,
+                                       int64_t rows, int64_t D, double* out) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;  // the whole warp leaves together
+  const float* x = qn + static_cast<int64_t>(item[r]) * D;
+  const float* m = mu + static_cast<int64_t>(group[r]) * D;
+  double s = 0;
+  for (int64_t d = lane; d < D; d += 32) {
+    const double e = __fsub_rn(x[d], m[d]);
+    s += e * e;
+  }
+  s = warp_sum(s);
+  if (lane == 0) out[r] = s / static_cast<double>(D);
+}
+
+CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c) {
+  const Members q = members(ctx, cl.queries);
+  CommitmentSums s;
+  s.count = q.rows;
+  if (q.rows == 0) return s;
+  Tensor per_row = Tensor::empty({q.rows}, DType::f64, ctx);
+  commitment_rows<<<grid_for(q.rows, kWarps), kBlock, 0, stream(ctx)>>>(
+      qn.data<float>(), c.mu.data<float>(), q.items(), q.groups(), q.rows, c.D, per_row.data<double>());
+  CUDA_CHECK(cudaGetLastError());
+  s.sq = sum_f64_to_host(ctx, per_row.data<double>(), q.rows);
+  return s;
+}
+
+static __global__ void commitment_backward_kernel(float* dqn, const float* qn, const float* mu, const int32_t* group,
+                                                  const int32_t* slot, int64_t T, int64_t k, int64_t D, float scale) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= T * D) return;
+  const int64_t t = i / D, d = i % D;
+  float acc = dqn[i];
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t a = t * k + j;
+    if (slot[a] >= 0) acc = __fadd_rn(acc, __fmul_rn(scale, __fsub_rn(qn[i], mu[group[a] * D + d])));
+  }
+  dqn[i] = acc;
+}
+
+void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale) {
+  const Route& r = cl.queries;
+  // Assignments in index order must be clusters in ascending order (the CPU's
+  // loop): true for top-1 routes and for groups choose (a = t*K + c).
+  SY_CHECK(r.k == 1 || r.k == r.num_groups,
+           "commitment_backward: a route with " << r.k << " choices over " << r.num_groups << " clusters");
+  const int64_t T = qn.dim(0);
+  if (T * c.D == 0 || r.assignments() == 0) return;
+  commitment_backward_kernel<<<grid_for(T * c.D), kBlock, 0, stream(ctx)>>>(
+      dqn.data<float>(), qn.data<float>(), c.mu.data<float>(), r.group.data<int32_t>(), r.slot.data<int32_t>(), T,
+      r.k, c.D, scale);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace sy::ops::cuda
