@@ -17,6 +17,8 @@ namespace {
 void check_rows(const Tensor& x, int64_t D, const char* what) {
   SY_CHECK(x.ndim() == 2 && x.dim(1) == D, what << " " << shape_str(x.shape()) << " is not (T, " << D << ")");
 }
+// The one per-backend step of cluster assignment; the rest is the routing core.
+Tensor scores(Ctx& ctx, const Tensor& xn, const Centroids& c) { SY_DISPATCH(ctx, centroid_scores, ctx, xn, c); }
 }  // namespace
 
 void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
@@ -25,7 +27,23 @@ void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn,
   check_rows(qn, c.D, "cluster queries");
   check_shape(kn, qn.shape(), "cluster keys");
   check_device(ctx, "assign_clusters", {&qn, &kn, &c.mu});
-  SY_DISPATCH(ctx, assign_clusters, ctx, cl, qn, kn, c, p);
+  const int64_t T = qn.dim(0);
+  if (p.mode == ClusterMode::causal) {
+    TokensChooseParams tp;
+    tp.k = 1;
+    tp.dropless = p.dropless;
+    tp.capacity_factor = p.capacity_factor;
+    // Queries by their normalised query, keys by their normalised key: the
+    // vectors whose dot product the attention trains are the ones that decide
+    // membership, so a useful (query, key) pair is pulled into one cluster.
+    // Each token's choice depends on that token alone: causal.
+    tokens_choose(ctx, cl.queries, scores(ctx, qn, c), tp);
+    tokens_choose(ctx, cl.keys, scores(ctx, kn, c), tp);
+  } else {
+    const int64_t S = (T + c.K - 1) / c.K;
+    groups_choose(ctx, cl.queries, scores(ctx, qn, c), S, 0);
+    groups_choose(ctx, cl.keys, scores(ctx, kn, c), S, 0);
+  }
 }
 
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {

@@ -32,7 +32,8 @@
 //   mu_c = sqrt(D) s_c / |s_c|    (clusters never seen keep their centroid)
 // with counts and sums summed over data-parallel ranks before the update.
 //
-// Backends: assign_clusters, accumulate_cluster_stats, ema_update,
+// Backends: assign_clusters (its centroid_scores per backend, then the routing
+// core's entry points), accumulate_cluster_stats, ema_update,
 // commitment_sums and commitment_backward have CUDA kernels
 // (ops/cuda/routed_attention.cu: scores by a cuBLAS GEMM, the routing core's
 // tokens/groups choose, per-cluster sums in position order, no atomics).
@@ -121,8 +122,7 @@ void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters
 namespace cpu {
 CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
-void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
-                     const ClusterParams& p);
+Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);  // (T, K) = xn . mu^T
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
 void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
@@ -133,8 +133,7 @@ float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
 namespace cuda {
 CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
-void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
-                     const ClusterParams& p);
+Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
 float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
 }  // namespace cuda

@@ -10,6 +10,8 @@ namespace sy::ops::cpu {
 
 namespace {
 
+}  // namespace
+
 // scores (T, K) = xn . mu^T
 Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
   const int64_t T = xn.dim(0);
@@ -24,6 +26,8 @@ Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
     }
   return s;
 }
+
+namespace {
 
 // Members of each group of a Route, in slot (= position) order.
 std::vector<std::vector<int32_t>> members(const Route& r) {
@@ -51,27 +55,6 @@ void rescale(float* v, int64_t D) {
 }
 
 }  // namespace
-
-void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
-                     const ClusterParams& p) {
-  const int64_t T = qn.dim(0);
-  if (p.mode == ClusterMode::causal) {
-    TokensChooseParams tp;
-    tp.k = 1;
-    tp.dropless = p.dropless;
-    tp.capacity_factor = p.capacity_factor;
-    // Queries by their normalised query, keys by their normalised key: the
-    // vectors whose dot product the attention trains are the ones that decide
-    // membership, so a useful (query, key) pair is pulled into one cluster.
-    // Each token's choice depends on that token alone: causal.
-    cpu::tokens_choose(ctx, cl.queries, centroid_scores(ctx, qn, c), tp);
-    cpu::tokens_choose(ctx, cl.keys, centroid_scores(ctx, kn, c), tp);
-  } else {
-    const int64_t S = (T + c.K - 1) / c.K;
-    cpu::groups_choose(ctx, cl.queries, centroid_scores(ctx, qn, c), S, 0);
-    cpu::groups_choose(ctx, cl.keys, centroid_scores(ctx, kn, c), S, 0);
-  }
-}
 
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
   const int64_t T = args.q.dim(0), D = args.q.dim(1);

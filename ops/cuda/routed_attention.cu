@@ -37,6 +37,8 @@ namespace {
 constexpr int kWarps = kBlock / 32;  // rows per block in the warp-per-row kernel
 constexpr int kRowBlock = 128;       // threads of the per-cluster kernels (a power of two: block_sum)
 
+}  // namespace
+
 // scores (T, K) = xn (T, D) . mu^T, mu stored (K, D).
 Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
   const int64_t T = xn.dim(0);
@@ -51,6 +53,8 @@ Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
   gemm(ctx, g);
   return s;
 }
+
+namespace {
 
 // A Route's buffer rows as (item, group), on the device.
 struct Members {
@@ -87,26 +91,6 @@ Members members(Ctx& ctx, const Route& r) {
 }
 }  // namespace
 
-// ---- assign_clusters ------------------------------------------------------
-
-void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
-                     const ClusterParams& p) {
-  const int64_t T = qn.dim(0);
-  if (p.mode == ClusterMode::causal) {
-    TokensChooseParams tp;
-    tp.k = 1;
-    tp.dropless = p.dropless;
-    tp.capacity_factor = p.capacity_factor;
-    // Queries by their normalised query, keys by their normalised key (see the
-    // CPU reference): each token's choice depends on that token alone.
-    cuda::tokens_choose(ctx, cl.queries, centroid_scores(ctx, qn, c), tp);
-    cuda::tokens_choose(ctx, cl.keys, centroid_scores(ctx, kn, c), tp);
-  } else {
-    const int64_t S = (T + c.K - 1) / c.K;
-    cuda::groups_choose(ctx, cl.queries, centroid_scores(ctx, qn, c), S, 0);
-    cuda::groups_choose(ctx, cl.keys, centroid_scores(ctx, kn, c), S, 0);
-  }
-}
 
 // ---- accumulate_cluster_stats ---------------------------------------------
 
