@@ -107,13 +107,13 @@ std::vector<OpCase> cases() {
                }});
   c.push_back({"attention", Tol::f32, [](Rng& r) { return std::vector<Tensor>{randn({2, 13, 48}, r), randn({2, 13, 16}, r)}; },
                [](Ctx& x, const std::vector<Tensor>&) {
-                 return std::vector<std::pair<Tensor, bool>>{{out(x, {2, 13, 16}), false}, {out(x, {2, 4, 13, 13}), false},
+                 return std::vector<std::pair<Tensor, bool>>{{out(x, {2, 13, 16}), false}, {out(x, {2, 4, 13}), false},
                                                              {out(x, {2, 13, 48}), true}};
                },
                [](Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o) {
                  const ops::AttentionShape s{2, 13, 16, 4};
                  ops::attention_forward(x, {o[0], o[1], in[0], s});
-                 ops::attention_backward(x, {o[2], in[1], in[0], o[1], s});
+                 ops::attention_backward(x, {o[2], in[1], in[0], o[0], o[1], s});
                }});
   c.push_back({"router_scores_and_tokens_choose", Tol::exact,
                [](Rng& r) { return std::vector<Tensor>{randn({40, 8}, r, 2.f)}; },
