@@ -14,7 +14,18 @@
 //   dq_t += sum_u ds[t,u] k_u / sqrt(D);  dk_u += sum_t ds[t,u] q_t / sqrt(D).
 // dqkv accumulates.
 //
-
+// Layout: the packed (B, T, 3C) qkv the qkv projection writes, read with
+// strides (a head's row is D contiguous elements, the rows 3C apart). A
+// (B, H, T, D) layout would make rows contiguous, but every row is already a
+// whole number of 16-byte vectors (D = 64 or 128 on the GPU), so tiles load
+// just as well with strides, and the layout saves a split/merge pass over
+// qkv and dqkv in every layer.
+//
+// Dtypes: qkv, out, dout and dqkv share one dtype, f32 or bf16 (CUDA only:
+// tensor cores, fp32 accumulation and softmax); lse is always f32. The CPU
+// reference is f32. CUDA: head dims 16, 32, 64 and 128 in f32 (a plain fp32
+// path, tolerance class F against the CPU), 64 and 128 in bf16 (tensor cores,
+// class B); any B, T, H. Kernels: ops/cuda/attention.cu.
 #pragma once
 #include "core/tensor.h"
 
@@ -47,5 +58,10 @@ namespace cpu {
 void attention_forward(Ctx& ctx, const AttentionArgs& a);
 void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
 }  // namespace cpu
+
+namespace cuda {
+void attention_forward(Ctx& ctx, const AttentionArgs& a);
+void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
+}  // namespace cuda
 
 }  // namespace sy::ops
