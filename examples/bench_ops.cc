@@ -25,6 +25,7 @@
 #include "core/device_runtime.h"
 #include "core/rng.h"
 #include "ops/adamw.h"
+#include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/dispatch.h"
 #include "ops/gelu.h"
@@ -80,7 +81,8 @@ Tensor randn(sy::Shape s, sy::Rng& rng, float std = 1.f) {
 // Elements of got (device result) off want (CPU) by more than rtol relative
 // (with an absolute floor of rtol * rms(want)).
 int64_t count_wrong(const Tensor& got_dev, const Tensor& want, double rtol) {
-  const Tensor got = got_dev.to(sy::host_ctx());
+  Tensor got = got_dev.to(sy::host_ctx());
+  if (got.dtype() == DType::bf16) got = got.to(DType::f32);
   double rms = 0;
   for (int64_t i = 0; i < want.numel(); ++i) rms += double(want.f32()[i]) * want.f32()[i];
   rms = std::sqrt(rms / std::max<int64_t>(1, want.numel()));
@@ -90,6 +92,20 @@ int64_t count_wrong(const Tensor& got_dev, const Tensor& want, double rtol) {
     if (!(std::fabs(a - b) <= rtol * (std::fabs(b) + rms))) ++wrong;
   }
   return wrong;
+}
+
+// Rows [0, P) of every sequence of a host (B, T, W) tensor, as (B, P, W) f32,
+// columns [c0, c0 + w) only.
+Tensor prefix(const Tensor& t_any, int64_t P, int64_t c0 = 0, int64_t w = -1) {
+  Tensor t = t_any.device().is_cpu() ? t_any : t_any.to(sy::host_ctx());
+  if (t.dtype() == DType::bf16) t = t.to(DType::f32);
+  const int64_t B = t.dim(0), T = t.dim(1), W = t.dim(2);
+  if (w < 0) w = W - c0;
+  Tensor p = Tensor::empty({B, P, w}, DType::f32, sy::host_ctx());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r = 0; r < P; ++r)
+      std::copy_n(t.f32() + (b * T + r) * W + c0, w, p.f32() + (b * P + r) * w);
+  return p;
 }
 
 struct Row {
@@ -282,6 +298,64 @@ int main(int argc, char** argv) {
             dense.backward(dy);
           },
           nullptr);
+    }
+    {  // dense causal attention, forward and forward + backward, 8 heads of 64 and of 128, T = 4k and 16k
+      // (B * T = 16k tokens), bf16 (GPU only) and fp32. Work by formula: forward 2 * 2 * B * H * T^2/2 * D
+      // (the causal half), backward 2.5x that. #wrong: causal attention of the first P tokens depends on
+      // those tokens only, so out (and dq) of the first P = 256 tokens of every sequence are compared with
+      // the CPU reference run on that prefix (bf16: on the same rounded inputs); dk, dv in backend_ops_test.
+      const int64_t Ha = quick ? 2 : 8, tokens = quick ? 256 : 16384;
+      std::vector<std::pair<int64_t, int64_t>> shapes;  // (T, D)
+      if (quick)
+        shapes = {{128, 64}};
+      else
+        shapes = {{4096, 64}, {16384, 64}, {4096, 128}, {16384, 128}};
+      for (const auto& [T, D] : shapes)
+        for (const DType dt : {DType::bf16, DType::f32}) {
+          if (dt == DType::bf16 && !rt) continue;  // the CPU reference is f32 only
+          const int64_t B = std::max<int64_t>(1, tokens / T), Ca = Ha * D, P = std::min<int64_t>(T, 256);
+          const sy::ops::AttentionShape s{B, T, Ca, Ha};
+          Tensor qkv_h = randn({B, T, 3 * Ca}, rng), dout_h = randn({B, T, Ca}, rng);
+          if (dt == DType::bf16) qkv_h = qkv_h.to(DType::bf16), dout_h = dout_h.to(DType::bf16);
+          Tensor qkv = qkv_h.to(ctx), dout = dout_h.to(ctx);
+          Tensor o = Tensor::empty({B, T, Ca}, dt, ctx), lse = Tensor::empty({B, Ha, T}, DType::f32, ctx);
+          Tensor dqkv = Tensor::zeros({B, T, 3 * Ca}, dt, ctx);
+          const std::string tag = dt == DType::bf16 ? "bf16" : "fp32";
+          const std::string shape = "B" + std::to_string(B) + " T" + std::to_string(T) + " H" + std::to_string(Ha) +
+                                    " D" + std::to_string(D);
+          const double fwd = 2.0 * 2.0 * B * Ha * (double(T) * T / 2) * D;
+          const double tol_f = dt == DType::bf16 ? 2e-2 : 1e-4, tol_b = dt == DType::bf16 ? 5e-2 : 1e-4;
+          // The CPU reference on the prefix: out and dqkv of the first P tokens.
+          auto reference = [&](Tensor& out_c, Tensor& dqkv_c) {
+            const Tensor q = prefix(qkv_h, P), d = prefix(dout_h, P);
+            const sy::ops::AttentionShape sp{B, P, Ca, Ha};
+            out_c = Tensor::zeros({B, P, Ca}, DType::f32, cpu);
+            Tensor l = Tensor::zeros({B, Ha, P}, DType::f32, cpu);
+            dqkv_c = Tensor::zeros({B, P, 3 * Ca}, DType::f32, cpu);
+            sy::ops::attention_forward(cpu, {out_c, l, q, sp});
+            sy::ops::attention_backward(cpu, {dqkv_c, d, q, out_c, l, sp});
+          };
+          add({"attention_fwd_" + tag, shape, 0, fwd, 0}, [&] { sy::ops::attention_forward(ctx, {o, lse, qkv, s}); },
+              [&] {
+                Tensor out_c, dqkv_c;
+                reference(out_c, dqkv_c);
+                return count_wrong(prefix(o, P), out_c, tol_f);
+              });
+          add({"attention_fwd_bwd_" + tag, shape, 0, 3.5 * fwd, 0},
+              [&] {
+                sy::ops::attention_forward(ctx, {o, lse, qkv, s});
+                sy::ops::attention_backward(ctx, {dqkv, dout, qkv, o, lse, s});
+              },
+              [&] {
+                Tensor out_c, dqkv_c;
+                reference(out_c, dqkv_c);
+                dqkv.zero(ctx);
+                sy::ops::attention_forward(ctx, {o, lse, qkv, s});
+                sy::ops::attention_backward(ctx, {dqkv, dout, qkv, o, lse, s});
+                return count_wrong(prefix(o, P), out_c, tol_f) +
+                       count_wrong(prefix(dqkv, P, 0, Ca), prefix(dqkv_c, P, 0, Ca), tol_b);
+              });
+        }
     }
     {  // multi-tensor AdamW over 64M parameters: reads w, g, m, v; writes w, m, v
       const int64_t n = quick ? (1 << 20) : (int64_t(1) << 26);

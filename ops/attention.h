@@ -2,15 +2,32 @@
 //
 //   q, k, v = split(qkv) into H heads of size D = C / H
 //   s[t, u] = q_t . k_u / sqrt(D)           for u <= t (causal mask)
-//   a[t, :] = softmax(s[t, :])              out_t = sum_u a[t, u] v_u
+//   lse_t = log sum_{u<=t} exp(s[t, u])     a[t, u] = exp(s[t, u] - lse_t)
+//   out_t = sum_u a[t, u] v_u
 //
 // Shapes: qkv (B, T, 3C) laid out [q | k | v] per token; out (B, T, C);
-// saved for backward: att (B, H, T, T), the probabilities a, zero for u > t
-// (the CPU backward reads whole vectors of a row past t and relies on it).
-// Backward: dv_u += sum_t a[t,u] dout_t; da[t,u] = dout_t . v_u;
-//   ds[t,u] = a[t,u] (da[t,u] - sum_u' a[t,u'] da[t,u']);
-//   dq_t += sum_u ds[t,u] k_u / sqrt(D); dk_u += sum_t ds[t,u] q_t / sqrt(D).
+// saved for backward: lse (B, H, T), fp32, natural log. Nothing of size T^2 is
+// kept: backward recomputes a[t, u] = exp(s[t, u] - lse_t) from q, k and lse
+// (FlashAttention's form, Dao et al. 2022):
+//   Delta_t = dout_t . out_t  (= sum_u a[t,u] da[t,u])
+//   dv_u += sum_t a[t,u] dout_t;  da[t,u] = dout_t . v_u;  ds[t,u] = a[t,u] (da[t,u] - Delta_t)
+//   dq_t += sum_u ds[t,u] k_u / sqrt(D);  dk_u += sum_t ds[t,u] q_t / sqrt(D).
 // dqkv accumulates.
+//
+// Layout: the packed (B, T, 3C) qkv the qkv projection writes, read with
+// strides (a head's row is D contiguous elements, the rows 3C apart). A
+// (B, H, T, D) layout would make rows contiguous, but every row is already a
+// whole number of 16-byte vectors (D = 64 or 128 on the GPU), so tiles load
+// just as well with strides, and the layout saves a split/merge pass over
+// qkv and dqkv in every layer.
+//
+// Dtypes: qkv, out, dout and dqkv share one dtype, f32 or bf16 (CUDA only:
+// tensor cores, fp32 accumulation and softmax); lse is always f32. The CPU
+// reference is f32. CUDA: head dims 16, 32, 64 and 128 in f32 (a plain fp32
+// path, tolerance class F against the CPU), 64 and 128 in bf16 (tensor cores,
+// class B); any B, T, H. Kernels: ops/cuda/attention.cu. CPU: BLAS GEMMs per
+// block of query rows (S, P V; in backward S again, dP, dV, dQ, dK), the
+// softmax and its backward in vectors: ops/cpu/attention.cc.
 #pragma once
 #include "core/tensor.h"
 
@@ -21,17 +38,18 @@ struct AttentionShape {
 };
 
 struct AttentionArgs {
-  Tensor& out;
-  Tensor& att;
-  const Tensor& qkv;
+  Tensor& out;        // (B, T, C)
+  Tensor& lse;        // (B, H, T) f32
+  const Tensor& qkv;  // (B, T, 3C)
   AttentionShape shape;
 };
 
 struct AttentionBackwardArgs {
-  Tensor& dqkv;
-  const Tensor& dout;
-  const Tensor& qkv;
-  const Tensor& att;
+  Tensor& dqkv;        // (B, T, 3C), accumulates
+  const Tensor& dout;  // (B, T, C)
+  const Tensor& qkv;   // (B, T, 3C)
+  const Tensor& out;   // (B, T, C), the forward's
+  const Tensor& lse;   // (B, H, T), the forward's
   AttentionShape shape;
 };
 
@@ -42,5 +60,10 @@ namespace cpu {
 void attention_forward(Ctx& ctx, const AttentionArgs& a);
 void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
 }  // namespace cpu
+
+namespace cuda {
+void attention_forward(Ctx& ctx, const AttentionArgs& a);
+void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
+}  // namespace cuda
 
 }  // namespace sy::ops

@@ -73,11 +73,11 @@ CausalSelfAttention::CausalSelfAttention(Ctx& ctx, ParamStore& ps, const std::st
 Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
   shape_ = {B, T, C_, H_};
   qkv_out_ = qkv_.forward(x).reshape({B, T, 3 * C_});
-  att_ = Tensor::empty({B, H_, T, T}, DType::f32, ctx_);
-  Tensor y = Tensor::empty({B, T, C_}, DType::f32, ctx_);
-  ops::attention_forward(ctx_, {y, att_, qkv_out_, shape_});
+  lse_ = Tensor::empty({B, H_, T}, DType::f32, ctx_);
+  y_ = Tensor::empty({B, T, C_}, DType::f32, ctx_);
+  ops::attention_forward(ctx_, {y_, lse_, qkv_out_, shape_});
   flops_ = flops(B, T);
-  return proj_.forward(y.reshape({B * T, C_}));
+  return proj_.forward(y_.reshape({B * T, C_}));
 }
 
 double CausalSelfAttention::flops(int64_t B, int64_t T) const {
@@ -88,7 +88,7 @@ double CausalSelfAttention::flops(int64_t B, int64_t T) const {
 Tensor CausalSelfAttention::backward(const Tensor& dy) {
   Tensor dyatt = proj_.backward(dy);
   Tensor dqkv = Tensor::zeros(qkv_out_.shape(), DType::f32, ctx_);
-  ops::attention_backward(ctx_, {dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, att_, shape_});
+  ops::attention_backward(ctx_, {dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, y_, lse_, shape_});
   return qkv_.backward(dqkv.reshape({shape_.B * shape_.T, 3 * C_}));
 }
 

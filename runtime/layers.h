@@ -95,7 +95,7 @@ class CausalSelfAttention : public SelfAttention {
   Linear qkv_, proj_;
   int64_t C_, H_;
   ops::AttentionShape shape_{};
-  Tensor qkv_out_, att_;
+  Tensor qkv_out_, y_, lse_;  // saved for backward: qkv, the attention output, its lse (B, H, T)
   double flops_ = 0;
 };
 

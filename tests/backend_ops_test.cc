@@ -5,11 +5,12 @@
 // the same inputs by tolerance class:
 //   E  exact (routing decisions, integer results, data movement)
 //   F  fp32: relative L2 error <= 1e-5
-// (bf16 class B joins when the bf16 kernels do.) Routing cases take their
-// probabilities as inputs, so both backends decide on the same floats. Host
-// results (losses, a Route's host fields) are copied into outputs. Without a
-// GPU the CUDA instances skip and say so; ops without CUDA kernels yet
-// (attention) are skipped by the CUDA instance.
+//   B  bf16 (attention): relative L2 <= 1e-2 forward, 3e-2 backward, against
+//      the CPU on the same bf16-rounded inputs
+// Routing cases take their probabilities as inputs, so both backends decide on
+// the same floats. Host results (losses, a Route's host fields) are copied into
+// outputs. Without a GPU the CUDA instances skip and say so; ops without CUDA
+// kernels yet (on_cuda false) are skipped by the CUDA instance.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -331,14 +332,21 @@ std::vector<OpCase> cases() {
                  ops::cross_entropy_backward(x, {o[1], o[0], in[1], 0.5f});
                  put(x, o[2], std::vector<float>{loss});
                }});
-  c.push_back({"attention", Tol::f32, [](Rng& r) { return Ins{randn({2, 13, 48}, r), randn({2, 13, 16}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {2, 13, 16}), fresh(x, {2, 4, 13, 13}), acc(x, {2, 13, 48})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const ops::AttentionShape s{2, 13, 16, 4};
-                 ops::attention_forward(x, {o[0], o[1], in[0], s});
-                 ops::attention_backward(x, {o[2], in[1], in[0], o[1], s});
-               },
-               false});
+  // Dense causal attention, fp32 (class F): head dims 16 (tiny's), 64 and 128,
+  // T not a multiple of any tile (the fp32 kernels tile by 64 or 32; the CPU
+  // by blocks of 32 query rows).
+  for (const ops::AttentionShape s : {ops::AttentionShape{2, 37, 64, 4}, ops::AttentionShape{2, 77, 128, 2},
+                                      ops::AttentionShape{1, 100, 256, 2}}) {
+    c.push_back({"attention_d" + std::to_string(s.C / s.H), Tol::f32,
+                 [s](Rng& r) { return Ins{randn({s.B, s.T, 3 * s.C}, r), randn({s.B, s.T, s.C}, r)}; },
+                 [s](Ctx& x, const Ins&) {
+                   return Outs{fresh(x, {s.B, s.T, s.C}), fresh(x, {s.B, s.H, s.T}), acc(x, {s.B, s.T, 3 * s.C})};
+                 },
+                 [s](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::attention_forward(x, {o[0], o[1], in[0], s});
+                   ops::attention_backward(x, {o[2], in[1], in[0], o[0], o[1], s});
+                 }});
+  }
   // ---- elementwise, random, layout ----
   c.push_back({"add_mul_scale", Tol::exact, [](Rng& r) { return Ins{randn({1024}, r), randn({1024}, r), randn({1001}, r), randn({1001}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {1024}), fresh(x, {1001}), fresh(x, {1001})}; },
@@ -663,6 +671,51 @@ TEST_P(BackendOps, EveryOpAgreesWithTheCpuAndReruns) {
         EXPECT_LE(rel_l2(first[i], ref[i]), 1e-5) << "output " << i << " against the CPU reference";
     }
   }
+}
+
+// bf16 attention (class B): the CUDA kernels on bf16 qkv and dout against
+// the fp32 CPU reference run on the same bf16-rounded values; rel L2 <= 1e-2
+// forward, 3e-2 backward; two runs bitwise equal.
+TEST_P(BackendOps, AttentionBf16AgreesWithTheCpuOnRoundedInputs) {
+  if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "bf16 attention runs on CUDA only (the CPU reference is f32)";
+  Ctx& x = ctx();
+  for (const ops::AttentionShape s : {ops::AttentionShape{2, 77, 128, 2}, ops::AttentionShape{1, 300, 128, 2},
+                                      ops::AttentionShape{1, 100, 256, 2}, ops::AttentionShape{1, 161, 128, 1}}) {
+    SCOPED_TRACE("B " + std::to_string(s.B) + " T " + std::to_string(s.T) + " D " + std::to_string(s.C / s.H));
+    Rng rng(0xbf16 + s.T);
+    const Tensor qkv_b = randn({s.B, s.T, 3 * s.C}, rng).to(DType::bf16), dout_b = randn({s.B, s.T, s.C}, rng).to(DType::bf16);
+    const Tensor qkv = qkv_b.to(DType::f32), dout = dout_b.to(DType::f32);  // the rounded values, for the CPU
+    Tensor out_c = Tensor::zeros({s.B, s.T, s.C}, DType::f32, host_ctx()), lse_c = Tensor::zeros({s.B, s.H, s.T}, DType::f32, host_ctx());
+    Tensor dqkv_c = Tensor::zeros(qkv.shape(), DType::f32, host_ctx());
+    ops::attention_forward(host_ctx(), {out_c, lse_c, qkv, s});
+    ops::attention_backward(host_ctx(), {dqkv_c, dout, qkv, out_c, lse_c, s});
+    std::vector<Tensor> runs[2];
+    for (auto& r : runs) {
+      const Tensor q = qkv_b.to(x), d = dout_b.to(x);
+      Tensor o = out(x, {s.B, s.T, s.C}, DType::bf16), l = out(x, {s.B, s.H, s.T}), g = out(x, qkv.shape(), DType::bf16);
+      poison(o, x);
+      poison(l, x);
+      g.zero(x);
+      ops::attention_forward(x, {o, l, q, s});
+      ops::attention_backward(x, {g, d, q, o, l, s});
+      r = {o.to(host_ctx()), l.to(host_ctx()), g.to(host_ctx())};
+    }
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
+    const Tensor o = runs[0][0].to(DType::f32), g = runs[0][2].to(DType::f32);
+    for (const Tensor* t : std::initializer_list<const Tensor*>{&o, &runs[0][1], &g})
+      for (int64_t e = 0; e < t->numel(); ++e) ASSERT_FALSE(std::isnan(t->f32()[e])) << "element " << e << " was never written";
+    EXPECT_LE(rel_l2(o, out_c), 1e-2) << "out";
+    EXPECT_LE(rel_l2(runs[0][1], lse_c), 1e-2) << "lse";
+    EXPECT_LE(rel_l2(g, dqkv_c), 3e-2) << "dqkv";
+  }
+}
+
+TEST_P(BackendOps, AttentionRefusesHeadDimsWithoutKernels) {
+  if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "the CPU reference takes any head dim";
+  Ctx& x = ctx();
+  const ops::AttentionShape s{1, 5, 24, 2};  // D = 12
+  Tensor q = Tensor::zeros({1, 5, 72}, DType::f32, x), o = out(x, {1, 5, 24}), l = out(x, {1, 2, 5});
+  EXPECT_THROW(ops::attention_forward(x, {o, l, q, s}), BackendError);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),

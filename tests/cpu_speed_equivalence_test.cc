@@ -78,17 +78,23 @@ void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
   }
 }
 
-void attention_forward(Tensor& out, Tensor& att, const Tensor& qkv, const ops::AttentionShape& s) {
+// Attention: the scalar row-by-row loops in the form that saves lse (B, H, T)
+// and recomputes each row of probabilities in backward (the reference the
+// BLAS path replaced, as the lse change left it).
+void attention_forward(Ctx&, const ops::AttentionArgs& args) {
+  const ops::AttentionShape& s = args.shape;
+  Tensor& out = args.out;
+  const Tensor& qkv = args.qkv;
   const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const float* in = qkv.f32();
   float* o = out.f32();
-  float* a = att.f32();
+  std::vector<float> att(T);  // one row of probabilities; only lse is saved
   for (int64_t b = 0; b < s.B; ++b)
     for (int64_t h = 0; h < s.H; ++h)
       for (int64_t t = 0; t < T; ++t) {
         const float* q = in + (b * T + t) * C3 + h * D;
-        float* arow = a + ((b * s.H + h) * T + t) * T;
+        float* arow = att.data();
         float mx = -INFINITY;
         for (int64_t u = 0; u <= t; ++u) {
           const float* k = in + (b * T + u) * C3 + C + h * D;
@@ -100,7 +106,7 @@ void attention_forward(Tensor& out, Tensor& att, const Tensor& qkv, const ops::A
         float sum = 0;
         for (int64_t u = 0; u <= t; ++u) sum += (arow[u] = std::exp(arow[u] - mx));
         for (int64_t u = 0; u <= t; ++u) arow[u] /= sum;
-        for (int64_t u = t + 1; u < T; ++u) arow[u] = 0;
+        args.lse.f32()[(b * s.H + h) * T + t] = mx + std::log(sum);
         float* orow = o + (b * T + t) * C + h * D;
         std::fill(orow, orow + D, 0.f);
         for (int64_t u = 0; u <= t; ++u) {
@@ -110,17 +116,33 @@ void attention_forward(Tensor& out, Tensor& att, const Tensor& qkv, const ops::A
       }
 }
 
-void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& att,
-                        const ops::AttentionShape& s) {
+void attention_backward(Ctx&, const ops::AttentionBackwardArgs& args) {
+  const ops::AttentionShape& s = args.shape;
+  Tensor& dqkv = args.dqkv;
+  const Tensor& dout = args.dout;
+  const Tensor& qkv = args.qkv;
   const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const float* in = qkv.f32();
   float* din = dqkv.f32();
-  std::vector<float> da(T);
+  std::vector<float> da(T), att(T);
   for (int64_t b = 0; b < s.B; ++b)
     for (int64_t h = 0; h < s.H; ++h)
       for (int64_t t = 0; t < T; ++t) {
-        const float* arow = att.f32() + ((b * s.H + h) * T + t) * T;
+        // The row of probabilities, recomputed from q, k and lse: s[t, u]
+        // exactly as the forward computed it, a = exp(s - lse). Delta (dot
+        // below) stays sum_u a da, equal to dout . out: it keeps the 50-step
+        // loss baselines within 1e-6 (tiny 8e-7), dout . out does not (tiny
+        // step 23 moves by more).
+        const float* q = in + (b * T + t) * C3 + h * D;
+        const float lse = args.lse.f32()[(b * s.H + h) * T + t];
+        float* arow = att.data();
+        for (int64_t u = 0; u <= t; ++u) {
+          const float* k = in + (b * T + u) * C3 + C + h * D;
+          float d = 0;
+          for (int64_t i = 0; i < D; ++i) d += q[i] * k[i];
+          arow[u] = std::exp(d * scale - lse);
+        }
         const float* dorow = dout.f32() + (b * T + t) * C + h * D;
         float dot = 0;
         for (int64_t u = 0; u <= t; ++u) {
@@ -134,7 +156,6 @@ void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, con
           da[u] = d;
           dot += arow[u] * d;
         }
-        const float* q = in + (b * T + t) * C3 + h * D;
         float* dq = din + (b * T + t) * C3 + h * D;
         for (int64_t u = 0; u <= t; ++u) {
           float ds = arow[u] * (da[u] - dot) * scale;
@@ -147,6 +168,7 @@ void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, con
         }
       }
 }
+
 
 void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w, const Tensor& bias) {
   const int64_t N = x.dim(0), C = x.dim(1);
@@ -355,16 +377,16 @@ TEST(CpuSpeedEquivalence, Attention) {
     const std::string tag = " B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " C=" + std::to_string(s.C) +
                             " H=" + std::to_string(s.H);
     const Tensor qkv = randn({s.B, s.T, 3 * s.C}, rng), dout = randn({s.B, s.T, s.C}, rng);
-    Tensor out = zeros({s.B, s.T, s.C}), att = zeros({s.B, s.H, s.T, s.T});
-    Tensor out_old = zeros({s.B, s.T, s.C}), att_old = zeros({s.B, s.H, s.T, s.T});
-    ops::attention_forward(ctx, {out, att, qkv, s});
-    old::attention_forward(out_old, att_old, qkv, s);
+    Tensor out = zeros({s.B, s.T, s.C}), lse = zeros({s.B, s.H, s.T});
+    Tensor out_old = zeros({s.B, s.T, s.C}), lse_old = zeros({s.B, s.H, s.T});
+    ops::attention_forward(ctx, {out, lse, qkv, s});
+    old::attention_forward(ctx, {out_old, lse_old, qkv, s});
     expect_close("attention out" + tag, out, out_old);
-    expect_close("attention att" + tag, att, att_old);
+    expect_close("attention lse" + tag, lse, lse_old);
     for (const bool from_zero : {true, false}) {
       Tensor dqkv = from_zero ? zeros({s.B, s.T, 3 * s.C}) : randn({s.B, s.T, 3 * s.C}, rng), dqkv_old = copy_of(dqkv);
-      ops::attention_backward(ctx, {dqkv, dout, qkv, att, s});
-      old::attention_backward(dqkv_old, dout, qkv, att_old, s);
+      ops::attention_backward(ctx, {dqkv, dout, qkv, out, lse, s});
+      old::attention_backward(ctx, {dqkv_old, dout, qkv, out_old, lse_old, s});
       expect_close(std::string(from_zero ? "attention dqkv" : "attention dqkv (accumulated)") + tag, dqkv, dqkv_old);
     }
   }

@@ -140,20 +140,27 @@ TEST(Embedding, ForwardAndGradient) {
 TEST(Attention, SingleTokenReturnsItsValue) {
   Rng rng(5);
   ops::AttentionShape s{2, 1, 8, 2};
-  Tensor qkv = randn({2, 1, 24}, rng), out = zeros({2, 1, 8}), att = zeros({2, 2, 1, 1});
-  ops::attention_forward(host_ctx(), {out, att, qkv, s});
+  Tensor qkv = randn({2, 1, 24}, rng), out = zeros({2, 1, 8}), lse = zeros({2, 2, 1});
+  ops::attention_forward(host_ctx(), {out, lse, qkv, s});
   for (int b = 0; b < 2; ++b)
     for (int c = 0; c < 8; ++c) EXPECT_FLOAT_EQ(out.f32()[b * 8 + c], qkv.f32()[b * 24 + 16 + c]);
+  // One key: lse is its score q.k / sqrt(D).
+  for (int b = 0; b < 2; ++b)
+    for (int h = 0; h < 2; ++h) {
+      float d = 0;
+      for (int i = 0; i < 4; ++i) d += qkv.f32()[b * 24 + h * 4 + i] * qkv.f32()[b * 24 + 8 + h * 4 + i];
+      EXPECT_NEAR(lse.f32()[b * 2 + h], d / 2.f, 1e-6f);
+    }
 }
 
 TEST(Attention, CausalNoLeakFromFuture) {
   Ctx& ctx = host_ctx();
   Rng rng(6);
   ops::AttentionShape s{1, 7, 8, 2};
-  Tensor qkv = randn({1, 7, 24}, rng), out = zeros({1, 7, 8}), out2 = zeros({1, 7, 8}), att = zeros({1, 2, 7, 7});
-  ops::attention_forward(ctx, {out, att, qkv, s});
+  Tensor qkv = randn({1, 7, 24}, rng), out = zeros({1, 7, 8}), out2 = zeros({1, 7, 8}), lse = zeros({1, 2, 7});
+  ops::attention_forward(ctx, {out, lse, qkv, s});
   for (int c = 0; c < 24; ++c) qkv.f32()[5 * 24 + c] += 3.f;  // change token 5
-  ops::attention_forward(ctx, {out2, att, qkv, s});
+  ops::attention_forward(ctx, {out2, lse, qkv, s});
   for (int t = 0; t < 5; ++t)
     for (int c = 0; c < 8; ++c) EXPECT_EQ(out.f32()[t * 8 + c], out2.f32()[t * 8 + c]) << "t=" << t;
   EXPECT_NE(out.f32()[5 * 8], out2.f32()[5 * 8]);
@@ -165,13 +172,13 @@ TEST(Attention, GradientsMatchFiniteDifferences) {
   ops::AttentionShape s{2, 5, 6, 3};
   Tensor qkv = randn({2, 5, 18}, rng), R = randn({2, 5, 6}, rng);
   auto loss = [&] {
-    Tensor out = zeros({2, 5, 6}), att = zeros({2, 3, 5, 5});
-    ops::attention_forward(ctx, {out, att, qkv, s});
+    Tensor out = zeros({2, 5, 6}), lse = zeros({2, 3, 5});
+    ops::attention_forward(ctx, {out, lse, qkv, s});
     return dot(out, R);
   };
-  Tensor out = zeros({2, 5, 6}), att = zeros({2, 3, 5, 5}), dqkv = zeros({2, 5, 18});
-  ops::attention_forward(ctx, {out, att, qkv, s});
-  ops::attention_backward(ctx, {dqkv, R, qkv, att, s});
+  Tensor out = zeros({2, 5, 6}), lse = zeros({2, 3, 5}), dqkv = zeros({2, 5, 18});
+  ops::attention_forward(ctx, {out, lse, qkv, s});
+  ops::attention_backward(ctx, {dqkv, R, qkv, out, lse, s});
   expect_gradient("dqkv", qkv, dqkv, loss, 1e-3, 2e-2, 90);
 }
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""PyTorch SDPA at bench_ops' dense causal attention shapes, for the side-by-side comparison.
+
+torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True) in bf16 on one GPU,
+forward and forward + backward, at 8 heads of 64 and of 128, T = 4k and 16k, B * T = 16k tokens
+(the shapes of examples/bench_ops.cc). q, k, v are strided views of one packed (B, T, 3, H, D)
+tensor, like Switchyard's (B, T, 3C) qkv. Timing: CUDA events around each call, median of
+--iters runs after --warmup. Work by formula, as bench_ops counts it: forward
+2 * 2 * B * H * T^2/2 * D (the causal half), backward 2.5x that. A table on stdout, then one
+line of JSON (and --json FILE).
+
+    python3 scripts/bench/torch_attention.py [--backend flash] [--json torch_attention.json]
+"""
+import argparse
+import json
+import statistics
+import sys
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=16384, help="B * T")
+    ap.add_argument("--quick", action="store_true", help="one small shape (a smoke test)")
+    ap.add_argument("--backend", choices=["default", "flash", "efficient", "cudnn"], default="default",
+                    help="restrict SDPA to one backend (default: PyTorch chooses)")
+    ap.add_argument("--json", default="", help="also write the JSON here")
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    if not torch.cuda.is_available():
+        sys.exit("torch_attention: no CUDA device")
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+
+    def sdpa_context():
+        if args.backend == "default":
+            import contextlib
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                            "cudnn": SDPBackend.CUDNN_ATTENTION}[args.backend])
+
+    def time_ms(fn):
+        for _ in range(args.warmup):
+            fn()
+        times = []
+        for _ in range(args.iters):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        return statistics.median(times)
+
+    shapes = [(128, 64)] if args.quick else [(4096, 64), (16384, 64), (4096, 128), (16384, 128)]
+    H = args.heads
+    rows = []
+    for T, D in shapes:
+        B = max(1, args.tokens // T)
+        qkv = torch.randn(B, T, 3, H, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, T, D), strided
+        dout = torch.randn(B, H, T, D, device=dev, dtype=torch.bfloat16)
+        fwd_flops = 2.0 * 2.0 * B * H * (T * T / 2) * D
+        shape = f"B{B} T{T} H{H} D{D}"
+
+        def forward():
+            with torch.no_grad(), sdpa_context():
+                F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        def forward_backward():
+            with sdpa_context():
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                torch.autograd.grad(out, qkv, dout)
+
+        for name, fn, flops in (("sdpa_fwd_bf16", forward, fwd_flops),
+                                ("sdpa_fwd_bwd_bf16", forward_backward, 3.5 * fwd_flops)):
+            ms = time_ms(fn)
+            rows.append({"op": name, "shape": shape, "seconds": ms / 1e3, "flops": flops,
+                         "tflops_per_s": flops / (ms / 1e3) / 1e12})
+        del qkv, q, k, v, dout
+        torch.cuda.empty_cache()
+
+    print(f"device {torch.cuda.get_device_name()} | torch {torch.__version__} | SDPA backend {args.backend}")
+    print(f"{'op':<20} {'shape':<22} {'ms':>10} {'TFLOP/s':>10}")
+    for r in rows:
+        print(f"{r['op']:<20} {r['shape']:<22} {r['seconds'] * 1e3:>10.3f} {r['tflops_per_s']:>10.1f}")
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "backend": args.backend,
+           "ops": rows}
+    print(json.dumps(out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
