@@ -15,6 +15,7 @@ Param* ParamStore::add(const std::string& name, Shape shape, Rng& rng, float std
   for (int64_t d : shape) n *= d;
   std::vector<float> w(n);
   for (int64_t i = 0; i < n; ++i) w[i] = std != 0.f ? static_cast<float>(rng.normal() * std) : fill;
+  p->global_numel = n;
   params_.push_back(std::move(p));
   staged_.push_back(std::move(w));
   return params_.back().get();
@@ -26,12 +27,23 @@ Param* ParamStore::add_rows(const std::string& name, Shape full, int64_t begin, 
   for (size_t i = 1; i < full.size(); ++i) row *= full[i];
   Shape shard = full;
   shard[0] = end - begin;
-  Param* p = add(name, shard, rng, 0.f, decay, 0.f, kind);
+  return add_slice(name, full[0] * row, begin * row, end * row, shard, rng, std, decay, kind);
+}
+
+Param* ParamStore::add_slice(const std::string& name, int64_t full_numel, int64_t begin, int64_t end, Shape shape,
+                             Rng& rng, float std, bool decay, ParamKind kind) {
+  SY_CHECK(0 <= begin && begin <= end && end <= full_numel,
+           "parameter " << name << ": slice [" << begin << ", " << end << ") of " << full_numel << " elements");
+  Param* p = add(name, shape, rng, 0.f, decay, 0.f, kind);
   std::vector<float>& w = staged_.back();
-  for (int64_t i = 0; i < full[0] * row; ++i) {
+  SY_CHECK(static_cast<int64_t>(w.size()) == end - begin,
+           "parameter " << name << ": shape " << shape_str(shape) << " for a slice of " << end - begin);
+  for (int64_t i = 0; i < full_numel; ++i) {
     const float v = std != 0.f ? static_cast<float>(rng.normal() * std) : 0.f;
-    if (i >= begin * row && i < end * row) w[i - begin * row] = v;
+    if (i >= begin && i < end) w[i - begin] = v;
   }
+  p->global_begin = begin;
+  p->global_numel = full_numel;
   return p;
 }
 

@@ -32,6 +32,10 @@ struct Param {
   bool decay = true;   // weight decay applies (matrices); false for biases, norms
   ParamKind kind = ParamKind::dense;  // expert: sharded under expert parallelism
   int64_t offset = 0;  // elements into its kind's arenas
+  // A shard (add_rows, add_slice) holds elements [global_begin, global_begin +
+  // numel) of the whole tensor of global_numel elements that every
+  // expert-parallel size draws alike; a whole parameter holds [0, numel).
+  int64_t global_begin = 0, global_numel = 0;
   bool expert() const { return kind == ParamKind::expert; }
 };
 
@@ -51,6 +55,11 @@ class ParamStore {
   // is the same as without sharding) and keeps the slice. Expert shards.
   Param* add_rows(const std::string& name, Shape full, int64_t begin, int64_t end, Rng& rng, float std,
                   bool decay, ParamKind kind = ParamKind::expert);
+  // Elements [begin, end) of a flat parameter of full_numel elements, kept
+  // with shape `shape` (numel end - begin): as add_rows, for packed layouts
+  // whose shards are not whole rows of one shape (experts of different sizes).
+  Param* add_slice(const std::string& name, int64_t full_numel, int64_t begin, int64_t end, Shape shape, Rng& rng,
+                   float std, bool decay, ParamKind kind = ParamKind::expert);
   // Allocates the arenas on ctx's device and makes every Param's tensors views.
   void finalize(Ctx& ctx);
   bool finalized() const { return finalized_; }

@@ -77,8 +77,10 @@ float Trainer::evaluate() {
   held_out_.clear();
   for (const auto& [l, layer] : moe) held_out_.push_back({l, std::vector<double>(cfg_.moe().num_experts(), 0.0)});
   ProgressLine progress(opts_.log, "evaluation", n, opts_.progress_after_s, opts_.progress_every_s);
+  held_out_compute_ = 0;
   for (int i = 0; i < n; ++i) {
     sum += model_.forward(slice_batch(val_.fixed(i), T, rank_, world_));
+    held_out_compute_ += model_.forward_flops() / model_.dense_forward_flops() / n;
     // Every batch routes the same number of tokens, so the pass's load is the
     // mean of the batches' load fractions (already summed over ranks).
     for (size_t m = 0; m < moe.size(); ++m) {
@@ -86,6 +88,8 @@ float Trainer::evaluate() {
       for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] / n;
       held_out_[m].dropped += st.dropped / n;
       held_out_[m].unserved += st.unserved / n;
+      held_out_[m].realized_cost += st.realized_cost / n;
+      held_out_[m].budget_dropped += st.budget_dropped / n;
     }
     progress.done(i + 1);
   }
@@ -191,6 +195,7 @@ TrainResult Trainer::run() {
       log.evaluated = true;
       log.val_loss = evaluate();
       log.held_out = &held_out_;
+      log.val_compute_fraction = held_out_compute_;
       result.final_val_loss = log.val_loss;
     }
     const double now = now_s(), dt = std::max(1e-9, now - interval_start);

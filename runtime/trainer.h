@@ -80,6 +80,7 @@ class Trainer {
   WindowSampler train_, val_, warmup_;
   int rank_ = 0, world_ = 1;
   std::vector<HeldOutRouting> held_out_;
+  double held_out_compute_ = 0;  // mean compute_fraction over the last validation pass
   std::unique_ptr<GradientReducer> reducer_;  // several ranks only
 };
 

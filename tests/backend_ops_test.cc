@@ -499,9 +499,27 @@ std::vector<OpCase> cases() {
                },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  const std::vector<int32_t> offset{0, 5, 5, 12, 20};  // expert 1 gets no rows
+                 const ops::ExpertLayout layout(8, {12, 12, 12, 12});
                  const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
-                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, w});
-                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, w});
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
+  // Experts of hidden widths 6, 12, 3, 9 (packed layout; pre 5*6 + 7*3 + 8*9 = 123).
+  c.push_back({"expert_ffn_heterogeneous", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({20, 8}, r), randn({8 * 30}, r, 0.3f), randn({30}, r), randn({30 * 8}, r, 0.3f),
+                            randn({4, 8}, r), randn({20, 8}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {20, 8}), fresh(x, {123}), acc(x, {20, 8}), acc(x, {8 * 30}), acc(x, {30}),
+                             acc(x, {30 * 8}), acc(x, {4, 8})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 5, 5, 12, 20};
+                 const ops::ExpertLayout layout(8, {6, 12, 3, 9});
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
                }});
   return c;
 }

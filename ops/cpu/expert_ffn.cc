@@ -6,41 +6,50 @@
 namespace sy::ops::cpu {
 
 namespace {
-// Expert g's slice of a (G, a, b) weight as an (a, b) matrix, or of a (G, b) bias as (b).
-Tensor expert(const Tensor& w, int64_t g) {
-  Shape s(w.shape().begin() + 1, w.shape().end());
-  return w.rows(g, g + 1).reshape(s);
+// Elements [offset, offset + numel(shape)) of a packed tensor, as `shape`.
+Tensor block(const Tensor& t, int64_t offset, const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return t.reshape({t.numel()}).rows(offset, offset + n).reshape(shape);
 }
 }  // namespace
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
-  const int64_t G = a.w.w1.dim(0), H = a.w.w1.dim(2);
+  const ExpertLayout& l = a.layout;
+  const int64_t G = l.groups(), D = l.D;
+  int64_t p0 = 0;  // expert g's block of pre
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1];
-    if (r1 == r0) continue;
-    Tensor pre = a.pre.rows(r0, r1), out = a.out.rows(r0, r1);
-    cpu::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), expert(a.w.w1, g), expert(a.w.b1, g)});
-    Tensor act = Tensor::empty({r1 - r0, H}, DType::f32, ctx);
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g];
+    if (n == 0) continue;
+    Tensor pre = block(a.pre, p0, {n, H}), out = a.out.rows(r0, r1);
+    p0 += n * H;
+    cpu::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), block(a.w.w1, l.w_offset(g), {D, H}),
+                              block(a.w.b1, l.b1_offset(g), {H})});
+    Tensor act = Tensor::empty({n, H}, DType::f32, ctx);
     cpu::gelu_forward(ctx, act, pre);
-    cpu::matmul_forward(ctx, {out, act, expert(a.w.w2, g), expert(a.w.b2, g)});
+    cpu::matmul_forward(ctx, {out, act, block(a.w.w2, l.w_offset(g), {H, D}), block(a.w.b2, l.b2_offset(g), {D})});
   }
 }
 
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
-  const int64_t G = a.w.w1.dim(0), H = a.w.w1.dim(2);
+  const ExpertLayout& l = a.layout;
+  const int64_t G = l.groups(), D = l.D;
+  int64_t p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1];
-    if (r1 == r0) continue;
-    const Tensor pre = a.pre.rows(r0, r1);
-    Tensor act = Tensor::empty({r1 - r0, H}, DType::f32, ctx);
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g];
+    if (n == 0) continue;
+    const Tensor pre = block(a.pre, p0, {n, H});
+    p0 += n * H;
+    Tensor act = Tensor::empty({n, H}, DType::f32, ctx);
     cpu::gelu_forward(ctx, act, pre);
-    Tensor dact = Tensor::zeros({r1 - r0, H}, DType::f32, ctx);
-    Tensor dw2 = expert(a.dw.w2, g), db2 = expert(a.dw.b2, g), dw1 = expert(a.dw.w1, g), db1 = expert(a.dw.b1, g);
-    cpu::matmul_backward(ctx, {&dact, &dw2, &db2, a.dout.rows(r0, r1), act, expert(a.w.w2, g)});
-    Tensor dpre = Tensor::zeros({r1 - r0, H}, DType::f32, ctx);
+    Tensor dact = Tensor::zeros({n, H}, DType::f32, ctx);
+    Tensor dw2 = block(a.dw.w2, l.w_offset(g), {H, D}), db2 = block(a.dw.b2, l.b2_offset(g), {D});
+    Tensor dw1 = block(a.dw.w1, l.w_offset(g), {D, H}), db1 = block(a.dw.b1, l.b1_offset(g), {H});
+    cpu::matmul_backward(ctx, {&dact, &dw2, &db2, a.dout.rows(r0, r1), act, block(a.w.w2, l.w_offset(g), {H, D})});
+    Tensor dpre = Tensor::zeros({n, H}, DType::f32, ctx);
     cpu::gelu_backward(ctx, dpre, dact, pre);
     Tensor dbuf = a.dbuf.rows(r0, r1);
-    cpu::matmul_backward(ctx, {&dbuf, &dw1, &db1, dpre, a.buf.rows(r0, r1), expert(a.w.w1, g)});
+    cpu::matmul_backward(ctx, {&dbuf, &dw1, &db1, dpre, a.buf.rows(r0, r1), block(a.w.w1, l.w_offset(g), {D, H})});
   }
 }
 
