@@ -15,11 +15,13 @@ GroupedExperts::GroupedExperts(Ctx& ctx, ParamStore& ps, const std::string& name
     b2_ = ps.add_rows(name + ".experts.b2", {G, C}, e0, e1, rng, 0.f, false);
     return;
   }
-  // Packed: the same draws in the same order (whole tensors, experts in global order).
-  const int64_t w0 = all.w_offset(e0), w1 = all.w_offset(e1) , h0 = all.b1_offset(e0), h1 = all.b1_offset(e1);
-  w1_ = ps.add_slice(name + ".experts.w1", all.w_numel(), w0, w1, {w1 - w0}, rng, std, true);
-  b1_ = ps.add_slice(name + ".experts.b1", all.total_hidden(), h0, h1, {h1 - h0}, rng, 0.f, false);
-  w2_ = ps.add_slice(name + ".experts.w2", all.w_numel(), w0, w1, {w1 - w0}, rng, out_std, true);
+  // Packed: the same draws in the same order (whole tensors, experts in
+  // global order); a row is one expert's piece, (C, H_g), (H_g), (H_g, C).
+  std::vector<Shape> w1(G), b1(G), w2(G);
+  for (int64_t g = 0; g < G; ++g) w1[g] = {C, hidden[g]}, b1[g] = {hidden[g]}, w2[g] = {hidden[g], C};
+  w1_ = ps.add_packed_rows(name + ".experts.w1", w1, e0, e1, rng, std, true);
+  b1_ = ps.add_packed_rows(name + ".experts.b1", b1, e0, e1, rng, 0.f, false);
+  w2_ = ps.add_packed_rows(name + ".experts.w2", w2, e0, e1, rng, out_std, true);
   b2_ = ps.add_rows(name + ".experts.b2", {G, C}, e0, e1, rng, 0.f, false);
 }
 

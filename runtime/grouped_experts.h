@@ -6,8 +6,8 @@
 // Parameters are the packed layout of ops/expert_ffn.h over the experts this
 // rank holds, in global expert order: w1 (D*sum H_g), b1 (sum H_g), w2
 // (D*sum H_g), b2 (G, C). The whole tensors over all G experts are drawn and
-// each rank keeps its experts' slice (ParamStore::add_slice; Param records
-// the slice's place in the whole tensor), so a seed gives the same experts at
+// each rank keeps its experts' slice (ParamStore::add_packed_rows; Param
+// records each expert's piece and the shard's place in the whole tensor), so a seed gives the same experts at
 // every expert-parallel size and expert g's weights sit at the same place in
 // the whole tensor whatever rank holds them. With equal widths the shards are
 // exactly w1 (G, C, H), b1 (G, H), w2 (G, H, C), b2 (G, C) by rows

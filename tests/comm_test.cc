@@ -132,10 +132,10 @@ void compare_with_single_rank(bool skew, bool router_losses, bool hetero = false
   for (const char* name : {"m.experts.w1", "m.experts.b1", "m.experts.w2"}) {
     const Param* p = ps_par.find(name);
     const Param* all = ps_one.find(name);
-    EXPECT_EQ(p->global_numel, all->value.numel());
+    EXPECT_EQ(p->global_numel(), all->value.numel());
     for (int64_t i = 0; i < p->grad.numel(); ++i) {
-      ASSERT_EQ(p->value.f32()[i], all->value.f32()[p->global_begin + i]) << name << " " << i;
-      ASSERT_NEAR(p->grad.f32()[i], all->grad.f32()[p->global_begin + i], 1e-4f) << name << " " << i;
+      ASSERT_EQ(p->value.f32()[i], all->value.f32()[p->global_begin() + i]) << name << " " << i;
+      ASSERT_NEAR(p->grad.f32()[i], all->grad.f32()[p->global_begin() + i], 1e-4f) << name << " " << i;
     }
   }
 }

@@ -11,7 +11,7 @@ namespace sy::ops::cuda {
 static __global__ void gate_forward(float* w, const float* s, const int32_t* group, int64_t N, bool st) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= N) return;
-  w[i] = group[i] < 0 ? 0.f : st ? s[i] / s[i] : s[i];
+  w[i] = group[i] < 0 ? 0.f : st ? 1.f : s[i];  // s / sg(s): 1 in value, also where s underflows to 0
 }
 
 static __global__ void gate_backward(float* dr, const float* dw, const float* dbudget, const float* s,
