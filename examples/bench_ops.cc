@@ -275,7 +275,7 @@ int main(int argc, char** argv) {
       mc.set_num_experts(static_cast<int32_t>(E));
       mc.set_top_k(2);
       mc.set_capacity_factor(1.25f);
-      mc.set_expert_hidden(static_cast<int32_t>(H));
+      mc.add_expert_hidden(static_cast<int32_t>(H));
       sy::ParamStore ps, psd;
       sy::Rng init(7);
       sy::MoeLayer moe(ctx, ps, "moe", C, mc, H, init, 0.02f, 0.02f, 9);

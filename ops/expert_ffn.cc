@@ -1,33 +1,58 @@
 #include "ops/expert_ffn.h"
 
+#include <algorithm>
+
 #include "ops/backend.h"
 
 namespace sy::ops {
 
+ExpertLayout::ExpertLayout(int64_t d, std::vector<int64_t> h) : D(d), hidden(std::move(h)) {
+  start_.assign(hidden.size() + 1, 0);
+  for (size_t g = 0; g < hidden.size(); ++g) {
+    SY_CHECK(hidden[g] > 0, "expert " << g << " has hidden width " << hidden[g]);
+    start_[g + 1] = start_[g] + hidden[g];
+  }
+}
+
+int64_t ExpertLayout::pre_offset(const std::vector<int32_t>& offset, int64_t g) const {
+  int64_t p = 0;
+  for (int64_t h = 0; h < g; ++h) p += static_cast<int64_t>(offset[h + 1] - offset[h]) * hidden[h];
+  return p;
+}
+
+bool ExpertLayout::uniform() const {
+  return std::all_of(hidden.begin(), hidden.end(), [&](int64_t h) { return h == hidden[0]; });
+}
+
 namespace {
-void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int32_t>& offset, const ExpertWeights& w) {
-  SY_CHECK(w.w1.ndim() == 3, "expert w1 " << shape_str(w.w1.shape()) << " is not (G, D, H)");
-  const int64_t G = w.w1.dim(0), D = w.w1.dim(1), H = w.w1.dim(2), R = buf.dim(0);
-  check_shape(w.b1, {G, H}, "expert b1");
-  check_shape(w.w2, {G, H, D}, "expert w2");
-  check_shape(w.b2, {G, D}, "expert b2");
+void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int32_t>& offset, const ExpertLayout& l,
+           const ExpertWeights& w) {
+  const int64_t G = l.groups(), D = l.D, R = buf.dim(0);
+  SY_CHECK(w.w1.numel() == l.w_numel(), "expert w1 " << shape_str(w.w1.shape()) << " for " << G
+                                                     << " experts of d_model " << D << " and hidden " << l.total_hidden()
+                                                     << " in all");
+  SY_CHECK(w.b1.numel() == l.total_hidden(), "expert b1 " << shape_str(w.b1.shape()) << " for hidden "
+                                                          << l.total_hidden() << " in all");
+  SY_CHECK(w.w2.numel() == l.w_numel(), "expert w2 " << shape_str(w.w2.shape()) << " for " << G << " experts");
+  SY_CHECK(w.b2.numel() == G * D, "expert b2 " << shape_str(w.b2.shape()) << " for " << G << " experts of " << D);
   check_shape(buf, {R, D}, "expert buffer");
-  check_shape(pre, {R, H}, "expert pre-activation");
   SY_CHECK(static_cast<int64_t>(offset.size()) == G + 1 && offset[0] == 0 && offset[G] == R,
            "expert offsets: " << offset.size() << " entries, last " << offset.back() << ", buffer rows " << R);
+  SY_CHECK(pre.numel() == l.pre_numel(offset),
+           "expert pre-activation " << shape_str(pre.shape()) << " for " << l.pre_numel(offset) << " values");
   check_device(ctx, "expert_ffn", {&buf, &pre, &w.w1, &w.b1, &w.w2, &w.b2});
 }
 }  // namespace
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
-  check(ctx, a.buf, a.pre, a.offset, a.w);
+  check(ctx, a.buf, a.pre, a.offset, a.layout, a.w);
   check_shape(a.out, a.buf.shape(), "expert out");
   check_device(ctx, "expert_ffn_forward", {&a.out});
   SY_DISPATCH(ctx, expert_ffn_forward, ctx, a);
 }
 
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
-  check(ctx, a.buf, a.pre, a.offset, a.w);
+  check(ctx, a.buf, a.pre, a.offset, a.layout, a.w);
   check_shape(a.dout, a.buf.shape(), "expert dout");
   check_shape(a.dbuf, a.buf.shape(), "expert dbuf");
   check_shape(a.dw.w1, a.w.w1.shape(), "expert dw1");

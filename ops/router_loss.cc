@@ -7,8 +7,9 @@
 namespace sy::ops {
 
 namespace {
-// Layout of the sums tensor: [chosen (G) | prob (G) | assigned | items | dropped | unserved | entropy].
-enum Tail { kAssigned, kItems, kDropped, kUnserved, kEntropy, kTail };
+// Layout of the sums tensor: [chosen (G) | prob (G) | kept (G) | cut (G) | assigned | items | dropped |
+// unserved | entropy | budget_dropped].
+enum Tail { kAssigned, kItems, kDropped, kUnserved, kEntropy, kBudgetDropped, kTail };
 
 void check_probs(const Tensor& t, const char* what) {
   check_dtype(t, DType::f32, what);
@@ -16,7 +17,7 @@ void check_probs(const Tensor& t, const char* what) {
 }
 }  // namespace
 
-int64_t routing_sums_size(int64_t G) { return 2 * G + kTail; }
+int64_t routing_sums_size(int64_t G) { return 4 * G + kTail; }
 
 void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1) {
   check_shape(probs, {r.num_items, r.num_groups}, "routing probs");
@@ -34,13 +35,34 @@ RoutingTotals RoutingTotals::read(const Tensor& sums, int64_t G) {
   RoutingTotals t;
   t.chosen.assign(s.begin(), s.begin() + G);
   t.prob.assign(s.begin() + G, s.begin() + 2 * G);
-  const double* tail = s.data() + 2 * G;
+  t.kept.assign(s.begin() + 2 * G, s.begin() + 3 * G);
+  t.cut.assign(s.begin() + 3 * G, s.begin() + 4 * G);
+  const double* tail = s.data() + 4 * G;
   t.assigned = tail[kAssigned];
   t.items = tail[kItems];
   t.dropped = tail[kDropped];
   t.unserved = tail[kUnserved];
   t.entropy = tail[kEntropy];
+  t.budget_dropped = tail[kBudgetDropped];
   return t;
+}
+
+double RoutingTotals::realized_cost(const std::vector<float>& c) const {
+  double s = 0;
+  for (size_t g = 0; g < kept.size() && g < c.size(); ++g) s += kept[g] * c[g];
+  return s / std::max(1.0, items);
+}
+
+double RoutingTotals::cost_before_budget(const std::vector<float>& c) const {
+  double s = 0;
+  for (size_t g = 0; g < kept.size() && g < c.size(); ++g) s += (kept[g] + cut[g]) * c[g];
+  return s / std::max(1.0, items);
+}
+
+double RoutingTotals::expected_cost(const std::vector<float>& c) const {
+  double pc = 0, p = 0;
+  for (size_t g = 0; g < prob.size() && g < c.size(); ++g) pc += prob[g] * c[g], p += prob[g];
+  return p > 0 ? assigned / std::max(1.0, items) * pc / p : 0.0;
 }
 
 std::vector<double> RoutingTotals::f() const {
@@ -79,6 +101,16 @@ float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta) {
   check_shape(dlogits, logits.shape(), "z-loss dlogits");
   check_device(ctx, "z_loss", {&dlogits, &logits});
   SY_DISPATCH(ctx, z_loss, ctx, dlogits, logits, beta);
+}
+
+float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
+                           const RealizedBudgetArgs& a) {
+  check_shape(probs, {r.num_items, r.num_groups}, "budget probs");
+  check_shape(dprobs, probs.shape(), "budget dprobs");
+  SY_CHECK(static_cast<int64_t>(a.cost.size()) == r.num_groups,
+           "budget: " << a.cost.size() << " costs for " << r.num_groups << " groups");
+  check_device(ctx, "realized_budget_loss", {&dprobs, &probs, &r.group, &r.slot});
+  SY_DISPATCH(ctx, realized_budget_loss, ctx, dprobs, probs, r, a);
 }
 
 float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,

@@ -6,8 +6,20 @@
 //   P_g = mean_i p_ig.  f is a count (no gradient): dL/dp_ig = alpha G f_g / N.
 // Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5):
 //   L_z = beta * mean_i (logsumexp_g l_ig)^2,  dL/dl_ig = 2 beta lse_i softmax(l_i)_g / N.
-// Compute budget (seed 002): C = sum_i sum_g p_ig c_g / N,
-//   L_b = lambda * max(0, C - B),  dL/dp_ig = lambda c_g / N when C > B, else 0.
+// Compute budget, two estimators of the cost per token (c_g in units of the
+// dense FFN's cost per token, B the budget in the same units):
+//   expected (seed 002):  C = sum_i sum_g p_ig c_g / N,
+//     L_b = lambda * max(0, C - B),  dL/dp_ig = lambda c_g / N when C > B, else 0.
+//   realised, straight-through:  R = sum over kept assignments a = (i, g) of
+//     c_g / N_all, the cost of the routing actually done, counted over every
+//     data-parallel rank's N_all items (all-reduced routing sums, as for load
+//     balance); L_b = lambda * max(0, R - B) in value, and in gradient that of
+//     the surrogate lambda * S, S = sum_{kept (i, g)} p_ig c_g / N (this rank's
+//     N):  dL/dp_ig = lambda c_g / N for kept (i, g) when R > B, else 0. The
+//     value follows the work done; the gradient lowers the probabilities of the
+//     assignments that cost, in proportion to their cost. "Kept" is a
+//     parameter: the hard budget's drops (slot -2) may count as kept, so
+//     that the loss sees what the router asked for, not what was enforced.
 //
 // Each loss returns its value and accumulates its gradient (times `scale`,
 // the upstream gradient, normally 1) into dprobs or dlogits (N, G).
@@ -25,21 +37,32 @@ namespace sy::ops {
 // fields on the host.
 //   chosen[g]  assignments that chose group g (before capacity)
 //   prob[g]    sum over items of p_ig
+//   kept[g]    assignments kept in group g (with a slot: after capacity and budget)
+//   cut[g]     assignments of group g dropped by the budget (slot -2)
 //   assigned   used assignments;  items  number of items
-//   dropped    used assignments without a slot (over capacity)
+//   dropped    used assignments dropped over capacity (slot -1)
 //   unserved   items none of whose assignments was kept (no group at all)
 //   entropy    sum over items of -sum_g p_ig log p_ig
+//   budget_dropped  used assignments dropped by the budget (sum of cut)
 int64_t routing_sums_size(int64_t G);
 void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0 = 0, int64_t i1 = -1);
 
 struct RoutingTotals {
-  std::vector<double> chosen, prob;
-  double assigned = 0, items = 0, dropped = 0, unserved = 0, entropy = 0;
+  std::vector<double> chosen, prob, kept, cut;
+  double assigned = 0, items = 0, dropped = 0, unserved = 0, entropy = 0, budget_dropped = 0;
 
   static RoutingTotals read(const Tensor& sums, int64_t G);  // a host copy for device tensors
   // f_g: share of used assignments; P_g: mean probability.
   std::vector<double> f() const;
   std::vector<double> P() const;
+  // Costs per item for c (G): realised, sum_g kept_g c_g / items; before the
+  // budget's drops, sum_g (kept_g + cut_g) c_g / items; expected (soft), the
+  // mean cost of the route's assignments per item drawn from the mean
+  // probabilities: (assigned / items) sum_g P_g c_g / sum_g P_g (for softmax
+  // top-1: sum_i sum_g p_ig c_g / N).
+  double realized_cost(const std::vector<float>& c) const;
+  double cost_before_budget(const std::vector<float>& c) const;
+  double expected_cost(const std::vector<float>& c) const;
 };
 
 // L_lb from given statistics: f (G) and P (G) may cover more tokens than the
@@ -61,6 +84,22 @@ float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
 float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
                   float lambda, float* expected = nullptr);
 
+// The realised-cost budget loss: `realized` is R (from routing sums that may
+// span several ranks); returns lambda * max(0, R - B) and, when R > B, adds
+// lambda c_g / N to dprobs (N, G) for every kept assignment of r (slot >= 0,
+// and slot -2 too when count_budget_drops). *surrogate, when given, receives
+// S = sum_{kept (i, g)} p_ig c_g / N (whatever R is): the function whose
+// gradient this is (finite-difference checks).
+struct RealizedBudgetArgs {
+  const std::vector<float>& cost;  // (G) on the host
+  double realized = 0;
+  float budget = 1, lambda = 0;
+  bool count_budget_drops = true;
+  double* surrogate = nullptr;
+};
+float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
+                           const RealizedBudgetArgs& a);
+
 namespace cpu {
 void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1);
 float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
@@ -70,6 +109,8 @@ float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, c
 float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
 float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
                   float lambda, float* expected);
+float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
+                           const RealizedBudgetArgs& a);
 }  // namespace cpu
 
 // The CUDA kernels (ops/cuda/router_loss.cu; CUDA builds).
@@ -82,6 +123,8 @@ float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, c
 float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
 float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
                   float lambda, float* expected);
+float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
+                           const RealizedBudgetArgs& a);
 }  // namespace cuda
 
 }  // namespace sy::ops

@@ -71,6 +71,19 @@ void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau) {
   SY_DISPATCH(ctx, threshold_route, ctx, r, scores, tau);
 }
 
+void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p) {
+  check_shape(scores, {r.num_items, r.num_groups}, "budget scores");
+  check_dtype(scores, DType::f32, "budget scores");
+  SY_CHECK(static_cast<int64_t>(p.cost.size()) == r.num_groups,
+           "budget: " << p.cost.size() << " costs for " << r.num_groups << " groups");
+  for (float c : p.cost) SY_CHECK(c >= 0 && std::isfinite(c), "budget: cost " << c << " (must be finite, >= 0)");
+  SY_CHECK(p.budget >= 0 && std::isfinite(p.budget), "budget " << p.budget << " (must be finite, >= 0)");
+  SY_CHECK(!p.causal || p.segment == 0 || (p.segment > 0 && r.num_items % p.segment == 0),
+           "causal budget: " << r.num_items << " items in runs of " << p.segment);
+  check_device(ctx, "apply_budget", {&scores, &r.group, &r.slot, &r.count, &r.offset});
+  SY_DISPATCH(ctx, apply_budget, ctx, r, scores, p);
+}
+
 void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
                             const Route& r, bool renormalized) {
   check_shape(probs, {r.num_items, r.num_groups}, "route probs");

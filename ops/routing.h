@@ -7,13 +7,16 @@
 // routing context's device:
 //   group[a]  chosen group, or -1 where the assignment is unused     i32 (N*k)
 //   weight[a] combine weight                                          f32 (N*k)
-//   slot[a]   row within the group's buffer, or -1 when dropped       i32 (N*k)
+//   slot[a]   row within the group's buffer, or -1 when dropped over
+//             capacity, -2 when dropped by the budget (apply_budget)   i32 (N*k)
 //   count[g]  kept rows of group g                                    i32 (G)
 //   offset    exclusive prefix sums of count (G+1), so assignment a lives in
 //             buffer row offset[group[a]] + slot[a]                   i32 (G+1)
 // and on the host, from the one device-to-host copy per routed layer:
-//   host_offset (G+1), assigned (used assignments) and dropped (used but
-//   without a slot). Buffer sizes and expert GEMM shapes come from these.
+//   host_offset (G+1), assigned (used assignments), dropped (used but
+//   without a slot over capacity) and budget_dropped (used, given a slot by
+//   the policy, then dropped by apply_budget). Buffer sizes and expert GEMM
+//   shapes come from these.
 //
 // Policies:
 //  1. tokens choose:  p = softmax(l) or sigmoid(l) (fp32, router_scores); each
@@ -32,6 +35,22 @@
 //     a group follow item position. weight = the score.
 //  3. threshold:      G = k = 1; item i is routed when score_i > tau.
 // Ties: the lower index wins everywhere (a kernel can reproduce it exactly).
+//
+// A policy step after any of them (and after capacity):
+//  4. budget (apply_budget): group g costs c_g >= 0 per kept assignment; the
+//     kept cost sum_{kept a} c_{group[a]} of the N items must not exceed B N.
+//     Batch: when it does, kept assignments are dropped in priority order,
+//     the lowest score[i, group[a]] first, ties to the later assignment
+//     (the later item; within an item the later choice), skipping zero-cost
+//     ones, until it fits. Causal: items in position order, each run of
+//     `segment` items (a sequence) on its own; item t of a run may spend
+//     B (t + 1) minus what items 0..t-1 of the run kept, and drops its own
+//     kept assignments in the same priority order until it fits: its
+//     decision depends on items 0..t only. Either way dropped assignments get
+//     slot -2, the survivors' slots are renumbered 0..count-1 in their old
+//     order, and count, offset and host_offset are recomputed. Sums are in
+//     double, in assignment order: that sum of the kept costs is <= B N
+//     (batch) and <= B S for every run of S items (causal).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -45,7 +64,8 @@ struct Route {
   Tensor group, weight, slot, count, offset;
   std::vector<int32_t> host_offset;  // (G+1)
   int64_t assigned = 0;              // used assignments (group >= 0)
-  int64_t dropped = 0;               // used assignments without a slot
+  int64_t dropped = 0;               // used assignments without a slot (over capacity)
+  int64_t budget_dropped = 0;        // used assignments dropped by apply_budget
 
   int64_t rows() const { return host_offset.empty() ? 0 : host_offset.back(); }
   int64_t assignments() const { return num_items * k; }
@@ -72,6 +92,13 @@ struct TokensChooseParams {
   const Tensor* selection_keys = nullptr;
 };
 
+struct BudgetParams {
+  std::vector<float> cost;  // (G) c_g >= 0, on the host
+  double budget = 1;        // B, cost per item
+  bool causal = false;      // a running budget by position
+  int64_t segment = 0;      // causal: items per run (0: one run of all N)
+};
+
 // ceil(fraction * n) for capacities given as float fractions or factors.
 // Config floats like 0.3 are stored as 0.30000001; a relative tolerance of
 // 1e-6 keeps ceil from counting that last ulp as one more row.
@@ -94,6 +121,10 @@ void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, i
 // Threshold: scores (N), route item i where scores[i] > tau.
 void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
 
+// The budget step on a route: scores (N, G) give the drop priority (the
+// router's probabilities for MoE). See "4. budget" above.
+void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
+
 // Gradient of the combine weights w.r.t. the probabilities they came from:
 // dprobs (N, G) += d weight / d probs applied to dweight (N*k). Handles the
 // optional renormalisation (w_j = p_j / sum_l p_l over the item's choices).
@@ -110,6 +141,7 @@ void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, con
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
 void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment);
 void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
+void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
 void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
                             const Route& r, bool renormalized);
 void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);
@@ -122,6 +154,7 @@ void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, con
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
 void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment);
 void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
+void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
 void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
                             const Route& r, bool renormalized);
 void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "runtime/checkpoint_store.h"
+#include "runtime/moe_layer.h"
 #include "runtime/safetensors.h"
 
 #ifndef SY_CODE_VERSION
@@ -52,9 +53,9 @@ std::string shard_file(const char* kind, int shard, int ep) {
 Tensor host(const Tensor& t) { return t.device().is_cpu() ? t : t.to(host_ctx()); }
 
 std::string expert_row(const Param& p, int64_t g) { return p.name + ".e" + std::to_string(g); }
-Shape row_shape(const Param& p) { return Shape(p.shape.begin() + 1, p.shape.end()); }
-// Local row i of an expert parameter's tensor (value, m or v) as one expert's tensor.
-Tensor row(const Param& p, const Tensor& t, int64_t i) { return t.rows(i, i + 1).reshape(row_shape(p)); }
+// Local row i of an expert parameter's tensor (value, m or v) as one expert's
+// tensor: (C, H) for w1, or (C, H_g) when the experts' widths differ.
+Tensor row(const Param& p, const Tensor& t, int64_t i) { return p.local_row(t, i); }
 
 std::string hex32(uint32_t v) {
   char b[16];
@@ -81,7 +82,7 @@ NamedTensors expert_tensors(Transformer& model, bool moments) {
   NamedTensors out;
   for (Param* p : model.params().all()) {
     if (!p->expert()) continue;
-    for (int64_t i = 0; i < p->shape[0]; ++i) {
+    for (int64_t i = 0; i < p->local_rows(); ++i) {
       const std::string name = expert_row(*p, p->row_begin + i);
       if (!moments) {
         out.emplace_back(name, host(row(*p, p->value, i)));
@@ -108,7 +109,7 @@ NamedTensors routing_tensors(Transformer& model) {
 int64_t local_expert_rows(Transformer& model) {
   int64_t n = 0;
   for (Param* p : model.params().all())
-    if (p->expert()) n += p->shape[0];
+    if (p->expert()) n += p->local_rows();
   return n;
 }
 
@@ -169,8 +170,17 @@ std::string field_text(const pb::Message& root, const std::string& path) {
     SY_CHECK(f, "no field " << path);
     if (dot == std::string::npos) {
       std::string out;
-      pb::TextFormat::PrintFieldValueToString(*msg, f, -1, &out);
-      return out;
+      if (!f->is_repeated()) {
+        pb::TextFormat::PrintFieldValueToString(*msg, f, -1, &out);
+        return out;
+      }
+      const int n = msg->GetReflection()->FieldSize(*msg, f);  // "[a, b]"
+      for (int i = 0; i < n; ++i) {
+        std::string v;
+        pb::TextFormat::PrintFieldValueToString(*msg, f, i, &v);
+        out += (i ? ", " : "") + v;
+      }
+      return "[" + out + "]";
     }
     msg = &msg->GetReflection()->GetMessage(*msg, f);
     start = dot + 1;
@@ -190,7 +200,7 @@ std::map<std::string, Shape> model_tensors(Transformer& model, bool optimizer) {
       add(p->name, p->shape);
       continue;
     }
-    for (int64_t g = 0; g < p->rows_total; ++g) add(expert_row(*p, g), row_shape(*p));
+    for (int64_t g = 0; g < p->rows_total; ++g) add(expert_row(*p, g), p->row_shape(g));
   }
   for (const CentroidSetRef& c : model.centroid_sets()) {
     out[c.prefix + ".mu"] = c.centroids->mu.shape();
@@ -418,8 +428,18 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
   if (sparse)
     fields.insert(fields.end(), {"attention.last_n_layers", "attention.num_routing_heads", "attention.num_clusters",
                                  "attention.share_centroids"});
+  // The experts' widths as resolved (empty, one value and one per expert
+  // may spell the same model).
+  auto widths = [](const Config& c) {
+    std::string out;
+    if (c.moe().num_experts() > 0)
+      for (int64_t h : expert_hidden_sizes(c.moe(), c.model().ffn_hidden()))
+        out += (out.empty() ? "" : ", ") + std::to_string(h);
+    return "[" + out + "]";
+  };
   for (const std::string& f : fields) {
-    const std::string mine = field_text(cfg, f), theirs = field_text(old, f);
+    const bool w = f == "moe.expert_hidden";
+    const std::string mine = w ? widths(cfg) : field_text(cfg, f), theirs = w ? widths(old) : field_text(old, f);
     if (mine != theirs)
       throw ConfigError(join_path(dir, kManifest) + ": " + f + " = " + mine + " in this run, " + theirs +
                         " in the checkpoint: a checkpoint loads only into the same model (the expert-parallel size "
@@ -452,9 +472,9 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
         need(p->name, p->shape, p->value, p->m, p->v);
         continue;
       }
-      for (int64_t i = 0; i < p->shape[0]; ++i)
-        need(expert_row(*p, p->row_begin + i), row_shape(*p), row(*p, p->value, i), row(*p, p->m, i),
-             row(*p, p->v, i));
+      for (int64_t i = 0; i < p->local_rows(); ++i)
+        need(expert_row(*p, p->row_begin + i), p->row_shape(p->row_begin + i), row(*p, p->value, i),
+             row(*p, p->m, i), row(*p, p->v, i));
     }
     for (const CentroidSetRef& c : model.centroid_sets()) {
       st.need(c.prefix + ".mu", c.centroids->mu.shape(), c.centroids->mu);

@@ -16,6 +16,8 @@
 
 #include "comm/nccl_communicator.h"
 #include "core/error.h"
+#include "runtime/cost_model.h"
+#include "runtime/moe_layer.h"
 
 namespace sy {
 
@@ -348,7 +350,12 @@ void validate_config(const Config& cfg, const std::string& source) {
              "must divide train.batch * model.seq_len = " + std::to_string(step_tokens));
     c.range("moe.budget_coef", e.budget_coef(), 0.f, 100.f);
     c.range("moe.budget", e.budget(), 0.f, 1e9f);
-    c.range("moe.expert_hidden", e.expert_hidden(), 0, 65536);
+    if (e.expert_hidden_size() > 1 && e.expert_hidden_size() != e.num_experts())
+      c.fail("moe.expert_hidden", std::to_string(e.expert_hidden_size()) + " values",
+             "must be empty, one value for every expert, or hold moe.num_experts = " +
+                 std::to_string(e.num_experts()) + " values");
+    for (int g = 0; g < e.expert_hidden_size(); ++g)
+      c.range(("moe.expert_hidden[" + std::to_string(g) + "]").c_str(), e.expert_hidden(g), 0, 65536);
     if (e.expert_cost_size() != 0 && e.expert_cost_size() != e.num_experts())
       c.fail("moe.expert_cost", std::to_string(e.expert_cost_size()) + " values",
              "must be empty or hold moe.num_experts = " + std::to_string(e.num_experts()) + " values");
@@ -402,6 +409,24 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("depth.tau", dp.tau(), 0.f, 1.f, true, true);
   c.range("depth.budget_coef", dp.budget_coef(), 0.f, 100.f);
   c.range("depth.budget", dp.budget(), 0.f, 1.f);
+
+  const auto& bu = cfg.budget();
+  if (bu.target() != 0) {
+    c.range("budget.target", bu.target(), 0.f, 64.f, true);
+    if (e.num_experts() == 0)
+      c.fail("budget.target", bu.target(),
+             "needs MoE layers (moe.num_experts > 0): their budget is what the target sets");
+    const PlannedCost p = planned_cost(cfg);
+    const double B = p.moe_budget(bu.target());
+    if (B < 0) {
+      std::ostringstream os;
+      os.precision(3);
+      os << "the parts outside the experts alone cost " << p.fixed() / p.dense << " of the dense model (head "
+         << p.head / p.dense << ", attention " << p.attention / p.dense << ", dense FFNs and shared experts "
+         << p.ffn / p.dense << ", routers " << p.routers / p.dense << ")";
+      c.fail("budget.target", bu.target(), os.str());
+    }
+  }
 }
 
 MemoryEstimate estimate_memory(const Config& cfg, int world) {
@@ -411,7 +436,12 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   const double C = m.d_model(), F = m.ffn_hidden(), T = m.seq_len(), V = m.vocab_size(), H = m.n_heads();
   const int L = m.n_layers();
   const double B = std::max(1, cfg.train().batch() / std::max(1, world)), N = B * T;
-  const double He = e.expert_hidden() > 0 ? e.expert_hidden() : F, E = e.num_experts();
+  const double E = e.num_experts();
+  double He_sum = 0;  // hidden widths of all experts
+  if (E > 0)
+    for (int64_t h : expert_hidden_sizes(e, m.ffn_hidden())) He_sum += static_cast<double>(h);
+  const double He = E > 0 ? He_sum / E : F;  // the mean width
+  const double Hs = shared_expert_hidden(e, m.ffn_hidden());
   const double ep = std::max(1, cfg.parallel().expert_parallel());
   double params = V * C + T * C + C * V + V + 2 * C;  // embeddings, head, final norm
   double acts = N * (2 * V + 4 * C);                  // logits and probabilities; embeddings
@@ -421,8 +451,8 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
     acts += N * 6 * C;                    // norm outputs, q, k, v, attention output
     const bool moe = E > 0 && (l + 1) % std::max(1, e.every_n_layers()) == 0;
     if (moe) {
-      params += C * E + E / ep * (2 * C * He + He + C) + (e.shared_expert() ? 2 * C * He + He + C : 0);
-      acts += N * (2 * E + e.top_k() * e.capacity_factor() * (2 * C + 2 * He) + (e.shared_expert() ? 2 * He : 0));
+      params += C * E + E / ep * (2 * C * He + He + C) + (e.shared_expert() ? 2 * C * Hs + Hs + C : 0);
+      acts += N * (2 * E + e.top_k() * e.capacity_factor() * (2 * C + 2 * He) + (e.shared_expert() ? 2 * Hs : 0));
     } else {
       params += 2 * C * F + F + C;
       acts += N * 2 * F;

@@ -15,6 +15,8 @@ bool causal(const Config& cfg, std::string* why) {
     return no("moe.router EXPERT_CHOICE looks at the whole window");
   if (e.num_experts() > 0 && !e.dropless() && e.slot_priority() == switchyard::MoeConfig::SCORE)
     return no("moe.slot_priority SCORE lets later tokens take an expert's slots");
+  if (e.num_experts() > 0 && e.budget_mode() == switchyard::MoeConfig::HARD)
+    return no("moe.budget_mode HARD drops by score over the whole window (HARD_CAUSAL is causal)");
   if (cfg.attention().kind() == switchyard::AttentionConfig::ROUTED &&
       cfg.attention().assignment() == switchyard::AttentionConfig::BALANCED)
     return no("attention.assignment BALANCED looks at the whole window");

@@ -46,8 +46,13 @@ class FeedForward {
   virtual Tensor forward(const Tensor& x) = 0;  // x (N, C) -> (N, C)
   virtual Tensor backward(const Tensor& dy) = 0;
   virtual void set_training(bool) {}
+  // The rows of the next forward are sequences of T tokens each (a causal
+  // per-sequence budget needs it; the block calls it before forward).
+  virtual void set_sequence_length(int64_t) {}
   // Multiply-adds x2 spent by the last forward, for FLOP accounting.
   virtual double forward_flops() const = 0;
+  // The part of forward_flops() spent deciding where tokens go (a router).
+  virtual double router_flops() const { return 0; }
 };
 
 // y = fc2(gelu(fc1(x)))

@@ -7,6 +7,7 @@
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/finite.h"
+#include "runtime/cost_model.h"
 
 namespace sy {
 
@@ -16,7 +17,8 @@ Block::Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard
     : ctx_(&ctx),
       ln1_(ctx, ps, name + ".ln1", m.d_model(), rng),
       ln2_(ctx, ps, name + ".ln2", m.d_model(), rng),
-      ffn_(std::move(ffn)) {
+      ffn_(std::move(ffn)),
+      ffn_hidden_(m.ffn_hidden()) {
   const float out_std = m.init_std() / std::sqrt(2.f * m.n_layers());
   if (sparse)
     attn_ = std::make_unique<SparseSelfAttention>(ctx, ps, name + ".attn", m.d_model(), m.n_heads(), *sparse,
@@ -37,8 +39,12 @@ void Block::set_training(bool t) {
 Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T) {
   Tensor h = attn_->forward(ln1_.forward(x), B, T);
   ops::add_into(*ctx_, h, x);
+  ffn_->set_sequence_length(T);
   Tensor out = ffn_->forward(ln2_.forward(h));
   ops::add_into(*ctx_, out, h);
+  attn_flops_ += attn_->forward_flops();
+  ffn_flops_ += ffn_->forward_flops() - ffn_->router_flops();
+  router_flops_ += ffn_->router_flops();
   flops_ += attn_->forward_flops() + ffn_->forward_flops();
   return out;
 }
@@ -52,13 +58,11 @@ Tensor Block::inner_backward(const Tensor& dy) {
 }
 
 Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
-  flops_ = 0;
-  if (!depth_) {
-    Tensor y = inner_forward(x, B, T);
-    dense_flops_ = flops_;
-    return y;
-  }
+  flops_ = attn_flops_ = ffn_flops_ = router_flops_ = 0;
   const int64_t C = x.dim(1);
+  dense_attn_flops_ = attn_->flops(B, T);
+  dense_flops_ = dense_attn_flops_ + 4.0 * B * T * C * ffn_hidden_;  // the dense FFN: 2 N (C F + F C)
+  if (!depth_) return inner_forward(x, B, T);
   const ops::Route& r = depth_->select(x, B, T, training_);
   Tensor xs = Tensor::empty({r.rows(), C}, DType::f32, *ctx_);
   ops::dispatch_forward(*ctx_, xs, x, r);
@@ -67,10 +71,8 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
   const std::vector<int64_t> n = depth_->per_sequence(B, T);
   const bool uniform = std::all_of(n.begin(), n.end(), [&](int64_t v) { return v == n[0]; });
   Tensor z;
-  double ffn_flops = 0;
   if (uniform && n[0] > 0) {
     z = inner_forward(xs, B, n[0]);
-    ffn_flops = ffn_->forward_flops();
   } else {
     // Different counts per sequence (the causal predictor at evaluation): one
     // sequence at a time. Activations are not kept for backward here.
@@ -80,7 +82,6 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
     for (int64_t b = 0; b < B; ++b) {
       if (n[b] == 0) continue;
       Tensor zb = inner_forward(xs.rows(row, row + n[b]), 1, n[b]);
-      ffn_flops += ffn_->forward_flops();
       Tensor dst = z.rows(row, row + n[b]);
       dst.copy_from(zb, *ctx_);
       row += n[b];
@@ -88,7 +89,7 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
   }
   // Router: 2*N*C (score) + 2*N*C (predictor).
   flops_ += 4.0 * B * T * C;
-  dense_flops_ = attn_->flops(B, T) + (r.rows() > 0 ? ffn_flops * B * T / r.rows() : 0.0);
+  router_flops_ += 4.0 * B * T * C;
   return depth_->combine(x, z);
 }
 
@@ -112,10 +113,14 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
   if (at.kind() == switchyard::AttentionConfig::ROUTED && at.share_centroids())
     for (int r = 0; r < at.num_routing_heads(); ++r)
       shared_centroids_.emplace_back(cluster_count(at, T_), C_ / m.n_heads(), ctx_);
+  // Every MoE layer's budget: moe.budget, or what budget.target leaves for
+  // the experts (runtime/cost_model.h).
+  moe_budget_ = effective_moe_budget(cfg);
+  switchyard::MoeConfig moe = cfg.moe();
+  moe.set_budget(static_cast<float>(moe_budget_));
   for (int l = 0; l < m.n_layers(); ++l) {
     block_offset_.push_back(params_.numel(ParamKind::dense));
     const std::string name = "h" + std::to_string(l);
-    const auto& moe = cfg.moe();
     std::unique_ptr<FeedForward> ffn;
     if (moe.num_experts() > 0 && (l + 1) % moe.every_n_layers() == 0) {
       auto layer = std::make_unique<MoeLayer>(ctx_, params_, name + ".moe", C_, moe, m.ffn_hidden(), rng,
@@ -278,6 +283,19 @@ double Transformer::dense_forward_flops() const {
   double f = 2.0 * B_ * T_ * C_ * V_;
   for (const auto& b : blocks_) f += b.dense_flops();
   return f;
+}
+
+ComputeParts Transformer::compute_parts() const {
+  ComputeParts p;
+  p.head = 2.0 * B_ * T_ * C_ * V_;
+  for (const auto& b : blocks_) {
+    p.attention += b.attention_flops();
+    p.ffn += b.ffn_flops();
+    p.routers += b.router_flops();
+    p.dense_attention += b.dense_attention_flops();
+    p.dense_ffn += b.dense_ffn_flops();
+  }
+  return p;
 }
 
 }  // namespace sy

@@ -38,8 +38,17 @@ class Block {
   SelfAttention& attention() const { return *attn_; }
   DepthRouter* depth() const { return depth_.get(); }
   double forward_flops() const { return flops_; }
-  // What the same block would have spent processing every token.
+  // What the same block would have spent dense: dense attention, the dense
+  // FFN (model.ffn_hidden) in the FFN position, every token processed.
   double dense_flops() const { return dense_flops_; }
+  // The last forward's FLOPs by part (they sum to forward_flops()): attention,
+  // the FFN or experts (shared expert included), and the routers (MoE gate,
+  // depth router and predictor); and the dense attention's and FFN's.
+  double attention_flops() const { return attn_flops_; }
+  double ffn_flops() const { return ffn_flops_; }
+  double router_flops() const { return router_flops_; }
+  double dense_attention_flops() const { return dense_attn_flops_; }
+  double dense_ffn_flops() const { return dense_flops_ - dense_attn_flops_; }
 
  private:
   Tensor inner_forward(const Tensor& x, int64_t B, int64_t T);
@@ -51,7 +60,18 @@ class Block {
   std::unique_ptr<FeedForward> ffn_;
   std::unique_ptr<DepthRouter> depth_;
   bool training_ = true;
+  int64_t ffn_hidden_ = 0;
   double flops_ = 0, dense_flops_ = 0;
+  double attn_flops_ = 0, ffn_flops_ = 0, router_flops_ = 0, dense_attn_flops_ = 0;
+};
+
+// The FLOPs of a model's last forward by part, spent and dense (what the same
+// model spends dense: see Block::dense_flops()); head = the LM head's matmul.
+struct ComputeParts {
+  double head = 0, attention = 0, ffn = 0, routers = 0;
+  double dense_attention = 0, dense_ffn = 0;
+  double spent() const { return head + attention + ffn + routers; }
+  double dense() const { return head + dense_attention + dense_ffn; }
 };
 
 // A routed-attention centroid set (a checkpoint's routing state).
@@ -105,6 +125,14 @@ class Transformer {
   // what the same model would have spent without depth routing.
   double forward_flops() const;
   double dense_forward_flops() const;
+  ComputeParts compute_parts() const;
+  // The cost unit: the dense FFN's forward FLOPs per token, 4 d_model
+  // ffn_hidden (the unit of c_g and of the MoE budget).
+  double cost_unit() const { return 4.0 * C_ * cfg_.model().ffn_hidden(); }
+  double budget_target() const { return cfg_.budget().target(); }
+  // The moe.budget every MoE layer was built with (derived from
+  // budget.target when set, else moe.budget).
+  double moe_budget() const { return moe_budget_; }
 
  private:
   Ctx& ctx_;
@@ -124,6 +152,7 @@ class Transformer {
   int64_t B_ = 0;
   Tensor probs_;
   bool training_ = true;
+  double moe_budget_ = 0;
   bool check_finite_ = false;
   int first_nonfinite_ = -1;
 };

@@ -6,9 +6,6 @@ namespace sy {
 
 namespace {
 int ep_size(ParallelContext* par) { return par ? par->ep_size : 1; }
-int64_t hidden(const switchyard::MoeConfig& cfg, int64_t default_hidden) {
-  return cfg.expert_hidden() > 0 ? cfg.expert_hidden() : default_hidden;
-}
 // Experts [e0, e1) held by this rank.
 int64_t first_expert(const switchyard::MoeConfig& cfg, ParallelContext* par) {
   SY_CHECK(cfg.num_experts() % ep_size(par) == 0,
@@ -21,15 +18,39 @@ std::unique_ptr<ExpertExchange> exchange(Ctx& ctx, const switchyard::MoeConfig& 
 }
 }  // namespace
 
+std::vector<int64_t> expert_hidden_sizes(const switchyard::MoeConfig& cfg, int64_t ffn_hidden) {
+  const int64_t G = cfg.num_experts(), n = cfg.expert_hidden_size();
+  SY_CHECK(n <= 1 || n == G, "moe.expert_hidden: " << n << " values for " << G << " experts");
+  std::vector<int64_t> h(G, ffn_hidden);
+  for (int64_t g = 0; g < G && n > 0; ++g) {
+    const int64_t v = cfg.expert_hidden(n == 1 ? 0 : static_cast<int>(g));
+    if (v > 0) h[g] = v;
+  }
+  return h;
+}
+
+int64_t shared_expert_hidden(const switchyard::MoeConfig& cfg, int64_t ffn_hidden) {
+  return cfg.expert_hidden_size() == 1 && cfg.expert_hidden(0) > 0 ? cfg.expert_hidden(0) : ffn_hidden;
+}
+
+std::vector<float> expert_costs(const switchyard::MoeConfig& cfg, int64_t ffn_hidden) {
+  if (cfg.expert_cost_size() > 0) return {cfg.expert_cost().begin(), cfg.expert_cost().end()};
+  std::vector<float> c;
+  for (int64_t h : expert_hidden_sizes(cfg, ffn_hidden))
+    c.push_back(static_cast<float>((12.0 * h) / (12.0 * ffn_hidden)));  // the d_model factor cancels
+  return c;
+}
+
 MoeLayer::MoeLayer(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
                    int64_t default_hidden, Rng& rng, float std, float out_std, uint64_t seed, ParallelContext* par)
     : ctx_(ctx),
-      router_(ctx, ps, name, C, cfg, rng, std, seed, par),
-      experts_(ctx, ps, name, cfg.num_experts(), C, hidden(cfg, default_hidden), first_expert(cfg, par),
+      router_(ctx, ps, name, C, cfg, expert_costs(cfg, default_hidden), rng, std, seed, par),
+      experts_(ctx, ps, name, expert_hidden_sizes(cfg, default_hidden), C, first_expert(cfg, par),
                first_expert(cfg, par) + cfg.num_experts() / ep_size(par), rng, std, out_std),
       dispatcher_(ctx, exchange(ctx, cfg, C, par), name) {
   if (cfg.shared_expert())
-    shared_ = std::make_unique<Mlp>(ctx, ps, name + ".shared", C, hidden(cfg, default_hidden), rng, std, out_std);
+    shared_ = std::make_unique<Mlp>(ctx, ps, name + ".shared", C, shared_expert_hidden(cfg, default_hidden), rng,
+                                    std, out_std);
 }
 
 Tensor MoeLayer::forward(const Tensor& x) {
@@ -38,8 +59,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
   Tensor y = dispatcher_.combine(experts_.forward(buf, dispatcher_.expert_offsets()));
   if (shared_) ops::add_into(ctx_, y, shared_->forward(x));
   const int64_t N = x.dim(0), C = x.dim(1);
-  flops_ = 2.0 * N * C * router_.num_groups() + 4.0 * buf.dim(0) * C * experts_.hidden() +
-           (shared_ ? shared_->forward_flops() : 0);
+  router_flops_ = 2.0 * N * C * router_.num_groups();
+  flops_ = router_flops_ + experts_.forward_flops() + (shared_ ? shared_->forward_flops() : 0);
   return y;
 }
 

@@ -21,6 +21,15 @@
 
 namespace sy {
 
+// Every expert's hidden width from moe.expert_hidden (empty, one value or one
+// per expert; 0 = ffn_hidden) and the shared expert's width.
+std::vector<int64_t> expert_hidden_sizes(const switchyard::MoeConfig& cfg, int64_t ffn_hidden);
+int64_t shared_expert_hidden(const switchyard::MoeConfig& cfg, int64_t ffn_hidden);
+// c_g in units of the dense FFN's cost per token: moe.expert_cost when set,
+// else expert g's FLOPs per token (forward + backward: 12 d_model H_g) over
+// the dense FFN's (12 d_model ffn_hidden), = H_g / ffn_hidden.
+std::vector<float> expert_costs(const switchyard::MoeConfig& cfg, int64_t ffn_hidden);
+
 class MoeLayer : public FeedForward {
  public:
   // With `par` (several ranks) the experts are sharded over par->ep and the
@@ -32,8 +41,12 @@ class MoeLayer : public FeedForward {
   Tensor backward(const Tensor& dy) override;
   void set_training(bool t) override { router_.set_training(t); }
   void set_step(int64_t step) { router_.set_step(step); }
+  void set_sequence_length(int64_t T) override { router_.set_sequence_length(T); }
   double forward_flops() const override { return flops_; }
+  // Forward FLOPs of the last forward's router (2 N C G).
+  double router_flops() const override { return router_flops_; }
   const RoutingStats& stats() const { return router_.stats(); }
+  const std::vector<float>& expert_cost() const { return router_.cost(); }
   // Sum of the router losses of the last forward (added to the training loss).
   double aux_loss() const { return router_.aux_loss(); }
   const Tensor& balance_bias() const { return router_.balance_bias(); }
@@ -48,7 +61,7 @@ class MoeLayer : public FeedForward {
   GroupedExperts experts_;
   TokenDispatcher dispatcher_;
   std::unique_ptr<Mlp> shared_;
-  double flops_ = 0;
+  double flops_ = 0, router_flops_ = 0;
 };
 
 }  // namespace sy

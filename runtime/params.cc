@@ -30,12 +30,67 @@ Param* ParamStore::add_rows(const std::string& name, Shape full, int64_t begin, 
   Param* p = add(name, shard, rng, 0.f, decay, 0.f, kind);
   p->row_begin = begin;
   p->rows_total = full[0];
-  std::vector<float>& w = staged_.back();
-  for (int64_t i = 0; i < full[0] * row; ++i) {
-    const float v = std != 0.f ? static_cast<float>(rng.normal() * std) : 0.f;
-    if (i >= begin * row && i < end * row) w[i - begin * row] = v;
-  }
+  keep_slice(name, full[0] * row, begin * row, end * row, rng, std);
   return p;
+}
+
+Param* ParamStore::add_packed_rows(const std::string& name, const std::vector<Shape>& rows, int64_t begin,
+                                   int64_t end, Rng& rng, float std, bool decay, ParamKind kind) {
+  const int64_t G = static_cast<int64_t>(rows.size());
+  SY_CHECK(0 <= begin && begin <= end && end <= G, "parameter " << name << ": rows [" << begin << ", " << end
+                                                                  << ") of " << G);
+  std::vector<int64_t> start(G + 1, 0);
+  for (int64_t g = 0; g < G; ++g) {
+    int64_t n = 1;
+    for (int64_t d : rows[g]) n *= d;
+    start[g + 1] = start[g] + n;
+  }
+  Param* p = add(name, {start[end] - start[begin]}, rng, 0.f, decay, 0.f, kind);
+  p->row_begin = begin;
+  p->rows_total = G;
+  p->row_shapes = rows;
+  p->row_start = start;
+  keep_slice(name, start[G], start[begin], start[end], rng, std);
+  return p;
+}
+
+// The last added parameter's staged values: elements [begin, end) of a whole
+// tensor of `whole` elements drawn from rng (every element drawn, in order).
+void ParamStore::keep_slice(const std::string& name, int64_t whole, int64_t begin, int64_t end, Rng& rng,
+                            float std) {
+  std::vector<float>& w = staged_.back();
+  SY_CHECK(static_cast<int64_t>(w.size()) == end - begin,
+           "parameter " << name << ": " << w.size() << " elements for a slice of " << end - begin);
+  for (int64_t i = 0; i < whole; ++i) {
+    const float v = std != 0.f ? static_cast<float>(rng.normal() * std) : 0.f;
+    if (i >= begin && i < end) w[i - begin] = v;
+  }
+}
+
+Shape Param::row_shape(int64_t g) const {
+  if (!row_shapes.empty()) return row_shapes[g];
+  return Shape(shape.begin() + (shape.empty() ? 0 : 1), shape.end());
+}
+
+int64_t Param::row_offset(int64_t g) const {
+  if (!row_start.empty()) return row_start[g];
+  int64_t n = 1;
+  for (int64_t d : row_shape(0)) n *= d;
+  return g * n;
+}
+
+int64_t Param::local_rows() const {
+  if (!row_shapes.empty()) {
+    int64_t r = 0;
+    while (row_begin + r < rows_total && row_offset(row_begin + r) - global_begin() < shape[0]) ++r;
+    return r;
+  }
+  return shape.empty() ? 1 : shape[0];
+}
+
+Tensor Param::local_row(const Tensor& t, int64_t i) const {
+  const int64_t g = row_begin + i, b = row_offset(g) - global_begin(), e = row_offset(g + 1) - global_begin();
+  return t.reshape({t.numel()}).rows(b, e).reshape(row_shape(g));
 }
 
 void ParamStore::finalize(Ctx& ctx) {

@@ -32,10 +32,26 @@ struct Param {
   bool decay = true;   // weight decay applies (matrices); false for biases, norms
   ParamKind kind = ParamKind::dense;  // expert: sharded under expert parallelism
   int64_t offset = 0;  // elements into its kind's arenas
-  // add_rows: this is rows [row_begin, row_begin + shape[0]) of a tensor of
-  // rows_total rows (an expert shard: a row is one expert); else 0, shape[0].
+  // The whole tensor is rows_total rows, stored one after the other, that
+  // every expert-parallel size draws alike; this Param holds rows [row_begin,
+  // row_begin + local_rows()) (an expert shard: a row is one expert's piece).
+  // Rows have shape shape[1:] (add, add_rows: a whole parameter is rows 0..
+  // shape[0]) unless row_shapes is set (add_packed_rows: experts of different
+  // sizes, row g of shape row_shapes[g], the Param flat).
   int64_t row_begin = 0, rows_total = 0;
+  std::vector<Shape> row_shapes;   // (rows_total) or empty: every row shape[1:]
+  std::vector<int64_t> row_start;  // (rows_total + 1) with row_shapes: element offsets
   bool expert() const { return kind == ParamKind::expert; }
+  Shape row_shape(int64_t g) const;
+  // Element offset of row g in the whole tensor, g in [0, rows_total].
+  int64_t row_offset(int64_t g) const;
+  int64_t local_rows() const;
+  // This Param's elements are [global_begin(), global_begin() + numel) of the
+  // whole tensor's global_numel().
+  int64_t global_begin() const { return row_offset(row_begin); }
+  int64_t global_numel() const { return row_offset(rows_total); }
+  // Local row i (of local_rows()) of value, grad, m or v as that row's tensor.
+  Tensor local_row(const Tensor& t, int64_t i) const;
 };
 
 // The four arenas of one kind.
@@ -54,6 +70,11 @@ class ParamStore {
   // is the same as without sharding) and keeps the slice. Expert shards.
   Param* add_rows(const std::string& name, Shape full, int64_t begin, int64_t end, Rng& rng, float std,
                   bool decay, ParamKind kind = ParamKind::expert);
+  // As add_rows for rows of different shapes (`rows`, all of them), packed
+  // one after the other: draws the whole tensor and keeps rows [begin, end),
+  // flat. Experts of different sizes.
+  Param* add_packed_rows(const std::string& name, const std::vector<Shape>& rows, int64_t begin, int64_t end,
+                         Rng& rng, float std, bool decay, ParamKind kind = ParamKind::expert);
   // Allocates the arenas on ctx's device and makes every Param's tensors views.
   void finalize(Ctx& ctx);
   bool finalized() const { return finalized_; }
@@ -69,6 +90,7 @@ class ParamStore {
 
  private:
   std::vector<std::unique_ptr<Param>> params_;
+  void keep_slice(const std::string& name, int64_t whole, int64_t begin, int64_t end, Rng& rng, float std);
   std::vector<std::vector<float>> staged_;  // initial values until finalize()
   ParamArena arenas_[2];
   bool finalized_ = false;

@@ -17,9 +17,11 @@ bool expert_choice(const switchyard::MoeConfig& c) { return c.router() == switch
 }  // namespace
 
 Router::Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
-               Rng& rng, float std, uint64_t seed, ParallelContext* par)
-    : ctx_(ctx), cfg_(cfg), name_(name), C_(C), G_(cfg.num_experts()), par_(par),
-      cost_(cfg.expert_cost().begin(), cfg.expert_cost().end()), seed_(seed) {
+               std::vector<float> cost, Rng& rng, float std, uint64_t seed, ParallelContext* par)
+    : ctx_(ctx), cfg_(cfg), name_(name), C_(C), G_(cfg.num_experts()), par_(par), cost_(std::move(cost)),
+      seed_(seed) {
+  SY_CHECK(static_cast<int64_t>(cost_.size()) == G_, name << ": " << cost_.size() << " expert costs for " << G_
+                                                             << " experts");
   wg_ = ps.add(name + ".router.w", {C_, G_}, rng, std, false);
   bias_ = Tensor::zeros({G_}, DType::f32, ctx_);
 }
@@ -81,6 +83,14 @@ const ops::Route& Router::forward(const Tensor& x) {
     if (gumbel) p.selection_keys = &keys;
     ops::tokens_choose(ctx_, route_, probs_, p);
   }
+  if (cfg_.budget_mode() != switchyard::MoeConfig::SOFT) {
+    ops::BudgetParams bp;
+    bp.cost = cost_;
+    bp.budget = cfg_.budget();
+    bp.causal = cfg_.budget_mode() == switchyard::MoeConfig::HARD_CAUSAL;
+    bp.segment = seq_len_ > 0 && N % seq_len_ == 0 ? seq_len_ : 0;
+    ops::apply_budget(ctx_, route_, probs_, bp);
+  }
   losses_and_stats(N);
   return route_;
 }
@@ -119,10 +129,23 @@ void Router::losses_and_stats(int64_t N) {
                                                                  cfg_.load_balance_coef())
                                 : ops::load_balance_loss(ctx_, aux_dprobs_, f, P, cfg_.load_balance_coef());
   stats_.z_loss = ops::z_loss(ctx_, aux_dlogits_, logits_, cfg_.z_loss_coef());
-  float expected = 0;
-  stats_.budget_loss =
-      ops::budget_loss(ctx_, aux_dprobs_, probs_, cost_, cfg_.budget(), cfg_.budget_coef(), &expected);
-  stats_.expected_cost = expected;
+  stats_.realized_cost = tot.realized_cost(cost_);
+  stats_.cost_before_budget = tot.cost_before_budget(cost_);
+  stats_.expected_cost = tot.expected_cost(cost_);
+  stats_.budget = cfg_.budget();
+  stats_.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
+  if (cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED) {
+    stats_.budget_loss = ops::budget_loss(ctx_, aux_dprobs_, probs_, cost_, cfg_.budget(), cfg_.budget_coef());
+  } else {
+    // On the cost the router asked for: the hard budget's drops count, so the
+    // loss stays active while the budget is being enforced.
+    ops::RealizedBudgetArgs b{cost_};
+    b.realized = stats_.cost_before_budget;
+    b.budget = cfg_.budget();
+    b.lambda = cfg_.budget_coef();
+    b.count_budget_drops = true;
+    stats_.budget_loss = ops::realized_budget_loss(ctx_, aux_dprobs_, probs_, route_, b);
+  }
 
   if (training_ && cfg_.bias_balance_rate() > 0) {
     std::vector<int64_t> load(tot.chosen.begin(), tot.chosen.end());

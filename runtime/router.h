@@ -8,12 +8,19 @@
 //            router_noise_kind GUMBEL, tokens choose by logits + Gumbel(0,
 //            router_noise) instead (training only; the weights stay clean)
 //
+//   route  = apply_budget(route) when moe.budget_mode is HARD or HARD_CAUSAL:
+//            the kept assignments' cost c_g (expert_costs(): FLOPs per token
+//            over the dense FFN's) stays within budget * N on this rank's N
+//            tokens (the causal variant per sequence, by position)
+//
 // It also computes the routing statistics and the router losses of each
 // forward (load balance, z-loss, compute budget), whose gradients backward
 // adds to the combine weights' own: dweight -> dprobs -> dlogits -> Wg and x
-// (the straight-through path of the routing core). Statistics and the
-// batch-wide load-balance loss cover every data-parallel rank's tokens; the
-// grouped load-balance loss, the z- and budget losses are over this rank's.
+// (the straight-through path of the routing core). Statistics, the
+// batch-wide load-balance loss and the realised-cost budget loss cover every
+// data-parallel rank's tokens (all-reduced routing sums); the grouped
+// load-balance loss, the z-loss and the expected-cost budget loss are over
+// this rank's.
 #pragma once
 #include <string>
 #include <vector>
@@ -33,7 +40,13 @@ struct RoutingStats {
   double dropped = 0;   // share of used assignments dropped over capacity
   double unserved = 0;  // share of tokens with no kept assignment (no expert at all)
   double entropy = 0;   // mean router entropy per token
-  double lb_loss = 0, z_loss = 0, budget_loss = 0, expected_cost = 0;
+  double lb_loss = 0, z_loss = 0, budget_loss = 0;
+  // Cost per token in units of the dense FFN's, every rank's tokens
+  // (ops/router_loss.h, RoutingTotals): realised (kept assignments),
+  // before the hard budget's drops, and expected from the probabilities.
+  double realized_cost = 0, cost_before_budget = 0, expected_cost = 0;
+  double budget = 0;           // B (moe.budget, or derived from budget.target)
+  double budget_dropped = 0;   // share of used assignments dropped by the hard budget
   int64_t capacity = 0;
 };
 
@@ -43,8 +56,9 @@ class Router {
   // draws (ops/random.h): jitter, Gaussian and Gumbel noise of token i at
   // step s are a function of (seed, s, i's index in the global batch), so
   // they do not depend on the number of ranks and a resumed run redraws them.
-  Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg, Rng& rng,
-         float std, uint64_t seed, ParallelContext* par);
+  // cost: c_g per expert (expert_costs()).
+  Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
+         std::vector<float> cost, Rng& rng, float std, uint64_t seed, ParallelContext* par);
   // Routes x (N, C); saves what backward needs.
   const ops::Route& forward(const Tensor& x);
   // dweight (N*k): the combine weights' gradient. Accumulates the router's
@@ -53,6 +67,10 @@ class Router {
   void set_training(bool t) { training_ = t; }
   // The training step the next forward's noise belongs to.
   void set_step(int64_t step) { step_ = static_cast<uint32_t>(step); }
+  // Tokens per sequence of the next forward's rows (HARD_CAUSAL's runs; 0:
+  // the whole batch is one run).
+  void set_sequence_length(int64_t T) { seq_len_ = T; }
+  const std::vector<float>& cost() const { return cost_; }
   const ops::Route& route() const { return route_; }
   const RoutingStats& stats() const { return stats_; }
   double aux_loss() const { return stats_.lb_loss + stats_.z_loss + stats_.budget_loss; }
@@ -73,6 +91,7 @@ class Router {
   std::vector<float> cost_;
   uint64_t seed_;
   uint32_t step_ = 0;
+  int64_t seq_len_ = 0;
   bool training_ = true;
   // saved for backward
   Tensor xr_, noise_;            // router input (jittered), jitter factors (undefined when not jittering)

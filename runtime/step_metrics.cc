@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "runtime/cost_model.h"
 #include "runtime/metrics.h"
 
 namespace sy {
@@ -9,28 +10,64 @@ namespace sy {
 RoutingSnapshot routing_snapshot(Transformer& model, int64_t tokens_per_step) {
   RoutingSnapshot snap;
   nlohmann::json& line = snap.metrics;
-  char b[128];
+  char b[160];
+  // MoE costs per layer (dense-FFN units per token of the layer's tokens) and
+  // in total (per model token: a layer in a depth-routed block sees only the
+  // processed fraction of the tokens).
+  double total_realized = 0, total_before = 0, total_expected = 0, total_budget = 0;
   for (const auto& [l, layer] : model.moe_layers()) {
     const RoutingStats& st = layer->stats();
+    const DepthRouter* depth = model.blocks()[l].depth();
+    const double f = depth ? depth->stats().processed : 1.0;
+    total_realized += f * st.realized_cost;
+    total_before += f * st.cost_before_budget;
+    total_expected += f * st.expected_cost;
+    total_budget += f * st.budget;
     line["moe"].push_back({{"layer", l}, {"load", st.load}, {"max_over_mean", st.max_over_mean}, {"cv", st.cv},
                            {"dropped", st.dropped}, {"unserved", st.unserved}, {"entropy", st.entropy},
                            {"capacity", st.capacity}, {"lb_loss", st.lb_loss}, {"z_loss", st.z_loss},
-                           {"budget_loss", st.budget_loss}, {"expected_cost", st.expected_cost}});
+                           {"budget_loss", st.budget_loss}, {"realized_cost", st.realized_cost},
+                           {"cost_before_budget", st.cost_before_budget}, {"expected_cost", st.expected_cost},
+                           {"budget", st.budget}, {"budget_dropped", st.budget_dropped}});
     std::snprintf(b, sizeof b, " | L%d max/mean %.2f drop %.3f unserved %.3f", l, st.max_over_mean, st.dropped,
                   st.unserved);
     snap.brief += b;
+    if (st.budget_dropped > 0 || st.budget_loss > 0 || st.realized_cost > st.budget) {
+      std::snprintf(b, sizeof b, " cost %.3f/%.3f bdrop %.3f", st.realized_cost, st.budget, st.budget_dropped);
+      snap.brief += b;
+    }
   }
-  if (!model.moe_layers().empty()) line["aux_loss"] = model.aux_loss();
-  // Compute actually spent against the same model without depth routing.
+  if (!model.moe_layers().empty()) {
+    line["aux_loss"] = model.aux_loss();
+    line["moe_cost"] = {{"realized", total_realized}, {"before_budget", total_before},
+                        {"expected", total_expected}, {"budget", total_budget}};
+  }
+  // Compute actually spent against the same model run dense: dense attention,
+  // the dense FFN in every FFN position, every token through every block.
   const double tokens = static_cast<double>(tokens_per_step);
   const double spent = model.forward_flops(), dense = model.dense_forward_flops();
+  const double unit = model.cost_unit() * tokens;  // dense-FFN units per token
   line["flops_per_token"] = spent / tokens;
   line["dense_flops_per_token"] = dense / tokens;
   line["compute_fraction"] = spent / dense;
+  const ComputeParts parts = model.compute_parts();
+  nlohmann::json budget = {{"compute_fraction", spent / dense},
+                           {"parts", {{"head", parts.head / dense},
+                                      {"attention", parts.attention / dense},
+                                      {"ffn", parts.ffn / dense},
+                                      {"routers", parts.routers / dense}}},
+                           {"saved", {{"attention", (parts.dense_attention - parts.attention) / dense},
+                                      {"ffn", (parts.dense_ffn - parts.ffn) / dense}}}};
+  if (model.budget_target() > 0) budget["target"] = model.budget_target();
+  if (!model.moe_layers().empty()) budget["moe_budget"] = model.moe_budget();
+  line["budget"] = budget;
   for (size_t l = 0; l < model.blocks().size(); ++l) {
     const Block& blk = model.blocks()[l];
     nlohmann::json bl = {{"layer", l}, {"flops_per_token", blk.forward_flops() / tokens},
-                         {"dense_flops_per_token", blk.dense_flops() / tokens}};
+                         {"dense_flops_per_token", blk.dense_flops() / tokens},
+                         {"cost", blk.forward_flops() / unit}, {"dense_cost", blk.dense_flops() / unit},
+                         {"attention_cost", blk.attention_flops() / unit}, {"ffn_cost", blk.ffn_flops() / unit},
+                         {"router_cost", blk.router_flops() / unit}};
     if (const DepthRouter* d = blk.depth()) {
       bl["processed"] = d->stats().processed;
       bl["predictor_accuracy"] = d->stats().predictor_accuracy;
@@ -49,9 +86,13 @@ RoutingSnapshot routing_snapshot(Transformer& model, int64_t tokens_per_step) {
     }
     line["layers"].push_back(bl);
   }
-  if (spent < dense) {
+  if (spent < dense || model.budget_target() > 0) {
     std::snprintf(b, sizeof b, " | compute %.2fx dense", spent / dense);
     snap.brief += b;
+    if (model.budget_target() > 0) {
+      std::snprintf(b, sizeof b, " (target %.2f)", model.budget_target());
+      snap.brief += b;
+    }
   }
   return snap;
 }
@@ -65,7 +106,8 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
     for (const HeldOutRouting& h : *s.held_out)
       line["val_moe"].push_back(
           {{"layer", h.layer}, {"load", h.load}, {"max_over_mean", h.max_over_mean}, {"dropped", h.dropped},
-           {"unserved", h.unserved}});
+           {"unserved", h.unserved}, {"realized_cost", h.realized_cost}, {"budget_dropped", h.budget_dropped}});
+    line["val_compute_fraction"] = s.val_compute_fraction;
   }
   line["lr"] = s.lr;
   line["grad_norm"] = s.grad_norm;
@@ -152,6 +194,42 @@ std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_siz
     std::snprintf(b, sizeof b, "attention FLOPs per layer at n=%lld (k=%lld clusters): %.3g vs dense %.3g (%.2f%%)\n",
                   static_cast<long long>(n), static_cast<long long>(cluster_count(at, n)), p.sparse * per_pair,
                   p.dense * per_pair, 100.0 * p.sparse / p.dense);
+    out += b;
+  }
+  const auto& e = cfg.moe();
+  const bool budgeted = e.budget_mode() != switchyard::MoeConfig::SOFT || e.budget_coef() > 0 ||
+                        cfg.budget().target() > 0;
+  if (e.num_experts() > 0 && (e.expert_hidden_size() > 1 || e.expert_cost_size() > 0 || budgeted)) {
+    // Runs of equal values: "64x4, 512x4".
+    auto runs = [](const auto& v) {
+      std::string o;
+      char t[64];
+      for (size_t i = 0; i < v.size();) {
+        size_t j = i;
+        while (j < v.size() && v[j] == v[i]) ++j;
+        std::snprintf(t, sizeof t, "%s%g%s", o.empty() ? "" : ", ", static_cast<double>(v[i]),
+                      j - i > 1 ? ("x" + std::to_string(j - i)).c_str() : "");
+        o += t;
+        i = j;
+      }
+      return o;
+    };
+    const int64_t F = cfg.model().ffn_hidden();
+    const char* mode[] = {"SOFT", "HARD", "HARD_CAUSAL"};
+    out += "experts: hidden " + runs(expert_hidden_sizes(e, F)) + "; cost per token " + runs(expert_costs(e, F)) +
+           " (the dense FFN = 1)";
+    std::snprintf(b, sizeof b, "; budget %.4g per token, %s%s\n", effective_moe_budget(cfg),
+                  mode[e.budget_mode()], e.budget_coef() > 0 ? ", with the budget loss" : "");
+    out += b;
+  }
+  if (cfg.budget().target() > 0) {
+    const PlannedCost p = planned_cost(cfg);
+    std::snprintf(b, sizeof b,
+                  "budget: target %.3g of the dense model = head %.3f + attention %.3f + dense FFNs %.3f + routers "
+                  "%.3f + experts %.3f (moe.budget %.4g per MoE token)\n",
+                  cfg.budget().target(), p.head / p.dense, p.attention / p.dense, p.ffn / p.dense,
+                  p.routers / p.dense, cfg.budget().target() - p.fixed() / p.dense,
+                  p.moe_budget(cfg.budget().target()));
     out += b;
   }
   std::snprintf(b, sizeof b, "model: %lld parameters, %d layers, d_model %d; data: %lld train ",

@@ -17,6 +17,7 @@ struct HeldOutRouting {
   int layer = 0;
   std::vector<double> load;  // fraction of assignments per expert, before capacity
   double max_over_mean = 0, dropped = 0, unserved = 0;
+  double realized_cost = 0, budget_dropped = 0;  // cost per token (dense-FFN units); share dropped by the budget
 };
 
 // The trainer's side of one logged step.
@@ -26,6 +27,7 @@ struct StepLog {
   bool evaluated = false;
   float val_loss = 0;
   const std::vector<HeldOutRouting>* held_out = nullptr;  // with evaluated
+  double val_compute_fraction = 0;  // with evaluated: compute_fraction over the validation pass
   float lr = 0, grad_norm = 0;
   int64_t bad_steps = 0;          // steps skipped for non-finite values, in all
   double tokens_per_s = 0, flops_per_s = 0, elapsed_s = 0, eta_s = 0;

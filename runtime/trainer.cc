@@ -106,11 +106,13 @@ float Trainer::evaluate() {
   held_out_depth_.clear();
   for (const auto& [l, layer] : moe) held_out_.push_back({l, std::vector<double>(cfg_.moe().num_experts(), 0.0)});
   ProgressLine progress(opts_.log, "evaluation", n, opts_.progress_after_s, opts_.progress_every_s);
+  held_out_compute_ = 0;
   auto& blocks = model_.blocks();
   for (size_t l = 0; l < blocks.size(); ++l)
     if (blocks[l].depth()) held_out_depth_.emplace_back(static_cast<int>(l), 0.0);
   for (int i = 0; i < n; ++i) {
     sum += model_.forward(val_.fixed(i, rank_, world_));
+    held_out_compute_ += model_.forward_flops() / model_.dense_forward_flops() / n;
     for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->stats().processed / n;
     // Every batch routes the same number of tokens, so the pass's load is the
     // mean of the batches' load fractions (already summed over ranks).
@@ -119,6 +121,8 @@ float Trainer::evaluate() {
       for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] / n;
       held_out_[m].dropped += st.dropped / n;
       held_out_[m].unserved += st.unserved / n;
+      held_out_[m].realized_cost += st.realized_cost / n;
+      held_out_[m].budget_dropped += st.budget_dropped / n;
     }
     progress.done(i + 1);
   }
@@ -295,6 +299,7 @@ TrainResult Trainer::run() {
       log.evaluated = true;
       log.val_loss = evaluate();
       log.held_out = &held_out_;
+      log.val_compute_fraction = held_out_compute_;
       result.final_val_loss = log.val_loss;
     }
     const double now = now_s(), dt = std::max(1e-9, now - interval_start);

@@ -113,6 +113,7 @@ class Trainer {
   void calibrate_if_needed();
   int rank_ = 0, world_ = 1;
   std::vector<HeldOutRouting> held_out_;
+  double held_out_compute_ = 0;  // mean compute_fraction over the last validation pass
   std::unique_ptr<GradientReducer> reducer_;  // several ranks only
   std::vector<std::pair<int, double>> held_out_depth_;
   // Counters a checkpoint carries (runtime/checkpoint.h, TrainState).

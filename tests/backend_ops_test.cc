@@ -105,10 +105,10 @@ Tensor probs_of(Shape s, Rng& rng, float std = 2.f) {
   return p;
 }
 
-// A Route's host part: capacity, assigned, dropped, host_offset.
+// A Route's host part: capacity, assigned, dropped, budget_dropped, host_offset.
 std::vector<int32_t> route_host(const ops::Route& r) {
   std::vector<int32_t> v{static_cast<int32_t>(r.capacity), static_cast<int32_t>(r.assigned),
-                         static_cast<int32_t>(r.dropped)};
+                         static_cast<int32_t>(r.dropped), static_cast<int32_t>(r.budget_dropped)};
   v.insert(v.end(), r.host_offset.begin(), r.host_offset.end());
   return v;
 }
@@ -117,7 +117,7 @@ std::vector<int32_t> route_host(const ops::Route& r) {
 // weight, count, offset, host part.
 Outs route_outputs(Ctx& x, int64_t N, int64_t k, int64_t G) {
   return {fresh(x, {N * k}, DType::i32), fresh(x, {N * k}, DType::i32), fresh(x, {N * k}), fresh(x, {G}, DType::i32),
-          fresh(x, {G + 1}, DType::i32), fresh(x, {G + 4}, DType::i32)};
+          fresh(x, {G + 1}, DType::i32), fresh(x, {G + 5}, DType::i32)};
 }
 void put_route(Ctx& x, const ops::Route& r, std::vector<Tensor>& o) {
   o[0].copy_from(r.group, x);
@@ -483,6 +483,26 @@ std::vector<OpCase> cases() {
                    ops::route_weights_backward(x, o[0], in[1], in[0], route, renorm);
                  }});
   }
+  // The budget step after capacity, batch and causal per run of 10 items.
+  for (bool causal : {false, true}) {
+    c.push_back({std::string("apply_budget") + (causal ? "_causal" : ""), Tol::exact,
+                 [](Rng& r) { return Ins{probs_of({40, 6}, r)}; },
+                 [](Ctx& x, const Ins&) { return route_outputs(x, 40, 2, 6); },
+                 [causal](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::Route route;
+                   ops::TokensChooseParams p;
+                   p.k = 2;
+                   p.capacity_factor = 1.1f;
+                   ops::tokens_choose(x, route, in[0], p);
+                   ops::BudgetParams b;
+                   b.cost = {0.25f, 0.25f, 0.5f, 1.f, 2.f, 2.f};
+                   b.budget = 1.5;
+                   b.causal = causal;
+                   b.segment = causal ? 10 : 0;
+                   ops::apply_budget(x, route, in[0], b);
+                   put_route(x, route, o);
+                 }});
+  }
   c.push_back({"update_balance_bias", Tol::exact, [](Rng& r) { return Ins{randn({7}, r, 0.01f)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {7})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
@@ -545,13 +565,19 @@ std::vector<OpCase> cases() {
                }});
   // ---- router losses ----
   c.push_back({"routing_sums_and_balance", Tol::f32, [](Rng& r) { return Ins{probs_of({48, 5}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {2 * 5 + 5}), acc(x, {48, 5}), acc(x, {48, 5}), fresh(x, {2})}; },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {ops::routing_sums_size(5)}), acc(x, {48, 5}), acc(x, {48, 5}), fresh(x, {2})};
+               },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  ops::Route route;
                  ops::TokensChooseParams p;
                  p.k = 2;
                  p.capacity_factor = 0.9f;
                  ops::tokens_choose(x, route, in[0], p);
+                 ops::BudgetParams b;  // some budget drops (slot -2) besides the capacity drops
+                 b.cost = {1.f, 0.5f, 2.f, 1.f, 0.25f};
+                 b.budget = 1.5;
+                 ops::apply_budget(x, route, in[0], b);
                  Tensor sums = Tensor::empty({ops::routing_sums_size(5)}, DType::f64, x);
                  ops::routing_sums(x, sums, in[0], route, 5, 45);
                  std::vector<float> f32;
@@ -569,6 +595,25 @@ std::vector<OpCase> cases() {
                  float expected = 0;
                  const float b = ops::budget_loss(x, o[1], in[1], {1.f, 2.f, 0.5f, 1.f, 3.f, 1.f}, 0.9f, 0.1f, &expected);
                  put(x, o[2], std::vector<float>{z, b, expected});
+               }});
+  c.push_back({"realized_budget_loss", Tol::f32, [](Rng& r) { return Ins{probs_of({50, 6}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{acc(x, {50, 6}), fresh(x, {2})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::Route route;
+                 ops::TokensChooseParams p;
+                 p.k = 2;
+                 p.capacity_factor = 0.8f;
+                 ops::tokens_choose(x, route, in[0], p);
+                 const std::vector<float> cost{1.f, 2.f, 0.5f, 1.f, 3.f, 1.f};
+                 ops::BudgetParams b;
+                 b.cost = cost;
+                 b.budget = 2.0;
+                 ops::apply_budget(x, route, in[0], b);
+                 double S = 0;
+                 ops::RealizedBudgetArgs a{cost};
+                 a.realized = 2.4, a.budget = 1.9f, a.lambda = 0.3f, a.surrogate = &S;
+                 const float l = ops::realized_budget_loss(x, o[0], in[0], route, a);
+                 put(x, o[1], std::vector<float>{l, static_cast<float>(S)});
                }});
   // ---- routed attention's clusters ----
   ops::ClusterParams causal, capped, balanced;
@@ -595,9 +640,27 @@ std::vector<OpCase> cases() {
                },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  const std::vector<int32_t> offset{0, 5, 5, 12, 20};  // expert 1 gets no rows
+                 const ops::ExpertLayout layout(8, {12, 12, 12, 12});
                  const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
-                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, w});
-                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, w});
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
+  // Experts of hidden widths 6, 12, 3, 9 (packed layout; pre 5*6 + 7*3 + 8*9 = 123).
+  c.push_back({"expert_ffn_heterogeneous", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({20, 8}, r), randn({8 * 30}, r, 0.3f), randn({30}, r), randn({30 * 8}, r, 0.3f),
+                            randn({4, 8}, r), randn({20, 8}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {20, 8}), fresh(x, {123}), acc(x, {20, 8}), acc(x, {8 * 30}), acc(x, {30}),
+                             acc(x, {30 * 8}), acc(x, {4, 8})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 5, 5, 12, 20};
+                 const ops::ExpertLayout layout(8, {6, 12, 3, 9});
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
                }});
   return c;
 }

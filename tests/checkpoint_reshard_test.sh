@@ -6,7 +6,7 @@
 # relative (the global batch is drawn whole, so the data stream continues at
 # another world size). Layouts that cannot work are refused with one line
 # naming the field: an EP size that does not divide num_experts, a changed
-# model shape.
+# model shape. Experts of different widths reshard too (EP=2 -> EP=1).
 #   checkpoint_reshard_test.sh TRAIN_SWITCH SOURCE_DIR MPIRUN
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
@@ -44,6 +44,15 @@ mpi 2 --resume ep4/step_00000003 --set parallel.expert_parallel=2 --set train.ch
 mpi 4 --resume one/step_00000003 --set parallel.expert_parallel=4 --set train.checkpoint_dir=up4 --metrics up4.jsonl > up4.log 2>&1 \
   && compare "EP=1 on 1 rank -> EP=4 on 4 ranks" one.jsonl up4.jsonl 4 || { echo "FAIL EP=4 resume"; cat up4.log; fail=1; }
 grep -c "experts-0000[0-3]-of-00004" ep4/step_00000003/manifest.pbtxt > /dev/null || { echo "FAIL: no 4-way expert files"; fail=1; }
+# Experts of different widths (each rank's shard a different size) with the
+# realised-cost budget loss (over every rank's tokens, so the world size does
+# not change it; the hard budget, per rank's batch, would).
+het=(--set moe.expert_hidden=32,32,32,32,96,96,96,96 --set moe.budget=0.8 --set moe.budget_coef=0.5)
+mpi 2 "${args[@]}" "${het[@]}" --set parallel.expert_parallel=2 --set train.checkpoint_dir=het2 --metrics het2.jsonl \
+  > het2.log 2>&1 || { echo "FAIL heterogeneous EP=2 run"; cat het2.log; exit 1; }
+"$BIN" --resume het2/step_00000003 --set parallel.expert_parallel=1 --set train.checkpoint_dir=het1 --metrics het1.jsonl \
+  > het1.log 2>&1 && compare "heterogeneous experts, EP=2 on 2 ranks -> EP=1 on 1 rank" het2.jsonl het1.jsonl 4 \
+  || { echo "FAIL heterogeneous EP=1 resume"; cat het1.log; fail=1; }
 
 refuse() {  # name, needle, command...
   local name=$1 needle=$2; shift 2

@@ -233,6 +233,48 @@ TEST(Checkpoint, ExpertsUnderGlobalNames) {
   EXPECT_EQ(shapes["h1.moe.router.balance_bias"], (std::vector<int64_t>{4}));
 }
 
+// Experts of different widths under a hard budget: each expert's pieces are
+// stored under its global name with its own shape, and a restored run trains
+// on bit for bit (the budget itself keeps no state: it is the config's).
+TEST(Checkpoint, HeterogeneousExpertsUnderTheirOwnShapes) {
+  TempDir d;
+  Config cfg = routed_config(d.path);
+  for (int h : {8, 8, 40, 40}) cfg.mutable_moe()->add_expert_hidden(h);
+  cfg.mutable_moe()->set_budget_mode(switchyard::MoeConfig::HARD);
+  cfg.mutable_moe()->set_budget(0.8f);
+  cfg.mutable_moe()->set_budget_coef(0.5f);
+  validate_config(cfg, "test");
+  Trainer a(cfg, {});
+  for (int s = 1; s <= 2; ++s) a.step(s);
+  const std::string dir = a.write_checkpoint();
+  Trainer b(cfg, {});
+  b.restore(dir);
+  ASSERT_TRUE(model_state(a.model()) == model_state(b.model()));
+  for (int s = 3; s <= 4; ++s) EXPECT_EQ(a.step(s).loss, b.step(s).loss) << "step " << s;
+  const auto m = read_manifest(dir);
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& f : m.files())
+    for (const auto& t : f.tensors()) shapes[t.name()] = {t.shape().begin(), t.shape().end()};
+  EXPECT_EQ(shapes["h0.moe.experts.w1.e1"], (std::vector<int64_t>{16, 8}));
+  EXPECT_EQ(shapes["h0.moe.experts.w1.e2"], (std::vector<int64_t>{16, 40}));
+  EXPECT_EQ(shapes["h1.moe.experts.b1.e3"], (std::vector<int64_t>{40}));
+  EXPECT_EQ(shapes["h1.moe.experts.w2.e0.exp_avg"], (std::vector<int64_t>{8, 16}));
+  EXPECT_EQ(shapes["h1.moe.experts.b2.e3"], (std::vector<int64_t>{16}));
+  EXPECT_NO_THROW(verify_checkpoint(dir, m));
+  // The same model with equal widths is another model: refused, not misread.
+  Config equal = routed_config(d / "equal");
+  Trainer c(equal, {});
+  try {
+    c.restore(dir);
+    ADD_FAILURE() << "restore did not refuse";
+  } catch (const AgreedError& e) {
+    EXPECT_NE(std::string(e.what()).find("moe.expert_hidden = [24, 24, 24, 24] in this run, [8, 8, 40, 40] in the "
+                                         "checkpoint"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // A refusal names the file and the tensor, and leaves the model and the
 // directory as they were.
 class Refusal : public ::testing::Test {

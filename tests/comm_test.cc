@@ -81,12 +81,16 @@ TEST(Communicator, AllToAllCountsAllReduceBroadcastSplit) {
 // losses on, the load-balance loss (global statistics) must agree; gradients
 // are compared with them off, since each rank's router-loss gradient is its
 // share of the data-parallel average (scaled by N_local, not N).
-void compare_with_single_rank(bool skew, bool router_losses) {
+// `hetero` gives the experts different hidden widths (packed parameters: each
+// rank's shard is a different size and sits at Param::global_begin).
+void compare_with_single_rank(bool skew, bool router_losses, bool hetero = false) {
   auto& w = world();
   const int W = w.size();
   const int64_t C = 6, H = 5, G = 2 * W, n = 7;  // n tokens per rank
   switchyard::MoeConfig cfg;
   cfg.set_num_experts(static_cast<int32_t>(G));
+  if (hetero)
+    for (int64_t g = 0; g < G; ++g) cfg.add_expert_hidden(static_cast<int32_t>(2 + (3 * g) % 7));
   cfg.set_top_k(2);
   cfg.set_dropless(true);
   cfg.set_load_balance_coef(router_losses ? 0.01f : 0.f);
@@ -108,6 +112,8 @@ void compare_with_single_rank(bool skew, bool router_losses) {
   Tensor y = sharded.forward(mine), y1 = whole.forward(all);
   for (int64_t i = 0; i < n * C; ++i) ASSERT_NEAR(y.f32()[i], y1.f32()[w.rank() * n * C + i], 1e-5f);
   EXPECT_NEAR(sharded.stats().lb_loss, whole.stats().lb_loss, 1e-6);
+  EXPECT_NEAR(sharded.stats().realized_cost, whole.stats().realized_cost, 1e-12);
+  EXPECT_NEAR(sharded.stats().expected_cost, whole.stats().expected_cost, 1e-9);
   // a mean over this rank's tokens: average the ranks'
   const double z = w.all_reduce_sum(sharded.stats().z_loss, "test");
   EXPECT_NEAR(z / W, whole.stats().z_loss, 1e-6);
@@ -123,16 +129,24 @@ void compare_with_single_rank(bool skew, bool router_losses) {
   ps_one.zero_grad(host_ctx());
   Tensor dx = sharded.backward(Rm), dx1 = whole.backward(R);
   for (int64_t i = 0; i < n * C; ++i) ASSERT_NEAR(dx.f32()[i], dx1.f32()[w.rank() * n * C + i], 1e-4f);
-  const Param* w1 = ps_par.find("m.experts.w1");
-  const Param* w1_all = ps_one.find("m.experts.w1");
-  const int64_t shard = w1->grad.numel();
-  for (int64_t i = 0; i < shard; ++i)
-    ASSERT_NEAR(w1->grad.f32()[i], w1_all->grad.f32()[w.rank() * shard + i], 1e-4f) << i;
+  for (const char* name : {"m.experts.w1", "m.experts.b1", "m.experts.w2"}) {
+    const Param* p = ps_par.find(name);
+    const Param* all = ps_one.find(name);
+    EXPECT_EQ(p->global_numel(), all->value.numel());
+    for (int64_t i = 0; i < p->grad.numel(); ++i) {
+      ASSERT_EQ(p->value.f32()[i], all->value.f32()[p->global_begin() + i]) << name << " " << i;
+      ASSERT_NEAR(p->grad.f32()[i], all->grad.f32()[p->global_begin() + i], 1e-4f) << name << " " << i;
+    }
+  }
 }
 
 TEST(ExpertParallel, ShardedLayerEqualsOneRank) {
   compare_with_single_rank(false, false);
   compare_with_single_rank(false, true);
+}
+TEST(ExpertParallel, HeterogeneousExpertsShardedLayerEqualsOneRank) {
+  compare_with_single_rank(false, false, true);
+  compare_with_single_rank(false, true, true);
 }
 TEST(ExpertParallel, AllTokensToOneRanksExpertsNoMismatchNoHang) {
   compare_with_single_rank(true, false);

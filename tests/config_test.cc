@@ -264,6 +264,32 @@ TEST(Config, CanonicalTextIsTheResolvedConfig) {
   EXPECT_EQ(d.b, "\"C\\nS\"");
 }
 
+TEST(Config, ExpertHiddenIsAListAndOldConfigsStillLoad) {
+  // The scalar form of before is a one-value list: every expert that width.
+  Config c = parse_ok("moe { num_experts: 4 expert_hidden: 128 }");
+  ASSERT_EQ(c.moe().expert_hidden_size(), 1);
+  EXPECT_EQ(c.moe().expert_hidden(0), 128);
+  c = parse_ok("moe { num_experts: 4 expert_hidden: [64, 64, 512, 0] }");
+  EXPECT_EQ(c.moe().expert_hidden_size(), 4);
+  apply_override(c, "moe.expert_hidden=32,32,32,32");
+  EXPECT_EQ(c.moe().expert_hidden(3), 32);
+  expect_invalid("moe { num_experts: 4 expert_hidden: [64, 64] }",
+                 "t.pbtxt: moe.expert_hidden = 2 values: must be empty, one value for every expert, or hold "
+                 "moe.num_experts = 4 values");
+  expect_invalid("moe { num_experts: 2 expert_hidden: [64, -1] }", "moe.expert_hidden[1] = -1: must be in [0, 65536]");
+  parse_ok("moe { num_experts: 2 budget_mode: HARD_CAUSAL budget_estimator: EXPECTED }");
+}
+
+TEST(Config, BudgetTarget) {
+  parse_ok("moe { num_experts: 4 } budget { target: 0.8 }");
+  expect_invalid("budget { target: 0.8 }", "budget.target = 0.8: needs MoE layers (moe.num_experts > 0)");
+  expect_invalid("moe { num_experts: 4 } budget { target: -1 }", "budget.target = -1: must be in (0, 64]");
+  // tiny's head and attention alone are most of the dense model: a target
+  // below them is refused, naming what they cost.
+  expect_invalid("moe { num_experts: 4 } budget { target: 0.1 }",
+                 "budget.target = 0.1: the parts outside the experts alone cost");
+}
+
 TEST(Config, MissingFile) {
   EXPECT_NE(error_of([] { load_config("/nonexistent.pbtxt"); }).find("/nonexistent.pbtxt: cannot open"), std::string::npos);
 }

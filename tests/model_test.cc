@@ -8,6 +8,7 @@
 
 #include "grad_check.h"
 #include "ops/adamw.h"
+#include "runtime/cost_model.h"
 #include "runtime/model.h"
 #include "runtime/trainer.h"
 
@@ -130,6 +131,78 @@ TEST(Trainer, HeldOutRoutingIsNoiselessAndNormalised) {
   model.set_step(1);
   model.forward(b);
   EXPECT_EQ(model.moe_layers()[0].second->stats().load, a);
+}
+
+// compute_fraction counts experts, sparse attention and depth routing alike:
+// every model's dense reference is the dense model of the same shape (dense
+// attention, the dense FFN everywhere, every token through every block), and
+// the parts add up to what was spent.
+TEST(Transformer, ComputeFractionCountsExpertsAttentionAndDepthAlike) {
+  const std::string base = "model { d_model: 16 n_layers: 4 n_heads: 2 ffn_hidden: 32 seq_len: 16 } train { seed: 3 } ";
+  auto build = [&](const std::string& extra) {
+    Config c = parse_config(base + extra, "test");
+    validate_config(c, "test");
+    return c;
+  };
+  Transformer dense(host_ctx(), build(""));
+  const Batch batch = small_batch(2, 16, 9);
+  dense.forward(batch);
+  const double ref = dense.forward_flops();
+  EXPECT_DOUBLE_EQ(dense.dense_forward_flops(), ref);
+  for (const std::string extra :
+       {"moe { num_experts: 4 every_n_layers: 1 expert_hidden: [8, 8, 16, 16] capacity_factor: 0.75 }",
+        "attention { kind: BLOCK_TOPK block_size: 4 topk_blocks: 1 }", "depth { every_n_layers: 2 capacity: 0.5 }",
+        "moe { num_experts: 4 every_n_layers: 2 budget_mode: HARD budget: 0.3 expert_hidden: [8, 16, 32, 64] } "
+        "depth { every_n_layers: 2 capacity: 0.5 } attention { kind: BLOCK_TOPK block_size: 4 topk_blocks: 1 }"}) {
+    SCOPED_TRACE(extra);
+    Transformer m(host_ctx(), build(extra));
+    m.forward(batch);
+    EXPECT_DOUBLE_EQ(m.dense_forward_flops(), ref) << "the dense reference is the dense model's";
+    const ComputeParts p = m.compute_parts();
+    EXPECT_NEAR(p.spent(), m.forward_flops(), 1e-9 * ref);
+    EXPECT_NEAR(p.dense(), ref, 1e-9 * ref);
+    EXPECT_LT(m.forward_flops(), ref) << "each of these saves compute";
+    if (!m.moe_layers().empty()) {
+      // The experts' FLOPs are the realised cost in dense-FFN units (4 d F per token).
+      double experts = 0, tokens = 0;
+      for (const auto& [l, layer] : m.moe_layers()) {
+        const Block& b = m.blocks()[l];
+        const double n = b.depth() ? b.depth()->stats().processed * 32 : 32;
+        experts += layer->stats().realized_cost * n * m.cost_unit();
+        tokens += n;
+      }
+      double ffn = 0;
+      for (const auto& [l, layer] : m.moe_layers()) ffn += m.blocks()[l].ffn_flops();
+      EXPECT_NEAR(ffn, experts, 1e-9 * ref);
+      EXPECT_GT(tokens, 0);
+    }
+  }
+}
+
+// budget.target sets the MoE budget so that the planned compute is the
+// target, and a run at it spends about that.
+TEST(Transformer, BudgetTargetSetsTheMoeBudget) {
+  Config c = parse_config(
+      "model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 32 seq_len: 16 } train { seed: 3 } "
+      "moe { num_experts: 4 every_n_layers: 1 expert_hidden: [8, 8, 64, 64] budget_mode: HARD capacity_factor: 4 } "
+      "budget { target: 0.9 }",
+      "test");
+  validate_config(c, "test");
+  const PlannedCost plan = planned_cost(c);
+  const double target = c.budget().target();  // 0.9 as a float
+  const double B = plan.moe_budget(target);
+  EXPECT_NEAR((plan.fixed() + B * plan.unit * plan.moe_tokens) / plan.dense, target, 1e-12);
+  EXPECT_GT(B, 0.25);  // above the cheapest expert's cost
+  Transformer m(host_ctx(), c);
+  EXPECT_DOUBLE_EQ(m.moe_budget(), B);
+  m.forward(small_batch(4, 16, 2));
+  for (const auto& [l, layer] : m.moe_layers()) {
+    EXPECT_FLOAT_EQ(layer->stats().budget, static_cast<float>(B));
+    EXPECT_LE(layer->stats().realized_cost, layer->stats().budget + 1e-12);
+  }
+  // Spent: at most the target (the budget binds), up to the routers' and
+  // attention's difference from the plan (none here: dense attention).
+  EXPECT_LE(m.forward_flops() / m.dense_forward_flops(), 0.9 + 1e-6);
 }
 
 TEST(Trainer, DenseModelHasNoHeldOutRouting) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 
 #include "grad_check.h"
 #include "ops/gelu.h"
@@ -22,12 +23,14 @@ switchyard::MoeConfig moe_config(int G, int k) {
   return c;
 }
 
-// Expert g applied to one row: gelu(x W1 + b1) W2 + b2.
+// Expert g applied to one row: gelu(x W1 + b1) W2 + b2; S = the hidden
+// widths of the experts before g (the packed layout, ops/expert_ffn.h).
 std::vector<float> expert_row(ParamStore& ps, const std::string& name, int g, const float* x, int64_t C,
-                              int64_t H) {
-  const float* w1 = ps.find(name + ".experts.w1")->value.f32() + g * C * H;
-  const float* b1 = ps.find(name + ".experts.b1")->value.f32() + g * H;
-  const float* w2 = ps.find(name + ".experts.w2")->value.f32() + g * H * C;
+                              int64_t H, int64_t S = -1) {
+  if (S < 0) S = g * H;  // equal widths
+  const float* w1 = ps.find(name + ".experts.w1")->value.f32() + C * S;
+  const float* b1 = ps.find(name + ".experts.b1")->value.f32() + S;
+  const float* w2 = ps.find(name + ".experts.w2")->value.f32() + S * C;
   const float* b2 = ps.find(name + ".experts.b2")->value.f32() + g * C;
   std::vector<float> h(H), y(C);
   for (int64_t j = 0; j < H; ++j) {
@@ -95,6 +98,107 @@ TEST(MoeLayer, TopKEqualsGIsProbabilityWeightedSumOfAllExperts) {
     }
     for (int64_t c = 0; c < C; ++c) EXPECT_NEAR(y.f32()[i * C + c], want[c], 1e-5) << i << "," << c;
   }
+}
+
+TEST(MoeLayer, ExpertSizesAndCosts) {
+  switchyard::MoeConfig c = moe_config(4, 1);
+  EXPECT_EQ(expert_hidden_sizes(c, 8), (std::vector<int64_t>{8, 8, 8, 8}));
+  EXPECT_EQ(expert_costs(c, 8), (std::vector<float>{1, 1, 1, 1}));
+  c.add_expert_hidden(4);  // one value: every expert
+  EXPECT_EQ(expert_hidden_sizes(c, 8), (std::vector<int64_t>{4, 4, 4, 4}));
+  EXPECT_EQ(shared_expert_hidden(c, 8), 4);
+  c.clear_expert_hidden();
+  for (int h : {2, 8, 32, 0}) c.add_expert_hidden(h);  // 0: the dense FFN's width
+  EXPECT_EQ(expert_hidden_sizes(c, 8), (std::vector<int64_t>{2, 8, 32, 8}));
+  EXPECT_EQ(shared_expert_hidden(c, 8), 8);
+  // FLOPs per token (forward + backward) over the dense FFN's: 12 d H_g / (12 d F).
+  EXPECT_EQ(expert_costs(c, 8), (std::vector<float>{0.25f, 1.f, 4.f, 1.f}));
+  for (float v : {1.f, 1.f, 3.f, 0.5f}) c.add_expert_cost(v);  // the override
+  EXPECT_EQ(expert_costs(c, 8), (std::vector<float>{1.f, 1.f, 3.f, 0.5f}));
+}
+
+// Experts of hidden widths 3, 5, 9, 4: with top-k = G the layer is the
+// probability-weighted sum of every expert, each its own FFN.
+TEST(MoeLayer, HeterogeneousExpertsAreEachTheirOwnFfn) {
+  Rng rng(21);
+  const int64_t C = 6, N = 7, G = 4;
+  const std::vector<int64_t> H = {3, 5, 9, 4};
+  auto cfg = moe_config(G, G);
+  for (int64_t h : H) cfg.add_expert_hidden(static_cast<int32_t>(h));
+  ParamStore ps;
+  MoeLayer moe(host_ctx(), ps, "m", C, cfg, 8, rng, 0.5f, 0.5f, 7);
+  ps.finalize(host_ctx());
+  randomize_biases(ps, rng);
+  EXPECT_EQ(ps.find("m.experts.w1")->value.numel(), C * 21);
+  EXPECT_EQ(ps.find("m.experts.b1")->value.numel(), 21);
+  Tensor x = testing::randn({N, C}, rng);
+  Tensor y = moe.forward(x);
+  const float* wg = ps.find("m.router.w")->value.f32();
+  for (int64_t i = 0; i < N; ++i) {
+    std::vector<double> logit(G, 0.0);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t c = 0; c < C; ++c) logit[g] += x.f32()[i * C + c] * wg[c * G + g];
+    double mx = *std::max_element(logit.begin(), logit.end()), z = 0;
+    for (double l : logit) z += std::exp(l - mx);
+    std::vector<double> want(C, 0.0);
+    int64_t S = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      auto e = expert_row(ps, "m", static_cast<int>(g), x.f32() + i * C, C, H[g], S);
+      S += H[g];
+      for (int64_t c = 0; c < C; ++c) want[c] += std::exp(logit[g] - mx) / z * e[c];
+    }
+    for (int64_t c = 0; c < C; ++c) EXPECT_NEAR(y.f32()[i * C + c], want[c], 1e-5) << i << "," << c;
+  }
+  // FLOPs: the router 2 N C G, each expert 4 n_g C H_g with n_g = N.
+  EXPECT_DOUBLE_EQ(moe.forward_flops(), 2.0 * N * C * G + 4.0 * N * C * 21);
+  EXPECT_DOUBLE_EQ(moe.stats().realized_cost, (3 + 5 + 9 + 4) / 8.0);  // every token pays every expert
+}
+
+// Realised cost and the hard budget, by hand: two experts of widths 4 and 16
+// (dense FFN 8: costs 0.5 and 2), the router fixed so that tokens with x_0 > 0
+// choose expert 0 (4 tokens) and the others expert 1 (2 tokens).
+TEST(MoeLayer, RealizedCostAndHardBudgetByHand) {
+  const int64_t C = 4, N = 6;
+  auto run = [&](switchyard::MoeConfig::BudgetMode mode, float budget) {
+    auto cfg = moe_config(2, 1);
+    cfg.add_expert_hidden(4), cfg.add_expert_hidden(16);
+    cfg.set_budget_mode(mode);
+    cfg.set_budget(budget);
+    ParamStore ps;
+    Rng rng(22);
+    auto moe = std::make_unique<MoeLayer>(host_ctx(), ps, "m", C, cfg, 8, rng, 0.5f, 0.5f, 7);
+    ps.finalize(host_ctx());
+    randomize_biases(ps, rng);
+    float* wg = ps.find("m.router.w")->value.f32();  // (C, 2)
+    std::fill_n(wg, C * 2, 0.f);
+    wg[0] = 1.f, wg[1] = -1.f;  // logits (x_0, -x_0)
+    Tensor x = testing::zeros({N, C});
+    const float x0[N] = {2.f, -0.5f, 3.f, 1.5f, -0.2f, 2.5f};  // e0: t0, t2, t3, t5; e1: t1, t4
+    for (int64_t i = 0; i < N; ++i) x.f32()[i * C] = x0[i], x.f32()[i * C + 1] = 0.3f * i;
+    Tensor y = moe->forward(x);
+    return std::make_pair(std::move(moe), y);
+  };
+  auto [soft, ys] = run(switchyard::MoeConfig::SOFT, 1.f);
+  const RoutingStats& st = soft->stats();
+  EXPECT_DOUBLE_EQ(st.realized_cost, (4 * 0.5 + 2 * 2.0) / N);  // 1.0
+  EXPECT_DOUBLE_EQ(st.cost_before_budget, 1.0);
+  EXPECT_EQ(st.budget_dropped, 0.0);
+  EXPECT_DOUBLE_EQ(soft->forward_flops(), 2.0 * N * C * 2 + 4.0 * C * (4 * 4 + 2 * 16));
+  // B = 0.5: 3 in all, 6 kept. Scores p = sigmoid(2 |x_0|): the expert-1
+  // tokens' are the lowest (t4 0.60, t1 0.73; the others >= 0.95). Dropping
+  // t4 leaves 4 > 3, then t1 leaves 2 <= 3: the four cheap tokens stay.
+  auto [hard, yh] = run(switchyard::MoeConfig::HARD, 0.5f);
+  const RoutingStats& sh = hard->stats();
+  EXPECT_DOUBLE_EQ(sh.realized_cost, 2.0 / N);
+  EXPECT_DOUBLE_EQ(sh.cost_before_budget, 1.0);
+  EXPECT_DOUBLE_EQ(sh.budget_dropped, 2.0 / N);
+  EXPECT_EQ(sh.dropped, 0.0);
+  EXPECT_DOUBLE_EQ(sh.unserved, 2.0 / N);
+  EXPECT_DOUBLE_EQ(hard->forward_flops(), 2.0 * N * C * 2 + 4.0 * C * (4 * 4));
+  for (int64_t i : {1, 4})
+    for (int64_t c = 0; c < C; ++c) EXPECT_EQ(yh.f32()[i * C + c], 0.f) << "dropped token " << i;
+  for (int64_t i : {0, 2, 3, 5})
+    for (int64_t c = 0; c < C; ++c) EXPECT_EQ(yh.f32()[i * C + c], ys.f32()[i * C + c]) << "kept token " << i;
 }
 
 TEST(MoeLayer, ExpertChoiceFillsEveryExpert) {
@@ -175,6 +279,10 @@ TEST(MoeLayer, GradientsTop1WithLosses) {
   auto c = moe_config(3, 1);
   c.set_load_balance_coef(0.1f);
   c.set_z_loss_coef(0.05f);
+  // The expected-cost loss is a function of the probabilities: finite
+  // differences see it (the realised one's straight-through gradient is
+  // checked in router_loss_test).
+  c.set_budget_estimator(switchyard::MoeConfig::EXPECTED);
   c.set_budget_coef(0.2f);
   c.add_expert_cost(1), c.add_expert_cost(3), c.add_expert_cost(0.5);
   c.set_budget(0.5f);
@@ -188,6 +296,15 @@ TEST(MoeLayer, GradientsTop2RenormalizedSigmoidSharedExpert) {
   c.set_shared_expert(true);
   c.set_load_balance_coef(0.1f);
   check_layer_gradients(c, 12);
+}
+
+TEST(MoeLayer, GradientsHeterogeneousExpertsUnderAHardBudget) {
+  auto c = moe_config(4, 2);
+  for (int h : {3, 11, 5, 7}) c.add_expert_hidden(h);
+  c.set_budget_mode(switchyard::MoeConfig::HARD);
+  c.set_budget(1.2f);  // costs 3/7, 11/7, 5/7, 1: some assignments dropped
+  c.set_load_balance_coef(0.1f);
+  check_layer_gradients(c, 14);
 }
 
 TEST(MoeLayer, GradientsExpertChoice) {

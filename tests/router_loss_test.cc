@@ -119,6 +119,111 @@ TEST(Budget, InactiveUnderBudget) {
   EXPECT_EQ(d.to_vector<float>(), (std::vector<float>{0.f, 0.f}));
 }
 
+// Realised cost from the routing sums, by hand: 4 tokens, top-2 over 3
+// experts of costs 0.5, 1, 2, capacity 1 per expert, then a budget.
+TEST(RealizedCost, HandComputedFromRoutingSums) {
+  const Tensor p = probs_of({0.6f, 0.3f, 0.1f,   // t0: e0, e1
+                             0.5f, 0.1f, 0.4f,   // t1: e0, e2
+                             0.2f, 0.2f, 0.6f,   // t2: e2, e0 (tie with e1: the lower index)
+                             0.1f, 0.7f, 0.2f},  // t3: e1, e2
+                            4, 3);
+  TokensChooseParams prm;
+  prm.k = 2;
+  prm.capacity_factor = 0.75f;  // C = ceil(0.75 * 4 * 2 / 3) = 2
+  Route r = tokens_choose(p, prm);
+  // First choices in position order: t0 e0, t1 e0, t2 e2, t3 e1 (all fit: e0 2/2);
+  // second choices: t0 e1 (e1 2/2), t1 e2 (e2 2/2), t2 e0 or e1 (tie 0.2: e0, full: dropped), t3 e2 (full: dropped).
+  ASSERT_EQ(r.group.to_vector<int32_t>(), (std::vector<int32_t>{0, 1, 0, 2, 2, 0, 1, 2}));
+  ASSERT_EQ(r.slot.to_vector<int32_t>(), (std::vector<int32_t>{0, 1, 1, 1, 0, -1, 0, -1}));
+  const std::vector<float> cost = {0.5f, 1.f, 2.f};
+  auto totals = [&](const Route& route) {
+    Tensor sums = Tensor::zeros({routing_sums_size(3)}, DType::f64, host_ctx());
+    routing_sums(host_ctx(), sums, p, route);
+    return RoutingTotals::read(sums, 3);
+  };
+  RoutingTotals t = totals(r);
+  // Kept: e0 x2, e1 x2, e2 x2 -> (2 * 0.5 + 2 * 1 + 2 * 2) / 4 = 7 / 4.
+  EXPECT_EQ(t.kept, (std::vector<double>{2, 2, 2}));
+  EXPECT_DOUBLE_EQ(t.realized_cost(cost), 7.0 / 4);
+  EXPECT_DOUBLE_EQ(t.cost_before_budget(cost), 7.0 / 4);
+  EXPECT_EQ(t.dropped, 2);
+  EXPECT_EQ(t.budget_dropped, 0);
+  // Expected: 2 assignments per token from the mean probabilities
+  // P = (1.4, 1.3, 1.3) / 4: 2 * (1.4 * 0.5 + 1.3 * 1 + 1.3 * 2) / 4 = 2.3.
+  EXPECT_NEAR(t.expected_cost(cost), 2.3, 1e-6);
+  // A budget of 1 per token (4 in all): drops by lowest score, ties to the
+  // later assignment, among the kept ones: t2 e2 is 0.6; t0 e1 0.3; t1 e2 0.4;
+  // t3 e1 0.7; t0 e0 0.6; t1 e0 0.5. Lowest: t0 e1 (0.3) -> 6, t1 e2 (0.4) -> 4: stop.
+  BudgetParams b;
+  b.cost = cost;
+  b.budget = 1.0;
+  apply_budget(host_ctx(), r, p, b);
+  EXPECT_EQ(r.slot.to_vector<int32_t>(), (std::vector<int32_t>{0, -2, 1, -2, 0, -1, 0, -1}));
+  t = totals(r);
+  EXPECT_EQ(t.kept, (std::vector<double>{2, 1, 1}));
+  EXPECT_EQ(t.cut, (std::vector<double>{0, 1, 1}));
+  EXPECT_DOUBLE_EQ(t.realized_cost(cost), 4.0 / 4);
+  EXPECT_DOUBLE_EQ(t.cost_before_budget(cost), 7.0 / 4);
+  EXPECT_EQ(t.budget_dropped, 2);
+  EXPECT_EQ(t.dropped, 2);
+  EXPECT_EQ(t.unserved, 0);
+}
+
+// The straight-through realised-cost loss: value lambda (R - B) from the
+// given R; gradient that of lambda S, S = sum over kept (i, g) of p_ig c_g / N,
+// through the softmax, against finite differences of S with the route held
+// fixed (budget drops counted, capacity drops not); zero when R <= B.
+TEST(RealizedCost, StraightThroughGradientMatchesFiniteDifferences) {
+  Ctx& ctx = host_ctx();
+  Rng rng(3);
+  const int64_t N = 9, G = 4;
+  const std::vector<float> cost = {0.25f, 0.5f, 1.f, 2.f};
+  Tensor logits = testing::randn({N, G}, rng);
+  const Tensor probs = softmax_of(logits);
+  TokensChooseParams prm;
+  prm.k = 2;
+  prm.capacity_factor = 0.75f;
+  Route r = tokens_choose(probs, prm);
+  BudgetParams b;
+  b.cost = cost;
+  b.budget = 0.8;
+  apply_budget(ctx, r, probs, b);
+  ASSERT_GT(r.dropped, 0);
+  ASSERT_GT(r.budget_dropped, 0);
+  const float lambda = 0.7f;
+  for (bool with_drops : {true, false}) {
+    Tensor dprobs = zeros({N, G}), dlogits = zeros({N, G});
+    double S = 0;
+    RealizedBudgetArgs a{cost};
+    a.realized = 1.3, a.budget = 0.8f, a.lambda = lambda, a.count_budget_drops = with_drops, a.surrogate = &S;
+    EXPECT_FLOAT_EQ(realized_budget_loss(ctx, dprobs, probs, r, a), lambda * (1.3f - 0.8f));
+    // S by hand.
+    const std::vector<int32_t> group = r.group.to_vector<int32_t>(), slot = r.slot.to_vector<int32_t>();
+    double want = 0;
+    for (int64_t e = 0; e < N * 2; ++e)
+      if (slot[e] >= 0 || (with_drops && slot[e] == -2)) want += probs.f32()[(e / 2) * G + group[e]] * cost[group[e]];
+    EXPECT_NEAR(S, want / N, 1e-9);
+    router_scores_backward(ctx, dlogits, dprobs, probs, ScoreFn::softmax);
+    auto surrogate = [&] {
+      const Tensor p = softmax_of(logits);
+      Tensor scratch = zeros({N, G});
+      double s = 0;
+      RealizedBudgetArgs q{cost};
+      q.count_budget_drops = with_drops, q.surrogate = &s;  // lambda 0: value only
+      realized_budget_loss(ctx, scratch, p, r, q);
+      return lambda * s;
+    };
+    testing::expect_gradient(with_drops ? "realised cost, budget drops counted" : "realised cost, kept only", logits,
+                             dlogits, surrogate, 1e-2);
+  }
+  // Under budget: no loss, no gradient.
+  Tensor d = zeros({N, G});
+  RealizedBudgetArgs under{cost};
+  under.realized = 0.5, under.budget = 0.8f, under.lambda = lambda;
+  EXPECT_EQ(realized_budget_loss(ctx, d, probs, r, under), 0.f);
+  for (float v : d.to_vector<float>()) EXPECT_EQ(v, 0.f);
+}
+
 TEST(ZLoss, HandComputed) {
   // logits (0, 0): lse = ln 2; loss = beta * ln(2)^2.
   const Tensor l = zeros({1, 2});

@@ -72,7 +72,7 @@ void expect_invariants(const Route& r) {
   EXPECT_EQ(r.host_offset, offset);  // the host copy agrees with the tensor
   EXPECT_EQ(r.rows(), kept);
   EXPECT_EQ(r.assigned, assigned);
-  EXPECT_EQ(r.dropped, assigned - kept);
+  EXPECT_EQ(r.dropped + r.budget_dropped, assigned - kept);
   // Slots of a group are 0..count-1.
   for (int64_t g = 0; g < r.num_groups; ++g)
     for (int32_t s = 0; s < rcount[g]; ++s) EXPECT_TRUE(used.count({int(g), s}));
@@ -329,6 +329,245 @@ TEST(RouteWeights, GradientThroughScoresMatchesFiniteDifferences) {
                                    (renorm ? " renorm" : ""),
                                logits, dl, loss, 1e-3);
     }
+}
+
+// ---- the budget step -------------------------------------------------------
+
+Route with_budget(Route r, const Tensor& scores, const BudgetParams& p) {
+  r.slot = r.slot.clone(), r.count = r.count.clone(), r.offset = r.offset.clone();
+  apply_budget(host_ctx(), r, scores, p);
+  return r;
+}
+
+BudgetParams budget_params(std::vector<float> cost, double B, bool causal = false, int64_t segment = 0) {
+  BudgetParams p;
+  p.cost = std::move(cost), p.budget = B, p.causal = causal, p.segment = segment;
+  return p;
+}
+
+TEST(Budget, HandComputedBatch) {
+  // 4 tokens, top-1, room for all; expert 0 costs 0.5, expert 1 costs 2.
+  // Kept cost 2 + 2 + 0.5 + 2 = 6.5 > B N = 1 * 4. Drop order: lowest score
+  // first, ties to the later token: t3 (0.6, tie with t2, later) -> 4.5, then
+  // t2 (0.6) -> 4.0 <= 4: stop. t0 and t1 keep expert 1, renumbered 0, 1.
+  const Tensor p = probs_of({0.2f, 0.8f,   // t0 -> e1 (0.8)
+                             0.3f, 0.7f,   // t1 -> e1 (0.7)
+                             0.6f, 0.4f,   // t2 -> e0 (0.6)
+                             0.4f, 0.6f},  // t3 -> e1 (0.6)
+                            4, 2);
+  TokensChooseParams prm;
+  prm.capacity_factor = 2;
+  const Route r0 = tokens_choose(p, prm);
+  ASSERT_EQ(ints(r0.slot), (std::vector<int32_t>{0, 1, 0, 2}));
+  const Route r = with_budget(r0, p, budget_params({0.5f, 2.f}, 1.0));
+  expect_invariants(r);
+  EXPECT_EQ(ints(r.slot), (std::vector<int32_t>{0, 1, -2, -2}));
+  EXPECT_EQ(ints(r.count), (std::vector<int32_t>{0, 2}));
+  EXPECT_EQ(ints(r.offset), (std::vector<int32_t>{0, 0, 2}));
+  EXPECT_EQ(r.budget_dropped, 2);
+  EXPECT_EQ(r.dropped, 0);
+  // Within budget: nothing changes.
+  const Route same = with_budget(r0, p, budget_params({0.5f, 2.f}, 1.625));  // 6.5 = 1.625 * 4
+  EXPECT_EQ(ints(same.slot), ints(r0.slot));
+  EXPECT_EQ(same.budget_dropped, 0);
+}
+
+TEST(Budget, HandComputedCausal) {
+  // The same tokens with a running budget of B = 1 per position:
+  //   t0 may spend 1 - 0 = 1 < 2: dropped;   t1 may spend 2 - 0 = 2: kept (spent 2)
+  //   t2 may spend 3 - 2 = 1 >= 0.5: kept (2.5);  t3 may spend 4 - 2.5 = 1.5 < 2: dropped
+  const Tensor p = probs_of({0.2f, 0.8f, 0.3f, 0.7f, 0.6f, 0.4f, 0.4f, 0.6f}, 4, 2);
+  TokensChooseParams prm;
+  prm.capacity_factor = 2;
+  const Route r = with_budget(tokens_choose(p, prm), p, budget_params({0.5f, 2.f}, 1.0, true));
+  expect_invariants(r);
+  EXPECT_EQ(ints(r.slot), (std::vector<int32_t>{-2, 0, 0, -2}));
+  EXPECT_EQ(ints(r.count), (std::vector<int32_t>{1, 1}));
+  EXPECT_EQ(r.budget_dropped, 2);
+  // Runs of 2 (two sequences): t2 starts afresh: may spend 1 >= 0.5; t3: 2 - 0.5 < 2.
+  const Route rs = with_budget(tokens_choose(p, prm), p, budget_params({0.5f, 2.f}, 1.0, true, 2));
+  EXPECT_EQ(ints(rs.slot), (std::vector<int32_t>{-2, 0, 0, -2}));
+  // Top-2, one token, costs 1 (e0), 2 (e1), 4 (e2), B = 3.5: its choices e2
+  // (0.5) and e1 (0.3) cost 6; the lower score (e1) goes first -> 4 > 3.5,
+  // then e2 -> 0: nothing is left, whatever e0 would have cost.
+  const Tensor q = probs_of({0.2f, 0.3f, 0.5f}, 1, 3);
+  prm.k = 2;
+  const Route r2 = with_budget(tokens_choose(q, prm), q, budget_params({1.f, 2.f, 4.f}, 3.5, true));
+  EXPECT_EQ(ints(r2.group), (std::vector<int32_t>{2, 1}));
+  EXPECT_EQ(ints(r2.slot), (std::vector<int32_t>{-2, -2}));
+  // At B = 4 dropping e1 (the lower score) leaves 4 <= 4: e2 stays.
+  const Route r3 = with_budget(tokens_choose(q, prm), q, budget_params({1.f, 2.f, 4.f}, 4.0, true));
+  EXPECT_EQ(ints(r3.slot), (std::vector<int32_t>{0, -2}));
+}
+
+TEST(Budget, ExpertChoiceDropsLowestScores) {
+  // Expert choice, 2 experts x 2 tokens of 4; costs 1 and 3; B = 1:
+  // kept cost 2 * 1 + 2 * 3 = 8 > 4. Lowest scores first.
+  const Tensor s = probs_of({0.9f, 0.1f,    // t0: e0 (0.9)
+                             0.8f, 0.2f,    // t1: e0 (0.8)
+                             0.1f, 0.7f,    // t2: e1 (0.7)
+                             0.3f, 0.95f},  // t3: e1 (0.95)
+                            4, 2);
+  const Route r0 = groups_choose(s, 2);
+  const Route r = with_budget(r0, s, budget_params({1.f, 3.f}, 1.0));
+  expect_invariants(r);
+  // Drop order among kept: t2/e1 (0.7) -> 5, then t1/e0 (0.8) -> 4: stop.
+  const std::vector<int32_t> slot = ints(r.slot);
+  EXPECT_EQ(slot[2 * 2 + 1], -2);
+  EXPECT_EQ(slot[1 * 2 + 0], -2);
+  EXPECT_EQ(slot[0 * 2 + 0], 0);
+  EXPECT_EQ(slot[3 * 2 + 1], 0);
+  EXPECT_EQ(r.budget_dropped, 2);
+}
+
+// The kept cost, summed in assignment order over [a0, a1) (the order the
+// bound is stated in).
+double kept_chain(const Route& r, const std::vector<float>& cost, int64_t a0, int64_t a1, double start = 0) {
+  const std::vector<int32_t> group = ints(r.group), slot = ints(r.slot);
+  for (int64_t a = a0; a < a1; ++a)
+    if (group[a] >= 0 && slot[a] >= 0) start += cost[group[a]];
+  return start;
+}
+
+// Checks a budget step's result `r` against the route `before` it.
+void expect_budget_kept(const Route& before, const Route& r, const Tensor& scores, const BudgetParams& p) {
+  expect_invariants(r);
+  const int64_t N = r.num_items, k = r.k, G = r.num_groups;
+  const std::vector<int32_t> group = ints(r.group), slot = ints(r.slot), slot0 = ints(before.slot);
+  ASSERT_EQ(group, ints(before.group));
+  EXPECT_EQ(r.dropped, before.dropped);
+  auto score = [&](int64_t a) { return scores.f32()[(a / k) * G + group[a]]; };
+  auto drops_first = [&](int64_t a, int64_t b) { return score(a) < score(b) || (score(a) == score(b) && a > b); };
+  int64_t cut = 0;
+  for (int64_t a = 0; a < N * k; ++a) {
+    if (slot[a] == -2) {
+      ++cut;
+      ASSERT_GE(slot0[a], 0) << "only kept assignments are dropped by the budget";
+      EXPECT_GT(p.cost[group[a]], 0.f) << "a free assignment was dropped";
+    } else if (slot0[a] < 0) {
+      EXPECT_EQ(slot[a], slot0[a]);
+    }
+  }
+  EXPECT_EQ(r.budget_dropped, cut);
+  // Survivors keep their order within each group.
+  for (int64_t a = 0; a < N * k; ++a)
+    for (int64_t b = 0; b < N * k; ++b)
+      if (slot[a] >= 0 && slot[b] >= 0 && group[a] == group[b] && slot0[a] < slot0[b]) EXPECT_LT(slot[a], slot[b]);
+  // Priority and minimality over a unit: the whole batch, or one item (causal).
+  auto check_unit = [&](int64_t a0, int64_t a1, double spent, double allowed) {
+    std::vector<int64_t> dropped;
+    for (int64_t a = a0; a < a1; ++a)
+      if (slot[a] == -2) dropped.push_back(a);
+    for (int64_t d : dropped)
+      for (int64_t a = a0; a < a1; ++a)
+        if (slot[a] >= 0 && p.cost[group[a]] > 0) EXPECT_TRUE(drops_first(d, a)) << "dropped " << d << " before " << a;
+    if (dropped.empty()) return;
+    // The last one dropped (highest in the drop order) was needed.
+    const int64_t last = *std::max_element(dropped.begin(), dropped.end(),
+                                           [&](int64_t x, int64_t y) { return drops_first(x, y); });
+    Route back = r;
+    back.slot = r.slot.clone();
+    back.slot.data<int32_t>()[last] = 0;
+    EXPECT_GT(kept_chain(back, p.cost, a0, a1, spent), allowed) << "dropping " << last << " was not needed";
+  };
+  if (!p.causal) {
+    EXPECT_LE(kept_chain(r, p.cost, 0, N * k), p.budget * N);
+    check_unit(0, N * k, 0, p.budget * N);
+    return;
+  }
+  const int64_t S = p.segment > 0 ? p.segment : N;
+  for (int64_t s0 = 0; s0 < N; s0 += S) {
+    double spent = 0;
+    for (int64_t t = 0; t < S; ++t) {
+      const int64_t i = s0 + t;
+      const double allowed = p.budget * static_cast<double>(t + 1);
+      check_unit(i * k, (i + 1) * k, spent, allowed);
+      spent = kept_chain(r, p.cost, i * k, (i + 1) * k, spent);
+      ASSERT_LE(spent, allowed) << "item " << i << " of a run from " << s0;
+    }
+  }
+}
+
+// The property: on random inputs, over sizes, k, both policies (tokens choose
+// by position and by score, with capacity or dropless; expert choice), batch
+// and causal budgets, budgets from 0 up, costs dyadic (exact sums) or any
+// floats, the kept cost never exceeds the budget, only kept costly
+// assignments are dropped, lowest score first, and no more than needed.
+TEST(Budget, NeverExceededOnRandomInputs) {
+  Rng rng(11);
+  int64_t cases = 0, with_drops = 0;
+  for (int64_t N : {1, 3, 7, 37, 128})
+    for (int64_t G : {1, 2, 5, 8})
+      for (int policy = 0; policy < 4; ++policy)
+        for (int k : {1, 2, 3}) {
+          if (k > G || (policy == 3 && k > 1)) continue;
+          const Tensor probs = random_probs(N, G, rng);
+          Route before;
+          if (policy < 3) {
+            TokensChooseParams prm;
+            prm.k = k;
+            prm.priority = policy == 1 ? SlotPriority::score : SlotPriority::position;
+            prm.dropless = policy == 2;
+            prm.capacity_factor = 1.0f;
+            before = tokens_choose(probs, prm);
+          } else {
+            before = groups_choose(probs, (N + G - 1) / G);  // expert choice
+          }
+          for (bool dyadic : {true, false}) {
+            std::vector<float> cost(G);
+            for (float& c : cost)
+              c = dyadic ? static_cast<float>(static_cast<int>(rng.uniform() * 33) / 8.0)  // 0 .. 4 in eighths
+                         : static_cast<float>(rng.uniform() * 3);
+            for (double B : {0.0, 0.3, 0.75, 1.0, 2.5})
+              for (int mode = 0; mode < 3; ++mode) {
+                const bool causal = mode > 0;
+                const int64_t segment = mode == 2 && N % 2 == 0 ? N / 2 : 0;
+                const BudgetParams p = budget_params(cost, B, causal, segment);
+                SCOPED_TRACE(::testing::Message() << "N=" << N << " G=" << G << " k=" << k << " policy=" << policy
+                                                  << " B=" << B << " mode=" << mode << " dyadic=" << dyadic);
+                const Route r = with_budget(before, probs, p);
+                expect_budget_kept(before, r, probs, p);
+                ++cases;
+                with_drops += r.budget_dropped > 0;
+              }
+          }
+        }
+  EXPECT_GT(with_drops, cases / 3) << "the budget should bind in many cases";
+}
+
+// A causal budget decides token t from tokens 0..t only: change every token
+// from position m on (new router probabilities) and the decisions of tokens
+// before m stay. Routes from tokens choose by position, top-1 with capacity
+// (itself causal) and top-2 dropless. The batch budget is the control: there
+// later tokens do move earlier decisions.
+TEST(Budget, CausalDecisionsIgnoreLaterTokens) {
+  Rng rng(12);
+  const int64_t N = 64, G = 6;
+  const std::vector<float> cost = {0.25f, 0.25f, 0.5f, 1.f, 2.f, 2.f};
+  int batch_moved = 0;
+  for (int k : {1, 2})
+    for (int64_t segment : {0, 16})
+      for (int trial = 0; trial < 20; ++trial) {
+        TokensChooseParams prm;
+        prm.k = k;
+        prm.capacity_factor = 1.0f;
+        prm.dropless = k == 2;
+        const Tensor probs = random_probs(N, G, rng);
+        Tensor later = probs.clone();
+        const int64_t m = 1 + static_cast<int64_t>(rng.uniform() * (N - 2));
+        const Tensor fresh = random_probs(N, G, rng);
+        std::copy(fresh.f32() + m * G, fresh.f32() + N * G, later.f32() + m * G);
+        auto kept = [&](const Tensor& p, bool causal) {
+          const Route r = with_budget(tokens_choose(p, prm), p, budget_params(cost, 0.6, causal, segment));
+          std::vector<int> v;
+          const std::vector<int32_t> slot = ints(r.slot), group = ints(r.group);
+          for (int64_t a = 0; a < m * k; ++a) v.push_back(slot[a] >= 0 ? group[a] : -1 - (slot[a] == -2));
+          return v;
+        };
+        EXPECT_EQ(kept(probs, true), kept(later, true)) << "k=" << k << " segment=" << segment << " m=" << m;
+        batch_moved += kept(probs, false) != kept(later, false);
+      }
+  EXPECT_GT(batch_moved, 0) << "control: the batch budget should depend on later tokens";
 }
 
 }  // namespace

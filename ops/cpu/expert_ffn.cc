@@ -9,10 +9,11 @@
 namespace sy::ops::cpu {
 
 namespace {
-// Expert g's slice of a (G, a, b) weight as an (a, b) matrix, or of a (G, b) bias as (b).
-Tensor expert(const Tensor& w, int64_t g) {
-  Shape s(w.shape().begin() + 1, w.shape().end());
-  return w.rows(g, g + 1).reshape(s);
+// Elements [offset, offset + numel(shape)) of a packed tensor, as `shape`.
+Tensor block(const Tensor& t, int64_t offset, const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return t.reshape({t.numel()}).rows(offset, offset + n).reshape(shape);
 }
 
 // act = gelu(pre) and d = gelu'(pre) from one exp per element.
@@ -27,15 +28,19 @@ SY_VECTOR_CLONES void scale_by(float* dact, const float* d, int64_t n) {
 }  // namespace
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
-  const int64_t G = a.w.w1.dim(0), H = a.w.w1.dim(2);
+  const ExpertLayout& l = a.layout;
+  const int64_t G = l.groups(), D = l.D;
+  int64_t p0 = 0;  // expert g's block of pre
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1];
-    if (r1 == r0) continue;
-    Tensor pre = a.pre.rows(r0, r1), out = a.out.rows(r0, r1);
-    cpu::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), expert(a.w.w1, g), expert(a.w.b1, g)});
-    Tensor act = Tensor::empty({r1 - r0, H}, DType::f32, ctx);
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g];
+    if (n == 0) continue;
+    Tensor pre = block(a.pre, p0, {n, H}), out = a.out.rows(r0, r1);
+    p0 += n * H;
+    cpu::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), block(a.w.w1, l.w_offset(g), {D, H}),
+                              block(a.w.b1, l.b1_offset(g), {H})});
+    Tensor act = Tensor::empty({n, H}, DType::f32, ctx);
     cpu::gelu_forward(ctx, act, pre);
-    cpu::matmul_forward(ctx, {out, act, expert(a.w.w2, g), expert(a.w.b2, g)});
+    cpu::matmul_forward(ctx, {out, act, block(a.w.w2, l.w_offset(g), {H, D}), block(a.w.b2, l.b2_offset(g), {D})});
   }
 }
 
@@ -44,21 +49,25 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
 // then the first matmul's backward. The same arithmetic as composing
 // matmul_backward and gelu_backward on zeroed buffers.
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
-  const int64_t G = a.w.w1.dim(0), D = a.w.w1.dim(1), H = a.w.w1.dim(2);
+  const ExpertLayout& l = a.layout;
+  const int64_t G = l.groups(), D = l.D;
+  int64_t p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], R = r1 - r0;
-    if (R == 0) continue;
-    const Tensor pre = a.pre.rows(r0, r1), dout = a.dout.rows(r0, r1);
-    Tensor act = Tensor::empty({R, H}, DType::f32, ctx), dgelu = Tensor::empty({R, H}, DType::f32, ctx);
-    gelu_and_derivative(act.f32(), dgelu.f32(), pre.f32(), R * H);
-    const Tensor w2 = expert(a.w.w2, g);
-    Tensor dact = Tensor::empty({R, H}, DType::f32, ctx);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, H, D, 1.f, dout.f32(), D, w2.f32(), D, 0.f, dact.f32(), H);
-    Tensor dw2 = expert(a.dw.w2, g), db2 = expert(a.dw.b2, g), dw1 = expert(a.dw.w1, g), db1 = expert(a.dw.b1, g);
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g];
+    if (n == 0) continue;
+    const Tensor pre = block(a.pre, p0, {n, H}), dout = a.dout.rows(r0, r1);
+    p0 += n * H;
+    Tensor act = Tensor::empty({n, H}, DType::f32, ctx), dgelu = Tensor::empty({n, H}, DType::f32, ctx);
+    gelu_and_derivative(act.f32(), dgelu.f32(), pre.f32(), n * H);
+    const Tensor w2 = block(a.w.w2, l.w_offset(g), {H, D});
+    Tensor dact = Tensor::empty({n, H}, DType::f32, ctx);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, D, 1.f, dout.f32(), D, w2.f32(), D, 0.f, dact.f32(), H);
+    Tensor dw2 = block(a.dw.w2, l.w_offset(g), {H, D}), db2 = block(a.dw.b2, l.b2_offset(g), {D});
+    Tensor dw1 = block(a.dw.w1, l.w_offset(g), {D, H}), db1 = block(a.dw.b1, l.b1_offset(g), {H});
     cpu::matmul_backward(ctx, {nullptr, &dw2, &db2, dout, act, w2});
-    scale_by(dact.f32(), dgelu.f32(), R * H);
+    scale_by(dact.f32(), dgelu.f32(), n * H);
     Tensor dbuf = a.dbuf.rows(r0, r1);
-    cpu::matmul_backward(ctx, {&dbuf, &dw1, &db1, dact, a.buf.rows(r0, r1), expert(a.w.w1, g)});
+    cpu::matmul_backward(ctx, {&dbuf, &dw1, &db1, dact, a.buf.rows(r0, r1), block(a.w.w1, l.w_offset(g), {D, H})});
   }
 }
 

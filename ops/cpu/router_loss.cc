@@ -14,17 +14,23 @@ std::vector<double> sums_of(const Tensor& probs_t, const Route& r, int64_t i0, i
   const int32_t* slot = r.slot.data<int32_t>();
   const float* probs = probs_t.f32();
   std::vector<double> s(routing_sums_size(G), 0.0);
-  double* tail = s.data() + 2 * G;  // assigned, items, dropped, unserved, entropy
+  double* kept = s.data() + 2 * G;
+  double* cut = s.data() + 3 * G;
+  double* tail = s.data() + 4 * G;  // assigned, items, dropped, unserved, entropy, budget_dropped
   for (int64_t i = i0; i < i1; ++i) {
     bool served = false;
     for (int64_t a = i * k; a < (i + 1) * k; ++a) {
       const int32_t g = group[a];
       if (g < 0) continue;
       s[g] += 1, tail[0] += 1;
-      if (slot[a] < 0)
-        tail[2] += 1;
-      else
+      if (slot[a] >= 0) {
+        kept[g] += 1;
         served = true;
+      } else if (slot[a] == -2) {
+        cut[g] += 1, tail[5] += 1;
+      } else {
+        tail[2] += 1;
+      }
     }
     tail[3] += served ? 0 : 1;
   }
@@ -74,8 +80,8 @@ float load_balance_loss_grouped(Ctx&, Tensor& dprobs, const Tensor& probs, const
     const std::vector<double> sums = sums_of(probs, r, i0, i1);
     t.chosen.assign(sums.begin(), sums.begin() + G);
     t.prob.assign(sums.begin() + G, sums.begin() + 2 * G);
-    t.assigned = sums[2 * G];
-    t.items = sums[2 * G + 1];
+    t.assigned = sums[4 * G];
+    t.items = sums[4 * G + 1];
     loss += add_balance_term(dprobs.f32(), i0, i1, N, G, t.f(), t.P(), alpha);
   }
   return static_cast<float>(alpha * G * loss / S);
@@ -117,6 +123,27 @@ float budget_loss(Ctx&, Tensor& dprobs, const Tensor& probs_t, const std::vector
   for (int64_t i = 0; i < N; ++i)
     for (int64_t g = 0; g < G; ++g) d[i * G + g] += lambda * (cost.empty() ? 1.f : cost[g]) / N;
   return static_cast<float>(lambda * (C - budget));
+}
+
+float realized_budget_loss(Ctx&, Tensor& dprobs, const Tensor& probs_t, const Route& r,
+                           const RealizedBudgetArgs& a) {
+  const int64_t N = r.num_items, k = r.k, G = r.num_groups;
+  const int32_t* group = r.group.data<int32_t>();
+  const int32_t* slot = r.slot.data<int32_t>();
+  const float* probs = probs_t.f32();
+  const bool active = a.lambda != 0.f && a.realized > a.budget && N > 0;
+  double S = 0;
+  float* d = dprobs.f32();
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = i * k + j;
+      const int32_t g = group[e];
+      if (g < 0 || !(slot[e] >= 0 || (a.count_budget_drops && slot[e] == -2))) continue;
+      if (a.surrogate) S += static_cast<double>(probs[i * G + g]) * a.cost[g];
+      if (active) d[i * G + g] += a.lambda * a.cost[g] / N;
+    }
+  if (a.surrogate) *a.surrogate = S / std::max<int64_t>(1, N);
+  return active ? static_cast<float>(a.lambda * (a.realized - a.budget)) : 0.f;
 }
 
 }  // namespace sy::ops::cpu

@@ -59,7 +59,7 @@ void assign_slots(Route& r, const std::vector<int64_t>& order) {
   int32_t* count = r.count.data<int32_t>();
   std::fill_n(count, r.num_groups, 0);
   std::fill_n(slot, r.assignments(), -1);
-  r.assigned = r.dropped = 0;
+  r.assigned = r.dropped = r.budget_dropped = 0;
   for (int64_t a : order) {
     const int32_t g = group[a];
     if (g < 0) continue;
@@ -170,6 +170,77 @@ void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau) {
   std::vector<int64_t> order(N);
   std::iota(order.begin(), order.end(), 0);
   assign_slots(r, order);
+}
+
+void apply_budget(Ctx&, Route& r, const Tensor& scores_t, const BudgetParams& p) {
+  const int64_t N = r.num_items, k = r.k, G = r.num_groups, n = N * k;
+  const int32_t* group = r.group.data<int32_t>();
+  int32_t* slot = r.slot.data<int32_t>();
+  const float* scores = scores_t.f32();
+  auto kept = [&](int64_t a) { return group[a] >= 0 && slot[a] >= 0; };
+  auto cost = [&](int64_t a) { return static_cast<double>(p.cost[group[a]]); };
+  auto score = [&](int64_t a) { return scores[(a / k) * G + group[a]]; };
+  // Drop priority: lowest score first, ties to the later assignment.
+  auto drops_first = [&](int64_t a, int64_t b) { return score(a) < score(b) || (score(a) == score(b) && a > b); };
+  // spent + the kept costs of [a0, a1), added one by one in assignment order:
+  // the sum the bound is stated for (ops/routing.h).
+  auto chain = [&](int64_t a0, int64_t a1, double spent) {
+    for (int64_t a = a0; a < a1; ++a)
+      if (kept(a)) spent += cost(a);
+    return spent;
+  };
+  int64_t dropped = 0;
+  // Drops kept assignments of [a0, a1) in priority order until
+  // chain(a0, a1, spent) <= allowed; returns that chain.
+  auto fit = [&](int64_t a0, int64_t a1, double spent, double allowed) {
+    double total = chain(a0, a1, spent);
+    if (total <= allowed) return total;
+    std::vector<int64_t> order;
+    for (int64_t a = a0; a < a1; ++a)
+      if (kept(a) && cost(a) > 0) order.push_back(a);
+    std::sort(order.begin(), order.end(), drops_first);
+    double running = total;  // updated by subtraction; confirmed exactly before stopping
+    const double slack = 1e-9 * (1.0 + std::fabs(allowed));
+    for (int64_t a : order) {
+      slot[a] = -2, ++dropped;
+      running -= cost(a);
+      if (running <= allowed + slack) {
+        running = total = chain(a0, a1, spent);
+        if (total <= allowed) break;
+      }
+    }
+    return chain(a0, a1, spent);
+  };
+  if (!p.causal) {
+    fit(0, n, 0.0, p.budget * static_cast<double>(N));
+  } else {
+    const int64_t S = p.segment > 0 ? p.segment : N;
+    for (int64_t s0 = 0; s0 < N; s0 += S) {
+      double spent = 0;
+      for (int64_t t = 0; t < S; ++t) {
+        const int64_t i = s0 + t;
+        spent = fit(i * k, (i + 1) * k, spent, p.budget * static_cast<double>(t + 1));
+      }
+    }
+  }
+  if (dropped == 0) return;
+  // Survivors keep their order within each group; slots 0..count-1 again.
+  int32_t* count = r.count.data<int32_t>();
+  std::vector<std::vector<int64_t>> by_slot(G);
+  for (int64_t g = 0; g < G; ++g) by_slot[g].assign(count[g], -1);
+  for (int64_t a = 0; a < n; ++a)
+    if (kept(a)) by_slot[group[a]][slot[a]] = a;
+  for (int64_t g = 0; g < G; ++g) {
+    int32_t c = 0;
+    for (int64_t a : by_slot[g])
+      if (a >= 0) slot[a] = c++;
+    count[g] = c;
+  }
+  int32_t* offset = r.offset.data<int32_t>();
+  offset[0] = 0;
+  for (int64_t g = 0; g < G; ++g) offset[g + 1] = offset[g] + count[g];
+  r.host_offset.assign(offset, offset + G + 1);
+  r.budget_dropped += dropped;
 }
 
 void route_weights_backward(Ctx&, Tensor& dprobs_t, const Tensor& dweight_t, const Tensor& probs_t,

@@ -1,5 +1,7 @@
 // Expert FFNs on CUDA, fp32 mode: a loop over the experts on the host
-// offsets, one cuBLASLt GEMM per expert and direction (ops/cuda/gemm.h):
+// offsets, one cuBLASLt GEMM per expert and direction (ops/cuda/gemm.h), each
+// with its expert's own hidden width H_g (the packed layout of
+// ops/expert_ffn.h: pre_g is expert g's (n_g, H_g) block of the packed pre):
 //
 //   forward:   pre_g = buf_g W1_g + b1_g (BIAS epilogue); act = gelu(pre) over
 //              all rows at once; out_g = act_g W2_g + b2_g
@@ -61,51 +63,62 @@ void gemm_tn(Ctx& ctx, int64_t rows, int64_t n, int64_t k, const float* A, const
 }  // namespace
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
-  const int64_t G = a.w.w1.dim(0), D = a.w.w1.dim(1), H = a.w.w1.dim(2), R = a.buf.dim(0);
+  const ExpertLayout& l = a.layout;
+  const int64_t G = l.groups(), D = l.D, R = a.buf.dim(0);
   if (R == 0) return;
   const float* buf = a.buf.data<float>();
   const float *w1 = a.w.w1.data<float>(), *b1 = a.w.b1.data<float>();
   const float *w2 = a.w.w2.data<float>(), *b2 = a.w.b2.data<float>();
   float* pre = a.pre.data<float>();
   float* out = a.out.data<float>();
+  int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0;
-    if (n > 0) gemm_nn(ctx, n, H, D, buf + r0 * D, w1 + g * D * H, pre + r0 * H, 0.f, b1 + g * H);
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
+    if (n > 0) gemm_nn(ctx, n, H, D, buf + r0 * D, w1 + l.w_offset(g), pre + p0, 0.f, b1 + l.b1_offset(g));
+    p0 += n * H;
   }
-  Tensor act = Tensor::empty({R, H}, DType::f32, ctx);
+  Tensor act = Tensor::empty(a.pre.shape(), DType::f32, ctx);
   cuda::gelu_forward(ctx, act, a.pre);
+  p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0;
-    if (n > 0) gemm_nn(ctx, n, D, H, act.data<float>() + r0 * H, w2 + g * H * D, out + r0 * D, 0.f, b2 + g * D);
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
+    if (n > 0)
+      gemm_nn(ctx, n, D, H, act.data<float>() + p0, w2 + l.w_offset(g), out + r0 * D, 0.f, b2 + l.b2_offset(g));
+    p0 += n * H;
   }
 }
 
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
-  const int64_t G = a.w.w1.dim(0), D = a.w.w1.dim(1), H = a.w.w1.dim(2), R = a.buf.dim(0);
+  const ExpertLayout& l = a.layout;
+  const int64_t G = l.groups(), D = l.D, R = a.buf.dim(0);
   if (R == 0) return;
   const float* buf = a.buf.data<float>();
   const float* dout = a.dout.data<float>();
   const float *w1 = a.w.w1.data<float>(), *w2 = a.w.w2.data<float>();
   float *dw1 = a.dw.w1.data<float>(), *db1 = a.dw.b1.data<float>();
   float *dw2 = a.dw.w2.data<float>(), *db2 = a.dw.b2.data<float>();
-  Tensor act = Tensor::empty({R, H}, DType::f32, ctx);
+  Tensor act = Tensor::empty(a.pre.shape(), DType::f32, ctx);
   cuda::gelu_forward(ctx, act, a.pre);
-  Tensor dact = Tensor::empty({R, H}, DType::f32, ctx);
+  Tensor dact = Tensor::empty(a.pre.shape(), DType::f32, ctx);
+  int64_t p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0;
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n == 0) continue;
-    gemm_nt(ctx, n, H, D, dout + r0 * D, w2 + g * H * D, dact.data<float>() + r0 * H, 0.f);
-    gemm_tn(ctx, n, D, H, act.data<float>() + r0 * H, dout + r0 * D, dw2 + g * H * D);
-    column_sums_into(ctx, dout + r0 * D, n, D, db2 + g * D);
+    gemm_nt(ctx, n, H, D, dout + r0 * D, w2 + l.w_offset(g), dact.data<float>() + p0, 0.f);
+    gemm_tn(ctx, n, D, H, act.data<float>() + p0, dout + r0 * D, dw2 + l.w_offset(g));
+    column_sums_into(ctx, dout + r0 * D, n, D, db2 + l.b2_offset(g));
+    p0 += n * H;
   }
-  Tensor dpre = Tensor::zeros({R, H}, DType::f32, ctx);
+  Tensor dpre = Tensor::zeros(a.pre.shape(), DType::f32, ctx);
   cuda::gelu_backward(ctx, dpre, dact, a.pre);
+  p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0;
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n == 0) continue;
-    gemm_nt(ctx, n, D, H, dpre.data<float>() + r0 * H, w1 + g * D * H, a.dbuf.data<float>() + r0 * D, 1.f);
-    gemm_tn(ctx, n, H, D, buf + r0 * D, dpre.data<float>() + r0 * H, dw1 + g * D * H);
-    column_sums_into(ctx, dpre.data<float>() + r0 * H, n, H, db1 + g * H);
+    gemm_nt(ctx, n, D, H, dpre.data<float>() + p0, w1 + l.w_offset(g), a.dbuf.data<float>() + r0 * D, 1.f);
+    gemm_tn(ctx, n, H, D, buf + r0 * D, dpre.data<float>() + p0, dw1 + l.w_offset(g));
+    column_sums_into(ctx, dpre.data<float>() + p0, n, H, db1 + l.b1_offset(g));
+    p0 += n * H;
   }
 }
 

@@ -16,6 +16,9 @@
 // z_loss: one warp per row (max, sum of exp in double), lse^2 per row summed
 //   by sum_f64_to_host. budget_loss: one thread per row sums p c in group
 //   order, rows by sum_f64_to_host; the gradient is a constant per column.
+// realized_budget_loss: one thread per item adds lambda c_g / N at its kept
+//   assignments (an item's groups are distinct) and its surrogate term; rows
+//   by sum_f64_to_host.
 #include "ops/cuda/common.cuh"
 #include "ops/router_loss.h"
 
@@ -25,46 +28,55 @@ namespace sy::ops::cuda {
 
 namespace {
 constexpr int64_t kItems = 256;  // items per stage-1 block of routing_sums
-constexpr int kTail = 5;         // assigned, items, dropped, unserved, entropy
+constexpr int kTail = 6;         // assigned, items, dropped, unserved, entropy, budget_dropped
 constexpr int kWarps = kBlock / 32;
 }  // namespace
 
 static __global__ void routing_sum_partials(const float* probs, const int32_t* group, const int32_t* slot, int64_t i0,
                                             int64_t i1, int64_t G, int64_t k, double* partial) {
   __shared__ double scratch[kBlock];
-  const int64_t width = 2 * G + kTail;
+  const int64_t width = 4 * G + kTail;
   const int64_t b0 = i0 + blockIdx.x * kItems, b1 = min(i1, b0 + kItems);
   double* out = partial + blockIdx.x * width;
   double entropy = 0;
   for (int64_t g = threadIdx.x; g < G; g += blockDim.x) {
-    double chosen = 0, prob = 0;
+    double chosen = 0, prob = 0, kept = 0, cut = 0;
     for (int64_t i = b0; i < b1; ++i) {
-      for (int64_t a = i * k; a < (i + 1) * k; ++a) chosen += group[a] == g;
+      for (int64_t a = i * k; a < (i + 1) * k; ++a) {
+        if (group[a] != g) continue;
+        chosen += 1;
+        kept += slot[a] >= 0;
+        cut += slot[a] == -2;
+      }
       const float p = probs[i * G + g];
       prob += p;
       if (p > 0) entropy -= p * logf(p);
     }
     out[g] = chosen;
     out[G + g] = prob;
+    out[2 * G + g] = kept;
+    out[3 * G + g] = cut;
   }
   entropy = block_sum(entropy, scratch);
   if (threadIdx.x == 0) {
-    double assigned = 0, dropped = 0, unserved = 0;
+    double assigned = 0, dropped = 0, unserved = 0, budget_dropped = 0;
     for (int64_t i = b0; i < b1; ++i) {
       bool served = false;
       for (int64_t a = i * k; a < (i + 1) * k; ++a) {
         if (group[a] < 0) continue;
         assigned += 1;
-        if (slot[a] < 0)
-          dropped += 1;
-        else
+        if (slot[a] >= 0)
           served = true;
+        else if (slot[a] == -2)
+          budget_dropped += 1;
+        else
+          dropped += 1;
       }
       unserved += served ? 0 : 1;
     }
-    double* tail = out + 2 * G;
+    double* tail = out + 4 * G;
     tail[0] = assigned, tail[1] = static_cast<double>(b1 - b0), tail[2] = dropped, tail[3] = unserved;
-    tail[4] = entropy;
+    tail[4] = entropy, tail[5] = budget_dropped;
   }
 }
 
@@ -77,7 +89,7 @@ static __global__ void add_partials(const double* partial, int64_t blocks, int64
 }
 
 void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1) {
-  const int64_t G = r.num_groups, width = 2 * G + kTail;
+  const int64_t G = r.num_groups, width = 4 * G + kTail;
   const int64_t blocks = std::max<int64_t>(1, (i1 - i0 + kItems - 1) / kItems);
   Tensor partial = Tensor::empty({blocks * width}, DType::f64, ctx);
   routing_sum_partials<<<static_cast<unsigned>(blocks), kBlock, 0, stream(ctx)>>>(
@@ -216,6 +228,41 @@ float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vect
   budget_gradient<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), cp, N, G, lambda);
   CUDA_CHECK(cudaGetLastError());
   return static_cast<float>(lambda * (C - budget));
+}
+
+// One thread per item: its kept assignments' gradient (distinct groups per
+// item: no two threads write one element) and its surrogate term.
+static __global__ void realized_budget_rows(float* dprobs, double* row, const float* probs, const int32_t* group,
+                                            const int32_t* slot, const float* cost, int64_t N, int64_t k, int64_t G,
+                                            bool count_drops, bool active, float lambda) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= N) return;
+  double s = 0;
+  for (int64_t a = i * k; a < (i + 1) * k; ++a) {
+    const int32_t g = group[a];
+    if (g < 0 || !(slot[a] >= 0 || (count_drops && slot[a] == -2))) continue;
+    s += static_cast<double>(probs[i * G + g]) * cost[g];
+    if (active) dprobs[i * G + g] += lambda * cost[g] / static_cast<float>(N);
+  }
+  row[i] = s;
+}
+
+float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
+                           const RealizedBudgetArgs& a) {
+  const int64_t N = r.num_items;
+  const bool active = a.lambda != 0.f && a.realized > a.budget && N > 0;
+  if (N > 0 && (active || a.surrogate)) {
+    const Tensor c = upload(ctx, a.cost);
+    Tensor rows = Tensor::empty({N}, DType::f64, ctx);
+    realized_budget_rows<<<grid_for(N), kBlock, 0, stream(ctx)>>>(
+        dprobs.data<float>(), rows.data<double>(), probs.data<float>(), r.group.data<int32_t>(),
+        r.slot.data<int32_t>(), c.data<float>(), N, r.k, r.num_groups, a.count_budget_drops, active, a.lambda);
+    CUDA_CHECK(cudaGetLastError());
+    if (a.surrogate) *a.surrogate = sum_f64_to_host(ctx, rows.data<double>(), N) / N;
+  } else if (a.surrogate) {
+    *a.surrogate = 0;
+  }
+  return active ? static_cast<float>(a.lambda * (a.realized - a.budget)) : 0.f;
 }
 
 }  // namespace sy::ops::cuda

@@ -236,6 +236,7 @@ namespace {
 Tensor init_route(Ctx& ctx, Route& r, int64_t N, int64_t k, int64_t G) {
   SY_CHECK(N * k < INT_MAX, "route of " << N << " x " << k << " assignments (at most 2^31 - 1)");
   r.num_items = N, r.k = k, r.num_groups = G;
+  r.budget_dropped = 0;
   r.group = Tensor::empty({N * k}, DType::i32, ctx);
   r.weight = Tensor::empty({N * k}, DType::f32, ctx);
   r.slot = Tensor::empty({N * k}, DType::i32, ctx);
@@ -437,6 +438,34 @@ void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau) {
                                                   r.count.data<int32_t>(), meta.data<int32_t>());
   CUDA_CHECK(cudaGetLastError());
   read_meta(ctx, r, meta, false);
+}
+
+// ---- apply_budget ---------------------------------------------------------
+
+// Host-staged for now: the route's group, slot, count and offset and the
+// scores come to the host, the CPU reference decides (so the decisions are
+// the CPU's exactly), and slot, count and offset go back: two more
+// synchronisations per routed layer. A kernel (sort the kept assignments by
+// (score, -a), a prefix sum of their costs, the cut, a per-group compaction of
+// the slots; the causal variant a scan per run with per-item fixes) is left
+// for when the GPU path is measured.
+void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p) {
+  Ctx& host = host_ctx();
+  Route h;
+  h.num_items = r.num_items, h.k = r.k, h.num_groups = r.num_groups, h.capacity = r.capacity;
+  h.group = r.group.to(host);
+  h.slot = r.slot.to(host);
+  h.count = r.count.to(host);
+  h.offset = r.offset.to(host);
+  h.host_offset = r.host_offset;
+  const Tensor hs = scores.to(host);
+  cpu::apply_budget(host, h, hs, p);
+  if (h.budget_dropped == 0) return;
+  r.slot.copy_from(h.slot, ctx);
+  r.count.copy_from(h.count, ctx);
+  r.offset.copy_from(h.offset, ctx);
+  r.host_offset = h.host_offset;
+  r.budget_dropped += h.budget_dropped;
 }
 
 // ---- route_weights_backward, update_balance_bias --------------------------

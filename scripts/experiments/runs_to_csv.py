@@ -6,7 +6,8 @@ are not kept in the repository: the experiment scripts write them under RUNS
 
 Usage: runs_to_csv.py PLOT RUNS > docs/PLOT.csv
 PLOT is one of: moe_vs_dense, moe_balance, moe_frontier, moe_seeds,
-moe_load_parts, moe_sweep, depth_vs_dense, routed_vs_local.
+moe_load_parts, moe_sweep, depth_vs_dense, routed_vs_local, budget,
+budget_costs.
 A run that is missing is named on stderr and left out.
 Standard library only.
 """
@@ -181,8 +182,71 @@ def routed_vs_local(w, runs):
     val_curves(w, runs, ["local_copy", "routed_copy", "local_copy_seed2", "routed_copy_seed2"])
 
 
+BUDGET_RUNS = [f"{kind}_b{b}" for b in ("0.5", "0.75", "1.0") for kind in ("hetero", "uniform", "dense")]
+BUDGET_RUNS.append("hetnoise0_b0.75")
+
+
+def budget(w, runs):
+    # One row per run of scripts/experiments/budget.sh. Realised compute is
+    # measured, not planned: over the logged training steps of the second half
+    # of the run, the mean of forward FLOPs per token over dense tiny's
+    # (dense_b1.0), and of the MoE layers' realised expert cost per token in
+    # dense-FFN units (the two layers' mean; dense runs: ffn_hidden / 256).
+    # Val loss at the last evaluation, and the lowest of the run.
+    w.writerow(["run", "kind", "budget", "val_loss", "best_val_loss", "compute_vs_dense",
+                "ffn_cost", "ffn_cost_before_budget", "expected_cost", "budget_dropped",
+                "capacity_dropped", "val_ffn_cost"])
+    ref = f"{runs}/budget/dense_b1.0.jsonl"
+    if not have(ref):
+        return
+    dense_fpt = rows(ref)[-1]["dense_flops_per_token"]
+    for name in BUDGET_RUNS:
+        f = f"{runs}/budget/{name}.jsonl"
+        if not have(f):
+            continue
+        r = rows(f)
+        kind, b = name.split("_b")
+        late = [d for d in r if d["step"] >= r[-1]["step"] // 2 and "flops_per_token" in d]
+        mean = lambda xs: sum(xs) / len(xs)
+        vals = [d["val_loss"] for d in r if "val_loss" in d]
+        fpt = mean([d["flops_per_token"] for d in late]) / dense_fpt
+        if kind == "dense":
+            cost = before = expected = float(b)
+            bdrop = cdrop = 0.0
+            val_cost = float(b)
+        else:
+            layers = lambda d, key: mean([m[key] for m in d["moe"]])
+            cost = mean([layers(d, "realized_cost") for d in late])
+            before = mean([layers(d, "cost_before_budget") for d in late])
+            expected = mean([layers(d, "expected_cost") for d in late])
+            bdrop = mean([layers(d, "budget_dropped") for d in late])
+            cdrop = mean([layers(d, "dropped") for d in late])
+            last_eval = [d for d in r if "val_moe" in d][-1]
+            val_cost = layers({"moe": last_eval["val_moe"]}, "realized_cost")
+        w.writerow([name, kind, b, num(vals[-1]), num(min(vals)), num(fpt), num(cost), num(before),
+                    num(expected), num(bdrop), num(cdrop), num(val_cost)])
+
+
+def budget_costs(w, runs):
+    # The heterogeneous runs' cost per token over training (dense-FFN units,
+    # the two MoE layers' mean): realised (kept assignments), before the hard
+    # budget's drops (what the router asked for), expected (soft, from the
+    # probabilities), and the budget.
+    w.writerow(["run", "step", "realized", "before_budget", "expected", "budget"])
+    for b in ("0.5", "0.75", "1.0"):
+        f = f"{runs}/budget/hetero_b{b}.jsonl"
+        if have(f):
+            for d in rows(f):
+                if "moe" in d:
+                    m = d["moe"]
+                    mean = lambda key: sum(x[key] for x in m) / len(m)
+                    w.writerow([f"hetero_b{b}", d["step"], num(mean("realized_cost")),
+                                num(mean("cost_before_budget")), num(mean("expected_cost")), b])
+
+
 PLOTS = {f.__name__: f for f in [moe_vs_dense, moe_balance, moe_frontier, moe_seeds,
-                                 moe_load_parts, moe_sweep, depth_vs_dense, routed_vs_local]}
+                                 moe_load_parts, moe_sweep, depth_vs_dense, routed_vs_local,
+                                 budget, budget_costs]}
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in PLOTS:

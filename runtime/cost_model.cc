@@ -1,0 +1,55 @@
+#include "runtime/cost_model.h"
+
+#include <cmath>
+
+#include "ops/routing.h"
+#include "runtime/moe_layer.h"
+#include "runtime/sparse_self_attention.h"
+
+namespace sy {
+
+double PlannedCost::moe_budget(double target) const {
+  if (moe_tokens <= 0 || unit <= 0) return 0;
+  return (target * dense - fixed()) / (unit * moe_tokens);
+}
+
+PlannedCost planned_cost(const Config& cfg) {
+  const auto& m = cfg.model();
+  const auto& e = cfg.moe();
+  const auto& at = cfg.attention();
+  const auto& dp = cfg.depth();
+  const double d = m.d_model(), T = m.seq_len(), V = m.vocab_size();
+  const int L = m.n_layers();
+  PlannedCost p;
+  p.unit = 4.0 * d * m.ffn_hidden();
+  p.head = 2.0 * d * V;
+  p.dense = p.head;
+  for (int l = 0; l < L; ++l) {
+    p.dense += 8.0 * d * d + 2.0 * T * d + p.unit;
+    const bool depth_routed = dp.every_n_layers() > 0 && (l + 1) % dp.every_n_layers() == 0;
+    const double n = depth_routed ? static_cast<double>(ops::ceil_capacity(dp.capacity(), T)) : T;
+    const double f = n / T;
+    const bool sparse = at.kind() != switchyard::AttentionConfig::DENSE &&
+                        (at.last_n_layers() == 0 || l >= L - at.last_n_layers());
+    const double attn = sparse ? 8.0 * d * d + 4.0 * attention_pairs(at, static_cast<int64_t>(n), m.n_heads()).sparse * d / n
+                               : 8.0 * d * d + 2.0 * n * d;
+    p.attention += f * attn;
+    if (depth_routed) p.routers += 4.0 * d;
+    const bool moe = e.num_experts() > 0 && (l + 1) % std::max(1, e.every_n_layers()) == 0;
+    if (!moe) {
+      p.ffn += f * p.unit;
+      continue;
+    }
+    p.routers += f * 2.0 * d * e.num_experts();
+    if (e.shared_expert()) p.ffn += f * 4.0 * d * shared_expert_hidden(e, m.ffn_hidden());
+    p.moe_tokens += f;
+  }
+  return p;
+}
+
+double effective_moe_budget(const Config& cfg) {
+  if (cfg.budget().target() <= 0) return cfg.moe().budget();
+  return planned_cost(cfg).moe_budget(cfg.budget().target());
+}
+
+}  // namespace sy
