@@ -1,13 +1,22 @@
 // Expert FFNs over the group-major buffer: rows [offset[g], offset[g+1]) go
 // through expert g (a grouped GEMM: one GEMM pair per expert over its rows).
 //
-//   pre = buf_g W1[g] + b1[g]     act = gelu(pre)     out_g = act W2[g] + b2[g]
+//   GELU:    pre = buf_g W1[g] + b1[g]   act = gelu(pre)     (ops/gelu.h)
+//   SWIGLU:  pre = buf_g W1[g] + b1[g]   act = silu(pre[:, :H]) * pre[:, H:]
+//            (ops/swiglu.h: W1[g] = [W_gate | W_up], one GEMM for both)
+//   out_g = act W2[g] + b2[g]
 //
-// Shapes: buf, out (R, D); pre (R, H) saved for backward; W1 (G, D, H),
-// b1 (G, H), W2 (G, H, D), b2 (G, D); offset (G+1) with offset[G] = R, on the
-// host (GEMM shapes are host values: the Route's one device-to-host copy).
-// Backward (per expert, act recomputed from pre): the matmul and gelu
-// backwards; dbuf and every weight gradient accumulate.
+// Shapes: buf, out (R, D); W2 (G, H, D), b2 (G, D); offset (G+1) with
+// offset[G] = R, on the host (GEMM shapes are host values: the Route's one
+// device-to-host copy). GELU: W1 (G, D, H), b1 (G, H), pre (R, H). SWIGLU:
+// W1 (G, D, 2H) gate|up (columns [0, H) the gate, [H, 2H) the up
+// projection), b1 (G, 2H), pre (R, 2H). pre is saved for backward. b1 and b2
+// may both be undefined Tensors (model.bias: false): no biases, and their
+// gradients are undefined too. Hugging Face's Mixtral names per expert:
+// w1 = W_gate^T, w3 = W_up^T, w2 = W2^T.
+// Backward (per expert, act recomputed from pre): the matmul and activation
+// backwards; dbuf and every weight gradient accumulate. GELU experts compute
+// exactly what they did before SWIGLU was added.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -16,9 +25,11 @@
 
 namespace sy::ops {
 
+enum class FfnActivation { gelu, swiglu };
+
 struct ExpertWeights {
   const Tensor& w1;
-  const Tensor& b1;
+  const Tensor& b1;  // undefined with b2: no biases
   const Tensor& w2;
   const Tensor& b2;
 };
@@ -36,6 +47,7 @@ struct ExpertFfnArgs {
   const Tensor& buf;
   const std::vector<int32_t>& offset;
   ExpertWeights w;
+  FfnActivation act = FfnActivation::gelu;
 };
 
 struct ExpertFfnBackwardArgs {
@@ -46,6 +58,7 @@ struct ExpertFfnBackwardArgs {
   const Tensor& pre;
   const std::vector<int32_t>& offset;
   ExpertWeights w;
+  FfnActivation act = FfnActivation::gelu;
 };
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a);

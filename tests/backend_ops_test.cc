@@ -30,8 +30,11 @@
 #include "ops/matmul.h"
 #include "ops/permute.h"
 #include "ops/random.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
 #include "ops/router_loss.h"
 #include "ops/routing.h"
+#include "ops/swiglu.h"
 
 namespace sy {
 namespace {
@@ -88,6 +91,60 @@ std::vector<OpCase> cases() {
                  return std::vector<std::pair<Tensor, bool>>{{out(x, {33, 48}), false}, {out(x, {33}), false}, {out(x, {33}), false}};
                },
                [](Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o) { ops::layernorm_forward(x, {o[0], o[1], o[2], in[0], in[1], in[2]}); }});
+  // The model options (model.position, norm, activation, tie_embeddings).
+  c.push_back({"matmul_transposed_w", Tol::f32, [](Rng& r) { return std::vector<Tensor>{randn({37, 24}, r), randn({19, 24}, r), randn({37, 19}, r)}; },
+               [](Ctx& x, const std::vector<Tensor>&) {
+                 return std::vector<std::pair<Tensor, bool>>{{out(x, {37, 19}), false}, {out(x, {37, 24}), true}, {out(x, {19, 24}), true}};
+               },
+               [](Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o) {
+                 ops::matmul_forward(x, {o[0], in[0], in[1], Tensor(), false, true});
+                 ops::matmul_backward(x, {&o[1], &o[2], nullptr, in[2], in[0], in[1], true});
+               }});
+  c.push_back({"rmsnorm", Tol::f32, [](Rng& r) { return std::vector<Tensor>{randn({33, 48}, r, 3.f), randn({48}, r), randn({33, 48}, r)}; },
+               [](Ctx& x, const std::vector<Tensor>&) {
+                 return std::vector<std::pair<Tensor, bool>>{{out(x, {33, 48}), false}, {out(x, {33}), false},
+                                                             {out(x, {33, 48}), true}, {out(x, {48}), true}};
+               },
+               [](Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o) {
+                 ops::rmsnorm_forward(x, {o[0], o[1], in[0], in[1]});
+                 ops::rmsnorm_backward(x, {o[2], o[3], in[2], in[0], in[1], o[1]});
+               }});
+  c.push_back({"swiglu", Tol::f32, [](Rng& r) { return std::vector<Tensor>{randn({29, 2 * 37}, r, 3.f), randn({29, 37}, r)}; },
+               [](Ctx& x, const std::vector<Tensor>&) {
+                 return std::vector<std::pair<Tensor, bool>>{{out(x, {29, 37}), false}, {out(x, {29, 2 * 37}), true}};
+               },
+               [](Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o) {
+                 ops::swiglu_forward(x, {o[0], in[0]});
+                 ops::swiglu_backward(x, {o[1], in[1], in[0]});
+               }});
+  // In place: the outputs start as copies of a packed qkv (rows at positions
+  // up to 40000, where fp32 angles would be off by ~1e-3 rad) and of dy.
+  c.push_back({"rope", Tol::f32,
+               [](Rng& r) { return std::vector<Tensor>{randn({21, 3 * 24}, r), ints({21}, r, 40000), randn({21, 3 * 24}, r)}; },
+               [](Ctx& x, const std::vector<Tensor>&) {
+                 return std::vector<std::pair<Tensor, bool>>{{out(x, {21, 3 * 24}), false}, {out(x, {21, 3 * 24}), false}};
+               },
+               [](Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o) {
+                 o[0].copy_from(in[0], x);
+                 ops::rope_forward(x, {o[0], in[1], 0, 8, 6, 10000.0});
+                 o[1].copy_from(in[2], x);
+                 ops::rope_backward(x, {o[1], in[1], 0, 8, 6, 10000.0});
+               }});
+  c.push_back({"expert_ffn_swiglu_no_bias", Tol::f32,
+               [](Rng& r) { return std::vector<Tensor>{randn({23, 16}, r), randn({3, 16, 2 * 12}, r, 0.3f), randn({3, 12, 16}, r, 0.3f), randn({23, 16}, r)}; },
+               [](Ctx& x, const std::vector<Tensor>&) {
+                 return std::vector<std::pair<Tensor, bool>>{{out(x, {23, 16}), false}, {out(x, {23, 24}), false},
+                                                             {out(x, {23, 16}), true}, {out(x, {3, 16, 24}), true},
+                                                             {out(x, {3, 12, 16}), true}};
+               },
+               [](Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset = {0, 9, 9, 23};
+                 const Tensor none;
+                 Tensor no_db1, no_db2;
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, {in[1], none, in[2], none}, ops::FfnActivation::swiglu});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], no_db1, o[4], no_db2}, in[3], in[0], o[1], offset,
+                                              {in[1], none, in[2], none}, ops::FfnActivation::swiglu});
+               }});
   c.push_back({"gelu_forward", Tol::f32, [](Rng& r) { return std::vector<Tensor>{randn({1001}, r, 3.f)}; },
                [](Ctx& x, const std::vector<Tensor>&) { return std::vector<std::pair<Tensor, bool>>{{out(x, {1001}), false}}; },
                [](Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o) { ops::gelu_forward(x, o[0], in[0]); }});
