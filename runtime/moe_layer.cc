@@ -22,14 +22,16 @@ std::unique_ptr<ExpertExchange> exchange(Ctx& ctx, const switchyard::MoeConfig& 
 }  // namespace
 
 MoeLayer::MoeLayer(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
-                   int64_t default_hidden, Rng& rng, float std, float out_std, uint64_t seed, ParallelContext* par)
+                   int64_t default_hidden, Rng& rng, float std, float out_std, uint64_t seed, ParallelContext* par,
+                   const FfnOptions& ffn)
     : ctx_(ctx),
       router_(ctx, ps, name, C, cfg, rng, std, seed, par),
       experts_(ctx, ps, name, cfg.num_experts(), C, hidden(cfg, default_hidden), first_expert(cfg, par),
-               first_expert(cfg, par) + cfg.num_experts() / ep_size(par), rng, std, out_std),
+               first_expert(cfg, par) + cfg.num_experts() / ep_size(par), rng, std, out_std, ffn),
       dispatcher_(ctx, exchange(ctx, cfg, C, par), name) {
   if (cfg.shared_expert())
-    shared_ = std::make_unique<Mlp>(ctx, ps, name + ".shared", C, hidden(cfg, default_hidden), rng, std, out_std);
+    shared_ = std::make_unique<Mlp>(ctx, ps, name + ".shared", C, hidden(cfg, default_hidden), rng, std, out_std,
+                                    ffn);
 }
 
 Tensor MoeLayer::forward(const Tensor& x) {
@@ -38,7 +40,9 @@ Tensor MoeLayer::forward(const Tensor& x) {
   Tensor y = dispatcher_.combine(experts_.forward(buf, dispatcher_.expert_offsets()));
   if (shared_) ops::add_into(ctx_, y, shared_->forward(x));
   const int64_t N = x.dim(0), C = x.dim(1);
-  flops_ = 2.0 * N * C * router_.num_groups() + 4.0 * buf.dim(0) * C * experts_.hidden() +
+  // Per routed row: 2*C*H per GEMM, two GEMMs (GELU) or three (SwiGLU's gate, up, down).
+  const double gemms = experts_.activation() == ops::FfnActivation::swiglu ? 3.0 : 2.0;
+  flops_ = 2.0 * N * C * router_.num_groups() + gemms * 2.0 * buf.dim(0) * C * experts_.hidden() +
            (shared_ ? shared_->forward_flops() : 0);
   return y;
 }

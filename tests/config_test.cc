@@ -95,6 +95,42 @@ TEST(Config, InconsistentSizes) {
                  "model.d_model = 64: must be divisible by model.n_heads = 5");
 }
 
+TEST(Config, ModelOptions) {
+  const Config d = parse_ok("");
+  EXPECT_EQ(d.model().position(), switchyard::ModelConfig::LEARNED);
+  EXPECT_EQ(d.model().norm(), switchyard::ModelConfig::LAYERNORM);
+  EXPECT_EQ(d.model().activation(), switchyard::ModelConfig::GELU);
+  EXPECT_TRUE(d.model().bias());
+  EXPECT_FALSE(d.model().tie_embeddings());
+  EXPECT_FLOAT_EQ(d.model().rope_base(), 10000.f);
+  const Config m = parse_ok(
+      "model { position: ROPE rope_base: 500000 norm: RMSNORM activation: SWIGLU bias: false tie_embeddings: true }");
+  EXPECT_EQ(m.model().position(), switchyard::ModelConfig::ROPE);
+  EXPECT_FLOAT_EQ(m.model().rope_base(), 500000.f);
+  // Bad values, each refused with one line naming the field.
+  expect_invalid("model { position: ALIBI }", "t.pbtxt:1:");
+  expect_invalid("model { position: ALIBI }", "field 'model': Unknown enumeration value of \"ALIBI\" for field \"position\"");
+  expect_invalid("model { norm: BATCHNORM }", "\"BATCHNORM\" for field \"norm\"");
+  expect_invalid("model { activation: RELU }", "\"RELU\" for field \"activation\"");
+  expect_invalid("model { bias: maybe }", "field 'model'");
+  expect_invalid("model { tie_embeddings: 2 }", "field 'model'");
+  expect_invalid("model { rope_base: 1 }", "t.pbtxt: model.rope_base = 1: must be in (1, 1e+09]");
+  expect_invalid("model { rope_base: -5 }", "model.rope_base = -5: must be in (1, 1e+09]");
+  expect_invalid("model { rope_base: inf }", "model.rope_base = inf: must be a finite number");
+  expect_invalid("model { position: ROPE d_model: 60 n_heads: 4 }",
+                 "t.pbtxt: model.position = ROPE: needs an even head size; d_model / n_heads = 15");
+  parse_ok("model { position: LEARNED d_model: 60 n_heads: 4 }");  // learned positions do not care
+  Config c;
+  EXPECT_NE(error_of([&] { apply_override(c, "model.position=SINUSOID"); })
+                .find("--set model.position=SINUSOID: 'SINUSOID' is not a valid enum for model.position (allowed: LEARNED, ROPE)"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "model.norm=2"); }).find("(allowed: LAYERNORM, RMSNORM)"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "model.bias=yes"); }).find("'yes' is not a valid bool for model.bias"),
+            std::string::npos);
+  apply_override(c, "model.activation=SWIGLU");
+  EXPECT_EQ(c.model().activation(), switchyard::ModelConfig::SWIGLU);
+}
+
 TEST(Config, MissingDataFile) {
   expect_invalid("data { source: TEXT_FILE path: \"/nonexistent/x.txt\" }",
                  "data.path = /nonexistent/x.txt: no such file");
