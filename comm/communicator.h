@@ -59,4 +59,11 @@ class Communicator {
   double comm_seconds_ = 0;
 };
 
+namespace detail {
+// For the communicators' watchdogs and timers: a monotonic clock in seconds,
+// and a group's world ranks as "0,1,3" for the one-line timeout error.
+double now_s();
+std::string ranks_str(const std::vector<int>& ranks);
+}  // namespace detail
+
 }  // namespace sy::comm

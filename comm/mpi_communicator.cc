@@ -14,17 +14,10 @@
 
 namespace sy::comm {
 
-namespace {
-double now_s() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
+using detail::now_s;
+using detail::ranks_str;
 
-std::string ranks_str(const std::vector<int>& r) {
-  std::ostringstream os;
-  for (size_t i = 0; i < r.size(); ++i) os << (i ? "," : "") << r[i];
-  return os.str();
-}
+namespace {
 
 // MPI takes int counts and displacements (prefix sums of the counts).
 void to_mpi(const std::vector<int64_t>& counts, std::vector<int>& c, std::vector<int>& d) {

@@ -18,6 +18,9 @@
 
 namespace sy::comm {
 
+using detail::now_s;
+using detail::ranks_str;
+
 #ifndef SY_WITH_NCCL
 
 std::string nccl_error_string(int code) { return "NCCL error " + std::to_string(code); }
@@ -32,17 +35,6 @@ std::string nccl_error_string(int code) { return ncclGetErrorString(static_cast<
 bool nccl_available() { return true; }
 
 namespace {
-
-double now_s() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
-
-std::string ranks_str(const std::vector<int>& r) {
-  std::ostringstream os;
-  for (size_t i = 0; i < r.size(); ++i) os << (i ? "," : "") << r[i];
-  return os.str();
-}
 
 ncclDataType_t nccl_type(DType t) {
   switch (t) {

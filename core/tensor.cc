@@ -103,6 +103,10 @@ void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t bytes, 
   }
 #ifdef SY_WITH_CUDA
   auto s = static_cast<cudaStream_t>(stream.handle);
+  // A copy on no stream (the host context, to_vector): the device side's last
+  // writer may be on any stream, and a DeviceRuntime's stream is non-blocking
+  // (the legacy default stream does not wait for it), so wait for the device.
+  if (!s) CUDA_CHECK(cudaDeviceSynchronize());
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, copy_kind(dd, sd), s));
   if (dd.is_cpu() || sd.is_cpu()) CUDA_CHECK(cudaStreamSynchronize(s));
 #else

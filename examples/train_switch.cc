@@ -3,35 +3,127 @@
 //
 //   build/bin/train_switch --config configs/tiny.pbtxt [--set k=v ...] [--metrics out.jsonl [--overwrite]]
 //   mpirun -np 4 build/bin/train_switch --config configs/switch_tiny.pbtxt --set parallel.expert_parallel=4
+//   build/bin/train_switch --resume latest [--set train.steps=N] [--eval-only]
 //
-// Exit codes: 0 done, 2 bad input (config, override, data file), 1 any other
-// error. Under mpirun the ranks agree at start-up: a config that differs
-// between ranks, or bad input on any rank, is printed once by rank 0 and every
-// rank exits with the code. A rank that fails later prints "error: rank R: ..."
-// and aborts the whole job, so no other rank waits on it.
+// --resume DIR|latest restores a checkpoint (runtime/checkpoint.h) and trains
+// on from its step; the config is the checkpoint's (--set changes fields;
+// --config replaces it, and must describe the same model). At another world
+// size set parallel.expert_parallel to one that divides it and
+// moe.num_experts: the experts are resharded.
+//
+// Exit codes:
+//   0  done
+//   1  any other error
+//   2  bad input: config, override, data file, checkpoint (one line naming the
+//      file and the field or tensor)
+//   3  stopped: train.max_bad_steps steps in a row had a non-finite loss or
+//      gradient norm (one line naming the step and the first non-finite layer)
+//   4  stopped by SIGTERM or SIGINT: the step in progress finished and a
+//      checkpoint was written (a second signal ends the process at once)
+// Under mpirun the ranks agree at start-up: a config that differs between
+// ranks, or bad input on any rank, is printed once by rank 0 and every rank
+// exits with the code; the stops of codes 3 and 4 are agreed at a step
+// boundary too. A rank that fails otherwise prints "error: rank R: ..." and
+// aborts the whole job, so no other rank waits on it. mpirun forwards SIGTERM
+// and SIGINT to the ranks and sends SIGKILL odls_base_sigkill_timeout seconds
+// later (OpenMPI 4: default 1 s); give the ranks time to write their
+// checkpoint with
+//   mpirun --mca odls_base_sigkill_timeout 60 ...
 #include <cblas.h>
 
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <chrono>
 #include <climits>
+#include <csignal>
+#include <cstring>
 #include <functional>
 #include <iostream>
+#include <limits>
+#include <memory>
 #include <thread>
 
+#include <poll.h>
+#include <unistd.h>
+
 #include "comm/mpi_communicator.h"
+#include "runtime/checkpoint.h"
+#include "runtime/checkpoint_store.h"
 #include "runtime/metrics.h"
 #include "runtime/startup.h"
 #include "runtime/trainer.h"
 
 namespace {
 
+// Progress lines on stdout that never block training. Under mpirun a rank's
+// stdout is a pseudo-terminal that mpirun drains; when mpirun is itself
+// stopping (it got SIGTERM and waits odls_base_sigkill_timeout before
+// signalling the ranks) it stops draining, and a blocked write on rank 0
+// would leave the other ranks waiting in a collective until SIGKILL, with no
+// checkpoint written. So a line goes out only when the descriptor can take it
+// at once (POLLOUT: at least PIPE_BUF bytes free); otherwise it is dropped.
+// Lines are shorter than PIPE_BUF, so a write never blocks.
+class DroppingLineBuf : public std::streambuf {
+ public:
+  explicit DroppingLineBuf(int fd) : fd_(fd) {}
+
+ protected:
+  int overflow(int c) override {
+    if (c != EOF) line_.push_back(static_cast<char>(c));
+    if (c == '\n') emit();
+    return c == EOF ? 0 : c;
+  }
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    for (std::streamsize i = 0; i < n; ++i) overflow(static_cast<unsigned char>(s[i]));
+    return n;
+  }
+  int sync() override { return 0; }  // whole lines only
+
+ private:
+  void emit() {
+    pollfd p{fd_, POLLOUT, 0};
+    const bool ready = ::poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
+    size_t off = 0;
+    while (ready && off < line_.size()) {
+      const ssize_t w = ::write(fd_, line_.data() + off, line_.size() - off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) break;
+      off += static_cast<size_t>(w);
+    }
+    line_.clear();
+  }
+  int fd_;
+  std::string line_;
+};
+
+constexpr int kExitNonFinite = 3, kExitSignal = 4;
+
+volatile std::sig_atomic_t g_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  g_signal = sig;
+  std::signal(sig, SIG_DFL);  // a second one ends the process at once
+}
+
+void install_stop_handlers() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
 // --inject-fault KIND:RANK:STEP: at step STEP, rank RANK throws ("throw"),
 // blocks forever ("hang") or exits at once ("exit"), to test that the job
-// ends with one line naming the rank and never hangs. Runs as the trainer's
-// before_step hook.
-std::function<void(int64_t)> fault_hook(const std::string& fault, int world_rank) {
-  const std::string allowed = ": expected KIND:RANK:STEP with KIND throw, hang or exit and RANK, STEP integers >= 0";
+// ends with one line naming the rank and never hangs; or poisons the first
+// weight of the last block's first LayerNorm with NaN, for that step only
+// ("nan": restored before the next step) or from then on ("nan_stay"), to
+// test the non-finite policy. Runs as the trainer's before_step hook.
+std::function<void(int64_t, sy::Transformer&)> fault_hook(const std::string& fault, int world_rank) {
+  const std::string allowed =
+      ": expected KIND:RANK:STEP with KIND throw, hang, exit, nan or nan_stay and RANK, STEP integers >= 0";
   auto a = fault.find(':'), b = fault.rfind(':');
   if (a == std::string::npos || a == b) throw sy::ConfigError("--inject-fault " + fault + allowed);
   auto integer = [&](const std::string& s, const char* what) {
@@ -42,15 +134,26 @@ std::function<void(int64_t)> fault_hook(const std::string& fault, int world_rank
     return v;
   };
   const std::string kind = fault.substr(0, a);
-  if (kind != "throw" && kind != "hang" && kind != "exit")
-    throw sy::ConfigError("--inject-fault " + fault + ": KIND '" + kind + "' is not throw, hang or exit" + allowed);
+  if (kind != "throw" && kind != "hang" && kind != "exit" && kind != "nan" && kind != "nan_stay")
+    throw sy::ConfigError("--inject-fault " + fault + ": KIND '" + kind + "' is not throw, hang, exit, nan or nan_stay" +
+                          allowed);
   const int rank = static_cast<int>(integer(fault.substr(a + 1, b - a - 1), "RANK"));
   const int64_t step = integer(fault.substr(b + 1), "STEP");
-  return [=](int64_t s) {
-    if (s != step || world_rank != rank) return;
+  auto saved = std::make_shared<float>(0.f);
+  return [=](int64_t s, sy::Transformer& model) {
+    if (world_rank != rank) return;
+    const std::string victim = "h" + std::to_string(model.blocks().size() - 1) + ".ln1.w";
+    if (kind == "nan" && s == step + 1) model.params().find(victim)->value.f32()[0] = *saved;
+    if (s != step) return;
     if (kind == "hang")
       for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     if (kind == "exit") std::_Exit(3);
+    if (kind == "nan" || kind == "nan_stay") {
+      float* w = model.params().find(victim)->value.f32();
+      *saved = w[0];
+      w[0] = std::numeric_limits<float>::quiet_NaN();
+      return;
+    }
     throw sy::Error("injected fault on rank " + std::to_string(rank) + " at step " + std::to_string(step));
   };
 }
@@ -67,17 +170,19 @@ int ranks_on_this_machine() {
 
 int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"Train a Switchyard model"};
-  std::string config_path, metrics_path, fault;
+  std::string config_path, metrics_path, fault, resume;
   std::vector<std::string> overrides;
   int threads = 1;
-  bool overwrite = false;
-  app.add_option("--config", config_path, "text-format config (configs/*.pbtxt)")->required();
+  bool overwrite = false, eval_only = false;
+  app.add_option("--config", config_path, "text-format config (configs/*.pbtxt); with --resume, the checkpoint's by default");
   app.add_option("--set", overrides, "override a field: path.to.field=value (repeatable)");
-  app.add_option("--metrics", metrics_path, "write one JSON line per logged step here (rank 0)");
+  app.add_option("--metrics", metrics_path, "write one JSON line per logged step here (rank 0); appended to on --resume");
   app.add_flag("--overwrite", overwrite, "replace an existing non-empty --metrics file");
   app.add_option("--threads", threads, "OpenBLAS threads per rank for the CPU backend")->check(CLI::Range(1, 1024));
+  app.add_option("--resume", resume, "continue from a checkpoint: its directory, or 'latest' in train.checkpoint_dir");
+  app.add_flag("--eval-only", eval_only, "with --resume: validation loss and routing of the checkpoint, no training");
   app.add_option("--inject-fault", fault,
-                 "testing failure handling: KIND:RANK:STEP with KIND throw, hang or exit");
+                 "testing failure handling: KIND:RANK:STEP with KIND throw, hang, exit, nan or nan_stay");
 
   // Start-up: each phase runs on every rank and the ranks agree on its outcome
   // before any goes on, so a bad config is reported once (by rank 0) and no
@@ -89,7 +194,11 @@ int run(int argc, char** argv, int world_rank, int world_size) {
 
   bool help = false;
   sy::Config cfg;
-  sy::TrainOptions opts{metrics_path, &std::cout};
+  std::string checkpoint, source;
+  std::cout.flush();  // what went before, in order
+  static DroppingLineBuf progress_buf(STDOUT_FILENO);
+  static std::ostream progress(&progress_buf);
+  sy::TrainOptions opts{metrics_path, &progress};
   agreed([&] {
     try {
       app.parse(argc, argv);
@@ -99,19 +208,36 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       help = true;
       return;
     }
-    cfg = sy::load_config(config_path, overrides);
+    if (config_path.empty() && resume.empty()) throw sy::ConfigError("--config is required (or --resume a checkpoint)");
+    if (eval_only && resume.empty()) throw sy::ConfigError("--eval-only needs --resume DIR|latest");
+    source = config_path;
+    if (!config_path.empty()) cfg = sy::load_config(config_path, overrides);
+    if (!resume.empty()) {
+      // 'latest' lives in train.checkpoint_dir: the config's, or the default with --set applied.
+      sy::Config probe = cfg;
+      if (config_path.empty())
+        for (const auto& o : overrides) sy::apply_override(probe, o);
+      checkpoint = sy::resolve_checkpoint(resume, probe.train().checkpoint_dir());
+      if (config_path.empty()) {
+        source = sy::join_path(checkpoint, "manifest.pbtxt");
+        cfg = sy::read_manifest(checkpoint).config();
+        for (const auto& o : overrides) sy::apply_override(cfg, o);
+        sy::validate_config(cfg, overrides.empty() ? source : source + " (with --set overrides)");
+      }
+    }
     opts.metrics_path = metrics_path;
     if (world_rank == 0) {
       const bool text = cfg.data().source() == switchyard::DataConfig::TEXT_FILE;
+      // A resumed run appends to its metrics file.
       sy::check_metrics_path(metrics_path, {{"the config file", config_path}, {"data.path", text ? cfg.data().path() : ""}},
-                             overwrite);
+                             overwrite || !resume.empty());
     }
     if (world_size == 1 && cfg.parallel().expert_parallel() != 1)
       throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
                             ": must divide the world size 1 (launch with mpirun -np N)");
     if (!fault.empty()) opts.before_step = fault_hook(fault, world_rank);
     sy::check_memory(cfg, world_size, ranks_here, sy::physical_memory_bytes(),
-                     overrides.empty() ? config_path : config_path + " (with --set overrides)");
+                     overrides.empty() ? source : source + " (with --set overrides)");
   });
   if (help) return 0;
   // Replicas must train the same model on the same data: one config, one build.
@@ -121,13 +247,11 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   }
 
   openblas_set_num_threads(threads);
-  if (world_rank == 0) {
-    // AUTO resolves to the CPU: there are no CUDA kernels yet (issue 6).
-    std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
-              << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), "
-              << world_size << " rank" << (world_size > 1 ? "s" : "");
-    if (world_size > 1) std::cout << " (mpi, expert_parallel " << cfg.parallel().expert_parallel() << ")";
-    std::cout << ", config " << config_path << "\n";
+  if (eval_only) {
+    opts.log = nullptr;
+  } else {
+    opts.stop_requested = [] { return g_signal != 0; };
+    install_stop_handlers();
   }
   std::unique_ptr<sy::ParallelContext> par;
   std::unique_ptr<sy::Trainer> trainer;
@@ -137,12 +261,61 @@ int run(int argc, char** argv, int world_rank, int world_size) {
                                         cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
       opts.par = par.get();
     }
+    // AUTO resolves to the CPU until every op (attention included) has CUDA kernels.
     trainer = std::make_unique<sy::Trainer>(cfg, opts);
   });
-  sy::TrainResult r = trainer->run();
-  if (world_rank == 0)
-    std::cout << "done: loss " << r.first_loss << " -> " << r.final_loss << ", val " << r.final_val_loss << "\n";
-  return 0;
+  if (world_rank == 0) {
+    if (trainer->device())
+      std::cout << "switchyard: backend cuda (" << trainer->device()->name() << "), ";
+    else
+      std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
+                << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), ";
+    std::cout << world_size << " rank" << (world_size > 1 ? "s" : "");
+    if (world_size > 1) std::cout << " (mpi, expert_parallel " << cfg.parallel().expert_parallel() << ")";
+    std::cout << ", config " << source << "\n";
+  }
+  if (!checkpoint.empty()) trainer->restore(checkpoint, !eval_only);
+
+  if (eval_only) {
+    sy::EvalReport e;
+    e.step = trainer->completed_steps();
+    e.val_loss = trainer->evaluate();
+    e.moe = trainer->held_out_routing();
+    e.depth = trainer->held_out_depth();
+    if (world_rank == 0) {
+      std::cout << "checkpoint " << checkpoint << "\n" << sy::eval_progress_line(e) << "\n";
+      if (!metrics_path.empty()) {
+        sy::MetricsWriter m(metrics_path, true);
+        m.write(sy::eval_metrics_line(e));
+        m.close();
+      }
+    }
+    return 0;
+  }
+
+  const sy::TrainResult r = trainer->run();
+  switch (r.stop) {
+    case sy::TrainResult::Stop::done:
+      if (world_rank == 0 && r.losses.empty())
+        std::cout << "done: nothing to train: the checkpoint is at step " << r.last_step << " of train.steps = "
+                  << cfg.train().steps() << " (--set train.steps=N to go on)\n";
+      else if (world_rank == 0)
+        std::cout << "done: loss " << r.first_loss << " -> " << r.final_loss << ", val " << r.final_val_loss
+                  << (r.checkpoint.empty() ? "" : ", checkpoint " + r.checkpoint) << "\n";
+      return 0;
+    case sy::TrainResult::Stop::signal:
+      // On stderr: under mpirun, stdout may be full of progress lines that
+      // mpirun, stopping too, no longer drains.
+      if (world_rank == 0)
+        std::cerr << "stopped by "
+                  << (g_signal == SIGINT ? "SIGINT" : g_signal == SIGTERM ? "SIGTERM" : "a signal to another rank")
+                  << " after step " << r.last_step << ": checkpoint " << r.checkpoint << "\n";
+      return kExitSignal;
+    case sy::TrainResult::Stop::nonfinite:
+      if (world_rank == 0) std::cerr << "error: " << r.message << std::endl;
+      return kExitNonFinite;
+  }
+  return 1;
 }
 
 }  // namespace
@@ -154,9 +327,12 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   int code = 0;
   try {
-    code = run(argc, argv, rank, size);
+    // A code returned (0, or 3 and 4: stops every rank agreed on) is the
+    // same on every rank: no abort.
+    return run(argc, argv, rank, size);
   } catch (const sy::AgreedError& e) {
-    // Every rank holds this error (start-up): rank 0 prints it, all exit.
+    // Every rank holds this error (agreed at start-up or on a checkpoint):
+    // rank 0 prints it, all exit with its code.
     if (rank == 0) std::cerr << "error: " << e.what() << std::endl;
     return e.exit_code();
   } catch (const sy::ConfigError& e) {

@@ -12,17 +12,17 @@ void adamw_update(Ctx& ctx, const std::vector<AdamWParam>& params, const AdamWCo
     check_shape(*p.v, p.value->shape(), "adamw v");
     check_device(ctx, "adamw_update", {p.value, p.grad, p.m, p.v});
   }
-  SY_DISPATCH_CPU_ONLY(ctx, adamw_update, ctx, params, c, step);
+  SY_DISPATCH(ctx, adamw_update, ctx, params, c, step);
 }
 
 double grad_sq_sum(Ctx& ctx, const std::vector<const Tensor*>& grads) {
   for (const Tensor* g : grads) check_device(ctx, "grad_sq_sum", {g});
-  SY_DISPATCH_CPU_ONLY(ctx, grad_sq_sum, ctx, grads);
+  SY_DISPATCH(ctx, grad_sq_sum, ctx, grads);
 }
 
 void clip_to_norm(Ctx& ctx, const std::vector<Tensor*>& grads, float norm, float max_norm) {
   for (const Tensor* g : grads) check_device(ctx, "clip_to_norm", {g});
-  SY_DISPATCH_CPU_ONLY(ctx, clip_to_norm, ctx, grads, norm, max_norm);
+  SY_DISPATCH(ctx, clip_to_norm, ctx, grads, norm, max_norm);
 }
 
 }  // namespace sy::ops

@@ -47,4 +47,11 @@ double grad_sq_sum(Ctx& ctx, const std::vector<const Tensor*>& grads);
 void clip_to_norm(Ctx& ctx, const std::vector<Tensor*>& grads, float norm, float max_norm);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/adamw.cu; CUDA builds).
+namespace cuda {
+void adamw_update(Ctx& ctx, const std::vector<AdamWParam>& params, const AdamWConfig& c, int64_t step);
+double grad_sq_sum(Ctx& ctx, const std::vector<const Tensor*>& grads);
+void clip_to_norm(Ctx& ctx, const std::vector<Tensor*>& grads, float norm, float max_norm);
+}  // namespace cuda
+
 }  // namespace sy::ops

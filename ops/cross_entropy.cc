@@ -17,7 +17,7 @@ float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a) {
   check_shape(a.probs, a.logits.shape(), "cross_entropy probs");
   check_targets(a.targets, a.logits.dim(0));
   check_device(ctx, "cross_entropy_forward", {&a.probs, &a.logits, &a.targets});
-  SY_DISPATCH_CPU_ONLY(ctx, cross_entropy_forward, ctx, a);
+  SY_DISPATCH(ctx, cross_entropy_forward, ctx, a);
 }
 
 void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a) {
@@ -25,7 +25,7 @@ void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a) {
   check_shape(a.dlogits, a.probs.shape(), "cross_entropy dlogits");
   check_targets(a.targets, a.probs.dim(0));
   check_device(ctx, "cross_entropy_backward", {&a.dlogits, &a.probs, &a.targets});
-  SY_DISPATCH_CPU_ONLY(ctx, cross_entropy_backward, ctx, a);
+  SY_DISPATCH(ctx, cross_entropy_backward, ctx, a);
 }
 
 }  // namespace sy::ops

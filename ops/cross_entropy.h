@@ -32,4 +32,10 @@ float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a);
 void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/cross_entropy.cu; CUDA builds).
+namespace cuda {
+float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a);
+void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a);
+}  // namespace cuda
+
 }  // namespace sy::ops

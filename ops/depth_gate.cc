@@ -15,18 +15,18 @@ void check(Ctx& ctx, const char* op, const Route& r, std::initializer_list<const
 
 void depth_gate_forward(Ctx& ctx, Tensor& w, const Tensor& s, const Route& r, bool straight_through) {
   check(ctx, "depth_gate_forward", r, {&w, &s});
-  SY_DISPATCH_CPU_ONLY(ctx, depth_gate_forward, ctx, w, s, r, straight_through);
+  SY_DISPATCH(ctx, depth_gate_forward, ctx, w, s, r, straight_through);
 }
 
 void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& dbudget, const Tensor& s,
                          const Route& r, bool straight_through) {
   check(ctx, "depth_gate_backward", r, {&dr, &dw, &dbudget, &s});
-  SY_DISPATCH_CPU_ONLY(ctx, depth_gate_backward, ctx, dr, dw, dbudget, s, r, straight_through);
+  SY_DISPATCH(ctx, depth_gate_backward, ctx, dr, dw, dbudget, s, r, straight_through);
 }
 
 PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau) {
   check(ctx, "predictor_loss", r, {&dl, &p});
-  SY_DISPATCH_CPU_ONLY(ctx, predictor_loss, ctx, dl, p, r, tau);
+  SY_DISPATCH(ctx, predictor_loss, ctx, dl, p, r, tau);
 }
 
 }  // namespace sy::ops

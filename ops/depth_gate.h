@@ -35,4 +35,12 @@ void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& d
 PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/depth_gate.cu; CUDA builds).
+namespace cuda {
+void depth_gate_forward(Ctx& ctx, Tensor& w, const Tensor& s, const Route& r, bool straight_through);
+void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& dbudget, const Tensor& s,
+                         const Route& r, bool straight_through);
+PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau);
+}  // namespace cuda
+
 }  // namespace sy::ops

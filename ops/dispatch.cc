@@ -15,17 +15,17 @@ void check(Ctx& ctx, const Tensor& tokens, const Tensor& rows, const Route& r, c
 
 void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r) {
   check(ctx, x, buf, r, "dispatch buf");
-  SY_DISPATCH_CPU_ONLY(ctx, dispatch_forward, ctx, buf, x, r);
+  SY_DISPATCH(ctx, dispatch_forward, ctx, buf, x, r);
 }
 
 void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r) {
   check(ctx, dx, dbuf, r, "dispatch dbuf");
-  SY_DISPATCH_CPU_ONLY(ctx, dispatch_backward, ctx, dx, dbuf, r);
+  SY_DISPATCH(ctx, dispatch_backward, ctx, dx, dbuf, r);
 }
 
 void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r) {
   check(ctx, y, out, r, "combine out");
-  SY_DISPATCH_CPU_ONLY(ctx, combine_forward, ctx, y, out, r);
+  SY_DISPATCH(ctx, combine_forward, ctx, y, out, r);
 }
 
 void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r) {
@@ -33,7 +33,7 @@ void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy,
   check_shape(dout, out.shape(), "combine dout");
   check_shape(dweight, {r.assignments()}, "combine dweight");
   check_device(ctx, "combine_backward", {&dout, &dweight});
-  SY_DISPATCH_CPU_ONLY(ctx, combine_backward, ctx, dout, dweight, dy, out, r);
+  SY_DISPATCH(ctx, combine_backward, ctx, dout, dweight, dy, out, r);
 }
 
 void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor& z, const Tensor& w, const Route& r) {
@@ -42,7 +42,7 @@ void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor
   check_shape(y, x.shape(), "residual_combine y");
   check_shape(w, {r.num_items}, "residual_combine weights");
   check_device(ctx, "residual_combine_forward", {&y, &w});
-  SY_DISPATCH_CPU_ONLY(ctx, residual_combine_forward, ctx, y, x, z, w, r);
+  SY_DISPATCH(ctx, residual_combine_forward, ctx, y, x, z, w, r);
 }
 
 void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
@@ -55,7 +55,7 @@ void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, con
   check_shape(w, {r.num_items}, "residual_combine weights");
   check_shape(dw, {r.num_items}, "residual_combine dweights");
   check_device(ctx, "residual_combine_backward", {&dx, &dz, &dw, &dy, &w});
-  SY_DISPATCH_CPU_ONLY(ctx, residual_combine_backward, ctx, dx, dz, dw, dy, x, z, w, r);
+  SY_DISPATCH(ctx, residual_combine_backward, ctx, dx, dz, dw, dy, x, z, w, r);
 }
 
 }  // namespace sy::ops

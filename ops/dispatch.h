@@ -41,4 +41,15 @@ void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
 void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/dispatch.cu; CUDA builds).
+namespace cuda {
+void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor& z, const Tensor& w, const Route& r);
+void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
+                               const Tensor& z, const Tensor& w, const Route& r);
+void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r);
+void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r);
+void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
+void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
+}  // namespace cuda
+
 }  // namespace sy::ops

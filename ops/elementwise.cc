@@ -15,23 +15,23 @@ void check(Ctx& ctx, const char* op, const Tensor& y, const Tensor& x) {
 
 void add_into(Ctx& ctx, Tensor& y, const Tensor& x) {
   check(ctx, "add_into", y, x);
-  SY_DISPATCH_CPU_ONLY(ctx, add_into, ctx, y, x);
+  SY_DISPATCH(ctx, add_into, ctx, y, x);
 }
 
 void mul_into(Ctx& ctx, Tensor& y, const Tensor& x) {
   check(ctx, "mul_into", y, x);
-  SY_DISPATCH_CPU_ONLY(ctx, mul_into, ctx, y, x);
+  SY_DISPATCH(ctx, mul_into, ctx, y, x);
 }
 
 void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x) {
   check(ctx, "sigmoid", y, x);
-  SY_DISPATCH_CPU_ONLY(ctx, sigmoid, ctx, y, x);
+  SY_DISPATCH(ctx, sigmoid, ctx, y, x);
 }
 
 void scale(Ctx& ctx, Tensor& y, float s) {
   check_dtype(y, DType::f32, "scale");
   check_device(ctx, "scale", {&y});
-  SY_DISPATCH_CPU_ONLY(ctx, scale, ctx, y, s);
+  SY_DISPATCH(ctx, scale, ctx, y, s);
 }
 
 }  // namespace sy::ops

@@ -21,4 +21,12 @@ void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
 void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/elementwise.cu; CUDA builds).
+namespace cuda {
+void scale(Ctx& ctx, Tensor& y, float s);
+void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
+void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
+void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
+}  // namespace cuda
+
 }  // namespace sy::ops

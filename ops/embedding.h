@@ -35,4 +35,10 @@ void embedding_forward(Ctx& ctx, const EmbeddingArgs& a);
 void embedding_backward(Ctx& ctx, const EmbeddingBackwardArgs& a);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/embedding.cu; CUDA builds).
+namespace cuda {
+void embedding_forward(Ctx& ctx, const EmbeddingArgs& a);
+void embedding_backward(Ctx& ctx, const EmbeddingBackwardArgs& a);
+}  // namespace cuda
+
 }  // namespace sy::ops

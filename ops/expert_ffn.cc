@@ -23,6 +23,8 @@ void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int
   SY_CHECK(static_cast<int64_t>(offset.size()) == G + 1 && offset[0] == 0 && offset[G] == R,
            "expert offsets: " << offset.size() << " entries, last " << offset.back() << ", buffer rows " << R);
   check_device(ctx, "expert_ffn", {&buf, &pre, &w.w1, &w.b1, &w.w2, &w.b2});
+  if ((act == FfnActivation::swiglu || !w.b1.defined()) && !ctx.device.is_cpu())
+    no_cuda_kernel("expert_ffn with SwiGLU or without biases");
 }
 }  // namespace
 
@@ -30,7 +32,7 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   check(ctx, a.buf, a.pre, a.offset, a.w, a.act);
   check_shape(a.out, a.buf.shape(), "expert out");
   check_device(ctx, "expert_ffn_forward", {&a.out});
-  SY_DISPATCH_CPU_ONLY(ctx, expert_ffn_forward, ctx, a);
+  SY_DISPATCH(ctx, expert_ffn_forward, ctx, a);
 }
 
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
@@ -46,7 +48,7 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     check_shape(a.dw.b2, a.w.b2.shape(), "expert db2");
   }
   check_device(ctx, "expert_ffn_backward", {&a.dbuf, &a.dout, &a.dw.w1, &a.dw.b1, &a.dw.w2, &a.dw.b2});
-  SY_DISPATCH_CPU_ONLY(ctx, expert_ffn_backward, ctx, a);
+  SY_DISPATCH(ctx, expert_ffn_backward, ctx, a);
 }
 
 }  // namespace sy::ops

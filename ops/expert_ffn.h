@@ -69,4 +69,10 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a);
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/expert_ffn.cu; CUDA builds).
+namespace cuda {
+void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a);
+void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a);
+}  // namespace cuda
+
 }  // namespace sy::ops

@@ -7,14 +7,14 @@ namespace sy::ops {
 void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x) {
   check_shape(y, x.shape(), "gelu y");
   check_device(ctx, "gelu_forward", {&y, &x});
-  SY_DISPATCH_CPU_ONLY(ctx, gelu_forward, ctx, y, x);
+  SY_DISPATCH(ctx, gelu_forward, ctx, y, x);
 }
 
 void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x) {
   check_shape(dy, x.shape(), "gelu dy");
   check_shape(dx, x.shape(), "gelu dx");
   check_device(ctx, "gelu_backward", {&dx, &dy, &x});
-  SY_DISPATCH_CPU_ONLY(ctx, gelu_backward, ctx, dx, dy, x);
+  SY_DISPATCH(ctx, gelu_backward, ctx, dx, dy, x);
 }
 
 }  // namespace sy::ops

@@ -18,4 +18,10 @@ void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x);
 void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/gelu.cu; CUDA builds).
+namespace cuda {
+void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x);
+void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x);
+}  // namespace cuda
+
 }  // namespace sy::ops

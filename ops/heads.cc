@@ -18,12 +18,12 @@ void check(Ctx& ctx, const char* op, const Tensor& heads, const Tensor& packed, 
 
 void split_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0) {
   check(ctx, "split_heads", out, in, col0);
-  SY_DISPATCH_CPU_ONLY(ctx, split_heads, ctx, out, in, col0);
+  SY_DISPATCH(ctx, split_heads, ctx, out, in, col0);
 }
 
 void merge_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0) {
   check(ctx, "merge_heads", in, out, col0);
-  SY_DISPATCH_CPU_ONLY(ctx, merge_heads, ctx, out, in, col0);
+  SY_DISPATCH(ctx, merge_heads, ctx, out, in, col0);
 }
 
 }  // namespace sy::ops

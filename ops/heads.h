@@ -20,4 +20,10 @@ void split_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
 void merge_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/heads.cu; CUDA builds).
+namespace cuda {
+void split_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
+void merge_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
+}  // namespace cuda
+
 }  // namespace sy::ops

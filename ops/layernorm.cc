@@ -20,7 +20,7 @@ void layernorm_forward(Ctx& ctx, const LayerNormArgs& a) {
   check_shape(a.rstd, {N}, "layernorm rstd");
   check_affine(a.w, a.b, a.x.dim(1));
   check_device(ctx, "layernorm_forward", {&a.y, &a.mean, &a.rstd, &a.x, &a.w, &a.b});
-  SY_DISPATCH_CPU_ONLY(ctx, layernorm_forward, ctx, a);
+  SY_DISPATCH(ctx, layernorm_forward, ctx, a);
 }
 
 void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a) {
@@ -38,7 +38,7 @@ void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a) {
     check_shape(*a.db, {C}, "layernorm db");
   }
   check_device(ctx, "layernorm_backward", {&a.dx, a.dw, a.db, &a.dy, &a.x, &a.w, &a.mean, &a.rstd});
-  SY_DISPATCH_CPU_ONLY(ctx, layernorm_backward, ctx, a);
+  SY_DISPATCH(ctx, layernorm_backward, ctx, a);
 }
 
 }  // namespace sy::ops

@@ -44,4 +44,10 @@ void layernorm_forward(Ctx& ctx, const LayerNormArgs& a);
 void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/layernorm.cu; CUDA builds).
+namespace cuda {
+void layernorm_forward(Ctx& ctx, const LayerNormArgs& a);
+void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a);
+}  // namespace cuda
+
 }  // namespace sy::ops

@@ -39,4 +39,10 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a);
 void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/matmul.cu; CUDA builds).
+namespace cuda {
+void matmul_forward(Ctx& ctx, const MatmulArgs& a);
+void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a);
+}  // namespace cuda
+
 }  // namespace sy::ops

@@ -17,12 +17,12 @@ void check(Ctx& ctx, const char* op, const Tensor& out, const Tensor& in, const 
 
 void gather_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index) {
   check(ctx, "gather_rows", out, in, index);
-  SY_DISPATCH_CPU_ONLY(ctx, gather_rows, ctx, out, in, index);
+  SY_DISPATCH(ctx, gather_rows, ctx, out, in, index);
 }
 
 void scatter_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index) {
   check(ctx, "scatter_rows", out, in, index);
-  SY_DISPATCH_CPU_ONLY(ctx, scatter_rows, ctx, out, in, index);
+  SY_DISPATCH(ctx, scatter_rows, ctx, out, in, index);
 }
 
 }  // namespace sy::ops

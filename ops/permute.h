@@ -19,4 +19,10 @@ void gather_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
 void scatter_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/permute.cu; CUDA builds).
+namespace cuda {
+void gather_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
+void scatter_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
+}  // namespace cuda
+
 }  // namespace sy::ops

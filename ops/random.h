@@ -25,4 +25,11 @@ void random_normal(Ctx& ctx, Tensor& out, const RandomKey& key, float std);
 void random_gumbel(Ctx& ctx, Tensor& out, const RandomKey& key, float scale);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/random.cu; CUDA builds).
+namespace cuda {
+void random_uniform(Ctx& ctx, Tensor& out, const RandomKey& key, float lo, float hi);
+void random_normal(Ctx& ctx, Tensor& out, const RandomKey& key, float std);
+void random_gumbel(Ctx& ctx, Tensor& out, const RandomKey& key, float scale);
+}  // namespace cuda
+
 }  // namespace sy::ops

@@ -25,7 +25,7 @@ void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, i
   if (i1 < 0) i1 = r.num_items;
   SY_CHECK(0 <= i0 && i0 <= i1 && i1 <= r.num_items, "routing sums over items [" << i0 << ", " << i1 << ")");
   check_device(ctx, "routing_sums", {&sums, &probs, &r.group});
-  SY_DISPATCH_CPU_ONLY(ctx, routing_sums, ctx, sums, probs, r, i0, i1);
+  SY_DISPATCH(ctx, routing_sums, ctx, sums, probs, r, i0, i1);
 }
 
 RoutingTotals RoutingTotals::read(const Tensor& sums, int64_t G) {
@@ -61,7 +61,7 @@ float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, 
   SY_CHECK(static_cast<int64_t>(f.size()) == dprobs.dim(1) && P.size() == f.size(),
            "load balance: f of " << f.size() << ", P of " << P.size() << " for " << dprobs.dim(1) << " groups");
   check_device(ctx, "load_balance_loss", {&dprobs});
-  SY_DISPATCH_CPU_ONLY(ctx, load_balance_loss, ctx, dprobs, f, P, alpha);
+  SY_DISPATCH(ctx, load_balance_loss, ctx, dprobs, f, P, alpha);
 }
 
 float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
@@ -71,14 +71,14 @@ float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, c
   SY_CHECK(group > 0 && r.num_items % group == 0,
            "load balance groups of " << group << " items over " << r.num_items << " items");
   check_device(ctx, "load_balance_loss_grouped", {&dprobs, &probs, &r.group});
-  SY_DISPATCH_CPU_ONLY(ctx, load_balance_loss_grouped, ctx, dprobs, probs, r, group, alpha);
+  SY_DISPATCH(ctx, load_balance_loss_grouped, ctx, dprobs, probs, r, group, alpha);
 }
 
 float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta) {
   check_probs(logits, "z-loss logits");
   check_shape(dlogits, logits.shape(), "z-loss dlogits");
   check_device(ctx, "z_loss", {&dlogits, &logits});
-  SY_DISPATCH_CPU_ONLY(ctx, z_loss, ctx, dlogits, logits, beta);
+  SY_DISPATCH(ctx, z_loss, ctx, dlogits, logits, beta);
 }
 
 float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
@@ -88,7 +88,7 @@ float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vect
   SY_CHECK(cost.empty() || static_cast<int64_t>(cost.size()) == probs.dim(1),
            "budget: " << cost.size() << " costs for " << probs.dim(1) << " groups");
   check_device(ctx, "budget_loss", {&dprobs, &probs});
-  SY_DISPATCH_CPU_ONLY(ctx, budget_loss, ctx, dprobs, probs, cost, budget, lambda, expected);
+  SY_DISPATCH(ctx, budget_loss, ctx, dprobs, probs, cost, budget, lambda, expected);
 }
 
 }  // namespace sy::ops

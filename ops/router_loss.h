@@ -72,4 +72,16 @@ float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vect
                   float lambda, float* expected);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/router_loss.cu; CUDA builds).
+namespace cuda {
+void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1);
+float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
+                        float alpha);
+float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
+                                float alpha);
+float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
+float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
+                  float lambda, float* expected);
+}  // namespace cuda
+
 }  // namespace sy::ops

@@ -34,7 +34,7 @@ void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn) {
   check_matrix(logits, "router logits");
   check_shape(probs, logits.shape(), "router probs");
   check_device(ctx, "router_scores", {&probs, &logits});
-  SY_DISPATCH_CPU_ONLY(ctx, router_scores, ctx, probs, logits, fn);
+  SY_DISPATCH(ctx, router_scores, ctx, probs, logits, fn);
 }
 
 void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn) {
@@ -42,7 +42,7 @@ void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, con
   check_shape(dprobs, probs.shape(), "router dprobs");
   check_shape(dlogits, probs.shape(), "router dlogits");
   check_device(ctx, "router_scores_backward", {&dlogits, &dprobs, &probs});
-  SY_DISPATCH_CPU_ONLY(ctx, router_scores_backward, ctx, dlogits, dprobs, probs, fn);
+  SY_DISPATCH(ctx, router_scores_backward, ctx, dlogits, dprobs, probs, fn);
 }
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
@@ -52,7 +52,7 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   if (p.selection_bias) check_shape(*p.selection_bias, {G}, "selection bias");
   if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
   check_device(ctx, "tokens_choose", {&probs, p.selection_bias, p.selection_keys});
-  SY_DISPATCH_CPU_ONLY(ctx, tokens_choose, ctx, r, probs, p);
+  SY_DISPATCH(ctx, tokens_choose, ctx, r, probs, p);
 }
 
 void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment) {
@@ -61,14 +61,14 @@ void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, i
   SY_CHECK(capacity >= 0, "capacity " << capacity);
   SY_CHECK(N % std::max<int64_t>(S, 1) == 0, "groups_choose: " << N << " items in segments of " << S);
   check_device(ctx, "groups_choose", {&scores});
-  SY_DISPATCH_CPU_ONLY(ctx, groups_choose, ctx, r, scores, capacity, segment);
+  SY_DISPATCH(ctx, groups_choose, ctx, r, scores, capacity, segment);
 }
 
 void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau) {
   check_dtype(scores, DType::f32, "threshold scores");
   SY_CHECK(scores.ndim() == 1, "threshold scores " << shape_str(scores.shape()) << " are not (N)");
   check_device(ctx, "threshold_route", {&scores});
-  SY_DISPATCH_CPU_ONLY(ctx, threshold_route, ctx, r, scores, tau);
+  SY_DISPATCH(ctx, threshold_route, ctx, r, scores, tau);
 }
 
 void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
@@ -77,13 +77,13 @@ void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, con
   check_shape(dprobs, probs.shape(), "route dprobs");
   check_shape(dweight, {r.assignments()}, "route dweight");
   check_device(ctx, "route_weights_backward", {&dprobs, &dweight, &probs, &r.group});
-  SY_DISPATCH_CPU_ONLY(ctx, route_weights_backward, ctx, dprobs, dweight, probs, r, renormalized);
+  SY_DISPATCH(ctx, route_weights_backward, ctx, dprobs, dweight, probs, r, renormalized);
 }
 
 void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate) {
   check_shape(bias, {static_cast<int64_t>(load.size())}, "balance bias");
   check_device(ctx, "update_balance_bias", {&bias});
-  SY_DISPATCH_CPU_ONLY(ctx, update_balance_bias, ctx, bias, load, rate);
+  SY_DISPATCH(ctx, update_balance_bias, ctx, bias, load, rate);
 }
 
 }  // namespace sy::ops

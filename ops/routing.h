@@ -115,4 +115,16 @@ void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, con
 void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);
 }  // namespace cpu
 
+// The CUDA kernels (ops/cuda/routing.cu; CUDA builds).
+namespace cuda {
+void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
+void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn);
+void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
+void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment);
+void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
+void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
+                            const Route& r, bool renormalized);
+void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);
+}  // namespace cuda
+
 }  // namespace sy::ops

@@ -106,14 +106,18 @@ class FirstError : public pb::io::ErrorCollector {
 
 }  // namespace
 
-Config parse_config(const std::string& text, const std::string& source) {
-  Config cfg;
+void parse_text_proto(const std::string& text, const std::string& source, pb::Message& msg) {
   pb::TextFormat::Parser parser;
   FirstError errors(source, text);
   parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(text, &cfg))
-    throw ConfigError(errors.first().empty() ? source + ": cannot parse config (text-format protobuf expected)"
+  if (!parser.ParseFromString(text, &msg))
+    throw ConfigError(errors.first().empty() ? source + ": cannot parse (text-format protobuf expected)"
                                              : errors.first());
+}
+
+Config parse_config(const std::string& text, const std::string& source) {
+  Config cfg;
+  parse_text_proto(text, source, cfg);
   return cfg;
 }
 
@@ -291,6 +295,10 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("train.log_interval", t.log_interval(), 1, 100000000);
   c.range("train.eval_interval", t.eval_interval(), 0, 100000000);
   c.range("train.eval_batches", t.eval_batches(), 1, 100000);
+  c.range("train.checkpoint_interval", t.checkpoint_interval(), 0, 100000000);
+  if (t.checkpoint_dir().empty()) c.fail("train.checkpoint_dir", "\"\"", "must name a directory");
+  c.range("train.keep_checkpoints", t.keep_checkpoints(), 0, 1000000);
+  c.range("train.max_bad_steps", t.max_bad_steps(), 1, 1000000);
 
   const auto& d = cfg.data();
   c.range("data.val_fraction", d.val_fraction(), 0.f, 0.5f, true);
@@ -359,8 +367,22 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("attention.topk_blocks", at.topk_blocks(), 0, 65536);
   }
 
+  // The model options' ops (rope, rmsnorm, swiglu, and the embedding, matmul
+  // and expert_ffn variants they use) have no CUDA kernels yet: refused here,
+  // in every build, rather than at the first op of the first step.
+  if (cfg.backend() == switchyard::Config::CUDA) {
+    const std::string why = "has no CUDA kernels yet; use backend CPU (or AUTO)";
+    if (m.position() == switchyard::ModelConfig::ROPE) c.fail("model.position", "ROPE", why);
+    if (m.norm() == switchyard::ModelConfig::RMSNORM) c.fail("model.norm", "RMSNORM", why);
+    if (m.activation() == switchyard::ModelConfig::SWIGLU) c.fail("model.activation", "SWIGLU", why);
+    if (m.tie_embeddings()) c.fail("model.tie_embeddings", "true", why);
+    if (!m.bias() && e.num_experts() > 0)
+      c.fail("model.bias", "false", "experts without biases have no CUDA kernels yet; use backend CPU (or AUTO)");
+  }
+#ifndef SY_WITH_CUDA
   if (cfg.backend() == switchyard::Config::CUDA)
-    c.fail("backend", "CUDA", "this build has no CUDA kernels yet; use AUTO or CPU");
+    c.fail("backend", "CUDA", "this build has no CUDA backend (configure with SWITCHYARD_CUDA=ON); use AUTO or CPU");
+#endif
 
   const auto& pl = cfg.parallel();
   c.range("parallel.expert_parallel", pl.expert_parallel(), 1, 65536);
@@ -506,6 +528,32 @@ FieldDifference first_difference(const std::string& canonical_a, const std::stri
     if (!gb) d.b = "(no such field)";
     if (ga && gb && d.field != fb) d.b = "(no such field; next field " + fb + ")";  // different schemas
     return d;
+  }
+}
+
+void fill_defaults(pb::Message& msg) {
+  const pb::Descriptor* d = msg.GetDescriptor();
+  const pb::Reflection* r = msg.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    if (f->is_repeated()) continue;
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      fill_defaults(*r->MutableMessage(&msg, f));
+      continue;
+    }
+    if (r->HasField(msg, f)) continue;
+    switch (f->cpp_type()) {
+      case pb::FieldDescriptor::CPPTYPE_INT32: r->SetInt32(&msg, f, f->default_value_int32()); break;
+      case pb::FieldDescriptor::CPPTYPE_INT64: r->SetInt64(&msg, f, f->default_value_int64()); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT32: r->SetUInt32(&msg, f, f->default_value_uint32()); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT64: r->SetUInt64(&msg, f, f->default_value_uint64()); break;
+      case pb::FieldDescriptor::CPPTYPE_FLOAT: r->SetFloat(&msg, f, f->default_value_float()); break;
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE: r->SetDouble(&msg, f, f->default_value_double()); break;
+      case pb::FieldDescriptor::CPPTYPE_BOOL: r->SetBool(&msg, f, f->default_value_bool()); break;
+      case pb::FieldDescriptor::CPPTYPE_ENUM: r->SetEnum(&msg, f, f->default_value_enum()); break;
+      case pb::FieldDescriptor::CPPTYPE_STRING: r->SetString(&msg, f, f->default_value_string()); break;
+      case pb::FieldDescriptor::CPPTYPE_MESSAGE: break;
+    }
   }
 }
 

@@ -13,9 +13,9 @@ namespace sy {
 
 namespace fs = std::filesystem;
 
-MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
+MetricsWriter::MetricsWriter(const std::string& path, bool append) : path_(path) {
   if (path.empty()) return;
-  file_ = std::fopen(path.c_str(), "w");
+  file_ = std::fopen(path.c_str(), append ? "a" : "w");
   if (!file_)
     throw ConfigError("--metrics " + path + ": cannot open for writing: " + std::strerror(errno));
 }

@@ -20,9 +20,9 @@ namespace sy {
 class MetricsWriter {
  public:
   MetricsWriter() = default;
-  // Creates or truncates `path` (ConfigError when it cannot be opened); an
-  // empty path writes nothing.
-  explicit MetricsWriter(const std::string& path);
+  // Creates or truncates `path`, or with append continues it (a resumed run);
+  // ConfigError when it cannot be opened; an empty path writes nothing.
+  explicit MetricsWriter(const std::string& path, bool append = false);
   ~MetricsWriter();  // closes without reporting; call close() to check it
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;

@@ -6,6 +6,7 @@
 #include "ops/cross_entropy.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
+#include "ops/finite.h"
 
 namespace sy {
 
@@ -213,15 +214,62 @@ void Transformer::set_step(int64_t step) {
 float Transformer::forward(const Batch& batch) {
   const int64_t N = static_cast<int64_t>(batch.inputs.size());
   SY_CHECK(N % T_ == 0, "batch of " << N << " tokens is not a multiple of seq_len " << T_);
+  SY_CHECK(static_cast<int64_t>(batch.targets.size()) == N,
+           "batch of " << N << " inputs with " << batch.targets.size() << " targets");
   B_ = N / T_;
-  inputs_ = Tensor::from_host(batch.inputs).to(ctx_);
-  targets_ = Tensor::from_host(batch.targets).to(ctx_);
+  // Inputs and targets travel together: one host-to-device copy per batch.
+  std::vector<int32_t> tokens(batch.inputs);
+  tokens.insert(tokens.end(), batch.targets.begin(), batch.targets.end());
+  const Tensor both = Tensor::from_host(tokens).to(ctx_);
+  inputs_ = both.rows(0, N);
+  targets_ = both.rows(N, 2 * N);
   Tensor h = Tensor::empty({N, C_}, DType::f32, ctx_);
   ops::embedding_forward(ctx_, {h, inputs_, wte_->value, wpe_ ? wpe_->value : Tensor(), T_});
-  for (auto& b : blocks_) h = b.forward(h, B_, T_);
+  auto check = [&](const Tensor& out, int part) {
+    if (check_finite_ && first_nonfinite_ < 0 && ops::count_nonfinite(ctx_, out) > 0) first_nonfinite_ = part;
+  };
+  check(h, 0);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    h = blocks_[l].forward(h, B_, T_);
+    check(h, static_cast<int>(l) + 1);
+  }
   Tensor logits = head_->forward(ln_f_->forward(h));
   probs_ = Tensor::empty(logits.shape(), DType::f32, ctx_);
-  return ops::cross_entropy_forward(ctx_, {probs_, logits, targets_});
+  const float loss = ops::cross_entropy_forward(ctx_, {probs_, logits, targets_});
+  check(logits, static_cast<int>(blocks_.size()) + 1);
+  if (check_finite_ && first_nonfinite_ < 0 && !std::isfinite(loss)) first_nonfinite_ = static_cast<int>(blocks_.size()) + 1;
+  return loss;
+}
+
+int Transformer::first_nonfinite_part(const Batch& batch) {
+  check_finite_ = true;
+  first_nonfinite_ = -1;
+  forward(batch);
+  check_finite_ = false;
+  return first_nonfinite_;
+}
+
+std::string Transformer::part_name(int part) const {
+  if (part == 0) return "embedding";
+  if (part >= 1 && part <= static_cast<int>(blocks_.size())) return "block h" + std::to_string(part - 1);
+  return "head";
+}
+
+std::vector<CentroidSetRef> Transformer::centroid_sets() {
+  std::vector<CentroidSetRef> out;
+  for (size_t r = 0; r < shared_centroids_.size(); ++r)
+    out.push_back({"attn.shared_centroids." + std::to_string(r), &shared_centroids_[r]});
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    if (auto* sa = dynamic_cast<SparseSelfAttention*>(&blocks_[l].attention()); sa && sa->owns_centroids())
+      for (size_t r = 0; r < sa->centroids().size(); ++r)
+        out.push_back({"h" + std::to_string(l) + ".attn.centroids." + std::to_string(r), &sa->centroids()[r]});
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> Transformer::balance_biases() {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const auto& [l, layer] : moe_) out.emplace_back("h" + std::to_string(l) + ".moe.router.balance_bias", layer->balance_bias());
+  return out;
 }
 
 void Transformer::backward(const std::function<void(int64_t)>& ready) {

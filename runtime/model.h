@@ -67,6 +67,12 @@ class Block {
   double flops_ = 0, dense_flops_ = 0;
 };
 
+// A routed-attention centroid set (a checkpoint's routing state).
+struct CentroidSetRef {
+  std::string prefix;  // "h<l>.attn.centroids.<r>", or "attn.shared_centroids.<r>" (share_centroids)
+  ops::Centroids* centroids;
+};
+
 class Transformer {
  public:
   // ctx: where it runs; par: the process layout when running on several
@@ -93,6 +99,20 @@ class Transformer {
   void calibrate(const Batch& warmup);
   void end_step();
   ParamStore& params() { return params_; }
+  Ctx& ctx() { return ctx_; }
+  // Routing state that changes in training without being a parameter, which a
+  // checkpoint carries: centroid sets, and each MoE layer's balancing bias
+  // ("h<l>.moe.router.balance_bias", (G): the model's own tensor, a view).
+  std::vector<CentroidSetRef> centroid_sets();
+  std::vector<std::pair<std::string, Tensor>> balance_biases();
+  // The last forward's next-byte probabilities, (N, V).
+  const Tensor& probs() const { return probs_; }
+  // The forward of `batch` with every part's output checked: -1 when all are
+  // finite, else the first that is not: 0 the embedding, 1 + l block l,
+  // n_layers + 1 the head (ln_f, head, loss). part_name(): "embedding",
+  // "block h<l>", "head".
+  int first_nonfinite_part(const Batch& batch);
+  std::string part_name(int part) const;
   std::vector<Block>& blocks() { return blocks_; }
   // FLOPs of the last forward (multiply-add = 2), including the LM head, and
   // what the same model would have spent without depth routing.
@@ -117,6 +137,8 @@ class Transformer {
   int64_t B_ = 0;
   Tensor probs_;
   bool training_ = true;
+  bool check_finite_ = false;
+  int first_nonfinite_ = -1;
 };
 
 }  // namespace sy

@@ -11,6 +11,7 @@ Param* ParamStore::add(const std::string& name, Shape shape, Rng& rng, float std
   p->shape = shape;
   p->decay = decay;
   p->kind = kind;
+  p->rows_total = shape.empty() ? 1 : shape[0];
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   std::vector<float> w(n);
@@ -27,6 +28,8 @@ Param* ParamStore::add_rows(const std::string& name, Shape full, int64_t begin, 
   Shape shard = full;
   shard[0] = end - begin;
   Param* p = add(name, shard, rng, 0.f, decay, 0.f, kind);
+  p->row_begin = begin;
+  p->rows_total = full[0];
   std::vector<float>& w = staged_.back();
   for (int64_t i = 0; i < full[0] * row; ++i) {
     const float v = std != 0.f ? static_cast<float>(rng.normal() * std) : 0.f;

@@ -32,6 +32,9 @@ struct Param {
   bool decay = true;   // weight decay applies (matrices); false for biases, norms
   ParamKind kind = ParamKind::dense;  // expert: sharded under expert parallelism
   int64_t offset = 0;  // elements into its kind's arenas
+  // add_rows: this is rows [row_begin, row_begin + shape[0]) of a tensor of
+  // rows_total rows (an expert shard: a row is one expert); else 0, shape[0].
+  int64_t row_begin = 0, rows_total = 0;
   bool expert() const { return kind == ParamKind::expert; }
 };
 

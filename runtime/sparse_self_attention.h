@@ -84,6 +84,9 @@ class SparseSelfAttention : public SelfAttention {
   // rank's warm-up slice differs; replicas must start from the same ones).
   void set_centroid_broadcaster(std::function<void(Tensor&)> f) { broadcaster_ = std::move(f); }
   const std::vector<ops::Centroids>& centroids() const { return *centroids_; }
+  std::vector<ops::Centroids>& centroids() { return *centroids_; }
+  // Whether the centroids are this block's own (not the shared set).
+  bool owns_centroids() const { return centroids_ == &own_; }
 
  private:
   bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }

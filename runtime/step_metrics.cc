@@ -69,6 +69,7 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
   }
   line["lr"] = s.lr;
   line["grad_norm"] = s.grad_norm;
+  line["bad_steps"] = s.bad_steps;
   line["tokens_per_s"] = s.tokens_per_s;
   line["tflops"] = s.flops_per_s / 1e12;
   line["elapsed_s"] = s.elapsed_s;
@@ -96,7 +97,33 @@ std::string progress_line(const StepLog& s, const RoutingSnapshot& r) {
   }
   std::snprintf(b, sizeof b, " | lr %.2e | %.1fk tok/s | %.2f GFLOP/s | ETA %s", s.lr, s.tokens_per_s / 1e3,
                 s.flops_per_s / 1e9, format_duration(s.eta_s).c_str());
-  return out + b + r.brief;
+  out += b;
+  if (s.bad_steps > 0) out += " | bad steps " + std::to_string(s.bad_steps);
+  return out + r.brief;
+}
+
+nlohmann::json eval_metrics_line(const EvalReport& e) {
+  nlohmann::json line = {{"step", e.step}, {"eval_only", true}, {"val_loss", e.val_loss}};
+  for (const HeldOutRouting& h : e.moe)
+    line["val_moe"].push_back(
+        {{"layer", h.layer}, {"load", h.load}, {"max_over_mean", h.max_over_mean}, {"dropped", h.dropped}});
+  for (const auto& [l, kept] : e.depth) line["val_depth"].push_back({{"layer", l}, {"processed", kept}});
+  return line;
+}
+
+std::string eval_progress_line(const EvalReport& e) {
+  char b[128];
+  std::snprintf(b, sizeof b, "eval step %lld | val %.4f", static_cast<long long>(e.step), e.val_loss);
+  std::string out = b;
+  for (const HeldOutRouting& h : e.moe) {
+    std::snprintf(b, sizeof b, " | L%d max/mean %.2f drop %.3f", h.layer, h.max_over_mean, h.dropped);
+    out += b;
+  }
+  for (const auto& [l, kept] : e.depth) {
+    std::snprintf(b, sizeof b, " | L%d kept %.2f", l, kept);
+    out += b;
+  }
+  return out;
 }
 
 std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_bytes, int64_t val_bytes) {

@@ -27,6 +27,7 @@ struct StepLog {
   float val_loss = 0;
   const std::vector<HeldOutRouting>* held_out = nullptr;  // with evaluated
   float lr = 0, grad_norm = 0;
+  int64_t bad_steps = 0;          // steps skipped for non-finite values, in all
   double tokens_per_s = 0, flops_per_s = 0, elapsed_s = 0, eta_s = 0;
   int world = 1;
   double all_to_all_s = 0;   // last step, all MoE layers
@@ -47,6 +48,19 @@ RoutingSnapshot routing_snapshot(Transformer& model, int64_t tokens_per_step);
 nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r);
 // "step 10/600 | loss ... | val ... | lr ... | 4.5k tok/s | ... | ETA ..." + r.brief
 std::string progress_line(const StepLog& s, const RoutingSnapshot& r);
+
+// train_switch --eval-only: the validation loss of the model at `step` and
+// its held-out routing (per MoE layer the expert load, per depth-routed block
+// the kept fraction), as a metrics line and as
+// "eval step 120 | val 1.2345 | L0 max/mean 1.10 drop 0.000 | L1 kept 0.50".
+struct EvalReport {
+  int64_t step = 0;
+  float val_loss = 0;
+  std::vector<HeldOutRouting> moe;
+  std::vector<std::pair<int, double>> depth;
+};
+nlohmann::json eval_metrics_line(const EvalReport& e);
+std::string eval_progress_line(const EvalReport& e);
 
 // What starts a run's log: parameters, layers, data, and for sparse attention
 // what it costs at long context.

@@ -4,8 +4,11 @@
 #include <chrono>
 #include <cmath>
 #include <ostream>
+#include <sstream>
 
 #include "ops/adamw.h"
+#include "ops/finite.h"
+#include "runtime/checkpoint.h"
 #include "runtime/metrics.h"
 
 namespace sy {
@@ -19,6 +22,11 @@ std::string corpus_for(const Config& cfg) {
                           {d.synthetic_tasks(), d.copy_gap_min(), d.copy_gap_max()});
 }
 
+std::unique_ptr<DeviceRuntime> device_for(const Config& cfg) {
+  if (cfg.backend() != switchyard::Config::CUDA) return nullptr;
+  return DeviceRuntime::create(0);
+}
+
 double now_s() {
   using namespace std::chrono;
   return duration<double>(steady_clock::now().time_since_epoch()).count();
@@ -28,6 +36,32 @@ double now_s() {
 float world_mean(ParallelContext* par, float v, const char* what) {
   if (!par || par->world_size() == 1) return v;
   return static_cast<float>(par->world->all_reduce_sum(static_cast<double>(v), what) / par->world_size());
+}
+
+// Host copies of the model's routing state (centroids, balancing biases),
+// taken before a step so a skipped one can put them back: forward updates
+// them before the step's loss is known.
+struct RoutingStateCopy {
+  std::vector<std::pair<Tensor, Tensor>> tensors;  // (the model's, a copy)
+  std::vector<std::pair<bool*, bool>> flags;
+};
+
+RoutingStateCopy copy_routing_state(Transformer& model) {
+  RoutingStateCopy c;
+  auto keep = [&](const Tensor& t) { c.tensors.emplace_back(t, t.to(host_ctx())); };
+  for (const CentroidSetRef& s : model.centroid_sets()) {
+    keep(s.centroids->mu);
+    keep(s.centroids->sum);
+    keep(s.centroids->count);
+    c.flags.emplace_back(&s.centroids->initialized, s.centroids->initialized);
+  }
+  for (const auto& [name, t] : model.balance_biases()) keep(t);
+  return c;
+}
+
+void put_back(Transformer& model, RoutingStateCopy& c) {
+  for (auto& [dst, src] : c.tensors) dst.copy_from(src, model.ctx());
+  for (auto& [flag, v] : c.flags) *flag = v;
 }
 
 }  // namespace
@@ -44,7 +78,8 @@ float learning_rate(const switchyard::TrainConfig& t, int64_t step) {
 Trainer::Trainer(const Config& cfg, TrainOptions opts)
     : cfg_(cfg),
       opts_(std::move(opts)),
-      ctx_(host_ctx()),
+      device_(device_for(cfg)),
+      ctx_(device_ ? device_->ctx() : host_ctx()),
       data_(make_dataset(corpus_for(cfg), cfg.data().val_fraction(), cfg.model().seq_len())),
       model_(ctx_, cfg, opts_.par),
       train_(&data_.train, cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 1),
@@ -62,17 +97,28 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
                                                  cfg.parallel().overlap_grad_reduce());
 }
 
+void Trainer::calibrate_if_needed() {
+  if (model_.needs_calibration())
+    model_.calibrate(slice_batch(warmup_.next(), cfg_.model().seq_len(), rank_, world_));
+}
+
 float Trainer::evaluate() {
+  calibrate_if_needed();  // an evaluation before any step (not from a checkpoint)
   model_.set_training(false);
   double sum = 0;
   const int64_t T = cfg_.model().seq_len();
   const int n = cfg_.train().eval_batches();
   const auto& moe = model_.moe_layers();
   held_out_.clear();
+  held_out_depth_.clear();
   for (const auto& [l, layer] : moe) held_out_.push_back({l, std::vector<double>(cfg_.moe().num_experts(), 0.0)});
   ProgressLine progress(opts_.log, "evaluation", n, opts_.progress_after_s, opts_.progress_every_s);
+  auto& blocks = model_.blocks();
+  for (size_t l = 0; l < blocks.size(); ++l)
+    if (blocks[l].depth()) held_out_depth_.emplace_back(static_cast<int>(l), 0.0);
   for (int i = 0; i < n; ++i) {
     sum += model_.forward(slice_batch(val_.fixed(i), T, rank_, world_));
+    for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->stats().processed / n;
     // Every batch routes the same number of tokens, so the pass's load is the
     // mean of the batches' load fractions (already summed over ranks).
     for (size_t m = 0; m < moe.size(); ++m) {
@@ -86,18 +132,93 @@ float Trainer::evaluate() {
   for (HeldOutRouting& h : held_out_)
     h.max_over_mean = *std::max_element(h.load.begin(), h.load.end()) * h.load.size();
   model_.set_training(true);
+  // This rank's kept fraction; every rank processes as many tokens.
+  for (auto& [l, kept] : held_out_depth_) kept = world_mean(opts_.par, static_cast<float>(kept), "held-out depth");
   return world_mean(opts_.par, static_cast<float>(sum / n), "validation loss");
+}
+
+void Trainer::restore(const std::string& dir, bool optimizer) {
+  const TrainState st = load_checkpoint(dir, cfg_, model_, opts_.par, optimizer);
+  step_ = st.step;
+  optimizer_step_ = st.optimizer_step;
+  tokens_seen_ = st.tokens_seen;
+  bad_steps_ = st.bad_steps;
+  train_.set_position(st.data_position);
+  restored_from_ = dir;
+}
+
+std::string Trainer::write_checkpoint() {
+  TrainState st;
+  st.step = step_;
+  st.optimizer_step = optimizer_step_;
+  st.tokens_seen = tokens_seen_;
+  st.bad_steps = bad_steps_;
+  st.data_position = train_.position();
+  return save_checkpoint(cfg_.train().checkpoint_dir(), cfg_, model_, st, opts_.par, cfg_.train().keep_checkpoints());
+}
+
+bool Trainer::stop_agreed() {
+  if (!opts_.stop_requested) return false;
+  const double mine = opts_.stop_requested() ? 1.0 : 0.0;
+  if (!opts_.par || world_ == 1) return mine > 0;
+  return opts_.par->world->all_reduce_sum(mine, "stop request") > 0;
+}
+
+std::string Trainer::diagnose_nonfinite(int64_t s, const StepResult& r) {
+  // The same batch again, with each part's output checked; the first part
+  // over all ranks is the answer (a non-finite value spreads to every rank
+  // through the exchanges and reductions, so only the first says where).
+  model_.set_step(s);
+  const int parts = cfg_.model().n_layers() + 2;
+  auto first_over_ranks = [&](int mine, int n) {
+    if (!opts_.par || world_ == 1) return mine;
+    Tensor f = Tensor::zeros({n}, DType::f64, host_ctx());
+    if (mine >= 0) f.data<double>()[mine] = 1;
+    opts_.par->world->all_reduce_sum(f, host_ctx().stream, "non-finite diagnosis");
+    for (int i = 0; i < n; ++i)
+      if (f.data<double>()[i] > 0) return i;
+    return -1;
+  };
+  const int part = first_over_ranks(model_.first_nonfinite_part(last_batch_), parts);
+  std::ostringstream os;
+  os << "step " << s << ": " << consecutive_bad_ << " steps in a row with a non-finite loss or gradient norm "
+     << "(train.max_bad_steps = " << cfg_.train().max_bad_steps() << "; loss " << r.loss << ", gradient norm "
+     << r.grad_norm << "); ";
+  if (part >= 0) {
+    os << "first non-finite output: " << model_.part_name(part);
+    return os.str();
+  }
+  // A finite forward: the first parameter whose gradient is not.
+  ParamStore& params = model_.params();
+  params.zero_grad(ctx_);
+  model_.backward();
+  const std::vector<Param*> all = params.all();
+  int mine = -1;
+  for (size_t i = 0; i < all.size() && mine < 0; ++i)
+    if (ops::count_nonfinite(ctx_, all[i]->grad) > 0) mine = static_cast<int>(i);
+  const int p = first_over_ranks(mine, static_cast<int>(all.size()));
+  if (p >= 0) os << "the forward is finite; first non-finite gradient: " << all[p]->name;
+  else os << "finite when run again (a transient fault?)";
+  return os.str();
 }
 
 StepResult Trainer::step(int64_t step) {
   const auto& t = cfg_.train();
   StepResult r;
   const double start = now_s();
+  // Routed attention's centroids start from a warm-up batch (k-means), not
+  // from the first training batch: that would let its later tokens choose
+  // the clusters its earlier tokens join. A restored checkpoint carries them.
+  calibrate_if_needed();
   ParamStore& params = model_.params();
   params.zero_grad(ctx_);
   model_.set_step(step);
+  RoutingStateCopy routing_before = copy_routing_state(model_);
   // Every rank draws the same global batch and trains on its slice.
-  const float local_loss = model_.forward(slice_batch(train_.next(), cfg_.model().seq_len(), rank_, world_));
+  last_batch_ = slice_batch(train_.next(), cfg_.model().seq_len(), rank_, world_);
+  tokens_seen_ += static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
+  step_ = step;
+  const float local_loss = model_.forward(last_batch_);
   if (reducer_) {
     reducer_->begin();
     model_.backward([this](int64_t offset) { reducer_->ready(offset); });
@@ -111,10 +232,21 @@ StepResult Trainer::step(int64_t step) {
   r.loss = world_mean(opts_.par, local_loss, "training loss");
   r.grad_norm = clip_gradients(ctx_, params, opts_.par, t.grad_clip());
   r.lr = learning_rate(t, step);
-  ops::AdamWConfig adam{r.lr, t.beta1(), t.beta2(), t.eps(), t.weight_decay()};
-  std::vector<ops::AdamWParam> update;
-  for (Param* p : params.all()) update.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay});
-  ops::adamw_update(ctx_, update, adam, step);
+  // Loss and norm are the same on every rank (reduced over all of them), so
+  // every rank makes the same choice.
+  if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+    r.skipped = true;
+    ++bad_steps_;
+    ++consecutive_bad_;
+    params.zero_grad(ctx_);
+    put_back(model_, routing_before);
+  } else {
+    consecutive_bad_ = 0;
+    ops::AdamWConfig adam{r.lr, t.beta1(), t.beta2(), t.eps(), t.weight_decay()};
+    std::vector<ops::AdamWParam> update;
+    for (Param* p : params.all()) update.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay});
+    ops::adamw_update(ctx_, update, adam, ++optimizer_step_);
+  }
   r.seconds = now_s() - start;
   for (const auto& [l, layer] : model_.moe_layers()) {
     r.all_to_all_s += layer->comm_seconds();
@@ -125,50 +257,30 @@ StepResult Trainer::step(int64_t step) {
 
 TrainResult Trainer::run() {
   const auto& t = cfg_.train();
-  MetricsWriter metrics(opts_.metrics_path);
+  // A resumed run appends to the metrics of the run it continues.
+  MetricsWriter metrics(opts_.metrics_path, !restored_from_.empty());
   const int64_t tokens_per_step = static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
   const int64_t n_params = global_param_count(model_.params(), opts_.par);  // every rank: a collective
+  const int64_t start = step_;
   if (opts_.log) {
     *opts_.log << run_summary(cfg_, n_params, static_cast<int64_t>(data_.train.size()),
                               static_cast<int64_t>(data_.val.size()));
+    if (!restored_from_.empty())
+      *opts_.log << "resumed from " << restored_from_ << " after step " << start << " (" << tokens_seen_
+                 << " tokens seen, batch " << train_.position() << " of the data stream)\n";
     opts_.log->flush();
   }
 
-  // Routed attention's centroids start from a warm-up batch (k-means), not
-  // from the first training batch: that would let its later tokens choose
-  // the clusters its earlier tokens join.
-  if (model_.needs_calibration())
-    model_.calibrate(slice_batch(warmup_.next(), cfg_.model().seq_len(), rank_, world_));
-
   TrainResult result;
+  result.last_step = start;
+  result.bad_steps = bad_steps_;
   const double t0 = now_s();
   double interval_start = t0, interval_flops = 0, allreduce_s = 0, allreduce_exposed_s = 0;
   int64_t interval_tokens = 0;
   float loss_sum = 0;
   int loss_count = 0;
-  for (int64_t s = 1; s <= t.steps(); ++s) {
-    if (opts_.before_step) opts_.before_step(s);
-    const StepResult r = step(s);
-    result.losses.push_back(r.loss);
-    allreduce_s += r.all_reduce_s;
-    allreduce_exposed_s += r.all_reduce_exposed_s;
-    if (s > 2) {
-      ++result.timed_steps;
-      result.step_s += r.seconds;
-      result.all_reduce_s += r.all_reduce_s;
-      result.all_reduce_exposed_s += r.all_reduce_exposed_s;
-      result.all_to_all_s += r.all_to_all_s;
-      result.all_to_all_bytes += r.all_to_all_bytes;
-    }
-    if (s == 1) result.first_loss = r.loss;
-    result.final_loss = r.loss;
-    loss_sum += r.loss;
-    ++loss_count;
-    interval_tokens += tokens_per_step;
-    interval_flops += 3.0 * model_.forward_flops();  // backward ~ 2x forward
-
-    const bool eval_now = s == t.steps() || (t.eval_interval() > 0 && s % t.eval_interval() == 0);
-    if (!eval_now && s % t.log_interval() != 0) continue;
+  // One metrics line and progress line for step s.
+  auto log_step = [&](int64_t s, const StepResult& r, bool eval_now) {
     StepLog log;
     log.step = s;
     log.steps = t.steps();
@@ -178,7 +290,8 @@ TrainResult Trainer::run() {
     log.all_reduce_exposed_s = allreduce_exposed_s;
     log.lr = r.lr;
     log.grad_norm = r.grad_norm;
-    log.loss = loss_sum / loss_count;
+    log.loss = loss_count > 0 ? loss_sum / loss_count : NAN;  // skipped steps do not count
+    log.bad_steps = bad_steps_;
     // Routing statistics of this training step, before evaluation reroutes.
     const RoutingSnapshot routing = routing_snapshot(model_, tokens_per_step);
     if (eval_now) {
@@ -191,7 +304,7 @@ TrainResult Trainer::run() {
     log.tokens_per_s = interval_tokens / dt;
     log.flops_per_s = interval_flops / dt;
     log.elapsed_s = now - t0;
-    log.eta_s = log.elapsed_s / s * (t.steps() - s);
+    log.eta_s = log.elapsed_s / (s - start) * (t.steps() - s);
     result.tokens_per_s = log.tokens_per_s;
     metrics.write(metrics_line(log, routing));
     if (opts_.log) {
@@ -204,6 +317,50 @@ TrainResult Trainer::run() {
     interval_flops = 0;
     loss_sum = 0;
     loss_count = 0;
+  };
+
+  for (int64_t s = start + 1; s <= t.steps(); ++s) {
+    if (opts_.before_step) opts_.before_step(s, model_);
+    const StepResult r = step(s);
+    result.last_step = s;
+    result.bad_steps = bad_steps_;
+    result.losses.push_back(r.loss);
+    allreduce_s += r.all_reduce_s;
+    allreduce_exposed_s += r.all_reduce_exposed_s;
+    if (s > start + 2) {
+      ++result.timed_steps;
+      result.step_s += r.seconds;
+      result.all_reduce_s += r.all_reduce_s;
+      result.all_reduce_exposed_s += r.all_reduce_exposed_s;
+      result.all_to_all_s += r.all_to_all_s;
+      result.all_to_all_bytes += r.all_to_all_bytes;
+    }
+    if (s == start + 1) result.first_loss = r.loss;
+    result.final_loss = r.loss;
+    if (!r.skipped) {
+      loss_sum += r.loss;
+      ++loss_count;
+    }
+    interval_tokens += tokens_per_step;
+    interval_flops += 3.0 * model_.forward_flops();  // backward ~ 2x forward
+
+    if (consecutive_bad_ >= t.max_bad_steps()) {
+      log_step(s, r, false);
+      result.stop = TrainResult::Stop::nonfinite;
+      result.message = diagnose_nonfinite(s, r);
+      metrics.close();
+      return result;
+    }
+    const bool eval_now = s == t.steps() || (t.eval_interval() > 0 && s % t.eval_interval() == 0);
+    const bool stop = stop_agreed();
+    if (eval_now || stop || s % t.log_interval() == 0) log_step(s, r, eval_now);
+    const bool due = t.checkpoint_interval() > 0 && (s % t.checkpoint_interval() == 0 || s == t.steps());
+    if (due || stop) result.checkpoint = write_checkpoint();
+    if (stop) {
+      result.stop = TrainResult::Stop::signal;
+      metrics.close();
+      return result;
+    }
   }
   metrics.close();
   return result;

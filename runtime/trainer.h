@@ -5,12 +5,22 @@
 //   step():     one optimizer step: forward and backward on this rank's slice
 //               of the global batch, gradient all-reduce, clipping, AdamW
 //   evaluate(): validation loss (and held-out routing) on fixed batches
+//
+// Checkpoints (runtime/checkpoint.h): every train.checkpoint_interval steps,
+// after the last step, and when a stop is requested (a signal); restore()
+// resumes from one. Non-finite values: a step whose loss or gradient norm is
+// NaN or infinite is skipped (gradients zeroed; no parameter, optimizer or
+// routing-state update; the data position still advances); after
+// train.max_bad_steps in a row run() stops and names the step and the first
+// part of the model whose output was non-finite.
 #pragma once
 #include <functional>
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "core/device_runtime.h"
 #include "runtime/config.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/model.h"
@@ -24,8 +34,13 @@ struct TrainOptions {
   std::ostream* log = nullptr;  // progress lines; null for silence (only rank 0 prints)
   ParallelContext* par = nullptr;  // several ranks; null for one
   // Called on every rank before each step (testing failure handling:
-  // train_switch's --inject-fault throws, hangs or exits from here).
-  std::function<void(int64_t step)> before_step;
+  // train_switch's --inject-fault throws, hangs, exits or poisons a parameter
+  // from here).
+  std::function<void(int64_t step, Transformer& model)> before_step;
+  // Polled on every rank after each step (has a signal arrived?). When it is
+  // true on any rank, every rank stops after the same step (the flag is
+  // summed over the world), writes a checkpoint and run() returns Stop::signal.
+  std::function<bool()> stop_requested;
   // An evaluation running longer than progress_after_s prints a progress line
   // (batches, rate, ETA) every progress_every_s seconds.
   double progress_after_s = 5, progress_every_s = 10;
@@ -37,11 +52,18 @@ struct StepResult {
   float lr = 0;
   double seconds = 0, all_reduce_s = 0, all_to_all_s = 0, all_to_all_bytes = 0;
   double all_reduce_exposed_s = 0;  // the part of all_reduce_s backward did not hide
+  bool skipped = false;  // non-finite loss or gradient norm: no update
 };
 
 struct TrainResult {
+  enum class Stop { done, signal, nonfinite };
+  Stop stop = Stop::done;
+  int64_t last_step = 0;       // the last step run
+  std::string checkpoint;      // the last checkpoint written, if any
+  std::string message;         // Stop::nonfinite: one line naming the step and the first non-finite part
+  int64_t bad_steps = 0;       // steps skipped, in all (a resumed run counts the checkpoint's too)
   float first_loss = 0, final_loss = 0, final_val_loss = 0;
-  std::vector<float> losses;  // every step's training loss (mean over all ranks)
+  std::vector<float> losses;  // every step's training loss (mean over all ranks), from the first step run
   // Timing over the steps after the first two (warm-up), this rank:
   int64_t timed_steps = 0;
   double step_s = 0, all_to_all_s = 0, all_reduce_s = 0, all_reduce_exposed_s = 0;
@@ -55,23 +77,49 @@ float learning_rate(const switchyard::TrainConfig& t, int64_t step);
 class Trainer {
  public:
   Trainer(const Config& cfg, TrainOptions opts);
+  // Resumes from a checkpoint directory before run() (collective): weights,
+  // with `optimizer` the AdamW state, the step, the data position and the
+  // routing state. The metrics file is then appended to.
+  void restore(const std::string& dir, bool optimizer = true);
   TrainResult run();
   StepResult step(int64_t step);
+  // Writes a checkpoint of the state after the last step (collective);
+  // returns its directory.
+  std::string write_checkpoint();
   float evaluate();  // mean validation loss over eval_batches fixed batches
   // Per MoE layer, the expert load of the last evaluate() (empty for a dense model).
   const std::vector<HeldOutRouting>& held_out_routing() const { return held_out_; }
+  // Per depth-routed block, the fraction of tokens it processed in the last evaluate().
+  const std::vector<std::pair<int, double>>& held_out_depth() const { return held_out_depth_; }
+  int64_t completed_steps() const { return step_; }
   Transformer& model() { return model_; }
+  // The GPU the model runs on (backend CUDA), or null on the CPU.
+  DeviceRuntime* device() { return device_.get(); }
 
  private:
   Config cfg_;
   TrainOptions opts_;
+  // backend CUDA: the device runtime that owns the stream, the allocator and
+  // the cuBLAS handles; the model's tensors live there and each step's batch
+  // goes host -> device once. AUTO stays on the CPU until every op (attention
+  // included) has CUDA kernels.
+  std::unique_ptr<DeviceRuntime> device_;
   Ctx& ctx_;
   Dataset data_;
   Transformer model_;
   WindowSampler train_, val_, warmup_;
+  void calibrate_if_needed();
   int rank_ = 0, world_ = 1;
   std::vector<HeldOutRouting> held_out_;
   std::unique_ptr<GradientReducer> reducer_;  // several ranks only
+  std::vector<std::pair<int, double>> held_out_depth_;
+  // Counters a checkpoint carries (runtime/checkpoint.h, TrainState).
+  int64_t step_ = 0, optimizer_step_ = 0, tokens_seen_ = 0, bad_steps_ = 0;
+  int64_t consecutive_bad_ = 0;
+  std::string restored_from_;  // empty: a fresh run
+  Batch last_batch_;           // this rank's slice of the last step's batch
+  std::string diagnose_nonfinite(int64_t step, const StepResult& r);
+  bool stop_agreed();
 };
 
 }  // namespace sy

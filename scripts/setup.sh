@@ -6,17 +6,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PACKAGES=(build-essential cmake pkg-config protobuf-compiler libprotobuf-dev
           libopenblas-dev libopenmpi-dev openmpi-bin libgtest-dev libcli11-dev
-          nlohmann-json3-dev gnuplot-nox)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+          nlohmann-json3-dev gnuplot-nox iproute2)
+"$ROOT/scripts/install_missing.sh" "${PACKAGES[@]}"
 mkdir -p "$ROOT/build"
 JOBS=${JOBS:-$(nproc)}
 cmake -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-} > "$ROOT/build/configure.log" 2>&1 \

@@ -85,9 +85,26 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
                  "moe.router_noise_kind = GUMBEL: Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
 }
 
-TEST(Config, BackendCudaNotBuilt) {
-  expect_invalid("backend: CUDA", "t.pbtxt: backend = CUDA: this build has no CUDA kernels yet");
+TEST(Config, BackendCudaOnlyWhereBuilt) {
+#ifdef SY_WITH_CUDA
+  EXPECT_EQ(parse_ok("backend: CUDA").backend(), switchyard::Config::CUDA);
+#else
+  expect_invalid("backend: CUDA", "t.pbtxt: backend = CUDA: this build has no CUDA backend");
+#endif
   EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
+}
+
+// The model options have no CUDA kernels yet: refused at load in every build,
+// naming the option (before the build's own "no CUDA backend").
+TEST(Config, ModelOptionsRefusedOnCuda) {
+  const std::string why = ": has no CUDA kernels yet; use backend CPU (or AUTO)";
+  expect_invalid("backend: CUDA model { position: ROPE }", "t.pbtxt: model.position = ROPE" + why);
+  expect_invalid("backend: CUDA model { norm: RMSNORM }", "t.pbtxt: model.norm = RMSNORM" + why);
+  expect_invalid("backend: CUDA model { activation: SWIGLU }", "t.pbtxt: model.activation = SWIGLU" + why);
+  expect_invalid("backend: CUDA model { tie_embeddings: true }", "t.pbtxt: model.tie_embeddings = true" + why);
+  expect_invalid("backend: CUDA model { bias: false } moe { num_experts: 4 }",
+                 "t.pbtxt: model.bias = false: experts without biases have no CUDA kernels yet; use backend CPU (or AUTO)");
+  parse_ok("backend: CPU model { position: ROPE norm: RMSNORM activation: SWIGLU bias: false tie_embeddings: true }");
 }
 
 TEST(Config, InconsistentSizes) {

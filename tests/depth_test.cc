@@ -6,7 +6,9 @@
 #include <cmath>
 
 #include "grad_check.h"
+#include "ops/depth_gate.h"
 #include "ops/elementwise.h"
+#include "ops/routing.h"
 #include "runtime/model.h"
 
 namespace sy {
@@ -279,6 +281,25 @@ TEST(Depth, MoeBlockSeesOnlyRoutedTokens) {
   EXPECT_EQ(model.moe_layers()[1].second->route().num_items, 4);   // layer 1: 2 of 8 per sequence
   EXPECT_LT(model.forward_flops(), model.dense_forward_flops());
   model.backward();  // runs through both
+}
+
+// A kept token whose router score is so negative that sigmoid is 0 in fp32
+// still gets weight 1 under the straight-through gate (s / s was 0 / 0 = NaN:
+// a real run of shakespeare_small with MoE and depth stopped on it).
+TEST(Depth, StraightThroughWeightIsOneWhenSigmoidUnderflows) {
+  Ctx& ctx = host_ctx();
+  Tensor r = Tensor::from_host<float>({-200.f, -1.f, 3.f, -150.f});
+  Tensor s = Tensor::empty({4}, DType::f32, ctx);
+  ops::sigmoid(ctx, s, r);
+  ASSERT_EQ(s.f32()[0], 0.f);
+  ops::Route route;
+  ops::threshold_route(ctx, route, Tensor::from_host<float>({0.9f, 0.9f, 0.1f, 0.9f}), 0.5f);
+  Tensor w = Tensor::empty({4}, DType::f32, ctx);
+  ops::depth_gate_forward(ctx, w, s, route, true);
+  EXPECT_EQ(w.to_vector<float>(), (std::vector<float>{1.f, 1.f, 0.f, 1.f}));
+  ops::depth_gate_forward(ctx, w, s, route, false);
+  EXPECT_EQ(w.f32()[0], 0.f);
+  EXPECT_EQ(w.f32()[1], s.f32()[1]);
 }
 
 }  // namespace

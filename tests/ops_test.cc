@@ -9,12 +9,14 @@
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
+#include "ops/finite.h"
 #include "ops/gelu.h"
 #include "ops/layernorm.h"
 #include "ops/expert_ffn.h"
 #include "ops/matmul.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "ops/sampling.h"
 #include "ops/swiglu.h"
 
 namespace sy {
@@ -423,6 +425,40 @@ TEST(ClipGradNorm, ScalesToMaxNorm) {
   EXPECT_NEAR(a.f32()[0], 0.6f, 1e-6);
   EXPECT_NEAR(b.f32()[0], 0.8f, 1e-6);
   EXPECT_FLOAT_EQ(clip_grad_norm({&a, &b}, 0.f), 1.f);  // disabled: untouched
+}
+
+TEST(CountNonFinite, CountsNanAndBothInfinities) {
+  Tensor x = Tensor::from_host<float>({1.f, NAN, 0.f, INFINITY, -INFINITY, 3e38f, -0.f});
+  EXPECT_EQ(ops::count_nonfinite(host_ctx(), x), 3);
+  EXPECT_EQ(ops::count_nonfinite(host_ctx(), Tensor::zeros({5}, DType::f32, host_ctx())), 0);
+}
+
+// p = (0.1, 0.6, 0.3): most probable first is 1, 2, 0, so u splits (0, 1)
+// at the cumulative shares of that order.
+TEST(SampleToken, InverseCdfOverTheSortedCandidates) {
+  Tensor p = Tensor::from_host<float>({0.1f, 0.6f, 0.3f});
+  auto draw = [&](float u, float temperature, int top_k) {
+    return ops::sample_token(host_ctx(), p, {temperature, top_k}, u);
+  };
+  EXPECT_EQ(draw(0.59f, 1.f, 0), 1);
+  EXPECT_EQ(draw(0.61f, 1.f, 0), 2);
+  EXPECT_EQ(draw(0.89f, 1.f, 0), 2);
+  EXPECT_EQ(draw(0.91f, 1.f, 0), 0);
+  // top_k = 2 keeps 1 and 2, renormalised: 0.6 / 0.9 = 0.667.
+  EXPECT_EQ(draw(0.65f, 1.f, 2), 1);
+  EXPECT_EQ(draw(0.68f, 1.f, 2), 2);
+  EXPECT_EQ(draw(0.999f, 1.f, 2), 2);
+  // Temperature 2: q ~ sqrt(p) = (0.316, 0.775, 0.548); 1 takes 0.775 / 1.639 = 0.473.
+  EXPECT_EQ(draw(0.47f, 2.f, 0), 1);
+  EXPECT_EQ(draw(0.48f, 2.f, 0), 2);
+  // Greedy, and top-1, whatever u.
+  EXPECT_EQ(draw(0.999f, 0.f, 0), 1);
+  EXPECT_EQ(draw(0.999f, 1.f, 1), 1);
+  // Ties go to the lower id; a zero probability is never drawn.
+  Tensor tie = Tensor::from_host<float>({0.f, 0.5f, 0.5f});
+  EXPECT_EQ(ops::sample_token(host_ctx(), tie, {0.f, 0}, 0.5f), 1);
+  EXPECT_EQ(ops::sample_token(host_ctx(), tie, {1.f, 0}, 0.999999f), 2);
+  EXPECT_THROW(ops::sample_token(host_ctx(), p, {1.f, 0}, 1.f), Error);
 }
 
 }  // namespace

@@ -9,8 +9,11 @@ void depth_gate_forward(Ctx&, Tensor& w_t, const Tensor& s_t, const Route& r, bo
   const int32_t* group = r.group.data<int32_t>();
   const float* s = s_t.f32();
   float* w = w_t.f32();
+  // Straight-through: s / sg(s) is 1 in value. Written as 1 rather than
+  // s / s, which is 1 for every s but 0: a router score below about -88
+  // makes sigmoid 0 in fp32, and 0 / 0 made the block's output NaN.
   for (int64_t i = 0; i < r.num_items; ++i)
-    w[i] = group[i] < 0 ? 0.f : straight_through ? s[i] / s[i] : s[i];
+    w[i] = group[i] < 0 ? 0.f : straight_through ? 1.f : s[i];
 }
 
 void depth_gate_backward(Ctx&, Tensor& dr_t, const Tensor& dw_t, const Tensor& dbudget_t, const Tensor& s_t,

@@ -1,0 +1,113 @@
+// AdamW, gradient norm and clipping on CUDA.
+//
+// adamw_update: multi-tensor, one launch for the whole list. A table of the
+//   parameters (pointers, sizes, weight decay, first block) goes to the device
+//   once per call; block b finds its parameter by binary search over the
+//   first-block column and updates a chunk of kChunk elements. Elementwise per
+//   element: deterministic. Bias corrections are computed on the host with the
+//   CPU's float expression.
+// grad_sq_sum: stage 1, block b of a tensor sums the squares of a fixed chunk
+//   in double (strided per thread, then a fixed tree); stage 2 is
+//   sum_f64_to_host over all tensors' partials, in order: deterministic, and
+//   one synchronisation.
+// clip_to_norm: decided on the host from the norm, then cuda::scale per tensor.
+#include "ops/adamw.h"
+#include "ops/cuda/common.cuh"
+#include "ops/elementwise.h"
+
+#include <cmath>
+
+namespace sy::ops::cuda {
+
+namespace {
+constexpr int64_t kChunk = 8 * kBlock;  // elements per block
+
+struct AdamWEntry {
+  float* w;
+  const float* g;
+  float* m;
+  float* v;
+  int64_t n;
+  int64_t first_block;
+  float wd;
+};
+
+struct AdamWStep {
+  float lr, beta1, beta2, eps, bc1, bc2;
+};
+}  // namespace
+
+static __global__ void adamw_kernel(const AdamWEntry* table, int entries, AdamWStep s) {
+  int lo = 0, hi = entries - 1;  // last entry with first_block <= blockIdx.x
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (table[mid].first_block <= static_cast<int64_t>(blockIdx.x))
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const AdamWEntry e = table[lo];
+  const int64_t begin = (blockIdx.x - e.first_block) * kChunk, end = min(e.n, begin + kChunk);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const float g = e.g[i];
+    const float m = s.beta1 * e.m[i] + (1.f - s.beta1) * g;
+    const float v = s.beta2 * e.v[i] + (1.f - s.beta2) * g * g;
+    e.m[i] = m, e.v[i] = v;
+    const float mhat = m / s.bc1, vhat = v / s.bc2;
+    e.w[i] -= s.lr * (mhat / (sqrtf(vhat) + s.eps) + e.wd * e.w[i]);
+  }
+}
+
+static __global__ void sq_partials(const float* x, int64_t n, double* partial) {
+  __shared__ double scratch[kBlock];
+  const int64_t begin = blockIdx.x * kChunk, end = min(n, begin + kChunk);
+  double s = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) s += static_cast<double>(x[i]) * x[i];
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+void adamw_update(Ctx& ctx, const std::vector<AdamWParam>& params, const AdamWConfig& c, int64_t step) {
+  std::vector<AdamWEntry> table;
+  int64_t blocks = 0;
+  for (const AdamWParam& p : params) {
+    const int64_t n = p.value->numel();
+    if (n == 0) continue;
+    table.push_back({p.value->data<float>(), p.grad->data<float>(), p.m->data<float>(), p.v->data<float>(), n, blocks,
+                     p.decay ? c.weight_decay : 0.f});
+    blocks += (n + kChunk - 1) / kChunk;
+  }
+  if (table.empty()) return;
+  SY_CHECK(blocks < (int64_t{1} << 31), "adamw: " << blocks << " blocks");
+  const AdamWStep s{c.lr, c.beta1, c.beta2, c.eps, 1.f - std::pow(c.beta1, static_cast<float>(step)),
+                    1.f - std::pow(c.beta2, static_cast<float>(step))};
+  const Tensor dev = upload_bytes(ctx, table.data(), table.size() * sizeof(AdamWEntry));
+  adamw_kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream(ctx)>>>(
+      reinterpret_cast<const AdamWEntry*>(dev.raw()), static_cast<int>(table.size()), s);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+double grad_sq_sum(Ctx& ctx, const std::vector<const Tensor*>& grads) {
+  int64_t blocks = 0;
+  for (const Tensor* g : grads) blocks += (g->numel() + kChunk - 1) / kChunk;
+  if (blocks == 0) return 0.0;
+  Tensor partial = Tensor::empty({blocks}, DType::f64, ctx);
+  int64_t at = 0;
+  for (const Tensor* g : grads) {
+    const int64_t b = (g->numel() + kChunk - 1) / kChunk;
+    if (b == 0) continue;
+    sq_partials<<<static_cast<unsigned>(b), kBlock, 0, stream(ctx)>>>(g->data<float>(), g->numel(),
+                                                                     partial.data<double>() + at);
+    CUDA_CHECK(cudaGetLastError());
+    at += b;
+  }
+  return sum_f64_to_host(ctx, partial.data<double>(), blocks);
+}
+
+void clip_to_norm(Ctx& ctx, const std::vector<Tensor*>& grads, float norm, float max_norm) {
+  if (max_norm <= 0 || norm <= max_norm) return;
+  const float k = max_norm / norm;
+  for (Tensor* g : grads) cuda::scale(ctx, *g, k);
+}
+
+}  // namespace sy::ops::cuda

@@ -1,0 +1,218 @@
+// What the CUDA kernels of ops/ share (included by ops/cuda/*.cu only):
+//
+//   stream(ctx), grid_for(n)        launch plumbing
+//   upload / download               small host <-> device tables on ctx's stream
+//   warp_sum, warp_max              butterfly reductions: every lane ends with
+//                                   the same value, combined in a fixed pattern
+//   column_sums<F>                  out[o][c] += sum_r f(r, c)[o], two stages in a
+//                                   fixed order (no atomics)
+//   sum_f64_to_host                 a fixed-order sum of a device f64 array,
+//                                   read back (one synchronisation)
+//   segment_starts                  where each key segment begins in a sorted array
+//
+// Determinism: every reduction here has a shape that depends only on the
+// problem size (never on the SM count or on scheduling), so two runs add the
+// same numbers in the same order.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "core/tensor.h"
+
+namespace sy::ops::cuda {
+
+inline cudaStream_t stream(const Ctx& ctx) { return static_cast<cudaStream_t>(ctx.stream.handle); }
+
+constexpr int kBlock = 256;
+
+// Blocks of `block` threads covering n items (at least one).
+inline unsigned grid_for(int64_t n, int block = kBlock) {
+  const int64_t g = (n + block - 1) / block;
+  return static_cast<unsigned>(g < 1 ? 1 : g);
+}
+
+// Blocks for a grid-stride loop over n items: enough to fill the GPU, at most 2^20.
+inline unsigned grid_stride(int64_t n, int block = kBlock) { return std::min(grid_for(n, block), 1u << 20); }
+
+// A device tensor holding `values` (a small table: offsets, per-group
+// constants). Ordered on ctx's stream; a copy from pageable host memory is
+// staged before cudaMemcpyAsync returns, so `values` may go right after.
+template <class T>
+Tensor upload(Ctx& ctx, const std::vector<T>& values) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(values.size())}, dtype_of<T>(), ctx);
+  if (!values.empty())
+    CUDA_CHECK(cudaMemcpyAsync(t.raw(), values.data(), t.nbytes(), cudaMemcpyHostToDevice, stream(ctx)));
+  return t;
+}
+
+// Raw bytes (a table of structs) on the device, 8-byte aligned; as upload().
+inline Tensor upload_bytes(Ctx& ctx, const void* src, size_t bytes) {
+  Tensor t = Tensor::empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::f64, ctx);
+  if (bytes > 0) CUDA_CHECK(cudaMemcpyAsync(t.raw(), src, bytes, cudaMemcpyHostToDevice, stream(ctx)));
+  return t;
+}
+
+// n elements from device memory, after the work queued on ctx's stream.
+template <class T>
+std::vector<T> download(Ctx& ctx, const T* device, int64_t n) {
+  std::vector<T> v(static_cast<size_t>(n));
+  if (n > 0) CUDA_CHECK(cudaMemcpyAsync(v.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost, stream(ctx)));
+  CUDA_CHECK(cudaStreamSynchronize(stream(ctx)));
+  return v;
+}
+
+// ---- device helpers -------------------------------------------------------
+
+// Element access in fp32 arithmetic: kernels templated on the storage type T
+// load with to_float and store with from_float<T>. fp32 only for now; a bf16
+// storage type adds one overload of each.
+__device__ __forceinline__ float to_float(float x) { return x; }
+template <class T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <class T>
+__device__ __forceinline__ T warp_max(T v) {
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over a block of blockDim.x (a power of two <= 1024) threads, in a fixed
+// tree; every thread gets the result. `scratch` holds blockDim.x values.
+template <class T>
+__device__ T block_sum(T v, T* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
+    __syncthreads();
+  }
+  const T r = scratch[0];
+  __syncthreads();
+  return r;
+}
+
+template <class T>
+__device__ T block_max(T v, T* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) scratch[threadIdx.x] = max(scratch[threadIdx.x], scratch[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const T r = scratch[0];
+  __syncthreads();
+  return r;
+}
+
+// A float's bits as an unsigned integer of the same order (for radix sorts):
+// ascending floats give ascending keys; -0 and +0 give one key (they compare equal).
+__device__ __forceinline__ uint32_t ordered_bits(float x) {
+  if (x == 0.f) x = 0.f;
+  const uint32_t u = __float_as_uint(x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// ---- column sums ----------------------------------------------------------
+//
+// out[o][c] += sum over rows r of f(r, c, v)[o] for o < F::kOut. Stage 1: block
+// (x, y) sums rows [y*chunk, (y+1)*chunk) of columns x*256.. serially per
+// column into partial (kOut, chunks, cols); stage 2 adds the chunks in order.
+// With one chunk (rows <= kColumnChunk) the serial sum starts from out itself:
+// the CPU reference's order exactly.
+
+constexpr int64_t kColumnChunk = 64;
+
+struct ColumnOut {
+  float* p[4];
+};
+
+template <class F>
+static __global__ void column_sum_partials(F f, int64_t rows, int64_t cols, int64_t chunk, float* partial,
+                                           ColumnOut out, bool direct) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  const int64_t r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+  float acc[F::kOut];
+  for (int o = 0; o < F::kOut; ++o) acc[o] = direct ? out.p[o][c] : 0.f;
+  for (int64_t r = r0; r < r1; ++r) {
+    float v[F::kOut];
+    f(r, c, v);
+    for (int o = 0; o < F::kOut; ++o) acc[o] += v[o];
+  }
+  for (int o = 0; o < F::kOut; ++o) {
+    if (direct)
+      out.p[o][c] = acc[o];
+    else
+      partial[(o * static_cast<int64_t>(gridDim.y) + blockIdx.y) * cols + c] = acc[o];
+  }
+}
+
+template <int kOut>
+static __global__ void column_sum_finish(const float* partial, int64_t chunks, int64_t cols, ColumnOut out) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  for (int o = 0; o < kOut; ++o) {
+    float s = 0.f;
+    for (int64_t j = 0; j < chunks; ++j) s += partial[(o * chunks + j) * cols + c];
+    out.p[o][c] += s;
+  }
+}
+
+template <class F>
+void column_sums(Ctx& ctx, F f, int64_t rows, int64_t cols, ColumnOut out) {
+  if (rows == 0 || cols == 0) return;
+  int64_t chunk = kColumnChunk;
+  while ((rows + chunk - 1) / chunk > 65535) chunk *= 2;
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  const dim3 grid(grid_for(cols), static_cast<unsigned>(chunks));
+  if (chunks == 1) {
+    column_sum_partials<<<grid, kBlock, 0, stream(ctx)>>>(f, rows, cols, chunk, nullptr, out, true);
+    CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  Tensor partial = Tensor::empty({F::kOut * chunks * cols}, DType::f32, ctx);
+  column_sum_partials<<<grid, kBlock, 0, stream(ctx)>>>(f, rows, cols, chunk, partial.data<float>(), out, false);
+  CUDA_CHECK(cudaGetLastError());
+  column_sum_finish<F::kOut><<<grid_for(cols), kBlock, 0, stream(ctx)>>>(partial.data<float>(), chunks, cols, out);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// The plain case: out[c] += sum_r x[r * ld + c].
+struct ColumnOf {
+  static constexpr int kOut = 1;
+  const float* x;
+  int64_t ld;
+  __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = x[r * ld + c]; }
+};
+
+inline void column_sums_into(Ctx& ctx, const float* x, int64_t rows, int64_t cols, float* out) {
+  column_sums(ctx, ColumnOf{x, cols}, rows, cols, ColumnOut{{out}});
+}
+
+// ---- in util.cu -----------------------------------------------------------
+
+// sum_i x[i] for a device f64 array, in a fixed tree of fixed chunks; waits
+// for ctx's stream and returns the value on the host.
+double sum_f64_to_host(Ctx& ctx, const double* x, int64_t n);
+
+// starts[s] = first index i of sorted (ascending) keys with (keys[i] >> shift)
+// >= s, for s = 0..segments (so segment s is [starts[s], starts[s+1])).
+void segment_starts(Ctx& ctx, const uint64_t* keys, int64_t n, int shift, int64_t segments, int32_t* starts);
+
+// Number of bits needed to hold values 0..n-1 (0 for n <= 1).
+int bits_for(int64_t n);
+
+}  // namespace sy::ops::cuda

@@ -1,0 +1,70 @@
+// The depth router's gate on CUDA (ops/depth_gate.h): one thread per item,
+// the CPU's expressions (products written with __fmul_rn/__fadd_rn where the
+// CPU rounds them separately). predictor_loss writes dl elementwise and
+// reduces the BCE and the agreement count per item into one f64 array, summed
+// by the fixed-order sum of common.cuh (no atomics) and read back once.
+#include "ops/cuda/common.cuh"
+#include "ops/depth_gate.h"
+
+namespace sy::ops::cuda {
+
+static __global__ void gate_forward(float* w, const float* s, const int32_t* group, int64_t N, bool st) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= N) return;
+  w[i] = group[i] < 0 ? 0.f : st ? 1.f : s[i];  // s / sg(s): 1 in value, also where s underflows to 0
+}
+
+static __global__ void gate_backward(float* dr, const float* dw, const float* dbudget, const float* s,
+                                     const int32_t* slot, int64_t N, bool st) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= N) return;
+  const float ds = __fmul_rn(s[i], 1.f - s[i]);
+  float d = __fmul_rn(__fmul_rn(dbudget[i], s[i]), 1.f - s[i]);  // the CPU's (dbudget s)(1 - s)
+  if (slot[i] >= 0) d = __fadd_rn(d, __fmul_rn(dw[i], st ? 1.f - s[i] : ds));
+  dr[i] = d;
+}
+
+// terms[i] = -log(clamped p or 1 - p); terms[N + i] = 1 when the prediction agrees.
+static __global__ void predictor_terms(float* dl, double* terms, const float* pred, const int32_t* group, int64_t N,
+                                       float tau) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= N) return;
+  const bool chosen = group[i] >= 0;
+  const double p = fmin(fmax(static_cast<double>(pred[i]), 1e-7), 1 - 1e-7);
+  terms[i] = chosen ? -log(p) : -log(1 - p);
+  terms[N + i] = (pred[i] > tau) == chosen ? 1.0 : 0.0;
+  dl[i] = (pred[i] - (chosen ? 1.f : 0.f)) / static_cast<float>(N);
+}
+
+void depth_gate_forward(Ctx& ctx, Tensor& w, const Tensor& s, const Route& r, bool straight_through) {
+  if (r.num_items == 0) return;
+  gate_forward<<<grid_for(r.num_items), kBlock, 0, stream(ctx)>>>(w.data<float>(), s.data<float>(),
+                                                                  r.group.data<int32_t>(), r.num_items,
+                                                                  straight_through);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& dbudget, const Tensor& s,
+                         const Route& r, bool straight_through) {
+  if (r.num_items == 0) return;
+  gate_backward<<<grid_for(r.num_items), kBlock, 0, stream(ctx)>>>(dr.data<float>(), dw.data<float>(),
+                                                                   dbudget.data<float>(), s.data<float>(),
+                                                                   r.slot.data<int32_t>(), r.num_items,
+                                                                   straight_through);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau) {
+  const int64_t N = r.num_items;
+  PredictorStats st;
+  if (N == 0) return st;
+  Tensor terms = Tensor::empty({2 * N}, DType::f64, ctx);
+  predictor_terms<<<grid_for(N), kBlock, 0, stream(ctx)>>>(dl.data<float>(), terms.data<double>(), p.data<float>(),
+                                                           r.group.data<int32_t>(), N, tau);
+  CUDA_CHECK(cudaGetLastError());
+  st.bce = sum_f64_to_host(ctx, terms.data<double>(), N) / N;
+  st.accuracy = sum_f64_to_host(ctx, terms.data<double>() + N, N) / N;
+  return st;
+}
+
+}  // namespace sy::ops::cuda

@@ -1,0 +1,112 @@
+// Expert FFNs on CUDA, fp32 mode: a loop over the experts on the host
+// offsets, one cuBLASLt GEMM per expert and direction (ops/cuda/gemm.h):
+//
+//   forward:   pre_g = buf_g W1_g + b1_g (BIAS epilogue); act = gelu(pre) over
+//              all rows at once; out_g = act_g W2_g + b2_g
+//   backward:  act = gelu(pre); dact_g = dout_g W2_g^T; dW2_g += act_g^T dout_g;
+//              db2_g += column sums of dout_g; dpre = gelu'(pre) dact (all rows);
+//              dbuf_g += dpre_g W1_g^T; dW1_g += buf_g^T dpre_g; db1_g += column sums
+//
+// cublasGemmGroupedBatchedEx would group the forward and input-gradient GEMMs,
+// but with CUBLAS_COMPUTE_32F it needs one type for A, B and C; fp32 weight
+// gradients accumulate with beta = 1 per expert in any case (GPU_PLAN). The
+// grouped bf16 path comes with the bf16 step. Deterministic: fixed cuBLASLt
+// algorithms per shape, column sums in fixed order, no atomics.
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/gemm.h"
+#include "ops/expert_ffn.h"
+#include "ops/gelu.h"
+
+namespace sy::ops::cuda {
+
+namespace {
+
+// C (rows, n) [+]= A (rows, k) B (k, n) [+ bias], all row-major and contiguous.
+void gemm_nn(Ctx& ctx, int64_t rows, int64_t n, int64_t k, const float* A, const float* B, float* C, float beta,
+             const float* bias) {
+  GemmArgs g;
+  g.M = rows, g.N = n, g.K = k;
+  g.A = A, g.lda = k;
+  g.B = B, g.ldb = n;
+  g.beta = beta;
+  g.C = C, g.ldc = n;
+  g.bias = bias;
+  gemm(ctx, g);
+}
+
+// C (rows, n) += A (rows, k) B^T, B stored (n, k).
+void gemm_nt(Ctx& ctx, int64_t rows, int64_t n, int64_t k, const float* A, const float* B, float* C, float beta) {
+  GemmArgs g;
+  g.trans_b = true;
+  g.M = rows, g.N = n, g.K = k;
+  g.A = A, g.lda = k;
+  g.B = B, g.ldb = k;
+  g.beta = beta;
+  g.C = C, g.ldc = n;
+  gemm(ctx, g);
+}
+
+// C (k, n) += A^T B, A stored (rows, k), B (rows, n).
+void gemm_tn(Ctx& ctx, int64_t rows, int64_t n, int64_t k, const float* A, const float* B, float* C) {
+  GemmArgs g;
+  g.trans_a = true;
+  g.M = k, g.N = n, g.K = rows;
+  g.A = A, g.lda = k;
+  g.B = B, g.ldb = n;
+  g.beta = 1.f;
+  g.C = C, g.ldc = n;
+  gemm(ctx, g);
+}
+
+}  // namespace
+
+void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
+  const int64_t G = a.w.w1.dim(0), D = a.w.w1.dim(1), H = a.w.w1.dim(2), R = a.buf.dim(0);
+  if (R == 0) return;
+  const float* buf = a.buf.data<float>();
+  const float *w1 = a.w.w1.data<float>(), *b1 = a.w.b1.data<float>();
+  const float *w2 = a.w.w2.data<float>(), *b2 = a.w.b2.data<float>();
+  float* pre = a.pre.data<float>();
+  float* out = a.out.data<float>();
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0;
+    if (n > 0) gemm_nn(ctx, n, H, D, buf + r0 * D, w1 + g * D * H, pre + r0 * H, 0.f, b1 + g * H);
+  }
+  Tensor act = Tensor::empty({R, H}, DType::f32, ctx);
+  cuda::gelu_forward(ctx, act, a.pre);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0;
+    if (n > 0) gemm_nn(ctx, n, D, H, act.data<float>() + r0 * H, w2 + g * H * D, out + r0 * D, 0.f, b2 + g * D);
+  }
+}
+
+void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
+  const int64_t G = a.w.w1.dim(0), D = a.w.w1.dim(1), H = a.w.w1.dim(2), R = a.buf.dim(0);
+  if (R == 0) return;
+  const float* buf = a.buf.data<float>();
+  const float* dout = a.dout.data<float>();
+  const float *w1 = a.w.w1.data<float>(), *w2 = a.w.w2.data<float>();
+  float *dw1 = a.dw.w1.data<float>(), *db1 = a.dw.b1.data<float>();
+  float *dw2 = a.dw.w2.data<float>(), *db2 = a.dw.b2.data<float>();
+  Tensor act = Tensor::empty({R, H}, DType::f32, ctx);
+  cuda::gelu_forward(ctx, act, a.pre);
+  Tensor dact = Tensor::empty({R, H}, DType::f32, ctx);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0;
+    if (n == 0) continue;
+    gemm_nt(ctx, n, H, D, dout + r0 * D, w2 + g * H * D, dact.data<float>() + r0 * H, 0.f);
+    gemm_tn(ctx, n, D, H, act.data<float>() + r0 * H, dout + r0 * D, dw2 + g * H * D);
+    column_sums_into(ctx, dout + r0 * D, n, D, db2 + g * D);
+  }
+  Tensor dpre = Tensor::zeros({R, H}, DType::f32, ctx);
+  cuda::gelu_backward(ctx, dpre, dact, a.pre);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0;
+    if (n == 0) continue;
+    gemm_nt(ctx, n, D, H, dpre.data<float>() + r0 * H, w1 + g * D * H, a.dbuf.data<float>() + r0 * D, 1.f);
+    gemm_tn(ctx, n, H, D, buf + r0 * D, dpre.data<float>() + r0 * H, dw1 + g * D * H);
+    column_sums_into(ctx, dpre.data<float>() + r0 * H, n, H, db1 + g * H);
+  }
+}
+
+}  // namespace sy::ops::cuda

@@ -1,0 +1,52 @@
+// GELU (tanh form) on CUDA: one thread per element, the CPU's formula in fp32
+// with CUDA's tanhf (within an ulp or two of libm: class F). Elementwise, so
+// deterministic. Templated on the storage type (fp32 now, bf16 later).
+//
+//   forward:  y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+//   backward: dx += dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3*0.044715 x^2))
+#include "ops/cuda/common.cuh"
+#include "ops/gelu.h"
+
+namespace sy::ops::cuda {
+
+namespace {
+constexpr float kS2Pi = 0.7978845608028654f;  // sqrt(2/pi)
+constexpr float kC = 0.044715f;
+}  // namespace
+
+template <class T>
+static __global__ void gelu_forward_kernel(T* y, const T* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = to_float(x[i]);
+    y[i] = from_float<T>(0.5f * v * (1.f + tanhf(kS2Pi * (v + kC * v * v * v))));
+  }
+}
+
+template <class T>
+static __global__ void gelu_backward_kernel(float* dx, const float* dy, const T* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = to_float(x[i]);
+    const float t = tanhf(kS2Pi * (v + kC * v * v * v));
+    const float dd = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * kS2Pi * (1.f + 3.f * kC * v * v);
+    dx[i] += dy[i] * dd;
+  }
+}
+
+void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  gelu_forward_kernel<float><<<grid_stride(n), kBlock, 0, stream(ctx)>>>(y.data<float>(), x.data<float>(), n);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  gelu_backward_kernel<float><<<grid_stride(n), kBlock, 0, stream(ctx)>>>(dx.data<float>(), dy.data<float>(),
+                                                                         x.data<float>(), n);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace sy::ops::cuda

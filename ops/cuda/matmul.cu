@@ -1,0 +1,182 @@
+// matmul on CUDA: cuBLASLt sgemm in fp32 mode (CUBLAS_COMPUTE_32F: full fp32
+// products, no TF32), row-major through the usual transposition: a row-major
+// C (M, N) is a column-major C^T (N, M) = op(B)^T op(A)^T, so cuBLASLt gets B
+// as its first operand and A as its second.
+//
+//   forward:   y = x W [+ b] [+ y]     one GEMM, bias in the BIAS epilogue, beta = 1 to accumulate
+//   backward:  dx += dy W^T, dW += x^T dy (beta = 1), db += column sums of dy
+//
+// Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
+// GPU model for a fixed algorithm and workspace; the algorithm is cached per
+// (shape, alignment, epilogue), so it does not change within a run. db is a
+// fixed-order two-stage column sum (common.cuh), no atomics.
+#include <cublasLt.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/gemm.h"
+#include "ops/matmul.h"
+
+namespace sy::ops::cuda {
+
+namespace {
+
+// Largest power of two (<= 256 bytes) dividing the address: what cuBLASLt's
+// heuristic needs to know about views that start inside a buffer.
+uint32_t alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  uint32_t al = 256;
+  while (al > 4 && a % al != 0) al /= 2;
+  return al;
+}
+
+struct AlgoKey {
+  int device;
+  bool ta, tb, bias, beta;
+  int64_t M, N, K, lda, ldb, ldc;
+  uint32_t align_a, align_b, align_c;
+  auto tie() const { return std::tie(device, ta, tb, bias, beta, M, N, K, lda, ldb, ldc, align_a, align_b, align_c); }
+  bool operator<(const AlgoKey& o) const { return tie() < o.tie(); }
+};
+
+std::mutex algo_mutex;
+std::map<AlgoKey, cublasLtMatmulAlgo_t> algo_cache;
+
+struct DescDeleter {
+  void operator()(cublasLtMatmulDescOpaque_t* d) const { cublasLtMatmulDescDestroy(d); }
+  void operator()(cublasLtMatrixLayoutOpaque_t* d) const { cublasLtMatrixLayoutDestroy(d); }
+  void operator()(cublasLtMatmulPreferenceOpaque_t* d) const { cublasLtMatmulPreferenceDestroy(d); }
+};
+using MatmulDesc = std::unique_ptr<cublasLtMatmulDescOpaque_t, DescDeleter>;
+using Layout = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, DescDeleter>;
+using Preference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, DescDeleter>;
+
+// A column-major fp32 matrix of rows x cols with leading dimension ld.
+Layout layout(int64_t rows, int64_t cols, int64_t ld) {
+  cublasLtMatrixLayout_t l = nullptr;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, CUDA_R_32F, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld));
+  return Layout(l);
+}
+
+// C (M, N) = bias broadcast over rows [+ C]: the bias when it cannot go in the
+// epilogue (a view whose address cuBLASLt's bias loads may not accept).
+static __global__ void add_bias_rows(float* C, int64_t ldc, const float* bias, int64_t M, int64_t N, bool keep) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= M * N) return;
+  const int64_t r = i / N, c = i % N;
+  C[r * ldc + c] = (keep ? C[r * ldc + c] : 0.f) + bias[c];
+}
+
+}  // namespace
+
+void gemm(Ctx& ctx, const GemmArgs& g) {
+  if (g.M == 0 || g.N == 0) return;
+  SY_CHECK(g.K > 0, "gemm: K = 0");
+  SY_CHECK(ctx.blas.cublaslt, "gemm: the context has no cuBLASLt handle");
+  auto handle = static_cast<cublasLtHandle_t>(ctx.blas.cublaslt);
+  float beta = g.beta;
+  const float* bias = g.bias;
+  if (bias && alignment(bias) < 16) {
+    add_bias_rows<<<grid_for(g.M * g.N), kBlock, 0, stream(ctx)>>>(g.C, g.ldc, bias, g.M, g.N, beta != 0.f);
+    CUDA_CHECK(cudaGetLastError());
+    bias = nullptr;
+    beta = 1.f;
+  }
+
+  // Column-major view: D (N, M) = op'(B) (N, K) * op'(A) (K, M).
+  const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  Layout first = g.trans_b ? layout(g.K, g.N, g.ldb) : layout(g.N, g.K, g.ldb);
+  Layout second = g.trans_a ? layout(g.M, g.K, g.lda) : layout(g.K, g.M, g.lda);
+  Layout out = layout(g.N, g.M, g.ldc);
+
+  cublasLtMatmulDesc_t d = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  MatmulDesc desc(d);
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+  if (bias) {
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  }
+
+  AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, bias != nullptr, beta != 0.f, g.M, g.N, g.K, g.lda, g.ldb,
+              g.ldc, alignment(g.B), alignment(g.A), alignment(g.C)};
+  cublasLtMatmulAlgo_t algo;
+  {
+    std::lock_guard<std::mutex> lock(algo_mutex);
+    auto it = algo_cache.find(key);
+    if (it != algo_cache.end()) {
+      algo = it->second;
+    } else {
+      cublasLtMatmulPreference_t p = nullptr;
+      CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&p));
+      Preference pref(p);
+      const uint64_t ws = ctx.blas.workspace_bytes;
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+      const uint32_t al[3] = {key.align_a, key.align_b, key.align_c};
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], 4));
+      cublasLtMatmulHeuristicResult_t result;
+      std::memset(&result, 0, sizeof(result));
+      int found = 0;
+      CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, d, first.get(), second.get(), out.get(), out.get(), p, 1,
+                                                  &result, &found));
+      SY_CHECK(found > 0, "cuBLASLt found no fp32 algorithm for M=" << g.M << " N=" << g.N << " K=" << g.K);
+      algo = result.algo;
+      algo_cache.emplace(key, algo);
+    }
+  }
+  const float alpha = 1.f;
+  CUBLAS_CHECK(cublasLtMatmul(handle, d, &alpha, g.B, first.get(), g.A, second.get(), &beta, g.C, out.get(), g.C,
+                              out.get(), &algo, ctx.blas.workspace, ctx.blas.workspace_bytes, stream(ctx)));
+}
+
+void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
+  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
+  GemmArgs g;
+  g.M = N, g.N = M, g.K = K;
+  g.A = a.x.data<float>(), g.lda = K;
+  g.B = a.w.data<float>(), g.ldb = M;
+  g.beta = a.accumulate ? 1.f : 0.f;
+  g.C = a.y.data<float>(), g.ldc = M;
+  g.bias = a.b.defined() ? a.b.data<float>() : nullptr;
+  gemm(ctx, g);
+}
+
+void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
+  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
+  if (N == 0) return;
+  const float* dy = a.dy.data<float>();
+  if (a.dx) {  // dx (N, K) += dy (N, M) W^T
+    GemmArgs g;
+    g.trans_b = true;
+    g.M = N, g.N = K, g.K = M;
+    g.A = dy, g.lda = M;
+    g.B = a.w.data<float>(), g.ldb = M;
+    g.beta = 1.f;
+    g.C = a.dx->data<float>(), g.ldc = K;
+    gemm(ctx, g);
+  }
+  if (a.dw) {  // dW (K, M) += x^T (K, N) dy (N, M)
+    GemmArgs g;
+    g.trans_a = true;
+    g.M = K, g.N = M, g.K = N;
+    g.A = a.x.data<float>(), g.lda = K;
+    g.B = dy, g.ldb = M;
+    g.beta = 1.f;
+    g.C = a.dw->data<float>(), g.ldc = M;
+    gemm(ctx, g);
+  }
+  if (a.db) column_sums_into(ctx, dy, N, M, a.db->data<float>());
+}
+
+}  // namespace sy::ops::cuda

@@ -1,0 +1,221 @@
+// Router losses and routing sums on CUDA (ops/router_loss.h). No atomics:
+// every sum has a fixed shape that depends on the problem size only.
+//
+// routing_sums: stage 1, block b takes a chunk of kItems items: thread g sums
+//   column g of p in double (item order) and counts the chunk's assignments
+//   that chose g; the entropy terms of a thread's columns go through a fixed
+//   tree; thread 0 counts assigned, dropped and unserved. Stage 2 adds the
+//   chunks in order. Counts are exact; the double sums differ from the CPU's
+//   serial order by rounding only.
+// load_balance_loss: the per-group gradient alpha G f_g / N is computed on
+//   the host from f (as the CPU does), uploaded, and added to every row.
+// load_balance_loss_grouped: one block per run of items; thread g counts and
+//   sums its column over the run serially (the CPU's order exactly); the run's
+//   sum_g f P is added in group order by thread 0; the per-run values are read
+//   back and summed on the host in run order: bitwise the CPU's loss.
+// z_loss: one warp per row (max, sum of exp in double), lse^2 per row summed
+//   by sum_f64_to_host. budget_loss: one thread per row sums p c in group
+//   order, rows by sum_f64_to_host; the gradient is a constant per column.
+#include "ops/cuda/common.cuh"
+#include "ops/router_loss.h"
+
+#include <algorithm>
+
+namespace sy::ops::cuda {
+
+namespace {
+constexpr int64_t kItems = 256;  // items per stage-1 block of routing_sums
+constexpr int kTail = 5;         // assigned, items, dropped, unserved, entropy
+constexpr int kWarps = kBlock / 32;
+}  // namespace
+
+static __global__ void routing_sum_partials(const float* probs, const int32_t* group, const int32_t* slot, int64_t i0,
+                                            int64_t i1, int64_t G, int64_t k, double* partial) {
+  __shared__ double scratch[kBlock];
+  const int64_t width = 2 * G + kTail;
+  const int64_t b0 = i0 + blockIdx.x * kItems, b1 = min(i1, b0 + kItems);
+  double* out = partial + blockIdx.x * width;
+  double entropy = 0;
+  for (int64_t g = threadIdx.x; g < G; g += blockDim.x) {
+    double chosen = 0, prob = 0;
+    for (int64_t i = b0; i < b1; ++i) {
+      for (int64_t a = i * k; a < (i + 1) * k; ++a) chosen += group[a] == g;
+      const float p = probs[i * G + g];
+      prob += p;
+      if (p > 0) entropy -= p * logf(p);
+    }
+    out[g] = chosen;
+    out[G + g] = prob;
+  }
+  entropy = block_sum(entropy, scratch);
+  if (threadIdx.x == 0) {
+    double assigned = 0, dropped = 0, unserved = 0;
+    for (int64_t i = b0; i < b1; ++i) {
+      bool served = false;
+      for (int64_t a = i * k; a < (i + 1) * k; ++a) {
+        if (group[a] < 0) continue;
+        assigned += 1;
+        if (slot[a] < 0)
+          dropped += 1;
+        else
+          served = true;
+      }
+      unserved += served ? 0 : 1;
+    }
+    double* tail = out + 2 * G;
+    tail[0] = assigned, tail[1] = static_cast<double>(b1 - b0), tail[2] = dropped, tail[3] = unserved;
+    tail[4] = entropy;
+  }
+}
+
+static __global__ void add_partials(const double* partial, int64_t blocks, int64_t width, double* sums) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= width) return;
+  double s = 0;
+  for (int64_t b = 0; b < blocks; ++b) s += partial[b * width + e];
+  sums[e] = s;
+}
+
+void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1) {
+  const int64_t G = r.num_groups, width = 2 * G + kTail;
+  const int64_t blocks = std::max<int64_t>(1, (i1 - i0 + kItems - 1) / kItems);
+  Tensor partial = Tensor::empty({blocks * width}, DType::f64, ctx);
+  routing_sum_partials<<<static_cast<unsigned>(blocks), kBlock, 0, stream(ctx)>>>(
+      probs.data<float>(), r.group.data<int32_t>(), r.slot.data<int32_t>(), i0, i1, G, r.k, partial.data<double>());
+  CUDA_CHECK(cudaGetLastError());
+  add_partials<<<grid_for(width), kBlock, 0, stream(ctx)>>>(partial.data<double>(), blocks, width,
+                                                            sums.data<double>());
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// dprobs[i, g] += d[g] for every row.
+static __global__ void add_to_columns(float* dprobs, const float* d, int64_t N, int64_t G) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < N * G;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dprobs[t] += d[t % G];
+}
+
+float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
+                        float alpha) {
+  const int64_t N = dprobs.dim(0), G = dprobs.dim(1);
+  if (alpha == 0.f || N == 0) return 0.f;
+  double fp = 0;
+  std::vector<float> d(G);
+  for (int64_t g = 0; g < G; ++g) {
+    fp += f[g] * P[g];
+    d[g] = static_cast<float>(alpha * G * f[g] / N);
+  }
+  const Tensor dd = upload(ctx, d);
+  add_to_columns<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), dd.data<float>(), N, G);
+  CUDA_CHECK(cudaGetLastError());
+  return static_cast<float>(alpha * G * fp);
+}
+
+// Block s: items [s*len, (s+1)*len). fp_terms (S, G) scratch; fp (S) out.
+static __global__ void balance_runs(float* dprobs, double* fp_terms, double* fp, const float* probs,
+                                    const int32_t* group, int64_t N, int64_t k, int64_t G, int64_t len, float alpha) {
+  __shared__ double assigned;
+  const int64_t s = blockIdx.x, i0 = s * len, i1 = i0 + len;
+  if (threadIdx.x == 0) {
+    double n = 0;
+    for (int64_t a = i0 * k; a < i1 * k; ++a) n += group[a] >= 0;
+    assigned = n;
+  }
+  __syncthreads();
+  for (int64_t g = threadIdx.x; g < G; g += blockDim.x) {
+    double chosen = 0, prob = 0;
+    for (int64_t a = i0 * k; a < i1 * k; ++a) chosen += group[a] == g;
+    for (int64_t i = i0; i < i1; ++i) prob += probs[i * G + g];
+    const double f = chosen / fmax(1.0, assigned), P = prob / fmax(1.0, static_cast<double>(len));
+    fp_terms[s * G + g] = f * P;
+    const float d = static_cast<float>(static_cast<double>(alpha * static_cast<float>(G)) * f / N);
+    for (int64_t i = i0; i < i1; ++i) dprobs[i * G + g] += d;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double sum = 0;
+    for (int64_t g = 0; g < G; ++g) sum += fp_terms[s * G + g];
+    fp[s] = sum;
+  }
+}
+
+float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
+                                float alpha) {
+  const int64_t N = r.num_items, G = r.num_groups;
+  if (alpha == 0.f || N == 0) return 0.f;
+  const int64_t S = N / group;
+  Tensor terms = Tensor::empty({S * G}, DType::f64, ctx);
+  Tensor fp = Tensor::empty({S}, DType::f64, ctx);
+  balance_runs<<<static_cast<unsigned>(S), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), terms.data<double>(),
+                                                                     fp.data<double>(), probs.data<float>(),
+                                                                     r.group.data<int32_t>(), N, r.k, G, group, alpha);
+  CUDA_CHECK(cudaGetLastError());
+  double loss = 0;
+  for (double v : download(ctx, fp.data<double>(), S)) loss += v;
+  return static_cast<float>(alpha * G * loss / S);
+}
+
+static __global__ void z_loss_rows(float* dlogits, double* lse2, const float* logits, int64_t N, int64_t G,
+                                   float beta) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= N) return;
+  const float* l = logits + i * G;
+  float mx = -INFINITY;
+  for (int64_t g = lane; g < G; g += 32) mx = fmaxf(mx, l[g]);
+  mx = warp_max(mx);
+  double s = 0;
+  for (int64_t g = lane; g < G; g += 32) s += expf(l[g] - mx);
+  s = warp_sum(s);
+  const double lse = mx + log(s);
+  if (lane == 0) lse2[i] = lse * lse;
+  float* dl = dlogits + i * G;
+  for (int64_t g = lane; g < G; g += 32) dl[g] += static_cast<float>(2.0 * beta * lse * exp(l[g] - lse) / N);
+}
+
+float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta) {
+  const int64_t N = logits.dim(0), G = logits.dim(1);
+  if (beta == 0.f || N == 0) return 0.f;
+  Tensor lse2 = Tensor::empty({N}, DType::f64, ctx);
+  z_loss_rows<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(dlogits.data<float>(), lse2.data<double>(),
+                                                               logits.data<float>(), N, G, beta);
+  CUDA_CHECK(cudaGetLastError());
+  return static_cast<float>(beta * sum_f64_to_host(ctx, lse2.data<double>(), N) / N);
+}
+
+// row[i] = sum_g p[i, g] c_g (group order); cost null: all ones.
+static __global__ void cost_rows(double* row, const float* probs, const float* cost, int64_t N, int64_t G) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= N) return;
+  double s = 0;
+  for (int64_t g = 0; g < G; ++g) s += probs[i * G + g] * (cost ? cost[g] : 1.f);
+  row[i] = s;
+}
+
+static __global__ void budget_gradient(float* dprobs, const float* cost, int64_t N, int64_t G, float lambda) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < N * G;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dprobs[t] += lambda * (cost ? cost[t % G] : 1.f) / static_cast<float>(N);
+}
+
+float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
+                  float lambda, float* expected) {
+  const int64_t N = probs.dim(0), G = probs.dim(1);
+  const Tensor c = cost.empty() ? Tensor() : upload(ctx, cost);
+  const float* cp = cost.empty() ? nullptr : c.data<float>();
+  double C = 0;
+  if (N > 0) {
+    Tensor rows = Tensor::empty({N}, DType::f64, ctx);
+    cost_rows<<<grid_for(N), kBlock, 0, stream(ctx)>>>(rows.data<double>(), probs.data<float>(), cp, N, G);
+    CUDA_CHECK(cudaGetLastError());
+    C = sum_f64_to_host(ctx, rows.data<double>(), N);
+  }
+  C /= std::max<int64_t>(1, N);
+  if (expected) *expected = static_cast<float>(C);
+  if (lambda == 0.f || C <= budget) return 0.f;
+  budget_gradient<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), cp, N, G, lambda);
+  CUDA_CHECK(cudaGetLastError());
+  return static_cast<float>(lambda * (C - budget));
+}
+
+}  // namespace sy::ops::cuda

@@ -1,0 +1,496 @@
+// The routing core on CUDA (ops/routing.h). Every decision is made with the
+// same float operations as the CPU reference, so routes are bitwise the CPU's
+// for the same probabilities (class E); no atomics anywhere.
+//
+// router_scores:  one warp per item: softmax (max, exp, sum by a fixed
+//                 butterfly) or sigmoid; backward likewise (<p, dp> per warp).
+// tokens_choose:
+//   1. top-k, one warp per item: k rounds of a warp argmax over the selection
+//      scores key + bias, each round restricted to the scores strictly below
+//      the previous pick in the order (score descending, index ascending), so
+//      ties go to the lower group index as in the CPU's partial_sort. Lane 0
+//      writes group, weight = p (renormalised in choice order) and the item's
+//      top score p of its first choice.
+//   2. slots: one stable radix sort (cub_ops) of the assignments a = i*k + j,
+//      input in order of a, on the 64-bit key
+//          [ group | choice rank j | ~ordered_bits(top score of item i) ]
+//            high                            low (SCORE priority only: 32 bits)
+//      The CPU visits assignments choice rank by choice rank, items in
+//      position order (POSITION) or by descending top score with ties to the
+//      lower position (SCORE), and gives each its group's next slot. Sorted by
+//      this key, a group's assignments are one contiguous run in exactly that
+//      visiting order: by j first, then (SCORE) by descending score, and among
+//      equal keys by input order, i.e. ascending position, which is both
+//      priorities' tie rule. So an assignment's slot is its rank within its
+//      group's run, kept when the rank is below the capacity.
+//   3. run starts by binary search, counts = min(run length, capacity)
+//      (dropless: capacity = max(1, longest run)), offsets by a one-block scan
+//      of integers (exact), slots; then the one device-to-host copy of
+//      [offset (G+1) | capacity | assigned | dropped].
+// groups_choose:  one stable radix sort of every (segment, group, item) on
+//   [ segment*G + group | ~ordered_bits(score) ], input in item order: each
+//   (segment, group) run is that group's column sorted by descending score,
+//   ties to the lower item; the first `capacity` of each run are chosen.
+//   Slots in item order by a warp ballot scan per (segment, group). Counts
+//   are known on the host (capacity per segment): no copy back.
+// threshold_route: one block; slots are an exclusive scan of the kept flags.
+// route_weights_backward: one thread per item, the CPU's loop.
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cub_ops.h"
+#include "ops/routing.h"
+
+#include <climits>
+#include <cmath>
+#include <numeric>
+
+namespace sy::ops::cuda {
+
+namespace {
+constexpr int kWarps = kBlock / 32;  // items per block in the warp-per-item kernels
+}  // namespace
+
+// ---- router_scores --------------------------------------------------------
+
+static __global__ void softmax_rows(float* probs, const float* logits, int64_t N, int64_t G) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= N) return;
+  const float* l = logits + i * G;
+  float* p = probs + i * G;
+  float mx = -INFINITY;
+  for (int64_t g = lane; g < G; g += 32) mx = fmaxf(mx, l[g]);
+  mx = warp_max(mx);
+  float sum = 0.f;
+  for (int64_t g = lane; g < G; g += 32) sum += (p[g] = expf(l[g] - mx));
+  sum = warp_sum(sum);
+  for (int64_t g = lane; g < G; g += 32) p[g] /= sum;
+}
+
+static __global__ void sigmoid_all(float* probs, const float* logits, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    probs[i] = 1.f / (1.f + expf(-logits[i]));
+}
+
+static __global__ void scores_backward_rows(float* dlogits, const float* dprobs, const float* probs, int64_t N,
+                                            int64_t G, bool softmax) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= N) return;
+  const float* p = probs + i * G;
+  const float* dp = dprobs + i * G;
+  float* dl = dlogits + i * G;
+  if (!softmax) {
+    for (int64_t g = lane; g < G; g += 32) dl[g] += p[g] * (1.f - p[g]) * dp[g];
+    return;
+  }
+  float dot = 0.f;
+  for (int64_t g = lane; g < G; g += 32) dot += p[g] * dp[g];
+  dot = warp_sum(dot);
+  for (int64_t g = lane; g < G; g += 32) dl[g] += p[g] * (dp[g] - dot);
+}
+
+void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn) {
+  const int64_t N = logits.dim(0), G = logits.dim(1);
+  if (N * G == 0) return;
+  if (fn == ScoreFn::sigmoid)
+    sigmoid_all<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(probs.data<float>(), logits.data<float>(), N * G);
+  else
+    softmax_rows<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(probs.data<float>(), logits.data<float>(), N, G);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn) {
+  const int64_t N = probs.dim(0), G = probs.dim(1);
+  if (N * G == 0) return;
+  scores_backward_rows<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(
+      dlogits.data<float>(), dprobs.data<float>(), probs.data<float>(), N, G, fn == ScoreFn::softmax);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- tokens_choose --------------------------------------------------------
+
+namespace {
+struct TopkArgs {
+  const float* probs;
+  const float* keys;  // selection keys, or null for probs
+  const float* bias;  // selection bias, or null
+  int32_t* group;
+  float* weight;
+  float* top;  // (N) p of each item's first choice
+  int64_t N;
+  int G, k;
+  bool renormalize;
+};
+
+// Device layout of a route's small host-visible part.
+struct Meta {
+  int64_t G;
+  __host__ __device__ int64_t offset(int64_t g) const { return g; }
+  __host__ __device__ int64_t capacity() const { return G + 1; }
+  __host__ __device__ int64_t assigned() const { return G + 2; }
+  __host__ __device__ int64_t dropped() const { return G + 3; }
+  __host__ __device__ int64_t size() const { return G + 4; }
+};
+}  // namespace
+
+static __global__ void topk_kernel(TopkArgs a) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= a.N) return;  // the whole warp leaves together
+  const float* p = a.probs + i * a.G;
+  const float* key = a.keys ? a.keys + i * a.G : p;
+  float prev_v = 0.f, wsum = 0.f;
+  int prev_g = -1;  // the previous pick; -1 before the first
+  for (int j = 0; j < a.k; ++j) {
+    float best_v = 0.f;
+    int best_g = -1;
+    for (int g = lane; g < a.G; g += 32) {
+      const float v = key[g] + (a.bias ? a.bias[g] : 0.f);
+      const bool after_prev = prev_g < 0 || v < prev_v || (v == prev_v && g > prev_g);
+      if (after_prev && (best_g < 0 || v > best_v)) best_v = v, best_g = g;  // g ascends: ties keep the lower
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+      const int og = __shfl_xor_sync(0xffffffffu, best_g, o);
+      if (og >= 0 && (best_g < 0 || ov > best_v || (ov == best_v && og < best_g))) best_v = ov, best_g = og;
+    }
+    prev_v = best_v, prev_g = best_g;
+    if (lane == 0 && best_g >= 0) {
+      const float w = p[best_g];
+      a.group[i * a.k + j] = best_g;
+      a.weight[i * a.k + j] = w;
+      wsum += w;
+    }
+  }
+  if (lane == 0) {
+    if (a.renormalize && wsum > 0)
+      for (int j = 0; j < a.k; ++j) a.weight[i * a.k + j] /= wsum;
+    a.top[i] = p[a.group[i * a.k]];
+  }
+}
+
+// Key and value of assignment a (see the top of the file).
+static __global__ void slot_keys(const int32_t* group, const float* top, int64_t n, int k, int jbits, bool by_score,
+                                 uint64_t* keys, int32_t* values) {
+  const int64_t a = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (a >= n) return;
+  const int sbits = by_score ? 32 : 0;
+  uint64_t key = (static_cast<uint64_t>(group[a]) << (jbits + sbits)) | (static_cast<uint64_t>(a % k) << sbits);
+  if (by_score) key |= static_cast<uint32_t>(~ordered_bits(top[a / k]));
+  keys[a] = key;
+  values[a] = static_cast<int32_t>(a);
+}
+
+// One block: per-group counts under the capacity (capacity < 0: dropless,
+// the longest run, at least 1), offsets, and the host-visible totals.
+static __global__ void route_counts(const int32_t* starts, int64_t G, int64_t assigned, int64_t capacity,
+                                    int32_t* count, int32_t* meta) {
+  __shared__ int64_t scratch[kBlock];
+  const Meta m{G};
+  const int64_t per = (G + blockDim.x - 1) / blockDim.x;
+  const int64_t g0 = min(G, threadIdx.x * per), g1 = min(G, g0 + per);
+  int64_t longest = 0;
+  for (int64_t g = g0; g < g1; ++g) longest = max(longest, static_cast<int64_t>(starts[g + 1] - starts[g]));
+  longest = block_max(longest, scratch);
+  const int64_t cap = capacity >= 0 ? capacity : max(int64_t{1}, longest);
+  int64_t local = 0;
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t c = min(static_cast<int64_t>(starts[g + 1] - starts[g]), cap);
+    count[g] = static_cast<int32_t>(c);
+    local += c;
+  }
+  scratch[threadIdx.x] = local;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t run = 0;
+    for (unsigned t = 0; t < blockDim.x; ++t) {
+      const int64_t s = scratch[t];
+      scratch[t] = run;
+      run += s;
+    }
+    meta[m.offset(G)] = static_cast<int32_t>(run);
+    meta[m.capacity()] = static_cast<int32_t>(min(cap, static_cast<int64_t>(INT_MAX)));
+    meta[m.assigned()] = static_cast<int32_t>(assigned);
+    meta[m.dropped()] = static_cast<int32_t>(assigned - run);
+  }
+  __syncthreads();
+  int64_t run = scratch[threadIdx.x];
+  for (int64_t g = g0; g < g1; ++g) {
+    meta[m.offset(g)] = static_cast<int32_t>(run);
+    run += count[g];
+  }
+}
+
+static __global__ void assign_slots(const uint64_t* keys, const int32_t* values, int64_t n, int shift,
+                                    const int32_t* starts, const int32_t* capacity, int32_t* slot) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= n) return;
+  const int64_t rank = p - starts[keys[p] >> shift];
+  slot[values[p]] = rank < *capacity ? static_cast<int32_t>(rank) : -1;
+}
+
+namespace {
+
+// Allocates a route's tensors on ctx; offset is a view of meta (G+4).
+Tensor init_route(Ctx& ctx, Route& r, int64_t N, int64_t k, int64_t G) {
+  SY_CHECK(N * k < INT_MAX, "route of " << N << " x " << k << " assignments (at most 2^31 - 1)");
+  r.num_items = N, r.k = k, r.num_groups = G;
+  r.group = Tensor::empty({N * k}, DType::i32, ctx);
+  r.weight = Tensor::empty({N * k}, DType::f32, ctx);
+  r.slot = Tensor::empty({N * k}, DType::i32, ctx);
+  r.count = Tensor::empty({G}, DType::i32, ctx);
+  Tensor meta = Tensor::empty({Meta{G}.size()}, DType::i32, ctx);
+  r.offset = meta.rows(0, G + 1);
+  return meta;
+}
+
+// The one device-to-host copy of a route: host_offset, capacity, assigned, dropped.
+void read_meta(Ctx& ctx, Route& r, const Tensor& meta, bool read_capacity) {
+  const Meta m{r.num_groups};
+  const std::vector<int32_t> h = download(ctx, meta.data<int32_t>(), m.size());
+  r.host_offset.assign(h.begin(), h.begin() + r.num_groups + 1);
+  if (read_capacity) r.capacity = h[m.capacity()];
+  r.assigned = h[m.assigned()];
+  r.dropped = h[m.dropped()];
+}
+
+}  // namespace
+
+void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
+  const int64_t N = probs.dim(0), G = probs.dim(1), k = p.k;
+  const int64_t n = N * k;
+  Tensor meta = init_route(ctx, r, N, k, G);
+  const int jbits = bits_for(k), sbits = p.priority == SlotPriority::score ? 32 : 0;
+  const int shift = jbits + sbits, end_bit = bits_for(G) + shift;
+  SY_CHECK(end_bit <= 64, "tokens_choose: " << G << " groups x top-" << k << " do not fit the 64-bit slot key");
+  if (!p.dropless) r.capacity = ceil_capacity(p.capacity_factor, static_cast<double>(N) * k / G);
+
+  // 1. top-k per item.
+  Tensor top = Tensor::empty({N}, DType::f32, ctx);
+  TopkArgs ta{probs.data<float>(),
+              p.selection_keys ? p.selection_keys->data<float>() : nullptr,
+              p.selection_bias ? p.selection_bias->data<float>() : nullptr,
+              r.group.data<int32_t>(),
+              r.weight.data<float>(),
+              top.data<float>(),
+              N,
+              static_cast<int>(G),
+              static_cast<int>(k),
+              p.renormalize};
+  topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
+  CUDA_CHECK(cudaGetLastError());
+
+  // 2. the slot sort.
+  Tensor keys = Tensor::empty({2 * n}, DType::i64, ctx);
+  Tensor values = Tensor::empty({2 * n}, DType::i32, ctx);
+  auto* k_in = reinterpret_cast<uint64_t*>(keys.data<int64_t>());
+  int32_t* v_in = values.data<int32_t>();
+  slot_keys<<<grid_for(n), kBlock, 0, stream(ctx)>>>(r.group.data<int32_t>(), top.data<float>(), n,
+                                                     static_cast<int>(k), jbits, sbits > 0, k_in, v_in);
+  CUDA_CHECK(cudaGetLastError());
+  radix_sort_pairs(ctx, k_in, k_in + n, v_in, v_in + n, n, 0, end_bit);
+
+  // 3. runs, counts, offsets, slots; then the one copy back.
+  Tensor starts = Tensor::empty({G + 1}, DType::i32, ctx);
+  segment_starts(ctx, k_in + n, n, shift, G, starts.data<int32_t>());
+  route_counts<<<1, kBlock, 0, stream(ctx)>>>(starts.data<int32_t>(), G, n, p.dropless ? -1 : r.capacity,
+                                              r.count.data<int32_t>(), meta.data<int32_t>());
+  CUDA_CHECK(cudaGetLastError());
+  assign_slots<<<grid_for(n), kBlock, 0, stream(ctx)>>>(k_in + n, v_in + n, n, shift, starts.data<int32_t>(),
+                                                        meta.data<int32_t>() + Meta{G}.capacity(),
+                                                        r.slot.data<int32_t>());
+  CUDA_CHECK(cudaGetLastError());
+  read_meta(ctx, r, meta, p.dropless);
+}
+
+// ---- groups_choose --------------------------------------------------------
+
+namespace {
+struct GroupsShape {
+  int64_t N, G, S, segments, per;  // per: items each group takes per segment
+};
+}  // namespace
+
+// Element e = (s*G + g)*S + i of the sort input: item s*S + i, group g.
+static __global__ void column_keys(const float* scores, GroupsShape s, uint64_t* keys, int32_t* values) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= s.N * s.G) return;
+  const int64_t sg = e / s.S, i = e % s.S;
+  const int64_t item = (sg / s.G) * s.S + i, g = sg % s.G;
+  keys[e] = (static_cast<uint64_t>(sg) << 32) | static_cast<uint32_t>(~ordered_bits(scores[item * s.G + g]));
+  values[e] = static_cast<int32_t>(item);
+}
+
+// Sorted position p: run sg = p / S (every run holds S elements), rank p % S.
+static __global__ void take_top(const int32_t* values, const float* scores, GroupsShape s, int32_t* group,
+                                float* weight) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= s.N * s.G || p % s.S >= s.per) return;
+  const int64_t g = (p / s.S) % s.G, a = static_cast<int64_t>(values[p]) * s.G + g;
+  group[a] = static_cast<int32_t>(g);
+  weight[a] = scores[a];
+}
+
+// One warp per (segment, group): slots of the chosen items in item order.
+static __global__ void column_slots(const int32_t* group, GroupsShape s, int32_t* slot) {
+  const int64_t sg = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (sg >= s.segments * s.G) return;
+  const int64_t seg = sg / s.G, g = sg % s.G;
+  int64_t run = seg * s.per;
+  for (int64_t i0 = 0; i0 < s.S; i0 += 32) {
+    const int64_t i = i0 + lane;
+    const int64_t a = (seg * s.S + i) * s.G + g;
+    const bool kept = i < s.S && group[a] >= 0;
+    const unsigned ballot = __ballot_sync(0xffffffffu, kept);
+    if (i < s.S) slot[a] = kept ? static_cast<int32_t>(run + __popc(ballot & ((1u << lane) - 1u))) : -1;
+    run += __popc(ballot);
+  }
+}
+
+static __global__ void fill_counts(int32_t* count, int32_t* offset, int64_t G, int64_t per_group) {
+  const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (g > G) return;
+  if (g < G) count[g] = static_cast<int32_t>(per_group);
+  offset[g] = static_cast<int32_t>(g * per_group);
+}
+
+void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment) {
+  const int64_t N = scores.dim(0), G = scores.dim(1);
+  const int64_t S = segment > 0 ? segment : N;
+  GroupsShape s{N, G, S, S > 0 ? N / S : 0, std::min(capacity, S)};
+  Tensor meta = init_route(ctx, r, N, G, G);
+  r.capacity = s.per * s.segments;
+  const int64_t n = N * G;
+  CUDA_CHECK(cudaMemsetAsync(r.group.raw(), 0xff, r.group.nbytes(), stream(ctx)));  // -1: unused
+  CUDA_CHECK(cudaMemsetAsync(r.weight.raw(), 0, r.weight.nbytes(), stream(ctx)));
+  if (n > 0) {
+    Tensor keys = Tensor::empty({2 * n}, DType::i64, ctx);
+    Tensor values = Tensor::empty({2 * n}, DType::i32, ctx);
+    auto* k_in = reinterpret_cast<uint64_t*>(keys.data<int64_t>());
+    int32_t* v_in = values.data<int32_t>();
+    column_keys<<<grid_for(n), kBlock, 0, stream(ctx)>>>(scores.data<float>(), s, k_in, v_in);
+    CUDA_CHECK(cudaGetLastError());
+    radix_sort_pairs(ctx, k_in, k_in + n, v_in, v_in + n, n, 0, 32 + bits_for(s.segments * G));
+    take_top<<<grid_for(n), kBlock, 0, stream(ctx)>>>(v_in + n, scores.data<float>(), s, r.group.data<int32_t>(),
+                                                      r.weight.data<float>());
+    CUDA_CHECK(cudaGetLastError());
+    column_slots<<<grid_for(s.segments * G, kWarps), kBlock, 0, stream(ctx)>>>(r.group.data<int32_t>(), s,
+                                                                               r.slot.data<int32_t>());
+    CUDA_CHECK(cudaGetLastError());
+  }
+  fill_counts<<<grid_for(G + 1), kBlock, 0, stream(ctx)>>>(r.count.data<int32_t>(), r.offset.data<int32_t>(), G,
+                                                           r.capacity);
+  CUDA_CHECK(cudaGetLastError());
+  // Every group holds `capacity` rows: the host part needs no copy back.
+  r.host_offset.resize(G + 1);
+  for (int64_t g = 0; g <= G; ++g) r.host_offset[g] = static_cast<int32_t>(g * r.capacity);
+  r.assigned = r.capacity * G;
+  r.dropped = 0;
+}
+
+// ---- threshold_route ------------------------------------------------------
+
+// One block: item i is kept when score > tau; its slot is the number of kept
+// items before it (chunked exclusive scan: exact integers).
+static __global__ void threshold_kernel(const float* scores, int64_t N, float tau, int32_t* group, float* weight,
+                                        int32_t* slot, int32_t* count, int32_t* meta) {
+  __shared__ int64_t scratch[kBlock];
+  const int64_t per = (N + blockDim.x - 1) / blockDim.x;
+  const int64_t i0 = min(N, threadIdx.x * per), i1 = min(N, i0 + per);
+  int64_t local = 0;
+  for (int64_t i = i0; i < i1; ++i) local += scores[i] > tau;
+  scratch[threadIdx.x] = local;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t run = 0;
+    for (unsigned t = 0; t < blockDim.x; ++t) {
+      const int64_t s = scratch[t];
+      scratch[t] = run;
+      run += s;
+    }
+    const Meta m{1};
+    count[0] = static_cast<int32_t>(run);
+    meta[m.offset(0)] = 0;
+    meta[m.offset(1)] = static_cast<int32_t>(run);
+    meta[m.capacity()] = static_cast<int32_t>(N);
+    meta[m.assigned()] = static_cast<int32_t>(run);
+    meta[m.dropped()] = 0;
+  }
+  __syncthreads();
+  int64_t run = scratch[threadIdx.x];
+  for (int64_t i = i0; i < i1; ++i) {
+    const bool kept = scores[i] > tau;
+    group[i] = kept ? 0 : -1;
+    weight[i] = kept ? scores[i] : 0.f;
+    slot[i] = kept ? static_cast<int32_t>(run++) : -1;
+  }
+}
+
+void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau) {
+  const int64_t N = scores.dim(0);
+  Tensor meta = init_route(ctx, r, N, 1, 1);
+  r.capacity = N;
+  threshold_kernel<<<1, kBlock, 0, stream(ctx)>>>(scores.data<float>(), N, tau, r.group.data<int32_t>(),
+                                                  r.weight.data<float>(), r.slot.data<int32_t>(),
+                                                  r.count.data<int32_t>(), meta.data<int32_t>());
+  CUDA_CHECK(cudaGetLastError());
+  read_meta(ctx, r, meta, false);
+}
+
+// ---- route_weights_backward, update_balance_bias --------------------------
+
+static __global__ void route_weights_backward_kernel(float* dprobs, const float* dweight, const float* probs,
+                                                     const int32_t* group, int64_t N, int64_t k, int64_t G,
+                                                     bool renormalized) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= N) return;
+  const int64_t a0 = i * k;
+  if (!renormalized) {
+    for (int64_t j = 0; j < k; ++j)
+      if (group[a0 + j] >= 0) dprobs[i * G + group[a0 + j]] += dweight[a0 + j];
+    return;
+  }
+  // w_j = p_j / S:  dp_j = dw_j / S - sum_l dw_l p_l / S^2 (no FMA: the CPU's rounding)
+  float S = 0.f, dot = 0.f;
+  for (int64_t j = 0; j < k; ++j) {
+    if (group[a0 + j] < 0) continue;
+    const float pj = probs[i * G + group[a0 + j]];
+    S += pj;
+    dot = __fadd_rn(dot, __fmul_rn(dweight[a0 + j], pj));
+  }
+  if (S <= 0.f) return;
+  for (int64_t j = 0; j < k; ++j)
+    if (group[a0 + j] >= 0) dprobs[i * G + group[a0 + j]] += dweight[a0 + j] / S - dot / (S * S);
+}
+
+void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs, const Route& r,
+                            bool renormalized) {
+  if (r.num_items == 0) return;
+  route_weights_backward_kernel<<<grid_for(r.num_items), kBlock, 0, stream(ctx)>>>(
+      dprobs.data<float>(), dweight.data<float>(), probs.data<float>(), r.group.data<int32_t>(), r.num_items, r.k,
+      r.num_groups, renormalized);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void add_vector(float* y, const float* x, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] += x[i];
+}
+
+void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate) {
+  if (load.empty()) return;
+  // The signs come from host counts: computed here exactly as on the CPU.
+  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / load.size();
+  std::vector<float> delta(load.size());
+  for (size_t g = 0; g < load.size(); ++g) {
+    const double e = mean - static_cast<double>(load[g]);
+    delta[g] = rate * static_cast<float>((e > 0) - (e < 0));
+  }
+  const Tensor d = upload(ctx, delta);
+  add_vector<<<grid_for(bias.numel()), kBlock, 0, stream(ctx)>>>(bias.data<float>(), d.data<float>(), bias.numel());
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace sy::ops::cuda

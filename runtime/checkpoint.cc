@@ -1,0 +1,488 @@
+#include "runtime/checkpoint.h"
+
+#include <fcntl.h>
+#include <google/protobuf/text_format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include "runtime/checkpoint_store.h"
+#include "runtime/safetensors.h"
+
+#ifndef SY_CODE_VERSION
+#define SY_CODE_VERSION "unknown"
+#endif
+
+namespace sy {
+
+namespace fs = std::filesystem;
+namespace pb = google::protobuf;
+using switchyard::CheckpointManifest;
+
+namespace {
+
+constexpr int kFormatVersion = 1;
+constexpr const char* kManifest = "manifest.pbtxt";
+constexpr const char* kDenseModel = "model-dense.safetensors";
+constexpr const char* kDenseOptim = "optim-dense.safetensors";
+constexpr const char* kRouting = "routing.safetensors";
+constexpr const char* kMoment1 = ".exp_avg";
+constexpr const char* kMoment2 = ".exp_avg_sq";
+
+int rank_of(ParallelContext* par) { return par ? par->rank() : 0; }
+int world_of(ParallelContext* par) { return par ? par->world_size() : 1; }
+int ep_of(ParallelContext* par) { return par ? par->ep_size : 1; }
+
+std::string shard_file(const char* kind, int shard, int ep) {
+  char b[96];
+  std::snprintf(b, sizeof b, "%s-experts-%05d-of-%05d.safetensors", kind, shard, ep);
+  return b;
+}
+
+// A host tensor with t's bytes (t itself on the CPU).
+Tensor host(const Tensor& t) { return t.device().is_cpu() ? t : t.to(host_ctx()); }
+
+std::string expert_row(const Param& p, int64_t g) { return p.name + ".e" + std::to_string(g); }
+Shape row_shape(const Param& p) { return Shape(p.shape.begin() + 1, p.shape.end()); }
+// Local row i of an expert parameter's tensor (value, m or v) as one expert's tensor.
+Tensor row(const Param& p, const Tensor& t, int64_t i) { return t.rows(i, i + 1).reshape(row_shape(p)); }
+
+std::string hex32(uint32_t v) {
+  char b[16];
+  std::snprintf(b, sizeof b, "%08x", v);
+  return b;
+}
+
+// What this rank writes.
+NamedTensors dense_tensors(Transformer& model, bool moments) {
+  NamedTensors out;
+  for (Param* p : model.params().all()) {
+    if (p->expert()) continue;
+    if (!moments) {
+      out.emplace_back(p->name, host(p->value));
+    } else {
+      out.emplace_back(p->name + kMoment1, host(p->m));
+      out.emplace_back(p->name + kMoment2, host(p->v));
+    }
+  }
+  return out;
+}
+
+NamedTensors expert_tensors(Transformer& model, bool moments) {
+  NamedTensors out;
+  for (Param* p : model.params().all()) {
+    if (!p->expert()) continue;
+    for (int64_t i = 0; i < p->shape[0]; ++i) {
+      const std::string name = expert_row(*p, p->row_begin + i);
+      if (!moments) {
+        out.emplace_back(name, host(row(*p, p->value, i)));
+      } else {
+        out.emplace_back(name + kMoment1, host(row(*p, p->m, i)));
+        out.emplace_back(name + kMoment2, host(row(*p, p->v, i)));
+      }
+    }
+  }
+  return out;
+}
+
+NamedTensors routing_tensors(Transformer& model) {
+  NamedTensors out;
+  for (const CentroidSetRef& c : model.centroid_sets()) {
+    out.emplace_back(c.prefix + ".mu", host(c.centroids->mu));
+    out.emplace_back(c.prefix + ".sum", host(c.centroids->sum));
+    out.emplace_back(c.prefix + ".count", host(c.centroids->count));
+  }
+  for (const auto& [name, t] : model.balance_biases()) out.emplace_back(name, host(t));
+  return out;
+}
+
+int64_t local_expert_rows(Transformer& model) {
+  int64_t n = 0;
+  for (Param* p : model.params().all())
+    if (p->expert()) n += p->shape[0];
+  return n;
+}
+
+void write_text_file(const std::string& path, const std::string& text) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(path + ": cannot create: " + std::strerror(errno));
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t w = ::write(fd, text.data() + done, text.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      ::close(fd);
+      throw Error(path + ": write failed: " + std::strerror(errno));
+    }
+    done += static_cast<size_t>(w);
+  }
+  const bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok) throw Error(path + ": fsync failed");
+}
+
+// One file's entry, from its header (tensors in the order of their bytes)
+// and the digest its writer computed.
+void add_file(CheckpointManifest& m, const std::string& dir, const std::string& name, int writer,
+              const FileDigest& d) {
+  SafetensorsReader rd(join_path(dir, name));
+  std::vector<const TensorRecord*> recs;
+  for (const auto& t : rd.tensors()) recs.push_back(&t);
+  std::sort(recs.begin(), recs.end(), [](auto* a, auto* b) { return a->begin < b->begin; });
+  SY_CHECK(rd.file_bytes() == d.bytes && recs.size() == d.tensor_crc32.size(),
+           join_path(dir, name) << ": " << rd.file_bytes() << " bytes and " << recs.size()
+                                << " tensors on disk, the writer reported " << d.bytes << " and "
+                                << d.tensor_crc32.size());
+  auto* f = m.add_files();
+  f->set_name(name);
+  f->set_bytes(static_cast<int64_t>(d.bytes));
+  f->set_crc32(d.crc32);
+  f->set_writer_rank(writer);
+  for (size_t i = 0; i < recs.size(); ++i) {
+    auto* t = f->add_tensors();
+    t->set_name(recs[i]->name);
+    t->set_dtype(recs[i]->dtype);
+    for (int64_t s : recs[i]->shape) t->add_shape(s);
+    t->set_begin(static_cast<int64_t>(recs[i]->begin));
+    t->set_end(static_cast<int64_t>(recs[i]->end));
+    t->set_crc32(d.tensor_crc32[i]);
+  }
+}
+
+// A field's value in text form, by dotted path ("model.d_model").
+std::string field_text(const pb::Message& root, const std::string& path) {
+  const pb::Message* msg = &root;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = path.find('.', start);
+    const std::string name = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(name);
+    SY_CHECK(f, "no field " << path);
+    if (dot == std::string::npos) {
+      std::string out;
+      pb::TextFormat::PrintFieldValueToString(*msg, f, -1, &out);
+      return out;
+    }
+    msg = &msg->GetReflection()->GetMessage(*msg, f);
+    start = dot + 1;
+  }
+}
+
+// The tensors a checkpoint must hold for this model, by name (every expert
+// row, whichever rank holds it), with their shapes.
+std::map<std::string, Shape> model_tensors(Transformer& model, bool optimizer) {
+  std::map<std::string, Shape> out;
+  auto add = [&](const std::string& name, const Shape& s) {
+    out[name] = s;
+    if (optimizer) out[name + kMoment1] = s, out[name + kMoment2] = s;
+  };
+  for (Param* p : model.params().all()) {
+    if (!p->expert()) {
+      add(p->name, p->shape);
+      continue;
+    }
+    for (int64_t g = 0; g < p->rows_total; ++g) add(expert_row(*p, g), row_shape(*p));
+  }
+  for (const CentroidSetRef& c : model.centroid_sets()) {
+    out[c.prefix + ".mu"] = c.centroids->mu.shape();
+    out[c.prefix + ".sum"] = c.centroids->sum.shape();
+    out[c.prefix + ".count"] = c.centroids->count.shape();
+  }
+  for (const auto& [name, t] : model.balance_biases()) out[name] = t.shape();
+  return out;
+}
+
+// Every tensor this model needs is listed, and the model files hold nothing
+// that is not part of this model.
+void check_tensor_set(Transformer& model, const CheckpointManifest& m, const std::string& dir, bool optimizer) {
+  const std::map<std::string, Shape> need = model_tensors(model, optimizer), weights = model_tensors(model, false);
+  std::set<std::string> listed;
+  for (const auto& f : m.files())
+    for (const auto& t : f.tensors()) {
+      listed.insert(t.name());
+      const bool model_file = f.name().rfind("model-", 0) == 0 || f.name() == kRouting;
+      if (model_file && !weights.count(t.name()))
+        throw ConfigError(join_path(dir, f.name()) + ": tensor " + t.name() + " is not part of this model");
+    }
+  for (const auto& [name, shape] : need)
+    if (!listed.count(name))
+      throw ConfigError(join_path(dir, kManifest) + ": tensor " + name + " is missing (this model needs it)");
+}
+
+// Reads the tensors one rank needs into host tensors, checked, before
+// anything in the model changes.
+class Stager {
+ public:
+  Stager(std::string dir, const CheckpointManifest& m) : dir_(std::move(dir)) {
+    for (const auto& f : m.files())
+      for (const auto& t : f.tensors()) where_[t.name()] = f.name();
+  }
+  void need(const std::string& name, const Shape& shape, Tensor dst) {
+    auto it = where_.find(name);
+    if (it == where_.end())
+      throw ConfigError(join_path(dir_, kManifest) + ": tensor " + name + " is missing (this model needs it)");
+    const SafetensorsReader& rd = reader(it->second);
+    const TensorRecord* rec = rd.find(name);
+    if (!rec) throw ConfigError(rd.path() + ": tensor " + name + " is missing (the manifest lists it here)");
+    if (rec->dtype != safetensors_dtype(dst.dtype()))
+      throw ConfigError(rd.path() + ": tensor " + name + ": dtype " + rec->dtype + ", expected " +
+                        safetensors_dtype(dst.dtype()));
+    if (rec->shape != shape)
+      throw ConfigError(rd.path() + ": tensor " + name + ": shape " + shape_str(rec->shape) + ", this model has " +
+                        shape_str(shape));
+    staged_.emplace_back(dst, rd.read(*rec));
+  }
+  std::vector<std::pair<Tensor, Tensor>>& staged() { return staged_; }
+
+ private:
+  const SafetensorsReader& reader(const std::string& file) {
+    auto& r = readers_[file];
+    if (!r) r = std::make_unique<SafetensorsReader>(join_path(dir_, file));
+    return *r;
+  }
+  std::string dir_;
+  std::map<std::string, std::string> where_;
+  std::map<std::string, std::unique_ptr<SafetensorsReader>> readers_;
+  std::vector<std::pair<Tensor, Tensor>> staged_;  // (the model's tensor, what goes into it)
+};
+
+}  // namespace
+
+void run_agreed(ParallelContext* par, const std::function<void()>& fn) {
+  if (par && par->world_size() > 1) return agree_on(*par->world, fn);
+  try {
+    fn();
+  } catch (const ConfigError& e) {
+    throw AgreedError(e.what(), 2);
+  }
+}
+
+std::string save_checkpoint(const std::string& root, const Config& cfg, Transformer& model, const TrainState& state,
+                            ParallelContext* par, int keep) {
+  const int rank = rank_of(par), world = world_of(par), ep = ep_of(par);
+  const std::string name = step_dir_name(state.step), tmp_name = "." + name + ".tmp";
+  const std::string tmp = join_path(root, tmp_name);
+  if (rank == 0) {
+    fs::create_directories(root);
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    fsync_path(root);
+  }
+  if (world > 1) par->world->barrier("checkpoint directory");
+
+  // Expert shards: rank s < ep writes shard s. Their digests reach rank 0
+  // through one all-reduce (each writer fills its own slots), which also
+  // tells rank 0 that every file is complete.
+  const int64_t rows = local_expert_rows(model);
+  const int64_t slots = 4 + 3 * rows;  // model bytes, crc, row crcs; optim bytes, crc, 2 x row crcs
+  Tensor digests = Tensor::zeros({std::max<int64_t>(1, ep * slots)}, DType::f64, host_ctx());
+  auto put = [&](double* at, const FileDigest& d) {
+    at[0] = static_cast<double>(d.bytes);
+    at[1] = d.crc32;
+    for (size_t i = 0; i < d.tensor_crc32.size(); ++i) at[2 + i] = d.tensor_crc32[i];
+  };
+  const std::map<std::string, std::string> optim_meta = {
+      {"optimizer", "adamw"}, {"step", std::to_string(state.optimizer_step)}};
+  if (rows > 0 && rank < ep) {
+    double* at = digests.data<double>() + rank * slots;
+    put(at, write_safetensors(join_path(tmp, shard_file("model", rank, ep)), expert_tensors(model, false)));
+    put(at + 2 + rows, write_safetensors(join_path(tmp, shard_file("optim", rank, ep)), expert_tensors(model, true),
+                                         optim_meta));
+  }
+  FileDigest dense_model, dense_optim, routing;
+  const NamedTensors routing_state = routing_tensors(model);
+  if (rank == 0) {
+    dense_model = write_safetensors(join_path(tmp, kDenseModel), dense_tensors(model, false));
+    dense_optim = write_safetensors(join_path(tmp, kDenseOptim), dense_tensors(model, true), optim_meta);
+    if (!routing_state.empty()) routing = write_safetensors(join_path(tmp, kRouting), routing_state);
+  }
+  if (world > 1) par->world->all_reduce_sum(digests, host_ctx().stream, "checkpoint digests");
+
+  std::string dir = join_path(root, name);
+  if (rank == 0) {
+    CheckpointManifest m;
+    m.set_format_version(kFormatVersion);
+    m.set_code_version(SY_CODE_VERSION);
+    *m.mutable_config() = cfg;
+    fill_defaults(*m.mutable_config());
+    m.set_step(state.step);
+    m.set_optimizer_step(state.optimizer_step);
+    m.set_tokens_seen(state.tokens_seen);
+    m.set_data_position(state.data_position);
+    m.set_seed(cfg.train().seed());
+    m.set_bad_steps(state.bad_steps);
+    m.set_world_size(world);
+    m.set_expert_parallel(ep);
+    add_file(m, tmp, kDenseModel, 0, dense_model);
+    add_file(m, tmp, kDenseOptim, 0, dense_optim);
+    if (rows > 0)
+      for (int s = 0; s < ep; ++s) {
+        const double* at = digests.data<double>() + s * slots;
+        auto digest = [&](const double* a, int64_t n) {
+          FileDigest d{static_cast<uint64_t>(a[0]), static_cast<uint32_t>(a[1]), {}};
+          for (int64_t i = 0; i < n; ++i) d.tensor_crc32.push_back(static_cast<uint32_t>(a[2 + i]));
+          return d;
+        };
+        add_file(m, tmp, shard_file("model", s, ep), s, digest(at, rows));
+        add_file(m, tmp, shard_file("optim", s, ep), s, digest(at + 2 + rows, 2 * rows));
+      }
+    if (!routing_state.empty()) add_file(m, tmp, kRouting, 0, routing);
+    for (const CentroidSetRef& c : model.centroid_sets()) {
+      auto* e = m.add_centroids();
+      e->set_prefix(c.prefix);
+      e->set_initialized(c.centroids->initialized);
+    }
+    for (const auto& [bias, t] : model.balance_biases()) m.add_balance_biases(bias);
+    std::string text;
+    pb::TextFormat::PrintToString(m, &text);
+    write_text_file(join_path(tmp, kManifest), "# Switchyard checkpoint manifest (CheckpointManifest, configs/switchyard.proto)\n" + text);
+    publish_checkpoint(root, tmp_name, name);
+    prune_checkpoints(root, keep);
+  }
+  if (world > 1) par->world->barrier("checkpoint published");
+  return dir;
+}
+
+CheckpointManifest read_manifest(const std::string& dir) {
+  const std::string path = join_path(dir, kManifest);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": missing (not a checkpoint, or one whose writing did not finish)");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  CheckpointManifest m;
+  parse_text_proto(ss.str(), path, m);
+  if (m.format_version() != kFormatVersion)
+    throw ConfigError(path + ": format_version = " + std::to_string(m.format_version()) + ": this build reads " +
+                      std::to_string(kFormatVersion));
+  return m;
+}
+
+void verify_checkpoint(const std::string& dir, const CheckpointManifest& m) {
+  for (const auto& f : m.files()) {
+    const std::string path = join_path(dir, f.name());
+    if (!fs::is_regular_file(path)) throw ConfigError(path + ": missing (the manifest lists it)");
+    const SafetensorsReader rd(path);
+    auto fail = [&](const std::string& tensor, const std::string& what) {
+      throw ConfigError(path + ": tensor " + tensor + ": " + what);
+    };
+    for (const auto& t : f.tensors()) {
+      const TensorRecord* r = rd.find(t.name());
+      if (!r) fail(t.name(), "missing from the file (the manifest lists it)");
+      if (r->dtype != t.dtype()) fail(t.name(), "dtype " + r->dtype + " in the file, " + t.dtype() + " in the manifest");
+      const Shape want(t.shape().begin(), t.shape().end());
+      if (r->shape != want)
+        fail(t.name(), "shape " + shape_str(r->shape) + " in the file, " + shape_str(want) + " in the manifest");
+      if (r->begin != static_cast<uint64_t>(t.begin()) || r->end != static_cast<uint64_t>(t.end()))
+        fail(t.name(), "bytes [" + std::to_string(r->begin) + ", " + std::to_string(r->end) + ") in the file, [" +
+                           std::to_string(t.begin()) + ", " + std::to_string(t.end()) + ") in the manifest");
+    }
+    if (rd.tensors().size() != static_cast<size_t>(f.tensors_size()))
+      for (const auto& r : rd.tensors()) {
+        bool listed = false;
+        for (const auto& t : f.tensors()) listed = listed || t.name() == r.name;
+        if (!listed) fail(r.name, "in the file but not in the manifest");
+      }
+    if (rd.file_bytes() != static_cast<uint64_t>(f.bytes()))
+      throw ConfigError(path + ": " + std::to_string(rd.file_bytes()) + " bytes, the manifest says " +
+                        std::to_string(f.bytes()));
+    for (const auto& t : f.tensors()) {
+      const uint32_t crc = rd.crc32(*rd.find(t.name()));
+      if (crc != t.crc32())
+        fail(t.name(), "CRC-32 " + hex32(crc) + ", the manifest says " + hex32(t.crc32()) + ": its bytes are corrupt");
+    }
+    const FileDigest d = rd.digest();
+    if (d.crc32 != f.crc32())
+      throw ConfigError(path + ": CRC-32 " + hex32(d.crc32) + ", the manifest says " + hex32(f.crc32()) +
+                        ": the header is corrupt");
+  }
+}
+
+void check_compatible(const Config& cfg, const CheckpointManifest& m, const std::string& dir) {
+  const Config& old = m.config();
+  const bool moe = cfg.moe().num_experts() > 0 || old.moe().num_experts() > 0;
+  const bool sparse = cfg.attention().kind() != switchyard::AttentionConfig::DENSE ||
+                      old.attention().kind() != switchyard::AttentionConfig::DENSE;
+  std::vector<std::string> fields = {"model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
+                                     "model.ffn_hidden", "model.seq_len", "moe.num_experts", "depth.every_n_layers",
+                                     "attention.kind",
+                                     // the model options: each changes the parameters or what a layer computes
+                                     "model.position", "model.norm", "model.activation", "model.bias",
+                                     "model.tie_embeddings"};
+  if (cfg.model().position() == switchyard::ModelConfig::ROPE || old.model().position() == switchyard::ModelConfig::ROPE)
+    fields.push_back("model.rope_base");  // no parameter, but the same weights would compute something else
+  if (moe) fields.insert(fields.end(), {"moe.every_n_layers", "moe.expert_hidden", "moe.shared_expert"});
+  if (sparse)
+    fields.insert(fields.end(), {"attention.last_n_layers", "attention.num_routing_heads", "attention.num_clusters",
+                                 "attention.share_centroids"});
+  for (const std::string& f : fields) {
+    const std::string mine = field_text(cfg, f), theirs = field_text(old, f);
+    if (mine != theirs)
+      throw ConfigError(join_path(dir, kManifest) + ": " + f + " = " + mine + " in this run, " + theirs +
+                        " in the checkpoint: a checkpoint loads only into the same model (the expert-parallel size "
+                        "may change)");
+  }
+}
+
+TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par,
+                           bool optimizer) {
+  CheckpointManifest m;
+  run_agreed(par, [&] {
+    m = read_manifest(dir);
+    if (rank_of(par) != 0) return;
+    check_compatible(cfg, m, dir);
+    verify_checkpoint(dir, m);
+    check_tensor_set(model, m, dir, optimizer);
+  });
+  Stager st(dir, m);
+  std::vector<std::pair<bool*, bool>> flags;
+  run_agreed(par, [&] {
+    for (Param* p : model.params().all()) {
+      auto need = [&](const std::string& name, const Shape& shape, const Tensor& value, const Tensor& m1,
+                      const Tensor& m2) {
+        st.need(name, shape, value);
+        if (!optimizer) return;
+        st.need(name + kMoment1, shape, m1);
+        st.need(name + kMoment2, shape, m2);
+      };
+      if (!p->expert()) {
+        need(p->name, p->shape, p->value, p->m, p->v);
+        continue;
+      }
+      for (int64_t i = 0; i < p->shape[0]; ++i)
+        need(expert_row(*p, p->row_begin + i), row_shape(*p), row(*p, p->value, i), row(*p, p->m, i),
+             row(*p, p->v, i));
+    }
+    for (const CentroidSetRef& c : model.centroid_sets()) {
+      st.need(c.prefix + ".mu", c.centroids->mu.shape(), c.centroids->mu);
+      st.need(c.prefix + ".sum", c.centroids->sum.shape(), c.centroids->sum);
+      st.need(c.prefix + ".count", c.centroids->count.shape(), c.centroids->count);
+      const auto e = std::find_if(m.centroids().begin(), m.centroids().end(),
+                                   [&](const auto& s) { return s.prefix() == c.prefix; });
+      if (e == m.centroids().end())
+        throw ConfigError(join_path(dir, kManifest) + ": centroid set " + c.prefix + " is missing");
+      flags.emplace_back(&c.centroids->initialized, e->initialized());
+    }
+    for (const auto& [name, t] : model.balance_biases()) st.need(name, t.shape(), t);
+  });
+  // Everything is read and checked: now the model changes.
+  for (auto& [dst, src] : st.staged()) dst.copy_from(src, model.ctx());
+  for (auto& [flag, v] : flags) *flag = v;
+  TrainState s;
+  s.step = m.step();
+  s.optimizer_step = m.optimizer_step();
+  s.tokens_seen = m.tokens_seen();
+  s.bad_steps = m.bad_steps();
+  s.data_position = m.data_position();
+  return s;
+}
+
+}  // namespace sy

@@ -1,0 +1,90 @@
+// Checkpoints: a directory per checkpoint (runtime/checkpoint_store.h has
+// where they live and how one is published) of safetensors files
+// (runtime/safetensors.h) and a text-format manifest (CheckpointManifest,
+// configs/switchyard.proto). What is written, and by which world rank (ep
+// ranks per expert-parallel group; the first group, ranks 0..ep-1, holds
+// every expert shard once):
+//
+//   model-dense.safetensors    rank 0  every dense parameter under its name ("h0.attn.qkv.w")
+//   optim-dense.safetensors    rank 0  their AdamW moments, "<name>.exp_avg" and
+//                                      "<name>.exp_avg_sq"; metadata "step": updates applied
+//   model-experts-0000s-of-0000E.safetensors
+//                              rank s  (s < ep) shard s's experts, each expert's row of each
+//                                      expert parameter under its GLOBAL index:
+//                                      "h1.moe.experts.w1.e5" is expert 5's w1, (C, H)
+//   optim-experts-0000s-of-0000E.safetensors
+//                              rank s  those rows' moments ("h1.moe.experts.w1.e5.exp_avg")
+//   routing.safetensors        rank 0  routing state: centroid sets "<prefix>.mu", ".sum",
+//                                      ".count"; balancing biases "h1.moe.router.balance_bias"
+//   manifest.pbtxt             rank 0, last: the resolved config, step, optimizer step, tokens
+//                                      seen, data position, seed, bad steps, centroid flags, and
+//                                      every file with its size, CRC-32 and tensors (name, dtype,
+//                                      shape, byte range, CRC-32)
+//
+// Tensor names do not depend on the expert-parallel size; only how they are
+// split into files does, and the manifest indexes that. So a checkpoint loads
+// at any ep that divides num_experts: each rank reads its own experts' rows
+// from whichever files hold them. Everything is f32 and copied through host
+// tensors, so a device backend adds copies and nothing else.
+//
+// What a resume restores, and why that is the whole state: parameters,
+// moments and the AdamW step; the step (the learning rate and every router
+// noise draw are functions of it and the seed); the sampler's position (its
+// whole state: windows are counter-based draws); centroids and balancing
+// biases. A resumed run's losses equal an uninterrupted run's, bit for bit,
+// at the same layout.
+#pragma once
+#include <functional>
+#include <string>
+
+#include "runtime/config.h"
+#include "runtime/model.h"
+#include "runtime/parallel.h"
+#include "runtime/startup.h"
+
+namespace sy {
+
+// Runs fn on every rank; if it throws on any, every rank throws AgreedError
+// (runtime/startup.h: the lowest failing rank's message, exit code 2 for a
+// ConfigError), so no rank has to end the job. par may be null (one rank: a
+// ConfigError becomes an AgreedError too).
+void run_agreed(ParallelContext* par, const std::function<void()>& fn);
+
+// The trainer's counters that a checkpoint carries.
+struct TrainState {
+  int64_t step = 0;            // steps completed
+  int64_t optimizer_step = 0;  // AdamW updates applied
+  int64_t tokens_seen = 0;
+  int64_t bad_steps = 0;       // skipped for non-finite values, in all
+  uint64_t data_position = 0;  // training batches drawn
+};
+
+// Collective over every rank: writes the checkpoint of state.step under root,
+// publishes it as `latest`, keeps the newest `keep` (0: all). Returns its
+// directory.
+std::string save_checkpoint(const std::string& root, const Config& cfg, Transformer& model, const TrainState& state,
+                            ParallelContext* par, int keep);
+
+// dir/manifest.pbtxt, parsed (ConfigError naming it).
+switchyard::CheckpointManifest read_manifest(const std::string& dir);
+
+// Every file against the manifest: present, header tensors as listed (names,
+// dtypes, shapes, byte ranges), size, each tensor's CRC-32 and the file's.
+// ConfigError naming the file and the tensor.
+void verify_checkpoint(const std::string& dir, const switchyard::CheckpointManifest& m);
+
+// cfg's model against the checkpoint's: ConfigError naming the first field
+// that changes a parameter's shape or the model's layers. (The
+// expert-parallel size may change; the config refuses one that does not
+// divide moe.num_experts.)
+void check_compatible(const Config& cfg, const switchyard::CheckpointManifest& m, const std::string& dir);
+
+// Collective: rank 0 checks compatibility and verifies every file (agreed:
+// a refusal is an AgreedError on every rank); then every rank reads what it
+// holds (dense parameters, its experts' rows, the routing state and, with
+// `optimizer`, the moments), checks every tensor's dtype and shape, and only
+// then writes into the model. Returns the counters.
+TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par,
+                           bool optimizer);
+
+}  // namespace sy

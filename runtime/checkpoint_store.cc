@@ -1,0 +1,112 @@
+#include "runtime/checkpoint_store.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include "core/error.h"
+
+namespace sy {
+
+namespace fs = std::filesystem;
+
+std::string step_dir_name(int64_t step) {
+  char b[32];
+  std::snprintf(b, sizeof b, "step_%08lld", static_cast<long long>(step));
+  return b;
+}
+
+std::string join_path(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(path + ": cannot open to fsync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw Error(path + ": fsync failed: " + std::strerror(err));
+}
+
+namespace {
+
+void rename_or_throw(const std::string& from, const std::string& to) {
+  if (std::rename(from.c_str(), to.c_str()) != 0)
+    throw Error("cannot rename " + from + " to " + to + ": " + std::strerror(errno));
+}
+
+std::string read_latest(const std::string& root) {
+  std::ifstream in(join_path(root, "latest"));
+  std::string name;
+  std::getline(in, name);
+  return name;
+}
+
+}  // namespace
+
+void publish_checkpoint(const std::string& root, const std::string& tmp_name, const std::string& name) {
+  const std::string tmp = join_path(root, tmp_name), final_dir = join_path(root, name);
+  fsync_path(tmp);
+  std::string aside;
+  if (fs::exists(final_dir)) {
+    aside = join_path(root, "." + name + ".replaced");
+    fs::remove_all(aside);
+    rename_or_throw(final_dir, aside);
+  }
+  rename_or_throw(tmp, final_dir);
+  fsync_path(root);
+  const std::string latest_tmp = join_path(root, "latest.tmp");
+  {
+    std::ofstream out(latest_tmp, std::ios::trunc);
+    out << name << "\n";
+    if (!out.flush()) throw Error(latest_tmp + ": cannot write");
+  }
+  fsync_path(latest_tmp);
+  rename_or_throw(latest_tmp, join_path(root, "latest"));
+  fsync_path(root);
+  if (!aside.empty()) fs::remove_all(aside);
+}
+
+void prune_checkpoints(const std::string& root, int keep) {
+  if (keep <= 0) return;
+  const std::string latest = read_latest(root);
+  struct Entry {
+    fs::file_time_type written;
+    std::string name;
+  };
+  std::vector<Entry> found;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const std::string n = e.path().filename().string();
+    if (!e.is_directory() || n.rfind("step_", 0) != 0) continue;
+    std::error_code ec;
+    const auto t = fs::last_write_time(e.path() / "manifest.pbtxt", ec);
+    if (!ec) found.push_back({t, n});
+  }
+  // Newest first: by write time, then by name (step) for equal times.
+  std::sort(found.begin(), found.end(), [](const Entry& a, const Entry& b) {
+    return a.written != b.written ? a.written > b.written : a.name > b.name;
+  });
+  for (size_t i = static_cast<size_t>(keep); i < found.size(); ++i)
+    if (found[i].name != latest) fs::remove_all(join_path(root, found[i].name));
+}
+
+std::string resolve_checkpoint(const std::string& spec, const std::string& root) {
+  auto via_latest = [](const std::string& dir) {
+    const std::string name = read_latest(dir);
+    if (name.empty())
+      throw ConfigError(join_path(dir, "latest") + ": no checkpoint to resume from (missing or empty)");
+    return join_path(dir, name);
+  };
+  if (spec == "latest") return via_latest(root);
+  if (fs::is_regular_file(join_path(spec, "manifest.pbtxt"))) return spec;
+  if (fs::is_regular_file(join_path(spec, "latest"))) return via_latest(spec);
+  throw ConfigError(spec + ": not a checkpoint (no manifest.pbtxt) nor a checkpoint directory (no latest)");
+}
+
+}  // namespace sy

@@ -1,0 +1,38 @@
+// Where checkpoints live and how one is published; runtime/checkpoint.h
+// writes what goes inside.
+//
+//   <root>/step_00000120/        one checkpoint: manifest.pbtxt and safetensors files
+//   <root>/.step_00000120.tmp/   one being written (never read)
+//   <root>/latest                the newest checkpoint's directory name, one text line
+//
+// Publishing: every file is fsynced by the rank that wrote it, then the
+// temporary directory; it is renamed to its final name (a checkpoint of the
+// same name, from an abandoned run, is moved aside first and deleted after),
+// the root is fsynced, and `latest` is replaced the same way (latest.tmp,
+// fsync, rename, fsync of the root). A crash at any point leaves `latest`
+// naming a complete checkpoint, or no `latest`.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace sy {
+
+std::string step_dir_name(int64_t step);  // "step_00000120"
+std::string join_path(const std::string& dir, const std::string& name);
+
+// fsync of a file or a directory; throws Error naming it.
+void fsync_path(const std::string& path);
+
+// Renames root/tmp_name to root/name, fsyncs, then points `latest` at it.
+void publish_checkpoint(const std::string& root, const std::string& tmp_name, const std::string& name);
+
+// Deletes all but the `keep` most recently written checkpoints under root
+// (never the one `latest` names); keep = 0 keeps all.
+void prune_checkpoints(const std::string& root, int keep);
+
+// The checkpoint directory `spec` means: "latest" (root/latest), a directory
+// holding manifest.pbtxt, or a checkpoint root holding `latest`. ConfigError
+// naming what is missing otherwise.
+std::string resolve_checkpoint(const std::string& spec, const std::string& root);
+
+}  // namespace sy

@@ -1,0 +1,78 @@
+#include "runtime/generate.h"
+
+#include "core/philox.h"
+
+namespace sy {
+
+bool causal(const Config& cfg, std::string* why) {
+  auto no = [&](const char* reason) {
+    if (why) *why = reason;
+    return false;
+  };
+  const auto& e = cfg.moe();
+  if (e.num_experts() > 0 && e.router() == switchyard::MoeConfig::EXPERT_CHOICE)
+    return no("moe.router EXPERT_CHOICE looks at the whole window");
+  if (e.num_experts() > 0 && !e.dropless() && e.slot_priority() == switchyard::MoeConfig::SCORE)
+    return no("moe.slot_priority SCORE lets later tokens take an expert's slots");
+  if (cfg.attention().kind() == switchyard::AttentionConfig::ROUTED &&
+      cfg.attention().assignment() == switchyard::AttentionConfig::BALANCED)
+    return no("attention.assignment BALANCED looks at the whole window");
+  if (cfg.depth().every_n_layers() > 0 && !cfg.depth().predictor_at_eval())
+    return no("depth.predictor_at_eval false routes by top-k over the window");
+  return true;
+}
+
+std::string generate(Transformer& model, const Config& cfg, const std::string& prompt, int n,
+                     const ops::SamplingParams& sp, uint64_t seed, GenerationRouting* routing) {
+  const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
+  std::string text = prompt.empty() ? std::string("\n") : prompt;
+  if (routing) {
+    *routing = GenerationRouting{};
+    for (const auto& [l, layer] : model.moe_layers())
+      routing->moe.push_back({l, std::vector<int64_t>(cfg.moe().num_experts(), 0), 0, 0});
+    for (size_t l = 0; l < model.blocks().size(); ++l)
+      if (model.blocks()[l].depth()) routing->depth.push_back({static_cast<int>(l), 0, 0});
+  }
+  for (int i = 0; i < n; ++i) {
+    const int64_t len = std::min<int64_t>(static_cast<int64_t>(text.size()), T);
+    const int64_t last = len - 1;  // the window's position whose next byte is drawn
+    Batch b;
+    b.inputs.assign(T, 0);
+    b.targets.assign(T, 0);
+    for (int64_t t = 0; t < len; ++t)
+      b.inputs[t] = static_cast<unsigned char>(text[text.size() - len + t]);
+    model.forward(b);
+    const Tensor probs = model.probs().rows(last, last + 1).reshape({V}).to(host_ctx());
+    const RandomKey key{seed, random_stream(RandomPurpose::sample), 0, 0};
+    const float u = bits_to_uniform(random_bits(key, text.size()).v[0]);
+    text += static_cast<char>(ops::sample_token(host_ctx(), probs, sp, u));
+    if (!routing) continue;
+    // Where this position went: a depth-routed block's MoE layer sees only
+    // the kept tokens, in position order, so there `last` is its rank among them.
+    for (GenerationRouting::Depth& d : routing->depth) {
+      ++d.tokens;
+      d.kept += model.blocks()[d.layer].depth()->route().row(last) >= 0;
+    }
+    for (size_t m = 0; m < routing->moe.size(); ++m) {
+      GenerationRouting::Moe& s = routing->moe[m];
+      int64_t item = last;
+      if (const DepthRouter* d = model.blocks()[s.layer].depth()) {
+        if (d->route().row(last) < 0) continue;
+        item = 0;
+        for (int64_t t = 0; t < last; ++t) item += d->route().row(t) >= 0;
+      }
+      const ops::Route& r = model.moe_layers()[m].second->route();
+      ++s.tokens;
+      for (int64_t j = 0; j < r.k; ++j) {
+        const int64_t a = item * r.k + j;
+        const int32_t g = r.group.data<int32_t>()[a];
+        if (g < 0) continue;
+        ++s.load[g];
+        s.dropped += r.row(a) < 0;
+      }
+    }
+  }
+  return text;
+}
+
+}  // namespace sy

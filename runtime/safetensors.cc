@@ -1,0 +1,241 @@
+#include "runtime/safetensors.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace sy {
+
+namespace {
+
+static_assert(sizeof(float) == 4 && sizeof(double) == 8, "IEEE-754 floats");
+
+bool little_endian() {
+  const uint16_t one = 1;
+  unsigned char b;
+  std::memcpy(&b, &one, 1);
+  return b == 1;
+}
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) { throw ConfigError(path + ": " + what); }
+
+// Element sizes of the format's dtypes (all of them, so a file with another
+// type is reported by name rather than as a broken header).
+int64_t element_bytes(const std::string& dtype) {
+  static const std::map<std::string, int64_t> sizes = {
+      {"BOOL", 1}, {"U8", 1}, {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I16", 2}, {"U16", 2}, {"F16", 2},
+      {"BF16", 2}, {"I32", 4}, {"U32", 4}, {"F32", 4},    {"I64", 8},     {"U64", 8}, {"F64", 8}};
+  auto it = sizes.find(dtype);
+  return it == sizes.end() ? 0 : it->second;
+}
+
+bool dtype_from_name(const std::string& s, DType& t) {
+  for (DType d : {DType::f32, DType::bf16, DType::i32, DType::i64, DType::f64})
+    if (s == safetensors_dtype(d)) return t = d, true;
+  return false;
+}
+
+void write_all(int fd, const void* p, size_t n, const std::string& path) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, c, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail(path, std::string("write failed: ") + std::strerror(errno));
+    c += w, n -= static_cast<size_t>(w);
+  }
+}
+
+}  // namespace
+
+const char* safetensors_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::bf16: return "BF16";
+    case DType::i32: return "I32";
+    case DType::i64: return "I64";
+    case DType::f64: return "F64";
+  }
+  return "?";
+}
+
+uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;  // reflected 0x04C11DB7
+      t[i] = c;
+    }
+    return t;
+  }();
+  const auto* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+FileDigest write_safetensors(const std::string& path, const NamedTensors& tensors,
+                             const std::map<std::string, std::string>& metadata) {
+  SY_CHECK(little_endian(), "safetensors: this writer assumes a little-endian host");
+  nlohmann::json header = nlohmann::json::object();
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    SY_CHECK(t.device().is_cpu(), "safetensors: " << name << " is not a host tensor");
+    SY_CHECK(!header.contains(name) && name != "__metadata__", "safetensors: duplicate tensor name " << name);
+    header[name] = {{"dtype", safetensors_dtype(t.dtype())},
+                    {"shape", t.shape()},
+                    {"data_offsets", {offset, offset + t.nbytes()}}};
+    offset += t.nbytes();
+  }
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+  const uint64_t n = text.size();
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail(path, std::string("cannot create: ") + std::strerror(errno));
+  FileDigest d;
+  auto put = [&](const void* p, size_t bytes) {
+    write_all(fd, p, bytes, path);
+    d.crc32 = crc32_update(d.crc32, p, bytes);
+    d.bytes += bytes;
+  };
+  put(len, 8);
+  put(text.data(), text.size());
+  for (const auto& [name, t] : tensors) {
+    put(t.raw(), t.nbytes());
+    d.tensor_crc32.push_back(crc32_update(0, t.raw(), t.nbytes()));
+  }
+  if (::fsync(fd) != 0) fail(path, std::string("fsync failed: ") + std::strerror(errno));
+  if (::close(fd) != 0) fail(path, std::string("close failed: ") + std::strerror(errno));
+  return d;
+}
+
+SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
+  SY_CHECK(little_endian(), "safetensors: this reader assumes a little-endian host");
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) fail(path, "missing or unreadable");
+  file_bytes_ = static_cast<uint64_t>(in.tellg());
+  if (file_bytes_ < 8) fail(path, "truncated: " + std::to_string(file_bytes_) + " bytes, not even a header length");
+  in.seekg(0);
+  unsigned char len[8];
+  in.read(reinterpret_cast<char*>(len), 8);
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
+  if (n > (100u << 20) || n > file_bytes_ - 8)
+    fail(path, "truncated or not safetensors: header of " + std::to_string(n) + " bytes in a file of " +
+                   std::to_string(file_bytes_));
+  std::string text(n, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(n));
+  if (!in) fail(path, "cannot read the header");
+  data_start_ = 8 + n;
+  nlohmann::json h;
+  try {
+    h = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception&) {
+    fail(path, "header is not JSON (truncated or not safetensors)");
+  }
+  if (!h.is_object()) fail(path, "header is not a JSON object");
+  for (auto it = h.begin(); it != h.end(); ++it) {
+    const std::string& name = it.key();
+    const nlohmann::json& v = it.value();
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail(path, "__metadata__ is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string()) fail(path, "__metadata__ " + m.key() + " is not a string");
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = "tensor " + name;
+    TensorRecord r;
+    r.name = name;
+    if (!v.is_object() || !v.contains("dtype") || !v["dtype"].is_string() || !v.contains("shape") ||
+        !v["shape"].is_array() || !v.contains("data_offsets") || !v["data_offsets"].is_array() ||
+        v["data_offsets"].size() != 2)
+      fail(path, where + ": entry lacks dtype, shape or data_offsets");
+    r.dtype = v["dtype"].get<std::string>();
+    int64_t numel = 1;
+    for (const auto& d : v["shape"]) {
+      if (!d.is_number_unsigned()) fail(path, where + ": shape holds a negative or non-integer size");
+      r.shape.push_back(d.get<int64_t>());
+      numel *= r.shape.back();
+    }
+    for (const auto& o : v["data_offsets"])
+      if (!o.is_number_unsigned()) fail(path, where + ": data_offsets are not non-negative integers");
+    r.begin = v["data_offsets"][0].get<uint64_t>();
+    r.end = v["data_offsets"][1].get<uint64_t>();
+    const int64_t eb = element_bytes(r.dtype);
+    if (eb == 0) fail(path, where + ": unknown dtype " + r.dtype);
+    if (r.end < r.begin || r.end - r.begin != static_cast<uint64_t>(numel * eb))
+      fail(path, where + ": data_offsets [" + std::to_string(r.begin) + ", " + std::to_string(r.end) +
+                     ") do not hold " + r.dtype + " " + shape_str(r.shape));
+    tensors_.push_back(std::move(r));
+  }
+  // The tensors tile the data region exactly.
+  std::vector<const TensorRecord*> order;
+  for (const auto& t : tensors_) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->begin < b->begin; });
+  uint64_t at = 0;
+  for (const TensorRecord* t : order) {
+    if (t->begin != at)
+      fail(path, "tensor " + t->name + ": data starts at " + std::to_string(t->begin) + ", expected " +
+                     std::to_string(at) + " (hole or overlap)");
+    at = t->end;
+  }
+  if (data_start_ + at != file_bytes_)
+    fail(path, (data_start_ + at > file_bytes_ ? "truncated: " : "trailing bytes: ") + std::to_string(file_bytes_) +
+                   " bytes, the header describes " + std::to_string(data_start_ + at) +
+                   (order.empty() ? std::string() : " (last tensor " + order.back()->name + ")"));
+}
+
+const TensorRecord* SafetensorsReader::find(const std::string& name) const {
+  for (const auto& t : tensors_)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+Tensor SafetensorsReader::read(const TensorRecord& r) const {
+  DType dt;
+  if (!dtype_from_name(r.dtype, dt)) fail(path_, "tensor " + r.name + ": dtype " + r.dtype + " cannot be loaded");
+  Tensor t = Tensor::empty(r.shape, dt, host_ctx());
+  std::ifstream in(path_, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(data_start_ + r.begin));
+  in.read(static_cast<char*>(t.raw()), static_cast<std::streamsize>(t.nbytes()));
+  if (!in) fail(path_, "tensor " + r.name + ": cannot read its bytes (file changed while reading?)");
+  return t;
+}
+
+uint32_t SafetensorsReader::crc32(const TensorRecord& r) const {
+  std::ifstream in(path_, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(data_start_ + r.begin));
+  std::vector<char> buf(r.end - r.begin);
+  in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+  if (!in) fail(path_, "tensor " + r.name + ": cannot read its bytes (file changed while reading?)");
+  return crc32_update(0, buf.data(), buf.size());
+}
+
+FileDigest SafetensorsReader::digest() const {
+  std::ifstream in(path_, std::ios::binary);
+  FileDigest d;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const auto got = static_cast<size_t>(in.gcount());
+    d.crc32 = crc32_update(d.crc32, buf.data(), got);
+    d.bytes += got;
+  }
+  return d;
+}
+
+}  // namespace sy

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""PyTorch peers of bench_ops's MoE rows, on the same GPU in the same call
+(scripts/gpu_check.sh runs this): what a user would write instead.
+
+  gating:  softmax + top-2 over 65536 x 64 fp32 logits (logits read once)
+  moe:     a per-expert loop at T=16384, d=1024, hidden 4096, 64 experts, top-2,
+           capacity factor 1.25 (tokens over capacity dropped), bf16, GELU (tanh)
+  dense:   the FFN of equal active FLOPs (hidden 8192), bf16
+Forward and forward+backward, median of CUDA-event timings after warm-up.
+"""
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+
+
+def median_ms(fn, warmup=3, iters=10):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--json", default="")
+    args = p.parse_args()
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    rows = []
+
+    logits = torch.randn(65536, 64, device=dev)
+    def gating():
+        probs = torch.softmax(logits, dim=-1)
+        return torch.topk(probs, 2, dim=-1)
+    ms = median_ms(gating, iters=50)
+    rows.append({"case": "gating softmax+top2 65536x64 fp32", "ms": ms, "gb_s": logits.numel() * 4 / ms / 1e6})
+
+    T, d, h, E, k, cf = 16384, 1024, 4096, 64, 2, 1.25
+    dt = torch.bfloat16
+    x = torch.randn(T, d, device=dev, dtype=dt, requires_grad=True)
+    wg = (torch.randn(d, E, device=dev) * 0.02).requires_grad_()
+    w1 = (torch.randn(E, d, h, device=dev, dtype=dt) * 0.02).requires_grad_()
+    w2 = (torch.randn(E, h, d, device=dev, dtype=dt) * 0.02).requires_grad_()
+    cap = int(cf * T * k / E)
+
+    def moe_forward():
+        probs = torch.softmax(x.float() @ wg, dim=-1)
+        w, idx = torch.topk(probs, k, dim=-1)
+        y = torch.zeros_like(x)
+        for e in range(E):
+            tok, slot = (idx == e).nonzero(as_tuple=True)
+            tok, slot = tok[:cap], slot[:cap]  # by position: first come, first served
+            if tok.numel() == 0:
+                continue
+            hdn = F.gelu(x[tok] @ w1[e], approximate="tanh")
+            y.index_add_(0, tok, (hdn @ w2[e]) * w[tok, slot].unsqueeze(1).to(dt))
+        return y
+
+    dy = torch.randn(T, d, device=dev, dtype=dt)
+    ms_f = median_ms(lambda: moe_forward())
+    ms_fb = median_ms(lambda: moe_forward().backward(dy))
+    flops = 2.0 * T * k * (2 * d * h)
+    rows.append({"case": "moe per-expert loop fwd", "ms": ms_f, "tflops": flops / ms_f / 1e9})
+    rows.append({"case": "moe per-expert loop fwd+bwd", "ms": ms_fb, "tflops": 3 * flops / ms_fb / 1e9})
+
+    d1 = (torch.randn(d, 2 * h, device=dev, dtype=dt) * 0.02).requires_grad_()
+    d2 = (torch.randn(2 * h, d, device=dev, dtype=dt) * 0.02).requires_grad_()
+    dense = lambda: F.gelu(x @ d1, approximate="tanh") @ d2
+    ms_df = median_ms(dense)
+    ms_dfb = median_ms(lambda: dense().backward(dy))
+    rows.append({"case": "dense FFN h8192 fwd", "ms": ms_df, "tflops": flops / ms_df / 1e9})
+    rows.append({"case": "dense FFN h8192 fwd+bwd", "ms": ms_dfb, "tflops": 3 * flops / ms_dfb / 1e9})
+
+    print(f"PyTorch {torch.__version__} on {torch.cuda.get_device_name()}")
+    for r in rows:
+        extra = f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else f"{r['gb_s']:.0f} GB/s"
+        print(f"{r['case']:40s} {r['ms']:10.3f} ms  {extra}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

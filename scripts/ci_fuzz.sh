@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Fuzzing in CI: builds the libFuzzer targets (fuzz/, clang, ASan + UBSan,
+# CUDA off) in build-fuzz/ and runs each for FUZZ_SECONDS (default 60) from
+# its committed seed corpus (fuzz/corpus/<target>/; config_fuzz also reads
+# configs/*.pbtxt and a dictionary printed from the schema). New inputs go to
+# build-fuzz/corpus/<target>/, never into the committed seeds.
+#
+# A finding (crash, sanitizer report, leak, an input slower than 10 s or over
+# 2 GB) fails the run; the input is kept in build-fuzz/findings/ and printed
+# in base64 so it can be replayed from the log:
+#   base64 -d > crash && build-fuzz/bin/<target> crash
+# Run after scripts/setup.sh (its packages); installs clang's if missing.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SECONDS_EACH=${FUZZ_SECONDS:-60}
+TARGETS=(config_fuzz data_fuzz)
+"$ROOT/scripts/install_missing.sh" clang libclang-rt-dev llvm
+BUILD=$ROOT/build-fuzz
+mkdir -p "$BUILD"
+start=$(date +%s)
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
+  -DSWITCHYARD_FUZZ=ON -DSWITCHYARD_CUDA=OFF > "$BUILD/configure.log" 2>&1 \
+  || { cat "$BUILD/configure.log"; exit 1; }
+cmake --build "$BUILD" -j "${JOBS:-$(nproc)}" --target "${TARGETS[@]}" config_fuzz_dict
+echo "fuzz: built in $(( $(date +%s) - start )) s"
+"$BUILD/bin/config_fuzz_dict" > "$BUILD/config.dict"
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
+fail=0
+for t in "${TARGETS[@]}"; do
+  work=$BUILD/corpus/$t findings=$BUILD/findings/$t
+  rm -rf "$findings"; mkdir -p "$work" "$findings"
+  opts=() seeds=("$ROOT/fuzz/corpus/$t")
+  if [ "$t" = config_fuzz ]; then opts=(-dict="$BUILD/config.dict"); seeds+=("$ROOT/configs"); fi
+  start=$(date +%s)
+  if "$BUILD/bin/$t" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+       -artifact_prefix="$findings/" "${opts[@]}" "$work" "${seeds[@]}" \
+       > "$BUILD/$t.log" 2>&1; then
+    echo "ok   $t: $(grep -m1 -o 'Done [0-9]* runs in [0-9]* second(s)' "$BUILD/$t.log"), $(ls "$work" | wc -l) inputs in its corpus, $(( $(date +%s) - start )) s"
+  else
+    fail=1
+    echo "FAIL $t: a finding (log: $BUILD/$t.log)"
+    grep -v -E '^#[0-9]+' "$BUILD/$t.log" | tail -60
+    for f in "$findings"/*; do
+      [ -f "$f" ] || continue
+      echo "--- $f ($(stat -c %s "$f") bytes), base64:"; base64 "$f"
+    done
+  fi
+done
+exit $fail

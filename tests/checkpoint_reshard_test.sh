@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Checkpoints reshard: experts are stored under their global index, so a
+# checkpoint written at EP=4 on 4 ranks resumes at EP=2 on 2 ranks, that one's
+# at EP=1 on 1 rank, and a 1-rank checkpoint at EP=4 on 4 ranks; dropless,
+# noise off, every resumed step's loss equals the writing run's to 1e-6
+# relative (the global batch is drawn whole, so the data stream continues at
+# another world size). Layouts that cannot work are refused with one line
+# naming the field: an EP size that does not divide num_experts, a changed
+# model shape.
+#   checkpoint_reshard_test.sh TRAIN_SWITCH SOURCE_DIR MPIRUN
+set -u
+BIN=$1; SRC=$2; MPIRUN=$3
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+cd "$tmp"
+args=(--config "$SRC/configs/switch_tiny.pbtxt" --set train.steps=9 --set train.warmup_steps=2 --set train.log_interval=1
+      --set train.eval_interval=0 --set train.eval_batches=1 --set train.batch=8 --set train.checkpoint_interval=3
+      --set train.keep_checkpoints=0 --set data.synthetic_bytes=50000 --set moe.dropless=true --set moe.jitter=0
+      --set moe.router_noise=0)
+mpi() { local np=$1; shift; "$MPIRUN" --oversubscribe -np "$np" "$BIN" --set parallel.timeout_s=120 "$@"; }
+fail=0
+# compare NAME REFERENCE.jsonl RESUMED.jsonl FIRST_STEP
+compare() {
+  python3 - "$@" <<'PY' || fail=1
+import json, sys
+name, ref, got, first = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+want = {json.loads(l)["step"]: json.loads(l)["loss"] for l in open(ref)}
+have = [json.loads(l) for l in open(got)]
+steps = [h["step"] for h in have]
+if steps != list(range(first, 10)):
+    sys.exit(f"FAIL {name}: resumed steps {steps}, want {first}..9")
+worst = max(abs(h["loss"] - want[h["step"]]) / abs(want[h["step"]]) for h in have)
+if worst > 1e-6:
+    sys.exit(f"FAIL {name}: worst relative loss difference {worst:.2e} > 1e-6")
+print(f"ok   {name}: steps {first}-9, worst relative loss difference {worst:.2e}")
+PY
+}
+mpi 4 "${args[@]}" --set parallel.expert_parallel=4 --set train.checkpoint_dir=ep4 --metrics ep4.jsonl > ep4.log 2>&1 \
+  || { echo "FAIL EP=4 run"; cat ep4.log; exit 1; }
+mpi 2 --resume ep4/step_00000003 --set parallel.expert_parallel=2 --set train.checkpoint_dir=ep2 --metrics ep2.jsonl > ep2.log 2>&1 \
+  && compare "EP=4 on 4 ranks -> EP=2 on 2 ranks" ep4.jsonl ep2.jsonl 4 || { echo "FAIL EP=2 resume"; cat ep2.log; fail=1; }
+"$BIN" --resume ep2/step_00000006 --set parallel.expert_parallel=1 --set train.checkpoint_dir=ep1 --metrics ep1.jsonl > ep1.log 2>&1 \
+  && compare "-> EP=1 on 1 rank" ep4.jsonl ep1.jsonl 7 || { echo "FAIL EP=1 resume"; cat ep1.log; fail=1; }
+"$BIN" "${args[@]}" --set train.checkpoint_dir=one --metrics one.jsonl > one.log 2>&1 || { echo "FAIL 1-rank run"; cat one.log; exit 1; }
+mpi 4 --resume one/step_00000003 --set parallel.expert_parallel=4 --set train.checkpoint_dir=up4 --metrics up4.jsonl > up4.log 2>&1 \
+  && compare "EP=1 on 1 rank -> EP=4 on 4 ranks" one.jsonl up4.jsonl 4 || { echo "FAIL EP=4 resume"; cat up4.log; fail=1; }
+grep -c "experts-0000[0-3]-of-00004" ep4/step_00000003/manifest.pbtxt > /dev/null || { echo "FAIL: no 4-way expert files"; fail=1; }
+
+refuse() {  # name, needle, command...
+  local name=$1 needle=$2; shift 2
+  "$@" > "$name.out" 2> "$name.err"; local rc=$?
+  if [ $rc -ne 2 ] || [ "$(wc -l < "$name.err")" -ne 1 ] || ! grep -qF -- "$needle" "$name.err"; then
+    echo "FAIL $name: exit $rc, stderr:"; cat "$name.err"; fail=1
+  else echo "ok   $name refused: $(cat "$name.err")"; fi
+}
+refuse ep3 "parallel.expert_parallel = 3: must divide moe.num_experts = 8" \
+  "$BIN" --resume one/step_00000003 --set parallel.expert_parallel=3
+refuse layers "model.n_layers = 3 in this run, 2 in the checkpoint" \
+  "$BIN" --resume one/step_00000003 --set model.n_layers=3
+refuse experts "moe.num_experts = 4 in this run, 8 in the checkpoint" \
+  "$BIN" --resume one/step_00000003 --set moe.num_experts=4
+refuse width "model.d_model = 32 in this run, 64 in the checkpoint" \
+  "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --resume one/step_00000003 --set model.d_model=32
+exit $fail
