@@ -3,8 +3,9 @@
 # on the synthetic long-range copy task (gaps 48-160 bytes, sequences of 256,
 # local window 32), 2 local + 2 routing heads against 4 local heads, at equal
 # steps (docs/experiments/routed-attention.md, "With rotary positions").
-# $STEPS steps of 32 sequences each (default 1500: what fits in about 50
-# minutes of one core each on a loaded 2-core machine), seed 1234, the two
+# $STEPS steps of 32 sequences each (default 1500: about 50 minutes of one
+# core each on an otherwise idle 2-core machine, ~90 under a load average of
+# 15; the runs in the doc were stopped after step 1000), seed 1234, the two
 # runs side by side. The runs go to $RUNS (default build/runs);
 # docs/routed_vs_local_rope.csv is extracted from them and
 # docs/routed_vs_local_rope.png drawn from it. Run from the repo root after
