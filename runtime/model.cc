@@ -234,6 +234,7 @@ float Transformer::forward(const Batch& batch) {
     check(h, static_cast<int>(l) + 1);
   }
   Tensor logits = head_->forward(ln_f_->forward(h));
+  logits_ = logits;
   probs_ = Tensor::empty(logits.shape(), DType::f32, ctx_);
   const float loss = ops::cross_entropy_forward(ctx_, {probs_, logits, targets_});
   check(logits, static_cast<int>(blocks_.size()) + 1);

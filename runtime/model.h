@@ -105,7 +105,8 @@ class Transformer {
   // ("h<l>.moe.router.balance_bias", (G): the model's own tensor, a view).
   std::vector<CentroidSetRef> centroid_sets();
   std::vector<std::pair<std::string, Tensor>> balance_biases();
-  // The last forward's next-byte probabilities, (N, V).
+  // The last forward's next-byte logits and probabilities, (N, V).
+  const Tensor& logits() const { return logits_; }
   const Tensor& probs() const { return probs_; }
   // The forward of `batch` with every part's output checked: -1 when all are
   // finite, else the first that is not: 0 the embedding, 1 + l block l,
@@ -135,7 +136,7 @@ class Transformer {
   // saved
   Tensor inputs_, targets_;  // (B*T) i32
   int64_t B_ = 0;
-  Tensor probs_;
+  Tensor logits_, probs_;
   bool training_ = true;
   bool check_finite_ = false;
   int first_nonfinite_ = -1;
