@@ -2,7 +2,9 @@
 //
 //   out[n, :] = wte[tok[n], :] + wpe[n mod T, :]        n = b*T + t
 //
-// Shapes: tok (B*T) i32, wte (V, C), wpe (maxT, C), out (B*T, C).
+// Shapes: tok (B*T) i32, wte (V, C), wpe (maxT, C), out (B*T, C). wpe may be
+// undefined (rotary positions: model.position ROPE): out[n] = wte[tok[n]],
+// and dwpe is undefined too.
 // Backward: dwte[tok[n]] += dout[n]; dwpe[t] += dout[n]. Gradients accumulate.
 #pragma once
 #include "core/tensor.h"
@@ -13,13 +15,13 @@ struct EmbeddingArgs {
   Tensor& out;
   const Tensor& tokens;
   const Tensor& wte;
-  const Tensor& wpe;
+  const Tensor& wpe;  // undefined: no position table
   int64_t T;  // sequence length: position of row n is n mod T
 };
 
 struct EmbeddingBackwardArgs {
   Tensor& dwte;
-  Tensor& dwpe;
+  Tensor& dwpe;  // undefined when wpe is
   const Tensor& dout;
   const Tensor& tokens;
   int64_t T;

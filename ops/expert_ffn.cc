@@ -6,7 +6,7 @@
 
 namespace sy::ops {
 
-ExpertLayout::ExpertLayout(int64_t d, std::vector<int64_t> h) : D(d), hidden(std::move(h)) {
+ExpertLayout::ExpertLayout(int64_t d, std::vector<int64_t> h, FfnActivation a) : D(d), hidden(std::move(h)), act(a) {
   start_.assign(hidden.size() + 1, 0);
   for (size_t g = 0; g < hidden.size(); ++g) {
     SY_CHECK(hidden[g] > 0, "expert " << g << " has hidden width " << hidden[g]);
@@ -16,7 +16,7 @@ ExpertLayout::ExpertLayout(int64_t d, std::vector<int64_t> h) : D(d), hidden(std
 
 int64_t ExpertLayout::pre_offset(const std::vector<int32_t>& offset, int64_t g) const {
   int64_t p = 0;
-  for (int64_t h = 0; h < g; ++h) p += static_cast<int64_t>(offset[h + 1] - offset[h]) * hidden[h];
+  for (int64_t h = 0; h < g; ++h) p += static_cast<int64_t>(offset[h + 1] - offset[h]) * width(h);
   return p;
 }
 
@@ -28,19 +28,25 @@ namespace {
 void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int32_t>& offset, const ExpertLayout& l,
            const ExpertWeights& w) {
   const int64_t G = l.groups(), D = l.D, R = buf.dim(0);
-  SY_CHECK(w.w1.numel() == l.w_numel(), "expert w1 " << shape_str(w.w1.shape()) << " for " << G
-                                                     << " experts of d_model " << D << " and hidden " << l.total_hidden()
-                                                     << " in all");
-  SY_CHECK(w.b1.numel() == l.total_hidden(), "expert b1 " << shape_str(w.b1.shape()) << " for hidden "
-                                                          << l.total_hidden() << " in all");
-  SY_CHECK(w.w2.numel() == l.w_numel(), "expert w2 " << shape_str(w.w2.shape()) << " for " << G << " experts");
-  SY_CHECK(w.b2.numel() == G * D, "expert b2 " << shape_str(w.b2.shape()) << " for " << G << " experts of " << D);
+  const bool swiglu = l.act == FfnActivation::swiglu;
+  SY_CHECK(w.w1.numel() == l.w1_numel(), "expert w1" << (swiglu ? " (gate|up) " : " ") << shape_str(w.w1.shape())
+                                                      << " for " << G << " experts of d_model " << D << " and hidden "
+                                                      << l.total_hidden() << " in all");
+  SY_CHECK(w.w2.numel() == l.w2_numel(), "expert w2 " << shape_str(w.w2.shape()) << " for " << G << " experts");
+  SY_CHECK(w.b1.defined() == w.b2.defined(), "expert biases: b1 and b2 are both given or both absent");
+  if (w.b1.defined()) {
+    SY_CHECK(w.b1.numel() == l.total_width(), "expert b1 " << shape_str(w.b1.shape()) << " for "
+                                                           << l.total_width() << " pre-activation columns in all");
+    SY_CHECK(w.b2.numel() == G * D, "expert b2 " << shape_str(w.b2.shape()) << " for " << G << " experts of " << D);
+  }
   check_shape(buf, {R, D}, "expert buffer");
   SY_CHECK(static_cast<int64_t>(offset.size()) == G + 1 && offset[0] == 0 && offset[G] == R,
            "expert offsets: " << offset.size() << " entries, last " << offset.back() << ", buffer rows " << R);
   SY_CHECK(pre.numel() == l.pre_numel(offset),
            "expert pre-activation " << shape_str(pre.shape()) << " for " << l.pre_numel(offset) << " values");
   check_device(ctx, "expert_ffn", {&buf, &pre, &w.w1, &w.b1, &w.w2, &w.b2});
+  if ((swiglu || !w.b1.defined()) && !ctx.device.is_cpu())
+    no_cuda_kernel("expert_ffn with SwiGLU or without biases");
 }
 }  // namespace
 
@@ -56,9 +62,13 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   check_shape(a.dout, a.buf.shape(), "expert dout");
   check_shape(a.dbuf, a.buf.shape(), "expert dbuf");
   check_shape(a.dw.w1, a.w.w1.shape(), "expert dw1");
-  check_shape(a.dw.b1, a.w.b1.shape(), "expert db1");
   check_shape(a.dw.w2, a.w.w2.shape(), "expert dw2");
-  check_shape(a.dw.b2, a.w.b2.shape(), "expert db2");
+  SY_CHECK(a.dw.b1.defined() == a.w.b1.defined() && a.dw.b2.defined() == a.w.b2.defined(),
+           "expert bias gradients are given exactly when the biases are");
+  if (a.w.b1.defined()) {
+    check_shape(a.dw.b1, a.w.b1.shape(), "expert db1");
+    check_shape(a.dw.b2, a.w.b2.shape(), "expert db2");
+  }
   check_device(ctx, "expert_ffn_backward", {&a.dbuf, &a.dout, &a.dw.w1, &a.dw.b1, &a.dw.w2, &a.dw.b2});
   SY_DISPATCH(ctx, expert_ffn_backward, ctx, a);
 }

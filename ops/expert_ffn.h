@@ -2,23 +2,33 @@
 // through expert g (a grouped GEMM: one GEMM pair per expert over its rows,
 // each expert with its own hidden width H_g).
 //
-//   pre = buf_g W1[g] + b1[g]     act = gelu(pre)     out_g = act W2[g] + b2[g]
+//   GELU:    pre = buf_g W1[g] + b1[g]   act = gelu(pre)                (ops/gelu.h)
+//   SWIGLU:  pre = buf_g W1[g] + b1[g]   act = silu(pre[:, :H_g]) * pre[:, H_g:]
+//            (ops/swiglu.h: W1[g] = [W_gate | W_up], one GEMM for both)
+//   out_g = act W2[g] + b2[g]
 //
-// Parameter layout (packed, expert-major; ExpertLayout computes the offsets):
-// with S_g = H_0 + ... + H_{g-1} (the hidden widths of the experts before g),
-//   W1: D*S_G floats; expert g's (D, H_g) block, row-major, at D*S_g
-//   b1: S_G floats;   expert g's (H_g) at S_g
+// Parameter layout (packed, expert-major; ExpertLayout computes the offsets).
+// P_g is expert g's pre-activation width: H_g (GELU) or 2 H_g (SWIGLU, gate
+// columns [0, H_g), up columns [H_g, 2 H_g)). With S_g = H_0 + ... + H_{g-1}
+// and Q_g = P_0 + ... + P_{g-1}:
+//   W1: D*Q_G floats; expert g's (D, P_g) block, row-major, at D*Q_g
+//   b1: Q_G floats;   expert g's (P_g) at Q_g
 //   W2: D*S_G floats; expert g's (H_g, D) block, row-major, at D*S_g
 //   b2: G*D floats;   expert g's (D) at g*D
 // The tensors may have any shape with these element counts: with equal widths
-// H this is exactly W1 (G, D, H), b1 (G, H), W2 (G, H, D), b2 (G, D).
+// H this is exactly W1 (G, D, P), b1 (G, P), W2 (G, H, D), b2 (G, D). b1 and
+// b2 may both be undefined Tensors (model.bias false): no biases, and their
+// gradients are undefined too. Hugging Face's Mixtral names per expert:
+// w1 = W_gate^T, w3 = W_up^T, w2 = W2^T.
 // Activations: buf, out (R, D); pre holds each expert's rows packed the same
-// way, expert g's (n_g, H_g) block at P_g = sum_{h<g} n_h H_h (n_g = offset[g+1]
-// - offset[g]), sum_g n_g H_g floats in all (ExpertLayout::pre_numel); saved for
-// backward. offset (G+1) with offset[G] = R and the widths are on the host
-// (GEMM shapes are host values: the Route's one device-to-host copy).
-// Backward (per expert, act and gelu'(pre) recomputed from pre in one pass):
-// the matmul and gelu backwards; dbuf and every weight gradient accumulate.
+// way, expert g's (n_g, P_g) block at sum_{h<g} n_h P_h (n_g = offset[g+1] -
+// offset[g]), ExpertLayout::pre_numel values in all; saved for backward.
+// offset (G+1) with offset[G] = R and the widths are on the host (GEMM shapes
+// are host values: the Route's one device-to-host copy).
+// Backward (per expert, act and the activation's derivative recomputed from
+// pre): the matmul and activation backwards; dbuf and every weight gradient
+// accumulate. GELU experts compute exactly what they did before SWIGLU was
+// added.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -27,32 +37,40 @@
 
 namespace sy::ops {
 
-// The packed layout of G experts of model width D and hidden widths H_g.
+enum class FfnActivation { gelu, swiglu };
+
+// The packed layout of G experts of model width D, hidden widths H_g and
+// activation `act`.
 struct ExpertLayout {
   int64_t D = 0;
   std::vector<int64_t> hidden;  // (G) H_g
+  FfnActivation act = FfnActivation::gelu;
 
   ExpertLayout() = default;
-  ExpertLayout(int64_t d, std::vector<int64_t> h);
+  ExpertLayout(int64_t d, std::vector<int64_t> h, FfnActivation a = FfnActivation::gelu);
   int64_t groups() const { return static_cast<int64_t>(hidden.size()); }
-  int64_t hidden_before(int64_t g) const { return start_[g]; }  // S_g
-  int64_t total_hidden() const { return start_.empty() ? 0 : start_.back(); }
-  int64_t w_offset(int64_t g) const { return D * start_[g]; }  // W1 and W2
-  int64_t b1_offset(int64_t g) const { return start_[g]; }
+  int64_t width(int64_t g) const { return hidden[g] * factor(); }     // P_g
+  int64_t total_hidden() const { return start_.empty() ? 0 : start_.back(); }  // S_G
+  int64_t total_width() const { return total_hidden() * factor(); }  // Q_G
+  int64_t w1_offset(int64_t g) const { return D * start_[g] * factor(); }
+  int64_t w2_offset(int64_t g) const { return D * start_[g]; }
+  int64_t b1_offset(int64_t g) const { return start_[g] * factor(); }
   int64_t b2_offset(int64_t g) const { return g * D; }
-  int64_t w_numel() const { return D * total_hidden(); }
+  int64_t w1_numel() const { return D * total_width(); }
+  int64_t w2_numel() const { return D * total_hidden(); }
   // Offset of expert g's block of pre for the row offsets `offset` (G+1).
   int64_t pre_offset(const std::vector<int32_t>& offset, int64_t g) const;
   int64_t pre_numel(const std::vector<int32_t>& offset) const { return pre_offset(offset, groups()); }
   bool uniform() const;
 
  private:
+  int64_t factor() const { return act == FfnActivation::swiglu ? 2 : 1; }  // P_g / H_g
   std::vector<int64_t> start_;  // (G+1) S_g
 };
 
 struct ExpertWeights {
   const Tensor& w1;
-  const Tensor& b1;
+  const Tensor& b1;  // undefined with b2: no biases
   const Tensor& w2;
   const Tensor& b2;
 };

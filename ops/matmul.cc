@@ -6,23 +6,25 @@ namespace sy::ops {
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   SY_CHECK(a.x.ndim() == 2 && a.w.ndim() == 2, "matmul: x " << shape_str(a.x.shape()) << ", W " << shape_str(a.w.shape()));
-  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
-  check_shape(a.w, {K, M}, "matmul W");
+  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
+  check_shape(a.w, a.w_transposed ? Shape{M, K} : Shape{K, M}, a.w_transposed ? "matmul W (transposed)" : "matmul W");
   check_shape(a.y, {N, M}, "matmul y");
   if (a.b.defined()) check_shape(a.b, {M}, "matmul bias");
   check_device(ctx, "matmul_forward", {&a.y, &a.x, &a.w, &a.b});
+  if (a.w_transposed && !ctx.device.is_cpu()) no_cuda_kernel("matmul_forward with a transposed W (tied LM head)");
   SY_DISPATCH(ctx, matmul_forward, ctx, a);
 }
 
 void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   SY_CHECK(a.x.ndim() == 2 && a.w.ndim() == 2, "matmul: x " << shape_str(a.x.shape()) << ", W " << shape_str(a.w.shape()));
-  const int64_t N = a.x.dim(0), M = a.w.dim(1);
-  check_shape(a.w, {a.x.dim(1), M}, "matmul W");
+  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
+  check_shape(a.w, a.w_transposed ? Shape{M, K} : Shape{K, M}, a.w_transposed ? "matmul W (transposed)" : "matmul W");
   check_shape(a.dy, {N, M}, "matmul dy");
   if (a.dx) check_shape(*a.dx, a.x.shape(), "matmul dx");
   if (a.dw) check_shape(*a.dw, a.w.shape(), "matmul dW");
   if (a.db) check_shape(*a.db, {M}, "matmul db");
   check_device(ctx, "matmul_backward", {a.dx, a.dw, a.db, &a.dy, &a.x, &a.w});
+  if (a.w_transposed && !ctx.device.is_cpu()) no_cuda_kernel("matmul_backward with a transposed W (tied LM head)");
   SY_DISPATCH(ctx, matmul_backward, ctx, a);
 }
 

@@ -1,9 +1,11 @@
 // Dense affine map: OpenBLAS sgemm on the CPU, cuBLASLt on CUDA.
 //
 //   y = x W + b  [+ y when accumulate]     x (N, K), W (K, M), b (M) or undefined, y (N, M)
+//   w_transposed: y = x W^T + b with W (M, K) (a tied LM head: x wte^T)
 //
-// Backward: dx += dy W^T; dW += x^T dy; db += sum_n dy. Gradients accumulate;
-// a null gradient pointer means that gradient is not wanted.
+// Backward: dx += dy W^T; dW += x^T dy; db += sum_n dy (w_transposed:
+// dx += dy W; dW += dy^T x). Gradients accumulate; a null gradient pointer
+// means that gradient is not wanted.
 // Saved for backward: x (the caller keeps it).
 #pragma once
 #include "core/tensor.h"
@@ -16,6 +18,7 @@ struct MatmulArgs {
   const Tensor& w;
   const Tensor& b;  // undefined: no bias
   bool accumulate = false;
+  bool w_transposed = false;
 };
 
 struct MatmulBackwardArgs {
@@ -25,6 +28,7 @@ struct MatmulBackwardArgs {
   const Tensor& dy;
   const Tensor& x;
   const Tensor& w;
+  bool w_transposed = false;
 };
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a);

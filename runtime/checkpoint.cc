@@ -423,7 +423,12 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
                       old.attention().kind() != switchyard::AttentionConfig::DENSE;
   std::vector<std::string> fields = {"model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
                                      "model.ffn_hidden", "model.seq_len", "moe.num_experts", "depth.every_n_layers",
-                                     "attention.kind"};
+                                     "attention.kind",
+                                     // the model options: each changes the parameters or what a layer computes
+                                     "model.position", "model.norm", "model.activation", "model.bias",
+                                     "model.tie_embeddings"};
+  if (cfg.model().position() == switchyard::ModelConfig::ROPE || old.model().position() == switchyard::ModelConfig::ROPE)
+    fields.push_back("model.rope_base");  // no parameter, but the same weights would compute something else
   if (moe) fields.insert(fields.end(), {"moe.every_n_layers", "moe.expert_hidden", "moe.shared_expert"});
   if (sparse)
     fields.insert(fields.end(), {"attention.last_n_layers", "attention.num_routing_heads", "attention.num_clusters",

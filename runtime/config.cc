@@ -186,9 +186,14 @@ void apply_override(Config& cfg, const std::string& assignment) {
         return;
       }
       pb::LogSilencer quiet;  // our message replaces protobuf's stderr log
-      if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg))
-        throw ConfigError(where + ": '" + value + "' is not a valid " + f->type_name() +
-                          " for " + walked);
+      if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg)) {
+        std::string allowed;
+        if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM)
+          for (int i = 0; i < f->enum_type()->value_count(); ++i)
+            allowed += (i ? ", " : " (allowed: ") + f->enum_type()->value(i)->name();
+        throw ConfigError(where + ": '" + value + "' is not a valid " + f->type_name() + " for " + walked +
+                          (allowed.empty() ? "" : allowed + ")"));
+      }
       return;
     }
     if (f->type() != pb::FieldDescriptor::TYPE_MESSAGE)
@@ -277,6 +282,10 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("model.ffn_hidden", m.ffn_hidden(), 1, 65536);
   c.range("model.seq_len", m.seq_len(), 2, 65536);
   c.range("model.init_std", m.init_std(), 0.f, 1.f, true);
+  c.range("model.rope_base", m.rope_base(), 1.f, 1e9f, true);
+  if (m.position() == switchyard::ModelConfig::ROPE && (m.d_model() / m.n_heads()) % 2 != 0)
+    c.fail("model.position", "ROPE",
+           "needs an even head size; d_model / n_heads = " + std::to_string(m.d_model() / m.n_heads()));
 
   const auto& t = cfg.train();
   c.range("train.batch", t.batch(), 1, 65536);
@@ -384,6 +393,18 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("attention.topk_blocks", at.topk_blocks(), 0, 65536);
   }
 
+  // The model options' ops (rope, rmsnorm, swiglu, and the embedding, matmul
+  // and expert_ffn variants they use) have no CUDA kernels yet: refused here,
+  // in every build, rather than at the first op of the first step.
+  if (cfg.backend() == switchyard::Config::CUDA) {
+    const std::string why = "has no CUDA kernels yet; use backend CPU (or AUTO)";
+    if (m.position() == switchyard::ModelConfig::ROPE) c.fail("model.position", "ROPE", why);
+    if (m.norm() == switchyard::ModelConfig::RMSNORM) c.fail("model.norm", "RMSNORM", why);
+    if (m.activation() == switchyard::ModelConfig::SWIGLU) c.fail("model.activation", "SWIGLU", why);
+    if (m.tie_embeddings()) c.fail("model.tie_embeddings", "true", why);
+    if (!m.bias() && e.num_experts() > 0)
+      c.fail("model.bias", "false", "experts without biases have no CUDA kernels yet; use backend CPU (or AUTO)");
+  }
 #ifndef SY_WITH_CUDA
   if (cfg.backend() == switchyard::Config::CUDA)
     c.fail("backend", "CUDA", "this build has no CUDA backend (configure with SWITCHYARD_CUDA=ON); use AUTO or CPU");
@@ -443,7 +464,9 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   const double He = E > 0 ? He_sum / E : F;  // the mean width
   const double Hs = shared_expert_hidden(e, m.ffn_hidden());
   const double ep = std::max(1, cfg.parallel().expert_parallel());
-  double params = V * C + T * C + C * V + V + 2 * C;  // embeddings, head, final norm
+  const bool learned = m.position() == switchyard::ModelConfig::LEARNED;
+  const double mats = m.activation() == switchyard::ModelConfig::SWIGLU ? 3 : 2;  // FFN matrices
+  double params = V * C + (learned ? T * C : 0) + (m.tie_embeddings() ? 0 : C * V) + V + 2 * C;  // embeddings, head, final norm
   double acts = N * (2 * V + 4 * C);                  // logits and probabilities; embeddings
   int dense_attention = 0;
   for (int l = 0; l < L; ++l) {
@@ -451,11 +474,12 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
     acts += N * 6 * C;                    // norm outputs, q, k, v, attention output
     const bool moe = E > 0 && (l + 1) % std::max(1, e.every_n_layers()) == 0;
     if (moe) {
-      params += C * E + E / ep * (2 * C * He + He + C) + (e.shared_expert() ? 2 * C * Hs + Hs + C : 0);
-      acts += N * (2 * E + e.top_k() * e.capacity_factor() * (2 * C + 2 * He) + (e.shared_expert() ? 2 * Hs : 0));
+      params += C * E + E / ep * (mats * C * He + He + C) + (e.shared_expert() ? mats * C * Hs + Hs + C : 0);
+      acts += N * (2 * E + e.top_k() * e.capacity_factor() * (2 * C + mats * He) +
+                   (e.shared_expert() ? mats * Hs : 0));
     } else {
-      params += 2 * C * F + F + C;
-      acts += N * 2 * F;
+      params += mats * C * F + F + C;
+      acts += N * mats * F;
     }
     const bool sparse = at.kind() != switchyard::AttentionConfig::DENSE &&
                         (at.last_n_layers() == 0 || l >= L - at.last_n_layers());

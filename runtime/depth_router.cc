@@ -64,6 +64,14 @@ std::vector<int64_t> DepthRouter::per_sequence(int64_t B, int64_t T) const {
   return n;
 }
 
+std::vector<int32_t> DepthRouter::positions(int64_t T) const {
+  const std::vector<int32_t> group = route_.group.to_vector<int32_t>();
+  std::vector<int32_t> pos;
+  for (int64_t i = 0; i < static_cast<int64_t>(group.size()); ++i)
+    if (group[i] >= 0) pos.push_back(static_cast<int32_t>(i % T));
+  return pos;
+}
+
 Tensor DepthRouter::combine(const Tensor& x, const Tensor& z) {
   z_ = z;
   Tensor y = Tensor::empty(x.shape(), DType::f32, ctx_);

@@ -50,6 +50,9 @@ class DepthRouter {
   // Tokens routed in each of the B sequences of the last select() (from the
   // route's host copy: routed rows are in item order).
   std::vector<int64_t> per_sequence(int64_t B, int64_t T) const;
+  // Each routed row's position in its sequence (item i is at i mod T), in row
+  // order: what rotary embeddings rotate the routed sub-sequences by.
+  std::vector<int32_t> positions(int64_t T) const;
 
  private:
   Ctx& ctx_;

@@ -3,26 +3,27 @@
 namespace sy {
 
 GroupedExperts::GroupedExperts(Ctx& ctx, ParamStore& ps, const std::string& name, const std::vector<int64_t>& hidden,
-                               int64_t C, int64_t e0, int64_t e1, Rng& rng, float std, float out_std)
-    : ctx_(ctx), C_(C), layout_(C, std::vector<int64_t>(hidden.begin() + e0, hidden.begin() + e1)) {
+                               int64_t C, int64_t e0, int64_t e1, Rng& rng, float std, float out_std,
+                               const FfnOptions& ffn)
+    : ctx_(ctx), C_(C), layout_(C, std::vector<int64_t>(hidden.begin() + e0, hidden.begin() + e1), ffn.act) {
   const int64_t G = static_cast<int64_t>(hidden.size());
-  const ops::ExpertLayout all(C, hidden);
+  const ops::ExpertLayout all(C, hidden, ffn.act);
   if (all.uniform()) {
-    const int64_t H = hidden[0];
-    w1_ = ps.add_rows(name + ".experts.w1", {G, C, H}, e0, e1, rng, std, true);
-    b1_ = ps.add_rows(name + ".experts.b1", {G, H}, e0, e1, rng, 0.f, false);
+    const int64_t H = hidden[0], P = all.width(0);  // P: H, or 2H for SwiGLU's gate|up
+    w1_ = ps.add_rows(name + ".experts.w1", {G, C, P}, e0, e1, rng, std, true);
+    if (ffn.bias) b1_ = ps.add_rows(name + ".experts.b1", {G, P}, e0, e1, rng, 0.f, false);
     w2_ = ps.add_rows(name + ".experts.w2", {G, H, C}, e0, e1, rng, out_std, true);
-    b2_ = ps.add_rows(name + ".experts.b2", {G, C}, e0, e1, rng, 0.f, false);
+    if (ffn.bias) b2_ = ps.add_rows(name + ".experts.b2", {G, C}, e0, e1, rng, 0.f, false);
     return;
   }
   // Packed: the same draws in the same order (whole tensors, experts in
-  // global order); a row is one expert's piece, (C, H_g), (H_g), (H_g, C).
+  // global order); a row is one expert's piece, (C, P_g), (P_g), (H_g, C).
   std::vector<Shape> w1(G), b1(G), w2(G);
-  for (int64_t g = 0; g < G; ++g) w1[g] = {C, hidden[g]}, b1[g] = {hidden[g]}, w2[g] = {hidden[g], C};
+  for (int64_t g = 0; g < G; ++g) w1[g] = {C, all.width(g)}, b1[g] = {all.width(g)}, w2[g] = {hidden[g], C};
   w1_ = ps.add_packed_rows(name + ".experts.w1", w1, e0, e1, rng, std, true);
-  b1_ = ps.add_packed_rows(name + ".experts.b1", b1, e0, e1, rng, 0.f, false);
+  if (ffn.bias) b1_ = ps.add_packed_rows(name + ".experts.b1", b1, e0, e1, rng, 0.f, false);
   w2_ = ps.add_packed_rows(name + ".experts.w2", w2, e0, e1, rng, out_std, true);
-  b2_ = ps.add_rows(name + ".experts.b2", {G, C}, e0, e1, rng, 0.f, false);
+  if (ffn.bias) b2_ = ps.add_rows(name + ".experts.b2", {G, C}, e0, e1, rng, 0.f, false);
 }
 
 Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& offsets) {
@@ -30,17 +31,22 @@ Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& of
   offsets_ = offsets;
   pre_ = Tensor::empty({layout_.pre_numel(offsets_)}, DType::f32, ctx_);
   Tensor out = Tensor::empty({buf.dim(0), C_}, DType::f32, ctx_);
-  ops::expert_ffn_forward(ctx_, {out, pre_, buf, offsets_, layout_, {w1_->value, b1_->value, w2_->value, b2_->value}});
+  const Tensor none;
+  ops::expert_ffn_forward(ctx_, {out, pre_, buf, offsets_, layout_,
+                                 {w1_->value, b1_ ? b1_->value : none, w2_->value, b2_ ? b2_->value : none}});
   flops_ = 0;
   for (int64_t g = 0; g < layout_.groups(); ++g)
-    flops_ += 4.0 * (offsets_[g + 1] - offsets_[g]) * C_ * layout_.hidden[g];
+    flops_ += 2.0 * (offsets_[g + 1] - offsets_[g]) * C_ * (layout_.width(g) + layout_.hidden[g]);
   return out;
 }
 
 Tensor GroupedExperts::backward(const Tensor& dout) {
   Tensor dbuf = Tensor::zeros(buf_.shape(), DType::f32, ctx_);
-  ops::expert_ffn_backward(ctx_, {dbuf, {w1_->grad, b1_->grad, w2_->grad, b2_->grad}, dout, buf_, pre_, offsets_,
-                                  layout_, {w1_->value, b1_->value, w2_->value, b2_->value}});
+  Tensor no_db1, no_db2;
+  const Tensor none;
+  ops::expert_ffn_backward(ctx_, {dbuf, {w1_->grad, b1_ ? b1_->grad : no_db1, w2_->grad, b2_ ? b2_->grad : no_db2},
+                                  dout, buf_, pre_, offsets_, layout_,
+                                  {w1_->value, b1_ ? b1_->value : none, w2_->value, b2_ ? b2_->value : none}});
   return dbuf;
 }
 

@@ -4,19 +4,22 @@
 //
 // Expert g has hidden width H_g (moe.expert_hidden; all equal by default).
 // Parameters are the packed layout of ops/expert_ffn.h over the experts this
-// rank holds, in global expert order: w1 (D*sum H_g), b1 (sum H_g), w2
-// (D*sum H_g), b2 (G, C). The whole tensors over all G experts are drawn and
-// each rank keeps its experts' slice (ParamStore::add_packed_rows; Param
-// records each expert's piece and the shard's place in the whole tensor), so a seed gives the same experts at
-// every expert-parallel size and expert g's weights sit at the same place in
-// the whole tensor whatever rank holds them. With equal widths the shards are
-// exactly w1 (G, C, H), b1 (G, H), w2 (G, H, C), b2 (G, C) by rows
-// (ParamStore::add_rows), as before heterogeneous experts.
+// rank holds, in global expert order: w1 (D*sum P_g), b1 (sum P_g), w2
+// (D*sum H_g), b2 (G, C), with P_g = H_g (GELU) or 2 H_g (SwiGLU: w1 holds
+// [W_gate | W_up]); without biases (model.bias false) b1 and b2 do not
+// exist. The whole tensors over all G experts are drawn and each rank keeps
+// its experts' slice (ParamStore::add_packed_rows; Param records each
+// expert's piece and the shard's place in the whole tensor), so a seed gives
+// the same experts at every expert-parallel size and expert g's weights sit
+// at the same place in the whole tensor whatever rank holds them. With equal
+// widths the shards are exactly w1 (G, C, P), b1 (G, P), w2 (G, H, C),
+// b2 (G, C) by rows (ParamStore::add_rows), as before heterogeneous experts.
 #pragma once
 #include <string>
 #include <vector>
 
 #include "ops/expert_ffn.h"
+#include "runtime/layers.h"
 #include "runtime/params.h"
 
 namespace sy {
@@ -25,20 +28,21 @@ class GroupedExperts {
  public:
   // Holds experts [e0, e1) of hidden.size(); hidden: every expert's width.
   GroupedExperts(Ctx& ctx, ParamStore& ps, const std::string& name, const std::vector<int64_t>& hidden, int64_t C,
-                 int64_t e0, int64_t e1, Rng& rng, float std, float out_std);
+                 int64_t e0, int64_t e1, Rng& rng, float std, float out_std, const FfnOptions& ffn = {});
   // buf (R, C) expert-major; offsets (local experts + 1), on the host.
   Tensor forward(const Tensor& buf, const std::vector<int32_t>& offsets);
   Tensor backward(const Tensor& dout);
-  // The local experts' layout (widths in local order).
+  // The local experts' layout (widths in local order, activation).
   const ops::ExpertLayout& layout() const { return layout_; }
-  // Forward FLOPs of the last forward's expert GEMMs: sum_g 4 n_g C H_g.
+  // Forward FLOPs of the last forward's expert GEMMs: sum_g 2 n_g C (P_g + H_g)
+  // (two GEMMs for GELU, three for SwiGLU's gate, up and down).
   double forward_flops() const { return flops_; }
 
  private:
   Ctx& ctx_;
   int64_t C_;
   ops::ExpertLayout layout_;
-  Param *w1_, *b1_, *w2_, *b2_;
+  Param *w1_, *b1_ = nullptr, *w2_, *b2_ = nullptr;
   double flops_ = 0;
   // saved for backward
   Tensor buf_, pre_;

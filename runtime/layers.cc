@@ -3,6 +3,9 @@
 #include "ops/gelu.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "ops/swiglu.h"
 
 namespace sy {
 
@@ -13,16 +16,18 @@ Linear::Linear(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t in, in
   if (bias) b_ = ps.add(name + ".b", {out}, rng, 0.f, false);
 }
 
+Linear::Linear(Ctx& ctx, Param* shared) : ctx_(ctx), w_(shared), transposed_(true) {}
+
 Tensor Linear::forward(const Tensor& x) {
   x_ = x;
   Tensor y = Tensor::empty({x.dim(0), out()}, DType::f32, ctx_);
-  ops::matmul_forward(ctx_, {y, x, w_->value, b_ ? b_->value : Tensor()});
+  ops::matmul_forward(ctx_, {y, x, w_->value, b_ ? b_->value : Tensor(), false, transposed_});
   return y;
 }
 
 Tensor Linear::backward(const Tensor& dy) {
   Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);
-  ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value});
+  ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value, transposed_});
   return dx;
 }
 
@@ -46,14 +51,50 @@ Tensor LayerNorm::backward(const Tensor& dy) {
   return dx;
 }
 
+RmsNorm::RmsNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, Rng& rng) : ctx_(ctx) {
+  w_ = ps.add(name + ".w", {C}, rng, 0.f, false, 1.f);
+}
+
+Tensor RmsNorm::forward(const Tensor& x) {
+  x_ = x;
+  rstd_ = Tensor::empty({x.dim(0)}, DType::f32, ctx_);
+  Tensor y = Tensor::empty(x.shape(), DType::f32, ctx_);
+  ops::rmsnorm_forward(ctx_, {y, rstd_, x, w_->value});
+  return y;
+}
+
+Tensor RmsNorm::backward(const Tensor& dy) {
+  Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);
+  ops::rmsnorm_backward(ctx_, {dx, w_->grad, dy, x_, w_->value, rstd_});
+  return dx;
+}
+
+std::unique_ptr<Norm> make_norm(NormKind kind, Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C,
+                                Rng& rng) {
+  if (kind == NormKind::rmsnorm) return std::make_unique<RmsNorm>(ctx, ps, name, C, rng);
+  return std::make_unique<LayerNorm>(ctx, ps, name, C, rng);
+}
+
+namespace {
+int64_t pre_width(const FfnOptions& o, int64_t hidden) {
+  return o.act == ops::FfnActivation::swiglu ? 2 * hidden : hidden;
+}
+}  // namespace
+
 Mlp::Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t hidden, Rng& rng, float std,
-         float out_std)
-    : ctx_(ctx), fc1_(ctx, ps, name + ".fc1", C, hidden, rng, std), fc2_(ctx, ps, name + ".fc2", hidden, C, rng, out_std) {}
+         float out_std, const FfnOptions& options)
+    : ctx_(ctx),
+      act_(options.act),
+      fc1_(ctx, ps, name + ".fc1", C, pre_width(options, hidden), rng, std, options.bias),
+      fc2_(ctx, ps, name + ".fc2", hidden, C, rng, out_std, options.bias) {}
 
 Tensor Mlp::forward(const Tensor& x) {
   pre_ = fc1_.forward(x);
-  Tensor act = Tensor::empty(pre_.shape(), DType::f32, ctx_);
-  ops::gelu_forward(ctx_, act, pre_);
+  Tensor act = Tensor::empty({x.dim(0), fc2_.in()}, DType::f32, ctx_);
+  if (act_ == ops::FfnActivation::swiglu)
+    ops::swiglu_forward(ctx_, {act, pre_});
+  else
+    ops::gelu_forward(ctx_, act, pre_);
   flops_ = 2.0 * x.dim(0) * (fc1_.in() * fc1_.out() + fc2_.in() * fc2_.out());
   return fc2_.forward(act);
 }
@@ -61,18 +102,27 @@ Tensor Mlp::forward(const Tensor& x) {
 Tensor Mlp::backward(const Tensor& dy) {
   Tensor dact = fc2_.backward(dy);
   Tensor dpre = Tensor::zeros(pre_.shape(), DType::f32, ctx_);
-  ops::gelu_backward(ctx_, dpre, dact, pre_);
+  if (act_ == ops::FfnActivation::swiglu)
+    ops::swiglu_backward(ctx_, {dpre, dact, pre_});
+  else
+    ops::gelu_backward(ctx_, dpre, dact, pre_);
   return fc1_.backward(dpre);
 }
 
 CausalSelfAttention::CausalSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H,
-                                         Rng& rng, float std, float out_std)
-    : ctx_(ctx), qkv_(ctx, ps, name + ".qkv", C, 3 * C, rng, std), proj_(ctx, ps, name + ".proj", C, C, rng, out_std),
-      C_(C), H_(H) {}
+                                         Rng& rng, float std, float out_std, const AttentionOptions& options)
+    : ctx_(ctx),
+      qkv_(ctx, ps, name + ".qkv", C, 3 * C, rng, std, options.bias),
+      proj_(ctx, ps, name + ".proj", C, C, rng, out_std, options.bias),
+      C_(C), H_(H), opt_(options) {}
 
-Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
+Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) {
   shape_ = {B, T, C_, H_};
-  qkv_out_ = qkv_.forward(x).reshape({B, T, 3 * C_});
+  Tensor qkv = qkv_.forward(x);  // (B*T, 3C)
+  positions_ = positions;
+  // q and k: heads [0, 2H) of the packed row; v is left alone.
+  if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, 2 * H_, C_ / H_, opt_.rope_base});
+  qkv_out_ = qkv.reshape({B, T, 3 * C_});
   lse_ = Tensor::empty({B, H_, T}, DType::f32, ctx_);
   y_ = Tensor::empty({B, T, C_}, DType::f32, ctx_);
   ops::attention_forward(ctx_, {y_, lse_, qkv_out_, shape_});
@@ -89,7 +139,9 @@ Tensor CausalSelfAttention::backward(const Tensor& dy) {
   Tensor dyatt = proj_.backward(dy);
   Tensor dqkv = Tensor::zeros(qkv_out_.shape(), DType::f32, ctx_);
   ops::attention_backward(ctx_, {dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, y_, lse_, shape_});
-  return qkv_.backward(dqkv.reshape({shape_.B * shape_.T, 3 * C_}));
+  Tensor d = dqkv.reshape({shape_.B * shape_.T, 3 * C_});
+  if (opt_.rope) ops::rope_backward(ctx_, {d, positions_, shape_.T, 2 * H_, C_ / H_, opt_.rope_base});
+  return qkv_.backward(d);
 }
 
 }  // namespace sy

@@ -6,37 +6,88 @@
 #pragma once
 #include <string>
 
+#include <memory>
+
 #include "ops/attention.h"
+#include "ops/expert_ffn.h"
 #include "runtime/params.h"
 
 namespace sy {
 
+// y = x W + b, W (in, out). With a shared weight (tied embeddings) the layer
+// owns no parameter: y = x W^T through another layer's W (out, in), no bias,
+// and its gradient accumulates into that parameter's.
 class Linear {
  public:
   Linear(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t in, int64_t out, Rng& rng, float std,
          bool bias = true);
+  // y = x shared^T, shared (out, in): the LM head tied to the token embedding.
+  Linear(Ctx& ctx, Param* shared);
   Tensor forward(const Tensor& x);
   Tensor backward(const Tensor& dy);
-  int64_t in() const { return w_->shape[0]; }
-  int64_t out() const { return w_->shape[1]; }
+  int64_t in() const { return w_->shape[transposed_ ? 1 : 0]; }
+  int64_t out() const { return w_->shape[transposed_ ? 0 : 1]; }
 
  private:
   Ctx& ctx_;
   Param* w_;
   Param* b_ = nullptr;
+  bool transposed_ = false;
   Tensor x_;
 };
 
-class LayerNorm {
+// A block's normalisation (model.norm): LayerNorm (w, b) or RMSNorm (w only).
+class Norm {
+ public:
+  virtual ~Norm() = default;
+  virtual Tensor forward(const Tensor& x) = 0;  // (N, C) -> (N, C)
+  virtual Tensor backward(const Tensor& dy) = 0;
+};
+
+enum class NormKind { layernorm, rmsnorm };
+
+// ops/layernorm.h; parameters <name>.w (ones), <name>.b (zeros).
+class LayerNorm : public Norm {
  public:
   LayerNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, Rng& rng);
-  Tensor forward(const Tensor& x);
-  Tensor backward(const Tensor& dy);
+  Tensor forward(const Tensor& x) override;
+  Tensor backward(const Tensor& dy) override;
 
  private:
   Ctx& ctx_;
   Param *w_, *b_;
   Tensor x_, mean_, rstd_;
+};
+
+// ops/rmsnorm.h; parameter <name>.w (ones), no bias.
+class RmsNorm : public Norm {
+ public:
+  RmsNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, Rng& rng);
+  Tensor forward(const Tensor& x) override;
+  Tensor backward(const Tensor& dy) override;
+
+ private:
+  Ctx& ctx_;
+  Param* w_;
+  Tensor x_, rstd_;
+};
+
+std::unique_ptr<Norm> make_norm(NormKind kind, Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C,
+                                Rng& rng);
+
+// The FFN's shape options (model.activation, model.bias), for dense MLPs and
+// expert FFNs alike.
+struct FfnOptions {
+  ops::FfnActivation act = ops::FfnActivation::gelu;
+  bool bias = true;
+};
+
+// The attention's options: model.bias for its projections, and rotary
+// positions on q and k (model.position ROPE, ops/rope.h).
+struct AttentionOptions {
+  bool bias = true;
+  bool rope = false;
+  double rope_base = 10000.0;
 };
 
 // What sits in a block's feed-forward position: a dense MLP or a MoE layer.
@@ -55,17 +106,20 @@ class FeedForward {
   virtual double router_flops() const { return 0; }
 };
 
-// y = fc2(gelu(fc1(x)))
+// GELU:   y = fc2(gelu(fc1(x)))                  fc1 (C, H)
+// SWIGLU: y = fc2(silu(g) * u), [g | u] = fc1(x)   fc1 (C, 2H): gate | up
+// fc2 (H, C); biases unless options.bias is false.
 class Mlp : public FeedForward {
  public:
   Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t hidden, Rng& rng, float std,
-      float out_std);
+      float out_std, const FfnOptions& options = {});
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
   double forward_flops() const override { return flops_; }
 
  private:
   Ctx& ctx_;
+  ops::FfnActivation act_;
   Linear fc1_, fc2_;
   Tensor pre_;
   double flops_ = 0;
@@ -76,7 +130,11 @@ class Mlp : public FeedForward {
 class SelfAttention {
  public:
   virtual ~SelfAttention() = default;
-  virtual Tensor forward(const Tensor& x, int64_t B, int64_t T) = 0;  // x (B*T, C)
+  // x (B*T, C). positions: i32 (B*T), each row's position in its sequence,
+  // which rotary embeddings use (a depth-routed block's sub-sequences keep
+  // their tokens' original positions); undefined: row n is at n mod T.
+  virtual Tensor forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) = 0;
+  Tensor forward(const Tensor& x, int64_t B, int64_t T) { return forward(x, B, T, Tensor()); }
   virtual Tensor backward(const Tensor& dy) = 0;
   virtual void set_training(bool) {}
   virtual double forward_flops() const = 0;
@@ -85,12 +143,14 @@ class SelfAttention {
   virtual double aux_loss() const { return 0; }
 };
 
-// y = proj(attention(qkv(x)))
+// y = proj(attention(qkv(x))); with RoPE, q and k of every head are rotated
+// (ops/rope.h) between qkv and attention.
 class CausalSelfAttention : public SelfAttention {
  public:
   CausalSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H, Rng& rng,
-                      float std, float out_std);
-  Tensor forward(const Tensor& x, int64_t B, int64_t T) override;
+                      float std, float out_std, const AttentionOptions& options = {});
+  using SelfAttention::forward;
+  Tensor forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) override;
   Tensor backward(const Tensor& dy) override;
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
@@ -99,8 +159,11 @@ class CausalSelfAttention : public SelfAttention {
   Ctx& ctx_;
   Linear qkv_, proj_;
   int64_t C_, H_;
+  AttentionOptions opt_;
   ops::AttentionShape shape_{};
-  Tensor qkv_out_, y_, lse_;  // saved for backward: qkv, the attention output, its lse (B, H, T)
+  // saved for backward: qkv (after RoPE), the attention output, its lse
+  // (B, H, T), the rotary positions
+  Tensor qkv_out_, y_, lse_, positions_;
   double flops_ = 0;
 };
 

@@ -11,21 +11,42 @@
 
 namespace sy {
 
+NormKind norm_kind(const switchyard::ModelConfig& m) {
+  return m.norm() == switchyard::ModelConfig::RMSNORM ? NormKind::rmsnorm : NormKind::layernorm;
+}
+
+FfnOptions ffn_options(const switchyard::ModelConfig& m) {
+  FfnOptions o;
+  o.act = m.activation() == switchyard::ModelConfig::SWIGLU ? ops::FfnActivation::swiglu : ops::FfnActivation::gelu;
+  o.bias = m.bias();
+  return o;
+}
+
+AttentionOptions attention_options(const switchyard::ModelConfig& m) {
+  AttentionOptions o;
+  o.bias = m.bias();
+  o.rope = m.position() == switchyard::ModelConfig::ROPE;
+  o.rope_base = m.rope_base();
+  return o;
+}
+
 Block::Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
              std::unique_ptr<FeedForward> ffn, Rng& rng, const switchyard::DepthConfig* depth,
              const SparseAttentionSpec* sparse)
     : ctx_(&ctx),
-      ln1_(ctx, ps, name + ".ln1", m.d_model(), rng),
-      ln2_(ctx, ps, name + ".ln2", m.d_model(), rng),
+      rope_(m.position() == switchyard::ModelConfig::ROPE),
+      ln1_(make_norm(norm_kind(m), ctx, ps, name + ".ln1", m.d_model(), rng)),
+      ln2_(make_norm(norm_kind(m), ctx, ps, name + ".ln2", m.d_model(), rng)),
       ffn_(std::move(ffn)),
       ffn_hidden_(m.ffn_hidden()) {
   const float out_std = m.init_std() / std::sqrt(2.f * m.n_layers());
+  const AttentionOptions ao = attention_options(m);
   if (sparse)
     attn_ = std::make_unique<SparseSelfAttention>(ctx, ps, name + ".attn", m.d_model(), m.n_heads(), *sparse,
-                                                  rng, m.init_std(), out_std);
+                                                  rng, m.init_std(), out_std, ao);
   else
     attn_ = std::make_unique<CausalSelfAttention>(ctx, ps, name + ".attn", m.d_model(), m.n_heads(), rng,
-                                                  m.init_std(), out_std);
+                                                  m.init_std(), out_std, ao);
   if (depth)
     depth_ = std::make_unique<DepthRouter>(ctx, ps, name + ".depth", m.d_model(), *depth, rng, m.init_std());
 }
@@ -36,11 +57,11 @@ void Block::set_training(bool t) {
   ffn_->set_training(t);
 }
 
-Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T) {
-  Tensor h = attn_->forward(ln1_.forward(x), B, T);
+Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) {
+  Tensor h = attn_->forward(ln1_->forward(x), B, T, positions);
   ops::add_into(*ctx_, h, x);
   ffn_->set_sequence_length(T);
-  Tensor out = ffn_->forward(ln2_.forward(h));
+  Tensor out = ffn_->forward(ln2_->forward(h));
   ops::add_into(*ctx_, out, h);
   attn_flops_ += attn_->forward_flops();
   ffn_flops_ += ffn_->forward_flops() - ffn_->router_flops();
@@ -50,9 +71,9 @@ Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T) {
 }
 
 Tensor Block::inner_backward(const Tensor& dy) {
-  Tensor dh = ln2_.backward(ffn_->backward(dy));
+  Tensor dh = ln2_->backward(ffn_->backward(dy));
   ops::add_into(*ctx_, dh, dy);
-  Tensor dx = ln1_.backward(attn_->backward(dh));
+  Tensor dx = ln1_->backward(attn_->backward(dh));
   ops::add_into(*ctx_, dx, dh);
   return dx;
 }
@@ -70,9 +91,11 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
   // so each sequence's routed tokens form one causal sub-sequence.
   const std::vector<int64_t> n = depth_->per_sequence(B, T);
   const bool uniform = std::all_of(n.begin(), n.end(), [&](int64_t v) { return v == n[0]; });
+  // Rotary positions: routed tokens keep their positions in the full sequence.
+  const Tensor pos = rope_ ? Tensor::from_host(depth_->positions(T)).to(*ctx_) : Tensor();
   Tensor z;
   if (uniform && n[0] > 0) {
-    z = inner_forward(xs, B, n[0]);
+    z = inner_forward(xs, B, n[0], pos);
   } else {
     // Different counts per sequence (the causal predictor at evaluation): one
     // sequence at a time. Activations are not kept for backward here.
@@ -81,7 +104,7 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
     int64_t row = 0;
     for (int64_t b = 0; b < B; ++b) {
       if (n[b] == 0) continue;
-      Tensor zb = inner_forward(xs.rows(row, row + n[b]), 1, n[b]);
+      Tensor zb = inner_forward(xs.rows(row, row + n[b]), 1, n[b], rope_ ? pos.rows(row, row + n[b]) : Tensor());
       Tensor dst = z.rows(row, row + n[b]);
       dst.copy_from(zb, *ctx_);
       row += n[b];
@@ -107,7 +130,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
   Rng rng(cfg.train().seed());
   const float std = m.init_std(), out_std = std / std::sqrt(2.f * m.n_layers());
   wte_ = params_.add("wte", {V_, C_}, rng, std, false);
-  wpe_ = params_.add("wpe", {T_, C_}, rng, std, false);
+  if (m.position() == switchyard::ModelConfig::LEARNED) wpe_ = params_.add("wpe", {T_, C_}, rng, std, false);
   blocks_.reserve(m.n_layers());
   const auto& at = cfg.attention();
   if (at.kind() == switchyard::AttentionConfig::ROUTED && at.share_centroids())
@@ -124,11 +147,12 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
     std::unique_ptr<FeedForward> ffn;
     if (moe.num_experts() > 0 && (l + 1) % moe.every_n_layers() == 0) {
       auto layer = std::make_unique<MoeLayer>(ctx_, params_, name + ".moe", C_, moe, m.ffn_hidden(), rng,
-                                              std, out_std, cfg.train().seed() * 1000003 + l, par);
+                                              std, out_std, cfg.train().seed() * 1000003 + l, par, ffn_options(m));
       moe_.emplace_back(l, layer.get());
       ffn = std::move(layer);
     } else {
-      ffn = std::make_unique<Mlp>(ctx_, params_, name + ".mlp", C_, m.ffn_hidden(), rng, std, out_std);
+      ffn = std::make_unique<Mlp>(ctx_, params_, name + ".mlp", C_, m.ffn_hidden(), rng, std, out_std,
+                                  ffn_options(m));
     }
     const auto& dp = cfg.depth();
     const bool depth_routed = dp.every_n_layers() > 0 && (l + 1) % dp.every_n_layers() == 0;
@@ -141,7 +165,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
                          sparse ? &spec : nullptr);
   }
   tail_offset_ = params_.numel(ParamKind::dense);
-  ln_f_ = std::make_unique<LayerNorm>(ctx_, params_, "ln_f", C_, rng);
+  ln_f_ = make_norm(norm_kind(m), ctx_, params_, "ln_f", C_, rng);
   // Routed attention: every replica starts from rank 0's warm-up centroids
   // and sums the cluster statistics over data-parallel ranks before each EMA
   // update, so all keep the same centroids.
@@ -155,7 +179,10 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
           par->world->broadcast(t, 0, ctx_.stream, "routed attention centroids");
         });
       }
-  head_ = std::make_unique<Linear>(ctx_, params_, "head", C_, V_, rng, std, false);
+  if (m.tie_embeddings())
+    head_ = std::make_unique<Linear>(ctx_, wte_);  // logits = x wte^T
+  else
+    head_ = std::make_unique<Linear>(ctx_, params_, "head", C_, V_, rng, std, false);
   params_.finalize(ctx_);
 }
 
@@ -202,7 +229,7 @@ float Transformer::forward(const Batch& batch) {
   inputs_ = both.rows(0, N);
   targets_ = both.rows(N, 2 * N);
   Tensor h = Tensor::empty({N, C_}, DType::f32, ctx_);
-  ops::embedding_forward(ctx_, {h, inputs_, wte_->value, wpe_->value, T_});
+  ops::embedding_forward(ctx_, {h, inputs_, wte_->value, wpe_ ? wpe_->value : Tensor(), T_});
   auto check = [&](const Tensor& out, int part) {
     if (check_finite_ && first_nonfinite_ < 0 && ops::count_nonfinite(ctx_, out) > 0) first_nonfinite_ = part;
   };
@@ -212,6 +239,7 @@ float Transformer::forward(const Batch& batch) {
     check(h, static_cast<int>(l) + 1);
   }
   Tensor logits = head_->forward(ln_f_->forward(h));
+  logits_ = logits;
   probs_ = Tensor::empty(logits.shape(), DType::f32, ctx_);
   const float loss = ops::cross_entropy_forward(ctx_, {probs_, logits, targets_});
   check(logits, static_cast<int>(blocks_.size()) + 1);
@@ -253,13 +281,16 @@ std::vector<std::pair<std::string, Tensor>> Transformer::balance_biases() {
 void Transformer::backward(const std::function<void(int64_t)>& ready) {
   Tensor dlogits = Tensor::empty(probs_.shape(), DType::f32, ctx_);
   ops::cross_entropy_backward(ctx_, {dlogits, probs_, targets_});
+  // Tied embeddings: the head's gradient lands in wte (offset 0), which is
+  // final only after the embedding's below, so ready(tail_offset_) still holds.
   Tensor dh = ln_f_->backward(head_->backward(dlogits));
   if (ready) ready(tail_offset_);
   for (size_t l = blocks_.size(); l-- > 0;) {
     dh = blocks_[l].backward(dh);
     if (ready) ready(block_offset_[l]);
   }
-  ops::embedding_backward(ctx_, {wte_->grad, wpe_->grad, dh, inputs_, T_});
+  Tensor no_wpe;
+  ops::embedding_backward(ctx_, {wte_->grad, wpe_ ? wpe_->grad : no_wpe, dh, inputs_, T_});
   if (ready) ready(0);
 }
 

@@ -1,10 +1,17 @@
-// A decoder-only, pre-LayerNorm transformer over bytes (GPT-2 layout):
+// A decoder-only, pre-norm transformer over bytes (GPT-2 layout by default):
 //
 //   h0 = wte[x] + wpe[t]
 //   h' = h + Attn(LN1(h));   h'' = h' + FFN(LN2(h'))      per block
 //   logits = LN_f(h_L) W_head;  loss = CE(logits, next byte)
 //
 // FFN is a dense MLP, or a MoE layer on the blocks the config routes.
+// Model options (configs/switchyard.proto, ModelConfig), each off by default:
+//   position ROPE:  no wpe; q and k rotated in every attention (ops/rope.h)
+//   norm RMSNORM:   LN1, LN2, LN_f are RMSNorms (ops/rmsnorm.h)
+//   activation SWIGLU: dense and expert FFNs (ops/swiglu.h)
+//   bias false:     no bias in any Linear layer or expert FFN
+//   tie_embeddings: logits = LN_f(h_L) wte^T, no head.w; wte's gradient is
+//                   the sum of the embedding's and the head's.
 // forward() saves every activation backward() needs; backward() accumulates
 // into the ParamStore's gradients (call params().zero_grad() between steps).
 #pragma once
@@ -21,6 +28,11 @@
 #include "runtime/sparse_self_attention.h"
 
 namespace sy {
+
+// The layer options a ModelConfig asks for.
+NormKind norm_kind(const switchyard::ModelConfig& m);
+FfnOptions ffn_options(const switchyard::ModelConfig& m);
+AttentionOptions attention_options(const switchyard::ModelConfig& m);
 
 // x -> x + Attn(LN1(x)) -> + FFN(LN2(.)); on a depth-routed block only the
 // tokens the DepthRouter picks go through (attending among themselves), and
@@ -51,11 +63,12 @@ class Block {
   double dense_ffn_flops() const { return dense_flops_ - dense_attn_flops_; }
 
  private:
-  Tensor inner_forward(const Tensor& x, int64_t B, int64_t T);
+  Tensor inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions = Tensor());
   Tensor inner_backward(const Tensor& dy);
 
   Ctx* ctx_;
-  LayerNorm ln1_, ln2_;
+  bool rope_;
+  std::unique_ptr<Norm> ln1_, ln2_;
   std::unique_ptr<SelfAttention> attn_;
   std::unique_ptr<FeedForward> ffn_;
   std::unique_ptr<DepthRouter> depth_;
@@ -112,7 +125,8 @@ class Transformer {
   // ("h<l>.moe.router.balance_bias", (G): the model's own tensor, a view).
   std::vector<CentroidSetRef> centroid_sets();
   std::vector<std::pair<std::string, Tensor>> balance_biases();
-  // The last forward's next-byte probabilities, (N, V).
+  // The last forward's next-byte logits and probabilities, (N, V).
+  const Tensor& logits() const { return logits_; }
   const Tensor& probs() const { return probs_; }
   // The forward of `batch` with every part's output checked: -1 when all are
   // finite, else the first that is not: 0 the embedding, 1 + l block l,
@@ -139,18 +153,18 @@ class Transformer {
   Config cfg_;
   int64_t C_, V_, T_;
   ParamStore params_;
-  Param *wte_, *wpe_;
+  Param *wte_, *wpe_ = nullptr;  // wpe: learned positions only
   std::vector<Block> blocks_;
   std::vector<std::pair<int, MoeLayer*>> moe_;
   std::vector<ops::Centroids> shared_centroids_;  // attention.share_centroids
   std::vector<int64_t> block_offset_;  // dense arena offset of each block's first parameter
   int64_t tail_offset_ = 0;            // ... of ln_f's (ln_f and head come last)
-  std::unique_ptr<LayerNorm> ln_f_;
+  std::unique_ptr<Norm> ln_f_;
   std::unique_ptr<Linear> head_;
   // saved
   Tensor inputs_, targets_;  // (B*T) i32
   int64_t B_ = 0;
-  Tensor probs_;
+  Tensor logits_, probs_;
   bool training_ = true;
   double moe_budget_ = 0;
   bool check_finite_ = false;

@@ -42,15 +42,16 @@ std::vector<float> expert_costs(const switchyard::MoeConfig& cfg, int64_t ffn_hi
 }
 
 MoeLayer::MoeLayer(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
-                   int64_t default_hidden, Rng& rng, float std, float out_std, uint64_t seed, ParallelContext* par)
+                   int64_t default_hidden, Rng& rng, float std, float out_std, uint64_t seed, ParallelContext* par,
+                   const FfnOptions& ffn)
     : ctx_(ctx),
       router_(ctx, ps, name, C, cfg, expert_costs(cfg, default_hidden), rng, std, seed, par),
       experts_(ctx, ps, name, expert_hidden_sizes(cfg, default_hidden), C, first_expert(cfg, par),
-               first_expert(cfg, par) + cfg.num_experts() / ep_size(par), rng, std, out_std),
+               first_expert(cfg, par) + cfg.num_experts() / ep_size(par), rng, std, out_std, ffn),
       dispatcher_(ctx, exchange(ctx, cfg, C, par), name) {
   if (cfg.shared_expert())
     shared_ = std::make_unique<Mlp>(ctx, ps, name + ".shared", C, shared_expert_hidden(cfg, default_hidden), rng,
-                                    std, out_std);
+                                    std, out_std, ffn);
 }
 
 Tensor MoeLayer::forward(const Tensor& x) {

@@ -33,10 +33,11 @@ std::vector<float> expert_costs(const switchyard::MoeConfig& cfg, int64_t ffn_hi
 class MoeLayer : public FeedForward {
  public:
   // With `par` (several ranks) the experts are sharded over par->ep and the
-  // routing statistics are summed over par->world.
+  // routing statistics are summed over par->world. `ffn`: the experts' (and
+  // shared expert's) activation and biases (model.activation, model.bias).
   MoeLayer(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
            int64_t default_hidden, Rng& rng, float std, float out_std, uint64_t seed,
-           ParallelContext* par = nullptr);
+           ParallelContext* par = nullptr, const FfnOptions& ffn = {});
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
   void set_training(bool t) override { router_.set_training(t); }

@@ -6,6 +6,7 @@
 #include "ops/elementwise.h"
 #include "ops/heads.h"
 #include "ops/layernorm.h"
+#include "ops/rope.h"
 
 namespace sy {
 
@@ -38,11 +39,13 @@ AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, 
 }
 
 SparseSelfAttention::SparseSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H,
-                                         const SparseAttentionSpec& spec, Rng& rng, float std, float out_std)
+                                         const SparseAttentionSpec& spec, Rng& rng, float std, float out_std,
+                                         const AttentionOptions& options)
     : ctx_(ctx),
       cfg_(spec.cfg),
-      qkv_(ctx, ps, name + ".qkv", C, 3 * C, rng, std),
-      proj_(ctx, ps, name + ".proj", C, C, rng, out_std),
+      qkv_(ctx, ps, name + ".qkv", C, 3 * C, rng, std, options.bias),
+      proj_(ctx, ps, name + ".proj", C, C, rng, out_std, options.bias),
+      opt_(options),
       C_(C), H_(H), D_(C / H),
       R_(routed() ? spec.cfg.num_routing_heads() : 0),
       K_(cluster_count(spec.cfg, spec.seq_len)),
@@ -67,10 +70,13 @@ Tensor head(const Tensor& t, int64_t h, int64_t b, int64_t T) {
 }
 }  // namespace
 
-Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T) {
+Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) {
   B_ = B, T_ = T;
   const int64_t N = B * T;
-  const Tensor qkv = qkv_.forward(x);
+  Tensor qkv = qkv_.forward(x);
+  // RoPE on q and k (heads [0, 2H) of the packed row) before clustering.
+  positions_ = positions;
+  if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, 2 * H_, D_, opt_.rope_base});
   q_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
   k_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
   v_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
@@ -221,6 +227,7 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
   ops::merge_heads(ctx_, dqkv, dq, 0);
   ops::merge_heads(ctx_, dqkv, dk, C_);
   ops::merge_heads(ctx_, dqkv, dv, 2 * C_);
+  if (opt_.rope) ops::rope_backward(ctx_, {dqkv, positions_, T_, 2 * H_, D_, opt_.rope_base});
   return qkv_.backward(dqkv);
 }
 

@@ -7,6 +7,12 @@
 //               blocks (ops/sparse_attention.h)
 //   y = proj(concat_h attention_h(qkv(x)))
 //
+// With rotary positions (model.position ROPE) q and k of every head are
+// rotated (ops/rope.h) right after qkv, before anything else sees them: the
+// routing heads' layer norm and clustering, the centroids' k-means and EMA,
+// the block top-k scores and every head's attention all work on rotated q
+// and k, so clusters see positions the same way the attention does.
+//
 // Centroids live per block and routing head, or in one set per routing head
 // shared by all routed blocks (share_centroids). Causality in training as in
 // evaluation: a token's membership may depend only on tokens up to it and on
@@ -55,8 +61,10 @@ AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, 
 class SparseSelfAttention : public SelfAttention {
  public:
   SparseSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H,
-                      const SparseAttentionSpec& spec, Rng& rng, float std, float out_std);
-  Tensor forward(const Tensor& x, int64_t B, int64_t T) override;
+                      const SparseAttentionSpec& spec, Rng& rng, float std, float out_std,
+                      const AttentionOptions& options = {});
+  using SelfAttention::forward;
+  Tensor forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) override;
   Tensor backward(const Tensor& dy) override;
   void set_training(bool t) override { training_ = t; }
   // The next forward (in evaluation mode) initialises any uninitialised
@@ -86,6 +94,7 @@ class SparseSelfAttention : public SelfAttention {
   Ctx& ctx_;
   switchyard::AttentionConfig cfg_;
   Linear qkv_, proj_;
+  AttentionOptions opt_;
   int64_t C_, H_, D_, R_, K_;
   std::vector<ops::Centroids> own_;
   std::vector<ops::Centroids>* centroids_;
@@ -96,6 +105,7 @@ class SparseSelfAttention : public SelfAttention {
   std::vector<ops::ClusterStats> pending_;  // per routing head, since the last update
   // saved for backward
   int64_t B_ = 0, T_ = 0;
+  Tensor positions_;                       // i32 (B*T) or undefined (RoPE)
   Tensor q_, k_, v_, o_;                   // (H, B*T, D): head h of sequence b is rows [b*T, (b+1)*T) of head h
   Tensor lse_;                             // (H, B*T)
   std::vector<ops::KeySets> keys_;         // (H, B): keys_[h * B + b]

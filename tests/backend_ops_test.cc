@@ -10,7 +10,9 @@
 // Routing cases take their probabilities as inputs, so both backends decide on
 // the same floats. Host results (losses, a Route's host fields) are copied into
 // outputs. Without a GPU the CUDA instances skip and say so; ops without CUDA
-// kernels yet (on_cuda false) are skipped by the CUDA instance.
+// kernels yet (on_cuda false: the model options' rmsnorm, rope, swiglu and the
+// variants of matmul, embedding and expert_ffn they use) are skipped by the
+// CUDA instance.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -36,10 +38,13 @@
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
 #include "ops/permute.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
 #include "ops/random.h"
 #include "ops/routed_attention.h"
 #include "ops/router_loss.h"
 #include "ops/routing.h"
+#include "ops/swiglu.h"
 
 namespace sy {
 namespace {
@@ -291,6 +296,58 @@ std::vector<OpCase> cases() {
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  ops::matmul_backward(x, {&o[0], &o[1], &o[2], in[2], in[0], in[1]});
                }});
+  // ---- the model options (model.position, norm, activation, bias, tie_embeddings): CPU only for now ----
+  c.push_back({"matmul_transposed_w", Tol::f32, [](Rng& r) { return Ins{randn({37, 24}, r), randn({19, 24}, r), randn({37, 19}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {37, 19}), acc(x, {37, 24}), acc(x, {19, 24})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::matmul_forward(x, {o[0], in[0], in[1], Tensor(), false, true});
+                 ops::matmul_backward(x, {&o[1], &o[2], nullptr, in[2], in[0], in[1], true});
+               },
+               false});
+  c.push_back({"rmsnorm", Tol::f32, [](Rng& r) { return Ins{randn({33, 48}, r, 3.f), randn({48}, r), randn({33, 48}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {33, 48}), fresh(x, {33}), acc(x, {33, 48}), acc(x, {48})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::rmsnorm_forward(x, {o[0], o[1], in[0], in[1]});
+                 ops::rmsnorm_backward(x, {o[2], o[3], in[2], in[0], in[1], o[1]});
+               },
+               false});
+  c.push_back({"swiglu", Tol::f32, [](Rng& r) { return Ins{randn({29, 2 * 37}, r, 3.f), randn({29, 37}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {29, 37}), acc(x, {29, 2 * 37})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::swiglu_forward(x, {o[0], in[0]});
+                 ops::swiglu_backward(x, {o[1], in[1], in[0]});
+               },
+               false});
+  // In place: the outputs start as copies of a packed qkv (rows at positions
+  // up to 40000, where fp32 angles would be off by ~1e-3 rad) and of dy.
+  c.push_back({"rope", Tol::f32, [](Rng& r) { return Ins{randn({21, 3 * 24}, r), ints({21}, r, 40000), randn({21, 3 * 24}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {21, 3 * 24}), fresh(x, {21, 3 * 24})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 o[0].copy_from(in[0], x);
+                 ops::rope_forward(x, {o[0], in[1], 0, 8, 6, 10000.0});
+                 o[1].copy_from(in[2], x);
+                 ops::rope_backward(x, {o[1], in[1], 0, 8, 6, 10000.0});
+               },
+               false});
+  c.push_back({"embedding_no_position_table", Tol::exact, [](Rng& r) { return Ins{ints({24}, r, 50), randn({50, 16}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {24, 16})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::embedding_forward(x, {o[0], in[0], in[1], Tensor(), 8}); },
+               false});
+  c.push_back({"expert_ffn_swiglu_no_bias", Tol::f32,
+               [](Rng& r) { return Ins{randn({23, 16}, r), randn({3, 16, 2 * 12}, r, 0.3f), randn({3, 12, 16}, r, 0.3f), randn({23, 16}, r)}; },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {23, 16}), fresh(x, {23, 24}), acc(x, {23, 16}), acc(x, {3, 16, 24}), acc(x, {3, 12, 16})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset = {0, 9, 9, 23};
+                 const ops::ExpertLayout layout(16, {12, 12, 12}, ops::FfnActivation::swiglu);
+                 const Tensor none;
+                 Tensor no_db1, no_db2;
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, {in[1], none, in[2], none}});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], no_db1, o[4], no_db2}, in[3], in[0], o[1], offset, layout,
+                                              {in[1], none, in[2], none}});
+               },
+               false});
   c.push_back({"layernorm_forward", Tol::f32, [](Rng& r) { return Ins{randn({33, 48}, r, 3.f), randn({48}, r), randn({48}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {33, 48}), fresh(x, {33}), fresh(x, {33})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::layernorm_forward(x, {o[0], o[1], o[2], in[0], in[1], in[2]}); }});

@@ -214,6 +214,57 @@ TEST(Checkpoint, RoundTripTrainsOnBitForBit) {
   EXPECT_NO_THROW(verify_checkpoint(dir, m));
 }
 
+// The model options (RoPE, RMSNorm, SwiGLU experts top-2 renormalised, no
+// biases, tied embeddings) are config fields: the manifest's resolved config
+// carries them, a restore rebuilds the same model, and it trains on bit for
+// bit. A different rope_base is refused (same shapes, another function).
+TEST(Checkpoint, LlamaLayoutRoundTripsBitForBit) {
+  TempDir d;
+  Config cfg = parse_config(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 24 seq_len: 16
+            position: ROPE rope_base: 500 norm: RMSNORM activation: SWIGLU bias: false tie_embeddings: true }
+    train { batch: 4 steps: 6 warmup_steps: 1 eval_batches: 1 seed: 7 }
+    data { synthetic_bytes: 10000 }
+    moe { num_experts: 4 top_k: 2 renormalize: true dropless: true every_n_layers: 1 }
+  )", "test");
+  cfg.mutable_train()->set_checkpoint_dir(d.path);
+  validate_config(cfg, "test");
+  Trainer a(cfg, {});
+  for (int s = 1; s <= 3; ++s) a.step(s);
+  const std::string dir = a.write_checkpoint();
+  const auto m = read_manifest(dir);
+  EXPECT_EQ(m.config().model().position(), switchyard::ModelConfig::ROPE);
+  EXPECT_EQ(m.config().model().norm(), switchyard::ModelConfig::RMSNORM);
+  EXPECT_EQ(m.config().model().activation(), switchyard::ModelConfig::SWIGLU);
+  EXPECT_FALSE(m.config().model().bias());
+  EXPECT_TRUE(m.config().model().tie_embeddings());
+  EXPECT_EQ(m.config().model().rope_base(), 500.f);
+
+  // Restored from the manifest's config alone (train_switch --resume without --config).
+  Config from_manifest = m.config();
+  from_manifest.mutable_train()->set_checkpoint_dir(d.path);
+  Trainer b(from_manifest, {});
+  EXPECT_TRUE(model_state(a.model()) != model_state(b.model()));
+  b.restore(dir);
+  ASSERT_TRUE(model_state(a.model()) == model_state(b.model())) << "every parameter and moment";
+  for (int s = 4; s <= 6; ++s) {
+    const StepResult ra = a.step(s), rb = b.step(s);
+    EXPECT_EQ(ra.loss, rb.loss) << "step " << s;
+    EXPECT_EQ(ra.grad_norm, rb.grad_norm) << "step " << s;
+  }
+  EXPECT_TRUE(model_state(a.model()) == model_state(b.model()));
+
+  Config other_base = cfg;
+  apply_override(other_base, "model.rope_base=10000");
+  try {
+    check_compatible(other_base, m, dir);
+    ADD_FAILURE() << "a different rope_base was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(": model.rope_base = 10000 in this run, 500 in the checkpoint"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Checkpoint, ExpertsUnderGlobalNames) {
   TempDir d;
   const Config cfg = routed_config(d.path);
@@ -389,7 +440,9 @@ TEST_F(Refusal, MissingFileAndMissingManifest) {
 
 TEST_F(Refusal, ChangedModelShapeNamesTheField) {
   for (auto [field, value] : std::vector<std::pair<std::string, std::string>>{
-           {"model.n_layers", "3"}, {"moe.num_experts", "8"}, {"attention.num_routing_heads", "2"}}) {
+           {"model.n_layers", "3"}, {"moe.num_experts", "8"}, {"attention.num_routing_heads", "2"},
+           {"model.position", "ROPE"}, {"model.norm", "RMSNORM"}, {"model.activation", "SWIGLU"}, {"model.bias", "false"},
+           {"model.tie_embeddings", "true"}}) {
     Config c = cfg_;
     apply_override(c, field + "=" + value);
     try {

@@ -125,9 +125,58 @@ TEST(Config, NcclNeedsTheCudaBackendAndNccl) {
   EXPECT_EQ(parse_ok("parallel { backend: MPI }").parallel().backend(), switchyard::ParallelConfig::MPI);
 }
 
+// The model options have no CUDA kernels yet: refused at load in every build,
+// naming the option (before the build's own "no CUDA backend").
+TEST(Config, ModelOptionsRefusedOnCuda) {
+  const std::string why = ": has no CUDA kernels yet; use backend CPU (or AUTO)";
+  expect_invalid("backend: CUDA model { position: ROPE }", "t.pbtxt: model.position = ROPE" + why);
+  expect_invalid("backend: CUDA model { norm: RMSNORM }", "t.pbtxt: model.norm = RMSNORM" + why);
+  expect_invalid("backend: CUDA model { activation: SWIGLU }", "t.pbtxt: model.activation = SWIGLU" + why);
+  expect_invalid("backend: CUDA model { tie_embeddings: true }", "t.pbtxt: model.tie_embeddings = true" + why);
+  expect_invalid("backend: CUDA model { bias: false } moe { num_experts: 4 }",
+                 "t.pbtxt: model.bias = false: experts without biases have no CUDA kernels yet; use backend CPU (or AUTO)");
+  parse_ok("backend: CPU model { position: ROPE norm: RMSNORM activation: SWIGLU bias: false tie_embeddings: true }");
+}
+
 TEST(Config, InconsistentSizes) {
   expect_invalid("model { d_model: 64 n_heads: 5 }",
                  "model.d_model = 64: must be divisible by model.n_heads = 5");
+}
+
+TEST(Config, ModelOptions) {
+  const Config d = parse_ok("");
+  EXPECT_EQ(d.model().position(), switchyard::ModelConfig::LEARNED);
+  EXPECT_EQ(d.model().norm(), switchyard::ModelConfig::LAYERNORM);
+  EXPECT_EQ(d.model().activation(), switchyard::ModelConfig::GELU);
+  EXPECT_TRUE(d.model().bias());
+  EXPECT_FALSE(d.model().tie_embeddings());
+  EXPECT_FLOAT_EQ(d.model().rope_base(), 10000.f);
+  const Config m = parse_ok(
+      "model { position: ROPE rope_base: 500000 norm: RMSNORM activation: SWIGLU bias: false tie_embeddings: true }");
+  EXPECT_EQ(m.model().position(), switchyard::ModelConfig::ROPE);
+  EXPECT_FLOAT_EQ(m.model().rope_base(), 500000.f);
+  // Bad values, each refused with one line naming the field.
+  expect_invalid("model { position: ALIBI }", "t.pbtxt:1:");
+  expect_invalid("model { position: ALIBI }", "field 'model': Unknown enumeration value of \"ALIBI\" for field \"position\"");
+  expect_invalid("model { norm: BATCHNORM }", "\"BATCHNORM\" for field \"norm\"");
+  expect_invalid("model { activation: RELU }", "\"RELU\" for field \"activation\"");
+  expect_invalid("model { bias: maybe }", "field 'model'");
+  expect_invalid("model { tie_embeddings: 2 }", "field 'model'");
+  expect_invalid("model { rope_base: 1 }", "t.pbtxt: model.rope_base = 1: must be in (1, 1e+09]");
+  expect_invalid("model { rope_base: -5 }", "model.rope_base = -5: must be in (1, 1e+09]");
+  expect_invalid("model { rope_base: inf }", "model.rope_base = inf: must be a finite number");
+  expect_invalid("model { position: ROPE d_model: 60 n_heads: 4 }",
+                 "t.pbtxt: model.position = ROPE: needs an even head size; d_model / n_heads = 15");
+  parse_ok("model { position: LEARNED d_model: 60 n_heads: 4 }");  // learned positions do not care
+  Config c;
+  EXPECT_NE(error_of([&] { apply_override(c, "model.position=SINUSOID"); })
+                .find("--set model.position=SINUSOID: 'SINUSOID' is not a valid enum for model.position (allowed: LEARNED, ROPE)"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "model.norm=2"); }).find("(allowed: LAYERNORM, RMSNORM)"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "model.bias=yes"); }).find("'yes' is not a valid bool for model.bias"),
+            std::string::npos);
+  apply_override(c, "model.activation=SWIGLU");
+  EXPECT_EQ(c.model().activation(), switchyard::ModelConfig::SWIGLU);
 }
 
 TEST(Config, MissingDataFile) {

@@ -497,8 +497,9 @@ TEST(CpuSpeedEquivalence, ExpertFfn) {
     const Tensor w1 = randn({G, D, H}, rng, 0.3f), b1 = randn({G, H}, rng), w2 = randn({G, H, D}, rng, 0.1f),
                  b2 = randn({G, D}, rng);
     Tensor out = zeros({R, D}), pre = zeros({R, H}), out_old = zeros({R, D}), pre_old = zeros({R, H});
-    ops::expert_ffn_forward(ctx, {out, pre, buf, k.offset, {w1, b1, w2, b2}});
-    old::expert_ffn_forward({out_old, pre_old, buf, k.offset, {w1, b1, w2, b2}});
+    const ops::ExpertLayout layout(D, std::vector<int64_t>(G, H));  // the old loops read the shapes instead
+    ops::expert_ffn_forward(ctx, {out, pre, buf, k.offset, layout, {w1, b1, w2, b2}});
+    old::expert_ffn_forward({out_old, pre_old, buf, k.offset, layout, {w1, b1, w2, b2}});
     expect_close("expert_ffn out" + tag, out, out_old);
     expect_close("expert_ffn pre" + tag, pre, pre_old);
     for (const bool from_zero : {true, false}) {
@@ -508,9 +509,9 @@ TEST(CpuSpeedEquivalence, ExpertFfn) {
              db2 = start({G, D});
       Tensor dbuf_old = copy_of(dbuf), dw1_old = copy_of(dw1), db1_old = copy_of(db1), dw2_old = copy_of(dw2),
              db2_old = copy_of(db2);
-      ops::expert_ffn_backward(ctx, {dbuf, {dw1, db1, dw2, db2}, dout, buf, pre_old, k.offset, {w1, b1, w2, b2}});
+      ops::expert_ffn_backward(ctx, {dbuf, {dw1, db1, dw2, db2}, dout, buf, pre_old, k.offset, layout, {w1, b1, w2, b2}});
       old::expert_ffn_backward(
-          {dbuf_old, {dw1_old, db1_old, dw2_old, db2_old}, dout, buf, pre_old, k.offset, {w1, b1, w2, b2}});
+          {dbuf_old, {dw1_old, db1_old, dw2_old, db2_old}, dout, buf, pre_old, k.offset, layout, {w1, b1, w2, b2}});
       expect_close("expert_ffn dbuf" + t2, dbuf, dbuf_old);
       expect_close("expert_ffn dw1" + t2, dw1, dw1_old);
       expect_close("expert_ffn db1" + t2, db1, db1_old);

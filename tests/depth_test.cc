@@ -2,6 +2,9 @@
 // pass-through exactness and causality of the inference-time predictor.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "grad_check.h"
 #include "ops/depth_gate.h"
 #include "ops/elementwise.h"
@@ -33,10 +36,10 @@ switchyard::DepthConfig depth_cfg(float capacity, bool sigmoid_weight = false) {
 struct TestBlock {
   ParamStore ps;
   std::unique_ptr<Block> block;
-  TestBlock(const switchyard::DepthConfig* depth, uint64_t seed = 1) {
+  TestBlock(const switchyard::DepthConfig* depth, uint64_t seed = 1, switchyard::ModelConfig m = model_cfg()) {
     Rng rng(seed);
-    auto m = model_cfg();
-    auto ffn = std::make_unique<Mlp>(host_ctx(), ps, "b.mlp", m.d_model(), m.ffn_hidden(), rng, 0.3f, 0.3f);
+    auto ffn = std::make_unique<Mlp>(host_ctx(), ps, "b.mlp", m.d_model(), m.ffn_hidden(), rng, 0.3f, 0.3f,
+                                     ffn_options(m));
     block = std::make_unique<Block>(host_ctx(), ps, "b", m, std::move(ffn), rng, depth);
     ps.finalize(host_ctx());
   }
@@ -164,6 +167,75 @@ TEST(Depth, PredictorRoutingIsCausal) {
     for (int c = 0; c < 8; ++c) x2.f32()[j * 8 + c] += 1.5f;
     Tensor y = t.block->forward(x2, 1, T);
     for (int64_t i = 0; i < j * 8; ++i) ASSERT_EQ(y.f32()[i], y0.f32()[i]) << "token j=" << j << " changed output " << i / 8;
+  }
+}
+
+switchyard::ModelConfig rope_cfg() {
+  auto m = model_cfg();
+  m.set_position(switchyard::ModelConfig::ROPE);
+  m.set_rope_base(50.f);
+  return m;
+}
+
+// With RoPE, a depth-routed block rotates its routed tokens by their positions
+// in the full sequence, not by their index among the routed tokens: the
+// routed rows' output (z exactly, under the straight-through weight) equals
+// the block's layers run by hand on the routed rows at their original
+// positions, and differs from them run at compacted positions.
+TEST(Depth, RopeKeepsRoutedTokensOriginalPositions) {
+  auto d = depth_cfg(0.5f);
+  TestBlock t(&d, 13, rope_cfg());
+  const int64_t B = 2, T = 10, C = 8;
+  Rng rng(14);
+  Tensor x = testing::randn({B * T, C}, rng);
+  Tensor y = t.block->forward(x, B, T);
+  const std::vector<int32_t> group = t.block->depth()->route().group.to_vector<int32_t>();
+  std::vector<int64_t> rows;
+  std::vector<int32_t> pos;
+  for (int64_t i = 0; i < B * T; ++i)
+    if (group[i] >= 0) rows.push_back(i), pos.push_back(static_cast<int32_t>(i % T));
+  ASSERT_EQ(rows.size(), 10u);
+  // The same layers with the same weights, by hand.
+  ParamStore ps;
+  Rng r0(0);
+  const auto m = rope_cfg();
+  Mlp mlp(host_ctx(), ps, "b.mlp", C, m.ffn_hidden(), r0, 0.3f, 0.3f);
+  LayerNorm ln1(host_ctx(), ps, "b.ln1", C, r0), ln2(host_ctx(), ps, "b.ln2", C, r0);
+  CausalSelfAttention attn(host_ctx(), ps, "b.attn", C, m.n_heads(), r0, 0.3f, 0.3f, attention_options(m));
+  ps.finalize(host_ctx());
+  for (Param* p : ps.all()) p->value.copy_from(t.ps.find(p->name)->value, host_ctx());
+  Tensor xs = testing::zeros({10, C});
+  for (int64_t j = 0; j < 10; ++j) std::copy_n(x.f32() + rows[j] * C, C, xs.f32() + j * C);
+  auto block = [&](const Tensor& positions) {
+    Tensor h = attn.forward(ln1.forward(xs), B, 5, positions);
+    ops::add_into(host_ctx(), h, xs);
+    Tensor z = mlp.forward(ln2.forward(h));
+    ops::add_into(host_ctx(), z, h);
+    return z;
+  };
+  const Tensor want = block(Tensor::from_host(pos)), compacted = block(Tensor());
+  double off_compacted = 0;
+  for (int64_t j = 0; j < 10; ++j)
+    for (int64_t c = 0; c < C; ++c) {
+      EXPECT_NEAR(y.f32()[rows[j] * C + c], want.f32()[j * C + c], 1e-5) << "row " << rows[j];
+      off_compacted = std::max(off_compacted, static_cast<double>(std::fabs(y.f32()[rows[j] * C + c] - compacted.f32()[j * C + c])));
+    }
+  EXPECT_GT(off_compacted, 1e-3) << "the test cannot tell original from compacted positions";
+}
+
+TEST(Depth, GradientsWithRope) {
+  auto d = depth_cfg(0.5f, true);
+  TestBlock t(&d, 15, rope_cfg());
+  Rng rng(16);
+  Tensor x = testing::randn({2 * 6, 8}, rng), R = testing::randn({2 * 6, 8}, rng);
+  auto loss = [&] { return testing::dot(t.block->forward(x, 2, 6), R); };
+  loss();
+  t.ps.zero_grad(host_ctx());
+  t.block->backward(R);
+  for (const char* name : {"b.attn.qkv.w", "b.attn.proj.w", "b.ln1.w"}) {
+    Param* p = t.ps.find(name);
+    Tensor g = p->grad.clone();
+    testing::expect_gradient(name, p->value, g, loss, 1e-2, 3e-2);
   }
 }
 

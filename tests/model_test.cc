@@ -51,6 +51,77 @@ TEST(Transformer, WholeModelGradientCheck) {
   }
 }
 
+// The Mixtral/Llama layout, dense: RoPE, RMSNorm, SwiGLU, no biases, tied
+// embeddings. Every parameter against finite differences; wte's gradient is
+// the sum of its two uses (embedding and LM head), which a perturbation of
+// wte moves both of.
+TEST(Transformer, WholeModelGradientCheckLlamaLayout) {
+  Config cfg = small_config();
+  auto* m = cfg.mutable_model();
+  m->set_position(switchyard::ModelConfig::ROPE);
+  m->set_rope_base(100.f);
+  m->set_norm(switchyard::ModelConfig::RMSNORM);
+  m->set_activation(switchyard::ModelConfig::SWIGLU);
+  m->set_bias(false);
+  m->set_tie_embeddings(true);
+  validate_config(cfg, "test");
+  Transformer model(host_ctx(), cfg);
+  for (const char* absent : {"wpe", "head.w", "h0.ln1.b", "ln_f.b", "h0.attn.qkv.b", "h1.mlp.fc1.b", "h1.mlp.fc2.b"})
+    EXPECT_EQ(model.params().find(absent), nullptr) << absent;
+  EXPECT_EQ(model.params().find("h1.mlp.fc1.w")->shape, (Shape{16, 48}));  // gate | up
+  Batch batch = small_batch(2, 6, 3);
+  model.params().zero_grad(host_ctx());
+  model.forward(batch);
+  model.backward();
+  auto loss = [&] { return static_cast<double>(model.forward(batch)); };
+  for (Param* p : model.params().all()) {
+    Tensor analytic = p->grad.clone();
+    testing::expect_gradient(p->name, p->value, analytic, loss, 1e-2, 3e-2, 24);
+  }
+}
+
+// Tied embeddings: the head is wte^T, so logits equal LN_f(h) wte^T, and
+// wte's gradient is the embedding's plus the head's.
+TEST(Transformer, TiedEmbeddingsGradientIsSumOfBothUses) {
+  Config tied = small_config(), untied = small_config();
+  tied.mutable_model()->set_tie_embeddings(true);
+  Transformer a(host_ctx(), tied), b(host_ctx(), untied);
+  EXPECT_EQ(a.params().find("head.w"), nullptr);
+  EXPECT_EQ(b.params().numel() - a.params().numel(), 16 * 256);
+  // Give the untied model the same weights with head.w = wte^T.
+  for (Param* p : a.params().all()) b.params().find(p->name)->value.copy_from(p->value, host_ctx());
+  Param* head = b.params().find("head.w");
+  const float* wte = a.params().find("wte")->value.f32();
+  for (int64_t v = 0; v < 256; ++v)
+    for (int64_t c = 0; c < 16; ++c) head->value.f32()[c * 256 + v] = wte[v * 16 + c];
+  Batch batch = small_batch(2, 6, 4);
+  a.params().zero_grad(host_ctx());
+  b.params().zero_grad(host_ctx());
+  EXPECT_NEAR(a.forward(batch), b.forward(batch), 1e-5);
+  a.backward();
+  b.backward();
+  const float* ga = a.params().find("wte")->grad.f32();
+  const float* gb = b.params().find("wte")->grad.f32();
+  const float* gh = head->grad.f32();
+  double worst = 0, head_part = 0;
+  for (int64_t v = 0; v < 256; ++v)
+    for (int64_t c = 0; c < 16; ++c) {
+      worst = std::max(worst, std::fabs(static_cast<double>(ga[v * 16 + c]) - gb[v * 16 + c] - gh[c * 256 + v]));
+      head_part = std::max(head_part, std::fabs(static_cast<double>(gh[c * 256 + v])));
+    }
+  EXPECT_LT(worst, 1e-6);
+  EXPECT_GT(head_part, 1e-4);
+}
+
+TEST(Transformer, RopeHasNoPositionTable) {
+  Config learned = small_config(), rope = small_config();
+  rope.mutable_model()->set_position(switchyard::ModelConfig::ROPE);
+  Transformer a(host_ctx(), learned), b(host_ctx(), rope);
+  ASSERT_NE(a.params().find("wpe"), nullptr);
+  EXPECT_EQ(b.params().find("wpe"), nullptr);
+  EXPECT_EQ(a.params().numel() - b.params().numel(), 6 * 16);  // seq_len x d_model
+}
+
 TEST(Transformer, InitialLossIsAboutLog256) {
   Config cfg = parse_config("model { d_model: 32 n_heads: 2 seq_len: 16 }", "test");
   Transformer model(host_ctx(), cfg);

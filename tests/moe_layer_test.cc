@@ -74,6 +74,32 @@ TEST(MoeLayer, OneExpertEqualsDenseFfn) {
   EXPECT_EQ(moe.stats().dropped, 0);
 }
 
+// SwiGLU without biases (the Mixtral expert): one expert with room for every
+// token is the dense SwiGLU MLP with the same gate|up and down matrices.
+TEST(MoeLayer, OneSwigluExpertEqualsDenseSwigluFfn) {
+  Rng rng(21);
+  const int64_t C = 8, H = 12, N = 9;
+  const FfnOptions swiglu{ops::FfnActivation::swiglu, false};
+  ParamStore ps;
+  MoeLayer moe(host_ctx(), ps, "m", C, moe_config(1, 1), H, rng, 0.3f, 0.3f, 7, nullptr, swiglu);
+  Mlp mlp(host_ctx(), ps, "d", C, H, rng, 0.3f, 0.3f, swiglu);
+  ps.finalize(host_ctx());
+  for (const char* absent : {"m.experts.b1", "m.experts.b2", "d.fc1.b", "d.fc2.b"})
+    EXPECT_EQ(ps.find(absent), nullptr) << absent;
+  EXPECT_EQ(ps.find("m.experts.w1")->shape, (Shape{1, C, 2 * H}));
+  for (const char* s : {"w1", "w2"}) {
+    Param* src = ps.find(std::string("m.experts.") + s);
+    Param* dst = ps.find(std::string("d.fc") + s[1] + ".w");
+    ASSERT_EQ(src->value.numel(), dst->value.numel()) << s;
+    std::copy_n(src->value.f32(), src->value.numel(), dst->value.f32());
+  }
+  Tensor x = testing::randn({N, C}, rng);
+  Tensor a = moe.forward(x), b = mlp.forward(x);
+  for (int64_t i = 0; i < N * C; ++i) EXPECT_NEAR(a.f32()[i], b.f32()[i], 1e-5f);
+  // N routed rows through 3 GEMMs of C x H each, plus the router: 6 N C H + 2 N C G.
+  EXPECT_DOUBLE_EQ(moe.forward_flops(), 6.0 * N * C * H + 2.0 * N * C * 1);
+}
+
 TEST(MoeLayer, TopKEqualsGIsProbabilityWeightedSumOfAllExperts) {
   Rng rng(2);
   const int64_t C = 6, H = 5, N = 7, G = 4;
@@ -254,11 +280,11 @@ TEST(MoeLayer, UnservedTokensAreReportedForEveryPolicy) {
 // Loss = y . R + router losses; every parameter and the input against finite
 // differences. The choice of experts is held fixed by a large margin: FD steps
 // are small next to the gaps between router scores.
-void check_layer_gradients(switchyard::MoeConfig cfg, uint64_t seed) {
+void check_layer_gradients(switchyard::MoeConfig cfg, uint64_t seed, const FfnOptions& ffn = {}) {
   Rng rng(seed);
   const int64_t C = 6, H = 7, N = 10;
   ParamStore ps;
-  MoeLayer moe(host_ctx(), ps, "m", C, cfg, H, rng, 0.4f, 0.4f, 7);
+  MoeLayer moe(host_ctx(), ps, "m", C, cfg, H, rng, 0.4f, 0.4f, 7, nullptr, ffn);
   ps.finalize(host_ctx());
   randomize_biases(ps, rng);
   Tensor x = testing::randn({N, C}, rng), R = testing::randn({N, C}, rng);
@@ -305,6 +331,24 @@ TEST(MoeLayer, GradientsHeterogeneousExpertsUnderAHardBudget) {
   c.set_budget(1.2f);  // costs 3/7, 11/7, 5/7, 1: some assignments dropped
   c.set_load_balance_coef(0.1f);
   check_layer_gradients(c, 14);
+}
+
+// The Mixtral MoE: softmax top-2 renormalised, SwiGLU experts, no biases.
+TEST(MoeLayer, GradientsTop2RenormalizedSwigluNoBias) {
+  auto c = moe_config(4, 2);
+  c.set_renormalize(true);
+  c.set_load_balance_coef(0.1f);
+  c.set_shared_expert(true);
+  check_layer_gradients(c, 14, {ops::FfnActivation::swiglu, false});
+}
+
+// SwiGLU experts of different widths (the packed layout with P_g = 2 H_g:
+// w1's gate|up blocks and w2's blocks sit at different offsets), with biases.
+TEST(MoeLayer, GradientsHeterogeneousSwigluExperts) {
+  auto c = moe_config(4, 2);
+  for (int h : {3, 11, 5, 7}) c.add_expert_hidden(h);
+  c.set_load_balance_coef(0.1f);
+  check_layer_gradients(c, 15, {ops::FfnActivation::swiglu, true});
 }
 
 TEST(MoeLayer, GradientsExpertChoice) {

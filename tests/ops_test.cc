@@ -12,8 +12,12 @@
 #include "ops/finite.h"
 #include "ops/gelu.h"
 #include "ops/layernorm.h"
+#include "ops/expert_ffn.h"
 #include "ops/matmul.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
 #include "ops/sampling.h"
+#include "ops/swiglu.h"
 
 namespace sy {
 namespace {
@@ -52,6 +56,30 @@ TEST(Matmul, GradientsMatchFiniteDifferences) {
   expect_gradient("dx", x, dx, loss);
   expect_gradient("dW", W, dW, loss);
   expect_gradient("db", b, db, loss);
+}
+
+// y = x W^T with W (M, K): the tied LM head's product.
+TEST(Matmul, TransposedWeightMatchesExplicitTransposeAndFiniteDifferences) {
+  Ctx& ctx = host_ctx();
+  Rng rng(21);
+  const int64_t N = 7, K = 5, M = 3;
+  Tensor x = randn({N, K}, rng), W = randn({M, K}, rng), R = randn({N, M}, rng);
+  Tensor Wt = zeros({K, M});
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) Wt.f32()[k * M + m] = W.f32()[m * K + k];
+  Tensor y = zeros({N, M}), yt = zeros({N, M});
+  ops::matmul_forward(ctx, {y, x, W, Tensor(), false, true});
+  ops::matmul_forward(ctx, {yt, x, Wt, Tensor()});
+  for (int64_t i = 0; i < N * M; ++i) EXPECT_NEAR(y.f32()[i], yt.f32()[i], 1e-5f);
+  auto loss = [&] {
+    Tensor o = zeros({N, M});
+    ops::matmul_forward(ctx, {o, x, W, Tensor(), false, true});
+    return dot(o, R);
+  };
+  Tensor dx = zeros({N, K}), dW = zeros({M, K});
+  ops::matmul_backward(ctx, {&dx, &dW, nullptr, R, x, W, true});
+  expect_gradient("dx", x, dx, loss);
+  expect_gradient("dW", W, dW, loss);
 }
 
 TEST(Matmul, ShapeMismatchNamesBothShapes) {
@@ -97,6 +125,168 @@ TEST(LayerNorm, GradientsMatchFiniteDifferences) {
   expect_gradient("db", b, db, loss, 1e-3);
 }
 
+TEST(RmsNorm, HandComputed) {
+  Tensor x = zeros({1, 4}), w = zeros({4}), y = zeros({1, 4}), rstd = zeros({1});
+  const float xs[] = {1, -2, 3, 4}, ws[] = {1, 2, 0.5f, -1};
+  std::copy(xs, xs + 4, x.f32());
+  std::copy(ws, ws + 4, w.f32());
+  ops::rmsnorm_forward(host_ctx(), {y, rstd, x, w});
+  // mean(x^2) = (1 + 4 + 9 + 16) / 4 = 7.5; no mean is subtracted.
+  const double r = 1.0 / std::sqrt(7.5 + 1e-5);
+  EXPECT_NEAR(rstd.f32()[0], r, 1e-6);
+  for (int c = 0; c < 4; ++c) EXPECT_NEAR(y.f32()[c], xs[c] * r * ws[c], 1e-6) << c;
+}
+
+TEST(RmsNorm, GradientsMatchFiniteDifferences) {
+  Ctx& ctx = host_ctx();
+  Rng rng(22);
+  const int64_t N = 5, C = 7;
+  Tensor x = randn({N, C}, rng), w = randn({C}, rng), R = randn({N, C}, rng), rstd = zeros({N});
+  auto loss = [&] {
+    Tensor y = zeros({N, C});
+    ops::rmsnorm_forward(ctx, {y, rstd, x, w});
+    return dot(y, R);
+  };
+  loss();
+  Tensor dx = zeros({N, C}), dw = zeros({C});
+  ops::rmsnorm_backward(ctx, {dx, dw, R, x, w, rstd});
+  expect_gradient("dx", x, dx, loss, 1e-3);
+  expect_gradient("dw", w, dw, loss, 1e-3);
+}
+
+// The Hugging Face rotate_half pairing by hand: position 1, one head of
+// D = 4, base 10000: theta = (1, 10000^(-1/2) = 0.01); element 0 pairs with
+// element 2 (angle 1) and element 1 with element 3 (angle 0.01).
+TEST(Rope, HandComputedRotateHalfPairing) {
+  Tensor x = zeros({2, 4});
+  const float v[] = {1, 2, 3, 4};
+  std::copy(v, v + 4, x.f32());
+  std::copy(v, v + 4, x.f32() + 4);
+  const Tensor pos = tokens({0, 1});
+  ops::rope_forward(host_ctx(), {x, pos, 0, 1, 4, 10000.0});
+  for (int i = 0; i < 4; ++i) EXPECT_FLOAT_EQ(x.f32()[i], v[i]) << "position 0 is not rotated";
+  const float* y = x.f32() + 4;
+  const double c0 = std::cos(1.0), s0 = std::sin(1.0), c1 = std::cos(0.01), s1 = std::sin(0.01);
+  EXPECT_NEAR(y[0], 1 * c0 - 3 * s0, 1e-6);  // x0 cos - x2 sin
+  EXPECT_NEAR(y[1], 2 * c1 - 4 * s1, 1e-6);  // x1 cos - x3 sin
+  EXPECT_NEAR(y[2], 3 * c0 + 1 * s0, 1e-6);  // x2 cos + x0 sin
+  EXPECT_NEAR(y[3], 4 * c1 + 2 * s1, 1e-6);  // x3 cos + x1 sin
+  // Interleaved pairs (0,1), (2,3) would give x0 cos - x1 sin = 1 cos 1 - 2 sin 1.
+  EXPECT_GT(std::fabs(y[0] - (1 * c0 - 2 * s0)), 0.5);
+}
+
+TEST(Rope, PositionsDefaultToRowModSeqLenAndLeaveLaterColumnsAlone) {
+  Ctx& ctx = host_ctx();
+  Rng rng(23);
+  const int64_t T = 5, N = 2 * T, H = 3, D = 6, W = 3 * H * D;  // a packed qkv row
+  Tensor a = randn({N, W}, rng);
+  Tensor b = a.clone(), orig = a.clone();
+  std::vector<int32_t> p(N);
+  for (int64_t n = 0; n < N; ++n) p[n] = static_cast<int32_t>(n % T);
+  ops::rope_forward(ctx, {a, Tensor(), T, 2 * H, D, 500.0});
+  ops::rope_forward(ctx, {b, tokens(p), 0, 2 * H, D, 500.0});
+  for (int64_t i = 0; i < N * W; ++i) ASSERT_EQ(a.f32()[i], b.f32()[i]) << i;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 2 * H * D; c < W; ++c) ASSERT_EQ(a.f32()[n * W + c], orig.f32()[n * W + c]) << "v changed";
+  // A rotation keeps each pair's norm.
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < D / 2; ++i) {
+      auto sq = [&](const Tensor& t, int64_t j) { return t.f32()[n * W + j] * t.f32()[n * W + j]; };
+      EXPECT_NEAR(sq(a, i) + sq(a, i + D / 2), sq(orig, i) + sq(orig, i + D / 2), 1e-4);
+    }
+  // Backward is the inverse rotation: it undoes the forward.
+  ops::rope_backward(ctx, {a, Tensor(), T, 2 * H, D, 500.0});
+  for (int64_t i = 0; i < N * W; ++i) EXPECT_NEAR(a.f32()[i], orig.f32()[i], 1e-5) << i;
+}
+
+TEST(Rope, GradientMatchesFiniteDifferences) {
+  Ctx& ctx = host_ctx();
+  Rng rng(24);
+  const int64_t N = 7, H = 2, D = 8, W = 3 * H * D;
+  Tensor x = randn({N, W}, rng), R = randn({N, W}, rng);
+  const Tensor pos = tokens({0, 3, 1, 17, 250, 5, 2});  // arbitrary, as a depth-routed block's
+  auto loss = [&] {
+    Tensor y = x.clone();
+    ops::rope_forward(ctx, {y, pos, 0, 2 * H, D, 10000.0});
+    return dot(y, R);
+  };
+  Tensor dx = R.clone();  // dy = R, turned into dx in place
+  ops::rope_backward(ctx, {dx, pos, 0, 2 * H, D, 10000.0});
+  expect_gradient("dx", x, dx, loss, 1e-2, 2e-2, 200);
+}
+
+TEST(Swiglu, HandComputedAndGradient) {
+  Ctx& ctx = host_ctx();
+  // One row, H = 2: gate (0, 1), up (3, -2): y = (silu(0) * 3, silu(1) * -2).
+  Tensor x = zeros({1, 4}), y = zeros({1, 2});
+  const float v[] = {0, 1, 3, -2};
+  std::copy(v, v + 4, x.f32());
+  ops::swiglu_forward(ctx, {y, x});
+  EXPECT_NEAR(y.f32()[0], 0.f, 1e-7);
+  EXPECT_NEAR(y.f32()[1], -2 * 0.7310586f, 1e-6);  // silu(1) = 1 / (1 + e^-1)
+  Rng rng(25);
+  const int64_t N = 6, H = 7;
+  Tensor xs = randn({N, 2 * H}, rng, 2.f), R = randn({N, H}, rng);
+  auto loss = [&] {
+    Tensor ys = zeros({N, H});
+    ops::swiglu_forward(ctx, {ys, xs});
+    return dot(ys, R);
+  };
+  Tensor dx = zeros({N, 2 * H});
+  ops::swiglu_backward(ctx, {dx, R, xs});
+  expect_gradient("dx", xs, dx, loss, 1e-3, 2e-2, 84);
+}
+
+// SwiGLU experts, with and without biases: by hand for one row, and every
+// gradient against finite differences.
+TEST(ExpertFfn, SwigluHandComputedAndGradients) {
+  Ctx& ctx = host_ctx();
+  for (bool bias : {true, false}) {
+    SCOPED_TRACE(bias ? "biases" : "no biases");
+    Rng rng(26);
+    const int64_t G = 3, D = 4, H = 5, R = 7;
+    const std::vector<int32_t> offset = {0, 2, 2, 7};  // expert 1 gets no rows
+    Tensor buf = randn({R, D}, rng), w1 = randn({G, D, 2 * H}, rng, 0.5f), w2 = randn({G, H, D}, rng, 0.5f);
+    Tensor b1 = bias ? randn({G, 2 * H}, rng, 0.3f) : Tensor(), b2 = bias ? randn({G, D}, rng, 0.3f) : Tensor();
+    Tensor Rr = randn({R, D}, rng);
+    const ops::ExpertLayout layout(D, {H, H, H}, ops::FfnActivation::swiglu);
+    auto run = [&](Tensor& out, Tensor& pre) {
+      ops::expert_ffn_forward(ctx, {out, pre, buf, offset, layout, {w1, b1, w2, b2}});
+    };
+    Tensor out = zeros({R, D}), pre = zeros({R, 2 * H});
+    run(out, pre);
+    // Row 3 goes through expert 2: silu(x Wg + bg) * (x Wu + bu) W2 + b2.
+    const float* x = buf.f32() + 3 * D;
+    for (int64_t d = 0; d < D; ++d) {
+      double want = bias ? b2.f32()[2 * D + d] : 0.0;
+      for (int64_t j = 0; j < H; ++j) {
+        double g = bias ? b1.f32()[2 * 2 * H + j] : 0.0, u = bias ? b1.f32()[2 * 2 * H + H + j] : 0.0;
+        for (int64_t c = 0; c < D; ++c) {
+          g += x[c] * w1.f32()[(2 * D + c) * 2 * H + j];
+          u += x[c] * w1.f32()[(2 * D + c) * 2 * H + H + j];
+        }
+        want += g / (1 + std::exp(-g)) * u * w2.f32()[(2 * H + j) * D + d];
+      }
+      EXPECT_NEAR(out.f32()[3 * D + d], want, 1e-5) << d;
+    }
+    auto loss = [&] {
+      Tensor o = zeros({R, D}), p = zeros({R, 2 * H});
+      run(o, p);
+      return dot(o, Rr);
+    };
+    Tensor dbuf = zeros({R, D}), dw1 = zeros({G, D, 2 * H}), dw2 = zeros({G, H, D});
+    Tensor db1 = bias ? zeros({G, 2 * H}) : Tensor(), db2 = bias ? zeros({G, D}) : Tensor();
+    ops::expert_ffn_backward(ctx, {dbuf, {dw1, db1, dw2, db2}, Rr, buf, pre, offset, layout, {w1, b1, w2, b2}});
+    expect_gradient("dbuf", buf, dbuf, loss, 1e-3, 2e-2, 28);
+    expect_gradient("dw1", w1, dw1, loss, 1e-3, 2e-2, 120);
+    expect_gradient("dw2", w2, dw2, loss, 1e-3, 2e-2, 60);
+    if (bias) {
+      expect_gradient("db1", b1, db1, loss, 1e-3, 2e-2, 30);
+      expect_gradient("db2", b2, db2, loss, 1e-3);
+    }
+  }
+}
+
 TEST(Gelu, HandComputedAndGradient) {
   Ctx& ctx = host_ctx();
   Tensor x = zeros({3}), y = zeros({3});
@@ -135,6 +325,20 @@ TEST(Embedding, ForwardAndGradient) {
   ops::embedding_backward(ctx, {dwte, dwpe, R, tok, T});
   expect_gradient("dwte", wte, dwte, loss);
   expect_gradient("dwpe", wpe, dwpe, loss);
+}
+
+// Rotary positions: no position table; out is the token's row.
+TEST(Embedding, WithoutPositionTable) {
+  Ctx& ctx = host_ctx();
+  Rng rng(27);
+  const int64_t V = 11, C = 4, T = 3;
+  const Tensor tok = tokens({1, 5, 1, 10, 0, 5});
+  Tensor wte = randn({V, C}, rng), out = zeros({6, C}), none;
+  ops::embedding_forward(ctx, {out, tok, wte, Tensor(), T});
+  EXPECT_EQ(out.f32()[3 * C + 2], wte.f32()[10 * C + 2]);
+  Tensor dwte = zeros({V, C}), R = randn({6, C}, rng);
+  ops::embedding_backward(ctx, {dwte, none, R, tok, T});
+  EXPECT_FLOAT_EQ(dwte.f32()[5 * C + 1], R.f32()[1 * C + 1] + R.f32()[5 * C + 1]);
 }
 
 TEST(Attention, SingleTokenReturnsItsValue) {

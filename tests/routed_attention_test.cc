@@ -2,10 +2,12 @@
 // attention, the log-sum-exp merge, gradients and the centroid EMA.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "grad_check.h"
 #include "ops/layernorm.h"
+#include "ops/rope.h"
 #include "ops/routed_attention.h"
 #include "runtime/sparse_self_attention.h"
 
@@ -35,10 +37,11 @@ switchyard::AttentionConfig block_cfg(int block, int topk) {
 struct Layer {
   ParamStore ps;
   std::unique_ptr<SparseSelfAttention> attn;
-  Layer(const switchyard::AttentionConfig& a, int64_t C, int64_t H, int64_t T, uint64_t seed = 1) {
+  Layer(const switchyard::AttentionConfig& a, int64_t C, int64_t H, int64_t T, uint64_t seed = 1,
+        const AttentionOptions& options = {}) {
     Rng rng(seed);
     attn = std::make_unique<SparseSelfAttention>(host_ctx(), ps, "a", C, H, SparseAttentionSpec{a, T, nullptr, 3},
-                                                 rng, 0.5f, 0.5f);
+                                                 rng, 0.5f, 0.5f, options);
     ps.finalize(host_ctx());
   }
 };
@@ -156,13 +159,14 @@ TEST(RoutedAttention, BalancedModeMembershipDependsOnLaterTokens) {
   EXPECT_GT(leaks, 0);
 }
 
-// A layer of dense causal attention and a sparse one, same weights.
-void expect_equals_dense(const switchyard::AttentionConfig& a) {
+// A layer of dense causal attention and a sparse one, same weights (and the
+// same options: with RoPE both rotate q and k the same way).
+void expect_equals_dense(const switchyard::AttentionConfig& a, const AttentionOptions& options = {}) {
   const int64_t C = 8, H = 2, T = 13, B = 2;
-  Layer sparse(a, C, H, T, 5);
+  Layer sparse(a, C, H, T, 5, options);
   ParamStore ps;
   Rng rng(5);
-  CausalSelfAttention dense(host_ctx(), ps, "a", C, H, rng, 0.5f, 0.5f);
+  CausalSelfAttention dense(host_ctx(), ps, "a", C, H, rng, 0.5f, 0.5f, options);
   ps.finalize(host_ctx());
   Rng in(6);
   Tensor x = testing::randn({B * T, C}, in);
@@ -176,6 +180,67 @@ void expect_equals_dense(const switchyard::AttentionConfig& a) {
 TEST(RoutedAttention, OneClusterEqualsDenseCausalAttention) { expect_equals_dense(routed_cfg(2, 1, 1)); }
 TEST(LocalAttention, WindowAtLeastNEqualsDense) { expect_equals_dense(routed_cfg(0, 1, 13)); }
 TEST(BlockTopK, AllBlocksEqualsDense) { expect_equals_dense(block_cfg(4, 100)); }
+
+AttentionOptions rope_options(bool bias = true) {
+  AttentionOptions o;
+  o.rope = true;
+  o.rope_base = 100.0;
+  o.bias = bias;
+  return o;
+}
+TEST(RoutedAttention, OneClusterEqualsDenseWithRope) { expect_equals_dense(routed_cfg(2, 1, 1), rope_options()); }
+TEST(LocalAttention, WindowAtLeastNEqualsDenseWithRopeNoBias) {
+  expect_equals_dense(routed_cfg(0, 1, 13), rope_options(false));
+}
+
+// RoPE comes before clustering: with no k-means iterations the warm-up
+// centroids are rows of the routing head's normalised queries, and those
+// queries are the rotated ones, LN(rope(q)), not LN(q).
+TEST(RoutedAttention, RopeRotatesQueriesBeforeClustering) {
+  const int64_t C = 8, H = 2, T = 12, D = C / H;
+  auto cfg = routed_cfg(1, 4, 3);
+  cfg.set_kmeans_iters(0);
+  Layer l(cfg, C, H, T, 7, rope_options());
+  Rng rng(8);
+  Tensor x = testing::randn({T, C}, rng);
+  calibrate(l, x, 1, T);
+  // q of the routing head (head 1) for every row, by hand: x Wqkv + b, columns [D, 2D).
+  const float* w = l.ps.find("a.qkv.w")->value.f32();
+  const float* b = l.ps.find("a.qkv.b")->value.f32();
+  Tensor q = testing::zeros({T, D});
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < D; ++j) {
+      float v = b[D + j];
+      for (int64_t c = 0; c < C; ++c) v += x.f32()[t * C + c] * w[c * 3 * C + D + j];
+      q.f32()[t * D + j] = v;
+    }
+  auto normalised = [&](bool rotate) {
+    Tensor r = q.clone(), y = testing::zeros({T, D}), m = testing::zeros({T}), s = testing::zeros({T});
+    if (rotate) ops::rope_forward(host_ctx(), {r, Tensor(), T, 1, D, 100.0});
+    ops::layernorm_forward(host_ctx(), {y, m, s, r, Tensor(), Tensor()});
+    return y;
+  };
+  const Tensor rotated = normalised(true), plain = normalised(false);
+  auto row_of = [&](const Tensor& rows, const float* mu) {  // the row mu equals, or -1
+    for (int64_t t = 0; t < T; ++t) {
+      double d = 0;
+      for (int64_t j = 0; j < D; ++j) d = std::max(d, static_cast<double>(std::fabs(rows.f32()[t * D + j] - mu[j])));
+      if (d < 1e-3) return t;
+    }
+    return int64_t{-1};
+  };
+  const ops::Centroids& c = l.attn->centroids()[0];
+  int later = 0;
+  for (int64_t k = 0; k < c.K; ++k) {
+    const int64_t t = row_of(rotated, c.mu.f32() + k * D);
+    EXPECT_GE(t, 0) << "centroid " << k << " is no rotated, normalised query";
+    if (t > 0) {
+      ++later;
+      EXPECT_EQ(row_of(plain, c.mu.f32() + k * D), -1) << "centroid " << k << " matches an unrotated query";
+    }
+  }
+  EXPECT_GT(later, 0);
+}
 
 // Members of each cluster of a Route (in position order): item i is in
 // cluster c when one of its assignments to c was kept.
@@ -330,6 +395,24 @@ TEST(SparseAttention, LayerGradientsLocalPlusRouting) {
   loss();
   l.ps.zero_grad(host_ctx());
   Tensor dx = l.attn->backward(R);
+  for (Param* p : l.ps.all()) {
+    Tensor g = p->grad.clone();
+    testing::expect_gradient(p->name, p->value, g, loss, 1e-3, 3e-2);
+  }
+  testing::expect_gradient("x", x, dx, loss, 1e-3, 3e-2);
+}
+
+TEST(SparseAttention, LayerGradientsLocalPlusRoutingWithRope) {
+  const int64_t C = 8, H = 2, T = 10;
+  Layer l(routed_cfg(1, 2, 3), C, H, T, 11, rope_options(false));
+  Rng rng(12);
+  Tensor x = testing::randn({2 * T, C}, rng), R = testing::randn({2 * T, C}, rng);
+  calibrate(l, x, 2, T);
+  auto loss = [&] { return testing::dot(l.attn->forward(x, 2, T), R); };
+  loss();
+  l.ps.zero_grad(host_ctx());
+  Tensor dx = l.attn->backward(R);
+  EXPECT_EQ(l.ps.find("a.qkv.b"), nullptr);
   for (Param* p : l.ps.all()) {
     Tensor g = p->grad.clone();
     testing::expect_gradient(p->name, p->value, g, loss, 1e-3, 3e-2);

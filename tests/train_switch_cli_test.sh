@@ -22,6 +22,11 @@ expect_exit2 missing-data "data.path = $tmp/none.txt: no such file" --config "$t
 expect_exit2 bad-set "train.steps = -1: must be in [1, 100000000]" --config "$SRC/configs/tiny.pbtxt" --set train.steps=-1
 expect_exit2 bad-set-type "not a valid int32" --config "$SRC/configs/tiny.pbtxt" --set model.d_model=big
 expect_exit2 no-config "nope.pbtxt: cannot open" --config "$tmp/nope.pbtxt"
+# Model options: an unknown enum value names the allowed ones; RoPE needs an even head size.
+expect_exit2 bad-enum "'RELU' is not a valid enum for model.activation (allowed: GELU, SWIGLU)" \
+  --config "$SRC/configs/tiny.pbtxt" --set model.activation=RELU
+expect_exit2 rope-odd-head "model.position = ROPE: needs an even head size; d_model / n_heads = 15" \
+  --config "$SRC/configs/tiny.pbtxt" --set model.position=ROPE --set model.d_model=60
 
 # Smaller traps: non-regular files, binary configs, lists, non-finite floats,
 # a path nobody reads, fault syntax, a step that cannot fit in memory.

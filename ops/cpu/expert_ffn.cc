@@ -5,12 +5,15 @@
 #include "ops/cpu/gelu_math.h"
 #include "ops/gelu.h"
 #include "ops/matmul.h"
+#include "ops/swiglu.h"
 
 namespace sy::ops::cpu {
 
 namespace {
-// Elements [offset, offset + numel(shape)) of a packed tensor, as `shape`.
+// Elements [offset, offset + numel(shape)) of a packed tensor, as `shape`; an
+// undefined tensor (an absent bias) stays undefined.
 Tensor block(const Tensor& t, int64_t offset, const Shape& shape) {
+  if (!t.defined()) return Tensor();
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return t.reshape({t.numel()}).rows(offset, offset + n).reshape(shape);
@@ -32,42 +35,60 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   const int64_t G = l.groups(), D = l.D;
   int64_t p0 = 0;  // expert g's block of pre
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g];
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g], P = l.width(g);
     if (n == 0) continue;
-    Tensor pre = block(a.pre, p0, {n, H}), out = a.out.rows(r0, r1);
-    p0 += n * H;
-    cpu::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), block(a.w.w1, l.w_offset(g), {D, H}),
-                              block(a.w.b1, l.b1_offset(g), {H})});
+    Tensor pre = block(a.pre, p0, {n, P}), out = a.out.rows(r0, r1);
+    p0 += n * P;
+    cpu::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), block(a.w.w1, l.w1_offset(g), {D, P}),
+                              block(a.w.b1, l.b1_offset(g), {P})});
     Tensor act = Tensor::empty({n, H}, DType::f32, ctx);
-    cpu::gelu_forward(ctx, act, pre);
-    cpu::matmul_forward(ctx, {out, act, block(a.w.w2, l.w_offset(g), {H, D}), block(a.w.b2, l.b2_offset(g), {D})});
+    if (l.act == FfnActivation::swiglu)
+      cpu::swiglu_forward(ctx, {act, pre});
+    else
+      cpu::gelu_forward(ctx, act, pre);
+    cpu::matmul_forward(ctx, {out, act, block(a.w.w2, l.w2_offset(g), {H, D}), block(a.w.b2, l.b2_offset(g), {D})});
   }
 }
 
-// Per expert: act and gelu'(pre) in one pass; dact = dout W2^T written by the
-// GEMM (no zero fill); dW2, db2 from act; dpre = dact * gelu'(pre) in place;
-// then the first matmul's backward. The same arithmetic as composing
-// matmul_backward and gelu_backward on zeroed buffers.
+// Per expert: dact = dout W2^T written by the GEMM (no zero fill); dW2, db2
+// from act; then dpre and the first matmul's backward. GELU: act and
+// gelu'(pre) in one pass and dpre = dact * gelu'(pre) in place (the same
+// arithmetic as composing matmul_backward and gelu_backward on zeroed
+// buffers). SwiGLU: act = silu(g) * u, dpre = [dg | du] from swiglu_backward.
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const ExpertLayout& l = a.layout;
   const int64_t G = l.groups(), D = l.D;
+  const bool swiglu = l.act == FfnActivation::swiglu, bias = a.w.b1.defined();
   int64_t p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g];
+    const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g], P = l.width(g);
     if (n == 0) continue;
-    const Tensor pre = block(a.pre, p0, {n, H}), dout = a.dout.rows(r0, r1);
-    p0 += n * H;
-    Tensor act = Tensor::empty({n, H}, DType::f32, ctx), dgelu = Tensor::empty({n, H}, DType::f32, ctx);
-    gelu_and_derivative(act.f32(), dgelu.f32(), pre.f32(), n * H);
-    const Tensor w2 = block(a.w.w2, l.w_offset(g), {H, D});
+    const Tensor pre = block(a.pre, p0, {n, P}), dout = a.dout.rows(r0, r1);
+    p0 += n * P;
+    Tensor act = Tensor::empty({n, H}, DType::f32, ctx), dgelu;
+    if (swiglu) {
+      cpu::swiglu_forward(ctx, {act, pre});
+    } else {
+      dgelu = Tensor::empty({n, H}, DType::f32, ctx);
+      gelu_and_derivative(act.f32(), dgelu.f32(), pre.f32(), n * H);
+    }
+    const Tensor w2 = block(a.w.w2, l.w2_offset(g), {H, D});
     Tensor dact = Tensor::empty({n, H}, DType::f32, ctx);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, D, 1.f, dout.f32(), D, w2.f32(), D, 0.f, dact.f32(), H);
-    Tensor dw2 = block(a.dw.w2, l.w_offset(g), {H, D}), db2 = block(a.dw.b2, l.b2_offset(g), {D});
-    Tensor dw1 = block(a.dw.w1, l.w_offset(g), {D, H}), db1 = block(a.dw.b1, l.b1_offset(g), {H});
-    cpu::matmul_backward(ctx, {nullptr, &dw2, &db2, dout, act, w2});
-    scale_by(dact.f32(), dgelu.f32(), n * H);
+    Tensor dw2 = block(a.dw.w2, l.w2_offset(g), {H, D}), db2 = block(a.dw.b2, l.b2_offset(g), {D});
+    Tensor dw1 = block(a.dw.w1, l.w1_offset(g), {D, P}), db1 = block(a.dw.b1, l.b1_offset(g), {P});
+    cpu::matmul_backward(ctx, {nullptr, &dw2, bias ? &db2 : nullptr, dout, act, w2});
+    Tensor dpre;
+    if (swiglu) {
+      dpre = Tensor::zeros({n, P}, DType::f32, ctx);
+      cpu::swiglu_backward(ctx, {dpre, dact, pre});
+    } else {
+      scale_by(dact.f32(), dgelu.f32(), n * H);
+      dpre = dact;
+    }
     Tensor dbuf = a.dbuf.rows(r0, r1);
-    cpu::matmul_backward(ctx, {&dbuf, &dw1, &db1, dact, a.buf.rows(r0, r1), block(a.w.w1, l.w_offset(g), {D, H})});
+    cpu::matmul_backward(ctx, {&dbuf, &dw1, bias ? &db1 : nullptr, dpre, a.buf.rows(r0, r1),
+                               block(a.w.w1, l.w1_offset(g), {D, P})});
   }
 }
 

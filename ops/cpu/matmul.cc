@@ -5,7 +5,7 @@
 namespace sy::ops::cpu {
 
 void matmul_forward(Ctx&, const MatmulArgs& a) {
-  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
+  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   if (N == 0) return;
   float* y = a.y.f32();
   float beta = a.accumulate ? 1.f : 0.f;
@@ -15,17 +15,27 @@ void matmul_forward(Ctx&, const MatmulArgs& a) {
       for (int64_t m = 0; m < M; ++m) y[n * M + m] = (a.accumulate ? y[n * M + m] : 0.f) + b[m];
     beta = 1.f;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, M, K, 1.f, a.x.f32(), K, a.w.f32(), M, beta, y, M);
+  if (a.w_transposed)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, K, 1.f, a.x.f32(), K, a.w.f32(), K, beta, y, M);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, M, K, 1.f, a.x.f32(), K, a.w.f32(), M, beta, y, M);
 }
 
 void matmul_backward(Ctx&, const MatmulBackwardArgs& a) {
-  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
+  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   if (N == 0) return;
   const float* dy = a.dy.f32();
-  if (a.dx)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, K, M, 1.f, dy, M, a.w.f32(), M, 1.f, a.dx->f32(), K);
-  if (a.dw)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, M, N, 1.f, a.x.f32(), K, dy, M, 1.f, a.dw->f32(), M);
+  if (a.w_transposed) {  // W (M, K): dx += dy W, dW += dy^T x
+    if (a.dx)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, M, 1.f, dy, M, a.w.f32(), K, 1.f, a.dx->f32(), K);
+    if (a.dw)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, K, N, 1.f, dy, M, a.x.f32(), K, 1.f, a.dw->f32(), K);
+  } else {
+    if (a.dx)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, K, M, 1.f, dy, M, a.w.f32(), M, 1.f, a.dx->f32(), K);
+    if (a.dw)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, M, N, 1.f, a.x.f32(), K, dy, M, 1.f, a.dw->f32(), M);
+  }
   if (a.db) {
     float* db = a.db->f32();
     for (int64_t n = 0; n < N; ++n)

@@ -74,7 +74,7 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
-    if (n > 0) gemm_nn(ctx, n, H, D, buf + r0 * D, w1 + l.w_offset(g), pre + p0, 0.f, b1 + l.b1_offset(g));
+    if (n > 0) gemm_nn(ctx, n, H, D, buf + r0 * D, w1 + l.w1_offset(g), pre + p0, 0.f, b1 + l.b1_offset(g));
     p0 += n * H;
   }
   Tensor act = Tensor::empty(a.pre.shape(), DType::f32, ctx);
@@ -83,7 +83,7 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n > 0)
-      gemm_nn(ctx, n, D, H, act.data<float>() + p0, w2 + l.w_offset(g), out + r0 * D, 0.f, b2 + l.b2_offset(g));
+      gemm_nn(ctx, n, D, H, act.data<float>() + p0, w2 + l.w2_offset(g), out + r0 * D, 0.f, b2 + l.b2_offset(g));
     p0 += n * H;
   }
 }
@@ -104,8 +104,8 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n == 0) continue;
-    gemm_nt(ctx, n, H, D, dout + r0 * D, w2 + l.w_offset(g), dact.data<float>() + p0, 0.f);
-    gemm_tn(ctx, n, D, H, act.data<float>() + p0, dout + r0 * D, dw2 + l.w_offset(g));
+    gemm_nt(ctx, n, H, D, dout + r0 * D, w2 + l.w2_offset(g), dact.data<float>() + p0, 0.f);
+    gemm_tn(ctx, n, D, H, act.data<float>() + p0, dout + r0 * D, dw2 + l.w2_offset(g));
     column_sums_into(ctx, dout + r0 * D, n, D, db2 + l.b2_offset(g));
     p0 += n * H;
   }
@@ -115,8 +115,8 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n == 0) continue;
-    gemm_nt(ctx, n, D, H, dpre.data<float>() + p0, w1 + l.w_offset(g), a.dbuf.data<float>() + r0 * D, 1.f);
-    gemm_tn(ctx, n, H, D, buf + r0 * D, dpre.data<float>() + p0, dw1 + l.w_offset(g));
+    gemm_nt(ctx, n, D, H, dpre.data<float>() + p0, w1 + l.w1_offset(g), a.dbuf.data<float>() + r0 * D, 1.f);
+    gemm_tn(ctx, n, H, D, buf + r0 * D, dpre.data<float>() + p0, dw1 + l.w1_offset(g));
     column_sums_into(ctx, dpre.data<float>() + p0, n, H, db1 + l.b1_offset(g));
     p0 += n * H;
   }

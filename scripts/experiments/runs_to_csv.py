@@ -7,7 +7,7 @@ are not kept in the repository: the experiment scripts write them under RUNS
 Usage: runs_to_csv.py PLOT RUNS > docs/PLOT.csv
 PLOT is one of: moe_vs_dense, moe_balance, moe_frontier, moe_seeds,
 moe_load_parts, moe_sweep, depth_vs_dense, routed_vs_local, budget,
-budget_costs.
+budget_costs, mixtral_tiny_vs_shakespeare_small, routed_vs_local_rope.
 A run that is missing is named on stderr and left out.
 Standard library only.
 """
@@ -244,9 +244,18 @@ def budget_costs(w, runs):
                                 num(mean("cost_before_budget")), num(mean("expected_cost")), b])
 
 
+def mixtral_tiny_vs_shakespeare_small(w, runs):
+    val_curves(w, runs, ["shakespeare_small", "mixtral_tiny", "mixtral_tiny_gpt2_layout"])
+
+
+def routed_vs_local_rope(w, runs):
+    val_curves(w, runs, ["local_copy_rope", "routed_copy_rope"])
+
+
 PLOTS = {f.__name__: f for f in [moe_vs_dense, moe_balance, moe_frontier, moe_seeds,
                                  moe_load_parts, moe_sweep, depth_vs_dense, routed_vs_local,
-                                 budget, budget_costs]}
+                                 budget, budget_costs, mixtral_tiny_vs_shakespeare_small,
+                                 routed_vs_local_rope]}
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in PLOTS:
