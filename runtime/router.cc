@@ -50,6 +50,11 @@ const ops::Route& Router::forward(const Tensor& x) {
   // Noisy gating: the noise is a constant offset, so backward is unchanged.
   const bool noisy = training_ && cfg_.router_noise() > 0;
   const bool gumbel = noisy && cfg_.router_noise_kind() == switchyard::MoeConfig::GUMBEL;
+  // The balancing bias is moved by the loads of the noiseless choice (what
+  // evaluation and inference route): the noise spreads training batches by
+  // itself and would hide a preference of the clean argmax from the bias.
+  const bool bias_on_clean = noisy && cfg_.bias_balance_rate() > 0 && !expert_choice(cfg_);
+  const Tensor clean_logits = bias_on_clean ? logits_.clone(ctx_) : Tensor();
   if (noisy && !gumbel) {
     Tensor eps = Tensor::empty(logits_.shape(), DType::f32, ctx_);
     ops::random_normal(ctx_, eps, key(RandomPurpose::router_noise, G_), cfg_.router_noise());
@@ -82,6 +87,19 @@ const ops::Route& Router::forward(const Tensor& x) {
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;
     if (gumbel) p.selection_keys = &keys;
     ops::tokens_choose(ctx_, route_, probs_, p);
+    clean_load_.clear();
+    if (bias_on_clean) {
+      Tensor clean_probs = Tensor::empty({N, G_}, DType::f32, ctx_);
+      ops::router_scores(ctx_, clean_probs, clean_logits, score_fn(cfg_));
+      p.selection_keys = nullptr;
+      ops::Route clean;
+      ops::tokens_choose(ctx_, clean, clean_probs, p);
+      Tensor sums = Tensor::empty({ops::routing_sums_size(G_)}, DType::f64, ctx_);
+      ops::routing_sums(ctx_, sums, clean_probs, clean);
+      if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(sums, ctx_.stream, name_.c_str());
+      const ops::RoutingTotals tot = ops::RoutingTotals::read(sums, G_);
+      clean_load_.assign(tot.chosen.begin(), tot.chosen.end());
+    }
   }
   if (cfg_.budget_mode() != switchyard::MoeConfig::SOFT) {
     ops::BudgetParams bp;
@@ -149,6 +167,7 @@ void Router::losses_and_stats(int64_t N) {
 
   if (training_ && cfg_.bias_balance_rate() > 0) {
     std::vector<int64_t> load(tot.chosen.begin(), tot.chosen.end());
+    if (!clean_load_.empty()) load = clean_load_;
     ops::update_balance_bias(ctx_, bias_, load, cfg_.bias_balance_rate());
   }
 }

@@ -405,6 +405,35 @@ TEST(MoeLayer, RouterNoiseSplitsIdenticalTokensInTrainingOnly) {
   EXPECT_DOUBLE_EQ(noisy.stats().max_over_mean, 8.0);
 }
 
+// With router noise, the balancing bias follows the noiseless choice: N
+// identical tokens all choose one expert without noise, so one training step
+// moves that expert's bias down by the rate and every other expert's up,
+// although the noisy routing spread the batch over all eight. (Moved by the
+// noisy loads instead, some of the other experts would be over the mean and
+// move down: that planted change fails this test.)
+TEST(MoeLayer, BalanceBiasFollowsTheNoiselessChoice) {
+  Rng rng(5);
+  auto cfg = moe_config(8, 1);
+  cfg.set_router_noise(1.f);
+  cfg.set_bias_balance_rate(0.01f);
+  ParamStore ps;
+  MoeLayer moe(host_ctx(), ps, "m", 16, cfg, 16, rng, 0.02f, 0.02f, 7);
+  ps.finalize(host_ctx());
+  const int64_t N = 2048;
+  Tensor row = testing::randn({1, 16}, rng), x = testing::zeros({N, 16});
+  for (int64_t i = 0; i < N; ++i)
+    for (int c = 0; c < 16; ++c) x.f32()[i * 16 + c] = row.f32()[c];
+  moe.forward(x);
+  ASSERT_LT(moe.stats().max_over_mean, 1.3);  // the noise spread the batch
+  const std::vector<float> bias = moe.balance_bias().to_vector<float>();
+  int down = 0;
+  for (float b : bias) {
+    EXPECT_TRUE(b == 0.01f || b == -0.01f) << b;
+    down += b < 0;
+  }
+  EXPECT_EQ(down, 1);  // only the clean argmax's expert
+}
+
 // Gumbel noise at scale 1 draws each token's expert from its softmax: N
 // identical tokens with known router probabilities land on expert g about
 // N p_g times (within 5 binomial standard deviations), each with the clean
