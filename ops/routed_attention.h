@@ -21,8 +21,10 @@
 //       lse = log sum_c exp(lse_c),   o = sum_c exp(lse_c - lse) o_c
 //   A query in some cluster but with no allowed key attends to itself; a query
 //   in no cluster gets o = 0.
-// Backward goes through q, k, v (ops/sparse_attention.h over the union key
-// sets saved here), not through the assignment.
+// Backward goes through q, k, v, not through the assignment: the gradient of
+// attention over the union key sets (ops/sparse_attention.h), from the merged
+// lse and o. The CPU reference runs the sparse backward over the key sets the
+// forward saved; the clusters come along for a per-cluster backward.
 // Shapes: one head of one sequence, q, k, v, o (T, D) contiguous, lse (T);
 // qn, kn the normalised q, k (T, D); centroids mu (K, D).
 //
@@ -37,9 +39,9 @@
 // commitment_sums and commitment_backward have CUDA kernels
 // (ops/cuda/routed_attention.cu: scores by a cuBLAS GEMM, the routing core's
 // tokens/groups choose, per-cluster sums in position order, no atomics).
-// kmeans_init (once, on the first batch) and routed_attention_forward (it
-// needs the variable-length flash kernel) run on the CPU only for now: on a
-// CUDA context they throw BackendError.
+// kmeans_init (once, on the first batch) and routed_attention_forward /
+// routed_attention_backward (they need the variable-length kernels) run on
+// the CPU only for now: on a CUDA context they throw BackendError.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -94,9 +96,25 @@ struct RoutedAttentionArgs {
   const Clusters& clusters;
 };
 
+// Gradients of the forward's o (dout) w.r.t. q, k, v; dq, dk, dv accumulate.
+struct RoutedAttentionBackwardArgs {
+  Tensor& dq;
+  Tensor& dk;
+  Tensor& dv;
+  const Tensor& dout;
+  const Tensor& o;    // the forward's
+  const Tensor& lse;  // the forward's
+  const Tensor& q;
+  const Tensor& k;
+  const Tensor& v;
+  const KeySets& keys;       // the forward's: the CPU walks these pairs
+  const Clusters& clusters;  // the forward's: CUDA walks the same pairs per cluster
+};
+
 void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
                      const ClusterParams& p);
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
+void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
 // Adds the members' normalised vectors to stats (queries, and keys where the
 // lists differ).
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
@@ -124,6 +142,7 @@ CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, c
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
 Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);  // (T, K) = xn . mu^T
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
+void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
 void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
 float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
