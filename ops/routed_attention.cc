@@ -65,7 +65,7 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   check_clusters(a.clusters, T);
   check_device(ctx, "routed_attention_forward",
                {&a.o, &a.lse, &a.q, &a.k, &a.v, &a.clusters.queries.group, &a.clusters.keys.group});
-  SY_DISPATCH_CPU_ONLY(ctx, routed_attention_forward, ctx, a);
+  SY_DISPATCH(ctx, routed_attention_forward, ctx, a);
 }
 
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
@@ -82,7 +82,7 @@ void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   check_device(ctx, "routed_attention_backward",
                {&a.dq, &a.dk, &a.dv, &a.dout, &a.o, &a.lse, &a.q, &a.k, &a.v, &a.keys.off, &a.keys.idx,
                 &a.clusters.queries.group, &a.clusters.keys.group});
-  SY_DISPATCH_CPU_ONLY(ctx, routed_attention_backward, ctx, a);
+  SY_DISPATCH(ctx, routed_attention_backward, ctx, a);
 }
 
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl) {

@@ -24,7 +24,8 @@
 // Backward goes through q, k, v, not through the assignment: the gradient of
 // attention over the union key sets (ops/sparse_attention.h), from the merged
 // lse and o. The CPU reference runs the sparse backward over the key sets the
-// forward saved; the clusters come along for a per-cluster backward.
+// forward saved; CUDA walks the same pairs cluster by cluster (recomputed
+// from the clusters), partial dq, dk, dv summed per token in cluster order.
 // Shapes: one head of one sequence, q, k, v, o (T, D) contiguous, lse (T);
 // qn, kn the normalised q, k (T, D); centroids mu (K, D).
 //
@@ -34,14 +35,12 @@
 //   mu_c = sqrt(D) s_c / |s_c|    (clusters never seen keep their centroid)
 // with counts and sums summed over data-parallel ranks before the update.
 //
-// Backends: assign_clusters (its centroid_scores per backend, then the routing
-// core's entry points), accumulate_cluster_stats, ema_update,
-// commitment_sums and commitment_backward have CUDA kernels
-// (ops/cuda/routed_attention.cu: scores by a cuBLAS GEMM, the routing core's
-// tokens/groups choose, per-cluster sums in position order, no atomics).
-// kmeans_init (once, on the first batch) and routed_attention_forward /
-// routed_attention_backward (they need the variable-length kernels) run on
-// the CPU only for now: on a CUDA context they throw BackendError.
+// Backends: every entry point but kmeans_init runs on CUDA (ops/cuda/routed_attention.cu:
+// scores by a cuBLAS GEMM, the routing core's tokens/groups choose, per-cluster
+// sums in position order; the attention per cluster row, merged per token in
+// cluster order (ops/cuda/routed_attention_rows.h), f32 only; no atomics).
+// kmeans_init (once, on the warm-up batch) runs on the CPU only for now: on a
+// CUDA context it throws BackendError.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -153,6 +152,8 @@ namespace cuda {
 CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
 Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);
+void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
+void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
 float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
 }  // namespace cuda
