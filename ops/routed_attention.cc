@@ -99,7 +99,7 @@ void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng) {
   check_rows(x, c.D, "k-means input");
   SY_CHECK(x.dim(0) >= 1, "k-means on an empty batch");
   check_device(ctx, "kmeans_init", {&x, &c.mu});
-  SY_DISPATCH_CPU_ONLY(ctx, kmeans_init, ctx, c, x, iters, rng);
+  SY_DISPATCH(ctx, kmeans_init, ctx, c, x, iters, rng);
 }
 
 float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay) {

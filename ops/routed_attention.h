@@ -35,12 +35,12 @@
 //   mu_c = sqrt(D) s_c / |s_c|    (clusters never seen keep their centroid)
 // with counts and sums summed over data-parallel ranks before the update.
 //
-// Backends: every entry point but kmeans_init runs on CUDA (ops/cuda/routed_attention.cu:
+// Backends: every entry point runs on CUDA (ops/cuda/routed_attention.cu:
 // scores by a cuBLAS GEMM, the routing core's tokens/groups choose, per-cluster
 // sums in position order; the attention per cluster row, merged per token in
 // cluster order (ops/cuda/routed_attention_rows.h), f32 only; no atomics).
-// kmeans_init (once, on the warm-up batch) runs on the CPU only for now: on a
-// CUDA context it throws BackendError.
+// kmeans_init, once per run on the warm-up batch, runs the CPU reference on a
+// host copy and writes the centroids back to the device.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -155,6 +155,7 @@ Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
+void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
 float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
 }  // namespace cuda
 

@@ -1,7 +1,8 @@
 // Routed attention on CUDA (ops/routed_attention.h): cluster assignment,
 // centroid upkeep, and the attention over the clusters (forward and
 // backward: ops/cuda/routed_attention_rows.h; launches at the end of this
-// file). k-means initialisation stays on the CPU for now.
+// file). k-means initialisation, once per run, runs the CPU reference on a
+// host copy.
 //
 // assign_clusters:  scores (T, K) = xn mu^T by one cuBLASLt GEMM (gemm.h),
 //   then the routing core's CUDA tokens_choose (causal: top-1, slots by
@@ -396,6 +397,18 @@ void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
                                   self_a.data<float>(),    self_ds.data<float>(),   a.dq.data<float>(),
                                   a.dk.data<float>(),      a.dv.data<float>()};
   routed::backward_steps(Launch{stream(ctx)}, h, qrows, krows, b);
+}
+
+// k-means runs once per run, on the warm-up batch: the CPU reference on a host
+// copy of x (the same centroids as a CPU run on the same x), copied back.
+void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng) {
+  Ctx& host = host_ctx();
+  Centroids hc(c.K, c.D, host);
+  cpu::kmeans_init(host, hc, x.to(host), iters, rng);
+  c.mu.copy_from(hc.mu, ctx);
+  c.sum.copy_from(hc.sum, ctx);
+  c.count.copy_from(hc.count, ctx);
+  c.initialized = true;
 }
 
 }  // namespace sy::ops::cuda
