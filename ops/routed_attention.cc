@@ -17,6 +17,15 @@ namespace {
 void check_rows(const Tensor& x, int64_t D, const char* what) {
   SY_CHECK(x.ndim() == 2 && x.dim(1) == D, what << " " << shape_str(x.shape()) << " is not (T, " << D << ")");
 }
+// Both lists over the head's T tokens and the same K clusters.
+void check_clusters(const Clusters& cl, int64_t T) {
+  SY_CHECK(cl.queries.num_items == T && cl.keys.num_items == T,
+           "routed attention: clusters over " << cl.queries.num_items << " queries and " << cl.keys.num_items
+                                              << " keys, head has " << T);
+  SY_CHECK(cl.keys.num_groups == cl.queries.num_groups,
+           "routed attention: " << cl.queries.num_groups << " query clusters but " << cl.keys.num_groups
+                                << " key clusters");
+}
 // The one per-backend step of cluster assignment; the rest is the routing core.
 Tensor scores(Ctx& ctx, const Tensor& xn, const Centroids& c) { SY_DISPATCH(ctx, centroid_scores, ctx, xn, c); }
 }  // namespace
@@ -53,10 +62,27 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   check_shape(a.v, a.q.shape(), "routed attention v");
   check_shape(a.o, a.q.shape(), "routed attention o");
   check_shape(a.lse, {T}, "routed attention lse");
-  SY_CHECK(a.clusters.queries.num_items == T && a.clusters.keys.num_items == T,
-           "routed attention: clusters over " << a.clusters.queries.num_items << " tokens, head has " << T);
-  check_device(ctx, "routed_attention_forward", {&a.o, &a.lse, &a.q, &a.k, &a.v, &a.clusters.queries.group});
-  SY_DISPATCH_CPU_ONLY(ctx, routed_attention_forward, ctx, a);
+  check_clusters(a.clusters, T);
+  check_device(ctx, "routed_attention_forward",
+               {&a.o, &a.lse, &a.q, &a.k, &a.v, &a.clusters.queries.group, &a.clusters.keys.group});
+  SY_DISPATCH(ctx, routed_attention_forward, ctx, a);
+}
+
+void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
+  SY_CHECK(a.q.ndim() == 2, "routed attention backward: q " << shape_str(a.q.shape()) << " is not (T, D)");
+  const int64_t T = a.q.dim(0);
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&a.k, &a.v, &a.o, &a.dout, &a.dq, &a.dk, &a.dv})
+    check_shape(*t, a.q.shape(), "routed attention backward operand");
+  check_shape(a.lse, {T}, "routed attention backward lse");
+  check_clusters(a.clusters, T);
+  SY_CHECK(a.keys.queries() == T,
+           "routed attention backward: key sets for " << a.keys.queries() << " queries, head has " << T);
+  check_dtype(a.keys.off, DType::i64, "key set offsets");
+  check_dtype(a.keys.idx, DType::i32, "key set indices");
+  check_device(ctx, "routed_attention_backward",
+               {&a.dq, &a.dk, &a.dv, &a.dout, &a.o, &a.lse, &a.q, &a.k, &a.v, &a.keys.off, &a.keys.idx,
+                &a.clusters.queries.group, &a.clusters.keys.group});
+  SY_DISPATCH(ctx, routed_attention_backward, ctx, a);
 }
 
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl) {
@@ -73,7 +99,7 @@ void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng) {
   check_rows(x, c.D, "k-means input");
   SY_CHECK(x.dim(0) >= 1, "k-means on an empty batch");
   check_device(ctx, "kmeans_init", {&x, &c.mu});
-  SY_DISPATCH_CPU_ONLY(ctx, kmeans_init, ctx, c, x, iters, rng);
+  SY_DISPATCH(ctx, kmeans_init, ctx, c, x, iters, rng);
 }
 
 float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay) {

@@ -21,8 +21,11 @@
 //       lse = log sum_c exp(lse_c),   o = sum_c exp(lse_c - lse) o_c
 //   A query in some cluster but with no allowed key attends to itself; a query
 //   in no cluster gets o = 0.
-// Backward goes through q, k, v (ops/sparse_attention.h over the union key
-// sets saved here), not through the assignment.
+// Backward goes through q, k, v, not through the assignment: the gradient of
+// attention over the union key sets (ops/sparse_attention.h), from the merged
+// lse and o. The CPU reference runs the sparse backward over the key sets the
+// forward saved; CUDA walks the same pairs cluster by cluster (recomputed
+// from the clusters), partial dq, dk, dv summed per token in cluster order.
 // Shapes: one head of one sequence, q, k, v, o (T, D) contiguous, lse (T);
 // qn, kn the normalised q, k (T, D); centroids mu (K, D).
 //
@@ -32,14 +35,12 @@
 //   mu_c = sqrt(D) s_c / |s_c|    (clusters never seen keep their centroid)
 // with counts and sums summed over data-parallel ranks before the update.
 //
-// Backends: assign_clusters (its centroid_scores per backend, then the routing
-// core's entry points), accumulate_cluster_stats, ema_update,
-// commitment_sums and commitment_backward have CUDA kernels
-// (ops/cuda/routed_attention.cu: scores by a cuBLAS GEMM, the routing core's
-// tokens/groups choose, per-cluster sums in position order, no atomics).
-// kmeans_init (once, on the first batch) and routed_attention_forward (it
-// needs the variable-length flash kernel) run on the CPU only for now: on a
-// CUDA context they throw BackendError.
+// Backends: every entry point runs on CUDA (ops/cuda/routed_attention.cu:
+// scores by a cuBLAS GEMM, the routing core's tokens/groups choose, per-cluster
+// sums in position order; the attention per cluster row, merged per token in
+// cluster order (ops/cuda/routed_attention_rows.h), f32 only; no atomics).
+// kmeans_init, once per run on the warm-up batch, runs the CPU reference on a
+// host copy and writes the centroids back to the device.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -94,9 +95,25 @@ struct RoutedAttentionArgs {
   const Clusters& clusters;
 };
 
+// Gradients of the forward's o (dout) w.r.t. q, k, v; dq, dk, dv accumulate.
+struct RoutedAttentionBackwardArgs {
+  Tensor& dq;
+  Tensor& dk;
+  Tensor& dv;
+  const Tensor& dout;
+  const Tensor& o;    // the forward's
+  const Tensor& lse;  // the forward's
+  const Tensor& q;
+  const Tensor& k;
+  const Tensor& v;
+  const KeySets& keys;       // the forward's: the CPU walks these pairs
+  const Clusters& clusters;  // the forward's: CUDA walks the same pairs per cluster
+};
+
 void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
                      const ClusterParams& p);
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
+void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
 // Adds the members' normalised vectors to stats (queries, and keys where the
 // lists differ).
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
@@ -124,6 +141,7 @@ CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, c
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
 Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);  // (T, K) = xn . mu^T
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
+void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
 void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
 float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
@@ -134,7 +152,10 @@ namespace cuda {
 CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
 Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);
+void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
+void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
 void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
+void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
 float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
 }  // namespace cuda
 

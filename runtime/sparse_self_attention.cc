@@ -123,7 +123,7 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
                                                                         : ops::ClusterMode::causal;
   cp.dropless = cfg_.dropless();
   cp.capacity_factor = cfg_.capacity_factor();
-  const ops::KeySets local = routed() ? ops::local_keysets(ctx_, T, cfg_.window()) : ops::KeySets{};
+  const ops::KeySets local = routed() && L > 0 ? ops::local_keysets(ctx_, T, cfg_.window()) : ops::KeySets{};
   double pairs = 0, sizes = 0, nonempty = 0, size_max = 0, commit = 0, assigned = 0;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H_; ++h) {
@@ -201,9 +201,13 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
     for (int64_t h = 0; h < H_; ++h) {
       Tensor dqh = head(dq, h, b, T_), dkh = head(dk, h, b, T_), dvh = head(dv, h, b, T_);
       const Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T_, (b + 1) * T_);
-      ops::sparse_attention_backward(ctx_, {dqh, dkh, dvh, head(dout, h, b, T_), head(o_, h, b, T_), lse,
-                                            head(q_, h, b, T_), head(k_, h, b, T_), head(v_, h, b, T_),
-                                            keys_[h * B_ + b]});
+      const Tensor douth = head(dout, h, b, T_), oh = head(o_, h, b, T_), qh = head(q_, h, b, T_),
+                   kh = head(k_, h, b, T_), vh = head(v_, h, b, T_);
+      if (routed() && h >= L)
+        ops::routed_attention_backward(ctx_, {dqh, dkh, dvh, douth, oh, lse, qh, kh, vh, keys_[h * B_ + b],
+                                              clusters_[(h - L) * B_ + b]});
+      else
+        ops::sparse_attention_backward(ctx_, {dqh, dkh, dvh, douth, oh, lse, qh, kh, vh, keys_[h * B_ + b]});
     }
   // Commitment loss beta * mean((qn - sg(mu))^2) -> qn -> q (through the
   // parameter-free layer norm).

@@ -58,6 +58,10 @@ ctest_rc=$?
 grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|Skipped" "$OUT/ctest.log" | tail -25
 build-gpu/bin/backend_ops_test --gtest_filter='*cuda*' > "$OUT/backend_ops_cuda.log" 2>&1
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|differs|never written" "$OUT/backend_ops_cuda.log" | head -30
+# Routed attention's layer on the GPU: no leak in training mode, its controls,
+# CPU agreement and bitwise reruns (the op cases are in backend_ops_test).
+build-gpu/bin/routed_attention_test --gtest_filter='RoutedAttentionCuda.*' > "$OUT/routed_attention_cuda.log" 2>&1
+grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|leaked|differ" "$OUT/routed_attention_cuda.log" | head -20
 
 # 4b. Communication: the conformance suite with a 1-rank NCCL communicator;
 # NCCL with 2 ranks on the one GPU (unsupported by NVIDIA: each process its own

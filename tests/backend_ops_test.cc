@@ -272,6 +272,98 @@ OpCase centroid_update_case(const ClusterSpec& c) {
           }};
 }
 
+// ---- routed attention's attention ----
+//
+// The clusters are made once, on the host, by the layer's recipe (LN of q and
+// k, k-means centroids on the normalised queries, the assignment; the
+// assignment itself is tested above) and given to both backends as inputs
+// (each list's group, slot and offset), so both attend over the same routes.
+
+struct RoutedSpec {
+  std::string name;
+  int64_t T, K, D;
+  ops::ClusterParams params;
+  bool shared_keys;  // kn = LN(q): the key lists equal the query lists
+};
+
+// A Route's device-side fields from inputs (group, slot, offset on ctx) and its
+// host part from the offsets; weight, count and capacity are not read by the attention.
+ops::Route route_from(const Tensor& group, const Tensor& slot, const Tensor& offset, int64_t T) {
+  ops::Route r;
+  r.num_items = T;
+  r.k = group.numel() / T;
+  r.num_groups = offset.numel() - 1;
+  r.group = group, r.slot = slot, r.offset = offset;
+  r.host_offset = offset.to_vector<int32_t>();
+  return r;
+}
+
+// Inputs: q, k, v, dout (T, D), then group, slot, offset of the query list and of the key list.
+Ins routed_inputs(const RoutedSpec& s, Rng& r) {
+  Ctx& h = host_ctx();
+  Ins in{randn({s.T, s.D}, r), randn({s.T, s.D}, r), randn({s.T, s.D}, r), randn({s.T, s.D}, r)};
+  Tensor qn = out(h, {s.T, s.D}), kn = out(h, {s.T, s.D}), m = out(h, {s.T}), rs = out(h, {s.T});
+  ops::layernorm_forward(h, {qn, m, rs, in[0], Tensor(), Tensor()});
+  ops::layernorm_forward(h, {kn, m, rs, s.shared_keys ? in[0] : in[1], Tensor(), Tensor()});
+  ops::Centroids c(s.K, s.D, h);
+  ops::kmeans_init(h, c, qn, 2, r);
+  ops::Clusters cl;
+  ops::assign_clusters(h, cl, qn, kn, c, s.params);
+  for (const ops::Route* rt : {&cl.queries, &cl.keys})
+    for (const Tensor* t : {&rt->group, &rt->slot, &rt->offset}) in.push_back(t->clone());
+  return in;
+}
+
+// Outputs: o, lse (finite entries; -inf as 0), lse's -inf flags, the key
+// sets' offsets and indices (padded to T*T with -1), dq, dk, dv.
+OpCase routed_attention_case(const std::string& name, int64_t T, int64_t D, std::function<Ins(Rng&)> inputs) {
+  return {"routed_attention_" + name, Tol::f32, std::move(inputs),
+          [T, D](Ctx& x, const Ins&) {
+            return Outs{fresh(x, {T, D}), fresh(x, {T}), fresh(x, {T}, DType::i32), fresh(x, {T + 1}, DType::i64),
+                        fresh(x, {T * T}, DType::i32), acc(x, {T, D}), acc(x, {T, D}), acc(x, {T, D})};
+          },
+          [T](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+            ops::Clusters cl{route_from(in[4], in[5], in[6], T), route_from(in[7], in[8], in[9], T)};
+            Tensor lse = out(x, {T});
+            poison(lse, x);
+            ops::KeySets ks;
+            ops::routed_attention_forward(x, {o[0], lse, ks, in[0], in[1], in[2], cl});
+            ops::routed_attention_backward(x, {o[5], o[6], o[7], in[3], o[0], lse, in[0], in[1], in[2], ks, cl});
+            std::vector<float> l = lse.to_vector<float>();
+            std::vector<int32_t> inf(T, 0);
+            for (int64_t t = 0; t < T; ++t)
+              if (std::isinf(l[t]) && l[t] < 0) inf[t] = 1, l[t] = 0.f;
+            put(x, o[1], l);
+            put(x, o[2], inf);
+            o[3].copy_from(ks.off, x);
+            std::vector<int32_t> idx = ks.idx.to_vector<int32_t>();
+            idx.resize(T * T, -1);
+            put(x, o[4], idx);
+          }};
+}
+
+OpCase routed_attention_case(const RoutedSpec& s) {
+  return routed_attention_case(s.name, s.T, s.D, [s](Rng& r) { return routed_inputs(s, r); });
+}
+
+// One cluster (K = 1) over T tokens with the given members: a threshold route.
+ops::Route one_cluster(int64_t T, const std::vector<int32_t>& members) {
+  std::vector<float> score(T, 0.f);
+  for (int32_t t : members) score[t] = 1.f;
+  ops::Route r;
+  ops::threshold_route(host_ctx(), r, Tensor::from_host(score), 0.5f);
+  return r;
+}
+
+// Query 1 has no key at or before it (attends to itself), 0, 2, 5 are in no cluster.
+Ins lone_query_inputs(Rng& r) {
+  Ins in{randn({6, 5}, r), randn({6, 5}, r), randn({6, 5}, r), randn({6, 5}, r)};
+  const ops::Route q = one_cluster(6, {1, 3, 4}), k = one_cluster(6, {2, 3});
+  for (const ops::Route* rt : {&q, &k})
+    for (const Tensor* t : {&rt->group, &rt->slot, &rt->offset}) in.push_back(t->clone());
+  return in;
+}
+
 std::vector<OpCase> cases() {
   std::vector<OpCase> c;
   // ---- dense ops ----
@@ -685,6 +777,21 @@ std::vector<OpCase> cases() {
     c.push_back(assign_clusters_case(spec));
     c.push_back(centroid_update_case(spec));
   }
+  // ---- routed attention's attention ----
+  ops::ClusterParams drops, bal;
+  drops.dropless = false;
+  drops.capacity_factor = 0.7f;  // tokens in no cluster: o = 0, lse = -inf
+  bal.mode = ops::ClusterMode::balanced;
+  for (const RoutedSpec& spec : {RoutedSpec{"causal", 61, 5, 16, causal, false},
+                                 RoutedSpec{"causal_drops", 53, 4, 24, drops, false},
+                                 RoutedSpec{"causal_300_tokens_d64", 300, 17, 64, causal, false},
+                                 RoutedSpec{"one_cluster_shared_keys", 7, 1, 7, causal, true},
+                                 RoutedSpec{"balanced_wide", 37, 5, 130, bal, false},
+                                 RoutedSpec{"balanced_shared_keys", 30, 3, 20, bal, true},
+                                 RoutedSpec{"balanced_70_clusters", 160, 70, 4, bal, false},
+                                 RoutedSpec{"causal_70_clusters", 160, 70, 8, causal, false}})
+    c.push_back(routed_attention_case(spec));
+  c.push_back(routed_attention_case("lone_query", 6, 5, lone_query_inputs));
   // ---- experts ----
   c.push_back({"expert_ffn", Tol::f32,
                [](Rng& r) {
@@ -836,6 +943,41 @@ TEST_P(BackendOps, AttentionRefusesHeadDimsWithoutKernels) {
   const ops::AttentionShape s{1, 5, 24, 2};  // D = 12
   Tensor q = Tensor::zeros({1, 5, 72}, DType::f32, x), o = out(x, {1, 5, 24}), l = out(x, {1, 2, 5});
   EXPECT_THROW(ops::attention_forward(x, {o, l, q, s}), BackendError);
+}
+
+// The control for the routed attention cases: the attention with one key
+// taken out of the only cluster, against the reference on the whole cluster,
+// is far outside class F, so those cases would catch a kernel that loses (or
+// adds) one pair; the same clusters on both agree.
+TEST_P(BackendOps, RoutedAttentionToleranceCatchesOneMissingPair) {
+  const int64_t T = 40, D = 16;
+  Rng rng(0xc0de);
+  const Tensor q = randn({T, D}, rng), k = randn({T, D}, rng), v = randn({T, D}, rng), g = randn({T, D}, rng);
+  std::vector<int32_t> all, fewer;
+  for (int32_t t = 0; t < T; ++t) {
+    all.push_back(t);
+    if (t != 17) fewer.push_back(t);
+  }
+  auto run = [&](Ctx& x, const std::vector<int32_t>& keys) {
+    auto on = [&x](ops::Route r) {
+      for (Tensor* t : {&r.group, &r.weight, &r.slot, &r.count, &r.offset})
+        if (t->defined()) *t = t->to(x);
+      return r;
+    };
+    const ops::Clusters cl{on(one_cluster(T, all)), on(one_cluster(T, keys))};
+    Tensor o = out(x, {T, D}), lse = out(x, {T}), dq = Tensor::zeros({T, D}, DType::f32, x),
+           dk = Tensor::zeros({T, D}, DType::f32, x), dv = Tensor::zeros({T, D}, DType::f32, x);
+    const Tensor qd = q.to(x), kd = k.to(x), vd = v.to(x), gd = g.to(x);
+    ops::KeySets ks;
+    ops::routed_attention_forward(x, {o, lse, ks, qd, kd, vd, cl});
+    ops::routed_attention_backward(x, {dq, dk, dv, gd, o, lse, qd, kd, vd, ks, cl});
+    return std::vector<Tensor>{o.to(host_ctx()), dk.to(host_ctx())};
+  };
+  const std::vector<Tensor> want = run(host_ctx(), all), same = run(ctx(), all), fewer_keys = run(ctx(), fewer);
+  EXPECT_LE(rel_l2(same[0], want[0]), 1e-5);
+  EXPECT_LE(rel_l2(same[1], want[1]), 1e-5);
+  EXPECT_GT(rel_l2(fewer_keys[0], want[0]), 1e-5) << "one pair fewer in o";
+  EXPECT_GT(rel_l2(fewer_keys[1], want[1]), 1e-5) << "one pair fewer in dk";
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),

@@ -139,6 +139,11 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
   args.keys = keys.build(ctx);
 }
 
+// The gradient of attention over the union key sets the forward saved.
+void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
+  sparse_attention_backward(ctx, {a.dq, a.dk, a.dv, a.dout, a.o, a.lse, a.q, a.k, a.v, a.keys});
+}
+
 void accumulate_cluster_stats(Ctx&, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& clusters) {
   const Members cl{members(clusters.queries), members(clusters.keys)};
   const int64_t K = clusters.num(), D = qn.dim(1);

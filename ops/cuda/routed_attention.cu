@@ -1,6 +1,8 @@
-// Routed attention's cluster assignment and centroid upkeep on CUDA
-// (ops/routed_attention.h). The attention itself (routed_attention_forward)
-// and k-means initialisation stay on the CPU for now.
+// Routed attention on CUDA (ops/routed_attention.h): cluster assignment,
+// centroid upkeep, and the attention over the clusters (forward and
+// backward: ops/cuda/routed_attention_rows.h; launches at the end of this
+// file). k-means initialisation, once per run, runs the CPU reference on a
+// host copy.
 //
 // assign_clusters:  scores (T, K) = xn mu^T by one cuBLASLt GEMM (gemm.h),
 //   then the routing core's CUDA tokens_choose (causal: top-1, slots by
@@ -24,12 +26,21 @@
 // commitment_backward:  one thread per element of dqn, adding the query's
 //   clusters in ascending order (its assignments in index order: k = 1, or
 //   the groups-choose layout a = t*K + c), as the CPU's cluster loop does.
+// routed_attention_forward / backward: one thread per query row, key row,
+//   query or output element, in the order of the rows header; the union key
+//   sets' offsets by a scan on the host (the one copy back), sorted by a radix
+//   sort on (query, key) when a query can be in several clusters.
 // No atomics anywhere: two runs give the same bits.
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/cub_ops.h"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/routed_attention_rows.h"
 #include "ops/routed_attention.h"
 
 #include <algorithm>
+#include <cmath>
+#include <initializer_list>
+#include <string>
 
 namespace sy::ops::cuda {
 
@@ -254,6 +265,150 @@ void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters
       dqn.data<float>(), qn.data<float>(), c.mu.data<float>(), r.group.data<int32_t>(), r.slot.data<int32_t>(), T,
       r.k, c.D, scale);
   CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- the attention ---------------------------------------------------------
+//
+// ops/cuda/routed_attention_rows.h holds the work of every thread and the
+// order of the launches; here are the buffers and the launches. One thread
+// per query row, key row, query or element (a grid-stride loop), each owning
+// what it writes.
+
+template <class F>
+static __global__ void each_index(int64_t n, F f) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    f(i);
+}
+
+namespace {
+
+// run(n, f) of the step sequences: one launch on ctx's stream.
+struct Launch {
+  cudaStream_t st;
+  template <class F>
+  void operator()(int64_t n, const F& f) const {
+    if (n <= 0) return;
+    each_index<<<grid_stride(n), kBlock, 0, st>>>(n, f);
+    CUDA_CHECK(cudaGetLastError());
+  }
+};
+
+// One side's inverted rows and bitmaps, and the views the rows header reads.
+struct SideBuffers {
+  Tensor item, row_group, bits;  // i32 (rows), i32 (rows), (T, W) words as i64
+  int64_t rows = 0;
+  routed::Side side{};
+};
+
+SideBuffers prepare_side(Ctx& ctx, const Route& r, int64_t T, int64_t W) {
+  // A token's assignments in index order must be its clusters in ascending
+  // order (the CPU's cluster loop): top-1 routes and groups choose (a = t*K + c).
+  SY_CHECK(r.k == 1 || r.k == r.num_groups,
+           "routed attention: a cluster route with " << r.k << " choices over " << r.num_groups << " clusters");
+  SideBuffers s;
+  s.rows = r.rows();
+  s.item = Tensor::empty({s.rows}, DType::i32, ctx);
+  s.row_group = Tensor::empty({s.rows}, DType::i32, ctx);
+  s.bits = Tensor::empty({T * W}, DType::i64, ctx);
+  auto* bits = reinterpret_cast<uint64_t*>(s.bits.data<int64_t>());
+  routed::side_steps(Launch{stream(ctx)}, r.group.data<int32_t>(), r.slot.data<int32_t>(), r.offset.data<int32_t>(),
+                     T, r.k, W, s.item.data<int32_t>(), s.row_group.data<int32_t>(), bits);
+  s.side = {r.group.data<int32_t>(), r.slot.data<int32_t>(), r.offset.data<int32_t>(), r.k,
+            s.item.data<int32_t>(), s.row_group.data<int32_t>(), bits};
+  return s;
+}
+
+// Both sides of a head, and the head the rows header reads.
+struct Prepared {
+  SideBuffers qs, ks;
+  routed::Head head{};
+};
+
+void check_f32(const char* op, std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (t->dtype() != DType::f32)
+      throw BackendError(std::string(op) + ": " + dtype_name(t->dtype()) + " tensors have no CUDA kernel (f32 only)");
+}
+
+Prepared prepare(Ctx& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Clusters& cl) {
+  const int64_t T = q.dim(0), D = q.dim(1), K = cl.num(), W = (K + 63) / 64;
+  SY_CHECK(T < (int64_t{1} << 31), "routed attention: " << T << " tokens (positions are 32-bit)");
+  Prepared p;
+  p.qs = prepare_side(ctx, cl.queries, T, W);
+  p.ks = prepare_side(ctx, cl.keys, T, W);
+  p.head = {q.data<float>(), k.data<float>(),  v.data<float>(), T,          D, K, W,
+            1.f / std::sqrt(static_cast<float>(D)), p.qs.side, p.ks.side};
+  return p;
+}
+
+}  // namespace
+
+void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
+  check_f32("routed_attention_forward", {&a.q, &a.k, &a.v, &a.o, &a.lse});
+  const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
+  const routed::Head& h = p.head;
+  const int64_t rows = p.qs.rows;
+  Tensor o_part = Tensor::empty({rows * h.D}, DType::f32, ctx), lse_part = Tensor::empty({rows}, DType::f32, ctx);
+  Tensor cnt_part = Tensor::empty({rows}, DType::i32, ctx), pairs = Tensor::empty({h.T}, DType::i64, ctx);
+  const routed::ForwardBuffers b{o_part.data<float>(),  lse_part.data<float>(), cnt_part.data<int32_t>(),
+                                 a.o.data<float>(),     a.lse.data<float>(),    pairs.data<int64_t>()};
+  routed::forward_steps(Launch{stream(ctx)}, h, rows, b);
+
+  // The union key sets: offsets on the host (the one copy back: the pair
+  // count sizes idx), then each query's pairs; several clusters per query
+  // (k > 1) need the sort into position order.
+  const std::vector<int64_t> off = routed::key_offsets(download(ctx, pairs.data<int64_t>(), h.T));
+  KeySets ks;
+  ks.off = upload(ctx, off);
+  const int64_t P = off.back();
+  ks.idx = Tensor::empty({P}, DType::i32, ctx);
+  if (P > 0) {
+    routed::FillKeys fill{h, cnt_part.data<int32_t>(), ks.off.data<int64_t>(), ks.idx.data<int32_t>(), nullptr, 0};
+    if (h.qs.k == 1) {
+      Launch{stream(ctx)}(h.T, fill);
+    } else {
+      Tensor unsorted = Tensor::empty({P}, DType::i32, ctx), key = Tensor::empty({P}, DType::i64, ctx),
+             sorted_key = Tensor::empty({P}, DType::i64, ctx);
+      fill.idx = unsorted.data<int32_t>();
+      fill.sort_key = reinterpret_cast<uint64_t*>(key.data<int64_t>());
+      fill.sort_bits = routed::position_bits(h.T);
+      Launch{stream(ctx)}(h.T, fill);
+      radix_sort_pairs(ctx, fill.sort_key, reinterpret_cast<uint64_t*>(sorted_key.data<int64_t>()),
+                       unsorted.data<int32_t>(), ks.idx.data<int32_t>(), P, 0, 2 * fill.sort_bits);
+    }
+  }
+  a.keys = ks;
+}
+
+void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
+  check_f32("routed_attention_backward", {&a.q, &a.k, &a.v, &a.o, &a.lse, &a.dout, &a.dq, &a.dk, &a.dv});
+  const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
+  const routed::Head& h = p.head;
+  const int64_t qrows = p.qs.rows, krows = p.ks.rows;
+  Tensor delta = Tensor::empty({h.T}, DType::f32, ctx), dq_part = Tensor::empty({qrows * h.D}, DType::f32, ctx);
+  Tensor cnt_part = Tensor::empty({qrows}, DType::i32, ctx);
+  Tensor dk_part = Tensor::empty({krows * h.D}, DType::f32, ctx), dv_part = Tensor::empty({krows * h.D}, DType::f32, ctx);
+  Tensor self = Tensor::empty({h.T}, DType::i32, ctx), self_a = Tensor::empty({h.T}, DType::f32, ctx),
+         self_ds = Tensor::empty({h.T}, DType::f32, ctx);
+  const routed::BackwardBuffers b{a.dout.data<float>(),    a.o.data<float>(),       a.lse.data<float>(),
+                                  delta.data<float>(),     dq_part.data<float>(),   cnt_part.data<int32_t>(),
+                                  dk_part.data<float>(),   dv_part.data<float>(),   self.data<int32_t>(),
+                                  self_a.data<float>(),    self_ds.data<float>(),   a.dq.data<float>(),
+                                  a.dk.data<float>(),      a.dv.data<float>()};
+  routed::backward_steps(Launch{stream(ctx)}, h, qrows, krows, b);
+}
+
+// k-means runs once per run, on the warm-up batch: the CPU reference on a host
+// copy of x (the same centroids as a CPU run on the same x), copied back.
+void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng) {
+  Ctx& host = host_ctx();
+  Centroids hc(c.K, c.D, host);
+  cpu::kmeans_init(host, hc, x.to(host), iters, rng);
+  c.mu.copy_from(hc.mu, ctx);
+  c.sum.copy_from(hc.sum, ctx);
+  c.count.copy_from(hc.count, ctx);
+  c.initialized = true;
 }
 
 }  // namespace sy::ops::cuda

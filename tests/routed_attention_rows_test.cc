@@ -1,0 +1,303 @@
+// The CUDA path of routed attention's attention without a GPU: the row
+// functions and step sequences of ops/cuda/routed_attention_rows.h (what each
+// CUDA thread runs, in the CUDA launcher's order) run here on the host and
+// are compared with the CPU reference (ops/cpu/routed_attention.cc and the
+// sparse backward over its key sets): o, lse and dq, dk, dv within 1e-5
+// relative L2 (class F), the union key sets exactly. Only the launch
+// mechanics, the radix sort (emulated by a stable sort on the same keys) and
+// the device's float rounding are left to the GPU tests
+// (backend_ops_test, routed_attention_test's Cuda cases).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "grad_check.h"
+#include "ops/cuda/routed_attention_rows.h"
+#include "ops/layernorm.h"
+#include "ops/routed_attention.h"
+
+namespace sy {
+namespace {
+
+namespace routed = ops::routed;
+
+// run(n, f): the host's stand-in for one kernel launch.
+struct HostRun {
+  template <class F>
+  void operator()(int64_t n, const F& f) const {
+    for (int64_t i = 0; i < n; ++i) f(i);
+  }
+};
+
+// One side prepared as the CUDA launcher prepares it (host buffers).
+struct HostSide {
+  std::vector<int32_t> item, row_group;
+  std::vector<uint64_t> bits;
+  routed::Side side{};
+  HostSide(const ops::Route& r, int64_t T, int64_t W) : item(r.rows(), -7), row_group(r.rows(), -7), bits(T * W, 77) {
+    const int32_t* g = r.group.data<int32_t>();
+    const int32_t* s = r.slot.data<int32_t>();
+    const int32_t* o = r.offset.data<int32_t>();
+    routed::side_steps(HostRun{}, g, s, o, T, r.k, W, item.data(), row_group.data(), bits.data());
+    side = {g, s, o, r.k, item.data(), row_group.data(), bits.data()};
+  }
+};
+
+struct HostHead {
+  HostSide qs, ks;
+  routed::Head h;
+  HostHead(const Tensor& q, const Tensor& k, const Tensor& v, const ops::Clusters& cl)
+      : qs(cl.queries, q.dim(0), (cl.num() + 63) / 64), ks(cl.keys, q.dim(0), (cl.num() + 63) / 64) {
+    const int64_t T = q.dim(0), D = q.dim(1), K = cl.num();
+    h = {q.f32(), k.f32(), v.f32(), T, D, K, (K + 63) / 64, 1.f / std::sqrt(static_cast<float>(D)), qs.side, ks.side};
+  }
+};
+
+struct Result {
+  Tensor o, lse;
+  std::vector<int64_t> off;
+  std::vector<int32_t> idx;
+};
+
+// The CUDA forward's steps on the host (poisoned outputs, as the GPU tests do).
+Result emulate_forward(const routed::Head& h, int64_t rows) {
+  std::vector<float> o_part(rows * h.D, NAN), lse_part(rows, NAN);
+  std::vector<int32_t> cnt_part(rows, -7);
+  std::vector<int64_t> pairs(h.T, -7);
+  Result r{testing::zeros({h.T, h.D}), testing::zeros({h.T}), {}, {}};
+  r.o.fill(NAN);
+  r.lse.fill(NAN);
+  routed::forward_steps(HostRun{}, h, rows,
+                        {o_part.data(), lse_part.data(), cnt_part.data(), r.o.f32(), r.lse.f32(), pairs.data()});
+  r.off = routed::key_offsets(pairs);
+  const int64_t P = r.off.back();
+  r.idx.assign(P, -7);
+  routed::FillKeys fill{h, cnt_part.data(), r.off.data(), r.idx.data(), nullptr, 0};
+  if (h.qs.k == 1) {
+    HostRun{}(h.T, fill);
+  } else {  // the radix sort on (t << bits) | u, as a stable sort of the same pairs
+    std::vector<int32_t> unsorted(P, -7);
+    std::vector<uint64_t> key(P, 0);
+    fill.idx = unsorted.data();
+    fill.sort_key = key.data();
+    fill.sort_bits = routed::position_bits(h.T);
+    HostRun{}(h.T, fill);
+    std::vector<int64_t> order(P);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key[a] < key[b]; });
+    for (int64_t p = 0; p < P; ++p) r.idx[p] = unsorted[order[p]];
+  }
+  return r;
+}
+
+struct Grads {
+  Tensor dq, dk, dv;
+};
+
+Grads emulate_backward(const routed::Head& h, int64_t qrows, int64_t krows, const Tensor& dout, const Tensor& o,
+                       const Tensor& lse, const Grads& start) {
+  Grads g{start.dq.clone(), start.dk.clone(), start.dv.clone()};
+  std::vector<float> delta(h.T, NAN), dq_part(qrows * h.D, NAN), dk_part(krows * h.D, NAN), dv_part(krows * h.D, NAN);
+  std::vector<float> self_a(h.T, NAN), self_ds(h.T, NAN);
+  std::vector<int32_t> cnt_part(qrows, -7), self(h.T, -7);
+  routed::backward_steps(HostRun{}, h, qrows, krows,
+                         {dout.f32(), o.f32(), lse.f32(), delta.data(), dq_part.data(), cnt_part.data(), dk_part.data(),
+                          dv_part.data(), self.data(), self_a.data(), self_ds.data(), g.dq.f32(), g.dk.f32(),
+                          g.dv.f32()});
+  return g;
+}
+
+double rel_l2(const Tensor& got, const Tensor& want) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double d = static_cast<double>(got.f32()[i]) - want.f32()[i];
+    num += d * d;
+    den += static_cast<double>(want.f32()[i]) * want.f32()[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// lse: the same -inf entries, the finite ones within 1e-5 relative L2.
+void expect_lse(const Tensor& got, const Tensor& want) {
+  Tensor g = got.clone(), w = want.clone();
+  for (int64_t t = 0; t < w.numel(); ++t) {
+    ASSERT_EQ(std::isinf(g.f32()[t]), std::isinf(w.f32()[t])) << "lse " << t << ": " << g.f32()[t] << " vs " << w.f32()[t];
+    if (std::isinf(w.f32()[t])) g.f32()[t] = w.f32()[t] = 0.f;
+  }
+  EXPECT_LE(rel_l2(g, w), 1e-5) << "lse";
+}
+
+// Random q, k, v, dout, and the starting values of dq, dk, dv (they accumulate).
+struct Case {
+  Tensor q, k, v, dout;
+  Grads start;
+};
+
+Case random_case(int64_t T, int64_t D, Rng& rng) {
+  return {testing::randn({T, D}, rng), testing::randn({T, D}, rng), testing::randn({T, D}, rng),
+          testing::randn({T, D}, rng),
+          {testing::randn({T, D}, rng), testing::randn({T, D}, rng), testing::randn({T, D}, rng)}};
+}
+
+// Clusters from the layer's recipe on the host: LN of q and k, k-means
+// centroids on the normalised queries, then the assignment.
+ops::Clusters clusters_of(const Case& c, int64_t K, const ops::ClusterParams& p, Rng& rng, bool shared_keys = false) {
+  Ctx& ctx = host_ctx();
+  const int64_t T = c.q.dim(0), D = c.q.dim(1);
+  Tensor qn = testing::zeros({T, D}), kn = testing::zeros({T, D}), m = testing::zeros({T}), r = testing::zeros({T});
+  ops::layernorm_forward(ctx, {qn, m, r, c.q, Tensor(), Tensor()});
+  ops::layernorm_forward(ctx, {kn, m, r, shared_keys ? c.q : c.k, Tensor(), Tensor()});
+  ops::Centroids cent(K, D, ctx);
+  ops::kmeans_init(ctx, cent, qn, 2, rng);
+  ops::Clusters cl;
+  ops::assign_clusters(ctx, cl, qn, kn, cent, p);
+  return cl;
+}
+
+// The whole comparison for one head and its clusters.
+void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
+  Ctx& ctx = host_ctx();
+  const int64_t T = c.q.dim(0), D = c.q.dim(1);
+  // CPU reference
+  Tensor o = testing::zeros({T, D}), lse = testing::zeros({T});
+  ops::KeySets ks;
+  ops::routed_attention_forward(ctx, {o, lse, ks, c.q, c.k, c.v, cl});
+  Grads want{c.start.dq.clone(), c.start.dk.clone(), c.start.dv.clone()};
+  ops::routed_attention_backward(ctx, {want.dq, want.dk, want.dv, c.dout, o, lse, c.q, c.k, c.v, ks, cl});
+  // the CUDA path's steps
+  HostHead hh(c.q, c.k, c.v, cl);
+  const Result r = emulate_forward(hh.h, cl.queries.rows());
+  EXPECT_EQ(r.off, ks.off.to_vector<int64_t>()) << "key set offsets";
+  EXPECT_EQ(r.idx, ks.idx.to_vector<int32_t>()) << "key set indices";
+  EXPECT_LE(rel_l2(r.o, o), 1e-5) << "o";
+  expect_lse(r.lse, lse);
+  // The backward from the reference's o and lse, so it is checked on its own.
+  const Grads got = emulate_backward(hh.h, cl.queries.rows(), cl.keys.rows(), c.dout, o, lse, c.start);
+  EXPECT_LE(rel_l2(got.dq, want.dq), 1e-5) << "dq";
+  EXPECT_LE(rel_l2(got.dk, want.dk), 1e-5) << "dk";
+  EXPECT_LE(rel_l2(got.dv, want.dv), 1e-5) << "dv";
+  for (const Tensor* t : {&got.dq, &got.dk, &got.dv})
+    for (int64_t i = 0; i < t->numel(); ++i) ASSERT_TRUE(std::isfinite(t->f32()[i])) << "gradient element " << i;
+}
+
+TEST(RoutedAttentionRows, CausalClusters) {
+  Rng rng(21);
+  for (int trial = 0; trial < 3; ++trial) {
+    Case c = random_case(61, 8, rng);
+    expect_matches_reference(c, clusters_of(c, 5, ops::ClusterParams{}, rng));
+  }
+}
+
+TEST(RoutedAttentionRows, CausalClustersWithDrops) {
+  Rng rng(22);
+  ops::ClusterParams p;
+  p.dropless = false;
+  p.capacity_factor = 0.7f;  // some tokens in no cluster: o = 0, lse = -inf
+  Case c = random_case(53, 6, rng);
+  const ops::Clusters cl = clusters_of(c, 4, p, rng);
+  ASSERT_GT(cl.queries.dropped, 0);
+  expect_matches_reference(c, cl);
+}
+
+TEST(RoutedAttentionRows, BalancedClustersQueriesInSeveralClusters) {
+  Rng rng(23);
+  ops::ClusterParams p;
+  p.mode = ops::ClusterMode::balanced;
+  for (int trial = 0; trial < 3; ++trial) {
+    Case c = random_case(37, 6, rng);
+    expect_matches_reference(c, clusters_of(c, 5, p, rng));
+  }
+}
+
+TEST(RoutedAttentionRows, SharedKeyListsAndOneCluster) {
+  Rng rng(24);
+  Case c = random_case(29, 5, rng);
+  expect_matches_reference(c, clusters_of(c, 3, ops::ClusterParams{}, rng, true));
+  ops::ClusterParams p;
+  p.mode = ops::ClusterMode::balanced;
+  expect_matches_reference(c, clusters_of(c, 3, p, rng, true));
+  expect_matches_reference(c, clusters_of(c, 1, ops::ClusterParams{}, rng));  // dense causal
+}
+
+// More than 64 clusters: the bitmaps span several words, and the first shared
+// cluster can lie in a later word than another shared one.
+TEST(RoutedAttentionRows, MoreThan64Clusters) {
+  Rng rng(25);
+  Case c = random_case(160, 4, rng);
+  expect_matches_reference(c, clusters_of(c, 70, ops::ClusterParams{}, rng));
+  ops::ClusterParams p;
+  p.mode = ops::ClusterMode::balanced;  // S = 3 of 160 per centroid, 70 centroids: tokens in several
+  expect_matches_reference(c, clusters_of(c, 70, p, rng));
+  expect_matches_reference(c, clusters_of(c, 130, p, rng));
+}
+
+// One cluster (K = 1) over T tokens with the given members: a threshold route.
+ops::Route one_cluster(int64_t T, const std::vector<int32_t>& in) {
+  std::vector<float> score(T, 0.f);
+  for (int32_t t : in) score[t] = 1.f;
+  ops::Route r;
+  ops::threshold_route(host_ctx(), r, Tensor::from_host(score), 0.5f);
+  return r;
+}
+
+TEST(RoutedAttentionRows, LoneQueryAttendsToItselfAndNonMemberGetsZero) {
+  Rng rng(26);
+  Case c = random_case(6, 3, rng);
+  ops::Clusters cl;
+  cl.queries = one_cluster(6, {1, 3, 4});
+  cl.keys = one_cluster(6, {2, 3});  // query 1: no key <= 1, itself; 0, 2, 5: in no cluster
+  expect_matches_reference(c, cl);
+}
+
+// The pair rule against its definition, over every (t, u, c) of clusters with
+// tokens in several (balanced, more than 64 clusters).
+TEST(RoutedAttentionRows, FirstSharedClusterRule) {
+  Rng rng(27);
+  Case c = random_case(90, 4, rng);
+  ops::ClusterParams p;
+  p.mode = ops::ClusterMode::balanced;
+  const ops::Clusters cl = clusters_of(c, 100, p, rng);
+  HostHead hh(c.q, c.k, c.v, cl);
+  const int64_t T = 90, K = 100, W = hh.h.W;
+  auto member = [&](const routed::Side& s, int64_t t, int64_t cc) {
+    for (int64_t j = 0; j < s.k; ++j) {
+      const int64_t r = s.row(t, j);
+      if (r >= 0 && s.row_group[r] == cc) return true;
+    }
+    return false;
+  };
+  int64_t counted = 0, multi = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t u = 0; u < T; ++u) {
+      int64_t first = -1, shared = 0;
+      for (int64_t cc = 0; cc < K; ++cc)
+        if (member(hh.h.qs, t, cc) && member(hh.h.ks, u, cc)) {
+          if (first < 0) first = cc;
+          ++shared;
+        }
+      multi += shared > 1;
+      for (int64_t cc = 0; cc < K; ++cc) {
+        if (!member(hh.h.qs, t, cc) || !member(hh.h.ks, u, cc)) continue;
+        const bool want = cc == first;
+        ASSERT_EQ(routed::first_shared(hh.h.qs.bits + t * W, hh.h.ks.bits + u * W, cc), want)
+            << "t " << t << " u " << u << " cluster " << cc;
+        counted += want;
+      }
+    }
+  EXPECT_GT(multi, 0) << "want pairs that share several clusters";
+  EXPECT_GT(counted, 0);
+}
+
+TEST(RoutedAttentionRows, KeyOffsetsAndPositionBits) {
+  EXPECT_EQ(routed::key_offsets({}), (std::vector<int64_t>{0}));
+  EXPECT_EQ(routed::key_offsets({2, 0, 3}), (std::vector<int64_t>{0, 2, 2, 5}));
+  EXPECT_EQ(routed::position_bits(1), 0);
+  EXPECT_EQ(routed::position_bits(2), 1);
+  EXPECT_EQ(routed::position_bits(64), 6);
+  EXPECT_EQ(routed::position_bits(65), 7);
+}
+
+}  // namespace
+}  // namespace sy
