@@ -16,7 +16,7 @@ for c in "${configs[@]}"; do
   # The overrides the baseline was recorded with (tests/baseline/README).
   "$bin" --config "$src/configs/$c.pbtxt" --set train.steps=50 --set train.log_interval=1 \
     --set train.eval_interval=1000 --set train.warmup_steps=10 --set moe.router_noise=0 --set moe.jitter=0 \
-    --set moe.load_balance_coef=0.01 --metrics "$tmp/$c.jsonl" > "$tmp/$c.log" 2>&1 \
+    --set moe.load_balance_coef=0.01 --set moe.bias_balance_rate=0 --metrics "$tmp/$c.jsonl" > "$tmp/$c.log" 2>&1 \
     || { echo "$c: train_switch failed"; cat "$tmp/$c.log"; status=1; continue; }
   python3 - "$tmp/$c.jsonl" "$src/tests/baseline/$c.losses" "$c" <<'PY' || status=1
 import json, sys
