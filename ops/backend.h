@@ -19,6 +19,18 @@ void check_device(const Ctx& ctx, const char* op, std::initializer_list<const Te
 
 }  // namespace sy::ops
 
+// Declares an op's backend entry points once, in the two namespaces that
+// SY_DISPATCH calls: cpu:: (the reference) and cuda:: (the kernels; defined
+// in CUDA builds only, never called in others). The arguments are the plain
+// declarations, each ending in ';', so the two lists cannot drift apart.
+#define SY_DECLARE_BACKENDS(...) \
+  namespace cpu {                \
+  __VA_ARGS__                    \
+  }                              \
+  namespace cuda {               \
+  __VA_ARGS__                    \
+  }
+
 // Calls the CPU reference of `op`; on a CUDA context, the CUDA kernels when
 // the build has them.
 #ifdef SY_WITH_CUDA

@@ -18,6 +18,7 @@
 //   dw_i = dy_i . (z[row(i)] - x_i) (0 where not kept). dz, dw overwritten.
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 #include "ops/routing.h"
 
 namespace sy::ops {
@@ -31,25 +32,16 @@ void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor
 void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
                                const Tensor& z, const Tensor& w, const Route& r);
 
-namespace cpu {
-void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor& z, const Tensor& w, const Route& r);
-void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
-                               const Tensor& z, const Tensor& w, const Route& r);
-void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r);
-void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r);
-void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
-void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/dispatch.cu; CUDA builds).
-namespace cuda {
-void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor& z, const Tensor& w, const Route& r);
-void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
-                               const Tensor& z, const Tensor& w, const Route& r);
-void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r);
-void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r);
-void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
-void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
-}  // namespace cuda
+// The CPU reference (ops/cpu/dispatch.cc) and the CUDA kernels (ops/cuda/dispatch.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor& z, const Tensor& w, const Route& r);
+  void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
+                                 const Tensor& z, const Tensor& w, const Route& r);
+  void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r);
+  void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r);
+  void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
+  void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
+)
 
 }  // namespace sy::ops

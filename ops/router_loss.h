@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/backend.h"
 #include "ops/routing.h"
 
 namespace sy::ops {
@@ -100,31 +101,19 @@ struct RealizedBudgetArgs {
 float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
                            const RealizedBudgetArgs& a);
 
-namespace cpu {
-void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1);
-float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
-                        float alpha);
-float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
-                                float alpha);
-float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
-float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
-                  float lambda, float* expected);
-float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
-                           const RealizedBudgetArgs& a);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/router_loss.cu; CUDA builds).
-namespace cuda {
-void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1);
-float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
-                        float alpha);
-float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
-                                float alpha);
-float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
-float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
-                  float lambda, float* expected);
-float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
-                           const RealizedBudgetArgs& a);
-}  // namespace cuda
+// The CPU reference (ops/cpu/router_loss.cc) and the CUDA kernels (ops/cuda/router_loss.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1);
+  float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
+                          float alpha);
+  float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
+                                  float alpha);
+  float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
+  float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
+                    float lambda, float* expected);
+  float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
+                             const RealizedBudgetArgs& a);
+)
 
 }  // namespace sy::ops

@@ -56,6 +56,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -135,29 +136,18 @@ void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, con
 // bias (G) f32, load (G) on the host (all-reduced counts).
 void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);
 
-namespace cpu {
-void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
-void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn);
-void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
-void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment);
-void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
-void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
-void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
-                            const Route& r, bool renormalized);
-void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/routing.cu; CUDA builds).
-namespace cuda {
-void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
-void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn);
-void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
-void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment);
-void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
-void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
-void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
-                            const Route& r, bool renormalized);
-void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);
-}  // namespace cuda
+// The CPU reference (ops/cpu/routing.cc) and the CUDA kernels (ops/cuda/routing.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
+  void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn);
+  void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
+  void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment);
+  void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
+  void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
+  void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
+                              const Route& r, bool renormalized);
+  void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);
+)
 
 }  // namespace sy::ops

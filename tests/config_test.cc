@@ -2,29 +2,19 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <functional>
 
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "comm/nccl_communicator.h"
+#include "config_error.h"
 #include "runtime/config.h"
 #include "core/error.h"
 
 namespace sy {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    std::string m = e.what();
-    EXPECT_EQ(m.find('\n'), std::string::npos) << "error must be one line: " << m;
-    return m;
-  }
-  ADD_FAILURE() << "expected a ConfigError";
-  return "";
-}
+using testing::error_of;
 
 Config parse_ok(const std::string& text) {
   Config c = parse_config(text, "t.pbtxt");

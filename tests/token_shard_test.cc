@@ -8,8 +8,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 
+#include "config_error.h"
 #include "core/error.h"
 #include "core/philox.h"
 #include "runtime/config.h"
@@ -20,6 +20,8 @@
 
 namespace sy {
 namespace {
+
+using testing::error_of;
 
 namespace fs = std::filesystem;
 
@@ -42,18 +44,6 @@ class Shards : public ::testing::Test {
   }
   fs::path dir_;
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    std::string m = e.what();
-    EXPECT_EQ(m.find('\n'), std::string::npos) << "error must be one line: " << m;
-    return m;
-  }
-  ADD_FAILURE() << "expected a ConfigError";
-  return "";
-}
 
 void expect_refused(const std::string& file, uint32_t vocab, const std::vector<std::string>& needles) {
   const std::string m = error_of([&] { TokenShard s(file, vocab); });

@@ -4,6 +4,8 @@
 //   upload / download               small host <-> device tables on ctx's stream
 //   warp_sum, warp_max              butterfly reductions: every lane ends with
 //                                   the same value, combined in a fixed pattern
+//   block_sum, block_max            the same over a block, in a fixed tree
+//   block_exclusive_sum             a block's exclusive prefix sum of integers
 //   column_sums<F>                  out[o][c] += sum_r f(r, c)[o], two stages in a
 //                                   fixed order (no atomics)
 //   sum_f64_to_host                 a fixed-order sum of a device f64 array,
@@ -17,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "core/cuda_check.h"
@@ -115,6 +118,33 @@ __device__ T block_max(T v, T* scratch) {
   const T r = scratch[0];
   __syncthreads();
   return r;
+}
+
+// Exclusive prefix sum over a block of blockDim.x threads (any size), for
+// integers: thread t gets v_0 + ... + v_{t-1} and *total the sum over every
+// thread. Thread 0 adds in thread order (exact; the serial loop is cheap next
+// to a one-block kernel's launch, and a CUB BlockScan costs seconds of nvcc
+// time per file). `scratch` holds blockDim.x values; free again on return.
+template <class T>
+__device__ T block_exclusive_sum(T v, T* scratch, T* total) {
+  static_assert(std::is_integral<T>::value, "block_exclusive_sum: integers only (exact in any order)");
+  __shared__ T sum;
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    T run = 0;
+    for (unsigned t = 0; t < blockDim.x; ++t) {
+      const T s = scratch[t];
+      scratch[t] = run;
+      run += s;
+    }
+    sum = run;
+  }
+  __syncthreads();
+  const T before = scratch[threadIdx.x];
+  *total = sum;
+  __syncthreads();
+  return before;
 }
 
 // A float's bits as an unsigned integer of the same order (for radix sorts):

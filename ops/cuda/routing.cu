@@ -200,22 +200,14 @@ static __global__ void route_counts(const int32_t* starts, int64_t G, int64_t as
     count[g] = static_cast<int32_t>(c);
     local += c;
   }
-  scratch[threadIdx.x] = local;
-  __syncthreads();
+  int64_t total;
+  int64_t run = block_exclusive_sum(local, scratch, &total);
   if (threadIdx.x == 0) {
-    int64_t run = 0;
-    for (unsigned t = 0; t < blockDim.x; ++t) {
-      const int64_t s = scratch[t];
-      scratch[t] = run;
-      run += s;
-    }
-    meta[m.offset(G)] = static_cast<int32_t>(run);
+    meta[m.offset(G)] = static_cast<int32_t>(total);
     meta[m.capacity()] = static_cast<int32_t>(min(cap, static_cast<int64_t>(INT_MAX)));
     meta[m.assigned()] = static_cast<int32_t>(assigned);
-    meta[m.dropped()] = static_cast<int32_t>(assigned - run);
+    meta[m.dropped()] = static_cast<int32_t>(assigned - total);
   }
-  __syncthreads();
-  int64_t run = scratch[threadIdx.x];
   for (int64_t g = g0; g < g1; ++g) {
     meta[m.offset(g)] = static_cast<int32_t>(run);
     run += count[g];
@@ -402,25 +394,17 @@ static __global__ void threshold_kernel(const float* scores, int64_t N, float ta
   const int64_t i0 = min(N, threadIdx.x * per), i1 = min(N, i0 + per);
   int64_t local = 0;
   for (int64_t i = i0; i < i1; ++i) local += scores[i] > tau;
-  scratch[threadIdx.x] = local;
-  __syncthreads();
+  int64_t total;
+  int64_t run = block_exclusive_sum(local, scratch, &total);
   if (threadIdx.x == 0) {
-    int64_t run = 0;
-    for (unsigned t = 0; t < blockDim.x; ++t) {
-      const int64_t s = scratch[t];
-      scratch[t] = run;
-      run += s;
-    }
     const Meta m{1};
-    count[0] = static_cast<int32_t>(run);
+    count[0] = static_cast<int32_t>(total);
     meta[m.offset(0)] = 0;
-    meta[m.offset(1)] = static_cast<int32_t>(run);
+    meta[m.offset(1)] = static_cast<int32_t>(total);
     meta[m.capacity()] = static_cast<int32_t>(N);
-    meta[m.assigned()] = static_cast<int32_t>(run);
+    meta[m.assigned()] = static_cast<int32_t>(total);
     meta[m.dropped()] = 0;
   }
-  __syncthreads();
-  int64_t run = scratch[threadIdx.x];
   for (int64_t i = i0; i < i1; ++i) {
     const bool kept = scores[i] > tau;
     group[i] = kept ? 0 : -1;
