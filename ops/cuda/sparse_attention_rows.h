@@ -9,12 +9,13 @@
 // Forward, one thread per query t over its keys K(t) = idx[off[t] .. off[t+1]):
 //   two passes: m = max_j s_tj, then l = sum_j exp(s_tj - m) and
 //   o_t = sum_j exp(s_tj - m) v_j / l; lse_t = m + log l (K(t) empty: o_t = 0,
-//   lse_t = -inf), as the CPU's single-pass-per-quantity loop up to rounding.
+//   lse_t = -inf). (The CPU keeps the scores and adds a_tj v_j with each
+//   weight already divided by l: the same sums up to rounding.)
 // Backward, FlashAttention's form from the saved o and lse:
 //   queries  thread t: Delta_t = dout_t . o_t (kept for the key pass) and
 //            dq_t += sum_j ds_tj k_j over K(t) in key-set order
-//   pairs    thread t writes (key u, query t) for each of its pairs, pair
-//            index p = off[t] + j; a stable radix sort on u then lists each
+//   pairs    thread t writes (key u, query t) at the index of each of its
+//            pairs in idx; a stable radix sort on u then lists each
 //            key's queries in ascending t (the transposed key sets, built on
 //            the device: the layer's key sets are on the device already), and
 //            koff[u] = the first sorted pair with key >= u (a lower bound)
@@ -28,6 +29,10 @@
 //   K(t) = {max(0, t-w+1) .. t};  off[t] = sum_{s<t} min(s+1, w)
 //        = t(t+1)/2 for t <= w, w(w+1)/2 + (t-w) w beyond - closed form, so
 //   no scan and no copy back.
+//
+// Block top-k key sets (the CPU's rule, ops/sparse_attention.h): one thread per
+// element of the block means, then one per query choosing its blocks (see
+// BlockTopkKeys), offsets in closed form (block_topk_offset).
 #pragma once
 #include "ops/cuda/routed_attention_rows.h"
 
