@@ -33,7 +33,7 @@ void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a) {
   check_shape(a.o, a.q.shape(), "sparse attention o");
   check_shape(a.lse, {a.q.dim(0)}, "sparse attention lse");
   check_device(ctx, "sparse_attention_forward", {&a.o, &a.lse});
-  SY_DISPATCH_CPU_ONLY(ctx, sparse_attention_forward, ctx, a);
+  SY_DISPATCH(ctx, sparse_attention_forward, ctx, a);
 }
 
 void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
@@ -41,12 +41,12 @@ void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
   for (const Tensor* t : std::initializer_list<const Tensor*>{&a.dq, &a.dk, &a.dv, &a.dout, &a.o}) check_shape(*t, a.q.shape(), "sparse attention gradient");
   check_shape(a.lse, {a.q.dim(0)}, "sparse attention lse");
   check_device(ctx, "sparse_attention_backward", {&a.dq, &a.dk, &a.dv, &a.dout, &a.o, &a.lse});
-  SY_DISPATCH_CPU_ONLY(ctx, sparse_attention_backward, ctx, a);
+  SY_DISPATCH(ctx, sparse_attention_backward, ctx, a);
 }
 
 KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window) {
   SY_CHECK(window >= 1, "local attention window " << window);
-  SY_DISPATCH_CPU_ONLY(ctx, local_keysets, ctx, T, window);
+  SY_DISPATCH(ctx, local_keysets, ctx, T, window);
 }
 
 KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk) {
@@ -54,7 +54,7 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t b
   SY_CHECK(q.ndim() == 2, "block top-k: q " << shape_str(q.shape()) << " is not (T, D)");
   check_shape(k, q.shape(), "block top-k k");
   check_device(ctx, "block_topk_keysets", {&q, &k});
-  SY_DISPATCH_CPU_ONLY(ctx, block_topk_keysets, ctx, q, k, block, topk);
+  SY_DISPATCH(ctx, block_topk_keysets, ctx, q, k, block, topk);
 }
 
 }  // namespace sy::ops

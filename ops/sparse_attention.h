@@ -81,4 +81,13 @@ KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
 KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
 }  // namespace cpu
 
+// CUDA (ops/cuda/sparse_attention.cu, f32): the key sets are made on the
+// device and equal the CPU's exactly.
+namespace cuda {
+void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a);
+void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a);
+KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
+KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
+}  // namespace cuda
+
 }  // namespace sy::ops

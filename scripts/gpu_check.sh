@@ -58,8 +58,9 @@ ctest_rc=$?
 grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|Skipped" "$OUT/ctest.log" | tail -25
 build-gpu/bin/backend_ops_test --gtest_filter='*cuda*' > "$OUT/backend_ops_cuda.log" 2>&1
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|differs|never written" "$OUT/backend_ops_cuda.log" | head -30
-# Routed attention's layer on the GPU: no leak in training mode, its controls,
-# CPU agreement and bitwise reruns (the op cases are in backend_ops_test).
+# The sparse attention layer on the GPU (routed, local and block top-k heads):
+# no leak in training mode, its controls, CPU agreement and bitwise reruns
+# (the op cases are in backend_ops_test).
 build-gpu/bin/routed_attention_test --gtest_filter='RoutedAttentionCuda.*' > "$OUT/routed_attention_cuda.log" 2>&1
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|leaked|differ" "$OUT/routed_attention_cuda.log" | head -20
 

@@ -40,6 +40,7 @@
 #include "ops/permute.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "ops/sparse_attention.h"
 #include "ops/random.h"
 #include "ops/routed_attention.h"
 #include "ops/router_loss.h"
@@ -362,6 +363,60 @@ Ins lone_query_inputs(Rng& r) {
   for (const ops::Route* rt : {&q, &k})
     for (const Tensor* t : {&rt->group, &rt->slot, &rt->offset}) in.push_back(t->clone());
   return in;
+}
+
+// ---- attention over key sets (local and block top-k heads) ----
+//
+// keys(x, in) makes the key sets on the backend (local_keysets, or
+// block_topk_keysets of q and k: both compared exactly), or takes them from
+// inputs 4 and 5 (offsets, indices). Inputs: q, k, v, dout (T, D).
+// Outputs: o, lse (-inf as 0), lse's -inf flags, the key sets' offsets and
+// indices (padded to T*T with -1), dq, dk, dv.
+OpCase sparse_attention_case(const std::string& name, int64_t T, int64_t D,
+                             std::function<ops::KeySets(Ctx&, const Ins&)> keys,
+                             std::function<Ins(Rng&)> extra = nullptr) {
+  return {"sparse_attention_" + name, Tol::f32,
+          [T, D, extra](Rng& r) {
+            Ins in{randn({T, D}, r), randn({T, D}, r), randn({T, D}, r), randn({T, D}, r)};
+            if (extra)
+              for (Tensor& t : extra(r)) in.push_back(t);
+            return in;
+          },
+          [T, D](Ctx& x, const Ins&) {
+            return Outs{fresh(x, {T, D}), fresh(x, {T}), fresh(x, {T}, DType::i32), fresh(x, {T + 1}, DType::i64),
+                        fresh(x, {T * T}, DType::i32), acc(x, {T, D}), acc(x, {T, D}), acc(x, {T, D})};
+          },
+          [T, keys](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+            const ops::KeySets ks = keys(x, in);
+            Tensor lse = out(x, {T});
+            poison(lse, x);
+            ops::sparse_attention_forward(x, {o[0], lse, in[0], in[1], in[2], ks});
+            ops::sparse_attention_backward(x, {o[5], o[6], o[7], in[3], o[0], lse, in[0], in[1], in[2], ks});
+            std::vector<float> l = lse.to_vector<float>();
+            std::vector<int32_t> inf(T, 0);
+            for (int64_t t = 0; t < T; ++t)
+              if (std::isinf(l[t]) && l[t] < 0) inf[t] = 1, l[t] = 0.f;
+            put(x, o[1], l);
+            put(x, o[2], inf);
+            o[3].copy_from(ks.off, x);
+            std::vector<int32_t> idx = ks.idx.to_vector<int32_t>();
+            idx.resize(T * T, -1);
+            put(x, o[4], idx);
+          }};
+}
+
+// Any key sets of T queries: random keys in random order, a quarter empty
+// (o = 0, lse = -inf), keys repeated; as inputs (offsets i64, indices i32).
+Ins random_keyset_inputs(int64_t T, Rng& r) {
+  ops::KeySetsBuilder b;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int32_t> keys;
+    const int64_t n = r.below(4) == 0 ? 0 : static_cast<int64_t>(r.below(T + 1));
+    for (int64_t i = 0; i < n; ++i) keys.push_back(static_cast<int32_t>(r.below(T)));
+    b.add_query(keys);
+  }
+  const ops::KeySets ks = b.build(host_ctx());
+  return {ks.off, ks.idx};
 }
 
 std::vector<OpCase> cases() {
@@ -792,6 +847,22 @@ std::vector<OpCase> cases() {
                                  RoutedSpec{"causal_70_clusters", 160, 70, 8, causal, false}})
     c.push_back(routed_attention_case(spec));
   c.push_back(routed_attention_case("lone_query", 6, 5, lone_query_inputs));
+  // ---- attention over key sets ----
+  auto local = [](int64_t T, int64_t w) {
+    return [T, w](Ctx& x, const Ins&) { return ops::local_keysets(x, T, w); };
+  };
+  auto block_topk = [](int64_t block, int64_t k) {
+    return [block, k](Ctx& x, const Ins& in) { return ops::block_topk_keysets(x, in[0], in[1], block, k); };
+  };
+  auto given = [](Ctx&, const Ins& in) { return ops::KeySets{in[4], in[5]}; };
+  c.push_back(sparse_attention_case("local_w9", 70, 16, local(70, 9)));
+  c.push_back(sparse_attention_case("local_300_tokens_w64_d64", 300, 64, local(300, 64)));
+  c.push_back(sparse_attention_case("local_window_past_the_sequence", 20, 130, local(20, 50)));
+  c.push_back(sparse_attention_case("local_one_token", 1, 8, local(1, 4)));
+  c.push_back(sparse_attention_case("block_topk_8_top3", 100, 32, block_topk(8, 3)));
+  c.push_back(sparse_attention_case("block_topk_5_top0", 23, 8, block_topk(5, 0)));
+  c.push_back(sparse_attention_case("block_topk_64_top2_d64", 300, 64, block_topk(64, 2)));
+  c.push_back(sparse_attention_case("any_keysets", 40, 12, given, [](Rng& r) { return random_keyset_inputs(40, r); }));
   // ---- experts ----
   c.push_back({"expert_ffn", Tol::f32,
                [](Rng& r) {
@@ -978,6 +1049,36 @@ TEST_P(BackendOps, RoutedAttentionToleranceCatchesOneMissingPair) {
   EXPECT_LE(rel_l2(same[1], want[1]), 1e-5);
   EXPECT_GT(rel_l2(fewer_keys[0], want[0]), 1e-5) << "one pair fewer in o";
   EXPECT_GT(rel_l2(fewer_keys[1], want[1]), 1e-5) << "one pair fewer in dk";
+}
+
+// The control for the sparse attention cases: one key taken out of one
+// query's window is far outside class F in o (that query) and dk (that key),
+// so the cases above would catch a kernel that loses or adds one pair.
+TEST_P(BackendOps, SparseAttentionToleranceCatchesOneMissingPair) {
+  const int64_t T = 40, D = 16, w = 8;
+  Rng rng(0x5a);
+  const Tensor q = randn({T, D}, rng), k = randn({T, D}, rng), v = randn({T, D}, rng), g = randn({T, D}, rng);
+  auto run = [&](Ctx& x, bool fewer) {
+    ops::KeySetsBuilder b;
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> keys;
+      for (int64_t u = std::max<int64_t>(0, t - w + 1); u <= t; ++u)
+        if (!(fewer && t == 30 && u == 25)) keys.push_back(static_cast<int32_t>(u));
+      b.add_query(keys);
+    }
+    const ops::KeySets ks = b.build(x);
+    Tensor o = out(x, {T, D}), lse = out(x, {T}), dq = Tensor::zeros({T, D}, DType::f32, x),
+           dk = Tensor::zeros({T, D}, DType::f32, x), dv = Tensor::zeros({T, D}, DType::f32, x);
+    const Tensor qd = q.to(x), kd = k.to(x), vd = v.to(x), gd = g.to(x);
+    ops::sparse_attention_forward(x, {o, lse, qd, kd, vd, ks});
+    ops::sparse_attention_backward(x, {dq, dk, dv, gd, o, lse, qd, kd, vd, ks});
+    return std::vector<Tensor>{o.to(host_ctx()), dk.to(host_ctx())};
+  };
+  const std::vector<Tensor> want = run(host_ctx(), false), same = run(ctx(), false), fewer = run(ctx(), true);
+  EXPECT_LE(rel_l2(same[0], want[0]), 1e-5);
+  EXPECT_LE(rel_l2(same[1], want[1]), 1e-5);
+  EXPECT_GT(rel_l2(fewer[0], want[0]), 1e-5) << "one pair fewer in o";
+  EXPECT_GT(rel_l2(fewer[1], want[1]), 1e-5) << "one pair fewer in dk";
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values(DeviceKind::cpu, DeviceKind::cuda),

@@ -479,10 +479,11 @@ TEST(AttentionPairs, RoutedAt4096With64ClustersIsA64thOfDense) {
 
 // ---- the layer on the GPU (skipped without one) ----
 //
-// All heads route (the local heads' kernels are the next item of issue 18),
-// so every op of the layer runs on CUDA: the qkv and output GEMMs, layer norm,
-// cluster assignment, the attention (ops/cuda/routed_attention_rows.h) and the
-// centroid upkeep; k-means on the warm-up batch runs on a host copy.
+// Every op of the layer runs on CUDA: the qkv and output GEMMs, layer norm,
+// cluster assignment, routed attention (ops/cuda/routed_attention_rows.h), the
+// local and block top-k heads' attention over key sets
+// (ops/cuda/sparse_attention_rows.h) and the centroid upkeep; k-means on the
+// warm-up batch runs on a host copy.
 
 class RoutedAttentionCuda : public ::testing::Test {
  protected:
@@ -496,6 +497,9 @@ class RoutedAttentionCuda : public ::testing::Test {
 };
 
 TEST_F(RoutedAttentionCuda, CausalModeNoLeakFromTheFuture) { expect_causal(routed_cfg(2, 4, 3), gpu()); }
+TEST_F(RoutedAttentionCuda, LocalPlusRoutingNoLeak) { expect_causal(routed_cfg(1, 3, 4), gpu()); }
+TEST_F(RoutedAttentionCuda, LocalNoLeak) { expect_causal(routed_cfg(0, 1, 5), gpu()); }
+TEST_F(RoutedAttentionCuda, BlockTopkNoLeak) { expect_causal(block_cfg(4, 2), gpu()); }
 
 // The controls on the GPU: the check above sees a leak where there is one.
 TEST_F(RoutedAttentionCuda, BalancedModeMembershipDependsOnLaterTokens) { expect_balanced_leaks(gpu()); }
@@ -505,46 +509,66 @@ TEST_F(RoutedAttentionCuda, CausalModeLeaksWhenTheEmaSeesTheSameBatch) { expect_
 // the GPU, from the same weights and centroids: y, dx and every parameter
 // gradient within 1e-4 relative L2 (a chain of about ten ops, each within
 // 1e-5 of the CPU); the GPU run twice gives the same bits.
-TEST_F(RoutedAttentionCuda, LayerMatchesTheCpuAndRerunsBitwise) {
+void expect_layer_matches_cpu(const switchyard::AttentionConfig& a, Ctx& gpu) {
   const int64_t C = 32, H = 2, T = 40, B = 2;
+  Layer cpu(a, C, H, T, 13), cuda(a, C, H, T, 13, {}, gpu);
+  Rng rng(14);
+  const Tensor w = testing::randn({B * T, C}, rng), x = testing::randn({B * T, C}, rng),
+               R = testing::randn({B * T, C}, rng);
+  calibrate(cpu, w, B, T);
+  for (size_t r = 0; r < cpu.attn->centroids().size(); ++r) {  // the CPU's centroids on both
+    ops::Centroids& d = cuda.attn->centroids()[r];
+    const ops::Centroids& s = cpu.attn->centroids()[r];
+    d.mu.copy_from(s.mu, gpu);
+    d.sum.copy_from(s.sum, gpu);
+    d.count.copy_from(s.count, gpu);
+    d.initialized = true;
+  }
+  auto step = [&](Layer& l) {
+    l.attn->set_training(true);
+    std::vector<Tensor> res{l.forward(x, B, T)};
+    l.ps.zero_grad(l.ctx);
+    res.push_back(l.attn->backward(R.to(l.ctx)).to(host_ctx()));
+    for (Param* p : l.ps.all()) res.push_back(p->grad.to(host_ctx()));
+    return res;
+  };
+  const std::vector<Tensor> want = step(cpu), got = step(cuda), again = step(cuda);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    SCOPED_TRACE("output " + std::to_string(i) + " (y, dx, then the parameter gradients)");
+    double num = 0, den = 0;
+    for (int64_t e = 0; e < want[i].numel(); ++e) {
+      const double d = double(got[i].f32()[e]) - want[i].f32()[e];
+      num += d * d;
+      den += double(want[i].f32()[e]) * want[i].f32()[e];
+    }
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-4);
+    EXPECT_EQ(std::memcmp(got[i].raw(), again[i].raw(), got[i].nbytes()), 0) << "two GPU runs differ";
+  }
+}
+
+TEST_F(RoutedAttentionCuda, LayerMatchesTheCpuAndRerunsBitwise) {
   for (bool balanced : {false, true}) {
     SCOPED_TRACE(balanced ? "balanced" : "causal");
     auto a = routed_cfg(2, 5, 3, balanced);
     a.set_commitment_coef(0.25f);  // (causal mode) its backward through the layer norm too
-    Layer cpu(a, C, H, T, 13), cuda(a, C, H, T, 13, {}, gpu());
-    Rng rng(14);
-    const Tensor w = testing::randn({B * T, C}, rng), x = testing::randn({B * T, C}, rng),
-                 R = testing::randn({B * T, C}, rng);
-    calibrate(cpu, w, B, T);
-    for (size_t r = 0; r < cpu.attn->centroids().size(); ++r) {  // the CPU's centroids on both
-      ops::Centroids& d = cuda.attn->centroids()[r];
-      const ops::Centroids& s = cpu.attn->centroids()[r];
-      d.mu.copy_from(s.mu, gpu());
-      d.sum.copy_from(s.sum, gpu());
-      d.count.copy_from(s.count, gpu());
-      d.initialized = true;
-    }
-    auto step = [&](Layer& l) {
-      l.attn->set_training(true);
-      std::vector<Tensor> res{l.forward(x, B, T)};
-      l.ps.zero_grad(l.ctx);
-      res.push_back(l.attn->backward(R.to(l.ctx)).to(host_ctx()));
-      for (Param* p : l.ps.all()) res.push_back(p->grad.to(host_ctx()));
-      return res;
-    };
-    const std::vector<Tensor> want = step(cpu), got = step(cuda), again = step(cuda);
-    ASSERT_EQ(got.size(), want.size());
-    for (size_t i = 0; i < want.size(); ++i) {
-      SCOPED_TRACE("output " + std::to_string(i) + " (y, dx, then the parameter gradients)");
-      double num = 0, den = 0;
-      for (int64_t e = 0; e < want[i].numel(); ++e) {
-        const double d = double(got[i].f32()[e]) - want[i].f32()[e];
-        num += d * d;
-        den += double(want[i].f32()[e]) * want[i].f32()[e];
-      }
-      EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-4);
-      EXPECT_EQ(std::memcmp(got[i].raw(), again[i].raw(), got[i].nbytes()), 0) << "two GPU runs differ";
-    }
+    expect_layer_matches_cpu(a, gpu());
+  }
+}
+
+// One local head (window 6) beside one routing head; every head local; block top-k.
+TEST_F(RoutedAttentionCuda, LocalAndBlockTopkLayersMatchTheCpuAndRerunBitwise) {
+  {
+    SCOPED_TRACE("local + routing");
+    expect_layer_matches_cpu(routed_cfg(1, 5, 6), gpu());
+  }
+  {
+    SCOPED_TRACE("local");
+    expect_layer_matches_cpu(routed_cfg(0, 1, 6), gpu());
+  }
+  {
+    SCOPED_TRACE("block top-k");
+    expect_layer_matches_cpu(block_cfg(4, 2), gpu());
   }
 }
 

@@ -1,6 +1,8 @@
 // What the CUDA kernels of ops/ share (included by ops/cuda/*.cu only):
 //
 //   stream(ctx), grid_for(n)        launch plumbing
+//   Launch / each_index             one thread per index (grid-stride), for the
+//                                   rows headers' step sequences
 //   upload / download               small host <-> device tables on ctx's stream
 //   warp_sum, warp_max              butterfly reductions: every lane ends with
 //                                   the same value, combined in a fixed pattern
@@ -231,6 +233,27 @@ struct ColumnOf {
 inline void column_sums_into(Ctx& ctx, const float* x, int64_t rows, int64_t cols, float* out) {
   column_sums(ctx, ColumnOf{x, cols}, rows, cols, ColumnOut{{out}});
 }
+
+// ---- one thread per index -------------------------------------------------
+
+// f(i) for every i < n, a grid-stride loop (the rows headers' functions).
+template <class F>
+static __global__ void each_index(int64_t n, F f) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    f(i);
+}
+
+// run(n, f) of the rows headers' step sequences: one launch on a stream.
+struct Launch {
+  cudaStream_t st;
+  template <class F>
+  void operator()(int64_t n, const F& f) const {
+    if (n <= 0) return;
+    each_index<<<grid_stride(n), kBlock, 0, st>>>(n, f);
+    CUDA_CHECK(cudaGetLastError());
+  }
+};
 
 // ---- in util.cu -----------------------------------------------------------
 

@@ -271,28 +271,10 @@ void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters
 //
 // ops/cuda/routed_attention_rows.h holds the work of every thread and the
 // order of the launches; here are the buffers and the launches. One thread
-// per query row, key row, query or element (a grid-stride loop), each owning
+// per query row, key row, query or element (Launch, common.cuh), each owning
 // what it writes.
 
-template <class F>
-static __global__ void each_index(int64_t n, F f) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    f(i);
-}
-
 namespace {
-
-// run(n, f) of the step sequences: one launch on ctx's stream.
-struct Launch {
-  cudaStream_t st;
-  template <class F>
-  void operator()(int64_t n, const F& f) const {
-    if (n <= 0) return;
-    each_index<<<grid_stride(n), kBlock, 0, st>>>(n, f);
-    CUDA_CHECK(cudaGetLastError());
-  }
-};
 
 // One side's inverted rows and bitmaps, and the views the rows header reads.
 struct SideBuffers {

@@ -1,0 +1,270 @@
+// Attention over per-query key sets (ops/sparse_attention.h) on CUDA, written
+// as plain functions of one query, one key or one pair, in the style of
+// routed_attention_rows.h (whose SY_HD, dot and step-runner convention this
+// reuses). ops/cuda/sparse_attention.cu gives every call its own thread;
+// tests/sparse_attention_rows_test.cc runs the same functions and step
+// sequences on the host against the CPU reference, so the indexing and the
+// transposition are checked without a GPU.
+//
+// Forward, one thread per query t over its keys K(t) = idx[off[t] .. off[t+1]):
+//   two passes: m = max_j s_tj, then l = sum_j exp(s_tj - m) and
+//   o_t = sum_j exp(s_tj - m) v_j / l; lse_t = m + log l (K(t) empty: o_t = 0,
+//   lse_t = -inf). (The CPU keeps the scores and adds a_tj v_j with each
+//   weight already divided by l: the same sums up to rounding.)
+// Backward, FlashAttention's form from the saved o and lse:
+//   queries  thread t: Delta_t = dout_t . o_t (kept for the key pass) and
+//            dq_t += sum_j ds_tj k_j over K(t) in key-set order
+//   pairs    thread t writes (key u, query t) at the index of each of its
+//            pairs in idx; a stable radix sort on u then lists each
+//            key's queries in ascending t (the transposed key sets, built on
+//            the device: the layer's key sets are on the device already), and
+//            koff[u] = the first sorted pair with key >= u (a lower bound)
+//   keys     thread u: dk_u += sum_t ds_tu q_t and dv_u += sum_t a_tu dout_t
+//            over its queries in ascending t - the CPU's order of additions
+// with a_tj = exp(s_tj - lse_t) and ds_tj = a_tj (dout_t . v_j - Delta_t) / sqrt(D).
+// Every output has one owner adding in a fixed order: no atomics, two runs
+// give the same bits.
+//
+// Local key sets, one thread per query (and one more for the last offset):
+//   K(t) = {max(0, t-w+1) .. t};  off[t] = sum_{s<t} min(s+1, w)
+//        = t(t+1)/2 for t <= w, w(w+1)/2 + (t-w) w beyond - closed form, so
+//   no scan and no copy back.
+//
+// Block top-k key sets (the CPU's rule, ops/sparse_attention.h): one thread per
+// element of the block means, then one per query choosing its blocks (see
+// BlockTopkKeys), offsets in closed form (block_topk_offset).
+#pragma once
+#include "ops/cuda/routed_attention_rows.h"
+
+namespace sy::ops::sparse {
+
+using routed::dot;
+
+// One head of one sequence: q, k, v (T, D) contiguous, and its key sets.
+struct Head {
+  const float *q, *k, *v;
+  int64_t T, D;
+  float scale;         // 1 / sqrt(D)
+  const int64_t* off;  // (T + 1)
+  const int32_t* idx;  // (pairs)
+};
+
+// ---- forward --------------------------------------------------------------
+
+struct ForwardRow {
+  Head h;
+  float* o;    // (T, D)
+  float* lse;  // (T)
+  SY_HD void operator()(int64_t t) const {
+    const int64_t D = h.D, j0 = h.off[t], j1 = h.off[t + 1];
+    const float* q = h.q + t * D;
+    float* ot = o + t * D;
+    for (int64_t d = 0; d < D; ++d) ot[d] = 0.f;
+    if (j1 == j0) {
+      lse[t] = -INFINITY;
+      return;
+    }
+    float m = -INFINITY;
+    for (int64_t j = j0; j < j1; ++j) m = fmaxf(m, dot(q, h.k + int64_t{h.idx[j]} * D, D) * h.scale);
+    float l = 0.f;
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t u = h.idx[j];
+      const float e = expf(dot(q, h.k + u * D, D) * h.scale - m);
+      l += e;
+      const float* v = h.v + u * D;
+      for (int64_t d = 0; d < D; ++d) ot[d] += e * v[d];
+    }
+    for (int64_t d = 0; d < D; ++d) ot[d] /= l;
+    lse[t] = m + logf(l);
+  }
+};
+
+// ---- backward -------------------------------------------------------------
+
+struct BackwardBuffers {
+  const float* dout;  // (T, D)
+  const float* o;     // (T, D) the forward's
+  const float* lse;   // (T) the forward's
+  float* delta;       // (T) dout_t . o_t
+  uint64_t* pair_key;     // (pairs) key u of pair p, unsorted
+  int32_t* pair_query;    // (pairs) query t of pair p, unsorted
+  const uint64_t* sorted_key;  // (pairs) keys after the stable sort
+  const int32_t* key_query;    // (pairs) the queries in that order
+  const int32_t* koff;         // (T + 1) key u's queries: key_query[koff[u] .. koff[u+1])
+  float *dq, *dk, *dv;         // (T, D), accumulate
+};
+
+// a and ds of pair (t, u) from the saved lse and Delta.
+struct PairGrad {
+  float a, ds;
+};
+SY_HD inline PairGrad pair_grad(const Head& h, const BackwardBuffers& b, int64_t t, int64_t u) {
+  const int64_t D = h.D;
+  const float a = expf(dot(h.q + t * D, h.k + u * D, D) * h.scale - b.lse[t]);
+  return {a, a * (dot(b.dout + t * D, h.v + u * D, D) - b.delta[t]) * h.scale};
+}
+
+// Query t: Delta_t, dq_t, and its pairs written for the transposition.
+struct BackwardQueryRow {
+  Head h;
+  BackwardBuffers b;
+  SY_HD void operator()(int64_t t) const {
+    const int64_t D = h.D, j0 = h.off[t], j1 = h.off[t + 1];
+    b.delta[t] = dot(b.dout + t * D, b.o + t * D, D);
+    float* dq = b.dq + t * D;
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t u = h.idx[j];
+      const float ds = pair_grad(h, b, t, u).ds;
+      const float* k = h.k + u * D;
+      for (int64_t d = 0; d < D; ++d) dq[d] += ds * k[d];
+      b.pair_key[j] = static_cast<uint64_t>(u);
+      b.pair_query[j] = static_cast<int32_t>(t);
+    }
+  }
+};
+
+// Key u: dk_u and dv_u over its queries (after the sort and koff).
+struct BackwardKeyRow {
+  Head h;
+  BackwardBuffers b;
+  SY_HD void operator()(int64_t u) const {
+    const int64_t D = h.D;
+    float* dk = b.dk + u * D;
+    float* dv = b.dv + u * D;
+    for (int64_t j = b.koff[u]; j < b.koff[u + 1]; ++j) {
+      const int64_t t = b.key_query[j];
+      const PairGrad g = pair_grad(h, b, t, u);
+      const float* q = h.q + t * D;
+      const float* gt = b.dout + t * D;
+      for (int64_t d = 0; d < D; ++d) {
+        dv[d] += g.a * gt[d];
+        dk[d] += g.ds * q[d];
+      }
+    }
+  }
+};
+
+// ---- the step sequences ----------------------------------------------------
+// run(n, f) calls f(i) for every i < n (a kernel launch on the GPU, a loop in
+// the host test), each step after the previous one has finished.
+
+template <class Run>
+void forward_steps(const Run& run, const Head& h, float* o, float* lse) {
+  run(h.T, ForwardRow{h, o, lse});
+}
+
+// sort_and_starts(): the stable sort of (pair_key, pair_query) into
+// (sorted_key, key_query) and koff from the sorted keys (a radix sort and
+// segment_starts on the GPU; std::stable_sort and lower bounds on the host).
+template <class Run, class SortAndStarts>
+void backward_steps(const Run& run, const SortAndStarts& sort_and_starts, const Head& h, const BackwardBuffers& b) {
+  run(h.T, BackwardQueryRow{h, b});
+  sort_and_starts();
+  run(h.T, BackwardKeyRow{h, b});
+}
+
+// ---- local key sets ---------------------------------------------------------
+
+// Pairs of the queries before t under a causal window of w keys.
+SY_HD inline int64_t local_offset(int64_t t, int64_t w) {
+  return t <= w ? t * (t + 1) / 2 : w * (w + 1) / 2 + (t - w) * w;
+}
+
+// Query t < T writes off[t] and its keys; t = T writes off[T].
+struct LocalKeys {
+  int64_t T, w;
+  int64_t* off;
+  int32_t* idx;
+  SY_HD void operator()(int64_t t) const {
+    const int64_t p = local_offset(t, w);
+    off[t] = p;
+    if (t == T) return;
+    const int64_t u0 = t - w + 1 > 0 ? t - w + 1 : 0;
+    for (int64_t u = u0; u <= t; ++u) idx[p + (u - u0)] = static_cast<int32_t>(u);
+  }
+};
+
+// ---- block top-k key sets --------------------------------------------------
+
+// a . b with every product and sum rounded on its own, in index order: the
+// CPU's loop bit for bit (the device would otherwise fuse them into FMAs), so
+// the device chooses the CPU's blocks even where scores are close or tied.
+SY_HD inline float dot_rn(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+#if defined(__CUDA_ARCH__)
+    s = __fadd_rn(s, __fmul_rn(a[i], b[i]));
+#else
+    s += a[i] * b[i];
+#endif
+  }
+  return s;
+}
+
+// Element i = b * D + d of the block means (nb, D): the CPU's sum in
+// position order, then one division.
+struct BlockMean {
+  const float* k;  // (T, D)
+  int64_t T, D, block;
+  float* kmean;  // (nb, D)
+  SY_HD void operator()(int64_t i) const {
+    const int64_t b = i / D, d = i % D, u0 = b * block, u1 = u0 + block < T ? u0 + block : T;
+    float s = 0.f;
+    for (int64_t u = u0; u < u1; ++u) s += k[u * D + d];
+    kmean[i] = s / static_cast<float>(u1 - u0);
+  }
+};
+
+// Pairs of the queries before t: query s keeps min(topk, s / block) full
+// earlier blocks and its own block up to s, so with own = t / block, r = t % block
+//   off[t] = block^2 sum_{b < own} min(topk, b) + own block (block+1)/2
+//            + r min(topk, own) block + r (r+1)/2.
+SY_HD inline int64_t block_topk_offset(int64_t t, int64_t block, int64_t topk) {
+  const int64_t own = t / block, r = t % block;
+  const int64_t kept = own <= topk ? own * (own - 1) / 2 : topk * (topk - 1) / 2 + (own - topk) * topk;
+  const int64_t k_own = own < topk ? own : topk;
+  return block * block * kept + own * (block * (block + 1) / 2) + r * k_own * block + r * (r + 1) / 2;
+}
+
+// Query t < T writes off[t] and its keys (t = T writes off[T]): the top
+// keep = min(topk, own) earlier blocks by q_t . mean(K_b), ties to the lower
+// block, found by keep rounds of "the best after the last pick" in the order
+// (score descending, block ascending); then every block ranked at or before
+// the last pick, in block order, and its own block up to t.
+struct BlockTopkKeys {
+  const float* q;      // (T, D)
+  const float* kmean;  // (nb, D)
+  int64_t T, D, block, topk;
+  int64_t* off;
+  int32_t* idx;
+  SY_HD void operator()(int64_t t) const {
+    int64_t p = block_topk_offset(t, block, topk);
+    off[t] = p;
+    if (t == T) return;
+    const int64_t own = t / block, keep = own < topk ? own : topk;
+    const float* qt = q + t * D;
+    float last = INFINITY;  // the last pick (score, block); before any pick: above everything
+    int64_t last_b = -1;
+    for (int64_t i = 0; i < keep; ++i) {
+      float best = -INFINITY;
+      int64_t best_b = -1;
+      for (int64_t b = 0; b < own; ++b) {
+        const float s = dot_rn(qt, kmean + b * D, D);
+        const bool after_last = s < last || (s == last && b > last_b);
+        if (after_last && (best_b < 0 || s > best)) best = s, best_b = b;  // ties: the lower b stays
+      }
+      last = best, last_b = best_b;
+    }
+    // At most keep blocks whatever the scores (NaN): never past off[t + 1].
+    for (int64_t b = 0, taken = 0; b < own && taken < keep; ++b) {
+      const float s = dot_rn(qt, kmean + b * D, D);
+      if (s > last || (s == last && b <= last_b)) {
+        for (int64_t u = b * block; u < (b + 1) * block; ++u) idx[p++] = static_cast<int32_t>(u);
+        ++taken;
+      }
+    }
+    for (int64_t u = own * block; u <= t; ++u) idx[p++] = static_cast<int32_t>(u);
+  }
+};
+
+}  // namespace sy::ops::sparse
