@@ -43,6 +43,11 @@ class BackendError : public Error {
   using Error::Error;
 };
 
+// Bytes outside printable ASCII as \xNN, and at most `max` bytes of `s` (then
+// "..."): text from a file (a name, a binary config) kept to one readable
+// line of a message.
+std::string printable(const std::string& s, size_t max = 200);
+
 namespace detail {
 [[noreturn]] void throw_check(const char* file, int line, const char* expr, const std::string& msg);
 [[noreturn]] void throw_call(const char* library, const char* file, int line, const char* expr,

@@ -9,11 +9,15 @@
 //   tokenizer.model      the tokenizer (a copy of --model when given)
 //   train_NNNNNN.bin     the head of the token stream, --shard-tokens per shard
 //   val_NNNNNN.bin       its tail, a --val-fraction of the tokens
-// Each shard is written to a temporary name and renamed into place. Shards
-// already in --out are refused unless --overwrite (which removes them
-// first), so a training glob never mixes two tokenizations.
+// Every file is first written into a staging directory (--out/.tokenize.tmp)
+// and only when all of them are complete renamed into place, and stale
+// shards of an earlier run removed, so a failed run (a full disk) leaves
+// --out as it was and a training glob never mixes two tokenizations. An
+// existing non-empty output is refused unless --overwrite; an output that is
+// one of the inputs (--input, --model) is refused even then.
 // Exit codes: 0 done, 2 bad input (one line naming it), 1 any other error.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -22,6 +26,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "runtime/output_file.h"
 #include "runtime/token_shard.h"
 #include "runtime/tokenizer.h"
 
@@ -55,12 +60,15 @@ void encode_into(const sy::Tokenizer& tok, const std::string& text, std::vector<
   }
 }
 
-bool is_shard_name(const std::string& name) {
+// What this tool writes into --out (and the temporary names of older
+// versions that wrote in place): the files an earlier run may have left.
+bool is_output_name(const std::string& name) {
   const auto ends = [&](const char* suf) {
     const size_t n = std::strlen(suf);
     return name.size() >= n && name.compare(name.size() - n, n, suf) == 0;
   };
-  return (name.rfind("train_", 0) == 0 || name.rfind("val_", 0) == 0) && (ends(".bin") || ends(".bin.tmp"));
+  return ((name.rfind("train_", 0) == 0 || name.rfind("val_", 0) == 0) && (ends(".bin") || ends(".bin.tmp"))) ||
+         name == "tokenizer.model" || name == "tokenizer.model.tmp";
 }
 
 std::string shard_path(const std::string& dir, const char* split, size_t i) {
@@ -107,17 +115,19 @@ int run(int argc, char** argv) {
   size_t bytes = 0;
   for (const std::string& in : inputs) texts.push_back(read_text(in)), bytes += texts.back().size();
 
-  // Refuse before any work if --out already holds shards.
+  // Refuse before any work if --out already holds outputs (of this or an
+  // earlier run: every one is replaced or removed) that would be lost.
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec || !fs::is_directory(out)) throw sy::ConfigError("--out " + out + ": cannot create the directory");
+  std::vector<std::pair<std::string, std::string>> sources;
+  for (const std::string& in : inputs) sources.emplace_back("--input", in);
+  sources.emplace_back("--model", model);
   std::vector<fs::path> old;
   for (const auto& e : fs::directory_iterator(out))
-    if (is_shard_name(e.path().filename().string()) || e.path().filename() == "tokenizer.model") old.push_back(e.path());
-  if (!old.empty() && !overwrite)
-    throw sy::ConfigError("--out " + out + ": holds " + old.front().filename().string() + " and " +
-                          std::to_string(old.size() - 1) +
-                          " more shard or tokenizer files; pass --overwrite to replace them");
+    if (is_output_name(e.path().filename().string())) old.push_back(e.path());
+  std::sort(old.begin(), old.end());
+  for (const fs::path& p : old) sy::check_output_path("--out", p.string(), sources, overwrite);
 
   sy::Tokenizer tok = [&] {
     if (!model.empty()) return sy::Tokenizer::load(model);
@@ -138,19 +148,35 @@ int run(int argc, char** argv) {
     throw sy::ConfigError("--val-fraction " + std::to_string(val_fraction) + ": " + std::to_string(ids.size()) +
                           " tokens leave an empty split");
 
-  for (const fs::path& p : old) fs::remove(p);
-  const std::string tok_path = (fs::path(out) / "tokenizer.model").string();
-  {
-    std::ofstream f(tok_path + ".tmp", std::ios::binary | std::ios::trunc);
-    f.write(tok.serialized().data(), static_cast<std::streamsize>(tok.serialized().size()));
-    f.flush();
-    if (!f) throw sy::Error(tok_path + ".tmp: cannot write");
-  }
-  fs::rename(tok_path + ".tmp", tok_path);
+  // Everything into the staging directory first; any failure there removes
+  // it and leaves --out as it was.
+  const fs::path stage = fs::path(out) / ".tokenize.tmp";
+  fs::remove_all(stage);
+  fs::create_directory(stage);
   const size_t split = ids.size() - n_val;
   const size_t per = static_cast<size_t>(shard_tokens);
-  const size_t n_train = write_split(out, "train", ids, 0, split, per, vocab);
-  const size_t n_val_shards = write_split(out, "val", ids, split, ids.size(), per, vocab);
+  size_t n_train = 0, n_val_shards = 0;
+  try {
+    const std::string staged_tok = (stage / "tokenizer.model").string();
+    std::ofstream f(staged_tok, std::ios::binary | std::ios::trunc);
+    f.write(tok.serialized().data(), static_cast<std::streamsize>(tok.serialized().size()));
+    f.close();
+    if (!f) throw sy::Error(staged_tok + ": cannot write " + std::to_string(tok.serialized().size()) + " bytes");
+    n_train = write_split(stage.string(), "train", ids, 0, split, per, vocab);
+    n_val_shards = write_split(stage.string(), "val", ids, split, ids.size(), per, vocab);
+  } catch (...) {
+    fs::remove_all(stage, ec);
+    throw;
+  }
+  // Complete: into place (replacing files of the same name), then what is
+  // left of an earlier run (shards beyond this run's count) goes.
+  std::vector<fs::path> wrote;  // file names
+  for (const auto& e : fs::directory_iterator(stage)) wrote.push_back(e.path().filename());
+  for (const fs::path& name : wrote) fs::rename(stage / name, fs::path(out) / name);
+  fs::remove(stage);
+  for (const fs::path& p : old)
+    if (std::find(wrote.begin(), wrote.end(), p.filename()) == wrote.end()) fs::remove(p);
+  const std::string tok_path = (fs::path(out) / "tokenizer.model").string();
 
   // Bytes per token of each split, for converting a loss per token into
   // one per byte (nats/byte = nats/token * tokens / bytes).

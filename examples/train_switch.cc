@@ -52,6 +52,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/metrics.h"
+#include "runtime/output_file.h"
 #include "runtime/startup.h"
 #include "runtime/trainer.h"
 
@@ -231,7 +232,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     if (world_rank == 0) {
       const bool text = cfg.data().source() == switchyard::DataConfig::TEXT_FILE;
       // A resumed run appends to its metrics file.
-      sy::check_metrics_path(metrics_path, {{"the config file", config_path}, {"data.path", text ? cfg.data().path() : ""}},
+      sy::check_output_path("--metrics", metrics_path, {{"the config file", config_path}, {"data.path", text ? cfg.data().path() : ""}},
                              overwrite || !resume.empty());
     }
     if (world_size == 1 && cfg.parallel().expert_parallel() != 1)

@@ -20,11 +20,9 @@
 // bytes) so an input runs in well under a millisecond; refusing sizes that do
 // not fit in memory is the config check's job, not the loaders'.
 //
-// Token shards have their own target (shard_fuzz.cc). Checkpoints
-// (safetensors files and a text manifest) get one here when it is written:
-// checkpoint_fuzz.cc serving a safetensors file and a manifest through the
-// same memfd, with a seed corpus in fuzz/corpus/<target>/, a line in
-// fuzz/CMakeLists.txt and a name in scripts/ci_fuzz.sh's target list.
+// Token shards have their own target (shard_fuzz.cc), and so have
+// checkpoints (checkpoint_fuzz.cc: safetensors files and checkpoint
+// directories).
 #include <fuzzer/FuzzedDataProvider.h>
 #include <sys/mman.h>
 #include <unistd.h>

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -221,7 +222,8 @@ void check_tensor_set(Transformer& model, const CheckpointManifest& m, const std
       listed.insert(t.name());
       const bool model_file = f.name().rfind("model-", 0) == 0 || f.name() == kRouting;
       if (model_file && !weights.count(t.name()))
-        throw ConfigError(join_path(dir, f.name()) + ": tensor " + t.name() + " is not part of this model");
+        throw ConfigError(join_path(dir, f.name()) + ": tensor " + printable(t.name(), 120) +
+                          " is not part of this model");
     }
   for (const auto& [name, shape] : need)
     if (!listed.count(name))
@@ -244,7 +246,7 @@ class Stager {
     const TensorRecord* rec = rd.find(name);
     if (!rec) throw ConfigError(rd.path() + ": tensor " + name + " is missing (the manifest lists it here)");
     if (rec->dtype != safetensors_dtype(dst.dtype()))
-      throw ConfigError(rd.path() + ": tensor " + name + ": dtype " + rec->dtype + ", expected " +
+      throw ConfigError(rd.path() + ": tensor " + name + ": dtype " + printable(rec->dtype, 40) + ", expected " +
                         safetensors_dtype(dst.dtype()));
     if (rec->shape != shape)
       throw ConfigError(rd.path() + ": tensor " + name + ": shape " + shape_str(rec->shape) + ", this model has " +
@@ -373,6 +375,18 @@ CheckpointManifest read_manifest(const std::string& dir) {
   if (m.format_version() != kFormatVersion)
     throw ConfigError(path + ": format_version = " + std::to_string(m.format_version()) + ": this build reads " +
                       std::to_string(kFormatVersion));
+  // Every file is read from the checkpoint's own directory: a name that
+  // reaches elsewhere ("../x", "/x") or that the file system cannot hold is
+  // refused here, before anything opens it.
+  for (int i = 0; i < m.files_size(); ++i) {
+    const std::string& n = m.files(i).name();
+    bool plain = !n.empty() && n.size() <= 255 && n[0] != '.';
+    for (char c : n) plain = plain && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+    if (!plain)
+      throw ConfigError(path + ": files[" + std::to_string(i) + "].name = \"" + printable(n, 80) +
+                        "\": must be a file name in the checkpoint directory (letters, digits, '.', '_', '-'; "
+                        "not starting with '.'; at most 255)");
+  }
   return m;
 }
 
@@ -381,13 +395,15 @@ void verify_checkpoint(const std::string& dir, const CheckpointManifest& m) {
     const std::string path = join_path(dir, f.name());
     if (!fs::is_regular_file(path)) throw ConfigError(path + ": missing (the manifest lists it)");
     const SafetensorsReader rd(path);
+    // Names and dtypes come from the files and the manifest: printed escaped.
     auto fail = [&](const std::string& tensor, const std::string& what) {
-      throw ConfigError(path + ": tensor " + tensor + ": " + what);
+      throw ConfigError(path + ": tensor " + printable(tensor, 120) + ": " + what);
     };
     for (const auto& t : f.tensors()) {
       const TensorRecord* r = rd.find(t.name());
       if (!r) fail(t.name(), "missing from the file (the manifest lists it)");
-      if (r->dtype != t.dtype()) fail(t.name(), "dtype " + r->dtype + " in the file, " + t.dtype() + " in the manifest");
+      if (r->dtype != t.dtype())
+        fail(t.name(), "dtype " + printable(r->dtype, 40) + " in the file, " + printable(t.dtype(), 40) + " in the manifest");
       const Shape want(t.shape().begin(), t.shape().end());
       if (r->shape != want)
         fail(t.name(), "shape " + shape_str(r->shape) + " in the file, " + shape_str(want) + " in the manifest");

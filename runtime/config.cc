@@ -25,24 +25,6 @@ namespace pb = google::protobuf;
 
 namespace {
 
-// Bytes outside printable ASCII as \xNN, and at most `max` bytes of the input:
-// a binary file's content in a message stays one readable line.
-std::string printable(const std::string& s, size_t max = 200) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < max; ++i) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c < 0x7f) {
-      out += static_cast<char>(c);
-    } else {
-      char b[8];
-      std::snprintf(b, sizeof b, "\\x%02x", c);
-      out += b;
-    }
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
-
 // What a path that is not a regular file is ("is a directory"); empty for a
 // regular file.
 std::string not_a_regular_file(const std::string& path) {

@@ -5,13 +5,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 
 #include "core/error.h"
 
 namespace sy {
-
-namespace fs = std::filesystem;
 
 MetricsWriter::MetricsWriter(const std::string& path, bool append) : path_(path) {
   if (path.empty()) return;
@@ -47,25 +44,6 @@ void MetricsWriter::close() {
   const int flush_err = errno;
   if (std::fclose(f) != 0 || !flushed)
     throw Error("metrics file " + path_ + ": close failed: " + std::strerror(flushed ? errno : flush_err));
-}
-
-void check_metrics_path(const std::string& path, const std::vector<std::pair<std::string, std::string>>& inputs,
-                        bool overwrite) {
-  if (path.empty()) return;
-  std::error_code ec;
-  for (const auto& [what, input] : inputs) {
-    if (input.empty()) continue;
-    if (fs::equivalent(path, input, ec))
-      throw ConfigError("--metrics " + path + ": is " + what + " " + input +
-                        ", an input of this run; write metrics to another file");
-  }
-  const fs::file_status st = fs::status(path, ec);
-  if (!overwrite && fs::is_regular_file(st)) {
-    const auto size = fs::file_size(path, ec);
-    if (!ec && size > 0)
-      throw ConfigError("--metrics " + path + ": exists and is not empty (" + std::to_string(size) +
-                        " bytes); pass --overwrite to replace it, or choose another file");
-  }
 }
 
 namespace {

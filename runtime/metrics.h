@@ -37,12 +37,6 @@ class MetricsWriter {
   std::FILE* file_ = nullptr;
 };
 
-// Refuses (ConfigError, one line) a metrics path that would destroy data: the
-// same file, by filesystem identity, as one of the run's `inputs` (what it is,
-// its path), or an existing non-empty file unless `overwrite`.
-void check_metrics_path(const std::string& path, const std::vector<std::pair<std::string, std::string>>& inputs,
-                        bool overwrite);
-
 // Progress of a long loop (a long evaluation): silent for its first after_s
 // seconds, then one line every every_s seconds and at the end, e.g.
 //   "evaluation 1200/65536 batches | 3.2 batches/s | ETA 5:40"

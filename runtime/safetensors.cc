@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -152,12 +153,13 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     if (name == "__metadata__") {
       if (!v.is_object()) fail(path, "__metadata__ is not an object");
       for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) fail(path, "__metadata__ " + m.key() + " is not a string");
+        if (!m.value().is_string()) fail(path, "__metadata__ " + printable(m.key(), 80) + " is not a string");
         metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
-    const std::string where = "tensor " + name;
+    // Names and dtypes are the file's bytes: printed escaped, so a refusal stays one line.
+    const std::string where = "tensor " + printable(name, 120);
     TensorRecord r;
     r.name = name;
     if (!v.is_object() || !v.contains("dtype") || !v["dtype"].is_string() || !v.contains("shape") ||
@@ -165,19 +167,29 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
         v["data_offsets"].size() != 2)
       fail(path, where + ": entry lacks dtype, shape or data_offsets");
     r.dtype = v["dtype"].get<std::string>();
-    int64_t numel = 1;
+    const uint64_t eb = static_cast<uint64_t>(element_bytes(r.dtype));
+    if (eb == 0) fail(path, where + ": unknown dtype " + printable(r.dtype, 40));
+    // The size in bytes, dtype size x the product of the shape, computed
+    // without wrapping and no more than the file holds: a shape that wraps to
+    // a small count would pass the offsets check and then be allocated.
+    uint64_t bytes = eb;
     for (const auto& d : v["shape"]) {
       if (!d.is_number_unsigned()) fail(path, where + ": shape holds a negative or non-integer size");
-      r.shape.push_back(d.get<int64_t>());
-      numel *= r.shape.back();
+      const uint64_t n = d.get<uint64_t>();
+      if (n > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(bytes, n, &bytes))
+        fail(path, where + ": shape " + printable(v["shape"].dump(), 120) + " of " + r.dtype +
+                       " overflows a 64-bit byte count");
+      r.shape.push_back(static_cast<int64_t>(n));
     }
+    if (bytes > file_bytes_ - data_start_)
+      fail(path, where + ": shape " + shape_str(r.shape) + " of " + r.dtype + " is " + std::to_string(bytes) +
+                     " bytes, more than the file's " + std::to_string(file_bytes_ - data_start_) +
+                     " bytes of data (truncated?)");
     for (const auto& o : v["data_offsets"])
       if (!o.is_number_unsigned()) fail(path, where + ": data_offsets are not non-negative integers");
     r.begin = v["data_offsets"][0].get<uint64_t>();
     r.end = v["data_offsets"][1].get<uint64_t>();
-    const int64_t eb = element_bytes(r.dtype);
-    if (eb == 0) fail(path, where + ": unknown dtype " + r.dtype);
-    if (r.end < r.begin || r.end - r.begin != static_cast<uint64_t>(numel * eb))
+    if (r.end < r.begin || r.end - r.begin != bytes)
       fail(path, where + ": data_offsets [" + std::to_string(r.begin) + ", " + std::to_string(r.end) +
                      ") do not hold " + r.dtype + " " + shape_str(r.shape));
     tensors_.push_back(std::move(r));
@@ -185,18 +197,20 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
   // The tensors tile the data region exactly.
   std::vector<const TensorRecord*> order;
   for (const auto& t : tensors_) order.push_back(&t);
-  std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->begin < b->begin; });
+  // By (begin, end): an empty tensor at another's start comes first.
+  std::sort(order.begin(), order.end(),
+            [](auto* a, auto* b) { return a->begin != b->begin ? a->begin < b->begin : a->end < b->end; });
   uint64_t at = 0;
   for (const TensorRecord* t : order) {
     if (t->begin != at)
-      fail(path, "tensor " + t->name + ": data starts at " + std::to_string(t->begin) + ", expected " +
+      fail(path, "tensor " + printable(t->name, 120) + ": data starts at " + std::to_string(t->begin) + ", expected " +
                      std::to_string(at) + " (hole or overlap)");
     at = t->end;
   }
   if (data_start_ + at != file_bytes_)
     fail(path, (data_start_ + at > file_bytes_ ? "truncated: " : "trailing bytes: ") + std::to_string(file_bytes_) +
                    " bytes, the header describes " + std::to_string(data_start_ + at) +
-                   (order.empty() ? std::string() : " (last tensor " + order.back()->name + ")"));
+                   (order.empty() ? std::string() : " (last tensor " + printable(order.back()->name, 120) + ")"));
 }
 
 const TensorRecord* SafetensorsReader::find(const std::string& name) const {
@@ -207,12 +221,13 @@ const TensorRecord* SafetensorsReader::find(const std::string& name) const {
 
 Tensor SafetensorsReader::read(const TensorRecord& r) const {
   DType dt;
-  if (!dtype_from_name(r.dtype, dt)) fail(path_, "tensor " + r.name + ": dtype " + r.dtype + " cannot be loaded");
+  if (!dtype_from_name(r.dtype, dt))
+    fail(path_, "tensor " + printable(r.name, 120) + ": dtype " + printable(r.dtype, 40) + " cannot be loaded");
   Tensor t = Tensor::empty(r.shape, dt, host_ctx());
   std::ifstream in(path_, std::ios::binary);
   in.seekg(static_cast<std::streamoff>(data_start_ + r.begin));
   in.read(static_cast<char*>(t.raw()), static_cast<std::streamsize>(t.nbytes()));
-  if (!in) fail(path_, "tensor " + r.name + ": cannot read its bytes (file changed while reading?)");
+  if (!in) fail(path_, "tensor " + printable(r.name, 120) + ": cannot read its bytes (file changed while reading?)");
   return t;
 }
 
@@ -221,7 +236,7 @@ uint32_t SafetensorsReader::crc32(const TensorRecord& r) const {
   in.seekg(static_cast<std::streamoff>(data_start_ + r.begin));
   std::vector<char> buf(r.end - r.begin);
   in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-  if (!in) fail(path_, "tensor " + r.name + ": cannot read its bytes (file changed while reading?)");
+  if (!in) fail(path_, "tensor " + printable(r.name, 120) + ": cannot read its bytes (file changed while reading?)");
   return crc32_update(0, buf.data(), buf.size());
 }
 

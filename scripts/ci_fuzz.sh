@@ -2,18 +2,20 @@
 # Fuzzing in CI: builds the libFuzzer targets (fuzz/, clang, ASan + UBSan,
 # CUDA off) in build-fuzz/ and runs each for FUZZ_SECONDS (default 60) from
 # its committed seed corpus (fuzz/corpus/<target>/; config_fuzz also reads
-# configs/*.pbtxt and a dictionary printed from the schema). New inputs go to
+# configs/*.pbtxt and a dictionary printed from the schema; checkpoint_fuzz
+# has fuzz/checkpoint_fuzz.dict). New inputs go to
 # build-fuzz/corpus/<target>/, never into the committed seeds.
 #
 # A finding (crash, sanitizer report, leak, an input slower than 10 s or over
-# 2 GB) fails the run; the input is kept in build-fuzz/findings/ and printed
-# in base64 so it can be replayed from the log:
+# 2 GB; for checkpoint_fuzz one allocation of 64 MB) fails the run; the input
+# is kept in build-fuzz/findings/ and printed in base64 so it can be replayed
+# from the log:
 #   base64 -d > crash && build-fuzz/bin/<target> crash
 # Run after scripts/setup.sh (its packages); installs clang's if missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=(config_fuzz data_fuzz shard_fuzz)
+TARGETS=(config_fuzz data_fuzz shard_fuzz checkpoint_fuzz)
 "$ROOT/scripts/install_missing.sh" clang libclang-rt-dev llvm
 BUILD=$ROOT/build-fuzz
 mkdir -p "$BUILD"
@@ -33,6 +35,8 @@ for t in "${TARGETS[@]}"; do
   rm -rf "$findings"; mkdir -p "$work" "$findings"
   opts=() seeds=("$ROOT/fuzz/corpus/$t")
   if [ "$t" = config_fuzz ]; then opts=(-dict="$BUILD/config.dict"); seeds+=("$ROOT/configs"); fi
+  # Its inputs are a few KB: one allocation of 64 MB is one not bounded by the file's size.
+  if [ "$t" = checkpoint_fuzz ]; then opts=(-dict="$ROOT/fuzz/checkpoint_fuzz.dict" -malloc_limit_mb=64); fi
   start=$(date +%s)
   if "$BUILD/bin/$t" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
        -artifact_prefix="$findings/" "${opts[@]}" "$work" "${seeds[@]}" \

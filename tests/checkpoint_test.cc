@@ -150,6 +150,82 @@ TEST(Safetensors, BrokenFilesNameFileAndTensor) {
   EXPECT_EQ(error_of(dtype), "") << "a consistent header with another dtype is still a valid file";
 }
 
+// A safetensors file from a header and data bytes, as a hostile writer makes it.
+std::string raw_safetensors(const nlohmann::json& header, const std::string& data) {
+  const std::string text = header.dump();
+  std::string len(8, '\0');
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  return len + text + data;
+}
+
+// The refusal of `bytes` as a safetensors file ("" when it is accepted).
+std::string safetensors_error(const std::string& path, const std::string& bytes) {
+  write_bytes(path, bytes);
+  try {
+    SafetensorsReader r(path);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+nlohmann::json entry(const std::string& dtype, const nlohmann::json& shape, uint64_t begin, uint64_t end) {
+  return {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {begin, end}}};
+}
+
+// Found by fuzz/checkpoint_fuzz.cc: a tensor name holding a newline (JSON
+// "\n") made a refusal of two lines. Names and dtypes from the file are
+// printed escaped, and cut.
+TEST(Safetensors, RefusalIsOneLineWhateverTheNames) {
+  TempDir d;
+  const std::string path = d / "a.safetensors";
+  std::string e = safetensors_error(path, raw_safetensors({{"a\nb", entry("F32", {1}, 0, 8)}}, "abcdefgh"));
+  EXPECT_EQ(e, path + ": tensor a\\x0ab: data_offsets [0, 8) do not hold F32 [1]");
+  e = safetensors_error(path, raw_safetensors({{"a", entry("F\r32", {1}, 0, 4)}}, "abcd"));
+  EXPECT_EQ(e, path + ": tensor a: unknown dtype F\\x0d32");
+  e = safetensors_error(path, raw_safetensors({{std::string(5000, 'x') + "\n", entry("F32", {2}, 0, 4)}}, "abcd"));
+  EXPECT_EQ(e.find('\n'), std::string::npos);
+  EXPECT_LT(e.size(), 400u) << "a long name is cut";
+  e = safetensors_error(path, raw_safetensors({{"__metadata__", {{"k\n", 1}}}}, ""));
+  EXPECT_EQ(e, path + ": __metadata__ k\\x0a is not a string");
+}
+
+// Found by review, replayed through fuzz/checkpoint_fuzz.cc (UBSan: signed
+// integer overflow): element counts were multiplied in int64 unchecked, so
+// [2^32, 2^32] F32 (2^64 elements) and [2^62] F32 (2^64 bytes) wrapped to an
+// empty tensor at [0, 0) and were accepted, a shape that read() would then
+// allocate. A size past int64, or a product past the file, is refused.
+TEST(Safetensors, HugeShapesAreRefusedNotWrapped) {
+  TempDir d;
+  const std::string path = d / "a.safetensors";
+  const std::vector<nlohmann::json> shapes = {
+      {uint64_t{1} << 32, uint64_t{1} << 32}, {uint64_t{1} << 62}, {uint64_t{1} << 63}, {~uint64_t{0}},
+      {uint64_t{1} << 40, uint64_t{1} << 40, 0}};
+  for (const auto& shape : shapes) {
+    const std::string e = safetensors_error(path, raw_safetensors({{"a", entry("F32", shape, 0, 0)}}, ""));
+    EXPECT_EQ(e.rfind(path + ": tensor a: shape ", 0), 0u) << shape.dump() << ": " << e;
+  }
+  // A large shape that the file does not hold is refused before the offsets are compared.
+  const std::string e = safetensors_error(path, raw_safetensors({{"a", entry("F32", {1000, 1000}, 0, 16)}}, "0123456789abcdef"));
+  EXPECT_EQ(e.rfind(path + ": tensor a: shape [1000, 1000] of F32 is 4000000 bytes", 0), 0u) << e;
+}
+
+// Found by the property fuzz/checkpoint_fuzz.cc checks (what was read writes
+// back and reads again): an empty tensor whose offset is another tensor's
+// start was refused as a "hole or overlap" when it sorted after it, so the
+// writer's own file could be refused. Tensors are ordered by (begin, end).
+TEST(Safetensors, EmptyTensorBesideAnother) {
+  TempDir d;
+  const std::string path = d / "a.safetensors";
+  write_safetensors(path, {{"b", Tensor::zeros({0}, DType::f32, host_ctx())},
+                           {"a", Tensor::from_host<float>({1.f, 2.f, 3.f, 4.f}, {4})},
+                           {"c", Tensor::zeros({3, 0}, DType::f32, host_ctx())}});
+  SafetensorsReader rd(path);
+  ASSERT_EQ(rd.tensors().size(), 3u);
+  EXPECT_EQ(rd.read(*rd.find("a")).f32()[3], 4.f);
+  EXPECT_EQ(rd.read(*rd.find("c")).shape(), (Shape{3, 0}));
+}
+
 TEST(CheckpointStore, PublishReplacesLatestAndKeepsTheNewest) {
   TempDir d;
   auto write = [&](int64_t step) {
@@ -436,6 +512,35 @@ TEST_F(Refusal, MissingFileAndMissingManifest) {
   EXPECT_EQ(refusal(), file("optim-dense.safetensors") + ": missing (the manifest lists it)");
   fs::remove(file("manifest.pbtxt"));
   EXPECT_EQ(refusal().rfind(file("manifest.pbtxt") + ": missing", 0), 0u);
+}
+
+// Found by review: file names in the manifest were joined to the directory
+// as they were, so "../x" read a file outside the checkpoint, and a name
+// longer than the file system allows threw std::filesystem_error (exit 1,
+// not a one-line refusal). A name is a plain file name or the manifest is
+// refused naming the field.
+TEST_F(Refusal, ManifestFileNamesStayInTheCheckpoint) {
+  const std::string m = read_bytes(file("manifest.pbtxt"));
+  fs::copy_file(file("routing.safetensors"), d_ / "elsewhere.safetensors");
+  for (const std::string& name : {std::string("../elsewhere.safetensors"), std::string(300, 'x'), std::string("a\\nb")}) {
+    std::string edited = m;
+    edited.replace(edited.find("\"routing.safetensors\""), 21, "\"" + name + "\"");
+    write_bytes(file("manifest.pbtxt"), edited);
+    const std::string e = refusal();
+    EXPECT_EQ(e.rfind(file("manifest.pbtxt") + ": files[", 0), 0u) << e;
+    EXPECT_NE(e.find("].name = \""), std::string::npos) << e;
+    EXPECT_NE(e.find("\": must be a file name in the checkpoint directory"), std::string::npos) << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  }
+}
+
+// Found by the same one-line property: a tensor name in the manifest holding
+// a newline (text format "\n") made the refusal two lines.
+TEST_F(Refusal, ManifestTensorNameIsPrintedEscaped) {
+  std::string m = read_bytes(file("manifest.pbtxt"));
+  m.replace(m.find("name: \"wte\""), 11, "name: \"wte\\nx\"");
+  write_bytes(file("manifest.pbtxt"), m);
+  EXPECT_EQ(refusal(), file("model-dense.safetensors") + ": tensor wte\\x0ax: missing from the file (the manifest lists it)");
 }
 
 TEST_F(Refusal, ChangedModelShapeNamesTheField) {

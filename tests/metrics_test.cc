@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "runtime/metrics.h"
+#include "runtime/output_file.h"
 #include "runtime/step_metrics.h"
 
 namespace sy {
@@ -77,22 +78,22 @@ TEST(Metrics, RefusesAnInputOfTheRunByIdentity) {
   // Another spelling of the same file, and a hard link to it.
   const std::string other = (t.dir / "." / "run.pbtxt").string();
   fs::create_hard_link(data, t.dir / "link.txt");
-  std::string m = error_of([&] { check_metrics_path(other, {{"the config file", cfg}, {"data.path", data}}, true); });
+  std::string m = error_of([&] { check_output_path("--metrics", other, {{"the config file", cfg}, {"data.path", data}}, true); });
   EXPECT_NE(m.find("is the config file " + cfg + ", an input of this run"), std::string::npos) << m;
   m = error_of([&] {
-    check_metrics_path((t.dir / "link.txt").string(), {{"the config file", cfg}, {"data.path", data}}, true);
+    check_output_path("--metrics", (t.dir / "link.txt").string(), {{"the config file", cfg}, {"data.path", data}}, true);
   });
   EXPECT_NE(m.find("is data.path " + data), std::string::npos) << m;
-  EXPECT_NO_THROW(check_metrics_path((t.dir / "new.jsonl").string(), {{"the config file", cfg}, {"data.path", ""}}, false));
+  EXPECT_NO_THROW(check_output_path("--metrics", (t.dir / "new.jsonl").string(), {{"the config file", cfg}, {"data.path", ""}}, false));
 }
 
 TEST(Metrics, RefusesNonEmptyFileUnlessOverwrite) {
   TempDir t;
   const std::string old = t.file("old.jsonl", "{\"step\":1}\n"), empty = t.file("empty.jsonl", "");
-  const std::string m = error_of([&] { check_metrics_path(old, {}, false); });
+  const std::string m = error_of([&] { check_output_path("--metrics", old, {}, false); });
   EXPECT_NE(m.find("--metrics " + old + ": exists and is not empty (11 bytes); pass --overwrite"), std::string::npos) << m;
-  EXPECT_NO_THROW(check_metrics_path(old, {}, true));
-  EXPECT_NO_THROW(check_metrics_path(empty, {}, false));
+  EXPECT_NO_THROW(check_output_path("--metrics", old, {}, true));
+  EXPECT_NO_THROW(check_output_path("--metrics", empty, {}, false));
 }
 
 TEST(Metrics, ProgressLineAfterADelayWithRateAndEta) {

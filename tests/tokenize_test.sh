@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The tokenized-data path end to end: examples/tokenize trains a small BPE
 # tokenizer on text and writes train/val shards; a second run into the same
-# directory is refused without --overwrite (exit 2), and a run that loads
-# the saved tokenizer writes the same shards; train_switch trains a few
+# directory is refused without --overwrite (exit 2, one line naming a file,
+# nothing changed), an output that is an input is refused even with it, a
+# run with it replaces every output and removes a stale shard, and a run that
+# fails while writing (a file size limit) leaves the directory as it was; a
+# run that loads the saved tokenizer writes the same shards; train_switch trains a few
 # steps on the shards (data.source TOKEN_FILES) and checkpoints; sample
 # decodes through the tokenizer the config names, continuing the prompt; a
 # damaged shard is refused with one line naming it (exit 2).
@@ -21,9 +24,37 @@ cat tok.log
 for f in tok/tokenizer.model tok/train_000000.bin tok/val_000000.bin; do
   [ -f "$f" ] || { echo "FAIL: $f not written"; fail=1; }
 done
+# Every file in tok/ (hidden ones too) with its checksum.
+state() { (cd tok && find . -type f -exec md5sum {} + | sort -k2); }
+first=$(state)
 "$BIN/tokenize" --input text.txt --vocab-size 400 --out tok > again.log 2>&1
 rc=$?
-[ $rc -eq 2 ] && grep -q "pass --overwrite" again.log || { echo "FAIL: a second run into tok/ gave $rc:"; cat again.log; fail=1; }
+[ $rc -eq 2 ] && [ "$(grep -c . again.log)" -eq 1 ] && [ "$(state)" = "$first" ] \
+  && grep -q "^error: --out tok/tokenizer.model: exists and is not empty ([0-9]* bytes); pass --overwrite" again.log \
+  || { echo "FAIL: a second run into tok/ gave $rc:"; cat again.log; fail=1; }
+# An output that is one of the inputs: refused even with --overwrite.
+"$BIN/tokenize" --input text.txt --input tok/val_000000.bin --vocab-size 400 --out tok --overwrite > self.log 2>&1
+rc=$?
+[ $rc -eq 2 ] && [ "$(state)" = "$first" ] \
+  && grep -q "^error: --out tok/val_000000.bin: is --input tok/val_000000.bin, an input of this run" self.log \
+  || { echo "FAIL: an --input among the outputs gave $rc:"; cat self.log; fail=1; }
+"$BIN/tokenize" --input text.txt --model tok/tokenizer.model --out tok --overwrite > self.log 2>&1
+rc=$?
+[ $rc -eq 2 ] && [ "$(state)" = "$first" ] \
+  && grep -q "^error: --out tok/tokenizer.model: is --model tok/tokenizer.model, an input of this run" self.log \
+  || { echo "FAIL: --model among the outputs gave $rc:"; cat self.log; fail=1; }
+# A run that fails while writing (write() gets EFBIG past a 12 KiB file size
+# limit: the tokenizer fits, the training shard does not) leaves tok/ as it was.
+( ulimit -f 12; trap '' XFSZ; exec "$BIN/tokenize" --input text.txt --vocab-size 400 --out tok --overwrite ) > full.log 2>&1
+rc=$?
+[ $rc -eq 1 ] && grep -q "^error: .*train_000000.bin.*cannot write" full.log && [ "$(state)" = "$first" ] \
+  || { echo "FAIL: a run that failed writing gave $rc and left tok/ changed:"; tail -3 full.log; diff <(echo "$first") <(state); fail=1; }
+# --overwrite replaces every output (the same tokenizer and shards again), and
+# a stale shard of an earlier run goes.
+printf 'stale' > tok/train_000007.bin
+"$BIN/tokenize" --input text.txt --vocab-size 400 --out tok --overwrite > over.log 2>&1
+rc=$?
+[ $rc -eq 0 ] && [ "$(state)" = "$first" ] || { echo "FAIL: --overwrite gave $rc:"; tail -3 over.log; diff <(echo "$first") <(state); fail=1; }
 "$BIN/tokenize" --input text.txt --model tok/tokenizer.model --out tok2 > tok2.log 2>&1 || { echo "FAIL tokenize --model"; cat tok2.log; fail=1; }
 cmp -s tok/train_000000.bin tok2/train_000000.bin && cmp -s tok/val_000000.bin tok2/val_000000.bin \
   || { echo "FAIL: the loaded tokenizer wrote other shards"; fail=1; }
@@ -58,5 +89,5 @@ head -c $((size - 3)) tok/train_000000.bin > tok/cut.bin && mv tok/cut.bin tok/t
 rc=$?
 [ $rc -eq 2 ] && [ "$(grep -c . bad.log)" -eq 1 ] && grep -q "^error: tok/train_000000.bin: count = [0-9]*: truncated" bad.log \
   || { echo "FAIL: a truncated shard gave $rc:"; cat bad.log; fail=1; }
-[ $fail -eq 0 ] && echo "ok   tokenize: shards written and refused when present, trained on, sampled through the tokenizer, a bad shard refused"
+[ $fail -eq 0 ] && echo "ok   tokenize: shards written, refused when present or an input, replaced whole or not at all, trained on, sampled through the tokenizer, a bad shard refused"
 exit $fail

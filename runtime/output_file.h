@@ -1,0 +1,19 @@
+// Output files a tool is told to write (--metrics, tokenize's shards and
+// tokenizer): refused before any work when writing them would destroy data.
+// Used by examples/tokenize without the rest of the runtime (sy_shards).
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace sy {
+
+// Refuses (ConfigError, one line "<option> <path>: ...") writing `path`, the
+// output that `option` names, when it is the same file, by filesystem
+// identity (another spelling, a hard or symbolic link), as one of `inputs`
+// ((what it is, its path); empty paths skipped), whatever `overwrite` says;
+// or when it exists and is not empty, unless `overwrite`.
+void check_output_path(const std::string& option, const std::string& path,
+                       const std::vector<std::pair<std::string, std::string>>& inputs, bool overwrite);
+
+}  // namespace sy
