@@ -161,19 +161,23 @@ void one_file(const std::string& bytes) {
   }
 }
 
-// A private directory for the checkpoint's files, emptied for each input.
-// (Never destroyed: the atexit handler that removes it runs after static
-// destructors registered later.)
-const std::string& work_dir() {
-  static const std::string* dir = [] {
-    std::string base = fs::is_directory("/dev/shm") ? "/dev/shm" : fs::temp_directory_path().string();
-    auto* tmpl = new std::string(base + "/checkpoint_fuzz_XXXXXX");
-    FUZZ_ASSERT(mkdtemp(tmpl->data()) != nullptr);
-    std::atexit([] { fs::remove_all(work_dir()); });
-    return tmpl;
-  }();
-  return *dir;
-}
+// A private directory for one input's files, removed when the input is done
+// (libFuzzer ends a process without running exit handlers, so nothing is
+// left to them).
+struct WorkDir {
+  std::string path;
+  WorkDir() {
+    const std::string base = fs::is_directory("/dev/shm") ? "/dev/shm" : fs::temp_directory_path().string();
+    path = base + "/checkpoint_fuzz_XXXXXX";
+    FUZZ_ASSERT(mkdtemp(path.data()) != nullptr);
+  }
+  ~WorkDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  WorkDir(const WorkDir&) = delete;
+  WorkDir& operator=(const WorkDir&) = delete;
+};
 
 // Plain names only: the harness writes nowhere but its own directory.
 bool plain_name(const std::string& n) {
@@ -208,9 +212,8 @@ std::string join_records(const std::vector<std::pair<std::string, std::string>>&
 
 // The input's files, written into dir/ck (dir/ck's siblings are the
 // harness's, so a manifest that names "../x" reaches nothing else).
-std::string write_files(const std::string& body) {
-  const std::string ck = work_dir() + "/ck";
-  fs::remove_all(ck);
+std::string write_files(const std::string& dir, const std::string& body) {
+  const std::string ck = dir + "/ck";
   fs::create_directory(ck);
   for (const auto& [name, bytes] : split_records(body))
     if (plain_name(name)) std::ofstream(ck + "/" + name, std::ios::binary | std::ios::trunc) << bytes;
@@ -283,7 +286,8 @@ std::string model_state(sy::Transformer& m) {
 }
 
 void directory(unsigned flags, const std::string& body) {
-  const std::string ck = write_files(body);
+  const WorkDir dir;
+  const std::string ck = write_files(dir.path, body);
   if (flags & CheckpointFuzzFlags::kFixDigests) fix_digests(ck);
   Loaded& l = model_for((flags & CheckpointFuzzFlags::kRouted) ? 1 : 0);
   const std::string before = model_state(*l.model);
