@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "temp_dir.h"
 #include "ops/finite.h"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
@@ -26,16 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh directory, removed at the end of the test.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/sy_ckpt_test_XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return join_path(path, name); }
-};
+using testing::TempDir;
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -17,6 +17,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "temp_dir.h"
 #include "examples/hf_mixtral_reference.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/hf_mixtral.h"
@@ -27,15 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/sy_export_hf_test_XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return join_path(path, name); }
-};
+using testing::TempDir;
 
 // d_model 8, 2 heads of 4, expert hidden 6, seq 8; `extra` appended.
 Config mixtral_config(int experts, int top_k, const std::string& extra = "") {
