@@ -54,6 +54,7 @@ const ops::Route& Router::forward(const Tensor& x) {
   // evaluation and inference route): the noise spreads training batches by
   // itself and would hide a preference of the clean argmax from the bias.
   const bool bias_on_clean = noisy && cfg_.bias_balance_rate() > 0 && !expert_choice(cfg_);
+  clean_sums_ = Tensor();
   const Tensor clean_logits = bias_on_clean ? logits_.clone(ctx_) : Tensor();
   if (noisy && !gumbel) {
     Tensor eps = Tensor::empty(logits_.shape(), DType::f32, ctx_);
@@ -87,18 +88,16 @@ const ops::Route& Router::forward(const Tensor& x) {
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;
     if (gumbel) p.selection_keys = &keys;
     ops::tokens_choose(ctx_, route_, probs_, p);
-    clean_load_.clear();
     if (bias_on_clean) {
       Tensor clean_probs = Tensor::empty({N, G_}, DType::f32, ctx_);
       ops::router_scores(ctx_, clean_probs, clean_logits, score_fn(cfg_));
       p.selection_keys = nullptr;
       ops::Route clean;
       ops::tokens_choose(ctx_, clean, clean_probs, p);
-      Tensor sums = Tensor::empty({ops::routing_sums_size(G_)}, DType::f64, ctx_);
-      ops::routing_sums(ctx_, sums, clean_probs, clean);
-      if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(sums, ctx_.stream, name_.c_str());
-      const ops::RoutingTotals tot = ops::RoutingTotals::read(sums, G_);
-      clean_load_.assign(tot.chosen.begin(), tot.chosen.end());
+      // This rank's sums; losses_and_stats sums them over ranks in the same
+      // all-reduce as the noisy choice's (one collective per layer, not two).
+      clean_sums_ = Tensor::empty({ops::routing_sums_size(G_)}, DType::f64, ctx_);
+      ops::routing_sums(ctx_, clean_sums_, clean_probs, clean);
     }
   }
   if (cfg_.budget_mode() != switchyard::MoeConfig::SOFT) {
@@ -118,10 +117,24 @@ void Router::losses_and_stats(int64_t N) {
   stats_.capacity = route_.capacity;
   // Statistics over every data-parallel rank's tokens (rank 0 reports them, so
   // a rank-local value would describe 1/world of the batch).
-  Tensor sums = Tensor::empty({ops::routing_sums_size(G_)}, DType::f64, ctx_);
+  // The routing sums, and after them the noiseless choice's where the bias
+  // follows it: one buffer, one all-reduce.
+  const int64_t S = ops::routing_sums_size(G_);
+  const bool clean = clean_sums_.defined();
+  Tensor both = Tensor::empty({clean ? 2 * S : S}, DType::f64, ctx_);
+  Tensor sums = both.rows(0, S);
   ops::routing_sums(ctx_, sums, probs_, route_);
-  if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(sums, ctx_.stream, name_.c_str());
+  if (clean) {
+    Tensor dst = both.rows(S, 2 * S);
+    dst.copy_from(clean_sums_, ctx_);
+  }
+  if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(both, ctx_.stream, name_.c_str());
   const ops::RoutingTotals tot = ops::RoutingTotals::read(sums, G_);
+  std::vector<int64_t> clean_load;
+  if (clean) {
+    const ops::RoutingTotals ct = ops::RoutingTotals::read(both.rows(S, 2 * S), G_);
+    clean_load.assign(ct.chosen.begin(), ct.chosen.end());
+  }
   const std::vector<double> f = tot.f(), P = tot.P();
   const double mean = 1.0 / G_;
   double var = 0, mx = 0;
@@ -167,7 +180,7 @@ void Router::losses_and_stats(int64_t N) {
 
   if (training_ && cfg_.bias_balance_rate() > 0) {
     std::vector<int64_t> load(tot.chosen.begin(), tot.chosen.end());
-    if (!clean_load_.empty()) load = clean_load_;
+    if (clean) load = clean_load;
     ops::update_balance_bias(ctx_, bias_, load, cfg_.bias_balance_rate());
   }
 }

@@ -88,7 +88,7 @@ class Router {
   ParallelContext* par_;
   Param* wg_;
   Tensor bias_;  // (G) selection bias (auxiliary-loss-free balancing)
-  std::vector<int64_t> clean_load_;  // per expert, the noiseless choice's assignments (noisy training only)
+  Tensor clean_sums_;  // this rank's routing sums of the noiseless choice (noisy training with the bias only)
   std::vector<float> cost_;
   uint64_t seed_;
   uint32_t step_ = 0;
