@@ -29,13 +29,16 @@
 // dense causal kernel at the same n and pass, bf16 on a GPU (the fastest we
 // have), f32 on the CPU. Dtypes: every method is tried in bf16 too on a GPU;
 // a method without a bf16 kernel (today: routed, local, block; f32 only) gets
-// one "not run" row. #wrong: at the smallest n only, output elements (o; and
-// dq, dk, dv for forward + backward) off the CPU reference beyond the tolerance class (f32
-// 1e-4, bf16 2e-2 / 5e-2 relative, with an rms floor, as bench_ops); routed
-// rows run the CPU on the device's clusters, and their note counts the cluster
-// decisions that differ from the CPU's own assignment.
+// one "not run" row. "x SDPA": against PyTorch SDPA (causal, bf16) at the
+// same n and pass, read from torch_attention.py's JSON (--sdpa), whose rows
+// are shown too. #wrong: at the smallest n only, output elements (o; and
+// dq, dk, dv for forward + backward) off the CPU reference beyond the
+// tolerance class (f32 1e-4, bf16 2e-2 / 5e-2 relative, with an rms floor, as
+// bench_ops); routed rows run the CPU on the device's clusters, and their
+// note counts the cluster decisions that differ from the CPU's own assignment.
 //
-//   build/bin/bench_attention --device cuda --json bench_attention.json
+//   python3 scripts/bench/torch_attention.py --lengths 4096,16384,65536 --head-dims 64 --batch 1 --json sdpa.json
+//   build/bin/bench_attention --device cuda --sdpa sdpa.json --json bench_attention.json
 //   build/bin/bench_attention --device cuda --tokens 4096,16384
 //   build/bin/bench_attention --device cpu --quick       (small shapes: a smoke test)
 #include <CLI/CLI.hpp>
@@ -194,11 +197,37 @@ std::string fmt(const char* f, double v) {
   return b;
 }
 
+// PyTorch SDPA's seconds by (n, pass) from torch_attention.py's JSON: its
+// rows "sdpa_fwd_bf16" and "sdpa_fwd_bwd_bf16" of shape "B1 T<n> H<H> D<D>"
+// (one sequence, this run's heads and head dim); other rows are ignored.
+std::map<std::pair<int64_t, std::string>, double> read_sdpa(const std::string& path, int64_t H, int64_t D) {
+  std::map<std::pair<int64_t, std::string>, double> m;
+  if (path.empty()) return m;
+  std::ifstream f(path);
+  if (!f) throw sy::ConfigError("--sdpa " + path + ": cannot be read");
+  const nlohmann::json j = nlohmann::json::parse(f, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("ops") || !j["ops"].is_array())
+    throw sy::ConfigError("--sdpa " + path + ": not the JSON of scripts/bench/torch_attention.py (an object with \"ops\")");
+  for (const auto& r : j["ops"]) {
+    if (!r.is_object() || !r.contains("op") || !r.contains("shape") || !r.contains("seconds") || !r["op"].is_string() ||
+        !r["shape"].is_string() || !r["seconds"].is_number() || !(r["seconds"].get<double>() > 0))
+      throw sy::ConfigError("--sdpa " + path + ": a row without op, shape and seconds > 0: " + sy::printable(r.dump(), 120));
+    const std::string op = r["op"].get<std::string>();
+    const std::string pass = op == "sdpa_fwd_bf16" ? "fwd" : op == "sdpa_fwd_bwd_bf16" ? "fwd+bwd" : "";
+    long long B = 0, T = 0, h = 0, d = 0;
+    if (pass.empty() || std::sscanf(r["shape"].get<std::string>().c_str(), "B%lld T%lld H%lld D%lld", &B, &T, &h, &d) != 4 ||
+        B != 1 || h != H || d != D)
+      continue;
+    m[{T, pass}] = r["seconds"].get<double>();
+  }
+  return m;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Switchyard long-context attention benchmark (dense, routed, local, block top-k)"};
-  std::string device = "cuda", json_path;
+  std::string device = "cuda", json_path, sdpa_path;
   std::vector<int64_t> tokens;
   bool quick = false, overwrite = false;
   int iters = 10, warmup = 2;
@@ -215,6 +244,7 @@ int main(int argc, char** argv) {
   app.add_option("--budget", budget_s, "seconds of timed runs per case at most (but 3 runs at least)")
       ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--json", json_path, "write the results here");
+  app.add_option("--sdpa", sdpa_path, "PyTorch SDPA times to compare with: scripts/bench/torch_attention.py's --json");
   app.add_flag("--overwrite", overwrite, "replace an existing --json file");
   app.add_flag("--quick", quick, "small shapes, 2 heads (a smoke test)");
   try {
@@ -230,7 +260,8 @@ int main(int argc, char** argv) {
     if (quick && app.count("--heads") == 0) H = 2;
     std::sort(tokens.begin(), tokens.end());
     tokens.erase(std::unique(tokens.begin(), tokens.end()), tokens.end());
-    if (!json_path.empty()) sy::check_output_path("--json", json_path, {}, overwrite);
+    if (!json_path.empty()) sy::check_output_path("--json", json_path, {{"--sdpa", sdpa_path}}, overwrite);
+    const std::map<std::pair<int64_t, std::string>, double> sdpa = read_sdpa(sdpa_path, H, D);
 
     std::unique_ptr<sy::DeviceRuntime> rt;
     if (device == "cuda") rt = sy::DeviceRuntime::create(0);
@@ -337,6 +368,16 @@ int main(int argc, char** argv) {
         }
       }
 
+      for (const char* pass : {"fwd", "fwd+bwd"}) {  // PyTorch SDPA from --sdpa, beside ours
+        const auto it = sdpa.find({n, pass});
+        if (it == sdpa.end()) continue;
+        Row r;
+        r.op = "SDPA (PyTorch)", r.pass = pass, r.dtype = "bf16", r.n = n, r.pairs = dense_pairs;
+        r.flops = (r.pass == "fwd" ? 4.0 : 14.0) * D * dense_pairs;
+        r.seconds = it->second, r.note = "--sdpa";
+        rows.push_back(r);
+      }
+
       // The sparse methods: q, k, v, dout (H, n, D) head-major, one head a (n, D) view.
       const Tensor q_h = randn({H, n, D}, rng), k_h = randn({H, n, D}, rng), v_h = randn({H, n, D}, rng),
                    dout_h = randn({H, n, D}, rng);
@@ -383,7 +424,7 @@ int main(int argc, char** argv) {
           unsupported(m.op, dt, n, e.what());
         } catch (const sy::Error& e) {  // a bf16 tensor where an op reads f32
           if (dt == DType::f32) throw;
-          unsupported(m.op, dt, n, e.what());
+          unsupported(m.op, dt, n, std::string("no ") + sy::dtype_name(dt) + " path (" + e.what() + ")");
         }
       };
 
@@ -552,15 +593,16 @@ int main(int argc, char** argv) {
                           {"baseline", std::string("dense causal ") + sy::dtype_name(base_dt)},
                           {"flops_per_pair", {{"fwd", 4 * D}, {"fwd+bwd", 14 * D}}},
                           {"checked_n", tokens.front()},
+                          {"sdpa", sdpa_path},
                           {"rows", nlohmann::json::array()}};
     std::printf("device %s | H %lld, D %lld, one sequence | ceiling: %s %.1f TFLOP/s | baseline: dense causal %s\n",
                 dev_name, static_cast<long long>(H), static_cast<long long>(D), gemm_what.c_str(), gemm_rate / 1e12,
                 sy::dtype_name(base_dt));
-    std::printf("%-22s %-7s %-4s %7s %10s %9s %8s %8s %8s %8s %9s %6s %7s  %s\n", "op", "pass", "dt", "n", "ms", "pairs",
-                "TFLOP/s", "x dense", "of dense", "of GEMM", "sel ms", "sel%", "#wrong", "note");
+    std::printf("%-22s %-7s %-4s %7s %10s %9s %8s %8s %8s %8s %8s %9s %6s %7s  %s\n", "op", "pass", "dt", "n", "ms",
+                "pairs", "TFLOP/s", "x dense", "of dense", "of GEMM", "x SDPA", "sel ms", "sel%", "#wrong", "note");
     for (const Row& r : rows) {
-      std::string ms = "-", pairs = "-", rate = "-", speed = "-", of_dense = "-", of_gemm = "-", sel = "-", selp = "-",
-                  wrong = "-";
+      std::string ms = "-", pairs = "-", rate = "-", speed = "-", of_dense = "-", of_gemm = "-", vs_sdpa = "-", sel = "-",
+                  selp = "-", wrong = "-";
       if (r.seconds > 0) {
         ms = fmt("%.3f", r.seconds * 1e3);
         pairs = fmt("%.3g", r.pairs);
@@ -572,24 +614,27 @@ int main(int argc, char** argv) {
           speed = fmt("%.2fx", b->second->seconds / r.seconds);
           of_dense = fmt("%.1f%%", 100 * tf / (b->second->flops / b->second->seconds));
         }
+        const auto t = sdpa.find({r.n, r.pass});
+        if (t != sdpa.end()) vs_sdpa = fmt("%.2fx", t->second / r.seconds);
         if (r.select_seconds > 0) {
           sel = fmt("%.3f", r.select_seconds * 1e3);
           selp = fmt("%.0f%%", 100 * r.select_seconds / r.seconds);
         }
       }
       if (r.wrong >= 0) wrong = std::to_string(r.wrong);
-      std::printf("%-22s %-7s %-4s %7lld %10s %9s %8s %8s %8s %8s %9s %6s %7s  %s\n", r.op.c_str(), r.pass.c_str(),
+      std::printf("%-22s %-7s %-4s %7lld %10s %9s %8s %8s %8s %8s %8s %9s %6s %7s  %s\n", r.op.c_str(), r.pass.c_str(),
                   r.dtype.c_str(), static_cast<long long>(r.n), ms.c_str(), pairs.c_str(), rate.c_str(), speed.c_str(),
-                  of_dense.c_str(), of_gemm.c_str(), sel.c_str(), selp.c_str(), wrong.c_str(), r.note.c_str());
+                  of_dense.c_str(), of_gemm.c_str(), vs_sdpa.c_str(), sel.c_str(), selp.c_str(), wrong.c_str(),
+                  r.note.c_str());
       out["rows"].push_back({{"op", r.op}, {"pass", r.pass}, {"dtype", r.dtype}, {"n", r.n}, {"seconds", r.seconds},
                              {"select_seconds", r.select_seconds}, {"pairs", r.pairs}, {"flops", r.flops},
                              {"wrong", r.wrong}, {"runs", r.runs}, {"note", r.note}});
     }
     std::printf(
-        "FLOPs per pair: 4 D forward, 14 D forward+backward (backward 10 D: s again, dP, dV, dQ, dK). ms includes sel\n"
-        "(LN of q, k + cluster assignment and sort / key-set construction). x dense, of dense: against the baseline at\n"
-        "the same n and pass. #wrong: n = %lld only, against the CPU reference (larger n: the CPU reference would take\n"
-        "too long, ~n^2 for dense).\n",
+        "FLOPs per pair: 4 D forward, 14 D forward+backward (backward 10 D: s again, dP, dV, dQ, dK). ms includes\n"
+        "sel (LN of q, k + cluster assignment and sort / key-set construction). x dense, of dense: against the\n"
+        "baseline at the same n and pass; x SDPA: against PyTorch SDPA causal bf16 (--sdpa). #wrong: n = %lld only,\n"
+        "against the CPU reference (larger n: the CPU reference would take too long, ~n^2 for dense).\n",
         static_cast<long long>(tokens.front()));
     if (!json_path.empty()) {
       std::ofstream f(json_path);
