@@ -409,7 +409,7 @@ int main(int argc, char** argv) {
           std::tie(t, rb.runs) = timing.parts({m.select, [&] { m.forward(), m.backward(); }});
           rb.select_seconds = t[0], rb.seconds = t[1];
           if (check) {
-            for (Tensor* t : {&dq, &dk, &dv}) t->zero(ctx);
+            for (Tensor* g : {&dq, &dk, &dv}) g->zero(ctx);
             m.select(), m.forward(), m.backward();
             Tensor oc = Tensor::zeros({H, n, D}, DType::f32, cpu), dqc = Tensor::zeros({H, n, D}, DType::f32, cpu),
                    dkc = Tensor::zeros({H, n, D}, DType::f32, cpu), dvc = Tensor::zeros({H, n, D}, DType::f32, cpu);
