@@ -10,6 +10,11 @@ tensor, like Switchyard's (B, T, 3C) qkv. Timing: CUDA events around each call, 
 line of JSON (and --json FILE).
 
     python3 scripts/bench/torch_attention.py [--backend flash] [--json torch_attention.json]
+
+Long context (examples/bench_attention.cc's shapes, one sequence of n tokens, 8 heads of 64):
+
+    python3 scripts/bench/torch_attention.py --lengths 4096,16384,65536 --head-dims 64 --batch 1 \
+        --json torch_attention_long.json
 """
 import argparse
 import json
@@ -24,10 +29,34 @@ def main():
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=16384, help="B * T")
     ap.add_argument("--quick", action="store_true", help="one small shape (a smoke test)")
+    ap.add_argument("--lengths", default="", help="sequence lengths T, comma-separated (default 4096,16384)")
+    ap.add_argument("--head-dims", default="", help="head dims D, comma-separated (default 64,128)")
+    ap.add_argument("--batch", type=int, default=0, help="sequences B (default: --tokens // T)")
     ap.add_argument("--backend", choices=["default", "flash", "efficient", "cudnn"], default="default",
                     help="restrict SDPA to one backend (default: PyTorch chooses)")
     ap.add_argument("--json", default="", help="also write the JSON here")
     args = ap.parse_args()
+
+    def bad(message):  # bad input: one line, exit 2
+        print(f"torch_attention: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    def int_list(text, default, flag):
+        if not text:
+            return default
+        try:
+            values = [int(x) for x in text.split(",")]
+        except ValueError:
+            bad(f"{flag} {text!r}: want comma-separated positive integers")
+        if any(v < 1 for v in values):
+            bad(f"{flag} {text!r}: want comma-separated positive integers")
+        return values
+
+    lengths = int_list(args.lengths, [128] if args.quick else [4096, 16384], "--lengths")
+    head_dims = int_list(args.head_dims, [64] if args.quick else [64, 128], "--head-dims")
+    shapes = [(T, D) for D in head_dims for T in lengths]
+    if args.batch < 0:
+        bad(f"--batch {args.batch}: want a positive count, or 0 for --tokens // T")
 
     import torch
     import torch.nn.functional as F
@@ -58,11 +87,10 @@ def main():
             times.append(start.elapsed_time(stop))
         return statistics.median(times)
 
-    shapes = [(128, 64)] if args.quick else [(4096, 64), (16384, 64), (4096, 128), (16384, 128)]
     H = args.heads
     rows = []
     for T, D in shapes:
-        B = max(1, args.tokens // T)
+        B = args.batch if args.batch > 0 else max(1, args.tokens // T)
         qkv = torch.randn(B, T, 3, H, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, T, D), strided
         dout = torch.randn(B, H, T, D, device=dev, dtype=torch.bfloat16)

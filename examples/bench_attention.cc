@@ -1,0 +1,652 @@
+// bench_attention: long-context attention (issue 18, item 6). One sequence of
+// n tokens, H heads of D, and for each n: our dense causal kernel
+// (ops/attention.h; f32, and bf16 on a GPU) next to the sparse methods, all
+// through their entry points, forward and forward + backward, all H heads:
+//   routed  ops/routed_attention.h, causal and balanced modes, k = sqrt(n) and
+//           k = 256 clusters; per head: LN of q and k (no scale or bias),
+//           assign_clusters (centroid scores, choose, sort by cluster), then
+//           the attention over the clusters - what runtime/sparse_self_attention.cc
+//           calls. Centroids: k-means (3 rounds, the config's default) on head 0's
+//           normalised queries, shared by all heads and both modes. Not timed:
+//           the training-only extras (cluster statistics for the EMA, the
+//           commitment loss and its backward through the LN).
+//   local   causal sliding window w = 256, 512: local_keysets (once, shared by
+//           the heads, as the layer does) + sparse_attention_forward/backward.
+//   block   block top-k, block 64, top 8: block_topk_keysets per head + sparse
+//           attention.
+// The recipe is bench_ops's (llm.c's dev/cuda, nccl-tests): warm-up, the
+// median of timed runs (CUDA events on a device, the host clock on the CPU;
+// --iters runs, fewer but at least 3 where they would pass --budget seconds),
+// work by formula, rates as fractions of ceilings measured in the same run, a
+// table on stdout (last), JSON to --json.
+//
+// Work: the pairs (query, key) each method computes, from its key sets (dense:
+// H n(n+1)/2). Forward 4 D FLOPs per pair (q.k and a.v, 2 D each); backward
+// recomputes s and forms dP, dV, dQ, dK: 10 D per pair, so forward + backward
+// counts 14 D per pair (3.5x forward, bench_ops's dense count).
+// "sel": the time of cluster assignment / key-set construction inside a row's
+// time, both medians of the same runs. "x dense", "of dense": against our
+// dense causal kernel at the same n and pass, bf16 on a GPU (the fastest we
+// have), f32 on the CPU. Dtypes: every method is tried in bf16 too on a GPU;
+// a method without a bf16 kernel (today: routed, local, block; f32 only) gets
+// one "not run" row. "x SDPA": against PyTorch SDPA (causal, bf16) at the
+// same n and pass, read from torch_attention.py's JSON (--sdpa), whose rows
+// are shown too. #wrong: at the smallest n only, output elements (o; and
+// dq, dk, dv for forward + backward) off the CPU reference beyond the
+// tolerance class (f32 1e-4, bf16 2e-2 / 5e-2 relative, with an rms floor, as
+// bench_ops); routed rows run the CPU on the device's clusters, and their
+// note counts the cluster decisions that differ from the CPU's own assignment.
+//
+//   python3 scripts/bench/torch_attention.py --lengths 4096,16384,65536 --head-dims 64 --batch 1 --json sdpa.json
+//   build/bin/bench_attention --device cuda --sdpa sdpa.json --json bench_attention.json
+//   build/bin/bench_attention --device cuda --tokens 4096,16384
+//   build/bin/bench_attention --device cpu --quick       (small shapes: a smoke test)
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "core/device_runtime.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "ops/attention.h"
+#include "ops/layernorm.h"
+#include "ops/matmul.h"
+#include "ops/routed_attention.h"
+#include "ops/sparse_attention.h"
+#include "runtime/output_file.h"
+
+#ifdef SY_WITH_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "core/cuda_check.h"
+#endif
+
+namespace {
+
+using sy::Ctx;
+using sy::DType;
+using sy::Tensor;
+
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+// The timing recipe: `warmup` untimed runs, then up to `iters` timed runs,
+// fewer (but at least 3) when they would take more than `budget_s` in all
+// (the slow cases at 64k, e.g. dense f32, keep the GPU run short); medians.
+struct Timing {
+  Ctx& ctx;
+  sy::DeviceRuntime* rt;  // null: the host clock
+  int warmup, iters;
+  double budget_s;
+
+  // Runs parts[0], parts[1], ... in order; returns the median of the time to
+  // the end of each part (the last: the whole), all from the same runs, and
+  // the number of runs. On a device the host waits for the end of each part
+  // but the last before it launches the next (a gap of one launch).
+  std::pair<std::vector<double>, int> parts(const std::vector<std::function<void()>>& parts) const {
+    for (int i = 0; i < warmup; ++i)
+      for (const auto& f : parts) f();
+    std::vector<std::vector<double>> t(parts.size());
+    int runs = iters;
+    for (int i = 0; i < runs; ++i) {
+      if (rt) {
+        std::vector<std::unique_ptr<sy::EventTimer>> timers;
+        for (size_t p = 0; p < parts.size(); ++p) timers.push_back(std::make_unique<sy::EventTimer>(ctx.stream));
+        for (auto& timer : timers) timer->start();
+        for (size_t p = 0; p < parts.size(); ++p) {
+          parts[p]();
+          t[p].push_back(timers[p]->stop_ms() / 1e3);
+        }
+      } else {
+        const double t0 = now_s();
+        for (size_t p = 0; p < parts.size(); ++p) {
+          parts[p]();
+          t[p].push_back(now_s() - t0);
+        }
+      }
+      if (i == 0 && t.back()[0] * iters > budget_s)
+        runs = std::min(iters, std::max(3, static_cast<int>(budget_s / t.back()[0])));
+    }
+    std::vector<double> median;
+    for (auto& v : t) {
+      std::sort(v.begin(), v.end());
+      median.push_back(v[v.size() / 2]);
+    }
+    return {median, runs};
+  }
+  double one(const std::function<void()>& f) const { return parts({f}).first[0]; }
+};
+
+// Normal entries rounded to bf16 and kept in f32: the f32 and bf16 runs see
+// the same values, so one CPU reference serves both.
+Tensor randn(sy::Shape s, sy::Rng& rng) {
+  Tensor t = Tensor::empty(std::move(s), DType::f32, sy::host_ctx());
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(rng.normal());
+  return t.to(DType::bf16).to(DType::f32);
+}
+
+Tensor as(const Tensor& host_f32, DType dt, Ctx& ctx) {
+  return (dt == DType::f32 ? host_f32 : host_f32.to(dt)).to(ctx);
+}
+
+// Elements of got off want (host f32) by more than rtol relative, with an
+// absolute floor of rtol * rms(want) (bench_ops's count).
+int64_t count_wrong(const Tensor& got_any, const Tensor& want, double rtol) {
+  Tensor got = got_any.device().is_cpu() ? got_any : got_any.to(sy::host_ctx());
+  if (got.dtype() == DType::bf16) got = got.to(DType::f32);
+  double rms = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) rms += double(want.f32()[i]) * want.f32()[i];
+  rms = std::sqrt(rms / std::max<int64_t>(1, want.numel()));
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double a = got.f32()[i], b = want.f32()[i];
+    if (!(std::fabs(a - b) <= rtol * (std::fabs(b) + rms))) ++wrong;
+  }
+  return wrong;
+}
+
+// Head h of an (H, T, D) tensor as a (T, D) view; of an (H, T) one as (T).
+Tensor head(const Tensor& t, int64_t h) {
+  const int64_t H = t.dim(0), T = t.dim(1);
+  if (t.ndim() == 2) return t.reshape({H * T}).rows(h * T, (h + 1) * T);
+  return t.reshape({H * T, t.dim(2)}).rows(h * T, (h + 1) * T);
+}
+
+// A Route (a cluster list) with its tensors copied to the host.
+sy::ops::Route to_host(const sy::ops::Route& r) {
+  sy::ops::Route h = r;
+  for (Tensor* t : {&h.group, &h.weight, &h.slot, &h.count, &h.offset})
+    if (t->defined()) *t = t->to(sy::host_ctx());
+  return h;
+}
+
+int64_t count_differ(const Tensor& a_any, const Tensor& b_any) {
+  const std::vector<int32_t> a = a_any.to_vector<int32_t>(), b = b_any.to_vector<int32_t>();
+  int64_t n = std::abs(static_cast<int64_t>(a.size()) - static_cast<int64_t>(b.size()));
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) n += a[i] != b[i];
+  return n;
+}
+
+struct Row {
+  std::string op, pass, dtype;
+  int64_t n = 0;
+  double seconds = 0, select_seconds = 0, pairs = 0, flops = 0;
+  int64_t wrong = -1;  // -1: not compared
+  int runs = 0;        // timed runs behind the medians
+  std::string note;
+};
+
+std::string fmt(const char* f, double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+// PyTorch SDPA's seconds by (n, pass) from torch_attention.py's JSON: its
+// rows "sdpa_fwd_bf16" and "sdpa_fwd_bwd_bf16" of shape "B1 T<n> H<H> D<D>"
+// (one sequence, this run's heads and head dim); other rows are ignored.
+std::map<std::pair<int64_t, std::string>, double> read_sdpa(const std::string& path, int64_t H, int64_t D) {
+  std::map<std::pair<int64_t, std::string>, double> m;
+  if (path.empty()) return m;
+  std::ifstream f(path);
+  if (!f) throw sy::ConfigError("--sdpa " + path + ": cannot be read");
+  const nlohmann::json j = nlohmann::json::parse(f, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("ops") || !j["ops"].is_array())
+    throw sy::ConfigError("--sdpa " + path + ": not the JSON of scripts/bench/torch_attention.py (an object with \"ops\")");
+  for (const auto& r : j["ops"]) {
+    if (!r.is_object() || !r.contains("op") || !r.contains("shape") || !r.contains("seconds") || !r["op"].is_string() ||
+        !r["shape"].is_string() || !r["seconds"].is_number() || !(r["seconds"].get<double>() > 0))
+      throw sy::ConfigError("--sdpa " + path + ": a row without op, shape and seconds > 0: " + sy::printable(r.dump(), 120));
+    const std::string op = r["op"].get<std::string>();
+    const std::string pass = op == "sdpa_fwd_bf16" ? "fwd" : op == "sdpa_fwd_bwd_bf16" ? "fwd+bwd" : "";
+    long long B = 0, T = 0, h = 0, d = 0;
+    if (pass.empty() || std::sscanf(r["shape"].get<std::string>().c_str(), "B%lld T%lld H%lld D%lld", &B, &T, &h, &d) != 4 ||
+        B != 1 || h != H || d != D)
+      continue;
+    m[{T, pass}] = r["seconds"].get<double>();
+  }
+  return m;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Switchyard long-context attention benchmark (dense, routed, local, block top-k)"};
+  std::string device = "cuda", json_path, sdpa_path;
+  std::vector<int64_t> tokens;
+  bool quick = false, overwrite = false;
+  int iters = 10, warmup = 2;
+  double budget_s = 5;
+  int64_t H = 8, D = 64;
+  app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--tokens", tokens, "sequence lengths n (default 4096,16384,65536; --quick: 256,512)")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{16}, int64_t{1} << 20));
+  app.add_option("--heads", H, "heads")->check(CLI::Range(1, 64));
+  app.add_option("--head-dim", D, "head dimension")->check(CLI::Range(1, 256));
+  app.add_option("--iters", iters, "timed runs per case (median)")->check(CLI::Range(1, 10000));
+  app.add_option("--warmup", warmup, "untimed runs before them")->check(CLI::Range(0, 100));
+  app.add_option("--budget", budget_s, "seconds of timed runs per case at most (but 3 runs at least)")
+      ->check(CLI::Range(0.0, 3600.0));
+  app.add_option("--json", json_path, "write the results here");
+  app.add_option("--sdpa", sdpa_path, "PyTorch SDPA times to compare with: scripts/bench/torch_attention.py's --json");
+  app.add_flag("--overwrite", overwrite, "replace an existing --json file");
+  app.add_flag("--quick", quick, "small shapes, 2 heads (a smoke test)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::fprintf(stderr, "error: %s (see --help)\n", e.what());
+    return 2;
+  }
+
+  try {
+    if (tokens.empty()) tokens = quick ? std::vector<int64_t>{256, 512} : std::vector<int64_t>{4096, 16384, 65536};
+    if (quick && app.count("--heads") == 0) H = 2;
+    std::sort(tokens.begin(), tokens.end());
+    tokens.erase(std::unique(tokens.begin(), tokens.end()), tokens.end());
+    if (!json_path.empty()) sy::check_output_path("--json", json_path, {{"--sdpa", sdpa_path}}, overwrite);
+    const std::map<std::pair<int64_t, std::string>, double> sdpa = read_sdpa(sdpa_path, H, D);
+
+    std::unique_ptr<sy::DeviceRuntime> rt;
+    if (device == "cuda") rt = sy::DeviceRuntime::create(0);
+    Ctx& ctx = rt ? rt->ctx() : sy::host_ctx();
+    Ctx& cpu = sy::host_ctx();
+    std::vector<DType> dtypes = {DType::f32};
+    if (rt) dtypes.insert(dtypes.begin(), DType::bf16);  // the CPU reference is f32 only
+    const DType base_dt = dtypes.front();                 // the dense baseline: bf16 on a GPU
+    std::vector<Row> rows;
+    const Timing timing{ctx, rt.get(), warmup, iters, budget_s};
+
+    // Ceiling: a large GEMM, measured in this run (bench_ops's).
+    double gemm_rate = 0;
+    std::string gemm_what;
+#ifdef SY_WITH_CUDA
+    if (rt) {
+      const int g = quick ? 1024 : 8192;
+      void *a, *b, *c;
+      const size_t bytes = size_t(g) * g * 2;
+      CUDA_CHECK(cudaMalloc(&a, bytes));
+      CUDA_CHECK(cudaMalloc(&b, bytes));
+      CUDA_CHECK(cudaMalloc(&c, bytes));
+      CUDA_CHECK(cudaMemset(a, 0x3c, bytes));  // 1.0-ish bf16 pattern, not zeros
+      CUDA_CHECK(cudaMemset(b, 0x3b, bytes));
+      auto handle = static_cast<cublasHandle_t>(ctx.blas.cublas);
+      const float one = 1.f, zero = 0.f;
+      const double s = timing.one([&] {
+        CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, g, g, g, &one, a, CUDA_R_16BF, g, b, CUDA_R_16BF, g,
+                                  &zero, c, CUDA_R_16BF, g, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      });
+      gemm_rate = 2.0 * g * g * double(g) / s;
+      gemm_what = "cuBLAS bf16 " + std::to_string(g) + "^3";
+      for (void* p : {a, b, c}) cudaFree(p);
+    }
+#endif
+    if (!rt) {
+      const int64_t g = quick ? 512 : 1024;
+      sy::Rng r(1);
+      Tensor x = randn({g, g}, r), w = randn({g, g}, r), y = Tensor::empty({g, g}, DType::f32, cpu);
+      const double s = timing.one([&] { sy::ops::matmul_forward(cpu, {y, x, w, Tensor()}); });
+      gemm_rate = 2.0 * g * g * double(g) / s;
+      gemm_what = "OpenBLAS fp32 " + std::to_string(g) + "^3";
+    }
+
+    // (method, dtype) pairs that could not run (no kernel): reported once, then skipped.
+    std::set<std::string> no_kernel;
+    auto unsupported = [&](const std::string& op, DType dt, int64_t n, const std::string& what) {
+      Row r;
+      r.op = op, r.pass = "-", r.dtype = sy::dtype_name(dt), r.n = n, r.note = "not run: " + what;
+      rows.push_back(r);
+      no_kernel.insert(op.substr(0, op.find(' ')) + sy::dtype_name(dt));
+    };
+    auto skipped = [&](const std::string& op, DType dt) {
+      return no_kernel.count(op.substr(0, op.find(' ')) + sy::dtype_name(dt)) > 0;
+    };
+
+    for (const int64_t n : tokens) {
+      const bool check = n == tokens.front();
+      const int64_t C = H * D;
+      sy::Rng rng(1234 + n);
+      const double dense_pairs = H * 0.5 * double(n) * (n + 1);
+
+      // Dense causal: packed (1, n, 3C) qkv.
+      {
+        const Tensor qkv_h = randn({1, n, 3 * C}, rng), dout_h = randn({1, n, C}, rng);
+        Tensor out_c, dqkv_c;  // the CPU reference, made once for both dtypes
+        if (check) {
+          const sy::ops::AttentionShape s{1, n, C, H};
+          out_c = Tensor::zeros({1, n, C}, DType::f32, cpu);
+          Tensor l = Tensor::zeros({1, H, n}, DType::f32, cpu);
+          dqkv_c = Tensor::zeros({1, n, 3 * C}, DType::f32, cpu);
+          sy::ops::attention_forward(cpu, {out_c, l, qkv_h, s});
+          sy::ops::attention_backward(cpu, {dqkv_c, dout_h, qkv_h, out_c, l, s});
+        }
+        for (const DType dt : dtypes) {
+          const sy::ops::AttentionShape s{1, n, C, H};
+          Tensor qkv = as(qkv_h, dt, ctx), dout = as(dout_h, dt, ctx);
+          Tensor o = Tensor::empty({1, n, C}, dt, ctx), lse = Tensor::empty({1, H, n}, DType::f32, ctx);
+          Tensor dqkv = Tensor::zeros({1, n, 3 * C}, dt, ctx);
+          auto fwd = [&] { sy::ops::attention_forward(ctx, {o, lse, qkv, s}); };
+          auto bwd = [&] { sy::ops::attention_backward(ctx, {dqkv, dout, qkv, o, lse, s}); };
+          const double tol_f = dt == DType::bf16 ? 2e-2 : 1e-4, tol_b = dt == DType::bf16 ? 5e-2 : 1e-4;
+          Row r;
+          r.op = "dense causal", r.dtype = sy::dtype_name(dt), r.n = n, r.pairs = dense_pairs;
+          try {
+            r.pass = "fwd", r.flops = 4.0 * D * dense_pairs;
+            std::vector<double> t;
+            std::tie(t, r.runs) = timing.parts({fwd});
+            r.seconds = t[0];
+            if (check) r.wrong = count_wrong(o, out_c, tol_f);
+            rows.push_back(r);
+            r.pass = "fwd+bwd", r.flops = 14.0 * D * dense_pairs;
+            std::tie(t, r.runs) = timing.parts({[&] { fwd(), bwd(); }});
+            r.seconds = t[0];
+            if (check) {
+              dqkv.zero(ctx);
+              fwd(), bwd();
+              r.wrong = count_wrong(o, out_c, tol_f) + count_wrong(dqkv, dqkv_c, tol_b);
+            }
+            rows.push_back(r);
+          } catch (const sy::BackendError& e) {
+            unsupported("dense causal", dt, n, e.what());
+          }
+        }
+      }
+
+      for (const char* pass : {"fwd", "fwd+bwd"}) {  // PyTorch SDPA from --sdpa, beside ours
+        const auto it = sdpa.find({n, pass});
+        if (it == sdpa.end()) continue;
+        Row r;
+        r.op = "SDPA (PyTorch)", r.pass = pass, r.dtype = "bf16", r.n = n, r.pairs = dense_pairs;
+        r.flops = (r.pass == "fwd" ? 4.0 : 14.0) * D * dense_pairs;
+        r.seconds = it->second, r.note = "--sdpa";
+        rows.push_back(r);
+      }
+
+      // The sparse methods: q, k, v, dout (H, n, D) head-major, one head a (n, D) view.
+      const Tensor q_h = randn({H, n, D}, rng), k_h = randn({H, n, D}, rng), v_h = randn({H, n, D}, rng),
+                   dout_h = randn({H, n, D}, rng);
+
+      // One method at one dtype: select() builds the key sets / clusters of
+      // every head, forward() and backward() run the attention over them.
+      struct Method {
+        std::string op;
+        std::function<void()> select, forward, backward;
+        std::function<double()> pairs;  // after forward()
+        // The CPU reference (check): o and dq, dk, dv of every head, from the
+        // device's selection where it may differ (routed); a note.
+        std::function<std::string(Tensor&, Tensor&, Tensor&, Tensor&)> reference;
+      };
+      auto run = [&](DType dt, Tensor& o, Tensor& dq, Tensor& dk, Tensor& dv, Method& m) {
+        if (skipped(m.op, dt)) return;
+        Row r;
+        r.op = m.op, r.dtype = sy::dtype_name(dt), r.n = n;
+        try {
+          m.select();
+          m.forward();
+          r.pairs = m.pairs();
+          r.pass = "fwd", r.flops = 4.0 * D * r.pairs;
+          std::vector<double> t;
+          std::tie(t, r.runs) = timing.parts({m.select, m.forward});
+          r.select_seconds = t[0], r.seconds = t[1];
+          Row rb = r;
+          rb.pass = "fwd+bwd", rb.flops = 14.0 * D * r.pairs;
+          std::tie(t, rb.runs) = timing.parts({m.select, [&] { m.forward(), m.backward(); }});
+          rb.select_seconds = t[0], rb.seconds = t[1];
+          if (check) {
+            for (Tensor* g : {&dq, &dk, &dv}) g->zero(ctx);
+            m.select(), m.forward(), m.backward();
+            Tensor oc = Tensor::zeros({H, n, D}, DType::f32, cpu), dqc = Tensor::zeros({H, n, D}, DType::f32, cpu),
+                   dkc = Tensor::zeros({H, n, D}, DType::f32, cpu), dvc = Tensor::zeros({H, n, D}, DType::f32, cpu);
+            r.note = rb.note = m.reference(oc, dqc, dkc, dvc);
+            const double tol_f = dt == DType::bf16 ? 2e-2 : 1e-4, tol_b = dt == DType::bf16 ? 5e-2 : 1e-4;
+            r.wrong = count_wrong(o, oc, tol_f);
+            rb.wrong = r.wrong + count_wrong(dq, dqc, tol_b) + count_wrong(dk, dkc, tol_b) + count_wrong(dv, dvc, tol_b);
+          }
+          rows.push_back(r);
+          rows.push_back(rb);
+        } catch (const sy::BackendError& e) {  // no kernel for this dtype, or out of memory
+          unsupported(m.op, dt, n, e.what());
+        } catch (const sy::Error& e) {  // a bf16 tensor where an op reads f32
+          if (dt == DType::f32) throw;
+          unsupported(m.op, dt, n, std::string("no ") + sy::dtype_name(dt) + " path (" + e.what() + ")");
+        }
+      };
+
+      // Routed attention's centroids for k = sqrt(n) and 256 clusters: k-means
+      // (the CPU reference, as on the device) on head 0's normalised queries,
+      // shared by all heads, both modes and both dtypes.
+      std::map<int64_t, sy::ops::Centroids> centroids;
+      for (const int64_t K : {std::max<int64_t>(1, std::llround(std::sqrt(double(n)))), int64_t{256}}) {
+        if (centroids.count(K)) continue;
+        Tensor xn = Tensor::empty({n, D}, DType::f32, cpu), m = Tensor::empty({n}, DType::f32, cpu),
+               rs = Tensor::empty({n}, DType::f32, cpu);
+        sy::ops::layernorm_forward(cpu, {xn, m, rs, head(q_h, 0), Tensor(), Tensor()});
+        sy::ops::Centroids ch(K, D, cpu);
+        sy::Rng krng(7);
+        sy::ops::kmeans_init(cpu, ch, xn, 3, krng);
+        centroids.emplace(K, std::move(ch));
+      }
+
+      for (const DType dt : dtypes) {
+        const Tensor q = as(q_h, dt, ctx), k = as(k_h, dt, ctx), v = as(v_h, dt, ctx), dout = as(dout_h, dt, ctx);
+        Tensor o = Tensor::empty({H, n, D}, dt, ctx), lse = Tensor::empty({H, n}, DType::f32, ctx);
+        Tensor dq = Tensor::zeros({H, n, D}, dt, ctx), dk = Tensor::zeros({H, n, D}, dt, ctx),
+               dv = Tensor::zeros({H, n, D}, dt, ctx);
+        std::vector<sy::ops::KeySets> ks(H);
+        auto pairs_of = [&] {
+          double p = 0;
+          for (const sy::ops::KeySets& s : ks) p += static_cast<double>(s.pairs());
+          return p;
+        };
+        // Attention over ks[h] on every head, forward and backward.
+        auto sparse_fwd = [&] {
+          for (int64_t h = 0; h < H; ++h) {
+            Tensor oh = head(o, h), lh = head(lse, h);
+            sy::ops::sparse_attention_forward(ctx, {oh, lh, head(q, h), head(k, h), head(v, h), ks[h]});
+          }
+        };
+        auto sparse_bwd = [&] {
+          for (int64_t h = 0; h < H; ++h) {
+            Tensor dqh = head(dq, h), dkh = head(dk, h), dvh = head(dv, h);
+            sy::ops::sparse_attention_backward(
+                ctx, {dqh, dkh, dvh, head(dout, h), head(o, h), head(lse, h), head(q, h), head(k, h), head(v, h), ks[h]});
+          }
+        };
+        // The CPU reference over per-head key sets made by keys_of(h).
+        auto sparse_reference = [&](const std::function<sy::ops::KeySets(int64_t)>& keys_of) {
+          return [&, keys_of](Tensor& oc, Tensor& dqc, Tensor& dkc, Tensor& dvc) {
+            Tensor lc = Tensor::zeros({H, n}, DType::f32, cpu);
+            for (int64_t h = 0; h < H; ++h) {
+              const sy::ops::KeySets kc = keys_of(h);
+              Tensor oh = head(oc, h), lh = head(lc, h), dqh = head(dqc, h), dkh = head(dkc, h), dvh = head(dvc, h);
+              sy::ops::sparse_attention_forward(cpu, {oh, lh, head(q_h, h), head(k_h, h), head(v_h, h), kc});
+              sy::ops::sparse_attention_backward(
+                  cpu, {dqh, dkh, dvh, head(dout_h, h), oh, lh, head(q_h, h), head(k_h, h), head(v_h, h), kc});
+            }
+            return std::string();
+          };
+        };
+
+        // Routed attention.
+        if (!skipped("routed", dt)) {
+          Tensor qn = Tensor::empty({H, n, D}, dt, ctx), kn = Tensor::empty({H, n, D}, dt, ctx);
+          Tensor mean = Tensor::empty({H, n}, DType::f32, ctx), rstd = Tensor::empty({H, n}, DType::f32, ctx);
+          for (const auto& kc : centroids) {
+            const int64_t K = kc.first;
+            sy::ops::Centroids c(K, D, ctx);
+            c.mu = kc.second.mu.to(ctx), c.sum = kc.second.sum.to(ctx), c.count = kc.second.count.to(ctx);
+            c.initialized = true;
+            for (const sy::ops::ClusterMode mode : {sy::ops::ClusterMode::causal, sy::ops::ClusterMode::balanced}) {
+              sy::ops::ClusterParams cp;
+              cp.mode = mode;
+              std::vector<sy::ops::Clusters> cl(H);
+              Method m;
+              m.op = std::string("routed ") + (mode == sy::ops::ClusterMode::causal ? "causal" : "balanced") +
+                     " k=" + std::to_string(K);
+              m.select = [&] {
+                for (int64_t h = 0; h < H; ++h) {
+                  Tensor qnh = head(qn, h), knh = head(kn, h), mh = head(mean, h), rh = head(rstd, h);
+                  sy::ops::layernorm_forward(ctx, {qnh, mh, rh, head(q, h), Tensor(), Tensor()});
+                  sy::ops::layernorm_forward(ctx, {knh, mh, rh, head(k, h), Tensor(), Tensor()});
+                  sy::ops::assign_clusters(ctx, cl[h], qnh, knh, c, cp);
+                }
+              };
+              m.forward = [&] {
+                for (int64_t h = 0; h < H; ++h) {
+                  Tensor oh = head(o, h), lh = head(lse, h);
+                  sy::ops::routed_attention_forward(ctx, {oh, lh, ks[h], head(q, h), head(k, h), head(v, h), cl[h]});
+                }
+              };
+              m.backward = [&] {
+                for (int64_t h = 0; h < H; ++h) {
+                  Tensor dqh = head(dq, h), dkh = head(dk, h), dvh = head(dv, h);
+                  sy::ops::routed_attention_backward(ctx, {dqh, dkh, dvh, head(dout, h), head(o, h), head(lse, h),
+                                                           head(q, h), head(k, h), head(v, h), ks[h], cl[h]});
+                }
+              };
+              m.pairs = pairs_of;
+              // The CPU on the device's clusters; the note counts the decisions
+              // that differ from the CPU's own assignment (near ties round
+              // differently in the device's score GEMM).
+              m.reference = [&](Tensor& oc, Tensor& dqc, Tensor& dkc, Tensor& dvc) {
+                Tensor lc = Tensor::zeros({H, n}, DType::f32, cpu);
+                sy::ops::Centroids ch(K, D, cpu);
+                ch.mu = c.mu.to(cpu), ch.initialized = true;
+                int64_t differ = 0;
+                for (int64_t h = 0; h < H; ++h) {
+                  sy::ops::Clusters dev{to_host(cl[h].queries), to_host(cl[h].keys)}, own;
+                  Tensor qnc = Tensor::empty({n, D}, DType::f32, cpu), knc = Tensor::empty({n, D}, DType::f32, cpu);
+                  Tensor mc = Tensor::empty({n}, DType::f32, cpu), rc = Tensor::empty({n}, DType::f32, cpu);
+                  sy::ops::layernorm_forward(cpu, {qnc, mc, rc, head(q_h, h), Tensor(), Tensor()});
+                  sy::ops::layernorm_forward(cpu, {knc, mc, rc, head(k_h, h), Tensor(), Tensor()});
+                  sy::ops::assign_clusters(cpu, own, qnc, knc, ch, cp);
+                  differ += count_differ(own.queries.group, dev.queries.group) + count_differ(own.keys.group, dev.keys.group);
+                  sy::ops::KeySets kc;
+                  Tensor oh = head(oc, h), lh = head(lc, h), dqh = head(dqc, h), dkh = head(dkc, h), dvh = head(dvc, h);
+                  sy::ops::routed_attention_forward(cpu, {oh, lh, kc, head(q_h, h), head(k_h, h), head(v_h, h), dev});
+                  sy::ops::routed_attention_backward(cpu, {dqh, dkh, dvh, head(dout_h, h), oh, lh, head(q_h, h),
+                                                           head(k_h, h), head(v_h, h), kc, dev});
+                }
+                return differ == 0 ? std::string()
+                                   : std::to_string(differ) + " cluster decisions differ from the CPU's";
+              };
+              run(dt, o, dq, dk, dv, m);
+            }
+          }
+        }
+
+        // Local sliding window: one key set, shared by the heads (as the layer does).
+        for (const int64_t w : {256, 512}) {
+          Method m;
+          m.op = "local w=" + std::to_string(w);
+          m.select = [&] {
+            const sy::ops::KeySets s = sy::ops::local_keysets(ctx, n, w);
+            for (sy::ops::KeySets& x : ks) x = s;
+          };
+          m.forward = sparse_fwd, m.backward = sparse_bwd, m.pairs = pairs_of;
+          m.reference = sparse_reference([&, w](int64_t) { return sy::ops::local_keysets(cpu, n, w); });
+          run(dt, o, dq, dk, dv, m);
+        }
+
+        // Block top-k: each head's own key sets from its q and k.
+        {
+          constexpr int64_t block = 64, topk = 8;
+          Method m;
+          m.op = "block64 top8";
+          m.select = [&] {
+            for (int64_t h = 0; h < H; ++h) ks[h] = sy::ops::block_topk_keysets(ctx, head(q, h), head(k, h), block, topk);
+          };
+          m.forward = sparse_fwd, m.backward = sparse_bwd, m.pairs = pairs_of;
+          m.reference = sparse_reference(
+              [&](int64_t h) { return sy::ops::block_topk_keysets(cpu, head(q_h, h), head(k_h, h), block, topk); });
+          run(dt, o, dq, dk, dv, m);
+        }
+      }
+    }
+
+    // The table, last. Baseline: our dense causal kernel at the same n and pass,
+    // bf16 on a GPU (the fastest we have), f32 on the CPU.
+    std::map<std::pair<int64_t, std::string>, const Row*> base;
+    for (const Row& r : rows)
+      if (r.op == "dense causal" && r.dtype == sy::dtype_name(base_dt) && r.seconds > 0) base[{r.n, r.pass}] = &r;
+    const char* dev_name = rt ? rt->name() : "cpu";
+    nlohmann::json out = {{"device", dev_name},
+                          {"heads", H},
+                          {"head_dim", D},
+                          {"gemm_ceiling", {{"what", gemm_what}, {"flops_per_s", gemm_rate}}},
+                          {"baseline", std::string("dense causal ") + sy::dtype_name(base_dt)},
+                          {"flops_per_pair", {{"fwd", 4 * D}, {"fwd+bwd", 14 * D}}},
+                          {"checked_n", tokens.front()},
+                          {"sdpa", sdpa_path},
+                          {"rows", nlohmann::json::array()}};
+    std::printf("device %s | H %lld, D %lld, one sequence | ceiling: %s %.1f TFLOP/s | baseline: dense causal %s\n",
+                dev_name, static_cast<long long>(H), static_cast<long long>(D), gemm_what.c_str(), gemm_rate / 1e12,
+                sy::dtype_name(base_dt));
+    std::printf("%-22s %-7s %-4s %7s %10s %9s %8s %8s %8s %8s %8s %9s %6s %7s  %s\n", "op", "pass", "dt", "n", "ms",
+                "pairs", "TFLOP/s", "x dense", "of dense", "of GEMM", "x SDPA", "sel ms", "sel%", "#wrong", "note");
+    for (const Row& r : rows) {
+      std::string ms = "-", pairs = "-", rate = "-", speed = "-", of_dense = "-", of_gemm = "-", vs_sdpa = "-", sel = "-",
+                  selp = "-", wrong = "-";
+      if (r.seconds > 0) {
+        ms = fmt("%.3f", r.seconds * 1e3);
+        pairs = fmt("%.3g", r.pairs);
+        const double tf = r.flops / r.seconds;
+        rate = fmt("%.2f", tf / 1e12);
+        of_gemm = fmt("%.1f%%", 100 * tf / gemm_rate);
+        const auto b = base.find({r.n, r.pass});
+        if (b != base.end()) {
+          speed = fmt("%.2fx", b->second->seconds / r.seconds);
+          of_dense = fmt("%.1f%%", 100 * tf / (b->second->flops / b->second->seconds));
+        }
+        const auto t = sdpa.find({r.n, r.pass});
+        if (t != sdpa.end()) vs_sdpa = fmt("%.2fx", t->second / r.seconds);
+        if (r.select_seconds > 0) {
+          sel = fmt("%.3f", r.select_seconds * 1e3);
+          selp = fmt("%.0f%%", 100 * r.select_seconds / r.seconds);
+        }
+      }
+      if (r.wrong >= 0) wrong = std::to_string(r.wrong);
+      std::printf("%-22s %-7s %-4s %7lld %10s %9s %8s %8s %8s %8s %8s %9s %6s %7s  %s\n", r.op.c_str(), r.pass.c_str(),
+                  r.dtype.c_str(), static_cast<long long>(r.n), ms.c_str(), pairs.c_str(), rate.c_str(), speed.c_str(),
+                  of_dense.c_str(), of_gemm.c_str(), vs_sdpa.c_str(), sel.c_str(), selp.c_str(), wrong.c_str(),
+                  r.note.c_str());
+      out["rows"].push_back({{"op", r.op}, {"pass", r.pass}, {"dtype", r.dtype}, {"n", r.n}, {"seconds", r.seconds},
+                             {"select_seconds", r.select_seconds}, {"pairs", r.pairs}, {"flops", r.flops},
+                             {"wrong", r.wrong}, {"runs", r.runs}, {"note", r.note}});
+    }
+    std::printf(
+        "FLOPs per pair: 4 D forward, 14 D forward+backward (backward 10 D: s again, dP, dV, dQ, dK). ms includes\n"
+        "sel (LN of q, k + cluster assignment and sort / key-set construction). x dense, of dense: against the\n"
+        "baseline at the same n and pass; x SDPA: against PyTorch SDPA causal bf16 (--sdpa). #wrong: n = %lld only,\n"
+        "against the CPU reference (larger n: the CPU reference would take too long, ~n^2 for dense).\n",
+        static_cast<long long>(tokens.front()));
+    if (!json_path.empty()) {
+      std::ofstream f(json_path);
+      f << out.dump(1) << "\n";
+      if (!f) throw sy::Error("--json " + json_path + ": could not write");
+    }
+  } catch (const sy::ConfigError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
