@@ -16,6 +16,7 @@
 #                   bench  bench_ops --device cuda, then the PyTorch peers (scripts/bench/torch_*.py)
 #                   mfu    switch_gpu for 30 steps: MFU, tokens/s, device memory
 #                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU
+#                   attn   issue 18: bench_attention at n = 4k/16k/64k beside PyTorch SDPA
 #                   more   the training comparison for depth_tiny, routed_copy and mixtral_tiny
 #
 # Nothing is installed from a registry (that machine has none). Logs and JSON
@@ -27,7 +28,7 @@ OUT=${OUT:-$PWD/build-gpu/out}
 LOG=$OUT/logs
 mkdir -p "$LOG"
 BUDGET=540
-STAGES=ops,train,bench,mfu,comm,more
+STAGES=ops,train,bench,mfu,comm,attn,more
 while [ $# -gt 0 ]; do
   case $1 in
     --budget) BUDGET=$2; shift 2 ;;
@@ -122,6 +123,7 @@ TARGETS=(train_switch)
 want ops && TARGETS+=(backend_ops_test routed_attention_test tensor_test)
 want bench && TARGETS+=(bench_ops)
 want comm && TARGETS+=(communicator_conformance_test)
+want attn && TARGETS+=(bench_attention)
 stamp "configure"
 GEN=()
 command -v ninja > /dev/null && GEN=(-G Ninja)
@@ -169,16 +171,16 @@ fi
 if want bench; then
   stamp "bench"
   rm -f "$OUT/bench_ops.json"
-  run_limited bench_ops 200 $B/bench_ops --device cuda --json "$OUT/bench_ops.json"
+  run_limited bench_ops 150 $B/bench_ops --device cuda --json "$OUT/bench_ops.json"
   summary "bench: bench_ops rc $? ($(grep -c . "$LOG/bench_ops.log") lines)"
   for name in torch_moe torch_attention; do
-    run_limited "$name" 90 env PYTHONUNBUFFERED=1 python3 "scripts/bench/$name.py" --json "$LOG/$name.json"
+    run_limited "$name" 60 env PYTHONUNBUFFERED=1 python3 "scripts/bench/$name.py" --json "$LOG/$name.json"
     summary "bench: $name rc $?"
   done
 fi
 if want mfu; then
   stamp "mfu"
-  run_limited switch_gpu 120 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set train.steps=30 \
+  run_limited switch_gpu 90 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set train.steps=30 \
     --set train.log_interval=5 --set train.eval_interval=100000 --set train.checkpoint_interval=0
   summary "mfu: switch_gpu rc $?: $(grep -E '^step' "$LOG/switch_gpu.log" | tail -1)"
 fi
@@ -191,14 +193,27 @@ fi
 if want comm; then
   stamp "comm"
   M=(mpirun --allow-run-as-root --oversubscribe)
-  run_limited conformance_np1 60 "${M[@]}" -np 1 $B/communicator_conformance_test || status=1
+  run_limited conformance_np1 45 "${M[@]}" -np 1 $B/communicator_conformance_test || status=1
   summary "comm: conformance -np 1: $(gtest_line conformance_np1)"
-  run_limited nccl_np2 90 "${M[@]}" -np 2 -x SY_NCCL_SHARED_GPU=1 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 \
+  run_limited nccl_np2 60 "${M[@]}" -np 2 -x SY_NCCL_SHARED_GPU=1 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 \
     bash -c 'NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK exec '"$B"'/communicator_conformance_test --gtest_filter="*nccl*"'
   summary "comm: NCCL 2 ranks on one GPU (not fatal): $(gtest_line nccl_np2)"
-  run_limited parallel_equivalence_cuda 150 env SY_TEST_ARGS="--set backend=CUDA" \
+  run_limited parallel_equivalence_cuda 120 env SY_TEST_ARGS="--set backend=CUDA" \
     bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
   summary "comm: EP on the GPU: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda.log" | tr '\n' ' ')"
+fi
+# 7. Issue 18: long-context attention beside PyTorch SDPA (its JSON feeds
+# bench_attention's "x SDPA" column; without it the column stays empty).
+if want attn; then
+  stamp "attn"
+  run_limited torch_attention_long 90 env PYTHONUNBUFFERED=1 python3 scripts/bench/torch_attention.py \
+    --lengths 4096,16384,65536 --head-dims 64 --batch 1 --json "$LOG/torch_attention_long.json"
+  summary "attn: torch_attention (SDPA) rc $?"
+  SDPA=()
+  [ -s "$LOG/torch_attention_long.json" ] && SDPA=(--sdpa "$LOG/torch_attention_long.json")
+  rm -f "$OUT/bench_attention.json"
+  run_limited bench_attention 200 $B/bench_attention --device cuda "${SDPA[@]}" --json "$OUT/bench_attention.json"
+  summary "attn: bench_attention rc $? ($(grep -c . "$LOG/bench_attention.log") lines)"
 fi
 if want more; then
   stamp "more"
@@ -210,9 +225,8 @@ fi
 stamp "done (status $status)"
 echo "== summary"
 cat "$OUT/summary.txt"
-if [ -f "$LOG/bench_ops.log" ]; then
-  for f in "$LOG"/torch_*.log; do [ -f "$f" ] && { echo "== $(basename "$f" .log)"; tail -8 "$f"; }; done
-  echo "== bench_ops"
-  cat "$LOG/bench_ops.log"
-fi
+# The tables (whole in the JSON files and logs.tar.gz; the tool shows the end).
+for f in "$LOG"/torch_*.log; do [ -f "$f" ] && { echo "== $(basename "$f" .log)"; tail -8 "$f"; }; done
+[ -f "$LOG/bench_attention.log" ] && { echo "== bench_attention"; tail -70 "$LOG/bench_attention.log"; }
+[ -f "$LOG/bench_ops.log" ] && { echo "== bench_ops"; cat "$LOG/bench_ops.log"; }
 exit $status
