@@ -28,6 +28,7 @@
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/dispatch.h"
+#include "ops/elementwise.h"
 #include "ops/gelu.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
@@ -227,6 +228,19 @@ int main(int argc, char** argv) {
           [&] {
             Tensor yc = Tensor::empty({N, H}, DType::f32, cpu);
             sy::ops::matmul_forward(cpu, {yc, xh, wh, Tensor()});
+            return count_wrong(y, yc, 1e-4);
+          });
+    }
+    {  // matmul forward, bf16 GEMM (Config.precision BF16): W's shadow made once, x rounded inside the op
+      Tensor xh = randn({N, C}, rng), wh = randn({C, H}, rng, 0.03f), x = xh.to(ctx), w = wh.to(ctx);
+      Tensor w16 = Tensor::empty({C, H}, DType::bf16, ctx), y = Tensor::empty({N, H}, DType::f32, ctx);
+      sy::ops::to_bf16(ctx, w16, w);
+      const Tensor wh16 = wh.to(DType::bf16);
+      add({"matmul_forward_bf16", std::to_string(N) + "x" + std::to_string(C) + "x" + std::to_string(H), 0, 2.0 * N * C * H, 0},
+          [&] { sy::ops::matmul_forward(ctx, {y, x, w, Tensor(), false, false, &w16}); },
+          [&] {  // against the CPU's bf16 mode: the same products, summed in another order
+            Tensor yc = Tensor::empty({N, H}, DType::f32, cpu);
+            sy::ops::matmul_forward(cpu, {yc, xh, wh, Tensor(), false, false, &wh16});
             return count_wrong(y, yc, 1e-4);
           });
     }

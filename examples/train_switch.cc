@@ -295,9 +295,10 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     else
       std::cout << "switchyard: backend cpu (" << (cfg.backend() == switchyard::Config::AUTO ? "auto: " : "")
                 << threads << " thread" << (threads > 1 ? "s" : "") << " per rank), ";
+    std::cout << (cfg.precision() == switchyard::Config::BF16 ? "bf16 GEMMs (fp32 masters), " : "fp32, ");
     std::cout << world_size << " rank" << (world_size > 1 ? "s" : "");
     if (world_size > 1) std::cout << (nccl ? " (nccl" : " (mpi") << ", expert_parallel " << cfg.parallel().expert_parallel() << ")";
-    std::cout << ", config " << source << "\n";
+    std::cout << ", config " << source << std::endl;  // flushed: the first line, before stderr's progress
   }
   if (!checkpoint.empty()) trainer->restore(checkpoint, !eval_only);
 

@@ -11,6 +11,11 @@ void adamw_update(Ctx& ctx, const std::vector<AdamWParam>& params, const AdamWCo
     check_shape(*p.m, p.value->shape(), "adamw m");
     check_shape(*p.v, p.value->shape(), "adamw v");
     check_device(ctx, "adamw_update", {p.value, p.grad, p.m, p.v});
+    if (p.shadow) {
+      check_shape(*p.shadow, p.value->shape(), "adamw bf16 shadow");
+      check_dtype(*p.shadow, DType::bf16, "adamw bf16 shadow");
+      check_device(ctx, "adamw_update", {p.shadow});
+    }
   }
   SY_DISPATCH(ctx, adamw_update, ctx, params, c, step);
 }

@@ -9,6 +9,11 @@
 //
 // Multi-tensor: one call updates a list of parameters (one kernel launch per
 // list on a device, as llm.c and Apex do).
+//
+// bf16 shadows (Config.precision BF16): a parameter with a shadow gets
+// shadow = bf16(w) of the updated w (round to nearest even, core/dtype.h),
+// written by the same kernel on a device (no second pass over w); the bf16
+// GEMMs read it (ops/matmul.h). w, m and v stay fp32 (the master copy).
 #pragma once
 #include <vector>
 
@@ -31,6 +36,7 @@ struct AdamWParam {
   Tensor* m;
   Tensor* v;
   bool decay;  // weight decay applies (matrices); false for biases, norms, embeddings
+  Tensor* shadow = nullptr;  // bf16, value's shape, or null: no shadow
 };
 
 // step counts from 1.

@@ -34,4 +34,12 @@ void scale(Ctx& ctx, Tensor& y, float s) {
   SY_DISPATCH(ctx, scale, ctx, y, s);
 }
 
+void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x) {
+  check_shape(x, y.shape(), "to_bf16");
+  check_dtype(y, DType::bf16, "to_bf16");
+  check_dtype(x, DType::f32, "to_bf16");
+  check_device(ctx, "to_bf16", {&y, &x});
+  SY_DISPATCH(ctx, to_bf16, ctx, y, x);
+}
+
 }  // namespace sy::ops

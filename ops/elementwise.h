@@ -4,6 +4,8 @@
 //   mul_into:  y *= x            (multiplicative jitter and its gradient)
 //   scale:     y *= s            (a scalar: the data-parallel mean of summed gradients)
 //   sigmoid:   y = 1 / (1 + exp(-x))
+//   to_bf16:   y = bf16(x)      (y bf16, x f32; round to nearest even as core/dtype.h:
+//                               the bf16 shadows of master weights, GEMM operands)
 #pragma once
 #include "core/tensor.h"
 
@@ -13,9 +15,11 @@ void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
 void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
 void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
 void scale(Ctx& ctx, Tensor& y, float s);
+void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x);
 
 namespace cpu {
 void scale(Ctx& ctx, Tensor& y, float s);
+void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x);
 void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
 void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
 void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
@@ -24,6 +28,7 @@ void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
 // The CUDA kernels (ops/cuda/elementwise.cu; CUDA builds).
 namespace cuda {
 void scale(Ctx& ctx, Tensor& y, float s);
+void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x);
 void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
 void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
 void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);

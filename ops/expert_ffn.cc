@@ -45,6 +45,14 @@ void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int
   SY_CHECK(pre.numel() == l.pre_numel(offset),
            "expert pre-activation " << shape_str(pre.shape()) << " for " << l.pre_numel(offset) << " values");
   check_device(ctx, "expert_ffn", {&buf, &pre, &w.w1, &w.b1, &w.w2, &w.b2});
+  SY_CHECK(!w.w1_bf16 == !w.w2_bf16, "expert bf16 shadows: w1's and w2's are both given or both absent");
+  if (w.w1_bf16) {
+    check_dtype(*w.w1_bf16, DType::bf16, "expert w1's bf16 shadow");
+    check_dtype(*w.w2_bf16, DType::bf16, "expert w2's bf16 shadow");
+    check_shape(*w.w1_bf16, w.w1.shape(), "expert w1's bf16 shadow");
+    check_shape(*w.w2_bf16, w.w2.shape(), "expert w2's bf16 shadow");
+    check_device(ctx, "expert_ffn", {w.w1_bf16, w.w2_bf16});
+  }
   if ((swiglu || !w.b1.defined()) && !ctx.device.is_cpu())
     no_cuda_kernel("expert_ffn with SwiGLU or without biases");
 }

@@ -29,6 +29,11 @@
 // pre): the matmul and activation backwards; dbuf and every weight gradient
 // accumulate. GELU experts compute exactly what they did before SWIGLU was
 // added.
+//
+// bf16 mode (w1_bf16 and w2_bf16 given: the weights' bf16 shadows): every
+// GEMM is matmul's bf16 mode (ops/matmul.h), its activation operand (buf,
+// act, dout, dpre) rounded to bf16, fp32 accumulation and outputs; pre, the
+// activation and its derivative, biases and their gradients stay fp32.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -73,6 +78,8 @@ struct ExpertWeights {
   const Tensor& b1;  // undefined with b2: no biases
   const Tensor& w2;
   const Tensor& b2;
+  const Tensor* w1_bf16 = nullptr;  // bf16 mode: the bf16 shadows of w1 and w2 (both or neither)
+  const Tensor* w2_bf16 = nullptr;
 };
 
 struct ExpertGrads {

@@ -4,6 +4,15 @@
 
 namespace sy::ops {
 
+namespace {
+void check_shadow(Ctx& ctx, const Tensor* w16, const Tensor& w, const char* op) {
+  if (!w16) return;
+  check_dtype(*w16, DType::bf16, "matmul W's bf16 shadow");
+  check_shape(*w16, w.shape(), "matmul W's bf16 shadow");
+  check_device(ctx, op, {w16});
+}
+}  // namespace
+
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   SY_CHECK(a.x.ndim() == 2 && a.w.ndim() == 2, "matmul: x " << shape_str(a.x.shape()) << ", W " << shape_str(a.w.shape()));
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
@@ -11,6 +20,7 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   check_shape(a.y, {N, M}, "matmul y");
   if (a.b.defined()) check_shape(a.b, {M}, "matmul bias");
   check_device(ctx, "matmul_forward", {&a.y, &a.x, &a.w, &a.b});
+  check_shadow(ctx, a.w_bf16, a.w, "matmul_forward");
   if (a.w_transposed && !ctx.device.is_cpu()) no_cuda_kernel("matmul_forward with a transposed W (tied LM head)");
   SY_DISPATCH(ctx, matmul_forward, ctx, a);
 }
@@ -24,6 +34,7 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   if (a.dw) check_shape(*a.dw, a.w.shape(), "matmul dW");
   if (a.db) check_shape(*a.db, {M}, "matmul db");
   check_device(ctx, "matmul_backward", {a.dx, a.dw, a.db, &a.dy, &a.x, &a.w});
+  check_shadow(ctx, a.w_bf16, a.w, "matmul_backward");
   if (a.w_transposed && !ctx.device.is_cpu()) no_cuda_kernel("matmul_backward with a transposed W (tied LM head)");
   SY_DISPATCH(ctx, matmul_backward, ctx, a);
 }

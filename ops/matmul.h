@@ -7,6 +7,15 @@
 // dx += dy W; dW += dy^T x). Gradients accumulate; a null gradient pointer
 // means that gradient is not wanted.
 // Saved for backward: x (the caller keeps it).
+//
+// bf16 mode (w_bf16 given: the weight's bf16 shadow, bf16(W) as the optimizer
+// wrote it, W's shape): the GEMM operands are bf16, products are accumulated
+// and written in fp32, the bias is added in fp32:
+//   y = bf16(x) W16 + b;  dx += bf16(dy) W16^T;  dW += bf16(x)^T bf16(dy);  db += sum_n dy
+// with bf16() round to nearest even (core/dtype.h). A product of two bf16
+// numbers is exact in fp32, so the CPU (which widens the rounded operands and
+// calls sgemm) and cuBLASLt (bf16 inputs, CUBLAS_COMPUTE_32F) differ only in
+// the order of the fp32 sums: tolerance class B.
 #pragma once
 #include "core/tensor.h"
 
@@ -19,6 +28,7 @@ struct MatmulArgs {
   const Tensor& b;  // undefined: no bias
   bool accumulate = false;
   bool w_transposed = false;
+  const Tensor* w_bf16 = nullptr;  // bf16 mode: W's bf16 shadow
 };
 
 struct MatmulBackwardArgs {
@@ -29,6 +39,7 @@ struct MatmulBackwardArgs {
   const Tensor& x;
   const Tensor& w;
   bool w_transposed = false;
+  const Tensor* w_bf16 = nullptr;  // bf16 mode: W's bf16 shadow
 };
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a);

@@ -511,6 +511,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
   });
   // Everything is read and checked: now the model changes.
   for (auto& [dst, src] : st.staged()) dst.copy_from(src, model.ctx());
+  model.params().refresh_shadows(model.ctx());  // checkpoints hold the fp32 masters only
   for (auto& [flag, v] : flags) *flag = v;
   TrainState s;
   s.step = m.step();

@@ -26,14 +26,22 @@ GroupedExperts::GroupedExperts(Ctx& ctx, ParamStore& ps, const std::string& name
   if (ffn.bias) b2_ = ps.add_rows(name + ".experts.b2", {G, C}, e0, e1, rng, 0.f, false);
 }
 
+ops::ExpertWeights GroupedExperts::weights() const {
+  const bool bf16 = w1_->value_bf16.defined();
+  return {w1_->value,
+          b1_ ? b1_->value : none_,
+          w2_->value,
+          b2_ ? b2_->value : none_,
+          bf16 ? &w1_->value_bf16 : nullptr,
+          bf16 ? &w2_->value_bf16 : nullptr};
+}
+
 Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& offsets) {
   buf_ = buf;
   offsets_ = offsets;
   pre_ = Tensor::empty({layout_.pre_numel(offsets_)}, DType::f32, ctx_);
   Tensor out = Tensor::empty({buf.dim(0), C_}, DType::f32, ctx_);
-  const Tensor none;
-  ops::expert_ffn_forward(ctx_, {out, pre_, buf, offsets_, layout_,
-                                 {w1_->value, b1_ ? b1_->value : none, w2_->value, b2_ ? b2_->value : none}});
+  ops::expert_ffn_forward(ctx_, {out, pre_, buf, offsets_, layout_, weights()});
   flops_ = 0;
   for (int64_t g = 0; g < layout_.groups(); ++g)
     flops_ += 2.0 * (offsets_[g + 1] - offsets_[g]) * C_ * (layout_.width(g) + layout_.hidden[g]);
@@ -43,10 +51,8 @@ Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& of
 Tensor GroupedExperts::backward(const Tensor& dout) {
   Tensor dbuf = Tensor::zeros(buf_.shape(), DType::f32, ctx_);
   Tensor no_db1, no_db2;
-  const Tensor none;
   ops::expert_ffn_backward(ctx_, {dbuf, {w1_->grad, b1_ ? b1_->grad : no_db1, w2_->grad, b2_ ? b2_->grad : no_db2},
-                                  dout, buf_, pre_, offsets_, layout_,
-                                  {w1_->value, b1_ ? b1_->value : none, w2_->value, b2_ ? b2_->value : none}});
+                                  dout, buf_, pre_, offsets_, layout_, weights()});
   return dbuf;
 }
 

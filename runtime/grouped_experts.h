@@ -43,6 +43,9 @@ class GroupedExperts {
   int64_t C_;
   ops::ExpertLayout layout_;
   Param *w1_, *b1_ = nullptr, *w2_, *b2_ = nullptr;
+  const Tensor none_;  // an absent bias
+  // The op's weights, with the bf16 shadows when the store keeps them.
+  ops::ExpertWeights weights() const;
   double flops_ = 0;
   // saved for backward
   Tensor buf_, pre_;

@@ -21,13 +21,13 @@ Linear::Linear(Ctx& ctx, Param* shared) : ctx_(ctx), w_(shared), transposed_(tru
 Tensor Linear::forward(const Tensor& x) {
   x_ = x;
   Tensor y = Tensor::empty({x.dim(0), out()}, DType::f32, ctx_);
-  ops::matmul_forward(ctx_, {y, x, w_->value, b_ ? b_->value : Tensor(), false, transposed_});
+  ops::matmul_forward(ctx_, {y, x, w_->value, b_ ? b_->value : Tensor(), false, transposed_, shadow()});
   return y;
 }
 
 Tensor Linear::backward(const Tensor& dy) {
   Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);
-  ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value, transposed_});
+  ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value, transposed_, shadow()});
   return dx;
 }
 

@@ -29,6 +29,9 @@ class Linear {
   int64_t out() const { return w_->shape[transposed_ ? 0 : 1]; }
 
  private:
+  // W's bf16 shadow when the store keeps them (Config.precision BF16): the
+  // GEMMs run in matmul's bf16 mode.
+  const Tensor* shadow() const { return w_->value_bf16.defined() ? &w_->value_bf16 : nullptr; }
   Ctx& ctx_;
   Param* w_;
   Param* b_ = nullptr;

@@ -183,6 +183,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
     head_ = std::make_unique<Linear>(ctx_, wte_);  // logits = x wte^T
   else
     head_ = std::make_unique<Linear>(ctx_, params_, "head", C_, V_, rng, std, false);
+  params_.set_bf16_shadows(cfg.precision() == switchyard::Config::BF16);
   params_.finalize(ctx_);
 }
 

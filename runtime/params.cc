@@ -1,5 +1,7 @@
 #include "runtime/params.h"
 
+#include "ops/elementwise.h"
+
 namespace sy {
 
 Param* ParamStore::add(const std::string& name, Shape shape, Rng& rng, float std, bool decay, float fill,
@@ -107,6 +109,7 @@ void ParamStore::finalize(Ctx& ctx) {
     a.grad = Tensor::zeros({size[k]}, DType::f32, ctx);
     a.m = Tensor::zeros({size[k]}, DType::f32, ctx);
     a.v = Tensor::zeros({size[k]}, DType::f32, ctx);
+    if (bf16_shadows_) a.value_bf16 = Tensor::empty({size[k]}, DType::bf16, ctx);
   }
   for (size_t i = 0; i < params_.size(); ++i) {
     Param& p = *params_[i];
@@ -117,10 +120,24 @@ void ParamStore::finalize(Ctx& ctx) {
     p.grad = view(a.grad);
     p.m = view(a.m);
     p.v = view(a.v);
+    if (bf16_shadows_) p.value_bf16 = view(a.value_bf16);
     p.value.copy_from(Tensor::from_host(staged_[i], p.shape), ctx);
   }
   staged_.clear();
   finalized_ = true;
+  refresh_shadows(ctx);
+}
+
+void ParamStore::set_bf16_shadows(bool on) {
+  SY_CHECK(!finalized_, "ParamStore::set_bf16_shadows after finalize");
+  bf16_shadows_ = on;
+}
+
+void ParamStore::refresh_shadows(Ctx& ctx) {
+  SY_CHECK(finalized_, "refresh_shadows before finalize");
+  if (!bf16_shadows_) return;
+  for (ParamArena& a : arenas_)
+    if (a.numel() > 0) ops::to_bf16(ctx, a.value_bf16, a.value);
 }
 
 std::vector<Param*> ParamStore::all() const {

@@ -12,6 +12,12 @@
 // drawn on the host, in creation order, so a seed means the same weights on
 // every backend); finalize(ctx) then allocates the arenas on ctx's device and
 // moves the values there. Values are views only after finalize().
+//
+// bf16 shadows (Config.precision BF16, set_bf16_shadows before finalize): a
+// fifth arena per kind, bf16, with value_bf16 = bf16(value) for every Param,
+// which the bf16 GEMMs read. AdamW writes it with each update (ops/adamw.h);
+// whoever writes values otherwise (finalize, a checkpoint load, an import)
+// calls refresh_shadows. Checkpoints hold the fp32 values only.
 #pragma once
 #include <memory>
 #include <string>
@@ -29,6 +35,7 @@ struct Param {
   Shape shape;
   Tensor value, grad;  // fp32
   Tensor m, v;         // AdamW moments, fp32
+  Tensor value_bf16;   // bf16(value), the GEMMs' copy; undefined without shadows
   bool decay = true;   // weight decay applies (matrices); false for biases, norms
   ParamKind kind = ParamKind::dense;  // expert: sharded under expert parallelism
   int64_t offset = 0;  // elements into its kind's arenas
@@ -57,6 +64,7 @@ struct Param {
 // The four arenas of one kind.
 struct ParamArena {
   Tensor value, grad, m, v;  // (numel) each
+  Tensor value_bf16;         // (numel) bf16 shadows, or undefined
   int64_t numel() const { return value.defined() ? value.numel() : 0; }
 };
 
@@ -75,8 +83,13 @@ class ParamStore {
   // flat. Experts of different sizes.
   Param* add_packed_rows(const std::string& name, const std::vector<Shape>& rows, int64_t begin, int64_t end,
                          Rng& rng, float std, bool decay, ParamKind kind = ParamKind::expert);
+  // Keep bf16 shadows of the values (before finalize).
+  void set_bf16_shadows(bool on);
+  bool has_bf16_shadows() const { return bf16_shadows_; }
   // Allocates the arenas on ctx's device and makes every Param's tensors views.
   void finalize(Ctx& ctx);
+  // value_bf16 = bf16(value) over both arenas; nothing without shadows.
+  void refresh_shadows(Ctx& ctx);
   bool finalized() const { return finalized_; }
 
   std::vector<Param*> all() const;
@@ -94,6 +107,7 @@ class ParamStore {
   std::vector<std::vector<float>> staged_;  // initial values until finalize()
   ParamArena arenas_[2];
   bool finalized_ = false;
+  bool bf16_shadows_ = false;
 };
 
 }  // namespace sy

@@ -241,7 +241,8 @@ StepResult Trainer::step(int64_t step) {
     consecutive_bad_ = 0;
     ops::AdamWConfig adam{r.lr, t.beta1(), t.beta2(), t.eps(), t.weight_decay()};
     std::vector<ops::AdamWParam> update;
-    for (Param* p : params.all()) update.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay});
+    for (Param* p : params.all())
+      update.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay, p->value_bf16.defined() ? &p->value_bf16 : nullptr});
     ops::adamw_update(ctx_, update, adam, ++optimizer_step_);
   }
   r.seconds = now_s() - start;

@@ -5,8 +5,9 @@
 // the same inputs by tolerance class:
 //   E  exact (routing decisions, integer results, data movement)
 //   F  fp32: relative L2 error <= 1e-5
-//   B  bf16 (attention): relative L2 <= 1e-2 forward, 3e-2 backward, against
-//      the CPU on the same bf16-rounded inputs
+//   B  bf16: relative L2 <= 1e-2 (attention backward 3e-2) against the CPU
+//      on the same bf16-rounded inputs (the bf16 GEMMs: the CPU's bf16 mode,
+//      which rounds the operands and runs its fp32 GEMM)
 // Routing cases take their probabilities as inputs, so both backends decide on
 // the same floats. Host results (losses, a Route's host fields) are copied into
 // outputs. Without a GPU the CUDA instances skip and say so; ops without CUDA
@@ -22,6 +23,7 @@
 #include <iostream>
 #include <limits>
 #include <memory>
+#include <tuple>
 
 #include "core/device_runtime.h"
 #include "core/rng.h"
@@ -46,11 +48,13 @@
 #include "ops/router_loss.h"
 #include "ops/routing.h"
 #include "ops/swiglu.h"
+#include "runtime/config.h"
+#include "runtime/trainer.h"
 
 namespace sy {
 namespace {
 
-enum class Tol { exact, f32 };
+enum class Tol { exact, f32, bf16 };
 
 // One op case: inputs built on the host from a seed; outputs allocated on the
 // backend (poisoned unless they accumulate, then zeroed); run on the backend.
@@ -611,6 +615,35 @@ std::vector<OpCase> cases() {
                  ops::AdamWConfig cfg{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
                  ops::adamw_update(x, ps, cfg, 7);
                }});
+  // AdamW writing bf16 shadows: value, m, v as without them (class F), and
+  // the number of shadow elements that are not bf16 of the updated value
+  // (0 on both backends; a shadow never written is NaN from the poison).
+  c.push_back({"adamw_update_bf16_shadows", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({37, 5}, r), randn({37, 5}, r), randn({37, 5}, r, 0.1f), abs_randn({37, 5}, r, 0.1f),
+                            randn({3000}, r), randn({3000}, r), randn({3000}, r, 0.1f), abs_randn({3000}, r, 0.1f)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {37, 5}), fresh(x, {37, 5}), fresh(x, {37, 5}), fresh(x, {3000}), fresh(x, {3000}),
+                             fresh(x, {3000}), fresh(x, {2}, DType::i32)};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const int from[6] = {0, 2, 3, 4, 6, 7};
+                 for (int i = 0; i < 6; ++i) o[i].copy_from(in[from[i]], x);
+                 Tensor s0 = out(x, {37, 5}, DType::bf16), s1 = out(x, {3000}, DType::bf16);
+                 poison(s0, x);
+                 poison(s1, x);
+                 std::vector<ops::AdamWParam> ps{{&o[0], &in[1], &o[1], &o[2], true, &s0},
+                                                 {&o[3], &in[5], &o[4], &o[5], false, &s1}};
+                 ops::adamw_update(x, ps, ops::AdamWConfig{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f}, 7);
+                 std::vector<int32_t> wrong(2, 0);
+                 for (int k = 0; k < 2; ++k) {
+                   const Tensor want = o[3 * k].to(host_ctx()).to(DType::bf16), got = (k ? s1 : s0).to(host_ctx());
+                   for (int64_t e = 0; e < want.numel(); ++e)
+                     wrong[k] += want.data<bf16_t>()[e].bits != got.data<bf16_t>()[e].bits;
+                 }
+                 put(x, o[6], wrong);
+               }});
   c.push_back({"grad_norm_and_clip", Tol::f32, [](Rng& r) { return Ins{randn({5000}, r), randn({17, 3}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {5000}), fresh(x, {17, 3}), fresh(x, {1})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
@@ -863,6 +896,68 @@ std::vector<OpCase> cases() {
   c.push_back(sparse_attention_case("block_topk_5_top0", 23, 8, block_topk(5, 0)));
   c.push_back(sparse_attention_case("block_topk_64_top2_d64", 300, 64, block_topk(64, 2)));
   c.push_back(sparse_attention_case("any_keysets", 40, 12, given, [](Rng& r) { return random_keyset_inputs(40, r); }));
+  // ---- bf16 GEMMs (class B against the CPU's bf16 mode) ----
+  // W's shadow made on the backend (ops::to_bf16, as ParamStore does); x, dy
+  // fp32 (the op rounds them). Odd shapes, and one large enough for the
+  // tensor-core tiles.
+  for (const auto& [N, K, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 24, 19}, {300, 256, 384}}) {
+    c.push_back({"matmul_bf16_" + std::to_string(N) + "x" + std::to_string(K) + "x" + std::to_string(M), Tol::bf16,
+                 [N = N, K = K, M = M](Rng& r) {
+                   return Ins{randn({N, K}, r), randn({K, M}, r), randn({M}, r), randn({N, M}, r)};
+                 },
+                 [N = N, K = K, M = M](Ctx& x, const Ins&) {
+                   return Outs{fresh(x, {N, M}), acc(x, {N, K}), acc(x, {K, M}), acc(x, {M})};
+                 },
+                 [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   Tensor w16 = out(x, in[1].shape(), DType::bf16);
+                   ops::to_bf16(x, w16, in[1]);
+                   ops::matmul_forward(x, {o[0], in[0], in[1], in[2], false, false, &w16});
+                   ops::matmul_backward(x, {&o[1], &o[2], &o[3], in[3], in[0], in[1], false, &w16});
+                 }});
+  }
+  // Experts of hidden widths 6, 12, 3, 9 in bf16 mode.
+  c.push_back({"expert_ffn_bf16_heterogeneous", Tol::bf16,
+               [](Rng& r) {
+                 return Ins{randn({20, 8}, r), randn({8 * 30}, r, 0.3f), randn({30}, r), randn({30 * 8}, r, 0.3f),
+                            randn({4, 8}, r), randn({20, 8}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {20, 8}), fresh(x, {123}), acc(x, {20, 8}), acc(x, {8 * 30}), acc(x, {30}),
+                             acc(x, {30 * 8}), acc(x, {4, 8})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 5, 5, 12, 20};
+                 const ops::ExpertLayout layout(8, {6, 12, 3, 9});
+                 Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[3].shape(), DType::bf16);
+                 ops::to_bf16(x, w1, in[1]);
+                 ops::to_bf16(x, w2, in[3]);
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4], &w1, &w2};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
+  // Experts of one size with many rows each (tensor-core tiles).
+  c.push_back({"expert_ffn_bf16_large", Tol::bf16,
+               [](Rng& r) {
+                 return Ins{randn({640, 64}, r), randn({4, 64, 256}, r, 0.1f), randn({4, 256}, r),
+                            randn({4, 256, 64}, r, 0.1f), randn({4, 64}, r), randn({640, 64}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {640, 64}), fresh(x, {640, 256}), acc(x, {640, 64}), acc(x, {4, 64, 256}),
+                             acc(x, {4, 256}), acc(x, {4, 256, 64}), acc(x, {4, 64})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 200, 200, 457, 640};
+                 const ops::ExpertLayout layout(64, {256, 256, 256, 256});
+                 Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[3].shape(), DType::bf16);
+                 ops::to_bf16(x, w1, in[1]);
+                 ops::to_bf16(x, w2, in[3]);
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4], &w1, &w2};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
+  c.push_back({"to_bf16", Tol::exact, [](Rng& r) { return Ins{randn({1001}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001}, DType::bf16)}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::to_bf16(x, o[0], in[0]); }});
   // ---- experts ----
   c.push_back({"expert_ffn", Tol::f32,
                [](Rng& r) {
@@ -966,7 +1061,7 @@ TEST_P(BackendOps, EveryOpAgreesWithTheCpuAndReruns) {
       if (c.tol == Tol::exact || first[i].dtype() != DType::f32)
         EXPECT_TRUE(bitwise_equal(first[i], ref[i])) << "output " << i << " differs from the CPU reference";
       else
-        EXPECT_LE(rel_l2(first[i], ref[i]), 1e-5) << "output " << i << " against the CPU reference";
+        EXPECT_LE(rel_l2(first[i], ref[i]), c.tol == Tol::bf16 ? 1e-2 : 1e-5) << "output " << i << " against the CPU reference";
     }
   }
 }
@@ -1085,6 +1180,32 @@ INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values(DeviceKind::cpu
                          [](const ::testing::TestParamInfo<DeviceKind>& p) {
                            return std::string(p.param == DeviceKind::cpu ? "cpu" : "cuda");
                          });
+
+// Whole training steps on CUDA against the CPU, dense and MoE, fp32 and
+// bf16 GEMMs (the CPU's bf16 mode is the reference): losses of the first two
+// steps (the second after an AdamW update that wrote the shadows) within 1e-3
+// relative (issue 17's first-step bound).
+TEST(WholeStep, FirstLossesMatchTheCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA)";
+  const std::string base = R"(
+    model { d_model: 64 n_layers: 2 n_heads: 4 ffn_hidden: 256 seq_len: 64 }
+    train { batch: 8 lr: 0.003 seed: 9 }
+    data { synthetic_bytes: 50000 }
+  )";
+  for (const std::string moe : {"", "moe { num_experts: 4 every_n_layers: 1 }"})
+    for (const std::string precision : {"precision: FP32", "precision: BF16"}) {
+      SCOPED_TRACE((moe.empty() ? "dense, " : "moe, ") + precision);
+      Config cpu = parse_config(base + moe + precision + " backend: CPU", "test");
+      Config gpu = parse_config(base + moe + precision + " backend: CUDA", "test");
+      validate_config(cpu, "test");
+      validate_config(gpu, "test");
+      Trainer a(cpu, {}), b(gpu, {});
+      for (int s = 1; s <= 2; ++s) {
+        const float la = a.step(s).loss, lb = b.step(s).loss;
+        EXPECT_LE(std::fabs(la - lb) / la, 1e-3) << "step " << s << ": cpu " << la << ", cuda " << lb;
+      }
+    }
+}
 
 }  // namespace
 }  // namespace sy

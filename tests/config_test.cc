@@ -104,6 +104,18 @@ TEST(Config, BackendCudaOnlyWhereBuilt) {
   EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
 }
 
+TEST(Config, PrecisionFp32OrBf16) {
+  EXPECT_EQ(parse_ok("").precision(), switchyard::Config::FP32);
+  EXPECT_EQ(parse_ok("precision: BF16").precision(), switchyard::Config::BF16);
+  expect_invalid("precision: FP16", "Unknown enumeration value of \"FP16\" for field \"precision\"");
+  Config c;
+  EXPECT_NE(error_of([&] { apply_override(c, "precision=FP8"); })
+                .find("--set precision=FP8: 'FP8' is not a valid enum for precision (allowed: FP32, BF16)"),
+            std::string::npos);
+  apply_override(c, "precision=BF16");
+  EXPECT_EQ(c.precision(), switchyard::Config::BF16);
+}
+
 TEST(Config, NcclNeedsTheCudaBackendAndNccl) {
   if (comm::nccl_available()) {
     expect_invalid("parallel { backend: NCCL }", "t.pbtxt: parallel.backend = NCCL: needs backend: CUDA");

@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "grad_check.h"
 #include "ops/adamw.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
+#include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/finite.h"
 #include "ops/gelu.h"
@@ -90,6 +92,157 @@ TEST(Matmul, ShapeMismatchNamesBothShapes) {
   } catch (const ShapeError& e) {
     EXPECT_NE(std::string(e.what()).find("expected [3, 5], got [4, 5]"), std::string::npos) << e.what();
   }
+}
+
+// ---- bf16 mode (Config.precision BF16) ----
+
+// A host copy of t with every element rounded to bf16 (round to nearest even).
+Tensor rounded(const Tensor& t) { return t.to(DType::bf16).to(DType::f32); }
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+double rel_diff(const Tensor& a, const Tensor& b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double d = static_cast<double>(a.f32()[i]) - b.f32()[i];
+    num += d * d;
+    den += static_cast<double>(b.f32()[i]) * b.f32()[i];
+  }
+  return std::sqrt(num / den);
+}
+
+TEST(ToBf16, RoundsToNearestEven) {
+  const float ulp = std::ldexp(1.f, -7);  // bf16's spacing in [1, 2)
+  Tensor x = Tensor::from_host(std::vector<float>{1 + ulp / 2, 1 + 1.5f * ulp, 1 + 0.51f * ulp, -3.f, 1e-40f,
+                                                  std::nanf("")});
+  Tensor y = Tensor::empty({6}, DType::bf16, host_ctx());
+  ops::to_bf16(host_ctx(), y, x);
+  const std::vector<float> got = y.to(DType::f32).to_vector<float>();
+  EXPECT_EQ(got[0], 1.f) << "a tie goes to the even neighbour";
+  EXPECT_EQ(got[1], 1 + 2 * ulp) << "a tie goes to the even neighbour";
+  EXPECT_EQ(got[2], 1 + ulp);
+  EXPECT_EQ(got[3], -3.f);
+  EXPECT_EQ(got[4], bf16_to_f32(f32_to_bf16(1e-40f)));
+  EXPECT_TRUE(std::isnan(got[5]));
+}
+
+// The CPU's bf16 mode is the fp32 op run on bf16-rounded operands (what the
+// GPU's bf16 GEMMs are checked against): bit for bit, for the plain and the
+// transposed weight; db is the fp32 column sum of the unrounded dy.
+TEST(Matmul, Bf16ModeIsTheFp32OpOnRoundedOperands) {
+  Ctx& ctx = host_ctx();
+  Rng rng(0xbf);
+  const int64_t N = 33, K = 40, M = 17;
+  for (bool transposed : {false, true}) {
+    SCOPED_TRACE(transposed ? "W transposed" : "W");
+    const Shape ws = transposed ? Shape{M, K} : Shape{K, M};
+    Tensor x = randn({N, K}, rng), W = randn(ws, rng), b = randn({M}, rng), dy = randn({N, M}, rng);
+    const Tensor W16 = W.to(DType::bf16), xr = rounded(x), Wr = rounded(W), dyr = rounded(dy);
+    Tensor y = zeros({N, M}), y_ref = zeros({N, M}), y_fp32 = zeros({N, M});
+    ops::matmul_forward(ctx, {y, x, W, b, false, transposed, &W16});
+    ops::matmul_forward(ctx, {y_ref, xr, Wr, b, false, transposed});
+    ops::matmul_forward(ctx, {y_fp32, x, W, b, false, transposed});
+    EXPECT_TRUE(same_bits(y, y_ref)) << "forward";
+    // The rounding is there: bf16's relative error ~2^-9 per operand.
+    EXPECT_GT(rel_diff(y, y_fp32), 1e-4);
+    EXPECT_LT(rel_diff(y, y_fp32), 1e-2);
+
+    Tensor dx = zeros({N, K}), dW = zeros(ws), db = zeros({M});
+    Tensor dx_ref = zeros({N, K}), dW_ref = zeros(ws), db_ref = zeros({M});
+    ops::matmul_backward(ctx, {&dx, &dW, &db, dy, x, W, transposed, &W16});
+    ops::matmul_backward(ctx, {&dx_ref, &dW_ref, nullptr, dyr, xr, Wr, transposed});
+    ops::matmul_backward(ctx, {nullptr, nullptr, &db_ref, dy, x, W, transposed});
+    EXPECT_TRUE(same_bits(dx, dx_ref)) << "dx";
+    EXPECT_TRUE(same_bits(dW, dW_ref)) << "dW";
+    EXPECT_TRUE(same_bits(db, db_ref)) << "db";
+  }
+}
+
+TEST(Matmul, Bf16ShadowOfTheWrongShapeOrDtypeIsRefused) {
+  Tensor x = zeros({2, 3}), W = zeros({3, 4}), y = zeros({2, 4});
+  const Tensor wrong_shape = zeros({4, 3}).to(DType::bf16), f32 = zeros({3, 4});
+  EXPECT_THROW(ops::matmul_forward(host_ctx(), {y, x, W, Tensor(), false, false, &wrong_shape}), ShapeError);
+  EXPECT_THROW(ops::matmul_forward(host_ctx(), {y, x, W, Tensor(), false, false, &f32}), Error);
+}
+
+// bf16 experts are, expert by expert, matmul's bf16 mode around the fp32
+// activation: compared with that composition (forward, pre, and every
+// gradient), for GELU and SwiGLU experts of different widths.
+TEST(ExpertFfn, Bf16ModeComposesBf16Matmuls) {
+  Ctx& ctx = host_ctx();
+  for (ops::FfnActivation act : {ops::FfnActivation::gelu, ops::FfnActivation::swiglu}) {
+    const bool swiglu = act == ops::FfnActivation::swiglu;
+    SCOPED_TRACE(swiglu ? "swiglu" : "gelu");
+    Rng rng(0xbf2);
+    const int64_t D = 8, R = 20;
+    const std::vector<int64_t> hidden{6, 12, 3, 9};
+    const std::vector<int32_t> offset{0, 5, 5, 12, 20};  // expert 1 gets no rows
+    const ops::ExpertLayout l(D, hidden, act);
+    Tensor buf = randn({R, D}, rng), w1 = randn({l.w1_numel()}, rng, 0.4f), b1 = randn({l.total_width()}, rng, 0.3f);
+    Tensor w2 = randn({l.w2_numel()}, rng, 0.4f), b2 = randn({4 * D}, rng, 0.3f), dout = randn({R, D}, rng);
+    const Tensor w1_16 = w1.to(DType::bf16), w2_16 = w2.to(DType::bf16);
+    Tensor out = zeros({R, D}), pre = zeros({l.pre_numel(offset)});
+    Tensor dbuf = zeros({R, D}), dw1 = zeros(w1.shape()), db1 = zeros(b1.shape()), dw2 = zeros(w2.shape()),
+           db2 = zeros(b2.shape());
+    const ops::ExpertWeights w{w1, b1, w2, b2, &w1_16, &w2_16};
+    ops::expert_ffn_forward(ctx, {out, pre, buf, offset, l, w});
+    ops::expert_ffn_backward(ctx, {dbuf, {dw1, db1, dw2, db2}, dout, buf, pre, offset, l, w});
+
+    Tensor out_ref = zeros({R, D}), pre_ref = zeros(pre.shape()), dbuf_ref = zeros({R, D}), dw1_ref = zeros(w1.shape()),
+           db1_ref = zeros(b1.shape()), dw2_ref = zeros(w2.shape()), db2_ref = zeros(b2.shape());
+    auto blk = [](const Tensor& t, int64_t at, Shape s) {
+      int64_t n = 1;
+      for (int64_t d : s) n *= d;
+      return t.reshape({t.numel()}).rows(at, at + n).reshape(s);
+    };
+    int64_t p0 = 0;
+    for (int64_t g = 0; g < 4; ++g) {
+      const int64_t r0 = offset[g], n = offset[g + 1] - r0, H = hidden[g], P = l.width(g);
+      if (n == 0) continue;
+      const Tensor W1 = blk(w1, l.w1_offset(g), {D, P}), W1_16 = blk(w1_16, l.w1_offset(g), {D, P});
+      const Tensor W2 = blk(w2, l.w2_offset(g), {H, D}), W2_16 = blk(w2_16, l.w2_offset(g), {H, D});
+      Tensor p = blk(pre_ref, p0, {n, P}), a = zeros({n, H}), o = out_ref.rows(r0, r0 + n);
+      p0 += n * P;
+      ops::matmul_forward(ctx, {p, buf.rows(r0, r0 + n), W1, blk(b1, l.b1_offset(g), {P}), false, false, &W1_16});
+      if (swiglu)
+        ops::swiglu_forward(ctx, {a, p});
+      else
+        ops::gelu_forward(ctx, a, p);
+      ops::matmul_forward(ctx, {o, a, W2, blk(b2, g * D, {D}), false, false, &W2_16});
+      Tensor dact = zeros({n, H}), dpre = zeros({n, P}), dW2 = blk(dw2_ref, l.w2_offset(g), {H, D}),
+             dB2 = blk(db2_ref, g * D, {D}), dW1 = blk(dw1_ref, l.w1_offset(g), {D, P}),
+             dB1 = blk(db1_ref, l.b1_offset(g), {P}), dx = dbuf_ref.rows(r0, r0 + n);
+      ops::matmul_backward(ctx, {&dact, &dW2, &dB2, dout.rows(r0, r0 + n), a, W2, false, &W2_16});
+      if (swiglu)
+        ops::swiglu_backward(ctx, {dpre, dact, p});
+      else
+        ops::gelu_backward(ctx, dpre, dact, p);
+      ops::matmul_backward(ctx, {&dx, &dW1, &dB1, dpre, buf.rows(r0, r0 + n), W1, false, &W1_16});
+    }
+    // The fused GELU derivative may differ from gelu_backward's in the last
+    // bit; an unrounded operand would differ by ~1e-3.
+    const std::pair<const char*, std::pair<Tensor*, Tensor*>> outs[] = {
+        {"out", {&out, &out_ref}}, {"pre", {&pre, &pre_ref}}, {"dbuf", {&dbuf, &dbuf_ref}}, {"dw1", {&dw1, &dw1_ref}},
+        {"db1", {&db1, &db1_ref}}, {"dw2", {&dw2, &dw2_ref}}, {"db2", {&db2, &db2_ref}}};
+    for (const auto& [name, t] : outs) EXPECT_LT(rel_diff(*t.first, *t.second), 1e-6) << name;
+  }
+}
+
+// AdamW with a shadow: w, m and v exactly as without one, and the shadow is
+// bf16 of the updated w, every element.
+TEST(AdamW, WritesTheBf16ShadowOfTheUpdatedWeight) {
+  Rng rng(0xada);
+  Tensor w = randn({1000}, rng), g = randn({1000}, rng), m = randn({1000}, rng, 0.1f), v = zeros({1000});
+  Tensor w2 = w.clone(), m2 = m.clone(), v2 = v.clone();
+  Tensor shadow = Tensor::empty({1000}, DType::bf16, host_ctx());
+  std::memset(shadow.raw(), 0xff, shadow.nbytes());  // NaN: an element never written stays NaN
+  const ops::AdamWConfig c{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f};
+  ops::adamw_update(host_ctx(), {{&w, &g, &m, &v, true, &shadow}}, c, 3);
+  ops::adamw_update(host_ctx(), {{&w2, &g, &m2, &v2, true}}, c, 3);
+  EXPECT_TRUE(same_bits(w, w2) && same_bits(m, m2) && same_bits(v, v2));
+  EXPECT_TRUE(same_bits(shadow, w.to(DType::bf16)));
 }
 
 TEST(LayerNorm, HandComputed) {

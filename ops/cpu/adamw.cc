@@ -35,9 +35,14 @@ SY_VECTOR_CLONES double sq_sum(const float* p, int64_t n) {
 void adamw_update(Ctx&, const std::vector<AdamWParam>& params, const AdamWConfig& c, int64_t step) {
   const float bc1 = 1.f - std::pow(c.beta1, static_cast<float>(step));
   const float bc2 = 1.f - std::pow(c.beta2, static_cast<float>(step));
-  for (const AdamWParam& p : params)
-    adamw_kernel(p.value->f32(), p.grad->f32(), p.m->f32(), p.v->f32(), p.value->numel(), c,
-                 p.decay ? c.weight_decay : 0.f, bc1, bc2);
+  for (const AdamWParam& p : params) {
+    const int64_t n = p.value->numel();
+    float* w = p.value->f32();
+    adamw_kernel(w, p.grad->f32(), p.m->f32(), p.v->f32(), n, c, p.decay ? c.weight_decay : 0.f, bc1, bc2);
+    if (!p.shadow) continue;
+    bf16_t* s = p.shadow->data<bf16_t>();  // right after the update, while w is in cache
+    for (int64_t i = 0; i < n; ++i) s[i].bits = f32_to_bf16(w[i]);
+  }
 }
 
 double grad_sq_sum(Ctx&, const std::vector<const Tensor*>& grads) {

@@ -27,4 +27,10 @@ void scale(Ctx&, Tensor& y, float s) {
   for (int64_t i = 0; i < y.numel(); ++i) p[i] *= s;
 }
 
+void to_bf16(Ctx&, Tensor& y, const Tensor& x) {
+  bf16_t* p = y.data<bf16_t>();
+  const float* q = x.f32();
+  for (int64_t i = 0; i < y.numel(); ++i) p[i].bits = f32_to_bf16(q[i]);
+}
+
 }  // namespace sy::ops::cpu

@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include "ops/cpu/bf16_operand.h"
 #include "ops/cpu/gelu_math.h"
 #include "ops/gelu.h"
 #include "ops/matmul.h"
@@ -33,20 +34,24 @@ SY_VECTOR_CLONES void scale_by(float* dact, const float* d, int64_t n) {
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   const ExpertLayout& l = a.layout;
   const int64_t G = l.groups(), D = l.D;
+  const bool bf16 = a.w.w1_bf16 != nullptr;
   int64_t p0 = 0;  // expert g's block of pre
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g], P = l.width(g);
     if (n == 0) continue;
     Tensor pre = block(a.pre, p0, {n, P}), out = a.out.rows(r0, r1);
     p0 += n * P;
+    const Tensor w1_16 = bf16 ? block(*a.w.w1_bf16, l.w1_offset(g), {D, P}) : Tensor();
+    const Tensor w2_16 = bf16 ? block(*a.w.w2_bf16, l.w2_offset(g), {H, D}) : Tensor();
     cpu::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), block(a.w.w1, l.w1_offset(g), {D, P}),
-                              block(a.w.b1, l.b1_offset(g), {P})});
+                              block(a.w.b1, l.b1_offset(g), {P}), false, false, bf16 ? &w1_16 : nullptr});
     Tensor act = Tensor::empty({n, H}, DType::f32, ctx);
     if (l.act == FfnActivation::swiglu)
       cpu::swiglu_forward(ctx, {act, pre});
     else
       cpu::gelu_forward(ctx, act, pre);
-    cpu::matmul_forward(ctx, {out, act, block(a.w.w2, l.w2_offset(g), {H, D}), block(a.w.b2, l.b2_offset(g), {D})});
+    cpu::matmul_forward(ctx, {out, act, block(a.w.w2, l.w2_offset(g), {H, D}), block(a.w.b2, l.b2_offset(g), {D}),
+                              false, false, bf16 ? &w2_16 : nullptr});
   }
 }
 
@@ -58,7 +63,7 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const ExpertLayout& l = a.layout;
   const int64_t G = l.groups(), D = l.D;
-  const bool swiglu = l.act == FfnActivation::swiglu, bias = a.w.b1.defined();
+  const bool swiglu = l.act == FfnActivation::swiglu, bias = a.w.b1.defined(), bf16 = a.w.w1_bf16 != nullptr;
   int64_t p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g], P = l.width(g);
@@ -73,11 +78,16 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
       gelu_and_derivative(act.f32(), dgelu.f32(), pre.f32(), n * H);
     }
     const Tensor w2 = block(a.w.w2, l.w2_offset(g), {H, D});
+    const Tensor w1_16 = bf16 ? block(*a.w.w1_bf16, l.w1_offset(g), {D, P}) : Tensor();
+    const Tensor w2_16 = bf16 ? block(*a.w.w2_bf16, l.w2_offset(g), {H, D}) : Tensor();
     Tensor dact = Tensor::empty({n, H}, DType::f32, ctx);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, D, 1.f, dout.f32(), D, w2.f32(), D, 0.f, dact.f32(), H);
+    {  // dact = dout W2^T (bf16 mode: bf16(dout) W2_16^T, as matmul_backward's dx)
+      const Tensor dy = bf16 ? bf16_operand(ctx, dout) : dout, w = bf16 ? bf16_operand(ctx, w2_16) : w2;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, D, 1.f, dy.f32(), D, w.f32(), D, 0.f, dact.f32(), H);
+    }
     Tensor dw2 = block(a.dw.w2, l.w2_offset(g), {H, D}), db2 = block(a.dw.b2, l.b2_offset(g), {D});
     Tensor dw1 = block(a.dw.w1, l.w1_offset(g), {D, P}), db1 = block(a.dw.b1, l.b1_offset(g), {P});
-    cpu::matmul_backward(ctx, {nullptr, &dw2, bias ? &db2 : nullptr, dout, act, w2});
+    cpu::matmul_backward(ctx, {nullptr, &dw2, bias ? &db2 : nullptr, dout, act, w2, false, bf16 ? &w2_16 : nullptr});
     Tensor dpre;
     if (swiglu) {
       dpre = Tensor::zeros({n, P}, DType::f32, ctx);
@@ -88,7 +98,7 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     }
     Tensor dbuf = a.dbuf.rows(r0, r1);
     cpu::matmul_backward(ctx, {&dbuf, &dw1, bias ? &db1 : nullptr, dpre, a.buf.rows(r0, r1),
-                               block(a.w.w1, l.w1_offset(g), {D, P})});
+                               block(a.w.w1, l.w1_offset(g), {D, P}), false, bf16 ? &w1_16 : nullptr});
   }
 }
 

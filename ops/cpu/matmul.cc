@@ -2,9 +2,15 @@
 
 #include <cblas.h>
 
+#include "ops/cpu/bf16_operand.h"
+
 namespace sy::ops::cpu {
 
-void matmul_forward(Ctx&, const MatmulArgs& a) {
+void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
+  if (a.w_bf16) {
+    const Tensor x = bf16_operand(ctx, a.x), w = bf16_operand(ctx, *a.w_bf16);
+    return matmul_forward(ctx, {a.y, x, w, a.b, a.accumulate, a.w_transposed});
+  }
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   if (N == 0) return;
   float* y = a.y.f32();
@@ -21,11 +27,14 @@ void matmul_forward(Ctx&, const MatmulArgs& a) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, M, K, 1.f, a.x.f32(), K, a.w.f32(), M, beta, y, M);
 }
 
-void matmul_backward(Ctx&, const MatmulBackwardArgs& a) {
+void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   if (N == 0) return;
   const float* dy = a.dy.f32();
-  if (a.w_transposed) {  // W (M, K): dx += dy W, dW += dy^T x
+  if (a.w_bf16) {  // the GEMMs on rounded operands; db below from the fp32 dy
+    const Tensor dy16 = bf16_operand(ctx, a.dy), x = a.dw ? bf16_operand(ctx, a.x) : a.x, w = bf16_operand(ctx, *a.w_bf16);
+    matmul_backward(ctx, {a.dx, a.dw, nullptr, dy16, x, w, a.w_transposed});
+  } else if (a.w_transposed) {  // W (M, K): dx += dy W, dW += dy^T x
     if (a.dx)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, M, 1.f, dy, M, a.w.f32(), K, 1.f, a.dx->f32(), K);
     if (a.dw)

@@ -1,16 +1,20 @@
 // AdamW, gradient norm and clipping on CUDA.
 //
 // adamw_update: multi-tensor, one launch for the whole list. A table of the
-//   parameters (pointers, sizes, weight decay, first block) goes to the device
+//   parameters (pointers, sizes, weight decay, first block, the bf16 shadow
+//   or null) goes to the device
 //   once per call; block b finds its parameter by binary search over the
 //   first-block column and updates a chunk of kChunk elements. Elementwise per
 //   element: deterministic. Bias corrections are computed on the host with the
-//   CPU's float expression.
+//   CPU's float expression. The shadow gets __float2bfloat16_rn of the new w
+//   in the same pass (round to nearest even, as the CPU's f32_to_bf16).
 // grad_sq_sum: stage 1, block b of a tensor sums the squares of a fixed chunk
 //   in double (strided per thread, then a fixed tree); stage 2 is
 //   sum_f64_to_host over all tensors' partials, in order: deterministic, and
 //   one synchronisation.
 // clip_to_norm: decided on the host from the norm, then cuda::scale per tensor.
+#include <cuda_bf16.h>
+
 #include "ops/adamw.h"
 #include "ops/cuda/common.cuh"
 #include "ops/elementwise.h"
@@ -27,6 +31,7 @@ struct AdamWEntry {
   const float* g;
   float* m;
   float* v;
+  __nv_bfloat16* shadow;  // or null
   int64_t n;
   int64_t first_block;
   float wd;
@@ -54,7 +59,9 @@ static __global__ void adamw_kernel(const AdamWEntry* table, int entries, AdamWS
     const float v = s.beta2 * e.v[i] + (1.f - s.beta2) * g * g;
     e.m[i] = m, e.v[i] = v;
     const float mhat = m / s.bc1, vhat = v / s.bc2;
-    e.w[i] -= s.lr * (mhat / (sqrtf(vhat) + s.eps) + e.wd * e.w[i]);
+    const float w = e.w[i] - s.lr * (mhat / (sqrtf(vhat) + s.eps) + e.wd * e.w[i]);
+    e.w[i] = w;
+    if (e.shadow) e.shadow[i] = __float2bfloat16_rn(w);
   }
 }
 
@@ -73,7 +80,8 @@ void adamw_update(Ctx& ctx, const std::vector<AdamWParam>& params, const AdamWCo
   for (const AdamWParam& p : params) {
     const int64_t n = p.value->numel();
     if (n == 0) continue;
-    table.push_back({p.value->data<float>(), p.grad->data<float>(), p.m->data<float>(), p.v->data<float>(), n, blocks,
+    table.push_back({p.value->data<float>(), p.grad->data<float>(), p.m->data<float>(), p.v->data<float>(),
+                     p.shadow ? static_cast<__nv_bfloat16*>(p.shadow->raw()) : nullptr, n, blocks,
                      p.decay ? c.weight_decay : 0.f});
     blocks += (n + kChunk - 1) / kChunk;
   }

@@ -3,6 +3,9 @@
 // multiple of 4. No reductions: each output element depends on its inputs only.
 //
 //   add_into: y += x    mul_into: y *= x    scale: y *= s    sigmoid: y = 1 / (1 + exp(-x))
+//   to_bf16: y = bf16(x), __float2bfloat16_rn (round to nearest even, as the CPU's f32_to_bf16)
+#include <cuda_bf16.h>
+
 #include "ops/cuda/common.cuh"
 #include "ops/elementwise.h"
 
@@ -72,6 +75,19 @@ void scale(Ctx& ctx, Tensor& y, float s) { launch(ctx, y.data<float>(), nullptr,
 
 void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x) {
   launch(ctx, y.data<float>(), x.data<float>(), y.numel(), Sigmoid{});
+}
+
+static __global__ void to_bf16_kernel(__nv_bfloat16* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16_rn(x[i]);
+}
+
+void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  to_bf16_kernel<<<grid_stride(n), kBlock, 0, stream(ctx)>>>(static_cast<__nv_bfloat16*>(y.raw()), x.data<float>(), n);
+  CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace sy::ops::cuda

@@ -6,21 +6,26 @@
 //   op(B) is (K, N): B stored (K, N) with leading dimension ldb, or (N, K) when trans_b
 //   bias (N) or null
 //
-// fp32 mode: CUBLAS_COMPUTE_32F (no TF32). The algorithm is chosen once per
-// shape, alignment and epilogue and cached.
+// fp32 mode: CUBLAS_COMPUTE_32F (no TF32), A, B, C fp32.
+// bf16 mode (bf16 true): A and B bf16, C and the bias fp32, CUBLAS_COMPUTE_32F
+// (bf16 products on the tensor cores, fp32 accumulation; ops/matmul.h).
+// The algorithm is chosen once per shape, alignment, mode and epilogue and
+// cached.
 #pragma once
 #include <cstdint>
 
 #include "core/context.h"
+#include "core/tensor.h"
 
 namespace sy::ops::cuda {
 
 struct GemmArgs {
   bool trans_a = false, trans_b = false;
+  bool bf16 = false;  // A and B bf16
   int64_t M = 0, N = 0, K = 0;
-  const float* A = nullptr;
+  const void* A = nullptr;  // float, or bf16 in bf16 mode
   int64_t lda = 0;
-  const float* B = nullptr;
+  const void* B = nullptr;
   int64_t ldb = 0;
   float beta = 0.f;
   float* C = nullptr;
@@ -29,5 +34,8 @@ struct GemmArgs {
 };
 
 void gemm(Ctx& ctx, const GemmArgs& g);
+
+// bf16(t) for an fp32 t, in scratch from ctx's allocator: a bf16 GEMM operand.
+Tensor bf16_copy(Ctx& ctx, const Tensor& t);
 
 }  // namespace sy::ops::cuda

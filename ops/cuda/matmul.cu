@@ -6,9 +6,14 @@
 //   forward:   y = x W [+ b] [+ y]     one GEMM, bias in the BIAS epilogue, beta = 1 to accumulate
 //   backward:  dx += dy W^T, dW += x^T dy (beta = 1), db += column sums of dy
 //
+// bf16 mode (w_bf16 given): W is read from its bf16 shadow, x and dy are
+// rounded into bf16 scratch from ctx's allocator (ops::cuda::to_bf16, one
+// pass each), the GEMMs take bf16 A and B with fp32 C/D, bias and
+// CUBLAS_COMPUTE_32F; db sums the fp32 dy.
+//
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
 // GPU model for a fixed algorithm and workspace; the algorithm is cached per
-// (shape, alignment, epilogue), so it does not change within a run. db is a
+// (shape, alignment, mode, epilogue), so it does not change within a run. db is a
 // fixed-order two-stage column sum (common.cuh), no atomics.
 #include <cublasLt.h>
 
@@ -20,6 +25,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
+#include "ops/elementwise.h"
 #include "ops/matmul.h"
 
 namespace sy::ops::cuda {
@@ -31,16 +37,16 @@ namespace {
 uint32_t alignment(const void* p) {
   const auto a = reinterpret_cast<uintptr_t>(p);
   uint32_t al = 256;
-  while (al > 4 && a % al != 0) al /= 2;
+  while (al > 2 && a % al != 0) al /= 2;  // 2: a bf16 view may start at any element
   return al;
 }
 
 struct AlgoKey {
   int device;
-  bool ta, tb, bias, beta;
+  bool ta, tb, bf16, bias, beta;
   int64_t M, N, K, lda, ldb, ldc;
   uint32_t align_a, align_b, align_c;
-  auto tie() const { return std::tie(device, ta, tb, bias, beta, M, N, K, lda, ldb, ldc, align_a, align_b, align_c); }
+  auto tie() const { return std::tie(device, ta, tb, bf16, bias, beta, M, N, K, lda, ldb, ldc, align_a, align_b, align_c); }
   bool operator<(const AlgoKey& o) const { return tie() < o.tie(); }
 };
 
@@ -56,10 +62,11 @@ using MatmulDesc = std::unique_ptr<cublasLtMatmulDescOpaque_t, DescDeleter>;
 using Layout = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, DescDeleter>;
 using Preference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, DescDeleter>;
 
-// A column-major fp32 matrix of rows x cols with leading dimension ld.
-Layout layout(int64_t rows, int64_t cols, int64_t ld) {
+// A column-major matrix of rows x cols with leading dimension ld, fp32 or bf16.
+Layout layout(int64_t rows, int64_t cols, int64_t ld, bool bf16 = false) {
   cublasLtMatrixLayout_t l = nullptr;
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, CUDA_R_32F, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, bf16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<uint64_t>(rows),
+                                          static_cast<uint64_t>(cols), ld));
   return Layout(l);
 }
 
@@ -91,8 +98,8 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
   // Column-major view: D (N, M) = op'(B) (N, K) * op'(A) (K, M).
   const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  Layout first = g.trans_b ? layout(g.K, g.N, g.ldb) : layout(g.N, g.K, g.ldb);
-  Layout second = g.trans_a ? layout(g.M, g.K, g.lda) : layout(g.K, g.M, g.lda);
+  Layout first = g.trans_b ? layout(g.K, g.N, g.ldb, g.bf16) : layout(g.N, g.K, g.ldb, g.bf16);
+  Layout second = g.trans_a ? layout(g.M, g.K, g.lda, g.bf16) : layout(g.K, g.M, g.lda, g.bf16);
   Layout out = layout(g.N, g.M, g.ldc);
 
   cublasLtMatmulDesc_t d = nullptr;
@@ -106,7 +113,7 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
 
-  AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, bias != nullptr, beta != 0.f, g.M, g.N, g.K, g.lda, g.ldb,
+  AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, g.M, g.N, g.K, g.lda, g.ldb,
               g.ldc, alignment(g.B), alignment(g.A), alignment(g.C)};
   cublasLtMatmulAlgo_t algo;
   {
@@ -130,7 +137,8 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
       int found = 0;
       CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, d, first.get(), second.get(), out.get(), out.get(), p, 1,
                                                   &result, &found));
-      SY_CHECK(found > 0, "cuBLASLt found no fp32 algorithm for M=" << g.M << " N=" << g.N << " K=" << g.K);
+      SY_CHECK(found > 0, "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M=" << g.M
+                                                << " N=" << g.N << " K=" << g.K);
       algo = result.algo;
       algo_cache.emplace(key, algo);
     }
@@ -140,12 +148,21 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
                               out.get(), &algo, ctx.blas.workspace, ctx.blas.workspace_bytes, stream(ctx)));
 }
 
+Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
+  Tensor r = Tensor::empty(t.shape(), DType::bf16, ctx);
+  cuda::to_bf16(ctx, r, t);
+  return r;
+}
+
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
+  const bool bf16 = a.w_bf16 != nullptr;
+  const Tensor x16 = bf16 && N > 0 ? bf16_copy(ctx, a.x) : Tensor();
   GemmArgs g;
+  g.bf16 = bf16;
   g.M = N, g.N = M, g.K = K;
-  g.A = a.x.data<float>(), g.lda = K;
-  g.B = a.w.data<float>(), g.ldb = M;
+  g.A = bf16 ? x16.raw() : static_cast<const void*>(a.x.data<float>()), g.lda = K;
+  g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = M;
   g.beta = a.accumulate ? 1.f : 0.f;
   g.C = a.y.data<float>(), g.ldc = M;
   g.bias = a.b.defined() ? a.b.data<float>() : nullptr;
@@ -155,28 +172,33 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
 void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
   if (N == 0) return;
-  const float* dy = a.dy.data<float>();
+  const bool bf16 = a.w_bf16 != nullptr;
+  const Tensor dy16 = bf16 && (a.dx || a.dw) ? bf16_copy(ctx, a.dy) : Tensor();
+  const Tensor x16 = bf16 && a.dw ? bf16_copy(ctx, a.x) : Tensor();
+  const void* dy = bf16 ? dy16.raw() : static_cast<const void*>(a.dy.data<float>());
   if (a.dx) {  // dx (N, K) += dy (N, M) W^T
     GemmArgs g;
+    g.bf16 = bf16;
     g.trans_b = true;
     g.M = N, g.N = K, g.K = M;
     g.A = dy, g.lda = M;
-    g.B = a.w.data<float>(), g.ldb = M;
+    g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = M;
     g.beta = 1.f;
     g.C = a.dx->data<float>(), g.ldc = K;
     gemm(ctx, g);
   }
   if (a.dw) {  // dW (K, M) += x^T (K, N) dy (N, M)
     GemmArgs g;
+    g.bf16 = bf16;
     g.trans_a = true;
     g.M = K, g.N = M, g.K = N;
-    g.A = a.x.data<float>(), g.lda = K;
+    g.A = bf16 ? x16.raw() : static_cast<const void*>(a.x.data<float>()), g.lda = K;
     g.B = dy, g.ldb = M;
     g.beta = 1.f;
     g.C = a.dw->data<float>(), g.ldc = M;
     gemm(ctx, g);
   }
-  if (a.db) column_sums_into(ctx, dy, N, M, a.db->data<float>());
+  if (a.db) column_sums_into(ctx, a.dy.data<float>(), N, M, a.db->data<float>());
 }
 
 }  // namespace sy::ops::cuda
