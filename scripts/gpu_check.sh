@@ -12,7 +12,7 @@
 #                 each stage's own limit is cut to what is left
 #   --stages L    comma-separated, in this order by default:
 #                   ops    the op tests on CUDA (backend_ops_test and the layer's CUDA cases)
-#                   train  tests/gpu_training_test.sh: tiny and switch_tiny, 200 steps, CPU vs CUDA
+#                   train  tests/gpu_training_test.sh: tiny and switch_tiny, 200 steps, CPU vs CUDA, fp32 then bf16
 #                   bench  bench_ops --device cuda, then the PyTorch peers (scripts/bench/torch_*.py)
 #                   mfu    switch_gpu for 30 steps: MFU, tokens/s, device memory
 #                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU
@@ -151,7 +151,7 @@ gtest_line() {
 # 4. Issue 17: every op on CUDA against the CPU, then the whole step.
 if want ops; then
   stamp "ops"
-  run_limited backend_ops_cuda 150 $B/backend_ops_test --gtest_filter='*cuda*:*Cuda*' || status=1
+  run_limited backend_ops_cuda 150 $B/backend_ops_test --gtest_filter='*cuda*:*Cuda*:WholeStep.*' || status=1
   summary "ops: backend_ops_test (cuda): $(gtest_line backend_ops_cuda)"
   grep -E "^\[  FAILED  \] [A-Za-z]|Failure|differs|never written" "$LOG/backend_ops_cuda.log" | head -20
   run_limited layer_cuda 90 $B/routed_attention_test --gtest_filter='*Cuda*' || status=1
@@ -165,6 +165,10 @@ if want train; then
   run_limited gpu_training 240 bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" tiny switch_tiny
   rc=$?; [ $rc = 0 ] || status=1
   summary "train (rc $rc): $(grep -vE '^\[' "$LOG/gpu_training.log" | tr '\n' ' ' | cut -c1-900)"
+  run_limited gpu_training_bf16 150 env SY_GPU_ARGS="--set precision=BF16" \
+    bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" tiny switch_tiny
+  rc=$?; [ $rc = 0 ] || status=1
+  summary "train bf16 (rc $rc): $(grep -vE '^\[' "$LOG/gpu_training_bf16.log" | tr '\n' ' ' | cut -c1-900)"
 fi
 
 # 5. Issue 17's and 18's benchmarks, with the PyTorch peers.
@@ -180,7 +184,7 @@ if want bench; then
 fi
 if want mfu; then
   stamp "mfu"
-  run_limited switch_gpu 90 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set train.steps=30 \
+  run_limited switch_gpu 90 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set precision=BF16 --set train.steps=30 \
     --set train.log_interval=5 --set train.eval_interval=100000 --set train.checkpoint_interval=0
   summary "mfu: switch_gpu rc $?: $(grep -E '^step' "$LOG/switch_gpu.log" | tail -1)"
 fi
