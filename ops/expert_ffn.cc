@@ -45,8 +45,6 @@ void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int
   SY_CHECK(pre.numel() == l.pre_numel(offset),
            "expert pre-activation " << shape_str(pre.shape()) << " for " << l.pre_numel(offset) << " values");
   check_device(ctx, "expert_ffn", {&buf, &pre, &w.w1, &w.b1, &w.w2, &w.b2});
-  if ((swiglu || !w.b1.defined()) && !ctx.device.is_cpu())
-    no_cuda_kernel("expert_ffn with SwiGLU or without biases");
 }
 }  // namespace
 

@@ -11,7 +11,6 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   check_shape(a.y, {N, M}, "matmul y");
   if (a.b.defined()) check_shape(a.b, {M}, "matmul bias");
   check_device(ctx, "matmul_forward", {&a.y, &a.x, &a.w, &a.b});
-  if (a.w_transposed && !ctx.device.is_cpu()) no_cuda_kernel("matmul_forward with a transposed W (tied LM head)");
   SY_DISPATCH(ctx, matmul_forward, ctx, a);
 }
 
@@ -24,7 +23,6 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   if (a.dw) check_shape(*a.dw, a.w.shape(), "matmul dW");
   if (a.db) check_shape(*a.db, {M}, "matmul db");
   check_device(ctx, "matmul_backward", {a.dx, a.dw, a.db, &a.dy, &a.x, &a.w});
-  if (a.w_transposed && !ctx.device.is_cpu()) no_cuda_kernel("matmul_backward with a transposed W (tied LM head)");
   SY_DISPATCH(ctx, matmul_backward, ctx, a);
 }
 

@@ -1,13 +1,17 @@
 // Expert FFNs on CUDA, fp32 mode: a loop over the experts on the host
 // offsets, one cuBLASLt GEMM per expert and direction (ops/cuda/gemm.h), each
-// with its expert's own hidden width H_g (the packed layout of
-// ops/expert_ffn.h: pre_g is expert g's (n_g, H_g) block of the packed pre):
+// with its expert's own hidden width H_g and pre-activation width P_g (the
+// packed layout of ops/expert_ffn.h: pre_g is expert g's (n_g, P_g) block of
+// the packed pre; act_g its (n_g, H_g) block of act, packed the same way):
 //
-//   forward:   pre_g = buf_g W1_g + b1_g (BIAS epilogue); act = gelu(pre) over
-//              all rows at once; out_g = act_g W2_g + b2_g
-//   backward:  act = gelu(pre); dact_g = dout_g W2_g^T; dW2_g += act_g^T dout_g;
-//              db2_g += column sums of dout_g; dpre = gelu'(pre) dact (all rows);
-//              dbuf_g += dpre_g W1_g^T; dW1_g += buf_g^T dpre_g; db1_g += column sums
+//   forward:   pre_g = buf_g W1_g [+ b1_g] (BIAS epilogue); act = gelu(pre) over
+//              all rows at once, or act_g = swiglu(pre_g) per expert (ops/swiglu.h);
+//              out_g = act_g W2_g [+ b2_g]
+//   backward:  act as in forward; dact_g = dout_g W2_g^T; dW2_g += act_g^T dout_g;
+//              [db2_g += column sums of dout_g]; dpre = gelu'(pre) dact (all rows)
+//              or swiglu's backward per expert; dbuf_g += dpre_g W1_g^T;
+//              dW1_g += buf_g^T dpre_g; [db1_g += column sums of dpre_g]
+// The bracketed terms only with biases (model.bias true).
 //
 // cublasGemmGroupedBatchedEx would group the forward and input-gradient GEMMs,
 // but with CUBLAS_COMPUTE_32F it needs one type for A, B and C; fp32 weight
@@ -18,6 +22,7 @@
 #include "ops/cuda/gemm.h"
 #include "ops/expert_ffn.h"
 #include "ops/gelu.h"
+#include "ops/swiglu.h"
 
 namespace sy::ops::cuda {
 
@@ -60,31 +65,82 @@ void gemm_tn(Ctx& ctx, int64_t rows, int64_t n, int64_t k, const float* A, const
   gemm(ctx, g);
 }
 
+// Elements [offset, offset + rows * cols) of a packed tensor as (rows, cols).
+Tensor block(const Tensor& t, int64_t offset, int64_t rows, int64_t cols) {
+  return t.reshape({t.numel()}).rows(offset, offset + rows * cols).reshape({rows, cols});
+}
+
+// The packed act of ops/expert_ffn.h's layout: sum_g n_g H_g values.
+int64_t act_numel(const ExpertLayout& l, const std::vector<int32_t>& offset) {
+  int64_t n = 0;
+  for (int64_t g = 0; g < l.groups(); ++g) n += static_cast<int64_t>(offset[g + 1] - offset[g]) * l.hidden[g];
+  return n;
+}
+
+// act = the activation of pre, expert by expert (packed).
+Tensor activation(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& offset, const Tensor& pre) {
+  Tensor act = Tensor::empty({act_numel(l, offset)}, DType::f32, ctx);
+  if (l.act == FfnActivation::gelu) {
+    cuda::gelu_forward(ctx, act, pre.reshape({pre.numel()}));
+    return act;
+  }
+  int64_t p0 = 0, a0 = 0;
+  for (int64_t g = 0; g < l.groups(); ++g) {
+    const int64_t n = offset[g + 1] - offset[g], H = l.hidden[g];
+    if (n > 0) {
+      Tensor y = block(act, a0, n, H);
+      cuda::swiglu_forward(ctx, {y, block(pre, p0, n, 2 * H)});
+    }
+    p0 += n * 2 * H, a0 += n * H;
+  }
+  return act;
+}
+
+// dpre (zeroed, packed as pre) += the activation's backward of dact at pre.
+void activation_backward(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& offset, Tensor& dpre,
+                         const Tensor& dact, const Tensor& pre) {
+  if (l.act == FfnActivation::gelu) {
+    Tensor d = dpre.reshape({dpre.numel()});
+    cuda::gelu_backward(ctx, d, dact, pre.reshape({pre.numel()}));
+    return;
+  }
+  int64_t p0 = 0, a0 = 0;
+  for (int64_t g = 0; g < l.groups(); ++g) {
+    const int64_t n = offset[g + 1] - offset[g], H = l.hidden[g];
+    if (n > 0) {
+      Tensor dx = block(dpre, p0, n, 2 * H);
+      cuda::swiglu_backward(ctx, {dx, block(dact, a0, n, H), block(pre, p0, n, 2 * H)});
+    }
+    p0 += n * 2 * H, a0 += n * H;
+  }
+}
+
 }  // namespace
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   const ExpertLayout& l = a.layout;
   const int64_t G = l.groups(), D = l.D, R = a.buf.dim(0);
   if (R == 0) return;
+  const bool bias = a.w.b1.defined();
   const float* buf = a.buf.data<float>();
-  const float *w1 = a.w.w1.data<float>(), *b1 = a.w.b1.data<float>();
-  const float *w2 = a.w.w2.data<float>(), *b2 = a.w.b2.data<float>();
+  const float *w1 = a.w.w1.data<float>(), *w2 = a.w.w2.data<float>();
+  const float *b1 = bias ? a.w.b1.data<float>() : nullptr, *b2 = bias ? a.w.b2.data<float>() : nullptr;
   float* pre = a.pre.data<float>();
   float* out = a.out.data<float>();
   int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
-    if (n > 0) gemm_nn(ctx, n, H, D, buf + r0 * D, w1 + l.w1_offset(g), pre + p0, 0.f, b1 + l.b1_offset(g));
-    p0 += n * H;
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
+    if (n > 0) gemm_nn(ctx, n, P, D, buf + r0 * D, w1 + l.w1_offset(g), pre + p0, 0.f, bias ? b1 + l.b1_offset(g) : nullptr);
+    p0 += n * P;
   }
-  Tensor act = Tensor::empty(a.pre.shape(), DType::f32, ctx);
-  cuda::gelu_forward(ctx, act, a.pre);
-  p0 = 0;
+  const Tensor act = activation(ctx, l, a.offset, a.pre);
+  int64_t a0 = 0;  // expert g's block of the packed act
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n > 0)
-      gemm_nn(ctx, n, D, H, act.data<float>() + p0, w2 + l.w2_offset(g), out + r0 * D, 0.f, b2 + l.b2_offset(g));
-    p0 += n * H;
+      gemm_nn(ctx, n, D, H, act.data<float>() + a0, w2 + l.w2_offset(g), out + r0 * D, 0.f,
+              bias ? b2 + l.b2_offset(g) : nullptr);
+    a0 += n * H;
   }
 }
 
@@ -92,33 +148,33 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const ExpertLayout& l = a.layout;
   const int64_t G = l.groups(), D = l.D, R = a.buf.dim(0);
   if (R == 0) return;
+  const bool bias = a.w.b1.defined();
   const float* buf = a.buf.data<float>();
   const float* dout = a.dout.data<float>();
   const float *w1 = a.w.w1.data<float>(), *w2 = a.w.w2.data<float>();
-  float *dw1 = a.dw.w1.data<float>(), *db1 = a.dw.b1.data<float>();
-  float *dw2 = a.dw.w2.data<float>(), *db2 = a.dw.b2.data<float>();
-  Tensor act = Tensor::empty(a.pre.shape(), DType::f32, ctx);
-  cuda::gelu_forward(ctx, act, a.pre);
-  Tensor dact = Tensor::empty(a.pre.shape(), DType::f32, ctx);
-  int64_t p0 = 0;
+  float *dw1 = a.dw.w1.data<float>(), *dw2 = a.dw.w2.data<float>();
+  float *db1 = bias ? a.dw.b1.data<float>() : nullptr, *db2 = bias ? a.dw.b2.data<float>() : nullptr;
+  const Tensor act = activation(ctx, l, a.offset, a.pre);
+  Tensor dact = Tensor::empty(act.shape(), DType::f32, ctx);
+  int64_t a0 = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n == 0) continue;
-    gemm_nt(ctx, n, H, D, dout + r0 * D, w2 + l.w2_offset(g), dact.data<float>() + p0, 0.f);
-    gemm_tn(ctx, n, D, H, act.data<float>() + p0, dout + r0 * D, dw2 + l.w2_offset(g));
-    column_sums_into(ctx, dout + r0 * D, n, D, db2 + l.b2_offset(g));
-    p0 += n * H;
+    gemm_nt(ctx, n, H, D, dout + r0 * D, w2 + l.w2_offset(g), dact.data<float>() + a0, 0.f);
+    gemm_tn(ctx, n, D, H, act.data<float>() + a0, dout + r0 * D, dw2 + l.w2_offset(g));
+    if (bias) column_sums_into(ctx, dout + r0 * D, n, D, db2 + l.b2_offset(g));
+    a0 += n * H;
   }
   Tensor dpre = Tensor::zeros(a.pre.shape(), DType::f32, ctx);
-  cuda::gelu_backward(ctx, dpre, dact, a.pre);
-  p0 = 0;
+  activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
+  int64_t p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n == 0) continue;
-    gemm_nt(ctx, n, D, H, dpre.data<float>() + p0, w1 + l.w1_offset(g), a.dbuf.data<float>() + r0 * D, 1.f);
-    gemm_tn(ctx, n, H, D, buf + r0 * D, dpre.data<float>() + p0, dw1 + l.w1_offset(g));
-    column_sums_into(ctx, dpre.data<float>() + p0, n, H, db1 + l.b1_offset(g));
-    p0 += n * H;
+    gemm_nt(ctx, n, D, P, dpre.data<float>() + p0, w1 + l.w1_offset(g), a.dbuf.data<float>() + r0 * D, 1.f);
+    gemm_tn(ctx, n, P, D, buf + r0 * D, dpre.data<float>() + p0, dw1 + l.w1_offset(g));
+    if (bias) column_sums_into(ctx, dpre.data<float>() + p0, n, P, db1 + l.b1_offset(g));
+    p0 += n * P;
   }
 }
 
