@@ -82,7 +82,9 @@ struct RmsShape {
 class RmsNormRows : public ::testing::TestWithParam<RmsShape> {};
 
 TEST_P(RmsNormRows, AgreeWithTheCpuReference) {
-  const auto [N, C, sd] = GetParam();
+  const RmsShape shape = GetParam();
+  const int64_t N = shape.N, C = shape.C;  // not a structured binding: the lambda below captures them (C++17)
+  const float sd = shape.std;
   Rng rng(0x3a5 + N * 131 + C);
   const Tensor x = randn({N, C}, rng, sd), w = randn({C}, rng), dy = randn({N, C}, rng);
   const Tensor dx0 = randn({N, C}, rng), dw0 = randn({C}, rng);  // gradients accumulate onto these
@@ -169,7 +171,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RopeRows,
 // ---- SwiGLU ----
 
 TEST(SwigluRows, AgreeWithTheCpuReference) {
-  for (const auto [N, H] : {std::pair<int64_t, int64_t>{29, 37}, {1, 1}, {64, 176}, {7, 3}}) {
+  for (const auto& [N, H] : {std::pair<int64_t, int64_t>{29, 37}, {1, 1}, {64, 176}, {7, 3}}) {
     SCOPED_TRACE("N " + std::to_string(N) + " H " + std::to_string(H));
     Rng rng(0x5a1 + N * H);
     const Tensor x = randn({N, 2 * H}, rng, 3.f), dy = randn({N, H}, rng), dx0 = randn({N, 2 * H}, rng);

@@ -51,8 +51,8 @@ void embedding_forward(Ctx& ctx, const EmbeddingArgs& a) {
   const int64_t N = a.tokens.dim(0), C = a.wte.dim(1);
   if (N == 0) return;
   embedding_forward_kernel<float><<<grid_stride(N * C), kBlock, 0, stream(ctx)>>>(
-      a.out.data<float>(), a.tokens.data<int32_t>(), a.wte.data<float>(), a.wpe.defined() ? a.wpe.data<float>() : nullptr, N, C,
-      a.T);
+      a.out.data<float>(), a.tokens.data<int32_t>(), a.wte.data<float>(),
+      a.wpe.defined() ? a.wpe.data<float>() : nullptr, N, C, a.T);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -130,7 +130,8 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
-    if (n > 0) gemm_nn(ctx, n, P, D, buf + r0 * D, w1 + l.w1_offset(g), pre + p0, 0.f, bias ? b1 + l.b1_offset(g) : nullptr);
+    if (n > 0)
+      gemm_nn(ctx, n, P, D, buf + r0 * D, w1 + l.w1_offset(g), pre + p0, 0.f, bias ? b1 + l.b1_offset(g) : nullptr);
     p0 += n * P;
   }
   const Tensor act = activation(ctx, l, a.offset, a.pre);
