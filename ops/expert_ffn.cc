@@ -53,8 +53,6 @@ void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int
     check_shape(*w.w2_bf16, w.w2.shape(), "expert w2's bf16 shadow");
     check_device(ctx, "expert_ffn", {w.w1_bf16, w.w2_bf16});
   }
-  if ((swiglu || !w.b1.defined()) && !ctx.device.is_cpu())
-    no_cuda_kernel("expert_ffn with SwiGLU or without biases");
 }
 }  // namespace
 

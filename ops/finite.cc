@@ -7,7 +7,7 @@ namespace sy::ops {
 int64_t count_nonfinite(Ctx& ctx, const Tensor& x) {
   check_dtype(x, DType::f32, "count_nonfinite x");
   check_device(ctx, "count_nonfinite", {&x});
-  SY_DISPATCH_CPU_ONLY(ctx, count_nonfinite, ctx, x);
+  SY_DISPATCH(ctx, count_nonfinite, ctx, x);
 }
 
 }  // namespace sy::ops

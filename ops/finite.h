@@ -5,13 +5,15 @@
 //   count_nonfinite(x) = #{ i : x_i is NaN or +-Inf }        x: any shape, f32
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
 int64_t count_nonfinite(Ctx& ctx, const Tensor& x);
 
-namespace cpu {
-int64_t count_nonfinite(Ctx& ctx, const Tensor& x);
-}  // namespace cpu
+// The CPU reference and the CUDA kernel (ops/cuda/finite.cu; CUDA builds).
+SY_DECLARE_BACKENDS(
+  int64_t count_nonfinite(Ctx& ctx, const Tensor& x);
+)
 
 }  // namespace sy::ops

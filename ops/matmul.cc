@@ -21,7 +21,6 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   if (a.b.defined()) check_shape(a.b, {M}, "matmul bias");
   check_device(ctx, "matmul_forward", {&a.y, &a.x, &a.w, &a.b});
   check_shadow(ctx, a.w_bf16, a.w, "matmul_forward");
-  if (a.w_transposed && !ctx.device.is_cpu()) no_cuda_kernel("matmul_forward with a transposed W (tied LM head)");
   SY_DISPATCH(ctx, matmul_forward, ctx, a);
 }
 
@@ -35,7 +34,6 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   if (a.db) check_shape(*a.db, {M}, "matmul db");
   check_device(ctx, "matmul_backward", {a.dx, a.dw, a.db, &a.dy, &a.x, &a.w});
   check_shadow(ctx, a.w_bf16, a.w, "matmul_backward");
-  if (a.w_transposed && !ctx.device.is_cpu()) no_cuda_kernel("matmul_backward with a transposed W (tied LM head)");
   SY_DISPATCH(ctx, matmul_backward, ctx, a);
 }
 

@@ -10,7 +10,7 @@ void rmsnorm_forward(Ctx& ctx, const RmsNormArgs& a) {
   check_shape(a.rstd, {a.x.dim(0)}, "rmsnorm rstd");
   check_shape(a.w, {a.x.dim(1)}, "rmsnorm weight");
   check_device(ctx, "rmsnorm_forward", {&a.y, &a.rstd, &a.x, &a.w});
-  SY_DISPATCH_CPU_ONLY(ctx, rmsnorm_forward, ctx, a);
+  SY_DISPATCH(ctx, rmsnorm_forward, ctx, a);
 }
 
 void rmsnorm_backward(Ctx& ctx, const RmsNormBackwardArgs& a) {
@@ -21,7 +21,7 @@ void rmsnorm_backward(Ctx& ctx, const RmsNormBackwardArgs& a) {
   check_shape(a.w, {a.x.dim(1)}, "rmsnorm weight");
   check_shape(a.dw, {a.x.dim(1)}, "rmsnorm dw");
   check_device(ctx, "rmsnorm_backward", {&a.dx, &a.dw, &a.dy, &a.x, &a.w, &a.rstd});
-  SY_DISPATCH_CPU_ONLY(ctx, rmsnorm_backward, ctx, a);
+  SY_DISPATCH(ctx, rmsnorm_backward, ctx, a);
 }
 
 }  // namespace sy::ops

@@ -10,6 +10,7 @@
 //   dw += sum_n dy * xhat. Gradients accumulate (+=).
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -34,9 +35,10 @@ struct RmsNormBackwardArgs {
 void rmsnorm_forward(Ctx& ctx, const RmsNormArgs& a);
 void rmsnorm_backward(Ctx& ctx, const RmsNormBackwardArgs& a);
 
-namespace cpu {
-void rmsnorm_forward(Ctx& ctx, const RmsNormArgs& a);
-void rmsnorm_backward(Ctx& ctx, const RmsNormBackwardArgs& a);
-}  // namespace cpu
+// The CPU reference (ops/cpu/rmsnorm.cc) and the CUDA kernels (ops/cuda/rmsnorm.cu; CUDA builds).
+SY_DECLARE_BACKENDS(
+  void rmsnorm_forward(Ctx& ctx, const RmsNormArgs& a);
+  void rmsnorm_backward(Ctx& ctx, const RmsNormBackwardArgs& a);
+)
 
 }  // namespace sy::ops

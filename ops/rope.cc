@@ -23,12 +23,12 @@ void check(Ctx& ctx, const RopeArgs& a, const char* op) {
 
 void rope_forward(Ctx& ctx, const RopeArgs& a) {
   check(ctx, a, "rope_forward");
-  SY_DISPATCH_CPU_ONLY(ctx, rope_forward, ctx, a);
+  SY_DISPATCH(ctx, rope_forward, ctx, a);
 }
 
 void rope_backward(Ctx& ctx, const RopeBackwardArgs& a) {
   check(ctx, a, "rope_backward");
-  SY_DISPATCH_CPU_ONLY(ctx, rope_backward, ctx, a);
+  SY_DISPATCH(ctx, rope_backward, ctx, a);
 }
 
 }  // namespace sy::ops

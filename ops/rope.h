@@ -26,6 +26,7 @@
 // positions.
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -46,9 +47,10 @@ using RopeBackwardArgs = RopeArgs;
 void rope_forward(Ctx& ctx, const RopeArgs& a);
 void rope_backward(Ctx& ctx, const RopeBackwardArgs& a);
 
-namespace cpu {
-void rope_forward(Ctx& ctx, const RopeArgs& a);
-void rope_backward(Ctx& ctx, const RopeBackwardArgs& a);
-}  // namespace cpu
+// The CPU reference (ops/cpu/rope.cc) and the CUDA kernels (ops/cuda/rope.cu; CUDA builds).
+SY_DECLARE_BACKENDS(
+  void rope_forward(Ctx& ctx, const RopeArgs& a);
+  void rope_backward(Ctx& ctx, const RopeBackwardArgs& a);
+)
 
 }  // namespace sy::ops

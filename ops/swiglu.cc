@@ -14,14 +14,14 @@ int64_t hidden(const Tensor& x) {
 void swiglu_forward(Ctx& ctx, const SwigluArgs& a) {
   check_shape(a.y, {a.x.dim(0), hidden(a.x)}, "swiglu y");
   check_device(ctx, "swiglu_forward", {&a.y, &a.x});
-  SY_DISPATCH_CPU_ONLY(ctx, swiglu_forward, ctx, a);
+  SY_DISPATCH(ctx, swiglu_forward, ctx, a);
 }
 
 void swiglu_backward(Ctx& ctx, const SwigluBackwardArgs& a) {
   check_shape(a.dy, {a.x.dim(0), hidden(a.x)}, "swiglu dy");
   check_shape(a.dx, a.x.shape(), "swiglu dx");
   check_device(ctx, "swiglu_backward", {&a.dx, &a.dy, &a.x});
-  SY_DISPATCH_CPU_ONLY(ctx, swiglu_backward, ctx, a);
+  SY_DISPATCH(ctx, swiglu_backward, ctx, a);
 }
 
 }  // namespace sy::ops

@@ -13,6 +13,7 @@
 // transposed, (H, C)); the down projection after this op is w2.
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -30,9 +31,10 @@ struct SwigluBackwardArgs {
 void swiglu_forward(Ctx& ctx, const SwigluArgs& a);
 void swiglu_backward(Ctx& ctx, const SwigluBackwardArgs& a);
 
-namespace cpu {
-void swiglu_forward(Ctx& ctx, const SwigluArgs& a);
-void swiglu_backward(Ctx& ctx, const SwigluBackwardArgs& a);
-}  // namespace cpu
+// The CPU reference (ops/cpu/swiglu.cc) and the CUDA kernels (ops/cuda/swiglu.cu; CUDA builds).
+SY_DECLARE_BACKENDS(
+  void swiglu_forward(Ctx& ctx, const SwigluArgs& a);
+  void swiglu_backward(Ctx& ctx, const SwigluBackwardArgs& a);
+)
 
 }  // namespace sy::ops

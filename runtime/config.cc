@@ -375,18 +375,6 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("attention.topk_blocks", at.topk_blocks(), 0, 65536);
   }
 
-  // The model options' ops (rope, rmsnorm, swiglu, and the embedding, matmul
-  // and expert_ffn variants they use) have no CUDA kernels yet: refused here,
-  // in every build, rather than at the first op of the first step.
-  if (cfg.backend() == switchyard::Config::CUDA) {
-    const std::string why = "has no CUDA kernels yet; use backend CPU (or AUTO)";
-    if (m.position() == switchyard::ModelConfig::ROPE) c.fail("model.position", "ROPE", why);
-    if (m.norm() == switchyard::ModelConfig::RMSNORM) c.fail("model.norm", "RMSNORM", why);
-    if (m.activation() == switchyard::ModelConfig::SWIGLU) c.fail("model.activation", "SWIGLU", why);
-    if (m.tie_embeddings()) c.fail("model.tie_embeddings", "true", why);
-    if (!m.bias() && e.num_experts() > 0)
-      c.fail("model.bias", "false", "experts without biases have no CUDA kernels yet; use backend CPU (or AUTO)");
-  }
 #ifndef SY_WITH_CUDA
   if (cfg.backend() == switchyard::Config::CUDA)
     c.fail("backend", "CUDA", "this build has no CUDA backend (configure with SWITCHYARD_CUDA=ON); use AUTO or CPU");

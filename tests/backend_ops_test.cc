@@ -11,9 +11,7 @@
 // Routing cases take their probabilities as inputs, so both backends decide on
 // the same floats. Host results (losses, a Route's host fields) are copied into
 // outputs. Without a GPU the CUDA instances skip and say so; ops without CUDA
-// kernels yet (on_cuda false: the model options' rmsnorm, rope, swiglu and the
-// variants of matmul, embedding and expert_ffn they use) are skipped by the
-// CUDA instance.
+// kernels yet (on_cuda false; none at present) are skipped by the CUDA instance.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -35,6 +33,7 @@
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/expert_ffn.h"
+#include "ops/finite.h"
 #include "ops/gelu.h"
 #include "ops/heads.h"
 #include "ops/layernorm.h"
@@ -447,28 +446,25 @@ std::vector<OpCase> cases() {
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  ops::matmul_backward(x, {&o[0], &o[1], &o[2], in[2], in[0], in[1]});
                }});
-  // ---- the model options (model.position, norm, activation, bias, tie_embeddings): CPU only for now ----
+  // ---- the model options (model.position, norm, activation, bias, tie_embeddings) ----
   c.push_back({"matmul_transposed_w", Tol::f32, [](Rng& r) { return Ins{randn({37, 24}, r), randn({19, 24}, r), randn({37, 19}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {37, 19}), acc(x, {37, 24}), acc(x, {19, 24})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  ops::matmul_forward(x, {o[0], in[0], in[1], Tensor(), false, true});
                  ops::matmul_backward(x, {&o[1], &o[2], nullptr, in[2], in[0], in[1], true});
-               },
-               false});
+               }});
   c.push_back({"rmsnorm", Tol::f32, [](Rng& r) { return Ins{randn({33, 48}, r, 3.f), randn({48}, r), randn({33, 48}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {33, 48}), fresh(x, {33}), acc(x, {33, 48}), acc(x, {48})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  ops::rmsnorm_forward(x, {o[0], o[1], in[0], in[1]});
                  ops::rmsnorm_backward(x, {o[2], o[3], in[2], in[0], in[1], o[1]});
-               },
-               false});
+               }});
   c.push_back({"swiglu", Tol::f32, [](Rng& r) { return Ins{randn({29, 2 * 37}, r, 3.f), randn({29, 37}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {29, 37}), acc(x, {29, 2 * 37})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  ops::swiglu_forward(x, {o[0], in[0]});
                  ops::swiglu_backward(x, {o[1], in[1], in[0]});
-               },
-               false});
+               }});
   // In place: the outputs start as copies of a packed qkv (rows at positions
   // up to 40000, where fp32 angles would be off by ~1e-3 rad) and of dy.
   c.push_back({"rope", Tol::f32, [](Rng& r) { return Ins{randn({21, 3 * 24}, r), ints({21}, r, 40000), randn({21, 3 * 24}, r)}; },
@@ -478,12 +474,10 @@ std::vector<OpCase> cases() {
                  ops::rope_forward(x, {o[0], in[1], 0, 8, 6, 10000.0});
                  o[1].copy_from(in[2], x);
                  ops::rope_backward(x, {o[1], in[1], 0, 8, 6, 10000.0});
-               },
-               false});
+               }});
   c.push_back({"embedding_no_position_table", Tol::exact, [](Rng& r) { return Ins{ints({24}, r, 50), randn({50, 16}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {24, 16})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::embedding_forward(x, {o[0], in[0], in[1], Tensor(), 8}); },
-               false});
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::embedding_forward(x, {o[0], in[0], in[1], Tensor(), 8}); }});
   c.push_back({"expert_ffn_swiglu_no_bias", Tol::f32,
                [](Rng& r) { return Ins{randn({23, 16}, r), randn({3, 16, 2 * 12}, r, 0.3f), randn({3, 12, 16}, r, 0.3f), randn({23, 16}, r)}; },
                [](Ctx& x, const Ins&) {
@@ -497,8 +491,84 @@ std::vector<OpCase> cases() {
                  ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, {in[1], none, in[2], none}});
                  ops::expert_ffn_backward(x, {o[2], {o[3], no_db1, o[4], no_db2}, in[3], in[0], o[1], offset, layout,
                                               {in[1], none, in[2], none}});
+               }});
+  c.push_back({"matmul_transposed_w_bias_accumulate", Tol::f32,
+               [](Rng& r) { return Ins{randn({70, 9}, r), randn({33, 9}, r), randn({33}, r), randn({70, 33}, r), randn({70, 33}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {70, 33}), acc(x, {70, 9}), acc(x, {33, 9}), acc(x, {33})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 o[0].copy_from(in[3], x);
+                 ops::matmul_forward(x, {o[0], in[0], in[1], in[2], true, true});
+                 ops::matmul_backward(x, {&o[1], &o[2], &o[3], in[4], in[0], in[1], true});
+               }});
+  // More rows than one column-sum chunk (dw in two stages), C not a multiple of 32.
+  c.push_back({"rmsnorm_many_rows", Tol::f32, [](Rng& r) { return Ins{randn({150, 37}, r, 0.2f), randn({37}, r), randn({150, 37}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {150, 37}), fresh(x, {150}), acc(x, {150, 37}), acc(x, {37})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::rmsnorm_forward(x, {o[0], o[1], in[0], in[1]});
+                 ops::rmsnorm_backward(x, {o[2], o[3], in[2], in[0], in[1], o[1]});
+               }});
+  // Positions n mod seq_len, 3 heads of 8 in rows of 30 (the last 6 columns left alone), base 500.
+  c.push_back({"rope_sequence_positions", Tol::f32, [](Rng& r) { return Ins{randn({20, 30}, r), randn({20, 30}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {20, 30}), fresh(x, {20, 30})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 o[0].copy_from(in[0], x);
+                 ops::rope_forward(x, {o[0], Tensor(), 7, 3, 8, 500.0});
+                 o[1].copy_from(in[1], x);
+                 ops::rope_backward(x, {o[1], Tensor(), 7, 3, 8, 500.0});
+               }});
+  // A tied head: dwte already holds the head's gradient; the rows add onto it.
+  c.push_back({"embedding_backward_no_position_table", Tol::f32,
+               [](Rng& r) { return Ins{ints({96}, r, 11), randn({96, 20}, r), randn({11, 20}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {11, 20})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 o[0].copy_from(in[2], x);
+                 Tensor no_dwpe;
+                 ops::embedding_backward(x, {o[0], no_dwpe, in[1], in[0], 8});
+               }});
+  // SwiGLU experts of hidden widths 6, 12, 3, 9 with biases (pre 5*12 + 7*6 + 8*18 = 246).
+  c.push_back({"expert_ffn_swiglu_heterogeneous", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({20, 8}, r), randn({8 * 60}, r, 0.3f), randn({60}, r), randn({30 * 8}, r, 0.3f),
+                            randn({4, 8}, r), randn({20, 8}, r)};
                },
-               false});
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {20, 8}), fresh(x, {246}), acc(x, {20, 8}), acc(x, {8 * 60}), acc(x, {60}),
+                             acc(x, {30 * 8}), acc(x, {4, 8})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 5, 5, 12, 20};
+                 const ops::ExpertLayout layout(8, {6, 12, 3, 9}, ops::FfnActivation::swiglu);
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
+  c.push_back({"expert_ffn_gelu_no_bias", Tol::f32,
+               [](Rng& r) { return Ins{randn({23, 16}, r), randn({3, 16, 12}, r, 0.3f), randn({3, 12, 16}, r, 0.3f), randn({23, 16}, r)}; },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {23, 16}), fresh(x, {23, 12}), acc(x, {23, 16}), acc(x, {3, 16, 12}), acc(x, {3, 12, 16})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset = {0, 9, 9, 23};
+                 const ops::ExpertLayout layout(16, {12, 12, 12});
+                 const Tensor none;
+                 Tensor no_db1, no_db2;
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, {in[1], none, in[2], none}});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], no_db1, o[4], no_db2}, in[3], in[0], o[1], offset, layout,
+                                              {in[1], none, in[2], none}});
+               }});
+  // The trainer's diagnosis of a non-finite step: NaN and +-Inf among finite values.
+  c.push_back({"count_nonfinite", Tol::exact,
+               [](Rng& r) {
+                 Tensor t = randn({5003}, r);
+                 for (int64_t i = 0; i < 5003; i += 97) t.f32()[i] = std::numeric_limits<float>::quiet_NaN();
+                 for (int64_t i = 5; i < 5003; i += 1000) t.f32()[i] = -std::numeric_limits<float>::infinity();
+                 t.f32()[5002] = std::numeric_limits<float>::infinity();
+                 return Ins{t};
+               },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {2}, DType::i64)}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 put(x, o[0], std::vector<int64_t>{ops::count_nonfinite(x, in[0]), ops::count_nonfinite(x, in[0].rows(0, 96))});
+               }});
   c.push_back({"layernorm_forward", Tol::f32, [](Rng& r) { return Ins{randn({33, 48}, r, 3.f), randn({48}, r), randn({48}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {33, 48}), fresh(x, {33}), fresh(x, {33})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::layernorm_forward(x, {o[0], o[1], o[2], in[0], in[1], in[2]}); }});

@@ -127,16 +127,20 @@ TEST(Config, NcclNeedsTheCudaBackendAndNccl) {
   EXPECT_EQ(parse_ok("parallel { backend: MPI }").parallel().backend(), switchyard::ParallelConfig::MPI);
 }
 
-// The model options have no CUDA kernels yet: refused at load in every build,
-// naming the option (before the build's own "no CUDA backend").
-TEST(Config, ModelOptionsRefusedOnCuda) {
-  const std::string why = ": has no CUDA kernels yet; use backend CPU (or AUTO)";
-  expect_invalid("backend: CUDA model { position: ROPE }", "t.pbtxt: model.position = ROPE" + why);
-  expect_invalid("backend: CUDA model { norm: RMSNORM }", "t.pbtxt: model.norm = RMSNORM" + why);
-  expect_invalid("backend: CUDA model { activation: SWIGLU }", "t.pbtxt: model.activation = SWIGLU" + why);
-  expect_invalid("backend: CUDA model { tie_embeddings: true }", "t.pbtxt: model.tie_embeddings = true" + why);
-  expect_invalid("backend: CUDA model { bias: false } moe { num_experts: 4 }",
-                 "t.pbtxt: model.bias = false: experts without biases have no CUDA kernels yet; use backend CPU (or AUTO)");
+// The model options have CUDA kernels (rmsnorm, rope, swiglu, the transposed
+// matmul, embedding without a position table, expert FFNs with SwiGLU and
+// without biases): backend CUDA takes them in a CUDA build, and a build
+// without CUDA refuses the backend itself, not the options.
+TEST(Config, ModelOptionsAcceptedOnCuda) {
+  const std::string all =
+      "backend: CUDA model { position: ROPE norm: RMSNORM activation: SWIGLU bias: false tie_embeddings: true } "
+      "moe { num_experts: 4 }";
+#ifdef SY_WITH_CUDA
+  EXPECT_EQ(parse_ok(all).backend(), switchyard::Config::CUDA);
+  EXPECT_EQ(parse_ok("backend: CUDA model { position: ROPE }").model().position(), switchyard::ModelConfig::ROPE);
+#else
+  expect_invalid(all, "t.pbtxt: backend = CUDA: this build has no CUDA backend");
+#endif
   parse_ok("backend: CPU model { position: ROPE norm: RMSNORM activation: SWIGLU bias: false tie_embeddings: true }");
 }
 

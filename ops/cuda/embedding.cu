@@ -1,13 +1,15 @@
 // Token + position embedding on CUDA.
 //
 // forward:  one thread per output element, out = wte[tok] + wpe[t] (one add:
-//           bitwise the CPU's).
+//           bitwise the CPU's), or wte[tok] without a position table (RoPE).
 // backward: dwte: a stable radix sort of (token, position) pairs (cub_ops),
 //           then one block per vocabulary row sums its positions' rows in
 //           position order, starting from the row's current gradient: the
 //           CPU's order of additions exactly, with one owner per row (no
 //           atomics). dwpe[t] += sum_b dout[b*T + t] is a column sum over the
 //           B sequences of dout viewed as (B, T*C) (common.cuh, fixed order).
+//           A tied LM head's gradient is already in dwte (the head's matmul
+//           backward wrote it first): the rows sum starts from it, as the CPU.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cub_ops.h"
 #include "ops/embedding.h"
@@ -21,7 +23,7 @@ static __global__ void embedding_forward_kernel(T* out, const int32_t* tok, cons
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = i / C, c = i % C;
-    out[i] = from_float<T>(wte[tok[n] * C + c] + wpe[(n % T_len) * C + c]);
+    out[i] = from_float<T>(wpe ? wte[tok[n] * C + c] + wpe[(n % T_len) * C + c] : wte[tok[n] * C + c]);
   }
 }
 
@@ -49,7 +51,8 @@ void embedding_forward(Ctx& ctx, const EmbeddingArgs& a) {
   const int64_t N = a.tokens.dim(0), C = a.wte.dim(1);
   if (N == 0) return;
   embedding_forward_kernel<float><<<grid_stride(N * C), kBlock, 0, stream(ctx)>>>(
-      a.out.data<float>(), a.tokens.data<int32_t>(), a.wte.data<float>(), a.wpe.data<float>(), N, C, a.T);
+      a.out.data<float>(), a.tokens.data<int32_t>(), a.wte.data<float>(),
+      a.wpe.defined() ? a.wpe.data<float>() : nullptr, N, C, a.T);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -71,8 +74,9 @@ void embedding_backward(Ctx& ctx, const EmbeddingBackwardArgs& a) {
   token_rows_sum<<<grid, kBlock, 0, stream(ctx)>>>(a.dwte.data<float>(), a.dout.data<float>(), p_in + N,
                                                    starts.data<int32_t>(), C);
   CUDA_CHECK(cudaGetLastError());
-  // dwpe rows [0, T): column sums of dout as (B, T*C).
-  column_sums_into(ctx, a.dout.data<float>(), N / a.T, a.T * C, a.dwpe.data<float>());
+  // dwpe rows [0, T): column sums of dout as (B, T*C). None with rotary positions.
+  if (a.dwpe.defined())
+    column_sums_into(ctx, a.dout.data<float>(), N / a.T, a.T * C, a.dwpe.data<float>());
 }
 
 }  // namespace sy::ops::cuda

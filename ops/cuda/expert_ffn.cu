@@ -1,13 +1,17 @@
 // Expert FFNs on CUDA: a loop over the experts on the host offsets, one
 // cuBLASLt GEMM per expert and direction (ops/cuda/gemm.h), each with its
-// expert's own hidden width H_g (the packed layout of ops/expert_ffn.h: pre_g
-// is expert g's (n_g, H_g) block of the packed pre):
+// expert's own hidden width H_g and pre-activation width P_g (the packed
+// layout of ops/expert_ffn.h: pre_g is expert g's (n_g, P_g) block of the
+// packed pre; act_g its (n_g, H_g) block of act, packed the same way):
 //
-//   forward:   pre_g = buf_g W1_g + b1_g (BIAS epilogue); act = gelu(pre) over
-//              all rows at once; out_g = act_g W2_g + b2_g
-//   backward:  act = gelu(pre); dact_g = dout_g W2_g^T; dW2_g += act_g^T dout_g;
-//              db2_g += column sums of dout_g; dpre = gelu'(pre) dact (all rows);
-//              dbuf_g += dpre_g W1_g^T; dW1_g += buf_g^T dpre_g; db1_g += column sums
+//   forward:   pre_g = buf_g W1_g [+ b1_g] (BIAS epilogue); act = gelu(pre) over
+//              all rows at once, or act_g = swiglu(pre_g) per expert (ops/swiglu.h);
+//              out_g = act_g W2_g [+ b2_g]
+//   backward:  act as in forward; dact_g = dout_g W2_g^T; dW2_g += act_g^T dout_g;
+//              [db2_g += column sums of dout_g]; dpre = gelu'(pre) dact (all rows)
+//              or swiglu's backward per expert; dbuf_g += dpre_g W1_g^T;
+//              dW1_g += buf_g^T dpre_g; [db1_g += column sums of dpre_g]
+// The bracketed terms only with biases (model.bias true).
 //
 // bf16 mode (the weights' bf16 shadows given): the GEMM operands buf, act,
 // dout and dpre are rounded once each, for all experts, into bf16 scratch;
@@ -26,6 +30,7 @@
 #include "ops/cuda/gemm.h"
 #include "ops/expert_ffn.h"
 #include "ops/gelu.h"
+#include "ops/swiglu.h"
 
 namespace sy::ops::cuda {
 
@@ -78,6 +83,57 @@ void gemm_tn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
 // The operand the GEMMs read: t itself (fp32 mode) or bf16(t) in scratch.
 Tensor operand(Ctx& ctx, bool bf16, const Tensor& t) { return bf16 ? bf16_copy(ctx, t) : t; }
 
+
+// Elements [offset, offset + rows * cols) of a packed tensor as (rows, cols).
+Tensor block(const Tensor& t, int64_t offset, int64_t rows, int64_t cols) {
+  return t.reshape({t.numel()}).rows(offset, offset + rows * cols).reshape({rows, cols});
+}
+
+// The packed act of ops/expert_ffn.h's layout: sum_g n_g H_g values.
+int64_t act_numel(const ExpertLayout& l, const std::vector<int32_t>& offset) {
+  int64_t n = 0;
+  for (int64_t g = 0; g < l.groups(); ++g) n += static_cast<int64_t>(offset[g + 1] - offset[g]) * l.hidden[g];
+  return n;
+}
+
+// act = the activation of pre, expert by expert (packed).
+Tensor activation(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& offset, const Tensor& pre) {
+  Tensor act = Tensor::empty({act_numel(l, offset)}, DType::f32, ctx);
+  if (l.act == FfnActivation::gelu) {
+    cuda::gelu_forward(ctx, act, pre.reshape({pre.numel()}));
+    return act;
+  }
+  int64_t p0 = 0, a0 = 0;
+  for (int64_t g = 0; g < l.groups(); ++g) {
+    const int64_t n = offset[g + 1] - offset[g], H = l.hidden[g];
+    if (n > 0) {
+      Tensor y = block(act, a0, n, H);
+      cuda::swiglu_forward(ctx, {y, block(pre, p0, n, 2 * H)});
+    }
+    p0 += n * 2 * H, a0 += n * H;
+  }
+  return act;
+}
+
+// dpre (zeroed, packed as pre) += the activation's backward of dact at pre.
+void activation_backward(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& offset, Tensor& dpre,
+                         const Tensor& dact, const Tensor& pre) {
+  if (l.act == FfnActivation::gelu) {
+    Tensor d = dpre.reshape({dpre.numel()});
+    cuda::gelu_backward(ctx, d, dact, pre.reshape({pre.numel()}));
+    return;
+  }
+  int64_t p0 = 0, a0 = 0;
+  for (int64_t g = 0; g < l.groups(); ++g) {
+    const int64_t n = offset[g + 1] - offset[g], H = l.hidden[g];
+    if (n > 0) {
+      Tensor dx = block(dpre, p0, n, 2 * H);
+      cuda::swiglu_backward(ctx, {dx, block(dact, a0, n, H), block(pre, p0, n, 2 * H)});
+    }
+    p0 += n * 2 * H, a0 += n * H;
+  }
+}
+
 }  // namespace
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
@@ -85,28 +141,29 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   const int64_t G = l.groups(), D = l.D, R = a.buf.dim(0);
   if (R == 0) return;
   const bool bf16 = a.w.w1_bf16 != nullptr;
+  const bool bias = a.w.b1.defined();
   const Tensor buf = operand(ctx, bf16, a.buf);
   const Tensor& w1 = bf16 ? *a.w.w1_bf16 : a.w.w1;
   const Tensor& w2 = bf16 ? *a.w.w2_bf16 : a.w.w2;
-  const float *b1 = a.w.b1.data<float>(), *b2 = a.w.b2.data<float>();
+  const float *b1 = bias ? a.w.b1.data<float>() : nullptr, *b2 = bias ? a.w.b2.data<float>() : nullptr;
   float* pre = a.pre.data<float>();
   float* out = a.out.data<float>();
   int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n > 0)
-      gemm_nn(ctx, bf16, n, H, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), pre + p0, 0.f, b1 + l.b1_offset(g));
-    p0 += n * H;
+      gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), pre + p0, 0.f,
+              bias ? b1 + l.b1_offset(g) : nullptr);
+    p0 += n * P;
   }
-  Tensor act = Tensor::empty(a.pre.shape(), DType::f32, ctx);
-  cuda::gelu_forward(ctx, act, a.pre);
-  const Tensor act_op = operand(ctx, bf16, act);
-  p0 = 0;
+  const Tensor act = operand(ctx, bf16, activation(ctx, l, a.offset, a.pre));
+  int64_t a0 = 0;  // expert g's block of the packed act
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n > 0)
-      gemm_nn(ctx, bf16, n, D, H, at(act_op, p0), at(w2, l.w2_offset(g)), out + r0 * D, 0.f, b2 + l.b2_offset(g));
-    p0 += n * H;
+      gemm_nn(ctx, bf16, n, D, H, at(act, a0), at(w2, l.w2_offset(g)), out + r0 * D, 0.f,
+              bias ? b2 + l.b2_offset(g) : nullptr);
+    a0 += n * H;
   }
 }
 
@@ -115,36 +172,36 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const int64_t G = l.groups(), D = l.D, R = a.buf.dim(0);
   if (R == 0) return;
   const bool bf16 = a.w.w1_bf16 != nullptr;
+  const bool bias = a.w.b1.defined();
   const float* dout = a.dout.data<float>();
   const Tensor buf_op = operand(ctx, bf16, a.buf), dout_op = operand(ctx, bf16, a.dout);
   const Tensor& w1 = bf16 ? *a.w.w1_bf16 : a.w.w1;
   const Tensor& w2 = bf16 ? *a.w.w2_bf16 : a.w.w2;
-  float *dw1 = a.dw.w1.data<float>(), *db1 = a.dw.b1.data<float>();
-  float *dw2 = a.dw.w2.data<float>(), *db2 = a.dw.b2.data<float>();
-  Tensor act = Tensor::empty(a.pre.shape(), DType::f32, ctx);
-  cuda::gelu_forward(ctx, act, a.pre);
+  float *dw1 = a.dw.w1.data<float>(), *dw2 = a.dw.w2.data<float>();
+  float *db1 = bias ? a.dw.b1.data<float>() : nullptr, *db2 = bias ? a.dw.b2.data<float>() : nullptr;
+  const Tensor act = activation(ctx, l, a.offset, a.pre);
   const Tensor act_op = operand(ctx, bf16, act);
-  Tensor dact = Tensor::empty(a.pre.shape(), DType::f32, ctx);
-  int64_t p0 = 0;
+  Tensor dact = Tensor::empty(act.shape(), DType::f32, ctx);
+  int64_t a0 = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n == 0) continue;
-    gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), dact.data<float>() + p0, 0.f);
-    gemm_tn(ctx, bf16, n, D, H, at(act_op, p0), at(dout_op, r0 * D), dw2 + l.w2_offset(g));
-    column_sums_into(ctx, dout + r0 * D, n, D, db2 + l.b2_offset(g));
-    p0 += n * H;
+    gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), dact.data<float>() + a0, 0.f);
+    gemm_tn(ctx, bf16, n, D, H, at(act_op, a0), at(dout_op, r0 * D), dw2 + l.w2_offset(g));
+    if (bias) column_sums_into(ctx, dout + r0 * D, n, D, db2 + l.b2_offset(g));
+    a0 += n * H;
   }
   Tensor dpre = Tensor::zeros(a.pre.shape(), DType::f32, ctx);
-  cuda::gelu_backward(ctx, dpre, dact, a.pre);
+  activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
   const Tensor dpre_op = operand(ctx, bf16, dpre);
-  p0 = 0;
+  int64_t p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
+    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n == 0) continue;
-    gemm_nt(ctx, bf16, n, D, H, at(dpre_op, p0), at(w1, l.w1_offset(g)), a.dbuf.data<float>() + r0 * D, 1.f);
-    gemm_tn(ctx, bf16, n, H, D, at(buf_op, r0 * D), at(dpre_op, p0), dw1 + l.w1_offset(g));
-    column_sums_into(ctx, dpre.data<float>() + p0, n, H, db1 + l.b1_offset(g));
-    p0 += n * H;
+    gemm_nt(ctx, bf16, n, D, P, at(dpre_op, p0), at(w1, l.w1_offset(g)), a.dbuf.data<float>() + r0 * D, 1.f);
+    gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre_op, p0), dw1 + l.w1_offset(g));
+    if (bias) column_sums_into(ctx, dpre.data<float>() + p0, n, P, db1 + l.b1_offset(g));
+    p0 += n * P;
   }
 }
 

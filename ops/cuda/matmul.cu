@@ -5,6 +5,8 @@
 //
 //   forward:   y = x W [+ b] [+ y]     one GEMM, bias in the BIAS epilogue, beta = 1 to accumulate
 //   backward:  dx += dy W^T, dW += x^T dy (beta = 1), db += column sums of dy
+//   w_transposed (W stored (M, K), a tied LM head): y = x W^T through cuBLASLt's
+//              transpose of W; dx += dy W, dW += dy^T x
 //
 // bf16 mode (w_bf16 given): W is read from its bf16 shadow, x and dy are
 // rounded into bf16 scratch from ctx's allocator (ops::cuda::to_bf16, one
@@ -155,14 +157,15 @@ Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
 }
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
-  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
+  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   const bool bf16 = a.w_bf16 != nullptr;
   const Tensor x16 = bf16 && N > 0 ? bf16_copy(ctx, a.x) : Tensor();
   GemmArgs g;
   g.bf16 = bf16;
   g.M = N, g.N = M, g.K = K;
   g.A = bf16 ? x16.raw() : static_cast<const void*>(a.x.data<float>()), g.lda = K;
-  g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = M;
+  g.trans_b = a.w_transposed;  // W (M, K): y = x W^T
+  g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = a.w_transposed ? K : M;
   g.beta = a.accumulate ? 1.f : 0.f;
   g.C = a.y.data<float>(), g.ldc = M;
   g.bias = a.b.defined() ? a.b.data<float>() : nullptr;
@@ -170,24 +173,24 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
 }
 
 void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
-  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(1);
+  const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   if (N == 0) return;
   const bool bf16 = a.w_bf16 != nullptr;
   const Tensor dy16 = bf16 && (a.dx || a.dw) ? bf16_copy(ctx, a.dy) : Tensor();
   const Tensor x16 = bf16 && a.dw ? bf16_copy(ctx, a.x) : Tensor();
   const void* dy = bf16 ? dy16.raw() : static_cast<const void*>(a.dy.data<float>());
-  if (a.dx) {  // dx (N, K) += dy (N, M) W^T
+  if (a.dx) {  // dx (N, K) += dy (N, M) W^T, or dy W with W (M, K)
     GemmArgs g;
     g.bf16 = bf16;
-    g.trans_b = true;
+    g.trans_b = !a.w_transposed;
     g.M = N, g.N = K, g.K = M;
     g.A = dy, g.lda = M;
-    g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = M;
+    g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = a.w_transposed ? K : M;
     g.beta = 1.f;
     g.C = a.dx->data<float>(), g.ldc = K;
     gemm(ctx, g);
   }
-  if (a.dw) {  // dW (K, M) += x^T (K, N) dy (N, M)
+  if (a.dw && !a.w_transposed) {  // dW (K, M) += x^T (K, N) dy (N, M)
     GemmArgs g;
     g.bf16 = bf16;
     g.trans_a = true;
@@ -196,6 +199,17 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
     g.B = dy, g.ldb = M;
     g.beta = 1.f;
     g.C = a.dw->data<float>(), g.ldc = M;
+    gemm(ctx, g);
+  }
+  if (a.dw && a.w_transposed) {  // dW (M, K) += dy^T (M, N) x (N, K)
+    GemmArgs g;
+    g.bf16 = bf16;
+    g.trans_a = true;
+    g.M = M, g.N = K, g.K = N;
+    g.A = dy, g.lda = M;
+    g.B = bf16 ? x16.raw() : static_cast<const void*>(a.x.data<float>()), g.ldb = K;
+    g.beta = 1.f;
+    g.C = a.dw->data<float>(), g.ldc = K;
     gemm(ctx, g);
   }
   if (a.db) column_sums_into(ctx, a.dy.data<float>(), N, M, a.db->data<float>());

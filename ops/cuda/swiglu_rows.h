@@ -1,0 +1,49 @@
+// SwiGLU on CUDA (equations in ops/swiglu.h) as functions of one element
+// index i = n * H + j (gate g = x[n, j], up u = x[n, H + j]): ops/cuda/swiglu.cu
+// gives every index its own thread (a grid-stride loop);
+// tests/model_options_rows_test.cc runs the same functions on the host
+// against the CPU reference. The CPU's arithmetic in the same order (expf on
+// the device is within 2 ulp of libm's: class F). Elementwise, one owner per
+// output: deterministic. No CUDA headers: SY_HD is __host__ __device__ under
+// nvcc only.
+#pragma once
+#include <math.h>
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SY_HD __host__ __device__
+#else
+#define SY_HD
+#endif
+
+namespace sy::ops::swiglu_rows {
+
+// y = silu(g) * u = g / (1 + e^-g) * u
+struct Forward {
+  float* y;        // (N, H)
+  const float* x;  // (N, 2H)
+  int64_t H;
+  SY_HD void operator()(int64_t i) const {
+    const int64_t n = i / H, j = i % H;
+    const float g = x[n * 2 * H + j], u = x[n * 2 * H + H + j];
+    y[i] = g / (1.f + expf(-g)) * u;
+  }
+};
+
+// With s = sigmoid(g): dg += dy u s (1 + g (1 - s)), du += dy g s.
+struct Backward {
+  float* dx;        // (N, 2H), accumulated
+  const float* dy;  // (N, H)
+  const float* x;   // (N, 2H)
+  int64_t H;
+  SY_HD void operator()(int64_t i) const {
+    const int64_t n = i / H, j = i % H, gi = n * 2 * H + j, ui = gi + H;
+    const float g = x[gi], u = x[ui];
+    const float s = 1.f / (1.f + expf(-g));
+    dx[gi] += dy[i] * u * s * (1.f + g * (1.f - s));
+    dx[ui] += dy[i] * g * s;
+  }
+};
+
+}  // namespace sy::ops::swiglu_rows
