@@ -120,7 +120,7 @@ fi
 
 # 3. Build: the GPU targets only, Ninja on every core, sm_90.
 TARGETS=(train_switch)
-want ops && TARGETS+=(backend_ops_test routed_attention_test tensor_test)
+want ops && TARGETS+=(backend_ops_test routed_attention_test tensor_test model_test)
 want bench && TARGETS+=(bench_ops)
 want comm && TARGETS+=(communicator_conformance_test)
 want attn && TARGETS+=(bench_attention)
@@ -159,6 +159,8 @@ if want ops; then
   grep -E "^\[  FAILED  \] [A-Za-z]|Failure|leaked|differ" "$LOG/layer_cuda.log" | head -10
   run_limited tensor_cuda 30 $B/tensor_test --gtest_filter='*Cuda*' || status=1
   summary "ops: tensor_test (cuda): $(gtest_line tensor_cuda)"
+  run_limited model_cuda 60 $B/model_test --gtest_filter='*Cuda*' || status=1
+  summary "ops: model_test (mixtral_tiny's first step, GPU vs CPU): $(gtest_line model_cuda)"
 fi
 if want train; then
   stamp "train"
@@ -221,9 +223,12 @@ if want attn; then
 fi
 if want more; then
   stamp "more"
-  run_limited gpu_training_more 180 bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" \
-    depth_tiny routed_copy mixtral_tiny
+  run_limited gpu_training_more 150 bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" depth_tiny routed_copy
   summary "more (rc $?, not fatal): $(grep -vE '^\[' "$LOG/gpu_training_more.log" | tr '\n' ' ' | cut -c1-900)"
+  # mixtral_tiny reads tinyshakespeare, which does not travel: the synthetic corpus instead.
+  run_limited gpu_training_mixtral 90 env SY_GPU_ARGS="--set data.source=SYNTHETIC" \
+    bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" mixtral_tiny
+  summary "more (rc $?, not fatal): $(grep -vE '^\[' "$LOG/gpu_training_mixtral.log" | tr '\n' ' ' | cut -c1-600)"
 fi
 
 stamp "done (status $status)"
