@@ -27,6 +27,7 @@
 
 #include "core/error.h"
 #include "runtime/output_file.h"
+#include "runtime/run_tool.h"
 #include "runtime/token_shard.h"
 #include "runtime/tokenizer.h"
 
@@ -195,13 +196,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const sy::ConfigError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 1;
-  }
+  return sy::run_tool([&] { return run(argc, argv); });
 }
