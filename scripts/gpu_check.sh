@@ -84,7 +84,7 @@ grep -E '^(ok|FAIL)' "$OUT/parallel_equivalence_cuda.log"
 # 5. Benchmarks, table last.
 if [ "$BENCH" = 1 ]; then
   stamp "benchmarks"
-  build-gpu/bin/bench_ops --device cuda --json "$OUT/bench_ops.json" > "$OUT/bench_ops.txt" 2>&1
+  build-gpu/bin/bench_ops --device cuda --overwrite --json "$OUT/bench_ops.json" > "$OUT/bench_ops.txt" 2>&1
   for py in scripts/bench/torch_*.py; do
     [ -f "$py" ] || continue
     PYTHONUNBUFFERED=1 timeout 120 python3 "$py" --json "$OUT/$(basename "$py" .py).json" > "$OUT/$(basename "$py" .py).txt" 2>&1
