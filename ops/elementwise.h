@@ -6,6 +6,7 @@
 //   sigmoid:   y = 1 / (1 + exp(-x))
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -14,19 +15,13 @@ void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
 void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
 void scale(Ctx& ctx, Tensor& y, float s);
 
-namespace cpu {
-void scale(Ctx& ctx, Tensor& y, float s);
-void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
-void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
-void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/elementwise.cu; CUDA builds).
-namespace cuda {
-void scale(Ctx& ctx, Tensor& y, float s);
-void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
-void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
-void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
-}  // namespace cuda
+// The CPU reference (ops/cpu/elementwise.cc) and the CUDA kernels (ops/cuda/elementwise.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void scale(Ctx& ctx, Tensor& y, float s);
+  void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
+  void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
+  void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
+)
 
 }  // namespace sy::ops
