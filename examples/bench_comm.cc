@@ -14,6 +14,9 @@
 #include <vector>
 
 #include "comm/mpi_communicator.h"
+#include "runtime/output_file.h"
+#include "runtime/run_tool.h"
+#include "runtime/startup.h"
 
 namespace {
 
@@ -29,49 +32,59 @@ int main(int argc, char** argv) {
   CLI::App app{"all_to_all_v benchmark"};
   std::string json_path;
   int iters = 50;
+  bool overwrite = false;
   app.add_option("--json", json_path, "write results here (rank 0)");
+  app.add_flag("--overwrite", overwrite, "replace an existing --json file");
   app.add_option("--iters", iters, "timed iterations per size")->check(CLI::Range(3, 100000));
   CLI11_PARSE(app, argc, argv);
 
   sy::comm::MpiCommunicator comm(MPI_COMM_WORLD);
   const int W = comm.size(), R = comm.rank();
-  nlohmann::json out = nlohmann::json::array();
-  if (R == 0)
-    std::printf("%12s %12s %12s %12s %12s %8s\n", "bytes/rank", "mpi_us", "ours_us", "mpi_busbw", "ours_busbw",
-                "ours/mpi");
-  for (int64_t bytes = 1 << 10; bytes <= (int64_t{1} << 24); bytes <<= 2) {
-    const int64_t per_peer = std::max<int64_t>(1, bytes / 4 / W);  // floats to each rank
-    std::vector<float> send(per_peer * W, static_cast<float>(R)), recv(per_peer * W);
-    const sy::Tensor send_t = sy::Tensor::from_host(send);
-    sy::Tensor recv_t = sy::Tensor::from_host(recv);
-    std::vector<int64_t> counts(W, per_peer);
-    std::vector<int> c(W, static_cast<int>(per_peer)), d(W);
-    for (int i = 0; i < W; ++i) d[i] = static_cast<int>(i * per_peer);
-    std::vector<double> t_mpi, t_ours;
-    for (int it = 0; it < iters + 5; ++it) {  // 5 warm-up rounds
-      MPI_Barrier(MPI_COMM_WORLD);
-      double t0 = MPI_Wtime();
-      MPI_Alltoallv(send.data(), c.data(), d.data(), MPI_FLOAT, recv.data(), c.data(), d.data(), MPI_FLOAT,
-                    MPI_COMM_WORLD);
-      double t1 = MPI_Wtime();
-      MPI_Barrier(MPI_COMM_WORLD);
-      double t2 = MPI_Wtime();
-      comm.all_to_all_v(send_t, counts, recv_t, counts, sy::Stream{}, "bench");
-      double t3 = MPI_Wtime();
-      if (it >= 5) t_mpi.push_back(t1 - t0), t_ours.push_back(t3 - t2);
-    }
-    // The slowest rank's median decides.
-    double m[2] = {median(t_mpi), median(t_ours)}, mx[2];
-    MPI_Allreduce(m, mx, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    const double sent = static_cast<double>(per_peer) * 4 * W, factor = W > 1 ? double(W - 1) / W : 1.0;
-    const double bw_mpi = sent / mx[0] / 1e9 * factor, bw_ours = sent / mx[1] / 1e9 * factor;
-    if (R == 0) {
-      std::printf("%12.0f %12.1f %12.1f %10.2f GB/s %8.2f GB/s %7.2f\n", sent, mx[0] * 1e6, mx[1] * 1e6, bw_mpi,
-                  bw_ours, bw_ours / bw_mpi);
-      out.push_back({{"ranks", W}, {"bytes_per_rank", sent}, {"mpi_s", mx[0]}, {"ours_s", mx[1]},
-                     {"mpi_busbw_gbs", bw_mpi}, {"ours_busbw_gbs", bw_ours}, {"ratio", bw_ours / bw_mpi}});
-    }
-  }
-  if (R == 0 && !json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
-  return 0;
+  return sy::run_tool(
+      [&] {
+        // Rank 0 writes the JSON; a refusal reaches every rank (agree_on), before the work.
+        sy::agree_on(comm, [&] {
+          if (R == 0) sy::check_output_path("--json", json_path, {}, overwrite);
+        });
+        nlohmann::json out = nlohmann::json::array();
+        if (R == 0)
+          std::printf("%12s %12s %12s %12s %12s %8s\n", "bytes/rank", "mpi_us", "ours_us", "mpi_busbw", "ours_busbw",
+                      "ours/mpi");
+        for (int64_t bytes = 1 << 10; bytes <= (int64_t{1} << 24); bytes <<= 2) {
+          const int64_t per_peer = std::max<int64_t>(1, bytes / 4 / W);  // floats to each rank
+          std::vector<float> send(per_peer * W, static_cast<float>(R)), recv(per_peer * W);
+          const sy::Tensor send_t = sy::Tensor::from_host(send);
+          sy::Tensor recv_t = sy::Tensor::from_host(recv);
+          std::vector<int64_t> counts(W, per_peer);
+          std::vector<int> c(W, static_cast<int>(per_peer)), d(W);
+          for (int i = 0; i < W; ++i) d[i] = static_cast<int>(i * per_peer);
+          std::vector<double> t_mpi, t_ours;
+          for (int it = 0; it < iters + 5; ++it) {  // 5 warm-up rounds
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t0 = MPI_Wtime();
+            MPI_Alltoallv(send.data(), c.data(), d.data(), MPI_FLOAT, recv.data(), c.data(), d.data(), MPI_FLOAT,
+                          MPI_COMM_WORLD);
+            double t1 = MPI_Wtime();
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t2 = MPI_Wtime();
+            comm.all_to_all_v(send_t, counts, recv_t, counts, sy::Stream{}, "bench");
+            double t3 = MPI_Wtime();
+            if (it >= 5) t_mpi.push_back(t1 - t0), t_ours.push_back(t3 - t2);
+          }
+          // The slowest rank's median decides.
+          double m[2] = {median(t_mpi), median(t_ours)}, mx[2];
+          MPI_Allreduce(m, mx, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+          const double sent = static_cast<double>(per_peer) * 4 * W, factor = W > 1 ? double(W - 1) / W : 1.0;
+          const double bw_mpi = sent / mx[0] / 1e9 * factor, bw_ours = sent / mx[1] / 1e9 * factor;
+          if (R == 0) {
+            std::printf("%12.0f %12.1f %12.1f %10.2f GB/s %8.2f GB/s %7.2f\n", sent, mx[0] * 1e6, mx[1] * 1e6, bw_mpi,
+                        bw_ours, bw_ours / bw_mpi);
+            out.push_back({{"ranks", W}, {"bytes_per_rank", sent}, {"mpi_s", mx[0]}, {"ours_s", mx[1]},
+                           {"mpi_busbw_gbs", bw_mpi}, {"ours_busbw_gbs", bw_ours}, {"ratio", bw_ours / bw_mpi}});
+          }
+        }
+        if (R == 0 && !json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
+        return 0;
+      },
+      {R, W}, [](int code) { sy::comm::abort_job(code); });
 }

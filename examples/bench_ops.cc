@@ -34,6 +34,8 @@
 #include "ops/matmul.h"
 #include "ops/routing.h"
 #include "runtime/moe_layer.h"
+#include "runtime/output_file.h"
+#include "runtime/run_tool.h"
 
 #ifdef SY_WITH_CUDA
 #include <cublas_v2.h>
@@ -124,12 +126,15 @@ int main(int argc, char** argv) {
   bool quick = false;
   int iters = 20;
   app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  bool overwrite = false;
   app.add_option("--json", json_path, "write the results here");
+  app.add_flag("--overwrite", overwrite, "replace an existing --json file");
   app.add_option("--iters", iters, "timed runs per case (median)")->check(CLI::Range(1, 10000));
   app.add_flag("--quick", quick, "small shapes (a smoke test)");
   CLI11_PARSE(app, argc, argv);
 
-  try {
+  return sy::run_tool([&] {
+    sy::check_output_path("--json", json_path, {}, overwrite);  // before the work, not after
     std::unique_ptr<sy::DeviceRuntime> rt;
     if (device == "cuda") rt = sy::DeviceRuntime::create(0);
     Ctx& ctx = rt ? rt->ctx() : sy::host_ctx();
@@ -405,9 +410,6 @@ int main(int argc, char** argv) {
                             {"bytes", r.bytes}, {"wrong", r.wrong}, {"note", r.note}});
     }
     if (!json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -26,6 +26,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/hf_mixtral.h"
+#include "runtime/run_tool.h"
 #include "runtime/startup.h"
 
 namespace {
@@ -94,16 +95,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const sy::AgreedError& e) {  // a refused checkpoint
-    std::cerr << "error: " << e.what() << std::endl;
-    return e.exit_code();
-  } catch (const sy::ConfigError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 1;
-  }
+  return sy::run_tool([&] { return run(argc, argv); });
 }

@@ -27,6 +27,7 @@
 #include "runtime/generate.h"
 #include "runtime/startup.h"
 #include "runtime/piece_codec.h"
+#include "runtime/run_tool.h"
 
 namespace {
 
@@ -111,16 +112,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const sy::AgreedError& e) {  // a refused checkpoint
-    std::cerr << "error: " << e.what() << std::endl;
-    return e.exit_code();
-  } catch (const sy::ConfigError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 1;
-  }
+  return sy::run_tool([&] { return run(argc, argv); });
 }

@@ -41,6 +41,8 @@
 #include <sstream>
 
 #include "comm/mpi_communicator.h"
+#include "runtime/output_file.h"
+#include "runtime/run_tool.h"
 #include "runtime/trainer.h"
 
 namespace {
@@ -215,7 +217,9 @@ int main(int argc, char** argv) {
   app.add_option("--loadavg-file", loadavg_file, "where the load average is read (testing)");
   app.add_option("--per-rank-batch", per_rank_batch, "weak scaling: sequences per rank");
   app.add_option("--global-batch", global_batch, "strong scaling: sequences in the global batch");
+  bool overwrite = false;
   app.add_option("--out", out, "output prefix: <out>.csv, <out>.png, <out>_projection.csv");
+  app.add_flag("--overwrite", overwrite, "replace existing output files");
   app.add_option("--project", project_ranks, "rank counts to project to with the GPU link parameters");
   app.add_option("--compute-s", compute_s, "single-rank compute seconds per step for the GPU projection (default: the measured CPU one)");
   app.add_option("--cpu-link-gbs", cpu.busbw_gbs, "MPI all-to-all bus bandwidth here (bench_comm, ~1 MB)");
@@ -228,7 +232,7 @@ int main(int argc, char** argv) {
   cpu.alpha_s = latency_us * 1e-6;
   gpu.alpha_s = gpu_latency_us * 1e-6;
 
-  try {
+  return sy::run_tool([&] {
     std::vector<std::string> base = sets;
     for (const char* s : {"train.warmup_steps=1", "train.eval_interval=0", "train.log_interval=100000000"})
       base.push_back(s);
@@ -244,6 +248,8 @@ int main(int argc, char** argv) {
     std::stringstream ss(ranks_arg);
     for (std::string r; std::getline(ss, r, ',');) ranks.push_back(std::stoi(r));
     if (ranks.empty() || ranks[0] != 1) throw sy::ConfigError("--ranks " + ranks_arg + ": must start with 1 (the baseline)");
+    for (const char* suffix : {".csv", ".png", "_projection.csv"})
+      sy::check_output_path("--out", out + suffix, {{"the config file", config}}, overwrite);
     // OpenMPI's mpirun refuses to run as root without its consent.
     if (geteuid() == 0) {
       setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
@@ -321,8 +327,5 @@ int main(int argc, char** argv) {
     }
     std::printf("wrote %s.csv %s.png %s_projection.csv\n", out.c_str(), out.c_str(), out.c_str());
     return 0;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
-  }
+  });
 }

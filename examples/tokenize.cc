@@ -27,6 +27,7 @@
 
 #include "core/error.h"
 #include "runtime/output_file.h"
+#include "runtime/run_tool.h"
 #include "runtime/token_shard.h"
 #include "runtime/tokenizer.h"
 
@@ -158,10 +159,7 @@ int run(int argc, char** argv) {
   size_t n_train = 0, n_val_shards = 0;
   try {
     const std::string staged_tok = (stage / "tokenizer.model").string();
-    std::ofstream f(staged_tok, std::ios::binary | std::ios::trunc);
-    f.write(tok.serialized().data(), static_cast<std::streamsize>(tok.serialized().size()));
-    f.close();
-    if (!f) throw sy::Error(staged_tok + ": cannot write " + std::to_string(tok.serialized().size()) + " bytes");
+    sy::write_file(staged_tok, tok.serialized());
     n_train = write_split(stage.string(), "train", ids, 0, split, per, vocab);
     n_val_shards = write_split(stage.string(), "val", ids, split, ids.size(), per, vocab);
   } catch (...) {
@@ -195,13 +193,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const sy::ConfigError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 1;
-  }
+  return sy::run_tool([&] { return run(argc, argv); });
 }

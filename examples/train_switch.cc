@@ -53,6 +53,7 @@
 #include "runtime/checkpoint_store.h"
 #include "runtime/metrics.h"
 #include "runtime/output_file.h"
+#include "runtime/run_tool.h"
 #include "runtime/startup.h"
 #include "runtime/trainer.h"
 
@@ -351,24 +352,6 @@ int main(int argc, char** argv) {
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  int code = 0;
-  try {
-    // A code returned (0, or 3 and 4: stops every rank agreed on) is the
-    // same on every rank: no abort.
-    return run(argc, argv, rank, size);
-  } catch (const sy::AgreedError& e) {
-    // Every rank holds this error (agreed at start-up or on a checkpoint):
-    // rank 0 prints it, all exit with its code.
-    if (rank == 0) std::cerr << "error: " << e.what() << std::endl;
-    return e.exit_code();
-  } catch (const sy::ConfigError& e) {
-    std::cerr << "error: " << (size > 1 ? "rank " + std::to_string(rank) + ": " : "") << e.what() << std::endl;
-    code = 2;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << (size > 1 ? "rank " + std::to_string(rank) + ": " : "") << e.what() << std::endl;
-    code = 1;
-  }
-  // One rank's failure ends the job: the others may be inside a collective.
-  if (code != 0 && size > 1) sy::comm::abort_job(code);
-  return code;
+  return sy::run_tool([&] { return run(argc, argv, rank, size); }, {rank, size},
+                       [](int code) { sy::comm::abort_job(code); });  // other ranks may be in a collective
 }

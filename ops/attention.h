@@ -30,6 +30,7 @@
 // softmax and its backward in vectors: ops/cpu/attention.cc.
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -56,14 +57,11 @@ struct AttentionBackwardArgs {
 void attention_forward(Ctx& ctx, const AttentionArgs& a);
 void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
 
-namespace cpu {
-void attention_forward(Ctx& ctx, const AttentionArgs& a);
-void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
-}  // namespace cpu
-
-namespace cuda {
-void attention_forward(Ctx& ctx, const AttentionArgs& a);
-void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
-}  // namespace cuda
+// The CPU reference (ops/cpu/attention.cc) and the CUDA kernels (ops/cuda/attention.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void attention_forward(Ctx& ctx, const AttentionArgs& a);
+  void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
+)
 
 }  // namespace sy::ops

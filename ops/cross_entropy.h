@@ -7,6 +7,7 @@
 // dlogits is overwritten (it is the first gradient of the backward pass).
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -27,15 +28,11 @@ struct CrossEntropyBackwardArgs {
 float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a);
 void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a);
 
-namespace cpu {
-float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a);
-void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/cross_entropy.cu; CUDA builds).
-namespace cuda {
-float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a);
-void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a);
-}  // namespace cuda
+// The CPU reference (ops/cpu/cross_entropy.cc) and the CUDA kernels (ops/cuda/cross_entropy.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a);
+  void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a);
+)
 
 }  // namespace sy::ops

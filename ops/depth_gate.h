@@ -13,6 +13,7 @@
 // Shapes: r, s, w, dr, dw, dbudget, p, dl (N); the route has k = 1.
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 #include "ops/routing.h"
 
 namespace sy::ops {
@@ -28,19 +29,13 @@ void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& d
 // dl is overwritten.
 PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau);
 
-namespace cpu {
-void depth_gate_forward(Ctx& ctx, Tensor& w, const Tensor& s, const Route& r, bool straight_through);
-void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& dbudget, const Tensor& s,
-                         const Route& r, bool straight_through);
-PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/depth_gate.cu; CUDA builds).
-namespace cuda {
-void depth_gate_forward(Ctx& ctx, Tensor& w, const Tensor& s, const Route& r, bool straight_through);
-void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& dbudget, const Tensor& s,
-                         const Route& r, bool straight_through);
-PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau);
-}  // namespace cuda
+// The CPU reference (ops/cpu/depth_gate.cc) and the CUDA kernels (ops/cuda/depth_gate.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void depth_gate_forward(Ctx& ctx, Tensor& w, const Tensor& s, const Route& r, bool straight_through);
+  void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& dbudget, const Tensor& s,
+                           const Route& r, bool straight_through);
+  PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau);
+)
 
 }  // namespace sy::ops

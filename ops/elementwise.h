@@ -8,6 +8,7 @@
 //                               the bf16 shadows of master weights, GEMM operands)
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -17,21 +18,14 @@ void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
 void scale(Ctx& ctx, Tensor& y, float s);
 void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x);
 
-namespace cpu {
-void scale(Ctx& ctx, Tensor& y, float s);
-void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x);
-void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
-void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
-void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/elementwise.cu; CUDA builds).
-namespace cuda {
-void scale(Ctx& ctx, Tensor& y, float s);
-void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x);
-void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
-void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
-void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
-}  // namespace cuda
+// The CPU reference (ops/cpu/elementwise.cc) and the CUDA kernels (ops/cuda/elementwise.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void scale(Ctx& ctx, Tensor& y, float s);
+  void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x);
+  void add_into(Ctx& ctx, Tensor& y, const Tensor& x);
+  void mul_into(Ctx& ctx, Tensor& y, const Tensor& x);
+  void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x);
+)
 
 }  // namespace sy::ops

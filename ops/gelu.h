@@ -7,21 +7,18 @@
 // Shapes: any, y like x. Saved for backward: x. dx accumulates.
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
 void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x);
 void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x);
 
-namespace cpu {
-void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x);
-void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/gelu.cu; CUDA builds).
-namespace cuda {
-void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x);
-void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x);
-}  // namespace cuda
+// The CPU reference (ops/cpu/gelu.cc) and the CUDA kernels (ops/cuda/gelu.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x);
+  void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x);
+)
 
 }  // namespace sy::ops

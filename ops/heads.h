@@ -9,21 +9,18 @@
 // a split is the merge of the gradients, and the other way round.
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
 void split_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
 void merge_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
 
-namespace cpu {
-void split_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
-void merge_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/heads.cu; CUDA builds).
-namespace cuda {
-void split_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
-void merge_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
-}  // namespace cuda
+// The CPU reference (ops/cpu/heads.cc) and the CUDA kernels (ops/cuda/heads.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void split_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
+  void merge_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0);
+)
 
 }  // namespace sy::ops

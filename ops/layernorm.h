@@ -11,6 +11,7 @@
 // parameter-free normalisation of queries and keys), and dw, db are null.
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -39,15 +40,11 @@ struct LayerNormBackwardArgs {
 void layernorm_forward(Ctx& ctx, const LayerNormArgs& a);
 void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a);
 
-namespace cpu {
-void layernorm_forward(Ctx& ctx, const LayerNormArgs& a);
-void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/layernorm.cu; CUDA builds).
-namespace cuda {
-void layernorm_forward(Ctx& ctx, const LayerNormArgs& a);
-void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a);
-}  // namespace cuda
+// The CPU reference (ops/cpu/layernorm.cc) and the CUDA kernels (ops/cuda/layernorm.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void layernorm_forward(Ctx& ctx, const LayerNormArgs& a);
+  void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a);
+)
 
 }  // namespace sy::ops

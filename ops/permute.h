@@ -8,21 +8,18 @@
 // Shapes: in, out (R, D) any dtype of equal size; index (R) i64.
 #pragma once
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
 void gather_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
 void scatter_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
 
-namespace cpu {
-void gather_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
-void scatter_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/permute.cu; CUDA builds).
-namespace cuda {
-void gather_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
-void scatter_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
-}  // namespace cuda
+// The CPU reference (ops/cpu/permute.cc) and the CUDA kernels (ops/cuda/permute.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void gather_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
+  void scatter_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index);
+)
 
 }  // namespace sy::ops

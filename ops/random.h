@@ -12,6 +12,7 @@
 #pragma once
 #include "core/philox.h"
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -19,17 +20,12 @@ void random_uniform(Ctx& ctx, Tensor& out, const RandomKey& key, float lo, float
 void random_normal(Ctx& ctx, Tensor& out, const RandomKey& key, float std);
 void random_gumbel(Ctx& ctx, Tensor& out, const RandomKey& key, float scale);
 
-namespace cpu {
-void random_uniform(Ctx& ctx, Tensor& out, const RandomKey& key, float lo, float hi);
-void random_normal(Ctx& ctx, Tensor& out, const RandomKey& key, float std);
-void random_gumbel(Ctx& ctx, Tensor& out, const RandomKey& key, float scale);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/random.cu; CUDA builds).
-namespace cuda {
-void random_uniform(Ctx& ctx, Tensor& out, const RandomKey& key, float lo, float hi);
-void random_normal(Ctx& ctx, Tensor& out, const RandomKey& key, float std);
-void random_gumbel(Ctx& ctx, Tensor& out, const RandomKey& key, float scale);
-}  // namespace cuda
+// The CPU reference (ops/cpu/random.cc) and the CUDA kernels (ops/cuda/random.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void random_uniform(Ctx& ctx, Tensor& out, const RandomKey& key, float lo, float hi);
+  void random_normal(Ctx& ctx, Tensor& out, const RandomKey& key, float std);
+  void random_gumbel(Ctx& ctx, Tensor& out, const RandomKey& key, float scale);
+)
 
 }  // namespace sy::ops

@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "ops/backend.h"
 #include "ops/routing.h"
 #include "ops/sparse_attention.h"
 
@@ -136,27 +137,17 @@ struct CommitmentSums {
 CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
 
-namespace cpu {
-CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
-void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
-Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);  // (T, K) = xn . mu^T
-void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
-void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
-void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
-void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
-float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
-}  // namespace cpu
-
-// The CUDA kernels (ops/cuda/routed_attention.cu; CUDA builds).
-namespace cuda {
-CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
-void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
-Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);
-void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
-void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
-void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
-void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
-float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
-}  // namespace cuda
+// The CPU reference (ops/cpu/routed_attention.cc) and the CUDA kernels (ops/cuda/routed_attention.cu;
+// CUDA builds): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
+  void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
+  Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);  // (T, K) = xn . mu^T
+  void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
+  void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
+  void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
+  void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
+  float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
+)
 
 }  // namespace sy::ops

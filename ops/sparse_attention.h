@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace sy::ops {
 
@@ -74,20 +75,14 @@ KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
 // a block-mean of queries would let t see later queries of its block.
 KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
 
-namespace cpu {
-void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a);
-void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a);
-KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
-KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
-}  // namespace cpu
-
-// CUDA (ops/cuda/sparse_attention.cu, f32): the key sets are made on the
-// device and equal the CPU's exactly.
-namespace cuda {
-void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a);
-void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a);
-KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
-KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
-}  // namespace cuda
+// The CPU reference (ops/cpu/sparse_attention.cc) and the CUDA kernels
+// (ops/cuda/sparse_attention.cu, f32; CUDA builds, the key sets made on the
+// device equal to the CPU's exactly): the entry points above, in cpu:: and cuda::.
+SY_DECLARE_BACKENDS(
+  void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a);
+  void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a);
+  KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
+  KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
+)
 
 }  // namespace sy::ops

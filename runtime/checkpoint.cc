@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -33,6 +34,7 @@ using switchyard::CheckpointManifest;
 namespace {
 
 constexpr int kFormatVersion = 1;
+constexpr int64_t kMaxStep = 100000000;  // train.steps' largest value (runtime/config.cc)
 constexpr const char* kManifest = "manifest.pbtxt";
 constexpr const char* kDenseModel = "model-dense.safetensors";
 constexpr const char* kDenseOptim = "optim-dense.safetensors";
@@ -375,6 +377,22 @@ CheckpointManifest read_manifest(const std::string& dir) {
   if (m.format_version() != kFormatVersion)
     throw ConfigError(path + ": format_version = " + std::to_string(m.format_version()) + ": this build reads " +
                       std::to_string(kFormatVersion));
+  // The training position: a damaged or hand-edited manifest must not resume
+  // at a negative step, with more AdamW updates than steps (its bias
+  // correction would run ahead), or at a batch number the data stream cannot
+  // key: batches are numbered in 32 bits (runtime/data.cc's RandomKey), so a
+  // larger position would silently repeat the stream.
+  auto position = [&](const char* field, const std::string& value, const std::string& allowed) {
+    throw ConfigError(path + ": " + field + " = " + value + ": must be in " + allowed);
+  };
+  if (m.step() < 0 || m.step() > kMaxStep)
+    position("step", std::to_string(m.step()), "[0, " + std::to_string(kMaxStep) + "] (train.steps' range)");
+  if (m.optimizer_step() < 0 || m.optimizer_step() > m.step())
+    position("optimizer_step", std::to_string(m.optimizer_step()),
+             "[0, step = " + std::to_string(m.step()) + "] (AdamW updates are at most the steps)");
+  if (m.data_position() > UINT32_MAX)
+    position("data_position", std::to_string(m.data_position()),
+             "[0, " + std::to_string(UINT32_MAX) + "] (the data stream numbers its batches in 32 bits)");
   // Every file is read from the checkpoint's own directory: a name that
   // reaches elsewhere ("../x", "/x") or that the file system cannot hold is
   // refused here, before anything opens it.

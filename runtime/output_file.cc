@@ -1,5 +1,10 @@
 #include "runtime/output_file.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "core/error.h"
@@ -25,6 +30,24 @@ void check_output_path(const std::string& option, const std::string& path,
       throw ConfigError(option + " " + path + ": exists and is not empty (" + std::to_string(size) +
                         " bytes); pass --overwrite to replace it, or choose another file");
   }
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  // open/write/close rather than a stream: each failing call leaves its errno.
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(path + ": cannot create: " + std::strerror(errno));
+  for (size_t done = 0; done < bytes.size();) {
+    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int err = w < 0 ? errno : EIO;
+      ::close(fd);
+      throw Error(path + ": write failed after " + std::to_string(done) + " of " + std::to_string(bytes.size()) +
+                  " bytes: " + std::strerror(err));
+    }
+    done += static_cast<size_t>(w);
+  }
+  if (::close(fd) != 0) throw Error(path + ": close failed: " + std::strerror(errno));
 }
 
 }  // namespace sy

@@ -1,5 +1,6 @@
 // Output files a tool is told to write (--metrics, tokenize's shards and
-// tokenizer): refused before any work when writing them would destroy data.
+// tokenizer): refused before any work when writing them would destroy data,
+// and written so that a failure names the system's reason.
 // Used by examples/tokenize without the rest of the runtime (sy_shards).
 #pragma once
 #include <string>
@@ -15,5 +16,10 @@ namespace sy {
 // or when it exists and is not empty, unless `overwrite`.
 void check_output_path(const std::string& option, const std::string& path,
                        const std::vector<std::pair<std::string, std::string>>& inputs, bool overwrite);
+
+// Writes `bytes` to `path` (created or truncated). A failure throws Error,
+// one line naming the path, the step and the system's reason (strerror), e.g.
+// "x.bin: write failed: No space left on device".
+void write_file(const std::string& path, const std::string& bytes);
 
 }  // namespace sy

@@ -14,20 +14,10 @@
 #include <string>
 
 #include "comm/communicator.h"
+#include "runtime/agreed_error.h"
 #include "runtime/config.h"
 
 namespace sy {
-
-// An error every rank of the job holds, with the same message: rank 0 prints
-// it, every rank exits with exit_code() (2 bad input, 1 anything else).
-class AgreedError : public Error {
- public:
-  AgreedError(const std::string& what, int exit_code) : Error(what), exit_code_(exit_code) {}
-  int exit_code() const { return exit_code_; }
-
- private:
-  int exit_code_;
-};
 
 // The code version compiled in (git describe at configure time, or "unknown").
 const char* code_version();

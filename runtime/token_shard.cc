@@ -5,9 +5,9 @@
 
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 
 #include "core/error.h"
+#include "runtime/output_file.h"
 
 namespace sy {
 
@@ -105,11 +105,11 @@ void write_token_shard(const std::string& path, const std::vector<uint32_t>& ids
     else store(body, kShardHeaderBytes + 4 * i, ids[i]);
   }
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(body.data(), static_cast<std::streamsize>(body.size()));
-    out.flush();
-    if (!out) throw Error(tmp + ": cannot write " + std::to_string(body.size()) + " bytes");
+  try {
+    write_file(tmp, body);
+  } catch (const Error&) {
+    std::remove(tmp.c_str());  // nothing half-written is left
+    throw;
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());

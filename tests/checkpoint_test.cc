@@ -559,6 +559,34 @@ TEST_F(Refusal, ManifestTensorNameIsPrintedEscaped) {
   EXPECT_EQ(refusal(), file("model-dense.safetensors") + ": tensor wte\\x0ax: missing from the file (the manifest lists it)");
 }
 
+// Found by review: the training position was taken as written, so a
+// negative step or optimizer_step, or a data position past the data
+// stream's 32-bit batch numbers, loaded. Each is refused naming the field.
+TEST_F(Refusal, TrainingPositionOutOfRange) {
+  const std::string m = read_bytes(file("manifest.pbtxt"));
+  ASSERT_NE(m.find("\nstep: 2\n"), std::string::npos) << m;
+  ASSERT_NE(m.find("\noptimizer_step: 2\n"), std::string::npos) << m;
+  ASSERT_NE(m.find("\ndata_position: 2\n"), std::string::npos) << m;
+  const std::string path = file("manifest.pbtxt");
+  for (auto [line, want] : std::vector<std::pair<std::string, std::string>>{
+           {"step: -1", "step = -1: must be in [0, 100000000] (train.steps' range)"},
+           {"step: 100000001", "step = 100000001: must be in [0, 100000000] (train.steps' range)"},
+           {"optimizer_step: -1", "optimizer_step = -1: must be in [0, step = 2] (AdamW updates are at most the steps)"},
+           {"optimizer_step: 3", "optimizer_step = 3: must be in [0, step = 2] (AdamW updates are at most the steps)"},
+           {"data_position: 4294967296",
+            "data_position = 4294967296: must be in [0, 4294967295] (the data stream numbers its batches in 32 bits)"}}) {
+    const std::string field = line.substr(0, line.find(':'));
+    std::string edited = m;
+    const size_t at = edited.find("\n" + field + ": 2\n") + 1;
+    edited.replace(at, field.size() + 3, line);
+    write_bytes(path, edited);
+    EXPECT_EQ(refusal(), path + ": " + want);
+    EXPECT_THROW(read_manifest(dir_), ConfigError) << line;  // sample and export_hf read it too
+  }
+  write_bytes(path, m);
+  EXPECT_NO_THROW(read_manifest(dir_));
+}
+
 TEST_F(Refusal, ChangedModelShapeNamesTheField) {
   for (auto [field, value] : std::vector<std::pair<std::string, std::string>>{
            {"model.n_layers", "3"}, {"moe.num_experts", "8"}, {"attention.num_routing_heads", "2"},

@@ -13,7 +13,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "grad_check.h"
+#include "attention_rows.h"
 #include "ops/cuda/routed_attention_rows.h"
 #include "ops/layernorm.h"
 #include "ops/routed_attention.h"
@@ -22,14 +22,13 @@ namespace sy {
 namespace {
 
 namespace routed = ops::routed;
-
-// run(n, f): the host's stand-in for one kernel launch.
-struct HostRun {
-  template <class F>
-  void operator()(int64_t n, const F& f) const {
-    for (int64_t i = 0; i < n; ++i) f(i);
-  }
-};
+using testing::Case;
+using testing::expect_grads;
+using testing::expect_lse;
+using testing::Grads;
+using testing::HostRun;
+using testing::random_case;
+using testing::rel_l2;
 
 // One side prepared as the CUDA launcher prepares it (host buffers).
 struct HostSide {
@@ -92,10 +91,6 @@ Result emulate_forward(const routed::Head& h, int64_t rows) {
   return r;
 }
 
-struct Grads {
-  Tensor dq, dk, dv;
-};
-
 Grads emulate_backward(const routed::Head& h, int64_t qrows, int64_t krows, const Tensor& dout, const Tensor& o,
                        const Tensor& lse, const Grads& start) {
   Grads g{start.dq.clone(), start.dk.clone(), start.dv.clone()};
@@ -107,38 +102,6 @@ Grads emulate_backward(const routed::Head& h, int64_t qrows, int64_t krows, cons
                           dv_part.data(), self.data(), self_a.data(), self_ds.data(), g.dq.f32(), g.dk.f32(),
                           g.dv.f32()});
   return g;
-}
-
-double rel_l2(const Tensor& got, const Tensor& want) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    const double d = static_cast<double>(got.f32()[i]) - want.f32()[i];
-    num += d * d;
-    den += static_cast<double>(want.f32()[i]) * want.f32()[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
-// lse: the same -inf entries, the finite ones within 1e-5 relative L2.
-void expect_lse(const Tensor& got, const Tensor& want) {
-  Tensor g = got.clone(), w = want.clone();
-  for (int64_t t = 0; t < w.numel(); ++t) {
-    ASSERT_EQ(std::isinf(g.f32()[t]), std::isinf(w.f32()[t])) << "lse " << t << ": " << g.f32()[t] << " vs " << w.f32()[t];
-    if (std::isinf(w.f32()[t])) g.f32()[t] = w.f32()[t] = 0.f;
-  }
-  EXPECT_LE(rel_l2(g, w), 1e-5) << "lse";
-}
-
-// Random q, k, v, dout, and the starting values of dq, dk, dv (they accumulate).
-struct Case {
-  Tensor q, k, v, dout;
-  Grads start;
-};
-
-Case random_case(int64_t T, int64_t D, Rng& rng) {
-  return {testing::randn({T, D}, rng), testing::randn({T, D}, rng), testing::randn({T, D}, rng),
-          testing::randn({T, D}, rng),
-          {testing::randn({T, D}, rng), testing::randn({T, D}, rng), testing::randn({T, D}, rng)}};
 }
 
 // Clusters from the layer's recipe on the host: LN of q and k, k-means
@@ -175,11 +138,7 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
   expect_lse(r.lse, lse);
   // The backward from the reference's o and lse, so it is checked on its own.
   const Grads got = emulate_backward(hh.h, cl.queries.rows(), cl.keys.rows(), c.dout, o, lse, c.start);
-  EXPECT_LE(rel_l2(got.dq, want.dq), 1e-5) << "dq";
-  EXPECT_LE(rel_l2(got.dk, want.dk), 1e-5) << "dk";
-  EXPECT_LE(rel_l2(got.dv, want.dv), 1e-5) << "dv";
-  for (const Tensor* t : {&got.dq, &got.dk, &got.dv})
-    for (int64_t i = 0; i < t->numel(); ++i) ASSERT_TRUE(std::isfinite(t->f32()[i])) << "gradient element " << i;
+  expect_grads(got, want);
 }
 
 TEST(RoutedAttentionRows, CausalClusters) {

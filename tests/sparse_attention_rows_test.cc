@@ -12,7 +12,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "grad_check.h"
+#include "attention_rows.h"
 #include "ops/cuda/sparse_attention_rows.h"
 #include "ops/sparse_attention.h"
 
@@ -20,29 +20,13 @@ namespace sy {
 namespace {
 
 namespace sparse = ops::sparse;
-
-struct HostRun {
-  template <class F>
-  void operator()(int64_t n, const F& f) const {
-    for (int64_t i = 0; i < n; ++i) f(i);
-  }
-};
-
-struct Grads {
-  Tensor dq, dk, dv;
-};
-
-// Random q, k, v, dout, and the starting values of dq, dk, dv (they accumulate).
-struct Case {
-  Tensor q, k, v, dout;
-  Grads start;
-};
-
-Case random_case(int64_t T, int64_t D, Rng& rng) {
-  return {testing::randn({T, D}, rng), testing::randn({T, D}, rng), testing::randn({T, D}, rng),
-          testing::randn({T, D}, rng),
-          {testing::randn({T, D}, rng), testing::randn({T, D}, rng), testing::randn({T, D}, rng)}};
-}
+using testing::Case;
+using testing::expect_grads;
+using testing::expect_lse;
+using testing::Grads;
+using testing::HostRun;
+using testing::random_case;
+using testing::rel_l2;
 
 sparse::Head head_of(const Case& c, const ops::KeySets& ks) {
   const int64_t T = c.q.dim(0), D = c.q.dim(1);
@@ -85,26 +69,6 @@ Grads emulate_backward(const sparse::Head& h, int64_t P, const Case& c, const Te
   return g;
 }
 
-double rel_l2(const Tensor& got, const Tensor& want) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    const double d = static_cast<double>(got.f32()[i]) - want.f32()[i];
-    num += d * d;
-    den += static_cast<double>(want.f32()[i]) * want.f32()[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
-// lse: the same -inf entries, the finite ones within 1e-5 relative L2.
-void expect_lse(const Tensor& got, const Tensor& want) {
-  Tensor g = got.clone(), w = want.clone();
-  for (int64_t t = 0; t < w.numel(); ++t) {
-    ASSERT_EQ(std::isinf(g.f32()[t]), std::isinf(w.f32()[t])) << "lse " << t << ": " << g.f32()[t] << " vs " << w.f32()[t];
-    if (std::isinf(w.f32()[t])) g.f32()[t] = w.f32()[t] = 0.f;
-  }
-  EXPECT_LE(rel_l2(g, w), 1e-5) << "lse";
-}
-
 // The whole comparison for one head and its key sets.
 void expect_matches_reference(const Case& c, const ops::KeySets& ks) {
   Ctx& ctx = host_ctx();
@@ -125,11 +89,7 @@ void expect_matches_reference(const Case& c, const ops::KeySets& ks) {
   // The backward from the reference's o and lse, so it is checked on its own.
   Transposed tr;
   const Grads got = emulate_backward(h, P, c, o, lse, tr);
-  EXPECT_LE(rel_l2(got.dq, want.dq), 1e-5) << "dq";
-  EXPECT_LE(rel_l2(got.dk, want.dk), 1e-5) << "dk";
-  EXPECT_LE(rel_l2(got.dv, want.dv), 1e-5) << "dv";
-  for (const Tensor* t : {&got.dq, &got.dk, &got.dv})
-    for (int64_t i = 0; i < t->numel(); ++i) ASSERT_TRUE(std::isfinite(t->f32()[i])) << "gradient element " << i;
+  expect_grads(got, want);
 
   // The transposed key sets: key u's queries, ascending, each once per pair.
   const std::vector<int64_t> off = ks.off.to_vector<int64_t>();

@@ -5,15 +5,19 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "config_error.h"
 #include "core/error.h"
 #include "core/philox.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
+#include "runtime/output_file.h"
 #include "runtime/token_shard.h"
 #include "runtime/trainer.h"
 #include "runtime/training_data.h"
@@ -83,6 +87,27 @@ TEST_F(Shards, WriteThenReadUint32AndTheBytesOnDisk) {
                            std::string("\x03\0\0\0\0\0\0\0", 8) + std::string("\0\0\x10\0", 4) + std::string(4, '\0') +
                            std::string("\xff\xff\x0f\0", 4) + std::string("\0\0\x01\0", 4) + std::string("\x03\0\0\0", 4);
   EXPECT_EQ(b, want);
+}
+
+// Found by review: a failed write said "cannot write N bytes" without the
+// system's reason. Now the failing call's errno is named (ENOENT: no such
+// directory; ENOSPC: /dev/full accepts no byte), and nothing is left behind.
+TEST_F(Shards, WriteErrorsNameTheSystemsReason) {
+  auto error = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "expected an Error";
+    return std::string();
+  };
+  const std::string missing = path("no_such_dir/a.bin");
+  EXPECT_EQ(error([&] { write_token_shard(missing, {1, 2}, 256); }),
+            missing + ".tmp: cannot create: " + std::strerror(ENOENT));
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full here";
+  EXPECT_EQ(error([] { write_file("/dev/full", "abc"); }),
+            std::string("/dev/full: write failed after 0 of 3 bytes: ") + std::strerror(ENOSPC));
 }
 
 TEST_F(Shards, EmptyShardReadsAsNoIds) {

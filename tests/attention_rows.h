@@ -1,0 +1,68 @@
+// What routed_attention_rows_test.cc and sparse_attention_rows_test.cc share:
+// the host's stand-in for a kernel launch, random heads, and the comparison
+// of the CUDA path's results with the CPU reference's (class F: within 1e-5
+// relative L2; lse's -inf entries exactly where the reference has them).
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "grad_check.h"
+
+namespace sy::testing {
+
+// run(n, f): the host's stand-in for one kernel launch.
+struct HostRun {
+  template <class F>
+  void operator()(int64_t n, const F& f) const {
+    for (int64_t i = 0; i < n; ++i) f(i);
+  }
+};
+
+struct Grads {
+  Tensor dq, dk, dv;
+};
+
+// Random q, k, v, dout, and the starting values of dq, dk, dv (they accumulate).
+struct Case {
+  Tensor q, k, v, dout;
+  Grads start;
+};
+
+inline Case random_case(int64_t T, int64_t D, Rng& rng) {
+  return {randn({T, D}, rng), randn({T, D}, rng), randn({T, D}, rng), randn({T, D}, rng),
+          {randn({T, D}, rng), randn({T, D}, rng), randn({T, D}, rng)}};
+}
+
+// ||got - want|| / ||want||.
+inline double rel_l2(const Tensor& got, const Tensor& want) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double d = static_cast<double>(got.f32()[i]) - want.f32()[i];
+    num += d * d;
+    den += static_cast<double>(want.f32()[i]) * want.f32()[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// lse: the same -inf entries, the finite ones within 1e-5 relative L2.
+inline void expect_lse(const Tensor& got, const Tensor& want) {
+  Tensor g = got.clone(), w = want.clone();
+  for (int64_t t = 0; t < w.numel(); ++t) {
+    ASSERT_EQ(std::isinf(g.f32()[t]), std::isinf(w.f32()[t])) << "lse " << t << ": " << g.f32()[t] << " vs " << w.f32()[t];
+    if (std::isinf(w.f32()[t])) g.f32()[t] = w.f32()[t] = 0.f;
+  }
+  EXPECT_LE(rel_l2(g, w), 1e-5) << "lse";
+}
+
+// dq, dk, dv within 1e-5 relative L2 of the reference's, every element finite.
+inline void expect_grads(const Grads& got, const Grads& want) {
+  EXPECT_LE(rel_l2(got.dq, want.dq), 1e-5) << "dq";
+  EXPECT_LE(rel_l2(got.dk, want.dk), 1e-5) << "dk";
+  EXPECT_LE(rel_l2(got.dv, want.dv), 1e-5) << "dv";
+  for (const Tensor* t : {&got.dq, &got.dk, &got.dv})
+    for (int64_t i = 0; i < t->numel(); ++i) ASSERT_TRUE(std::isfinite(t->f32()[i])) << "gradient element " << i;
+}
+
+}  // namespace sy::testing
