@@ -66,6 +66,7 @@
 #include "ops/routed_attention.h"
 #include "ops/sparse_attention.h"
 #include "runtime/output_file.h"
+#include "runtime/run_tool.h"
 
 #ifdef SY_WITH_CUDA
 #include <cublas_v2.h>
@@ -255,7 +256,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  try {
+  return sy::run_tool([&] {
     if (tokens.empty()) tokens = quick ? std::vector<int64_t>{256, 512} : std::vector<int64_t>{4096, 16384, 65536};
     if (quick && app.count("--heads") == 0) H = 2;
     std::sort(tokens.begin(), tokens.end());
@@ -641,12 +642,6 @@ int main(int argc, char** argv) {
       f << out.dump(1) << "\n";
       if (!f) throw sy::Error("--json " + json_path + ": could not write");
     }
-  } catch (const sy::ConfigError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }
