@@ -61,7 +61,7 @@ struct Param {
   Tensor local_row(const Tensor& t, int64_t i) const;
 };
 
-// The four arenas of one kind.
+// The arenas of one kind: four fp32, and the bf16 shadows where kept.
 struct ParamArena {
   Tensor value, grad, m, v;  // (numel) each
   Tensor value_bf16;         // (numel) bf16 shadows, or undefined
