@@ -40,6 +40,7 @@ SKIP=(
   parallel_equivalence    # EP=4/EP=2 losses vs one rank's: ExpertParallel.* (comm_test) run the sharded layer
   plot_metrics_dashboard  # gnuplot pages from metrics files: Python and gnuplot, not our C++
   bench_ops_smoke         # a timing loop over the ops that ops_test and backend_ops_test run
+  bench_attention_smoke   # a timing loop over the attention ops that routed_attention_test runs
   'scaling_sweep.*'       # timing sweeps of training runs under mpirun
   multihost               # MPI over TCP between network namespaces (root only): MPI's transport, not our memory
   train_switch_cli        # the CLI's flags and refusals: config_test runs the config loader and its checks
