@@ -60,6 +60,7 @@
 #include "core/device_runtime.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "examples/bench_common.h"
 #include "ops/attention.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
@@ -81,10 +82,8 @@ using sy::Ctx;
 using sy::DType;
 using sy::Tensor;
 
-double now_s() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
+using sy::bench::count_wrong;
+using sy::bench::now_s;
 
 // The timing recipe: `warmup` untimed runs, then up to `iters` timed runs,
 // fewer (but at least 3) when they would take more than `budget_s` in all
@@ -143,22 +142,6 @@ Tensor randn(sy::Shape s, sy::Rng& rng) {
 
 Tensor as(const Tensor& host_f32, DType dt, Ctx& ctx) {
   return (dt == DType::f32 ? host_f32 : host_f32.to(dt)).to(ctx);
-}
-
-// Elements of got off want (host f32) by more than rtol relative, with an
-// absolute floor of rtol * rms(want) (bench_ops's count).
-int64_t count_wrong(const Tensor& got_any, const Tensor& want, double rtol) {
-  Tensor got = got_any.device().is_cpu() ? got_any : got_any.to(sy::host_ctx());
-  if (got.dtype() == DType::bf16) got = got.to(DType::f32);
-  double rms = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) rms += double(want.f32()[i]) * want.f32()[i];
-  rms = std::sqrt(rms / std::max<int64_t>(1, want.numel()));
-  int64_t wrong = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    const double a = got.f32()[i], b = want.f32()[i];
-    if (!(std::fabs(a - b) <= rtol * (std::fabs(b) + rms))) ++wrong;
-  }
-  return wrong;
 }
 
 // Head h of an (H, T, D) tensor as a (T, D) view; of an (H, T) one as (T).

@@ -24,6 +24,7 @@
 
 #include "core/device_runtime.h"
 #include "core/rng.h"
+#include "examples/bench_common.h"
 #include "ops/adamw.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
@@ -50,10 +51,8 @@ using sy::Ctx;
 using sy::DType;
 using sy::Tensor;
 
-double now_s() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
+using sy::bench::count_wrong;
+using sy::bench::now_s;
 
 // Median seconds of `iters` runs of f after `warmup` runs.
 double time_it(Ctx& ctx, sy::DeviceRuntime* rt, const std::function<void()>& f, int warmup, int iters) {
@@ -79,22 +78,6 @@ Tensor randn(sy::Shape s, sy::Rng& rng, float std = 1.f) {
   Tensor t = Tensor::empty(std::move(s), DType::f32, sy::host_ctx());
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(rng.normal() * std);
   return t;
-}
-
-// Elements of got (device result) off want (CPU) by more than rtol relative
-// (with an absolute floor of rtol * rms(want)).
-int64_t count_wrong(const Tensor& got_dev, const Tensor& want, double rtol) {
-  Tensor got = got_dev.to(sy::host_ctx());
-  if (got.dtype() == DType::bf16) got = got.to(DType::f32);
-  double rms = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) rms += double(want.f32()[i]) * want.f32()[i];
-  rms = std::sqrt(rms / std::max<int64_t>(1, want.numel()));
-  int64_t wrong = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    const double a = got.f32()[i], b = want.f32()[i];
-    if (!(std::fabs(a - b) <= rtol * (std::fabs(b) + rms))) ++wrong;
-  }
-  return wrong;
 }
 
 // Rows [0, P) of every sequence of a host (B, T, W) tensor, as (B, P, W) f32,
