@@ -1,5 +1,7 @@
 #include "ops/routed_attention.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -8,22 +10,16 @@
 
 namespace sy::ops::cpu {
 
-namespace {
-
-}  // namespace
-
-// scores (T, K) = xn . mu^T
+// scores (T, K) = xn . mu^T, one GEMM (the CUDA path's cuBLAS call): the scalar
+// triple loop it replaces was over 90% of a routed forward on the CPU. Only
+// the order of the D additions changes, so ties between centroids may break
+// differently in the last ulp; the tests' inputs keep gaps between scores.
 Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
   const int64_t T = xn.dim(0);
   Tensor s = Tensor::empty({T, c.K}, DType::f32, ctx);
-  const float* x = xn.f32();
-  const float* mu = c.mu.f32();
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t k = 0; k < c.K; ++k) {
-      float d = 0;
-      for (int64_t i = 0; i < c.D; ++i) d += x[t * c.D + i] * mu[k * c.D + i];
-      s.f32()[t * c.K + k] = d;
-    }
+  if (T == 0 || c.K == 0) return s;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, c.K, c.D, 1.f, xn.f32(), c.D, c.mu.f32(), c.D, 0.f,
+              s.f32(), c.K);
   return s;
 }
 
