@@ -14,6 +14,16 @@
 //   dq_t += sum_u ds[t,u] k_u / sqrt(D);  dk_u += sum_t ds[t,u] q_t / sqrt(D).
 // dqkv accumulates.
 //
+// Sliding window (shape.window = w > 0; Beltagy et al. 2020, Mistral's SWA):
+// the mask above becomes t - w < u <= t, so each query sees its last w keys
+// (itself included) - the local heads of routed attention, the same key sets
+// as ops::local_keysets(T, w) over ops::sparse_attention, here as tiles. The
+// kernels visit only the key tiles a query tile's window reaches: ~T w pairs
+// instead of T^2 / 2. w = 0 (or w >= T) is the plain causal mask.
+// Head subset (shape.heads = Hc > 0): only heads [0, Hc) are computed; the
+// other heads' columns of out and dqkv and their lse rows are left as they
+// were (a layer whose other heads attend some other way writes them).
+//
 // Layout: the packed (B, T, 3C) qkv the qkv projection writes, read with
 // strides (a head's row is D contiguous elements, the rows 3C apart). A
 // (B, H, T, D) layout would make rows contiguous, but every row is already a
@@ -36,6 +46,9 @@ namespace sy::ops {
 
 struct AttentionShape {
   int64_t B, T, C, H;
+  int64_t window = 0;  // w > 0: keys t - w < u <= t only; 0: every u <= t
+  int64_t heads = 0;   // Hc > 0: heads [0, Hc) only; 0: all H
+  int64_t active_heads() const { return heads > 0 ? heads : H; }
 };
 
 struct AttentionArgs {

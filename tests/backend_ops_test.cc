@@ -625,6 +625,31 @@ std::vector<OpCase> cases() {
                    ops::attention_backward(x, {o[2], in[1], in[0], o[0], o[1], s});
                  }});
   }
+  // The sliding window, fp32: windows of one key, shorter than a tile, across
+  // tiles and not multiples of 8, at head dims 16, 64 and 128; the last two
+  // compute a subset of the heads (the others' columns and lse rows start at
+  // zero and must stay so, as on the CPU).
+  auto windowed = [](int64_t B, int64_t T, int64_t C, int64_t H, int64_t w, int64_t heads) {
+    ops::AttentionShape s{B, T, C, H};
+    s.window = w, s.heads = heads;
+    return s;
+  };
+  for (const ops::AttentionShape s : {windowed(2, 150, 64, 4, 1, 0), windowed(2, 150, 64, 4, 40, 0),
+                                      windowed(1, 200, 128, 2, 70, 0), windowed(1, 300, 256, 2, 33, 1),
+                                      windowed(2, 130, 64, 4, 65, 3)}) {
+    const bool subset = s.heads > 0;
+    c.push_back({"attention_window" + std::to_string(s.window) + "_d" + std::to_string(s.C / s.H) +
+                     (subset ? "_heads" + std::to_string(s.heads) : ""),
+                 Tol::f32, [s](Rng& r) { return Ins{randn({s.B, s.T, 3 * s.C}, r), randn({s.B, s.T, s.C}, r)}; },
+                 [s, subset](Ctx& x, const Ins&) {
+                   if (subset) return Outs{acc(x, {s.B, s.T, s.C}), acc(x, {s.B, s.H, s.T}), acc(x, {s.B, s.T, 3 * s.C})};
+                   return Outs{fresh(x, {s.B, s.T, s.C}), fresh(x, {s.B, s.H, s.T}), acc(x, {s.B, s.T, 3 * s.C})};
+                 },
+                 [s](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::attention_forward(x, {o[0], o[1], in[0], s});
+                   ops::attention_backward(x, {o[2], in[1], in[0], o[0], o[1], s});
+                 }});
+  }
   // ---- elementwise, random, layout ----
   c.push_back({"add_mul_scale", Tol::exact, [](Rng& r) { return Ins{randn({1024}, r), randn({1024}, r), randn({1001}, r), randn({1001}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {1024}), fresh(x, {1001}), fresh(x, {1001})}; },
@@ -1142,9 +1167,18 @@ TEST_P(BackendOps, EveryOpAgreesWithTheCpuAndReruns) {
 TEST_P(BackendOps, AttentionBf16AgreesWithTheCpuOnRoundedInputs) {
   if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "bf16 attention runs on CUDA only (the CPU reference is f32)";
   Ctx& x = ctx();
+  // The last three: sliding windows across tile edges (forward tiles of 128
+  // queries, key tiles of 64 and 32).
+  auto windowed = [](ops::AttentionShape s, int64_t w) {
+    s.window = w;
+    return s;
+  };
   for (const ops::AttentionShape s : {ops::AttentionShape{2, 77, 128, 2}, ops::AttentionShape{1, 300, 128, 2},
-                                      ops::AttentionShape{1, 100, 256, 2}, ops::AttentionShape{1, 161, 128, 1}}) {
-    SCOPED_TRACE("B " + std::to_string(s.B) + " T " + std::to_string(s.T) + " D " + std::to_string(s.C / s.H));
+                                      ops::AttentionShape{1, 100, 256, 2}, ops::AttentionShape{1, 161, 128, 1},
+                                      windowed({1, 300, 128, 2}, 100), windowed({1, 161, 128, 1}, 17),
+                                      windowed({2, 290, 256, 2}, 129)}) {
+    SCOPED_TRACE("B " + std::to_string(s.B) + " T " + std::to_string(s.T) + " D " + std::to_string(s.C / s.H) +
+                 " window " + std::to_string(s.window));
     Rng rng(0xbf16 + s.T);
     const Tensor qkv_b = randn({s.B, s.T, 3 * s.C}, rng).to(DType::bf16), dout_b = randn({s.B, s.T, s.C}, rng).to(DType::bf16);
     const Tensor qkv = qkv_b.to(DType::f32), dout = dout_b.to(DType::f32);  // the rounded values, for the CPU

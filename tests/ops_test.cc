@@ -19,6 +19,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/sampling.h"
+#include "ops/sparse_attention.h"
 #include "ops/swiglu.h"
 
 namespace sy {
@@ -537,6 +538,139 @@ TEST(Attention, GradientsMatchFiniteDifferences) {
   ops::attention_forward(ctx, {out, lse, qkv, s});
   ops::attention_backward(ctx, {dqkv, R, qkv, out, lse, s});
   expect_gradient("dqkv", qkv, dqkv, loss, 1e-3, 2e-2, 90);
+}
+
+// ---- sliding window and head subsets (ops/attention.h) ----
+
+// Head h of sequence b of a packed (B, T, 3C) qkv: its q, k or v (part 0, 1,
+// 2) as a contiguous (T, D) tensor, and back.
+Tensor head_part(const Tensor& qkv, const ops::AttentionShape& s, int64_t b, int64_t h, int part, int64_t width) {
+  const int64_t D = s.C / s.H;
+  Tensor t = zeros({s.T, D});
+  for (int64_t i = 0; i < s.T; ++i)
+    for (int64_t d = 0; d < D; ++d) t.f32()[i * D + d] = qkv.f32()[(b * s.T + i) * width + part * s.C + h * D + d];
+  return t;
+}
+
+// The windowed attention against the sparse attention over local_keysets (a
+// separate path with its own finite-difference tests): out, lse and dqkv of
+// every head, the windows shorter than a row block of 32, not multiples of 8,
+// one key, and as long as the sequence and longer.
+TEST(Attention, WindowEqualsSparseAttentionOverLocalKeySets) {
+  Ctx& ctx = host_ctx();
+  for (const int64_t w : {1, 7, 33, 40, 100, 150}) {
+    SCOPED_TRACE("window " + std::to_string(w));
+    Rng rng(70 + w);
+    ops::AttentionShape s{2, 100, 32, 2};
+    s.window = w;
+    const int64_t D = s.C / s.H;
+    Tensor qkv = randn({s.B, s.T, 3 * s.C}, rng), dout = randn({s.B, s.T, s.C}, rng);
+    Tensor out = zeros({s.B, s.T, s.C}), lse = zeros({s.B, s.H, s.T}), dqkv = zeros({s.B, s.T, 3 * s.C});
+    ops::attention_forward(ctx, {out, lse, qkv, s});
+    ops::attention_backward(ctx, {dqkv, dout, qkv, out, lse, s});
+    const ops::KeySets ks = ops::local_keysets(ctx, s.T, w);
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t h = 0; h < s.H; ++h) {
+        const Tensor q = head_part(qkv, s, b, h, 0, 3 * s.C), k = head_part(qkv, s, b, h, 1, 3 * s.C),
+                     v = head_part(qkv, s, b, h, 2, 3 * s.C);
+        const Tensor g = head_part(dout, s, b, h, 0, s.C);
+        Tensor o = zeros({s.T, D}), l = zeros({s.T}), dq = zeros({s.T, D}), dk = zeros({s.T, D}), dv = zeros({s.T, D});
+        ops::sparse_attention_forward(ctx, {o, l, q, k, v, ks});
+        ops::sparse_attention_backward(ctx, {dq, dk, dv, g, o, l, q, k, v, ks});
+        const Tensor want[] = {o, dq, dk, dv};
+        const Tensor got[] = {head_part(out, s, b, h, 0, s.C), head_part(dqkv, s, b, h, 0, 3 * s.C),
+                              head_part(dqkv, s, b, h, 1, 3 * s.C), head_part(dqkv, s, b, h, 2, 3 * s.C)};
+        for (int i = 0; i < 4; ++i)
+          for (int64_t e = 0; e < s.T * D; ++e)
+            ASSERT_NEAR(got[i].f32()[e], want[i].f32()[e], 2e-5f * (1.f + std::fabs(want[i].f32()[e])))
+                << "output " << i << " (o, dq, dk, dv) of b " << b << " h " << h << " element " << e;
+        for (int64_t t = 0; t < s.T; ++t)
+          ASSERT_NEAR(lse.f32()[(b * s.H + h) * s.T + t], l.f32()[t], 2e-5f * (1.f + std::fabs(l.f32()[t])));
+      }
+  }
+}
+
+// A window as long as the sequence is the causal mask, to the bit (the same
+// loops run: c0 = 0 and every row's keys start at 0).
+TEST(Attention, WindowAsLongAsTheSequenceIsCausalBitwise) {
+  Ctx& ctx = host_ctx();
+  Rng rng(71);
+  ops::AttentionShape s{1, 70, 16, 2}, w = s;
+  w.window = 70;
+  Tensor qkv = randn({1, 70, 48}, rng), dout = randn({1, 70, 16}, rng);
+  Tensor o1 = zeros({1, 70, 16}), o2 = zeros({1, 70, 16}), l1 = zeros({1, 2, 70}), l2 = zeros({1, 2, 70});
+  Tensor d1 = zeros({1, 70, 48}), d2 = zeros({1, 70, 48});
+  ops::attention_forward(ctx, {o1, l1, qkv, s});
+  ops::attention_backward(ctx, {d1, dout, qkv, o1, l1, s});
+  ops::attention_forward(ctx, {o2, l2, qkv, w});
+  ops::attention_backward(ctx, {d2, dout, qkv, o2, l2, w});
+  EXPECT_EQ(std::memcmp(o1.f32(), o2.f32(), o1.numel() * 4), 0);
+  EXPECT_EQ(std::memcmp(l1.f32(), l2.f32(), l1.numel() * 4), 0);
+  EXPECT_EQ(std::memcmp(d1.f32(), d2.f32(), d1.numel() * 4), 0);
+}
+
+TEST(Attention, WindowGradientsMatchFiniteDifferences) {
+  Ctx& ctx = host_ctx();
+  Rng rng(72);
+  ops::AttentionShape s{2, 7, 6, 3};
+  s.window = 2;
+  Tensor qkv = randn({2, 7, 18}, rng), R = randn({2, 7, 6}, rng);
+  auto loss = [&] {
+    Tensor out = zeros({2, 7, 6}), lse = zeros({2, 3, 7});
+    ops::attention_forward(ctx, {out, lse, qkv, s});
+    return dot(out, R);
+  };
+  Tensor out = zeros({2, 7, 6}), lse = zeros({2, 3, 7}), dqkv = zeros({2, 7, 18});
+  ops::attention_forward(ctx, {out, lse, qkv, s});
+  ops::attention_backward(ctx, {dqkv, R, qkv, out, lse, s});
+  expect_gradient("dqkv", qkv, dqkv, loss, 1e-3, 2e-2, 126);
+}
+
+// heads = 1 of 2: head 0 as in the full run, bit for bit; head 1's columns of
+// out and dqkv and its lse rows keep what was there.
+TEST(Attention, HeadSubsetLeavesTheOtherHeadsAlone) {
+  Ctx& ctx = host_ctx();
+  Rng rng(73);
+  ops::AttentionShape all{2, 40, 16, 2}, first = all;
+  all.window = first.window = 9;
+  first.heads = 1;
+  Tensor qkv = randn({2, 40, 48}, rng), dout = randn({2, 40, 16}, rng);
+  Tensor o1 = zeros({2, 40, 16}), l1 = zeros({2, 2, 40}), d1 = zeros({2, 40, 48});
+  ops::attention_forward(ctx, {o1, l1, qkv, all});
+  ops::attention_backward(ctx, {d1, dout, qkv, o1, l1, all});
+  Tensor o2 = zeros({2, 40, 16}), l2 = zeros({2, 2, 40}), d2 = zeros({2, 40, 48});
+  for (Tensor* t : {&o2, &l2, &d2})
+    for (int64_t e = 0; e < t->numel(); ++e) t->f32()[e] = 7.f;
+  ops::attention_forward(ctx, {o2, l2, qkv, first});
+  for (int64_t e = 0; e < d2.numel(); ++e) d2.f32()[e] = 0.f;
+  for (int64_t r = 0; r < 80; ++r)
+    for (int p = 0; p < 3; ++p)
+      for (int64_t d = 0; d < 8; ++d) d2.f32()[r * 48 + p * 16 + 8 + d] = 7.f;
+  ops::attention_backward(ctx, {d2, dout, qkv, o2, l2, first});
+  for (int64_t r = 0; r < 80; ++r)
+    for (int64_t d = 0; d < 8; ++d) {
+      EXPECT_EQ(o2.f32()[r * 16 + d], o1.f32()[r * 16 + d]) << "head 0, row " << r;
+      EXPECT_EQ(o2.f32()[r * 16 + 8 + d], 7.f) << "head 1 written, row " << r;
+      for (int p = 0; p < 3; ++p) {
+        EXPECT_EQ(d2.f32()[r * 48 + p * 16 + d], d1.f32()[r * 48 + p * 16 + d]) << "head 0 grad, row " << r;
+        EXPECT_EQ(d2.f32()[r * 48 + p * 16 + 8 + d], 7.f) << "head 1 grad written, row " << r;
+      }
+    }
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t < 40; ++t) {
+      EXPECT_EQ(l2.f32()[(b * 2) * 40 + t], l1.f32()[(b * 2) * 40 + t]);
+      EXPECT_EQ(l2.f32()[(b * 2 + 1) * 40 + t], 7.f);
+    }
+}
+
+TEST(Attention, RefusesANegativeWindowAndTooManyHeads) {
+  Ctx& ctx = host_ctx();
+  ops::AttentionShape s{1, 4, 8, 2};
+  Tensor qkv = zeros({1, 4, 24}), out = zeros({1, 4, 8}), lse = zeros({1, 2, 4});
+  s.window = -1;
+  EXPECT_THROW(ops::attention_forward(ctx, {out, lse, qkv, s}), Error);
+  s.window = 0, s.heads = 3;
+  EXPECT_THROW(ops::attention_forward(ctx, {out, lse, qkv, s}), Error);
 }
 
 TEST(CrossEntropy, UniformLogitsGiveLogV) {

@@ -1,6 +1,7 @@
-// Dense causal attention on CUDA: FlashAttention-2 (Dao 2023) style kernels
-// behind ops::attention_forward / attention_backward (equations, shapes and
-// the saved lse in ops/attention.h).
+// Dense causal attention on CUDA, and its sliding-window form:
+// FlashAttention-2 (Dao 2023) style kernels behind ops::attention_forward /
+// attention_backward (equations, shapes, the window, the head subset and the
+// saved lse in ops/attention.h).
 //
 // Forward, one block per (query tile, head, sequence): the Q tile stays in
 // shared memory; K and V tiles stream through a two-stage cp.async pipeline
@@ -38,7 +39,10 @@
 // cu_seqlens) and a Mask object for which pairs are allowed (CausalMask:
 // by index; a position mask compares original positions, sorted within a
 // segment so that the same tile-range functions hold) and which tile ranges
-// to visit. A query with no allowed key gets o = 0, lse = -inf.
+// to visit. A query with no allowed key gets o = 0, lse = -inf. WindowMask
+// (the sliding window) is the second mask: its loops start at the first key
+// tile a query tile's window reaches, so a window of w keys costs ~T w pairs
+// whatever T is. The grid's head dimension covers the computed heads only.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -49,6 +53,7 @@
 
 #include "core/cuda_check.h"
 #include "ops/attention.h"
+#include "ops/cuda/attention_tiles.h"
 
 namespace sy::ops::cuda {
 
@@ -63,6 +68,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 struct Geom {
   int B, H, T;
+  int heads;       // heads [0, heads) are computed (ops/attention.h: AttentionShape::heads)
   int64_t C;       // model width: q of head h at column h*D, k at C + h*D, v at 2C + h*D
   int64_t ld_qkv;  // elements between rows of qkv and dqkv (3C)
   int64_t ld_out;  // elements between rows of out and dout (C)
@@ -79,18 +85,15 @@ __device__ __forceinline__ Seq sequence(const Geom& g, int b) { return {int64_t(
 // lse and Delta of (sequence b, head h) start here: (B, H, T).
 __device__ __forceinline__ int64_t stat_base(const Geom& g, int b, int h) { return (int64_t(b) * g.H + h) * g.T; }
 
-// Which (query q, key k) pairs of a sequence are allowed, by index within the
-// sequence, and which tiles can hold allowed pairs. A mask by original
-// position implements the same five functions on the positions.
-struct CausalMask {
-  __device__ bool ok(int q, int k) const { return k <= q; }
-  // Keys [0, kv_end) can be seen by queries <= q_last.
-  __device__ int kv_end(int q_last) const { return q_last + 1; }
-  // Queries >= q_begin can see key k_first.
-  __device__ int q_begin(int k_first) const { return k_first; }
-  // Every pair of queries >= q_first and keys <= k_last allowed: no masking in the tile.
-  __device__ bool tile_full(int q_first, int k_last) const { return k_last <= q_first; }
-};
+// The masks, the tile ranges the loops visit, the warps' skips and the
+// tiles needing the element mask: ops/cuda/attention_tiles.h (host-tested).
+using attn::CausalMask;
+using attn::WindowMask;
+using attn::key_tiles;
+using attn::keys_seen_by;
+using attn::needs_mask;
+using attn::query_tiles;
+using attn::rows_see_keys;
 
 // ---- PTX wrappers ------------------------------------------------------
 
@@ -295,12 +298,12 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
   const bf16* Q = qkv + seq.row0 * g.ld_qkv + int64_t(h) * D_;
   const bf16* K = Q + g.C;
   const bf16* V = Q + 2 * g.C;
-  const int kv_end = min(seq.len, mask.kv_end(min(q0 + BM, seq.len) - 1));
-  const int n_kt = (kv_end + BN - 1) / BN;
+  const attn::TileRange kt = key_tiles(mask, q0, BM, seq.len, BN);
+  const int kt0 = kt.first, n_kt = kt.end;
 
   load_rows<bf16, BM, D, LD, NT>(sQ, Q, g.ld_qkv, q0, seq.len);
-  load_rows<bf16, BN, D, LD, NT>(sK, K, g.ld_qkv, 0, seq.len);
-  load_rows<bf16, BN, D, LD, NT>(sV, V, g.ld_qkv, 0, seq.len);
+  load_rows<bf16, BN, D, LD, NT>(sK, K, g.ld_qkv, kt0 * BN, seq.len);
+  load_rows<bf16, BN, D, LD, NT>(sV, V, g.ld_qkv, kt0 * BN, seq.len);
   cp_async_commit();
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
@@ -312,9 +315,9 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
 
-  for (int j = 0; j < n_kt; ++j) {
+  for (int j = kt0; j < n_kt; ++j) {
     if (j + 1 < n_kt) {
-      const int nb = (j + 1) & 1;
+      const int nb = (j + 1 - kt0) & 1;
       load_rows<bf16, BN, D, LD, NT>(sK + nb * BN * LD, K, g.ld_qkv, (j + 1) * BN, seq.len);
       load_rows<bf16, BN, D, LD, NT>(sV + nb * BN * LD, V, g.ld_qkv, (j + 1) * BN, seq.len);
       cp_async_commit();
@@ -323,17 +326,18 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
       cp_async_wait<0>();
     }
     __syncthreads();
-    const bf16* k_s = sK + (j & 1) * BN * LD;
-    const bf16* v_s = sV + (j & 1) * BN * LD;
+    const bf16* k_s = sK + ((j - kt0) & 1) * BN * LD;
+    const bf16* v_s = sV + ((j - kt0) & 1) * BN * LD;
 
-    // A warp whose rows are all above this key tile skips it (no __syncthreads inside).
-    if (mask.kv_end(q0 + wm0 + MT * 16 - 1) > j * BN) {
+    // A warp whose rows all end before this key tile, or whose windows all
+    // start after it, skips it (no __syncthreads inside).
+    if (rows_see_keys(mask, q0 + wm0, MT * 16, j * BN, BN)) {
       float s[MT][BN / 8][4];
       zero(s);
       gemm_abt<MT, BN, D, LD>(s, sQ, wm0, k_s, lane);
 
       const int k0 = j * BN;
-      const bool masked = !mask.tile_full(q0 + wm0, k0 + BN - 1) || k0 + BN > seq.len;
+      const bool masked = needs_mask(mask, q0 + wm0, MT * 16, k0, BN, seq.len);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -424,7 +428,8 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   const bf16* V = Q + 2 * g.C;
   const bf16* dO = dout + seq.row0 * g.ld_out + hd;
   const int64_t sb = stat_base(g, b, h);
-  const int qt0 = mask.q_begin(k0) / BN, n_qt = (seq.len + BN - 1) / BN;
+  const attn::TileRange qtr = query_tiles(mask, k0, BM, seq.len, BN);
+  const int qt0 = qtr.first, n_qt = qtr.end;
 
   auto load_q_tile = [&](int qt, int buf) {
     load_rows<bf16, BN, D, LD, NT>(sQ + buf * BN * LD, Q, g.ld_qkv, qt * BN, seq.len);
@@ -463,13 +468,13 @@ __global__ void __launch_bounds__(Cfg::THREADS)
     const float* d_s = sDl + buf * BN;
 
     // A warp whose keys no query of this tile sees skips it.
-    if (mask.q_begin(k0 + wm0) < (qt + 1) * BN) {
+    if (keys_seen_by(mask, k0 + wm0, MT * 16, qt * BN, BN)) {
       // P^T = exp(K Q^T / sqrt(D) - lse) (rows: this warp's keys; columns: the tile's queries)
       float p[MT][BN / 8][4];
       zero(p);
       gemm_abt<MT, BN, D, LD>(p, sK, wm0, q_s, lane);
       const int q0 = qt * BN;
-      const bool masked = !mask.tile_full(q0, k0 + wm0 + MT * 16 - 1) || q0 + BN > seq.len || k0 + BM > seq.len;
+      const bool masked = needs_mask(mask, q0, BN, k0 + wm0, MT * 16, seq.len);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -543,13 +548,13 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   const bf16* V = Q + 2 * g.C;
   const bf16* dO = dout + seq.row0 * g.ld_out + hd;
   const int64_t sb = stat_base(g, b, h);
-  const int kv_end = min(seq.len, mask.kv_end(min(q0 + BM, seq.len) - 1));
-  const int n_kt = (kv_end + BN - 1) / BN;
+  const attn::TileRange kt = key_tiles(mask, q0, BM, seq.len, BN);
+  const int kt0 = kt.first, n_kt = kt.end;
 
   load_rows<bf16, BM, D, LD, NT>(sQ, Q, g.ld_qkv, q0, seq.len);
   load_rows<bf16, BM, D, LD, NT>(sO, dO, g.ld_out, q0, seq.len);
-  load_rows<bf16, BN, D, LD, NT>(sK, K, g.ld_qkv, 0, seq.len);
-  load_rows<bf16, BN, D, LD, NT>(sV, V, g.ld_qkv, 0, seq.len);
+  load_rows<bf16, BN, D, LD, NT>(sK, K, g.ld_qkv, kt0 * BN, seq.len);
+  load_rows<bf16, BN, D, LD, NT>(sV, V, g.ld_qkv, kt0 * BN, seq.len);
   cp_async_commit();
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
@@ -567,9 +572,9 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   float dq[MT][D / 8][4];
   zero(dq);
 
-  for (int j = 0; j < n_kt; ++j) {
+  for (int j = kt0; j < n_kt; ++j) {
     if (j + 1 < n_kt) {
-      const int nb = (j + 1) & 1;
+      const int nb = (j + 1 - kt0) & 1;
       load_rows<bf16, BN, D, LD, NT>(sK + nb * BN * LD, K, g.ld_qkv, (j + 1) * BN, seq.len);
       load_rows<bf16, BN, D, LD, NT>(sV + nb * BN * LD, V, g.ld_qkv, (j + 1) * BN, seq.len);
       cp_async_commit();
@@ -578,16 +583,16 @@ __global__ void __launch_bounds__(Cfg::THREADS)
       cp_async_wait<0>();
     }
     __syncthreads();
-    const bf16* k_s = sK + (j & 1) * BN * LD;
-    const bf16* v_s = sV + (j & 1) * BN * LD;
+    const bf16* k_s = sK + ((j - kt0) & 1) * BN * LD;
+    const bf16* v_s = sV + ((j - kt0) & 1) * BN * LD;
 
-    // A warp whose rows are all above this key tile skips it.
-    if (mask.kv_end(q0 + wm0 + MT * 16 - 1) > j * BN) {
+    // A warp whose rows all end before this key tile, or whose windows all start after it, skips it.
+    if (rows_see_keys(mask, q0 + wm0, MT * 16, j * BN, BN)) {
       float p[MT][BN / 8][4];
       zero(p);
       gemm_abt<MT, BN, D, LD>(p, sQ, wm0, k_s, lane);
       const int k0 = j * BN;
-      const bool masked = !mask.tile_full(q0 + wm0, k0 + BN - 1) || k0 + BN > seq.len;
+      const bool masked = needs_mask(mask, q0 + wm0, MT * 16, k0, BN, seq.len);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -718,8 +723,8 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* _
   const float* Q = qkv + seq.row0 * g.ld_qkv + int64_t(h) * D_;
   const float* K = Q + g.C;
   const float* V = Q + 2 * g.C;
-  const int kv_end = min(seq.len, mask.kv_end(min(q0 + BM, seq.len) - 1));
-  const int n_kt = (kv_end + BN - 1) / BN;
+  const attn::TileRange kt = key_tiles(mask, q0, BM, seq.len, BN);
+  const int kt0 = kt.first, n_kt = kt.end;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 
   load_rows<float, BM, D, LDD, Cfg::THREADS>(sQ, Q, g.ld_qkv, q0, seq.len);
@@ -728,7 +733,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* _
 #pragma unroll
   for (int i = 0; i < RM; ++i) m[i] = -INFINITY, l[i] = 0.f;
 
-  for (int j = 0; j < n_kt; ++j) {
+  for (int j = kt0; j < n_kt; ++j) {
     const int k0 = j * BN;
     load_rows<float, BN, D, LDD, Cfg::THREADS>(sK, K, g.ld_qkv, k0, seq.len);
     load_rows<float, BN, D, LDD, Cfg::THREADS>(sV, V, g.ld_qkv, k0, seq.len);
@@ -737,7 +742,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* _
     __syncthreads();
     float s[RM][RN] = {};
     dots<RM, RN, D, LDD>(s, sQ, sK, ty, tx);
-    const bool masked = !mask.tile_full(q0, k0 + BN - 1) || k0 + BN > seq.len;
+    const bool masked = needs_mask(mask, q0, BM, k0, BN, seq.len);
 #pragma unroll
     for (int i = 0; i < RM; ++i) {
       const int q = q0 + ty * RM + i;
@@ -815,7 +820,8 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   const float* V = Q + 2 * g.C;
   const float* dO = dout + seq.row0 * g.ld_out + hd;
   const int64_t sb = stat_base(g, b, h);
-  const int qt0 = mask.q_begin(k0) / BM, n_qt = (seq.len + BM - 1) / BM;
+  const attn::TileRange qtr = query_tiles(mask, k0, BN, seq.len, BM);
+  const int qt0 = qtr.first, n_qt = qtr.end;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 
   load_rows<float, BN, D, LDD, Cfg::THREADS>(sK, K, g.ld_qkv, k0, seq.len);
@@ -838,7 +844,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
     float s[RK][RQ] = {}, dp[RK][RQ] = {};
     dots<RK, RQ, D, LDD>(s, sK, sQ, ty, tx);
     dots<RK, RQ, D, LDD>(dp, sV, sO, ty, tx);
-    const bool masked = !mask.tile_full(q0, k0 + BN - 1) || q0 + BM > seq.len || k0 + BN > seq.len;
+    const bool masked = needs_mask(mask, q0, BM, k0, BN, seq.len);
 #pragma unroll
     for (int i = 0; i < RK; ++i)
 #pragma unroll
@@ -895,8 +901,8 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   const float* V = Q + 2 * g.C;
   const float* dO = dout + seq.row0 * g.ld_out + hd;
   const int64_t sb = stat_base(g, b, h);
-  const int kv_end = min(seq.len, mask.kv_end(min(q0 + BM, seq.len) - 1));
-  const int n_kt = (kv_end + BN - 1) / BN;
+  const attn::TileRange kt = key_tiles(mask, q0, BM, seq.len, BN);
+  const int kt0 = kt.first, n_kt = kt.end;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 
   load_rows<float, BM, D, LDD, Cfg::THREADS>(sQ, Q, g.ld_qkv, q0, seq.len);
@@ -911,7 +917,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   }
   float dq[RM][DN] = {};
 
-  for (int j = 0; j < n_kt; ++j) {
+  for (int j = kt0; j < n_kt; ++j) {
     const int k0 = j * BN;
     load_rows<float, BN, D, LDD, Cfg::THREADS>(sK, K, g.ld_qkv, k0, seq.len);
     load_rows<float, BN, D, LDD, Cfg::THREADS>(sV, V, g.ld_qkv, k0, seq.len);
@@ -921,7 +927,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
     float s[RM][RN] = {}, dp[RM][RN] = {};
     dots<RM, RN, D, LDD>(s, sQ, sK, ty, tx);
     dots<RM, RN, D, LDD>(dp, sO, sV, ty, tx);
-    const bool masked = !mask.tile_full(q0, k0 + BN - 1) || k0 + BN > seq.len;
+    const bool masked = needs_mask(mask, q0, BM, k0, BN, seq.len);
 #pragma unroll
     for (int i = 0; i < RM; ++i)
 #pragma unroll
@@ -1013,6 +1019,7 @@ Geom geom(const AttentionShape& s) {
   Geom g;
   g.B = static_cast<int>(s.B);
   g.H = static_cast<int>(s.H);
+  g.heads = static_cast<int>(s.active_heads());
   g.T = static_cast<int>(s.T);
   g.C = s.C;
   g.ld_qkv = 3 * s.C;
@@ -1021,57 +1028,66 @@ Geom geom(const AttentionShape& s) {
   return g;
 }
 
-unsigned tiles(int64_t T, int tile) { return static_cast<unsigned>((T + tile - 1) / tile); }
+// The grids: (tiles of the block's own rows, heads computed, sequences).
+dim3 grid(const Geom& g, int tile) { return dim3(static_cast<unsigned>((g.T + tile - 1) / tile), g.heads, g.B); }
 
-template <int D>
-void forward_bf16(const Geom& g, const bf16* qkv, bf16* out, float* lse, cudaStream_t st) {
+template <int D, class Mask>
+void forward_bf16(const Geom& g, Mask mask, const bf16* qkv, bf16* out, float* lse, cudaStream_t st) {
   using Cfg = typename Configs<D>::Fwd;
-  constexpr auto k = attention_fwd_bf16<Cfg, CausalMask>;
+  constexpr auto k = attention_fwd_bf16<Cfg, Mask>;
   constexpr size_t smem = tc_smem_fwd<Cfg>();
   allow_smem<k>(smem);
-  k<<<dim3(tiles(g.T, Cfg::BM), g.H, g.B), Cfg::THREADS, smem, st>>>(qkv, out, lse, g, CausalMask{});
+  k<<<grid(g, Cfg::BM), Cfg::THREADS, smem, st>>>(qkv, out, lse, g, mask);
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <int D>
-void backward_bf16(const Geom& g, const bf16* qkv, const bf16* dout, const float* lse, const float* delta, bf16* dqkv,
-                   cudaStream_t st) {
+template <int D, class Mask>
+void backward_bf16(const Geom& g, Mask mask, const bf16* qkv, const bf16* dout, const float* lse, const float* delta,
+                   bf16* dqkv, cudaStream_t st) {
   using Kv = typename Configs<D>::Dkdv;
   using Q = typename Configs<D>::Dq;
-  constexpr auto kkv = attention_bwd_dkdv_bf16<Kv, CausalMask>;
-  constexpr auto kq = attention_bwd_dq_bf16<Q, CausalMask>;
+  constexpr auto kkv = attention_bwd_dkdv_bf16<Kv, Mask>;
+  constexpr auto kq = attention_bwd_dq_bf16<Q, Mask>;
   constexpr size_t smem_kv = tc_smem_dkdv<Kv>(), smem_q = tc_smem_dq<Q>();
   allow_smem<kkv>(smem_kv);
   allow_smem<kq>(smem_q);
-  kkv<<<dim3(tiles(g.T, Kv::BM), g.H, g.B), Kv::THREADS, smem_kv, st>>>(qkv, dout, lse, delta, dqkv, g, CausalMask{});
+  kkv<<<grid(g, Kv::BM), Kv::THREADS, smem_kv, st>>>(qkv, dout, lse, delta, dqkv, g, mask);
   CUDA_CHECK(cudaGetLastError());
-  kq<<<dim3(tiles(g.T, Q::BM), g.H, g.B), Q::THREADS, smem_q, st>>>(qkv, dout, lse, delta, dqkv, g, CausalMask{});
+  kq<<<grid(g, Q::BM), Q::THREADS, smem_q, st>>>(qkv, dout, lse, delta, dqkv, g, mask);
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <int D>
-void forward_f32(const Geom& g, const float* qkv, float* out, float* lse, cudaStream_t st) {
+template <int D, class Mask>
+void forward_f32(const Geom& g, Mask mask, const float* qkv, float* out, float* lse, cudaStream_t st) {
   using Cfg = typename Configs<D>::F32;
-  constexpr auto k = attention_fwd_f32<Cfg, CausalMask>;
+  constexpr auto k = attention_fwd_f32<Cfg, Mask>;
   constexpr size_t smem = f32_smem_fwd<Cfg>();
   allow_smem<k>(smem);
-  k<<<dim3(tiles(g.T, Cfg::BM), g.H, g.B), Cfg::THREADS, smem, st>>>(qkv, out, lse, g, CausalMask{});
+  k<<<grid(g, Cfg::BM), Cfg::THREADS, smem, st>>>(qkv, out, lse, g, mask);
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <int D>
-void backward_f32(const Geom& g, const float* qkv, const float* dout, const float* lse, const float* delta,
+template <int D, class Mask>
+void backward_f32(const Geom& g, Mask mask, const float* qkv, const float* dout, const float* lse, const float* delta,
                   float* dqkv, cudaStream_t st) {
   using Cfg = typename Configs<D>::F32;
-  constexpr auto kkv = attention_bwd_dkdv_f32<Cfg, CausalMask>;
-  constexpr auto kq = attention_bwd_dq_f32<Cfg, CausalMask>;
+  constexpr auto kkv = attention_bwd_dkdv_f32<Cfg, Mask>;
+  constexpr auto kq = attention_bwd_dq_f32<Cfg, Mask>;
   constexpr size_t smem_kv = f32_smem_dkdv<Cfg>(), smem_q = f32_smem_dq<Cfg>();
   allow_smem<kkv>(smem_kv);
   allow_smem<kq>(smem_q);
-  kkv<<<dim3(tiles(g.T, Cfg::BN), g.H, g.B), Cfg::THREADS, smem_kv, st>>>(qkv, dout, lse, delta, dqkv, g, CausalMask{});
+  kkv<<<grid(g, Cfg::BN), Cfg::THREADS, smem_kv, st>>>(qkv, dout, lse, delta, dqkv, g, mask);
   CUDA_CHECK(cudaGetLastError());
-  kq<<<dim3(tiles(g.T, Cfg::BM), g.H, g.B), Cfg::THREADS, smem_q, st>>>(qkv, dout, lse, delta, dqkv, g, CausalMask{});
+  kq<<<grid(g, Cfg::BM), Cfg::THREADS, smem_q, st>>>(qkv, dout, lse, delta, dqkv, g, mask);
   CUDA_CHECK(cudaGetLastError());
+}
+
+// Calls f(mask) with the shape's mask: a window shorter than the sequence,
+// or the causal mask (which a window of T keys or more is).
+template <class F>
+void with_mask(const AttentionShape& s, F&& f) {
+  if (s.window > 0 && s.window < s.T) return f(WindowMask{static_cast<int>(s.window)});
+  f(CausalMask{});
 }
 
 [[noreturn]] void unsupported(const char* op, DType dt, int64_t D) {
@@ -1101,24 +1117,26 @@ void attention_forward(Ctx& ctx, const AttentionArgs& a) {
   const int64_t D = s.C / s.H;
   cudaStream_t st = stream_of(ctx);
   float* lse = a.lse.data<float>();
-  if (a.qkv.dtype() == DType::bf16) {
-    const bf16* qkv = reinterpret_cast<const bf16*>(a.qkv.data<bf16_t>());
-    bf16* out = reinterpret_cast<bf16*>(a.out.data<bf16_t>());
-    switch (D) {
-      case 64: return forward_bf16<64>(g, qkv, out, lse, st);
-      case 128: return forward_bf16<128>(g, qkv, out, lse, st);
-      default: unsupported("attention_forward", DType::bf16, D);
+  with_mask(s, [&](auto mask) {
+    if (a.qkv.dtype() == DType::bf16) {
+      const bf16* qkv = reinterpret_cast<const bf16*>(a.qkv.data<bf16_t>());
+      bf16* out = reinterpret_cast<bf16*>(a.out.data<bf16_t>());
+      switch (D) {
+        case 64: return forward_bf16<64>(g, mask, qkv, out, lse, st);
+        case 128: return forward_bf16<128>(g, mask, qkv, out, lse, st);
+        default: unsupported("attention_forward", DType::bf16, D);
+      }
     }
-  }
-  const float* qkv = a.qkv.data<float>();
-  float* out = a.out.data<float>();
-  switch (D) {
-    case 16: return forward_f32<16>(g, qkv, out, lse, st);
-    case 32: return forward_f32<32>(g, qkv, out, lse, st);
-    case 64: return forward_f32<64>(g, qkv, out, lse, st);
-    case 128: return forward_f32<128>(g, qkv, out, lse, st);
-    default: unsupported("attention_forward", DType::f32, D);
-  }
+    const float* qkv = a.qkv.data<float>();
+    float* out = a.out.data<float>();
+    switch (D) {
+      case 16: return forward_f32<16>(g, mask, qkv, out, lse, st);
+      case 32: return forward_f32<32>(g, mask, qkv, out, lse, st);
+      case 64: return forward_f32<64>(g, mask, qkv, out, lse, st);
+      case 128: return forward_f32<128>(g, mask, qkv, out, lse, st);
+      default: unsupported("attention_forward", DType::f32, D);
+    }
+  });
 }
 
 void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a) {
@@ -1144,8 +1162,10 @@ void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a) {
     bf16* dqkv = reinterpret_cast<bf16*>(a.dqkv.data<bf16_t>());
     attention_delta_kernel<bf16><<<blocks, 256, 0, st>>>(dout, out, dl, g, static_cast<int>(D));
     CUDA_CHECK(cudaGetLastError());
-    if (D == 64) return backward_bf16<64>(g, qkv, dout, lse, dl, dqkv, st);
-    return backward_bf16<128>(g, qkv, dout, lse, dl, dqkv, st);
+    return with_mask(s, [&](auto mask) {
+      if (D == 64) return backward_bf16<64>(g, mask, qkv, dout, lse, dl, dqkv, st);
+      backward_bf16<128>(g, mask, qkv, dout, lse, dl, dqkv, st);
+    });
   }
   const float* qkv = a.qkv.data<float>();
   const float* dout = a.dout.data<float>();
@@ -1153,12 +1173,14 @@ void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a) {
   float* dqkv = a.dqkv.data<float>();
   attention_delta_kernel<float><<<blocks, 256, 0, st>>>(dout, out, dl, g, static_cast<int>(D));
   CUDA_CHECK(cudaGetLastError());
-  switch (D) {
-    case 16: return backward_f32<16>(g, qkv, dout, lse, dl, dqkv, st);
-    case 32: return backward_f32<32>(g, qkv, dout, lse, dl, dqkv, st);
-    case 64: return backward_f32<64>(g, qkv, dout, lse, dl, dqkv, st);
-    default: return backward_f32<128>(g, qkv, dout, lse, dl, dqkv, st);
-  }
+  with_mask(s, [&](auto mask) {
+    switch (D) {
+      case 16: return backward_f32<16>(g, mask, qkv, dout, lse, dl, dqkv, st);
+      case 32: return backward_f32<32>(g, mask, qkv, dout, lse, dl, dqkv, st);
+      case 64: return backward_f32<64>(g, mask, qkv, dout, lse, dl, dqkv, st);
+      default: return backward_f32<128>(g, mask, qkv, dout, lse, dl, dqkv, st);
+    }
+  });
 }
 
 }  // namespace sy::ops::cuda

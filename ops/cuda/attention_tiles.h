@@ -1,0 +1,104 @@
+// Which pairs the attention kernels (ops/cuda/attention.cu) visit, as plain
+// functions of indices that run on the host and the device: the masks (which
+// (query, key) pairs of a sequence are allowed), the tiles a block loops
+// over, the tiles a warp's rows skip, and the tiles that need the element
+// mask. The kernels call nothing else to decide what to skip, so
+// tests/attention_tiles_test.cc can enumerate every pair of small sequences
+// with the kernels' tile sizes and check that each allowed pair is computed
+// exactly once and no other pair is - without a GPU.
+//
+// A mask answers, by index within a sequence:
+//   ok(q, k)                     the pair is allowed
+//   kv_begin(q_first), kv_end(q_last)
+//                                queries in [q_first, q_last] see keys in
+//                                [kv_begin, kv_end) only
+//   q_begin(k_first), q_end(k_last)
+//                                keys in [k_first, k_last] are seen by
+//                                queries in [q_begin, q_end) only
+//   tile_full(q_first, q_last, k_first, k_last)
+//                                every pair of the tile is allowed
+// A mask by original position (varlen, routed clusters) would implement the
+// same functions on positions sorted within a segment.
+#pragma once
+#include <climits>
+
+#ifdef __CUDACC__
+#define SY_HD __host__ __device__
+#else
+#define SY_HD
+#endif
+
+namespace sy::ops::attn {
+
+SY_HD inline int imin(int a, int b) { return a < b ? a : b; }
+SY_HD inline int imax(int a, int b) { return a > b ? a : b; }
+
+// Causal: k <= q.
+struct CausalMask {
+  SY_HD bool ok(int q, int k) const { return k <= q; }
+  SY_HD int kv_begin(int) const { return 0; }
+  SY_HD int kv_end(int q_last) const { return q_last + 1; }
+  SY_HD int q_begin(int k_first) const { return k_first; }
+  SY_HD int q_end(int) const { return INT_MAX; }
+  SY_HD bool tile_full(int q_first, int, int, int k_last) const { return k_last <= q_first; }
+};
+
+// The sliding window q - w < k <= q (ops/attention.h), 0 < w < T (the
+// launchers take CausalMask for w >= T). Tiles wholly before a query tile's
+// window are never loaded: the loops start at kv_begin and stop at q_end.
+// No overflow: T <= 2^30 (the launchers check), so k + w < 2^31.
+struct WindowMask {
+  int w;
+  SY_HD bool ok(int q, int k) const { return k <= q && q - k < w; }
+  SY_HD int kv_begin(int q_first) const { return imax(0, q_first - w + 1); }
+  SY_HD int kv_end(int q_last) const { return q_last + 1; }
+  SY_HD int q_begin(int k_first) const { return k_first; }
+  SY_HD int q_end(int k_last) const { return k_last + w; }
+  SY_HD bool tile_full(int q_first, int q_last, int k_first, int k_last) const {
+    return k_last <= q_first && q_last - k_first < w;
+  }
+};
+
+// Tiles [first, end) of a loop.
+struct TileRange {
+  int first, end;
+};
+
+// The key tiles of `tile` keys that a block of queries [q0, q0 + rows) of a
+// sequence of len tokens loops over (forward, dQ).
+template <class Mask>
+SY_HD TileRange key_tiles(const Mask& m, int q0, int rows, int len, int tile) {
+  const int end = imin(len, m.kv_end(imin(q0 + rows, len) - 1));
+  return {m.kv_begin(q0) / tile, (end + tile - 1) / tile};
+}
+
+// The query tiles of `tile` queries that a block of keys [k0, k0 + rows)
+// loops over (dK, dV).
+template <class Mask>
+SY_HD TileRange query_tiles(const Mask& m, int k0, int rows, int len, int tile) {
+  const int end = imin(len, m.q_end(imin(k0 + rows, len) - 1));
+  return {m.q_begin(k0) / tile, (end + tile - 1) / tile};
+}
+
+// Whether queries [q, q + rows) can see a key of [k0, k0 + cols): a warp
+// whose rows cannot skips the key tile.
+template <class Mask>
+SY_HD bool rows_see_keys(const Mask& m, int q, int rows, int k0, int cols) {
+  return m.kv_end(q + rows - 1) > k0 && m.kv_begin(q) < k0 + cols;
+}
+
+// Whether keys [k, k + rows) are seen by a query of [q0, q0 + cols): a warp
+// whose keys are not skips the query tile.
+template <class Mask>
+SY_HD bool keys_seen_by(const Mask& m, int k, int rows, int q0, int cols) {
+  return m.q_begin(k) < q0 + cols && m.q_end(k + rows - 1) > q0;
+}
+
+// Whether the tile of queries [q0, q0 + qn) and keys [k0, k0 + kn) needs the
+// element mask: not every pair allowed, or the tile runs past the sequence.
+template <class Mask>
+SY_HD bool needs_mask(const Mask& m, int q0, int qn, int k0, int kn, int len) {
+  return !m.tile_full(q0, q0 + qn - 1, k0, k0 + kn - 1) || q0 + qn > len || k0 + kn > len;
+}
+
+}  // namespace sy::ops::attn

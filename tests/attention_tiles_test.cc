@@ -1,0 +1,122 @@
+// The tile logic of the attention kernels without a GPU: the loops of
+// ops/cuda/attention.cu, replayed here with the functions of
+// ops/cuda/attention_tiles.h and the kernels' tile sizes, count how often
+// each (query, key) pair of a sequence is computed unmasked or passes the
+// element mask. Every allowed pair must count exactly once and every other
+// pair never, for the causal mask and sliding windows (shorter than a warp's
+// rows, than a tile, across tiles, one short of the sequence), on sequences
+// that are and are not multiples of the tiles. What this leaves to the GPU
+// tests (backend_ops_test): the arithmetic inside a tile, and the loads.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/attention_tiles.h"
+
+namespace sy {
+namespace {
+
+namespace attn = ops::attn;
+
+// One kernel's tiling: blocks own `own` rows (queries, or keys for dK/dV)
+// split among warps of `warp_rows` rows each, and loop over tiles of `loop`
+// rows of the other kind.
+struct Tiling {
+  const char* name;
+  int own, warp_rows, loop;
+  bool keys_own;  // the dK/dV kernels: blocks own keys and loop over queries
+};
+
+// The kernels' tilings (attention.cu: Configs). The f32 kernels have no warp
+// skip: a "warp" there is the whole block.
+const Tiling kTilings[] = {
+    {"bf16 forward d64", 128, 32, 64, false}, {"bf16 forward d128", 128, 16, 64, false},
+    {"bf16 dq", 64, 16, 64, false},           {"bf16 dkdv d64", 64, 16, 64, true},
+    {"bf16 dkdv d128", 64, 16, 32, true},     {"f32 forward/dq 64", 64, 64, 64, false},
+    {"f32 forward/dq 32", 32, 32, 32, false}, {"f32 dkdv 64", 64, 64, 64, true},
+    {"f32 dkdv 32", 32, 32, 32, true},
+};
+
+// How often each pair (q, k), q, k < len, is computed: the kernel's loops.
+template <class Mask>
+std::vector<int> computed(const Mask& m, const Tiling& t, int len) {
+  std::vector<int> n(static_cast<size_t>(len) * len, 0);
+  for (int b0 = 0; b0 < len; b0 += t.own) {
+    const attn::TileRange r =
+        t.keys_own ? attn::query_tiles(m, b0, t.own, len, t.loop) : attn::key_tiles(m, b0, t.own, len, t.loop);
+    for (int j = r.first; j < r.end; ++j)
+      for (int w0 = b0; w0 < b0 + t.own; w0 += t.warp_rows) {
+        const int l0 = j * t.loop;
+        if (t.keys_own ? !attn::keys_seen_by(m, w0, t.warp_rows, l0, t.loop)
+                       : !attn::rows_see_keys(m, w0, t.warp_rows, l0, t.loop))
+          continue;
+        const bool masked = t.keys_own ? attn::needs_mask(m, l0, t.loop, w0, t.warp_rows, len)
+                                       : attn::needs_mask(m, w0, t.warp_rows, l0, t.loop, len);
+        for (int a = w0; a < w0 + t.warp_rows; ++a)
+          for (int c = l0; c < l0 + t.loop; ++c) {
+            const int q = t.keys_own ? c : a, k = t.keys_own ? a : c;
+            if (q >= len || k >= len) continue;  // never written (rows) or zero-filled and masked (columns)
+            if (!masked || m.ok(q, k)) ++n[static_cast<size_t>(q) * len + k];
+          }
+      }
+  }
+  return n;
+}
+
+template <class Mask>
+void expect_each_allowed_pair_once(const Mask& m, const std::string& what) {
+  for (const Tiling& t : kTilings)
+    for (const int len : {1, 15, 16, 33, 64, 100, 128, 129, 200, 300}) {
+      const std::vector<int> n = computed(m, t, len);
+      int wrong = 0;
+      for (int q = 0; q < len; ++q)
+        for (int k = 0; k < len; ++k) {
+          const int want = m.ok(q, k) ? 1 : 0, got = n[static_cast<size_t>(q) * len + k];
+          if (got != want && ++wrong <= 3)
+            ADD_FAILURE() << what << ", " << t.name << ", len " << len << ": pair (q " << q << ", k " << k
+                          << ") computed " << got << " times, allowed " << want;
+        }
+      if (wrong > 3) ADD_FAILURE() << "... and " << wrong - 3 << " more";
+    }
+}
+
+TEST(AttentionTiles, CausalComputesEachAllowedPairOnce) { expect_each_allowed_pair_once(attn::CausalMask{}, "causal"); }
+
+TEST(AttentionTiles, WindowComputesEachAllowedPairOnce) {
+  // Every window up to 34 (every residue modulo the warps' 16 rows and the
+  // tiles' 32: an off-by-one in a range only shows where it crosses a tile
+  // edge), then windows around 64 and 128 and one short of the longest len.
+  std::vector<int> windows;
+  for (int w = 1; w <= 34; ++w) windows.push_back(w);
+  for (const int w : {62, 63, 64, 65, 66, 100, 127, 128, 129, 130, 299}) windows.push_back(w);
+  for (const int w : windows) expect_each_allowed_pair_once(attn::WindowMask{w}, "window " + std::to_string(w));
+}
+
+// The point of the window: a query tile loops over the key tiles its window
+// reaches, not over the whole prefix. At len 4096, w 512 and 64-row tiles,
+// a forward block visits at most ceil((512 - 1 + 64) / 64) + 1 = 10 key tiles.
+TEST(AttentionTiles, WindowVisitsOnlyTheTilesItsWindowReaches) {
+  const attn::WindowMask m{512};
+  int most = 0, total = 0;
+  for (int q0 = 0; q0 < 4096; q0 += 64) {
+    const attn::TileRange r = attn::key_tiles(m, q0, 64, 4096, 64);
+    most = std::max(most, r.end - r.first);
+    total += r.end - r.first;
+    const attn::TileRange back = attn::query_tiles(m, q0, 64, 4096, 64);
+    EXPECT_LE(back.end - back.first, 10) << "dK/dV block at key " << q0;
+  }
+  EXPECT_LE(most, 10);
+  EXPECT_LT(total, 64 * 10);
+  // The causal mask visits the whole prefix: 64 * 65 / 2 tiles.
+  int causal = 0;
+  for (int q0 = 0; q0 < 4096; q0 += 64) {
+    const attn::TileRange r = attn::key_tiles(attn::CausalMask{}, q0, 64, 4096, 64);
+    causal += r.end - r.first;
+  }
+  EXPECT_EQ(causal, 64 * 65 / 2);
+}
+
+}  // namespace
+}  // namespace sy
