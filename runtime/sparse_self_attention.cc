@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/heads.h"
 #include "ops/layernorm.h"
@@ -60,6 +61,13 @@ SparseSelfAttention::SparseSelfAttention(Ctx& ctx, ParamStore& ps, const std::st
 
 double SparseSelfAttention::flops(int64_t B, int64_t T) const {
   return 2.0 * B * T * (4.0 * C_ * C_) + 2.0 * B * T * T * C_;
+}
+
+ops::AttentionShape SparseSelfAttention::local_shape() const {
+  ops::AttentionShape s{B_, T_, C_, H_};
+  s.window = cfg_.window();
+  s.heads = H_ - R_;
+  return s;
 }
 
 namespace {
@@ -123,19 +131,27 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
                                                                         : ops::ClusterMode::causal;
   cp.dropless = cfg_.dropless();
   cp.capacity_factor = cfg_.capacity_factor();
-  const ops::KeySets local = routed() && L > 0 ? ops::local_keysets(ctx_, T, cfg_.window()) : ops::KeySets{};
   double pairs = 0, sizes = 0, nonempty = 0, size_max = 0, commit = 0, assigned = 0;
+  // The local heads: every sequence and head [0, L) in one call on the packed
+  // qkv, into y's columns [0, L D); the other heads' columns are merged below.
+  Tensor y = Tensor::empty({N, C_}, DType::f32, ctx_);
+  if (routed() && L > 0) {
+    const ops::AttentionShape s = local_shape();
+    qkv_out_ = qkv;
+    local_lse_ = Tensor::empty({B, H_, T}, DType::f32, ctx_);
+    Tensor y3 = y.reshape({B, T, C_});
+    ops::attention_forward(ctx_, {y3, local_lse_, qkv.reshape({B, T, 3 * C_}), s});
+    const double w = static_cast<double>(std::min<int64_t>(s.window, T));
+    pairs += static_cast<double>(B * L) * (T * w - 0.5 * w * (w - 1.0));  // sum_t min(t + 1, w)
+  }
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H_; ++h) {
+    for (int64_t h = routed() ? L : 0; h < H_; ++h) {
       const Tensor q = head(q_, h, b, T), k = head(k_, h, b, T), v = head(v_, h, b, T);
       Tensor o = head(o_, h, b, T);
       Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T, (b + 1) * T);
       ops::KeySets& ks = keys_[h * B + b];
       if (!routed()) {
         ks = ops::block_topk_keysets(ctx_, q, k, cfg_.block_size(), cfg_.topk_blocks());
-        ops::sparse_attention_forward(ctx_, {o, lse, q, k, v, ks});
-      } else if (h < L) {
-        ks = local;
         ops::sparse_attention_forward(ctx_, {o, lse, q, k, v, ks});
       } else {
         const int64_t r = h - L;
@@ -163,8 +179,9 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   stats_.commitment_loss = assigned > 0 ? cfg_.commitment_coef() * commit / assigned : 0;
   commit_count_ = assigned;
   flops_ = 2.0 * N * C_ * 4.0 * C_ + 4.0 * pairs * D_;
-  Tensor y = Tensor::empty({N, C_}, DType::f32, ctx_);
-  ops::merge_heads(ctx_, y, o_, 0);
+  const int64_t h0 = routed() ? L : 0;  // the heads attended one at a time above
+  if (h0 < H_) ops::merge_heads(ctx_, y, o_.rows(h0, H_), h0 * D_);
+  y_ = y;
   return proj_.forward(y);
 }
 
@@ -198,7 +215,7 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
   Tensor dk = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
   Tensor dv = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
   for (int64_t b = 0; b < B_; ++b)
-    for (int64_t h = 0; h < H_; ++h) {
+    for (int64_t h = routed() ? L : 0; h < H_; ++h) {
       Tensor dqh = head(dq, h, b, T_), dkh = head(dk, h, b, T_), dvh = head(dv, h, b, T_);
       const Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T_, (b + 1) * T_);
       const Tensor douth = head(dout, h, b, T_), oh = head(o_, h, b, T_), qh = head(q_, h, b, T_),
@@ -231,6 +248,12 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
   ops::merge_heads(ctx_, dqkv, dq, 0);
   ops::merge_heads(ctx_, dqkv, dk, C_);
   ops::merge_heads(ctx_, dqkv, dv, 2 * C_);
+  // The local heads' gradients add onto their (zero) columns.
+  if (routed() && L > 0) {
+    Tensor dqkv3 = dqkv.reshape({B_, T_, 3 * C_});
+    ops::attention_backward(ctx_, {dqkv3, dyatt.reshape({B_, T_, C_}), qkv_out_.reshape({B_, T_, 3 * C_}),
+                                   y_.reshape({B_, T_, C_}), local_lse_, local_shape()});
+  }
   if (opt_.rope) ops::rope_backward(ctx_, {dqkv, positions_, T_, 2 * H_, D_, opt_.rope_base});
   return qkv_.backward(dqkv);
 }

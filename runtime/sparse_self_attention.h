@@ -1,8 +1,10 @@
 // SparseSelfAttention: a block's attention when attention.kind is ROUTED or
 // BLOCK_TOPK (configs/switchyard.proto, AttentionConfig).
 //
-//   ROUTED:     heads [0, H - R) are local (causal sliding window), heads
-//               [H - R, H) attend within content clusters (ops/routed_attention.h)
+//   ROUTED:     heads [0, H - R) are local (causal sliding window: the dense
+//               attention op with AttentionShape::window, whose tiled kernels
+//               visit only the key tiles a window reaches), heads [H - R, H)
+//               attend within content clusters (ops/routed_attention.h)
 //   BLOCK_TOPK: every head attends to its own block and its top-k earlier
 //               blocks (ops/sparse_attention.h)
 //   y = proj(concat_h attention_h(qkv(x)))
@@ -90,6 +92,8 @@ class SparseSelfAttention : public SelfAttention {
 
  private:
   bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }
+  // The local heads [0, L) of a ROUTED layer, as the dense op computes them.
+  ops::AttentionShape local_shape() const;
 
   Ctx& ctx_;
   switchyard::AttentionConfig cfg_;
@@ -107,7 +111,8 @@ class SparseSelfAttention : public SelfAttention {
   int64_t B_ = 0, T_ = 0;
   Tensor positions_;                       // i32 (B*T) or undefined (RoPE)
   Tensor q_, k_, v_, o_;                   // (H, B*T, D): head h of sequence b is rows [b*T, (b+1)*T) of head h
-  Tensor lse_;                             // (H, B*T)
+  Tensor lse_;                             // (H, B*T): the routing heads'
+  Tensor qkv_out_, y_, local_lse_;         // local heads: qkv (B*T, 3C), y (B*T, C), lse (B, H, T)
   std::vector<ops::KeySets> keys_;         // (H, B): keys_[h * B + b]
   std::vector<Tensor> qn_, qn_mean_, qn_rstd_;  // per routing head (B*T, D)
   std::vector<ops::Clusters> clusters_;    // (R, B): clusters_[r * B + b]
