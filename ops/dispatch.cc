@@ -58,4 +58,12 @@ void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, con
   SY_DISPATCH(ctx, residual_combine_backward, ctx, dx, dz, dw, dy, x, z, w, r);
 }
 
+void dispatch_positions(Ctx& ctx, Tensor& pos, const Route& r, int64_t segment) {
+  SY_CHECK(segment >= 1, "dispatch_positions: segment " << segment << " (at least 1 item per sequence)");
+  check_dtype(pos, DType::i32, "dispatch_positions pos");
+  check_shape(pos, {r.rows()}, "dispatch_positions pos");
+  check_device(ctx, "dispatch_positions", {&pos, &r.group, &r.slot, &r.offset});
+  SY_DISPATCH(ctx, dispatch_positions, ctx, pos, r, segment);
+}
+
 }  // namespace sy::ops

@@ -16,6 +16,14 @@
 //   y_i = x_i                             otherwise   (bit-identical: nothing added)
 // Backward: dz[row(i)] = w_i dy_i; dx_i += (1 - w_i) dy_i (kept) or dy_i;
 //   dw_i = dy_i . (z[row(i)] - x_i) (0 where not kept). dz, dw overwritten.
+//
+// dispatch_positions: where in its sequence each buffer row's item sits,
+//   pos[row(a)] = (a / k) mod segment   for every kept assignment a
+// (sequences are runs of `segment` consecutive items), i32 (route.rows()).
+// It is dispatch_forward of the column p_i = i mod segment without building
+// that column: rotary embeddings rotate a depth-routed block's rows by these
+// positions (runtime/model.cc), computed where the route lives, so the route
+// never comes back to the host for them. segment >= 1.
 #pragma once
 #include "core/tensor.h"
 #include "ops/backend.h"
@@ -32,6 +40,8 @@ void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor
 void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
                                const Tensor& z, const Tensor& w, const Route& r);
 
+void dispatch_positions(Ctx& ctx, Tensor& pos, const Route& r, int64_t segment);
+
 // The CPU reference (ops/cpu/dispatch.cc) and the CUDA kernels (ops/cuda/dispatch.cu;
 // CUDA builds): the entry points above, in cpu:: and cuda::.
 SY_DECLARE_BACKENDS(
@@ -42,6 +52,7 @@ SY_DECLARE_BACKENDS(
   void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r);
   void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
   void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
+  void dispatch_positions(Ctx& ctx, Tensor& pos, const Route& r, int64_t segment);
 )
 
 }  // namespace sy::ops

@@ -117,6 +117,9 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
 // scores[i, g]; scores (N, G). With segment > 0 the choice is made in every
 // run of `segment` consecutive items separately (per sequence, as depth
 // routing does): capacity items per group per segment; N % segment == 0.
+// Every group keeps exactly min(capacity, segment) items of every segment
+// (min(capacity, N) without segments), whatever the scores: callers know the
+// counts without reading the route back.
 void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment = 0);
 
 // Threshold: scores (N), route item i where scores[i] > tau.

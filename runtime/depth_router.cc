@@ -36,10 +36,20 @@ const ops::Route& DepthRouter::select(const Tensor& x, int64_t B, int64_t T, boo
   ops::sigmoid(ctx_, sig_, r_);
   ops::sigmoid(ctx_, pred_, pl.reshape({N}));
 
-  if (training || !cfg_.predictor_at_eval())
-    ops::groups_choose(ctx_, route_, r_.reshape({N, 1}), ops::ceil_capacity(cfg_.capacity(), T), T);
-  else
+  if (training || !cfg_.predictor_at_eval()) {
+    const int64_t C = ops::ceil_capacity(cfg_.capacity(), T);
+    ops::groups_choose(ctx_, route_, r_.reshape({N, 1}), C, T);
+    // groups_choose keeps min(C, T) items of every run of T whatever the
+    // scores (ops/routing.h; ops/cpu/routing.cc and ops/cuda/routing.cu
+    // alike): the count per sequence needs no look at the device. The route's row count is host-side
+    // too; checking it against that count costs no copy.
+    per_sequence_ = std::clamp<int64_t>(C, 0, T);
+    SY_CHECK(route_.rows() == B * per_sequence_, "depth routing: top-" << C << " of " << B << " sequences of " << T
+                                                     << " tokens gave " << route_.rows() << " rows");
+  } else {
     ops::threshold_route(ctx_, route_, pred_, cfg_.tau());
+    per_sequence_ = -1;
+  }
   // Combine weights: 1 (straight-through) or sigmoid(r).
   weight_ = Tensor::empty({N}, DType::f32, ctx_);
   ops::depth_gate_forward(ctx_, weight_, sig_, route_, straight_through(cfg_));
@@ -58,17 +68,20 @@ const ops::Route& DepthRouter::select(const Tensor& x, int64_t B, int64_t T, boo
 }
 
 std::vector<int64_t> DepthRouter::per_sequence(int64_t B, int64_t T) const {
+  if (per_sequence_ >= 0) return std::vector<int64_t>(B, per_sequence_);
+  // The threshold route (the causal predictor at evaluation): each token's
+  // choice is its own, so the counts may differ per sequence and only the device
+  // knows them. One copy of the route's groups, needed to size each
+  // sequence's sub-batch; evaluation only, never in a training step.
   std::vector<int64_t> n(B, 0);
   const std::vector<int32_t> group = route_.group.to_vector<int32_t>();
   for (int64_t i = 0; i < B * T; ++i) n[i / T] += group[i] >= 0;
   return n;
 }
 
-std::vector<int32_t> DepthRouter::positions(int64_t T) const {
-  const std::vector<int32_t> group = route_.group.to_vector<int32_t>();
-  std::vector<int32_t> pos;
-  for (int64_t i = 0; i < static_cast<int64_t>(group.size()); ++i)
-    if (group[i] >= 0) pos.push_back(static_cast<int32_t>(i % T));
+Tensor DepthRouter::positions(int64_t T) const {
+  Tensor pos = Tensor::empty({route_.rows()}, DType::i32, ctx_);
+  ops::dispatch_positions(ctx_, pos, route_, T);
   return pos;
 }
 

@@ -47,12 +47,15 @@ class DepthRouter {
   const DepthStats& stats() const { return stats_; }
   double aux_loss() const { return stats_.budget_loss; }
   const ops::Route& route() const { return route_; }
-  // Tokens routed in each of the B sequences of the last select() (from the
-  // route's host copy: routed rows are in item order).
+  // Tokens routed in each of the B sequences of the last select(). Top-C
+  // routing (training, and evaluation without the predictor) routes the same
+  // count in every sequence, known on the host; only the threshold route's
+  // counts are read back from the device (one copy of the route's groups).
   std::vector<int64_t> per_sequence(int64_t B, int64_t T) const;
   // Each routed row's position in its sequence (item i is at i mod T), in row
-  // order: what rotary embeddings rotate the routed sub-sequences by.
-  std::vector<int32_t> positions(int64_t T) const;
+  // order, i32 (route().rows()) on the router's device: what rotary
+  // embeddings rotate the routed sub-sequences by (ops::dispatch_positions).
+  Tensor positions(int64_t T) const;
 
  private:
   Ctx& ctx_;
@@ -63,6 +66,8 @@ class DepthRouter {
   Tensor x_, z_;
   Tensor r_, sig_, weight_, pred_;  // (N)
   ops::Route route_;
+  // Tokens each sequence routes under top-C routing; -1 after a threshold route.
+  int64_t per_sequence_ = -1;
   DepthStats stats_;
 };
 

@@ -88,11 +88,13 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
   Tensor xs = Tensor::empty({r.rows(), C}, DType::f32, *ctx_);
   ops::dispatch_forward(*ctx_, xs, x, r);
   // Routed rows are sequence-major and in position order within a sequence,
-  // so each sequence's routed tokens form one causal sub-sequence.
+  // so each sequence's routed tokens form one causal sub-sequence. The counts
+  // are known on the host under top-C routing (no device read in training).
   const std::vector<int64_t> n = depth_->per_sequence(B, T);
   const bool uniform = std::all_of(n.begin(), n.end(), [&](int64_t v) { return v == n[0]; });
-  // Rotary positions: routed tokens keep their positions in the full sequence.
-  const Tensor pos = rope_ ? Tensor::from_host(depth_->positions(T)).to(*ctx_) : Tensor();
+  // Rotary positions: routed tokens keep their positions in the full sequence,
+  // computed on the route's device.
+  const Tensor pos = rope_ ? depth_->positions(T) : Tensor();
   Tensor z;
   if (uniform && n[0] > 0) {
     z = inner_forward(xs, B, n[0], pos);

@@ -859,6 +859,27 @@ std::vector<OpCase> cases() {
                  rest.copy_from(zero, x);
                  ops::dispatch_backward(x, o[1], buf, route);
                }});
+  // Positions of dispatched rows: a depth route (groups choose, 4 of every 10
+  // items) and a tokens-choose route with drops (k = 2, sequences of 10).
+  c.push_back({"dispatch_positions", Tol::exact, [](Rng& r) { return Ins{randn({30, 1}, r), probs_of({30, 4}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {12}, DType::i32), fresh(x, {48}, DType::i32)}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::Route depth;
+                 ops::groups_choose(x, depth, in[0], 4, 10);
+                 ops::dispatch_positions(x, o[0], depth, 10);
+                 ops::Route route;
+                 ops::TokensChooseParams p;
+                 p.k = 2;
+                 p.capacity_factor = 0.75f;  // at most 12 rows per group, 48 in all: some dropped
+                 ops::tokens_choose(x, route, in[1], p);
+                 Tensor pos = out(x, {route.rows()}, DType::i32);
+                 ops::dispatch_positions(x, pos, route, 10);
+                 Tensor rows = o[1].rows(0, route.rows());
+                 rows.copy_from(pos, x);
+                 Tensor none = Tensor::zeros({48 - route.rows()}, DType::i32, x);
+                 Tensor rest = o[1].rows(route.rows(), 48);
+                 rest.copy_from(none, x);
+               }});
   c.push_back({"combine", Tol::f32, [](Rng& r) { return Ins{probs_of({30, 4}, r), randn({30, 12}, r), randn({30, 12}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {30, 12}), fresh(x, {30, 12}), fresh(x, {60})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {

@@ -177,6 +177,34 @@ switchyard::ModelConfig rope_cfg() {
   return m;
 }
 
+// The layers of a rope_cfg() block with t's weights, run by hand on the rows
+// xs as B sequences of T, rotated by positions (undefined: compacted, row n
+// at n mod T).
+Tensor rope_block_by_hand(const TestBlock& t, const Tensor& xs, int64_t B, int64_t T, const Tensor& positions) {
+  ParamStore ps;
+  Rng r0(0);
+  const auto m = rope_cfg();
+  const int64_t C = m.d_model();
+  Mlp mlp(host_ctx(), ps, "b.mlp", C, m.ffn_hidden(), r0, 0.3f, 0.3f);
+  LayerNorm ln1(host_ctx(), ps, "b.ln1", C, r0), ln2(host_ctx(), ps, "b.ln2", C, r0);
+  CausalSelfAttention attn(host_ctx(), ps, "b.attn", C, m.n_heads(), r0, 0.3f, 0.3f, attention_options(m));
+  ps.finalize(host_ctx());
+  for (Param* p : ps.all()) p->value.copy_from(t.ps.find(p->name)->value, host_ctx());
+  Tensor h = attn.forward(ln1.forward(xs), B, T, positions);
+  ops::add_into(host_ctx(), h, xs);
+  Tensor z = mlp.forward(ln2.forward(h));
+  ops::add_into(host_ctx(), z, h);
+  return z;
+}
+
+// x's rows `rows` (N, C).
+Tensor gather(const Tensor& x, const std::vector<int64_t>& rows) {
+  const int64_t C = x.dim(1);
+  Tensor xs = testing::zeros({static_cast<int64_t>(rows.size()), C});
+  for (size_t j = 0; j < rows.size(); ++j) std::copy_n(x.f32() + rows[j] * C, C, xs.f32() + j * C);
+  return xs;
+}
+
 // With RoPE, a depth-routed block rotates its routed tokens by their positions
 // in the full sequence, not by their index among the routed tokens: the
 // routed rows' output (z exactly, under the straight-through weight) equals
@@ -195,31 +223,55 @@ TEST(Depth, RopeKeepsRoutedTokensOriginalPositions) {
   for (int64_t i = 0; i < B * T; ++i)
     if (group[i] >= 0) rows.push_back(i), pos.push_back(static_cast<int32_t>(i % T));
   ASSERT_EQ(rows.size(), 10u);
-  // The same layers with the same weights, by hand.
-  ParamStore ps;
-  Rng r0(0);
-  const auto m = rope_cfg();
-  Mlp mlp(host_ctx(), ps, "b.mlp", C, m.ffn_hidden(), r0, 0.3f, 0.3f);
-  LayerNorm ln1(host_ctx(), ps, "b.ln1", C, r0), ln2(host_ctx(), ps, "b.ln2", C, r0);
-  CausalSelfAttention attn(host_ctx(), ps, "b.attn", C, m.n_heads(), r0, 0.3f, 0.3f, attention_options(m));
-  ps.finalize(host_ctx());
-  for (Param* p : ps.all()) p->value.copy_from(t.ps.find(p->name)->value, host_ctx());
-  Tensor xs = testing::zeros({10, C});
-  for (int64_t j = 0; j < 10; ++j) std::copy_n(x.f32() + rows[j] * C, C, xs.f32() + j * C);
-  auto block = [&](const Tensor& positions) {
-    Tensor h = attn.forward(ln1.forward(xs), B, 5, positions);
-    ops::add_into(host_ctx(), h, xs);
-    Tensor z = mlp.forward(ln2.forward(h));
-    ops::add_into(host_ctx(), z, h);
-    return z;
-  };
-  const Tensor want = block(Tensor::from_host(pos)), compacted = block(Tensor());
+  const Tensor xs = gather(x, rows);
+  const Tensor want = rope_block_by_hand(t, xs, B, 5, Tensor::from_host(pos));
+  const Tensor compacted = rope_block_by_hand(t, xs, B, 5, Tensor());
   double off_compacted = 0;
   for (int64_t j = 0; j < 10; ++j)
     for (int64_t c = 0; c < C; ++c) {
       EXPECT_NEAR(y.f32()[rows[j] * C + c], want.f32()[j * C + c], 1e-5) << "row " << rows[j];
-      off_compacted = std::max(off_compacted, static_cast<double>(std::fabs(y.f32()[rows[j] * C + c] - compacted.f32()[j * C + c])));
+      const float got = y.f32()[rows[j] * C + c];
+      off_compacted = std::max(off_compacted, static_cast<double>(std::fabs(got - compacted.f32()[j * C + c])));
     }
+  EXPECT_GT(off_compacted, 1e-3) << "the test cannot tell original from compacted positions";
+}
+
+// The same under the causal predictor at evaluation, where the sequences
+// route different counts and the block runs one sequence at a time: each
+// sequence's routed rows are rotated by their own original positions.
+TEST(Depth, PredictorRoutingWithRopeKeepsOriginalPositions) {
+  auto d = depth_cfg(0.5f);
+  d.set_tau(0.5f);
+  TestBlock t(&d, 17, rope_cfg());
+  t.ps.find("b.depth.predictor.b")->value.f32()[0] = 0.2f;  // some but not all tokens routed
+  t.block->set_training(false);
+  const int64_t B = 3, T = 8, C = 8;
+  Rng rng(18);
+  Tensor x = testing::randn({B * T, C}, rng);
+  Tensor y = t.block->forward(x, B, T);
+  const std::vector<int32_t> group = t.block->depth()->route().group.to_vector<int32_t>();
+  std::vector<int64_t> counts;
+  double off_compacted = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int64_t> rows;
+    std::vector<int32_t> pos;
+    for (int64_t i = b * T; i < (b + 1) * T; ++i)
+      if (group[i] >= 0) rows.push_back(i), pos.push_back(static_cast<int32_t>(i % T));
+    counts.push_back(static_cast<int64_t>(rows.size()));
+    if (rows.empty()) continue;
+    const int64_t n = counts.back();
+    const Tensor xs = gather(x, rows);
+    const Tensor want = rope_block_by_hand(t, xs, 1, n, Tensor::from_host(pos));
+    const Tensor compacted = rope_block_by_hand(t, xs, 1, n, Tensor());
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < C; ++c) {
+        EXPECT_NEAR(y.f32()[rows[j] * C + c], want.f32()[j * C + c], 1e-5) << "sequence " << b << " row " << rows[j];
+        const float got = y.f32()[rows[j] * C + c];
+      off_compacted = std::max(off_compacted, static_cast<double>(std::fabs(got - compacted.f32()[j * C + c])));
+      }
+  }
+  ASSERT_NE(*std::min_element(counts.begin(), counts.end()), *std::max_element(counts.begin(), counts.end()))
+      << "the test wants sequences with different routed counts";
   EXPECT_GT(off_compacted, 1e-3) << "the test cannot tell original from compacted positions";
 }
 

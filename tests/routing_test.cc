@@ -1,7 +1,9 @@
 // The routing core: Route invariants on random inputs, hand-computed cases
-// with ties and overflow, and dispatch/combine on tagged payloads.
+// with ties and overflow, dispatch/combine on tagged payloads, and the
+// positions of dispatched rows on hand-made routes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 
 #include "grad_check.h"
@@ -203,6 +205,26 @@ TEST(GroupsChoose, ExpertChoiceFillsEveryGroupExactly) {
     }
 }
 
+// What depth routing counts on without reading the route back: every segment
+// keeps exactly min(capacity, segment) items, ties and all.
+TEST(GroupsChoose, EverySegmentKeepsMinOfCapacityAndSegment) {
+  Rng rng(5);
+  const int64_t N = 24, S = 6;
+  Tensor tied = zeros({N, 1});
+  tied.fill(0.5f);
+  for (const Tensor& scores : {random_probs(N, 1, rng, ScoreFn::sigmoid), tied})
+    for (int64_t C : {0, 1, 3, 6, 9}) {
+      Route r;
+      ops::groups_choose(host_ctx(), r, scores, C, S);
+      expect_invariants(r);
+      const std::vector<int32_t> group = ints(r.group);
+      for (int64_t s0 = 0; s0 < N; s0 += S)
+        EXPECT_EQ(std::count(group.begin() + s0, group.begin() + s0 + S, 0), std::min(C, S))
+            << "capacity " << C << ", segment at " << s0;
+      EXPECT_EQ(r.rows(), N / S * std::min(C, S));
+    }
+}
+
 TEST(GroupsChoose, HandComputedTopCWithTiesSlotsByPosition) {
   // One group, C = 2: scores (0.2, 0.9, 0.5, 0.9): items 1 and 3 (tie: both
   // 0.9, the lower index first). Slots by position: item 1 slot 0, item 3 slot 1.
@@ -291,6 +313,55 @@ TEST(Dispatch, CombineGradientsMatchFiniteDifferences) {
   Tensor dx = zeros({N, D});
   dispatch_backward(ctx, dx, Rb, r);
   testing::expect_gradient("dispatch dx", x, dx, dloss);
+}
+
+// Positions of the dispatched rows, poisoned first so that a row the op skips shows up.
+std::vector<int32_t> dispatched_positions(const Route& r, int64_t segment) {
+  Tensor pos = Tensor::empty({r.rows()}, DType::i32, host_ctx());
+  std::fill_n(pos.data<int32_t>(), r.rows(), -7);
+  dispatch_positions(host_ctx(), pos, r, segment);
+  return ints(pos);
+}
+
+TEST(Dispatch, PositionsOfDepthRoutedRows) {
+  // Two sequences of 4, each keeping its top 2 (groups choose per segment):
+  // (0.1 0.9 0.3 0.8) keeps items 1, 3; (0.7 0.2 0.6 0.5) keeps items 4, 6.
+  // Rows are in item order: items 1, 3, 4, 6 at positions 1, 3, 0, 2.
+  Route r;
+  ops::groups_choose(host_ctx(), r, probs_of({0.1f, 0.9f, 0.3f, 0.8f, 0.7f, 0.2f, 0.6f, 0.5f}, 8, 1), 2, 4);
+  EXPECT_EQ(dispatched_positions(r, 4), (std::vector<int32_t>{1, 3, 0, 2}));
+  // The threshold route of the predictor, sequences of 3: items 0, 2, 3, 5
+  // kept (unequal counts would do as well), at positions 0, 2, 0, 2.
+  r = threshold_route({0.9f, 0.1f, 0.6f, 0.7f, 0.2f, 0.8f}, 0.5f);
+  EXPECT_EQ(dispatched_positions(r, 3), (std::vector<int32_t>{0, 2, 0, 2}));
+  EXPECT_EQ(dispatched_positions(r, 6), (std::vector<int32_t>{0, 2, 3, 5}));
+}
+
+TEST(Dispatch, PositionsFollowRowsOfAHandMadeRoute) {
+  // N = 4 items in sequences of 2, k = 2, G = 2; assignment a = 2i + j:
+  //   item 0: group 1 slot 0,  group 0 slot 0
+  //   item 1: group 0 slot 1,  unused
+  //   item 2: group 1 dropped over capacity (-1),  group 0 slot 2
+  //   item 3: group 1 slot 1,  group 0 dropped by the budget (-2)
+  // Rows are group-major: group 0 holds items 0, 1, 2 (rows 0-2), group 1
+  // items 0, 3 (rows 3-4); positions i mod 2.
+  Route r;
+  r.num_items = 4, r.k = 2, r.num_groups = 2, r.capacity = 3;
+  r.group = Tensor::from_host(std::vector<int32_t>{1, 0, 0, -1, 1, 0, 1, 0});
+  r.slot = Tensor::from_host(std::vector<int32_t>{0, 0, 1, -1, -1, 2, 1, -2});
+  r.weight = zeros({8});
+  r.count = Tensor::from_host(std::vector<int32_t>{3, 2});
+  r.offset = Tensor::from_host(std::vector<int32_t>{0, 3, 5});
+  r.host_offset = {0, 3, 5};
+  r.assigned = 7, r.dropped = 1, r.budget_dropped = 1;
+  EXPECT_EQ(dispatched_positions(r, 2), (std::vector<int32_t>{0, 1, 0, 0, 1}));
+  EXPECT_EQ(dispatched_positions(r, 4), (std::vector<int32_t>{0, 1, 2, 0, 3}));
+  Tensor wrong = Tensor::empty({5}, DType::i32, host_ctx());
+  EXPECT_THROW(dispatch_positions(host_ctx(), wrong, r, 0), std::exception);
+  Tensor f32 = zeros({5});
+  EXPECT_THROW(dispatch_positions(host_ctx(), f32, r, 2), std::exception);
+  Tensor short_pos = Tensor::empty({4}, DType::i32, host_ctx());
+  EXPECT_THROW(dispatch_positions(host_ctx(), short_pos, r, 2), std::exception);
 }
 
 TEST(RouteWeights, GradientThroughScoresMatchesFiniteDifferences) {

@@ -98,4 +98,12 @@ void residual_combine_backward(Ctx&, Tensor& dx, Tensor& dz, Tensor& dw_t, const
   }
 }
 
+void dispatch_positions(Ctx&, Tensor& pos, const Route& r, int64_t segment) {
+  int32_t* p = pos.data<int32_t>();
+  for (int64_t a = 0; a < r.assignments(); ++a) {
+    const int64_t row = r.row(a);
+    if (row >= 0) p[row] = static_cast<int32_t>((a / r.k) % segment);
+  }
+}
+
 }  // namespace sy::ops::cpu

@@ -12,6 +12,8 @@
 //                    butterfly), 0 for dropped assignments.
 // residual_combine:  one thread per (item, column) forward; one warp per item
 //                    backward (dz, dx, and dw_i as a warp dot).
+// dispatch_positions: one thread per assignment: pos[row(a)] = (a / k) mod
+//                    segment (each buffer row has one owner; integers, exact).
 // Products and sums that the CPU rounds separately are written with
 // __fmul_rn/__fadd_rn (no FMA contraction), so the movement ops and the
 // combine sums are bitwise the CPU's; the warp dots are class F.
@@ -143,6 +145,15 @@ static __global__ void residual_combine_backward_rows(float* dx, float* dz, floa
   if (lane == 0) dw[i] = d;
 }
 
+static __global__ void dispatch_position_rows(int32_t* pos, RouteView r, int64_t segment) {
+  const int64_t total = r.N * r.k;
+  for (int64_t a = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; a < total;
+       a += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = r.row(a);
+    if (row >= 0) pos[row] = static_cast<int32_t>((a / r.k) % segment);
+  }
+}
+
 void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r) {
   const int64_t D = x.dim(1), total = r.assignments() * D;
   if (total == 0) return;
@@ -188,6 +199,13 @@ void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, con
   residual_combine_backward_rows<<<grid_for(r.num_items, kWarps), kBlock, 0, stream(ctx)>>>(
       dx.data<float>(), dz.data<float>(), dw.data<float>(), dy.data<float>(), x.data<float>(), z.data<float>(),
       w.data<float>(), view(r), C);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void dispatch_positions(Ctx& ctx, Tensor& pos, const Route& r, int64_t segment) {
+  const int64_t total = r.assignments();
+  if (total == 0) return;
+  dispatch_position_rows<<<grid_stride(total), kBlock, 0, stream(ctx)>>>(pos.data<int32_t>(), view(r), segment);
   CUDA_CHECK(cudaGetLastError());
 }
 
