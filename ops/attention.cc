@@ -7,13 +7,13 @@
 namespace sy::ops {
 
 namespace {
-void check_qkv(Ctx& ctx, const Tensor& qkv, const AttentionShape& s) {
+void check_qkv(Ctx&, const Tensor& qkv, const AttentionShape& s) {
   SY_CHECK(s.H > 0 && s.C % s.H == 0, "attention: C=" << s.C << " not divisible by H=" << s.H);
   SY_CHECK(s.window >= 0, "attention: window=" << s.window << "; 0 (causal) or a positive number of keys");
   SY_CHECK(s.heads >= 0 && s.heads <= s.H, "attention: heads=" << s.heads << "; 0 (all) up to H=" << s.H);
   check_shape(qkv, {s.B, s.T, 3 * s.C}, "attention qkv");
-  SY_CHECK(qkv.dtype() == DType::f32 || (qkv.dtype() == DType::bf16 && !ctx.device.is_cpu()),
-           "attention: qkv is " << dtype_name(qkv.dtype()) << "; f32, or bf16 on CUDA");
+  SY_CHECK(qkv.dtype() == DType::f32 || qkv.dtype() == DType::bf16,
+           "attention: qkv is " << dtype_name(qkv.dtype()) << "; f32 or bf16");
 }
 }  // namespace
 

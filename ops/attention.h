@@ -31,9 +31,10 @@
 // just as well with strides, and the layout saves a split/merge pass over
 // qkv and dqkv in every layer.
 //
-// Dtypes: qkv, out, dout and dqkv share one dtype, f32 or bf16 (CUDA only:
-// tensor cores, fp32 accumulation and softmax); lse is always f32. The CPU
-// reference is f32. CUDA: head dims 16, 32, 64 and 128 in f32 (a plain fp32
+// Dtypes: qkv, out, dout and dqkv share one dtype, f32 or bf16 (on CUDA
+// tensor cores, fp32 accumulation and softmax; on the CPU the f32 reference
+// on the bf16 values, results rounded to bf16: the emulation the bf16 GPU
+// path is tested against); lse is always f32. CUDA: head dims 16, 32, 64 and 128 in f32 (a plain fp32
 // path, tolerance class F against the CPU), 64 and 128 in bf16 (tensor cores,
 // class B); any B, T, H. Kernels: ops/cuda/attention.cu. CPU: BLAS GEMMs per
 // block of query rows (S, P V; in backward S again, dP, dV, dQ, dK), the

@@ -42,4 +42,12 @@ void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x) {
   SY_DISPATCH(ctx, to_bf16, ctx, y, x);
 }
 
+void to_f32(Ctx& ctx, Tensor& y, const Tensor& x) {
+  check_shape(x, y.shape(), "to_f32");
+  check_dtype(y, DType::f32, "to_f32");
+  check_dtype(x, DType::bf16, "to_f32");
+  check_device(ctx, "to_f32", {&y, &x});
+  SY_DISPATCH(ctx, to_f32, ctx, y, x);
+}
+
 }  // namespace sy::ops

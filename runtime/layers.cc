@@ -1,5 +1,6 @@
 #include "runtime/layers.h"
 
+#include "ops/elementwise.h"
 #include "ops/gelu.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
@@ -125,7 +126,15 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   qkv_out_ = qkv.reshape({B, T, 3 * C_});
   lse_ = Tensor::empty({B, H_, T}, DType::f32, ctx_);
   y_ = Tensor::empty({B, T, C_}, DType::f32, ctx_);
-  ops::attention_forward(ctx_, {y_, lse_, qkv_out_, shape_});
+  if (opt_.bf16) {
+    qkv16_ = Tensor::empty({B, T, 3 * C_}, DType::bf16, ctx_);
+    y16_ = Tensor::empty({B, T, C_}, DType::bf16, ctx_);
+    ops::to_bf16(ctx_, qkv16_, qkv_out_);
+    ops::attention_forward(ctx_, {y16_, lse_, qkv16_, shape_});
+    ops::to_f32(ctx_, y_, y16_);
+  } else {
+    ops::attention_forward(ctx_, {y_, lse_, qkv_out_, shape_});
+  }
   flops_ = flops(B, T);
   return proj_.forward(y_.reshape({B * T, C_}));
 }
@@ -138,7 +147,15 @@ double CausalSelfAttention::flops(int64_t B, int64_t T) const {
 Tensor CausalSelfAttention::backward(const Tensor& dy) {
   Tensor dyatt = proj_.backward(dy);
   Tensor dqkv = Tensor::zeros(qkv_out_.shape(), DType::f32, ctx_);
-  ops::attention_backward(ctx_, {dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, y_, lse_, shape_});
+  if (opt_.bf16) {
+    Tensor dout16 = Tensor::empty({shape_.B, shape_.T, C_}, DType::bf16, ctx_);
+    Tensor dqkv16 = Tensor::zeros(qkv_out_.shape(), DType::bf16, ctx_);
+    ops::to_bf16(ctx_, dout16, dyatt.reshape({shape_.B, shape_.T, C_}));
+    ops::attention_backward(ctx_, {dqkv16, dout16, qkv16_, y16_, lse_, shape_});
+    ops::to_f32(ctx_, dqkv, dqkv16);
+  } else {
+    ops::attention_backward(ctx_, {dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, y_, lse_, shape_});
+  }
   Tensor d = dqkv.reshape({shape_.B * shape_.T, 3 * C_});
   if (opt_.rope) ops::rope_backward(ctx_, {d, positions_, shape_.T, 2 * H_, C_ / H_, opt_.rope_base});
   return qkv_.backward(d);

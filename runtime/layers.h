@@ -91,6 +91,11 @@ struct AttentionOptions {
   bool bias = true;
   bool rope = false;
   double rope_base = 10000.0;
+  // Dense attention on bf16 q, k, v (Config.precision BF16 where the head dim
+  // has tensor-core kernels, bf16_attention() in runtime/model.h): qkv is
+  // rounded to bf16 on its way in, the output and dqkv come back as bf16
+  // values; softmax and LSE stay fp32.
+  bool bf16 = false;
 };
 
 // What sits in a block's feed-forward position: a dense MLP or a MoE layer.
@@ -167,6 +172,7 @@ class CausalSelfAttention : public SelfAttention {
   // saved for backward: qkv (after RoPE), the attention output, its lse
   // (B, H, T), the rotary positions
   Tensor qkv_out_, y_, lse_, positions_;
+  Tensor qkv16_, y16_;  // bf16 mode: what the attention kernels read and wrote
   double flops_ = 0;
 };
 

@@ -30,9 +30,15 @@ AttentionOptions attention_options(const switchyard::ModelConfig& m) {
   return o;
 }
 
+bool bf16_attention(const switchyard::Config& cfg) {
+  const auto& m = cfg.model();
+  const int64_t D = m.d_model() / m.n_heads();
+  return cfg.precision() == switchyard::Config::BF16 && (D == 64 || D == 128);
+}
+
 Block::Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
              std::unique_ptr<FeedForward> ffn, Rng& rng, const switchyard::DepthConfig* depth,
-             const SparseAttentionSpec* sparse)
+             const SparseAttentionSpec* sparse, bool bf16_attention)
     : ctx_(&ctx),
       rope_(m.position() == switchyard::ModelConfig::ROPE),
       ln1_(make_norm(norm_kind(m), ctx, ps, name + ".ln1", m.d_model(), rng)),
@@ -40,7 +46,8 @@ Block::Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard
       ffn_(std::move(ffn)),
       ffn_hidden_(m.ffn_hidden()) {
   const float out_std = m.init_std() / std::sqrt(2.f * m.n_layers());
-  const AttentionOptions ao = attention_options(m);
+  AttentionOptions ao = attention_options(m);
+  ao.bf16 = bf16_attention && !sparse;  // routed and block-sparse attention are fp32
   if (sparse)
     attn_ = std::make_unique<SparseSelfAttention>(ctx, ps, name + ".attn", m.d_model(), m.n_heads(), *sparse,
                                                   rng, m.init_std(), out_std, ao);
@@ -164,7 +171,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
     SparseAttentionSpec spec{at, T_, shared_centroids_.empty() ? nullptr : &shared_centroids_,
                              cfg.train().seed() * 7919 + l};
     blocks_.emplace_back(ctx_, params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
-                         sparse ? &spec : nullptr);
+                         sparse ? &spec : nullptr, bf16_attention(cfg));
   }
   tail_offset_ = params_.numel(ParamKind::dense);
   ln_f_ = make_norm(norm_kind(m), ctx_, params_, "ln_f", C_, rng);

@@ -33,6 +33,10 @@ namespace sy {
 NormKind norm_kind(const switchyard::ModelConfig& m);
 FfnOptions ffn_options(const switchyard::ModelConfig& m);
 AttentionOptions attention_options(const switchyard::ModelConfig& m);
+// Whether dense attention runs on bf16 q, k, v: precision BF16 and a head dim
+// with tensor-core kernels (64 or 128, ops/attention.h); other head dims keep
+// fp32 attention, on the CPU too, so both backends take the same path.
+bool bf16_attention(const switchyard::Config& cfg);
 
 // x -> x + Attn(LN1(x)) -> + FFN(LN2(.)); on a depth-routed block only the
 // tokens the DepthRouter picks go through (attending among themselves), and
@@ -42,7 +46,7 @@ class Block {
   Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
         std::unique_ptr<FeedForward> ffn, Rng& rng,
         const switchyard::DepthConfig* depth = nullptr,
-        const SparseAttentionSpec* sparse = nullptr);
+        const SparseAttentionSpec* sparse = nullptr, bool bf16_attention = false);
   Tensor forward(const Tensor& x, int64_t B, int64_t T);
   Tensor backward(const Tensor& dy);
   void set_training(bool t);

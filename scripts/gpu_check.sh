@@ -13,6 +13,7 @@
 #   --stages L    comma-separated, in this order by default:
 #                   ops    the op tests on CUDA (backend_ops_test and the layer's CUDA cases)
 #                   train  tests/gpu_training_test.sh: tiny and switch_tiny, 200 steps, CPU vs CUDA, fp32 then bf16
+#                          (one head of 64: bf16 GEMMs and bf16 attention)
 #                   bench  bench_ops --device cuda, then the PyTorch peers (scripts/bench/torch_*.py)
 #                   mfu    switch_gpu for 30 steps: MFU, tokens/s, device memory
 #                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU
@@ -167,7 +168,9 @@ if want train; then
   run_limited gpu_training 240 bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" tiny switch_tiny
   rc=$?; [ $rc = 0 ] || status=1
   summary "train (rc $rc): $(grep -vE '^\[' "$LOG/gpu_training.log" | tr '\n' ' ' | cut -c1-900)"
-  run_limited gpu_training_bf16 150 env SY_GPU_ARGS="--set precision=BF16" \
+  # One head of 64: the bf16 run covers the tensor-core attention kernels too
+  # (bf16_attention in runtime/model.h); the fp32 run above covers head dim 16.
+  run_limited gpu_training_bf16 150 env SY_GPU_ARGS="--set precision=BF16 --set model.n_heads=1" \
     bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" tiny switch_tiny
   rc=$?; [ $rc = 0 ] || status=1
   summary "train bf16 (rc $rc): $(grep -vE '^\[' "$LOG/gpu_training_bf16.log" | tr '\n' ' ' | cut -c1-900)"

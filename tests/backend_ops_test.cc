@@ -1074,6 +1074,9 @@ std::vector<OpCase> cases() {
   c.push_back({"to_bf16", Tol::exact, [](Rng& r) { return Ins{randn({1001}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001}, DType::bf16)}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::to_bf16(x, o[0], in[0]); }});
+  c.push_back({"to_f32", Tol::exact, [](Rng& r) { return Ins{randn({1001}, r).to(DType::bf16)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::to_f32(x, o[0], in[0]); }});
   // ---- experts ----
   c.push_back({"expert_ffn", Tol::f32,
                [](Rng& r) {

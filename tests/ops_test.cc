@@ -663,6 +663,38 @@ TEST(Attention, HeadSubsetLeavesTheOtherHeadsAlone) {
     }
 }
 
+// bf16 tensors on the CPU: the f32 path on the bf16 values, results rounded
+// to bf16, bit for bit (the emulation the CUDA tensor-core kernels are held
+// to, class B); with a window and a head subset, the other head's columns of
+// out and dqkv keep their bf16 values.
+TEST(Attention, Bf16OnTheCpuIsTheF32PathOnTheRoundedValues) {
+  Ctx& ctx = host_ctx();
+  for (const int64_t heads : {0, 1}) {
+    Rng rng(74 + heads);
+    ops::AttentionShape s{2, 50, 128, 2};
+    s.window = heads > 0 ? 20 : 0, s.heads = heads;
+    const Tensor qkv16 = randn({2, 50, 384}, rng).to(DType::bf16), dout16 = randn({2, 50, 128}, rng).to(DType::bf16);
+    const Tensor start_o = randn({2, 50, 128}, rng).to(DType::bf16), start_d = randn({2, 50, 384}, rng).to(DType::bf16);
+    Tensor o16 = start_o.to(DType::f32).to(DType::bf16), d16 = start_d.to(DType::f32).to(DType::bf16);
+    Tensor l16 = zeros({2, 2, 50}), l32 = zeros({2, 2, 50});
+    ops::attention_forward(ctx, {o16, l16, qkv16, s});
+    ops::attention_backward(ctx, {d16, dout16, qkv16, o16, l16, s});
+    const Tensor qkv = qkv16.to(DType::f32), dout = dout16.to(DType::f32);
+    Tensor o = start_o.to(DType::f32), d = start_d.to(DType::f32);
+    ops::attention_forward(ctx, {o, l32, qkv, s});
+    const Tensor o_rounded = o.to(DType::bf16);
+    const Tensor o_back = o_rounded.to(DType::f32);  // backward reads the forward's bf16 output
+    ops::attention_backward(ctx, {d, dout, qkv, o_back, l32, s});
+    const Tensor d_rounded = d.to(DType::bf16);
+    EXPECT_EQ(std::memcmp(o16.raw(), o_rounded.raw(), o16.nbytes()), 0) << "out, heads " << heads;
+    EXPECT_EQ(std::memcmp(l16.raw(), l32.raw(), l16.nbytes()), 0) << "lse, heads " << heads;
+    EXPECT_EQ(std::memcmp(d16.raw(), d_rounded.raw(), d16.nbytes()), 0) << "dqkv, heads " << heads;
+    if (heads > 0)  // head 1's columns of out kept their starting values
+      for (int64_t r = 0; r < 100; ++r)
+        EXPECT_EQ(o16.data<bf16_t>()[r * 128 + 64].bits, start_o.data<bf16_t>()[r * 128 + 64].bits) << "row " << r;
+  }
+}
+
 TEST(Attention, RefusesANegativeWindowAndTooManyHeads) {
   Ctx& ctx = host_ctx();
   ops::AttentionShape s{1, 4, 8, 2};

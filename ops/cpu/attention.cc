@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/cpu/vec_math.h"
+#include "ops/elementwise.h"
 
 namespace sy::ops::cpu {
 
@@ -107,9 +108,7 @@ Rows block_rows(const AttentionShape& s, int64_t r0) {
   return {r0, m, c0, s.window};
 }
 
-}  // namespace
-
-void attention_forward(Ctx&, const AttentionArgs& args) {
+void forward_f32(const AttentionArgs& args) {
   const AttentionShape& s = args.shape;
   const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
@@ -135,7 +134,7 @@ void attention_forward(Ctx&, const AttentionArgs& args) {
     }
 }
 
-void attention_backward(Ctx&, const AttentionBackwardArgs& args) {
+void backward_f32(const AttentionBackwardArgs& args) {
   const AttentionShape& s = args.shape;
   const int64_t T = s.T, C = s.C, D = C / s.H, C3 = 3 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
@@ -169,6 +168,31 @@ void attention_backward(Ctx&, const AttentionBackwardArgs& args) {
                     dk + c0 * C3, C3);
       }
     }
+}
+
+}  // namespace
+
+// bf16 tensors (the dtype of the CUDA tensor-core kernels): the f32 path on
+// their values, results rounded to bf16 - the operands exact, products,
+// softmax and sums in fp32 as on the GPU, which also rounds P and dS to bf16
+// between its two GEMMs (so the two agree to class B, not bit for bit).
+// out and dqkv start from their bf16 values, so the heads a head subset
+// leaves alone come back unchanged, and dqkv accumulates as on the GPU:
+// bf16(dqkv + gradient).
+void attention_forward(Ctx& ctx, const AttentionArgs& args) {
+  if (args.qkv.dtype() == DType::f32) return forward_f32(args);
+  const Tensor qkv = args.qkv.to(DType::f32);
+  Tensor out = args.out.to(DType::f32);
+  forward_f32({out, args.lse, qkv, args.shape});
+  to_bf16(ctx, args.out, out);
+}
+
+void attention_backward(Ctx& ctx, const AttentionBackwardArgs& args) {
+  if (args.qkv.dtype() == DType::f32) return backward_f32(args);
+  const Tensor qkv = args.qkv.to(DType::f32), dout = args.dout.to(DType::f32), out = args.out.to(DType::f32);
+  Tensor dqkv = args.dqkv.to(DType::f32);
+  backward_f32({dqkv, dout, qkv, out, args.lse, args.shape});
+  to_bf16(ctx, args.dqkv, dqkv);
 }
 
 }  // namespace sy::ops::cpu

@@ -33,4 +33,10 @@ void to_bf16(Ctx&, Tensor& y, const Tensor& x) {
   for (int64_t i = 0; i < y.numel(); ++i) p[i].bits = f32_to_bf16(q[i]);
 }
 
+void to_f32(Ctx&, Tensor& y, const Tensor& x) {
+  float* p = y.f32();
+  const bf16_t* q = x.data<bf16_t>();
+  for (int64_t i = 0; i < y.numel(); ++i) p[i] = bf16_to_f32(q[i].bits);
+}
+
 }  // namespace sy::ops::cpu

@@ -4,6 +4,7 @@
 //
 //   add_into: y += x    mul_into: y *= x    scale: y *= s    sigmoid: y = 1 / (1 + exp(-x))
 //   to_bf16: y = bf16(x), __float2bfloat16_rn (round to nearest even, as the CPU's f32_to_bf16)
+//   to_f32:  y = float(x), exact
 #include <cuda_bf16.h>
 
 #include "ops/cuda/common.cuh"
@@ -87,6 +88,19 @@ void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x) {
   const int64_t n = y.numel();
   if (n == 0) return;
   to_bf16_kernel<<<grid_stride(n), kBlock, 0, stream(ctx)>>>(static_cast<__nv_bfloat16*>(y.raw()), x.data<float>(), n);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void to_f32_kernel(float* y, const __nv_bfloat16* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __bfloat162float(x[i]);
+}
+
+void to_f32(Ctx& ctx, Tensor& y, const Tensor& x) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  to_f32_kernel<<<grid_stride(n), kBlock, 0, stream(ctx)>>>(y.data<float>(), static_cast<const __nv_bfloat16*>(x.raw()), n);
   CUDA_CHECK(cudaGetLastError());
 }
 
