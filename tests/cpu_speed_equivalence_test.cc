@@ -347,6 +347,9 @@ TEST(CpuSpeedEquivalence, ExpApproxWithinTwoUlp) {
   EXPECT_EQ(ops::cpu::exp_approx(-88.f), 0.f);
   EXPECT_EQ(ops::cpu::exp_approx(-1e30f), 0.f);
   EXPECT_EQ(ops::cpu::exp_approx(0.f), 1.f);
+  EXPECT_TRUE(std::isnan(ops::cpu::exp_approx(NAN))) << "NaN must reach the outputs (it became e^88.3)";
+  EXPECT_EQ(ops::cpu::exp_approx(INFINITY), ops::cpu::exp_approx(88.3762626647949f));
+  EXPECT_EQ(ops::cpu::exp_approx(-INFINITY), 0.f);
 }
 
 TEST(CpuSpeedEquivalence, Gelu) {

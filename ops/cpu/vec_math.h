@@ -7,7 +7,10 @@
 //                  parts, Cody-Waite), e^r by Cephes' degree-6 polynomial on
 //                  |r| <= ln2/2, times 2^n built in the exponent bits. Relative
 //                  error <= 2 ulp for x in [-87.3, 88.3]; 0 below -87.3 (as
-//                  expf underflows there), x clamped to 88.3 above.
+//                  expf underflows there), x clamped to 88.3 above; NaN in,
+//                  NaN out (a select at the end, so the loop still
+//                  vectorises), so a NaN score reaches the outputs and the
+//                  trainer's finiteness checks as it does through expf.
 //   sum_lanes, dot_lanes, max_lanes
 //                  reductions in 8 independent partial results (an order the
 //                  compiler may vectorise), then combined; max_lanes needs n >= 1.
@@ -34,8 +37,9 @@ inline float exp_approx(float x) {
   constexpr float kHi = 88.3762626647949f, kLo = -87.3365447504f;
   constexpr float kLog2e = 1.44269504088896341f, kC1 = 0.693359375f, kC2 = -2.12194440e-4f;
   constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
-  const bool under = x < kLo;
-  x = x < kHi ? x : kHi;  // the forms of minps/maxps
+  const bool under = x < kLo, nan = x != x;
+  const float in = x;
+  x = x < kHi ? x : kHi;  // the forms of minps/maxps (NaN becomes kHi here)
   x = x > kLo ? x : kLo;
   const float n = (x * kLog2e + kRound) - kRound;
   const float r = (x - n * kC1) - n * kC2;
@@ -50,7 +54,7 @@ inline float exp_approx(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   const float y = p * scale;
-  return under ? 0.f : y;
+  return nan ? in : under ? 0.f : y;
 }
 
 inline float sum_lanes(const float* x, int64_t n) {
