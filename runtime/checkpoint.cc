@@ -19,6 +19,7 @@
 
 #include "runtime/checkpoint_store.h"
 #include "runtime/moe_layer.h"
+#include "runtime/output_file.h"
 #include "runtime/safetensors.h"
 
 #ifndef SY_CODE_VERSION
@@ -114,24 +115,6 @@ int64_t local_expert_rows(Transformer& model) {
   for (Param* p : model.params().all())
     if (p->expert()) n += p->local_rows();
   return n;
-}
-
-void write_text_file(const std::string& path, const std::string& text) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(path + ": cannot create: " + std::strerror(errno));
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t w = ::write(fd, text.data() + done, text.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      ::close(fd);
-      throw Error(path + ": write failed: " + std::strerror(errno));
-    }
-    done += static_cast<size_t>(w);
-  }
-  const bool ok = ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok) throw Error(path + ": fsync failed");
 }
 
 // One file's entry, from its header (tensors in the order of their bytes)
@@ -358,7 +341,8 @@ std::string save_checkpoint(const std::string& root, const Config& cfg, Transfor
     for (const auto& [bias, t] : model.balance_biases()) m.add_balance_biases(bias);
     std::string text;
     pb::TextFormat::PrintToString(m, &text);
-    write_text_file(join_path(tmp, kManifest), "# Switchyard checkpoint manifest (CheckpointManifest, configs/switchyard.proto)\n" + text);
+    write_file(join_path(tmp, kManifest), "# Switchyard checkpoint manifest (CheckpointManifest, configs/switchyard.proto)\n" + text,
+               Sync::fsync);
     publish_checkpoint(root, tmp_name, name);
     prune_checkpoints(root, keep);
   }

@@ -32,20 +32,32 @@ void check_output_path(const std::string& option, const std::string& path,
   }
 }
 
-void write_file(const std::string& path, const std::string& bytes) {
+void write_fully(int fd, const void* p, size_t n, const std::string& path) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t done = 0; done < n;) {
+    const ssize_t w = ::write(fd, c + done, n - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0)
+      throw Error(path + ": write failed after " + std::to_string(done) + " of " + std::to_string(n) +
+                  " bytes: " + std::strerror(w < 0 ? errno : EIO));
+    done += static_cast<size_t>(w);
+  }
+}
+
+void write_file(const std::string& path, const std::string& bytes, Sync sync) {
   // open/write/close rather than a stream: each failing call leaves its errno.
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(path + ": cannot create: " + std::strerror(errno));
-  for (size_t done = 0; done < bytes.size();) {
-    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      const int err = w < 0 ? errno : EIO;
-      ::close(fd);
-      throw Error(path + ": write failed after " + std::to_string(done) + " of " + std::to_string(bytes.size()) +
-                  " bytes: " + std::strerror(err));
-    }
-    done += static_cast<size_t>(w);
+  try {
+    write_fully(fd, bytes.data(), bytes.size(), path);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (sync == Sync::fsync && ::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw Error(path + ": fsync failed: " + std::strerror(err));
   }
   if (::close(fd) != 0) throw Error(path + ": close failed: " + std::strerror(errno));
 }

@@ -3,6 +3,7 @@
 // and written so that a failure names the system's reason.
 // Used by examples/tokenize without the rest of the runtime (sy_shards).
 #pragma once
+#include <cstddef>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,9 +18,16 @@ namespace sy {
 void check_output_path(const std::string& option, const std::string& path,
                        const std::vector<std::pair<std::string, std::string>>& inputs, bool overwrite);
 
-// Writes `bytes` to `path` (created or truncated). A failure throws Error,
-// one line naming the path, the step and the system's reason (strerror), e.g.
-// "x.bin: write failed: No space left on device".
-void write_file(const std::string& path, const std::string& bytes);
+// Writes n bytes from p to the open descriptor fd, through short writes and
+// EINTR. A failure throws Error, one line naming the path, how far it got and
+// the system's reason (strerror), e.g. "x.bin: write failed after 0 of 3
+// bytes: No space left on device"; fd stays open (the caller owns it).
+void write_fully(int fd, const void* p, size_t n, const std::string& path);
+
+// Writes `bytes` to `path` (created or truncated) by write_fully; with
+// Sync::fsync the data is on disk before it returns (checkpoint files).
+// A failure throws Error naming the path, the step and strerror.
+enum class Sync { none, fsync };
+void write_file(const std::string& path, const std::string& bytes, Sync sync = Sync::none);
 
 }  // namespace sy

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "runtime/output_file.h"
 
 namespace sy {
 
@@ -42,16 +43,6 @@ bool dtype_from_name(const std::string& s, DType& t) {
   for (DType d : {DType::f32, DType::bf16, DType::i32, DType::i64, DType::f64})
     if (s == safetensors_dtype(d)) return t = d, true;
   return false;
-}
-
-void write_all(int fd, const void* p, size_t n, const std::string& path) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, c, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail(path, std::string("write failed: ") + std::strerror(errno));
-    c += w, n -= static_cast<size_t>(w);
-  }
 }
 
 }  // namespace
@@ -105,9 +96,15 @@ FileDigest write_safetensors(const std::string& path, const NamedTensors& tensor
 
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail(path, std::string("cannot create: ") + std::strerror(errno));
+  struct Closer {  // a failed write or fsync throws; the descriptor closes either way
+    int fd;
+    ~Closer() {
+      if (fd >= 0) ::close(fd);
+    }
+  } closer{fd};
   FileDigest d;
   auto put = [&](const void* p, size_t bytes) {
-    write_all(fd, p, bytes, path);
+    write_fully(fd, p, bytes, path);
     d.crc32 = crc32_update(d.crc32, p, bytes);
     d.bytes += bytes;
   };
@@ -118,6 +115,7 @@ FileDigest write_safetensors(const std::string& path, const NamedTensors& tensor
     d.tensor_crc32.push_back(crc32_update(0, t.raw(), t.nbytes()));
   }
   if (::fsync(fd) != 0) fail(path, std::string("fsync failed: ") + std::strerror(errno));
+  closer.fd = -1;
   if (::close(fd) != 0) fail(path, std::string("close failed: ") + std::strerror(errno));
   return d;
 }
