@@ -94,6 +94,29 @@ TEST(AttentionTiles, WindowComputesEachAllowedPairOnce) {
   for (const int w : windows) expect_each_allowed_pair_once(attn::WindowMask{w}, "window " + std::to_string(w));
 }
 
+// Routed attention's member mask on packed segments: random query and key
+// flags (some rows both, some one, some neither), every length.
+TEST(AttentionTiles, MemberMaskComputesEachAllowedPairOnce) {
+  uint32_t state = 12345;
+  auto bit = [&state] {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<int32_t>((state >> 16) % 3 != 0);  // two in three rows
+  };
+  for (const Tiling& t : kTilings)
+    for (const int len : {1, 15, 16, 33, 64, 100, 128, 129, 200, 300}) {
+      std::vector<int32_t> is_q(len), is_k(len);
+      for (int i = 0; i < len; ++i) is_q[i] = bit(), is_k[i] = bit();
+      const attn::MemberMask m = attn::MemberMask{is_q.data(), is_k.data()}.bind(0, len);
+      const std::vector<int> n = computed(m, t, len);
+      for (int q = 0; q < len; ++q)
+        for (int k = 0; k < len; ++k) {
+          const bool allowed = k <= q && is_q[q] && is_k[k];
+          ASSERT_EQ(n[static_cast<size_t>(q) * len + k], allowed ? 1 : 0)
+              << t.name << ", len " << len << ", q " << q << ", k " << k;
+        }
+    }
+}
+
 // The point of the window: a query tile loops over the key tiles its window
 // reaches, not over the whole prefix. At len 4096, w 512 and 64-row tiles,
 // a forward block visits at most ceil((512 - 1 + 64) / 64) + 1 = 10 key tiles.

@@ -44,6 +44,9 @@
 #include "ops/sparse_attention.h"
 #include "ops/random.h"
 #include "ops/routed_attention.h"
+#ifdef SY_WITH_CUDA
+#include "ops/cuda/attention_varlen.h"
+#endif
 #include "ops/router_loss.h"
 #include "ops/routing.h"
 #include "ops/swiglu.h"
@@ -1229,6 +1232,97 @@ TEST_P(BackendOps, AttentionBf16AgreesWithTheCpuOnRoundedInputs) {
     EXPECT_LE(rel_l2(runs[0][1], lse_c), 1e-2) << "lse";
     EXPECT_LE(rel_l2(g, dqkv_c), 3e-2) << "dqkv";
   }
+}
+
+// Varlen attention between member rows (ops/cuda/attention_varlen.h, the
+// tiled path for routed attention's clusters) against the CPU's sparse
+// attention over the key sets its flags define: segments of 0, 1, 77, 130
+// and 300 rows (empty, one row, ragged, across tiles), random query and key
+// flags, 2 heads; f32 at head dims 16 and 64 (class F), bf16 at 64 on
+// bf16-rounded inputs (class B); outputs poisoned first, two runs bitwise equal.
+TEST_P(BackendOps, VarlenMemberAttentionAgreesWithSparseAttentionOverItsKeySets) {
+#ifndef SY_WITH_CUDA
+  GTEST_SKIP() << "built without CUDA";
+#else
+  if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "CUDA's kernels (the CPU reference is sparse attention)";
+  Ctx& x = ctx();
+  const std::vector<int32_t> seg = {0, 0, 1, 78, 208, 508};
+  const int64_t rows = seg.back(), H = 2;
+  std::vector<int32_t> is_q(rows), is_k(rows);
+  Rng flags(0xf1a6);
+  for (int64_t r = 0; r < rows; ++r) is_q[r] = flags.uniform() < 0.7, is_k[r] = flags.uniform() < 0.7;
+  for (const auto& [D, dt] : {std::pair<int64_t, DType>{16, DType::f32}, {64, DType::f32}, {64, DType::bf16}}) {
+    SCOPED_TRACE("D " + std::to_string(D) + " " + dtype_name(dt));
+    const int64_t C = H * D;
+    Rng rng(0x7a4 + D);
+    Tensor qkv = randn({rows, 3 * C}, rng), dout = randn({rows, C}, rng);
+    if (dt == DType::bf16) qkv = qkv.to(DType::bf16).to(DType::f32), dout = dout.to(DType::bf16).to(DType::f32);
+    // The reference, head by head: row i (a query) sees the key rows j <= i of its segment.
+    Tensor o_c = Tensor::zeros({rows, C}, DType::f32, host_ctx()), l_c = Tensor::zeros({H, rows}, DType::f32, host_ctx());
+    Tensor d_c = Tensor::zeros({rows, 3 * C}, DType::f32, host_ctx());
+    ops::KeySetsBuilder kb;
+    for (size_t b = 0; b + 1 < seg.size(); ++b)
+      for (int32_t i = seg[b]; i < seg[b + 1]; ++i) {
+        std::vector<int32_t> keys;
+        if (is_q[i])
+          for (int32_t j = seg[b]; j <= i; ++j)
+            if (is_k[j]) keys.push_back(j);
+        kb.add_query(keys);
+      }
+    const ops::KeySets ks = kb.build(host_ctx());
+    auto part = [&](const Tensor& t, int64_t width, int64_t col) {
+      Tensor p = Tensor::zeros({rows, D}, DType::f32, host_ctx());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t d = 0; d < D; ++d) p.f32()[r * D + d] = t.f32()[r * width + col + d];
+      return p;
+    };
+    auto put = [&](Tensor& t, int64_t width, int64_t col, const Tensor& p) {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t d = 0; d < D; ++d) t.f32()[r * width + col + d] = p.f32()[r * D + d];
+    };
+    for (int64_t h = 0; h < H; ++h) {
+      const Tensor q = part(qkv, 3 * C, h * D), k = part(qkv, 3 * C, C + h * D), v = part(qkv, 3 * C, 2 * C + h * D);
+      const Tensor g = part(dout, C, h * D);
+      Tensor o = Tensor::zeros({rows, D}, DType::f32, host_ctx()), l = Tensor::zeros({rows}, DType::f32, host_ctx());
+      Tensor dq = Tensor::zeros({rows, D}, DType::f32, host_ctx()), dk = dq.clone(), dv = dq.clone();
+      ops::sparse_attention_forward(host_ctx(), {o, l, q, k, v, ks});
+      ops::sparse_attention_backward(host_ctx(), {dq, dk, dv, g, o, l, q, k, v, ks});
+      put(o_c, C, h * D, o);
+      for (int64_t r = 0; r < rows; ++r) l_c.f32()[h * rows + r] = l.f32()[r];
+      put(d_c, 3 * C, h * D, dq), put(d_c, 3 * C, C + h * D, dk), put(d_c, 3 * C, 2 * C + h * D, dv);
+    }
+    const Tensor seg_d = Tensor::from_host(seg).to(x), q_d = Tensor::from_host(is_q).to(x), k_d = Tensor::from_host(is_k).to(x);
+    ops::cuda::VarlenAttention va;
+    va.segments = static_cast<int64_t>(seg.size()) - 1, va.max_len = 300, va.rows = rows, va.C = C, va.H = H;
+    va.seg = seg_d.data<int32_t>(), va.is_query = q_d.data<int32_t>(), va.is_key = k_d.data<int32_t>();
+    std::vector<Tensor> runs[2];
+    for (auto& r : runs) {
+      const Tensor qd = (dt == DType::bf16 ? qkv.to(DType::bf16) : qkv).to(x);
+      const Tensor gd = (dt == DType::bf16 ? dout.to(DType::bf16) : dout).to(x);
+      Tensor o = out(x, {rows, C}, dt), l = out(x, {H, rows}), dq = Tensor::zeros({rows, 3 * C}, dt, x);
+      poison(o, x);
+      poison(l, x);
+      ops::cuda::varlen_attention_forward(x, va, qd, o, l);
+      ops::cuda::varlen_attention_backward(x, va, dq, gd, qd, o, l);
+      r = {o.to(host_ctx()), l.to(host_ctx()), dq.to(host_ctx())};
+    }
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
+    const Tensor o = runs[0][0].dtype() == DType::f32 ? runs[0][0] : runs[0][0].to(DType::f32);
+    const Tensor d = runs[0][2].dtype() == DType::f32 ? runs[0][2] : runs[0][2].to(DType::f32);
+    for (int64_t e = 0; e < o.numel(); ++e) ASSERT_FALSE(std::isnan(o.f32()[e])) << "out element " << e << " never written";
+    for (int64_t e = 0; e < l_c.numel(); ++e) {
+      const float got = runs[0][1].f32()[e], want = l_c.f32()[e];
+      ASSERT_FALSE(std::isnan(got)) << "lse element " << e << " never written";
+      if (std::isinf(want))
+        ASSERT_EQ(got, want) << "lse element " << e << ": a row with no key";
+      else
+        ASSERT_NEAR(got, want, (dt == DType::bf16 ? 2e-2 : 1e-5) * (1.0 + std::fabs(want))) << "lse element " << e;
+    }
+    const double tf = dt == DType::bf16 ? 1e-2 : 1e-5, tb = dt == DType::bf16 ? 3e-2 : 1e-5;
+    EXPECT_LE(rel_l2(o, o_c), tf) << "out";
+    EXPECT_LE(rel_l2(d, d_c), tb) << "dqkv";
+  }
+#endif
 }
 
 TEST_P(BackendOps, AttentionRefusesHeadDimsWithoutKernels) {

@@ -34,15 +34,18 @@
 // it lies wholly above the diagonal and masked element by element only when
 // it straddles it (or is ragged).
 //
-// Hooks for varlen and position masks (the routed-attention issue): every
-// kernel asks `sequence(g, b)` for its rows (dense: b * T, T; varlen: from
-// cu_seqlens) and a Mask object for which pairs are allowed (CausalMask:
-// by index; a position mask compares original positions, sorted within a
-// segment so that the same tile-range functions hold) and which tile ranges
-// to visit. A query with no allowed key gets o = 0, lse = -inf. WindowMask
-// (the sliding window) is the second mask: its loops start at the first key
-// tile a query tile's window reaches, so a window of w keys costs ~T w pairs
-// whatever T is. The grid's head dimension covers the computed heads only.
+// Geometry and masks: every kernel asks `sequence(g, b)` for its rows
+// (dense: b * T, T; varlen: from the segment offsets g.seg, laid out by
+// ops/cuda/attention_varlen.h) and binds its Mask to them; the masks, the tile
+// ranges each loop visits, the warps' skips and the tiles needing the element
+// mask are ops/cuda/attention_tiles.h's host-tested functions. CausalMask and
+// WindowMask (the sliding window: its loops start at the first key tile a
+// query tile's window reaches, so w keys cost ~T w pairs whatever T is) serve
+// ops::attention_forward / backward; MemberMask (causal between flagged
+// query and key rows of a packed segment) serves the varlen entry points,
+// the tiled path for routed attention's clusters. A query with no allowed
+// key gets o = 0, lse = -inf. The grid's head dimension covers the computed
+// heads only.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -54,6 +57,7 @@
 #include "core/cuda_check.h"
 #include "ops/attention.h"
 #include "ops/cuda/attention_tiles.h"
+#include "ops/cuda/attention_varlen.h"
 
 namespace sy::ops::cuda {
 
@@ -67,8 +71,10 @@ constexpr float kLn2 = 0.6931471805599453f;
 // ---- geometry: where a head's rows are ---------------------------------
 
 struct Geom {
-  int B, H, T;
+  int B, H, T;     // varlen: B segments, T at least the longest
   int heads;       // heads [0, heads) are computed (ops/attention.h: AttentionShape::heads)
+  const int32_t* seg = nullptr;  // varlen: segment b is rows [seg[b], seg[b+1]); null: dense
+  int64_t rows = 0;              // varlen: rows of all segments
   int64_t C;       // model width: q of head h at column h*D, k at C + h*D, v at 2C + h*D
   int64_t ld_qkv;  // elements between rows of qkv and dqkv (3C)
   int64_t ld_out;  // elements between rows of out and dout (C)
@@ -80,10 +86,22 @@ struct Seq {
   int len;
 };
 
-// Dense: B sequences of T tokens. Varlen: row0 = cu_seqlens[b], len = cu_seqlens[b+1] - row0.
-__device__ __forceinline__ Seq sequence(const Geom& g, int b) { return {int64_t(b) * g.T, g.T}; }
-// lse and Delta of (sequence b, head h) start here: (B, H, T).
-__device__ __forceinline__ int64_t stat_base(const Geom& g, int b, int h) { return (int64_t(b) * g.H + h) * g.T; }
+// Dense: B sequences of T tokens. Varlen: row0 = seg[b], len = seg[b+1] - row0.
+__device__ __forceinline__ Seq sequence(const Geom& g, int b) {
+  if (g.seg) return {g.seg[b], g.seg[b + 1] - g.seg[b]};
+  return {int64_t(b) * g.T, g.T};
+}
+// lse and Delta of (sequence b, head h) start here: dense (B, H, T), varlen
+// (H, rows) - row r of head h at h * rows + r.
+__device__ __forceinline__ int64_t stat_base(const Geom& g, int b, int h) {
+  if (g.seg) return int64_t(h) * g.rows + g.seg[b];
+  return (int64_t(b) * g.H + h) * g.T;
+}
+// The same for a packed row (the Delta kernel's view).
+__device__ __forceinline__ int64_t stat_index(const Geom& g, int64_t row, int h) {
+  if (g.seg) return int64_t(h) * g.rows + row;
+  return (row / g.T * g.H + h) * g.T + row % g.T;
+}
 
 // The masks, the tile ranges the loops visit, the warps' skips and the
 // tiles needing the element mask: ops/cuda/attention_tiles.h (host-tested).
@@ -168,17 +186,16 @@ template <class T>
 __global__ void attention_delta_kernel(const T* dout, const T* out, float* delta, Geom g, int D) {
   const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  const int64_t rows = int64_t(g.B) * g.T;
+  const int64_t rows = g.seg ? g.rows : int64_t(g.B) * g.T;
   if (warp >= rows * g.H) return;
-  const int64_t row = warp / g.H;  // b * T + t (dense)
+  const int64_t row = warp / g.H;  // b * T + t (dense), the packed row (varlen)
   const int h = static_cast<int>(warp % g.H);
   const T* o = out + row * g.ld_out + int64_t(h) * D;
   const T* d = dout + row * g.ld_out + int64_t(h) * D;
   float s = 0;
   for (int i = lane; i < D; i += 32) s += to_f32(d[i]) * to_f32(o[i]);
   for (int m = 16; m > 0; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
-  const int b = static_cast<int>(row / g.T), t = static_cast<int>(row % g.T);
-  if (lane == 0) delta[stat_base(g, b, h) + t] = s;
+  if (lane == 0) delta[stat_index(g, row, h)] = s;
 }
 
 // ======================================================================
@@ -283,7 +300,7 @@ struct TcCfg {
 // tiles with the most keys (the last) are launched first.
 template <class Cfg, class Mask>
 __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* __restrict__ qkv, bf16* __restrict__ out,
-                                                                   float* __restrict__ lse, Geom g, Mask mask) {
+                                                                   float* __restrict__ lse, Geom g, Mask mask_) {
   constexpr int D = Cfg::D, MT = Cfg::MT, BM = Cfg::BM, BN = Cfg::BN, LD = Cfg::LD, NT = Cfg::THREADS;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);  // BM x LD
@@ -292,6 +309,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
+  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
@@ -407,7 +425,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
 template <class Cfg, class Mask>
 __global__ void __launch_bounds__(Cfg::THREADS)
     attention_bwd_dkdv_bf16(const bf16* __restrict__ qkv, const bf16* __restrict__ dout, const float* __restrict__ lse,
-                            const float* __restrict__ delta, bf16* __restrict__ dqkv, Geom g, Mask mask) {
+                            const float* __restrict__ delta, bf16* __restrict__ dqkv, Geom g, Mask mask_) {
   constexpr int D = Cfg::D, MT = Cfg::MT, BM = Cfg::BM, BN = Cfg::BN, LD = Cfg::LD, NT = Cfg::THREADS;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sK = reinterpret_cast<bf16*>(smem);  // BM x LD
@@ -419,6 +437,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
+  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int k0 = blockIdx.x * BM;  // the first key tiles see the most queries: launched first
   if (k0 >= seq.len) return;
   const int D_ = D;
@@ -529,7 +548,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 template <class Cfg, class Mask>
 __global__ void __launch_bounds__(Cfg::THREADS)
     attention_bwd_dq_bf16(const bf16* __restrict__ qkv, const bf16* __restrict__ dout, const float* __restrict__ lse,
-                          const float* __restrict__ delta, bf16* __restrict__ dqkv, Geom g, Mask mask) {
+                          const float* __restrict__ delta, bf16* __restrict__ dqkv, Geom g, Mask mask_) {
   constexpr int D = Cfg::D, MT = Cfg::MT, BM = Cfg::BM, BN = Cfg::BN, LD = Cfg::LD, NT = Cfg::THREADS;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);  // BM x LD
@@ -539,6 +558,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
+  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
@@ -706,7 +726,7 @@ __device__ __forceinline__ void pv(float (&acc)[RA][DN], const float* sp, const 
 
 template <class Cfg, class Mask>
 __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* __restrict__ qkv, float* __restrict__ out,
-                                                          float* __restrict__ lse, Geom g, Mask mask) {
+                                                          float* __restrict__ lse, Geom g, Mask mask_) {
   constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, RM = Cfg::RM, RN = Cfg::RN, DN = Cfg::DN;
   constexpr int LDD = Cfg::LDD, LDP = Cfg::LDP;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -717,6 +737,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* _
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
+  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
@@ -795,7 +816,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* _
 template <class Cfg, class Mask>
 __global__ void __launch_bounds__(Cfg::THREADS)
     attention_bwd_dkdv_f32(const float* __restrict__ qkv, const float* __restrict__ dout, const float* __restrict__ lse,
-                           const float* __restrict__ delta, float* __restrict__ dqkv, Geom g, Mask mask) {
+                           const float* __restrict__ delta, float* __restrict__ dqkv, Geom g, Mask mask_) {
   // Here the block's own tile (keys) is BN and the tile it loops over (queries) BM.
   constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, DN = Cfg::DN, LDD = Cfg::LDD;
   constexpr int RK = BN / 16, RQ = BM / 16, LDP = BM + 4;
@@ -811,6 +832,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
+  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int k0 = blockIdx.x * BN;
   if (k0 >= seq.len) return;
   const int D_ = D;
@@ -880,7 +902,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 template <class Cfg, class Mask>
 __global__ void __launch_bounds__(Cfg::THREADS)
     attention_bwd_dq_f32(const float* __restrict__ qkv, const float* __restrict__ dout, const float* __restrict__ lse,
-                         const float* __restrict__ delta, float* __restrict__ dqkv, Geom g, Mask mask) {
+                         const float* __restrict__ delta, float* __restrict__ dqkv, Geom g, Mask mask_) {
   constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, RM = Cfg::RM, RN = Cfg::RN, DN = Cfg::DN;
   constexpr int LDD = Cfg::LDD, LDP = Cfg::LDP;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -892,6 +914,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
+  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
@@ -1106,6 +1129,87 @@ void check_size(const char* op, const AttentionShape& s) {
     throw BackendError(std::string(op) + ": B, H up to 65535 and T up to 2^30 on CUDA");
 }
 
+// One forward, any geometry and mask: the dtype and head-dim dispatch.
+template <class Mask>
+void forward_any(const char* op, const Geom& g, Mask mask, const Tensor& qkv_t, Tensor& out_t, float* lse,
+                 int64_t D, cudaStream_t st) {
+  if (qkv_t.dtype() == DType::bf16) {
+    const bf16* qkv = reinterpret_cast<const bf16*>(qkv_t.data<bf16_t>());
+    bf16* out = reinterpret_cast<bf16*>(out_t.data<bf16_t>());
+    switch (D) {
+      case 64: return forward_bf16<64>(g, mask, qkv, out, lse, st);
+      case 128: return forward_bf16<128>(g, mask, qkv, out, lse, st);
+      default: unsupported(op, DType::bf16, D);
+    }
+  }
+  const float* qkv = qkv_t.data<float>();
+  float* out = out_t.data<float>();
+  switch (D) {
+    case 16: return forward_f32<16>(g, mask, qkv, out, lse, st);
+    case 32: return forward_f32<32>(g, mask, qkv, out, lse, st);
+    case 64: return forward_f32<64>(g, mask, qkv, out, lse, st);
+    case 128: return forward_f32<128>(g, mask, qkv, out, lse, st);
+    default: unsupported(op, DType::f32, D);
+  }
+}
+
+// One backward, any geometry and mask: Delta over `rows` packed rows, then
+// the dK/dV and dQ kernels.
+template <class Mask>
+void backward_any(const char* op, Ctx& ctx, const Geom& g, Mask mask, int64_t rows, Tensor& dqkv_t,
+                  const Tensor& dout_t, const Tensor& qkv_t, const Tensor& out_t, const float* lse, int64_t D) {
+  const bool bf = qkv_t.dtype() == DType::bf16;
+  if (!(bf ? (D == 64 || D == 128) : (D == 16 || D == 32 || D == 64 || D == 128))) unsupported(op, qkv_t.dtype(), D);
+  cudaStream_t st = stream_of(ctx);
+  Tensor delta = Tensor::empty({rows * g.H}, DType::f32, ctx);  // laid out as lse
+  const int64_t warps = rows * g.H;
+  const unsigned blocks = static_cast<unsigned>((warps * 32 + 255) / 256);
+  float* dl = delta.data<float>();
+  if (bf) {
+    const bf16* qkv = reinterpret_cast<const bf16*>(qkv_t.data<bf16_t>());
+    const bf16* dout = reinterpret_cast<const bf16*>(dout_t.data<bf16_t>());
+    const bf16* out = reinterpret_cast<const bf16*>(out_t.data<bf16_t>());
+    bf16* dqkv = reinterpret_cast<bf16*>(dqkv_t.data<bf16_t>());
+    attention_delta_kernel<bf16><<<blocks, 256, 0, st>>>(dout, out, dl, g, static_cast<int>(D));
+    CUDA_CHECK(cudaGetLastError());
+    if (D == 64) return backward_bf16<64>(g, mask, qkv, dout, lse, dl, dqkv, st);
+    return backward_bf16<128>(g, mask, qkv, dout, lse, dl, dqkv, st);
+  }
+  const float* qkv = qkv_t.data<float>();
+  const float* dout = dout_t.data<float>();
+  const float* out = out_t.data<float>();
+  float* dqkv = dqkv_t.data<float>();
+  attention_delta_kernel<float><<<blocks, 256, 0, st>>>(dout, out, dl, g, static_cast<int>(D));
+  CUDA_CHECK(cudaGetLastError());
+  switch (D) {
+    case 16: return backward_f32<16>(g, mask, qkv, dout, lse, dl, dqkv, st);
+    case 32: return backward_f32<32>(g, mask, qkv, dout, lse, dl, dqkv, st);
+    case 64: return backward_f32<64>(g, mask, qkv, dout, lse, dl, dqkv, st);
+    default: return backward_f32<128>(g, mask, qkv, dout, lse, dl, dqkv, st);
+  }
+}
+
+Geom varlen_geom(const VarlenAttention& v) {
+  Geom g;
+  g.B = static_cast<int>(v.segments);
+  g.H = g.heads = static_cast<int>(v.H);
+  g.T = static_cast<int>(v.max_len);
+  g.seg = v.seg;
+  g.rows = v.rows;
+  g.C = v.C;
+  g.ld_qkv = 3 * v.C;
+  g.ld_out = v.C;
+  g.scale = 1.f / std::sqrt(static_cast<float>(v.C / v.H));
+  return g;
+}
+
+void check_varlen(const char* op, const VarlenAttention& v, const Tensor& qkv) {
+  SY_CHECK(v.H > 0 && v.C % v.H == 0, op << ": C=" << v.C << " not divisible by H=" << v.H);
+  check_shape(qkv, {v.rows, 3 * v.C}, op);
+  if (v.max_len > INT32_MAX / 2 || v.rows > INT32_MAX || v.segments > 65535 || v.H > 65535)
+    throw BackendError(std::string(op) + ": up to 65535 segments and heads, 2^30 rows per segment, 2^31 in all");
+}
+
 }  // namespace
 
 void attention_forward(Ctx& ctx, const AttentionArgs& a) {
@@ -1114,28 +1218,8 @@ void attention_forward(Ctx& ctx, const AttentionArgs& a) {
   check_size("attention_forward", s);
   check_aligned("attention_forward", {a.qkv.raw(), a.out.raw()});
   const Geom g = geom(s);
-  const int64_t D = s.C / s.H;
-  cudaStream_t st = stream_of(ctx);
-  float* lse = a.lse.data<float>();
   with_mask(s, [&](auto mask) {
-    if (a.qkv.dtype() == DType::bf16) {
-      const bf16* qkv = reinterpret_cast<const bf16*>(a.qkv.data<bf16_t>());
-      bf16* out = reinterpret_cast<bf16*>(a.out.data<bf16_t>());
-      switch (D) {
-        case 64: return forward_bf16<64>(g, mask, qkv, out, lse, st);
-        case 128: return forward_bf16<128>(g, mask, qkv, out, lse, st);
-        default: unsupported("attention_forward", DType::bf16, D);
-      }
-    }
-    const float* qkv = a.qkv.data<float>();
-    float* out = a.out.data<float>();
-    switch (D) {
-      case 16: return forward_f32<16>(g, mask, qkv, out, lse, st);
-      case 32: return forward_f32<32>(g, mask, qkv, out, lse, st);
-      case 64: return forward_f32<64>(g, mask, qkv, out, lse, st);
-      case 128: return forward_f32<128>(g, mask, qkv, out, lse, st);
-      default: unsupported("attention_forward", DType::f32, D);
-    }
+    forward_any("attention_forward", g, mask, a.qkv, a.out, a.lse.data<float>(), s.C / s.H, stream_of(ctx));
   });
 }
 
@@ -1145,42 +1229,31 @@ void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a) {
   check_size("attention_backward", s);
   check_aligned("attention_backward", {a.qkv.raw(), a.dqkv.raw(), a.dout.raw(), a.out.raw()});
   const Geom g = geom(s);
-  const int64_t D = s.C / s.H;
-  const bool bf = a.qkv.dtype() == DType::bf16;
-  if (!(bf ? (D == 64 || D == 128) : (D == 16 || D == 32 || D == 64 || D == 128)))
-    unsupported("attention_backward", a.qkv.dtype(), D);
-  cudaStream_t st = stream_of(ctx);
-  Tensor delta = Tensor::empty({s.B, s.H, s.T}, DType::f32, ctx);  // (B, H, T)
-  const int64_t warps = s.B * s.T * s.H;
-  const unsigned blocks = static_cast<unsigned>((warps * 32 + 255) / 256);
-  const float* lse = a.lse.data<float>();
-  float* dl = delta.data<float>();
-  if (bf) {
-    const bf16* qkv = reinterpret_cast<const bf16*>(a.qkv.data<bf16_t>());
-    const bf16* dout = reinterpret_cast<const bf16*>(a.dout.data<bf16_t>());
-    const bf16* out = reinterpret_cast<const bf16*>(a.out.data<bf16_t>());
-    bf16* dqkv = reinterpret_cast<bf16*>(a.dqkv.data<bf16_t>());
-    attention_delta_kernel<bf16><<<blocks, 256, 0, st>>>(dout, out, dl, g, static_cast<int>(D));
-    CUDA_CHECK(cudaGetLastError());
-    return with_mask(s, [&](auto mask) {
-      if (D == 64) return backward_bf16<64>(g, mask, qkv, dout, lse, dl, dqkv, st);
-      backward_bf16<128>(g, mask, qkv, dout, lse, dl, dqkv, st);
-    });
-  }
-  const float* qkv = a.qkv.data<float>();
-  const float* dout = a.dout.data<float>();
-  const float* out = a.out.data<float>();
-  float* dqkv = a.dqkv.data<float>();
-  attention_delta_kernel<float><<<blocks, 256, 0, st>>>(dout, out, dl, g, static_cast<int>(D));
-  CUDA_CHECK(cudaGetLastError());
   with_mask(s, [&](auto mask) {
-    switch (D) {
-      case 16: return backward_f32<16>(g, mask, qkv, dout, lse, dl, dqkv, st);
-      case 32: return backward_f32<32>(g, mask, qkv, dout, lse, dl, dqkv, st);
-      case 64: return backward_f32<64>(g, mask, qkv, dout, lse, dl, dqkv, st);
-      default: return backward_f32<128>(g, mask, qkv, dout, lse, dl, dqkv, st);
-    }
+    backward_any("attention_backward", ctx, g, mask, s.B * s.T, a.dqkv, a.dout, a.qkv, a.out, a.lse.data<float>(),
+                 s.C / s.H);
   });
+}
+
+void varlen_attention_forward(Ctx& ctx, const VarlenAttention& v, const Tensor& qkv, Tensor& out, Tensor& lse) {
+  check_varlen("varlen_attention_forward", v, qkv);
+  check_shape(out, {v.rows, v.C}, "varlen_attention_forward out");
+  check_shape(lse, {v.H, v.rows}, "varlen_attention_forward lse");
+  if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
+  check_aligned("varlen_attention_forward", {qkv.raw(), out.raw()});
+  forward_any("varlen_attention_forward", varlen_geom(v), attn::MemberMask{v.is_query, v.is_key}, qkv, out,
+              lse.data<float>(), v.C / v.H, stream_of(ctx));
+}
+
+void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv, const Tensor& dout,
+                               const Tensor& qkv, const Tensor& out, const Tensor& lse) {
+  check_varlen("varlen_attention_backward", v, qkv);
+  check_shape(dqkv, {v.rows, 3 * v.C}, "varlen_attention_backward dqkv");
+  check_shape(lse, {v.H, v.rows}, "varlen_attention_backward lse");
+  if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
+  check_aligned("varlen_attention_backward", {qkv.raw(), dqkv.raw(), dout.raw(), out.raw()});
+  backward_any("varlen_attention_backward", ctx, varlen_geom(v), attn::MemberMask{v.is_query, v.is_key}, v.rows, dqkv,
+               dout, qkv, out, lse.data<float>(), v.C / v.H);
 }
 
 }  // namespace sy::ops::cuda

@@ -17,10 +17,11 @@
 //                                queries in [q_begin, q_end) only
 //   tile_full(q_first, q_last, k_first, k_last)
 //                                every pair of the tile is allowed
-// A mask by original position (varlen, routed clusters) would implement the
-// same functions on positions sorted within a segment.
+// and bind(row0, len), which ties a mask to the segment it is used on (a
+// variable-length segment starting at packed row row0, of len rows).
 #pragma once
 #include <climits>
+#include <cstdint>
 
 #ifdef __CUDACC__
 #define SY_HD __host__ __device__
@@ -35,6 +36,7 @@ SY_HD inline int imax(int a, int b) { return a > b ? a : b; }
 
 // Causal: k <= q.
 struct CausalMask {
+  SY_HD CausalMask bind(int64_t, int) const { return *this; }
   SY_HD bool ok(int q, int k) const { return k <= q; }
   SY_HD int kv_begin(int) const { return 0; }
   SY_HD int kv_end(int q_last) const { return q_last + 1; }
@@ -49,6 +51,7 @@ struct CausalMask {
 // No overflow: T <= 2^30 (the launchers check), so k + w < 2^31.
 struct WindowMask {
   int w;
+  SY_HD WindowMask bind(int64_t, int) const { return *this; }
   SY_HD bool ok(int q, int k) const { return k <= q && q - k < w; }
   SY_HD int kv_begin(int q_first) const { return imax(0, q_first - w + 1); }
   SY_HD int kv_end(int q_last) const { return q_last + 1; }
@@ -57,6 +60,25 @@ struct WindowMask {
   SY_HD bool tile_full(int q_first, int q_last, int k_first, int k_last) const {
     return k_last <= q_first && q_last - k_first < w;
   }
+};
+
+// Causal by index within a segment of packed rows in position order, between
+// member rows only: row q asks (is_query[q]) and row k answers (is_key[k]) -
+// routed attention's clusters, each packed as the union of its queries and
+// keys. bind() points the flags at the segment's rows; a row past the
+// segment is no member. No tile is known to be full without reading flags,
+// so every tile takes the element mask (its cost is small beside the GEMMs).
+struct MemberMask {
+  const int32_t* is_query;  // (rows of all segments), 0 or 1 (i32: the tensors have no byte type)
+  const int32_t* is_key;
+  int len = 0;  // after bind: the segment's rows
+  SY_HD MemberMask bind(int64_t row0, int n) const { return {is_query + row0, is_key + row0, n}; }
+  SY_HD bool ok(int q, int k) const { return k <= q && q < len && is_query[q] && is_key[k]; }
+  SY_HD int kv_begin(int) const { return 0; }
+  SY_HD int kv_end(int q_last) const { return q_last + 1; }
+  SY_HD int q_begin(int k_first) const { return k_first; }
+  SY_HD int q_end(int) const { return INT_MAX; }
+  SY_HD bool tile_full(int, int, int, int) const { return false; }
 };
 
 // Tiles [first, end) of a loop.

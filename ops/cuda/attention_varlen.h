@@ -1,0 +1,40 @@
+// Self-attention over variable-length segments of packed rows, restricted to
+// member rows: the flash kernels of ops/cuda/attention.cu with a variable-
+// length geometry and attn::MemberMask (ops/cuda/attention_tiles.h). Internal
+// to ops/cuda: the tiled path for routed attention's clusters, where each
+// cluster is packed as the union of its queries and keys in position order,
+// a row flagged as a query, a key, or both:
+//
+//   segment b = packed rows [seg[b], seg[b+1]), in position order
+//   row i attends to row j of its segment iff j <= i, is_query[i], is_key[j]
+//   out_i = sum_j a_ij v_j, lse_i = log sum_j e^{s_ij}   (none: 0 and -inf)
+//
+// Shapes: qkv (rows, 3C) as [q | k | v] per row, H heads of C / H; out
+// (rows, C); lse (H, rows), f32 (row r of head h at h * rows + r). dqkv
+// accumulates. Dtypes and head dims as ops/attention.h on CUDA (f32: 16, 32,
+// 64, 128; bf16: 64, 128). max_len bounds every segment's length (the grid:
+// blocks past a segment's end return at once, so no length is read back).
+// The CPU reference of the same pairs is ops::sparse_attention over key sets
+// built from the flags (tests/backend_ops_test.cc).
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace sy::ops::cuda {
+
+struct VarlenAttention {
+  int64_t segments = 0;  // S
+  int64_t max_len = 0;   // >= the longest segment
+  int64_t rows = 0;      // seg[S]
+  int64_t C = 0, H = 0;  // row width and heads
+  const int32_t* seg = nullptr;       // (S + 1), device
+  const int32_t* is_query = nullptr;  // (rows), device, 0 or 1
+  const int32_t* is_key = nullptr;    // (rows), device, 0 or 1
+};
+
+void varlen_attention_forward(Ctx& ctx, const VarlenAttention& v, const Tensor& qkv, Tensor& out, Tensor& lse);
+void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv, const Tensor& dout,
+                               const Tensor& qkv, const Tensor& out, const Tensor& lse);
+
+}  // namespace sy::ops::cuda
