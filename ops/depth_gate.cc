@@ -24,9 +24,12 @@ void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& d
   SY_DISPATCH(ctx, depth_gate_backward, ctx, dr, dw, dbudget, s, r, straight_through);
 }
 
-PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau) {
+void predictor_loss(Ctx& ctx, Tensor& dl, Tensor& stats, const Tensor& p, const Route& r, float tau) {
   check(ctx, "predictor_loss", r, {&dl, &p});
-  SY_DISPATCH(ctx, predictor_loss, ctx, dl, p, r, tau);
+  check_shape(stats, {2}, "predictor_loss stats");
+  check_dtype(stats, DType::f64, "predictor_loss stats");
+  check_device(ctx, "predictor_loss", {&stats});
+  SY_DISPATCH(ctx, predictor_loss, ctx, dl, stats, p, r, tau);
 }
 
 }  // namespace sy::ops

@@ -113,14 +113,16 @@ float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const 
   SY_DISPATCH(ctx, realized_budget_loss, ctx, dprobs, probs, r, a);
 }
 
-float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
-                  float lambda, float* expected) {
+void budget_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const std::vector<float>& cost,
+                 float budget, float lambda) {
   check_probs(probs, "budget probs");
   check_shape(dprobs, probs.shape(), "budget dprobs");
+  check_shape(value, {2}, "budget value");
+  check_dtype(value, DType::f64, "budget value");
   SY_CHECK(cost.empty() || static_cast<int64_t>(cost.size()) == probs.dim(1),
            "budget: " << cost.size() << " costs for " << probs.dim(1) << " groups");
-  check_device(ctx, "budget_loss", {&dprobs, &probs});
-  SY_DISPATCH(ctx, budget_loss, ctx, dprobs, probs, cost, budget, lambda, expected);
+  check_device(ctx, "budget_loss", {&dprobs, &value, &probs});
+  SY_DISPATCH(ctx, budget_loss, ctx, dprobs, value, probs, cost, budget, lambda);
 }
 
 }  // namespace sy::ops

@@ -81,9 +81,15 @@ float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, 
 float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
                                 float alpha);
 float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
-// cost (G) on the host, or empty for all ones; the expected cost C goes to *expected.
-float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
-                  float lambda, float* expected = nullptr);
+// The expected-cost budget loss; cost (G) on the host, or empty for all ones.
+// Unlike the losses around it, its value stays where probs lives: value, f64
+// (2) on that device (a view of a larger tensor is fine), is overwritten with
+// value[0] = L_b and value[1] = C, each rounded to f32 (the precision of the
+// other losses' values), and the condition C > B of the gradient is decided
+// there too. A depth router (runtime/depth_router.h) thus adds its budget
+// loss on a GPU without waiting for it, and reads it only to report it.
+void budget_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const std::vector<float>& cost,
+                 float budget, float lambda);
 
 // The realised-cost budget loss: `realized` is R (from routing sums that may
 // span several ranks); returns lambda * max(0, R - B) and, when R > B, adds
@@ -110,8 +116,8 @@ SY_DECLARE_BACKENDS(
   float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
                                   float alpha);
   float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
-  float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
-                    float lambda, float* expected);
+  void budget_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const std::vector<float>& cost,
+                   float budget, float lambda);
   float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
                              const RealizedBudgetArgs& a);
 )

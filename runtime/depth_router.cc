@@ -14,6 +14,24 @@ namespace {
 bool straight_through(const switchyard::DepthConfig& c) { return c.weight() == switchyard::DepthConfig::STRAIGHT_THROUGH; }
 }  // namespace
 
+DepthStatsBuffer::DepthStatsBuffer(Ctx& ctx, int64_t routers)
+    : dev_(Tensor::zeros({routers, kFields}, DType::f64, ctx)) {}
+
+Tensor DepthStatsBuffer::row(int64_t j) const {
+  SY_CHECK(0 <= j && j < routers(), "depth statistics row " << j << " of " << routers());
+  return dev_.rows(j, j + 1).reshape({kFields});
+}
+
+const double* DepthStatsBuffer::host_row(int64_t j) {
+  SY_CHECK(0 <= j && j < routers(), "depth statistics row " << j << " of " << routers());
+  if (!fresh_) {
+    host_ = dev_.to_vector<double>();  // the one device-to-host copy, every router's row
+    fresh_ = true;
+    ++reads_;
+  }
+  return host_.data() + j * kFields;
+}
+
 DepthRouter::DepthRouter(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C,
                          const switchyard::DepthConfig& cfg, Rng& rng, float std)
     : ctx_(ctx), cfg_(cfg), C_(C) {
@@ -54,17 +72,48 @@ const ops::Route& DepthRouter::select(const Tensor& x, int64_t B, int64_t T, boo
   weight_ = Tensor::empty({N}, DType::f32, ctx_);
   ops::depth_gate_forward(ctx_, weight_, sig_, route_, straight_through(cfg_));
 
-  stats_ = DepthStats{};
-  stats_.processed = static_cast<double>(route_.rows()) / std::max<int64_t>(1, N);
+  processed_ = static_cast<double>(route_.rows()) / std::max<int64_t>(1, N);
+  selected_ = true;
+  // Statistics and the gradients of the router's own losses, on the device:
+  // written into this router's row of the statistics buffer, read only when
+  // reported (stats()). The predictor learns in training only.
+  if (!stats_buf_) stats_buf_ = std::make_shared<DepthStatsBuffer>(ctx_, 1);
+  Tensor row = stats_buf_->row(stats_row_);
+  dl_ = Tensor();
   if (training) {
-    Tensor dl = Tensor::empty({N}, DType::f32, ctx_);
-    const ops::PredictorStats ps = ops::predictor_loss(ctx_, dl, pred_, route_, cfg_.tau());
-    stats_.predictor_bce = ps.bce;
-    stats_.predictor_accuracy = ps.accuracy;
+    dl_ = Tensor::empty({N}, DType::f32, ctx_);
+    Tensor predictor = row.rows(DepthStatsBuffer::kBce, DepthStatsBuffer::kAccuracy + 1);
+    ops::predictor_loss(ctx_, dl_, predictor, pred_, route_, cfg_.tau());
   }
-  Tensor scratch = Tensor::zeros({N, 1}, DType::f32, ctx_);
-  stats_.budget_loss = ops::budget_loss(ctx_, scratch, sig_.reshape({N, 1}), {}, cfg_.budget(), cfg_.budget_coef());
+  dbudget_ = Tensor();
+  if (cfg_.budget_coef() != 0) {
+    dbudget_ = Tensor::zeros({N, 1}, DType::f32, ctx_);
+    Tensor budget = row.rows(DepthStatsBuffer::kBudgetLoss, DepthStatsBuffer::kExpectedCost + 1);
+    ops::budget_loss(ctx_, dbudget_, budget, sig_.reshape({N, 1}), {}, cfg_.budget(), cfg_.budget_coef());
+  }
+  stats_buf_->written();
   return route_;
+}
+
+DepthStats DepthRouter::stats() const {
+  DepthStats st;
+  st.processed = processed_;
+  const bool budget = cfg_.budget_coef() != 0;
+  if (!selected_ || !(training_ || budget)) return st;  // nothing on the device to report
+  const double* row = stats_buf_->host_row(stats_row_);
+  if (training_) {
+    st.predictor_bce = row[DepthStatsBuffer::kBce];
+    st.predictor_accuracy = row[DepthStatsBuffer::kAccuracy];
+  }
+  if (budget) st.budget_loss = row[DepthStatsBuffer::kBudgetLoss];
+  return st;
+}
+
+void DepthRouter::share_stats(std::shared_ptr<DepthStatsBuffer> buffer, int64_t row) {
+  SY_CHECK(buffer && 0 <= row && row < buffer->routers(),
+           "depth router statistics: row " << row << " of a buffer of " << (buffer ? buffer->routers() : 0));
+  stats_buf_ = std::move(buffer);
+  stats_row_ = row;
 }
 
 std::vector<int64_t> DepthRouter::per_sequence(int64_t B, int64_t T) const {
@@ -98,17 +147,15 @@ Tensor DepthRouter::backward(const Tensor& dy, Tensor& dx) {
   Tensor dz = Tensor::zeros(z_.shape(), DType::f32, ctx_);
   Tensor dw = Tensor::empty({N}, DType::f32, ctx_);
   ops::residual_combine_backward(ctx_, dx, dz, dw, dy, x_, z_, weight_, route_);
-  Tensor dbudget = Tensor::zeros({N, 1}, DType::f32, ctx_);
-  ops::budget_loss(ctx_, dbudget, sig_.reshape({N, 1}), {}, cfg_.budget(), cfg_.budget_coef());
+  // The budget loss's gradient from select(); zero at coefficient 0.
+  const Tensor dbudget = dbudget_.defined() ? dbudget_ : Tensor::zeros({N, 1}, DType::f32, ctx_);
   Tensor dr = Tensor::empty({N, 1}, DType::f32, ctx_);
   Tensor drv = dr.reshape({N});
   ops::depth_gate_backward(ctx_, drv, dw, dbudget.reshape({N}), sig_, route_, straight_through(cfg_));
   ops::matmul_backward(ctx_, {&dx, &w_->grad, nullptr, dr, x_, w_->value});
-  // Predictor: BCE against the top-k choice; d/dlogit = p - target. No trunk gradient.
-  Tensor dl = Tensor::empty({N, 1}, DType::f32, ctx_);
-  Tensor dlv = dl.reshape({N});
-  ops::predictor_loss(ctx_, dlv, pred_, route_, cfg_.tau());
-  ops::matmul_backward(ctx_, {nullptr, &wp_->grad, &bp_->grad, dl, x_, wp_->value});
+  // Predictor: BCE against the top-k choice; d/dlogit = (p - target) / N from
+  // select(). No trunk gradient.
+  ops::matmul_backward(ctx_, {nullptr, &wp_->grad, &bp_->grad, dl_.reshape({N, 1}), x_, wp_->value});
   return dz;
 }
 

@@ -18,7 +18,16 @@
 // tokens, dispatch gathers them for the block, residual_combine mixes the
 // block's output back (ops/dispatch.h), ops/depth_gate.h the weights and the
 // predictor's loss.
+//
+// Statistics: the predictor's BCE and accuracy and the budget loss are
+// computed on the router's device into a row of a DepthStatsBuffer, which
+// the model's depth routers share; the host copy is taken once, for all of
+// them, the first time stats() asks after a forward. A training step whose
+// metrics nobody reports reads nothing back (on a GPU, no wait), and a
+// reported one reads once. The budget loss, at coefficient 0, is not computed
+// at all (it is 0, and so is its gradient).
 #pragma once
+#include <memory>
 #include <vector>
 
 #include "ops/routing.h"
@@ -34,6 +43,31 @@ struct DepthStats {
   double budget_loss = 0;
 };
 
+// The device-side statistics of a model's depth routers: one row of kFields
+// f64 per router, written by its ops each forward (ops::predictor_loss into
+// [kBce, kAccuracy], ops::budget_loss into [kBudgetLoss, kExpectedCost]),
+// copied to the host in one read of every row when a router's statistics are
+// asked for after some router wrote its row.
+class DepthStatsBuffer {
+ public:
+  enum Field { kBce, kAccuracy, kBudgetLoss, kExpectedCost, kFields };
+  DepthStatsBuffer(Ctx& ctx, int64_t routers);
+  int64_t routers() const { return dev_.dim(0); }
+  // Router j's row (kFields) on the device: a view its ops write into.
+  Tensor row(int64_t j) const;
+  // A router wrote its row: the host copy is stale.
+  void written() { fresh_ = false; }
+  // Router j's row on the host; copies every row first when stale.
+  const double* host_row(int64_t j);
+  int64_t reads() const { return reads_; }  // host copies taken so far
+
+ private:
+  Tensor dev_;  // (routers, kFields) f64, zeros until written
+  std::vector<double> host_;
+  bool fresh_ = false;
+  int64_t reads_ = 0;
+};
+
 class DepthRouter {
  public:
   DepthRouter(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::DepthConfig& cfg,
@@ -44,8 +78,16 @@ class DepthRouter {
   Tensor combine(const Tensor& x, const Tensor& z);
   // Returns dz; accumulates into dx (N, C) the pass-through and router paths.
   Tensor backward(const Tensor& dy, Tensor& dx);
-  const DepthStats& stats() const { return stats_; }
-  double aux_loss() const { return stats_.budget_loss; }
+  // Statistics of the last select(): processed from the host, the rest from
+  // the statistics row (one read of the shared buffer when it is stale; none
+  // when nothing but processed is needed: evaluation at budget_coef 0).
+  DepthStats stats() const;
+  double processed() const { return processed_; }  // host only, never a read
+  double aux_loss() const { return cfg_.budget_coef() == 0 ? 0.0 : stats().budget_loss; }
+  // Writes the statistics into row `row` of a buffer shared with other
+  // routers (the model's; by default the router has its own of one row).
+  void share_stats(std::shared_ptr<DepthStatsBuffer> buffer, int64_t row);
+  const std::shared_ptr<DepthStatsBuffer>& stats_buffer() const { return stats_buf_; }
   const ops::Route& route() const { return route_; }
   // Tokens routed in each of the B sequences of the last select(). Top-C
   // routing (training, and evaluation without the predictor) routes the same
@@ -65,10 +107,16 @@ class DepthRouter {
   bool training_ = true;
   Tensor x_, z_;
   Tensor r_, sig_, weight_, pred_;  // (N)
+  // Gradients of the predictor's BCE (N) and of the budget loss (N, 1; not
+  // defined at budget_coef 0), computed in select() for backward().
+  Tensor dl_, dbudget_;
   ops::Route route_;
   // Tokens each sequence routes under top-C routing; -1 after a threshold route.
   int64_t per_sequence_ = -1;
-  DepthStats stats_;
+  bool selected_ = false;
+  double processed_ = 0;
+  std::shared_ptr<DepthStatsBuffer> stats_buf_;
+  int64_t stats_row_ = 0;
 };
 
 }  // namespace sy

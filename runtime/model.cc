@@ -173,6 +173,15 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
     blocks_.emplace_back(ctx_, params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
                          sparse ? &spec : nullptr, bf16_attention(cfg));
   }
+  // The depth routers write their statistics into one buffer, so that a
+  // logged step reads them for every routed block in one copy.
+  std::vector<DepthRouter*> depth;
+  for (auto& b : blocks_)
+    if (b.depth()) depth.push_back(b.depth());
+  if (!depth.empty()) {
+    auto stats = std::make_shared<DepthStatsBuffer>(ctx_, static_cast<int64_t>(depth.size()));
+    for (size_t j = 0; j < depth.size(); ++j) depth[j]->share_stats(stats, static_cast<int64_t>(j));
+  }
   tail_offset_ = params_.numel(ParamKind::dense);
   ln_f_ = make_norm(norm_kind(m), ctx_, params_, "ln_f", C_, rng);
   // Routed attention: every replica starts from rank 0's warm-up centroids

@@ -166,7 +166,15 @@ void Router::losses_and_stats(int64_t N) {
   stats_.budget = cfg_.budget();
   stats_.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
   if (cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED) {
-    stats_.budget_loss = ops::budget_loss(ctx_, aux_dprobs_, probs_, cost_, cfg_.budget(), cfg_.budget_coef());
+    // Coefficient 0: no loss, no gradient, nothing to run. Otherwise its value
+    // is read back here, with the routing totals above (the MoE router reads
+    // its statistics every step).
+    stats_.budget_loss = 0;
+    if (cfg_.budget_coef() != 0) {
+      Tensor value = Tensor::empty({2}, DType::f64, ctx_);
+      ops::budget_loss(ctx_, aux_dprobs_, value, probs_, cost_, cfg_.budget(), cfg_.budget_coef());
+      stats_.budget_loss = value.to_vector<double>()[0];
+    }
   } else {
     // On the cost the router asked for: the hard budget's drops count, so the
     // loss stays active while the budget is being enforced.

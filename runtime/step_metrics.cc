@@ -18,7 +18,7 @@ RoutingSnapshot routing_snapshot(Transformer& model, int64_t tokens_per_step) {
   for (const auto& [l, layer] : model.moe_layers()) {
     const RoutingStats& st = layer->stats();
     const DepthRouter* depth = model.blocks()[l].depth();
-    const double f = depth ? depth->stats().processed : 1.0;
+    const double f = depth ? depth->processed() : 1.0;
     total_realized += f * st.realized_cost;
     total_before += f * st.cost_before_budget;
     total_expected += f * st.expected_cost;
@@ -69,11 +69,14 @@ RoutingSnapshot routing_snapshot(Transformer& model, int64_t tokens_per_step) {
                          {"attention_cost", blk.attention_flops() / unit}, {"ffn_cost", blk.ffn_flops() / unit},
                          {"router_cost", blk.router_flops() / unit}};
     if (const DepthRouter* d = blk.depth()) {
-      bl["processed"] = d->stats().processed;
-      bl["predictor_accuracy"] = d->stats().predictor_accuracy;
-      bl["predictor_bce"] = d->stats().predictor_bce;
-      bl["budget_loss"] = d->stats().budget_loss;
-      std::snprintf(b, sizeof b, " | L%zu kept %.2f acc %.2f", l, d->stats().processed, d->stats().predictor_accuracy);
+      // The first depth block's stats() reads every depth router's statistics
+      // from the device in one copy; the others' come from that copy.
+      const DepthStats st = d->stats();
+      bl["processed"] = st.processed;
+      bl["predictor_accuracy"] = st.predictor_accuracy;
+      bl["predictor_bce"] = st.predictor_bce;
+      bl["budget_loss"] = st.budget_loss;
+      std::snprintf(b, sizeof b, " | L%zu kept %.2f acc %.2f", l, st.processed, st.predictor_accuracy);
       snap.brief += b;
     }
     if (const auto* sa = dynamic_cast<const SparseSelfAttention*>(&blk.attention())) {

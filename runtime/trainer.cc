@@ -113,7 +113,7 @@ float Trainer::evaluate() {
   for (int i = 0; i < n; ++i) {
     sum += model_.forward(val_.fixed(i, rank_, world_));
     held_out_compute_ += model_.forward_flops() / model_.dense_forward_flops() / n;
-    for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->stats().processed / n;
+    for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->processed() / n;
     // Every batch routes the same number of tokens, so the pass's load is the
     // mean of the batches' load fractions (already summed over ranks).
     for (size_t m = 0; m < moe.size(); ++m) {

@@ -10,6 +10,7 @@
 #include "ops/elementwise.h"
 #include "ops/routing.h"
 #include "runtime/model.h"
+#include "runtime/step_metrics.h"
 
 namespace sy {
 namespace {
@@ -352,6 +353,156 @@ TEST(Depth, StraightThroughWeightIsOneWhenSigmoidUnderflows) {
   ops::depth_gate_forward(ctx, w, s, route, false);
   EXPECT_EQ(w.f32()[0], 0.f);
   EXPECT_EQ(w.f32()[1], s.f32()[1]);
+}
+
+// The predictor's loss by hand: p = (0.9, 0.2, 0.6, 0.4), items 0 and 3
+// kept, tau 0.5: BCE = -(log 0.9 + log 0.8 + log 0.4 + log 0.4) / 4;
+// (p > tau) agrees with the choice on items 0 and 1: accuracy 1/2;
+// dl = (p - y) / 4. The statistics land in the slice of a larger tensor they
+// are given, and nowhere else.
+TEST(Depth, PredictorLossHandComputedInItsSlice) {
+  Ctx& ctx = host_ctx();
+  ops::Route route;
+  ops::threshold_route(ctx, route, Tensor::from_host<float>({1.f, 0.f, 0.f, 1.f}), 0.5f);
+  const Tensor p = Tensor::from_host<float>({0.9f, 0.2f, 0.6f, 0.4f});
+  Tensor buf = Tensor::from_host(std::vector<double>{-7, -7, -7, -7, -7});
+  Tensor stats = buf.rows(2, 4);
+  Tensor dl = Tensor::empty({4}, DType::f32, ctx);
+  ops::predictor_loss(ctx, dl, stats, p, route, 0.5f);
+  const std::vector<double> v = buf.to_vector<double>();
+  auto d = [](float v) { return static_cast<double>(v); };  // the op's p: f32 values, logs in double
+  const double bce = -(std::log(d(0.9f)) + std::log(1 - d(0.2f)) + std::log(1 - d(0.6f)) + std::log(d(0.4f))) / 4;
+  EXPECT_NEAR(v[2], bce, 1e-12);
+  EXPECT_EQ(v[3], 0.5);
+  EXPECT_EQ(v[0], -7);
+  EXPECT_EQ(v[1], -7);
+  EXPECT_EQ(v[4], -7);
+  const std::vector<float> want{(0.9f - 1) / 4, 0.2f / 4, 0.6f / 4, (0.4f - 1) / 4};
+  for (int i = 0; i < 4; ++i) EXPECT_FLOAT_EQ(dl.f32()[i], want[i]) << "item " << i;
+}
+
+// A depth router with given weights: router scores r = x . w, predictor
+// p = sigmoid(x . wp + bp).
+struct TestRouter {
+  ParamStore ps;
+  std::unique_ptr<DepthRouter> router;
+  TestRouter(const std::string& name, const switchyard::DepthConfig& d, std::vector<float> w, std::vector<float> wp,
+             float bp) {
+    Rng rng(1);
+    router = std::make_unique<DepthRouter>(host_ctx(), ps, name, 2, d, rng, 0.3f);
+    ps.finalize(host_ctx());
+    std::copy(w.begin(), w.end(), ps.find(name + ".router.w")->value.f32());
+    std::copy(wp.begin(), wp.end(), ps.find(name + ".predictor.w")->value.f32());
+    ps.find(name + ".predictor.b")->value.f32()[0] = bp;
+  }
+};
+
+// What a depth router's statistics should be after a training select() of x
+// (B sequences of T, C = 2), computed by hand in double.
+DepthStats stats_by_hand(const Tensor& x, int64_t B, int64_t T, const std::vector<float>& w,
+                         const std::vector<float>& wp, float bp, const switchyard::DepthConfig& d) {
+  const int64_t N = B * T, keep = static_cast<int64_t>(std::ceil(d.capacity() * T));
+  auto sigmoid = [](double v) { return 1 / (1 + std::exp(-v)); };
+  std::vector<double> r(N), p(N);
+  double mean_s = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    r[i] = x.f32()[2 * i] * w[0] + x.f32()[2 * i + 1] * w[1];
+    p[i] = sigmoid(x.f32()[2 * i] * wp[0] + x.f32()[2 * i + 1] * wp[1] + bp);
+    mean_s += sigmoid(r[i]) / N;
+  }
+  DepthStats st;
+  st.processed = static_cast<double>(B * keep) / N;
+  for (int64_t i = 0; i < N; ++i) {
+    int64_t above = 0;  // tokens of i's sequence with a higher score (no ties here)
+    for (int64_t j = i / T * T; j < (i / T + 1) * T; ++j) above += r[j] > r[i];
+    const bool chosen = above < keep;
+    st.predictor_bce -= (chosen ? std::log(p[i]) : std::log(1 - p[i])) / N;
+    st.predictor_accuracy += ((p[i] > d.tau()) == chosen) / static_cast<double>(N);
+  }
+  st.budget_loss = d.budget_coef() * std::max(0.0, mean_s - d.budget());
+  return st;
+}
+
+void expect_stats(const DepthStats& got, const DepthStats& want, const char* who) {
+  EXPECT_EQ(got.processed, want.processed) << who;
+  EXPECT_NEAR(got.predictor_bce, want.predictor_bce, 1e-6) << who;
+  EXPECT_NEAR(got.predictor_accuracy, want.predictor_accuracy, 1e-12) << who;
+  EXPECT_NEAR(got.budget_loss, want.budget_loss, 1e-6) << who;
+}
+
+// Two routers sharing one statistics buffer (rows given in the reverse order
+// of their creation) each report their own statistics, equal to those
+// computed by hand, and reading both takes one device-to-host copy; a new
+// select() makes the copy stale, an evaluation one reports no predictor
+// statistics, and at budget_coef 0 an evaluation needs no read at all.
+TEST(Depth, RoutersShareOneStatisticsBufferReadOnce) {
+  auto d = depth_cfg(0.5f);
+  d.set_budget_coef(0.5f);
+  d.set_budget(0.3f);
+  d.set_tau(0.5f);
+  const std::vector<float> wa{1.f, 0.f}, pa{0.f, 1.f}, wb{0.5f, -1.f}, pb{-1.f, 0.5f};
+  TestRouter a("a", d, wa, pa, 0.f), b("b", d, wb, pb, 0.3f);
+  auto shared = std::make_shared<DepthStatsBuffer>(host_ctx(), 2);
+  a.router->share_stats(shared, 1);
+  b.router->share_stats(shared, 0);
+  Rng rng(21);
+  const int64_t B = 2, T = 6;
+  const Tensor xa = testing::randn({B * T, 2}, rng), xb = testing::randn({B * T, 2}, rng);
+  a.router->select(xa, B, T, true);
+  b.router->select(xb, B, T, true);
+  const DepthStats want_a = stats_by_hand(xa, B, T, wa, pa, 0.f, d), want_b = stats_by_hand(xb, B, T, wb, pb, 0.3f, d);
+  ASSERT_GT(want_a.budget_loss, 0.0) << "the test wants the budget loss active";
+  ASSERT_GT(std::fabs(want_a.predictor_bce - want_b.predictor_bce), 1e-3) << "the test wants distinct statistics";
+  expect_stats(a.router->stats(), want_a, "router a");
+  expect_stats(b.router->stats(), want_b, "router b");
+  EXPECT_NEAR(a.router->aux_loss(), want_a.budget_loss, 1e-6);
+  EXPECT_EQ(shared->reads(), 1);
+  // A new forward of one router: the next report reads (once) again.
+  a.router->select(xb, B, T, true);
+  expect_stats(a.router->stats(), stats_by_hand(xb, B, T, wa, pa, 0.f, d), "router a, again");
+  expect_stats(b.router->stats(), want_b, "router b, unchanged");
+  EXPECT_EQ(shared->reads(), 2);
+  // Evaluation (top-C, no predictor): the budget loss only.
+  d.set_predictor_at_eval(false);
+  TestRouter e("e", d, wa, pa, 0.f);
+  e.router->select(xa, B, T, false);
+  DepthStats want_e = want_a;
+  want_e.predictor_bce = want_e.predictor_accuracy = 0;
+  expect_stats(e.router->stats(), want_e, "evaluation");
+  // budget_coef 0: nothing on the device to report in evaluation, no read.
+  d.set_budget_coef(0.f);
+  TestRouter z("z", d, wa, pa, 0.f);
+  z.router->select(xa, B, T, false);
+  EXPECT_EQ(z.router->stats().budget_loss, 0.0);
+  EXPECT_EQ(z.router->aux_loss(), 0.0);
+  EXPECT_EQ(z.router->stats_buffer()->reads(), 0);
+}
+
+// A model's depth-routed blocks share one buffer: a logged step's routing
+// snapshot reads every block's statistics in one copy, and a step nobody
+// logs reads none.
+TEST(Depth, ModelReadsDepthStatisticsOncePerLoggedStep) {
+  Config cfg = parse_config(R"(
+    model { d_model: 16 n_layers: 3 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
+    moe { num_experts: 2 every_n_layers: 3 capacity_factor: 2 }
+    depth { every_n_layers: 1 capacity: 0.5 budget_coef: 0.1 budget: 0.2 }
+  )", "test");
+  validate_config(cfg, "test");
+  Transformer model(host_ctx(), cfg);
+  Batch batch;
+  for (int i = 0; i < 16; ++i) batch.inputs.push_back(i * 7 % 256), batch.targets.push_back(i);
+  const auto& buffer = model.blocks()[0].depth()->stats_buffer();
+  ASSERT_EQ(buffer->routers(), 3);
+  for (auto& blk : model.blocks()) EXPECT_EQ(blk.depth()->stats_buffer(), buffer);
+  model.forward(batch);
+  model.backward();
+  EXPECT_EQ(buffer->reads(), 0);
+  const RoutingSnapshot snap = routing_snapshot(model, 16);  // the depth stats and aux_loss (MoE present)
+  EXPECT_EQ(buffer->reads(), 1);
+  for (int l = 0; l < 3; ++l) EXPECT_GT(snap.metrics["layers"][l]["budget_loss"].get<double>(), 0.0) << "layer " << l;
+  model.forward(batch);
+  model.backward();
+  EXPECT_EQ(buffer->reads(), 1);
 }
 
 }  // namespace

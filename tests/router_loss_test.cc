@@ -31,6 +31,16 @@ float load_balance_loss(Tensor& dprobs, const Tensor& probs, const Route& r, flo
   return ops::load_balance_loss(host_ctx(), dprobs, t.f(), t.P(), alpha);
 }
 
+// The budget loss's value L_b (and C into *expected) from its value tensor.
+float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
+                  float lambda, float* expected = nullptr) {
+  Tensor value = Tensor::empty({2}, DType::f64, ctx);
+  ops::budget_loss(ctx, dprobs, value, probs, cost, budget, lambda);
+  const std::vector<double> v = value.to_vector<double>();
+  if (expected) *expected = static_cast<float>(v[1]);
+  return static_cast<float>(v[0]);
+}
+
 TEST(LoadBalance, HandComputed) {
   // 2 tokens, 2 experts; both chose expert 0: f = (1, 0); P = mean p.
   const Tensor p = probs_of({0.8f, 0.2f, 0.6f, 0.4f}, 2, 2);
@@ -117,6 +127,33 @@ TEST(Budget, InactiveUnderBudget) {
   EXPECT_EQ(budget_loss(host_ctx(), d, p, {1.f, 3.f}, 2.5f, 1.f, &c), 0.f);
   EXPECT_FLOAT_EQ(c, 2.f);
   EXPECT_EQ(d.to_vector<float>(), (std::vector<float>{0.f, 0.f}));
+}
+
+// By hand: 3 tokens, 2 groups of costs 1 and 3, p = (0.5, 0.5), (1, 0),
+// (0.25, 0.75): C = (2 + 1 + 2.5) / 3 = 11/6; budget 1.5, lambda 0.6:
+// L_b = 0.6 (11/6 - 1.5) = 0.2 and dL/dp_ig = 0.6 c_g / 3. The value lands in
+// the slice of a larger tensor it is given and nowhere else; coefficient 0
+// gives the value 0, C, and no gradient.
+TEST(Budget, HandComputedValueInItsSlice) {
+  Ctx& ctx = host_ctx();
+  const Tensor p = probs_of({0.5f, 0.5f, 1.f, 0.f, 0.25f, 0.75f}, 3, 2);
+  for (float lambda : {0.6f, 0.f}) {
+    Tensor buf = Tensor::from_host(std::vector<double>{-7, -7, -7, -7, -7});
+    Tensor value = buf.rows(2, 4);
+    Tensor d = zeros({3, 2});
+    ops::budget_loss(ctx, d, value, p, {1.f, 3.f}, 1.5f, lambda);
+    const std::vector<double> v = buf.to_vector<double>();
+    EXPECT_EQ(v[0], -7);
+    EXPECT_EQ(v[1], -7);
+    EXPECT_NEAR(v[2], lambda * (11.0 / 6 - 1.5), 1e-7) << "lambda " << lambda;
+    EXPECT_EQ(v[2], static_cast<double>(static_cast<float>(v[2]))) << "L_b is rounded to f32";
+    EXPECT_EQ(v[3], static_cast<double>(static_cast<float>(11.0 / 6)));
+    EXPECT_EQ(v[4], -7);
+    for (int64_t i = 0; i < 3; ++i) {
+      EXPECT_FLOAT_EQ(d.f32()[2 * i], lambda * 1.f / 3) << "token " << i;
+      EXPECT_FLOAT_EQ(d.f32()[2 * i + 1], lambda * 3.f / 3) << "token " << i;
+    }
+  }
 }
 
 // Realised cost from the routing sums, by hand: 4 tokens, top-2 over 3

@@ -28,7 +28,7 @@ void depth_gate_backward(Ctx&, Tensor& dr_t, const Tensor& dw_t, const Tensor& d
   }
 }
 
-PredictorStats predictor_loss(Ctx&, Tensor& dl_t, const Tensor& p_t, const Route& r, float tau) {
+void predictor_loss(Ctx&, Tensor& dl_t, Tensor& stats, const Tensor& p_t, const Route& r, float tau) {
   const int64_t N = r.num_items;
   const int32_t* group = r.group.data<int32_t>();
   const float* pred = p_t.f32();
@@ -42,10 +42,9 @@ PredictorStats predictor_loss(Ctx&, Tensor& dl_t, const Tensor& p_t, const Route
     agree += (pred[i] > tau) == chosen;
     dl[i] = (pred[i] - (chosen ? 1.f : 0.f)) / N;
   }
-  PredictorStats st;
-  st.bce = bce / std::max<int64_t>(1, N);
-  st.accuracy = static_cast<double>(agree) / std::max<int64_t>(1, N);
-  return st;
+  double* st = stats.data<double>();
+  st[0] = bce / std::max<int64_t>(1, N);
+  st[1] = static_cast<double>(agree) / std::max<int64_t>(1, N);
 }
 
 }  // namespace sy::ops::cpu

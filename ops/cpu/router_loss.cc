@@ -109,20 +109,22 @@ float z_loss(Ctx&, Tensor& dlogits, const Tensor& logits, float beta) {
   return static_cast<float>(beta * loss / N);
 }
 
-float budget_loss(Ctx&, Tensor& dprobs, const Tensor& probs_t, const std::vector<float>& cost, float budget,
-                  float lambda, float* expected) {
+void budget_loss(Ctx&, Tensor& dprobs, Tensor& value, const Tensor& probs_t, const std::vector<float>& cost,
+                 float budget, float lambda) {
   const int64_t N = probs_t.dim(0), G = probs_t.dim(1);
   const float* probs = probs_t.f32();
   double C = 0;
   for (int64_t i = 0; i < N; ++i)
     for (int64_t g = 0; g < G; ++g) C += probs[i * G + g] * (cost.empty() ? 1.f : cost[g]);
   C /= std::max<int64_t>(1, N);
-  if (expected) *expected = static_cast<float>(C);
-  if (lambda == 0.f || C <= budget) return 0.f;
+  double* v = value.data<double>();
+  v[0] = 0;
+  v[1] = static_cast<float>(C);
+  if (lambda == 0.f || C <= budget) return;
   float* d = dprobs.f32();
   for (int64_t i = 0; i < N; ++i)
     for (int64_t g = 0; g < G; ++g) d[i * G + g] += lambda * (cost.empty() ? 1.f : cost[g]) / N;
-  return static_cast<float>(lambda * (C - budget));
+  v[0] = static_cast<float>(lambda * (C - budget));
 }
 
 float realized_budget_loss(Ctx&, Tensor& dprobs, const Tensor& probs_t, const Route& r,

@@ -10,8 +10,9 @@
 //   block_exclusive_sum             a block's exclusive prefix sum of integers
 //   column_sums<F>                  out[o][c] += sum_r f(r, c)[o], two stages in a
 //                                   fixed order (no atomics)
-//   sum_f64_to_host                 a fixed-order sum of a device f64 array,
-//                                   read back (one synchronisation)
+//   sum_f64                         a fixed-order sum of a device f64 array,
+//                                   left on the device (no synchronisation)
+//   sum_f64_to_host                 the same, read back (one synchronisation)
 //   segment_starts                  where each key segment begins in a sorted array
 //
 // Determinism: every reduction here has a shape that depends only on the
@@ -257,8 +258,11 @@ struct Launch {
 
 // ---- in util.cu -----------------------------------------------------------
 
-// sum_i x[i] for a device f64 array, in a fixed tree of fixed chunks; waits
-// for ctx's stream and returns the value on the host.
+// out[0] = (sum_i x[i]) / divisor for a device f64 array, in a fixed tree of
+// fixed chunks, written to device memory on ctx's stream (0 for n = 0): for
+// statistics that stay on the device until someone reads them.
+void sum_f64(Ctx& ctx, const double* x, int64_t n, double* out, double divisor = 1);
+// The same sum (divisor 1), waited for and returned on the host.
 double sum_f64_to_host(Ctx& ctx, const double* x, int64_t n);
 
 // starts[s] = first index i of sorted (ascending) keys with (keys[i] >> shift)

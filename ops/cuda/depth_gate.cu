@@ -1,8 +1,9 @@
 // The depth router's gate on CUDA (ops/depth_gate.h): one thread per item,
 // the CPU's expressions (products written with __fmul_rn/__fadd_rn where the
 // CPU rounds them separately). predictor_loss writes dl elementwise and
-// reduces the BCE and the agreement count per item into one f64 array, summed
-// by the fixed-order sum of common.cuh (no atomics) and read back once.
+// the BCE and the agreement per item into one f64 array, each half summed and
+// divided by N by the fixed-order sum of common.cuh (no atomics) into the
+// caller's stats tensor: nothing is read back.
 #include "ops/cuda/common.cuh"
 #include "ops/depth_gate.h"
 
@@ -54,17 +55,19 @@ void depth_gate_backward(Ctx& ctx, Tensor& dr, const Tensor& dw, const Tensor& d
   CUDA_CHECK(cudaGetLastError());
 }
 
-PredictorStats predictor_loss(Ctx& ctx, Tensor& dl, const Tensor& p, const Route& r, float tau) {
+void predictor_loss(Ctx& ctx, Tensor& dl, Tensor& stats, const Tensor& p, const Route& r, float tau) {
   const int64_t N = r.num_items;
-  PredictorStats st;
-  if (N == 0) return st;
+  double* st = stats.data<double>();
+  if (N == 0) {
+    CUDA_CHECK(cudaMemsetAsync(st, 0, 2 * sizeof(double), stream(ctx)));  // the CPU's 0 / max(1, N)
+    return;
+  }
   Tensor terms = Tensor::empty({2 * N}, DType::f64, ctx);
   predictor_terms<<<grid_for(N), kBlock, 0, stream(ctx)>>>(dl.data<float>(), terms.data<double>(), p.data<float>(),
                                                            r.group.data<int32_t>(), N, tau);
   CUDA_CHECK(cudaGetLastError());
-  st.bce = sum_f64_to_host(ctx, terms.data<double>(), N) / N;
-  st.accuracy = sum_f64_to_host(ctx, terms.data<double>() + N, N) / N;
-  return st;
+  sum_f64(ctx, terms.data<double>(), N, st, static_cast<double>(N));
+  sum_f64(ctx, terms.data<double>() + N, N, st + 1, static_cast<double>(N));
 }
 
 }  // namespace sy::ops::cuda

@@ -15,7 +15,9 @@
 //   back and summed on the host in run order: bitwise the CPU's loss.
 // z_loss: one warp per row (max, sum of exp in double), lse^2 per row summed
 //   by sum_f64_to_host. budget_loss: one thread per row sums p c in group
-//   order, rows by sum_f64_to_host; the gradient is a constant per column.
+//   order, rows by sum_f64 into device memory (C); the gradient, a constant
+//   per column, is added by threads that read C and skip when C <= B, and one
+//   thread writes the value: nothing is read back.
 // realized_budget_loss: one thread per item adds lambda c_g / N at its kept
 //   assignments (an item's groups are distinct) and its surrogate term; rows
 //   by sum_f64_to_host.
@@ -204,30 +206,40 @@ static __global__ void cost_rows(double* row, const float* probs, const float* c
   row[i] = s;
 }
 
-static __global__ void budget_gradient(float* dprobs, const float* cost, int64_t N, int64_t G, float lambda) {
+static __global__ void budget_gradient(float* dprobs, const float* cost, int64_t N, int64_t G, float lambda,
+                                       const double* C, float budget) {
+  if (*C <= budget) return;  // the CPU's test, also for a NaN C (which gets the gradient there too)
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < N * G;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x)
     dprobs[t] += lambda * (cost ? cost[t % G] : 1.f) / static_cast<float>(N);
 }
 
-float budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const std::vector<float>& cost, float budget,
-                  float lambda, float* expected) {
+// value = (L_b, C), each rounded to f32 as on the CPU.
+static __global__ void budget_value(double* value, const double* C, float budget, float lambda) {
+  const double c = *C;
+  value[0] = lambda == 0.f || c <= budget ? 0.f : static_cast<float>(lambda * (c - budget));
+  value[1] = static_cast<float>(c);
+}
+
+void budget_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const std::vector<float>& cost,
+                 float budget, float lambda) {
   const int64_t N = probs.dim(0), G = probs.dim(1);
   const Tensor c = cost.empty() ? Tensor() : upload(ctx, cost);
   const float* cp = cost.empty() ? nullptr : c.data<float>();
-  double C = 0;
+  Tensor C = Tensor::empty({1}, DType::f64, ctx);
+  Tensor rows = Tensor::empty({std::max<int64_t>(1, N)}, DType::f64, ctx);
   if (N > 0) {
-    Tensor rows = Tensor::empty({N}, DType::f64, ctx);
     cost_rows<<<grid_for(N), kBlock, 0, stream(ctx)>>>(rows.data<double>(), probs.data<float>(), cp, N, G);
     CUDA_CHECK(cudaGetLastError());
-    C = sum_f64_to_host(ctx, rows.data<double>(), N);
   }
-  C /= std::max<int64_t>(1, N);
-  if (expected) *expected = static_cast<float>(C);
-  if (lambda == 0.f || C <= budget) return 0.f;
-  budget_gradient<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), cp, N, G, lambda);
+  sum_f64(ctx, rows.data<double>(), N, C.data<double>(), static_cast<double>(std::max<int64_t>(1, N)));
+  if (lambda != 0.f && N * G > 0) {
+    budget_gradient<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), cp, N, G, lambda,
+                                                                     C.data<double>(), budget);
+    CUDA_CHECK(cudaGetLastError());
+  }
+  budget_value<<<1, 1, 0, stream(ctx)>>>(value.data<double>(), C.data<double>(), budget, lambda);
   CUDA_CHECK(cudaGetLastError());
-  return static_cast<float>(lambda * (C - budget));
 }
 
 // One thread per item: its kept assignments' gradient (distinct groups per

@@ -3,7 +3,9 @@
 //   reduce_chunks:  block b sums x[b*kChunk, (b+1)*kChunk) in double: each
 //                   thread a fixed strided subset in index order, then a fixed
 //                   tree. Repeated until one value is left, so the order of
-//                   every addition depends on n alone: deterministic.
+//                   every addition depends on n alone: deterministic. The
+//                   last pass writes the total (sum_f64: where the caller
+//                   says, on the device).
 //   find_starts:    one thread per segment binary-searches the sorted keys
 //                   (no atomics, no histogram).
 #include "ops/cuda/common.cuh"
@@ -14,31 +16,45 @@ namespace {
 constexpr int64_t kChunk = 4096;
 }  // namespace
 
-static __global__ void reduce_chunks(const double* x, int64_t n, double* out) {
+static __global__ void reduce_chunks(const double* x, int64_t n, double* out, double divisor) {
   __shared__ double scratch[kBlock];
   const int64_t base = blockIdx.x * kChunk;
   const int64_t end = min(n, base + kChunk);
   double s = 0;
   for (int64_t i = base + threadIdx.x; i < end; i += blockDim.x) s += x[i];
   s = block_sum(s, scratch);
-  if (threadIdx.x == 0) out[blockIdx.x] = s;
+  if (threadIdx.x == 0) out[blockIdx.x] = s / divisor;  // divisor 1 on every pass but the last: exact
 }
 
-double sum_f64_to_host(Ctx& ctx, const double* x, int64_t n) {
-  if (n == 0) return 0.0;
+void sum_f64(Ctx& ctx, const double* x, int64_t n, double* out, double divisor) {
+  if (n == 0) {
+    CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), stream(ctx)));
+    return;
+  }
   Tensor buf[2];
   const double* in = x;
   int which = 0;
-  do {
+  for (;;) {
     const int64_t blocks = (n + kChunk - 1) / kChunk;
+    if (blocks == 1) {
+      reduce_chunks<<<1, kBlock, 0, stream(ctx)>>>(in, n, out, divisor);
+      CUDA_CHECK(cudaGetLastError());
+      return;
+    }
     buf[which] = Tensor::empty({blocks}, DType::f64, ctx);
-    reduce_chunks<<<static_cast<unsigned>(blocks), kBlock, 0, stream(ctx)>>>(in, n, buf[which].data<double>());
+    reduce_chunks<<<static_cast<unsigned>(blocks), kBlock, 0, stream(ctx)>>>(in, n, buf[which].data<double>(), 1.0);
     CUDA_CHECK(cudaGetLastError());
     in = buf[which].data<double>();
     n = blocks;
     which ^= 1;
-  } while (n > 1);
-  return download(ctx, in, 1)[0];
+  }
+}
+
+double sum_f64_to_host(Ctx& ctx, const double* x, int64_t n) {
+  if (n == 0) return 0.0;
+  Tensor total = Tensor::empty({1}, DType::f64, ctx);
+  sum_f64(ctx, x, n, total.data<double>());
+  return download(ctx, total.data<double>(), 1)[0];
 }
 
 static __global__ void find_starts(const uint64_t* keys, int64_t n, int shift, int64_t segments, int32_t* starts) {
