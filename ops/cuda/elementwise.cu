@@ -78,30 +78,31 @@ void sigmoid(Ctx& ctx, Tensor& y, const Tensor& x) {
   launch(ctx, y.data<float>(), x.data<float>(), y.numel(), Sigmoid{});
 }
 
-static __global__ void to_bf16_kernel(__nv_bfloat16* y, const float* x, int64_t n) {
+// Dtype conversion, one element per step of a grid-stride loop: to_bf16 rounds
+// to nearest even (as the CPU's f32_to_bf16), to_f32 is exact.
+__device__ inline void convert(__nv_bfloat16& y, float x) { y = __float2bfloat16_rn(x); }
+__device__ inline void convert(float& y, __nv_bfloat16 x) { y = __bfloat162float(x); }
+
+template <class To, class From>
+__global__ void convert_kernel(To* y, const From* x, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = __float2bfloat16_rn(x[i]);
+    convert(y[i], x[i]);
+}
+
+template <class To, class From>
+void convert_all(Ctx& ctx, To* y, const From* x, int64_t n) {
+  if (n == 0) return;
+  convert_kernel<<<grid_stride(n), kBlock, 0, stream(ctx)>>>(y, x, n);
+  CUDA_CHECK(cudaGetLastError());
 }
 
 void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x) {
-  const int64_t n = y.numel();
-  if (n == 0) return;
-  to_bf16_kernel<<<grid_stride(n), kBlock, 0, stream(ctx)>>>(static_cast<__nv_bfloat16*>(y.raw()), x.data<float>(), n);
-  CUDA_CHECK(cudaGetLastError());
-}
-
-static __global__ void to_f32_kernel(float* y, const __nv_bfloat16* x, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = __bfloat162float(x[i]);
+  convert_all(ctx, static_cast<__nv_bfloat16*>(y.raw()), x.data<float>(), y.numel());
 }
 
 void to_f32(Ctx& ctx, Tensor& y, const Tensor& x) {
-  const int64_t n = y.numel();
-  if (n == 0) return;
-  to_f32_kernel<<<grid_stride(n), kBlock, 0, stream(ctx)>>>(y.data<float>(), static_cast<const __nv_bfloat16*>(x.raw()), n);
-  CUDA_CHECK(cudaGetLastError());
+  convert_all(ctx, y.data<float>(), static_cast<const __nv_bfloat16*>(x.raw()), y.numel());
 }
 
 }  // namespace sy::ops::cuda
