@@ -37,8 +37,10 @@
 //
 // Backends: every entry point runs on CUDA (ops/cuda/routed_attention.cu:
 // scores by a cuBLAS GEMM, the routing core's tokens/groups choose, per-cluster
-// sums in position order; the attention per cluster row, merged per token in
-// cluster order (ops/cuda/routed_attention_rows.h), f32 only; no atomics).
+// sums in position order; the attention: causal mode on the tiled varlen
+// flash kernels, one segment per cluster (ops/cuda/routed_pack.h), otherwise
+// per cluster row, merged per token in cluster order
+// (ops/cuda/routed_attention_rows.h); f32 only; no atomics).
 // kmeans_init, once per run on the warm-up batch, runs the CPU reference on a
 // host copy and writes the centroids back to the device.
 #pragma once

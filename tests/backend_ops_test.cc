@@ -363,8 +363,8 @@ ops::Route one_cluster(int64_t T, const std::vector<int32_t>& members) {
 }
 
 // Query 1 has no key at or before it (attends to itself), 0, 2, 5 are in no cluster.
-Ins lone_query_inputs(Rng& r) {
-  Ins in{randn({6, 5}, r), randn({6, 5}, r), randn({6, 5}, r), randn({6, 5}, r)};
+Ins lone_query_inputs(int64_t D, Rng& r) {
+  Ins in{randn({6, D}, r), randn({6, D}, r), randn({6, D}, r), randn({6, D}, r)};
   const ops::Route q = one_cluster(6, {1, 3, 4}), k = one_cluster(6, {2, 3});
   for (const ops::Route* rt : {&q, &k})
     for (const Tensor* t : {&rt->group, &rt->slot, &rt->offset}) in.push_back(t->clone());
@@ -1008,9 +1008,17 @@ std::vector<OpCase> cases() {
                                  RoutedSpec{"balanced_wide", 37, 5, 130, bal, false},
                                  RoutedSpec{"balanced_shared_keys", 30, 3, 20, bal, true},
                                  RoutedSpec{"balanced_70_clusters", 160, 70, 4, bal, false},
-                                 RoutedSpec{"causal_70_clusters", 160, 70, 8, causal, false}})
+                                 RoutedSpec{"causal_70_clusters", 160, 70, 8, causal, false},
+                                 // head dims the f32 flash kernels take: CUDA packs one cluster per
+                                 // token into varlen segments (ops/cuda/routed_pack.h)
+                                 RoutedSpec{"causal_drops_d32", 53, 4, 32, drops, false},
+                                 RoutedSpec{"causal_70_clusters_d16", 160, 70, 16, causal, false},
+                                 RoutedSpec{"one_cluster_shared_keys_d16", 7, 1, 16, causal, true},
+                                 RoutedSpec{"causal_600_tokens_d128", 600, 9, 128, causal, false}})
     c.push_back(routed_attention_case(spec));
-  c.push_back(routed_attention_case("lone_query", 6, 5, lone_query_inputs));
+  for (const int64_t D : {5, 16})
+    c.push_back(routed_attention_case("lone_query_d" + std::to_string(D), 6, D,
+                                      [D](Rng& r) { return lone_query_inputs(D, r); }));
   // ---- attention over key sets ----
   auto local = [](int64_t T, int64_t w) {
     return [T, w](Ctx& x, const Ins&) { return ops::local_keysets(x, T, w); };

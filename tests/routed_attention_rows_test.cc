@@ -15,18 +15,20 @@
 
 #include "attention_rows.h"
 #include "ops/cuda/routed_attention_rows.h"
-#include "ops/layernorm.h"
 #include "ops/routed_attention.h"
+#include "routed_clusters.h"
 
 namespace sy {
 namespace {
 
 namespace routed = ops::routed;
 using testing::Case;
+using testing::clusters_of;
 using testing::expect_grads;
 using testing::expect_lse;
 using testing::Grads;
 using testing::HostRun;
+using testing::one_cluster;
 using testing::random_case;
 using testing::rel_l2;
 
@@ -104,21 +106,6 @@ Grads emulate_backward(const routed::Head& h, int64_t qrows, int64_t krows, cons
   return g;
 }
 
-// Clusters from the layer's recipe on the host: LN of q and k, k-means
-// centroids on the normalised queries, then the assignment.
-ops::Clusters clusters_of(const Case& c, int64_t K, const ops::ClusterParams& p, Rng& rng, bool shared_keys = false) {
-  Ctx& ctx = host_ctx();
-  const int64_t T = c.q.dim(0), D = c.q.dim(1);
-  Tensor qn = testing::zeros({T, D}), kn = testing::zeros({T, D}), m = testing::zeros({T}), r = testing::zeros({T});
-  ops::layernorm_forward(ctx, {qn, m, r, c.q, Tensor(), Tensor()});
-  ops::layernorm_forward(ctx, {kn, m, r, shared_keys ? c.q : c.k, Tensor(), Tensor()});
-  ops::Centroids cent(K, D, ctx);
-  ops::kmeans_init(ctx, cent, qn, 2, rng);
-  ops::Clusters cl;
-  ops::assign_clusters(ctx, cl, qn, kn, cent, p);
-  return cl;
-}
-
 // The whole comparison for one head and its clusters.
 void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
   Ctx& ctx = host_ctx();
@@ -190,15 +177,6 @@ TEST(RoutedAttentionRows, MoreThan64Clusters) {
   p.mode = ops::ClusterMode::balanced;  // S = 3 of 160 per centroid, 70 centroids: tokens in several
   expect_matches_reference(c, clusters_of(c, 70, p, rng));
   expect_matches_reference(c, clusters_of(c, 130, p, rng));
-}
-
-// One cluster (K = 1) over T tokens with the given members: a threshold route.
-ops::Route one_cluster(int64_t T, const std::vector<int32_t>& in) {
-  std::vector<float> score(T, 0.f);
-  for (int32_t t : in) score[t] = 1.f;
-  ops::Route r;
-  ops::threshold_route(host_ctx(), r, Tensor::from_host(score), 0.5f);
-  return r;
 }
 
 TEST(RoutedAttentionRows, LoneQueryAttendsToItselfAndNonMemberGetsZero) {
