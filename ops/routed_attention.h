@@ -62,11 +62,30 @@ struct ClusterParams {
   float capacity_factor = 2.0f;  // causal, not dropless: C = ceil(cf * T / K)
 };
 
+// The clusters as segments of packed rows, where a backend's attention runs
+// over them (CUDA in causal mode, one cluster per token on each side:
+// ops/cuda/routed_pack.h): segment c is the union of cluster c's queries and
+// keys in position order. assign_clusters builds them once per assignment, so
+// forward and backward share one sort; they stay empty on the CPU and where
+// the attention takes another path (clusters made without assign_clusters
+// are packed by the attention itself).
+struct ClusterSegments {
+  Tensor seg;                          // i32 (K + 1): segment c is rows [seg[c], seg[c+1])
+  Tensor row_token, is_query, is_key;  // i32 (rows): a row's token, and whether it is a query, a key
+  Tensor qrow, krow;                   // i32 (T): a token's query row and key row, or -1
+  Tensor keys_up_to;                   // i32 (T): keys of t's cluster at positions <= t (-1: no query)
+  Tensor kitem;                        // i32 (key rows): the key route's buffer rows -> token
+  int64_t rows = 0;                    // rows allotted (query rows + key rows): every segment lies below
+  int64_t max_len = 0;                 // >= the longest segment
+  bool defined() const { return seg.defined(); }
+};
+
 // Cluster membership as two Routes over the T tokens (K groups): queries by
 // their normalised query, keys by their normalised key. A cluster's members
 // are its rows in the group-major buffer, in position order.
 struct Clusters {
   Route queries, keys;
+  ClusterSegments segments;  // of these routes (see above), or empty
   int64_t num() const { return queries.num_groups; }
 };
 
@@ -145,6 +164,8 @@ SY_DECLARE_BACKENDS(
   CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
   void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
   Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);  // (T, K) = xn . mu^T
+  // cl.segments for heads of dim D, where the backend's attention uses them (CPU: none).
+  void segment_clusters(Ctx& ctx, Clusters& cl, int64_t D);
   void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
   void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
   void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);

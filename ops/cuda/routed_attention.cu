@@ -339,111 +339,118 @@ bool packable(const Clusters& cl, int64_t D) {
   return cl.queries.k == 1 && cl.keys.k == 1 && (D == 16 || D == 32 || D == 64 || D == 128);
 }
 
-struct Packed {
-  Tensor kitem, key, entry, sorted_key, sorted_entry, qrow, krow, row_token, is_query, is_key, seg, n;
-  routed::CausalRoutes routes{};
-  VarlenAttention varlen;
-  int64_t R = 0;
-};
-
-// The clusters as varlen segments (steps in ops/cuda/routed_pack.h), and
-// keys_up_to per token. Sizes come from the routes' host offsets: R = query
-// rows + key rows bounds the packed rows, and the largest cluster's queries
-// plus keys bound a segment (the varlen grid), so nothing is read back.
-Packed pack(Ctx& ctx, const Clusters& cl, int64_t T) {
+routed::CausalRoutes causal_routes(const Clusters& cl, const ClusterSegments& s) {
   const Route &qr = cl.queries, &kr = cl.keys;
-  const int64_t K = cl.num();
-  SY_CHECK(T < (int64_t{1} << 30), "routed attention: " << T << " tokens (packed entries are 32-bit)");
-  Packed p;
-  const Members km = members(ctx, kr);
-  p.kitem = km.item;
-  p.routes = {qr.group.data<int32_t>(), qr.slot.data<int32_t>(), kr.group.data<int32_t>(), kr.slot.data<int32_t>(),
-              kr.offset.data<int32_t>(), km.items(), T, K};
-  p.R = qr.rows() + kr.rows();
-  int64_t max_len = 0;
-  for (int64_t c = 0; c < K; ++c)
-    max_len = std::max<int64_t>(max_len, qr.host_offset[c + 1] - qr.host_offset[c] + kr.host_offset[c + 1] -
-                                             kr.host_offset[c]);
-  auto i32 = [&](int64_t n) { return Tensor::empty({n}, DType::i32, ctx); };
-  p.key = Tensor::empty({2 * T}, DType::i64, ctx), p.sorted_key = Tensor::empty({2 * T}, DType::i64, ctx);
-  p.entry = i32(2 * T), p.sorted_entry = i32(2 * T), p.qrow = i32(T), p.krow = i32(T), p.n = i32(T);
-  p.row_token = i32(p.R), p.is_query = i32(p.R), p.is_key = i32(p.R), p.seg = i32(K + 1);
-  auto* key = reinterpret_cast<uint64_t*>(p.key.data<int64_t>());
-  auto* sorted_key = reinterpret_cast<uint64_t*>(p.sorted_key.data<int64_t>());
-  const int pos_bits = routed::position_bits(T);
-  const routed::PackBuffers b{key,
-                              p.entry.data<int32_t>(),
-                              sorted_key,
-                              p.sorted_entry.data<int32_t>(),
-                              p.qrow.data<int32_t>(),
-                              p.krow.data<int32_t>(),
-                              p.row_token.data<int32_t>(),
-                              p.is_query.data<int32_t>(),
-                              p.is_key.data<int32_t>(),
-                              p.R,
-                              pos_bits};
-  const Launch run{stream(ctx)};
-  run(T, routed::PackEntries{p.routes, b});
-  radix_sort_pairs(ctx, key, sorted_key, b.entry, p.sorted_entry.data<int32_t>(), 2 * T, 0,
-                   pos_bits + bits_for(K + 1));
-  segment_starts(ctx, sorted_key, 2 * T, pos_bits, K, p.seg.data<int32_t>());
-  run(p.R, routed::PackRows{p.routes, b});
-  run(T, routed::KeyCounts{p.routes, p.n.data<int32_t>(), nullptr});
-  p.varlen = {K, max_len, p.R, 0, 1, p.seg.data<int32_t>(), p.is_query.data<int32_t>(), p.is_key.data<int32_t>()};
-  return p;
+  return {qr.group.data<int32_t>(),  qr.slot.data<int32_t>(),
+          kr.group.data<int32_t>(),  kr.slot.data<int32_t>(),
+          kr.offset.data<int32_t>(), s.kitem.defined() ? s.kitem.data<int32_t>() : nullptr,
+          qr.num_items,              cl.num()};
 }
 
-// q, k, v rows of the packed segments, (R, 3D).
-Tensor gather_qkv(Ctx& ctx, const Packed& p, const Tensor& q, const Tensor& k, const Tensor& v) {
+// The clusters as varlen segments (steps in ops/cuda/routed_pack.h), and
+// keys_up_to per token. Sizes come from the routes' host offsets: query rows
+// + key rows bound the packed rows, and the largest cluster's queries plus
+// keys bound a segment (the varlen grid), so nothing is read back.
+ClusterSegments pack(Ctx& ctx, const Clusters& cl) {
+  const Route &qr = cl.queries, &kr = cl.keys;
+  const int64_t T = qr.num_items, K = cl.num();
+  SY_CHECK(T < (int64_t{1} << 30), "routed attention: " << T << " tokens (packed entries are 32-bit)");
+  ClusterSegments s;
+  s.kitem = members(ctx, kr).item;
+  s.rows = qr.rows() + kr.rows();
+  for (int64_t c = 0; c < K; ++c)
+    s.max_len = std::max<int64_t>(s.max_len, qr.host_offset[c + 1] - qr.host_offset[c] + kr.host_offset[c + 1] -
+                                                 kr.host_offset[c]);
+  auto i32 = [&](int64_t n) { return Tensor::empty({n}, DType::i32, ctx); };
+  Tensor key = Tensor::empty({2 * T}, DType::i64, ctx), sorted = Tensor::empty({2 * T}, DType::i64, ctx);
+  Tensor entry = i32(2 * T), sorted_entry = i32(2 * T);
+  s.qrow = i32(T), s.krow = i32(T), s.keys_up_to = i32(T);
+  s.row_token = i32(s.rows), s.is_query = i32(s.rows), s.is_key = i32(s.rows), s.seg = i32(K + 1);
+  auto* key_p = reinterpret_cast<uint64_t*>(key.data<int64_t>());
+  auto* sorted_p = reinterpret_cast<uint64_t*>(sorted.data<int64_t>());
+  const int pos_bits = routed::position_bits(T);
+  const routed::PackBuffers b{key_p,
+                              entry.data<int32_t>(),
+                              sorted_p,
+                              sorted_entry.data<int32_t>(),
+                              s.qrow.data<int32_t>(),
+                              s.krow.data<int32_t>(),
+                              s.row_token.data<int32_t>(),
+                              s.is_query.data<int32_t>(),
+                              s.is_key.data<int32_t>(),
+                              s.rows,
+                              pos_bits};
+  const routed::CausalRoutes r = causal_routes(cl, s);
+  const Launch run{stream(ctx)};
+  run(T, routed::PackEntries{r, b});
+  radix_sort_pairs(ctx, key_p, sorted_p, b.entry, sorted_entry.data<int32_t>(), 2 * T, 0, pos_bits + bits_for(K + 1));
+  segment_starts(ctx, sorted_p, 2 * T, pos_bits, K, s.seg.data<int32_t>());
+  run(s.rows, routed::PackRows{r, b});
+  run(T, routed::KeyCounts{r, s.keys_up_to.data<int32_t>(), nullptr});
+  return s;
+}
+
+VarlenAttention varlen_of(const ClusterSegments& s, int64_t K, int64_t D) {
+  return {K, s.max_len, s.rows, D, 1, s.seg.data<int32_t>(), s.is_query.data<int32_t>(), s.is_key.data<int32_t>()};
+}
+
+// q, k, v rows of the packed segments, (rows, 3D).
+Tensor gather_qkv(Ctx& ctx, const ClusterSegments& s, const Tensor& q, const Tensor& k, const Tensor& v) {
   const int64_t D = q.dim(1);
-  Tensor qkv = Tensor::empty({p.R, 3 * D}, DType::f32, ctx);
-  Launch{stream(ctx)}(p.R * 3 * D, routed::GatherQKV{q.data<float>(), k.data<float>(), v.data<float>(),
-                                                     p.row_token.data<int32_t>(), D, qkv.data<float>()});
+  Tensor qkv = Tensor::empty({s.rows, 3 * D}, DType::f32, ctx);
+  Launch{stream(ctx)}(s.rows * 3 * D, routed::GatherQKV{q.data<float>(), k.data<float>(), v.data<float>(),
+                                                        s.row_token.data<int32_t>(), D, qkv.data<float>()});
   return qkv;
 }
 
+// The clusters' segments: assign_clusters' where it made them, else packed here.
+ClusterSegments segments_of(Ctx& ctx, const Clusters& cl) { return cl.segments.defined() ? cl.segments : pack(ctx, cl); }
+
 void packed_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1);
-  Packed p = pack(ctx, a.clusters, T);
-  p.varlen.C = D;
-  const Tensor qkv = gather_qkv(ctx, p, a.q, a.k, a.v);
-  Tensor out = Tensor::empty({p.R, D}, DType::f32, ctx), lse = Tensor::empty({1, p.R}, DType::f32, ctx);
-  varlen_attention_forward(ctx, p.varlen, qkv, out, lse);
+  const ClusterSegments s = segments_of(ctx, a.clusters);
+  const Tensor qkv = gather_qkv(ctx, s, a.q, a.k, a.v);
+  Tensor out = Tensor::empty({s.rows, D}, DType::f32, ctx), lse = Tensor::empty({1, s.rows}, DType::f32, ctx);
+  varlen_attention_forward(ctx, varlen_of(s, a.clusters.num(), D), qkv, out, lse);
   const Launch run{stream(ctx)};
-  run(T * D, routed::ScatterForward{a.q.data<float>(), a.k.data<float>(), a.v.data<float>(), p.qrow.data<int32_t>(),
-                                    p.n.data<int32_t>(), out.data<float>(), lse.data<float>(), D,
+  const int32_t* n = s.keys_up_to.data<int32_t>();
+  run(T * D, routed::ScatterForward{a.q.data<float>(), a.k.data<float>(), a.v.data<float>(), s.qrow.data<int32_t>(),
+                                    n, out.data<float>(), lse.data<float>(), D,
                                     1.f / std::sqrt(static_cast<float>(D)), a.o.data<float>(), a.lse.data<float>()});
   // The key sets: sizes, offsets on the host (the one copy back: the pair
   // count sizes idx), then each query's keys in position order.
-  Tensor pairs = Tensor::empty({T}, DType::i64, ctx);
-  run(T, routed::KeyCounts{p.routes, p.n.data<int32_t>(), pairs.data<int64_t>()});
+  const routed::CausalRoutes r = causal_routes(a.clusters, s);
+  Tensor pairs = Tensor::empty({T}, DType::i64, ctx), unused = Tensor::empty({T}, DType::i32, ctx);
+  run(T, routed::KeyCounts{r, unused.data<int32_t>(), pairs.data<int64_t>()});
   const std::vector<int64_t> off = routed::key_offsets(download(ctx, pairs.data<int64_t>(), T));
   KeySets ks;
   ks.off = upload(ctx, off);
   ks.idx = Tensor::empty({off.back()}, DType::i32, ctx);
-  if (off.back() > 0)
-    run(T, routed::FillCausalKeys{p.routes, p.n.data<int32_t>(), ks.off.data<int64_t>(), ks.idx.data<int32_t>()});
+  if (off.back() > 0) run(T, routed::FillCausalKeys{r, n, ks.off.data<int64_t>(), ks.idx.data<int32_t>()});
   a.keys = ks;
 }
 
 void packed_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1);
-  Packed p = pack(ctx, a.clusters, T);
-  p.varlen.C = D;
-  const Tensor qkv = gather_qkv(ctx, p, a.q, a.k, a.v);
-  Tensor dout = Tensor::empty({p.R, D}, DType::f32, ctx), out = Tensor::empty({p.R, D}, DType::f32, ctx),
-         lse = Tensor::empty({1, p.R}, DType::f32, ctx), dqkv = Tensor::zeros({p.R, 3 * D}, DType::f32, ctx);
+  const ClusterSegments s = segments_of(ctx, a.clusters);
+  const Tensor qkv = gather_qkv(ctx, s, a.q, a.k, a.v);
+  Tensor dout = Tensor::empty({s.rows, D}, DType::f32, ctx), out = Tensor::empty({s.rows, D}, DType::f32, ctx),
+         lse = Tensor::empty({1, s.rows}, DType::f32, ctx), dqkv = Tensor::zeros({s.rows, 3 * D}, DType::f32, ctx);
   const Launch run{stream(ctx)};
-  run(p.R * D, routed::GatherGrad{a.dout.data<float>(), a.o.data<float>(), a.lse.data<float>(),
-                                  p.row_token.data<int32_t>(), p.is_query.data<int32_t>(), D, dout.data<float>(),
-                                  out.data<float>(), lse.data<float>()});
-  varlen_attention_backward(ctx, p.varlen, dqkv, dout, qkv, out, lse);
-  run(T * D, routed::ScatterBackward{p.qrow.data<int32_t>(), p.krow.data<int32_t>(), p.n.data<int32_t>(),
+  run(s.rows * D, routed::GatherGrad{a.dout.data<float>(), a.o.data<float>(), a.lse.data<float>(),
+                                     s.row_token.data<int32_t>(), s.is_query.data<int32_t>(), D, dout.data<float>(),
+                                     out.data<float>(), lse.data<float>()});
+  varlen_attention_backward(ctx, varlen_of(s, a.clusters.num(), D), dqkv, dout, qkv, out, lse);
+  run(T * D, routed::ScatterBackward{s.qrow.data<int32_t>(), s.krow.data<int32_t>(), s.keys_up_to.data<int32_t>(),
                                      dqkv.data<float>(), a.dout.data<float>(), D, a.dq.data<float>(),
                                      a.dk.data<float>(), a.dv.data<float>()});
 }
 
 }  // namespace
+
+void segment_clusters(Ctx& ctx, Clusters& cl, int64_t D) {
+  cl.segments = packable(cl, D) ? pack(ctx, cl) : ClusterSegments{};
+}
 
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   check_f32("routed_attention_forward", {&a.q, &a.k, &a.v, &a.o, &a.lse});
