@@ -477,7 +477,11 @@ int main(int argc, char** argv) {
 
         // Routed attention.
         if (!skipped("routed", dt)) {
-          Tensor qn = Tensor::empty({H, n, D}, dt, ctx), kn = Tensor::empty({H, n, D}, dt, ctx);
+          // Clusters from f32 q and k (bf16 rows: the attention reads the bf16
+          // tensors; the layer norm and centroid scores stay f32, as in the layer).
+          const Tensor q32 = dt == DType::f32 ? q : as(q_h, DType::f32, ctx),
+                       k32 = dt == DType::f32 ? k : as(k_h, DType::f32, ctx);
+          Tensor qn = Tensor::empty({H, n, D}, DType::f32, ctx), kn = Tensor::empty({H, n, D}, DType::f32, ctx);
           Tensor mean = Tensor::empty({H, n}, DType::f32, ctx), rstd = Tensor::empty({H, n}, DType::f32, ctx);
           for (const auto& kc : centroids) {
             const int64_t K = kc.first;
@@ -494,8 +498,8 @@ int main(int argc, char** argv) {
               m.select = [&] {
                 for (int64_t h = 0; h < H; ++h) {
                   Tensor qnh = head(qn, h), knh = head(kn, h), mh = head(mean, h), rh = head(rstd, h);
-                  sy::ops::layernorm_forward(ctx, {qnh, mh, rh, head(q, h), Tensor(), Tensor()});
-                  sy::ops::layernorm_forward(ctx, {knh, mh, rh, head(k, h), Tensor(), Tensor()});
+                  sy::ops::layernorm_forward(ctx, {qnh, mh, rh, head(q32, h), Tensor(), Tensor()});
+                  sy::ops::layernorm_forward(ctx, {knh, mh, rh, head(k32, h), Tensor(), Tensor()});
                   sy::ops::assign_clusters(ctx, cl[h], qnh, knh, c, cp);
                 }
               };

@@ -1,5 +1,7 @@
 #include "ops/routed_attention.h"
 
+#include <initializer_list>
+
 #include "ops/backend.h"
 
 namespace sy::ops {
@@ -25,6 +27,21 @@ void check_clusters(const Clusters& cl, int64_t T) {
   SY_CHECK(cl.keys.num_groups == cl.queries.num_groups,
            "routed attention: " << cl.queries.num_groups << " query clusters but " << cl.keys.num_groups
                                 << " key clusters");
+}
+// All of q, k, v and the outputs f32, or all bf16 where CUDA has the
+// tensor-core path (one cluster per token, head dim 64 or 128); lse f32.
+void check_dtypes(const char* op, const Clusters& cl, std::initializer_list<const Tensor*> ts, const Tensor& lse) {
+  const Tensor& q = **ts.begin();
+  const DType dt = q.dtype();
+  for (const Tensor* t : ts)
+    SY_CHECK(t->dtype() == dt && (dt == DType::f32 || dt == DType::bf16),
+             op << ": q, k, v and the outputs must be all f32 or all bf16, got " << dtype_name(t->dtype())
+                << " beside " << dtype_name(dt));
+  check_dtype(lse, DType::f32, "routed attention lse");
+  const int64_t D = q.dim(1);
+  SY_CHECK(dt == DType::f32 || (cl.queries.k == 1 && cl.keys.k == 1 && (D == 64 || D == 128)),
+           op << ": bf16 needs one cluster per token (causal mode) and head dim 64 or 128, got "
+              << cl.queries.k << " clusters per query, head dim " << D);
 }
 // The one per-backend step of cluster assignment; the rest is the routing core.
 Tensor scores(Ctx& ctx, const Tensor& xn, const Centroids& c) { SY_DISPATCH(ctx, centroid_scores, ctx, xn, c); }
@@ -65,6 +82,7 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   check_shape(a.o, a.q.shape(), "routed attention o");
   check_shape(a.lse, {T}, "routed attention lse");
   check_clusters(a.clusters, T);
+  check_dtypes("routed_attention_forward", a.clusters, {&a.q, &a.k, &a.v, &a.o}, a.lse);
   check_device(ctx, "routed_attention_forward",
                {&a.o, &a.lse, &a.q, &a.k, &a.v, &a.clusters.queries.group, &a.clusters.keys.group});
   SY_DISPATCH(ctx, routed_attention_forward, ctx, a);
@@ -79,6 +97,8 @@ void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   check_clusters(a.clusters, T);
   SY_CHECK(a.keys.queries() == T,
            "routed attention backward: key sets for " << a.keys.queries() << " queries, head has " << T);
+  check_dtypes("routed_attention_backward", a.clusters, {&a.q, &a.k, &a.v, &a.o, &a.dout, &a.dq, &a.dk, &a.dv},
+               a.lse);
   check_dtype(a.keys.off, DType::i64, "key set offsets");
   check_dtype(a.keys.idx, DType::i32, "key set indices");
   check_device(ctx, "routed_attention_backward",

@@ -1254,6 +1254,70 @@ TEST_P(BackendOps, AttentionBf16AgreesWithTheCpuOnRoundedInputs) {
   }
 }
 
+// Routed attention on bf16 tensors (causal clusters, head dims 64 and 128:
+// the packed path on the tensor-core varlen kernels) against the CPU's f32
+// reference on the bf16-rounded inputs, class B; the key sets exactly; two
+// runs bitwise equal; outputs poisoned first. Clusters with dropped tokens
+// and lone queries (no key at or before them) included.
+TEST_P(BackendOps, RoutedAttentionBf16AgreesWithTheCpuOnRoundedInputs) {
+  if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "the CPU's bf16 path is the f32 one (routed_attention_test)";
+  Ctx& x = ctx();
+  ops::ClusterParams causal, drops;
+  drops.dropless = false;
+  drops.capacity_factor = 0.7f;
+  for (const RoutedSpec& spec : {RoutedSpec{"d64", 300, 17, 64, causal, false},
+                                 RoutedSpec{"d128_drops", 257, 5, 128, drops, false},
+                                 RoutedSpec{"d64_shared_keys", 130, 3, 64, causal, true}}) {
+    SCOPED_TRACE(spec.name);
+    const int64_t T = spec.T, D = spec.D;
+    Rng rng(0xb16 + T);
+    Ins in = routed_inputs(spec, rng);
+    for (int i = 0; i < 4; ++i) in[i] = in[i].to(DType::bf16).to(DType::f32);  // the rounded values
+    Ctx& h = host_ctx();
+    const ops::Clusters cl_h{route_from(in[4], in[5], in[6], T), route_from(in[7], in[8], in[9], T)};
+    Tensor o_c = Tensor::zeros({T, D}, DType::f32, h), lse_c = Tensor::zeros({T}, DType::f32, h);
+    Tensor dq_c = Tensor::zeros({T, D}, DType::f32, h), dk_c = Tensor::zeros({T, D}, DType::f32, h),
+           dv_c = Tensor::zeros({T, D}, DType::f32, h);
+    ops::KeySets ks_c;
+    ops::routed_attention_forward(h, {o_c, lse_c, ks_c, in[0], in[1], in[2], cl_h});
+    ops::routed_attention_backward(h, {dq_c, dk_c, dv_c, in[3], o_c, lse_c, in[0], in[1], in[2], ks_c, cl_h});
+    std::vector<Tensor> runs[2];
+    for (auto& r : runs) {
+      std::vector<Tensor> d;
+      for (int i = 0; i < 10; ++i) d.push_back(i < 4 ? in[i].to(DType::bf16).to(x) : in[i].to(x));
+      const ops::Clusters cl{route_from(d[4], d[5], d[6], T), route_from(d[7], d[8], d[9], T)};
+      Tensor o = out(x, {T, D}, DType::bf16), lse = out(x, {T}), dq = out(x, {T, D}, DType::bf16),
+             dk = out(x, {T, D}, DType::bf16), dv = out(x, {T, D}, DType::bf16);
+      poison(o, x);
+      poison(lse, x);
+      for (Tensor* g : {&dq, &dk, &dv}) g->zero(x);
+      ops::KeySets ks;
+      ops::routed_attention_forward(x, {o, lse, ks, d[0], d[1], d[2], cl});
+      ops::routed_attention_backward(x, {dq, dk, dv, d[3], o, lse, d[0], d[1], d[2], ks, cl});
+      r = {o.to(h).to(DType::f32), lse.to(h), dq.to(h).to(DType::f32), dk.to(h).to(DType::f32),
+           dv.to(h).to(DType::f32), ks.off.to(h), ks.idx.to(h)};
+    }
+    for (size_t i = 0; i < runs[0].size(); ++i)
+      EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
+    const std::vector<Tensor>& g = runs[0];
+    EXPECT_EQ(g[5].to_vector<int64_t>(), ks_c.off.to_vector<int64_t>()) << "key set offsets";
+    EXPECT_EQ(g[6].to_vector<int32_t>(), ks_c.idx.to_vector<int32_t>()) << "key set indices";
+    for (const int i : {0, 2, 3, 4})
+      for (int64_t e = 0; e < g[i].numel(); ++e) ASSERT_FALSE(std::isnan(g[i].f32()[e])) << "output " << i << " element " << e;
+    // lse: -inf exactly where the reference has it, the rest class B
+    std::vector<float> l = g[1].to_vector<float>(), lc = lse_c.to_vector<float>();
+    for (int64_t t = 0; t < T; ++t) {
+      ASSERT_EQ(std::isinf(l[t]), std::isinf(lc[t])) << "lse of query " << t;
+      if (std::isinf(l[t])) l[t] = lc[t] = 0.f;
+    }
+    EXPECT_LE(rel_l2(Tensor::from_host(l), Tensor::from_host(lc)), 1e-2) << "lse";
+    EXPECT_LE(rel_l2(g[0], o_c), 1e-2) << "o";
+    EXPECT_LE(rel_l2(g[2], dq_c), 3e-2) << "dq";
+    EXPECT_LE(rel_l2(g[3], dk_c), 3e-2) << "dk";
+    EXPECT_LE(rel_l2(g[4], dv_c), 3e-2) << "dv";
+  }
+}
+
 // Varlen attention between member rows (ops/cuda/attention_varlen.h, the
 // tiled path for routed attention's clusters) against the CPU's sparse
 // attention over the key sets its flags define: segments of 0, 1, 77, 130

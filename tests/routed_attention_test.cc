@@ -349,6 +349,56 @@ TEST(RoutedAttention, LseMergeEqualsAttentionOverTheUnion) {
   }
 }
 
+// bf16 tensors (CUDA's tensor-core path) on the CPU: the f32 path on their
+// values, o and the gradients rounded (gradients as bf16(g + gradient)), bit
+// for bit; refused where CUDA has no bf16 path (several clusters per token,
+// head dims other than 64 and 128) and for mixed dtypes.
+TEST(RoutedAttention, Bf16TensorsRunTheF32PathRoundedOrAreRefused) {
+  Ctx& ctx = host_ctx();
+  Rng rng(9);
+  const int64_t T = 40, D = 64;
+  Head h = random_head(T, D, rng);
+  const Tensor g = testing::randn({T, D}, rng);
+  std::vector<int32_t> q_members, k_members;
+  for (int32_t t = 0; t < T; ++t) {
+    if (t % 7 != 3) q_members.push_back(t);
+    if (t % 5 != 0) k_members.push_back(t);  // query 0 has no key: itself
+  }
+  ops::Clusters cl;
+  cl.queries = one_cluster(T, q_members);
+  cl.keys = one_cluster(T, k_members);
+  auto b16 = [](const Tensor& t) { return t.to(DType::bf16); };
+  auto f32 = [](const Tensor& t) { return t.to(DType::f32); };
+  const Tensor q = b16(h.q), k = b16(h.k), v = b16(h.v), dout = b16(g);
+  // bf16
+  Tensor o = testing::zeros({T, D}).to(DType::bf16), lse = testing::zeros({T});
+  Tensor dq = b16(testing::randn({T, D}, rng)), dk = b16(testing::randn({T, D}, rng)), dv = b16(testing::randn({T, D}, rng));
+  Tensor dq32 = f32(dq), dk32 = f32(dk), dv32 = f32(dv);
+  KeySets ks;
+  ops::routed_attention_forward(ctx, {o, lse, ks, q, k, v, cl});
+  ops::routed_attention_backward(ctx, {dq, dk, dv, dout, o, lse, q, k, v, ks, cl});
+  // the f32 path on the same values
+  Tensor o32 = testing::zeros({T, D}), lse32 = testing::zeros({T});
+  KeySets ks32;
+  ops::routed_attention_forward(ctx, {o32, lse32, ks32, f32(q), f32(k), f32(v), cl});
+  ops::routed_attention_backward(ctx, {dq32, dk32, dv32, f32(dout), f32(o), lse32, f32(q), f32(k), f32(v), ks32, cl});
+  auto values = [&](const Tensor& t) { return f32(t).to_vector<float>(); };
+  EXPECT_EQ(values(o), values(b16(o32)));
+  EXPECT_EQ(lse.to_vector<float>(), lse32.to_vector<float>());
+  EXPECT_EQ(values(dq), values(b16(dq32)));
+  EXPECT_EQ(values(dk), values(b16(dk32)));
+  EXPECT_EQ(values(dv), values(b16(dv32)));
+  EXPECT_EQ(ks.idx.to_vector<int32_t>(), ks32.idx.to_vector<int32_t>());
+
+  // refused: several clusters per token, head dim 32, mixed dtypes
+  const ops::Clusters several = balanced_clusters(h, 5, rng);
+  EXPECT_THROW(ops::routed_attention_forward(ctx, {o, lse, ks, q, k, v, several}), Error);
+  Head h32 = random_head(T, 32, rng);
+  Tensor o16 = testing::zeros({T, 32}).to(DType::bf16);
+  EXPECT_THROW(ops::routed_attention_forward(ctx, {o16, lse, ks, b16(h32.q), b16(h32.k), b16(h32.v), cl}), Error);
+  EXPECT_THROW(ops::routed_attention_forward(ctx, {o32, lse, ks, q, k, h.v, cl}), Error);
+}
+
 TEST(RoutedAttention, QueryInNoClusterGetsZeroAndLoneQueryAttendsToItself) {
   Rng rng(8);
   Head h = random_head(4, 3, rng);

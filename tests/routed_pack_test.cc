@@ -116,7 +116,7 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
   EXPECT_LE(p.seg[p.K], p.R);
   HostRun run;
   Tensor qkv = poisoned({p.R, 3 * D});
-  run(p.R * 3 * D, routed::GatherQKV{c.q.f32(), c.k.f32(), c.v.f32(), p.row_token.data(), D, qkv.f32()});
+  run(p.R * 3 * D, routed::GatherQKV<routed::F32>{c.q.f32(), c.k.f32(), c.v.f32(), p.row_token.data(), D, qkv.f32()});
   const Tensor qp = columns(qkv, 0, D), kp = columns(qkv, D, D), vp = columns(qkv, 2 * D, D);
   const ops::KeySets pairs = p.varlen_pairs();
   Tensor out = testing::zeros({p.R, D}), lse_p = testing::zeros({p.R});
@@ -124,7 +124,7 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
 
   // the forward's scatter, and the key sets
   Tensor got_o = poisoned({T, D}), got_lse = poisoned({T});
-  run(T * D, routed::ScatterForward{c.q.f32(), c.k.f32(), c.v.f32(), p.qrow.data(), p.n.data(), out.f32(),
+  run(T * D, routed::ScatterForward<routed::F32>{c.q.f32(), c.k.f32(), c.v.f32(), p.qrow.data(), p.n.data(), out.f32(),
                                     lse_p.f32(), D, 1.f / std::sqrt(static_cast<float>(D)), got_o.f32(),
                                     got_lse.f32()});
   EXPECT_LE(rel_l2(got_o, o), 1e-5) << "o";
@@ -140,7 +140,7 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
 
   // the backward, from the reference's o and lse
   Tensor dout_p = poisoned({p.R, D}), o_p = poisoned({p.R, D}), lse_g = poisoned({p.R});
-  run(p.R * D, routed::GatherGrad{c.dout.f32(), o.f32(), lse.f32(), p.row_token.data(), p.is_query.data(), D,
+  run(p.R * D, routed::GatherGrad<routed::F32>{c.dout.f32(), o.f32(), lse.f32(), p.row_token.data(), p.is_query.data(), D,
                                   dout_p.f32(), o_p.f32(), lse_g.f32()});
   Tensor dq = testing::zeros({p.R, D}), dk = testing::zeros({p.R, D}), dv = testing::zeros({p.R, D});
   ops::sparse_attention_backward(ctx, {dq, dk, dv, dout_p, o_p, lse_g, qp, kp, vp, pairs});
@@ -151,7 +151,7 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
     std::copy_n(dv.f32() + i * D, D, dqkv.f32() + i * 3 * D + 2 * D);
   }
   Grads got{c.start.dq.clone(), c.start.dk.clone(), c.start.dv.clone()};
-  run(T * D, routed::ScatterBackward{p.qrow.data(), p.krow.data(), p.n.data(), dqkv.f32(), c.dout.f32(), D,
+  run(T * D, routed::ScatterBackward<routed::F32>{p.qrow.data(), p.krow.data(), p.n.data(), dqkv.f32(), c.dout.f32(), D,
                                      got.dq.f32(), got.dk.f32(), got.dv.f32()});
   testing::expect_grads(got, want);
 }

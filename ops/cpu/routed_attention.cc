@@ -5,8 +5,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "ops/routing.h"
 #include "core/error.h"
+#include "ops/elementwise.h"
+#include "ops/routing.h"
 
 namespace sy::ops::cpu {
 
@@ -55,7 +56,18 @@ void rescale(float* v, int64_t D) {
 
 }  // namespace
 
+// bf16 tensors (CUDA's tensor-core path), as ops/cpu/attention.cc: the f32
+// path on their values, results rounded to bf16 (gradients accumulate as
+// bf16(g + gradient)); the GPU also rounds P and dS, so the two agree to
+// class B.
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
+  if (args.q.dtype() == DType::bf16) {
+    const Tensor q = args.q.to(DType::f32), k = args.k.to(DType::f32), v = args.v.to(DType::f32);
+    Tensor o = Tensor::empty(args.o.shape(), DType::f32, ctx);
+    routed_attention_forward(ctx, {o, args.lse, args.keys, q, k, v, args.clusters});
+    to_bf16(ctx, args.o, o);
+    return;
+  }
   const int64_t T = args.q.dim(0), D = args.q.dim(1);
   const Members cl{members(args.clusters.queries), members(args.clusters.keys)};
   const int64_t K = static_cast<int64_t>(cl.queries.size());
@@ -140,6 +152,15 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
 
 // The gradient of attention over the union key sets the forward saved.
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
+  if (a.q.dtype() == DType::bf16) {
+    auto f32 = [](const Tensor& t) { return t.to(DType::f32); };
+    Tensor dq = f32(a.dq), dk = f32(a.dk), dv = f32(a.dv);
+    sparse_attention_backward(ctx, {dq, dk, dv, f32(a.dout), f32(a.o), a.lse, f32(a.q), f32(a.k), f32(a.v), a.keys});
+    to_bf16(ctx, a.dq, dq);
+    to_bf16(ctx, a.dk, dk);
+    to_bf16(ctx, a.dv, dv);
+    return;
+  }
   sparse_attention_backward(ctx, {a.dq, a.dk, a.dv, a.dout, a.o, a.lse, a.q, a.k, a.v, a.keys});
 }
 

@@ -36,6 +36,8 @@
 //   sort on (query, key) when a query can be in several clusters. Either way
 //   the union key sets' offsets come from a scan on the host (the one copy back).
 // No atomics anywhere: two runs give the same bits.
+#include <cuda_bf16.h>
+
 #include "ops/cuda/attention_varlen.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cub_ops.h"
@@ -314,12 +316,6 @@ struct Prepared {
   routed::Head head{};
 };
 
-void check_f32(const char* op, std::initializer_list<const Tensor*> ts) {
-  for (const Tensor* t : ts)
-    if (t->dtype() != DType::f32)
-      throw BackendError(std::string(op) + ": " + dtype_name(t->dtype()) + " tensors have no CUDA kernel (f32 only)");
-}
-
 Prepared prepare(Ctx& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Clusters& cl) {
   const int64_t T = q.dim(0), D = q.dim(1), K = cl.num(), W = (K + 63) / 64;
   SY_CHECK(T < (int64_t{1} << 31), "routed attention: " << T << " tokens (positions are 32-bit)");
@@ -394,29 +390,43 @@ VarlenAttention varlen_of(const ClusterSegments& s, int64_t K, int64_t D) {
   return {K, s.max_len, s.rows, D, 1, s.seg.data<int32_t>(), s.is_query.data<int32_t>(), s.is_key.data<int32_t>()};
 }
 
+// bf16 elements for the packed path (routed_pack.h's F32 is the f32 one).
+struct Bf16 {
+  using T = __nv_bfloat16;
+  static __host__ __device__ float load(T x) { return __bfloat162float(x); }
+  static __host__ __device__ T store(float x) { return __float2bfloat16(x); }
+};
+
+template <class E>
+typename E::T* elems(const Tensor& t) {
+  return static_cast<typename E::T*>(const_cast<void*>(t.raw()));
+}
+
 // q, k, v rows of the packed segments, (rows, 3D).
+template <class E>
 Tensor gather_qkv(Ctx& ctx, const ClusterSegments& s, const Tensor& q, const Tensor& k, const Tensor& v) {
   const int64_t D = q.dim(1);
-  Tensor qkv = Tensor::empty({s.rows, 3 * D}, DType::f32, ctx);
-  Launch{stream(ctx)}(s.rows * 3 * D, routed::GatherQKV{q.data<float>(), k.data<float>(), v.data<float>(),
-                                                        s.row_token.data<int32_t>(), D, qkv.data<float>()});
+  Tensor qkv = Tensor::empty({s.rows, 3 * D}, q.dtype(), ctx);
+  Launch{stream(ctx)}(s.rows * 3 * D, routed::GatherQKV<E>{elems<E>(q), elems<E>(k), elems<E>(v),
+                                                           s.row_token.data<int32_t>(), D, elems<E>(qkv)});
   return qkv;
 }
 
 // The clusters' segments: assign_clusters' where it made them, else packed here.
 ClusterSegments segments_of(Ctx& ctx, const Clusters& cl) { return cl.segments.defined() ? cl.segments : pack(ctx, cl); }
 
+template <class E>
 void packed_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1);
   const ClusterSegments s = segments_of(ctx, a.clusters);
-  const Tensor qkv = gather_qkv(ctx, s, a.q, a.k, a.v);
-  Tensor out = Tensor::empty({s.rows, D}, DType::f32, ctx), lse = Tensor::empty({1, s.rows}, DType::f32, ctx);
+  const Tensor qkv = gather_qkv<E>(ctx, s, a.q, a.k, a.v);
+  Tensor out = Tensor::empty({s.rows, D}, a.q.dtype(), ctx), lse = Tensor::empty({1, s.rows}, DType::f32, ctx);
   varlen_attention_forward(ctx, varlen_of(s, a.clusters.num(), D), qkv, out, lse);
   const Launch run{stream(ctx)};
   const int32_t* n = s.keys_up_to.data<int32_t>();
-  run(T * D, routed::ScatterForward{a.q.data<float>(), a.k.data<float>(), a.v.data<float>(), s.qrow.data<int32_t>(),
-                                    n, out.data<float>(), lse.data<float>(), D,
-                                    1.f / std::sqrt(static_cast<float>(D)), a.o.data<float>(), a.lse.data<float>()});
+  run(T * D, routed::ScatterForward<E>{elems<E>(a.q), elems<E>(a.k), elems<E>(a.v), s.qrow.data<int32_t>(), n,
+                                       elems<E>(out), lse.data<float>(), D, 1.f / std::sqrt(static_cast<float>(D)),
+                                       elems<E>(a.o), a.lse.data<float>()});
   // The key sets: sizes, offsets on the host (the one copy back: the pair
   // count sizes idx), then each query's keys in position order.
   const routed::CausalRoutes r = causal_routes(a.clusters, s);
@@ -430,20 +440,22 @@ void packed_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   a.keys = ks;
 }
 
+template <class E>
 void packed_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1);
+  const DType dt = a.q.dtype();
   const ClusterSegments s = segments_of(ctx, a.clusters);
-  const Tensor qkv = gather_qkv(ctx, s, a.q, a.k, a.v);
-  Tensor dout = Tensor::empty({s.rows, D}, DType::f32, ctx), out = Tensor::empty({s.rows, D}, DType::f32, ctx),
-         lse = Tensor::empty({1, s.rows}, DType::f32, ctx), dqkv = Tensor::zeros({s.rows, 3 * D}, DType::f32, ctx);
+  const Tensor qkv = gather_qkv<E>(ctx, s, a.q, a.k, a.v);
+  Tensor dout = Tensor::empty({s.rows, D}, dt, ctx), out = Tensor::empty({s.rows, D}, dt, ctx),
+         lse = Tensor::empty({1, s.rows}, DType::f32, ctx), dqkv = Tensor::zeros({s.rows, 3 * D}, dt, ctx);
   const Launch run{stream(ctx)};
-  run(s.rows * D, routed::GatherGrad{a.dout.data<float>(), a.o.data<float>(), a.lse.data<float>(),
-                                     s.row_token.data<int32_t>(), s.is_query.data<int32_t>(), D, dout.data<float>(),
-                                     out.data<float>(), lse.data<float>()});
+  run(s.rows * D, routed::GatherGrad<E>{elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(),
+                                        s.row_token.data<int32_t>(), s.is_query.data<int32_t>(), D, elems<E>(dout),
+                                        elems<E>(out), lse.data<float>()});
   varlen_attention_backward(ctx, varlen_of(s, a.clusters.num(), D), dqkv, dout, qkv, out, lse);
-  run(T * D, routed::ScatterBackward{s.qrow.data<int32_t>(), s.krow.data<int32_t>(), s.keys_up_to.data<int32_t>(),
-                                     dqkv.data<float>(), a.dout.data<float>(), D, a.dq.data<float>(),
-                                     a.dk.data<float>(), a.dv.data<float>()});
+  run(T * D, routed::ScatterBackward<E>{s.qrow.data<int32_t>(), s.krow.data<int32_t>(), s.keys_up_to.data<int32_t>(),
+                                        elems<E>(dqkv), elems<E>(a.dout), D, elems<E>(a.dq), elems<E>(a.dk),
+                                        elems<E>(a.dv)});
 }
 
 }  // namespace
@@ -453,8 +465,9 @@ void segment_clusters(Ctx& ctx, Clusters& cl, int64_t D) {
 }
 
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
-  check_f32("routed_attention_forward", {&a.q, &a.k, &a.v, &a.o, &a.lse});
-  if (packable(a.clusters, a.q.dim(1))) return packed_forward(ctx, a);
+  // dtypes checked by the op (ops/routed_attention.cc): bf16 only where the packed path runs
+  if (a.q.dtype() == DType::bf16) return packed_forward<Bf16>(ctx, a);
+  if (packable(a.clusters, a.q.dim(1))) return packed_forward<routed::F32>(ctx, a);
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t rows = p.qs.rows;
@@ -491,8 +504,8 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
 }
 
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
-  check_f32("routed_attention_backward", {&a.q, &a.k, &a.v, &a.o, &a.lse, &a.dout, &a.dq, &a.dk, &a.dv});
-  if (packable(a.clusters, a.q.dim(1))) return packed_backward(ctx, a);
+  if (a.q.dtype() == DType::bf16) return packed_backward<Bf16>(ctx, a);
+  if (packable(a.clusters, a.q.dim(1))) return packed_backward<routed::F32>(ctx, a);
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t qrows = p.qs.rows, krows = p.ks.rows;

@@ -36,7 +36,7 @@
 
 #include <cstdint>
 
-#include "ops/cuda/routed_attention_rows.h"  // SY_HD, dot
+#include "ops/cuda/routed_attention_rows.h"  // SY_HD
 
 namespace sy::ops::routed {
 
@@ -122,15 +122,32 @@ struct PackRows {
   }
 };
 
+// How the packed path reads and writes its tensors' elements: f32 (here), or
+// bf16 (ops/cuda/routed_attention.cu's Bf16: the tensor-core kernels).
+struct F32 {
+  using T = float;
+  static SY_HD float load(float x) { return x; }
+  static SY_HD float store(float x) { return x; }
+};
+
+template <class E>
+SY_HD float dot_of(const typename E::T* a, const typename E::T* b, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; ++i) s += E::load(a[i]) * E::load(b[i]);
+  return s;
+}
+
 // Element i of the packed (R, 3D) rows: [q | k | v] of the row's token.
+template <class E>
 struct GatherQKV {
-  const float *q, *k, *v;  // (T, D)
+  using T = typename E::T;
+  const T *q, *k, *v;  // (T, D)
   const int32_t* row_token;
   int64_t D;
-  float* qkv;  // (R, 3D)
+  T* qkv;  // (R, 3D)
   SY_HD void operator()(int64_t i) const {
     const int64_t p = i / (3 * D), j = i % (3 * D), t = row_token[p];
-    const float* src = j < D ? q : (j < 2 * D ? k : v);
+    const T* src = j < D ? q : (j < 2 * D ? k : v);
     qkv[i] = src[t * D + j % D];
   }
 };
@@ -148,21 +165,25 @@ struct KeyCounts {
 };
 
 // Element i = t * D + d of o, and lse_t at d = 0.
+template <class E>
 struct ScatterForward {
-  const float *q, *k, *v;  // (T, D)
+  using T = typename E::T;
+  const T *q, *k, *v;  // (T, D)
   const int32_t *qrow, *n;
-  const float *out_p, *lse_p;  // (R, D), (R): the varlen outputs
+  const T* out_p;      // (R, D): the varlen output
+  const float* lse_p;  // (R)
   int64_t D;
   float scale;
-  float *o, *lse;
+  T* o;
+  float* lse;
   SY_HD void operator()(int64_t i) const {
     const int64_t t = i / D, d = i % D;
     if (n[t] < 0) {  // in no cluster
-      o[i] = 0.f;
+      o[i] = E::store(0.f);
       if (d == 0) lse[t] = -INFINITY;
     } else if (n[t] == 0) {  // no allowed key: itself
       o[i] = v[i];
-      if (d == 0) lse[t] = dot(q + t * D, k + t * D, D) * scale;
+      if (d == 0) lse[t] = dot_of<E>(q + t * D, k + t * D, D) * scale;
     } else {
       o[i] = out_p[int64_t{qrow[t]} * D + d];
       if (d == 0) lse[t] = lse_p[qrow[t]];
@@ -192,11 +213,15 @@ struct FillCausalKeys {
 // Element i = p * D + d of the packed (R, D) dout and o, and lse_p at d = 0
 // (query rows: the token's lse; other rows 0, so that even the masked terms
 // the kernels compute are finite).
+template <class E>
 struct GatherGrad {
-  const float *dout, *o, *lse;  // (T, D), (T, D), (T)
+  using T = typename E::T;
+  const T *dout, *o;  // (T, D)
+  const float* lse;   // (T)
   const int32_t *row_token, *is_query;
   int64_t D;
-  float *dout_p, *o_p, *lse_p;
+  T *dout_p, *o_p;
+  float* lse_p;
   SY_HD void operator()(int64_t i) const {
     const int64_t p = i / D, d = i % D, t = row_token[p];
     dout_p[i] = dout[t * D + d];
@@ -207,23 +232,25 @@ struct GatherGrad {
 
 // Element i = t * D + d: dq, dk, dv accumulate the packed gradients of t's
 // rows; a lone member's self pair adds dout_t to dv_t.
+template <class E>
 struct ScatterBackward {
+  using T = typename E::T;
   const int32_t *qrow, *krow, *n;
-  const float* dqkv_p;  // (R, 3D)
-  const float* dout;    // (T, D)
+  const T* dqkv_p;  // (R, 3D)
+  const T* dout;    // (T, D)
   int64_t D;
-  float *dq, *dk, *dv;
+  T *dq, *dk, *dv;
   SY_HD void operator()(int64_t i) const {
     const int64_t t = i / D, d = i % D;
-    if (qrow[t] >= 0) dq[i] += dqkv_p[int64_t{qrow[t]} * 3 * D + d];
+    if (qrow[t] >= 0) dq[i] = E::store(E::load(dq[i]) + E::load(dqkv_p[int64_t{qrow[t]} * 3 * D + d]));
     float gv = 0.f;
     if (krow[t] >= 0) {
-      const float* g = dqkv_p + int64_t{krow[t]} * 3 * D;
-      dk[i] += g[D + d];
-      gv = g[2 * D + d];
+      const T* g = dqkv_p + int64_t{krow[t]} * 3 * D;
+      dk[i] = E::store(E::load(dk[i]) + E::load(g[D + d]));
+      gv = E::load(g[2 * D + d]);
     }
-    if (n[t] == 0) gv += dout[i];
-    dv[i] += gv;
+    if (n[t] == 0) gv += E::load(dout[i]);
+    if (krow[t] >= 0 || n[t] == 0) dv[i] = E::store(E::load(dv[i]) + gv);
   }
 };
 
