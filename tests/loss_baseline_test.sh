@@ -5,6 +5,14 @@
 # must agree to 1e-6 relative: restructuring that keeps the arithmetic keeps it.
 #   loss_baseline_test.sh TRAIN_SWITCH SOURCE_DIR [config ...]
 set -euo pipefail
+# One OpenBLAS kernel on every x86-64 machine with AVX2: the library picks its
+# GEMM kernel by CPU (Haswell, Zen, SkylakeX, Cooperlake...) and the kernels
+# round differently, which routed_copy's cluster decisions amplify past 1e-6
+# (an AVX-512 machine's Cooperlake kernel: 5.9e-4 by step 30). The baselines
+# were recorded with the Haswell kernel (the one Zen machines also get).
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+  export OPENBLAS_CORETYPE=Haswell
+fi
 bin=$1 src=$2
 shift 2
 configs=("$@")
