@@ -91,10 +91,11 @@ struct AttentionOptions {
   bool bias = true;
   bool rope = false;
   double rope_base = 10000.0;
-  // Dense attention on bf16 q, k, v (Config.precision BF16 where the head dim
-  // has tensor-core kernels, bf16_attention() in runtime/model.h): qkv is
-  // rounded to bf16 on its way in, the output and dqkv come back as bf16
-  // values; softmax and LSE stay fp32.
+  // Attention on bf16 q, k, v (Config.precision BF16 where the head dim has
+  // tensor-core kernels, bf16_attention() in runtime/model.h): qkv is rounded
+  // to bf16 on its way in, the output and dqkv come back as bf16 values;
+  // softmax and LSE stay fp32. Dense attention, and in a routed layer the
+  // local heads and causal routing heads (SparseSelfAttention).
   bool bf16 = false;
 };
 

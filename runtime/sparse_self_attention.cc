@@ -139,15 +139,36 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
     const ops::AttentionShape s = local_shape();
     qkv_out_ = qkv;
     local_lse_ = Tensor::empty({B, H_, T}, DType::f32, ctx_);
-    Tensor y3 = y.reshape({B, T, C_});
-    ops::attention_forward(ctx_, {y3, local_lse_, qkv.reshape({B, T, 3 * C_}), s});
+    if (opt_.bf16) {  // the tensor-core kernels on bf16 qkv; y widened (the routing heads' columns follow)
+      qkv16_ = Tensor::empty({B, T, 3 * C_}, DType::bf16, ctx_);
+      y16_ = Tensor::empty({B, T, C_}, DType::bf16, ctx_);
+      ops::to_bf16(ctx_, qkv16_, qkv.reshape({B, T, 3 * C_}));
+      ops::attention_forward(ctx_, {y16_, local_lse_, qkv16_, s});
+      ops::to_f32(ctx_, y, y16_.reshape({N, C_}));
+    } else {
+      Tensor y3 = y.reshape({B, T, C_});
+      ops::attention_forward(ctx_, {y3, local_lse_, qkv.reshape({B, T, 3 * C_}), s});
+    }
     const double w = static_cast<double>(std::min<int64_t>(s.window, T));
     pairs += static_cast<double>(B * L) * (T * w - 0.5 * w * (w - 1.0));  // sum_t min(t + 1, w)
   }
+  // bf16 routing heads: q, k, v rounded once, the packed tensor-core path per
+  // head, o widened after the loop (o16_ is what backward reads).
+  if (bf16_routed()) {
+    q16_ = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
+    k16_ = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
+    v16_ = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
+    o16_ = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
+    ops::to_bf16(ctx_, q16_, q_);
+    ops::to_bf16(ctx_, k16_, k_);
+    ops::to_bf16(ctx_, v16_, v_);
+  }
+  const Tensor &qa = bf16_routed() ? q16_ : q_, &ka = bf16_routed() ? k16_ : k_, &va = bf16_routed() ? v16_ : v_;
+  Tensor& oa = bf16_routed() ? o16_ : o_;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = routed() ? L : 0; h < H_; ++h) {
-      const Tensor q = head(q_, h, b, T), k = head(k_, h, b, T), v = head(v_, h, b, T);
-      Tensor o = head(o_, h, b, T);
+      const Tensor q = head(qa, h, b, T), k = head(ka, h, b, T), v = head(va, h, b, T);
+      Tensor o = head(oa, h, b, T);
       Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T, (b + 1) * T);
       ops::KeySets& ks = keys_[h * B + b];
       if (!routed()) {
@@ -180,6 +201,10 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   commit_count_ = assigned;
   flops_ = 2.0 * N * C_ * 4.0 * C_ + 4.0 * pairs * D_;
   const int64_t h0 = routed() ? L : 0;  // the heads attended one at a time above
+  if (bf16_routed()) {
+    Tensor o_rows = o_.rows(h0, H_);
+    ops::to_f32(ctx_, o_rows, o16_.rows(h0, H_));
+  }
   if (h0 < H_) ops::merge_heads(ctx_, y, o_.rows(h0, H_), h0 * D_);
   y_ = y;
   return proj_.forward(y);
@@ -214,18 +239,35 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
   Tensor dq = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
   Tensor dk = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
   Tensor dv = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
+  // bf16 routing heads: dout rounded, gradients in bf16 from zero, widened after the loop.
+  Tensor dout16, dq16, dk16, dv16;
+  if (bf16_routed()) {
+    dout16 = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
+    ops::to_bf16(ctx_, dout16, dout);
+    dq16 = Tensor::zeros({H_, N, D_}, DType::bf16, ctx_);
+    dk16 = Tensor::zeros({H_, N, D_}, DType::bf16, ctx_);
+    dv16 = Tensor::zeros({H_, N, D_}, DType::bf16, ctx_);
+  }
+  const bool b16 = bf16_routed();
   for (int64_t b = 0; b < B_; ++b)
     for (int64_t h = routed() ? L : 0; h < H_; ++h) {
-      Tensor dqh = head(dq, h, b, T_), dkh = head(dk, h, b, T_), dvh = head(dv, h, b, T_);
+      Tensor dqh = head(b16 ? dq16 : dq, h, b, T_), dkh = head(b16 ? dk16 : dk, h, b, T_),
+             dvh = head(b16 ? dv16 : dv, h, b, T_);
       const Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T_, (b + 1) * T_);
-      const Tensor douth = head(dout, h, b, T_), oh = head(o_, h, b, T_), qh = head(q_, h, b, T_),
-                   kh = head(k_, h, b, T_), vh = head(v_, h, b, T_);
+      const Tensor douth = head(b16 ? dout16 : dout, h, b, T_), oh = head(b16 ? o16_ : o_, h, b, T_),
+                   qh = head(b16 ? q16_ : q_, h, b, T_), kh = head(b16 ? k16_ : k_, h, b, T_),
+                   vh = head(b16 ? v16_ : v_, h, b, T_);
       if (routed() && h >= L)
         ops::routed_attention_backward(ctx_, {dqh, dkh, dvh, douth, oh, lse, qh, kh, vh, keys_[h * B_ + b],
                                               clusters_[(h - L) * B_ + b]});
       else
         ops::sparse_attention_backward(ctx_, {dqh, dkh, dvh, douth, oh, lse, qh, kh, vh, keys_[h * B_ + b]});
     }
+  if (b16) {  // dq, dk, dv are still zero: the widened gradients replace them
+    ops::to_f32(ctx_, dq, dq16);
+    ops::to_f32(ctx_, dk, dk16);
+    ops::to_f32(ctx_, dv, dv16);
+  }
   // Commitment loss beta * mean((qn - sg(mu))^2) -> qn -> q (through the
   // parameter-free layer norm).
   if (cfg_.commitment_coef() > 0 && commit_count_ > 0)
@@ -251,8 +293,17 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
   // The local heads' gradients add onto their (zero) columns.
   if (routed() && L > 0) {
     Tensor dqkv3 = dqkv.reshape({B_, T_, 3 * C_});
-    ops::attention_backward(ctx_, {dqkv3, dyatt.reshape({B_, T_, C_}), qkv_out_.reshape({B_, T_, 3 * C_}),
-                                   y_.reshape({B_, T_, C_}), local_lse_, local_shape()});
+    if (opt_.bf16) {  // from zero in bf16, then added onto the local heads' (zero) columns
+      Tensor d16 = Tensor::empty({B_, T_, C_}, DType::bf16, ctx_), g16 = Tensor::zeros(qkv16_.shape(), DType::bf16, ctx_);
+      ops::to_bf16(ctx_, d16, dyatt.reshape({B_, T_, C_}));
+      ops::attention_backward(ctx_, {g16, d16, qkv16_, y16_, local_lse_, local_shape()});
+      Tensor g = Tensor::empty(dqkv3.shape(), DType::f32, ctx_);
+      ops::to_f32(ctx_, g, g16);
+      ops::add_into(ctx_, dqkv3, g);
+    } else {
+      ops::attention_backward(ctx_, {dqkv3, dyatt.reshape({B_, T_, C_}), qkv_out_.reshape({B_, T_, 3 * C_}),
+                                     y_.reshape({B_, T_, C_}), local_lse_, local_shape()});
+    }
   }
   if (opt_.rope) ops::rope_backward(ctx_, {dqkv, positions_, T_, 2 * H_, D_, opt_.rope_base});
   return qkv_.backward(dqkv);

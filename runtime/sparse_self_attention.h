@@ -92,6 +92,13 @@ class SparseSelfAttention : public SelfAttention {
 
  private:
   bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }
+  // opt_.bf16 (precision BF16, head dim 64 or 128) runs the local heads on the
+  // bf16 tensor-core kernels, and the routing heads too in causal mode (one
+  // cluster per token: ops/routed_attention.h's bf16 path); balanced routing
+  // and block top-k stay fp32.
+  bool bf16_routed() const {
+    return opt_.bf16 && routed() && cfg_.assignment() == switchyard::AttentionConfig::CAUSAL;
+  }
   // The local heads [0, L) of a ROUTED layer, as the dense op computes them.
   ops::AttentionShape local_shape() const;
 
@@ -113,6 +120,8 @@ class SparseSelfAttention : public SelfAttention {
   Tensor q_, k_, v_, o_;                   // (H, B*T, D): head h of sequence b is rows [b*T, (b+1)*T) of head h
   Tensor lse_;                             // (H, B*T): the routing heads'
   Tensor qkv_out_, y_, local_lse_;         // local heads: qkv (B*T, 3C), y (B*T, C), lse (B, H, T)
+  Tensor qkv16_, y16_;                     // bf16: what the local heads' kernels read and wrote
+  Tensor q16_, k16_, v16_, o16_;           // bf16 routing heads: what their attention read and wrote
   std::vector<ops::KeySets> keys_;         // (H, B): keys_[h * B + b]
   std::vector<Tensor> qn_, qn_mean_, qn_rstd_;  // per routing head (B*T, D)
   std::vector<ops::Clusters> clusters_;    // (R, B): clusters_[r * B + b]
