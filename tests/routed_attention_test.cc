@@ -589,12 +589,19 @@ TEST_F(RoutedAttentionCuda, CausalModeLeaksWhenTheEmaSeesTheSameBatch) { expect_
 // A training step's forward and backward of the same layer on the CPU and on
 // the GPU, from the same weights and centroids: y, dx and every parameter
 // gradient within 1e-4 relative L2 (a chain of about ten ops, each within
-// 1e-5 of the CPU); the GPU run twice gives the same bits.
-void expect_layer_matches_cpu(const switchyard::AttentionConfig& a, Ctx& gpu) {
-  const int64_t C = 32, H = 2, T = 40, B = 2;
-  Layer cpu(a, C, H, T, 13), cuda(a, C, H, T, 13, {}, gpu);
+// 1e-5 of the CPU; bf16 options: class B, the GPU also rounding P and dS);
+// the GPU run twice gives the same bits.
+struct LayerCase {
+  int64_t C = 32;           // 2 heads of C / 2
+  AttentionOptions options;
+  float x_std = 1.f;        // inputs (bf16: smaller, for a softmax less sharp than weights of std 0.5 make it)
+  double tol = 1e-4;
+};
+void expect_layer_matches_cpu(const switchyard::AttentionConfig& a, Ctx& gpu, const LayerCase& lc = {}) {
+  const int64_t C = lc.C, H = 2, T = 40, B = 2;
+  Layer cpu(a, C, H, T, 13, lc.options), cuda(a, C, H, T, 13, lc.options, gpu);
   Rng rng(14);
-  const Tensor w = testing::randn({B * T, C}, rng), x = testing::randn({B * T, C}, rng),
+  const Tensor w = testing::randn({B * T, C}, rng, lc.x_std), x = testing::randn({B * T, C}, rng, lc.x_std),
                R = testing::randn({B * T, C}, rng);
   calibrate(cpu, w, B, T);
   for (size_t r = 0; r < cpu.attn->centroids().size(); ++r) {  // the CPU's centroids on both
@@ -623,7 +630,7 @@ void expect_layer_matches_cpu(const switchyard::AttentionConfig& a, Ctx& gpu) {
       num += d * d;
       den += double(want[i].f32()[e]) * want[i].f32()[e];
     }
-    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-4);
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), lc.tol);
     EXPECT_EQ(std::memcmp(got[i].raw(), again[i].raw(), got[i].nbytes()), 0) << "two GPU runs differ";
   }
 }
@@ -635,6 +642,18 @@ TEST_F(RoutedAttentionCuda, LayerMatchesTheCpuAndRerunsBitwise) {
     a.set_commitment_coef(0.25f);  // (causal mode) its backward through the layer norm too
     expect_layer_matches_cpu(a, gpu());
   }
+}
+
+// bf16 options (head dim 64): the local head on the bf16 windowed kernels and
+// the causal routing head on the bf16 varlen path, against the CPU's
+// emulation (the f32 path on rounded values), class B.
+TEST_F(RoutedAttentionCuda, Bf16LayerMatchesTheCpuToClassBAndRerunsBitwise) {
+  LayerCase lc;
+  lc.C = 128;
+  lc.options.bf16 = true;
+  lc.x_std = 0.3f;
+  lc.tol = 3e-2;
+  expect_layer_matches_cpu(routed_cfg(1, 5, 6), gpu(), lc);
 }
 
 // One local head (window 6) beside one routing head; every head local; block top-k.
