@@ -85,14 +85,17 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   // RoPE on q and k (heads [0, 2H) of the packed row) before clustering.
   positions_ = positions;
   if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, 2 * H_, D_, opt_.rope_base});
-  q_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
-  k_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
-  v_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
-  ops::split_heads(ctx_, q_, qkv, 0);
-  ops::split_heads(ctx_, k_, qkv, C_);
-  ops::split_heads(ctx_, v_, qkv, 2 * C_);
-  o_ = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
-  lse_ = Tensor::empty({H_, N}, DType::f32, ctx_);
+  // Heads [h0, H) attend one at a time (the local heads run on the packed qkv
+  // below): only they are split out, q_ row block j being head h0 + j.
+  const int64_t h0 = first_head(), Hs = H_ - h0;
+  q_ = Tensor::empty({Hs, N, D_}, DType::f32, ctx_);
+  k_ = Tensor::empty({Hs, N, D_}, DType::f32, ctx_);
+  v_ = Tensor::empty({Hs, N, D_}, DType::f32, ctx_);
+  ops::split_heads(ctx_, q_, qkv, h0 * D_);
+  ops::split_heads(ctx_, k_, qkv, C_ + h0 * D_);
+  ops::split_heads(ctx_, v_, qkv, 2 * C_ + h0 * D_);
+  o_ = Tensor::empty({Hs, N, D_}, DType::f32, ctx_);
+  lse_ = Tensor::empty({Hs, N}, DType::f32, ctx_);
   keys_.assign(H_ * B, ops::KeySets{});
   clusters_.assign(R_ * B, ops::Clusters{});
   const int64_t L = H_ - R_;  // local heads (ROUTED); BLOCK_TOPK uses every head
@@ -104,14 +107,14 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   qn_mean_.assign(R_, Tensor());
   qn_rstd_.assign(R_, Tensor());
   for (int64_t r = 0; r < R_; ++r) {
-    const int64_t h = L + r;
+    const int64_t j = L + r - h0;  // the routing head's block of q_, k_
     qn_[r] = Tensor::empty({N, D_}, DType::f32, ctx_);
     kn[r] = Tensor::empty({N, D_}, DType::f32, ctx_);
     qn_mean_[r] = Tensor::empty({N}, DType::f32, ctx_);
     qn_rstd_[r] = Tensor::empty({N}, DType::f32, ctx_);
     Tensor km = Tensor::empty({N}, DType::f32, ctx_), kr = Tensor::empty({N}, DType::f32, ctx_);
-    ops::layernorm_forward(ctx_, {qn_[r], qn_mean_[r], qn_rstd_[r], q_.rows(h, h + 1).reshape({N, D_}), Tensor(), Tensor()});
-    ops::layernorm_forward(ctx_, {kn[r], km, kr, k_.rows(h, h + 1).reshape({N, D_}), Tensor(), Tensor()});
+    ops::layernorm_forward(ctx_, {qn_[r], qn_mean_[r], qn_rstd_[r], q_.rows(j, j + 1).reshape({N, D_}), Tensor(), Tensor()});
+    ops::layernorm_forward(ctx_, {kn[r], km, kr, k_.rows(j, j + 1).reshape({N, D_}), Tensor(), Tensor()});
     ops::Centroids& c = (*centroids_)[r];
     if (!c.initialized) {
       SY_CHECK(calibrating_ && !training_,
@@ -155,10 +158,10 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   // bf16 routing heads: q, k, v rounded once, the packed tensor-core path per
   // head, o widened after the loop (o16_ is what backward reads).
   if (bf16_routed()) {
-    q16_ = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
-    k16_ = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
-    v16_ = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
-    o16_ = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
+    q16_ = Tensor::empty({Hs, N, D_}, DType::bf16, ctx_);
+    k16_ = Tensor::empty({Hs, N, D_}, DType::bf16, ctx_);
+    v16_ = Tensor::empty({Hs, N, D_}, DType::bf16, ctx_);
+    o16_ = Tensor::empty({Hs, N, D_}, DType::bf16, ctx_);
     ops::to_bf16(ctx_, q16_, q_);
     ops::to_bf16(ctx_, k16_, k_);
     ops::to_bf16(ctx_, v16_, v_);
@@ -166,10 +169,11 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   const Tensor &qa = bf16_routed() ? q16_ : q_, &ka = bf16_routed() ? k16_ : k_, &va = bf16_routed() ? v16_ : v_;
   Tensor& oa = bf16_routed() ? o16_ : o_;
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = routed() ? L : 0; h < H_; ++h) {
-      const Tensor q = head(qa, h, b, T), k = head(ka, h, b, T), v = head(va, h, b, T);
-      Tensor o = head(oa, h, b, T);
-      Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T, (b + 1) * T);
+    for (int64_t h = h0; h < H_; ++h) {
+      const int64_t j = h - h0;
+      const Tensor q = head(qa, j, b, T), k = head(ka, j, b, T), v = head(va, j, b, T);
+      Tensor o = head(oa, j, b, T);
+      Tensor lse = lse_.rows(j, j + 1).reshape({N}).rows(b * T, (b + 1) * T);
       ops::KeySets& ks = keys_[h * B + b];
       if (!routed()) {
         ks = ops::block_topk_keysets(ctx_, q, k, cfg_.block_size(), cfg_.topk_blocks());
@@ -200,12 +204,8 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   stats_.commitment_loss = assigned > 0 ? cfg_.commitment_coef() * commit / assigned : 0;
   commit_count_ = assigned;
   flops_ = 2.0 * N * C_ * 4.0 * C_ + 4.0 * pairs * D_;
-  const int64_t h0 = routed() ? L : 0;  // the heads attended one at a time above
-  if (bf16_routed()) {
-    Tensor o_rows = o_.rows(h0, H_);
-    ops::to_f32(ctx_, o_rows, o16_.rows(h0, H_));
-  }
-  if (h0 < H_) ops::merge_heads(ctx_, y, o_.rows(h0, H_), h0 * D_);
+  if (bf16_routed()) ops::to_f32(ctx_, o_, o16_);
+  if (Hs > 0) ops::merge_heads(ctx_, y, o_, h0 * D_);
   y_ = y;
   return proj_.forward(y);
 }
@@ -232,31 +232,32 @@ double SparseSelfAttention::update_centroids() {
 }
 
 Tensor SparseSelfAttention::backward(const Tensor& dy) {
-  const int64_t N = B_ * T_, L = H_ - R_;
+  const int64_t N = B_ * T_, L = H_ - R_, h0 = first_head(), Hs = H_ - h0;
   const Tensor dyatt = proj_.backward(dy);
-  Tensor dout = Tensor::empty({H_, N, D_}, DType::f32, ctx_);
-  ops::split_heads(ctx_, dout, dyatt, 0);
-  Tensor dq = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
-  Tensor dk = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
-  Tensor dv = Tensor::zeros({H_, N, D_}, DType::f32, ctx_);
+  Tensor dout = Tensor::empty({Hs, N, D_}, DType::f32, ctx_);
+  ops::split_heads(ctx_, dout, dyatt, h0 * D_);
+  Tensor dq = Tensor::zeros({Hs, N, D_}, DType::f32, ctx_);
+  Tensor dk = Tensor::zeros({Hs, N, D_}, DType::f32, ctx_);
+  Tensor dv = Tensor::zeros({Hs, N, D_}, DType::f32, ctx_);
   // bf16 routing heads: dout rounded, gradients in bf16 from zero, widened after the loop.
   Tensor dout16, dq16, dk16, dv16;
   if (bf16_routed()) {
-    dout16 = Tensor::empty({H_, N, D_}, DType::bf16, ctx_);
+    dout16 = Tensor::empty({Hs, N, D_}, DType::bf16, ctx_);
     ops::to_bf16(ctx_, dout16, dout);
-    dq16 = Tensor::zeros({H_, N, D_}, DType::bf16, ctx_);
-    dk16 = Tensor::zeros({H_, N, D_}, DType::bf16, ctx_);
-    dv16 = Tensor::zeros({H_, N, D_}, DType::bf16, ctx_);
+    dq16 = Tensor::zeros({Hs, N, D_}, DType::bf16, ctx_);
+    dk16 = Tensor::zeros({Hs, N, D_}, DType::bf16, ctx_);
+    dv16 = Tensor::zeros({Hs, N, D_}, DType::bf16, ctx_);
   }
   const bool b16 = bf16_routed();
   for (int64_t b = 0; b < B_; ++b)
-    for (int64_t h = routed() ? L : 0; h < H_; ++h) {
-      Tensor dqh = head(b16 ? dq16 : dq, h, b, T_), dkh = head(b16 ? dk16 : dk, h, b, T_),
-             dvh = head(b16 ? dv16 : dv, h, b, T_);
-      const Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T_, (b + 1) * T_);
-      const Tensor douth = head(b16 ? dout16 : dout, h, b, T_), oh = head(b16 ? o16_ : o_, h, b, T_),
-                   qh = head(b16 ? q16_ : q_, h, b, T_), kh = head(b16 ? k16_ : k_, h, b, T_),
-                   vh = head(b16 ? v16_ : v_, h, b, T_);
+    for (int64_t h = h0; h < H_; ++h) {
+      const int64_t j = h - h0;
+      Tensor dqh = head(b16 ? dq16 : dq, j, b, T_), dkh = head(b16 ? dk16 : dk, j, b, T_),
+             dvh = head(b16 ? dv16 : dv, j, b, T_);
+      const Tensor lse = lse_.rows(j, j + 1).reshape({N}).rows(b * T_, (b + 1) * T_);
+      const Tensor douth = head(b16 ? dout16 : dout, j, b, T_), oh = head(b16 ? o16_ : o_, j, b, T_),
+                   qh = head(b16 ? q16_ : q_, j, b, T_), kh = head(b16 ? k16_ : k_, j, b, T_),
+                   vh = head(b16 ? v16_ : v_, j, b, T_);
       if (routed() && h >= L)
         ops::routed_attention_backward(ctx_, {dqh, dkh, dvh, douth, oh, lse, qh, kh, vh, keys_[h * B_ + b],
                                               clusters_[(h - L) * B_ + b]});
@@ -272,7 +273,7 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
   // parameter-free layer norm).
   if (cfg_.commitment_coef() > 0 && commit_count_ > 0)
     for (int64_t r = 0; r < R_; ++r) {
-      const int64_t h = L + r;
+      const int64_t j = L + r - h0;
       const ops::Centroids& c = (*centroids_)[r];
       const float scale = static_cast<float>(2.0 * cfg_.commitment_coef() / (commit_count_ * D_));
       Tensor dqn = Tensor::zeros({N, D_}, DType::f32, ctx_);
@@ -280,17 +281,20 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
         Tensor dqnb = dqn.rows(b * T_, (b + 1) * T_);
         ops::commitment_backward(ctx_, dqnb, qn_[r].rows(b * T_, (b + 1) * T_), clusters_[r * B_ + b], c, scale);
       }
-      Tensor dqh = dq.rows(h, h + 1).reshape({N, D_});
+      Tensor dqh = dq.rows(j, j + 1).reshape({N, D_});
       Tensor dlq = Tensor::zeros({N, D_}, DType::f32, ctx_);
-      ops::layernorm_backward(ctx_, {dlq, nullptr, nullptr, dqn, q_.rows(h, h + 1).reshape({N, D_}), Tensor(),
+      ops::layernorm_backward(ctx_, {dlq, nullptr, nullptr, dqn, q_.rows(j, j + 1).reshape({N, D_}), Tensor(),
                                      qn_mean_[r], qn_rstd_[r]});
       ops::add_into(ctx_, dqh, dlq);
     }
-  Tensor dqkv = Tensor::empty({N, 3 * C_}, DType::f32, ctx_);
-  ops::merge_heads(ctx_, dqkv, dq, 0);
-  ops::merge_heads(ctx_, dqkv, dk, C_);
-  ops::merge_heads(ctx_, dqkv, dv, 2 * C_);
-  // The local heads' gradients add onto their (zero) columns.
+  // Heads [h0, H) merged into their columns; the local heads' columns start at
+  // zero and their gradients add onto them.
+  Tensor dqkv = h0 > 0 ? Tensor::zeros({N, 3 * C_}, DType::f32, ctx_) : Tensor::empty({N, 3 * C_}, DType::f32, ctx_);
+  if (Hs > 0) {
+    ops::merge_heads(ctx_, dqkv, dq, h0 * D_);
+    ops::merge_heads(ctx_, dqkv, dk, C_ + h0 * D_);
+    ops::merge_heads(ctx_, dqkv, dv, 2 * C_ + h0 * D_);
+  }
   if (routed() && L > 0) {
     Tensor dqkv3 = dqkv.reshape({B_, T_, 3 * C_});
     if (opt_.bf16) {  // from zero in bf16, then added onto the local heads' (zero) columns

@@ -92,6 +92,9 @@ class SparseSelfAttention : public SelfAttention {
 
  private:
   bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }
+  // Heads [first_head(), H) attend one head at a time (the routing heads; every
+  // head of BLOCK_TOPK); q_, k_, v_, o_, lse_ hold those heads only.
+  int64_t first_head() const { return routed() ? H_ - R_ : 0; }
   // opt_.bf16 (precision BF16, head dim 64 or 128) runs the local heads on the
   // bf16 tensor-core kernels, and the routing heads too in causal mode (one
   // cluster per token: ops/routed_attention.h's bf16 path); balanced routing
@@ -117,8 +120,9 @@ class SparseSelfAttention : public SelfAttention {
   // saved for backward
   int64_t B_ = 0, T_ = 0;
   Tensor positions_;                       // i32 (B*T) or undefined (RoPE)
-  Tensor q_, k_, v_, o_;                   // (H, B*T, D): head h of sequence b is rows [b*T, (b+1)*T) of head h
-  Tensor lse_;                             // (H, B*T): the routing heads'
+  Tensor q_, k_, v_, o_;                   // (H - first_head(), B*T, D): block j is head first_head() + j,
+                                           // its rows [b*T, (b+1)*T) sequence b
+  Tensor lse_;                             // (H - first_head(), B*T)
   Tensor qkv_out_, y_, local_lse_;         // local heads: qkv (B*T, 3C), y (B*T, C), lse (B, H, T)
   Tensor qkv16_, y16_;                     // bf16: what the local heads' kernels read and wrote
   Tensor q16_, k16_, v16_, o16_;           // bf16 routing heads: what their attention read and wrote
