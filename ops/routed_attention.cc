@@ -95,12 +95,16 @@ void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
     check_shape(*t, a.q.shape(), "routed attention backward operand");
   check_shape(a.lse, {T}, "routed attention backward lse");
   check_clusters(a.clusters, T);
-  SY_CHECK(a.keys.queries() == T,
-           "routed attention backward: key sets for " << a.keys.queries() << " queries, head has " << T);
   check_dtypes("routed_attention_backward", a.clusters, {&a.q, &a.k, &a.v, &a.o, &a.dout, &a.dq, &a.dk, &a.dv},
                a.lse);
-  check_dtype(a.keys.off, DType::i64, "key set offsets");
-  check_dtype(a.keys.idx, DType::i32, "key set indices");
+  // Key sets the forward only counted (key_sets = false) go unread: CUDA's
+  // packed path walks the clusters. Otherwise they are the forward's.
+  if (a.keys.off.defined() || a.keys.counted < 0) {
+    SY_CHECK(a.keys.queries() == T,
+             "routed attention backward: key sets for " << a.keys.queries() << " queries, head has " << T);
+    check_dtype(a.keys.off, DType::i64, "key set offsets");
+    check_dtype(a.keys.idx, DType::i32, "key set indices");
+  }
   check_device(ctx, "routed_attention_backward",
                {&a.dq, &a.dk, &a.dv, &a.dout, &a.o, &a.lse, &a.q, &a.k, &a.v, &a.keys.off, &a.keys.idx,
                 &a.clusters.queries.group, &a.clusters.keys.group});

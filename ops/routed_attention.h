@@ -40,7 +40,8 @@
 // sums in position order; the attention: causal mode on the tiled varlen
 // flash kernels, one segment per cluster (ops/cuda/routed_pack.h), otherwise
 // per cluster row, merged per token in cluster order
-// (ops/cuda/routed_attention_rows.h); f32 only; no atomics).
+// (ops/cuda/routed_attention_rows.h); f32, and bf16 on the causal packed
+// path; no atomics).
 // kmeans_init, once per run on the warm-up batch, runs the CPU reference on a
 // host copy and writes the centroids back to the device.
 #pragma once
@@ -68,7 +69,8 @@ struct ClusterParams {
 // keys in position order. assign_clusters builds them once per assignment, so
 // forward and backward share one sort; they stay empty on the CPU and where
 // the attention takes another path (clusters made without assign_clusters
-// are packed by the attention itself).
+// are packed by the attention itself). Both routes must keep each cluster's
+// members in position order (slots by position, as assign_clusters' do).
 struct ClusterSegments {
   Tensor seg;                          // i32 (K + 1): segment c is rows [seg[c], seg[c+1])
   Tensor row_token, is_query, is_key;  // i32 (rows): a row's token, and whether it is a query, a key
@@ -115,6 +117,12 @@ struct RoutedAttentionArgs {
   const Tensor& k;
   const Tensor& v;
   const Clusters& clusters;
+  // false: the caller reads only keys.pairs() and hands keys to backward
+  // unread. A backend whose backward walks the clusters instead (CUDA's
+  // packed path: causal clusters) then counts the pairs (keys.counted, one
+  // number copied back) and builds no index lists (T^2 / 2K of them); the
+  // CPU, whose backward walks them, builds them either way.
+  bool key_sets = true;
 };
 
 // Gradients of the forward's o (dout) w.r.t. q, k, v; dq, dk, dv accumulate.

@@ -24,8 +24,11 @@ namespace sy::ops {
 struct KeySets {
   Tensor off;  // i64 (T+1)
   Tensor idx;  // i32 (pairs)
+  // The pairs, where only they were counted and off, idx were left undefined
+  // (routed attention's forward with key_sets = false); -1 otherwise.
+  int64_t counted = -1;
   int64_t queries() const { return off.defined() ? off.numel() - 1 : 0; }
-  int64_t pairs() const { return idx.defined() ? idx.numel() : 0; }
+  int64_t pairs() const { return idx.defined() ? idx.numel() : (counted > 0 ? counted : 0); }
 };
 
 // Builds KeySets on the host, query by query.

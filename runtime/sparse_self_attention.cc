@@ -184,7 +184,7 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
         ops::Clusters& cl = clusters_[r * B + b];
         const ops::Centroids& c = (*centroids_)[r];
         ops::assign_clusters(ctx_, cl, qn, knb, c, cp);
-        ops::routed_attention_forward(ctx_, {o, lse, ks, q, k, v, cl});
+        ops::routed_attention_forward(ctx_, {o, lse, ks, q, k, v, cl, /*key_sets=*/false});  // pairs() only
         if (training_) ops::accumulate_cluster_stats(ctx_, pending_[r], qn, knb, cl);
         for (int32_t n : cl.queries.host_count()) {
           if (n > 0) sizes += n, ++nonempty;

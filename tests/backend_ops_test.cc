@@ -1254,6 +1254,40 @@ TEST_P(BackendOps, AttentionBf16AgreesWithTheCpuOnRoundedInputs) {
   }
 }
 
+// key_sets = false (what the layer and bench_attention ask for): the same o,
+// lse and gradients bit for bit, and the same pair count - counted alone on
+// CUDA's packed path (no index lists; backward walks the segments), the
+// full key sets on the CPU (its backward walks them).
+TEST_P(BackendOps, RoutedAttentionCountsPairsWhenKeySetsAreNotWanted) {
+  Ctx& x = ctx();
+  const RoutedSpec spec{"causal_d64", 200, 7, 64, ops::ClusterParams{}, false};
+  Rng rng(0xc0);
+  const Ins h = routed_inputs(spec, rng);
+  std::vector<Tensor> in;
+  for (const Tensor& t : h) in.push_back(t.to(x));
+  const int64_t T = spec.T, D = spec.D;
+  const ops::Clusters cl{route_from(in[4], in[5], in[6], T), route_from(in[7], in[8], in[9], T)};
+  std::vector<Tensor> res[2];
+  int64_t pairs[2];
+  for (int want_sets = 0; want_sets < 2; ++want_sets) {
+    Tensor o = out(x, {T, D}), lse = out(x, {T});
+    Tensor dq = Tensor::zeros({T, D}, DType::f32, x), dk = Tensor::zeros({T, D}, DType::f32, x),
+           dv = Tensor::zeros({T, D}, DType::f32, x);
+    ops::KeySets ks;
+    ops::routed_attention_forward(x, {o, lse, ks, in[0], in[1], in[2], cl, want_sets == 1});
+    ops::routed_attention_backward(x, {dq, dk, dv, in[3], o, lse, in[0], in[1], in[2], ks, cl});
+    pairs[want_sets] = ks.pairs();
+    if (want_sets == 0 && GetParam() == DeviceKind::cuda) {
+      EXPECT_FALSE(ks.idx.defined()) << "CUDA's packed path built the index lists anyway";
+      EXPECT_EQ(ks.counted, ks.pairs());
+    }
+    res[want_sets] = {o.to(host_ctx()), lse.to(host_ctx()), dq.to(host_ctx()), dk.to(host_ctx()), dv.to(host_ctx())};
+  }
+  EXPECT_GT(pairs[1], T);
+  EXPECT_EQ(pairs[0], pairs[1]);
+  for (size_t i = 0; i < res[0].size(); ++i) EXPECT_TRUE(bitwise_equal(res[0][i], res[1][i])) << "output " << i;
+}
+
 // Routed attention on bf16 tensors (causal clusters, head dims 64 and 128:
 // the packed path on the tensor-core varlen kernels) against the CPU's f32
 // reference on the bf16-rounded inputs, class B; the key sets exactly; two

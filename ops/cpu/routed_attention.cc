@@ -152,6 +152,8 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
 
 // The gradient of attention over the union key sets the forward saved.
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
+  SY_CHECK(a.keys.off.defined(), "routed_attention_backward: the CPU walks the forward's key sets, and these were "
+                                 "only counted (a CUDA forward with key_sets = false)");
   if (a.q.dtype() == DType::bf16) {
     auto f32 = [](const Tensor& t) { return t.to(DType::f32); };
     Tensor dq = f32(a.dq), dk = f32(a.dk), dv = f32(a.dv);

@@ -350,7 +350,9 @@ routed::CausalRoutes causal_routes(const Clusters& cl, const ClusterSegments& s)
 ClusterSegments pack(Ctx& ctx, const Clusters& cl) {
   const Route &qr = cl.queries, &kr = cl.keys;
   const int64_t T = qr.num_items, K = cl.num();
-  SY_CHECK(T < (int64_t{1} << 30), "routed attention: " << T << " tokens (packed entries are 32-bit)");
+  SY_CHECK(T < (int64_t{1} << 29), "routed attention: " << T << " tokens (packed rows up to 2T, 32-bit)");
+  SY_CHECK(static_cast<int64_t>(qr.host_offset.size()) == K + 1 && static_cast<int64_t>(kr.host_offset.size()) == K + 1,
+           "routed attention: routes without host offsets for their " << K << " clusters");
   ClusterSegments s;
   s.kitem = members(ctx, kr).item;
   s.rows = qr.rows() + kr.rows();
@@ -413,7 +415,15 @@ Tensor gather_qkv(Ctx& ctx, const ClusterSegments& s, const Tensor& q, const Ten
 }
 
 // The clusters' segments: assign_clusters' where it made them, else packed here.
-ClusterSegments segments_of(Ctx& ctx, const Clusters& cl) { return cl.segments.defined() ? cl.segments : pack(ctx, cl); }
+ClusterSegments segments_of(Ctx& ctx, const Clusters& cl) {
+  if (!cl.segments.defined()) return pack(ctx, cl);
+  const ClusterSegments& s = cl.segments;
+  SY_CHECK(s.seg.numel() == cl.num() + 1 && s.qrow.numel() == cl.queries.num_items &&
+               s.rows == cl.queries.rows() + cl.keys.rows(),
+           "routed attention: the clusters' segments were packed from other routes (set a route, then assign or "
+           "clear segments)");
+  return s;
+}
 
 template <class E>
 void packed_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
@@ -428,9 +438,19 @@ void packed_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
                                        elems<E>(out), lse.data<float>(), D, 1.f / std::sqrt(static_cast<float>(D)),
                                        elems<E>(a.o), a.lse.data<float>()});
   // The key sets: sizes, offsets on the host (the one copy back: the pair
-  // count sizes idx), then each query's keys in position order.
+  // count sizes idx), then each query's keys in position order. Only their
+  // count where the caller wants no more (backward walks the segments).
   const routed::CausalRoutes r = causal_routes(a.clusters, s);
-  Tensor pairs = Tensor::empty({T}, DType::i64, ctx), unused = Tensor::empty({T}, DType::i32, ctx);
+  Tensor unused = Tensor::empty({T}, DType::i32, ctx);
+  if (!a.key_sets) {
+    Tensor sizes = Tensor::empty({T}, DType::f64, ctx);
+    run(T, routed::KeyCounts{r, unused.data<int32_t>(), nullptr, sizes.data<double>()});
+    KeySets ks;
+    ks.counted = static_cast<int64_t>(sum_f64_to_host(ctx, sizes.data<double>(), T));  // exact below 2^53
+    a.keys = ks;
+    return;
+  }
+  Tensor pairs = Tensor::empty({T}, DType::i64, ctx);
   run(T, routed::KeyCounts{r, unused.data<int32_t>(), pairs.data<int64_t>()});
   const std::vector<int64_t> off = routed::key_offsets(download(ctx, pairs.data<int64_t>(), T));
   KeySets ks;

@@ -155,12 +155,14 @@ struct GatherQKV {
 // Token t: keys_up_to(t) (for the scatter and the lone test) and its key set's size.
 struct KeyCounts {
   CausalRoutes r;
-  int32_t* n;       // (T)
-  int64_t* pairs;   // (T) or null
+  int32_t* n;                  // (T)
+  int64_t* pairs;              // (T) or null
+  double* pairs_f64 = nullptr;  // (T) or null: the same, for a fixed-order sum
   SY_HD void operator()(int64_t t) const {
     const int64_t c = r.keys_up_to(t);
     n[t] = static_cast<int32_t>(c);
     if (pairs) pairs[t] = key_set_size(c);
+    if (pairs_f64) pairs_f64[t] = static_cast<double>(key_set_size(c));
   }
 };
 
