@@ -32,10 +32,11 @@
 // time, both medians of the same runs. "x dense", "of dense": against our
 // dense causal kernel at the same n and pass, bf16 on a GPU (the fastest we
 // have), f32 on the CPU. Dtypes: every method is tried in bf16 too on a GPU;
-// a method without a bf16 kernel (today: routed, local, block; f32 only) gets
-// one "not run" row. "x SDPA": against PyTorch SDPA (causal, bf16) at the
-// same n and pass, read from torch_attention.py's JSON (--sdpa), whose rows
-// are shown too. #wrong: at the smallest n only, output elements (o; and
+// a method without a bf16 kernel (today: routed balanced, local key sets,
+// block top-k; f32 only) gets one "not run" row; routed causal runs bf16 on
+// the tensor-core varlen kernels, its clusters chosen from f32 q and k.
+// "x SDPA": against PyTorch SDPA (causal, bf16) at the same n and pass, read
+// from torch_attention.py's JSON (--sdpa), whose rows are shown too. #wrong: at the smallest n only, output elements (o; and
 // dq, dk, dv for forward + backward) off the CPU reference beyond the
 // tolerance class (f32 1e-4, bf16 2e-2 / 5e-2 relative, with an rms floor, as
 // bench_ops); routed rows run the CPU on the device's clusters, and their
@@ -506,7 +507,8 @@ int main(int argc, char** argv) {
               m.forward = [&] {
                 for (int64_t h = 0; h < H; ++h) {
                   Tensor oh = head(o, h), lh = head(lse, h);
-                  sy::ops::routed_attention_forward(ctx, {oh, lh, ks[h], head(q, h), head(k, h), head(v, h), cl[h]});
+                  sy::ops::routed_attention_forward(
+                      ctx, {oh, lh, ks[h], head(q, h), head(k, h), head(v, h), cl[h], /*key_sets=*/false});
                 }
               };
               m.backward = [&] {
