@@ -63,7 +63,7 @@ struct HostPack {
                                                  [&](uint64_t x) { return int64_t(x >> pos_bits) >= s; }) -
                                     sorted_key.begin());
     run(R, routed::PackRows{r, b});
-    run(T, routed::KeyCounts{r, n.data(), nullptr});
+    run(T, routed::KeyCounts{r, n.data()});
   }
 
   // The pairs the varlen mask allows, as key sets over the packed rows.
@@ -130,11 +130,12 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
   EXPECT_LE(rel_l2(got_o, o), 1e-5) << "o";
   testing::expect_lse(got_lse, lse);
   std::vector<int64_t> sizes(T, -7);
-  std::vector<int32_t> n(T, -7);
-  run(T, routed::KeyCounts{p.r, n.data(), sizes.data()});
+  std::vector<double> sizes_f64(T, -7);
+  run(T, routed::KeySetSizes{p.n.data(), sizes.data(), sizes_f64.data()});
   const std::vector<int64_t> off = routed::key_offsets(sizes);
   std::vector<int32_t> idx(off.back(), -7);
-  run(T, routed::FillCausalKeys{p.r, n.data(), off.data(), idx.data()});
+  run(T, routed::FillCausalKeys{p.r, p.n.data(), off.data(), idx.data()});
+  for (int64_t t = 0; t < T; ++t) EXPECT_EQ(sizes_f64[t], static_cast<double>(sizes[t]));
   EXPECT_EQ(off, ks.off.to_vector<int64_t>()) << "key set offsets";
   EXPECT_EQ(idx, ks.idx.to_vector<int32_t>()) << "key set indices";
 

@@ -384,7 +384,7 @@ ClusterSegments pack(Ctx& ctx, const Clusters& cl) {
   radix_sort_pairs(ctx, key_p, sorted_p, b.entry, sorted_entry.data<int32_t>(), 2 * T, 0, pos_bits + bits_for(K + 1));
   segment_starts(ctx, sorted_p, 2 * T, pos_bits, K, s.seg.data<int32_t>());
   run(s.rows, routed::PackRows{r, b});
-  run(T, routed::KeyCounts{r, s.keys_up_to.data<int32_t>(), nullptr});
+  run(T, routed::KeyCounts{r, s.keys_up_to.data<int32_t>()});
   return s;
 }
 
@@ -440,18 +440,17 @@ void packed_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   // The key sets: sizes, offsets on the host (the one copy back: the pair
   // count sizes idx), then each query's keys in position order. Only their
   // count where the caller wants no more (backward walks the segments).
-  const routed::CausalRoutes r = causal_routes(a.clusters, s);
-  Tensor unused = Tensor::empty({T}, DType::i32, ctx);
   if (!a.key_sets) {
     Tensor sizes = Tensor::empty({T}, DType::f64, ctx);
-    run(T, routed::KeyCounts{r, unused.data<int32_t>(), nullptr, sizes.data<double>()});
+    run(T, routed::KeySetSizes{n, nullptr, sizes.data<double>()});
     KeySets ks;
     ks.counted = static_cast<int64_t>(sum_f64_to_host(ctx, sizes.data<double>(), T));  // exact below 2^53
     a.keys = ks;
     return;
   }
+  const routed::CausalRoutes r = causal_routes(a.clusters, s);
   Tensor pairs = Tensor::empty({T}, DType::i64, ctx);
-  run(T, routed::KeyCounts{r, unused.data<int32_t>(), pairs.data<int64_t>()});
+  run(T, routed::KeySetSizes{n, pairs.data<int64_t>(), nullptr});
   const std::vector<int64_t> off = routed::key_offsets(download(ctx, pairs.data<int64_t>(), T));
   KeySets ks;
   ks.off = upload(ctx, off);

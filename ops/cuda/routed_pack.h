@@ -24,7 +24,8 @@
 //   gather    packed row r = [q | k | v] of its token (every row, so the
 //             kernels never read an unwritten value, even where masked)
 //   keys      n(t) = keys of cq(t) at positions <= t, by a binary search in
-//             the key route's rows (position order): the key set's size
+//             the key route's rows (position order); the key set's size is
+//             n(t), or 1 (itself) for n(t) = 0, or 0 for a token in no cluster
 //   scatter   o_t, lse_t from t's query row; a member with n(t) = 0 attends
 //             to itself (o = v_t, lse = q_t . k_t / sqrt(D)); a token in no
 //             cluster gets o = 0, lse = -inf (ops/routed_attention.h)
@@ -152,17 +153,21 @@ struct GatherQKV {
   }
 };
 
-// Token t: keys_up_to(t) (for the scatter and the lone test) and its key set's size.
+// Token t: keys_up_to(t), for the scatter and the lone test.
 struct KeyCounts {
   CausalRoutes r;
-  int32_t* n;                  // (T)
-  int64_t* pairs;              // (T) or null
-  double* pairs_f64 = nullptr;  // (T) or null: the same, for a fixed-order sum
+  int32_t* n;  // (T)
+  SY_HD void operator()(int64_t t) const { n[t] = static_cast<int32_t>(r.keys_up_to(t)); }
+};
+
+// Token t: the size of its key set from n = keys_up_to.
+struct KeySetSizes {
+  const int32_t* n;
+  int64_t* pairs;     // (T) or null
+  double* pairs_f64;  // (T) or null: the same, for a fixed-order sum
   SY_HD void operator()(int64_t t) const {
-    const int64_t c = r.keys_up_to(t);
-    n[t] = static_cast<int32_t>(c);
-    if (pairs) pairs[t] = key_set_size(c);
-    if (pairs_f64) pairs_f64[t] = static_cast<double>(key_set_size(c));
+    if (pairs) pairs[t] = key_set_size(n[t]);
+    if (pairs_f64) pairs_f64[t] = static_cast<double>(key_set_size(n[t]));
   }
 };
 
