@@ -15,7 +15,10 @@
 // with bf16() round to nearest even (core/dtype.h). A product of two bf16
 // numbers is exact in fp32, so the CPU (which widens the rounded operands and
 // calls sgemm) and cuBLASLt (bf16 inputs, CUBLAS_COMPUTE_32F) differ only in
-// the order of the fp32 sums: tolerance class B.
+// the order of the fp32 sums: tolerance class B. The forward can hand back
+// bf16(x) (x_bf16), and backward takes x as that bf16 tensor: its dW then
+// reads the forward's rounding instead of rounding x again (the same values,
+// one pass over x fewer, and 2 bytes a value kept instead of 4).
 #pragma once
 #include "core/tensor.h"
 
@@ -29,6 +32,7 @@ struct MatmulArgs {
   bool accumulate = false;
   bool w_transposed = false;
   const Tensor* w_bf16 = nullptr;  // bf16 mode: W's bf16 shadow
+  Tensor* x_bf16 = nullptr;        // bf16 mode, out (optional): bf16(x), (N, K) bf16
 };
 
 struct MatmulBackwardArgs {
@@ -36,7 +40,7 @@ struct MatmulBackwardArgs {
   Tensor* dw;
   Tensor* db;
   const Tensor& dy;
-  const Tensor& x;
+  const Tensor& x;  // f32; in bf16 mode also bf16 (the forward's x_bf16)
   const Tensor& w;
   bool w_transposed = false;
   const Tensor* w_bf16 = nullptr;  // bf16 mode: W's bf16 shadow

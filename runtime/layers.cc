@@ -20,14 +20,17 @@ Linear::Linear(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t in, in
 Linear::Linear(Ctx& ctx, Param* shared) : ctx_(ctx), w_(shared), transposed_(true) {}
 
 Tensor Linear::forward(const Tensor& x) {
-  x_ = x;
   Tensor y = Tensor::empty({x.dim(0), out()}, DType::f32, ctx_);
-  ops::matmul_forward(ctx_, {y, x, w_->value, b_ ? b_->value : Tensor(), false, transposed_, shadow()});
+  // bf16 mode keeps x as the GEMM read it, bf16(x): what dW needs, in half the bytes.
+  Tensor x16;
+  ops::matmul_forward(ctx_, {y, x, w_->value, b_ ? b_->value : Tensor(), false, transposed_, shadow(),
+                             shadow() ? &x16 : nullptr});
+  x_ = shadow() ? x16 : x;
   return y;
 }
 
 Tensor Linear::backward(const Tensor& dy) {
-  Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);
+  Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);  // (x_ may be bf16: dx is f32)
   ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value, transposed_, shadow()});
   return dx;
 }

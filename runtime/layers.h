@@ -36,7 +36,7 @@ class Linear {
   Param* w_;
   Param* b_ = nullptr;
   bool transposed_ = false;
-  Tensor x_;
+  Tensor x_;  // saved for backward: x, or bf16(x) in bf16 mode
 };
 
 // A block's normalisation (model.norm): LayerNorm (w, b) or RMSNorm (w only).

@@ -1443,6 +1443,35 @@ TEST_P(BackendOps, VarlenMemberAttentionAgreesWithSparseAttentionOverItsKeySets)
 #endif
 }
 
+// bf16 mode: the forward hands back bf16(x) and backward takes it as x (what
+// Linear keeps): y, dx, dW, db bit for bit those of rounding x again in
+// backward, on each backend; x_bf16 is bf16(x) exactly. Plain and transposed
+// W, an odd shape and one large enough for the tensor-core tiles.
+TEST_P(BackendOps, MatmulBf16BackwardReusesTheForwardsRounding) {
+  Ctx& x = ctx();
+  for (const auto& [N, K, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 24, 19}, {300, 256, 384}})
+    for (const bool tw : {false, true}) {
+      SCOPED_TRACE(std::to_string(N) + "x" + std::to_string(K) + "x" + std::to_string(M) + (tw ? " W^T" : ""));
+      Rng rng(0x16 + N);
+      const Tensor xin = randn({N, K}, rng).to(x), w = randn(tw ? Shape{M, K} : Shape{K, M}, rng).to(x),
+                   b = randn({M}, rng).to(x), dy = randn({N, M}, rng).to(x);
+      Tensor w16 = out(x, w.shape(), DType::bf16);
+      ops::to_bf16(x, w16, w);
+      std::vector<Tensor> res[2];
+      Tensor x16;
+      for (int reuse = 0; reuse < 2; ++reuse) {
+        Tensor y = out(x, {N, M}), dx = Tensor::zeros({N, K}, DType::f32, x), dw = Tensor::zeros(w.shape(), DType::f32, x),
+               db = Tensor::zeros({M}, DType::f32, x);
+        ops::matmul_forward(x, {y, xin, w, b, false, tw, &w16, reuse ? &x16 : nullptr});
+        ops::matmul_backward(x, {&dx, &dw, &db, dy, reuse ? x16 : xin, w, tw, &w16});
+        res[reuse] = {y.to(host_ctx()), dx.to(host_ctx()), dw.to(host_ctx()), db.to(host_ctx())};
+      }
+      ASSERT_EQ(x16.dtype(), DType::bf16);
+      EXPECT_TRUE(bitwise_equal(x16.to(host_ctx()), xin.to(host_ctx()).to(DType::bf16))) << "x_bf16 is not bf16(x)";
+      for (size_t i = 0; i < 4; ++i) EXPECT_TRUE(bitwise_equal(res[0][i], res[1][i])) << "output " << i;
+    }
+}
+
 TEST_P(BackendOps, AttentionRefusesHeadDimsWithoutKernels) {
   if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "the CPU reference takes any head dim";
   Ctx& x = ctx();

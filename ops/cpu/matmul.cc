@@ -8,7 +8,13 @@ namespace sy::ops::cpu {
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   if (a.w_bf16) {
-    const Tensor x = bf16_operand(ctx, a.x), w = bf16_operand(ctx, *a.w_bf16);
+    if (a.x_bf16) {
+      *a.x_bf16 = Tensor::empty(a.x.shape(), DType::bf16, ctx);
+      const float* in = a.x.f32();
+      bf16_t* out = a.x_bf16->data<bf16_t>();
+      for (int64_t i = 0; i < a.x.numel(); ++i) out[i].bits = f32_to_bf16(in[i]);
+    }
+    const Tensor x = bf16_operand(ctx, a.x_bf16 ? *a.x_bf16 : a.x), w = bf16_operand(ctx, *a.w_bf16);
     return matmul_forward(ctx, {a.y, x, w, a.b, a.accumulate, a.w_transposed});
   }
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);

@@ -159,7 +159,9 @@ Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   const bool bf16 = a.w_bf16 != nullptr;
-  const Tensor x16 = bf16 && N > 0 ? bf16_copy(ctx, a.x) : Tensor();
+  const Tensor x16 = bf16 ? bf16_copy(ctx, a.x) : Tensor();
+  if (a.x_bf16) *a.x_bf16 = x16;
+  if (N == 0) return;
   GemmArgs g;
   g.bf16 = bf16;
   g.M = N, g.N = M, g.K = K;
@@ -177,7 +179,8 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   if (N == 0) return;
   const bool bf16 = a.w_bf16 != nullptr;
   const Tensor dy16 = bf16 && (a.dx || a.dw) ? bf16_copy(ctx, a.dy) : Tensor();
-  const Tensor x16 = bf16 && a.dw ? bf16_copy(ctx, a.x) : Tensor();
+  // x as the forward rounded it (a bf16 x), or rounded here
+  const Tensor x16 = bf16 && a.dw ? (a.x.dtype() == DType::bf16 ? a.x : bf16_copy(ctx, a.x)) : Tensor();
   const void* dy = bf16 ? dy16.raw() : static_cast<const void*>(a.dy.data<float>());
   if (a.dx) {  // dx (N, K) += dy (N, M) W^T, or dy W with W (M, K)
     GemmArgs g;
