@@ -58,6 +58,7 @@ void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   check(ctx, a.buf, a.pre, a.offset, a.layout, a.w);
+  check_dtype(a.buf, DType::f32, "expert buffer");
   check_shape(a.out, a.buf.shape(), "expert out");
   check_device(ctx, "expert_ffn_forward", {&a.out});
   SY_DISPATCH(ctx, expert_ffn_forward, ctx, a);
@@ -75,7 +76,17 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     check_shape(a.dw.b1, a.w.b1.shape(), "expert db1");
     check_shape(a.dw.b2, a.w.b2.shape(), "expert db2");
   }
-  check_device(ctx, "expert_ffn_backward", {&a.dbuf, &a.dout, &a.dw.w1, &a.dw.b1, &a.dw.w2, &a.dw.b2});
+  const bool bf16 = a.w.w1_bf16 != nullptr;
+  SY_CHECK(a.buf.dtype() == DType::f32 || (bf16 && a.buf.dtype() == DType::bf16),
+           "expert_ffn_backward: buffer is " << dtype_name(a.buf.dtype())
+                                             << "; f32, or bf16 in bf16 mode (the forward's buf_bf16)");
+  if (a.act_bf16) {
+    SY_CHECK(bf16, "expert_ffn_backward: act_bf16 without bf16 shadows");
+    check_dtype(*a.act_bf16, DType::bf16, "expert act_bf16");
+    SY_CHECK(a.act_bf16->numel() == a.layout.pre_numel(a.offset) / (a.layout.act == FfnActivation::swiglu ? 2 : 1),
+             "expert act_bf16: " << a.act_bf16->numel() << " values for this layout");
+  }
+  check_device(ctx, "expert_ffn_backward", {&a.dbuf, &a.dout, &a.dw.w1, &a.dw.b1, &a.dw.w2, &a.dw.b2, a.act_bf16});
   SY_DISPATCH(ctx, expert_ffn_backward, ctx, a);
 }
 

@@ -33,7 +33,11 @@
 // bf16 mode (w1_bf16 and w2_bf16 given: the weights' bf16 shadows): every
 // GEMM is matmul's bf16 mode (ops/matmul.h), its activation operand (buf,
 // act, dout, dpre) rounded to bf16, fp32 accumulation and outputs; pre, the
-// activation and its derivative, biases and their gradients stay fp32.
+// activation and its derivative, biases and their gradients stay fp32. The
+// forward can hand back bf16(buf) and bf16(act) (packed as act: sum_g n_g H_g
+// values); backward then takes buf as that bf16 tensor and act_bf16 for dW2,
+// instead of rounding buf again and recomputing and rounding act from pre
+// (the same values; the activation's derivative still comes from pre).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -96,17 +100,20 @@ struct ExpertFfnArgs {
   const std::vector<int32_t>& offset;
   const ExpertLayout& layout;
   ExpertWeights w;
+  Tensor* buf_bf16 = nullptr;  // bf16 mode, out (optional): bf16(buf)
+  Tensor* act_bf16 = nullptr;  // bf16 mode, out (optional): bf16(act), packed
 };
 
 struct ExpertFfnBackwardArgs {
   Tensor& dbuf;
   ExpertGrads dw;
   const Tensor& dout;
-  const Tensor& buf;
+  const Tensor& buf;  // f32; in bf16 mode also bf16 (the forward's buf_bf16)
   const Tensor& pre;
   const std::vector<int32_t>& offset;
   const ExpertLayout& layout;
   ExpertWeights w;
+  const Tensor* act_bf16 = nullptr;  // bf16 mode (optional): the forward's act_bf16
 };
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a);

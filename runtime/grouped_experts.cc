@@ -37,11 +37,17 @@ ops::ExpertWeights GroupedExperts::weights() const {
 }
 
 Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& offsets) {
-  buf_ = buf;
   offsets_ = offsets;
   pre_ = Tensor::empty({layout_.pre_numel(offsets_)}, DType::f32, ctx_);
   Tensor out = Tensor::empty({buf.dim(0), C_}, DType::f32, ctx_);
-  ops::expert_ffn_forward(ctx_, {out, pre_, buf, offsets_, layout_, weights()});
+  // bf16 mode keeps buf and act as the GEMMs read them (bf16): what backward's
+  // weight gradients need, without rounding again or recomputing act.
+  const bool bf16 = w1_->value_bf16.defined();
+  Tensor buf16;
+  act16_ = Tensor();
+  ops::expert_ffn_forward(ctx_, {out, pre_, buf, offsets_, layout_, weights(), bf16 ? &buf16 : nullptr,
+                                 bf16 ? &act16_ : nullptr});
+  buf_ = bf16 ? buf16 : buf;
   flops_ = 0;
   for (int64_t g = 0; g < layout_.groups(); ++g)
     flops_ += 2.0 * (offsets_[g + 1] - offsets_[g]) * C_ * (layout_.width(g) + layout_.hidden[g]);
@@ -49,10 +55,11 @@ Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& of
 }
 
 Tensor GroupedExperts::backward(const Tensor& dout) {
-  Tensor dbuf = Tensor::zeros(buf_.shape(), DType::f32, ctx_);
+  Tensor dbuf = Tensor::zeros(buf_.shape(), DType::f32, ctx_);  // (buf_ may be bf16: dbuf is f32)
   Tensor no_db1, no_db2;
   ops::expert_ffn_backward(ctx_, {dbuf, {w1_->grad, b1_ ? b1_->grad : no_db1, w2_->grad, b2_ ? b2_->grad : no_db2},
-                                  dout, buf_, pre_, offsets_, layout_, weights()});
+                                  dout, buf_, pre_, offsets_, layout_, weights(),
+                                  act16_.defined() ? &act16_ : nullptr});
   return dbuf;
 }
 

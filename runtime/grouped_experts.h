@@ -48,7 +48,8 @@ class GroupedExperts {
   ops::ExpertWeights weights() const;
   double flops_ = 0;
   // saved for backward
-  Tensor buf_, pre_;
+  Tensor buf_, pre_;  // buf (bf16(buf) in bf16 mode), pre
+  Tensor act16_;      // bf16 mode: bf16(act), packed as act
   std::vector<int32_t> offsets_;
 };
 

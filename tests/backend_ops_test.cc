@@ -1472,6 +1472,52 @@ TEST_P(BackendOps, MatmulBf16BackwardReusesTheForwardsRounding) {
     }
 }
 
+// The same for the expert FFNs (what GroupedExperts keeps in bf16 mode): the
+// forward's bf16(buf) and bf16(act) in backward give dbuf and every weight
+// gradient bit for bit those of rounding again and recomputing act; GELU
+// with biases (heterogeneous widths) and SwiGLU without.
+TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
+  Ctx& x = ctx();
+  for (const ops::FfnActivation act : {ops::FfnActivation::gelu, ops::FfnActivation::swiglu}) {
+    const bool swiglu = act == ops::FfnActivation::swiglu;
+    SCOPED_TRACE(swiglu ? "swiglu" : "gelu");
+    const std::vector<int32_t> offset{0, 5, 5, 12, 20};
+    const ops::ExpertLayout layout(8, {6, 12, 3, 9}, act);
+    const int64_t P = layout.total_width(), S = layout.total_hidden();
+    Rng rng(0xe16);
+    const Tensor buf = randn({20, 8}, rng).to(x), w1 = randn({8 * P}, rng, 0.3f).to(x), w2 = randn({S * 8}, rng, 0.3f).to(x),
+                 dout = randn({20, 8}, rng).to(x);
+    const Tensor b1 = swiglu ? Tensor() : randn({P}, rng).to(x), b2 = swiglu ? Tensor() : randn({4, 8}, rng).to(x);
+    Tensor w1_16 = out(x, w1.shape(), DType::bf16), w2_16 = out(x, w2.shape(), DType::bf16);
+    ops::to_bf16(x, w1_16, w1);
+    ops::to_bf16(x, w2_16, w2);
+    const ops::ExpertWeights w{w1, b1, w2, b2, &w1_16, &w2_16};
+    std::vector<Tensor> res[2];
+    Tensor buf16, act16, pre;
+    for (int reuse = 0; reuse < 2; ++reuse) {
+      Tensor o = out(x, {20, 8}), dbuf = Tensor::zeros({20, 8}, DType::f32, x);
+      pre = out(x, {layout.pre_numel(offset)});
+      Tensor dw1 = Tensor::zeros(w1.shape(), DType::f32, x), dw2 = Tensor::zeros(w2.shape(), DType::f32, x);
+      Tensor db1 = swiglu ? Tensor() : Tensor::zeros(b1.shape(), DType::f32, x),
+             db2 = swiglu ? Tensor() : Tensor::zeros(b2.shape(), DType::f32, x);
+      ops::expert_ffn_forward(x, {o, pre, buf, offset, layout, w, reuse ? &buf16 : nullptr, reuse ? &act16 : nullptr});
+      ops::expert_ffn_backward(x, {dbuf, {dw1, db1, dw2, db2}, dout, reuse ? buf16 : buf, pre, offset, layout, w,
+                                   reuse ? &act16 : nullptr});
+      res[reuse] = {o.to(host_ctx()), dbuf.to(host_ctx()), dw1.to(host_ctx()), dw2.to(host_ctx())};
+      if (!swiglu) res[reuse].insert(res[reuse].end(), {db1.to(host_ctx()), db2.to(host_ctx())});
+    }
+    EXPECT_TRUE(bitwise_equal(buf16.to(host_ctx()), buf.to(host_ctx()).to(DType::bf16))) << "buf_bf16 is not bf16(buf)";
+    EXPECT_EQ(act16.numel(), 5 * 6 + 7 * 3 + 8 * 9);
+    if (!swiglu) {  // GELU's act is packed as pre: act_bf16 = bf16(gelu(pre)), by this backend's gelu
+      Tensor a = out(x, pre.shape()), a16 = out(x, pre.shape(), DType::bf16);
+      ops::gelu_forward(x, a, pre);
+      ops::to_bf16(x, a16, a);
+      EXPECT_TRUE(bitwise_equal(act16.to(host_ctx()), a16.to(host_ctx()))) << "act_bf16 is not bf16(act)";
+    }
+    for (size_t i = 0; i < res[0].size(); ++i) EXPECT_TRUE(bitwise_equal(res[0][i], res[1][i])) << "output " << i;
+  }
+}
+
 TEST_P(BackendOps, AttentionRefusesHeadDimsWithoutKernels) {
   if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "the CPU reference takes any head dim";
   Ctx& x = ctx();

@@ -25,6 +25,13 @@ SY_VECTOR_CLONES void gelu_and_derivative(float* act, float* d, const float* pre
   for (int64_t i = 0; i < n; ++i) gelu_value_and_derivative(pre[i], act[i], d[i]);
 }
 
+// dst[at .. at + src.numel()) = bf16(src).
+void round_into(Tensor& dst, int64_t at, const Tensor& src) {
+  bf16_t* out = dst.data<bf16_t>() + at;
+  const float* in = src.f32();
+  for (int64_t i = 0; i < src.numel(); ++i) out[i].bits = f32_to_bf16(in[i]);
+}
+
 // dact *= d, element-wise.
 SY_VECTOR_CLONES void scale_by(float* dact, const float* d, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dact[i] *= d[i];
@@ -35,7 +42,14 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   const ExpertLayout& l = a.layout;
   const int64_t G = l.groups(), D = l.D;
   const bool bf16 = a.w.w1_bf16 != nullptr;
-  int64_t p0 = 0;  // expert g's block of pre
+  // bf16(buf) and bf16(act) for the caller to keep (backward reads the same values)
+  if (bf16 && a.buf_bf16) {
+    *a.buf_bf16 = Tensor::empty(a.buf.shape(), DType::bf16, ctx);
+    round_into(*a.buf_bf16, 0, a.buf);
+  }
+  if (bf16 && a.act_bf16) *a.act_bf16 = Tensor::empty({l.pre_numel(a.offset) / (l.act == FfnActivation::swiglu ? 2 : 1)},
+                                                      DType::bf16, ctx);
+  int64_t p0 = 0, a0 = 0;  // expert g's block of pre, of act
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g], P = l.width(g);
     if (n == 0) continue;
@@ -50,6 +64,8 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
       cpu::swiglu_forward(ctx, {act, pre});
     else
       cpu::gelu_forward(ctx, act, pre);
+    if (bf16 && a.act_bf16) round_into(*a.act_bf16, a0, act);
+    a0 += n * H;
     cpu::matmul_forward(ctx, {out, act, block(a.w.w2, l.w2_offset(g), {H, D}), block(a.w.b2, l.b2_offset(g), {D}),
                               false, false, bf16 ? &w2_16 : nullptr});
   }
@@ -60,6 +76,8 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
 // gelu'(pre) in one pass and dpre = dact * gelu'(pre) in place (the same
 // arithmetic as composing matmul_backward and gelu_backward on zeroed
 // buffers). SwiGLU: act = silu(g) * u, dpre = [dg | du] from swiglu_backward.
+// act is recomputed here even when the forward kept bf16(act): the GELU
+// derivative comes from the same pass, and the values are the same.
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const ExpertLayout& l = a.layout;
   const int64_t G = l.groups(), D = l.D;

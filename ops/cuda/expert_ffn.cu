@@ -14,7 +14,8 @@
 // The bracketed terms only with biases (model.bias true).
 //
 // bf16 mode (the weights' bf16 shadows given): the GEMM operands buf, act,
-// dout and dpre are rounded once each, for all experts, into bf16 scratch;
+// dout and dpre are rounded once each, for all experts, into bf16 scratch
+// (buf and act kept from the forward where the caller keeps them);
 // the weights come from the shadows; every GEMM has bf16 A and B, fp32 C and
 // bias, CUBLAS_COMPUTE_32F. pre, act, dact, dpre and the gradients are fp32.
 //
@@ -143,6 +144,7 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   const bool bf16 = a.w.w1_bf16 != nullptr;
   const bool bias = a.w.b1.defined();
   const Tensor buf = operand(ctx, bf16, a.buf);
+  if (bf16 && a.buf_bf16) *a.buf_bf16 = buf;
   const Tensor& w1 = bf16 ? *a.w.w1_bf16 : a.w.w1;
   const Tensor& w2 = bf16 ? *a.w.w2_bf16 : a.w.w2;
   const float *b1 = bias ? a.w.b1.data<float>() : nullptr, *b2 = bias ? a.w.b2.data<float>() : nullptr;
@@ -157,6 +159,7 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
     p0 += n * P;
   }
   const Tensor act = operand(ctx, bf16, activation(ctx, l, a.offset, a.pre));
+  if (bf16 && a.act_bf16) *a.act_bf16 = act;
   int64_t a0 = 0;  // expert g's block of the packed act
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
@@ -174,14 +177,16 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const bool bf16 = a.w.w1_bf16 != nullptr;
   const bool bias = a.w.b1.defined();
   const float* dout = a.dout.data<float>();
-  const Tensor buf_op = operand(ctx, bf16, a.buf), dout_op = operand(ctx, bf16, a.dout);
+  // buf and act as the forward rounded them where it kept them (a bf16 buf,
+  // act_bf16), else rounded (act recomputed from pre) here
+  const Tensor buf_op = a.buf.dtype() == DType::bf16 ? a.buf : operand(ctx, bf16, a.buf),
+               dout_op = operand(ctx, bf16, a.dout);
   const Tensor& w1 = bf16 ? *a.w.w1_bf16 : a.w.w1;
   const Tensor& w2 = bf16 ? *a.w.w2_bf16 : a.w.w2;
   float *dw1 = a.dw.w1.data<float>(), *dw2 = a.dw.w2.data<float>();
   float *db1 = bias ? a.dw.b1.data<float>() : nullptr, *db2 = bias ? a.dw.b2.data<float>() : nullptr;
-  const Tensor act = activation(ctx, l, a.offset, a.pre);
-  const Tensor act_op = operand(ctx, bf16, act);
-  Tensor dact = Tensor::empty(act.shape(), DType::f32, ctx);
+  const Tensor act_op = a.act_bf16 ? *a.act_bf16 : operand(ctx, bf16, activation(ctx, l, a.offset, a.pre));
+  Tensor dact = Tensor::empty({act_numel(l, a.offset)}, DType::f32, ctx);
   int64_t a0 = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
