@@ -47,7 +47,7 @@ Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& of
   act16_ = Tensor();
   ops::expert_ffn_forward(ctx_, {out, pre_, buf, offsets_, layout_, weights(), bf16 ? &buf16 : nullptr,
                                  bf16 ? &act16_ : nullptr});
-  buf_ = bf16 ? buf16 : buf;
+  buf_ = buf16.defined() ? buf16 : buf;  // (an empty buffer may come back without its bf16 copy)
   flops_ = 0;
   for (int64_t g = 0; g < layout_.groups(); ++g)
     flops_ += 2.0 * (offsets_[g + 1] - offsets_[g]) * C_ * (layout_.width(g) + layout_.hidden[g]);
