@@ -5,10 +5,12 @@
 namespace sy::ops {
 
 namespace {
-void check(Ctx& ctx, const char* op, const Tensor& y, const Tensor& x) {
+// y and x of one shape on ctx's device, y of dtype `to` and x of `from`.
+void check(Ctx& ctx, const char* op, const Tensor& y, const Tensor& x, DType to = DType::f32,
+           DType from = DType::f32) {
   check_shape(x, y.shape(), op);
-  check_dtype(y, DType::f32, op);
-  check_dtype(x, DType::f32, op);
+  check_dtype(y, to, op);
+  check_dtype(x, from, op);
   check_device(ctx, op, {&y, &x});
 }
 }  // namespace
@@ -35,18 +37,12 @@ void scale(Ctx& ctx, Tensor& y, float s) {
 }
 
 void to_bf16(Ctx& ctx, Tensor& y, const Tensor& x) {
-  check_shape(x, y.shape(), "to_bf16");
-  check_dtype(y, DType::bf16, "to_bf16");
-  check_dtype(x, DType::f32, "to_bf16");
-  check_device(ctx, "to_bf16", {&y, &x});
+  check(ctx, "to_bf16", y, x, DType::bf16, DType::f32);
   SY_DISPATCH(ctx, to_bf16, ctx, y, x);
 }
 
 void to_f32(Ctx& ctx, Tensor& y, const Tensor& x) {
-  check_shape(x, y.shape(), "to_f32");
-  check_dtype(y, DType::f32, "to_f32");
-  check_dtype(x, DType::bf16, "to_f32");
-  check_device(ctx, "to_f32", {&y, &x});
+  check(ctx, "to_f32", y, x, DType::f32, DType::bf16);
   SY_DISPATCH(ctx, to_f32, ctx, y, x);
 }
 
