@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <iostream>
@@ -291,6 +292,22 @@ TEST(Trainer, Bf16GemmsTrainCloseToFp32) {
             << tail(loss[0]) << " bf16 " << tail(loss[1]) << "\n";
 }
 
+// Per-step losses of `steps` steps of the config `text` in fp32 ([0]) and in
+// precision BF16 ([1]), from the same seed.
+std::array<std::vector<float>, 2> fp32_and_bf16_losses(const std::string& text, int steps) {
+  std::array<std::vector<float>, 2> loss;
+  for (int bf16 = 0; bf16 < 2; ++bf16) {
+    Config c = parse_config(text + (bf16 ? "precision: BF16" : ""), "test");
+    validate_config(c, "test");
+    Trainer t(c, {});
+    for (int s = 1; s <= steps; ++s) loss[bf16].push_back(t.step(s).loss);
+  }
+  return loss;
+}
+
+// The mean loss of the last three steps.
+double tail3(const std::vector<float>& l) { return (l[l.size() - 3] + l[l.size() - 2] + l[l.size() - 1]) / 3.0; }
+
 // precision BF16 with a head dim of 64: dense attention runs on bf16 q, k, v
 // too (bf16_attention); 40 steps train and end within 2% of the fp32 run, and
 // the first loss moves by rounding only. A head dim of 32 keeps fp32 attention.
@@ -305,17 +322,11 @@ TEST(Trainer, Bf16AttentionTrainsCloseToFp32) {
   Config two_heads = parse_config(text + "precision: BF16", "test");
   two_heads.mutable_model()->set_n_heads(2);
   EXPECT_FALSE(bf16_attention(two_heads));
-  std::vector<float> loss[2];
-  for (int bf16 = 0; bf16 < 2; ++bf16) {
-    Config c = parse_config(text + (bf16 ? "precision: BF16" : ""), "test");
-    validate_config(c, "test");
-    Trainer t(c, {});
-    for (int s = 1; s <= 40; ++s) loss[bf16].push_back(t.step(s).loss);
-  }
+  const auto loss = fp32_and_bf16_losses(text, 40);
   const double first = std::fabs(loss[1][0] - loss[0][0]) / loss[0][0];
   EXPECT_GT(first, 0.0);
   EXPECT_LT(first, 1e-3);
-  auto tail = [](const std::vector<float>& l) { return (l[37] + l[38] + l[39]) / 3.0; };
+  const auto tail = tail3;
   EXPECT_LT(tail(loss[1]), 0.8 * loss[1][0]) << "bf16 trains";
   EXPECT_LT(std::fabs(tail(loss[1]) - tail(loss[0])) / tail(loss[0]), 0.02)
       << "fp32 " << tail(loss[0]) << ", bf16 " << tail(loss[1]);
@@ -337,17 +348,11 @@ TEST(Trainer, Bf16RoutedAttentionTrainsCloseToFp32) {
     data { synthetic_bytes: 50000 }
     attention { kind: ROUTED num_routing_heads: 1 num_clusters: 4 window: 16 }
   )";
-  std::vector<float> loss[2];
-  for (int bf16 = 0; bf16 < 2; ++bf16) {
-    Config c = parse_config(text + (bf16 ? "precision: BF16" : ""), "test");
-    validate_config(c, "test");
-    Trainer t(c, {});
-    for (int s = 1; s <= 30; ++s) loss[bf16].push_back(t.step(s).loss);
-  }
+  const auto loss = fp32_and_bf16_losses(text, 30);
   const double first = std::fabs(loss[1][0] - loss[0][0]) / loss[0][0];
   EXPECT_GT(first, 0.0);
   EXPECT_LT(first, 1e-3);
-  auto tail = [](const std::vector<float>& l) { return (l[27] + l[28] + l[29]) / 3.0; };
+  const auto tail = tail3;
   EXPECT_LT(tail(loss[1]), 0.8 * loss[1][0]) << "bf16 trains";
   std::cout << "[ bf16     ] routed: first loss fp32 " << loss[0][0] << " bf16 " << loss[1][0] << "; steps 28-30 fp32 "
             << tail(loss[0]) << " bf16 " << tail(loss[1]) << "\n";
