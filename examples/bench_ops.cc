@@ -271,27 +271,39 @@ int main(int argc, char** argv) {
             return wrong;
           });
     }
-    {  // MoE layer forward + backward against the dense FFN of equal active FLOPs
+    {  // MoE layer forward + backward against the dense FFN of equal active FLOPs; the packed route (one
+       // synchronisation per layer, a GEMM per expert) and the padded one (none; one strided-batched GEMM
+       // per direction, padding rows computed too; the FLOPs column counts the routed work only)
       const int64_t E = quick ? 8 : 64;
       switchyard::MoeConfig mc;
       mc.set_num_experts(static_cast<int32_t>(E));
       mc.set_top_k(2);
       mc.set_capacity_factor(1.25f);
       mc.add_expert_hidden(static_cast<int32_t>(H));
-      sy::ParamStore ps, psd;
+      switchyard::MoeConfig mp = mc;
+      mp.set_padded(true);
+      sy::ParamStore ps, psp, psd;
       sy::Rng init(7);
       sy::MoeLayer moe(ctx, ps, "moe", C, mc, H, init, 0.02f, 0.02f, 9);
+      sy::MoeLayer moe_padded(ctx, psp, "moe", C, mp, H, init, 0.02f, 0.02f, 9);
       sy::Mlp dense(ctx, psd, "mlp", C, 2 * H, init, 0.02f, 0.02f);
       ps.finalize(ctx);
+      psp.finalize(ctx);
       psd.finalize(ctx);
       Tensor x = randn({N, C}, rng).to(ctx), dy = randn({N, C}, rng).to(ctx);
       const double active = 2.0 * 3.0 * N * (2.0 * C * H) * 2;  // fwd + bwd (3x), top-2, two GEMMs of 2CH
-      add({"moe_layer_fwd_bwd", "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(H) + " E" +
-                                    std::to_string(E) + " top2",
-           0, active, 0},
+      const std::string shape = "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(H) + " E" +
+                                std::to_string(E) + " top2";
+      add({"moe_layer_fwd_bwd", shape, 0, active, 0},
           [&] {
             moe.forward(x);
             moe.backward(dy);
+          },
+          nullptr);
+      add({"moe_layer_fwd_bwd_padded", shape, 0, active, 0},
+          [&] {
+            moe_padded.forward(x);
+            moe_padded.backward(dy);
           },
           nullptr);
       add({"dense_ffn_fwd_bwd", "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(2 * H), 0, active, 0},

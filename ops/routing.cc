@@ -1,6 +1,7 @@
 #include "ops/routing.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "ops/backend.h"
 
@@ -9,6 +10,16 @@ namespace sy::ops {
 int64_t ceil_capacity(double fraction, double n) {
   const double x = fraction * n;
   return static_cast<int64_t>(std::ceil(x - 1e-6 * std::fabs(x)));
+}
+
+void set_padded_host_part(Route& r) {
+  SY_CHECK(r.capacity * r.num_groups < INT32_MAX,
+           "padded route: " << r.num_groups << " groups x capacity " << r.capacity << " rows (at most 2^31 - 1)");
+  r.host_offset.resize(r.num_groups + 1);
+  for (int64_t g = 0; g <= r.num_groups; ++g) r.host_offset[g] = static_cast<int32_t>(g * r.capacity);
+  r.assigned = r.num_items * r.k;
+  r.dropped = -1;
+  r.padded = true;
 }
 
 std::vector<int32_t> Route::host_count() const {
@@ -51,6 +62,7 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   SY_CHECK(p.k >= 1 && p.k <= G, "top_k = " << p.k << " with " << G << " groups");
   if (p.selection_bias) check_shape(*p.selection_bias, {G}, "selection bias");
   if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
+  SY_CHECK(!(p.padded && p.dropless), "tokens_choose: a padded route needs a capacity known in advance, not dropless");
   check_device(ctx, "tokens_choose", {&probs, p.selection_bias, p.selection_keys});
   SY_DISPATCH(ctx, tokens_choose, ctx, r, probs, p);
 }
@@ -74,6 +86,7 @@ void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau) {
 void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p) {
   check_shape(scores, {r.num_items, r.num_groups}, "budget scores");
   check_dtype(scores, DType::f32, "budget scores");
+  SY_CHECK(!r.padded, "budget: a padded route's offsets are fixed; apply_budget renumbers them");
   SY_CHECK(static_cast<int64_t>(p.cost.size()) == r.num_groups,
            "budget: " << p.cost.size() << " costs for " << r.num_groups << " groups");
   for (float c : p.cost) SY_CHECK(c >= 0 && std::isfinite(c), "budget: cost " << c << " (must be finite, >= 0)");

@@ -67,6 +67,7 @@ struct Route {
   int64_t assigned = 0;              // used assignments (group >= 0)
   int64_t dropped = 0;               // used assignments without a slot (over capacity)
   int64_t budget_dropped = 0;        // used assignments dropped by apply_budget
+  bool padded = false;               // offset[g] = g * capacity (see the top of the file)
 
   int64_t rows() const { return host_offset.empty() ? 0 : host_offset.back(); }
   int64_t assignments() const { return num_items * k; }
@@ -91,6 +92,9 @@ struct TokensChooseParams {
   // (plus selection_bias) instead of by p; the weights are still p. Sampling a
   // group in proportion to p is keys = log p + Gumbel noise (Gumbel-max).
   const Tensor* selection_keys = nullptr;
+  // A padded route (see the top of the file); not with dropless, whose
+  // capacity is a count read back from the device.
+  bool padded = false;
 };
 
 struct BudgetParams {
@@ -104,6 +108,10 @@ struct BudgetParams {
 // Config floats like 0.3 are stored as 0.30000001; a relative tolerance of
 // 1e-6 keeps ceil from counting that last ulp as one more row.
 int64_t ceil_capacity(double fraction, double n);
+
+// A padded route's host part: host_offset[g] = g * capacity, assigned N k,
+// dropped -1, padded (the backends' tokens_choose calls it).
+void set_padded_host_part(Route& r);
 
 // probs = score_fn(logits), row by row.  logits, probs (N, G) f32
 void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
@@ -126,7 +134,8 @@ void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, i
 void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
 
 // The budget step on a route: scores (N, G) give the drop priority (the
-// router's probabilities for MoE). See "4. budget" above.
+// router's probabilities for MoE). See "4. budget" above. Not on padded
+// routes (it renumbers the offsets).
 void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
 
 // Gradient of the combine weights w.r.t. the probabilities they came from:

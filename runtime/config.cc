@@ -352,6 +352,10 @@ void validate_config(const Config& cfg, const std::string& source) {
              "must be empty or hold moe.num_experts = " + std::to_string(e.num_experts()) + " values");
     for (float v : e.expert_cost())
       if (v < 0) c.fail("moe.expert_cost", v, "costs must be >= 0");
+    if (e.padded() && e.dropless())
+      c.fail("moe.padded", "true", "padding needs a capacity known before routing; not with moe.dropless");
+    if (e.padded() && e.budget_mode() != switchyard::MoeConfig::SOFT)
+      c.fail("moe.padded", "true", "a HARD or HARD_CAUSAL budget renumbers the rows; padded needs budget_mode SOFT");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE &&
@@ -390,6 +394,8 @@ void validate_config(const Config& cfg, const std::string& source) {
     else if (cfg.backend() != switchyard::Config::CUDA)
       c.fail("parallel.backend", "NCCL", "needs backend: CUDA (NCCL moves device memory); use AUTO or MPI");
   }
+  if (e.num_experts() > 0 && e.padded() && pl.expert_parallel() > 1)
+    c.fail("moe.padded", "true", "the expert exchange sends counted rows; padded needs parallel.expert_parallel = 1");
   if (e.num_experts() > 0 && e.num_experts() % pl.expert_parallel() != 0)
     c.fail("parallel.expert_parallel", pl.expert_parallel(),
            "must divide moe.num_experts = " + std::to_string(e.num_experts()));

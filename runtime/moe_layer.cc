@@ -61,7 +61,13 @@ Tensor MoeLayer::forward(const Tensor& x) {
   if (shared_) ops::add_into(ctx_, y, shared_->forward(x));
   const int64_t N = x.dim(0), C = x.dim(1);
   router_flops_ = 2.0 * N * C * router_.num_groups();
-  flops_ = router_flops_ + experts_.forward_flops() + (shared_ ? shared_->forward_flops() : 0);
+  // A padded route's buffer holds G C rows, padding included; the model's
+  // FLOPs are its N k assignments' (drops are not read back, so they count
+  // as served): the padded GEMMs' FLOPs scaled by N k / (G C), exact for
+  // experts of one width.
+  double expert_flops = experts_.forward_flops();
+  if (route.padded && route.rows() > 0) expert_flops *= static_cast<double>(route.assigned) / route.rows();
+  flops_ = router_flops_ + expert_flops + (shared_ ? shared_->forward_flops() : 0);
   return y;
 }
 

@@ -85,6 +85,7 @@ const ops::Route& Router::forward(const Tensor& x) {
     p.priority = cfg_.slot_priority() == switchyard::MoeConfig::SCORE ? ops::SlotPriority::score
                                                                       : ops::SlotPriority::position;
     p.renormalize = cfg_.renormalize();
+    p.padded = cfg_.padded();
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;
     if (gumbel) p.selection_keys = &keys;
     ops::tokens_choose(ctx_, route_, probs_, p);

@@ -10,7 +10,10 @@ TokenDispatcher::TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> excha
 Tensor TokenDispatcher::dispatch(const Tensor& x, const ops::Route& r) {
   route_ = &r;
   N_ = x.dim(0), C_ = x.dim(1);
-  Tensor buf = Tensor::empty({r.rows(), C_}, DType::f32, ctx_);
+  // A padded route's unused rows go through the experts too: zeros, so they
+  // stay finite and add nothing to the weight gradients (their dout is 0).
+  Tensor buf = r.padded ? Tensor::zeros({r.rows(), C_}, DType::f32, ctx_)
+                        : Tensor::empty({r.rows(), C_}, DType::f32, ctx_);
   ops::dispatch_forward(ctx_, buf, x, r);
   if (!exchange_) return buf;
   exchange_->reset_counters();

@@ -18,7 +18,7 @@
 #                   mfu    switch_gpu for 30 steps: MFU, tokens/s, device memory
 #                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU
 #                   attn   issue 18: bench_attention at n = 4k/16k/64k beside PyTorch SDPA
-#                   more   the training comparison for depth_tiny, routed_copy and mixtral_tiny
+#                   more   the training comparison for depth_tiny, routed_copy, mixtral_tiny and padded switch_tiny
 #
 # Nothing is installed from a registry (that machine has none). Logs and JSON
 # go to $OUT (the device tool brings back at most 8 files: the logs are
@@ -232,6 +232,10 @@ if want more; then
   run_limited gpu_training_mixtral 90 env SY_GPU_ARGS="--set data.source=SYNTHETIC" \
     bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" mixtral_tiny
   summary "more (rc $?, not fatal): $(grep -vE '^\[' "$LOG/gpu_training_mixtral.log" | tr '\n' ' ' | cut -c1-600)"
+  # switch_tiny on padded expert buffers (switch_gpu's layout): the strided-batched path in training.
+  run_limited gpu_training_padded 90 env SY_GPU_ARGS="--set moe.padded=true" \
+    bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" switch_tiny
+  summary "more (rc $?, not fatal): padded $(grep -vE '^\[' "$LOG/gpu_training_padded.log" | tr '\n' ' ' | cut -c1-600)"
 fi
 
 stamp "done (status $status)"

@@ -786,6 +786,16 @@ std::vector<OpCase> cases() {
     p.capacity_factor = 1.25f;
     return p;
   }));
+  // Padded: offsets g C on the device (written by the kernel, not copied) and
+  // the host part set without a copy back; drops by score priority.
+  c.push_back(tokens_choose_case("tokens_choose_padded_score", 53, 6, 2, [](const Ins& in) {
+    ops::TokensChooseParams p;
+    p.capacity_factor = 0.6f;
+    p.priority = ops::SlotPriority::score;
+    p.selection_bias = &in[1];
+    p.padded = true;
+    return p;
+  }));
   struct GroupsSpec { int64_t N, G, capacity, segment; };
   for (const GroupsSpec g : {GroupsSpec{37, 4, 9, 0}, GroupsSpec{24, 3, 5, 8}, GroupsSpec{64, 1, 3, 16}, GroupsSpec{12, 2, 20, 6}}) {
     c.push_back({"groups_choose_" + std::to_string(g.N) + "x" + std::to_string(g.G) + "_s" + std::to_string(g.segment), Tol::exact,
@@ -1074,6 +1084,26 @@ std::vector<OpCase> cases() {
                  ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
                  ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
                }});
+  // 4 experts x 160 rows (a padded route): the strided-batched bf16 path.
+  c.push_back({"expert_ffn_bf16_equal_rows", Tol::bf16,
+               [](Rng& r) {
+                 return Ins{randn({640, 64}, r), randn({4, 64, 256}, r, 0.1f), randn({4, 256}, r),
+                            randn({4, 256, 64}, r, 0.1f), randn({4, 64}, r), randn({640, 64}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {640, 64}), fresh(x, {640, 256}), acc(x, {640, 64}), acc(x, {4, 64, 256}),
+                             acc(x, {4, 256}), acc(x, {4, 256, 64}), acc(x, {4, 64})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 160, 320, 480, 640};
+                 const ops::ExpertLayout layout(64, {256, 256, 256, 256});
+                 Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[3].shape(), DType::bf16);
+                 ops::to_bf16(x, w1, in[1]);
+                 ops::to_bf16(x, w2, in[3]);
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4], &w1, &w2};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
   // Experts of one size with many rows each (tensor-core tiles).
   c.push_back({"expert_ffn_bf16_large", Tol::bf16,
                [](Rng& r) {
@@ -1117,6 +1147,28 @@ std::vector<OpCase> cases() {
                  ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
                  ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
                }});
+  // Equal rows per expert (a padded route): CUDA's strided-batched path, with
+  // biases (GELU, batched bias epilogue) and without (SwiGLU over all rows).
+  for (const ops::FfnActivation act : {ops::FfnActivation::gelu, ops::FfnActivation::swiglu}) {
+    const bool sw = act == ops::FfnActivation::swiglu;
+    const int64_t P = sw ? 24 : 12;
+    c.push_back({std::string("expert_ffn_equal_rows_") + (sw ? "swiglu" : "gelu"), Tol::f32,
+                 [=](Rng& r) {
+                   return Ins{randn({28, 8}, r), randn({4, 8, P}, r, 0.3f), randn({4, P}, r), randn({4, 12, 8}, r, 0.3f),
+                              randn({4, 8}, r), randn({28, 8}, r)};
+                 },
+                 [=](Ctx& x, const Ins&) {
+                   return Outs{fresh(x, {28, 8}), fresh(x, {28, P}), acc(x, {28, 8}), acc(x, {4, 8, P}), acc(x, {4, P}),
+                               acc(x, {4, 12, 8}), acc(x, {4, 8})};
+                 },
+                 [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   const std::vector<int32_t> offset{0, 7, 14, 21, 28};
+                   const ops::ExpertLayout layout(8, {12, 12, 12, 12}, act);
+                   const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
+                   ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                   ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+                 }});
+  }
   // Experts of hidden widths 6, 12, 3, 9 (packed layout; pre 5*6 + 7*3 + 8*9 = 123).
   c.push_back({"expert_ffn_heterogeneous", Tol::f32,
                [](Rng& r) {

@@ -76,6 +76,15 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
                  "moe.router_noise_kind = GUMBEL: Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
 }
 
+TEST(Config, PaddedExpertsNeedAFixedCapacityAndOneExpertGroup) {
+  expect_invalid("moe { num_experts: 4 padded: true dropless: true }",
+                 "t.pbtxt: moe.padded = true: padding needs a capacity known before routing; not with moe.dropless");
+  expect_invalid("moe { num_experts: 4 padded: true budget_mode: HARD }",
+                 "moe.padded = true: a HARD or HARD_CAUSAL budget renumbers the rows; padded needs budget_mode SOFT");
+  expect_invalid("moe { num_experts: 4 padded: true } parallel { expert_parallel: 2 }",
+                 "moe.padded = true: the expert exchange sends counted rows; padded needs parallel.expert_parallel = 1");
+}
+
 TEST(Config, TokenFilesAllowLargerVocabularies) {
   const std::string tok = "data { source: TOKEN_FILES token_files: \"t/train_*.bin\" val_token_files: \"t/val_*.bin\" } ";
   // The patterns are not expanded at load: the data may not exist yet.

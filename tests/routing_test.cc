@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <set>
+#include <tuple>
 
 #include "grad_check.h"
 #include "ops/dispatch.h"
@@ -157,6 +158,53 @@ TEST(TokensChoose, SecondChoicesQueueBehindFirstChoices) {
   r = tokens_choose(p, prm);
   EXPECT_NEAR(floats(r.weight)[0], 0.6f / 0.9f, 1e-6);
   EXPECT_NEAR(floats(r.weight)[3], 0.3f / 0.8f, 1e-6);
+}
+
+// A padded route is the same route with expert g's rows at g C: the same
+// groups, weights, slots and counts; offsets g C on the tensor and the host;
+// G C rows; the host part set without counting (assigned N k, dropped -1).
+TEST(TokensChoose, PaddedIsTheSameRouteAtFixedOffsets) {
+  Rng rng(31);
+  for (const auto& [N, G, k, cf] : std::vector<std::tuple<int64_t, int64_t, int, float>>{
+           {37, 5, 2, 0.7f}, {64, 8, 1, 1.25f}, {10, 4, 3, 4.0f}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << N << " G=" << G << " k=" << k);
+    const Tensor probs = random_probs(N, G, rng);
+    TokensChooseParams p;
+    p.k = k, p.capacity_factor = cf, p.priority = SlotPriority::score;
+    const Route packed = tokens_choose(probs, p);
+    p.padded = true;
+    const Route padded = tokens_choose(probs, p);
+    EXPECT_FALSE(packed.padded);
+    EXPECT_TRUE(padded.padded);
+    EXPECT_EQ(ints(padded.group), ints(packed.group));
+    EXPECT_EQ(floats(padded.weight), floats(packed.weight));
+    EXPECT_EQ(ints(padded.slot), ints(packed.slot));
+    EXPECT_EQ(ints(padded.count), ints(packed.count));
+    EXPECT_EQ(padded.capacity, packed.capacity);
+    std::vector<int32_t> offsets;
+    for (int64_t g = 0; g <= G; ++g) offsets.push_back(static_cast<int32_t>(g * padded.capacity));
+    EXPECT_EQ(ints(padded.offset), offsets);
+    EXPECT_EQ(padded.host_offset, offsets);
+    EXPECT_EQ(padded.rows(), G * padded.capacity);
+    EXPECT_EQ(padded.assigned, N * k);
+    EXPECT_EQ(padded.dropped, -1);
+    const std::vector<int32_t> group = ints(padded.group), slot = ints(padded.slot);
+    for (int64_t a = 0; a < N * k; ++a)
+      EXPECT_EQ(padded.row(a), slot[a] < 0 ? -1 : group[a] * padded.capacity + slot[a]);
+  }
+}
+
+TEST(TokensChoose, PaddedRefusesDroplessAndTheBudget) {
+  Rng rng(32);
+  const Tensor probs = random_probs(12, 4, rng);
+  TokensChooseParams p;
+  p.padded = true, p.dropless = true;
+  EXPECT_THROW(tokens_choose(probs, p), Error);
+  p.dropless = false;
+  Route r = tokens_choose(probs, p);
+  BudgetParams b;
+  b.cost.assign(4, 1.f);
+  EXPECT_THROW(apply_budget(host_ctx(), r, probs, b), Error);
 }
 
 TEST(TokensChoose, SelectionBiasMovesChoiceNotWeight) {

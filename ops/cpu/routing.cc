@@ -43,6 +43,7 @@ namespace {
 // A route of N items x k assignments over G groups, every assignment unused.
 void init_route(Ctx& ctx, Route& r, int64_t N, int64_t k, int64_t G) {
   r.num_items = N, r.k = k, r.num_groups = G;
+  r.padded = false;
   r.group = Tensor::empty({N * k}, DType::i32, ctx);
   r.weight = Tensor::zeros({N * k}, DType::f32, ctx);
   r.slot = Tensor::empty({N * k}, DType::i32, ctx);
@@ -130,6 +131,10 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
     r.capacity = ceil_capacity(p.capacity_factor, static_cast<double>(N) * k / G);
   }
   assign_slots(r, order);
+  if (p.padded) {
+    set_padded_host_part(r);
+    std::copy(r.host_offset.begin(), r.host_offset.end(), r.offset.data<int32_t>());
+  }
 }
 
 void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment) {

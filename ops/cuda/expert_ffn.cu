@@ -23,8 +23,14 @@
 // type for A, B and C (GPU_PLAN.md), so bf16 inputs would mean bf16 outputs,
 // and pre, dbuf and the fp32 weight gradients (accumulated with beta = 1)
 // must stay fp32; cuBLASLt 13 has no grouped matmul. So one cuBLASLt call per
-// expert in both modes (the offsets are on the host already: no sync); the
-// padded-to-capacity strided-batched variant is still to come.
+// expert in both modes (the offsets are on the host already: no sync).
+// Equal experts on equal rows (one width, every n_g = n: a padded route,
+// ops/routing.h, or expert choice) are one strided-batched cuBLASLt call per
+// direction instead: expert g's blocks of buf, pre, act, out and of every
+// weight sit at g times a fixed stride, so the G GEMMs differ only by those
+// offsets (ops/cuda/gemm.h). The same products, one launch instead of G.
+// With one width the packed pre and act are plain (R, P) and (R, H)
+// matrices, so the activation (SwiGLU's too) is one call over all rows.
 // Deterministic: fixed cuBLASLt algorithms per shape, column sums in fixed
 // order, no atomics.
 #include "ops/cuda/common.cuh"
@@ -40,10 +46,21 @@ namespace {
 // Element i of t (fp32 or bf16) as a GEMM operand pointer.
 const void* at(const Tensor& t, int64_t i) { return static_cast<const char*>(t.raw()) + i * dtype_size(t.dtype()); }
 
+// A strided batch of the GEMMs below (ops/cuda/gemm.h): `count` experts,
+// expert g's operands g times these strides (elements) past the pointers.
+struct Batch {
+  int64_t count = 1, a = 0, b = 0, c = 0, bias = 0;
+};
+void set_batch(GemmArgs& g, const Batch& b) {
+  g.batch = b.count;
+  g.stride_a = b.a, g.stride_b = b.b, g.stride_c = b.c, g.stride_bias = b.bias;
+}
+
 // C (rows, n) [+]= A (rows, k) B (k, n) [+ bias], all row-major and contiguous.
 void gemm_nn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, float* C,
-             float beta, const float* bias) {
+             float beta, const float* bias, const Batch& batch = {}) {
   GemmArgs g;
+  set_batch(g, batch);
   g.bf16 = bf16;
   g.M = rows, g.N = n, g.K = k;
   g.A = A, g.lda = k;
@@ -56,8 +73,9 @@ void gemm_nn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
 
 // C (rows, n) += A (rows, k) B^T, B stored (n, k).
 void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, float* C,
-             float beta) {
+             float beta, const Batch& batch = {}) {
   GemmArgs g;
+  set_batch(g, batch);
   g.bf16 = bf16;
   g.trans_b = true;
   g.M = rows, g.N = n, g.K = k;
@@ -69,8 +87,10 @@ void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
 }
 
 // C (k, n) += A^T B, A stored (rows, k), B (rows, n).
-void gemm_tn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, float* C) {
+void gemm_tn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, float* C,
+             const Batch& batch = {}) {
   GemmArgs g;
+  set_batch(g, batch);
   g.bf16 = bf16;
   g.trans_a = true;
   g.M = k, g.N = n, g.K = rows;
@@ -80,6 +100,16 @@ void gemm_tn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
   g.C = C, g.ldc = n;
   gemm(ctx, g);
 }
+
+// Column (g, c) of G experts' (n, W) blocks stacked in x, as one (n, G W)
+// matrix: every expert's bias gradient (G, W) in one column-sum launch, in
+// the order of the per-expert sums.
+struct ExpertColumns {
+  static constexpr int kOut = 1;
+  const float* x;
+  int64_t n, W;
+  __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = x[((c / W) * n + r) * W + c % W]; }
+};
 
 // The operand the GEMMs read: t itself (fp32 mode) or bf16(t) in scratch.
 Tensor operand(Ctx& ctx, bool bf16, const Tensor& t) { return bf16 ? bf16_copy(ctx, t) : t; }
@@ -97,11 +127,28 @@ int64_t act_numel(const ExpertLayout& l, const std::vector<int32_t>& offset) {
   return n;
 }
 
+// Rows every expert holds when the experts are one width and hold equal
+// rows (the strided-batched path), else -1.
+int64_t equal_rows(const ExpertLayout& l, const std::vector<int32_t>& offset) {
+  const int64_t G = l.groups();
+  if (G < 2 || !l.uniform()) return -1;
+  const int64_t n = offset[1] - offset[0];
+  for (int64_t g = 0; g <= G; ++g)
+    if (offset[g] != offset[0] + g * n) return -1;
+  return n > 0 ? n : -1;
+}
+
 // act = the activation of pre, expert by expert (packed).
 Tensor activation(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& offset, const Tensor& pre) {
   Tensor act = Tensor::empty({act_numel(l, offset)}, DType::f32, ctx);
   if (l.act == FfnActivation::gelu) {
     cuda::gelu_forward(ctx, act, pre.reshape({pre.numel()}));
+    return act;
+  }
+  if (l.uniform() && act.numel() > 0) {  // pre (R, 2H), act (R, H)
+    const int64_t H = l.hidden[0], R = act.numel() / H;
+    Tensor y = block(act, 0, R, H);
+    cuda::swiglu_forward(ctx, {y, block(pre, 0, R, 2 * H)});
     return act;
   }
   int64_t p0 = 0, a0 = 0;
@@ -122,6 +169,12 @@ void activation_backward(Ctx& ctx, const ExpertLayout& l, const std::vector<int3
   if (l.act == FfnActivation::gelu) {
     Tensor d = dpre.reshape({dpre.numel()});
     cuda::gelu_backward(ctx, d, dact, pre.reshape({pre.numel()}));
+    return;
+  }
+  if (l.uniform() && dact.numel() > 0) {
+    const int64_t H = l.hidden[0], R = dact.numel() / H;
+    Tensor dx = block(dpre, 0, R, 2 * H);
+    cuda::swiglu_backward(ctx, {dx, block(dact, 0, R, H), block(pre, 0, R, 2 * H)});
     return;
   }
   int64_t p0 = 0, a0 = 0;
@@ -150,8 +203,14 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   const float *b1 = bias ? a.w.b1.data<float>() : nullptr, *b2 = bias ? a.w.b2.data<float>() : nullptr;
   float* pre = a.pre.data<float>();
   float* out = a.out.data<float>();
+  const int64_t eq = equal_rows(l, a.offset);  // the strided-batched path when >= 0
+  const int64_t P0 = l.width(0), H0 = l.hidden[0];
+  if (eq >= 0) {  // offset[0] = 0 (ops/expert_ffn.cc checks it)
+    gemm_nn(ctx, bf16, eq, P0, D, at(buf, 0), at(w1, 0), pre, 0.f, bias ? b1 : nullptr,
+            {G, eq * D, D * P0, eq * P0, P0});
+  }
   int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
-  for (int64_t g = 0; g < G; ++g) {
+  for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n > 0)
       gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), pre + p0, 0.f,
@@ -160,8 +219,11 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   }
   const Tensor act = operand(ctx, bf16, activation(ctx, l, a.offset, a.pre));
   if (bf16 && a.act_bf16) *a.act_bf16 = act;
+  if (eq >= 0)
+    gemm_nn(ctx, bf16, eq, D, H0, at(act, 0), at(w2, 0), out, 0.f, bias ? b2 : nullptr,
+            {G, eq * H0, H0 * D, eq * D, D});
   int64_t a0 = 0;  // expert g's block of the packed act
-  for (int64_t g = 0; g < G; ++g) {
+  for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n > 0)
       gemm_nn(ctx, bf16, n, D, H, at(act, a0), at(w2, l.w2_offset(g)), out + r0 * D, 0.f,
@@ -187,8 +249,15 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   float *db1 = bias ? a.dw.b1.data<float>() : nullptr, *db2 = bias ? a.dw.b2.data<float>() : nullptr;
   const Tensor act_op = a.act_bf16 ? *a.act_bf16 : operand(ctx, bf16, activation(ctx, l, a.offset, a.pre));
   Tensor dact = Tensor::empty({act_numel(l, a.offset)}, DType::f32, ctx);
+  const int64_t eq = equal_rows(l, a.offset);  // the strided-batched path when >= 0
+  const int64_t P0 = l.width(0), H0 = l.hidden[0];
+  if (eq >= 0) {  // offset[0] = 0
+    gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact.data<float>(), 0.f, {G, eq * D, H0 * D, eq * H0, 0});
+    gemm_tn(ctx, bf16, eq, D, H0, at(act_op, 0), at(dout_op, 0), dw2, {G, eq * H0, eq * D, H0 * D, 0});
+    if (bias) column_sums(ctx, ExpertColumns{dout, eq, D}, eq, G * D, ColumnOut{{db2}});
+  }
   int64_t a0 = 0;
-  for (int64_t g = 0; g < G; ++g) {
+  for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n == 0) continue;
     gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), dact.data<float>() + a0, 0.f);
@@ -199,8 +268,13 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   Tensor dpre = Tensor::zeros(a.pre.shape(), DType::f32, ctx);
   activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
   const Tensor dpre_op = operand(ctx, bf16, dpre);
+  if (eq >= 0) {
+    gemm_nt(ctx, bf16, eq, D, P0, at(dpre_op, 0), at(w1, 0), a.dbuf.data<float>(), 1.f, {G, eq * P0, D * P0, eq * D, 0});
+    gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre_op, 0), dw1, {G, eq * D, eq * P0, D * P0, 0});
+    if (bias) column_sums(ctx, ExpertColumns{dpre.data<float>(), eq, P0}, eq, G * P0, ColumnOut{{db1}});
+  }
   int64_t p0 = 0;
-  for (int64_t g = 0; g < G; ++g) {
+  for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n == 0) continue;
     gemm_nt(ctx, bf16, n, D, P, at(dpre_op, p0), at(w1, l.w1_offset(g)), a.dbuf.data<float>() + r0 * D, 1.f);

@@ -9,8 +9,12 @@
 // fp32 mode: CUBLAS_COMPUTE_32F (no TF32), A, B, C fp32.
 // bf16 mode (bf16 true): A and B bf16, C and the bias fp32, CUBLAS_COMPUTE_32F
 // (bf16 products on the tensor cores, fp32 accumulation; ops/matmul.h).
-// The algorithm is chosen once per shape, alignment, mode and epilogue and
-// cached.
+// Strided batch (batch > 1): `batch` independent GEMMs of these shapes, the
+// b-th reading A + b stride_a, B + b stride_b, bias + b stride_bias and
+// writing C + b stride_c (strides in elements): the equal-row expert GEMMs of
+// a padded route (ops/expert_ffn.h) in one call.
+// The algorithm is chosen once per shape, alignment, mode, batch and
+// epilogue and cached.
 #pragma once
 #include <cstdint>
 
@@ -31,6 +35,8 @@ struct GemmArgs {
   float* C = nullptr;
   int64_t ldc = 0;
   const float* bias = nullptr;
+  int64_t batch = 1;
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0, stride_bias = 0;
 };
 
 void gemm(Ctx& ctx, const GemmArgs& g);

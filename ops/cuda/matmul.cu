@@ -43,12 +43,22 @@ uint32_t alignment(const void* p) {
   return al;
 }
 
+// The same for every matrix of a strided batch: p, p + stride_bytes, ...
+uint32_t alignment(const void* p, int64_t batch, int64_t stride_bytes) {
+  if (batch <= 1) return alignment(p);
+  return alignment(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) | static_cast<uintptr_t>(stride_bytes)));
+}
+
 struct AlgoKey {
   int device;
   bool ta, tb, bf16, bias, beta;
   int64_t M, N, K, lda, ldb, ldc;
   uint32_t align_a, align_b, align_c;
-  auto tie() const { return std::tie(device, ta, tb, bf16, bias, beta, M, N, K, lda, ldb, ldc, align_a, align_b, align_c); }
+  int64_t batch, stride_a, stride_b, stride_c, stride_bias;
+  auto tie() const {
+    return std::tie(device, ta, tb, bf16, bias, beta, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, batch,
+                    stride_a, stride_b, stride_c, stride_bias);
+  }
   bool operator<(const AlgoKey& o) const { return tie() < o.tie(); }
 };
 
@@ -64,21 +74,32 @@ using MatmulDesc = std::unique_ptr<cublasLtMatmulDescOpaque_t, DescDeleter>;
 using Layout = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, DescDeleter>;
 using Preference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, DescDeleter>;
 
-// A column-major matrix of rows x cols with leading dimension ld, fp32 or bf16.
-Layout layout(int64_t rows, int64_t cols, int64_t ld, bool bf16 = false) {
+// A column-major matrix of rows x cols with leading dimension ld, fp32 or
+// bf16; `batch` of them `stride` elements apart when batch > 1.
+Layout layout(int64_t rows, int64_t cols, int64_t ld, bool bf16 = false, int64_t batch = 1, int64_t stride = 0) {
   cublasLtMatrixLayout_t l = nullptr;
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, bf16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<uint64_t>(rows),
                                           static_cast<uint64_t>(cols), ld));
-  return Layout(l);
+  Layout owned(l);
+  if (batch > 1) {
+    const int32_t count = static_cast<int32_t>(batch);
+    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+    CUBLAS_CHECK(
+        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+  }
+  return owned;
 }
 
-// C (M, N) = bias broadcast over rows [+ C]: the bias when it cannot go in the
-// epilogue (a view whose address cuBLASLt's bias loads may not accept).
-static __global__ void add_bias_rows(float* C, int64_t ldc, const float* bias, int64_t M, int64_t N, bool keep) {
+// C (M, N) = bias broadcast over rows [+ C], for each of `batch` (C, bias)
+// pairs: the bias when it cannot go in the epilogue (a view whose address
+// cuBLASLt's bias loads may not accept).
+static __global__ void add_bias_rows(float* C, int64_t ldc, const float* bias, int64_t M, int64_t N, bool keep,
+                                     int64_t stride_c, int64_t stride_bias) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= M * N) return;
   const int64_t r = i / N, c = i % N;
-  C[r * ldc + c] = (keep ? C[r * ldc + c] : 0.f) + bias[c];
+  float* Cb = C + blockIdx.y * stride_c;
+  Cb[r * ldc + c] = (keep ? Cb[r * ldc + c] : 0.f) + bias[blockIdx.y * stride_bias + c];
 }
 
 }  // namespace
@@ -86,12 +107,17 @@ static __global__ void add_bias_rows(float* C, int64_t ldc, const float* bias, i
 void gemm(Ctx& ctx, const GemmArgs& g) {
   if (g.M == 0 || g.N == 0) return;
   SY_CHECK(g.K > 0, "gemm: K = 0");
+  SY_CHECK(g.batch >= 1 && g.batch <= 65535, "gemm: batch " << g.batch << " (1 to 65535)");
   SY_CHECK(ctx.blas.cublaslt, "gemm: the context has no cuBLASLt handle");
   auto handle = static_cast<cublasLtHandle_t>(ctx.blas.cublaslt);
   float beta = g.beta;
   const float* bias = g.bias;
-  if (bias && alignment(bias) < 16) {
-    add_bias_rows<<<grid_for(g.M * g.N), kBlock, 0, stream(ctx)>>>(g.C, g.ldc, bias, g.M, g.N, beta != 0.f);
+  // cuBLASLt's bias loads want 16-byte alignment, of every batch's bias too.
+  const bool bias_aligned = bias && alignment(bias, g.batch, g.stride_bias * 4) >= 16;
+  if (bias && !bias_aligned) {
+    const dim3 grid(static_cast<unsigned>(grid_for(g.M * g.N)), static_cast<unsigned>(g.batch));
+    add_bias_rows<<<grid, kBlock, 0, stream(ctx)>>>(g.C, g.ldc, bias, g.M, g.N, beta != 0.f, g.stride_c,
+                                                    g.stride_bias);
     CUDA_CHECK(cudaGetLastError());
     bias = nullptr;
     beta = 1.f;
@@ -100,9 +126,13 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
   // Column-major view: D (N, M) = op'(B) (N, K) * op'(A) (K, M).
   const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  Layout first = g.trans_b ? layout(g.K, g.N, g.ldb, g.bf16) : layout(g.N, g.K, g.ldb, g.bf16);
-  Layout second = g.trans_a ? layout(g.M, g.K, g.lda, g.bf16) : layout(g.K, g.M, g.lda, g.bf16);
-  Layout out = layout(g.N, g.M, g.ldc);
+  const int64_t nb = g.batch;
+  const int64_t ab = g.bf16 ? 2 : 4;  // bytes per element of A and B
+  Layout first = g.trans_b ? layout(g.K, g.N, g.ldb, g.bf16, nb, g.stride_b)
+                           : layout(g.N, g.K, g.ldb, g.bf16, nb, g.stride_b);
+  Layout second = g.trans_a ? layout(g.M, g.K, g.lda, g.bf16, nb, g.stride_a)
+                            : layout(g.K, g.M, g.lda, g.bf16, nb, g.stride_a);
+  Layout out = layout(g.N, g.M, g.ldc, false, nb, g.stride_c);
 
   cublasLtMatmulDesc_t d = nullptr;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -113,10 +143,15 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (nb > 1)
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &g.stride_bias,
+                                                  sizeof(g.stride_bias)));
   }
 
   AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, g.M, g.N, g.K, g.lda, g.ldb,
-              g.ldc, alignment(g.B), alignment(g.A), alignment(g.C)};
+              g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
+              alignment(g.C, nb, g.stride_c * 4), nb, nb > 1 ? g.stride_a : 0,
+              nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? g.stride_bias : 0};
   cublasLtMatmulAlgo_t algo;
   {
     std::lock_guard<std::mutex> lock(algo_mutex);

@@ -26,7 +26,8 @@
 //   3. run starts by binary search, counts = min(run length, capacity)
 //      (dropless: capacity = max(1, longest run)), offsets by a one-block scan
 //      of integers (exact), slots; then the one device-to-host copy of
-//      [offset (G+1) | capacity | assigned | dropped].
+//      [offset (G+1) | capacity | assigned | dropped]. A padded route's
+//      offsets are g C and its host part is known: no copy.
 // groups_choose:  one stable radix sort of every (segment, group, item) on
 //   [ segment*G + group | ~ordered_bits(score) ], input in item order: each
 //   (segment, group) run is that group's column sorted by descending score,
@@ -185,7 +186,7 @@ static __global__ void slot_keys(const int32_t* group, const float* top, int64_t
 // One block: per-group counts under the capacity (capacity < 0: dropless,
 // the longest run, at least 1), offsets, and the host-visible totals.
 static __global__ void route_counts(const int32_t* starts, int64_t G, int64_t assigned, int64_t capacity,
-                                    int32_t* count, int32_t* meta) {
+                                    bool padded, int32_t* count, int32_t* meta) {
   __shared__ int64_t scratch[kBlock];
   const Meta m{G};
   const int64_t per = (G + blockDim.x - 1) / blockDim.x;
@@ -208,8 +209,9 @@ static __global__ void route_counts(const int32_t* starts, int64_t G, int64_t as
     meta[m.assigned()] = static_cast<int32_t>(assigned);
     meta[m.dropped()] = static_cast<int32_t>(assigned - total);
   }
+  if (padded && threadIdx.x == 0) meta[m.offset(G)] = static_cast<int32_t>(G * cap);
   for (int64_t g = g0; g < g1; ++g) {
-    meta[m.offset(g)] = static_cast<int32_t>(run);
+    meta[m.offset(g)] = static_cast<int32_t>(padded ? g * cap : run);
     run += count[g];
   }
 }
@@ -229,6 +231,7 @@ Tensor init_route(Ctx& ctx, Route& r, int64_t N, int64_t k, int64_t G) {
   SY_CHECK(N * k < INT_MAX, "route of " << N << " x " << k << " assignments (at most 2^31 - 1)");
   r.num_items = N, r.k = k, r.num_groups = G;
   r.budget_dropped = 0;
+  r.padded = false;
   r.group = Tensor::empty({N * k}, DType::i32, ctx);
   r.weight = Tensor::empty({N * k}, DType::f32, ctx);
   r.slot = Tensor::empty({N * k}, DType::i32, ctx);
@@ -288,13 +291,16 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   Tensor starts = Tensor::empty({G + 1}, DType::i32, ctx);
   segment_starts(ctx, k_in + n, n, shift, G, starts.data<int32_t>());
   route_counts<<<1, kBlock, 0, stream(ctx)>>>(starts.data<int32_t>(), G, n, p.dropless ? -1 : r.capacity,
-                                              r.count.data<int32_t>(), meta.data<int32_t>());
+                                              p.padded, r.count.data<int32_t>(), meta.data<int32_t>());
   CUDA_CHECK(cudaGetLastError());
   assign_slots<<<grid_for(n), kBlock, 0, stream(ctx)>>>(k_in + n, v_in + n, n, shift, starts.data<int32_t>(),
                                                         meta.data<int32_t>() + Meta{G}.capacity(),
                                                         r.slot.data<int32_t>());
   CUDA_CHECK(cudaGetLastError());
-  read_meta(ctx, r, meta, p.dropless);
+  if (p.padded)
+    set_padded_host_part(r);
+  else
+    read_meta(ctx, r, meta, p.dropless);
 }
 
 // ---- groups_choose --------------------------------------------------------
