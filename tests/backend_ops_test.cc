@@ -117,6 +117,18 @@ Tensor probs_of(Shape s, Rng& rng, float std = 2.f) {
   return p;
 }
 
+// Expert FFNs forward and backward in bf16 mode: in = buf, w1, b1, w2, b2,
+// dout; o = out, pre, dbuf, dw1, db1, dw2, db2.
+void expert_ffn_bf16(Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o, const std::vector<int32_t>& offset,
+                     const ops::ExpertLayout& layout) {
+  Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[3].shape(), DType::bf16);
+  ops::to_bf16(x, w1, in[1]);
+  ops::to_bf16(x, w2, in[3]);
+  const ops::ExpertWeights w{in[1], in[2], in[3], in[4], &w1, &w2};
+  ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+  ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+}
+
 // A Route's host part: capacity, assigned, dropped, budget_dropped, host_offset.
 std::vector<int32_t> route_host(const ops::Route& r) {
   std::vector<int32_t> v{static_cast<int32_t>(r.capacity), static_cast<int32_t>(r.assigned),
@@ -1075,55 +1087,24 @@ std::vector<OpCase> cases() {
                              acc(x, {30 * 8}), acc(x, {4, 8})};
                },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const std::vector<int32_t> offset{0, 5, 5, 12, 20};
-                 const ops::ExpertLayout layout(8, {6, 12, 3, 9});
-                 Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[3].shape(), DType::bf16);
-                 ops::to_bf16(x, w1, in[1]);
-                 ops::to_bf16(x, w2, in[3]);
-                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4], &w1, &w2};
-                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
-                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+                 expert_ffn_bf16(x, in, o, {0, 5, 5, 12, 20}, ops::ExpertLayout(8, {6, 12, 3, 9}));
                }});
-  // 4 experts x 160 rows (a padded route): the strided-batched bf16 path.
-  c.push_back({"expert_ffn_bf16_equal_rows", Tol::bf16,
-               [](Rng& r) {
-                 return Ins{randn({640, 64}, r), randn({4, 64, 256}, r, 0.1f), randn({4, 256}, r),
-                            randn({4, 256, 64}, r, 0.1f), randn({4, 64}, r), randn({640, 64}, r)};
-               },
-               [](Ctx& x, const Ins&) {
-                 return Outs{fresh(x, {640, 64}), fresh(x, {640, 256}), acc(x, {640, 64}), acc(x, {4, 64, 256}),
-                             acc(x, {4, 256}), acc(x, {4, 256, 64}), acc(x, {4, 64})};
-               },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const std::vector<int32_t> offset{0, 160, 320, 480, 640};
-                 const ops::ExpertLayout layout(64, {256, 256, 256, 256});
-                 Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[3].shape(), DType::bf16);
-                 ops::to_bf16(x, w1, in[1]);
-                 ops::to_bf16(x, w2, in[3]);
-                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4], &w1, &w2};
-                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
-                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
-               }});
-  // Experts of one size with many rows each (tensor-core tiles).
-  c.push_back({"expert_ffn_bf16_large", Tol::bf16,
-               [](Rng& r) {
-                 return Ins{randn({640, 64}, r), randn({4, 64, 256}, r, 0.1f), randn({4, 256}, r),
-                            randn({4, 256, 64}, r, 0.1f), randn({4, 64}, r), randn({640, 64}, r)};
-               },
-               [](Ctx& x, const Ins&) {
-                 return Outs{fresh(x, {640, 64}), fresh(x, {640, 256}), acc(x, {640, 64}), acc(x, {4, 64, 256}),
-                             acc(x, {4, 256}), acc(x, {4, 256, 64}), acc(x, {4, 64})};
-               },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const std::vector<int32_t> offset{0, 200, 200, 457, 640};
-                 const ops::ExpertLayout layout(64, {256, 256, 256, 256});
-                 Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[3].shape(), DType::bf16);
-                 ops::to_bf16(x, w1, in[1]);
-                 ops::to_bf16(x, w2, in[3]);
-                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4], &w1, &w2};
-                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
-                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
-               }});
+  // Experts of one size with many rows each (tensor-core tiles): unequal rows
+  // (a GEMM per expert), and 4 x 160 rows (a padded route: the strided batch).
+  for (const auto& [name, offset] : std::vector<std::pair<std::string, std::vector<int32_t>>>{
+           {"expert_ffn_bf16_large", {0, 200, 200, 457, 640}}, {"expert_ffn_bf16_equal_rows", {0, 160, 320, 480, 640}}})
+    c.push_back({name, Tol::bf16,
+                 [](Rng& r) {
+                   return Ins{randn({640, 64}, r), randn({4, 64, 256}, r, 0.1f), randn({4, 256}, r),
+                              randn({4, 256, 64}, r, 0.1f), randn({4, 64}, r), randn({640, 64}, r)};
+                 },
+                 [](Ctx& x, const Ins&) {
+                   return Outs{fresh(x, {640, 64}), fresh(x, {640, 256}), acc(x, {640, 64}), acc(x, {4, 64, 256}),
+                               acc(x, {4, 256}), acc(x, {4, 256, 64}), acc(x, {4, 64})};
+                 },
+                 [offset = offset](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   expert_ffn_bf16(x, in, o, offset, ops::ExpertLayout(64, {256, 256, 256, 256}));
+                 }});
   c.push_back({"to_bf16", Tol::exact, [](Rng& r) { return Ins{randn({1001}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001}, DType::bf16)}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::to_bf16(x, o[0], in[0]); }});
