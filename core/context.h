@@ -6,6 +6,7 @@
 // CUDA builds only).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 #include "core/allocator.h"
 #include "core/device.h"
@@ -28,5 +29,13 @@ struct Ctx {
 
 // The CPU context: host allocator, no stream, no handles.
 Ctx& host_ctx();
+
+// Times the host has waited for a device to copy data (a device-to-host
+// copy, or any copy from pageable host memory): a process-wide count, so a
+// test can check that a GPU step queues its work without ever waiting
+// (runtime/router.h, ops/routing.h's padded routes). count_host_wait() is
+// called where such a copy synchronises (core/tensor.cc, ops/cuda/common.cuh).
+int64_t host_waits();
+void count_host_wait();
 
 }  // namespace sy

@@ -1,4 +1,5 @@
 // The small pieces of core/: dtype names, devices, the host allocator and context.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -98,5 +99,12 @@ Ctx& host_ctx() {
   static Ctx c{Device::cpu(), Stream{}, &host_allocator(), BlasHandle{}};
   return c;
 }
+
+namespace {
+std::atomic<int64_t> waits{0};
+}  // namespace
+
+int64_t host_waits() { return waits.load(); }
+void count_host_wait() { ++waits; }
 
 }  // namespace sy

@@ -11,6 +11,12 @@ namespace {
 // unserved | entropy | budget_dropped].
 enum Tail { kAssigned, kItems, kDropped, kUnserved, kEntropy, kBudgetDropped, kTail };
 
+// A loss's value slot(s): f64 (n), on the device of the other tensors.
+void check_value(const Tensor& t, int64_t n, const char* what) {
+  check_shape(t, {n}, what);
+  check_dtype(t, DType::f64, what);
+}
+
 void check_probs(const Tensor& t, const char* what) {
   check_dtype(t, DType::f32, what);
   SY_CHECK(t.ndim() == 2, what << " " << shape_str(t.shape()) << " is not (N, G)");
@@ -77,30 +83,32 @@ std::vector<double> RoutingTotals::P() const {
   return P;
 }
 
-float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
-                        float alpha) {
+void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha) {
   check_probs(dprobs, "load balance dprobs");
-  SY_CHECK(static_cast<int64_t>(f.size()) == dprobs.dim(1) && P.size() == f.size(),
-           "load balance: f of " << f.size() << ", P of " << P.size() << " for " << dprobs.dim(1) << " groups");
-  check_device(ctx, "load_balance_loss", {&dprobs});
-  SY_DISPATCH(ctx, load_balance_loss, ctx, dprobs, f, P, alpha);
+  check_shape(sums, {routing_sums_size(dprobs.dim(1))}, "load balance routing sums");
+  check_dtype(sums, DType::f64, "load balance routing sums");
+  check_value(value, 1, "load balance value");
+  check_device(ctx, "load_balance_loss", {&dprobs, &value, &sums});
+  SY_DISPATCH(ctx, load_balance_loss, ctx, dprobs, value, sums, alpha);
 }
 
-float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
-                                float alpha) {
+void load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const Route& r,
+                               int64_t group, float alpha) {
   check_shape(probs, {r.num_items, r.num_groups}, "load balance probs");
   check_shape(dprobs, probs.shape(), "load balance dprobs");
+  check_value(value, 1, "load balance value");
   SY_CHECK(group > 0 && r.num_items % group == 0,
            "load balance groups of " << group << " items over " << r.num_items << " items");
-  check_device(ctx, "load_balance_loss_grouped", {&dprobs, &probs, &r.group});
-  SY_DISPATCH(ctx, load_balance_loss_grouped, ctx, dprobs, probs, r, group, alpha);
+  check_device(ctx, "load_balance_loss_grouped", {&dprobs, &value, &probs, &r.group});
+  SY_DISPATCH(ctx, load_balance_loss_grouped, ctx, dprobs, value, probs, r, group, alpha);
 }
 
-float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta) {
+void z_loss(Ctx& ctx, Tensor& dlogits, Tensor& value, const Tensor& logits, float beta) {
   check_probs(logits, "z-loss logits");
   check_shape(dlogits, logits.shape(), "z-loss dlogits");
-  check_device(ctx, "z_loss", {&dlogits, &logits});
-  SY_DISPATCH(ctx, z_loss, ctx, dlogits, logits, beta);
+  check_value(value, 1, "z-loss value");
+  check_device(ctx, "z_loss", {&dlogits, &value, &logits});
+  SY_DISPATCH(ctx, z_loss, ctx, dlogits, value, logits, beta);
 }
 
 float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
@@ -117,8 +125,7 @@ void budget_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, c
                  float budget, float lambda) {
   check_probs(probs, "budget probs");
   check_shape(dprobs, probs.shape(), "budget dprobs");
-  check_shape(value, {2}, "budget value");
-  check_dtype(value, DType::f64, "budget value");
+  check_value(value, 2, "budget value");
   SY_CHECK(cost.empty() || static_cast<int64_t>(cost.size()) == probs.dim(1),
            "budget: " << cost.size() << " costs for " << probs.dim(1) << " groups");
   check_device(ctx, "budget_loss", {&dprobs, &value, &probs});

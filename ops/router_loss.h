@@ -21,8 +21,13 @@
 //     parameter: the hard budget's drops (slot -2) may count as kept, so
 //     that the loss sees what the router asked for, not what was enforced.
 //
-// Each loss returns its value and accumulates its gradient (times `scale`,
-// the upstream gradient, normally 1) into dprobs or dlogits (N, G).
+// Each loss accumulates its gradient into dprobs or dlogits (N, G). The
+// load-balance, z- and expected-cost losses leave their values where the
+// tensors live: `value`, f64 on that device (a view of a larger tensor is
+// fine), overwritten, each rounded to f32; nothing is read back, so a router
+// on a GPU adds its losses without waiting for them and reads them only to
+// report them (runtime/router.h). The realised-cost loss, whose condition is
+// a host value, returns its value.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -66,28 +71,26 @@ struct RoutingTotals {
   double expected_cost(const std::vector<float>& c) const;
 };
 
-// L_lb from given statistics: f (G) and P (G) may cover more tokens than the
-// N of dprobs (every data-parallel rank's, all-reduced), which makes the loss
-// independent of how the batch is split. The gradient alpha G f_g / N uses
-// this rank's N: with the data-parallel average over ranks of equal N it is
-// the gradient of the global loss.
-float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
-                        float alpha);
+// L_lb from routing sums (routing_sums' layout; f and P as RoutingTotals
+// makes them): the sums may cover more tokens than the N of dprobs (every
+// data-parallel rank's, all-reduced), which makes the loss independent of how
+// the batch is split. The gradient alpha G f_g / N uses this rank's N: with
+// the data-parallel average over ranks of equal N it is the gradient of the
+// global loss. value: f64 (1).
+void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha);
 // Grouped (GShard groups; DeepSeek-V3's sequence-wise loss when group is the
 // sequence length): items split into runs of `group` consecutive items, S = N /
 // group of them, each with its own f_sg and P_sg;
 //   L = alpha * G * (1/S) sum_s sum_g f_sg P_sg,  dL/dp_ig = alpha G f_sg / N
-// for i in run s. group = N is the ungrouped loss. N % group == 0.
-float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
-                                float alpha);
-float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
+// for i in run s. group = N is the ungrouped loss. N % group == 0. value: f64 (1).
+void load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const Route& r,
+                               int64_t group, float alpha);
+// value: f64 (1).
+void z_loss(Ctx& ctx, Tensor& dlogits, Tensor& value, const Tensor& logits, float beta);
 // The expected-cost budget loss; cost (G) on the host, or empty for all ones.
-// Unlike the losses around it, its value stays where probs lives: value, f64
-// (2) on that device (a view of a larger tensor is fine), is overwritten with
-// value[0] = L_b and value[1] = C, each rounded to f32 (the precision of the
-// other losses' values), and the condition C > B of the gradient is decided
-// there too. A depth router (runtime/depth_router.h) thus adds its budget
-// loss on a GPU without waiting for it, and reads it only to report it.
+// value: f64 (2), value[0] = L_b and value[1] = C; the condition C > B of the
+// gradient is decided on the device too (a depth router,
+// runtime/depth_router.h, adds it on a GPU without waiting).
 void budget_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const std::vector<float>& cost,
                  float budget, float lambda);
 
@@ -111,11 +114,10 @@ float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const 
 // CUDA builds): the entry points above, in cpu:: and cuda::.
 SY_DECLARE_BACKENDS(
   void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1);
-  float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
-                          float alpha);
-  float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
-                                  float alpha);
-  float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta);
+  void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha);
+  void load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const Route& r,
+                                 int64_t group, float alpha);
+  void z_loss(Ctx& ctx, Tensor& dlogits, Tensor& value, const Tensor& logits, float beta);
   void budget_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const std::vector<float>& cost,
                    float budget, float lambda);
   float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,

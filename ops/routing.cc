@@ -106,9 +106,12 @@ void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, con
   SY_DISPATCH(ctx, route_weights_backward, ctx, dprobs, dweight, probs, r, renormalized);
 }
 
-void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate) {
-  check_shape(bias, {static_cast<int64_t>(load.size())}, "balance bias");
-  check_device(ctx, "update_balance_bias", {&bias});
+void update_balance_bias(Ctx& ctx, Tensor& bias, const Tensor& load, float rate) {
+  check_dtype(bias, DType::f32, "balance bias");
+  check_dtype(load, DType::f64, "balance load");
+  SY_CHECK(bias.ndim() == 1 && load.ndim() == 1 && load.numel() == bias.numel(),
+           "balance bias " << shape_str(bias.shape()) << " and load " << shape_str(load.shape()) << " differ");
+  check_device(ctx, "update_balance_bias", {&bias, &load});
   SY_DISPATCH(ctx, update_balance_bias, ctx, bias, load, rate);
 }
 

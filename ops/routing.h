@@ -145,8 +145,10 @@ void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, con
                             const Route& r, bool renormalized);
 
 // Auxiliary-loss-free balancing: bias_g += rate * sign(mean load - load_g);
-// bias (G) f32, load (G) on the host (all-reduced counts).
-void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);
+// bias (G) f32, load (G) f64 counts on the same device (the chosen counts of
+// all-reduced routing sums, ops/router_loss.h): decided where they live,
+// nothing read back.
+void update_balance_bias(Ctx& ctx, Tensor& bias, const Tensor& load, float rate);
 
 // The CPU reference (ops/cpu/routing.cc) and the CUDA kernels (ops/cuda/routing.cu;
 // CUDA builds): the entry points above, in cpu:: and cuda::.
@@ -159,7 +161,7 @@ SY_DECLARE_BACKENDS(
   void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
   void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
                               const Route& r, bool renormalized);
-  void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate);
+  void update_balance_bias(Ctx& ctx, Tensor& bias, const Tensor& load, float rate);
 )
 
 }  // namespace sy::ops

@@ -114,29 +114,72 @@ const ops::Route& Router::forward(const Tensor& x) {
 }
 
 void Router::losses_and_stats(int64_t N) {
-  stats_ = RoutingStats{};
-  stats_.capacity = route_.capacity;
   // Statistics over every data-parallel rank's tokens (rank 0 reports them, so
   // a rank-local value would describe 1/world of the batch).
   // The routing sums, and after them the noiseless choice's where the bias
-  // follows it: one buffer, one all-reduce.
+  // follows it: one buffer, one all-reduce; the losses' values after them.
   const int64_t S = ops::routing_sums_size(G_);
   const bool clean = clean_sums_.defined();
-  Tensor both = Tensor::empty({clean ? 2 * S : S}, DType::f64, ctx_);
-  Tensor sums = both.rows(0, S);
+  const int64_t n_sums = clean ? 2 * S : S;
+  totals_ = Tensor::zeros({n_sums + kValues}, DType::f64, ctx_);
+  Tensor sums = totals_.rows(0, S);
   ops::routing_sums(ctx_, sums, probs_, route_);
   if (clean) {
-    Tensor dst = both.rows(S, 2 * S);
+    Tensor dst = totals_.rows(S, 2 * S);
     dst.copy_from(clean_sums_, ctx_);
   }
+  Tensor both = totals_.rows(0, n_sums);
   if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(both, ctx_.stream, name_.c_str());
-  const ops::RoutingTotals tot = ops::RoutingTotals::read(sums, G_);
-  std::vector<int64_t> clean_load;
-  if (clean) {
-    const ops::RoutingTotals ct = ops::RoutingTotals::read(both.rows(S, 2 * S), G_);
-    clean_load.assign(ct.chosen.begin(), ct.chosen.end());
+  Tensor values = totals_.rows(n_sums, n_sums + kValues);
+
+  aux_dprobs_ = Tensor::zeros({N, G_}, DType::f32, ctx_);
+  aux_dlogits_ = Tensor::zeros({N, G_}, DType::f32, ctx_);
+  // Grouped balance is computed on this rank's tokens: a group never spans ranks.
+  const int64_t lb_group = cfg_.load_balance_tokens();
+  SY_CHECK(lb_group == 0 || N % lb_group == 0,
+           name_ << ": moe.load_balance_tokens = " << lb_group << " does not divide the " << N
+                 << " tokens this rank routes");
+  Tensor lb = values.rows(kLoadBalance, kLoadBalance + 1), z = values.rows(kZ, kZ + 1);
+  if (lb_group > 0)
+    ops::load_balance_loss_grouped(ctx_, aux_dprobs_, lb, probs_, route_, lb_group, cfg_.load_balance_coef());
+  else
+    ops::load_balance_loss(ctx_, aux_dprobs_, lb, sums, cfg_.load_balance_coef());
+  ops::z_loss(ctx_, aux_dlogits_, z, logits_, cfg_.z_loss_coef());
+  realized_budget_loss_ = 0;
+  if (cfg_.budget_coef() != 0 && cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED) {
+    Tensor b = values.rows(kBudget, kBudget + 2);
+    ops::budget_loss(ctx_, aux_dprobs_, b, probs_, cost_, cfg_.budget(), cfg_.budget_coef());
+  } else if (cfg_.budget_coef() != 0) {
+    // On the cost the router asked for: the hard budget's drops count, so the
+    // loss stays active while the budget is being enforced. Its condition
+    // R > B is a host value: the totals come back here, the one read of a
+    // router step (only with this loss on; coefficient 0 runs nothing).
+    const ops::RoutingTotals tot = ops::RoutingTotals::read(sums, G_);
+    ops::RealizedBudgetArgs b{cost_};
+    b.realized = tot.cost_before_budget(cost_);
+    b.budget = cfg_.budget();
+    b.lambda = cfg_.budget_coef();
+    b.count_budget_drops = true;
+    realized_budget_loss_ = ops::realized_budget_loss(ctx_, aux_dprobs_, probs_, route_, b);
   }
-  const std::vector<double> f = tot.f(), P = tot.P();
+
+  if (training_ && cfg_.bias_balance_rate() > 0) {
+    const Tensor load = clean ? totals_.rows(S, S + G_) : totals_.rows(0, G_);  // the chosen counts
+    ops::update_balance_bias(ctx_, bias_, load, cfg_.bias_balance_rate());
+  }
+  stats_read_ = false;
+}
+
+const RoutingStats& Router::stats() const {
+  if (stats_read_) return stats_;
+  stats_read_ = true;
+  stats_ = RoutingStats{};
+  stats_.capacity = route_.capacity;
+  const int64_t S = ops::routing_sums_size(G_), n_sums = totals_.numel() - kValues;
+  const Tensor h = totals_.to(host_ctx());  // the one copy back, when the statistics are asked for
+  const ops::RoutingTotals tot = ops::RoutingTotals::read(h.rows(0, S), G_);
+  const double* values = h.data<double>() + n_sums;
+  const std::vector<double> f = tot.f();
   const double mean = 1.0 / G_;
   double var = 0, mx = 0;
   for (int64_t g = 0; g < G_; ++g) {
@@ -149,49 +192,16 @@ void Router::losses_and_stats(int64_t N) {
   stats_.dropped = tot.dropped / std::max(1.0, tot.assigned);
   stats_.unserved = tot.unserved / std::max(1.0, tot.items);
   stats_.entropy = tot.entropy / std::max(1.0, tot.items);
-
-  aux_dprobs_ = Tensor::zeros({N, G_}, DType::f32, ctx_);
-  aux_dlogits_ = Tensor::zeros({N, G_}, DType::f32, ctx_);
-  // Grouped balance is computed on this rank's tokens: a group never spans ranks.
-  const int64_t lb_group = cfg_.load_balance_tokens();
-  SY_CHECK(lb_group == 0 || N % lb_group == 0,
-           name_ << ": moe.load_balance_tokens = " << lb_group << " does not divide the " << N
-                 << " tokens this rank routes");
-  stats_.lb_loss = lb_group > 0 ? ops::load_balance_loss_grouped(ctx_, aux_dprobs_, probs_, route_, lb_group,
-                                                                 cfg_.load_balance_coef())
-                                : ops::load_balance_loss(ctx_, aux_dprobs_, f, P, cfg_.load_balance_coef());
-  stats_.z_loss = ops::z_loss(ctx_, aux_dlogits_, logits_, cfg_.z_loss_coef());
+  stats_.lb_loss = values[kLoadBalance];
+  stats_.z_loss = values[kZ];
   stats_.realized_cost = tot.realized_cost(cost_);
   stats_.cost_before_budget = tot.cost_before_budget(cost_);
   stats_.expected_cost = tot.expected_cost(cost_);
   stats_.budget = cfg_.budget();
   stats_.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
-  if (cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED) {
-    // Coefficient 0: no loss, no gradient, nothing to run. Otherwise its value
-    // is read back here, with the routing totals above (the MoE router reads
-    // its statistics every step).
-    stats_.budget_loss = 0;
-    if (cfg_.budget_coef() != 0) {
-      Tensor value = Tensor::empty({2}, DType::f64, ctx_);
-      ops::budget_loss(ctx_, aux_dprobs_, value, probs_, cost_, cfg_.budget(), cfg_.budget_coef());
-      stats_.budget_loss = value.to_vector<double>()[0];
-    }
-  } else {
-    // On the cost the router asked for: the hard budget's drops count, so the
-    // loss stays active while the budget is being enforced.
-    ops::RealizedBudgetArgs b{cost_};
-    b.realized = stats_.cost_before_budget;
-    b.budget = cfg_.budget();
-    b.lambda = cfg_.budget_coef();
-    b.count_budget_drops = true;
-    stats_.budget_loss = ops::realized_budget_loss(ctx_, aux_dprobs_, probs_, route_, b);
-  }
-
-  if (training_ && cfg_.bias_balance_rate() > 0) {
-    std::vector<int64_t> load(tot.chosen.begin(), tot.chosen.end());
-    if (clean) load = clean_load;
-    ops::update_balance_bias(ctx_, bias_, load, cfg_.bias_balance_rate());
-  }
+  stats_.budget_loss =
+      cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED ? values[kBudget] : realized_budget_loss_;
+  return stats_;
 }
 
 void Router::backward(const Tensor& dweight, Tensor& dx) {

@@ -21,6 +21,13 @@
 // data-parallel rank's tokens (all-reduced routing sums); the grouped
 // load-balance loss, the z-loss and the expected-cost budget loss are over
 // this rank's.
+//
+// Nothing is read back in forward: the sums, the losses' values and the
+// balance bias's update stay on the device, and stats() (and aux_loss())
+// copy them to the host on the first call after a forward. A GPU step thus
+// waits for no router (with moe.padded not for the route either, ops/routing.h).
+// The one exception is the realised-cost budget loss (budget_coef > 0 with
+// budget_estimator REALIZED), whose condition R > B is a host value.
 #pragma once
 #include <string>
 #include <vector>
@@ -72,8 +79,13 @@ class Router {
   void set_sequence_length(int64_t T) { seq_len_ = T; }
   const std::vector<float>& cost() const { return cost_; }
   const ops::Route& route() const { return route_; }
-  const RoutingStats& stats() const { return stats_; }
-  double aux_loss() const { return stats_.lb_loss + stats_.z_loss + stats_.budget_loss; }
+  // The last forward's statistics and losses (read from the device on the
+  // first call after it).
+  const RoutingStats& stats() const;
+  double aux_loss() const {
+    const RoutingStats& s = stats();
+    return s.lb_loss + s.z_loss + s.budget_loss;
+  }
   const Tensor& balance_bias() const { return bias_; }
   bool renormalized() const;
   int64_t num_groups() const { return G_; }
@@ -99,7 +111,13 @@ class Router {
   Tensor logits_, probs_;        // (N, G)
   Tensor aux_dprobs_, aux_dlogits_;  // the router losses' gradients, from forward
   ops::Route route_;
-  RoutingStats stats_;
+  // f64 on the device: [routing sums | the noiseless choice's sums (only
+  // where the bias follows it) | values: load balance, z, budget loss, C].
+  enum { kLoadBalance, kZ, kBudget, kBudgetCost, kValues };
+  Tensor totals_;
+  double realized_budget_loss_ = 0;  // host: the realised-cost budget loss
+  mutable RoutingStats stats_;
+  mutable bool stats_read_ = true;  // stats_ holds what totals_ says
 };
 
 }  // namespace sy

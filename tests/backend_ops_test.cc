@@ -864,7 +864,8 @@ std::vector<OpCase> cases() {
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {7})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  o[0].copy_from(in[0], x);
-                 ops::update_balance_bias(x, o[0], {3, 9, 4, 4, 0, 12, 3}, 1e-3f);
+                 const Tensor load = Tensor::from_host(std::vector<double>{3, 9, 4, 4, 0, 12, 3}).to(x);
+                 ops::update_balance_bias(x, o[0], load, 1e-3f);
                }});
   // ---- moving rows ----
   c.push_back({"dispatch", Tol::exact, [](Rng& r) { return Ins{probs_of({30, 4}, r), randn({30, 12}, r)}; },
@@ -968,21 +969,24 @@ std::vector<OpCase> cases() {
                  std::vector<float> f32;
                  for (double v : sums.to_vector<double>()) f32.push_back(static_cast<float>(v));
                  put(x, o[0], f32);
-                 const ops::RoutingTotals t = ops::RoutingTotals::read(sums, 5);
-                 const float lb = ops::load_balance_loss(x, o[1], t.f(), t.P(), 0.01f);
-                 const float grouped = ops::load_balance_loss_grouped(x, o[2], in[0], route, 12, 0.02f);
-                 put(x, o[3], std::vector<float>{lb, grouped});
+                 // the values side by side in one device buffer, read once
+                 Tensor values = out(x, {2}, DType::f64), lb = values.rows(0, 1), grouped = values.rows(1, 2);
+                 ops::load_balance_loss(x, o[1], lb, sums, 0.01f);
+                 ops::load_balance_loss_grouped(x, o[2], grouped, in[0], route, 12, 0.02f);
+                 std::vector<float> v;
+                 for (double d : values.to_vector<double>()) v.push_back(static_cast<float>(d));
+                 put(x, o[3], v);
                }});
   c.push_back({"z_and_budget_loss", Tol::f32, [](Rng& r) { return Ins{randn({50, 6}, r, 3.f), probs_of({50, 6}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{acc(x, {50, 6}), acc(x, {50, 6}), fresh(x, {5})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const float z = ops::z_loss(x, o[0], in[0], 0.01f);
-                 // The value (L_b, C) in the middle of a larger device buffer; its ends keep their -7.
-                 Tensor buf = out(x, {4}, DType::f64);
-                 put(x, buf, std::vector<double>{-7, -7, -7, -7});
-                 Tensor value = buf.rows(1, 3);
+                 // The values (z; L_b, C) in the middle of a larger device buffer; its ends keep their -7.
+                 Tensor buf = out(x, {5}, DType::f64);
+                 put(x, buf, std::vector<double>{-7, -7, -7, -7, -7});
+                 Tensor z = buf.rows(1, 2), value = buf.rows(2, 4);
+                 ops::z_loss(x, o[0], z, in[0], 0.01f);
                  ops::budget_loss(x, o[1], value, in[1], {1.f, 2.f, 0.5f, 1.f, 3.f, 1.f}, 0.9f, 0.1f);
-                 std::vector<float> f32{z};
+                 std::vector<float> f32;
                  for (double v : buf.to_vector<double>()) f32.push_back(static_cast<float>(v));
                  put(x, o[2], f32);
                }});

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <memory>
 
+#include "core/device_runtime.h"
 #include "grad_check.h"
 #include "ops/gelu.h"
 #include "runtime/moe_layer.h"
@@ -408,6 +409,39 @@ TEST(MoeLayer, PaddedEqualsPacked) {
   }
 }
 
+// The router's statistics and losses stay on the device until asked for
+// (runtime/router.h); asked for after a second forward, they are that
+// forward's: the same as a fresh layer's on that batch alone.
+TEST(MoeLayer, StatisticsAreTheLastForwards) {
+  auto cfg = moe_config(4, 2);
+  cfg.set_capacity_factor(0.8f);
+  cfg.set_load_balance_coef(0.1f);
+  cfg.set_z_loss_coef(0.01f);
+  RoutingStats st[2];
+  double aux[2];
+  for (int fresh = 0; fresh < 2; ++fresh) {
+    Rng rng(23);
+    ParamStore ps;
+    MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 16, rng, 0.4f, 0.4f, 7);
+    ps.finalize(host_ctx());
+    const Tensor x1 = testing::randn({24, 8}, rng), x2 = testing::randn({24, 8}, rng, 3.f);
+    if (!fresh) {
+      moe.forward(x1);
+      EXPECT_GT(moe.stats().lb_loss, 0.0);  // read after the first forward
+    }
+    moe.forward(x2);
+    st[fresh] = moe.stats();
+    aux[fresh] = moe.aux_loss();
+  }
+  EXPECT_EQ(st[0].load, st[1].load);
+  EXPECT_EQ(st[0].dropped, st[1].dropped);
+  EXPECT_EQ(st[0].entropy, st[1].entropy);
+  EXPECT_EQ(st[0].lb_loss, st[1].lb_loss);
+  EXPECT_EQ(st[0].z_loss, st[1].z_loss);
+  EXPECT_EQ(aux[0], aux[1]);
+  EXPECT_GT(st[1].z_loss, 0.0);
+}
+
 TEST(MoeLayer, DroppedTokensGetZeroOutput) {
   Rng rng(4);
   auto cfg = moe_config(2, 1);
@@ -557,6 +591,52 @@ TEST(MoeLayer, LoadBalanceTokensGroupsTheLoss) {
   EXPECT_NEAR(lb_loss(N), lb_loss(0), 1e-7);
   EXPECT_GT(lb_loss(N / 2), lb_loss(0) + 1e-4);
   EXPECT_THROW(lb_loss(24), Error);
+}
+
+// ---- on the GPU (skipped without one) ----
+
+class MoeLayerCuda : public ::testing::Test {
+ protected:
+  static Ctx& gpu() {
+    static std::unique_ptr<DeviceRuntime> rt = DeviceRuntime::create(0);
+    return rt->ctx();
+  }
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA): the GPU path is not tested here";
+  }
+};
+
+// A padded MoE layer's training step queues all its work without waiting for
+// the device: nothing comes back in forward or backward (the route's host
+// part is known; the router's sums, losses and bias update stay on the
+// device), and the statistics cost one wait when asked for. The packed
+// route's offsets come back once per forward: there the same count is 1, so
+// the check can fail.
+TEST_F(MoeLayerCuda, PaddedStepWaitsForNothing) {
+  for (const bool padded : {false, true}) {
+    SCOPED_TRACE(padded ? "padded" : "packed");
+    Rng rng(5);
+    auto cfg = moe_config(8, 2);
+    cfg.set_capacity_factor(1.25f);
+    cfg.set_load_balance_coef(0.01f);
+    cfg.set_z_loss_coef(1e-3f);
+    cfg.set_bias_balance_rate(1e-3f);
+    cfg.set_padded(padded);
+    ParamStore ps;
+    MoeLayer moe(gpu(), ps, "m", 16, cfg, 32, rng, 0.1f, 0.1f, 7);
+    ps.finalize(gpu());
+    const Tensor x = testing::randn({64, 16}, rng).to(gpu()), dy = testing::randn({64, 16}, rng).to(gpu());
+    moe.forward(x);  // warm-up: allocator pools, GEMM algorithms
+    moe.backward(dy);
+    const int64_t before = host_waits();
+    moe.forward(x);
+    moe.backward(dy);
+    EXPECT_EQ(host_waits() - before, padded ? 0 : 1);
+    EXPECT_GT(moe.stats().max_over_mean, 0.0);
+    EXPECT_EQ(host_waits() - before, padded ? 1 : 2);
+    (void)moe.aux_loss();  // read already
+    EXPECT_EQ(host_waits() - before, padded ? 1 : 2);
+  }
 }
 
 }  // namespace

@@ -23,12 +23,27 @@ Tensor softmax_of(const Tensor& logits) {
 }
 
 // The batch-wide load-balance loss of a route, with f and P from this batch:
-// routing_sums -> RoutingTotals -> load_balance_loss. dprobs accumulates.
+// routing_sums -> load_balance_loss; its value read from the value tensor.
+// dprobs accumulates.
 float load_balance_loss(Tensor& dprobs, const Tensor& probs, const Route& r, float alpha) {
   Tensor sums = Tensor::zeros({routing_sums_size(r.num_groups)}, DType::f64, host_ctx());
   routing_sums(host_ctx(), sums, probs, r);
-  const RoutingTotals t = RoutingTotals::read(sums, r.num_groups);
-  return ops::load_balance_loss(host_ctx(), dprobs, t.f(), t.P(), alpha);
+  Tensor value = Tensor::empty({1}, DType::f64, host_ctx());
+  ops::load_balance_loss(host_ctx(), dprobs, value, sums, alpha);
+  return static_cast<float>(value.to_vector<double>()[0]);
+}
+
+float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
+                                float alpha) {
+  Tensor value = Tensor::empty({1}, DType::f64, ctx);
+  ops::load_balance_loss_grouped(ctx, dprobs, value, probs, r, group, alpha);
+  return static_cast<float>(value.to_vector<double>()[0]);
+}
+
+float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta) {
+  Tensor value = Tensor::empty({1}, DType::f64, ctx);
+  ops::z_loss(ctx, dlogits, value, logits, beta);
+  return static_cast<float>(value.to_vector<double>()[0]);
 }
 
 // The budget loss's value L_b (and C into *expected) from its value tensor.

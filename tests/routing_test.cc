@@ -236,7 +236,7 @@ TEST(TokensChoose, SelectionKeysMoveChoiceNotWeight) {
 
 TEST(BalanceBias, MovesTowardBalanceBySign) {
   Tensor bias = zeros({3});
-  update_balance_bias(host_ctx(), bias, {6, 3, 0}, 0.1f);  // mean 3
+  update_balance_bias(host_ctx(), bias, Tensor::from_host(std::vector<double>{6, 3, 0}), 0.1f);  // mean 3
   EXPECT_EQ(floats(bias), (std::vector<float>{-0.1f, 0.f, 0.1f}));
 }
 

@@ -61,17 +61,21 @@ void routing_sums(Ctx&, Tensor& sums, const Tensor& probs, const Route& r, int64
   std::copy(s.begin(), s.end(), sums.data<double>());
 }
 
-float load_balance_loss(Ctx&, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
-                        float alpha) {
+void load_balance_loss(Ctx&, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha) {
   const int64_t N = dprobs.dim(0), G = dprobs.dim(1);
-  if (alpha == 0.f || N == 0) return 0.f;
-  return static_cast<float>(alpha * G * add_balance_term(dprobs.f32(), 0, N, N, G, f, P, alpha));
+  double* v = value.data<double>();
+  v[0] = 0;
+  if (alpha == 0.f || N == 0) return;
+  const RoutingTotals t = RoutingTotals::read(sums, G);
+  v[0] = static_cast<float>(alpha * G * add_balance_term(dprobs.f32(), 0, N, N, G, t.f(), t.P(), alpha));
 }
 
-float load_balance_loss_grouped(Ctx&, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
-                                float alpha) {
+void load_balance_loss_grouped(Ctx&, Tensor& dprobs, Tensor& value, const Tensor& probs, const Route& r,
+                               int64_t group, float alpha) {
   const int64_t N = r.num_items, G = r.num_groups;
-  if (alpha == 0.f || N == 0) return 0.f;
+  double* v = value.data<double>();
+  v[0] = 0;
+  if (alpha == 0.f || N == 0) return;
   const int64_t S = N / group;
   double loss = 0;
   RoutingTotals t;
@@ -84,12 +88,14 @@ float load_balance_loss_grouped(Ctx&, Tensor& dprobs, const Tensor& probs, const
     t.items = sums[4 * G + 1];
     loss += add_balance_term(dprobs.f32(), i0, i1, N, G, t.f(), t.P(), alpha);
   }
-  return static_cast<float>(alpha * G * loss / S);
+  v[0] = static_cast<float>(alpha * G * loss / S);
 }
 
-float z_loss(Ctx&, Tensor& dlogits, const Tensor& logits, float beta) {
+void z_loss(Ctx&, Tensor& dlogits, Tensor& value, const Tensor& logits, float beta) {
   const int64_t N = logits.dim(0), G = logits.dim(1);
-  if (beta == 0.f || N == 0) return 0.f;
+  double* v = value.data<double>();
+  v[0] = 0;
+  if (beta == 0.f || N == 0) return;
   // softmax(l)_g = e^(l_g - max) / s reuses the exps of the sum (one exp per
   // element; it was e^(l_g - lse), a second one).
   double loss = 0;
@@ -106,7 +112,7 @@ float z_loss(Ctx&, Tensor& dlogits, const Tensor& logits, float beta) {
     loss += lse * lse;
     for (int64_t g = 0; g < G; ++g) dl[g] += static_cast<float>(2.0 * beta * lse * (e[g] / s) / N);
   }
-  return static_cast<float>(beta * loss / N);
+  v[0] = static_cast<float>(beta * loss / N);
 }
 
 void budget_loss(Ctx&, Tensor& dprobs, Tensor& value, const Tensor& probs_t, const std::vector<float>& cost,

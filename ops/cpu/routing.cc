@@ -283,11 +283,14 @@ void route_weights_backward(Ctx&, Tensor& dprobs_t, const Tensor& dweight_t, con
   }
 }
 
-void update_balance_bias(Ctx&, Tensor& bias_t, const std::vector<int64_t>& load, float rate) {
+void update_balance_bias(Ctx&, Tensor& bias_t, const Tensor& load_t, float rate) {
   float* bias = bias_t.f32();
-  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / load.size();
-  for (size_t g = 0; g < load.size(); ++g) {
-    const double e = mean - static_cast<double>(load[g]);
+  const double* load = load_t.data<double>();
+  const int64_t G = load_t.numel();
+  if (G == 0) return;
+  const double mean = std::accumulate(load, load + G, 0.0) / G;
+  for (int64_t g = 0; g < G; ++g) {
+    const double e = mean - load[g];
     bias[g] += rate * static_cast<float>((e > 0) - (e < 0));
   }
 }

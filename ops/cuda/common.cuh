@@ -67,6 +67,7 @@ std::vector<T> download(Ctx& ctx, const T* device, int64_t n) {
   std::vector<T> v(static_cast<size_t>(n));
   if (n > 0) CUDA_CHECK(cudaMemcpyAsync(v.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost, stream(ctx)));
   CUDA_CHECK(cudaStreamSynchronize(stream(ctx)));
+  count_host_wait();
   return v;
 }
 

@@ -7,14 +7,16 @@
 //   tree; thread 0 counts assigned, dropped and unserved. Stage 2 adds the
 //   chunks in order. Counts are exact; the double sums differ from the CPU's
 //   serial order by rounding only.
-// load_balance_loss: the per-group gradient alpha G f_g / N is computed on
-//   the host from f (as the CPU does), uploaded, and added to every row.
+// load_balance_loss: one block reads the routing sums: thread g computes f_g,
+//   P_g and the per-group gradient alpha G f_g / N with the CPU's operations,
+//   thread 0 adds sum_g f P in group order and writes the value; the gradient
+//   is added to every row. Nothing is read back.
 // load_balance_loss_grouped: one block per run of items; thread g counts and
 //   sums its column over the run serially (the CPU's order exactly); the run's
-//   sum_g f P is added in group order by thread 0; the per-run values are read
-//   back and summed on the host in run order: bitwise the CPU's loss.
+//   sum_g f P is added in group order by thread 0; one thread adds the runs in
+//   run order and writes the value: bitwise the CPU's loss.
 // z_loss: one warp per row (max, sum of exp in double), lse^2 per row summed
-//   by sum_f64_to_host. budget_loss: one thread per row sums p c in group
+//   by sum_f64 on the device. budget_loss: one thread per row sums p c in group
 //   order, rows by sum_f64 into device memory (C); the gradient, a constant
 //   per column, is added by threads that read C and skip when C <= B, and one
 //   thread writes the value: nothing is read back.
@@ -109,20 +111,46 @@ static __global__ void add_to_columns(float* dprobs, const float* d, int64_t N, 
     dprobs[t] += d[t % G];
 }
 
-float load_balance_loss(Ctx& ctx, Tensor& dprobs, const std::vector<double>& f, const std::vector<double>& P,
-                        float alpha) {
-  const int64_t N = dprobs.dim(0), G = dprobs.dim(1);
-  if (alpha == 0.f || N == 0) return 0.f;
-  double fp = 0;
-  std::vector<float> d(G);
-  for (int64_t g = 0; g < G; ++g) {
-    fp += f[g] * P[g];
-    d[g] = static_cast<float>(alpha * G * f[g] / N);
+// One block: d[g] = alpha G f_g / N and value = alpha G sum_g f_g P_g from the
+// routing sums (ops/router_loss.cc's layout), the CPU's expressions. fp (G)
+// scratch for the in-order sum.
+static __global__ void balance_from_sums(float* d, double* fp, double* value, const double* sums, int64_t G,
+                                         int64_t N, float alpha) {
+  const double assigned = sums[4 * G], items = sums[4 * G + 1];
+  const float aG = alpha * static_cast<float>(G);
+  for (int64_t g = threadIdx.x; g < G; g += blockDim.x) {
+    const double f = sums[g] / fmax(1.0, assigned), P = sums[G + g] / fmax(1.0, items);
+    fp[g] = f * P;
+    d[g] = static_cast<float>(static_cast<double>(aG) * f / N);
   }
-  const Tensor dd = upload(ctx, d);
-  add_to_columns<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), dd.data<float>(), N, G);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double s = 0;
+    for (int64_t g = 0; g < G; ++g) s += fp[g];
+    value[0] = static_cast<float>(static_cast<double>(aG) * s);
+  }
+}
+
+void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha) {
+  const int64_t N = dprobs.dim(0), G = dprobs.dim(1);
+  if (alpha == 0.f || N == 0) {
+    CUDA_CHECK(cudaMemsetAsync(value.raw(), 0, sizeof(double), stream(ctx)));
+    return;
+  }
+  Tensor d = Tensor::empty({G}, DType::f32, ctx);
+  Tensor fp = Tensor::empty({G}, DType::f64, ctx);
+  balance_from_sums<<<1, kBlock, 0, stream(ctx)>>>(d.data<float>(), fp.data<double>(), value.data<double>(),
+                                                   sums.data<double>(), G, N, alpha);
   CUDA_CHECK(cudaGetLastError());
-  return static_cast<float>(alpha * G * fp);
+  add_to_columns<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), d.data<float>(), N, G);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// value = (float)(mul * (x[0] + ... + x[n-1]) / div), the sum in order (one thread).
+static __global__ void ordered_value(double* value, const double* x, int64_t n, double mul, double div) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += x[i];
+  value[0] = static_cast<float>(mul * s / div);
 }
 
 // Block s: items [s*len, (s+1)*len). fp_terms (S, G) scratch; fp (S) out.
@@ -153,10 +181,13 @@ static __global__ void balance_runs(float* dprobs, double* fp_terms, double* fp,
   }
 }
 
-float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r, int64_t group,
-                                float alpha) {
+void load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const Route& r,
+                               int64_t group, float alpha) {
   const int64_t N = r.num_items, G = r.num_groups;
-  if (alpha == 0.f || N == 0) return 0.f;
+  if (alpha == 0.f || N == 0) {
+    CUDA_CHECK(cudaMemsetAsync(value.raw(), 0, sizeof(double), stream(ctx)));
+    return;
+  }
   const int64_t S = N / group;
   Tensor terms = Tensor::empty({S * G}, DType::f64, ctx);
   Tensor fp = Tensor::empty({S}, DType::f64, ctx);
@@ -164,9 +195,10 @@ float load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, const Tensor& probs, c
                                                                      fp.data<double>(), probs.data<float>(),
                                                                      r.group.data<int32_t>(), N, r.k, G, group, alpha);
   CUDA_CHECK(cudaGetLastError());
-  double loss = 0;
-  for (double v : download(ctx, fp.data<double>(), S)) loss += v;
-  return static_cast<float>(alpha * G * loss / S);
+  // The CPU's alpha * G * loss / S: alpha * G is a float product there too.
+  ordered_value<<<1, 1, 0, stream(ctx)>>>(value.data<double>(), fp.data<double>(), S,
+                                          static_cast<double>(alpha * static_cast<float>(G)), static_cast<double>(S));
+  CUDA_CHECK(cudaGetLastError());
 }
 
 static __global__ void z_loss_rows(float* dlogits, double* lse2, const float* logits, int64_t N, int64_t G,
@@ -187,14 +219,21 @@ static __global__ void z_loss_rows(float* dlogits, double* lse2, const float* lo
   for (int64_t g = lane; g < G; g += 32) dl[g] += static_cast<float>(2.0 * beta * lse * exp(l[g] - lse) / N);
 }
 
-float z_loss(Ctx& ctx, Tensor& dlogits, const Tensor& logits, float beta) {
+void z_loss(Ctx& ctx, Tensor& dlogits, Tensor& value, const Tensor& logits, float beta) {
   const int64_t N = logits.dim(0), G = logits.dim(1);
-  if (beta == 0.f || N == 0) return 0.f;
+  if (beta == 0.f || N == 0) {
+    CUDA_CHECK(cudaMemsetAsync(value.raw(), 0, sizeof(double), stream(ctx)));
+    return;
+  }
   Tensor lse2 = Tensor::empty({N}, DType::f64, ctx);
   z_loss_rows<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(dlogits.data<float>(), lse2.data<double>(),
                                                                logits.data<float>(), N, G, beta);
   CUDA_CHECK(cudaGetLastError());
-  return static_cast<float>(beta * sum_f64_to_host(ctx, lse2.data<double>(), N) / N);
+  Tensor total = Tensor::empty({1}, DType::f64, ctx);
+  sum_f64(ctx, lse2.data<double>(), N, total.data<double>());
+  ordered_value<<<1, 1, 0, stream(ctx)>>>(value.data<double>(), total.data<double>(), 1, static_cast<double>(beta),
+                                          static_cast<double>(N));
+  CUDA_CHECK(cudaGetLastError());
 }
 
 // row[i] = sum_g p[i, g] c_g (group order); cost null: all ones.

@@ -493,22 +493,25 @@ void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, con
   CUDA_CHECK(cudaGetLastError());
 }
 
-static __global__ void add_vector(float* y, const float* x, int64_t n) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) y[i] += x[i];
+// One block: the mean of the counts in order (thread 0, the CPU's sum), then
+// bias_g += rate * sign(mean - load_g).
+static __global__ void balance_bias_kernel(float* bias, const double* load, int64_t G, float rate) {
+  __shared__ double mean;
+  if (threadIdx.x == 0) {
+    double s = 0;
+    for (int64_t g = 0; g < G; ++g) s += load[g];
+    mean = s / G;
+  }
+  __syncthreads();
+  for (int64_t g = threadIdx.x; g < G; g += blockDim.x) {
+    const double e = mean - load[g];
+    bias[g] += rate * static_cast<float>((e > 0) - (e < 0));
+  }
 }
 
-void update_balance_bias(Ctx& ctx, Tensor& bias, const std::vector<int64_t>& load, float rate) {
-  if (load.empty()) return;
-  // The signs come from host counts: computed here exactly as on the CPU.
-  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / load.size();
-  std::vector<float> delta(load.size());
-  for (size_t g = 0; g < load.size(); ++g) {
-    const double e = mean - static_cast<double>(load[g]);
-    delta[g] = rate * static_cast<float>((e > 0) - (e < 0));
-  }
-  const Tensor d = upload(ctx, delta);
-  add_vector<<<grid_for(bias.numel()), kBlock, 0, stream(ctx)>>>(bias.data<float>(), d.data<float>(), bias.numel());
+void update_balance_bias(Ctx& ctx, Tensor& bias, const Tensor& load, float rate) {
+  if (load.numel() == 0) return;
+  balance_bias_kernel<<<1, kBlock, 0, stream(ctx)>>>(bias.data<float>(), load.data<double>(), load.numel(), rate);
   CUDA_CHECK(cudaGetLastError());
 }
 
