@@ -5,7 +5,7 @@
 #include <cmath>
 #include <memory>
 
-#include "core/device_runtime.h"
+#include "cuda_fixture.h"
 #include "grad_check.h"
 #include "ops/gelu.h"
 #include "runtime/moe_layer.h"
@@ -595,16 +595,7 @@ TEST(MoeLayer, LoadBalanceTokensGroupsTheLoss) {
 
 // ---- on the GPU (skipped without one) ----
 
-class MoeLayerCuda : public ::testing::Test {
- protected:
-  static Ctx& gpu() {
-    static std::unique_ptr<DeviceRuntime> rt = DeviceRuntime::create(0);
-    return rt->ctx();
-  }
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA): the GPU path is not tested here";
-  }
-};
+using MoeLayerCuda = testing::CudaTest;
 
 // A padded MoE layer's training step queues all its work without waiting for
 // the device: nothing comes back in forward or backward (the route's host

@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "attention_rows.h"
-#include "core/device_runtime.h"
+#include "cuda_fixture.h"
 #include "grad_check.h"
 #include "ops/layernorm.h"
 #include "ops/rope.h"
@@ -566,16 +566,7 @@ TEST(AttentionPairs, RoutedAt4096With64ClustersIsA64thOfDense) {
 // (ops/cuda/sparse_attention_rows.h) and the centroid upkeep; k-means on the
 // warm-up batch runs on a host copy.
 
-class RoutedAttentionCuda : public ::testing::Test {
- protected:
-  static Ctx& gpu() {
-    static std::unique_ptr<DeviceRuntime> rt = DeviceRuntime::create(0);
-    return rt->ctx();
-  }
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA): the GPU path is not tested here";
-  }
-};
+using RoutedAttentionCuda = testing::CudaTest;
 
 TEST_F(RoutedAttentionCuda, CausalModeNoLeakFromTheFuture) { expect_causal(routed_cfg(2, 4, 3), gpu()); }
 TEST_F(RoutedAttentionCuda, LocalPlusRoutingNoLeak) { expect_causal(routed_cfg(1, 3, 4), gpu()); }
