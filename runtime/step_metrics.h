@@ -36,6 +36,10 @@ struct StepLog {
   // allocator's high-water mark of live device bytes.
   double peak_tflops = 0;
   size_t device_bytes_high_water = 0;
+  // Device runs: times per training step the host waited for the device
+  // (core/context.h, host_waits) since the last log line; each one drains
+  // the GPU's queue of launched work.
+  double host_waits_per_step = 0;
   double all_to_all_s = 0;   // last step, all MoE layers
   double all_reduce_s = 0;   // since the last log line
   double all_reduce_exposed_s = 0;  // the part of it backward did not hide

@@ -274,7 +274,7 @@ TrainResult Trainer::run() {
   result.bad_steps = bad_steps_;
   const double t0 = now_s();
   double interval_start = t0, interval_flops = 0, allreduce_s = 0, allreduce_exposed_s = 0;
-  int64_t interval_tokens = 0;
+  int64_t interval_tokens = 0, interval_steps = 0, interval_waits = 0;
   float loss_sum = 0;
   int loss_count = 0;
   // One metrics line and progress line for step s.
@@ -286,6 +286,7 @@ TrainResult Trainer::run() {
     if (device_) {
       log.peak_tflops = device_->peak_tflops();
       log.device_bytes_high_water = ctx_.alloc->high_water();
+      log.host_waits_per_step = static_cast<double>(interval_waits) / std::max<int64_t>(1, interval_steps);
     }
     log.all_to_all_s = r.all_to_all_s;
     log.all_reduce_s = allreduce_s;
@@ -316,7 +317,7 @@ TrainResult Trainer::run() {
     }
     allreduce_s = allreduce_exposed_s = 0;
     interval_start = now_s();  // evaluation time is not training time
-    interval_tokens = 0;
+    interval_tokens = interval_steps = interval_waits = 0;
     interval_flops = 0;
     loss_sum = 0;
     loss_count = 0;
@@ -324,7 +325,10 @@ TrainResult Trainer::run() {
 
   for (int64_t s = start + 1; s <= t.steps(); ++s) {
     if (opts_.before_step) opts_.before_step(s, model_);
+    const int64_t waits_before = host_waits();
     const StepResult r = step(s);
+    interval_waits += host_waits() - waits_before;
+    ++interval_steps;
     result.last_step = s;
     result.bad_steps = bad_steps_;
     result.losses.push_back(r.loss);
