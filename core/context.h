@@ -30,11 +30,14 @@ struct Ctx {
 // The CPU context: host allocator, no stream, no handles.
 Ctx& host_ctx();
 
-// Times the host has waited for a device to copy data (a device-to-host
-// copy, or any copy from pageable host memory): a process-wide count, so a
-// test can check that a GPU step queues its work without ever waiting
-// (runtime/router.h, ops/routing.h's padded routes). count_host_wait() is
-// called where such a copy synchronises (core/tensor.cc, ops/cuda/common.cuh).
+// Times the host has waited for a device to copy data: Tensor copies to or
+// from the host (which wait for the stream) and ops/cuda's downloads. A
+// process-wide count, so a test can check that a GPU step queues its work
+// without ever waiting (runtime/router.h, ops/routing.h's padded routes).
+// Not counted: ops/cuda's upload() of small host vectors (cudaMemcpyAsync
+// from pageable memory, which the driver stages and may order after earlier
+// work, without the host waiting for it to finish). count_host_wait() is
+// called where a copy synchronises (core/tensor.cc, ops/cuda/common.cuh).
 int64_t host_waits();
 void count_host_wait();
 

@@ -172,9 +172,8 @@ void Router::losses_and_stats(int64_t N) {
 
 const RoutingStats& Router::stats() const {
   if (stats_read_) return stats_;
-  stats_read_ = true;
-  stats_ = RoutingStats{};
-  stats_.capacity = route_.capacity;
+  RoutingStats st;  // stats_ and the flag change only once the copy has come back
+  st.capacity = route_.capacity;
   const int64_t S = ops::routing_sums_size(G_), n_sums = totals_.numel() - kValues;
   const Tensor h = totals_.to(host_ctx());  // the one copy back, when the statistics are asked for
   const ops::RoutingTotals tot = ops::RoutingTotals::read(h.rows(0, S), G_);
@@ -186,21 +185,23 @@ const RoutingStats& Router::stats() const {
     mx = std::max(mx, f[g]);
     var += (f[g] - mean) * (f[g] - mean);
   }
-  stats_.load = f;
-  stats_.max_over_mean = mx / mean;
-  stats_.cv = std::sqrt(var / G_) / mean;
-  stats_.dropped = tot.dropped / std::max(1.0, tot.assigned);
-  stats_.unserved = tot.unserved / std::max(1.0, tot.items);
-  stats_.entropy = tot.entropy / std::max(1.0, tot.items);
-  stats_.lb_loss = values[kLoadBalance];
-  stats_.z_loss = values[kZ];
-  stats_.realized_cost = tot.realized_cost(cost_);
-  stats_.cost_before_budget = tot.cost_before_budget(cost_);
-  stats_.expected_cost = tot.expected_cost(cost_);
-  stats_.budget = cfg_.budget();
-  stats_.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
-  stats_.budget_loss =
+  st.load = f;
+  st.max_over_mean = mx / mean;
+  st.cv = std::sqrt(var / G_) / mean;
+  st.dropped = tot.dropped / std::max(1.0, tot.assigned);
+  st.unserved = tot.unserved / std::max(1.0, tot.items);
+  st.entropy = tot.entropy / std::max(1.0, tot.items);
+  st.lb_loss = values[kLoadBalance];
+  st.z_loss = values[kZ];
+  st.realized_cost = tot.realized_cost(cost_);
+  st.cost_before_budget = tot.cost_before_budget(cost_);
+  st.expected_cost = tot.expected_cost(cost_);
+  st.budget = cfg_.budget();
+  st.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
+  st.budget_loss =
       cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED ? values[kBudget] : realized_budget_loss_;
+  stats_ = st;
+  stats_read_ = true;
   return stats_;
 }
 

@@ -106,7 +106,7 @@ TEST(AttentionTiles, MemberMaskComputesEachAllowedPairOnce) {
     for (const int len : {1, 15, 16, 33, 64, 100, 128, 129, 200, 300}) {
       std::vector<int32_t> is_q(len), is_k(len);
       for (int i = 0; i < len; ++i) is_q[i] = bit(), is_k[i] = bit();
-      const attn::MemberMask m = attn::MemberMask{is_q.data(), is_k.data()}.bind(0, len);
+      const attn::MemberMask m = attn::MemberMask{is_q.data(), is_k.data()}.bind(0, 0, len);
       const std::vector<int> n = computed(m, t, len);
       for (int q = 0; q < len; ++q)
         for (int k = 0; k < len; ++k) {
@@ -115,6 +115,45 @@ TEST(AttentionTiles, MemberMaskComputesEachAllowedPairOnce) {
               << t.name << ", len " << len << ", q " << q << ", k " << k;
         }
     }
+}
+
+// With a key prefix (block top-k's segments: a key block, then the queries
+// that chose it): the same, keys past key_len never seen whatever their flag.
+TEST(AttentionTiles, MemberMaskWithAKeyPrefixComputesEachAllowedPairOnce) {
+  uint32_t state = 777;
+  auto bit = [&state] {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<int32_t>((state >> 16) % 3 != 0);
+  };
+  for (const Tiling& t : kTilings)
+    for (const int len : {1, 16, 33, 100, 129, 300})
+      for (const int klen : {0, 1, 15, 16, 17, 64, 65, 128}) {
+        std::vector<int32_t> is_q(len), is_k(len);
+        for (int i = 0; i < len; ++i) is_q[i] = bit(), is_k[i] = bit();
+        const int32_t key_len[2] = {-1, klen};  // segment 1's
+        const attn::MemberMask m = attn::MemberMask{is_q.data(), is_k.data(), key_len}.bind(1, 0, len);
+        const std::vector<int> n = computed(m, t, len);
+        for (int q = 0; q < len; ++q)
+          for (int k = 0; k < len; ++k) {
+            const bool allowed = k <= q && k < klen && is_q[q] && is_k[k];
+            ASSERT_EQ(n[static_cast<size_t>(q) * len + k], allowed ? 1 : 0)
+                << t.name << ", len " << len << ", key_len " << klen << ", q " << q << ", k " << k;
+          }
+      }
+}
+
+// The point of the prefix: a segment of 64 keys and 4032 queries costs one
+// key tile per query tile, and no query tile for the key tiles past it.
+TEST(AttentionTiles, KeyPrefixVisitsOnlyItsKeyTiles) {
+  const std::vector<int32_t> flags(4096, 1);
+  const int32_t key_len[1] = {64};
+  const attn::MemberMask m = attn::MemberMask{flags.data(), flags.data(), key_len}.bind(0, 0, 4096);
+  for (int q0 = 0; q0 < 4096; q0 += 64) {
+    const attn::TileRange r = attn::key_tiles(m, q0, 64, 4096, 64);
+    EXPECT_EQ(r.end - r.first, 1) << "query block at " << q0;
+    const attn::TileRange back = attn::query_tiles(m, q0, 64, 4096, 64);
+    EXPECT_EQ(back.end > back.first, q0 == 0) << "dK/dV block at key " << q0;
+  }
 }
 
 // The point of the window: a query tile loops over the key tiles its window

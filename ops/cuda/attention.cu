@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
-  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
+  const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
@@ -437,7 +437,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
-  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
+  const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int k0 = blockIdx.x * BM;  // the first key tiles see the most queries: launched first
   if (k0 >= seq.len) return;
   const int D_ = D;
@@ -558,7 +558,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
-  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
+  const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
@@ -737,7 +737,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* _
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
-  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
+  const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
@@ -832,7 +832,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
-  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
+  const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int k0 = blockIdx.x * BN;
   if (k0 >= seq.len) return;
   const int D_ = D;
@@ -914,7 +914,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 
   const int h = blockIdx.y, b = blockIdx.z;
   const Seq seq = sequence(g, b);
-  const Mask mask = mask_.bind(seq.row0, seq.len);  // (varlen member flags: this segment's)
+  const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;

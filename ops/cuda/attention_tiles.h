@@ -17,8 +17,8 @@
 //                                queries in [q_begin, q_end) only
 //   tile_full(q_first, q_last, k_first, k_last)
 //                                every pair of the tile is allowed
-// and bind(row0, len), which ties a mask to the segment it is used on (a
-// variable-length segment starting at packed row row0, of len rows).
+// and bind(b, row0, len), which ties a mask to the segment it is used on
+// (variable-length segment b, starting at packed row row0, of len rows).
 #pragma once
 #include <climits>
 #include <cstdint>
@@ -36,7 +36,7 @@ SY_HD inline int imax(int a, int b) { return a > b ? a : b; }
 
 // Causal: k <= q.
 struct CausalMask {
-  SY_HD CausalMask bind(int64_t, int) const { return *this; }
+  SY_HD CausalMask bind(int, int64_t, int) const { return *this; }
   SY_HD bool ok(int q, int k) const { return k <= q; }
   SY_HD int kv_begin(int) const { return 0; }
   SY_HD int kv_end(int q_last) const { return q_last + 1; }
@@ -51,7 +51,7 @@ struct CausalMask {
 // No overflow: T <= 2^30 (the launchers check), so k + w < 2^31.
 struct WindowMask {
   int w;
-  SY_HD WindowMask bind(int64_t, int) const { return *this; }
+  SY_HD WindowMask bind(int, int64_t, int) const { return *this; }
   SY_HD bool ok(int q, int k) const { return k <= q && q - k < w; }
   SY_HD int kv_begin(int q_first) const { return imax(0, q_first - w + 1); }
   SY_HD int kv_end(int q_last) const { return q_last + 1; }
@@ -68,15 +68,25 @@ struct WindowMask {
 // keys. bind() points the flags at the segment's rows; a row past the
 // segment is no member. No tile is known to be full without reading flags,
 // so every tile takes the element mask (its cost is small beside the GEMMs).
+// key_len (per segment, optional): segment b's keys all lie in its first
+// key_len[b] rows (block top-k's packing: a key block, then the queries
+// that chose it), so query tiles stop there and key tiles past it loop over
+// no queries - without it such a segment costs its length squared.
 struct MemberMask {
   const int32_t* is_query;  // (rows of all segments), 0 or 1 (i32: the tensors have no byte type)
   const int32_t* is_key;
-  int len = 0;  // after bind: the segment's rows
-  SY_HD MemberMask bind(int64_t row0, int n) const { return {is_query + row0, is_key + row0, n}; }
-  SY_HD bool ok(int q, int k) const { return k <= q && q < len && is_query[q] && is_key[k]; }
+  const int32_t* key_len = nullptr;  // (segments) or null: keys anywhere in the segment
+  int len = 0;                       // after bind: the segment's rows
+  int klen = INT_MAX;                // after bind: keys only in rows [0, klen)
+  SY_HD MemberMask bind(int b, int64_t row0, int n) const {
+    return {is_query + row0, is_key + row0, key_len, n, key_len ? key_len[b] : n};
+  }
+  SY_HD bool ok(int q, int k) const { return k <= q && q < len && k < klen && is_query[q] && is_key[k]; }
   SY_HD int kv_begin(int) const { return 0; }
-  SY_HD int kv_end(int q_last) const { return q_last + 1; }
-  SY_HD int q_begin(int k_first) const { return k_first; }
+  SY_HD int kv_end(int q_last) const { return imin(q_last + 1, klen); }
+  // Keys from klen on are seen by no query: an empty range (INT_MAX / 2, so
+  // that a tile index computed from it stays far past any end).
+  SY_HD int q_begin(int k_first) const { return k_first < klen ? k_first : INT_MAX / 2; }
   SY_HD int q_end(int) const { return INT_MAX; }
   SY_HD bool tile_full(int, int, int, int) const { return false; }
 };
