@@ -17,7 +17,9 @@
 //           and bf16; "of dense" is then the FLOP rate on the pairs it
 //           computes against the dense causal kernel's (issue 18's bar: 50%).
 //   block   block top-k, block 64, top 8: block_topk_keysets per head + sparse
-//           attention.
+//           attention; on a GPU (f32) the key sets are packed one segment per
+//           key block inside the selection, and the attention runs on the
+//           tiled varlen kernels (ops/cuda/block_topk_pack.h).
 // The recipe is bench_ops's (llm.c's dev/cuda, nccl-tests): warm-up, the
 // median of timed runs (CUDA events on a device, the host clock on the CPU;
 // --iters runs, fewer but at least 3 where they would pass --budget seconds),

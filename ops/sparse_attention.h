@@ -20,6 +20,19 @@
 
 namespace sy::ops {
 
+// Block top-k's key sets packed for CUDA's tiled varlen kernels, one segment
+// per key block (ops/cuda/block_topk_pack.h): made with the key sets by
+// CUDA's block_topk_keysets (f32, head dims 16, 32, 64, 128), read by its
+// sparse attention forward and backward; empty elsewhere.
+struct BlockSegments {
+  int64_t block = 0, topk = 0;
+  int64_t rows = 0, max_len = 0;      // packed rows; >= the longest segment
+  Tensor seg, key_len;                // i32 (blocks + 1), (blocks)
+  Tensor row_token, is_query, is_key;  // i32 (rows)
+  Tensor own_row, pair_row;           // i32 (T), (pairs): a token's rows
+  bool defined() const { return seg.defined(); }
+};
+
 // Keys of query t: idx[off[t] .. off[t+1]), positions within the sequence.
 struct KeySets {
   Tensor off;  // i64 (T+1)
@@ -27,6 +40,7 @@ struct KeySets {
   // The pairs, where only they were counted and off, idx were left undefined
   // (routed attention's forward with key_sets = false); -1 otherwise.
   int64_t counted = -1;
+  BlockSegments blocks;  // block top-k's packing, where a backend made one
   int64_t queries() const { return off.defined() ? off.numel() - 1 : 0; }
   int64_t pairs() const { return idx.defined() ? idx.numel() : (counted > 0 ? counted : 0); }
 };

@@ -56,6 +56,21 @@ inline void expect_lse(const Tensor& got, const Tensor& want) {
   EXPECT_LE(rel_l2(g, w), 1e-5) << "lse";
 }
 
+// Columns [c0, c0 + D) of packed (R, 3D) rows [q | k | v] (the varlen kernels' layout).
+inline Tensor columns(const Tensor& qkv, int64_t c0, int64_t D) {
+  const int64_t R = qkv.dim(0);
+  Tensor t = zeros({R, D});
+  for (int64_t i = 0; i < R; ++i) std::copy_n(qkv.f32() + i * 3 * D + c0, D, t.f32() + i * D);
+  return t;
+}
+
+// A tensor of NaN: an output that must be written everywhere.
+inline Tensor poisoned(Shape shape) {
+  Tensor t = zeros(std::move(shape));
+  t.fill(NAN);
+  return t;
+}
+
 // dq, dk, dv within 1e-5 relative L2 of the reference's, every element finite.
 inline void expect_grads(const Grads& got, const Grads& want) {
   EXPECT_LE(rel_l2(got.dq, want.dq), 1e-5) << "dq";

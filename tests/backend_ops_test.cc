@@ -1060,6 +1060,12 @@ std::vector<OpCase> cases() {
   c.push_back(sparse_attention_case("block_topk_8_top3", 100, 32, block_topk(8, 3)));
   c.push_back(sparse_attention_case("block_topk_5_top0", 23, 8, block_topk(5, 0)));
   c.push_back(sparse_attention_case("block_topk_64_top2_d64", 300, 64, block_topk(64, 2)));
+  // Head dims 16-128 run packed per key block on the tiled varlen kernels
+  // (ops/cuda/block_topk_pack.h): many blocks and long segments (early blocks
+  // chosen by most later queries), no chosen block at all, and d128.
+  c.push_back(sparse_attention_case("block_topk_16_top1_d16_long", 1000, 16, block_topk(16, 1)));
+  c.push_back(sparse_attention_case("block_topk_16_top0_d16", 50, 16, block_topk(16, 0)));
+  c.push_back(sparse_attention_case("block_topk_32_top8_d128", 257, 128, block_topk(32, 8)));
   c.push_back(sparse_attention_case("any_keysets", 40, 12, given, [](Rng& r) { return random_keyset_inputs(40, r); }));
   // ---- bf16 GEMMs (class B against the CPU's bf16 mode) ----
   // W's shadow made on the backend (ops::to_bf16, as ParamStore does); x, dy

@@ -25,9 +25,11 @@ namespace {
 namespace routed = ops::routed;
 using testing::Case;
 using testing::clusters_of;
+using testing::columns;
 using testing::Grads;
 using testing::HostRun;
 using testing::one_cluster;
+using testing::poisoned;
 using testing::random_case;
 using testing::rel_l2;
 
@@ -81,20 +83,6 @@ struct HostPack {
     return kb.build(host_ctx());
   }
 };
-
-// Columns [c0, c0 + D) of the packed (R, 3D) rows.
-Tensor columns(const Tensor& qkv, int64_t c0, int64_t D) {
-  const int64_t R = qkv.dim(0);
-  Tensor t = testing::zeros({R, D});
-  for (int64_t i = 0; i < R; ++i) std::copy_n(qkv.f32() + i * 3 * D + c0, D, t.f32() + i * D);
-  return t;
-}
-
-Tensor poisoned(Shape shape) {
-  Tensor t = testing::zeros(std::move(shape));
-  t.fill(NAN);
-  return t;
-}
 
 void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
   Ctx& ctx = host_ctx();

@@ -1241,7 +1241,7 @@ void varlen_attention_forward(Ctx& ctx, const VarlenAttention& v, const Tensor& 
   check_shape(lse, {v.H, v.rows}, "varlen_attention_forward lse");
   if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
   check_aligned("varlen_attention_forward", {qkv.raw(), out.raw()});
-  forward_any("varlen_attention_forward", varlen_geom(v), attn::MemberMask{v.is_query, v.is_key}, qkv, out,
+  forward_any("varlen_attention_forward", varlen_geom(v), attn::MemberMask{v.is_query, v.is_key, v.key_len}, qkv, out,
               lse.data<float>(), v.C / v.H, stream_of(ctx));
 }
 
@@ -1252,7 +1252,7 @@ void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv,
   check_shape(lse, {v.H, v.rows}, "varlen_attention_backward lse");
   if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
   check_aligned("varlen_attention_backward", {qkv.raw(), dqkv.raw(), dout.raw(), out.raw()});
-  backward_any("varlen_attention_backward", ctx, varlen_geom(v), attn::MemberMask{v.is_query, v.is_key}, v.rows, dqkv,
+  backward_any("varlen_attention_backward", ctx, varlen_geom(v), attn::MemberMask{v.is_query, v.is_key, v.key_len}, v.rows, dqkv,
                dout, qkv, out, lse.data<float>(), v.C / v.H);
 }
 

@@ -7,6 +7,7 @@
 //
 //   segment b = packed rows [seg[b], seg[b+1]), in position order
 //   row i attends to row j of its segment iff j <= i, is_query[i], is_key[j]
+//   (and, with key_len, j < key_len[b]: segment b's keys are its first rows)
 //   out_i = sum_j a_ij v_j, lse_i = log sum_j e^{s_ij}   (none: 0 and -inf)
 //
 // Shapes: qkv (rows, 3C) as [q | k | v] per row, H heads of C / H; out
@@ -31,6 +32,7 @@ struct VarlenAttention {
   const int32_t* seg = nullptr;       // (S + 1), device
   const int32_t* is_query = nullptr;  // (rows), device, 0 or 1
   const int32_t* is_key = nullptr;    // (rows), device, 0 or 1
+  const int32_t* key_len = nullptr;   // (S), device, or null: keys anywhere in a segment
 };
 
 void varlen_attention_forward(Ctx& ctx, const VarlenAttention& v, const Tensor& qkv, Tensor& out, Tensor& lse);

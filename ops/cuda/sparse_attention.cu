@@ -15,9 +15,17 @@
 //   recomputed each round: O((k+1) T/block D) per query, no score buffer),
 //   offsets in closed form. The scores are rounded as the CPU rounds them
 //   (dot_rn), so the key sets are the CPU's bit for bit, ties included.
+//   Head dims 16-128 are then packed one segment per key block
+//   (ops/cuda/block_topk_pack.h: a stable radix sort of the (block, query)
+//   pairs inverts the choice; one copy back, the segment starts, sizes the
+//   varlen grid), and the attention over such key sets runs on the tiled
+//   varlen kernels with a key prefix per segment, merged per query.
 // fp32 only; a bf16 head throws BackendError naming the op.
+#include "ops/cuda/attention_varlen.h"
+#include "ops/cuda/block_topk_pack.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cub_ops.h"
+#include "ops/cuda/routed_pack.h"
 #include "ops/cuda/sparse_attention_rows.h"
 #include "ops/sparse_attention.h"
 
@@ -42,16 +50,114 @@ sparse::Head head_of(const Tensor& q, const Tensor& k, const Tensor& v, const Ke
           ks.off.data<int64_t>(), ks.idx.data<int32_t>()};
 }
 
+bool tiled_dim(int64_t D) { return D == 16 || D == 32 || D == 64 || D == 128; }
+
+// Block top-k's key sets as varlen segments (ops/cuda/block_topk_pack.h).
+BlockSegments pack_blocks(Ctx& ctx, const KeySets& ks, int64_t T, int64_t block, int64_t topk) {
+  const blocktopk::Shape sh{T, block, topk};
+  const int64_t P = sh.pairs(), nb = sh.blocks();
+  const int pos_bits = routed::position_bits(T);
+  SY_CHECK(sh.rows() < INT32_MAX && pos_bits + bits_for(nb) <= 64,
+           "block top-k: " << T << " tokens with top-" << topk << " give " << sh.rows() << " packed rows (2^31 at most)");
+  BlockSegments b;
+  b.block = block, b.topk = topk, b.rows = sh.rows();
+  Tensor keys = Tensor::empty({2 * std::max<int64_t>(P, 1)}, DType::i64, ctx);
+  Tensor values = Tensor::empty({2 * std::max<int64_t>(P, 1)}, DType::i32, ctx);
+  auto* k_in = reinterpret_cast<uint64_t*>(keys.data<int64_t>());
+  int32_t* v_in = values.data<int32_t>();
+  const Launch run{stream(ctx)};
+  run(T, blocktopk::PairKeys{sh, ks.off.data<int64_t>(), ks.idx.data<int32_t>(), pos_bits, k_in, v_in});
+  if (P > 0) radix_sort_pairs(ctx, k_in, k_in + P, v_in, v_in + P, P, 0, pos_bits + bits_for(nb));
+  Tensor fs = Tensor::empty({nb + 1}, DType::i32, ctx);
+  segment_starts(ctx, k_in + P, P, pos_bits, nb, fs.data<int32_t>());
+  b.seg = Tensor::empty({nb + 1}, DType::i32, ctx);
+  b.key_len = Tensor::empty({nb}, DType::i32, ctx);
+  run(nb + 1, blocktopk::Segments{sh, fs.data<int32_t>(), b.seg.data<int32_t>(), b.key_len.data<int32_t>()});
+  b.row_token = Tensor::empty({b.rows}, DType::i32, ctx);
+  b.is_query = Tensor::empty({b.rows}, DType::i32, ctx);
+  b.is_key = Tensor::empty({b.rows}, DType::i32, ctx);
+  b.own_row = Tensor::empty({T}, DType::i32, ctx);
+  b.pair_row = Tensor::empty({std::max<int64_t>(P, 1)}, DType::i32, ctx);
+  const blocktopk::Rows rows{b.row_token.data<int32_t>(), b.is_query.data<int32_t>(), b.is_key.data<int32_t>(),
+                             b.own_row.data<int32_t>(), b.pair_row.data<int32_t>()};
+  run(T, blocktopk::OwnRows{sh, fs.data<int32_t>(), rows});
+  run(P, blocktopk::PairRows{sh, k_in + P, v_in + P, fs.data<int32_t>(), b.seg.data<int32_t>(), pos_bits, rows});
+  // The one copy back: the longest segment bounds the varlen grid.
+  const std::vector<int32_t> h = download(ctx, fs.data<int32_t>(), nb + 1);
+  for (int64_t c = 0; c < nb; ++c) b.max_len = std::max<int64_t>(b.max_len, sh.block_len(c) + h[c + 1] - h[c]);
+  return b;
+}
+
+VarlenAttention varlen_of(const BlockSegments& b, int64_t T, int64_t D) {
+  VarlenAttention v;
+  v.segments = blocktopk::Shape{T, b.block, b.topk}.blocks();
+  v.max_len = b.max_len;
+  v.rows = b.rows;
+  v.C = D, v.H = 1;
+  v.seg = b.seg.data<int32_t>();
+  v.is_query = b.is_query.data<int32_t>();
+  v.is_key = b.is_key.data<int32_t>();
+  v.key_len = b.key_len.data<int32_t>();
+  return v;
+}
+
+// Whether the attention over ks runs on the packed segments.
+bool packed(const KeySets& ks, const Tensor& q) {
+  return ks.blocks.defined() && tiled_dim(q.dim(1)) && ks.blocks.own_row.numel() == q.dim(0);
+}
+
+blocktopk::MergeForward merge_of(const BlockSegments& b, int64_t T, int64_t D) {
+  return {blocktopk::Shape{T, b.block, b.topk}, b.own_row.data<int32_t>(), b.pair_row.data<int32_t>(), nullptr,
+          nullptr, D, nullptr, nullptr};
+}
+
+Tensor gather_rows(Ctx& ctx, const BlockSegments& b, const Tensor& q, const Tensor& k, const Tensor& v) {
+  const int64_t D = q.dim(1);
+  Tensor qkv = Tensor::empty({b.rows, 3 * D}, DType::f32, ctx);
+  Launch{stream(ctx)}(b.rows * 3 * D, routed::GatherQKV<routed::F32>{q.data<float>(), k.data<float>(), v.data<float>(),
+                                                                     b.row_token.data<int32_t>(), D,
+                                                                     qkv.data<float>()});
+  return qkv;
+}
+
+void packed_forward(Ctx& ctx, const SparseAttentionArgs& a) {
+  const BlockSegments& b = a.keys.blocks;
+  const int64_t T = a.q.dim(0), D = a.q.dim(1);
+  const Tensor qkv = gather_rows(ctx, b, a.q, a.k, a.v);
+  Tensor out = Tensor::empty({b.rows, D}, DType::f32, ctx), lse = Tensor::empty({1, b.rows}, DType::f32, ctx);
+  varlen_attention_forward(ctx, varlen_of(b, T, D), qkv, out, lse);
+  blocktopk::MergeForward m = merge_of(b, T, D);
+  m.out_p = out.data<float>(), m.lse_p = lse.data<float>(), m.o = a.o.data<float>(), m.lse = a.lse.data<float>();
+  Launch{stream(ctx)}(T * D, m);
+}
+
+void packed_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
+  const BlockSegments& b = a.keys.blocks;
+  const int64_t T = a.q.dim(0), D = a.q.dim(1);
+  const Tensor qkv = gather_rows(ctx, b, a.q, a.k, a.v);
+  Tensor dout = Tensor::empty({b.rows, D}, DType::f32, ctx), out = Tensor::empty({b.rows, D}, DType::f32, ctx),
+         lse = Tensor::empty({1, b.rows}, DType::f32, ctx), dqkv = Tensor::zeros({b.rows, 3 * D}, DType::f32, ctx);
+  const Launch run{stream(ctx)};
+  run(b.rows * D, routed::GatherGrad<routed::F32>{a.dout.data<float>(), a.o.data<float>(), a.lse.data<float>(),
+                                                  b.row_token.data<int32_t>(), b.is_query.data<int32_t>(), D,
+                                                  dout.data<float>(), out.data<float>(), lse.data<float>()});
+  varlen_attention_backward(ctx, varlen_of(b, T, D), dqkv, dout, qkv, out, lse);
+  run(T * D, blocktopk::ScatterBackward{merge_of(b, T, D), dqkv.data<float>(), a.dq.data<float>(), a.dk.data<float>(),
+                                        a.dv.data<float>()});
+}
+
 }  // namespace
 
 void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a) {
   check_f32("sparse_attention_forward", {&a.q, &a.k, &a.v, &a.o, &a.lse});
+  if (packed(a.keys, a.q)) return packed_forward(ctx, a);
   const sparse::Head h = head_of(a.q, a.k, a.v, a.keys);
   sparse::forward_steps(Launch{stream(ctx)}, h, a.o.data<float>(), a.lse.data<float>());
 }
 
 void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
   check_f32("sparse_attention_backward", {&a.q, &a.k, &a.v, &a.o, &a.lse, &a.dout, &a.dq, &a.dk, &a.dv});
+  if (packed(a.keys, a.q)) return packed_backward(ctx, a);
   const sparse::Head h = head_of(a.q, a.k, a.v, a.keys);
   const int64_t P = a.keys.pairs();
   Tensor delta = Tensor::empty({h.T}, DType::f32, ctx);
@@ -93,6 +199,8 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t b
   ks.idx = Tensor::empty({sparse::block_topk_offset(T, block, topk)}, DType::i32, ctx);
   Launch{stream(ctx)}(T + 1, sparse::BlockTopkKeys{q.data<float>(), kmean.data<float>(), T, D, block, topk,
                                                    ks.off.data<int64_t>(), ks.idx.data<int32_t>()});
+  // (one varlen segment per block: at most 65535 of them, the grid's z)
+  if (tiled_dim(D) && T > 0 && nb <= 65535) ks.blocks = pack_blocks(ctx, ks, T, block, topk);
   return ks;
 }
 
