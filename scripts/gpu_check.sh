@@ -121,7 +121,7 @@ fi
 
 # 3. Build: the GPU targets only, Ninja on every core, sm_90.
 TARGETS=(train_switch)
-want ops && TARGETS+=(backend_ops_test routed_attention_test tensor_test model_test)
+want ops && TARGETS+=(backend_ops_test routed_attention_test tensor_test model_test moe_layer_test)
 want bench && TARGETS+=(bench_ops)
 want comm && TARGETS+=(communicator_conformance_test)
 want attn && TARGETS+=(bench_attention)
@@ -162,6 +162,9 @@ if want ops; then
   summary "ops: tensor_test (cuda): $(gtest_line tensor_cuda)"
   run_limited model_cuda 60 $B/model_test --gtest_filter='*Cuda*' || status=1
   summary "ops: model_test (mixtral_tiny's first step, GPU vs CPU): $(gtest_line model_cuda)"
+  run_limited moe_cuda 30 $B/moe_layer_test --gtest_filter='*Cuda*' || status=1
+  summary "ops: moe_layer_test (a padded MoE step waits for nothing): $(gtest_line moe_cuda)"
+  grep -E "Failure|Expected|actual" "$LOG/moe_cuda.log" | head -6
 fi
 if want train; then
   stamp "train"
