@@ -449,6 +449,9 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   const int64_t sb = stat_base(g, b, h);
   const attn::TileRange qtr = query_tiles(mask, k0, BM, seq.len, BN);
   const int qt0 = qtr.first, n_qt = qtr.end;
+  // Keys no query sees (past a varlen segment's key prefix): their rows of
+  // dqkv get nothing, so leave before issuing any copy.
+  if (qt0 >= n_qt) return;
 
   auto load_q_tile = [&](int qt, int buf) {
     load_rows<bf16, BN, D, LD, NT>(sQ + buf * BN * LD, Q, g.ld_qkv, qt * BN, seq.len);

@@ -67,7 +67,12 @@ struct PairKeys {
   SY_HD void operator()(int64_t t) const {
     const int64_t e0 = s.pair_offset(t);
     for (int64_t j = 0; j < s.keep(t); ++j) {
-      const int64_t b = idx[off[t] + j * s.block] / s.block;
+      int64_t b = idx[off[t] + j * s.block] / s.block;
+      // Finite scores always give keep(t) earlier blocks; NaN ones may give
+      // fewer (BlockTopkKeys takes at most keep), and the entry read here is
+      // then not a chosen block: any earlier block keeps the rows in bounds
+      // (the head's output is NaN anyway).
+      if (b < 0 || b >= t / s.block) b = 0;
       key[e0 + j] = static_cast<uint64_t>(b) << pos_bits | static_cast<uint64_t>(t);
       value[e0 + j] = static_cast<int32_t>(e0 + j);
     }
