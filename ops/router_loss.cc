@@ -117,7 +117,13 @@ float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const 
   check_shape(dprobs, probs.shape(), "budget dprobs");
   SY_CHECK(static_cast<int64_t>(a.cost.size()) == r.num_groups,
            "budget: " << a.cost.size() << " costs for " << r.num_groups << " groups");
-  check_device(ctx, "realized_budget_loss", {&dprobs, &probs, &r.group, &r.slot});
+  SY_CHECK(!a.sums == !a.value, "realized budget: routing sums and a value slot go together");
+  if (a.sums) {
+    check_shape(*a.sums, {routing_sums_size(r.num_groups)}, "realized budget routing sums");
+    check_dtype(*a.sums, DType::f64, "realized budget routing sums");
+    check_value(*a.value, 1, "realized budget value");
+  }
+  check_device(ctx, "realized_budget_loss", {&dprobs, &probs, &r.group, &r.slot, a.sums, a.value});
   SY_DISPATCH(ctx, realized_budget_loss, ctx, dprobs, probs, r, a);
 }
 

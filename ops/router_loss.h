@@ -100,12 +100,19 @@ void budget_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, c
 // and slot -2 too when count_budget_drops). *surrogate, when given, receives
 // S = sum_{kept (i, g)} p_ig c_g / N (whatever R is): the function whose
 // gradient this is (finite-difference checks).
+// With `sums` (routing sums on the device of dprobs, e.g. all-reduced) R is
+// taken from them instead of `realized`: RoutingTotals' cost_before_budget
+// (count_budget_drops) or realized_cost, computed and compared with B where
+// they live; the value then goes to `value` (f64 (1), required with sums)
+// and 0 is returned: nothing is read back (runtime/router.h).
 struct RealizedBudgetArgs {
   const std::vector<float>& cost;  // (G) on the host
   double realized = 0;
   float budget = 1, lambda = 0;
   bool count_budget_drops = true;
   double* surrogate = nullptr;
+  const Tensor* sums = nullptr;
+  Tensor* value = nullptr;
 };
 float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
                            const RealizedBudgetArgs& a);

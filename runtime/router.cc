@@ -145,22 +145,21 @@ void Router::losses_and_stats(int64_t N) {
   else
     ops::load_balance_loss(ctx_, aux_dprobs_, lb, sums, cfg_.load_balance_coef());
   ops::z_loss(ctx_, aux_dlogits_, z, logits_, cfg_.z_loss_coef());
-  realized_budget_loss_ = 0;
   if (cfg_.budget_coef() != 0 && cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED) {
     Tensor b = values.rows(kBudget, kBudget + 2);
     ops::budget_loss(ctx_, aux_dprobs_, b, probs_, cost_, cfg_.budget(), cfg_.budget_coef());
   } else if (cfg_.budget_coef() != 0) {
     // On the cost the router asked for: the hard budget's drops count, so the
-    // loss stays active while the budget is being enforced. Its condition
-    // R > B is a host value: the totals come back here, the one read of a
-    // router step (only with this loss on; coefficient 0 runs nothing).
-    const ops::RoutingTotals tot = ops::RoutingTotals::read(sums, G_);
-    ops::RealizedBudgetArgs b{cost_};
-    b.realized = tot.cost_before_budget(cost_);
-    b.budget = cfg_.budget();
-    b.lambda = cfg_.budget_coef();
-    b.count_budget_drops = true;
-    realized_budget_loss_ = ops::realized_budget_loss(ctx_, aux_dprobs_, probs_, route_, b);
+    // loss stays active while the budget is being enforced. R comes from the
+    // (all-reduced) sums on the device, and so does its condition R > B.
+    Tensor b = values.rows(kBudget, kBudget + 1);
+    ops::RealizedBudgetArgs a{cost_};
+    a.budget = cfg_.budget();
+    a.lambda = cfg_.budget_coef();
+    a.count_budget_drops = true;
+    a.sums = &sums;
+    a.value = &b;
+    ops::realized_budget_loss(ctx_, aux_dprobs_, probs_, route_, a);
   }
 
   if (training_ && cfg_.bias_balance_rate() > 0) {
@@ -198,8 +197,7 @@ const RoutingStats& Router::stats() const {
   st.expected_cost = tot.expected_cost(cost_);
   st.budget = cfg_.budget();
   st.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
-  st.budget_loss =
-      cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED ? values[kBudget] : realized_budget_loss_;
+  st.budget_loss = values[kBudget];
   stats_ = st;
   stats_read_ = true;
   return stats_;

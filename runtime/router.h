@@ -26,8 +26,6 @@
 // balance bias's update stay on the device, and stats() (and aux_loss())
 // copy them to the host on the first call after a forward. A GPU step thus
 // waits for no router (with moe.padded not for the route either, ops/routing.h).
-// The one exception is the realised-cost budget loss (budget_coef > 0 with
-// budget_estimator REALIZED), whose condition R > B is a host value.
 #pragma once
 #include <string>
 #include <vector>
@@ -115,7 +113,6 @@ class Router {
   // where the bias follows it) | values: load balance, z, budget loss, C].
   enum { kLoadBalance, kZ, kBudget, kBudgetCost, kValues };
   Tensor totals_;
-  double realized_budget_loss_ = 0;  // host: the realised-cost budget loss
   mutable RoutingStats stats_;
   mutable bool stats_read_ = true;  // stats_ holds what totals_ says
 };

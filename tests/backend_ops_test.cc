@@ -129,6 +129,22 @@ void expert_ffn_bf16(Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>&
   ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
 }
 
+// The realised-cost budget cases' costs and route: top-2 over 6 groups,
+// capacity drops (factor 0.8) and budget drops (B = 2).
+std::vector<float> budget_case_costs() { return {1.f, 2.f, 0.5f, 1.f, 3.f, 1.f}; }
+ops::Route budget_case_route(Ctx& x, const Tensor& probs) {
+  ops::Route route;
+  ops::TokensChooseParams p;
+  p.k = 2;
+  p.capacity_factor = 0.8f;
+  ops::tokens_choose(x, route, probs, p);
+  ops::BudgetParams b;
+  b.cost = budget_case_costs();
+  b.budget = 2.0;
+  ops::apply_budget(x, route, probs, b);
+  return route;
+}
+
 // A Route's host part: capacity, assigned, dropped, budget_dropped, host_offset.
 std::vector<int32_t> route_host(const ops::Route& r) {
   std::vector<int32_t> v{static_cast<int32_t>(r.capacity), static_cast<int32_t>(r.assigned),
@@ -993,21 +1009,33 @@ std::vector<OpCase> cases() {
   c.push_back({"realized_budget_loss", Tol::f32, [](Rng& r) { return Ins{probs_of({50, 6}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{acc(x, {50, 6}), fresh(x, {2})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 ops::Route route;
-                 ops::TokensChooseParams p;
-                 p.k = 2;
-                 p.capacity_factor = 0.8f;
-                 ops::tokens_choose(x, route, in[0], p);
-                 const std::vector<float> cost{1.f, 2.f, 0.5f, 1.f, 3.f, 1.f};
-                 ops::BudgetParams b;
-                 b.cost = cost;
-                 b.budget = 2.0;
-                 ops::apply_budget(x, route, in[0], b);
+                 const std::vector<float> cost = budget_case_costs();
+                 const ops::Route route = budget_case_route(x, in[0]);
                  double S = 0;
                  ops::RealizedBudgetArgs a{cost};
                  a.realized = 2.4, a.budget = 1.9f, a.lambda = 0.3f, a.surrogate = &S;
                  const float l = ops::realized_budget_loss(x, o[0], in[0], route, a);
                  put(x, o[1], std::vector<float>{l, static_cast<float>(S)});
+               }});
+  // R from the routing sums on the device (the router's way): active (B below
+  // R) and not (B above R, dprobs untouched), the values side by side.
+  c.push_back({"realized_budget_loss_from_sums", Tol::f32, [](Rng& r) { return Ins{probs_of({50, 6}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{acc(x, {50, 6}), acc(x, {50, 6}), fresh(x, {2})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<float> cost = budget_case_costs();
+                 const ops::Route route = budget_case_route(x, in[0]);  // budget drops: counted in R
+                 Tensor sums = Tensor::empty({ops::routing_sums_size(6)}, DType::f64, x);
+                 ops::routing_sums(x, sums, in[0], route);
+                 Tensor values = out(x, {2}, DType::f64);
+                 for (int i = 0; i < 2; ++i) {
+                   Tensor v = values.rows(i, i + 1);
+                   ops::RealizedBudgetArgs a{cost};
+                   a.budget = i == 0 ? 0.5f : 100.f, a.lambda = 0.3f, a.sums = &sums, a.value = &v;
+                   EXPECT_EQ(ops::realized_budget_loss(x, o[i], in[0], route, a), 0.f);
+                 }
+                 std::vector<float> f32;
+                 for (double d : values.to_vector<double>()) f32.push_back(static_cast<float>(d));
+                 put(x, o[2], f32);
                }});
   // ---- routed attention's clusters ----
   ops::ClusterParams causal, capped, balanced;

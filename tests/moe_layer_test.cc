@@ -191,6 +191,7 @@ TEST(MoeLayer, RealizedCostAndHardBudgetByHand) {
     cfg.add_expert_hidden(4), cfg.add_expert_hidden(16);
     cfg.set_budget_mode(mode);
     cfg.set_budget(budget);
+    cfg.set_budget_coef(0.25f);  // the realised-cost loss, on the cost before the budget's drops
     ParamStore ps;
     Rng rng(22);
     auto moe = std::make_unique<MoeLayer>(host_ctx(), ps, "m", C, cfg, 8, rng, 0.5f, 0.5f, 7);
@@ -221,6 +222,10 @@ TEST(MoeLayer, RealizedCostAndHardBudgetByHand) {
   EXPECT_DOUBLE_EQ(sh.budget_dropped, 2.0 / N);
   EXPECT_EQ(sh.dropped, 0.0);
   EXPECT_DOUBLE_EQ(sh.unserved, 2.0 / N);
+  // The budget loss (computed on the routing sums where they live): 0.25 (1.0 - 0.5);
+  // under the soft run's B = 1 it is off.
+  EXPECT_FLOAT_EQ(static_cast<float>(sh.budget_loss), 0.25f * 0.5f);
+  EXPECT_EQ(st.budget_loss, 0.0);
   EXPECT_DOUBLE_EQ(hard->forward_flops(), 2.0 * N * C * 2 + 4.0 * C * (4 * 4));
   for (int64_t i : {1, 4})
     for (int64_t c = 0; c < C; ++c) EXPECT_EQ(yh.f32()[i * C + c], 0.f) << "dropped token " << i;
@@ -599,8 +604,9 @@ using MoeLayerCuda = testing::CudaTest;
 
 // A padded MoE layer's training step queues all its work without waiting for
 // the device: nothing comes back in forward or backward (the route's host
-// part is known; the router's sums, losses and bias update stay on the
-// device), and the statistics cost one wait when asked for. The packed
+// part is known; the router's sums, losses - the realised-cost budget loss
+// included - and bias update stay on the device), and the statistics cost
+// one wait when asked for. The packed
 // route's offsets come back once per forward: there the same count is 1, so
 // the check can fail.
 TEST_F(MoeLayerCuda, PaddedStepWaitsForNothing) {
@@ -612,6 +618,8 @@ TEST_F(MoeLayerCuda, PaddedStepWaitsForNothing) {
     cfg.set_load_balance_coef(0.01f);
     cfg.set_z_loss_coef(1e-3f);
     cfg.set_bias_balance_rate(1e-3f);
+    cfg.set_budget_coef(0.1f);  // the realised-cost budget loss too
+    cfg.set_budget(0.5f);
     cfg.set_padded(padded);
     ParamStore ps;
     MoeLayer moe(gpu(), ps, "m", 16, cfg, 32, rng, 0.1f, 0.1f, 7);

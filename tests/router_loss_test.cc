@@ -276,6 +276,43 @@ TEST(RealizedCost, StraightThroughGradientMatchesFiniteDifferences) {
   for (float v : d.to_vector<float>()) EXPECT_EQ(v, 0.f);
 }
 
+// R from routing sums (the router's device-side form) is RoutingTotals'
+// cost before the budget (drops counted) or realised cost: the same value and
+// gradient as passing that R, the value in the value slot, 0 returned.
+TEST(RealizedCost, FromSumsIsFromTheirTotals) {
+  Ctx& ctx = host_ctx();
+  Rng rng(4);
+  const int64_t N = 12, G = 4;
+  const std::vector<float> cost = {0.25f, 0.5f, 1.f, 2.f};
+  const Tensor probs = softmax_of(testing::randn({N, G}, rng));
+  TokensChooseParams prm;
+  prm.k = 2;
+  Route r = tokens_choose(probs, prm);
+  BudgetParams b;
+  b.cost = cost;
+  b.budget = 0.9;
+  apply_budget(ctx, r, probs, b);
+  ASSERT_GT(r.budget_dropped, 0);
+  Tensor sums = Tensor::zeros({routing_sums_size(G)}, DType::f64, ctx);
+  routing_sums(ctx, sums, probs, r);
+  const RoutingTotals t = RoutingTotals::read(sums, G);
+  for (const bool with_drops : {true, false})
+    for (const float budget : {0.5f, 5.f}) {
+      const double R = with_drops ? t.cost_before_budget(cost) : t.realized_cost(cost);
+      Tensor d_host = zeros({N, G}), d_sums = zeros({N, G});
+      RealizedBudgetArgs a{cost};
+      a.realized = R, a.budget = budget, a.lambda = 0.7f, a.count_budget_drops = with_drops;
+      const float want = realized_budget_loss(ctx, d_host, probs, r, a);
+      Tensor value = Tensor::zeros({1}, DType::f64, ctx);
+      a.realized = -1;  // unused with sums
+      a.sums = &sums, a.value = &value;
+      EXPECT_EQ(realized_budget_loss(ctx, d_sums, probs, r, a), 0.f);
+      EXPECT_EQ(static_cast<float>(value.to_vector<double>()[0]), want);
+      EXPECT_EQ(d_sums.to_vector<float>(), d_host.to_vector<float>());
+      EXPECT_EQ(want > 0, budget < R);
+    }
+}
+
 TEST(ZLoss, HandComputed) {
   // logits (0, 0): lse = ln 2; loss = beta * ln(2)^2.
   const Tensor l = zeros({1, 2});

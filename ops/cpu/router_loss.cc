@@ -139,7 +139,12 @@ float realized_budget_loss(Ctx&, Tensor& dprobs, const Tensor& probs_t, const Ro
   const int32_t* group = r.group.data<int32_t>();
   const int32_t* slot = r.slot.data<int32_t>();
   const float* probs = probs_t.f32();
-  const bool active = a.lambda != 0.f && a.realized > a.budget && N > 0;
+  double R = a.realized;
+  if (a.sums) {
+    const RoutingTotals t = RoutingTotals::read(*a.sums, G);
+    R = a.count_budget_drops ? t.cost_before_budget(a.cost) : t.realized_cost(a.cost);
+  }
+  const bool active = a.lambda != 0.f && R > a.budget && N > 0;
   double S = 0;
   float* d = dprobs.f32();
   for (int64_t i = 0; i < N; ++i)
@@ -151,7 +156,10 @@ float realized_budget_loss(Ctx&, Tensor& dprobs, const Tensor& probs_t, const Ro
       if (active) d[i * G + g] += a.lambda * a.cost[g] / N;
     }
   if (a.surrogate) *a.surrogate = S / std::max<int64_t>(1, N);
-  return active ? static_cast<float>(a.lambda * (a.realized - a.budget)) : 0.f;
+  const float loss = active ? static_cast<float>(a.lambda * (R - a.budget)) : 0.f;
+  if (!a.value) return loss;
+  a.value->data<double>()[0] = loss;
+  return 0.f;
 }
 
 }  // namespace sy::ops::cpu

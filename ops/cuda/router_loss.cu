@@ -22,7 +22,9 @@
 //   thread writes the value: nothing is read back.
 // realized_budget_loss: one thread per item adds lambda c_g / N at its kept
 //   assignments (an item's groups are distinct) and its surrogate term; rows
-//   by sum_f64_to_host.
+//   by sum_f64_to_host. Given routing sums, one thread computes R from them
+//   and the row threads read it: the condition R > B and the value stay on
+//   the device.
 #include "ops/cuda/common.cuh"
 #include "ops/router_loss.h"
 
@@ -283,11 +285,14 @@ void budget_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, c
 
 // One thread per item: its kept assignments' gradient (distinct groups per
 // item: no two threads write one element) and its surrogate term.
+// With R (device), active is R > B there, read by every thread.
 static __global__ void realized_budget_rows(float* dprobs, double* row, const float* probs, const int32_t* group,
                                             const int32_t* slot, const float* cost, int64_t N, int64_t k, int64_t G,
-                                            bool count_drops, bool active, float lambda) {
+                                            bool count_drops, bool active, float lambda, const double* R,
+                                            float budget) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= N) return;
+  if (R) active = lambda != 0.f && *R > budget;
   double s = 0;
   for (int64_t a = i * k; a < (i + 1) * k; ++a) {
     const int32_t g = group[a];
@@ -298,20 +303,46 @@ static __global__ void realized_budget_rows(float* dprobs, double* row, const fl
   row[i] = s;
 }
 
+// One thread: R = sum_g (kept_g [+ cut_g]) c_g / max(1, items) from the
+// routing sums (RoutingTotals' order), and, after the rows, the value.
+static __global__ void realized_cost(double* R, const double* sums, const float* cost, int64_t G, bool with_cut) {
+  double s = 0;
+  for (int64_t g = 0; g < G; ++g) s += (with_cut ? sums[2 * G + g] + sums[3 * G + g] : sums[2 * G + g]) * cost[g];
+  R[0] = s / fmax(1.0, sums[4 * G + 1]);
+}
+
+static __global__ void realized_value(double* value, const double* R, float budget, float lambda, bool any) {
+  const double r = *R;
+  value[0] = any && lambda != 0.f && r > budget ? static_cast<float>(lambda * (r - budget)) : 0.f;
+}
+
 float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
                            const RealizedBudgetArgs& a) {
   const int64_t N = r.num_items;
-  const bool active = a.lambda != 0.f && a.realized > a.budget && N > 0;
-  if (N > 0 && (active || a.surrogate)) {
-    const Tensor c = upload(ctx, a.cost);
+  const Tensor c = upload(ctx, a.cost);
+  Tensor R;
+  if (a.sums) {
+    R = Tensor::empty({1}, DType::f64, ctx);
+    realized_cost<<<1, 1, 0, stream(ctx)>>>(R.data<double>(), a.sums->data<double>(), c.data<float>(), r.num_groups,
+                                            a.count_budget_drops);
+    CUDA_CHECK(cudaGetLastError());
+  }
+  const bool active = !a.sums && a.lambda != 0.f && a.realized > a.budget && N > 0;
+  if (N > 0 && (active || a.sums || a.surrogate)) {
     Tensor rows = Tensor::empty({N}, DType::f64, ctx);
     realized_budget_rows<<<grid_for(N), kBlock, 0, stream(ctx)>>>(
         dprobs.data<float>(), rows.data<double>(), probs.data<float>(), r.group.data<int32_t>(),
-        r.slot.data<int32_t>(), c.data<float>(), N, r.k, r.num_groups, a.count_budget_drops, active, a.lambda);
+        r.slot.data<int32_t>(), c.data<float>(), N, r.k, r.num_groups, a.count_budget_drops, active, a.lambda,
+        a.sums ? R.data<double>() : nullptr, a.budget);
     CUDA_CHECK(cudaGetLastError());
     if (a.surrogate) *a.surrogate = sum_f64_to_host(ctx, rows.data<double>(), N) / N;
   } else if (a.surrogate) {
     *a.surrogate = 0;
+  }
+  if (a.sums) {
+    realized_value<<<1, 1, 0, stream(ctx)>>>(a.value->data<double>(), R.data<double>(), a.budget, a.lambda, N > 0);
+    CUDA_CHECK(cudaGetLastError());
+    return 0.f;
   }
   return active ? static_cast<float>(a.lambda * (a.realized - a.budget)) : 0.f;
 }
