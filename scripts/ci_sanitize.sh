@@ -4,7 +4,8 @@
 # (memory error, leak, undefined behaviour) ends the program that made it
 # with a non-zero exit, so its test fails and ctest prints the report.
 # LeakSanitizer skips only OpenMPI's own leaks (scripts/lsan_mpi.supp: MPI,
-# PMIx, hwloc, libevent, UCX); project code has no suppressions.
+# PMIx, hwloc, libevent, UCX) and one false positive of the sanitizer's
+# thread start-up (the same file); project code has no suppressions.
 # Run after scripts/setup.sh (its packages); installs clang's if missing.
 #   scripts/ci_sanitize.sh [ctest arguments]
 set -euo pipefail
