@@ -108,12 +108,8 @@ void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t bytes, 
   // (the legacy default stream does not wait for it), so wait for the device.
   if (!s) CUDA_CHECK(cudaDeviceSynchronize());
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, copy_kind(dd, sd), s));
-  if (dd.is_cpu() || sd.is_cpu()) {
-    CUDA_CHECK(cudaStreamSynchronize(s));
-    count_host_wait();
-  } else if (!s) {
-    count_host_wait();
-  }
+  if (dd.is_cpu() || sd.is_cpu()) CUDA_CHECK(cudaStreamSynchronize(s));
+  if (!s || dd.is_cpu() || sd.is_cpu()) count_host_wait();  // the host waited above
 #else
   (void)stream;
   throw BackendError("this build of Switchyard has no CUDA backend (configure with SWITCHYARD_CUDA=ON)");

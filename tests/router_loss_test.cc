@@ -225,6 +225,20 @@ TEST(RealizedCost, HandComputedFromRoutingSums) {
 // given R; gradient that of lambda S, S = sum over kept (i, g) of p_ig c_g / N,
 // through the softmax, against finite differences of S with the route held
 // fixed (budget drops counted, capacity drops not); zero when R <= B.
+// Top-2 over the probabilities' groups at capacity factor cf, then the
+// batch budget B with these costs (capacity and budget drops).
+Route budgeted_route(const Tensor& probs, const std::vector<float>& cost, float cf, double B) {
+  TokensChooseParams prm;
+  prm.k = 2;
+  prm.capacity_factor = cf;
+  Route r = tokens_choose(probs, prm);
+  BudgetParams b;
+  b.cost = cost;
+  b.budget = B;
+  apply_budget(host_ctx(), r, probs, b);
+  return r;
+}
+
 TEST(RealizedCost, StraightThroughGradientMatchesFiniteDifferences) {
   Ctx& ctx = host_ctx();
   Rng rng(3);
@@ -232,14 +246,7 @@ TEST(RealizedCost, StraightThroughGradientMatchesFiniteDifferences) {
   const std::vector<float> cost = {0.25f, 0.5f, 1.f, 2.f};
   Tensor logits = testing::randn({N, G}, rng);
   const Tensor probs = softmax_of(logits);
-  TokensChooseParams prm;
-  prm.k = 2;
-  prm.capacity_factor = 0.75f;
-  Route r = tokens_choose(probs, prm);
-  BudgetParams b;
-  b.cost = cost;
-  b.budget = 0.8;
-  apply_budget(ctx, r, probs, b);
+  const Route r = budgeted_route(probs, cost, 0.75f, 0.8);
   ASSERT_GT(r.dropped, 0);
   ASSERT_GT(r.budget_dropped, 0);
   const float lambda = 0.7f;
@@ -285,13 +292,7 @@ TEST(RealizedCost, FromSumsIsFromTheirTotals) {
   const int64_t N = 12, G = 4;
   const std::vector<float> cost = {0.25f, 0.5f, 1.f, 2.f};
   const Tensor probs = softmax_of(testing::randn({N, G}, rng));
-  TokensChooseParams prm;
-  prm.k = 2;
-  Route r = tokens_choose(probs, prm);
-  BudgetParams b;
-  b.cost = cost;
-  b.budget = 0.9;
-  apply_budget(ctx, r, probs, b);
+  const Route r = budgeted_route(probs, cost, 1.25f, 0.9);
   ASSERT_GT(r.budget_dropped, 0);
   Tensor sums = Tensor::zeros({routing_sums_size(G)}, DType::f64, ctx);
   routing_sums(ctx, sums, probs, r);

@@ -1162,7 +1162,7 @@ template <class Mask>
 void backward_any(const char* op, Ctx& ctx, const Geom& g, Mask mask, int64_t rows, Tensor& dqkv_t,
                   const Tensor& dout_t, const Tensor& qkv_t, const Tensor& out_t, const float* lse, int64_t D) {
   const bool bf = qkv_t.dtype() == DType::bf16;
-  if (!(bf ? (D == 64 || D == 128) : (D == 16 || D == 32 || D == 64 || D == 128))) unsupported(op, qkv_t.dtype(), D);
+  if (!tiled_head_dim(qkv_t.dtype(), D)) unsupported(op, qkv_t.dtype(), D);
   cudaStream_t st = stream_of(ctx);
   Tensor delta = Tensor::empty({rows * g.H}, DType::f32, ctx);  // laid out as lse
   const int64_t warps = rows * g.H;

@@ -35,6 +35,13 @@ struct VarlenAttention {
   const int32_t* key_len = nullptr;   // (S), device, or null: keys anywhere in a segment
 };
 
+// Whether the tiled kernels (dense and varlen) have a head dim D for dtype
+// dt: f32 16, 32, 64, 128; bf16 64, 128 (ops/attention.h).
+inline bool tiled_head_dim(DType dt, int64_t D) {
+  if (dt == DType::bf16) return D == 64 || D == 128;
+  return D == 16 || D == 32 || D == 64 || D == 128;
+}
+
 void varlen_attention_forward(Ctx& ctx, const VarlenAttention& v, const Tensor& qkv, Tensor& out, Tensor& lse);
 void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv, const Tensor& dout,
                                const Tensor& qkv, const Tensor& out, const Tensor& lse);

@@ -129,26 +129,32 @@ struct PairRows {
   }
 };
 
-// Element i = t * D + d of o, and lse_t at d = 0: t's rows merged.
-struct MergeForward {
+// Token t's packed rows in merge order: its pairs (block order), then its own.
+struct TokenRows {
   Shape s;
   const int32_t *own_row, *pair_row;
+  SY_HD int64_t count(int64_t t) const { return s.keep(t) + 1; }
+  SY_HD int64_t row(int64_t t, int64_t j) const {
+    return j < s.keep(t) ? pair_row[s.pair_offset(t) + j] : own_row[t];
+  }
+};
+
+// Element i = t * D + d of o, and lse_t at d = 0: t's rows merged.
+struct MergeForward {
+  TokenRows tr;
   const float *out_p, *lse_p;  // (rows, D), (rows)
   int64_t D;
   float *o, *lse;
-  SY_HD int64_t row(int64_t t, int64_t j) const {  // j < keep(t): pairs; j = keep(t): own
-    return j < s.keep(t) ? pair_row[s.pair_offset(t) + j] : own_row[t];
-  }
   SY_HD void operator()(int64_t i) const {
-    const int64_t t = i / D, d = i % D, n = s.keep(t) + 1;
+    const int64_t t = i / D, d = i % D, n = tr.count(t);
     float m = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) m = fmaxf(m, lse_p[row(t, j)]);
+    for (int64_t j = 0; j < n; ++j) m = fmaxf(m, lse_p[tr.row(t, j)]);
     float sum = 0.f;
-    for (int64_t j = 0; j < n; ++j) sum += expf(lse_p[row(t, j)] - m);
+    for (int64_t j = 0; j < n; ++j) sum += expf(lse_p[tr.row(t, j)] - m);
     const float l = m + logf(sum);
     float acc = 0.f;
     for (int64_t j = 0; j < n; ++j) {
-      const int64_t r = row(t, j);
+      const int64_t r = tr.row(t, j);
       acc += expf(lse_p[r] - l) * out_p[r * D + d];
     }
     o[i] = acc;
@@ -158,15 +164,16 @@ struct MergeForward {
 
 // Element i = t * D + d: dq, dk, dv accumulate t's rows' packed gradients.
 struct ScatterBackward {
-  MergeForward m;  // s, own_row, pair_row (its out/lse/o unused)
+  TokenRows tr;
   const float* dqkv_p;  // (rows, 3D)
+  int64_t D;
   float *dq, *dk, *dv;
   SY_HD void operator()(int64_t i) const {
-    const int64_t t = i / m.D, d = i % m.D, D = m.D;
+    const int64_t t = i / D, d = i % D;
     float g = 0.f;
-    for (int64_t j = 0; j <= m.s.keep(t); ++j) g += dqkv_p[m.row(t, j) * 3 * D + d];
+    for (int64_t j = 0; j < tr.count(t); ++j) g += dqkv_p[tr.row(t, j) * 3 * D + d];
     dq[i] += g;
-    const float* own = dqkv_p + int64_t{m.own_row[t]} * 3 * D;
+    const float* own = dqkv_p + int64_t{tr.own_row[t]} * 3 * D;
     dk[i] += own[D + d];
     dv[i] += own[2 * D + d];
   }

@@ -332,7 +332,7 @@ Prepared prepare(Ctx& ctx, const Tensor& q, const Tensor& k, const Tensor& v, co
 // Whether the clusters and head fit the packed path: one cluster per token on
 // each side (causal mode), and a head dim the f32 flash kernels take.
 bool packable(const Clusters& cl, int64_t D) {
-  return cl.queries.k == 1 && cl.keys.k == 1 && (D == 16 || D == 32 || D == 64 || D == 128);
+  return cl.queries.k == 1 && cl.keys.k == 1 && tiled_head_dim(DType::f32, D);
 }
 
 routed::CausalRoutes causal_routes(const Clusters& cl, const ClusterSegments& s) {

@@ -50,8 +50,6 @@ sparse::Head head_of(const Tensor& q, const Tensor& k, const Tensor& v, const Ke
           ks.off.data<int64_t>(), ks.idx.data<int32_t>()};
 }
 
-bool tiled_dim(int64_t D) { return D == 16 || D == 32 || D == 64 || D == 128; }
-
 // Block top-k's key sets as varlen segments (ops/cuda/block_topk_pack.h).
 BlockSegments pack_blocks(Ctx& ctx, const KeySets& ks, int64_t T, int64_t block, int64_t topk) {
   const blocktopk::Shape sh{T, block, topk};
@@ -103,12 +101,11 @@ VarlenAttention varlen_of(const BlockSegments& b, int64_t T, int64_t D) {
 
 // Whether the attention over ks runs on the packed segments.
 bool packed(const KeySets& ks, const Tensor& q) {
-  return ks.blocks.defined() && tiled_dim(q.dim(1)) && ks.blocks.own_row.numel() == q.dim(0);
+  return ks.blocks.defined() && tiled_head_dim(DType::f32, q.dim(1)) && ks.blocks.own_row.numel() == q.dim(0);
 }
 
-blocktopk::MergeForward merge_of(const BlockSegments& b, int64_t T, int64_t D) {
-  return {blocktopk::Shape{T, b.block, b.topk}, b.own_row.data<int32_t>(), b.pair_row.data<int32_t>(), nullptr,
-          nullptr, D, nullptr, nullptr};
+blocktopk::TokenRows token_rows(const BlockSegments& b, int64_t T) {
+  return {blocktopk::Shape{T, b.block, b.topk}, b.own_row.data<int32_t>(), b.pair_row.data<int32_t>()};
 }
 
 Tensor gather_rows(Ctx& ctx, const BlockSegments& b, const Tensor& q, const Tensor& k, const Tensor& v) {
@@ -126,9 +123,8 @@ void packed_forward(Ctx& ctx, const SparseAttentionArgs& a) {
   const Tensor qkv = gather_rows(ctx, b, a.q, a.k, a.v);
   Tensor out = Tensor::empty({b.rows, D}, DType::f32, ctx), lse = Tensor::empty({1, b.rows}, DType::f32, ctx);
   varlen_attention_forward(ctx, varlen_of(b, T, D), qkv, out, lse);
-  blocktopk::MergeForward m = merge_of(b, T, D);
-  m.out_p = out.data<float>(), m.lse_p = lse.data<float>(), m.o = a.o.data<float>(), m.lse = a.lse.data<float>();
-  Launch{stream(ctx)}(T * D, m);
+  Launch{stream(ctx)}(T * D, blocktopk::MergeForward{token_rows(b, T), out.data<float>(), lse.data<float>(), D,
+                                                     a.o.data<float>(), a.lse.data<float>()});
 }
 
 void packed_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
@@ -142,8 +138,8 @@ void packed_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
                                                   b.row_token.data<int32_t>(), b.is_query.data<int32_t>(), D,
                                                   dout.data<float>(), out.data<float>(), lse.data<float>()});
   varlen_attention_backward(ctx, varlen_of(b, T, D), dqkv, dout, qkv, out, lse);
-  run(T * D, blocktopk::ScatterBackward{merge_of(b, T, D), dqkv.data<float>(), a.dq.data<float>(), a.dk.data<float>(),
-                                        a.dv.data<float>()});
+  run(T * D, blocktopk::ScatterBackward{token_rows(b, T), dqkv.data<float>(), D, a.dq.data<float>(),
+                                        a.dk.data<float>(), a.dv.data<float>()});
 }
 
 }  // namespace
@@ -200,7 +196,7 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t b
   Launch{stream(ctx)}(T + 1, sparse::BlockTopkKeys{q.data<float>(), kmean.data<float>(), T, D, block, topk,
                                                    ks.off.data<int64_t>(), ks.idx.data<int32_t>()});
   // (one varlen segment per block: at most 65535 of them, the grid's z)
-  if (tiled_dim(D) && T > 0 && nb <= 65535) ks.blocks = pack_blocks(ctx, ks, T, block, topk);
+  if (tiled_head_dim(DType::f32, D) && T > 0 && nb <= 65535) ks.blocks = pack_blocks(ctx, ks, T, block, topk);
   return ks;
 }
 
