@@ -37,11 +37,13 @@
 //
 // Backends: every entry point runs on CUDA (ops/cuda/routed_attention.cu:
 // scores by a cuBLAS GEMM, the routing core's tokens/groups choose, per-cluster
-// sums in position order; the attention: causal mode on the tiled varlen
-// flash kernels, one segment per cluster (ops/cuda/routed_pack.h), otherwise
-// per cluster row, merged per token in cluster order
-// (ops/cuda/routed_attention_rows.h); f32, and bf16 on the causal packed
-// path; no atomics).
+// sums in position order; the attention on the tiled varlen flash kernels,
+// one segment per cluster: causal mode as the union of a cluster's queries
+// and keys (ops/cuda/routed_pack.h), balanced mode as its keys then its
+// queries with the first-shared rule in the kernels' mask and an LSE merge
+// per token in cluster order (ops/cuda/routed_union_pack.h); head dims the
+// kernels lack per cluster row (ops/cuda/routed_attention_rows.h); f32, and
+// bf16 on the tiled paths; no atomics).
 // kmeans_init, once per run on the warm-up batch, runs the CPU reference on a
 // host copy and writes the centroids back to the device.
 #pragma once

@@ -96,12 +96,9 @@ class SparseSelfAttention : public SelfAttention {
   // head of BLOCK_TOPK); q_, k_, v_, o_, lse_ hold those heads only.
   int64_t first_head() const { return routed() ? H_ - R_ : 0; }
   // opt_.bf16 (precision BF16, head dim 64 or 128) runs the local heads on the
-  // bf16 tensor-core kernels, and the routing heads too in causal mode (one
-  // cluster per token: ops/routed_attention.h's bf16 path); balanced routing
-  // and block top-k stay fp32.
-  bool bf16_routed() const {
-    return opt_.bf16 && routed() && cfg_.assignment() == switchyard::AttentionConfig::CAUSAL;
-  }
+  // bf16 tensor-core kernels, and the routing heads too (either mode:
+  // ops/routed_attention.h's bf16 path); block top-k stays fp32.
+  bool bf16_routed() const { return opt_.bf16 && routed(); }
   // The local heads [0, L) of a ROUTED layer, as the dense op computes them.
   ops::AttentionShape local_shape() const;
 

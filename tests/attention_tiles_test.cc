@@ -156,6 +156,75 @@ TEST(AttentionTiles, KeyPrefixVisitsOnlyItsKeyTiles) {
   }
 }
 
+// The split layout of clusters a token can share (routed attention's
+// balanced mode): keys in rows [0, klen), then queries, each in ascending
+// position; a pair by position, and flags of 2 counting only where the
+// segment is the first that holds both tokens (bitmaps of two words, the
+// segment index 70, so both words matter). The allowed pairs written out
+// here apart from MemberMask::ok, so ok is checked as well as the tiling.
+TEST(AttentionTiles, SplitLayoutComputesEachAllowedPairOnce) {
+  uint32_t state = 4242;
+  auto next = [&state](uint32_t n) {
+    state = state * 1664525u + 1013904223u;
+    return (state >> 8) % n;
+  };
+  const int seg = 70, words = 2;
+  // The kernels' tilings, and tiles of one row, where a binary search off by
+  // one position shows wherever it lands (not only at a tile's edge).
+  std::vector<Tiling> tilings(std::begin(kTilings), std::end(kTilings));
+  tilings.push_back({"one row, queries own", 1, 1, 1, false});
+  tilings.push_back({"one row, keys own", 1, 1, 1, true});
+  for (const Tiling& t : tilings)
+    for (const int len : {1, 16, 33, 100, 129, 300})
+      for (const int klen : {0, 1, 15, 16, 17, 64, 65, 128}) {
+        if (klen > len) continue;
+        std::vector<int32_t> is_q(len, 0), is_k(len, 0), pos(len);
+        for (int i = 0, p = 0; i < klen; ++i) pos[i] = p += static_cast<int>(next(3)), is_k[i] = next(3);
+        for (int i = klen, p = 0; i < len; ++i) pos[i] = p += static_cast<int>(next(3)), is_q[i] = next(3);
+        std::vector<uint64_t> qbits(2 * len * words), kbits(2 * len * words);
+        for (auto* b : {&qbits, &kbits})
+          for (uint64_t& w : *b) w = next(4) == 0 ? uint64_t{1} << next(64) : 0;  // a few earlier clusters
+        std::vector<int32_t> kl(71, 0);
+        kl[seg] = klen;
+        attn::MemberMask m{is_q.data(), is_k.data(), kl.data()};
+        m.pos = pos.data(), m.qbits = qbits.data(), m.kbits = kbits.data(), m.words = words;
+        const attn::MemberMask b = m.bind(seg, 0, len);
+        const std::vector<int> n = computed(b, t, len);
+        for (int q = 0; q < len; ++q)
+          for (int k = 0; k < len; ++k) {
+            bool allowed = k < klen && q >= klen && is_q[q] && is_k[k] && pos[k] <= pos[q];
+            if (allowed && is_q[q] == 2 && is_k[k] == 2) {
+              const uint64_t* qb = &qbits[pos[q] * words];
+              const uint64_t* kb = &kbits[pos[k] * words];
+              allowed = (qb[0] & kb[0]) == 0 && (qb[1] & kb[1] & ((uint64_t{1} << (seg - 64)) - 1)) == 0;
+            }
+            ASSERT_EQ(n[static_cast<size_t>(q) * len + k], allowed ? 1 : 0)
+                << t.name << ", len " << len << ", key_len " << klen << ", q " << q << ", k " << k;
+          }
+      }
+}
+
+// The point of positions: 256 keys and 256 queries interleaved (key i at
+// 2i, query i at 2i + 1) cost the causal half of the key-query tiles, not
+// all of them, in the forward and the dK/dV loops.
+TEST(AttentionTiles, SplitLayoutVisitsOnlyReachableTiles) {
+  std::vector<int32_t> is_q(512, 0), is_k(512, 0), pos(512);
+  for (int i = 0; i < 256; ++i) is_k[i] = 1, pos[i] = 2 * i, is_q[256 + i] = 1, pos[256 + i] = 2 * i + 1;
+  const int32_t key_len[1] = {256};
+  const std::vector<uint64_t> bits(1024, 0);
+  attn::MemberMask m{is_q.data(), is_k.data(), key_len};
+  m.pos = pos.data(), m.qbits = bits.data(), m.kbits = bits.data(), m.words = 1;
+  const attn::MemberMask b = m.bind(0, 0, 512);
+  int forward = 0, backward = 0;
+  for (int r0 = 0; r0 < 512; r0 += 64) {
+    const attn::TileRange kt = attn::key_tiles(b, r0, 64, 512, 64), qt = attn::query_tiles(b, r0, 64, 512, 64);
+    forward += std::max(0, kt.end - kt.first);
+    backward += std::max(0, qt.end - qt.first);
+  }
+  EXPECT_EQ(forward, 1 + 2 + 3 + 4);
+  EXPECT_EQ(backward, 4 + 3 + 2 + 1);
+}
+
 // The point of the window: a query tile loops over the key tiles its window
 // reaches, not over the whole prefix. At len 4096, w 512 and 64-row tiles,
 // a forward block visits at most ceil((512 - 1 + 64) / 64) + 1 = 10 key tiles.

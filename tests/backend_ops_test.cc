@@ -1068,7 +1068,13 @@ std::vector<OpCase> cases() {
                                  RoutedSpec{"causal_drops_d32", 53, 4, 32, drops, false},
                                  RoutedSpec{"causal_70_clusters_d16", 160, 70, 16, causal, false},
                                  RoutedSpec{"one_cluster_shared_keys_d16", 7, 1, 16, causal, true},
-                                 RoutedSpec{"causal_600_tokens_d128", 600, 9, 128, causal, false}})
+                                 RoutedSpec{"causal_600_tokens_d128", 600, 9, 128, causal, false},
+                                 // balanced clusters at those head dims: the union packing
+                                 // (ops/cuda/routed_union_pack.h), the first-shared rule in the mask
+                                 RoutedSpec{"balanced_d16", 61, 5, 16, bal, false},
+                                 RoutedSpec{"balanced_70_clusters_d32", 160, 70, 32, bal, false},
+                                 RoutedSpec{"balanced_shared_keys_d64", 130, 3, 64, bal, true},
+                                 RoutedSpec{"balanced_400_tokens_d128", 400, 20, 128, bal, false}})
     c.push_back(routed_attention_case(spec));
   for (const int64_t D : {5, 16})
     c.push_back(routed_attention_case("lone_query_d" + std::to_string(D), 6, D,
@@ -1327,52 +1333,62 @@ TEST_P(BackendOps, AttentionBf16AgreesWithTheCpuOnRoundedInputs) {
 
 // key_sets = false (what the layer and bench_attention ask for): the same o,
 // lse and gradients bit for bit, and the same pair count - counted alone on
-// CUDA's packed path (no index lists; backward walks the segments), the
-// full key sets on the CPU (its backward walks them).
+// CUDA's packed paths (no index lists; backward walks the segments), the
+// full key sets on the CPU (its backward walks them). Both modes.
 TEST_P(BackendOps, RoutedAttentionCountsPairsWhenKeySetsAreNotWanted) {
-  Ctx& x = ctx();
-  const RoutedSpec spec{"causal_d64", 200, 7, 64, ops::ClusterParams{}, false};
-  Rng rng(0xc0);
-  const Ins h = routed_inputs(spec, rng);
-  std::vector<Tensor> in;
-  for (const Tensor& t : h) in.push_back(t.to(x));
-  const int64_t T = spec.T, D = spec.D;
-  const ops::Clusters cl{route_from(in[4], in[5], in[6], T), route_from(in[7], in[8], in[9], T)};
-  std::vector<Tensor> res[2];
-  int64_t pairs[2];
-  for (int want_sets = 0; want_sets < 2; ++want_sets) {
-    Tensor o = out(x, {T, D}), lse = out(x, {T});
-    Tensor dq = Tensor::zeros({T, D}, DType::f32, x), dk = Tensor::zeros({T, D}, DType::f32, x),
-           dv = Tensor::zeros({T, D}, DType::f32, x);
-    ops::KeySets ks;
-    ops::routed_attention_forward(x, {o, lse, ks, in[0], in[1], in[2], cl, want_sets == 1});
-    ops::routed_attention_backward(x, {dq, dk, dv, in[3], o, lse, in[0], in[1], in[2], ks, cl});
-    pairs[want_sets] = ks.pairs();
-    if (want_sets == 0 && GetParam() == DeviceKind::cuda) {
-      EXPECT_FALSE(ks.idx.defined()) << "CUDA's packed path built the index lists anyway";
-      EXPECT_EQ(ks.counted, ks.pairs());
+  ops::ClusterParams bal;
+  bal.mode = ops::ClusterMode::balanced;
+  for (const RoutedSpec& spec :
+       {RoutedSpec{"causal_d64", 200, 7, 64, ops::ClusterParams{}, false},
+        RoutedSpec{"balanced_d64", 200, 7, 64, bal, false}}) {
+    SCOPED_TRACE(spec.name);
+    Ctx& x = ctx();
+    Rng rng(0xc0);
+    const Ins h = routed_inputs(spec, rng);
+    std::vector<Tensor> in;
+    for (const Tensor& t : h) in.push_back(t.to(x));
+    const int64_t T = spec.T, D = spec.D;
+    const ops::Clusters cl{route_from(in[4], in[5], in[6], T), route_from(in[7], in[8], in[9], T)};
+    std::vector<Tensor> res[2];
+    int64_t pairs[2];
+    for (int want_sets = 0; want_sets < 2; ++want_sets) {
+      Tensor o = out(x, {T, D}), lse = out(x, {T});
+      Tensor dq = Tensor::zeros({T, D}, DType::f32, x), dk = Tensor::zeros({T, D}, DType::f32, x),
+             dv = Tensor::zeros({T, D}, DType::f32, x);
+      ops::KeySets ks;
+      ops::routed_attention_forward(x, {o, lse, ks, in[0], in[1], in[2], cl, want_sets == 1});
+      ops::routed_attention_backward(x, {dq, dk, dv, in[3], o, lse, in[0], in[1], in[2], ks, cl});
+      pairs[want_sets] = ks.pairs();
+      if (want_sets == 0 && GetParam() == DeviceKind::cuda) {
+        EXPECT_FALSE(ks.idx.defined()) << "CUDA's packed path built the index lists anyway";
+        EXPECT_EQ(ks.counted, ks.pairs());
+      }
+      res[want_sets] = {o.to(host_ctx()), lse.to(host_ctx()), dq.to(host_ctx()), dk.to(host_ctx()), dv.to(host_ctx())};
     }
-    res[want_sets] = {o.to(host_ctx()), lse.to(host_ctx()), dq.to(host_ctx()), dk.to(host_ctx()), dv.to(host_ctx())};
+    EXPECT_GT(pairs[1], T);
+    EXPECT_EQ(pairs[0], pairs[1]);
+    for (size_t i = 0; i < res[0].size(); ++i) EXPECT_TRUE(bitwise_equal(res[0][i], res[1][i])) << "output " << i;
   }
-  EXPECT_GT(pairs[1], T);
-  EXPECT_EQ(pairs[0], pairs[1]);
-  for (size_t i = 0; i < res[0].size(); ++i) EXPECT_TRUE(bitwise_equal(res[0][i], res[1][i])) << "output " << i;
 }
 
-// Routed attention on bf16 tensors (causal clusters, head dims 64 and 128:
-// the packed path on the tensor-core varlen kernels) against the CPU's f32
-// reference on the bf16-rounded inputs, class B; the key sets exactly; two
-// runs bitwise equal; outputs poisoned first. Clusters with dropped tokens
-// and lone queries (no key at or before them) included.
+// Routed attention on bf16 tensors (head dims 64 and 128: causal clusters
+// on the packed path, balanced ones on the union packing, both on the
+// tensor-core varlen kernels) against the CPU's f32 reference on the
+// bf16-rounded inputs, class B; the key sets exactly; two runs bitwise
+// equal; outputs poisoned first. Clusters with dropped tokens and lone
+// queries (no key at or before them) included.
 TEST_P(BackendOps, RoutedAttentionBf16AgreesWithTheCpuOnRoundedInputs) {
   if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "the CPU's bf16 path is the f32 one (routed_attention_test)";
   Ctx& x = ctx();
-  ops::ClusterParams causal, drops;
+  ops::ClusterParams causal, drops, bal;
   drops.dropless = false;
   drops.capacity_factor = 0.7f;
+  bal.mode = ops::ClusterMode::balanced;
   for (const RoutedSpec& spec : {RoutedSpec{"d64", 300, 17, 64, causal, false},
                                  RoutedSpec{"d128_drops", 257, 5, 128, drops, false},
-                                 RoutedSpec{"d64_shared_keys", 130, 3, 64, causal, true}}) {
+                                 RoutedSpec{"d64_shared_keys", 130, 3, 64, causal, true},
+                                 RoutedSpec{"balanced_d64", 300, 17, 64, bal, false},
+                                 RoutedSpec{"balanced_70_clusters_d128", 200, 70, 128, bal, false}}) {
     SCOPED_TRACE(spec.name);
     const int64_t T = spec.T, D = spec.D;
     Rng rng(0xb16 + T);

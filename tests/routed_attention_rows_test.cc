@@ -27,34 +27,11 @@ using testing::clusters_of;
 using testing::expect_grads;
 using testing::expect_lse;
 using testing::Grads;
+using testing::HostHead;
 using testing::HostRun;
 using testing::one_cluster;
 using testing::random_case;
 using testing::rel_l2;
-
-// One side prepared as the CUDA launcher prepares it (host buffers).
-struct HostSide {
-  std::vector<int32_t> item, row_group;
-  std::vector<uint64_t> bits;
-  routed::Side side{};
-  HostSide(const ops::Route& r, int64_t T, int64_t W) : item(r.rows(), -7), row_group(r.rows(), -7), bits(T * W, 77) {
-    const int32_t* g = r.group.data<int32_t>();
-    const int32_t* s = r.slot.data<int32_t>();
-    const int32_t* o = r.offset.data<int32_t>();
-    routed::side_steps(HostRun{}, g, s, o, T, r.k, W, item.data(), row_group.data(), bits.data());
-    side = {g, s, o, r.k, item.data(), row_group.data(), bits.data()};
-  }
-};
-
-struct HostHead {
-  HostSide qs, ks;
-  routed::Head h;
-  HostHead(const Tensor& q, const Tensor& k, const Tensor& v, const ops::Clusters& cl)
-      : qs(cl.queries, q.dim(0), (cl.num() + 63) / 64), ks(cl.keys, q.dim(0), (cl.num() + 63) / 64) {
-    const int64_t T = q.dim(0), D = q.dim(1), K = cl.num();
-    h = {q.f32(), k.f32(), v.f32(), T, D, K, (K + 63) / 64, 1.f / std::sqrt(static_cast<float>(D)), qs.side, ks.side};
-  }
-};
 
 struct Result {
   Tensor o, lse;

@@ -382,8 +382,9 @@ TEST(RoutedAttention, Bf16LayerAgreesWithFp32ToClassB) {
 
 // bf16 tensors (CUDA's tensor-core path) on the CPU: the f32 path on their
 // values, o and the gradients rounded (gradients as bf16(g + gradient)), bit
-// for bit; refused where CUDA has no bf16 path (several clusters per token,
-// head dims other than 64 and 128) and for mixed dtypes.
+// for bit, with one cluster per token and with several (balanced); refused
+// where CUDA has no bf16 path (head dims other than 64 and 128) and for
+// mixed dtypes.
 TEST(RoutedAttention, Bf16TensorsRunTheF32PathRoundedOrAreRefused) {
   Ctx& ctx = host_ctx();
   Rng rng(9);
@@ -421,9 +422,18 @@ TEST(RoutedAttention, Bf16TensorsRunTheF32PathRoundedOrAreRefused) {
   EXPECT_EQ(values(dv), values(b16(dv32)));
   EXPECT_EQ(ks.idx.to_vector<int32_t>(), ks32.idx.to_vector<int32_t>());
 
-  // refused: several clusters per token, head dim 32, mixed dtypes
+  // several clusters per token: the same
   const ops::Clusters several = balanced_clusters(h, 5, rng);
-  EXPECT_THROW(ops::routed_attention_forward(ctx, {o, lse, ks, q, k, v, several}), Error);
+  Tensor ob = testing::zeros({T, D}).to(DType::bf16), lseb = testing::zeros({T}), ob32 = testing::zeros({T, D}),
+         lseb32 = testing::zeros({T});
+  KeySets ksb, ksb32;
+  ops::routed_attention_forward(ctx, {ob, lseb, ksb, q, k, v, several});
+  ops::routed_attention_forward(ctx, {ob32, lseb32, ksb32, f32(q), f32(k), f32(v), several});
+  EXPECT_EQ(values(ob), values(b16(ob32)));
+  EXPECT_EQ(lseb.to_vector<float>(), lseb32.to_vector<float>());
+  EXPECT_GT(ksb.pairs(), T) << "want the balanced clusters to hold pairs";
+
+  // refused: head dim 32, mixed dtypes
   Head h32 = random_head(T, 32, rng);
   Tensor o16 = testing::zeros({T, 32}).to(DType::bf16);
   EXPECT_THROW(ops::routed_attention_forward(ctx, {o16, lse, ks, b16(h32.q), b16(h32.k), b16(h32.v), cl}), Error);

@@ -1,9 +1,13 @@
 // Clusters for the routed attention tests that run the CUDA path's steps on
-// the host (routed_attention_rows_test.cc, routed_pack_test.cc).
+// the host (routed_attention_rows_test.cc, routed_pack_test.cc,
+// routed_union_pack_test.cc), and a head's routes prepared as the CUDA
+// launcher prepares them.
 #pragma once
+#include <cmath>
 #include <vector>
 
 #include "attention_rows.h"
+#include "ops/cuda/routed_attention_rows.h"
 #include "ops/layernorm.h"
 #include "ops/routed_attention.h"
 #include "ops/routing.h"
@@ -33,5 +37,29 @@ inline ops::Route one_cluster(int64_t T, const std::vector<int32_t>& in) {
   ops::threshold_route(host_ctx(), r, Tensor::from_host(score), 0.5f);
   return r;
 }
+
+// One side prepared as the CUDA launcher prepares it (host buffers).
+struct HostSide {
+  std::vector<int32_t> item, row_group;
+  std::vector<uint64_t> bits;
+  ops::routed::Side side{};
+  HostSide(const ops::Route& r, int64_t T, int64_t W) : item(r.rows(), -7), row_group(r.rows(), -7), bits(T * W, 77) {
+    const int32_t* g = r.group.data<int32_t>();
+    const int32_t* s = r.slot.data<int32_t>();
+    const int32_t* o = r.offset.data<int32_t>();
+    ops::routed::side_steps(HostRun{}, g, s, o, T, r.k, W, item.data(), row_group.data(), bits.data());
+    side = {g, s, o, r.k, item.data(), row_group.data(), bits.data()};
+  }
+};
+
+struct HostHead {
+  HostSide qs, ks;
+  ops::routed::Head h;
+  HostHead(const Tensor& q, const Tensor& k, const Tensor& v, const ops::Clusters& cl)
+      : qs(cl.queries, q.dim(0), (cl.num() + 63) / 64), ks(cl.keys, q.dim(0), (cl.num() + 63) / 64) {
+    const int64_t T = q.dim(0), D = q.dim(1), K = cl.num();
+    h = {q.f32(), k.f32(), v.f32(), T, D, K, (K + 63) / 64, 1.f / std::sqrt(static_cast<float>(D)), qs.side, ks.side};
+  }
+};
 
 }  // namespace sy::testing

@@ -1211,6 +1211,8 @@ void check_varlen(const char* op, const VarlenAttention& v, const Tensor& qkv) {
   check_shape(qkv, {v.rows, 3 * v.C}, op);
   if (v.max_len > INT32_MAX / 2 || v.rows > INT32_MAX || v.segments > 65535 || v.H > 65535)
     throw BackendError(std::string(op) + ": up to 65535 segments and heads, 2^30 rows per segment, 2^31 in all");
+  SY_CHECK(!v.pos || (v.key_len && v.qbits && v.kbits && v.words > 0),
+           op << ": positions (the split layout) need key prefixes and membership bitmaps");
 }
 
 }  // namespace
@@ -1238,13 +1240,24 @@ void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a) {
   });
 }
 
+namespace {
+attn::MemberMask member_mask(const VarlenAttention& v) {
+  attn::MemberMask m{v.is_query, v.is_key, v.key_len};
+  m.pos = v.pos;
+  m.qbits = v.qbits;
+  m.kbits = v.kbits;
+  m.words = v.words;
+  return m;
+}
+}  // namespace
+
 void varlen_attention_forward(Ctx& ctx, const VarlenAttention& v, const Tensor& qkv, Tensor& out, Tensor& lse) {
   check_varlen("varlen_attention_forward", v, qkv);
   check_shape(out, {v.rows, v.C}, "varlen_attention_forward out");
   check_shape(lse, {v.H, v.rows}, "varlen_attention_forward lse");
   if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
   check_aligned("varlen_attention_forward", {qkv.raw(), out.raw()});
-  forward_any("varlen_attention_forward", varlen_geom(v), attn::MemberMask{v.is_query, v.is_key, v.key_len}, qkv, out,
+  forward_any("varlen_attention_forward", varlen_geom(v), member_mask(v), qkv, out,
               lse.data<float>(), v.C / v.H, stream_of(ctx));
 }
 
@@ -1255,7 +1268,7 @@ void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv,
   check_shape(lse, {v.H, v.rows}, "varlen_attention_backward lse");
   if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
   check_aligned("varlen_attention_backward", {qkv.raw(), dqkv.raw(), dout.raw(), out.raw()});
-  backward_any("varlen_attention_backward", ctx, varlen_geom(v), attn::MemberMask{v.is_query, v.is_key, v.key_len}, v.rows, dqkv,
+  backward_any("varlen_attention_backward", ctx, varlen_geom(v), member_mask(v), v.rows, dqkv,
                dout, qkv, out, lse.data<float>(), v.C / v.H);
 }
 

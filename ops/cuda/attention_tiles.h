@@ -62,6 +62,41 @@ struct WindowMask {
   }
 };
 
+// Whether cluster c is the first that holds the token of bitmap qt as a query
+// and the token of bitmap kt as a key (both members of c): no bit below c in
+// qt & kt. Bitmaps of W = ceil(K / 64) words, bit c of word c / 64.
+SY_HD inline bool first_shared(const uint64_t* qt, const uint64_t* kt, int64_t c) {
+  const int64_t w = c / 64;
+  for (int64_t i = 0; i < w; ++i)
+    if (qt[i] & kt[i]) return false;
+  const uint64_t below = (uint64_t{1} << (c % 64)) - 1;
+  return (qt[w] & kt[w] & below) == 0;
+}
+
+// In a[0, n), ascending: the first index whose value is > x (upper), >= x (lower).
+SY_HD inline int upper_index(const int32_t* a, int n, int32_t x) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (a[mid] <= x)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+SY_HD inline int lower_index(const int32_t* a, int n, int32_t x) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (a[mid] < x)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 // Causal by index within a segment of packed rows in position order, between
 // member rows only: row q asks (is_query[q]) and row k answers (is_key[k]) -
 // routed attention's clusters, each packed as the union of its queries and
@@ -72,21 +107,50 @@ struct WindowMask {
 // key_len[b] rows (block top-k's packing: a key block, then the queries
 // that chose it), so query tiles stop there and key tiles past it loop over
 // no queries - without it such a segment costs its length squared.
+// pos (per row, optional, with key_len): the split layout of clusters a
+// token can share (routed attention's balanced mode, ops/cuda/routed_union_pack.h):
+// segment b's rows [0, key_len[b]) are its keys and the rest its queries,
+// each in position order, and a pair needs pos[k] <= pos[q] instead of
+// k <= q. Query tiles then start at the first query a key tile can reach
+// and key tiles end at the last key a query tile can see (binary searches
+// on pos), so a segment costs about its keys times its queries / 2. A flag
+// of 2 (not 1) says the row's token is on that side of an earlier segment
+// too; a pair of two such rows counts only where segment b is the first
+// that holds both (first_shared on the bitmaps qbits, kbits of the rows'
+// positions, `words` words each), so no pair counts twice across segments.
 struct MemberMask {
-  const int32_t* is_query;  // (rows of all segments), 0 or 1 (i32: the tensors have no byte type)
+  const int32_t* is_query;  // (rows of all segments), 0, 1 or 2 (i32: the tensors have no byte type)
   const int32_t* is_key;
   const int32_t* key_len = nullptr;  // (segments) or null: keys anywhere in the segment
   int len = 0;                       // after bind: the segment's rows
   int klen = INT_MAX;                // after bind: keys only in rows [0, klen)
+  const int32_t* pos = nullptr;      // (rows) or null: the split layout above
+  const uint64_t* qbits = nullptr;   // (positions, words): where flags of 2 occur
+  const uint64_t* kbits = nullptr;
+  int words = 0;
+  int seg = 0;  // after bind: the segment's index
   SY_HD MemberMask bind(int b, int64_t row0, int n) const {
-    return {is_query + row0, is_key + row0, key_len, n, key_len ? key_len[b] : n};
+    return {is_query + row0, is_key + row0, key_len, n, key_len ? key_len[b] : n,
+            pos ? pos + row0 : nullptr, qbits, kbits, words, b};
   }
-  SY_HD bool ok(int q, int k) const { return k <= q && q < len && k < klen && is_query[q] && is_key[k]; }
+  SY_HD bool ok(int q, int k) const {
+    if (!(q < len && k < klen && is_query[q] && is_key[k])) return false;
+    if (pos ? pos[k] > pos[q] : k > q) return false;
+    return is_query[q] == 1 || is_key[k] == 1 ||
+           first_shared(qbits + int64_t{pos[q]} * words, kbits + int64_t{pos[k]} * words, seg);
+  }
   SY_HD int kv_begin(int) const { return 0; }
-  SY_HD int kv_end(int q_last) const { return imin(q_last + 1, klen); }
+  SY_HD int kv_end(int q_last) const {
+    if (!pos) return imin(q_last + 1, klen);
+    const int q = imin(q_last, len - 1);  // (a warp's rows may run past the segment)
+    return q < klen ? 0 : upper_index(pos, klen, pos[q]);
+  }
   // Keys from klen on are seen by no query: an empty range (INT_MAX / 2, so
   // that a tile index computed from it stays far past any end).
-  SY_HD int q_begin(int k_first) const { return k_first < klen ? k_first : INT_MAX / 2; }
+  SY_HD int q_begin(int k_first) const {
+    if (k_first >= klen) return INT_MAX / 2;
+    return pos ? klen + lower_index(pos + klen, len - klen, pos[k_first]) : k_first;
+  }
   SY_HD int q_end(int) const { return INT_MAX; }
   SY_HD bool tile_full(int, int, int, int) const { return false; }
 };

@@ -7,7 +7,9 @@
 //
 //   segment b = packed rows [seg[b], seg[b+1]), in position order
 //   row i attends to row j of its segment iff j <= i, is_query[i], is_key[j]
-//   (and, with key_len, j < key_len[b]: segment b's keys are its first rows)
+//   (and, with key_len, j < key_len[b]: segment b's keys are its first rows;
+//   with pos, pos[j] <= pos[i] instead of j <= i, and the first-shared rule:
+//   attn::MemberMask)
 //   out_i = sum_j a_ij v_j, lse_i = log sum_j e^{s_ij}   (none: 0 and -inf)
 //
 // Shapes: qkv (rows, 3C) as [q | k | v] per row, H heads of C / H; out
@@ -33,6 +35,15 @@ struct VarlenAttention {
   const int32_t* is_query = nullptr;  // (rows), device, 0 or 1
   const int32_t* is_key = nullptr;    // (rows), device, 0 or 1
   const int32_t* key_len = nullptr;   // (S), device, or null: keys anywhere in a segment
+  // Clusters a token can share (routed attention's balanced mode,
+  // ops/cuda/routed_union_pack.h): with key_len, segment b holds its keys,
+  // then its queries, each in position order; a pair needs pos[j] <= pos[i],
+  // and flags of 2 mark the rows whose pairs count only in the first
+  // segment that holds both tokens (bitmaps qbits, kbits: (positions, words)).
+  const int32_t* pos = nullptr;      // (rows), device, or null
+  const uint64_t* qbits = nullptr;   // device
+  const uint64_t* kbits = nullptr;
+  int words = 0;
 };
 
 // Whether the tiled kernels (dense and varlen) have a head dim D for dtype

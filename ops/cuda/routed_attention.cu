@@ -26,15 +26,21 @@
 // commitment_backward:  one thread per element of dqn, adding the query's
 //   clusters in ascending order (its assignments in index order: k = 1, or
 //   the groups-choose layout a = t*K + c), as the CPU's cluster loop does.
-// routed_attention_forward / backward, one cluster per token on each side
-//   (causal mode) and head dim 16, 32, 64 or 128: the clusters packed as
-//   varlen segments (a radix sort on cluster and position) and the tiled
-//   flash kernels over them (ops/cuda/routed_pack.h, attention_varlen.h).
-//   Otherwise (balanced mode, where a token can be in several clusters, or
-//   other head dims): one thread per query row, key row, query or output
-//   element, in the order of the rows header, the key sets sorted by a radix
-//   sort on (query, key) when a query can be in several clusters. Either way
-//   the union key sets' offsets come from a scan on the host (the one copy back).
+// routed_attention_forward / backward, at the head dims of the tiled flash
+//   kernels (f32 16, 32, 64, 128; bf16 64, 128), one varlen segment per
+//   cluster (attention_varlen.h):
+//   - one cluster per token on each side (causal mode): the union of the
+//     cluster's queries and keys in position order, by a radix sort on
+//     cluster and position (ops/cuda/routed_pack.h);
+//   - several (balanced mode): the cluster's keys, then its queries - the
+//     routes' buffers side by side, no sort - with positions and the
+//     first-shared rule in the mask, and an LSE merge of a token's rows in
+//     cluster order (ops/cuda/routed_union_pack.h).
+//   Other head dims: one thread per query row, key row, query or output
+//   element, in the order of the rows header. The key sets, where wanted,
+//   are sorted by a radix sort on (query, key) when a query can be in
+//   several clusters; their offsets come from a scan on the host (the one
+//   copy back; without key sets, the pair count is that copy).
 // No atomics anywhere: two runs give the same bits.
 #include <cuda_bf16.h>
 
@@ -44,6 +50,7 @@
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/routed_attention_rows.h"
 #include "ops/cuda/routed_pack.h"
+#include "ops/cuda/routed_union_pack.h"
 #include "ops/routed_attention.h"
 
 #include <algorithm>
@@ -322,8 +329,10 @@ Prepared prepare(Ctx& ctx, const Tensor& q, const Tensor& k, const Tensor& v, co
   Prepared p;
   p.qs = prepare_side(ctx, cl.queries, T, W);
   p.ks = prepare_side(ctx, cl.keys, T, W);
-  p.head = {q.data<float>(), k.data<float>(),  v.data<float>(), T,          D, K, W,
-            1.f / std::sqrt(static_cast<float>(D)), p.qs.side, p.ks.side};
+  // (the routes alone for bf16 values: the union path passes its values apart)
+  const bool f32 = q.dtype() == DType::f32;
+  p.head = {f32 ? q.data<float>() : nullptr, f32 ? k.data<float>() : nullptr, f32 ? v.data<float>() : nullptr,
+            T, D, K, W, 1.f / std::sqrt(static_cast<float>(D)), p.qs.side, p.ks.side};
   return p;
 }
 
@@ -331,9 +340,8 @@ Prepared prepare(Ctx& ctx, const Tensor& q, const Tensor& k, const Tensor& v, co
 
 // Whether the clusters and head fit the packed path: one cluster per token on
 // each side (causal mode), and a head dim the f32 flash kernels take.
-bool packable(const Clusters& cl, int64_t D) {
-  return cl.queries.k == 1 && cl.keys.k == 1 && tiled_head_dim(DType::f32, D);
-}
+bool one_cluster_each(const Clusters& cl) { return cl.queries.k == 1 && cl.keys.k == 1; }
+bool packable(const Clusters& cl, int64_t D) { return one_cluster_each(cl) && tiled_head_dim(DType::f32, D); }
 
 routed::CausalRoutes causal_routes(const Clusters& cl, const ClusterSegments& s) {
   const Route &qr = cl.queries, &kr = cl.keys;
@@ -406,11 +414,11 @@ typename E::T* elems(const Tensor& t) {
 
 // q, k, v rows of the packed segments, (rows, 3D).
 template <class E>
-Tensor gather_qkv(Ctx& ctx, const ClusterSegments& s, const Tensor& q, const Tensor& k, const Tensor& v) {
+Tensor gather_qkv(Ctx& ctx, const Tensor& row_token, int64_t rows, const Tensor& q, const Tensor& k, const Tensor& v) {
   const int64_t D = q.dim(1);
-  Tensor qkv = Tensor::empty({s.rows, 3 * D}, q.dtype(), ctx);
-  Launch{stream(ctx)}(s.rows * 3 * D, routed::GatherQKV<E>{elems<E>(q), elems<E>(k), elems<E>(v),
-                                                           s.row_token.data<int32_t>(), D, elems<E>(qkv)});
+  Tensor qkv = Tensor::empty({rows, 3 * D}, q.dtype(), ctx);
+  Launch{stream(ctx)}(rows * 3 * D, routed::GatherQKV<E>{elems<E>(q), elems<E>(k), elems<E>(v),
+                                                         row_token.data<int32_t>(), D, elems<E>(qkv)});
   return qkv;
 }
 
@@ -429,7 +437,7 @@ template <class E>
 void packed_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1);
   const ClusterSegments s = segments_of(ctx, a.clusters);
-  const Tensor qkv = gather_qkv<E>(ctx, s, a.q, a.k, a.v);
+  const Tensor qkv = gather_qkv<E>(ctx, s.row_token, s.rows, a.q, a.k, a.v);
   Tensor out = Tensor::empty({s.rows, D}, a.q.dtype(), ctx), lse = Tensor::empty({1, s.rows}, DType::f32, ctx);
   varlen_attention_forward(ctx, varlen_of(s, a.clusters.num(), D), qkv, out, lse);
   const Launch run{stream(ctx)};
@@ -464,7 +472,7 @@ void packed_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1);
   const DType dt = a.q.dtype();
   const ClusterSegments s = segments_of(ctx, a.clusters);
-  const Tensor qkv = gather_qkv<E>(ctx, s, a.q, a.k, a.v);
+  const Tensor qkv = gather_qkv<E>(ctx, s.row_token, s.rows, a.q, a.k, a.v);
   Tensor dout = Tensor::empty({s.rows, D}, dt, ctx), out = Tensor::empty({s.rows, D}, dt, ctx),
          lse = Tensor::empty({1, s.rows}, DType::f32, ctx), dqkv = Tensor::zeros({s.rows, 3 * D}, dt, ctx);
   const Launch run{stream(ctx)};
@@ -477,6 +485,144 @@ void packed_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
                                         elems<E>(a.dv)});
 }
 
+// The union key sets from the pair counts per query row (cnt) and per query
+// (pairs, copied back: the one wait, which sizes idx): offsets by a scan on
+// the host, then each query's pairs; several clusters per query (k > 1)
+// need the sort into position order.
+KeySets fill_key_sets(Ctx& ctx, const routed::Head& h, const int32_t* cnt, const std::vector<int64_t>& pairs) {
+  const std::vector<int64_t> off = routed::key_offsets(pairs);
+  KeySets ks;
+  ks.off = upload(ctx, off);
+  const int64_t P = off.back();
+  ks.idx = Tensor::empty({P}, DType::i32, ctx);
+  if (P == 0) return ks;
+  routed::FillKeys fill{h, cnt, ks.off.data<int64_t>(), ks.idx.data<int32_t>(), nullptr, 0};
+  if (h.qs.k == 1) {
+    Launch{stream(ctx)}(h.T, fill);
+    return ks;
+  }
+  Tensor unsorted = Tensor::empty({P}, DType::i32, ctx), key = Tensor::empty({P}, DType::i64, ctx),
+         sorted_key = Tensor::empty({P}, DType::i64, ctx);
+  fill.idx = unsorted.data<int32_t>();
+  fill.sort_key = reinterpret_cast<uint64_t*>(key.data<int64_t>());
+  fill.sort_bits = routed::position_bits(h.T);
+  Launch{stream(ctx)}(h.T, fill);
+  radix_sort_pairs(ctx, fill.sort_key, reinterpret_cast<uint64_t*>(sorted_key.data<int64_t>()),
+                   unsorted.data<int32_t>(), ks.idx.data<int32_t>(), P, 0, 2 * fill.sort_bits);
+  return ks;
+}
+
+// ---- clusters a token can share: the tiled varlen kernels over the union
+// packing (ops/cuda/routed_union_pack.h)
+
+// Whether the union path takes these clusters: a head dim the flash kernels
+// take for dt, a segment per cluster within the varlen grid, packed rows
+// within 32 bits.
+bool union_packable(const Clusters& cl, DType dt, int64_t D) {
+  return tiled_head_dim(dt, D) && cl.num() <= 65535 && cl.queries.rows() + cl.keys.rows() < (int64_t{1} << 31);
+}
+
+// The union packing of a prepared head: segments, rows, flags.
+struct UnionPack {
+  Tensor seg, key_len, row_token, is_query, is_key;
+  routed::UnionLayout layout{};
+  int64_t rows = 0, max_len = 0;
+};
+
+UnionPack union_pack(Ctx& ctx, const Clusters& cl, const Prepared& p) {
+  const Route &qr = cl.queries, &kr = cl.keys;
+  const int64_t K = cl.num();
+  SY_CHECK(static_cast<int64_t>(qr.host_offset.size()) == K + 1 && static_cast<int64_t>(kr.host_offset.size()) == K + 1,
+           "routed attention: routes without host offsets for their " << K << " clusters");
+  UnionPack u;
+  u.rows = qr.rows() + kr.rows();
+  for (int64_t c = 0; c < K; ++c)
+    u.max_len = std::max<int64_t>(u.max_len, qr.host_offset[c + 1] - qr.host_offset[c] + kr.host_offset[c + 1] -
+                                                 kr.host_offset[c]);
+  auto i32 = [&](int64_t n) { return Tensor::empty({n}, DType::i32, ctx); };
+  u.seg = i32(K + 1), u.key_len = i32(std::max<int64_t>(K, 1));
+  u.row_token = i32(u.rows), u.is_query = i32(u.rows), u.is_key = i32(u.rows);
+  u.layout = {qr.offset.data<int32_t>(), kr.offset.data<int32_t>()};
+  const routed::UnionRows rows{u.row_token.data<int32_t>(), u.is_query.data<int32_t>(), u.is_key.data<int32_t>()};
+  const Launch run{stream(ctx)};
+  run(K + 1, routed::UnionSegments{u.layout, K, u.seg.data<int32_t>(), u.key_len.data<int32_t>()});
+  run(p.qs.rows, routed::UnionQueryRows{p.head, u.layout, rows});
+  run(p.ks.rows, routed::UnionKeyRows{p.head, u.layout, rows});
+  return u;
+}
+
+VarlenAttention union_varlen(const UnionPack& u, const Prepared& p, int64_t K, int64_t D) {
+  VarlenAttention v{K, u.max_len, u.rows, D, 1, u.seg.data<int32_t>(), u.is_query.data<int32_t>(),
+                    u.is_key.data<int32_t>(), u.key_len.data<int32_t>()};
+  v.pos = u.row_token.data<int32_t>();
+  v.qbits = p.qs.side.bits;
+  v.kbits = p.ks.side.bits;
+  v.words = static_cast<int>(p.head.W);
+  return v;
+}
+
+// Pair counts per query row and per token (n: -1 none, 0 lone, else pairs).
+struct PairCounts {
+  Tensor cnt, n;
+};
+PairCounts union_counts(Ctx& ctx, const Prepared& p) {
+  PairCounts c{Tensor::empty({std::max<int64_t>(p.qs.rows, 1)}, DType::i32, ctx),
+                Tensor::empty({p.head.T}, DType::i32, ctx)};
+  const Launch run{stream(ctx)};
+  run(p.qs.rows, routed::CountRow{p.head, c.cnt.data<int32_t>()});
+  run(p.head.T, routed::UnionCounts{p.head, c.cnt.data<int32_t>(), c.n.data<int32_t>()});
+  return c;
+}
+
+template <class E>
+void union_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
+  const int64_t T = a.q.dim(0), D = a.q.dim(1), K = a.clusters.num();
+  const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
+  const UnionPack u = union_pack(ctx, a.clusters, p);
+  const Tensor qkv = gather_qkv<E>(ctx, u.row_token, u.rows, a.q, a.k, a.v);
+  Tensor out = Tensor::empty({u.rows, D}, a.q.dtype(), ctx), lse = Tensor::empty({1, u.rows}, DType::f32, ctx);
+  varlen_attention_forward(ctx, union_varlen(u, p, K, D), qkv, out, lse);
+  const PairCounts c = union_counts(ctx, p);
+  const Launch run{stream(ctx)};
+  const int32_t *cnt = c.cnt.data<int32_t>(), *n = c.n.data<int32_t>();
+  run(T, routed::UnionLse{p.head, u.layout, cnt, n, lse.data<float>(), a.lse.data<float>()});
+  run(T * D, routed::UnionOut<E>{p.head, elems<E>(a.q), elems<E>(a.k), elems<E>(a.v), u.layout, cnt, n,
+                                 elems<E>(out), lse.data<float>(), 1.f / std::sqrt(static_cast<float>(D)),
+                                 elems<E>(a.o), a.lse.data<float>()});
+  // The key sets as the rows path builds them (its FillKeys, the same pair
+  // rule), or their count alone.
+  if (!a.key_sets) {
+    Tensor sizes = Tensor::empty({T}, DType::f64, ctx);
+    run(T, routed::KeySetSizes{n, nullptr, sizes.data<double>()});
+    KeySets ks;
+    ks.counted = static_cast<int64_t>(sum_f64_to_host(ctx, sizes.data<double>(), T));  // exact below 2^53
+    a.keys = ks;
+    return;
+  }
+  Tensor pairs = Tensor::empty({T}, DType::i64, ctx);
+  run(T, routed::KeySetSizes{n, pairs.data<int64_t>(), nullptr});
+  a.keys = fill_key_sets(ctx, p.head, cnt, download(ctx, pairs.data<int64_t>(), T));
+}
+
+template <class E>
+void union_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
+  const int64_t T = a.q.dim(0), D = a.q.dim(1), K = a.clusters.num();
+  const DType dt = a.q.dtype();
+  const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
+  const UnionPack u = union_pack(ctx, a.clusters, p);
+  const Tensor qkv = gather_qkv<E>(ctx, u.row_token, u.rows, a.q, a.k, a.v);
+  Tensor dout = Tensor::empty({u.rows, D}, dt, ctx), out = Tensor::empty({u.rows, D}, dt, ctx),
+         lse = Tensor::empty({1, u.rows}, DType::f32, ctx), dqkv = Tensor::zeros({u.rows, 3 * D}, dt, ctx);
+  const Launch run{stream(ctx)};
+  run(u.rows * D, routed::GatherGrad<E>{elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(),
+                                        u.row_token.data<int32_t>(), u.is_query.data<int32_t>(), D, elems<E>(dout),
+                                        elems<E>(out), lse.data<float>()});
+  varlen_attention_backward(ctx, union_varlen(u, p, K, D), dqkv, dout, qkv, out, lse);
+  const PairCounts c = union_counts(ctx, p);
+  run(T * D, routed::UnionScatter<E>{p.head, u.layout, c.n.data<int32_t>(), elems<E>(dqkv), elems<E>(a.dout),
+                                     elems<E>(a.dq), elems<E>(a.dk), elems<E>(a.dv)});
+}
+
 }  // namespace
 
 void segment_clusters(Ctx& ctx, Clusters& cl, int64_t D) {
@@ -485,8 +631,12 @@ void segment_clusters(Ctx& ctx, Clusters& cl, int64_t D) {
 
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   // dtypes checked by the op (ops/routed_attention.cc): bf16 only where the packed path runs
-  if (a.q.dtype() == DType::bf16) return packed_forward<Bf16>(ctx, a);
-  if (packable(a.clusters, a.q.dim(1))) return packed_forward<routed::F32>(ctx, a);
+  const DType dt = a.q.dtype();
+  const int64_t D = a.q.dim(1);
+  if (one_cluster_each(a.clusters) && tiled_head_dim(dt, D))
+    return dt == DType::bf16 ? packed_forward<Bf16>(ctx, a) : packed_forward<routed::F32>(ctx, a);
+  if (union_packable(a.clusters, dt, D))
+    return dt == DType::bf16 ? union_forward<Bf16>(ctx, a) : union_forward<routed::F32>(ctx, a);
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t rows = p.qs.rows;
@@ -496,35 +646,16 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
                                  a.o.data<float>(),     a.lse.data<float>(),    pairs.data<int64_t>()};
   routed::forward_steps(Launch{stream(ctx)}, h, rows, b);
 
-  // The union key sets: offsets on the host (the one copy back: the pair
-  // count sizes idx), then each query's pairs; several clusters per query
-  // (k > 1) need the sort into position order.
-  const std::vector<int64_t> off = routed::key_offsets(download(ctx, pairs.data<int64_t>(), h.T));
-  KeySets ks;
-  ks.off = upload(ctx, off);
-  const int64_t P = off.back();
-  ks.idx = Tensor::empty({P}, DType::i32, ctx);
-  if (P > 0) {
-    routed::FillKeys fill{h, cnt_part.data<int32_t>(), ks.off.data<int64_t>(), ks.idx.data<int32_t>(), nullptr, 0};
-    if (h.qs.k == 1) {
-      Launch{stream(ctx)}(h.T, fill);
-    } else {
-      Tensor unsorted = Tensor::empty({P}, DType::i32, ctx), key = Tensor::empty({P}, DType::i64, ctx),
-             sorted_key = Tensor::empty({P}, DType::i64, ctx);
-      fill.idx = unsorted.data<int32_t>();
-      fill.sort_key = reinterpret_cast<uint64_t*>(key.data<int64_t>());
-      fill.sort_bits = routed::position_bits(h.T);
-      Launch{stream(ctx)}(h.T, fill);
-      radix_sort_pairs(ctx, fill.sort_key, reinterpret_cast<uint64_t*>(sorted_key.data<int64_t>()),
-                       unsorted.data<int32_t>(), ks.idx.data<int32_t>(), P, 0, 2 * fill.sort_bits);
-    }
-  }
-  a.keys = ks;
+  a.keys = fill_key_sets(ctx, h, cnt_part.data<int32_t>(), download(ctx, pairs.data<int64_t>(), h.T));
 }
 
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
-  if (a.q.dtype() == DType::bf16) return packed_backward<Bf16>(ctx, a);
-  if (packable(a.clusters, a.q.dim(1))) return packed_backward<routed::F32>(ctx, a);
+  const DType dt = a.q.dtype();
+  const int64_t D = a.q.dim(1);
+  if (one_cluster_each(a.clusters) && tiled_head_dim(dt, D))
+    return dt == DType::bf16 ? packed_backward<Bf16>(ctx, a) : packed_backward<routed::F32>(ctx, a);
+  if (union_packable(a.clusters, dt, D))
+    return dt == DType::bf16 ? union_backward<Bf16>(ctx, a) : union_backward<routed::F32>(ctx, a);
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t qrows = p.qs.rows, krows = p.ks.rows;

@@ -48,6 +48,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/cuda/attention_tiles.h"
+
 #if defined(__CUDACC__)
 #define SY_HD __host__ __device__
 #else
@@ -87,15 +89,7 @@ SY_HD inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// Whether cluster c is the first cluster that holds the token of bitmap qt as
-// a query and the token of bitmap kt as a key (both are members of c).
-SY_HD inline bool first_shared(const uint64_t* qt, const uint64_t* kt, int64_t c) {
-  const int64_t w = c / 64;
-  for (int64_t i = 0; i < w; ++i)
-    if (qt[i] & kt[i]) return false;
-  const uint64_t below = (uint64_t{1} << (c % 64)) - 1;
-  return (qt[w] & kt[w] & below) == 0;
-}
+using attn::first_shared;  // (ops/cuda/attention_tiles.h: the varlen mask applies the same rule)
 
 // ---- preparation, per side ------------------------------------------------
 

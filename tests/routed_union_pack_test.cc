@@ -1,0 +1,244 @@
+// Routed attention over clusters a token can share (balanced mode), packed
+// for the tiled varlen kernels (ops/cuda/routed_union_pack.h), without a GPU:
+// the pack, count, merge and scatter steps run here on the host, and the
+// varlen kernels as the CPU's sparse attention over the pairs that
+// attn::MemberMask - the kernels' own mask, with positions, key prefixes and
+// the first-shared rule - allows (its tiling is checked apart, in
+// attention_tiles_test). Compared with the CPU reference: the packed pairs
+// (plus the lone members' self pairs) exactly the union key sets, every
+// packed row written once, o, lse and dq, dk, dv within 1e-5 relative L2
+// (class F), and the key sets as the launcher builds them.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "attention_rows.h"
+#include "ops/cuda/attention_tiles.h"
+#include "ops/cuda/routed_union_pack.h"
+#include "ops/routed_attention.h"
+#include "ops/sparse_attention.h"
+#include "routed_clusters.h"
+
+namespace sy {
+namespace {
+
+namespace routed = ops::routed;
+using testing::Case;
+using testing::clusters_of;
+using testing::columns;
+using testing::Grads;
+using testing::HostHead;
+using testing::HostRun;
+using testing::one_cluster;
+using testing::poisoned;
+using testing::random_case;
+using testing::rel_l2;
+
+// union_pack (ops/cuda/routed_attention.cu) on the host, with poisoned buffers.
+struct HostUnionPack {
+  int64_t T, K, R;
+  HostHead hh;
+  std::vector<int32_t> seg, key_len, row_token, is_query, is_key;
+  routed::UnionLayout layout;
+
+  HostUnionPack(const Case& c, const ops::Clusters& cl)
+      : T(c.q.dim(0)), K(cl.num()), R(cl.queries.rows() + cl.keys.rows()), hh(c.q, c.k, c.v, cl), seg(K + 1, -7),
+        key_len(K, -7), row_token(R, -7), is_query(R, -7), is_key(R, -7),
+        layout{cl.queries.offset.data<int32_t>(), cl.keys.offset.data<int32_t>()} {
+    HostRun run;
+    const routed::UnionRows rows{row_token.data(), is_query.data(), is_key.data()};
+    run(K + 1, routed::UnionSegments{layout, K, seg.data(), key_len.data()});
+    run(cl.queries.rows(), routed::UnionQueryRows{hh.h, layout, rows});
+    run(cl.keys.rows(), routed::UnionKeyRows{hh.h, layout, rows});
+  }
+
+  // The varlen kernels' mask, as attention_varlen.h's launcher builds it.
+  ops::attn::MemberMask mask() const {
+    ops::attn::MemberMask m{is_query.data(), is_key.data(), key_len.data()};
+    m.pos = row_token.data();
+    m.qbits = hh.h.qs.bits;
+    m.kbits = hh.h.ks.bits;
+    m.words = static_cast<int>(hh.h.W);
+    return m;
+  }
+
+  // The pairs the mask allows, as key sets over the packed rows.
+  ops::KeySets varlen_pairs() const {
+    ops::KeySetsBuilder kb;
+    std::vector<int32_t> keys;
+    const ops::attn::MemberMask m = mask();
+    for (int64_t i = 0; i < R; ++i) {
+      keys.clear();
+      const int64_t b = std::upper_bound(seg.begin(), seg.end(), i) - seg.begin() - 1;  // i's segment
+      if (b < K) {
+        const ops::attn::MemberMask mb = m.bind(static_cast<int>(b), seg[b], seg[b + 1] - seg[b]);
+        for (int64_t j = seg[b]; j < seg[b + 1]; ++j)
+          if (mb.ok(static_cast<int>(i - seg[b]), static_cast<int>(j - seg[b]))) keys.push_back(static_cast<int32_t>(j));
+      }
+      kb.add_query(keys);
+    }
+    return kb.build(host_ctx());
+  }
+};
+
+// The launcher's count steps: per query row, then per token.
+struct HostCounts {
+  std::vector<int32_t> cnt, n;
+  HostCounts(const routed::Head& h, int64_t query_rows) : cnt(query_rows, -7), n(h.T, -7) {
+    HostRun run;
+    run(query_rows, routed::CountRow{h, cnt.data()});
+    run(h.T, routed::UnionCounts{h, cnt.data(), n.data()});
+  }
+};
+
+void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
+  Ctx& ctx = host_ctx();
+  const int64_t T = c.q.dim(0), D = c.q.dim(1);
+  // CPU reference
+  Tensor o = testing::zeros({T, D}), lse = testing::zeros({T});
+  ops::KeySets ks;
+  ops::routed_attention_forward(ctx, {o, lse, ks, c.q, c.k, c.v, cl});
+  Grads want{c.start.dq.clone(), c.start.dk.clone(), c.start.dv.clone()};
+  ops::routed_attention_backward(ctx, {want.dq, want.dk, want.dv, c.dout, o, lse, c.q, c.k, c.v, ks, cl});
+
+  const HostUnionPack p(c, cl);
+  const routed::Head& h = p.hh.h;
+  for (int64_t r = 0; r < p.R; ++r) ASSERT_GE(p.row_token[r], 0) << "row " << r << " never written";
+  EXPECT_EQ(p.seg[0], 0);
+  EXPECT_EQ(p.seg[p.K], p.R);
+  const HostCounts n(h, cl.queries.rows());
+  // The packed pairs as token pairs, with the lone members' self pairs, are
+  // exactly the union key sets; the counts agree with them.
+  const ops::KeySets pairs = p.varlen_pairs();
+  const std::vector<int64_t> poff = pairs.off.to_vector<int64_t>(), off = ks.off.to_vector<int64_t>();
+  const std::vector<int32_t> pidx = pairs.idx.to_vector<int32_t>(), idx = ks.idx.to_vector<int32_t>();
+  std::vector<std::vector<int32_t>> got_keys(T);
+  for (int64_t i = 0; i < p.R; ++i)
+    for (int64_t e = poff[i]; e < poff[i + 1]; ++e) got_keys[p.row_token[i]].push_back(p.row_token[pidx[e]]);
+  for (int64_t t = 0; t < T; ++t) {
+    if (n.n[t] == 0) got_keys[t].push_back(static_cast<int32_t>(t));
+    std::sort(got_keys[t].begin(), got_keys[t].end());
+    ASSERT_EQ(got_keys[t], std::vector<int32_t>(idx.begin() + off[t], idx.begin() + off[t + 1])) << "query " << t;
+    EXPECT_EQ(routed::key_set_size(n.n[t]), off[t + 1] - off[t]) << "pair count of query " << t;
+  }
+
+  // forward: gather, the varlen pairs, merge
+  HostRun run;
+  Tensor qkv = poisoned({p.R, 3 * D});
+  run(p.R * 3 * D, routed::GatherQKV<routed::F32>{c.q.f32(), c.k.f32(), c.v.f32(), p.row_token.data(), D, qkv.f32()});
+  const Tensor qp = columns(qkv, 0, D), kp = columns(qkv, D, D), vp = columns(qkv, 2 * D, D);
+  Tensor out = testing::zeros({p.R, D}), lse_p = testing::zeros({p.R});
+  ops::sparse_attention_forward(ctx, {out, lse_p, qp, kp, vp, pairs});
+  Tensor got_o = poisoned({T, D}), got_lse = poisoned({T});
+  run(T, routed::UnionLse{h, p.layout, n.cnt.data(), n.n.data(), lse_p.f32(), got_lse.f32()});
+  run(T * D, routed::UnionOut<routed::F32>{h, c.q.f32(), c.k.f32(), c.v.f32(), p.layout, n.cnt.data(), n.n.data(),
+                                           out.f32(), lse_p.f32(), 1.f / std::sqrt(static_cast<float>(D)),
+                                           got_o.f32(), got_lse.f32()});
+  EXPECT_LE(rel_l2(got_o, o), 1e-5) << "o";
+  testing::expect_lse(got_lse, lse);
+
+  // the backward, from the reference's o and lse
+  Tensor dout_p = poisoned({p.R, D}), o_p = poisoned({p.R, D}), lse_g = poisoned({p.R});
+  run(p.R * D, routed::GatherGrad<routed::F32>{c.dout.f32(), o.f32(), lse.f32(), p.row_token.data(),
+                                               p.is_query.data(), D, dout_p.f32(), o_p.f32(), lse_g.f32()});
+  Tensor dq = testing::zeros({p.R, D}), dk = testing::zeros({p.R, D}), dv = testing::zeros({p.R, D});
+  ops::sparse_attention_backward(ctx, {dq, dk, dv, dout_p, o_p, lse_g, qp, kp, vp, pairs});
+  Tensor dqkv = poisoned({p.R, 3 * D});
+  for (int64_t i = 0; i < p.R; ++i) {
+    std::copy_n(dq.f32() + i * D, D, dqkv.f32() + i * 3 * D);
+    std::copy_n(dk.f32() + i * D, D, dqkv.f32() + i * 3 * D + D);
+    std::copy_n(dv.f32() + i * D, D, dqkv.f32() + i * 3 * D + 2 * D);
+  }
+  Grads got{c.start.dq.clone(), c.start.dk.clone(), c.start.dv.clone()};
+  run(T * D, routed::UnionScatter<routed::F32>{h, p.layout, n.n.data(), dqkv.f32(), c.dout.f32(), got.dq.f32(),
+                                               got.dk.f32(), got.dv.f32()});
+  testing::expect_grads(got, want);
+}
+
+ops::ClusterParams balanced() {
+  ops::ClusterParams p;
+  p.mode = ops::ClusterMode::balanced;
+  return p;
+}
+
+TEST(RoutedUnionPack, BalancedClusters) {
+  Rng rng(41);
+  for (int trial = 0; trial < 3; ++trial) {
+    Case c = random_case(61, 8, rng);
+    expect_matches_reference(c, clusters_of(c, 5, balanced(), rng));
+  }
+}
+
+// More than 64 clusters (bitmaps of several words; the first shared cluster
+// can lie in a later word than another shared one), and shared key lists.
+TEST(RoutedUnionPack, BalancedMoreThan64ClustersAndSharedKeys) {
+  Rng rng(42);
+  Case c = random_case(160, 4, rng);
+  expect_matches_reference(c, clusters_of(c, 70, balanced(), rng));
+  expect_matches_reference(c, clusters_of(c, 130, balanced(), rng));
+  Case s = random_case(30, 5, rng);
+  expect_matches_reference(s, clusters_of(s, 3, balanced(), rng, true));
+}
+
+// The same steps take one cluster per token too (k = 1: causal mode, drops).
+TEST(RoutedUnionPack, CausalClustersAndLoneQueries) {
+  Rng rng(43);
+  ops::ClusterParams drops;
+  drops.dropless = false;
+  drops.capacity_factor = 0.7f;
+  Case c = random_case(53, 6, rng);
+  expect_matches_reference(c, clusters_of(c, 4, ops::ClusterParams{}, rng));
+  expect_matches_reference(c, clusters_of(c, 4, drops, rng));
+  Case lone = random_case(6, 3, rng);
+  ops::Clusters cl;
+  cl.queries = one_cluster(6, {1, 3, 4});
+  cl.keys = one_cluster(6, {2, 3});  // query 1: no key <= 1, itself; 0, 2, 5: in no cluster
+  expect_matches_reference(lone, cl);
+}
+
+// Routes in the groups-choose layout (k = K, assignment t*K + c is cluster c)
+// from each cluster's members in position order.
+ops::Route groups_route(int64_t T, const std::vector<std::vector<int32_t>>& members) {
+  const int64_t K = static_cast<int64_t>(members.size());
+  ops::Route r;
+  r.num_items = T, r.k = K, r.num_groups = K;
+  std::vector<int32_t> group(T * K), slot(T * K, -1);
+  r.host_offset = {0};
+  for (int64_t c = 0; c < K; ++c) {
+    for (int64_t t = 0; t < T; ++t) group[t * K + c] = static_cast<int32_t>(c);
+    for (size_t s = 0; s < members[c].size(); ++s) slot[members[c][s] * K + c] = static_cast<int32_t>(s);
+    r.host_offset.push_back(r.host_offset.back() + static_cast<int32_t>(members[c].size()));
+  }
+  r.group = Tensor::from_host(group), r.slot = Tensor::from_host(slot), r.offset = Tensor::from_host(r.host_offset);
+  return r;
+}
+
+// A packing worked by hand: T = 4, K = 2; queries {1, 3} and {1, 2}, keys
+// {0, 1} and {0, 1, 2}.
+//   segment 0: rows 0-1 keys t0 t1, rows 2-3 queries t1 t3
+//   segment 1: rows 4-6 keys t0 t1 t2 (t0, t1 keys of cluster 0 too: flag 2),
+//              rows 7-8 queries t1 (a query of cluster 0 too: flag 2), t2
+// Pairs: t1 and t3 see t0, t1 in cluster 0; in cluster 1 t1's pairs with t0
+// and t1 were counted in cluster 0 already, and t2 sees t0, t1, t2.
+TEST(RoutedUnionPack, HandPacked) {
+  Rng rng(44);
+  const Case c = random_case(4, 2, rng);
+  const ops::Clusters cl{groups_route(4, {{1, 3}, {1, 2}}), groups_route(4, {{0, 1}, {0, 1, 2}})};
+  const HostUnionPack p(c, cl);
+  EXPECT_EQ(p.seg, (std::vector<int32_t>{0, 4, 9}));
+  EXPECT_EQ(p.key_len, (std::vector<int32_t>{2, 3}));
+  EXPECT_EQ(p.row_token, (std::vector<int32_t>{0, 1, 1, 3, 0, 1, 2, 1, 2}));
+  EXPECT_EQ(p.is_key, (std::vector<int32_t>{1, 1, 0, 0, 2, 2, 1, 0, 0}));
+  EXPECT_EQ(p.is_query, (std::vector<int32_t>{0, 0, 1, 1, 0, 0, 0, 2, 1}));
+  const HostCounts n(p.hh.h, cl.queries.rows());
+  EXPECT_EQ(n.cnt, (std::vector<int32_t>{2, 2, 0, 3}));  // query rows t1 t3 | t1 t2
+  EXPECT_EQ(n.n, (std::vector<int32_t>{-1, 2, 3, 2}));
+  const ops::KeySets pairs = p.varlen_pairs();
+  EXPECT_EQ(pairs.off.to_vector<int64_t>(), (std::vector<int64_t>{0, 0, 0, 2, 4, 4, 4, 4, 4, 7}));
+  EXPECT_EQ(pairs.idx.to_vector<int32_t>(), (std::vector<int32_t>{0, 1, 0, 1, 4, 5, 6}));
+  expect_matches_reference(c, cl);
+}
+
+}  // namespace
+}  // namespace sy
