@@ -225,6 +225,56 @@ TEST(AttentionTiles, SplitLayoutVisitsOnlyReachableTiles) {
   EXPECT_EQ(backward, 4 + 3 + 2 + 1);
 }
 
+// The varlen work list (attn::tile_work): over segments of random lengths
+// (empty ones included) and every tile size the kernels use, the blocks of
+// the grid's bound visit each (segment, tile) exactly once, in either
+// order, and the rest have no work; the list is the exclusive scan that
+// attention.cu's tile_starts_kernel writes.
+TEST(AttentionTiles, WorkListVisitsEachTileOnce) {
+  uint32_t state = 99;
+  auto next = [&state](uint32_t n) {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<int>((state >> 8) % n);
+  };
+  for (int trial = 0; trial < 20; ++trial) {
+    const int S = 1 + next(40);
+    std::vector<int32_t> seg(S + 1, 0);
+    for (int b = 0; b < S; ++b) seg[b + 1] = seg[b] + (next(4) == 0 ? 0 : next(trial < 10 ? 300 : 5000));
+    for (const int tile : {16, 32, 64, 128})
+      for (const bool last_first : {false, true}) {
+        std::vector<int32_t> work(S + 1, 0);
+        for (int b = 0; b < S; ++b) work[b + 1] = work[b] + attn::tiles_of(seg[b + 1] - seg[b], tile);
+        const int bound = (seg[S] + tile - 1) / tile + S;  // attention.cu's grid()
+        ASSERT_LE(work[S], bound);
+        std::vector<std::vector<int>> seen(S);
+        for (int b = 0; b < S; ++b) seen[b].assign(attn::tiles_of(seg[b + 1] - seg[b], tile), 0);
+        for (int x = 0; x < bound; ++x) {
+          const attn::TileWork w = attn::tile_work(work.data(), S, x, bound, 0, last_first);
+          if (x >= work[S]) {
+            EXPECT_EQ(w.b, -1) << "block " << x << " past the list";
+            continue;
+          }
+          ASSERT_GE(w.b, 0);
+          ASSERT_LT(w.b, S);
+          ASSERT_GE(w.tile, 0);
+          ASSERT_LT(w.tile, static_cast<int>(seen[w.b].size())) << "segment " << w.b;
+          ++seen[w.b][w.tile];
+          if (x > 0 && last_first && w.tile > 0) {  // a segment's tiles from its end
+            const attn::TileWork prev = attn::tile_work(work.data(), S, x - 1, bound, 0, last_first);
+            if (prev.b == w.b) EXPECT_EQ(prev.tile, w.tile + 1);
+          }
+        }
+        for (int b = 0; b < S; ++b)
+          for (size_t j = 0; j < seen[b].size(); ++j)
+            ASSERT_EQ(seen[b][j], 1) << "segment " << b << " tile " << j << " tile size " << tile;
+      }
+  }
+  // dense: sequence z, tile x (or from the end)
+  const attn::TileWork d = attn::tile_work(nullptr, 3, 1, 5, 2, true);
+  EXPECT_EQ(d.b, 2);
+  EXPECT_EQ(d.tile, 3);
+}
+
 // The point of the window: a query tile loops over the key tiles its window
 // reaches, not over the whole prefix. At len 4096, w 512 and 64-row tiles,
 // a forward block visits at most ceil((512 - 1 + 64) / 64) + 1 = 10 key tiles.

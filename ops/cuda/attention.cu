@@ -75,6 +75,8 @@ struct Geom {
   int heads;       // heads [0, heads) are computed (ops/attention.h: AttentionShape::heads)
   const int32_t* seg = nullptr;  // varlen: segment b is rows [seg[b], seg[b+1]); null: dense
   int64_t rows = 0;              // varlen: rows of all segments
+  const int32_t* work = nullptr;  // varlen, per launch: the work list of its tile (attn::tile_work)
+  int32_t* scratch = nullptr;     // varlen: room for two work lists (2 (B + 1)), device
   int64_t C;       // model width: q of head h at column h*D, k at C + h*D, v at 2C + h*D
   int64_t ld_qkv;  // elements between rows of qkv and dqkv (3C)
   int64_t ld_out;  // elements between rows of out and dout (C)
@@ -90,6 +92,10 @@ struct Seq {
 __device__ __forceinline__ Seq sequence(const Geom& g, int b) {
   if (g.seg) return {g.seg[b], g.seg[b + 1] - g.seg[b]};
   return {int64_t(b) * g.T, g.T};
+}
+// This block's (sequence, tile): attn::tile_work on the launch's grid.
+__device__ __forceinline__ attn::TileWork block_work(const Geom& g, bool last_first) {
+  return attn::tile_work(g.work, g.B, blockIdx.x, gridDim.x, blockIdx.z, last_first);
 }
 // lse and Delta of (sequence b, head h) start here: dense (B, H, T), varlen
 // (H, rows) - row r of head h at h * rows + r.
@@ -296,7 +302,7 @@ struct TcCfg {
   static constexpr int THREADS = WARPS * 32, BM = WARPS * MT * 16, LD = D + 8;
 };
 
-// Forward. Block: BM queries of (sequence blockIdx.z, head blockIdx.y); the
+// Forward. Block: BM queries of (sequence, head blockIdx.y: block_work); the
 // tiles with the most keys (the last) are launched first.
 template <class Cfg, class Mask>
 __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* __restrict__ qkv, bf16* __restrict__ out,
@@ -307,10 +313,12 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
   bf16* sK = sQ + BM * LD;                   // 2 x BN x LD
   bf16* sV = sK + 2 * BN * LD;               // 2 x BN x LD
 
-  const int h = blockIdx.y, b = blockIdx.z;
+  const attn::TileWork w = block_work(g, true);
+  if (w.b < 0) return;  // (varlen: past the work list)
+  const int h = blockIdx.y, b = w.b;
   const Seq seq = sequence(g, b);
   const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
+  const int q0 = w.tile * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
   const bf16* Q = qkv + seq.row0 * g.ld_qkv + int64_t(h) * D_;
@@ -398,6 +406,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
     }
     __syncthreads();  // the buffer is refilled by the next iteration's prefetch
   }
+  cp_async_wait<0>();  // (no key tile, as in a split segment's key-row blocks: the prologue's copies land before the block exits)
 
   const int64_t sb = stat_base(g, b, h);
 #pragma unroll
@@ -420,7 +429,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
 }
 
 // Backward, dK and dV. Block: BM keys (WARPS * MT * 16; warps own key rows)
-// of (sequence blockIdx.z, head blockIdx.y), looping over query tiles of BN
+// of (sequence, head blockIdx.y: block_work), looping over query tiles of BN
 // from the first that can see the block's first key to the end.
 template <class Cfg, class Mask>
 __global__ void __launch_bounds__(Cfg::THREADS)
@@ -435,10 +444,12 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   float* sL = reinterpret_cast<float*>(sO + 2 * BN * LD);  // 2 x BN: lse * log2(e)
   float* sDl = sL + 2 * BN;                                // 2 x BN: Delta
 
-  const int h = blockIdx.y, b = blockIdx.z;
+  const attn::TileWork w = block_work(g, false);
+  if (w.b < 0) return;  // (varlen: past the work list)
+  const int h = blockIdx.y, b = w.b;
   const Seq seq = sequence(g, b);
   const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
-  const int k0 = blockIdx.x * BM;  // the first key tiles see the most queries: launched first
+  const int k0 = w.tile * BM;  // the first key tiles see the most queries: launched first
   if (k0 >= seq.len) return;
   const int D_ = D;
   const int64_t hd = int64_t(h) * D_;
@@ -559,10 +570,12 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   bf16* sK = sO + BM * LD;                   // 2 x BN x LD
   bf16* sV = sK + 2 * BN * LD;               // 2 x BN x LD
 
-  const int h = blockIdx.y, b = blockIdx.z;
+  const attn::TileWork w = block_work(g, true);
+  if (w.b < 0) return;  // (varlen: past the work list)
+  const int h = blockIdx.y, b = w.b;
   const Seq seq = sequence(g, b);
   const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
+  const int q0 = w.tile * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
   const int64_t hd = int64_t(h) * D_;
@@ -640,6 +653,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
     }
     __syncthreads();
   }
+  cp_async_wait<0>();  // (no key tile, as in a split segment's key-row blocks: the prologue's copies land before the block exits)
 
   bf16* dQ = dqkv + seq.row0 * g.ld_qkv + hd;
 #pragma unroll
@@ -738,10 +752,12 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* _
   float* sV = sK + BN * LDD;                   // BN x LDD
   float* sP = sV + BN * LDD;                   // BM x LDP
 
-  const int h = blockIdx.y, b = blockIdx.z;
+  const attn::TileWork w = block_work(g, true);
+  if (w.b < 0) return;  // (varlen: past the work list)
+  const int h = blockIdx.y, b = w.b;
   const Seq seq = sequence(g, b);
   const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
+  const int q0 = w.tile * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
   const float* Q = qkv + seq.row0 * g.ld_qkv + int64_t(h) * D_;
@@ -799,6 +815,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* _
     pv<RM, DN, BN, LDP, LDD>(o, sP, sV, ty, tx);
     __syncthreads();
   }
+  cp_async_wait<0>();  // (no key tile, as in a split segment's key-row blocks: the prologue's copies land before the block exits)
 
   const int64_t sb = stat_base(g, b, h);
 #pragma unroll
@@ -833,10 +850,12 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   float* sL = sS + BN * LDP;                   // BM
   float* sDl = sL + BM;                        // BM
 
-  const int h = blockIdx.y, b = blockIdx.z;
+  const attn::TileWork w = block_work(g, false);
+  if (w.b < 0) return;  // (varlen: past the work list)
+  const int h = blockIdx.y, b = w.b;
   const Seq seq = sequence(g, b);
   const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
-  const int k0 = blockIdx.x * BN;
+  const int k0 = w.tile * BN;
   if (k0 >= seq.len) return;
   const int D_ = D;
   const int64_t hd = int64_t(h) * D_;
@@ -915,10 +934,12 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   float* sV = sK + BN * LDD;                   // BN x LDD
   float* sS = sV + BN * LDD;                   // BM x LDP: dS
 
-  const int h = blockIdx.y, b = blockIdx.z;
+  const attn::TileWork w = block_work(g, true);
+  if (w.b < 0) return;  // (varlen: past the work list)
+  const int h = blockIdx.y, b = w.b;
   const Seq seq = sequence(g, b);
   const Mask mask = mask_.bind(b, seq.row0, seq.len);  // (varlen member flags: this segment's)
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
+  const int q0 = w.tile * BM;
   if (q0 >= seq.len) return;
   const int D_ = D;
   const int64_t hd = int64_t(h) * D_;
@@ -967,6 +988,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
     pv<RM, DN, BN, LDP, LDD>(dq, sS, sK, ty, tx);
     __syncthreads();
   }
+  cp_async_wait<0>();  // (no key tile, as in a split segment's key-row blocks: the prologue's copies land before the block exits)
 
 #pragma unroll
   for (int i = 0; i < RM; ++i) {
@@ -1054,8 +1076,48 @@ Geom geom(const AttentionShape& s) {
   return g;
 }
 
-// The grids: (tiles of the block's own rows, heads computed, sequences).
-dim3 grid(const Geom& g, int tile) { return dim3(static_cast<unsigned>((g.T + tile - 1) / tile), g.heads, g.B); }
+// The varlen work list for tiles of `tile` rows (attn::tile_work): one block
+// scans the segments' tile counts (up to 65535 segments: <= 64 per thread,
+// then a Hillis-Steele scan of the threads' sums).
+__global__ void tile_starts_kernel(const int32_t* __restrict__ seg, int S, int tile, int32_t* __restrict__ work) {
+  __shared__ int32_t part[1024];
+  const int t = threadIdx.x, per = (S + blockDim.x - 1) / blockDim.x;
+  const int lo = min(S, t * per), hi = min(S, lo + per);
+  int32_t sum = 0;
+  for (int b = lo; b < hi; ++b) sum += attn::tiles_of(seg[b + 1] - seg[b], tile);
+  part[t] = sum;
+  __syncthreads();
+  for (int off = 1; off < static_cast<int>(blockDim.x); off <<= 1) {
+    const int32_t v = t >= off ? part[t - off] : 0;
+    __syncthreads();
+    part[t] += v;
+    __syncthreads();
+  }
+  int32_t run = part[t] - sum;  // exclusive
+  for (int b = lo; b < hi; ++b) {
+    work[b] = run;
+    run += attn::tiles_of(seg[b + 1] - seg[b], tile);
+  }
+  if (t == static_cast<int>(blockDim.x) - 1) work[S] = part[t];
+}
+
+// g for a launch with tiles of `tile` rows: varlen gets its work list, built
+// in scratch part `part` (0 or 1: the two kernels of a backward) on st.
+Geom with_work(const Geom& g, int tile, int part, cudaStream_t st) {
+  if (!g.seg) return g;
+  Geom w = g;
+  w.work = g.scratch + part * (g.B + 1);
+  tile_starts_kernel<<<1, 1024, 0, st>>>(g.seg, g.B, tile, g.scratch + part * (g.B + 1));
+  CUDA_CHECK(cudaGetLastError());
+  return w;
+}
+
+// The grids: (tiles of the block's own rows, heads computed, sequences);
+// varlen: (the work list's bound, heads computed, 1).
+dim3 grid(const Geom& g, int tile) {
+  if (g.work) return dim3(static_cast<unsigned>((g.rows + tile - 1) / tile + g.B), g.heads, 1);
+  return dim3(static_cast<unsigned>((g.T + tile - 1) / tile), g.heads, g.B);
+}
 
 template <int D, class Mask>
 void forward_bf16(const Geom& g, Mask mask, const bf16* qkv, bf16* out, float* lse, cudaStream_t st) {
@@ -1063,7 +1125,8 @@ void forward_bf16(const Geom& g, Mask mask, const bf16* qkv, bf16* out, float* l
   constexpr auto k = attention_fwd_bf16<Cfg, Mask>;
   constexpr size_t smem = tc_smem_fwd<Cfg>();
   allow_smem<k>(smem);
-  k<<<grid(g, Cfg::BM), Cfg::THREADS, smem, st>>>(qkv, out, lse, g, mask);
+  const Geom gw = with_work(g, Cfg::BM, 0, st);
+  k<<<grid(gw, Cfg::BM), Cfg::THREADS, smem, st>>>(qkv, out, lse, gw, mask);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1077,9 +1140,10 @@ void backward_bf16(const Geom& g, Mask mask, const bf16* qkv, const bf16* dout, 
   constexpr size_t smem_kv = tc_smem_dkdv<Kv>(), smem_q = tc_smem_dq<Q>();
   allow_smem<kkv>(smem_kv);
   allow_smem<kq>(smem_q);
-  kkv<<<grid(g, Kv::BM), Kv::THREADS, smem_kv, st>>>(qkv, dout, lse, delta, dqkv, g, mask);
+  const Geom gkv = with_work(g, Kv::BM, 0, st), gq = with_work(g, Q::BM, 1, st);
+  kkv<<<grid(gkv, Kv::BM), Kv::THREADS, smem_kv, st>>>(qkv, dout, lse, delta, dqkv, gkv, mask);
   CUDA_CHECK(cudaGetLastError());
-  kq<<<grid(g, Q::BM), Q::THREADS, smem_q, st>>>(qkv, dout, lse, delta, dqkv, g, mask);
+  kq<<<grid(gq, Q::BM), Q::THREADS, smem_q, st>>>(qkv, dout, lse, delta, dqkv, gq, mask);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1089,7 +1153,8 @@ void forward_f32(const Geom& g, Mask mask, const float* qkv, float* out, float* 
   constexpr auto k = attention_fwd_f32<Cfg, Mask>;
   constexpr size_t smem = f32_smem_fwd<Cfg>();
   allow_smem<k>(smem);
-  k<<<grid(g, Cfg::BM), Cfg::THREADS, smem, st>>>(qkv, out, lse, g, mask);
+  const Geom gw = with_work(g, Cfg::BM, 0, st);
+  k<<<grid(gw, Cfg::BM), Cfg::THREADS, smem, st>>>(qkv, out, lse, gw, mask);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1102,9 +1167,10 @@ void backward_f32(const Geom& g, Mask mask, const float* qkv, const float* dout,
   constexpr size_t smem_kv = f32_smem_dkdv<Cfg>(), smem_q = f32_smem_dq<Cfg>();
   allow_smem<kkv>(smem_kv);
   allow_smem<kq>(smem_q);
-  kkv<<<grid(g, Cfg::BN), Cfg::THREADS, smem_kv, st>>>(qkv, dout, lse, delta, dqkv, g, mask);
+  const Geom gkv = with_work(g, Cfg::BN, 0, st), gq = with_work(g, Cfg::BM, 1, st);
+  kkv<<<grid(gkv, Cfg::BN), Cfg::THREADS, smem_kv, st>>>(qkv, dout, lse, delta, dqkv, gkv, mask);
   CUDA_CHECK(cudaGetLastError());
-  kq<<<grid(g, Cfg::BM), Cfg::THREADS, smem_q, st>>>(qkv, dout, lse, delta, dqkv, g, mask);
+  kq<<<grid(gq, Cfg::BM), Cfg::THREADS, smem_q, st>>>(qkv, dout, lse, delta, dqkv, gq, mask);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1192,8 +1258,10 @@ void backward_any(const char* op, Ctx& ctx, const Geom& g, Mask mask, int64_t ro
   }
 }
 
-Geom varlen_geom(const VarlenAttention& v) {
+// scratch: (2 (segments + 1)) i32 on the launches' stream, for the work lists.
+Geom varlen_geom(const VarlenAttention& v, Tensor& scratch) {
   Geom g;
+  g.scratch = scratch.data<int32_t>();
   g.B = static_cast<int>(v.segments);
   g.H = g.heads = static_cast<int>(v.H);
   g.T = static_cast<int>(v.max_len);
@@ -1211,8 +1279,6 @@ void check_varlen(const char* op, const VarlenAttention& v, const Tensor& qkv) {
   check_shape(qkv, {v.rows, 3 * v.C}, op);
   if (v.max_len > INT32_MAX / 2 || v.rows > INT32_MAX || v.segments > 65535 || v.H > 65535)
     throw BackendError(std::string(op) + ": up to 65535 segments and heads, 2^30 rows per segment, 2^31 in all");
-  SY_CHECK(!v.pos || (v.key_len && v.qbits && v.kbits && v.words > 0),
-           op << ": positions (the split layout) need key prefixes and membership bitmaps");
 }
 
 }  // namespace
@@ -1256,9 +1322,12 @@ void varlen_attention_forward(Ctx& ctx, const VarlenAttention& v, const Tensor& 
   check_shape(out, {v.rows, v.C}, "varlen_attention_forward out");
   check_shape(lse, {v.H, v.rows}, "varlen_attention_forward lse");
   if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
+  SY_CHECK(!v.pos || (v.key_len && v.qbits && v.kbits && v.words > 0),
+           "varlen_attention_forward: positions (the split layout) need key prefixes and membership bitmaps");
   check_aligned("varlen_attention_forward", {qkv.raw(), out.raw()});
-  forward_any("varlen_attention_forward", varlen_geom(v), member_mask(v), qkv, out,
-              lse.data<float>(), v.C / v.H, stream_of(ctx));
+  Tensor scratch = Tensor::empty({2 * (v.segments + 1)}, DType::i32, ctx);
+  forward_any("varlen_attention_forward", varlen_geom(v, scratch), member_mask(v), qkv, out, lse.data<float>(),
+              v.C / v.H, stream_of(ctx));
 }
 
 void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv, const Tensor& dout,
@@ -1267,9 +1336,12 @@ void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv,
   check_shape(dqkv, {v.rows, 3 * v.C}, "varlen_attention_backward dqkv");
   check_shape(lse, {v.H, v.rows}, "varlen_attention_backward lse");
   if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
+  SY_CHECK(!v.pos || (v.key_len && v.qbits && v.kbits && v.words > 0),
+           "varlen_attention_backward: positions (the split layout) need key prefixes and membership bitmaps");
   check_aligned("varlen_attention_backward", {qkv.raw(), dqkv.raw(), dout.raw(), out.raw()});
-  backward_any("varlen_attention_backward", ctx, varlen_geom(v), member_mask(v), v.rows, dqkv,
-               dout, qkv, out, lse.data<float>(), v.C / v.H);
+  Tensor scratch = Tensor::empty({2 * (v.segments + 1)}, DType::i32, ctx);
+  backward_any("varlen_attention_backward", ctx, varlen_geom(v, scratch), member_mask(v), v.rows, dqkv, dout, qkv,
+               out, lse.data<float>(), v.C / v.H);
 }
 
 }  // namespace sy::ops::cuda

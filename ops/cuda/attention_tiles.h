@@ -117,7 +117,8 @@ SY_HD inline int lower_index(const int32_t* a, int n, int32_t x) {
 // of 2 (not 1) says the row's token is on that side of an earlier segment
 // too; a pair of two such rows counts only where segment b is the first
 // that holds both (first_shared on the bitmaps qbits, kbits of the rows'
-// positions, `words` words each), so no pair counts twice across segments.
+// positions, `words` words each), so no pair counts twice across segments
+// (flags of 2 need pos: without it such a pair is refused).
 struct MemberMask {
   const int32_t* is_query;  // (rows of all segments), 0, 1 or 2 (i32: the tensors have no byte type)
   const int32_t* is_key;
@@ -137,7 +138,7 @@ struct MemberMask {
     if (!(q < len && k < klen && is_query[q] && is_key[k])) return false;
     if (pos ? pos[k] > pos[q] : k > q) return false;
     return is_query[q] == 1 || is_key[k] == 1 ||
-           first_shared(qbits + int64_t{pos[q]} * words, kbits + int64_t{pos[k]} * words, seg);
+           (pos && first_shared(qbits + int64_t{pos[q]} * words, kbits + int64_t{pos[k]} * words, seg));
   }
   SY_HD int kv_begin(int) const { return 0; }
   SY_HD int kv_end(int q_last) const {
@@ -154,6 +155,29 @@ struct MemberMask {
   SY_HD int q_end(int) const { return INT_MAX; }
   SY_HD bool tile_full(int, int, int, int) const { return false; }
 };
+
+// Which (sequence, tile) a block of a launch works on.
+//   dense (work null): sequence z, tile x of the nx in the grid;
+//   varlen: a work list, so the grid holds the tiles that exist rather than
+//     segments x the longest segment's tiles (which unbalanced clusters and
+//     block top-k's long segments make mostly empty): block x is the x-th
+//     (segment, tile) pair in segment order, work[b] = the tiles of the
+//     segments before b (an exclusive scan of tiles_of(len, tile)), work[S]
+//     all of them; blocks from work[S] on have none (b = -1). The grid's
+//     bound: sum_b ceil(len_b / tile) <= ceil(rows / tile) + S.
+// last_first numbers a sequence's tiles from its end (the kernels launch the
+// query tiles with the most keys first).
+struct TileWork {
+  int b, tile;
+};
+SY_HD inline int tiles_of(int len, int tile) { return (len + tile - 1) / tile; }
+SY_HD inline TileWork tile_work(const int32_t* work, int S, int x, int nx, int z, bool last_first) {
+  if (!work) return {z, last_first ? nx - 1 - x : x};
+  if (x >= work[S]) return {-1, 0};
+  const int b = upper_index(work, S + 1, x) - 1;
+  const int j = x - work[b], n = work[b + 1] - work[b];
+  return {b, last_first ? n - 1 - j : j};
+}
 
 // Tiles [first, end) of a loop.
 struct TileRange {

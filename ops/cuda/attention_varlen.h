@@ -15,8 +15,11 @@
 // Shapes: qkv (rows, 3C) as [q | k | v] per row, H heads of C / H; out
 // (rows, C); lse (H, rows), f32 (row r of head h at h * rows + r). dqkv
 // accumulates. Dtypes and head dims as ops/attention.h on CUDA (f32: 16, 32,
-// 64, 128; bf16: 64, 128). max_len bounds every segment's length (the grid:
-// blocks past a segment's end return at once, so no length is read back).
+// 64, 128; bf16: 64, 128). max_len bounds every segment's length (the
+// size checks). The grid is a work list built on the device per launch
+// (attn::tile_work): the tiles that exist, within ceil(rows / tile) +
+// segments blocks, so no length is read back and long segments beside short
+// ones (unbalanced clusters, block top-k's early blocks) cost no empty blocks.
 // The CPU reference of the same pairs is ops::sparse_attention over key sets
 // built from the flags (tests/backend_ops_test.cc).
 #pragma once
@@ -32,8 +35,8 @@ struct VarlenAttention {
   int64_t rows = 0;      // seg[S]
   int64_t C = 0, H = 0;  // row width and heads
   const int32_t* seg = nullptr;       // (S + 1), device
-  const int32_t* is_query = nullptr;  // (rows), device, 0 or 1
-  const int32_t* is_key = nullptr;    // (rows), device, 0 or 1
+  const int32_t* is_query = nullptr;  // (rows), device, 0 or 1 (2: see pos)
+  const int32_t* is_key = nullptr;    // (rows), device, 0 or 1 (2: see pos)
   const int32_t* key_len = nullptr;   // (S), device, or null: keys anywhere in a segment
   // Clusters a token can share (routed attention's balanced mode,
   // ops/cuda/routed_union_pack.h): with key_len, segment b holds its keys,

@@ -637,6 +637,9 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
     return dt == DType::bf16 ? packed_forward<Bf16>(ctx, a) : packed_forward<routed::F32>(ctx, a);
   if (union_packable(a.clusters, dt, D))
     return dt == DType::bf16 ? union_forward<Bf16>(ctx, a) : union_forward<routed::F32>(ctx, a);
+  SY_CHECK(dt == DType::f32, "routed_attention_forward: bf16 with " << a.clusters.num() << " clusters and "
+                                 << a.clusters.queries.rows() + a.clusters.keys.rows()
+                                 << " rows is past the varlen kernels' limits (65535 clusters, 2^31 rows)");
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t rows = p.qs.rows;
@@ -656,6 +659,9 @@ void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
     return dt == DType::bf16 ? packed_backward<Bf16>(ctx, a) : packed_backward<routed::F32>(ctx, a);
   if (union_packable(a.clusters, dt, D))
     return dt == DType::bf16 ? union_backward<Bf16>(ctx, a) : union_backward<routed::F32>(ctx, a);
+  SY_CHECK(dt == DType::f32, "routed_attention_backward: bf16 with " << a.clusters.num() << " clusters and "
+                                 << a.clusters.queries.rows() + a.clusters.keys.rows()
+                                 << " rows is past the varlen kernels' limits (65535 clusters, 2^31 rows)");
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t qrows = p.qs.rows, krows = p.ks.rows;
