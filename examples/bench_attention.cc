@@ -34,9 +34,9 @@
 // time, both medians of the same runs. "x dense", "of dense": against our
 // dense causal kernel at the same n and pass, bf16 on a GPU (the fastest we
 // have), f32 on the CPU. Dtypes: every method is tried in bf16 too on a GPU;
-// a method without a bf16 kernel (today: local key sets, block top-k; f32
-// only) gets one "not run" row; routed attention (both modes) runs bf16 on
-// the tensor-core varlen kernels, its clusters chosen from f32 q and k.
+// a method without a bf16 kernel (today: local key sets; f32 only) gets one
+// "not run" row; routed attention (both modes) and block top-k run bf16 on
+// the tensor-core varlen kernels, clusters and blocks chosen from f32 values.
 // "x SDPA": against PyTorch SDPA (causal, bf16) at the same n and pass, read
 // from torch_attention.py's JSON (--sdpa), whose rows are shown too. #wrong: at the smallest n only, output elements (o; and
 // dq, dk, dv for forward + backward) off the CPU reference beyond the

@@ -1,5 +1,7 @@
 #include "ops/sparse_attention.h"
 
+#include <initializer_list>
+
 #include "ops/backend.h"
 
 namespace sy::ops {
@@ -17,6 +19,17 @@ KeySets KeySetsBuilder::build(Ctx& ctx) const {
 }
 
 namespace {
+// q, k, v and the outputs all f32, or all bf16 (CUDA: block top-k's packed
+// path at head dims 64 and 128; the CPU emulates it on any); lse f32.
+void check_dtypes(const char* op, std::initializer_list<const Tensor*> ts, const Tensor& lse) {
+  const DType dt = (*ts.begin())->dtype();
+  for (const Tensor* t : ts)
+    SY_CHECK(t->dtype() == dt && (dt == DType::f32 || dt == DType::bf16),
+             op << ": q, k, v and the outputs must be all f32 or all bf16, got " << dtype_name(t->dtype())
+                << " beside " << dtype_name(dt));
+  check_dtype(lse, DType::f32, "sparse attention lse");
+}
+
 void check_head(Ctx& ctx, const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const KeySets& ks) {
   SY_CHECK(q.ndim() == 2, op << ": q " << shape_str(q.shape()) << " is not (T, D)");
   check_shape(k, q.shape(), "sparse attention k");
@@ -33,6 +46,7 @@ void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a) {
   check_shape(a.o, a.q.shape(), "sparse attention o");
   check_shape(a.lse, {a.q.dim(0)}, "sparse attention lse");
   check_device(ctx, "sparse_attention_forward", {&a.o, &a.lse});
+  check_dtypes("sparse_attention_forward", {&a.q, &a.k, &a.v, &a.o}, a.lse);
   SY_DISPATCH(ctx, sparse_attention_forward, ctx, a);
 }
 
@@ -41,6 +55,7 @@ void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
   for (const Tensor* t : std::initializer_list<const Tensor*>{&a.dq, &a.dk, &a.dv, &a.dout, &a.o}) check_shape(*t, a.q.shape(), "sparse attention gradient");
   check_shape(a.lse, {a.q.dim(0)}, "sparse attention lse");
   check_device(ctx, "sparse_attention_backward", {&a.dq, &a.dk, &a.dv, &a.dout, &a.o, &a.lse});
+  check_dtypes("sparse_attention_backward", {&a.q, &a.k, &a.v, &a.o, &a.dout, &a.dq, &a.dk, &a.dv}, a.lse);
   SY_DISPATCH(ctx, sparse_attention_backward, ctx, a);
 }
 
@@ -53,6 +68,9 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t b
   SY_CHECK(block >= 1 && topk >= 0, "block top-k: block " << block << ", k " << topk);
   SY_CHECK(q.ndim() == 2, "block top-k: q " << shape_str(q.shape()) << " is not (T, D)");
   check_shape(k, q.shape(), "block top-k k");
+  SY_CHECK((q.dtype() == DType::f32 || q.dtype() == DType::bf16) && k.dtype() == q.dtype(),
+           "block top-k: q and k must be both f32 or both bf16, got " << dtype_name(q.dtype()) << " and "
+                                                                      << dtype_name(k.dtype()));
   check_device(ctx, "block_topk_keysets", {&q, &k});
   SY_DISPATCH(ctx, block_topk_keysets, ctx, q, k, block, topk);
 }

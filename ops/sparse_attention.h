@@ -22,7 +22,7 @@ namespace sy::ops {
 
 // Block top-k's key sets packed for CUDA's tiled varlen kernels, one segment
 // per key block (ops/cuda/block_topk_pack.h): made with the key sets by
-// CUDA's block_topk_keysets (f32, head dims 16, 32, 64, 128), read by its
+// CUDA's block_topk_keysets (head dims 16, 32, 64, 128), read by its
 // sparse attention forward and backward; empty elsewhere.
 struct BlockSegments {
   int64_t block = 0, topk = 0;
@@ -93,8 +93,12 @@ KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
 KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
 
 // The CPU reference (ops/cpu/sparse_attention.cc) and the CUDA kernels
-// (ops/cuda/sparse_attention.cu, f32; CUDA builds, the key sets made on the
-// device equal to the CPU's exactly): the entry points above, in cpu:: and cuda::.
+// (ops/cuda/sparse_attention.cu, f32, and bf16 on block top-k's packed path
+// at head dims 64 and 128; CUDA builds, the key sets made on the device equal
+// to the CPU's exactly): the entry points above, in cpu:: and cuda::. Dtypes:
+// q, k, v and the outputs all f32 or all bf16 (the CPU: the f32 path on the
+// values, results rounded), lse f32; block top-k chooses on the values
+// widened to f32.
 SY_DECLARE_BACKENDS(
   void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a);
   void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a);

@@ -47,9 +47,9 @@ Block::Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard
       ffn_hidden_(m.ffn_hidden()) {
   const float out_std = m.init_std() / std::sqrt(2.f * m.n_layers());
   AttentionOptions ao = attention_options(m);
-  // Dense attention, and a routed layer's local and routing heads
-  // (SparseSelfAttention::bf16_routed); block top-k stays fp32.
-  ao.bf16 = bf16_attention && (!sparse || sparse->cfg.kind() == switchyard::AttentionConfig::ROUTED);
+  // Every kind: dense attention, a routed layer's local and routing heads,
+  // block top-k's heads (SparseSelfAttention::bf16_heads).
+  ao.bf16 = bf16_attention;
   if (sparse)
     attn_ = std::make_unique<SparseSelfAttention>(ctx, ps, name + ".attn", m.d_model(), m.n_heads(), *sparse,
                                                   rng, m.init_std(), out_std, ao);

@@ -155,9 +155,9 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
     const double w = static_cast<double>(std::min<int64_t>(s.window, T));
     pairs += static_cast<double>(B * L) * (T * w - 0.5 * w * (w - 1.0));  // sum_t min(t + 1, w)
   }
-  // bf16 routing heads: q, k, v rounded once, the packed tensor-core path per
+  // bf16 heads [h0, H): q, k, v rounded once, the packed tensor-core path per
   // head, o widened after the loop (o16_ is what backward reads).
-  if (bf16_routed()) {
+  if (bf16_heads()) {
     q16_ = Tensor::empty({Hs, N, D_}, DType::bf16, ctx_);
     k16_ = Tensor::empty({Hs, N, D_}, DType::bf16, ctx_);
     v16_ = Tensor::empty({Hs, N, D_}, DType::bf16, ctx_);
@@ -166,8 +166,8 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
     ops::to_bf16(ctx_, k16_, k_);
     ops::to_bf16(ctx_, v16_, v_);
   }
-  const Tensor &qa = bf16_routed() ? q16_ : q_, &ka = bf16_routed() ? k16_ : k_, &va = bf16_routed() ? v16_ : v_;
-  Tensor& oa = bf16_routed() ? o16_ : o_;
+  const Tensor &qa = bf16_heads() ? q16_ : q_, &ka = bf16_heads() ? k16_ : k_, &va = bf16_heads() ? v16_ : v_;
+  Tensor& oa = bf16_heads() ? o16_ : o_;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = h0; h < H_; ++h) {
       const int64_t j = h - h0;
@@ -204,7 +204,7 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   stats_.commitment_loss = assigned > 0 ? cfg_.commitment_coef() * commit / assigned : 0;
   commit_count_ = assigned;
   flops_ = 2.0 * N * C_ * 4.0 * C_ + 4.0 * pairs * D_;
-  if (bf16_routed()) ops::to_f32(ctx_, o_, o16_);
+  if (bf16_heads()) ops::to_f32(ctx_, o_, o16_);
   if (Hs > 0) ops::merge_heads(ctx_, y, o_, h0 * D_);
   y_ = y;
   return proj_.forward(y);
@@ -239,16 +239,16 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
   Tensor dq = Tensor::zeros({Hs, N, D_}, DType::f32, ctx_);
   Tensor dk = Tensor::zeros({Hs, N, D_}, DType::f32, ctx_);
   Tensor dv = Tensor::zeros({Hs, N, D_}, DType::f32, ctx_);
-  // bf16 routing heads: dout rounded, gradients in bf16 from zero, widened after the loop.
+  // bf16 heads [h0, H): dout rounded, gradients in bf16 from zero, widened after the loop.
   Tensor dout16, dq16, dk16, dv16;
-  if (bf16_routed()) {
+  if (bf16_heads()) {
     dout16 = Tensor::empty({Hs, N, D_}, DType::bf16, ctx_);
     ops::to_bf16(ctx_, dout16, dout);
     dq16 = Tensor::zeros({Hs, N, D_}, DType::bf16, ctx_);
     dk16 = Tensor::zeros({Hs, N, D_}, DType::bf16, ctx_);
     dv16 = Tensor::zeros({Hs, N, D_}, DType::bf16, ctx_);
   }
-  const bool b16 = bf16_routed();
+  const bool b16 = bf16_heads();
   for (int64_t b = 0; b < B_; ++b)
     for (int64_t h = h0; h < H_; ++h) {
       const int64_t j = h - h0;

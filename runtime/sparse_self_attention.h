@@ -95,10 +95,12 @@ class SparseSelfAttention : public SelfAttention {
   // Heads [first_head(), H) attend one head at a time (the routing heads; every
   // head of BLOCK_TOPK); q_, k_, v_, o_, lse_ hold those heads only.
   int64_t first_head() const { return routed() ? H_ - R_ : 0; }
-  // opt_.bf16 (precision BF16, head dim 64 or 128) runs the local heads on the
-  // bf16 tensor-core kernels, and the routing heads too (either mode:
-  // ops/routed_attention.h's bf16 path); block top-k stays fp32.
-  bool bf16_routed() const { return opt_.bf16 && routed(); }
+  // opt_.bf16 (precision BF16, head dim 64 or 128) runs every head on the
+  // bf16 tensor-core kernels: a routed layer's local heads, its routing heads
+  // (either mode: ops/routed_attention.h's bf16 path) and block top-k's
+  // (ops/sparse_attention.h's packed path); q, k, v of heads [first_head(), H)
+  // rounded once per step.
+  bool bf16_heads() const { return opt_.bf16; }
   // The local heads [0, L) of a ROUTED layer, as the dense op computes them.
   ops::AttentionShape local_shape() const;
 
@@ -122,7 +124,7 @@ class SparseSelfAttention : public SelfAttention {
   Tensor lse_;                             // (H - first_head(), B*T)
   Tensor qkv_out_, y_, local_lse_;         // local heads: qkv (B*T, 3C), y (B*T, C), lse (B, H, T)
   Tensor qkv16_, y16_;                     // bf16: what the local heads' kernels read and wrote
-  Tensor q16_, k16_, v16_, o16_;           // bf16 routing heads: what their attention read and wrote
+  Tensor q16_, k16_, v16_, o16_;           // bf16 heads [first_head(), H): what their attention read and wrote
   std::vector<ops::KeySets> keys_;         // (H, B): keys_[h * B + b]
   std::vector<Tensor> qn_, qn_mean_, qn_rstd_;  // per routing head (B*T, D)
   std::vector<ops::Clusters> clusters_;    // (R, B): clusters_[r * B + b]

@@ -1613,6 +1613,62 @@ TEST_P(BackendOps, AttentionRefusesHeadDimsWithoutKernels) {
   EXPECT_THROW(ops::attention_forward(x, {o, l, q, s}), BackendError);
 }
 
+// Block top-k on bf16 tensors (head dims 64 and 128: the packed path on the
+// tensor-core varlen kernels) against the CPU's f32 reference on the
+// bf16-rounded inputs, class B (attention backward 3e-2); the key sets
+// exactly (chosen on the widened values on both); two runs bitwise equal;
+// outputs poisoned first. Key sets without the block packing (local) have no
+// bf16 kernel: refused with BackendError.
+TEST_P(BackendOps, BlockTopkBf16AgreesWithTheCpuOnRoundedInputs) {
+  if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "the CPU's bf16 path is the f32 one (routed_attention_test)";
+  Ctx& x = ctx();
+  Ctx& h = host_ctx();
+  for (const auto& [T, D, block, topk] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {300, 64, 64, 2}, {257, 128, 32, 8}, {1000, 64, 16, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "T=" << T << " D=" << D << " block=" << block << " top" << topk);
+    Rng rng(0xb7 + T);
+    std::vector<Tensor> in;
+    for (int i = 0; i < 4; ++i) in.push_back(randn({T, D}, rng).to(DType::bf16).to(DType::f32));  // q k v dout
+    const ops::KeySets ks_c = ops::block_topk_keysets(h, in[0], in[1], block, topk);
+    Tensor o_c = Tensor::zeros({T, D}, DType::f32, h), lse_c = Tensor::zeros({T}, DType::f32, h);
+    Tensor dq_c = Tensor::zeros({T, D}, DType::f32, h), dk_c = Tensor::zeros({T, D}, DType::f32, h),
+           dv_c = Tensor::zeros({T, D}, DType::f32, h);
+    ops::sparse_attention_forward(h, {o_c, lse_c, in[0], in[1], in[2], ks_c});
+    ops::sparse_attention_backward(h, {dq_c, dk_c, dv_c, in[3], o_c, lse_c, in[0], in[1], in[2], ks_c});
+    std::vector<Tensor> runs[2];
+    for (auto& r : runs) {
+      std::vector<Tensor> d;
+      for (const Tensor& t : in) d.push_back(t.to(DType::bf16).to(x));
+      const ops::KeySets ks = ops::block_topk_keysets(x, d[0], d[1], block, topk);
+      ASSERT_TRUE(ks.blocks.defined()) << "no block packing: the bf16 kernels would not run";
+      Tensor o = out(x, {T, D}, DType::bf16), lse = out(x, {T}), dq = out(x, {T, D}, DType::bf16),
+             dk = out(x, {T, D}, DType::bf16), dv = out(x, {T, D}, DType::bf16);
+      poison(o, x);
+      poison(lse, x);
+      for (Tensor* g : {&dq, &dk, &dv}) g->zero(x);
+      ops::sparse_attention_forward(x, {o, lse, d[0], d[1], d[2], ks});
+      ops::sparse_attention_backward(x, {dq, dk, dv, d[3], o, lse, d[0], d[1], d[2], ks});
+      r = {o.to(h).to(DType::f32), lse.to(h), dq.to(h).to(DType::f32), dk.to(h).to(DType::f32),
+           dv.to(h).to(DType::f32), ks.off.to(h), ks.idx.to(h)};
+    }
+    for (size_t i = 0; i < runs[0].size(); ++i)
+      EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
+    const std::vector<Tensor>& g = runs[0];
+    EXPECT_EQ(g[5].to_vector<int64_t>(), ks_c.off.to_vector<int64_t>()) << "key set offsets";
+    EXPECT_EQ(g[6].to_vector<int32_t>(), ks_c.idx.to_vector<int32_t>()) << "key set indices";
+    for (const int i : {0, 1, 2, 3, 4})
+      for (int64_t e = 0; e < g[i].numel(); ++e) ASSERT_TRUE(std::isfinite(g[i].f32()[e])) << "output " << i << " element " << e;
+    EXPECT_LE(rel_l2(g[1], lse_c), 1e-2) << "lse";
+    EXPECT_LE(rel_l2(g[0], o_c), 1e-2) << "o";
+    EXPECT_LE(rel_l2(g[2], dq_c), 3e-2) << "dq";
+    EXPECT_LE(rel_l2(g[3], dk_c), 3e-2) << "dk";
+    EXPECT_LE(rel_l2(g[4], dv_c), 3e-2) << "dv";
+  }
+  const int64_t T = 40, D = 64;
+  Tensor q = Tensor::zeros({T, D}, DType::bf16, x), o = out(x, {T, D}, DType::bf16), lse = out(x, {T});
+  EXPECT_THROW(ops::sparse_attention_forward(x, {o, lse, q, q, q, ops::local_keysets(x, T, 8)}), BackendError);
+}
+
 // The control for the routed attention cases: the attention with one key
 // taken out of the only cluster, against the reference on the whole cluster,
 // is far outside class F, so those cases would catch a kernel that loses (or

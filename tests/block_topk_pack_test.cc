@@ -121,7 +121,7 @@ void expect_matches_reference(int64_t T, int64_t D, int64_t block, int64_t topk,
   Tensor out = testing::zeros({p.R, D}), lse_p = testing::zeros({p.R});
   ops::sparse_attention_forward(ctx, {out, lse_p, qp, kp, vp, pairs});
   Tensor got_o = poisoned({T, D}), got_lse = poisoned({T});
-  run(T * D, bt::MergeForward{p.token_rows(), out.f32(), lse_p.f32(), D, got_o.f32(), got_lse.f32()});
+  run(T * D, bt::MergeForward<ops::routed::F32>{p.token_rows(), out.f32(), lse_p.f32(), D, got_o.f32(), got_lse.f32()});
   EXPECT_LE(rel_l2(got_o, o), 1e-5) << "o";
   testing::expect_lse(got_lse, lse);
 
@@ -139,7 +139,7 @@ void expect_matches_reference(int64_t T, int64_t D, int64_t block, int64_t topk,
       dqkv.f32()[r * 3 * D + 2 * D + d] = dv_p.f32()[r * D + d];
     }
   testing::Grads got{c.start.dq.clone(), c.start.dk.clone(), c.start.dv.clone()};
-  run(T * D, bt::ScatterBackward{p.token_rows(), dqkv.f32(), D, got.dq.f32(), got.dk.f32(), got.dv.f32()});
+  run(T * D, bt::ScatterBackward<ops::routed::F32>{p.token_rows(), dqkv.f32(), D, got.dq.f32(), got.dk.f32(), got.dv.f32()});
   testing::expect_grads(got, want);
 }
 

@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "attention_rows.h"
 #include "cuda_fixture.h"
@@ -350,34 +353,42 @@ TEST(RoutedAttention, LseMergeEqualsAttentionOverTheUnion) {
   }
 }
 
-// options.bf16 in a routed layer with a head dim of 64: the local head and the
-// causal routing head on bf16 q, k, v. Same parameters and centroids as the
-// fp32 layer (the clusters come from f32 q and k in both), so y and dx differ
-// by rounding only: class B, and not zero (measured: y 0.4%, dx 0.5%; a
-// dropped routing-head dq moves dx by 36%, dropped local-head gradients by 75%).
+// options.bf16 in a sparse layer with a head dim of 64: a routed layer's
+// local head and routing head (causal and balanced mode), and block top-k's
+// heads, on bf16 q, k, v. Same parameters and centroids as the fp32 layer
+// (clusters and blocks chosen from f32 values in both), so y and dx differ
+// by rounding only: class B, and not zero (measured, causal routed: y 0.4%,
+// dx 0.5%; a dropped routing-head dq moves dx by 36%, dropped local-head
+// gradients by 75%).
 TEST(RoutedAttention, Bf16LayerAgreesWithFp32ToClassB) {
   const int64_t C = 128, H = 2, T = 48, B = 2;
-  Rng rng(10);
-  // Inputs of std 0.3 keep the logits (weights of std 0.5 over C = 128) near
-  // 3 rather than 30: a softmax that sharp turns bf16's input rounding into
-  // 4-5% of dx on dense attention alone.
-  auto small = [&] { return testing::randn({B * T, C}, rng, 0.3f); };
-  const Tensor warm = small(), x = small(), dy = testing::randn({B * T, C}, rng);
-  AttentionOptions bf16;
-  bf16.bf16 = true;
-  std::vector<Tensor> got[2];
-  for (int m = 0; m < 2; ++m) {
-    Layer l(routed_cfg(1, 4, 16), C, H, T, 1, m ? bf16 : AttentionOptions{});
-    calibrate(l, warm, B, T);
-    l.attn->set_training(true);
-    const Tensor y = l.forward(x, B, T);
-    got[m] = {y, l.attn->backward(dy.to(l.ctx)).to(host_ctx())};
+  for (const auto& [name, cfg] : std::vector<std::pair<std::string, switchyard::AttentionConfig>>{
+           {"routed causal", routed_cfg(1, 4, 16)},
+           {"routed balanced", routed_cfg(1, 4, 16, true)},
+           {"block top-k", block_cfg(16, 2)}}) {
+    SCOPED_TRACE(name);
+    Rng rng(10);
+    // Inputs of std 0.3 keep the logits (weights of std 0.5 over C = 128) near
+    // 3 rather than 30: a softmax that sharp turns bf16's input rounding into
+    // 4-5% of dx on dense attention alone.
+    auto small = [&] { return testing::randn({B * T, C}, rng, 0.3f); };
+    const Tensor warm = small(), x = small(), dy = testing::randn({B * T, C}, rng);
+    AttentionOptions bf16;
+    bf16.bf16 = true;
+    std::vector<Tensor> got[2];
+    for (int m = 0; m < 2; ++m) {
+      Layer l(cfg, C, H, T, 1, m ? bf16 : AttentionOptions{});
+      calibrate(l, warm, B, T);
+      l.attn->set_training(true);
+      const Tensor y = l.forward(x, B, T);
+      got[m] = {y, l.attn->backward(dy.to(l.ctx)).to(host_ctx())};
+    }
+    const double ey = testing::rel_l2(got[1][0], got[0][0]), edx = testing::rel_l2(got[1][1], got[0][1]);
+    EXPECT_GT(ey, 0.0) << "nothing was rounded";
+    EXPECT_LT(ey, 1e-2) << "y";
+    EXPECT_GT(edx, 0.0);
+    EXPECT_LT(edx, 2e-2) << "dx";
   }
-  const double ey = testing::rel_l2(got[1][0], got[0][0]), edx = testing::rel_l2(got[1][1], got[0][1]);
-  EXPECT_GT(ey, 0.0) << "nothing was rounded";
-  EXPECT_LT(ey, 1e-2) << "y";
-  EXPECT_GT(edx, 0.0);
-  EXPECT_LT(edx, 2e-2) << "dx";
 }
 
 // bf16 tensors (CUDA's tensor-core path) on the CPU: the f32 path on their
@@ -472,6 +483,38 @@ void expect_head_gradients(const KeySets& ks, Head& h, const std::string& what) 
   testing::expect_gradient(what + " dq", h.q, dq, loss, 1e-2);
   testing::expect_gradient(what + " dk", h.k, dk, loss, 1e-2);
   testing::expect_gradient(what + " dv", h.v, dv, loss, 1e-2);
+}
+
+// bf16 tensors (CUDA's tensor-core path for block top-k) on the CPU: the
+// blocks chosen on the widened values, the f32 path on them, o and the
+// gradients rounded (gradients as bf16(g + gradient)), bit for bit; mixed
+// dtypes refused.
+TEST(SparseAttention, Bf16TensorsRunTheF32PathRounded) {
+  Ctx& ctx = host_ctx();
+  Rng rng(12);
+  const int64_t T = 50, D = 64;
+  Head h = random_head(T, D, rng);
+  auto b16 = [](const Tensor& t) { return t.to(DType::bf16); };
+  auto f32 = [](const Tensor& t) { return t.to(DType::f32); };
+  const Tensor q = b16(h.q), k = b16(h.k), v = b16(h.v), dout = b16(testing::randn({T, D}, rng));
+  const KeySets ks = ops::block_topk_keysets(ctx, q, k, 8, 2), ks32 = ops::block_topk_keysets(ctx, f32(q), f32(k), 8, 2);
+  EXPECT_EQ(ks.off.to_vector<int64_t>(), ks32.off.to_vector<int64_t>());
+  EXPECT_EQ(ks.idx.to_vector<int32_t>(), ks32.idx.to_vector<int32_t>());
+  Tensor o = testing::zeros({T, D}).to(DType::bf16), lse = testing::zeros({T});
+  Tensor dq = b16(testing::randn({T, D}, rng)), dk = b16(testing::randn({T, D}, rng)), dv = b16(testing::randn({T, D}, rng));
+  Tensor dq32 = f32(dq), dk32 = f32(dk), dv32 = f32(dv), o32 = testing::zeros({T, D}), lse32 = testing::zeros({T});
+  ops::sparse_attention_forward(ctx, {o, lse, q, k, v, ks});
+  ops::sparse_attention_backward(ctx, {dq, dk, dv, dout, o, lse, q, k, v, ks});
+  ops::sparse_attention_forward(ctx, {o32, lse32, f32(q), f32(k), f32(v), ks32});
+  ops::sparse_attention_backward(ctx, {dq32, dk32, dv32, f32(dout), f32(o), lse32, f32(q), f32(k), f32(v), ks32});
+  auto values = [&](const Tensor& t) { return f32(t).to_vector<float>(); };
+  EXPECT_EQ(values(o), values(b16(o32)));
+  EXPECT_EQ(lse.to_vector<float>(), lse32.to_vector<float>());
+  EXPECT_EQ(values(dq), values(b16(dq32)));
+  EXPECT_EQ(values(dk), values(b16(dk32)));
+  EXPECT_EQ(values(dv), values(b16(dv32)));
+  EXPECT_THROW(ops::sparse_attention_forward(ctx, {o32, lse, q, k, v, ks}), Error);
+  EXPECT_THROW(ops::block_topk_keysets(ctx, q, h.k, 8, 2), Error);
 }
 
 TEST(SparseAttention, GradientsMatchFiniteDifferences) {

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "ops/elementwise.h"
 
 namespace sy::ops::cpu {
 
@@ -25,7 +26,18 @@ Head head(const Tensor& q, const Tensor& k, const Tensor& v) {
 }
 }  // namespace
 
-void sparse_attention_forward(Ctx&, const SparseAttentionArgs& args) {
+// bf16 tensors (CUDA's tensor-core path for block top-k): the f32 path on
+// their values, results rounded to bf16 (gradients accumulate as
+// bf16(g + gradient)), as ops/cpu/routed_attention.cc does; the GPU also
+// rounds P and dS, so the two agree to class B.
+void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& args) {
+  if (args.q.dtype() == DType::bf16) {
+    const Tensor q = args.q.to(DType::f32), k = args.k.to(DType::f32), v = args.v.to(DType::f32);
+    Tensor o = Tensor::empty(args.o.shape(), DType::f32, ctx);
+    sparse_attention_forward(ctx, {o, args.lse, q, k, v, args.keys});
+    to_bf16(ctx, args.o, o);
+    return;
+  }
   const Head h = head(args.q, args.k, args.v);
   const int64_t* off = args.keys.off.data<int64_t>();
   const int32_t* idx = args.keys.idx.data<int32_t>();
@@ -59,7 +71,17 @@ void sparse_attention_forward(Ctx&, const SparseAttentionArgs& args) {
   }
 }
 
-void sparse_attention_backward(Ctx&, const SparseAttentionBackwardArgs& args) {
+void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& args) {
+  if (args.q.dtype() == DType::bf16) {
+    auto f32 = [](const Tensor& t) { return t.to(DType::f32); };
+    Tensor dq = f32(args.dq), dk = f32(args.dk), dv = f32(args.dv);
+    sparse_attention_backward(ctx, {dq, dk, dv, f32(args.dout), f32(args.o), args.lse, f32(args.q), f32(args.k),
+                                    f32(args.v), args.keys});
+    to_bf16(ctx, args.dq, dq);
+    to_bf16(ctx, args.dk, dk);
+    to_bf16(ctx, args.dv, dv);
+    return;
+  }
   const Head h = head(args.q, args.k, args.v);
   const int64_t* off = args.keys.off.data<int64_t>();
   const int32_t* idx = args.keys.idx.data<int32_t>();
@@ -107,6 +129,8 @@ KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window) {
 }
 
 KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk) {
+  if (q.dtype() == DType::bf16 || k.dtype() == DType::bf16)  // chosen on the values, widened (exact)
+    return block_topk_keysets(ctx, q.to(DType::f32), k.to(DType::f32), block, topk);
   const Head h = head(q, k, k);
   const int64_t nb = (h.T + block - 1) / block;
   // mean(K_block) per block

@@ -58,6 +58,7 @@
 #include "ops/attention.h"
 #include "ops/cuda/attention_tiles.h"
 #include "ops/cuda/attention_varlen.h"
+#include "ops/cuda/common.cuh"
 
 namespace sy::ops::cuda {
 
@@ -1076,29 +1077,22 @@ Geom geom(const AttentionShape& s) {
   return g;
 }
 
-// The varlen work list for tiles of `tile` rows (attn::tile_work): one block
-// scans the segments' tile counts (up to 65535 segments: <= 64 per thread,
-// then a Hillis-Steele scan of the threads' sums).
+// The varlen work list for tiles of `tile` rows (attn::tile_work): one block;
+// each thread sums the tile counts of a run of segments, an exclusive scan
+// of the threads' sums (common.cuh) places the runs.
 __global__ void tile_starts_kernel(const int32_t* __restrict__ seg, int S, int tile, int32_t* __restrict__ work) {
-  __shared__ int32_t part[1024];
-  const int t = threadIdx.x, per = (S + blockDim.x - 1) / blockDim.x;
-  const int lo = min(S, t * per), hi = min(S, lo + per);
+  __shared__ int32_t scratch[1024];
+  const int per = (S + blockDim.x - 1) / blockDim.x;
+  const int lo = min(S, static_cast<int>(threadIdx.x) * per), hi = min(S, lo + per);
   int32_t sum = 0;
   for (int b = lo; b < hi; ++b) sum += attn::tiles_of(seg[b + 1] - seg[b], tile);
-  part[t] = sum;
-  __syncthreads();
-  for (int off = 1; off < static_cast<int>(blockDim.x); off <<= 1) {
-    const int32_t v = t >= off ? part[t - off] : 0;
-    __syncthreads();
-    part[t] += v;
-    __syncthreads();
-  }
-  int32_t run = part[t] - sum;  // exclusive
+  int32_t total = 0;
+  int32_t run = block_exclusive_sum(sum, scratch, &total);
   for (int b = lo; b < hi; ++b) {
     work[b] = run;
     run += attn::tiles_of(seg[b + 1] - seg[b], tile);
   }
-  if (t == static_cast<int>(blockDim.x) - 1) work[S] = part[t];
+  if (threadIdx.x == 0) work[S] = total;
 }
 
 // g for a launch with tiles of `tile` rows: varlen gets its work list, built

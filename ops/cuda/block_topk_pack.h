@@ -139,12 +139,18 @@ struct TokenRows {
   }
 };
 
-// Element i = t * D + d of o, and lse_t at d = 0: t's rows merged.
+// Element i = t * D + d of o, and lse_t at d = 0: t's rows merged. E: the
+// elements' type (routed_pack.h's F32, or routed_attention.cu's Bf16 for
+// the tensor-core kernels), f32 arithmetic either way.
+template <class E>
 struct MergeForward {
+  using T = typename E::T;
   TokenRows tr;
-  const float *out_p, *lse_p;  // (rows, D), (rows)
+  const T* out_p;      // (rows, D)
+  const float* lse_p;  // (rows)
   int64_t D;
-  float *o, *lse;
+  T* o;
+  float* lse;
   SY_HD void operator()(int64_t i) const {
     const int64_t t = i / D, d = i % D, n = tr.count(t);
     float m = -INFINITY;
@@ -155,27 +161,29 @@ struct MergeForward {
     float acc = 0.f;
     for (int64_t j = 0; j < n; ++j) {
       const int64_t r = tr.row(t, j);
-      acc += expf(lse_p[r] - l) * out_p[r * D + d];
+      acc += expf(lse_p[r] - l) * E::load(out_p[r * D + d]);
     }
-    o[i] = acc;
+    o[i] = E::store(acc);
     if (d == 0) lse[t] = l;
   }
 };
 
 // Element i = t * D + d: dq, dk, dv accumulate t's rows' packed gradients.
+template <class E>
 struct ScatterBackward {
+  using T = typename E::T;
   TokenRows tr;
-  const float* dqkv_p;  // (rows, 3D)
+  const T* dqkv_p;  // (rows, 3D)
   int64_t D;
-  float *dq, *dk, *dv;
+  T *dq, *dk, *dv;
   SY_HD void operator()(int64_t i) const {
     const int64_t t = i / D, d = i % D;
     float g = 0.f;
-    for (int64_t j = 0; j < tr.count(t); ++j) g += dqkv_p[tr.row(t, j) * 3 * D + d];
-    dq[i] += g;
-    const float* own = dqkv_p + int64_t{tr.own_row[t]} * 3 * D;
-    dk[i] += own[D + d];
-    dv[i] += own[2 * D + d];
+    for (int64_t j = 0; j < tr.count(t); ++j) g += E::load(dqkv_p[tr.row(t, j) * 3 * D + d]);
+    dq[i] = E::store(E::load(dq[i]) + g);
+    const T* own = dqkv_p + int64_t{tr.own_row[t]} * 3 * D;
+    dk[i] = E::store(E::load(dk[i]) + E::load(own[D + d]));
+    dv[i] = E::store(E::load(dv[i]) + E::load(own[2 * D + d]));
   }
 };
 

@@ -14,11 +14,13 @@
 //                                   left on the device (no synchronisation)
 //   sum_f64_to_host                 the same, read back (one synchronisation)
 //   segment_starts                  where each key segment begins in a sorted array
+//   Bf16, elems<E>                  bf16 elements of the packed attention paths
 //
 // Determinism: every reduction here has a shape that depends only on the
 // problem size (never on the SM count or on scheduling), so two runs add the
 // same numbers in the same order.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -272,5 +274,19 @@ void segment_starts(Ctx& ctx, const uint64_t* keys, int64_t n, int shift, int64_
 
 // Number of bits needed to hold values 0..n-1 (0 for n <= 1).
 int bits_for(int64_t n);
+
+// bf16 elements for the packed attention paths' per-element steps
+// (ops/cuda/routed_pack.h's F32 is the f32 one): loads widen, stores round.
+struct Bf16 {
+  using T = __nv_bfloat16;
+  static __host__ __device__ float load(T x) { return __bfloat162float(x); }
+  static __host__ __device__ T store(float x) { return __float2bfloat16(x); }
+};
+
+// A tensor's elements as E's type.
+template <class E>
+typename E::T* elems(const Tensor& t) {
+  return static_cast<typename E::T*>(const_cast<void*>(t.raw()));
+}
 
 }  // namespace sy::ops::cuda

@@ -400,18 +400,6 @@ VarlenAttention varlen_of(const ClusterSegments& s, int64_t K, int64_t D) {
   return {K, s.max_len, s.rows, D, 1, s.seg.data<int32_t>(), s.is_query.data<int32_t>(), s.is_key.data<int32_t>()};
 }
 
-// bf16 elements for the packed path (routed_pack.h's F32 is the f32 one).
-struct Bf16 {
-  using T = __nv_bfloat16;
-  static __host__ __device__ float load(T x) { return __bfloat162float(x); }
-  static __host__ __device__ T store(float x) { return __float2bfloat16(x); }
-};
-
-template <class E>
-typename E::T* elems(const Tensor& t) {
-  return static_cast<typename E::T*>(const_cast<void*>(t.raw()));
-}
-
 // q, k, v rows of the packed segments, (rows, 3D).
 template <class E>
 Tensor gather_qkv(Ctx& ctx, const Tensor& row_token, int64_t rows, const Tensor& q, const Tensor& k, const Tensor& v) {

@@ -17,16 +17,19 @@
 //   (dot_rn), so the key sets are the CPU's bit for bit, ties included.
 //   Head dims 16-128 are then packed one segment per key block
 //   (ops/cuda/block_topk_pack.h: a stable radix sort of the (block, query)
-//   pairs inverts the choice; one copy back, the segment starts, sizes the
-//   varlen grid), and the attention over such key sets runs on the tiled
-//   varlen kernels with a key prefix per segment, merged per query.
-// fp32 only; a bf16 head throws BackendError naming the op.
+//   pairs inverts the choice; nothing is read back), and the attention over
+//   such key sets runs on the tiled varlen kernels with a key prefix per
+//   segment, merged per query.
+// fp32, and bf16 on the packed path (block top-k's key sets at head dims 64
+// and 128: the tensor-core varlen kernels; the choice made on the values
+// widened to f32); other bf16 heads throw BackendError naming the op.
 #include "ops/cuda/attention_varlen.h"
 #include "ops/cuda/block_topk_pack.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cub_ops.h"
 #include "ops/cuda/routed_pack.h"
 #include "ops/cuda/sparse_attention_rows.h"
+#include "ops/elementwise.h"
 #include "ops/sparse_attention.h"
 
 #include <cmath>
@@ -80,9 +83,9 @@ BlockSegments pack_blocks(Ctx& ctx, const KeySets& ks, int64_t T, int64_t block,
                              b.own_row.data<int32_t>(), b.pair_row.data<int32_t>()};
   run(T, blocktopk::OwnRows{sh, fs.data<int32_t>(), rows});
   run(P, blocktopk::PairRows{sh, k_in + P, v_in + P, fs.data<int32_t>(), b.seg.data<int32_t>(), pos_bits, rows});
-  // The one copy back: the longest segment bounds the varlen grid.
-  const std::vector<int32_t> h = download(ctx, fs.data<int32_t>(), nb + 1);
-  for (int64_t c = 0; c < nb; ++c) b.max_len = std::max<int64_t>(b.max_len, sh.block_len(c) + h[c + 1] - h[c]);
+  // A bound on every segment (a block, and at most every later query): the
+  // varlen grid is a work list built on the device, so nothing is read back.
+  b.max_len = std::min<int64_t>(T, block) + T;
   return b;
 }
 
@@ -99,61 +102,67 @@ VarlenAttention varlen_of(const BlockSegments& b, int64_t T, int64_t D) {
   return v;
 }
 
-// Whether the attention over ks runs on the packed segments.
+// Whether the attention over ks runs on the packed segments (f32, or bf16
+// at head dims 64 and 128: the tensor-core kernels).
 bool packed(const KeySets& ks, const Tensor& q) {
-  return ks.blocks.defined() && tiled_head_dim(DType::f32, q.dim(1)) && ks.blocks.own_row.numel() == q.dim(0);
+  return ks.blocks.defined() && tiled_head_dim(q.dtype(), q.dim(1)) && ks.blocks.own_row.numel() == q.dim(0);
 }
 
 blocktopk::TokenRows token_rows(const BlockSegments& b, int64_t T) {
   return {blocktopk::Shape{T, b.block, b.topk}, b.own_row.data<int32_t>(), b.pair_row.data<int32_t>()};
 }
 
+template <class E>
 Tensor gather_rows(Ctx& ctx, const BlockSegments& b, const Tensor& q, const Tensor& k, const Tensor& v) {
   const int64_t D = q.dim(1);
-  Tensor qkv = Tensor::empty({b.rows, 3 * D}, DType::f32, ctx);
-  Launch{stream(ctx)}(b.rows * 3 * D, routed::GatherQKV<routed::F32>{q.data<float>(), k.data<float>(), v.data<float>(),
-                                                                     b.row_token.data<int32_t>(), D,
-                                                                     qkv.data<float>()});
+  Tensor qkv = Tensor::empty({b.rows, 3 * D}, q.dtype(), ctx);
+  Launch{stream(ctx)}(b.rows * 3 * D, routed::GatherQKV<E>{elems<E>(q), elems<E>(k), elems<E>(v),
+                                                           b.row_token.data<int32_t>(), D, elems<E>(qkv)});
   return qkv;
 }
 
+template <class E>
 void packed_forward(Ctx& ctx, const SparseAttentionArgs& a) {
   const BlockSegments& b = a.keys.blocks;
   const int64_t T = a.q.dim(0), D = a.q.dim(1);
-  const Tensor qkv = gather_rows(ctx, b, a.q, a.k, a.v);
-  Tensor out = Tensor::empty({b.rows, D}, DType::f32, ctx), lse = Tensor::empty({1, b.rows}, DType::f32, ctx);
+  const Tensor qkv = gather_rows<E>(ctx, b, a.q, a.k, a.v);
+  Tensor out = Tensor::empty({b.rows, D}, a.q.dtype(), ctx), lse = Tensor::empty({1, b.rows}, DType::f32, ctx);
   varlen_attention_forward(ctx, varlen_of(b, T, D), qkv, out, lse);
-  Launch{stream(ctx)}(T * D, blocktopk::MergeForward{token_rows(b, T), out.data<float>(), lse.data<float>(), D,
-                                                     a.o.data<float>(), a.lse.data<float>()});
+  Launch{stream(ctx)}(T * D, blocktopk::MergeForward<E>{token_rows(b, T), elems<E>(out), lse.data<float>(), D,
+                                                        elems<E>(a.o), a.lse.data<float>()});
 }
 
+template <class E>
 void packed_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
   const BlockSegments& b = a.keys.blocks;
   const int64_t T = a.q.dim(0), D = a.q.dim(1);
-  const Tensor qkv = gather_rows(ctx, b, a.q, a.k, a.v);
-  Tensor dout = Tensor::empty({b.rows, D}, DType::f32, ctx), out = Tensor::empty({b.rows, D}, DType::f32, ctx),
-         lse = Tensor::empty({1, b.rows}, DType::f32, ctx), dqkv = Tensor::zeros({b.rows, 3 * D}, DType::f32, ctx);
+  const DType dt = a.q.dtype();
+  const Tensor qkv = gather_rows<E>(ctx, b, a.q, a.k, a.v);
+  Tensor dout = Tensor::empty({b.rows, D}, dt, ctx), out = Tensor::empty({b.rows, D}, dt, ctx),
+         lse = Tensor::empty({1, b.rows}, DType::f32, ctx), dqkv = Tensor::zeros({b.rows, 3 * D}, dt, ctx);
   const Launch run{stream(ctx)};
-  run(b.rows * D, routed::GatherGrad<routed::F32>{a.dout.data<float>(), a.o.data<float>(), a.lse.data<float>(),
-                                                  b.row_token.data<int32_t>(), b.is_query.data<int32_t>(), D,
-                                                  dout.data<float>(), out.data<float>(), lse.data<float>()});
+  run(b.rows * D, routed::GatherGrad<E>{elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(),
+                                        b.row_token.data<int32_t>(), b.is_query.data<int32_t>(), D, elems<E>(dout),
+                                        elems<E>(out), lse.data<float>()});
   varlen_attention_backward(ctx, varlen_of(b, T, D), dqkv, dout, qkv, out, lse);
-  run(T * D, blocktopk::ScatterBackward{token_rows(b, T), dqkv.data<float>(), D, a.dq.data<float>(),
-                                        a.dk.data<float>(), a.dv.data<float>()});
+  run(T * D, blocktopk::ScatterBackward<E>{token_rows(b, T), elems<E>(dqkv), D, elems<E>(a.dq), elems<E>(a.dk),
+                                           elems<E>(a.dv)});
 }
 
 }  // namespace
 
 void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a) {
+  if (packed(a.keys, a.q))
+    return a.q.dtype() == DType::bf16 ? packed_forward<Bf16>(ctx, a) : packed_forward<routed::F32>(ctx, a);
   check_f32("sparse_attention_forward", {&a.q, &a.k, &a.v, &a.o, &a.lse});
-  if (packed(a.keys, a.q)) return packed_forward(ctx, a);
   const sparse::Head h = head_of(a.q, a.k, a.v, a.keys);
   sparse::forward_steps(Launch{stream(ctx)}, h, a.o.data<float>(), a.lse.data<float>());
 }
 
 void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
+  if (packed(a.keys, a.q))
+    return a.q.dtype() == DType::bf16 ? packed_backward<Bf16>(ctx, a) : packed_backward<routed::F32>(ctx, a);
   check_f32("sparse_attention_backward", {&a.q, &a.k, &a.v, &a.o, &a.lse, &a.dout, &a.dq, &a.dk, &a.dv});
-  if (packed(a.keys, a.q)) return packed_backward(ctx, a);
   const sparse::Head h = head_of(a.q, a.k, a.v, a.keys);
   const int64_t P = a.keys.pairs();
   Tensor delta = Tensor::empty({h.T}, DType::f32, ctx);
@@ -184,7 +193,15 @@ KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window) {
   return ks;
 }
 
-KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk) {
+KeySets block_topk_keysets(Ctx& ctx, const Tensor& q_in, const Tensor& k_in, int64_t block, int64_t topk) {
+  // bf16 heads choose on their values widened to f32 (exact), as the CPU does.
+  auto widened = [&ctx](const Tensor& t) {
+    if (t.dtype() != DType::bf16) return t;
+    Tensor w = Tensor::empty(t.shape(), DType::f32, ctx);
+    to_f32(ctx, w, t);
+    return w;
+  };
+  const Tensor q = widened(q_in), k = widened(k_in);
   check_f32("block_topk_keysets", {&q, &k});
   const int64_t T = q.dim(0), D = q.dim(1), nb = (T + block - 1) / block;
   SY_CHECK(T < (int64_t{1} << 31), "block top-k: " << T << " tokens (positions are 32-bit)");
