@@ -52,7 +52,6 @@ void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn,
   check_shape(kn, qn.shape(), "cluster keys");
   check_device(ctx, "assign_clusters", {&qn, &kn, &c.mu});
   const int64_t T = qn.dim(0);
-  cl.segments = ClusterSegments{};
   if (p.mode == ClusterMode::causal) {
     TokensChooseParams tp;
     tp.k = 1;
@@ -69,7 +68,6 @@ void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn,
     groups_choose(ctx, cl.queries, scores(ctx, qn, c), S, 0);
     groups_choose(ctx, cl.keys, scores(ctx, kn, c), S, 0);
   }
-  SY_DISPATCH(ctx, segment_clusters, ctx, cl, c.D);
 }
 
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {

@@ -38,12 +38,11 @@
 // Backends: every entry point runs on CUDA (ops/cuda/routed_attention.cu:
 // scores by a cuBLAS GEMM, the routing core's tokens/groups choose, per-cluster
 // sums in position order; the attention on the tiled varlen flash kernels,
-// one segment per cluster: causal mode as the union of a cluster's queries
-// and keys (ops/cuda/routed_pack.h), balanced mode as its keys then its
-// queries with the first-shared rule in the kernels' mask and an LSE merge
-// per token in cluster order (ops/cuda/routed_union_pack.h); head dims the
-// kernels lack per cluster row (ops/cuda/routed_attention_rows.h); f32, and
-// bf16 on the tiled paths; no atomics).
+// one segment per cluster, its keys then its queries, with positions and the
+// first-shared rule in the kernels' mask and an LSE merge per token in
+// cluster order (ops/cuda/routed_union_pack.h); head dims the kernels lack
+// per cluster row (ops/cuda/routed_attention_rows.h); f32, and bf16 on the
+// tiled path; no atomics).
 // kmeans_init, once per run on the warm-up batch, runs the CPU reference on a
 // host copy and writes the centroids back to the device.
 #pragma once
@@ -65,31 +64,11 @@ struct ClusterParams {
   float capacity_factor = 2.0f;  // causal, not dropless: C = ceil(cf * T / K)
 };
 
-// The clusters as segments of packed rows, where a backend's attention runs
-// over them (CUDA in causal mode, one cluster per token on each side:
-// ops/cuda/routed_pack.h): segment c is the union of cluster c's queries and
-// keys in position order. assign_clusters builds them once per assignment, so
-// forward and backward share one sort; they stay empty on the CPU and where
-// the attention takes another path (clusters made without assign_clusters
-// are packed by the attention itself). Both routes must keep each cluster's
-// members in position order (slots by position, as assign_clusters' do).
-struct ClusterSegments {
-  Tensor seg;                          // i32 (K + 1): segment c is rows [seg[c], seg[c+1])
-  Tensor row_token, is_query, is_key;  // i32 (rows): a row's token, and whether it is a query, a key
-  Tensor qrow, krow;                   // i32 (T): a token's query row and key row, or -1
-  Tensor keys_up_to;                   // i32 (T): keys of t's cluster at positions <= t (-1: no query)
-  Tensor kitem;                        // i32 (key rows): the key route's buffer rows -> token
-  int64_t rows = 0;                    // rows allotted (query rows + key rows): every segment lies below
-  int64_t max_len = 0;                 // >= the longest segment
-  bool defined() const { return seg.defined(); }
-};
-
 // Cluster membership as two Routes over the T tokens (K groups): queries by
 // their normalised query, keys by their normalised key. A cluster's members
 // are its rows in the group-major buffer, in position order.
 struct Clusters {
   Route queries, keys;
-  ClusterSegments segments;  // of these routes (see above), or empty
   int64_t num() const { return queries.num_groups; }
 };
 
@@ -121,9 +100,9 @@ struct RoutedAttentionArgs {
   const Clusters& clusters;
   // false: the caller reads only keys.pairs() and hands keys to backward
   // unread. A backend whose backward walks the clusters instead (CUDA's
-  // packed path: causal clusters) then counts the pairs (keys.counted, one
-  // number copied back) and builds no index lists (T^2 / 2K of them); the
-  // CPU, whose backward walks them, builds them either way.
+  // tiled path) then counts the pairs (keys.counted, one number copied back)
+  // and builds no index lists (T^2 / 2K of them); the CPU, whose backward
+  // walks them, builds them either way.
   bool key_sets = true;
 };
 
@@ -174,8 +153,6 @@ SY_DECLARE_BACKENDS(
   CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
   void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
   Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);  // (T, K) = xn . mu^T
-  // cl.segments for heads of dim D, where the backend's attention uses them (CPU: none).
-  void segment_clusters(Ctx& ctx, Clusters& cl, int64_t D);
   void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
   void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
   void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);

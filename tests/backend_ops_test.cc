@@ -1063,14 +1063,13 @@ std::vector<OpCase> cases() {
                                  RoutedSpec{"balanced_shared_keys", 30, 3, 20, bal, true},
                                  RoutedSpec{"balanced_70_clusters", 160, 70, 4, bal, false},
                                  RoutedSpec{"causal_70_clusters", 160, 70, 8, causal, false},
-                                 // head dims the f32 flash kernels take: CUDA packs one cluster per
-                                 // token into varlen segments (ops/cuda/routed_pack.h)
+                                 // head dims the f32 flash kernels take: CUDA packs each cluster
+                                 // as a varlen segment (ops/cuda/routed_union_pack.h)
                                  RoutedSpec{"causal_drops_d32", 53, 4, 32, drops, false},
                                  RoutedSpec{"causal_70_clusters_d16", 160, 70, 16, causal, false},
                                  RoutedSpec{"one_cluster_shared_keys_d16", 7, 1, 16, causal, true},
                                  RoutedSpec{"causal_600_tokens_d128", 600, 9, 128, causal, false},
-                                 // balanced clusters at those head dims: the union packing
-                                 // (ops/cuda/routed_union_pack.h), the first-shared rule in the mask
+                                 // balanced clusters at those head dims: the first-shared rule in the mask
                                  RoutedSpec{"balanced_d16", 61, 5, 16, bal, false},
                                  RoutedSpec{"balanced_70_clusters_d32", 160, 70, 32, bal, false},
                                  RoutedSpec{"balanced_shared_keys_d64", 130, 3, 64, bal, true},

@@ -17,7 +17,7 @@
 
 #include "attention_rows.h"
 #include "ops/cuda/block_topk_pack.h"
-#include "ops/cuda/routed_pack.h"
+#include "ops/cuda/packed_rows.h"
 #include "ops/sparse_attention.h"
 
 namespace sy {

@@ -1,7 +1,6 @@
 // Clusters for the routed attention tests that run the CUDA path's steps on
-// the host (routed_attention_rows_test.cc, routed_pack_test.cc,
-// routed_union_pack_test.cc), and a head's routes prepared as the CUDA
-// launcher prepares them.
+// the host (routed_attention_rows_test.cc, routed_union_pack_test.cc), and a
+// head's routes prepared as the CUDA launcher prepares them.
 #pragma once
 #include <cmath>
 #include <vector>

@@ -181,7 +181,9 @@ TEST(RoutedUnionPack, BalancedMoreThan64ClustersAndSharedKeys) {
   expect_matches_reference(s, clusters_of(s, 3, balanced(), rng, true));
 }
 
-// The same steps take one cluster per token too (k = 1: causal mode, drops).
+// One cluster per token (k = 1: causal mode; the count by binary search):
+// with drops, shared key lists, one cluster (dense causal), more than 64
+// clusters, and lone queries.
 TEST(RoutedUnionPack, CausalClustersAndLoneQueries) {
   Rng rng(43);
   ops::ClusterParams drops;
@@ -189,7 +191,15 @@ TEST(RoutedUnionPack, CausalClustersAndLoneQueries) {
   drops.capacity_factor = 0.7f;
   Case c = random_case(53, 6, rng);
   expect_matches_reference(c, clusters_of(c, 4, ops::ClusterParams{}, rng));
-  expect_matches_reference(c, clusters_of(c, 4, drops, rng));
+  const ops::Clusters dropped = clusters_of(c, 4, drops, rng);
+  ASSERT_GT(dropped.queries.dropped, 0);
+  ASSERT_GT(dropped.keys.dropped, 0);
+  expect_matches_reference(c, dropped);
+  Case s = random_case(29, 5, rng);
+  expect_matches_reference(s, clusters_of(s, 3, ops::ClusterParams{}, rng, true));  // every row a query and a key
+  expect_matches_reference(s, clusters_of(s, 1, ops::ClusterParams{}, rng));        // dense causal
+  Case wide = random_case(160, 4, rng);
+  expect_matches_reference(wide, clusters_of(wide, 70, ops::ClusterParams{}, rng));
   Case lone = random_case(6, 3, rng);
   ops::Clusters cl;
   cl.queries = one_cluster(6, {1, 3, 4});

@@ -24,9 +24,6 @@ Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
   return s;
 }
 
-// The CPU's attention walks the clusters' member lists: no segments.
-void segment_clusters(Ctx&, Clusters&, int64_t) {}
-
 namespace {
 
 // Members of each group of a Route, in slot (= position) order.

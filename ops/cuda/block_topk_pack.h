@@ -140,7 +140,7 @@ struct TokenRows {
 };
 
 // Element i = t * D + d of o, and lse_t at d = 0: t's rows merged. E: the
-// elements' type (routed_pack.h's F32, or routed_attention.cu's Bf16 for
+// elements' type (packed_rows.h's F32, or common.cuh's Bf16 for
 // the tensor-core kernels), f32 arithmetic either way.
 template <class E>
 struct MergeForward {

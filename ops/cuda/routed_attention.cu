@@ -27,15 +27,16 @@
 //   clusters in ascending order (its assignments in index order: k = 1, or
 //   the groups-choose layout a = t*K + c), as the CPU's cluster loop does.
 // routed_attention_forward / backward, at the head dims of the tiled flash
-//   kernels (f32 16, 32, 64, 128; bf16 64, 128), one varlen segment per
-//   cluster (attention_varlen.h):
-//   - one cluster per token on each side (causal mode): the union of the
-//     cluster's queries and keys in position order, by a radix sort on
-//     cluster and position (ops/cuda/routed_pack.h);
-//   - several (balanced mode): the cluster's keys, then its queries - the
-//     routes' buffers side by side, no sort - with positions and the
-//     first-shared rule in the mask, and an LSE merge of a token's rows in
-//     cluster order (ops/cuda/routed_union_pack.h).
+//   kernels (f32 16, 32, 64, 128; bf16 64, 128), either mode: one varlen
+//   segment per cluster (attention_varlen.h), the cluster's keys, then its
+//   queries - the routes' buffers side by side, no sort - with positions and
+//   the first-shared rule in the mask, and an LSE merge of a token's rows in
+//   cluster order (ops/cuda/routed_union_pack.h). (Causal mode once packed a
+//   cluster as the union of its queries and keys in position order, a row
+//   both where a token's two clusters agree: (|Q|+|K|-both)^2 / 2 of tile
+//   area against |Q||K| / 2 for keys then queries, never less, and 4x more
+//   where the clusters of q and k disagree - as on random heads - and it
+//   needed a radix sort.)
 //   Other head dims: one thread per query row, key row, query or output
 //   element, in the order of the rows header. The key sets, where wanted,
 //   are sorted by a radix sort on (query, key) when a query can be in
@@ -49,7 +50,7 @@
 #include "ops/cuda/cub_ops.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/routed_attention_rows.h"
-#include "ops/cuda/routed_pack.h"
+#include "ops/cuda/packed_rows.h"
 #include "ops/cuda/routed_union_pack.h"
 #include "ops/routed_attention.h"
 
@@ -336,69 +337,7 @@ Prepared prepare(Ctx& ctx, const Tensor& q, const Tensor& k, const Tensor& v, co
   return p;
 }
 
-// ---- one cluster per token: the tiled varlen kernels (ops/cuda/routed_pack.h)
-
-// Whether the clusters and head fit the packed path: one cluster per token on
-// each side (causal mode), and a head dim the f32 flash kernels take.
-bool one_cluster_each(const Clusters& cl) { return cl.queries.k == 1 && cl.keys.k == 1; }
-bool packable(const Clusters& cl, int64_t D) { return one_cluster_each(cl) && tiled_head_dim(DType::f32, D); }
-
-routed::CausalRoutes causal_routes(const Clusters& cl, const ClusterSegments& s) {
-  const Route &qr = cl.queries, &kr = cl.keys;
-  return {qr.group.data<int32_t>(),  qr.slot.data<int32_t>(),
-          kr.group.data<int32_t>(),  kr.slot.data<int32_t>(),
-          kr.offset.data<int32_t>(), s.kitem.defined() ? s.kitem.data<int32_t>() : nullptr,
-          qr.num_items,              cl.num()};
-}
-
-// The clusters as varlen segments (steps in ops/cuda/routed_pack.h), and
-// keys_up_to per token. Sizes come from the routes' host offsets: query rows
-// + key rows bound the packed rows, and the largest cluster's queries plus
-// keys bound a segment (the varlen grid), so nothing is read back.
-ClusterSegments pack(Ctx& ctx, const Clusters& cl) {
-  const Route &qr = cl.queries, &kr = cl.keys;
-  const int64_t T = qr.num_items, K = cl.num();
-  SY_CHECK(T < (int64_t{1} << 29), "routed attention: " << T << " tokens (packed rows up to 2T, 32-bit)");
-  SY_CHECK(static_cast<int64_t>(qr.host_offset.size()) == K + 1 && static_cast<int64_t>(kr.host_offset.size()) == K + 1,
-           "routed attention: routes without host offsets for their " << K << " clusters");
-  ClusterSegments s;
-  s.kitem = members(ctx, kr).item;
-  s.rows = qr.rows() + kr.rows();
-  for (int64_t c = 0; c < K; ++c)
-    s.max_len = std::max<int64_t>(s.max_len, qr.host_offset[c + 1] - qr.host_offset[c] + kr.host_offset[c + 1] -
-                                                 kr.host_offset[c]);
-  auto i32 = [&](int64_t n) { return Tensor::empty({n}, DType::i32, ctx); };
-  Tensor key = Tensor::empty({2 * T}, DType::i64, ctx), sorted = Tensor::empty({2 * T}, DType::i64, ctx);
-  Tensor entry = i32(2 * T), sorted_entry = i32(2 * T);
-  s.qrow = i32(T), s.krow = i32(T), s.keys_up_to = i32(T);
-  s.row_token = i32(s.rows), s.is_query = i32(s.rows), s.is_key = i32(s.rows), s.seg = i32(K + 1);
-  auto* key_p = reinterpret_cast<uint64_t*>(key.data<int64_t>());
-  auto* sorted_p = reinterpret_cast<uint64_t*>(sorted.data<int64_t>());
-  const int pos_bits = routed::position_bits(T);
-  const routed::PackBuffers b{key_p,
-                              entry.data<int32_t>(),
-                              sorted_p,
-                              sorted_entry.data<int32_t>(),
-                              s.qrow.data<int32_t>(),
-                              s.krow.data<int32_t>(),
-                              s.row_token.data<int32_t>(),
-                              s.is_query.data<int32_t>(),
-                              s.is_key.data<int32_t>(),
-                              s.rows,
-                              pos_bits};
-  const routed::CausalRoutes r = causal_routes(cl, s);
-  const Launch run{stream(ctx)};
-  run(T, routed::PackEntries{r, b});
-  radix_sort_pairs(ctx, key_p, sorted_p, b.entry, sorted_entry.data<int32_t>(), 2 * T, 0, pos_bits + bits_for(K + 1));
-  segment_starts(ctx, sorted_p, 2 * T, pos_bits, K, s.seg.data<int32_t>());
-  run(s.rows, routed::PackRows{r, b});
-  run(T, routed::KeyCounts{r, s.keys_up_to.data<int32_t>()});
-  return s;
-}
-
-VarlenAttention varlen_of(const ClusterSegments& s, int64_t K, int64_t D) {
-  return {K, s.max_len, s.rows, D, 1, s.seg.data<int32_t>(), s.is_query.data<int32_t>(), s.is_key.data<int32_t>()};
-}
+// ---- the tiled varlen kernels over the clusters (ops/cuda/routed_union_pack.h)
 
 // q, k, v rows of the packed segments, (rows, 3D).
 template <class E>
@@ -408,69 +347,6 @@ Tensor gather_qkv(Ctx& ctx, const Tensor& row_token, int64_t rows, const Tensor&
   Launch{stream(ctx)}(rows * 3 * D, routed::GatherQKV<E>{elems<E>(q), elems<E>(k), elems<E>(v),
                                                          row_token.data<int32_t>(), D, elems<E>(qkv)});
   return qkv;
-}
-
-// The clusters' segments: assign_clusters' where it made them, else packed here.
-ClusterSegments segments_of(Ctx& ctx, const Clusters& cl) {
-  if (!cl.segments.defined()) return pack(ctx, cl);
-  const ClusterSegments& s = cl.segments;
-  SY_CHECK(s.seg.numel() == cl.num() + 1 && s.qrow.numel() == cl.queries.num_items &&
-               s.rows == cl.queries.rows() + cl.keys.rows(),
-           "routed attention: the clusters' segments were packed from other routes (set a route, then assign or "
-           "clear segments)");
-  return s;
-}
-
-template <class E>
-void packed_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
-  const int64_t T = a.q.dim(0), D = a.q.dim(1);
-  const ClusterSegments s = segments_of(ctx, a.clusters);
-  const Tensor qkv = gather_qkv<E>(ctx, s.row_token, s.rows, a.q, a.k, a.v);
-  Tensor out = Tensor::empty({s.rows, D}, a.q.dtype(), ctx), lse = Tensor::empty({1, s.rows}, DType::f32, ctx);
-  varlen_attention_forward(ctx, varlen_of(s, a.clusters.num(), D), qkv, out, lse);
-  const Launch run{stream(ctx)};
-  const int32_t* n = s.keys_up_to.data<int32_t>();
-  run(T * D, routed::ScatterForward<E>{elems<E>(a.q), elems<E>(a.k), elems<E>(a.v), s.qrow.data<int32_t>(), n,
-                                       elems<E>(out), lse.data<float>(), D, 1.f / std::sqrt(static_cast<float>(D)),
-                                       elems<E>(a.o), a.lse.data<float>()});
-  // The key sets: sizes, offsets on the host (the one copy back: the pair
-  // count sizes idx), then each query's keys in position order. Only their
-  // count where the caller wants no more (backward walks the segments).
-  if (!a.key_sets) {
-    Tensor sizes = Tensor::empty({T}, DType::f64, ctx);
-    run(T, routed::KeySetSizes{n, nullptr, sizes.data<double>()});
-    KeySets ks;
-    ks.counted = static_cast<int64_t>(sum_f64_to_host(ctx, sizes.data<double>(), T));  // exact below 2^53
-    a.keys = ks;
-    return;
-  }
-  const routed::CausalRoutes r = causal_routes(a.clusters, s);
-  Tensor pairs = Tensor::empty({T}, DType::i64, ctx);
-  run(T, routed::KeySetSizes{n, pairs.data<int64_t>(), nullptr});
-  const std::vector<int64_t> off = routed::key_offsets(download(ctx, pairs.data<int64_t>(), T));
-  KeySets ks;
-  ks.off = upload(ctx, off);
-  ks.idx = Tensor::empty({off.back()}, DType::i32, ctx);
-  if (off.back() > 0) run(T, routed::FillCausalKeys{r, n, ks.off.data<int64_t>(), ks.idx.data<int32_t>()});
-  a.keys = ks;
-}
-
-template <class E>
-void packed_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
-  const int64_t T = a.q.dim(0), D = a.q.dim(1);
-  const DType dt = a.q.dtype();
-  const ClusterSegments s = segments_of(ctx, a.clusters);
-  const Tensor qkv = gather_qkv<E>(ctx, s.row_token, s.rows, a.q, a.k, a.v);
-  Tensor dout = Tensor::empty({s.rows, D}, dt, ctx), out = Tensor::empty({s.rows, D}, dt, ctx),
-         lse = Tensor::empty({1, s.rows}, DType::f32, ctx), dqkv = Tensor::zeros({s.rows, 3 * D}, dt, ctx);
-  const Launch run{stream(ctx)};
-  run(s.rows * D, routed::GatherGrad<E>{elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(),
-                                        s.row_token.data<int32_t>(), s.is_query.data<int32_t>(), D, elems<E>(dout),
-                                        elems<E>(out), lse.data<float>()});
-  varlen_attention_backward(ctx, varlen_of(s, a.clusters.num(), D), dqkv, dout, qkv, out, lse);
-  run(T * D, routed::ScatterBackward<E>{s.qrow.data<int32_t>(), s.krow.data<int32_t>(), s.keys_up_to.data<int32_t>(),
-                                        elems<E>(dqkv), elems<E>(a.dout), D, elems<E>(a.dq), elems<E>(a.dk),
-                                        elems<E>(a.dv)});
 }
 
 // The union key sets from the pair counts per query row (cnt) and per query
@@ -499,9 +375,6 @@ KeySets fill_key_sets(Ctx& ctx, const routed::Head& h, const int32_t* cnt, const
                    unsorted.data<int32_t>(), ks.idx.data<int32_t>(), P, 0, 2 * fill.sort_bits);
   return ks;
 }
-
-// ---- clusters a token can share: the tiled varlen kernels over the union
-// packing (ops/cuda/routed_union_pack.h)
 
 // Whether the union path takes these clusters: a head dim the flash kernels
 // take for dt, a segment per cluster within the varlen grid, packed rows
@@ -613,16 +486,10 @@ void union_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
 
 }  // namespace
 
-void segment_clusters(Ctx& ctx, Clusters& cl, int64_t D) {
-  cl.segments = packable(cl, D) ? pack(ctx, cl) : ClusterSegments{};
-}
-
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
-  // dtypes checked by the op (ops/routed_attention.cc): bf16 only where the packed path runs
+  // dtypes checked by the op (ops/routed_attention.cc)
   const DType dt = a.q.dtype();
   const int64_t D = a.q.dim(1);
-  if (one_cluster_each(a.clusters) && tiled_head_dim(dt, D))
-    return dt == DType::bf16 ? packed_forward<Bf16>(ctx, a) : packed_forward<routed::F32>(ctx, a);
   if (union_packable(a.clusters, dt, D))
     return dt == DType::bf16 ? union_forward<Bf16>(ctx, a) : union_forward<routed::F32>(ctx, a);
   SY_CHECK(dt == DType::f32, "routed_attention_forward: bf16 with " << a.clusters.num() << " clusters and "
@@ -643,8 +510,6 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   const DType dt = a.q.dtype();
   const int64_t D = a.q.dim(1);
-  if (one_cluster_each(a.clusters) && tiled_head_dim(dt, D))
-    return dt == DType::bf16 ? packed_backward<Bf16>(ctx, a) : packed_backward<routed::F32>(ctx, a);
   if (union_packable(a.clusters, dt, D))
     return dt == DType::bf16 ? union_backward<Bf16>(ctx, a) : union_backward<routed::F32>(ctx, a);
   SY_CHECK(dt == DType::f32, "routed_attention_backward: bf16 with " << a.clusters.num() << " clusters and "

@@ -1,6 +1,7 @@
-// Routed attention over clusters a token can share (balanced mode: each
-// centroid takes its top S queries and keys, so a token is in 0..K clusters
-// on each side) packed for the tiled varlen flash kernels
+// Routed attention over its clusters - one per token on each side (causal
+// mode), or as many as chose the token (balanced mode: each centroid takes
+// its top S queries and keys, so a token is in 0..K clusters on each side) -
+// packed for the tiled varlen flash kernels
 // (ops/cuda/attention_varlen.h), written as plain functions of one row, token
 // or element. ops/cuda/routed_attention.cu gives every call its own thread;
 // tests/routed_union_pack_test.cc runs the same steps on the host (the
@@ -35,7 +36,7 @@
 #include <cstdint>
 
 #include "ops/cuda/routed_attention_rows.h"
-#include "ops/cuda/routed_pack.h"  // GatherQKV, GatherGrad, KeySetSizes, dot_of
+#include "ops/cuda/packed_rows.h"  // GatherQKV, GatherGrad, KeySetSizes, dot_of
 
 namespace sy::ops::routed {
 
@@ -118,12 +119,20 @@ struct UnionKeyRows {
 };
 
 // Query buffer row r: its pairs (keys of its cluster up to t, each counted in
-// the first cluster it shares with t).
+// the first cluster it shares with t). With one cluster per token on both
+// sides no pair is shared, and the count is a binary search in the
+// cluster's keys (position order); otherwise the walk.
 struct CountRow {
   Head h;
   int32_t* cnt;  // (query rows)
   SY_HD void operator()(int64_t r) const {
-    KeyWalk w(h, h.qs.row_group[r], h.qs.item[r]);
+    const int64_t c = h.qs.row_group[r], t = h.qs.item[r];
+    if (h.qs.k == 1 && h.ks.k == 1) {
+      const int32_t first = h.ks.offset[c];
+      cnt[r] = attn::upper_index(h.ks.item + first, h.ks.offset[c + 1] - first, static_cast<int32_t>(t));
+      return;
+    }
+    KeyWalk w(h, c, t);
     int32_t n = 0;
     while (w.next() >= 0) ++n;
     cnt[r] = n;
@@ -131,7 +140,7 @@ struct CountRow {
 };
 
 // Token t: n = its pairs over its query rows, 0 for a lone member, -1 for a
-// token in no query cluster (routed_pack.h's KeySetSizes reads the same n).
+// token in no query cluster (packed_rows.h's KeySetSizes reads the same n).
 struct UnionCounts {
   Head h;
   const int32_t* cnt;

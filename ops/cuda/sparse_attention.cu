@@ -27,7 +27,7 @@
 #include "ops/cuda/block_topk_pack.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cub_ops.h"
-#include "ops/cuda/routed_pack.h"
+#include "ops/cuda/packed_rows.h"
 #include "ops/cuda/sparse_attention_rows.h"
 #include "ops/elementwise.h"
 #include "ops/sparse_attention.h"
