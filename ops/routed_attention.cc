@@ -131,11 +131,11 @@ float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay) {
   SY_DISPATCH(ctx, ema_update, ctx, c, s, decay);
 }
 
-CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c) {
+CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c, double* sq_slot) {
   check_rows(qn, c.D, "commitment queries");
   SY_CHECK(cl.queries.num_items == qn.dim(0), "commitment: clusters over " << cl.queries.num_items << " of " << qn.dim(0) << " queries");
   check_device(ctx, "commitment_sums", {&qn, &c.mu, &cl.queries.group});
-  SY_DISPATCH(ctx, commitment_sums, ctx, qn, cl, c);
+  SY_DISPATCH(ctx, commitment_sums, ctx, qn, cl, c, sq_slot);
 }
 
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale) {

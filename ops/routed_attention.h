@@ -104,6 +104,10 @@ struct RoutedAttentionArgs {
   // and builds no index lists (T^2 / 2K of them); the CPU, whose backward
   // walks them, builds them either way.
   bool key_sets = true;
+  // With key_sets = false: where the pair count goes instead of
+  // keys.counted, one f64 in ctx's memory, not read back (so a layer reads
+  // all its heads' counts with one wait); null: keys.counted.
+  double* pair_count = nullptr;
 };
 
 // Gradients of the forward's o (dout) w.r.t. q, k, v; dq, dk, dv accumulate.
@@ -140,17 +144,20 @@ float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
 // commitment_sums returns sum_t |qn_t - mu_c(t)|^2 / D and n for one head of
 // one sequence; commitment_backward writes dqn_t = scale (qn_t - mu_c(t)) for
 // members (dqn accumulates) with scale = 2 beta / (n D) over the whole batch.
+// sq_slot: where sq goes instead, one f64 in ctx's memory, not read back
+// (the returned sq is then NaN); count is known on the host either way.
 struct CommitmentSums {
   double sq = 0;
   int64_t count = 0;
 };
-CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
+CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c,
+                               double* sq_slot = nullptr);
 void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
 
 // The CPU reference (ops/cpu/routed_attention.cc) and the CUDA kernels (ops/cuda/routed_attention.cu;
 // CUDA builds): the entry points above, in cpu:: and cuda::.
 SY_DECLARE_BACKENDS(
-  CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c);
+  CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c, double* sq_slot);
   void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
   Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);  // (T, K) = xn . mu^T
   void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);

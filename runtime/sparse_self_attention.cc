@@ -168,6 +168,10 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   }
   const Tensor &qa = bf16_heads() ? q16_ : q_, &ka = bf16_heads() ? k16_ : k_, &va = bf16_heads() ? v16_ : v_;
   Tensor& oa = bf16_heads() ? o16_ : o_;
+  // Per routing head, in loop order (b, r): its pair count and commitment
+  // sum, left on the device by the ops and read back once after the loop.
+  Tensor head_sums;
+  if (routed() && R_ > 0) head_sums = Tensor::zeros({2, B * R_}, DType::f64, ctx_);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = h0; h < H_; ++h) {
       const int64_t j = h - h0;
@@ -175,8 +179,9 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
       Tensor o = head(oa, j, b, T);
       Tensor lse = lse_.rows(j, j + 1).reshape({N}).rows(b * T, (b + 1) * T);
       ops::KeySets& ks = keys_[h * B + b];
-      if (!routed()) {
-        ks = ops::block_topk_keysets(ctx_, q, k, cfg_.block_size(), cfg_.topk_blocks());
+      if (!routed()) {  // blocks chosen on the f32 q and k, whatever the attention reads (as clusters are)
+        ks = ops::block_topk_keysets(ctx_, head(q_, j, b, T), head(k_, j, b, T), cfg_.block_size(),
+                                     cfg_.topk_blocks());
         ops::sparse_attention_forward(ctx_, {o, lse, q, k, v, ks});
       } else {
         const int64_t r = h - L;
@@ -184,20 +189,25 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
         ops::Clusters& cl = clusters_[r * B + b];
         const ops::Centroids& c = (*centroids_)[r];
         ops::assign_clusters(ctx_, cl, qn, knb, c, cp);
-        ops::routed_attention_forward(ctx_, {o, lse, ks, q, k, v, cl, /*key_sets=*/false});  // pairs() only
+        double* slot = head_sums.data<double>() + b * R_ + r;
+        ops::routed_attention_forward(ctx_, {o, lse, ks, q, k, v, cl, /*key_sets=*/false, /*pair_count=*/slot});
         if (training_) ops::accumulate_cluster_stats(ctx_, pending_[r], qn, knb, cl);
         for (int32_t n : cl.queries.host_count()) {
           if (n > 0) sizes += n, ++nonempty;
           size_max = std::max<double>(size_max, n);
         }
-        if (cp.mode == ops::ClusterMode::causal) {
-          const ops::CommitmentSums cs = ops::commitment_sums(ctx_, qn, cl, c);
-          commit += cs.sq;
-          assigned += static_cast<double>(cs.count);
-        }
+        if (cp.mode == ops::ClusterMode::causal)
+          assigned += static_cast<double>(ops::commitment_sums(ctx_, qn, cl, c, slot + B * R_).count);
+        continue;
       }
       pairs += static_cast<double>(ks.pairs());
     }
+  if (head_sums.defined()) {  // the one wait for the routing heads' sums, added in the loop's order
+    const std::vector<double> hs = head_sums.to(host_ctx()).to_vector<double>();
+    for (int64_t i = 0; i < B * R_; ++i) pairs += hs[i];
+    if (cp.mode == ops::ClusterMode::causal)
+      for (int64_t i = 0; i < B * R_; ++i) commit += hs[B * R_ + i];
+  }
   stats_.pair_fraction = pairs / (B * H_ * 0.5 * T * (T + 1.0));
   stats_.cluster_size_mean = nonempty > 0 ? sizes / nonempty : 0;
   stats_.cluster_size_max = size_max;

@@ -1099,6 +1099,8 @@ std::vector<OpCase> cases() {
   c.push_back(sparse_attention_case("block_topk_16_top1_d16_long", 1000, 16, block_topk(16, 1)));
   c.push_back(sparse_attention_case("block_topk_16_top0_d16", 50, 16, block_topk(16, 0)));
   c.push_back(sparse_attention_case("block_topk_32_top8_d128", 257, 128, block_topk(32, 8)));
+  // 1050 segments: more than the work list's scan has threads (several segments a thread)
+  c.push_back(sparse_attention_case("block_topk_2_top1_d16_1050_blocks", 2100, 16, block_topk(2, 1)));
   c.push_back(sparse_attention_case("any_keysets", 40, 12, given, [](Rng& r) { return random_keyset_inputs(40, r); }));
   // ---- bf16 GEMMs (class B against the CPU's bf16 mode) ----
   // W's shadow made on the backend (ops::to_bf16, as ParamStore does); x, dy

@@ -630,6 +630,29 @@ TEST_F(RoutedAttentionCuda, BlockTopkNoLeak) { expect_causal(block_cfg(4, 2), gp
 TEST_F(RoutedAttentionCuda, BalancedModeMembershipDependsOnLaterTokens) { expect_balanced_leaks(gpu()); }
 TEST_F(RoutedAttentionCuda, CausalModeLeaksWhenTheEmaSeesTheSameBatch) { expect_ema_leaks(gpu()); }
 
+// The routing heads' pair counts and commitment sums stay on the device
+// until one read after the head loop. A balanced layer's forward then waits
+// once (groups choose needs no copy back); a causal one also once per route
+// (tokens choose reads its offsets back: 2 per head). A read per head would
+// add 2 B R; the CPU is the control (no device, no waits).
+TEST_F(RoutedAttentionCuda, LayerForwardReadsTheHeadsSumsOnce) {
+  const int64_t C = 32, H = 4, T = 40, B = 2, R = 2;
+  for (const bool balanced : {true, false}) {
+    SCOPED_TRACE(balanced ? "balanced" : "causal");
+    Layer l(routed_cfg(R, 4, 3, balanced), C, H, T, 1, {}, gpu());
+    Rng rng(5);
+    calibrate(l, testing::randn({B * T, C}, rng), B, T);
+    l.attn->set_training(true);
+    const Tensor x = testing::randn({B * T, C}, rng).to(gpu());
+    const int64_t before = host_waits();
+    const Tensor y = l.attn->forward(x, B, T);
+    const int64_t waits = host_waits() - before;
+    EXPECT_EQ(waits, balanced ? 1 : 1 + 2 * B * R);
+    EXPECT_GT(l.attn->stats().pair_fraction, 0.0);
+    if (!balanced) EXPECT_GT(l.attn->stats().commitment_loss, 0.0);
+  }
+}
+
 // A training step's forward and backward of the same layer on the CPU and on
 // the GPU, from the same weights and centroids: y, dx and every parameter
 // gradient within 1e-4 relative L2 (a chain of about ten ops, each within
@@ -689,15 +712,22 @@ TEST_F(RoutedAttentionCuda, LayerMatchesTheCpuAndRerunsBitwise) {
 }
 
 // bf16 options (head dim 64): the local head on the bf16 windowed kernels and
-// the causal routing head on the bf16 varlen path, against the CPU's
-// emulation (the f32 path on rounded values), class B.
+// the routing head (causal and balanced mode) on the bf16 varlen path, and
+// block top-k's heads on it too, against the CPU's emulation (the f32 path
+// on rounded values), class B.
 TEST_F(RoutedAttentionCuda, Bf16LayerMatchesTheCpuToClassBAndRerunsBitwise) {
   LayerCase lc;
   lc.C = 128;
   lc.options.bf16 = true;
   lc.x_std = 0.3f;
   lc.tol = 3e-2;
-  expect_layer_matches_cpu(routed_cfg(1, 5, 6), gpu(), lc);
+  for (const auto& [name, cfg] : std::vector<std::pair<std::string, switchyard::AttentionConfig>>{
+           {"routed causal", routed_cfg(1, 5, 6)},
+           {"routed balanced", routed_cfg(1, 5, 6, true)},
+           {"block top-k", block_cfg(4, 2)}}) {
+    SCOPED_TRACE(name);
+    expect_layer_matches_cpu(cfg, gpu(), lc);
+  }
 }
 
 // One local head (window 6) beside one routing head; every head local; block top-k.

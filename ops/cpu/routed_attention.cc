@@ -61,7 +61,7 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
   if (args.q.dtype() == DType::bf16) {
     const Tensor q = args.q.to(DType::f32), k = args.k.to(DType::f32), v = args.v.to(DType::f32);
     Tensor o = Tensor::empty(args.o.shape(), DType::f32, ctx);
-    routed_attention_forward(ctx, {o, args.lse, args.keys, q, k, v, args.clusters});
+    routed_attention_forward(ctx, {o, args.lse, args.keys, q, k, v, args.clusters, args.key_sets, args.pair_count});
     to_bf16(ctx, args.o, o);
     return;
   }
@@ -145,6 +145,7 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
     keys.add_query(union_keys[t]);
   }
   args.keys = keys.build(ctx);
+  if (!args.key_sets && args.pair_count) *args.pair_count = static_cast<double>(args.keys.pairs());
 }
 
 // The gradient of attention over the union key sets the forward saved.
@@ -241,7 +242,7 @@ float ema_update(Ctx&, Centroids& c, const ClusterStats& s, float decay) {
   return static_cast<float>(drift / std::max<int64_t>(1, K));
 }
 
-CommitmentSums commitment_sums(Ctx&, const Tensor& qn, const Clusters& clusters, const Centroids& c) {
+CommitmentSums commitment_sums(Ctx&, const Tensor& qn, const Clusters& clusters, const Centroids& c, double* sq_slot) {
   const std::vector<std::vector<int32_t>> queries = members(clusters.queries);
   const int64_t D = c.D;
   const float* mu = c.mu.f32();
@@ -256,6 +257,10 @@ CommitmentSums commitment_sums(Ctx&, const Tensor& qn, const Clusters& clusters,
       s.sq += d2 / D;
       ++s.count;
     }
+  if (sq_slot) {
+    *sq_slot = s.sq;
+    s.sq = NAN;
+  }
   return s;
 }
 

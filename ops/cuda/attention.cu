@@ -1271,8 +1271,9 @@ Geom varlen_geom(const VarlenAttention& v, Tensor& scratch) {
 void check_varlen(const char* op, const VarlenAttention& v, const Tensor& qkv) {
   SY_CHECK(v.H > 0 && v.C % v.H == 0, op << ": C=" << v.C << " not divisible by H=" << v.H);
   check_shape(qkv, {v.rows, 3 * v.C}, op);
-  if (v.max_len > INT32_MAX / 2 || v.rows > INT32_MAX || v.segments > 65535 || v.H > 65535)
-    throw BackendError(std::string(op) + ": up to 65535 segments and heads, 2^30 rows per segment, 2^31 in all");
+  // (segments lie on no grid axis: the work list's blocks are on x)
+  if (v.max_len > INT32_MAX / 2 || v.rows > INT32_MAX || v.segments > INT32_MAX / 2 || v.H > 65535)
+    throw BackendError(std::string(op) + ": up to 65535 heads, 2^30 rows per segment, 2^31 in all");
 }
 
 }  // namespace

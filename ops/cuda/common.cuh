@@ -276,7 +276,7 @@ void segment_starts(Ctx& ctx, const uint64_t* keys, int64_t n, int shift, int64_
 int bits_for(int64_t n);
 
 // bf16 elements for the packed attention paths' per-element steps
-// (ops/cuda/routed_pack.h's F32 is the f32 one): loads widen, stores round.
+// (ops/cuda/packed_rows.h's F32 is the f32 one): loads widen, stores round.
 struct Bf16 {
   using T = __nv_bfloat16;
   static __host__ __device__ float load(T x) { return __bfloat162float(x); }

@@ -244,16 +244,22 @@ static __global__ void commitment_rows(const float* qn, const float* mu, const i
   if (lane == 0) out[r] = s / static_cast<double>(D);
 }
 
-CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c) {
+CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c, double* sq_slot) {
   const Members q = members(ctx, cl.queries);
   CommitmentSums s;
   s.count = q.rows;
-  if (q.rows == 0) return s;
-  Tensor per_row = Tensor::empty({q.rows}, DType::f64, ctx);
-  commitment_rows<<<grid_for(q.rows, kWarps), kBlock, 0, stream(ctx)>>>(
-      qn.data<float>(), c.mu.data<float>(), q.items(), q.groups(), q.rows, c.D, per_row.data<double>());
-  CUDA_CHECK(cudaGetLastError());
-  s.sq = sum_f64_to_host(ctx, per_row.data<double>(), q.rows);
+  Tensor per_row = Tensor::empty({std::max<int64_t>(q.rows, 1)}, DType::f64, ctx);
+  if (q.rows > 0) {
+    commitment_rows<<<grid_for(q.rows, kWarps), kBlock, 0, stream(ctx)>>>(
+        qn.data<float>(), c.mu.data<float>(), q.items(), q.groups(), q.rows, c.D, per_row.data<double>());
+    CUDA_CHECK(cudaGetLastError());
+  }
+  if (sq_slot) {  // on the device, unread (0 for no rows)
+    sum_f64(ctx, per_row.data<double>(), q.rows, sq_slot);
+    s.sq = NAN;
+  } else if (q.rows > 0) {
+    s.sq = sum_f64_to_host(ctx, per_row.data<double>(), q.rows);
+  }
   return s;
 }
 
@@ -377,10 +383,9 @@ KeySets fill_key_sets(Ctx& ctx, const routed::Head& h, const int32_t* cnt, const
 }
 
 // Whether the union path takes these clusters: a head dim the flash kernels
-// take for dt, a segment per cluster within the varlen grid, packed rows
-// within 32 bits.
+// take for dt, packed rows within 32 bits.
 bool union_packable(const Clusters& cl, DType dt, int64_t D) {
-  return tiled_head_dim(dt, D) && cl.num() <= 65535 && cl.queries.rows() + cl.keys.rows() < (int64_t{1} << 31);
+  return tiled_head_dim(dt, D) && cl.queries.rows() + cl.keys.rows() < (int64_t{1} << 31);
 }
 
 // The union packing of a prepared head: segments, rows, flags.
@@ -456,7 +461,10 @@ void union_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
     Tensor sizes = Tensor::empty({T}, DType::f64, ctx);
     run(T, routed::KeySetSizes{n, nullptr, sizes.data<double>()});
     KeySets ks;
-    ks.counted = static_cast<int64_t>(sum_f64_to_host(ctx, sizes.data<double>(), T));  // exact below 2^53
+    if (a.pair_count)
+      sum_f64(ctx, sizes.data<double>(), T, a.pair_count);  // left on the device for the caller
+    else
+      ks.counted = static_cast<int64_t>(sum_f64_to_host(ctx, sizes.data<double>(), T));  // exact below 2^53
     a.keys = ks;
     return;
   }
@@ -494,7 +502,7 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
     return dt == DType::bf16 ? union_forward<Bf16>(ctx, a) : union_forward<routed::F32>(ctx, a);
   SY_CHECK(dt == DType::f32, "routed_attention_forward: bf16 with " << a.clusters.num() << " clusters and "
                                  << a.clusters.queries.rows() + a.clusters.keys.rows()
-                                 << " rows is past the varlen kernels' limits (65535 clusters, 2^31 rows)");
+                                 << " rows is past the varlen kernels' limit (2^31 rows)");
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t rows = p.qs.rows;
@@ -505,6 +513,10 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   routed::forward_steps(Launch{stream(ctx)}, h, rows, b);
 
   a.keys = fill_key_sets(ctx, h, cnt_part.data<int32_t>(), download(ctx, pairs.data<int64_t>(), h.T));
+  if (!a.key_sets && a.pair_count) {  // (known here: the key sets were built; staged before the call returns)
+    const double count = static_cast<double>(a.keys.pairs());
+    CUDA_CHECK(cudaMemcpyAsync(a.pair_count, &count, sizeof(double), cudaMemcpyHostToDevice, stream(ctx)));
+  }
 }
 
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
@@ -514,7 +526,7 @@ void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
     return dt == DType::bf16 ? union_backward<Bf16>(ctx, a) : union_backward<routed::F32>(ctx, a);
   SY_CHECK(dt == DType::f32, "routed_attention_backward: bf16 with " << a.clusters.num() << " clusters and "
                                  << a.clusters.queries.rows() + a.clusters.keys.rows()
-                                 << " rows is past the varlen kernels' limits (65535 clusters, 2^31 rows)");
+                                 << " rows is past the varlen kernels' limit (2^31 rows)");
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t qrows = p.qs.rows, krows = p.ks.rows;

@@ -212,8 +212,7 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q_in, const Tensor& k_in, int
   ks.idx = Tensor::empty({sparse::block_topk_offset(T, block, topk)}, DType::i32, ctx);
   Launch{stream(ctx)}(T + 1, sparse::BlockTopkKeys{q.data<float>(), kmean.data<float>(), T, D, block, topk,
                                                    ks.off.data<int64_t>(), ks.idx.data<int32_t>()});
-  // (one varlen segment per block: at most 65535 of them, the grid's z)
-  if (tiled_head_dim(DType::f32, D) && T > 0 && nb <= 65535) ks.blocks = pack_blocks(ctx, ks, T, block, topk);
+  if (tiled_head_dim(DType::f32, D) && T > 0) ks.blocks = pack_blocks(ctx, ks, T, block, topk);
   return ks;
 }
 
