@@ -160,26 +160,33 @@ TEST(SparseAttentionRows, LocalKeySetsMatchTheCpu) {
 
 // The device's block top-k key sets (block means, per-query selection,
 // closed-form offsets) are the CPU's, exactly.
+// With scored = true the scores come from BlockScores' buffer (CUDA's
+// route), else each query computes them.
 ops::KeySets device_block_topk(const Tensor& q, const Tensor& k, int64_t block, int64_t topk, std::vector<int64_t>& off,
-                               std::vector<int32_t>& idx) {
+                               std::vector<int32_t>& idx, bool scored = false) {
   const int64_t T = q.dim(0), D = q.dim(1), nb = (T + block - 1) / block;
-  std::vector<float> kmean(nb * D, NAN);
+  std::vector<float> kmean(nb * D, NAN), scores(nb * T, NAN);
   HostRun{}(nb * D, sparse::BlockMean{k.f32(), T, D, block, kmean.data()});
+  if (scored) HostRun{}(nb * T, sparse::BlockScores{q.f32(), kmean.data(), T, D, scores.data()});
   off.assign(T + 1, -7);
   idx.assign(sparse::block_topk_offset(T, block, topk), -7);
-  HostRun{}(T + 1, sparse::BlockTopkKeys{q.f32(), kmean.data(), T, D, block, topk, off.data(), idx.data()});
+  HostRun{}(T + 1, sparse::BlockTopkKeys{q.f32(), kmean.data(), T, D, block, topk, off.data(), idx.data(),
+                                         scored ? scores.data() : nullptr});
   return ops::KeySets{Tensor::from_host(off), Tensor::from_host(idx)};
 }
 
 void expect_block_topk_matches_cpu(const Tensor& q, const Tensor& k, int64_t block, int64_t topk) {
   SCOPED_TRACE("T " + std::to_string(q.dim(0)) + " block " + std::to_string(block) + " topk " + std::to_string(topk));
   const ops::KeySets want = ops::block_topk_keysets(host_ctx(), q, k, block, topk);
-  std::vector<int64_t> off;
-  std::vector<int32_t> idx;
-  device_block_topk(q, k, block, topk, off, idx);
-  ASSERT_EQ(static_cast<int64_t>(idx.size()), want.pairs());
-  EXPECT_EQ(off, want.off.to_vector<int64_t>());
-  EXPECT_EQ(idx, want.idx.to_vector<int32_t>());
+  for (const bool scored : {false, true}) {
+    SCOPED_TRACE(scored ? "scores from the buffer" : "scores per query");
+    std::vector<int64_t> off;
+    std::vector<int32_t> idx;
+    device_block_topk(q, k, block, topk, off, idx, scored);
+    ASSERT_EQ(static_cast<int64_t>(idx.size()), want.pairs());
+    EXPECT_EQ(off, want.off.to_vector<int64_t>());
+    EXPECT_EQ(idx, want.idx.to_vector<int32_t>());
+  }
 }
 
 TEST(SparseAttentionRows, BlockTopkKeySetsMatchTheCpu) {

@@ -10,10 +10,12 @@
 //   ascending order. No atomics: two runs give the same bits.
 // local_keysets:  one thread per query, offsets in closed form (no scan, no
 //   copy back).
-// block_topk_keysets:  one thread per element of the block means, then one
-//   thread per query: its top-k blocks by repeated selection (scores
-//   recomputed each round: O((k+1) T/block D) per query, no score buffer),
-//   offsets in closed form. The scores are rounded as the CPU rounds them
+// block_topk_keysets:  one thread per element of the block means, the scores
+//   q_t . mean(K_b) once in 32 x 32 tiles (block-major, the causal triangle
+//   only), then one thread per query: its top-k blocks by repeated selection
+//   over its row of scores (a warp of queries reads each block's scores
+//   together), offsets in closed form. (Before: each round recomputed the
+//   scores, O((k+1) T/block D) per query on one thread.) The scores are rounded as the CPU rounds them
 //   (dot_rn), so the key sets are the CPU's bit for bit, ties included.
 //   Head dims 16-128 are then packed one segment per key block
 //   (ops/cuda/block_topk_pack.h: a stable radix sort of the (block, query)
@@ -193,6 +195,40 @@ KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window) {
   return ks;
 }
 
+namespace {
+// BlockScores (sparse_attention_rows.h) in tiles of 32 queries x 32 blocks:
+// both tiles in shared memory (rows padded to D + 1 floats: a warp's 32
+// query rows fall in 32 banks), each thread one score, its products and sums
+// in dot_rn's order - the functor's bits. Tiles wholly above the causal
+// triangle (no query of the tile ranks a block that late: b < t / block)
+// are skipped; their scores are never read.
+constexpr int kScoreTile = 32;
+constexpr int kScoreMaxD = 128;  // shared memory: 2 x 32 x 129 floats = 33 KiB
+
+__global__ void block_scores_kernel(const float* __restrict__ q, const float* __restrict__ kmean, int64_t T, int D,
+                                    int64_t nb, int64_t block, float* __restrict__ scores) {
+  extern __shared__ float tiles[];
+  const int ld = D + 1;
+  float* sq = tiles;
+  float* sk = tiles + kScoreTile * ld;
+  const int64_t t0 = int64_t(blockIdx.x) * kScoreTile, b0 = int64_t(blockIdx.y) * kScoreTile;
+  const int64_t t_last = min(T, t0 + kScoreTile) - 1;
+  if (b0 >= t_last / block) return;  // (the whole block returns: before any barrier)
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  for (int i = ty * kScoreTile + tx; i < kScoreTile * D; i += kScoreTile * kScoreTile) {
+    const int r = i / D, d = i % D;
+    sq[r * ld + d] = t0 + r < T ? q[(t0 + r) * D + d] : 0.f;
+    sk[r * ld + d] = b0 + r < nb ? kmean[(b0 + r) * D + d] : 0.f;
+  }
+  __syncthreads();
+  const int64_t t = t0 + tx, b = b0 + ty;
+  if (t >= T || b >= nb) return;
+  float acc = 0.f;
+  for (int d = 0; d < D; ++d) acc = __fadd_rn(acc, __fmul_rn(sq[tx * ld + d], sk[ty * ld + d]));
+  scores[b * T + t] = acc;
+}
+}  // namespace
+
 KeySets block_topk_keysets(Ctx& ctx, const Tensor& q_in, const Tensor& k_in, int64_t block, int64_t topk) {
   // bf16 heads choose on their values widened to f32 (exact), as the CPU does.
   auto widened = [&ctx](const Tensor& t) {
@@ -210,8 +246,21 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q_in, const Tensor& k_in, int
   KeySets ks;
   ks.off = Tensor::empty({T + 1}, DType::i64, ctx);
   ks.idx = Tensor::empty({sparse::block_topk_offset(T, block, topk)}, DType::i32, ctx);
+  // The scores once, in tiles, where they fit (D <= 128, up to 2^28 of them:
+  // 1 GiB); else each query computes its own (the rounds recompute them).
+  Tensor scores;
+  if (D <= kScoreMaxD && T > 0 && nb * T <= (int64_t{1} << 28)) {
+    scores = Tensor::empty({nb * T}, DType::f32, ctx);
+    const dim3 grid(static_cast<unsigned>((T + kScoreTile - 1) / kScoreTile),
+                    static_cast<unsigned>((nb + kScoreTile - 1) / kScoreTile));
+    const size_t smem = 2 * kScoreTile * (D + 1) * sizeof(float);
+    block_scores_kernel<<<grid, dim3(kScoreTile, kScoreTile), smem, stream(ctx)>>>(
+        q.data<float>(), kmean.data<float>(), T, static_cast<int>(D), nb, block, scores.data<float>());
+    CUDA_CHECK(cudaGetLastError());
+  }
   Launch{stream(ctx)}(T + 1, sparse::BlockTopkKeys{q.data<float>(), kmean.data<float>(), T, D, block, topk,
-                                                   ks.off.data<int64_t>(), ks.idx.data<int32_t>()});
+                                                   ks.off.data<int64_t>(), ks.idx.data<int32_t>(),
+                                                   scores.defined() ? scores.data<float>() : nullptr});
   if (tiled_head_dim(DType::f32, D) && T > 0) ks.blocks = pack_blocks(ctx, ks, T, block, topk);
   return ks;
 }

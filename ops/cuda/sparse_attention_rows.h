@@ -231,12 +231,31 @@ SY_HD inline int64_t block_topk_offset(int64_t t, int64_t block, int64_t topk) {
 // block, found by keep rounds of "the best after the last pick" in the order
 // (score descending, block ascending); then every block ranked at or before
 // the last pick, in block order, and its own block up to t.
+// Element i = b * T + t of the scores (nb, T): q_t . mean(K_b) by dot_rn.
+// Block-major, so that consecutive queries (a warp of BlockTopkKeys) read
+// one block's scores together. CUDA computes them in tiles
+// (ops/cuda/sparse_attention.cu, block_scores_kernel: the same products and
+// sums in the same order, so the same bits).
+struct BlockScores {
+  const float *q, *kmean;  // (T, D), (nb, D)
+  int64_t T, D;
+  float* scores;  // (nb, T)
+  SY_HD void operator()(int64_t i) const {
+    const int64_t b = i / T, t = i % T;
+    scores[i] = dot_rn(q + t * D, kmean + b * D, D);
+  }
+};
+
 struct BlockTopkKeys {
   const float* q;      // (T, D)
   const float* kmean;  // (nb, D)
   int64_t T, D, block, topk;
   int64_t* off;
   int32_t* idx;
+  const float* scores = nullptr;  // (nb, T) BlockScores' (at least b < t / block), or null: computed here
+  SY_HD float score(const float* qt, int64_t t, int64_t b) const {
+    return scores ? scores[b * T + t] : dot_rn(qt, kmean + b * D, D);
+  }
   SY_HD void operator()(int64_t t) const {
     int64_t p = block_topk_offset(t, block, topk);
     off[t] = p;
@@ -249,7 +268,7 @@ struct BlockTopkKeys {
       float best = -INFINITY;
       int64_t best_b = -1;
       for (int64_t b = 0; b < own; ++b) {
-        const float s = dot_rn(qt, kmean + b * D, D);
+        const float s = score(qt, t, b);
         const bool after_last = s < last || (s == last && b > last_b);
         if (after_last && (best_b < 0 || s > best)) best = s, best_b = b;  // ties: the lower b stays
       }
@@ -257,7 +276,7 @@ struct BlockTopkKeys {
     }
     // At most keep blocks whatever the scores (NaN): never past off[t + 1].
     for (int64_t b = 0, taken = 0; b < own && taken < keep; ++b) {
-      const float s = dot_rn(qt, kmean + b * D, D);
+      const float s = score(qt, t, b);
       if (s > last || (s == last && b <= last_b)) {
         for (int64_t u = b * block; u < (b + 1) * block; ++u) idx[p++] = static_cast<int32_t>(u);
         ++taken;
