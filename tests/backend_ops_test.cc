@@ -1372,6 +1372,31 @@ TEST_P(BackendOps, RoutedAttentionCountsPairsWhenKeySetsAreNotWanted) {
   }
 }
 
+// Two bf16 runs of an attention over key sets (o, lse, dq, dk, dv widened;
+// the key sets' off, idx) against the CPU's f32 outputs on the rounded
+// inputs (want: o, lse, dq, dk, dv; its key sets): the runs bitwise equal,
+// the key sets exactly, no NaN, lse -inf exactly where the CPU's is and the
+// rest class B (attention backward 3e-2).
+void expect_bf16_runs(const std::vector<Tensor> (&runs)[2], const std::vector<Tensor>& want, const ops::KeySets& ks) {
+  for (size_t i = 0; i < runs[0].size(); ++i)
+    EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
+  const std::vector<Tensor>& g = runs[0];
+  EXPECT_EQ(g[5].to_vector<int64_t>(), ks.off.to_vector<int64_t>()) << "key set offsets";
+  EXPECT_EQ(g[6].to_vector<int32_t>(), ks.idx.to_vector<int32_t>()) << "key set indices";
+  for (const int i : {0, 2, 3, 4})
+    for (int64_t e = 0; e < g[i].numel(); ++e) ASSERT_FALSE(std::isnan(g[i].f32()[e])) << "output " << i << " element " << e;
+  std::vector<float> l = g[1].to_vector<float>(), lc = want[1].to_vector<float>();
+  for (size_t t = 0; t < l.size(); ++t) {
+    ASSERT_EQ(std::isinf(l[t]), std::isinf(lc[t])) << "lse of query " << t;
+    if (std::isinf(l[t])) l[t] = lc[t] = 0.f;
+  }
+  EXPECT_LE(rel_l2(Tensor::from_host(l), Tensor::from_host(lc)), 1e-2) << "lse";
+  EXPECT_LE(rel_l2(g[0], want[0]), 1e-2) << "o";
+  EXPECT_LE(rel_l2(g[2], want[2]), 3e-2) << "dq";
+  EXPECT_LE(rel_l2(g[3], want[3]), 3e-2) << "dk";
+  EXPECT_LE(rel_l2(g[4], want[4]), 3e-2) << "dv";
+}
+
 // Routed attention on bf16 tensors (head dims 64 and 128: causal clusters
 // on the packed path, balanced ones on the union packing, both on the
 // tensor-core varlen kernels) against the CPU's f32 reference on the
@@ -1419,24 +1444,7 @@ TEST_P(BackendOps, RoutedAttentionBf16AgreesWithTheCpuOnRoundedInputs) {
       r = {o.to(h).to(DType::f32), lse.to(h), dq.to(h).to(DType::f32), dk.to(h).to(DType::f32),
            dv.to(h).to(DType::f32), ks.off.to(h), ks.idx.to(h)};
     }
-    for (size_t i = 0; i < runs[0].size(); ++i)
-      EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
-    const std::vector<Tensor>& g = runs[0];
-    EXPECT_EQ(g[5].to_vector<int64_t>(), ks_c.off.to_vector<int64_t>()) << "key set offsets";
-    EXPECT_EQ(g[6].to_vector<int32_t>(), ks_c.idx.to_vector<int32_t>()) << "key set indices";
-    for (const int i : {0, 2, 3, 4})
-      for (int64_t e = 0; e < g[i].numel(); ++e) ASSERT_FALSE(std::isnan(g[i].f32()[e])) << "output " << i << " element " << e;
-    // lse: -inf exactly where the reference has it, the rest class B
-    std::vector<float> l = g[1].to_vector<float>(), lc = lse_c.to_vector<float>();
-    for (int64_t t = 0; t < T; ++t) {
-      ASSERT_EQ(std::isinf(l[t]), std::isinf(lc[t])) << "lse of query " << t;
-      if (std::isinf(l[t])) l[t] = lc[t] = 0.f;
-    }
-    EXPECT_LE(rel_l2(Tensor::from_host(l), Tensor::from_host(lc)), 1e-2) << "lse";
-    EXPECT_LE(rel_l2(g[0], o_c), 1e-2) << "o";
-    EXPECT_LE(rel_l2(g[2], dq_c), 3e-2) << "dq";
-    EXPECT_LE(rel_l2(g[3], dk_c), 3e-2) << "dk";
-    EXPECT_LE(rel_l2(g[4], dv_c), 3e-2) << "dv";
+    expect_bf16_runs(runs, {o_c, lse_c, dq_c, dk_c, dv_c}, ks_c);
   }
 }
 
@@ -1652,18 +1660,7 @@ TEST_P(BackendOps, BlockTopkBf16AgreesWithTheCpuOnRoundedInputs) {
       r = {o.to(h).to(DType::f32), lse.to(h), dq.to(h).to(DType::f32), dk.to(h).to(DType::f32),
            dv.to(h).to(DType::f32), ks.off.to(h), ks.idx.to(h)};
     }
-    for (size_t i = 0; i < runs[0].size(); ++i)
-      EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
-    const std::vector<Tensor>& g = runs[0];
-    EXPECT_EQ(g[5].to_vector<int64_t>(), ks_c.off.to_vector<int64_t>()) << "key set offsets";
-    EXPECT_EQ(g[6].to_vector<int32_t>(), ks_c.idx.to_vector<int32_t>()) << "key set indices";
-    for (const int i : {0, 1, 2, 3, 4})
-      for (int64_t e = 0; e < g[i].numel(); ++e) ASSERT_TRUE(std::isfinite(g[i].f32()[e])) << "output " << i << " element " << e;
-    EXPECT_LE(rel_l2(g[1], lse_c), 1e-2) << "lse";
-    EXPECT_LE(rel_l2(g[0], o_c), 1e-2) << "o";
-    EXPECT_LE(rel_l2(g[2], dq_c), 3e-2) << "dq";
-    EXPECT_LE(rel_l2(g[3], dk_c), 3e-2) << "dk";
-    EXPECT_LE(rel_l2(g[4], dv_c), 3e-2) << "dv";
+    expect_bf16_runs(runs, {o_c, lse_c, dq_c, dk_c, dv_c}, ks_c);  // (every query sees itself: no -inf)
   }
   const int64_t T = 40, D = 64;
   Tensor q = Tensor::zeros({T, D}, DType::bf16, x), o = out(x, {T, D}, DType::bf16), lse = out(x, {T});

@@ -37,6 +37,22 @@ inline ops::Route one_cluster(int64_t T, const std::vector<int32_t>& in) {
   return r;
 }
 
+// The CPU reference on a head and its clusters: o, lse, the key sets, and
+// the gradients from c.start.
+struct Reference {
+  Tensor o, lse;
+  ops::KeySets ks;
+  Grads grads;
+};
+inline Reference reference(const Case& c, const ops::Clusters& cl) {
+  Ctx& ctx = host_ctx();
+  const int64_t T = c.q.dim(0), D = c.q.dim(1);
+  Reference r{testing::zeros({T, D}), testing::zeros({T}), {}, {c.start.dq.clone(), c.start.dk.clone(), c.start.dv.clone()}};
+  ops::routed_attention_forward(ctx, {r.o, r.lse, r.ks, c.q, c.k, c.v, cl});
+  ops::routed_attention_backward(ctx, {r.grads.dq, r.grads.dk, r.grads.dv, c.dout, r.o, r.lse, c.q, c.k, c.v, r.ks, cl});
+  return r;
+}
+
 // One side prepared as the CUDA launcher prepares it (host buffers).
 struct HostSide {
   std::vector<int32_t> item, row_group;

@@ -95,12 +95,10 @@ struct HostCounts {
 void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
   Ctx& ctx = host_ctx();
   const int64_t T = c.q.dim(0), D = c.q.dim(1);
-  // CPU reference
-  Tensor o = testing::zeros({T, D}), lse = testing::zeros({T});
-  ops::KeySets ks;
-  ops::routed_attention_forward(ctx, {o, lse, ks, c.q, c.k, c.v, cl});
-  Grads want{c.start.dq.clone(), c.start.dk.clone(), c.start.dv.clone()};
-  ops::routed_attention_backward(ctx, {want.dq, want.dk, want.dv, c.dout, o, lse, c.q, c.k, c.v, ks, cl});
+  const testing::Reference ref = testing::reference(c, cl);  // the CPU's
+  const Tensor &o = ref.o, &lse = ref.lse;
+  const ops::KeySets& ks = ref.ks;
+  const Grads& want = ref.grads;
 
   const HostUnionPack p(c, cl);
   const routed::Head& h = p.hh.h;
