@@ -391,6 +391,18 @@ TEST(RoutedAttention, Bf16LayerAgreesWithFp32ToClassB) {
   }
 }
 
+// bf16 outputs (o, lse, dq, dk, dv) against the f32 path's on the same
+// values: o and the gradients its values rounded, lse its own, bit for bit.
+void expect_rounded_f32_path(const std::vector<Tensor>& got, const std::vector<Tensor>& f32_path) {
+  auto values = [](const Tensor& t) { return t.to(DType::f32).to_vector<float>(); };
+  auto rounded = [](const Tensor& t) { return t.to(DType::bf16).to(DType::f32).to_vector<float>(); };
+  EXPECT_EQ(values(got[0]), rounded(f32_path[0])) << "o";
+  EXPECT_EQ(got[1].to_vector<float>(), f32_path[1].to_vector<float>()) << "lse";
+  EXPECT_EQ(values(got[2]), rounded(f32_path[2])) << "dq";
+  EXPECT_EQ(values(got[3]), rounded(f32_path[3])) << "dk";
+  EXPECT_EQ(values(got[4]), rounded(f32_path[4])) << "dv";
+}
+
 // bf16 tensors (CUDA's tensor-core path) on the CPU: the f32 path on their
 // values, o and the gradients rounded (gradients as bf16(g + gradient)), bit
 // for bit, with one cluster per token and with several (balanced); refused
@@ -425,12 +437,7 @@ TEST(RoutedAttention, Bf16TensorsRunTheF32PathRoundedOrAreRefused) {
   KeySets ks32;
   ops::routed_attention_forward(ctx, {o32, lse32, ks32, f32(q), f32(k), f32(v), cl});
   ops::routed_attention_backward(ctx, {dq32, dk32, dv32, f32(dout), f32(o), lse32, f32(q), f32(k), f32(v), ks32, cl});
-  auto values = [&](const Tensor& t) { return f32(t).to_vector<float>(); };
-  EXPECT_EQ(values(o), values(b16(o32)));
-  EXPECT_EQ(lse.to_vector<float>(), lse32.to_vector<float>());
-  EXPECT_EQ(values(dq), values(b16(dq32)));
-  EXPECT_EQ(values(dk), values(b16(dk32)));
-  EXPECT_EQ(values(dv), values(b16(dv32)));
+  expect_rounded_f32_path({o, lse, dq, dk, dv}, {o32, lse32, dq32, dk32, dv32});
   EXPECT_EQ(ks.idx.to_vector<int32_t>(), ks32.idx.to_vector<int32_t>());
 
   // several clusters per token: the same
@@ -440,7 +447,7 @@ TEST(RoutedAttention, Bf16TensorsRunTheF32PathRoundedOrAreRefused) {
   KeySets ksb, ksb32;
   ops::routed_attention_forward(ctx, {ob, lseb, ksb, q, k, v, several});
   ops::routed_attention_forward(ctx, {ob32, lseb32, ksb32, f32(q), f32(k), f32(v), several});
-  EXPECT_EQ(values(ob), values(b16(ob32)));
+  EXPECT_EQ(f32(ob).to_vector<float>(), f32(b16(ob32)).to_vector<float>());
   EXPECT_EQ(lseb.to_vector<float>(), lseb32.to_vector<float>());
   EXPECT_GT(ksb.pairs(), T) << "want the balanced clusters to hold pairs";
 
@@ -507,12 +514,7 @@ TEST(SparseAttention, Bf16TensorsRunTheF32PathRounded) {
   ops::sparse_attention_backward(ctx, {dq, dk, dv, dout, o, lse, q, k, v, ks});
   ops::sparse_attention_forward(ctx, {o32, lse32, f32(q), f32(k), f32(v), ks32});
   ops::sparse_attention_backward(ctx, {dq32, dk32, dv32, f32(dout), f32(o), lse32, f32(q), f32(k), f32(v), ks32});
-  auto values = [&](const Tensor& t) { return f32(t).to_vector<float>(); };
-  EXPECT_EQ(values(o), values(b16(o32)));
-  EXPECT_EQ(lse.to_vector<float>(), lse32.to_vector<float>());
-  EXPECT_EQ(values(dq), values(b16(dq32)));
-  EXPECT_EQ(values(dk), values(b16(dk32)));
-  EXPECT_EQ(values(dv), values(b16(dv32)));
+  expect_rounded_f32_path({o, lse, dq, dk, dv}, {o32, lse32, dq32, dk32, dv32});
   EXPECT_THROW(ops::sparse_attention_forward(ctx, {o32, lse, q, k, v, ks}), Error);
   EXPECT_THROW(ops::block_topk_keysets(ctx, q, h.k, 8, 2), Error);
 }

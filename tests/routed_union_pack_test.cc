@@ -49,8 +49,8 @@ struct HostUnionPack {
     HostRun run;
     const routed::UnionRows rows{row_token.data(), is_query.data(), is_key.data()};
     run(K + 1, routed::UnionSegments{layout, K, seg.data(), key_len.data()});
-    run(cl.queries.rows(), routed::UnionQueryRows{hh.h, layout, rows});
-    run(cl.keys.rows(), routed::UnionKeyRows{hh.h, layout, rows});
+    run(cl.queries.rows(), routed::UnionSideRows{hh.h.qs, hh.h.W, layout, true, rows});
+    run(cl.keys.rows(), routed::UnionSideRows{hh.h.ks, hh.h.W, layout, false, rows});
   }
 
   // The varlen kernels' mask, as attention_varlen.h's launcher builds it.

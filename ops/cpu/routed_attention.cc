@@ -152,15 +152,7 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   SY_CHECK(a.keys.off.defined(), "routed_attention_backward: the CPU walks the forward's key sets, and these were "
                                  "only counted (a CUDA forward with key_sets = false)");
-  if (a.q.dtype() == DType::bf16) {
-    auto f32 = [](const Tensor& t) { return t.to(DType::f32); };
-    Tensor dq = f32(a.dq), dk = f32(a.dk), dv = f32(a.dv);
-    sparse_attention_backward(ctx, {dq, dk, dv, f32(a.dout), f32(a.o), a.lse, f32(a.q), f32(a.k), f32(a.v), a.keys});
-    to_bf16(ctx, a.dq, dq);
-    to_bf16(ctx, a.dk, dk);
-    to_bf16(ctx, a.dv, dv);
-    return;
-  }
+  // (bf16 tensors: the sparse backward's own emulation, the f32 path rounded)
   sparse_attention_backward(ctx, {a.dq, a.dk, a.dv, a.dout, a.o, a.lse, a.q, a.k, a.v, a.keys});
 }
 

@@ -383,9 +383,14 @@ KeySets fill_key_sets(Ctx& ctx, const routed::Head& h, const int32_t* cnt, const
 }
 
 // Whether the union path takes these clusters: a head dim the flash kernels
-// take for dt, packed rows within 32 bits.
-bool union_packable(const Clusters& cl, DType dt, int64_t D) {
-  return tiled_head_dim(dt, D) && cl.queries.rows() + cl.keys.rows() < (int64_t{1} << 31);
+// take for dt, packed rows within 32 bits. Otherwise the per-row kernels,
+// f32 only (the op allows bf16 at the tiled head dims alone, so only the
+// row limit can send bf16 here: refused, naming op).
+bool tiled(const Clusters& cl, DType dt, int64_t D, const char* op) {
+  const int64_t rows = cl.queries.rows() + cl.keys.rows();
+  if (tiled_head_dim(dt, D) && rows < (int64_t{1} << 31)) return true;
+  SY_CHECK(dt == DType::f32, op << ": bf16 with " << rows << " packed rows is past the varlen kernels' limit (2^31)");
+  return false;
 }
 
 // The union packing of a prepared head: segments, rows, flags.
@@ -412,8 +417,8 @@ UnionPack union_pack(Ctx& ctx, const Clusters& cl, const Prepared& p) {
   const routed::UnionRows rows{u.row_token.data<int32_t>(), u.is_query.data<int32_t>(), u.is_key.data<int32_t>()};
   const Launch run{stream(ctx)};
   run(K + 1, routed::UnionSegments{u.layout, K, u.seg.data<int32_t>(), u.key_len.data<int32_t>()});
-  run(p.qs.rows, routed::UnionQueryRows{p.head, u.layout, rows});
-  run(p.ks.rows, routed::UnionKeyRows{p.head, u.layout, rows});
+  run(p.qs.rows, routed::UnionSideRows{p.head.qs, p.head.W, u.layout, true, rows});
+  run(p.ks.rows, routed::UnionSideRows{p.head.ks, p.head.W, u.layout, false, rows});
   return u;
 }
 
@@ -498,11 +503,8 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   // dtypes checked by the op (ops/routed_attention.cc)
   const DType dt = a.q.dtype();
   const int64_t D = a.q.dim(1);
-  if (union_packable(a.clusters, dt, D))
+  if (tiled(a.clusters, dt, D, "routed_attention_forward"))
     return dt == DType::bf16 ? union_forward<Bf16>(ctx, a) : union_forward<routed::F32>(ctx, a);
-  SY_CHECK(dt == DType::f32, "routed_attention_forward: bf16 with " << a.clusters.num() << " clusters and "
-                                 << a.clusters.queries.rows() + a.clusters.keys.rows()
-                                 << " rows is past the varlen kernels' limit (2^31 rows)");
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t rows = p.qs.rows;
@@ -522,11 +524,8 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   const DType dt = a.q.dtype();
   const int64_t D = a.q.dim(1);
-  if (union_packable(a.clusters, dt, D))
+  if (tiled(a.clusters, dt, D, "routed_attention_backward"))
     return dt == DType::bf16 ? union_backward<Bf16>(ctx, a) : union_backward<routed::F32>(ctx, a);
-  SY_CHECK(dt == DType::f32, "routed_attention_backward: bf16 with " << a.clusters.num() << " clusters and "
-                                 << a.clusters.queries.rows() + a.clusters.keys.rows()
-                                 << " rows is past the varlen kernels' limit (2^31 rows)");
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t qrows = p.qs.rows, krows = p.ks.rows;

@@ -92,29 +92,20 @@ struct UnionRows {
   int32_t *row_token, *is_query, *is_key;  // (packed rows)
 };
 
-// Query buffer row r: its packed row.
-struct UnionQueryRows {
-  Head h;
+// Buffer row r of one side (queries: query rows, else key rows): its packed
+// row, its token, and its flag on that side (the other side's flag 0).
+struct UnionSideRows {
+  Side s;
+  int64_t W;
   UnionLayout l;
+  bool queries;
   UnionRows out;
   SY_HD void operator()(int64_t r) const {
-    const int64_t t = h.qs.item[r], c = h.qs.row_group[r], p = l.query_row(r, c);
+    const int64_t t = s.item[r], c = s.row_group[r], p = queries ? l.query_row(r, c) : l.key_row(r, c);
+    const int32_t flag = member_before(s.bits + t * W, c) ? 2 : 1;
     out.row_token[p] = static_cast<int32_t>(t);
-    out.is_query[p] = member_before(h.qs.bits + t * h.W, c) ? 2 : 1;
-    out.is_key[p] = 0;
-  }
-};
-
-// Key buffer row j: its packed row.
-struct UnionKeyRows {
-  Head h;
-  UnionLayout l;
-  UnionRows out;
-  SY_HD void operator()(int64_t j) const {
-    const int64_t u = h.ks.item[j], c = h.ks.row_group[j], p = l.key_row(j, c);
-    out.row_token[p] = static_cast<int32_t>(u);
-    out.is_query[p] = 0;
-    out.is_key[p] = member_before(h.ks.bits + u * h.W, c) ? 2 : 1;
+    out.is_query[p] = queries ? flag : 0;
+    out.is_key[p] = queries ? 0 : flag;
   }
 };
 
