@@ -3,10 +3,10 @@
 // (ops/attention.h; f32, and bf16 on a GPU) next to the sparse methods, all
 // through their entry points, forward and forward + backward, all H heads:
 //   routed  ops/routed_attention.h, causal and balanced modes, k = sqrt(n) and
-//           k = 256 clusters; per head: LN of q and k (no scale or bias),
-//           assign_clusters (centroid scores, choose, sort by cluster), then
-//           the attention over the clusters - what runtime/sparse_self_attention.cc
-//           calls. Centroids: k-means (3 rounds, the config's default) on head 0's
+//           k = 256 clusters; all heads stacked in one call each (as
+//           runtime/sparse_self_attention.cc runs its routing heads): LN of q
+//           and k (no scale or bias), assign_clusters (centroid scores,
+//           choose, sort by cluster), then the attention over the clusters. Centroids: k-means (3 rounds, the config's default) on head 0's
 //           normalised queries, shared by all heads and both modes. Not timed:
 //           the training-only extras (cluster statistics for the EMA, the
 //           commitment loss and its backward through the LN).
@@ -494,62 +494,53 @@ int main(int argc, char** argv) {
             for (const sy::ops::ClusterMode mode : {sy::ops::ClusterMode::causal, sy::ops::ClusterMode::balanced}) {
               sy::ops::ClusterParams cp;
               cp.mode = mode;
-              std::vector<sy::ops::Clusters> cl(H);
+              sy::ops::Clusters cl;
               Method m;
               m.op = std::string("routed ") + (mode == sy::ops::ClusterMode::causal ? "causal" : "balanced") +
                      " k=" + std::to_string(K);
+              // All heads in one call each, stacked (ops/routed_attention.h's
+              // Clusters), as the layer runs its routing heads.
+              auto rows = [&](const Tensor& t) { return t.reshape({H * n, D}); };
               m.select = [&] {
-                for (int64_t h = 0; h < H; ++h) {
-                  Tensor qnh = head(qn, h), knh = head(kn, h), mh = head(mean, h), rh = head(rstd, h);
-                  sy::ops::layernorm_forward(ctx, {qnh, mh, rh, head(q32, h), Tensor(), Tensor()});
-                  sy::ops::layernorm_forward(ctx, {knh, mh, rh, head(k32, h), Tensor(), Tensor()});
-                  sy::ops::assign_clusters(ctx, cl[h], qnh, knh, c, cp);
-                }
+                Tensor qn2 = rows(qn), kn2 = rows(kn), m2 = mean.reshape({H * n}), r2 = rstd.reshape({H * n});
+                sy::ops::layernorm_forward(ctx, {qn2, m2, r2, rows(q32), Tensor(), Tensor()});
+                sy::ops::layernorm_forward(ctx, {kn2, m2, r2, rows(k32), Tensor(), Tensor()});
+                sy::ops::assign_clusters(ctx, cl, qn2, kn2, {&c}, H, cp);
               };
-              // Each head's pair count left on the device (as the layer does:
-              // no wait per head), read once by pairs() after the timed runs.
-              Tensor counts = Tensor::zeros({H}, DType::f64, ctx);
+              // The pair count left on the device (as the layer does), read
+              // once by pairs() after the timed runs.
+              Tensor counts = Tensor::zeros({1}, DType::f64, ctx);
               m.forward = [&] {
-                for (int64_t h = 0; h < H; ++h) {
-                  Tensor oh = head(o, h), lh = head(lse, h);
-                  sy::ops::routed_attention_forward(ctx, {oh, lh, ks[h], head(q, h), head(k, h), head(v, h), cl[h],
-                                                          /*key_sets=*/false, counts.data<double>() + h});
-                }
+                Tensor o2 = rows(o), l2 = lse.reshape({H * n});
+                sy::ops::routed_attention_forward(ctx, {o2, l2, ks[0], rows(q), rows(k), rows(v), cl,
+                                                        /*key_sets=*/false, counts.data<double>()});
               };
               m.backward = [&] {
-                for (int64_t h = 0; h < H; ++h) {
-                  Tensor dqh = head(dq, h), dkh = head(dk, h), dvh = head(dv, h);
-                  sy::ops::routed_attention_backward(ctx, {dqh, dkh, dvh, head(dout, h), head(o, h), head(lse, h),
-                                                           head(q, h), head(k, h), head(v, h), ks[h], cl[h]});
-                }
+                Tensor dq2 = rows(dq), dk2 = rows(dk), dv2 = rows(dv);
+                sy::ops::routed_attention_backward(ctx, {dq2, dk2, dv2, rows(dout), rows(o), lse.reshape({H * n}),
+                                                         rows(q), rows(k), rows(v), ks[0], cl});
               };
-              m.pairs = [&] {
-                double p = 0;
-                for (const double c : counts.to(cpu).to_vector<double>()) p += c;
-                return p;
-              };
+              m.pairs = [&] { return counts.to(cpu).to_vector<double>()[0]; };
               // The CPU on the device's clusters; the note counts the decisions
               // that differ from the CPU's own assignment (near ties round
               // differently in the device's score GEMM).
               m.reference = [&](Tensor& oc, Tensor& dqc, Tensor& dkc, Tensor& dvc) {
-                Tensor lc = Tensor::zeros({H, n}, DType::f32, cpu);
+                Tensor lc = Tensor::zeros({H * n}, DType::f32, cpu);
                 sy::ops::Centroids ch(K, D, cpu);
                 ch.mu = c.mu.to(cpu), ch.initialized = true;
-                int64_t differ = 0;
-                for (int64_t h = 0; h < H; ++h) {
-                  sy::ops::Clusters dev{to_host(cl[h].queries), to_host(cl[h].keys)}, own;
-                  Tensor qnc = Tensor::empty({n, D}, DType::f32, cpu), knc = Tensor::empty({n, D}, DType::f32, cpu);
-                  Tensor mc = Tensor::empty({n}, DType::f32, cpu), rc = Tensor::empty({n}, DType::f32, cpu);
-                  sy::ops::layernorm_forward(cpu, {qnc, mc, rc, head(q_h, h), Tensor(), Tensor()});
-                  sy::ops::layernorm_forward(cpu, {knc, mc, rc, head(k_h, h), Tensor(), Tensor()});
-                  sy::ops::assign_clusters(cpu, own, qnc, knc, ch, cp);
-                  differ += count_differ(own.queries.group, dev.queries.group) + count_differ(own.keys.group, dev.keys.group);
-                  sy::ops::KeySets kc;
-                  Tensor oh = head(oc, h), lh = head(lc, h), dqh = head(dqc, h), dkh = head(dkc, h), dvh = head(dvc, h);
-                  sy::ops::routed_attention_forward(cpu, {oh, lh, kc, head(q_h, h), head(k_h, h), head(v_h, h), dev});
-                  sy::ops::routed_attention_backward(cpu, {dqh, dkh, dvh, head(dout_h, h), oh, lh, head(q_h, h),
-                                                           head(k_h, h), head(v_h, h), kc, dev});
-                }
+                sy::ops::Clusters dev{to_host(cl.queries), to_host(cl.keys), H}, own;
+                Tensor qnc = Tensor::empty({H * n, D}, DType::f32, cpu), knc = Tensor::empty({H * n, D}, DType::f32, cpu);
+                Tensor mc = Tensor::empty({H * n}, DType::f32, cpu), rc = Tensor::empty({H * n}, DType::f32, cpu);
+                sy::ops::layernorm_forward(cpu, {qnc, mc, rc, rows(q_h), Tensor(), Tensor()});
+                sy::ops::layernorm_forward(cpu, {knc, mc, rc, rows(k_h), Tensor(), Tensor()});
+                sy::ops::assign_clusters(cpu, own, qnc, knc, {&ch}, H, cp);
+                const int64_t differ =
+                    count_differ(own.queries.group, dev.queries.group) + count_differ(own.keys.group, dev.keys.group);
+                sy::ops::KeySets kc;
+                Tensor o2 = rows(oc), dq2 = rows(dqc), dk2 = rows(dkc), dv2 = rows(dvc);
+                sy::ops::routed_attention_forward(cpu, {o2, lc, kc, rows(q_h), rows(k_h), rows(v_h), dev});
+                sy::ops::routed_attention_backward(cpu, {dq2, dk2, dv2, rows(dout_h), o2, lc, rows(q_h), rows(k_h),
+                                                         rows(v_h), kc, dev});
                 return differ == 0 ? std::string()
                                    : std::to_string(differ) + " cluster decisions differ from the CPU's";
               };

@@ -27,7 +27,8 @@
 // forward saved; CUDA walks the same pairs cluster by cluster (recomputed
 // from the clusters), partial dq, dk, dv summed per token in cluster order.
 // Shapes: one head of one sequence, q, k, v, o (T, D) contiguous, lse (T);
-// qn, kn the normalised q, k (T, D); centroids mu (K, D).
+// qn, kn the normalised q, k (T, D); centroids mu (K, D). Or several heads
+// stacked (Clusters below): (heads T, D) and (heads T).
 //
 // Centroids: k-means on the first batch, then an exponential moving average of
 // per-cluster counts and sums of the assigned normalised vectors,
@@ -67,9 +68,25 @@ struct ClusterParams {
 // Cluster membership as two Routes over the T tokens (K groups): queries by
 // their normalised query, keys by their normalised key. A cluster's members
 // are its rows in the group-major buffer, in position order.
+// Several heads at once (a layer's routing heads of every sequence, in one
+// call each): `heads` heads of T tokens stacked, rows [s T, (s+1) T) of q, k,
+// v, qn, kn being head s, and cluster c of head s is group s K + c of both
+// routes (K = per_head()). No cluster spans two heads, so the attention over
+// the clusters is each head's own, and the causal rule compares row indices,
+// which order the tokens of one head. Fewer, larger launches, and one
+// read-back of the routes for all heads instead of two per head.
 struct Clusters {
   Route queries, keys;
-  int64_t num() const { return queries.num_groups; }
+  int64_t heads = 1;
+  int64_t num() const { return queries.num_groups; }  // all heads' clusters
+  int64_t per_head() const { return heads > 0 ? num() / heads : 0; }
+  int64_t head_len() const { return heads > 0 ? queries.num_items / heads : 0; }
+};
+
+// Heads [first, first + count) of stacked clusters (count < 0: all): the
+// heads of one centroid set, for the ops that read or update centroids.
+struct HeadRange {
+  int64_t first = 0, count = -1;
 };
 
 struct Centroids {
@@ -125,13 +142,23 @@ struct RoutedAttentionBackwardArgs {
   const Clusters& clusters;  // the forward's: CUDA walks the same pairs per cluster
 };
 
+// Stacked heads: qn, kn (heads T, D); head s is scored against the centroids
+// sets[s / (heads / sets.size())] (consecutive heads share a set: the layer
+// stacks routing head r's sequences together), by one GEMM per set, then one
+// tokens_choose or groups_choose over all heads (their runs with their own
+// groups, ops/routing.h): the route of each head alone, renumbered.
+void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn,
+                     const std::vector<const Centroids*>& sets, int64_t heads, const ClusterParams& p);
+// One head.
 void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
                      const ClusterParams& p);
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
 // Adds the members' normalised vectors to stats (queries, and keys where the
-// lists differ).
-void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
+// lists differ); stacked heads: those of `heads`, head s's cluster c into
+// row c, heads in order.
+void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl,
+                              HeadRange heads = {});
 // Spherical k-means on the rows of x (n, D): random distinct rows, then
 // `iters` rounds of assign (argmax dot) and mean, each rescaled to norm sqrt(D).
 void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
@@ -146,23 +173,29 @@ float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
 // members (dqn accumulates) with scale = 2 beta / (n D) over the whole batch.
 // sq_slot: where sq goes instead, one f64 in ctx's memory, not read back
 // (the returned sq is then NaN); count is known on the host either way.
+// Stacked heads: the queries of `heads` (those of centroid set c), qn and
+// dqn holding every head.
 struct CommitmentSums {
   double sq = 0;
   int64_t count = 0;
 };
 CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c,
-                               double* sq_slot = nullptr);
-void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
+                               double* sq_slot = nullptr, HeadRange heads = {});
+void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale,
+                         HeadRange heads = {});
 
 // The CPU reference (ops/cpu/routed_attention.cc) and the CUDA kernels (ops/cuda/routed_attention.cu;
 // CUDA builds): the entry points above, in cpu:: and cuda::.
 SY_DECLARE_BACKENDS(
-  CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c, double* sq_slot);
-  void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale);
-  Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c);  // (T, K) = xn . mu^T
+  CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c, double* sq_slot,
+                                 HeadRange heads);
+  void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale,
+                           HeadRange heads);
+  void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c);  // s (T, K) = xn . mu^T
   void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
   void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
-  void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl);
+  void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl,
+                                HeadRange heads);
   void kmeans_init(Ctx& ctx, Centroids& c, const Tensor& x, int iters, Rng& rng);
   float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay);
 )

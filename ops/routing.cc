@@ -63,17 +63,19 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   if (p.selection_bias) check_shape(*p.selection_bias, {G}, "selection bias");
   if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
   SY_CHECK(!(p.padded && p.dropless), "tokens_choose: a padded route needs a capacity known in advance, not dropless");
+  SY_CHECK(p.segment >= 0 && (p.segment == 0 || N % p.segment == 0),
+           "tokens_choose: " << N << " items in runs of " << p.segment);
   check_device(ctx, "tokens_choose", {&probs, p.selection_bias, p.selection_keys});
   SY_DISPATCH(ctx, tokens_choose, ctx, r, probs, p);
 }
 
-void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment) {
+void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups) {
   check_matrix(scores, "group scores");
   const int64_t N = scores.dim(0), S = segment > 0 ? segment : N;
   SY_CHECK(capacity >= 0, "capacity " << capacity);
   SY_CHECK(N % std::max<int64_t>(S, 1) == 0, "groups_choose: " << N << " items in segments of " << S);
   check_device(ctx, "groups_choose", {&scores});
-  SY_DISPATCH(ctx, groups_choose, ctx, r, scores, capacity, segment);
+  SY_DISPATCH(ctx, groups_choose, ctx, r, scores, capacity, segment, own_groups);
 }
 
 void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau) {

@@ -95,6 +95,14 @@ struct TokensChooseParams {
   // A padded route (see the top of the file); not with dropless, whose
   // capacity is a count read back from the device.
   bool padded = false;
+  // > 0: the items are runs of `segment` (routed attention's heads, stacked),
+  // each run with its own G groups: item i chooses among groups
+  // (i / segment) G + g by probs[i, g] (selection_bias indexed by g); the
+  // route has N / segment * G groups and capacity
+  // ceil(capacity_factor * segment * k / G) (dropless: the longest of all).
+  // It is the route of one call per run with run s's groups renumbered s G + g,
+  // but for dropless capacity: one number for all runs.
+  int64_t segment = 0;
 };
 
 struct BudgetParams {
@@ -128,7 +136,12 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
 // Every group keeps exactly min(capacity, segment) items of every segment
 // (min(capacity, N) without segments), whatever the scores: callers know the
 // counts without reading the route back.
-void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment = 0);
+// own_groups (with segments): every segment has its own G groups instead, as
+// TokensChooseParams::segment: item i of segment s is in group s G + g
+// (assignment i G + g, so k = G), segments * G groups of min(capacity,
+// segment) rows, capacity min(capacity, segment).
+void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment = 0,
+                   bool own_groups = false);
 
 // Threshold: scores (N), route item i where scores[i] > tau.
 void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
@@ -156,7 +169,7 @@ SY_DECLARE_BACKENDS(
   void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
   void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn);
   void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
-  void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment);
+  void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups);
   void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
   void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
   void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,

@@ -96,31 +96,29 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   ops::split_heads(ctx_, v_, qkv, 2 * C_ + h0 * D_);
   o_ = Tensor::empty({Hs, N, D_}, DType::f32, ctx_);
   lse_ = Tensor::empty({Hs, N}, DType::f32, ctx_);
-  keys_.assign(H_ * B, ops::KeySets{});
-  clusters_.assign(R_ * B, ops::Clusters{});
+  keys_.assign(routed() ? 0 : H_ * B, ops::KeySets{});
   const int64_t L = H_ - R_;  // local heads (ROUTED); BLOCK_TOPK uses every head
   stats_ = SparseAttentionStats{};
 
-  // Routing heads: normalised queries and keys of the whole batch.
-  std::vector<Tensor> kn(R_);
-  qn_.assign(R_, Tensor());
-  qn_mean_.assign(R_, Tensor());
-  qn_rstd_.assign(R_, Tensor());
-  for (int64_t r = 0; r < R_; ++r) {
-    const int64_t j = L + r - h0;  // the routing head's block of q_, k_
-    qn_[r] = Tensor::empty({N, D_}, DType::f32, ctx_);
-    kn[r] = Tensor::empty({N, D_}, DType::f32, ctx_);
-    qn_mean_[r] = Tensor::empty({N}, DType::f32, ctx_);
-    qn_rstd_[r] = Tensor::empty({N}, DType::f32, ctx_);
-    Tensor km = Tensor::empty({N}, DType::f32, ctx_), kr = Tensor::empty({N}, DType::f32, ctx_);
-    ops::layernorm_forward(ctx_, {qn_[r], qn_mean_[r], qn_rstd_[r], q_.rows(j, j + 1).reshape({N, D_}), Tensor(), Tensor()});
-    ops::layernorm_forward(ctx_, {kn[r], km, kr, k_.rows(j, j + 1).reshape({N, D_}), Tensor(), Tensor()});
-    ops::Centroids& c = (*centroids_)[r];
-    if (!c.initialized) {
+  // Routing heads: normalised queries and keys of every routing head and
+  // sequence, stacked as q_ holds them (ROUTED: q_ is the routing heads only).
+  Tensor kn;
+  if (routed() && R_ > 0) {
+    const int64_t RN = R_ * N;
+    qn_ = Tensor::empty({RN, D_}, DType::f32, ctx_);
+    kn = Tensor::empty({RN, D_}, DType::f32, ctx_);
+    qn_mean_ = Tensor::empty({RN}, DType::f32, ctx_);
+    qn_rstd_ = Tensor::empty({RN}, DType::f32, ctx_);
+    Tensor km = Tensor::empty({RN}, DType::f32, ctx_), kr = Tensor::empty({RN}, DType::f32, ctx_);
+    ops::layernorm_forward(ctx_, {qn_, qn_mean_, qn_rstd_, q_.reshape({RN, D_}), Tensor(), Tensor()});
+    ops::layernorm_forward(ctx_, {kn, km, kr, k_.reshape({RN, D_}), Tensor(), Tensor()});
+    for (int64_t r = 0; r < R_; ++r) {
+      ops::Centroids& c = (*centroids_)[r];
+      if (c.initialized) continue;
       SY_CHECK(calibrating_ && !training_,
                "routed attention's centroids are not initialised: calibrate on a warm-up batch first "
                "(Transformer::calibrate), so that no batch the loss sees chooses them");
-      ops::kmeans_init(ctx_, c, qn_[r], cfg_.kmeans_iters(), rng_);
+      ops::kmeans_init(ctx_, c, qn_.rows(r * N, (r + 1) * N), cfg_.kmeans_iters(), rng_);
       if (broadcaster_)
         for (Tensor* t : {&c.mu, &c.sum, &c.count}) broadcaster_(*t);
     }
@@ -168,46 +166,47 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   }
   const Tensor &qa = bf16_heads() ? q16_ : q_, &ka = bf16_heads() ? k16_ : k_, &va = bf16_heads() ? v16_ : v_;
   Tensor& oa = bf16_heads() ? o16_ : o_;
-  // Per routing head, in loop order (b, r): its pair count and commitment
-  // sum, left on the device by the ops and read back once after the loop.
-  Tensor head_sums;
-  if (routed() && R_ > 0) head_sums = Tensor::zeros({2, B * R_}, DType::f64, ctx_);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = h0; h < H_; ++h) {
-      const int64_t j = h - h0;
-      const Tensor q = head(qa, j, b, T), k = head(ka, j, b, T), v = head(va, j, b, T);
-      Tensor o = head(oa, j, b, T);
-      Tensor lse = lse_.rows(j, j + 1).reshape({N}).rows(b * T, (b + 1) * T);
-      ops::KeySets& ks = keys_[h * B + b];
-      if (!routed()) {  // blocks chosen on the f32 q and k, whatever the attention reads (as clusters are)
-        ks = ops::block_topk_keysets(ctx_, head(q_, j, b, T), head(k_, j, b, T), cfg_.block_size(),
+  if (routed() && R_ > 0) {
+    // All routing heads of all sequences in one call each: assignment,
+    // attention, and per centroid set (routing head r: stacked heads
+    // [r B, (r+1) B)) the stats and the commitment sums. The pair count and
+    // the sums stay on the device and come back with one wait.
+    const int64_t RN = R_ * N;
+    std::vector<const ops::Centroids*> sets;
+    for (int64_t r = 0; r < R_; ++r) sets.push_back(&(*centroids_)[r]);
+    ops::assign_clusters(ctx_, clusters_, qn_, kn, sets, R_ * B, cp);
+    Tensor sums = Tensor::zeros({1 + R_}, DType::f64, ctx_);  // pairs, then routing head r's commitment sum
+    Tensor o = oa.reshape({RN, D_}), lse = lse_.reshape({RN});
+    ops::routed_attention_forward(ctx_, {o, lse, routed_keys_, qa.reshape({RN, D_}), ka.reshape({RN, D_}),
+                                         va.reshape({RN, D_}), clusters_, /*key_sets=*/false, sums.data<double>()});
+    for (int64_t r = 0; r < R_; ++r) {
+      const ops::HeadRange heads{r * B, B};
+      if (training_) ops::accumulate_cluster_stats(ctx_, pending_[r], qn_, kn, clusters_, heads);
+      if (cp.mode == ops::ClusterMode::causal)
+        assigned += static_cast<double>(
+            ops::commitment_sums(ctx_, qn_, clusters_, *sets[r], sums.data<double>() + 1 + r, heads).count);
+    }
+    for (int32_t n : clusters_.queries.host_count()) {
+      if (n > 0) sizes += n, ++nonempty;
+      size_max = std::max<double>(size_max, n);
+    }
+    const std::vector<double> hs = sums.to(host_ctx()).to_vector<double>();  // the one wait
+    pairs += hs[0];
+    if (cp.mode == ops::ClusterMode::causal)
+      for (int64_t r = 0; r < R_; ++r) commit += hs[1 + r];
+  }
+  if (!routed())
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H_; ++h) {  // blocks chosen on the f32 q and k, whatever the attention reads
+        const Tensor q = head(qa, h, b, T), k = head(ka, h, b, T), v = head(va, h, b, T);
+        Tensor o = head(oa, h, b, T);
+        Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T, (b + 1) * T);
+        ops::KeySets& ks = keys_[h * B + b];
+        ks = ops::block_topk_keysets(ctx_, head(q_, h, b, T), head(k_, h, b, T), cfg_.block_size(),
                                      cfg_.topk_blocks());
         ops::sparse_attention_forward(ctx_, {o, lse, q, k, v, ks});
-      } else {
-        const int64_t r = h - L;
-        const Tensor qn = qn_[r].rows(b * T, (b + 1) * T), knb = kn[r].rows(b * T, (b + 1) * T);
-        ops::Clusters& cl = clusters_[r * B + b];
-        const ops::Centroids& c = (*centroids_)[r];
-        ops::assign_clusters(ctx_, cl, qn, knb, c, cp);
-        double* slot = head_sums.data<double>() + b * R_ + r;
-        ops::routed_attention_forward(ctx_, {o, lse, ks, q, k, v, cl, /*key_sets=*/false, /*pair_count=*/slot});
-        if (training_) ops::accumulate_cluster_stats(ctx_, pending_[r], qn, knb, cl);
-        for (int32_t n : cl.queries.host_count()) {
-          if (n > 0) sizes += n, ++nonempty;
-          size_max = std::max<double>(size_max, n);
-        }
-        if (cp.mode == ops::ClusterMode::causal)
-          assigned += static_cast<double>(ops::commitment_sums(ctx_, qn, cl, c, slot + B * R_).count);
-        continue;
+        pairs += static_cast<double>(ks.pairs());
       }
-      pairs += static_cast<double>(ks.pairs());
-    }
-  if (head_sums.defined()) {  // the one wait for the routing heads' sums, added in the loop's order
-    const std::vector<double> hs = head_sums.to(host_ctx()).to_vector<double>();
-    for (int64_t i = 0; i < B * R_; ++i) pairs += hs[i];
-    if (cp.mode == ops::ClusterMode::causal)
-      for (int64_t i = 0; i < B * R_; ++i) commit += hs[B * R_ + i];
-  }
   stats_.pair_fraction = pairs / (B * H_ * 0.5 * T * (T + 1.0));
   stats_.cluster_size_mean = nonempty > 0 ? sizes / nonempty : 0;
   stats_.cluster_size_max = size_max;
@@ -259,44 +258,42 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
     dv16 = Tensor::zeros({Hs, N, D_}, DType::bf16, ctx_);
   }
   const bool b16 = bf16_heads();
-  for (int64_t b = 0; b < B_; ++b)
-    for (int64_t h = h0; h < H_; ++h) {
-      const int64_t j = h - h0;
-      Tensor dqh = head(b16 ? dq16 : dq, j, b, T_), dkh = head(b16 ? dk16 : dk, j, b, T_),
-             dvh = head(b16 ? dv16 : dv, j, b, T_);
-      const Tensor lse = lse_.rows(j, j + 1).reshape({N}).rows(b * T_, (b + 1) * T_);
-      const Tensor douth = head(b16 ? dout16 : dout, j, b, T_), oh = head(b16 ? o16_ : o_, j, b, T_),
-                   qh = head(b16 ? q16_ : q_, j, b, T_), kh = head(b16 ? k16_ : k_, j, b, T_),
-                   vh = head(b16 ? v16_ : v_, j, b, T_);
-      if (routed() && h >= L)
-        ops::routed_attention_backward(ctx_, {dqh, dkh, dvh, douth, oh, lse, qh, kh, vh, keys_[h * B_ + b],
-                                              clusters_[(h - L) * B_ + b]});
-      else
-        ops::sparse_attention_backward(ctx_, {dqh, dkh, dvh, douth, oh, lse, qh, kh, vh, keys_[h * B_ + b]});
-    }
+  Tensor &dqa = b16 ? dq16 : dq, &dka = b16 ? dk16 : dk, &dva = b16 ? dv16 : dv;
+  const Tensor &douta = b16 ? dout16 : dout, &oa = b16 ? o16_ : o_, &qa = b16 ? q16_ : q_, &ka = b16 ? k16_ : k_,
+               &va = b16 ? v16_ : v_;
+  if (routed() && R_ > 0) {  // the routing heads, stacked as the forward ran them
+    const int64_t RN = R_ * N;
+    Tensor dqr = dqa.reshape({RN, D_}), dkr = dka.reshape({RN, D_}), dvr = dva.reshape({RN, D_});
+    ops::routed_attention_backward(ctx_, {dqr, dkr, dvr, douta.reshape({RN, D_}), oa.reshape({RN, D_}),
+                                          lse_.reshape({RN}), qa.reshape({RN, D_}), ka.reshape({RN, D_}),
+                                          va.reshape({RN, D_}), routed_keys_, clusters_});
+  }
+  if (!routed())
+    for (int64_t b = 0; b < B_; ++b)
+      for (int64_t h = 0; h < H_; ++h) {
+        Tensor dqh = head(dqa, h, b, T_), dkh = head(dka, h, b, T_), dvh = head(dva, h, b, T_);
+        const Tensor lse = lse_.rows(h, h + 1).reshape({N}).rows(b * T_, (b + 1) * T_);
+        ops::sparse_attention_backward(ctx_, {dqh, dkh, dvh, head(douta, h, b, T_), head(oa, h, b, T_), lse,
+                                              head(qa, h, b, T_), head(ka, h, b, T_), head(va, h, b, T_),
+                                              keys_[h * B_ + b]});
+      }
   if (b16) {  // dq, dk, dv are still zero: the widened gradients replace them
     ops::to_f32(ctx_, dq, dq16);
     ops::to_f32(ctx_, dk, dk16);
     ops::to_f32(ctx_, dv, dv16);
   }
   // Commitment loss beta * mean((qn - sg(mu))^2) -> qn -> q (through the
-  // parameter-free layer norm).
-  if (cfg_.commitment_coef() > 0 && commit_count_ > 0)
-    for (int64_t r = 0; r < R_; ++r) {
-      const int64_t j = L + r - h0;
-      const ops::Centroids& c = (*centroids_)[r];
-      const float scale = static_cast<float>(2.0 * cfg_.commitment_coef() / (commit_count_ * D_));
-      Tensor dqn = Tensor::zeros({N, D_}, DType::f32, ctx_);
-      for (int64_t b = 0; b < B_; ++b) {
-        Tensor dqnb = dqn.rows(b * T_, (b + 1) * T_);
-        ops::commitment_backward(ctx_, dqnb, qn_[r].rows(b * T_, (b + 1) * T_), clusters_[r * B_ + b], c, scale);
-      }
-      Tensor dqh = dq.rows(j, j + 1).reshape({N, D_});
-      Tensor dlq = Tensor::zeros({N, D_}, DType::f32, ctx_);
-      ops::layernorm_backward(ctx_, {dlq, nullptr, nullptr, dqn, q_.rows(j, j + 1).reshape({N, D_}), Tensor(),
-                                     qn_mean_[r], qn_rstd_[r]});
-      ops::add_into(ctx_, dqh, dlq);
-    }
+  // parameter-free layer norm), every routing head at once.
+  if (cfg_.commitment_coef() > 0 && commit_count_ > 0 && R_ > 0) {
+    const int64_t RN = R_ * N;
+    const float scale = static_cast<float>(2.0 * cfg_.commitment_coef() / (commit_count_ * D_));
+    Tensor dqn = Tensor::zeros({RN, D_}, DType::f32, ctx_);
+    for (int64_t r = 0; r < R_; ++r)
+      ops::commitment_backward(ctx_, dqn, qn_, clusters_, (*centroids_)[r], scale, {r * B_, B_});
+    Tensor dlq = Tensor::zeros({RN, D_}, DType::f32, ctx_), dqr = dq.reshape({RN, D_});
+    ops::layernorm_backward(ctx_, {dlq, nullptr, nullptr, dqn, q_.reshape({RN, D_}), Tensor(), qn_mean_, qn_rstd_});
+    ops::add_into(ctx_, dqr, dlq);
+  }
   // Heads [h0, H) merged into their columns; the local heads' columns start at
   // zero and their gradients add onto them.
   Tensor dqkv = h0 > 0 ? Tensor::zeros({N, 3 * C_}, DType::f32, ctx_) : Tensor::empty({N, 3 * C_}, DType::f32, ctx_);

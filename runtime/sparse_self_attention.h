@@ -92,8 +92,10 @@ class SparseSelfAttention : public SelfAttention {
 
  private:
   bool routed() const { return cfg_.kind() == switchyard::AttentionConfig::ROUTED; }
-  // Heads [first_head(), H) attend one head at a time (the routing heads; every
-  // head of BLOCK_TOPK); q_, k_, v_, o_, lse_ hold those heads only.
+  // Heads [first_head(), H) attend apart from the dense kernels: the routing
+  // heads, all of them and every sequence in one stacked call
+  // (ops/routed_attention.h's Clusters), or every head of BLOCK_TOPK, one at
+  // a time; q_, k_, v_, o_, lse_ hold those heads only.
   int64_t first_head() const { return routed() ? H_ - R_ : 0; }
   // opt_.bf16 (precision BF16, head dim 64 or 128) runs every head on the
   // bf16 tensor-core kernels: a routed layer's local heads, its routing heads
@@ -125,9 +127,10 @@ class SparseSelfAttention : public SelfAttention {
   Tensor qkv_out_, y_, local_lse_;         // local heads: qkv (B*T, 3C), y (B*T, C), lse (B, H, T)
   Tensor qkv16_, y16_;                     // bf16: what the local heads' kernels read and wrote
   Tensor q16_, k16_, v16_, o16_;           // bf16 heads [first_head(), H): what their attention read and wrote
-  std::vector<ops::KeySets> keys_;         // (H, B): keys_[h * B + b]
-  std::vector<Tensor> qn_, qn_mean_, qn_rstd_;  // per routing head (B*T, D)
-  std::vector<ops::Clusters> clusters_;    // (R, B): clusters_[r * B + b]
+  std::vector<ops::KeySets> keys_;         // BLOCK_TOPK: (H, B), keys_[h * B + b]
+  ops::KeySets routed_keys_;               // ROUTED: the routing heads' (stacked)
+  Tensor qn_, qn_mean_, qn_rstd_;          // the routing heads' normalised queries (R*B*T, D), as q_
+  ops::Clusters clusters_;                 // R*B stacked heads, head r*B + b: routing head r, sequence b
   SparseAttentionStats stats_;
   double commit_count_ = 0;  // assigned queries in the commitment mean
   double flops_ = 0;

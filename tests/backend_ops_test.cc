@@ -169,20 +169,23 @@ void put_route(Ctx& x, const ops::Route& r, std::vector<Tensor>& o) {
 }
 
 // A tokens-choose case on given probabilities (routing decisions: exact).
-// params(in) sets everything but k; in holds probs (N, G), a selection bias
-// (G) and, with_keys, selection keys (N, G).
+// params(in) sets everything but k and the runs; in holds probs (N, G), a
+// selection bias (G) and, with_keys, selection keys (N, G); runs > 1: N / runs
+// items per run, each run with its own G groups (TokensChooseParams::segment).
 OpCase tokens_choose_case(const std::string& name, int64_t N, int64_t G, int k,
-                          std::function<ops::TokensChooseParams(const Ins&)> params, bool with_keys = false) {
+                          std::function<ops::TokensChooseParams(const Ins&)> params, bool with_keys = false,
+                          int64_t runs = 1) {
   return {name, Tol::exact,
           [=](Rng& r) {
             Ins in{probs_of({N, G}, r), randn({G}, r, 0.05f)};
             if (with_keys) in.push_back(randn({N, G}, r));
             return in;
           },
-          [=](Ctx& x, const Ins&) { return route_outputs(x, N, k, G); },
+          [=](Ctx& x, const Ins&) { return route_outputs(x, N, k, G * runs); },
           [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
             ops::TokensChooseParams p = params(in);
             p.k = k;
+            if (runs > 1) p.segment = N / runs;
             ops::Route route;
             ops::tokens_choose(x, route, in[0], p);
             put_route(x, route, o);
@@ -307,6 +310,53 @@ OpCase centroid_update_case(const ClusterSpec& c) {
           }};
 }
 
+// Stacked heads (ops/routed_attention.h's Clusters): 4 heads of T tokens, two
+// centroid sets (heads 0-1, 2-3): both routes over all heads, then set 1's
+// stats, commitment sums and backward over heads [2, 4) onto given values.
+// Inputs: qn, kn (4T, D), mu of set 0 and set 1 (K, D), stats sum (K, D) and
+// count (K), dqn (4T, D).
+OpCase stacked_clusters_case(const std::string& name, int64_t T, int64_t K, int64_t D, const ops::ClusterParams& p) {
+  const int64_t H = 4, N = H * T, k = p.mode == ops::ClusterMode::causal ? 1 : K;
+  return {"stacked_clusters_" + name, Tol::f32,
+          [=](Rng& r) {
+            Tensor qn, kn, mu0, mu1;
+            auto separated = [&](const Tensor& x) {  // each head against its set's centroids
+              for (int64_t h = 0; h < H; ++h)
+                if (!decisions_separated(x.rows(h * T, (h + 1) * T).clone(), h < 2 ? mu0 : mu1, p.mode)) return false;
+              return true;
+            };
+            do {
+              qn = unit_rows(N, D, r), kn = unit_rows(N, D, r), mu0 = unit_rows(K, D, r), mu1 = unit_rows(K, D, r);
+            } while (!separated(qn) || !separated(kn));
+            Tensor count = Tensor::empty({K}, DType::f32, host_ctx());
+            for (int64_t i = 0; i < K; ++i) count.f32()[i] = static_cast<float>(r.below(5));
+            return Ins{qn, kn, mu0, mu1, randn({K, D}, r), count, randn({N, D}, r)};
+          },
+          [=](Ctx& x, const Ins&) {
+            Outs o = route_outputs(x, N, k, H * K), keys = route_outputs(x, N, k, H * K);
+            o.insert(o.end(), keys.begin(), keys.end());
+            for (auto t : {fresh(x, {K, D}), fresh(x, {K}), fresh(x, {N, D}), fresh(x, {2})}) o.push_back(t);
+            return o;
+          },
+          [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+            const ops::Centroids c0 = centroids_of(in[2], in[4], in[5]), c1 = centroids_of(in[3], in[4], in[5]);
+            ops::Clusters cl;
+            ops::assign_clusters(x, cl, in[0], in[1], {&c0, &c1}, H, p);
+            std::vector<Tensor> q(o.begin(), o.begin() + 6), kk(o.begin() + 6, o.begin() + 12);
+            put_route(x, cl.queries, q);
+            put_route(x, cl.keys, kk);
+            o[12].copy_from(in[4], x);
+            o[13].copy_from(in[5], x);
+            o[14].copy_from(in[6], x);
+            ops::ClusterStats st;
+            st.sum = o[12], st.count = o[13];
+            ops::accumulate_cluster_stats(x, st, in[0], in[1], cl, {2, 2});
+            const ops::CommitmentSums cs = ops::commitment_sums(x, in[0], cl, c1, nullptr, {2, 2});
+            ops::commitment_backward(x, o[14], in[0], cl, c1, 0.37f, {2, 2});
+            put(x, o[15], std::vector<float>{static_cast<float>(cs.sq), static_cast<float>(cs.count)});
+          }};
+}
+
 // ---- routed attention's attention ----
 //
 // The clusters are made once, on the host, by the layer's recipe (LN of q and
@@ -318,7 +368,8 @@ struct RoutedSpec {
   std::string name;
   int64_t T, K, D;
   ops::ClusterParams params;
-  bool shared_keys;  // kn = LN(q): the key lists equal the query lists
+  bool shared_keys;   // kn = LN(q): the key lists equal the query lists
+  int64_t heads = 1;  // stacked heads of T tokens each (one centroid set)
 };
 
 // A Route's device-side fields from inputs (group, slot, offset on ctx) and its
@@ -336,14 +387,15 @@ ops::Route route_from(const Tensor& group, const Tensor& slot, const Tensor& off
 // Inputs: q, k, v, dout (T, D), then group, slot, offset of the query list and of the key list.
 Ins routed_inputs(const RoutedSpec& s, Rng& r) {
   Ctx& h = host_ctx();
-  Ins in{randn({s.T, s.D}, r), randn({s.T, s.D}, r), randn({s.T, s.D}, r), randn({s.T, s.D}, r)};
-  Tensor qn = out(h, {s.T, s.D}), kn = out(h, {s.T, s.D}), m = out(h, {s.T}), rs = out(h, {s.T});
+  const int64_t N = s.T * s.heads;
+  Ins in{randn({N, s.D}, r), randn({N, s.D}, r), randn({N, s.D}, r), randn({N, s.D}, r)};
+  Tensor qn = out(h, {N, s.D}), kn = out(h, {N, s.D}), m = out(h, {N}), rs = out(h, {N});
   ops::layernorm_forward(h, {qn, m, rs, in[0], Tensor(), Tensor()});
   ops::layernorm_forward(h, {kn, m, rs, s.shared_keys ? in[0] : in[1], Tensor(), Tensor()});
   ops::Centroids c(s.K, s.D, h);
   ops::kmeans_init(h, c, qn, 2, r);
   ops::Clusters cl;
-  ops::assign_clusters(h, cl, qn, kn, c, s.params);
+  ops::assign_clusters(h, cl, qn, kn, {&c}, s.heads, s.params);
   for (const ops::Route* rt : {&cl.queries, &cl.keys})
     for (const Tensor* t : {&rt->group, &rt->slot, &rt->offset}) in.push_back(t->clone());
   return in;
@@ -351,14 +403,16 @@ Ins routed_inputs(const RoutedSpec& s, Rng& r) {
 
 // Outputs: o, lse (finite entries; -inf as 0), lse's -inf flags, the key
 // sets' offsets and indices (padded to T*T with -1), dq, dk, dv.
-OpCase routed_attention_case(const std::string& name, int64_t T, int64_t D, std::function<Ins(Rng&)> inputs) {
+// T: all heads' tokens (heads > 1: stacked heads, ops/routed_attention.h).
+OpCase routed_attention_case(const std::string& name, int64_t T, int64_t D, std::function<Ins(Rng&)> inputs,
+                             int64_t heads = 1) {
   return {"routed_attention_" + name, Tol::f32, std::move(inputs),
           [T, D](Ctx& x, const Ins&) {
             return Outs{fresh(x, {T, D}), fresh(x, {T}), fresh(x, {T}, DType::i32), fresh(x, {T + 1}, DType::i64),
                         fresh(x, {T * T}, DType::i32), acc(x, {T, D}), acc(x, {T, D}), acc(x, {T, D})};
           },
-          [T](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-            ops::Clusters cl{route_from(in[4], in[5], in[6], T), route_from(in[7], in[8], in[9], T)};
+          [T, heads](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+            ops::Clusters cl{route_from(in[4], in[5], in[6], T), route_from(in[7], in[8], in[9], T), heads};
             Tensor lse = out(x, {T});
             poison(lse, x);
             ops::KeySets ks;
@@ -378,7 +432,7 @@ OpCase routed_attention_case(const std::string& name, int64_t T, int64_t D, std:
 }
 
 OpCase routed_attention_case(const RoutedSpec& s) {
-  return routed_attention_case(s.name, s.T, s.D, [s](Rng& r) { return routed_inputs(s, r); });
+  return routed_attention_case(s.name, s.T * s.heads, s.D, [s](Rng& r) { return routed_inputs(s, r); }, s.heads);
 }
 
 // One cluster (K = 1) over T tokens with the given members: a threshold route.
@@ -824,14 +878,31 @@ std::vector<OpCase> cases() {
     p.padded = true;
     return p;
   }));
-  struct GroupsSpec { int64_t N, G, capacity, segment; };
-  for (const GroupsSpec g : {GroupsSpec{37, 4, 9, 0}, GroupsSpec{24, 3, 5, 8}, GroupsSpec{64, 1, 3, 16}, GroupsSpec{12, 2, 20, 6}}) {
-    c.push_back({"groups_choose_" + std::to_string(g.N) + "x" + std::to_string(g.G) + "_s" + std::to_string(g.segment), Tol::exact,
+  // Runs with their own groups (routed attention's stacked heads): drops by
+  // capacity in some runs and not others, then dropless over runs of unequal loads.
+  c.push_back(tokens_choose_case("tokens_choose_runs_capacity", 60, 5, 1, [](const Ins& in) {
+    ops::TokensChooseParams p;
+    p.capacity_factor = 1.0f;
+    p.selection_bias = &in[1];
+    return p;
+  }, false, 4));
+  c.push_back(tokens_choose_case("tokens_choose_runs_dropless_score", 66, 7, 2, [](const Ins&) {
+    ops::TokensChooseParams p;
+    p.dropless = true;
+    p.priority = ops::SlotPriority::score;
+    return p;
+  }, false, 3));
+  struct GroupsSpec { int64_t N, G, capacity, segment; bool own = false; };
+  for (const GroupsSpec g : {GroupsSpec{37, 4, 9, 0}, GroupsSpec{24, 3, 5, 8}, GroupsSpec{64, 1, 3, 16},
+                             GroupsSpec{12, 2, 20, 6}, GroupsSpec{40, 3, 4, 10, true}, GroupsSpec{12, 2, 20, 6, true}}) {
+    const int64_t groups = g.own ? g.N / g.segment * g.G : g.G;
+    c.push_back({"groups_choose_" + std::to_string(g.N) + "x" + std::to_string(g.G) + "_s" + std::to_string(g.segment) +
+                     (g.own ? "_own" : ""), Tol::exact,
                  [g](Rng& r) { return Ins{randn({g.N, g.G}, r)}; },
-                 [g](Ctx& x, const Ins&) { return route_outputs(x, g.N, g.G, g.G); },
+                 [g, groups](Ctx& x, const Ins&) { return route_outputs(x, g.N, g.G, groups); },
                  [g](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    ops::Route route;
-                   ops::groups_choose(x, route, in[0], g.capacity, g.segment);
+                   ops::groups_choose(x, route, in[0], g.capacity, g.segment, g.own);
                    put_route(x, route, o);
                  }});
   }
@@ -1050,6 +1121,9 @@ std::vector<OpCase> cases() {
     c.push_back(assign_clusters_case(spec));
     c.push_back(centroid_update_case(spec));
   }
+  c.push_back(stacked_clusters_case("causal", 30, 5, 16, causal));
+  c.push_back(stacked_clusters_case("causal_capped", 41, 4, 24, capped));
+  c.push_back(stacked_clusters_case("balanced", 30, 4, 16, balanced));
   // ---- routed attention's attention ----
   ops::ClusterParams drops, bal;
   drops.dropless = false;
@@ -1073,7 +1147,12 @@ std::vector<OpCase> cases() {
                                  RoutedSpec{"balanced_d16", 61, 5, 16, bal, false},
                                  RoutedSpec{"balanced_70_clusters_d32", 160, 70, 32, bal, false},
                                  RoutedSpec{"balanced_shared_keys_d64", 130, 3, 64, bal, true},
-                                 RoutedSpec{"balanced_400_tokens_d128", 400, 20, 128, bal, false}})
+                                 RoutedSpec{"balanced_400_tokens_d128", 400, 20, 128, bal, false},
+                                 // stacked heads: the rows kernels (d 24) and the tiled ones, both modes
+                                 RoutedSpec{"stacked_causal_d24", 50, 4, 24, causal, false, 3},
+                                 RoutedSpec{"stacked_causal_drops_d64", 90, 6, 64, drops, false, 4},
+                                 RoutedSpec{"stacked_balanced_d24", 40, 3, 24, bal, false, 3},
+                                 RoutedSpec{"stacked_balanced_70_clusters_d64", 150, 70, 64, bal, false, 2}})
     c.push_back(routed_attention_case(spec));
   for (const int64_t D : {5, 16})
     c.push_back(routed_attention_case("lone_query_d" + std::to_string(D), 6, D,

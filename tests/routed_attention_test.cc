@@ -633,10 +633,10 @@ TEST_F(RoutedAttentionCuda, BalancedModeMembershipDependsOnLaterTokens) { expect
 TEST_F(RoutedAttentionCuda, CausalModeLeaksWhenTheEmaSeesTheSameBatch) { expect_ema_leaks(gpu()); }
 
 // The routing heads' pair counts and commitment sums stay on the device
-// until one read after the head loop. A balanced layer's forward then waits
-// once (groups choose needs no copy back); a causal one also once per route
-// (tokens choose reads its offsets back: 2 per head). A read per head would
-// add 2 B R; the CPU is the control (no device, no waits).
+// until one read at the end. A balanced layer's forward then waits once
+// (groups choose needs no copy back); a causal one also once per route
+// (tokens choose reads its offsets back), for all heads stacked. Heads one
+// at a time would add 2 (B R - 1).
 TEST_F(RoutedAttentionCuda, LayerForwardReadsTheHeadsSumsOnce) {
   const int64_t C = 32, H = 4, T = 40, B = 2, R = 2;
   for (const bool balanced : {true, false}) {
@@ -649,7 +649,9 @@ TEST_F(RoutedAttentionCuda, LayerForwardReadsTheHeadsSumsOnce) {
     const int64_t before = host_waits();
     const Tensor y = l.attn->forward(x, B, T);
     const int64_t waits = host_waits() - before;
-    EXPECT_EQ(waits, balanced ? 1 : 1 + 2 * B * R);
+    // The sums; causal mode also reads each route's offsets back once (every
+    // routing head and sequence stacked: two reads, not two per head).
+    EXPECT_EQ(waits, balanced ? 1 : 3);
     EXPECT_GT(l.attn->stats().pair_fraction, 0.0);
     if (!balanced) EXPECT_GT(l.attn->stats().commitment_loss, 0.0);
   }

@@ -58,22 +58,30 @@ struct HostSide {
   std::vector<int32_t> item, row_group;
   std::vector<uint64_t> bits;
   ops::routed::Side side{};
-  HostSide(const ops::Route& r, int64_t T, int64_t W) : item(r.rows(), -7), row_group(r.rows(), -7), bits(T * W, 77) {
+  HostSide(const ops::Route& r, int64_t T, int64_t K, int64_t W)
+      : item(r.rows(), -7), row_group(r.rows(), -7), bits(T * W, 77) {
     const int32_t* g = r.group.data<int32_t>();
     const int32_t* s = r.slot.data<int32_t>();
     const int32_t* o = r.offset.data<int32_t>();
-    ops::routed::side_steps(HostRun{}, g, s, o, T, r.k, W, item.data(), row_group.data(), bits.data());
-    side = {g, s, o, r.k, item.data(), row_group.data(), bits.data()};
+    uint64_t* b = W > 0 ? bits.data() : nullptr;
+    ops::routed::side_steps(HostRun{}, g, s, o, T, r.k, K, W, item.data(), row_group.data(), b);
+    side = {g, s, o, r.k, item.data(), row_group.data(), b};
   }
 };
 
+// As routed_attention.cu's prepare: K clusters per head, bitmaps only where
+// a token can be in several clusters.
+inline int64_t host_words(const ops::Clusters& cl) {
+  return ops::routed::bitmap_words(cl.queries.k, cl.keys.k, cl.per_head());
+}
 struct HostHead {
   HostSide qs, ks;
   ops::routed::Head h;
   HostHead(const Tensor& q, const Tensor& k, const Tensor& v, const ops::Clusters& cl)
-      : qs(cl.queries, q.dim(0), (cl.num() + 63) / 64), ks(cl.keys, q.dim(0), (cl.num() + 63) / 64) {
-    const int64_t T = q.dim(0), D = q.dim(1), K = cl.num();
-    h = {q.f32(), k.f32(), v.f32(), T, D, K, (K + 63) / 64, 1.f / std::sqrt(static_cast<float>(D)), qs.side, ks.side};
+      : qs(cl.queries, q.dim(0), cl.per_head(), host_words(cl)), ks(cl.keys, q.dim(0), cl.per_head(), host_words(cl)) {
+    const int64_t T = q.dim(0), D = q.dim(1);
+    h = {q.f32(), k.f32(), v.f32(), T, D, cl.per_head(), host_words(cl), 1.f / std::sqrt(static_cast<float>(D)),
+         qs.side, ks.side};
   }
 };
 

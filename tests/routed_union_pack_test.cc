@@ -49,8 +49,8 @@ struct HostUnionPack {
     HostRun run;
     const routed::UnionRows rows{row_token.data(), is_query.data(), is_key.data()};
     run(K + 1, routed::UnionSegments{layout, K, seg.data(), key_len.data()});
-    run(cl.queries.rows(), routed::UnionSideRows{hh.h.qs, hh.h.W, layout, true, rows});
-    run(cl.keys.rows(), routed::UnionSideRows{hh.h.ks, hh.h.W, layout, false, rows});
+    run(cl.queries.rows(), routed::UnionSideRows{hh.h.qs, hh.h.K, hh.h.W, layout, true, rows});
+    run(cl.keys.rows(), routed::UnionSideRows{hh.h.ks, hh.h.K, hh.h.W, layout, false, rows});
   }
 
   // The varlen kernels' mask, as attention_varlen.h's launcher builds it.
@@ -60,6 +60,7 @@ struct HostUnionPack {
     m.qbits = hh.h.qs.bits;
     m.kbits = hh.h.ks.bits;
     m.words = static_cast<int>(hh.h.W);
+    m.clusters = static_cast<int>(hh.h.K);
     return m;
   }
 
@@ -246,6 +247,79 @@ TEST(RoutedUnionPack, HandPacked) {
   EXPECT_EQ(pairs.off.to_vector<int64_t>(), (std::vector<int64_t>{0, 0, 0, 2, 4, 4, 4, 4, 4, 7}));
   EXPECT_EQ(pairs.idx.to_vector<int32_t>(), (std::vector<int32_t>{0, 1, 0, 1, 4, 5, 6}));
   expect_matches_reference(c, cl);
+}
+
+
+// ---- stacked heads ----------------------------------------------------------
+
+// Rows [s T, (s+1) T) of x.
+Tensor head_rows(const Tensor& x, int64_t s, int64_t T) { return x.rows(s * T, (s + 1) * T).clone(); }
+Case head_case(const Case& c, int64_t s, int64_t T) {
+  return {head_rows(c.q, s, T), head_rows(c.k, s, T), head_rows(c.v, s, T), head_rows(c.dout, s, T),
+          {head_rows(c.start.dq, s, T), head_rows(c.start.dk, s, T), head_rows(c.start.dv, s, T)}};
+}
+
+// Four heads of T tokens stacked, two centroid sets (heads 0-1 and 2-3, as
+// the layer stacks a routing head's sequences): one assignment and one
+// attention over the stack are each head's own, bit for bit on the CPU, and
+// the host replay of the CUDA packing matches the CPU on the stack (causal:
+// no bitmaps; balanced: each token's own head's bits). The per-set ops
+// (stats, commitment) over a head range equal the per-head calls in order.
+TEST(RoutedUnionPack, StackedHeadsAreEachHeadAlone) {
+  Ctx& ctx = host_ctx();
+  Rng rng(45);
+  const int64_t S = 4, T = 37, D = 8, K = 5;
+  const Case all = random_case(S * T, D, rng);
+  Tensor qn = testing::zeros({S * T, D}), kn = testing::zeros({S * T, D}), m = testing::zeros({S * T}),
+         r = testing::zeros({S * T});
+  ops::layernorm_forward(ctx, {qn, m, r, all.q, Tensor(), Tensor()});
+  ops::layernorm_forward(ctx, {kn, m, r, all.k, Tensor(), Tensor()});
+  std::vector<ops::Centroids> sets;
+  for (int64_t i = 0; i < 2; ++i) {
+    sets.emplace_back(K, D, ctx);
+    ops::kmeans_init(ctx, sets.back(), qn.rows(i * 2 * T, (i + 1) * 2 * T), 2, rng);
+  }
+  for (const ops::ClusterParams& p : {ops::ClusterParams{}, balanced()}) {
+    SCOPED_TRACE(p.mode == ops::ClusterMode::causal ? "causal" : "balanced");
+    ops::Clusters cl;
+    ops::assign_clusters(ctx, cl, qn, kn, {&sets[0], &sets[1]}, S, p);
+    ASSERT_EQ(cl.heads, S);
+    ASSERT_EQ(cl.num(), S * K);
+    const testing::Reference whole = testing::reference(all, cl);
+    ops::ClusterStats stats(K, D, ctx), want_stats(K, D, ctx);
+    ops::accumulate_cluster_stats(ctx, stats, qn, kn, cl, {2, 2});
+    Tensor dqn = testing::zeros({S * T, D}), want_dqn = testing::zeros({S * T, D});
+    ops::commitment_backward(ctx, dqn, qn, cl, sets[1], 0.3f, {2, 2});
+    const ops::CommitmentSums cs = ops::commitment_sums(ctx, qn, cl, sets[1], nullptr, {2, 2});
+    double want_sq = 0;
+    int64_t want_count = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      SCOPED_TRACE(::testing::Message() << "head " << s);
+      const Case c = head_case(all, s, T);
+      const Tensor qh = head_rows(qn, s, T), kh = head_rows(kn, s, T);
+      ops::Clusters own;
+      ops::assign_clusters(ctx, own, qh, kh, sets[s / 2], p);
+      const testing::Reference alone = testing::reference(c, own);
+      EXPECT_EQ(head_rows(whole.o, s, T).to_vector<float>(), alone.o.to_vector<float>());
+      EXPECT_EQ(whole.lse.rows(s * T, (s + 1) * T).clone().to_vector<float>(), alone.lse.to_vector<float>());
+      EXPECT_EQ(head_rows(whole.grads.dq, s, T).to_vector<float>(), alone.grads.dq.to_vector<float>());
+      EXPECT_EQ(head_rows(whole.grads.dk, s, T).to_vector<float>(), alone.grads.dk.to_vector<float>());
+      EXPECT_EQ(head_rows(whole.grads.dv, s, T).to_vector<float>(), alone.grads.dv.to_vector<float>());
+      if (s >= 2) {
+        ops::accumulate_cluster_stats(ctx, want_stats, qh, kh, own);
+        Tensor d = want_dqn.rows(s * T, (s + 1) * T);
+        ops::commitment_backward(ctx, d, qh, own, sets[1], 0.3f);
+        const ops::CommitmentSums one = ops::commitment_sums(ctx, qh, own, sets[1]);
+        want_sq += one.sq, want_count += one.count;
+      }
+    }
+    EXPECT_EQ(stats.sum.to_vector<float>(), want_stats.sum.to_vector<float>());
+    EXPECT_EQ(stats.count.to_vector<float>(), want_stats.count.to_vector<float>());
+    EXPECT_EQ(dqn.to_vector<float>(), want_dqn.to_vector<float>());
+    EXPECT_EQ(cs.count, want_count);
+    EXPECT_NEAR(cs.sq, want_sq, 1e-9 * std::abs(want_sq));
+    expect_matches_reference(all, cl);  // the CUDA steps on the host, over the stack
+  }
 }
 
 }  // namespace

@@ -234,6 +234,65 @@ TEST(TokensChoose, SelectionKeysMoveChoiceNotWeight) {
   EXPECT_THROW(tokens_choose(p, prm), Error);
 }
 
+// A route of runs with their own groups against one call per run: group,
+// slot and weight of run s are the run's own route with groups + s G, the
+// counts and offsets the runs' side by side (offsets shifted by the rows
+// before the run).
+void expect_runs_concatenate(const Route& whole, const std::vector<Route>& runs, int64_t G) {
+  expect_invariants(whole);
+  std::vector<int32_t> group, slot, count, offset{0};
+  std::vector<float> weight;
+  for (size_t s = 0; s < runs.size(); ++s) {
+    for (int32_t g : ints(runs[s].group)) group.push_back(g < 0 ? g : g + static_cast<int32_t>(s * G));
+    for (int32_t v : ints(runs[s].slot)) slot.push_back(v);
+    for (float w : floats(runs[s].weight)) weight.push_back(w);
+    for (int32_t c : ints(runs[s].count)) count.push_back(c), offset.push_back(offset.back() + c);
+  }
+  EXPECT_EQ(whole.num_groups, static_cast<int64_t>(runs.size()) * G);
+  EXPECT_EQ(ints(whole.group), group);
+  EXPECT_EQ(ints(whole.slot), slot);
+  EXPECT_EQ(floats(whole.weight), weight);
+  EXPECT_EQ(ints(whole.count), count);
+  EXPECT_EQ(ints(whole.offset), offset);
+}
+
+TEST(TokensChoose, RunsWithTheirOwnGroupsAreThePerRunRoutes) {
+  Rng rng(41);
+  for (const auto& [runs, S, G, k, cf, prio] : std::vector<std::tuple<int64_t, int64_t, int64_t, int, float, SlotPriority>>{
+           {3, 20, 4, 1, 0.8f, SlotPriority::position}, {4, 9, 5, 2, 0.6f, SlotPriority::score},
+           {2, 16, 3, 1, 0.f, SlotPriority::position}}) {
+    SCOPED_TRACE(::testing::Message() << runs << " runs of " << S << ", G=" << G << " k=" << k);
+    const Tensor probs = random_probs(runs * S, G, rng);
+    TokensChooseParams p;
+    p.k = k, p.capacity_factor = cf, p.priority = prio, p.dropless = cf == 0.f;
+    std::vector<Route> per;
+    int64_t longest = 1;
+    for (int64_t s = 0; s < runs; ++s) {
+      per.push_back(tokens_choose(probs.rows(s * S, (s + 1) * S), p));
+      longest = std::max(longest, per.back().capacity);
+    }
+    p.segment = S;
+    const Route whole = tokens_choose(probs, p);
+    expect_runs_concatenate(whole, per, G);
+    EXPECT_EQ(whole.capacity, p.dropless ? longest : per[0].capacity);  // dropless: one capacity for all runs
+  }
+}
+
+TEST(GroupsChoose, SegmentsWithTheirOwnGroupsAreThePerSegmentRoutes) {
+  Rng rng(42);
+  const int64_t S = 10, G = 3;
+  const Tensor scores = random_probs(4 * S, G, rng);
+  for (int64_t C : {0, 4, 12}) {
+    std::vector<Route> per;
+    for (int64_t s = 0; s < 4; ++s) per.push_back(groups_choose(scores.rows(s * S, (s + 1) * S), C));
+    Route whole;
+    ops::groups_choose(host_ctx(), whole, scores, C, S, /*own_groups=*/true);
+    expect_runs_concatenate(whole, per, G);
+    EXPECT_EQ(whole.k, G);
+    EXPECT_EQ(whole.capacity, std::min(C, S));
+  }
+}
+
 TEST(BalanceBias, MovesTowardBalanceBySign) {
   Tensor bias = zeros({3});
   update_balance_bias(host_ctx(), bias, Tensor::from_host(std::vector<double>{6, 3, 0}), 0.1f);  // mean 3

@@ -15,13 +15,11 @@ namespace sy::ops::cpu {
 // triple loop it replaces was over 90% of a routed forward on the CPU. Only
 // the order of the D additions changes, so ties between centroids may break
 // differently in the last ulp; the tests' inputs keep gaps between scores.
-Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
+void centroid_scores(Ctx&, Tensor& s, const Tensor& xn, const Centroids& c) {
   const int64_t T = xn.dim(0);
-  Tensor s = Tensor::empty({T, c.K}, DType::f32, ctx);
-  if (T == 0 || c.K == 0) return s;
+  if (T == 0 || c.K == 0) return;
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, c.K, c.D, 1.f, xn.f32(), c.D, c.mu.f32(), c.D, 0.f,
               s.f32(), c.K);
-  return s;
 }
 
 namespace {
@@ -74,12 +72,15 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
   float* o = args.o.f32();
   float* lse = args.lse.f32();
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
-  // Membership bitmaps: the first cluster two tokens share decides where a pair counts.
-  const int64_t W = (K + 63) / 64;
+  // Membership bitmaps: the first cluster two tokens share decides where a
+  // pair counts. Bit c % Kh for cluster c (Kh per head): stacked heads never
+  // share a cluster, so a token needs only its own head's bits.
+  const int64_t Kh = args.clusters.per_head(), W = (Kh + 63) / 64;
   std::vector<uint64_t> qm(T * W, 0), km(T * W, 0);
   for (int64_t c = 0; c < K; ++c) {
-    for (int32_t t : cl.queries[c]) qm[t * W + c / 64] |= 1ull << (c % 64);
-    for (int32_t u : cl.keys[c]) km[u * W + c / 64] |= 1ull << (c % 64);
+    const int64_t b = c % Kh;
+    for (int32_t t : cl.queries[c]) qm[t * W + b / 64] |= 1ull << (b % 64);
+    for (int32_t u : cl.keys[c]) km[u * W + b / 64] |= 1ull << (b % 64);
   }
   auto first_common = [&](int64_t t, int64_t u) {
     for (int64_t w = 0; w < W; ++w)
@@ -98,7 +99,7 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& args) {
       size_t first = union_keys[t].size();
       for (int32_t u : kc) {
         if (u > t) break;  // keys are in position order
-        if (first_common(t, u) != c) continue;
+        if (first_common(t, u) != c % Kh) continue;
         float d = 0;
         for (int64_t i = 0; i < D; ++i) d += hq[t * D + i] * hk[u * D + i];
         s.push_back(d * scale);
@@ -156,20 +157,23 @@ void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   sparse_attention_backward(ctx, {a.dq, a.dk, a.dv, a.dout, a.o, a.lse, a.q, a.k, a.v, a.keys});
 }
 
-void accumulate_cluster_stats(Ctx&, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& clusters) {
+void accumulate_cluster_stats(Ctx&, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& clusters,
+                              HeadRange heads) {
   const Members cl{members(clusters.queries), members(clusters.keys)};
-  const int64_t K = clusters.num(), D = qn.dim(1);
+  const int64_t K = clusters.per_head(), D = qn.dim(1);
   float* sum = s.sum.f32();
   float* count = s.count.f32();
   auto add = [&](int64_t c, const float* x) {
     for (int64_t i = 0; i < D; ++i) sum[c * D + i] += x[i];
     count[c] += 1.f;
   };
-  for (int64_t c = 0; c < K; ++c) {
-    for (int32_t t : cl.queries[c]) add(c, qn.f32() + t * D);
-    if (cl.keys[c] != cl.queries[c])
-      for (int32_t u : cl.keys[c]) add(c, kn.f32() + u * D);
-  }
+  for (int64_t h = heads.first; h < heads.first + heads.count; ++h)
+    for (int64_t c = 0; c < K; ++c) {
+      const int64_t g = h * K + c;  // head h's cluster c
+      for (int32_t t : cl.queries[g]) add(c, qn.f32() + t * D);
+      if (cl.keys[g] != cl.queries[g])
+        for (int32_t u : cl.keys[g]) add(c, kn.f32() + u * D);
+    }
 }
 
 void kmeans_init(Ctx&, Centroids& c, const Tensor& xt, int iters, Rng& rng) {
@@ -234,16 +238,19 @@ float ema_update(Ctx&, Centroids& c, const ClusterStats& s, float decay) {
   return static_cast<float>(drift / std::max<int64_t>(1, K));
 }
 
-CommitmentSums commitment_sums(Ctx&, const Tensor& qn, const Clusters& clusters, const Centroids& c, double* sq_slot) {
+// Stacked heads: the clusters of `heads` (groups [first K, (first + count) K)),
+// cluster g's centroid row g % K.
+CommitmentSums commitment_sums(Ctx&, const Tensor& qn, const Clusters& clusters, const Centroids& c, double* sq_slot,
+                               HeadRange heads) {
   const std::vector<std::vector<int32_t>> queries = members(clusters.queries);
-  const int64_t D = c.D;
+  const int64_t D = c.D, K = c.K;
   const float* mu = c.mu.f32();
   CommitmentSums s;
-  for (size_t k = 0; k < queries.size(); ++k)
+  for (int64_t k = heads.first * K; k < (heads.first + heads.count) * K; ++k)
     for (int32_t t : queries[k]) {
       double d2 = 0;
       for (int64_t i = 0; i < D; ++i) {
-        const double e = qn.f32()[t * D + i] - mu[k * D + i];
+        const double e = qn.f32()[t * D + i] - mu[k % K * D + i];
         d2 += e * e;
       }
       s.sq += d2 / D;
@@ -256,13 +263,14 @@ CommitmentSums commitment_sums(Ctx&, const Tensor& qn, const Clusters& clusters,
   return s;
 }
 
-void commitment_backward(Ctx&, Tensor& dqn, const Tensor& qn, const Clusters& clusters, const Centroids& c, float scale) {
+void commitment_backward(Ctx&, Tensor& dqn, const Tensor& qn, const Clusters& clusters, const Centroids& c, float scale,
+                         HeadRange heads) {
   const std::vector<std::vector<int32_t>> queries = members(clusters.queries);
-  const int64_t D = c.D;
+  const int64_t D = c.D, K = c.K;
   const float* mu = c.mu.f32();
-  for (size_t k = 0; k < queries.size(); ++k)
+  for (int64_t k = heads.first * K; k < (heads.first + heads.count) * K; ++k)
     for (int32_t t : queries[k])
-      for (int64_t d = 0; d < D; ++d) dqn.f32()[t * D + d] += scale * (qn.f32()[t * D + d] - mu[k * D + d]);
+      for (int64_t d = 0; d < D; ++d) dqn.f32()[t * D + d] += scale * (qn.f32()[t * D + d] - mu[k % K * D + d]);
 }
 
 }  // namespace sy::ops::cpu

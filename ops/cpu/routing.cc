@@ -88,7 +88,8 @@ std::vector<int64_t> argsort_desc(const std::vector<float>& key) {
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
   const int64_t N = probs.dim(0), G = probs.dim(1), k = p.k;
-  init_route(ctx, r, N, k, G);
+  const int64_t run = p.segment > 0 ? p.segment : N, groups = run > 0 ? N / run * G : G;  // runs' own groups
+  init_route(ctx, r, N, k, groups);
   int32_t* group = r.group.data<int32_t>();
   float* weight = r.weight.f32();
   const float* bias = p.selection_bias ? p.selection_bias->f32() : nullptr;
@@ -105,8 +106,9 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
       return sel[a] > sel[b] || (sel[a] == sel[b] && a < b);
     });
     float wsum = 0;
+    const int64_t base = p.segment > 0 ? i / p.segment * G : 0;
     for (int64_t j = 0; j < k; ++j) {
-      group[i * k + j] = static_cast<int32_t>(idx[j]);
+      group[i * k + j] = static_cast<int32_t>(base + idx[j]);
       weight[i * k + j] = pi[idx[j]];
       wsum += pi[idx[j]];
     }
@@ -124,11 +126,11 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
     for (int64_t i : items) order.push_back(i * k + j);
 
   if (p.dropless) {
-    std::vector<int64_t> load(G, 0);
+    std::vector<int64_t> load(groups, 0);
     for (int64_t a = 0; a < N * k; ++a) ++load[group[a]];
-    r.capacity = std::max<int64_t>(1, G > 0 ? *std::max_element(load.begin(), load.end()) : 0);
+    r.capacity = std::max<int64_t>(1, groups > 0 ? *std::max_element(load.begin(), load.end()) : 0);
   } else {
-    r.capacity = ceil_capacity(p.capacity_factor, static_cast<double>(N) * k / G);
+    r.capacity = ceil_capacity(p.capacity_factor, static_cast<double>(run) * k / G);
   }
   assign_slots(r, order);
   if (p.padded) {
@@ -137,12 +139,13 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   }
 }
 
-void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment) {
+void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups) {
   const int64_t N = scores.dim(0), G = scores.dim(1);
   const int64_t S = segment > 0 ? segment : N;
   const int64_t per_segment = std::min(capacity, S), segments = S > 0 ? N / S : 0;
-  init_route(ctx, r, N, G, G);
-  r.capacity = per_segment * segments;
+  own_groups = own_groups && segment > 0;
+  init_route(ctx, r, N, G, own_groups ? segments * G : G);
+  r.capacity = own_groups ? per_segment : per_segment * segments;
   int32_t* group = r.group.data<int32_t>();
   float* weight = r.weight.f32();
   const float* sc = scores.f32();
@@ -160,7 +163,7 @@ void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, i
       });
       for (int64_t c = 0; c < per_segment; ++c) {
         const int64_t item = s0 + idx[c];
-        group[item * G + g] = static_cast<int32_t>(g);
+        group[item * G + g] = static_cast<int32_t>(own_groups ? s0 / S * G + g : g);
         weight[item * G + g] = col[idx[c]];
       }
     }

@@ -1308,6 +1308,7 @@ attn::MemberMask member_mask(const VarlenAttention& v) {
   m.qbits = v.qbits;
   m.kbits = v.kbits;
   m.words = v.words;
+  m.clusters = v.clusters;
   return m;
 }
 }  // namespace
@@ -1317,7 +1318,7 @@ void varlen_attention_forward(Ctx& ctx, const VarlenAttention& v, const Tensor& 
   check_shape(out, {v.rows, v.C}, "varlen_attention_forward out");
   check_shape(lse, {v.H, v.rows}, "varlen_attention_forward lse");
   if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
-  SY_CHECK(!v.pos || (v.key_len && v.qbits && v.kbits && v.words > 0),
+  SY_CHECK(!v.pos || (v.key_len && (v.words == 0 || (v.qbits && v.kbits && v.clusters > 0))),
            "varlen_attention_forward: positions (the split layout) need key prefixes and membership bitmaps");
   check_aligned("varlen_attention_forward", {qkv.raw(), out.raw()});
   Tensor scratch = Tensor::empty({2 * (v.segments + 1)}, DType::i32, ctx);
@@ -1331,7 +1332,7 @@ void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv,
   check_shape(dqkv, {v.rows, 3 * v.C}, "varlen_attention_backward dqkv");
   check_shape(lse, {v.H, v.rows}, "varlen_attention_backward lse");
   if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
-  SY_CHECK(!v.pos || (v.key_len && v.qbits && v.kbits && v.words > 0),
+  SY_CHECK(!v.pos || (v.key_len && (v.words == 0 || (v.qbits && v.kbits && v.clusters > 0))),
            "varlen_attention_backward: positions (the split layout) need key prefixes and membership bitmaps");
   check_aligned("varlen_attention_backward", {qkv.raw(), dqkv.raw(), dout.raw(), out.raw()});
   Tensor scratch = Tensor::empty({2 * (v.segments + 1)}, DType::i32, ctx);

@@ -117,8 +117,10 @@ SY_HD inline int lower_index(const int32_t* a, int n, int32_t x) {
 // of 2 (not 1) says the row's token is on that side of an earlier segment
 // too; a pair of two such rows counts only where segment b is the first
 // that holds both (first_shared on the bitmaps qbits, kbits of the rows'
-// positions, `words` words each), so no pair counts twice across segments
-// (flags of 2 need pos: without it such a pair is refused).
+// positions, `words` words each, bit b % clusters for segment b: stacked
+// heads of `clusters` segments each, whose tokens have their own head's bits
+// only), so no pair counts twice across segments (flags of 2 need pos and
+// words: without them such a pair is refused).
 struct MemberMask {
   const int32_t* is_query;  // (rows of all segments), 0, 1 or 2 (i32: the tensors have no byte type)
   const int32_t* is_key;
@@ -129,16 +131,18 @@ struct MemberMask {
   const uint64_t* qbits = nullptr;   // (positions, words): where flags of 2 occur
   const uint64_t* kbits = nullptr;
   int words = 0;
-  int seg = 0;  // after bind: the segment's index
+  int clusters = INT_MAX;  // segments per stacked head (bit b % clusters; INT_MAX: one head)
+  int seg = 0;       // after bind: the segment's index
   SY_HD MemberMask bind(int b, int64_t row0, int n) const {
     return {is_query + row0, is_key + row0, key_len, n, key_len ? key_len[b] : n,
-            pos ? pos + row0 : nullptr, qbits, kbits, words, b};
+            pos ? pos + row0 : nullptr, qbits, kbits, words, clusters, b};
   }
   SY_HD bool ok(int q, int k) const {
     if (!(q < len && k < klen && is_query[q] && is_key[k])) return false;
     if (pos ? pos[k] > pos[q] : k > q) return false;
     return is_query[q] == 1 || is_key[k] == 1 ||
-           (pos && first_shared(qbits + int64_t{pos[q]} * words, kbits + int64_t{pos[k]} * words, seg));
+           (pos && words > 0 &&
+            first_shared(qbits + int64_t{pos[q]} * words, kbits + int64_t{pos[k]} * words, seg % clusters));
   }
   SY_HD int kv_begin(int) const { return 0; }
   SY_HD int kv_end(int q_last) const {

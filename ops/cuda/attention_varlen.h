@@ -23,6 +23,7 @@
 // The CPU reference of the same pairs is ops::sparse_attention over key sets
 // built from the flags (tests/backend_ops_test.cc).
 #pragma once
+#include <climits>
 #include <cstdint>
 
 #include "core/tensor.h"
@@ -42,11 +43,13 @@ struct VarlenAttention {
   // ops/cuda/routed_union_pack.h): with key_len, segment b holds its keys,
   // then its queries, each in position order; a pair needs pos[j] <= pos[i],
   // and flags of 2 mark the rows whose pairs count only in the first
-  // segment that holds both tokens (bitmaps qbits, kbits: (positions, words)).
+  // segment that holds both tokens (bitmaps qbits, kbits: (positions, words),
+  // bit b % clusters for segment b; words 0: no flags of 2, no bitmaps).
   const int32_t* pos = nullptr;      // (rows), device, or null
   const uint64_t* qbits = nullptr;   // device
   const uint64_t* kbits = nullptr;
   int words = 0;
+  int clusters = INT_MAX;  // segments per stacked head (INT_MAX: one head)
 };
 
 // Whether the tiled kernels (dense and varlen) have a head dim D for dtype

@@ -16,13 +16,14 @@
 // accumulate_cluster_stats:  one block per cluster; thread d walks the
 //   cluster's query rows, then (when the key list differs) its key rows, in
 //   row order, adding into sum[c, d] - the CPU's additions in the CPU's order,
-//   so the sums are bitwise the reference's. The count is the CPU's loop of
-//   += 1 on one thread.
+//   so the sums are bitwise the reference's (stacked heads: cluster c of
+//   each head in turn). The count is the CPU's loop of += 1 on one thread.
 // ema_update:  one block per centroid: n, s by the CPU's expressions
 //   (__fmul_rn/__fadd_rn: no FMA contraction), |s|^2 and the drift by a
 //   fixed block tree in double, the mean drift by sum_f64_to_host.
-// commitment_sums:  one warp per query row, |qn - mu|^2 / D in double by a
-//   fixed butterfly, summed over rows by sum_f64_to_host (fixed order).
+// commitment_sums:  one warp per query row (of the heads asked for: one
+//   stretch of the buffer), |qn - mu|^2 / D in double by a fixed butterfly,
+//   summed over rows by sum_f64_to_host (fixed order).
 // commitment_backward:  one thread per element of dqn, adding the query's
 //   clusters in ascending order (its assignments in index order: k = 1, or
 //   the groups-choose layout a = t*K + c), as the CPU's cluster loop does.
@@ -67,11 +68,10 @@ constexpr int kRowBlock = 128;       // threads of the per-cluster kernels (a po
 
 }  // namespace
 
-// scores (T, K) = xn (T, D) . mu^T, mu stored (K, D).
-Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
+// s (T, K) = xn (T, D) . mu^T, mu stored (K, D); s may be rows of a larger tensor.
+void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c) {
   const int64_t T = xn.dim(0);
-  Tensor s = Tensor::empty({T, c.K}, DType::f32, ctx);
-  if (T == 0) return s;
+  if (T == 0) return;
   GemmArgs g;
   g.trans_b = true;
   g.M = T, g.N = c.K, g.K = c.D;
@@ -79,7 +79,6 @@ Tensor centroid_scores(Ctx& ctx, const Tensor& xn, const Centroids& c) {
   g.B = c.mu.data<float>(), g.ldb = c.D;
   g.C = s.data<float>(), g.ldc = c.K;
   gemm(ctx, g);
-  return s;
 }
 
 namespace {
@@ -126,6 +125,7 @@ namespace {
 struct StatsArgs {
   float* sum;    // (K, D)
   float* count;  // (K)
+  int64_t K, first, heads;  // clusters per head; the stacked heads [first, first + heads)
   const float* qn;
   const float* kn;  // (T, D)
   const int32_t* q_offset;
@@ -136,9 +136,9 @@ struct StatsArgs {
 };
 }  // namespace
 
-static __global__ void cluster_stats_kernel(StatsArgs a) {
-  const int64_t c = blockIdx.x;
-  const int32_t q0 = a.q_offset[c], q1 = a.q_offset[c + 1], k0 = a.k_offset[c], k1 = a.k_offset[c + 1];
+// Cluster g into stats row c.
+static __device__ void cluster_stats_block(const StatsArgs& a, int64_t g, int64_t c) {
+  const int32_t q0 = a.q_offset[g], q1 = a.q_offset[g + 1], k0 = a.k_offset[g], k1 = a.k_offset[g + 1];
   // The CPU adds the keys only where the key list differs from the query list.
   bool same = q1 - q0 == k1 - k0;
   if (same) {  // uniform over the block: the barrier below is reached by all or none
@@ -161,13 +161,20 @@ static __global__ void cluster_stats_kernel(StatsArgs a) {
   }
 }
 
-void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl) {
-  const int64_t K = cl.num();
-  if (K == 0) return;
+// Block c: cluster c of every head in the range, heads in order (the CPU's
+// order of additions into row c; thread d owns sum[c, d] throughout).
+static __global__ void cluster_stats_kernel(StatsArgs a) {
+  for (int64_t h = a.first; h < a.first + a.heads; ++h) cluster_stats_block(a, h * a.K + blockIdx.x, blockIdx.x);
+}
+
+void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl,
+                              HeadRange heads) {
+  const int64_t K = cl.per_head();
+  if (K == 0 || heads.count == 0) return;
   const Members q = members(ctx, cl.queries), k = members(ctx, cl.keys);
-  StatsArgs a{s.sum.data<float>(),          s.count.data<float>(),          qn.data<float>(), kn.data<float>(),
-              cl.queries.offset.data<int32_t>(), q.items(), cl.keys.offset.data<int32_t>(), k.items(),
-              qn.dim(1)};
+  StatsArgs a{s.sum.data<float>(), s.count.data<float>(), K, heads.first, heads.count, qn.data<float>(),
+              kn.data<float>(), cl.queries.offset.data<int32_t>(), q.items(), cl.keys.offset.data<int32_t>(),
+              k.items(), qn.dim(1)};
   cluster_stats_kernel<<<static_cast<unsigned>(K), kRowBlock, 0, stream(ctx)>>>(a);
   CUDA_CHECK(cudaGetLastError());
 }
@@ -227,14 +234,14 @@ float ema_update(Ctx& ctx, Centroids& c, const ClusterStats& s, float decay) {
 // ---- commitment loss ------------------------------------------------------
 
 // Row r of the query buffer: out[r] = |qn_t - mu_c|^2 / D (the CPU's float
-// difference, squared and summed in double).
+// difference, squared and summed in double); cluster g's centroid row g % K.
 static __global__ void commitment_rows(const float* qn, const float* mu, const int32_t* item, const int32_t* group,
-                                       int64_t rows, int64_t D, double* out) {
+                                       int64_t rows, int64_t D, int64_t K, double* out) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;  // the whole warp leaves together
   const float* x = qn + static_cast<int64_t>(item[r]) * D;
-  const float* m = mu + static_cast<int64_t>(group[r]) * D;
+  const float* m = mu + static_cast<int64_t>(group[r] % K) * D;
   double s = 0;
   for (int64_t d = lane; d < D; d += 32) {
     const double e = __fsub_rn(x[d], m[d]);
@@ -244,49 +251,58 @@ static __global__ void commitment_rows(const float* qn, const float* mu, const i
   if (lane == 0) out[r] = s / static_cast<double>(D);
 }
 
-CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c, double* sq_slot) {
+CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c, double* sq_slot,
+                               HeadRange heads) {
   const Members q = members(ctx, cl.queries);
+  // The heads' query rows: one stretch of the group-major buffer.
+  const std::vector<int32_t>& off = cl.queries.host_offset;
+  const int64_t r0 = heads.count > 0 ? off[heads.first * c.K] : 0,
+                rows = heads.count > 0 ? off[(heads.first + heads.count) * c.K] - r0 : 0;
   CommitmentSums s;
-  s.count = q.rows;
-  Tensor per_row = Tensor::empty({std::max<int64_t>(q.rows, 1)}, DType::f64, ctx);
-  if (q.rows > 0) {
-    commitment_rows<<<grid_for(q.rows, kWarps), kBlock, 0, stream(ctx)>>>(
-        qn.data<float>(), c.mu.data<float>(), q.items(), q.groups(), q.rows, c.D, per_row.data<double>());
+  s.count = rows;
+  Tensor per_row = Tensor::empty({std::max<int64_t>(rows, 1)}, DType::f64, ctx);
+  if (rows > 0) {
+    commitment_rows<<<grid_for(rows, kWarps), kBlock, 0, stream(ctx)>>>(
+        qn.data<float>(), c.mu.data<float>(), q.items() + r0, q.groups() + r0, rows, c.D, c.K,
+        per_row.data<double>());
     CUDA_CHECK(cudaGetLastError());
   }
   if (sq_slot) {  // on the device, unread (0 for no rows)
-    sum_f64(ctx, per_row.data<double>(), q.rows, sq_slot);
+    sum_f64(ctx, per_row.data<double>(), rows, sq_slot);
     s.sq = NAN;
-  } else if (q.rows > 0) {
-    s.sq = sum_f64_to_host(ctx, per_row.data<double>(), q.rows);
+  } else if (rows > 0) {
+    s.sq = sum_f64_to_host(ctx, per_row.data<double>(), rows);
   }
   return s;
 }
 
+// Element i of tokens [t0, t1) x D; cluster g's centroid row g % K.
 static __global__ void commitment_backward_kernel(float* dqn, const float* qn, const float* mu, const int32_t* group,
-                                                  const int32_t* slot, int64_t T, int64_t k, int64_t D, float scale) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= T * D) return;
+                                                  const int32_t* slot, int64_t t0, int64_t t1, int64_t k, int64_t D,
+                                                  int64_t K, float scale) {
+  const int64_t i = t0 * D + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= t1 * D) return;
   const int64_t t = i / D, d = i % D;
   float acc = dqn[i];
   for (int64_t j = 0; j < k; ++j) {
     const int64_t a = t * k + j;
-    if (slot[a] >= 0) acc = __fadd_rn(acc, __fmul_rn(scale, __fsub_rn(qn[i], mu[group[a] * D + d])));
+    if (slot[a] >= 0) acc = __fadd_rn(acc, __fmul_rn(scale, __fsub_rn(qn[i], mu[group[a] % K * D + d])));
   }
   dqn[i] = acc;
 }
 
-void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale) {
+void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale,
+                         HeadRange heads) {
   const Route& r = cl.queries;
   // Assignments in index order must be clusters in ascending order (the CPU's
   // loop): true for top-1 routes and for groups choose (a = t*K + c).
-  SY_CHECK(r.k == 1 || r.k == r.num_groups,
-           "commitment_backward: a route with " << r.k << " choices over " << r.num_groups << " clusters");
-  const int64_t T = qn.dim(0);
-  if (T * c.D == 0 || r.assignments() == 0) return;
-  commitment_backward_kernel<<<grid_for(T * c.D), kBlock, 0, stream(ctx)>>>(
-      dqn.data<float>(), qn.data<float>(), c.mu.data<float>(), r.group.data<int32_t>(), r.slot.data<int32_t>(), T,
-      r.k, c.D, scale);
+  SY_CHECK(r.k == 1 || r.k == cl.per_head(),
+           "commitment_backward: a route with " << r.k << " choices over " << cl.per_head() << " clusters a head");
+  const int64_t T = cl.head_len(), t0 = heads.first * T, t1 = (heads.first + heads.count) * T;
+  if ((t1 - t0) * c.D == 0 || r.assignments() == 0) return;
+  commitment_backward_kernel<<<grid_for((t1 - t0) * c.D), kBlock, 0, stream(ctx)>>>(
+      dqn.data<float>(), qn.data<float>(), c.mu.data<float>(), r.group.data<int32_t>(), r.slot.data<int32_t>(), t0,
+      t1, r.k, c.D, c.K, scale);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -306,36 +322,37 @@ struct SideBuffers {
   routed::Side side{};
 };
 
-SideBuffers prepare_side(Ctx& ctx, const Route& r, int64_t T, int64_t W) {
+SideBuffers prepare_side(Ctx& ctx, const Route& r, int64_t T, int64_t K, int64_t W) {
   // A token's assignments in index order must be its clusters in ascending
   // order (the CPU's cluster loop): top-1 routes and groups choose (a = t*K + c).
-  SY_CHECK(r.k == 1 || r.k == r.num_groups,
-           "routed attention: a cluster route with " << r.k << " choices over " << r.num_groups << " clusters");
+  SY_CHECK(r.k == 1 || r.k == K,
+           "routed attention: a cluster route with " << r.k << " choices over " << K << " clusters a head");
   SideBuffers s;
   s.rows = r.rows();
   s.item = Tensor::empty({s.rows}, DType::i32, ctx);
   s.row_group = Tensor::empty({s.rows}, DType::i32, ctx);
-  s.bits = Tensor::empty({T * W}, DType::i64, ctx);
-  auto* bits = reinterpret_cast<uint64_t*>(s.bits.data<int64_t>());
+  s.bits = Tensor::empty({std::max<int64_t>(T * W, 1)}, DType::i64, ctx);
+  auto* bits = W > 0 ? reinterpret_cast<uint64_t*>(s.bits.data<int64_t>()) : nullptr;
   routed::side_steps(Launch{stream(ctx)}, r.group.data<int32_t>(), r.slot.data<int32_t>(), r.offset.data<int32_t>(),
-                     T, r.k, W, s.item.data<int32_t>(), s.row_group.data<int32_t>(), bits);
+                     T, r.k, K, W, s.item.data<int32_t>(), s.row_group.data<int32_t>(), bits);
   s.side = {r.group.data<int32_t>(), r.slot.data<int32_t>(), r.offset.data<int32_t>(), r.k,
             s.item.data<int32_t>(), s.row_group.data<int32_t>(), bits};
   return s;
 }
 
-// Both sides of a head, and the head the rows header reads.
+// Both sides of a head (or of stacked heads), and the head the rows header reads.
 struct Prepared {
   SideBuffers qs, ks;
   routed::Head head{};
 };
 
 Prepared prepare(Ctx& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Clusters& cl) {
-  const int64_t T = q.dim(0), D = q.dim(1), K = cl.num(), W = (K + 63) / 64;
+  const int64_t T = q.dim(0), D = q.dim(1), K = cl.per_head();
+  const int64_t W = routed::bitmap_words(cl.queries.k, cl.keys.k, K);
   SY_CHECK(T < (int64_t{1} << 31), "routed attention: " << T << " tokens (positions are 32-bit)");
   Prepared p;
-  p.qs = prepare_side(ctx, cl.queries, T, W);
-  p.ks = prepare_side(ctx, cl.keys, T, W);
+  p.qs = prepare_side(ctx, cl.queries, T, K, W);
+  p.ks = prepare_side(ctx, cl.keys, T, K, W);
   // (the routes alone for bf16 values: the union path passes its values apart)
   const bool f32 = q.dtype() == DType::f32;
   p.head = {f32 ? q.data<float>() : nullptr, f32 ? k.data<float>() : nullptr, f32 ? v.data<float>() : nullptr,
@@ -417,8 +434,8 @@ UnionPack union_pack(Ctx& ctx, const Clusters& cl, const Prepared& p) {
   const routed::UnionRows rows{u.row_token.data<int32_t>(), u.is_query.data<int32_t>(), u.is_key.data<int32_t>()};
   const Launch run{stream(ctx)};
   run(K + 1, routed::UnionSegments{u.layout, K, u.seg.data<int32_t>(), u.key_len.data<int32_t>()});
-  run(p.qs.rows, routed::UnionSideRows{p.head.qs, p.head.W, u.layout, true, rows});
-  run(p.ks.rows, routed::UnionSideRows{p.head.ks, p.head.W, u.layout, false, rows});
+  run(p.qs.rows, routed::UnionSideRows{p.head.qs, p.head.K, p.head.W, u.layout, true, rows});
+  run(p.ks.rows, routed::UnionSideRows{p.head.ks, p.head.K, p.head.W, u.layout, false, rows});
   return u;
 }
 
@@ -429,6 +446,7 @@ VarlenAttention union_varlen(const UnionPack& u, const Prepared& p, int64_t K, i
   v.qbits = p.qs.side.bits;
   v.kbits = p.ks.side.bits;
   v.words = static_cast<int>(p.head.W);
+  v.clusters = static_cast<int>(p.head.K);
   return v;
 }
 

@@ -10,10 +10,12 @@
 // Layout. Each side (queries, keys) is a Route over the T tokens of one head
 // of one sequence (K clusters, k = 1 assignment per token, or k = K with
 // assignment t*K + c for cluster c: either way a token's assignments in index
-// order are its clusters in ascending order). Its group-major buffer rows are
-// inverted once, row -> (token, cluster); a cluster's rows hold its members in
-// position order. Membership bitmaps (T, W = ceil(K / 64) words) give the
-// pair rule in O(W):
+// order are its clusters in ascending order), or of several heads stacked
+// (cluster c of head s is group s K + c; its tokens rows [s T, (s+1) T)).
+// Its group-major buffer rows are inverted once, row -> (token, cluster); a
+// cluster's rows hold its members in position order. Membership bitmaps
+// (T, W = ceil(K / 64) words, bit c % K) give the pair rule in O(W), and are
+// not needed (W = 0) where every token has one cluster per side:
 //   (t, u) counts in cluster c  <=>  t in queries(c), u in keys(c), u <= t and
 //                                    no cluster c' < c holds t as a query and u as a key.
 //
@@ -66,7 +68,7 @@ struct Side {
   int64_t k;                 // assignments per token
   const int32_t* item;       // (rows) row -> token position
   const int32_t* row_group;  // (rows) row -> cluster
-  const uint64_t* bits;      // (T, W) bit c set where the token is a member of cluster c
+  const uint64_t* bits;      // (T, W) bit c % K set where the token is a member of cluster c (null: W = 0)
 
   // Buffer row of token t's j-th assignment, or -1 (not kept).
   SY_HD int64_t row(int64_t t, int64_t j) const {
@@ -75,7 +77,9 @@ struct Side {
   }
 };
 
-// One head of one sequence: q, k, v (T, D) contiguous.
+// One head of one sequence, or several stacked (ops/routed_attention.h's
+// Clusters): q, k, v (T, D) contiguous, T all heads' tokens, K clusters per
+// head, W bitmap words per token (bitmap_words).
 struct Head {
   const float *q, *k, *v;
   int64_t T, D, K, W;
@@ -90,6 +94,17 @@ SY_HD inline float dot(const float* a, const float* b, int64_t n) {
 }
 
 using attn::first_shared;  // (ops/cuda/attention_tiles.h: the varlen mask applies the same rule)
+
+// Bitmap words per token: none where every token has one cluster per side
+// (k = 1 on both: a pair's one shared cluster is its first), else a bit per
+// cluster of the token's own head (stacked heads share no cluster).
+inline int64_t bitmap_words(int64_t q_choices, int64_t k_choices, int64_t per_head) {
+  return q_choices == 1 && k_choices == 1 ? 0 : (per_head + 63) / 64;
+}
+// Whether query t and key u count in cluster c: its first shared one.
+SY_HD inline bool counts_in(const Head& h, int64_t t, int64_t u, int64_t c) {
+  return h.W == 0 || first_shared(h.qs.bits + t * h.W, h.ks.bits + u * h.W, c % h.K);
+}
 
 // ---- preparation, per side ------------------------------------------------
 
@@ -106,17 +121,17 @@ struct MemberRows {
   }
 };
 
-// Token t: its W bitmap words (one owner, no atomics).
+// Token t: its W bitmap words, bit c % K for cluster c (one owner, no atomics).
 struct MemberBits {
   const int32_t *group, *slot;
-  int64_t k, W;
+  int64_t k, K, W;
   uint64_t* bits;
   SY_HD void operator()(int64_t t) const {
     uint64_t* b = bits + t * W;
     for (int64_t w = 0; w < W; ++w) b[w] = 0;
     for (int64_t j = 0; j < k; ++j) {
       const int64_t a = t * k + j;
-      if (slot[a] >= 0) b[group[a] / 64] |= uint64_t{1} << (group[a] % 64);
+      if (slot[a] >= 0) b[group[a] % K / 64] |= uint64_t{1} << (group[a] % K % 64);
     }
   }
 };
@@ -127,16 +142,14 @@ struct MemberBits {
 struct KeyWalk {
   const Head& h;
   int64_t c, t, j, end;
-  const uint64_t* qt;
   SY_HD KeyWalk(const Head& head, int64_t cluster, int64_t query)
-      : h(head), c(cluster), t(query), j(head.ks.offset[cluster]), end(head.ks.offset[cluster + 1]),
-        qt(head.qs.bits + query * head.W) {}
+      : h(head), c(cluster), t(query), j(head.ks.offset[cluster]), end(head.ks.offset[cluster + 1]) {}
   // The next key, or -1.
   SY_HD int64_t next() {
     while (j < end) {
       const int64_t u = h.ks.item[j++];
       if (u > t) break;  // keys in position order: none of the rest is allowed
-      if (first_shared(qt, h.ks.bits + u * h.W, c)) return u;
+      if (counts_in(h, t, u, c)) return u;
     }
     j = end;
     return -1;
@@ -147,10 +160,8 @@ struct KeyWalk {
 struct QueryWalk {
   const Head& h;
   int64_t c, u, j, end;
-  const uint64_t* ku;
   SY_HD QueryWalk(const Head& head, int64_t cluster, int64_t key)
-      : h(head), c(cluster), u(key), j(head.qs.offset[cluster]), end(head.qs.offset[cluster + 1]),
-        ku(head.ks.bits + key * head.W) {
+      : h(head), c(cluster), u(key), j(head.qs.offset[cluster]), end(head.qs.offset[cluster + 1]) {
     int64_t hi = end;  // first row with position >= u (rows in position order)
     while (j < hi) {
       const int64_t mid = j + (hi - j) / 2;
@@ -163,7 +174,7 @@ struct QueryWalk {
   SY_HD int64_t next() {
     while (j < end) {
       const int64_t t = h.qs.item[j++];
-      if (first_shared(h.qs.bits + t * h.W, ku, c)) return t;
+      if (counts_in(h, t, u, c)) return t;
     }
     return -1;
   }
@@ -439,12 +450,12 @@ struct BackwardDkDv {
 // run(n, f) calls f(i) for every i < n (a kernel launch on the GPU, a loop in
 // the host test), each step after the previous one has finished.
 
-// Rows and bitmaps of one side: item, row_group (rows), bits (T, W).
+// Rows and bitmaps of one side: item, row_group (rows), bits (T, W; none for W = 0).
 template <class Run>
 void side_steps(const Run& run, const int32_t* group, const int32_t* slot, const int32_t* offset, int64_t T, int64_t k,
-                int64_t W, int32_t* item, int32_t* row_group, uint64_t* bits) {
+                int64_t K, int64_t W, int32_t* item, int32_t* row_group, uint64_t* bits) {
   run(T * k, MemberRows{group, slot, offset, k, item, row_group});
-  run(T, MemberBits{group, slot, k, W, bits});
+  if (W > 0) run(T, MemberBits{group, slot, k, K, W, bits});
 }
 
 template <class Run>

@@ -30,6 +30,11 @@
 // rows (the pairs' probabilities are those of the union); dq_t sums its
 // query rows' dq, dk_u and dv_u its key rows', in ascending cluster order; a
 // lone member's self pair adds dout_t to dv_t (its a = 1 and ds = 0).
+// Stacked heads (ops/routed_attention.h's Clusters) are more segments of one
+// packing: a token's clusters all belong to its own head, positions are rows
+// of the stack (ordered within a head), and the bitmaps hold the token's own
+// head's clusters (bit c % K); with one cluster per token on each side
+// (causal mode) there are no bitmaps and every flag is 1.
 #pragma once
 #include <math.h>
 
@@ -61,11 +66,12 @@ SY_HD void each_row(const Side& s, int64_t W, int64_t t, F f) {
   for (int64_t w = 0; w < W; ++w)
     for (uint64_t x = bits[w]; x != 0; x &= x - 1) {
 #ifdef __CUDA_ARCH__
-      const int64_t c = w * 64 + __ffsll(static_cast<long long>(x)) - 1;
+      const int64_t j = w * 64 + __ffsll(static_cast<long long>(x)) - 1;
 #else
-      const int64_t c = w * 64 + __builtin_ctzll(x);
+      const int64_t j = w * 64 + __builtin_ctzll(x);
 #endif
-      f(int64_t{s.offset[c]} + s.slot[t * s.k + c], c);
+      const int64_t a = t * s.k + j;  // the head's cluster j: group s K + j (stacked heads)
+      f(int64_t{s.offset[s.group[a]]} + s.slot[a], int64_t{s.group[a]});
     }
 }
 
@@ -96,13 +102,13 @@ struct UnionRows {
 // row, its token, and its flag on that side (the other side's flag 0).
 struct UnionSideRows {
   Side s;
-  int64_t W;
+  int64_t K, W;  // clusters per head, bitmap words (0: one cluster per token, every flag 1)
   UnionLayout l;
   bool queries;
   UnionRows out;
   SY_HD void operator()(int64_t r) const {
     const int64_t t = s.item[r], c = s.row_group[r], p = queries ? l.query_row(r, c) : l.key_row(r, c);
-    const int32_t flag = member_before(s.bits + t * W, c) ? 2 : 1;
+    const int32_t flag = W > 0 && member_before(s.bits + t * W, c % K) ? 2 : 1;
     out.row_token[p] = static_cast<int32_t>(t);
     out.is_query[p] = queries ? flag : 0;
     out.is_key[p] = queries ? 0 : flag;

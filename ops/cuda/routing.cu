@@ -28,12 +28,17 @@
 //      of integers (exact), slots; then the one device-to-host copy of
 //      [offset (G+1) | capacity | assigned | dropped]. A padded route's
 //      offsets are g C and its host part is known: no copy.
+//   Runs with their own groups (segment > 0): step 1 writes group
+//   (i / segment) G + g, and the same sort, counts and copy serve every run
+//   at once (a run's groups are contiguous runs of the sorted keys).
 // groups_choose:  one stable radix sort of every (segment, group, item) on
 //   [ segment*G + group | ~ordered_bits(score) ], input in item order: each
 //   (segment, group) run is that group's column sorted by descending score,
 //   ties to the lower item; the first `capacity` of each run are chosen.
 //   Slots in item order by a warp ballot scan per (segment, group). Counts
-//   are known on the host (capacity per segment): no copy back.
+//   are known on the host (capacity per segment): no copy back. With
+//   own_groups, run (segment, group) is the route's group segment*G + group
+//   and its slots start at 0.
 // threshold_route: one block; slots are an exclusive scan of the kept flags.
 // route_weights_backward: one thread per item, the CPU's loop.
 #include "ops/cuda/common.cuh"
@@ -122,6 +127,7 @@ struct TopkArgs {
   int64_t N;
   int G, k;
   bool renormalize;
+  int64_t segment;  // > 0: runs with their own groups (group (i / segment) G + g)
 };
 
 // Device layout of a route's small host-visible part.
@@ -142,7 +148,8 @@ static __global__ void topk_kernel(TopkArgs a) {
   const float* p = a.probs + i * a.G;
   const float* key = a.keys ? a.keys + i * a.G : p;
   float prev_v = 0.f, wsum = 0.f;
-  int prev_g = -1;  // the previous pick; -1 before the first
+  int prev_g = -1, first_g = 0;  // the previous pick (-1 before the first), the first
+  const int64_t base = a.segment > 0 ? i / a.segment * a.G : 0;
   for (int j = 0; j < a.k; ++j) {
     float best_v = 0.f;
     int best_g = -1;
@@ -157,9 +164,10 @@ static __global__ void topk_kernel(TopkArgs a) {
       if (og >= 0 && (best_g < 0 || ov > best_v || (ov == best_v && og < best_g))) best_v = ov, best_g = og;
     }
     prev_v = best_v, prev_g = best_g;
+    if (j == 0) first_g = best_g;
     if (lane == 0 && best_g >= 0) {
       const float w = p[best_g];
-      a.group[i * a.k + j] = best_g;
+      a.group[i * a.k + j] = static_cast<int32_t>(base + best_g);
       a.weight[i * a.k + j] = w;
       wsum += w;
     }
@@ -167,7 +175,7 @@ static __global__ void topk_kernel(TopkArgs a) {
   if (lane == 0) {
     if (a.renormalize && wsum > 0)
       for (int j = 0; j < a.k; ++j) a.weight[i * a.k + j] /= wsum;
-    a.top[i] = p[a.group[i * a.k]];
+    a.top[i] = p[first_g];
   }
 }
 
@@ -254,13 +262,14 @@ void read_meta(Ctx& ctx, Route& r, const Tensor& meta, bool read_capacity) {
 }  // namespace
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
-  const int64_t N = probs.dim(0), G = probs.dim(1), k = p.k;
+  const int64_t N = probs.dim(0), G_run = probs.dim(1), k = p.k;
+  const int64_t run = p.segment > 0 ? p.segment : N, G = run > 0 ? N / run * G_run : G_run;  // all runs' groups
   const int64_t n = N * k;
   Tensor meta = init_route(ctx, r, N, k, G);
   const int jbits = bits_for(k), sbits = p.priority == SlotPriority::score ? 32 : 0;
   const int shift = jbits + sbits, end_bit = bits_for(G) + shift;
   SY_CHECK(end_bit <= 64, "tokens_choose: " << G << " groups x top-" << k << " do not fit the 64-bit slot key");
-  if (!p.dropless) r.capacity = ceil_capacity(p.capacity_factor, static_cast<double>(N) * k / G);
+  if (!p.dropless) r.capacity = ceil_capacity(p.capacity_factor, static_cast<double>(run) * k / G_run);
 
   // 1. top-k per item.
   Tensor top = Tensor::empty({N}, DType::f32, ctx);
@@ -271,9 +280,10 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
               r.weight.data<float>(),
               top.data<float>(),
               N,
-              static_cast<int>(G),
+              static_cast<int>(G_run),
               static_cast<int>(k),
-              p.renormalize};
+              p.renormalize,
+              p.segment};
   topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
   CUDA_CHECK(cudaGetLastError());
 
@@ -308,6 +318,7 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
 namespace {
 struct GroupsShape {
   int64_t N, G, S, segments, per;  // per: items each group takes per segment
+  bool own;                        // each segment its own groups (group s G + g)
 };
 }  // namespace
 
@@ -326,8 +337,8 @@ static __global__ void take_top(const int32_t* values, const float* scores, Grou
                                 float* weight) {
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= s.N * s.G || p % s.S >= s.per) return;
-  const int64_t g = (p / s.S) % s.G, a = static_cast<int64_t>(values[p]) * s.G + g;
-  group[a] = static_cast<int32_t>(g);
+  const int64_t sg = p / s.S, g = sg % s.G, a = static_cast<int64_t>(values[p]) * s.G + g;
+  group[a] = static_cast<int32_t>(s.own ? sg : g);
   weight[a] = scores[a];
 }
 
@@ -337,7 +348,7 @@ static __global__ void column_slots(const int32_t* group, GroupsShape s, int32_t
   const int lane = threadIdx.x % 32;
   if (sg >= s.segments * s.G) return;
   const int64_t seg = sg / s.G, g = sg % s.G;
-  int64_t run = seg * s.per;
+  int64_t run = s.own ? 0 : seg * s.per;  // own groups: the segment's group starts at slot 0
   for (int64_t i0 = 0; i0 < s.S; i0 += 32) {
     const int64_t i = i0 + lane;
     const int64_t a = (seg * s.S + i) * s.G + g;
@@ -355,12 +366,13 @@ static __global__ void fill_counts(int32_t* count, int32_t* offset, int64_t G, i
   offset[g] = static_cast<int32_t>(g * per_group);
 }
 
-void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment) {
+void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups) {
   const int64_t N = scores.dim(0), G = scores.dim(1);
   const int64_t S = segment > 0 ? segment : N;
-  GroupsShape s{N, G, S, S > 0 ? N / S : 0, std::min(capacity, S)};
-  Tensor meta = init_route(ctx, r, N, G, G);
-  r.capacity = s.per * s.segments;
+  GroupsShape s{N, G, S, S > 0 ? N / S : 0, std::min(capacity, S), own_groups && segment > 0};
+  const int64_t groups = s.own ? s.segments * G : G;  // the route's
+  Tensor meta = init_route(ctx, r, N, G, groups);
+  r.capacity = s.own ? s.per : s.per * s.segments;
   const int64_t n = N * G;
   CUDA_CHECK(cudaMemsetAsync(r.group.raw(), 0xff, r.group.nbytes(), stream(ctx)));  // -1: unused
   CUDA_CHECK(cudaMemsetAsync(r.weight.raw(), 0, r.weight.nbytes(), stream(ctx)));
@@ -379,13 +391,13 @@ void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, i
                                                                                r.slot.data<int32_t>());
     CUDA_CHECK(cudaGetLastError());
   }
-  fill_counts<<<grid_for(G + 1), kBlock, 0, stream(ctx)>>>(r.count.data<int32_t>(), r.offset.data<int32_t>(), G,
-                                                           r.capacity);
+  fill_counts<<<grid_for(groups + 1), kBlock, 0, stream(ctx)>>>(r.count.data<int32_t>(), r.offset.data<int32_t>(),
+                                                                groups, r.capacity);
   CUDA_CHECK(cudaGetLastError());
   // Every group holds `capacity` rows: the host part needs no copy back.
-  r.host_offset.resize(G + 1);
-  for (int64_t g = 0; g <= G; ++g) r.host_offset[g] = static_cast<int32_t>(g * r.capacity);
-  r.assigned = r.capacity * G;
+  r.host_offset.resize(groups + 1);
+  for (int64_t g = 0; g <= groups; ++g) r.host_offset[g] = static_cast<int32_t>(g * r.capacity);
+  r.assigned = r.capacity * groups;
   r.dropped = 0;
 }
 
