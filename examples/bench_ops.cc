@@ -1,5 +1,7 @@
 // bench_ops: each op through its entry point, and the whole MoE layer forward
-// + backward against a dense FFN of equal active FLOPs, on the CPU or a GPU.
+// + backward against a dense FFN of equal active FLOPs, and a depth-routed
+// transformer block at capacity 0.5 against the dense block (issue 18's bar:
+// <= 0.6x its time), on the CPU or a GPU.
 // The recipe (llm.c's dev/cuda, nccl-tests): warm-up, then the median of
 // timed runs (CUDA events on a device, the host clock on the CPU); the work
 // counted by formula (FLOPs, or the fewest bytes: each input read once, each
@@ -34,6 +36,7 @@
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
 #include "ops/routing.h"
+#include "runtime/model.h"
 #include "runtime/moe_layer.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
@@ -312,6 +315,52 @@ int main(int argc, char** argv) {
             dense.backward(dy);
           },
           nullptr);
+    }
+    {  // A transformer block (LN, attention, LN, MLP; d 1024, 16 heads of 64, hidden 4096, B x T = 8 x 2048),
+       // forward + backward, dense and depth-routed at capacity 0.5 (the router picks half of every
+       // sequence's tokens, which attend among themselves and go through the MLP; the rest ride the
+       // residual). bf16 GEMMs and attention on a GPU, fp32 on the CPU. Work: 3x the forward FLOPs the
+       // block counts (routed: those it spent). The depth row's note: its time over the dense block's.
+      const int64_t Cb = quick ? 64 : 1024, Hb = quick ? 2 : 16, Fb = quick ? 256 : 4096, Tb = quick ? 128 : 2048;
+      const int64_t Bb = std::max<int64_t>(1, N / Tb);
+      switchyard::ModelConfig m;
+      m.set_d_model(static_cast<int32_t>(Cb));
+      m.set_n_heads(static_cast<int32_t>(Hb));
+      m.set_ffn_hidden(static_cast<int32_t>(Fb));
+      m.set_seq_len(static_cast<int32_t>(Tb));
+      m.set_n_layers(2);
+      switchyard::DepthConfig dc;
+      dc.set_every_n_layers(1);
+      dc.set_capacity(0.5f);
+      const bool bf16 = rt != nullptr;
+      sy::ParamStore psb, psr;
+      sy::Rng ib(11), ir(11);
+      sy::Block dense_block(ctx, psb, "b", m, std::make_unique<sy::Mlp>(ctx, psb, "b.mlp", Cb, Fb, ib, 0.02f, 0.02f),
+                            ib, nullptr, nullptr, bf16);
+      sy::Block depth_block(ctx, psr, "b", m, std::make_unique<sy::Mlp>(ctx, psr, "b.mlp", Cb, Fb, ir, 0.02f, 0.02f),
+                            ir, &dc, nullptr, bf16);
+      for (sy::ParamStore* ps : {&psb, &psr}) {
+        ps->set_bf16_shadows(bf16);
+        ps->finalize(ctx);
+      }
+      Tensor x = randn({Bb * Tb, Cb}, rng).to(ctx), dy = randn({Bb * Tb, Cb}, rng).to(ctx);
+      const std::string shape = "B" + std::to_string(Bb) + " T" + std::to_string(Tb) + " d" + std::to_string(Cb) +
+                                " h" + std::to_string(Fb) + (bf16 ? " bf16" : " fp32");
+      const size_t first = rows.size();
+      for (sy::Block* b : {&dense_block, &depth_block}) {
+        auto step = [&, b] {
+          b->forward(x, Bb, Tb);
+          b->backward(dy);
+        };
+        step();  // the FLOPs of a forward (the routed block: what it spent)
+        add({b == &dense_block ? "block_fwd_bwd" : "depth_block_fwd_bwd c0.5", shape, 0, 3.0 * b->forward_flops(), 0},
+            step, nullptr);
+      }
+      if (rows.size() == first + 2 && rows[first].seconds > 0 && rows[first + 1].seconds > 0) {
+        char note[64];
+        std::snprintf(note, sizeof note, "%.2fx the dense block (bar <= 0.60x)", rows[first + 1].seconds / rows[first].seconds);
+        rows[first + 1].note = note;
+      }
     }
     {  // dense causal attention, forward and forward + backward, 8 heads of 64 and of 128, T = 4k and 16k
       // (B * T = 16k tokens), bf16 (GPU only) and fp32. Work by formula: forward 2 * 2 * B * H * T^2/2 * D

@@ -17,7 +17,8 @@
 #                   bench  bench_ops --device cuda, then the PyTorch peers (scripts/bench/torch_*.py)
 #                   mfu    switch_gpu for 30 steps: MFU, tokens/s, device memory
 #                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU
-#                   attn   issue 18: bench_attention at n = 4k/16k/64k beside PyTorch SDPA
+#                   attn   issue 18: bench_attention at n = 4k/16k/64k beside PyTorch SDPA; a
+#                          routed_copy-style model at n = 16k, routed and dense attention
 #                   more   the training comparison for depth_tiny, routed_copy, mixtral_tiny and padded switch_tiny
 #
 # Nothing is installed from a registry (that machine has none). Logs and JSON
@@ -226,6 +227,16 @@ if want attn; then
   rm -f "$OUT/bench_attention.json"
   run_limited bench_attention 200 $B/bench_attention --device cuda "${SDPA[@]}" --json "$OUT/bench_attention.json"
   summary "attn: bench_attention rc $? ($(grep -c . "$LOG/bench_attention.log") lines)"
+  # A routed_copy-style model at n = 16k (d 256, 4 heads of 64, bf16; 128
+  # clusters): tokens/s, then the same model with dense attention.
+  for kind in ROUTED DENSE; do
+    run_limited "routed_copy_16k_$kind" 60 $B/train_switch --config configs/routed_copy.pbtxt --set backend=CUDA \
+      --set precision=BF16 --set model.seq_len=16384 --set model.d_model=256 --set model.ffn_hidden=1024 \
+      --set train.batch=1 --set train.steps=12 --set train.warmup_steps=2 --set train.log_interval=4 \
+      --set train.eval_interval=100000 --set train.eval_batches=1 --set train.checkpoint_interval=0 \
+      --set attention.kind=$kind
+    summary "attn: routed_copy n=16k $kind rc $?: $(grep -E '^step' "$LOG/routed_copy_16k_$kind.log" | tail -1)"
+  done
 fi
 if want more; then
   stamp "more"
