@@ -52,11 +52,25 @@ void check_dtypes(const char* op, const Clusters& cl, std::initializer_list<cons
   const int64_t D = q.dim(1);
   SY_CHECK(dt == DType::f32 || D == 64 || D == 128, op << ": bf16 needs head dim 64 or 128, got " << D);
 }
-// The one per-backend step of cluster assignment; the rest is the routing core.
+// The per-backend steps of cluster assignment; the rest is the routing core.
 void scores_into(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c) {
   SY_DISPATCH(ctx, centroid_scores, ctx, s, xn, c);
 }
+void nearest(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<const Centroids*>& sets,
+             const TokensChooseParams& tp) {
+  SY_DISPATCH(ctx, nearest_clusters, ctx, r, xn, sets, tp);
+}
 }  // namespace
+
+Tensor stacked_centroid_scores(Ctx& ctx, const Tensor& xn, const std::vector<const Centroids*>& sets) {
+  const int64_t N = xn.dim(0), per_set = N / static_cast<int64_t>(sets.size());
+  Tensor s = Tensor::empty({N, sets[0]->K}, DType::f32, ctx);
+  for (size_t i = 0; i < sets.size(); ++i) {
+    Tensor rows = s.rows(i * per_set, (i + 1) * per_set);
+    scores_into(ctx, rows, xn.rows(i * per_set, (i + 1) * per_set), *sets[i]);
+  }
+  return s;
+}
 
 void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn,
                      const std::vector<const Centroids*>& sets, int64_t heads, const ClusterParams& p) {
@@ -71,16 +85,7 @@ void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn,
   check_shape(kn, qn.shape(), "cluster keys");
   SY_CHECK(qn.dim(0) % heads == 0, "assign_clusters: " << qn.dim(0) << " rows in " << heads << " heads");
   for (const Centroids* c : sets) check_device(ctx, "assign_clusters", {&qn, &kn, &c->mu});
-  const int64_t N = qn.dim(0), T = N / heads, per_set = N / static_cast<int64_t>(sets.size());
-  // Scores (N, K): one GEMM per centroid set over the rows of its heads.
-  auto scores = [&](const Tensor& xn) {
-    Tensor s = Tensor::empty({N, c0.K}, DType::f32, ctx);
-    for (size_t i = 0; i < sets.size(); ++i) {
-      Tensor rows = s.rows(i * per_set, (i + 1) * per_set);
-      scores_into(ctx, rows, xn.rows(i * per_set, (i + 1) * per_set), *sets[i]);
-    }
-    return s;
-  };
+  const int64_t T = qn.dim(0) / heads;
   cl.heads = heads;
   if (p.mode == ClusterMode::causal) {
     TokensChooseParams tp;
@@ -92,12 +97,12 @@ void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn,
     // vectors whose dot product the attention trains are the ones that decide
     // membership, so a useful (query, key) pair is pulled into one cluster.
     // Each token's choice depends on that token alone: causal.
-    tokens_choose(ctx, cl.queries, scores(qn), tp);
-    tokens_choose(ctx, cl.keys, scores(kn), tp);
+    nearest(ctx, cl.queries, qn, sets, tp);
+    nearest(ctx, cl.keys, kn, sets, tp);
   } else {
     const int64_t S = (T + c0.K - 1) / c0.K;
-    groups_choose(ctx, cl.queries, scores(qn), S, heads > 1 ? T : 0, /*own_groups=*/true);
-    groups_choose(ctx, cl.keys, scores(kn), S, heads > 1 ? T : 0, /*own_groups=*/true);
+    groups_choose(ctx, cl.queries, stacked_centroid_scores(ctx, qn, sets), S, heads > 1 ? T : 0, /*own_groups=*/true);
+    groups_choose(ctx, cl.keys, stacked_centroid_scores(ctx, kn, sets), S, heads > 1 ? T : 0, /*own_groups=*/true);
   }
 }
 

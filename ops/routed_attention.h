@@ -152,6 +152,9 @@ void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn,
 // One head.
 void assign_clusters(Ctx& ctx, Clusters& cl, const Tensor& qn, const Tensor& kn, const Centroids& c,
                      const ClusterParams& p);
+// The scores (rows, K) of stacked rows against their heads' centroid sets
+// (assign_clusters' GEMMs: sets.size() equal stretches of rows).
+Tensor stacked_centroid_scores(Ctx& ctx, const Tensor& xn, const std::vector<const Centroids*>& sets);
 void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
 void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
 // Adds the members' normalised vectors to stats (queries, and keys where the
@@ -192,6 +195,13 @@ SY_DECLARE_BACKENDS(
   void commitment_backward(Ctx& ctx, Tensor& dqn, const Tensor& qn, const Clusters& cl, const Centroids& c, float scale,
                            HeadRange heads);
   void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c);  // s (T, K) = xn . mu^T
+  // Causal mode's choice: tokens_choose(tp: top-1, the heads' own clusters)
+  // over stacked_centroid_scores. CUDA, at head dims 16 to 128 (multiples of
+  // 16), finds each row's nearest centroid in one kernel that never writes
+  // the scores: bf16 tensor-core scores bound which centroids can be the
+  // nearest, and exact f32 scores of those decide (ops/cuda/routed_attention.cu).
+  void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<const Centroids*>& sets,
+                        const TokensChooseParams& tp);
   void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a);
   void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a);
   void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const Tensor& kn, const Clusters& cl,

@@ -1116,12 +1116,18 @@ std::vector<OpCase> cases() {
   for (const ClusterSpec& spec : {ClusterSpec{"causal", 37, 5, 16, causal, false},
                                   ClusterSpec{"causal_capped", 53, 4, 24, capped, false},
                                   ClusterSpec{"causal_shared_keys_one_cluster", 7, 1, 7, causal, true},
+                                  // causal at the fused kernel's head dims (ops/cuda/routed_attention.cu's
+                                  // nearest_clusters): several centroid chunks, rows not a multiple of its 64
+                                  ClusterSpec{"causal_d64_130_clusters", 300, 130, 64, causal, false},
+                                  ClusterSpec{"causal_capped_d128", 97, 70, 128, capped, false},
+                                  ClusterSpec{"causal_d32_one_cluster", 50, 1, 32, causal, false},
                                   ClusterSpec{"balanced_wide", 37, 4, 130, balanced, false},
                                   ClusterSpec{"balanced_shared_keys", 30, 3, 20, balanced, true}}) {
     c.push_back(assign_clusters_case(spec));
     c.push_back(centroid_update_case(spec));
   }
   c.push_back(stacked_clusters_case("causal", 30, 5, 16, causal));
+  c.push_back(stacked_clusters_case("causal_d64_70_clusters", 90, 70, 64, causal));
   c.push_back(stacked_clusters_case("causal_capped", 41, 4, 24, capped));
   c.push_back(stacked_clusters_case("balanced", 30, 4, 16, balanced));
   // ---- routed attention's attention ----

@@ -22,6 +22,11 @@ void centroid_scores(Ctx&, Tensor& s, const Tensor& xn, const Centroids& c) {
               s.f32(), c.K);
 }
 
+void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<const Centroids*>& sets,
+                      const TokensChooseParams& tp) {
+  ops::tokens_choose(ctx, r, stacked_centroid_scores(ctx, xn, sets), tp);  // the op: its checks, then cpu::
+}
+
 namespace {
 
 // Members of each group of a Route, in slot (= position) order.

@@ -4,12 +4,14 @@
 // file). k-means initialisation, once per run, runs the CPU reference on a
 // host copy.
 //
-// assign_clusters:  scores (T, K) = xn mu^T by one cuBLASLt GEMM (gemm.h),
-//   then the routing core's CUDA tokens_choose (causal: top-1, slots by
-//   position) or groups_choose (balanced: each centroid's top S = ceil(T/K)):
-//   the same Route as the CPU for the same scores. The GEMM rounds
-//   differently from the CPU's loop, so decisions agree where the scores are
-//   separated by more than that rounding (the tests use gaps >= 1e-3).
+// assign_clusters:  balanced mode: scores (T, K) = xn mu^T by one cuBLASLt
+//   GEMM (gemm.h), then the routing core's CUDA groups_choose (each
+//   centroid's top S = ceil(T/K)). Causal mode (top-1, slots by position):
+//   nearest_clusters below, one kernel to each row's nearest centroid, then
+//   tokens_choose's slot steps (routing_steps.h). The same Route as the CPU
+//   for the same scores: the GEMM and the exact scores add in another order
+//   than the CPU's, so decisions agree where the scores are separated by more
+//   than that rounding (the tests use gaps >= 1e-3).
 // members:  a Route's group-major buffer inverted once, row -> (item, group):
 //   each kept assignment writes its own row (offset[g] + slot), so no two
 //   threads write one place. A cluster's rows are its members in position order.
@@ -50,9 +52,11 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cub_ops.h"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/mma.cuh"
 #include "ops/cuda/routed_attention_rows.h"
 #include "ops/cuda/packed_rows.h"
 #include "ops/cuda/routed_union_pack.h"
+#include "ops/cuda/routing_steps.h"
 #include "ops/routed_attention.h"
 
 #include <algorithm>
@@ -79,6 +83,178 @@ void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c) 
   g.B = c.mu.data<float>(), g.ldb = c.D;
   g.C = s.data<float>(), g.ldc = c.K;
   gemm(ctx, g);
+}
+
+// ---- nearest_clusters -------------------------------------------------------
+//
+// Causal mode's choice without the scores tensor (at 64k tokens x 8 heads and
+// 256 clusters it would be 512 MiB written by the GEMM and read back by the
+// top-k, for one int per row). A block owns 64 rows of one centroid set and
+// walks the centroids in chunks of 64:
+//   s~ = bf16(x) . bf16(mu_c) by mma (fp32 accumulate) for the chunk; with
+//   eps_c = 2^-7 |x| |mu_c| (twice the bound 2u |x||mu_c| on |s~ - x.mu_c|,
+//   u = 2^-9 bf16's unit roundoff, so it also covers fp32's rounding),
+//   L = max over the centroids so far of s~ - eps (below the best true score),
+//   and every centroid with s~ + eps >= L is a candidate: its score computed
+//   exactly in fp32 from the fp32 rows, the best kept (ties: lower index).
+// The true nearest is always a candidate when its chunk is scored, and a
+// candidate that later falls below L scores under the one that set L, so the
+// choice is the fp32 argmax: the CPU's decision, up to the order of its
+// additions (as the GEMM path). Its score is the route's weight.
+
+namespace {
+constexpr int kNcWarps = 4, kNcRows = 16 * kNcWarps, kNcChunk = 64;
+
+struct NearestArgs {
+  const float* x;                 // (rows, D): this set's rows
+  const __nv_bfloat16* mu16;      // (K, D) bf16(mu)
+  const float* mu;                // (K, D)
+  const float* mu_norm;           // (K) |mu_c|
+  int64_t rows, row0, T, K;       // row0: the set's first row of the stack; T rows per head
+  int32_t* group;                 // (N) head * K + c
+  float* weight;                  // (N) the exact score
+  float* top;                     // (N)
+};
+}  // namespace
+
+// One thread per centroid: bf16(mu_c) and |mu_c|.
+static __global__ void centroid_prep_kernel(const float* mu, int64_t K, int64_t D, __nv_bfloat16* mu16, float* norm) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= K) return;
+  float s = 0.f;
+  for (int64_t d = 0; d < D; ++d) {
+    const float v = mu[c * D + d];
+    mu16[c * D + d] = __float2bfloat16_rn(v);
+    s = fmaf(v, v, s);
+  }
+  norm[c] = sqrtf(s);
+}
+
+template <int D>
+static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(NearestArgs a) {
+  constexpr int LD = D + 8;  // mma.cuh's padded pitch
+  constexpr float kEps = 1.f / 128.f;
+  __shared__ __align__(16) __nv_bfloat16 sx[kNcRows * LD];
+  __shared__ __align__(16) __nv_bfloat16 smu[kNcChunk * LD];
+  __shared__ float sxn[kNcRows], snorm[kNcChunk];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  const int64_t r0 = int64_t(blockIdx.x) * kNcRows;
+  for (int i = threadIdx.x; i < kNcRows * D / 2; i += blockDim.x) {  // the rows, rounded (past the set: 0)
+    const int r = i / (D / 2), col = (i % (D / 2)) * 2;
+    const int64_t gr = r0 + r;
+    const float2 v = gr < a.rows ? *reinterpret_cast<const float2*>(a.x + gr * D + col) : make_float2(0.f, 0.f);
+    *reinterpret_cast<__nv_bfloat162*>(sx + r * LD + col) = __floats2bfloat162_rn(v.x, v.y);
+  }
+  if (threadIdx.x < kNcRows) {
+    const int64_t gr = r0 + threadIdx.x;
+    float s = 0.f;
+    if (gr < a.rows)
+      for (int d = 0; d < D; ++d) s = fmaf(a.x[gr * D + d], a.x[gr * D + d], s);
+    sxn[threadIdx.x] = sqrtf(s);
+  }
+  const int lr[2] = {warp * 16 + gid, warp * 16 + gid + 8};  // this thread's rows of the C fragments
+  float L[2] = {-INFINITY, -INFINITY}, best[2] = {-INFINITY, -INFINITY};
+  int bc[2] = {-1, -1};
+  for (int64_t c0 = 0; c0 < a.K; c0 += kNcChunk) {
+    __syncthreads();  // the rows are in; the last chunk's readers are done
+    for (int i = threadIdx.x; i < kNcChunk * D / 8; i += blockDim.x) {  // 16 bytes each
+      const int c = i / (D / 8), col = (i % (D / 8)) * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (c0 + c < a.K) v = *reinterpret_cast<const uint4*>(a.mu16 + (c0 + c) * D + col);
+      *reinterpret_cast<uint4*>(smu + c * LD + col) = v;
+    }
+    if (threadIdx.x < kNcChunk) snorm[threadIdx.x] = c0 + threadIdx.x < a.K ? a.mu_norm[c0 + threadIdx.x] : 0.f;
+    __syncthreads();
+    float acc[1][kNcChunk / 8][4];
+#pragma unroll
+    for (int j = 0; j < kNcChunk / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[0][j][e] = 0.f;
+    mma::gemm_abt<1, kNcChunk, D, LD>(acc, sx, warp * 16, smu, lane);
+    // C fragment (j, e): row lr[e / 2], centroid c0 + 8 j + 2 tig + e % 2.
+    float l[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kNcChunk / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = 8 * j + 2 * tig + e % 2;
+        if (c0 + col < a.K) l[e / 2] = fmaxf(l[e / 2], acc[0][j][e] - kEps * sxn[lr[e / 2]] * snorm[col]);
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // the row's lower bound over its quad, then over the chunks
+      l[h] = fmaxf(l[h], __shfl_xor_sync(0xffffffffu, l[h], 1));
+      l[h] = fmaxf(l[h], __shfl_xor_sync(0xffffffffu, l[h], 2));
+      L[h] = fmaxf(L[h], l[h]);
+    }
+#pragma unroll
+    for (int j = 0; j < kNcChunk / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e / 2, col = 8 * j + 2 * tig + e % 2;
+        const int64_t gr = r0 + lr[h], c = c0 + col;
+        if (c >= a.K || gr >= a.rows || acc[0][j][e] + kEps * sxn[lr[h]] * snorm[col] < L[h]) continue;
+        const float* x = a.x + gr * D;
+        const float* m = a.mu + c * D;
+        float s = 0.f;
+        for (int d = 0; d < D; ++d) s = fmaf(x[d], m[d], s);
+        if (bc[h] < 0 || s > best[h] || (s == best[h] && c < bc[h])) best[h] = s, bc[h] = static_cast<int>(c);
+      }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int m = 1; m <= 2; m *= 2) {  // the quad's best (score descending, index ascending)
+      const float ob = __shfl_xor_sync(0xffffffffu, best[h], m);
+      const int oc = __shfl_xor_sync(0xffffffffu, bc[h], m);
+      if (oc >= 0 && (bc[h] < 0 || ob > best[h] || (ob == best[h] && oc < bc[h]))) best[h] = ob, bc[h] = oc;
+    }
+    const int64_t gr = r0 + lr[h];
+    if (tig == 0 && gr < a.rows) {
+      const int64_t g = a.row0 + gr;  // the stack's row
+      a.group[g] = static_cast<int32_t>(g / a.T * a.K + (bc[h] < 0 ? 0 : bc[h]));  // (no candidate: NaN rows)
+      a.weight[g] = a.top[g] = best[h];
+    }
+  }
+}
+
+namespace {
+// Whether the fused kernel takes this choice: top-1 on the scores alone, a
+// head dim it has, rows it can read in pairs.
+bool fused_nearest(const Tensor& xn, const TokensChooseParams& tp) {
+  const int64_t D = xn.dim(1);
+  return tp.k == 1 && !tp.selection_bias && !tp.selection_keys && (D == 16 || D == 32 || D == 64 || D == 128) &&
+         reinterpret_cast<uintptr_t>(xn.raw()) % 8 == 0;
+}
+}  // namespace
+
+void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<const Centroids*>& sets,
+                      const TokensChooseParams& tp) {
+  if (!fused_nearest(xn, tp)) {
+    cuda::tokens_choose(ctx, r, stacked_centroid_scores(ctx, xn, sets), tp);
+    return;
+  }
+  const int64_t N = xn.dim(0), D = xn.dim(1), K = sets[0]->K, per_set = N / static_cast<int64_t>(sets.size());
+  const int64_t T = tp.segment > 0 ? tp.segment : N;
+  tokens_choose_by(ctx, r, N, K, tp, [&](int32_t* group, float* weight, float* top) {
+    Tensor mu16 = Tensor::empty({K * D}, DType::bf16, ctx), norm = Tensor::empty({K}, DType::f32, ctx);
+    for (size_t i = 0; i < sets.size(); ++i) {
+      const int64_t rows = per_set, row0 = static_cast<int64_t>(i) * per_set;
+      if (rows == 0) continue;
+      centroid_prep_kernel<<<grid_for(K), kBlock, 0, stream(ctx)>>>(sets[i]->mu.data<float>(), K, D,
+                                                                     elems<Bf16>(mu16), norm.data<float>());
+      CUDA_CHECK(cudaGetLastError());
+      const NearestArgs a{xn.data<float>() + row0 * D, elems<Bf16>(mu16), sets[i]->mu.data<float>(),
+                          norm.data<float>(), rows, row0, T, K, group, weight, top};
+      const unsigned grid = static_cast<unsigned>((rows + kNcRows - 1) / kNcRows);
+      switch (D) {
+        case 16: nearest_centroid_kernel<16><<<grid, kNcWarps * 32, 0, stream(ctx)>>>(a); break;
+        case 32: nearest_centroid_kernel<32><<<grid, kNcWarps * 32, 0, stream(ctx)>>>(a); break;
+        case 64: nearest_centroid_kernel<64><<<grid, kNcWarps * 32, 0, stream(ctx)>>>(a); break;
+        default: nearest_centroid_kernel<128><<<grid, kNcWarps * 32, 0, stream(ctx)>>>(a); break;
+      }
+      CUDA_CHECK(cudaGetLastError());
+    }
+  });
 }
 
 namespace {

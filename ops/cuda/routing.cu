@@ -43,6 +43,7 @@
 // route_weights_backward: one thread per item, the CPU's loop.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cub_ops.h"
+#include "ops/cuda/routing_steps.h"
 #include "ops/routing.h"
 
 #include <climits>
@@ -261,8 +262,9 @@ void read_meta(Ctx& ctx, Route& r, const Tensor& meta, bool read_capacity) {
 
 }  // namespace
 
-void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
-  const int64_t N = probs.dim(0), G_run = probs.dim(1), k = p.k;
+void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const TokensChooseParams& p,
+                      const Chooser& choose) {
+  const int64_t k = p.k;
   const int64_t run = p.segment > 0 ? p.segment : N, G = run > 0 ? N / run * G_run : G_run;  // all runs' groups
   const int64_t n = N * k;
   Tensor meta = init_route(ctx, r, N, k, G);
@@ -271,21 +273,9 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   SY_CHECK(end_bit <= 64, "tokens_choose: " << G << " groups x top-" << k << " do not fit the 64-bit slot key");
   if (!p.dropless) r.capacity = ceil_capacity(p.capacity_factor, static_cast<double>(run) * k / G_run);
 
-  // 1. top-k per item.
+  // 1. the choice.
   Tensor top = Tensor::empty({N}, DType::f32, ctx);
-  TopkArgs ta{probs.data<float>(),
-              p.selection_keys ? p.selection_keys->data<float>() : nullptr,
-              p.selection_bias ? p.selection_bias->data<float>() : nullptr,
-              r.group.data<int32_t>(),
-              r.weight.data<float>(),
-              top.data<float>(),
-              N,
-              static_cast<int>(G_run),
-              static_cast<int>(k),
-              p.renormalize,
-              p.segment};
-  topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
-  CUDA_CHECK(cudaGetLastError());
+  choose(r.group.data<int32_t>(), r.weight.data<float>(), top.data<float>());
 
   // 2. the slot sort.
   Tensor keys = Tensor::empty({2 * n}, DType::i64, ctx);
@@ -311,6 +301,26 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
     set_padded_host_part(r);
   else
     read_meta(ctx, r, meta, p.dropless);
+}
+
+void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
+  const int64_t N = probs.dim(0), G = probs.dim(1);
+  tokens_choose_by(ctx, r, N, G, p, [&](int32_t* group, float* weight, float* top) {
+    // top-k per item
+    const TopkArgs ta{probs.data<float>(),
+                      p.selection_keys ? p.selection_keys->data<float>() : nullptr,
+                      p.selection_bias ? p.selection_bias->data<float>() : nullptr,
+                      group,
+                      weight,
+                      top,
+                      N,
+                      static_cast<int>(G),
+                      p.k,
+                      p.renormalize,
+                      p.segment};
+    topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
+    CUDA_CHECK(cudaGetLastError());
+  });
 }
 
 // ---- groups_choose --------------------------------------------------------
