@@ -510,15 +510,16 @@ int main(int argc, char** argv) {
               // The pair count left on the device (as the layer does), read
               // once by pairs() after the timed runs.
               Tensor counts = Tensor::zeros({1}, DType::f64, ctx);
+              sy::ops::RoutedSaved saved;  // the forward's packing, reused by the backward (as the layer does)
               m.forward = [&] {
                 Tensor o2 = rows(o), l2 = lse.reshape({H * n});
                 sy::ops::routed_attention_forward(ctx, {o2, l2, ks[0], rows(q), rows(k), rows(v), cl,
-                                                        /*key_sets=*/false, counts.data<double>()});
+                                                        /*key_sets=*/false, counts.data<double>(), &saved});
               };
               m.backward = [&] {
                 Tensor dq2 = rows(dq), dk2 = rows(dk), dv2 = rows(dv);
                 sy::ops::routed_attention_backward(ctx, {dq2, dk2, dv2, rows(dout), rows(o), lse.reshape({H * n}),
-                                                         rows(q), rows(k), rows(v), ks[0], cl});
+                                                         rows(q), rows(k), rows(v), ks[0], cl, &saved});
               };
               m.pairs = [&] { return counts.to(cpu).to_vector<double>()[0]; };
               // The CPU on the device's clusters; the note counts the decisions

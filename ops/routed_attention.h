@@ -48,6 +48,7 @@
 // host copy and writes the centroids back to the device.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/rng.h"
@@ -107,6 +108,16 @@ struct ClusterStats {
   ClusterStats(int64_t k, int64_t d, Ctx& ctx);  // zeros
 };
 
+// What a forward keeps for its backward where the backend has something to
+// keep (CUDA's tiled path: the packing of the clusters into segments, the
+// packed q, k, v and the pair counts, which backward would otherwise build
+// again), tied to the forward's q, k, v and clusters. Callers hand it from
+// forward to backward unread; backward without it (or with one of other
+// inputs) builds what it needs. It holds device memory until dropped.
+struct RoutedSaved {
+  std::shared_ptr<const void> state;
+};
+
 struct RoutedAttentionArgs {
   Tensor& o;
   Tensor& lse;
@@ -125,6 +136,7 @@ struct RoutedAttentionArgs {
   // keys.counted, one f64 in ctx's memory, not read back (so a layer reads
   // all its heads' counts with one wait); null: keys.counted.
   double* pair_count = nullptr;
+  RoutedSaved* saved = nullptr;  // out (optional): for the backward
 };
 
 // Gradients of the forward's o (dout) w.r.t. q, k, v; dq, dk, dv accumulate.
@@ -140,6 +152,7 @@ struct RoutedAttentionBackwardArgs {
   const Tensor& v;
   const KeySets& keys;       // the forward's: the CPU walks these pairs
   const Clusters& clusters;  // the forward's: CUDA walks the same pairs per cluster
+  const RoutedSaved* saved = nullptr;  // the forward's (optional)
 };
 
 // Stacked heads: qn, kn (heads T, D); head s is scored against the centroids

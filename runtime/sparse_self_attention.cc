@@ -178,7 +178,8 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
     Tensor sums = Tensor::zeros({1 + R_}, DType::f64, ctx_);  // pairs, then routing head r's commitment sum
     Tensor o = oa.reshape({RN, D_}), lse = lse_.reshape({RN});
     ops::routed_attention_forward(ctx_, {o, lse, routed_keys_, qa.reshape({RN, D_}), ka.reshape({RN, D_}),
-                                         va.reshape({RN, D_}), clusters_, /*key_sets=*/false, sums.data<double>()});
+                                         va.reshape({RN, D_}), clusters_, /*key_sets=*/false, sums.data<double>(),
+                                         &routed_saved_});
     for (int64_t r = 0; r < R_; ++r) {
       const ops::HeadRange heads{r * B, B};
       if (training_) ops::accumulate_cluster_stats(ctx_, pending_[r], qn_, kn, clusters_, heads);
@@ -266,7 +267,8 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
     Tensor dqr = dqa.reshape({RN, D_}), dkr = dka.reshape({RN, D_}), dvr = dva.reshape({RN, D_});
     ops::routed_attention_backward(ctx_, {dqr, dkr, dvr, douta.reshape({RN, D_}), oa.reshape({RN, D_}),
                                           lse_.reshape({RN}), qa.reshape({RN, D_}), ka.reshape({RN, D_}),
-                                          va.reshape({RN, D_}), routed_keys_, clusters_});
+                                          va.reshape({RN, D_}), routed_keys_, clusters_, &routed_saved_});
+    routed_saved_.state.reset();  // (its device memory back before the rest of the step)
   }
   if (!routed())
     for (int64_t b = 0; b < B_; ++b)

@@ -129,6 +129,7 @@ class SparseSelfAttention : public SelfAttention {
   Tensor q16_, k16_, v16_, o16_;           // bf16 heads [first_head(), H): what their attention read and wrote
   std::vector<ops::KeySets> keys_;         // BLOCK_TOPK: (H, B), keys_[h * B + b]
   ops::KeySets routed_keys_;               // ROUTED: the routing heads' (stacked)
+  ops::RoutedSaved routed_saved_;          // ROUTED: the forward's packing, for the backward
   Tensor qn_, qn_mean_, qn_rstd_;          // the routing heads' normalised queries (R*B*T, D), as q_
   ops::Clusters clusters_;                 // R*B stacked heads, head r*B + b: routing head r, sequence b
   SparseAttentionStats stats_;

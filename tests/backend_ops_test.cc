@@ -416,8 +416,15 @@ OpCase routed_attention_case(const std::string& name, int64_t T, int64_t D, std:
             Tensor lse = out(x, {T});
             poison(lse, x);
             ops::KeySets ks;
-            ops::routed_attention_forward(x, {o[0], lse, ks, in[0], in[1], in[2], cl});
-            ops::routed_attention_backward(x, {o[5], o[6], o[7], in[3], o[0], lse, in[0], in[1], in[2], ks, cl});
+            ops::RoutedSaved saved;  // the forward's packing for the backward; without it, the same bits
+            ops::routed_attention_forward(x, {o[0], lse, ks, in[0], in[1], in[2], cl, true, nullptr, &saved});
+            std::vector<Tensor> again;
+            for (int i = 5; i < 8; ++i) again.push_back(o[i].clone(x));  // the starting values (accumulated onto)
+            ops::routed_attention_backward(x, {o[5], o[6], o[7], in[3], o[0], lse, in[0], in[1], in[2], ks, cl, &saved});
+            ops::routed_attention_backward(x, {again[0], again[1], again[2], in[3], o[0], lse, in[0], in[1], in[2], ks, cl});
+            for (int i = 0; i < 3; ++i)
+              EXPECT_EQ(again[i].to(host_ctx()).to_vector<float>(), o[5 + i].to(host_ctx()).to_vector<float>())
+                  << "backward without the forward's saved packing, gradient " << i;
             std::vector<float> l = lse.to_vector<float>();
             std::vector<int32_t> inf(T, 0);
             for (int64_t t = 0; t < T; ++t)

@@ -62,6 +62,7 @@
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <memory>
 #include <string>
 
 namespace sy::ops::cuda {
@@ -639,15 +640,51 @@ PairCounts union_counts(Ctx& ctx, const Prepared& p) {
   return c;
 }
 
+// What union_forward keeps for union_backward (RoutedSaved), and the inputs
+// it came from.
+struct UnionState {
+  Prepared p;
+  UnionPack u;
+  Tensor qkv;
+  PairCounts c;
+  const void *q, *k, *v, *queries, *keys;
+};
+
+template <class E>
+std::shared_ptr<const UnionState> union_state(Ctx& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                                              const Clusters& cl) {
+  auto st = std::make_shared<UnionState>();
+  st->p = prepare(ctx, q, k, v, cl);
+  st->u = union_pack(ctx, cl, st->p);
+  st->qkv = gather_qkv<E>(ctx, st->u.row_token, st->u.rows, q, k, v);
+  st->c = union_counts(ctx, st->p);
+  st->q = q.raw(), st->k = k.raw(), st->v = v.raw();
+  st->queries = cl.queries.group.raw(), st->keys = cl.keys.group.raw();
+  return st;
+}
+
+// The forward's state where it was made from these inputs, else a new one.
+template <class E>
+std::shared_ptr<const UnionState> union_state(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
+  if (a.saved && a.saved->state) {
+    auto st = std::static_pointer_cast<const UnionState>(a.saved->state);
+    if (st->q == a.q.raw() && st->k == a.k.raw() && st->v == a.v.raw() &&
+        st->queries == a.clusters.queries.group.raw() && st->keys == a.clusters.keys.group.raw())
+      return st;
+  }
+  return union_state<E>(ctx, a.q, a.k, a.v, a.clusters);
+}
+
 template <class E>
 void union_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1), K = a.clusters.num();
-  const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
-  const UnionPack u = union_pack(ctx, a.clusters, p);
-  const Tensor qkv = gather_qkv<E>(ctx, u.row_token, u.rows, a.q, a.k, a.v);
+  const std::shared_ptr<const UnionState> st = union_state<E>(ctx, a.q, a.k, a.v, a.clusters);
+  const Prepared& p = st->p;
+  const UnionPack& u = st->u;
+  const PairCounts& c = st->c;
   Tensor out = Tensor::empty({u.rows, D}, a.q.dtype(), ctx), lse = Tensor::empty({1, u.rows}, DType::f32, ctx);
-  varlen_attention_forward(ctx, union_varlen(u, p, K, D), qkv, out, lse);
-  const PairCounts c = union_counts(ctx, p);
+  varlen_attention_forward(ctx, union_varlen(u, p, K, D), st->qkv, out, lse);
+  if (a.saved) a.saved->state = st;
   const Launch run{stream(ctx)};
   const int32_t *cnt = c.cnt.data<int32_t>(), *n = c.n.data<int32_t>();
   run(T, routed::UnionLse{p.head, u.layout, cnt, n, lse.data<float>(), a.lse.data<float>()});
@@ -676,18 +713,17 @@ template <class E>
 void union_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1), K = a.clusters.num();
   const DType dt = a.q.dtype();
-  const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
-  const UnionPack u = union_pack(ctx, a.clusters, p);
-  const Tensor qkv = gather_qkv<E>(ctx, u.row_token, u.rows, a.q, a.k, a.v);
+  const std::shared_ptr<const UnionState> st = union_state<E>(ctx, a);
+  const Prepared& p = st->p;
+  const UnionPack& u = st->u;
   Tensor dout = Tensor::empty({u.rows, D}, dt, ctx), out = Tensor::empty({u.rows, D}, dt, ctx),
          lse = Tensor::empty({1, u.rows}, DType::f32, ctx), dqkv = Tensor::zeros({u.rows, 3 * D}, dt, ctx);
   const Launch run{stream(ctx)};
   run(u.rows * D, routed::GatherGrad<E>{elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(),
                                         u.row_token.data<int32_t>(), u.is_query.data<int32_t>(), D, elems<E>(dout),
                                         elems<E>(out), lse.data<float>()});
-  varlen_attention_backward(ctx, union_varlen(u, p, K, D), dqkv, dout, qkv, out, lse);
-  const PairCounts c = union_counts(ctx, p);
-  run(T * D, routed::UnionScatter<E>{p.head, u.layout, c.n.data<int32_t>(), elems<E>(dqkv), elems<E>(a.dout),
+  varlen_attention_backward(ctx, union_varlen(u, p, K, D), dqkv, dout, st->qkv, out, lse);
+  run(T * D, routed::UnionScatter<E>{p.head, u.layout, st->c.n.data<int32_t>(), elems<E>(dqkv), elems<E>(a.dout),
                                      elems<E>(a.dq), elems<E>(a.dk), elems<E>(a.dv)});
 }
 
@@ -699,6 +735,7 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   const int64_t D = a.q.dim(1);
   if (tiled(a.clusters, dt, D, "routed_attention_forward"))
     return dt == DType::bf16 ? union_forward<Bf16>(ctx, a) : union_forward<routed::F32>(ctx, a);
+  if (a.saved) a.saved->state.reset();  // (the rows path keeps nothing)
   const Prepared p = prepare(ctx, a.q, a.k, a.v, a.clusters);
   const routed::Head& h = p.head;
   const int64_t rows = p.qs.rows;
