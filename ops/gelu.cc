@@ -6,6 +6,8 @@ namespace sy::ops {
 
 void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x) {
   check_shape(y, x.shape(), "gelu y");
+  check_dtype(x, DType::f32, "gelu x");
+  SY_CHECK(y.dtype() == DType::f32 || y.dtype() == DType::bf16, "gelu y: " << dtype_name(y.dtype()) << " (f32 or bf16)");
   check_device(ctx, "gelu_forward", {&y, &x});
   SY_DISPATCH(ctx, gelu_forward, ctx, y, x);
 }

@@ -4,7 +4,9 @@
 //   y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
 //   dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3*0.044715 x^2)
 //
-// Shapes: any, y like x. Saved for backward: x. dx accumulates.
+// Shapes: any, y like x. Saved for backward: x. dx accumulates. x f32; y f32,
+// or bf16 = bf16(y) when y feeds a bf16 GEMM (ops/matmul.h takes a bf16 x
+// as already rounded), saving that GEMM's pass to round it.
 #pragma once
 #include "core/tensor.h"
 #include "ops/backend.h"

@@ -16,6 +16,9 @@ void layernorm_forward(Ctx& ctx, const LayerNormArgs& a) {
   SY_CHECK(a.x.ndim() == 2, "layernorm: x " << shape_str(a.x.shape()) << " is not (N, C)");
   const int64_t N = a.x.dim(0);
   check_shape(a.y, a.x.shape(), "layernorm y");
+  check_dtype(a.x, DType::f32, "layernorm x");
+  SY_CHECK(a.y.dtype() == DType::f32 || a.y.dtype() == DType::bf16,
+           "layernorm y: " << dtype_name(a.y.dtype()) << " (f32 or bf16)");
   check_shape(a.mean, {N}, "layernorm mean");
   check_shape(a.rstd, {N}, "layernorm rstd");
   check_affine(a.w, a.b, a.x.dim(1));

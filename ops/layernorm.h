@@ -3,7 +3,9 @@
 //   mu_n = mean_c x[n,c]    rstd_n = 1 / sqrt(var_n + eps)
 //   xhat = (x - mu) * rstd  y = xhat * w + b
 //
-// Shapes: x, y (N, C); w, b (C); saved for backward: mean, rstd (N).
+// Shapes: x, y (N, C); w, b (C); saved for backward: mean, rstd (N). x f32;
+// y f32, or bf16 = bf16(y) when y feeds a bf16 GEMM (ops/matmul.h takes a
+// bf16 x as already rounded), saving that GEMM's pass to round it.
 // Backward (per row, g = dy * w):
 //   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))
 //   dw += sum_n dy * xhat; db += sum_n dy. All gradients accumulate (+=).

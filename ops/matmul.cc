@@ -19,7 +19,8 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   check_shape(a.w, a.w_transposed ? Shape{M, K} : Shape{K, M}, a.w_transposed ? "matmul W (transposed)" : "matmul W");
   check_shape(a.y, {N, M}, "matmul y");
   if (a.b.defined()) check_shape(a.b, {M}, "matmul bias");
-  check_dtype(a.x, DType::f32, "matmul x");
+  SY_CHECK(a.x.dtype() == DType::f32 || (a.w_bf16 && a.x.dtype() == DType::bf16),
+           "matmul_forward: x is " << dtype_name(a.x.dtype()) << "; f32, or bf16 in bf16 mode (already rounded)");
   check_device(ctx, "matmul_forward", {&a.y, &a.x, &a.w, &a.b});
   check_shadow(ctx, a.w_bf16, a.w, "matmul_forward");
   SY_DISPATCH(ctx, matmul_forward, ctx, a);

@@ -18,7 +18,9 @@
 // the order of the fp32 sums: tolerance class B. The forward can hand back
 // bf16(x) (x_bf16), and backward takes x as that bf16 tensor: its dW then
 // reads the forward's rounding instead of rounding x again (the same values,
-// one pass over x fewer, and 2 bytes a value kept instead of 4).
+// one pass over x fewer, and 2 bytes a value kept instead of 4). In bf16
+// mode x may also come as bf16, rounded by its producer (layernorm, gelu):
+// the GEMM reads it as it is, and x_bf16 is x.
 #pragma once
 #include "core/tensor.h"
 

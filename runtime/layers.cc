@@ -40,11 +40,11 @@ LayerNorm::LayerNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t 
   b_ = ps.add(name + ".b", {C}, rng, 0.f, false);
 }
 
-Tensor LayerNorm::forward(const Tensor& x) {
+Tensor LayerNorm::forward(const Tensor& x, DType y_dtype) {
   x_ = x;
   mean_ = Tensor::empty({x.dim(0)}, DType::f32, ctx_);
   rstd_ = Tensor::empty({x.dim(0)}, DType::f32, ctx_);
-  Tensor y = Tensor::empty(x.shape(), DType::f32, ctx_);
+  Tensor y = Tensor::empty(x.shape(), y_dtype, ctx_);
   ops::layernorm_forward(ctx_, {y, mean_, rstd_, x, w_->value, b_->value});
   return y;
 }
@@ -59,12 +59,15 @@ RmsNorm::RmsNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, R
   w_ = ps.add(name + ".w", {C}, rng, 0.f, false, 1.f);
 }
 
-Tensor RmsNorm::forward(const Tensor& x) {
+Tensor RmsNorm::forward(const Tensor& x, DType y_dtype) {
   x_ = x;
   rstd_ = Tensor::empty({x.dim(0)}, DType::f32, ctx_);
   Tensor y = Tensor::empty(x.shape(), DType::f32, ctx_);
   ops::rmsnorm_forward(ctx_, {y, rstd_, x, w_->value});
-  return y;
+  if (y_dtype == DType::f32) return y;
+  Tensor y16 = Tensor::empty(x.shape(), y_dtype, ctx_);
+  ops::to_bf16(ctx_, y16, y);
+  return y16;
 }
 
 Tensor RmsNorm::backward(const Tensor& dy) {
@@ -94,7 +97,10 @@ Mlp::Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t h
 
 Tensor Mlp::forward(const Tensor& x) {
   pre_ = fc1_.forward(x);
-  Tensor act = Tensor::empty({x.dim(0), fc2_.in()}, DType::f32, ctx_);
+  // GELU writes fc2's input rounded, where fc2 reads it so (bf16 mode); the
+  // backward reads pre_, not the activation.
+  const bool act16 = fc2_.reads_bf16() && act_ == ops::FfnActivation::gelu;
+  Tensor act = Tensor::empty({x.dim(0), fc2_.in()}, act16 ? DType::bf16 : DType::f32, ctx_);
   if (act_ == ops::FfnActivation::swiglu)
     ops::swiglu_forward(ctx_, {act, pre_});
   else

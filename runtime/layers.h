@@ -27,6 +27,9 @@ class Linear {
   Tensor backward(const Tensor& dy);
   int64_t in() const { return w_->shape[transposed_ ? 1 : 0]; }
   int64_t out() const { return w_->shape[transposed_ ? 0 : 1]; }
+  // Whether its GEMMs read bf16(x) (bf16 mode): forward then takes x as bf16,
+  // rounded by whatever wrote it, instead of rounding it in a pass of its own.
+  bool reads_bf16() const { return shadow() != nullptr; }
 
  private:
   // W's bf16 shadow when the store keeps them (Config.precision BF16): the
@@ -40,10 +43,12 @@ class Linear {
 };
 
 // A block's normalisation (model.norm): LayerNorm (w, b) or RMSNorm (w only).
+// forward's y is f32, or bf16 where a bf16 GEMM reads it next (Linear::reads_bf16).
 class Norm {
  public:
   virtual ~Norm() = default;
-  virtual Tensor forward(const Tensor& x) = 0;  // (N, C) -> (N, C)
+  Tensor forward(const Tensor& x) { return forward(x, DType::f32); }
+  virtual Tensor forward(const Tensor& x, DType y_dtype) = 0;  // (N, C) -> (N, C)
   virtual Tensor backward(const Tensor& dy) = 0;
 };
 
@@ -53,7 +58,8 @@ enum class NormKind { layernorm, rmsnorm };
 class LayerNorm : public Norm {
  public:
   LayerNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, Rng& rng);
-  Tensor forward(const Tensor& x) override;
+  using Norm::forward;
+  Tensor forward(const Tensor& x, DType y_dtype) override;  // (bf16: rounded as the kernel writes it)
   Tensor backward(const Tensor& dy) override;
 
  private:
@@ -66,7 +72,8 @@ class LayerNorm : public Norm {
 class RmsNorm : public Norm {
  public:
   RmsNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, Rng& rng);
-  Tensor forward(const Tensor& x) override;
+  using Norm::forward;
+  Tensor forward(const Tensor& x, DType y_dtype) override;  // (bf16: rounded after, in a pass of its own)
   Tensor backward(const Tensor& dy) override;
 
  private:
@@ -113,6 +120,9 @@ class FeedForward {
   virtual double forward_flops() const = 0;
   // The part of forward_flops() spent deciding where tokens go (a router).
   virtual double router_flops() const { return 0; }
+  // Whether forward takes x as bf16 (its first GEMMs read bf16(x) and
+  // nothing else reads x): the norm before it then writes bf16.
+  virtual bool reads_bf16() const { return false; }
 };
 
 // GELU:   y = fc2(gelu(fc1(x)))                  fc1 (C, H)
@@ -125,6 +135,7 @@ class Mlp : public FeedForward {
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
   double forward_flops() const override { return flops_; }
+  bool reads_bf16() const override { return fc1_.reads_bf16(); }
 
  private:
   Ctx& ctx_;
@@ -150,6 +161,8 @@ class SelfAttention {
   // FLOPs a dense forward over B sequences of T tokens would spend.
   virtual double flops(int64_t B, int64_t T) const = 0;
   virtual double aux_loss() const { return 0; }
+  // Whether forward takes x as bf16 (only its qkv GEMM reads x, in bf16 mode).
+  virtual bool reads_bf16() const { return false; }
 };
 
 // y = proj(attention(qkv(x))); with RoPE, q and k of every head are rotated
@@ -163,6 +176,7 @@ class CausalSelfAttention : public SelfAttention {
   Tensor backward(const Tensor& dy) override;
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
+  bool reads_bf16() const override { return qkv_.reads_bf16(); }
 
  private:
   Ctx& ctx_;

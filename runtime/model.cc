@@ -67,10 +67,13 @@ void Block::set_training(bool t) {
 }
 
 Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) {
-  Tensor h = attn_->forward(ln1_->forward(x), B, T, positions);
+  // The norms write bf16 where the next GEMM reads bf16 (bf16 mode): the
+  // values it would round them to, one pass fewer.
+  auto dtype_for = [](bool bf16) { return bf16 ? DType::bf16 : DType::f32; };
+  Tensor h = attn_->forward(ln1_->forward(x, dtype_for(attn_->reads_bf16())), B, T, positions);
   ops::add_into(*ctx_, h, x);
   ffn_->set_sequence_length(T);
-  Tensor out = ffn_->forward(ln2_->forward(h));
+  Tensor out = ffn_->forward(ln2_->forward(h, dtype_for(ffn_->reads_bf16())));
   ops::add_into(*ctx_, out, h);
   attn_flops_ += attn_->forward_flops();
   ffn_flops_ += ffn_->forward_flops() - ffn_->router_flops();

@@ -78,6 +78,7 @@ class SparseSelfAttention : public SelfAttention {
   double update_centroids();
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
+  bool reads_bf16() const override { return qkv_.reads_bf16(); }
   double aux_loss() const override { return stats_.commitment_loss; }
   const SparseAttentionStats& stats() const { return stats_; }
   // Sums per-cluster statistics over data-parallel ranks before the EMA update.

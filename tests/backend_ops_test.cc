@@ -685,6 +685,23 @@ std::vector<OpCase> cases() {
   c.push_back({"gelu_backward", Tol::f32, [](Rng& r) { return Ins{randn({1001}, r, 3.f), randn({1001}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{acc(x, {1001})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::gelu_backward(x, o[0], in[1], in[0]); }});
+  // bf16 y for a bf16 GEMM's input (widened here for the comparison: the
+  // rounding of fp32 values that agree to class F may differ by an ulp).
+  c.push_back({"layernorm_forward_bf16_y", Tol::bf16,
+               [](Rng& r) { return Ins{randn({33, 48}, r, 3.f), randn({48}, r), randn({48}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {33, 48}), fresh(x, {33}), fresh(x, {33})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor y16 = out(x, {33, 48}, DType::bf16);
+                 ops::layernorm_forward(x, {y16, o[1], o[2], in[0], in[1], in[2]});
+                 ops::to_f32(x, o[0], y16);
+               }});
+  c.push_back({"gelu_forward_bf16_y", Tol::bf16, [](Rng& r) { return Ins{randn({1001}, r, 3.f)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor y16 = out(x, {1001}, DType::bf16);
+                 ops::gelu_forward(x, y16, in[0]);
+                 ops::to_f32(x, o[0], y16);
+               }});
   c.push_back({"embedding_forward", Tol::exact, [](Rng& r) { return Ins{ints({24}, r, 50), randn({50, 16}, r), randn({8, 16}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {24, 16})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::embedding_forward(x, {o[0], in[0], in[1], in[2], 8}); }});
@@ -1213,6 +1230,18 @@ std::vector<OpCase> cases() {
                    ops::matmul_backward(x, {&o[1], &o[2], &o[3], in[3], in[0], in[1], false, &w16});
                  }});
   }
+  // x already rounded by its producer: read as it is, and handed back as x_bf16.
+  c.push_back({"matmul_bf16_x_given_300x256x384", Tol::bf16,
+               [](Rng& r) { return Ins{randn({300, 256}, r), randn({256, 384}, r), randn({384}, r), randn({300, 384}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {300, 384}), acc(x, {300, 256}), acc(x, {256, 384})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor w16 = out(x, in[1].shape(), DType::bf16), x16 = out(x, in[0].shape(), DType::bf16), back;
+                 ops::to_bf16(x, w16, in[1]);
+                 ops::to_bf16(x, x16, in[0]);
+                 ops::matmul_forward(x, {o[0], x16, in[1], in[2], false, false, &w16, &back});
+                 EXPECT_EQ(back.raw(), x16.raw()) << "x_bf16 is the given x";
+                 ops::matmul_backward(x, {&o[1], &o[2], nullptr, in[3], back, in[1], false, &w16});
+               }});
   // Experts of hidden widths 6, 12, 3, 9 in bf16 mode.
   c.push_back({"expert_ffn_bf16_heterogeneous", Tol::bf16,
                [](Rng& r) {

@@ -161,6 +161,45 @@ TEST(Matmul, Bf16ModeIsTheFp32OpOnRoundedOperands) {
   }
 }
 
+// The producers of a bf16 GEMM's input (layernorm, gelu) can write it
+// rounded: their bf16 y is their f32 y rounded, bit for bit, and a bf16 x
+// in matmul's bf16 mode is the f32 x it rounds from (y, the x_bf16 it hands
+// back, and the backward's dW). A bf16 x outside bf16 mode is refused.
+TEST(Bf16Inputs, ProducersRoundWhatTheGemmWouldRound) {
+  Ctx& ctx = host_ctx();
+  Rng rng(0xb16);
+  const int64_t N = 19, C = 24;
+  const Tensor x = randn({N, C}, rng, 2.f), w = randn({C}, rng), b = randn({C}, rng);
+  for (const bool affine : {true, false}) {
+    Tensor y = zeros({N, C}), m = zeros({N}), r = zeros({N});
+    Tensor y16 = Tensor::empty({N, C}, DType::bf16, ctx), m16 = zeros({N}), r16 = zeros({N});
+    const Tensor& ww = affine ? w : Tensor();
+    const Tensor& bb = affine ? b : Tensor();
+    ops::layernorm_forward(ctx, {y, m, r, x, ww, bb});
+    ops::layernorm_forward(ctx, {y16, m16, r16, x, ww, bb});
+    EXPECT_TRUE(same_bits(y16.to(DType::f32), rounded(y))) << "layernorm y, affine " << affine;
+    EXPECT_TRUE(same_bits(m16, m) && same_bits(r16, r)) << "layernorm statistics";
+  }
+  Tensor g = zeros({N, C}), g16 = Tensor::empty({N, C}, DType::bf16, ctx);
+  ops::gelu_forward(ctx, g, x);
+  ops::gelu_forward(ctx, g16, x);
+  EXPECT_TRUE(same_bits(g16.to(DType::f32), rounded(g))) << "gelu";
+
+  const int64_t M = 9;
+  const Tensor W = randn({C, M}, rng), W16 = W.to(DType::bf16), dy = randn({N, M}, rng);
+  Tensor y = zeros({N, M}), y_in16 = zeros({N, M}), x16, x16_in;
+  ops::matmul_forward(ctx, {y, g, W, b.rows(0, M), false, false, &W16, &x16});
+  ops::matmul_forward(ctx, {y_in16, g16, W, b.rows(0, M), false, false, &W16, &x16_in});
+  EXPECT_TRUE(same_bits(y_in16, y)) << "matmul on the producer's rounding";
+  EXPECT_TRUE(same_bits(x16_in, x16)) << "the x_bf16 handed back";
+  Tensor dx = zeros({N, C}), dW = zeros({C, M}), dx2 = zeros({N, C}), dW2 = zeros({C, M});
+  ops::matmul_backward(ctx, {&dx, &dW, nullptr, dy, x16, W, false, &W16});
+  ops::matmul_backward(ctx, {&dx2, &dW2, nullptr, dy, x16_in, W, false, &W16});
+  EXPECT_TRUE(same_bits(dx2, dx) && same_bits(dW2, dW)) << "backward";
+  Tensor y32 = zeros({N, M});
+  EXPECT_THROW(ops::matmul_forward(ctx, {y32, g16, W, Tensor()}), Error) << "bf16 x outside bf16 mode";
+}
+
 TEST(Matmul, Bf16ShadowOfTheWrongShapeOrDtypeIsRefused) {
   Tensor x = zeros({2, 3}), W = zeros({3, 4}), y = zeros({2, 4});
   const Tensor wrong_shape = zeros({4, 3}).to(DType::bf16), f32 = zeros({3, 4});

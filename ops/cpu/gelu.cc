@@ -1,6 +1,7 @@
 #include "ops/gelu.h"
 
 #include "ops/cpu/gelu_math.h"
+#include "ops/elementwise.h"
 
 namespace sy::ops::cpu {
 
@@ -14,7 +15,15 @@ SY_VECTOR_CLONES void backward(float* dx, const float* dy, const float* x, int64
 }
 }  // namespace
 
-void gelu_forward(Ctx&, Tensor& y, const Tensor& x) { forward(y.f32(), x.f32(), x.numel()); }
+void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x) {
+  if (y.dtype() == DType::bf16) {  // the fp32 values, rounded (what a bf16 GEMM would round them to)
+    Tensor y32 = Tensor::empty(x.shape(), DType::f32, ctx);
+    forward(y32.f32(), x.f32(), x.numel());
+    ops::to_bf16(ctx, y, y32);
+    return;
+  }
+  forward(y.f32(), x.f32(), x.numel());
+}
 
 void gelu_backward(Ctx&, Tensor& dx, const Tensor& dy, const Tensor& x) {
   backward(dx.f32(), dy.f32(), x.f32(), x.numel());

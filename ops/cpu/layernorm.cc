@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "ops/cpu/vec_math.h"
+#include "ops/elementwise.h"
 
 namespace sy::ops::cpu {
 
@@ -58,10 +59,13 @@ SY_VECTOR_CLONES void backward_rows(float* dx, float* dw, float* db, const float
 
 }  // namespace
 
-void layernorm_forward(Ctx&, const LayerNormArgs& a) {
-  const bool affine = a.w.defined();
-  forward_rows(a.y.f32(), a.mean.f32(), a.rstd.f32(), a.x.f32(), affine ? a.w.f32() : nullptr,
+void layernorm_forward(Ctx& ctx, const LayerNormArgs& a) {
+  const bool affine = a.w.defined(), bf16 = a.y.dtype() == DType::bf16;
+  // bf16 y: the fp32 values, rounded (what a bf16 GEMM would round them to)
+  Tensor y = bf16 ? Tensor::empty(a.x.shape(), DType::f32, ctx) : a.y;
+  forward_rows(y.f32(), a.mean.f32(), a.rstd.f32(), a.x.f32(), affine ? a.w.f32() : nullptr,
                affine ? a.b.f32() : nullptr, a.x.dim(0), a.x.dim(1));
+  if (bf16) ops::to_bf16(ctx, a.y, y);
 }
 
 void layernorm_backward(Ctx&, const LayerNormBackwardArgs& a) {

@@ -8,7 +8,9 @@ namespace sy::ops::cpu {
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   if (a.w_bf16) {
-    if (a.x_bf16) {
+    if (a.x.dtype() == DType::bf16) {  // rounded by its producer
+      if (a.x_bf16) *a.x_bf16 = a.x;
+    } else if (a.x_bf16) {
       *a.x_bf16 = Tensor::empty(a.x.shape(), DType::bf16, ctx);
       const float* in = a.x.f32();
       bf16_t* out = a.x_bf16->data<bf16_t>();

@@ -76,14 +76,19 @@ std::vector<T> download(Ctx& ctx, const T* device, int64_t n) {
 // ---- device helpers -------------------------------------------------------
 
 // Element access in fp32 arithmetic: kernels templated on the storage type T
-// load with to_float and store with from_float<T>. fp32 only for now; a bf16
-// storage type adds one overload of each.
+// load with to_float and store with from_float<T> (bf16: round to nearest
+// even, core/dtype.h's rounding).
 __device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <class T>
 __device__ __forceinline__ T from_float(float x);
 template <>
 __device__ __forceinline__ float from_float<float>(float x) {
   return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
 }
 
 template <class T>

@@ -1,6 +1,7 @@
 // GELU (tanh form) on CUDA: one thread per element, the CPU's formula in fp32
 // with CUDA's tanhf (within an ulp or two of libm: class F). Elementwise, so
-// deterministic. Templated on the storage type (fp32 now, bf16 later).
+// deterministic. y fp32, or bf16 (the fp32 value rounded as it is stored: a
+// bf16 GEMM's input).
 //
 //   forward:  y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
 //   backward: dx += dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3*0.044715 x^2))
@@ -14,12 +15,12 @@ constexpr float kS2Pi = 0.7978845608028654f;  // sqrt(2/pi)
 constexpr float kC = 0.044715f;
 }  // namespace
 
-template <class T>
-static __global__ void gelu_forward_kernel(T* y, const T* x, int64_t n) {
+template <class T, class TY>
+static __global__ void gelu_forward_kernel(TY* y, const T* x, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float v = to_float(x[i]);
-    y[i] = from_float<T>(0.5f * v * (1.f + tanhf(kS2Pi * (v + kC * v * v * v))));
+    y[i] = from_float<TY>(0.5f * v * (1.f + tanhf(kS2Pi * (v + kC * v * v * v))));
   }
 }
 
@@ -37,7 +38,11 @@ static __global__ void gelu_backward_kernel(float* dx, const float* dy, const T*
 void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x) {
   const int64_t n = x.numel();
   if (n == 0) return;
-  gelu_forward_kernel<float><<<grid_stride(n), kBlock, 0, stream(ctx)>>>(y.data<float>(), x.data<float>(), n);
+  if (y.dtype() == DType::bf16)  // y rounded as it is written (a bf16 GEMM's input)
+    gelu_forward_kernel<float, __nv_bfloat16><<<grid_stride(n), kBlock, 0, stream(ctx)>>>(elems<Bf16>(y),
+                                                                                          x.data<float>(), n);
+  else
+    gelu_forward_kernel<float, float><<<grid_stride(n), kBlock, 0, stream(ctx)>>>(y.data<float>(), x.data<float>(), n);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -7,7 +7,8 @@
 //           in double, the same way); dw += sum_n dy*xhat and db += sum_n dy by
 //           the fixed-order two-stage column sum of common.cuh. No atomics
 //           anywhere: two runs are bitwise equal.
-// Templated on the storage type of x and y (fp32 now, bf16 later).
+// Templated on the storage types of x (fp32 now) and y (fp32, or bf16 for a
+// bf16 GEMM's input: the fp32 value rounded as it is stored).
 #include "ops/cuda/common.cuh"
 #include "ops/layernorm.h"
 
@@ -32,8 +33,8 @@ struct LayerNormGrads {  // column terms of dw and db
 };
 }  // namespace
 
-template <class T>
-static __global__ void layernorm_forward_kernel(T* y, float* mean, float* rstd, const T* x, const float* w,
+template <class T, class TY>
+static __global__ void layernorm_forward_kernel(TY* y, float* mean, float* rstd, const T* x, const float* w,
                                                 const float* b, int64_t N, int64_t C) {
   const int64_t n = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -51,10 +52,10 @@ static __global__ void layernorm_forward_kernel(T* y, float* mean, float* rstd, 
   const float rs = static_cast<float>(1.0 / sqrt(v + kLayerNormEps));
   const float mf = static_cast<float>(m);
   if (lane == 0) mean[n] = mf, rstd[n] = rs;
-  T* yr = y + n * C;
+  TY* yr = y + n * C;
   for (int64_t c = lane; c < C; c += 32) {
     const float xh = (to_float(xr[c]) - mf) * rs;
-    yr[c] = from_float<T>(w ? xh * w[c] + b[c] : xh);
+    yr[c] = from_float<TY>(w ? xh * w[c] + b[c] : xh);
   }
 }
 
@@ -88,9 +89,13 @@ void layernorm_forward(Ctx& ctx, const LayerNormArgs& a) {
   const int64_t N = a.x.dim(0), C = a.x.dim(1);
   if (N == 0) return;
   const bool affine = a.w.defined();
-  layernorm_forward_kernel<float><<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(
-      a.y.data<float>(), a.mean.data<float>(), a.rstd.data<float>(), a.x.data<float>(),
-      affine ? a.w.data<float>() : nullptr, affine ? a.b.data<float>() : nullptr, N, C);
+  const float *w = affine ? a.w.data<float>() : nullptr, *b = affine ? a.b.data<float>() : nullptr;
+  if (a.y.dtype() == DType::bf16)  // y rounded as it is written (a bf16 GEMM's input)
+    layernorm_forward_kernel<float, __nv_bfloat16><<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(
+        elems<Bf16>(a.y), a.mean.data<float>(), a.rstd.data<float>(), a.x.data<float>(), w, b, N, C);
+  else
+    layernorm_forward_kernel<float, float><<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(
+        a.y.data<float>(), a.mean.data<float>(), a.rstd.data<float>(), a.x.data<float>(), w, b, N, C);
   CUDA_CHECK(cudaGetLastError());
 }
 

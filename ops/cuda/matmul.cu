@@ -10,8 +10,8 @@
 //
 // bf16 mode (w_bf16 given): W is read from its bf16 shadow, x and dy are
 // rounded into bf16 scratch from ctx's allocator (ops::cuda::to_bf16, one
-// pass each), the GEMMs take bf16 A and B with fp32 C/D, bias and
-// CUBLAS_COMPUTE_32F; db sums the fp32 dy.
+// pass each; an x that comes as bf16 is read as it is), the GEMMs take bf16
+// A and B with fp32 C/D, bias and CUBLAS_COMPUTE_32F; db sums the fp32 dy.
 //
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
 // GPU model for a fixed algorithm and workspace; the algorithm is cached per
@@ -194,7 +194,7 @@ Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   const bool bf16 = a.w_bf16 != nullptr;
-  const Tensor x16 = bf16 ? bf16_copy(ctx, a.x) : Tensor();
+  const Tensor x16 = !bf16 ? Tensor() : a.x.dtype() == DType::bf16 ? a.x : bf16_copy(ctx, a.x);  // (bf16: rounded by its producer)
   if (a.x_bf16) *a.x_bf16 = x16;
   if (N == 0) return;
   GemmArgs g;
