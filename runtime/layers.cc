@@ -134,17 +134,21 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, 2 * H_, C_ / H_, opt_.rope_base});
   qkv_out_ = qkv.reshape({B, T, 3 * C_});
   lse_ = Tensor::empty({B, H_, T}, DType::f32, ctx_);
-  y_ = Tensor::empty({B, T, C_}, DType::f32, ctx_);
+  flops_ = flops(B, T);
   if (opt_.bf16) {
     qkv16_ = Tensor::empty({B, T, 3 * C_}, DType::bf16, ctx_);
     y16_ = Tensor::empty({B, T, C_}, DType::bf16, ctx_);
     ops::to_bf16(ctx_, qkv16_, qkv_out_);
     ops::attention_forward(ctx_, {y16_, lse_, qkv16_, shape_});
+    // A bf16 proj reads the bf16 output as it is (the values it would round
+    // the widened ones back to); otherwise it gets them widened.
+    if (proj_.reads_bf16()) return proj_.forward(y16_.reshape({B * T, C_}));
+    y_ = Tensor::empty({B, T, C_}, DType::f32, ctx_);
     ops::to_f32(ctx_, y_, y16_);
   } else {
+    y_ = Tensor::empty({B, T, C_}, DType::f32, ctx_);
     ops::attention_forward(ctx_, {y_, lse_, qkv_out_, shape_});
   }
-  flops_ = flops(B, T);
   return proj_.forward(y_.reshape({B * T, C_}));
 }
 
