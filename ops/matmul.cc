@@ -36,6 +36,8 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   if (a.db) check_shape(*a.db, {M}, "matmul db");
   SY_CHECK(a.x.dtype() == DType::f32 || (a.w_bf16 && a.x.dtype() == DType::bf16),
            "matmul_backward: x is " << dtype_name(a.x.dtype()) << "; f32, or bf16 in bf16 mode (the forward's x_bf16)");
+  SY_CHECK(a.dy.dtype() == DType::f32 || (a.w_bf16 && a.dy.dtype() == DType::bf16),
+           "matmul_backward: dy is " << dtype_name(a.dy.dtype()) << "; f32, or bf16 in bf16 mode (values that are bf16)");
   check_device(ctx, "matmul_backward", {a.dx, a.dw, a.db, &a.dy, &a.x, &a.w});
   check_shadow(ctx, a.w_bf16, a.w, "matmul_backward");
   SY_DISPATCH(ctx, matmul_backward, ctx, a);

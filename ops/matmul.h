@@ -20,7 +20,9 @@
 // reads the forward's rounding instead of rounding x again (the same values,
 // one pass over x fewer, and 2 bytes a value kept instead of 4). In bf16
 // mode x may also come as bf16, rounded by its producer (layernorm, gelu):
-// the GEMM reads it as it is, and x_bf16 is x.
+// the GEMM reads it as it is, and x_bf16 is x. Likewise a bf16 dy in
+// backward holds values that are bf16 already (a bf16 kernel's gradient):
+// the GEMMs read it as it is, and db sums its values widened.
 #pragma once
 #include "core/tensor.h"
 

@@ -159,14 +159,19 @@ double CausalSelfAttention::flops(int64_t B, int64_t T) const {
 
 Tensor CausalSelfAttention::backward(const Tensor& dy) {
   Tensor dyatt = proj_.backward(dy);
-  Tensor dqkv = Tensor::zeros(qkv_out_.shape(), DType::f32, ctx_);
+  Tensor dqkv;
   if (opt_.bf16) {
     Tensor dout16 = Tensor::empty({shape_.B, shape_.T, C_}, DType::bf16, ctx_);
     Tensor dqkv16 = Tensor::zeros(qkv_out_.shape(), DType::bf16, ctx_);
     ops::to_bf16(ctx_, dout16, dyatt.reshape({shape_.B, shape_.T, C_}));
     ops::attention_backward(ctx_, {dqkv16, dout16, qkv16_, y16_, lse_, shape_});
+    // Without RoPE to undo, a bf16 qkv GEMM takes the bf16 gradient as it is
+    // (its bias gradient sums the same values widened).
+    if (!opt_.rope && qkv_.reads_bf16()) return qkv_.backward(dqkv16.reshape({shape_.B * shape_.T, 3 * C_}));
+    dqkv = Tensor::empty(qkv_out_.shape(), DType::f32, ctx_);
     ops::to_f32(ctx_, dqkv, dqkv16);
   } else {
+    dqkv = Tensor::zeros(qkv_out_.shape(), DType::f32, ctx_);
     ops::attention_backward(ctx_, {dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, y_, lse_, shape_});
   }
   Tensor d = dqkv.reshape({shape_.B * shape_.T, 3 * C_});

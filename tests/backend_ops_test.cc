@@ -1230,17 +1230,22 @@ std::vector<OpCase> cases() {
                    ops::matmul_backward(x, {&o[1], &o[2], &o[3], in[3], in[0], in[1], false, &w16});
                  }});
   }
-  // x already rounded by its producer: read as it is, and handed back as x_bf16.
+  // x already rounded by its producer: read as it is, and handed back as
+  // x_bf16; dy bf16 (its db the column sums of its values).
   c.push_back({"matmul_bf16_x_given_300x256x384", Tol::bf16,
                [](Rng& r) { return Ins{randn({300, 256}, r), randn({256, 384}, r), randn({384}, r), randn({300, 384}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {300, 384}), acc(x, {300, 256}), acc(x, {256, 384})}; },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {300, 384}), acc(x, {300, 256}), acc(x, {256, 384}), acc(x, {384})};
+               },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  Tensor w16 = out(x, in[1].shape(), DType::bf16), x16 = out(x, in[0].shape(), DType::bf16), back;
                  ops::to_bf16(x, w16, in[1]);
                  ops::to_bf16(x, x16, in[0]);
                  ops::matmul_forward(x, {o[0], x16, in[1], in[2], false, false, &w16, &back});
                  EXPECT_EQ(back.raw(), x16.raw()) << "x_bf16 is the given x";
-                 ops::matmul_backward(x, {&o[1], &o[2], nullptr, in[3], back, in[1], false, &w16});
+                 Tensor dy16 = out(x, in[3].shape(), DType::bf16);  // a gradient that is bf16 already
+                 ops::to_bf16(x, dy16, in[3]);
+                 ops::matmul_backward(x, {&o[1], &o[2], &o[3], dy16, back, in[1], false, &w16});
                }});
   // Experts of hidden widths 6, 12, 3, 9 in bf16 mode.
   c.push_back({"expert_ffn_bf16_heterogeneous", Tol::bf16,

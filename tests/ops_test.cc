@@ -196,6 +196,15 @@ TEST(Bf16Inputs, ProducersRoundWhatTheGemmWouldRound) {
   ops::matmul_backward(ctx, {&dx, &dW, nullptr, dy, x16, W, false, &W16});
   ops::matmul_backward(ctx, {&dx2, &dW2, nullptr, dy, x16_in, W, false, &W16});
   EXPECT_TRUE(same_bits(dx2, dx) && same_bits(dW2, dW)) << "backward";
+  // A dy whose values are bf16 (a bf16 kernel's gradient): as bf16 or widened,
+  // the same dx, dW and db (the column sums of the same values).
+  const Tensor dyr = rounded(dy), dy16 = dyr.to(DType::bf16);
+  Tensor dxa = zeros({N, C}), dWa = zeros({C, M}), dba = zeros({M}), dxb = zeros({N, C}), dWb = zeros({C, M}),
+         dbb = zeros({M});
+  ops::matmul_backward(ctx, {&dxa, &dWa, &dba, dyr, x16, W, false, &W16});
+  ops::matmul_backward(ctx, {&dxb, &dWb, &dbb, dy16, x16, W, false, &W16});
+  EXPECT_TRUE(same_bits(dxb, dxa) && same_bits(dWb, dWa) && same_bits(dbb, dba)) << "bf16 dy";
+  EXPECT_THROW(ops::matmul_backward(ctx, {&dxb, nullptr, nullptr, dy16, x, W}), Error) << "bf16 dy outside bf16 mode";
   Tensor y32 = zeros({N, M});
   EXPECT_THROW(ops::matmul_forward(ctx, {y32, g16, W, Tensor()}), Error) << "bf16 x outside bf16 mode";
 }

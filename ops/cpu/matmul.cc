@@ -38,7 +38,8 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
 void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   if (N == 0) return;
-  const float* dy = a.dy.f32();
+  const Tensor dy32 = a.dy.dtype() == DType::bf16 ? a.dy.to(DType::f32) : a.dy;  // (bf16: its values, widened)
+  const float* dy = dy32.f32();
   if (a.w_bf16) {  // the GEMMs on rounded operands; db below from the fp32 dy
     const Tensor dy16 = bf16_operand(ctx, a.dy), x = a.dw ? bf16_operand(ctx, a.x) : a.x, w = bf16_operand(ctx, *a.w_bf16);
     matmul_backward(ctx, {a.dx, a.dw, nullptr, dy16, x, w, a.w_transposed});

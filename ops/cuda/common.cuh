@@ -243,6 +243,19 @@ inline void column_sums_into(Ctx& ctx, const float* x, int64_t rows, int64_t col
   column_sums(ctx, ColumnOf{x, cols}, rows, cols, ColumnOut{{out}});
 }
 
+// The same over bf16 values, widened (the sums, in the same order, of the
+// fp32 tensor they widen to).
+struct ColumnOfBf16 {
+  static constexpr int kOut = 1;
+  const __nv_bfloat16* x;
+  int64_t ld;
+  __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = __bfloat162float(x[r * ld + c]); }
+};
+
+inline void column_sums_into(Ctx& ctx, const __nv_bfloat16* x, int64_t rows, int64_t cols, float* out) {
+  column_sums(ctx, ColumnOfBf16{x, cols}, rows, cols, ColumnOut{{out}});
+}
+
 // ---- one thread per index -------------------------------------------------
 
 // f(i) for every i < n, a grid-stride loop (the rows headers' functions).

@@ -213,7 +213,9 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   if (N == 0) return;
   const bool bf16 = a.w_bf16 != nullptr;
-  const Tensor dy16 = bf16 && (a.dx || a.dw) ? bf16_copy(ctx, a.dy) : Tensor();
+  const Tensor dy16 = !bf16 || !(a.dx || a.dw) ? Tensor()
+                      : a.dy.dtype() == DType::bf16 ? a.dy  // values that are bf16 already
+                                                    : bf16_copy(ctx, a.dy);
   // x as the forward rounded it (a bf16 x), or rounded here
   const Tensor x16 = bf16 && a.dw ? (a.x.dtype() == DType::bf16 ? a.x : bf16_copy(ctx, a.x)) : Tensor();
   const void* dy = bf16 ? dy16.raw() : static_cast<const void*>(a.dy.data<float>());
@@ -250,7 +252,12 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
     g.C = a.dw->data<float>(), g.ldc = K;
     gemm(ctx, g);
   }
-  if (a.db) column_sums_into(ctx, a.dy.data<float>(), N, M, a.db->data<float>());
+  if (a.db) {
+    if (a.dy.dtype() == DType::bf16)
+      column_sums_into(ctx, elems<Bf16>(a.dy), N, M, a.db->data<float>());
+    else
+      column_sums_into(ctx, a.dy.data<float>(), N, M, a.db->data<float>());
+  }
 }
 
 }  // namespace sy::ops::cuda
