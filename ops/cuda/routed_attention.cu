@@ -39,7 +39,8 @@
 //   both where a token's two clusters agree: (|Q|+|K|-both)^2 / 2 of tile
 //   area against |Q||K| / 2 for keys then queries, never less, and 4x more
 //   where the clusters of q and k disagree - as on random heads - and it
-//   needed a radix sort.)
+//   needed a radix sort.) The backward reuses the forward's packing, packed
+//   q, k, v and pair counts where the caller hands them on (RoutedSaved).
 //   Other head dims: one thread per query row, key row, query or output
 //   element, in the order of the rows header. The key sets, where wanted,
 //   are sorted by a radix sort on (query, key) when a query can be in
