@@ -231,29 +231,19 @@ void column_sums(Ctx& ctx, F f, int64_t rows, int64_t cols, ColumnOut out) {
   CUDA_CHECK(cudaGetLastError());
 }
 
-// The plain case: out[c] += sum_r x[r * ld + c].
+// The plain case: out[c] += sum_r x[r * ld + c], x fp32 or bf16 (widened:
+// the sums, in the same order, of the fp32 tensor it widens to).
+template <class T>
 struct ColumnOf {
   static constexpr int kOut = 1;
-  const float* x;
+  const T* x;
   int64_t ld;
-  __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = x[r * ld + c]; }
+  __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = to_float(x[r * ld + c]); }
 };
 
-inline void column_sums_into(Ctx& ctx, const float* x, int64_t rows, int64_t cols, float* out) {
-  column_sums(ctx, ColumnOf{x, cols}, rows, cols, ColumnOut{{out}});
-}
-
-// The same over bf16 values, widened (the sums, in the same order, of the
-// fp32 tensor they widen to).
-struct ColumnOfBf16 {
-  static constexpr int kOut = 1;
-  const __nv_bfloat16* x;
-  int64_t ld;
-  __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = __bfloat162float(x[r * ld + c]); }
-};
-
-inline void column_sums_into(Ctx& ctx, const __nv_bfloat16* x, int64_t rows, int64_t cols, float* out) {
-  column_sums(ctx, ColumnOfBf16{x, cols}, rows, cols, ColumnOut{{out}});
+template <class T>
+void column_sums_into(Ctx& ctx, const T* x, int64_t rows, int64_t cols, float* out) {
+  column_sums(ctx, ColumnOf<T>{x, cols}, rows, cols, ColumnOut{{out}});
 }
 
 // ---- one thread per index -------------------------------------------------

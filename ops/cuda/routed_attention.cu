@@ -12,9 +12,11 @@
 //   for the same scores: the GEMM and the exact scores add in another order
 //   than the CPU's, so decisions agree where the scores are separated by more
 //   than that rounding (the tests use gaps >= 1e-3).
-// members:  a Route's group-major buffer inverted once, row -> (item, group):
-//   each kept assignment writes its own row (offset[g] + slot), so no two
-//   threads write one place. A cluster's rows are its members in position order.
+// members:  a Route's group-major buffer inverted, row -> (item, group), for
+//   the heads an op was asked for only (one stretch of the buffer; a layer
+//   calls once per centroid set): each kept assignment writes its own row
+//   (offset[g] + slot), so no two threads write one place. A cluster's rows
+//   are its members in position order.
 // accumulate_cluster_stats:  one block per cluster; thread d walks the
 //   cluster's query rows, then (when the key list differs) its key rows, in
 //   row order, adding into sum[c, d] - the CPU's additions in the CPU's order,
@@ -23,8 +25,8 @@
 // ema_update:  one block per centroid: n, s by the CPU's expressions
 //   (__fmul_rn/__fadd_rn: no FMA contraction), |s|^2 and the drift by a
 //   fixed block tree in double, the mean drift by sum_f64_to_host.
-// commitment_sums:  one warp per query row (of the heads asked for: one
-//   stretch of the buffer), |qn - mu|^2 / D in double by a fixed butterfly,
+// commitment_sums:  one warp per query row of those heads,
+//   |qn - mu|^2 / D in double by a fixed butterfly,
 //   summed over rows by sum_f64_to_host (fixed order).
 // commitment_backward:  one thread per element of dqn, adding the query's
 //   clusters in ascending order (its assignments in index order: k = 1, or
@@ -261,41 +263,46 @@ void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<co
 
 namespace {
 
-// A Route's buffer rows as (item, group), on the device.
+// Rows [row0, row0 + rows) of a Route's buffer as (item, group), on the device.
 struct Members {
-  Tensor item, group;  // i32 (rows)
-  int64_t rows = 0;
+  Tensor item, group;  // i32 (rows): entry i is buffer row row0 + i
+  int64_t row0 = 0, rows = 0;
   const int32_t* items() const { return rows > 0 ? item.data<int32_t>() : nullptr; }
   const int32_t* groups() const { return rows > 0 ? group.data<int32_t>() : nullptr; }
 };
 }  // namespace
 
-static __global__ void member_rows(const int32_t* group, const int32_t* slot, const int32_t* offset, int64_t n, int64_t k,
-                                   int32_t* row_item, int32_t* row_group) {
-  const int64_t a = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (a >= n || slot[a] < 0) return;
+// Assignment a0 + i: its kept row (minus row0) as (item, group).
+static __global__ void member_rows(const int32_t* group, const int32_t* slot, const int32_t* offset, int64_t a0,
+                                   int64_t n, int64_t k, int64_t row0, int32_t* row_item, int32_t* row_group) {
+  const int64_t a = a0 + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (a >= a0 + n || slot[a] < 0) return;
   const int32_t g = group[a];
-  const int64_t row = offset[g] + slot[a];
+  const int64_t row = offset[g] + slot[a] - row0;
   row_item[row] = static_cast<int32_t>(a / k);
   row_group[row] = g;
 }
 
 namespace {
-Members members(Ctx& ctx, const Route& r) {
+// The rows of the stacked heads h (their clusters' rows are one stretch of
+// the group-major buffer, their tokens' assignments one stretch of the route):
+// what the per-set ops read, not the whole route once per set.
+Members members(Ctx& ctx, const Route& r, const Clusters& cl, HeadRange h) {
+  const int64_t K = cl.per_head(), T = cl.head_len();
   Members m;
-  m.rows = r.rows();
+  m.row0 = r.host_offset[h.first * K];
+  m.rows = r.host_offset[(h.first + h.count) * K] - m.row0;
   if (m.rows == 0) return m;
   m.item = Tensor::empty({m.rows}, DType::i32, ctx);
   m.group = Tensor::empty({m.rows}, DType::i32, ctx);
-  const int64_t n = r.assignments();
+  const int64_t a0 = h.first * T * r.k, n = h.count * T * r.k;
   member_rows<<<grid_for(n), kBlock, 0, stream(ctx)>>>(r.group.data<int32_t>(), r.slot.data<int32_t>(),
-                                                       r.offset.data<int32_t>(), n, r.k, m.item.data<int32_t>(),
-                                                       m.group.data<int32_t>());
+                                                       r.offset.data<int32_t>(), a0, n, r.k, m.row0,
+                                                       m.item.data<int32_t>(), m.group.data<int32_t>());
   CUDA_CHECK(cudaGetLastError());
   return m;
 }
 }  // namespace
-
 
 // ---- accumulate_cluster_stats ---------------------------------------------
 
@@ -307,16 +314,18 @@ struct StatsArgs {
   const float* qn;
   const float* kn;  // (T, D)
   const int32_t* q_offset;
-  const int32_t* q_item;  // query route: offsets (K+1), buffer rows -> position
+  const int32_t* q_item;  // query route: offsets (K+1), buffer rows q_row0.. -> position
   const int32_t* k_offset;
   const int32_t* k_item;  // key route
-  int64_t D;
+  int64_t q_row0, k_row0, D;
 };
 }  // namespace
 
 // Cluster g into stats row c.
 static __device__ void cluster_stats_block(const StatsArgs& a, int64_t g, int64_t c) {
-  const int32_t q0 = a.q_offset[g], q1 = a.q_offset[g + 1], k0 = a.k_offset[g], k1 = a.k_offset[g + 1];
+  // (rows relative to the heads' first: the Members the ops made)
+  const int32_t q0 = a.q_offset[g] - a.q_row0, q1 = a.q_offset[g + 1] - a.q_row0, k0 = a.k_offset[g] - a.k_row0,
+                k1 = a.k_offset[g + 1] - a.k_row0;
   // The CPU adds the keys only where the key list differs from the query list.
   bool same = q1 - q0 == k1 - k0;
   if (same) {  // uniform over the block: the barrier below is reached by all or none
@@ -349,10 +358,10 @@ void accumulate_cluster_stats(Ctx& ctx, ClusterStats& s, const Tensor& qn, const
                               HeadRange heads) {
   const int64_t K = cl.per_head();
   if (K == 0 || heads.count == 0) return;
-  const Members q = members(ctx, cl.queries), k = members(ctx, cl.keys);
+  const Members q = members(ctx, cl.queries, cl, heads), k = members(ctx, cl.keys, cl, heads);
   StatsArgs a{s.sum.data<float>(), s.count.data<float>(), K, heads.first, heads.count, qn.data<float>(),
               kn.data<float>(), cl.queries.offset.data<int32_t>(), q.items(), cl.keys.offset.data<int32_t>(),
-              k.items(), qn.dim(1)};
+              k.items(), q.row0, k.row0, qn.dim(1)};
   cluster_stats_kernel<<<static_cast<unsigned>(K), kRowBlock, 0, stream(ctx)>>>(a);
   CUDA_CHECK(cudaGetLastError());
 }
@@ -431,17 +440,14 @@ static __global__ void commitment_rows(const float* qn, const float* mu, const i
 
 CommitmentSums commitment_sums(Ctx& ctx, const Tensor& qn, const Clusters& cl, const Centroids& c, double* sq_slot,
                                HeadRange heads) {
-  const Members q = members(ctx, cl.queries);
-  // The heads' query rows: one stretch of the group-major buffer.
-  const std::vector<int32_t>& off = cl.queries.host_offset;
-  const int64_t r0 = heads.count > 0 ? off[heads.first * c.K] : 0,
-                rows = heads.count > 0 ? off[(heads.first + heads.count) * c.K] - r0 : 0;
+  const Members q = members(ctx, cl.queries, cl, heads);
+  const int64_t rows = q.rows;
   CommitmentSums s;
   s.count = rows;
   Tensor per_row = Tensor::empty({std::max<int64_t>(rows, 1)}, DType::f64, ctx);
   if (rows > 0) {
     commitment_rows<<<grid_for(rows, kWarps), kBlock, 0, stream(ctx)>>>(
-        qn.data<float>(), c.mu.data<float>(), q.items() + r0, q.groups() + r0, rows, c.D, c.K,
+        qn.data<float>(), c.mu.data<float>(), q.items(), q.groups(), rows, c.D, c.K,
         per_row.data<double>());
     CUDA_CHECK(cudaGetLastError());
   }
