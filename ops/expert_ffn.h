@@ -33,7 +33,10 @@
 // bf16 mode (w1_bf16 and w2_bf16 given: the weights' bf16 shadows): every
 // GEMM is matmul's bf16 mode (ops/matmul.h), its activation operand (buf,
 // act, dout, dpre) rounded to bf16, fp32 accumulation and outputs; pre, the
-// activation and its derivative, biases and their gradients stay fp32. The
+// activation's fp32 value and derivative, biases and their gradients stay
+// fp32. dpre is the fp32 gradient rounded (what the activation's backward
+// writes in bf16), and db1 sums those rounded values, as matmul's db sums a
+// bf16 dy; db2 sums the fp32 dout. The
 // forward can hand back bf16(buf) and bf16(act) (packed as act: sum_g n_g H_g
 // values); backward then takes buf as that bf16 tensor and act_bf16 for dW2,
 // instead of rounding buf again and recomputing and rounding act from pre

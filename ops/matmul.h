@@ -5,7 +5,9 @@
 //
 // Backward: dx += dy W^T; dW += x^T dy; db += sum_n dy (w_transposed:
 // dx += dy W; dW += dy^T x). Gradients accumulate; a null gradient pointer
-// means that gradient is not wanted.
+// means that gradient is not wanted. dx_accumulate false writes dx = dy W^T
+// instead (what it held is not read: a fresh dx needs no zero fill, and the
+// GEMM no pass reading it back).
 // Saved for backward: x (the caller keeps it).
 //
 // bf16 mode (w_bf16 given: the weight's bf16 shadow, bf16(W) as the optimizer
@@ -48,6 +50,7 @@ struct MatmulBackwardArgs {
   const Tensor& w;
   bool w_transposed = false;
   const Tensor* w_bf16 = nullptr;  // bf16 mode: W's bf16 shadow
+  bool dx_accumulate = true;       // false: dx is written, not added to
 };
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a);

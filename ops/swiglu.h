@@ -9,6 +9,9 @@
 // Backward, with s = sigmoid(g):
 //   dg = dy * u * s * (1 + g * (1 - s))      du = dy * silu(g)
 //   dx (N, 2H) = [dg | du] accumulates (+=).
+// x and dy f32. As GELU's (ops/gelu.h): y may be bf16 = bf16(y) (a bf16
+// GEMM's input), and a bf16 dx is written, dx = bf16([dg | du]) (a bf16
+// GEMM's dy), not accumulated.
 // In Hugging Face's Mixtral names, W_gate is w1 and W_up is w3 (each stored
 // transposed, (H, C)); the down projection after this op is w2.
 #pragma once

@@ -30,8 +30,10 @@ Tensor Linear::forward(const Tensor& x) {
 }
 
 Tensor Linear::backward(const Tensor& dy) {
-  Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);  // (x_ may be bf16: dx is f32)
-  ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value, transposed_, shadow()});
+  // dx written by the GEMM (no zero fill, no read back); f32 even where x_ is bf16
+  Tensor dx = Tensor::empty(x_.shape(), DType::f32, ctx_);
+  ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value, transposed_, shadow(),
+                              /*dx_accumulate=*/false});
   return dx;
 }
 
@@ -97,9 +99,9 @@ Mlp::Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t h
 
 Tensor Mlp::forward(const Tensor& x) {
   pre_ = fc1_.forward(x);
-  // GELU writes fc2's input rounded, where fc2 reads it so (bf16 mode); the
-  // backward reads pre_, not the activation.
-  const bool act16 = fc2_.reads_bf16() && act_ == ops::FfnActivation::gelu;
+  // The activation writes fc2's input rounded, where fc2 reads it so (bf16
+  // mode); the backward reads pre_, not the activation.
+  const bool act16 = fc2_.reads_bf16();
   Tensor act = Tensor::empty({x.dim(0), fc2_.in()}, act16 ? DType::bf16 : DType::f32, ctx_);
   if (act_ == ops::FfnActivation::swiglu)
     ops::swiglu_forward(ctx_, {act, pre_});
@@ -111,7 +113,10 @@ Tensor Mlp::forward(const Tensor& x) {
 
 Tensor Mlp::backward(const Tensor& dy) {
   Tensor dact = fc2_.backward(dy);
-  Tensor dpre = Tensor::zeros(pre_.shape(), DType::f32, ctx_);
+  // A bf16 fc1 reads dpre rounded: the activation's backward writes it so
+  // (no zero fill, no f32 copy to round); an f32 dpre accumulates from zero.
+  Tensor dpre = fc1_.reads_bf16() ? Tensor::empty(pre_.shape(), DType::bf16, ctx_)
+                                  : Tensor::zeros(pre_.shape(), DType::f32, ctx_);
   if (act_ == ops::FfnActivation::swiglu)
     ops::swiglu_backward(ctx_, {dpre, dact, pre_});
   else

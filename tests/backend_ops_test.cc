@@ -538,6 +538,17 @@ std::vector<OpCase> cases() {
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  ops::matmul_backward(x, {&o[0], &o[1], &o[2], in[2], in[0], in[1]});
                }});
+  // dx written, not accumulated (dx_accumulate false, as Linear's backward
+  // asks): dx starts poisoned and must come out as dy W^T alone.
+  for (const bool transposed : {false, true})
+    c.push_back({std::string("matmul_backward_dx_written") + (transposed ? "_transposed_w" : ""), Tol::f32,
+                 [transposed](Rng& r) {
+                   return Ins{randn({45, 24}, r), transposed ? randn({19, 24}, r) : randn({24, 19}, r), randn({45, 19}, r)};
+                 },
+                 [](Ctx& x, const Ins&) { return Outs{fresh(x, {45, 24})}; },
+                 [transposed](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::matmul_backward(x, {&o[0], nullptr, nullptr, in[2], in[0], in[1], transposed, nullptr, false});
+                 }});
   // ---- the model options (model.position, norm, activation, bias, tie_embeddings) ----
   c.push_back({"matmul_transposed_w", Tol::f32, [](Rng& r) { return Ins{randn({37, 24}, r), randn({19, 24}, r), randn({37, 19}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {37, 19}), acc(x, {37, 24}), acc(x, {19, 24})}; },
@@ -701,6 +712,26 @@ std::vector<OpCase> cases() {
                  Tensor y16 = out(x, {1001}, DType::bf16);
                  ops::gelu_forward(x, y16, in[0]);
                  ops::to_f32(x, o[0], y16);
+               }});
+  // bf16 gradients written (not accumulated) over poison, and swiglu's bf16 y.
+  c.push_back({"gelu_backward_bf16_dx", Tol::bf16, [](Rng& r) { return Ins{randn({1001}, r, 3.f), randn({1001}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor d16 = out(x, {1001}, DType::bf16);
+                 poison(d16, x);
+                 ops::gelu_backward(x, d16, in[1], in[0]);
+                 ops::to_f32(x, o[0], d16);
+               }});
+  c.push_back({"swiglu_bf16", Tol::bf16, [](Rng& r) { return Ins{randn({29, 2 * 37}, r, 3.f), randn({29, 37}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {29, 37}), fresh(x, {29, 2 * 37})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor y16 = out(x, {29, 37}, DType::bf16), d16 = out(x, {29, 2 * 37}, DType::bf16);
+                 poison(y16, x);
+                 poison(d16, x);
+                 ops::swiglu_forward(x, {y16, in[0]});
+                 ops::swiglu_backward(x, {d16, in[1], in[0]});
+                 ops::to_f32(x, o[0], y16);
+                 ops::to_f32(x, o[1], d16);
                }});
   c.push_back({"embedding_forward", Tol::exact, [](Rng& r) { return Ins{ints({24}, r, 50), randn({50, 16}, r), randn({8, 16}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {24, 16})}; },
@@ -1230,6 +1261,14 @@ std::vector<OpCase> cases() {
                    ops::matmul_backward(x, {&o[1], &o[2], &o[3], in[3], in[0], in[1], false, &w16});
                  }});
   }
+  c.push_back({"matmul_bf16_dx_written_300x256x384", Tol::bf16,
+               [](Rng& r) { return Ins{randn({300, 256}, r), randn({256, 384}, r), randn({300, 384}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {300, 256}), acc(x, {256, 384})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor w16 = out(x, in[1].shape(), DType::bf16);
+                 ops::to_bf16(x, w16, in[1]);
+                 ops::matmul_backward(x, {&o[0], &o[1], nullptr, in[2], in[0], in[1], false, &w16, false});
+               }});
   // x already rounded by its producer: read as it is, and handed back as
   // x_bf16; dy bf16 (its db the column sums of its values).
   c.push_back({"matmul_bf16_x_given_300x256x384", Tol::bf16,

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "grad_check.h"
 #include "ops/adamw.h"
@@ -209,6 +210,54 @@ TEST(Bf16Inputs, ProducersRoundWhatTheGemmWouldRound) {
   EXPECT_THROW(ops::matmul_forward(ctx, {y32, g16, W, Tensor()}), Error) << "bf16 x outside bf16 mode";
 }
 
+// The activations' bf16 outputs: swiglu's y is its f32 y rounded, and a bf16
+// dx (gelu, swiglu) is written, not added to: the f32 gradient from zero,
+// rounded, bit for bit, whatever the tensor held (NaN here).
+TEST(Bf16Inputs, ActivationsWriteTheirRoundedGradient) {
+  Ctx& ctx = host_ctx();
+  Rng rng(0xb17);
+  const int64_t N = 13, H = 10;
+  const Tensor x2 = randn({N, 2 * H}, rng, 2.f), dy = randn({N, H}, rng);
+  auto nan_bf16 = [&](Shape s) {
+    Tensor t = Tensor::empty(std::move(s), DType::bf16, ctx);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<bf16_t>()[i].bits = 0x7fc0;  // NaN
+    return t;
+  };
+  Tensor y = zeros({N, H}), y16 = nan_bf16({N, H});
+  ops::swiglu_forward(ctx, {y, x2});
+  ops::swiglu_forward(ctx, {y16, x2});
+  EXPECT_TRUE(same_bits(y16.to(DType::f32), rounded(y))) << "swiglu y";
+  Tensor dx = zeros({N, 2 * H}), dx16 = nan_bf16({N, 2 * H});
+  ops::swiglu_backward(ctx, {dx, dy, x2});
+  ops::swiglu_backward(ctx, {dx16, dy, x2});
+  EXPECT_TRUE(same_bits(dx16.to(DType::f32), rounded(dx))) << "swiglu dx";
+  const Tensor x = randn({N, H}, rng, 3.f);
+  Tensor gx = zeros({N, H}), gx16 = nan_bf16({N, H});
+  ops::gelu_backward(ctx, gx, dy, x);
+  ops::gelu_backward(ctx, gx16, dy, x);
+  EXPECT_TRUE(same_bits(gx16.to(DType::f32), rounded(gx))) << "gelu dx";
+  Tensor bad = Tensor::empty({N, H}, DType::i32, ctx);
+  EXPECT_THROW(ops::gelu_backward(ctx, bad, dy, x), Error) << "an i32 dx";
+}
+
+// dx_accumulate false: dx = dy W^T written over whatever it held (NaN), equal
+// bit for bit to the accumulation into zeros, fp32 and bf16 mode, both W layouts.
+TEST(Matmul, DxWrittenEqualsDxAccumulatedIntoZeros) {
+  Ctx& ctx = host_ctx();
+  Rng rng(0xd0);
+  const int64_t N = 11, K = 7, M = 5;
+  const Tensor x = randn({N, K}, rng), dy = randn({N, M}, rng);
+  for (const bool transposed : {false, true})
+    for (const bool bf16 : {false, true}) {
+      const Tensor W = transposed ? randn({M, K}, rng) : randn({K, M}, rng), W16 = W.to(DType::bf16);
+      Tensor acc = zeros({N, K}), written = zeros({N, K});
+      for (int64_t i = 0; i < written.numel(); ++i) written.f32()[i] = std::numeric_limits<float>::quiet_NaN();
+      ops::matmul_backward(ctx, {&acc, nullptr, nullptr, dy, x, W, transposed, bf16 ? &W16 : nullptr});
+      ops::matmul_backward(ctx, {&written, nullptr, nullptr, dy, x, W, transposed, bf16 ? &W16 : nullptr, false});
+      EXPECT_TRUE(same_bits(written, acc)) << "transposed " << transposed << ", bf16 " << bf16;
+    }
+}
+
 TEST(Matmul, Bf16ShadowOfTheWrongShapeOrDtypeIsRefused) {
   Tensor x = zeros({2, 3}), W = zeros({3, 4}), y = zeros({2, 4});
   const Tensor wrong_shape = zeros({4, 3}).to(DType::bf16), f32 = zeros({3, 4});
@@ -217,8 +266,9 @@ TEST(Matmul, Bf16ShadowOfTheWrongShapeOrDtypeIsRefused) {
 }
 
 // bf16 experts are, expert by expert, matmul's bf16 mode around the fp32
-// activation: compared with that composition (forward, pre, and every
-// gradient), for GELU and SwiGLU experts of different widths.
+// activation, whose backward writes dpre in bf16 (as the dense Mlp does):
+// compared with that composition (forward, pre, and every gradient), for
+// GELU and SwiGLU experts of different widths.
 TEST(ExpertFfn, Bf16ModeComposesBf16Matmuls) {
   Ctx& ctx = host_ctx();
   for (ops::FfnActivation act : {ops::FfnActivation::gelu, ops::FfnActivation::swiglu}) {
@@ -260,7 +310,7 @@ TEST(ExpertFfn, Bf16ModeComposesBf16Matmuls) {
       else
         ops::gelu_forward(ctx, a, p);
       ops::matmul_forward(ctx, {o, a, W2, blk(b2, g * D, {D}), false, false, &W2_16});
-      Tensor dact = zeros({n, H}), dpre = zeros({n, P}), dW2 = blk(dw2_ref, l.w2_offset(g), {H, D}),
+      Tensor dact = zeros({n, H}), dpre = Tensor::empty({n, P}, DType::bf16, ctx), dW2 = blk(dw2_ref, l.w2_offset(g), {H, D}),
              dB2 = blk(db2_ref, g * D, {D}), dW1 = blk(dw1_ref, l.w1_offset(g), {D, P}),
              dB1 = blk(db1_ref, l.b1_offset(g), {P}), dx = dbuf_ref.rows(r0, r0 + n);
       ops::matmul_backward(ctx, {&dact, &dW2, &dB2, dout.rows(r0, r0 + n), a, W2, false, &W2_16});

@@ -114,6 +114,9 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
       scale_by(dact.f32(), dgelu.f32(), n * H);
       dpre = dact;
     }
+    // bf16 mode: dpre rounded, as the activation's backward writes it; db1
+    // then sums the rounded values (matmul's bf16 dy).
+    if (bf16) dpre = dpre.to(DType::bf16);
     Tensor dbuf = a.dbuf.rows(r0, r1);
     cpu::matmul_backward(ctx, {&dbuf, &dw1, bias ? &db1 : nullptr, dpre, a.buf.rows(r0, r1),
                                block(a.w.w1, l.w1_offset(g), {D, P}), false, bf16 ? &w1_16 : nullptr});

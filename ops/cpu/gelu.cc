@@ -25,7 +25,13 @@ void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x) {
   forward(y.f32(), x.f32(), x.numel());
 }
 
-void gelu_backward(Ctx&, Tensor& dx, const Tensor& dy, const Tensor& x) {
+void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x) {
+  if (dx.dtype() == DType::bf16) {  // written: the fp32 gradient from zero, rounded
+    Tensor d32 = Tensor::zeros(x.shape(), DType::f32, ctx);
+    backward(d32.f32(), dy.f32(), x.f32(), x.numel());
+    ops::to_bf16(ctx, dx, d32);
+    return;
+  }
   backward(dx.f32(), dy.f32(), x.f32(), x.numel());
 }
 

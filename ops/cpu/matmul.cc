@@ -40,17 +40,18 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   if (N == 0) return;
   const Tensor dy32 = a.dy.dtype() == DType::bf16 ? a.dy.to(DType::f32) : a.dy;  // (bf16: its values, widened)
   const float* dy = dy32.f32();
+  const float dx_beta = a.dx_accumulate ? 1.f : 0.f;  // (beta 0: sgemm writes C without reading it)
   if (a.w_bf16) {  // the GEMMs on rounded operands; db below from the fp32 dy
     const Tensor dy16 = bf16_operand(ctx, a.dy), x = a.dw ? bf16_operand(ctx, a.x) : a.x, w = bf16_operand(ctx, *a.w_bf16);
-    matmul_backward(ctx, {a.dx, a.dw, nullptr, dy16, x, w, a.w_transposed});
+    matmul_backward(ctx, {a.dx, a.dw, nullptr, dy16, x, w, a.w_transposed, nullptr, a.dx_accumulate});
   } else if (a.w_transposed) {  // W (M, K): dx += dy W, dW += dy^T x
     if (a.dx)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, M, 1.f, dy, M, a.w.f32(), K, 1.f, a.dx->f32(), K);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, M, 1.f, dy, M, a.w.f32(), K, dx_beta, a.dx->f32(), K);
     if (a.dw)
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, K, N, 1.f, dy, M, a.x.f32(), K, 1.f, a.dw->f32(), K);
   } else {
     if (a.dx)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, K, M, 1.f, dy, M, a.w.f32(), M, 1.f, a.dx->f32(), K);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, K, M, 1.f, dy, M, a.w.f32(), M, dx_beta, a.dx->f32(), K);
     if (a.dw)
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, M, N, 1.f, a.x.f32(), K, dy, M, 1.f, a.dw->f32(), M);
   }

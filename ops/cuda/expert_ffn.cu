@@ -13,11 +13,13 @@
 //              dW1_g += buf_g^T dpre_g; [db1_g += column sums of dpre_g]
 // The bracketed terms only with biases (model.bias true).
 //
-// bf16 mode (the weights' bf16 shadows given): the GEMM operands buf, act,
-// dout and dpre are rounded once each, for all experts, into bf16 scratch
-// (buf and act kept from the forward where the caller keeps them);
-// the weights come from the shadows; every GEMM has bf16 A and B, fp32 C and
-// bias, CUBLAS_COMPUTE_32F. pre, act, dact, dpre and the gradients are fp32.
+// bf16 mode (the weights' bf16 shadows given): the GEMM operands buf and
+// dout are rounded once each, for all experts, into bf16 scratch (buf kept
+// from the forward where the caller keeps it); act and dpre are written in
+// bf16 by the activation and its backward (ops/gelu.h, ops/swiglu.h), so
+// neither has an fp32 copy. The weights come from the shadows; every GEMM
+// has bf16 A and B, fp32 C and bias, CUBLAS_COMPUTE_32F. pre, dact and the
+// gradients are fp32; db1 sums dpre's bf16 values.
 //
 // Why not cublasGemmGroupedBatchedEx: with CUBLAS_COMPUTE_32F it needs one
 // type for A, B and C (GPU_PLAN.md), so bf16 inputs would mean bf16 outputs,
@@ -104,11 +106,13 @@ void gemm_tn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
 // Column (g, c) of G experts' (n, W) blocks stacked in x, as one (n, G W)
 // matrix: every expert's bias gradient (G, W) in one column-sum launch, in
 // the order of the per-expert sums.
+// T: float, or bf16 (a bf16 dpre: its values widened).
+template <class T>
 struct ExpertColumns {
   static constexpr int kOut = 1;
-  const float* x;
+  const T* x;
   int64_t n, W;
-  __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = x[((c / W) * n + r) * W + c % W]; }
+  __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = to_float(x[((c / W) * n + r) * W + c % W]); }
 };
 
 // The operand the GEMMs read: t itself (fp32 mode) or bf16(t) in scratch.
@@ -138,9 +142,11 @@ int64_t equal_rows(const ExpertLayout& l, const std::vector<int32_t>& offset) {
   return n > 0 ? n : -1;
 }
 
-// act = the activation of pre, expert by expert (packed).
-Tensor activation(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& offset, const Tensor& pre) {
-  Tensor act = Tensor::empty({act_numel(l, offset)}, DType::f32, ctx);
+// act = the activation of pre, expert by expert (packed); a bf16 act holds
+// the fp32 values rounded (bf16 mode: the GEMM operand, written directly).
+Tensor activation(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& offset, const Tensor& pre,
+                  DType dtype) {
+  Tensor act = Tensor::empty({act_numel(l, offset)}, dtype, ctx);
   if (l.act == FfnActivation::gelu) {
     cuda::gelu_forward(ctx, act, pre.reshape({pre.numel()}));
     return act;
@@ -163,7 +169,8 @@ Tensor activation(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& o
   return act;
 }
 
-// dpre (zeroed, packed as pre) += the activation's backward of dact at pre.
+// dpre (packed as pre): f32 zeroed, += the activation's backward of dact at
+// pre; bf16, that gradient written rounded (ops/gelu.h, ops/swiglu.h).
 void activation_backward(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& offset, Tensor& dpre,
                          const Tensor& dact, const Tensor& pre) {
   if (l.act == FfnActivation::gelu) {
@@ -217,7 +224,7 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
               bias ? b1 + l.b1_offset(g) : nullptr);
     p0 += n * P;
   }
-  const Tensor act = operand(ctx, bf16, activation(ctx, l, a.offset, a.pre));
+  const Tensor act = activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
   if (bf16 && a.act_bf16) *a.act_bf16 = act;
   if (eq >= 0)
     gemm_nn(ctx, bf16, eq, D, H0, at(act, 0), at(w2, 0), out, 0.f, bias ? b2 : nullptr,
@@ -247,14 +254,14 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const Tensor& w2 = bf16 ? *a.w.w2_bf16 : a.w.w2;
   float *dw1 = a.dw.w1.data<float>(), *dw2 = a.dw.w2.data<float>();
   float *db1 = bias ? a.dw.b1.data<float>() : nullptr, *db2 = bias ? a.dw.b2.data<float>() : nullptr;
-  const Tensor act_op = a.act_bf16 ? *a.act_bf16 : operand(ctx, bf16, activation(ctx, l, a.offset, a.pre));
+  const Tensor act_op = a.act_bf16 ? *a.act_bf16 : activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
   Tensor dact = Tensor::empty({act_numel(l, a.offset)}, DType::f32, ctx);
   const int64_t eq = equal_rows(l, a.offset);  // the strided-batched path when >= 0
   const int64_t P0 = l.width(0), H0 = l.hidden[0];
   if (eq >= 0) {  // offset[0] = 0
     gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact.data<float>(), 0.f, {G, eq * D, H0 * D, eq * H0, 0});
     gemm_tn(ctx, bf16, eq, D, H0, at(act_op, 0), at(dout_op, 0), dw2, {G, eq * H0, eq * D, H0 * D, 0});
-    if (bias) column_sums(ctx, ExpertColumns{dout, eq, D}, eq, G * D, ColumnOut{{db2}});
+    if (bias) column_sums(ctx, ExpertColumns<float>{dout, eq, D}, eq, G * D, ColumnOut{{db2}});
   }
   int64_t a0 = 0;
   for (int64_t g = 0; g < G && eq < 0; ++g) {
@@ -265,13 +272,18 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     if (bias) column_sums_into(ctx, dout + r0 * D, n, D, db2 + l.b2_offset(g));
     a0 += n * H;
   }
-  Tensor dpre = Tensor::zeros(a.pre.shape(), DType::f32, ctx);
+  // bf16 mode: the activation's backward writes dpre rounded, the operand
+  // the GEMMs read and whose values db1 sums (no zero fill, no f32 copy).
+  Tensor dpre = bf16 ? Tensor::empty(a.pre.shape(), DType::bf16, ctx) : Tensor::zeros(a.pre.shape(), DType::f32, ctx);
   activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
-  const Tensor dpre_op = operand(ctx, bf16, dpre);
+  const Tensor& dpre_op = dpre;
   if (eq >= 0) {
     gemm_nt(ctx, bf16, eq, D, P0, at(dpre_op, 0), at(w1, 0), a.dbuf.data<float>(), 1.f, {G, eq * P0, D * P0, eq * D, 0});
     gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre_op, 0), dw1, {G, eq * D, eq * P0, D * P0, 0});
-    if (bias) column_sums(ctx, ExpertColumns{dpre.data<float>(), eq, P0}, eq, G * P0, ColumnOut{{db1}});
+    if (bias && bf16)
+      column_sums(ctx, ExpertColumns<__nv_bfloat16>{elems<Bf16>(dpre), eq, P0}, eq, G * P0, ColumnOut{{db1}});
+    else if (bias)
+      column_sums(ctx, ExpertColumns<float>{dpre.data<float>(), eq, P0}, eq, G * P0, ColumnOut{{db1}});
   }
   int64_t p0 = 0;
   for (int64_t g = 0; g < G && eq < 0; ++g) {
@@ -279,7 +291,10 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     if (n == 0) continue;
     gemm_nt(ctx, bf16, n, D, P, at(dpre_op, p0), at(w1, l.w1_offset(g)), a.dbuf.data<float>() + r0 * D, 1.f);
     gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre_op, p0), dw1 + l.w1_offset(g));
-    if (bias) column_sums_into(ctx, dpre.data<float>() + p0, n, P, db1 + l.b1_offset(g));
+    if (bias && bf16)
+      column_sums_into(ctx, elems<Bf16>(dpre) + p0, n, P, db1 + l.b1_offset(g));
+    else if (bias)
+      column_sums_into(ctx, dpre.data<float>() + p0, n, P, db1 + l.b1_offset(g));
     p0 += n * P;
   }
 }

@@ -5,6 +5,7 @@
 //
 //   forward:  y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
 //   backward: dx += dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3*0.044715 x^2))
+//             (a bf16 dx: dx = bf16(dy * ...), written)
 #include "ops/cuda/common.cuh"
 #include "ops/gelu.h"
 
@@ -24,14 +25,18 @@ static __global__ void gelu_forward_kernel(TY* y, const T* x, int64_t n) {
   }
 }
 
-template <class T>
-static __global__ void gelu_backward_kernel(float* dx, const float* dy, const T* x, int64_t n) {
+// TD float: dx accumulates; bf16: dx is written, rounded.
+template <class TD>
+static __global__ void gelu_backward_kernel(TD* dx, const float* dy, const float* x, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float v = to_float(x[i]);
     const float t = tanhf(kS2Pi * (v + kC * v * v * v));
     const float dd = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * kS2Pi * (1.f + 3.f * kC * v * v);
-    dx[i] += dy[i] * dd;
+    if constexpr (std::is_same_v<TD, float>)
+      dx[i] += dy[i] * dd;
+    else
+      dx[i] = from_float<TD>(dy[i] * dd);
   }
 }
 
@@ -49,8 +54,12 @@ void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x) {
 void gelu_backward(Ctx& ctx, Tensor& dx, const Tensor& dy, const Tensor& x) {
   const int64_t n = x.numel();
   if (n == 0) return;
-  gelu_backward_kernel<float><<<grid_stride(n), kBlock, 0, stream(ctx)>>>(dx.data<float>(), dy.data<float>(),
-                                                                         x.data<float>(), n);
+  if (dx.dtype() == DType::bf16)  // written, rounded (a bf16 GEMM's dy)
+    gelu_backward_kernel<__nv_bfloat16><<<grid_stride(n), kBlock, 0, stream(ctx)>>>(elems<Bf16>(dx), dy.data<float>(),
+                                                                                   x.data<float>(), n);
+  else
+    gelu_backward_kernel<float><<<grid_stride(n), kBlock, 0, stream(ctx)>>>(dx.data<float>(), dy.data<float>(),
+                                                                           x.data<float>(), n);
   CUDA_CHECK(cudaGetLastError());
 }
 

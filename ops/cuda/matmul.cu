@@ -4,7 +4,7 @@
 // as its first operand and A as its second.
 //
 //   forward:   y = x W [+ b] [+ y]     one GEMM, bias in the BIAS epilogue, beta = 1 to accumulate
-//   backward:  dx += dy W^T, dW += x^T dy (beta = 1), db += column sums of dy
+//   backward:  dx += dy W^T (beta = 1; 0 writes it), dW += x^T dy (beta = 1), db += column sums of dy
 //   w_transposed (W stored (M, K), a tied LM head): y = x W^T through cuBLASLt's
 //              transpose of W; dx += dy W, dW += dy^T x
 //
@@ -226,7 +226,7 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
     g.M = N, g.N = K, g.K = M;
     g.A = dy, g.lda = M;
     g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = a.w_transposed ? K : M;
-    g.beta = 1.f;
+    g.beta = a.dx_accumulate ? 1.f : 0.f;
     g.C = a.dx->data<float>(), g.ldc = K;
     gemm(ctx, g);
   }

@@ -24,11 +24,12 @@ struct Forward {
   float* y;        // (N, H)
   const float* x;  // (N, 2H)
   int64_t H;
-  SY_HD void operator()(int64_t i) const {
+  SY_HD float value(int64_t i) const {
     const int64_t n = i / H, j = i % H;
     const float g = x[n * 2 * H + j], u = x[n * 2 * H + H + j];
-    y[i] = g / (1.f + expf(-g)) * u;
+    return g / (1.f + expf(-g)) * u;
   }
+  SY_HD void operator()(int64_t i) const { y[i] = value(i); }
 };
 
 // With s = sigmoid(g): dg += dy u s (1 + g (1 - s)), du += dy g s.
@@ -37,12 +38,21 @@ struct Backward {
   const float* dy;  // (N, H)
   const float* x;   // (N, 2H)
   int64_t H;
-  SY_HD void operator()(int64_t i) const {
-    const int64_t n = i / H, j = i % H, gi = n * 2 * H + j, ui = gi + H;
-    const float g = x[gi], u = x[ui];
+  // Element i's gate and up gradients, and where they go in dx.
+  SY_HD void grads(int64_t i, int64_t& gi, float& dg, float& du) const {
+    const int64_t n = i / H, j = i % H;
+    gi = n * 2 * H + j;
+    const float g = x[gi], u = x[gi + H];
     const float s = 1.f / (1.f + expf(-g));
-    dx[gi] += dy[i] * u * s * (1.f + g * (1.f - s));
-    dx[ui] += dy[i] * g * s;
+    dg = dy[i] * u * s * (1.f + g * (1.f - s));
+    du = dy[i] * g * s;
+  }
+  SY_HD void operator()(int64_t i) const {
+    int64_t gi;
+    float dg, du;
+    grads(i, gi, dg, du);
+    dx[gi] += dg;
+    dx[gi + H] += du;
   }
 };
 
