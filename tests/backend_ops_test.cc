@@ -172,13 +172,15 @@ void put_route(Ctx& x, const ops::Route& r, std::vector<Tensor>& o) {
 // params(in) sets everything but k and the runs; in holds probs (N, G), a
 // selection bias (G) and, with_keys, selection keys (N, G); runs > 1: N / runs
 // items per run, each run with its own G groups (TokensChooseParams::segment).
+// edit, if given, changes the inputs once drawn.
 OpCase tokens_choose_case(const std::string& name, int64_t N, int64_t G, int k,
                           std::function<ops::TokensChooseParams(const Ins&)> params, bool with_keys = false,
-                          int64_t runs = 1) {
+                          int64_t runs = 1, std::function<void(Ins&)> edit = nullptr) {
   return {name, Tol::exact,
           [=](Rng& r) {
             Ins in{probs_of({N, G}, r), randn({G}, r, 0.05f)};
             if (with_keys) in.push_back(randn({N, G}, r));
+            if (edit) edit(in);
             return in;
           },
           [=](Ctx& x, const Ins&) { return route_outputs(x, N, k, G * runs); },
@@ -898,6 +900,22 @@ std::vector<OpCase> cases() {
                    ops::router_scores_backward(x, o[1], in[1], o[0], fn);
                  }});
   }
+  // NaN selection keys rank last (ties to the lower group): rows 3 and 7
+  // all NaN take groups 0, 1; row 5's NaN group is never above a number.
+  // Without that rule the GPU left choices unwritten and indexed with them.
+  c.push_back(tokens_choose_case(
+      "tokens_choose_nan_keys", 40, 8, 2,
+      [](const Ins& in) {
+        ops::TokensChooseParams p;
+        p.capacity_factor = 1.0f;
+        p.selection_keys = &in[2];
+        return p;
+      },
+      true, 1, [](Ins& in) {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        for (int64_t g = 0; g < 8; ++g) in[2].f32()[3 * 8 + g] = in[2].f32()[7 * 8 + g] = nan;
+        in[2].f32()[5 * 8 + 2] = nan;
+      }));
   c.push_back(tokens_choose_case("tokens_choose_position", 40, 8, 2, [](const Ins&) {
     ops::TokensChooseParams p;
     p.capacity_factor = 1.0f;

@@ -1,6 +1,7 @@
 // The routing core: Route invariants on random inputs, hand-computed cases
 // with ties and overflow, dispatch/combine on tagged payloads, and the
 // positions of dispatched rows on hand-made routes.
+#include <limits>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -141,6 +142,21 @@ TEST(TokensChoose, HandComputedTiesAndOverflow) {
   r = tokens_choose(p, prm);
   EXPECT_EQ(r.capacity, 3);
   EXPECT_EQ(r.dropped, 0);
+}
+
+// A NaN score ranks last, as -inf (ties to the lower group): a row of NaN
+// still gets k distinct groups in range, and a NaN never beats a number.
+TEST(TokensChoose, NanScoresRankLast) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const Tensor p = probs_of({nan, nan, nan, nan,    // t0 -> e0, e1
+                             0.1f, nan, 0.3f, 0.6f,  // t1 -> e3, e2
+                             nan, 0.f, nan, nan},   // t2 -> e1, e0
+                            3, 4);
+  TokensChooseParams prm;
+  prm.k = 2;
+  prm.dropless = true;
+  const Route r = tokens_choose(p, prm);
+  EXPECT_EQ(ints(r.group), (std::vector<int32_t>{0, 1, 3, 2, 1, 0}));
 }
 
 TEST(TokensChoose, SecondChoicesQueueBehindFirstChoices) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace sy::ops::cpu {
@@ -99,7 +100,13 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   for (int64_t i = 0; i < N; ++i) {
     const float* pi = probs.f32() + i * G;
     const float* key = p.selection_keys ? p.selection_keys->f32() + i * G : pi;
-    for (int64_t g = 0; g < G; ++g) sel[g] = key[g] + (bias ? bias[g] : 0.f);
+    // A NaN ranks last, as -inf: the order stays a strict weak one (NaN
+    // would break partial_sort's) and a NaN row still gets k groups in range
+    // (the step is then skipped on its NaN loss).
+    for (int64_t g = 0; g < G; ++g) {
+      sel[g] = key[g] + (bias ? bias[g] : 0.f);
+      if (std::isnan(sel[g])) sel[g] = -std::numeric_limits<float>::infinity();
+    }
     std::iota(idx.begin(), idx.end(), 0);
     // Top-k by selection score, ties to the lower group index.
     std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) {

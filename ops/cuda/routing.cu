@@ -155,7 +155,8 @@ static __global__ void topk_kernel(TopkArgs a) {
     float best_v = 0.f;
     int best_g = -1;
     for (int g = lane; g < a.G; g += 32) {
-      const float v = key[g] + (a.bias ? a.bias[g] : 0.f);
+      float v = key[g] + (a.bias ? a.bias[g] : 0.f);
+      if (v != v) v = -INFINITY;  // NaN ranks last (as on the CPU): k groups in range whatever the scores
       const bool after_prev = prev_g < 0 || v < prev_v || (v == prev_v && g > prev_g);
       if (after_prev && (best_g < 0 || v > best_v)) best_v = v, best_g = g;  // g ascends: ties keep the lower
     }
