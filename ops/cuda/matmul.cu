@@ -15,7 +15,9 @@
 //
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
 // GPU model for a fixed algorithm and workspace; the algorithm is cached per
-// (shape, alignment, mode, epilogue), so it does not change within a run. db is a
+// (shape, alignments, mode, epilogue), so it does not change within a run.
+// Where the heuristic has nothing with the BIAS epilogue, the bias goes in
+// by add_bias_rows and the GEMM runs without it (remembered per key too). db is a
 // fixed-order two-stage column sum (common.cuh), no atomics.
 #include <cublasLt.h>
 
@@ -23,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <tuple>
 
 #include "ops/cuda/common.cuh"
@@ -55,15 +58,20 @@ struct AlgoKey {
   int64_t M, N, K, lda, ldb, ldc;
   uint32_t align_a, align_b, align_c;
   int64_t batch, stride_a, stride_b, stride_c, stride_bias;
+  // The bias's too: the heuristic reads the bias pointer's value for its
+  // alignment (cublasLt.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER), and experts'
+  // biases at different offsets differ in it.
+  uint32_t align_bias;
   auto tie() const {
     return std::tie(device, ta, tb, bf16, bias, beta, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, batch,
-                    stride_a, stride_b, stride_c, stride_bias);
+                    stride_a, stride_b, stride_c, stride_bias, align_bias);
   }
   bool operator<(const AlgoKey& o) const { return tie() < o.tie(); }
 };
 
+// The heuristic's first algorithm per key, or none where it found none.
 std::mutex algo_mutex;
-std::map<AlgoKey, cublasLtMatmulAlgo_t> algo_cache;
+std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>> algo_cache;
 
 struct DescDeleter {
   void operator()(cublasLtMatmulDescOpaque_t* d) const { cublasLtMatmulDescDestroy(d); }
@@ -102,6 +110,36 @@ static __global__ void add_bias_rows(float* C, int64_t ldc, const float* bias, i
   Cb[r * ldc + c] = (keep ? Cb[r * ldc + c] : 0.f) + bias[blockIdx.y * stride_bias + c];
 }
 
+
+// The cached algorithm for key, or the heuristic's first for the descriptor
+// and layouts (none: the heuristic found none; remembered too).
+std::optional<cublasLtMatmulAlgo_t> find_algo(Ctx& ctx, cublasLtHandle_t handle, cublasLtMatmulDesc_t d,
+                                              cublasLtMatrixLayout_t first, cublasLtMatrixLayout_t second,
+                                              cublasLtMatrixLayout_t out, const AlgoKey& key) {
+  std::lock_guard<std::mutex> lock(algo_mutex);
+  auto it = algo_cache.find(key);
+  if (it != algo_cache.end()) return it->second;
+  cublasLtMatmulPreference_t p = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&p));
+  Preference pref(p);
+  const uint64_t ws = ctx.blas.workspace_bytes;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  const uint32_t al[3] = {key.align_a, key.align_b, key.align_c};
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], 4));
+  cublasLtMatmulHeuristicResult_t result;
+  std::memset(&result, 0, sizeof(result));
+  int found = 0;
+  // (NOT_SUPPORTED, like found = 0: nothing for this configuration)
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, d, first, second, out, out, p, 1, &result, &found);
+  if (st != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(st);
+  std::optional<cublasLtMatmulAlgo_t> algo;
+  if (found > 0) algo = result.algo;
+  algo_cache.emplace(key, algo);
+  return algo;
+}
 }  // namespace
 
 void gemm(Ctx& ctx, const GemmArgs& g) {
@@ -114,14 +152,16 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
   const float* bias = g.bias;
   // cuBLASLt's bias loads want 16-byte alignment, of every batch's bias too.
   const bool bias_aligned = bias && alignment(bias, g.batch, g.stride_bias * 4) >= 16;
-  if (bias && !bias_aligned) {
+  // The bias by its own kernel (C = bias [+ C]), the GEMM then adding onto it.
+  auto bias_by_kernel = [&] {
     const dim3 grid(static_cast<unsigned>(grid_for(g.M * g.N)), static_cast<unsigned>(g.batch));
     add_bias_rows<<<grid, kBlock, 0, stream(ctx)>>>(g.C, g.ldc, bias, g.M, g.N, beta != 0.f, g.stride_c,
                                                     g.stride_bias);
     CUDA_CHECK(cudaGetLastError());
     bias = nullptr;
     beta = 1.f;
-  }
+  };
+  if (bias && !bias_aligned) bias_by_kernel();
 
   // Column-major view: D (N, M) = op'(B) (N, K) * op'(A) (K, M).
   const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -151,38 +191,24 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
   AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, g.M, g.N, g.K, g.lda, g.ldb,
               g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
               alignment(g.C, nb, g.stride_c * 4), nb, nb > 1 ? g.stride_a : 0,
-              nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? g.stride_bias : 0};
-  cublasLtMatmulAlgo_t algo;
-  {
-    std::lock_guard<std::mutex> lock(algo_mutex);
-    auto it = algo_cache.find(key);
-    if (it != algo_cache.end()) {
-      algo = it->second;
-    } else {
-      cublasLtMatmulPreference_t p = nullptr;
-      CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&p));
-      Preference pref(p);
-      const uint64_t ws = ctx.blas.workspace_bytes;
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-      const uint32_t al[3] = {key.align_a, key.align_b, key.align_c};
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4));
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4));
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4));
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], 4));
-      cublasLtMatmulHeuristicResult_t result;
-      std::memset(&result, 0, sizeof(result));
-      int found = 0;
-      CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, d, first.get(), second.get(), out.get(), out.get(), p, 1,
-                                                  &result, &found));
-      SY_CHECK(found > 0, "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M=" << g.M
-                                                << " N=" << g.N << " K=" << g.K);
-      algo = result.algo;
-      algo_cache.emplace(key, algo);
-    }
+              nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? g.stride_bias : 0,
+              bias ? alignment(bias, nb, g.stride_bias * 4) : 0};
+  std::optional<cublasLtMatmulAlgo_t> algo = find_algo(ctx, handle, d, first.get(), second.get(), out.get(), key);
+  if (!algo && bias) {
+    // No algorithm with the BIAS epilogue for this shape and these
+    // alignments: the bias by its own kernel, then the plain GEMM onto it.
+    bias_by_kernel();
+    const cublasLtEpilogue_t plain = CUBLASLT_EPILOGUE_DEFAULT;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &plain, sizeof(plain)));
+    key.bias = false, key.beta = true, key.stride_bias = 0, key.align_bias = 0;
+    algo = find_algo(ctx, handle, d, first.get(), second.get(), out.get(), key);
   }
+  SY_CHECK(algo.has_value(), "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M=" << g.M
+                                                  << " N=" << g.N << " K=" << g.K << " (alignments A " << key.align_b
+                                                  << ", B " << key.align_a << ", C " << key.align_c << " bytes)");
   const float alpha = 1.f;
   CUBLAS_CHECK(cublasLtMatmul(handle, d, &alpha, g.B, first.get(), g.A, second.get(), &beta, g.C, out.get(), g.C,
-                              out.get(), &algo, ctx.blas.workspace, ctx.blas.workspace_bytes, stream(ctx)));
+                              out.get(), &*algo, ctx.blas.workspace, ctx.blas.workspace_bytes, stream(ctx)));
 }
 
 Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
