@@ -180,9 +180,9 @@ __global__ void attention_delta_kernel(const T* dout, const T* out, float* delta
   const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   const int64_t rows = g.seg ? g.rows : int64_t(g.B) * g.T;
-  if (warp >= rows * g.H) return;
-  const int64_t row = warp / g.H;  // b * T + t (dense), the packed row (varlen)
-  const int h = static_cast<int>(warp % g.H);
+  if (warp >= rows * g.heads) return;  // the heads computed only (the rest of out is not this op's)
+  const int64_t row = warp / g.heads;  // b * T + t (dense), the packed row (varlen)
+  const int h = static_cast<int>(warp % g.heads);
   const T* o = out + row * g.ld_out + int64_t(h) * D;
   const T* d = dout + row * g.ld_out + int64_t(h) * D;
   float s = 0;
@@ -1169,7 +1169,7 @@ void backward_any(const char* op, Ctx& ctx, const Geom& g, Mask mask, int64_t ro
   if (!tiled_head_dim(qkv_t.dtype(), D)) unsupported(op, qkv_t.dtype(), D);
   cudaStream_t st = stream_of(ctx);
   Tensor delta = Tensor::empty({rows * g.H}, DType::f32, ctx);  // laid out as lse
-  const int64_t warps = rows * g.H;
+  const int64_t warps = rows * g.heads;
   const unsigned blocks = static_cast<unsigned>((warps * 32 + 255) / 256);
   float* dl = delta.data<float>();
   if (bf) {

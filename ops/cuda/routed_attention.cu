@@ -96,8 +96,9 @@ void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c) 
 // top-k, for one int per row). A block owns 64 rows of one centroid set and
 // walks the centroids in chunks of 64:
 //   s~ = bf16(x) . bf16(mu_c) by mma (fp32 accumulate) for the chunk; with
-//   eps_c = 2^-7 |x| |mu_c| (twice the bound 2u |x||mu_c| on |s~ - x.mu_c|,
-//   u = 2^-9 bf16's unit roundoff, so it also covers fp32's rounding),
+//   eps_c = 2^-6 |x| |mu_c| (twice the bound (2u + u^2) |x||mu_c| ~ 2^-7 on
+//   |s~ - x.mu_c|, u = 2^-8 bf16's unit roundoff, so it also covers the
+//   tensor cores' fp32 accumulation and the fp32 norms),
 //   L = max over the centroids so far of s~ - eps (below the best true score),
 //   and every centroid with s~ + eps >= L is a candidate: its score computed
 //   exactly in fp32 from the fp32 rows, the best kept (ties: lower index).
@@ -137,7 +138,7 @@ static __global__ void centroid_prep_kernel(const float* mu, int64_t K, int64_t 
 template <int D>
 static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(NearestArgs a) {
   constexpr int LD = D + 8;  // mma.cuh's padded pitch
-  constexpr float kEps = 1.f / 128.f;
+  constexpr float kEps = 1.f / 64.f;
   __shared__ __align__(16) __nv_bfloat16 sx[kNcRows * LD];
   __shared__ __align__(16) __nv_bfloat16 smu[kNcChunk * LD];
   __shared__ float sxn[kNcRows], snorm[kNcChunk];
@@ -222,11 +223,13 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
 }
 
 namespace {
-// Whether the fused kernel takes this choice: top-1 on the scores alone, a
-// head dim it has, rows it can read in pairs.
+// Whether the fused kernel takes this choice: top-1 on the scores alone (the
+// raw score as weight: not renormalized), a head dim it has, rows it can
+// read in pairs.
 bool fused_nearest(const Tensor& xn, const TokensChooseParams& tp) {
   const int64_t D = xn.dim(1);
-  return tp.k == 1 && !tp.selection_bias && !tp.selection_keys && (D == 16 || D == 32 || D == 64 || D == 128) &&
+  return tp.k == 1 && !tp.renormalize && !tp.selection_bias && !tp.selection_keys &&
+         (D == 16 || D == 32 || D == 64 || D == 128) &&
          reinterpret_cast<uintptr_t>(xn.raw()) % 8 == 0;
 }
 }  // namespace
