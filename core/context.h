@@ -20,11 +20,14 @@ struct BlasHandle {
   size_t workspace_bytes = 0;
 };
 
+class OpProfiler;  // core/op_profile.h
+
 struct Ctx {
   Device device;
   Stream stream;
   Allocator* alloc = nullptr;
   BlasHandle blas;
+  OpProfiler* profiler = nullptr;  // set: every op entry point records its interval (train_switch --op-profile)
 };
 
 // The CPU context: host allocator, no stream, no handles.

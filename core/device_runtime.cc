@@ -1,4 +1,5 @@
 #include "core/device_runtime.h"
+#include "core/op_profile.h"
 
 #include <string>
 
@@ -124,6 +125,39 @@ float EventTimer::stop_ms() {
   return ms;
 }
 
+namespace {
+// Events recorded on the stream; created as the step first needs them (the
+// first profiled step), then reused.
+class CudaEventClock : public IntervalClock {
+ public:
+  explicit CudaEventClock(Stream s) : stream_(static_cast<cudaStream_t>(s.handle)) {}
+  ~CudaEventClock() override {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  void mark(size_t slot) override {
+    while (slot >= events_.size()) {
+      cudaEvent_t e;
+      CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    CUDA_CHECK(cudaEventRecord(events_[slot], stream_));
+  }
+  void wait(size_t last_slot) override { CUDA_CHECK(cudaEventSynchronize(events_[last_slot])); }
+  double ms(size_t a, size_t b) override {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, events_[a], events_[b]));
+    return ms;
+  }
+  const char* name() const override { return "cuda events"; }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+};
+}  // namespace
+
+std::unique_ptr<IntervalClock> cuda_event_clock(Stream stream) { return std::make_unique<CudaEventClock>(stream); }
+
 #else
 
 std::unique_ptr<DeviceRuntime> DeviceRuntime::create(int) {
@@ -135,6 +169,9 @@ EventTimer::EventTimer(Stream stream) : stream_(stream) {
 EventTimer::~EventTimer() = default;
 void EventTimer::start() {}
 float EventTimer::stop_ms() { return 0; }
+std::unique_ptr<IntervalClock> cuda_event_clock(Stream) {
+  throw BackendError("op profile on a CUDA stream: this build of Switchyard has no CUDA backend");
+}
 
 #endif
 

@@ -174,14 +174,17 @@ int ranks_on_this_machine() {
 
 int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"Train a Switchyard model"};
-  std::string config_path, metrics_path, fault, resume;
+  std::string config_path, metrics_path, op_profile_path, fault, resume;
   std::vector<std::string> overrides;
   int threads = 1;
   bool overwrite = false, eval_only = false;
   app.add_option("--config", config_path, "text-format config (configs/*.pbtxt); with --resume, the checkpoint's by default");
   app.add_option("--set", overrides, "override a field: path.to.field=value (repeatable)");
   app.add_option("--metrics", metrics_path, "write one JSON line per logged step here (rank 0); appended to on --resume");
-  app.add_flag("--overwrite", overwrite, "replace an existing non-empty --metrics file");
+  app.add_option("--op-profile", op_profile_path,
+                 "time every op in the steps after the first two (CUDA events on a GPU): a table after the run, "
+                 "JSON here (rank 0); slows the steps");
+  app.add_flag("--overwrite", overwrite, "replace an existing non-empty --metrics or --op-profile file");
   app.add_option("--threads", threads, "OpenBLAS threads per rank for the CPU backend")->check(CLI::Range(1, 1024));
   app.add_option("--resume", resume, "continue from a checkpoint: its directory, or 'latest' in train.checkpoint_dir");
   app.add_flag("--eval-only", eval_only, "with --resume: validation loss and routing of the checkpoint, no training");
@@ -230,11 +233,16 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       }
     }
     opts.metrics_path = metrics_path;
+    opts.op_profile_path = op_profile_path;
     if (world_rank == 0) {
       const bool text = cfg.data().source() == switchyard::DataConfig::TEXT_FILE;
+      const std::vector<std::pair<std::string, std::string>> inputs = {
+          {"the config file", config_path}, {"data.path", text ? cfg.data().path() : ""}};
       // A resumed run appends to its metrics file.
-      sy::check_output_path("--metrics", metrics_path, {{"the config file", config_path}, {"data.path", text ? cfg.data().path() : ""}},
-                             overwrite || !resume.empty());
+      sy::check_output_path("--metrics", metrics_path, inputs, overwrite || !resume.empty());
+      sy::check_output_path("--op-profile", op_profile_path, inputs, overwrite);
+      if (!op_profile_path.empty() && op_profile_path == metrics_path)
+        throw sy::ConfigError("--op-profile " + op_profile_path + ": the same file as --metrics");
     }
     if (world_size == 1 && cfg.parallel().expert_parallel() != 1)
       throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +

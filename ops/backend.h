@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "core/op_profile.h"
 #include "core/tensor.h"
 
 namespace sy::ops {
@@ -32,16 +33,19 @@ void check_device(const Ctx& ctx, const char* op, std::initializer_list<const Te
   }
 
 // Calls the CPU reference of `op`; on a CUDA context, the CUDA kernels when
-// the build has them.
+// the build has them. With a profiler on the context, the call is one of its
+// intervals (core/op_profile.h).
 #ifdef SY_WITH_CUDA
 #define SY_DISPATCH(ctx, op, ...)                                   \
   do {                                                              \
+    const ::sy::OpScope sy_op_scope((ctx).profiler, #op);           \
     if ((ctx).device.is_cpu()) return ::sy::ops::cpu::op(__VA_ARGS__); \
     return ::sy::ops::cuda::op(__VA_ARGS__);                        \
   } while (0)
 #else
 #define SY_DISPATCH(ctx, op, ...)                                   \
   do {                                                              \
+    const ::sy::OpScope sy_op_scope((ctx).profiler, #op);           \
     if ((ctx).device.is_cpu()) return ::sy::ops::cpu::op(__VA_ARGS__); \
     ::sy::ops::no_cuda_kernel(#op);                                 \
   } while (0)
@@ -50,6 +54,7 @@ void check_device(const Ctx& ctx, const char* op, std::initializer_list<const Te
 // The same for ops with no CUDA kernels yet.
 #define SY_DISPATCH_CPU_ONLY(ctx, op, ...)                          \
   do {                                                              \
+    const ::sy::OpScope sy_op_scope((ctx).profiler, #op);           \
     if ((ctx).device.is_cpu()) return ::sy::ops::cpu::op(__VA_ARGS__); \
     ::sy::ops::no_cuda_kernel(#op);                                 \
   } while (0)

@@ -10,6 +10,8 @@
 #include "ops/finite.h"
 #include "runtime/checkpoint.h"
 #include "runtime/metrics.h"
+#include "runtime/op_profile_report.h"
+#include "runtime/output_file.h"
 
 namespace sy {
 
@@ -88,6 +90,20 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
     reducer_ = std::make_unique<GradientReducer>(ctx_, model_.params(), *opts_.par,
                                                  static_cast<int64_t>(cfg.parallel().grad_bucket_mb() * (1 << 20)),
                                                  cfg.parallel().overlap_grad_reduce());
+  if (!opts_.op_profile_path.empty()) {
+    profiler_ = std::make_unique<OpProfiler>(device_ ? cuda_event_clock(ctx_.stream) : host_clock());
+    ctx_.profiler = profiler_.get();  // (the host Ctx is process-wide: ~Trainer takes it back)
+  }
+}
+
+Trainer::~Trainer() {
+  if (profiler_) ctx_.profiler = nullptr;
+}
+
+void Trainer::report_op_profile() {
+  if (!profiler_ || profiler_->steps() == 0 || rank_ != 0) return;
+  if (opts_.log) *opts_.log << op_profile_table(*profiler_) << std::flush;
+  write_file(opts_.op_profile_path, op_profile_json(*profiler_).dump(1) + "\n");
 }
 
 void Trainer::calibrate_if_needed() {
@@ -326,7 +342,10 @@ TrainResult Trainer::run() {
   for (int64_t s = start + 1; s <= t.steps(); ++s) {
     if (opts_.before_step) opts_.before_step(s, model_);
     const int64_t waits_before = host_waits();
+    const bool profiled = profiler_ && s > start + 2;  // (the first steps find algorithms and memory)
+    if (profiled) profiler_->begin_step();
     const StepResult r = step(s);
+    if (profiled) profiler_->end_step();
     interval_waits += host_waits() - waits_before;
     ++interval_steps;
     result.last_step = s;
@@ -366,10 +385,12 @@ TrainResult Trainer::run() {
     if (stop) {
       result.stop = TrainResult::Stop::signal;
       metrics.close();
+      report_op_profile();
       return result;
     }
   }
   metrics.close();
+  report_op_profile();
   return result;
 }
 

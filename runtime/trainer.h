@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/device_runtime.h"
+#include "core/op_profile.h"
 #include "runtime/config.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/model.h"
@@ -46,6 +47,9 @@ struct TrainOptions {
   // An evaluation running longer than progress_after_s prints a progress line
   // (batches, rate, ETA) every progress_every_s seconds.
   double progress_after_s = 5, progress_every_s = 10;
+  // Non-empty: every op's time in the steps after the first two (core/op_profile.h),
+  // as a table after the run (log) and as JSON at this path (rank 0). Slows the steps.
+  std::string op_profile_path;
 };
 
 struct StepResult {
@@ -79,6 +83,7 @@ float learning_rate(const switchyard::TrainConfig& t, int64_t step);
 class Trainer {
  public:
   Trainer(const Config& cfg, TrainOptions opts);
+  ~Trainer();
   // Resumes from a checkpoint directory before run() (collective): weights,
   // with `optimizer` the AdamW state, the step, the data position and the
   // routing state. The metrics file is then appended to.
@@ -123,6 +128,8 @@ class Trainer {
   Batch last_batch_;           // this rank's slice of the last step's batch
   std::string diagnose_nonfinite(int64_t step, const StepResult& r);
   bool stop_agreed();
+  std::unique_ptr<OpProfiler> profiler_;  // opts_.op_profile_path set; ctx_.profiler points at it
+  void report_op_profile();
 };
 
 }  // namespace sy

@@ -15,7 +15,8 @@
 #                   train  tests/gpu_training_test.sh: tiny and switch_tiny, 200 steps, CPU vs CUDA, fp32 then bf16
 #                          (one head of 64: bf16 GEMMs and bf16 attention)
 #                   bench  bench_ops --device cuda, then the PyTorch peers (scripts/bench/torch_*.py)
-#                   mfu    switch_gpu for 30 steps: MFU, tokens/s, device memory
+#                   mfu    switch_gpu for 30 steps: MFU, tokens/s, device memory; then 8 steps
+#                          with --op-profile (each op's time by CUDA events)
 #                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU
 #                   attn   issue 18: bench_attention at n = 4k/16k/64k beside PyTorch SDPA; a
 #                          routed_copy-style model at n = 16k, routed and dense attention
@@ -196,6 +197,12 @@ if want mfu; then
   run_limited switch_gpu 90 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set precision=BF16 --set train.steps=30 \
     --set train.log_interval=5 --set train.eval_interval=100000 --set train.checkpoint_interval=0
   summary "mfu: switch_gpu rc $?: $(grep -E '^step' "$LOG/switch_gpu.log" | tail -1)"
+  # Where its step goes: every op's time by CUDA events (a slower run of its
+  # own, so the MFU above is unprofiled); the top of the table in the summary.
+  run_limited switch_gpu_ops 60 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set precision=BF16 \
+    --set train.steps=8 --set train.log_interval=4 --set train.eval_interval=100000 --set train.checkpoint_interval=0 \
+    --op-profile "$LOG/switch_gpu_ops.json" --overwrite
+  summary "mfu: op profile rc $?: $(grep -A12 '^op profile' "$LOG/switch_gpu_ops.log" | tr -s ' ' | tr '\n' ';' | cut -c1-900)"
 fi
 
 # 6. Issue 19: the conformance suite with a 1-rank NCCL communicator; NCCL

@@ -86,5 +86,24 @@ expect_exit2 metrics-exists "m.jsonl: exists and is not empty" "${short[@]}" --m
 "$BIN" "${short[@]}" --metrics "$tmp/m.jsonl" --overwrite > "$tmp/out" 2>&1 && [ "$(wc -l < "$tmp/m.jsonl")" -eq 2 ] \
   && echo "ok   metrics-overwrite" || { echo "FAIL metrics-overwrite:"; cat "$tmp/out"; fail=1; }
 
+# --op-profile: the steps after the first two, op by op: a table after the
+# run and JSON whose ops lie inside the step; an existing file is refused.
+"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --set train.steps=5 --set train.warmup_steps=1 --set train.eval_interval=0 \
+  --set train.eval_batches=1 --set data.synthetic_bytes=20000 --op-profile "$tmp/ops.json" > "$tmp/out" 2>&1 \
+  || { echo "FAIL op-profile run"; cat "$tmp/out"; fail=1; }
+grep -q "^op profile: 3 steps" "$tmp/out" && grep -q "^matmul_backward " "$tmp/out" \
+  || { echo "FAIL op-profile: no table"; cat "$tmp/out"; fail=1; }
+python3 - "$tmp/ops.json" <<'PY' && echo "ok   op-profile" || { echo "FAIL op-profile json"; cat "$tmp/ops.json"; fail=1; }
+import json, sys
+p = json.load(open(sys.argv[1]))
+names = {o["op"] for o in p["ops"]}
+assert p["steps"] == 3 and p["clock"] == "host", p
+assert {"matmul_forward", "matmul_backward", "tokens_choose", "adamw_update"} <= names, names
+inside = sum(o["ms_per_step"] for o in p["ops"])
+assert abs(inside - p["inside_ops_ms"]) < 1e-6 and 0 < inside <= p["step_ms"], (inside, p["step_ms"])
+assert all(o["calls_per_step"] > 0 for o in p["ops"])
+PY
+expect_exit2 op-profile-exists "ops.json: exists and is not empty" "${short[@]}" --op-profile "$tmp/ops.json"
+
 [ $fail -eq 0 ] && echo "all train_switch CLI checks passed"
 exit $fail

@@ -1,0 +1,90 @@
+// OpProfiler: where a training step's time goes, op by op. Every op entry
+// point opens an OpScope on its Ctx's profiler (SY_DISPATCH in ops/backend.h);
+// the outermost op of a nest owns the interval (what it calls through other
+// entry points is part of it), so the rows add up to the time spent inside
+// ops, and the step's wall time less that sum is the time between ops
+// (launch gaps, host work, waits). On the host an interval is wall time; on a
+// CUDA stream it is the time between two events recorded on the stream
+// around the op's launches: the GPU's time for that op's kernels (the device
+// machine has no working profiler counters, so CUDA events, as issue 17 asks).
+//
+// Recording costs two event records per op and one wait per step (for the
+// last event), so a profiled run is slower than an unprofiled one: measure
+// speed without it, and where the time goes with it. Only the thread that
+// began the step records (ops another thread runs on the same Ctx, such as a
+// gradient reducer's, are not counted as ops).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/allocator.h"
+
+namespace sy {
+
+// Marks on one clock: mark(i) stamps slot i now (host) or where the stream
+// has got to (CUDA); ms(a, b) is the time from slot a to slot b once wait()
+// has returned.
+class IntervalClock {
+ public:
+  virtual ~IntervalClock() = default;
+  virtual void mark(size_t slot) = 0;
+  virtual void wait(size_t last_slot) = 0;
+  virtual double ms(size_t a, size_t b) = 0;
+  virtual const char* name() const = 0;  // "host" or "cuda events"
+};
+
+class OpProfiler {
+ public:
+  explicit OpProfiler(std::unique_ptr<IntervalClock> clock);
+
+  // Between begin_step() and end_step() the outermost ops are recorded.
+  void begin_step();
+  void end_step();  // waits for the step's last mark, then adds the intervals up
+  void begin(const char* op);
+  void end();
+
+  struct Row {
+    std::string op;
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  std::vector<Row> rows() const;  // by time, largest first
+  int64_t steps() const { return steps_; }
+  double step_ms() const { return step_ms_; }  // wall time of the profiled steps, in all
+  const char* clock_name() const { return clock_->name(); }
+
+ private:
+  std::unique_ptr<IntervalClock> clock_;
+  bool active_ = false;
+  std::thread::id owner_;  // the thread that began the step
+  int depth_ = 0;
+  std::vector<const char*> open_;  // this step's intervals, the op of each: slots 2i, 2i+1
+  std::vector<Row> totals_;
+  int64_t steps_ = 0;
+  double step_ms_ = 0, step_start_s_ = 0;
+};
+
+std::unique_ptr<IntervalClock> host_clock();
+// Events on `stream` (CUDA builds; elsewhere throws BackendError).
+std::unique_ptr<IntervalClock> cuda_event_clock(Stream stream);
+
+// What SY_DISPATCH opens: nothing without a profiler.
+class OpScope {
+ public:
+  OpScope(OpProfiler* p, const char* op) : p_(p) {
+    if (p_) p_->begin(op);
+  }
+  ~OpScope() {
+    if (p_) p_->end();
+  }
+  OpScope(const OpScope&) = delete;
+  OpScope& operator=(const OpScope&) = delete;
+
+ private:
+  OpProfiler* p_;
+};
+
+}  // namespace sy

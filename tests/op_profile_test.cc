@@ -1,0 +1,73 @@
+// OpProfiler (core/op_profile.h): the outermost op owns its interval, only
+// the steps between begin_step and end_step count, only the thread that began
+// the step records, and an op entry point records through SY_DISPATCH.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "core/op_profile.h"
+#include "ops/elementwise.h"
+#include "runtime/op_profile_report.h"
+
+namespace sy {
+namespace {
+
+// A clock whose marks are the slot numbers themselves (ms(a, b) = b - a):
+// intervals are exact and say which slots the profiler used.
+class CountingClock : public IntervalClock {
+ public:
+  void mark(size_t slot) override { marks.push_back(slot); }
+  void wait(size_t last) override { waited = static_cast<int64_t>(last); }
+  double ms(size_t a, size_t b) override { return static_cast<double>(b) - static_cast<double>(a); }
+  const char* name() const override { return "counting"; }
+  std::vector<size_t> marks;
+  int64_t waited = -1;
+};
+
+TEST(OpProfiler, TheOutermostOpOwnsItsIntervalInProfiledStepsOnly) {
+  auto clock = std::make_unique<CountingClock>();
+  CountingClock* c = clock.get();
+  OpProfiler p(std::move(clock));
+  { const OpScope before(&p, "unprofiled"); }  // before any step: not recorded
+  p.begin_step();
+  {
+    const OpScope outer(&p, "outer");
+    const OpScope inner(&p, "inner");  // part of outer
+  }
+  { const OpScope second(&p, "second"); }
+  { const OpScope again(&p, "outer"); }
+  std::thread([&] { const OpScope other(&p, "other thread"); }).join();  // not this step's thread
+  p.end_step();
+  { const OpScope after(&p, "after"); }  // between steps: not recorded
+  EXPECT_EQ(c->marks, (std::vector<size_t>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(c->waited, 5);
+  const std::vector<OpProfiler::Row> rows = p.rows();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].op, "outer");
+  EXPECT_EQ(rows[0].calls, 2);
+  EXPECT_DOUBLE_EQ(rows[0].ms, 2.0);  // slots 0-1 and 4-5
+  EXPECT_EQ(rows[1].op, "second");
+  EXPECT_EQ(p.steps(), 1);
+  const nlohmann::json j = op_profile_json(p);
+  EXPECT_EQ(j["ops"].size(), 2u);
+  EXPECT_DOUBLE_EQ(j["inside_ops_ms"].get<double>(), 3.0);
+  EXPECT_NE(op_profile_table(p).find("outer"), std::string::npos);
+}
+
+// An op entry point opens its scope on the Ctx's profiler (SY_DISPATCH).
+TEST(OpProfiler, OpEntryPointsRecordThroughTheirCtx) {
+  Ctx ctx = host_ctx();
+  OpProfiler p(host_clock());
+  ctx.profiler = &p;
+  Tensor a = Tensor::zeros({4}, DType::f32, ctx), b = Tensor::zeros({4}, DType::f32, ctx);
+  p.begin_step();
+  ops::add_into(ctx, a, b);
+  p.end_step();
+  ASSERT_EQ(p.rows().size(), 1u);
+  EXPECT_EQ(p.rows()[0].op, "add_into");
+  EXPECT_EQ(p.rows()[0].calls, 1);
+  EXPECT_GE(p.rows()[0].ms, 0.0);
+}
+
+}  // namespace
+}  // namespace sy
