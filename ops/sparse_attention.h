@@ -38,7 +38,8 @@ struct KeySets {
   Tensor off;  // i64 (T+1)
   Tensor idx;  // i32 (pairs)
   // The pairs, where only they were counted and off, idx were left undefined
-  // (routed attention's forward with key_sets = false); -1 otherwise.
+  // (routed attention's forward with key_sets = false; 0 where the count
+  // went to the caller's pair_count in device memory instead); -1 otherwise.
   int64_t counted = -1;
   BlockSegments blocks;  // block top-k's packing, where a backend made one
   int64_t queries() const { return off.defined() ? off.numel() - 1 : 0; }

@@ -1533,16 +1533,22 @@ TEST_P(BackendOps, RoutedAttentionCountsPairsWhenKeySetsAreNotWanted) {
     for (const Tensor& t : h) in.push_back(t.to(x));
     const int64_t T = spec.T, D = spec.D;
     const ops::Clusters cl{route_from(in[4], in[5], in[6], T), route_from(in[7], in[8], in[9], T)};
-    std::vector<Tensor> res[2];
-    int64_t pairs[2];
-    for (int want_sets = 0; want_sets < 2; ++want_sets) {
+    // want_sets 0: counted; 1: key sets; 2: the count left in device memory
+    // and the packing saved for the backward, as the layer runs it.
+    std::vector<Tensor> res[3];
+    int64_t pairs[3];
+    for (int want_sets = 0; want_sets < 3; ++want_sets) {
       Tensor o = out(x, {T, D}), lse = out(x, {T});
       Tensor dq = Tensor::zeros({T, D}, DType::f32, x), dk = Tensor::zeros({T, D}, DType::f32, x),
-             dv = Tensor::zeros({T, D}, DType::f32, x);
+             dv = Tensor::zeros({T, D}, DType::f32, x), count = Tensor::zeros({1}, DType::f64, x);
       ops::KeySets ks;
-      ops::routed_attention_forward(x, {o, lse, ks, in[0], in[1], in[2], cl, want_sets == 1});
-      ops::routed_attention_backward(x, {dq, dk, dv, in[3], o, lse, in[0], in[1], in[2], ks, cl});
-      pairs[want_sets] = ks.pairs();
+      ops::RoutedSaved saved;
+      const bool device_count = want_sets == 2;
+      ops::routed_attention_forward(x, {o, lse, ks, in[0], in[1], in[2], cl, want_sets == 1,
+                                        device_count ? count.data<double>() : nullptr, device_count ? &saved : nullptr});
+      ops::routed_attention_backward(x, {dq, dk, dv, in[3], o, lse, in[0], in[1], in[2], ks, cl,
+                                         device_count ? &saved : nullptr});
+      pairs[want_sets] = device_count ? static_cast<int64_t>(count.to(host_ctx()).to_vector<double>()[0]) : ks.pairs();
       if (want_sets == 0 && GetParam() == DeviceKind::cuda) {
         EXPECT_FALSE(ks.idx.defined()) << "CUDA's packed path built the index lists anyway";
         EXPECT_EQ(ks.counted, ks.pairs());
@@ -1551,7 +1557,10 @@ TEST_P(BackendOps, RoutedAttentionCountsPairsWhenKeySetsAreNotWanted) {
     }
     EXPECT_GT(pairs[1], T);
     EXPECT_EQ(pairs[0], pairs[1]);
-    for (size_t i = 0; i < res[0].size(); ++i) EXPECT_TRUE(bitwise_equal(res[0][i], res[1][i])) << "output " << i;
+    EXPECT_EQ(pairs[2], pairs[1]) << "the count left in device memory";
+    for (int m : {0, 2})
+      for (size_t i = 0; i < res[m].size(); ++i)
+        EXPECT_TRUE(bitwise_equal(res[m][i], res[1][i])) << "mode " << m << ", output " << i;
   }
 }
 

@@ -707,10 +707,12 @@ void union_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
     Tensor sizes = Tensor::empty({T}, DType::f64, ctx);
     run(T, routed::KeySetSizes{n, nullptr, sizes.data<double>()});
     KeySets ks;
-    if (a.pair_count)
+    if (a.pair_count) {
       sum_f64(ctx, sizes.data<double>(), T, a.pair_count);  // left on the device for the caller
-    else
+      ks.counted = 0;  // counted (into *pair_count): the backward reads no key sets
+    } else {
       ks.counted = static_cast<int64_t>(sum_f64_to_host(ctx, sizes.data<double>(), T));  // exact below 2^53
+    }
     a.keys = ks;
     return;
   }
