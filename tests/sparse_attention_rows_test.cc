@@ -215,5 +215,26 @@ TEST(SparseAttentionRows, BlockTopkTiesGoToTheLowerBlock) {
   expect_matches_reference(c, device_block_topk(q, k, block, 2, off, idx));
 }
 
+// NaN scores rank last, as -inf: a NaN query still gets exactly keep blocks
+// (the lowest), every slot of its key set written and in range, the CPU's
+// choice; one NaN block mean ranks below every number. Before the rule the
+// rows left slots unwritten (the -7s the helper fills in) that the unpacked
+// kernels would have indexed with.
+TEST(SparseAttentionRows, BlockTopkNanScoresRankLast) {
+  Rng rng(36);
+  const int64_t T = 40, D = 4, block = 4;
+  Tensor q = testing::randn({T, D}, rng), k = testing::randn({T, D}, rng);
+  q.f32()[30 * D + 1] = NAN;  // every score of query 30
+  k.f32()[2 * block * D] = NAN;  // block 2's mean: NaN for every query
+  for (int64_t topk : {1, 2, 3}) {
+    expect_block_topk_matches_cpu(q, k, block, topk);
+    std::vector<int64_t> off;
+    std::vector<int32_t> idx;
+    device_block_topk(q, k, block, topk, off, idx);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t p = off[t]; p < off[t + 1]; ++p) ASSERT_TRUE(idx[p] >= 0 && idx[p] <= t) << "query " << t;
+  }
+}
+
 }  // namespace
 }  // namespace sy

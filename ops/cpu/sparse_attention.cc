@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "core/error.h"
@@ -148,7 +149,12 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t b
   for (int64_t t = 0; t < h.T; ++t) {
     const int64_t own = t / block;
     score.resize(own);
-    for (int64_t b = 0; b < own; ++b) score[b] = dot(h.q + t * h.D, kmean.data() + b * h.D, h.D);
+    // A NaN score ranks last, as -inf: a strict weak order for partial_sort,
+    // and keep blocks whatever the values (the CUDA rows' rule too).
+    for (int64_t b = 0; b < own; ++b) {
+      score[b] = dot(h.q + t * h.D, kmean.data() + b * h.D, h.D);
+      if (std::isnan(score[b])) score[b] = -std::numeric_limits<float>::infinity();
+    }
     order.resize(own);
     std::iota(order.begin(), order.end(), 0);
     const int64_t keep = std::min(topk, own);

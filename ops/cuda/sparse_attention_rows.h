@@ -253,8 +253,11 @@ struct BlockTopkKeys {
   int64_t* off;
   int32_t* idx;
   const float* scores = nullptr;  // (nb, T) BlockScores' (at least b < t / block), or null: computed here
+  // A NaN score ranks last, as -inf (the CPU's rule): every round picks a
+  // block, so exactly keep blocks fill the slots off[] reserved for them.
   SY_HD float score(const float* qt, int64_t t, int64_t b) const {
-    return scores ? scores[b * T + t] : dot_rn(qt, kmean + b * D, D);
+    const float s = scores ? scores[b * T + t] : dot_rn(qt, kmean + b * D, D);
+    return s != s ? -INFINITY : s;
   }
   SY_HD void operator()(int64_t t) const {
     int64_t p = block_topk_offset(t, block, topk);
@@ -274,7 +277,7 @@ struct BlockTopkKeys {
       }
       last = best, last_b = best_b;
     }
-    // At most keep blocks whatever the scores (NaN): never past off[t + 1].
+    // Exactly keep blocks (NaN scores rank last): up to off[t + 1].
     for (int64_t b = 0, taken = 0; b < own && taken < keep; ++b) {
       const float s = score(qt, t, b);
       if (s > last || (s == last && b <= last_b)) {
