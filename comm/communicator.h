@@ -47,6 +47,10 @@ class Communicator {
   // Whether another thread may run collectives on another communicator while
   // this one is in a collective (the overlapped gradient reduction needs it).
   virtual bool concurrent_collectives() const { return false; }
+  // Whether collectives are queued in stream order and return without the
+  // host waiting for them (NCCL): the caller's stream waits for each one,
+  // so a collective queued on a second stream overlaps the first's work.
+  virtual bool stream_ordered() const { return false; }
 
   double timeout_s() const { return timeout_s_; }
   void set_timeout_s(double s) { timeout_s_ = s; }

@@ -47,15 +47,71 @@ ncclDataType_t nccl_type(DType t) {
   return ncclUint8;
 }
 
-// Waits for a non-blocking NCCL call to leave ncclInProgress.
-void settle(ncclComm_t comm, ncclResult_t r, const char* what) {
+// Held around every call into NCCL on a communicator (enqueue and settle):
+// NCCL allows one thread at a time on a communicator, and the watchdog's
+// ncclCommGetAsyncError on a non-blocking one completes (and frees) the same
+// group job that settle() polls. The watchdog only try_locks it.
+std::mutex& nccl_api_mutex() {
+  static std::mutex* m = new std::mutex;  // (never destroyed: the watchdog outlives static destruction)
+  return *m;
+}
+
+// The one-line error of a collective that failed or did not complete in
+// time, then ncclCommAbort (no kernel spins on) and exit 1 (mpirun ends the job).
+[[noreturn]] void fail_collective(ncclComm_t comm, int world_rank, const char* op, const std::string& context,
+                                  double timeout_s, const std::string& group, const char* nccl_error) {
+  if (nccl_error)
+    std::fprintf(stderr, "error: rank %d: %s in '%s' failed: NCCL: %s (group of world ranks %s)\n", world_rank, op,
+                 context.c_str(), nccl_error, group.c_str());
+  else
+    std::fprintf(stderr,
+                 "error: rank %d: %s in '%s' did not complete within %g s (group of world ranks %s): "
+                 "a rank is stuck or gone\n",
+                 world_rank, op, context.c_str(), timeout_s, group.c_str());
+  std::fflush(stderr);
+  ncclCommAbort(comm);
+  std::_Exit(1);
+}
+
+// Who is asking, for settle()'s timeout line.
+struct CallSite {
+  int world_rank;
+  const char* context;
+  double timeout_s;
+  std::string group;
+};
+
+// Waits for a non-blocking NCCL call to leave ncclInProgress, at most the
+// timeout (a peer that never joins the launch's connection set-up leaves it
+// in progress for good): then the timeout line and exit, as the watchdog.
+void settle(ncclComm_t comm, ncclResult_t r, const char* what, const CallSite& at) {
+  const double deadline = now_s() + at.timeout_s;
   while (r == ncclInProgress) {
+    if (now_s() > deadline) fail_collective(comm, at.world_rank, what, at.context, at.timeout_s, at.group, nullptr);
     std::this_thread::sleep_for(std::chrono::microseconds(50));
     NCCL_CHECK(ncclCommGetAsyncError(comm, &r));
   }
   if (r != ncclSuccess)
     throw BackendError(std::string("NCCL: ") + what + ": " + ncclGetErrorString(r) + " (" + ncclGetLastError(comm) + ")");
 }
+
+// ncclGroupEnd on every way out of a group, a throw between start and end
+// included (NCCL's group depth is per thread: one left open would silently
+// group every later call). end() returns the result the caller settles.
+class NcclGroup {
+ public:
+  NcclGroup() { NCCL_CHECK(ncclGroupStart()); }
+  ~NcclGroup() {
+    if (open_) ncclGroupEnd();
+  }
+  ncclResult_t end() {
+    open_ = false;
+    return ncclGroupEnd();
+  }
+
+ private:
+  bool open_ = true;
+};
 
 // A collective in flight: its completion event and deadline.
 struct Pending {
@@ -73,8 +129,8 @@ struct Pending {
 class Watchdog {
  public:
   static Watchdog& get() {
-    static Watchdog w;
-    return w;
+    static Watchdog* w = new Watchdog;  // never destroyed: its detached thread polls it to the end
+    return *w;
   }
   void watch(Pending p) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -93,25 +149,20 @@ class Watchdog {
         }
         if (pending_.empty()) continue;
         const Pending& p = pending_.front();
-        ncclResult_t async = ncclSuccess;
-        ncclCommGetAsyncError(p.comm, &async);
-        if (async != ncclSuccess && async != ncclInProgress) fire(p, ncclGetErrorString(async));
+        {
+          // Not while the main thread is inside NCCL on a communicator (its
+          // own settle() has the same deadline).
+          std::unique_lock<std::mutex> api(nccl_api_mutex(), std::try_to_lock);
+          ncclResult_t async = ncclSuccess;
+          if (api.owns_lock()) ncclCommGetAsyncError(p.comm, &async);
+          if (async != ncclSuccess && async != ncclInProgress) fire(p, ncclGetErrorString(async));
+        }
         if (now_s() > p.deadline) fire(p, nullptr);
       }
     }).detach();
   }
   [[noreturn]] static void fire(const Pending& p, const char* nccl_error) {
-    if (nccl_error)
-      std::fprintf(stderr, "error: rank %d: %s in '%s' failed: NCCL: %s (group of world ranks %s)\n", p.world_rank,
-                   p.op, p.context.c_str(), nccl_error, p.group.c_str());
-    else
-      std::fprintf(stderr,
-                   "error: rank %d: %s in '%s' did not complete within %g s (group of world ranks %s): "
-                   "a rank is stuck or gone\n",
-                   p.world_rank, p.op, p.context.c_str(), p.timeout_s, p.group.c_str());
-    std::fflush(stderr);
-    ncclCommAbort(p.comm);
-    std::_Exit(1);
+    fail_collective(p.comm, p.world_rank, p.op, p.context, p.timeout_s, p.group, nccl_error);
   }
   std::mutex mu_;
   std::deque<Pending> pending_;
@@ -136,14 +187,20 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::vector<int> world_ranks() const override { return world_ranks_; }
-  bool concurrent_collectives() const override { return true; }
+  // One thread only (NCCL's rule for a communicator, and one issue order on
+  // every rank); collectives are stream-ordered, so overlap comes from a
+  // second stream instead (runtime/grad_reducer.h's stream mode).
+  bool concurrent_collectives() const override { return false; }
+  bool stream_ordered() const override { return true; }
 
   std::unique_ptr<Communicator> split(int color, int key) const override {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclComm_t sub = nullptr;
-    settle(comm_, ncclCommSplit(comm_, color, key, &sub, &config), "ncclCommSplit");
-    settle(sub, ncclSuccess, "ncclCommSplit");
+    std::lock_guard<std::mutex> api(nccl_api_mutex());
+    const CallSite at{world_ranks_[rank_], "communicator split", timeout_s_, ranks_str(world_ranks_)};
+    settle(comm_, ncclCommSplit(comm_, color, key, &sub, &config), "ncclCommSplit", at);
+    settle(sub, ncclSuccess, "ncclCommSplit", at);
     // The new group's members, as world ranks: gathered over the new group.
     int n = 0;
     NCCL_CHECK(ncclCommCount(sub, &n));
@@ -151,7 +208,7 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaMalloc(&buf, sizeof(int) * (n + 1)));
     const int mine = world_ranks_[rank_];
     CUDA_CHECK(cudaMemcpy(buf + n, &mine, sizeof(int), cudaMemcpyHostToDevice));
-    settle(sub, ncclAllGather(buf + n, buf, 1, ncclInt32, sub, stream_), "ncclAllGather");
+    settle(sub, ncclAllGather(buf + n, buf, 1, ncclInt32, sub, stream_), "ncclAllGather", at);
     std::vector<int> members(n);
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     CUDA_CHECK(cudaMemcpy(members.data(), buf, sizeof(int) * n, cudaMemcpyDeviceToHost));
@@ -176,10 +233,19 @@ class NcclCommunicator final : public Communicator {
                                  << " ranks, group of " << size_);
     SY_CHECK(send.dtype() == recv.dtype(), "all_to_all_v in '" << context << "': dtypes differ");
     const int64_t w = row_elems(send.numel() > 0 ? send : recv);
+    // The plan against the buffers (as the MPI path checks): a mismatch
+    // would write past recv on the device, silently.
+    int64_t ns = 0, nr = 0;
+    for (int p = 0; p < size_; ++p) ns += send_rows[p], nr += recv_rows[p];
+    const int64_t send_len = send.ndim() == 0 ? 0 : send.dim(0), recv_len = recv.ndim() == 0 ? 0 : recv.dim(0);
+    SY_CHECK(ns == send_len && nr == recv_len && (send.numel() == 0 || recv.numel() == 0 || row_elems(recv) == w),
+             "all_to_all_v in '" << context << "': " << ns << " rows sent of " << send_len << ", " << nr
+                                 << " received into " << recv_len << ", rows of " << w << " / " << row_elems(recv)
+                                 << " elements");
     Staged s(*this, const_cast<Tensor&>(send), false), r(*this, recv, true);
     const size_t esize = dtype_size(send.dtype());
     run("all_to_all_v", context, stream, [&] {
-      NCCL_CHECK(ncclGroupStart());
+      NcclGroup group;
       int64_t so = 0, ro = 0;
       for (int p = 0; p < size_; ++p) {
         if (send_rows[p] > 0)
@@ -190,7 +256,7 @@ class NcclCommunicator final : public Communicator {
                               p, comm_, stream_));
         so += send_rows[p], ro += recv_rows[p];
       }
-      return ncclGroupEnd();
+      return group.end();
     });
   }
 
@@ -254,7 +320,10 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaEventRecord(ready, cs));
     CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
     CUDA_CHECK(cudaEventRecord(start, stream_));
-    settle(comm_, enqueue(), op);
+    {
+      std::lock_guard<std::mutex> api(nccl_api_mutex());
+      settle(comm_, enqueue(), op, CallSite{world_ranks_[rank_], context, timeout_s_, ranks_str(world_ranks_)});
+    }
     CUDA_CHECK(cudaEventRecord(done, stream_));
     CUDA_CHECK(cudaStreamWaitEvent(cs, done, 0));
     cudaEvent_t watched;

@@ -9,9 +9,11 @@
 // Every collective runs on the communicator's own stream, ordered after the
 // caller's stream (an event) and before the caller's later work (another
 // event), with CUDA events around it for the time spent (comm_seconds()).
-// The communicator is non-blocking: a watchdog thread polls each collective's
-// completion event and ncclCommGetAsyncError, and past the timeout (or on an
-// asynchronous error) prints the same one-line error as the MPI path
+// The communicator is non-blocking: the call that enqueues a collective polls
+// it out of ncclInProgress for at most the timeout, then a watchdog thread
+// polls its completion event and ncclCommGetAsyncError (never while another
+// thread is inside NCCL: one mutex guards every call into it), and past the
+// timeout (or on an asynchronous error) prints the same one-line error as the MPI path
 // ("error: rank R: <op> in '<context>' did not complete within T s (group of
 // world ranks ...)"), calls ncclCommAbort so no kernel spins forever, and
 // exits the process with status 1, which makes mpirun end the job.

@@ -158,6 +158,61 @@ class CudaEventClock : public IntervalClock {
 
 std::unique_ptr<IntervalClock> cuda_event_clock(Stream stream) { return std::make_unique<CudaEventClock>(stream); }
 
+SideStream::SideStream(const Ctx& ctx) : ctx_(ctx) {
+  if (ctx.device.is_cpu()) return;
+  use_device(ctx);
+  cudaStream_t s = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  ctx_.stream = Stream{s};
+  ctx_.profiler = nullptr;  // (the profiler times the compute stream)
+}
+
+SideStream::~SideStream() {
+  if (ctx_.device.is_cpu()) return;
+  cudaStreamSynchronize(static_cast<cudaStream_t>(ctx_.stream.handle));
+  cudaStreamDestroy(static_cast<cudaStream_t>(ctx_.stream.handle));
+}
+
+void stream_wait(const Ctx& waiter, const Ctx& after) {
+  if (waiter.device.is_cpu() || waiter.stream.handle == after.stream.handle) return;
+  cudaEvent_t e;
+  CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventRecord(e, static_cast<cudaStream_t>(after.stream.handle)));
+  CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(waiter.stream.handle), e, 0));
+  CUDA_CHECK(cudaEventDestroy(e));  // (released once the wait is done)
+}
+
+void use_device(const Ctx& ctx) {
+  if (!ctx.device.is_cpu()) CUDA_CHECK(cudaSetDevice(ctx.device.index));
+}
+
+StreamLag::~StreamLag() {
+  if (first_) cudaEventDestroy(static_cast<cudaEvent_t>(first_));
+  if (second_) cudaEventDestroy(static_cast<cudaEvent_t>(second_));
+}
+
+void StreamLag::mark(const Ctx& first, const Ctx& second) {
+  if (first.device.is_cpu()) return;
+  if (!first_) {
+    cudaEvent_t a, b;
+    CUDA_CHECK(cudaEventCreate(&a));
+    CUDA_CHECK(cudaEventCreate(&b));
+    first_ = a, second_ = b;
+  }
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(first_), static_cast<cudaStream_t>(first.stream.handle)));
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(second_), static_cast<cudaStream_t>(second.stream.handle)));
+  marked_ = true;
+}
+
+double StreamLag::last_ms() {
+  if (!marked_) return 0;
+  auto a = static_cast<cudaEvent_t>(first_), b = static_cast<cudaEvent_t>(second_);
+  if (cudaEventQuery(a) != cudaSuccess || cudaEventQuery(b) != cudaSuccess) return 0;  // not done: no wait
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  return ms > 0 ? ms : 0;
+}
+
 #else
 
 std::unique_ptr<DeviceRuntime> DeviceRuntime::create(int) {
@@ -172,6 +227,15 @@ float EventTimer::stop_ms() { return 0; }
 std::unique_ptr<IntervalClock> cuda_event_clock(Stream) {
   throw BackendError("op profile on a CUDA stream: this build of Switchyard has no CUDA backend");
 }
+SideStream::SideStream(const Ctx& ctx) : ctx_(ctx) {
+  if (!ctx.device.is_cpu()) throw BackendError("SideStream: this build of Switchyard has no CUDA backend");
+}
+SideStream::~SideStream() = default;
+void stream_wait(const Ctx&, const Ctx&) {}
+void use_device(const Ctx&) {}
+StreamLag::~StreamLag() = default;
+void StreamLag::mark(const Ctx&, const Ctx&) {}
+double StreamLag::last_ms() { return 0; }
 
 #endif
 

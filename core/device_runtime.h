@@ -31,6 +31,51 @@ class DeviceRuntime {
   virtual double peak_tflops() const { return 0; }
 };
 
+// A second stream on a device context's device (RAII), for work that
+// overlaps the compute stream (the gradient all-reduce): ctx() is the same
+// context (allocator, device) on this stream. Its cuBLAS handles stay bound
+// to the first stream, so only non-BLAS ops run on it. A host context needs
+// none: there ctx() is the host context itself.
+class SideStream {
+ public:
+  explicit SideStream(const Ctx& ctx);
+  ~SideStream();
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  Ctx& ctx() { return ctx_; }
+
+ private:
+  Ctx ctx_;
+};
+
+// Orders the later work of `waiter` after everything `after` has queued so
+// far (a CUDA event; the host does not wait). Nothing for host streams.
+void stream_wait(const Ctx& waiter, const Ctx& after);
+
+// How long work queued on one stream ran past work queued on another, read
+// later without waiting: mark(first, second) records an event on each;
+// last_ms() is then max(0, t(second) - t(first)) of the latest marks once
+// both have completed (before that, or on the host: 0). The gradient
+// reducer reads a step's exposed all-reduce time at the next step this way.
+class StreamLag {
+ public:
+  StreamLag() = default;
+  ~StreamLag();
+  StreamLag(const StreamLag&) = delete;
+  StreamLag& operator=(const StreamLag&) = delete;
+  void mark(const Ctx& first, const Ctx& second);
+  double last_ms();
+
+ private:
+  void* first_ = nullptr;  // cudaEvent_t
+  void* second_ = nullptr;
+  bool marked_ = false;
+};
+
+// Makes ctx's device the current one of the calling thread (a thread other
+// than the runtime's own, which CUDA starts on device 0). Nothing on the host.
+void use_device(const Ctx& ctx);
+
 // Times work on a stream with CUDA events (the device machine has no working
 // profiler counters): start(), then stop() returns milliseconds.
 class EventTimer {

@@ -15,10 +15,13 @@ double now_s() {
 
 GradientReducer::GradientReducer(Ctx& ctx, ParamStore& params, ParallelContext& par, int64_t bucket_bytes,
                                  bool overlap)
-    : ctx_(ctx), params_(params), par_(par),
-      overlap_(overlap && par.world_size() > 1 && par.grads && par.grads->concurrent_collectives() &&
-               par.world->concurrent_collectives()),
-      scale_(1.f / static_cast<float>(par.world_size())) {
+    : ctx_(ctx), params_(params), par_(par), scale_(1.f / static_cast<float>(par.world_size())) {
+  if (overlap && par.world_size() > 1 && par.grads) {
+    if (!ctx.device.is_cpu() && par.grads->stream_ordered())
+      mode_ = Mode::stream;
+    else if (par.grads->concurrent_collectives() && par.world->concurrent_collectives())
+      mode_ = Mode::thread;
+  }
   // Buckets in reverse creation order, each closed once it holds bucket_bytes.
   const std::vector<Param*> all = params.all();
   int64_t end = -1, begin = 0;
@@ -33,7 +36,8 @@ GradientReducer::GradientReducer(Ctx& ctx, ParamStore& params, ParallelContext& 
     }
   }
   if (end >= 0) buckets_.emplace_back(begin, end);
-  if (overlap_) thread_ = std::thread([this] { worker(); });
+  if (mode_ == Mode::stream) side_ = std::make_unique<SideStream>(ctx_);
+  if (mode_ == Mode::thread) thread_ = std::thread([this] { worker(); });
 }
 
 GradientReducer::~GradientReducer() {
@@ -46,13 +50,21 @@ GradientReducer::~GradientReducer() {
   thread_.join();
 }
 
-void GradientReducer::reduce(std::pair<int64_t, int64_t> range, comm::Communicator& c, const char* what) {
+void GradientReducer::reduce(std::pair<int64_t, int64_t> range, comm::Communicator& c, Ctx& on, const char* what) {
   Tensor t = params_.arena(ParamKind::dense).grad.rows(range.first, range.second);
-  c.all_reduce_sum(t, ctx_.stream, what);
-  ops::scale(ctx_, t, scale_);
+  c.all_reduce_sum(t, on.stream, what);
+  ops::scale(on, t, scale_);
 }
 
 void GradientReducer::worker() {
+  // A new thread starts on device 0: the rank's own device first (MPI stages
+  // device tensors, and scale runs on ctx_'s stream).
+  try {
+    use_device(ctx_);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    failed_ = std::current_exception();
+  }
   for (;;) {
     std::pair<int64_t, int64_t> range;
     {
@@ -63,7 +75,17 @@ void GradientReducer::worker() {
       queue_.pop_front();
     }
     const double t0 = now_s();
-    reduce(range, *par_.grads, "dense gradients");
+    try {
+      bool skip;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        skip = failed_ != nullptr;  // after a failure: drain the queue, reduce nothing
+      }
+      if (!skip) reduce(range, *par_.grads, ctx_, "dense gradients");
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!failed_) failed_ = std::current_exception();
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       busy_s_ += now_s() - t0;
@@ -79,7 +101,15 @@ void GradientReducer::begin() {
 }
 
 void GradientReducer::ready(int64_t offset) {
-  if (!overlap_) return;
+  if (mode_ == Mode::stream) {
+    bool ordered = false;
+    for (; launched_ < buckets_.size() && buckets_[launched_].first >= offset; ++launched_) {
+      if (!ordered) stream_wait(side_->ctx(), ctx_), ordered = true;  // after backward's work so far
+      reduce(buckets_[launched_], *par_.grads, side_->ctx(), "dense gradients");
+    }
+    return;
+  }
+  if (mode_ != Mode::thread) return;
   std::lock_guard<std::mutex> lock(mu_);
   for (; launched_ < buckets_.size() && buckets_[launched_].first >= offset; ++launched_) {
     queue_.push_back(buckets_[launched_]);
@@ -91,16 +121,25 @@ void GradientReducer::ready(int64_t offset) {
 ReduceTimes GradientReducer::finish() {
   ReduceTimes t;
   if (par_.world_size() == 1) return t;
-  if (overlap_) {
+  if (mode_ == Mode::stream) {
+    ready(0);
+    t.exposed_s = lag_.last_ms() / 1e3;  // the step before's (its events are done by now)
+    lag_.mark(ctx_, side_->ctx());
+    stream_wait(ctx_, side_->ctx());  // the optimizer after the last bucket
+    const double s = par_.grads->comm_seconds();
+    t.all_reduce_s = s - grads_seconds_;
+    grads_seconds_ = s;
+  } else if (mode_ == Mode::thread) {
     ready(0);
     const double w0 = now_s();
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return in_flight_ == 0; });
     t.exposed_s = now_s() - w0;
     t.all_reduce_s = busy_s_;
+    if (failed_) std::rethrow_exception(failed_);
   } else {
     const double t0 = now_s();
-    for (const auto& b : buckets_) reduce(b, *par_.world, "dense gradients");
+    for (const auto& b : buckets_) reduce(b, *par_.world, ctx_, "dense gradients");
     t.all_reduce_s = t.exposed_s = now_s() - t0;
   }
   const double e0 = now_s();

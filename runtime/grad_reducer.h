@@ -6,27 +6,41 @@
 //            backward finishes them), each ending at a parameter boundary.
 //            Backward reports, block by block, from which arena offset on the
 //            gradients are final (ready()); every bucket wholly past it is
-//            handed to the reducer's thread, which all-reduces it in place on
-//            its own communicator (ParallelContext::grads) while backward
-//            goes on.
+//            all-reduced in place on its own communicator
+//            (ParallelContext::grads) while backward goes on:
+//              thread mode (MPI, blocking collectives): by the reducer's
+//                thread, while the main thread runs backward;
+//              stream mode (NCCL on a GPU, stream-ordered collectives): by
+//                the main thread, queued on a second stream after the
+//                compute stream's work so far, so the collective's kernels
+//                run beside backward's; the compute stream waits for the
+//                last bucket in finish(). No thread: NCCL calls must come
+//                in one order on every rank (the expert all-to-alls go on
+//                interleaved with the buckets in program order, the same on
+//                every rank), which a thread's timing would not keep.
 //   experts: over their shard's replicas, after backward (finish()).
 // Both are then divided by the world size (each rank's loss is a mean over
 // its own tokens). Without overlap (parallel.overlap_grad_reduce false, or a
-// communicator that cannot run collectives from two threads) every bucket is
-// reduced in finish(), as before.
+// communicator that can do neither) every bucket is reduced in finish().
 //
 // finish() reports the collective time and the part of it backward did not
-// hide (the time finish() waited for the thread), so the hidden share is
-// 1 - exposed / all_reduce. On a device the collectives are ordered on the
-// compute stream (no overlap of kernels yet).
+// hide, so the hidden share is 1 - exposed / all_reduce. Thread mode: the
+// time finish() waited for the thread. Stream mode: how long the second
+// stream ran past the end of backward on the compute stream, by CUDA events
+// read at the next step without waiting (so a step reports the one before's;
+// the first, 0), and the collectives' own event times as the communicator
+// has settled them.
 #pragma once
 #include <condition_variable>
 #include <deque>
+#include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "core/device_runtime.h"
 #include "runtime/params.h"
 #include "runtime/parallel.h"
 
@@ -47,18 +61,24 @@ class GradientReducer {
   void begin();                // a backward starts
   void ready(int64_t offset);  // dense gradients at arena offsets >= offset are final
   ReduceTimes finish();        // reduces the rest, waits, then the expert gradients
-  bool overlapping() const { return overlap_; }
+  enum class Mode { none, thread, stream };
+  Mode mode() const { return mode_; }
+  bool overlapping() const { return mode_ != Mode::none; }
   int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
 
  private:
-  void reduce(std::pair<int64_t, int64_t> range, comm::Communicator& c, const char* what);
+  void reduce(std::pair<int64_t, int64_t> range, comm::Communicator& c, Ctx& on, const char* what);
   void worker();
 
   Ctx& ctx_;
   ParamStore& params_;
   ParallelContext& par_;
-  bool overlap_;
+  Mode mode_ = Mode::none;
   float scale_;
+  // Stream mode: the second stream, and the lag of its last bucket behind backward.
+  std::unique_ptr<SideStream> side_;
+  StreamLag lag_;
+  double grads_seconds_ = 0;  // the grads communicator's comm_seconds() at the last finish()
   std::vector<std::pair<int64_t, int64_t>> buckets_;  // [begin, end), descending
   size_t launched_ = 0;  // buckets handed out this step
   // The thread's queue.
@@ -68,6 +88,7 @@ class GradientReducer {
   int64_t in_flight_ = 0;
   double busy_s_ = 0;
   bool stop_ = false;
+  std::exception_ptr failed_;  // the thread's exception, rethrown by finish()
   std::thread thread_;
 };
 

@@ -8,6 +8,9 @@
 //   nccl        NcclCommunicator on device tensors; needs a GPU per rank
 //               (NCCL refuses two ranks on one GPU: np 1 on the GPU machine)
 // (Timeouts end the process by design; parallel_fault_test.sh checks them.)
+// Also the gradient reducer over each, overlapped: thread mode on MPI, stream
+// mode on NCCL (its buckets queued on a second stream beside the compute
+// stream's work), with 2 ranks or more.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,6 +21,8 @@
 #include "comm/nccl_communicator.h"
 #include "core/device_runtime.h"
 #include "mpi_main.h"
+#include "ops/elementwise.h"
+#include "runtime/grad_reducer.h"
 
 namespace sy {
 namespace {
@@ -171,6 +176,53 @@ TEST_P(Conformance, CountsAndSubGroups) {
   for (int r = R % 2; r < W; r += 2) want += r;
   EXPECT_EQ(get(t.to(host_ctx()), 0), want);
   sub->barrier("conformance");
+}
+
+// Dense buckets averaged over the world while "backward" goes on, expert
+// gradients over their replicas, overlapped and not, on this backend's
+// tensors: exact means of small integers. Between ready() calls the compute
+// stream gets more work (a scale of a scratch tensor), as backward would.
+TEST_P(Conformance, GradientReducerAveragesOverlappedOrNot) {
+  const int W = comm().size(), R = comm().rank();
+  if (W < 2) GTEST_SKIP() << "one rank: nothing to reduce";
+  std::unique_ptr<comm::Communicator> world;
+  if (GetParam() == Backend::nccl)
+    world = comm::make_nccl_communicator(mpi_world(), 0, 60);
+  else
+    world = std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD);
+  auto par = ParallelContext::create(std::move(world), W, 60);
+  for (const bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlapped" : "after backward");
+    ParamStore ps;
+    Rng rng(1);
+    std::vector<Param*> dense;
+    for (int i = 0; i < 6; ++i) dense.push_back(ps.add("p" + std::to_string(i), {5 + i, 3}, rng, 0.1f, true));
+    Param* e = ps.add_rows("experts", {W, 4}, R, R + 1, rng, 0.1f, true);
+    ps.finalize(ctx());
+    GradientReducer reducer(ctx(), ps, *par, 64, overlap);
+    if (overlap && GetParam() == Backend::nccl) EXPECT_EQ(reducer.mode(), GradientReducer::Mode::stream);
+    Tensor busy = make({1 << 16}, DType::f32, [](int64_t i) { return static_cast<double>(i % 7); });
+    for (int step = 0; step < 2; ++step) {
+      auto fill = [&](Param* p) {
+        p->grad.copy_from(make(p->grad.shape(), DType::f32, [&](int64_t i) { return (R + 1) * (i + 1.0); }), ctx());
+      };
+      for (Param* p : ps.all()) p->grad.copy_from(make(p->grad.shape(), DType::f32, [](int64_t) { return -1.0; }), ctx());
+      reducer.begin();
+      fill(e);
+      for (auto it = dense.rbegin(); it != dense.rend(); ++it) {
+        fill(*it);
+        reducer.ready((*it)->offset);
+        ops::scale(ctx(), busy, 1.f);  // more compute-stream work behind the launched buckets
+      }
+      reducer.finish();
+      for (Param* p : dense) {
+        const Tensor g = p->grad.to(host_ctx());
+        for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(g.data<float>()[i], (W + 1) / 2.f * (i + 1)) << p->name;
+      }
+      const Tensor g = e->grad.to(host_ctx());
+      for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(g.data<float>()[i], (R + 1) * (i + 1) / static_cast<float>(W));
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Communicators, Conformance,
