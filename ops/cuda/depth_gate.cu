@@ -31,7 +31,9 @@ static __global__ void predictor_terms(float* dl, double* terms, const float* pr
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= N) return;
   const bool chosen = group[i] >= 0;
-  const double p = fmin(fmax(static_cast<double>(pred[i]), 1e-7), 1 - 1e-7);
+  // Clamped as the CPU clamps (std::min/max pass a NaN through: fmin/fmax would hide it).
+  const double x = static_cast<double>(pred[i]);
+  const double p = x != x ? x : fmin(fmax(x, 1e-7), 1 - 1e-7);
   terms[i] = chosen ? -log(p) : -log(1 - p);
   terms[N + i] = (pred[i] > tau) == chosen ? 1.0 : 0.0;
   dl[i] = (pred[i] - (chosen ? 1.f : 0.f)) / static_cast<float>(N);
