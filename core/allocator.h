@@ -26,6 +26,10 @@ class Allocator {
 
   size_t bytes_in_use() const { return in_use_.load(); }
   size_t high_water() const { return high_water_.load(); }
+  // The most memory the allocator has held from the system at once: its
+  // high water plus rounding, fragmentation and cached free blocks (a CUDA
+  // pool's reserved high; 0 where not known). What out-of-memory depends on.
+  virtual size_t reserved_high() const { return 0; }
   void reset_high_water() { high_water_.store(in_use_.load()); }
 
  protected:

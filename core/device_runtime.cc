@@ -36,6 +36,11 @@ class CudaPoolAllocator final : public Allocator {
     // A destructor must not throw: a failed free leaves the bytes counted.
     if (cudaFreeAsync(p, static_cast<cudaStream_t>(s.handle)) == cudaSuccess) count_free(bytes);
   }
+  size_t reserved_high() const override {
+    uint64_t v = 0;  // (cuuint64_t)
+    if (cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemHigh, &v) != cudaSuccess) return 0;
+    return static_cast<size_t>(v);
+  }
 
  private:
   int device_;

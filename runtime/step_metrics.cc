@@ -122,6 +122,7 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
   if (s.peak_tflops > 0) line["mfu"] = s.flops_per_s / 1e12 / s.peak_tflops;
   if (s.device_bytes_high_water > 0) {
     line["device_mem_gib"] = s.device_bytes_high_water / 1073741824.0;
+    if (s.device_bytes_reserved > 0) line["device_reserved_gib"] = s.device_bytes_reserved / 1073741824.0;
     line["host_waits_per_step"] = s.host_waits_per_step;
   }
   line["elapsed_s"] = s.elapsed_s;
@@ -155,8 +156,8 @@ std::string progress_line(const StepLog& s, const RoutingSnapshot& r) {
     out += b;
   }
   if (s.device_bytes_high_water > 0) {
-    std::snprintf(b, sizeof b, " | mem %.1f GiB | waits/step %.1f", s.device_bytes_high_water / 1073741824.0,
-                  s.host_waits_per_step);
+    std::snprintf(b, sizeof b, " | mem %.1f GiB (pool %.1f) | waits/step %.1f", s.device_bytes_high_water / 1073741824.0,
+                  s.device_bytes_reserved / 1073741824.0, s.host_waits_per_step);
     out += b;
   }
   if (s.bad_steps > 0) out += " | bad steps " + std::to_string(s.bad_steps);

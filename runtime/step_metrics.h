@@ -35,7 +35,8 @@ struct StepLog {
   // Backend CUDA: the device's dense bf16 peak (TFLOP/s; 0 unknown) and the
   // allocator's high-water mark of live device bytes.
   double peak_tflops = 0;
-  size_t device_bytes_high_water = 0;
+  size_t device_bytes_high_water = 0;  // live tensors' peak
+  size_t device_bytes_reserved = 0;    // the pool's peak from the driver (fragmentation, cache)
   // Device runs: times per training step the host waited for the device
   // (core/context.h, host_waits) since the last log line; each one drains
   // the GPU's queue of launched work.

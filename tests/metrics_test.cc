@@ -121,11 +121,13 @@ TEST(Metrics, MfuAndDeviceMemoryOnlyOnADevice) {
   EXPECT_EQ(progress_line(s, r).find("MFU"), std::string::npos);
   s.peak_tflops = 989;
   s.device_bytes_high_water = size_t{3} << 29;  // 1.5 GiB
+  s.device_bytes_reserved = size_t{1} << 31;    // 2 GiB from the driver
   const nlohmann::json line = metrics_line(s, r);
   EXPECT_DOUBLE_EQ(line["mfu"].get<double>(), 0.5);
   EXPECT_DOUBLE_EQ(line["device_mem_gib"].get<double>(), 1.5);
+  EXPECT_DOUBLE_EQ(line["device_reserved_gib"].get<double>(), 2.0);
   const std::string p = progress_line(s, r);
-  EXPECT_NE(p.find(" | MFU 50.0% | mem 1.5 GiB"), std::string::npos) << p;
+  EXPECT_NE(p.find(" | MFU 50.0% | mem 1.5 GiB (pool 2.0)"), std::string::npos) << p;
 }
 
 }  // namespace
