@@ -3,13 +3,9 @@
 // and MoE layers whose ranks route very different token counts.
 #include <gtest/gtest.h>
 
-#include <chrono>
-#include <thread>
-
 #include "comm/mpi_communicator.h"
 #include "grad_check.h"
 #include "mpi_main.h"
-#include "runtime/grad_reducer.h"
 #include "runtime/moe_layer.h"
 #include "runtime/parallel.h"
 #include "runtime/sparse_self_attention.h"
@@ -234,52 +230,6 @@ double centroid_spread(bool sync) {
       spread = std::max(spread, hi + lo);
     }
   return spread;
-}
-
-// The gradient reducer averages every dense bucket over the world and the
-// expert gradients over their replicas, overlapped with a backward that
-// reports its gradients final in reverse order, or all at the end: the same
-// means either way, exactly (small integers).
-TEST(GradientReducer, AveragesEveryBucketOverlappedOrNot) {
-  auto& w = world();
-  const int R = w.rank(), W = w.size();
-  for (bool overlap : {true, false}) {
-    SCOPED_TRACE(overlap ? "overlapped" : "after backward");
-    ParamStore ps;
-    Rng rng(1);
-    std::vector<Param*> dense;
-    for (int i = 0; i < 6; ++i) dense.push_back(ps.add("p" + std::to_string(i), {5 + i, 3}, rng, 0.1f, true));
-    Param* e = ps.add_rows("experts", {W, 4}, R, R + 1, rng, 0.1f, true);
-    ps.finalize(host_ctx());
-    auto par = ParallelContext::create(std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD), W, 60);
-    // 64-byte buckets: several, ending at parameter boundaries.
-    GradientReducer reducer(host_ctx(), ps, *par, 64, overlap);
-    EXPECT_GT(reducer.buckets(), 2);
-    if (overlap) EXPECT_TRUE(reducer.overlapping());
-    for (int step = 0; step < 2; ++step) {
-      // As backward does: gradients appear last parameter first, each
-      // reported final as it appears (a bucket launched too early would
-      // reduce the -1s still there).
-      auto fill = [&](Param* p) {
-        for (int64_t i = 0; i < p->grad.numel(); ++i) p->grad.f32()[i] = static_cast<float>((R + 1) * (i + 1));
-      };
-      for (Param* p : ps.all()) p->grad.fill(-1.f);
-      reducer.begin();
-      fill(e);
-      for (auto it = dense.rbegin(); it != dense.rend(); ++it) {
-        fill(*it);
-        reducer.ready((*it)->offset);
-        std::this_thread::sleep_for(std::chrono::milliseconds(3));  // what was launched runs now
-      }
-      const ReduceTimes t = reducer.finish();
-      EXPECT_GE(t.all_reduce_s, 0.0);
-      // dense: mean over W ranks of (r + 1)(i + 1) = (W + 1) / 2 (i + 1)
-      for (Param* p : dense)
-        for (int64_t i = 0; i < p->grad.numel(); ++i) ASSERT_EQ(p->grad.f32()[i], (W + 1) / 2.f * (i + 1)) << p->name;
-      // experts (ep = W: each shard has one replica): its own value / W
-      for (int64_t i = 0; i < e->grad.numel(); ++i) ASSERT_EQ(e->grad.f32()[i], (R + 1) * (i + 1) / static_cast<float>(W));
-    }
-  }
 }
 
 TEST(RoutedAttention, CentroidsStayIdenticalAcrossDataParallelRanks) {

@@ -13,9 +13,11 @@
 // stream's work), with 2 ranks or more.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <thread>
 
 #include "comm/mpi_communicator.h"
 #include "comm/nccl_communicator.h"
@@ -213,6 +215,9 @@ TEST_P(Conformance, GradientReducerAveragesOverlappedOrNot) {
         fill(*it);
         reducer.ready((*it)->offset);
         ops::scale(ctx(), busy, 1.f);  // more compute-stream work behind the launched buckets
+        // (a bucket launched too early would reduce the -1s still there;
+        // a moment for the thread mode's reducer to run now)
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
       }
       reducer.finish();
       for (Param* p : dense) {
