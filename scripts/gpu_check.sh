@@ -200,8 +200,8 @@ if want mfu; then
   # Where its step goes: every op's time by CUDA events (a slower run of its
   # own, so the MFU above is unprofiled); the top of the table in the summary.
   run_limited switch_gpu_ops 60 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set precision=BF16 \
-    --set train.steps=8 --set train.log_interval=4 --set train.eval_interval=100000 --set train.checkpoint_interval=0 \
-    --op-profile "$LOG/switch_gpu_ops.json" --overwrite
+    --set train.steps=8 --set train.warmup_steps=2 --set train.log_interval=4 --set train.eval_interval=100000 \
+    --set train.checkpoint_interval=0 --op-profile "$LOG/switch_gpu_ops.json" --overwrite
   summary "mfu: op profile rc $?: $(grep -A12 '^op profile' "$LOG/switch_gpu_ops.log" | tr -s ' ' | tr '\n' ';' | cut -c1-900)"
 fi
 
@@ -250,7 +250,7 @@ if want more; then
   run_limited gpu_training_more 150 bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" depth_tiny routed_copy
   summary "more (rc $?, not fatal): $(grep -vE '^\[' "$LOG/gpu_training_more.log" | tr '\n' ' ' | cut -c1-900)"
   # mixtral_tiny reads tinyshakespeare, which does not travel: the synthetic corpus instead.
-  run_limited gpu_training_mixtral 90 env SY_GPU_ARGS="--set data.source=SYNTHETIC" \
+  run_limited gpu_training_mixtral 90 env SY_GPU_ARGS="--set data.source=SYNTHETIC --set data.path=" \
     bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" mixtral_tiny
   summary "more (rc $?, not fatal): $(grep -vE '^\[' "$LOG/gpu_training_mixtral.log" | tr '\n' ' ' | cut -c1-600)"
   # switch_tiny on padded expert buffers (switch_gpu's layout): the strided-batched path in training.

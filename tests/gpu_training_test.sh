@@ -7,7 +7,8 @@
 #   - the two CUDA runs bit-identical at every step (no atomics in the step).
 # Skips (exit 77) where no GPU is visible.
 #   gpu_training_test.sh TRAIN_SWITCH SOURCE_DIR [config ...]     (default: tiny switch_tiny)
-# SY_GPU_STEPS overrides the 200 steps (a planted-bug check, say); SY_GPU_ARGS
+# SY_GPU_STEPS overrides the 200 steps (a planted-bug check, say; the warm-up
+# is then a tenth of them, as a config's may be longer); SY_GPU_ARGS
 # adds overrides to every run (--set precision=BF16: both sides in bf16 GEMMs).
 set -uo pipefail
 bin=$1 src=$2
@@ -25,6 +26,7 @@ status=0
 for c in "${configs[@]}"; do
   common=(--config "$src/configs/$c.pbtxt" --set train.steps="$steps" --set train.log_interval=1
           --set train.eval_interval=100000 --set train.checkpoint_interval=0 ${SY_GPU_ARGS:-})
+  [ -n "${SY_GPU_STEPS:-}" ] && common+=(--set train.warmup_steps=$(( steps / 10 )))
   for run in cpu cuda1 cuda2; do
     backend=CPU
     [ "$run" = cpu ] || backend=CUDA

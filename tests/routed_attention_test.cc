@@ -74,8 +74,10 @@ int count_leaks(const Tensor& y, const Tensor& y0, int64_t j, int64_t C) {
 
 // Changing token j changes no output at i < j, in evaluation mode and in
 // training mode (where the forward also gathers the centroid statistics).
-void expect_causal(const switchyard::AttentionConfig& a, Ctx& ctx = host_ctx()) {
-  const int64_t C = 8, H = 2, T = 24;
+// C = 8: heads of 4 (any head dim on the CPU); the GPU's kernels take 16, 32,
+// 64 or 128, so its cases pass C = 32.
+void expect_causal(const switchyard::AttentionConfig& a, Ctx& ctx = host_ctx(), int64_t C = 8) {
+  const int64_t H = 2, T = 24;
   for (bool training : {false, true}) {
     SCOPED_TRACE(training ? "training" : "evaluation");
     Layer l(a, C, H, T, 1, {}, ctx);
@@ -616,17 +618,18 @@ TEST(AttentionPairs, RoutedAt4096With64ClustersIsA64thOfDense) {
 // ---- the layer on the GPU (skipped without one) ----
 //
 // Every op of the layer runs on CUDA: the qkv and output GEMMs, layer norm,
-// cluster assignment, routed attention (ops/cuda/routed_attention_rows.h), the
-// local and block top-k heads' attention over key sets
-// (ops/cuda/sparse_attention_rows.h) and the centroid upkeep; k-means on the
-// warm-up batch runs on a host copy.
+// cluster assignment, routed attention (the tiled varlen kernels at head dim
+// 16), the local heads on the dense kernels with a window, block top-k's
+// heads over key sets (ops/cuda/sparse_attention_rows.h) and the centroid
+// upkeep; k-means on the warm-up batch runs on a host copy. Heads of 16 (C
+// 32 or 64): the dense and tiled kernels have no head dim below 16.
 
 using RoutedAttentionCuda = testing::CudaTest;
 
-TEST_F(RoutedAttentionCuda, CausalModeNoLeakFromTheFuture) { expect_causal(routed_cfg(2, 4, 3), gpu()); }
-TEST_F(RoutedAttentionCuda, LocalPlusRoutingNoLeak) { expect_causal(routed_cfg(1, 3, 4), gpu()); }
-TEST_F(RoutedAttentionCuda, LocalNoLeak) { expect_causal(routed_cfg(0, 1, 5), gpu()); }
-TEST_F(RoutedAttentionCuda, BlockTopkNoLeak) { expect_causal(block_cfg(4, 2), gpu()); }
+TEST_F(RoutedAttentionCuda, CausalModeNoLeakFromTheFuture) { expect_causal(routed_cfg(2, 4, 3), gpu(), 32); }
+TEST_F(RoutedAttentionCuda, LocalPlusRoutingNoLeak) { expect_causal(routed_cfg(1, 3, 4), gpu(), 32); }
+TEST_F(RoutedAttentionCuda, LocalNoLeak) { expect_causal(routed_cfg(0, 1, 5), gpu(), 32); }
+TEST_F(RoutedAttentionCuda, BlockTopkNoLeak) { expect_causal(block_cfg(4, 2), gpu(), 32); }
 
 // The controls on the GPU: the check above sees a leak where there is one.
 TEST_F(RoutedAttentionCuda, BalancedModeMembershipDependsOnLaterTokens) { expect_balanced_leaks(gpu()); }
@@ -638,7 +641,7 @@ TEST_F(RoutedAttentionCuda, CausalModeLeaksWhenTheEmaSeesTheSameBatch) { expect_
 // (tokens choose reads its offsets back), for all heads stacked. Heads one
 // at a time would add 2 (B R - 1).
 TEST_F(RoutedAttentionCuda, LayerForwardReadsTheHeadsSumsOnce) {
-  const int64_t C = 32, H = 4, T = 40, B = 2, R = 2;
+  const int64_t C = 64, H = 4, T = 40, B = 2, R = 2;  // heads of 16
   for (const bool balanced : {true, false}) {
     SCOPED_TRACE(balanced ? "balanced" : "causal");
     Layer l(routed_cfg(R, 4, 3, balanced), C, H, T, 1, {}, gpu());
