@@ -108,7 +108,9 @@ void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t bytes, 
   // (the legacy default stream does not wait for it), so wait for the device.
   if (!s) CUDA_CHECK(cudaDeviceSynchronize());
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, copy_kind(dd, sd), s));
-  if (dd.is_cpu() || sd.is_cpu()) CUDA_CHECK(cudaStreamSynchronize(s));
+  // (On no stream a device-to-device copy waits too: later work on a
+  // non-blocking stream would not wait for the legacy stream.)
+  if (!s || dd.is_cpu() || sd.is_cpu()) CUDA_CHECK(cudaStreamSynchronize(s));
   if (!s || dd.is_cpu() || sd.is_cpu()) count_host_wait();  // the host waited above
 #else
   (void)stream;

@@ -93,6 +93,9 @@ const ops::Route& Router::forward(const Tensor& x) {
       Tensor clean_probs = Tensor::empty({N, G_}, DType::f32, ctx_);
       ops::router_scores(ctx_, clean_probs, clean_logits, score_fn(cfg_));
       p.selection_keys = nullptr;
+      // Only its groups and slots are read (routing_sums), the same in a
+      // padded route, which on a GPU needs no copy back: one wait less.
+      p.padded = !p.dropless;
       ops::Route clean;
       ops::tokens_choose(ctx_, clean, clean_probs, p);
       // This rank's sums; losses_and_stats sums them over ranks in the same

@@ -33,9 +33,10 @@ float world_mean(ParallelContext* par, float v, const char* what) {
   return static_cast<float>(par->world->all_reduce_sum(static_cast<double>(v), what) / par->world_size());
 }
 
-// Host copies of the model's routing state (centroids, balancing biases),
-// taken before a step so a skipped one can put them back: forward updates
-// them before the step's loss is known.
+// Copies of the model's routing state (centroids, balancing biases), taken
+// before a step so a skipped one can put them back: forward updates them
+// before the step's loss is known. Copies on the model's device, ordered on
+// its stream: no wait (a host copy would wait for the device every step).
 struct RoutingStateCopy {
   std::vector<std::pair<Tensor, Tensor>> tensors;  // (the model's, a copy)
   std::vector<std::pair<bool*, bool>> flags;
@@ -43,7 +44,7 @@ struct RoutingStateCopy {
 
 RoutingStateCopy copy_routing_state(Transformer& model) {
   RoutingStateCopy c;
-  auto keep = [&](const Tensor& t) { c.tensors.emplace_back(t, t.to(host_ctx())); };
+  auto keep = [&](const Tensor& t) { c.tensors.emplace_back(t, t.clone(model.ctx())); };
   for (const CentroidSetRef& s : model.centroid_sets()) {
     keep(s.centroids->mu);
     keep(s.centroids->sum);
