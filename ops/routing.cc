@@ -29,6 +29,13 @@ std::vector<int32_t> Route::host_count() const {
   return c;
 }
 
+Route Route::on_host() const {
+  Route h = *this;
+  if (group.defined() && !group.device().is_cpu()) h.group = group.to(host_ctx());
+  if (slot.defined() && !slot.device().is_cpu()) h.slot = slot.to(host_ctx());
+  return h;
+}
+
 int64_t Route::row(int64_t a) const {
   const int32_t s = slot.data<int32_t>()[a];
   return s < 0 ? -1 : host_offset[group.data<int32_t>()[a]] + s;

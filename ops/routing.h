@@ -74,8 +74,11 @@ struct Route {
   // Kept rows per group, from host_offset.
   std::vector<int32_t> host_count() const;
   // Buffer row of assignment a, or -1 when it is unused or dropped. Host
-  // tensors only (the CPU reference and tests).
+  // tensors only (the CPU reference and tests; on_host() for a device route).
   int64_t row(int64_t a) const;
+  // The same route with group and slot on the host (copied, with a wait,
+  // where they are on a device), for row() and host reads.
+  Route on_host() const;
 };
 
 enum class ScoreFn { softmax, sigmoid };

@@ -52,20 +52,22 @@ std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::ve
     text.push_back(static_cast<int32_t>(ops::sample_token(host_ctx(), probs, sp, u)));
     if (!routing) continue;
     // Where this position went: a depth-routed block's MoE layer sees only
-    // the kept tokens, in position order, so there `last` is its rank among them.
+    // the kept tokens, in position order, so there `last` is its rank among
+    // them. (Routes read on the host: copied there where the model runs on a GPU.)
     for (GenerationRouting::Depth& d : routing->depth) {
       ++d.tokens;
-      d.kept += model.blocks()[d.layer].depth()->route().row(last) >= 0;
+      d.kept += model.blocks()[d.layer].depth()->route().on_host().row(last) >= 0;
     }
     for (size_t m = 0; m < routing->moe.size(); ++m) {
       GenerationRouting::Moe& s = routing->moe[m];
       int64_t item = last;
       if (const DepthRouter* d = model.blocks()[s.layer].depth()) {
-        if (d->route().row(last) < 0) continue;
+        const ops::Route dr = d->route().on_host();
+        if (dr.row(last) < 0) continue;
         item = 0;
-        for (int64_t t = 0; t < last; ++t) item += d->route().row(t) >= 0;
+        for (int64_t t = 0; t < last; ++t) item += dr.row(t) >= 0;
       }
-      const ops::Route& r = model.moe_layers()[m].second->route();
+      const ops::Route r = model.moe_layers()[m].second->route().on_host();
       ++s.tokens;
       for (int64_t j = 0; j < r.k; ++j) {
         const int64_t a = item * r.k + j;
