@@ -175,6 +175,7 @@ int ranks_on_this_machine() {
 int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"Train a Switchyard model"};
   std::string config_path, metrics_path, op_profile_path, fault, resume;
+  int64_t op_profile_steps = 0;
   std::vector<std::string> overrides;
   int threads = 1;
   bool overwrite = false, eval_only = false;
@@ -184,6 +185,9 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   app.add_option("--op-profile", op_profile_path,
                  "time every op in the steps after the first two (CUDA events on a GPU): a table after the run, "
                  "JSON here (rank 0); slows the steps");
+  app.add_option("--op-profile-steps", op_profile_steps,
+                 "with --op-profile: profile only the last N steps (the earlier ones measure unprofiled speed)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   app.add_flag("--overwrite", overwrite, "replace an existing non-empty --metrics or --op-profile file");
   app.add_option("--threads", threads, "OpenBLAS threads per rank for the CPU backend")->check(CLI::Range(1, 1024));
   app.add_option("--resume", resume, "continue from a checkpoint: its directory, or 'latest' in train.checkpoint_dir");
@@ -234,6 +238,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     }
     opts.metrics_path = metrics_path;
     opts.op_profile_path = op_profile_path;
+    opts.op_profile_steps = op_profile_steps;
     if (world_rank == 0) {
       const bool text = cfg.data().source() == switchyard::DataConfig::TEXT_FILE;
       const std::vector<std::pair<std::string, std::string>> inputs = {

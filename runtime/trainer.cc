@@ -344,7 +344,9 @@ TrainResult Trainer::run() {
   for (int64_t s = start + 1; s <= t.steps(); ++s) {
     if (opts_.before_step) opts_.before_step(s, model_);
     const int64_t waits_before = host_waits();
-    const bool profiled = profiler_ && s > start + 2;  // (the first steps find algorithms and memory)
+    // (the first steps find algorithms and memory)
+    const bool profiled =
+        profiler_ && s > start + 2 && (opts_.op_profile_steps <= 0 || s > t.steps() - opts_.op_profile_steps);
     if (profiled) profiler_->begin_step();
     const StepResult r = step(s);
     if (profiled) profiler_->end_step();

@@ -50,6 +50,9 @@ struct TrainOptions {
   // Non-empty: every op's time in the steps after the first two (core/op_profile.h),
   // as a table after the run (log) and as JSON at this path (rank 0). Slows the steps.
   std::string op_profile_path;
+  // > 0: only the last op_profile_steps steps are profiled, so the run's
+  // earlier logged intervals measure unprofiled speed (one run for both).
+  int64_t op_profile_steps = 0;
 };
 
 struct StepResult {

@@ -61,15 +61,22 @@ run_limited() {
     return 124
   fi
   s=$(date +%s)
-  timeout "$lim" "$@" > "$LOG/$name.log" 2>&1
+  # -k: a train_switch stopped by SIGTERM writes a checkpoint before it
+  # exits (switch_gpu's is 22 GB); 10 s later it is killed.
+  timeout -k 10 "$lim" "$@" > "$LOG/$name.log" 2>&1
   rc=$?
-  [ $rc = 124 ] && echo "(stopped after ${lim}s)" >> "$LOG/$name.log"
+  rm -rf "$CKPT"
+  { [ $rc = 124 ] || [ $rc = 137 ]; } && echo "(stopped after ${lim}s)" >> "$LOG/$name.log"
   echo "[$name: rc $rc in $(( $(date +%s) - s ))s]" >> "$LOG/$name.log"
+  tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs 2> /dev/null  # the logs so far, should the call be cut off
   return $rc
 }
 finish() {
   tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs 2> /dev/null && rm -rf "$LOG"
+  rm -rf "$CKPT"
 }
+# Checkpoints a stopped run writes: on /tmp, removed after each run.
+CKPT=/tmp/sy_gpu_check_ckpt
 trap finish EXIT
 : > "$OUT/summary.txt"
 
@@ -109,7 +116,8 @@ if grep -q missing "$OUT/inventory.txt" && ls .gpudeps/*.deb > /dev/null 2>&1; t
 fi
 
 # NCCL: beside the CUDA toolkit, or in PyTorch's nvidia-nccl package.
-if ! find /usr/local/cuda/include /usr/include -maxdepth 1 -name nccl.h 2> /dev/null | grep -q .; then
+# (-f follows links: NVIDIA's packages make /usr/local/cuda/include one.)
+if [ ! -f /usr/local/cuda/include/nccl.h ] && [ ! -f /usr/include/nccl.h ]; then
   NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2> /dev/null ||
              python3 -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])' 2> /dev/null)
   if [ -n "$NCCL_DIR" ] && [ -f "$NCCL_DIR/include/nccl.h" ]; then
@@ -194,15 +202,15 @@ if want bench; then
 fi
 if want mfu; then
   stamp "mfu"
-  run_limited switch_gpu 90 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set precision=BF16 --set train.steps=30 \
-    --set train.log_interval=5 --set train.eval_interval=100000 --set train.checkpoint_interval=0
-  summary "mfu: switch_gpu rc $?: $(grep -E '^step' "$LOG/switch_gpu.log" | tail -1)"
-  # Where its step goes: every op's time by CUDA events (a slower run of its
-  # own, so the MFU above is unprofiled); the top of the table in the summary.
-  run_limited switch_gpu_ops 60 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set precision=BF16 \
-    --set train.steps=8 --set train.warmup_steps=2 --set train.log_interval=4 --set train.eval_interval=100000 \
-    --set train.checkpoint_interval=0 --op-profile "$LOG/switch_gpu_ops.json" --overwrite
-  summary "mfu: op profile rc $?: $(grep -A12 '^op profile' "$LOG/switch_gpu_ops.log" | tr -s ' ' | tr '\n' ';' | cut -c1-900)"
+  # One run (its 1.9B parameters take about a minute to draw on the host):
+  # MFU from steps 11-20 (the step-20 line), unprofiled; steps 26-30 with
+  # every op timed by CUDA events, the top of that table in the summary.
+  run_limited switch_gpu 150 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set precision=BF16 \
+    --set train.steps=30 --set train.warmup_steps=5 --set train.log_interval=10 --set train.eval_interval=100000 \
+    --set train.eval_batches=1 --set train.checkpoint_interval=0 --set train.checkpoint_dir="$CKPT" \
+    --op-profile "$LOG/switch_gpu_ops.json" --op-profile-steps 5 --overwrite
+  summary "mfu: switch_gpu rc $?: $(grep -E '^step +20/' "$LOG/switch_gpu.log" | tail -1)"
+  summary "mfu: op profile (steps 26-30): $(grep -A12 '^op profile' "$LOG/switch_gpu.log" | tr -s ' ' | tr '\n' ';' | cut -c1-900)"
 fi
 
 # 6. Issue 19: the conformance suite with a 1-rank NCCL communicator; NCCL
@@ -241,6 +249,7 @@ if want attn; then
       --set precision=BF16 --set model.seq_len=16384 --set model.d_model=256 --set model.ffn_hidden=1024 \
       --set train.batch=1 --set train.steps=12 --set train.warmup_steps=2 --set train.log_interval=4 \
       --set train.eval_interval=100000 --set train.eval_batches=1 --set train.checkpoint_interval=0 \
+      --set train.checkpoint_dir="$CKPT" \
       --set attention.kind=$kind
     summary "attn: routed_copy n=16k $kind rc $?: $(grep -E '^step' "$LOG/routed_copy_16k_$kind.log" | tail -1)"
   done

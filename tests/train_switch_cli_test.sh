@@ -104,6 +104,9 @@ assert abs(inside - p["inside_ops_ms"]) < 1e-6 and 0 < inside <= p["step_ms"], (
 assert all(o["calls_per_step"] > 0 for o in p["ops"])
 PY
 expect_exit2 op-profile-exists "ops.json: exists and is not empty" "${short[@]}" --op-profile "$tmp/ops.json"
+"$BIN" "${short[@]}" --set train.steps=6 --op-profile "$tmp/ops.json" --op-profile-steps 2 --overwrite > "$tmp/out" 2>&1 \
+  && grep -q "^op profile: 2 steps" "$tmp/out" && echo "ok   op-profile-steps: the last 2 of 6" \
+  || { echo "FAIL op-profile-steps"; cat "$tmp/out"; fail=1; }
 
 [ $fail -eq 0 ] && echo "all train_switch CLI checks passed"
 exit $fail
