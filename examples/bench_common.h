@@ -7,6 +7,8 @@
 #include <cstdint>
 
 #include "core/tensor.h"
+#include "ops/elementwise.h"
+#include "ops/random.h"
 
 namespace sy::bench {
 
@@ -29,6 +31,16 @@ inline int64_t count_wrong(const Tensor& got_any, const Tensor& want, double rto
     if (!(std::fabs(a - b) <= rtol * (std::fabs(b) + rms))) ++wrong;
   }
   return wrong;
+}
+
+// A bf16 (n, n) matrix of normal values drawn on ctx (Philox): a GEMM ceiling
+// on random operands (constant ones run at clocks real data does not reach).
+// Ordered on ctx's stream, as the GEMMs that read it.
+inline Tensor random_bf16_matrix(Ctx& ctx, int64_t n, uint64_t seed) {
+  Tensor f = Tensor::empty({n, n}, DType::f32, ctx), b = Tensor::empty({n, n}, DType::bf16, ctx);
+  ops::random_normal(ctx, f, RandomKey{seed, 0, 0, 0}, 1.f);
+  ops::to_bf16(ctx, b, f);
+  return b;
 }
 
 }  // namespace sy::bench

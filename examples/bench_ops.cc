@@ -21,6 +21,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -135,13 +136,10 @@ int main(int argc, char** argv) {
 #ifdef SY_WITH_CUDA
     if (rt) {
       const int n = quick ? 1024 : 8192;
-      void *a, *b, *c;
-      const size_t bytes = size_t(n) * n * 2;
-      CUDA_CHECK(cudaMalloc(&a, bytes));
-      CUDA_CHECK(cudaMalloc(&b, bytes));
-      CUDA_CHECK(cudaMalloc(&c, bytes));
-      CUDA_CHECK(cudaMemset(a, 0x3c, bytes));  // 1.0-ish bf16 pattern, not zeros
-      CUDA_CHECK(cudaMemset(b, 0x3b, bytes));
+      // Random operands, drawn on the device on ctx's stream (the GEMMs' stream).
+      Tensor ta = sy::bench::random_bf16_matrix(ctx, n, 1), tb = sy::bench::random_bf16_matrix(ctx, n, 2),
+             tc = Tensor::empty({n, n}, DType::bf16, ctx);
+      void *a = ta.raw(), *b = tb.raw(), *c = tc.raw();
       auto handle = static_cast<cublasHandle_t>(ctx.blas.cublas);
       const float one = 1.f, zero = 0.f;
       const double s = time_it(ctx, rt.get(), [&] {
@@ -160,7 +158,7 @@ int main(int argc, char** argv) {
       }, warmup, iters);
       copy_rate = 2.0 * copy_bytes / cs;
       copy_what = "device copy " + std::to_string(copy_bytes >> 20) + " MiB";
-      for (void* p : {a, b, c, src, dst}) cudaFree(p);
+      for (void* p : {src, dst}) cudaFree(p);
     }
 #endif
     if (!rt) {
@@ -177,14 +175,19 @@ int main(int argc, char** argv) {
     }
 
     // One op case: inputs made on the host, moved to ctx; run() on ctx;
-    // `check` (device runs) compares against the same op on the CPU.
+    // `check` (device runs) compares against the same op on the CPU. A case
+    // that throws is a row with the error as its note (the rest still run);
+    // each row is also reported on stderr as it ends, so a run cut off by a
+    // time limit still says how far it got.
     auto add = [&](Row row, const std::function<void()>& run, const std::function<int64_t()>& check) {
       try {
         row.seconds = time_it(ctx, rt.get(), run, warmup, iters);
         if (rt && check) row.wrong = check();
-      } catch (const sy::BackendError& e) {
-        row.note = "no kernel";
+      } catch (const std::exception& e) {
+        row.note = std::string(e.what()).substr(0, 100);
       }
+      std::cerr << "[bench_ops] " << row.name << " " << row.shape << ": "
+                << (row.note.empty() ? std::to_string(row.seconds * 1e3) + " ms" : row.note) << std::endl;
       rows.push_back(row);
     };
 
