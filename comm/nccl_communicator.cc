@@ -56,30 +56,29 @@ std::mutex& nccl_api_mutex() {
   return *m;
 }
 
+// Who asked for a collective, for its one-line error.
+struct CallSite {
+  int world_rank;
+  std::string context;
+  double timeout_s;
+  std::string group;
+};
+
 // The one-line error of a collective that failed or did not complete in
 // time, then ncclCommAbort (no kernel spins on) and exit 1 (mpirun ends the job).
-[[noreturn]] void fail_collective(ncclComm_t comm, int world_rank, const char* op, const std::string& context,
-                                  double timeout_s, const std::string& group, const char* nccl_error) {
+[[noreturn]] void fail_collective(ncclComm_t comm, const char* op, const CallSite& at, const char* nccl_error) {
   if (nccl_error)
-    std::fprintf(stderr, "error: rank %d: %s in '%s' failed: NCCL: %s (group of world ranks %s)\n", world_rank, op,
-                 context.c_str(), nccl_error, group.c_str());
+    std::fprintf(stderr, "error: rank %d: %s in '%s' failed: NCCL: %s (group of world ranks %s)\n", at.world_rank, op,
+                 at.context.c_str(), nccl_error, at.group.c_str());
   else
     std::fprintf(stderr,
                  "error: rank %d: %s in '%s' did not complete within %g s (group of world ranks %s): "
                  "a rank is stuck or gone\n",
-                 world_rank, op, context.c_str(), timeout_s, group.c_str());
+                 at.world_rank, op, at.context.c_str(), at.timeout_s, at.group.c_str());
   std::fflush(stderr);
   ncclCommAbort(comm);
   std::_Exit(1);
 }
-
-// Who is asking, for settle()'s timeout line.
-struct CallSite {
-  int world_rank;
-  const char* context;
-  double timeout_s;
-  std::string group;
-};
 
 // Waits for a non-blocking NCCL call to leave ncclInProgress, at most the
 // timeout (a peer that never joins the launch's connection set-up leaves it
@@ -87,7 +86,7 @@ struct CallSite {
 void settle(ncclComm_t comm, ncclResult_t r, const char* what, const CallSite& at) {
   const double deadline = now_s() + at.timeout_s;
   while (r == ncclInProgress) {
-    if (now_s() > deadline) fail_collective(comm, at.world_rank, what, at.context, at.timeout_s, at.group, nullptr);
+    if (now_s() > deadline) fail_collective(comm, what, at, nullptr);
     std::this_thread::sleep_for(std::chrono::microseconds(50));
     NCCL_CHECK(ncclCommGetAsyncError(comm, &r));
   }
@@ -119,10 +118,7 @@ struct Pending {
   cudaEvent_t done;
   double deadline;
   const char* op;
-  std::string context;
-  double timeout_s;
-  int world_rank;
-  std::string group;
+  CallSite at;
 };
 
 // One per process: watches every NCCL collective in flight.
@@ -162,7 +158,7 @@ class Watchdog {
     }).detach();
   }
   [[noreturn]] static void fire(const Pending& p, const char* nccl_error) {
-    fail_collective(p.comm, p.world_rank, p.op, p.context, p.timeout_s, p.group, nccl_error);
+    fail_collective(p.comm, p.op, p.at, nccl_error);
   }
   std::mutex mu_;
   std::deque<Pending> pending_;
@@ -320,17 +316,17 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaEventRecord(ready, cs));
     CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
     CUDA_CHECK(cudaEventRecord(start, stream_));
+    CallSite at{world_ranks_[rank_], context, timeout_s_, ranks_str(world_ranks_)};
     {
       std::lock_guard<std::mutex> api(nccl_api_mutex());
-      settle(comm_, enqueue(), op, CallSite{world_ranks_[rank_], context, timeout_s_, ranks_str(world_ranks_)});
+      settle(comm_, enqueue(), op, at);
     }
     CUDA_CHECK(cudaEventRecord(done, stream_));
     CUDA_CHECK(cudaStreamWaitEvent(cs, done, 0));
     cudaEvent_t watched;
     CUDA_CHECK(cudaEventCreateWithFlags(&watched, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(watched, stream_));
-    Watchdog::get().watch({comm_, watched, now_s() + timeout_s_, op, context, timeout_s_, world_ranks_[rank_],
-                           ranks_str(world_ranks_)});
+    Watchdog::get().watch({comm_, watched, now_s() + timeout_s_, op, std::move(at)});
     timings_.push_back({start, done});
     cudaEventDestroy(ready);
     // Settle the time of the collectives that are done (no waiting).

@@ -1,10 +1,10 @@
 #include "core/device_runtime.h"
-#include "core/op_profile.h"
 
 #include <string>
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "core/op_profile.h"
 
 #ifdef SY_WITH_CUDA
 #include <cublasLt.h>

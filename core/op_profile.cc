@@ -54,9 +54,8 @@ void OpProfiler::end_step() {
   active_ = false;
   if (!open_.empty()) clock_->wait(2 * open_.size() - 1);
   for (size_t i = 0; i < open_.size(); ++i) {
-    const std::string op = open_[i];
-    auto it = std::find_if(totals_.begin(), totals_.end(), [&](const Row& r) { return r.op == op; });
-    if (it == totals_.end()) it = totals_.insert(totals_.end(), Row{op, 0, 0});
+    auto it = std::find_if(totals_.begin(), totals_.end(), [&](const Row& r) { return r.op == open_[i]; });
+    if (it == totals_.end()) it = totals_.insert(totals_.end(), Row{open_[i], 0, 0});
     ++it->calls;
     it->ms += clock_->ms(2 * i, 2 * i + 1);
   }

@@ -105,8 +105,7 @@ void gemm_tn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
 
 // Column (g, c) of G experts' (n, W) blocks stacked in x, as one (n, G W)
 // matrix: every expert's bias gradient (G, W) in one column-sum launch, in
-// the order of the per-expert sums.
-// T: float, or bf16 (a bf16 dpre: its values widened).
+// the order of the per-expert sums. T: float, or bf16 (its values widened).
 template <class T>
 struct ExpertColumns {
   static constexpr int kOut = 1;
@@ -114,6 +113,22 @@ struct ExpertColumns {
   int64_t n, W;
   __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = to_float(x[((c / W) * n + r) * W + c % W]); }
 };
+
+// out[S_g .. S_g + W_g) += the column sums of expert g's (n_g, W_g) block
+// of the packed x (blocks and outputs each at the sum of the earlier ones:
+// dout's rows with W_g = D for db2, dpre with W_g = P_g for db1). Experts on
+// equal rows of one width (eq >= 0): one launch.
+template <class T, class Width>
+void expert_column_sums(Ctx& ctx, const T* x, const std::vector<int32_t>& offset, int64_t eq, Width width, float* out) {
+  const int64_t G = static_cast<int64_t>(offset.size()) - 1;
+  if (eq >= 0) return column_sums(ctx, ExpertColumns<T>{x, eq, width(0)}, eq, G * width(0), ColumnOut{{out}});
+  int64_t x0 = 0, o0 = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t n = offset[g + 1] - offset[g], W = width(g);
+    if (n > 0) column_sums_into(ctx, x + x0, n, W, out + o0);
+    x0 += n * W, o0 += W;
+  }
+}
 
 // The operand the GEMMs read: t itself (fp32 mode) or bf16(t) in scratch.
 Tensor operand(Ctx& ctx, bool bf16, const Tensor& t) { return bf16 ? bf16_copy(ctx, t) : t; }
@@ -261,7 +276,6 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   if (eq >= 0) {  // offset[0] = 0
     gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact.data<float>(), 0.f, {G, eq * D, H0 * D, eq * H0, 0});
     gemm_tn(ctx, bf16, eq, D, H0, at(act_op, 0), at(dout_op, 0), dw2, {G, eq * H0, eq * D, H0 * D, 0});
-    if (bias) column_sums(ctx, ExpertColumns<float>{dout, eq, D}, eq, G * D, ColumnOut{{db2}});
   }
   int64_t a0 = 0;
   for (int64_t g = 0; g < G && eq < 0; ++g) {
@@ -269,34 +283,31 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     if (n == 0) continue;
     gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), dact.data<float>() + a0, 0.f);
     gemm_tn(ctx, bf16, n, D, H, at(act_op, a0), at(dout_op, r0 * D), dw2 + l.w2_offset(g));
-    if (bias) column_sums_into(ctx, dout + r0 * D, n, D, db2 + l.b2_offset(g));
     a0 += n * H;
   }
   // bf16 mode: the activation's backward writes dpre rounded, the operand
   // the GEMMs read and whose values db1 sums (no zero fill, no f32 copy).
   Tensor dpre = bf16 ? Tensor::empty(a.pre.shape(), DType::bf16, ctx) : Tensor::zeros(a.pre.shape(), DType::f32, ctx);
   activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
-  const Tensor& dpre_op = dpre;
   if (eq >= 0) {
-    gemm_nt(ctx, bf16, eq, D, P0, at(dpre_op, 0), at(w1, 0), a.dbuf.data<float>(), 1.f, {G, eq * P0, D * P0, eq * D, 0});
-    gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre_op, 0), dw1, {G, eq * D, eq * P0, D * P0, 0});
-    if (bias && bf16)
-      column_sums(ctx, ExpertColumns<__nv_bfloat16>{elems<Bf16>(dpre), eq, P0}, eq, G * P0, ColumnOut{{db1}});
-    else if (bias)
-      column_sums(ctx, ExpertColumns<float>{dpre.data<float>(), eq, P0}, eq, G * P0, ColumnOut{{db1}});
+    gemm_nt(ctx, bf16, eq, D, P0, at(dpre, 0), at(w1, 0), a.dbuf.data<float>(), 1.f, {G, eq * P0, D * P0, eq * D, 0});
+    gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre, 0), dw1, {G, eq * D, eq * P0, D * P0, 0});
   }
   int64_t p0 = 0;
   for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n == 0) continue;
-    gemm_nt(ctx, bf16, n, D, P, at(dpre_op, p0), at(w1, l.w1_offset(g)), a.dbuf.data<float>() + r0 * D, 1.f);
-    gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre_op, p0), dw1 + l.w1_offset(g));
-    if (bias && bf16)
-      column_sums_into(ctx, elems<Bf16>(dpre) + p0, n, P, db1 + l.b1_offset(g));
-    else if (bias)
-      column_sums_into(ctx, dpre.data<float>() + p0, n, P, db1 + l.b1_offset(g));
+    gemm_nt(ctx, bf16, n, D, P, at(dpre, p0), at(w1, l.w1_offset(g)), a.dbuf.data<float>() + r0 * D, 1.f);
+    gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, p0), dw1 + l.w1_offset(g));
     p0 += n * P;
   }
+  if (!bias) return;  // db2 from the fp32 dout; db1 from dpre's values (bf16 ones widened)
+  expert_column_sums(ctx, dout, a.offset, eq, [D](int64_t) { return D; }, db2);
+  auto width = [&l](int64_t g) { return l.width(g); };
+  if (bf16)
+    expert_column_sums(ctx, elems<Bf16>(dpre), a.offset, eq, width, db1);
+  else
+    expert_column_sums(ctx, dpre.data<float>(), a.offset, eq, width, db1);
 }
 
 }  // namespace sy::ops::cuda
