@@ -1,5 +1,7 @@
 #include "runtime/params.h"
 
+#include <algorithm>
+
 #include "ops/elementwise.h"
 
 namespace sy {
@@ -16,8 +18,8 @@ Param* ParamStore::add(const std::string& name, Shape shape, Rng& rng, float std
   p->rows_total = shape.empty() ? 1 : shape[0];
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  std::vector<float> w(n);
-  for (int64_t i = 0; i < n; ++i) w[i] = std != 0.f ? static_cast<float>(rng.normal() * std) : fill;
+  std::vector<float> w(n, fill);
+  if (std != 0.f) draw_normals(rng, std, n, 0, n, w.data());
   params_.push_back(std::move(p));
   staged_.push_back(std::move(w));
   return params_.back().get();
@@ -63,10 +65,8 @@ void ParamStore::keep_slice(const std::string& name, int64_t whole, int64_t begi
   std::vector<float>& w = staged_.back();
   SY_CHECK(static_cast<int64_t>(w.size()) == end - begin,
            "parameter " << name << ": " << w.size() << " elements for a slice of " << end - begin);
-  for (int64_t i = 0; i < whole; ++i) {
-    const float v = std != 0.f ? static_cast<float>(rng.normal() * std) : 0.f;
-    if (i >= begin && i < end) w[i - begin] = v;
-  }
+  if (std != 0.f) draw_normals(rng, std, whole, begin, end, w.data());
+  else std::fill(w.begin(), w.end(), 0.f);
 }
 
 Shape Param::row_shape(int64_t g) const {

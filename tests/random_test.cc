@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <numeric>
+#include <vector>
 
 #include "core/philox.h"
+#include "core/rng.h"
 #include "ops/random.h"
 
 namespace sy {
@@ -120,6 +123,35 @@ TEST(RandomOps, DrawDependsOnGlobalIndexOnly) {
   Tensor c = Tensor::empty({10}, DType::f32, host_ctx());
   ops::random_gumbel(host_ctx(), c, part, 1.f);
   for (int i = 0; i < 10; ++i) EXPECT_EQ(c.f32()[i], b.f32()[i]) << "a second draw with the same key differs";
+}
+
+// Parameter initialisation (core/rng.h): draw_normals keeps bit for bit what
+// the serial loop keeps, on one thread and on several (8M elements split over
+// the host's cores), for a whole tensor and for a slice of one, and leaves the
+// generator where the serial loop leaves it.
+TEST(Rng, DrawNormalsMatchesTheSerialStream) {
+  struct Case {
+    int64_t whole, begin, end;
+  };
+  for (const Case c : {Case{7, 0, 7}, Case{1000, 300, 701}, Case{1000, 0, 0}, Case{int64_t{1} << 23, 0, int64_t{1} << 23},
+                       Case{(int64_t{1} << 23) + 5, 12345, (int64_t{1} << 23) - 3}}) {
+    Rng serial(99), fast(99);
+    serial.next_u64();  // a generator part way along its stream
+    fast.next_u64();
+    std::vector<float> want(c.end - c.begin), got(c.end - c.begin, std::nanf(""));
+    for (int64_t i = 0; i < c.whole; ++i) {
+      const float v = static_cast<float>(serial.normal() * 0.02f);
+      if (i >= c.begin && i < c.end) want[i - c.begin] = v;
+    }
+    draw_normals(fast, 0.02f, c.whole, c.begin, c.end, got.data());
+    int64_t differ = 0;
+    for (size_t i = 0; i < want.size(); ++i) differ += std::memcmp(&want[i], &got[i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0) << "whole " << c.whole << ", [" << c.begin << ", " << c.end << ")";
+    EXPECT_EQ(fast.state(), serial.state()) << "whole " << c.whole << ": the generator does not end where the loop does";
+  }
+  Rng r(1);
+  float x;
+  EXPECT_THROW(draw_normals(r, 1.f, 10, 4, 11, &x), Error);
 }
 
 }  // namespace
