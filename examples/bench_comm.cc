@@ -2,8 +2,11 @@
 // at the same sizes (nccl-tests' recipe: warm-up, then the median of timed
 // iterations; algorithm bandwidth = bytes a rank sends / time, bus bandwidth
 // = algbw * (n-1)/n). Prints a table on rank 0 and writes JSON.
+// With --nccl, on GPUs: our NCCL all_to_all_v beside ncclAlltoAll on the
+// same device buffers, 1-256 MiB a rank (examples/bench_comm_nccl.h).
 //
 //   mpirun -np 4 build/bin/bench_comm [--json docs/bench_comm_np4.json] [--iters 50]
+//   mpirun -np 1 build/bin/bench_comm --nccl [--max-mib 256] [--json out.json]
 #include <mpi.h>
 
 #include <CLI/CLI.hpp>
@@ -14,6 +17,7 @@
 #include <vector>
 
 #include "comm/mpi_communicator.h"
+#include "examples/bench_comm_nccl.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 #include "runtime/startup.h"
@@ -36,6 +40,11 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "write results here (rank 0)");
   app.add_flag("--overwrite", overwrite, "replace an existing --json file");
   app.add_option("--iters", iters, "timed iterations per size")->check(CLI::Range(3, 100000));
+  bool nccl = false;
+  int64_t max_mib = 256;
+  app.add_flag("--nccl", nccl, "on GPUs: our NCCL all_to_all_v beside ncclAlltoAll (device buffers)");
+  app.add_option("--max-mib", max_mib, "--nccl: the largest size a rank sends, MiB (from 1, x4)")
+      ->check(CLI::Range(1, 4096));
   CLI11_PARSE(app, argc, argv);
 
   sy::comm::MpiCommunicator comm(MPI_COMM_WORLD);
@@ -46,6 +55,11 @@ int main(int argc, char** argv) {
         sy::agree_on(comm, [&] {
           if (R == 0) sy::check_output_path("--json", json_path, {}, overwrite);
         });
+        if (nccl) {
+          const nlohmann::json rows = sy::bench::bench_nccl_all_to_all(comm, {iters, max_mib << 20});
+          if (R == 0 && !json_path.empty()) std::ofstream(json_path) << rows.dump(1) << "\n";
+          return 0;
+        }
         nlohmann::json out = nlohmann::json::array();
         if (R == 0)
           std::printf("%12s %12s %12s %12s %12s %8s\n", "bytes/rank", "mpi_us", "ours_us", "mpi_busbw", "ours_busbw",

@@ -13,6 +13,9 @@
 // Projection (an alpha-beta model of the links): from the single-rank
 // compute time and the bytes each rank sends, step time at N is
 //   t = t_compute + t_a2a + t_ar
+//   t_compute = c1 (weak) or c1 / N (strong), times ceil(N / devices) when
+//               a CUDA run puts N ranks on fewer GPUs (they take turns on
+//               one: the MPI path's several ranks a GPU); c1 = 1-rank compute
 //   t_a2a = sum over exchanges of [alpha + S (N-1)/N / busbw]      (S = bytes a rank sends)
 //   t_ar  = 2 (N-1) alpha + 2 (N-1)/N P / busbw                   (ring all-reduce of P bytes)
 // with busbw the bus bandwidth as nccl-tests defines it (algbw * (n-1)/n);
@@ -41,6 +44,8 @@
 #include <sstream>
 
 #include "comm/mpi_communicator.h"
+#include "core/device.h"
+#include "runtime/config.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 #include "runtime/trainer.h"
@@ -69,6 +74,8 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   openblas_set_num_threads(1);  // one core per rank
   sy::Config cfg = sy::load_config(config, sets);
   sy::TrainOptions opts;
+  // A CUDA run: each rank the GPU of its rank on the node (as train_switch).
+  if (const int gpus = sy::cuda_device_count(); gpus > 0) opts.device = sy::comm::node_local(MPI_COMM_WORLD).rank % gpus;
   std::unique_ptr<sy::ParallelContext> par;
   if (size > 1) {
     par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),
@@ -96,8 +103,10 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
 }
 
 // Step time at N ranks from the single-rank measurement `one` (see the top).
-double project(const Measured& one, int N, bool weak, const Link& L) {
-  const double compute = weak ? one.compute_s : one.compute_s / N;
+// `shared`: ranks that take turns on one compute device at N (1 where each
+// has its own: CPU ranks on their own cores, one GPU a rank).
+double project(const Measured& one, int N, bool weak, const Link& L, int shared = 1) {
+  const double compute = (weak ? one.compute_s : one.compute_s / N) * shared;
   if (N == 1) return compute;
   const double S = weak ? one.bytes_per_exchange : one.bytes_per_exchange / N;
   const double frac = (N - 1.0) / N;
@@ -255,6 +264,12 @@ int main(int argc, char** argv) {
       setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
       setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
     }
+    // A CUDA run on fewer GPUs than ranks shares them (the model's compute term).
+    const bool on_gpu = sy::load_config(config, base).backend() == switchyard::Config::CUDA;
+    const int gpus = on_gpu ? std::max(1, sy::cuda_device_count()) : 0;
+    auto shared = [&](int N) { return on_gpu ? (N + gpus - 1) / gpus : 1; };
+    if (on_gpu) std::printf("CUDA: %d GPU%s; N ranks take turns on them (the model's compute: c1 x ceil(N / %d))\n", gpus,
+                            gpus == 1 ? "" : "s", gpus);
     const int cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
     const int most = *std::max_element(ranks.begin(), ranks.end());
     const double load = load_average(loadavg_file);
@@ -292,7 +307,7 @@ int main(int argc, char** argv) {
         Measured basis = one;
         basis.exchanges = x.exchanges;
         basis.bytes_per_exchange = x.bytes_per_exchange * (weak ? 1 : N);
-        const double proj = N == 1 ? one.step_s : project(basis, N, weak, cpu);
+        const double proj = N == 1 ? one.step_s : project(basis, N, weak, cpu, shared(N));
         const double err = (proj - x.step_s) / x.step_s;
         char range[32], eff_range[32];
         std::snprintf(range, sizeof range, "%.2f-%.2f", pt.step_min * 1e3, pt.step_max * 1e3);

@@ -17,7 +17,11 @@
 #                   bench  bench_ops --device cuda, then the PyTorch peers (scripts/bench/torch_*.py)
 #                   mfu    switch_gpu for 30 steps: MFU, tokens/s, device memory; then 8 steps
 #                          with --op-profile (each op's time by CUDA events)
-#                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU
+#                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU,
+#                          bench_comm --nccl (our all_to_all_v beside ncclAlltoAll, 1 and 2 ranks)
+#                   scale  issue 19's measurements on this machine's cores and GPU: the share of the
+#                          gradient all-reduce hidden at 4 CPU ranks (scripts/bench/grad_overlap.py);
+#                          scaling_sweep over 1, 2, 4 ranks on the GPU (MPI path), with the projection
 #                   attn   issue 18: bench_attention at n = 4k/16k/64k beside PyTorch SDPA; a
 #                          routed_copy-style model at n = 16k, routed and dense attention
 #                   more   the training comparison for depth_tiny, routed_copy, mixtral_tiny and padded switch_tiny
@@ -31,7 +35,7 @@ OUT=${OUT:-$PWD/build-gpu/out}
 LOG=$OUT/logs
 mkdir -p "$LOG"
 BUDGET=540
-STAGES=ops,train,bench,mfu,comm,attn,more
+STAGES=ops,train,bench,mfu,comm,scale,attn,more
 while [ $# -gt 0 ]; do
   case $1 in
     --budget) BUDGET=$2; shift 2 ;;
@@ -146,7 +150,8 @@ fi
 TARGETS=(train_switch)
 want ops && TARGETS+=(backend_ops_test routed_attention_test tensor_test model_test moe_layer_test)
 want bench && TARGETS+=(bench_ops)
-want comm && TARGETS+=(communicator_conformance_test)
+want comm && TARGETS+=(communicator_conformance_test bench_comm)
+want scale && TARGETS+=(scaling_sweep)
 want attn && TARGETS+=(bench_attention)
 stamp "configure"
 GEN=()
@@ -242,6 +247,26 @@ if want comm; then
   run_limited parallel_equivalence_cuda 120 env SY_TEST_ARGS="--set backend=CUDA" \
     bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
   summary "comm: EP on the GPU: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda.log" | tr '\n' ' ')"
+  # Our all_to_all_v against ncclAlltoAll on the same device buffers (bar:
+  # within 80%, the ours/nccl column >= 0.8), 1 rank, then 2 as above.
+  run_limited bench_comm_nccl_np1 45 "${M[@]}" -np 1 $B/bench_comm --nccl --iters 20 --json "$LOG/bench_comm_nccl_np1.json"
+  summary "comm: bench_comm --nccl -np 1 rc $?: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np1.log" | awk '{print $1":"$8"("$9" wrong)"}' | tr '\n' ' ')"
+  run_limited bench_comm_nccl_np2 60 "${M[@]}" -np 2 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 \
+    bash -c 'NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK exec '"$B"'/bench_comm --nccl --iters 10 --max-mib 64 --json '"$LOG"'/bench_comm_nccl_np2.json'
+  summary "comm: bench_comm --nccl -np 2 (not fatal) rc $?: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np2.log" | awk '{print $1":"$8"("$9" wrong)"}' | tr '\n' ' ')"
+fi
+# Issue 19 on this machine's 16 cores: the gradient all-reduce hidden behind
+# backward at 4 CPU ranks (a dense model, overlap on then off; bar 60%), then
+# weak and strong scaling over 1, 2, 4 ranks sharing the GPU through MPI,
+# with the alpha-beta model's error on each point and its projection.
+if want scale; then
+  stamp "scale"
+  run_limited grad_overlap 150 env PYTHONUNBUFFERED=1 python3 scripts/bench/grad_overlap.py --np 4 --bin $B/train_switch \
+    --mpirun "mpirun --allow-run-as-root --oversubscribe" --json "$LOG/grad_overlap.json"
+  summary "scale: grad_overlap rc $?: $(grep -E '^hidden' "$LOG/grad_overlap.log")"
+  run_limited scaling_gpu 180 $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
+    --set data.source=SYNTHETIC --set data.path= --ranks 1,2,4 --repeats 1 --steps 12 --out "$LOG/scaling_gpu" --overwrite
+  summary "scale: scaling_sweep (GPU, MPI path) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu.log" | awk '{print $1,$2,$4"ms",$NF}' | tr '\n' ';')"
 fi
 # 7. Issue 18: long-context attention beside PyTorch SDPA (its JSON feeds
 # bench_attention's "x SDPA" column; without it the column stays empty).

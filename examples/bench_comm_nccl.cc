@@ -1,0 +1,138 @@
+#include "examples/bench_comm_nccl.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/device.h"
+#include "core/device_runtime.h"
+#include "core/error.h"
+
+#ifdef SY_WITH_NCCL
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include "comm/nccl_communicator.h"
+#include "core/cuda_check.h"
+#endif
+
+namespace sy::bench {
+
+#ifndef SY_WITH_NCCL
+
+nlohmann::json bench_nccl_all_to_all(comm::MpiCommunicator&, const NcclBenchOptions&) {
+  throw ConfigError("bench_comm --nccl: this binary was built without NCCL (a CUDA build finds it beside the "
+                    "toolkit or under NCCL_HOME)");
+}
+
+#else
+
+namespace {
+
+// The peer: a plain blocking NCCL communicator over the same ranks (RAII).
+class PlainNccl {
+ public:
+  explicit PlainNccl(comm::MpiCommunicator& mpi) {
+    ncclUniqueId id;
+    if (mpi.rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
+    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
+    NCCL_CHECK(ncclCommInitRank(&comm_, mpi.size(), id, mpi.rank()));
+  }
+  ~PlainNccl() { ncclCommDestroy(comm_); }
+  PlainNccl(const PlainNccl&) = delete;
+  PlainNccl& operator=(const PlainNccl&) = delete;
+  ncclComm_t get() const { return comm_; }
+
+ private:
+  ncclComm_t comm_ = nullptr;
+};
+
+// What rank `from` sends to rank `to` as element i of that block: exact in
+// int32 and different for every (sender, receiver, position mod 2^16).
+int32_t tag(int from, int to, int64_t i) { return (from << 24) | (to << 16) | static_cast<int32_t>(i & 0xffff); }
+
+}  // namespace
+
+nlohmann::json bench_nccl_all_to_all(comm::MpiCommunicator& mpi, const NcclBenchOptions& opt) {
+  const int gpus = cuda_device_count();
+  if (gpus == 0) throw BackendError("bench_comm --nccl: no CUDA device");
+  const int W = mpi.size(), R = mpi.rank();
+  const int device = comm::node_local(MPI_COMM_WORLD).rank % gpus;
+  std::unique_ptr<DeviceRuntime> rt = DeviceRuntime::create(device);
+  Ctx& ctx = rt->ctx();
+  const auto stream = static_cast<cudaStream_t>(ctx.stream.handle);
+  std::unique_ptr<comm::Communicator> ours = comm::make_nccl_communicator(mpi, device, 120);
+  PlainNccl peer(mpi);
+
+  nlohmann::json rows = nlohmann::json::array();
+  if (R == 0)
+    std::printf("%12s %10s %10s %12s %12s %8s %8s\n", "bytes/rank", "ours_us", "nccl_us", "ours_busbw", "nccl_busbw",
+                "ours/nccl", "#wrong");
+  for (int64_t bytes = int64_t{1} << 20; bytes <= opt.max_bytes; bytes <<= 2) {
+    const int64_t per_peer = std::max<int64_t>(1, bytes / 4 / W);  // int32 elements to each rank
+    std::vector<int32_t> host(per_peer * W);
+    for (int to = 0; to < W; ++to)
+      for (int64_t i = 0; i < per_peer; ++i) host[to * per_peer + i] = tag(R, to, i);
+    const Tensor send = Tensor::from_host(host).to(ctx);
+    Tensor recv = Tensor::empty({per_peer * W}, DType::i32, ctx);
+    const std::vector<int64_t> counts(W, per_peer);
+    auto run_ours = [&] { ours->all_to_all_v(send, counts, recv, counts, ctx.stream, "bench_comm"); };
+    auto run_nccl = [&] {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+      NCCL_CHECK(ncclAlltoAll(send.raw(), recv.raw(), per_peer, ncclInt32, peer.get(), stream));
+#else
+      throw ConfigError("bench_comm --nccl: ncclAlltoAll needs NCCL 2.28 or later; built with " +
+                        std::to_string(NCCL_VERSION_CODE));
+#endif
+    };
+    // Wrong elements after one call into a poisoned buffer.
+    auto wrong = [&](const std::function<void()>& f) {
+      CUDA_CHECK(cudaMemsetAsync(recv.raw(), 0xff, recv.nbytes(), stream));
+      f();
+      rt->synchronize();
+      const std::vector<int32_t> got = recv.to_vector<int32_t>();
+      int64_t n = 0;
+      for (int from = 0; from < W; ++from)
+        for (int64_t i = 0; i < per_peer; ++i) n += got[from * per_peer + i] != tag(from, R, i);
+      return n;
+    };
+    // Mean seconds of `iters` back-to-back calls after 3 warm-up calls.
+    auto timed = [&](const std::function<void()>& f) {
+      for (int i = 0; i < 3; ++i) f();
+      rt->synchronize();
+      MPI_Barrier(MPI_COMM_WORLD);
+      EventTimer timer(ctx.stream);
+      timer.start();
+      for (int i = 0; i < opt.iters; ++i) f();
+      return timer.stop_ms() / 1e3 / opt.iters;
+    };
+    const int64_t wrong_local[2] = {wrong(run_ours), wrong(run_nccl)};
+    double t_local[2];
+    t_local[0] = timed(run_ours);
+    t_local[1] = timed(run_nccl);
+    // The slowest rank decides; wrong elements summed over ranks.
+    double t[2];
+    int64_t w[2];
+    MPI_Allreduce(t_local, t, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Allreduce(wrong_local, w, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    const double sent = static_cast<double>(per_peer) * 4 * W, factor = W > 1 ? double(W - 1) / W : 1.0;
+    const double bw_ours = sent / t[0] / 1e9 * factor, bw_nccl = sent / t[1] / 1e9 * factor;
+    if (R == 0) {
+      std::printf("%12.0f %10.1f %10.1f %7.1f GB/s %7.1f GB/s %8.2f %8lld\n", sent, t[0] * 1e6, t[1] * 1e6, bw_ours,
+                  bw_nccl, t[1] / t[0], static_cast<long long>(w[0] + w[1]));
+      std::fflush(stdout);
+    }
+    rows.push_back({{"ranks", W}, {"bytes_per_rank", sent}, {"ours_s", t[0]}, {"nccl_s", t[1]},
+                    {"ours_busbw_gbs", bw_ours}, {"nccl_busbw_gbs", bw_nccl}, {"ratio", t[1] / t[0]},
+                    {"wrong_ours", w[0]}, {"wrong_nccl", w[1]}});
+  }
+  return rows;
+}
+
+#endif
+
+}  // namespace sy::bench
