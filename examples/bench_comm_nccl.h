@@ -17,8 +17,10 @@ struct NcclBenchOptions {
 };
 
 // Rows (rank 0 prints the table): ranks, bytes_per_rank, ours_s, nccl_s, busbw
-// of both, ratio = nccl_s / ours_s, wrong_ours, wrong_nccl. Throws
-// ConfigError in a build without NCCL, BackendError without a GPU.
+// of both, ratio = nccl_s / ours_s, wrong_ours, wrong_nccl (the ncclAlltoAll
+// columns only with NCCL >= 2.28). Throws ConfigError in a build without
+// NCCL, BackendError without a GPU or when ours left any element wrong
+// (after the whole table).
 nlohmann::json bench_nccl_all_to_all(comm::MpiCommunicator& mpi, const NcclBenchOptions& opt);
 
 }  // namespace sy::bench

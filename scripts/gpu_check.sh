@@ -15,9 +15,9 @@
 #                   train  tests/gpu_training_test.sh: tiny and switch_tiny, 200 steps, CPU vs CUDA, fp32 then bf16
 #                          (one head of 64: bf16 GEMMs and bf16 attention)
 #                   bench  bench_ops --device cuda, then the PyTorch peers (scripts/bench/torch_*.py)
-#                   mfu    switch_gpu for 30 steps: MFU, tokens/s, device memory; then 8 steps
-#                          with --op-profile (each op's time by CUDA events)
-#                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU,
+#                   mfu    switch_gpu for 30 steps in one run: MFU, tokens/s, device memory (steps
+#                          11-20); steps 26-30 with --op-profile (each op's time by CUDA events)
+#                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU, a failing rank,
 #                          bench_comm --nccl (our all_to_all_v beside ncclAlltoAll, 1 and 2 ranks)
 #                   scale  issue 19's measurements on this machine's cores and GPU: the share of the
 #                          gradient all-reduce hidden at 4 CPU ranks (scripts/bench/grad_overlap.py);
@@ -247,13 +247,19 @@ if want comm; then
   run_limited parallel_equivalence_cuda 120 env SY_TEST_ARGS="--set backend=CUDA" \
     bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
   summary "comm: EP on the GPU: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda.log" | tr '\n' ' ')"
+  # A rank that throws, hangs, exits or is killed mid-step on the GPU ends
+  # the job within the timeout, with the one-line error.
+  run_limited parallel_fault_cuda 150 env SY_TEST_ARGS="--set backend=CUDA" \
+    bash tests/parallel_fault_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
+  summary "comm: a failing rank on the GPU: $(grep -E '^(ok|FAIL)' "$LOG/parallel_fault_cuda.log" | cut -c1-60 | tr '\n' ';')"
   # Our all_to_all_v against ncclAlltoAll on the same device buffers (bar:
   # within 80%, the ours/nccl column >= 0.8), 1 rank, then 2 as above.
-  run_limited bench_comm_nccl_np1 45 "${M[@]}" -np 1 $B/bench_comm --nccl --iters 20 --json "$LOG/bench_comm_nccl_np1.json"
-  summary "comm: bench_comm --nccl -np 1 rc $?: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np1.log" | awk '{print $1":"$8"("$9" wrong)"}' | tr '\n' ' ')"
+  run_limited bench_comm_nccl_np1 45 "${M[@]}" -np 1 $B/bench_comm --nccl --iters 20 --json "$LOG/bench_comm_nccl_np1.json" --overwrite
+  rc=$?; [ $rc = 0 ] || status=1
+  summary "comm: bench_comm --nccl -np 1 rc $rc: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np1.log" | awk '{print $1":"$8" (wrong "$9"/"$10")"}' | tr '\n' ' ')"
   run_limited bench_comm_nccl_np2 60 "${M[@]}" -np 2 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 \
-    bash -c 'NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK exec '"$B"'/bench_comm --nccl --iters 10 --max-mib 64 --json '"$LOG"'/bench_comm_nccl_np2.json'
-  summary "comm: bench_comm --nccl -np 2 (not fatal) rc $?: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np2.log" | awk '{print $1":"$8"("$9" wrong)"}' | tr '\n' ' ')"
+    bash -c 'NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK exec '"$B"'/bench_comm --nccl --iters 10 --max-mib 64 --overwrite --json '"$LOG"'/bench_comm_nccl_np2.json'
+  summary "comm: bench_comm --nccl -np 2 (not fatal) rc $?: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np2.log" | awk '{print $1":"$8" (wrong "$9"/"$10")"}' | tr '\n' ' ')"
 fi
 # Issue 19 on this machine's 16 cores: the gradient all-reduce hidden behind
 # backward at 4 CPU ranks (a dense model, overlap on then off; bar 60%), then

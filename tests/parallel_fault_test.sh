@@ -9,6 +9,10 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 args=(--config "$SRC/configs/switch_tiny.pbtxt" --set train.steps=400 --set train.warmup_steps=2
       --set train.log_interval=1000 --set train.eval_interval=0 --set train.batch=4
       --set data.synthetic_bytes=50000 --set parallel.expert_parallel=2 --set parallel.timeout_s=3)
+# SY_TEST_ARGS: more overrides for every run (scripts/gpu_check.sh: --set backend=CUDA,
+# two ranks sharing one GPU through the MPI communicator).
+read -r -a more <<< "${SY_TEST_ARGS:-}"
+args+=("${more[@]}")
 fail=0
 check() {  # name, rc, max seconds, took, needle
   local name=$1 rc=$2 max=$3 took=$4 needle=$5

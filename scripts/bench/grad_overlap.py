@@ -15,7 +15,8 @@ at 4 CPU ranks), measured three ways in one call:
             backward, and carries the step time's noise
 (rank 0's metrics; means over the timed steps).
 Two runs of train_switch under mpirun, overlap on then off, same seed and
-steps; the first --skip logged steps (allocation, warm-up) are left out.
+steps; the first --skip logged steps (allocation, warm-up) and the last
+(its line includes the final evaluation) are left out.
 
   python3 scripts/bench/grad_overlap.py --np 4 [--json out.json] [--set k=v ...]
 
@@ -47,28 +48,34 @@ def run(args, overlap, tmp):
     ] + args.set
     for s in sets:
         cmd += ["--set", s]
-    cmd += ["--metrics", metrics, "--overwrite"]
+    cmd += ["--threads", str(args.blas_threads), "--metrics", metrics, "--overwrite"]
     print("+ " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.blas_threads), OMP_NUM_THREADS=str(args.blas_threads))
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=args.timeout,
-                       env=env)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=args.timeout)
     if r.returncode != 0:
         sys.stderr.write(r.stdout[-3000:])
         raise SystemExit(f"grad_overlap.py: train_switch (overlap {overlap}) exited with {r.returncode}")
     lines = [json.loads(l) for l in open(metrics) if l.strip()]
-    timed = [l for l in lines if l["step"] > args.skip]
+    # The timed steps: after --skip, and before the last (whose line is
+    # written after the final evaluation, which its elapsed clock includes).
+    timed = [l for l in lines if l["step"] > args.skip][:-1]
     if len(timed) < 2 or "comm_all_reduce_s" not in timed[0]:
         raise SystemExit(f"grad_overlap.py: {len(timed)} timed steps with all-reduce figures in {metrics} "
-                         f"(need --steps > --skip + 1 and --np > 1)")
-    # Step time from the elapsed clock between the last untimed line and the last line.
+                         f"(need --steps > --skip + 2 and --np > 1)")
     before = [l for l in lines if l["step"] <= args.skip][-1]
     steps = timed[-1]["step"] - before["step"]
-    return {
+    r = {
         "step_s": (timed[-1]["elapsed_s"] - before["elapsed_s"]) / steps,
         "all_reduce_s": sum(l["comm_all_reduce_s"] for l in timed) / steps,
         "exposed_s": sum(l["comm_all_reduce_exposed_s"] for l in timed) / steps,
-        "final_loss": timed[-1]["loss"],
+        "final_loss": lines[-1]["loss"],
     }
+    # Without overlap every line has exposed == all-reduce; with it, finish()
+    # waits for less than the collectives took (or the reducer fell back:
+    # an MPI without MPI_THREAD_MULTIPLE, runtime/grad_reducer.h).
+    if overlap and all(l["comm_all_reduce_exposed_s"] == l["comm_all_reduce_s"] for l in timed):
+        raise SystemExit("grad_overlap.py: the overlapped run reported every all-reduce as exposed: "
+                         "the reducer did not overlap (see train_switch's log)")
+    return r
 
 
 def main():
@@ -79,14 +86,15 @@ def main():
     p.add_argument("--steps", type=int, default=14)
     p.add_argument("--skip", type=int, default=4, help="logged steps left out at the start")
     p.add_argument("--set", action="append", default=[], help="more overrides, after the defaults")
-    p.add_argument("--mpirun", default="mpirun --oversubscribe")
+    p.add_argument("--mpirun", default="mpirun --oversubscribe --bind-to none",
+                   help="(unbound: a rank's BLAS threads and its reducer thread on cores of their own)")
     p.add_argument("--timeout", type=float, default=900, help="seconds a run may take")
     p.add_argument("--blas-threads", type=int, default=0,
                    help="OpenBLAS threads a rank (default: cores / np - 1, a core a rank left for its reducer)")
     p.add_argument("--json")
     args = p.parse_args()
-    if args.np < 2 or args.steps <= args.skip + 1:
-        raise SystemExit("grad_overlap.py: need --np >= 2 and --steps > --skip + 1")
+    if args.np < 2 or args.skip < 1 or args.steps <= args.skip + 2:
+        raise SystemExit("grad_overlap.py: need --np >= 2, --skip >= 1 and --steps > --skip + 2")
     if args.blas_threads <= 0:
         args.blas_threads = max(1, os.cpu_count() // args.np - 1)
     with tempfile.TemporaryDirectory() as tmp:
