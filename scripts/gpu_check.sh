@@ -21,7 +21,8 @@
 #                          bench_comm --nccl (our all_to_all_v beside ncclAlltoAll, 1 and 2 ranks)
 #                   scale  issue 19's measurements on this machine's cores and GPU: the share of the
 #                          gradient all-reduce hidden at 4 CPU ranks (scripts/bench/grad_overlap.py);
-#                          scaling_sweep over 1, 2, 4 ranks on the GPU (MPI path), with the projection
+#                          scaling_sweep over 1, 2, 4 ranks on the GPU (MPI path), with the projection,
+#                          its model fed the links bench_comm --device measures for that path
 #                   attn   issue 18: bench_attention at n = 4k/16k/64k beside PyTorch SDPA; a
 #                          routed_copy-style model at n = 16k, routed and dense attention
 #                   more   the training comparison for depth_tiny, routed_copy, mixtral_tiny and padded switch_tiny
@@ -151,7 +152,7 @@ TARGETS=(train_switch)
 want ops && TARGETS+=(backend_ops_test routed_attention_test tensor_test model_test moe_layer_test)
 want bench && TARGETS+=(bench_ops)
 want comm && TARGETS+=(communicator_conformance_test bench_comm)
-want scale && TARGETS+=(scaling_sweep)
+want scale && TARGETS+=(scaling_sweep bench_comm)
 want attn && TARGETS+=(bench_attention)
 stamp "configure"
 GEN=()
@@ -270,8 +271,20 @@ if want scale; then
   run_limited grad_overlap 150 env PYTHONUNBUFFERED=1 python3 scripts/bench/grad_overlap.py --np 4 --bin $B/train_switch \
     --mpirun "mpirun --allow-run-as-root --oversubscribe" --json "$LOG/grad_overlap.json"
   summary "scale: grad_overlap rc $?: $(grep -E '^hidden' "$LOG/grad_overlap.log")"
+  # The model's links are those the ranks use: MPI with device tensors staged
+  # through the host, measured here at 4 ranks (latency at 1 KiB, bus
+  # bandwidth at 1 MiB), else scaling_sweep's defaults (this CPU machine's MPI).
+  LINK=()
+  run_limited bench_comm_device 60 "${M[@]}" -np 4 $B/bench_comm --device --iters 30 --overwrite \
+    --json "$LOG/bench_comm_device_np4.json" &&
+    read -r lat gbs < <(python3 -c 'import json, sys
+rows = {r["bytes_per_rank"]: r for r in json.load(open(sys.argv[1]))}
+print(rows[1024]["ours_s"] * 1e6, rows[1048576]["ours_busbw_gbs"])' "$LOG/bench_comm_device_np4.json") &&
+    LINK=(--cpu-link-latency-us "$lat" --cpu-link-gbs "$gbs")
+  summary "scale: MPI links with staged device tensors, 4 ranks: ${LINK[*]:-not measured}"
   run_limited scaling_gpu 180 $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
-    --set data.source=SYNTHETIC --set data.path= --ranks 1,2,4 --repeats 1 --steps 12 --out "$LOG/scaling_gpu" --overwrite
+    --set data.source=SYNTHETIC --set data.path= --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
+    --out "$LOG/scaling_gpu" --overwrite
   summary "scale: scaling_sweep (GPU, MPI path) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu.log" | awk '{print $1,$2,$4"ms",$NF}' | tr '\n' ';')"
 fi
 # 7. Issue 18: long-context attention beside PyTorch SDPA (its JSON feeds
