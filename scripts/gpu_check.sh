@@ -221,15 +221,23 @@ if want bench; then
 fi
 if want mfu; then
   stamp "mfu"
-  # One run (its 1.9B parameters take about a minute to draw on the host):
   # MFU from steps 11-20 (the step-20 line), unprofiled; steps 26-30 with
   # every op timed by CUDA events, the top of that table in the summary.
-  run_limited switch_gpu 150 $B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set precision=BF16 \
-    --set train.steps=30 --set train.warmup_steps=5 --set train.log_interval=10 --set train.eval_interval=100000 \
-    --set train.eval_batches=1 --set train.checkpoint_interval=0 --set train.checkpoint_dir="$CKPT" \
-    --op-profile "$LOG/switch_gpu_ops.json" --op-profile-steps 5 --overwrite
+  # (Its 1.9B parameters are drawn on every core: a few seconds.)
+  SG=($B/train_switch --config configs/switch_gpu.pbtxt --set backend=CUDA --set precision=BF16
+      --set train.steps=30 --set train.warmup_steps=5 --set train.log_interval=10 --set train.eval_interval=100000
+      --set train.eval_batches=1 --set train.checkpoint_interval=0 --set train.checkpoint_dir="$CKPT" --overwrite)
+  run_limited switch_gpu 150 "${SG[@]}" --metrics "$LOG/switch_gpu.jsonl" \
+    --op-profile "$LOG/switch_gpu_ops.json" --op-profile-steps 5
   summary "mfu: switch_gpu rc $?: $(grep -E '^step +20/' "$LOG/switch_gpu.log" | tail -1)"
   summary "mfu: op profile (steps 26-30): $(grep -A12 '^op profile' "$LOG/switch_gpu.log" | tr -s ' ' | tr '\n' ';' | cut -c1-900)"
+  # The same run again, unprofiled: its losses bit for bit the first's (issue 17).
+  run_limited switch_gpu_rerun 90 "${SG[@]}" --metrics "$LOG/switch_gpu_rerun.jsonl"
+  summary "mfu: switch_gpu rerun rc $?: $(python3 -c 'import json, sys
+runs = [{l["step"]: l["loss"] for l in map(json.loads, open(f)) if "loss" in l} for f in sys.argv[1:]]
+same = [s for s in runs[0] if runs[1].get(s) == runs[0][s]]
+print(f"losses identical at {len(same)}/{len(runs[0])} logged steps:", {s: (runs[0][s], runs[1].get(s)) for s in runs[0]})
+' "$LOG/switch_gpu.jsonl" "$LOG/switch_gpu_rerun.jsonl" 2>&1 | tail -1 | cut -c1-400)"
 fi
 
 # 6. Issue 19: the conformance suite with a 1-rank NCCL communicator; NCCL
