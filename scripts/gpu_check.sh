@@ -244,7 +244,7 @@ fi
 # with 2 ranks on the one GPU (unsupported by NVIDIA: each process its own
 # NCCL_HOSTID, sockets over loopback; reported, never fatal); expert
 # parallelism on the GPU through MPI (ranks share the GPU): EP=4 and EP=2 on
-# 4 ranks against 1 rank, fp32, 1e-5.
+# 4 ranks against 1 rank, fp32 to 1e-5, then bf16 to 1e-2.
 if want comm; then
   stamp "comm"
   M=(mpirun --allow-run-as-root --oversubscribe)
@@ -256,6 +256,9 @@ if want comm; then
   run_limited parallel_equivalence_cuda 120 env SY_TEST_ARGS="--set backend=CUDA" \
     bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
   summary "comm: EP on the GPU: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda.log" | tr '\n' ' ')"
+  run_limited parallel_equivalence_cuda_bf16 120 env SY_TEST_ARGS="--set backend=CUDA --set precision=BF16" SY_TEST_TOL=1e-2 \
+    bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
+  summary "comm: EP on the GPU, bf16: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda_bf16.log" | tr '\n' ' ')"
   # A rank that throws, hangs, exits or is killed mid-step on the GPU ends
   # the job within the timeout, with the one-line error.
   run_limited parallel_fault_cuda 150 env SY_TEST_ARGS="--set backend=CUDA" \

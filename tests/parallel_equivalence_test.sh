@@ -13,8 +13,11 @@ args=(--config "$SRC/configs/switch_tiny.pbtxt" --set train.steps=20 --set train
       --set data.synthetic_bytes=100000 --set parallel.grad_bucket_mb=0.01 --set moe.dropless=true --set moe.jitter=0 --set moe.router_noise=0
       --set moe.every_n_layers=1 --set moe.top_k=2)
 # SY_TEST_ARGS: more overrides for every run (scripts/gpu_check.sh: --set backend=CUDA,
-# the ranks sharing one GPU through the MPI communicator).
+# the ranks sharing one GPU through the MPI communicator). SY_TEST_TOL: the
+# relative tolerance (default 1e-5; gpu_check's bf16 run: 1e-2, the bf16 class,
+# since GEMMs over other row counts may round differently).
 read -r -a more <<< "${SY_TEST_ARGS:-}"
+tol=${SY_TEST_TOL:-1e-5}
 args+=("${more[@]}")
 losses() { sed -E 's/.*"loss":([-0-9.e]+).*/\1/' "$1"; }
 noisy=(--set moe.jitter=0.01 --set moe.router_noise=0.3)
@@ -30,8 +33,8 @@ for run in 4 2 4_noisy; do
     awk '{ d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > m) m = d; n++ } END { if (n != 20) print "steps=" n; else printf "%.2e", m }')
   case "$worst" in
     steps=*) echo "FAIL ep=$run: $worst lines"; fail=1 ;;
-    *) if awk -v w="$worst" 'BEGIN { exit !(w <= 1e-5) }'; then echo "ok   ep=$run on 4 ranks: worst relative loss difference over 20 steps $worst"
-       else echo "FAIL ep=$run: worst relative loss difference $worst > 1e-5"; fail=1; fi ;;
+    *) if awk -v w="$worst" -v t="$tol" 'BEGIN { exit !(w <= t) }'; then echo "ok   ep=$run on 4 ranks: worst relative loss difference over 20 steps $worst (tolerance $tol)"
+       else echo "FAIL ep=$run: worst relative loss difference $worst > $tol"; fail=1; fi ;;
   esac
 done
 exit $fail
