@@ -168,6 +168,7 @@ timeout "$(limit $(( BUDGET - 120 )))" cmake --build build-gpu -j "$(nproc)" --t
 summary "build: ${#TARGETS[@]} targets in $(( $(date +%s) - s ))s"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 GTEST_COLOR=no
 B=build-gpu/bin
+M=(mpirun --allow-run-as-root --oversubscribe)
 status=0
 
 # gtest_line NAME: "n passed, n failed, n skipped" from a gtest log.
@@ -247,7 +248,6 @@ fi
 # 4 ranks against 1 rank, fp32 to 1e-5, then bf16 to 1e-2.
 if want comm; then
   stamp "comm"
-  M=(mpirun --allow-run-as-root --oversubscribe)
   run_limited conformance_np1 45 "${M[@]}" -np 1 $B/communicator_conformance_test || status=1
   summary "comm: conformance -np 1: $(gtest_line conformance_np1)"
   run_limited nccl_np2 60 "${M[@]}" -np 2 -x SY_NCCL_SHARED_GPU=1 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 \
@@ -280,7 +280,7 @@ fi
 if want scale; then
   stamp "scale"
   run_limited grad_overlap 150 env PYTHONUNBUFFERED=1 python3 scripts/bench/grad_overlap.py --np 4 --bin $B/train_switch \
-    --mpirun "mpirun --allow-run-as-root --oversubscribe" --json "$LOG/grad_overlap.json"
+    --mpirun "mpirun --allow-run-as-root --oversubscribe --bind-to none" --json "$LOG/grad_overlap.json"
   summary "scale: grad_overlap rc $?: $(grep -E '^hidden' "$LOG/grad_overlap.log")"
   # The model's links are those the ranks use: MPI with device tensors staged
   # through the host, measured here at 4 ranks (latency at 1 KiB, bus
