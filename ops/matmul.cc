@@ -21,6 +21,8 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   if (a.b.defined()) check_shape(a.b, {M}, "matmul bias");
   SY_CHECK(a.x.dtype() == DType::f32 || (a.w_bf16 && a.x.dtype() == DType::bf16),
            "matmul_forward: x is " << dtype_name(a.x.dtype()) << "; f32, or bf16 in bf16 mode (already rounded)");
+  SY_CHECK(a.y.dtype() == DType::f32 || (a.y.dtype() == DType::bf16 && a.w_bf16 && !a.accumulate),
+           "matmul_forward: y is " << dtype_name(a.y.dtype()) << "; f32, or bf16 in bf16 mode when not accumulated");
   check_device(ctx, "matmul_forward", {&a.y, &a.x, &a.w, &a.b});
   check_shadow(ctx, a.w_bf16, a.w, "matmul_forward");
   SY_DISPATCH(ctx, matmul_forward, ctx, a);
@@ -38,6 +40,11 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
            "matmul_backward: x is " << dtype_name(a.x.dtype()) << "; f32, or bf16 in bf16 mode (the forward's x_bf16)");
   SY_CHECK(a.dy.dtype() == DType::f32 || (a.w_bf16 && a.dy.dtype() == DType::bf16),
            "matmul_backward: dy is " << dtype_name(a.dy.dtype()) << "; f32, or bf16 in bf16 mode (values that are bf16)");
+  SY_CHECK(!a.dx || a.dx->dtype() == DType::f32 || (a.dx->dtype() == DType::bf16 && a.w_bf16 && !a.dx_accumulate),
+           "matmul_backward: dx is " << dtype_name(a.dx->dtype())
+                                     << "; f32, or bf16 in bf16 mode when written (dx_accumulate false)");
+  if (a.dw) check_dtype(*a.dw, DType::f32, "matmul dW");
+  if (a.db) check_dtype(*a.db, DType::f32, "matmul db");
   check_device(ctx, "matmul_backward", {a.dx, a.dw, a.db, &a.dy, &a.x, &a.w});
   check_shadow(ctx, a.w_bf16, a.w, "matmul_backward");
   SY_DISPATCH(ctx, matmul_backward, ctx, a);

@@ -25,13 +25,19 @@
 // the GEMM reads it as it is, and x_bf16 is x. Likewise a bf16 dy in
 // backward holds values that are bf16 already (a bf16 kernel's gradient):
 // the GEMMs read it as it is, and db sums its values widened.
+// A bf16 output (bf16 mode, written, not accumulated: y with accumulate false,
+// dx with dx_accumulate false) holds bf16 of the fp32 result, bias added in
+// fp32 before the rounding: y = bf16(bf16(x) W16 + b), dx = bf16(bf16(dy) W16^T).
+// On CUDA the GEMM writes it (no fp32 copy and no rounding pass; where
+// cuBLASLt has no such algorithm, an fp32 scratch and the rounding pass); on
+// the CPU the fp32 result is rounded, bit for bit what to_bf16 gives.
 #pragma once
 #include "core/tensor.h"
 
 namespace sy::ops {
 
 struct MatmulArgs {
-  Tensor& y;
+  Tensor& y;  // f32, or bf16 in bf16 mode when not accumulated
   const Tensor& x;
   const Tensor& w;
   const Tensor& b;  // undefined: no bias
@@ -42,7 +48,7 @@ struct MatmulArgs {
 };
 
 struct MatmulBackwardArgs {
-  Tensor* dx;
+  Tensor* dx;  // f32, or bf16 in bf16 mode when written (dx_accumulate false)
   Tensor* dw;
   Tensor* db;
   const Tensor& dy;

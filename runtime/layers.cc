@@ -19,8 +19,9 @@ Linear::Linear(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t in, in
 
 Linear::Linear(Ctx& ctx, Param* shared) : ctx_(ctx), w_(shared), transposed_(true) {}
 
-Tensor Linear::forward(const Tensor& x) {
-  Tensor y = Tensor::empty({x.dim(0), out()}, DType::f32, ctx_);
+Tensor Linear::forward(const Tensor& x, DType y_dtype) {
+  SY_CHECK(y_dtype == DType::f32 || shadow(), "Linear: a bf16 output in bf16 mode only");
+  Tensor y = Tensor::empty({x.dim(0), out()}, y_dtype, ctx_);
   // bf16 mode keeps x as the GEMM read it, bf16(x): what dW needs, in half the bytes.
   Tensor x16;
   ops::matmul_forward(ctx_, {y, x, w_->value, b_ ? b_->value : Tensor(), false, transposed_, shadow(),
@@ -29,9 +30,11 @@ Tensor Linear::forward(const Tensor& x) {
   return y;
 }
 
-Tensor Linear::backward(const Tensor& dy) {
-  // dx written by the GEMM (no zero fill, no read back); f32 even where x_ is bf16
-  Tensor dx = Tensor::empty(x_.shape(), DType::f32, ctx_);
+Tensor Linear::backward(const Tensor& dy, DType dx_dtype) {
+  // dx written by the GEMM (no zero fill, no read back); f32 even where x_ is
+  // bf16, unless the caller reads it as bf16
+  SY_CHECK(dx_dtype == DType::f32 || shadow(), "Linear: a bf16 gradient in bf16 mode only");
+  Tensor dx = Tensor::empty(x_.shape(), dx_dtype, ctx_);
   ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value, transposed_, shadow(),
                               /*dx_accumulate=*/false});
   return dx;
@@ -133,17 +136,28 @@ CausalSelfAttention::CausalSelfAttention(Ctx& ctx, ParamStore& ps, const std::st
 
 Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) {
   shape_ = {B, T, C_, H_};
-  Tensor qkv = qkv_.forward(x);  // (B*T, 3C)
   positions_ = positions;
-  // q and k: heads [0, 2H) of the packed row; v is left alone.
-  if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, 2 * H_, C_ / H_, opt_.rope_base});
-  qkv_out_ = qkv.reshape({B, T, 3 * C_});
   lse_ = Tensor::empty({B, H_, T}, DType::f32, ctx_);
   flops_ = flops(B, T);
+  // bf16 attention after a bf16 qkv GEMM, without RoPE to apply in between:
+  // the GEMM writes the bf16 qkv the kernels read (no f32 qkv, no rounding
+  // pass: the same values, ops/matmul.h).
+  const bool qkv_writes_bf16 = opt_.bf16 && !opt_.rope && qkv_.reads_bf16();
+  if (qkv_writes_bf16) {
+    qkv16_ = qkv_.forward(x, DType::bf16).reshape({B, T, 3 * C_});
+    qkv_out_ = Tensor();
+  } else {
+    Tensor qkv = qkv_.forward(x);  // (B*T, 3C)
+    // q and k: heads [0, 2H) of the packed row; v is left alone.
+    if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, 2 * H_, C_ / H_, opt_.rope_base});
+    qkv_out_ = qkv.reshape({B, T, 3 * C_});
+  }
   if (opt_.bf16) {
-    qkv16_ = Tensor::empty({B, T, 3 * C_}, DType::bf16, ctx_);
     y16_ = Tensor::empty({B, T, C_}, DType::bf16, ctx_);
-    ops::to_bf16(ctx_, qkv16_, qkv_out_);
+    if (!qkv_writes_bf16) {
+      qkv16_ = Tensor::empty({B, T, 3 * C_}, DType::bf16, ctx_);
+      ops::to_bf16(ctx_, qkv16_, qkv_out_);
+    }
     ops::attention_forward(ctx_, {y16_, lse_, qkv16_, shape_});
     // A bf16 proj reads the bf16 output as it is (the values it would round
     // the widened ones back to); otherwise it gets them widened.
@@ -163,20 +177,29 @@ double CausalSelfAttention::flops(int64_t B, int64_t T) const {
 }
 
 Tensor CausalSelfAttention::backward(const Tensor& dy) {
-  Tensor dyatt = proj_.backward(dy);
+  const Shape qkv_shape{shape_.B, shape_.T, 3 * C_};
   Tensor dqkv;
   if (opt_.bf16) {
-    Tensor dout16 = Tensor::empty({shape_.B, shape_.T, C_}, DType::bf16, ctx_);
-    Tensor dqkv16 = Tensor::zeros(qkv_out_.shape(), DType::bf16, ctx_);
-    ops::to_bf16(ctx_, dout16, dyatt.reshape({shape_.B, shape_.T, C_}));
+    // The attention kernels read dout in bf16: a bf16 proj writes it so
+    // (the values the rounding pass would give, ops/matmul.h).
+    Tensor dout16;
+    if (proj_.reads_bf16()) {
+      dout16 = proj_.backward(dy, DType::bf16).reshape({shape_.B, shape_.T, C_});
+    } else {
+      const Tensor dyatt = proj_.backward(dy);
+      dout16 = Tensor::empty({shape_.B, shape_.T, C_}, DType::bf16, ctx_);
+      ops::to_bf16(ctx_, dout16, dyatt.reshape({shape_.B, shape_.T, C_}));
+    }
+    Tensor dqkv16 = Tensor::zeros(qkv_shape, DType::bf16, ctx_);
     ops::attention_backward(ctx_, {dqkv16, dout16, qkv16_, y16_, lse_, shape_});
     // Without RoPE to undo, a bf16 qkv GEMM takes the bf16 gradient as it is
     // (its bias gradient sums the same values widened).
     if (!opt_.rope && qkv_.reads_bf16()) return qkv_.backward(dqkv16.reshape({shape_.B * shape_.T, 3 * C_}));
-    dqkv = Tensor::empty(qkv_out_.shape(), DType::f32, ctx_);
+    dqkv = Tensor::empty(qkv_shape, DType::f32, ctx_);
     ops::to_f32(ctx_, dqkv, dqkv16);
   } else {
-    dqkv = Tensor::zeros(qkv_out_.shape(), DType::f32, ctx_);
+    const Tensor dyatt = proj_.backward(dy);
+    dqkv = Tensor::zeros(qkv_shape, DType::f32, ctx_);
     ops::attention_backward(ctx_, {dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, y_, lse_, shape_});
   }
   Tensor d = dqkv.reshape({shape_.B * shape_.T, 3 * C_});

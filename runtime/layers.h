@@ -23,8 +23,10 @@ class Linear {
          bool bias = true);
   // y = x shared^T, shared (out, in): the LM head tied to the token embedding.
   Linear(Ctx& ctx, Param* shared);
-  Tensor forward(const Tensor& x);
-  Tensor backward(const Tensor& dy);
+  // y (and backward's dx) f32, or bf16 where the next op reads it so: written
+  // rounded by the GEMM (bf16 mode only; ops/matmul.h).
+  Tensor forward(const Tensor& x, DType y_dtype = DType::f32);
+  Tensor backward(const Tensor& dy, DType dx_dtype = DType::f32);
   int64_t in() const { return w_->shape[transposed_ ? 1 : 0]; }
   int64_t out() const { return w_->shape[transposed_ ? 0 : 1]; }
   // Whether its GEMMs read bf16(x) (bf16 mode): forward then takes x as bf16,

@@ -1760,6 +1760,62 @@ TEST_P(BackendOps, MatmulBf16BackwardReusesTheForwardsRounding) {
     }
 }
 
+// bf16 outputs of the bf16-mode GEMMs (what the attention block's qkv and
+// proj write for the bf16 kernels, runtime/layers.cc): y = bf16(x W + b) and
+// dx = bf16(dy W^T), on poisoned outputs, against the f32 outputs rounded.
+// The CPU rounds its f32 result: bit for bit. cuBLASLt writes bf16 itself,
+// perhaps by another algorithm than the f32 output's (another order of the
+// fp32 sums): within one bf16 step of it, and every element written. Twice,
+// bit for bit. With a bias (which the bf16 output must add in fp32, before
+// rounding) and without; W plain and transposed.
+TEST_P(BackendOps, MatmulBf16OutputsAreTheF32OutputsRounded) {
+  Ctx& x = ctx();
+  const bool cpu = GetParam() == DeviceKind::cpu;
+  for (const auto& [N, K, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 24, 19}, {256, 192, 384}})
+    for (const bool tw : {false, true})
+      for (const bool bias : {false, true}) {
+        SCOPED_TRACE(std::to_string(N) + "x" + std::to_string(K) + "x" + std::to_string(M) + (tw ? " W^T" : "") +
+                     (bias ? " bias" : ""));
+        Rng rng(0xb16 + N + tw);
+        const Tensor xin = randn({N, K}, rng).to(x), w = randn(tw ? Shape{M, K} : Shape{K, M}, rng).to(x),
+                     b = bias ? randn({M}, rng, 4.f).to(x) : Tensor(), dy = randn({N, M}, rng).to(x);
+        Tensor w16 = out(x, w.shape(), DType::bf16);
+        ops::to_bf16(x, w16, w);
+        Tensor y32 = out(x, {N, M}), dx32 = out(x, {N, K}), want_y = out(x, {N, M}, DType::bf16),
+               want_dx = out(x, {N, K}, DType::bf16);
+        ops::matmul_forward(x, {y32, xin, w, b, false, tw, &w16});
+        ops::matmul_backward(x, {&dx32, nullptr, nullptr, dy, xin, w, tw, &w16, false});
+        ops::to_bf16(x, want_y, y32);
+        ops::to_bf16(x, want_dx, dx32);
+        std::vector<Tensor> runs[2];
+        for (auto& r : runs) {
+          Tensor y16 = out(x, {N, M}, DType::bf16), dx16 = out(x, {N, K}, DType::bf16);
+          poison(y16, x);
+          poison(dx16, x);
+          ops::matmul_forward(x, {y16, xin, w, b, false, tw, &w16});
+          ops::matmul_backward(x, {&dx16, nullptr, nullptr, dy, xin, w, tw, &w16, false});
+          r = {y16.to(host_ctx()), dx16.to(host_ctx())};
+        }
+        const Tensor want[2] = {want_y.to(host_ctx()), want_dx.to(host_ctx())};
+        for (int i = 0; i < 2; ++i) {
+          const char* name = i == 0 ? "y" : "dx";
+          EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << name << " differs between two runs";
+          if (cpu) {
+            EXPECT_TRUE(bitwise_equal(runs[0][i], want[i])) << name << " is not the f32 result rounded";
+            continue;
+          }
+          const Tensor got = runs[0][i].to(DType::f32), ref = want[i].to(DType::f32);
+          int64_t bad = 0;
+          for (int64_t j = 0; j < got.numel(); ++j) {
+            const float g = got.f32()[j], r = ref.f32()[j];
+            // One bf16 step of r (2^-7 relative at most), or a sum near zero.
+            bad += !(std::fabs(g - r) <= 0x1p-7f * std::fabs(r) + 1e-4f);
+          }
+          EXPECT_EQ(bad, 0) << name << ": elements more than one bf16 step from the f32 result rounded (or unwritten)";
+        }
+      }
+}
+
 // The same for the expert FFNs (what GroupedExperts keeps in bf16 mode): the
 // forward's bf16(buf) and bf16(act) in backward give dbuf and every weight
 // gradient bit for bit those of rounding again and recomputing act; GELU

@@ -9,6 +9,11 @@
 // fp32 mode: CUBLAS_COMPUTE_32F (no TF32), A, B, C fp32.
 // bf16 mode (bf16 true): A and B bf16, C and the bias fp32, CUBLAS_COMPUTE_32F
 // (bf16 products on the tensor cores, fp32 accumulation; ops/matmul.h).
+// bf16 output (C16 given, C null, beta 0): D = bf16(op(A) op(B) [+ bias]),
+// the fp32 accumulator (and fp32 bias) rounded once by cuBLASLt. gemm()
+// returns false, having launched nothing, where it cannot: a bias cuBLASLt's
+// epilogue cannot take, or no algorithm; the caller then writes fp32 and
+// rounds. Every other call returns true (or throws).
 // Strided batch (batch > 1): `batch` independent GEMMs of these shapes, the
 // b-th reading A + b stride_a, B + b stride_b, bias + b stride_bias and
 // writing C + b stride_c (strides in elements): the equal-row expert GEMMs of
@@ -33,13 +38,14 @@ struct GemmArgs {
   int64_t ldb = 0;
   float beta = 0.f;
   float* C = nullptr;
+  void* C16 = nullptr;  // instead of C: a bf16 output
   int64_t ldc = 0;
   const float* bias = nullptr;
   int64_t batch = 1;
   int64_t stride_a = 0, stride_b = 0, stride_c = 0, stride_bias = 0;
 };
 
-void gemm(Ctx& ctx, const GemmArgs& g);
+bool gemm(Ctx& ctx, const GemmArgs& g);
 
 // bf16(t) for an fp32 t, in scratch from ctx's allocator: a bf16 GEMM operand.
 Tensor bf16_copy(Ctx& ctx, const Tensor& t);

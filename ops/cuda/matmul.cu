@@ -12,6 +12,10 @@
 // rounded into bf16 scratch from ctx's allocator (ops::cuda::to_bf16, one
 // pass each; an x that comes as bf16 is read as it is), the GEMMs take bf16
 // A and B with fp32 C/D, bias and CUBLAS_COMPUTE_32F; db sums the fp32 dy.
+// A bf16 y or dx (written, not accumulated) is cuBLASLt's bf16 D: the fp32
+// accumulator plus the fp32 bias (BIAS_DATA_TYPE 32F), rounded once. Where
+// the heuristic offers no such algorithm (or the bias is misaligned), the
+// GEMM writes fp32 scratch and to_bf16 rounds it: the same values.
 //
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
 // GPU model for a fixed algorithm and workspace; the algorithm is cached per
@@ -54,7 +58,7 @@ uint32_t alignment(const void* p, int64_t batch, int64_t stride_bytes) {
 
 struct AlgoKey {
   int device;
-  bool ta, tb, bf16, bias, beta;
+  bool ta, tb, bf16, bias, beta, out16;
   int64_t M, N, K, lda, ldb, ldc;
   uint32_t align_a, align_b, align_c;
   int64_t batch, stride_a, stride_b, stride_c, stride_bias;
@@ -63,7 +67,7 @@ struct AlgoKey {
   // biases at different offsets differ in it.
   uint32_t align_bias;
   auto tie() const {
-    return std::tie(device, ta, tb, bf16, bias, beta, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, batch,
+    return std::tie(device, ta, tb, bf16, bias, beta, out16, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, batch,
                     stride_a, stride_b, stride_c, stride_bias, align_bias);
   }
   bool operator<(const AlgoKey& o) const { return tie() < o.tie(); }
@@ -142,9 +146,12 @@ std::optional<cublasLtMatmulAlgo_t> find_algo(Ctx& ctx, cublasLtHandle_t handle,
 }
 }  // namespace
 
-void gemm(Ctx& ctx, const GemmArgs& g) {
-  if (g.M == 0 || g.N == 0) return;
+bool gemm(Ctx& ctx, const GemmArgs& g) {
+  if (g.M == 0 || g.N == 0) return true;
   SY_CHECK(g.K > 0, "gemm: K = 0");
+  const bool out16 = g.C16 != nullptr;
+  SY_CHECK(!out16 || (g.C == nullptr && g.beta == 0.f && g.bf16), "gemm: a bf16 output is written (beta 0) from bf16 operands");
+  void* const C = out16 ? g.C16 : static_cast<void*>(g.C);
   SY_CHECK(g.batch >= 1 && g.batch <= 65535, "gemm: batch " << g.batch << " (1 to 65535)");
   SY_CHECK(ctx.blas.cublaslt, "gemm: the context has no cuBLASLt handle");
   auto handle = static_cast<cublasLtHandle_t>(ctx.blas.cublaslt);
@@ -161,7 +168,10 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
     bias = nullptr;
     beta = 1.f;
   };
-  if (bias && !bias_aligned) bias_by_kernel();
+  if (bias && !bias_aligned) {
+    if (out16) return false;  // (a bias kernel then a GEMM onto it would round twice)
+    bias_by_kernel();
+  }
 
   // Column-major view: D (N, M) = op'(B) (N, K) * op'(A) (K, M).
   const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -172,7 +182,7 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
                            : layout(g.N, g.K, g.ldb, g.bf16, nb, g.stride_b);
   Layout second = g.trans_a ? layout(g.M, g.K, g.lda, g.bf16, nb, g.stride_a)
                             : layout(g.K, g.M, g.lda, g.bf16, nb, g.stride_a);
-  Layout out = layout(g.N, g.M, g.ldc, false, nb, g.stride_c);
+  Layout out = layout(g.N, g.M, g.ldc, out16, nb, g.stride_c);
 
   cublasLtMatmulDesc_t d = nullptr;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -183,17 +193,22 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (out16) {  // (the bias would otherwise be read as D's type; where fp32 is refused, no algorithm)
+      const int32_t bias_type = CUDA_R_32F;
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+    }
     if (nb > 1)
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &g.stride_bias,
                                                   sizeof(g.stride_bias)));
   }
 
-  AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, g.M, g.N, g.K, g.lda, g.ldb,
-              g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
-              alignment(g.C, nb, g.stride_c * 4), nb, nb > 1 ? g.stride_a : 0,
+  AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, out16, g.M, g.N, g.K,
+              g.lda, g.ldb, g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
+              alignment(C, nb, g.stride_c * (out16 ? 2 : 4)), nb, nb > 1 ? g.stride_a : 0,
               nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? g.stride_bias : 0,
               bias ? alignment(bias, nb, g.stride_bias * 4) : 0};
   std::optional<cublasLtMatmulAlgo_t> algo = find_algo(ctx, handle, d, first.get(), second.get(), out.get(), key);
+  if (!algo && out16) return false;
   if (!algo && bias) {
     // No algorithm with the BIAS epilogue for this shape and these
     // alignments: the bias by its own kernel, then the plain GEMM onto it.
@@ -207,8 +222,9 @@ void gemm(Ctx& ctx, const GemmArgs& g) {
                                                   << " N=" << g.N << " K=" << g.K << " (alignments A " << key.align_b
                                                   << ", B " << key.align_a << ", C " << key.align_c << " bytes)");
   const float alpha = 1.f;
-  CUBLAS_CHECK(cublasLtMatmul(handle, d, &alpha, g.B, first.get(), g.A, second.get(), &beta, g.C, out.get(), g.C,
+  CUBLAS_CHECK(cublasLtMatmul(handle, d, &alpha, g.B, first.get(), g.A, second.get(), &beta, C, out.get(), C,
                               out.get(), &*algo, ctx.blas.workspace, ctx.blas.workspace_bytes, stream(ctx)));
+  return true;
 }
 
 Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
@@ -230,8 +246,18 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   g.trans_b = a.w_transposed;  // W (M, K): y = x W^T
   g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = a.w_transposed ? K : M;
   g.beta = a.accumulate ? 1.f : 0.f;
-  g.C = a.y.data<float>(), g.ldc = M;
+  g.ldc = M;
   g.bias = a.b.defined() ? a.b.data<float>() : nullptr;
+  if (a.y.dtype() == DType::bf16) {  // written by the GEMM, else fp32 scratch rounded
+    g.C16 = a.y.raw();
+    if (gemm(ctx, g)) return;
+    Tensor y = Tensor::empty(a.y.shape(), DType::f32, ctx);
+    g.C16 = nullptr, g.C = y.data<float>();
+    gemm(ctx, g);
+    cuda::to_bf16(ctx, a.y, y);
+    return;
+  }
+  g.C = a.y.data<float>();
   gemm(ctx, g);
 }
 
@@ -253,8 +279,19 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
     g.A = dy, g.lda = M;
     g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = a.w_transposed ? K : M;
     g.beta = a.dx_accumulate ? 1.f : 0.f;
-    g.C = a.dx->data<float>(), g.ldc = K;
-    gemm(ctx, g);
+    g.ldc = K;
+    if (a.dx->dtype() == DType::bf16) {  // written (dx_accumulate false): by the GEMM, else rounded
+      g.C16 = a.dx->raw();
+      if (!gemm(ctx, g)) {
+        Tensor dx = Tensor::empty(a.dx->shape(), DType::f32, ctx);
+        g.C16 = nullptr, g.C = dx.data<float>();
+        gemm(ctx, g);
+        cuda::to_bf16(ctx, *a.dx, dx);
+      }
+    } else {
+      g.C = a.dx->data<float>();
+      gemm(ctx, g);
+    }
   }
   if (a.dw && !a.w_transposed) {  // dW (K, M) += x^T (K, N) dy (N, M)
     GemmArgs g;
