@@ -136,9 +136,11 @@ std::optional<cublasLtMatmulAlgo_t> find_algo(Ctx& ctx, cublasLtHandle_t handle,
   cublasLtMatmulHeuristicResult_t result;
   std::memset(&result, 0, sizeof(result));
   int found = 0;
-  // (NOT_SUPPORTED, like found = 0: nothing for this configuration)
+  // (NOT_SUPPORTED, like found = 0: nothing for this configuration; for a
+  // bf16 output, any refusal: the fp32 output is the way round it)
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, d, first, second, out, out, p, 1, &result, &found);
-  if (st != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(st);
+  if (st != CUBLAS_STATUS_NOT_SUPPORTED && !(key.out16 && st != CUBLAS_STATUS_SUCCESS)) CUBLAS_CHECK(st);
+  if (st != CUBLAS_STATUS_SUCCESS) found = 0;
   std::optional<cublasLtMatmulAlgo_t> algo;
   if (found > 0) algo = result.algo;
   algo_cache.emplace(key, algo);
