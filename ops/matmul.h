@@ -28,9 +28,11 @@
 // A bf16 output (bf16 mode, written, not accumulated: y with accumulate false,
 // dx with dx_accumulate false) holds bf16 of the fp32 result, bias added in
 // fp32 before the rounding: y = bf16(bf16(x) W16 + b), dx = bf16(bf16(dy) W16^T).
-// On CUDA the GEMM writes it (no fp32 copy and no rounding pass; where
-// cuBLASLt has no such algorithm, an fp32 scratch and the rounding pass); on
-// the CPU the fp32 result is rounded, bit for bit what to_bf16 gives.
+// On CUDA the GEMM writes it (no fp32 copy and no rounding pass; its fp32
+// sums perhaps in another order than the fp32 output's GEMM, so within one
+// bf16 step of that output rounded; where cuBLASLt has no such algorithm, an
+// fp32 scratch and the rounding pass); on the CPU the fp32 result is
+// rounded, bit for bit what to_bf16 gives.
 #pragma once
 #include "core/tensor.h"
 

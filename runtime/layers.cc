@@ -141,7 +141,7 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   flops_ = flops(B, T);
   // bf16 attention after a bf16 qkv GEMM, without RoPE to apply in between:
   // the GEMM writes the bf16 qkv the kernels read (no f32 qkv, no rounding
-  // pass: the same values, ops/matmul.h).
+  // pass: the f32 values rounded, on CUDA to within one bf16 step, ops/matmul.h).
   const bool qkv_writes_bf16 = opt_.bf16 && !opt_.rope && qkv_.reads_bf16();
   if (qkv_writes_bf16) {
     qkv16_ = qkv_.forward(x, DType::bf16).reshape({B, T, 3 * C_});
@@ -181,7 +181,7 @@ Tensor CausalSelfAttention::backward(const Tensor& dy) {
   Tensor dqkv;
   if (opt_.bf16) {
     // The attention kernels read dout in bf16: a bf16 proj writes it so
-    // (the values the rounding pass would give, ops/matmul.h).
+    // (what the rounding pass would give; on CUDA within one bf16 step).
     Tensor dout16;
     if (proj_.reads_bf16()) {
       dout16 = proj_.backward(dy, DType::bf16).reshape({shape_.B, shape_.T, C_});

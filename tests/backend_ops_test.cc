@@ -1767,18 +1767,20 @@ TEST_P(BackendOps, MatmulBf16BackwardReusesTheForwardsRounding) {
 // perhaps by another algorithm than the f32 output's (another order of the
 // fp32 sums): within one bf16 step of it, and every element written. Twice,
 // bit for bit. With a bias (which the bf16 output must add in fp32, before
-// rounding) and without; W plain and transposed.
+// rounding), a misaligned one (a view one element in: the fp32 fallback) and
+// none; W plain and transposed.
 TEST_P(BackendOps, MatmulBf16OutputsAreTheF32OutputsRounded) {
   Ctx& x = ctx();
   const bool cpu = GetParam() == DeviceKind::cpu;
   for (const auto& [N, K, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 24, 19}, {256, 192, 384}})
     for (const bool tw : {false, true})
-      for (const bool bias : {false, true}) {
+      for (const int bias : {0, 1, 2}) {  // none, aligned, a view one element in (no epilogue: the fallback)
         SCOPED_TRACE(std::to_string(N) + "x" + std::to_string(K) + "x" + std::to_string(M) + (tw ? " W^T" : "") +
-                     (bias ? " bias" : ""));
+                     (bias ? bias == 1 ? " bias" : " offset bias" : ""));
         Rng rng(0xb16 + N + tw);
         const Tensor xin = randn({N, K}, rng).to(x), w = randn(tw ? Shape{M, K} : Shape{K, M}, rng).to(x),
-                     b = bias ? randn({M}, rng, 4.f).to(x) : Tensor(), dy = randn({N, M}, rng).to(x);
+                     b = bias == 0 ? Tensor() : randn({M + bias - 1}, rng, 4.f).to(x).rows(bias - 1, M + bias - 1),
+                     dy = randn({N, M}, rng).to(x);
         Tensor w16 = out(x, w.shape(), DType::bf16);
         ops::to_bf16(x, w16, w);
         Tensor y32 = out(x, {N, M}), dx32 = out(x, {N, K}), want_y = out(x, {N, M}, DType::bf16),

@@ -13,9 +13,12 @@
 // pass each; an x that comes as bf16 is read as it is), the GEMMs take bf16
 // A and B with fp32 C/D, bias and CUBLAS_COMPUTE_32F; db sums the fp32 dy.
 // A bf16 y or dx (written, not accumulated) is cuBLASLt's bf16 D: the fp32
-// accumulator plus the fp32 bias (BIAS_DATA_TYPE 32F), rounded once. Where
-// the heuristic offers no such algorithm (or the bias is misaligned), the
-// GEMM writes fp32 scratch and to_bf16 rounds it: the same values.
+// accumulator plus the fp32 bias (BIAS_DATA_TYPE 32F, not among the bias
+// types cublasLt.h lists for a bf16 D: the heuristic may refuse it), rounded
+// once; its algorithm may sum in another order than the fp32 output's, so
+// within one bf16 step of that output rounded. Where cuBLASLt refuses (said
+// once per shape on stderr) or the bias is misaligned, the GEMM writes fp32
+// scratch and to_bf16 rounds it: exactly that output rounded.
 //
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
 // GPU model for a fixed algorithm and workspace; the algorithm is cached per
@@ -25,6 +28,7 @@
 // fixed-order two-stage column sum (common.cuh), no atomics.
 #include <cublasLt.h>
 
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -136,15 +140,28 @@ std::optional<cublasLtMatmulAlgo_t> find_algo(Ctx& ctx, cublasLtHandle_t handle,
   cublasLtMatmulHeuristicResult_t result;
   std::memset(&result, 0, sizeof(result));
   int found = 0;
-  // (NOT_SUPPORTED, like found = 0: nothing for this configuration; for a
-  // bf16 output, any refusal: the fp32 output is the way round it)
+  // (NOT_SUPPORTED, like found = 0: nothing for this configuration. A bf16
+  // output refused otherwise falls back too, said once: a refusal that is
+  // not about support would otherwise hide behind the fallback.)
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, d, first, second, out, out, p, 1, &result, &found);
-  if (st != CUBLAS_STATUS_NOT_SUPPORTED && !(key.out16 && st != CUBLAS_STATUS_SUCCESS)) CUBLAS_CHECK(st);
+  if (st != CUBLAS_STATUS_NOT_SUPPORTED && !key.out16) CUBLAS_CHECK(st);
   if (st != CUBLAS_STATUS_SUCCESS) found = 0;
   std::optional<cublasLtMatmulAlgo_t> algo;
   if (found > 0) algo = result.algo;
+  if (key.out16 && !algo)
+    std::fprintf(stderr,
+                 "note: cuBLASLt has no bf16-output algorithm for M=%lld N=%lld K=%lld%s (%s): the GEMM writes fp32 "
+                 "and a pass rounds it\n",
+                 static_cast<long long>(key.M), static_cast<long long>(key.N), static_cast<long long>(key.K),
+                 key.bias ? " with an fp32 bias" : "", st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st));
   algo_cache.emplace(key, algo);
   return algo;
+}
+
+// Forgets key's algorithm (cublasLtMatmul refused it): the next call falls back.
+void drop_algo(const AlgoKey& key) {
+  std::lock_guard<std::mutex> lock(algo_mutex);
+  algo_cache[key] = std::nullopt;
 }
 }  // namespace
 
@@ -224,8 +241,14 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
                                                   << " N=" << g.N << " K=" << g.K << " (alignments A " << key.align_b
                                                   << ", B " << key.align_a << ", C " << key.align_c << " bytes)");
   const float alpha = 1.f;
-  CUBLAS_CHECK(cublasLtMatmul(handle, d, &alpha, g.B, first.get(), g.A, second.get(), &beta, C, out.get(), C,
-                              out.get(), &*algo, ctx.blas.workspace, ctx.blas.workspace_bytes, stream(ctx)));
+  const cublasStatus_t st = cublasLtMatmul(handle, d, &alpha, g.B, first.get(), g.A, second.get(), &beta, C, out.get(),
+                                           C, out.get(), &*algo, ctx.blas.workspace, ctx.blas.workspace_bytes,
+                                           stream(ctx));
+  if (out16 && st == CUBLAS_STATUS_NOT_SUPPORTED) {  // (the heuristic offered it; refused all the same)
+    drop_algo(key);
+    return false;
+  }
+  CUBLAS_CHECK(st);
   return true;
 }
 
