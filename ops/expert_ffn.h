@@ -27,8 +27,9 @@
 // are host values: the Route's one device-to-host copy).
 // Backward (per expert, act and the activation's derivative recomputed from
 // pre): the matmul and activation backwards; dbuf and every weight gradient
-// accumulate. GELU experts compute exactly what they did before SWIGLU was
-// added.
+// accumulate, or dbuf is written (dbuf_accumulate false: every row belongs to
+// one expert, so a fresh dbuf needs no zero fill and its GEMMs no read of it).
+// GELU experts compute exactly what they did before SWIGLU was added.
 //
 // bf16 mode (w1_bf16 and w2_bf16 given: the weights' bf16 shadows): every
 // GEMM is matmul's bf16 mode (ops/matmul.h), its activation operand (buf,
@@ -117,6 +118,7 @@ struct ExpertFfnBackwardArgs {
   const ExpertLayout& layout;
   ExpertWeights w;
   const Tensor* act_bf16 = nullptr;  // bf16 mode (optional): the forward's act_bf16
+  bool dbuf_accumulate = true;       // false: dbuf is written, not added to
 };
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a);

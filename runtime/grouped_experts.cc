@@ -55,11 +55,12 @@ Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& of
 }
 
 Tensor GroupedExperts::backward(const Tensor& dout) {
-  Tensor dbuf = Tensor::zeros(buf_.shape(), DType::f32, ctx_);  // (buf_ may be bf16: dbuf is f32)
+  // Written by the experts' GEMMs, every row (no zero fill); f32 even where buf_ is bf16.
+  Tensor dbuf = Tensor::empty(buf_.shape(), DType::f32, ctx_);
   Tensor no_db1, no_db2;
   ops::expert_ffn_backward(ctx_, {dbuf, {w1_->grad, b1_ ? b1_->grad : no_db1, w2_->grad, b2_ ? b2_->grad : no_db2},
                                   dout, buf_, pre_, offsets_, layout_, weights(),
-                                  act16_.defined() ? &act16_ : nullptr});
+                                  act16_.defined() ? &act16_ : nullptr, /*dbuf_accumulate=*/false});
   return dbuf;
 }
 

@@ -1818,6 +1818,50 @@ TEST_P(BackendOps, MatmulBf16OutputsAreTheF32OutputsRounded) {
       }
 }
 
+// dbuf written (dbuf_accumulate false, what GroupedExperts asks) into a
+// poisoned buffer against dbuf accumulated onto zeros: every row written (each
+// belongs to one expert), the same values; the CPU bit for bit, CUDA (beta 0
+// may pick another cuBLASLt algorithm than beta 1) to 1e-5 relative L2.
+// Equal experts (one strided batch) and packed ones with an empty expert,
+// f32 and bf16 mode.
+TEST_P(BackendOps, ExpertFfnBackwardWritesDbuf) {
+  Ctx& x = ctx();
+  const bool cpu = GetParam() == DeviceKind::cpu;
+  for (const bool equal : {true, false})
+    for (const bool bf16 : {false, true}) {
+      SCOPED_TRACE(std::string(equal ? "equal experts" : "packed") + (bf16 ? ", bf16" : ", f32"));
+      const std::vector<int32_t> offset = equal ? std::vector<int32_t>{0, 6, 12, 18, 24} : std::vector<int32_t>{0, 5, 5, 12, 20};
+      const ops::ExpertLayout layout(16, equal ? std::vector<int64_t>{12, 12, 12, 12} : std::vector<int64_t>{6, 12, 3, 9},
+                                     ops::FfnActivation::gelu);
+      const int64_t R = offset.back(), P = layout.total_width(), S = layout.total_hidden();
+      Rng rng(0xdb + R + bf16);
+      const Tensor buf = randn({R, 16}, rng).to(x), w1 = randn({16 * P}, rng, 0.3f).to(x),
+                   w2 = randn({S * 16}, rng, 0.3f).to(x), b1 = randn({P}, rng).to(x), b2 = randn({4, 16}, rng).to(x),
+                   dout = randn({R, 16}, rng).to(x);
+      Tensor w1_16 = out(x, w1.shape(), DType::bf16), w2_16 = out(x, w2.shape(), DType::bf16);
+      ops::to_bf16(x, w1_16, w1);
+      ops::to_bf16(x, w2_16, w2);
+      const ops::ExpertWeights w{w1, b1, w2, b2, bf16 ? &w1_16 : nullptr, bf16 ? &w2_16 : nullptr};
+      Tensor pre = out(x, {layout.pre_numel(offset)}), o = out(x, {R, 16});
+      ops::expert_ffn_forward(x, {o, pre, buf, offset, layout, w});
+      Tensor got[2];
+      for (int written = 0; written < 2; ++written) {
+        Tensor dbuf = written ? out(x, {R, 16}) : Tensor::zeros({R, 16}, DType::f32, x);
+        if (written) poison(dbuf, x);
+        Tensor dw1 = Tensor::zeros(w1.shape(), DType::f32, x), dw2 = Tensor::zeros(w2.shape(), DType::f32, x),
+               db1 = Tensor::zeros(b1.shape(), DType::f32, x), db2 = Tensor::zeros(b2.shape(), DType::f32, x);
+        ops::expert_ffn_backward(x, {dbuf, {dw1, db1, dw2, db2}, dout, buf, pre, offset, layout, w, nullptr,
+                                     /*dbuf_accumulate=*/written == 0});
+        got[written] = dbuf.to(host_ctx());
+      }
+      if (cpu) {
+        EXPECT_TRUE(bitwise_equal(got[0], got[1])) << "written dbuf differs from dbuf accumulated onto zeros";
+      } else {
+        EXPECT_LE(rel_l2(got[1], got[0]), 1e-5) << "written dbuf against dbuf accumulated onto zeros";
+      }
+    }
+}
+
 // The same for the expert FFNs (what GroupedExperts keeps in bf16 mode): the
 // forward's bf16(buf) and bf16(act) in backward give dbuf and every weight
 // gradient bit for bit those of rounding again and recomputing act; GELU

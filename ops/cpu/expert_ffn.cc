@@ -119,7 +119,8 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     if (bf16) dpre = dpre.to(DType::bf16);
     Tensor dbuf = a.dbuf.rows(r0, r1);
     cpu::matmul_backward(ctx, {&dbuf, &dw1, bias ? &db1 : nullptr, dpre, a.buf.rows(r0, r1),
-                               block(a.w.w1, l.w1_offset(g), {D, P}), false, bf16 ? &w1_16 : nullptr});
+                               block(a.w.w1, l.w1_offset(g), {D, P}), false, bf16 ? &w1_16 : nullptr,
+                               a.dbuf_accumulate});
   }
 }
 

@@ -289,15 +289,17 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   // the GEMMs read and whose values db1 sums (no zero fill, no f32 copy).
   Tensor dpre = bf16 ? Tensor::empty(a.pre.shape(), DType::bf16, ctx) : Tensor::zeros(a.pre.shape(), DType::f32, ctx);
   activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
+  const float dbuf_beta = a.dbuf_accumulate ? 1.f : 0.f;  // (written: each row is one expert's)
   if (eq >= 0) {
-    gemm_nt(ctx, bf16, eq, D, P0, at(dpre, 0), at(w1, 0), a.dbuf.data<float>(), 1.f, {G, eq * P0, D * P0, eq * D, 0});
+    gemm_nt(ctx, bf16, eq, D, P0, at(dpre, 0), at(w1, 0), a.dbuf.data<float>(), dbuf_beta,
+            {G, eq * P0, D * P0, eq * D, 0});
     gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre, 0), dw1, {G, eq * D, eq * P0, D * P0, 0});
   }
   int64_t p0 = 0;
   for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n == 0) continue;
-    gemm_nt(ctx, bf16, n, D, P, at(dpre, p0), at(w1, l.w1_offset(g)), a.dbuf.data<float>() + r0 * D, 1.f);
+    gemm_nt(ctx, bf16, n, D, P, at(dpre, p0), at(w1, l.w1_offset(g)), a.dbuf.data<float>() + r0 * D, dbuf_beta);
     gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, p0), dw1 + l.w1_offset(g));
     p0 += n * P;
   }
