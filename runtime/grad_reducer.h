@@ -24,7 +24,10 @@
 // communicator that can do neither) every bucket is reduced in finish().
 //
 // finish() reports the collective time and the part of it backward did not
-// hide, so the hidden share is 1 - exposed / all_reduce. Thread mode: the
+// hide. (1 - exposed / all_reduce overstates the hidden share: an overlapped
+// collective is stretched by the cores it shares and by waiting for the
+// other ranks; scripts/bench/grad_overlap.py divides by the all-reduce's time
+// in a run without overlap instead.) Thread mode: the
 // time finish() waited for the thread. Stream mode: how long the second
 // stream ran past the end of backward on the compute stream, by CUDA events
 // read at the next step without waiting (so a step reports the one before's;
