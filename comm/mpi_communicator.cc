@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "core/context.h"
+#include "core/device.h"
 
 namespace sy::comm {
 
@@ -248,6 +249,11 @@ NodeLocal node_local(MPI_Comm comm) {
   MPI_Comm_size(node, &n.size);
   MPI_Comm_free(&node);
   return n;
+}
+
+int node_local_gpu(MPI_Comm comm) {
+  const int gpus = cuda_device_count();
+  return gpus > 0 ? node_local(comm).rank % gpus : -1;
 }
 
 void abort_job(int code) { MPI_Abort(MPI_COMM_WORLD, code); std::abort(); }

@@ -74,6 +74,8 @@ struct NodeLocal {
   int rank = 0, size = 1;
 };
 NodeLocal node_local(MPI_Comm comm);
+// This rank's GPU: its node-local rank modulo the node's GPUs; -1 without one.
+int node_local_gpu(MPI_Comm comm);
 
 // Ends every rank of the job: what a rank's top-level handler calls after
 // printing its error, so that no other rank waits forever.

@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "comm/mpi_communicator.h"
-#include "core/device.h"
 #include "core/device_runtime.h"
 #include "examples/bench_comm_nccl.h"
 #include "runtime/output_file.h"
@@ -68,9 +67,9 @@ int main(int argc, char** argv) {
         }
         std::unique_ptr<sy::DeviceRuntime> rt;
         if (device) {
-          const int gpus = sy::cuda_device_count();
-          if (gpus == 0) throw sy::BackendError("bench_comm --device: no CUDA device");
-          rt = sy::DeviceRuntime::create(sy::comm::node_local(MPI_COMM_WORLD).rank % gpus);
+          const int gpu = sy::comm::node_local_gpu(MPI_COMM_WORLD);
+          if (gpu < 0) throw sy::BackendError("bench_comm --device: no CUDA device");
+          rt = sy::DeviceRuntime::create(gpu);
         }
         nlohmann::json out = nlohmann::json::array();
         if (R == 0)

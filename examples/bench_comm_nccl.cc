@@ -9,7 +9,6 @@
 #include <memory>
 #include <vector>
 
-#include "core/device.h"
 #include "core/device_runtime.h"
 #include "core/error.h"
 
@@ -62,10 +61,9 @@ int32_t tag(int from, int to, int64_t i) { return (from << 24) | (to << 16) | st
 }  // namespace
 
 nlohmann::json bench_nccl_all_to_all(comm::MpiCommunicator& mpi, const NcclBenchOptions& opt) {
-  const int gpus = cuda_device_count();
-  if (gpus == 0) throw BackendError("bench_comm --nccl: no CUDA device");
+  const int device = comm::node_local_gpu(MPI_COMM_WORLD);
+  if (device < 0) throw BackendError("bench_comm --nccl: no CUDA device");
   const int W = mpi.size(), R = mpi.rank();
-  const int device = comm::node_local(MPI_COMM_WORLD).rank % gpus;
   std::unique_ptr<DeviceRuntime> rt = DeviceRuntime::create(device);
   Ctx& ctx = rt->ctx();
   const auto stream = static_cast<cudaStream_t>(ctx.stream.handle);

@@ -75,7 +75,7 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   sy::Config cfg = sy::load_config(config, sets);
   sy::TrainOptions opts;
   // A CUDA run: each rank the GPU of its rank on the node (as train_switch).
-  if (const int gpus = sy::cuda_device_count(); gpus > 0) opts.device = sy::comm::node_local(MPI_COMM_WORLD).rank % gpus;
+  if (const int gpu = sy::comm::node_local_gpu(MPI_COMM_WORLD); gpu >= 0) opts.device = gpu;
   std::unique_ptr<sy::ParallelContext> par;
   if (size > 1) {
     par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),

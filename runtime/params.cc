@@ -1,7 +1,5 @@
 #include "runtime/params.h"
 
-#include <algorithm>
-
 #include "ops/elementwise.h"
 
 namespace sy {
@@ -65,8 +63,7 @@ void ParamStore::keep_slice(const std::string& name, int64_t whole, int64_t begi
   std::vector<float>& w = staged_.back();
   SY_CHECK(static_cast<int64_t>(w.size()) == end - begin,
            "parameter " << name << ": " << w.size() << " elements for a slice of " << end - begin);
-  if (std != 0.f) draw_normals(rng, std, whole, begin, end, w.data());
-  else std::fill(w.begin(), w.end(), 0.f);
+  if (std != 0.f) draw_normals(rng, std, whole, begin, end, w.data());  // (else zeros, as added)
 }
 
 Shape Param::row_shape(int64_t g) const {

@@ -3,23 +3,15 @@
 #include <cblas.h>
 
 #include "ops/cpu/bf16_operand.h"
+#include "ops/elementwise.h"
 
 namespace sy::ops::cpu {
-
-namespace {
-// dst (bf16) = bf16(src), round to nearest even (core/dtype.h).
-void round_into(Tensor& dst, const Tensor& src) {
-  const float* in = src.f32();
-  bf16_t* out = dst.data<bf16_t>();
-  for (int64_t i = 0; i < src.numel(); ++i) out[i].bits = f32_to_bf16(in[i]);
-}
-}  // namespace
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   if (a.y.dtype() == DType::bf16) {  // the fp32 result, rounded (not accumulated: checked by the op)
     Tensor y = Tensor::empty(a.y.shape(), DType::f32, ctx);
     matmul_forward(ctx, {y, a.x, a.w, a.b, false, a.w_transposed, a.w_bf16, a.x_bf16});
-    round_into(a.y, y);
+    cpu::to_bf16(ctx, a.y, y);
     return;
   }
   if (a.w_bf16) {
@@ -54,7 +46,7 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   if (a.dx && a.dx->dtype() == DType::bf16) {  // written (checked by the op): the fp32 dx, rounded
     Tensor dx = Tensor::empty(a.dx->shape(), DType::f32, ctx);
     matmul_backward(ctx, {&dx, a.dw, a.db, a.dy, a.x, a.w, a.w_transposed, a.w_bf16, false});
-    round_into(*a.dx, dx);
+    cpu::to_bf16(ctx, *a.dx, dx);
     return;
   }
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);

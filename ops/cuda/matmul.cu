@@ -258,6 +258,23 @@ Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
   return r;
 }
 
+namespace {
+// g into `out` (f32: C; bf16: written by the GEMM, else fp32 scratch rounded).
+void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out) {
+  if (out.dtype() == DType::f32) {
+    g.C = out.data<float>();
+    gemm(ctx, g);
+    return;
+  }
+  g.C16 = out.raw();
+  if (gemm(ctx, g)) return;
+  Tensor scratch = Tensor::empty(out.shape(), DType::f32, ctx);
+  g.C16 = nullptr, g.C = scratch.data<float>();
+  gemm(ctx, g);
+  cuda::to_bf16(ctx, out, scratch);
+}
+}  // namespace
+
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   const bool bf16 = a.w_bf16 != nullptr;
@@ -273,17 +290,7 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   g.beta = a.accumulate ? 1.f : 0.f;
   g.ldc = M;
   g.bias = a.b.defined() ? a.b.data<float>() : nullptr;
-  if (a.y.dtype() == DType::bf16) {  // written by the GEMM, else fp32 scratch rounded
-    g.C16 = a.y.raw();
-    if (gemm(ctx, g)) return;
-    Tensor y = Tensor::empty(a.y.shape(), DType::f32, ctx);
-    g.C16 = nullptr, g.C = y.data<float>();
-    gemm(ctx, g);
-    cuda::to_bf16(ctx, a.y, y);
-    return;
-  }
-  g.C = a.y.data<float>();
-  gemm(ctx, g);
+  gemm_into(ctx, g, a.y);
 }
 
 void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
@@ -305,18 +312,7 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
     g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = a.w_transposed ? K : M;
     g.beta = a.dx_accumulate ? 1.f : 0.f;
     g.ldc = K;
-    if (a.dx->dtype() == DType::bf16) {  // written (dx_accumulate false): by the GEMM, else rounded
-      g.C16 = a.dx->raw();
-      if (!gemm(ctx, g)) {
-        Tensor dx = Tensor::empty(a.dx->shape(), DType::f32, ctx);
-        g.C16 = nullptr, g.C = dx.data<float>();
-        gemm(ctx, g);
-        cuda::to_bf16(ctx, *a.dx, dx);
-      }
-    } else {
-      g.C = a.dx->data<float>();
-      gemm(ctx, g);
-    }
+    gemm_into(ctx, g, *a.dx);
   }
   if (a.dw && !a.w_transposed) {  // dW (K, M) += x^T (K, N) dy (N, M)
     GemmArgs g;
