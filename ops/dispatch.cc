@@ -9,18 +9,21 @@ void check(Ctx& ctx, const Tensor& tokens, const Tensor& rows, const Route& r, c
   SY_CHECK(tokens.ndim() == 2 && tokens.dim(0) == r.num_items,
            what << ": token tensor " << shape_str(tokens.shape()) << " for " << r.num_items << " items");
   check_shape(rows, {r.rows(), tokens.dim(1)}, what);
-  check_device(ctx, what, {&tokens, &rows, &r.group, &r.slot, &r.offset, &r.weight});
+  check_device(ctx, what, {&tokens, &rows, &r.group, &r.slot, &r.offset, &r.count, &r.weight});
 }
 }  // namespace
 
 void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r) {
   check(ctx, x, buf, r, "dispatch buf");
+  check_dtype(x, DType::f32, "dispatch x");
+  SY_CHECK(buf.dtype() == DType::f32 || buf.dtype() == DType::bf16,
+           "dispatch buf: " << dtype_name(buf.dtype()) << " (f32 or bf16)");
   SY_DISPATCH(ctx, dispatch_forward, ctx, buf, x, r);
 }
 
-void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r) {
+void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r, bool accumulate) {
   check(ctx, dx, dbuf, r, "dispatch dbuf");
-  SY_DISPATCH(ctx, dispatch_backward, ctx, dx, dbuf, r);
+  SY_DISPATCH(ctx, dispatch_backward, ctx, dx, dbuf, r, accumulate);
 }
 
 void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r) {
@@ -31,6 +34,7 @@ void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r) {
 void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r) {
   check(ctx, dy, out, r, "combine out");
   check_shape(dout, out.shape(), "combine dout");
+  check_dtype(dout, DType::f32, "combine dout");
   check_shape(dweight, {r.assignments()}, "combine dweight");
   check_device(ctx, "combine_backward", {&dout, &dweight});
   SY_DISPATCH(ctx, combine_backward, ctx, dout, dweight, dy, out, r);

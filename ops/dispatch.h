@@ -7,8 +7,17 @@
 //   dispatch: dx[i] += dbuf[row(a)]
 //   combine:  dout[row(a)] = weight[a] * dy[i];  dweight[a] = dy[i] . out[row(a)]
 // Shapes: x, y (N, D); buf, out (route.rows(), D); dweight (N*k).
-// Dropped and unused assignments move nothing and get dweight 0. combine
-// overwrites y, combine_backward overwrites dout's kept rows and dweight.
+// Dropped and unused assignments move nothing and get dweight 0. dispatch
+// and combine_backward write every row of buf and dout: a padded route's
+// rows that no kept assignment owns (group g's rows past count[g]) are set
+// to 0, so they stay finite through the experts and add nothing to the
+// weight gradients; a fresh buffer needs no zero fill. combine overwrites y,
+// combine_backward overwrites dweight; dispatch_backward adds into dx, or
+// with accumulate false writes it (every item: its rows' sum from 0, the
+// bits of a zero fill and the adds, without the fill or the read of dx).
+// buf may be bf16 (x f32): buf[row(a)] = bf16(x[i]), the experts' GEMM
+// operand rounded as it is moved (one pass, not an f32 copy and a rounding
+// pass); everything else is f32.
 //
 // residual_combine (adaptive depth, k = 1): the block's output z on the kept
 // rows mixed into the residual stream x with weights w (N):
@@ -32,7 +41,7 @@
 namespace sy::ops {
 
 void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r);
-void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r);
+void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r, bool accumulate = true);
 void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
 void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
 
@@ -49,7 +58,7 @@ SY_DECLARE_BACKENDS(
   void residual_combine_backward(Ctx& ctx, Tensor& dx, Tensor& dz, Tensor& dw, const Tensor& dy, const Tensor& x,
                                  const Tensor& z, const Tensor& w, const Route& r);
   void dispatch_forward(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r);
-  void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r);
+  void dispatch_backward(Ctx& ctx, Tensor& dx, const Tensor& dbuf, const Route& r, bool accumulate);
   void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r);
   void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r);
   void dispatch_positions(Ctx& ctx, Tensor& pos, const Route& r, int64_t segment);

@@ -58,7 +58,8 @@ void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   check(ctx, a.buf, a.pre, a.offset, a.layout, a.w);
-  check_dtype(a.buf, DType::f32, "expert buffer");
+  SY_CHECK(a.buf.dtype() == DType::f32 || (a.w.w1_bf16 && a.buf.dtype() == DType::bf16),
+           "expert_ffn_forward: buffer is " << dtype_name(a.buf.dtype()) << "; f32, or bf16 in bf16 mode");
   check_shape(a.out, a.buf.shape(), "expert out");
   check_device(ctx, "expert_ffn_forward", {&a.out});
   SY_DISPATCH(ctx, expert_ffn_forward, ctx, a);

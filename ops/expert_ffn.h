@@ -42,6 +42,8 @@
 // values); backward then takes buf as that bf16 tensor and act_bf16 for dW2,
 // instead of rounding buf again and recomputing and rounding act from pre
 // (the same values; the activation's derivative still comes from pre).
+// In bf16 mode buf may also come as bf16, rounded by its producer (the
+// dispatch, ops/dispatch.h): the GEMMs read it as it is, and buf_bf16 is buf.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -100,7 +102,7 @@ struct ExpertGrads {
 struct ExpertFfnArgs {
   Tensor& out;
   Tensor& pre;
-  const Tensor& buf;
+  const Tensor& buf;  // f32; in bf16 mode also bf16
   const std::vector<int32_t>& offset;
   const ExpertLayout& layout;
   ExpertWeights w;

@@ -50,21 +50,21 @@ void ExpertExchange::plan(const std::vector<int32_t>& count, const char* context
 
 Tensor ExpertExchange::forward(const Tensor& local, const char* context) {
   check_shape(local, {plan_.local_rows, width_}, "expert exchange send buffer");
-  Tensor received = Tensor::empty({plan_.received_rows(), width_}, DType::f32, ctx_);
+  Tensor received = Tensor::empty({plan_.received_rows(), width_}, local.dtype(), ctx_);
   const double before = ep_.comm_seconds();
   ep_.all_to_all_v(local, plan_.send_rows, received, plan_.recv_rows, ctx_.stream, context);
   seconds_ += ep_.comm_seconds() - before;
   bytes_ += static_cast<double>(local.nbytes());
-  Tensor em = Tensor::empty(received.shape(), DType::f32, ctx_);
+  Tensor em = Tensor::empty(received.shape(), local.dtype(), ctx_);
   ops::gather_rows(ctx_, em, received, perm_);
   return em;
 }
 
 Tensor ExpertExchange::reverse(const Tensor& expert_major, const char* context) {
   check_shape(expert_major, {plan_.received_rows(), width_}, "expert exchange return buffer");
-  Tensor received = Tensor::empty(expert_major.shape(), DType::f32, ctx_);
+  Tensor received = Tensor::empty(expert_major.shape(), expert_major.dtype(), ctx_);
   ops::scatter_rows(ctx_, received, expert_major, perm_);
-  Tensor local = Tensor::empty({plan_.local_rows, width_}, DType::f32, ctx_);
+  Tensor local = Tensor::empty({plan_.local_rows, width_}, expert_major.dtype(), ctx_);
   const double before = ep_.comm_seconds();
   ep_.all_to_all_v(received, plan_.recv_rows, local, plan_.send_rows, ctx_.stream, context);
   seconds_ += ep_.comm_seconds() - before;

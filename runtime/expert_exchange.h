@@ -11,6 +11,7 @@
 //   reverse: scatter_rows back to source-major -> all_to_all_v back -> the
 //            original group-major layout
 // The same plan serves the backward pass (gradients travel the same way).
+// Rows move in the dtype they come in (bf16 dispatched rows, f32 gradients).
 #pragma once
 #include <vector>
 

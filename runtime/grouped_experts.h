@@ -29,8 +29,12 @@ class GroupedExperts {
   // Holds experts [e0, e1) of hidden.size(); hidden: every expert's width.
   GroupedExperts(Ctx& ctx, ParamStore& ps, const std::string& name, const std::vector<int64_t>& hidden, int64_t C,
                  int64_t e0, int64_t e1, Rng& rng, float std, float out_std, const FfnOptions& ffn = {});
-  // buf (R, C) expert-major; offsets (local experts + 1), on the host.
+  // buf (R, C) expert-major, f32 or (bf16 mode) bf16; offsets (local
+  // experts + 1), on the host.
   Tensor forward(const Tensor& buf, const std::vector<int32_t>& offsets);
+  // The dtype the experts' GEMMs read buf in: bf16 where the store keeps
+  // bf16 shadows (a bf16 buf is read as it is), else f32.
+  DType operand_dtype() const { return w1_->value_bf16.defined() ? DType::bf16 : DType::f32; }
   Tensor backward(const Tensor& dout);
   // The local experts' layout (widths in local order, activation).
   const ops::ExpertLayout& layout() const { return layout_; }

@@ -56,7 +56,7 @@ MoeLayer::MoeLayer(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C,
 
 Tensor MoeLayer::forward(const Tensor& x) {
   const ops::Route& route = router_.forward(x);
-  const Tensor buf = dispatcher_.dispatch(x, route);
+  const Tensor buf = dispatcher_.dispatch(x, route, experts_.operand_dtype());
   Tensor y = dispatcher_.combine(experts_.forward(buf, dispatcher_.expert_offsets()));
   if (shared_) ops::add_into(ctx_, y, shared_->forward(x));
   const int64_t N = x.dim(0), C = x.dim(1);

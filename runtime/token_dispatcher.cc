@@ -7,13 +7,12 @@ namespace sy {
 TokenDispatcher::TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> exchange, const std::string& name)
     : ctx_(ctx), exchange_(std::move(exchange)), name_(name) {}
 
-Tensor TokenDispatcher::dispatch(const Tensor& x, const ops::Route& r) {
+Tensor TokenDispatcher::dispatch(const Tensor& x, const ops::Route& r, DType dtype) {
   route_ = &r;
   N_ = x.dim(0), C_ = x.dim(1);
-  // A padded route's unused rows go through the experts too: zeros, so they
-  // stay finite and add nothing to the weight gradients (their dout is 0).
-  Tensor buf = r.padded ? Tensor::zeros({r.rows(), C_}, DType::f32, ctx_)
-                        : Tensor::empty({r.rows(), C_}, DType::f32, ctx_);
+  // dispatch writes every row (a padded route's unused rows 0: they go
+  // through the experts finite and add nothing to the weight gradients).
+  Tensor buf = Tensor::empty({r.rows(), C_}, dtype, ctx_);
   ops::dispatch_forward(ctx_, buf, x, r);
   if (!exchange_) return buf;
   exchange_->reset_counters();
@@ -33,7 +32,7 @@ Tensor TokenDispatcher::combine(const Tensor& expert_out) {
 }
 
 Tensor TokenDispatcher::combine_backward(const Tensor& dy, Tensor& dweight) {
-  Tensor dout = Tensor::zeros(out_.shape(), DType::f32, ctx_);
+  Tensor dout = Tensor::empty(out_.shape(), DType::f32, ctx_);  // every row written (unused ones 0)
   dweight = Tensor::empty({route_->assignments()}, DType::f32, ctx_);
   ops::combine_backward(ctx_, dout, dweight, dy, out_, *route_);
   // Gradients travel the forward's way: to the experts' owners, and back.
@@ -42,8 +41,8 @@ Tensor TokenDispatcher::combine_backward(const Tensor& dy, Tensor& dweight) {
 
 Tensor TokenDispatcher::dispatch_backward(const Tensor& dbuf) {
   Tensor d = exchange_ ? exchange_->reverse(dbuf, name_.c_str()) : dbuf;
-  Tensor dx = Tensor::zeros({N_, C_}, DType::f32, ctx_);
-  ops::dispatch_backward(ctx_, dx, d, *route_);
+  Tensor dx = Tensor::empty({N_, C_}, DType::f32, ctx_);
+  ops::dispatch_backward(ctx_, dx, d, *route_, /*accumulate=*/false);
   return dx;
 }
 

@@ -19,8 +19,10 @@ class TokenDispatcher {
  public:
   // exchange: the expert-parallel exchange, or null on one rank.
   TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> exchange, const std::string& name);
-  // Rows of x for this rank's experts, expert-major.
-  Tensor dispatch(const Tensor& x, const ops::Route& r);
+  // Rows of x for this rank's experts, expert-major; `dtype` bf16 rounds
+  // them as they are moved (the experts' bf16 GEMM operand: one pass, and
+  // half the bytes through the exchange).
+  Tensor dispatch(const Tensor& x, const ops::Route& r, DType dtype = DType::f32);
   // (local experts + 1) row offsets into dispatch()'s buffer.
   const std::vector<int32_t>& expert_offsets() const;
   Tensor combine(const Tensor& expert_out);

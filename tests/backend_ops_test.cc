@@ -516,6 +516,10 @@ Ins random_keyset_inputs(int64_t T, Rng& r) {
   return {ks.off, ks.idx};
 }
 
+bool bitwise_equal(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
 std::vector<OpCase> cases() {
   std::vector<OpCase> c;
   // ---- dense ops ----
@@ -1045,6 +1049,59 @@ std::vector<OpCase> cases() {
                  rest.copy_from(zero, x);
                  ops::dispatch_backward(x, o[1], buf, route);
                }});
+  // A padded route (k = 2, 19 rows a group: 76 rows for 60 assignments, so
+  // rows unused, and drops where a group is chosen more than 19 times): dispatch and combine_backward write every row over poison,
+  // the unused ones (slot >= count[g]) 0; a bf16 buffer is the f32 one
+  // rounded, bit for bit. D = 7 (a value a lane), 12 and 260 (16-byte
+  // chunks, lanes with unequal counts of them). o[4]: bf16 values that are
+  // not the f32 ones rounded, and unused row values that are not 0.
+  // dispatch_backward writing dx (o[5], over poison) gives the bits of
+  // accumulating onto zeros.
+  for (int64_t D : {7, 12, 260}) {
+    c.push_back({"dispatch_padded_" + std::to_string(D), Tol::exact,
+                 [D](Rng& r) { return Ins{probs_of({30, 4}, r), randn({30, D}, r), randn({30, D}, r)}; },
+                 [D](Ctx& x, const Ins&) {
+                   return Outs{fresh(x, {76, D}), fresh(x, {76, D}), fresh(x, {76, D}), fresh(x, {60}), fresh(x, {2}),
+                               fresh(x, {30, D})};
+                 },
+                 [D](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::Route route;
+                   ops::TokensChooseParams p;
+                   p.k = 2;
+                   p.capacity_factor = 1.25f;
+                   p.padded = true;
+                   ops::tokens_choose(x, route, in[0], p);
+                   ASSERT_EQ(route.rows(), 76);
+                   ops::dispatch_forward(x, o[0], in[1], route);
+                   Tensor b16 = out(x, {76, D}, DType::bf16);
+                   poison(b16, x);
+                   ops::dispatch_forward(x, b16, in[1], route);
+                   ops::to_f32(x, o[1], b16);
+                   ops::combine_backward(x, o[2], o[3], in[2], o[0], route);
+                   ops::dispatch_backward(x, o[5], o[2], route, /*accumulate=*/false);
+                   Tensor onto_zeros = Tensor::zeros({30, D}, DType::f32, x);
+                   ops::dispatch_backward(x, onto_zeros, o[2], route);
+                   EXPECT_TRUE(bitwise_equal(o[5].to(host_ctx()), onto_zeros.to(host_ctx())))
+                       << "dx written is not dx accumulated onto zeros";
+                   const std::vector<int32_t> count = route.count.to_vector<int32_t>();
+                   const Tensor b32 = o[0].to(host_ctx()), h16 = b16.to(host_ctx()), dout = o[2].to(host_ctx());
+                   double wrong = 0, nonzero = 0;
+                   for (int64_t e = 0; e < 76 * D; ++e)
+                     wrong += h16.data<bf16_t>()[e].bits != f32_to_bf16(b32.f32()[e]);
+                   int64_t unused = 0;
+                   for (int64_t row = 0; row < 76; ++row) {
+                     if (row % 19 < count[row / 19]) continue;
+                     ++unused;
+                     for (int64_t c = 0; c < D; ++c)
+                       nonzero += (b32.f32()[row * D + c] != 0.f) + (dout.f32()[row * D + c] != 0.f) +
+                                  (h16.data<bf16_t>()[row * D + c].bits != 0);
+                   }
+                   EXPECT_GT(unused, 0) << "the route leaves no row unused: nothing tested";
+                   EXPECT_EQ(wrong, 0) << "bf16 buffer values that are not the f32 buffer's rounded";
+                   EXPECT_EQ(nonzero, 0) << "unused rows' values that are not 0";
+                   put(x, o[4], std::vector<float>{static_cast<float>(wrong), static_cast<float>(nonzero)});
+                 }});
+  }
   // Positions of dispatched rows: a depth route (groups choose, 4 of every 10
   // items) and a tokens-choose route with drops (k = 2, sequences of 10).
   c.push_back({"dispatch_positions", Tol::exact, [](Rng& r) { return Ins{randn({30, 1}, r), probs_of({30, 4}, r)}; },
@@ -1407,10 +1464,6 @@ double rel_l2(const Tensor& got, const Tensor& want) {
     den += static_cast<double>(want.f32()[i]) * want.f32()[i];
   }
   return std::sqrt(num / std::max(den, 1e-30));
-}
-
-bool bitwise_equal(const Tensor& a, const Tensor& b) {
-  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
 // Runs a case on ctx; returns its outputs on the host.
@@ -1882,21 +1935,28 @@ TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
     ops::to_bf16(x, w1_16, w1);
     ops::to_bf16(x, w2_16, w2);
     const ops::ExpertWeights w{w1, b1, w2, b2, &w1_16, &w2_16};
-    std::vector<Tensor> res[2];
-    Tensor buf16, act16, pre;
-    for (int reuse = 0; reuse < 2; ++reuse) {
+    // reuse 0: nothing kept; 1: bf16(buf) and bf16(act) kept by the forward
+    // and read by backward; 2: buf given as bf16 (rounded by the dispatch),
+    // which the forward hands back as buf_bf16 itself.
+    std::vector<Tensor> res[3];
+    Tensor buf16, act16, pre, given16 = out(x, buf.shape(), DType::bf16), back16;
+    ops::to_bf16(x, given16, buf);
+    for (int reuse = 0; reuse < 3; ++reuse) {
       Tensor o = out(x, {20, 8}), dbuf = Tensor::zeros({20, 8}, DType::f32, x);
       pre = out(x, {layout.pre_numel(offset)});
       Tensor dw1 = Tensor::zeros(w1.shape(), DType::f32, x), dw2 = Tensor::zeros(w2.shape(), DType::f32, x);
       Tensor db1 = swiglu ? Tensor() : Tensor::zeros(b1.shape(), DType::f32, x),
              db2 = swiglu ? Tensor() : Tensor::zeros(b2.shape(), DType::f32, x);
-      ops::expert_ffn_forward(x, {o, pre, buf, offset, layout, w, reuse ? &buf16 : nullptr, reuse ? &act16 : nullptr});
-      ops::expert_ffn_backward(x, {dbuf, {dw1, db1, dw2, db2}, dout, reuse ? buf16 : buf, pre, offset, layout, w,
+      Tensor& kept16 = reuse == 2 ? back16 : buf16;
+      ops::expert_ffn_forward(x, {o, pre, reuse == 2 ? given16 : buf, offset, layout, w, reuse ? &kept16 : nullptr,
+                                  reuse ? &act16 : nullptr});
+      ops::expert_ffn_backward(x, {dbuf, {dw1, db1, dw2, db2}, dout, reuse ? kept16 : buf, pre, offset, layout, w,
                                    reuse ? &act16 : nullptr});
       res[reuse] = {o.to(host_ctx()), dbuf.to(host_ctx()), dw1.to(host_ctx()), dw2.to(host_ctx())};
       if (!swiglu) res[reuse].insert(res[reuse].end(), {db1.to(host_ctx()), db2.to(host_ctx())});
     }
     EXPECT_TRUE(bitwise_equal(buf16.to(host_ctx()), buf.to(host_ctx()).to(DType::bf16))) << "buf_bf16 is not bf16(buf)";
+    EXPECT_EQ(back16.raw(), given16.raw()) << "a bf16 buf is not handed back as buf_bf16";
     EXPECT_EQ(act16.numel(), 5 * 6 + 7 * 3 + 8 * 9);
     if (!swiglu) {  // GELU's act is packed as pre: act_bf16 = bf16(gelu(pre)), by this backend's gelu
       Tensor a = out(x, pre.shape()), a16 = out(x, pre.shape(), DType::bf16);
@@ -1904,7 +1964,9 @@ TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
       ops::to_bf16(x, a16, a);
       EXPECT_TRUE(bitwise_equal(act16.to(host_ctx()), a16.to(host_ctx()))) << "act_bf16 is not bf16(act)";
     }
-    for (size_t i = 0; i < res[0].size(); ++i) EXPECT_TRUE(bitwise_equal(res[0][i], res[1][i])) << "output " << i;
+    for (int reuse = 1; reuse < 3; ++reuse)
+      for (size_t i = 0; i < res[0].size(); ++i)
+        EXPECT_TRUE(bitwise_equal(res[0][i], res[reuse][i])) << "output " << i << ", reuse " << reuse;
   }
 }
 

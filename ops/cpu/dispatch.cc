@@ -1,20 +1,45 @@
 #include "ops/dispatch.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace sy::ops::cpu {
 
+namespace {
+// Group g's rows past its count set to 0: a padded route's unused rows
+// (ops/dispatch.h); a route whose offsets are the counts' sums has none.
+void zero_unused_rows(Tensor& rows, const Route& r) {
+  const int32_t* count = r.count.data<int32_t>();
+  const int32_t* offset = r.offset.data<int32_t>();
+  const size_t row_bytes = static_cast<size_t>(rows.dim(1)) * dtype_size(rows.dtype());
+  char* base = static_cast<char*>(rows.raw());
+  for (int64_t g = 0; g < r.num_groups; ++g) {
+    const int64_t first = offset[g] + count[g], end = offset[g + 1];
+    if (end > first) std::memset(base + first * row_bytes, 0, (end - first) * row_bytes);
+  }
+}
+}  // namespace
+
 void dispatch_forward(Ctx&, Tensor& buf, const Tensor& x, const Route& r) {
   const int64_t D = x.dim(1);
+  const bool bf16 = buf.dtype() == DType::bf16;
   for (int64_t a = 0; a < r.assignments(); ++a) {
     const int64_t row = r.row(a);
     if (row < 0) continue;
-    std::copy_n(x.f32() + (a / r.k) * D, D, buf.f32() + row * D);
+    const float* src = x.f32() + (a / r.k) * D;
+    if (bf16) {
+      bf16_t* dst = buf.data<bf16_t>() + row * D;
+      for (int64_t c = 0; c < D; ++c) dst[c].bits = f32_to_bf16(src[c]);
+    } else {
+      std::copy_n(src, D, buf.f32() + row * D);
+    }
   }
+  zero_unused_rows(buf, r);
 }
 
-void dispatch_backward(Ctx&, Tensor& dx, const Tensor& dbuf, const Route& r) {
+void dispatch_backward(Ctx&, Tensor& dx, const Tensor& dbuf, const Route& r, bool accumulate) {
   const int64_t D = dx.dim(1);
+  if (!accumulate) dx.zero();
   for (int64_t a = 0; a < r.assignments(); ++a) {
     const int64_t row = r.row(a);
     if (row < 0) continue;
@@ -43,6 +68,7 @@ void combine_backward(Ctx&, Tensor& dout, Tensor& dweight, const Tensor& dy, con
   const float* weight = r.weight.f32();
   float* dw = dweight.f32();
   std::fill_n(dw, r.assignments(), 0.f);
+  zero_unused_rows(dout, r);
   for (int64_t a = 0; a < r.assignments(); ++a) {
     const int64_t row = r.row(a);
     if (row < 0) continue;

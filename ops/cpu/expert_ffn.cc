@@ -43,7 +43,9 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   const int64_t G = l.groups(), D = l.D;
   const bool bf16 = a.w.w1_bf16 != nullptr;
   // bf16(buf) and bf16(act) for the caller to keep (backward reads the same values)
-  if (bf16 && a.buf_bf16) {
+  if (bf16 && a.buf_bf16 && a.buf.dtype() == DType::bf16) {
+    *a.buf_bf16 = a.buf;  // rounded by its producer (the dispatch)
+  } else if (bf16 && a.buf_bf16) {
     *a.buf_bf16 = Tensor::empty(a.buf.shape(), DType::bf16, ctx);
     round_into(*a.buf_bf16, 0, a.buf);
   }

@@ -131,7 +131,9 @@ void expert_column_sums(Ctx& ctx, const T* x, const std::vector<int32_t>& offset
 }
 
 // The operand the GEMMs read: t itself (fp32 mode) or bf16(t) in scratch.
-Tensor operand(Ctx& ctx, bool bf16, const Tensor& t) { return bf16 ? bf16_copy(ctx, t) : t; }
+Tensor operand(Ctx& ctx, bool bf16, const Tensor& t) {
+  return bf16 && t.dtype() != DType::bf16 ? bf16_copy(ctx, t) : t;
+}
 
 
 // Elements [offset, offset + rows * cols) of a packed tensor as (rows, cols).
@@ -263,7 +265,7 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const float* dout = a.dout.data<float>();
   // buf and act as the forward rounded them where it kept them (a bf16 buf,
   // act_bf16), else rounded (act recomputed from pre) here
-  const Tensor buf_op = a.buf.dtype() == DType::bf16 ? a.buf : operand(ctx, bf16, a.buf),
+  const Tensor buf_op = operand(ctx, bf16, a.buf),
                dout_op = operand(ctx, bf16, a.dout);
   const Tensor& w1 = bf16 ? *a.w.w1_bf16 : a.w.w1;
   const Tensor& w2 = bf16 ? *a.w.w2_bf16 : a.w.w2;
