@@ -279,8 +279,11 @@ int main(int argc, char** argv) {
     }
     {  // MoE layer forward + backward against the dense FFN of equal active FLOPs; the packed route (one
        // synchronisation per layer, a GEMM per expert) and the padded one (none; one strided-batched GEMM
-       // per direction, padding rows computed too; the FLOPs column counts the routed work only)
+       // per direction, padding rows computed too; the FLOPs column counts the routed work only). bf16
+       // GEMMs on a GPU (Config.precision BF16: the weights' bf16 shadows, as train_switch keeps them;
+       // issue 17's bar and the PyTorch peer are bf16), fp32 on the CPU.
       const int64_t E = quick ? 8 : 64;
+      const bool bf16 = rt != nullptr;
       switchyard::MoeConfig mc;
       mc.set_num_experts(static_cast<int32_t>(E));
       mc.set_top_k(2);
@@ -293,13 +296,15 @@ int main(int argc, char** argv) {
       sy::MoeLayer moe(ctx, ps, "moe", C, mc, H, init, 0.02f, 0.02f, 9);
       sy::MoeLayer moe_padded(ctx, psp, "moe", C, mp, H, init, 0.02f, 0.02f, 9);
       sy::Mlp dense(ctx, psd, "mlp", C, 2 * H, init, 0.02f, 0.02f);
-      ps.finalize(ctx);
-      psp.finalize(ctx);
-      psd.finalize(ctx);
+      for (sy::ParamStore* s : {&ps, &psp, &psd}) {
+        s->set_bf16_shadows(bf16);
+        s->finalize(ctx);
+      }
       Tensor x = randn({N, C}, rng).to(ctx), dy = randn({N, C}, rng).to(ctx);
       const double active = 2.0 * 3.0 * N * (2.0 * C * H) * 2;  // fwd + bwd (3x), top-2, two GEMMs of 2CH
+      const std::string prec = bf16 ? " bf16" : " fp32";
       const std::string shape = "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(H) + " E" +
-                                std::to_string(E) + " top2";
+                                std::to_string(E) + " top2" + prec;
       add({"moe_layer_fwd_bwd", shape, 0, active, 0},
           [&] {
             moe.forward(x);
@@ -312,7 +317,7 @@ int main(int argc, char** argv) {
             moe_padded.backward(dy);
           },
           nullptr);
-      add({"dense_ffn_fwd_bwd", "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(2 * H), 0, active, 0},
+      add({"dense_ffn_fwd_bwd", "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(2 * H) + prec, 0, active, 0},
           [&] {
             dense.forward(x);
             dense.backward(dy);
