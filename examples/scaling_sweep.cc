@@ -63,7 +63,7 @@ struct Measured {
   int ranks = 0;
   double tokens_per_s = 0, step_s = 0, compute_s = 0, a2a_s = 0, ar_s = 0;
   double exchanges = 0;       // all-to-alls of rows per step: 4 per MoE layer
-  double bytes_per_exchange = 0;  // rows a rank sends in one: tokens * top_k * d_model * 4
+  double bytes_per_exchange = 0;  // rows a rank sends in one: tokens * top_k * d_model * value bytes (mean)
   double dense_bytes = 0;     // dense gradients all-reduced per step
 };
 

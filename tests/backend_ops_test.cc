@@ -1050,19 +1050,24 @@ std::vector<OpCase> cases() {
                  ops::dispatch_backward(x, o[1], buf, route);
                }});
   // A padded route (k = 2, 19 rows a group: 76 rows for 60 assignments, so
-  // rows unused, and drops where a group is chosen more than 19 times): dispatch and combine_backward write every row over poison,
-  // the unused ones (slot >= count[g]) 0; a bf16 buffer is the f32 one
-  // rounded, bit for bit. D = 7 (a value a lane), 12 and 260 (16-byte
-  // chunks, lanes with unequal counts of them). o[4]: bf16 values that are
-  // not the f32 ones rounded, and unused row values that are not 0.
-  // dispatch_backward writing dx (o[5], over poison) gives the bits of
-  // accumulating onto zeros.
+  // rows unused, and drops where a group is chosen more than 19 times):
+  // dispatch and combine_backward write every row over poison, the unused
+  // ones (slot >= count[g]) 0; a bf16 buffer is the f32 one rounded, bit for
+  // bit, written at an aligned base and at a view one row in (a bf16 row of
+  // 12 or 260 values is 8 bytes past 16: the narrow path). D = 7 (a value a
+  // lane), 12 and 260 (16-byte chunks, lanes with unequal counts of them).
+  // dispatch_backward writing dx (o[4], over poison) gives the bits of
+  // accumulating onto zeros; o[5] accumulates onto random values. o[3]:
+  // bf16 values that are not the f32 ones rounded, and unused row values
+  // that are not 0. (dweight, a warp dot on CUDA, is class F: the "combine" case.)
   for (int64_t D : {7, 12, 260}) {
     c.push_back({"dispatch_padded_" + std::to_string(D), Tol::exact,
-                 [D](Rng& r) { return Ins{probs_of({30, 4}, r), randn({30, D}, r), randn({30, D}, r)}; },
+                 [D](Rng& r) {
+                   return Ins{probs_of({30, 4}, r), randn({30, D}, r), randn({30, D}, r), randn({30, D}, r)};
+                 },
                  [D](Ctx& x, const Ins&) {
-                   return Outs{fresh(x, {76, D}), fresh(x, {76, D}), fresh(x, {76, D}), fresh(x, {60}), fresh(x, {2}),
-                               fresh(x, {30, D})};
+                   return Outs{fresh(x, {76, D}), fresh(x, {76, D}), fresh(x, {76, D}), fresh(x, {2}),
+                               fresh(x, {30, D}), fresh(x, {30, D})};
                  },
                  [D](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    ops::Route route;
@@ -1073,33 +1078,42 @@ std::vector<OpCase> cases() {
                    ops::tokens_choose(x, route, in[0], p);
                    ASSERT_EQ(route.rows(), 76);
                    ops::dispatch_forward(x, o[0], in[1], route);
-                   Tensor b16 = out(x, {76, D}, DType::bf16);
+                   Tensor b16 = out(x, {76, D}, DType::bf16), b16_store = out(x, {77, D}, DType::bf16);
                    poison(b16, x);
+                   poison(b16_store, x);
+                   Tensor b16_view = b16_store.rows(1, 77);
                    ops::dispatch_forward(x, b16, in[1], route);
+                   ops::dispatch_forward(x, b16_view, in[1], route);
                    ops::to_f32(x, o[1], b16);
-                   ops::combine_backward(x, o[2], o[3], in[2], o[0], route);
-                   ops::dispatch_backward(x, o[5], o[2], route, /*accumulate=*/false);
+                   Tensor dweight = out(x, {60});
+                   ops::combine_backward(x, o[2], dweight, in[2], o[0], route);
+                   ops::dispatch_backward(x, o[4], o[2], route, /*accumulate=*/false);
                    Tensor onto_zeros = Tensor::zeros({30, D}, DType::f32, x);
                    ops::dispatch_backward(x, onto_zeros, o[2], route);
-                   EXPECT_TRUE(bitwise_equal(o[5].to(host_ctx()), onto_zeros.to(host_ctx())))
+                   EXPECT_TRUE(bitwise_equal(o[4].to(host_ctx()), onto_zeros.to(host_ctx())))
                        << "dx written is not dx accumulated onto zeros";
+                   o[5].copy_from(in[3], x);
+                   ops::dispatch_backward(x, o[5], o[2], route);
                    const std::vector<int32_t> count = route.count.to_vector<int32_t>();
-                   const Tensor b32 = o[0].to(host_ctx()), h16 = b16.to(host_ctx()), dout = o[2].to(host_ctx());
+                   const Tensor b32 = o[0].to(host_ctx()), dout = o[2].to(host_ctx());
                    double wrong = 0, nonzero = 0;
-                   for (int64_t e = 0; e < 76 * D; ++e)
-                     wrong += h16.data<bf16_t>()[e].bits != f32_to_bf16(b32.f32()[e]);
                    int64_t unused = 0;
-                   for (int64_t row = 0; row < 76; ++row) {
-                     if (row % 19 < count[row / 19]) continue;
-                     ++unused;
-                     for (int64_t c = 0; c < D; ++c)
-                       nonzero += (b32.f32()[row * D + c] != 0.f) + (dout.f32()[row * D + c] != 0.f) +
-                                  (h16.data<bf16_t>()[row * D + c].bits != 0);
+                   for (const Tensor& t16 : {b16, b16_view}) {
+                     const Tensor h16 = t16.to(host_ctx());
+                     const bf16_t* v16 = h16.data<bf16_t>();
+                     for (int64_t e = 0; e < 76 * D; ++e) wrong += v16[e].bits != f32_to_bf16(b32.f32()[e]);
+                     for (int64_t row = 0; row < 76; ++row) {
+                       if (row % 19 < count[row / 19]) continue;
+                       ++unused;
+                       for (int64_t c = 0; c < D; ++c)
+                         nonzero += (b32.f32()[row * D + c] != 0.f) + (dout.f32()[row * D + c] != 0.f) +
+                                    (v16[row * D + c].bits != 0);
+                     }
                    }
                    EXPECT_GT(unused, 0) << "the route leaves no row unused: nothing tested";
                    EXPECT_EQ(wrong, 0) << "bf16 buffer values that are not the f32 buffer's rounded";
                    EXPECT_EQ(nonzero, 0) << "unused rows' values that are not 0";
-                   put(x, o[4], std::vector<float>{static_cast<float>(wrong), static_cast<float>(nonzero)});
+                   put(x, o[3], std::vector<float>{static_cast<float>(wrong), static_cast<float>(nonzero)});
                  }});
   }
   // Positions of dispatched rows: a depth route (groups choose, 4 of every 10

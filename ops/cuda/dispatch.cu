@@ -25,7 +25,8 @@
 // Products and sums that the CPU rounds separately are written with
 // __fmul_rn/__fadd_rn (no FMA contraction), so the movement ops and the
 // combine sums are bitwise the CPU's (bf16 stores round to nearest even, as
-// core/dtype.h does); the warp dots are class F.
+// core/dtype.h does for every number; a NaN becomes the canonical 0x7FFF
+// where the CPU keeps its sign); the warp dots are class F.
 #include "ops/cuda/common.cuh"
 #include "ops/dispatch.h"
 
