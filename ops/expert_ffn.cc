@@ -44,6 +44,8 @@ void check(Ctx& ctx, const Tensor& buf, const Tensor& pre, const std::vector<int
            "expert offsets: " << offset.size() << " entries, last " << offset.back() << ", buffer rows " << R);
   SY_CHECK(pre.numel() == l.pre_numel(offset),
            "expert pre-activation " << shape_str(pre.shape()) << " for " << l.pre_numel(offset) << " values");
+  SY_CHECK(pre.dtype() == DType::f32 || (pre.dtype() == DType::bf16 && w.w1_bf16 && l.act == FfnActivation::gelu),
+           "expert pre-activation: " << dtype_name(pre.dtype()) << " (f32, or bf16 in bf16 mode with GELU)");
   check_device(ctx, "expert_ffn", {&buf, &pre, &w.w1, &w.b1, &w.w2, &w.b2});
   SY_CHECK(!w.w1_bf16 == !w.w2_bf16, "expert bf16 shadows: w1's and w2's are both given or both absent");
   if (w.w1_bf16) {
@@ -61,6 +63,7 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   SY_CHECK(a.buf.dtype() == DType::f32 || (a.w.w1_bf16 && a.buf.dtype() == DType::bf16),
            "expert_ffn_forward: buffer is " << dtype_name(a.buf.dtype()) << "; f32, or bf16 in bf16 mode");
   check_shape(a.out, a.buf.shape(), "expert out");
+  check_dtype(a.out, DType::f32, "expert out");
   check_device(ctx, "expert_ffn_forward", {&a.out});
   SY_DISPATCH(ctx, expert_ffn_forward, ctx, a);
 }

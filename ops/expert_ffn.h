@@ -44,6 +44,11 @@
 // (the same values; the activation's derivative still comes from pre).
 // In bf16 mode buf may also come as bf16, rounded by its producer (the
 // dispatch, ops/dispatch.h): the GEMMs read it as it is, and buf_bf16 is buf.
+// In bf16 mode with GELU, pre may be bf16: the first GEMM writes it rounded
+// (pre = bf16(bf16(buf) W1_16 + b1)), GELU reads it widened, and backward's
+// dact = bf16(bf16(dout) W2_16^T) is rounded likewise before gelu'(pre)
+// scales it: the FFN's widest tensors in half the bytes, as PyTorch
+// autocast keeps them (runtime/layers.h's Mlp does the same).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -101,7 +106,7 @@ struct ExpertGrads {
 
 struct ExpertFfnArgs {
   Tensor& out;
-  Tensor& pre;
+  Tensor& pre;        // f32; bf16 in bf16 mode with GELU (see above)
   const Tensor& buf;  // f32; in bf16 mode also bf16
   const std::vector<int32_t>& offset;
   const ExpertLayout& layout;

@@ -38,12 +38,14 @@ ops::ExpertWeights GroupedExperts::weights() const {
 
 Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& offsets) {
   offsets_ = offsets;
-  pre_ = Tensor::empty({layout_.pre_numel(offsets_)}, DType::f32, ctx_);
-  Tensor out = Tensor::empty({buf.dim(0), C_}, DType::f32, ctx_);
   // bf16 mode keeps buf and act as the GEMMs read them (bf16; buf as given
   // when the dispatcher rounded it): what backward's weight gradients need,
-  // without rounding again or recomputing act.
+  // without rounding again or recomputing act. With GELU, pre is bf16 too
+  // (ops/expert_ffn.h).
   const bool bf16 = operand_dtype() == DType::bf16;
+  const bool pre16 = bf16 && layout_.act == ops::FfnActivation::gelu;
+  pre_ = Tensor::empty({layout_.pre_numel(offsets_)}, pre16 ? DType::bf16 : DType::f32, ctx_);
+  Tensor out = Tensor::empty({buf.dim(0), C_}, DType::f32, ctx_);
   Tensor buf16;
   act16_ = Tensor();
   ops::expert_ffn_forward(ctx_, {out, pre_, buf, offsets_, layout_, weights(), bf16 ? &buf16 : nullptr,

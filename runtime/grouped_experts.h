@@ -52,7 +52,7 @@ class GroupedExperts {
   ops::ExpertWeights weights() const;
   double flops_ = 0;
   // saved for backward
-  Tensor buf_, pre_;  // buf (bf16(buf) in bf16 mode), pre
+  Tensor buf_, pre_;  // buf (bf16(buf) in bf16 mode), pre (bf16 in bf16 mode with GELU)
   Tensor act16_;      // bf16 mode: bf16(act), packed as act
   std::vector<int32_t> offsets_;
 };

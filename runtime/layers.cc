@@ -100,8 +100,15 @@ Mlp::Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t h
       fc1_(ctx, ps, name + ".fc1", C, pre_width(options, hidden), rng, std, options.bias),
       fc2_(ctx, ps, name + ".fc2", hidden, C, rng, out_std, options.bias) {}
 
+// bf16 mode with GELU: the pre-activation and its gradient are bf16 too (the
+// GEMMs write them rounded; GELU reads them widened), as PyTorch autocast
+// keeps them: half the bytes of the layer's widest tensors, written once
+// and read twice (forward's GELU, backward's derivative). SwiGLU keeps them
+// fp32 (its kernels read fp32 only).
+bool Mlp::bf16_pre() const { return fc1_.reads_bf16() && fc2_.reads_bf16() && act_ == ops::FfnActivation::gelu; }
+
 Tensor Mlp::forward(const Tensor& x) {
-  pre_ = fc1_.forward(x);
+  pre_ = fc1_.forward(x, bf16_pre() ? DType::bf16 : DType::f32);
   // The activation writes fc2's input rounded, where fc2 reads it so (bf16
   // mode); the backward reads pre_, not the activation.
   const bool act16 = fc2_.reads_bf16();
@@ -115,7 +122,7 @@ Tensor Mlp::forward(const Tensor& x) {
 }
 
 Tensor Mlp::backward(const Tensor& dy) {
-  Tensor dact = fc2_.backward(dy);
+  Tensor dact = fc2_.backward(dy, bf16_pre() ? DType::bf16 : DType::f32);
   // A bf16 fc1 reads dpre rounded: the activation's backward writes it so
   // (no zero fill, no f32 copy to round); an f32 dpre accumulates from zero.
   Tensor dpre = fc1_.reads_bf16() ? Tensor::empty(pre_.shape(), DType::bf16, ctx_)

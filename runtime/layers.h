@@ -129,7 +129,10 @@ class FeedForward {
 
 // GELU:   y = fc2(gelu(fc1(x)))                  fc1 (C, H)
 // SWIGLU: y = fc2(silu(g) * u), [g | u] = fc1(x)   fc1 (C, 2H): gate | up
-// fc2 (H, C); biases unless options.bias is false.
+// fc2 (H, C); biases unless options.bias is false. bf16 mode: the GEMMs'
+// operands bf16 (ops/matmul.h); with GELU also fc1's output and fc2's input
+// gradient (the pre-activation and its gradient, rounded as the GEMMs write
+// them).
 class Mlp : public FeedForward {
  public:
   Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t hidden, Rng& rng, float std,
@@ -143,8 +146,9 @@ class Mlp : public FeedForward {
   Ctx& ctx_;
   ops::FfnActivation act_;
   Linear fc1_, fc2_;
-  Tensor pre_;
+  Tensor pre_;  // fc1's output: f32, or bf16 (bf16_pre)
   double flops_ = 0;
+  bool bf16_pre() const;
 };
 
 // What sits in a block's attention position: dense causal attention, or a

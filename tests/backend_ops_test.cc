@@ -118,15 +118,19 @@ Tensor probs_of(Shape s, Rng& rng, float std = 2.f) {
 }
 
 // Expert FFNs forward and backward in bf16 mode: in = buf, w1, b1, w2, b2,
-// dout; o = out, pre, dbuf, dw1, db1, dw2, db2.
+// dout; o = out, pre, dbuf, dw1, db1, dw2, db2. pre16: pre is bf16 (GELU's
+// bf16 pre and dact, ops/expert_ffn.h), poisoned first, o[1] its values.
 void expert_ffn_bf16(Ctx& x, const std::vector<Tensor>& in, std::vector<Tensor>& o, const std::vector<int32_t>& offset,
-                     const ops::ExpertLayout& layout) {
+                     const ops::ExpertLayout& layout, bool pre16 = false) {
   Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[3].shape(), DType::bf16);
   ops::to_bf16(x, w1, in[1]);
   ops::to_bf16(x, w2, in[3]);
   const ops::ExpertWeights w{in[1], in[2], in[3], in[4], &w1, &w2};
-  ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
-  ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+  Tensor pre = pre16 ? out(x, o[1].shape(), DType::bf16) : o[1];
+  if (pre16) poison(pre, x);
+  ops::expert_ffn_forward(x, {o[0], pre, in[0], offset, layout, w});
+  ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], pre, offset, layout, w});
+  if (pre16) ops::to_f32(x, o[1], pre);
 }
 
 // The realised-cost budget cases' costs and route: top-2 over 6 groups,
@@ -727,6 +731,37 @@ std::vector<OpCase> cases() {
                  poison(d16, x);
                  ops::gelu_backward(x, d16, in[1], in[0]);
                  ops::to_f32(x, o[0], d16);
+               }});
+  // x and dy as a bf16 GEMM writes them (the bf16 FFN's pre-activation and
+  // its gradient, runtime/layers.h): read widened, so class F against the
+  // CPU on the same rounded values; y f32 and bf16, dx accumulated (onto
+  // random values) and written.
+  c.push_back({"gelu_bf16_inputs", Tol::f32,
+               [](Rng& r) { return Ins{randn({1001}, r, 3.f), randn({1001}, r), randn({1001}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001}), fresh(x, {1001}), fresh(x, {1001}), fresh(x, {1001})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor x16 = out(x, {1001}, DType::bf16), g16 = out(x, {1001}, DType::bf16);
+                 ops::to_bf16(x, x16, in[0]);
+                 ops::to_bf16(x, g16, in[1]);
+                 Tensor y16 = out(x, {1001}, DType::bf16), d16 = out(x, {1001}, DType::bf16);
+                 poison(y16, x);
+                 poison(d16, x);
+                 ops::gelu_forward(x, o[0], x16);
+                 ops::gelu_forward(x, y16, x16);
+                 ops::to_f32(x, o[1], y16);
+                 o[2].copy_from(in[2], x);
+                 ops::gelu_backward(x, o[2], g16, x16);
+                 ops::gelu_backward(x, d16, g16, x16);
+                 ops::to_f32(x, o[3], d16);
+                 // the same bits as the fp32 path on the widened values
+                 Tensor xw = out(x, {1001}), gw = out(x, {1001}), yw = out(x, {1001}), dw = out(x, {1001});
+                 ops::to_f32(x, xw, x16);
+                 ops::to_f32(x, gw, g16);
+                 ops::gelu_forward(x, yw, xw);
+                 dw.copy_from(in[2], x);
+                 ops::gelu_backward(x, dw, gw, xw);
+                 EXPECT_TRUE(bitwise_equal(yw.to(host_ctx()), o[0].to(host_ctx()))) << "gelu of a bf16 x";
+                 EXPECT_TRUE(bitwise_equal(dw.to(host_ctx()), o[2].to(host_ctx()))) << "gelu backward of bf16 x, dy";
                }});
   c.push_back({"swiglu_bf16", Tol::bf16, [](Rng& r) { return Ins{randn({29, 2 * 37}, r, 3.f), randn({29, 37}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {29, 37}), fresh(x, {29, 2 * 37})}; },
@@ -1375,8 +1410,10 @@ std::vector<OpCase> cases() {
                  ops::to_bf16(x, dy16, in[3]);
                  ops::matmul_backward(x, {&o[1], &o[2], &o[3], dy16, back, in[1], false, &w16});
                }});
-  // Experts of hidden widths 6, 12, 3, 9 in bf16 mode.
-  c.push_back({"expert_ffn_bf16_heterogeneous", Tol::bf16,
+  // Experts of hidden widths 6, 12, 3, 9 in bf16 mode; the GELU experts also
+  // with a bf16 pre (and so a bf16 dact inside: "_pre16").
+  for (const bool pre16 : {false, true})
+  c.push_back({std::string("expert_ffn_bf16_heterogeneous") + (pre16 ? "_pre16" : ""), Tol::bf16,
                [](Rng& r) {
                  return Ins{randn({20, 8}, r), randn({8 * 30}, r, 0.3f), randn({30}, r), randn({30 * 8}, r, 0.3f),
                             randn({4, 8}, r), randn({20, 8}, r)};
@@ -1385,14 +1422,15 @@ std::vector<OpCase> cases() {
                  return Outs{fresh(x, {20, 8}), fresh(x, {123}), acc(x, {20, 8}), acc(x, {8 * 30}), acc(x, {30}),
                              acc(x, {30 * 8}), acc(x, {4, 8})};
                },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 expert_ffn_bf16(x, in, o, {0, 5, 5, 12, 20}, ops::ExpertLayout(8, {6, 12, 3, 9}));
+               [pre16](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 expert_ffn_bf16(x, in, o, {0, 5, 5, 12, 20}, ops::ExpertLayout(8, {6, 12, 3, 9}), pre16);
                }});
   // Experts of one size with many rows each (tensor-core tiles): unequal rows
   // (a GEMM per expert), and 4 x 160 rows (a padded route: the strided batch).
+  for (const bool pre16 : {false, true})
   for (const auto& [name, offset] : std::vector<std::pair<std::string, std::vector<int32_t>>>{
            {"expert_ffn_bf16_large", {0, 200, 200, 457, 640}}, {"expert_ffn_bf16_equal_rows", {0, 160, 320, 480, 640}}})
-    c.push_back({name, Tol::bf16,
+    c.push_back({name + (pre16 ? "_pre16" : ""), Tol::bf16,
                  [](Rng& r) {
                    return Ins{randn({640, 64}, r), randn({4, 64, 256}, r, 0.1f), randn({4, 256}, r),
                               randn({4, 256, 64}, r, 0.1f), randn({4, 64}, r), randn({640, 64}, r)};
@@ -1401,8 +1439,8 @@ std::vector<OpCase> cases() {
                    return Outs{fresh(x, {640, 64}), fresh(x, {640, 256}), acc(x, {640, 64}), acc(x, {4, 64, 256}),
                                acc(x, {4, 256}), acc(x, {4, 256, 64}), acc(x, {4, 64})};
                  },
-                 [offset = offset](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                   expert_ffn_bf16(x, in, o, offset, ops::ExpertLayout(64, {256, 256, 256, 256}));
+                 [offset = offset, pre16](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   expert_ffn_bf16(x, in, o, offset, ops::ExpertLayout(64, {256, 256, 256, 256}), pre16);
                  }});
   c.push_back({"to_bf16", Tol::exact, [](Rng& r) { return Ins{randn({1001}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001}, DType::bf16)}; },

@@ -75,6 +75,46 @@ TEST(MoeLayer, OneExpertEqualsDenseFfn) {
   EXPECT_EQ(moe.stats().dropped, 0);
 }
 
+// bf16 mode: one expert is the dense MLP with the same weights, forward and
+// backward, as both round the same operands and (GELU) the same
+// pre-activation and its gradient (ops/expert_ffn.h, runtime/layers.h); the
+// sums differ only in BLAS's order. A path that kept pre or dact in f32
+// would differ by a bf16 step (~4e-3 relative) somewhere.
+TEST(MoeLayer, OneExpertEqualsDenseFfnInBf16) {
+  Rng rng(5);
+  const int64_t C = 16, H = 24, N = 11;
+  ParamStore ps;
+  ps.set_bf16_shadows(true);
+  MoeLayer moe(host_ctx(), ps, "m", C, moe_config(1, 1), H, rng, 0.3f, 0.3f, 7);
+  Mlp mlp(host_ctx(), ps, "d", C, H, rng, 0.3f, 0.3f);
+  ps.finalize(host_ctx());
+  randomize_biases(ps, rng);
+  const std::vector<std::pair<std::string, std::string>> pairs{
+      {"m.experts.w1", "d.fc1.w"}, {"m.experts.b1", "d.fc1.b"}, {"m.experts.w2", "d.fc2.w"}, {"m.experts.b2", "d.fc2.b"}};
+  for (const auto& [s, d] : pairs) {
+    Param *src = ps.find(s), *dst = ps.find(d);
+    ASSERT_EQ(src->value.numel(), dst->value.numel()) << d;
+    std::copy_n(src->value.f32(), src->value.numel(), dst->value.f32());
+  }
+  ps.refresh_shadows(host_ctx());
+  Tensor x = testing::randn({N, C}, rng), dy = testing::randn({N, C}, rng);
+  Tensor a = moe.forward(x), b = mlp.forward(x);
+  double worst = 0;
+  for (int64_t i = 0; i < N * C; ++i) worst = std::max(worst, std::fabs(double(a.f32()[i]) - b.f32()[i]));
+  EXPECT_LT(worst, 1e-5) << "forward";
+  Tensor da = moe.backward(dy), db = mlp.backward(dy);
+  auto rel = [](const Tensor& u, const Tensor& v) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < u.numel(); ++i) {
+      num += (double(u.f32()[i]) - v.f32()[i]) * (double(u.f32()[i]) - v.f32()[i]);
+      den += double(v.f32()[i]) * v.f32()[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-30));
+  };
+  EXPECT_LT(rel(da, db), 1e-5) << "dx";
+  for (const auto& [s, d] : pairs) EXPECT_LT(rel(ps.find(s)->grad, ps.find(d)->grad), 1e-5) << d;
+}
+
 // SwiGLU without biases (the Mixtral expert): one expert with room for every
 // token is the dense SwiGLU MLP with the same gate|up and down matrices.
 TEST(MoeLayer, OneSwigluExpertEqualsDenseSwigluFfn) {

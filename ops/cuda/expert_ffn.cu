@@ -58,8 +58,9 @@ void set_batch(GemmArgs& g, const Batch& b) {
   g.stride_a = b.a, g.stride_b = b.b, g.stride_c = b.c, g.stride_bias = b.bias;
 }
 
-// C (rows, n) [+]= A (rows, k) B (k, n) [+ bias], all row-major and contiguous.
-void gemm_nn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, float* C,
+// C (rows, n) [+]= A (rows, k) B (k, n) [+ bias], all row-major and contiguous;
+// C f32, or bf16 (beta 0: written rounded, gemm_into).
+void gemm_nn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, Tensor C,
              float beta, const float* bias, const Batch& batch = {}) {
   GemmArgs g;
   set_batch(g, batch);
@@ -68,13 +69,13 @@ void gemm_nn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
   g.A = A, g.lda = k;
   g.B = B, g.ldb = n;
   g.beta = beta;
-  g.C = C, g.ldc = n;
+  g.ldc = n;
   g.bias = bias;
-  gemm(ctx, g);
+  gemm_into(ctx, g, C);
 }
 
-// C (rows, n) += A (rows, k) B^T, B stored (n, k).
-void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, float* C,
+// C (rows, n) [+]= A (rows, k) B^T, B stored (n, k); C f32, or bf16 (beta 0).
+void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, Tensor C,
              float beta, const Batch& batch = {}) {
   GemmArgs g;
   set_batch(g, batch);
@@ -84,8 +85,8 @@ void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
   g.A = A, g.lda = k;
   g.B = B, g.ldb = k;
   g.beta = beta;
-  g.C = C, g.ldc = n;
-  gemm(ctx, g);
+  g.ldc = n;
+  gemm_into(ctx, g, C);
 }
 
 // C (k, n) += A^T B, A stored (rows, k), B (rows, n).
@@ -225,32 +226,31 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   const Tensor& w1 = bf16 ? *a.w.w1_bf16 : a.w.w1;
   const Tensor& w2 = bf16 ? *a.w.w2_bf16 : a.w.w2;
   const float *b1 = bias ? a.w.b1.data<float>() : nullptr, *b2 = bias ? a.w.b2.data<float>() : nullptr;
-  float* pre = a.pre.data<float>();
-  float* out = a.out.data<float>();
+  // pre: f32, or bf16 (GELU in bf16 mode: the GEMM writes it rounded)
   const int64_t eq = equal_rows(l, a.offset);  // the strided-batched path when >= 0
   const int64_t P0 = l.width(0), H0 = l.hidden[0];
   if (eq >= 0) {  // offset[0] = 0 (ops/expert_ffn.cc checks it)
-    gemm_nn(ctx, bf16, eq, P0, D, at(buf, 0), at(w1, 0), pre, 0.f, bias ? b1 : nullptr,
+    gemm_nn(ctx, bf16, eq, P0, D, at(buf, 0), at(w1, 0), a.pre, 0.f, bias ? b1 : nullptr,
             {G, eq * D, D * P0, eq * P0, P0});
   }
   int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
   for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n > 0)
-      gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), pre + p0, 0.f,
+      gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), block(a.pre, p0, n, P), 0.f,
               bias ? b1 + l.b1_offset(g) : nullptr);
     p0 += n * P;
   }
   const Tensor act = activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
   if (bf16 && a.act_bf16) *a.act_bf16 = act;
   if (eq >= 0)
-    gemm_nn(ctx, bf16, eq, D, H0, at(act, 0), at(w2, 0), out, 0.f, bias ? b2 : nullptr,
+    gemm_nn(ctx, bf16, eq, D, H0, at(act, 0), at(w2, 0), a.out, 0.f, bias ? b2 : nullptr,
             {G, eq * H0, H0 * D, eq * D, D});
   int64_t a0 = 0;  // expert g's block of the packed act
   for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n > 0)
-      gemm_nn(ctx, bf16, n, D, H, at(act, a0), at(w2, l.w2_offset(g)), out + r0 * D, 0.f,
+      gemm_nn(ctx, bf16, n, D, H, at(act, a0), at(w2, l.w2_offset(g)), a.out.rows(r0, r0 + n), 0.f,
               bias ? b2 + l.b2_offset(g) : nullptr);
     a0 += n * H;
   }
@@ -272,18 +272,19 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   float *dw1 = a.dw.w1.data<float>(), *dw2 = a.dw.w2.data<float>();
   float *db1 = bias ? a.dw.b1.data<float>() : nullptr, *db2 = bias ? a.dw.b2.data<float>() : nullptr;
   const Tensor act_op = a.act_bf16 ? *a.act_bf16 : activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
-  Tensor dact = Tensor::empty({act_numel(l, a.offset)}, DType::f32, ctx);
+  // dact as pre: bf16 where pre is (the GEMM writes it rounded), else f32
+  Tensor dact = Tensor::empty({act_numel(l, a.offset)}, a.pre.dtype(), ctx);
   const int64_t eq = equal_rows(l, a.offset);  // the strided-batched path when >= 0
   const int64_t P0 = l.width(0), H0 = l.hidden[0];
   if (eq >= 0) {  // offset[0] = 0
-    gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact.data<float>(), 0.f, {G, eq * D, H0 * D, eq * H0, 0});
+    gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact, 0.f, {G, eq * D, H0 * D, eq * H0, 0});
     gemm_tn(ctx, bf16, eq, D, H0, at(act_op, 0), at(dout_op, 0), dw2, {G, eq * H0, eq * D, H0 * D, 0});
   }
   int64_t a0 = 0;
   for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n == 0) continue;
-    gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), dact.data<float>() + a0, 0.f);
+    gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dact, a0, n, H), 0.f);
     gemm_tn(ctx, bf16, n, D, H, at(act_op, a0), at(dout_op, r0 * D), dw2 + l.w2_offset(g));
     a0 += n * H;
   }
@@ -293,15 +294,14 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
   const float dbuf_beta = a.dbuf_accumulate ? 1.f : 0.f;  // (written: each row is one expert's)
   if (eq >= 0) {
-    gemm_nt(ctx, bf16, eq, D, P0, at(dpre, 0), at(w1, 0), a.dbuf.data<float>(), dbuf_beta,
-            {G, eq * P0, D * P0, eq * D, 0});
+    gemm_nt(ctx, bf16, eq, D, P0, at(dpre, 0), at(w1, 0), a.dbuf, dbuf_beta, {G, eq * P0, D * P0, eq * D, 0});
     gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre, 0), dw1, {G, eq * D, eq * P0, D * P0, 0});
   }
   int64_t p0 = 0;
   for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n == 0) continue;
-    gemm_nt(ctx, bf16, n, D, P, at(dpre, p0), at(w1, l.w1_offset(g)), a.dbuf.data<float>() + r0 * D, dbuf_beta);
+    gemm_nt(ctx, bf16, n, D, P, at(dpre, p0), at(w1, l.w1_offset(g)), a.dbuf.rows(r0, r0 + n), dbuf_beta);
     gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, p0), dw1 + l.w1_offset(g));
     p0 += n * P;
   }

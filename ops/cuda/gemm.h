@@ -47,6 +47,13 @@ struct GemmArgs {
 
 bool gemm(Ctx& ctx, const GemmArgs& g);
 
+// g written into `out` (g.C and g.C16 are set from it): f32, the GEMM's C;
+// bf16 (beta 0), the GEMM's bf16 output, or where gemm() cannot, fp32
+// scratch of out's shape rounded into it (to_bf16). out is the contiguous
+// region the GEMM writes (ldc its row length; a strided batch's matrices
+// back to back).
+void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out);
+
 // bf16(t) for an fp32 t, in scratch from ctx's allocator: a bf16 GEMM operand.
 Tensor bf16_copy(Ctx& ctx, const Tensor& t);
 

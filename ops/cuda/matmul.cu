@@ -258,8 +258,6 @@ Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
   return r;
 }
 
-namespace {
-// g into `out` (f32: C; bf16: written by the GEMM, else fp32 scratch rounded).
 void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out) {
   if (out.dtype() == DType::f32) {
     g.C = out.data<float>();
@@ -273,7 +271,6 @@ void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out) {
   gemm(ctx, g);
   cuda::to_bf16(ctx, out, scratch);
 }
-}  // namespace
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
