@@ -187,7 +187,8 @@ int main(int argc, char** argv) {
         row.note = std::string(e.what()).substr(0, 100);
       }
       std::cerr << "[bench_ops] " << row.name << " " << row.shape << ": "
-                << (row.note.empty() ? std::to_string(row.seconds * 1e3) + " ms" : row.note) << std::endl;
+                << (row.seconds > 0 ? std::to_string(row.seconds * 1e3) + " ms" : std::string("not timed"))
+                << (row.note.empty() ? "" : " (" + row.note + ")") << std::endl;
       rows.push_back(row);
     };
 
@@ -255,21 +256,35 @@ int main(int argc, char** argv) {
             return count_wrong(d, dc, 1e-4);
           });
     }
-    {  // fused gating: scores + top-2 + slots over 65536 x 64 logits (logits read once)
-      const int64_t T = quick ? 4096 : 65536, E = 64;
-      Tensor lh = randn({T, E}, rng), l = lh.to(ctx), p = Tensor::empty({T, E}, DType::f32, ctx);
+    {  // gating: scores + top-2 + slots over 65536 x 64 logits. Issue 17's bar counts the logits read once
+       // and asks for input buffers larger than the 50 MB L2: 8 of them (134 MB) in turn, so each call
+       // reads its logits from memory. A padded route (capacity known in advance): no copy back to the
+       // host inside the timed call. The work column is the logits' bytes only; the slots' radix sort and
+       // the probabilities written are inside the time (the note says so), not in the count.
+      const int64_t T = quick ? 4096 : 65536, E = 64, nbuf = quick ? 2 : 8;
+      std::vector<Tensor> lh, l;
+      for (int64_t b = 0; b < nbuf; ++b) {
+        lh.push_back(randn({T, E}, rng));
+        l.push_back(lh.back().to(ctx));
+      }
+      Tensor p = Tensor::empty({T, E}, DType::f32, ctx);
       sy::ops::TokensChooseParams tp;
       tp.k = 2;
+      tp.padded = true;
       sy::ops::Route route;
-      add({"gating_top2", std::to_string(T) + "x" + std::to_string(E), 0, 0, double(T) * E * 4},
+      int64_t turn = 0, last = 0;
+      Row gating{"gating_top2", std::to_string(T) + "x" + std::to_string(E), 0, 0, double(T) * E * 4};
+      gating.note = std::to_string(nbuf) + " logits buffers in turn; slots sort included";
+      add(gating,
           [&] {
-            sy::ops::router_scores(ctx, p, l, sy::ops::ScoreFn::softmax);
+            last = turn++ % nbuf;
+            sy::ops::router_scores(ctx, p, l[last], sy::ops::ScoreFn::softmax);
             sy::ops::tokens_choose(ctx, route, p, tp);
           },
           [&] {
             Tensor pc = Tensor::empty({T, E}, DType::f32, cpu);
             sy::ops::Route rc;
-            sy::ops::router_scores(cpu, pc, lh, sy::ops::ScoreFn::softmax);
+            sy::ops::router_scores(cpu, pc, lh[last], sy::ops::ScoreFn::softmax);
             sy::ops::tokens_choose(cpu, rc, pc, tp);
             const std::vector<int32_t> g = route.slot.to_vector<int32_t>(), gc = rc.slot.to_vector<int32_t>();
             int64_t wrong = 0;

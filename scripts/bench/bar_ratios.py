@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Issue 17's bars from one gpu_check run: joins bench_ops's JSON with the
+PyTorch peers' (scripts/bench/torch_moe.py, torch_attention.py) and prints
+one line a bar, measured figure beside the bar, "ok" or "MISSED":
+
+  gating      gating_top2's effective bandwidth (logits bytes / time) >= 1.5 TB/s
+  moe/dense   moe_layer_fwd_bwd(_padded) time / dense_ffn_fwd_bwd's <= 1.3
+  loop/moe    the PyTorch per-expert loop's fwd+bwd time / ours >= 25
+  attention   ours / SDPA throughput, causal fwd+bwd bf16, per shape >= 0.5
+
+A figure whose rows are missing is said to be missing, not guessed.
+
+  python3 scripts/bench/bar_ratios.py --bench-ops bench_ops.json \
+      --torch-moe torch_moe.json --torch-attention torch_attention.json
+"""
+import argparse
+import json
+import os
+
+
+def load(path):
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def verdict(ok):
+    return "ok" if ok else "MISSED"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--bench-ops", required=True)
+    p.add_argument("--torch-moe", default="")
+    p.add_argument("--torch-attention", default="")
+    args = p.parse_args()
+
+    ours = load(args.bench_ops)
+    if ours is None:
+        print(f"bars: no {args.bench_ops} (bench_ops did not finish)")
+        return
+    rows = {r["op"]: r for r in ours["ops"]}
+    lines = []
+
+    g = rows.get("gating_top2")
+    if g and g["seconds"] > 0:
+        tbs = g["bytes"] / g["seconds"] / 1e12
+        lines.append(f"gating {g['shape']}: {tbs:.2f} TB/s effective (bar >= 1.5): {verdict(tbs >= 1.5)}")
+    else:
+        lines.append("gating: no gating_top2 row")
+
+    dense = rows.get("dense_ffn_fwd_bwd")
+    for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded"):
+        m = rows.get(name)
+        if m and dense:
+            r = m["seconds"] / dense["seconds"]
+            lines.append(f"{name} / dense_ffn_fwd_bwd: {r:.2f}x ({m['seconds'] * 1e3:.3f} / "
+                         f"{dense['seconds'] * 1e3:.3f} ms, {m['shape']}; bar <= 1.3): {verdict(r <= 1.3)}")
+        else:
+            lines.append(f"{name} / dense: rows missing")
+
+    peers = load(args.torch_moe) or []
+    loop = next((r for r in peers if r.get("case") == "moe per-expert loop fwd+bwd"), None)
+    for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded"):
+        m = rows.get(name)
+        if m and loop:
+            r = loop["ms"] / 1e3 / m["seconds"]
+            lines.append(f"PyTorch per-expert loop / {name}: {r:.1f}x (bar >= 25): {verdict(r >= 25)}")
+        else:
+            lines.append(f"PyTorch loop / {name}: rows missing")
+    tdense = next((r for r in peers if r.get("case") == "dense FFN h8192 fwd+bwd"), None)
+    if tdense and dense:
+        lines.append(f"dense FFN fwd+bwd, ours / PyTorch time: {dense['seconds'] * 1e3 / tdense['ms']:.2f}")
+
+    sdpa = load(args.torch_attention)
+    sdpa_rows = {(r["op"], r["shape"]): r for r in (sdpa or {}).get("ops", [])}
+    found = False
+    for r in ours["ops"]:
+        if r["op"] != "attention_fwd_bwd_bf16":
+            continue
+        s = sdpa_rows.get(("sdpa_fwd_bwd_bf16", r["shape"]))
+        if not s:
+            lines.append(f"attention {r['shape']}: no SDPA row of this shape")
+            continue
+        found = True
+        frac = s["seconds"] / r["seconds"]  # same work: throughput ratio = inverse time ratio
+        lines.append(f"attention fwd+bwd bf16 {r['shape']}: {frac:.2f} of SDPA's throughput "
+                     f"({r['seconds'] * 1e3:.3f} / {s['seconds'] * 1e3:.3f} ms; bar >= 0.5): {verdict(frac >= 0.5)}")
+    if not found and not any(r["op"] == "attention_fwd_bwd_bf16" for r in ours["ops"]):
+        lines.append("attention: no attention_fwd_bwd_bf16 rows")
+    for line in lines:
+        print("bars: " + line)
+
+
+if __name__ == "__main__":
+    main()
