@@ -72,6 +72,8 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   check(ctx, a.buf, a.pre, a.offset, a.layout, a.w);
   check_shape(a.dout, a.buf.shape(), "expert dout");
   check_shape(a.dbuf, a.buf.shape(), "expert dbuf");
+  check_dtype(a.dbuf, DType::f32, "expert dbuf");
+  check_dtype(a.dout, DType::f32, "expert dout");
   check_shape(a.dw.w1, a.w.w1.shape(), "expert dw1");
   check_shape(a.dw.w2, a.w.w2.shape(), "expert dw2");
   SY_CHECK(a.dw.b1.defined() == a.w.b1.defined() && a.dw.b2.defined() == a.w.b2.defined(),

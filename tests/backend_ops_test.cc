@@ -1973,9 +1973,12 @@ TEST_P(BackendOps, ExpertFfnBackwardWritesDbuf) {
 // with biases (heterogeneous widths) and SwiGLU without.
 TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
   Ctx& x = ctx();
-  for (const ops::FfnActivation act : {ops::FfnActivation::gelu, ops::FfnActivation::swiglu}) {
+  // GELU with an f32 pre and with a bf16 one (ops/expert_ffn.h); SwiGLU's is f32.
+  for (const auto& [act, pre_dtype] : std::vector<std::pair<ops::FfnActivation, DType>>{
+           {ops::FfnActivation::gelu, DType::f32}, {ops::FfnActivation::gelu, DType::bf16},
+           {ops::FfnActivation::swiglu, DType::f32}}) {
     const bool swiglu = act == ops::FfnActivation::swiglu;
-    SCOPED_TRACE(swiglu ? "swiglu" : "gelu");
+    SCOPED_TRACE(std::string(swiglu ? "swiglu" : "gelu") + (pre_dtype == DType::bf16 ? ", bf16 pre" : ""));
     const std::vector<int32_t> offset{0, 5, 5, 12, 20};
     const ops::ExpertLayout layout(8, {6, 12, 3, 9}, act);
     const int64_t P = layout.total_width(), S = layout.total_hidden();
@@ -1995,7 +1998,7 @@ TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
     ops::to_bf16(x, given16, buf);
     for (int reuse = 0; reuse < 3; ++reuse) {
       Tensor o = out(x, {20, 8}), dbuf = Tensor::zeros({20, 8}, DType::f32, x);
-      pre = out(x, {layout.pre_numel(offset)});
+      pre = out(x, {layout.pre_numel(offset)}, pre_dtype);
       Tensor dw1 = Tensor::zeros(w1.shape(), DType::f32, x), dw2 = Tensor::zeros(w2.shape(), DType::f32, x);
       Tensor db1 = swiglu ? Tensor() : Tensor::zeros(b1.shape(), DType::f32, x),
              db2 = swiglu ? Tensor() : Tensor::zeros(b2.shape(), DType::f32, x);

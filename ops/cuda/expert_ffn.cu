@@ -18,12 +18,15 @@
 // from the forward where the caller keeps it); act and dpre are written in
 // bf16 by the activation and its backward (ops/gelu.h, ops/swiglu.h), so
 // neither has an fp32 copy. The weights come from the shadows; every GEMM
-// has bf16 A and B, fp32 C and bias, CUBLAS_COMPUTE_32F. pre, dact and the
-// gradients are fp32; db1 sums dpre's bf16 values.
+// has bf16 A and B, fp32 bias, CUBLAS_COMPUTE_32F, and an fp32 C except
+// where pre is bf16 (GELU in bf16 mode, ops/expert_ffn.h): then the first
+// GEMM writes pre and backward's first dact in bf16 (cuBLASLt's bf16 D, or
+// fp32 scratch rounded: gemm_into). dbuf and the gradients are fp32; db1
+// sums dpre's bf16 values.
 //
 // Why not cublasGemmGroupedBatchedEx: with CUBLAS_COMPUTE_32F it needs one
 // type for A, B and C (GPU_PLAN.md), so bf16 inputs would mean bf16 outputs,
-// and pre, dbuf and the fp32 weight gradients (accumulated with beta = 1)
+// and out, dbuf and the fp32 weight gradients (accumulated with beta = 1)
 // must stay fp32; cuBLASLt 13 has no grouped matmul. So one cuBLASLt call per
 // expert in both modes (the offsets are on the host already: no sync).
 // Equal experts on equal rows (one width, every n_g = n: a padded route,
