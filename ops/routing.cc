@@ -76,6 +76,22 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   SY_DISPATCH(ctx, tokens_choose, ctx, r, probs, p);
 }
 
+void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                          const TokensChooseParams& p) {
+  check_matrix(logits, "router logits");
+  check_shape(probs, logits.shape(), "router probs");
+  check_dtype(probs, DType::f32, "router probs");
+  const int64_t N = logits.dim(0), G = logits.dim(1);
+  SY_CHECK(p.k >= 1 && p.k <= G, "top_k = " << p.k << " with " << G << " groups");
+  if (p.selection_bias) check_shape(*p.selection_bias, {G}, "selection bias");
+  if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
+  SY_CHECK(!(p.padded && p.dropless), "tokens_choose: a padded route needs a capacity known in advance, not dropless");
+  SY_CHECK(p.segment >= 0 && (p.segment == 0 || N % p.segment == 0),
+           "tokens_choose: " << N << " items in runs of " << p.segment);
+  check_device(ctx, "tokens_choose_logits", {&probs, &logits, p.selection_bias, p.selection_keys});
+  SY_DISPATCH(ctx, tokens_choose_logits, ctx, r, probs, logits, fn, p);
+}
+
 void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups) {
   check_matrix(scores, "group scores");
   const int64_t N = scores.dim(0), S = segment > 0 ? segment : N;

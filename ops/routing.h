@@ -132,6 +132,15 @@ void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, con
 // Tokens choose over probs (N, G) from router_scores.
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
 
+// Gating: router_scores then tokens_choose, in one call: probs = score_fn(
+// logits) written (the router's losses and backward read them) and the
+// route chosen from them, bit for bit the two calls' result. On CUDA the
+// scores and the top-k are one kernel (a warp a row: the logits read once,
+// the probabilities written once, the choice made from what the warp just
+// wrote), then tokens_choose's slot steps.
+void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                          const TokensChooseParams& p);
+
 // Groups choose: each group g takes the `capacity` items with the highest
 // scores[i, g]; scores (N, G). With segment > 0 the choice is made in every
 // run of `segment` consecutive items separately (per sequence, as depth
@@ -172,6 +181,8 @@ SY_DECLARE_BACKENDS(
   void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
   void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn);
   void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
+  void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                            const TokensChooseParams& p);
   void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups);
   void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
   void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);

@@ -72,10 +72,10 @@ const ops::Route& Router::forward(const Tensor& x) {
     ops::add_into(ctx_, keys, g);
   }
   probs_ = Tensor::empty({N, G_}, DType::f32, ctx_);
-  ops::router_scores(ctx_, probs_, logits_, score_fn(cfg_));
 
   const float cf = training_ ? cfg_.capacity_factor() : cfg_.capacity_factor_eval();
   if (expert_choice(cfg_)) {
+    ops::router_scores(ctx_, probs_, logits_, score_fn(cfg_));
     ops::groups_choose(ctx_, route_, probs_, ops::ceil_capacity(cf, static_cast<double>(N) / G_));
   } else {
     ops::TokensChooseParams p;
@@ -88,16 +88,16 @@ const ops::Route& Router::forward(const Tensor& x) {
     p.padded = cfg_.padded();
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;
     if (gumbel) p.selection_keys = &keys;
-    ops::tokens_choose(ctx_, route_, probs_, p);
+    // scores and choice in one call (on a GPU one kernel: the logits read once)
+    ops::tokens_choose_logits(ctx_, route_, probs_, logits_, score_fn(cfg_), p);
     if (bias_on_clean) {
       Tensor clean_probs = Tensor::empty({N, G_}, DType::f32, ctx_);
-      ops::router_scores(ctx_, clean_probs, clean_logits, score_fn(cfg_));
       p.selection_keys = nullptr;
       // Only its groups and slots are read (routing_sums), the same in a
       // padded route, which on a GPU needs no copy back: one wait less.
       p.padded = !p.dropless;
       ops::Route clean;
-      ops::tokens_choose(ctx_, clean, clean_probs, p);
+      ops::tokens_choose_logits(ctx_, clean, clean_probs, clean_logits, score_fn(cfg_), p);
       // This rank's sums; losses_and_stats sums them over ranks in the same
       // all-reduce as the noisy choice's (one collective per layer, not two).
       clean_sums_ = Tensor::empty({ops::routing_sums_size(G_)}, DType::f64, ctx_);

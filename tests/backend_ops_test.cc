@@ -1039,6 +1039,42 @@ std::vector<OpCase> cases() {
                    ops::route_weights_backward(x, o[0], in[1], in[0], route, renorm);
                  }});
   }
+  // Gating in one call (tokens_choose_logits; on CUDA one kernel for the
+  // scores and the top-k): against the CPU (class F: the device's expf), and
+  // on each backend bit for bit router_scores then tokens_choose. Softmax
+  // with position priority; sigmoid, renormalised, by score, with a bias.
+  for (const bool sig : {false, true}) {
+    const int64_t N = 300, G = 24;
+    c.push_back({std::string("tokens_choose_logits_") + (sig ? "sigmoid" : "softmax"), Tol::f32,
+                 [=](Rng& r) { return Ins{randn({N, G}, r, 2.f), randn({G}, r, 0.05f)}; },
+                 [=](Ctx& x, const Ins&) {
+                   Outs o = route_outputs(x, N, 2, G);
+                   o.push_back(fresh(x, {N, G}));
+                   return o;
+                 },
+                 [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::TokensChooseParams p;
+                   p.k = 2;
+                   p.capacity_factor = 1.f;
+                   if (sig) {
+                     p.renormalize = true;
+                     p.priority = ops::SlotPriority::score;
+                     p.selection_bias = &in[1];
+                   }
+                   const ops::ScoreFn fn = sig ? ops::ScoreFn::sigmoid : ops::ScoreFn::softmax;
+                   ops::Route route, two;
+                   ops::tokens_choose_logits(x, route, o[6], in[0], fn, p);
+                   put_route(x, route, o);
+                   Tensor probs = out(x, {N, G});
+                   ops::router_scores(x, probs, in[0], fn);
+                   ops::tokens_choose(x, two, probs, p);
+                   EXPECT_TRUE(bitwise_equal(probs.to(host_ctx()), o[6].to(host_ctx()))) << "probs";
+                   for (const auto& [a, b] : {std::pair{&route.group, &two.group}, {&route.slot, &two.slot},
+                                              {&route.weight, &two.weight}, {&route.count, &two.count}})
+                     EXPECT_TRUE(bitwise_equal(a->to(host_ctx()), b->to(host_ctx()))) << "the route";
+                   EXPECT_EQ(route.host_offset, two.host_offset);
+                 }});
+  }
   // The budget step after capacity, batch and causal per run of 10 items.
   for (bool causal : {false, true}) {
     c.push_back({std::string("apply_budget") + (causal ? "_causal" : ""), Tol::exact,

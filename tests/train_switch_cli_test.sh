@@ -98,7 +98,7 @@ import json, sys
 p = json.load(open(sys.argv[1]))
 names = {o["op"] for o in p["ops"]}
 assert p["steps"] == 3 and p["clock"] == "host", p
-assert {"matmul_forward", "matmul_backward", "tokens_choose", "adamw_update"} <= names, names
+assert {"matmul_forward", "matmul_backward", "tokens_choose_logits", "adamw_update"} <= names, names
 inside = sum(o["ms_per_step"] for o in p["ops"])
 assert abs(inside - p["inside_ops_ms"]) < 1e-6 and 0 < inside <= p["step_ms"], (inside, p["step_ms"])
 assert all(o["calls_per_step"] > 0 for o in p["ops"])

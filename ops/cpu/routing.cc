@@ -87,6 +87,13 @@ std::vector<int64_t> argsort_desc(const std::vector<float>& key) {
 
 }  // namespace
 
+// The reference is the composition (ops/routing.h).
+void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                          const TokensChooseParams& p) {
+  cpu::router_scores(ctx, probs, logits, fn);
+  cpu::tokens_choose(ctx, r, probs, p);
+}
+
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
   const int64_t N = probs.dim(0), G = probs.dim(1), k = p.k;
   const int64_t run = p.segment > 0 ? p.segment : N, groups = run > 0 ? N / run * G : G;  // runs' own groups

@@ -4,6 +4,8 @@
 //
 // router_scores:  one warp per item: softmax (max, exp, sum by a fixed
 //                 butterfly) or sigmoid; backward likewise (<p, dp> per warp).
+// tokens_choose_logits: the scores and step 1 below in one warp-per-item
+//                 kernel (the logits read once), then steps 2 and 3.
 // tokens_choose:
 //   1. top-k, one warp per item: k rounds of a warp argmax over the selection
 //      scores key + bias, each round restricted to the scores strictly below
@@ -142,11 +144,8 @@ struct Meta {
 };
 }  // namespace
 
-static __global__ void topk_kernel(TopkArgs a) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (i >= a.N) return;  // the whole warp leaves together
-  const float* p = a.probs + i * a.G;
+// Item i's top-k by the whole warp (lane `lane`), p its row of probabilities.
+static __device__ void topk_row(const TopkArgs& a, int64_t i, int lane, const float* p) {
   const float* key = a.keys ? a.keys + i * a.G : p;
   float prev_v = 0.f, wsum = 0.f;
   int prev_g = -1, first_g = 0;  // the previous pick (-1 before the first), the first
@@ -179,6 +178,36 @@ static __global__ void topk_kernel(TopkArgs a) {
       for (int j = 0; j < a.k; ++j) a.weight[i * a.k + j] /= wsum;
     a.top[i] = p[first_g];
   }
+}
+
+static __global__ void topk_kernel(TopkArgs a) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  if (i >= a.N) return;  // the whole warp leaves together
+  topk_row(a, i, threadIdx.x % 32, a.probs + i * a.G);
+}
+
+// Gating (tokens_choose_logits): a warp's row of probabilities by
+// softmax_rows' or sigmoid_all's arithmetic (the same bits), written, then
+// its top-k from that row (the warp's own writes: __syncwarp orders them).
+static __global__ void gate_topk_kernel(TopkArgs a, const float* logits, bool softmax) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= a.N) return;
+  const float* l = logits + i * a.G;
+  float* p = const_cast<float*>(a.probs) + i * a.G;
+  if (softmax) {
+    float mx = -INFINITY;
+    for (int g = lane; g < a.G; g += 32) mx = fmaxf(mx, l[g]);
+    mx = warp_max(mx);
+    float sum = 0.f;
+    for (int g = lane; g < a.G; g += 32) sum += (p[g] = expf(l[g] - mx));
+    sum = warp_sum(sum);
+    for (int g = lane; g < a.G; g += 32) p[g] /= sum;
+  } else {
+    for (int g = lane; g < a.G; g += 32) p[g] = 1.f / (1.f + expf(-l[g]));
+  }
+  __syncwarp();
+  topk_row(a, i, lane, p);
 }
 
 // Key and value of assignment a (see the top of the file).
@@ -320,6 +349,28 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
                       p.renormalize,
                       p.segment};
     topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
+    CUDA_CHECK(cudaGetLastError());
+  });
+}
+
+void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                          const TokensChooseParams& p) {
+  const int64_t N = logits.dim(0), G = logits.dim(1);
+  tokens_choose_by(ctx, r, N, G, p, [&](int32_t* group, float* weight, float* top) {
+    const TopkArgs ta{probs.data<float>(),
+                      p.selection_keys ? p.selection_keys->data<float>() : nullptr,
+                      p.selection_bias ? p.selection_bias->data<float>() : nullptr,
+                      group,
+                      weight,
+                      top,
+                      N,
+                      static_cast<int>(G),
+                      p.k,
+                      p.renormalize,
+                      p.segment};
+    if (N > 0)
+      gate_topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta, logits.data<float>(),
+                                                                        fn == ScoreFn::softmax);
     CUDA_CHECK(cudaGetLastError());
   });
 }
