@@ -85,9 +85,9 @@ void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logit
   SY_CHECK(p.k >= 1 && p.k <= G, "top_k = " << p.k << " with " << G << " groups");
   if (p.selection_bias) check_shape(*p.selection_bias, {G}, "selection bias");
   if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
-  SY_CHECK(!(p.padded && p.dropless), "tokens_choose: a padded route needs a capacity known in advance, not dropless");
+  SY_CHECK(!(p.padded && p.dropless), "tokens_choose_logits: a padded route needs a capacity known in advance, not dropless");
   SY_CHECK(p.segment >= 0 && (p.segment == 0 || N % p.segment == 0),
-           "tokens_choose: " << N << " items in runs of " << p.segment);
+           "tokens_choose_logits: " << N << " items in runs of " << p.segment);
   check_device(ctx, "tokens_choose_logits", {&probs, &logits, p.selection_bias, p.selection_keys});
   SY_DISPATCH(ctx, tokens_choose_logits, ctx, r, probs, logits, fn, p);
 }

@@ -4,7 +4,8 @@
 //   logits = x_r Wg [+ eps]    (N, G), fp32; x_r = x * U(1-j, 1+j) when jittering,
 //                              eps ~ N(0, router_noise^2) (noisy gating), training only
 //   probs  = softmax or sigmoid(logits)
-//   route  = tokens_choose(probs) or groups_choose (expert choice); with
+//   route  = tokens_choose(probs) (with the scores: tokens_choose_logits, one
+//            kernel on a GPU) or groups_choose (expert choice); with
 //            router_noise_kind GUMBEL, tokens choose by logits + Gumbel(0,
 //            router_noise) instead (training only; the weights stay clean)
 //

@@ -1040,39 +1040,56 @@ std::vector<OpCase> cases() {
                  }});
   }
   // Gating in one call (tokens_choose_logits; on CUDA one kernel for the
-  // scores and the top-k): against the CPU (class F: the device's expf), and
-  // on each backend bit for bit router_scores then tokens_choose. Softmax
-  // with position priority; sigmoid, renormalised, by score, with a bias.
-  for (const bool sig : {false, true}) {
-    const int64_t N = 300, G = 24;
-    c.push_back({std::string("tokens_choose_logits_") + (sig ? "sigmoid" : "softmax"), Tol::f32,
-                 [=](Rng& r) { return Ins{randn({N, G}, r, 2.f), randn({G}, r, 0.05f)}; },
-                 [=](Ctx& x, const Ins&) {
-                   Outs o = route_outputs(x, N, 2, G);
-                   o.push_back(fresh(x, {N, G}));
-                   return o;
-                 },
+  // scores and the top-k): its probabilities against the CPU (class F: the
+  // device's expf), and on each backend the probabilities and the route bit
+  // for bit router_scores then tokens_choose (the route is not compared
+  // across backends: ulps in the probabilities may flip a near tie). G 24
+  // and 70 (one and three values a lane), k 1 to 3; softmax by position;
+  // sigmoid renormalised by score with a bias; Gumbel-style selection keys in
+  // runs with their own groups; padded; dropless.
+  struct GateCase {
+    std::string name;
+    int64_t G;
+    int k;
+    bool sigmoid, keys, padded, dropless;
+    int64_t segment;
+  };
+  for (const GateCase& g : std::vector<GateCase>{{"softmax", 24, 2, false, false, false, false, 0},
+                                                 {"sigmoid_bias_score", 70, 3, true, false, false, false, 0},
+                                                 {"keys_runs", 70, 1, false, true, false, false, 100},
+                                                 {"padded", 24, 2, false, false, true, false, 0},
+                                                 {"dropless", 70, 2, false, false, false, true, 0}}) {
+    const int64_t N = 300;
+    c.push_back({"tokens_choose_logits_" + g.name, Tol::f32,
+                 [=](Rng& r) { return Ins{randn({N, g.G}, r, 2.f), randn({g.G}, r, 0.05f), randn({N, g.G}, r)}; },
+                 [=](Ctx& x, const Ins&) { return Outs{fresh(x, {N, g.G})}; },
                  [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    ops::TokensChooseParams p;
-                   p.k = 2;
+                   p.k = g.k;
                    p.capacity_factor = 1.f;
-                   if (sig) {
+                   p.padded = g.padded;
+                   p.dropless = g.dropless;
+                   p.segment = g.segment;
+                   if (g.sigmoid) {
                      p.renormalize = true;
                      p.priority = ops::SlotPriority::score;
                      p.selection_bias = &in[1];
                    }
-                   const ops::ScoreFn fn = sig ? ops::ScoreFn::sigmoid : ops::ScoreFn::softmax;
+                   if (g.keys) p.selection_keys = &in[2];
+                   const ops::ScoreFn fn = g.sigmoid ? ops::ScoreFn::sigmoid : ops::ScoreFn::softmax;
                    ops::Route route, two;
-                   ops::tokens_choose_logits(x, route, o[6], in[0], fn, p);
-                   put_route(x, route, o);
-                   Tensor probs = out(x, {N, G});
+                   ops::tokens_choose_logits(x, route, o[0], in[0], fn, p);
+                   Tensor probs = out(x, {N, g.G});
                    ops::router_scores(x, probs, in[0], fn);
                    ops::tokens_choose(x, two, probs, p);
-                   EXPECT_TRUE(bitwise_equal(probs.to(host_ctx()), o[6].to(host_ctx()))) << "probs";
+                   EXPECT_TRUE(bitwise_equal(probs.to(host_ctx()), o[0].to(host_ctx()))) << "probs";
                    for (const auto& [a, b] : {std::pair{&route.group, &two.group}, {&route.slot, &two.slot},
-                                              {&route.weight, &two.weight}, {&route.count, &two.count}})
+                                              {&route.weight, &two.weight}, {&route.count, &two.count},
+                                              {&route.offset, &two.offset}})
                      EXPECT_TRUE(bitwise_equal(a->to(host_ctx()), b->to(host_ctx()))) << "the route";
                    EXPECT_EQ(route.host_offset, two.host_offset);
+                   EXPECT_EQ(route.capacity, two.capacity);
+                   EXPECT_EQ(route.dropped, two.dropped);
                  }});
   }
   // The budget step after capacity, batch and causal per run of 10 items.
