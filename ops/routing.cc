@@ -63,16 +63,22 @@ void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, con
   SY_DISPATCH(ctx, router_scores_backward, ctx, dlogits, dprobs, probs, fn);
 }
 
-void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
-  check_matrix(probs, "router probs");
-  const int64_t N = probs.dim(0), G = probs.dim(1);
+namespace {
+// tokens_choose's parameters against the (N, G) scores it chooses from.
+void check_tokens_choose(Ctx& ctx, const Tensor& scores, const TokensChooseParams& p, const char* op) {
+  const int64_t N = scores.dim(0), G = scores.dim(1);
   SY_CHECK(p.k >= 1 && p.k <= G, "top_k = " << p.k << " with " << G << " groups");
   if (p.selection_bias) check_shape(*p.selection_bias, {G}, "selection bias");
   if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
-  SY_CHECK(!(p.padded && p.dropless), "tokens_choose: a padded route needs a capacity known in advance, not dropless");
-  SY_CHECK(p.segment >= 0 && (p.segment == 0 || N % p.segment == 0),
-           "tokens_choose: " << N << " items in runs of " << p.segment);
-  check_device(ctx, "tokens_choose", {&probs, p.selection_bias, p.selection_keys});
+  SY_CHECK(!(p.padded && p.dropless), op << ": a padded route needs a capacity known in advance, not dropless");
+  SY_CHECK(p.segment >= 0 && (p.segment == 0 || N % p.segment == 0), op << ": " << N << " items in runs of " << p.segment);
+  check_device(ctx, op, {&scores, p.selection_bias, p.selection_keys});
+}
+}  // namespace
+
+void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
+  check_matrix(probs, "router probs");
+  check_tokens_choose(ctx, probs, p, "tokens_choose");
   SY_DISPATCH(ctx, tokens_choose, ctx, r, probs, p);
 }
 
@@ -81,14 +87,8 @@ void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logit
   check_matrix(logits, "router logits");
   check_shape(probs, logits.shape(), "router probs");
   check_dtype(probs, DType::f32, "router probs");
-  const int64_t N = logits.dim(0), G = logits.dim(1);
-  SY_CHECK(p.k >= 1 && p.k <= G, "top_k = " << p.k << " with " << G << " groups");
-  if (p.selection_bias) check_shape(*p.selection_bias, {G}, "selection bias");
-  if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
-  SY_CHECK(!(p.padded && p.dropless), "tokens_choose_logits: a padded route needs a capacity known in advance, not dropless");
-  SY_CHECK(p.segment >= 0 && (p.segment == 0 || N % p.segment == 0),
-           "tokens_choose_logits: " << N << " items in runs of " << p.segment);
-  check_device(ctx, "tokens_choose_logits", {&probs, &logits, p.selection_bias, p.selection_keys});
+  check_tokens_choose(ctx, logits, p, "tokens_choose_logits");
+  check_device(ctx, "tokens_choose_logits", {&probs});
   SY_DISPATCH(ctx, tokens_choose_logits, ctx, r, probs, logits, fn, p);
 }
 

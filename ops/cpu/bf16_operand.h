@@ -21,4 +21,8 @@ inline Tensor bf16_operand(Ctx& ctx, const Tensor& t) {
   return r;
 }
 
+// A bf16 tensor widened to fp32 (exact); an fp32 one as it is: the values a
+// bf16 producer wrote, for the CPU's fp32 arithmetic.
+inline Tensor widened(const Tensor& t) { return t.dtype() == DType::bf16 ? t.to(DType::f32) : t; }
+
 }  // namespace sy::ops::cpu

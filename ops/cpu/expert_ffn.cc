@@ -32,9 +32,6 @@ void round_into(Tensor& dst, int64_t at, const Tensor& src) {
   for (int64_t i = 0; i < src.numel(); ++i) out[i].bits = f32_to_bf16(in[i]);
 }
 
-// A bf16 tensor widened (exact); an f32 one as it is.
-Tensor widened(const Tensor& t) { return t.dtype() == DType::bf16 ? t.to(DType::f32) : t; }
-
 // dact *= d, element-wise.
 SY_VECTOR_CLONES void scale_by(float* dact, const float* d, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dact[i] *= d[i];
@@ -109,7 +106,7 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     {  // dact = dout W2^T (bf16 mode: bf16(dout) W2_16^T, as matmul_backward's dx)
       const Tensor dy = bf16 ? bf16_operand(ctx, dout) : dout, w = bf16 ? bf16_operand(ctx, w2_16) : w2;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, D, 1.f, dy.f32(), D, w.f32(), D, 0.f, dact.f32(), H);
-      if (pre16) dact = widened(dact.to(DType::bf16));  // written rounded, as the bf16 pre is
+      if (pre16) dact = bf16_operand(ctx, dact);  // written rounded, as the bf16 pre is
     }
     Tensor dw2 = block(a.dw.w2, l.w2_offset(g), {H, D}), db2 = block(a.dw.b2, l.b2_offset(g), {D});
     Tensor dw1 = block(a.dw.w1, l.w1_offset(g), {D, P}), db1 = block(a.dw.b1, l.b1_offset(g), {P});

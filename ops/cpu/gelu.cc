@@ -1,5 +1,6 @@
 #include "ops/gelu.h"
 
+#include "ops/cpu/bf16_operand.h"
 #include "ops/cpu/gelu_math.h"
 #include "ops/elementwise.h"
 
@@ -13,9 +14,6 @@ SY_VECTOR_CLONES void forward(float* y, const float* x, int64_t n) {
 SY_VECTOR_CLONES void backward(float* dx, const float* dy, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * gelu_derivative(x[i]);
 }
-
-// A bf16 input widened (exact): the fp32 arithmetic below on its values.
-Tensor widened(const Tensor& t) { return t.dtype() == DType::bf16 ? t.to(DType::f32) : t; }
 }  // namespace
 
 void gelu_forward(Ctx& ctx, Tensor& y, const Tensor& x_in) {

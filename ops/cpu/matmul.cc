@@ -51,7 +51,7 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
   }
   const int64_t N = a.x.dim(0), K = a.x.dim(1), M = a.w.dim(a.w_transposed ? 0 : 1);
   if (N == 0) return;
-  const Tensor dy32 = a.dy.dtype() == DType::bf16 ? a.dy.to(DType::f32) : a.dy;  // (bf16: its values, widened)
+  const Tensor dy32 = widened(a.dy);  // (bf16: its values)
   const float* dy = dy32.f32();
   const float dx_beta = a.dx_accumulate ? 1.f : 0.f;  // (beta 0: sgemm writes C without reading it)
   if (a.w_bf16) {  // the GEMMs on rounded operands; db below from the fp32 dy

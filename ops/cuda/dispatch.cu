@@ -203,7 +203,8 @@ static __global__ void combine_backward_rows(float* dout, float* dweight, const 
 }
 
 namespace {
-// kernel<4> or kernel<1> (wide_rows) over `warps` warps.
+// kernel<4> or kernel<1> (wide_rows) over `warps` warps (a row type T the
+// kernel has is deduced from its arguments).
 #define SY_ROW_LAUNCH(wide, warps, kernel, ...)                                                 \
   do {                                                                                         \
     if (wide)                                                                                  \
@@ -218,12 +219,7 @@ void zero_unused(Ctx& ctx, Tensor& rows, const Route& r) {
   const int64_t n = rows.dim(0), D = rows.dim(1);
   if (!r.padded || n == 0 || r.capacity <= 0) return;  // other routes' rows are all kept
   T* p = static_cast<T*>(rows.raw());  // (the entry points checked the dtype)
-  const bool wide = wide_rows(D, {p});
-  if (wide)
-    zero_unused_rows<4, T><<<grid_for(n, kWarps), kBlock, 0, stream(ctx)>>>(p, view(r), r.capacity, n, D);
-  else
-    zero_unused_rows<1, T><<<grid_for(n, kWarps), kBlock, 0, stream(ctx)>>>(p, view(r), r.capacity, n, D);
-  CUDA_CHECK(cudaGetLastError());
+  SY_ROW_LAUNCH(wide_rows(D, {p}), n, zero_unused_rows, p, view(r), r.capacity, n, D);
 }
 
 template <class T>
@@ -231,13 +227,8 @@ void dispatch_into(Ctx& ctx, Tensor& buf, const Tensor& x, const Route& r) {
   const int64_t D = x.dim(1);
   T* b = static_cast<T*>(buf.raw());  // (dispatch_forward picked T by the dtype)
   const float* xs = x.data<float>();
-  if (r.assignments() > 0 && D > 0) {
-    if (wide_rows(D, {b, xs}))
-      dispatch_rows<4, T><<<grid_for(r.assignments(), kWarps), kBlock, 0, stream(ctx)>>>(b, xs, view(r), D);
-    else
-      dispatch_rows<1, T><<<grid_for(r.assignments(), kWarps), kBlock, 0, stream(ctx)>>>(b, xs, view(r), D);
-    CUDA_CHECK(cudaGetLastError());
-  }
+  if (r.assignments() > 0 && D > 0)
+    SY_ROW_LAUNCH(wide_rows(D, {b, xs}), r.assignments(), dispatch_rows, b, xs, view(r), D);
   zero_unused<T>(ctx, buf, r);
 }
 }  // namespace
@@ -345,5 +336,7 @@ void dispatch_positions(Ctx& ctx, Tensor& pos, const Route& r, int64_t segment) 
   dispatch_position_rows<<<grid_stride(total), kBlock, 0, stream(ctx)>>>(pos.data<int32_t>(), view(r), segment);
   CUDA_CHECK(cudaGetLastError());
 }
+
+#undef SY_ROW_LAUNCH
 
 }  // namespace sy::ops::cuda

@@ -333,10 +333,13 @@ void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const Tokens
     read_meta(ctx, r, meta, p.dropless);
 }
 
-void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
+namespace {
+// tokens_choose's steps with step 1 the top-k kernel over probs, or (logits
+// given) the gating kernel that writes probs from them first.
+void choose_top_k(Ctx& ctx, Route& r, const Tensor& probs, const Tensor* logits, ScoreFn fn,
+                  const TokensChooseParams& p) {
   const int64_t N = probs.dim(0), G = probs.dim(1);
   tokens_choose_by(ctx, r, N, G, p, [&](int32_t* group, float* weight, float* top) {
-    // top-k per item
     const TopkArgs ta{probs.data<float>(),
                       p.selection_keys ? p.selection_keys->data<float>() : nullptr,
                       p.selection_bias ? p.selection_bias->data<float>() : nullptr,
@@ -348,31 +351,24 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
                       p.k,
                       p.renormalize,
                       p.segment};
-    topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
+    if (N == 0) return;
+    if (logits)
+      gate_topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta, logits->data<float>(),
+                                                                        fn == ScoreFn::softmax);
+    else
+      topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
     CUDA_CHECK(cudaGetLastError());
   });
+}
+}  // namespace
+
+void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
+  choose_top_k(ctx, r, probs, nullptr, ScoreFn::softmax, p);
 }
 
 void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                           const TokensChooseParams& p) {
-  const int64_t N = logits.dim(0), G = logits.dim(1);
-  tokens_choose_by(ctx, r, N, G, p, [&](int32_t* group, float* weight, float* top) {
-    const TopkArgs ta{probs.data<float>(),
-                      p.selection_keys ? p.selection_keys->data<float>() : nullptr,
-                      p.selection_bias ? p.selection_bias->data<float>() : nullptr,
-                      group,
-                      weight,
-                      top,
-                      N,
-                      static_cast<int>(G),
-                      p.k,
-                      p.renormalize,
-                      p.segment};
-    if (N > 0)
-      gate_topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta, logits.data<float>(),
-                                                                        fn == ScoreFn::softmax);
-    CUDA_CHECK(cudaGetLastError());
-  });
+  choose_top_k(ctx, r, probs, &logits, fn, p);
 }
 
 // ---- groups_choose --------------------------------------------------------
