@@ -18,8 +18,9 @@
 // b-th reading A + b stride_a, B + b stride_b, bias + b stride_bias and
 // writing C + b stride_c (strides in elements): the equal-row expert GEMMs of
 // a padded route (ops/expert_ffn.h) in one call.
-// The algorithm is chosen once per shape, alignment, mode, batch and
-// epilogue and cached.
+// The descriptor, layouts and algorithm are made once per shape,
+// alignment, mode, batch and epilogue and kept (a call sets its pointers
+// and launches).
 #pragma once
 #include <cstdint>
 

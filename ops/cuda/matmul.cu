@@ -21,8 +21,9 @@
 // scratch and to_bf16 rounds it: exactly that output rounded.
 //
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
-// GPU model for a fixed algorithm and workspace; the algorithm is cached per
-// (shape, alignments, mode, epilogue), so it does not change within a run.
+// GPU model for a fixed algorithm and workspace; the algorithm is kept per
+// (shape, alignments, mode, epilogue) with its descriptor and layouts (a
+// Plan), so it does not change within a run.
 // Where the heuristic has nothing with the BIAS epilogue, the bias goes in
 // by add_bias_rows and the GEMM runs without it (remembered per key too). db is a
 // fixed-order two-stage column sum (common.cuh), no atomics.
@@ -77,10 +78,6 @@ struct AlgoKey {
   bool operator<(const AlgoKey& o) const { return tie() < o.tie(); }
 };
 
-// The heuristic's first algorithm per key, or none where it found none.
-std::mutex algo_mutex;
-std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>> algo_cache;
-
 struct DescDeleter {
   void operator()(cublasLtMatmulDescOpaque_t* d) const { cublasLtMatmulDescDestroy(d); }
   void operator()(cublasLtMatrixLayoutOpaque_t* d) const { cublasLtMatrixLayoutDestroy(d); }
@@ -119,49 +116,82 @@ static __global__ void add_bias_rows(float* C, int64_t ldc, const float* bias, i
 }
 
 
-// The cached algorithm for key, or the heuristic's first for the descriptor
-// and layouts (none: the heuristic found none; remembered too).
-std::optional<cublasLtMatmulAlgo_t> find_algo(Ctx& ctx, cublasLtHandle_t handle, cublasLtMatmulDesc_t d,
-                                              cublasLtMatrixLayout_t first, cublasLtMatrixLayout_t second,
-                                              cublasLtMatrixLayout_t out, const AlgoKey& key) {
-  std::lock_guard<std::mutex> lock(algo_mutex);
-  auto it = algo_cache.find(key);
-  if (it != algo_cache.end()) return it->second;
-  cublasLtMatmulPreference_t p = nullptr;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&p));
-  Preference pref(p);
+// Everything one GEMM configuration needs, made on its first call and kept:
+// the descriptor, the three layouts and the heuristic's first algorithm
+// (none: the heuristic found none; remembered too). A step makes the same
+// GEMMs every time (a packed route's experts: up to 6 a layer per expert),
+// so each call sets the pointers and launches: no descriptor or layout
+// created and destroyed per call. The bias pointer is the one attribute a
+// call changes (its alignment is in the key); calls hold plan_mutex from the
+// lookup to the launch, so no other thread sees a descriptor half set.
+struct Plan {
+  MatmulDesc desc;
+  Layout first, second, out;
+  std::optional<cublasLtMatmulAlgo_t> algo;
+};
+std::mutex plan_mutex;
+std::map<AlgoKey, Plan> plans;
+
+// key's plan, made where there is none. Column-major view: D (N, M) =
+// op'(B) (N, K) * op'(A) (K, M); the layouts, the descriptor and the
+// heuristic's query depend on nothing but the key (and the bias pointer's
+// alignment, which is in it).
+Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoKey& key, const float* bias) {
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+  Plan p;
+  const int64_t nb = key.batch;
+  p.first = g.trans_b ? layout(g.K, g.N, g.ldb, g.bf16, nb, g.stride_b) : layout(g.N, g.K, g.ldb, g.bf16, nb, g.stride_b);
+  p.second = g.trans_a ? layout(g.M, g.K, g.lda, g.bf16, nb, g.stride_a) : layout(g.K, g.M, g.lda, g.bf16, nb, g.stride_a);
+  p.out = layout(g.N, g.M, g.ldc, key.out16, nb, g.stride_c);
+  const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasLtMatmulDesc_t d = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  p.desc.reset(d);
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+  if (key.bias) {
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (key.out16) {  // (the bias would otherwise be read as D's type; where fp32 is refused, no algorithm)
+      const int32_t bias_type = CUDA_R_32F;
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+    }
+    if (nb > 1)
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &key.stride_bias,
+                                                  sizeof(key.stride_bias)));
+  }
+  cublasLtMatmulPreference_t pr = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pr));
+  Preference pref(pr);
   const uint64_t ws = ctx.blas.workspace_bytes;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pr, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
   const uint32_t al[3] = {key.align_a, key.align_b, key.align_c};
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], 4));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], 4));
   cublasLtMatmulHeuristicResult_t result;
   std::memset(&result, 0, sizeof(result));
   int found = 0;
   // (NOT_SUPPORTED, like found = 0: nothing for this configuration. A bf16
   // output refused otherwise falls back too, said once: a refusal that is
   // not about support would otherwise hide behind the fallback.)
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, d, first, second, out, out, p, 1, &result, &found);
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(handle, d, p.first.get(), p.second.get(), p.out.get(), p.out.get(), pr, 1, &result,
+                                     &found);
   if (st != CUBLAS_STATUS_NOT_SUPPORTED && !key.out16) CUBLAS_CHECK(st);
   if (st != CUBLAS_STATUS_SUCCESS) found = 0;
-  std::optional<cublasLtMatmulAlgo_t> algo;
-  if (found > 0) algo = result.algo;
-  if (key.out16 && !algo)
+  if (found > 0) p.algo = result.algo;
+  if (key.out16 && !p.algo)
     std::fprintf(stderr,
                  "note: cuBLASLt has no bf16-output algorithm for M=%lld N=%lld K=%lld%s (%s): the GEMM writes fp32 "
                  "and a pass rounds it\n",
                  static_cast<long long>(key.M), static_cast<long long>(key.N), static_cast<long long>(key.K),
                  key.bias ? " with an fp32 bias" : "", st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st));
-  algo_cache.emplace(key, algo);
-  return algo;
-}
-
-// Forgets key's algorithm (cublasLtMatmul refused it): the next call falls back.
-void drop_algo(const AlgoKey& key) {
-  std::lock_guard<std::mutex> lock(algo_mutex);
-  algo_cache[key] = std::nullopt;
+  return plans.emplace(key, std::move(p)).first->second;
 }
 }  // namespace
 
@@ -192,60 +222,34 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     bias_by_kernel();
   }
 
-  // Column-major view: D (N, M) = op'(B) (N, K) * op'(A) (K, M).
-  const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int64_t nb = g.batch;
   const int64_t ab = g.bf16 ? 2 : 4;  // bytes per element of A and B
-  Layout first = g.trans_b ? layout(g.K, g.N, g.ldb, g.bf16, nb, g.stride_b)
-                           : layout(g.N, g.K, g.ldb, g.bf16, nb, g.stride_b);
-  Layout second = g.trans_a ? layout(g.M, g.K, g.lda, g.bf16, nb, g.stride_a)
-                            : layout(g.K, g.M, g.lda, g.bf16, nb, g.stride_a);
-  Layout out = layout(g.N, g.M, g.ldc, out16, nb, g.stride_c);
-
-  cublasLtMatmulDesc_t d = nullptr;
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  MatmulDesc desc(d);
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
-  if (bias) {
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    if (out16) {  // (the bias would otherwise be read as D's type; where fp32 is refused, no algorithm)
-      const int32_t bias_type = CUDA_R_32F;
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
-    }
-    if (nb > 1)
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &g.stride_bias,
-                                                  sizeof(g.stride_bias)));
-  }
-
   AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, out16, g.M, g.N, g.K,
               g.lda, g.ldb, g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
               alignment(C, nb, g.stride_c * (out16 ? 2 : 4)), nb, nb > 1 ? g.stride_a : 0,
               nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? g.stride_bias : 0,
               bias ? alignment(bias, nb, g.stride_bias * 4) : 0};
-  std::optional<cublasLtMatmulAlgo_t> algo = find_algo(ctx, handle, d, first.get(), second.get(), out.get(), key);
-  if (!algo && out16) return false;
-  if (!algo && bias) {
+  std::lock_guard<std::mutex> lock(plan_mutex);
+  Plan* p = &plan_for(ctx, handle, g, key, bias);
+  if (!p->algo && out16) return false;
+  if (!p->algo && bias) {
     // No algorithm with the BIAS epilogue for this shape and these
     // alignments: the bias by its own kernel, then the plain GEMM onto it.
     bias_by_kernel();
-    const cublasLtEpilogue_t plain = CUBLASLT_EPILOGUE_DEFAULT;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &plain, sizeof(plain)));
     key.bias = false, key.beta = true, key.stride_bias = 0, key.align_bias = 0;
-    algo = find_algo(ctx, handle, d, first.get(), second.get(), out.get(), key);
+    p = &plan_for(ctx, handle, g, key, nullptr);
   }
-  SY_CHECK(algo.has_value(), "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M=" << g.M
-                                                  << " N=" << g.N << " K=" << g.K << " (alignments A " << key.align_b
-                                                  << ", B " << key.align_a << ", C " << key.align_c << " bytes)");
+  SY_CHECK(p->algo.has_value(), "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M=" << g.M
+                                                     << " N=" << g.N << " K=" << g.K << " (alignments A " << key.align_b
+                                                     << ", B " << key.align_a << ", C " << key.align_c << " bytes)");
+  if (key.bias)  // (this call's bias: the plan holds the first call's)
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   const float alpha = 1.f;
-  const cublasStatus_t st = cublasLtMatmul(handle, d, &alpha, g.B, first.get(), g.A, second.get(), &beta, C, out.get(),
-                                           C, out.get(), &*algo, ctx.blas.workspace, ctx.blas.workspace_bytes,
-                                           stream(ctx));
+  const cublasStatus_t st =
+      cublasLtMatmul(handle, p->desc.get(), &alpha, g.B, p->first.get(), g.A, p->second.get(), &beta, C, p->out.get(),
+                     C, p->out.get(), &*p->algo, ctx.blas.workspace, ctx.blas.workspace_bytes, stream(ctx));
   if (out16 && st == CUBLAS_STATUS_NOT_SUPPORTED) {  // (the heuristic offered it; refused all the same)
-    drop_algo(key);
+    p->algo.reset();  // (the next call with this key falls back at once)
     return false;
   }
   CUBLAS_CHECK(st);
