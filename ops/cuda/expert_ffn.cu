@@ -44,6 +44,8 @@
 #include "ops/gelu.h"
 #include "ops/swiglu.h"
 
+#include <algorithm>
+
 namespace sy::ops::cuda {
 
 namespace {
@@ -118,14 +120,38 @@ struct ExpertColumns {
   __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = to_float(x[((c / W) * n + r) * W + c % W]); }
 };
 
+// The same over experts of one width W on unequal rows (a packed route):
+// expert g's block is rows [offset[g], offset[g+1]) of the packed (R, W) x;
+// the matrix has as many rows as the largest block, zeros below a shorter
+// one (adding them leaves a partial sum as it was).
+template <class T>
+struct PackedExpertColumns {
+  static constexpr int kOut = 1;
+  const T* x;
+  const int32_t* offset;  // device, G + 1
+  int64_t W;
+  __device__ void operator()(int64_t r, int64_t c, float* v) const {
+    const int64_t g = c / W, r0 = offset[g];
+    v[0] = r < offset[g + 1] - r0 ? to_float(x[(r0 + r) * W + c % W]) : 0.f;
+  }
+};
+
 // out[S_g .. S_g + W_g) += the column sums of expert g's (n_g, W_g) block
 // of the packed x (blocks and outputs each at the sum of the earlier ones:
-// dout's rows with W_g = D for db2, dpre with W_g = P_g for db1). Experts on
-// equal rows of one width (eq >= 0): one launch.
+// dout's rows with W_g = D for db2, dpre with W_g = P_g for db1), each in a
+// fixed order. Experts of one width: one launch (equal rows, eq >= 0; else
+// over the device copy of the offsets, offset_dev), not one per expert.
 template <class T, class Width>
-void expert_column_sums(Ctx& ctx, const T* x, const std::vector<int32_t>& offset, int64_t eq, Width width, float* out) {
+void expert_column_sums(Ctx& ctx, const T* x, const std::vector<int32_t>& offset, int64_t eq, bool uniform,
+                        const Tensor& offset_dev, Width width, float* out) {
   const int64_t G = static_cast<int64_t>(offset.size()) - 1;
   if (eq >= 0) return column_sums(ctx, ExpertColumns<T>{x, eq, width(0)}, eq, G * width(0), ColumnOut{{out}});
+  if (uniform) {
+    int64_t longest = 0;
+    for (int64_t g = 0; g < G; ++g) longest = std::max<int64_t>(longest, offset[g + 1] - offset[g]);
+    return column_sums(ctx, PackedExpertColumns<T>{x, offset_dev.data<int32_t>(), width(0)}, longest, G * width(0),
+                       ColumnOut{{out}});
+  }
   int64_t x0 = 0, o0 = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t n = offset[g + 1] - offset[g], W = width(g);
@@ -309,12 +335,14 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     p0 += n * P;
   }
   if (!bias) return;  // db2 from the fp32 dout; db1 from dpre's values (bf16 ones widened)
-  expert_column_sums(ctx, dout, a.offset, eq, [D](int64_t) { return D; }, db2);
+  // (db2's experts are all D wide: one launch whatever the widths)
+  const Tensor offset_dev = eq < 0 ? upload(ctx, a.offset) : Tensor();
+  expert_column_sums(ctx, dout, a.offset, eq, true, offset_dev, [D](int64_t) { return D; }, db2);
   auto width = [&l](int64_t g) { return l.width(g); };
   if (bf16)
-    expert_column_sums(ctx, elems<Bf16>(dpre), a.offset, eq, width, db1);
+    expert_column_sums(ctx, elems<Bf16>(dpre), a.offset, eq, l.uniform(), offset_dev, width, db1);
   else
-    expert_column_sums(ctx, dpre.data<float>(), a.offset, eq, width, db1);
+    expert_column_sums(ctx, dpre.data<float>(), a.offset, eq, l.uniform(), offset_dev, width, db1);
 }
 
 }  // namespace sy::ops::cuda
