@@ -58,23 +58,33 @@ using sy::Tensor;
 using sy::bench::count_wrong;
 using sy::bench::now_s;
 
-// Median seconds of `iters` runs of f after `warmup` runs.
-double time_it(Ctx& ctx, sy::DeviceRuntime* rt, const std::function<void()>& f, int warmup, int iters) {
+// Median seconds of `iters` runs of f after `warmup` runs: on a device,
+// between CUDA events around f; *host_s (where given), the median time f
+// took on the host to return (to queue its work, and any waits inside it).
+// A host time near the device time says the GPU waited on the host (launch
+// overhead, a synchronisation), not on its own work.
+double time_it(Ctx& ctx, sy::DeviceRuntime* rt, const std::function<void()>& f, int warmup, int iters,
+               double* host_s = nullptr) {
   for (int i = 0; i < warmup; ++i) f();
-  std::vector<double> t;
+  std::vector<double> t, h;
   for (int i = 0; i < iters; ++i) {
     if (rt) {
       sy::EventTimer timer(ctx.stream);
       timer.start();
+      const double t0 = now_s();
       f();
+      h.push_back(now_s() - t0);
       t.push_back(timer.stop_ms() / 1e3);
     } else {
       const double t0 = now_s();
       f();
       t.push_back(now_s() - t0);
+      h.push_back(t.back());
     }
   }
   std::sort(t.begin(), t.end());
+  std::sort(h.begin(), h.end());
+  if (host_s) *host_s = h[h.size() / 2];
   return t[t.size() / 2];
 }
 
@@ -101,6 +111,7 @@ Tensor prefix(const Tensor& t_any, int64_t P, int64_t c0 = 0, int64_t w = -1) {
 struct Row {
   std::string name, shape;
   double seconds = 0, flops = 0, bytes = 0;
+  double host_seconds = 0;  // time_it's host time
   int64_t wrong = -1;  // -1: not compared
   std::string note;
 };
@@ -181,7 +192,7 @@ int main(int argc, char** argv) {
     // time limit still says how far it got.
     auto add = [&](Row row, const std::function<void()>& run, const std::function<int64_t()>& check) {
       try {
-        row.seconds = time_it(ctx, rt.get(), run, warmup, iters);
+        row.seconds = time_it(ctx, rt.get(), run, warmup, iters, &row.host_seconds);
         if (rt && check) row.wrong = check();
       } catch (const std::exception& e) {
         row.note = std::string(e.what()).substr(0, 100);
@@ -460,7 +471,10 @@ int main(int argc, char** argv) {
                           {"ops", nlohmann::json::array()}};
     std::printf("device %s | ceilings: %s %.1f TFLOP/s, %s %.2f TB/s\n", rt ? rt->name() : "cpu", gemm_what.c_str(),
                 gemm_rate / 1e12, copy_what.c_str(), copy_rate / 1e12);
-    std::printf("%-24s %-34s %10s %12s %9s %7s  %s\n", "op", "shape", "ms", "rate", "of ceil", "#wrong", "note");
+    // host ms: the host's time to queue the case (its waits included); near
+    // ms, the GPU was waiting on the host.
+    std::printf("%-24s %-34s %10s %8s %12s %9s %7s  %s\n", "op", "shape", "ms", "host ms", "rate", "of ceil", "#wrong",
+                "note");
     for (const Row& r : rows) {
       char rate[32] = "-", frac[16] = "-", wrong[16] = "-";
       if (r.seconds > 0 && r.flops > 0) {
@@ -471,10 +485,11 @@ int main(int argc, char** argv) {
         std::snprintf(frac, sizeof frac, "%.1f%%", 100 * r.bytes / r.seconds / copy_rate);
       }
       if (r.wrong >= 0) std::snprintf(wrong, sizeof wrong, "%lld", static_cast<long long>(r.wrong));
-      std::printf("%-24s %-34s %10.3f %12s %9s %7s  %s\n", r.name.c_str(), r.shape.c_str(), r.seconds * 1e3, rate, frac,
-                  wrong, r.note.c_str());
-      out["ops"].push_back({{"op", r.name}, {"shape", r.shape}, {"seconds", r.seconds}, {"flops", r.flops},
-                            {"bytes", r.bytes}, {"wrong", r.wrong}, {"note", r.note}});
+      std::printf("%-24s %-34s %10.3f %8.3f %12s %9s %7s  %s\n", r.name.c_str(), r.shape.c_str(), r.seconds * 1e3,
+                  r.host_seconds * 1e3, rate, frac, wrong, r.note.c_str());
+      out["ops"].push_back({{"op", r.name}, {"shape", r.shape}, {"seconds", r.seconds},
+                            {"host_seconds", r.host_seconds}, {"flops", r.flops}, {"bytes", r.bytes},
+                            {"wrong", r.wrong}, {"note", r.note}});
     }
     if (!json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
     return 0;
