@@ -39,6 +39,7 @@
 #include "ops/routing.h"
 #include "runtime/model.h"
 #include "runtime/moe_layer.h"
+#include "runtime/op_profile_report.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 
@@ -140,6 +141,30 @@ int main(int argc, char** argv) {
     sy::Rng rng(1234);
     const int warmup = quick ? 1 : 3;
     std::vector<Row> rows;
+    // Where a case's time goes, op by op (core/op_profile.h: CUDA events
+    // around each op entry point on a device), for the cases a bar is set on
+    // whose time is many ops: printed before the table, and in the JSON.
+    nlohmann::json profiles = nlohmann::json::object();
+    std::string profile_text;
+    auto profile = [&](const std::string& name, const std::function<void()>& run) {
+      try {
+        sy::OpProfiler prof(rt ? sy::cuda_event_clock(ctx.stream) : sy::host_clock());
+        struct Attach {  // ctx.profiler set for this scope only, whatever run() throws
+          Ctx& c;
+          ~Attach() { c.profiler = nullptr; }
+        } attach{ctx};
+        ctx.profiler = &prof;
+        for (int i = 0; i < 3; ++i) {
+          prof.begin_step();
+          run();
+          prof.end_step();
+        }
+        profiles[name] = sy::op_profile_json(prof);
+        profile_text += "== " + name + ": " + sy::op_profile_table(prof);
+      } catch (const std::exception& e) {
+        profile_text += "== " + name + ": not profiled (" + std::string(e.what()).substr(0, 100) + ")\n";
+      }
+    };
 
     // Ceilings, measured in this run.
     double gemm_rate = 0, copy_rate = 0;
@@ -349,6 +374,14 @@ int main(int argc, char** argv) {
             dense.backward(dy);
           },
           nullptr);
+      profile("moe_layer_fwd_bwd", [&] {
+        moe.forward(x);
+        moe.backward(dy);
+      });
+      profile("moe_layer_fwd_bwd_padded", [&] {
+        moe_padded.forward(x);
+        moe_padded.backward(dy);
+      });
     }
     {  // A transformer block (LN, attention, LN, MLP; d 1024, 16 heads of 64, hidden 4096, B x T = 8 x 2048),
        // forward + backward, dense and depth-routed at capacity 0.5 (the router picks half of every
@@ -464,11 +497,13 @@ int main(int argc, char** argv) {
           [&] { sy::ops::adamw_update(ctx, {{&w, &g, &m, &v, true}}, ac, ++step); }, nullptr);
     }
 
-    // The table, last.
+    // The op profiles, then the table, last.
+    std::printf("%s", profile_text.c_str());
     nlohmann::json out = {{"device", rt ? rt->name() : std::string("cpu")},
                           {"gemm_ceiling", {{"what", gemm_what}, {"flops_per_s", gemm_rate}}},
                           {"copy_ceiling", {{"what", copy_what}, {"bytes_per_s", copy_rate}}},
-                          {"ops", nlohmann::json::array()}};
+                          {"ops", nlohmann::json::array()},
+                          {"profiles", profiles}};
     std::printf("device %s | ceilings: %s %.1f TFLOP/s, %s %.2f TB/s\n", rt ? rt->name() : "cpu", gemm_what.c_str(),
                 gemm_rate / 1e12, copy_what.c_str(), copy_rate / 1e12);
     // host ms: the host's time to queue the case (its waits included); near

@@ -63,6 +63,11 @@ def main():
                          f"{verdict(r <= 1.3)}")
         else:
             lines.append(f"{name} / dense: rows missing")
+        prof = ours.get("profiles", {}).get(name)
+        if prof:  # where the layer's time goes (CUDA events per op), the largest first
+            top = ", ".join(f"{o['op']} {o['ms_per_step']:.3f}" for o in prof["ops"][:5])
+            lines.append(f"{name} profile (ms): {top}; between ops "
+                         f"{prof['step_ms'] - prof['inside_ops_ms']:.3f} of {prof['step_ms']:.3f}")
 
     peers = load(args.torch_moe) or []
     loop = next((r for r in peers if r.get("case") == "moe per-expert loop fwd+bwd"), None)
