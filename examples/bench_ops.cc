@@ -327,6 +327,19 @@ int main(int argc, char** argv) {
             for (size_t i = 0; i < g.size(); ++i) wrong += g[i] != gc[i];
             return wrong;
           });
+      // The gating's floor: the probabilities alone from the same buffers
+      // (logits read, probabilities written: 2 T E 4 bytes moved, a copy's
+      // traffic). With the fp32 probabilities written, logits read once at
+      // R bytes/s cannot beat R / 2 effective; the gating row less this one
+      // is the top-k and the slots.
+      Row scores{"router_scores_softmax", std::to_string(T) + "x" + std::to_string(E), 0, 0, 2.0 * T * E * 4};
+      scores.note = std::to_string(nbuf) + " logits buffers in turn; the gating's floor";
+      add(scores,
+          [&] {
+            last = turn++ % nbuf;
+            sy::ops::router_scores(ctx, p, l[last], sy::ops::ScoreFn::softmax);
+          },
+          nullptr);
     }
     {  // MoE layer forward + backward against the dense FFN of equal active FLOPs; the packed route (one
        // synchronisation per layer, a GEMM per expert) and the padded one (none; one strided-batched GEMM

@@ -49,6 +49,15 @@ def main():
         lines.append(f"gating {g['shape']}: {tbs:.2f} TB/s effective (bar >= 1.5): {verdict(tbs >= 1.5)}")
     else:
         lines.append("gating: no gating_top2 row")
+    sc = rows.get("router_scores_softmax")
+    copy = ours.get("copy_ceiling", {}).get("bytes_per_s", 0)
+    if g and sc and g["seconds"] > 0 and sc["seconds"] > 0 and copy > 0:
+        # The probabilities (fp32, T x E) are written as the logits are read:
+        # a copy's traffic, so logits read once cannot beat copy / 2 effective.
+        lines.append(f"gating floor: softmax alone {sc['seconds'] * 1e6:.1f} us "
+                     f"({sc['bytes'] / sc['seconds'] / copy * 100:.0f}% of the copy ceiling); top-k and slots "
+                     f"{(g['seconds'] - sc['seconds']) * 1e6:.1f} us; with the probabilities written the effective "
+                     f"ceiling is {copy / 2 / 1e12:.2f} TB/s")
 
     dense = rows.get("dense_ffn_fwd_bwd")
     for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded"):
