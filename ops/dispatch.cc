@@ -34,7 +34,8 @@ void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r) {
 void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r) {
   check(ctx, dy, out, r, "combine out");
   check_shape(dout, out.shape(), "combine dout");
-  check_dtype(dout, DType::f32, "combine dout");
+  SY_CHECK(dout.dtype() == DType::f32 || dout.dtype() == DType::bf16,
+           "combine_backward: dout is " << dtype_name(dout.dtype()) << "; f32 or bf16");
   check_shape(dweight, {r.assignments()}, "combine dweight");
   check_device(ctx, "combine_backward", {&dout, &dweight});
   SY_DISPATCH(ctx, combine_backward, ctx, dout, dweight, dy, out, r);

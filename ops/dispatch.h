@@ -17,7 +17,9 @@
 // bits of a zero fill and the adds, without the fill or the read of dx).
 // buf may be bf16 (x f32): buf[row(a)] = bf16(x[i]), the experts' GEMM
 // operand rounded as it is moved (one pass, not an f32 copy and a rounding
-// pass); everything else is f32.
+// pass); so may combine_backward's dout (dy, out f32): dout[row(a)] =
+// bf16(weight[a] * dy[i]), the experts' backward operand (dweight from the
+// f32 dy and out as ever). Everything else is f32.
 //
 // residual_combine (adaptive depth, k = 1): the block's output z on the kept
 // rows mixed into the residual stream x with weights w (N):

@@ -73,7 +73,6 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   check_shape(a.dout, a.buf.shape(), "expert dout");
   check_shape(a.dbuf, a.buf.shape(), "expert dbuf");
   check_dtype(a.dbuf, DType::f32, "expert dbuf");
-  check_dtype(a.dout, DType::f32, "expert dout");
   check_shape(a.dw.w1, a.w.w1.shape(), "expert dw1");
   check_shape(a.dw.w2, a.w.w2.shape(), "expert dw2");
   SY_CHECK(a.dw.b1.defined() == a.w.b1.defined() && a.dw.b2.defined() == a.w.b2.defined(),
@@ -86,6 +85,9 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   SY_CHECK(a.buf.dtype() == DType::f32 || (bf16 && a.buf.dtype() == DType::bf16),
            "expert_ffn_backward: buffer is " << dtype_name(a.buf.dtype())
                                              << "; f32, or bf16 in bf16 mode (the forward's buf_bf16)");
+  SY_CHECK(a.dout.dtype() == DType::f32 || (bf16 && a.dout.dtype() == DType::bf16),
+           "expert_ffn_backward: dout is " << dtype_name(a.dout.dtype())
+                                           << "; f32, or bf16 in bf16 mode (rounded by combine_backward)");
   if (a.act_bf16) {
     SY_CHECK(bf16, "expert_ffn_backward: act_bf16 without bf16 shadows");
     check_dtype(*a.act_bf16, DType::bf16, "expert act_bf16");

@@ -37,13 +37,16 @@
 // activation's fp32 value and derivative, biases and their gradients stay
 // fp32. dpre is the fp32 gradient rounded (what the activation's backward
 // writes in bf16), and db1 sums those rounded values, as matmul's db sums a
-// bf16 dy; db2 sums the fp32 dout. The
+// bf16 dy; db2 sums dout's values (an f32 dout's, or a bf16 one's widened). The
 // forward can hand back bf16(buf) and bf16(act) (packed as act: sum_g n_g H_g
 // values); backward then takes buf as that bf16 tensor and act_bf16 for dW2,
 // instead of rounding buf again and recomputing and rounding act from pre
 // (the same values; the activation's derivative still comes from pre).
 // In bf16 mode buf may also come as bf16, rounded by its producer (the
 // dispatch, ops/dispatch.h): the GEMMs read it as it is, and buf_bf16 is buf.
+// So may dout (combine_backward rounds it as it writes it): the GEMMs read it
+// as it is and db2 sums the rounded values, as PyTorch autocast's bias
+// gradient sums a bf16 output gradient.
 // In bf16 mode with GELU, pre may be bf16: the first GEMM writes it rounded
 // (pre = bf16(bf16(buf) W1_16 + b1)), GELU reads it widened, and backward's
 // dact = bf16(bf16(dout) W2_16^T) is rounded likewise before gelu'(pre)

@@ -11,7 +11,8 @@
 //   reverse: scatter_rows back to source-major -> all_to_all_v back -> the
 //            original group-major layout
 // The same plan serves the backward pass (gradients travel the same way).
-// Rows move in the dtype they come in (bf16 dispatched rows, f32 gradients).
+// Rows move in the dtype they come in (bf16 mode: the dispatched rows and
+// the gradients of the experts' outputs in bf16; outputs and dbuf in f32).
 #pragma once
 #include <vector>
 

@@ -73,7 +73,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
 
 Tensor MoeLayer::backward(const Tensor& dy) {
   Tensor dweight;
-  const Tensor dout = dispatcher_.combine_backward(dy, dweight);
+  // (bf16 mode: dout rounded as combine_backward writes it, as dispatch rounds buf)
+  const Tensor dout = dispatcher_.combine_backward(dy, dweight, experts_.operand_dtype());
   Tensor dx = dispatcher_.dispatch_backward(experts_.backward(dout));
   router_.backward(dweight, dx);
   if (shared_) ops::add_into(ctx_, dx, shared_->backward(dy));

@@ -31,8 +31,8 @@ Tensor TokenDispatcher::combine(const Tensor& expert_out) {
   return y;
 }
 
-Tensor TokenDispatcher::combine_backward(const Tensor& dy, Tensor& dweight) {
-  Tensor dout = Tensor::empty(out_.shape(), DType::f32, ctx_);  // every row written (unused ones 0)
+Tensor TokenDispatcher::combine_backward(const Tensor& dy, Tensor& dweight, DType dtype) {
+  Tensor dout = Tensor::empty(out_.shape(), dtype, ctx_);  // every row written (unused ones 0)
   dweight = Tensor::empty({route_->assignments()}, DType::f32, ctx_);
   ops::combine_backward(ctx_, dout, dweight, dy, out_, *route_);
   // Gradients travel the forward's way: to the experts' owners, and back.

@@ -26,8 +26,10 @@ class TokenDispatcher {
   // (local experts + 1) row offsets into dispatch()'s buffer.
   const std::vector<int32_t>& expert_offsets() const;
   Tensor combine(const Tensor& expert_out);
-  // Returns d(expert_out); fills dweight (N*k).
-  Tensor combine_backward(const Tensor& dy, Tensor& dweight);
+  // Returns d(expert_out), in `dtype` (bf16: the experts' backward operand,
+  // rounded as it is written, and half the bytes through the exchange);
+  // fills dweight (N*k).
+  Tensor combine_backward(const Tensor& dy, Tensor& dweight, DType dtype = DType::f32);
   // Returns dx (N, C) from d(dispatch()'s buffer).
   Tensor dispatch_backward(const Tensor& dbuf);
   // All-to-all seconds and bytes sent in the last forward + backward.

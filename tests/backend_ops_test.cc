@@ -1140,7 +1140,8 @@ std::vector<OpCase> cases() {
   // A padded route (k = 2, 19 rows a group: 76 rows for 60 assignments, so
   // rows unused, and drops where a group is chosen more than 19 times):
   // dispatch and combine_backward write every row over poison, the unused
-  // ones (slot >= count[g]) 0; a bf16 buffer is the f32 one rounded, bit for
+  // ones (slot >= count[g]) 0; a bf16 buffer (or bf16 dout, its dweight the
+  // f32 dout's) is the f32 one rounded, bit for
   // bit, written at an aligned base and at a view one row in (a bf16 row of
   // 12 or 260 values is 8 bytes past 16: the narrow path). D = 7 (a value a
   // lane), 12 and 260 (16-byte chunks, lanes with unequal counts of them).
@@ -1175,6 +1176,16 @@ std::vector<OpCase> cases() {
                    ops::to_f32(x, o[1], b16);
                    Tensor dweight = out(x, {60});
                    ops::combine_backward(x, o[2], dweight, in[2], o[0], route);
+                   // bf16 dout (bf16 mode's experts' operand), aligned and a row in; dweight as ever.
+                   Tensor d16 = out(x, {76, D}, DType::bf16), d16_store = out(x, {77, D}, DType::bf16);
+                   poison(d16, x);
+                   poison(d16_store, x);
+                   Tensor d16_view = d16_store.rows(1, 77), dweight16 = out(x, {60}), dweight16_view = out(x, {60});
+                   ops::combine_backward(x, d16, dweight16, in[2], o[0], route);
+                   ops::combine_backward(x, d16_view, dweight16_view, in[2], o[0], route);
+                   EXPECT_TRUE(bitwise_equal(dweight16.to(host_ctx()), dweight.to(host_ctx())) &&
+                               bitwise_equal(dweight16_view.to(host_ctx()), dweight.to(host_ctx())))
+                       << "dweight with a bf16 dout differs from dweight with an f32 one";
                    ops::dispatch_backward(x, o[4], o[2], route, /*accumulate=*/false);
                    Tensor onto_zeros = Tensor::zeros({30, D}, DType::f32, x);
                    ops::dispatch_backward(x, onto_zeros, o[2], route);
@@ -1186,10 +1197,12 @@ std::vector<OpCase> cases() {
                    const Tensor b32 = o[0].to(host_ctx()), dout = o[2].to(host_ctx());
                    double wrong = 0, nonzero = 0;
                    int64_t unused = 0;
-                   for (const Tensor& t16 : {b16, b16_view}) {
+                   // dispatch's bf16 buffers against its f32 one, combine_backward's bf16 douts against its f32 one
+                   for (const auto& [t16, t32] : {std::pair{b16, b32}, std::pair{b16_view, b32}, std::pair{d16, dout},
+                                                  std::pair{d16_view, dout}}) {
                      const Tensor h16 = t16.to(host_ctx());
                      const bf16_t* v16 = h16.data<bf16_t>();
-                     for (int64_t e = 0; e < 76 * D; ++e) wrong += v16[e].bits != f32_to_bf16(b32.f32()[e]);
+                     for (int64_t e = 0; e < 76 * D; ++e) wrong += v16[e].bits != f32_to_bf16(t32.f32()[e]);
                      for (int64_t row = 0; row < 76; ++row) {
                        if (row % 19 < count[row / 19]) continue;
                        ++unused;
@@ -1199,7 +1212,7 @@ std::vector<OpCase> cases() {
                      }
                    }
                    EXPECT_GT(unused, 0) << "the route leaves no row unused: nothing tested";
-                   EXPECT_EQ(wrong, 0) << "bf16 buffer values that are not the f32 buffer's rounded";
+                   EXPECT_EQ(wrong, 0) << "bf16 buffer or dout values that are not the f32 ones rounded";
                    EXPECT_EQ(nonzero, 0) << "unused rows' values that are not 0";
                    put(x, o[3], std::vector<float>{static_cast<float>(wrong), static_cast<float>(nonzero)});
                  }});
@@ -1553,6 +1566,53 @@ std::vector<OpCase> cases() {
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  const std::vector<int32_t> offset{0, 5, 5, 12, 20};
                  const ops::ExpertLayout layout(8, {6, 12, 3, 9});
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
+  // Experts 0, 1 and 3 on 4 rows each, every operand and bias block a
+  // multiple of 256 bytes from the next: each of their GEMMs has one CUDA
+  // GEMM plan (ops/cuda/matmul.cu) for the three, with three bias pointers
+  // (a plan that kept its first bias would give experts 1 and 3 expert 0's).
+  c.push_back({"expert_ffn_shared_plan", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({12, 64}, r), randn({4, 64, 64}, r, 0.1f), randn({4, 64}, r), randn({4, 64, 64}, r, 0.1f),
+                            randn({4, 64}, r), randn({12, 64}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {12, 64}), fresh(x, {12, 64}), acc(x, {12, 64}), acc(x, {4, 64, 64}),
+                             acc(x, {4, 64}), acc(x, {4, 64, 64}), acc(x, {4, 64})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 4, 8, 8, 12};  // expert 2 empty: a GEMM per expert
+                 const ops::ExpertLayout layout(64, {64, 64, 64, 64});
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
+  // The same for matmul: one GEMM configuration, two biases 256 bytes apart.
+  c.push_back({"matmul_two_biases_one_plan", Tol::f32,
+               [](Rng& r) { return Ins{randn({37, 24}, r), randn({24, 64}, r), randn({128}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {37, 64}), fresh(x, {37, 64})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::matmul_forward(x, {o[0], in[0], in[1], in[2].rows(0, 64)});
+                 ops::matmul_forward(x, {o[1], in[0], in[1], in[2].rows(64, 128)});
+               }});
+  // SwiGLU experts of one width on unequal rows, with biases: db1 (2H wide)
+  // and db2 in one column-sum launch each on CUDA, experts of 3 and 7 rows
+  // (one chunk) beside one of 70 (two).
+  c.push_back({"expert_ffn_swiglu_packed_bias", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({80, 8}, r), randn({4, 8, 24}, r, 0.3f), randn({4, 24}, r), randn({4, 12, 8}, r, 0.3f),
+                            randn({4, 8}, r), randn({80, 8}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {80, 8}), fresh(x, {80, 24}), acc(x, {80, 8}), acc(x, {4, 8, 24}), acc(x, {4, 24}),
+                             acc(x, {4, 12, 8}), acc(x, {4, 8})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 3, 3, 73, 80};
+                 const ops::ExpertLayout layout(8, {12, 12, 12, 12}, ops::FfnActivation::swiglu);
                  const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
                  ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
                  ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
@@ -2018,6 +2078,45 @@ TEST_P(BackendOps, ExpertFfnBackwardWritesDbuf) {
         EXPECT_LE(rel_l2(got[1], got[0]), 1e-5) << "written dbuf against dbuf accumulated onto zeros";
       }
     }
+}
+
+// bf16 mode's dout may come bf16 (rounded by combine_backward): every
+// gradient bit for bit that of an f32 dout holding the same values (the
+// GEMMs read the same bf16 operand, db2 sums the same numbers in the same
+// order). Equal experts and packed ones, GELU with biases.
+TEST_P(BackendOps, ExpertFfnBf16DoutIsItsValuesInF32) {
+  Ctx& x = ctx();
+  for (const bool equal : {true, false}) {
+    SCOPED_TRACE(equal ? "equal experts" : "packed");
+    const std::vector<int32_t> offset = equal ? std::vector<int32_t>{0, 6, 12, 18, 24} : std::vector<int32_t>{0, 5, 5, 12, 20};
+    const ops::ExpertLayout layout(16, {12, 12, 12, 12}, ops::FfnActivation::gelu);
+    const int64_t R = offset.back(), P = layout.total_width(), S = layout.total_hidden();
+    Rng rng(0xd16 + R);
+    const Tensor buf = randn({R, 16}, rng).to(x), w1 = randn({16 * P}, rng, 0.3f).to(x),
+                 w2 = randn({S * 16}, rng, 0.3f).to(x), b1 = randn({P}, rng).to(x), b2 = randn({4, 16}, rng).to(x),
+                 dout = randn({R, 16}, rng).to(x);
+    Tensor w1_16 = out(x, w1.shape(), DType::bf16), w2_16 = out(x, w2.shape(), DType::bf16);
+    ops::to_bf16(x, w1_16, w1);
+    ops::to_bf16(x, w2_16, w2);
+    const ops::ExpertWeights w{w1, b1, w2, b2, &w1_16, &w2_16};
+    Tensor pre = out(x, {layout.pre_numel(offset)}), o = out(x, {R, 16});
+    ops::expert_ffn_forward(x, {o, pre, buf, offset, layout, w});
+    Tensor dout16 = out(x, {R, 16}, DType::bf16), dout_values = out(x, {R, 16});
+    ops::to_bf16(x, dout16, dout);
+    ops::to_f32(x, dout_values, dout16);
+    std::vector<Tensor> got[2];
+    for (int as_bf16 = 0; as_bf16 < 2; ++as_bf16) {
+      Tensor dbuf = out(x, {R, 16}), dw1 = Tensor::zeros(w1.shape(), DType::f32, x),
+             dw2 = Tensor::zeros(w2.shape(), DType::f32, x), db1 = Tensor::zeros(b1.shape(), DType::f32, x),
+             db2 = Tensor::zeros(b2.shape(), DType::f32, x);
+      ops::expert_ffn_backward(x, {dbuf, {dw1, db1, dw2, db2}, as_bf16 ? dout16 : dout_values, buf, pre, offset, layout,
+                                   w, nullptr, /*dbuf_accumulate=*/false});
+      for (const Tensor& t : {dbuf, dw1, db1, dw2, db2}) got[as_bf16].push_back(t.to(host_ctx()));
+    }
+    const char* names[] = {"dbuf", "dw1", "db1", "dw2", "db2"};
+    for (int i = 0; i < 5; ++i)
+      EXPECT_TRUE(bitwise_equal(got[0][i], got[1][i])) << names[i] << " from a bf16 dout differs from its values in f32";
+  }
 }
 
 // The same for the expert FFNs (what GroupedExperts keeps in bf16 mode): the

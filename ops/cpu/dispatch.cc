@@ -69,15 +69,19 @@ void combine_backward(Ctx&, Tensor& dout, Tensor& dweight, const Tensor& dy, con
   float* dw = dweight.f32();
   std::fill_n(dw, r.assignments(), 0.f);
   zero_unused_rows(dout, r);
+  const bool bf16 = dout.dtype() == DType::bf16;
   for (int64_t a = 0; a < r.assignments(); ++a) {
     const int64_t row = r.row(a);
     if (row < 0) continue;
     const float* g = dy.f32() + (a / r.k) * D;
     const float* o = out.f32() + row * D;
-    float* d = dout.f32() + row * D;
     float dot = 0;
     for (int64_t c = 0; c < D; ++c) {
-      d[c] = weight[a] * g[c];
+      const float d = weight[a] * g[c];
+      if (bf16)
+        dout.data<bf16_t>()[row * D + c].bits = f32_to_bf16(d);
+      else
+        dout.f32()[row * D + c] = d;
       dot += g[c] * o[c];
     }
     dw[a] = dot;

@@ -12,7 +12,8 @@
 //                    its row, no atomics.
 // combine forward:   a warp per item: y[i] = sum_j w[a] out[row(a)] in
 //                    choice order, from 0.
-// combine backward:  a warp per assignment: dout[row(a)] = w[a] dy[i] and
+// combine backward:  a warp per assignment: dout[row(a)] = w[a] dy[i] (f32,
+//                    or rounded to bf16 as it is stored) and
 //                    dweight[a] = dy[i] . out[row(a)] (lane partials, fixed
 //                    butterfly), 0 for dropped assignments.
 // unused rows:       a padded route's rows past count[g] (dispatch's buf,
@@ -173,8 +174,8 @@ static __global__ void combine_rows(float* y, const float* out, RouteView r, int
   }
 }
 
-template <int V>
-static __global__ void combine_backward_rows(float* dout, float* dweight, const float* dy, const float* out,
+template <int V, class T>
+static __global__ void combine_backward_rows(T* dout, float* dweight, const float* dy, const float* out,
                                              RouteView r, int64_t D) {
   const int64_t a = warp_index();
   if (a >= r.N * r.k) return;
@@ -186,7 +187,7 @@ static __global__ void combine_backward_rows(float* dout, float* dweight, const 
   }
   const float* g = dy + (a / r.k) * D;
   const float* o = out + row * D;
-  float* d = dout + row * D;
+  T* d = dout + row * D;
   const float w = r.weight[a];
   float dot = 0.f;
   for (int64_t c = lane * V; c < D; c += 32 * V) {
@@ -302,14 +303,26 @@ void combine_forward(Ctx& ctx, Tensor& y, const Tensor& out, const Route& r) {
   SY_ROW_LAUNCH(wide_rows(D, {ys, o}), r.num_items, combine_rows, ys, o, view(r), D);
 }
 
-void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r) {
+namespace {
+template <class T>
+void combine_backward_into(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out,
+                           const Route& r) {
   const int64_t D = dy.dim(1);
   if (r.assignments() > 0) {
-    float *d = dout.data<float>(), *dw = dweight.data<float>();
+    T* d = static_cast<T*>(dout.raw());  // (combine_backward picked T by the dtype)
+    float* dw = dweight.data<float>();
     const float *g = dy.data<float>(), *o = out.data<float>();
     SY_ROW_LAUNCH(wide_rows(D, {d, g, o}), r.assignments(), combine_backward_rows, d, dw, g, o, view(r), D);
   }
-  zero_unused<float>(ctx, dout, r);
+  zero_unused<T>(ctx, dout, r);
+}
+}  // namespace
+
+void combine_backward(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor& dy, const Tensor& out, const Route& r) {
+  if (dout.dtype() == DType::bf16)
+    combine_backward_into<__nv_bfloat16>(ctx, dout, dweight, dy, out, r);
+  else
+    combine_backward_into<float>(ctx, dout, dweight, dy, out, r);
 }
 
 void residual_combine_forward(Ctx& ctx, Tensor& y, const Tensor& x, const Tensor& z, const Tensor& w, const Route& r) {

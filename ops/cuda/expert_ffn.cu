@@ -15,14 +15,15 @@
 //
 // bf16 mode (the weights' bf16 shadows given): the GEMM operands buf and
 // dout are rounded once each, for all experts, into bf16 scratch (buf kept
-// from the forward where the caller keeps it); act and dpre are written in
+// from the forward where the caller keeps it; either read as it is where it
+// comes bf16, rounded by the dispatch or combine_backward); act and dpre are written in
 // bf16 by the activation and its backward (ops/gelu.h, ops/swiglu.h), so
 // neither has an fp32 copy. The weights come from the shadows; every GEMM
 // has bf16 A and B, fp32 bias, CUBLAS_COMPUTE_32F, and an fp32 C except
 // where pre is bf16 (GELU in bf16 mode, ops/expert_ffn.h): then the first
 // GEMM writes pre and backward's first dact in bf16 (cuBLASLt's bf16 D, or
 // fp32 scratch rounded: gemm_into). dbuf and the gradients are fp32; db1
-// sums dpre's bf16 values.
+// sums dpre's bf16 values, db2 dout's values (bf16 ones widened).
 //
 // Why not cublasGemmGroupedBatchedEx: with CUBLAS_COMPUTE_32F it needs one
 // type for A, B and C (GPU_PLAN.md), so bf16 inputs would mean bf16 outputs,
@@ -123,7 +124,9 @@ struct ExpertColumns {
 // The same over experts of one width W on unequal rows (a packed route):
 // expert g's block is rows [offset[g], offset[g+1]) of the packed (R, W) x;
 // the matrix has as many rows as the largest block, zeros below a shorter
-// one (adding them leaves a partial sum as it was).
+// one. Each sum is its rows' in order, staged as column_sums stages the
+// longest block (one stage or two for all): deterministic, but not the
+// per-expert launches' bits where those would have taken one stage.
 template <class T>
 struct PackedExpertColumns {
   static constexpr int kOut = 1;
@@ -291,7 +294,6 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   if (R == 0) return;
   const bool bf16 = a.w.w1_bf16 != nullptr;
   const bool bias = a.w.b1.defined();
-  const float* dout = a.dout.data<float>();
   // buf and act as the forward rounded them where it kept them (a bf16 buf,
   // act_bf16), else rounded (act recomputed from pre) here
   const Tensor buf_op = operand(ctx, bf16, a.buf),
@@ -334,10 +336,14 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, p0), dw1 + l.w1_offset(g));
     p0 += n * P;
   }
-  if (!bias) return;  // db2 from the fp32 dout; db1 from dpre's values (bf16 ones widened)
+  if (!bias) return;  // db2 from dout's values, db1 from dpre's (bf16 ones widened)
   // (db2's experts are all D wide: one launch whatever the widths)
   const Tensor offset_dev = eq < 0 ? upload(ctx, a.offset) : Tensor();
-  expert_column_sums(ctx, dout, a.offset, eq, true, offset_dev, [D](int64_t) { return D; }, db2);
+  auto model_width = [D](int64_t) { return D; };
+  if (a.dout.dtype() == DType::bf16)
+    expert_column_sums(ctx, elems<Bf16>(a.dout), a.offset, eq, true, offset_dev, model_width, db2);
+  else
+    expert_column_sums(ctx, a.dout.data<float>(), a.offset, eq, true, offset_dev, model_width, db2);
   auto width = [&l](int64_t g) { return l.width(g); };
   if (bf16)
     expert_column_sums(ctx, elems<Bf16>(dpre), a.offset, eq, l.uniform(), offset_dev, width, db1);
