@@ -94,10 +94,11 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   for (sy::Param* p : trainer.model().params().all())
     if (!p->expert()) dense += p->value.numel();
   const double moe_layers = static_cast<double>(trainer.model().moe_layers().size());
-  // Four exchanges a MoE layer and step: the dispatched rows (bf16 in bf16
-  // precision: 2 bytes a value), the expert outputs back, and their
-  // gradients both ways (f32); the model takes their mean size.
-  const double value_bytes = cfg.precision() == switchyard::Config::BF16 ? (2.0 + 3 * 4.0) / 4 : 4.0;
+  // Four exchanges a MoE layer and step: the dispatched rows and the
+  // gradients of the expert outputs (bf16 in bf16 precision: 2 bytes a
+  // value), the expert outputs back and the gradients of the dispatched rows
+  // (f32); the model takes their mean size.
+  const double value_bytes = cfg.precision() == switchyard::Config::BF16 ? (2 * 2.0 + 2 * 4.0) / 4 : 4.0;
   nlohmann::json j = {{"ranks", size}, {"step_s", mx[0] / n}, {"a2a_s", mx[1] / n}, {"ar_s", mx[2] / n},
                       {"exchanges", 4.0 * moe_layers},
                       {"bytes_per_exchange", tokens / size * cfg.moe().top_k() * cfg.model().d_model() * value_bytes},
