@@ -932,12 +932,14 @@ std::vector<OpCase> cases() {
   // ---- routing ----
   for (auto fn : {ops::ScoreFn::softmax, ops::ScoreFn::sigmoid}) {
     const std::string name = fn == ops::ScoreFn::softmax ? "softmax" : "sigmoid";
-    c.push_back({"router_scores_" + name, Tol::f32, [](Rng& r) { return Ins{randn({40, 37}, r, 2.f), randn({40, 37}, r)}; },
-                 [](Ctx& x, const Ins&) { return Outs{fresh(x, {40, 37}), acc(x, {40, 37})}; },
-                 [fn](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                   ops::router_scores(x, o[0], in[0], fn);
-                   ops::router_scores_backward(x, o[1], in[1], o[0], fn);
-                 }});
+    for (const int64_t G : {37, 8, 130})  // CUDA's softmax: 2 and 1 values a lane in registers; from memory
+      c.push_back({"router_scores_" + name + (G == 37 ? "" : "_" + std::to_string(G)), Tol::f32,
+                   [G](Rng& r) { return Ins{randn({40, G}, r, 2.f), randn({40, G}, r)}; },
+                   [G](Ctx& x, const Ins&) { return Outs{fresh(x, {40, G}), acc(x, {40, G})}; },
+                   [fn](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                     ops::router_scores(x, o[0], in[0], fn);
+                     ops::router_scores_backward(x, o[1], in[1], o[0], fn);
+                   }});
   }
   // NaN selection keys rank last (ties to the lower group): rows 3 and 7
   // all NaN take groups 0, 1; row 5's NaN group is never above a number.
@@ -1046,7 +1048,10 @@ std::vector<OpCase> cases() {
   // across backends: ulps in the probabilities may flip a near tie). G 24
   // and 70 (one and three values a lane), k 1 to 3; softmax by position;
   // sigmoid renormalised by score with a bias; Gumbel-style selection keys in
-  // runs with their own groups; padded; dropless.
+  // runs with their own groups; padded; dropless. On CUDA up to 128 groups
+  // the row stays in registers (1 to 4 values a lane: G 24, 64, 70, 128),
+  // past that it is read back from memory (G 130), and router_scores'
+  // softmax likewise: each path against the other's bits.
   struct GateCase {
     std::string name;
     int64_t G;
@@ -1058,7 +1063,10 @@ std::vector<OpCase> cases() {
                                                  {"sigmoid_bias_score", 70, 3, true, false, false, false, 0},
                                                  {"keys_runs", 70, 1, false, true, false, false, 100},
                                                  {"padded", 24, 2, false, false, true, false, 0},
-                                                 {"dropless", 70, 2, false, false, false, true, 0}}) {
+                                                 {"dropless", 70, 2, false, false, false, true, 0},
+                                                 {"softmax_64", 64, 2, false, false, false, false, 0},
+                                                 {"sigmoid_bias_128", 128, 2, true, false, false, false, 0},
+                                                 {"softmax_130", 130, 2, false, false, false, false, 0}}) {
     const int64_t N = 300;
     c.push_back({"tokens_choose_logits_" + g.name, Tol::f32,
                  [=](Rng& r) { return Ins{randn({N, g.G}, r, 2.f), randn({g.G}, r, 0.05f), randn({N, g.G}, r)}; },

@@ -5,7 +5,8 @@
 // router_scores:  one warp per item: softmax (max, exp, sum by a fixed
 //                 butterfly) or sigmoid; backward likewise (<p, dp> per warp).
 // tokens_choose_logits: the scores and step 1 below in one warp-per-item
-//                 kernel (the logits read once), then steps 2 and 3.
+//                 kernel (the logits read once; up to 128 groups the row
+//                 stays in registers), then steps 2 and 3.
 // tokens_choose:
 //   1. top-k, one warp per item: k rounds of a warp argmax over the selection
 //      scores key + bias, each round restricted to the scores strictly below
@@ -75,6 +76,49 @@ static __global__ void softmax_rows(float* probs, const float* logits, int64_t N
   for (int64_t g = lane; g < G; g += 32) p[g] /= sum;
 }
 
+// A warp's row of G <= 32 NV scores in registers (value j of a lane is
+// group lane + 32 j): the logits l read once, the probabilities written to p
+// once and left in v. softmax_rows' and sigmoid_all's operations in the same
+// order (the lane's values in ascending g, the same butterflies, the division
+// after the exp as stored), so the same bits.
+template <int NV>
+static __device__ __forceinline__ void scores_in_registers(float (&v)[NV], const float* l, float* p, int64_t G,
+                                                           int lane, bool softmax) {
+#pragma unroll
+  for (int j = 0; j < NV; ++j) v[j] = lane + 32 * j < G ? l[lane + 32 * j] : 0.f;
+  if (softmax) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+      if (lane + 32 * j < G) mx = fmaxf(mx, v[j]);
+    mx = warp_max(mx);
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+      if (lane + 32 * j < G) sum += (v[j] = expf(v[j] - mx));
+    sum = warp_sum(sum);
+#pragma unroll
+    for (int j = 0; j < NV; ++j) v[j] /= sum;
+  } else {
+#pragma unroll
+    for (int j = 0; j < NV; ++j) v[j] = 1.f / (1.f + expf(-v[j]));
+  }
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    if (lane + 32 * j < G) p[lane + 32 * j] = v[j];
+}
+
+// router_scores' softmax with the row in registers (G <= 32 NV): the
+// logits read once and the probabilities written once, where softmax_rows
+// reads the logits twice and writes each probability twice.
+template <int NV>
+static __global__ void softmax_rows_regs(float* probs, const float* logits, int64_t N, int64_t G) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  if (i >= N) return;
+  float v[NV];
+  scores_in_registers<NV>(v, logits + i * G, probs + i * G, G, threadIdx.x % 32, true);
+}
+
 static __global__ void sigmoid_all(float* probs, const float* logits, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -102,10 +146,21 @@ static __global__ void scores_backward_rows(float* dlogits, const float* dprobs,
 void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn) {
   const int64_t N = logits.dim(0), G = logits.dim(1);
   if (N * G == 0) return;
+  float* p = probs.data<float>();
+  const float* l = logits.data<float>();
+  const unsigned grid = grid_for(N, kWarps);
   if (fn == ScoreFn::sigmoid)
-    sigmoid_all<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(probs.data<float>(), logits.data<float>(), N * G);
+    sigmoid_all<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(p, l, N * G);
+  else if (G <= 32)  // the row in registers (up to 4 values a lane)
+    softmax_rows_regs<1><<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
+  else if (G <= 64)
+    softmax_rows_regs<2><<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
+  else if (G <= 96)
+    softmax_rows_regs<3><<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
+  else if (G <= 128)
+    softmax_rows_regs<4><<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
   else
-    softmax_rows<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(probs.data<float>(), logits.data<float>(), N, G);
+    softmax_rows<<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -208,6 +263,66 @@ static __global__ void gate_topk_kernel(TopkArgs a, const float* logits, bool so
   }
   __syncwarp();
   topk_row(a, i, lane, p);
+}
+
+// The same with the row in registers (G <= 32 NV; NV values a lane: lane +
+// 32 j for j < NV): the logits read once, the probabilities written once,
+// the top-k chosen from the registers (a pick's probability from its lane by
+// a shuffle), where the kernel above writes each probability twice and reads
+// the row back k + 1 times. The same operations in the same order as
+// gate_topk_kernel and topk_row, so the same bits: the division after the
+// stored exp, the lane's values in ascending g, the same butterflies and
+// tie rules.
+template <int NV>
+static __global__ void gate_topk_regs(TopkArgs a, const float* logits, bool softmax) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= a.N) return;
+  const float* l = logits + i * a.G;
+  float* p = const_cast<float*>(a.probs) + i * a.G;
+  float v[NV];
+  scores_in_registers<NV>(v, l, p, a.G, lane, softmax);
+  // topk_row's rounds over the registers.
+  const float* key = a.keys ? a.keys + i * a.G : nullptr;
+  float prev_v = 0.f, wsum = 0.f, first_p = 0.f;
+  int prev_g = -1;
+  const int64_t base = a.segment > 0 ? i / a.segment * a.G : 0;
+  for (int r = 0; r < a.k; ++r) {
+    float best_v = 0.f;
+    int best_g = -1;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int g = lane + 32 * j;
+      if (g >= a.G) continue;
+      float s = (key ? key[g] : v[j]) + (a.bias ? a.bias[g] : 0.f);
+      if (s != s) s = -INFINITY;  // NaN ranks last (as on the CPU)
+      const bool after_prev = prev_g < 0 || s < prev_v || (s == prev_v && g > prev_g);
+      if (after_prev && (best_g < 0 || s > best_v)) best_v = s, best_g = g;  // g ascends: ties keep the lower
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+      const int og = __shfl_xor_sync(0xffffffffu, best_g, o);
+      if (og >= 0 && (best_g < 0 || ov > best_v || (ov == best_v && og < best_g))) best_v = ov, best_g = og;
+    }
+    prev_v = best_v, prev_g = best_g;
+    // The pick's probability, from the lane that holds it (every lane agrees on best_g).
+    float mine = 0.f;
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+      if (lane + 32 * j == best_g) mine = v[j];
+    const float w = __shfl_sync(0xffffffffu, mine, best_g >= 0 ? best_g % 32 : 0);
+    if (r == 0) first_p = w;
+    if (lane == 0 && best_g >= 0) {
+      a.group[i * a.k + r] = static_cast<int32_t>(base + best_g);
+      a.weight[i * a.k + r] = w;
+      wsum += w;
+    }
+  }
+  if (lane == 0) {
+    if (a.renormalize && wsum > 0)
+      for (int r = 0; r < a.k; ++r) a.weight[i * a.k + r] /= wsum;
+    a.top[i] = first_p;
+  }
 }
 
 // Key and value of assignment a (see the top of the file).
@@ -352,9 +467,19 @@ void choose_top_k(Ctx& ctx, Route& r, const Tensor& probs, const Tensor* logits,
                       p.renormalize,
                       p.segment};
     if (N == 0) return;
-    if (logits)
-      gate_topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta, logits->data<float>(),
-                                                                        fn == ScoreFn::softmax);
+    const unsigned grid = grid_for(N, kWarps);
+    const bool sm = fn == ScoreFn::softmax;
+    const float* l = logits ? logits->data<float>() : nullptr;
+    if (logits && G <= 32)  // the row in registers (up to 4 values a lane)
+      gate_topk_regs<1><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+    else if (logits && G <= 64)
+      gate_topk_regs<2><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+    else if (logits && G <= 96)
+      gate_topk_regs<3><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+    else if (logits && G <= 128)
+      gate_topk_regs<4><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+    else if (logits)
+      gate_topk_kernel<<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
     else
       topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
     CUDA_CHECK(cudaGetLastError());
