@@ -75,13 +75,15 @@ void combine_backward(Ctx&, Tensor& dout, Tensor& dweight, const Tensor& dy, con
     if (row < 0) continue;
     const float* g = dy.f32() + (a / r.k) * D;
     const float* o = out.f32() + row * D;
+    bf16_t* d16 = bf16 ? dout.data<bf16_t>() + row * D : nullptr;
+    float* d32 = bf16 ? nullptr : dout.f32() + row * D;
     float dot = 0;
     for (int64_t c = 0; c < D; ++c) {
       const float d = weight[a] * g[c];
-      if (bf16)
-        dout.data<bf16_t>()[row * D + c].bits = f32_to_bf16(d);
+      if (d16)
+        d16[c].bits = f32_to_bf16(d);
       else
-        dout.f32()[row * D + c] = d;
+        d32[c] = d;
       dot += g[c] * o[c];
     }
     dw[a] = dot;

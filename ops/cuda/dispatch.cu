@@ -174,9 +174,12 @@ static __global__ void combine_rows(float* y, const float* out, RouteView r, int
   }
 }
 
+// V is chosen by dy and out alone (it orders dweight's sums: the same bits
+// whatever dout's type and address); dout's chunks are stored whole where
+// its rows allow (store_wide), else value by value.
 template <int V, class T>
 static __global__ void combine_backward_rows(T* dout, float* dweight, const float* dy, const float* out,
-                                             RouteView r, int64_t D) {
+                                             RouteView r, int64_t D, bool store_wide) {
   const int64_t a = warp_index();
   if (a >= r.N * r.k) return;
   const int lane = lane_index();
@@ -197,7 +200,15 @@ static __global__ void combine_backward_rows(T* dout, float* dweight, const floa
       dc.v[e] = __fmul_rn(w, gc.v[e]);
       dot += gc.v[e] * oc.v[e];
     }
-    store<V>(d + c, dc);
+    if (store_wide) {
+      store<V>(d + c, dc);
+    } else {
+      for (int e = 0; e < V; ++e) {
+        Chunk<1> one;
+        one.v[0] = dc.v[e];
+        store<1>(d + c + e, one);
+      }
+    }
   }
   dot = warp_sum(dot);
   if (lane == 0) dweight[a] = dot;
@@ -312,7 +323,9 @@ void combine_backward_into(Ctx& ctx, Tensor& dout, Tensor& dweight, const Tensor
     T* d = static_cast<T*>(dout.raw());  // (combine_backward picked T by the dtype)
     float* dw = dweight.data<float>();
     const float *g = dy.data<float>(), *o = out.data<float>();
-    SY_ROW_LAUNCH(wide_rows(D, {d, g, o}), r.assignments(), combine_backward_rows, d, dw, g, o, view(r), D);
+    // 4-value stores: every row of dout on a 4-value boundary (16 bytes f32, 8 bf16)
+    const bool store_wide = D % 4 == 0 && reinterpret_cast<uintptr_t>(d) % (4 * sizeof(T)) == 0;
+    SY_ROW_LAUNCH(wide_rows(D, {g, o}), r.assignments(), combine_backward_rows, d, dw, g, o, view(r), D, store_wide);
   }
   zero_unused<T>(ctx, dout, r);
 }
