@@ -135,9 +135,10 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
 // Gating: router_scores then tokens_choose, in one call: probs = score_fn(
 // logits) written (the router's losses and backward read them) and the
 // route chosen from them, bit for bit the two calls' result. On CUDA the
-// scores and the top-k are one kernel (a warp a row: the logits read once,
-// the probabilities written once, the choice made from what the warp just
-// wrote), then tokens_choose's slot steps.
+// scores and the top-k are one kernel (a warp a row: the logits read once;
+// up to 128 groups the row stays in registers, the probabilities written
+// once and the choice made from the registers; past that from what the warp
+// just wrote), then tokens_choose's slot steps.
 void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                           const TokensChooseParams& p);
 

@@ -932,7 +932,7 @@ std::vector<OpCase> cases() {
   // ---- routing ----
   for (auto fn : {ops::ScoreFn::softmax, ops::ScoreFn::sigmoid}) {
     const std::string name = fn == ops::ScoreFn::softmax ? "softmax" : "sigmoid";
-    for (const int64_t G : {37, 8, 130})  // CUDA's softmax: 2 and 1 values a lane in registers; from memory
+    for (const int64_t G : {37, 8, 100, 130})  // CUDA's softmax: 2, 1 and 4 values a lane in registers; from memory
       c.push_back({"router_scores_" + name + (G == 37 ? "" : "_" + std::to_string(G)), Tol::f32,
                    [G](Rng& r) { return Ins{randn({40, G}, r, 2.f), randn({40, G}, r)}; },
                    [G](Ctx& x, const Ins&) { return Outs{fresh(x, {40, G}), acc(x, {40, G})}; },
@@ -1049,9 +1049,13 @@ std::vector<OpCase> cases() {
   // and 70 (one and three values a lane), k 1 to 3; softmax by position;
   // sigmoid renormalised by score with a bias; Gumbel-style selection keys in
   // runs with their own groups; padded; dropless. On CUDA up to 128 groups
-  // the row stays in registers (1 to 4 values a lane: G 24, 64, 70, 128),
-  // past that it is read back from memory (G 130), and router_scores'
-  // softmax likewise: each path against the other's bits.
+  // the row stays in registers (1 to 4 values a lane: G 24, 64, 70, 100,
+  // 128), past that it is read back from memory (G 130): the register top-k
+  // against tokens_choose's from memory, bit for bit (router_scores' softmax
+  // is the same register code below 129 groups: its probabilities are
+  // compared with the CPU's). softmax_ties_100: whole-number logits, so
+  // equal probabilities within a lane and across lanes (the tie rules), by
+  // score (the top score orders the slots); keys_runs_100: keys with k = 3.
   struct GateCase {
     std::string name;
     int64_t G;
@@ -1066,10 +1070,18 @@ std::vector<OpCase> cases() {
                                                  {"dropless", 70, 2, false, false, false, true, 0},
                                                  {"softmax_64", 64, 2, false, false, false, false, 0},
                                                  {"sigmoid_bias_128", 128, 2, true, false, false, false, 0},
-                                                 {"softmax_130", 130, 2, false, false, false, false, 0}}) {
+                                                 {"softmax_130", 130, 2, false, false, false, false, 0},
+                                                 {"softmax_ties_100", 100, 3, false, false, false, false, 0},
+                                                 {"keys_runs_100", 100, 3, false, true, false, false, 100}}) {
     const int64_t N = 300;
     c.push_back({"tokens_choose_logits_" + g.name, Tol::f32,
-                 [=](Rng& r) { return Ins{randn({N, g.G}, r, 2.f), randn({g.G}, r, 0.05f), randn({N, g.G}, r)}; },
+                 [=](Rng& r) {
+                   Ins in{randn({N, g.G}, r, 2.f), randn({g.G}, r, 0.05f), randn({N, g.G}, r)};
+                   if (g.name == "softmax_ties_100") {  // whole logits: equal probabilities across lanes and j
+                     for (int64_t j = 0; j < N * g.G; ++j) in[0].f32()[j] = j < g.G ? 0.f : std::round(in[0].f32()[j]);
+                   }
+                   return in;
+                 },
                  [=](Ctx& x, const Ins&) { return Outs{fresh(x, {N, g.G})}; },
                  [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    ops::TokensChooseParams p;
@@ -1084,6 +1096,7 @@ std::vector<OpCase> cases() {
                      p.selection_bias = &in[1];
                    }
                    if (g.keys) p.selection_keys = &in[2];
+                   if (g.name == "softmax_ties_100") p.priority = ops::SlotPriority::score;  // top[i] observed
                    const ops::ScoreFn fn = g.sigmoid ? ops::ScoreFn::sigmoid : ops::ScoreFn::softmax;
                    ops::Route route, two;
                    ops::tokens_choose_logits(x, route, o[0], in[0], fn, p);

@@ -98,7 +98,8 @@ static __device__ __forceinline__ void scores_in_registers(float (&v)[NV], const
       if (lane + 32 * j < G) sum += (v[j] = expf(v[j] - mx));
     sum = warp_sum(sum);
 #pragma unroll
-    for (int j = 0; j < NV; ++j) v[j] /= sum;
+    for (int j = 0; j < NV; ++j)
+      if (lane + 32 * j < G) v[j] /= sum;
   } else {
 #pragma unroll
     for (int j = 0; j < NV; ++j) v[j] = 1.f / (1.f + expf(-v[j]));
