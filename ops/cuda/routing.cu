@@ -200,6 +200,27 @@ struct Meta {
 };
 }  // namespace
 
+// One round of a top-k, lane by lane: selection score s of group g (NaN
+// ranks last, as on the CPU: k groups in range whatever the scores) becomes
+// the lane's best if it comes after the previous pick (prev_g < 0: none yet)
+// in the order score descending, index ascending, and beats the best so far
+// (a lane's g ascend: ties keep the lower).
+static __device__ __forceinline__ void consider(float s, int g, float prev_v, int prev_g, float& best_v, int& best_g) {
+  if (s != s) s = -INFINITY;
+  const bool after_prev = prev_g < 0 || s < prev_v || (s == prev_v && g > prev_g);
+  if (after_prev && (best_g < 0 || s > best_v)) best_v = s, best_g = g;
+}
+
+// The round's pick over the warp: a butterfly on (score, group) with the
+// same order; every lane ends with the same best_g.
+static __device__ __forceinline__ void warp_pick(float& best_v, int& best_g) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
+    const int og = __shfl_xor_sync(0xffffffffu, best_g, o);
+    if (og >= 0 && (best_g < 0 || ov > best_v || (ov == best_v && og < best_g))) best_v = ov, best_g = og;
+  }
+}
+
 // Item i's top-k by the whole warp (lane `lane`), p its row of probabilities.
 static __device__ void topk_row(const TopkArgs& a, int64_t i, int lane, const float* p) {
   const float* key = a.keys ? a.keys + i * a.G : p;
@@ -209,17 +230,9 @@ static __device__ void topk_row(const TopkArgs& a, int64_t i, int lane, const fl
   for (int j = 0; j < a.k; ++j) {
     float best_v = 0.f;
     int best_g = -1;
-    for (int g = lane; g < a.G; g += 32) {
-      float v = key[g] + (a.bias ? a.bias[g] : 0.f);
-      if (v != v) v = -INFINITY;  // NaN ranks last (as on the CPU): k groups in range whatever the scores
-      const bool after_prev = prev_g < 0 || v < prev_v || (v == prev_v && g > prev_g);
-      if (after_prev && (best_g < 0 || v > best_v)) best_v = v, best_g = g;  // g ascends: ties keep the lower
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
-      const int og = __shfl_xor_sync(0xffffffffu, best_g, o);
-      if (og >= 0 && (best_g < 0 || ov > best_v || (ov == best_v && og < best_g))) best_v = ov, best_g = og;
-    }
+    for (int g = lane; g < a.G; g += 32)
+      consider(key[g] + (a.bias ? a.bias[g] : 0.f), g, prev_v, prev_g, best_v, best_g);
+    warp_pick(best_v, best_g);
     prev_v = best_v, prev_g = best_g;
     if (j == 0) first_g = best_g;
     if (lane == 0 && best_g >= 0) {
@@ -294,17 +307,9 @@ static __global__ void gate_topk_regs(TopkArgs a, const float* logits, bool soft
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int g = lane + 32 * j;
-      if (g >= a.G) continue;
-      float s = (key ? key[g] : v[j]) + (a.bias ? a.bias[g] : 0.f);
-      if (s != s) s = -INFINITY;  // NaN ranks last (as on the CPU)
-      const bool after_prev = prev_g < 0 || s < prev_v || (s == prev_v && g > prev_g);
-      if (after_prev && (best_g < 0 || s > best_v)) best_v = s, best_g = g;  // g ascends: ties keep the lower
+      if (g < a.G) consider((key ? key[g] : v[j]) + (a.bias ? a.bias[g] : 0.f), g, prev_v, prev_g, best_v, best_g);
     }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
-      const int og = __shfl_xor_sync(0xffffffffu, best_g, o);
-      if (og >= 0 && (best_g < 0 || ov > best_v || (ov == best_v && og < best_g))) best_v = ov, best_g = og;
-    }
+    warp_pick(best_v, best_g);
     prev_v = best_v, prev_g = best_g;
     // The pick's probability, from the lane that holds it (every lane agrees on best_g).
     float mine = 0.f;
