@@ -22,7 +22,8 @@
 #                   scale  issue 19's measurements on this machine's cores and GPU: the share of the
 #                          gradient all-reduce hidden at 4 CPU ranks (scripts/bench/grad_overlap.py);
 #                          scaling_sweep over 1, 2, 4 ranks on the GPU (MPI path), with the projection,
-#                          its model fed the links bench_comm --device measures for that path
+#                          its model fed the links bench_comm --device measures for that path; switch_tiny,
+#                          then a GPU-busy variant of it (d 512, seq 512, bf16)
 #                   attn   issue 18: bench_attention at n = 4k/16k/64k beside PyTorch SDPA; a
 #                          routed_copy-style model at n = 16k, routed and dense attention
 #                   more   the training comparison for depth_tiny, routed_copy, mixtral_tiny and padded switch_tiny
@@ -320,6 +321,15 @@ print(rows[1024]["ours_s"] * 1e6, rows[1048576]["ours_busbw_gbs"])' "$LOG/bench_
     --set data.source=SYNTHETIC --set data.path= --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
     --out "$LOG/scaling_gpu" --overwrite
   summary "scale: scaling_sweep (GPU, MPI path) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu.log" | awk '{print $1,$2,$4"ms",$NF}' | tr '\n' ';')"
+  # The same sweep on a model that keeps the GPU busy (d 512, sequences of
+  # 512, bf16): switch_tiny's steps are launch-bound, so ranks sharing the
+  # GPU overlap their host work and the model's c1 x ceil(N / GPUs) compute
+  # term may over-predict; this one says whether the model's error is that.
+  run_limited scaling_gpu_busy 180 $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
+    --set data.source=SYNTHETIC --set data.path= --set precision=BF16 --set model.d_model=512 --set model.n_heads=8 \
+    --set model.ffn_hidden=2048 --set model.seq_len=512 --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
+    --out "$LOG/scaling_gpu_busy" --overwrite
+  summary "scale: scaling_sweep (GPU busy: d 512, seq 512, bf16) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu_busy.log" | awk '{print $1,$2,$4"ms",$NF}' | tr '\n' ';')"
 fi
 # 7. Issue 18: long-context attention beside PyTorch SDPA (its JSON feeds
 # bench_attention's "x SDPA" column; without it the column stays empty).
