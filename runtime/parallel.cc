@@ -32,14 +32,12 @@ int64_t global_param_count(const ParamStore& params, ParallelContext* par) {
   return dense + static_cast<int64_t>(experts);
 }
 
-float clip_gradients(Ctx& ctx, ParamStore& params, ParallelContext* par, float max_norm) {
-  Tensor& dense = params.arena(ParamKind::dense).grad;
-  Tensor& experts = params.arena(ParamKind::expert).grad;
+float gradient_norm(Ctx& ctx, ParamStore& params, ParallelContext* par) {
+  const Tensor& dense = params.arena(ParamKind::dense).grad;
+  const Tensor& experts = params.arena(ParamKind::expert).grad;
   double expert_sq = ops::grad_sq_sum(ctx, {&experts});
   if (par && par->ep_size > 1) expert_sq = par->ep->all_reduce_sum(expert_sq, "gradient norm");
-  const float norm = static_cast<float>(std::sqrt(ops::grad_sq_sum(ctx, {&dense}) + expert_sq));
-  ops::clip_to_norm(ctx, {&dense, &experts}, norm, max_norm);
-  return norm;
+  return static_cast<float>(std::sqrt(ops::grad_sq_sum(ctx, {&dense}) + expert_sq));
 }
 
 }  // namespace sy

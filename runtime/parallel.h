@@ -34,10 +34,12 @@ struct ParallelContext {
 // collective over the group when par is set.
 int64_t global_param_count(const ParamStore& params, ParallelContext* par);
 
-// Global-norm clipping over the whole model: under expert parallelism a rank
-// holds one expert shard, so the experts' squares are summed over the
-// expert-parallel group (which holds every shard once) before the norm is
-// taken; every rank then applies the same scale. par may be null (one rank).
-float clip_gradients(Ctx& ctx, ParamStore& params, ParallelContext* par, float max_norm);
+// The global gradient norm over the whole model, for clipping: under
+// expert parallelism a rank holds one expert shard, so the experts' squares
+// are summed over the expert-parallel group (which holds every shard once)
+// before the norm is taken; every rank gets the same norm, so applies the
+// same clip factor (ops::clip_scale; the optimizer applies it as it reads
+// the gradients: AdamWConfig::grad_scale). par may be null (one rank).
+float gradient_norm(Ctx& ctx, ParamStore& params, ParallelContext* par);
 
 }  // namespace sy

@@ -244,7 +244,7 @@ StepResult Trainer::step(int64_t step) {
   }
   model_.end_step();
   r.loss = world_mean(opts_.par, local_loss, "training loss");
-  r.grad_norm = clip_gradients(ctx_, params, opts_.par, t.grad_clip());
+  r.grad_norm = gradient_norm(ctx_, params, opts_.par);
   r.lr = learning_rate(t, step);
   // Loss and norm are the same on every rank (reduced over all of them), so
   // every rank makes the same choice.
@@ -256,7 +256,10 @@ StepResult Trainer::step(int64_t step) {
     put_back(model_, routing_before);
   } else {
     consecutive_bad_ = 0;
-    ops::AdamWConfig adam{r.lr, t.beta1(), t.beta2(), t.eps(), t.weight_decay()};
+    // Clipping (Pascanu et al. 2013) as the update reads the gradients: the
+    // bits of scaling them first, without a pass over them.
+    ops::AdamWConfig adam{r.lr, t.beta1(), t.beta2(), t.eps(), t.weight_decay(),
+                          ops::clip_scale(r.grad_norm, t.grad_clip())};
     std::vector<ops::AdamWParam> update;
     for (Param* p : params.all())
       update.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay, p->value_bf16.defined() ? &p->value_bf16 : nullptr});

@@ -891,6 +891,45 @@ std::vector<OpCase> cases() {
                  ops::AdamWConfig cfg{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
                  ops::adamw_update(x, ps, cfg, 7);
                }});
+  // Clipping applied as AdamW reads the gradients (grad_scale, training's
+  // path) against clip_to_norm's pass then AdamW: value, m and v bit for bit
+  // on each backend (o[6]: the elements that differ), and against the CPU.
+  c.push_back({"adamw_update_grad_scale", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({37, 5}, r), randn({37, 5}, r, 3.f), randn({37, 5}, r, 0.1f), abs_randn({37, 5}, r, 0.1f),
+                            randn({3000}, r), randn({3000}, r, 3.f), randn({3000}, r, 0.1f), abs_randn({3000}, r, 0.1f)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {37, 5}), fresh(x, {37, 5}), fresh(x, {37, 5}), fresh(x, {3000}), fresh(x, {3000}),
+                             fresh(x, {3000}), fresh(x, {1})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const int from[6] = {0, 2, 3, 4, 6, 7};
+                 std::vector<Tensor> two(6);
+                 for (int i = 0; i < 6; ++i) {
+                   o[i].copy_from(in[from[i]], x);
+                   two[i] = in[from[i]].to(x).clone(x);
+                 }
+                 const float norm = static_cast<float>(std::sqrt(ops::grad_sq_sum(x, {&in[1], &in[5]})));
+                 const float max_norm = 0.37f * norm;  // clipped
+                 ops::AdamWConfig cfg{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, ops::clip_scale(norm, max_norm)};
+                 ASSERT_LT(cfg.grad_scale, 1.f);
+                 std::vector<ops::AdamWParam> ps{{&o[0], &in[1], &o[1], &o[2], true}, {&o[3], &in[5], &o[4], &o[5], false}};
+                 ops::adamw_update(x, ps, cfg, 7);
+                 Tensor g0 = in[1].to(x).clone(x), g1 = in[5].to(x).clone(x);
+                 ops::clip_to_norm(x, {&g0, &g1}, norm, max_norm);
+                 std::vector<ops::AdamWParam> ps2{{&two[0], &g0, &two[1], &two[2], true},
+                                                  {&two[3], &g1, &two[4], &two[5], false}};
+                 cfg.grad_scale = 1.f;
+                 ops::adamw_update(x, ps2, cfg, 7);
+                 float differ = 0;
+                 for (int i = 0; i < 6; ++i) {
+                   const Tensor a = o[i].to(host_ctx()), b = two[i].to(host_ctx());
+                   for (int64_t e = 0; e < a.numel(); ++e) differ += a.f32()[e] != b.f32()[e];
+                 }
+                 EXPECT_EQ(differ, 0) << "AdamW with grad_scale differs from clip_to_norm then AdamW";
+                 put(x, o[6], std::vector<float>{differ});
+               }});
   // AdamW writing bf16 shadows: value, m, v as without them (class F), and
   // the number of shadow elements that are not bf16 of the updated value
   // (0 on both backends; a shadow never written is NaN from the poison).

@@ -9,12 +9,13 @@ namespace sy::ops::cpu {
 namespace {
 
 // Element-wise, so both clones give the old loop's bits exactly.
-SY_VECTOR_CLONES void adamw_kernel(float* w, const float* g, float* mp, float* vp, int64_t n, AdamWConfig c,
+SY_VECTOR_CLONES void adamw_kernel(float* w, const float* gp, float* mp, float* vp, int64_t n, AdamWConfig c,
                                    float wd, float bc1, float bc2) {
-  const float lr = c.lr, b1 = c.beta1, b2 = c.beta2, eps = c.eps;
+  const float lr = c.lr, b1 = c.beta1, b2 = c.beta2, eps = c.eps, k = c.grad_scale;
   for (int64_t i = 0; i < n; ++i) {
-    mp[i] = b1 * mp[i] + (1.f - b1) * g[i];
-    vp[i] = b2 * vp[i] + (1.f - b2) * g[i] * g[i];
+    const float g = gp[i] * k;  // (k = 1: g itself)
+    mp[i] = b1 * mp[i] + (1.f - b1) * g;
+    vp[i] = b2 * vp[i] + (1.f - b2) * g * g;
     const float mhat = mp[i] / bc1, vhat = vp[i] / bc2;
     w[i] -= lr * (mhat / (std::sqrt(vhat) + eps) + wd * w[i]);
   }
@@ -52,8 +53,8 @@ double grad_sq_sum(Ctx&, const std::vector<const Tensor*>& grads) {
 }
 
 void clip_to_norm(Ctx&, const std::vector<Tensor*>& grads, float norm, float max_norm) {
-  if (max_norm <= 0 || norm <= max_norm) return;
-  const float k = max_norm / norm;
+  const float k = clip_scale(norm, max_norm);
+  if (k == 1.f) return;
   for (Tensor* g : grads) {
     float* p = g->f32();
     for (int64_t i = 0; i < g->numel(); ++i) p[i] *= k;

@@ -13,6 +13,7 @@
 //   sum_f64_to_host over all tensors' partials, in order: deterministic, and
 //   one synchronisation.
 // clip_to_norm: decided on the host from the norm, then cuda::scale per tensor.
+//   (Training passes the factor to adamw_update instead: AdamWConfig::grad_scale.)
 #include <cuda_bf16.h>
 
 #include "ops/adamw.h"
@@ -38,7 +39,7 @@ struct AdamWEntry {
 };
 
 struct AdamWStep {
-  float lr, beta1, beta2, eps, bc1, bc2;
+  float lr, beta1, beta2, eps, bc1, bc2, grad_scale;
 };
 }  // namespace
 
@@ -54,7 +55,7 @@ static __global__ void adamw_kernel(const AdamWEntry* table, int entries, AdamWS
   const AdamWEntry e = table[lo];
   const int64_t begin = (blockIdx.x - e.first_block) * kChunk, end = min(e.n, begin + kChunk);
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const float g = e.g[i];
+    const float g = __fmul_rn(e.g[i], s.grad_scale);  // (clip_scale's factor, rounded once: clip_to_norm's bits)
     const float m = s.beta1 * e.m[i] + (1.f - s.beta1) * g;
     const float v = s.beta2 * e.v[i] + (1.f - s.beta2) * g * g;
     e.m[i] = m, e.v[i] = v;
@@ -88,7 +89,7 @@ void adamw_update(Ctx& ctx, const std::vector<AdamWParam>& params, const AdamWCo
   if (table.empty()) return;
   SY_CHECK(blocks < (int64_t{1} << 31), "adamw: " << blocks << " blocks");
   const AdamWStep s{c.lr, c.beta1, c.beta2, c.eps, 1.f - std::pow(c.beta1, static_cast<float>(step)),
-                    1.f - std::pow(c.beta2, static_cast<float>(step))};
+                    1.f - std::pow(c.beta2, static_cast<float>(step)), c.grad_scale};
   const Tensor dev = upload_bytes(ctx, table.data(), table.size() * sizeof(AdamWEntry));
   adamw_kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream(ctx)>>>(
       reinterpret_cast<const AdamWEntry*>(dev.raw()), static_cast<int>(table.size()), s);
@@ -113,8 +114,8 @@ double grad_sq_sum(Ctx& ctx, const std::vector<const Tensor*>& grads) {
 }
 
 void clip_to_norm(Ctx& ctx, const std::vector<Tensor*>& grads, float norm, float max_norm) {
-  if (max_norm <= 0 || norm <= max_norm) return;
-  const float k = max_norm / norm;
+  const float k = clip_scale(norm, max_norm);
+  if (k == 1.f) return;
   for (Tensor* g : grads) cuda::scale(ctx, *g, k);
 }
 
