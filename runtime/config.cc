@@ -271,6 +271,10 @@ void validate_config(const Config& cfg, const std::string& source) {
 
   const auto& t = cfg.train();
   c.range("train.batch", t.batch(), 1, 65536);
+  c.range("train.micro_batches", t.micro_batches(), 1, 65536);
+  if (t.micro_batches() > 0 && t.batch() % t.micro_batches() != 0)
+    c.fail("train.micro_batches", t.micro_batches(),
+           "must divide train.batch = " + std::to_string(t.batch()) + " (each rank's slice splits into micro-batches)");
   c.range("train.steps", t.steps(), 1, 100000000);
   c.range("train.lr", t.lr(), 0.f, 1.f, true);
   c.range("train.min_lr_ratio", t.min_lr_ratio(), 0.f, 1.f);
@@ -335,10 +339,11 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("moe.z_loss_coef", e.z_loss_coef(), 0.f, 100.f);
     c.range("moe.router_noise", e.router_noise(), 0.f, 10.f);
     c.range("moe.load_balance_tokens", e.load_balance_tokens(), 0, 1000000000);
-    const int64_t step_tokens = int64_t{t.batch()} * m.seq_len();
+    // (the tokens of one forward: a micro-batch's where there are several)
+    const int64_t step_tokens = int64_t{t.batch()} / std::max(1, t.micro_batches()) * m.seq_len();
     if (e.load_balance_tokens() > 0 && step_tokens % e.load_balance_tokens() != 0)
       c.fail("moe.load_balance_tokens", e.load_balance_tokens(),
-             "must divide train.batch * model.seq_len = " + std::to_string(step_tokens));
+             "must divide train.batch / train.micro_batches * model.seq_len = " + std::to_string(step_tokens));
     c.range("moe.budget_coef", e.budget_coef(), 0.f, 100.f);
     c.range("moe.budget", e.budget(), 0.f, 1e9f);
     if (e.expert_hidden_size() > 1 && e.expert_hidden_size() != e.num_experts())
@@ -432,7 +437,9 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   const auto& at = cfg.attention();
   const double C = m.d_model(), F = m.ffn_hidden(), T = m.seq_len(), V = m.vocab_size(), H = m.n_heads();
   const int L = m.n_layers();
-  const double B = std::max(1, cfg.train().batch() / std::max(1, world)), N = B * T;
+  // (activations: one micro-batch's sequences at a time)
+  const double B = std::max(1, cfg.train().batch() / std::max(1, world) / std::max(1, cfg.train().micro_batches())),
+               N = B * T;
   const double E = e.num_experts();
   double He_sum = 0;  // hidden widths of all experts
   if (E > 0)

@@ -240,6 +240,10 @@ void Transformer::set_step(int64_t step) {
   for (auto& [l, layer] : moe_) layer->set_step(step);
 }
 
+void Transformer::set_micro_batch(int m, int n) {
+  for (auto& [l, layer] : moe_) layer->set_micro_batch(m, n);
+}
+
 float Transformer::forward(const Batch& batch) {
   const int64_t N = static_cast<int64_t>(batch.inputs.size());
   SY_CHECK(N % T_ == 0, "batch of " << N << " tokens is not a multiple of seq_len " << T_);

@@ -116,6 +116,9 @@ class Transformer {
   void set_training(bool training);
   // The training step whose random draws (router noise) the next forward uses.
   void set_step(int64_t step);
+  // The next forward is micro-batch m of n of this rank's slice of the step's
+  // batch (train.micro_batches; 0 of 1 otherwise): keys the routers' draws.
+  void set_micro_batch(int m, int n);
   // Routed attention: initialise centroids on a warm-up batch that no loss
   // sees (an evaluation-mode forward), and apply their EMA update after a
   // training step. end_step() follows backward().

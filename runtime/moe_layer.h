@@ -42,6 +42,7 @@ class MoeLayer : public FeedForward {
   Tensor backward(const Tensor& dy) override;
   void set_training(bool t) override { router_.set_training(t); }
   void set_step(int64_t step) { router_.set_step(step); }
+  void set_micro_batch(int m, int n) { router_.set_micro_batch(m, n); }
   void set_sequence_length(int64_t T) override { router_.set_sequence_length(T); }
   double forward_flops() const override { return flops_; }
   // Forward FLOPs of the last forward's router (2 N C G).

@@ -31,8 +31,10 @@ bool Router::renormalized() const { return cfg_.renormalize() && !expert_choice(
 const ops::Route& Router::forward(const Tensor& x) {
   const int64_t N = x.dim(0);
   // Draws of element e of a (N, width) tensor are keyed by its index in the
-  // global batch: this rank's tokens start at rank * N.
-  const uint64_t first_token = static_cast<uint64_t>(par_ ? par_->rank() : 0) * N;
+  // global batch: rank r's slice holds micro-batches 0..micros-1 of N tokens
+  // each, so micro-batch m's tokens start at (r micros + m) N (r N without
+  // micro-batches).
+  const uint64_t first_token = (static_cast<uint64_t>(par_ ? par_->rank() : 0) * micros_ + micro_) * N;
   auto key = [&](RandomPurpose p, int64_t width) {
     return RandomKey{seed_, random_stream(p), step_, first_token * width};
   };

@@ -73,6 +73,9 @@ class Router {
   void set_training(bool t) { training_ = t; }
   // The training step the next forward's noise belongs to.
   void set_step(int64_t step) { step_ = static_cast<uint32_t>(step); }
+  // Micro-batch m of n of this rank's slice (train.micro_batches): its noise
+  // draws are keyed by its tokens' places in the global batch.
+  void set_micro_batch(int m, int n) { micro_ = m, micros_ = n; }
   // Tokens per sequence of the next forward's rows (HARD_CAUSAL's runs; 0:
   // the whole batch is one run).
   void set_sequence_length(int64_t T) { seq_len_ = T; }
@@ -103,6 +106,7 @@ class Router {
   std::vector<float> cost_;
   uint64_t seed_;
   uint32_t step_ = 0;
+  int micro_ = 0, micros_ = 1;  // set_micro_batch
   int64_t seq_len_ = 0;
   bool training_ = true;
   // saved for backward

@@ -86,6 +86,11 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
   if (cfg.train().batch() % world_ != 0)
     throw ConfigError("train.batch = " + std::to_string(cfg.train().batch()) + ": the global batch must split evenly over " +
                       std::to_string(world_) + " ranks");
+  if (cfg.train().batch() / world_ % cfg.train().micro_batches() != 0)
+    throw ConfigError("train.micro_batches = " + std::to_string(cfg.train().micro_batches()) + ": a rank's " +
+                      std::to_string(cfg.train().batch() / world_) + " sequences of train.batch = " +
+                      std::to_string(cfg.train().batch()) + " over " + std::to_string(world_) +
+                      " ranks must split evenly into micro-batches");
   if (rank_ != 0) opts_.log = nullptr, opts_.metrics_path.clear();
   if (opts_.par && world_ > 1)
     reducer_ = std::make_unique<GradientReducer>(ctx_, model_.params(), *opts_.par,
@@ -228,23 +233,38 @@ StepResult Trainer::step(int64_t step) {
   params.zero_grad(ctx_);
   model_.set_step(step);
   RoutingStateCopy routing_before = copy_routing_state(model_);
-  // Every rank draws the same global batch and trains on its slice.
-  last_batch_ = train_.next(rank_, world_);
+  // Every rank draws the same global batch and trains on its slice, in
+  // train.micro_batches forward and backward passes whose gradients add up
+  // (the last one's backward overlaps the gradient all-reduce).
+  const Batch slice = train_.next(rank_, world_);
+  const int micros = t.micro_batches();
   tokens_seen_ += static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
   step_ = step;
-  const float local_loss = model_.forward(last_batch_);
-  if (reducer_) {
-    reducer_->begin();
-    model_.backward([this](int64_t offset) { reducer_->ready(offset); });
-    const ReduceTimes rt = reducer_->finish();
-    r.all_reduce_s = rt.all_reduce_s;
-    r.all_reduce_exposed_s = rt.exposed_s;
-  } else {
-    model_.backward();
+  float loss_sum = 0.f;
+  for (int m = 0; m < micros; ++m) {
+    last_batch_ = micros == 1 ? slice : slice_batch(slice, cfg_.model().seq_len(), m, micros);
+    model_.set_micro_batch(m, micros);
+    loss_sum += model_.forward(last_batch_);
+    if (reducer_ && m == micros - 1) {
+      reducer_->begin();
+      model_.backward([this](int64_t offset) { reducer_->ready(offset); });
+      const ReduceTimes rt = reducer_->finish();
+      r.all_reduce_s = rt.all_reduce_s;
+      r.all_reduce_exposed_s = rt.exposed_s;
+    } else {
+      model_.backward();
+    }
+    for (const auto& [l, layer] : model_.moe_layers()) {  // (each forward and backward's own exchanges)
+      r.all_to_all_s += layer->comm_seconds();
+      r.all_to_all_bytes += layer->bytes_sent();
+    }
   }
   model_.end_step();
-  r.loss = world_mean(opts_.par, local_loss, "training loss");
-  r.grad_norm = gradient_norm(ctx_, params, opts_.par);
+  // The gradients are the micro-batches' sum; their mean is 1/micros of it,
+  // applied with the clip factor as AdamW reads them (exactly 1 for one).
+  const float mean_of_sum = 1.f / static_cast<float>(micros);
+  r.loss = world_mean(opts_.par, loss_sum * mean_of_sum, "training loss");
+  r.grad_norm = gradient_norm(ctx_, params, opts_.par) * mean_of_sum;
   r.lr = learning_rate(t, step);
   // Loss and norm are the same on every rank (reduced over all of them), so
   // every rank makes the same choice.
@@ -259,17 +279,13 @@ StepResult Trainer::step(int64_t step) {
     // Clipping (Pascanu et al. 2013) as the update reads the gradients: the
     // bits of scaling them first, without a pass over them.
     ops::AdamWConfig adam{r.lr, t.beta1(), t.beta2(), t.eps(), t.weight_decay(),
-                          ops::clip_scale(r.grad_norm, t.grad_clip())};
+                          ops::clip_scale(r.grad_norm, t.grad_clip()) * mean_of_sum};
     std::vector<ops::AdamWParam> update;
     for (Param* p : params.all())
       update.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay, p->value_bf16.defined() ? &p->value_bf16 : nullptr});
     ops::adamw_update(ctx_, update, adam, ++optimizer_step_);
   }
   r.seconds = now_s() - start;
-  for (const auto& [l, layer] : model_.moe_layers()) {
-    r.all_to_all_s += layer->comm_seconds();
-    r.all_to_all_bytes += layer->bytes_sent();
-  }
   return r;
 }
 

@@ -71,7 +71,7 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
   expect_invalid("train { steps: 10 warmup_steps: 11 }", "train.warmup_steps = 11: must be in [0, 10]");
   expect_invalid("moe { num_experts: 4 router_noise: -1 }", "moe.router_noise = -1: must be in [0, 10]");
   expect_invalid("moe { num_experts: 4 load_balance_tokens: 100 }",
-                 "moe.load_balance_tokens = 100: must divide train.batch * model.seq_len = ");
+                 "moe.load_balance_tokens = 100: must divide train.batch / train.micro_batches * model.seq_len = ");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE router_noise_kind: GUMBEL }",
                  "moe.router_noise_kind = GUMBEL: Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
 }
