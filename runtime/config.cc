@@ -339,7 +339,7 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("moe.z_loss_coef", e.z_loss_coef(), 0.f, 100.f);
     c.range("moe.router_noise", e.router_noise(), 0.f, 10.f);
     c.range("moe.load_balance_tokens", e.load_balance_tokens(), 0, 1000000000);
-    // (the tokens of one forward: a micro-batch's where there are several)
+    // (all ranks' tokens of micro-batch m; a rank's share is checked by the trainer)
     const int64_t step_tokens = int64_t{t.batch()} / std::max(1, t.micro_batches()) * m.seq_len();
     if (e.load_balance_tokens() > 0 && step_tokens % e.load_balance_tokens() != 0)
       c.fail("moe.load_balance_tokens", e.load_balance_tokens(),
@@ -503,7 +503,7 @@ void check_memory(const Config& cfg, int world, int ranks_here, double available
   if (ranks_here > 1) os << " (" << ranks_here << " ranks on this machine, " << bytes_str(est.total()) << " each)";
   os << " (attention matrices " << bytes_str(est.attention) << ", other activations " << bytes_str(est.activations)
      << ", parameters with gradients and AdamW state " << bytes_str(est.parameters) << ") but this machine has "
-     << bytes_str(available) << " of physical memory; lower model.seq_len or train.batch";
+     << bytes_str(available) << " of physical memory; lower model.seq_len or train.batch, or raise train.micro_batches";
   throw ConfigError(os.str());
 }
 

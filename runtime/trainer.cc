@@ -87,10 +87,17 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
     throw ConfigError("train.batch = " + std::to_string(cfg.train().batch()) + ": the global batch must split evenly over " +
                       std::to_string(world_) + " ranks");
   if (cfg.train().batch() / world_ % cfg.train().micro_batches() != 0)
-    throw ConfigError("train.micro_batches = " + std::to_string(cfg.train().micro_batches()) + ": a rank's " +
-                      std::to_string(cfg.train().batch() / world_) + " sequences of train.batch = " +
-                      std::to_string(cfg.train().batch()) + " over " + std::to_string(world_) +
-                      " ranks must split evenly into micro-batches");
+    throw ConfigError("train.micro_batches = " + std::to_string(cfg.train().micro_batches()) + ": must divide " +
+                      std::to_string(cfg.train().batch() / world_) + ", each rank's sequences (train.batch = " +
+                      std::to_string(cfg.train().batch()) + " over " + std::to_string(world_) + " ranks)");
+  {  // a rank's forward holds batch / (ranks x micro_batches) sequences; load-balance groups must tile it
+    const int64_t forward_tokens = int64_t{cfg.train().batch()} / world_ / cfg.train().micro_batches() * cfg.model().seq_len();
+    const int64_t lb = cfg.moe().load_balance_tokens();
+    if (cfg.moe().num_experts() > 0 && lb > 0 && forward_tokens % lb != 0)
+      throw ConfigError("moe.load_balance_tokens = " + std::to_string(lb) + ": must divide " +
+                        std::to_string(forward_tokens) + ", the tokens of one rank's forward (train.batch / (ranks x " +
+                        "train.micro_batches) x model.seq_len)");
+  }
   if (rank_ != 0) opts_.log = nullptr, opts_.metrics_path.clear();
   if (opts_.par && world_ > 1)
     reducer_ = std::make_unique<GradientReducer>(ctx_, model_.params(), *opts_.par,
@@ -113,8 +120,11 @@ void Trainer::report_op_profile() {
 }
 
 void Trainer::calibrate_if_needed() {
-  if (model_.needs_calibration())
-    model_.calibrate(warmup_.next(rank_, world_));
+  if (!model_.needs_calibration()) return;
+  // (one micro-batch's sequences: training's activation memory)
+  const Batch warm = warmup_.next(rank_, world_);
+  const int micros = cfg_.train().micro_batches();
+  model_.calibrate(micros == 1 ? warm : slice_batch(warm, cfg_.model().seq_len(), 0, micros));
 }
 
 float Trainer::evaluate() {
@@ -132,19 +142,25 @@ float Trainer::evaluate() {
   auto& blocks = model_.blocks();
   for (size_t l = 0; l < blocks.size(); ++l)
     if (blocks[l].depth()) held_out_depth_.emplace_back(static_cast<int>(l), 0.0);
+  // Each batch in train.micro_batches forwards, as training runs it (its
+  // activation memory): `forwards` forwards of equal token counts in all.
+  const int micros = cfg_.train().micro_batches(), forwards = n * micros;
   for (int i = 0; i < n; ++i) {
-    sum += model_.forward(val_.fixed(i, rank_, world_));
-    held_out_compute_ += model_.forward_flops() / model_.dense_forward_flops() / n;
-    for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->processed() / n;
-    // Every batch routes the same number of tokens, so the pass's load is the
-    // mean of the batches' load fractions (already summed over ranks).
-    for (size_t m = 0; m < moe.size(); ++m) {
-      const RoutingStats& st = moe[m].second->stats();
-      for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] / n;
-      held_out_[m].dropped += st.dropped / n;
-      held_out_[m].unserved += st.unserved / n;
-      held_out_[m].realized_cost += st.realized_cost / n;
-      held_out_[m].budget_dropped += st.budget_dropped / n;
+    const Batch batch = val_.fixed(i, rank_, world_);
+    for (int part = 0; part < micros; ++part) {
+      sum += model_.forward(micros == 1 ? batch : slice_batch(batch, T, part, micros));
+      held_out_compute_ += model_.forward_flops() / model_.dense_forward_flops() / forwards;
+      for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->processed() / forwards;
+      // Every forward routes the same number of tokens, so the pass's load is
+      // the mean of the forwards' load fractions (already summed over ranks).
+      for (size_t m = 0; m < moe.size(); ++m) {
+        const RoutingStats& st = moe[m].second->stats();
+        for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] / forwards;
+        held_out_[m].dropped += st.dropped / forwards;
+        held_out_[m].unserved += st.unserved / forwards;
+        held_out_[m].realized_cost += st.realized_cost / forwards;
+        held_out_[m].budget_dropped += st.budget_dropped / forwards;
+      }
     }
     progress.done(i + 1);
   }
@@ -153,7 +169,7 @@ float Trainer::evaluate() {
   model_.set_training(true);
   // This rank's kept fraction; every rank processes as many tokens.
   for (auto& [l, kept] : held_out_depth_) kept = world_mean(opts_.par, static_cast<float>(kept), "held-out depth");
-  return world_mean(opts_.par, static_cast<float>(sum / n), "validation loss");
+  return world_mean(opts_.par, static_cast<float>(sum / forwards), "validation loss");
 }
 
 void Trainer::restore(const std::string& dir, bool optimizer) {
@@ -198,7 +214,19 @@ std::string Trainer::diagnose_nonfinite(int64_t s, const StepResult& r) {
       if (f.data<double>()[i] > 0) return i;
     return -1;
   };
-  const int part = first_over_ranks(model_.first_nonfinite_part(last_batch_), parts);
+  // The step's micro-batches again, in order, each forward then backward as
+  // the step ran them, until one's forward is non-finite on some rank (every
+  // rank stops at the same one: the answer is the collective's).
+  ParamStore& params = model_.params();
+  params.zero_grad(ctx_);
+  const int micros = cfg_.train().micro_batches();
+  int part = -1;
+  for (int m = 0; m < micros && part < 0; ++m) {
+    const Batch micro = micros == 1 ? step_slice_ : slice_batch(step_slice_, cfg_.model().seq_len(), m, micros);
+    model_.set_micro_batch(m, micros);
+    part = first_over_ranks(model_.first_nonfinite_part(micro), parts);
+    if (part < 0) model_.backward();
+  }
   std::ostringstream os;
   os << "step " << s << ": " << consecutive_bad_ << " steps in a row with a non-finite loss or gradient norm "
      << "(train.max_bad_steps = " << cfg_.train().max_bad_steps() << "; loss " << r.loss << ", gradient norm "
@@ -207,10 +235,7 @@ std::string Trainer::diagnose_nonfinite(int64_t s, const StepResult& r) {
     os << "first non-finite output: " << model_.part_name(part);
     return os.str();
   }
-  // A finite forward: the first parameter whose gradient is not.
-  ParamStore& params = model_.params();
-  params.zero_grad(ctx_);
-  model_.backward();
+  // Finite forwards: the first parameter whose gradient is not.
   const std::vector<Param*> all = params.all();
   int mine = -1;
   for (size_t i = 0; i < all.size() && mine < 0; ++i)
@@ -236,7 +261,8 @@ StepResult Trainer::step(int64_t step) {
   // Every rank draws the same global batch and trains on its slice, in
   // train.micro_batches forward and backward passes whose gradients add up
   // (the last one's backward overlaps the gradient all-reduce).
-  const Batch slice = train_.next(rank_, world_);
+  step_slice_ = train_.next(rank_, world_);
+  const Batch& slice = step_slice_;
   const int micros = t.micro_batches();
   tokens_seen_ += static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
   step_ = step;
@@ -245,6 +271,7 @@ StepResult Trainer::step(int64_t step) {
     last_batch_ = micros == 1 ? slice : slice_batch(slice, cfg_.model().seq_len(), m, micros);
     model_.set_micro_batch(m, micros);
     loss_sum += model_.forward(last_batch_);
+    r.flops += 3.0 * model_.forward_flops();  // backward ~ 2x forward
     if (reducer_ && m == micros - 1) {
       reducer_->begin();
       model_.backward([this](int64_t offset) { reducer_->ready(offset); });
@@ -332,8 +359,11 @@ TrainResult Trainer::run() {
     log.grad_norm = r.grad_norm;
     log.loss = loss_count > 0 ? loss_sum / loss_count : NAN;  // skipped steps do not count
     log.bad_steps = bad_steps_;
-    // Routing statistics of this training step, before evaluation reroutes.
-    const RoutingSnapshot routing = routing_snapshot(model_, tokens_per_step);
+    // Routing statistics of this training step (its last forward: this
+    // rank's last micro-batch, whose tokens the per-token figures divide),
+    // before evaluation reroutes.
+    const RoutingSnapshot routing =
+        routing_snapshot(model_, static_cast<int64_t>(last_batch_.inputs.size()));
     if (eval_now) {
       log.evaluated = true;
       log.val_loss = evaluate();
@@ -391,7 +421,7 @@ TrainResult Trainer::run() {
       ++loss_count;
     }
     interval_tokens += tokens_per_step;
-    interval_flops += 3.0 * model_.forward_flops();  // backward ~ 2x forward
+    interval_flops += r.flops;
 
     if (consecutive_bad_ >= t.max_bad_steps()) {
       log_step(s, r, false);

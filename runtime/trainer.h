@@ -61,6 +61,7 @@ struct StepResult {
   float lr = 0;
   double seconds = 0, all_reduce_s = 0, all_to_all_s = 0, all_to_all_bytes = 0;
   double all_reduce_exposed_s = 0;  // the part of all_reduce_s backward did not hide
+  double flops = 0;  // this rank's forward + backward FLOPs, every micro-batch's
   bool skipped = false;  // non-finite loss or gradient norm: no update
 };
 
@@ -128,7 +129,8 @@ class Trainer {
   int64_t step_ = 0, optimizer_step_ = 0, tokens_seen_ = 0, bad_steps_ = 0;
   int64_t consecutive_bad_ = 0;
   std::string restored_from_;  // empty: a fresh run
-  Batch last_batch_;           // this rank's slice of the last step's batch
+  Batch step_slice_;           // this rank's slice of the last step's batch
+  Batch last_batch_;           // its last micro-batch (the slice itself with one)
   std::string diagnose_nonfinite(int64_t step, const StepResult& r);
   bool stop_agreed();
   std::unique_ptr<OpProfiler> profiler_;  // opts_.op_profile_path set; ctx_.profiler points at it

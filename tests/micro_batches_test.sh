@@ -4,10 +4,13 @@
 # losses are per forward), the per-step loss and gradient norm of 2 and 4
 # micro-batches equal one pass's to 1e-5 relative over 20 steps (the sums
 # differ only in order); the same over 2 MPI ranks with 2 micro-batches each (the gradient
-# all-reduce after the last). A MoE model (switch_tiny, with router noise,
-# its draws keyed by the tokens' places in the global batch) trains with 2
-# micro-batches to a loss within 2% of one pass's. A batch that does not
-# split is refused with one line.
+# all-reduce after the last), with the same logged FLOPs per token. A MoE
+# model (switch_tiny) trains with 2 micro-batches to a loss within 2% of one
+# pass's (routing is per micro-batch), and where its routing does not depend
+# on the split (dropless, no load-balance loss), with its router noise on, to
+# 1e-5, on 1 rank, 2 ranks and 2 ranks of expert parallelism: the noise drawn
+# for a micro-batch's tokens is theirs in the global batch. A batch that does
+# not split is refused with one line.
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -45,10 +48,30 @@ check "tiny, 4 micro-batches" "$tmp/tiny1.jsonl" "$tmp/tiny4.jsonl" 1e-5
 "$MPIRUN" --oversubscribe -np 2 "$BIN" "${tiny[@]}" --set train.micro_batches=2 --set parallel.timeout_s=120 \
   --metrics "$tmp/tiny_np2.jsonl" > "$tmp/tiny_np2.log" 2>&1 || { echo "FAIL 2 ranks run"; cat "$tmp/tiny_np2.log"; fail=1; }
 check "tiny, 2 ranks x 2 micro-batches" "$tmp/tiny1.jsonl" "$tmp/tiny_np2.jsonl" 1e-5
+# The per-token FLOPs logged are the same (the last forward's over its own tokens).
+fpt() { sed -E 's/.*"flops_per_token":([-0-9.e]+).*/\1/' "$1" | tail -1; }
+if [ "$(fpt "$tmp/tiny1.jsonl")" = "$(fpt "$tmp/tiny2.jsonl")" ] && [ "$(fpt "$tmp/tiny1.jsonl")" = "$(fpt "$tmp/tiny_np2.jsonl")" ]; then
+  echo "ok   flops_per_token $(fpt "$tmp/tiny1.jsonl") with 1, 2 micro-batches and 2 ranks x 2"
+else echo "FAIL flops_per_token: $(fpt "$tmp/tiny1.jsonl") / $(fpt "$tmp/tiny2.jsonl") / $(fpt "$tmp/tiny_np2.jsonl")"; fail=1; fi
 sw=(--config "$SRC/configs/switch_tiny.pbtxt" "${common[@]}")
 run sw1 "${sw[@]}"
 run sw2 "${sw[@]}" --set train.micro_batches=2
 check "switch_tiny, 2 micro-batches (routing per micro-batch)" "$tmp/sw1.jsonl" "$tmp/sw2.jsonl" 2e-2
+# MoE whose routing does not depend on how the batch is split (dropless, no
+# load-balance loss or balancing bias; the z-loss is a mean over tokens), with
+# jitter and router noise on: equal to one pass's to 1e-5 only if each
+# micro-batch's draws are its tokens' in the global batch. 1 rank, 2 ranks
+# and expert parallelism over 2, 2 micro-batches each.
+exact=("${sw[@]}" --set moe.dropless=true --set moe.load_balance_coef=0 --set moe.bias_balance_rate=0)
+run swx1 "${exact[@]}"
+run swx2 "${exact[@]}" --set train.micro_batches=2
+check "switch_tiny dropless, noise keyed by the global batch, 2 micro-batches" "$tmp/swx1.jsonl" "$tmp/swx2.jsonl" 1e-5
+for ep in 1 2; do
+  "$MPIRUN" --oversubscribe -np 2 "$BIN" "${exact[@]}" --set train.micro_batches=2 --set parallel.expert_parallel=$ep \
+    --set parallel.timeout_s=120 --metrics "$tmp/swx_np2_ep$ep.jsonl" > "$tmp/swx_np2_ep$ep.log" 2>&1 ||
+    { echo "FAIL 2 ranks ep=$ep run"; cat "$tmp/swx_np2_ep$ep.log"; fail=1; }
+  check "switch_tiny dropless, 2 ranks (ep=$ep) x 2 micro-batches" "$tmp/swx1.jsonl" "$tmp/swx_np2_ep$ep.jsonl" 1e-5
+done
 # A batch of 8 does not split into 3.
 out=$("$BIN" "${tiny[@]}" --set train.micro_batches=3 2>&1); rc=$?
 if [ $rc -ne 0 ] && [ "$(grep -c . <<< "$out")" -le 2 ] && grep -q "train.micro_batches" <<< "$out"; then
