@@ -119,19 +119,23 @@ void Trainer::report_op_profile() {
   write_file(opts_.op_profile_path, op_profile_json(*profiler_).dump(1) + "\n");
 }
 
+// Micro-batch m of n of a rank's slice (the slice itself for n = 1).
+Batch Trainer::micro_batch(const Batch& slice, int m, int n) const {
+  return n == 1 ? slice : slice_batch(slice, cfg_.model().seq_len(), m, n);
+}
+
 void Trainer::calibrate_if_needed() {
   if (!model_.needs_calibration()) return;
   // (one micro-batch's sequences: training's activation memory)
   const Batch warm = warmup_.next(rank_, world_);
   const int micros = cfg_.train().micro_batches();
-  model_.calibrate(micros == 1 ? warm : slice_batch(warm, cfg_.model().seq_len(), 0, micros));
+  model_.calibrate(micro_batch(warm, 0, micros));
 }
 
 float Trainer::evaluate() {
   calibrate_if_needed();  // an evaluation before any step (not from a checkpoint)
   model_.set_training(false);
   double sum = 0;
-  const int64_t T = cfg_.model().seq_len();
   const int n = cfg_.train().eval_batches();
   const auto& moe = model_.moe_layers();
   held_out_.clear();
@@ -148,7 +152,7 @@ float Trainer::evaluate() {
   for (int i = 0; i < n; ++i) {
     const Batch batch = val_.fixed(i, rank_, world_);
     for (int part = 0; part < micros; ++part) {
-      sum += model_.forward(micros == 1 ? batch : slice_batch(batch, T, part, micros));
+      sum += model_.forward(micro_batch(batch, part, micros));
       held_out_compute_ += model_.forward_flops() / model_.dense_forward_flops() / forwards;
       for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->processed() / forwards;
       // Every forward routes the same number of tokens, so the pass's load is
@@ -222,7 +226,7 @@ std::string Trainer::diagnose_nonfinite(int64_t s, const StepResult& r) {
   const int micros = cfg_.train().micro_batches();
   int part = -1;
   for (int m = 0; m < micros && part < 0; ++m) {
-    const Batch micro = micros == 1 ? step_slice_ : slice_batch(step_slice_, cfg_.model().seq_len(), m, micros);
+    const Batch micro = micro_batch(step_slice_, m, micros);
     model_.set_micro_batch(m, micros);
     part = first_over_ranks(model_.first_nonfinite_part(micro), parts);
     if (part < 0) model_.backward();
@@ -268,7 +272,7 @@ StepResult Trainer::step(int64_t step) {
   step_ = step;
   float loss_sum = 0.f;
   for (int m = 0; m < micros; ++m) {
-    last_batch_ = micros == 1 ? slice : slice_batch(slice, cfg_.model().seq_len(), m, micros);
+    last_batch_ = micro_batch(slice, m, micros);
     model_.set_micro_batch(m, micros);
     loss_sum += model_.forward(last_batch_);
     r.flops += 3.0 * model_.forward_flops();  // backward ~ 2x forward

@@ -129,6 +129,7 @@ class Trainer {
   int64_t step_ = 0, optimizer_step_ = 0, tokens_seen_ = 0, bad_steps_ = 0;
   int64_t consecutive_bad_ = 0;
   std::string restored_from_;  // empty: a fresh run
+  Batch micro_batch(const Batch& slice, int m, int n) const;
   Batch step_slice_;           // this rank's slice of the last step's batch
   Batch last_batch_;           // its last micro-batch (the slice itself with one)
   std::string diagnose_nonfinite(int64_t step, const StepResult& r);

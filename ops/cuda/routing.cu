@@ -221,6 +221,23 @@ static __device__ __forceinline__ void warp_pick(float& best_v, int& best_g) {
   }
 }
 
+// Lane 0's record of item i's pick r: its group (with the run's base) and
+// weight p of the group, added to wsum for the renormalisation.
+static __device__ __forceinline__ void record_pick(const TopkArgs& a, int64_t i, int r, int64_t group, float p,
+                                                   float& wsum) {
+  a.group[i * a.k + r] = static_cast<int32_t>(group);
+  a.weight[i * a.k + r] = p;
+  wsum += p;
+}
+
+// Lane 0's end of item i: the weights renormalised (in choice order), and
+// the probability of its first choice.
+static __device__ __forceinline__ void finish_item(const TopkArgs& a, int64_t i, float wsum, float first_p) {
+  if (a.renormalize && wsum > 0)
+    for (int r = 0; r < a.k; ++r) a.weight[i * a.k + r] /= wsum;
+  a.top[i] = first_p;
+}
+
 // Item i's top-k by the whole warp (lane `lane`), p its row of probabilities.
 static __device__ void topk_row(const TopkArgs& a, int64_t i, int lane, const float* p) {
   const float* key = a.keys ? a.keys + i * a.G : p;
@@ -235,18 +252,9 @@ static __device__ void topk_row(const TopkArgs& a, int64_t i, int lane, const fl
     warp_pick(best_v, best_g);
     prev_v = best_v, prev_g = best_g;
     if (j == 0) first_g = best_g;
-    if (lane == 0 && best_g >= 0) {
-      const float w = p[best_g];
-      a.group[i * a.k + j] = static_cast<int32_t>(base + best_g);
-      a.weight[i * a.k + j] = w;
-      wsum += w;
-    }
+    if (lane == 0 && best_g >= 0) record_pick(a, i, j, base + best_g, p[best_g], wsum);
   }
-  if (lane == 0) {
-    if (a.renormalize && wsum > 0)
-      for (int j = 0; j < a.k; ++j) a.weight[i * a.k + j] /= wsum;
-    a.top[i] = p[first_g];
-  }
+  if (lane == 0) finish_item(a, i, wsum, p[first_g]);
 }
 
 static __global__ void topk_kernel(TopkArgs a) {
@@ -318,17 +326,9 @@ static __global__ void gate_topk_regs(TopkArgs a, const float* logits, bool soft
       if (lane + 32 * j == best_g) mine = v[j];
     const float w = __shfl_sync(0xffffffffu, mine, best_g >= 0 ? best_g % 32 : 0);
     if (r == 0) first_p = w;
-    if (lane == 0 && best_g >= 0) {
-      a.group[i * a.k + r] = static_cast<int32_t>(base + best_g);
-      a.weight[i * a.k + r] = w;
-      wsum += w;
-    }
+    if (lane == 0 && best_g >= 0) record_pick(a, i, r, base + best_g, w, wsum);
   }
-  if (lane == 0) {
-    if (a.renormalize && wsum > 0)
-      for (int r = 0; r < a.k; ++r) a.weight[i * a.k + r] /= wsum;
-    a.top[i] = first_p;
-  }
+  if (lane == 0) finish_item(a, i, wsum, first_p);
 }
 
 // Key and value of assignment a (see the top of the file).
