@@ -134,8 +134,9 @@ void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, con
 void update_balance_bias(Ctx& ctx, Tensor& bias, const Tensor& load, float rate) {
   check_dtype(bias, DType::f32, "balance bias");
   check_dtype(load, DType::f64, "balance load");
-  SY_CHECK(bias.ndim() == 1 && load.ndim() == 1 && load.numel() == bias.numel(),
-           "balance bias " << shape_str(bias.shape()) << " and load " << shape_str(load.shape()) << " differ");
+  SY_CHECK(bias.ndim() == 1 && (load.ndim() == 1 || load.ndim() == 2) && load.dim(load.ndim() - 1) == bias.numel(),
+           "balance bias " << shape_str(bias.shape()) << " and load " << shape_str(load.shape())
+                           << ": the load must be (G) or (M, G) for a bias of G");
   check_device(ctx, "update_balance_bias", {&bias, &load});
   SY_DISPATCH(ctx, update_balance_bias, ctx, bias, load, rate);
 }

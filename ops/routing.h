@@ -171,9 +171,11 @@ void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, con
                             const Route& r, bool renormalized);
 
 // Auxiliary-loss-free balancing: bias_g += rate * sign(mean load - load_g);
-// bias (G) f32, load (G) f64 counts on the same device (the chosen counts of
-// all-reduced routing sums, ops/router_loss.h): decided where they live,
-// nothing read back.
+// bias (G) f32, load (G) or (M, G) f64 counts on the same device (the chosen
+// counts of all-reduced routing sums, ops/router_loss.h; M rows: a step's M
+// micro-batches, load_g their sum in row order, the mean over g of those
+// sums): decided where they live, nothing read back. The bias moves once per
+// optimizer step, on the step's whole load, whatever M is.
 void update_balance_bias(Ctx& ctx, Tensor& bias, const Tensor& load, float rate);
 
 // The CPU reference (ops/cpu/routing.cc) and the CUDA kernels (ops/cuda/routing.cu;

@@ -232,6 +232,7 @@ void Transformer::calibrate(const Batch& warmup) {
 }
 
 void Transformer::end_step() {
+  for (auto& [l, layer] : moe_) layer->end_step();
   for (auto& b : blocks_)
     if (auto* sa = dynamic_cast<SparseSelfAttention*>(&b.attention())) sa->update_centroids();
 }

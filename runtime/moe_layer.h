@@ -43,6 +43,8 @@ class MoeLayer : public FeedForward {
   void set_training(bool t) override { router_.set_training(t); }
   void set_step(int64_t step) { router_.set_step(step); }
   void set_micro_batch(int m, int n) { router_.set_micro_batch(m, n); }
+  // After a training step's micro-batches: the balancing bias moves (Router::end_step).
+  void end_step() { router_.end_step(); }
   void set_sequence_length(int64_t T) override { router_.set_sequence_length(T); }
   double forward_flops() const override { return flops_; }
   // Forward FLOPs of the last forward's router (2 N C G).

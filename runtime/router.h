@@ -71,8 +71,15 @@ class Router {
   // input gradient into dx (N, C) and Wg's gradient into the ParamStore.
   void backward(const Tensor& dweight, Tensor& dx);
   void set_training(bool t) { training_ = t; }
-  // The training step the next forward's noise belongs to.
-  void set_step(int64_t step) { step_ = static_cast<uint32_t>(step); }
+  // The training step the next forward's noise belongs to. A new step (or a
+  // step run again) starts with no load recorded for the balancing bias.
+  void set_step(int64_t step) {
+    step_ = static_cast<uint32_t>(step);
+    loads_ = 0;
+  }
+  // After a step's micro-batches (Transformer::end_step): the balancing bias
+  // moves once, on the load of all of them (moe.bias_balance_rate).
+  void end_step();
   // Micro-batch m of n of this rank's slice (train.micro_batches): its noise
   // draws are keyed by its tokens' places in the global batch.
   void set_micro_batch(int m, int n) { micro_ = m, micros_ = n; }
@@ -107,6 +114,10 @@ class Router {
   uint64_t seed_;
   uint32_t step_ = 0;
   int micro_ = 0, micros_ = 1;  // set_micro_batch
+  // The chosen counts of the step's training forwards so far, row m micro-batch
+  // m's (all-reduced): the balancing bias's load at end_step.
+  Tensor step_load_;  // (micros_, G) f64 from the step's first training forward
+  int loads_ = 0;     // rows [0, loads_) hold the step's load; 0: none recorded
   int64_t seq_len_ = 0;
   bool training_ = true;
   // saved for backward

@@ -1179,6 +1179,17 @@ std::vector<OpCase> cases() {
                  const Tensor load = Tensor::from_host(std::vector<double>{3, 9, 4, 4, 0, 12, 3}).to(x);
                  ops::update_balance_bias(x, o[0], load, 1e-3f);
                }});
+  c.push_back({"update_balance_bias_rows", Tol::exact, [](Rng& r) { return Ins{randn({7}, r, 0.01f)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {7})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 o[0].copy_from(in[0], x);
+                 // three micro-batches' loads: sums 7 12 9 7 3 12 6 (mean 8); no row alone gives those signs
+                 const std::vector<double> rows = {3, 9, 4, 4, 0, 12, 3,  //
+                                                   4, 0, 5, 0, 3, 0,  0,  //
+                                                   0, 3, 0, 3, 0, 0,  3};
+                 const Tensor load = Tensor::from_host(rows).reshape({3, 7}).to(x);
+                 ops::update_balance_bias(x, o[0], load, 1e-3f);
+               }});
   // ---- moving rows ----
   c.push_back({"dispatch", Tol::exact, [](Rng& r) { return Ins{probs_of({30, 4}, r), randn({30, 12}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {48, 12}), acc(x, {30, 12})}; },

@@ -7,10 +7,11 @@
 # all-reduce after the last), with the same logged FLOPs per token. A MoE
 # model (switch_tiny) trains with 2 micro-batches to a loss within 2% of one
 # pass's (routing is per micro-batch), and where its routing does not depend
-# on the split (dropless, no load-balance loss), with its router noise on, to
-# 1e-5, on 1 rank, 2 ranks and 2 ranks of expert parallelism: the noise drawn
-# for a micro-batch's tokens is theirs in the global batch. A batch that does
-# not split is refused with one line.
+# on the split (dropless, no load-balance loss), with its router noise and
+# balancing bias on, to 1e-5, on 1 rank, 2 ranks and 2 ranks of expert
+# parallelism: the noise drawn for a micro-batch's tokens is theirs in the
+# global batch, and the bias moves once a step. A batch that does not split
+# is refused with one line.
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -58,11 +59,12 @@ run sw1 "${sw[@]}"
 run sw2 "${sw[@]}" --set train.micro_batches=2
 check "switch_tiny, 2 micro-batches (routing per micro-batch)" "$tmp/sw1.jsonl" "$tmp/sw2.jsonl" 2e-2
 # MoE whose routing does not depend on how the batch is split (dropless, no
-# load-balance loss or balancing bias; the z-loss is a mean over tokens), with
-# jitter and router noise on: equal to one pass's to 1e-5 only if each
-# micro-batch's draws are its tokens' in the global batch. 1 rank, 2 ranks
-# and expert parallelism over 2, 2 micro-batches each.
-exact=("${sw[@]}" --set moe.dropless=true --set moe.load_balance_coef=0 --set moe.bias_balance_rate=0)
+# load-balance loss; the z-loss is a mean over tokens), with jitter, router
+# noise and the balancing bias on (at 10x switch_tiny's rate): equal to one
+# pass's to 1e-5 only if each micro-batch's draws are its tokens' in the
+# global batch and the bias moves once a step, on the whole step's load.
+# 1 rank, 2 ranks and expert parallelism over 2, 2 micro-batches each.
+exact=("${sw[@]}" --set moe.dropless=true --set moe.load_balance_coef=0 --set moe.bias_balance_rate=0.01)
 run swx1 "${exact[@]}"
 run swx2 "${exact[@]}" --set train.micro_batches=2
 check "switch_tiny dropless, noise keyed by the global batch, 2 micro-batches" "$tmp/swx1.jsonl" "$tmp/swx2.jsonl" 1e-5

@@ -562,6 +562,8 @@ TEST(MoeLayer, BalanceBiasFollowsTheNoiselessChoice) {
     for (int c = 0; c < 16; ++c) x.f32()[i * 16 + c] = row.f32()[c];
   moe.forward(x);
   ASSERT_LT(moe.stats().max_over_mean, 1.3);  // the noise spread the batch
+  EXPECT_EQ(moe.balance_bias().to_vector<float>(), std::vector<float>(8, 0.f));  // moves at the step's end
+  moe.end_step();
   const std::vector<float> bias = moe.balance_bias().to_vector<float>();
   int down = 0;
   for (float b : bias) {

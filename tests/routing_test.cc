@@ -315,6 +315,21 @@ TEST(BalanceBias, MovesTowardBalanceBySign) {
   EXPECT_EQ(floats(bias), (std::vector<float>{-0.1f, 0.f, 0.1f}));
 }
 
+// A step's micro-batches, one row each: the bias moves once, on their sum
+// (here 6, 3, 3: mean 4), not on each row (the first row alone would move
+// the second group down, the second row alone the third).
+TEST(BalanceBias, MovesOnceOnTheRowsSum) {
+  Tensor bias = zeros({3});
+  const std::vector<double> rows = {4, 3, 1,   // micro-batch 0: mean 8/3
+                                    2, 0, 2};  // micro-batch 1: mean 4/3
+  update_balance_bias(host_ctx(), bias, Tensor::from_host(rows).reshape({2, 3}), 0.1f);
+  EXPECT_EQ(floats(bias), (std::vector<float>{-0.1f, 0.1f, 0.1f}));
+  Tensor one = zeros({3});  // a (1, G) load is the (G) load
+  update_balance_bias(host_ctx(), one, Tensor::from_host(std::vector<double>{6, 3, 0}).reshape({1, 3}), 0.1f);
+  EXPECT_EQ(floats(one), (std::vector<float>{-0.1f, 0.f, 0.1f}));
+  EXPECT_THROW(update_balance_bias(host_ctx(), one, Tensor::from_host(rows).reshape({3, 2}), 0.1f), Error);
+}
+
 TEST(GroupsChoose, ExpertChoiceFillsEveryGroupExactly) {
   Rng rng(2);
   for (int64_t N : {3, 16, 37})

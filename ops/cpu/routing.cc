@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <vector>
 
 namespace sy::ops::cpu {
 
@@ -302,10 +303,13 @@ void route_weights_backward(Ctx&, Tensor& dprobs_t, const Tensor& dweight_t, con
 
 void update_balance_bias(Ctx&, Tensor& bias_t, const Tensor& load_t, float rate) {
   float* bias = bias_t.f32();
-  const double* load = load_t.data<double>();
-  const int64_t G = load_t.numel();
+  const double* rows = load_t.data<double>();
+  const int64_t G = bias_t.numel(), M = G > 0 ? load_t.numel() / G : 0;
   if (G == 0) return;
-  const double mean = std::accumulate(load, load + G, 0.0) / G;
+  std::vector<double> load(G, 0.0);  // the step's load: the rows' sum, in row order
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) load[g] += rows[m * G + g];
+  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / G;
   for (int64_t g = 0; g < G; ++g) {
     const double e = mean - load[g];
     bias[g] += rate * static_cast<float>((e > 0) - (e < 0));

@@ -694,25 +694,33 @@ void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, con
   CUDA_CHECK(cudaGetLastError());
 }
 
-// One block: the mean of the counts in order (thread 0, the CPU's sum), then
+// One block: each group's load summed over the M rows in row order, the mean
+// of those in group order (thread 0: the CPU's sums), then
 // bias_g += rate * sign(mean - load_g).
-static __global__ void balance_bias_kernel(float* bias, const double* load, int64_t G, float rate) {
+static __global__ void balance_bias_kernel(float* bias, const double* rows, int64_t M, int64_t G, float rate) {
   __shared__ double mean;
+  auto load = [&](int64_t g) {
+    double s = 0;
+    for (int64_t m = 0; m < M; ++m) s += rows[m * G + g];
+    return s;
+  };
   if (threadIdx.x == 0) {
     double s = 0;
-    for (int64_t g = 0; g < G; ++g) s += load[g];
+    for (int64_t g = 0; g < G; ++g) s += load(g);
     mean = s / G;
   }
   __syncthreads();
   for (int64_t g = threadIdx.x; g < G; g += blockDim.x) {
-    const double e = mean - load[g];
+    const double e = mean - load(g);
     bias[g] += rate * static_cast<float>((e > 0) - (e < 0));
   }
 }
 
 void update_balance_bias(Ctx& ctx, Tensor& bias, const Tensor& load, float rate) {
-  if (load.numel() == 0) return;
-  balance_bias_kernel<<<1, kBlock, 0, stream(ctx)>>>(bias.data<float>(), load.data<double>(), load.numel(), rate);
+  const int64_t G = bias.numel();
+  if (G == 0) return;
+  balance_bias_kernel<<<1, kBlock, 0, stream(ctx)>>>(bias.data<float>(), load.data<double>(), load.numel() / G, G,
+                                                     rate);
   CUDA_CHECK(cudaGetLastError());
 }
 
