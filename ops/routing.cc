@@ -92,6 +92,21 @@ void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logit
   SY_DISPATCH(ctx, tokens_choose_logits, ctx, r, probs, logits, fn, p);
 }
 
+void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                 const TokensChooseParams& p) {
+  check_matrix(logits, "router logits");
+  check_shape(probs, logits.shape(), "router probs");
+  check_dtype(probs, DType::f32, "router probs");
+  check_tokens_choose(ctx, logits, p, "tokens_gate");
+  const int64_t n = logits.dim(0) * p.k;
+  check_dtype(group, DType::i32, "gate groups");
+  check_shape(group, {n}, "gate groups");
+  check_dtype(weight, DType::f32, "gate weights");
+  check_shape(weight, {n}, "gate weights");
+  check_device(ctx, "tokens_gate", {&probs, &group, &weight});
+  SY_DISPATCH(ctx, tokens_gate, ctx, group, weight, probs, logits, fn, p);
+}
+
 void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups) {
   check_matrix(scores, "group scores");
   const int64_t N = scores.dim(0), S = segment > 0 ? segment : N;

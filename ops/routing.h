@@ -142,6 +142,18 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
 void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                           const TokensChooseParams& p);
 
+// The gating alone: tokens_choose_logits without capacity and slots (the
+// choice of policy 1, before step 2 of the CUDA notes): probs = score_fn(
+// logits), and each item's top-k groups and combine weights, bit for bit the
+// group and weight tokens_choose_logits writes into its route. group (N*k)
+// i32, weight (N*k) f32, probs (N, G) f32; p's k, renormalize,
+// selection_bias, selection_keys and segment are read, its capacity,
+// dropless, priority and padded are not. On CUDA: the one gating kernel.
+// What a route's buffers are not needed for (a dropless top-k whose rows are
+// gathered by group, or timing the gating on its own: bench_ops).
+void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                 const TokensChooseParams& p);
+
 // Groups choose: each group g takes the `capacity` items with the highest
 // scores[i, g]; scores (N, G). With segment > 0 the choice is made in every
 // run of `segment` consecutive items separately (per sequence, as depth
@@ -186,6 +198,8 @@ SY_DECLARE_BACKENDS(
   void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
   void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                             const TokensChooseParams& p);
+  void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                   const TokensChooseParams& p);
   void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups);
   void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
   void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);

@@ -1095,6 +1095,8 @@ std::vector<OpCase> cases() {
   // compared with the CPU's). softmax_ties_100: whole-number logits, so
   // equal probabilities within a lane and across lanes (the tie rules), by
   // score (the top score orders the slots); keys_runs_100: keys with k = 3.
+  // tokens_gate (the same choice without slots) equals each call's
+  // probabilities, groups and weights bit for bit.
   struct GateCase {
     std::string name;
     int64_t G;
@@ -1150,6 +1152,13 @@ std::vector<OpCase> cases() {
                    EXPECT_EQ(route.host_offset, two.host_offset);
                    EXPECT_EQ(route.capacity, two.capacity);
                    EXPECT_EQ(route.dropped, two.dropped);
+                   // The gating alone (tokens_gate): into poisoned outputs, the
+                   // probabilities, groups and weights of the route's call, bit for bit.
+                   Tensor gp = out(x, {N, g.G}), gg = out(x, {N * g.k}, DType::i32), gw = out(x, {N * g.k});
+                   for (Tensor* t : {&gp, &gg, &gw}) poison(*t, x);
+                   ops::tokens_gate(x, gg, gw, gp, in[0], fn, p);
+                   for (const auto& [a, b] : {std::pair{&gp, &o[0]}, {&gg, &route.group}, {&gw, &route.weight}})
+                     EXPECT_TRUE(bitwise_equal(a->to(host_ctx()), b->to(host_ctx()))) << "tokens_gate";
                  }});
   }
   // The budget step after capacity, batch and causal per run of 10 items.

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <tuple>
 
@@ -142,6 +143,30 @@ TEST(TokensChoose, HandComputedTiesAndOverflow) {
   r = tokens_choose(p, prm);
   EXPECT_EQ(r.capacity, 3);
   EXPECT_EQ(r.dropped, 0);
+}
+
+// The gating alone: logits ln(0.9), ln(0.1) etc. give the hand-computed
+// table above's probabilities; top-1, the tie to the lower index, weights =
+// p, and every item keeps its choice (no capacity: t2 is not dropped).
+// Outputs of the wrong shape or type are refused.
+TEST(TokensGate, HandComputedChoiceWithoutCapacity) {
+  const std::vector<float> p = {0.9f, 0.1f, 0.5f, 0.5f, 0.6f, 0.4f, 0.2f, 0.8f};
+  std::vector<float> l(p.size());
+  for (size_t i = 0; i < p.size(); ++i) l[i] = std::log(p[i]);
+  const Tensor logits = Tensor::from_host(l).reshape({4, 2});
+  Tensor probs = zeros({4, 2}), group = Tensor::empty({4}, DType::i32, host_ctx()), weight = zeros({4});
+  TokensChooseParams prm;
+  prm.capacity_factor = 0.5f;  // not read
+  tokens_gate(host_ctx(), group, weight, probs, logits, ScoreFn::softmax, prm);
+  EXPECT_EQ(ints(group), (std::vector<int32_t>{0, 0, 0, 1}));
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(floats(probs)[i], p[i], 1e-6) << i;
+  const std::vector<float> w = floats(weight);
+  EXPECT_EQ(w, (std::vector<float>{floats(probs)[0], floats(probs)[2], floats(probs)[4], floats(probs)[7]}));
+  prm.k = 2;  // group and weight hold N*k = 8
+  EXPECT_THROW(tokens_gate(host_ctx(), group, weight, probs, logits, ScoreFn::softmax, prm), Error);
+  prm.k = 1;
+  Tensor fgroup = zeros({4});
+  EXPECT_THROW(tokens_gate(host_ctx(), fgroup, weight, probs, logits, ScoreFn::softmax, prm), Error);
 }
 
 // A NaN score ranks last, as -inf (ties to the lower group): a row of NaN

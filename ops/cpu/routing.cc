@@ -86,25 +86,14 @@ std::vector<int64_t> argsort_desc(const std::vector<float>& key) {
   return idx;
 }
 
-}  // namespace
-
-// The reference is the composition (ops/routing.h).
-void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
-                          const TokensChooseParams& p) {
-  cpu::router_scores(ctx, probs, logits, fn);
-  cpu::tokens_choose(ctx, r, probs, p);
-}
-
-void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
+// Policy 1's choice: each item's top-k groups (group, weight: N*k) and the
+// p of its first choice (top_score: N), from probs (N, G).
+void choose_top_k(const Tensor& probs, const TokensChooseParams& p, int32_t* group, float* weight,
+                  float* top_score) {
   const int64_t N = probs.dim(0), G = probs.dim(1), k = p.k;
-  const int64_t run = p.segment > 0 ? p.segment : N, groups = run > 0 ? N / run * G : G;  // runs' own groups
-  init_route(ctx, r, N, k, groups);
-  int32_t* group = r.group.data<int32_t>();
-  float* weight = r.weight.f32();
   const float* bias = p.selection_bias ? p.selection_bias->f32() : nullptr;
   std::vector<float> sel(G);
   std::vector<int64_t> idx(G);
-  std::vector<float> top_score(N);
   for (int64_t i = 0; i < N; ++i) {
     const float* pi = probs.f32() + i * G;
     const float* key = p.selection_keys ? p.selection_keys->f32() + i * G : pi;
@@ -131,6 +120,31 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
       for (int64_t j = 0; j < k; ++j) weight[i * k + j] /= wsum;
     top_score[i] = pi[idx[0]];
   }
+}
+
+}  // namespace
+
+// The reference is the composition (ops/routing.h).
+void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                          const TokensChooseParams& p) {
+  cpu::router_scores(ctx, probs, logits, fn);
+  cpu::tokens_choose(ctx, r, probs, p);
+}
+
+void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                 const TokensChooseParams& p) {
+  cpu::router_scores(ctx, probs, logits, fn);
+  std::vector<float> top_score(probs.dim(0));
+  choose_top_k(probs, p, group.data<int32_t>(), weight.f32(), top_score.data());
+}
+
+void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
+  const int64_t N = probs.dim(0), G = probs.dim(1), k = p.k;
+  const int64_t run = p.segment > 0 ? p.segment : N, groups = run > 0 ? N / run * G : G;  // runs' own groups
+  init_route(ctx, r, N, k, groups);
+  int32_t* group = r.group.data<int32_t>();
+  std::vector<float> top_score(N);
+  choose_top_k(probs, p, group, r.weight.f32(), top_score.data());
   // Visiting order: choice rank j outermost; items by position or by top score.
   std::vector<int64_t> items(N);
   std::iota(items.begin(), items.end(), 0);

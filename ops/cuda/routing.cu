@@ -455,43 +455,55 @@ void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const Tokens
 }
 
 namespace {
-// tokens_choose's steps with step 1 the top-k kernel over probs, or (logits
-// given) the gating kernel that writes probs from them first.
+// Step 1: the top-k kernel over probs, or (logits given) the gating kernel
+// that writes probs from them first; group, weight (N*k), top (N).
+void launch_choice(Ctx& ctx, const Tensor& probs, const Tensor* logits, ScoreFn fn, const TokensChooseParams& p,
+                   int32_t* group, float* weight, float* top) {
+  const int64_t N = probs.dim(0), G = probs.dim(1);
+  const TopkArgs ta{probs.data<float>(),
+                    p.selection_keys ? p.selection_keys->data<float>() : nullptr,
+                    p.selection_bias ? p.selection_bias->data<float>() : nullptr,
+                    group,
+                    weight,
+                    top,
+                    N,
+                    static_cast<int>(G),
+                    p.k,
+                    p.renormalize,
+                    p.segment};
+  if (N == 0) return;
+  const unsigned grid = grid_for(N, kWarps);
+  const bool sm = fn == ScoreFn::softmax;
+  const float* l = logits ? logits->data<float>() : nullptr;
+  if (logits && G <= 32)  // the row in registers (up to 4 values a lane)
+    gate_topk_regs<1><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+  else if (logits && G <= 64)
+    gate_topk_regs<2><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+  else if (logits && G <= 96)
+    gate_topk_regs<3><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+  else if (logits && G <= 128)
+    gate_topk_regs<4><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+  else if (logits)
+    gate_topk_kernel<<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+  else
+    topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// tokens_choose's steps with step 1 launch_choice's.
 void choose_top_k(Ctx& ctx, Route& r, const Tensor& probs, const Tensor* logits, ScoreFn fn,
                   const TokensChooseParams& p) {
-  const int64_t N = probs.dim(0), G = probs.dim(1);
-  tokens_choose_by(ctx, r, N, G, p, [&](int32_t* group, float* weight, float* top) {
-    const TopkArgs ta{probs.data<float>(),
-                      p.selection_keys ? p.selection_keys->data<float>() : nullptr,
-                      p.selection_bias ? p.selection_bias->data<float>() : nullptr,
-                      group,
-                      weight,
-                      top,
-                      N,
-                      static_cast<int>(G),
-                      p.k,
-                      p.renormalize,
-                      p.segment};
-    if (N == 0) return;
-    const unsigned grid = grid_for(N, kWarps);
-    const bool sm = fn == ScoreFn::softmax;
-    const float* l = logits ? logits->data<float>() : nullptr;
-    if (logits && G <= 32)  // the row in registers (up to 4 values a lane)
-      gate_topk_regs<1><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
-    else if (logits && G <= 64)
-      gate_topk_regs<2><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
-    else if (logits && G <= 96)
-      gate_topk_regs<3><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
-    else if (logits && G <= 128)
-      gate_topk_regs<4><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
-    else if (logits)
-      gate_topk_kernel<<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
-    else
-      topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
-    CUDA_CHECK(cudaGetLastError());
+  tokens_choose_by(ctx, r, probs.dim(0), probs.dim(1), p, [&](int32_t* group, float* weight, float* top) {
+    launch_choice(ctx, probs, logits, fn, p, group, weight, top);
   });
 }
 }  // namespace
+
+void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                 const TokensChooseParams& p) {
+  Tensor top = Tensor::empty({probs.dim(0)}, DType::f32, ctx);  // (the slots' key; unread here)
+  launch_choice(ctx, probs, &logits, fn, p, group.data<int32_t>(), weight.data<float>(), top.data<float>());
+}
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
   choose_top_k(ctx, r, probs, nullptr, ScoreFn::softmax, p);

@@ -3,7 +3,8 @@
 PyTorch peers' (scripts/bench/torch_moe.py, torch_attention.py) and prints
 one line a bar, measured figure beside the bar, "ok" or "MISSED":
 
-  gating      gating_top2's effective bandwidth (logits bytes / time) >= 1.5 TB/s
+  gating      gating_top2's effective bandwidth (logits bytes / time) >= 1.5 TB/s (ops::tokens_gate:
+              scores and top-k; the route with its slots, gating_top2_slots, printed beside it)
   moe/dense   moe_layer_fwd_bwd(_padded) time / dense_ffn_fwd_bwd's <= 1.3
   loop/moe    the PyTorch per-expert loop's fwd+bwd time / ours >= 25
   attention   ours / SDPA throughput, causal fwd+bwd bf16, per shape >= 0.5
@@ -49,15 +50,20 @@ def main():
         lines.append(f"gating {g['shape']}: {tbs:.2f} TB/s effective (bar >= 1.5): {verdict(tbs >= 1.5)}")
     else:
         lines.append("gating: no gating_top2 row")
+    sl = rows.get("gating_top2_slots")
+    if sl and sl["seconds"] > 0:
+        lines.append(f"gating with capacity and slots (the route a MoE layer takes; not the bar's) {sl['shape']}: "
+                     f"{sl['bytes'] / sl['seconds'] / 1e12:.2f} TB/s effective")
     sc = rows.get("router_scores_softmax")
     copy = ours.get("copy_ceiling", {}).get("bytes_per_s", 0)
     if g and sc and g["seconds"] > 0 and sc["seconds"] > 0 and copy > 0:
         # The probabilities (fp32, T x E) are written as the logits are read:
         # a copy's traffic, so logits read once cannot beat copy / 2 effective.
+        slots = f"; capacity and slots (the route) {(sl['seconds'] - g['seconds']) * 1e6:.1f} us more" if sl else ""
         lines.append(f"gating floor: softmax alone {sc['seconds'] * 1e6:.1f} us "
-                     f"({sc['bytes'] / sc['seconds'] / copy * 100:.0f}% of the copy ceiling); top-k and slots "
-                     f"{(g['seconds'] - sc['seconds']) * 1e6:.1f} us; with the probabilities written the effective "
-                     f"ceiling is {copy / 2 / 1e12:.2f} TB/s")
+                     f"({sc['bytes'] / sc['seconds'] / copy * 100:.0f}% of the copy ceiling); top-k "
+                     f"{(g['seconds'] - sc['seconds']) * 1e6:.1f} us more{slots}; with the probabilities written "
+                     f"the effective ceiling is {copy / 2 / 1e12:.2f} TB/s")
 
     dense = rows.get("dense_ffn_fwd_bwd")
     for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded"):
