@@ -97,7 +97,9 @@ void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const T
   check_matrix(logits, "router logits");
   check_shape(probs, logits.shape(), "router probs");
   check_dtype(probs, DType::f32, "router probs");
-  check_tokens_choose(ctx, logits, p, "tokens_gate");
+  TokensChooseParams choice = p;  // (capacity, dropless, priority and padded are not read)
+  choice.padded = choice.dropless = false;
+  check_tokens_choose(ctx, logits, choice, "tokens_gate");
   const int64_t n = logits.dim(0) * p.k;
   check_dtype(group, DType::i32, "gate groups");
   check_shape(group, {n}, "gate groups");

@@ -368,6 +368,8 @@ TrainResult Trainer::run() {
     // before evaluation reroutes.
     const RoutingSnapshot routing =
         routing_snapshot(model_, static_cast<int64_t>(last_batch_.inputs.size()));
+    // The interval's rates end here: evaluation time is not training time.
+    const double trained = now_s(), dt = std::max(1e-9, trained - interval_start);
     if (eval_now) {
       log.evaluated = true;
       log.val_loss = evaluate();
@@ -375,7 +377,7 @@ TrainResult Trainer::run() {
       log.val_compute_fraction = held_out_compute_;
       result.final_val_loss = log.val_loss;
     }
-    const double now = now_s(), dt = std::max(1e-9, now - interval_start);
+    const double now = now_s();
     log.tokens_per_s = interval_tokens / dt;
     log.flops_per_s = interval_flops / dt;
     log.elapsed_s = now - t0;

@@ -256,6 +256,45 @@ TEST(Trainer, HeldOutRoutingIsNoiselessAndNormalised) {
   EXPECT_EQ(model.moe_layers()[0].second->stats().load, a);
 }
 
+// The balancing bias moves once a step, on the whole step's load: after step
+// 1 (bias 0 before it) bias_g = rate sign(1/G - f_g), f_g the step's load
+// fraction, which the one-pass run's statistics give; with 2 micro-batches
+// (dropless: the same routes, split) it is the one-pass bias exactly. A bias
+// that never moved (zeros) or moved after each micro-batch (a second move
+// from the first half's load: +-2 rate, or routes that differ) fails it.
+TEST(Trainer, BalanceBiasMovesOnceAStep) {
+  auto trained_bias = [](int micros, std::vector<std::vector<double>>* loads) {
+    Config c = parse_config(R"(
+      model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 24 seq_len: 16 }
+      train { batch: 4 eval_batches: 1 seed: 3 }
+      data { synthetic_bytes: 20000 }
+      moe { num_experts: 4 every_n_layers: 1 dropless: true bias_balance_rate: 0.25 }
+    )", "test");
+    c.mutable_train()->set_micro_batches(micros);
+    validate_config(c, "test");
+    Trainer t(c, {});
+    t.step(1);
+    std::vector<std::vector<float>> out;
+    for (const auto& [l, layer] : t.model().moe_layers()) {
+      out.push_back(layer->balance_bias().to_vector<float>());
+      if (loads) loads->push_back(layer->stats().load);
+    }
+    return out;
+  };
+  std::vector<std::vector<double>> f;
+  const auto one = trained_bias(1, &f), two = trained_bias(2, nullptr);
+  ASSERT_EQ(one.size(), 2u);
+  int moved = 0;
+  for (size_t m = 0; m < one.size(); ++m)
+    for (size_t g = 0; g < 4; ++g) {
+      const double e = 0.25 - f[m][g];
+      EXPECT_EQ(one[m][g], 0.25f * static_cast<float>((e > 0) - (e < 0))) << "layer " << m << " expert " << g;
+      moved += one[m][g] != 0.f;
+    }
+  EXPECT_GT(moved, 0);
+  EXPECT_EQ(two, one);
+}
+
 // Config.precision BF16 (CPU emulation of the bf16 GEMMs): every parameter's
 // shadow is bf16 of its fp32 master after init and after every AdamW step; the
 // first loss moves by bf16's rounding only (not zero: the GEMMs did round);

@@ -678,9 +678,12 @@ TEST_F(MoeLayerCuda, PaddedStepWaitsForNothing) {
     const Tensor x = testing::randn({64, 16}, rng).to(gpu()), dy = testing::randn({64, 16}, rng).to(gpu());
     moe.forward(x);  // warm-up: allocator pools, GEMM algorithms
     moe.backward(dy);
+    moe.end_step();
     const int64_t before = host_waits();
+    moe.set_step(2);
     moe.forward(x);
     moe.backward(dy);
+    moe.end_step();  // the balancing bias moves on the device
     EXPECT_EQ(host_waits() - before, padded ? 0 : 1);
     EXPECT_GT(moe.stats().max_over_mean, 0.0);
     EXPECT_EQ(host_waits() - before, padded ? 1 : 2);

@@ -154,9 +154,10 @@ TEST(TokensGate, HandComputedChoiceWithoutCapacity) {
   std::vector<float> l(p.size());
   for (size_t i = 0; i < p.size(); ++i) l[i] = std::log(p[i]);
   const Tensor logits = Tensor::from_host(l).reshape({4, 2});
-  Tensor probs = zeros({4, 2}), group = Tensor::empty({4}, DType::i32, host_ctx()), weight = zeros({4});
+  Tensor probs = zeros({4, 2}), group = Tensor::from_host(std::vector<int32_t>(4, -7)), weight = zeros({4});
   TokensChooseParams prm;
   prm.capacity_factor = 0.5f;  // not read
+  prm.padded = prm.dropless = true;  // not read either (tokens_choose would refuse the pair)
   tokens_gate(host_ctx(), group, weight, probs, logits, ScoreFn::softmax, prm);
   EXPECT_EQ(ints(group), (std::vector<int32_t>{0, 0, 0, 1}));
   for (int i = 0; i < 8; ++i) EXPECT_NEAR(floats(probs)[i], p[i], 1e-6) << i;

@@ -231,11 +231,11 @@ static __device__ __forceinline__ void record_pick(const TopkArgs& a, int64_t i,
 }
 
 // Lane 0's end of item i: the weights renormalised (in choice order), and
-// the probability of its first choice.
+// the probability of its first choice (the slots' key; tokens_gate has none).
 static __device__ __forceinline__ void finish_item(const TopkArgs& a, int64_t i, float wsum, float first_p) {
   if (a.renormalize && wsum > 0)
     for (int r = 0; r < a.k; ++r) a.weight[i * a.k + r] /= wsum;
-  a.top[i] = first_p;
+  if (a.top) a.top[i] = first_p;
 }
 
 // Item i's top-k by the whole warp (lane `lane`), p its row of probabilities.
@@ -456,7 +456,8 @@ void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const Tokens
 
 namespace {
 // Step 1: the top-k kernel over probs, or (logits given) the gating kernel
-// that writes probs from them first; group, weight (N*k), top (N).
+// that writes probs from them first; group, weight (N*k), top (N, or null:
+// not written).
 void launch_choice(Ctx& ctx, const Tensor& probs, const Tensor* logits, ScoreFn fn, const TokensChooseParams& p,
                    int32_t* group, float* weight, float* top) {
   const int64_t N = probs.dim(0), G = probs.dim(1);
@@ -501,8 +502,7 @@ void choose_top_k(Ctx& ctx, Route& r, const Tensor& probs, const Tensor* logits,
 
 void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
                  const TokensChooseParams& p) {
-  Tensor top = Tensor::empty({probs.dim(0)}, DType::f32, ctx);  // (the slots' key; unread here)
-  launch_choice(ctx, probs, &logits, fn, p, group.data<int32_t>(), weight.data<float>(), top.data<float>());
+  launch_choice(ctx, probs, &logits, fn, p, group.data<int32_t>(), weight.data<float>(), /*top=*/nullptr);
 }
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {

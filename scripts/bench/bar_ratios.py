@@ -59,7 +59,8 @@ def main():
     if g and sc and g["seconds"] > 0 and sc["seconds"] > 0 and copy > 0:
         # The probabilities (fp32, T x E) are written as the logits are read:
         # a copy's traffic, so logits read once cannot beat copy / 2 effective.
-        slots = f"; capacity and slots (the route) {(sl['seconds'] - g['seconds']) * 1e6:.1f} us more" if sl else ""
+        slots = (f"; capacity and slots (the route) {(sl['seconds'] - g['seconds']) * 1e6:.1f} us more"
+                 if sl and sl["seconds"] > 0 else "")
         lines.append(f"gating floor: softmax alone {sc['seconds'] * 1e6:.1f} us "
                      f"({sc['bytes'] / sc['seconds'] / copy * 100:.0f}% of the copy ceiling); top-k "
                      f"{(g['seconds'] - sc['seconds']) * 1e6:.1f} us more{slots}; with the probabilities written "
