@@ -115,6 +115,7 @@ class NcclGroup {
 // A collective in flight: its completion event and deadline.
 struct Pending {
   ncclComm_t comm;
+  int device;  // the communicator's: the watchdog's thread sets it before any CUDA call
   cudaEvent_t done;
   double deadline;
   const char* op;
@@ -132,6 +133,21 @@ class Watchdog {
     std::lock_guard<std::mutex> lock(mu_);
     pending_.push_back(std::move(p));
   }
+  // A communicator about to be destroyed (its stream drained): its entries
+  // go, so the thread never queries a freed communicator. The caller holds
+  // nccl_api_mutex (the thread only try-locks it while holding mu_: no
+  // deadlock).
+  void forget(ncclComm_t comm) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (it->comm != comm) {
+        ++it;
+        continue;
+      }
+      cudaEventDestroy(it->done);
+      it = pending_.erase(it);
+    }
+  }
 
  private:
   Watchdog() {
@@ -139,7 +155,11 @@ class Watchdog {
       for (;;) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
         std::lock_guard<std::mutex> lock(mu_);
-        while (!pending_.empty() && cudaEventQuery(pending_.front().done) == cudaSuccess) {
+        // A new thread starts on device 0: set the communicator's device
+        // before touching its events, or the first query makes a context on
+        // GPU 0 from every rank (~0.5 GiB each on rank 0's GPU).
+        while (!pending_.empty() && cudaSetDevice(pending_.front().device) == cudaSuccess &&
+               cudaEventQuery(pending_.front().done) == cudaSuccess) {
           cudaEventDestroy(pending_.front().done);
           pending_.pop_front();
         }
@@ -175,7 +195,12 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   ~NcclCommunicator() override {
+    cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
+    // Not while the watchdog reads this communicator: it leaves the watch
+    // list first (its collectives are done, the stream being drained).
+    std::lock_guard<std::mutex> api(nccl_api_mutex());
+    Watchdog::get().forget(comm_);
     ncclCommDestroy(comm_);
     cudaStreamDestroy(stream_);
   }
@@ -238,6 +263,8 @@ class NcclCommunicator final : public Communicator {
              "all_to_all_v in '" << context << "': " << ns << " rows sent of " << send_len << ", " << nr
                                  << " received into " << recv_len << ", rows of " << w << " / " << row_elems(recv)
                                  << " elements");
+    check_stream(send, stream, "all_to_all_v", context);
+    check_stream(recv, stream, "all_to_all_v", context);
     Staged s(*this, const_cast<Tensor&>(send), false), r(*this, recv, true);
     const size_t esize = dtype_size(send.dtype());
     run("all_to_all_v", context, stream, [&] {
@@ -257,6 +284,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   void all_reduce_sum(Tensor& t, Stream stream, const char* context) override {
+    check_stream(t, stream, "all_reduce", context);
     Staged s(*this, t, true);
     run("all_reduce", context, stream, [&] {
       return ncclAllReduce(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), ncclSum, comm_, stream_);
@@ -264,6 +292,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   void broadcast(Tensor& t, int root, Stream stream, const char* context) override {
+    check_stream(t, stream, "broadcast", context);
     Staged s(*this, t, true);
     run("broadcast", context, stream, [&] {
       return ncclBroadcast(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), root, comm_, stream_);
@@ -276,6 +305,14 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // A device tensor's collective waits for the caller's stream (an event on
+  // it): the legacy default stream (Stream{}) does not order the non-blocking
+  // streams that wrote the tensor, so NCCL could read it unfinished. Host
+  // tensors are staged (copied before the call returns) and need none.
+  static void check_stream(const Tensor& t, Stream s, const char* op, const char* context) {
+    SY_CHECK(t.device().is_cpu() || t.numel() == 0 || s.handle != nullptr,
+             "NCCL " << op << " in '" << context << "': a device tensor needs the stream that wrote it, not Stream{}");
+  }
   static int64_t row_elems(const Tensor& t) { return t.ndim() == 0 || t.dim(0) == 0 ? 1 : t.numel() / t.dim(0); }
 
   // A tensor's bytes in device memory for the collective: the tensor itself
@@ -326,7 +363,7 @@ class NcclCommunicator final : public Communicator {
     cudaEvent_t watched;
     CUDA_CHECK(cudaEventCreateWithFlags(&watched, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(watched, stream_));
-    Watchdog::get().watch({comm_, watched, now_s() + timeout_s_, op, std::move(at)});
+    Watchdog::get().watch({comm_, device_, watched, now_s() + timeout_s_, op, std::move(at)});
     timings_.push_back({start, done});
     cudaEventDestroy(ready);
     // Settle the time of the collectives that are done (no waiting).

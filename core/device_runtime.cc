@@ -170,6 +170,10 @@ SideStream::SideStream(const Ctx& ctx) : ctx_(ctx) {
   CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   ctx_.stream = Stream{s};
   ctx_.profiler = nullptr;  // (the profiler times the compute stream)
+  // No BLAS here: the handles' one workspace belongs to the compute stream's
+  // GEMMs, and a GEMM on this stream would share it with them (a race). A
+  // GEMM on a side stream fails on the missing handle instead.
+  ctx_.blas = BlasHandle{};
 }
 
 SideStream::~SideStream() {

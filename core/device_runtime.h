@@ -33,8 +33,9 @@ class DeviceRuntime {
 
 // A second stream on a device context's device (RAII), for work that
 // overlaps the compute stream (the gradient all-reduce): ctx() is the same
-// context (allocator, device) on this stream. Its cuBLAS handles stay bound
-// to the first stream, so only non-BLAS ops run on it. A host context needs
+// context (allocator, device) on this stream, without cuBLAS handles (their
+// workspace is the compute stream's): only non-BLAS ops run on it, and a GEMM
+// there fails with "no cuBLASLt handle". A host context needs
 // none: there ctx() is the host context itself.
 class SideStream {
  public:

@@ -49,6 +49,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -997,15 +998,18 @@ constexpr size_t f32_smem_dq() {
 
 cudaStream_t stream_of(const Ctx& ctx) { return static_cast<cudaStream_t>(ctx.stream.handle); }
 
-// Raises a kernel's dynamic shared-memory limit, once per kernel (per
-// process: the runtime keeps one device per rank).
+// Raises a kernel's dynamic shared-memory limit, once per kernel and device
+// (the attribute is the current device's: a process that drives a second GPU
+// sets it there too).
 template <auto Kernel>
 void allow_smem(size_t bytes) {
-  static const bool done = [bytes] {
-    CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-    return true;
-  }();
-  (void)done;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<bool> done[kMaxDevices];
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kMaxDevices && done[dev].load(std::memory_order_acquire)) return;
+  CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  if (dev < kMaxDevices) done[dev].store(true, std::memory_order_release);
 }
 
 Geom geom(const AttentionShape& s) {
@@ -1024,7 +1028,7 @@ Geom geom(const AttentionShape& s) {
 // The varlen work list for tiles of `tile` rows (attn::tile_work): one block;
 // each thread sums the tile counts of a run of segments, an exclusive scan
 // of the threads' sums (common.cuh) places the runs.
-__global__ void tile_starts_kernel(const int32_t* __restrict__ seg, int S, int tile, int32_t* __restrict__ work) {
+__global__ void __launch_bounds__(1024) tile_starts_kernel(const int32_t* __restrict__ seg, int S, int tile, int32_t* __restrict__ work) {
   __shared__ int32_t scratch[1024];
   const int per = (S + blockDim.x - 1) / blockDim.x;
   const int lo = min(S, static_cast<int>(threadIdx.x) * per), hi = min(S, lo + per);

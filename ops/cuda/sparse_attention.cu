@@ -205,7 +205,7 @@ namespace {
 constexpr int kScoreTile = 32;
 constexpr int kScoreMaxD = 128;  // shared memory: 2 x 32 x 129 floats = 33 KiB
 
-__global__ void block_scores_kernel(const float* __restrict__ q, const float* __restrict__ kmean, int64_t T, int D,
+__global__ void __launch_bounds__(kScoreTile * kScoreTile) block_scores_kernel(const float* __restrict__ q, const float* __restrict__ kmean, int64_t T, int D,
                                     int64_t nb, int64_t block, float* __restrict__ scores) {
   extern __shared__ float tiles[];
   const int ld = D + 1;
