@@ -192,7 +192,12 @@ class NcclCommunicator final : public Communicator {
     NCCL_CHECK(ncclCommUserRank(comm_, &rank_));
     NCCL_CHECK(ncclCommCount(comm_, &size_));
     CUDA_CHECK(cudaSetDevice(device_));
-    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // The highest priority the device has: a gradient bucket's all-reduce,
+    // launched during backward, gets SMs as they free up instead of queueing
+    // behind the backward's kernels (whose SMs it needs few of).
+    int least = 0, greatest = 0;
+    CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, greatest));
   }
   ~NcclCommunicator() override {
     cudaSetDevice(device_);
