@@ -192,7 +192,8 @@ void expect_block_topk_matches_cpu(const Tensor& q, const Tensor& k, int64_t blo
 TEST(SparseAttentionRows, BlockTopkKeySetsMatchTheCpu) {
   Rng rng(34);
   for (int64_t T : {1, 2, 9, 50, 64, 67})
-    for (auto [block, topk] : {std::pair<int64_t, int64_t>{1, 3}, {4, 0}, {4, 2}, {8, 1}, {5, 100}, {64, 1}})
+    for (auto [block, topk] : {std::pair<int64_t, int64_t>{1, 3}, {4, 0}, {4, 2}, {8, 1}, {5, 100}, {64, 1},
+                               {1, 8}, {1, 9}, {1, 16}, {2, 17}, {1, 40}})  // the 8- and 16-list, and rounds
       expect_block_topk_matches_cpu(testing::randn({T, 6}, rng), testing::randn({T, 6}, rng), block, topk);
 }
 
@@ -205,7 +206,7 @@ TEST(SparseAttentionRows, BlockTopkTiesGoToTheLowerBlock) {
   for (int64_t b : {2, 5})
     for (int64_t i = 0; i < block * D; ++i) k.f32()[b * block * D + i] = k.f32()[i];
   for (int64_t d = 0; d < D; ++d) q.f32()[33 * D + d] = 0.f;
-  for (int64_t topk : {1, 2, 3})
+  for (int64_t topk : {1, 2, 3, 9})  // (9: the 16-list for the last blocks)
     expect_block_topk_matches_cpu(q, k, block, topk);
   // The attention over them too.
   Case c = random_case(T, D, rng);
@@ -226,7 +227,7 @@ TEST(SparseAttentionRows, BlockTopkNanScoresRankLast) {
   Tensor q = testing::randn({T, D}, rng), k = testing::randn({T, D}, rng);
   q.f32()[30 * D + 1] = NAN;  // every score of query 30
   k.f32()[2 * block * D] = NAN;  // block 2's mean: NaN for every query
-  for (int64_t topk : {1, 2, 3}) {
+  for (int64_t topk : {1, 2, 3, 9}) {
     expect_block_topk_matches_cpu(q, k, block, topk);
     std::vector<int64_t> off;
     std::vector<int32_t> idx;
