@@ -216,6 +216,26 @@ TEST(SparseAttentionRows, BlockTopkTiesGoToTheLowerBlock) {
   expect_matches_reference(c, device_block_topk(q, k, block, 2, off, idx));
 }
 
+// Many exact ties in every path (the 8-list, the 16-list, the rounds): head
+// dim 1, keys constant over each block from {-1, 0, 1} (exact means), queries
+// from {-1, 0, 1, 2} with a zero and a NaN query late and one NaN block
+// mean, so the 8th and 16th places tie (the list's fast path), -inf scores
+// tie with each other and rank before the list's sentinels, and own up to 19
+// blocks lets top 1..17 choose among them.
+TEST(SparseAttentionRows, BlockTopkTiesInEveryList) {
+  const int64_t T = 80, block = 4;
+  Tensor q = testing::zeros({T, 1}), k = testing::zeros({T, 1});
+  const float qv[] = {-1.f, 0.f, 1.f, 2.f, 1.f, -1.f, 2.f};
+  for (int64_t t = 0; t < T; ++t) {
+    q.f32()[t] = qv[t % 7];
+    k.f32()[t] = static_cast<float>((t / block * 5) % 3) - 1.f;  // block b's keys: one of -1, 0, 1
+  }
+  q.f32()[74] = 0.f;   // a zero query: every score 0
+  q.f32()[77] = NAN;   // a NaN query: every score NaN (-inf)
+  k.f32()[6 * block] = NAN;  // block 6's mean: NaN for every query
+  for (int64_t topk : {1, 3, 8, 9, 16, 17}) expect_block_topk_matches_cpu(q, k, block, topk);
+}
+
 // NaN scores rank last, as -inf: a NaN query still gets exactly keep blocks
 // (the lowest), every slot of its key set written and in range, the CPU's
 // choice; one NaN block mean ranks below every number. Before the rule the

@@ -247,7 +247,8 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q_in, const Tensor& k_in, int
   ks.off = Tensor::empty({T + 1}, DType::i64, ctx);
   ks.idx = Tensor::empty({sparse::block_topk_offset(T, block, topk)}, DType::i32, ctx);
   // The scores once, in tiles, where they fit (D <= 128, up to 2^28 of them:
-  // 1 GiB); else each query computes its own (the rounds recompute them).
+  // 1 GiB); else each query computes its own (once each up to 16 kept
+  // blocks; past that the rounds recompute them).
   Tensor scores;
   if (D <= kScoreMaxD && T > 0 && nb * T <= (int64_t{1} << 28)) {
     scores = Tensor::empty({nb * T}, DType::f32, ctx);
