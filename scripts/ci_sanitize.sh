@@ -39,6 +39,8 @@ cd "$BUILD"
 SKIP=(
   loss_baseline           # loss curves vs a baseline: Transformer.* and Trainer.* run the same steps
   parallel_equivalence    # EP=4/EP=2 losses vs one rank's: ExpertParallel.* (comm_test) run the sharded layer
+  parallel_equivalence_bf16  # the same runs in bf16: ExpertParallel.* and the bf16 unit tests (ExpertFfn*, MoeLayer.*)
+  micro_batches           # loss curves with micro-batches: Trainer.BalanceBiasMovesOnceAStep runs them in-process
   plot_metrics_dashboard  # gnuplot pages from metrics files: Python and gnuplot, not our C++
   bench_ops_smoke         # a timing loop over the ops that ops_test and backend_ops_test run
   bench_attention_smoke   # a timing loop over the attention ops that routed_attention_test runs
