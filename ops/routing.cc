@@ -82,30 +82,34 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   SY_DISPATCH(ctx, tokens_choose, ctx, r, probs, p);
 }
 
-void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
-                          const TokensChooseParams& p) {
+namespace {
+// The gating's logits and the probabilities it writes from them, with p.
+void check_gating(Ctx& ctx, const Tensor& probs, const Tensor& logits, const TokensChooseParams& p, const char* op) {
   check_matrix(logits, "router logits");
   check_shape(probs, logits.shape(), "router probs");
   check_dtype(probs, DType::f32, "router probs");
-  check_tokens_choose(ctx, logits, p, "tokens_choose_logits");
-  check_device(ctx, "tokens_choose_logits", {&probs});
+  check_tokens_choose(ctx, logits, p, op);
+  check_device(ctx, op, {&probs});
+}
+}  // namespace
+
+void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
+                          const TokensChooseParams& p) {
+  check_gating(ctx, probs, logits, p, "tokens_choose_logits");
   SY_DISPATCH(ctx, tokens_choose_logits, ctx, r, probs, logits, fn, p);
 }
 
 void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
                  const TokensChooseParams& p) {
-  check_matrix(logits, "router logits");
-  check_shape(probs, logits.shape(), "router probs");
-  check_dtype(probs, DType::f32, "router probs");
   TokensChooseParams choice = p;  // (capacity, dropless, priority and padded are not read)
   choice.padded = choice.dropless = false;
-  check_tokens_choose(ctx, logits, choice, "tokens_gate");
+  check_gating(ctx, probs, logits, choice, "tokens_gate");
   const int64_t n = logits.dim(0) * p.k;
   check_dtype(group, DType::i32, "gate groups");
   check_shape(group, {n}, "gate groups");
   check_dtype(weight, DType::f32, "gate weights");
   check_shape(weight, {n}, "gate weights");
-  check_device(ctx, "tokens_gate", {&probs, &group, &weight});
+  check_device(ctx, "tokens_gate", {&group, &weight});
   SY_DISPATCH(ctx, tokens_gate, ctx, group, weight, probs, logits, fn, p);
 }
 

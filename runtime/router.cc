@@ -172,22 +172,22 @@ void Router::losses_and_stats(int64_t N) {
     // micro-batch of a step routes with the bias one pass would have used.
     const Tensor load = clean ? totals_.rows(S, S + G_) : totals_.rows(0, G_);  // the chosen counts
     // Row m is micro-batch m's (its last forward's, should one run twice);
-    // a row no forward wrote stays zero.
-    if (loads_ == 0) step_load_ = Tensor::zeros({micros_, G_}, DType::f64, ctx_);
+    // a row no forward wrote stays zero (it adds nothing to the sum).
+    if (!load_recorded_) step_load_ = Tensor::zeros({micros_, G_}, DType::f64, ctx_);
     SY_CHECK(step_load_.dim(0) == micros_ && micro_ < micros_,
              name_ << ": micro-batch " << micro_ << " of " << micros_ << " in a step begun with "
                    << step_load_.dim(0) << " micro-batches");
     Tensor row = step_load_.rows(micro_, micro_ + 1).reshape({G_});
     row.copy_from(load, ctx_);
-    loads_ = std::max(loads_, micro_ + 1);
+    load_recorded_ = true;
   }
   stats_read_ = false;
 }
 
 void Router::end_step() {
-  if (loads_ == 0) return;  // no training forward this step (or no balancing)
-  ops::update_balance_bias(ctx_, bias_, step_load_.rows(0, loads_), cfg_.bias_balance_rate());
-  loads_ = 0;
+  if (!load_recorded_) return;  // no training forward this step (or no balancing)
+  ops::update_balance_bias(ctx_, bias_, step_load_, cfg_.bias_balance_rate());
+  load_recorded_ = false;
 }
 
 const RoutingStats& Router::stats() const {

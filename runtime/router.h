@@ -75,7 +75,7 @@ class Router {
   // step run again) starts with no load recorded for the balancing bias.
   void set_step(int64_t step) {
     step_ = static_cast<uint32_t>(step);
-    loads_ = 0;
+    load_recorded_ = false;
   }
   // After a step's micro-batches (Transformer::end_step): the balancing bias
   // moves once, on the load of all of them (moe.bias_balance_rate).
@@ -116,8 +116,8 @@ class Router {
   int micro_ = 0, micros_ = 1;  // set_micro_batch
   // The chosen counts of the step's training forwards so far, row m micro-batch
   // m's (all-reduced): the balancing bias's load at end_step.
-  Tensor step_load_;  // (micros_, G) f64 from the step's first training forward
-  int loads_ = 0;     // rows [0, loads_) hold the step's load; 0: none recorded
+  Tensor step_load_;            // (micros_, G) f64, zeroed at the step's first training forward
+  bool load_recorded_ = false;  // step_load_ holds this step's load
   int64_t seq_len_ = 0;
   bool training_ = true;
   // saved for backward

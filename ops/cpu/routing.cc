@@ -87,7 +87,7 @@ std::vector<int64_t> argsort_desc(const std::vector<float>& key) {
 }
 
 // Policy 1's choice: each item's top-k groups (group, weight: N*k) and the
-// p of its first choice (top_score: N), from probs (N, G).
+// p of its first choice (top_score: N, or null), from probs (N, G).
 void choose_top_k(const Tensor& probs, const TokensChooseParams& p, int32_t* group, float* weight,
                   float* top_score) {
   const int64_t N = probs.dim(0), G = probs.dim(1), k = p.k;
@@ -118,7 +118,7 @@ void choose_top_k(const Tensor& probs, const TokensChooseParams& p, int32_t* gro
     }
     if (p.renormalize && wsum > 0)
       for (int64_t j = 0; j < k; ++j) weight[i * k + j] /= wsum;
-    top_score[i] = pi[idx[0]];
+    if (top_score) top_score[i] = pi[idx[0]];
   }
 }
 
@@ -134,8 +134,7 @@ void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logit
 void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
                  const TokensChooseParams& p) {
   cpu::router_scores(ctx, probs, logits, fn);
-  std::vector<float> top_score(probs.dim(0));
-  choose_top_k(probs, p, group.data<int32_t>(), weight.f32(), top_score.data());
+  choose_top_k(probs, p, group.data<int32_t>(), weight.f32(), /*top_score=*/nullptr);
 }
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
