@@ -121,8 +121,27 @@ MPI_Datatype mpi_type(DType t, bool sum, const char* context) {
   return MPI_BYTE;
 }
 
-// A host tensor with t's contents: t itself on the host, else a staged copy.
-Tensor on_host(const Tensor& t) { return t.device().is_cpu() ? t : t.to(host_ctx()); }
+// Device tensors are staged through host memory, the copies ordered on the
+// caller's stream and waited for: the copy out after the work queued there so
+// far (its writers), not after the whole device's (the gradient reducer's
+// thread stages a bucket on its own stream while backward's kernels go on);
+// on no stream, after the whole device's (core/tensor.cc).
+Ctx staging(Stream stream) {
+  Ctx c = host_ctx();
+  c.stream = stream;
+  return c;
+}
+// t itself on the host, else its contents copied there.
+Tensor on_host(const Tensor& t, Stream stream) {
+  if (t.device().is_cpu()) return t;
+  Tensor h = Tensor::empty(t.shape(), t.dtype(), host_ctx());
+  h.copy_from(t, staging(stream));
+  return h;
+}
+// The collective's result h back into t (nothing when t is h, on the host).
+void from_host(Tensor& t, const Tensor& h, Stream stream) {
+  if (!t.device().is_cpu()) t.copy_from(h, staging(stream));
+}
 
 // Elements per row of dim 0.
 int64_t row_elems(const Tensor& t) { return t.ndim() == 0 || t.dim(0) == 0 ? 0 : t.numel() / t.dim(0); }
@@ -177,7 +196,7 @@ void MpiCommunicator::all_to_all_counts(const std::vector<int64_t>& send, std::v
 }
 
 void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
-                                   const std::vector<int64_t>& recv_rows, Stream, const char* context) {
+                                   const std::vector<int64_t>& recv_rows, Stream stream, const char* context) {
   SY_CHECK(static_cast<int>(send_rows.size()) == size_ && static_cast<int>(recv_rows.size()) == size_,
            "all_to_all_v in '" << context << "': " << send_rows.size() << " send and " << recv_rows.size()
                                << " recv counts for a group of " << size_);
@@ -195,30 +214,30 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
   to_mpi(sc, scratch_[0], scratch_[1]);
   to_mpi(rc, scratch_[2], scratch_[3]);
   const MPI_Datatype type = mpi_type(send.dtype(), false, context);
-  const Tensor hs = on_host(send);
+  const Tensor hs = on_host(send, stream);
   Tensor hr = recv.device().is_cpu() ? recv : Tensor::empty(recv.shape(), recv.dtype(), host_ctx());
   guarded("all_to_all_v", context, [&] {
     return MPI_Alltoallv(hs.raw(), scratch_[0].data(), scratch_[1].data(), type, hr.raw(), scratch_[2].data(),
                          scratch_[3].data(), type, comm_);
   });
-  if (!recv.device().is_cpu()) recv.copy_from(hr, host_ctx());
+  from_host(recv, hr, stream);
 }
 
-void MpiCommunicator::all_reduce_sum(Tensor& t, Stream, const char* context) {
+void MpiCommunicator::all_reduce_sum(Tensor& t, Stream stream, const char* context) {
   const MPI_Datatype type = mpi_type(t.dtype(), true, context);
   SY_CHECK(t.numel() <= INT32_MAX, "all_reduce in '" << context << "': " << t.numel() << " elements");
-  Tensor h = on_host(t);
+  Tensor h = on_host(t, stream);
   guarded("all_reduce", context,
           [&] { return MPI_Allreduce(MPI_IN_PLACE, h.raw(), static_cast<int>(t.numel()), type, MPI_SUM, comm_); });
-  if (!t.device().is_cpu()) t.copy_from(h, host_ctx());
+  from_host(t, h, stream);
 }
 
-void MpiCommunicator::broadcast(Tensor& t, int root, Stream, const char* context) {
+void MpiCommunicator::broadcast(Tensor& t, int root, Stream stream, const char* context) {
   SY_CHECK(t.nbytes() <= INT32_MAX, "broadcast in '" << context << "': " << t.nbytes() << " bytes");
-  Tensor h = on_host(t);
+  Tensor h = on_host(t, stream);
   guarded("broadcast", context,
           [&] { return MPI_Bcast(h.raw(), static_cast<int>(t.nbytes()), MPI_BYTE, root, comm_); });
-  if (!t.device().is_cpu()) t.copy_from(h, host_ctx());
+  from_host(t, h, stream);
 }
 
 void MpiCommunicator::barrier(const char* context) {

@@ -7,7 +7,8 @@
 // exits with status 1, which makes mpirun end the whole job. A blocked MPI
 // call cannot be interrupted to throw, which is why this one path exits
 // rather than throwing. Device tensors are staged through host memory, so
-// several ranks can share one GPU (NCCL refuses that).
+// several ranks can share one GPU (NCCL refuses that); the copies are
+// ordered on the caller's stream (on none: after the whole device's work).
 #pragma once
 #include <mpi.h>
 

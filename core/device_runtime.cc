@@ -195,6 +195,25 @@ void use_device(const Ctx& ctx) {
   if (!ctx.device.is_cpu()) CUDA_CHECK(cudaSetDevice(ctx.device.index));
 }
 
+StreamMark::~StreamMark() {
+  if (event_) cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+}
+
+void StreamMark::record(const Ctx& ctx) {
+  if (ctx.device.is_cpu()) return;
+  if (!event_) {
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    event_ = e;
+  }
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(ctx.stream.handle)));
+  recorded_ = true;
+}
+
+void StreamMark::wait_host() {
+  if (recorded_) CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)));
+}
+
 StreamLag::~StreamLag() {
   if (first_) cudaEventDestroy(static_cast<cudaEvent_t>(first_));
   if (second_) cudaEventDestroy(static_cast<cudaEvent_t>(second_));
@@ -242,6 +261,11 @@ SideStream::SideStream(const Ctx& ctx) : ctx_(ctx) {
 SideStream::~SideStream() = default;
 void stream_wait(const Ctx&, const Ctx&) {}
 void use_device(const Ctx&) {}
+StreamMark::~StreamMark() = default;
+void StreamMark::record(const Ctx& ctx) {
+  if (!ctx.device.is_cpu()) throw BackendError("StreamMark: this build of Switchyard has no CUDA backend");
+}
+void StreamMark::wait_host() {}
 StreamLag::~StreamLag() = default;
 void StreamLag::mark(const Ctx&, const Ctx&) {}
 double StreamLag::last_ms() { return 0; }

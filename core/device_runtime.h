@@ -73,6 +73,26 @@ class StreamLag {
   bool marked_ = false;
 };
 
+// A point in one stream's work that another thread can wait for (RAII over
+// a CUDA event, reusable): record(ctx) marks what ctx's stream has queued so
+// far; wait_host() blocks the calling thread until that work is done. The
+// gradient reducer's MPI thread waits this way for a bucket's gradients only,
+// not for the whole device (backward's later kernels go on). Nothing on the
+// host (record and wait return at once).
+class StreamMark {
+ public:
+  StreamMark() = default;
+  ~StreamMark();
+  StreamMark(const StreamMark&) = delete;
+  StreamMark& operator=(const StreamMark&) = delete;
+  void record(const Ctx& ctx);
+  void wait_host();
+
+ private:
+  void* event_ = nullptr;  // cudaEvent_t, created at the first device record
+  bool recorded_ = false;
+};
+
 // Makes ctx's device the current one of the calling thread (a thread other
 // than the runtime's own, which CUDA starts on device 0). Nothing on the host.
 void use_device(const Ctx& ctx);

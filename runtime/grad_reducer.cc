@@ -36,8 +36,12 @@ GradientReducer::GradientReducer(Ctx& ctx, ParamStore& params, ParallelContext& 
     }
   }
   if (end >= 0) buckets_.emplace_back(begin, end);
-  if (mode_ == Mode::stream) side_ = std::make_unique<SideStream>(ctx_);
-  if (mode_ == Mode::thread) thread_ = std::thread([this] { worker(); });
+  if (mode_ == Mode::stream || (mode_ == Mode::thread && !ctx.device.is_cpu()))
+    side_ = std::make_unique<SideStream>(ctx_);
+  if (mode_ == Mode::thread) {
+    marks_ = std::make_unique<StreamMark[]>(buckets_.size());
+    thread_ = std::thread([this] { worker(); });
+  }
 }
 
 GradientReducer::~GradientReducer() {
@@ -57,8 +61,9 @@ void GradientReducer::reduce(std::pair<int64_t, int64_t> range, comm::Communicat
 }
 
 void GradientReducer::worker() {
-  // A new thread starts on device 0: the rank's own device first (MPI stages
-  // device tensors, and scale runs on ctx_'s stream).
+  // A new thread starts on device 0: the rank's own device first (it waits
+  // for the compute stream's events, MPI stages device tensors, and scale
+  // runs on the second stream).
   try {
     use_device(ctx_);
   } catch (...) {
@@ -66,29 +71,34 @@ void GradientReducer::worker() {
     failed_ = std::current_exception();
   }
   for (;;) {
-    std::pair<int64_t, int64_t> range;
+    size_t i;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;
-      range = queue_.front();
+      i = queue_.front();
       queue_.pop_front();
     }
-    const double t0 = now_s();
+    double busy = 0;
     try {
       bool skip;
       {
         std::lock_guard<std::mutex> lock(mu_);
         skip = failed_ != nullptr;  // after a failure: drain the queue, reduce nothing
       }
-      if (!skip) reduce(range, *par_.grads, ctx_, "dense gradients");
+      if (!skip) {
+        marks_[i].wait_host();  // the bucket's gradients are written (on the host: at once)
+        const double t0 = now_s();
+        reduce(buckets_[i], *par_.grads, side_ ? side_->ctx() : ctx_, "dense gradients");
+        busy = now_s() - t0;
+      }
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
       if (!failed_) failed_ = std::current_exception();
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      busy_s_ += now_s() - t0;
+      busy_s_ += busy;
       --in_flight_;
     }
     cv_.notify_all();
@@ -112,7 +122,8 @@ void GradientReducer::ready(int64_t offset) {
   if (mode_ != Mode::thread) return;
   std::lock_guard<std::mutex> lock(mu_);
   for (; launched_ < buckets_.size() && buckets_[launched_].first >= offset; ++launched_) {
-    queue_.push_back(buckets_[launched_]);
+    marks_[launched_].record(ctx_);  // its gradients: the compute stream's work so far
+    queue_.push_back(launched_);
     ++in_flight_;
   }
   cv_.notify_all();
@@ -137,6 +148,7 @@ ReduceTimes GradientReducer::finish() {
     t.exposed_s = now_s() - w0;
     t.all_reduce_s = busy_s_;
     if (failed_) std::rethrow_exception(failed_);
+    if (side_) stream_wait(ctx_, side_->ctx());  // the optimizer after the buckets' scale
   } else {
     const double t0 = now_s();
     for (const auto& b : buckets_) reduce(b, *par_.world, ctx_, "dense gradients");

@@ -9,7 +9,12 @@
 //            all-reduced in place on its own communicator
 //            (ParallelContext::grads) while backward goes on:
 //              thread mode (MPI, blocking collectives): by the reducer's
-//                thread, while the main thread runs backward;
+//                thread, while the main thread runs backward; on a GPU the
+//                thread waits for an event ready() recorded on the compute
+//                stream (that bucket's gradients, not the whole device's
+//                work: backward's later kernels go on) and stages the bucket
+//                through the host on a second stream, where its scale runs
+//                too; the compute stream waits for that stream in finish();
 //              stream mode (NCCL on a GPU, stream-ordered collectives): by
 //                the main thread, queued on a second stream after the
 //                compute stream's work so far, so the collective's kernels
@@ -78,16 +83,20 @@ class GradientReducer {
   ParallelContext& par_;
   Mode mode_ = Mode::none;
   float scale_;
-  // Stream mode: the second stream, and the lag of its last bucket behind backward.
+  // Stream mode, and thread mode on a GPU: the second stream. Stream mode:
+  // the lag of its last bucket behind backward.
   std::unique_ptr<SideStream> side_;
   StreamLag lag_;
   double grads_seconds_ = 0;  // the grads communicator's comm_seconds() at the last finish()
   std::vector<std::pair<int64_t, int64_t>> buckets_;  // [begin, end), descending
   size_t launched_ = 0;  // buckets handed out this step
-  // The thread's queue.
+  // Thread mode: where each bucket's gradients are written on the compute
+  // stream (recorded by ready(), waited for by the thread), and its queue of
+  // bucket indices.
+  std::unique_ptr<StreamMark[]> marks_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::pair<int64_t, int64_t>> queue_;
+  std::deque<size_t> queue_;
   int64_t in_flight_ = 0;
   double busy_s_ = 0;
   bool stop_ = false;

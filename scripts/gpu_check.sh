@@ -18,7 +18,8 @@
 #                   mfu    switch_gpu for 30 steps in one run: MFU, tokens/s, device memory (steps
 #                          11-20); steps 26-30 with --op-profile (each op's time by CUDA events);
 #                          then batch 64 in 4 micro-batches (the optimizer's share); a rerun, bit for bit
-#                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks), EP on the GPU, a failing rank,
+#                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks; MPI on device tensors,
+#                          2 ranks), EP on the GPU, a failing rank,
 #                          bench_comm --nccl (our all_to_all_v beside ncclAlltoAll, 1 and 2 ranks)
 #                   scale  issue 19's measurements on this machine's cores and GPU: the share of the
 #                          gradient all-reduce hidden at 4 CPU ranks (scripts/bench/grad_overlap.py);
@@ -290,6 +291,10 @@ if want comm; then
   summary "comm: bench_comm --nccl -np 1 rc $rc: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np1.log" | awk '{print $1":"$8" (wrong "$9"/"$10")"}' | tr '\n' ' ')"
   run_limited conformance_np1 45 "${M[@]}" -np 1 $B/communicator_conformance_test || status=1
   summary "comm: conformance -np 1: $(gtest_line conformance_np1)"
+  # MPI on device tensors at 2 ranks sharing the GPU: the gradient reducer's
+  # thread waits for each bucket's event and stages it on its own stream.
+  run_limited conformance_mpi_device_np2 60 "${M[@]}" -np 2 $B/communicator_conformance_test --gtest_filter='*mpi_device*' || status=1
+  summary "comm: conformance, MPI on device tensors, -np 2: $(gtest_line conformance_mpi_device_np2)"
   run_limited nccl_np2 60 "${M[@]}" -np 2 -x SY_NCCL_SHARED_GPU=1 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo -x NCCL_IB_DISABLE=1 \
     bash -c 'NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK exec '"$B"'/communicator_conformance_test --gtest_filter="*nccl*"'
   summary "comm: NCCL 2 ranks on one GPU (not fatal): $(gtest_line nccl_np2)"

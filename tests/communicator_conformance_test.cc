@@ -182,8 +182,13 @@ TEST_P(Conformance, CountsAndSubGroups) {
 
 // Dense buckets averaged over the world while "backward" goes on, expert
 // gradients over their replicas, overlapped and not, on this backend's
-// tensors: exact means of small integers. Between ready() calls the compute
-// stream gets more work (a scale of a scratch tensor), as backward would.
+// tensors: exact means of small integers. On a device each parameter's
+// gradient is written by a copy queued on the compute stream behind 1 GiB
+// of memory traffic (scales of a scratch tensor), as backward
+// writes it, and ready() comes while it is still queued: a reducer that reads
+// a bucket before the compute stream's work up to ready() reduces the -1s
+// still there (the MPI thread waits for ready()'s event, NCCL's second
+// stream for the compute stream).
 TEST_P(Conformance, GradientReducerAveragesOverlappedOrNot) {
   const int W = comm().size(), R = comm().rank();
   if (W < 2) GTEST_SKIP() << "one rank: nothing to reduce";
@@ -203,17 +208,19 @@ TEST_P(Conformance, GradientReducerAveragesOverlappedOrNot) {
     ps.finalize(ctx());
     GradientReducer reducer(ctx(), ps, *par, 64, overlap);
     if (overlap && GetParam() == Backend::nccl) EXPECT_EQ(reducer.mode(), GradientReducer::Mode::stream);
-    Tensor busy = make({1 << 16}, DType::f32, [](int64_t i) { return static_cast<double>(i % 7); });
+    const bool device = !ctx().device.is_cpu();
+    Tensor busy = make({device ? 1 << 24 : 1 << 16}, DType::f32, [](int64_t i) { return static_cast<double>(i % 7); });
+    auto grad_of = [&](Param* p) { return make(p->grad.shape(), DType::f32, [&](int64_t i) { return (R + 1) * (i + 1.0); }); };
+    std::vector<Tensor> values;
+    for (Param* p : dense) values.push_back(grad_of(p));
     for (int step = 0; step < 2; ++step) {
-      auto fill = [&](Param* p) {
-        p->grad.copy_from(make(p->grad.shape(), DType::f32, [&](int64_t i) { return (R + 1) * (i + 1.0); }), ctx());
-      };
       for (Param* p : ps.all()) p->grad.copy_from(make(p->grad.shape(), DType::f32, [](int64_t) { return -1.0; }), ctx());
       reducer.begin();
-      fill(e);
-      for (auto it = dense.rbegin(); it != dense.rend(); ++it) {
-        fill(*it);
-        reducer.ready((*it)->offset);
+      e->grad.copy_from(grad_of(e), ctx());
+      for (int i = static_cast<int>(dense.size()) - 1; i >= 0; --i) {
+        for (int r = 0; r < (device ? 8 : 1); ++r) ops::scale(ctx(), busy, 1.f);  // (64 MiB read and written a time)
+        dense[i]->grad.copy_from(values[i], ctx());  // (device to device: queued, the host does not wait)
+        reducer.ready(dense[i]->offset);
         ops::scale(ctx(), busy, 1.f);  // more compute-stream work behind the launched buckets
         // (a bucket launched too early would reduce the -1s still there;
         // a moment for the thread mode's reducer to run now)
