@@ -9,7 +9,7 @@
 // backend can add), on the host or a device; work is ordered on `stream`
 // (NCCL) or done before the call returns (MPI, which stages device tensors
 // through host memory, the copies ordered on `stream`: after the work queued
-// there so far, which must have written them). all_to_all_v moves rows of
+// there so far; their writers must be queued there or already done). all_to_all_v moves rows of
 // dim 0: send_rows[r] consecutive rows go to rank r, in rank order (as the
 // group-major MoE buffer lays them out), recv_rows[r] arrive from rank r.
 #pragma once

@@ -123,9 +123,10 @@ MPI_Datatype mpi_type(DType t, bool sum, const char* context) {
 
 // Device tensors are staged through host memory, the copies ordered on the
 // caller's stream and waited for: the copy out after the work queued there so
-// far (its writers), not after the whole device's (the gradient reducer's
-// thread stages a bucket on its own stream while backward's kernels go on);
-// on no stream, after the whole device's (core/tensor.cc).
+// far, not after the whole device's (the tensor's writers are queued there or
+// already done: the gradient reducer's thread waits for a bucket's event, then
+// stages it on its own stream while backward's kernels go on); on no stream,
+// after the whole device's (core/tensor.cc).
 Ctx staging(Stream stream) {
   Ctx c = host_ctx();
   c.stream = stream;

@@ -182,6 +182,10 @@ SideStream::~SideStream() {
   cudaStreamDestroy(static_cast<cudaStream_t>(ctx_.stream.handle));
 }
 
+void SideStream::synchronize() {
+  if (!ctx_.device.is_cpu()) CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(ctx_.stream.handle)));
+}
+
 void stream_wait(const Ctx& waiter, const Ctx& after) {
   if (waiter.device.is_cpu() || waiter.stream.handle == after.stream.handle) return;
   cudaEvent_t e;
@@ -203,7 +207,8 @@ void StreamMark::record(const Ctx& ctx) {
   if (ctx.device.is_cpu()) return;
   if (!event_) {
     cudaEvent_t e;
-    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    // (a waiting thread sleeps rather than spins: ranks sharing the cores)
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventBlockingSync));
     event_ = e;
   }
   CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(ctx.stream.handle)));
@@ -259,6 +264,7 @@ SideStream::SideStream(const Ctx& ctx) : ctx_(ctx) {
   if (!ctx.device.is_cpu()) throw BackendError("SideStream: this build of Switchyard has no CUDA backend");
 }
 SideStream::~SideStream() = default;
+void SideStream::synchronize() {}
 void stream_wait(const Ctx&, const Ctx&) {}
 void use_device(const Ctx&) {}
 StreamMark::~StreamMark() = default;

@@ -44,6 +44,8 @@ class SideStream {
   SideStream(const SideStream&) = delete;
   SideStream& operator=(const SideStream&) = delete;
   Ctx& ctx() { return ctx_; }
+  // Blocks until the work queued on this stream is done (nothing on the host).
+  void synchronize();
 
  private:
   Ctx ctx_;

@@ -90,6 +90,7 @@ void GradientReducer::worker() {
         marks_[i].wait_host();  // the bucket's gradients are written (on the host: at once)
         const double t0 = now_s();
         reduce(buckets_[i], *par_.grads, side_ ? side_->ctx() : ctx_, "dense gradients");
+        if (side_) side_->synchronize();  // its scale done too: nothing pending once finish() wakes
         busy = now_s() - t0;
       }
     } catch (...) {

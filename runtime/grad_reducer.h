@@ -14,7 +14,8 @@
 //                stream (that bucket's gradients, not the whole device's
 //                work: backward's later kernels go on) and stages the bucket
 //                through the host on a second stream, where its scale runs
-//                too; the compute stream waits for that stream in finish();
+//                too, waited for by the thread (the compute stream also
+//                waits for that stream in finish());
 //              stream mode (NCCL on a GPU, stream-ordered collectives): by
 //                the main thread, queued on a second stream after the
 //                compute stream's work so far, so the collective's kernels

@@ -277,7 +277,8 @@ print(f"losses identical at {len(same)}/{len(runs[0])} logged steps:", {s: (runs
 ' "$LOG/switch_gpu.jsonl" "$LOG/switch_gpu_rerun.jsonl" 2>&1 | tail -1 | cut -c1-400)"
 fi
 
-# 6. Issue 19: the conformance suite with a 1-rank NCCL communicator; NCCL
+# 6. Issue 19: the conformance suite with a 1-rank NCCL communicator, and
+# over MPI on device tensors at 2 ranks (the reducer's thread on the GPU); NCCL
 # with 2 ranks on the one GPU (unsupported by NVIDIA: each process its own
 # NCCL_HOSTID, sockets over loopback; reported, never fatal); expert
 # parallelism on the GPU through MPI (ranks share the GPU): EP=4 and EP=2 on
