@@ -28,7 +28,10 @@
 // Backward (per expert, act and the activation's derivative recomputed from
 // pre): the matmul and activation backwards; dbuf and every weight gradient
 // accumulate, or dbuf is written (dbuf_accumulate false: every row belongs to
-// one expert, so a fresh dbuf needs no zero fill and its GEMMs no read of it).
+// one expert, so a fresh dbuf needs no zero fill and its GEMMs no read of it),
+// and so are the weight and bias gradients with grads_accumulate false (all
+// of them: an expert without rows gets zeros), the first backward of a step
+// (ParamStore::zero_grad leaves them unwritten, not zero-filled).
 // GELU experts compute exactly what they did before SWIGLU was added.
 //
 // bf16 mode (w1_bf16 and w2_bf16 given: the weights' bf16 shadows): every
@@ -129,6 +132,7 @@ struct ExpertFfnBackwardArgs {
   ExpertWeights w;
   const Tensor* act_bf16 = nullptr;  // bf16 mode (optional): the forward's act_bf16
   bool dbuf_accumulate = true;       // false: dbuf is written, not added to
+  bool grads_accumulate = true;      // false: dw is written (every element), not added to
 };
 
 void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a);

@@ -61,9 +61,19 @@ Tensor GroupedExperts::backward(const Tensor& dout) {
   // Written by the experts' GEMMs, every row (no zero fill); f32 even where buf_ is bf16.
   Tensor dbuf = Tensor::empty(buf_.shape(), DType::f32, ctx_);
   Tensor no_db1, no_db2;
-  ops::expert_ffn_backward(ctx_, {dbuf, {w1_->grad, b1_ ? b1_->grad : no_db1, w2_->grad, b2_ ? b2_->grad : no_db2},
+  // The step's first backward writes the weight gradients (ParamStore::zero_grad
+  // left them unwritten, not zero-filled); later ones (micro-batches) add.
+  std::vector<Param*> mine{w1_, w2_};
+  if (b1_) mine.push_back(b1_), mine.push_back(b2_);
+  for (Param* p : mine)
+    SY_CHECK(p->grad_unwritten == w1_->grad_unwritten, p->name << "'s gradient is " << (p->grad_unwritten ? "un" : "")
+                                                              << "written, " << w1_->name << "'s not");
+  ops::ExpertFfnBackwardArgs args{dbuf, {w1_->grad, b1_ ? b1_->grad : no_db1, w2_->grad, b2_ ? b2_->grad : no_db2},
                                   dout, buf_, pre_, offsets_, layout_, weights(),
-                                  act16_.defined() ? &act16_ : nullptr, /*dbuf_accumulate=*/false});
+                                  act16_.defined() ? &act16_ : nullptr, /*dbuf_accumulate=*/false};
+  args.grads_accumulate = !w1_->grad_unwritten;
+  ops::expert_ffn_backward(ctx_, args);
+  for (Param* p : mine) p->grad_unwritten = false;
   return dbuf;
 }
 

@@ -320,6 +320,7 @@ void Transformer::backward(const std::function<void(int64_t)>& ready) {
   }
   Tensor no_wpe;
   ops::embedding_backward(ctx_, {wte_->grad, wpe_ ? wpe_->grad : no_wpe, dh, inputs_, T_});
+  params_.finish_grads(ctx_);  // (expert gradients no backward wrote: zeros)
   if (ready) ready(0);
 }
 

@@ -151,7 +151,17 @@ Param* ParamStore::find(const std::string& name) const {
 
 void ParamStore::zero_grad(Ctx& ctx) {
   SY_CHECK(finalized_, "zero_grad before finalize");
-  for (ParamArena& a : arenas_) a.grad.zero(ctx);
+  arena(ParamKind::dense).grad.zero(ctx);
+  for (auto& p : params_)
+    if (p->expert()) p->grad_unwritten = true;
+}
+
+void ParamStore::finish_grads(Ctx& ctx) {
+  for (auto& p : params_)
+    if (p->grad_unwritten) {
+      p->grad.zero(ctx);
+      p->grad_unwritten = false;
+    }
 }
 
 int64_t ParamStore::numel(ParamKind k) const {

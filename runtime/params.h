@@ -39,6 +39,10 @@ struct Param {
   bool decay = true;   // weight decay applies (matrices); false for biases, norms
   ParamKind kind = ParamKind::dense;  // expert: sharded under expert parallelism
   int64_t offset = 0;  // elements into its kind's arenas
+  // The gradient holds no value yet this step (ParamStore::zero_grad marks
+  // expert parameters so instead of filling them with zeros): the next
+  // backward writes it rather than adding to it, then clears the mark.
+  bool grad_unwritten = false;
   // The whole tensor is rows_total rows, stored one after the other, that
   // every expert-parallel size draws alike; this Param holds rows [row_begin,
   // row_begin + local_rows()) (an expert shard: a row is one expert's piece).
@@ -96,7 +100,16 @@ class ParamStore {
   Param* find(const std::string& name) const;
   const ParamArena& arena(ParamKind k) const { return arenas_[static_cast<int>(k)]; }
   ParamArena& arena(ParamKind k) { return arenas_[static_cast<int>(k)]; }
+  // Zeroes every gradient before a step's first backward: the dense arena
+  // is filled with zeros; expert parameters are marked grad_unwritten
+  // instead, and the experts' first backward writes their gradients (beta 0
+  // in the GEMMs, zeros for an expert without rows: ops/expert_ffn.h's
+  // grads_accumulate) rather than adding to a fill, so each expert gradient
+  // element is not written and read back once more a step (switch_gpu: 1.8
+  // G of them, ~14 GB). finish_grads() zero-fills those still unwritten (a
+  // layer whose backward did not run); Transformer::backward ends with it.
   void zero_grad(Ctx& ctx);
+  void finish_grads(Ctx& ctx);
   int64_t numel() const;
   // Elements of one kind added so far: the arena offset the next one gets.
   int64_t numel(ParamKind k) const;

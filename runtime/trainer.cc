@@ -304,6 +304,7 @@ StepResult Trainer::step(int64_t step) {
     ++bad_steps_;
     ++consecutive_bad_;
     params.zero_grad(ctx_);
+    params.finish_grads(ctx_);  // (really zeros: no non-finite gradient is left behind until the next step)
     put_back(model_, routing_before);
   } else {
     consecutive_bad_ = 0;

@@ -2160,6 +2160,60 @@ TEST_P(BackendOps, ExpertFfnBackwardWritesDbuf) {
     }
 }
 
+// grads_accumulate false (the step's first backward after ParamStore::zero_grad,
+// which leaves expert gradients unwritten): every weight and bias gradient is
+// written into NaN-poisoned tensors, equal to the gradients accumulated onto
+// zeros (bit for bit on the CPU; the same products on CUDA, where the GEMMs'
+// beta 0 may take another cuBLASLt algorithm: class F). An expert without
+// rows (packed: offsets 5, 5) and a backward with no rows at all get zeros.
+TEST_P(BackendOps, ExpertFfnBackwardWritesItsGradients) {
+  Ctx& x = ctx();
+  const bool cpu = GetParam() == DeviceKind::cpu;
+  for (const int kind : {0, 1, 2})  // equal experts, packed with an empty expert, no rows
+    for (const bool bf16 : {false, true}) {
+      SCOPED_TRACE(std::string(kind == 0 ? "equal experts" : kind == 1 ? "packed" : "no rows") + (bf16 ? ", bf16" : ", f32"));
+      const std::vector<int32_t> offset = kind == 0   ? std::vector<int32_t>{0, 6, 12, 18, 24}
+                                          : kind == 1 ? std::vector<int32_t>{0, 5, 5, 12, 20}
+                                                      : std::vector<int32_t>{0, 0, 0, 0, 0};
+      const ops::ExpertLayout layout(16, kind == 1 ? std::vector<int64_t>{6, 12, 3, 9} : std::vector<int64_t>{12, 12, 12, 12},
+                                     ops::FfnActivation::gelu);
+      const int64_t R = offset.back(), P = layout.total_width(), S = layout.total_hidden();
+      Rng rng(0x9d + R + bf16);
+      const Tensor buf = randn({R, 16}, rng).to(x), w1 = randn({16 * P}, rng, 0.3f).to(x),
+                   w2 = randn({S * 16}, rng, 0.3f).to(x), b1 = randn({P}, rng).to(x), b2 = randn({4, 16}, rng).to(x),
+                   dout = randn({R, 16}, rng).to(x);
+      Tensor w1_16 = out(x, w1.shape(), DType::bf16), w2_16 = out(x, w2.shape(), DType::bf16);
+      ops::to_bf16(x, w1_16, w1);
+      ops::to_bf16(x, w2_16, w2);
+      const ops::ExpertWeights w{w1, b1, w2, b2, bf16 ? &w1_16 : nullptr, bf16 ? &w2_16 : nullptr};
+      Tensor pre = out(x, {layout.pre_numel(offset)}), o = out(x, {R, 16});
+      ops::expert_ffn_forward(x, {o, pre, buf, offset, layout, w});
+      Tensor got[2][4];
+      for (int written = 0; written < 2; ++written) {
+        Tensor dbuf = out(x, {R, 16});
+        Tensor g[4] = {Tensor::zeros(w1.shape(), DType::f32, x), Tensor::zeros(b1.shape(), DType::f32, x),
+                       Tensor::zeros(w2.shape(), DType::f32, x), Tensor::zeros(b2.shape(), DType::f32, x)};
+        if (written)
+          for (Tensor& t : g) poison(t, x);
+        ops::ExpertFfnBackwardArgs args{dbuf, {g[0], g[1], g[2], g[3]}, dout, buf, pre, offset, layout, w, nullptr,
+                                        /*dbuf_accumulate=*/false};
+        args.grads_accumulate = written == 0;
+        ops::expert_ffn_backward(x, args);
+        for (int i = 0; i < 4; ++i) got[written][i] = g[i].to(host_ctx());
+      }
+      const char* names[4] = {"dw1", "db1", "dw2", "db2"};
+      for (int i = 0; i < 4; ++i) {
+        if (cpu || R == 0)
+          EXPECT_TRUE(bitwise_equal(got[0][i], got[1][i])) << names[i] << ": written differs from accumulated onto zeros";
+        else
+          EXPECT_LE(rel_l2(got[1][i], got[0][i]), 1e-5) << names[i] << ": written against accumulated onto zeros";
+      }
+      if (kind == 1)  // expert 1's blocks: exactly zero
+        for (int64_t e = layout.w1_offset(1); e < layout.w1_offset(2); ++e)
+          ASSERT_EQ(got[1][0].f32()[e], 0.f) << "dw1 of the expert without rows, element " << e;
+    }
+}
+
 // bf16 mode's dout may come bf16 (rounded by combine_backward): every
 // gradient bit for bit that of an f32 dout holding the same values (the
 // GEMMs read the same bf16 operand, db2 sums the same numbers in the same

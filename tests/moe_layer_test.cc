@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <memory>
 
 #include "cuda_fixture.h"
@@ -460,6 +461,54 @@ TEST(MoeLayer, PaddedEqualsPacked) {
       for (size_t j = 0; j < a.size(); ++j) num += (a[j] - b[j]) * double(a[j] - b[j]), den += double(a[j]) * a[j];
       EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-6) << "output " << i;
     }
+  }
+}
+
+// ParamStore::zero_grad leaves expert gradients unwritten (marked, not
+// zero-filled): the layer's next backward writes them, over whatever they
+// held (NaN here), and a second backward adds to them (micro-batches), so
+// one backward after zero_grad gives the same gradients whatever came before,
+// and two give twice them (to rounding: the second adds its rows one by one
+// onto the first's sums); finish_grads zero-fills the ones no backward wrote.
+TEST(MoeLayer, FirstBackwardAfterZeroGradWritesTheExpertGradients) {
+  Rng rng(41);
+  ParamStore ps;
+  MoeLayer moe(host_ctx(), ps, "m", 6, moe_config(4, 2), 7, rng, 0.4f, 0.4f, 7, nullptr, {});
+  ps.finalize(host_ctx());
+  randomize_biases(ps, rng);
+  const Tensor x = testing::randn({12, 6}, rng), R = testing::randn({12, 6}, rng);
+  auto grads = [&] {
+    std::vector<std::vector<float>> g;
+    for (Param* p : ps.all()) g.push_back(p->grad.to_vector<float>());
+    return g;
+  };
+  auto poison = [&] {
+    for (Param* p : ps.all()) p->grad.fill(std::numeric_limits<float>::quiet_NaN());
+  };
+  moe.forward(x);
+  ps.zero_grad(host_ctx());
+  moe.backward(R);
+  const auto once = grads();
+  int experts = 0;
+  for (Param* p : ps.all()) experts += p->expert();
+  ASSERT_GE(experts, 2) << "no expert parameters: the case would check nothing";
+  poison();
+  ps.zero_grad(host_ctx());
+  for (Param* p : ps.all()) EXPECT_EQ(p->grad_unwritten, p->expert()) << p->name;
+  moe.backward(R);
+  EXPECT_EQ(grads(), once) << "the first backward after zero_grad did not write the gradients over NaN";
+  moe.backward(R);
+  const auto twice = grads();
+  for (size_t i = 0; i < once.size(); ++i)
+    for (size_t j = 0; j < once[i].size(); ++j)
+      ASSERT_NEAR(twice[i][j], 2 * once[i][j], 1e-5 * (1 + std::fabs(once[i][j])))
+          << ps.all()[i]->name << " after a second backward, element " << j;
+  poison();
+  ps.zero_grad(host_ctx());
+  ps.finish_grads(host_ctx());  // (no backward ran)
+  for (Param* p : ps.all()) {
+    EXPECT_FALSE(p->grad_unwritten) << p->name;
+    for (float v : p->grad.to_vector<float>()) ASSERT_EQ(v, 0.f) << p->name;
   }
 }
 

@@ -85,6 +85,10 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const int64_t G = l.groups(), D = l.D;
   const bool swiglu = l.act == FfnActivation::swiglu, bias = a.w.b1.defined(), bf16 = a.w.w1_bf16 != nullptr;
   const bool pre16 = a.pre.dtype() == DType::bf16;
+  // Written gradients: zeros added to, the sums' bits (experts without rows keep the zeros).
+  if (!a.grads_accumulate)
+    for (Tensor* t : {&a.dw.w1, &a.dw.b1, &a.dw.w2, &a.dw.b2})
+      if (t->defined()) t->zero(ctx);
   int64_t p0 = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g], P = l.width(g);

@@ -95,9 +95,9 @@ void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
   gemm_into(ctx, g, C);
 }
 
-// C (k, n) += A^T B, A stored (rows, k), B (rows, n).
+// C (k, n) [+]= A^T B, A stored (rows, k), B (rows, n).
 void gemm_tn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, float* C,
-             const Batch& batch = {}) {
+             float beta, const Batch& batch = {}) {
   GemmArgs g;
   set_batch(g, batch);
   g.bf16 = bf16;
@@ -105,7 +105,7 @@ void gemm_tn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
   g.M = k, g.N = n, g.K = rows;
   g.A = A, g.lda = k;
   g.B = B, g.ldb = n;
-  g.beta = 1.f;
+  g.beta = beta;
   g.C = C, g.ldc = n;
   gemm(ctx, g);
 }
@@ -291,9 +291,22 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const ExpertLayout& l = a.layout;
   const int64_t G = l.groups(), D = l.D, R = a.buf.dim(0);
-  if (R == 0) return;
   const bool bf16 = a.w.w1_bf16 != nullptr;
   const bool bias = a.w.b1.defined();
+  const int64_t eq = equal_rows(l, a.offset);  // the strided-batched path when >= 0
+  // Written gradients (the step's first backward): the weight GEMMs write
+  // with beta 0; zeros where none writes (no rows at all, an expert without
+  // rows) and under the bias sums, which add (G (P + D) values: small).
+  const float dw_beta = a.grads_accumulate ? 1.f : 0.f;
+  if (!a.grads_accumulate) {
+    if (bias) a.dw.b1.zero(ctx), a.dw.b2.zero(ctx);
+    for (int64_t g = 0; g < G; ++g)
+      if (R == 0 || (eq < 0 && a.offset[g + 1] == a.offset[g])) {
+        block(a.dw.w1, l.w1_offset(g), D, l.width(g)).zero(ctx);
+        block(a.dw.w2, l.w2_offset(g), l.hidden[g], D).zero(ctx);
+      }
+  }
+  if (R == 0) return;
   // buf and act as the forward rounded them where it kept them (a bf16 buf,
   // act_bf16), else rounded (act recomputed from pre) here
   const Tensor buf_op = operand(ctx, bf16, a.buf),
@@ -305,18 +318,17 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const Tensor act_op = a.act_bf16 ? *a.act_bf16 : activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
   // dact as pre: bf16 where pre is (the GEMM writes it rounded), else f32
   Tensor dact = Tensor::empty({act_numel(l, a.offset)}, a.pre.dtype(), ctx);
-  const int64_t eq = equal_rows(l, a.offset);  // the strided-batched path when >= 0
   const int64_t P0 = l.width(0), H0 = l.hidden[0];
   if (eq >= 0) {  // offset[0] = 0
     gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact, 0.f, {G, eq * D, H0 * D, eq * H0, 0});
-    gemm_tn(ctx, bf16, eq, D, H0, at(act_op, 0), at(dout_op, 0), dw2, {G, eq * H0, eq * D, H0 * D, 0});
+    gemm_tn(ctx, bf16, eq, D, H0, at(act_op, 0), at(dout_op, 0), dw2, dw_beta, {G, eq * H0, eq * D, H0 * D, 0});
   }
   int64_t a0 = 0;
   for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n == 0) continue;
     gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dact, a0, n, H), 0.f);
-    gemm_tn(ctx, bf16, n, D, H, at(act_op, a0), at(dout_op, r0 * D), dw2 + l.w2_offset(g));
+    gemm_tn(ctx, bf16, n, D, H, at(act_op, a0), at(dout_op, r0 * D), dw2 + l.w2_offset(g), dw_beta);
     a0 += n * H;
   }
   // bf16 mode: the activation's backward writes dpre rounded, the operand
@@ -326,14 +338,14 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const float dbuf_beta = a.dbuf_accumulate ? 1.f : 0.f;  // (written: each row is one expert's)
   if (eq >= 0) {
     gemm_nt(ctx, bf16, eq, D, P0, at(dpre, 0), at(w1, 0), a.dbuf, dbuf_beta, {G, eq * P0, D * P0, eq * D, 0});
-    gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre, 0), dw1, {G, eq * D, eq * P0, D * P0, 0});
+    gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre, 0), dw1, dw_beta, {G, eq * D, eq * P0, D * P0, 0});
   }
   int64_t p0 = 0;
   for (int64_t g = 0; g < G && eq < 0; ++g) {
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
     if (n == 0) continue;
     gemm_nt(ctx, bf16, n, D, P, at(dpre, p0), at(w1, l.w1_offset(g)), a.dbuf.rows(r0, r0 + n), dbuf_beta);
-    gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, p0), dw1 + l.w1_offset(g));
+    gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, p0), dw1 + l.w1_offset(g), dw_beta);
     p0 += n * P;
   }
   if (!bias) return;  // db2 from dout's values, db1 from dpre's (bf16 ones widened)
