@@ -382,14 +382,21 @@ int main(int argc, char** argv) {
       const std::string prec = bf16 ? " bf16" : " fp32";
       const std::string shape = "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(H) + " E" +
                                 std::to_string(E) + " top2" + prec;
+      // The MoE rows start from zero_grad, as a training step's first
+      // backward does: the expert gradients written by their GEMMs (beta 0),
+      // not added to (ParamStore::zero_grad); the router's few are zero-filled.
+      // The dense FFN adds onto its gradients, as it does in a step (the
+      // dense arena's fill is the step's, one memset for the whole model).
       add({"moe_layer_fwd_bwd", shape, 0, active, 0},
           [&] {
+            ps.zero_grad(ctx);
             moe.forward(x);
             moe.backward(dy);
           },
           nullptr);
       add({"moe_layer_fwd_bwd_padded", shape, 0, active, 0},
           [&] {
+            psp.zero_grad(ctx);
             moe_padded.forward(x);
             moe_padded.backward(dy);
           },
@@ -401,10 +408,12 @@ int main(int argc, char** argv) {
           },
           nullptr);
       profile("moe_layer_fwd_bwd", [&] {
+        ps.zero_grad(ctx);
         moe.forward(x);
         moe.backward(dy);
       });
       profile("moe_layer_fwd_bwd_padded", [&] {
+        psp.zero_grad(ctx);
         moe_padded.forward(x);
         moe_padded.backward(dy);
       });
