@@ -35,6 +35,9 @@ class GroupedExperts {
   // The dtype the experts' GEMMs read buf in: bf16 where the store keeps
   // bf16 shadows (a bf16 buf is read as it is), else f32.
   DType operand_dtype() const { return w1_->value_bf16.defined() ? DType::bf16 : DType::f32; }
+  // dbuf; the experts' weight (and bias) gradients written where they are
+  // unwritten (the step's first backward after ParamStore::zero_grad), else
+  // added to (a later micro-batch).
   Tensor backward(const Tensor& dout);
   // The local experts' layout (widths in local order, activation).
   const ops::ExpertLayout& layout() const { return layout_; }

@@ -13,7 +13,9 @@
 //   tie_embeddings: logits = LN_f(h_L) wte^T, no head.w; wte's gradient is
 //                   the sum of the embedding's and the head's.
 // forward() saves every activation backward() needs; backward() accumulates
-// into the ParamStore's gradients (call params().zero_grad() between steps).
+// into the ParamStore's gradients (call params().zero_grad() between steps:
+// the expert ones are then written by the next backward, not added to, and
+// every gradient is complete when backward() returns: finish_grads).
 #pragma once
 #include <functional>
 #include <memory>

@@ -33,6 +33,7 @@ int64_t global_param_count(const ParamStore& params, ParallelContext* par) {
 }
 
 float gradient_norm(Ctx& ctx, ParamStore& params, ParallelContext* par) {
+  SY_CHECK(!params.grads_pending(), "gradient norm: some expert gradients are unwritten (zero_grad without a backward)");
   const Tensor& dense = params.arena(ParamKind::dense).grad;
   const Tensor& experts = params.arena(ParamKind::expert).grad;
   double expert_sq = ops::grad_sq_sum(ctx, {&experts});

@@ -156,6 +156,12 @@ void ParamStore::zero_grad(Ctx& ctx) {
     if (p->expert()) p->grad_unwritten = true;
 }
 
+bool ParamStore::grads_pending() const {
+  for (const auto& p : params_)
+    if (p->grad_unwritten) return true;
+  return false;
+}
+
 void ParamStore::finish_grads(Ctx& ctx) {
   for (auto& p : params_)
     if (p->grad_unwritten) {

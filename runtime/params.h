@@ -110,6 +110,9 @@ class ParamStore {
   // layer whose backward did not run); Transformer::backward ends with it.
   void zero_grad(Ctx& ctx);
   void finish_grads(Ctx& ctx);
+  // Whether some gradient is still unwritten (its values meaningless): what
+  // reads them all (the norm, the reducer) refuses to.
+  bool grads_pending() const;
   int64_t numel() const;
   // Elements of one kind added so far: the arena offset the next one gets.
   int64_t numel(ParamKind k) const;

@@ -2164,53 +2164,75 @@ TEST_P(BackendOps, ExpertFfnBackwardWritesDbuf) {
 // which leaves expert gradients unwritten): every weight and bias gradient is
 // written into NaN-poisoned tensors, equal to the gradients accumulated onto
 // zeros (bit for bit on the CPU; the same products on CUDA, where the GEMMs'
-// beta 0 may take another cuBLASLt algorithm: class F). An expert without
-// rows (packed: offsets 5, 5) and a backward with no rows at all get zeros.
+// beta 0 may take another cuBLASLt algorithm: class F). Every CUDA path:
+// equal rows (strided-batched), packed rows of one width (a dropless route:
+// the bias sums over all experts at once), packed widths; an expert without
+// rows (offsets 5, 5 or 7, 7: its blocks exactly zero) and no rows at all;
+// GELU with biases and SwiGLU without.
 TEST_P(BackendOps, ExpertFfnBackwardWritesItsGradients) {
   Ctx& x = ctx();
   const bool cpu = GetParam() == DeviceKind::cpu;
-  for (const int kind : {0, 1, 2})  // equal experts, packed with an empty expert, no rows
+  struct Case {
+    const char* name;
+    std::vector<int32_t> offset;
+    std::vector<int64_t> hidden;
+    ops::FfnActivation act;
+    bool bias;
+    int64_t empty;  // an expert without rows, or -1
+  };
+  const std::vector<Case> cases = {
+      {"equal rows", {0, 6, 12, 18, 24}, {12, 12, 12, 12}, ops::FfnActivation::gelu, true, -1},
+      {"packed, one width", {0, 7, 7, 15, 20}, {12, 12, 12, 12}, ops::FfnActivation::gelu, true, 1},
+      {"packed, one width, swiglu, no bias", {0, 7, 7, 15, 20}, {12, 12, 12, 12}, ops::FfnActivation::swiglu, false, 1},
+      {"packed widths", {0, 5, 5, 12, 20}, {6, 12, 3, 9}, ops::FfnActivation::gelu, true, 1},
+      {"packed widths, swiglu, no bias", {0, 5, 5, 12, 20}, {6, 12, 3, 9}, ops::FfnActivation::swiglu, false, 1},
+      {"no rows", {0, 0, 0, 0, 0}, {12, 12, 12, 12}, ops::FfnActivation::gelu, true, -1},
+  };
+  for (const Case& c : cases)
     for (const bool bf16 : {false, true}) {
-      SCOPED_TRACE(std::string(kind == 0 ? "equal experts" : kind == 1 ? "packed" : "no rows") + (bf16 ? ", bf16" : ", f32"));
-      const std::vector<int32_t> offset = kind == 0   ? std::vector<int32_t>{0, 6, 12, 18, 24}
-                                          : kind == 1 ? std::vector<int32_t>{0, 5, 5, 12, 20}
-                                                      : std::vector<int32_t>{0, 0, 0, 0, 0};
-      const ops::ExpertLayout layout(16, kind == 1 ? std::vector<int64_t>{6, 12, 3, 9} : std::vector<int64_t>{12, 12, 12, 12},
-                                     ops::FfnActivation::gelu);
-      const int64_t R = offset.back(), P = layout.total_width(), S = layout.total_hidden();
-      Rng rng(0x9d + R + bf16);
+      SCOPED_TRACE(std::string(c.name) + (bf16 ? ", bf16" : ", f32"));
+      const ops::ExpertLayout layout(16, c.hidden, c.act);
+      const int64_t R = c.offset.back(), P = layout.total_width(), S = layout.total_hidden();
+      Rng rng(0x9d + R + P + bf16);
       const Tensor buf = randn({R, 16}, rng).to(x), w1 = randn({16 * P}, rng, 0.3f).to(x),
-                   w2 = randn({S * 16}, rng, 0.3f).to(x), b1 = randn({P}, rng).to(x), b2 = randn({4, 16}, rng).to(x),
-                   dout = randn({R, 16}, rng).to(x);
+                   w2 = randn({S * 16}, rng, 0.3f).to(x), dout = randn({R, 16}, rng).to(x);
+      const Tensor b1 = c.bias ? randn({P}, rng).to(x) : Tensor(), b2 = c.bias ? randn({4, 16}, rng).to(x) : Tensor();
       Tensor w1_16 = out(x, w1.shape(), DType::bf16), w2_16 = out(x, w2.shape(), DType::bf16);
       ops::to_bf16(x, w1_16, w1);
       ops::to_bf16(x, w2_16, w2);
       const ops::ExpertWeights w{w1, b1, w2, b2, bf16 ? &w1_16 : nullptr, bf16 ? &w2_16 : nullptr};
-      Tensor pre = out(x, {layout.pre_numel(offset)}), o = out(x, {R, 16});
-      ops::expert_ffn_forward(x, {o, pre, buf, offset, layout, w});
+      Tensor pre = out(x, {layout.pre_numel(c.offset)}), o = out(x, {R, 16});
+      ops::expert_ffn_forward(x, {o, pre, buf, c.offset, layout, w});
+      const char* names[4] = {"dw1", "db1", "dw2", "db2"};
       Tensor got[2][4];
       for (int written = 0; written < 2; ++written) {
         Tensor dbuf = out(x, {R, 16});
-        Tensor g[4] = {Tensor::zeros(w1.shape(), DType::f32, x), Tensor::zeros(b1.shape(), DType::f32, x),
-                       Tensor::zeros(w2.shape(), DType::f32, x), Tensor::zeros(b2.shape(), DType::f32, x)};
+        Tensor g[4] = {Tensor::zeros(w1.shape(), DType::f32, x), c.bias ? Tensor::zeros({P}, DType::f32, x) : Tensor(),
+                       Tensor::zeros(w2.shape(), DType::f32, x), c.bias ? Tensor::zeros({4, 16}, DType::f32, x) : Tensor()};
         if (written)
-          for (Tensor& t : g) poison(t, x);
-        ops::ExpertFfnBackwardArgs args{dbuf, {g[0], g[1], g[2], g[3]}, dout, buf, pre, offset, layout, w, nullptr,
+          for (Tensor& t : g)
+            if (t.defined()) poison(t, x);
+        ops::ExpertFfnBackwardArgs args{dbuf, {g[0], g[1], g[2], g[3]}, dout, buf, pre, c.offset, layout, w, nullptr,
                                         /*dbuf_accumulate=*/false};
         args.grads_accumulate = written == 0;
         ops::expert_ffn_backward(x, args);
-        for (int i = 0; i < 4; ++i) got[written][i] = g[i].to(host_ctx());
+        for (int i = 0; i < 4; ++i)
+          if (g[i].defined()) got[written][i] = g[i].to(host_ctx());
       }
-      const char* names[4] = {"dw1", "db1", "dw2", "db2"};
       for (int i = 0; i < 4; ++i) {
+        if (!got[0][i].defined()) continue;
         if (cpu || R == 0)
           EXPECT_TRUE(bitwise_equal(got[0][i], got[1][i])) << names[i] << ": written differs from accumulated onto zeros";
         else
           EXPECT_LE(rel_l2(got[1][i], got[0][i]), 1e-5) << names[i] << ": written against accumulated onto zeros";
       }
-      if (kind == 1)  // expert 1's blocks: exactly zero
-        for (int64_t e = layout.w1_offset(1); e < layout.w1_offset(2); ++e)
+      if (c.empty >= 0) {  // its blocks of dw1 and dw2: exactly zero
+        const int64_t g = c.empty;
+        for (int64_t e = layout.w1_offset(g); e < layout.w1_offset(g) + 16 * layout.width(g); ++e)
           ASSERT_EQ(got[1][0].f32()[e], 0.f) << "dw1 of the expert without rows, element " << e;
+        for (int64_t e = layout.w2_offset(g); e < layout.w2_offset(g) + layout.hidden[g] * 16; ++e)
+          ASSERT_EQ(got[1][2].f32()[e], 0.f) << "dw2 of the expert without rows, element " << e;
+      }
     }
 }
 

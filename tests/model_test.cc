@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <sstream>
 
@@ -149,6 +150,12 @@ TEST(TransformerCuda, MixtralTinyFirstStepMatchesTheCpu) {
   auto step = [&](Ctx& ctx) {
     Transformer model(ctx, cfg);
     model.params().zero_grad(ctx);
+    // zero_grad leaves the expert gradients unwritten: NaN there, which the
+    // backward must write over (its GEMMs at beta 0), not add to.
+    Tensor& experts = model.params().arena(ParamKind::expert).grad;
+    Tensor nan = Tensor::empty(experts.shape(), DType::f32, host_ctx());
+    nan.fill(std::numeric_limits<float>::quiet_NaN());
+    experts.copy_from(nan, ctx);
     Step s{model.forward(batch), model.aux_loss(), {}};
     model.backward();
     for (Param* p : model.params().all()) s.grads.push_back(p->grad.to(host_ctx()));

@@ -11,6 +11,9 @@
 //              [db2_g += column sums of dout_g]; dpre = gelu'(pre) dact (all rows)
 //              or swiglu's backward per expert; dbuf_g += dpre_g W1_g^T;
 //              dW1_g += buf_g^T dpre_g; [db1_g += column sums of dpre_g]
+//              (grads_accumulate false, a step's first backward: dW1, dW2 written
+//              by their GEMMs at beta 0, an expert without rows zeroed, db1, db2
+//              zeroed first; dbuf_accumulate false: dbuf written at beta 0)
 // The bracketed terms only with biases (model.bias true).
 //
 // bf16 mode (the weights' bf16 shadows given): the GEMM operands buf and
@@ -27,8 +30,8 @@
 //
 // Why not cublasGemmGroupedBatchedEx: with CUBLAS_COMPUTE_32F it needs one
 // type for A, B and C (GPU_PLAN.md), so bf16 inputs would mean bf16 outputs,
-// and out, dbuf and the fp32 weight gradients (accumulated with beta = 1)
-// must stay fp32; cuBLASLt 13 has no grouped matmul. So one cuBLASLt call per
+// and out, dbuf and the fp32 weight gradients (beta 1 adds to them, beta 0
+// writes them) must stay fp32; cuBLASLt 13 has no grouped matmul. So one cuBLASLt call per
 // expert in both modes (the offsets are on the host already: no sync).
 // Equal experts on equal rows (one width, every n_g = n: a padded route,
 // ops/routing.h, or expert choice) are one strided-batched cuBLASLt call per
