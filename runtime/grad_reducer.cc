@@ -130,8 +130,17 @@ void GradientReducer::ready(int64_t offset) {
   cv_.notify_all();
 }
 
+// On a GPU the host queues backward ahead of it: the time finish() waits
+// (exposed) or reduces (no overlap) starts once backward is done, not while
+// its last kernels still run. Nothing on the host.
+void GradientReducer::wait_for_backward() {
+  backward_end_.record(ctx_);
+  backward_end_.wait_host();
+}
+
 ReduceTimes GradientReducer::finish() {
   ReduceTimes t;
+  SY_CHECK(!params_.grads_pending(), "gradient reducer: some expert gradients are unwritten (zero_grad without a backward)");
   if (par_.world_size() == 1) return t;
   if (mode_ == Mode::stream) {
     ready(0);
@@ -143,6 +152,7 @@ ReduceTimes GradientReducer::finish() {
     grads_seconds_ = s;
   } else if (mode_ == Mode::thread) {
     ready(0);
+    wait_for_backward();
     const double w0 = now_s();
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return in_flight_ == 0; });
@@ -151,6 +161,7 @@ ReduceTimes GradientReducer::finish() {
     if (failed_) std::rethrow_exception(failed_);
     if (side_) stream_wait(ctx_, side_->ctx());  // the optimizer after the buckets' scale
   } else {
+    wait_for_backward();
     const double t0 = now_s();
     for (const auto& b : buckets_) reduce(b, *par_.world, ctx_, "dense gradients");
     t.all_reduce_s = t.exposed_s = now_s() - t0;

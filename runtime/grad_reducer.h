@@ -34,7 +34,8 @@
 // collective is stretched by the cores it shares and by waiting for the
 // other ranks; scripts/bench/grad_overlap.py divides by the all-reduce's time
 // in a run without overlap instead.) Thread mode: the
-// time finish() waited for the thread. Stream mode: how long the second
+// time finish() waited for the thread once backward was done (on a GPU,
+// after its last kernel: the host queues it ahead). Stream mode: how long the second
 // stream ran past the end of backward on the compute stream, by CUDA events
 // read at the next step without waiting (so a step reports the one before's;
 // the first, 0), and the collectives' own event times as the communicator
@@ -78,6 +79,7 @@ class GradientReducer {
  private:
   void reduce(std::pair<int64_t, int64_t> range, comm::Communicator& c, Ctx& on, const char* what);
   void worker();
+  void wait_for_backward();
 
   Ctx& ctx_;
   ParamStore& params_;
@@ -95,6 +97,7 @@ class GradientReducer {
   // stream (recorded by ready(), waited for by the thread), and its queue of
   // bucket indices.
   std::unique_ptr<StreamMark[]> marks_;
+  StreamMark backward_end_;  // the compute stream's backward, done (finish())
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<size_t> queue_;
