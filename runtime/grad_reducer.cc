@@ -158,8 +158,7 @@ ReduceTimes GradientReducer::finish() {
     cv_.wait(lock, [&] { return in_flight_ == 0; });
     t.exposed_s = now_s() - w0;
     t.all_reduce_s = busy_s_;
-    if (failed_) std::rethrow_exception(failed_);
-    if (side_) stream_wait(ctx_, side_->ctx());  // the optimizer after the buckets' scale
+    if (failed_) std::rethrow_exception(failed_);  // (each bucket's scale is done: the thread waited for it)
   } else {
     wait_for_backward();
     const double t0 = now_s();

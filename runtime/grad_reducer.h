@@ -14,8 +14,8 @@
 //                stream (that bucket's gradients, not the whole device's
 //                work: backward's later kernels go on) and stages the bucket
 //                through the host on a second stream, where its scale runs
-//                too, waited for by the thread (the compute stream also
-//                waits for that stream in finish());
+//                too, waited for by the thread (so nothing is pending there
+//                once finish() has seen every bucket done);
 //              stream mode (NCCL on a GPU, stream-ordered collectives): by
 //                the main thread, queued on a second stream after the
 //                compute stream's work so far, so the collective's kernels
