@@ -12,6 +12,7 @@
 
 #include "core/context.h"
 #include "core/device.h"
+#include "core/pinned_allocator.h"
 
 namespace sy::comm {
 
@@ -121,27 +122,31 @@ MPI_Datatype mpi_type(DType t, bool sum, const char* context) {
   return MPI_BYTE;
 }
 
-// Device tensors are staged through host memory, the copies ordered on the
-// caller's stream and waited for: the copy out after the work queued there so
-// far, not after the whole device's (the tensor's writers are queued there or
-// already done: the gradient reducer's thread waits for a bucket's event, then
-// stages it on its own stream while backward's kernels go on); on no stream,
-// after the whole device's (core/tensor.cc).
-Ctx staging(Stream stream) {
+// Device tensors are staged through page-locked host memory (the
+// communicator's caching allocator, core/pinned_allocator.h: blocks are
+// pinned once and reused, so a collective neither allocates nor pins), the
+// copies ordered on the caller's stream and waited for: the copy out after
+// the work queued there so far, not after the whole device's (the tensor's
+// writers are queued there or already done: the gradient reducer's thread
+// waits for a bucket's event, then stages it on its own stream while
+// backward's kernels go on); on no stream, after the whole device's
+// (core/tensor.cc).
+Ctx staging(Allocator& pinned, Stream stream) {
   Ctx c = host_ctx();
+  c.alloc = &pinned;
   c.stream = stream;
   return c;
 }
-// t itself on the host, else its contents copied there.
-Tensor on_host(const Tensor& t, Stream stream) {
+// t itself on the host, else its contents copied to a staging tensor.
+Tensor on_host(const Tensor& t, const Ctx& stage) {
   if (t.device().is_cpu()) return t;
-  Tensor h = Tensor::empty(t.shape(), t.dtype(), host_ctx());
-  h.copy_from(t, staging(stream));
+  Tensor h = Tensor::empty(t.shape(), t.dtype(), stage);
+  h.copy_from(t, stage);
   return h;
 }
 // The collective's result h back into t (nothing when t is h, on the host).
-void from_host(Tensor& t, const Tensor& h, Stream stream) {
-  if (!t.device().is_cpu()) t.copy_from(h, staging(stream));
+void from_host(Tensor& t, const Tensor& h, const Ctx& stage) {
+  if (!t.device().is_cpu()) t.copy_from(h, stage);
 }
 
 // Elements per row of dim 0.
@@ -149,7 +154,7 @@ int64_t row_elems(const Tensor& t) { return t.ndim() == 0 || t.dim(0) == 0 ? 0 :
 
 }  // namespace
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm) : staging_(pinned_host_allocator()), comm_(comm) {
   MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
   MPI_CHECK(MPI_Comm_size(comm_, &size_));
   // Errors come back as codes (and become exceptions), not MPI's abort.
@@ -215,30 +220,33 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
   to_mpi(sc, scratch_[0], scratch_[1]);
   to_mpi(rc, scratch_[2], scratch_[3]);
   const MPI_Datatype type = mpi_type(send.dtype(), false, context);
-  const Tensor hs = on_host(send, stream);
-  Tensor hr = recv.device().is_cpu() ? recv : Tensor::empty(recv.shape(), recv.dtype(), host_ctx());
+  const Ctx stage = staging(*staging_, stream);
+  const Tensor hs = on_host(send, stage);
+  Tensor hr = recv.device().is_cpu() ? recv : Tensor::empty(recv.shape(), recv.dtype(), stage);
   guarded("all_to_all_v", context, [&] {
     return MPI_Alltoallv(hs.raw(), scratch_[0].data(), scratch_[1].data(), type, hr.raw(), scratch_[2].data(),
                          scratch_[3].data(), type, comm_);
   });
-  from_host(recv, hr, stream);
+  from_host(recv, hr, stage);
 }
 
 void MpiCommunicator::all_reduce_sum(Tensor& t, Stream stream, const char* context) {
   const MPI_Datatype type = mpi_type(t.dtype(), true, context);
   SY_CHECK(t.numel() <= INT32_MAX, "all_reduce in '" << context << "': " << t.numel() << " elements");
-  Tensor h = on_host(t, stream);
+  const Ctx stage = staging(*staging_, stream);
+  Tensor h = on_host(t, stage);
   guarded("all_reduce", context,
           [&] { return MPI_Allreduce(MPI_IN_PLACE, h.raw(), static_cast<int>(t.numel()), type, MPI_SUM, comm_); });
-  from_host(t, h, stream);
+  from_host(t, h, stage);
 }
 
 void MpiCommunicator::broadcast(Tensor& t, int root, Stream stream, const char* context) {
   SY_CHECK(t.nbytes() <= INT32_MAX, "broadcast in '" << context << "': " << t.nbytes() << " bytes");
-  Tensor h = on_host(t, stream);
+  const Ctx stage = staging(*staging_, stream);
+  Tensor h = on_host(t, stage);
   guarded("broadcast", context,
           [&] { return MPI_Bcast(h.raw(), static_cast<int>(t.nbytes()), MPI_BYTE, root, comm_); });
-  from_host(t, h, stream);
+  from_host(t, h, stage);
 }
 
 void MpiCommunicator::barrier(const char* context) {

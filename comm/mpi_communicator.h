@@ -6,11 +6,15 @@
 // '<layer>' did not complete within T s ... world ranks ...") and the process
 // exits with status 1, which makes mpirun end the whole job. A blocked MPI
 // call cannot be interrupted to throw, which is why this one path exits
-// rather than throwing. Device tensors are staged through host memory, so
-// several ranks can share one GPU (NCCL refuses that); the copies are
-// ordered on the caller's stream (on none: after the whole device's work).
+// rather than throwing. Device tensors are staged through page-locked host
+// memory, pinned at a tensor's first size class and reused after
+// (core/pinned_allocator.h), so several ranks can share one GPU (NCCL
+// refuses that); the copies are ordered on the caller's stream (on none:
+// after the whole device's work).
 #pragma once
 #include <mpi.h>
+
+#include <memory>
 
 #include "comm/communicator.h"
 
@@ -49,6 +53,7 @@ class MpiCommunicator : public Communicator {
   template <typename F>
   void guarded(const char* op, const char* context, F&& call);
   mutable std::vector<int> scratch_[4];  // MPI's int counts/displacements, reused
+  std::unique_ptr<Allocator> staging_;   // page-locked host blocks for device tensors
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
   std::vector<int> world_ranks_;

@@ -94,7 +94,8 @@ cudaMemcpyKind copy_kind(Device dst, Device src) {
 #endif
 
 // Copies `bytes` between host and device memory; device copies are ordered
-// on `stream` (and synchronous when either side is the host's pageable memory).
+// on `stream`, and a copy to or from host memory (pageable or page-locked) is
+// waited for before this returns: the caller reads or reuses that memory next.
 void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t bytes, Stream stream) {
   if (bytes == 0) return;
   if (dd.is_cpu() && sd.is_cpu()) {

@@ -1,6 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <utility>
+#include <vector>
+
 #include "core/device_runtime.h"
+#include "core/pinned_allocator.h"
 #include "core/tensor.h"
 
 namespace sy {
@@ -70,6 +77,84 @@ TEST(Tensor, CudaCopiesRoundTrip) {
   EXPECT_THROW(d.f32(), ShapeError);
   Tensor h = d.to(host_ctx());
   for (int i = 0; i < 5; ++i) EXPECT_EQ(h.f32()[i], t.f32()[i]);
+}
+
+// The caching of the staging allocator, on malloc: freed blocks are reused by
+// requests of their size class, a second live request takes a second block,
+// and every block goes back to the system once, at destruction.
+TEST(CachingHostAllocator, ReusesFreedBlocksOfTheirSizeClass) {
+  constexpr size_t KiB = 1024;
+  EXPECT_EQ(CachingHostAllocator::block_bytes(1), 64 * KiB);
+  EXPECT_EQ(CachingHostAllocator::block_bytes(64 * KiB), 64 * KiB);
+  EXPECT_EQ(CachingHostAllocator::block_bytes(64 * KiB + 1), 128 * KiB);
+  std::vector<std::pair<void*, size_t>> acquired;
+  std::vector<void*> released;
+  {
+    CachingHostAllocator a(
+        [&](size_t b) {
+          void* p = std::malloc(b);
+          acquired.push_back({p, b});
+          return p;
+        },
+        [&](void* p) {
+          released.push_back(p);
+          std::free(p);
+        });
+    Ctx c = host_ctx();
+    c.alloc = &a;
+    void* first = nullptr;
+    {
+      Tensor t = Tensor::empty({1000}, DType::f32, c);
+      first = t.raw();
+      t.f32()[999] = 1;  // the block holds what was asked for
+    }
+    {
+      Tensor t = Tensor::empty({16000}, DType::f32, c);  // 64000 bytes: the same class
+      EXPECT_EQ(t.raw(), first);
+      Tensor u = Tensor::empty({10}, DType::i64, c);  // while t lives: a second block
+      EXPECT_NE(u.raw(), t.raw());
+      EXPECT_EQ(a.bytes_in_use(), 64000u + 80u);
+    }
+    { Tensor big = Tensor::empty({1 << 20}, DType::f32, c); }  // 4 MiB: its own class
+    { Tensor again = Tensor::empty({1 << 19}, DType::i64, c); }  // 4 MiB again: reused
+    ASSERT_EQ(acquired.size(), 3u);
+    EXPECT_EQ(acquired[2].second, 4096 * KiB);
+    EXPECT_EQ(a.reserved(), 2 * 64 * KiB + 4096 * KiB);
+    EXPECT_EQ(a.reserved_high(), a.reserved());
+    EXPECT_EQ(a.bytes_in_use(), 0u);
+    EXPECT_EQ(a.high_water(), size_t{4} << 20);
+    EXPECT_TRUE(released.empty());  // cached, not returned
+  }
+  ASSERT_EQ(released.size(), 3u);
+  for (const auto& [p, b] : acquired) EXPECT_NE(std::find(released.begin(), released.end(), p), released.end());
+}
+
+// Page-locked staging: a device tensor through a pinned host tensor and back,
+// the copies on the runtime's stream. Without a GPU the first allocation
+// throws BackendError (nothing to pin for).
+TEST(CachingHostAllocator, PinnedStagingRoundTrips) {
+  auto pinned = pinned_host_allocator();
+  Ctx host = host_ctx();
+  host.alloc = pinned.get();
+  if (!cuda_available()) {
+    EXPECT_THROW(Tensor::empty({4}, DType::f32, host), BackendError);
+    GTEST_SKIP() << "no GPU visible (or built without CUDA): page-locked copies not tested";
+  }
+  auto rt = DeviceRuntime::create();
+  Ctx& dev = rt->ctx();
+  std::vector<float> v(100000);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i) * 0.5f - 7.f;
+  Tensor d = Tensor::from_host(v).to(dev);
+  host.stream = dev.stream;
+  Tensor h = Tensor::empty(d.shape(), d.dtype(), host);
+  h.fill(std::nanf(""));
+  h.copy_from(d, host);  // device -> pinned, ordered on dev's stream and waited for
+  for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(h.f32()[i], v[i]) << i;
+  h.f32()[5] = 123.f;
+  Tensor d2 = Tensor::zeros(d.shape(), d.dtype(), dev);
+  d2.copy_from(h, host);  // pinned -> device
+  EXPECT_EQ(d2.to_vector<float>()[5], 123.f);
+  EXPECT_EQ(d2.to_vector<float>()[99999], v[99999]);
 }
 
 }  // namespace
