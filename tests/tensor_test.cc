@@ -132,7 +132,7 @@ TEST(CachingHostAllocator, ReusesFreedBlocksOfTheirSizeClass) {
 // Page-locked staging: a device tensor through a pinned host tensor and back,
 // the copies on the runtime's stream. Without a GPU the first allocation
 // throws BackendError (nothing to pin for).
-TEST(CachingHostAllocator, PinnedStagingRoundTrips) {
+TEST(CachingHostAllocator, CudaPinnedStagingRoundTrips) {
   auto pinned = pinned_host_allocator();
   Ctx host = host_ctx();
   host.alloc = pinned.get();
