@@ -56,7 +56,13 @@ class Communicator {
   double timeout_s() const { return timeout_s_; }
   void set_timeout_s(double s) { timeout_s_ = s; }
   // Seconds spent inside collectives since the last reset (for metrics).
+  // Stream-ordered collectives (NCCL) are timed by CUDA events and counted
+  // once a later call finds them done; settle_comm_seconds() counts every
+  // one queued so far, waiting for those still in flight (call it where the
+  // host waits anyway). MPI counts each collective as it returns: nothing
+  // to settle.
   double comm_seconds() const { return comm_seconds_; }
+  virtual void settle_comm_seconds() {}
   void reset_comm_seconds() { comm_seconds_ = 0; }
 
  protected:

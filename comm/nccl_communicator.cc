@@ -202,6 +202,7 @@ class NcclCommunicator final : public Communicator {
   ~NcclCommunicator() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
+    for (const auto& [start, done] : timings_) cudaEventDestroy(start), cudaEventDestroy(done);
     // Not while the watchdog reads this communicator: it leaves the watch
     // list first (its collectives are done, the stream being drained).
     std::lock_guard<std::mutex> api(nccl_api_mutex());
@@ -309,6 +310,8 @@ class NcclCommunicator final : public Communicator {
     all_reduce_sum(one, Stream{}, context);
   }
 
+  void settle_comm_seconds() override { settle_timings(true); }
+
  private:
   // A device tensor's collective waits for the caller's stream (an event on
   // it): the legacy default stream (Stream{}) does not order the non-blocking
@@ -371,13 +374,21 @@ class NcclCommunicator final : public Communicator {
     Watchdog::get().watch({comm_, device_, watched, now_s() + timeout_s_, op, std::move(at)});
     timings_.push_back({start, done});
     cudaEventDestroy(ready);
-    // Settle the time of the collectives that are done (no waiting).
-    while (!timings_.empty() && cudaEventQuery(timings_.front().second) == cudaSuccess) {
+    settle_timings(false);
+  }
+
+  // Counts the time of the collectives that are done, in queue order; with
+  // `wait`, of every one (a hung one ends the process by the watchdog).
+  void settle_timings(bool wait) {
+    while (!timings_.empty()) {
+      const auto [start, done] = timings_.front();
+      if (wait) CUDA_CHECK(cudaEventSynchronize(done));
+      else if (cudaEventQuery(done) != cudaSuccess) break;
       float ms = 0;
-      cudaEventElapsedTime(&ms, timings_.front().first, timings_.front().second);
+      cudaEventElapsedTime(&ms, start, done);
       comm_seconds_ += ms / 1e3;
-      cudaEventDestroy(timings_.front().first);
-      cudaEventDestroy(timings_.front().second);
+      cudaEventDestroy(start);
+      cudaEventDestroy(done);
       timings_.pop_front();
     }
   }

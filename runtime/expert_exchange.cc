@@ -41,9 +41,7 @@ ExpertExchange::ExpertExchange(Ctx& ctx, comm::Communicator& ep, int64_t num_exp
 void ExpertExchange::plan(const std::vector<int32_t>& count, const char* context) {
   SY_CHECK(static_cast<int64_t>(count.size()) == G_, "expert exchange: " << count.size() << " counts for " << G_ << " experts");
   std::vector<int64_t> send(count.begin(), count.end()), recv;
-  const double before = ep_.comm_seconds();
   ep_.all_to_all_counts(send, recv, context);
-  seconds_ += ep_.comm_seconds() - before;
   plan_ = plan_exchange(send, recv, W_, El_);
   perm_ = Tensor::from_host(plan_.perm).to(ctx_);
 }
@@ -51,9 +49,7 @@ void ExpertExchange::plan(const std::vector<int32_t>& count, const char* context
 Tensor ExpertExchange::forward(const Tensor& local, const char* context) {
   check_shape(local, {plan_.local_rows, width_}, "expert exchange send buffer");
   Tensor received = Tensor::empty({plan_.received_rows(), width_}, local.dtype(), ctx_);
-  const double before = ep_.comm_seconds();
   ep_.all_to_all_v(local, plan_.send_rows, received, plan_.recv_rows, ctx_.stream, context);
-  seconds_ += ep_.comm_seconds() - before;
   bytes_ += static_cast<double>(local.nbytes());
   Tensor em = Tensor::empty(received.shape(), local.dtype(), ctx_);
   ops::gather_rows(ctx_, em, received, perm_);
@@ -65,9 +61,7 @@ Tensor ExpertExchange::reverse(const Tensor& expert_major, const char* context) 
   Tensor received = Tensor::empty(expert_major.shape(), expert_major.dtype(), ctx_);
   ops::scatter_rows(ctx_, received, expert_major, perm_);
   Tensor local = Tensor::empty({plan_.local_rows, width_}, expert_major.dtype(), ctx_);
-  const double before = ep_.comm_seconds();
   ep_.all_to_all_v(received, plan_.recv_rows, local, plan_.send_rows, ctx_.stream, context);
-  seconds_ += ep_.comm_seconds() - before;
   bytes_ += static_cast<double>(received.nbytes());
   return local;
 }

@@ -47,10 +47,10 @@ class ExpertExchange {
   const ExchangePlan& current() const { return plan_; }
   // (El + 1) row offsets of the local experts in the expert-major buffer.
   const std::vector<int32_t>& expert_offsets() const { return plan_.offsets; }
-  // Bytes this rank sent and seconds spent since the last reset_counters().
+  // Bytes this rank sent since the last reset_counters(). (The time is the
+  // expert-parallel group's: Trainer::step reads it from the communicator.)
   double bytes_sent() const { return bytes_; }
-  double seconds() const { return seconds_; }
-  void reset_counters() { bytes_ = 0, seconds_ = 0; }
+  void reset_counters() { bytes_ = 0; }
 
  private:
   Ctx& ctx_;
@@ -58,7 +58,7 @@ class ExpertExchange {
   int64_t G_, El_, W_, width_;
   ExchangePlan plan_;
   Tensor perm_;  // plan_.perm on the context's device
-  double bytes_ = 0, seconds_ = 0;
+  double bytes_ = 0;
 };
 
 }  // namespace sy

@@ -55,8 +55,7 @@ class MoeLayer : public FeedForward {
   double aux_loss() const { return router_.aux_loss(); }
   const Tensor& balance_bias() const { return router_.balance_bias(); }
   const ops::Route& route() const { return router_.route(); }
-  // All-to-all seconds and bytes this rank sent in the last forward + backward.
-  double comm_seconds() const { return dispatcher_.comm_seconds(); }
+  // All-to-all bytes this rank sent in the last forward + backward.
   double bytes_sent() const { return dispatcher_.bytes_sent(); }
 
  private:

@@ -32,8 +32,7 @@ class TokenDispatcher {
   Tensor combine_backward(const Tensor& dy, Tensor& dweight, DType dtype = DType::f32);
   // Returns dx (N, C) from d(dispatch()'s buffer).
   Tensor dispatch_backward(const Tensor& dbuf);
-  // All-to-all seconds and bytes sent in the last forward + backward.
-  double comm_seconds() const { return exchange_ ? exchange_->seconds() : 0; }
+  // All-to-all bytes sent in the last forward + backward.
   double bytes_sent() const { return exchange_ ? exchange_->bytes_sent() : 0; }
 
  private:

@@ -268,6 +268,15 @@ StepResult Trainer::step(int64_t step) {
   step_slice_ = train_.next(rank_, world_);
   const Batch& slice = step_slice_;
   const int micros = t.micro_batches();
+  // The MoE exchanges' time is the expert-parallel group's collective time
+  // over the micro-batches (nothing else runs on that group in between).
+  // NCCL's is timed by events: settled here (the step before's are done:
+  // gradient_norm read a value after them) and after backward (the host
+  // waits for its end, as gradient_norm's read would next), so a step counts
+  // its own exchanges, none of the step before's.
+  comm::Communicator* ep = opts_.par && opts_.par->ep_size > 1 ? opts_.par->ep.get() : nullptr;
+  if (ep) ep->settle_comm_seconds();
+  const double ep_seconds = ep ? ep->comm_seconds() : 0;
   tokens_seen_ += static_cast<int64_t>(t.batch()) * cfg_.model().seq_len();
   step_ = step;
   float loss_sum = 0.f;
@@ -285,10 +294,12 @@ StepResult Trainer::step(int64_t step) {
     } else {
       model_.backward();
     }
-    for (const auto& [l, layer] : model_.moe_layers()) {  // (each forward and backward's own exchanges)
-      r.all_to_all_s += layer->comm_seconds();
+    for (const auto& [l, layer] : model_.moe_layers())  // (each forward and backward's own exchanges)
       r.all_to_all_bytes += layer->bytes_sent();
-    }
+  }
+  if (ep) {
+    ep->settle_comm_seconds();
+    r.all_to_all_s = ep->comm_seconds() - ep_seconds;
   }
   model_.end_step();
   // The gradients are the micro-batches' sum; their mean is 1/micros of it,

@@ -4,7 +4,8 @@
 # and of ep=2 on 4 ranks (two replicas of each expert shard) equals one
 # rank's to 1e-5 relative, for 20 steps. Noise off, and again with jitter and
 # router noise on: draws are keyed by a token's index in the global batch
-# (ops/random.h), so they do not depend on the number of ranks either.
+# (ops/random.h), so they do not depend on the number of ranks either. Every
+# step of the parallel runs reports some all-to-all time.
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -31,6 +32,10 @@ for run in 4 2 4_noisy; do
     --metrics "$tmp/ep$run.jsonl" > "$tmp/ep$run.log" 2>&1 || { echo "FAIL ep=$run run"; cat "$tmp/ep$run.log"; fail=1; continue; }
   worst=$(paste <(losses "$tmp/$ref.jsonl") <(losses "$tmp/ep$run.jsonl") |
     awk '{ d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > m) m = d; n++ } END { if (n != 20) print "steps=" n; else printf "%.2e", m }')
+  # Every step reports the time of its own exchanges (the expert-parallel
+  # group's collectives over its micro-batches): some, on every line.
+  a2a=$(grep -c '"comm_all_to_all_s":[0-9.]*[1-9]' "$tmp/ep$run.jsonl")
+  [ "$a2a" = 20 ] || { echo "FAIL ep=$run: $a2a of 20 steps report all-to-all time"; fail=1; }
   case "$worst" in
     steps=*) echo "FAIL ep=$run: $worst lines"; fail=1 ;;
     *) if awk -v w="$worst" -v t="$tol" 'BEGIN { exit !(w <= t) }'; then echo "ok   ep=$run on 4 ranks: worst relative loss difference over 20 steps $worst (tolerance $tol)"
