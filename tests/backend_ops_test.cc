@@ -1670,6 +1670,27 @@ std::vector<OpCase> cases() {
                  ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
                  ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
                }});
+  // Experts on 97, 100, 103 and 112 rows: on CUDA one GEMM plan per
+  // direction for all four, made for the bucket of 97-112 rows
+  // (ops/cuda/matmul.cu), each call setting its own row count (a plan left at
+  // another expert's rows would read and write past this one's block). Rows
+  // of 256 bytes, so every expert's blocks share their alignments too.
+  c.push_back({"expert_ffn_rows_share_a_bucket", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({412, 64}, r), randn({4, 64, 64}, r, 0.1f), randn({4, 64}, r),
+                            randn({4, 64, 64}, r, 0.1f), randn({4, 64}, r), randn({412, 64}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {412, 64}), fresh(x, {412, 64}), acc(x, {412, 64}), acc(x, {4, 64, 64}),
+                             acc(x, {4, 64}), acc(x, {4, 64, 64}), acc(x, {4, 64})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 97, 197, 300, 412};
+                 const ops::ExpertLayout layout(64, {64, 64, 64, 64});
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
   // The same for matmul: one GEMM configuration, two biases 256 bytes apart.
   c.push_back({"matmul_two_biases_one_plan", Tol::f32,
                [](Rng& r) { return Ins{randn({37, 24}, r), randn({24, 64}, r), randn({128}, r)}; },

@@ -32,7 +32,9 @@
 // type for A, B and C (GPU_PLAN.md), so bf16 inputs would mean bf16 outputs,
 // and out, dbuf and the fp32 weight gradients (beta 1 adds to them, beta 0
 // writes them) must stay fp32; cuBLASLt 13 has no grouped matmul. So one cuBLASLt call per
-// expert in both modes (the offsets are on the host already: no sync).
+// expert in both modes (the offsets are on the host already: no sync),
+// whose plans are kept per bucket of the row count (ops/cuda/gemm.h), as
+// the counts change every step.
 // Equal experts on equal rows (one width, every n_g = n: a padded route,
 // ops/routing.h, or expert choice) are one strided-batched cuBLASLt call per
 // direction instead: expert g's blocks of buf, pre, act, out and of every
@@ -73,6 +75,7 @@ void gemm_nn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
              float beta, const float* bias, const Batch& batch = {}) {
   GemmArgs g;
   set_batch(g, batch);
+  g.bucket_m = batch.count == 1;  // (one expert's rows: a count that changes every step)
   g.bf16 = bf16;
   g.M = rows, g.N = n, g.K = k;
   g.A = A, g.lda = k;
@@ -88,6 +91,7 @@ void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
              float beta, const Batch& batch = {}) {
   GemmArgs g;
   set_batch(g, batch);
+  g.bucket_m = batch.count == 1;
   g.bf16 = bf16;
   g.trans_b = true;
   g.M = rows, g.N = n, g.K = k;
@@ -103,6 +107,7 @@ void gemm_tn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
              float beta, const Batch& batch = {}) {
   GemmArgs g;
   set_batch(g, batch);
+  g.bucket_k = batch.count == 1;  // (the sum over one expert's rows)
   g.bf16 = bf16;
   g.trans_a = true;
   g.M = k, g.N = n, g.K = rows;

@@ -20,7 +20,7 @@
 // a padded route (ops/expert_ffn.h) in one call.
 // The descriptor, layouts and algorithm are made once per shape,
 // alignment, mode, batch and epilogue and kept (a call sets its pointers
-// and launches).
+// and launches); per bucket of M or K where the caller says it varies.
 #pragma once
 #include <cstdint>
 
@@ -44,6 +44,10 @@ struct GemmArgs {
   const float* bias = nullptr;
   int64_t batch = 1;
   int64_t stride_a = 0, stride_b = 0, stride_c = 0, stride_bias = 0;
+  // M or K changes from call to call (an expert's rows in a packed route):
+  // the plan is kept per bucket of it, 4 to an octave (ops/cuda/matmul.cu),
+  // not per value. Single GEMMs only (batch 1).
+  bool bucket_m = false, bucket_k = false;
 };
 
 bool gemm(Ctx& ctx, const GemmArgs& g);

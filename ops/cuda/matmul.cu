@@ -67,13 +67,14 @@ struct AlgoKey {
   int64_t M, N, K, lda, ldb, ldc;
   uint32_t align_a, align_b, align_c;
   int64_t batch, stride_a, stride_b, stride_c, stride_bias;
+  bool bucketed;  // M and K are a bucket's (the plan's layouts set per call); never shared with an exact plan
   // The bias's too: the heuristic reads the bias pointer's value for its
   // alignment (cublasLt.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER), and experts'
   // biases at different offsets differ in it.
   uint32_t align_bias;
   auto tie() const {
     return std::tie(device, ta, tb, bf16, bias, beta, out16, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, batch,
-                    stride_a, stride_b, stride_c, stride_bias, align_bias);
+                    stride_a, stride_b, stride_c, stride_bias, bucketed, align_bias);
   }
   bool operator<(const AlgoKey& o) const { return tie() < o.tie(); }
 };
@@ -193,6 +194,37 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
                  key.bias ? " with an fp32 bias" : "", st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st));
   return plans.emplace(key, std::move(p)).first->second;
 }
+
+// Dims that change from call to call (GemmArgs::bucket_m, bucket_k: an
+// expert's rows in a packed route, different every step) would make a plan,
+// and a heuristic query, per row count: thousands over a run, each kept.
+// Instead such a dim is rounded up to its bucket, four to an octave
+// (600 -> 640, 1000 -> 1024; at most 25% over), and the bucket's plan is made
+// for that shape (the heuristic picks for the bucket's largest); each call
+// sets the layouts to its own dims. (cuBLASLt checks the algorithm against
+// the call's shape; one it refuses runs on an exact plan instead: gemm().)
+int64_t bucket(int64_t v) {
+  if (v <= 4) return v;
+  int shift = 0;
+  while ((v >> shift) > 7) ++shift;  // step = 2^(floor(log2 v) - 2)
+  const int64_t step = int64_t{1} << shift;
+  return (v + step - 1) / step * step;
+}
+
+void set_rows_cols(cublasLtMatrixLayout_t l, int64_t rows, int64_t cols) {
+  const uint64_t r = static_cast<uint64_t>(rows), c = static_cast<uint64_t>(cols);
+  CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_ROWS, &r, sizeof(r)));
+  CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_COLS, &c, sizeof(c)));
+}
+
+// A bucket's plan's layouts at g's own M and K (as plan_for lays them out).
+void set_dims(Plan& p, const GemmArgs& g) {
+  if (g.trans_b) set_rows_cols(p.first.get(), g.K, g.N);
+  else set_rows_cols(p.first.get(), g.N, g.K);
+  if (g.trans_a) set_rows_cols(p.second.get(), g.M, g.K);
+  else set_rows_cols(p.second.get(), g.K, g.M);
+  set_rows_cols(p.out.get(), g.N, g.M);
+}
 }  // namespace
 
 bool gemm(Ctx& ctx, const GemmArgs& g) {
@@ -224,30 +256,62 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
 
   const int64_t nb = g.batch;
   const int64_t ab = g.bf16 ? 2 : 4;  // bytes per element of A and B
-  AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, out16, g.M, g.N, g.K,
-              g.lda, g.ldb, g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
+  // The plan's shape: a bucket's where M or K varies (bucket() above), as
+  // long as the layouts allow it (a layout's rows within its leading dim).
+  GemmArgs shape = g;
+  if (nb == 1 && (g.bucket_m || g.bucket_k)) {
+    shape.M = g.bucket_m ? bucket(g.M) : g.M;
+    shape.K = g.bucket_k ? bucket(g.K) : g.K;
+    const bool fits = (!g.trans_b || shape.K <= g.ldb) && (g.trans_a ? shape.M <= g.lda : shape.K <= g.lda);
+    if (!fits) shape.M = g.M, shape.K = g.K;
+  }
+  AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, out16, shape.M, g.N,
+              shape.K, g.lda, g.ldb, g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
               alignment(C, nb, g.stride_c * (out16 ? 2 : 4)), nb, nb > 1 ? g.stride_a : 0,
               nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? g.stride_bias : 0,
-              bias ? alignment(bias, nb, g.stride_bias * 4) : 0};
+              nb == 1 && (g.bucket_m || g.bucket_k), bias ? alignment(bias, nb, g.stride_bias * 4) : 0};
   std::lock_guard<std::mutex> lock(plan_mutex);
-  Plan* p = &plan_for(ctx, handle, g, key, bias);
-  if (!p->algo && out16) return false;
-  if (!p->algo && bias) {
-    // No algorithm with the BIAS epilogue for this shape and these
-    // alignments: the bias by its own kernel, then the plain GEMM onto it.
-    bias_by_kernel();
-    key.bias = false, key.beta = true, key.stride_bias = 0, key.align_bias = 0;
-    p = &plan_for(ctx, handle, g, key, nullptr);
-  }
-  SY_CHECK(p->algo.has_value(), "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M=" << g.M
-                                                     << " N=" << g.N << " K=" << g.K << " (alignments A " << key.align_b
-                                                     << ", B " << key.align_a << ", C " << key.align_c << " bytes)");
-  if (key.bias)  // (this call's bias: the plan holds the first call's)
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  auto plan_of = [&](const AlgoKey& k, const float* b) {
+    Plan* q = &plan_for(ctx, handle, k.bucketed ? shape : g, k, b);
+    if (k.bucketed) set_dims(*q, g);
+    return q;
+  };
+  // key's plan, with this call's bias; where no algorithm takes the BIAS
+  // epilogue for this shape and these alignments, the bias by its own kernel
+  // and the plain GEMM onto it. Null: no bf16-output algorithm (fall back).
+  auto find = [&]() -> Plan* {
+    Plan* q = plan_of(key, bias);
+    if (!q->algo && out16) return nullptr;
+    if (!q->algo && bias) {
+      bias_by_kernel();
+      key.bias = false, key.beta = true, key.stride_bias = 0, key.align_bias = 0;
+      q = plan_of(key, nullptr);
+    }
+    SY_CHECK(q->algo.has_value(), "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M="
+                                                       << g.M << " N=" << g.N << " K=" << g.K << " (alignments A "
+                                                       << key.align_b << ", B " << key.align_a << ", C "
+                                                       << key.align_c << " bytes)");
+    if (key.bias)  // (this call's bias: the plan holds the first call's)
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(q->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    return q;
+  };
+  Plan* p = find();
+  if (!p) return false;
   const float alpha = 1.f;
-  const cublasStatus_t st =
-      cublasLtMatmul(handle, p->desc.get(), &alpha, g.B, p->first.get(), g.A, p->second.get(), &beta, C, p->out.get(),
-                     C, p->out.get(), &*p->algo, ctx.blas.workspace, ctx.blas.workspace_bytes, stream(ctx));
+  auto launch = [&] {
+    return cublasLtMatmul(handle, p->desc.get(), &alpha, g.B, p->first.get(), g.A, p->second.get(), &beta, C,
+                          p->out.get(), C, p->out.get(), &*p->algo, ctx.blas.workspace, ctx.blas.workspace_bytes,
+                          stream(ctx));
+  };
+  cublasStatus_t st = launch();
+  if (st != CUBLAS_STATUS_SUCCESS && key.bucketed) {
+    // The bucket's algorithm refused at this call's shape (cuBLASLt checks
+    // before it launches anything): this shape's own plan, as without buckets.
+    key.bucketed = false, key.M = g.M, key.K = g.K;
+    p = find();
+    if (!p) return false;
+    st = launch();
+  }
   if (out16 && st == CUBLAS_STATUS_NOT_SUPPORTED) {  // (the heuristic offered it; refused all the same)
     p->algo.reset();  // (the next call with this key falls back at once)
     return false;
