@@ -12,7 +12,6 @@
 
 #include "core/context.h"
 #include "core/device.h"
-#include "core/pinned_allocator.h"
 
 namespace sy::comm {
 
@@ -221,6 +220,12 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
   to_mpi(rc, scratch_[2], scratch_[3]);
   const MPI_Datatype type = mpi_type(send.dtype(), false, context);
   const Ctx stage = staging(*staging_, stream);
+  if (size_ == 1) {  // (the rows to itself: a copy, not staged through the host and back)
+    SY_CHECK(send.nbytes() == recv.nbytes(), "all_to_all_v in '" << context << "': " << shape_str(send.shape())
+                                                                 << " sent to itself into " << shape_str(recv.shape()));
+    if (send.raw() != recv.raw()) recv.copy_from(send, stage);
+    return;
+  }
   const Tensor hs = on_host(send, stage);
   Tensor hr = recv.device().is_cpu() ? recv : Tensor::empty(recv.shape(), recv.dtype(), stage);
   guarded("all_to_all_v", context, [&] {
@@ -233,6 +238,7 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
 void MpiCommunicator::all_reduce_sum(Tensor& t, Stream stream, const char* context) {
   const MPI_Datatype type = mpi_type(t.dtype(), true, context);
   SY_CHECK(t.numel() <= INT32_MAX, "all_reduce in '" << context << "': " << t.numel() << " elements");
+  if (size_ == 1) return;  // (the sum over one rank: t itself; a group of one, e.g. expert replicas when ep = world)
   const Ctx stage = staging(*staging_, stream);
   Tensor h = on_host(t, stage);
   guarded("all_reduce", context,
@@ -242,6 +248,8 @@ void MpiCommunicator::all_reduce_sum(Tensor& t, Stream stream, const char* conte
 
 void MpiCommunicator::broadcast(Tensor& t, int root, Stream stream, const char* context) {
   SY_CHECK(t.nbytes() <= INT32_MAX, "broadcast in '" << context << "': " << t.nbytes() << " bytes");
+  SY_CHECK(root >= 0 && root < size_, "broadcast in '" << context << "': root " << root << " in a group of " << size_);
+  if (size_ == 1) return;
   const Ctx stage = staging(*staging_, stream);
   Tensor h = on_host(t, stage);
   guarded("broadcast", context,
@@ -252,6 +260,8 @@ void MpiCommunicator::broadcast(Tensor& t, int root, Stream stream, const char* 
 void MpiCommunicator::barrier(const char* context) {
   guarded("barrier", context, [&] { return MPI_Barrier(comm_); });
 }
+
+size_t MpiCommunicator::staging_bytes() const { return staging_->reserved(); }
 
 bool MpiCommunicator::concurrent_collectives() const { return MpiSession::thread_multiple(); }
 

@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "comm/communicator.h"
+#include "core/pinned_allocator.h"
 
 namespace sy::comm {
 
@@ -46,6 +47,10 @@ class MpiCommunicator : public Communicator {
   void barrier(const char* context) override;
   using Communicator::all_reduce_sum;
   MPI_Comm handle() const { return comm_; }
+  // Page-locked host bytes held for staging device tensors (kept and reused
+  // from one collective to the next; nothing is staged in a group of one,
+  // whose collectives move nothing between ranks).
+  size_t staging_bytes() const;
   bool concurrent_collectives() const override;
 
  private:
@@ -53,7 +58,7 @@ class MpiCommunicator : public Communicator {
   template <typename F>
   void guarded(const char* op, const char* context, F&& call);
   mutable std::vector<int> scratch_[4];  // MPI's int counts/displacements, reused
-  std::unique_ptr<Allocator> staging_;   // page-locked host blocks for device tensors
+  std::unique_ptr<CachingHostAllocator> staging_;  // page-locked host blocks for device tensors
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
   std::vector<int> world_ranks_;

@@ -1,6 +1,9 @@
 #include "core/pinned_allocator.h"
 
+#include <cstdlib>
+#include <mutex>
 #include <new>
+#include <unordered_set>
 
 #include "core/cuda_check.h"
 #include "core/error.h"
@@ -16,8 +19,13 @@ CachingHostAllocator::~CachingHostAllocator() {
 
 size_t CachingHostAllocator::block_bytes(size_t bytes) {
   size_t b = size_t{64} << 10;
-  while (b < bytes) b <<= 1;
-  return b;
+  while (b < bytes && b < (size_t{1} << 20)) b <<= 1;
+  if (b >= bytes) return b;
+  // Past 1 MiB: steps of a quarter of the octave's start (5, 6, 7, 8 MiB).
+  int shift = 0;
+  while ((bytes >> shift) > 7) ++shift;
+  const size_t step = size_t{1} << shift;
+  return (bytes + step - 1) / step * step;
 }
 
 void* CachingHostAllocator::allocate(size_t bytes, Stream) {
@@ -59,15 +67,35 @@ size_t CachingHostAllocator::reserved_high() const {
   return reserved_high_;
 }
 
-std::unique_ptr<Allocator> pinned_host_allocator() {
+std::unique_ptr<CachingHostAllocator> pinned_host_allocator() {
 #ifdef SY_WITH_CUDA
+  // The blocks that could not be pinned (ordinary memory, freed as such).
+  struct Pageable {
+    std::mutex mu;
+    std::unordered_set<void*> blocks;
+  };
+  auto pageable = std::make_shared<Pageable>();
   return std::make_unique<CachingHostAllocator>(
-      [](size_t bytes) {
+      [pageable](size_t bytes) {
         void* p = nullptr;
-        CUDA_CHECK(cudaHostAlloc(&p, bytes, cudaHostAllocDefault));
+        const cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+        if (e == cudaErrorMemoryAllocation) {
+          (void)cudaGetLastError();  // (not left for the next check to find)
+          p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+          std::lock_guard<std::mutex> lock(pageable->mu);
+          if (p) pageable->blocks.insert(p);
+          return p;
+        }
+        CUDA_CHECK(e);
         return p;
       },
-      [](void* p) { cudaFreeHost(p); });
+      [pageable](void* p) {
+        std::unique_lock<std::mutex> lock(pageable->mu);
+        const bool ordinary = pageable->blocks.erase(p) > 0;
+        lock.unlock();
+        if (ordinary) std::free(p);
+        else cudaFreeHost(p);
+      });
 #else
   return std::make_unique<CachingHostAllocator>(
       [](size_t) -> void* {

@@ -107,8 +107,9 @@ double tag(int src, int dst, int64_t i, int64_t e, DType d) {
 TEST_P(Conformance, AllToAllVTaggedRowsUnevenAndEmptyEveryDtype) {
   const int R = comm().rank(), W = comm().size();
   const int64_t width = 3;
-  // Rows from s to d: (s + 2d) % 3 * 2, so some blocks are empty.
-  auto rows = [](int s, int d) { return static_cast<int64_t>((s + 2 * d) % 3) * 2; };
+  // Rows from s to d: (s + 2d) % 3 * 2, so some blocks are empty, and one
+  // more to itself (so one rank moves rows too).
+  auto rows = [](int s, int d) { return static_cast<int64_t>((s + 2 * d) % 3) * 2 + (s == d); };
   std::vector<int64_t> sr(W), rr(W);
   int64_t ns = 0, nr = 0;
   for (int d = 0; d < W; ++d) sr[d] = rows(R, d), rr[d] = rows(d, R), ns += sr[d], nr += rr[d];
@@ -155,6 +156,23 @@ TEST_P(Conformance, BroadcastFromTheLastRankEveryDtype) {
     const Tensor got = t.to(host_ctx());
     for (int64_t i = 0; i < 7; ++i) EXPECT_EQ(get(got, i), 10 + i);
   }
+}
+
+// MPI stages device tensors through page-locked host blocks pinned once:
+// repeating a collective pins nothing more; a group of one stages nothing
+// (its collectives move nothing between ranks).
+TEST_P(Conformance, MpiDeviceStagingIsPinnedOnceAndReused) {
+  if (GetParam() != Backend::mpi_device) GTEST_SKIP() << "MPI's staging of device tensors";
+  const int W = comm().size();
+  Tensor t = make({1000, 4}, DType::f32, [](int64_t i) { return static_cast<double>(i % 7); });
+  comm().all_reduce_sum(t, ctx().stream, "conformance");
+  const size_t pinned = mpi_world().staging_bytes();
+  if (W == 1) EXPECT_EQ(pinned, 0u);
+  else EXPECT_GT(pinned, 0u);
+  for (int i = 0; i < 4; ++i) comm().all_reduce_sum(t, ctx().stream, "conformance");
+  EXPECT_EQ(mpi_world().staging_bytes(), pinned) << "each collective pinned memory anew";
+  const Tensor got = t.to(host_ctx());
+  for (int64_t i = 0; i < 4000; ++i) ASSERT_EQ(got.data<float>()[i], std::pow(W, 5) * (i % 7)) << i;
 }
 
 TEST_P(Conformance, CountsAndSubGroups) {

@@ -8,6 +8,9 @@
 
 #include "core/device_runtime.h"
 #include "core/pinned_allocator.h"
+#ifdef SY_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
 #include "core/tensor.h"
 
 namespace sy {
@@ -87,6 +90,12 @@ TEST(CachingHostAllocator, ReusesFreedBlocksOfTheirSizeClass) {
   EXPECT_EQ(CachingHostAllocator::block_bytes(1), 64 * KiB);
   EXPECT_EQ(CachingHostAllocator::block_bytes(64 * KiB), 64 * KiB);
   EXPECT_EQ(CachingHostAllocator::block_bytes(64 * KiB + 1), 128 * KiB);
+  EXPECT_EQ(CachingHostAllocator::block_bytes(1024 * KiB), 1024 * KiB);
+  // Past 1 MiB, four classes an octave: at most 25% over.
+  EXPECT_EQ(CachingHostAllocator::block_bytes(1024 * KiB + 1), 1280 * KiB);
+  EXPECT_EQ(CachingHostAllocator::block_bytes(5 * 1024 * KiB), 5 * 1024 * KiB);
+  EXPECT_EQ(CachingHostAllocator::block_bytes(5 * 1024 * KiB + 1), 6 * 1024 * KiB);
+  EXPECT_EQ(CachingHostAllocator::block_bytes(7 * 1024 * KiB + 1), 8 * 1024 * KiB);
   std::vector<std::pair<void*, size_t>> acquired;
   std::vector<void*> released;
   {
@@ -142,6 +151,14 @@ TEST(CachingHostAllocator, CudaPinnedStagingRoundTrips) {
   }
   auto rt = DeviceRuntime::create();
   Ctx& dev = rt->ctx();
+#ifdef SY_WITH_CUDA
+  {  // (the memory is page-locked: registered with CUDA as host memory)
+    Tensor probe = Tensor::empty({4}, DType::f32, host);
+    cudaPointerAttributes attr{};
+    ASSERT_EQ(cudaPointerGetAttributes(&attr, probe.raw()), cudaSuccess);
+    EXPECT_EQ(attr.type, cudaMemoryTypeHost) << "staging memory is not page-locked";
+  }
+#endif
   std::vector<float> v(100000);
   for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i) * 0.5f - 7.f;
   Tensor d = Tensor::from_host(v).to(dev);
