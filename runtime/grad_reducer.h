@@ -38,8 +38,8 @@
 // after its last kernel: the host queues it ahead). Stream mode: how long the second
 // stream ran past the end of backward on the compute stream, by CUDA events
 // read at the next step without waiting (so a step reports the one before's;
-// the first, 0), and the collectives' own event times as the communicator
-// has settled them.
+// the first, 0), and the collectives' own event times, the step before's
+// too (settled by begin(), when they are done).
 #pragma once
 #include <condition_variable>
 #include <deque>
@@ -90,7 +90,8 @@ class GradientReducer {
   // the lag of its last bucket behind backward.
   std::unique_ptr<SideStream> side_;
   StreamLag lag_;
-  double grads_seconds_ = 0;  // the grads communicator's comm_seconds() at the last finish()
+  double grads_seconds_ = 0;  // the grads communicator's comm_seconds() at the last begin()
+  double before_s_ = 0;       // stream mode: the step before's collective seconds
   std::vector<std::pair<int64_t, int64_t>> buckets_;  // [begin, end), descending
   size_t launched_ = 0;  // buckets handed out this step
   // Thread mode: where each bucket's gradients are written on the compute

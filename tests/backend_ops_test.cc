@@ -46,6 +46,7 @@
 #include "ops/routed_attention.h"
 #ifdef SY_WITH_CUDA
 #include "ops/cuda/attention_varlen.h"
+#include "ops/cuda/gemm.h"
 #endif
 #include "ops/router_loss.h"
 #include "ops/routing.h"
@@ -2255,6 +2256,51 @@ TEST_P(BackendOps, ExpertFfnBackwardWritesItsGradients) {
           ASSERT_EQ(got[1][2].f32()[e], 0.f) << "dw2 of the expert without rows, element " << e;
       }
     }
+}
+
+// A packed route's per-expert GEMMs keep one CUDA plan per row bucket
+// (ops/cuda/matmul.cu): experts on 97-112 rows, then on other counts of the
+// same bucket, make no new plan, and every call runs on its bucket's
+// algorithm (none falls back to an exact shape's plan: were the bucket's
+// layouts left at 112 rows, or refused, that would show here). f32 and bf16.
+TEST_P(BackendOps, PackedExpertGemmsShareOnePlanPerRowBucket) {
+  if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "CUDA's GEMM plans";
+#ifdef SY_WITH_CUDA
+  Ctx& x = ctx();
+  const ops::ExpertLayout layout(64, {64, 64, 64, 64}, ops::FfnActivation::gelu);
+  Rng rng(0xb0c);
+  const Tensor w1 = randn({4 * 64 * 64}, rng, 0.1f).to(x), b1 = randn({4 * 64}, rng).to(x),
+               w2 = randn({4 * 64 * 64}, rng, 0.1f).to(x), b2 = randn({4, 64}, rng).to(x);
+  Tensor w1_16 = out(x, w1.shape(), DType::bf16), w2_16 = out(x, w2.shape(), DType::bf16);
+  ops::to_bf16(x, w1_16, w1);
+  ops::to_bf16(x, w2_16, w2);
+  for (const bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "f32");
+    const ops::ExpertWeights w{w1, b1, w2, b2, bf16 ? &w1_16 : nullptr, bf16 ? &w2_16 : nullptr};
+    size_t plans = 0;
+    int64_t fallbacks = 0;
+    int run = 0;
+    for (const std::vector<int32_t>& offset : {std::vector<int32_t>{0, 97, 197, 300, 412},
+                                               std::vector<int32_t>{0, 100, 203, 300, 412},
+                                               std::vector<int32_t>{0, 112, 210, 309, 412}}) {
+      const int64_t R = offset.back();
+      const Tensor buf = randn({R, 64}, rng).to(x), dout = randn({R, 64}, rng).to(x);
+      Tensor pre = out(x, {layout.pre_numel(offset)}), o = out(x, {R, 64}), dbuf = out(x, {R, 64});
+      Tensor g[4] = {Tensor::zeros(w1.shape(), DType::f32, x), Tensor::zeros(b1.shape(), DType::f32, x),
+                     Tensor::zeros(w2.shape(), DType::f32, x), Tensor::zeros(b2.shape(), DType::f32, x)};
+      ops::expert_ffn_forward(x, {o, pre, buf, offset, layout, w});
+      ops::ExpertFfnBackwardArgs args{dbuf, {g[0], g[1], g[2], g[3]}, dout, buf, pre, offset, layout, w, nullptr,
+                                      /*dbuf_accumulate=*/false};
+      ops::expert_ffn_backward(x, args);
+      if (run++ == 0) {
+        plans = ops::cuda::gemm_plan_count(), fallbacks = ops::cuda::gemm_bucket_fallbacks();
+        continue;
+      }
+      EXPECT_EQ(ops::cuda::gemm_plan_count(), plans) << "new row counts of the same buckets made new plans";
+      EXPECT_EQ(ops::cuda::gemm_bucket_fallbacks(), fallbacks) << "a bucket's plan did not serve its rows";
+    }
+  }
+#endif
 }
 
 // bf16 mode's dout may come bf16 (rounded by combine_backward): every

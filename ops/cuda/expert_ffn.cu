@@ -42,8 +42,8 @@
 // offsets (ops/cuda/gemm.h). The same products, one launch instead of G.
 // With one width the packed pre and act are plain (R, P) and (R, H)
 // matrices, so the activation (SwiGLU's too) is one call over all rows.
-// Deterministic: fixed cuBLASLt algorithms per shape, column sums in fixed
-// order, no atomics.
+// Deterministic: fixed cuBLASLt algorithms per shape (per row bucket: the
+// bucket's), column sums in fixed order, no atomics.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
 #include "ops/expert_ffn.h"

@@ -52,6 +52,11 @@ struct GemmArgs {
 
 bool gemm(Ctx& ctx, const GemmArgs& g);
 
+// For tests: the plans made so far (every device), and the calls a row
+// bucket's plan could not serve (run on their exact shape's plan instead).
+size_t gemm_plan_count();
+int64_t gemm_bucket_fallbacks();
+
 // g written into `out` (g.C and g.C16 are set from it): f32, the GEMM's C;
 // bf16 (beta 0), the GEMM's bf16 output, or where gemm() cannot, fp32
 // scratch of out's shape rounded into it (to_bf16). out is the contiguous

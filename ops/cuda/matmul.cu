@@ -23,7 +23,9 @@
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
 // GPU model for a fixed algorithm and workspace; the algorithm is kept per
 // (shape, alignments, mode, epilogue) with its descriptor and layouts (a
-// Plan), so it does not change within a run.
+// Plan), so it does not change within a run. For an expert's varying rows
+// the shape is the bucket's (bucket() below), which depends on the row
+// count alone, so a count gets the same algorithm whatever came before.
 // Where the heuristic has nothing with the BIAS epilogue, the bias goes in
 // by add_bias_rows and the GEMM runs without it (remembered per key too). db is a
 // fixed-order two-stage column sum (common.cuh), no atomics.
@@ -132,6 +134,7 @@ struct Plan {
 };
 std::mutex plan_mutex;
 std::map<AlgoKey, Plan> plans;
+int64_t bucket_fallbacks = 0;  // calls a bucket's plan could not serve (under plan_mutex)
 
 // key's plan, made where there is none. Column-major view: D (N, M) =
 // op'(B) (N, K) * op'(A) (K, M); the layouts, the descriptor and the
@@ -188,10 +191,10 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
   if (found > 0) p.algo = result.algo;
   if (key.out16 && !p.algo)
     std::fprintf(stderr,
-                 "note: cuBLASLt has no bf16-output algorithm for M=%lld N=%lld K=%lld%s (%s): the GEMM writes fp32 "
-                 "and a pass rounds it\n",
+                 "note: cuBLASLt has no bf16-output algorithm for M=%lld N=%lld K=%lld%s%s (%s): the GEMM writes "
+                 "fp32 and a pass rounds it\n",
                  static_cast<long long>(key.M), static_cast<long long>(key.N), static_cast<long long>(key.K),
-                 key.bias ? " with an fp32 bias" : "", st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st));
+                 key.bucketed ? " (a bucket: rows up to these)" : "", key.bias ? " with an fp32 bias" : "", st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st));
   return plans.emplace(key, std::move(p)).first->second;
 }
 
@@ -259,17 +262,18 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   // The plan's shape: a bucket's where M or K varies (bucket() above), as
   // long as the layouts allow it (a layout's rows within its leading dim).
   GemmArgs shape = g;
+  bool bucketed = false;
   if (nb == 1 && (g.bucket_m || g.bucket_k)) {
     shape.M = g.bucket_m ? bucket(g.M) : g.M;
     shape.K = g.bucket_k ? bucket(g.K) : g.K;
-    const bool fits = (!g.trans_b || shape.K <= g.ldb) && (g.trans_a ? shape.M <= g.lda : shape.K <= g.lda);
-    if (!fits) shape.M = g.M, shape.K = g.K;
+    bucketed = (!g.trans_b || shape.K <= g.ldb) && (g.trans_a ? shape.M <= g.lda : shape.K <= g.lda);
+    if (!bucketed) shape.M = g.M, shape.K = g.K;
   }
   AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, out16, shape.M, g.N,
               shape.K, g.lda, g.ldb, g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
               alignment(C, nb, g.stride_c * (out16 ? 2 : 4)), nb, nb > 1 ? g.stride_a : 0,
               nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? g.stride_bias : 0,
-              nb == 1 && (g.bucket_m || g.bucket_k), bias ? alignment(bias, nb, g.stride_bias * 4) : 0};
+              bucketed, bias ? alignment(bias, nb, g.stride_bias * 4) : 0};
   std::lock_guard<std::mutex> lock(plan_mutex);
   auto plan_of = [&](const AlgoKey& k, const float* b) {
     Plan* q = &plan_for(ctx, handle, k.bucketed ? shape : g, k, b);
@@ -279,6 +283,7 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   // key's plan, with this call's bias; where no algorithm takes the BIAS
   // epilogue for this shape and these alignments, the bias by its own kernel
   // and the plain GEMM onto it. Null: no bf16-output algorithm (fall back).
+  // Its algo may be empty (none at all).
   auto find = [&]() -> Plan* {
     Plan* q = plan_of(key, bias);
     if (!q->algo && out16) return nullptr;
@@ -287,30 +292,33 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
       key.bias = false, key.beta = true, key.stride_bias = 0, key.align_bias = 0;
       q = plan_of(key, nullptr);
     }
-    SY_CHECK(q->algo.has_value(), "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M="
-                                                       << g.M << " N=" << g.N << " K=" << g.K << " (alignments A "
-                                                       << key.align_b << ", B " << key.align_a << ", C "
-                                                       << key.align_c << " bytes)");
-    if (key.bias)  // (this call's bias: the plan holds the first call's)
+    if (q->algo && key.bias)  // (this call's bias: the plan holds the first call's)
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(q->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     return q;
   };
-  Plan* p = find();
-  if (!p) return false;
   const float alpha = 1.f;
-  auto launch = [&] {
-    return cublasLtMatmul(handle, p->desc.get(), &alpha, g.B, p->first.get(), g.A, p->second.get(), &beta, C,
-                          p->out.get(), C, p->out.get(), &*p->algo, ctx.blas.workspace, ctx.blas.workspace_bytes,
-                          stream(ctx));
-  };
-  cublasStatus_t st = launch();
-  if (st != CUBLAS_STATUS_SUCCESS && key.bucketed) {
-    // The bucket's algorithm refused at this call's shape (cuBLASLt checks
-    // before it launches anything): this shape's own plan, as without buckets.
-    key.bucketed = false, key.M = g.M, key.K = g.K;
+  Plan* p = nullptr;
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  for (;;) {
     p = find();
     if (!p) return false;
-    st = launch();
+    if (p->algo) {
+      st = cublasLtMatmul(handle, p->desc.get(), &alpha, g.B, p->first.get(), g.A, p->second.get(), &beta, C,
+                          p->out.get(), C, p->out.get(), &*p->algo, ctx.blas.workspace, ctx.blas.workspace_bytes,
+                          stream(ctx));
+      // Done, unless a bucket's algorithm was refused at this call's shape
+      // (cuBLASLt checks the layouts and workspace before it launches
+      // anything: INVALID_VALUE or NOT_SUPPORTED, nothing written).
+      if (!key.bucketed || (st != CUBLAS_STATUS_INVALID_VALUE && st != CUBLAS_STATUS_NOT_SUPPORTED)) break;
+    } else {
+      SY_CHECK(key.bucketed, "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M=" << g.M
+                                                  << " N=" << g.N << " K=" << g.K << " (alignments A " << key.align_b
+                                                  << ", B " << key.align_a << ", C " << key.align_c << " bytes)");
+    }
+    // This shape's own plan, as without buckets (counted: a test checks a
+    // bucket's algorithm serves its rows).
+    key.bucketed = false, key.M = g.M, key.K = g.K;
+    ++bucket_fallbacks;
   }
   if (out16 && st == CUBLAS_STATUS_NOT_SUPPORTED) {  // (the heuristic offered it; refused all the same)
     p->algo.reset();  // (the next call with this key falls back at once)
@@ -318,6 +326,16 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   }
   CUBLAS_CHECK(st);
   return true;
+}
+
+size_t gemm_plan_count() {
+  std::lock_guard<std::mutex> lock(plan_mutex);
+  return plans.size();
+}
+
+int64_t gemm_bucket_fallbacks() {
+  std::lock_guard<std::mutex> lock(plan_mutex);
+  return bucket_fallbacks;
 }
 
 Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
