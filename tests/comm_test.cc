@@ -7,8 +7,10 @@
 #include "grad_check.h"
 #include "mpi_main.h"
 #include "runtime/moe_layer.h"
+#include "runtime/config.h"
 #include "runtime/parallel.h"
 #include "runtime/sparse_self_attention.h"
+#include "runtime/trainer.h"
 
 namespace sy {
 namespace {
@@ -236,6 +238,91 @@ TEST(RoutedAttention, CentroidsStayIdenticalAcrossDataParallelRanks) {
   if (world().size() < 2) GTEST_SKIP() << "needs 2 ranks";
   EXPECT_EQ(centroid_spread(true), 0.0);
   EXPECT_GT(centroid_spread(false), 1e-3);  // the check can fail
+}
+
+
+// A communicator whose time is counted one collective late, and in full on
+// settle_comm_seconds(), as NCCL's event times are (read once a later call
+// finds them done): an MPI one inside, each call's own time logged by
+// context, so a test knows what a window of calls took.
+class LateCounting final : public comm::Communicator {
+ public:
+  explicit LateCounting(std::unique_ptr<comm::Communicator> inner) : inner_(std::move(inner)) {
+    timeout_s_ = inner_->timeout_s();
+  }
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::vector<int> world_ranks() const override { return inner_->world_ranks(); }
+  std::unique_ptr<comm::Communicator> split(int color, int key) const override {
+    return std::make_unique<LateCounting>(inner_->split(color, key));
+  }
+  void all_to_all_counts(const std::vector<int64_t>& send, std::vector<int64_t>& recv, const char* context) override {
+    timed(context, [&] { inner_->all_to_all_counts(send, recv, context); });
+  }
+  void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                    const std::vector<int64_t>& recv_rows, Stream stream, const char* context) override {
+    timed(context, [&] { inner_->all_to_all_v(send, send_rows, recv, recv_rows, stream, context); });
+  }
+  void all_reduce_sum(Tensor& t, Stream stream, const char* context) override {
+    timed(context, [&] { inner_->all_reduce_sum(t, stream, context); });
+  }
+  using comm::Communicator::all_reduce_sum;
+  void broadcast(Tensor& t, int root, Stream stream, const char* context) override {
+    timed(context, [&] { inner_->broadcast(t, root, stream, context); });
+  }
+  void barrier(const char* context) override {
+    timed(context, [&] { inner_->barrier(context); });
+  }
+  bool concurrent_collectives() const override { return inner_->concurrent_collectives(); }
+  void settle_comm_seconds() override { comm_seconds_ += pending_, pending_ = 0; }
+  // Each call's (context, seconds) since the last clear.
+  std::vector<std::pair<std::string, double>> log;
+
+ private:
+  template <class F>
+  void timed(const char* context, F&& call) {
+    const double before = inner_->comm_seconds();
+    call();
+    const double took = inner_->comm_seconds() - before;
+    comm_seconds_ += pending_;  // the call before this one's, only now
+    pending_ = took;
+    log.emplace_back(context, took);
+  }
+  std::unique_ptr<comm::Communicator> inner_;
+  double pending_ = 0;
+};
+
+// The MoE all-to-all time a training step reports is its own exchanges'
+// (the expert-parallel group's calls between its start and its gradient
+// norm), on a communicator that counts late, as NCCL's does: no collective
+// of the step before, none missing at its end.
+TEST(Trainer, AllToAllTimeIsEachStepsOwnOnALateCountingCommunicator) {
+  const int W = world().size();
+  if (W < 2) GTEST_SKIP() << "needs 2 ranks";
+  Config cfg = parse_config(R"(
+    model { n_layers: 2 d_model: 16 n_heads: 2 ffn_hidden: 24 seq_len: 16 }
+    train { batch: 4 steps: 4 warmup_steps: 1 eval_interval: 0 seed: 5 }
+    data { synthetic_bytes: 10000 }
+    moe { num_experts: 4 every_n_layers: 1 dropless: true }
+  )", "test");
+  cfg.mutable_parallel()->set_expert_parallel(W == 4 ? 4 : 2);
+  validate_config(cfg, "test");
+  auto par = ParallelContext::create(std::make_unique<LateCounting>(std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD)),
+                                     cfg.parallel().expert_parallel(), 60);
+  auto& ep = dynamic_cast<LateCounting&>(*par->ep);
+  TrainOptions opts;
+  opts.par = par.get();
+  Trainer t(cfg, opts);
+  for (int64_t step = 1; step <= 3; ++step) {
+    ep.log.clear();
+    const StepResult r = t.step(step);
+    double own = 0;
+    int exchanges = 0;
+    for (const auto& [context, s] : ep.log)
+      if (context != "gradient norm") own += s, ++exchanges;
+    EXPECT_GT(exchanges, 0) << "step " << step;
+    EXPECT_NEAR(r.all_to_all_s, own, 1e-9) << "step " << step;
+  }
 }
 
 }  // namespace
