@@ -1,5 +1,7 @@
 #include "core/pinned_allocator.h"
 
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -81,6 +83,12 @@ std::unique_ptr<CachingHostAllocator> pinned_host_allocator() {
         const cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
         if (e == cudaErrorMemoryAllocation) {
           (void)cudaGetLastError();  // (not left for the next check to find)
+          static std::atomic<bool> said{false};
+          if (!said.exchange(true))
+            std::fprintf(stderr,
+                         "note: could not page-lock %zu more bytes of host memory; device tensors are staged "
+                         "through ordinary memory from here on where pinning fails (slower copies, same results)\n",
+                         bytes);
           p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
           std::lock_guard<std::mutex> lock(pageable->mu);
           if (p) pageable->blocks.insert(p);

@@ -18,7 +18,7 @@
 // device and page-locked memory run at the link's DMA rate, where pageable
 // memory goes through the driver's bounce buffer in pieces. Where the system
 // will not pin more, a block is ordinary (pageable) memory instead: slower
-// copies, the same results. Its tensors are host tensors (device() is the
+// copies, the same results (said once on stderr). Its tensors are host tensors (device() is the
 // CPU). Without the CUDA backend, or without a GPU, its first allocation
 // throws BackendError.
 #pragma once
