@@ -153,7 +153,7 @@ int64_t row_elems(const Tensor& t) { return t.ndim() == 0 || t.dim(0) == 0 ? 0 :
 
 }  // namespace
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm) : staging_(pinned_host_allocator()), comm_(comm) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm) : pinned_(pinned_host_allocator()), comm_(comm) {
   MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
   MPI_CHECK(MPI_Comm_size(comm_, &size_));
   // Errors come back as codes (and become exceptions), not MPI's abort.
@@ -213,19 +213,17 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
   SY_CHECK(send.ndim() >= 1 && ns == send.dim(0) && recv.ndim() >= 1 && nr == recv.dim(0),
            "all_to_all_v in '" << context << "': " << ns << " rows to send from " << shape_str(send.shape()) << ", "
                                << nr << " to receive into " << shape_str(recv.shape()));
+  if (size_ == 1) {  // (the rows to itself: a copy, not staged through the host and back)
+    if (send.raw() != recv.raw()) recv.copy_from(send, staging(*pinned_, stream));
+    return;
+  }
   const int64_t w = std::max(row_elems(send), row_elems(recv));
   std::vector<int64_t> sc(size_), rc(size_);
   for (int i = 0; i < size_; ++i) sc[i] = send_rows[i] * w, rc[i] = recv_rows[i] * w;
   to_mpi(sc, scratch_[0], scratch_[1]);
   to_mpi(rc, scratch_[2], scratch_[3]);
   const MPI_Datatype type = mpi_type(send.dtype(), false, context);
-  const Ctx stage = staging(*staging_, stream);
-  if (size_ == 1) {  // (the rows to itself: a copy, not staged through the host and back)
-    SY_CHECK(send.nbytes() == recv.nbytes(), "all_to_all_v in '" << context << "': " << shape_str(send.shape())
-                                                                 << " sent to itself into " << shape_str(recv.shape()));
-    if (send.raw() != recv.raw()) recv.copy_from(send, stage);
-    return;
-  }
+  const Ctx stage = staging(*pinned_, stream);
   const Tensor hs = on_host(send, stage);
   Tensor hr = recv.device().is_cpu() ? recv : Tensor::empty(recv.shape(), recv.dtype(), stage);
   guarded("all_to_all_v", context, [&] {
@@ -239,7 +237,7 @@ void MpiCommunicator::all_reduce_sum(Tensor& t, Stream stream, const char* conte
   const MPI_Datatype type = mpi_type(t.dtype(), true, context);
   SY_CHECK(t.numel() <= INT32_MAX, "all_reduce in '" << context << "': " << t.numel() << " elements");
   if (size_ == 1) return;  // (the sum over one rank: t itself; a group of one, e.g. expert replicas when ep = world)
-  const Ctx stage = staging(*staging_, stream);
+  const Ctx stage = staging(*pinned_, stream);
   Tensor h = on_host(t, stage);
   guarded("all_reduce", context,
           [&] { return MPI_Allreduce(MPI_IN_PLACE, h.raw(), static_cast<int>(t.numel()), type, MPI_SUM, comm_); });
@@ -250,7 +248,7 @@ void MpiCommunicator::broadcast(Tensor& t, int root, Stream stream, const char* 
   SY_CHECK(t.nbytes() <= INT32_MAX, "broadcast in '" << context << "': " << t.nbytes() << " bytes");
   SY_CHECK(root >= 0 && root < size_, "broadcast in '" << context << "': root " << root << " in a group of " << size_);
   if (size_ == 1) return;
-  const Ctx stage = staging(*staging_, stream);
+  const Ctx stage = staging(*pinned_, stream);
   Tensor h = on_host(t, stage);
   guarded("broadcast", context,
           [&] { return MPI_Bcast(h.raw(), static_cast<int>(t.nbytes()), MPI_BYTE, root, comm_); });
@@ -261,7 +259,7 @@ void MpiCommunicator::barrier(const char* context) {
   guarded("barrier", context, [&] { return MPI_Barrier(comm_); });
 }
 
-size_t MpiCommunicator::staging_bytes() const { return staging_->reserved(); }
+size_t MpiCommunicator::staging_bytes() const { return pinned_->reserved(); }
 
 bool MpiCommunicator::concurrent_collectives() const { return MpiSession::thread_multiple(); }
 

@@ -7,10 +7,11 @@
 // exits with status 1, which makes mpirun end the whole job. A blocked MPI
 // call cannot be interrupted to throw, which is why this one path exits
 // rather than throwing. Device tensors are staged through page-locked host
-// memory, pinned at a tensor's first size class and reused after
-// (core/pinned_allocator.h), so several ranks can share one GPU (NCCL
-// refuses that); the copies are ordered on the caller's stream (on none:
-// after the whole device's work).
+// memory, pinned once per size class and reused (core/pinned_allocator.h;
+// ordinary memory where the system will not pin more), so several ranks
+// can share one GPU (NCCL refuses that); the copies are ordered on the
+// caller's stream (on none: after the whole device's work). A group of one
+// stages nothing: its collectives move nothing between ranks.
 #pragma once
 #include <mpi.h>
 
@@ -47,9 +48,9 @@ class MpiCommunicator : public Communicator {
   void barrier(const char* context) override;
   using Communicator::all_reduce_sum;
   MPI_Comm handle() const { return comm_; }
-  // Page-locked host bytes held for staging device tensors (kept and reused
-  // from one collective to the next; nothing is staged in a group of one,
-  // whose collectives move nothing between ranks).
+  // Host bytes held for staging device tensors (page-locked, but for any
+  // block the system would not pin), kept and reused from one collective to
+  // the next.
   size_t staging_bytes() const;
   bool concurrent_collectives() const override;
 
@@ -58,7 +59,7 @@ class MpiCommunicator : public Communicator {
   template <typename F>
   void guarded(const char* op, const char* context, F&& call);
   mutable std::vector<int> scratch_[4];  // MPI's int counts/displacements, reused
-  std::unique_ptr<CachingHostAllocator> staging_;  // page-locked host blocks for device tensors
+  std::unique_ptr<CachingHostAllocator> pinned_;  // page-locked host blocks for device tensors
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
   std::vector<int> world_ranks_;

@@ -6,8 +6,10 @@
 #include <mutex>
 #include <new>
 #include <unordered_set>
+#include <utility>
 
 #include "core/cuda_check.h"
+#include "core/size_class.h"
 #include "core/error.h"
 
 namespace sy {
@@ -22,12 +24,7 @@ CachingHostAllocator::~CachingHostAllocator() {
 size_t CachingHostAllocator::block_bytes(size_t bytes) {
   size_t b = size_t{64} << 10;
   while (b < bytes && b < (size_t{1} << 20)) b <<= 1;
-  if (b >= bytes) return b;
-  // Past 1 MiB: steps of a quarter of the octave's start (5, 6, 7, 8 MiB).
-  int shift = 0;
-  while ((bytes >> shift) > 7) ++shift;
-  const size_t step = size_t{1} << shift;
-  return (bytes + step - 1) / step * step;
+  return b >= bytes ? b : static_cast<size_t>(round_up_quarter_octave(bytes));  // (past 1 MiB: 1.25, 1.5, ... MiB)
 }
 
 void* CachingHostAllocator::allocate(size_t bytes, Stream) {

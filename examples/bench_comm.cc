@@ -9,7 +9,8 @@
 //   mpirun -np 1 build/bin/bench_comm --nccl [--max-mib 256] [--json out.json]
 // With --device, ours moves device tensors through MpiCommunicator (staged
 // through host memory: the path of several ranks sharing a GPU); the MPI
-// column stays host buffers, so ours/mpi is what the staging costs.
+// column stays host buffers, so ours/mpi is what the staging costs (at two
+// ranks or more: one rank's all-to-all copies to itself on the device).
 #include <mpi.h>
 
 #include <CLI/CLI.hpp>

@@ -111,11 +111,11 @@ void GradientReducer::begin() {
   busy_s_ = 0;
   if (mode_ == Mode::stream) {
     // The step before's collectives, all done by now (its gradient norm
-    // read a value computed after them): settled without waiting, reported
-    // by this step's finish(), as its exposed time is.
+    // read a value computed after them), so settling them does not wait;
+    // reported by this step's finish(), as its exposed time is.
     par_.grads->settle_comm_seconds();
     const double s = par_.grads->comm_seconds();
-    before_s_ = s - grads_seconds_;
+    last_step_dense_s_ = s - grads_seconds_;
     grads_seconds_ = s;
   }
 }
@@ -156,7 +156,7 @@ ReduceTimes GradientReducer::finish() {
     t.exposed_s = lag_.last_ms() / 1e3;  // the step before's (its events are done by now)
     lag_.mark(ctx_, side_->ctx());
     stream_wait(ctx_, side_->ctx());  // the optimizer after the last bucket
-    t.all_reduce_s = before_s_;  // (the step before's, as exposed_s; see begin())
+    t.all_reduce_s = last_step_dense_s_;  // (the step before's, as exposed_s; see begin())
   } else if (mode_ == Mode::thread) {
     ready(0);
     wait_for_backward();

@@ -38,8 +38,10 @@
 // after its last kernel: the host queues it ahead). Stream mode: how long the second
 // stream ran past the end of backward on the compute stream, by CUDA events
 // read at the next step without waiting (so a step reports the one before's;
-// the first, 0), and the collectives' own event times, the step before's
-// too (settled by begin(), when they are done).
+// the first, 0), and the dense collectives' own event times, the step
+// before's too (settled by begin(), when they are done). The expert
+// gradients' all-reduce after backward adds its host time, this step's, to
+// both (every mode).
 #pragma once
 #include <condition_variable>
 #include <deque>
@@ -57,7 +59,7 @@
 namespace sy {
 
 struct ReduceTimes {
-  double all_reduce_s = 0;  // seconds in gradient collectives, this step
+  double all_reduce_s = 0;  // seconds in gradient collectives, this step (stream mode: the dense ones the step before's)
   double exposed_s = 0;     // seconds finish() waited for them
 };
 
@@ -90,8 +92,9 @@ class GradientReducer {
   // the lag of its last bucket behind backward.
   std::unique_ptr<SideStream> side_;
   StreamLag lag_;
-  double grads_seconds_ = 0;  // the grads communicator's comm_seconds() at the last begin()
-  double before_s_ = 0;       // stream mode: the step before's collective seconds
+  // Stream mode: the grads communicator's comm_seconds() at the last
+  // begin(), and the step before's dense collective seconds.
+  double grads_seconds_ = 0, last_step_dense_s_ = 0;
   std::vector<std::pair<int64_t, int64_t>> buckets_;  // [begin, end), descending
   size_t launched_ = 0;  // buckets handed out this step
   // Thread mode: where each bucket's gradients are written on the compute

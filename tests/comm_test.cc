@@ -3,11 +3,16 @@
 // and MoE layers whose ranks route very different token counts.
 #include <gtest/gtest.h>
 
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "comm/mpi_communicator.h"
 #include "grad_check.h"
 #include "mpi_main.h"
-#include "runtime/moe_layer.h"
 #include "runtime/config.h"
+#include "runtime/moe_layer.h"
 #include "runtime/parallel.h"
 #include "runtime/sparse_self_attention.h"
 #include "runtime/trainer.h"
@@ -240,7 +245,6 @@ TEST(RoutedAttention, CentroidsStayIdenticalAcrossDataParallelRanks) {
   EXPECT_GT(centroid_spread(false), 1e-3);  // the check can fail
 }
 
-
 // A communicator whose time is counted one collective late, and in full on
 // settle_comm_seconds(), as NCCL's event times are (read once a later call
 // finds them done): an MPI one inside, each call's own time logged by
@@ -295,13 +299,13 @@ class LateCounting final : public comm::Communicator {
 // The MoE all-to-all time a training step reports is its own exchanges'
 // (the expert-parallel group's calls between its start and its gradient
 // norm), on a communicator that counts late, as NCCL's does: no collective
-// of the step before, none missing at its end.
+// of the step before, none missing at its end; two micro-batches a step.
 TEST(Trainer, AllToAllTimeIsEachStepsOwnOnALateCountingCommunicator) {
   const int W = world().size();
   if (W < 2) GTEST_SKIP() << "needs 2 ranks";
   Config cfg = parse_config(R"(
     model { n_layers: 2 d_model: 16 n_heads: 2 ffn_hidden: 24 seq_len: 16 }
-    train { batch: 4 steps: 4 warmup_steps: 1 eval_interval: 0 seed: 5 }
+    train { batch: 8 micro_batches: 2 steps: 4 warmup_steps: 1 eval_interval: 0 seed: 5 }
     data { synthetic_bytes: 10000 }
     moe { num_experts: 4 every_n_layers: 1 dropless: true }
   )", "test");

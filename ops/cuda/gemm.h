@@ -20,7 +20,8 @@
 // a padded route (ops/expert_ffn.h) in one call.
 // The descriptor, layouts and algorithm are made once per shape,
 // alignment, mode, batch and epilogue and kept (a call sets its pointers
-// and launches); per bucket of M or K where the caller says it varies.
+// and launches); per bucket of M or K where the caller says it varies (a
+// call then also sets the layouts' M and K).
 #pragma once
 #include <cstdint>
 

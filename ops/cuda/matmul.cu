@@ -17,7 +17,7 @@
 // types cublasLt.h lists for a bf16 D: the heuristic may refuse it), rounded
 // once; its algorithm may sum in another order than the fp32 output's, so
 // within one bf16 step of that output rounded. Where cuBLASLt refuses (said
-// once per shape on stderr) or the bias is misaligned, the GEMM writes fp32
+// once per shape, or row bucket, on stderr) or the bias is misaligned, the GEMM writes fp32
 // scratch and to_bf16 rounds it: exactly that output rounded.
 //
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
@@ -30,6 +30,8 @@
 // by add_bias_rows and the GEMM runs without it (remembered per key too). db is a
 // fixed-order two-stage column sum (common.cuh), no atomics.
 #include <cublasLt.h>
+
+#include "core/size_class.h"
 
 #include <cstdio>
 #include <cstring>
@@ -139,7 +141,8 @@ int64_t bucket_fallbacks = 0;  // calls a bucket's plan could not serve (under p
 // key's plan, made where there is none. Column-major view: D (N, M) =
 // op'(B) (N, K) * op'(A) (K, M); the layouts, the descriptor and the
 // heuristic's query depend on nothing but the key (and the bias pointer's
-// alignment, which is in it).
+// alignment, which is in it). A row bucket's layouts are then set to each
+// call's own M and K (set_dims below).
 Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoKey& key, const float* bias) {
   auto it = plans.find(key);
   if (it != plans.end()) return it->second;
@@ -202,17 +205,12 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
 // expert's rows in a packed route, different every step) would make a plan,
 // and a heuristic query, per row count: thousands over a run, each kept.
 // Instead such a dim is rounded up to its bucket, four to an octave
-// (600 -> 640, 1000 -> 1024; at most 25% over), and the bucket's plan is made
+// (core/size_class.h: 600 -> 640, 1000 -> 1024; at most 25% over), and the
+// bucket's plan is made
 // for that shape (the heuristic picks for the bucket's largest); each call
 // sets the layouts to its own dims. (cuBLASLt checks the algorithm against
 // the call's shape; one it refuses runs on an exact plan instead: gemm().)
-int64_t bucket(int64_t v) {
-  if (v <= 4) return v;
-  int shift = 0;
-  while ((v >> shift) > 7) ++shift;  // step = 2^(floor(log2 v) - 2)
-  const int64_t step = int64_t{1} << shift;
-  return (v + step - 1) / step * step;
-}
+int64_t bucket(int64_t v) { return static_cast<int64_t>(round_up_quarter_octave(static_cast<uint64_t>(v))); }
 
 void set_rows_cols(cublasLtMatrixLayout_t l, int64_t rows, int64_t cols) {
   const uint64_t r = static_cast<uint64_t>(rows), c = static_cast<uint64_t>(cols);
