@@ -36,6 +36,7 @@
 #include "ops/gelu.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
+#include "ops/random.h"
 #include "ops/routing.h"
 #include "runtime/model.h"
 #include "runtime/moe_layer.h"
@@ -401,6 +402,21 @@ int main(int argc, char** argv) {
             moe_padded.backward(dy);
           },
           nullptr);
+      // The packed route again, on a new input each call (drawn on the device
+      // by the counter-based RNG: one (T, d) write, a few hundredths of a ms
+      // on a GPU, inside the time): the experts' row counts change from call
+      // to call as in training, where one repeated input would meet every
+      // per-count cost (a GEMM plan per row count, say) once, in warm-up.
+      Tensor xr = Tensor::empty({N, C}, DType::f32, ctx);
+      uint32_t draw = 0;
+      add({"moe_layer_fwd_bwd_new_routes", shape, 0, active, 0},
+          [&] {
+            sy::ops::random_normal(ctx, xr, sy::RandomKey{0xb0a7, 1, draw++, 0}, 1.f);
+            ps.zero_grad(ctx);
+            moe.forward(xr);
+            moe.backward(dy);
+          },
+          nullptr);
       add({"dense_ffn_fwd_bwd", "T" + std::to_string(N) + " d" + std::to_string(C) + " h" + std::to_string(2 * H) + prec, 0, active, 0},
           [&] {
             dense.forward(x);
@@ -543,7 +559,7 @@ int main(int argc, char** argv) {
                 gemm_rate / 1e12, copy_what.c_str(), copy_rate / 1e12);
     // host ms: the host's time to queue the case (its waits included); near
     // ms, the GPU was waiting on the host.
-    std::printf("%-24s %-34s %10s %8s %12s %9s %7s  %s\n", "op", "shape", "ms", "host ms", "rate", "of ceil", "#wrong",
+    std::printf("%-28s %-34s %10s %8s %12s %9s %7s  %s\n", "op", "shape", "ms", "host ms", "rate", "of ceil", "#wrong",
                 "note");
     for (const Row& r : rows) {
       char rate[32] = "-", frac[16] = "-", wrong[16] = "-";
@@ -555,7 +571,7 @@ int main(int argc, char** argv) {
         std::snprintf(frac, sizeof frac, "%.1f%%", 100 * r.bytes / r.seconds / copy_rate);
       }
       if (r.wrong >= 0) std::snprintf(wrong, sizeof wrong, "%lld", static_cast<long long>(r.wrong));
-      std::printf("%-24s %-34s %10.3f %8.3f %12s %9s %7s  %s\n", r.name.c_str(), r.shape.c_str(), r.seconds * 1e3,
+      std::printf("%-28s %-34s %10.3f %8.3f %12s %9s %7s  %s\n", r.name.c_str(), r.shape.c_str(), r.seconds * 1e3,
                   r.host_seconds * 1e3, rate, frac, wrong, r.note.c_str());
       out["ops"].push_back({{"op", r.name}, {"shape", r.shape}, {"seconds", r.seconds},
                             {"host_seconds", r.host_seconds}, {"flops", r.flops}, {"bytes", r.bytes},

@@ -67,6 +67,13 @@ def main():
                      f"the effective ceiling is {copy / 2 / 1e12:.2f} TB/s")
 
     dense = rows.get("dense_ffn_fwd_bwd")
+    fixed, fresh = rows.get("moe_layer_fwd_bwd"), rows.get("moe_layer_fwd_bwd_new_routes")
+    if fixed and fresh and fixed["seconds"] > 0 and fresh["seconds"] > 0:
+        # A new route each call (as in training) against one repeated: what
+        # the per-route costs add (the RNG's draw of the input is in it too).
+        lines.append(f"moe_layer_fwd_bwd, a new route each call: {fresh['seconds'] * 1e3:.3f} ms "
+                     f"(host {fresh.get('host_seconds', 0) * 1e3:.3f} ms) against {fixed['seconds'] * 1e3:.3f} ms "
+                     f"for one route repeated ({fresh['seconds'] / fixed['seconds']:.2f}x)")
     for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded"):
         m = rows.get(name)
         if m and dense:
