@@ -63,6 +63,17 @@ int cuda_device_count() {
 
 bool cuda_available() { return cuda_device_count() > 0; }
 
+double cuda_device_memory_bytes(int index) {
+#ifdef SY_WITH_CUDA
+  cudaDeviceProp p;
+  if (index < 0 || index >= cuda_device_count() || cudaGetDeviceProperties(&p, index) != cudaSuccess) return 0;
+  return static_cast<double>(p.totalGlobalMem);
+#else
+  (void)index;
+  return 0;
+#endif
+}
+
 void Allocator::count_alloc(size_t bytes) {
   const size_t now = in_use_ += bytes;
   size_t hw = high_water_.load();

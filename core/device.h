@@ -24,5 +24,7 @@ struct Device {
 bool cuda_available();
 // The number of visible CUDA devices (0 without the backend or a driver).
 int cuda_device_count();
+// Total memory of CUDA device `index` in bytes (0 without the backend or that device).
+double cuda_device_memory_bytes(int index);
 
 }  // namespace sy

@@ -163,15 +163,6 @@ std::function<void(int64_t, sy::Transformer&)> fault_hook(const std::string& fau
 }
 
 // Ranks of the job on this machine (they share its memory). Collective.
-int ranks_on_this_machine() {
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  int n = 1;
-  MPI_Comm_size(node, &n);
-  MPI_Comm_free(&node);
-  return n;
-}
-
 int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"Train a Switchyard model"};
   std::string config_path, metrics_path, op_profile_path, fault, resume;
@@ -200,7 +191,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   // rank waits in a collective for one that stopped.
   std::unique_ptr<sy::comm::MpiCommunicator> world;
   if (world_size > 1) world = std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD);
-  const int ranks_here = world_size > 1 ? ranks_on_this_machine() : 1;
+  const sy::comm::NodeLocal node = world_size > 1 ? sy::comm::node_local(MPI_COMM_WORLD) : sy::comm::NodeLocal{0, 1};
   auto agreed = [&](const std::function<void()>& phase) { world ? sy::agree_on(*world, phase) : phase(); };
 
   bool help = false;
@@ -253,7 +244,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
                             ": must divide the world size 1 (launch with mpirun -np N)");
     if (!fault.empty()) opts.before_step = fault_hook(fault, world_rank);
-    sy::check_memory(cfg, world_size, ranks_here, sy::physical_memory_bytes(),
+    sy::check_memory(cfg, world_size, sy::training_memory(cfg, node.rank, node.size),
                      overrides.empty() ? source : source + " (with --set overrides)");
   });
   if (help) return 0;
@@ -277,13 +268,12 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     if (world_size > 1) {
       // Each rank takes a GPU by its rank on its node. NCCL needs one GPU per
       // rank; ranks sharing a GPU move device tensors through MPI instead.
-      const sy::comm::NodeLocal local = sy::comm::node_local(MPI_COMM_WORLD);
       const int gpus = sy::cuda_device_count();
-      if (gpus > 0) opts.device = local.rank % gpus;
+      if (gpus > 0) opts.device = node.rank % gpus;
       const auto pb = cfg.parallel().backend();
-      const bool on_gpu = cfg.backend() == switchyard::Config::CUDA, own_gpu = gpus >= local.size;
+      const bool on_gpu = cfg.backend() == switchyard::Config::CUDA, own_gpu = gpus >= node.size;
       if (pb == switchyard::ParallelConfig::NCCL && !own_gpu)
-        throw sy::ConfigError("parallel.backend = NCCL: " + std::to_string(local.size) + " ranks on this node share " +
+        throw sy::ConfigError("parallel.backend = NCCL: " + std::to_string(node.size) + " ranks on this node share " +
                               std::to_string(gpus) + " GPU" + (gpus == 1 ? "" : "s") +
                               "; NCCL needs one GPU per rank (use MPI, which stages through the host)");
       nccl = on_gpu && own_gpu &&

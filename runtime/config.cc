@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "comm/nccl_communicator.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "runtime/cost_model.h"
 #include "runtime/moe_layer.h"
@@ -434,7 +435,6 @@ void validate_config(const Config& cfg, const std::string& source) {
 MemoryEstimate estimate_memory(const Config& cfg, int world) {
   const auto& m = cfg.model();
   const auto& e = cfg.moe();
-  const auto& at = cfg.attention();
   const double C = m.d_model(), F = m.ffn_hidden(), T = m.seq_len(), V = m.vocab_size(), H = m.n_heads();
   const int L = m.n_layers();
   // (activations: one micro-batch's sequences at a time)
@@ -451,10 +451,9 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   const double mats = m.activation() == switchyard::ModelConfig::SWIGLU ? 3 : 2;  // FFN matrices
   double params = V * C + (learned ? T * C : 0) + (m.tie_embeddings() ? 0 : C * V) + V + 2 * C;  // embeddings, head, final norm
   double acts = N * (2 * V + 4 * C);                  // logits and probabilities; embeddings
-  int dense_attention = 0;
   for (int l = 0; l < L; ++l) {
     params += 4 * C + 4 * C * C + 4 * C;  // norms, qkv and output projections
-    acts += N * 6 * C;                    // norm outputs, q, k, v, attention output
+    acts += N * (6 * C + H);              // norm outputs, q, k, v, attention output; its LSE rows
     const bool moe = E > 0 && (l + 1) % std::max(1, e.every_n_layers()) == 0;
     if (moe) {
       params += C * E + E / ep * (mats * C * He + He + C) + (e.shared_expert() ? mats * C * Hs + Hs + C : 0);
@@ -464,14 +463,10 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
       params += mats * C * F + F + C;
       acts += N * mats * F;
     }
-    const bool sparse = at.kind() != switchyard::AttentionConfig::DENSE &&
-                        (at.last_n_layers() == 0 || l >= L - at.last_n_layers());
-    if (!sparse) ++dense_attention;
   }
   MemoryEstimate est;
   est.parameters = 16 * params;
   est.activations = 4 * acts;
-  est.attention = 4.0 * dense_attention * B * H * T * T;
   return est;
 }
 
@@ -491,19 +486,36 @@ std::string bytes_str(double b) {
 }
 }  // namespace
 
-void check_memory(const Config& cfg, int world, int ranks_here, double available, const std::string& source) {
-  if (available <= 0) return;
+MemoryPool training_memory(const Config& cfg, int node_rank, int node_ranks) {
+  MemoryPool p;
+  if (cfg.backend() != switchyard::Config::CUDA) {
+    p.bytes = physical_memory_bytes();
+    p.ranks = std::max(1, node_ranks);
+    return p;
+  }
+  const int gpus = cuda_device_count();
+  if (gpus == 0) return p;  // bytes 0: the trainer says no GPU is visible
+  const int gpu = node_rank % gpus;
+  p.bytes = cuda_device_memory_bytes(gpu);
+  p.ranks = node_ranks / gpus + (gpu < node_ranks % gpus ? 1 : 0);  // the node's ranks r with r % gpus == gpu
+  p.holder = "GPU " + std::to_string(gpu);
+  p.kind = "memory";
+  return p;
+}
+
+void check_memory(const Config& cfg, int world, const MemoryPool& pool, const std::string& source) {
+  if (pool.bytes <= 0) return;
   const MemoryEstimate est = estimate_memory(cfg, world);
-  const double need = est.total() * std::max(1, ranks_here);
-  if (need <= available) return;
+  const double need = est.total() * std::max(1, pool.ranks);
+  if (need <= pool.bytes) return;
   const auto& m = cfg.model();
   std::ostringstream os;
   os << source << ": model.seq_len = " << m.seq_len() << " with train.batch = " << cfg.train().batch()
      << ": training needs about " << bytes_str(need);
-  if (ranks_here > 1) os << " (" << ranks_here << " ranks on this machine, " << bytes_str(est.total()) << " each)";
-  os << " (attention matrices " << bytes_str(est.attention) << ", other activations " << bytes_str(est.activations)
-     << ", parameters with gradients and AdamW state " << bytes_str(est.parameters) << ") but this machine has "
-     << bytes_str(available) << " of physical memory; lower model.seq_len or train.batch, or raise train.micro_batches";
+  if (pool.ranks > 1) os << " (" << pool.ranks << " ranks share " << pool.holder << ", " << bytes_str(est.total()) << " each)";
+  os << " (activations " << bytes_str(est.activations) << ", parameters with gradients and AdamW state "
+     << bytes_str(est.parameters) << ") but " << pool.holder << " has " << bytes_str(pool.bytes) << " of " << pool.kind
+     << "; lower model.seq_len or train.batch, or raise train.micro_batches";
   throw ConfigError(os.str());
 }
 

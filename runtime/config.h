@@ -34,24 +34,39 @@ void validate_config(const Config& cfg, const std::string& source);
 
 // Memory one rank needs for training, estimated from the config (bytes): the
 // parameters with their gradients and AdamW moments (4 floats each; a rank's
-// expert shard), the activations a step keeps for backward for its
-// batch / world sequences, and the attention probability matrices of the dense
-// attention layers, B*H*T*T floats each. Meant as a lower bound (temporaries
-// and the allocator's slack come on top): on the CPU path the peak resident
-// size of tiny, switch_tiny and routed_copy runs is 1.1-1.6x the estimate.
+// expert shard) and the activations a step keeps for backward for its
+// batch / world sequences (one micro-batch's). Attention keeps no T x T
+// matrix on either backend (ops/attention.h: backward recomputes the
+// probabilities from q, k and the LSE), so its share is its outputs and the
+// LSE rows. Meant as a lower bound (temporaries and the allocator's slack
+// come on top): on the CPU path the peak resident size of tiny, switch_tiny
+// and routed_copy runs is 1.1-1.6x the estimate, of tiny at seq_len 16384,
+// batch 1 2.9x (515 MB; the estimate had counted 8 GiB of T x T matrices).
 struct MemoryEstimate {
-  double parameters = 0, activations = 0, attention = 0;
-  double total() const { return parameters + activations + attention; }
+  double parameters = 0, activations = 0;
+  double total() const { return parameters + activations; }
 };
 MemoryEstimate estimate_memory(const Config& cfg, int world);
 
 // This machine's physical memory in bytes (sysconf), 0 when unknown.
 double physical_memory_bytes();
 
-// ConfigError, one line with the estimate, when `ranks_here` ranks of a
-// `world` on this machine would need more than `available` bytes (a step of
-// seq_len 65536 would otherwise fail at a terabyte allocation).
-void check_memory(const Config& cfg, int world, int ranks_here, double available, const std::string& source);
+// What a rank's training draws on: the CPU backend this machine's physical
+// memory, shared by every rank on it; CUDA the memory of the GPU the rank
+// takes (its rank on the node modulo the GPUs, as train_switch picks it),
+// shared by the node's ranks that take the same GPU. bytes 0 where unknown
+// (no GPU visible: the trainer says so), and nothing is checked.
+struct MemoryPool {
+  double bytes = 0;
+  int ranks = 1;                                                   // ranks that share it
+  std::string holder = "this machine", kind = "physical memory";  // "... but <holder> has <bytes> of <kind>"
+};
+MemoryPool training_memory(const Config& cfg, int node_rank, int node_ranks);
+
+// ConfigError, one line with the estimate, when the pool's ranks would need
+// more than it holds (a step of seq_len 65536 would otherwise fail at a
+// terabyte allocation).
+void check_memory(const Config& cfg, int world, const MemoryPool& pool, const std::string& source);
 
 // Every field of the resolved config, set or at its default, one line each
 // ("model.d_model = 64", repeated fields as "[a, b]", strings quoted and

@@ -8,8 +8,9 @@
 
 #include "comm/nccl_communicator.h"
 #include "config_error.h"
-#include "runtime/config.h"
+#include "core/device.h"
 #include "core/error.h"
+#include "runtime/config.h"
 
 namespace sy {
 namespace {
@@ -283,22 +284,66 @@ TEST(Config, BinaryConfigIsEscapedWithTheParsersReason) {
 TEST(Config, MemoryEstimateRefusesWhatCannotFit) {
   Config c = parse_ok("model { seq_len: 65536 } train { batch: 16 }");
   const MemoryEstimate est = estimate_memory(c, 1);
-  // Two dense attention layers of 16 x 4 heads x 65536^2 floats.
-  EXPECT_DOUBLE_EQ(est.attention, 4.0 * 2 * 16 * 4 * 65536.0 * 65536.0);
   EXPECT_GT(est.activations, 0);
   EXPECT_GT(est.parameters, 16.0 * 65536 * 64);  // the position table alone
-  const std::string m = error_of([&] { check_memory(c, 1, 1, 64.0 * (1ull << 30), "t.pbtxt"); });
-  EXPECT_NE(m.find("t.pbtxt: model.seq_len = 65536 with train.batch = 16: training needs about 2.0 TiB"), std::string::npos) << m;
-  EXPECT_NE(m.find("but this machine has 64.0 GiB of physical memory"), std::string::npos) << m;
-  // Data parallelism splits the batch: 8 ranks on 8 machines need an eighth each.
-  EXPECT_DOUBLE_EQ(estimate_memory(c, 8).attention, est.attention / 8);
-  EXPECT_NO_THROW(check_memory(parse_ok(""), 1, 1, 1.0 * (1ull << 30), "t.pbtxt"));
+  // Attention keeps no T x T matrix (ops/attention.h): activations grow with
+  // T, not T^2 (a dense attention layer's probabilities at this shape would be
+  // 4 x 16 x 4 heads x 65536^2 bytes, 1 TiB).
+  Config half = parse_ok("model { seq_len: 32768 } train { batch: 16 }");
+  EXPECT_DOUBLE_EQ(2 * estimate_memory(half, 1).activations, est.activations);
+  EXPECT_LT(est.total(), 64.0 * (1ull << 30));
+  MemoryPool host;
+  host.bytes = est.total() / 2;
+  const std::string m = error_of([&] { check_memory(c, 1, host, "t.pbtxt"); });
+  EXPECT_NE(m.find("t.pbtxt: model.seq_len = 65536 with train.batch = 16: training needs about "), std::string::npos) << m;
+  EXPECT_NE(m.find("but this machine has "), std::string::npos) << m;
+  EXPECT_NE(m.find(" of physical memory; lower model.seq_len"), std::string::npos) << m;
+  // Data parallelism splits the batch: 8 ranks on 8 machines need an eighth of the activations each.
+  EXPECT_DOUBLE_EQ(estimate_memory(c, 8).activations, est.activations / 8);
+  host.bytes = 1.0 * (1ull << 30);
+  EXPECT_NO_THROW(check_memory(parse_ok(""), 1, host, "t.pbtxt"));
   EXPECT_LT(estimate_memory(parse_ok(""), 1).total(), 64.0 * (1 << 20));
-  // Two ranks on one machine need twice one rank's.
+  // Two ranks sharing the memory need twice one rank's.
   const double one = estimate_memory(parse_ok(""), 2).total();
-  EXPECT_NO_THROW(check_memory(parse_ok(""), 2, 2, 2.01 * one, "t.pbtxt"));
-  EXPECT_THROW(check_memory(parse_ok(""), 2, 2, 1.99 * one, "t.pbtxt"), ConfigError);
+  MemoryPool gpu;
+  gpu.ranks = 2;
+  gpu.holder = "GPU 1";
+  gpu.kind = "memory";
+  gpu.bytes = 2.01 * one;
+  EXPECT_NO_THROW(check_memory(parse_ok(""), 2, gpu, "t.pbtxt"));
+  gpu.bytes = 1.99 * one;
+  const std::string g = error_of([&] { check_memory(parse_ok(""), 2, gpu, "t.pbtxt"); });
+  EXPECT_NE(g.find("(2 ranks share GPU 1, "), std::string::npos) << g;
+  EXPECT_NE(g.find(" each)"), std::string::npos) << g;
+  EXPECT_NE(g.find("but GPU 1 has "), std::string::npos) << g;
+  EXPECT_NE(g.find(" of memory; lower"), std::string::npos) << g;
   EXPECT_GT(physical_memory_bytes(), 0);
+}
+
+TEST(Config, TrainingMemoryIsTheHostsOrTheRanksGpu) {
+  // The CPU backend draws on this machine's memory, shared by its ranks.
+  const MemoryPool cpu = training_memory(parse_ok(""), 2, 3);
+  EXPECT_EQ(cpu.bytes, physical_memory_bytes());
+  EXPECT_EQ(cpu.ranks, 3);
+  EXPECT_EQ(cpu.holder, "this machine");
+  // CUDA: the GPU a rank takes (its node rank modulo the GPUs), shared by the
+  // node's ranks that take the same one; unknown (nothing checked) without a GPU.
+  const Config cuda = parse_ok("backend: CUDA");
+  const int gpus = cuda_device_count();
+  for (const int node_ranks : {1, 3, 5})
+    for (int r = 0; r < node_ranks; ++r) {
+      const MemoryPool p = training_memory(cuda, r, node_ranks);
+      if (gpus == 0) {
+        EXPECT_EQ(p.bytes, 0);
+        continue;
+      }
+      int sharing = 0;
+      for (int o = 0; o < node_ranks; ++o) sharing += o % gpus == r % gpus;
+      EXPECT_EQ(p.holder, "GPU " + std::to_string(r % gpus));
+      EXPECT_EQ(p.ranks, sharing);
+      EXPECT_GT(p.bytes, 1e9);
+      EXPECT_EQ(p.bytes, cuda_device_memory_bytes(r % gpus));
+    }
 }
 
 TEST(Config, CanonicalTextIsTheResolvedConfig) {
