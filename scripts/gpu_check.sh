@@ -11,7 +11,8 @@
 #   --budget S    start no stage after S seconds from the start (default 540);
 #                 each stage's own limit is cut to what is left
 #   --stages L    comma-separated, in this order by default:
-#                   ops    the op tests on CUDA (backend_ops_test and the layer's CUDA cases)
+#                   ops    the op tests on CUDA (backend_ops_test and the layer's CUDA cases);
+#                          those that fail again under compute-sanitizer (memcheck, racecheck)
 #                   train  tests/gpu_training_test.sh: tiny and switch_tiny, 200 steps, CPU vs CUDA, fp32 then bf16
 #                          (one head of 64: bf16 GEMMs and bf16 attention)
 #                   bench  bench_ops --device cuda, then the PyTorch peers (scripts/bench/torch_*.py)
@@ -195,12 +196,51 @@ gtest_line() {
        "$(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "$f") skipped$(grep -q 'stopped after' "$f" && echo ', STOPPED AT THE LIMIT')"
 }
 
+# failed_tests NAME: the tests a gtest log failed, ':'-joined (a gtest filter):
+# those with a FAILED line, and the one running when the process died (no
+# closing "tests ... ran." line: a kernel fault can end it).
+failed_tests() {
+  local f=$LOG/$1.log
+  { grep -oE '^\[  FAILED  \] [A-Za-z0-9_/.]+' "$f" | cut -c14-
+    grep -qE '^\[==========\] .* ran\.' "$f" || grep -E '^\[ RUN      \] ' "$f" | tail -1 | cut -c14-
+  } | sort -u | head -4 | paste -sd: -
+}
+# failed_cases NAME: backend_ops_test's op cases that failed (their name is the
+# trace under a failure), or the case it was in when it died; ','-joined.
+failed_cases() {
+  local f=$LOG/$1.log
+  { grep -A1 '^Google Test trace:' "$f" | grep -oE 'backend_ops_test\.cc:[0-9]+: [A-Za-z0-9_]+$' | awk '{print $2}' |
+      grep -xFf <(grep -E '^\[ op case  \] ' "$f" | cut -c14-)
+    grep -qE '^\[==========\] .* ran\.' "$f" || grep -E '^\[ op case  \] ' "$f" | tail -1 | cut -c14-
+  } | sort -u | head -6 | paste -sd, -
+}
+# sanitize NAME BINARY: the tests NAME's log failed, again under
+# compute-sanitizer's memcheck (the kernel, thread and address of a bad
+# access: what a next session fixes from, without a GPU), then racecheck
+# (shared-memory hazards); only where some failed, each run cut short.
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+sanitize() {
+  local name=$1 bin=$2 tests cases tool
+  tests=$(failed_tests "$name")
+  [ -n "$tests" ] || return 0
+  [ -x "$SAN" ] || { summary "ops: $name failed; no compute-sanitizer to say why"; return 0; }
+  cases=$(failed_cases "$name")
+  for tool in memcheck racecheck; do
+    run_limited "${tool}_$name" 75 env SY_OP_CASES="$cases" "$SAN" --tool "$tool" --print-limit 12 --error-exitcode 9 \
+      "$bin" --gtest_filter="$tests"
+    summary "ops: $tool on $name's failures ($tests${cases:+; cases $cases}) rc $?:" \
+      "$(grep -E '^=========' "$LOG/${tool}_$name.log" | grep -vE 'COMPUTE-SANITIZER|SUMMARY' | head -4 | tr -s ' \n' ' ' | cut -c1-500)" \
+      "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/${tool}_$name.log" | tail -1)"
+  done
+}
+
 # 4. Issue 17: every op on CUDA against the CPU, then the whole step.
 if want ops; then
   stamp "ops"
   run_limited backend_ops_cuda 150 $B/backend_ops_test --gtest_filter='*cuda*:*Cuda*:WholeStep.*' || status=1
   summary "ops: backend_ops_test (cuda): $(gtest_line backend_ops_cuda)"
   grep -E "^\[  FAILED  \] [A-Za-z]|Failure|differs|never written" "$LOG/backend_ops_cuda.log" | head -20
+  [ -n "$(failed_cases backend_ops_cuda)" ] && summary "ops: failing op cases: $(failed_cases backend_ops_cuda)"
   run_limited layer_cuda 90 $B/routed_attention_test --gtest_filter='*Cuda*' || status=1
   summary "ops: routed_attention_test (the sparse attention layer on CUDA): $(gtest_line layer_cuda)"
   grep -E "^\[  FAILED  \] [A-Za-z]|Failure|leaked|differ" "$LOG/layer_cuda.log" | head -10
@@ -211,6 +251,8 @@ if want ops; then
   run_limited moe_cuda 30 $B/moe_layer_test --gtest_filter='*Cuda*' || status=1
   summary "ops: moe_layer_test (a padded MoE step waits for nothing): $(gtest_line moe_cuda)"
   grep -E "Failure|Expected|actual" "$LOG/moe_cuda.log" | head -6
+  sanitize backend_ops_cuda $B/backend_ops_test
+  sanitize layer_cuda $B/routed_attention_test
 fi
 if want train; then
   stamp "train"
