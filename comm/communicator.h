@@ -52,6 +52,10 @@ class Communicator {
   // host waiting for them (NCCL): the caller's stream waits for each one,
   // so a collective queued on a second stream overlaps the first's work.
   virtual bool stream_ordered() const { return false; }
+  // Host bytes kept for staging device tensors through the host (MPI: pinned
+  // once and reused from one collective to the next; for metrics). 0 where
+  // collectives read device memory themselves (NCCL) or nothing is staged.
+  virtual size_t host_staging_bytes() const { return 0; }
 
   double timeout_s() const { return timeout_s_; }
   void set_timeout_s(double s) { timeout_s_ = s; }

@@ -259,7 +259,7 @@ void MpiCommunicator::barrier(const char* context) {
   guarded("barrier", context, [&] { return MPI_Barrier(comm_); });
 }
 
-size_t MpiCommunicator::staging_bytes() const { return pinned_->reserved(); }
+size_t MpiCommunicator::host_staging_bytes() const { return pinned_->reserved(); }
 
 bool MpiCommunicator::concurrent_collectives() const { return MpiSession::thread_multiple(); }
 

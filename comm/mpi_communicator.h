@@ -48,10 +48,8 @@ class MpiCommunicator : public Communicator {
   void barrier(const char* context) override;
   using Communicator::all_reduce_sum;
   MPI_Comm handle() const { return comm_; }
-  // Host bytes held for staging device tensors (page-locked, but for any
-  // block the system would not pin), kept and reused from one collective to
-  // the next.
-  size_t staging_bytes() const;
+  // (page-locked, but for any block the system would not pin)
+  size_t host_staging_bytes() const override;
   bool concurrent_collectives() const override;
 
  private:

@@ -25,6 +25,13 @@ std::unique_ptr<ParallelContext> ParallelContext::create(std::unique_ptr<comm::C
   return p;
 }
 
+size_t ParallelContext::host_staging_bytes() const {
+  size_t b = 0;
+  for (const comm::Communicator* c : {world.get(), ep.get(), replicas.get(), grads.get()})
+    if (c) b += c->host_staging_bytes();
+  return b;
+}
+
 int64_t global_param_count(const ParamStore& params, ParallelContext* par) {
   const int64_t dense = params.numel(ParamKind::dense);
   double experts = static_cast<double>(params.numel(ParamKind::expert));  // exact in a double up to 2^53

@@ -27,6 +27,8 @@ struct ParallelContext {
   int rank() const { return world->rank(); }
   int world_size() const { return world->size(); }
   int shard() const { return ep->rank(); }
+  // Host memory the four communicators keep for staging device tensors.
+  size_t host_staging_bytes() const;
 };
 
 // Parameters of the whole model: the dense ones once and every expert's,

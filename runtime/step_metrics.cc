@@ -123,6 +123,7 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
   if (s.device_bytes_high_water > 0) {
     line["device_mem_gib"] = s.device_bytes_high_water / 1073741824.0;
     if (s.device_bytes_reserved > 0) line["device_reserved_gib"] = s.device_bytes_reserved / 1073741824.0;
+    if (s.host_staging_bytes > 0) line["host_staging_gib"] = s.host_staging_bytes / 1073741824.0;
     line["host_waits_per_step"] = s.host_waits_per_step;
   }
   line["elapsed_s"] = s.elapsed_s;

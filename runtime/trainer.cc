@@ -366,6 +366,7 @@ TrainResult Trainer::run() {
       log.peak_tflops = device_->peak_tflops();
       log.device_bytes_high_water = ctx_.alloc->high_water();
       log.device_bytes_reserved = ctx_.alloc->reserved_high();
+      if (opts_.par) log.host_staging_bytes = opts_.par->host_staging_bytes();
       log.host_waits_per_step = static_cast<double>(interval_waits) / std::max<int64_t>(1, interval_steps);
     }
     log.all_to_all_s = r.all_to_all_s;

@@ -166,11 +166,11 @@ TEST_P(Conformance, MpiDeviceStagingIsPinnedOnceAndReused) {
   const int W = comm().size();
   Tensor t = make({1000, 4}, DType::f32, [](int64_t i) { return static_cast<double>(i % 7); });
   comm().all_reduce_sum(t, ctx().stream, "conformance");
-  const size_t pinned = mpi_world().staging_bytes();
+  const size_t pinned = mpi_world().host_staging_bytes();
   if (W == 1) EXPECT_EQ(pinned, 0u);
   else EXPECT_GT(pinned, 0u);
   for (int i = 0; i < 4; ++i) comm().all_reduce_sum(t, ctx().stream, "conformance");
-  EXPECT_EQ(mpi_world().staging_bytes(), pinned) << "each collective pinned memory anew";
+  EXPECT_EQ(mpi_world().host_staging_bytes(), pinned) << "each collective pinned memory anew";
   const Tensor got = t.to(host_ctx());
   for (int64_t i = 0; i < 4000; ++i) ASSERT_EQ(got.data<float>()[i], std::pow(W, 5) * (i % 7)) << i;
 }

@@ -126,6 +126,9 @@ TEST(Metrics, MfuAndDeviceMemoryOnlyOnADevice) {
   EXPECT_DOUBLE_EQ(line["mfu"].get<double>(), 0.5);
   EXPECT_DOUBLE_EQ(line["device_mem_gib"].get<double>(), 1.5);
   EXPECT_DOUBLE_EQ(line["device_reserved_gib"].get<double>(), 2.0);
+  EXPECT_FALSE(line.contains("host_staging_gib"));  // one rank to a GPU: nothing staged
+  s.host_staging_bytes = size_t{1} << 28;
+  EXPECT_DOUBLE_EQ(metrics_line(s, r)["host_staging_gib"].get<double>(), 0.25);
   const std::string p = progress_line(s, r);
   EXPECT_NE(p.find(" | MFU 50.0% | mem 1.5 GiB (pool 2.0)"), std::string::npos) << p;
 }
