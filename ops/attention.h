@@ -36,7 +36,7 @@
 // on the bf16 values, results rounded to bf16: the emulation the bf16 GPU
 // path is tested against); lse is always f32. CUDA: head dims 16, 32, 64 and 128 in f32 (a plain fp32
 // path, tolerance class F against the CPU), 64 and 128 in bf16 (tensor cores,
-// class B); any B, T, H. Kernels: ops/cuda/attention.cu. CPU: BLAS GEMMs per
+// class B); any B, T, H. Kernels: ops/cuda/attention_kernels.cuh. CPU: BLAS GEMMs per
 // block of query rows (S, P V; in backward S again, dP, dV, dQ, dK), the
 // softmax and its backward in vectors: ops/cpu/attention.cc.
 #pragma once
@@ -71,7 +71,7 @@ struct AttentionBackwardArgs {
 void attention_forward(Ctx& ctx, const AttentionArgs& a);
 void attention_backward(Ctx& ctx, const AttentionBackwardArgs& a);
 
-// The CPU reference (ops/cpu/attention.cc) and the CUDA kernels (ops/cuda/attention.cu;
+// The CPU reference (ops/cpu/attention.cc) and the CUDA kernels (ops/cuda/attention_kernels.cuh;
 // CUDA builds): the entry points above, in cpu:: and cuda::.
 SY_DECLARE_BACKENDS(
   void attention_forward(Ctx& ctx, const AttentionArgs& a);

@@ -1,5 +1,5 @@
 // The tile logic of the attention kernels without a GPU: the loops of
-// ops/cuda/attention.cu, replayed here with the functions of
+// ops/cuda/attention_kernels.cuh, replayed here with the functions of
 // ops/cuda/attention_tiles.h and the kernels' tile sizes, count how often
 // each (query, key) pair of a sequence is computed unmasked or passes the
 // element mask. Every allowed pair must count exactly once and every other

@@ -1,4 +1,4 @@
-// Which pairs the attention kernels (ops/cuda/attention.cu) visit, as plain
+// Which pairs the attention kernels (ops/cuda/attention_kernels.cuh) visit, as plain
 // functions of indices that run on the host and the device: the masks (which
 // (query, key) pairs of a sequence are allowed), the tiles a block loops
 // over, the tiles a warp's rows skip, and the tiles that need the element

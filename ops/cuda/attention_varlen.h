@@ -1,5 +1,5 @@
 // Self-attention over variable-length segments of packed rows, restricted to
-// member rows: the flash kernels of ops/cuda/attention.cu with a variable-
+// member rows: the flash kernels of ops/cuda/attention_kernels.cuh with a variable-
 // length geometry and attn::MemberMask (ops/cuda/attention_tiles.h). Internal
 // to ops/cuda: the tiled path for routed attention's clusters, where each
 // cluster is packed as the union of its queries and keys in position order,

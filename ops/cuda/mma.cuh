@@ -1,5 +1,5 @@
 // Warp-level bf16 tensor-core pieces shared by the flash attention kernels
-// (ops/cuda/attention.cu) and routed attention's nearest-centroid kernel
+// (ops/cuda/attention_kernels.cuh) and routed attention's nearest-centroid kernel
 // (ops/cuda/routed_attention.cu): ldmatrix, mma.sync m16n8k16 (bf16 in,
 // fp32 accumulate), and a warp's A B^T from shared tiles.
 //
