@@ -15,17 +15,18 @@
 //   build/bin/bench_ops --device cpu --quick           (small shapes: a smoke test)
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "core/device_runtime.h"
+#include "core/error.h"
 #include "core/rng.h"
 #include "examples/bench_common.h"
 #include "ops/adamw.h"
@@ -212,6 +213,27 @@ int main(int argc, char** argv) {
       copy_what = "memcpy " + std::to_string(copy_bytes >> 20) + " MiB";
     }
 
+    // The JSON, rewritten after every row (complete: false until the last),
+    // so a run stopped at a time limit still leaves the rows it timed for
+    // bar_ratios.py; a temporary file renamed over it, never half a file.
+    auto write_json = [&](bool complete) {
+      if (json_path.empty()) return;
+      nlohmann::json out = {{"device", rt ? rt->name() : std::string("cpu")},
+                            {"complete", complete},
+                            {"gemm_ceiling", {{"what", gemm_what}, {"flops_per_s", gemm_rate}}},
+                            {"copy_ceiling", {{"what", copy_what}, {"bytes_per_s", copy_rate}}},
+                            {"ops", nlohmann::json::array()},
+                            {"profiles", profiles}};
+      for (const Row& r : rows)
+        out["ops"].push_back({{"op", r.name}, {"shape", r.shape}, {"seconds", r.seconds},
+                              {"host_seconds", r.host_seconds}, {"flops", r.flops}, {"bytes", r.bytes},
+                              {"wrong", r.wrong}, {"note", r.note}});
+      const std::string tmp = json_path + ".partial";
+      sy::write_file(tmp, out.dump(1) + "\n");
+      if (std::rename(tmp.c_str(), json_path.c_str()) != 0)
+        throw sy::Error(json_path + ": could not replace it with " + tmp + ": " + std::strerror(errno));
+    };
+
     // One op case: inputs made on the host, moved to ctx; run() on ctx;
     // `check` (device runs) compares against the same op on the CPU. A case
     // that throws is a row with the error as its note (the rest still run);
@@ -228,6 +250,7 @@ int main(int argc, char** argv) {
                 << (row.seconds > 0 ? std::to_string(row.seconds * 1e3) + " ms" : std::string("not timed"))
                 << (row.note.empty() ? "" : " (" + row.note + ")") << std::endl;
       rows.push_back(row);
+      write_json(false);
     };
 
     const int64_t N = quick ? 512 : 16384, C = quick ? 64 : 1024, H = quick ? 256 : 4096;
@@ -550,11 +573,6 @@ int main(int argc, char** argv) {
 
     // The op profiles, then the table, last.
     std::printf("%s", profile_text.c_str());
-    nlohmann::json out = {{"device", rt ? rt->name() : std::string("cpu")},
-                          {"gemm_ceiling", {{"what", gemm_what}, {"flops_per_s", gemm_rate}}},
-                          {"copy_ceiling", {{"what", copy_what}, {"bytes_per_s", copy_rate}}},
-                          {"ops", nlohmann::json::array()},
-                          {"profiles", profiles}};
     std::printf("device %s | ceilings: %s %.1f TFLOP/s, %s %.2f TB/s\n", rt ? rt->name() : "cpu", gemm_what.c_str(),
                 gemm_rate / 1e12, copy_what.c_str(), copy_rate / 1e12);
     // host ms: the host's time to queue the case (its waits included); near
@@ -573,11 +591,8 @@ int main(int argc, char** argv) {
       if (r.wrong >= 0) std::snprintf(wrong, sizeof wrong, "%lld", static_cast<long long>(r.wrong));
       std::printf("%-28s %-34s %10.3f %8.3f %12s %9s %7s  %s\n", r.name.c_str(), r.shape.c_str(), r.seconds * 1e3,
                   r.host_seconds * 1e3, rate, frac, wrong, r.note.c_str());
-      out["ops"].push_back({{"op", r.name}, {"shape", r.shape}, {"seconds", r.seconds},
-                            {"host_seconds", r.host_seconds}, {"flops", r.flops}, {"bytes", r.bytes},
-                            {"wrong", r.wrong}, {"note", r.note}});
     }
-    if (!json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
+    write_json(true);
     return 0;
   });
 }

@@ -9,7 +9,10 @@ one line a bar, measured figure beside the bar, "ok" or "MISSED":
   loop/moe    the PyTorch per-expert loop's fwd+bwd time / ours >= 25
   attention   ours / SDPA throughput, causal fwd+bwd bf16, per shape >= 0.5
 
-A figure whose rows are missing is said to be missing, not guessed.
+A figure whose rows are missing is said to be missing, not guessed: a row
+bench_ops could not time (its case threw: seconds 0, the error in its note)
+counts as missing, and a verdict on a row whose results were wrong (#wrong
+> 0) says so. Each line is printed as it is made.
 
   python3 scripts/bench/bar_ratios.py --bench-ops bench_ops.json \
       --torch-moe torch_moe.json --torch-attention torch_attention.json
@@ -26,8 +29,19 @@ def load(path):
         return json.load(f)
 
 
-def verdict(ok):
-    return "ok" if ok else "MISSED"
+def timed(row):
+    """The row if bench_ops timed it (a case that threw has seconds 0), else None."""
+    return row if row and row.get("seconds", 0) > 0 else None
+
+
+def verdict(ok, *rows):
+    v = "ok" if ok else "MISSED"
+    wrong = sum(max(0, r.get("wrong", -1)) for r in rows if r)
+    return v + (f" (BUT {wrong} WRONG ELEMENTS: the figure is not a result)" if wrong else "")
+
+
+def say(line):
+    print("bars: " + line, flush=True)
 
 
 def main():
@@ -41,88 +55,88 @@ def main():
     if ours is None:
         print(f"bars: no {args.bench_ops} (bench_ops did not finish)")
         return
+    if not ours.get("complete", True):
+        say(f"{args.bench_ops}: bench_ops stopped before its last row; the bars below are from the rows it timed")
     rows = {r["op"]: r for r in ours["ops"]}
-    lines = []
+    for r in ours["ops"]:
+        if r.get("seconds", 0) <= 0:
+            say(f"{r['op']} {r.get('shape', '')}: not timed ({r.get('note', '')[:200]})")
 
-    g = rows.get("gating_top2")
-    if g and g["seconds"] > 0:
+    g = timed(rows.get("gating_top2"))
+    if g:
         tbs = g["bytes"] / g["seconds"] / 1e12
-        lines.append(f"gating {g['shape']}: {tbs:.2f} TB/s effective (bar >= 1.5): {verdict(tbs >= 1.5)}")
+        say(f"gating {g['shape']}: {tbs:.2f} TB/s effective (bar >= 1.5): {verdict(tbs >= 1.5, g)}")
     else:
-        lines.append("gating: no gating_top2 row")
-    sl = rows.get("gating_top2_slots")
-    if sl and sl["seconds"] > 0:
-        lines.append(f"gating with capacity and slots (the route a MoE layer takes; not the bar's) {sl['shape']}: "
+        say("gating: no gating_top2 row")
+    sl = timed(rows.get("gating_top2_slots"))
+    if sl:
+        say(f"gating with capacity and slots (the route a MoE layer takes; not the bar's) {sl['shape']}: "
                      f"{sl['bytes'] / sl['seconds'] / 1e12:.2f} TB/s effective")
-    sc = rows.get("router_scores_softmax")
+    sc = timed(rows.get("router_scores_softmax"))
     copy = ours.get("copy_ceiling", {}).get("bytes_per_s", 0)
-    if g and sc and g["seconds"] > 0 and sc["seconds"] > 0 and copy > 0:
+    if g and sc and copy > 0:
         # The probabilities (fp32, T x E) are written as the logits are read:
         # a copy's traffic, so logits read once cannot beat copy / 2 effective.
         slots = (f"; capacity and slots (the route) {(sl['seconds'] - g['seconds']) * 1e6:.1f} us more"
-                 if sl and sl["seconds"] > 0 else "")
-        lines.append(f"gating floor: softmax alone {sc['seconds'] * 1e6:.1f} us "
+                 if sl else "")
+        say(f"gating floor: softmax alone {sc['seconds'] * 1e6:.1f} us "
                      f"({sc['bytes'] / sc['seconds'] / copy * 100:.0f}% of the copy ceiling); top-k "
                      f"{(g['seconds'] - sc['seconds']) * 1e6:.1f} us more{slots}; with the probabilities written "
                      f"the effective ceiling is {copy / 2 / 1e12:.2f} TB/s")
 
-    dense = rows.get("dense_ffn_fwd_bwd")
-    fixed, fresh = rows.get("moe_layer_fwd_bwd"), rows.get("moe_layer_fwd_bwd_new_routes")
-    if fixed and fresh and fixed["seconds"] > 0 and fresh["seconds"] > 0:
+    dense = timed(rows.get("dense_ffn_fwd_bwd"))
+    fixed, fresh = timed(rows.get("moe_layer_fwd_bwd")), timed(rows.get("moe_layer_fwd_bwd_new_routes"))
+    if fixed and fresh:
         # A new route each call (as in training) against one repeated: what
         # the per-route costs add (the RNG's draw of the input is in it too).
-        lines.append(f"moe_layer_fwd_bwd, a new route each call: {fresh['seconds'] * 1e3:.3f} ms "
+        say(f"moe_layer_fwd_bwd, a new route each call: {fresh['seconds'] * 1e3:.3f} ms "
                      f"(host {fresh.get('host_seconds', 0) * 1e3:.3f} ms) against {fixed['seconds'] * 1e3:.3f} ms "
                      f"for one route repeated ({fresh['seconds'] / fixed['seconds']:.2f}x)")
     for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded"):
-        m = rows.get(name)
+        m = timed(rows.get(name))
         if m and dense:
             r = m["seconds"] / dense["seconds"]
             # The host's time to queue the layer (bench_ops' host ms): near
             # the layer's time, the GPU waited on launches, not on its work.
             host = m.get("host_seconds", 0) * 1e3
-            lines.append(f"{name} / dense_ffn_fwd_bwd: {r:.2f}x ({m['seconds'] * 1e3:.3f} / "
-                         f"{dense['seconds'] * 1e3:.3f} ms, {m['shape']}; host {host:.3f} ms; bar <= 1.3): "
-                         f"{verdict(r <= 1.3)}")
+            say(f"{name} / dense_ffn_fwd_bwd: {r:.2f}x ({m['seconds'] * 1e3:.3f} / "
+                f"{dense['seconds'] * 1e3:.3f} ms, {m['shape']}; host {host:.3f} ms; bar <= 1.3): "
+                f"{verdict(r <= 1.3, m, dense)}")
         else:
-            lines.append(f"{name} / dense: rows missing")
+            say(f"{name} / dense: rows missing")
         prof = ours.get("profiles", {}).get(name)
         if prof:  # where the layer's time goes (CUDA events per op), the largest first
             top = ", ".join(f"{o['op']} {o['ms_per_step']:.3f}" for o in prof["ops"][:5])
-            lines.append(f"{name} profile (ms): {top}; between ops "
-                         f"{prof['step_ms'] - prof['inside_ops_ms']:.3f} of {prof['step_ms']:.3f}")
+            say(f"{name} profile (ms): {top}; between ops "
+                f"{prof['step_ms'] - prof['inside_ops_ms']:.3f} of {prof['step_ms']:.3f}")
 
     peers = load(args.torch_moe) or []
-    loop = next((r for r in peers if r.get("case") == "moe per-expert loop fwd+bwd"), None)
+    loop = next((r for r in peers if r.get("case") == "moe per-expert loop fwd+bwd" and r.get("ms", 0) > 0), None)
     for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded"):
-        m = rows.get(name)
+        m = timed(rows.get(name))
         if m and loop:
             r = loop["ms"] / 1e3 / m["seconds"]
-            lines.append(f"PyTorch per-expert loop / {name}: {r:.1f}x (bar >= 25): {verdict(r >= 25)}")
+            say(f"PyTorch per-expert loop / {name}: {r:.1f}x (bar >= 25): {verdict(r >= 25, m)}")
         else:
-            lines.append(f"PyTorch loop / {name}: rows missing")
-    tdense = next((r for r in peers if r.get("case") == "dense FFN h8192 fwd+bwd"), None)
+            say(f"PyTorch loop / {name}: rows missing")
+    tdense = next((r for r in peers if r.get("case") == "dense FFN h8192 fwd+bwd" and r.get("ms", 0) > 0), None)
     if tdense and dense:
-        lines.append(f"dense FFN fwd+bwd, ours / PyTorch time: {dense['seconds'] * 1e3 / tdense['ms']:.2f}")
+        say(f"dense FFN fwd+bwd, ours / PyTorch time: {dense['seconds'] * 1e3 / tdense['ms']:.2f}")
 
     sdpa = load(args.torch_attention)
-    sdpa_rows = {(r["op"], r["shape"]): r for r in (sdpa or {}).get("ops", [])}
-    found = False
+    sdpa_rows = {(r["op"], r["shape"]): r for r in (sdpa or {}).get("ops", []) if r.get("seconds", 0) > 0}
     for r in ours["ops"]:
-        if r["op"] != "attention_fwd_bwd_bf16":
+        if r["op"] != "attention_fwd_bwd_bf16" or not timed(r):
             continue
         s = sdpa_rows.get(("sdpa_fwd_bwd_bf16", r["shape"]))
         if not s:
-            lines.append(f"attention {r['shape']}: no SDPA row of this shape")
+            say(f"attention {r['shape']}: no SDPA row of this shape")
             continue
-        found = True
         frac = s["seconds"] / r["seconds"]  # same work: throughput ratio = inverse time ratio
-        lines.append(f"attention fwd+bwd bf16 {r['shape']}: {frac:.2f} of SDPA's throughput "
-                     f"({r['seconds'] * 1e3:.3f} / {s['seconds'] * 1e3:.3f} ms; bar >= 0.5): {verdict(frac >= 0.5)}")
-    if not found and not any(r["op"] == "attention_fwd_bwd_bf16" for r in ours["ops"]):
-        lines.append("attention: no attention_fwd_bwd_bf16 rows")
-    for line in lines:
-        print("bars: " + line)
+        say(f"attention fwd+bwd bf16 {r['shape']}: {frac:.2f} of SDPA's throughput "
+            f"({r['seconds'] * 1e3:.3f} / {s['seconds'] * 1e3:.3f} ms; bar >= 0.5): {verdict(frac >= 0.5, r)}")
+    if not any(r["op"] == "attention_fwd_bwd_bf16" and timed(r) for r in ours["ops"]):
+        say("attention: no timed attention_fwd_bwd_bf16 rows")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ import subprocess
 import sys
 import tempfile
 
+# The cores this process may run on (nproc), not the host's (os.cpu_count):
+# a machine's CPU set may be a slice of a larger host.
+CORES = len(os.sched_getaffinity(0))
+
 DEFAULT_SETS = [
     "model.d_model=384", "model.n_layers=6", "model.n_heads=6", "model.ffn_hidden=1536", "model.seq_len=256",
     "parallel.grad_bucket_mb=4", "data.source=SYNTHETIC", "data.path=",
@@ -96,7 +100,7 @@ def main():
     if args.np < 2 or args.skip < 1 or args.steps <= args.skip + 2:
         raise SystemExit("grad_overlap.py: need --np >= 2, --skip >= 1 and --steps > --skip + 2")
     if args.blas_threads <= 0:
-        args.blas_threads = max(1, os.cpu_count() // args.np - 1)
+        args.blas_threads = max(1, CORES // args.np - 1)
     with tempfile.TemporaryDirectory() as tmp:
         on, off = run(args, True, tmp), run(args, False, tmp)
     if off["all_reduce_s"] <= 0 or on["all_reduce_s"] <= 0:
@@ -110,10 +114,10 @@ def main():
               f"{r['final_loss']:11.5f}")
     print(f"hidden: {hidden:.1%} (bar 60%)   as the metrics report it: {reported:.1%}   "
           f"step time saved / all-reduce time: {saved:.1%}   ({args.np} ranks, {args.blas_threads} BLAS "
-          f"threads each, {os.cpu_count()} cores)")
+          f"threads each, {CORES} cores)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ranks": args.np, "cores": os.cpu_count(), "blas_threads": args.blas_threads, "overlap": on, "no_overlap": off,
+            json.dump({"ranks": args.np, "cores": CORES, "blas_threads": args.blas_threads, "overlap": on, "no_overlap": off,
                        "hidden": hidden, "hidden_reported": reported, "saved_share": saved, "sets": DEFAULT_SETS + args.set}, f, indent=1)
             f.write("\n")
 
