@@ -162,7 +162,6 @@ std::function<void(int64_t, sy::Transformer&)> fault_hook(const std::string& fau
   };
 }
 
-// Ranks of the job on this machine (they share its memory). Collective.
 int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"Train a Switchyard model"};
   std::string config_path, metrics_path, op_profile_path, fault, resume;

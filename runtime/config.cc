@@ -486,6 +486,10 @@ std::string bytes_str(double b) {
 }
 }  // namespace
 
+int ranks_sharing_gpu(int gpu, int gpus, int node_ranks) {
+  return node_ranks / gpus + (gpu < node_ranks % gpus ? 1 : 0);
+}
+
 MemoryPool training_memory(const Config& cfg, int node_rank, int node_ranks) {
   MemoryPool p;
   if (cfg.backend() != switchyard::Config::CUDA) {
@@ -497,7 +501,7 @@ MemoryPool training_memory(const Config& cfg, int node_rank, int node_ranks) {
   if (gpus == 0) return p;  // bytes 0: the trainer says no GPU is visible
   const int gpu = node_rank % gpus;
   p.bytes = cuda_device_memory_bytes(gpu);
-  p.ranks = node_ranks / gpus + (gpu < node_ranks % gpus ? 1 : 0);  // the node's ranks r with r % gpus == gpu
+  p.ranks = ranks_sharing_gpu(gpu, gpus, node_ranks);
   p.holder = "GPU " + std::to_string(gpu);
   p.kind = "memory";
   return p;

@@ -62,6 +62,8 @@ struct MemoryPool {
   std::string holder = "this machine", kind = "physical memory";  // "... but <holder> has <bytes> of <kind>"
 };
 MemoryPool training_memory(const Config& cfg, int node_rank, int node_ranks);
+// How many of a node's ranks take GPU `gpu` of `gpus` (those r with r % gpus == gpu).
+int ranks_sharing_gpu(int gpu, int gpus, int node_ranks);
 
 // ConfigError, one line with the estimate, when the pool's ranks would need
 // more than it holds (a step of seq_len 65536 would otherwise fail at a

@@ -37,8 +37,9 @@ struct StepLog {
   double peak_tflops = 0;
   size_t device_bytes_high_water = 0;  // live tensors' peak
   size_t device_bytes_reserved = 0;    // the pool's peak from the driver (fragmentation, cache)
-  // Several ranks on a GPU: host memory their MPI communicators keep to
-  // stage device tensors (page-locked; ParallelContext::host_staging_bytes).
+  // Device tensors through MPI (ranks sharing a GPU, or parallel.backend
+  // MPI): host memory the communicators keep to stage them (page-locked;
+  // ParallelContext::host_staging_bytes).
   size_t host_staging_bytes = 0;
   // Device runs: times per training step the host waited for the device
   // (core/context.h, host_waits) since the last log line; each one drains

@@ -83,7 +83,7 @@ run_limited() {
 }
 finish() {
   tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs 2> /dev/null && rm -rf "$LOG"
-  rm -rf "$CKPT"
+  rm -rf "$CKPT" "$OUT/bench_ops.json.partial"  # (bench_ops stopped between a write and its rename)
 }
 # Checkpoints a stopped run writes: on /tmp, removed after each run.
 CKPT=/tmp/sy_gpu_check_ckpt
@@ -197,31 +197,42 @@ gtest_line() {
        "$(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "$f") skipped$(grep -q 'stopped after' "$f" && echo ', STOPPED AT THE LIMIT')"
 }
 
-# failed_tests NAME: the tests a gtest log failed, ':'-joined (a gtest filter):
-# those with a FAILED line, and the one running when the process died (no
-# closing "tests ... ran." line: a kernel fault can end it).
+# died NAME: whether the process ended without gtest's closing "... ran."
+# line, other than by the stage's time limit (a kernel fault can end it).
+died() {
+  ! grep -qE '^\[==========\] .* ran\.' "$LOG/$1.log" && ! grep -q 'stopped after' "$LOG/$1.log"
+}
+# failed_tests NAME: the tests a gtest log failed, in the order they failed
+# (after a sticky CUDA error every later test fails too: the first matters),
+# ':'-joined (a gtest filter): those with a FAILED line, and the one running
+# when the process died.
 failed_tests() {
   local f=$LOG/$1.log
-  { grep -oE '^\[  FAILED  \] [A-Za-z0-9_/.]+' "$f" | cut -c14-
-    grep -qE '^\[==========\] .* ran\.' "$f" || grep -E '^\[ RUN      \] ' "$f" | tail -1 | cut -c14-
-  } | sort -u | head -4 | paste -sd: -
+  [ -f "$f" ] || return 0
+  { grep -oE '^\[  FAILED  \] [A-Za-z_][A-Za-z0-9_/.]*' "$f" | cut -c14-
+    died "$1" && grep -E '^\[ RUN      \] ' "$f" | tail -1 | cut -c14-
+  } | awk '!seen[$0]++' | head -4 | paste -sd: -
 }
-# failed_cases NAME: backend_ops_test's op cases that failed (their name is the
-# trace under a failure), or the case it was in when it died; ','-joined.
+# failed_cases NAME: backend_ops_test's op cases that failed, in order,
+# ','-joined: the case each failure or thrown exception came in (the last
+# "[ op case ]" line before it: a kernel fault surfaces as a CUDA error
+# thrown at a later check, with no trace naming the case), and the case it
+# was in when it died.
 failed_cases() {
   local f=$LOG/$1.log
-  { grep -A1 '^Google Test trace:' "$f" | grep -oE 'backend_ops_test\.cc:[0-9]+: [A-Za-z0-9_]+$' | awk '{print $2}' |
-      grep -xFf <(grep -E '^\[ op case  \] ' "$f" | cut -c14-)
-    grep -qE '^\[==========\] .* ran\.' "$f" || grep -E '^\[ op case  \] ' "$f" | tail -1 | cut -c14-
-  } | sort -u | head -6 | paste -sd, -
+  [ -f "$f" ] || return 0
+  { awk '/^\[ op case  \] /{c=substr($0,14)} /^\[ RUN      \] /{c=""} (/: Failure$/||/^C\+\+ exception/)&&c!=""{print c}' "$f"
+    died "$1" && grep -E '^\[ op case  \] ' "$f" | tail -1 | cut -c14-
+  } | awk '!seen[$0]++' | head -6 | paste -sd, -
 }
 # sanitize NAME BINARY: the tests NAME's log failed, again under
 # compute-sanitizer's memcheck (the kernel, thread and address of a bad
-# access: what a next session fixes from, without a GPU), then racecheck
-# (shared-memory hazards); only where some failed, each run cut short.
+# access: what a next session fixes from, without a GPU), then, where memcheck
+# found nothing, racecheck (shared-memory hazards); only where some failed,
+# each run cut short.
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 sanitize() {
-  local name=$1 bin=$2 tests cases tool
+  local name=$1 bin=$2 tests cases tool rc
   tests=$(failed_tests "$name")
   [ -n "$tests" ] || return 0
   [ -x "$SAN" ] || { summary "ops: $name failed; no compute-sanitizer to say why"; return 0; }
@@ -229,9 +240,11 @@ sanitize() {
   for tool in memcheck racecheck; do
     run_limited "${tool}_$name" 75 env SY_OP_CASES="$cases" "$SAN" --tool "$tool" --print-limit 12 --error-exitcode 9 \
       "$bin" --gtest_filter="$tests"
-    summary "ops: $tool on $name's failures ($tests${cases:+; cases $cases}) rc $?:" \
+    rc=$?
+    summary "ops: $tool on $name's failures ($tests${cases:+; cases $cases}) rc $rc:" \
       "$(grep -E '^=========' "$LOG/${tool}_$name.log" | grep -vE 'COMPUTE-SANITIZER|SUMMARY' | head -4 | tr -s ' \n' ' ' | cut -c1-500)" \
       "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/${tool}_$name.log" | tail -1)"
+    [ "$rc" = 9 ] && break  # memcheck's finding first; racecheck's time to the later stages
   done
 }
 
@@ -271,7 +284,7 @@ fi
 # 5. Issue 17's and 18's benchmarks, with the PyTorch peers.
 if want bench; then
   stamp "bench"
-  rm -f "$OUT/bench_ops.json"
+  rm -f "$OUT/bench_ops.json" "$OUT/bench_ops.json.partial"
   run_limited bench_ops 150 $B/bench_ops --device cuda --json "$OUT/bench_ops.json"
   summary "bench: bench_ops rc $? ($(grep -c . "$LOG/bench_ops.log") lines)"
   for name in torch_moe torch_attention; do
@@ -307,8 +320,9 @@ print("no step-20 line" if t is None else f"{100 * t / 989:.1f}% ({t:.0f} TFLOP/
   # traffic a step, whatever the batch; docs/PERF.md) is paid once per 4x the
   # tokens, which the bar needs; the gap between the two MFUs is that pass's
   # share. In as few micro-batches as the GPU holds (an H200's 141 GB holds
-  # one pass, an 80 GB H100 needs 4 of 16, which read and write the expert
-  # gradients again each): the batch-16 run's reserved peak R less the
+  # one pass; an 80 GB H100 two or four by the peak measured; micro-batches
+  # after the first read and write the expert gradients again): the batch-16
+  # run's reserved peak R less the
   # parameters' state P (~31 GiB: fp32 value, gradient, moments, bf16 shadow)
   # is one micro-batch of 16's activations; m micro-batches of 64 / m need
   # P + (R - P) x 4 / m, within 90% of the GPU's memory.

@@ -29,7 +29,7 @@ struct Tiling {
   bool keys_own;  // the dK/dV kernels: blocks own keys and loop over queries
 };
 
-// The kernels' tilings (attention.cu: Configs). The f32 kernels have no warp
+// The kernels' tilings (attention_kernels.cuh: Configs). The f32 kernels have no warp
 // skip: a "warp" there is the whole block.
 const Tiling kTilings[] = {
     {"bf16 forward d64", 128, 32, 64, false}, {"bf16 forward d128", 128, 16, 64, false},
@@ -229,7 +229,7 @@ TEST(AttentionTiles, SplitLayoutVisitsOnlyReachableTiles) {
 // (empty ones included) and every tile size the kernels use, the blocks of
 // the grid's bound visit each (segment, tile) exactly once, in either
 // order, and the rest have no work; the list is the exclusive scan that
-// attention.cu's tile_starts_kernel writes.
+// attention_kernels.cuh's tile_starts_kernel writes.
 TEST(AttentionTiles, WorkListVisitsEachTileOnce) {
   uint32_t state = 99;
   auto next = [&state](uint32_t n) {
@@ -244,7 +244,7 @@ TEST(AttentionTiles, WorkListVisitsEachTileOnce) {
       for (const bool last_first : {false, true}) {
         std::vector<int32_t> work(S + 1, 0);
         for (int b = 0; b < S; ++b) work[b + 1] = work[b] + attn::tiles_of(seg[b + 1] - seg[b], tile);
-        const int bound = (seg[S] + tile - 1) / tile + S;  // attention.cu's grid()
+        const int bound = (seg[S] + tile - 1) / tile + S;  // attention_kernels.cuh's grid()
         ASSERT_LE(work[S], bound);
         std::vector<std::vector<int>> seen(S);
         for (int b = 0; b < S; ++b) seen[b].assign(attn::tiles_of(seg[b + 1] - seg[b], tile), 0);

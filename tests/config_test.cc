@@ -337,13 +337,23 @@ TEST(Config, TrainingMemoryIsTheHostsOrTheRanksGpu) {
         EXPECT_EQ(p.bytes, 0);
         continue;
       }
-      int sharing = 0;
-      for (int o = 0; o < node_ranks; ++o) sharing += o % gpus == r % gpus;
       EXPECT_EQ(p.holder, "GPU " + std::to_string(r % gpus));
-      EXPECT_EQ(p.ranks, sharing);
+      EXPECT_EQ(p.ranks, ranks_sharing_gpu(r % gpus, gpus, node_ranks));
       EXPECT_GT(p.bytes, 1e9);
       EXPECT_EQ(p.bytes, cuda_device_memory_bytes(r % gpus));
     }
+}
+
+TEST(Config, RanksSharingAGpuAreThoseOfItsResidue) {
+  for (const int gpus : {1, 2, 3, 8})
+    for (int node_ranks = 1; node_ranks <= 10; ++node_ranks)
+      for (int gpu = 0; gpu < gpus; ++gpu) {
+        int sharing = 0;  // the ranks train_switch puts on it: r % gpus
+        for (int r = 0; r < node_ranks; ++r) sharing += r % gpus == gpu;
+        EXPECT_EQ(ranks_sharing_gpu(gpu, gpus, node_ranks), sharing) << gpu << " of " << gpus << ", " << node_ranks;
+      }
+  EXPECT_EQ(ranks_sharing_gpu(2, 3, 5), 1);  // ranks 0..4 on 3 GPUs: GPU 2 has rank 2 alone
+  EXPECT_EQ(ranks_sharing_gpu(1, 3, 5), 2);  // ranks 1 and 4
 }
 
 TEST(Config, CanonicalTextIsTheResolvedConfig) {

@@ -48,8 +48,8 @@ expect_exit2 data-fifo "data.path = $tmp/fifo: is a FIFO (named pipe); data must
   --config "$SRC/configs/tiny.pbtxt" --set data.source=TEXT_FILE --set data.path="$tmp/fifo"
 expect_exit2 fault-syntax "--inject-fault throw:x:y: RANK 'x' is not an integer" \
   --config "$SRC/configs/tiny.pbtxt" --inject-fault throw:x:y
-expect_exit2 memory "model.seq_len = 65536 with train.batch = 1024: training needs about 642.1 GiB" \
-  --config "$SRC/configs/tiny.pbtxt" --set model.seq_len=65536 --set train.batch=1024
+expect_exit2 memory "model.seq_len = 65536 with train.batch = 8192: training needs about 5.0 TiB" \
+  --config "$SRC/configs/tiny.pbtxt" --set model.seq_len=65536 --set train.batch=8192
 grep -q "of physical memory; lower model.seq_len or train.batch" "$tmp/err" || { echo "FAIL memory: no advice"; fail=1; }
 # A list set on the command line trains.
 "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --set moe.num_experts=4 --set moe.expert_cost=1,1,4,4 --set moe.budget_coef=0.1 \

@@ -116,9 +116,9 @@ def main():
                 ms = time_ms(fn)
                 rows.append({"op": name, "shape": shape, "seconds": ms / 1e3, "flops": flops,
                              "tflops_per_s": flops / (ms / 1e3) / 1e12})
-            del qkv, q, k, v, dout
         except Exception as e:  # noqa: BLE001 (any failure of one shape)
             print(f"torch_attention: {shape} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+        qkv = q = k = v = dout = None  # this shape's tensors freed before the next one's
         torch.cuda.empty_cache()
 
     print(f"device {torch.cuda.get_device_name()} | torch {torch.__version__} | SDPA backend {args.backend}")
