@@ -328,7 +328,8 @@ TEST(Config, TrainingMemoryIsTheHostsOrTheRanksGpu) {
   EXPECT_EQ(cpu.holder, "this machine");
   // CUDA: the GPU a rank takes (its node rank modulo the GPUs), shared by the
   // node's ranks that take the same one; unknown (nothing checked) without a GPU.
-  const Config cuda = parse_ok("backend: CUDA");
+  Config cuda = parse_ok("");
+  cuda.set_backend(switchyard::Config::CUDA);  // (set, not parsed: builds without CUDA refuse it at validation)
   const int gpus = cuda_device_count();
   for (const int node_ranks : {1, 3, 5})
     for (int r = 0; r < node_ranks; ++r) {

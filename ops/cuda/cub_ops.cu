@@ -11,6 +11,8 @@ void radix_sort_pairs(Ctx& ctx, const uint64_t* keys_in, uint64_t* keys_out, con
                       int32_t* values_out, int64_t n, int begin_bit, int end_bit) {
   if (n == 0) return;
   SY_CHECK(n < (int64_t{1} << 31), "radix_sort_pairs: " << n << " pairs (at most 2^31 - 1)");
+  SY_CHECK(begin_bit >= 0 && end_bit <= 64, "radix_sort_pairs: bits [" << begin_bit << ", " << end_bit
+                                                                        << ") of a 64-bit key");
   if (end_bit <= begin_bit) {  // nothing to sort on: the input order is the sorted order
     CUDA_CHECK(cudaMemcpyAsync(keys_out, keys_in, n * sizeof(uint64_t), cudaMemcpyDeviceToDevice, stream(ctx)));
     CUDA_CHECK(cudaMemcpyAsync(values_out, values_in, n * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream(ctx)));

@@ -297,7 +297,8 @@ static __global__ void realized_budget_rows(float* dprobs, double* row, const fl
   for (int64_t a = i * k; a < (i + 1) * k; ++a) {
     const int32_t g = group[a];
     if (g < 0 || !(slot[a] >= 0 || (count_drops && slot[a] == -2))) continue;
-    s += static_cast<double>(probs[i * G + g]) * cost[g];
+    // (rounded apart, as the CPU's: a fused multiply-add would differ in the last bit)
+    s = __dadd_rn(s, __dmul_rn(static_cast<double>(probs[i * G + g]), cost[g]));
     if (active) dprobs[i * G + g] += lambda * cost[g] / static_cast<float>(N);
   }
   row[i] = s;
@@ -307,7 +308,8 @@ static __global__ void realized_budget_rows(float* dprobs, double* row, const fl
 // routing sums (RoutingTotals' order), and, after the rows, the value.
 static __global__ void realized_cost(double* R, const double* sums, const float* cost, int64_t G, bool with_cut) {
   double s = 0;
-  for (int64_t g = 0; g < G; ++g) s += (with_cut ? sums[2 * G + g] + sums[3 * G + g] : sums[2 * G + g]) * cost[g];
+  for (int64_t g = 0; g < G; ++g)  // (no fused multiply-add: the CPU's bits, so R > budget ties alike)
+    s = __dadd_rn(s, __dmul_rn(with_cut ? sums[2 * G + g] + sums[3 * G + g] : sums[2 * G + g], cost[g]));
   R[0] = s / fmax(1.0, sums[4 * G + 1]);
 }
 
