@@ -288,8 +288,7 @@ NodeLocal node_local(MPI_Comm comm) {
 }
 
 int node_local_gpu(MPI_Comm comm) {
-  const int gpus = cuda_device_count();
-  return gpus > 0 ? node_local(comm).rank % gpus : -1;
+  return cuda_device_count() > 0 ? node_rank_gpu(node_local(comm).rank) : -1;
 }
 
 void abort_job(int code) { MPI_Abort(MPI_COMM_WORLD, code); std::abort(); }

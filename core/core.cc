@@ -63,6 +63,11 @@ int cuda_device_count() {
 
 bool cuda_available() { return cuda_device_count() > 0; }
 
+int node_rank_gpu(int node_rank) {
+  const int gpus = cuda_device_count();
+  return gpus > 0 ? node_rank % gpus : -1;
+}
+
 double cuda_device_memory_bytes(int index) {
 #ifdef SY_WITH_CUDA
   cudaDeviceProp p;

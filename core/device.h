@@ -24,6 +24,10 @@ struct Device {
 bool cuda_available();
 // The number of visible CUDA devices (0 without the backend or a driver).
 int cuda_device_count();
+// The GPU a rank takes: its rank among the ranks on its node modulo the
+// visible GPUs (the one rule train_switch, the tools and the memory check
+// follow); -1 without a GPU.
+int node_rank_gpu(int node_rank);
 // Total memory of CUDA device `index` in bytes (0 without the backend or that device).
 double cuda_device_memory_bytes(int index);
 

@@ -268,7 +268,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       // Each rank takes a GPU by its rank on its node. NCCL needs one GPU per
       // rank; ranks sharing a GPU move device tensors through MPI instead.
       const int gpus = sy::cuda_device_count();
-      if (gpus > 0) opts.device = node.rank % gpus;
+      if (gpus > 0) opts.device = sy::node_rank_gpu(node.rank);
       const auto pb = cfg.parallel().backend();
       const bool on_gpu = cfg.backend() == switchyard::Config::CUDA, own_gpu = gpus >= node.size;
       if (pb == switchyard::ParallelConfig::NCCL && !own_gpu)

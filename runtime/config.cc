@@ -497,11 +497,10 @@ MemoryPool training_memory(const Config& cfg, int node_rank, int node_ranks) {
     p.ranks = std::max(1, node_ranks);
     return p;
   }
-  const int gpus = cuda_device_count();
-  if (gpus == 0) return p;  // bytes 0: the trainer says no GPU is visible
-  const int gpu = node_rank % gpus;
+  const int gpu = node_rank_gpu(node_rank);
+  if (gpu < 0) return p;  // bytes 0: the trainer says no GPU is visible
   p.bytes = cuda_device_memory_bytes(gpu);
-  p.ranks = ranks_sharing_gpu(gpu, gpus, node_ranks);
+  p.ranks = ranks_sharing_gpu(gpu, cuda_device_count(), node_ranks);
   p.holder = "GPU " + std::to_string(gpu);
   p.kind = "memory";
   return p;

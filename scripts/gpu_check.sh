@@ -235,8 +235,8 @@ sanitize() {
   local name=$1 bin=$2 tests cases tool rc
   tests=$(failed_tests "$name")
   [ -n "$tests" ] || return 0
-  [ -x "$SAN" ] || { summary "ops: $name failed; no compute-sanitizer to say why"; return 0; }
   cases=$(failed_cases "$name")
+  [ -x "$SAN" ] || { summary "ops: $name failed ($tests${cases:+; cases $cases}); no compute-sanitizer to say why"; return 0; }
   for tool in memcheck racecheck; do
     run_limited "${tool}_$name" 75 env SY_OP_CASES="$cases" "$SAN" --tool "$tool" --print-limit 12 --error-exitcode 9 \
       "$bin" --gtest_filter="$tests"
@@ -254,7 +254,6 @@ if want ops; then
   run_limited backend_ops_cuda 150 $B/backend_ops_test --gtest_filter='*cuda*:*Cuda*:WholeStep.*' || status=1
   summary "ops: backend_ops_test (cuda): $(gtest_line backend_ops_cuda)"
   grep -E "^\[  FAILED  \] [A-Za-z]|Failure|differs|never written" "$LOG/backend_ops_cuda.log" | head -20
-  [ -n "$(failed_cases backend_ops_cuda)" ] && summary "ops: failing op cases: $(failed_cases backend_ops_cuda)"
   run_limited layer_cuda 90 $B/routed_attention_test --gtest_filter='*Cuda*' || status=1
   summary "ops: routed_attention_test (the sparse attention layer on CUDA): $(gtest_line layer_cuda)"
   grep -E "^\[  FAILED  \] [A-Za-z]|Failure|leaked|differ" "$LOG/layer_cuda.log" | head -10
