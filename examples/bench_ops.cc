@@ -50,6 +50,7 @@
 #include <cuda_runtime.h>
 
 #include "core/cuda_check.h"
+#include "examples/bench_expert_gemm.h"
 #endif
 
 namespace {
@@ -457,6 +458,29 @@ int main(int argc, char** argv) {
         moe_padded.backward(dy);
       });
     }
+#ifdef SY_WITH_CUDA
+    if (rt) {  // The experts' GEMMs alone, six ways, on the layer's shapes above (examples/bench_expert_gemm.h):
+               // which route the packed layer's experts should take (docs/experiments/expert-gemm-routes.md).
+      sy::bench::ExpertGemmShape es;
+      es.tokens = N;
+      es.d = C;
+      es.hidden = H;
+      es.experts = quick ? 8 : 64;
+      try {
+        sy::bench::ExpertGemmBench eg(ctx, es, 77);
+        for (sy::bench::ExpertGemmVariant& v : eg.variants()) {
+          Row row{v.name, v.shape, 0, v.flops, 0};
+          row.note = v.note;
+          add(row, v.run, v.check);
+        }
+      } catch (const std::exception& e) {  // (the operands could not be made: one row says why)
+        Row row{"expert_gemm", "", 0, 0, 0};
+        row.note = std::string(e.what()).substr(0, 100);
+        std::cerr << "[bench_ops] expert_gemm: " << row.note << std::endl;
+        rows.push_back(row);
+      }
+    }
+#endif
     {  // A transformer block (LN, attention, LN, MLP; d 1024, 16 heads of 64, hidden 4096, B x T = 8 x 2048),
        // forward + backward, dense and depth-routed at capacity 0.5 (the router picks half of every
        // sequence's tokens, which attend among themselves and go through the MLP; the rest ride the

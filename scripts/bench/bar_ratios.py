@@ -8,6 +8,7 @@ one line a bar, measured figure beside the bar, "ok" or "MISSED":
   moe/dense   moe_layer_fwd_bwd(_padded) time / dense_ffn_fwd_bwd's <= 1.3
   loop/moe    the PyTorch per-expert loop's fwd+bwd time / ours >= 25
   attention   ours / SDPA throughput, causal fwd+bwd bf16, per shape >= 0.5
+and, not a bar, the expert GEMM routes side by side (expert_gemm_*).
 
 A figure whose rows are missing is said to be missing, not guessed: a row
 bench_ops could not time (its case threw: seconds 0, the error in its note)
@@ -109,6 +110,18 @@ def main():
             top = ", ".join(f"{o['op']} {o['ms_per_step']:.3f}" for o in prof["ops"][:5])
             say(f"{name} profile (ms): {top}; between ops "
                 f"{prof['step_ms'] - prof['inside_ops_ms']:.3f} of {prof['step_ms']:.3f}")
+
+    # The experts' GEMMs alone, six ways (examples/bench_expert_gemm.h; not a
+    # bar: which route the packed layer should take), the fastest first.
+    for d in ("up", "down"):
+        ways = [(w, timed(rows.get(f"expert_gemm_{d}_{w}")))
+                for w in ("lt_loop", "loop", "loop_streams", "grouped", "strided", "one_gemm")]
+        ways = sorted(((w, r) for w, r in ways if r), key=lambda wr: wr[1]["seconds"])
+        if ways:
+            gemm = ours.get("gemm_ceiling", {}).get("flops_per_s", 0) or float("inf")
+            say(f"expert GEMMs {d} ({ways[0][1]['shape']}), ms and % of the GEMM ceiling: " + ", ".join(
+                f"{w} {r['seconds'] * 1e3:.3f} ({r['flops'] / r['seconds'] / gemm * 100:.0f}%)"
+                + (f" {r['wrong']} WRONG" if r.get("wrong", -1) > 0 else "") for w, r in ways))
 
     peers = load(args.torch_moe) or []
     loop = next((r for r in peers if r.get("case") == "moe per-expert loop fwd+bwd" and r.get("ms", 0) > 0), None)
