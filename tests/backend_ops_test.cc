@@ -696,6 +696,22 @@ std::vector<OpCase> cases() {
                  ops::layernorm_forward(x, {y, mean, rstd, in[0], in[1], in[2]});
                  ops::layernorm_backward(x, {o[0], &o[1], &o[2], in[3], in[0], in[1], mean, rstd});
                }});
+  // N <= 64: dw, db by one column-sum chunk (ops/cuda/common.cuh's
+  // column_sums, chunks == 1: the serial sum onto dw, db themselves, here
+  // random values).
+  c.push_back({"layernorm_backward_few_rows", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({33, 48}, r, 3.f), randn({48}, r), randn({48}, r), randn({33, 48}, r), randn({48}, r),
+                            randn({48}, r)};
+               },
+               [](Ctx& x, const Ins&) { return Outs{acc(x, {33, 48}), fresh(x, {48}), fresh(x, {48})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor y = out(x, {33, 48}), mean = out(x, {33}), rstd = out(x, {33});
+                 ops::layernorm_forward(x, {y, mean, rstd, in[0], in[1], in[2]});
+                 o[1].copy_from(in[4], x);
+                 o[2].copy_from(in[5], x);
+                 ops::layernorm_backward(x, {o[0], &o[1], &o[2], in[3], in[0], in[1], mean, rstd});
+               }});
   c.push_back({"layernorm_no_affine", Tol::f32, [](Rng& r) { return Ins{randn({9, 70}, r, 2.f), randn({9, 70}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {9, 70}), acc(x, {9, 70})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
@@ -787,6 +803,19 @@ std::vector<OpCase> cases() {
                  o[1].copy_from(in[3], x);
                  ops::embedding_backward(x, {o[0], o[1], in[1], in[0], 8});
                }});
+  // C > 256 (ops/cuda/embedding.cu: token_rows_sum's grid.y 2), 24 tokens
+  // below 50 (rows no token uses: its early return, the row left as it was).
+  c.push_back({"embedding_forward_wide", Tol::exact, [](Rng& r) { return Ins{ints({24}, r, 50), randn({50, 300}, r), randn({8, 300}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {24, 300})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::embedding_forward(x, {o[0], in[0], in[1], in[2], 8}); }});
+  c.push_back({"embedding_backward_wide", Tol::f32,
+               [](Rng& r) { return Ins{ints({24}, r, 50), randn({24, 300}, r), randn({50, 300}, r), randn({8, 300}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {50, 300}), fresh(x, {8, 300})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 o[0].copy_from(in[2], x);
+                 o[1].copy_from(in[3], x);
+                 ops::embedding_backward(x, {o[0], o[1], in[1], in[0], 8});
+               }});
   c.push_back({"cross_entropy", Tol::f32, [](Rng& r) { return Ins{randn({21, 67}, r, 2.f), ints({21}, r, 67)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {21, 67}), fresh(x, {21, 67}), fresh(x, {1})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
@@ -794,11 +823,20 @@ std::vector<OpCase> cases() {
                  ops::cross_entropy_backward(x, {o[1], o[0], in[1], 0.5f});
                  put(x, o[2], std::vector<float>{loss});
                }});
-  // Dense causal attention, fp32 (class F): head dims 16 (tiny's), 64 and 128,
-  // T not a multiple of any tile (the fp32 kernels tile by 64 or 32; the CPU
-  // by blocks of 32 query rows).
-  for (const ops::AttentionShape s : {ops::AttentionShape{2, 37, 64, 4}, ops::AttentionShape{2, 77, 128, 2},
-                                      ops::AttentionShape{1, 100, 256, 2}}) {
+  // V > 256 (ops/cuda/cross_entropy.cu's forward block: several elements a thread).
+  c.push_back({"cross_entropy_vocab_515", Tol::f32, [](Rng& r) { return Ins{randn({9, 515}, r, 2.f), ints({9}, r, 515)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {9, 515}), fresh(x, {9, 515}), fresh(x, {1})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const float loss = ops::cross_entropy_forward(x, {o[0], in[0], in[1]});
+                 ops::cross_entropy_backward(x, {o[1], o[0], in[1], 0.5f});
+                 put(x, o[2], std::vector<float>{loss});
+               }});
+  // Dense causal attention, fp32 (class F): head dims 16 (tiny's), 32, 64 and
+  // 128 (ops/cuda/attention_kernels.cuh's forward_f32<D>/backward_f32<D>), T
+  // not a multiple of any tile (the fp32 kernels tile by 64 or 32; the CPU by
+  // blocks of 32 query rows).
+  for (const ops::AttentionShape s : {ops::AttentionShape{2, 37, 64, 4}, ops::AttentionShape{2, 77, 64, 2},
+                                      ops::AttentionShape{2, 77, 128, 2}, ops::AttentionShape{1, 100, 256, 2}}) {
     c.push_back({"attention_d" + std::to_string(s.C / s.H), Tol::f32,
                  [s](Rng& r) { return Ins{randn({s.B, s.T, 3 * s.C}, r), randn({s.B, s.T, s.C}, r)}; },
                  [s](Ctx& x, const Ins&) {
@@ -810,17 +848,18 @@ std::vector<OpCase> cases() {
                  }});
   }
   // The sliding window, fp32: windows of one key, shorter than a tile, across
-  // tiles and not multiples of 8, at head dims 16, 64 and 128; the last two
-  // compute a subset of the heads (the others' columns and lse rows start at
-  // zero and must stay so, as on the CPU).
+  // tiles and not multiples of 8, at head dims 16, 32 (forward_f32<32> and
+  // backward_f32<32> with WindowMask), 64 and 128; the last two compute a
+  // subset of the heads (the others' columns and lse rows start at zero and
+  // must stay so, as on the CPU).
   auto windowed = [](int64_t B, int64_t T, int64_t C, int64_t H, int64_t w, int64_t heads) {
     ops::AttentionShape s{B, T, C, H};
     s.window = w, s.heads = heads;
     return s;
   };
   for (const ops::AttentionShape s : {windowed(2, 150, 64, 4, 1, 0), windowed(2, 150, 64, 4, 40, 0),
-                                      windowed(1, 200, 128, 2, 70, 0), windowed(1, 300, 256, 2, 33, 1),
-                                      windowed(2, 130, 64, 4, 65, 3)}) {
+                                      windowed(2, 150, 64, 2, 40, 0), windowed(1, 200, 128, 2, 70, 0),
+                                      windowed(1, 300, 256, 2, 33, 1), windowed(2, 130, 64, 4, 65, 3)}) {
     const bool subset = s.heads > 0;
     c.push_back({"attention_window" + std::to_string(s.window) + "_d" + std::to_string(s.C / s.H) +
                      (subset ? "_heads" + std::to_string(s.heads) : ""),
@@ -835,8 +874,12 @@ std::vector<OpCase> cases() {
                  }});
   }
   // ---- elementwise, random, layout ----
+  // Each of add and mul on both of ops/cuda/elementwise.cu's paths: binary_op4
+  // (n % 4 == 0) and binary_op (n 1001).
   c.push_back({"add_mul_scale", Tol::exact, [](Rng& r) { return Ins{randn({1024}, r), randn({1024}, r), randn({1001}, r), randn({1001}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {1024}), fresh(x, {1001}), fresh(x, {1001})}; },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {1024}), fresh(x, {1001}), fresh(x, {1001}), fresh(x, {1001}), fresh(x, {1024})};
+               },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  o[0].copy_from(in[0], x);
                  ops::add_into(x, o[0], in[1]);  // float4 path
@@ -844,6 +887,10 @@ std::vector<OpCase> cases() {
                  ops::mul_into(x, o[1], in[3]);  // scalar path
                  o[2].copy_from(in[2], x);
                  ops::scale(x, o[2], -0.37f);
+                 o[3].copy_from(in[2], x);
+                 ops::add_into(x, o[3], in[3]);  // scalar path
+                 o[4].copy_from(in[0], x);
+                 ops::mul_into(x, o[4], in[1]);  // float4 path
                }});
   c.push_back({"sigmoid", Tol::f32, [](Rng& r) { return Ins{randn({1001}, r, 4.f)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001})}; },
@@ -870,6 +917,22 @@ std::vector<OpCase> cases() {
                  ops::gather_rows(x, o[0], in[0], in[1]);  // 20-byte rows: 4-byte words
                  ops::gather_rows(x, o[1], in[2], in[1]);  // 32-byte rows: 16-byte words
                  ops::scatter_rows(x, o[2], in[0], in[1]);
+               }});
+  // ops/cuda/permute.cu's narrower words: 24-byte f32 rows (uint2) and
+  // 14-byte bf16 rows (uint16_t).
+  c.push_back({"gather_rows_narrow", Tol::exact, [](Rng& r) {
+                 Tensor idx = Tensor::empty({9}, DType::i64, host_ctx());
+                 for (int i = 0; i < 9; ++i) idx.data<int64_t>()[i] = (i * 4) % 9;
+                 return Ins{randn({9, 6}, r), idx, randn({9, 7}, r).to(DType::bf16)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {9, 6}), fresh(x, {9, 6}), fresh(x, {9, 7}, DType::bf16), fresh(x, {9, 7}, DType::bf16)};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::gather_rows(x, o[0], in[0], in[1]);
+                 ops::scatter_rows(x, o[1], in[0], in[1]);
+                 ops::gather_rows(x, o[2], in[2], in[1]);
+                 ops::scatter_rows(x, o[3], in[2], in[1]);
                }});
   c.push_back({"split_heads", Tol::exact, [](Rng& r) { return Ins{randn({10, 24}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {2, 10, 4})}; },
@@ -1116,7 +1179,12 @@ std::vector<OpCase> cases() {
                                                  {"sigmoid_bias_128", 128, 2, true, false, false, false, 0},
                                                  {"softmax_130", 130, 2, false, false, false, false, 0},
                                                  {"softmax_ties_100", 100, 3, false, false, false, false, 0},
-                                                 {"keys_runs_100", 100, 3, false, true, false, false, 100}}) {
+                                                 {"keys_runs_100", 100, 3, false, true, false, false, 100},
+                                                 // sigmoid in scores_in_registers at 1 and 2 values a
+                                                 // lane, and in gate_topk_kernel (G > 128)
+                                                 {"sigmoid_bias_24", 24, 2, true, false, false, false, 0},
+                                                 {"sigmoid_bias_64", 64, 2, true, false, false, false, 0},
+                                                 {"sigmoid_bias_130", 130, 2, true, false, false, false, 0}}) {
     const int64_t N = 300;
     c.push_back({"tokens_choose_logits_" + g.name, Tol::f32,
                  [=](Rng& r) {
@@ -1338,6 +1406,24 @@ std::vector<OpCase> cases() {
                  ops::dispatch_backward(x, dx, dout, route);
                  o[1].copy_from(dx, x);
                }});
+  // D % 4 != 0: ops/cuda/dispatch.cu's combine_rows<1> (and the backward's <1>).
+  c.push_back({"combine_d7", Tol::f32, [](Rng& r) { return Ins{probs_of({30, 4}, r), randn({30, 7}, r), randn({30, 7}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {30, 7}), fresh(x, {30, 7}), fresh(x, {60})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::Route route;
+                 ops::TokensChooseParams p;
+                 p.k = 2;
+                 p.capacity_factor = 0.75f;
+                 ops::tokens_choose(x, route, in[0], p);
+                 Tensor buf = out(x, {route.rows(), 7});
+                 ops::dispatch_forward(x, buf, in[1], route);
+                 ops::combine_forward(x, o[0], buf, route);
+                 Tensor dout = out(x, {route.rows(), 7});
+                 ops::combine_backward(x, dout, o[2], in[2], buf, route);
+                 Tensor dx = Tensor::zeros({30, 7}, DType::f32, x);
+                 ops::dispatch_backward(x, dx, dout, route);
+                 o[1].copy_from(dx, x);
+               }});
   c.push_back({"residual_combine", Tol::f32,
                // router scores, z (rows), x, dy, d(budget loss)
                [](Rng& r) { return Ins{randn({32, 1}, r), randn({32, 10}, r), randn({32, 10}, r), randn({32, 10}, r), randn({32}, r)}; },
@@ -1363,6 +1449,24 @@ std::vector<OpCase> cases() {
                  std::vector<float> f32;
                  for (double v : buf.to_vector<double>()) f32.push_back(static_cast<float>(v));
                  put(x, o[4], f32);
+               }});
+  // residual_combine's flags flipped: ops/cuda/depth_gate.cu's gate_forward
+  // straight-through (w 1 where chosen) and gate_backward without it (ds).
+  c.push_back({"depth_gate_modes", Tol::f32,
+               // router scores, z (rows), x, dy, d(budget loss)
+               [](Rng& r) { return Ins{randn({32, 1}, r), randn({32, 10}, r), randn({32, 10}, r), randn({32, 10}, r), randn({32}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {32}), fresh(x, {32, 10}), acc(x, {32, 10}), fresh(x, {32}), fresh(x, {32})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::Route route;
+                 ops::groups_choose(x, route, in[0], 3, 8);
+                 Tensor s = out(x, {32});
+                 ops::sigmoid(x, s, in[0].reshape({32}));
+                 ops::depth_gate_forward(x, o[0], s, route, true);
+                 Tensor z = in[1].rows(0, route.rows());
+                 ops::residual_combine_forward(x, o[1], in[2], z, o[0], route);
+                 Tensor dz = out(x, {route.rows(), 10});
+                 ops::residual_combine_backward(x, o[2], dz, o[3], in[3], in[2], z, o[0], route);
+                 ops::depth_gate_backward(x, o[4], o[3], in[4], s, route, false);
                }});
   // ---- router losses ----
   c.push_back({"routing_sums_and_balance", Tol::f32, [](Rng& r) { return Ins{probs_of({48, 5}, r)}; },
@@ -1392,6 +1496,25 @@ std::vector<OpCase> cases() {
                  for (double d : values.to_vector<double>()) v.push_back(static_cast<float>(d));
                  put(x, o[3], v);
                }});
+  // More than 256 items: ops/cuda/router_loss.cu's routing_sums in 3 stage-1
+  // blocks, summed by add_partials.
+  c.push_back({"routing_sums_600_items", Tol::f32, [](Rng& r) { return Ins{probs_of({600, 5}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {ops::routing_sums_size(5)}), acc(x, {600, 5}), fresh(x, {1})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::Route route;
+                 ops::TokensChooseParams p;
+                 p.k = 2;
+                 p.capacity_factor = 0.9f;
+                 ops::tokens_choose(x, route, in[0], p);
+                 Tensor sums = Tensor::empty({ops::routing_sums_size(5)}, DType::f64, x);
+                 ops::routing_sums(x, sums, in[0], route);
+                 std::vector<float> f32;
+                 for (double v : sums.to_vector<double>()) f32.push_back(static_cast<float>(v));
+                 put(x, o[0], f32);
+                 Tensor value = out(x, {1}, DType::f64);
+                 ops::load_balance_loss(x, o[1], value, sums, 0.01f);
+                 put(x, o[2], std::vector<float>{static_cast<float>(value.to_vector<double>()[0])});
+               }});
   c.push_back({"z_and_budget_loss", Tol::f32, [](Rng& r) { return Ins{randn({50, 6}, r, 3.f), probs_of({50, 6}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{acc(x, {50, 6}), acc(x, {50, 6}), fresh(x, {5})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
@@ -1403,6 +1526,19 @@ std::vector<OpCase> cases() {
                  ops::budget_loss(x, o[1], value, in[1], {1.f, 2.f, 0.5f, 1.f, 3.f, 1.f}, 0.9f, 0.1f);
                  std::vector<float> f32;
                  for (double v : buf.to_vector<double>()) f32.push_back(static_cast<float>(v));
+                 put(x, o[2], f32);
+               }});
+  // ops/cuda/router_loss.cu's budget loss without costs (cost == nullptr: all
+  // ones; C = 1 > B 0.5, active) and inactive (C <= B 5: budget_gradient's
+  // early return, dprobs untouched, L_b 0).
+  c.push_back({"budget_loss_no_cost", Tol::f32, [](Rng& r) { return Ins{probs_of({50, 6}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{acc(x, {50, 6}), acc(x, {50, 6}), fresh(x, {4})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor values = out(x, {4}, DType::f64), a = values.rows(0, 2), b = values.rows(2, 4);
+                 ops::budget_loss(x, o[0], a, in[0], {}, 0.5f, 0.1f);
+                 ops::budget_loss(x, o[1], b, in[0], budget_case_costs(), 5.f, 0.1f);
+                 std::vector<float> f32;
+                 for (double v : values.to_vector<double>()) f32.push_back(static_cast<float>(v));
                  put(x, o[2], f32);
                }});
   c.push_back({"realized_budget_loss", Tol::f32, [](Rng& r) { return Ins{probs_of({50, 6}, r)}; },
@@ -1514,6 +1650,13 @@ std::vector<OpCase> cases() {
   c.push_back(sparse_attention_case("block_topk_32_top8_d128", 257, 128, block_topk(32, 8)));
   // 1050 segments: more than the work list's scan has threads (several segments a thread)
   c.push_back(sparse_attention_case("block_topk_2_top1_d16_1050_blocks", 2100, 16, block_topk(2, 1)));
+  // ops/cuda/sparse_attention_rows.h's BlockTopkKeys: 9-16 kept blocks
+  // (one_pass<16>) and more than 16 (rounds).
+  c.push_back(sparse_attention_case("block_topk_8_top12_d16", 300, 16, block_topk(8, 12)));
+  c.push_back(sparse_attention_case("block_topk_4_top20_d16", 200, 16, block_topk(4, 20)));
+  // D > 128 (ops/cuda/sparse_attention.cu: no block_scores_kernel tile;
+  // BlockTopkKeys computes each score itself).
+  c.push_back(sparse_attention_case("block_topk_4_top2_d130", 40, 130, block_topk(4, 2)));
   c.push_back(sparse_attention_case("any_keysets", 40, 12, given, [](Rng& r) { return random_keyset_inputs(40, r); }));
   // ---- bf16 GEMMs (class B against the CPU's bf16 mode) ----
   // W's shadow made on the backend (ops::to_bf16, as ParamStore does); x, dy
@@ -1636,6 +1779,25 @@ std::vector<OpCase> cases() {
                    ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
                  }});
   }
+  // The same with biases 40 and 24 bytes apart (D 6, hidden 10): not 16-byte
+  // aligned for every expert, so ops/cuda/matmul.cu adds them by add_bias_rows
+  // with gridDim.y = batch (4 experts' biases), then the batched GEMM onto them.
+  c.push_back({"expert_ffn_equal_rows_unaligned_bias", Tol::f32,
+               [](Rng& r) {
+                 return Ins{randn({28, 6}, r), randn({4, 6, 10}, r, 0.3f), randn({4, 10}, r), randn({4, 10, 6}, r, 0.3f),
+                            randn({4, 6}, r), randn({28, 6}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {28, 6}), fresh(x, {28, 10}), acc(x, {28, 6}), acc(x, {4, 6, 10}), acc(x, {4, 10}),
+                             acc(x, {4, 10, 6}), acc(x, {4, 6})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 7, 14, 21, 28};
+                 const ops::ExpertLayout layout(6, {10, 10, 10, 10});
+                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
+                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
+               }});
   // Experts of hidden widths 6, 12, 3, 9 (packed layout; pre 5*6 + 7*3 + 8*9 = 123).
   c.push_back({"expert_ffn_heterogeneous", Tol::f32,
                [](Rng& r) {
