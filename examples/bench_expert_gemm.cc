@@ -240,18 +240,32 @@ std::vector<ExpertGemmVariant> ExpertGemmBench::variants() {
                          size.data(), CUBLAS_COMPUTE_32F));
                    }}, &d->y, false, false));
 
+    // The padded layout (expert g's block at row g cap) multiplied `rows`
+    // rows a block, in one strided-batched call.
+    auto strided = [d, &st, one, zero](int64_t rows) {
+      return [d, &st, one, zero, rows] {
+        const int64_t K = d->K, N = d->N;
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+            static_cast<cublasHandle_t>(st.ctx.blas.cublas), CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(rows), int(K), &one,
+            d->w.raw(), CUDA_R_16BF, int(N), K * N, d->xp.raw(), CUDA_R_16BF, int(K), st.cap * K, &zero,
+            d->yp.raw(), CUDA_R_16BF, int(N), st.cap * N, int(st.E), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      };
+    };
     out.push_back(checked({base + "strided", shape,
-                   "padded: one cublasGemmStridedBatchedEx, " + std::to_string(st.cap) +
-                       " rows an expert (work column: routed rows only)",
-                   flops,
-                   [d, &st, one, zero] {
-                     const int64_t K = d->K, N = d->N;
-                     CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-                         static_cast<cublasHandle_t>(st.ctx.blas.cublas), CUBLAS_OP_N, CUBLAS_OP_N, int(N),
-                         int(st.cap), int(K), &one, d->w.raw(), CUDA_R_16BF, int(N), K * N, d->xp.raw(), CUDA_R_16BF,
-                         int(K), st.cap * K, &zero, d->yp.raw(), CUDA_R_16BF, int(N), st.cap * N, int(st.E),
-                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-                   }}, &d->yp, true, false));
+                           "padded: one cublasGemmStridedBatchedEx, " + std::to_string(st.cap) +
+                               " rows an expert (the capacity; work column: routed rows only)",
+                           flops, strided(st.cap)},
+                          &d->yp, true, false));
+    // The same at this route's largest expert (rounded up to 16 rows), not
+    // the capacity: a packed route knows its counts on the host, so it could
+    // pad only that far (no layer does yet).
+    const int64_t most = *std::max_element(st.n.begin(), st.n.end());
+    const int64_t tight = std::min(st.cap, (most + 15) / 16 * 16);
+    out.push_back(checked({base + "strided_tight", shape,
+                           "padded to the largest expert: one cublasGemmStridedBatchedEx, " + std::to_string(tight) +
+                               " rows an expert",
+                           flops, strided(tight)},
+                          &d->yp, true, false));
 
     out.push_back(checked({base + "one_gemm", shape, "every routed row times W_0, one cublasGemmEx: the FLOPs ungrouped", flops,
                    [d, &st, one, zero] {

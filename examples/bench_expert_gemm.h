@@ -1,4 +1,4 @@
-// The expert GEMMs of a MoE layer, five ways, on one route (bench_ops's rows
+// The expert GEMMs of a MoE layer, seven ways, on one route (bench_ops's rows
 // expert_gemm_*; docs/experiments/expert-gemm-routes.md asks which to take):
 //
 //   Y_g (n_g, N) = X_g (n_g, K) W_g (K, N)   for g = 0 .. E-1, bf16 in and out,
@@ -18,6 +18,8 @@
 //   grouped       one cublasGemmGroupedBatchedEx (a group of one per expert)
 //   strided       the padded route: one cublasGemmStridedBatchedEx at capacity
 //                 rows per expert (padding rows multiplied too)
+//   strided_tight the same at the largest expert's rows (rounded up to 16),
+//                 as a route that knows its counts could pad
 //   one_gemm      all routed rows times W_0 in one GEMM: the same FLOPs ungrouped
 // Each for the layer's two shapes: up (K = d, N = hidden) and down (K =
 // hidden, N = d). CUDA only.

@@ -391,14 +391,16 @@ int main(int argc, char** argv) {
       mc.set_top_k(2);
       mc.set_capacity_factor(1.25f);
       mc.add_expert_hidden(static_cast<int32_t>(H));
-      switchyard::MoeConfig mp = mc;
+      switchyard::MoeConfig mp = mc, ml = mc;
       mp.set_padded(true);
-      sy::ParamStore ps, psp, psd;
+      ml.set_pad_to_largest(true);
+      sy::ParamStore ps, psp, psl, psd;
       sy::Rng init(7);
       sy::MoeLayer moe(ctx, ps, "moe", C, mc, H, init, 0.02f, 0.02f, 9);
       sy::MoeLayer moe_padded(ctx, psp, "moe", C, mp, H, init, 0.02f, 0.02f, 9);
+      sy::MoeLayer moe_largest(ctx, psl, "moe", C, ml, H, init, 0.02f, 0.02f, 9);
       sy::Mlp dense(ctx, psd, "mlp", C, 2 * H, init, 0.02f, 0.02f);
-      for (sy::ParamStore* s : {&ps, &psp, &psd}) {
+      for (sy::ParamStore* s : {&ps, &psp, &psl, &psd}) {
         s->set_bf16_shadows(bf16);
         s->finalize(ctx);
       }
@@ -424,6 +426,16 @@ int main(int argc, char** argv) {
             psp.zero_grad(ctx);
             moe_padded.forward(x);
             moe_padded.backward(dy);
+          },
+          nullptr);
+      // The packed route padded to its largest expert (moe.pad_to_largest):
+      // the packed route's one wait, then one strided-batched GEMM per
+      // direction with the padding the largest expert needs, not the capacity's.
+      add({"moe_layer_fwd_bwd_pad_to_largest", shape, 0, active, 0},
+          [&] {
+            psl.zero_grad(ctx);
+            moe_largest.forward(x);
+            moe_largest.backward(dy);
           },
           nullptr);
       // The packed route again, on a new input each call (drawn on the device
@@ -457,9 +469,14 @@ int main(int argc, char** argv) {
         moe_padded.forward(x);
         moe_padded.backward(dy);
       });
+      profile("moe_layer_fwd_bwd_pad_to_largest", [&] {
+        psl.zero_grad(ctx);
+        moe_largest.forward(x);
+        moe_largest.backward(dy);
+      });
     }
 #ifdef SY_WITH_CUDA
-    if (rt) {  // The experts' GEMMs alone, six ways, on the layer's shapes above (examples/bench_expert_gemm.h):
+    if (rt) {  // The experts' GEMMs alone, seven ways, on the layer's shapes above (examples/bench_expert_gemm.h):
                // which route the packed layer's experts should take (docs/experiments/expert-gemm-routes.md).
       sy::bench::ExpertGemmShape es;
       es.tokens = N;

@@ -1,5 +1,6 @@
 #include "ops/routing.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -20,6 +21,18 @@ void set_padded_host_part(Route& r) {
   r.assigned = r.num_items * r.k;
   r.dropped = -1;
   r.padded = true;
+}
+
+int64_t set_largest_padded_host_part(Route& r, int64_t multiple) {
+  const std::vector<int32_t> count = r.host_count();
+  const int64_t largest = count.empty() ? 0 : *std::max_element(count.begin(), count.end());
+  const int64_t M = std::min((largest + multiple - 1) / multiple * multiple, std::max(r.capacity, largest));
+  SY_CHECK(M * r.num_groups < INT32_MAX,
+           "padded route: " << r.num_groups << " groups x " << M << " rows (at most 2^31 - 1)");
+  r.capacity = M;
+  for (int64_t g = 0; g <= r.num_groups; ++g) r.host_offset[g] = static_cast<int32_t>(g * M);
+  r.padded = true;
+  return M;
 }
 
 std::vector<int32_t> Route::host_count() const {
@@ -141,6 +154,15 @@ void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& 
            "causal budget: " << r.num_items << " items in runs of " << p.segment);
   check_device(ctx, "apply_budget", {&scores, &r.group, &r.slot, &r.count, &r.offset});
   SY_DISPATCH(ctx, apply_budget, ctx, r, scores, p);
+}
+
+void pad_to_largest(Ctx& ctx, Route& r, int64_t multiple) {
+  SY_CHECK(!r.padded, "pad_to_largest: the route is padded already (its counts were not read back)");
+  SY_CHECK(multiple >= 1, "pad_to_largest: a multiple of " << multiple << " rows (must be >= 1)");
+  SY_CHECK(static_cast<int64_t>(r.host_offset.size()) == r.num_groups + 1,
+           "pad_to_largest: " << r.host_offset.size() << " host offsets for " << r.num_groups << " groups");
+  check_device(ctx, "pad_to_largest", {&r.count, &r.offset});
+  SY_DISPATCH(ctx, pad_to_largest, ctx, r, multiple);
 }
 
 void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,

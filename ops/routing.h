@@ -124,6 +124,23 @@ int64_t ceil_capacity(double fraction, double n);
 // dropped -1, padded (the backends' tokens_choose calls it).
 void set_padded_host_part(Route& r);
 
+// A counted route's host part re-laid padded (pad_to_largest below):
+// capacity M = min(round_up(largest count, multiple), max(capacity, largest
+// count)), host_offset[g] = g M, padded; assigned, dropped and
+// budget_dropped kept. Returns M.
+int64_t set_largest_padded_host_part(Route& r, int64_t multiple);
+
+// A route whose counts the host has read (tokens choose, dropless, after a
+// budget's drops; not already padded) re-laid as a padded one at the
+// largest group's count rounded up to `multiple` rows (at most the
+// capacity): offset[g] = g M, capacity M; group, weight, slot and count
+// kept. Its buffers then hold padding rows, which dispatch writes as zeros
+// (ops/dispatch.h) like a padded route's, and experts of one width run as
+// one strided-batched GEMM a direction (ops/expert_ffn.h), padded only as
+// far as this step's largest expert needs. The offsets are uploaded, not
+// read back: no wait on a GPU.
+void pad_to_largest(Ctx& ctx, Route& r, int64_t multiple);
+
 // probs = score_fn(logits), row by row.  logits, probs (N, G) f32
 void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
 // dlogits (N, G) += J_score_fn^T dprobs: softmax p (dp - <p, dp>), sigmoid p (1-p) dp.
@@ -203,6 +220,7 @@ SY_DECLARE_BACKENDS(
   void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups);
   void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau);
   void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p);
+  void pad_to_largest(Ctx& ctx, Route& r, int64_t multiple);
   void route_weights_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dweight, const Tensor& probs,
                               const Route& r, bool renormalized);
   void update_balance_bias(Ctx& ctx, Tensor& bias, const Tensor& load, float rate);

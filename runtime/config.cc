@@ -362,6 +362,8 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("moe.padded", "true", "padding needs a capacity known before routing; not with moe.dropless");
     if (e.padded() && e.budget_mode() != switchyard::MoeConfig::SOFT)
       c.fail("moe.padded", "true", "a HARD or HARD_CAUSAL budget renumbers the rows; padded needs budget_mode SOFT");
+    if (e.padded() && e.pad_to_largest())
+      c.fail("moe.pad_to_largest", "true", "pads to this step's largest count; moe.padded pads to the capacity: set one");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE &&
@@ -402,6 +404,9 @@ void validate_config(const Config& cfg, const std::string& source) {
   }
   if (e.num_experts() > 0 && e.padded() && pl.expert_parallel() > 1)
     c.fail("moe.padded", "true", "the expert exchange sends counted rows; padded needs parallel.expert_parallel = 1");
+  if (e.num_experts() > 0 && e.pad_to_largest() && pl.expert_parallel() > 1)
+    c.fail("moe.pad_to_largest", "true",
+           "the expert exchange sends counted rows; pad_to_largest needs parallel.expert_parallel = 1");
   if (e.num_experts() > 0 && e.num_experts() % pl.expert_parallel() != 0)
     c.fail("parallel.expert_parallel", pl.expert_parallel(),
            "must divide moe.num_experts = " + std::to_string(e.num_experts()));

@@ -62,11 +62,15 @@ Tensor MoeLayer::forward(const Tensor& x) {
   const int64_t N = x.dim(0), C = x.dim(1);
   router_flops_ = 2.0 * N * C * router_.num_groups();
   // A padded route's buffer holds G C rows, padding included; the model's
-  // FLOPs are its N k assignments' (drops are not read back, so they count
-  // as served): the padded GEMMs' FLOPs scaled by N k / (G C), exact for
+  // FLOPs are its kept rows' (moe.padded: its N k assignments', as drops
+  // are not read back and count as served; moe.pad_to_largest: the counted
+  // ones'): the padded GEMMs' FLOPs scaled by kept / (G C), exact for
   // experts of one width.
   double expert_flops = experts_.forward_flops();
-  if (route.padded && route.rows() > 0) expert_flops *= static_cast<double>(route.assigned) / route.rows();
+  if (route.padded && route.rows() > 0) {
+    const int64_t kept = route.assigned - std::max<int64_t>(route.dropped, 0) - route.budget_dropped;
+    expert_flops *= static_cast<double>(kept) / route.rows();
+  }
   flops_ = router_flops_ + expert_flops + (shared_ ? shared_->forward_flops() : 0);
   return y;
 }

@@ -114,6 +114,10 @@ const ops::Route& Router::forward(const Tensor& x) {
     bp.segment = seq_len_ > 0 && N % seq_len_ == 0 ? seq_len_ : 0;
     ops::apply_budget(ctx_, route_, probs_, bp);
   }
+  capacity_ = route_.capacity;  // (the limit, before padding makes it the stride)
+  // After the budget's drops (which renumber the rows): every expert's
+  // buffer padded to this step's largest count (moe.pad_to_largest).
+  if (cfg_.pad_to_largest() && !expert_choice(cfg_)) ops::pad_to_largest(ctx_, route_, 16);
   losses_and_stats(N);
   return route_;
 }
@@ -193,7 +197,7 @@ void Router::end_step() {
 const RoutingStats& Router::stats() const {
   if (stats_read_) return stats_;
   RoutingStats st;  // stats_ and the flag change only once the copy has come back
-  st.capacity = route_.capacity;
+  st.capacity = capacity_;
   const int64_t S = ops::routing_sums_size(G_), n_sums = totals_.numel() - kValues;
   const Tensor h = totals_.to(host_ctx());  // the one copy back, when the statistics are asked for
   const ops::RoutingTotals tot = ops::RoutingTotals::read(h.rows(0, S), G_);

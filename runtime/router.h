@@ -125,6 +125,7 @@ class Router {
   Tensor logits_, probs_;        // (N, G)
   Tensor aux_dprobs_, aux_dlogits_;  // the router losses' gradients, from forward
   ops::Route route_;
+  int64_t capacity_ = 0;  // route_'s capacity before moe.pad_to_largest made it the padded stride
   // f64 on the device: [routing sums | the noiseless choice's sums (only
   // where the bias follows it) | values: load balance, z, budget loss, C].
   enum { kLoadBalance, kZ, kBudget, kBudgetCost, kValues };

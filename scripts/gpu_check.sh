@@ -30,7 +30,8 @@
 #                          then a GPU-busy variant of it (d 512, seq 512, bf16)
 #                   attn   issue 18: bench_attention at n = 4k/16k/64k beside PyTorch SDPA; a
 #                          routed_copy-style model at n = 16k, routed and dense attention
-#                   more   the training comparison for depth_tiny, routed_copy, mixtral_tiny and padded switch_tiny
+#                   more   the training comparison for depth_tiny, routed_copy, mixtral_tiny, and switch_tiny
+#                          padded (moe.padded, moe.pad_to_largest)
 #
 # Nothing is installed from a registry (that machine has none). Logs and JSON
 # go to $OUT (the device tool brings back at most 8 files: the logs are
@@ -453,6 +454,10 @@ if want more; then
   run_limited gpu_training_padded 90 env SY_GPU_ARGS="--set moe.padded=true" \
     bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" switch_tiny
   summary "more (rc $?, not fatal): padded $(grep -vE '^\[' "$LOG/gpu_training_padded.log" | tr '\n' ' ' | cut -c1-600)"
+  # ... and padded to each step's largest expert (moe.pad_to_largest: counted route, offsets uploaded).
+  run_limited gpu_training_largest 90 env SY_GPU_ARGS="--set moe.pad_to_largest=true" \
+    bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" switch_tiny
+  summary "more (rc $?, not fatal): pad_to_largest $(grep -vE '^\[' "$LOG/gpu_training_largest.log" | tr '\n' ' ' | cut -c1-600)"
 fi
 
 stamp "done (status $status)"

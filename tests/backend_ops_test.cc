@@ -1370,6 +1370,31 @@ std::vector<OpCase> cases() {
   }
   // Positions of dispatched rows: a depth route (groups choose, 4 of every 10
   // items) and a tokens-choose route with drops (k = 2, sequences of 10).
+  // pad_to_largest (ops/routing.h): a counted route's offsets re-laid at its
+  // largest count's stride (on CUDA uploaded, queued), then dispatch and
+  // combine on it: each group's rows at g M, padding rows 0 (o[0], the
+  // buffer's rows, zeros past them), the offsets (o[1]) and the combined rows.
+  c.push_back({"pad_to_largest_dispatch", Tol::f32, [](Rng& r) { return Ins{probs_of({40, 4}, r), randn({40, 12}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {160, 12}), fresh(x, {5}), fresh(x, {40, 12})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::Route route;
+                 ops::TokensChooseParams p;
+                 p.k = 2;
+                 p.capacity_factor = 2.f;  // capacity 40; the largest count rounded up to 8 below it
+                 ops::tokens_choose(x, route, in[0], p);
+                 ops::pad_to_largest(x, route, 8);
+                 ASSERT_TRUE(route.padded);
+                 ASSERT_LT(route.capacity, 40) << "the stride is the capacity: the case would not tell them apart";
+                 Tensor buf = out(x, {route.rows(), 12});
+                 ops::dispatch_forward(x, buf, in[1], route);
+                 o[0].copy_from(Tensor::zeros({160, 12}, DType::f32, x), x);
+                 Tensor head = o[0].rows(0, route.rows());
+                 head.copy_from(buf, x);
+                 std::vector<float> offsets;
+                 for (int32_t v : route.offset.to_vector<int32_t>()) offsets.push_back(static_cast<float>(v));
+                 put(x, o[1], offsets);
+                 ops::combine_forward(x, o[2], buf, route);
+               }});
   c.push_back({"dispatch_positions", Tol::exact, [](Rng& r) { return Ins{randn({30, 1}, r), probs_of({30, 4}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {12}, DType::i32), fresh(x, {48}, DType::i32)}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {

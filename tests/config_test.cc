@@ -84,6 +84,11 @@ TEST(Config, PaddedExpertsNeedAFixedCapacityAndOneExpertGroup) {
                  "moe.padded = true: a HARD or HARD_CAUSAL budget renumbers the rows; padded needs budget_mode SOFT");
   expect_invalid("moe { num_experts: 4 padded: true } parallel { expert_parallel: 2 }",
                  "moe.padded = true: the expert exchange sends counted rows; padded needs parallel.expert_parallel = 1");
+  expect_invalid("moe { num_experts: 4 padded: true pad_to_largest: true }",
+                 "moe.pad_to_largest = true: pads to this step's largest count; moe.padded pads to the capacity: set one");
+  expect_invalid("moe { num_experts: 4 pad_to_largest: true } parallel { expert_parallel: 2 }",
+                 "moe.pad_to_largest = true: the expert exchange sends counted rows; pad_to_largest needs "
+                 "parallel.expert_parallel = 1");
 }
 
 TEST(Config, TokenFilesAllowLargerVocabularies) {

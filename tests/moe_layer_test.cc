@@ -2,6 +2,7 @@
 // all experts, and finite-difference gradients for router, experts and input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -424,44 +425,76 @@ TEST(MoeLayer, GradientsPaddedTop2) {
 }
 
 // Padding changes where rows sit, not what is computed: the same layer on a
-// padded route gives the same output, input gradient and parameter gradients
-// (to rounding: the weight-gradient sums see extra zero rows) as on the
-// packed one, with drops, biases (padding rows' expert outputs are b2 + ...,
-// never combined) and SwiGLU.
+// padded route (to the capacity: moe.padded; to this step's largest count:
+// moe.pad_to_largest) gives the same output, input gradient and parameter
+// gradients (to rounding: the weight-gradient sums see extra zero rows) as
+// on the packed one, with drops, biases (padding rows' expert outputs are
+// b2 + ..., never combined) and SwiGLU. At capacity factor 0.8 (capacity
+// ceil(0.8 x 24 x 2 / 4) = 10, with drops) pad_to_largest's stride is the
+// capacity (the largest count, 10, rounded up to 16 is capped there); at 4
+// (capacity 48, no drops; no expert can hold more than the 24 tokens) it is
+// the largest count rounded up to 16, below the capacity.
 TEST(MoeLayer, PaddedEqualsPacked) {
-  for (const FfnOptions ffn : {FfnOptions{}, FfnOptions{ops::FfnActivation::swiglu, true}}) {
-    std::vector<Tensor> res[2];
-    for (int padded = 0; padded < 2; ++padded) {
-      Rng rng(21);
-      auto cfg = moe_config(4, 2);
-      cfg.set_capacity_factor(0.8f);
-      cfg.set_load_balance_coef(0.1f);
-      cfg.set_z_loss_coef(0.01f);
-      cfg.set_padded(padded == 1);
-      ParamStore ps;
-      MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 16, rng, 0.4f, 0.4f, 7, nullptr, ffn);
-      ps.finalize(host_ctx());
-      randomize_biases(ps, rng);
-      const Tensor x = testing::randn({24, 8}, rng), R = testing::randn({24, 8}, rng);
-      Tensor y = moe.forward(x);
-      EXPECT_EQ(moe.route().padded, padded == 1);
-      if (padded)
-        EXPECT_EQ(moe.route().rows(), 4 * moe.route().capacity);
-      else
-        EXPECT_GT(moe.route().dropped, 0) << "no drops: the case would not cover them";
-      ps.zero_grad(host_ctx());
-      res[padded] = {y.clone(), moe.backward(R)};
-      for (Param* p : ps.all()) res[padded].push_back(p->grad.clone());
+  enum Layout { packed, padded, largest };
+  for (const float factor : {0.8f, 4.f})
+    for (const FfnOptions ffn : {FfnOptions{}, FfnOptions{ops::FfnActivation::swiglu, true}}) {
+      SCOPED_TRACE("capacity factor " + std::to_string(factor));
+      std::vector<Tensor> res[3];
+      for (const Layout layout : {packed, padded, largest}) {
+        Rng rng(21);
+        auto cfg = moe_config(4, 2);
+        cfg.set_capacity_factor(factor);
+        cfg.set_load_balance_coef(0.1f);
+        cfg.set_z_loss_coef(0.01f);
+        cfg.set_padded(layout == padded);
+        cfg.set_pad_to_largest(layout == largest);
+        ParamStore ps;
+        MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 16, rng, 0.4f, 0.4f, 7, nullptr, ffn);
+        ps.finalize(host_ctx());
+        randomize_biases(ps, rng);
+        const int64_t N = 24;
+        const Tensor x = testing::randn({N, 8}, rng), R = testing::randn({N, 8}, rng);
+        Tensor y = moe.forward(x);
+        const ops::Route& r = moe.route();
+        EXPECT_EQ(r.padded, layout != packed);
+        const int64_t limit = ops::ceil_capacity(factor, N * 2.0 / 4);
+        EXPECT_EQ(moe.stats().capacity, limit);  // the limit, whatever the stride
+        if (layout != packed) EXPECT_EQ(r.rows(), 4 * r.capacity);
+        if (layout == packed && factor < 1) EXPECT_GT(r.dropped, 0) << "no drops: the case would not cover them";
+        if (layout == largest) {  // the largest count rounded up to 16, at most the limit
+          const std::vector<int32_t> count = r.count.to_vector<int32_t>();
+          const int64_t most = *std::max_element(count.begin(), count.end());
+          EXPECT_EQ(r.capacity, std::min<int64_t>((most + 15) / 16 * 16, limit));
+          if (factor > 1) EXPECT_LT(r.capacity, limit) << "the stride is the limit: the case would not tell them apart";
+          EXPECT_GE(r.dropped, 0);  // counted, unlike moe.padded's
+        }
+        ps.zero_grad(host_ctx());
+        res[layout] = {y.clone(), moe.backward(R)};
+        for (Param* p : ps.all()) res[layout].push_back(p->grad.clone());
+      }
+      ASSERT_GT(res[1][0].numel(), 0);
+      for (const Layout layout : {padded, largest})
+        for (size_t i = 0; i < res[packed].size(); ++i) {
+          const std::vector<float> a = res[packed][i].to_vector<float>(), b = res[layout][i].to_vector<float>();
+          ASSERT_EQ(a.size(), b.size());
+          double num = 0, den = 0;
+          for (size_t j = 0; j < a.size(); ++j) num += (a[j] - b[j]) * double(a[j] - b[j]), den += double(a[j]) * a[j];
+          EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-6) << "layout " << layout << ", output " << i;
+        }
     }
-    ASSERT_GT(res[1][0].numel(), 0);
-    for (size_t i = 0; i < res[0].size(); ++i) {
-      const std::vector<float> a = res[0][i].to_vector<float>(), b = res[1][i].to_vector<float>();
-      ASSERT_EQ(a.size(), b.size());
-      double num = 0, den = 0;
-      for (size_t j = 0; j < a.size(); ++j) num += (a[j] - b[j]) * double(a[j] - b[j]), den += double(a[j]) * a[j];
-      EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-6) << "output " << i;
-    }
-  }
+}
+
+// pad_to_largest after a hard budget's drops (which renumber the rows before
+// the padding re-lays them), with experts of several widths (per-expert
+// GEMMs on padded rows).
+TEST(MoeLayer, GradientsPadToLargestUnderAHardBudget) {
+  auto c = moe_config(4, 2);
+  for (int h : {3, 11, 5, 7}) c.add_expert_hidden(h);
+  c.set_budget_mode(switchyard::MoeConfig::HARD);
+  c.set_budget(1.2f);
+  c.set_load_balance_coef(0.1f);
+  c.set_pad_to_largest(true);
+  check_layer_gradients(c, 14);
 }
 
 // ParamStore::zero_grad leaves expert gradients unwritten (marked, not
@@ -708,10 +741,12 @@ using MoeLayerCuda = testing::CudaTest;
 // included - and bias update stay on the device), and the statistics cost
 // one wait when asked for. The packed
 // route's offsets come back once per forward: there the same count is 1, so
-// the check can fail.
+// the check can fail; pad_to_largest adds no wait to that one (its offsets
+// go up, queued).
 TEST_F(MoeLayerCuda, PaddedStepWaitsForNothing) {
-  for (const bool padded : {false, true}) {
-    SCOPED_TRACE(padded ? "padded" : "packed");
+  for (const int layout : {0, 1, 2}) {
+    const bool padded = layout == 1;
+    SCOPED_TRACE(layout == 0 ? "packed" : padded ? "padded" : "pad_to_largest");
     Rng rng(5);
     auto cfg = moe_config(8, 2);
     cfg.set_capacity_factor(1.25f);
@@ -721,6 +756,7 @@ TEST_F(MoeLayerCuda, PaddedStepWaitsForNothing) {
     cfg.set_budget_coef(0.1f);  // the realised-cost budget loss too
     cfg.set_budget(0.5f);
     cfg.set_padded(padded);
+    cfg.set_pad_to_largest(layout == 2);
     ParamStore ps;
     MoeLayer moe(gpu(), ps, "m", 16, cfg, 32, rng, 0.1f, 0.1f, 7);
     ps.finalize(gpu());

@@ -249,6 +249,57 @@ TEST(TokensChoose, PaddedRefusesDroplessAndTheBudget) {
   EXPECT_THROW(apply_budget(host_ctx(), r, probs, b), Error);
 }
 
+// pad_to_largest keeps the counted route (groups, slots, counts, drops) and
+// moves each group's rows to g M, M the largest count rounded up to the
+// multiple, at most the capacity; dropless (capacity = the largest count)
+// pads to that count. Expected M by hand from the counts.
+TEST(PadToLargest, IsTheCountedRouteAtTheLargestCountsStride) {
+  Rng rng(33);
+  for (const auto& [N, G, k, cf, multiple, dropless] :
+       std::vector<std::tuple<int64_t, int64_t, int, float, int64_t, bool>>{{37, 5, 2, 0.7f, 4, false},
+                                                                        {64, 8, 1, 4.0f, 16, false},
+                                                                        {64, 8, 2, 1.0f, 1, false},
+                                                                        {40, 4, 2, 1.0f, 16, true}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << N << " G=" << G << " k=" << k << " multiple " << multiple);
+    const Tensor probs = random_probs(N, G, rng);
+    TokensChooseParams p;
+    p.k = k, p.capacity_factor = cf, p.dropless = dropless;
+    const Route packed = tokens_choose(probs, p);
+    Route r = tokens_choose(probs, p);
+    pad_to_largest(host_ctx(), r, multiple);
+    const std::vector<int32_t> count = ints(packed.count);
+    const int64_t most = *std::max_element(count.begin(), count.end());
+    const int64_t M = std::min((most + multiple - 1) / multiple * multiple, std::max(packed.capacity, most));
+    EXPECT_TRUE(r.padded);
+    EXPECT_EQ(r.capacity, M);
+    EXPECT_EQ(ints(r.group), ints(packed.group));
+    EXPECT_EQ(floats(r.weight), floats(packed.weight));
+    EXPECT_EQ(ints(r.slot), ints(packed.slot));
+    EXPECT_EQ(ints(r.count), count);
+    EXPECT_EQ(r.assigned, packed.assigned);
+    EXPECT_EQ(r.dropped, packed.dropped);
+    std::vector<int32_t> offsets;
+    for (int64_t g = 0; g <= G; ++g) offsets.push_back(static_cast<int32_t>(g * M));
+    EXPECT_EQ(ints(r.offset), offsets);
+    EXPECT_EQ(r.host_offset, offsets);
+    const std::vector<int32_t> group = ints(r.group), slot = ints(r.slot);
+    for (int64_t a = 0; a < N * k; ++a) EXPECT_EQ(r.row(a), slot[a] < 0 ? -1 : group[a] * M + slot[a]);
+  }
+}
+
+TEST(PadToLargest, RefusesAPaddedRouteAndNoMultiple) {
+  Rng rng(34);
+  const Tensor probs = random_probs(12, 4, rng);
+  TokensChooseParams p;
+  Route r = tokens_choose(probs, p);
+  EXPECT_THROW(pad_to_largest(host_ctx(), r, 0), Error);
+  pad_to_largest(host_ctx(), r, 4);
+  EXPECT_THROW(pad_to_largest(host_ctx(), r, 4), Error);  // padded now
+  p.padded = true;
+  Route fixed = tokens_choose(probs, p);
+  EXPECT_THROW(pad_to_largest(host_ctx(), fixed, 4), Error);
+}
+
 TEST(TokensChoose, SelectionBiasMovesChoiceNotWeight) {
   const Tensor p = probs_of({0.7f, 0.3f}, 1, 2);
   const Tensor bias = Tensor::from_host(std::vector<float>{0.f, 0.5f});

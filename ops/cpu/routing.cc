@@ -286,6 +286,11 @@ void apply_budget(Ctx&, Route& r, const Tensor& scores_t, const BudgetParams& p)
   r.budget_dropped += dropped;
 }
 
+void pad_to_largest(Ctx&, Route& r, int64_t multiple) {
+  set_largest_padded_host_part(r, multiple);
+  std::copy(r.host_offset.begin(), r.host_offset.end(), r.offset.data<int32_t>());
+}
+
 void route_weights_backward(Ctx&, Tensor& dprobs_t, const Tensor& dweight_t, const Tensor& probs_t,
                             const Route& r, bool renormalized) {
   const int64_t N = r.num_items, k = r.k, G = r.num_groups;

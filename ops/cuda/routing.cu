@@ -671,6 +671,11 @@ void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& 
   r.budget_dropped += h.budget_dropped;
 }
 
+void pad_to_largest(Ctx& ctx, Route& r, int64_t multiple) {
+  set_largest_padded_host_part(r, multiple);
+  r.offset = upload(ctx, r.host_offset);  // (queued: the host does not wait)
+}
+
 // ---- route_weights_backward, update_balance_bias --------------------------
 
 static __global__ void route_weights_backward_kernel(float* dprobs, const float* dweight, const float* probs,

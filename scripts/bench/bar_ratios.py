@@ -5,7 +5,7 @@ one line a bar, measured figure beside the bar, "ok" or "MISSED":
 
   gating      gating_top2's effective bandwidth (logits bytes / time) >= 1.5 TB/s (ops::tokens_gate:
               scores and top-k; the route with its slots, gating_top2_slots, printed beside it)
-  moe/dense   moe_layer_fwd_bwd(_padded) time / dense_ffn_fwd_bwd's <= 1.3
+  moe/dense   moe_layer_fwd_bwd(_padded, _pad_to_largest) time / dense_ffn_fwd_bwd's <= 1.3
   loop/moe    the PyTorch per-expert loop's fwd+bwd time / ours >= 25
   attention   ours / SDPA throughput, causal fwd+bwd bf16, per shape >= 0.5
 and, not a bar, the expert GEMM routes side by side (expert_gemm_*).
@@ -93,7 +93,7 @@ def main():
         say(f"moe_layer_fwd_bwd, a new route each call: {fresh['seconds'] * 1e3:.3f} ms "
                      f"(host {fresh.get('host_seconds', 0) * 1e3:.3f} ms) against {fixed['seconds'] * 1e3:.3f} ms "
                      f"for one route repeated ({fresh['seconds'] / fixed['seconds']:.2f}x)")
-    for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded"):
+    for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded", "moe_layer_fwd_bwd_pad_to_largest"):
         m = timed(rows.get(name))
         if m and dense:
             r = m["seconds"] / dense["seconds"]
@@ -111,11 +111,11 @@ def main():
             say(f"{name} profile (ms): {top}; between ops "
                 f"{prof['step_ms'] - prof['inside_ops_ms']:.3f} of {prof['step_ms']:.3f}")
 
-    # The experts' GEMMs alone, six ways (examples/bench_expert_gemm.h; not a
+    # The experts' GEMMs alone, seven ways (examples/bench_expert_gemm.h; not a
     # bar: which route the packed layer should take), the fastest first.
     for d in ("up", "down"):
         ways = [(w, timed(rows.get(f"expert_gemm_{d}_{w}")))
-                for w in ("lt_loop", "loop", "loop_streams", "grouped", "strided", "one_gemm")]
+                for w in ("lt_loop", "loop", "loop_streams", "grouped", "strided", "strided_tight", "one_gemm")]
         ways = sorted(((w, r) for w, r in ways if r), key=lambda wr: wr[1]["seconds"])
         if ways:
             gemm = ours.get("gemm_ceiling", {}).get("flops_per_s", 0) or float("inf")
@@ -125,7 +125,7 @@ def main():
 
     peers = load(args.torch_moe) or []
     loop = next((r for r in peers if r.get("case") == "moe per-expert loop fwd+bwd" and r.get("ms", 0) > 0), None)
-    for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded"):
+    for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded", "moe_layer_fwd_bwd_pad_to_largest"):
         m = timed(rows.get(name))
         if m and loop:
             r = loop["ms"] / 1e3 / m["seconds"]
