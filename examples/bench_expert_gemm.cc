@@ -59,6 +59,16 @@ struct ExpertGemmBench::State {
   cublasHandle_t side_blas[kStreams] = {};
   cudaEvent_t fork = nullptr, join[kStreams] = {};
   explicit State(Ctx& c) : ctx(c) {}
+  // (Here, not in ~ExpertGemmBench: also where the constructor threw part way.)
+  ~State() {
+    cudaStreamSynchronize(stream_of(ctx));
+    for (int i = 0; i < kStreams; ++i) {
+      if (side_blas[i]) cublasDestroy(side_blas[i]);
+      if (side[i]) cudaStreamDestroy(side[i]);
+      if (join[i]) cudaEventDestroy(join[i]);
+    }
+    if (fork) cudaEventDestroy(fork);
+  }
 };
 
 ExpertGemmBench::ExpertGemmBench(Ctx& ctx, const ExpertGemmShape& s, uint64_t seed) : st_(new State(ctx)) {
@@ -124,16 +134,7 @@ ExpertGemmBench::ExpertGemmBench(Ctx& ctx, const ExpertGemmShape& s, uint64_t se
   CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx)));
 }
 
-ExpertGemmBench::~ExpertGemmBench() {
-  State& st = *st_;
-  cudaStreamSynchronize(stream_of(st.ctx));
-  for (int i = 0; i < kStreams; ++i) {
-    if (st.side_blas[i]) cublasDestroy(st.side_blas[i]);
-    if (st.side[i]) cudaStreamDestroy(st.side[i]);
-    if (st.join[i]) cudaEventDestroy(st.join[i]);
-  }
-  if (st.fork) cudaEventDestroy(st.fork);
-}
+ExpertGemmBench::~ExpertGemmBench() = default;
 
 std::vector<ExpertGemmVariant> ExpertGemmBench::variants() {
   State& st = *st_;
@@ -257,8 +258,8 @@ std::vector<ExpertGemmVariant> ExpertGemmBench::variants() {
                            flops, strided(st.cap)},
                           &d->yp, true, false));
     // The same at this route's largest expert (rounded up to 16 rows), not
-    // the capacity: a packed route knows its counts on the host, so it could
-    // pad only that far (no layer does yet).
+    // the capacity: what moe.pad_to_largest does (a packed route knows its
+    // counts on the host, so it pads only that far).
     const int64_t most = *std::max_element(st.n.begin(), st.n.end());
     const int64_t tight = std::min(st.cap, (most + 15) / 16 * 16);
     out.push_back(checked({base + "strided_tight", shape,

@@ -805,9 +805,6 @@ std::vector<OpCase> cases() {
                }});
   // C > 256 (ops/cuda/embedding.cu: token_rows_sum's grid.y 2), 24 tokens
   // below 50 (rows no token uses: its early return, the row left as it was).
-  c.push_back({"embedding_forward_wide", Tol::exact, [](Rng& r) { return Ins{ints({24}, r, 50), randn({50, 300}, r), randn({8, 300}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {24, 300})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::embedding_forward(x, {o[0], in[0], in[1], in[2], 8}); }});
   c.push_back({"embedding_backward_wide", Tol::f32,
                [](Rng& r) { return Ins{ints({24}, r, 50), randn({24, 300}, r), randn({50, 300}, r), randn({8, 300}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {50, 300}), fresh(x, {8, 300})}; },
@@ -1370,10 +1367,11 @@ std::vector<OpCase> cases() {
   }
   // Positions of dispatched rows: a depth route (groups choose, 4 of every 10
   // items) and a tokens-choose route with drops (k = 2, sequences of 10).
-  // pad_to_largest (ops/routing.h): a counted route's offsets re-laid at its
-  // largest count's stride (on CUDA uploaded, queued), then dispatch and
-  // combine on it: each group's rows at g M, padding rows 0 (o[0], the
-  // buffer's rows, zeros past them), the offsets (o[1]) and the combined rows.
+  // pad_to_largest (ops/routing.h): a counted route, cut by a hard budget
+  // (apply_budget renumbers its offsets), re-laid at its largest count's
+  // stride (on CUDA the offsets uploaded, queued), then dispatch and combine
+  // on it: each group's rows at g M, padding rows 0 (o[0], the buffer's rows,
+  // zeros past them), the offsets (o[1]) and the combined rows.
   c.push_back({"pad_to_largest_dispatch", Tol::f32, [](Rng& r) { return Ins{probs_of({40, 4}, r), randn({40, 12}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {160, 12}), fresh(x, {5}), fresh(x, {40, 12})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
@@ -1382,6 +1380,11 @@ std::vector<OpCase> cases() {
                  p.k = 2;
                  p.capacity_factor = 2.f;  // capacity 40; the largest count rounded up to 8 below it
                  ops::tokens_choose(x, route, in[0], p);
+                 ops::BudgetParams b;
+                 b.cost.assign(4, 1.f);
+                 b.budget = 1.5;  // 2 a token: a quarter of the assignments dropped
+                 ops::apply_budget(x, route, in[0], b);
+                 ASSERT_GT(route.budget_dropped, 0);
                  ops::pad_to_largest(x, route, 8);
                  ASSERT_TRUE(route.padded);
                  ASSERT_LT(route.capacity, 40) << "the stride is the capacity: the case would not tell them apart";
@@ -1414,41 +1417,28 @@ std::vector<OpCase> cases() {
                  Tensor rest = o[1].rows(route.rows(), 48);
                  rest.copy_from(none, x);
                }});
-  c.push_back({"combine", Tol::f32, [](Rng& r) { return Ins{probs_of({30, 4}, r), randn({30, 12}, r), randn({30, 12}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {30, 12}), fresh(x, {30, 12}), fresh(x, {60})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 ops::Route route;
-                 ops::TokensChooseParams p;
-                 p.k = 2;
-                 p.capacity_factor = 0.75f;
-                 ops::tokens_choose(x, route, in[0], p);
-                 Tensor buf = out(x, {route.rows(), 12});
-                 ops::dispatch_forward(x, buf, in[1], route);
-                 ops::combine_forward(x, o[0], buf, route);
-                 Tensor dout = out(x, {route.rows(), 12});
-                 ops::combine_backward(x, dout, o[2], in[2], buf, route);
-                 Tensor dx = Tensor::zeros({30, 12}, DType::f32, x);
-                 ops::dispatch_backward(x, dx, dout, route);
-                 o[1].copy_from(dx, x);
-               }});
-  // D % 4 != 0: ops/cuda/dispatch.cu's combine_rows<1> (and the backward's <1>).
-  c.push_back({"combine_d7", Tol::f32, [](Rng& r) { return Ins{probs_of({30, 4}, r), randn({30, 7}, r), randn({30, 7}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {30, 7}), fresh(x, {30, 7}), fresh(x, {60})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 ops::Route route;
-                 ops::TokensChooseParams p;
-                 p.k = 2;
-                 p.capacity_factor = 0.75f;
-                 ops::tokens_choose(x, route, in[0], p);
-                 Tensor buf = out(x, {route.rows(), 7});
-                 ops::dispatch_forward(x, buf, in[1], route);
-                 ops::combine_forward(x, o[0], buf, route);
-                 Tensor dout = out(x, {route.rows(), 7});
-                 ops::combine_backward(x, dout, o[2], in[2], buf, route);
-                 Tensor dx = Tensor::zeros({30, 7}, DType::f32, x);
-                 ops::dispatch_backward(x, dx, dout, route);
-                 o[1].copy_from(dx, x);
-               }});
+  // D 12 (combine_rows<4>) and D 7 (D % 4 != 0: ops/cuda/dispatch.cu's
+  // combine_rows<1>, and the backward's <1>).
+  for (const int64_t D : {12, 7}) {
+    c.push_back({D == 12 ? "combine" : "combine_d" + std::to_string(D), Tol::f32,
+                 [D](Rng& r) { return Ins{probs_of({30, 4}, r), randn({30, D}, r), randn({30, D}, r)}; },
+                 [D](Ctx& x, const Ins&) { return Outs{fresh(x, {30, D}), fresh(x, {30, D}), fresh(x, {60})}; },
+                 [D](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::Route route;
+                   ops::TokensChooseParams p;
+                   p.k = 2;
+                   p.capacity_factor = 0.75f;
+                   ops::tokens_choose(x, route, in[0], p);
+                   Tensor buf = out(x, {route.rows(), D});
+                   ops::dispatch_forward(x, buf, in[1], route);
+                   ops::combine_forward(x, o[0], buf, route);
+                   Tensor dout = out(x, {route.rows(), D});
+                   ops::combine_backward(x, dout, o[2], in[2], buf, route);
+                   Tensor dx = Tensor::zeros({30, D}, DType::f32, x);
+                   ops::dispatch_backward(x, dx, dout, route);
+                   o[1].copy_from(dx, x);
+                 }});
+  }
   c.push_back({"residual_combine", Tol::f32,
                // router scores, z (rows), x, dy, d(budget loss)
                [](Rng& r) { return Ins{randn({32, 1}, r), randn({32, 10}, r), randn({32, 10}, r), randn({32, 10}, r), randn({32}, r)}; },

@@ -433,55 +433,73 @@ TEST(MoeLayer, GradientsPaddedTop2) {
 // ceil(0.8 x 24 x 2 / 4) = 10, with drops) pad_to_largest's stride is the
 // capacity (the largest count, 10, rounded up to 16 is capped there); at 4
 // (capacity 48, no drops; no expert can hold more than the 24 tokens) it is
-// the largest count rounded up to 16, below the capacity.
+// the largest count rounded up to 16, below the capacity. Under a hard
+// budget (which moe.padded refuses) pad_to_largest re-lays the rows the
+// budget left. The model FLOPs are the packed route's with pad_to_largest,
+// and with moe.padded where nothing is dropped.
 TEST(MoeLayer, PaddedEqualsPacked) {
   enum Layout { packed, padded, largest };
-  for (const float factor : {0.8f, 4.f})
-    for (const FfnOptions ffn : {FfnOptions{}, FfnOptions{ops::FfnActivation::swiglu, true}}) {
-      SCOPED_TRACE("capacity factor " + std::to_string(factor));
-      std::vector<Tensor> res[3];
-      for (const Layout layout : {packed, padded, largest}) {
-        Rng rng(21);
-        auto cfg = moe_config(4, 2);
-        cfg.set_capacity_factor(factor);
-        cfg.set_load_balance_coef(0.1f);
-        cfg.set_z_loss_coef(0.01f);
-        cfg.set_padded(layout == padded);
-        cfg.set_pad_to_largest(layout == largest);
-        ParamStore ps;
-        MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 16, rng, 0.4f, 0.4f, 7, nullptr, ffn);
-        ps.finalize(host_ctx());
-        randomize_biases(ps, rng);
-        const int64_t N = 24;
-        const Tensor x = testing::randn({N, 8}, rng), R = testing::randn({N, 8}, rng);
-        Tensor y = moe.forward(x);
-        const ops::Route& r = moe.route();
-        EXPECT_EQ(r.padded, layout != packed);
-        const int64_t limit = ops::ceil_capacity(factor, N * 2.0 / 4);
-        EXPECT_EQ(moe.stats().capacity, limit);  // the limit, whatever the stride
-        if (layout != packed) EXPECT_EQ(r.rows(), 4 * r.capacity);
-        if (layout == packed && factor < 1) EXPECT_GT(r.dropped, 0) << "no drops: the case would not cover them";
-        if (layout == largest) {  // the largest count rounded up to 16, at most the limit
-          const std::vector<int32_t> count = r.count.to_vector<int32_t>();
-          const int64_t most = *std::max_element(count.begin(), count.end());
-          EXPECT_EQ(r.capacity, std::min<int64_t>((most + 15) / 16 * 16, limit));
-          if (factor > 1) EXPECT_LT(r.capacity, limit) << "the stride is the limit: the case would not tell them apart";
-          EXPECT_GE(r.dropped, 0);  // counted, unlike moe.padded's
+  for (const bool hard : {false, true})
+    for (const float factor : {0.8f, 4.f})
+      for (const FfnOptions ffn : {FfnOptions{}, FfnOptions{ops::FfnActivation::swiglu, true}}) {
+        SCOPED_TRACE("capacity factor " + std::to_string(factor) + (hard ? ", hard budget" : ""));
+        std::vector<Tensor> res[3];
+        double flops[3] = {0, 0, 0};
+        for (const Layout layout : {packed, padded, largest}) {
+          if (hard && layout == padded) continue;
+          Rng rng(21);
+          auto cfg = moe_config(4, 2);
+          cfg.set_capacity_factor(factor);
+          cfg.set_load_balance_coef(0.1f);
+          cfg.set_z_loss_coef(0.01f);
+          cfg.set_padded(layout == padded);
+          cfg.set_pad_to_largest(layout == largest);
+          if (hard) {  // every token's 2 choices cost 2 (one width: cost 1 each) > 1.2
+            cfg.set_budget_mode(switchyard::MoeConfig::HARD);
+            cfg.set_budget(1.2f);
+          }
+          ParamStore ps;
+          MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 16, rng, 0.4f, 0.4f, 7, nullptr, ffn);
+          ps.finalize(host_ctx());
+          randomize_biases(ps, rng);
+          const int64_t N = 24;
+          const Tensor x = testing::randn({N, 8}, rng), R = testing::randn({N, 8}, rng);
+          Tensor y = moe.forward(x);
+          flops[layout] = moe.forward_flops();
+          const ops::Route& r = moe.route();
+          EXPECT_EQ(r.padded, layout != packed);
+          if (hard) EXPECT_GT(r.budget_dropped, 0) << "no budget drops: the case would not cover them";
+          const int64_t limit = ops::ceil_capacity(factor, N * 2.0 / 4);
+          EXPECT_EQ(moe.stats().capacity, limit);  // the limit, whatever the stride
+          if (layout != packed) EXPECT_EQ(r.rows(), 4 * r.capacity);
+          if (layout == packed && factor < 1) EXPECT_GT(r.dropped, 0) << "no drops: the case would not cover them";
+          if (layout == largest) {  // the largest count rounded up to 16, at most the limit
+            const std::vector<int32_t> count = r.count.to_vector<int32_t>();
+            const int64_t most = *std::max_element(count.begin(), count.end());
+            EXPECT_EQ(r.capacity, std::min<int64_t>((most + 15) / 16 * 16, limit));
+            if (factor > 1)
+              EXPECT_LT(r.capacity, limit) << "the stride is the limit: the case would not tell them apart";
+            EXPECT_GE(r.dropped, 0);  // counted, unlike moe.padded's
+          }
+          ps.zero_grad(host_ctx());
+          res[layout] = {y.clone(), moe.backward(R)};
+          for (Param* p : ps.all()) res[layout].push_back(p->grad.clone());
         }
-        ps.zero_grad(host_ctx());
-        res[layout] = {y.clone(), moe.backward(R)};
-        for (Param* p : ps.all()) res[layout].push_back(p->grad.clone());
+        ASSERT_GT(res[largest][0].numel(), 0);
+        for (const Layout layout : {padded, largest}) {
+          if (hard && layout == padded) continue;
+          // (moe.padded counts its drops as served: they are not read back)
+          if (layout == largest || factor > 1) EXPECT_DOUBLE_EQ(flops[layout], flops[packed]) << "layout " << layout;
+          for (size_t i = 0; i < res[packed].size(); ++i) {
+            const std::vector<float> a = res[packed][i].to_vector<float>(), b = res[layout][i].to_vector<float>();
+            ASSERT_EQ(a.size(), b.size());
+            double num = 0, den = 0;
+            for (size_t j = 0; j < a.size(); ++j)
+              num += (a[j] - b[j]) * double(a[j] - b[j]), den += double(a[j]) * a[j];
+            EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-6) << "layout " << layout << ", output " << i;
+          }
+        }
       }
-      ASSERT_GT(res[1][0].numel(), 0);
-      for (const Layout layout : {padded, largest})
-        for (size_t i = 0; i < res[packed].size(); ++i) {
-          const std::vector<float> a = res[packed][i].to_vector<float>(), b = res[layout][i].to_vector<float>();
-          ASSERT_EQ(a.size(), b.size());
-          double num = 0, den = 0;
-          for (size_t j = 0; j < a.size(); ++j) num += (a[j] - b[j]) * double(a[j] - b[j]), den += double(a[j]) * a[j];
-          EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-6) << "layout " << layout << ", output " << i;
-        }
-    }
 }
 
 // pad_to_largest after a hard budget's drops (which renumber the rows before
