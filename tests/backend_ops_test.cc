@@ -813,21 +813,18 @@ std::vector<OpCase> cases() {
                  o[1].copy_from(in[3], x);
                  ops::embedding_backward(x, {o[0], o[1], in[1], in[0], 8});
                }});
-  c.push_back({"cross_entropy", Tol::f32, [](Rng& r) { return Ins{randn({21, 67}, r, 2.f), ints({21}, r, 67)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {21, 67}), fresh(x, {21, 67}), fresh(x, {1})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const float loss = ops::cross_entropy_forward(x, {o[0], in[0], in[1]});
-                 ops::cross_entropy_backward(x, {o[1], o[0], in[1], 0.5f});
-                 put(x, o[2], std::vector<float>{loss});
-               }});
-  // V > 256 (ops/cuda/cross_entropy.cu's forward block: several elements a thread).
-  c.push_back({"cross_entropy_vocab_515", Tol::f32, [](Rng& r) { return Ins{randn({9, 515}, r, 2.f), ints({9}, r, 515)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {9, 515}), fresh(x, {9, 515}), fresh(x, {1})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const float loss = ops::cross_entropy_forward(x, {o[0], in[0], in[1]});
-                 ops::cross_entropy_backward(x, {o[1], o[0], in[1], 0.5f});
-                 put(x, o[2], std::vector<float>{loss});
-               }});
+  // V 67, and V 515 > 256 (ops/cuda/cross_entropy.cu's forward block: several
+  // elements a thread).
+  for (const auto& [n, V] : std::vector<std::pair<int64_t, int64_t>>{{21, 67}, {9, 515}}) {
+    c.push_back({V == 67 ? "cross_entropy" : "cross_entropy_vocab_" + std::to_string(V), Tol::f32,
+                 [n = n, V = V](Rng& r) { return Ins{randn({n, V}, r, 2.f), ints({n}, r, V)}; },
+                 [n = n, V = V](Ctx& x, const Ins&) { return Outs{fresh(x, {n, V}), fresh(x, {n, V}), fresh(x, {1})}; },
+                 [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   const float loss = ops::cross_entropy_forward(x, {o[0], in[0], in[1]});
+                   ops::cross_entropy_backward(x, {o[1], o[0], in[1], 0.5f});
+                   put(x, o[2], std::vector<float>{loss});
+                 }});
+  }
   // Dense causal attention, fp32 (class F): head dims 16 (tiny's), 32, 64 and
   // 128 (ops/cuda/attention_kernels.cuh's forward_f32<D>/backward_f32<D>), T
   // not a multiple of any tile (the fp32 kernels tile by 64 or 32; the CPU by
@@ -1773,112 +1770,37 @@ std::vector<OpCase> cases() {
                  ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
                }});
   // Equal rows per expert (a padded route): CUDA's strided-batched path, with
-  // biases (GELU, batched bias epilogue) and without (SwiGLU over all rows).
-  for (const ops::FfnActivation act : {ops::FfnActivation::gelu, ops::FfnActivation::swiglu}) {
-    const bool sw = act == ops::FfnActivation::swiglu;
-    const int64_t P = sw ? 24 : 12;
-    c.push_back({std::string("expert_ffn_equal_rows_") + (sw ? "swiglu" : "gelu"), Tol::f32,
+  // biases (GELU, batched bias epilogue) and without (SwiGLU over all rows);
+  // then GELU at D 6, hidden 10: biases 40 and 24 bytes apart, not 16-byte
+  // aligned for every expert, so ops/cuda/matmul.cu adds them by
+  // add_bias_rows with gridDim.y = batch (4 experts' biases), then the
+  // batched GEMM onto them.
+  struct EqualRows {
+    std::string name;
+    ops::FfnActivation act;
+    int64_t D, H;
+  };
+  for (const EqualRows& e : {EqualRows{"gelu", ops::FfnActivation::gelu, 8, 12},
+                             EqualRows{"swiglu", ops::FfnActivation::swiglu, 8, 12},
+                             EqualRows{"unaligned_bias", ops::FfnActivation::gelu, 6, 10}}) {
+    const int64_t P = e.act == ops::FfnActivation::swiglu ? 2 * e.H : e.H, D = e.D, H = e.H;
+    c.push_back({"expert_ffn_equal_rows_" + e.name, Tol::f32,
                  [=](Rng& r) {
-                   return Ins{randn({28, 8}, r), randn({4, 8, P}, r, 0.3f), randn({4, P}, r), randn({4, 12, 8}, r, 0.3f),
-                              randn({4, 8}, r), randn({28, 8}, r)};
+                   return Ins{randn({28, D}, r), randn({4, D, P}, r, 0.3f), randn({4, P}, r), randn({4, H, D}, r, 0.3f),
+                              randn({4, D}, r), randn({28, D}, r)};
                  },
                  [=](Ctx& x, const Ins&) {
-                   return Outs{fresh(x, {28, 8}), fresh(x, {28, P}), acc(x, {28, 8}), acc(x, {4, 8, P}), acc(x, {4, P}),
-                               acc(x, {4, 12, 8}), acc(x, {4, 8})};
+                   return Outs{fresh(x, {28, D}), fresh(x, {28, P}), acc(x, {28, D}), acc(x, {4, D, P}), acc(x, {4, P}),
+                               acc(x, {4, H, D}), acc(x, {4, D})};
                  },
                  [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    const std::vector<int32_t> offset{0, 7, 14, 21, 28};
-                   const ops::ExpertLayout layout(8, {12, 12, 12, 12}, act);
+                   const ops::ExpertLayout layout(D, {H, H, H, H}, e.act);
                    const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
                    ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
                    ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
                  }});
   }
-  // The same with biases 40 and 24 bytes apart (D 6, hidden 10): not 16-byte
-  // aligned for every expert, so ops/cuda/matmul.cu adds them by add_bias_rows
-  // with gridDim.y = batch (4 experts' biases), then the batched GEMM onto them.
-  c.push_back({"expert_ffn_equal_rows_unaligned_bias", Tol::f32,
-               [](Rng& r) {
-                 return Ins{randn({28, 6}, r), randn({4, 6, 10}, r, 0.3f), randn({4, 10}, r), randn({4, 10, 6}, r, 0.3f),
-                            randn({4, 6}, r), randn({28, 6}, r)};
-               },
-               [](Ctx& x, const Ins&) {
-                 return Outs{fresh(x, {28, 6}), fresh(x, {28, 10}), acc(x, {28, 6}), acc(x, {4, 6, 10}), acc(x, {4, 10}),
-                             acc(x, {4, 10, 6}), acc(x, {4, 6})};
-               },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const std::vector<int32_t> offset{0, 7, 14, 21, 28};
-                 const ops::ExpertLayout layout(6, {10, 10, 10, 10});
-                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
-                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
-                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
-               }});
-  // Experts of hidden widths 6, 12, 3, 9 (packed layout; pre 5*6 + 7*3 + 8*9 = 123).
-  c.push_back({"expert_ffn_heterogeneous", Tol::f32,
-               [](Rng& r) {
-                 return Ins{randn({20, 8}, r), randn({8 * 30}, r, 0.3f), randn({30}, r), randn({30 * 8}, r, 0.3f),
-                            randn({4, 8}, r), randn({20, 8}, r)};
-               },
-               [](Ctx& x, const Ins&) {
-                 return Outs{fresh(x, {20, 8}), fresh(x, {123}), acc(x, {20, 8}), acc(x, {8 * 30}), acc(x, {30}),
-                             acc(x, {30 * 8}), acc(x, {4, 8})};
-               },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const std::vector<int32_t> offset{0, 5, 5, 12, 20};
-                 const ops::ExpertLayout layout(8, {6, 12, 3, 9});
-                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
-                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
-                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
-               }});
-  // Experts 0, 1 and 3 on 4 rows each, every operand and bias block a
-  // multiple of 256 bytes from the next: each of their GEMMs has one CUDA
-  // GEMM plan (ops/cuda/matmul.cu) for the three, with three bias pointers
-  // (a plan that kept its first bias would give experts 1 and 3 expert 0's).
-  c.push_back({"expert_ffn_shared_plan", Tol::f32,
-               [](Rng& r) {
-                 return Ins{randn({12, 64}, r), randn({4, 64, 64}, r, 0.1f), randn({4, 64}, r), randn({4, 64, 64}, r, 0.1f),
-                            randn({4, 64}, r), randn({12, 64}, r)};
-               },
-               [](Ctx& x, const Ins&) {
-                 return Outs{fresh(x, {12, 64}), fresh(x, {12, 64}), acc(x, {12, 64}), acc(x, {4, 64, 64}),
-                             acc(x, {4, 64}), acc(x, {4, 64, 64}), acc(x, {4, 64})};
-               },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const std::vector<int32_t> offset{0, 4, 8, 8, 12};  // expert 2 empty: a GEMM per expert
-                 const ops::ExpertLayout layout(64, {64, 64, 64, 64});
-                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
-                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
-                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
-               }});
-  // Experts on 97, 100, 103 and 112 rows: on CUDA one GEMM plan per
-  // direction for all four, made for the bucket of 97-112 rows
-  // (ops/cuda/matmul.cu), each call setting its own row count (a plan left at
-  // another expert's rows would read and write past this one's block). Rows
-  // of 256 bytes, so every expert's blocks share their alignments too.
-  c.push_back({"expert_ffn_rows_share_a_bucket", Tol::f32,
-               [](Rng& r) {
-                 return Ins{randn({412, 64}, r), randn({4, 64, 64}, r, 0.1f), randn({4, 64}, r),
-                            randn({4, 64, 64}, r, 0.1f), randn({4, 64}, r), randn({412, 64}, r)};
-               },
-               [](Ctx& x, const Ins&) {
-                 return Outs{fresh(x, {412, 64}), fresh(x, {412, 64}), acc(x, {412, 64}), acc(x, {4, 64, 64}),
-                             acc(x, {4, 64}), acc(x, {4, 64, 64}), acc(x, {4, 64})};
-               },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const std::vector<int32_t> offset{0, 97, 197, 300, 412};
-                 const ops::ExpertLayout layout(64, {64, 64, 64, 64});
-                 const ops::ExpertWeights w{in[1], in[2], in[3], in[4]};
-                 ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
-                 ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
-               }});
-  // The same for matmul: one GEMM configuration, two biases 256 bytes apart.
-  c.push_back({"matmul_two_biases_one_plan", Tol::f32,
-               [](Rng& r) { return Ins{randn({37, 24}, r), randn({24, 64}, r), randn({128}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {37, 64}), fresh(x, {37, 64})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 ops::matmul_forward(x, {o[0], in[0], in[1], in[2].rows(0, 64)});
-                 ops::matmul_forward(x, {o[1], in[0], in[1], in[2].rows(64, 128)});
-               }});
   // SwiGLU experts of one width on unequal rows, with biases: db1 (2H wide)
   // and db2 in one column-sum launch each on CUDA, experts of 3 and 7 rows
   // (one chunk) beside one of 70 (two).
