@@ -6,7 +6,8 @@
 #
 #   here first:   bash scripts/gpu_deps.sh        (C++ libraries that machine lacks -> .gpudeps/)
 #   rehearse:     bash scripts/gpu_rehearse.sh    (this script's set-up and build here, system copies hidden)
-#   device run:   bash scripts/gpu_check.sh       carry: [".gpudeps"], timeout_s: 600
+#   prebuild:     bash scripts/gpu_prebuild.sh    (the GPU targets built here -> .gpubin/; optional)
+#   device run:   bash scripts/gpu_check.sh       carry: [".gpudeps", ".gpubin"], timeout_s: 600
 #
 #   --budget S    start no stage after S seconds from the start (default 540);
 #                 each stage's own limit is cut to what is left
@@ -97,7 +98,7 @@ trap finish EXIT
   nvidia-smi --query-gpu=driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -1
   nvcc --version 2>&1 | tail -1
   echo "cores $(nproc), g++ $(g++ -dumpfullversion 2>/dev/null || echo missing)"
-  for tool in cmake ninja mpirun mpicxx protoc python3; do printf '%-8s %s\n' "$tool" "$(command -v $tool || echo missing)"; done
+  for tool in cmake ninja mpirun mpicxx protoc python3 dpkg xz; do printf '%-8s %s\n' "$tool" "$(command -v $tool || echo missing)"; done
   for h in gtest/gtest.h cblas.h CLI/CLI.hpp nlohmann/json.hpp google/protobuf/message.h; do
     f=$(find /usr/include /usr/local/include /usr/include/x86_64-linux-gnu -path "*/$h" 2>/dev/null | head -1)
     printf '%-28s %s\n' "$h" "${f:-missing}"
@@ -113,6 +114,23 @@ cat "$OUT/inventory.txt"
 # of its own: its libraries ahead of the machine's would mix two OpenMPIs
 # (and two PMIx plugin sets) in one job.
 EXTRA_CMAKE=()
+# unpack_deb DEB DIR: dpkg -x, or where the machine has no dpkg, the same
+# in Python (a .deb is an ar archive holding data.tar.xz).
+unpack_deb() {
+  command -v dpkg > /dev/null && { dpkg -x "$1" "$2"; return; }
+  python3 - "$1" "$2" <<'PY'
+import io, sys, tarfile
+blob = open(sys.argv[1], "rb").read()
+assert blob[:8] == b"!<arch>\n", sys.argv[1] + ": not a .deb"
+at = 8
+while at < len(blob):
+    name, size = blob[at:at + 16].decode().strip().rstrip("/"), int(blob[at + 48:at + 58])
+    if name.startswith("data.tar"):
+        tarfile.open(fileobj=io.BytesIO(blob[at + 60:at + 60 + size])).extractall(sys.argv[2])
+        break
+    at += 60 + size + size % 2
+PY
+}
 if grep -q missing "$OUT/inventory.txt" && ls .gpudeps/*.deb > /dev/null 2>&1; then
   stamp "unpacking .gpudeps into /tmp/sydeps"
   HAVE_MPI=0
@@ -120,7 +138,7 @@ if grep -q missing "$OUT/inventory.txt" && ls .gpudeps/*.deb > /dev/null 2>&1; t
   mpicxx --showme > /dev/null 2>&1 && mpirun --version > /dev/null 2>&1 && HAVE_MPI=1
   for f in .gpudeps/*.deb; do
     [ $HAVE_MPI = 1 ] && [[ $(basename "$f") =~ ^(openmpi|libopenmpi|libpmix|libhwloc|libevent|libfabric|libucx|libibverbs|librdmacm|libpsm|libnl-|libmunge|libnuma) ]] && continue
-    dpkg -x "$f" /tmp/sydeps
+    unpack_deb "$f" /tmp/sydeps
   done
   P=/tmp/sydeps/usr
   A=$P/lib/x86_64-linux-gnu
@@ -161,6 +179,32 @@ want comm && TARGETS+=(communicator_conformance_test bench_comm)
 want scale && TARGETS+=(scaling_sweep bench_comm)
 want attn && TARGETS+=(bench_attention)
 status=0
+# Binaries built here before the call (scripts/gpu_prebuild.sh: .gpubin/,
+# carried) where every source they were built from is unchanged and every
+# library they need resolves on this machine: the build's minutes go to the
+# stages. Else the build below.
+prebuilt() {
+  [ -f .gpubin/bin.tar.xz ] && [ -f .gpubin/sources.sha256 ] || return 1
+  sha256sum --quiet -c .gpubin/sources.sha256 > "$LOG/prebuilt.log" 2>&1 ||
+    { summary "build: .gpubin is stale ($(grep -c FAILED "$LOG/prebuilt.log") sources changed since gpu_prebuild.sh): building"; return 1; }
+  mkdir -p build-gpu
+  tar -C build-gpu -xJf .gpubin/bin.tar.xz 2> /dev/null ||
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .gpubin/bin.tar.xz build-gpu || return 1
+  # (their run path names this machine's CUDA libraries as /usr/local/cuda/lib)
+  export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib
+  local t missing=()
+  for t in "${TARGETS[@]}"; do
+    { [ -x "build-gpu/bin/$t" ] && ! ldd "build-gpu/bin/$t" 2>&1 | grep -qE "not found|version .* not found"; } || missing+=("$t")
+  done
+  [ ${#missing[@]} = 0 ] && build-gpu/bin/train_switch --help > /dev/null 2>> "$LOG/prebuilt.log" && return 0
+  ldd "build-gpu/bin/${missing[0]:-train_switch}" 2>&1 | grep "not found" | head -5 | tee -a "$LOG/prebuilt.log"
+  summary "build: the prebuilt binaries do not run here (${missing[*]:-train_switch --help}): building"
+  rm -rf build-gpu/bin
+  return 1
+}
+if prebuilt; then
+  summary "build: prebuilt binaries from .gpubin (${#TARGETS[@]} targets, sources unchanged)"
+else
 stamp "configure"
 GEN=()
 command -v ninja > /dev/null && GEN=(-G Ninja)
@@ -185,6 +229,7 @@ else
   summary "build: FAILED after $(( $(date +%s) - s ))s; built: ${built[*]:-nothing}"
   [ -x build-gpu/bin/train_switch ] || exit 1
   status=1
+fi
 fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 GTEST_COLOR=no
 B=build-gpu/bin
