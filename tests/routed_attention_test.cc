@@ -644,7 +644,9 @@ TEST_F(RoutedAttentionCuda, LayerForwardReadsTheHeadsSumsOnce) {
   const int64_t C = 64, H = 4, T = 40, B = 2, R = 2;  // heads of 16
   for (const bool balanced : {true, false}) {
     SCOPED_TRACE(balanced ? "balanced" : "causal");
-    Layer l(routed_cfg(R, 4, 3, balanced), C, H, T, 1, {}, gpu());
+    switchyard::AttentionConfig cfg = routed_cfg(R, 4, 3, balanced);
+    cfg.set_commitment_coef(0.25);  // (0 by default: the loss read back would be 0 whatever the sums)
+    Layer l(cfg, C, H, T, 1, {}, gpu());
     Rng rng(5);
     calibrate(l, testing::randn({B * T, C}, rng), B, T);
     l.attn->set_training(true);
