@@ -10,15 +10,10 @@
 // bf16 mode (bf16 true): A and B bf16, C and the bias fp32, CUBLAS_COMPUTE_32F
 // (bf16 products on the tensor cores, fp32 accumulation; ops/matmul.h).
 // bf16 output (C16 given, C null, beta 0): D = bf16(op(A) op(B) [+ bias]),
-// the fp32 accumulator (and fp32 bias) rounded once by cuBLASLt. Where
-// cuBLASLt takes no fp32 bias with a bf16 D (cuBLAS 13.0 on an H200), or the
-// bias is misaligned, the bias is then rounded to bf16 (a copy in scratch
-// from ctx's allocator) before cuBLASLt adds it: a difference from the CPU
-// reference of at most half a bf16 ulp of the bias, within the bf16
-// tolerance class B (1e-2 relative L2) the GPU op tests use. gemm() returns
-// false, having launched nothing, where it cannot: no algorithm for either
-// bias (or none at all); the caller then writes fp32 and rounds. Every other
-// call returns true (or throws).
+// the fp32 accumulator (and fp32 bias) rounded once by cuBLASLt. gemm()
+// returns false, having launched nothing, where it cannot: a bias cuBLASLt's
+// epilogue cannot take, or no algorithm; the caller then writes fp32 and
+// rounds. Every other call returns true (or throws).
 // Strided batch (batch > 1): `batch` independent GEMMs of these shapes, the
 // b-th reading A + b stride_a, B + b stride_b, bias + b stride_bias and
 // writing C + b stride_c (strides in elements): the equal-row expert GEMMs of

@@ -16,26 +16,16 @@
 // accumulator plus the fp32 bias (BIAS_DATA_TYPE 32F, not among the bias
 // types cublasLt.h lists for a bf16 D: the heuristic may refuse it), rounded
 // once; its algorithm may sum in another order than the fp32 output's, so
-// within one bf16 step of that output rounded. Where cuBLASLt refuses the
-// fp32 bias (cuBLAS 13.0 on an H200 does, for every shape) or it is
-// misaligned, the bias is rounded to bf16 (a copy of N values, or a strided
-// batch's `batch` blocks, in scratch from ctx's allocator) and cuBLASLt adds
-// that, D's own bias type: the bf16 output without an fp32 pass over it, at
-// the cost of a difference from the CPU reference of at most half a bf16 ulp
-// of the bias, within the bf16 tolerance class B (1e-2 relative L2) that
-// the GPU op tests use (tests/backend_ops_test.cc).
-// Where cuBLASLt refuses that too (or has no bf16-output algorithm at all),
-// the GEMM writes fp32 scratch and to_bf16 rounds it: exactly that output
-// rounded. Each step's refusal, and a bf16 copy's use, is said once per
-// shape (or row bucket) on stderr.
+// within one bf16 step of that output rounded. Where cuBLASLt refuses (said
+// once per shape, or row bucket, on stderr) or the bias is misaligned, the GEMM writes fp32
+// scratch and to_bf16 rounds it: exactly that output rounded.
 //
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
 // GPU model for a fixed algorithm and workspace; the algorithm is kept per
-// (shape, alignments, mode, epilogue, bias type) with its descriptor and
-// layouts (a Plan), so it does not change within a run. For an expert's
-// varying rows the shape is the bucket's (bucket() below), which depends on
-// the row count alone, so a count gets the same algorithm whatever came
-// before.
+// (shape, alignments, mode, epilogue) with its descriptor and layouts (a
+// Plan), so it does not change within a run. For an expert's varying rows
+// the shape is the bucket's (bucket() below), which depends on the row
+// count alone, so a count gets the same algorithm whatever came before.
 // Where the heuristic has nothing with the BIAS epilogue, the bias goes in
 // by add_bias_rows and the GEMM runs without it (remembered per key too). db is a
 // fixed-order two-stage column sum (common.cuh), no atomics.
@@ -86,12 +76,9 @@ struct AlgoKey {
   // alignment (cublasLt.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER), and experts'
   // biases at different offsets differ in it.
   uint32_t align_bias;
-  // The bias is a bf16 copy of the fp32 one (a bf16 output's middle step:
-  // gemm()): another descriptor, and another answer from the heuristic.
-  bool bias16;
   auto tie() const {
     return std::tie(device, ta, tb, bf16, bias, beta, out16, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, batch,
-                    stride_a, stride_b, stride_c, stride_bias, bucketed, align_bias, bias16);
+                    stride_a, stride_b, stride_c, stride_bias, bucketed, align_bias);
   }
   bool operator<(const AlgoKey& o) const { return tie() < o.tie(); }
 };
@@ -133,17 +120,6 @@ static __global__ void add_bias_rows(float* C, int64_t ldc, const float* bias, i
   Cb[r * ldc + c] = (keep ? Cb[r * ldc + c] : 0.f) + bias[blockIdx.y * stride_bias + c];
 }
 
-// out = bf16(bias) (round to nearest even, as to_bf16) for each of `batch`
-// biases of N values, stride elements apart in both: the bias cuBLASLt adds
-// to a bf16 output where it refuses an fp32 one. (to_bf16 takes tensors; the
-// bias is a pointer into one, possibly a strided batch's.)
-static __global__ void round_bias(__nv_bfloat16* out, const float* bias, int64_t N, int64_t stride) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= N) return;
-  const int64_t i = blockIdx.y * stride + c;
-  out[i] = from_float<__nv_bfloat16>(bias[i]);
-}
-
 
 // Everything one GEMM configuration needs, made on its first call and kept:
 // the descriptor, the three layouts and the heuristic's first algorithm
@@ -167,7 +143,7 @@ int64_t bucket_fallbacks = 0;  // calls a bucket's plan could not serve (under p
 // heuristic's query depend on nothing but the key (and the bias pointer's
 // alignment, which is in it). A row bucket's layouts are then set to each
 // call's own M and K (set_dims below).
-Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoKey& key, const void* bias) {
+Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoKey& key, const float* bias) {
   auto it = plans.find(key);
   if (it != plans.end()) return it->second;
   Plan p;
@@ -186,9 +162,7 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    // (The bias would otherwise be read as D's type: a bf16 copy's plan,
-    // bias16, leaves it so. Where fp32 is refused, no algorithm.)
-    if (key.out16 && !key.bias16) {
+    if (key.out16) {  // (the bias would otherwise be read as D's type; where fp32 is refused, no algorithm)
       const int32_t bias_type = CUDA_R_32F;
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
     }
@@ -211,34 +185,19 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
   int found = 0;
   // (NOT_SUPPORTED, like found = 0: nothing for this configuration. A bf16
   // output refused otherwise falls back too, said once: a refusal that is
-  // not about support would otherwise hide behind the fallback.) A bf16 copy
-  // of the bias not 16-byte aligned in every batch (a stride_bias not a
-  // multiple of 8) is not offered: cuBLASLt's bias loads want that (gemm()
-  // checks the fp32 bias likewise), and the heuristic sees the first only.
-  const bool copy_misaligned = key.bias16 && key.align_bias < 16;
+  // not about support would otherwise hide behind the fallback.)
   const cublasStatus_t st =
-      copy_misaligned ? CUBLAS_STATUS_NOT_SUPPORTED
-                      : cublasLtMatmulAlgoGetHeuristic(handle, d, p.first.get(), p.second.get(), p.out.get(),
-                                                       p.out.get(), pr, 1, &result, &found);
+      cublasLtMatmulAlgoGetHeuristic(handle, d, p.first.get(), p.second.get(), p.out.get(), p.out.get(), pr, 1, &result,
+                                     &found);
   if (st != CUBLAS_STATUS_NOT_SUPPORTED && !key.out16) CUBLAS_CHECK(st);
   if (st != CUBLAS_STATUS_SUCCESS) found = 0;
   if (found > 0) p.algo = result.algo;
-  // Once per plan: a bf16 output's refusal and what the GEMM does instead
-  // (an fp32 bias's: a bf16 copy of it next, gemm()), and a bf16 copy's use.
-  const long long M = key.M, N = key.N, K = key.K;
-  const char* bucket_note = key.bucketed ? " (a bucket: rows up to these)" : "";
   if (key.out16 && !p.algo)
-    std::fprintf(stderr, "note: cuBLASLt has no bf16-output algorithm for M=%lld N=%lld K=%lld%s%s (%s): %s\n", M, N,
-                 K, bucket_note,
-                 key.bias16 ? " with a bf16 copy of the fp32 bias" : key.bias ? " with an fp32 bias" : "",
-                 copy_misaligned             ? "not 16-byte aligned in every batch"
-                 : st == CUBLAS_STATUS_SUCCESS ? "none found"
-                                               : cublasGetStatusString(st),
-                 key.bias && !key.bias16 ? "a bf16 copy of the bias is tried"
-                                         : "the GEMM writes fp32 and a pass rounds it");
-  if (key.bias16 && p.algo)
-    std::fprintf(stderr, "note: cuBLASLt's bf16-output GEMM for M=%lld N=%lld K=%lld%s adds a bf16 copy of the fp32 bias\n",
-                 M, N, K, bucket_note);
+    std::fprintf(stderr,
+                 "note: cuBLASLt has no bf16-output algorithm for M=%lld N=%lld K=%lld%s%s (%s): the GEMM writes "
+                 "fp32 and a pass rounds it\n",
+                 static_cast<long long>(key.M), static_cast<long long>(key.N), static_cast<long long>(key.K),
+                 key.bucketed ? " (a bucket: rows up to these)" : "", key.bias ? " with an fp32 bias" : "", st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st));
   return plans.emplace(key, std::move(p)).first->second;
 }
 
@@ -281,7 +240,6 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   float beta = g.beta;
   const float* bias = g.bias;
   // cuBLASLt's bias loads want 16-byte alignment, of every batch's bias too.
-  // (A bf16 copy's, below: plan_for.)
   const bool bias_aligned = bias && alignment(bias, g.batch, g.stride_bias * 4) >= 16;
   // The bias by its own kernel (C = bias [+ C]), the GEMM then adding onto it.
   auto bias_by_kernel = [&] {
@@ -292,9 +250,10 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     bias = nullptr;
     beta = 1.f;
   };
-  // (A bf16 output's misaligned bias: its bf16 copy below, aligned. A bias
-  // kernel then a GEMM onto it would round twice.)
-  if (bias && !bias_aligned && !out16) bias_by_kernel();
+  if (bias && !bias_aligned) {
+    if (out16) return false;  // (a bias kernel then a GEMM onto it would round twice)
+    bias_by_kernel();
+  }
 
   const int64_t nb = g.batch;
   const int64_t ab = g.bf16 ? 2 : 4;  // bytes per element of A and B
@@ -312,19 +271,19 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
               shape.K, g.lda, g.ldb, g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
               alignment(C, nb, g.stride_c * (out16 ? 2 : 4)), nb, nb > 1 ? g.stride_a : 0,
               nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? g.stride_bias : 0,
-              bucketed, bias ? alignment(bias, nb, g.stride_bias * 4) : 0, false};
+              bucketed, bias ? alignment(bias, nb, g.stride_bias * 4) : 0};
   std::lock_guard<std::mutex> lock(plan_mutex);
-  auto plan_of = [&](const AlgoKey& k, const void* b) {
+  auto plan_of = [&](const AlgoKey& k, const float* b) {
     Plan* q = &plan_for(ctx, handle, k.bucketed ? shape : g, k, b);
     if (k.bucketed) set_dims(*q, g);
     return q;
   };
-  // key's plan, with bias b (this call's bias, or its bf16 copy); where no
-  // algorithm takes the BIAS epilogue for this shape and these alignments
-  // (fp32 output), the bias by its own kernel and the plain GEMM onto it.
-  // Null: no bf16-output algorithm. Its algo may be empty (none at all).
-  auto find = [&](const void* b) -> Plan* {
-    Plan* q = plan_of(key, b);
+  // key's plan, with this call's bias; where no algorithm takes the BIAS
+  // epilogue for this shape and these alignments, the bias by its own kernel
+  // and the plain GEMM onto it. Null: no bf16-output algorithm (fall back).
+  // Its algo may be empty (none at all).
+  auto find = [&]() -> Plan* {
+    Plan* q = plan_of(key, bias);
     if (!q->algo && out16) return nullptr;
     if (!q->algo && bias) {
       bias_by_kernel();
@@ -332,59 +291,39 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
       q = plan_of(key, nullptr);
     }
     if (q->algo && key.bias)  // (this call's bias: the plan holds the first call's)
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(q->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof(b)));
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(q->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     return q;
   };
-  // The GEMM on key's plan with bias b. False, having launched nothing,
-  // where it has no bf16-output algorithm (or cuBLASLt refuses it).
-  auto run = [&](const void* b) -> bool {
-    const float alpha = 1.f;
-    Plan* p = nullptr;
-    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-    for (;;) {
-      p = find(b);
-      if (!p) return false;
-      if (p->algo) {
-        st = cublasLtMatmul(handle, p->desc.get(), &alpha, g.B, p->first.get(), g.A, p->second.get(), &beta, C,
-                            p->out.get(), C, p->out.get(), &*p->algo, ctx.blas.workspace, ctx.blas.workspace_bytes,
-                            stream(ctx));
-        // Done, unless a bucket's algorithm was refused at this call's shape
-        // (cuBLASLt checks the layouts and workspace before it launches
-        // anything: INVALID_VALUE or NOT_SUPPORTED, nothing written).
-        if (!key.bucketed || (st != CUBLAS_STATUS_INVALID_VALUE && st != CUBLAS_STATUS_NOT_SUPPORTED)) break;
-      } else {
-        SY_CHECK(key.bucketed, "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M=" << g.M
-                                                    << " N=" << g.N << " K=" << g.K << " (alignments A " << key.align_b
-                                                    << ", B " << key.align_a << ", C " << key.align_c << " bytes)");
-      }
-      // This shape's own plan, as without buckets (counted: a test checks a
-      // bucket's algorithm serves its rows).
-      key.bucketed = false, key.M = g.M, key.K = g.K;
-      ++bucket_fallbacks;
+  const float alpha = 1.f;
+  Plan* p = nullptr;
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  for (;;) {
+    p = find();
+    if (!p) return false;
+    if (p->algo) {
+      st = cublasLtMatmul(handle, p->desc.get(), &alpha, g.B, p->first.get(), g.A, p->second.get(), &beta, C,
+                          p->out.get(), C, p->out.get(), &*p->algo, ctx.blas.workspace, ctx.blas.workspace_bytes,
+                          stream(ctx));
+      // Done, unless a bucket's algorithm was refused at this call's shape
+      // (cuBLASLt checks the layouts and workspace before it launches
+      // anything: INVALID_VALUE or NOT_SUPPORTED, nothing written).
+      if (!key.bucketed || (st != CUBLAS_STATUS_INVALID_VALUE && st != CUBLAS_STATUS_NOT_SUPPORTED)) break;
+    } else {
+      SY_CHECK(key.bucketed, "cuBLASLt found no " << (g.bf16 ? "bf16-input" : "fp32") << " algorithm for M=" << g.M
+                                                  << " N=" << g.N << " K=" << g.K << " (alignments A " << key.align_b
+                                                  << ", B " << key.align_a << ", C " << key.align_c << " bytes)");
     }
-    if (out16 && st == CUBLAS_STATUS_NOT_SUPPORTED) {  // (the heuristic offered it; refused all the same)
-      p->algo.reset();  // (the next call with this key falls back at once)
-      return false;
-    }
-    CUBLAS_CHECK(st);
-    return true;
-  };
-  if (!out16 || !bias) return run(bias);
-  const AlgoKey first = key;  // (run() may have moved key off a bucket)
-  if (bias_aligned && run(bias)) return true;
-  // A bf16 output whose fp32 bias cuBLASLt refuses (or that is misaligned):
-  // the bias rounded to bf16, D's type, which cuBLASLt's default bias type
-  // for a bf16 D is; the same batch stride in elements. Its own plan (and
-  // algorithm) per key, so as deterministic as the fp32 bias's. Where there
-  // is none either, false: the caller writes fp32 and rounds (gemm_into).
-  Tensor bias16 = Tensor::empty({(nb - 1) * g.stride_bias + g.N}, DType::bf16, ctx);
-  key = first;
-  key.bias16 = true, key.align_bias = alignment(bias16.raw(), nb, g.stride_bias * 2);  // (2-byte elements)
-  if (!plan_of(key, bias16.raw())->algo) return false;  // (nothing to round it for)
-  const dim3 grid(grid_for(g.N), static_cast<unsigned>(nb));
-  round_bias<<<grid, kBlock, 0, stream(ctx)>>>(static_cast<__nv_bfloat16*>(bias16.raw()), bias, g.N, g.stride_bias);
-  CUDA_CHECK(cudaGetLastError());
-  return run(bias16.raw());
+    // This shape's own plan, as without buckets (counted: a test checks a
+    // bucket's algorithm serves its rows).
+    key.bucketed = false, key.M = g.M, key.K = g.K;
+    ++bucket_fallbacks;
+  }
+  if (out16 && st == CUBLAS_STATUS_NOT_SUPPORTED) {  // (the heuristic offered it; refused all the same)
+    p->algo.reset();  // (the next call with this key falls back at once)
+    return false;
+  }
+  CUBLAS_CHECK(st);
+  return true;
 }
 
 size_t gemm_plan_count() {
