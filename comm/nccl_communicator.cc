@@ -235,9 +235,22 @@ class NcclCommunicator final : public Communicator {
     std::lock_guard<std::mutex> api(nccl_api_mutex());
     const CallSite at{world_ranks_[rank_], "communicator split", timeout_s_, ranks_str(world_ranks_)};
     settle(comm_, ncclCommSplit(comm_, color, key, &sub, &config), "ncclCommSplit", at);
-    // The child is ready when its own state says so (a non-blocking split
-    // returns before it is; the parent's state says nothing of it, and a
-    // call on the child before then is refused as an invalid argument).
+    // A non-blocking split returns before the child exists: NCCL's own
+    // thread stores its handle when the split is done (null until then,
+    // whatever the parent's state says; a call on the null handle is refused
+    // as an invalid argument, which the first GPU run met at ncclCommCount,
+    // then at ncclCommGetAsyncError). Wait for the handle, then for the
+    // child's own state.
+    const double deadline = now_s() + timeout_s_;
+    while (__atomic_load_n(&sub, __ATOMIC_ACQUIRE) == nullptr) {
+      if (now_s() > deadline) fail_collective(comm_, "ncclCommSplit", at, nullptr);
+      ncclResult_t parent = ncclSuccess;
+      NCCL_CHECK(ncclCommGetAsyncError(comm_, &parent));
+      if (parent != ncclSuccess && parent != ncclInProgress)
+        throw BackendError(std::string("NCCL: ncclCommSplit: ") + ncclGetErrorString(parent) + " (" +
+                           ncclGetLastError(comm_) + ")");
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
     settle(sub, ncclInProgress, "ncclCommSplit", at);
     // The new group's members, as world ranks: gathered over the new group.
     int n = 0;
