@@ -33,41 +33,69 @@ void OpProfiler::begin_step() {
   active_ = true;
   owner_ = std::this_thread::get_id();
   open_.clear();
+  next_slot_ = 0;
   step_start_s_ = now_s();
 }
 
+namespace {
+constexpr size_t kNone = static_cast<size_t>(-1);
+
+void add_to(std::vector<OpProfiler::Row>& totals, const std::string& name, double ms) {
+  auto it = std::find_if(totals.begin(), totals.end(), [&](const OpProfiler::Row& r) { return r.op == name; });
+  if (it == totals.end()) it = totals.insert(totals.end(), OpProfiler::Row{name, 0, 0});
+  ++it->calls;
+  it->ms += ms;
+}
+
+std::vector<OpProfiler::Row> by_time(std::vector<OpProfiler::Row> r) {
+  std::stable_sort(r.begin(), r.end(), [](const OpProfiler::Row& a, const OpProfiler::Row& b) { return a.ms > b.ms; });
+  return r;
+}
+}  // namespace
+
+// The outermost scope of a nest is an op; the scopes directly inside it are
+// its parts; deeper ones belong to the part they are in (not recorded).
 void OpProfiler::begin(const char* op) {
   if (std::this_thread::get_id() != owner_) return;
-  if (depth_++ > 0 || !active_) return;  // inside another op: its time is the outer op's
-  clock_->mark(2 * open_.size());
-  open_.push_back(op);
+  const int depth = depth_++;
+  const bool outer = depth == 0, part = depth == 1 && !nest_.empty() && nest_.back() != kNone;
+  if (!active_ || !(outer || part)) {
+    nest_.push_back(kNone);
+    return;
+  }
+  Interval iv;
+  iv.name = part ? open_[nest_.back()].name + " > " + op : op;
+  iv.part = part;
+  iv.begin = next_slot_++;
+  clock_->mark(iv.begin);
+  nest_.push_back(open_.size());
+  open_.push_back(std::move(iv));
 }
 
 void OpProfiler::end() {
-  if (std::this_thread::get_id() != owner_) return;
-  if (--depth_ > 0 || !active_ || open_.empty()) return;
-  clock_->mark(2 * open_.size() - 1);
+  if (std::this_thread::get_id() != owner_ || nest_.empty()) return;
+  --depth_;
+  const size_t i = nest_.back();
+  nest_.pop_back();
+  if (i == kNone || !active_) return;
+  open_[i].end = next_slot_++;
+  clock_->mark(open_[i].end);
 }
 
 void OpProfiler::end_step() {
   if (!active_) return;
   active_ = false;
-  if (!open_.empty()) clock_->wait(2 * open_.size() - 1);
-  for (size_t i = 0; i < open_.size(); ++i) {
-    auto it = std::find_if(totals_.begin(), totals_.end(), [&](const Row& r) { return r.op == open_[i]; });
-    if (it == totals_.end()) it = totals_.insert(totals_.end(), Row{open_[i], 0, 0});
-    ++it->calls;
-    it->ms += clock_->ms(2 * i, 2 * i + 1);
-  }
+  if (next_slot_ > 0) clock_->wait(next_slot_ - 1);
+  for (const Interval& iv : open_)
+    if (iv.end > iv.begin)  // (closed within the step)
+      add_to(iv.part ? part_totals_ : totals_, iv.name, clock_->ms(iv.begin, iv.end));
   open_.clear();
+  next_slot_ = 0;
   ++steps_;
   step_ms_ += 1e3 * (now_s() - step_start_s_);
 }
 
-std::vector<OpProfiler::Row> OpProfiler::rows() const {
-  std::vector<Row> r = totals_;
-  std::stable_sort(r.begin(), r.end(), [](const Row& a, const Row& b) { return a.ms > b.ms; });
-  return r;
-}
+std::vector<OpProfiler::Row> OpProfiler::rows() const { return by_time(totals_); }
+std::vector<OpProfiler::Row> OpProfiler::parts() const { return by_time(part_totals_); }
 
 }  // namespace sy

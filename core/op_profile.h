@@ -3,7 +3,11 @@
 // the outermost op of a nest owns the interval (what it calls through other
 // entry points is part of it), so the rows add up to the time spent inside
 // ops, and the step's wall time less that sum is the time between ops
-// (launch gaps, host work, waits). On the host an interval is wall time; on a
+// (launch gaps, host work, waits). An op's parts, the scopes opened directly
+// inside the outermost op (an entry point it calls, or an OpScope it opens
+// around a stage of its own), are kept apart as "op > part" rows (parts()):
+// where in the op its time goes, not added to the step's sum a second time.
+// On the host an interval is wall time; on a
 // CUDA stream it is the time between two events recorded on the stream
 // around the op's launches: the GPU's time for that op's kernels (the device
 // machine has no working profiler counters, so CUDA events, as issue 17 asks).
@@ -51,7 +55,8 @@ class OpProfiler {
     int64_t calls = 0;
     double ms = 0;
   };
-  std::vector<Row> rows() const;  // by time, largest first
+  std::vector<Row> rows() const;   // the outermost ops, by time, largest first
+  std::vector<Row> parts() const;  // "op > part", by time, largest first
   int64_t steps() const { return steps_; }
   double step_ms() const { return step_ms_; }  // wall time of the profiled steps, in all
   const char* clock_name() const { return clock_->name(); }
@@ -61,8 +66,17 @@ class OpProfiler {
   bool active_ = false;
   std::thread::id owner_;  // the thread that began the step
   int depth_ = 0;
-  std::vector<const char*> open_;  // this step's intervals, the op of each: slots 2i, 2i+1
-  std::vector<Row> totals_;
+  // This step's intervals, in the order they began: an outermost op, or a
+  // part (the scope one deeper); each its own two clock slots.
+  struct Interval {
+    std::string name;
+    size_t begin = 0, end = 0;
+    bool part = false;
+  };
+  std::vector<Interval> open_;
+  std::vector<size_t> nest_;  // per open scope, its interval (kNone: not recorded)
+  size_t next_slot_ = 0;
+  std::vector<Row> totals_, part_totals_;
   int64_t steps_ = 0;
   double step_ms_ = 0, step_start_s_ = 0;
 };

@@ -35,6 +35,13 @@ std::string op_profile_table(const OpProfiler& p) {
   std::snprintf(line, sizeof line, "%-36s %10s %10.3f %6.1f%%\n", "(between ops: gaps, host work, waits)", "",
                 step - inside, share(step - inside));
   out += line;
+  const std::vector<OpProfiler::Row> parts = p.parts();
+  if (!parts.empty()) out += "parts of the ops above (inside their op's time, not added again):\n";
+  for (const OpProfiler::Row& r : parts) {
+    std::snprintf(line, sizeof line, "  %-34s %10.1f %10.3f %6.1f%%\n", r.op.c_str(), per_step(r.calls, n),
+                  per_step(r.ms, n), share(per_step(r.ms, n)));
+    out += line;
+  }
   return out;
 }
 
@@ -47,11 +54,18 @@ nlohmann::json op_profile_json(const OpProfiler& p) {
                    {"calls_per_step", per_step(r.calls, n)},
                    {"ms_per_step", per_step(r.ms, n)},
                    {"share_of_step", step > 0 ? per_step(r.ms, n) / step : 0}});
+  nlohmann::json parts = nlohmann::json::array();
+  for (const OpProfiler::Row& r : p.parts())
+    parts.push_back({{"part", r.op},
+                     {"calls_per_step", per_step(r.calls, n)},
+                     {"ms_per_step", per_step(r.ms, n)},
+                     {"share_of_step", step > 0 ? per_step(r.ms, n) / step : 0}});
   return {{"clock", p.clock_name()},
           {"steps", n},
           {"step_ms", step},
           {"inside_ops_ms", per_step(inside_ops_ms(p), n)},
-          {"ops", ops}};
+          {"ops", ops},
+          {"parts", parts}};
 }
 
 }  // namespace sy

@@ -261,7 +261,13 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   if (R == 0) return;
   const bool bf16 = a.w.w1_bf16 != nullptr;
   const bool bias = a.w.b1.defined();
-  const Tensor buf = operand(ctx, bf16, a.buf);
+  // Each stage in its own profile interval, a part of this op's (core/op_profile.h):
+  // what of the op's time is not its GEMMs.
+  Tensor buf;
+  {
+    const OpScope part(ctx.profiler, "round operands");
+    buf = operand(ctx, bf16, a.buf);
+  }
   if (bf16 && a.buf_bf16) *a.buf_bf16 = buf;
   const Tensor& w1 = bf16 ? *a.w.w1_bf16 : a.w.w1;
   const Tensor& w2 = bf16 ? *a.w.w2_bf16 : a.w.w2;
@@ -269,20 +275,28 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   // pre: f32, or bf16 (GELU in bf16 mode: the GEMM writes it rounded)
   const int64_t eq = equal_rows(l, a.offset);  // the strided-batched path when >= 0
   const int64_t P0 = l.width(0), H0 = l.hidden[0];
-  if (eq >= 0) {  // offset[0] = 0 (ops/expert_ffn.cc checks it)
-    gemm_nn(ctx, bf16, eq, P0, D, at(buf, 0), at(w1, 0), a.pre, 0.f, bias ? b1 : nullptr,
-            {G, eq * D, D * P0, eq * P0, P0});
+  {
+    const OpScope part(ctx.profiler, "up GEMMs");
+    if (eq >= 0) {  // offset[0] = 0 (ops/expert_ffn.cc checks it)
+      gemm_nn(ctx, bf16, eq, P0, D, at(buf, 0), at(w1, 0), a.pre, 0.f, bias ? b1 : nullptr,
+              {G, eq * D, D * P0, eq * P0, P0});
+    }
+    int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
+    for (int64_t g = 0; g < G && eq < 0; ++g) {
+      const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
+      if (n > 0)
+        gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), block(a.pre, p0, n, P), 0.f,
+                bias ? b1 + l.b1_offset(g) : nullptr);
+      p0 += n * P;
+    }
   }
-  int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
-  for (int64_t g = 0; g < G && eq < 0; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
-    if (n > 0)
-      gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), block(a.pre, p0, n, P), 0.f,
-              bias ? b1 + l.b1_offset(g) : nullptr);
-    p0 += n * P;
+  Tensor act;
+  {
+    const OpScope part(ctx.profiler, "activation");
+    act = activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
   }
-  const Tensor act = activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
   if (bf16 && a.act_bf16) *a.act_bf16 = act;
+  const OpScope part(ctx.profiler, "down GEMMs");
   if (eq >= 0)
     gemm_nn(ctx, bf16, eq, D, H0, at(act, 0), at(w2, 0), a.out, 0.f, bias ? b2 : nullptr,
             {G, eq * H0, H0 * D, eq * D, D});
@@ -317,46 +331,76 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   if (R == 0) return;
   // buf and act as the forward rounded them where it kept them (a bf16 buf,
   // act_bf16), else rounded (act recomputed from pre) here
-  const Tensor buf_op = operand(ctx, bf16, a.buf),
-               dout_op = operand(ctx, bf16, a.dout);
+  // Each stage in its own profile interval, as in the forward.
+  Tensor buf_op, dout_op;
+  {
+    const OpScope part(ctx.profiler, "round operands");
+    buf_op = operand(ctx, bf16, a.buf), dout_op = operand(ctx, bf16, a.dout);
+  }
   const Tensor& w1 = bf16 ? *a.w.w1_bf16 : a.w.w1;
   const Tensor& w2 = bf16 ? *a.w.w2_bf16 : a.w.w2;
   float *dw1 = a.dw.w1.data<float>(), *dw2 = a.dw.w2.data<float>();
   float *db1 = bias ? a.dw.b1.data<float>() : nullptr, *db2 = bias ? a.dw.b2.data<float>() : nullptr;
-  const Tensor act_op = a.act_bf16 ? *a.act_bf16 : activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
+  Tensor act_op;
+  if (a.act_bf16) {
+    act_op = *a.act_bf16;
+  } else {
+    const OpScope part(ctx.profiler, "activation again");
+    act_op = activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
+  }
   // dact as pre: bf16 where pre is (the GEMM writes it rounded), else f32
   Tensor dact = Tensor::empty({act_numel(l, a.offset)}, a.pre.dtype(), ctx);
   const int64_t P0 = l.width(0), H0 = l.hidden[0];
-  if (eq >= 0) {  // offset[0] = 0
-    gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact, 0.f, {G, eq * D, H0 * D, eq * H0, 0});
-    gemm_tn(ctx, bf16, eq, D, H0, at(act_op, 0), at(dout_op, 0), dw2, dw_beta, {G, eq * H0, eq * D, H0 * D, 0});
+  // The input gradients' GEMMs (bf16 or fp32 out) apart from the fp32
+  // weight gradients' (experts' own blocks: independent, any order).
+  {
+    const OpScope part(ctx.profiler, "dact GEMMs");
+    if (eq >= 0)  // offset[0] = 0
+      gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact, 0.f, {G, eq * D, H0 * D, eq * H0, 0});
+    for (int64_t g = 0, a0 = 0; g < G && eq < 0; a0 += (a.offset[g + 1] - a.offset[g]) * l.hidden[g], ++g) {
+      const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
+      if (n > 0)
+        gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dact, a0, n, H), 0.f);
+    }
   }
-  int64_t a0 = 0;
-  for (int64_t g = 0; g < G && eq < 0; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
-    if (n == 0) continue;
-    gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dact, a0, n, H), 0.f);
-    gemm_tn(ctx, bf16, n, D, H, at(act_op, a0), at(dout_op, r0 * D), dw2 + l.w2_offset(g), dw_beta);
-    a0 += n * H;
+  {
+    const OpScope part(ctx.profiler, "dW2 GEMMs");
+    if (eq >= 0)
+      gemm_tn(ctx, bf16, eq, D, H0, at(act_op, 0), at(dout_op, 0), dw2, dw_beta, {G, eq * H0, eq * D, H0 * D, 0});
+    for (int64_t g = 0, a0 = 0; g < G && eq < 0; a0 += (a.offset[g + 1] - a.offset[g]) * l.hidden[g], ++g) {
+      const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
+      if (n > 0) gemm_tn(ctx, bf16, n, D, H, at(act_op, a0), at(dout_op, r0 * D), dw2 + l.w2_offset(g), dw_beta);
+    }
   }
   // bf16 mode: the activation's backward writes dpre rounded, the operand
   // the GEMMs read and whose values db1 sums (no zero fill, no f32 copy).
   Tensor dpre = bf16 ? Tensor::empty(a.pre.shape(), DType::bf16, ctx) : Tensor::zeros(a.pre.shape(), DType::f32, ctx);
-  activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
+  {
+    const OpScope part(ctx.profiler, "activation backward");
+    activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
+  }
   const float dbuf_beta = a.dbuf_accumulate ? 1.f : 0.f;  // (written: each row is one expert's)
-  if (eq >= 0) {
-    gemm_nt(ctx, bf16, eq, D, P0, at(dpre, 0), at(w1, 0), a.dbuf, dbuf_beta, {G, eq * P0, D * P0, eq * D, 0});
-    gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre, 0), dw1, dw_beta, {G, eq * D, eq * P0, D * P0, 0});
+  {
+    const OpScope part(ctx.profiler, "dbuf GEMMs");
+    if (eq >= 0)
+      gemm_nt(ctx, bf16, eq, D, P0, at(dpre, 0), at(w1, 0), a.dbuf, dbuf_beta, {G, eq * P0, D * P0, eq * D, 0});
+    for (int64_t g = 0, p0 = 0; g < G && eq < 0; p0 += (a.offset[g + 1] - a.offset[g]) * l.width(g), ++g) {
+      const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
+      if (n > 0)
+        gemm_nt(ctx, bf16, n, D, P, at(dpre, p0), at(w1, l.w1_offset(g)), a.dbuf.rows(r0, r0 + n), dbuf_beta);
+    }
   }
-  int64_t p0 = 0;
-  for (int64_t g = 0; g < G && eq < 0; ++g) {
-    const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
-    if (n == 0) continue;
-    gemm_nt(ctx, bf16, n, D, P, at(dpre, p0), at(w1, l.w1_offset(g)), a.dbuf.rows(r0, r0 + n), dbuf_beta);
-    gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, p0), dw1 + l.w1_offset(g), dw_beta);
-    p0 += n * P;
+  {
+    const OpScope part(ctx.profiler, "dW1 GEMMs");
+    if (eq >= 0)
+      gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre, 0), dw1, dw_beta, {G, eq * D, eq * P0, D * P0, 0});
+    for (int64_t g = 0, p0 = 0; g < G && eq < 0; p0 += (a.offset[g + 1] - a.offset[g]) * l.width(g), ++g) {
+      const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
+      if (n > 0) gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, p0), dw1 + l.w1_offset(g), dw_beta);
+    }
   }
-  if (!bias) return;  // db2 from dout's values, db1 from dpre's (bf16 ones widened)
+  if (!bias) return;
+  const OpScope part(ctx.profiler, "bias sums");  // db2 from dout's values, db1 from dpre's (bf16 ones widened)
   // (db2's experts are all D wide: one launch whatever the widths)
   const Tensor offset_dev = eq < 0 ? upload(ctx, a.offset) : Tensor();
   auto model_width = [D](int64_t) { return D; };

@@ -110,6 +110,11 @@ def main():
             top = ", ".join(f"{o['op']} {o['ms_per_step']:.3f}" for o in prof["ops"][:5])
             say(f"{name} profile (ms): {top}; between ops "
                 f"{prof['step_ms'] - prof['inside_ops_ms']:.3f} of {prof['step_ms']:.3f}")
+            # Inside the expert ops: their GEMMs against the rest (parts,
+            # core/op_profile.h), the largest first.
+            parts = ", ".join(f"{p['part']} {p['ms_per_step']:.3f}" for p in prof.get("parts", [])[:10])
+            if parts:
+                say(f"{name} parts (ms): {parts}")
 
     # The experts' GEMMs alone, seven ways (examples/bench_expert_gemm.h; not a
     # bar: which route the packed layer should take), the fastest first.
