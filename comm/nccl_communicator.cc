@@ -229,6 +229,9 @@ class NcclCommunicator final : public Communicator {
   bool stream_ordered() const override { return true; }
 
   std::unique_ptr<Communicator> split(int color, int key) const override {
+    // (A rank in no group would get no child handle, which the wait below
+    // would take for a hang.)
+    SY_CHECK(color >= 0, "communicator split: color " << color << " (every rank joins a group: color >= 0)");
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclComm_t sub = nullptr;

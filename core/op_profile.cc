@@ -27,16 +27,6 @@ class HostClock : public IntervalClock {
 
 std::unique_ptr<IntervalClock> host_clock() { return std::make_unique<HostClock>(); }
 
-OpProfiler::OpProfiler(std::unique_ptr<IntervalClock> clock) : clock_(std::move(clock)) {}
-
-void OpProfiler::begin_step() {
-  active_ = true;
-  owner_ = std::this_thread::get_id();
-  open_.clear();
-  next_slot_ = 0;
-  step_start_s_ = now_s();
-}
-
 namespace {
 constexpr size_t kNone = static_cast<size_t>(-1);
 
@@ -52,6 +42,19 @@ std::vector<OpProfiler::Row> by_time(std::vector<OpProfiler::Row> r) {
   return r;
 }
 }  // namespace
+
+OpProfiler::OpProfiler(std::unique_ptr<IntervalClock> clock) : clock_(std::move(clock)) {}
+
+void OpProfiler::begin_step() {
+  active_ = true;
+  owner_ = std::this_thread::get_id();
+  open_.clear();
+  next_slot_ = 0;
+  // Scopes still open from before: theirs are no intervals of this step.
+  std::fill(nest_.begin(), nest_.end(), kNone);
+  step_start_s_ = now_s();
+}
+
 
 // The outermost scope of a nest is an op; the scopes directly inside it are
 // its parts; deeper ones belong to the part they are in (not recorded).
@@ -91,6 +94,7 @@ void OpProfiler::end_step() {
       add_to(iv.part ? part_totals_ : totals_, iv.name, clock_->ms(iv.begin, iv.end));
   open_.clear();
   next_slot_ = 0;
+  std::fill(nest_.begin(), nest_.end(), kNone);  // (an op open across the step's end: not this step's)
   ++steps_;
   step_ms_ += 1e3 * (now_s() - step_start_s_);
 }

@@ -12,8 +12,8 @@
 // around the op's launches: the GPU's time for that op's kernels (the device
 // machine has no working profiler counters, so CUDA events, as issue 17 asks).
 //
-// Recording costs two event records per op and one wait per step (for the
-// last event), so a profiled run is slower than an unprofiled one: measure
+// Recording costs two event records per op and per part, and one wait per
+// step (for the last event), so a profiled run is slower than an unprofiled one: measure
 // speed without it, and where the time goes with it. Only the thread that
 // began the step records (ops another thread runs on the same Ctx, such as a
 // gradient reducer's, are not counted as ops).

@@ -48,24 +48,22 @@ std::string op_profile_table(const OpProfiler& p) {
 nlohmann::json op_profile_json(const OpProfiler& p) {
   const int64_t n = p.steps();
   const double step = per_step(p.step_ms(), n);
-  nlohmann::json ops = nlohmann::json::array();
-  for (const OpProfiler::Row& r : p.rows())
-    ops.push_back({{"op", r.op},
+  // Rows under `key` ("op" or "part"), per profiled step.
+  auto table = [&](const std::vector<OpProfiler::Row>& rows, const char* key) {
+    nlohmann::json t = nlohmann::json::array();
+    for (const OpProfiler::Row& r : rows)
+      t.push_back({{key, r.op},
                    {"calls_per_step", per_step(r.calls, n)},
                    {"ms_per_step", per_step(r.ms, n)},
                    {"share_of_step", step > 0 ? per_step(r.ms, n) / step : 0}});
-  nlohmann::json parts = nlohmann::json::array();
-  for (const OpProfiler::Row& r : p.parts())
-    parts.push_back({{"part", r.op},
-                     {"calls_per_step", per_step(r.calls, n)},
-                     {"ms_per_step", per_step(r.ms, n)},
-                     {"share_of_step", step > 0 ? per_step(r.ms, n) / step : 0}});
+    return t;
+  };
   return {{"clock", p.clock_name()},
           {"steps", n},
           {"step_ms", step},
           {"inside_ops_ms", per_step(inside_ops_ms(p), n)},
-          {"ops", ops},
-          {"parts", parts}};
+          {"ops", table(p.rows(), "op")},
+          {"parts", table(p.parts(), "part")}};
 }
 
 }  // namespace sy

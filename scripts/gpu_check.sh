@@ -131,7 +131,8 @@ while at < len(blob):
     at += 60 + size + size % 2
 PY
 }
-if grep -q missing "$OUT/inventory.txt" && ls .gpudeps/*.deb > /dev/null 2>&1; then
+# (dpkg and xz are listed for the unpacking itself, not as libraries to carry)
+if grep -vE '^(dpkg|xz) ' "$OUT/inventory.txt" | grep -q missing && ls .gpudeps/*.deb > /dev/null 2>&1; then
   stamp "unpacking .gpudeps into /tmp/sydeps"
   HAVE_MPI=0
   # (the wrapper must run: gpu_rehearse.sh hides the system's behind /dev/null)
@@ -194,7 +195,8 @@ prebuilt() {
   export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib
   local t missing=()
   for t in "${TARGETS[@]}"; do
-    { [ -x "build-gpu/bin/$t" ] && ! ldd "build-gpu/bin/$t" 2>&1 | grep -qE "not found|version .* not found"; } || missing+=("$t")
+    # (-r: every symbol resolved now, not at its first call mid-stage)
+    { [ -x "build-gpu/bin/$t" ] && ! ldd -r "build-gpu/bin/$t" 2>&1 | grep -qE "not found|undefined symbol"; } || missing+=("$t")
   done
   [ ${#missing[@]} = 0 ] && build-gpu/bin/train_switch --help > /dev/null 2>> "$LOG/prebuilt.log" && return 0
   ldd "build-gpu/bin/${missing[0]:-train_switch}" 2>&1 | grep "not found" | head -5 | tee -a "$LOG/prebuilt.log"

@@ -16,15 +16,16 @@ TARGETS=(train_switch backend_ops_test routed_attention_test tensor_test model_t
   cmake -G Ninja -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSWITCHYARD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90
 grep -q '^CMAKE_CUDA_ARCHITECTURES.*=90$' build-gpu/CMakeCache.txt ||
   { echo "gpu_prebuild.sh: build-gpu is not configured for sm_90 alone"; exit 1; }
-cmake --build build-gpu -j "$(nproc)" --target "${TARGETS[@]}"
+# What they are built from, summed before the build (a file edited while it
+# runs then fails the check there, and the build runs there instead): the
+# sources and build files that travel, tracked or not (not ignored).
 rm -rf .gpubin.tmp && mkdir -p .gpubin.tmp/bin
+git ls-files -z -co --exclude-standard -- '*.cc' '*.h' '*.cu' '*.cuh' '*.proto' '*CMakeLists.txt' '*.cmake' '*.in' |
+  xargs -0 sha256sum > .gpubin.tmp/sources.sha256
+cmake --build build-gpu -j "$(nproc)" --target "${TARGETS[@]}"
 for t in "${TARGETS[@]}"; do strip -o ".gpubin.tmp/bin/$t" "build-gpu/bin/$t"; done
 # (-9: a 64 MiB window spans the programs, which share most of their code)
 XZ_OPT=-9 tar -C .gpubin.tmp -cJf .gpubin.tmp/bin.tar.xz bin && rm -rf .gpubin.tmp/bin
-# What they were built from: the tracked sources and build files (one changed
-# after this fails the check there, and the build runs there instead).
-git ls-files -z -- '*.cc' '*.h' '*.cu' '*.cuh' '*.proto' '*CMakeLists.txt' '*.cmake' '*.in' |
-  xargs -0 sha256sum > .gpubin.tmp/sources.sha256
 rm -rf .gpubin && mv .gpubin.tmp .gpubin
 grep -qx '/.gpubin/' .gitignore || echo "gpu_prebuild.sh: add /.gpubin/ to .gitignore"
 du -sh .gpubin/bin.tar.xz

@@ -66,6 +66,28 @@ TEST(OpProfiler, TheOutermostOpOwnsItsIntervalInProfiledStepsOnly) {
   EXPECT_NE(table.find("  outer > inner"), std::string::npos);
 }
 
+// A scope open across a step's end is no interval of the next step: neither
+// it nor a scope opened inside it then (which reads the stale interval's
+// name, out of range before this was guarded) is recorded.
+TEST(OpProfiler, AScopeOpenAcrossStepsIsNotRecorded) {
+  auto clock = std::make_unique<CountingClock>();
+  CountingClock* c = clock.get();
+  OpProfiler p(std::move(clock));
+  p.begin_step();
+  {
+    const OpScope stale(&p, "stale");
+    p.end_step();
+    p.begin_step();
+    { const OpScope inside(&p, "inside"); }
+  }
+  { const OpScope fresh(&p, "fresh"); }
+  p.end_step();
+  EXPECT_EQ(c->marks, (std::vector<size_t>{0, 0, 1}));  // stale's begin (step 1), fresh's two (step 2)
+  ASSERT_EQ(p.rows().size(), 1u);
+  EXPECT_EQ(p.rows()[0].op, "fresh");
+  EXPECT_TRUE(p.parts().empty());
+}
+
 // An op entry point opens its scope on the Ctx's profiler (SY_DISPATCH).
 TEST(OpProfiler, OpEntryPointsRecordThroughTheirCtx) {
   Ctx ctx = host_ctx();
