@@ -56,12 +56,12 @@ void OpProfiler::begin_step() {
 }
 
 
-// The outermost scope of a nest is an op; the scopes directly inside it are
-// its parts; deeper ones belong to the part they are in (not recorded).
+// The outermost scope of a nest is an op; every scope inside it, at any
+// depth, is a part, named by its path ("op > part > sub").
 void OpProfiler::begin(const char* op) {
   if (std::this_thread::get_id() != owner_) return;
   const int depth = depth_++;
-  const bool outer = depth == 0, part = depth == 1 && !nest_.empty() && nest_.back() != kNone;
+  const bool outer = depth == 0, part = depth > 0 && !nest_.empty() && nest_.back() != kNone;
   if (!active_ || !(outer || part)) {
     nest_.push_back(kNone);
     return;

@@ -3,10 +3,11 @@
 // the outermost op of a nest owns the interval (what it calls through other
 // entry points is part of it), so the rows add up to the time spent inside
 // ops, and the step's wall time less that sum is the time between ops
-// (launch gaps, host work, waits). An op's parts, the scopes opened directly
-// inside the outermost op (an entry point it calls, or an OpScope it opens
-// around a stage of its own), are kept apart as "op > part" rows (parts()):
-// where in the op its time goes, not added to the step's sum a second time.
+// (launch gaps, host work, waits). An op's parts, the scopes opened inside
+// the outermost op (an entry point it calls, or an OpScope it opens around a
+// stage of its own; at any depth, named by their path: "op > part > sub"),
+// are kept apart (parts()): where in the op its time goes, not added to the
+// step's sum a second time.
 // On the host an interval is wall time; on a
 // CUDA stream it is the time between two events recorded on the stream
 // around the op's launches: the GPU's time for that op's kernels (the device

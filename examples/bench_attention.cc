@@ -74,6 +74,7 @@
 #include "ops/matmul.h"
 #include "ops/routed_attention.h"
 #include "ops/sparse_attention.h"
+#include "runtime/op_profile_report.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 
@@ -264,6 +265,12 @@ int main(int argc, char** argv) {
     const DType base_dt = dtypes.front();                 // the dense baseline: bf16 on a GPU
     std::vector<Row> rows;
     const Timing timing{ctx, rt.get(), warmup, iters, budget_s};
+    // Where a selective row's time goes at the largest n, op by op and part
+    // by part (core/op_profile.h: CUDA events on a GPU), after its timing:
+    // one untimed selection, forward and backward. Printed before the
+    // table, and in the JSON's "profiles".
+    nlohmann::json profiles = nlohmann::json::object();
+    std::string profile_text;
 
     // Ceiling: a large GEMM, measured in this run (bench_ops's).
     double gemm_rate = 0;
@@ -400,6 +407,21 @@ int main(int argc, char** argv) {
           rb.pass = "fwd+bwd", rb.flops = 14.0 * D * r.pairs;
           std::tie(t, rb.runs) = timing.parts({m.select, [&] { m.forward(), m.backward(); }});
           rb.select_seconds = t[0], rb.seconds = t[1];
+          if (n == tokens.back() && dt == dtypes.front() && m.op.rfind("dense", 0) != 0 &&
+              m.op.rfind("tiled", 0) != 0) {
+            sy::OpProfiler prof(rt ? sy::cuda_event_clock(ctx.stream) : sy::host_clock());
+            struct Attach {  // ctx.profiler set for this scope only, whatever the run throws
+              Ctx& c;
+              ~Attach() { c.profiler = nullptr; }
+            } attach{ctx};
+            ctx.profiler = &prof;
+            prof.begin_step();
+            m.select(), m.forward(), m.backward();
+            prof.end_step();
+            const std::string key = m.op + " " + r.dtype + " n=" + std::to_string(n);
+            profiles[key] = sy::op_profile_json(prof);
+            profile_text += "== " + key + ": " + sy::op_profile_table(prof);
+          }
           if (check) {
             for (Tensor* g : {&dq, &dk, &dv}) g->zero(ctx);
             m.select(), m.forward(), m.backward();
@@ -594,7 +616,9 @@ int main(int argc, char** argv) {
                           {"flops_per_pair", {{"fwd", 4 * D}, {"fwd+bwd", 14 * D}}},
                           {"checked_n", tokens.front()},
                           {"sdpa", sdpa_path},
-                          {"rows", nlohmann::json::array()}};
+                          {"rows", nlohmann::json::array()},
+                          {"profiles", profiles}};
+    std::printf("%s", profile_text.c_str());  // the profiles, then the table, last
     std::printf("device %s | H %lld, D %lld, one sequence | ceiling: %s %.1f TFLOP/s | baseline: dense causal %s\n",
                 dev_name, static_cast<long long>(H), static_cast<long long>(D), gemm_what.c_str(), gemm_rate / 1e12,
                 sy::dtype_name(base_dt));

@@ -36,11 +36,13 @@ std::string op_profile_table(const OpProfiler& p) {
                 step - inside, share(step - inside));
   out += line;
   const std::vector<OpProfiler::Row> parts = p.parts();
-  if (!parts.empty()) out += "parts of the ops above (inside their op's time, not added again):\n";
-  for (const OpProfiler::Row& r : parts) {
-    std::snprintf(line, sizeof line, "  %-34s %10.1f %10.3f %6.1f%%\n", r.op.c_str(), per_step(r.calls, n),
-                  per_step(r.ms, n), share(per_step(r.ms, n)));
-    out += line;
+  if (!parts.empty())
+    out += "parts of the ops above (inside their op's time, not added again):\n" +
+           std::string("  calls/step    ms/step   share  op > part\n");
+  for (const OpProfiler::Row& r : parts) {  // (the name last: a path may be long)
+    std::snprintf(line, sizeof line, "  %10.1f %10.3f %6.1f%%  ", per_step(r.calls, n), per_step(r.ms, n),
+                  share(per_step(r.ms, n)));
+    out += line + r.op + "\n";
   }
   return out;
 }

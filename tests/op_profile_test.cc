@@ -31,44 +31,47 @@ TEST(OpProfiler, TheOutermostOpOwnsItsIntervalInProfiledStepsOnly) {
   { const OpScope before(&p, "unprofiled"); }  // before any step: not recorded
   p.begin_step();
   {
-    const OpScope outer(&p, "outer");  // slots 0 and 5
+    const OpScope outer(&p, "outer");  // slots 0 and 7
     {
-      const OpScope inner(&p, "inner");  // a part of outer: slots 1 and 2
-      const OpScope deeper(&p, "deeper");  // inside the part: the part's time, not recorded
+      const OpScope inner(&p, "inner");    // a part of outer: slots 1 and 4
+      const OpScope deeper(&p, "deeper");  // a part of that part: slots 2 and 3
     }
-    const OpScope inner(&p, "inner");  // the same part again: slots 3 and 4
+    const OpScope inner(&p, "inner");  // the same part again: slots 5 and 6
   }
-  { const OpScope second(&p, "second"); }  // slots 6, 7
-  { const OpScope again(&p, "outer"); }    // slots 8, 9
+  { const OpScope second(&p, "second"); }  // slots 8, 9
+  { const OpScope again(&p, "outer"); }    // slots 10, 11
   std::thread([&] { const OpScope other(&p, "other thread"); }).join();  // not this step's thread
   p.end_step();
   { const OpScope after(&p, "after"); }  // between steps: not recorded
-  EXPECT_EQ(c->marks, (std::vector<size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
-  EXPECT_EQ(c->waited, 9);
+  EXPECT_EQ(c->marks, (std::vector<size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}));
+  EXPECT_EQ(c->waited, 11);
   const std::vector<OpProfiler::Row> rows = p.rows();
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].op, "outer");
   EXPECT_EQ(rows[0].calls, 2);
-  EXPECT_DOUBLE_EQ(rows[0].ms, 6.0);  // slots 0-5 and 8-9
+  EXPECT_DOUBLE_EQ(rows[0].ms, 8.0);  // slots 0-7 and 10-11
   EXPECT_EQ(rows[1].op, "second");
   const std::vector<OpProfiler::Row> parts = p.parts();
-  ASSERT_EQ(parts.size(), 1u);
+  ASSERT_EQ(parts.size(), 2u);
   EXPECT_EQ(parts[0].op, "outer > inner");
   EXPECT_EQ(parts[0].calls, 2);
-  EXPECT_DOUBLE_EQ(parts[0].ms, 2.0);  // slots 1-2 and 3-4
+  EXPECT_DOUBLE_EQ(parts[0].ms, 4.0);  // slots 1-4 and 5-6
+  EXPECT_EQ(parts[1].op, "outer > inner > deeper");
+  EXPECT_EQ(parts[1].calls, 1);
+  EXPECT_DOUBLE_EQ(parts[1].ms, 1.0);
   EXPECT_EQ(p.steps(), 1);
   const nlohmann::json j = op_profile_json(p);
   EXPECT_EQ(j["ops"].size(), 2u);
-  EXPECT_EQ(j["parts"].size(), 1u);
-  EXPECT_DOUBLE_EQ(j["inside_ops_ms"].get<double>(), 7.0);  // the ops alone: parts are inside them
+  EXPECT_EQ(j["parts"].size(), 2u);
+  EXPECT_DOUBLE_EQ(j["inside_ops_ms"].get<double>(), 9.0);  // the ops alone: parts are inside them
   const std::string table = op_profile_table(p);
   EXPECT_NE(table.find("outer"), std::string::npos);
   EXPECT_NE(table.find("  outer > inner"), std::string::npos);
 }
 
 // A scope open across a step's end is no interval of the next step: neither
-// it nor a scope opened inside it then (which reads the stale interval's
-// name, out of range before this was guarded) is recorded.
+// it nor the scopes opened inside it then (which read the stale interval's
+// name, out of range before this was guarded) are recorded.
 TEST(OpProfiler, AScopeOpenAcrossStepsIsNotRecorded) {
   auto clock = std::make_unique<CountingClock>();
   CountingClock* c = clock.get();

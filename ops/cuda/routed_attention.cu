@@ -243,6 +243,9 @@ void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<co
   const int64_t N = xn.dim(0), D = xn.dim(1), K = sets[0]->K, per_set = N / static_cast<int64_t>(sets.size());
   const int64_t T = tp.segment > 0 ? tp.segment : N;
   tokens_choose_by(ctx, r, N, K, tp, [&](int32_t* group, float* weight, float* top) {
+    // (A part of the op's profile interval: the rest of it is the route's
+    // sort, capacity and offsets, ops/cuda/routing.cu.)
+    const OpScope part(ctx.profiler, "nearest-centroid kernel");
     Tensor mu16 = Tensor::empty({K * D}, DType::bf16, ctx), norm = Tensor::empty({K}, DType::f32, ctx);
     for (size_t i = 0; i < sets.size(); ++i) {
       const int64_t rows = per_set, row0 = static_cast<int64_t>(i) * per_set;
@@ -688,13 +691,22 @@ std::shared_ptr<const UnionState> union_state(Ctx& ctx, const RoutedAttentionBac
 template <class E>
 void union_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1), K = a.clusters.num();
-  const std::shared_ptr<const UnionState> st = union_state<E>(ctx, a.q, a.k, a.v, a.clusters);
+  // Each stage its own part of the op's profile interval (core/op_profile.h).
+  std::shared_ptr<const UnionState> st;
+  {
+    const OpScope part(ctx.profiler, "pack clusters, gather q k v");
+    st = union_state<E>(ctx, a.q, a.k, a.v, a.clusters);
+  }
   const Prepared& p = st->p;
   const UnionPack& u = st->u;
   const PairCounts& c = st->c;
   Tensor out = Tensor::empty({u.rows, D}, a.q.dtype(), ctx), lse = Tensor::empty({1, u.rows}, DType::f32, ctx);
-  varlen_attention_forward(ctx, union_varlen(u, p, K, D), st->qkv, out, lse);
+  {
+    const OpScope part(ctx.profiler, "varlen attention");
+    varlen_attention_forward(ctx, union_varlen(u, p, K, D), st->qkv, out, lse);
+  }
   if (a.saved) a.saved->state = st;
+  const OpScope part(ctx.profiler, "merge by LSE, pair counts");
   const Launch run{stream(ctx)};
   const int32_t *cnt = c.cnt.data<int32_t>(), *n = c.n.data<int32_t>();
   run(T, routed::UnionLse{p.head, u.layout, cnt, n, lse.data<float>(), a.lse.data<float>()});
@@ -725,16 +737,28 @@ template <class E>
 void union_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   const int64_t T = a.q.dim(0), D = a.q.dim(1), K = a.clusters.num();
   const DType dt = a.q.dtype();
-  const std::shared_ptr<const UnionState> st = union_state<E>(ctx, a);
+  std::shared_ptr<const UnionState> st;
+  {
+    const OpScope part(ctx.profiler, "pack clusters, gather q k v (unless saved)");
+    st = union_state<E>(ctx, a);
+  }
   const Prepared& p = st->p;
   const UnionPack& u = st->u;
   Tensor dout = Tensor::empty({u.rows, D}, dt, ctx), out = Tensor::empty({u.rows, D}, dt, ctx),
-         lse = Tensor::empty({1, u.rows}, DType::f32, ctx), dqkv = Tensor::zeros({u.rows, 3 * D}, dt, ctx);
+         lse = Tensor::empty({1, u.rows}, DType::f32, ctx), dqkv;
   const Launch run{stream(ctx)};
-  run(u.rows * D, routed::GatherGrad<E>{elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(),
-                                        u.row_token.data<int32_t>(), u.is_query.data<int32_t>(), D, elems<E>(dout),
-                                        elems<E>(out), lse.data<float>()});
-  varlen_attention_backward(ctx, union_varlen(u, p, K, D), dqkv, dout, st->qkv, out, lse);
+  {
+    const OpScope part(ctx.profiler, "gather dout, o, lse; zero dqkv");
+    dqkv = Tensor::zeros({u.rows, 3 * D}, dt, ctx);
+    run(u.rows * D, routed::GatherGrad<E>{elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(),
+                                          u.row_token.data<int32_t>(), u.is_query.data<int32_t>(), D, elems<E>(dout),
+                                          elems<E>(out), lse.data<float>()});
+  }
+  {
+    const OpScope part(ctx.profiler, "varlen attention backward");
+    varlen_attention_backward(ctx, union_varlen(u, p, K, D), dqkv, dout, st->qkv, out, lse);
+  }
+  const OpScope part(ctx.profiler, "scatter dq dk dv");
   run(T * D, routed::UnionScatter<E>{p.head, u.layout, st->c.n.data<int32_t>(), elems<E>(dqkv), elems<E>(a.dout),
                                      elems<E>(a.dq), elems<E>(a.dk), elems<E>(a.dv)});
 }
