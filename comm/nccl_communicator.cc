@@ -249,9 +249,7 @@ class NcclCommunicator final : public Communicator {
       if (now_s() > deadline) fail_collective(comm_, "ncclCommSplit", at, nullptr);
       ncclResult_t parent = ncclSuccess;
       NCCL_CHECK(ncclCommGetAsyncError(comm_, &parent));
-      if (parent != ncclSuccess && parent != ncclInProgress)
-        throw BackendError(std::string("NCCL: ncclCommSplit: ") + ncclGetErrorString(parent) + " (" +
-                           ncclGetLastError(comm_) + ")");
+      if (parent != ncclSuccess && parent != ncclInProgress) settle(comm_, parent, "ncclCommSplit", at);  // (throws)
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     settle(sub, ncclInProgress, "ncclCommSplit", at);

@@ -68,7 +68,7 @@ class OpProfiler {
   std::thread::id owner_;  // the thread that began the step
   int depth_ = 0;
   // This step's intervals, in the order they began: an outermost op, or a
-  // part (the scope one deeper); each its own two clock slots.
+  // part (a scope inside one, named by its path); each its own two clock slots.
   struct Interval {
     std::string name;
     size_t begin = 0, end = 0;

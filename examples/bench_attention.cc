@@ -74,7 +74,6 @@
 #include "ops/matmul.h"
 #include "ops/routed_attention.h"
 #include "ops/sparse_attention.h"
-#include "runtime/op_profile_report.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 
@@ -409,18 +408,8 @@ int main(int argc, char** argv) {
           rb.select_seconds = t[0], rb.seconds = t[1];
           if (n == tokens.back() && dt == dtypes.front() && m.op.rfind("dense", 0) != 0 &&
               m.op.rfind("tiled", 0) != 0) {
-            sy::OpProfiler prof(rt ? sy::cuda_event_clock(ctx.stream) : sy::host_clock());
-            struct Attach {  // ctx.profiler set for this scope only, whatever the run throws
-              Ctx& c;
-              ~Attach() { c.profiler = nullptr; }
-            } attach{ctx};
-            ctx.profiler = &prof;
-            prof.begin_step();
-            m.select(), m.forward(), m.backward();
-            prof.end_step();
-            const std::string key = m.op + " " + r.dtype + " n=" + std::to_string(n);
-            profiles[key] = sy::op_profile_json(prof);
-            profile_text += "== " + key + ": " + sy::op_profile_table(prof);
+            sy::bench::profile_case(ctx, rt != nullptr, m.op + " " + r.dtype + " n=" + std::to_string(n), 1,
+                                    [&] { m.select(), m.forward(), m.backward(); }, profiles, profile_text);
           }
           if (check) {
             for (Tensor* g : {&dq, &dk, &dv}) g->zero(ctx);

@@ -1,16 +1,47 @@
-// What the benchmarks (bench_ops, bench_attention) share: the host clock and
-// the #wrong count against the CPU reference.
+// What the benchmarks (bench_ops, bench_attention) share: the host clock,
+// the #wrong count against the CPU reference, and a case's op profile.
 #pragma once
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
 
+#include "core/op_profile.h"
 #include "core/tensor.h"
+#include "runtime/op_profile_report.h"
 #include "ops/elementwise.h"
 #include "ops/random.h"
 
 namespace sy::bench {
+
+// Where a case's time goes, op by op and part by part (core/op_profile.h:
+// CUDA events on a device, else the host clock): `steps` untimed runs of
+// run(), ctx.profiler set for them only, whatever run() throws. The JSON
+// goes to profiles[name], the table to text (a line saying why where it
+// could not run).
+inline void profile_case(Ctx& ctx, bool device, const std::string& name, int steps, const std::function<void()>& run,
+                         nlohmann::json& profiles, std::string& text) {
+  try {
+    OpProfiler prof(device ? cuda_event_clock(ctx.stream) : host_clock());
+    struct Attach {
+      Ctx& c;
+      ~Attach() { c.profiler = nullptr; }
+    } attach{ctx};
+    ctx.profiler = &prof;
+    for (int i = 0; i < steps; ++i) {
+      prof.begin_step();
+      run();
+      prof.end_step();
+    }
+    profiles[name] = op_profile_json(prof);
+    text += "== " + name + ": " + op_profile_table(prof);
+  } catch (const std::exception& e) {
+    text += "== " + name + ": not profiled (" + std::string(e.what()).substr(0, 100) + ")\n";
+  }
+}
 
 inline double now_s() {
   using namespace std::chrono;

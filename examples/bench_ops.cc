@@ -41,7 +41,6 @@
 #include "ops/routing.h"
 #include "runtime/model.h"
 #include "runtime/moe_layer.h"
-#include "runtime/op_profile_report.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 
@@ -150,23 +149,7 @@ int main(int argc, char** argv) {
     nlohmann::json profiles = nlohmann::json::object();
     std::string profile_text;
     auto profile = [&](const std::string& name, const std::function<void()>& run) {
-      try {
-        sy::OpProfiler prof(rt ? sy::cuda_event_clock(ctx.stream) : sy::host_clock());
-        struct Attach {  // ctx.profiler set for this scope only, whatever run() throws
-          Ctx& c;
-          ~Attach() { c.profiler = nullptr; }
-        } attach{ctx};
-        ctx.profiler = &prof;
-        for (int i = 0; i < 3; ++i) {
-          prof.begin_step();
-          run();
-          prof.end_step();
-        }
-        profiles[name] = sy::op_profile_json(prof);
-        profile_text += "== " + name + ": " + sy::op_profile_table(prof);
-      } catch (const std::exception& e) {
-        profile_text += "== " + name + ": not profiled (" + std::string(e.what()).substr(0, 100) + ")\n";
-      }
+      sy::bench::profile_case(ctx, rt != nullptr, name, 3, run, profiles, profile_text);
     };
 
     // Ceilings, measured in this run.

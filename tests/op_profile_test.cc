@@ -24,6 +24,12 @@ class CountingClock : public IntervalClock {
   int64_t waited = -1;
 };
 
+void expect_row(const OpProfiler::Row& r, const std::string& op, int64_t calls, double ms) {
+  EXPECT_EQ(r.op, op);
+  EXPECT_EQ(r.calls, calls) << op;
+  EXPECT_DOUBLE_EQ(r.ms, ms) << op;
+}
+
 TEST(OpProfiler, TheOutermostOpOwnsItsIntervalInProfiledStepsOnly) {
   auto clock = std::make_unique<CountingClock>();
   CountingClock* c = clock.get();
@@ -47,18 +53,12 @@ TEST(OpProfiler, TheOutermostOpOwnsItsIntervalInProfiledStepsOnly) {
   EXPECT_EQ(c->waited, 11);
   const std::vector<OpProfiler::Row> rows = p.rows();
   ASSERT_EQ(rows.size(), 2u);
-  EXPECT_EQ(rows[0].op, "outer");
-  EXPECT_EQ(rows[0].calls, 2);
-  EXPECT_DOUBLE_EQ(rows[0].ms, 8.0);  // slots 0-7 and 10-11
+  expect_row(rows[0], "outer", 2, 8.0);  // slots 0-7 and 10-11
   EXPECT_EQ(rows[1].op, "second");
   const std::vector<OpProfiler::Row> parts = p.parts();
   ASSERT_EQ(parts.size(), 2u);
-  EXPECT_EQ(parts[0].op, "outer > inner");
-  EXPECT_EQ(parts[0].calls, 2);
-  EXPECT_DOUBLE_EQ(parts[0].ms, 4.0);  // slots 1-4 and 5-6
-  EXPECT_EQ(parts[1].op, "outer > inner > deeper");
-  EXPECT_EQ(parts[1].calls, 1);
-  EXPECT_DOUBLE_EQ(parts[1].ms, 1.0);
+  expect_row(parts[0], "outer > inner", 2, 4.0);  // slots 1-4 and 5-6
+  expect_row(parts[1], "outer > inner > deeper", 1, 1.0);
   EXPECT_EQ(p.steps(), 1);
   const nlohmann::json j = op_profile_json(p);
   EXPECT_EQ(j["ops"].size(), 2u);

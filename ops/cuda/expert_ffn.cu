@@ -182,12 +182,24 @@ Tensor block(const Tensor& t, int64_t offset, int64_t rows, int64_t cols) {
   return t.reshape({t.numel()}).rows(offset, offset + rows * cols).reshape({rows, cols});
 }
 
-// The packed act of ops/expert_ffn.h's layout: sum_g n_g H_g values.
-int64_t act_numel(const ExpertLayout& l, const std::vector<int32_t>& offset) {
-  int64_t n = 0;
-  for (int64_t g = 0; g < l.groups(); ++g) n += static_cast<int64_t>(offset[g + 1] - offset[g]) * l.hidden[g];
-  return n;
+// Where expert g's block starts in a tensor packed as ops/expert_ffn.h lays
+// it out, n_g rows of width(g) values each (pre: l.width(g); act:
+// l.hidden[g]); entry G is the total.
+template <class Width>
+std::vector<int64_t> block_starts(const ExpertLayout& l, const std::vector<int32_t>& offset, Width width) {
+  std::vector<int64_t> s(l.groups() + 1, 0);
+  for (int64_t g = 0; g < l.groups(); ++g) s[g + 1] = s[g] + static_cast<int64_t>(offset[g + 1] - offset[g]) * width(g);
+  return s;
 }
+std::vector<int64_t> act_starts(const ExpertLayout& l, const std::vector<int32_t>& offset) {
+  return block_starts(l, offset, [&l](int64_t g) { return l.hidden[g]; });
+}
+std::vector<int64_t> pre_starts(const ExpertLayout& l, const std::vector<int32_t>& offset) {
+  return block_starts(l, offset, [&l](int64_t g) { return l.width(g); });
+}
+
+// The packed act of ops/expert_ffn.h's layout: sum_g n_g H_g values.
+int64_t act_numel(const ExpertLayout& l, const std::vector<int32_t>& offset) { return act_starts(l, offset).back(); }
 
 // Rows every expert holds when the experts are one width and hold equal
 // rows (the strided-batched path), else -1.
@@ -348,8 +360,10 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     const OpScope part(ctx.profiler, "activation again");
     act_op = activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
   }
+  // Expert g's blocks of the packed act and dact, of pre and dpre.
+  const std::vector<int64_t> act_at = act_starts(l, a.offset), pre_at = pre_starts(l, a.offset);
   // dact as pre: bf16 where pre is (the GEMM writes it rounded), else f32
-  Tensor dact = Tensor::empty({act_numel(l, a.offset)}, a.pre.dtype(), ctx);
+  Tensor dact = Tensor::empty({act_at.back()}, a.pre.dtype(), ctx);
   const int64_t P0 = l.width(0), H0 = l.hidden[0];
   // The input gradients' GEMMs (bf16 or fp32 out) apart from the fp32
   // weight gradients' (experts' own blocks: independent, any order).
@@ -357,19 +371,20 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     const OpScope part(ctx.profiler, "dact GEMMs");
     if (eq >= 0)  // offset[0] = 0
       gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact, 0.f, {G, eq * D, H0 * D, eq * H0, 0});
-    for (int64_t g = 0, a0 = 0; g < G && eq < 0; a0 += (a.offset[g + 1] - a.offset[g]) * l.hidden[g], ++g) {
+    for (int64_t g = 0; g < G && eq < 0; ++g) {
       const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
       if (n > 0)
-        gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dact, a0, n, H), 0.f);
+        gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dact, act_at[g], n, H), 0.f);
     }
   }
   {
     const OpScope part(ctx.profiler, "dW2 GEMMs");
     if (eq >= 0)
       gemm_tn(ctx, bf16, eq, D, H0, at(act_op, 0), at(dout_op, 0), dw2, dw_beta, {G, eq * H0, eq * D, H0 * D, 0});
-    for (int64_t g = 0, a0 = 0; g < G && eq < 0; a0 += (a.offset[g + 1] - a.offset[g]) * l.hidden[g], ++g) {
+    for (int64_t g = 0; g < G && eq < 0; ++g) {
       const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
-      if (n > 0) gemm_tn(ctx, bf16, n, D, H, at(act_op, a0), at(dout_op, r0 * D), dw2 + l.w2_offset(g), dw_beta);
+      if (n > 0)
+        gemm_tn(ctx, bf16, n, D, H, at(act_op, act_at[g]), at(dout_op, r0 * D), dw2 + l.w2_offset(g), dw_beta);
     }
   }
   // bf16 mode: the activation's backward writes dpre rounded, the operand
@@ -384,19 +399,19 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     const OpScope part(ctx.profiler, "dbuf GEMMs");
     if (eq >= 0)
       gemm_nt(ctx, bf16, eq, D, P0, at(dpre, 0), at(w1, 0), a.dbuf, dbuf_beta, {G, eq * P0, D * P0, eq * D, 0});
-    for (int64_t g = 0, p0 = 0; g < G && eq < 0; p0 += (a.offset[g + 1] - a.offset[g]) * l.width(g), ++g) {
+    for (int64_t g = 0; g < G && eq < 0; ++g) {
       const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
       if (n > 0)
-        gemm_nt(ctx, bf16, n, D, P, at(dpre, p0), at(w1, l.w1_offset(g)), a.dbuf.rows(r0, r0 + n), dbuf_beta);
+        gemm_nt(ctx, bf16, n, D, P, at(dpre, pre_at[g]), at(w1, l.w1_offset(g)), a.dbuf.rows(r0, r0 + n), dbuf_beta);
     }
   }
   {
     const OpScope part(ctx.profiler, "dW1 GEMMs");
     if (eq >= 0)
       gemm_tn(ctx, bf16, eq, P0, D, at(buf_op, 0), at(dpre, 0), dw1, dw_beta, {G, eq * D, eq * P0, D * P0, 0});
-    for (int64_t g = 0, p0 = 0; g < G && eq < 0; p0 += (a.offset[g + 1] - a.offset[g]) * l.width(g), ++g) {
+    for (int64_t g = 0; g < G && eq < 0; ++g) {
       const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
-      if (n > 0) gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, p0), dw1 + l.w1_offset(g), dw_beta);
+      if (n > 0) gemm_tn(ctx, bf16, n, P, D, at(buf_op, r0 * D), at(dpre, pre_at[g]), dw1 + l.w1_offset(g), dw_beta);
     }
   }
   if (!bias) return;
