@@ -755,5 +755,62 @@ TEST_F(RoutedAttentionCuda, LocalAndBlockTopkLayersMatchTheCpuAndRerunBitwise) {
   }
 }
 
+
+// Causal mode's nearest centroid on near ties (ops/cuda/routed_attention.cu's
+// nearest_clusters): each row sits midway between two centroids, so its two
+// best scores differ by about 1e-3 where the scores' bf16 products err by
+// ~0.1 and split bf16's by ~1e-3. The choice must still be the fp32 argmax
+// of the exact dot products (D products added in order by fma, ties to the
+// lower index), computed here on the host the same way: only the kernel's
+// margin and exact rescoring get it right on every row. (A host emulation
+// of the kernel's products on inputs drawn this way: the argmax of plain
+// bf16 scores is another centroid on 136 of 301 rows at D 64 and 139 at
+// D 128; of split bf16 scores without the margin, on 14 and 2; split's
+// largest error 2.0e-4 and 2.3e-4 against eps 1.6e-2 and 3.1e-2, two
+// candidates a row. Some rows tie exactly: the lower index.) Head dims 64
+// and 128, 130 centroids (three chunks of 64), rows not a multiple of 64.
+TEST_F(RoutedAttentionCuda, NearestCentroidIsTheExactArgmaxOnNearTies) {
+  for (const int64_t D : {64, 128}) {
+    SCOPED_TRACE("D " + std::to_string(D));
+    const int64_t K = 130, T = 301;
+    Rng rng(17 + D);
+    std::vector<float> mu(K * D), x(T * D);
+    auto scale_to = [&](float* v, float norm) {
+      double s = 0;
+      for (int64_t d = 0; d < D; ++d) s += double(v[d]) * v[d];
+      for (int64_t d = 0; d < D; ++d) v[d] = static_cast<float>(v[d] * norm / std::sqrt(s));
+    };
+    for (int64_t c = 0; c < K; ++c) {
+      for (int64_t d = 0; d < D; ++d) mu[c * D + d] = static_cast<float>(rng.normal());
+      scale_to(&mu[c * D], std::sqrt(float(D)));  // |mu_c| = sqrt(D), as Centroids keeps them
+    }
+    for (int64_t i = 0; i < T; ++i) {
+      const int64_t a = i % K, b = (i * 37 + 11) % K == a ? (a + 1) % K : (i * 37 + 11) % K;
+      for (int64_t d = 0; d < D; ++d) x[i * D + d] = mu[a * D + d] + mu[b * D + d] + static_cast<float>(1e-4 * rng.normal());
+      scale_to(&x[i * D], std::sqrt(float(D)));  // a layer-normed row
+    }
+    std::vector<int32_t> want(T);
+    for (int64_t i = 0; i < T; ++i) {
+      float best = -INFINITY;
+      for (int64_t c = 0; c < K; ++c) {
+        float s = 0.f;
+        for (int64_t d = 0; d < D; ++d) s = std::fma(x[i * D + d], mu[c * D + d], s);
+        if (s > best) best = s, want[i] = static_cast<int32_t>(c);
+      }
+    }
+    Ctx& g = gpu();
+    ops::Centroids cent(K, D, g);
+    cent.mu.copy_from(Tensor::from_host(mu, {K, D}), g);
+    cent.initialized = true;
+    const Tensor xn = Tensor::from_host(x, {T, D}).to(g);
+    ops::Clusters cl;
+    ops::assign_clusters(g, cl, xn, xn, cent, ops::ClusterParams{});
+    const std::vector<int32_t> got = cl.queries.group.to_vector<int32_t>(), keys = cl.keys.group.to_vector<int32_t>();
+    int wrong = 0;
+    for (int64_t i = 0; i < T; ++i) wrong += got[i] != want[i] || keys[i] != want[i];
+    EXPECT_EQ(wrong, 0) << "rows whose nearest centroid is not the exact argmax, of " << T;
+  }
+}
+
 }  // namespace
 }  // namespace sy

@@ -95,24 +95,43 @@ void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c) 
 // 256 clusters it would be 512 MiB written by the GEMM and read back by the
 // top-k, for one int per row). A block owns 64 rows of one centroid set and
 // walks the centroids in chunks of 64:
-//   s~ = bf16(x) . bf16(mu_c) by mma (fp32 accumulate) for the chunk; with
-//   eps_c = 2^-6 |x| |mu_c| (twice the bound (2u + u^2) |x||mu_c| ~ 2^-7 on
-//   |s~ - x.mu_c|, u = 2^-8 bf16's unit roundoff, so it also covers the
-//   tensor cores' fp32 accumulation and the fp32 norms),
-//   L = max over the centroids so far of s~ - eps (below the best true score),
+//   s~ = x . mu_c by mma in split bf16 (fp32 accumulate): x = xh + xl with
+//   xh = bf16(x), xl = bf16(x - xh), mu likewise, and
+//       s~ = xh.mh + xh.ml + xl.mh        (three mma passes; xl.ml dropped).
+//   Its error against the exact dot product is at most ~3 u^2 |x||mu_c|
+//   (u = 2^-8, bf16's unit roundoff: the two dropped residuals, each
+//   |r| <= u^2 |x| elementwise, and xl.ml) plus the tensor cores' fp32
+//   accumulation of 3 D products, at most ~3 D 2^-23 |x||mu_c| even where
+//   they truncate (D = 128: 2^-14.4); the exact score's own fp32 rounding
+//   (D 2^-24) adds less. eps_c = 2^-12 |x||mu_c| covers the sum with a
+//   margin of 5x or more;
+//   L = max over the centroids so far of s~ - eps (below the best exact score),
 //   and every centroid with s~ + eps >= L is a candidate: its score computed
 //   exactly in fp32 from the fp32 rows, the best kept (ties: lower index).
 // The true nearest is always a candidate when its chunk is scored, and a
 // candidate that later falls below L scores under the one that set L, so the
 // choice is the fp32 argmax: the CPU's decision, up to the order of its
 // additions (as the GEMM path). Its score is the route's weight.
+// (The first version used plain bf16 with eps = 2^-6 |x||mu|: at 64k x 8
+// heads and 256 clusters about 6 centroids a row fell within the margin,
+// each rescored by a 64-step serial dot product on one lane, and the kernel
+// took most of the selection's 9.1 ms on an H200. The split costs two more
+// mma passes; the margin, 64 times tighter, leaves about one candidate a
+// row per chunk where the running best improves, ~2 a row in all at K 256.)
 
 namespace {
 constexpr int kNcWarps = 4, kNcRows = 16 * kNcWarps, kNcChunk = 64;
 
+// Dynamic shared memory of nearest_centroid_kernel<D>: x's rows and a chunk
+// of centroids, each split in two bf16 tiles, at mma.cuh's padded pitch.
+constexpr size_t nearest_smem_bytes(int D) {
+  return static_cast<size_t>(2 * kNcRows + 2 * kNcChunk) * (D + 8) * sizeof(__nv_bfloat16);
+}
+
 struct NearestArgs {
   const float* x;                 // (rows, D): this set's rows
-  const __nv_bfloat16* mu16;      // (K, D) bf16(mu)
+  const __nv_bfloat16* mu_hi;     // (K, D) bf16(mu)
+  const __nv_bfloat16* mu_lo;     // (K, D) bf16(mu - bf16(mu))
   const float* mu;                // (K, D)
   const float* mu_norm;           // (K) |mu_c|
   int64_t rows, row0, T, K;       // row0: the set's first row of the stack; T rows per head
@@ -122,40 +141,60 @@ struct NearestArgs {
 };
 }  // namespace
 
-// One thread per centroid: bf16(mu_c) and |mu_c|.
-static __global__ void centroid_prep_kernel(const float* mu, int64_t K, int64_t D, __nv_bfloat16* mu16, float* norm) {
+// One thread per centroid: bf16(mu_c) split in two and |mu_c|.
+static __global__ void centroid_prep_kernel(const float* mu, int64_t K, int64_t D, __nv_bfloat16* mu_hi,
+                                            __nv_bfloat16* mu_lo, float* norm) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= K) return;
   float s = 0.f;
   for (int64_t d = 0; d < D; ++d) {
     const float v = mu[c * D + d];
-    mu16[c * D + d] = __float2bfloat16_rn(v);
+    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+    mu_hi[c * D + d] = hi;
+    mu_lo[c * D + d] = __float2bfloat16_rn(v - __bfloat162float(hi));
     s = fmaf(v, v, s);
   }
   norm[c] = sqrtf(s);
 }
 
+// The exact score x . m, D fp32 products added in order d = 0 .. D-1 (the
+// kernel's one definition of it: two loads of a float2 per step pair).
+template <int D>
+static __device__ __forceinline__ float exact_dot(const float* x, const float* m) {
+  float s = 0.f;
+#pragma unroll 8
+  for (int d = 0; d < D; d += 2) {
+    const float2 a = *reinterpret_cast<const float2*>(x + d), b = *reinterpret_cast<const float2*>(m + d);
+    s = fmaf(a.x, b.x, s);
+    s = fmaf(a.y, b.y, s);
+  }
+  return s;
+}
+
 template <int D>
 static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(NearestArgs a) {
   constexpr int LD = D + 8;  // mma.cuh's padded pitch
-  constexpr float kEps = 1.f / 64.f;
-  __shared__ __align__(16) __nv_bfloat16 sx[kNcRows * LD];
-  __shared__ __align__(16) __nv_bfloat16 smu[kNcChunk * LD];
+  constexpr float kEps = 1.f / 4096.f;
+  extern __shared__ __align__(16) unsigned char nc_smem[];
+  __nv_bfloat16* const sx_hi = reinterpret_cast<__nv_bfloat16*>(nc_smem);
+  __nv_bfloat16* const sx_lo = sx_hi + kNcRows * LD;
+  __nv_bfloat16* const smu_hi = sx_lo + kNcRows * LD;
+  __nv_bfloat16* const smu_lo = smu_hi + kNcChunk * LD;
   __shared__ float sxn[kNcRows], snorm[kNcChunk];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int64_t r0 = int64_t(blockIdx.x) * kNcRows;
-  for (int i = threadIdx.x; i < kNcRows * D / 2; i += blockDim.x) {  // the rows, rounded (past the set: 0)
+  for (int i = threadIdx.x; i < kNcRows * D / 2; i += blockDim.x) {  // the rows, split (past the set: 0)
     const int r = i / (D / 2), col = (i % (D / 2)) * 2;
     const int64_t gr = r0 + r;
     const float2 v = gr < a.rows ? *reinterpret_cast<const float2*>(a.x + gr * D + col) : make_float2(0.f, 0.f);
-    *reinterpret_cast<__nv_bfloat162*>(sx + r * LD + col) = __floats2bfloat162_rn(v.x, v.y);
+    const __nv_bfloat162 hi = __floats2bfloat162_rn(v.x, v.y);
+    const float2 back = __bfloat1622float2(hi);
+    *reinterpret_cast<__nv_bfloat162*>(sx_hi + r * LD + col) = hi;
+    *reinterpret_cast<__nv_bfloat162*>(sx_lo + r * LD + col) = __floats2bfloat162_rn(v.x - back.x, v.y - back.y);
   }
   if (threadIdx.x < kNcRows) {
     const int64_t gr = r0 + threadIdx.x;
-    float s = 0.f;
-    if (gr < a.rows)
-      for (int d = 0; d < D; ++d) s = fmaf(a.x[gr * D + d], a.x[gr * D + d], s);
-    sxn[threadIdx.x] = sqrtf(s);
+    sxn[threadIdx.x] = gr < a.rows ? sqrtf(exact_dot<D>(a.x + gr * D, a.x + gr * D)) : 0.f;
   }
   const int lr[2] = {warp * 16 + gid, warp * 16 + gid + 8};  // this thread's rows of the C fragments
   float L[2] = {-INFINITY, -INFINITY}, best[2] = {-INFINITY, -INFINITY};
@@ -164,9 +203,13 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
     __syncthreads();  // the rows are in; the last chunk's readers are done
     for (int i = threadIdx.x; i < kNcChunk * D / 8; i += blockDim.x) {  // 16 bytes each
       const int c = i / (D / 8), col = (i % (D / 8)) * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (c0 + c < a.K) v = *reinterpret_cast<const uint4*>(a.mu16 + (c0 + c) * D + col);
-      *reinterpret_cast<uint4*>(smu + c * LD + col) = v;
+      uint4 hi = make_uint4(0, 0, 0, 0), lo = hi;
+      if (c0 + c < a.K) {
+        hi = *reinterpret_cast<const uint4*>(a.mu_hi + (c0 + c) * D + col);
+        lo = *reinterpret_cast<const uint4*>(a.mu_lo + (c0 + c) * D + col);
+      }
+      *reinterpret_cast<uint4*>(smu_hi + c * LD + col) = hi;
+      *reinterpret_cast<uint4*>(smu_lo + c * LD + col) = lo;
     }
     if (threadIdx.x < kNcChunk) snorm[threadIdx.x] = c0 + threadIdx.x < a.K ? a.mu_norm[c0 + threadIdx.x] : 0.f;
     __syncthreads();
@@ -175,7 +218,11 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
     for (int j = 0; j < kNcChunk / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[0][j][e] = 0.f;
-    mma::gemm_abt<1, kNcChunk, D, LD>(acc, sx, warp * 16, smu, lane);
+    // The small terms first, then the large (their sum's rounding is the
+    // accumulation's; either order is within eps).
+    mma::gemm_abt<1, kNcChunk, D, LD>(acc, sx_hi, warp * 16, smu_lo, lane);
+    mma::gemm_abt<1, kNcChunk, D, LD>(acc, sx_lo, warp * 16, smu_hi, lane);
+    mma::gemm_abt<1, kNcChunk, D, LD>(acc, sx_hi, warp * 16, smu_hi, lane);
     // C fragment (j, e): row lr[e / 2], centroid c0 + 8 j + 2 tig + e % 2.
     float l[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -198,10 +245,7 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
         const int h = e / 2, col = 8 * j + 2 * tig + e % 2;
         const int64_t gr = r0 + lr[h], c = c0 + col;
         if (c >= a.K || gr >= a.rows || acc[0][j][e] + kEps * sxn[lr[h]] * snorm[col] < L[h]) continue;
-        const float* x = a.x + gr * D;
-        const float* m = a.mu + c * D;
-        float s = 0.f;
-        for (int d = 0; d < D; ++d) s = fmaf(x[d], m[d], s);
+        const float s = exact_dot<D>(a.x + gr * D, a.mu + c * D);
         if (bc[h] < 0 || s > best[h] || (s == best[h] && c < bc[h])) best[h] = s, bc[h] = static_cast<int>(c);
       }
   }
@@ -220,6 +264,15 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
       a.weight[g] = a.top[g] = best[h];
     }
   }
+}
+
+// D = 128 needs more than the 48 KiB of static shared memory (69.6 KiB):
+// the limit is raised for the kernel (cheap; the launch follows at once).
+template <int D>
+static void launch_nearest(Ctx& ctx, unsigned grid, size_t smem, const NearestArgs& a) {
+  CUDA_CHECK(cudaFuncSetAttribute(nearest_centroid_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem)));
+  nearest_centroid_kernel<D><<<grid, kNcWarps * 32, smem, stream(ctx)>>>(a);
 }
 
 namespace {
@@ -246,21 +299,24 @@ void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<co
     // (A part of the op's profile interval: the rest of it is the route's
     // sort, capacity and offsets, ops/cuda/routing.cu.)
     const OpScope part(ctx.profiler, "nearest-centroid kernel");
-    Tensor mu16 = Tensor::empty({K * D}, DType::bf16, ctx), norm = Tensor::empty({K}, DType::f32, ctx);
+    Tensor mu_hi = Tensor::empty({K * D}, DType::bf16, ctx), mu_lo = Tensor::empty({K * D}, DType::bf16, ctx);
+    Tensor norm = Tensor::empty({K}, DType::f32, ctx);
+    const size_t smem = nearest_smem_bytes(static_cast<int>(D));
     for (size_t i = 0; i < sets.size(); ++i) {
       const int64_t rows = per_set, row0 = static_cast<int64_t>(i) * per_set;
       if (rows == 0) continue;
       centroid_prep_kernel<<<grid_for(K), kBlock, 0, stream(ctx)>>>(sets[i]->mu.data<float>(), K, D,
-                                                                     elems<Bf16>(mu16), norm.data<float>());
+                                                                     elems<Bf16>(mu_hi), elems<Bf16>(mu_lo),
+                                                                     norm.data<float>());
       CUDA_CHECK(cudaGetLastError());
-      const NearestArgs a{xn.data<float>() + row0 * D, elems<Bf16>(mu16), sets[i]->mu.data<float>(),
-                          norm.data<float>(), rows, row0, T, K, group, weight, top};
+      const NearestArgs a{xn.data<float>() + row0 * D, elems<Bf16>(mu_hi), elems<Bf16>(mu_lo),
+                          sets[i]->mu.data<float>(), norm.data<float>(), rows, row0, T, K, group, weight, top};
       const unsigned grid = static_cast<unsigned>((rows + kNcRows - 1) / kNcRows);
       switch (D) {
-        case 16: nearest_centroid_kernel<16><<<grid, kNcWarps * 32, 0, stream(ctx)>>>(a); break;
-        case 32: nearest_centroid_kernel<32><<<grid, kNcWarps * 32, 0, stream(ctx)>>>(a); break;
-        case 64: nearest_centroid_kernel<64><<<grid, kNcWarps * 32, 0, stream(ctx)>>>(a); break;
-        default: nearest_centroid_kernel<128><<<grid, kNcWarps * 32, 0, stream(ctx)>>>(a); break;
+        case 16: launch_nearest<16>(ctx, grid, smem, a); break;
+        case 32: launch_nearest<32>(ctx, grid, smem, a); break;
+        case 64: launch_nearest<64>(ctx, grid, smem, a); break;
+        default: launch_nearest<128>(ctx, grid, smem, a); break;
       }
       CUDA_CHECK(cudaGetLastError());
     }
