@@ -225,6 +225,65 @@ TEST(AttentionTiles, SplitLayoutVisitsOnlyReachableTiles) {
   EXPECT_EQ(backward, 4 + 3 + 2 + 1);
 }
 
+// Causal mode's packing (all_flagged: every key-prefix row a key, every
+// later row a query, flag 1, no bitmaps): tiles whose last key is at or
+// before their first query by position skip the element mask, and every
+// allowed pair (written out here apart from MemberMask::ok) still counts
+// exactly once, positions with ties (a token that is both a key and a query
+// of the cluster) included. (Planted: tile_full comparing the first key's
+// position instead of the last's fails here at once.)
+TEST(AttentionTiles, AllFlaggedSplitLayoutComputesEachAllowedPairOnce) {
+  uint32_t state = 777;
+  auto next = [&state](uint32_t n) {
+    state = state * 1664525u + 1013904223u;
+    return (state >> 8) % n;
+  };
+  std::vector<Tiling> tilings(std::begin(kTilings), std::end(kTilings));
+  tilings.push_back({"one row, queries own", 1, 1, 1, false});
+  tilings.push_back({"one row, keys own", 1, 1, 1, true});
+  for (const Tiling& t : tilings)
+    for (const int len : {1, 16, 33, 100, 129, 300})
+      for (const int klen : {0, 1, 15, 16, 17, 64, 65, 128}) {
+        if (klen > len) continue;
+        std::vector<int32_t> is_q(len, 0), is_k(len, 0), pos(len);
+        for (int i = 0, p = 0; i < klen; ++i) pos[i] = p += static_cast<int>(next(3)), is_k[i] = 1;
+        for (int i = klen, p = 0; i < len; ++i) pos[i] = p += static_cast<int>(next(3)), is_q[i] = 1;
+        const int32_t kl[1] = {klen};
+        attn::MemberMask m{is_q.data(), is_k.data(), kl};
+        m.pos = pos.data(), m.all_flagged = true;
+        const attn::MemberMask b = m.bind(0, 0, len);
+        const std::vector<int> n = computed(b, t, len);
+        for (int q = 0; q < len; ++q)
+          for (int k = 0; k < len; ++k) {
+            const bool allowed = k < klen && q >= klen && pos[k] <= pos[q];
+            ASSERT_EQ(n[static_cast<size_t>(q) * len + k], allowed ? 1 : 0)
+                << t.name << ", len " << len << ", key_len " << klen << ", q " << q << ", k " << k;
+          }
+      }
+}
+
+// What all_flagged saves: 256 keys and 256 queries interleaved (key i at 2i,
+// query i at 2i + 1), query and key tiles of 64: of the 10 key tiles the
+// forward visits, the 6 strictly below the diagonal need no element mask;
+// without all_flagged every one does.
+TEST(AttentionTiles, AllFlaggedSplitLayoutSkipsTheMaskBelowTheDiagonal) {
+  std::vector<int32_t> is_q(512, 0), is_k(512, 0), pos(512);
+  for (int i = 0; i < 256; ++i) is_k[i] = 1, pos[i] = 2 * i, is_q[256 + i] = 1, pos[256 + i] = 2 * i + 1;
+  const int32_t key_len[1] = {256};
+  for (const bool flagged : {true, false}) {
+    attn::MemberMask m{is_q.data(), is_k.data(), key_len};
+    m.pos = pos.data(), m.all_flagged = flagged;
+    const attn::MemberMask b = m.bind(0, 0, 512);
+    int visited = 0, unmasked = 0;
+    for (int q0 = 256; q0 < 512; q0 += 64) {
+      const attn::TileRange kt = attn::key_tiles(b, q0, 64, 512, 64);
+      for (int j = kt.first; j < kt.end; ++j) ++visited, unmasked += !attn::needs_mask(b, q0, 64, j * 64, 64, 512);
+    }
+    EXPECT_EQ(visited, 10);
+    EXPECT_EQ(unmasked, flagged ? 6 : 0) << (flagged ? "all_flagged" : "flags unknown");
+  }
+}
+
 // The varlen work list (attn::tile_work): over segments of random lengths
 // (empty ones included) and every tile size the kernels use, the blocks of
 // the grid's bound visit each (segment, tile) exactly once, in either

@@ -121,6 +121,13 @@ SY_HD inline int lower_index(const int32_t* a, int n, int32_t x) {
 // heads of `clusters` segments each, whose tokens have their own head's bits
 // only), so no pair counts twice across segments (flags of 2 need pos and
 // words: without them such a pair is refused).
+// all_flagged (with pos and no flags of 2 - words 0): every row of the key
+// prefix is a key and every row after it a query, each flag 1 (causal
+// mode's packing, one cluster per token a side). Then a tile of query rows
+// and key rows whose last key is at or before its first query by position
+// (both parts ascend) has every pair allowed: tile_full says so and the
+// kernels skip the element mask there (four loads a pair: two flags, two
+// positions). Without it no tile is known to be full.
 struct MemberMask {
   const int32_t* is_query;  // (rows of all segments), 0, 1 or 2 (i32: the tensors have no byte type)
   const int32_t* is_key;
@@ -133,9 +140,10 @@ struct MemberMask {
   int words = 0;
   int clusters = INT_MAX;  // segments per stacked head (bit b % clusters; INT_MAX: one head)
   int seg = 0;       // after bind: the segment's index
+  bool all_flagged = false;  // see above
   SY_HD MemberMask bind(int b, int64_t row0, int n) const {
     return {is_query + row0, is_key + row0, key_len, n, key_len ? key_len[b] : n,
-            pos ? pos + row0 : nullptr, qbits, kbits, words, clusters, b};
+            pos ? pos + row0 : nullptr, qbits, kbits, words, clusters, b, all_flagged};
   }
   SY_HD bool ok(int q, int k) const {
     if (!(q < len && k < klen && is_query[q] && is_key[k])) return false;
@@ -157,7 +165,10 @@ struct MemberMask {
     return pos ? klen + lower_index(pos + klen, len - klen, pos[k_first]) : k_first;
   }
   SY_HD int q_end(int) const { return INT_MAX; }
-  SY_HD bool tile_full(int, int, int, int) const { return false; }
+  SY_HD bool tile_full(int q_first, int q_last, int, int k_last) const {
+    if (!all_flagged || !pos || words > 0) return false;
+    return k_last < klen && q_first >= klen && q_last < len && pos[k_last] <= pos[q_first];
+  }
 };
 
 // Which (sequence, tile) a block of a launch works on.

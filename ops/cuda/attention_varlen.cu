@@ -43,6 +43,7 @@ attn::MemberMask member_mask(const VarlenAttention& v) {
   m.kbits = v.kbits;
   m.words = v.words;
   m.clusters = v.clusters;
+  m.all_flagged = v.all_flagged;
   return m;
 }
 }  // namespace

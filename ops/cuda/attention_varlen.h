@@ -50,6 +50,10 @@ struct VarlenAttention {
   const uint64_t* kbits = nullptr;
   int words = 0;
   int clusters = INT_MAX;  // segments per stacked head (INT_MAX: one head)
+  // With pos and words 0: every row of a key prefix is a key and every row
+  // after it a query, flag 1 (causal mode's packing): tiles below the
+  // diagonal by position skip the element mask (attn::MemberMask).
+  bool all_flagged = false;
 };
 
 // Whether the tiled kernels (dense and varlen) have a head dim D for dtype

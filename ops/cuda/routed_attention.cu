@@ -693,6 +693,7 @@ VarlenAttention union_varlen(const UnionPack& u, const Prepared& p, int64_t K, i
   v.kbits = p.ks.side.bits;
   v.words = static_cast<int>(p.head.W);
   v.clusters = static_cast<int>(p.head.K);
+  v.all_flagged = p.head.W == 0;  // one cluster per token a side: every flag 1 (routed_union_pack.h)
   return v;
 }
 
