@@ -126,6 +126,12 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
   HostRun run;
   Tensor qkv = poisoned({p.R, 3 * D});
   run(p.R * 3 * D, routed::GatherQKV<routed::F32>{c.q.f32(), c.k.f32(), c.v.f32(), p.row_token.data(), D, qkv.f32()});
+  if (D % 4 == 0) {  // the same rows gathered in chunks of 4 (the device's 16-byte path)
+    Tensor chunked = poisoned({p.R, 3 * D});
+    run(p.R * 3 * D / 4, routed::GatherQKV<routed::F32, 4>{c.q.f32(), c.k.f32(), c.v.f32(), p.row_token.data(), D,
+                                                           chunked.f32()});
+    EXPECT_TRUE(std::equal(qkv.f32(), qkv.f32() + qkv.numel(), chunked.f32())) << "q k v gathered in chunks";
+  }
   const Tensor qp = columns(qkv, 0, D), kp = columns(qkv, D, D), vp = columns(qkv, 2 * D, D);
   Tensor out = testing::zeros({p.R, D}), lse_p = testing::zeros({p.R});
   ops::sparse_attention_forward(ctx, {out, lse_p, qp, kp, vp, pairs});
@@ -141,6 +147,14 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
   Tensor dout_p = poisoned({p.R, D}), o_p = poisoned({p.R, D}), lse_g = poisoned({p.R});
   run(p.R * D, routed::GatherGrad<routed::F32>{c.dout.f32(), o.f32(), lse.f32(), p.row_token.data(),
                                                p.is_query.data(), D, dout_p.f32(), o_p.f32(), lse_g.f32()});
+  if (D % 4 == 0) {  // in chunks of 4: the same bits
+    Tensor d4 = poisoned({p.R, D}), o4 = poisoned({p.R, D}), l4 = poisoned({p.R});
+    run(p.R * D / 4, routed::GatherGrad<routed::F32, 4>{c.dout.f32(), o.f32(), lse.f32(), p.row_token.data(),
+                                                         p.is_query.data(), D, d4.f32(), o4.f32(), l4.f32()});
+    EXPECT_TRUE(std::equal(dout_p.f32(), dout_p.f32() + dout_p.numel(), d4.f32())) << "dout gathered in chunks";
+    EXPECT_TRUE(std::equal(o_p.f32(), o_p.f32() + o_p.numel(), o4.f32())) << "o gathered in chunks";
+    EXPECT_TRUE(std::equal(lse_g.f32(), lse_g.f32() + lse_g.numel(), l4.f32())) << "lse gathered in chunks";
+  }
   Tensor dq = testing::zeros({p.R, D}), dk = testing::zeros({p.R, D}), dv = testing::zeros({p.R, D});
   ops::sparse_attention_backward(ctx, {dq, dk, dv, dout_p, o_p, lse_g, qp, kp, vp, pairs});
   Tensor dqkv = poisoned({p.R, 3 * D});

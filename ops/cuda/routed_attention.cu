@@ -56,6 +56,7 @@
 #include "ops/cuda/cub_ops.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/packed_gather.cuh"
 #include "ops/cuda/routed_attention_rows.h"
 #include "ops/cuda/packed_rows.h"
 #include "ops/cuda/routed_union_pack.h"
@@ -613,8 +614,8 @@ template <class E>
 Tensor gather_qkv(Ctx& ctx, const Tensor& row_token, int64_t rows, const Tensor& q, const Tensor& k, const Tensor& v) {
   const int64_t D = q.dim(1);
   Tensor qkv = Tensor::empty({rows, 3 * D}, q.dtype(), ctx);
-  Launch{stream(ctx)}(rows * 3 * D, routed::GatherQKV<E>{elems<E>(q), elems<E>(k), elems<E>(v),
-                                                         row_token.data<int32_t>(), D, elems<E>(qkv)});
+  gather_qkv_rows<E>(Launch{stream(ctx)}, rows,
+                     {elems<E>(q), elems<E>(k), elems<E>(v), row_token.data<int32_t>(), D, elems<E>(qkv)});
   return qkv;
 }
 
@@ -807,9 +808,9 @@ void union_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
   {
     const OpScope part(ctx.profiler, "gather dout, o, lse; zero dqkv");
     dqkv = Tensor::zeros({u.rows, 3 * D}, dt, ctx);
-    run(u.rows * D, routed::GatherGrad<E>{elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(),
-                                          u.row_token.data<int32_t>(), u.is_query.data<int32_t>(), D, elems<E>(dout),
-                                          elems<E>(out), lse.data<float>()});
+    gather_grad_rows<E>(run, u.rows,
+                        {elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(), u.row_token.data<int32_t>(),
+                         u.is_query.data<int32_t>(), D, elems<E>(dout), elems<E>(out), lse.data<float>()});
   }
   {
     const OpScope part(ctx.profiler, "varlen attention backward");

@@ -29,6 +29,7 @@
 #include "ops/cuda/block_topk_pack.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cub_ops.h"
+#include "ops/cuda/packed_gather.cuh"
 #include "ops/cuda/packed_rows.h"
 #include "ops/cuda/sparse_attention_rows.h"
 #include "ops/elementwise.h"
@@ -118,8 +119,8 @@ template <class E>
 Tensor gather_rows(Ctx& ctx, const BlockSegments& b, const Tensor& q, const Tensor& k, const Tensor& v) {
   const int64_t D = q.dim(1);
   Tensor qkv = Tensor::empty({b.rows, 3 * D}, q.dtype(), ctx);
-  Launch{stream(ctx)}(b.rows * 3 * D, routed::GatherQKV<E>{elems<E>(q), elems<E>(k), elems<E>(v),
-                                                           b.row_token.data<int32_t>(), D, elems<E>(qkv)});
+  gather_qkv_rows<E>(Launch{stream(ctx)}, b.rows,
+                     {elems<E>(q), elems<E>(k), elems<E>(v), b.row_token.data<int32_t>(), D, elems<E>(qkv)});
   return qkv;
 }
 
@@ -143,9 +144,9 @@ void packed_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
   Tensor dout = Tensor::empty({b.rows, D}, dt, ctx), out = Tensor::empty({b.rows, D}, dt, ctx),
          lse = Tensor::empty({1, b.rows}, DType::f32, ctx), dqkv = Tensor::zeros({b.rows, 3 * D}, dt, ctx);
   const Launch run{stream(ctx)};
-  run(b.rows * D, routed::GatherGrad<E>{elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(),
-                                        b.row_token.data<int32_t>(), b.is_query.data<int32_t>(), D, elems<E>(dout),
-                                        elems<E>(out), lse.data<float>()});
+  gather_grad_rows<E>(run, b.rows,
+                      {elems<E>(a.dout), elems<E>(a.o), a.lse.data<float>(), b.row_token.data<int32_t>(),
+                       b.is_query.data<int32_t>(), D, elems<E>(dout), elems<E>(out), lse.data<float>()});
   varlen_attention_backward(ctx, varlen_of(b, T, D), dqkv, dout, qkv, out, lse);
   run(T * D, blocktopk::ScatterBackward<E>{token_rows(b, T), elems<E>(dqkv), D, elems<E>(a.dq), elems<E>(a.dk),
                                            elems<E>(a.dv)});
