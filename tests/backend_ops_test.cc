@@ -1105,13 +1105,24 @@ std::vector<OpCase> cases() {
     p.priority = ops::SlotPriority::score;
     return p;
   }, false, 3));
-  struct GroupsSpec { int64_t N, G, capacity, segment; bool own = false; };
+  // (The large ones take several tiles a column and two chunks of 32 groups
+  // in the CUDA select, ops/cuda/column_select.h; "ties": five values, -0
+  // and +0 among them, so most of a column ties at its threshold.)
+  struct GroupsSpec { int64_t N, G, capacity, segment; bool own = false, ties = false; };
   for (const GroupsSpec g : {GroupsSpec{37, 4, 9, 0}, GroupsSpec{24, 3, 5, 8}, GroupsSpec{64, 1, 3, 16},
-                             GroupsSpec{12, 2, 20, 6}, GroupsSpec{40, 3, 4, 10, true}, GroupsSpec{12, 2, 20, 6, true}}) {
+                             GroupsSpec{12, 2, 20, 6}, GroupsSpec{40, 3, 4, 10, true}, GroupsSpec{12, 2, 20, 6, true},
+                             GroupsSpec{4096, 40, 100, 0}, GroupsSpec{4096, 40, 100, 0, false, true},
+                             GroupsSpec{2048, 8, 37, 512, true, true}, GroupsSpec{37, 4, 9, 0, false, true}}) {
     const int64_t groups = g.own ? g.N / g.segment * g.G : g.G;
     c.push_back({"groups_choose_" + std::to_string(g.N) + "x" + std::to_string(g.G) + "_s" + std::to_string(g.segment) +
-                     (g.own ? "_own" : ""), Tol::exact,
-                 [g](Rng& r) { return Ins{randn({g.N, g.G}, r)}; },
+                     (g.own ? "_own" : "") + (g.ties ? "_ties" : ""), Tol::exact,
+                 [g](Rng& r) {
+                   Tensor t = randn({g.N, g.G}, r);
+                   const float levels[] = {-1.f, -0.f, 0.f, 0.5f, 1.f};
+                   if (g.ties)
+                     for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = levels[r.below(5)];
+                   return Ins{t};
+                 },
                  [g, groups](Ctx& x, const Ins&) { return route_outputs(x, g.N, g.G, groups); },
                  [g](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    ops::Route route;

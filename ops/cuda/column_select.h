@@ -1,0 +1,162 @@
+// groups_choose on CUDA (ops/routing.h) by a radix select per column instead
+// of a sort: column c = (segment, group g) of the scores (N, G) keeps its
+// `per` best items of the segment (descending score, ties to the lower
+// item, -0 == +0: the CPU's partial_sort), slots in item order.
+//
+// Keys: key_of(x) ascends as x descends (common.cuh's ordered_bits, inverted),
+// so a column keeps its `per` smallest keys, ties to the lower item. With
+// tau the per-th smallest key of the column, it keeps every key < tau and
+// the first `need` keys == tau in item order, need = per - #(key < tau).
+//   1. tau by 4 passes of 8 bits, most significant first. Pass p: a
+//      histogram of digit p over the keys whose top 8p bits equal tau's so
+//      far, per (tile of items, column) - each thread walks its own column
+//      through one tile in item order (threads of a warp: 32 adjacent
+//      columns, so their loads of a row are one coalesced read) into its own
+//      bins (no atomics); then per column the tiles' counts added in tile
+//      order, and the bin where the running count reaches `need` is digit p
+//      (need minus the keys below it is the new need).
+//   2. per (tile, column): the keys < tau and == tau.
+//   3. per (tile, column), items in order: kept where key < tau, or key ==
+//      tau while fewer than `need` equal keys of earlier items were met
+//      (the earlier tiles' counts from 2 start both runs); a kept item's slot
+//      is the number of kept items before it (plus seg * per for shared
+//      groups, as the sort path's run).
+// Integer counts only: the choice, weights and slots are exact and the same
+// on every run. Traffic: 6 reads of the scores, where the sort path wrote
+// and read a 12-byte (key, value) pair per score 6 times and read the scores
+// column-wise. (Routed attention's balanced mode at 64k tokens x 8 heads and
+// 256 clusters spent 23.8 ms in that sort on an H200.)
+//
+// Plain functions of one (tile, column) or one column, for the kernels in
+// ops/cuda/routing.cu and the host replay in tests/column_select_test.cc.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "ops/cuda/routed_attention_rows.h"  // SY_HD
+
+namespace sy::ops::colsel {
+
+constexpr int kPasses = 4, kBins = 256, kLanes = 32;  // (digits of 8 bits; bins a lane of a scan holds: kBins / kLanes)
+
+// The ascending key of a score (descending scores; -0 and +0 one key).
+SY_HD inline uint32_t key_of(float x) {
+  if (x == 0.f) x = 0.f;
+  uint32_t u;
+#ifdef __CUDA_ARCH__
+  u = __float_as_uint(x);
+#else
+  std::memcpy(&u, &x, sizeof u);
+#endif
+  return (u & 0x80000000u) ? u : ~(u | 0x80000000u);  // ~ordered_bits(x)
+}
+
+struct Shape {
+  int64_t G;         // groups: columns of the scores
+  int64_t S;         // items of a segment (N when there are no segments)
+  int64_t segments;  // N / S
+  int64_t per;       // items a column keeps: min(capacity, S)
+  int64_t tile;      // items of a tile
+  int64_t tiles;     // tiles of a segment: ceil(S / tile)
+  bool own;          // each segment its own groups (group seg G + g)
+  SY_HD int64_t columns() const { return segments * G; }
+  SY_HD int64_t first(int64_t seg, int64_t t) const { return seg * S + t * tile; }
+  SY_HD int64_t end(int64_t seg, int64_t t) const { return seg * S + (S < (t + 1) * tile ? S : (t + 1) * tile); }
+  // Index of (segment, tile, g) in the per-tile arrays (counts, histograms
+  // by bin): g fastest, so adjacent columns' threads write adjacent words.
+  SY_HD int64_t at(int64_t seg, int64_t t, int64_t g) const { return (seg * tiles + t) * G + g; }
+};
+
+// What a column knows of tau: its top bits found so far (prefix), and how
+// many keys matching them it still takes (need; 0: the column keeps none).
+struct Column {
+  uint32_t prefix;
+  int32_t need;
+};
+
+// Whether key k matches tau's top 8 p bits (pass p; every key at pass 0).
+SY_HD inline bool matches(uint32_t k, uint32_t prefix, int pass) {
+  return pass == 0 || (k >> (32 - 8 * pass)) == (prefix >> (32 - 8 * pass));
+}
+
+// Pass p's histogram of column (seg, g) over tile t: hist[b * stride] += the
+// keys matching the prefix whose digit p is b (bins zeroed by the caller;
+// stride: a warp's lanes interleave their bins, one bank each).
+SY_HD inline void tile_histogram(const float* scores, const Shape& s, int64_t seg, int64_t t, int64_t g, int pass,
+                                 Column col, uint32_t* hist, int stride) {
+  if (col.need <= 0) return;
+  const int shift = 24 - 8 * pass;
+  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; ++i) {
+    const uint32_t k = key_of(scores[i * s.G + g]);
+    if (matches(k, col.prefix, pass)) ++hist[((k >> shift) & 0xffu) * stride];
+  }
+}
+
+// Column (seg, g)'s count of bin b over its segment's tiles, in tile order:
+// H holds pass p's histograms, bin b of (seg, t, g) at b * stride + at(seg, t, g)
+// (stride = segments * tiles * G).
+SY_HD inline uint32_t bin_count(const uint32_t* H, const Shape& s, int64_t seg, int64_t g, int b) {
+  const int64_t stride = s.segments * s.tiles * s.G;
+  uint32_t n = 0;
+  for (int64_t t = 0; t < s.tiles; ++t) n += H[b * stride + s.at(seg, t, g)];
+  return n;
+}
+
+// Pass p's digit from bins [b0, b0 + n) of the column with `below` keys in
+// the bins before b0: the column with the digit set and its new need where
+// the running count reaches need in this range (true), else unchanged.
+// (A range whose `below` already reaches need lies past the digit: false,
+// so of a warp's lanes exactly one settles.)
+SY_HD inline bool settle_digit(Column& col, const uint32_t* counts, int b0, int n, uint32_t below, int pass) {
+  if (col.need <= 0 || below >= static_cast<uint32_t>(col.need)) return false;
+  for (int j = 0; j < n; ++j) {
+    if (below + counts[j] >= static_cast<uint32_t>(col.need)) {
+      col.prefix |= static_cast<uint32_t>(b0 + j) << (24 - 8 * pass);
+      col.need -= static_cast<int32_t>(below);
+      return true;
+    }
+    below += counts[j];
+  }
+  return false;
+}
+
+// Keys of column (seg, g) in tile t below tau and equal to it.
+SY_HD inline void tile_counts(const float* scores, const Shape& s, int64_t seg, int64_t t, int64_t g, uint32_t tau,
+                              uint32_t& less, uint32_t& equal) {
+  less = equal = 0;
+  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; ++i) {
+    const uint32_t k = key_of(scores[i * s.G + g]);
+    less += k < tau;
+    equal += k == tau;
+  }
+}
+
+// Column (seg, g) over tile t, items in order: the route's group, weight and
+// slot of each assignment a = i G + g (group and weight left as they are -
+// -1 and 0 - where not kept; slot -1). less and equal: the per-tile counts
+// of step 2 (at(seg, t, g)).
+SY_HD inline void tile_mark(const float* scores, const Shape& s, int64_t seg, int64_t t, int64_t g, Column col,
+                            const uint32_t* less, const uint32_t* equal, int32_t* group, float* weight,
+                            int32_t* slot) {
+  uint32_t less_before = 0, equal_before = 0;
+  for (int64_t u = 0; u < t; ++u) less_before += less[s.at(seg, u, g)], equal_before += equal[s.at(seg, u, g)];
+  const uint32_t need = col.need > 0 ? static_cast<uint32_t>(col.need) : 0u;
+  uint32_t kept = less_before + (equal_before < need ? equal_before : need), eq = equal_before;
+  const int64_t base = s.own ? 0 : seg * s.per;
+  const int32_t grp = static_cast<int32_t>(s.own ? seg * s.G + g : g);
+  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; ++i) {
+    const int64_t a = i * s.G + g;
+    const uint32_t k = key_of(scores[a]);
+    const bool keep = need > 0 && (k < col.prefix || (k == col.prefix && eq < need));
+    eq += k == col.prefix;
+    if (keep) {
+      group[a] = grp;
+      weight[a] = scores[a];
+      slot[a] = static_cast<int32_t>(base + kept++);
+    } else {
+      slot[a] = -1;
+    }
+  }
+}
+
+}  // namespace sy::ops::colsel
