@@ -1,3 +1,14 @@
+// NcclCommunicator (design in the header). Blocking communicators by
+// default: with a non-blocking one every ncclGroupEnd returns ncclInProgress
+// and creates a thread to launch the group (NCCL 2.23 on: src/group.cc,
+// ncclGroupEndInternal), which put ~40 us of host time on each collective:
+// our all_to_all_v took 45.7, 48.2, 54.4, 57.7 and 160.4 us at 1, 4, 16, 64
+// and 256 MiB (bench_comm --nccl, 1 rank, H200) where ncclAlltoAll on a
+// blocking communicator took 6.1, 6.3, 6.8, 34.8 and 129.0. A blocking call
+// can hang on the host instead (a peer that never joins), so the watchdog
+// holds each call from before it enters NCCL (Watch), not from after it
+// returns. NcclMode::nonblocking keeps NCCL's own asynchronous error path
+// (settle() polls each call out of ncclInProgress).
 #include "comm/nccl_communicator.h"
 
 #ifdef SY_WITH_NCCL
@@ -6,12 +17,17 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <mutex>
 #include <sstream>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "core/cuda_check.h"
 #endif
@@ -25,7 +41,7 @@ using detail::ranks_str;
 
 std::string nccl_error_string(int code) { return "NCCL error " + std::to_string(code); }
 bool nccl_available() { return false; }
-std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator&, int, double) {
+std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator&, int, double, NcclMode) {
   throw BackendError("this build of Switchyard has no NCCL (a CUDA build with NCCL found at configure time)");
 }
 
@@ -50,7 +66,9 @@ ncclDataType_t nccl_type(DType t) {
 // Held around every call into NCCL on a communicator (enqueue and settle):
 // NCCL allows one thread at a time on a communicator, and the watchdog's
 // ncclCommGetAsyncError on a non-blocking one completes (and frees) the same
-// group job that settle() polls. The watchdog only try_locks it.
+// group job that settle() polls. The watchdog only try_locks it: a blocking
+// enqueue stuck inside NCCL (a peer that never joins) holds it for good, and
+// the watchdog's deadline must still fire.
 std::mutex& nccl_api_mutex() {
   static std::mutex* m = new std::mutex;  // (never destroyed: the watchdog outlives static destruction)
   return *m;
@@ -62,11 +80,40 @@ struct CallSite {
   std::string context;
   double timeout_s;
   std::string group;
+  int device;  // the communicator's: the abort's thread sets it (a new thread starts on device 0)
 };
 
+// How long the failing path waits for ncclCommAbort before exiting anyway.
+constexpr double kAbortWaitS = 5;
+
+// ncclCommAbort (no kernel spins on), waited for at most kAbortWaitS. On its
+// own thread: with a blocking communicator the main thread may be inside
+// NCCL on the same communicator (a group launch waiting for a peer's
+// connection), and the abort may wait for it; the process exits either way.
+void abort_bounded(ncclComm_t comm, int device) {
+  if (!comm) return;  // (a communicator still being created: nothing of it runs on the device)
+  auto aborted = std::make_shared<std::atomic<bool>>(false);
+  try {
+    std::thread([comm, device, aborted] {
+      cudaSetDevice(device);
+      ncclCommAbort(comm);
+      aborted->store(true);
+    }).detach();
+  } catch (...) {
+    return;  // no thread to abort on: exit without it
+  }
+  const double until = now_s() + kAbortWaitS;
+  while (!aborted->load() && now_s() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
 // The one-line error of a collective that failed or did not complete in
-// time, then ncclCommAbort (no kernel spins on) and exit 1 (mpirun ends the job).
+// time, then ncclCommAbort and exit 1 (mpirun ends the job). Once a
+// process: the watchdog and a non-blocking settle() share a deadline, and
+// the second to get here waits for the first to end the process.
 [[noreturn]] void fail_collective(ncclComm_t comm, const char* op, const CallSite& at, const char* nccl_error) {
+  static std::atomic<bool> failing{false};
+  if (failing.exchange(true))
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   if (nccl_error)
     std::fprintf(stderr, "error: rank %d: %s in '%s' failed: NCCL: %s (group of world ranks %s)\n", at.world_rank, op,
                  at.context.c_str(), nccl_error, at.group.c_str());
@@ -76,13 +123,15 @@ struct CallSite {
                  "a rank is stuck or gone\n",
                  at.world_rank, op, at.context.c_str(), at.timeout_s, at.group.c_str());
   std::fflush(stderr);
-  ncclCommAbort(comm);
+  abort_bounded(comm, at.device);
   std::_Exit(1);
 }
 
 // Waits for a non-blocking NCCL call to leave ncclInProgress, at most the
 // timeout (a peer that never joins the launch's connection set-up leaves it
 // in progress for good): then the timeout line and exit, as the watchdog.
+// A blocking communicator's calls return ncclSuccess or an error, never
+// ncclInProgress: then only the error is checked.
 void settle(ncclComm_t comm, ncclResult_t r, const char* what, const CallSite& at) {
   const double start = now_s(), deadline = start + at.timeout_s;
   // An enqueue usually settles within microseconds: poll at once and yield
@@ -120,40 +169,102 @@ class NcclGroup {
   bool open_ = true;
 };
 
-// A collective in flight: its completion event and deadline.
+// A CUDA event shared by whoever still needs it (the timing list, the
+// watchdog), back in its pool when the last lets go.
+using EventRef = std::shared_ptr<CUevent_st>;
+
+// Timing events for the collectives, reused: creating and destroying three
+// or four a collective was part of the ~40 us of host time each one cost.
+// Thread-safe: the watchdog's thread hands events back too. Every event must
+// be back before the pool goes (~NcclCommunicator: the timing list cleared,
+// the watchdog's entries forgotten).
+class EventPool {
+ public:
+  EventPool() = default;
+  EventPool(const EventPool&) = delete;
+  EventPool& operator=(const EventPool&) = delete;
+  ~EventPool() {
+    for (cudaEvent_t e : free_) cudaEventDestroy(e);
+  }
+  EventRef take() {
+    cudaEvent_t e = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        e = free_.back();
+        free_.pop_back();
+      }
+    }
+    if (!e) CUDA_CHECK(cudaEventCreate(&e));
+    return EventRef(e, [this](cudaEvent_t back) {
+      std::lock_guard<std::mutex> lock(mu_);
+      free_.push_back(back);
+    });
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<cudaEvent_t> free_;
+};
+
+// A collective (or a communicator's creation or split) being watched: its
+// deadline from before the call into NCCL, and its completion event once
+// recorded.
 struct Pending {
-  ncclComm_t comm;
-  int device;  // the communicator's: the watchdog's thread sets it before any CUDA call
-  cudaEvent_t done;
+  uint64_t id;      // (set by Watchdog::watch)
+  ncclComm_t comm;  // null while the communicator is being created (nothing to abort)
+  EventRef done;    // null until armed: before that the entry ends by its deadline or is withdrawn
   double deadline;
   const char* op;
   CallSite at;
 };
 
-// One per process: watches every NCCL collective in flight.
+// One per process: watches every NCCL call in flight. Past an entry's
+// deadline, or on an asynchronous error of its communicator, the one-line
+// error, ncclCommAbort and exit 1 (fail_collective).
 class Watchdog {
  public:
   static Watchdog& get() {
     static Watchdog* w = new Watchdog;  // never destroyed: its detached thread polls it to the end
     return *w;
   }
-  void watch(Pending p) {
+  uint64_t watch(Pending p) {
     std::lock_guard<std::mutex> lock(mu_);
+    p.id = ++last_id_;
     pending_.push_back(std::move(p));
+    return last_id_;
+  }
+  // The call has been enqueued and `done` recorded after it: the entry ends
+  // when the event completes.
+  void arm(uint64_t id, EventRef done) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = pending_.rbegin(); it != pending_.rend(); ++it)  // (usually the newest)
+      if (it->id == id) {
+        it->done = std::move(done);
+        return;
+      }
+  }
+  // The call is over without an event to wait for (it threw, or the caller
+  // waited for it itself).
+  void withdraw(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = pending_.rbegin(); it != pending_.rend(); ++it)
+      if (it->id == id) {
+        pending_.erase(std::next(it).base());
+        return;
+      }
   }
   // A communicator about to be destroyed (its stream drained): its entries
-  // go, so the thread never queries a freed communicator. The caller holds
-  // nccl_api_mutex (the thread only try-locks it while holding mu_: no
-  // deadlock).
+  // go, so the thread never queries a freed communicator, and their events
+  // return to its pool. The caller holds nccl_api_mutex (the thread only
+  // try-locks it while holding mu_: no deadlock).
   void forget(ncclComm_t comm) {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = pending_.begin(); it != pending_.end();) {
-      if (it->comm != comm) {
+      if (it->comm == comm)
+        it = pending_.erase(it);
+      else
         ++it;
-        continue;
-      }
-      cudaEventDestroy(it->done);
-      it = pending_.erase(it);
     }
   }
 
@@ -165,17 +276,17 @@ class Watchdog {
         std::lock_guard<std::mutex> lock(mu_);
         // A new thread starts on device 0: set the communicator's device
         // before touching its events, or the first query makes a context on
-        // GPU 0 from every rank (~0.5 GiB each on rank 0's GPU).
-        while (!pending_.empty() && cudaSetDevice(pending_.front().device) == cudaSuccess &&
-               cudaEventQuery(pending_.front().done) == cudaSuccess) {
-          cudaEventDestroy(pending_.front().done);
+        // GPU 0 from every rank (~0.5 GiB each on rank 0's GPU). An entry
+        // not yet armed stays (its call has not returned from NCCL).
+        while (!pending_.empty() && pending_.front().done &&
+               cudaSetDevice(pending_.front().at.device) == cudaSuccess &&
+               cudaEventQuery(pending_.front().done.get()) == cudaSuccess)
           pending_.pop_front();
-        }
         if (pending_.empty()) continue;
         const Pending& p = pending_.front();
-        {
-          // Not while the main thread is inside NCCL on a communicator (its
-          // own settle() has the same deadline).
+        if (p.comm) {
+          // Not while a thread is inside NCCL on a communicator (a blocking
+          // enqueue that hangs holds the mutex: the deadline below fires).
           std::unique_lock<std::mutex> api(nccl_api_mutex(), std::try_to_lock);
           ncclResult_t async = ncclSuccess;
           if (api.owns_lock()) ncclCommGetAsyncError(p.comm, &async);
@@ -190,16 +301,43 @@ class Watchdog {
   }
   std::mutex mu_;
   std::deque<Pending> pending_;
+  uint64_t last_id_ = 0;
+};
+
+// A call's watchdog entry, from before the call into NCCL (a blocking one
+// can hang on the host: a peer that never joins the connection set-up, a
+// member that never joins a split) until its completion event is handed
+// over (arm) or, on every other way out, withdrawn.
+class Watch {
+ public:
+  explicit Watch(Pending p) : id_(Watchdog::get().watch(std::move(p))) {}
+  ~Watch() {
+    if (id_) Watchdog::get().withdraw(id_);
+  }
+  Watch(const Watch&) = delete;
+  Watch& operator=(const Watch&) = delete;
+  void arm(EventRef done) {
+    Watchdog::get().arm(id_, std::move(done));
+    id_ = 0;
+  }
+
+ private:
+  uint64_t id_;
 };
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, int device, std::vector<int> world_ranks, double timeout_s)
-      : comm_(comm), device_(device), world_ranks_(std::move(world_ranks)) {
+  NcclCommunicator(ncclComm_t comm, int device, std::vector<int> world_ranks, double timeout_s, NcclMode mode)
+      : comm_(comm),
+        device_(device),
+        mode_(mode),
+        world_ranks_(std::move(world_ranks)),
+        group_(ranks_str(world_ranks_)) {
     timeout_s_ = timeout_s;
     NCCL_CHECK(ncclCommUserRank(comm_, &rank_));
     NCCL_CHECK(ncclCommCount(comm_, &size_));
     CUDA_CHECK(cudaSetDevice(device_));
+    CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
     // The highest priority the device has: a gradient bucket's all-reduce,
     // launched during backward, gets SMs as they free up instead of queueing
     // behind the backward's kernels (whose SMs it needs few of).
@@ -210,12 +348,14 @@ class NcclCommunicator final : public Communicator {
   ~NcclCommunicator() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
-    for (const auto& [start, done] : timings_) cudaEventDestroy(start), cudaEventDestroy(done);
+    timings_.clear();
     // Not while the watchdog reads this communicator: it leaves the watch
-    // list first (its collectives are done, the stream being drained).
+    // list first (its collectives are done, the stream being drained), and
+    // its events go back to events_ before that goes (after this body).
     std::lock_guard<std::mutex> api(nccl_api_mutex());
     Watchdog::get().forget(comm_);
     ncclCommDestroy(comm_);
+    cudaEventDestroy(ready_);
     cudaStreamDestroy(stream_);
   }
 
@@ -233,17 +373,22 @@ class NcclCommunicator final : public Communicator {
     // would take for a hang.)
     SY_CHECK(color >= 0, "communicator split: color " << color << " (every rank joins a group: color >= 0)");
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;
+    config.blocking = mode_ == NcclMode::blocking ? 1 : 0;
     ncclComm_t sub = nullptr;
+    const CallSite at{world_ranks_[rank_], "communicator split", timeout_s_, group_, device_};
+    // Watched from here to the members read back: a blocking split waits
+    // inside NCCL until every member has joined (one that never does would
+    // hang it), and the members' all-gather below is waited for too.
+    Watch watch({0, comm_, nullptr, now_s() + timeout_s_, "ncclCommSplit", at});
     std::lock_guard<std::mutex> api(nccl_api_mutex());
-    const CallSite at{world_ranks_[rank_], "communicator split", timeout_s_, ranks_str(world_ranks_)};
     settle(comm_, ncclCommSplit(comm_, color, key, &sub, &config), "ncclCommSplit", at);
     // A non-blocking split returns before the child exists: NCCL's own
     // thread stores its handle when the split is done (null until then,
     // whatever the parent's state says; a call on the null handle is refused
     // as an invalid argument, which the first GPU run met at ncclCommCount,
     // then at ncclCommGetAsyncError). Wait for the handle, then for the
-    // child's own state.
+    // child's own state. (A blocking split returns with the child made: both
+    // waits end at once.)
     const double deadline = now_s() + timeout_s_;
     while (__atomic_load_n(&sub, __ATOMIC_ACQUIRE) == nullptr) {
       if (now_s() > deadline) fail_collective(comm_, "ncclCommSplit", at, nullptr);
@@ -265,7 +410,7 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     CUDA_CHECK(cudaMemcpy(members.data(), buf, sizeof(int) * n, cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaFree(buf));
-    return std::make_unique<NcclCommunicator>(sub, device_, members, timeout_s_);
+    return std::make_unique<NcclCommunicator>(sub, device_, members, timeout_s_, mode_);
   }
 
   void all_to_all_counts(const std::vector<int64_t>& send, std::vector<int64_t>& recv, const char* context) override {
@@ -375,30 +520,27 @@ class NcclCommunicator final : public Communicator {
   };
 
   // Orders `enqueue` (NCCL calls on stream_) after the caller's stream and
-  // the caller's later work after it; times it; hands it to the watchdog.
+  // the caller's later work after it; times it; watches it from before the
+  // enqueue (a blocking one can hang on the host) to its `done` event.
   template <class F>
   void run(const char* op, const char* context, Stream caller, F&& enqueue) {
     auto cs = static_cast<cudaStream_t>(caller.handle);
-    cudaEvent_t ready, start, done;
-    CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&done));
-    CUDA_CHECK(cudaEventRecord(ready, cs));
-    CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
-    CUDA_CHECK(cudaEventRecord(start, stream_));
-    CallSite at{world_ranks_[rank_], context, timeout_s_, ranks_str(world_ranks_)};
+    const CallSite at{world_ranks_[rank_], context, timeout_s_, group_, device_};
+    Watch watch({0, comm_, nullptr, now_s() + timeout_s_, op, at});
+    EventRef start = events_.take(), done = events_.take();
+    // (ready_ is recorded anew each call: a stream wait takes the record
+    // made before it, whatever comes after.)
+    CUDA_CHECK(cudaEventRecord(ready_, cs));
+    CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+    CUDA_CHECK(cudaEventRecord(start.get(), stream_));
     {
       std::lock_guard<std::mutex> api(nccl_api_mutex());
       settle(comm_, enqueue(), op, at);
     }
-    CUDA_CHECK(cudaEventRecord(done, stream_));
-    CUDA_CHECK(cudaStreamWaitEvent(cs, done, 0));
-    cudaEvent_t watched;
-    CUDA_CHECK(cudaEventCreateWithFlags(&watched, cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventRecord(watched, stream_));
-    Watchdog::get().watch({comm_, device_, watched, now_s() + timeout_s_, op, std::move(at)});
-    timings_.push_back({start, done});
-    cudaEventDestroy(ready);
+    CUDA_CHECK(cudaEventRecord(done.get(), stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(cs, done.get(), 0));
+    watch.arm(done);
+    timings_.emplace_back(std::move(start), std::move(done));
     settle_timings(false);
   }
 
@@ -406,29 +548,32 @@ class NcclCommunicator final : public Communicator {
   // `wait`, of every one (a hung one ends the process by the watchdog).
   void settle_timings(bool wait) {
     while (!timings_.empty()) {
-      const auto [start, done] = timings_.front();
-      if (wait) CUDA_CHECK(cudaEventSynchronize(done));
-      else if (cudaEventQuery(done) != cudaSuccess) break;
+      const auto& [start, done] = timings_.front();
+      if (wait) CUDA_CHECK(cudaEventSynchronize(done.get()));
+      else if (cudaEventQuery(done.get()) != cudaSuccess) break;
       float ms = 0;
-      cudaEventElapsedTime(&ms, start, done);
+      cudaEventElapsedTime(&ms, start.get(), done.get());
       comm_seconds_ += ms / 1e3;
-      cudaEventDestroy(start);
-      cudaEventDestroy(done);
       timings_.pop_front();
     }
   }
 
   ncclComm_t comm_;
   int device_;
+  NcclMode mode_;
   std::vector<int> world_ranks_;
+  std::string group_;  // world_ranks_ as "0,1,3", for the one-line error
   int rank_ = 0, size_ = 1;
   cudaStream_t stream_ = nullptr;
-  std::deque<std::pair<cudaEvent_t, cudaEvent_t>> timings_;
+  cudaEvent_t ready_ = nullptr;  // the caller's stream's work so far, waited for by stream_
+  EventPool events_;             // (before timings_: their events go back to it)
+  std::deque<std::pair<EventRef, EventRef>> timings_;  // (start, done) of collectives not yet counted
 };
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator& mpi, int device, double timeout_s) {
+std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator& mpi, int device, double timeout_s,
+                                                     NcclMode mode) {
   CUDA_CHECK(cudaSetDevice(device));
   ncclUniqueId id;
   if (mpi.rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
@@ -438,20 +583,30 @@ std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator& mpi, int d
   mpi.broadcast(idt, 0, Stream{}, "NCCL unique id");
   std::memcpy(&id, idt.raw(), sizeof id);
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
+  config.blocking = mode == NcclMode::blocking ? 1 : 0;
   ncclComm_t comm = nullptr;
-  const double deadline = now_s() + timeout_s;
-  ncclResult_t r = ncclCommInitRankConfig(&comm, mpi.size(), id, mpi.rank(), &config);
-  while (r == ncclInProgress) {
-    if (now_s() > deadline) {
-      ncclCommAbort(comm);
-      throw BackendError("NCCL communicator set-up did not complete within " + std::to_string(timeout_s) + " s");
+  if (mode == NcclMode::blocking) {
+    // Returns once every rank has joined: a rank that never does would hang
+    // it, so the watchdog holds the deadline (the one-line error, exit 1).
+    const std::vector<int> world = mpi.world_ranks();
+    Watch watch({0, nullptr, nullptr, now_s() + timeout_s, "ncclCommInitRankConfig",
+                 CallSite{world[mpi.rank()], "NCCL communicator set-up", timeout_s, ranks_str(world), device}});
+    const ncclResult_t r = ncclCommInitRankConfig(&comm, mpi.size(), id, mpi.rank(), &config);
+    if (r != ncclSuccess) throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
+  } else {
+    const double deadline = now_s() + timeout_s;
+    ncclResult_t r = ncclCommInitRankConfig(&comm, mpi.size(), id, mpi.rank(), &config);
+    while (r == ncclInProgress) {
+      if (now_s() > deadline) {
+        ncclCommAbort(comm);
+        throw BackendError("NCCL communicator set-up did not complete within " + std::to_string(timeout_s) + " s");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      NCCL_CHECK(ncclCommGetAsyncError(comm, &r));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    NCCL_CHECK(ncclCommGetAsyncError(comm, &r));
+    if (r != ncclSuccess) throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
   }
-  if (r != ncclSuccess) throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
-  return std::make_unique<NcclCommunicator>(comm, device, mpi.world_ranks(), timeout_s);
+  return std::make_unique<NcclCommunicator>(comm, device, mpi.world_ranks(), timeout_s, mode);
 }
 
 #endif

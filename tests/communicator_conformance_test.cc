@@ -7,6 +7,9 @@
 //               several ranks on one GPU); needs a GPU
 //   nccl        NcclCommunicator on device tensors; needs a GPU per rank
 //               (NCCL refuses two ranks on one GPU: np 1 on the GPU machine)
+//   nccl_nonblocking  the same over a non-blocking NCCL communicator (each
+//               call polled out of ncclInProgress; its split waits for the
+//               child's handle), the mode kept beside the blocking default
 // (Timeouts end the process by design; parallel_fault_test.sh checks them.)
 // Also the gradient reducer over each, overlapped: thread mode on MPI, stream
 // mode on NCCL (its buckets queued on a second stream beside the compute
@@ -29,7 +32,12 @@
 namespace sy {
 namespace {
 
-enum class Backend { mpi_host, mpi_device, nccl };
+enum class Backend { mpi_host, mpi_device, nccl, nccl_nonblocking };
+
+bool is_nccl(Backend b) { return b == Backend::nccl || b == Backend::nccl_nonblocking; }
+comm::NcclMode nccl_mode(Backend b) {
+  return b == Backend::nccl_nonblocking ? comm::NcclMode::nonblocking : comm::NcclMode::blocking;
+}
 
 comm::MpiCommunicator& mpi_world() {
   static comm::MpiCommunicator w(MPI_COMM_WORLD);
@@ -57,8 +65,11 @@ class Conformance : public ::testing::TestWithParam<Backend> {
     // NCCL_HOSTID (unsupported by NVIDIA: scripts/gpu_check.sh's smoke run).
     if (mpi_world().size() > 1 && !std::getenv("SY_NCCL_SHARED_GPU"))
       GTEST_SKIP() << "NCCL needs a GPU per rank (it refuses two ranks on one GPU); run with -np 1 on one GPU";
-    static std::unique_ptr<comm::Communicator> nccl = comm::make_nccl_communicator(mpi_world(), 0, 60);
-    comm_ = nccl.get();
+    // One communicator a mode, made at its first test.
+    static std::unique_ptr<comm::Communicator> nccl[2];
+    std::unique_ptr<comm::Communicator>& c = nccl[GetParam() == Backend::nccl_nonblocking];
+    if (!c) c = comm::make_nccl_communicator(mpi_world(), 0, 60, nccl_mode(GetParam()));
+    comm_ = c.get();
   }
   comm::Communicator& comm() { return *comm_; }
   Ctx& ctx() { return *ctx_; }
@@ -137,7 +148,7 @@ TEST_P(Conformance, AllToAllVTaggedRowsUnevenAndEmptyEveryDtype) {
 TEST_P(Conformance, AllReduceSumsEveryAddableDtype) {
   const int R = comm().rank(), W = comm().size();
   for (DType dt : kAll) {
-    if (dt == DType::bf16 && GetParam() != Backend::nccl) continue;  // MPI cannot add bf16
+    if (dt == DType::bf16 && !is_nccl(GetParam())) continue;  // MPI cannot add bf16
     SCOPED_TRACE(dtype_name(dt));
     Tensor t = make({5, 2}, dt, [&](int64_t i) { return (R + 1) * (i + 1); });
     comm().all_reduce_sum(t, ctx().stream, "conformance");
@@ -211,8 +222,8 @@ TEST_P(Conformance, GradientReducerAveragesOverlappedOrNot) {
   const int W = comm().size(), R = comm().rank();
   if (W < 2) GTEST_SKIP() << "one rank: nothing to reduce";
   std::unique_ptr<comm::Communicator> world;
-  if (GetParam() == Backend::nccl)
-    world = comm::make_nccl_communicator(mpi_world(), 0, 60);
+  if (is_nccl(GetParam()))
+    world = comm::make_nccl_communicator(mpi_world(), 0, 60, nccl_mode(GetParam()));
   else
     world = std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD);
   auto par = ParallelContext::create(std::move(world), W, 60);
@@ -228,7 +239,7 @@ TEST_P(Conformance, GradientReducerAveragesOverlappedOrNot) {
     // (MPI overlaps in thread mode only: without MPI_THREAD_MULTIPLE this
     // would test no overlap at all, so it says so)
     if (overlap)
-      EXPECT_EQ(reducer.mode(), GetParam() == Backend::nccl ? GradientReducer::Mode::stream : GradientReducer::Mode::thread);
+      EXPECT_EQ(reducer.mode(), is_nccl(GetParam()) ? GradientReducer::Mode::stream : GradientReducer::Mode::thread);
     const bool device = !ctx().device.is_cpu();
     Tensor busy = make({device ? 1 << 24 : 1 << 16}, DType::f32, [](int64_t i) { return static_cast<double>(i % 7); });
     auto grad_of = [&](Param* p) { return make(p->grad.shape(), DType::f32, [&](int64_t i) { return (R + 1) * (i + 1.0); }); };
@@ -259,11 +270,13 @@ TEST_P(Conformance, GradientReducerAveragesOverlappedOrNot) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Communicators, Conformance,
-                         ::testing::Values(Backend::mpi_host, Backend::mpi_device, Backend::nccl),
+                         ::testing::Values(Backend::mpi_host, Backend::mpi_device, Backend::nccl,
+                                           Backend::nccl_nonblocking),
                          [](const ::testing::TestParamInfo<Backend>& p) {
                            return std::string(p.param == Backend::mpi_host     ? "mpi_host"
                                               : p.param == Backend::mpi_device ? "mpi_device"
-                                                                               : "nccl");
+                                              : p.param == Backend::nccl       ? "nccl"
+                                                                               : "nccl_nonblocking");
                          });
 
 }  // namespace
