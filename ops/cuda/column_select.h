@@ -74,6 +74,20 @@ struct Column {
   int32_t need;
 };
 
+// A lane's walk loads kBatch scores of its column before it uses any: the
+// bins (shared memory) and outputs it writes could alias the scores for
+// all the compiler knows, so a load per item after the last store would
+// leave one load in flight a lane (a warp's 128 bytes a memory latency).
+constexpr int kBatch = 8;
+
+// Scores of items [i, i + n) of column g, n <= kBatch (the rest 0).
+SY_HD inline void load_batch(const float* scores, int64_t G, int64_t g, int64_t i, int64_t n, float (&x)[kBatch]) {
+#ifdef __CUDA_ARCH__
+#pragma unroll
+#endif
+  for (int j = 0; j < kBatch; ++j) x[j] = j < n ? scores[(i + j) * G + g] : 0.f;
+}
+
 // Whether key k matches tau's top 8 p bits (pass p; every key at pass 0).
 SY_HD inline bool matches(uint32_t k, uint32_t prefix, int pass) {
   return pass == 0 || (k >> (32 - 8 * pass)) == (prefix >> (32 - 8 * pass));
@@ -86,9 +100,14 @@ SY_HD inline void tile_histogram(const float* scores, const Shape& s, int64_t se
                                  Column col, uint32_t* hist, int stride) {
   if (col.need <= 0) return;
   const int shift = 24 - 8 * pass;
-  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; ++i) {
-    const uint32_t k = key_of(scores[i * s.G + g]);
-    if (matches(k, col.prefix, pass)) ++hist[((k >> shift) & 0xffu) * stride];
+  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; i += kBatch) {
+    const int64_t n = e - i < kBatch ? e - i : kBatch;
+    float x[kBatch];
+    load_batch(scores, s.G, g, i, n, x);
+    for (int j = 0; j < n; ++j) {
+      const uint32_t k = key_of(x[j]);
+      if (matches(k, col.prefix, pass)) ++hist[((k >> shift) & 0xffu) * stride];
+    }
   }
 }
 
@@ -123,12 +142,18 @@ SY_HD inline bool settle_digit(Column& col, const uint32_t* counts, int b0, int 
 // Keys of column (seg, g) in tile t below tau and equal to it.
 SY_HD inline void tile_counts(const float* scores, const Shape& s, int64_t seg, int64_t t, int64_t g, uint32_t tau,
                               uint32_t& less, uint32_t& equal) {
-  less = equal = 0;
-  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; ++i) {
-    const uint32_t k = key_of(scores[i * s.G + g]);
-    less += k < tau;
-    equal += k == tau;
+  uint32_t lt = 0, eq = 0;
+  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; i += kBatch) {
+    const int64_t n = e - i < kBatch ? e - i : kBatch;
+    float x[kBatch];
+    load_batch(scores, s.G, g, i, n, x);
+    for (int j = 0; j < n; ++j) {
+      const uint32_t k = key_of(x[j]);
+      lt += k < tau;
+      eq += k == tau;
+    }
   }
+  less = lt, equal = eq;
 }
 
 // Column (seg, g) over tile t, items in order: the route's group, weight and
@@ -144,17 +169,22 @@ SY_HD inline void tile_mark(const float* scores, const Shape& s, int64_t seg, in
   uint32_t kept = less_before + (equal_before < need ? equal_before : need), eq = equal_before;
   const int64_t base = s.own ? 0 : seg * s.per;
   const int32_t grp = static_cast<int32_t>(s.own ? seg * s.G + g : g);
-  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; ++i) {
-    const int64_t a = i * s.G + g;
-    const uint32_t k = key_of(scores[a]);
-    const bool keep = need > 0 && (k < col.prefix || (k == col.prefix && eq < need));
-    eq += k == col.prefix;
-    if (keep) {
-      group[a] = grp;
-      weight[a] = scores[a];
-      slot[a] = static_cast<int32_t>(base + kept++);
-    } else {
-      slot[a] = -1;
+  for (int64_t i0 = s.first(seg, t), e = s.end(seg, t); i0 < e; i0 += kBatch) {
+    const int64_t n = e - i0 < kBatch ? e - i0 : kBatch;
+    float x[kBatch];
+    load_batch(scores, s.G, g, i0, n, x);
+    for (int j = 0; j < n; ++j) {
+      const int64_t a = (i0 + j) * s.G + g;
+      const uint32_t k = key_of(x[j]);
+      const bool keep = need > 0 && (k < col.prefix || (k == col.prefix && eq < need));
+      eq += k == col.prefix;
+      if (keep) {
+        group[a] = grp;
+        weight[a] = x[j];
+        slot[a] = static_cast<int32_t>(base + kept++);
+      } else {
+        slot[a] = -1;
+      }
     }
   }
 }
