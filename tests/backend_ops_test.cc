@@ -1031,7 +1031,7 @@ std::vector<OpCase> cases() {
   // ---- routing ----
   for (auto fn : {ops::ScoreFn::softmax, ops::ScoreFn::sigmoid}) {
     const std::string name = fn == ops::ScoreFn::softmax ? "softmax" : "sigmoid";
-    for (const int64_t G : {37, 8, 100, 130})  // CUDA's softmax: 2, 1 and 4 values a lane in registers; from memory
+    for (const int64_t G : {37, 8, 100, 130})  // CUDA's softmax in registers: 8 lanes a row, 5 and 1 values a lane; 16 lanes, 7; from memory
       c.push_back({"router_scores_" + name + (G == 37 ? "" : "_" + std::to_string(G)), Tol::f32,
                    [G](Rng& r) { return Ins{randn({40, G}, r, 2.f), randn({40, G}, r)}; },
                    [G](Ctx& x, const Ins&) { return Outs{fresh(x, {40, G}), acc(x, {40, G})}; },
@@ -1159,8 +1159,9 @@ std::vector<OpCase> cases() {
   // and 70 (one and three values a lane), k 1 to 3; softmax by position;
   // sigmoid renormalised by score with a bias; Gumbel-style selection keys in
   // runs with their own groups; padded; dropless. On CUDA up to 128 groups
-  // the row stays in registers (1 to 4 values a lane: G 24, 64, 70, 100,
-  // 128), past that it is read back from memory (G 130): the register top-k
+  // the row stays in registers (8 lanes a row up to 64 groups, 16 past
+  // that: G 24, 64, 70, 100, 128; 300 rows, so the last block's last rows
+  // are past N), past that it is read back from memory (G 130): the register top-k
   // against tokens_choose's from memory, bit for bit (router_scores' softmax
   // is the same register code below 129 groups: its probabilities are
   // compared with the CPU's). softmax_ties_100: whole-number logits, so
@@ -1185,7 +1186,7 @@ std::vector<OpCase> cases() {
                                                  {"softmax_130", 130, 2, false, false, false, false, 0},
                                                  {"softmax_ties_100", 100, 3, false, false, false, false, 0},
                                                  {"keys_runs_100", 100, 3, false, true, false, false, 100},
-                                                 // sigmoid in scores_in_registers at 1 and 2 values a
+                                                 // sigmoid in scores_in_registers at 3 and 8 values a
                                                  // lane, and in gate_topk_kernel (G > 128)
                                                  {"sigmoid_bias_24", 24, 2, true, false, false, false, 0},
                                                  {"sigmoid_bias_64", 64, 2, true, false, false, false, 0},

@@ -2,11 +2,13 @@
 // same float operations as the CPU reference, so routes are bitwise the CPU's
 // for the same probabilities (class E); no atomics anywhere.
 //
-// router_scores:  one warp per item: softmax (max, exp, sum by a fixed
-//                 butterfly) or sigmoid; backward likewise (<p, dp> per warp).
-// tokens_choose_logits: the scores and step 1 below in one warp-per-item
-//                 kernel (the logits read once; up to 128 groups the row
-//                 stays in registers), then steps 2 and 3.
+// router_scores:  softmax (max, exp, sum by a fixed butterfly) or sigmoid;
+//                 up to 128 groups 8 or 16 lanes an item, the row in
+//                 registers (row_layout), else a warp an item; backward a
+//                 warp an item (<p, dp> by a butterfly).
+// tokens_choose_logits: the scores and step 1 below in one kernel of the
+//                 same layout (the logits read once, the same bits as
+//                 router_scores), then steps 2 and 3.
 // tokens_choose:
 //   1. top-k, one warp per item: k rounds of a warp argmax over the selection
 //      scores key + bias, each round restricted to the scores strictly below
@@ -56,6 +58,7 @@
 #include <climits>
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 
 namespace sy::ops::cuda {
 
@@ -80,48 +83,113 @@ static __global__ void softmax_rows(float* probs, const float* logits, int64_t N
   for (int64_t g = lane; g < G; g += 32) p[g] /= sum;
 }
 
-// A warp's row of G <= 32 NV scores in registers (value j of a lane is
-// group lane + 32 j): the logits l read once, the probabilities written to p
-// once and left in v. softmax_rows' and sigmoid_all's operations in the same
-// order (the lane's values in ascending g, the same butterflies, the division
-// after the exp as stored), so the same bits.
-template <int NV>
-static __device__ __forceinline__ void scores_in_registers(float (&v)[NV], const float* l, float* p, int64_t G,
-                                                           int lane, bool softmax) {
+// A row of G <= L NV scores in registers, L lanes a row (L = 8, 16 or 32:
+// a warp holds 32 / L rows; lane `sub` of its row holds groups sub + L j,
+// j < NV): the logits l read once, the probabilities written to p once and
+// left in v. Softmax: the lane's values in ascending g, then a butterfly
+// over the row's L lanes (offsets below L never leave the row), the
+// division after the exp as stored. router_scores and tokens_choose_logits
+// both take their rows from here with the same L and NV (row_layout), so
+// they give the same bits. Lanes of a row past N (valid false) take part in
+// the shuffles and write nothing. (One row a warp, as this was until
+// 2026-12-04, spent 5 shuffles a reduction and a top-k round on one row of
+// 64 groups, where 8 lanes a row spend 3 on each of 4 rows: the H200 timed
+// the gating at 39 us for 65536 x 64 logits, about an instruction-bound
+// figure, against 16 us for the softmax alone.)
+template <int L>
+static __device__ __forceinline__ float row_max(float v) {
 #pragma unroll
-  for (int j = 0; j < NV; ++j) v[j] = lane + 32 * j < G ? l[lane + 32 * j] : 0.f;
+  for (int o = L / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+template <int L>
+static __device__ __forceinline__ float row_sum(float v) {
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <int L, int NV>
+static __device__ __forceinline__ void scores_in_registers(float (&v)[NV], const float* l, float* p, int64_t G,
+                                                           int sub, bool valid, bool softmax) {
+#pragma unroll
+  for (int j = 0; j < NV; ++j) v[j] = valid && sub + L * j < G ? l[sub + L * j] : 0.f;
   if (softmax) {
     float mx = -INFINITY;
 #pragma unroll
     for (int j = 0; j < NV; ++j)
-      if (lane + 32 * j < G) mx = fmaxf(mx, v[j]);
-    mx = warp_max(mx);
+      if (sub + L * j < G) mx = fmaxf(mx, v[j]);
+    mx = row_max<L>(mx);
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < NV; ++j)
-      if (lane + 32 * j < G) sum += (v[j] = expf(v[j] - mx));
-    sum = warp_sum(sum);
+      if (sub + L * j < G) sum += (v[j] = expf(v[j] - mx));
+    sum = row_sum<L>(sum);
 #pragma unroll
     for (int j = 0; j < NV; ++j)
-      if (lane + 32 * j < G) v[j] /= sum;
+      if (sub + L * j < G) v[j] /= sum;
   } else {
 #pragma unroll
     for (int j = 0; j < NV; ++j) v[j] = 1.f / (1.f + expf(-v[j]));
   }
+  if (!valid) return;
 #pragma unroll
   for (int j = 0; j < NV; ++j)
-    if (lane + 32 * j < G) p[lane + 32 * j] = v[j];
+    if (sub + L * j < G) p[sub + L * j] = v[j];
 }
 
-// router_scores' softmax with the row in registers (G <= 32 NV): the
-// logits read once and the probabilities written once, where softmax_rows
-// reads the logits twice and writes each probability twice.
-template <int NV>
+// Rows of G <= 128 groups in registers: L lanes a row, NV values a lane.
+struct RowLayout {
+  int L, NV;
+};
+inline RowLayout row_layout(int64_t G) {
+  const int L = G <= 64 ? 8 : 16;
+  return {L, static_cast<int>((G + L - 1) / L)};
+}
+// Calls f(integral_constant L, integral_constant NV) for G's layout (G <= 128).
+template <class F>
+void with_row_layout(int64_t G, F&& f) {
+  using std::integral_constant;
+  const RowLayout r = row_layout(G);
+  if (r.L == 8) {
+    switch (r.NV) {
+      case 1: return f(integral_constant<int, 8>{}, integral_constant<int, 1>{});
+      case 2: return f(integral_constant<int, 8>{}, integral_constant<int, 2>{});
+      case 3: return f(integral_constant<int, 8>{}, integral_constant<int, 3>{});
+      case 4: return f(integral_constant<int, 8>{}, integral_constant<int, 4>{});
+      case 5: return f(integral_constant<int, 8>{}, integral_constant<int, 5>{});
+      case 6: return f(integral_constant<int, 8>{}, integral_constant<int, 6>{});
+      case 7: return f(integral_constant<int, 8>{}, integral_constant<int, 7>{});
+      default: return f(integral_constant<int, 8>{}, integral_constant<int, 8>{});
+    }
+  }
+  switch (r.NV) {
+    case 5: return f(integral_constant<int, 16>{}, integral_constant<int, 5>{});
+    case 6: return f(integral_constant<int, 16>{}, integral_constant<int, 6>{});
+    case 7: return f(integral_constant<int, 16>{}, integral_constant<int, 7>{});
+    default: return f(integral_constant<int, 16>{}, integral_constant<int, 8>{});
+  }
+}
+// Rows a block of the register kernels holds, and its grid for N rows.
+template <int L>
+__host__ __device__ constexpr int64_t rows_per_block() {
+  return static_cast<int64_t>(kWarps) * (32 / L);
+}
+template <int L>
+unsigned row_grid(int64_t N) {
+  return static_cast<unsigned>((N + rows_per_block<L>() - 1) / rows_per_block<L>());
+}
+
+// router_scores' softmax with the row in registers: the logits read once
+// and the probabilities written once, where softmax_rows reads the logits
+// twice and writes each probability twice.
+template <int L, int NV>
 static __global__ void softmax_rows_regs(float* probs, const float* logits, int64_t N, int64_t G) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
-  if (i >= N) return;
+  const int64_t i = blockIdx.x * rows_per_block<L>() + threadIdx.x / L;
+  const bool valid = i < N;
   float v[NV];
-  scores_in_registers<NV>(v, logits + i * G, probs + i * G, G, threadIdx.x % 32, true);
+  scores_in_registers<L, NV>(v, logits + (valid ? i : 0) * G, probs + (valid ? i : 0) * G, G, threadIdx.x % L,
+                             valid, true);
 }
 
 static __global__ void sigmoid_all(float* probs, const float* logits, int64_t n) {
@@ -156,14 +224,11 @@ void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn) {
   const unsigned grid = grid_for(N, kWarps);
   if (fn == ScoreFn::sigmoid)
     sigmoid_all<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(p, l, N * G);
-  else if (G <= 32)  // the row in registers (up to 4 values a lane)
-    softmax_rows_regs<1><<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
-  else if (G <= 64)
-    softmax_rows_regs<2><<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
-  else if (G <= 96)
-    softmax_rows_regs<3><<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
-  else if (G <= 128)
-    softmax_rows_regs<4><<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
+  else if (G <= 128)  // the row in registers (row_layout)
+    with_row_layout(G, [&](auto L, auto NV) {
+      constexpr int kL = decltype(L)::value, kNV = decltype(NV)::value;
+      softmax_rows_regs<kL, kNV><<<row_grid<kL>(N), kBlock, 0, stream(ctx)>>>(p, l, N, G);
+    });
   else
     softmax_rows<<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
   CUDA_CHECK(cudaGetLastError());
@@ -215,10 +280,13 @@ static __device__ __forceinline__ void consider(float s, int g, float prev_v, in
   if (after_prev && (best_g < 0 || s > best_v)) best_v = s, best_g = g;
 }
 
-// The round's pick over the warp: a butterfly on (score, group) with the
-// same order; every lane ends with the same best_g.
-static __device__ __forceinline__ void warp_pick(float& best_v, int& best_g) {
-  for (int o = 16; o > 0; o >>= 1) {
+// The round's pick over a row's L lanes (a warp: L = 32): a butterfly on
+// (score, group) with the same order; every lane of the row ends with the
+// same best_g (offsets below L never leave the row).
+template <int L>
+static __device__ __forceinline__ void row_pick(float& best_v, int& best_g) {
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, best_v, o);
     const int og = __shfl_xor_sync(0xffffffffu, best_g, o);
     if (og >= 0 && (best_g < 0 || ov > best_v || (ov == best_v && og < best_g))) best_v = ov, best_g = og;
@@ -253,7 +321,7 @@ static __device__ void topk_row(const TopkArgs& a, int64_t i, int lane, const fl
     int best_g = -1;
     for (int g = lane; g < a.G; g += 32)
       consider(key[g] + (a.bias ? a.bias[g] : 0.f), g, prev_v, prev_g, best_v, best_g);
-    warp_pick(best_v, best_g);
+    row_pick<32>(best_v, best_g);
     prev_v = best_v, prev_g = best_g;
     if (j == 0) first_g = best_g;
     if (lane == 0 && best_g >= 0) record_pick(a, i, j, base + best_g, p[best_g], wsum);
@@ -291,24 +359,22 @@ static __global__ void gate_topk_kernel(TopkArgs a, const float* logits, bool so
   topk_row(a, i, lane, p);
 }
 
-// The same with the row in registers (G <= 32 NV; NV values a lane: lane +
-// 32 j for j < NV): the logits read once, the probabilities written once,
+// The same with the row in registers (scores_in_registers: L lanes a row,
+// NV values a lane): the logits read once, the probabilities written once,
 // the top-k chosen from the registers (a pick's probability from its lane by
 // a shuffle), where the kernel above writes each probability twice and reads
-// the row back k + 1 times. The same operations in the same order as
-// gate_topk_kernel and topk_row, so the same bits: the division after the
-// stored exp, the lane's values in ascending g, the same butterflies and
-// tie rules.
-template <int NV>
+// the row back k + 1 times. Each round: consider() over the lane's values in
+// ascending g, then row_pick over the row's L lanes; lane 0 of the row
+// records. The tie rules are topk_row's, so the
+// same choice; the probabilities are router_scores' (the same layout).
+template <int L, int NV>
 static __global__ void gate_topk_regs(TopkArgs a, const float* logits, bool softmax) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (i >= a.N) return;
-  const float* l = logits + i * a.G;
-  float* p = const_cast<float*>(a.probs) + i * a.G;
+  const int64_t row = blockIdx.x * rows_per_block<L>() + threadIdx.x / L;
+  const bool valid = row < a.N;
+  const int64_t i = valid ? row : 0;
+  const int sub = threadIdx.x % L, first_lane = threadIdx.x % 32 - sub;
   float v[NV];
-  scores_in_registers<NV>(v, l, p, a.G, lane, softmax);
-  // topk_row's rounds over the registers.
+  scores_in_registers<L, NV>(v, logits + i * a.G, const_cast<float*>(a.probs) + i * a.G, a.G, sub, valid, softmax);
   const float* key = a.keys ? a.keys + i * a.G : nullptr;
   float prev_v = 0.f, wsum = 0.f, first_p = 0.f;
   int prev_g = -1;
@@ -318,21 +384,22 @@ static __global__ void gate_topk_regs(TopkArgs a, const float* logits, bool soft
     int best_g = -1;
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      const int g = lane + 32 * j;
-      if (g < a.G) consider((key ? key[g] : v[j]) + (a.bias ? a.bias[g] : 0.f), g, prev_v, prev_g, best_v, best_g);
+      const int g = sub + L * j;
+      if (valid && g < a.G)
+        consider((key ? key[g] : v[j]) + (a.bias ? a.bias[g] : 0.f), g, prev_v, prev_g, best_v, best_g);
     }
-    warp_pick(best_v, best_g);
+    row_pick<L>(best_v, best_g);
     prev_v = best_v, prev_g = best_g;
-    // The pick's probability, from the lane that holds it (every lane agrees on best_g).
+    // The pick's probability, from the row's lane that holds it (the row's lanes agree on best_g).
     float mine = 0.f;
 #pragma unroll
     for (int j = 0; j < NV; ++j)
-      if (lane + 32 * j == best_g) mine = v[j];
-    const float w = __shfl_sync(0xffffffffu, mine, best_g >= 0 ? best_g % 32 : 0);
+      if (sub + L * j == best_g) mine = v[j];
+    const float w = __shfl_sync(0xffffffffu, mine, first_lane + (best_g >= 0 ? best_g % L : 0));
     if (r == 0) first_p = w;
-    if (lane == 0 && best_g >= 0) record_pick(a, i, r, base + best_g, w, wsum);
+    if (valid && sub == 0 && best_g >= 0) record_pick(a, i, r, base + best_g, w, wsum);
   }
-  if (lane == 0) finish_item(a, i, wsum, first_p);
+  if (valid && sub == 0) finish_item(a, i, wsum, first_p);
 }
 
 // Key and value of assignment a (see the top of the file).
@@ -480,14 +547,11 @@ void launch_choice(Ctx& ctx, const Tensor& probs, const Tensor* logits, ScoreFn 
   const unsigned grid = grid_for(N, kWarps);
   const bool sm = fn == ScoreFn::softmax;
   const float* l = logits ? logits->data<float>() : nullptr;
-  if (logits && G <= 32)  // the row in registers (up to 4 values a lane)
-    gate_topk_regs<1><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
-  else if (logits && G <= 64)
-    gate_topk_regs<2><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
-  else if (logits && G <= 96)
-    gate_topk_regs<3><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
-  else if (logits && G <= 128)
-    gate_topk_regs<4><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+  if (logits && G <= 128)  // the row in registers (row_layout, as router_scores)
+    with_row_layout(G, [&](auto L, auto NV) {
+      constexpr int kL = decltype(L)::value, kNV = decltype(NV)::value;
+      gate_topk_regs<kL, kNV><<<row_grid<kL>(N), kBlock, 0, stream(ctx)>>>(ta, l, sm);
+    });
   else if (logits)
     gate_topk_kernel<<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
   else
