@@ -100,12 +100,15 @@ void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c) 
 //   xh = bf16(x), xl = bf16(x - xh), mu likewise, and
 //       s~ = xh.mh + xh.ml + xl.mh        (three mma passes; xl.ml dropped).
 //   Its error against the exact dot product is at most ~3 u^2 |x||mu_c|
-//   (u = 2^-8, bf16's unit roundoff: the two dropped residuals, each
-//   |r| <= u^2 |x| elementwise, and xl.ml) plus the tensor cores' fp32
-//   accumulation of 3 D products, at most ~3 D 2^-23 |x||mu_c| even where
-//   they truncate (D = 128: 2^-14.4); the exact score's own fp32 rounding
-//   (D 2^-24) adds less. eps_c = 2^-12 |x||mu_c| covers the sum with a
-//   margin of 5x or more;
+//   = 2^-14.4 |x||mu_c| (u = 2^-8, bf16's unit roundoff: the two dropped
+//   residuals, each |r| <= u^2 |x| elementwise, and xl.ml) plus the tensor
+//   cores' fp32 accumulation of 3 D exact products, at most ~3 D 2^-23
+//   |x||mu_c| even where they truncate (2^-14.4 at D = 128, 2^-15.4 at 64);
+//   the exact score's own fp32 rounding (D 2^-24 |x||mu_c|) adds 2^-17 at
+//   most. eps_c = 2^-12 |x||mu_c| covers the sum, 2^-13.3 at D = 128 in the
+//   worst case, 2.5 times over (more at smaller D; a host emulation of the
+//   near-tie test's inputs, fp32 sums in order, saw at most 3.1e-6
+//   |x||mu_c|, 1/80 of eps);
 //   L = max over the centroids so far of s~ - eps (below the best exact score),
 //   and every centroid with s~ + eps >= L is a candidate: its score computed
 //   exactly in fp32 from the fp32 rows, the best kept (ties: lower index).
