@@ -767,8 +767,9 @@ TEST_F(RoutedAttentionCuda, LocalAndBlockTopkLayersMatchTheCpuAndRerunBitwise) {
 // bf16 scores is another centroid on 136 of 301 rows at D 64 and 139 at
 // D 128; of split bf16 scores without the margin, on 14 and 2; split's
 // largest error 2.0e-4 and 2.3e-4 against eps 1.6e-2 and 3.1e-2, two
-// candidates a row. Some rows tie exactly: the lower index.) Head dims 64
-// and 128, 130 centroids (three chunks of 64), rows not a multiple of 64.
+// candidates a row. Some rows tie exactly: the lower index.) The last row
+// is zero (a constant row layer-normed): every score ties at 0. Head dims
+// 64 and 128, 130 centroids (three chunks of 64), rows not a multiple of 64.
 TEST_F(RoutedAttentionCuda, NearestCentroidIsTheExactArgmaxOnNearTies) {
   for (const int64_t D : {64, 128}) {
     SCOPED_TRACE("D " + std::to_string(D));
@@ -789,6 +790,7 @@ TEST_F(RoutedAttentionCuda, NearestCentroidIsTheExactArgmaxOnNearTies) {
       for (int64_t d = 0; d < D; ++d) x[i * D + d] = mu[a * D + d] + mu[b * D + d] + static_cast<float>(1e-4 * rng.normal());
       scale_to(&x[i * D], std::sqrt(float(D)));  // a layer-normed row
     }
+    std::fill(x.begin() + (T - 1) * D, x.end(), 0.f);  // a constant row, layer-normed: every score 0, centroid 0
     std::vector<int32_t> want(T);
     for (int64_t i = 0; i < T; ++i) {
       float best = -INFINITY;

@@ -7,28 +7,33 @@
 // so a column keeps its `per` smallest keys, ties to the lower item. With
 // tau the per-th smallest key of the column, it keeps every key < tau and
 // the first `need` keys == tau in item order, need = per - #(key < tau).
-//   1. tau by 4 passes of 8 bits, most significant first. Pass p: a
-//      histogram of digit p over the keys whose top 8p bits equal tau's so
-//      far, per (tile of items, column) - each thread walks its own column
-//      through one tile in item order (threads of a warp: 32 adjacent
-//      columns, so their loads of a row are one coalesced read) into its own
-//      bins (no atomics); then per column the tiles' counts added in tile
-//      order, and the bin where the running count reaches `need` is digit p
-//      (need minus the keys below it is the new need).
-//   2. per (tile, column): the keys < tau and == tau.
-//   3. per (tile, column), items in order: kept where key < tau, or key ==
-//      tau while fewer than `need` equal keys of earlier items were met
-//      (the earlier tiles' counts from 2 start both runs); a kept item's slot
-//      is the number of kept items before it (plus seg * per for shared
-//      groups, as the sort path's run).
+// Work comes in units (segment, tile of items, group g), numbered with g
+// fastest (Shape::at): a thread walks its unit's column through the tile in
+// item order, so the threads of a warp read adjacent groups of a row (one
+// coalesced read where G >= 32) or, for few groups, adjacent tiles.
+//   1. tau by 4 passes of 8 bits, most significant first. Pass p: each
+//      unit's histogram of digit p over its keys whose top 8p bits equal
+//      tau's so far, in the thread's own 16-bit bins (no atomics; a tile
+//      holds at most 65535 items); the units' bins added per column in tile
+//      order (R); then one warp a column finds the bin where the running
+//      count reaches `need`: digit p (need minus the keys below it is the
+//      new need).
+//   2. per unit: the keys < tau and == tau.
+//   3. per unit, items in order: kept where key < tau, or key == tau while
+//      fewer than `need` equal keys of earlier items were met (the earlier
+//      tiles' counts from 2 start both runs); a kept item's slot is the
+//      number of kept items before it (plus seg * per for shared groups, as
+//      the sort path's run).
 // Integer counts only: the choice, weights and slots are exact and the same
-// on every run. Traffic: 6 reads of the scores, where the sort path wrote
+// on every run. Traffic: 6 reads of the scores and per pass the units'
+// bins (512 bytes a unit) written and read once, where the sort path wrote
 // and read a 12-byte (key, value) pair per score 6 times and read the scores
 // column-wise. (Routed attention's balanced mode at 64k tokens x 8 heads and
 // 256 clusters spent 23.8 ms in that sort on an H200.)
 //
-// Plain functions of one (tile, column) or one column, for the kernels in
-// ops/cuda/routing.cu and the host replay in tests/column_select_test.cc.
+// Plain functions of one unit, one (bin, column) or one column, for the
+// kernels in ops/cuda/routing.cu and the host replay in
+// tests/column_select_test.cc.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -37,7 +42,7 @@
 
 namespace sy::ops::colsel {
 
-constexpr int kPasses = 4, kBins = 256, kLanes = 32;  // (digits of 8 bits; bins a lane of a scan holds: kBins / kLanes)
+constexpr int kPasses = 4, kBins = 256;  // digits of 8 bits
 
 // The ascending key of a score (descending scores; -0 and +0 one key).
 SY_HD inline uint32_t key_of(float x) {
@@ -60,12 +65,29 @@ struct Shape {
   int64_t tiles;     // tiles of a segment: ceil(S / tile)
   bool own;          // each segment its own groups (group seg G + g)
   SY_HD int64_t columns() const { return segments * G; }
+  SY_HD int64_t units() const { return segments * tiles * G; }
   SY_HD int64_t first(int64_t seg, int64_t t) const { return seg * S + t * tile; }
   SY_HD int64_t end(int64_t seg, int64_t t) const { return seg * S + (S < (t + 1) * tile ? S : (t + 1) * tile); }
-  // Index of (segment, tile, g) in the per-tile arrays (counts, histograms
-  // by bin): g fastest, so adjacent columns' threads write adjacent words.
+  // Unit (segment, tile, g)'s number, and its index in the per-unit arrays
+  // (counts, bins): g fastest.
   SY_HD int64_t at(int64_t seg, int64_t t, int64_t g) const { return (seg * tiles + t) * G + g; }
 };
+
+// Unit u's segment, tile and group.
+struct Unit {
+  int64_t seg, t, g;
+};
+SY_HD inline Unit unit_of(const Shape& s, int64_t u) { return {u / (s.G * s.tiles), u / s.G % s.tiles, u % s.G}; }
+
+// Items of a tile: enough units to keep a GPU's loads in flight (about
+// 32768 threads) where there are that many scores, at least 64 items (the
+// bins a unit writes each pass, 512 bytes, against its walk), at most 65535
+// (the 16-bit bins) and the segment.
+inline int64_t tile_items(int64_t N, int64_t G, int64_t S) {
+  int64_t tile = (N * G + 32767) / 32768;
+  tile = tile < 64 ? 64 : (tile > 65535 ? 65535 : tile);
+  return tile < S ? tile : (S > 0 ? S : 1);
+}
 
 // What a column knows of tau: its top bits found so far (prefix), and how
 // many keys matching them it still takes (need; 0: the column keeps none).
@@ -78,7 +100,7 @@ struct Column {
 // bins (shared memory) and outputs it writes could alias the scores for
 // all the compiler knows, so a load per item after the last store would
 // leave one load in flight a lane (a warp's 128 bytes a memory latency).
-constexpr int kBatch = 8;
+constexpr int kBatch = 16;
 
 // Scores of items [i, i + n) of column g, n <= kBatch (the rest 0).
 SY_HD inline void load_batch(const float* scores, int64_t G, int64_t g, int64_t i, int64_t n, float (&x)[kBatch]) {
@@ -95,9 +117,11 @@ SY_HD inline bool matches(uint32_t k, uint32_t prefix, int pass) {
 
 // Pass p's histogram of column (seg, g) over tile t: hist[b * stride] += the
 // keys matching the prefix whose digit p is b (bins zeroed by the caller;
-// stride: a warp's lanes interleave their bins, one bank each).
+// stride: a warp's threads interleave their bins; Count: 16 bits on the
+// device, a tile's count fits).
+template <class Count>
 SY_HD inline void tile_histogram(const float* scores, const Shape& s, int64_t seg, int64_t t, int64_t g, int pass,
-                                 Column col, uint32_t* hist, int stride) {
+                                 Column col, Count* hist, int stride) {
   if (col.need <= 0) return;
   const int shift = 24 - 8 * pass;
   for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; i += kBatch) {
@@ -111,13 +135,12 @@ SY_HD inline void tile_histogram(const float* scores, const Shape& s, int64_t se
   }
 }
 
-// Column (seg, g)'s count of bin b over its segment's tiles, in tile order:
-// H holds pass p's histograms, bin b of (seg, t, g) at b * stride + at(seg, t, g)
-// (stride = segments * tiles * G).
-SY_HD inline uint32_t bin_count(const uint32_t* H, const Shape& s, int64_t seg, int64_t g, int b) {
-  const int64_t stride = s.segments * s.tiles * s.G;
+// Column (seg, g)'s count of bin b over its segment's tiles, in tile order
+// (R[b * columns + seg * G + g]): H holds pass p's bins, bin b of unit u at
+// b * units + u.
+SY_HD inline uint32_t bin_total(const uint16_t* H, const Shape& s, int64_t seg, int64_t g, int b) {
   uint32_t n = 0;
-  for (int64_t t = 0; t < s.tiles; ++t) n += H[b * stride + s.at(seg, t, g)];
+  for (int64_t t = 0; t < s.tiles; ++t) n += H[b * s.units() + s.at(seg, t, g)];
   return n;
 }
 

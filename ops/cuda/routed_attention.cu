@@ -248,7 +248,8 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
       for (int e = 0; e < 4; ++e) {
         const int h = e / 2, col = 8 * j + 2 * tig + e % 2;
         const int64_t gr = r0 + lr[h], c = c0 + col;
-        if (c >= a.K || gr >= a.rows || acc[0][j][e] + kEps * sxn[lr[h]] * snorm[col] < L[h]) continue;
+        if (c >= a.K || gr >= a.rows || sxn[lr[h]] == 0.f || acc[0][j][e] + kEps * sxn[lr[h]] * snorm[col] < L[h])
+          continue;
         const float s = exact_dot<D>(a.x + gr * D, a.mu + c * D);
         if (bc[h] < 0 || s > best[h] || (s == best[h] && c < bc[h])) best[h] = s, bc[h] = static_cast<int>(c);
       }
@@ -261,6 +262,9 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
       const int oc = __shfl_xor_sync(0xffffffffu, bc[h], m);
       if (oc >= 0 && (bc[h] < 0 || ob > best[h] || (ob == best[h] && oc < bc[h]))) best[h] = ob, bc[h] = oc;
     }
+    // A zero row (a constant row layer-normed) scores exactly 0 against
+    // every centroid: the lowest index, without rescoring all K (eps is 0).
+    if (sxn[lr[h]] == 0.f) best[h] = 0.f, bc[h] = 0;
     const int64_t gr = r0 + lr[h];
     if (tig == 0 && gr < a.rows) {
       const int64_t g = a.row0 + gr;  // the stack's row
@@ -270,7 +274,7 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
   }
 }
 
-// D = 128 needs more than the 48 KiB of static shared memory (69.6 KiB):
+// D = 128 needs more than the 48 KiB of static shared memory (68 KiB):
 // the limit is raised for the kernel (cheap; the launch follows at once).
 template <int D>
 static void launch_nearest(Ctx& ctx, unsigned grid, size_t smem, const NearestArgs& a) {

@@ -589,53 +589,50 @@ struct GroupsShape {
   int64_t N, G, S, segments, per;  // per: items each group takes per segment
   bool own;                        // each segment its own groups (group s G + g)
 };
-
-// The select's tiles: enough (segment, tile, chunk of 32 groups) warps to
-// fill the GPU - about 1024 - but tiles of at least 256 items (a lane's walk
-// and the per-tile counts stay cheap beside each other).
-colsel::Shape colsel_shape(const GroupsShape& s) {
-  const int64_t chunks = (s.G + 31) / 32, units = std::max<int64_t>(1, s.segments * chunks);
-  const int64_t most = std::max<int64_t>(1, (s.S + 255) / 256);
-  const int64_t want = std::min(most, std::max<int64_t>(1, (1024 + units - 1) / units));
-  const int64_t tile = std::max<int64_t>(1, (s.S + want - 1) / want);
-  return {s.G, s.S, s.segments, s.per, tile, (s.S + tile - 1) / tile, s.own};
-}
 }  // namespace
 
-// The column select of ops/cuda/column_select.h. Grids of (segment, tile)
-// x chunks of 32 groups, a warp a block, lane = group g0 + lane: a lane
-// walks its column through the tile.
+// The column select of ops/cuda/column_select.h: one thread a unit
+// (segment, tile, group; g fastest), blocks of one warp (each thread's 256
+// 16-bit bins in shared memory, 16 KiB a block).
 static __global__ void colsel_start(colsel::Column* cols, int64_t n, int32_t per) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c < n) cols[c] = {0u, per};
 }
 
-// Pass p's histograms: bins in shared memory, lane l's bin b at b * 32 + l
-// (its own bank), then out as H[b * stride + at(seg, t, g)].
+// Pass p's bins: thread l's bin b at h[b * 32 + l] (its own bank pair),
+// then out as H[b * units + u].
 static __global__ void __launch_bounds__(32) colsel_histogram(const float* scores, colsel::Shape s,
-                                                             const colsel::Column* cols, int pass, uint32_t* H) {
-  __shared__ uint32_t h[colsel::kBins * 32];
+                                                             const colsel::Column* cols, int pass, uint16_t* H) {
+  __shared__ uint16_t h[colsel::kBins * 32];
   const int lane = threadIdx.x;
-  const int64_t seg = blockIdx.x / s.tiles, t = blockIdx.x % s.tiles, g = blockIdx.y * 32 + lane;
-  if (g >= s.G) return;  // (each lane reads and writes its own bins only: no barrier)
+  const int64_t u = blockIdx.x * int64_t{32} + lane;
+  if (u >= s.units()) return;  // (each thread reads and writes its own bins only: no barrier)
+  const colsel::Unit w = colsel::unit_of(s, u);
   for (int b = 0; b < colsel::kBins; ++b) h[b * 32 + lane] = 0;
-  colsel::tile_histogram(scores, s, seg, t, g, pass, cols[seg * s.G + g], h + lane, 32);
-  const int64_t stride = s.segments * s.tiles * s.G;
-  for (int b = 0; b < colsel::kBins; ++b) H[b * stride + s.at(seg, t, g)] = h[b * 32 + lane];
+  colsel::tile_histogram(scores, s, w.seg, w.t, w.g, pass, cols[w.seg * s.G + w.g], h + lane, 32);
+  for (int b = 0; b < colsel::kBins; ++b) H[b * s.units() + u] = h[b * 32 + lane];
 }
 
-// Pass p's digit, one warp a column: lane l adds bins 8l..8l+7 over the
-// tiles, an exclusive scan of the lanes' sums gives each the keys below its
-// bins, and the lane whose bins reach `need` settles the column.
-static __global__ void colsel_digit(const uint32_t* H, colsel::Shape s, colsel::Column* cols, int pass) {
+// R[b * columns + c] = column c's bin b over its tiles (one thread each;
+// adjacent threads, adjacent columns: coalesced reads of H).
+static __global__ void colsel_totals(const uint16_t* H, colsel::Shape s, uint32_t* R) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= colsel::kBins * s.columns()) return;
+  const int64_t b = e / s.columns(), c = e % s.columns();
+  R[e] = colsel::bin_total(H, s, c / s.G, c % s.G, static_cast<int>(b));
+}
+
+// Pass p's digit, one warp a column: lane l holds bins 8l..8l+7, an
+// exclusive scan of the lanes' sums gives each the keys below its bins, and
+// the lane whose bins reach `need` settles the column.
+static __global__ void colsel_digit(const uint32_t* R, colsel::Shape s, colsel::Column* cols, int pass) {
   constexpr int kPer = colsel::kBins / 32;
   const int64_t c = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (c >= s.columns()) return;  // (the whole warp)
-  const int64_t seg = c / s.G, g = c % s.G;
   uint32_t counts[kPer], sum = 0;
 #pragma unroll
-  for (int j = 0; j < kPer; ++j) sum += counts[j] = colsel::bin_count(H, s, seg, g, lane * kPer + j);
+  for (int j = 0; j < kPer; ++j) sum += counts[j] = R[(lane * kPer + j) * s.columns() + c];
   uint32_t incl = sum;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -647,22 +644,21 @@ static __global__ void colsel_digit(const uint32_t* H, colsel::Shape s, colsel::
   if (colsel::settle_digit(col, counts, lane * kPer, kPer, incl - sum, pass)) cols[c] = col;
 }
 
-static __global__ void __launch_bounds__(32) colsel_counts(const float* scores, colsel::Shape s,
-                                                          const colsel::Column* cols, uint32_t* less,
-                                                          uint32_t* equal) {
-  const int64_t seg = blockIdx.x / s.tiles, t = blockIdx.x % s.tiles, g = blockIdx.y * 32 + threadIdx.x;
-  if (g >= s.G) return;
-  colsel::tile_counts(scores, s, seg, t, g, cols[seg * s.G + g].prefix, less[s.at(seg, t, g)],
-                      equal[s.at(seg, t, g)]);
+static __global__ void colsel_counts(const float* scores, colsel::Shape s, const colsel::Column* cols,
+                                     uint32_t* less, uint32_t* equal) {
+  const int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (u >= s.units()) return;
+  const colsel::Unit w = colsel::unit_of(s, u);
+  colsel::tile_counts(scores, s, w.seg, w.t, w.g, cols[w.seg * s.G + w.g].prefix, less[u], equal[u]);
 }
 
-static __global__ void __launch_bounds__(32) colsel_mark(const float* scores, colsel::Shape s,
-                                                        const colsel::Column* cols, const uint32_t* less,
-                                                        const uint32_t* equal, int32_t* group, float* weight,
-                                                        int32_t* slot) {
-  const int64_t seg = blockIdx.x / s.tiles, t = blockIdx.x % s.tiles, g = blockIdx.y * 32 + threadIdx.x;
-  if (g >= s.G) return;
-  colsel::tile_mark(scores, s, seg, t, g, cols[seg * s.G + g], less, equal, group, weight, slot);
+static __global__ void colsel_mark(const float* scores, colsel::Shape s, const colsel::Column* cols,
+                                   const uint32_t* less, const uint32_t* equal, int32_t* group, float* weight,
+                                   int32_t* slot) {
+  const int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (u >= s.units()) return;
+  const colsel::Unit w = colsel::unit_of(s, u);
+  colsel::tile_mark(scores, s, w.seg, w.t, w.g, cols[w.seg * s.G + w.g], less, equal, group, weight, slot);
 }
 
 static __global__ void fill_counts(int32_t* count, int32_t* offset, int64_t G, int64_t per_group) {
@@ -683,28 +679,33 @@ void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, i
   CUDA_CHECK(cudaMemsetAsync(r.group.raw(), 0xff, r.group.nbytes(), stream(ctx)));  // -1: unused
   CUDA_CHECK(cudaMemsetAsync(r.weight.raw(), 0, r.weight.nbytes(), stream(ctx)));
   if (n > 0) {
-    const colsel::Shape cs = colsel_shape(s);
-    const int64_t cols_n = cs.columns(), at_n = cs.segments * cs.tiles * cs.G;
+    const int64_t tile = colsel::tile_items(N, G, S);
+    const colsel::Shape cs{G, S, s.segments, s.per, tile, (S + tile - 1) / tile, s.own};
+    const int64_t cols_n = cs.columns(), units = cs.units();
     Tensor cols = Tensor::empty({cols_n * 2}, DType::i32, ctx);  // (prefix, need) a column
-    Tensor hist = Tensor::empty({colsel::kBins * at_n}, DType::i32, ctx);
-    Tensor counts = Tensor::empty({2 * at_n}, DType::i32, ctx);
+    Tensor bins = Tensor::empty({(colsel::kBins * units + 1) / 2}, DType::i32, ctx);  // 16-bit
+    Tensor totals = Tensor::empty({colsel::kBins * cols_n}, DType::i32, ctx);
+    Tensor counts = Tensor::empty({2 * units}, DType::i32, ctx);
     auto* col = reinterpret_cast<colsel::Column*>(cols.data<int32_t>());
-    auto* H = reinterpret_cast<uint32_t*>(hist.data<int32_t>());
+    auto* H = reinterpret_cast<uint16_t*>(bins.data<int32_t>());
+    auto* R = reinterpret_cast<uint32_t*>(totals.data<int32_t>());
     auto* less = reinterpret_cast<uint32_t*>(counts.data<int32_t>());
-    const dim3 tiles(static_cast<unsigned>(cs.segments * cs.tiles), static_cast<unsigned>((cs.G + 31) / 32));
+    const unsigned unit_blocks = static_cast<unsigned>((units + 31) / 32);
     colsel_start<<<grid_for(cols_n), kBlock, 0, stream(ctx)>>>(col, cols_n, static_cast<int32_t>(cs.per));
     CUDA_CHECK(cudaGetLastError());
     for (int pass = 0; pass < colsel::kPasses; ++pass) {
-      colsel_histogram<<<tiles, 32, 0, stream(ctx)>>>(scores.data<float>(), cs, col, pass, H);
+      colsel_histogram<<<unit_blocks, 32, 0, stream(ctx)>>>(scores.data<float>(), cs, col, pass, H);
       CUDA_CHECK(cudaGetLastError());
-      colsel_digit<<<grid_for(cols_n, kWarps), kBlock, 0, stream(ctx)>>>(H, cs, col, pass);
+      colsel_totals<<<grid_for(colsel::kBins * cols_n), kBlock, 0, stream(ctx)>>>(H, cs, R);
+      CUDA_CHECK(cudaGetLastError());
+      colsel_digit<<<grid_for(cols_n, kWarps), kBlock, 0, stream(ctx)>>>(R, cs, col, pass);
       CUDA_CHECK(cudaGetLastError());
     }
-    colsel_counts<<<tiles, 32, 0, stream(ctx)>>>(scores.data<float>(), cs, col, less, less + at_n);
+    colsel_counts<<<grid_for(units), kBlock, 0, stream(ctx)>>>(scores.data<float>(), cs, col, less, less + units);
     CUDA_CHECK(cudaGetLastError());
-    colsel_mark<<<tiles, 32, 0, stream(ctx)>>>(scores.data<float>(), cs, col, less, less + at_n,
-                                                r.group.data<int32_t>(), r.weight.data<float>(),
-                                                r.slot.data<int32_t>());
+    colsel_mark<<<grid_for(units), kBlock, 0, stream(ctx)>>>(scores.data<float>(), cs, col, less, less + units,
+                                                           r.group.data<int32_t>(), r.weight.data<float>(),
+                                                           r.slot.data<int32_t>());
     CUDA_CHECK(cudaGetLastError());
   }
   fill_counts<<<grid_for(groups + 1), kBlock, 0, stream(ctx)>>>(r.count.data<int32_t>(), r.offset.data<int32_t>(),
