@@ -68,13 +68,17 @@ nlohmann::json bench_nccl_all_to_all(comm::MpiCommunicator& mpi, const NcclBench
   Ctx& ctx = rt->ctx();
   const auto stream = static_cast<cudaStream_t>(ctx.stream.handle);
   std::unique_ptr<comm::Communicator> ours = comm::make_nccl_communicator(mpi, device, 120);
+  // The same over a non-blocking communicator (the mode blocking replaced as
+  // the default: comm/nccl_communicator.h), so one run shows what it cost.
+  std::unique_ptr<comm::Communicator> ours_nb =
+      comm::make_nccl_communicator(mpi, device, 120, comm::NcclMode::nonblocking);
   PlainNccl peer(mpi);
 
   nlohmann::json rows = nlohmann::json::array();
   int64_t wrong_total = 0;
   if (R == 0)
-    std::printf("%12s %10s %10s %12s %12s %9s %11s %11s\n", "bytes/rank", "ours_us", "nccl_us", "ours_busbw",
-                "nccl_busbw", "ours/nccl", "#wrong_ours", "#wrong_nccl");
+    std::printf("%12s %10s %10s %10s %12s %12s %9s %11s %11s\n", "bytes/rank", "ours_us", "ours_nb_us", "nccl_us",
+                "ours_busbw", "nccl_busbw", "ours/nccl", "#wrong_ours", "#wrong_nccl");
   for (int64_t bytes = int64_t{1} << 20; bytes <= opt.max_bytes; bytes <<= 2) {
     const int64_t per_peer = std::max<int64_t>(1, bytes / 4 / W);  // int32 elements to each rank
     std::vector<int32_t> host(per_peer * W);
@@ -84,6 +88,7 @@ nlohmann::json bench_nccl_all_to_all(comm::MpiCommunicator& mpi, const NcclBench
     Tensor recv = Tensor::empty({per_peer * W}, DType::i32, ctx);
     const std::vector<int64_t> counts(W, per_peer);
     auto run_ours = [&] { ours->all_to_all_v(send, counts, recv, counts, ctx.stream, "bench_comm"); };
+    auto run_ours_nb = [&] { ours_nb->all_to_all_v(send, counts, recv, counts, ctx.stream, "bench_comm"); };
     auto run_nccl = [&] {
 #if SY_HAVE_NCCL_ALLTOALL
       NCCL_CHECK(ncclAlltoAll(send.raw(), recv.raw(), per_peer, ncclInt32, peer.get(), stream));
@@ -110,26 +115,28 @@ nlohmann::json bench_nccl_all_to_all(comm::MpiCommunicator& mpi, const NcclBench
       for (int i = 0; i < opt.iters; ++i) f();
       return timer.stop_ms() / 1e3 / opt.iters;
     };
-    int64_t wrong_local[2] = {wrong(run_ours), 0};
-    double t_local[2] = {timed(run_ours), NAN};
+    // [ours, ncclAlltoAll, ours non-blocking]
+    int64_t wrong_local[3] = {wrong(run_ours), 0, wrong(run_ours_nb)};
+    double t_local[3] = {timed(run_ours), NAN, timed(run_ours_nb)};
     if (SY_HAVE_NCCL_ALLTOALL) wrong_local[1] = wrong(run_nccl), t_local[1] = timed(run_nccl);
     // The slowest rank decides; wrong elements summed over ranks.
-    double t[2];
-    int64_t w[2];
-    MPI_Allreduce(t_local, t, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    MPI_Allreduce(wrong_local, w, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    double t[3];
+    int64_t w[3];
+    MPI_Allreduce(t_local, t, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Allreduce(wrong_local, w, 3, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     const double sent = static_cast<double>(per_peer) * 4 * W, factor = W > 1 ? double(W - 1) / W : 1.0;
     const double bw_ours = sent / t[0] / 1e9 * factor, bw_nccl = sent / t[1] / 1e9 * factor;
     if (R == 0) {
-      std::printf("%12.0f %10.1f %10.1f %7.1f GB/s %7.1f GB/s %9.2f %11lld %11lld\n", sent, t[0] * 1e6, t[1] * 1e6,
-                  bw_ours, bw_nccl, t[1] / t[0], static_cast<long long>(w[0]), static_cast<long long>(w[1]));
+      std::printf("%12.0f %10.1f %10.1f %10.1f %7.1f GB/s %7.1f GB/s %9.2f %11lld %11lld\n", sent, t[0] * 1e6,
+                  t[2] * 1e6, t[1] * 1e6, bw_ours, bw_nccl, t[1] / t[0], static_cast<long long>(w[0] + w[2]),
+                  static_cast<long long>(w[1]));
       std::fflush(stdout);
     }
     rows.push_back({{"ranks", W}, {"bytes_per_rank", sent}, {"ours_s", t[0]}, {"ours_busbw_gbs", bw_ours},
-                    {"wrong_ours", w[0]}});
+                    {"wrong_ours", w[0]}, {"ours_nonblocking_s", t[2]}, {"wrong_ours_nonblocking", w[2]}});
     if (SY_HAVE_NCCL_ALLTOALL)
       rows.back().update({{"nccl_s", t[1]}, {"nccl_busbw_gbs", bw_nccl}, {"ratio", t[1] / t[0]}, {"wrong_nccl", w[1]}});
-    wrong_total += w[0];
+    wrong_total += w[0] + w[2];
   }
   // Wrong elements from our collective are a failure, not a figure.
   if (wrong_total > 0)

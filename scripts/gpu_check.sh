@@ -405,7 +405,7 @@ if want comm; then
   # within 80%, the ours/nccl column >= 0.8), 1 rank; first: a figure.
   run_limited bench_comm_nccl_np1 45 "${M[@]}" -np 1 $B/bench_comm --nccl --iters 20 --json "$LOG/bench_comm_nccl_np1.json" --overwrite
   rc=$?; [ $rc = 0 ] || status=1
-  summary "comm: bench_comm --nccl -np 1 rc $rc: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np1.log" | awk '{print $1":"$8" (wrong "$9"/"$10")"}' | tr '\n' ' ')"
+  summary "comm: bench_comm --nccl -np 1 rc $rc: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np1.log" | awk '{print $1":"$9" ("$2" us, non-blocking "$3", nccl "$4"; wrong "$10"/"$11")"}' | tr '\n' ' ')"
   run_limited conformance_np1 45 "${M[@]}" -np 1 $B/communicator_conformance_test || status=1
   summary "comm: conformance -np 1: $(gtest_line conformance_np1)"
   # MPI on device tensors at 2 ranks sharing the GPU: the gradient reducer's
@@ -429,7 +429,7 @@ if want comm; then
   # The same at 2 ranks on the one GPU, as above (not fatal).
   run_limited bench_comm_nccl_np2 60 "${M[@]}" -np 2 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo -x NCCL_IB_DISABLE=1 \
     bash -c 'NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK exec '"$B"'/bench_comm --nccl --iters 10 --max-mib 64 --overwrite --json '"$LOG"'/bench_comm_nccl_np2.json'
-  summary "comm: bench_comm --nccl -np 2 (not fatal) rc $?: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np2.log" | awk '{print $1":"$8" (wrong "$9"/"$10")"}' | tr '\n' ' ')"
+  summary "comm: bench_comm --nccl -np 2 (not fatal) rc $?: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np2.log" | awk '{print $1":"$9" ("$2" us, non-blocking "$3", nccl "$4"; wrong "$10"/"$11")"}' | tr '\n' ' ')"
 fi
 # Issue 19 on this machine's 16 cores: the gradient all-reduce hidden behind
 # backward at 4 CPU ranks (a dense model, overlap on then off; bar 60%), then
