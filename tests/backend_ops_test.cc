@@ -937,12 +937,13 @@ std::vector<OpCase> cases() {
   // ---- optimizer ----
   c.push_back({"adamw_update", Tol::f32,
                [](Rng& r) {
-                 // value, grad, m, v (v >= 0) of a decayed (37, 5) and an undecayed (3000) parameter
+                 // value, grad, m, v (v >= 0) of a decayed (37, 5) and an undecayed (3003) parameter
+                 // (CUDA: four elements a thread, and tails of 1 and 3 elements)
                  return Ins{randn({37, 5}, r), randn({37, 5}, r), randn({37, 5}, r, 0.1f), abs_randn({37, 5}, r, 0.1f),
-                            randn({3000}, r), randn({3000}, r), randn({3000}, r, 0.1f), abs_randn({3000}, r, 0.1f)};
+                            randn({3003}, r), randn({3003}, r), randn({3003}, r, 0.1f), abs_randn({3003}, r, 0.1f)};
                },
                [](Ctx& x, const Ins&) {
-                 return Outs{fresh(x, {37, 5}), fresh(x, {37, 5}), fresh(x, {37, 5}), fresh(x, {3000}), fresh(x, {3000}), fresh(x, {3000})};
+                 return Outs{fresh(x, {37, 5}), fresh(x, {37, 5}), fresh(x, {37, 5}), fresh(x, {3003}), fresh(x, {3003}), fresh(x, {3003})};
                },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  const int from[6] = {0, 2, 3, 4, 6, 7};  // value, m, v of each parameter

@@ -1,6 +1,9 @@
 // AdamW, gradient norm and clipping on CUDA.
 //
-// adamw_update: multi-tensor, one launch for the whole list. A table of the
+// adamw_update: multi-tensor, one launch for the whole list (four elements
+//   a thread in 16-byte accesses where the tensors are aligned, as the
+//   allocator leaves them: at 74% of the copy rate on the H200 with one
+//   element a thread). A table of the
 //   parameters (pointers, sizes, weight decay, first block, the bf16 shadow
 //   or null) goes to the device
 //   once per call; block b finds its parameter by binary search over the
@@ -36,12 +39,24 @@ struct AdamWEntry {
   int64_t n;
   int64_t first_block;
   float wd;
+  bool vec;  // every pointer 16-byte aligned (the shadow 8): four elements a thread
 };
 
 struct AdamWStep {
   float lr, beta1, beta2, eps, bc1, bc2, grad_scale;
 };
 }  // namespace
+
+// One element's update (the CPU's expressions in the CPU's order): g, m, v,
+// w in; m, v, w out.
+static __device__ __forceinline__ void adamw_one(const AdamWStep& s, float wd, float g_in, float& m, float& v,
+                                                 float& w) {
+  const float g = __fmul_rn(g_in, s.grad_scale);  // (clip_scale's factor, rounded once: clip_to_norm's bits)
+  m = s.beta1 * m + (1.f - s.beta1) * g;
+  v = s.beta2 * v + (1.f - s.beta2) * g * g;
+  const float mhat = m / s.bc1, vhat = v / s.bc2;
+  w = w - s.lr * (mhat / (sqrtf(vhat) + s.eps) + wd * w);
+}
 
 static __global__ void adamw_kernel(const AdamWEntry* table, int entries, AdamWStep s) {
   int lo = 0, hi = entries - 1;  // last entry with first_block <= blockIdx.x
@@ -54,14 +69,45 @@ static __global__ void adamw_kernel(const AdamWEntry* table, int entries, AdamWS
   }
   const AdamWEntry e = table[lo];
   const int64_t begin = (blockIdx.x - e.first_block) * kChunk, end = min(e.n, begin + kChunk);
+  if (e.vec) {
+    // Four elements a thread as one 16-byte access of each array (8 bytes of
+    // the shadow): a quarter of the memory instructions, the same arithmetic
+    // element by element. kChunk is a multiple of 4, so are the quads.
+    int64_t q = begin + 4 * static_cast<int64_t>(threadIdx.x);
+    for (; q + 4 <= end; q += 4 * static_cast<int64_t>(blockDim.x)) {
+      const float4 g = *reinterpret_cast<const float4*>(e.g + q);
+      float4 m = *reinterpret_cast<const float4*>(e.m + q), v = *reinterpret_cast<const float4*>(e.v + q);
+      float4 w = *reinterpret_cast<const float4*>(e.w + q);
+      adamw_one(s, e.wd, g.x, m.x, v.x, w.x);
+      adamw_one(s, e.wd, g.y, m.y, v.y, w.y);
+      adamw_one(s, e.wd, g.z, m.z, v.z, w.z);
+      adamw_one(s, e.wd, g.w, m.w, v.w, w.w);
+      *reinterpret_cast<float4*>(e.m + q) = m;
+      *reinterpret_cast<float4*>(e.v + q) = v;
+      *reinterpret_cast<float4*>(e.w + q) = w;
+      if (e.shadow) {
+        const __nv_bfloat162 lo2 = __floats2bfloat162_rn(w.x, w.y), hi2 = __floats2bfloat162_rn(w.z, w.w);
+        uint2 packed;
+        packed.x = *reinterpret_cast<const uint32_t*>(&lo2);
+        packed.y = *reinterpret_cast<const uint32_t*>(&hi2);
+        *reinterpret_cast<uint2*>(e.shadow + q) = packed;
+      }
+    }
+    // The tail (n % 4 elements of a tensor's last chunk): the one thread
+    // whose next quad starts inside it; every other thread's starts at end
+    // or later.
+    for (int64_t k = q; k < end; ++k) {
+      float m = e.m[k], v = e.v[k], w = e.w[k];
+      adamw_one(s, e.wd, e.g[k], m, v, w);
+      e.m[k] = m, e.v[k] = v, e.w[k] = w;
+      if (e.shadow) e.shadow[k] = __float2bfloat16_rn(w);
+    }
+    return;
+  }
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const float g = __fmul_rn(e.g[i], s.grad_scale);  // (clip_scale's factor, rounded once: clip_to_norm's bits)
-    const float m = s.beta1 * e.m[i] + (1.f - s.beta1) * g;
-    const float v = s.beta2 * e.v[i] + (1.f - s.beta2) * g * g;
-    e.m[i] = m, e.v[i] = v;
-    const float mhat = m / s.bc1, vhat = v / s.bc2;
-    const float w = e.w[i] - s.lr * (mhat / (sqrtf(vhat) + s.eps) + e.wd * e.w[i]);
-    e.w[i] = w;
+    float m = e.m[i], v = e.v[i], w = e.w[i];
+    adamw_one(s, e.wd, e.g[i], m, v, w);
+    e.m[i] = m, e.v[i] = v, e.w[i] = w;
     if (e.shadow) e.shadow[i] = __float2bfloat16_rn(w);
   }
 }
@@ -81,9 +127,12 @@ void adamw_update(Ctx& ctx, const std::vector<AdamWParam>& params, const AdamWCo
   for (const AdamWParam& p : params) {
     const int64_t n = p.value->numel();
     if (n == 0) continue;
+    auto aligned = [](const void* q, uintptr_t a) { return reinterpret_cast<uintptr_t>(q) % a == 0; };
+    const bool vec = aligned(p.value->raw(), 16) && aligned(p.grad->raw(), 16) && aligned(p.m->raw(), 16) &&
+                     aligned(p.v->raw(), 16) && (!p.shadow || aligned(p.shadow->raw(), 8));
     table.push_back({p.value->data<float>(), p.grad->data<float>(), p.m->data<float>(), p.v->data<float>(),
                      p.shadow ? static_cast<__nv_bfloat16*>(p.shadow->raw()) : nullptr, n, blocks,
-                     p.decay ? c.weight_decay : 0.f});
+                     p.decay ? c.weight_decay : 0.f, vec});
     blocks += (n + kChunk - 1) / kChunk;
   }
   if (table.empty()) return;
