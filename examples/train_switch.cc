@@ -36,6 +36,7 @@
 #include <chrono>
 #include <climits>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <iostream>
@@ -270,7 +271,11 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       const int gpus = sy::cuda_device_count();
       if (gpus > 0) opts.device = sy::node_rank_gpu(node.rank);
       const auto pb = cfg.parallel().backend();
-      const bool on_gpu = cfg.backend() == switchyard::Config::CUDA, own_gpu = gpus >= node.size;
+      // (SY_NCCL_SHARED_GPU=1, for tests only: NCCL between ranks sharing a
+      // GPU, each given its own NCCL_HOSTID, over sockets - unsupported by
+      // NVIDIA; scripts/gpu_check.sh's NCCL fault run on its one GPU.)
+      const bool on_gpu = cfg.backend() == switchyard::Config::CUDA,
+                 own_gpu = gpus >= node.size || (gpus > 0 && std::getenv("SY_NCCL_SHARED_GPU"));
       if (pb == switchyard::ParallelConfig::NCCL && !own_gpu)
         throw sy::ConfigError("parallel.backend = NCCL: " + std::to_string(node.size) + " ranks on this node share " +
                               std::to_string(gpus) + " GPU" + (gpus == 1 ? "" : "s") +

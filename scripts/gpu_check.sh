@@ -430,6 +430,21 @@ if want comm; then
   run_limited bench_comm_nccl_np2 60 "${M[@]}" -np 2 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo -x NCCL_IB_DISABLE=1 \
     bash -c 'NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK exec '"$B"'/bench_comm --nccl --iters 10 --max-mib 64 --overwrite --json '"$LOG"'/bench_comm_nccl_np2.json'
   summary "comm: bench_comm --nccl -np 2 (not fatal) rc $?: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np2.log" | awk '{print $1":"$9" ("$2" us, non-blocking "$3", nccl "$4"; wrong "$10"/"$11")"}' | tr '\n' ' ')"
+  # The NCCL communicator's timeouts in training (its blocking mode: the
+  # watchdog holds each call from before it enters NCCL), 2 ranks on the one
+  # GPU as above: a rank that throws, hangs or exits ends the job with the
+  # one-line error (not fatal; the kill case needs BIN on the rank's
+  # command line, which the wrapper's exec replaces).
+  # (The rank's environment is set in the wrapper itself: nothing rests on
+  # what mpirun forwards.)
+  printf '%s\n' '#!/usr/bin/env bash' \
+    'export NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1' \
+    'export SY_NCCL_SHARED_GPU=1' "exec $PWD/$B/train_switch \"\$@\"" > "$LOG/nccl_rank.sh"
+  chmod +x "$LOG/nccl_rank.sh"
+  run_limited parallel_fault_nccl 120 env \
+    SY_FAULT_KINDS="throw hang exit" SY_TEST_ARGS="--set backend=CUDA --set parallel.backend=NCCL" \
+    bash tests/parallel_fault_test.sh "$LOG/nccl_rank.sh" "$PWD" mpirun
+  summary "comm: a failing rank over NCCL, 2 ranks on one GPU (not fatal): $(grep -E '^(ok|FAIL)' "$LOG/parallel_fault_nccl.log" | cut -c1-90 | tr '\n' ';')"
 fi
 # Issue 19 on this machine's 16 cores: the gradient all-reduce hidden behind
 # backward at 4 CPU ranks (a dense model, overlap on then off; bar 60%), then
