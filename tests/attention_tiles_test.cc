@@ -204,16 +204,29 @@ TEST(AttentionTiles, SplitLayoutComputesEachAllowedPairOnce) {
       }
 }
 
+// 256 keys and 256 queries interleaved by position (key i at 2i, query i
+// at 2i + 1), split layout: keys in rows [0, 256), queries after.
+struct Interleaved {
+  std::vector<int32_t> is_q, is_k, pos;
+  int32_t key_len[1] = {256};
+  Interleaved() : is_q(512, 0), is_k(512, 0), pos(512) {
+    for (int i = 0; i < 256; ++i) is_k[i] = 1, pos[i] = 2 * i, is_q[256 + i] = 1, pos[256 + i] = 2 * i + 1;
+  }
+  attn::MemberMask mask() const {
+    attn::MemberMask m{is_q.data(), is_k.data(), key_len};
+    m.pos = pos.data();
+    return m;
+  }
+};
+
 // The point of positions: 256 keys and 256 queries interleaved (key i at
 // 2i, query i at 2i + 1) cost the causal half of the key-query tiles, not
 // all of them, in the forward and the dK/dV loops.
 TEST(AttentionTiles, SplitLayoutVisitsOnlyReachableTiles) {
-  std::vector<int32_t> is_q(512, 0), is_k(512, 0), pos(512);
-  for (int i = 0; i < 256; ++i) is_k[i] = 1, pos[i] = 2 * i, is_q[256 + i] = 1, pos[256 + i] = 2 * i + 1;
-  const int32_t key_len[1] = {256};
+  const Interleaved il;
   const std::vector<uint64_t> bits(1024, 0);
-  attn::MemberMask m{is_q.data(), is_k.data(), key_len};
-  m.pos = pos.data(), m.qbits = bits.data(), m.kbits = bits.data(), m.words = 1;
+  attn::MemberMask m = il.mask();
+  m.qbits = bits.data(), m.kbits = bits.data(), m.words = 1;
   const attn::MemberMask b = m.bind(0, 0, 512);
   int forward = 0, backward = 0;
   for (int r0 = 0; r0 < 512; r0 += 64) {
@@ -267,12 +280,10 @@ TEST(AttentionTiles, AllFlaggedSplitLayoutComputesEachAllowedPairOnce) {
 // forward visits, the 6 strictly below the diagonal need no element mask;
 // without all_flagged every one does.
 TEST(AttentionTiles, AllFlaggedSplitLayoutSkipsTheMaskBelowTheDiagonal) {
-  std::vector<int32_t> is_q(512, 0), is_k(512, 0), pos(512);
-  for (int i = 0; i < 256; ++i) is_k[i] = 1, pos[i] = 2 * i, is_q[256 + i] = 1, pos[256 + i] = 2 * i + 1;
-  const int32_t key_len[1] = {256};
+  const Interleaved il;
   for (const bool flagged : {true, false}) {
-    attn::MemberMask m{is_q.data(), is_k.data(), key_len};
-    m.pos = pos.data(), m.all_flagged = flagged;
+    attn::MemberMask m = il.mask();
+    m.all_flagged = flagged;
     const attn::MemberMask b = m.bind(0, 0, 512);
     int visited = 0, unmasked = 0;
     for (int q0 = 256; q0 < 512; q0 += 64) {

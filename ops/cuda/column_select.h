@@ -110,6 +110,17 @@ SY_HD inline void load_batch(const float* scores, int64_t G, int64_t g, int64_t 
   for (int j = 0; j < kBatch; ++j) x[j] = j < n ? scores[(i + j) * G + g] : 0.f;
 }
 
+// f(i, x) for every item i of tile t in order, x the score of column g.
+template <class F>
+SY_HD inline void walk_tile(const float* scores, const Shape& s, int64_t seg, int64_t t, int64_t g, F&& f) {
+  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; i += kBatch) {
+    const int64_t n = e - i < kBatch ? e - i : kBatch;
+    float x[kBatch];
+    load_batch(scores, s.G, g, i, n, x);
+    for (int j = 0; j < n; ++j) f(i + j, x[j]);
+  }
+}
+
 // Whether key k matches tau's top 8 p bits (pass p; every key at pass 0).
 SY_HD inline bool matches(uint32_t k, uint32_t prefix, int pass) {
   return pass == 0 || (k >> (32 - 8 * pass)) == (prefix >> (32 - 8 * pass));
@@ -124,15 +135,10 @@ SY_HD inline void tile_histogram(const float* scores, const Shape& s, int64_t se
                                  Column col, Count* hist, int stride) {
   if (col.need <= 0) return;
   const int shift = 24 - 8 * pass;
-  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; i += kBatch) {
-    const int64_t n = e - i < kBatch ? e - i : kBatch;
-    float x[kBatch];
-    load_batch(scores, s.G, g, i, n, x);
-    for (int j = 0; j < n; ++j) {
-      const uint32_t k = key_of(x[j]);
-      if (matches(k, col.prefix, pass)) ++hist[((k >> shift) & 0xffu) * stride];
-    }
-  }
+  walk_tile(scores, s, seg, t, g, [&](int64_t, float x) {
+    const uint32_t k = key_of(x);
+    if (matches(k, col.prefix, pass)) ++hist[((k >> shift) & 0xffu) * stride];
+  });
 }
 
 // Column (seg, g)'s count of bin b over its segment's tiles, in tile order
@@ -166,16 +172,11 @@ SY_HD inline bool settle_digit(Column& col, const uint32_t* counts, int b0, int 
 SY_HD inline void tile_counts(const float* scores, const Shape& s, int64_t seg, int64_t t, int64_t g, uint32_t tau,
                               uint32_t& less, uint32_t& equal) {
   uint32_t lt = 0, eq = 0;
-  for (int64_t i = s.first(seg, t), e = s.end(seg, t); i < e; i += kBatch) {
-    const int64_t n = e - i < kBatch ? e - i : kBatch;
-    float x[kBatch];
-    load_batch(scores, s.G, g, i, n, x);
-    for (int j = 0; j < n; ++j) {
-      const uint32_t k = key_of(x[j]);
-      lt += k < tau;
-      eq += k == tau;
-    }
-  }
+  walk_tile(scores, s, seg, t, g, [&](int64_t, float x) {
+    const uint32_t k = key_of(x);
+    lt += k < tau;
+    eq += k == tau;
+  });
   less = lt, equal = eq;
 }
 
@@ -192,24 +193,19 @@ SY_HD inline void tile_mark(const float* scores, const Shape& s, int64_t seg, in
   uint32_t kept = less_before + (equal_before < need ? equal_before : need), eq = equal_before;
   const int64_t base = s.own ? 0 : seg * s.per;
   const int32_t grp = static_cast<int32_t>(s.own ? seg * s.G + g : g);
-  for (int64_t i0 = s.first(seg, t), e = s.end(seg, t); i0 < e; i0 += kBatch) {
-    const int64_t n = e - i0 < kBatch ? e - i0 : kBatch;
-    float x[kBatch];
-    load_batch(scores, s.G, g, i0, n, x);
-    for (int j = 0; j < n; ++j) {
-      const int64_t a = (i0 + j) * s.G + g;
-      const uint32_t k = key_of(x[j]);
-      const bool keep = need > 0 && (k < col.prefix || (k == col.prefix && eq < need));
-      eq += k == col.prefix;
-      if (keep) {
-        group[a] = grp;
-        weight[a] = x[j];
-        slot[a] = static_cast<int32_t>(base + kept++);
-      } else {
-        slot[a] = -1;
-      }
+  walk_tile(scores, s, seg, t, g, [&](int64_t i, float x) {
+    const int64_t a = i * s.G + g;
+    const uint32_t k = key_of(x);
+    const bool keep = need > 0 && (k < col.prefix || (k == col.prefix && eq < need));
+    eq += k == col.prefix;
+    if (keep) {
+      group[a] = grp;
+      weight[a] = x;
+      slot[a] = static_cast<int32_t>(base + kept++);
+    } else {
+      slot[a] = -1;
     }
-  }
+  });
 }
 
 }  // namespace sy::ops::colsel
