@@ -162,19 +162,28 @@ TEST(AttentionTiles, KeyPrefixVisitsOnlyItsKeyTiles) {
 // segment is the first that holds both tokens (bitmaps of two words, the
 // segment index 70, so both words matter). The allowed pairs written out
 // here apart from MemberMask::ok, so ok is checked as well as the tiling.
-TEST(AttentionTiles, SplitLayoutComputesEachAllowedPairOnce) {
-  uint32_t state = 4242;
-  auto next = [&state](uint32_t n) {
+// A small linear congruential stream: next(n) in [0, n).
+struct Lcg {
+  uint32_t state;
+  uint32_t operator()(uint32_t n) {
     state = state * 1664525u + 1013904223u;
     return (state >> 8) % n;
-  };
-  const int seg = 70, words = 2;
-  // The kernels' tilings, and tiles of one row, where a binary search off by
-  // one position shows wherever it lands (not only at a tile's edge).
+  }
+};
+
+// The kernels' tilings, and tiles of one row, where a binary search off by
+// one position shows wherever it lands (not only at a tile's edge).
+std::vector<Tiling> split_layout_tilings() {
   std::vector<Tiling> tilings(std::begin(kTilings), std::end(kTilings));
   tilings.push_back({"one row, queries own", 1, 1, 1, false});
   tilings.push_back({"one row, keys own", 1, 1, 1, true});
-  for (const Tiling& t : tilings)
+  return tilings;
+}
+
+TEST(AttentionTiles, SplitLayoutComputesEachAllowedPairOnce) {
+  Lcg next{4242};
+  const int seg = 70, words = 2;
+  for (const Tiling& t : split_layout_tilings())
     for (const int len : {1, 16, 33, 100, 129, 300})
       for (const int klen : {0, 1, 15, 16, 17, 64, 65, 128}) {
         if (klen > len) continue;
@@ -246,15 +255,8 @@ TEST(AttentionTiles, SplitLayoutVisitsOnlyReachableTiles) {
 // of the cluster) included. (Planted: tile_full comparing the first key's
 // position instead of the last's fails here at once.)
 TEST(AttentionTiles, AllFlaggedSplitLayoutComputesEachAllowedPairOnce) {
-  uint32_t state = 777;
-  auto next = [&state](uint32_t n) {
-    state = state * 1664525u + 1013904223u;
-    return (state >> 8) % n;
-  };
-  std::vector<Tiling> tilings(std::begin(kTilings), std::end(kTilings));
-  tilings.push_back({"one row, queries own", 1, 1, 1, false});
-  tilings.push_back({"one row, keys own", 1, 1, 1, true});
-  for (const Tiling& t : tilings)
+  Lcg next{777};
+  for (const Tiling& t : split_layout_tilings())
     for (const int len : {1, 16, 33, 100, 129, 300})
       for (const int klen : {0, 1, 15, 16, 17, 64, 65, 128}) {
         if (klen > len) continue;
