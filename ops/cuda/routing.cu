@@ -83,7 +83,7 @@ static __global__ void softmax_rows(float* probs, const float* logits, int64_t N
   for (int64_t g = lane; g < G; g += 32) p[g] /= sum;
 }
 
-// A row of G <= L NV scores in registers, L lanes a row (L = 8, 16 or 32:
+// A row of G <= L NV scores in registers, L lanes a row (L = 8 or 16:
 // a warp holds 32 / L rows; lane `sub` of its row holds groups sub + L j,
 // j < NV): the logits l read once, the probabilities written to p once and
 // left in v. Softmax: the lane's values in ascending g, then a butterfly
