@@ -69,12 +69,14 @@ static __global__ void adamw_kernel(const AdamWEntry* table, int entries, AdamWS
   }
   const AdamWEntry e = table[lo];
   const int64_t begin = (blockIdx.x - e.first_block) * kChunk, end = min(e.n, begin + kChunk);
+  int64_t scalar = begin;  // where the one-element-a-thread loop starts
   if (e.vec) {
     // Four elements a thread as one 16-byte access of each array (8 bytes of
     // the shadow): a quarter of the memory instructions, the same arithmetic
-    // element by element. kChunk is a multiple of 4, so are the quads.
-    int64_t q = begin + 4 * static_cast<int64_t>(threadIdx.x);
-    for (; q + 4 <= end; q += 4 * static_cast<int64_t>(blockDim.x)) {
+    // element by element. kChunk is a multiple of 4, so are the quads; the
+    // chunk's last n % 4 elements fall to the loop below.
+    scalar = begin + (end - begin) / 4 * 4;
+    for (int64_t q = begin + 4 * static_cast<int64_t>(threadIdx.x); q < scalar; q += 4 * static_cast<int64_t>(blockDim.x)) {
       const float4 g = *reinterpret_cast<const float4*>(e.g + q);
       float4 m = *reinterpret_cast<const float4*>(e.m + q), v = *reinterpret_cast<const float4*>(e.v + q);
       float4 w = *reinterpret_cast<const float4*>(e.w + q);
@@ -93,18 +95,8 @@ static __global__ void adamw_kernel(const AdamWEntry* table, int entries, AdamWS
         *reinterpret_cast<uint2*>(e.shadow + q) = packed;
       }
     }
-    // The tail (n % 4 elements of a tensor's last chunk): the one thread
-    // whose next quad starts inside it; every other thread's starts at end
-    // or later.
-    for (int64_t k = q; k < end; ++k) {
-      float m = e.m[k], v = e.v[k], w = e.w[k];
-      adamw_one(s, e.wd, e.g[k], m, v, w);
-      e.m[k] = m, e.v[k] = v, e.w[k] = w;
-      if (e.shadow) e.shadow[k] = __float2bfloat16_rn(w);
-    }
-    return;
   }
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+  for (int64_t i = scalar + threadIdx.x; i < end; i += blockDim.x) {
     float m = e.m[i], v = e.v[i], w = e.w[i];
     adamw_one(s, e.wd, e.g[i], m, v, w);
     e.m[i] = m, e.v[i] = v, e.w[i] = w;

@@ -62,6 +62,7 @@
 #include <string>
 
 #include "core/cuda_check.h"
+#include "ops/cuda/common.cuh"  // allow_smem
 #include "ops/attention.h"
 #include "ops/cuda/attention_tiles.h"
 #include "ops/cuda/mma.cuh"
@@ -1002,20 +1003,6 @@ constexpr size_t f32_smem_dq() {
 // ---- launchers ---------------------------------------------------------
 
 cudaStream_t stream_of(const Ctx& ctx) { return static_cast<cudaStream_t>(ctx.stream.handle); }
-
-// Raises a kernel's dynamic shared-memory limit, once per kernel and device
-// (the attribute is the current device's: a process that drives a second GPU
-// sets it there too).
-template <auto Kernel>
-void allow_smem(size_t bytes) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<bool> done[kMaxDevices];
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < kMaxDevices && done[dev].load(std::memory_order_acquire)) return;
-  CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  if (dev < kMaxDevices) done[dev].store(true, std::memory_order_release);
-}
 
 // The varlen work list for tiles of `tile` rows (attn::tile_work): one block;
 // each thread sums the tile counts of a run of segments, an exclusive scan

@@ -1,11 +1,13 @@
 // What the CUDA kernels of ops/ share (included by ops/cuda/*.cu only):
 //
 //   stream(ctx), grid_for(n)        launch plumbing
+//   allow_smem<Kernel>(bytes)       a kernel's dynamic shared memory past 48 KiB
 //   Launch / each_index             one thread per index (grid-stride), for the
 //                                   rows headers' step sequences
 //   upload / download               small host <-> device tables on ctx's stream
 //   warp_sum, warp_max              butterfly reductions: every lane ends with
 //                                   the same value, combined in a fixed pattern
+//                                   (over the warp, or groups of W lanes)
 //   block_sum, block_max            the same over a block, in a fixed tree
 //   block_exclusive_sum             a block's exclusive prefix sum of integers
 //   column_sums<F>                  out[o][c] += sum_r f(r, c)[o], two stages in a
@@ -23,6 +25,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -44,6 +47,20 @@ inline unsigned grid_for(int64_t n, int block = kBlock) {
 
 // Blocks for a grid-stride loop over n items: enough to fill the GPU, at most 2^20.
 inline unsigned grid_stride(int64_t n, int block = kBlock) { return std::min(grid_for(n, block), 1u << 20); }
+
+// Raises a kernel's dynamic shared-memory limit, once per kernel and device
+// (the attribute is the current device's: a process that drives a second GPU
+// sets it there too).
+template <auto Kernel>
+void allow_smem(size_t bytes) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<bool> done[kMaxDevices];
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kMaxDevices && done[dev].load(std::memory_order_acquire)) return;
+  CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  if (dev < kMaxDevices) done[dev].store(true, std::memory_order_release);
+}
 
 // A device tensor holding `values` (a small table: offsets, per-group
 // constants). Ordered on ctx's stream; a copy from pageable host memory is
@@ -91,15 +108,19 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-template <class T>
+// W < 32: over each group of W adjacent lanes (offsets below W never leave
+// the group), every lane of the warp taking part.
+template <class T, int W = 32>
 __device__ __forceinline__ T warp_sum(T v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+#pragma unroll
+  for (int o = W / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 
-template <class T>
+template <class T, int W = 32>
 __device__ __forceinline__ T warp_max(T v) {
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+#pragma unroll
+  for (int o = W / 2; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 

@@ -227,14 +227,13 @@ Tensor activation(Ctx& ctx, const ExpertLayout& l, const std::vector<int32_t>& o
     cuda::swiglu_forward(ctx, {y, block(pre, 0, R, 2 * H)});
     return act;
   }
-  int64_t p0 = 0, a0 = 0;
+  const std::vector<int64_t> pre_at = pre_starts(l, offset), act_at = act_starts(l, offset);
   for (int64_t g = 0; g < l.groups(); ++g) {
     const int64_t n = offset[g + 1] - offset[g], H = l.hidden[g];
     if (n > 0) {
-      Tensor y = block(act, a0, n, H);
-      cuda::swiglu_forward(ctx, {y, block(pre, p0, n, 2 * H)});
+      Tensor y = block(act, act_at[g], n, H);
+      cuda::swiglu_forward(ctx, {y, block(pre, pre_at[g], n, 2 * H)});
     }
-    p0 += n * 2 * H, a0 += n * H;
   }
   return act;
 }
@@ -254,14 +253,13 @@ void activation_backward(Ctx& ctx, const ExpertLayout& l, const std::vector<int3
     cuda::swiglu_backward(ctx, {dx, block(dact, 0, R, H), block(pre, 0, R, 2 * H)});
     return;
   }
-  int64_t p0 = 0, a0 = 0;
+  const std::vector<int64_t> pre_at = pre_starts(l, offset), act_at = act_starts(l, offset);
   for (int64_t g = 0; g < l.groups(); ++g) {
     const int64_t n = offset[g + 1] - offset[g], H = l.hidden[g];
     if (n > 0) {
-      Tensor dx = block(dpre, p0, n, 2 * H);
-      cuda::swiglu_backward(ctx, {dx, block(dact, a0, n, H), block(pre, p0, n, 2 * H)});
+      Tensor dx = block(dpre, pre_at[g], n, 2 * H);
+      cuda::swiglu_backward(ctx, {dx, block(dact, act_at[g], n, H), block(pre, pre_at[g], n, 2 * H)});
     }
-    p0 += n * 2 * H, a0 += n * H;
   }
 }
 
@@ -293,13 +291,12 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
       gemm_nn(ctx, bf16, eq, P0, D, at(buf, 0), at(w1, 0), a.pre, 0.f, bias ? b1 : nullptr,
               {G, eq * D, D * P0, eq * P0, P0});
     }
-    int64_t p0 = 0;  // expert g's block of the packed pre (ops/expert_ffn.h)
-    for (int64_t g = 0; g < G && eq < 0; ++g) {
+    const std::vector<int64_t> pre_at = eq < 0 ? pre_starts(l, a.offset) : std::vector<int64_t>{};
+    for (int64_t g = 0; g < G && eq < 0; ++g) {  // expert g's block of the packed pre (ops/expert_ffn.h)
       const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
       if (n > 0)
-        gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), block(a.pre, p0, n, P), 0.f,
+        gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), block(a.pre, pre_at[g], n, P), 0.f,
                 bias ? b1 + l.b1_offset(g) : nullptr);
-      p0 += n * P;
     }
   }
   Tensor act;
@@ -312,13 +309,12 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   if (eq >= 0)
     gemm_nn(ctx, bf16, eq, D, H0, at(act, 0), at(w2, 0), a.out, 0.f, bias ? b2 : nullptr,
             {G, eq * H0, H0 * D, eq * D, D});
-  int64_t a0 = 0;  // expert g's block of the packed act
-  for (int64_t g = 0; g < G && eq < 0; ++g) {
+  const std::vector<int64_t> act_at = eq < 0 ? act_starts(l, a.offset) : std::vector<int64_t>{};
+  for (int64_t g = 0; g < G && eq < 0; ++g) {  // expert g's block of the packed act
     const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
     if (n > 0)
-      gemm_nn(ctx, bf16, n, D, H, at(act, a0), at(w2, l.w2_offset(g)), a.out.rows(r0, r0 + n), 0.f,
+      gemm_nn(ctx, bf16, n, D, H, at(act, act_at[g]), at(w2, l.w2_offset(g)), a.out.rows(r0, r0 + n), 0.f,
               bias ? b2 + l.b2_offset(g) : nullptr);
-    a0 += n * H;
   }
 }
 

@@ -275,11 +275,10 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
 }
 
 // D = 128 needs more than the 48 KiB of static shared memory (68 KiB):
-// the limit is raised for the kernel (cheap; the launch follows at once).
+// the kernel's limit is raised once (smem depends on D alone).
 template <int D>
 static void launch_nearest(Ctx& ctx, unsigned grid, size_t smem, const NearestArgs& a) {
-  CUDA_CHECK(cudaFuncSetAttribute(nearest_centroid_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem)));
+  allow_smem<nearest_centroid_kernel<D>>(smem);
   nearest_centroid_kernel<D><<<grid, kNcWarps * 32, smem, stream(ctx)>>>(a);
 }
 

@@ -96,19 +96,6 @@ static __global__ void softmax_rows(float* probs, const float* logits, int64_t N
 // 64 groups, where 8 lanes a row spend 3 on each of 4 rows: the H200 timed
 // the gating at 39 us for 65536 x 64 logits, about an instruction-bound
 // figure, against 16 us for the softmax alone.)
-template <int L>
-static __device__ __forceinline__ float row_max(float v) {
-#pragma unroll
-  for (int o = L / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-template <int L>
-static __device__ __forceinline__ float row_sum(float v) {
-#pragma unroll
-  for (int o = L / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 template <int L, int NV>
 static __device__ __forceinline__ void scores_in_registers(float (&v)[NV], const float* l, float* p, int64_t G,
                                                            int sub, bool valid, bool softmax) {
@@ -119,12 +106,12 @@ static __device__ __forceinline__ void scores_in_registers(float (&v)[NV], const
 #pragma unroll
     for (int j = 0; j < NV; ++j)
       if (sub + L * j < G) mx = fmaxf(mx, v[j]);
-    mx = row_max<L>(mx);
+    mx = warp_max<float, L>(mx);
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < NV; ++j)
       if (sub + L * j < G) sum += (v[j] = expf(v[j] - mx));
-    sum = row_sum<L>(sum);
+    sum = warp_sum<float, L>(sum);
 #pragma unroll
     for (int j = 0; j < NV; ++j)
       if (sub + L * j < G) v[j] /= sum;
@@ -138,46 +125,34 @@ static __device__ __forceinline__ void scores_in_registers(float (&v)[NV], const
     if (sub + L * j < G) p[sub + L * j] = v[j];
 }
 
-// Rows of G <= 128 groups in registers: L lanes a row, NV values a lane.
+// Rows of G <= 128 groups in registers: L lanes a row, NV values a lane,
+// NV a power of two (the values past G are skipped: fewer instances).
 struct RowLayout {
   int L, NV;
 };
 inline RowLayout row_layout(int64_t G) {
   const int L = G <= 64 ? 8 : 16;
-  return {L, static_cast<int>((G + L - 1) / L)};
+  int NV = 1;
+  while (NV * L < G) NV *= 2;
+  return {L, NV};
 }
 // Calls f(integral_constant L, integral_constant NV) for G's layout (G <= 128).
 template <class F>
 void with_row_layout(int64_t G, F&& f) {
   using std::integral_constant;
   const RowLayout r = row_layout(G);
-  if (r.L == 8) {
-    switch (r.NV) {
-      case 1: return f(integral_constant<int, 8>{}, integral_constant<int, 1>{});
-      case 2: return f(integral_constant<int, 8>{}, integral_constant<int, 2>{});
-      case 3: return f(integral_constant<int, 8>{}, integral_constant<int, 3>{});
-      case 4: return f(integral_constant<int, 8>{}, integral_constant<int, 4>{});
-      case 5: return f(integral_constant<int, 8>{}, integral_constant<int, 5>{});
-      case 6: return f(integral_constant<int, 8>{}, integral_constant<int, 6>{});
-      case 7: return f(integral_constant<int, 8>{}, integral_constant<int, 7>{});
-      default: return f(integral_constant<int, 8>{}, integral_constant<int, 8>{});
-    }
-  }
+  if (r.L == 16) return f(integral_constant<int, 16>{}, integral_constant<int, 8>{});
   switch (r.NV) {
-    case 5: return f(integral_constant<int, 16>{}, integral_constant<int, 5>{});
-    case 6: return f(integral_constant<int, 16>{}, integral_constant<int, 6>{});
-    case 7: return f(integral_constant<int, 16>{}, integral_constant<int, 7>{});
-    default: return f(integral_constant<int, 16>{}, integral_constant<int, 8>{});
+    case 1: return f(integral_constant<int, 8>{}, integral_constant<int, 1>{});
+    case 2: return f(integral_constant<int, 8>{}, integral_constant<int, 2>{});
+    case 4: return f(integral_constant<int, 8>{}, integral_constant<int, 4>{});
+    default: return f(integral_constant<int, 8>{}, integral_constant<int, 8>{});
   }
 }
-// Rows a block of the register kernels holds, and its grid for N rows.
+// Rows a block of the register kernels holds.
 template <int L>
-__host__ __device__ constexpr int64_t rows_per_block() {
-  return static_cast<int64_t>(kWarps) * (32 / L);
-}
-template <int L>
-unsigned row_grid(int64_t N) {
-  return static_cast<unsigned>((N + rows_per_block<L>() - 1) / rows_per_block<L>());
+__host__ __device__ constexpr int rows_per_block() {
+  return kWarps * (32 / L);
 }
 
 // router_scores' softmax with the row in registers: the logits read once
@@ -185,7 +160,7 @@ unsigned row_grid(int64_t N) {
 // twice and writes each probability twice.
 template <int L, int NV>
 static __global__ void softmax_rows_regs(float* probs, const float* logits, int64_t N, int64_t G) {
-  const int64_t i = blockIdx.x * rows_per_block<L>() + threadIdx.x / L;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(rows_per_block<L>()) + threadIdx.x / L;
   const bool valid = i < N;
   float v[NV];
   scores_in_registers<L, NV>(v, logits + (valid ? i : 0) * G, probs + (valid ? i : 0) * G, G, threadIdx.x % L,
@@ -227,7 +202,7 @@ void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn) {
   else if (G <= 128)  // the row in registers (row_layout)
     with_row_layout(G, [&](auto L, auto NV) {
       constexpr int kL = decltype(L)::value, kNV = decltype(NV)::value;
-      softmax_rows_regs<kL, kNV><<<row_grid<kL>(N), kBlock, 0, stream(ctx)>>>(p, l, N, G);
+      softmax_rows_regs<kL, kNV><<<grid_for(N, rows_per_block<kL>()), kBlock, 0, stream(ctx)>>>(p, l, N, G);
     });
   else
     softmax_rows<<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
@@ -369,7 +344,7 @@ static __global__ void gate_topk_kernel(TopkArgs a, const float* logits, bool so
 // same choice; the probabilities are router_scores' (the same layout).
 template <int L, int NV>
 static __global__ void gate_topk_regs(TopkArgs a, const float* logits, bool softmax) {
-  const int64_t row = blockIdx.x * rows_per_block<L>() + threadIdx.x / L;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(rows_per_block<L>()) + threadIdx.x / L;
   const bool valid = row < a.N;
   const int64_t i = valid ? row : 0;
   const int sub = threadIdx.x % L, first_lane = threadIdx.x % 32 - sub;
@@ -550,7 +525,7 @@ void launch_choice(Ctx& ctx, const Tensor& probs, const Tensor* logits, ScoreFn 
   if (logits && G <= 128)  // the row in registers (row_layout, as router_scores)
     with_row_layout(G, [&](auto L, auto NV) {
       constexpr int kL = decltype(L)::value, kNV = decltype(NV)::value;
-      gate_topk_regs<kL, kNV><<<row_grid<kL>(N), kBlock, 0, stream(ctx)>>>(ta, l, sm);
+      gate_topk_regs<kL, kNV><<<grid_for(N, rows_per_block<kL>()), kBlock, 0, stream(ctx)>>>(ta, l, sm);
     });
   else if (logits)
     gate_topk_kernel<<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
@@ -584,12 +559,6 @@ void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logit
 
 // ---- groups_choose --------------------------------------------------------
 
-namespace {
-struct GroupsShape {
-  int64_t N, G, S, segments, per;  // per: items each group takes per segment
-  bool own;                        // each segment its own groups (group s G + g)
-};
-}  // namespace
 
 // The column select of ops/cuda/column_select.h: one thread a unit
 // (segment, tile, group; g fastest), blocks of one warp (each thread's 256
@@ -671,16 +640,15 @@ static __global__ void fill_counts(int32_t* count, int32_t* offset, int64_t G, i
 void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, int64_t segment, bool own_groups) {
   const int64_t N = scores.dim(0), G = scores.dim(1);
   const int64_t S = segment > 0 ? segment : N;
-  GroupsShape s{N, G, S, S > 0 ? N / S : 0, std::min(capacity, S), own_groups && segment > 0};
-  const int64_t groups = s.own ? s.segments * G : G;  // the route's
+  const int64_t tile = colsel::tile_items(N, G, S);
+  const colsel::Shape cs{G, S, S > 0 ? N / S : 0, std::min(capacity, S), tile, (S + tile - 1) / tile,
+                         own_groups && segment > 0};
+  const int64_t groups = cs.own ? cs.columns() : G;  // the route's
   Tensor meta = init_route(ctx, r, N, G, groups);
-  r.capacity = s.own ? s.per : s.per * s.segments;
-  const int64_t n = N * G;
+  r.capacity = cs.own ? cs.per : cs.per * cs.segments;
   CUDA_CHECK(cudaMemsetAsync(r.group.raw(), 0xff, r.group.nbytes(), stream(ctx)));  // -1: unused
   CUDA_CHECK(cudaMemsetAsync(r.weight.raw(), 0, r.weight.nbytes(), stream(ctx)));
-  if (n > 0) {
-    const int64_t tile = colsel::tile_items(N, G, S);
-    const colsel::Shape cs{G, S, s.segments, s.per, tile, (S + tile - 1) / tile, s.own};
+  if (N * G > 0) {
     const int64_t cols_n = cs.columns(), units = cs.units();
     Tensor cols = Tensor::empty({cols_n * 2}, DType::i32, ctx);  // (prefix, need) a column
     Tensor bins = Tensor::empty({(colsel::kBins * units + 1) / 2}, DType::i32, ctx);  // 16-bit
@@ -690,7 +658,7 @@ void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, i
     auto* H = reinterpret_cast<uint16_t*>(bins.data<int32_t>());
     auto* R = reinterpret_cast<uint32_t*>(totals.data<int32_t>());
     auto* less = reinterpret_cast<uint32_t*>(counts.data<int32_t>());
-    const unsigned unit_blocks = static_cast<unsigned>((units + 31) / 32);
+    const unsigned unit_blocks = grid_for(units, 32);
     colsel_start<<<grid_for(cols_n), kBlock, 0, stream(ctx)>>>(col, cols_n, static_cast<int32_t>(cs.per));
     CUDA_CHECK(cudaGetLastError());
     for (int pass = 0; pass < colsel::kPasses; ++pass) {
