@@ -79,7 +79,7 @@ struct CallSite {
   int world_rank;
   std::string context;
   double timeout_s;
-  std::string group;
+  const std::string* group;  // the communicator's (its entries are forgotten before it goes)
   int device;  // the communicator's: the abort's thread sets it (a new thread starts on device 0)
 };
 
@@ -116,12 +116,12 @@ void abort_bounded(ncclComm_t comm, int device) {
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   if (nccl_error)
     std::fprintf(stderr, "error: rank %d: %s in '%s' failed: NCCL: %s (group of world ranks %s)\n", at.world_rank, op,
-                 at.context.c_str(), nccl_error, at.group.c_str());
+                 at.context.c_str(), nccl_error, at.group->c_str());
   else
     std::fprintf(stderr,
                  "error: rank %d: %s in '%s' did not complete within %g s (group of world ranks %s): "
                  "a rank is stuck or gone\n",
-                 at.world_rank, op, at.context.c_str(), at.timeout_s, at.group.c_str());
+                 at.world_rank, op, at.context.c_str(), at.timeout_s, at.group->c_str());
   std::fflush(stderr);
   abort_bounded(comm, at.device);
   std::_Exit(1);
@@ -375,7 +375,7 @@ class NcclCommunicator final : public Communicator {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = mode_ == NcclMode::blocking ? 1 : 0;
     ncclComm_t sub = nullptr;
-    const CallSite at{world_ranks_[rank_], "communicator split", timeout_s_, group_, device_};
+    const CallSite at{world_ranks_[rank_], "communicator split", timeout_s_, &group_, device_};
     // Watched from here to the members read back: a blocking split waits
     // inside NCCL until every member has joined (one that never does would
     // hang it), and the members' all-gather below is waited for too.
@@ -525,7 +525,7 @@ class NcclCommunicator final : public Communicator {
   template <class F>
   void run(const char* op, const char* context, Stream caller, F&& enqueue) {
     auto cs = static_cast<cudaStream_t>(caller.handle);
-    const CallSite at{world_ranks_[rank_], context, timeout_s_, group_, device_};
+    const CallSite at{world_ranks_[rank_], context, timeout_s_, &group_, device_};
     Watch watch({0, comm_, nullptr, now_s() + timeout_s_, op, at});
     EventRef start = events_.take(), done = events_.take();
     // (ready_ is recorded anew each call: a stream wait takes the record
@@ -589,8 +589,9 @@ std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator& mpi, int d
     // Returns once every rank has joined: a rank that never does would hang
     // it, so the watchdog holds the deadline (the one-line error, exit 1).
     const std::vector<int> world = mpi.world_ranks();
+    const std::string group = ranks_str(world);  // (outlives the watch)
     Watch watch({0, nullptr, nullptr, now_s() + timeout_s, "ncclCommInitRankConfig",
-                 CallSite{world[mpi.rank()], "NCCL communicator set-up", timeout_s, ranks_str(world), device}});
+                 CallSite{world[mpi.rank()], "NCCL communicator set-up", timeout_s, &group, device}});
     const ncclResult_t r = ncclCommInitRankConfig(&comm, mpi.size(), id, mpi.rank(), &config);
     if (r != ncclSuccess) throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
   } else {

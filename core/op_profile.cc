@@ -60,8 +60,7 @@ void OpProfiler::begin_step() {
 // depth, is a part, named by its path ("op > part > sub").
 void OpProfiler::begin(const char* op) {
   if (std::this_thread::get_id() != owner_) return;
-  const int depth = depth_++;
-  const bool outer = depth == 0, part = depth > 0 && !nest_.empty() && nest_.back() != kNone;
+  const bool outer = nest_.empty(), part = !outer && nest_.back() != kNone;
   if (!active_ || !(outer || part)) {
     nest_.push_back(kNone);
     return;
@@ -77,7 +76,6 @@ void OpProfiler::begin(const char* op) {
 
 void OpProfiler::end() {
   if (std::this_thread::get_id() != owner_ || nest_.empty()) return;
-  --depth_;
   const size_t i = nest_.back();
   nest_.pop_back();
   if (i == kNone || !active_) return;
@@ -92,9 +90,7 @@ void OpProfiler::end_step() {
   for (const Interval& iv : open_)
     if (iv.end > iv.begin)  // (closed within the step)
       add_to(iv.part ? part_totals_ : totals_, iv.name, clock_->ms(iv.begin, iv.end));
-  open_.clear();
-  next_slot_ = 0;
-  std::fill(nest_.begin(), nest_.end(), kNone);  // (an op open across the step's end: not this step's)
+  open_.clear();  // (begin_step resets the slots and the open scopes' indices)
   ++steps_;
   step_ms_ += 1e3 * (now_s() - step_start_s_);
 }

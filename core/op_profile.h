@@ -66,7 +66,6 @@ class OpProfiler {
   std::unique_ptr<IntervalClock> clock_;
   bool active_ = false;
   std::thread::id owner_;  // the thread that began the step
-  int depth_ = 0;
   // This step's intervals, in the order they began: an outermost op, or a
   // part (a scope inside one, named by its path); each its own two clock slots.
   struct Interval {

@@ -115,28 +115,28 @@ nlohmann::json bench_nccl_all_to_all(comm::MpiCommunicator& mpi, const NcclBench
       for (int i = 0; i < opt.iters; ++i) f();
       return timer.stop_ms() / 1e3 / opt.iters;
     };
-    // [ours, ncclAlltoAll, ours non-blocking]
-    int64_t wrong_local[3] = {wrong(run_ours), 0, wrong(run_ours_nb)};
-    double t_local[3] = {timed(run_ours), NAN, timed(run_ours_nb)};
-    if (SY_HAVE_NCCL_ALLTOALL) wrong_local[1] = wrong(run_nccl), t_local[1] = timed(run_nccl);
+    // [ours, ours non-blocking, ncclAlltoAll], the table's order
+    int64_t wrong_local[3] = {wrong(run_ours), wrong(run_ours_nb), 0};
+    double t_local[3] = {timed(run_ours), timed(run_ours_nb), NAN};
+    if (SY_HAVE_NCCL_ALLTOALL) wrong_local[2] = wrong(run_nccl), t_local[2] = timed(run_nccl);
     // The slowest rank decides; wrong elements summed over ranks.
     double t[3];
     int64_t w[3];
     MPI_Allreduce(t_local, t, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     MPI_Allreduce(wrong_local, w, 3, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     const double sent = static_cast<double>(per_peer) * 4 * W, factor = W > 1 ? double(W - 1) / W : 1.0;
-    const double bw_ours = sent / t[0] / 1e9 * factor, bw_nccl = sent / t[1] / 1e9 * factor;
+    const double bw_ours = sent / t[0] / 1e9 * factor, bw_nccl = sent / t[2] / 1e9 * factor;
     if (R == 0) {
       std::printf("%12.0f %10.1f %10.1f %10.1f %7.1f GB/s %7.1f GB/s %9.2f %11lld %11lld\n", sent, t[0] * 1e6,
-                  t[2] * 1e6, t[1] * 1e6, bw_ours, bw_nccl, t[1] / t[0], static_cast<long long>(w[0] + w[2]),
-                  static_cast<long long>(w[1]));
+                  t[1] * 1e6, t[2] * 1e6, bw_ours, bw_nccl, t[2] / t[0], static_cast<long long>(w[0] + w[1]),
+                  static_cast<long long>(w[2]));
       std::fflush(stdout);
     }
     rows.push_back({{"ranks", W}, {"bytes_per_rank", sent}, {"ours_s", t[0]}, {"ours_busbw_gbs", bw_ours},
-                    {"wrong_ours", w[0]}, {"ours_nonblocking_s", t[2]}, {"wrong_ours_nonblocking", w[2]}});
+                    {"wrong_ours", w[0]}, {"ours_nonblocking_s", t[1]}, {"wrong_ours_nonblocking", w[1]}});
     if (SY_HAVE_NCCL_ALLTOALL)
-      rows.back().update({{"nccl_s", t[1]}, {"nccl_busbw_gbs", bw_nccl}, {"ratio", t[1] / t[0]}, {"wrong_nccl", w[1]}});
-    wrong_total += w[0] + w[2];
+      rows.back().update({{"nccl_s", t[2]}, {"nccl_busbw_gbs", bw_nccl}, {"ratio", t[2] / t[0]}, {"wrong_nccl", w[2]}});
+    wrong_total += w[0] + w[1];
   }
   // Wrong elements from our collective are a failure, not a figure.
   if (wrong_total > 0)

@@ -10,8 +10,8 @@ namespace sy {
 
 // Per op: calls and milliseconds per profiled step and the share of the
 // step's wall time; then the time inside no op (launch gaps, host work and
-// waits between ops) and the step itself; then the ops' parts ("op > part":
-// the scopes directly inside an op), whose time is already their op's.
+// waits between ops) and the step itself; then the ops' parts ("op > part >
+// sub": the scopes inside an op, at any depth), whose time is already their op's.
 std::string op_profile_table(const OpProfiler& p);
 nlohmann::json op_profile_json(const OpProfiler& p);
 

@@ -401,6 +401,18 @@ fi
 # 4 ranks against 1 rank, fp32 to 1e-5, then bf16 to 1e-2.
 if want comm; then
   stamp "comm"
+  # A program as one rank of 2 on the one GPU over NCCL (each its own
+  # NCCL_HOSTID, sockets over loopback; unsupported by NVIDIA): a wrapper
+  # that sets the rank's environment itself (nothing rests on what mpirun
+  # forwards) and execs the program, the path baked in. Prints its path.
+  loopback() {
+    local w="$LOG/loopback_$(basename "$1").sh"
+    printf '%s\n' '#!/usr/bin/env bash' \
+      'export NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1' \
+      'export SY_NCCL_SHARED_GPU=1' "exec $PWD/$1 \"\$@\"" > "$w"
+    chmod +x "$w"
+    echo "$w"
+  }
   # Our all_to_all_v against ncclAlltoAll on the same device buffers (bar:
   # within 80%, the ours/nccl column >= 0.8), 1 rank; first: a figure.
   run_limited bench_comm_nccl_np1 45 "${M[@]}" -np 1 $B/bench_comm --nccl --iters 20 --json "$LOG/bench_comm_nccl_np1.json" --overwrite
@@ -413,8 +425,7 @@ if want comm; then
   run_limited conformance_mpi_device_np2 60 "${M[@]}" -np 2 $B/communicator_conformance_test --gtest_filter='*mpi_device*' || status=1
   summary "comm: conformance, MPI on device tensors, -np 2: $(gtest_line conformance_mpi_device_np2)"
   # (120 s: the suite now runs over both NCCL modes, at 0.1-0.2 GB/s over loopback sockets)
-  run_limited nccl_np2 120 "${M[@]}" -np 2 -x SY_NCCL_SHARED_GPU=1 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo -x NCCL_IB_DISABLE=1 \
-    bash -c 'NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK exec '"$B"'/communicator_conformance_test --gtest_filter="*nccl*"'
+  run_limited nccl_np2 120 "${M[@]}" -np 2 "$(loopback $B/communicator_conformance_test)" --gtest_filter='*nccl*'
   summary "comm: NCCL 2 ranks on one GPU (not fatal): $(gtest_line nccl_np2)"
   run_limited parallel_equivalence_cuda 120 env SY_TEST_ARGS="--set backend=CUDA" \
     bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
@@ -428,23 +439,17 @@ if want comm; then
     bash tests/parallel_fault_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
   summary "comm: a failing rank on the GPU: $(grep -E '^(ok|FAIL)' "$LOG/parallel_fault_cuda.log" | cut -c1-60 | tr '\n' ';')"
   # The same at 2 ranks on the one GPU, as above (not fatal).
-  run_limited bench_comm_nccl_np2 60 "${M[@]}" -np 2 -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -x NCCL_SOCKET_IFNAME=lo -x NCCL_IB_DISABLE=1 \
-    bash -c 'NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK exec '"$B"'/bench_comm --nccl --iters 10 --max-mib 64 --overwrite --json '"$LOG"'/bench_comm_nccl_np2.json'
+  run_limited bench_comm_nccl_np2 60 "${M[@]}" -np 2 "$(loopback $B/bench_comm)" --nccl --iters 10 --max-mib 64 \
+    --overwrite --json "$LOG/bench_comm_nccl_np2.json"
   summary "comm: bench_comm --nccl -np 2 (not fatal) rc $?: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np2.log" | awk '{print $1":"$9" ("$2" us, non-blocking "$3", nccl "$4"; wrong "$10"/"$11")"}' | tr '\n' ' ')"
   # The NCCL communicator's timeouts in training (its blocking mode: the
   # watchdog holds each call from before it enters NCCL), 2 ranks on the one
   # GPU as above: a rank that throws, hangs or exits ends the job with the
   # one-line error (not fatal; the kill case needs BIN on the rank's
   # command line, which the wrapper's exec replaces).
-  # (The rank's environment is set in the wrapper itself: nothing rests on
-  # what mpirun forwards.)
-  printf '%s\n' '#!/usr/bin/env bash' \
-    'export NCCL_HOSTID=sy$OMPI_COMM_WORLD_RANK NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1' \
-    'export SY_NCCL_SHARED_GPU=1' "exec $PWD/$B/train_switch \"\$@\"" > "$LOG/nccl_rank.sh"
-  chmod +x "$LOG/nccl_rank.sh"
   run_limited parallel_fault_nccl 120 env \
     SY_FAULT_KINDS="throw hang exit" SY_TEST_ARGS="--set backend=CUDA --set parallel.backend=NCCL" \
-    bash tests/parallel_fault_test.sh "$LOG/nccl_rank.sh" "$PWD" mpirun
+    bash tests/parallel_fault_test.sh "$(loopback $B/train_switch)" "$PWD" mpirun
   summary "comm: a failing rank over NCCL, 2 ranks on one GPU (not fatal): $(grep -E '^(ok|FAIL)' "$LOG/parallel_fault_nccl.log" | cut -c1-90 | tr '\n' ';')"
 fi
 # Issue 19 on this machine's 16 cores: the gradient all-reduce hidden behind
