@@ -321,30 +321,32 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int q = q0 + wm0 + mt * 16 + gid + 8 * r;
+          // m is kept in the scores' own units (the scale is positive, so the
+          // max commutes with it): each element then costs one FFMA into
+          // log2 units, s sl2 - m sl2, not a multiply and a subtraction.
           float mx = -INFINITY;
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
-              float x = s[mt][nt][2 * r + c] * sl2;  // log2 units
               if (masked) {
                 const int k = k0 + nt * 8 + 2 * tig + c;
-                if (!(k < seq.len && mask.ok(q, k))) x = -INFINITY;
+                if (!(k < seq.len && mask.ok(q, k))) s[mt][nt][2 * r + c] = -INFINITY;
               }
-              s[mt][nt][2 * r + c] = x;
-              mx = fmaxf(mx, x);
+              mx = fmaxf(mx, s[mt][nt][2 * r + c]);
             }
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           const float m_new = fmaxf(m[mt][r], mx);
           const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with no key yet
-          const float alpha = exp2_approx(m[mt][r] - m_use);
+          const float alpha = exp2_approx((m[mt][r] - m_use) * sl2);
+          const float m_l2 = m_use * sl2;
           float rs = 0;
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
-              const float p = exp2_approx(s[mt][nt][2 * r + c] - m_use);
+              const float p = exp2_approx(fmaf(s[mt][nt][2 * r + c], sl2, -m_l2));
               s[mt][nt][2 * r + c] = p;
               rs += p;
             }
@@ -376,7 +378,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
       for (int dt = 0; dt < D / 8; ++dt)
         *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8 + 2 * tig) =
             __floats2bfloat162_rn(o[mt][dt][2 * r] * inv, o[mt][dt][2 * r + 1] * inv);
-      if (tig == 0) lse[sb + q] = sum > 0.f ? (m[mt][r] + __log2f(sum)) * kLn2 : -INFINITY;
+      if (tig == 0) lse[sb + q] = sum > 0.f ? (m[mt][r] * sl2 + __log2f(sum)) * kLn2 : -INFINITY;
     }
 }
 
