@@ -133,6 +133,8 @@ using attn::rows_see_keys;
 using mma::a_addr;
 using mma::b_addr;
 using mma::gemm_abt;
+using mma::gemm_rbt;
+using mma::load_a;
 using mma::ldmatrix_x4;
 using mma::mma_bf16;
 using mma::pack_bf16;
@@ -248,9 +250,12 @@ __device__ __forceinline__ void zero(float (&acc)[M][N][K]) {
 
 // Tile shapes of the bf16 kernels. WARPS warps each own MT * 16 rows of the
 // block's tile; BN is the other side of the tile a block loops over.
-template <int D_, int WARPS_, int MT_, int BN_>
+// QREG (forward): each warp keeps its Q fragments in registers for the whole
+// loop instead of reading them from shared memory every key tile.
+template <int D_, int WARPS_, int MT_, int BN_, bool QREG_ = false>
 struct TcCfg {
   static constexpr int D = D_, WARPS = WARPS_, MT = MT_, BN = BN_;
+  static constexpr bool QREG = QREG_;
   static constexpr int THREADS = WARPS * 32, BM = WARPS * MT * 16, LD = D + 8;
 };
 
@@ -292,6 +297,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
   float m[MT][2], l[MT][2];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
+  uint32_t qf[Cfg::QREG ? MT : 1][Cfg::QREG ? D / 16 : 1][4];  // (QREG: this warp's Q fragments)
 
   for (int j = kt0; j < n_kt; ++j) {
     if (j + 1 < n_kt) {
@@ -306,13 +312,18 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
     __syncthreads();
     const bf16* k_s = sK + ((j - kt0) & 1) * BN * LD;
     const bf16* v_s = sV + ((j - kt0) & 1) * BN * LD;
+    if constexpr (Cfg::QREG)
+      if (j == kt0) load_a<MT, D, LD>(qf, sQ, wm0, lane);  // (Q landed with the first key tile)
 
     // A warp whose rows all end before this key tile, or whose windows all
     // start after it, skips it (no __syncthreads inside).
     if (rows_see_keys(mask, q0 + wm0, MT * 16, j * BN, BN)) {
       float s[MT][BN / 8][4];
       zero(s);
-      gemm_abt<MT, BN, D, LD>(s, sQ, wm0, k_s, lane);
+      if constexpr (Cfg::QREG)
+        gemm_rbt<MT, BN, D, LD>(s, qf, k_s, lane);
+      else
+        gemm_abt<MT, BN, D, LD>(s, sQ, wm0, k_s, lane);
 
       const int k0 = j * BN;
       const bool masked = needs_mask(mask, q0 + wm0, MT * 16, k0, BN, seq.len);
@@ -958,8 +969,10 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 
 // The tile configurations (own rows x rows looped over per step), shared
 // memory, and registers per thread from ptxas (sm_90, CUDA 13.0; no spills):
-//   bf16 forward  D=64: 128 q x 64 k, 4 warps x 32 rows    54 KiB  227 regs
-//                 D=128: 128 q x 64 k, 8 warps x 16 rows  102 KiB  191 regs
+//   bf16 forward  D=64: 128 q x 64 k, 4 warps x 32 rows    54 KiB  232 regs
+//                 D=128: 128 q x 64 k, 8 warps x 16 rows  102 KiB  218 regs
+//                 (Q in registers: 8 of the 72 ldmatrix a warp issues per key
+//                 tile; one block an SM either way - 174 regs without)
 //                 (4 warps x 32 rows at D=128 spilled: 255 regs + 108 B)
 //   bf16 dK/dV    D=64: 64 k x 64 q, 4 warps x 16 rows     55 KiB  165 regs
 //                 D=128: 64 k x 32 q                      68.5 KiB 232 regs
@@ -970,7 +983,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 // the f32 kernels load, wait and compute. Tuning starts here on the GPU.
 template <int D>
 struct Configs {
-  using Fwd = TcCfg<D, (D == 128 ? 8 : 4), (D == 128 ? 1 : 2), 64>;
+  using Fwd = TcCfg<D, (D == 128 ? 8 : 4), (D == 128 ? 1 : 2), 64, /*QREG=*/D == 128>;
   using Dkdv = TcCfg<D, 4, 1, (D == 128 ? 32 : 64)>;
   using Dq = TcCfg<D, 4, 1, 64>;
   static constexpr int kF32Tile = D == 128 ? 32 : 64;

@@ -78,4 +78,32 @@ __device__ __forceinline__ void gemm_abt(float (&acc)[MT][N / 8][4], const __nv_
   }
 }
 
+// The A fragments of rows m0.. of smem sa (all K), for A operands a warp
+// keeps in registers across a loop (the forward's Q).
+template <int MT, int K, int LD>
+__device__ __forceinline__ void load_a(uint32_t (&a)[MT][K / 16][4], const __nv_bfloat16* sa, int m0, int lane) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) ldmatrix_x4(a[mt][kk], a_addr(sa, LD, m0 + mt * 16, kk * 16, lane));
+}
+
+// gemm_abt with A from registers (load_a).
+template <int MT, int N, int K, int LD>
+__device__ __forceinline__ void gemm_rbt(float (&acc)[MT][N / 8][4], const uint32_t (&a)[MT][K / 16][4],
+                                         const __nv_bfloat16* sb, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk)
+#pragma unroll
+    for (int n2 = 0; n2 < N / 16; ++n2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, b_addr(sb, LD, n2 * 16, kk * 16, lane));
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_bf16(acc[mt][2 * n2], a[mt][kk], b[0], b[1]);
+        mma_bf16(acc[mt][2 * n2 + 1], a[mt][kk], b[2], b[3]);
+      }
+    }
+}
+
 }  // namespace sy::ops::cuda::mma
