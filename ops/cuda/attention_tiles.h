@@ -23,11 +23,7 @@
 #include <climits>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define SY_HD __host__ __device__
-#else
-#define SY_HD
-#endif
+#include "ops/cuda/host_device.h"  // SY_HD
 
 namespace sy::ops::attn {
 

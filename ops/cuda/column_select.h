@@ -38,23 +38,14 @@
 #include <cstdint>
 #include <cstring>
 
-#include "ops/cuda/routed_attention_rows.h"  // SY_HD
+#include "ops/cuda/host_device.h"  // SY_HD, ordered_bits
 
 namespace sy::ops::colsel {
 
 constexpr int kPasses = 4, kBins = 256;  // digits of 8 bits
 
 // The ascending key of a score (descending scores; -0 and +0 one key).
-SY_HD inline uint32_t key_of(float x) {
-  if (x == 0.f) x = 0.f;
-  uint32_t u;
-#ifdef __CUDA_ARCH__
-  u = __float_as_uint(x);
-#else
-  std::memcpy(&u, &x, sizeof u);
-#endif
-  return (u & 0x80000000u) ? u : ~(u | 0x80000000u);  // ~ordered_bits(x)
-}
+SY_HD inline uint32_t key_of(float x) { return ~ordered_bits(x); }
 
 struct Shape {
   int64_t G;         // groups: columns of the scores

@@ -32,6 +32,7 @@
 
 #include "core/cuda_check.h"
 #include "core/tensor.h"
+#include "ops/cuda/host_device.h"
 
 namespace sy::ops::cuda {
 
@@ -179,13 +180,7 @@ __device__ T block_exclusive_sum(T v, T* scratch, T* total) {
   return before;
 }
 
-// A float's bits as an unsigned integer of the same order (for radix sorts):
-// ascending floats give ascending keys; -0 and +0 give one key (they compare equal).
-__device__ __forceinline__ uint32_t ordered_bits(float x) {
-  if (x == 0.f) x = 0.f;
-  const uint32_t u = __float_as_uint(x);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
+// ordered_bits (a float's bits in the float's order): ops/cuda/host_device.h.
 
 // ---- column sums ----------------------------------------------------------
 //

@@ -16,11 +16,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SY_HD __host__ __device__
-#else
-#define SY_HD
-#endif
+#include "ops/cuda/host_device.h"  // SY_HD
 
 namespace sy::ops::rope_rows {
 

@@ -52,11 +52,7 @@
 
 #include "ops/cuda/attention_tiles.h"
 
-#if defined(__CUDACC__)
-#define SY_HD __host__ __device__
-#else
-#define SY_HD
-#endif
+#include "ops/cuda/host_device.h"  // SY_HD
 
 namespace sy::ops::routed {
 
