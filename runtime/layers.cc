@@ -56,8 +56,13 @@ Tensor LayerNorm::forward(const Tensor& x, DType y_dtype) {
 
 Tensor LayerNorm::backward(const Tensor& dy) {
   Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);
-  ops::layernorm_backward(ctx_, {dx, &w_->grad, &b_->grad, dy, x_, w_->value, mean_, rstd_});
+  backward_into(dy, dx);
   return dx;
+}
+
+void LayerNorm::backward_into(const Tensor& dy, Tensor& dx) {
+  SY_CHECK(dx.raw() != dy.raw(), "LayerNorm::backward_into: dx is dy's storage");
+  ops::layernorm_backward(ctx_, {dx, &w_->grad, &b_->grad, dy, x_, w_->value, mean_, rstd_});
 }
 
 RmsNorm::RmsNorm(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, Rng& rng) : ctx_(ctx) {
@@ -77,8 +82,13 @@ Tensor RmsNorm::forward(const Tensor& x, DType y_dtype) {
 
 Tensor RmsNorm::backward(const Tensor& dy) {
   Tensor dx = Tensor::zeros(x_.shape(), DType::f32, ctx_);
-  ops::rmsnorm_backward(ctx_, {dx, w_->grad, dy, x_, w_->value, rstd_});
+  backward_into(dy, dx);
   return dx;
+}
+
+void RmsNorm::backward_into(const Tensor& dy, Tensor& dx) {
+  SY_CHECK(dx.raw() != dy.raw(), "RmsNorm::backward_into: dx is dy's storage");
+  ops::rmsnorm_backward(ctx_, {dx, w_->grad, dy, x_, w_->value, rstd_});
 }
 
 std::unique_ptr<Norm> make_norm(NormKind kind, Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C,

@@ -52,6 +52,10 @@ class Norm {
   Tensor forward(const Tensor& x) { return forward(x, DType::f32); }
   virtual Tensor forward(const Tensor& x, DType y_dtype) = 0;  // (N, C) -> (N, C)
   virtual Tensor backward(const Tensor& dy) = 0;
+  // dx += the gradient (the ops accumulate): a residual connection's
+  // gradient sums into the buffer already holding its other term, with no
+  // zeroed buffer and no separate add. dx may not be dy's storage.
+  virtual void backward_into(const Tensor& dy, Tensor& dx) = 0;
 };
 
 enum class NormKind { layernorm, rmsnorm };
@@ -63,6 +67,7 @@ class LayerNorm : public Norm {
   using Norm::forward;
   Tensor forward(const Tensor& x, DType y_dtype) override;  // (bf16: rounded as the kernel writes it)
   Tensor backward(const Tensor& dy) override;
+  void backward_into(const Tensor& dy, Tensor& dx) override;
 
  private:
   Ctx& ctx_;
@@ -77,6 +82,7 @@ class RmsNorm : public Norm {
   using Norm::forward;
   Tensor forward(const Tensor& x, DType y_dtype) override;  // (bf16: rounded after, in a pass of its own)
   Tensor backward(const Tensor& dy) override;
+  void backward_into(const Tensor& dy, Tensor& dx) override;
 
  private:
   Ctx& ctx_;
