@@ -250,6 +250,24 @@ int main(int argc, char** argv) {
             return count_wrong(y, yc, 1e-4);
           });
     }
+    {  // layernorm backward: dx (accumulated), dw and db (the column sums); bytes: x and dy read, dx read and written
+      Tensor xh = randn({N, C}, rng, 3.f), wh = randn({C}, rng), bh = randn({C}, rng), dyh = randn({N, C}, rng);
+      Tensor x = xh.to(ctx), w = wh.to(ctx), b = bh.to(ctx), dy = dyh.to(ctx);
+      Tensor y = Tensor::empty({N, C}, DType::f32, ctx), m = Tensor::empty({N}, DType::f32, ctx), r = Tensor::empty({N}, DType::f32, ctx);
+      sy::ops::layernorm_forward(ctx, {y, m, r, x, w, b});
+      Tensor dx = Tensor::zeros({N, C}, DType::f32, ctx), dw = Tensor::zeros({C}, DType::f32, ctx), db = Tensor::zeros({C}, DType::f32, ctx);
+      add({"layernorm_backward", std::to_string(N) + "x" + std::to_string(C), 0, 0, 4.0 * N * C * 4 + 2.0 * C * 4},
+          [&] { sy::ops::layernorm_backward(ctx, {dx, &dw, &db, dy, x, w, m, r}); },
+          [&] {  // once more from zeros (the timed runs accumulated), against the CPU's
+            dx = Tensor::zeros({N, C}, DType::f32, ctx), dw = Tensor::zeros({C}, DType::f32, ctx), db = Tensor::zeros({C}, DType::f32, ctx);
+            sy::ops::layernorm_backward(ctx, {dx, &dw, &db, dy, x, w, m, r});
+            Tensor yc = Tensor::empty({N, C}, DType::f32, cpu), mc = Tensor::empty({N}, DType::f32, cpu), rc = Tensor::empty({N}, DType::f32, cpu);
+            sy::ops::layernorm_forward(cpu, {yc, mc, rc, xh, wh, bh});
+            Tensor dxc = Tensor::zeros({N, C}, DType::f32, cpu), dwc = Tensor::zeros({C}, DType::f32, cpu), dbc = Tensor::zeros({C}, DType::f32, cpu);
+            sy::ops::layernorm_backward(cpu, {dxc, &dwc, &dbc, dyh, xh, wh, mc, rc});
+            return count_wrong(dx, dxc, 1e-4) + count_wrong(dw, dwc, 1e-4) + count_wrong(db, dbc, 1e-4);
+          });
+    }
     {  // gelu forward
       Tensor xh = randn({N, H}, rng, 2.f), x = xh.to(ctx), y = Tensor::empty({N, H}, DType::f32, ctx);
       add({"gelu_forward", std::to_string(N) + "x" + std::to_string(H), 0, 0, 2.0 * N * H * 4},
