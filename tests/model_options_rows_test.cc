@@ -50,11 +50,12 @@ double warp_sum(std::vector<double> v) {
 }
 
 // common.cuh's column_sums: out[c] += sum_r term(r, c); one chunk (rows <=
-// 64) adds onto out in row order; more, chunks of 64 from zero, then the chunk
-// sums in order onto out.
+// 64) adds onto out in row order; more, chunks of 64 from zero, then part p of
+// 8 sums chunks p, p + 8, ... in order, and the 8 parts in order onto out.
 template <class F>
 void column_sums(float* out, int64_t rows, int64_t cols, F term) {
   constexpr int64_t kChunk = 64;
+  constexpr int kParts = 8;  // common.cuh's kFinishParts
   for (int64_t c = 0; c < cols; ++c) {
     if (rows <= kChunk) {
       float acc = out[c];
@@ -62,12 +63,15 @@ void column_sums(float* out, int64_t rows, int64_t cols, F term) {
       out[c] = acc;
       continue;
     }
-    float s = 0.f;
-    for (int64_t r0 = 0; r0 < rows; r0 += kChunk) {
+    const int64_t chunks = (rows + kChunk - 1) / kChunk;
+    float part[kParts] = {};
+    for (int64_t j = 0; j < chunks; ++j) {
       float acc = 0.f;
-      for (int64_t r = r0; r < std::min(rows, r0 + kChunk); ++r) acc += term(r, c);
-      s += acc;
+      for (int64_t r = j * kChunk; r < std::min(rows, (j + 1) * kChunk); ++r) acc += term(r, c);
+      part[j % kParts] += acc;
     }
+    float s = 0.f;
+    for (int p = 0; p < kParts; ++p) s += part[p];
     out[c] += s;
   }
 }
