@@ -181,6 +181,29 @@ TEST(TransformerCuda, MixtralTinyFirstStepMatchesTheCpu) {
   EXPECT_LE(std::sqrt(num / den), 1e-3) << "gradients against the CPU (relative L2 over all parameters)";
 }
 
+// The block backward sums each residual's terms by Norm::backward_into:
+// dx += the norm's gradient onto what dx holds (the residual's other term),
+// and never into dy's own storage (the gradient would read what it wrote).
+TEST(Norm, BackwardIntoAddsOntoWhatDxHolds) {
+  for (const NormKind kind : {NormKind::layernorm, NormKind::rmsnorm}) {
+    ParamStore ps;
+    Rng rng(7);
+    const int64_t N = 5, C = 12;
+    std::unique_ptr<Norm> norm = make_norm(kind, host_ctx(), ps, "n", C, rng);
+    ps.finalize(host_ctx());
+    for (Param* p : ps.all()) p->value.copy_from(testing::randn(p->value.shape(), rng), host_ctx());
+    norm->forward(testing::randn({N, C}, rng));
+    const Tensor dy = testing::randn({N, C}, rng), other = testing::randn({N, C}, rng);
+    const Tensor alone = norm->backward(dy);
+    Tensor dx = other.clone();
+    norm->backward_into(dy, dx);
+    for (int64_t i = 0; i < N * C; ++i)
+      EXPECT_NEAR(dx.f32()[i], other.f32()[i] + alone.f32()[i], 1e-6f * (1.f + std::fabs(alone.f32()[i]))) << i;
+    Tensor same = dy;
+    EXPECT_THROW(norm->backward_into(dy, same), Error);
+  }
+}
+
 TEST(Transformer, InitialLossIsAboutLog256) {
   Config cfg = parse_config("model { d_model: 32 n_heads: 2 seq_len: 16 }", "test");
   Transformer model(host_ctx(), cfg);
