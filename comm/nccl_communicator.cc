@@ -347,6 +347,10 @@ class NcclCommunicator final : public Communicator {
   }
   ~NcclCommunicator() override {
     cudaSetDevice(device_);
+    // Every collective done before the communicator goes: those on callers'
+    // streams by their done events (the uncounted ones are all in
+    // timings_), the staged ones by stream_.
+    for (const auto& t : timings_) cudaEventSynchronize(t.second.get());
     cudaStreamSynchronize(stream_);
     timings_.clear();
     // Not while the watchdog reads this communicator: it leaves the watch
@@ -443,16 +447,16 @@ class NcclCommunicator final : public Communicator {
     check_stream(recv, stream, "all_to_all_v", context);
     Staged s(*this, const_cast<Tensor&>(send), false), r(*this, recv, true);
     const size_t esize = dtype_size(send.dtype());
-    run("all_to_all_v", context, stream, [&] {
+    run("all_to_all_v", context, stream, s.staged() || r.staged(), [&](cudaStream_t st) {
       NcclGroup group;
       int64_t so = 0, ro = 0;
       for (int p = 0; p < size_; ++p) {
         if (send_rows[p] > 0)
           NCCL_CHECK(ncclSend(static_cast<const char*>(s.ptr()) + so * w * esize, send_rows[p] * w,
-                              nccl_type(send.dtype()), p, comm_, stream_));
+                              nccl_type(send.dtype()), p, comm_, st));
         if (recv_rows[p] > 0)
           NCCL_CHECK(ncclRecv(static_cast<char*>(r.ptr()) + ro * w * esize, recv_rows[p] * w, nccl_type(recv.dtype()),
-                              p, comm_, stream_));
+                              p, comm_, st));
         so += send_rows[p], ro += recv_rows[p];
       }
       return group.end();
@@ -462,16 +466,16 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_sum(Tensor& t, Stream stream, const char* context) override {
     check_stream(t, stream, "all_reduce", context);
     Staged s(*this, t, true);
-    run("all_reduce", context, stream, [&] {
-      return ncclAllReduce(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), ncclSum, comm_, stream_);
+    run("all_reduce", context, stream, s.staged(), [&](cudaStream_t st) {
+      return ncclAllReduce(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), ncclSum, comm_, st);
     });
   }
 
   void broadcast(Tensor& t, int root, Stream stream, const char* context) override {
     check_stream(t, stream, "broadcast", context);
     Staged s(*this, t, true);
-    run("broadcast", context, stream, [&] {
-      return ncclBroadcast(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), root, comm_, stream_);
+    run("broadcast", context, stream, s.staged(), [&](cudaStream_t st) {
+      return ncclBroadcast(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), root, comm_, st);
     });
   }
 
@@ -511,6 +515,7 @@ class NcclCommunicator final : public Communicator {
       cudaFreeAsync(buf_, c_.stream_);
     }
     void* ptr() { return buf_ ? buf_ : t_.raw(); }
+    bool staged() const { return buf_ != nullptr; }  // (copied on c_.stream_)
 
    private:
     NcclCommunicator& c_;
@@ -519,30 +524,47 @@ class NcclCommunicator final : public Communicator {
     void* buf_ = nullptr;
   };
 
-  // Orders `enqueue` (NCCL calls on stream_) after the caller's stream and
-  // the caller's later work after it; times it; watches it from before the
-  // enqueue (a blocking one can hang on the host) to its `done` event.
+  // Runs `enqueue` (the NCCL calls, on the stream it is given), timed by
+  // events around it, watched from before the enqueue (a blocking one can
+  // hang on the host) to its `done` event. Device tensors on the caller's
+  // stream: on that stream itself, ordered as the caller's own work (as a
+  // user calls ncclAlltoAll), so a call costs two event records. Staged host
+  // tensors (copied on stream_) and the legacy stream's callers hop onto
+  // stream_ and back: two records and two stream waits more, host calls of
+  // about a microsecond each, where ncclAlltoAll takes 5-7 us at 1-16 MiB
+  // (H200) and issue 19 asks for 80% of its rate. (Overlap with
+  // compute comes from the caller's stream: the gradient reducer's side
+  // stream, of the device's highest priority, core/device_runtime.h.)
   template <class F>
-  void run(const char* op, const char* context, Stream caller, F&& enqueue) {
+  void run(const char* op, const char* context, Stream caller, bool staged, F&& enqueue) {
     auto cs = static_cast<cudaStream_t>(caller.handle);
+    const bool direct = cs != nullptr && !staged;
+    cudaStream_t st = direct ? cs : stream_;
     const CallSite at{world_ranks_[rank_], context, timeout_s_, &group_, device_};
     Watch watch({0, comm_, nullptr, now_s() + timeout_s_, op, at});
     EventRef start = events_.take(), done = events_.take();
-    // (ready_ is recorded anew each call: a stream wait takes the record
-    // made before it, whatever comes after.)
-    CUDA_CHECK(cudaEventRecord(ready_, cs));
-    CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
-    CUDA_CHECK(cudaEventRecord(start.get(), stream_));
+    if (!direct) {
+      // (ready_ is recorded anew each call: a stream wait takes the record
+      // made before it, whatever comes after.)
+      CUDA_CHECK(cudaEventRecord(ready_, cs));
+      CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+    }
+    CUDA_CHECK(cudaEventRecord(start.get(), st));
     {
       std::lock_guard<std::mutex> api(nccl_api_mutex());
-      settle(comm_, enqueue(), op, at);
+      settle(comm_, enqueue(st), op, at);
     }
-    CUDA_CHECK(cudaEventRecord(done.get(), stream_));
-    CUDA_CHECK(cudaStreamWaitEvent(cs, done.get(), 0));
+    CUDA_CHECK(cudaEventRecord(done.get(), st));
+    if (!direct) CUDA_CHECK(cudaStreamWaitEvent(cs, done.get(), 0));
     watch.arm(done);
     timings_.emplace_back(std::move(start), std::move(done));
-    settle_timings(false);
+    // Counted in batches (a query and an elapsed-time read per collective,
+    // host calls the collective itself need not wait for); comm_seconds()
+    // counts the rest.
+    if (timings_.size() >= kTimingBatch) settle_timings(false);
   }
+
+  static constexpr size_t kTimingBatch = 32;  // uncounted collectives before run() counts the done ones
 
   // Counts the time of the collectives that are done, in queue order; with
   // `wait`, of every one (a hung one ends the process by the watchdog).

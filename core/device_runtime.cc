@@ -166,8 +166,13 @@ std::unique_ptr<IntervalClock> cuda_event_clock(Stream stream) { return std::mak
 SideStream::SideStream(const Ctx& ctx) : ctx_(ctx) {
   if (ctx.device.is_cpu()) return;
   use_device(ctx);
+  // The device's highest priority: its work (a gradient bucket's collective,
+  // launched during backward, on this stream itself: comm/nccl_communicator.cc)
+  // gets SMs as they free up instead of queueing behind the compute stream's.
+  int least = 0, greatest = 0;
+  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   cudaStream_t s = nullptr;
-  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, greatest));
   ctx_.stream = Stream{s};
   ctx_.profiler = nullptr;  // (the profiler times the compute stream)
   // No BLAS here: the handles' one workspace belongs to the compute stream's
