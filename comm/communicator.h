@@ -61,9 +61,9 @@ class Communicator {
   void set_timeout_s(double s) { timeout_s_ = s; }
   // Seconds spent inside collectives since the last reset (for metrics).
   // Stream-ordered collectives (NCCL) are timed by CUDA events and counted
-  // once a later call finds them done; settle_comm_seconds() counts every
-  // one queued so far, waiting for those still in flight (call it where the
-  // host waits anyway). MPI counts each collective as it returns: nothing
+  // in batches, by a later call, once done; settle_comm_seconds() counts
+  // every one queued so far, waiting for those still in flight: call it
+  // before reading comm_seconds() (where the host waits anyway). MPI counts each collective as it returns: nothing
   // to settle.
   double comm_seconds() const { return comm_seconds_; }
   virtual void settle_comm_seconds() {}

@@ -338,9 +338,9 @@ class NcclCommunicator final : public Communicator {
     NCCL_CHECK(ncclCommCount(comm_, &size_));
     CUDA_CHECK(cudaSetDevice(device_));
     CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
-    // The highest priority the device has: a gradient bucket's all-reduce,
-    // launched during backward, gets SMs as they free up instead of queueing
-    // behind the backward's kernels (whose SMs it needs few of).
+    // stream_ carries the hop of staged host tensors and the legacy stream's
+    // callers (run()); at the device's highest priority, as the gradient
+    // reducer's side stream that carries its bucket collectives.
     int least = 0, greatest = 0;
     CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, greatest));
