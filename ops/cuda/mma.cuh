@@ -55,6 +55,23 @@ __device__ __forceinline__ const __nv_bfloat16* b_addr(const __nv_bfloat16* s, i
   return s + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8;
 }
 
+// acc[MT][N/8] += a[MT] * B^T for one 16-wide k slice kk: a the A
+// fragments of the slice (this warp's rows), B's rows (n) smem rows of sb.
+template <int MT, int N, int LD>
+__device__ __forceinline__ void mma_k_slice(float (&acc)[MT][N / 8][4], const uint32_t (&a)[MT][4],
+                                            const __nv_bfloat16* sb, int kk, int lane) {
+#pragma unroll
+  for (int n2 = 0; n2 < N / 16; ++n2) {
+    uint32_t b[4];
+    ldmatrix_x4(b, b_addr(sb, LD, n2 * 16, kk * 16, lane));
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      mma_bf16(acc[mt][2 * n2], a[mt], b[0], b[1]);
+      mma_bf16(acc[mt][2 * n2 + 1], a[mt], b[2], b[3]);
+    }
+  }
+}
+
 // acc[MT][N/8] += A (rows of this warp, from smem sa) * B^T where B's rows
 // (n) are smem rows of sb: both [row][K] row-major. E.g. S = Q K^T.
 template <int MT, int N, int K, int LD>
@@ -65,16 +82,7 @@ __device__ __forceinline__ void gemm_abt(float (&acc)[MT][N / 8][4], const __nv_
     uint32_t a[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], a_addr(sa, LD, m0 + mt * 16, kk * 16, lane));
-#pragma unroll
-    for (int n2 = 0; n2 < N / 16; ++n2) {
-      uint32_t b[4];
-      ldmatrix_x4(b, b_addr(sb, LD, n2 * 16, kk * 16, lane));
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        mma_bf16(acc[mt][2 * n2], a[mt], b[0], b[1]);
-        mma_bf16(acc[mt][2 * n2 + 1], a[mt], b[2], b[3]);
-      }
-    }
+    mma_k_slice<MT, N, LD>(acc, a, sb, kk, lane);
   }
 }
 
@@ -93,17 +101,14 @@ template <int MT, int N, int K, int LD>
 __device__ __forceinline__ void gemm_rbt(float (&acc)[MT][N / 8][4], const uint32_t (&a)[MT][K / 16][4],
                                          const __nv_bfloat16* sb, int lane) {
 #pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk)
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t ak[MT][4];  // (the slice's fragments: register names, no copies once unrolled)
 #pragma unroll
-    for (int n2 = 0; n2 < N / 16; ++n2) {
-      uint32_t b[4];
-      ldmatrix_x4(b, b_addr(sb, LD, n2 * 16, kk * 16, lane));
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        mma_bf16(acc[mt][2 * n2], a[mt][kk], b[0], b[1]);
-        mma_bf16(acc[mt][2 * n2 + 1], a[mt][kk], b[2], b[3]);
-      }
-    }
+      for (int e = 0; e < 4; ++e) ak[mt][e] = a[mt][kk][e];
+    mma_k_slice<MT, N, LD>(acc, ak, sb, kk, lane);
+  }
 }
 
 }  // namespace sy::ops::cuda::mma
