@@ -55,14 +55,12 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
 
 #include "core/cuda_check.h"
-#include "ops/cuda/common.cuh"  // allow_smem
 #include "ops/attention.h"
 #include "ops/cuda/attention_tiles.h"
 #include "ops/cuda/mma.cuh"
@@ -135,6 +133,7 @@ using mma::b_addr;
 using mma::gemm_abt;
 using mma::gemm_rbt;
 using mma::load_a;
+using mma::mma_k_slice;
 using mma::ldmatrix_x4;
 using mma::mma_bf16;
 using mma::pack_bf16;
@@ -153,12 +152,6 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p))
-               : "memory");
-}
 
 // 2^x; 2^-inf = 0.
 __device__ __forceinline__ float exp2_approx(float x) {
@@ -205,10 +198,6 @@ __global__ void attention_delta_kernel(const T* dout, const T* out, float* delta
 // ops/cuda/mma.cuh).
 // ======================================================================
 
-__device__ __forceinline__ const bf16* bt_addr(const bf16* s, int ld, int k0, int n0, int lane) {
-  return s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8;
-}
-
 // acc[MT][N/8] += P * B where P (rows of this warp x K) is in registers as C
 // fragments p[MT][K/8] (fp32, rounded to bf16 here) and B is smem [K][N]
 // row-major (e.g. O += P V, dK += dS^T Q).
@@ -225,16 +214,7 @@ __device__ __forceinline__ void gemm_pb(float (&acc)[MT][N / 8][4], const float 
       a[mt][2] = pack_bf16(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
       a[mt][3] = pack_bf16(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
     }
-#pragma unroll
-    for (int n2 = 0; n2 < N / 16; ++n2) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, bt_addr(sb, LD, kk * 16, n2 * 16, lane));
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        mma_bf16(acc[mt][2 * n2], a[mt], b[0], b[1]);
-        mma_bf16(acc[mt][2 * n2 + 1], a[mt], b[2], b[3]);
-      }
-    }
+    mma_k_slice<MT, N, LD, /*KROWS=*/true>(acc, a, sb, kk, lane);
   }
 }
 

@@ -36,7 +36,6 @@
 // tests/column_select_test.cc.
 #pragma once
 #include <cstdint>
-#include <cstring>
 
 #include "ops/cuda/host_device.h"  // SY_HD, ordered_bits
 

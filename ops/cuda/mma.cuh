@@ -1,7 +1,8 @@
 // Warp-level bf16 tensor-core pieces shared by the flash attention kernels
 // (ops/cuda/attention_kernels.cuh) and routed attention's nearest-centroid kernel
 // (ops/cuda/routed_attention.cu): ldmatrix, mma.sync m16n8k16 (bf16 in,
-// fp32 accumulate), and a warp's A B^T from shared tiles.
+// fp32 accumulate), and a warp's products with B from shared tiles (A B^T,
+// or A B with B's rows k: ldmatrix .trans).
 //
 // Fragment layouts of mma m16n8k16 (lane = 4 * gid + tig):
 //   A (16x16): a0 (gid, 2tig..+1), a1 (gid+8, 2tig), a2 (gid, 2tig+8), a3 (gid+8, 2tig+8)
@@ -48,6 +49,13 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p))
+               : "memory");
+}
+
 __device__ __forceinline__ const __nv_bfloat16* a_addr(const __nv_bfloat16* s, int ld, int m0, int k0, int lane) {
   return s + (m0 + (lane & 15)) * ld + k0 + (lane >> 4) * 8;
 }
@@ -55,15 +63,23 @@ __device__ __forceinline__ const __nv_bfloat16* b_addr(const __nv_bfloat16* s, i
   return s + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8;
 }
 
-// acc[MT][N/8] += a[MT] * B^T for one 16-wide k slice kk: a the A
-// fragments of the slice (this warp's rows), B's rows (n) smem rows of sb.
-template <int MT, int N, int LD>
+__device__ __forceinline__ const __nv_bfloat16* bt_addr(const __nv_bfloat16* s, int ld, int k0, int n0, int lane) {
+  return s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8;
+}
+
+// acc[MT][N/8] += a[MT] * B for one 16-wide k slice kk: a the A fragments of
+// the slice (this warp's rows); B from smem sb, whose rows are n ([N][K],
+// so the product is A B^T) or, with KROWS, k ([K][N], ldmatrix .trans).
+template <int MT, int N, int LD, bool KROWS = false>
 __device__ __forceinline__ void mma_k_slice(float (&acc)[MT][N / 8][4], const uint32_t (&a)[MT][4],
                                             const __nv_bfloat16* sb, int kk, int lane) {
 #pragma unroll
   for (int n2 = 0; n2 < N / 16; ++n2) {
     uint32_t b[4];
-    ldmatrix_x4(b, b_addr(sb, LD, n2 * 16, kk * 16, lane));
+    if constexpr (KROWS)
+      ldmatrix_x4_trans(b, bt_addr(sb, LD, kk * 16, n2 * 16, lane));
+    else
+      ldmatrix_x4(b, b_addr(sb, LD, n2 * 16, kk * 16, lane));
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       mma_bf16(acc[mt][2 * n2], a[mt], b[0], b[1]);
