@@ -54,12 +54,15 @@ std::vector<int> computed(const Mask& m, const Tiling& t, int len) {
           continue;
         const bool masked = t.keys_own ? attn::needs_mask(m, l0, t.loop, w0, t.warp_rows, len)
                                        : attn::needs_mask(m, w0, t.warp_rows, l0, t.loop, len);
-        for (int a = w0; a < w0 + t.warp_rows; ++a)
+        for (int a = w0; a < w0 + t.warp_rows; ++a) {
+          // the row's span, once a tile (the kernels' element mask: row_ok)
+          const attn::Span sp = masked ? (t.keys_own ? m.queries_of(a) : m.keys_of(a)) : attn::Span{};
           for (int c = l0; c < l0 + t.loop; ++c) {
             const int q = t.keys_own ? c : a, k = t.keys_own ? a : c;
             if (q >= len || k >= len) continue;  // never written (rows) or zero-filled and masked (columns)
-            if (!masked || m.ok(q, k)) ++n[static_cast<size_t>(q) * len + k];
+            if (!masked || attn::row_ok(m, sp, t.keys_own, q, k)) ++n[static_cast<size_t>(q) * len + k];
           }
+        }
       }
   }
   return n;
@@ -252,8 +255,11 @@ TEST(AttentionTiles, SplitLayoutVisitsOnlyReachableTiles) {
 // before their first query by position skip the element mask, and every
 // allowed pair (written out here apart from MemberMask::ok) still counts
 // exactly once, positions with ties (a token that is both a key and a query
-// of the cluster) included. (Planted: tile_full comparing the first key's
-// position instead of the last's fails here at once.)
+// of the cluster) included, by the rows' spans (keys_of, queries_of: one
+// binary search a row, no flag read). (Planted: tile_full comparing the
+// first key's position instead of the last's fails here at once; so do
+// keys_of searching with lower_index, which drops a key at the query's own
+// position, and queries_of with upper_index.)
 TEST(AttentionTiles, AllFlaggedSplitLayoutComputesEachAllowedPairOnce) {
   Lcg next{777};
   for (const Tiling& t : split_layout_tilings())
@@ -267,6 +273,7 @@ TEST(AttentionTiles, AllFlaggedSplitLayoutComputesEachAllowedPairOnce) {
         attn::MemberMask m{is_q.data(), is_k.data(), kl};
         m.pos = pos.data(), m.all_flagged = true;
         const attn::MemberMask b = m.bind(0, 0, len);
+        ASSERT_TRUE(b.spans_exact());  // (the kernels' element mask then reads no flag)
         const std::vector<int> n = computed(b, t, len);
         for (int q = 0; q < len; ++q)
           for (int k = 0; k < len; ++k) {

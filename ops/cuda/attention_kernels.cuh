@@ -312,6 +312,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int q = q0 + wm0 + mt * 16 + gid + 8 * r;
+          const attn::Span sp = masked ? mask.keys_of(q) : attn::Span{};  // (the row's keys, once a tile)
           // m is kept in the scores' own units (the scale is positive, so the
           // max commutes with it): each element then costs one FFMA into
           // log2 units, s sl2 - m sl2, not a multiply and a subtraction.
@@ -322,7 +323,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
             for (int c = 0; c < 2; ++c) {
               if (masked) {
                 const int k = k0 + nt * 8 + 2 * tig + c;
-                if (!(k < seq.len && mask.ok(q, k))) s[mt][nt][2 * r + c] = -INFINITY;
+                if (!(k < seq.len && attn::row_ok(mask, sp, false, q, k))) s[mt][nt][2 * r + c] = -INFINITY;
               }
               mx = fmaxf(mx, s[mt][nt][2 * r + c]);
             }
@@ -453,6 +454,11 @@ __global__ void __launch_bounds__(Cfg::THREADS)
       gemm_abt<MT, BN, D, LD>(p, sK, wm0, q_s, lane);
       const int q0 = qt * BN;
       const bool masked = needs_mask(mask, q0, BN, k0 + wm0, MT * 16, seq.len);
+      attn::Span sp[MT][2];  // (each key row's queries, once a tile)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) sp[mt][r] = masked ? mask.queries_of(k0 + wm0 + mt * 16 + gid + 8 * r) : attn::Span{};
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -461,7 +467,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
           for (int e = 0; e < 4; ++e) {
             const int k = k0 + wm0 + mt * 16 + gid + 8 * (e >> 1), qi = nt * 8 + 2 * tig + (e & 1), q = q0 + qi;
             float x = exp2_approx(p[mt][nt][e] * sl2 - l_s[qi]);
-            if (masked && !(q < seq.len && k < seq.len && mask.ok(q, k))) x = 0.f;
+            if (masked && !(q < seq.len && k < seq.len && attn::row_ok(mask, sp[mt][e >> 1], true, q, k))) x = 0.f;
             p[mt][nt][e] = x;
           }
       // dV += P^T dO
@@ -574,6 +580,11 @@ __global__ void __launch_bounds__(Cfg::THREADS)
       gemm_abt<MT, BN, D, LD>(p, sQ, wm0, k_s, lane);
       const int k0 = j * BN;
       const bool masked = needs_mask(mask, q0 + wm0, MT * 16, k0, BN, seq.len);
+      attn::Span sp[MT][2];  // (each query row's keys, once a tile)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) sp[mt][r] = masked ? mask.keys_of(q0 + wm0 + mt * 16 + gid + 8 * r) : attn::Span{};
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -582,7 +593,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
           for (int e = 0; e < 4; ++e) {
             const int r = e >> 1, q = q0 + wm0 + mt * 16 + gid + 8 * r, k = k0 + nt * 8 + 2 * tig + (e & 1);
             float x = exp2_approx(p[mt][nt][e] * sl2 - lr[mt][r]);
-            if (masked && !(k < seq.len && mask.ok(q, k))) x = 0.f;
+            if (masked && !(k < seq.len && attn::row_ok(mask, sp[mt][r], false, q, k))) x = 0.f;
             p[mt][nt][e] = x;
           }
       float ds[MT][BN / 8][4];
@@ -731,12 +742,13 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_f32(const float* _
 #pragma unroll
     for (int i = 0; i < RM; ++i) {
       const int q = q0 + ty * RM + i;
+      const attn::Span sp = masked ? mask.keys_of(q) : attn::Span{};
       float mx = -INFINITY;
 #pragma unroll
       for (int jj = 0; jj < RN; ++jj) {
         float x = s[i][jj] * g.scale;
         const int k = k0 + tx + 16 * jj;
-        if (masked && !(k < seq.len && mask.ok(q, k))) x = -INFINITY;
+        if (masked && !(k < seq.len && attn::row_ok(mask, sp, false, q, k))) x = -INFINITY;
         s[i][jj] = x;
         mx = fmaxf(mx, x);
       }
@@ -835,15 +847,17 @@ __global__ void __launch_bounds__(Cfg::THREADS)
     dots<RK, RQ, D, LDD>(dp, sV, sO, ty, tx);
     const bool masked = needs_mask(mask, q0, BM, k0, BN, seq.len);
 #pragma unroll
-    for (int i = 0; i < RK; ++i)
+    for (int i = 0; i < RK; ++i) {
+      const attn::Span sp = masked ? mask.queries_of(k0 + ty * RK + i) : attn::Span{};
 #pragma unroll
       for (int jj = 0; jj < RQ; ++jj) {
         const int k = k0 + ty * RK + i, qi = tx + 16 * jj, q = q0 + qi;
         float p = expf(s[i][jj] * g.scale - sL[qi]);
-        if (masked && !(q < seq.len && k < seq.len && mask.ok(q, k))) p = 0.f;
+        if (masked && !(q < seq.len && k < seq.len && attn::row_ok(mask, sp, true, q, k))) p = 0.f;
         sP[(ty * RK + i) * LDP + qi] = p;
         sS[(ty * RK + i) * LDP + qi] = p * (dp[i][jj] - sDl[qi]);
       }
+    }
     __syncthreads();
     pv<RK, DN, BM, LDP, LDD>(dv, sP, sO, ty, tx);
     pv<RK, DN, BM, LDP, LDD>(dk, sS, sQ, ty, tx);
@@ -921,14 +935,16 @@ __global__ void __launch_bounds__(Cfg::THREADS)
     dots<RM, RN, D, LDD>(dp, sO, sV, ty, tx);
     const bool masked = needs_mask(mask, q0, BM, k0, BN, seq.len);
 #pragma unroll
-    for (int i = 0; i < RM; ++i)
+    for (int i = 0; i < RM; ++i) {
+      const attn::Span sp = masked ? mask.keys_of(q0 + ty * RM + i) : attn::Span{};
 #pragma unroll
       for (int jj = 0; jj < RN; ++jj) {
         const int q = q0 + ty * RM + i, k = k0 + tx + 16 * jj;
         float p = expf(s[i][jj] * g.scale - lr[i]);
-        if (masked && !(k < seq.len && mask.ok(q, k))) p = 0.f;
+        if (masked && !(k < seq.len && attn::row_ok(mask, sp, false, q, k))) p = 0.f;
         sS[(ty * RM + i) * LDP + tx + 16 * jj] = p * (dp[i][jj] - dl[i]);
       }
+    }
     __syncthreads();
     pv<RM, DN, BN, LDP, LDD>(dq, sS, sK, ty, tx);
     __syncthreads();
@@ -954,9 +970,9 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 //                 (Q in registers: 8 of the 72 ldmatrix a warp issues per key
 //                 tile; one block an SM either way - 174 regs without)
 //                 (4 warps x 32 rows at D=128 spilled: 255 regs + 108 B)
-//   bf16 dK/dV    D=64: 64 k x 64 q, 4 warps x 16 rows     55 KiB  165 regs
-//                 D=128: 64 k x 32 q                      68.5 KiB 232 regs
-//   bf16 dQ       64 q x 64 k, 4 warps x 16 rows   54 / 102 KiB  162 / 216 regs
+//   bf16 dK/dV    D=64: 64 k x 64 q, 4 warps x 16 rows     55 KiB  167 regs
+//                 D=128: 64 k x 32 q                      68.5 KiB 240 regs
+//   bf16 dQ       64 q x 64 k, 4 warps x 16 rows   54 / 102 KiB  165 / 217 regs
 //   f32 (256 threads) 64 x 64 tiles for D = 16, 32, 64 (32-102 KiB, 113-128
 //                 regs), 32 x 32 for D = 128 (54-75 KiB, 79-80 regs)
 // K/V (forward, dQ) and Q/dO (dK/dV) are double-buffered in the bf16 kernels;

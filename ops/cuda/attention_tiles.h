@@ -17,6 +17,9 @@
 //                                queries in [q_begin, q_end) only
 //   tile_full(q_first, q_last, k_first, k_last)
 //                                every pair of the tile is allowed
+//   keys_of(q), queries_of(k)    the pairs of one row as one range of the
+//                                other side (a Span), where the mask is that
+//                                simple (exact), else ok() decides each pair
 // and bind(b, row0, len), which ties a mask to the segment it is used on
 // (variable-length segment b, starting at packed row row0, of len rows).
 #pragma once
@@ -30,10 +33,35 @@ namespace sy::ops::attn {
 SY_HD inline int imin(int a, int b) { return a < b ? a : b; }
 SY_HD inline int imax(int a, int b) { return a > b ? a : b; }
 
+// The allowed pairs of one row, a query's keys or a key's queries, as the
+// range [lo, hi) of the other side's indices, where that range is the whole
+// rule (exact); a mask whose rows are not one range (flags to read pair by
+// pair) gives exact = false. The kernels take their rows' spans once per
+// tile and test each pair of a tile that needs the element mask by one
+// unsigned compare (row_ok below): for routed attention's causal packing,
+// where almost every tile needs it, ok() read four ints a pair (two flags,
+// two positions) and the span is one binary search a row.
+struct Span {
+  int lo = 0, hi = 0;  // hi >= lo
+  bool exact = false;
+  SY_HD bool has(int i) const { return static_cast<unsigned>(i - lo) < static_cast<unsigned>(hi - lo); }
+};
+SY_HD inline Span span(int lo, int hi) { return {lo, imax(lo, hi), true}; }
+
+// Whether pair (q, k) is allowed, s the span of the kernel's own row: a
+// query's (keys_of(q), forward and dQ) unless keys own the rows
+// (queries_of(k), dK/dV).
+template <class Mask>
+SY_HD bool row_ok(const Mask& m, const Span& s, bool keys_own, int q, int k) {
+  return s.exact ? s.has(keys_own ? q : k) : m.ok(q, k);
+}
+
 // Causal: k <= q.
 struct CausalMask {
   SY_HD CausalMask bind(int, int64_t, int) const { return *this; }
   SY_HD bool ok(int q, int k) const { return k <= q; }
+  SY_HD Span keys_of(int q) const { return span(0, q + 1); }
+  SY_HD Span queries_of(int k) const { return span(k, INT_MAX); }
   SY_HD int kv_begin(int) const { return 0; }
   SY_HD int kv_end(int q_last) const { return q_last + 1; }
   SY_HD int q_begin(int k_first) const { return k_first; }
@@ -49,6 +77,8 @@ struct WindowMask {
   int w;
   SY_HD WindowMask bind(int, int64_t, int) const { return *this; }
   SY_HD bool ok(int q, int k) const { return k <= q && q - k < w; }
+  SY_HD Span keys_of(int q) const { return span(q - w + 1, q + 1); }
+  SY_HD Span queries_of(int k) const { return span(k, k + w); }
   SY_HD int kv_begin(int q_first) const { return imax(0, q_first - w + 1); }
   SY_HD int kv_end(int q_last) const { return q_last + 1; }
   SY_HD int q_begin(int k_first) const { return k_first; }
@@ -98,7 +128,8 @@ SY_HD inline int lower_index(const int32_t* a, int n, int32_t x) {
 // routed attention's clusters, each packed as the union of its queries and
 // keys. bind() points the flags at the segment's rows; a row past the
 // segment is no member. No tile is known to be full without reading flags,
-// so every tile takes the element mask (its cost is small beside the GEMMs).
+// so every tile takes the element mask, pair by pair through ok() (but for
+// all_flagged below).
 // key_len (per segment, optional): segment b's keys all lie in its first
 // key_len[b] rows (block top-k's packing: a key block, then the queries
 // that chose it), so query tiles stop there and key tiles past it loop over
@@ -147,6 +178,19 @@ struct MemberMask {
     return is_query[q] == 1 || is_key[k] == 1 ||
            (pos && words > 0 &&
             first_shared(qbits + int64_t{pos[q]} * words, kbits + int64_t{pos[k]} * words, seg % clusters));
+  }
+  // Exact spans with all_flagged (no flags to read, no first-shared rule):
+  // a query row's keys are the prefix up to its position, a key row's
+  // queries the suffix from its position (both parts ascend); rows on the
+  // other side, or past the segment, have none.
+  SY_HD bool spans_exact() const { return all_flagged && pos && words == 0; }
+  SY_HD Span keys_of(int q) const {
+    if (!spans_exact()) return {};
+    return q < klen || q >= len ? span(0, 0) : span(0, upper_index(pos, klen, pos[q]));
+  }
+  SY_HD Span queries_of(int k) const {
+    if (!spans_exact()) return {};
+    return k >= klen || k >= len ? span(0, 0) : span(klen + lower_index(pos + klen, len - klen, pos[k]), len);
   }
   SY_HD int kv_begin(int) const { return 0; }
   SY_HD int kv_end(int q_last) const {
