@@ -264,9 +264,13 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
   const attn::TileRange kt = key_tiles(mask, q0, BM, seq.len, BN);
   const int kt0 = kt.first, n_kt = kt.end;
 
-  load_rows<bf16, BM, D, LD, NT>(sQ, Q, g.ld_qkv, q0, seq.len);
-  load_rows<bf16, BN, D, LD, NT>(sK, K, g.ld_qkv, kt0 * BN, seq.len);
-  load_rows<bf16, BN, D, LD, NT>(sV, V, g.ld_qkv, kt0 * BN, seq.len);
+  // (A tile of rows that see no key - a split segment's key rows - loads
+  // nothing: it only writes o = 0, lse = -inf.)
+  if (kt0 < n_kt) {
+    load_rows<bf16, BM, D, LD, NT>(sQ, Q, g.ld_qkv, q0, seq.len);
+    load_rows<bf16, BN, D, LD, NT>(sK, K, g.ld_qkv, kt0 * BN, seq.len);
+    load_rows<bf16, BN, D, LD, NT>(sV, V, g.ld_qkv, kt0 * BN, seq.len);
+  }
   cp_async_commit();
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
@@ -352,7 +356,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) attention_fwd_bf16(const bf16* _
     }
     __syncthreads();  // the buffer is refilled by the next iteration's prefetch
   }
-  cp_async_wait<0>();  // (no key tile, as in a split segment's key-row blocks: the prologue's copies land before the block exits)
+  cp_async_wait<0>();  // (nothing in flight past the loop; with no key tile nothing was copied)
 
   const int64_t sb = stat_base(g, b, h);
 #pragma unroll
@@ -537,6 +541,9 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   const int64_t sb = stat_base(g, b, h);
   const attn::TileRange kt = key_tiles(mask, q0, BM, seq.len, BN);
   const int kt0 = kt.first, n_kt = kt.end;
+  // Rows that see no key (a split segment's key rows) add nothing to dQ:
+  // leave before issuing any copy.
+  if (kt0 >= n_kt) return;
 
   load_rows<bf16, BM, D, LD, NT>(sQ, Q, g.ld_qkv, q0, seq.len);
   load_rows<bf16, BM, D, LD, NT>(sO, dO, g.ld_out, q0, seq.len);
@@ -609,7 +616,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
     }
     __syncthreads();
   }
-  cp_async_wait<0>();  // (no key tile, as in a split segment's key-row blocks: the prologue's copies land before the block exits)
+  cp_async_wait<0>();
 
   bf16* dQ = dqkv + seq.row0 * g.ld_qkv + hd;
 #pragma unroll
