@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzing in CI: builds the libFuzzer targets (fuzz/, clang, ASan + UBSan,
-# CUDA off) in build-fuzz/ and runs each for FUZZ_SECONDS (default 60) from
-# its committed seed corpus (fuzz/corpus/<target>/; config_fuzz also reads
+# CUDA off) in build-fuzz/ and runs each for FUZZ_SECONDS (default 45, so
+# that CI's whole run stays under 30 minutes on 2 cores) from its committed
+# seed corpus (fuzz/corpus/<target>/; config_fuzz also reads
 # configs/*.pbtxt and a dictionary printed from the schema; checkpoint_fuzz
 # has fuzz/checkpoint_fuzz.dict). New inputs go to
 # build-fuzz/corpus/<target>/, never into the committed seeds.
@@ -14,7 +15,7 @@
 # Run after scripts/setup.sh (its packages); installs clang's if missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SECONDS_EACH=${FUZZ_SECONDS:-60}
+SECONDS_EACH=${FUZZ_SECONDS:-45}
 TARGETS=(config_fuzz data_fuzz shard_fuzz checkpoint_fuzz)
 "$ROOT/scripts/install_missing.sh" clang libclang-rt-dev llvm
 BUILD=$ROOT/build-fuzz
