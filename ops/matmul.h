@@ -26,8 +26,13 @@
 // backward holds values that are bf16 already (a bf16 kernel's gradient):
 // the GEMMs read it as it is, and db sums its values widened.
 // A bf16 output (bf16 mode, written, not accumulated: y with accumulate false,
-// dx with dx_accumulate false) holds bf16 of the fp32 result, bias added in
-// fp32 before the rounding: y = bf16(bf16(x) W16 + b), dx = bf16(bf16(dy) W16^T).
+// dx with dx_accumulate false) holds bf16 of the fp32 result, its bias
+// rounded to bf16 first and added in fp32 before the one rounding:
+//   y = bf16(bf16(x) W16 + bf16(b)),  dx = bf16(bf16(dy) W16^T).
+// (The bias is a weight read by a bf16 GEMM like W, and it is what PyTorch
+// autocast's linear adds; cuBLASLt 13 takes no fp32 bias for a bf16 output,
+// so an fp32 bias there cost an fp32 copy of the output and a rounding pass:
+// docs/experiments/bf16-bias-copy.md. An fp32 output keeps the fp32 bias.)
 // On CUDA the GEMM writes it (no fp32 copy and no rounding pass; its fp32
 // sums perhaps in another order than the fp32 output's GEMM, so within one
 // bf16 step of that output rounded; where cuBLASLt has no such algorithm, an

@@ -2223,8 +2223,9 @@ TEST_P(BackendOps, MatmulBf16BackwardReusesTheForwardsRounding) {
 // The CPU rounds its f32 result: bit for bit. cuBLASLt writes bf16 itself,
 // perhaps by another algorithm than the f32 output's (another order of the
 // fp32 sums): within one bf16 step of it, and every element written. Twice,
-// bit for bit. With a bias (which the bf16 output must add in fp32, before
-// rounding), a misaligned one (a view one element in: the fp32 fallback) and
+// bit for bit. With a bias (rounded to bf16 first, then added in fp32
+// before the one rounding: the f32 reference adds that rounded bias), a
+// misaligned one (a view one element in: the rounded copy is aligned) and
 // none; W plain and transposed.
 TEST_P(BackendOps, MatmulBf16OutputsAreTheF32OutputsRounded) {
   Ctx& x = ctx();
@@ -2242,7 +2243,9 @@ TEST_P(BackendOps, MatmulBf16OutputsAreTheF32OutputsRounded) {
         ops::to_bf16(x, w16, w);
         Tensor y32 = out(x, {N, M}), dx32 = out(x, {N, K}), want_y = out(x, {N, M}, DType::bf16),
                want_dx = out(x, {N, K}, DType::bf16);
-        ops::matmul_forward(x, {y32, xin, w, b, false, tw, &w16});
+        // The f32 output's bias rounded to bf16 first, as a bf16 output adds it (ops/matmul.h).
+        const Tensor b_rounded = bias == 0 ? Tensor() : b.to(host_ctx()).to(DType::bf16).to(DType::f32).to(x);
+        ops::matmul_forward(x, {y32, xin, w, b_rounded, false, tw, &w16});
         ops::matmul_backward(x, {&dx32, nullptr, nullptr, dy, xin, w, tw, &w16, false});
         ops::to_bf16(x, want_y, y32);
         ops::to_bf16(x, want_dx, dx32);

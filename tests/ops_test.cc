@@ -162,6 +162,24 @@ TEST(Matmul, Bf16ModeIsTheFp32OpOnRoundedOperands) {
   }
 }
 
+// A bf16 output adds its bias rounded to bf16 (ops/matmul.h), by hand: x W
+// = 2^-4 2^-4 = 2^-8 (exact), b = 1 + 2^-9. The bias rounds to 1, and
+// 1 + 2^-8 lies halfway between bf16's 1 and 1 + 2^-7: to even, 1. Had the
+// fp32 bias been added, 1 + 2^-8 + 2^-9 rounds up to 1 + 2^-7. An fp32
+// output keeps the fp32 bias. (Planted: the CPU adding the fp32 bias to its
+// bf16 output fails the first check.)
+TEST(Matmul, Bf16OutputAddsItsBiasRoundedToBf16) {
+  Ctx& ctx = host_ctx();
+  const Tensor x = Tensor::from_host(std::vector<float>{0x1p-4f}).reshape({1, 1});
+  const Tensor W = Tensor::from_host(std::vector<float>{0x1p-4f}).reshape({1, 1}), W16 = W.to(DType::bf16);
+  const Tensor b = Tensor::from_host(std::vector<float>{1.f + 0x1p-9f});
+  Tensor y16 = Tensor::empty({1, 1}, DType::bf16, ctx), y32 = zeros({1, 1});
+  ops::matmul_forward(ctx, {y16, x, W, b, false, false, &W16});
+  ops::matmul_forward(ctx, {y32, x, W, b, false, false, &W16});
+  EXPECT_EQ(y16.to(DType::f32).f32()[0], 1.f) << "bf16 output: 1 + 2^-8 (the rounded bias), to even";
+  EXPECT_EQ(y32.f32()[0], 1.f + 0x1p-8f + 0x1p-9f) << "fp32 output: the fp32 bias";
+}
+
 // The producers of a bf16 GEMM's input (layernorm, gelu) can write it
 // rounded: their bf16 y is their f32 y rounded, bit for bit, and a bf16 x
 // in matmul's bf16 mode is the f32 x it rounds from (y, the x_bf16 it hands

@@ -9,8 +9,10 @@ namespace sy::ops::cpu {
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   if (a.y.dtype() == DType::bf16) {  // the fp32 result, rounded (not accumulated: checked by the op)
+    // ... its bias rounded to bf16 before it is added (ops/matmul.h)
+    const Tensor b = a.b.defined() ? bf16_operand(ctx, a.b) : Tensor();
     Tensor y = Tensor::empty(a.y.shape(), DType::f32, ctx);
-    matmul_forward(ctx, {y, a.x, a.w, a.b, false, a.w_transposed, a.w_bf16, a.x_bf16});
+    matmul_forward(ctx, {y, a.x, a.w, b, false, a.w_transposed, a.w_bf16, a.x_bf16});
     cpu::to_bf16(ctx, a.y, y);
     return;
   }

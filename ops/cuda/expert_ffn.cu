@@ -22,7 +22,8 @@
 // comes bf16, rounded by the dispatch or combine_backward); act and dpre are written in
 // bf16 by the activation and its backward (ops/gelu.h, ops/swiglu.h), so
 // neither has an fp32 copy. The weights come from the shadows; every GEMM
-// has bf16 A and B, fp32 bias, CUBLAS_COMPUTE_32F, and an fp32 C except
+// has bf16 A and B, fp32 bias (a bf16 output's rounded to bf16 first:
+// ops/matmul.h), CUBLAS_COMPUTE_32F, and an fp32 C except
 // where pre is bf16 (GELU in bf16 mode, ops/expert_ffn.h): then the first
 // GEMM writes pre and backward's first dact in bf16 (cuBLASLt's bf16 D, or
 // fp32 scratch rounded: gemm_into). dbuf and the gradients are fp32; db1

@@ -9,11 +9,11 @@
 // fp32 mode: CUBLAS_COMPUTE_32F (no TF32), A, B, C fp32.
 // bf16 mode (bf16 true): A and B bf16, C and the bias fp32, CUBLAS_COMPUTE_32F
 // (bf16 products on the tensor cores, fp32 accumulation; ops/matmul.h).
-// bf16 output (C16 given, C null, beta 0): D = bf16(op(A) op(B) [+ bias]),
-// the fp32 accumulator (and fp32 bias) rounded once by cuBLASLt. gemm()
-// returns false, having launched nothing, where it cannot: a bias cuBLASLt's
-// epilogue cannot take, or no algorithm; the caller then writes fp32 and
-// rounds. Every other call returns true (or throws).
+// bf16 output (C16 given, C null, beta 0): D = bf16(op(A) op(B) [+ bf16(bias)]),
+// the fp32 accumulator plus the bias rounded to bf16 (ops/matmul.h), rounded
+// once by cuBLASLt. gemm() returns false, having written nothing into C,
+// where it cannot (no algorithm); gemm_into then writes fp32 with the same
+// rounded bias and rounds. Every other call returns true (or throws).
 // Strided batch (batch > 1): `batch` independent GEMMs of these shapes, the
 // b-th reading A + b stride_a, B + b stride_b, bias + b stride_bias and
 // writing C + b stride_c (strides in elements): the equal-row expert GEMMs of
@@ -60,7 +60,8 @@ int64_t gemm_bucket_fallbacks();
 
 // g written into `out` (g.C and g.C16 are set from it): f32, the GEMM's C;
 // bf16 (beta 0), the GEMM's bf16 output, or where gemm() cannot, fp32
-// scratch of out's shape rounded into it (to_bf16). out is the contiguous
+// scratch of out's shape (the bias rounded to bf16 first) rounded into it
+// (to_bf16). out is the contiguous
 // region the GEMM writes (ldc its row length; a strided batch's matrices
 // back to back).
 void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out);

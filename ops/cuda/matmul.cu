@@ -13,12 +13,17 @@
 // pass each; an x that comes as bf16 is read as it is), the GEMMs take bf16
 // A and B with fp32 C/D, bias and CUBLAS_COMPUTE_32F; db sums the fp32 dy.
 // A bf16 y or dx (written, not accumulated) is cuBLASLt's bf16 D: the fp32
-// accumulator plus the fp32 bias (BIAS_DATA_TYPE 32F, not among the bias
-// types cublasLt.h lists for a bf16 D: the heuristic may refuse it), rounded
-// once; its algorithm may sum in another order than the fp32 output's, so
-// within one bf16 step of that output rounded. Where cuBLASLt refuses (said
-// once per shape, or row bucket, on stderr) or the bias is misaligned, the GEMM writes fp32
-// scratch and to_bf16 rounds it: exactly that output rounded.
+// accumulator plus the bias rounded to bf16 (ops/matmul.h's contract, and
+// the bias type cuBLASLt takes for a bf16 D: round_bias writes the copy,
+// each batch's block 16-byte aligned), rounded once; its algorithm may sum
+// in another order than the fp32 output's, so within one bf16 step of that
+// output rounded. (cuBLAS 13.0 on an H200 refused an fp32 bias with a bf16
+// D at every shape, and the fp32 scratch and rounding pass that cost took
+// the expert FFN's up GEMMs from about 0.5 to 1.3 ms at T 16384, d 1024,
+// h 4096: docs/experiments/bf16-bias-copy.md.) Where cuBLASLt has no
+// algorithm (said once per shape, or row bucket, on stderr), the GEMM
+// writes fp32 scratch with the same rounded bias and to_bf16 rounds it:
+// exactly that output rounded.
 //
 // Determinism: cuBLAS(Lt) gives bitwise-identical results run to run on one
 // GPU model for a fixed algorithm and workspace; the algorithm is kept per
@@ -40,6 +45,7 @@
 #include <mutex>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
@@ -108,6 +114,35 @@ Layout layout(int64_t rows, int64_t cols, int64_t ld, bool bf16 = false, int64_t
   return owned;
 }
 
+// out = bias rounded to bf16 (round to nearest even, as to_bf16), as T:
+// bf16, or fp32 holding those values. Each of `batch` biases of N values,
+// in_stride elements apart in bias and out_stride in out. (A bf16 output's
+// bias, ops/matmul.h; to_bf16 takes tensors, the bias is a pointer into one,
+// possibly a strided batch's.)
+template <class T>
+static __global__ void round_bias(T* out, const float* bias, int64_t N, int64_t in_stride, int64_t out_stride) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= N) return;
+  const __nv_bfloat16 r = __float2bfloat16_rn(bias[blockIdx.y * in_stride + c]);
+  if constexpr (std::is_same_v<T, float>)
+    out[blockIdx.y * out_stride + c] = __bfloat162float(r);
+  else
+    out[blockIdx.y * out_stride + c] = r;
+}
+
+// The bias of a bf16 output (g.C16, g.bias): rounded to bf16 in scratch, as
+// T, each of g.batch blocks at a stride of N rounded up to 8 elements (16
+// bytes of bf16, the epilogue's alignment). Returns the stride.
+template <class T>
+int64_t rounded_bias(Ctx& ctx, const GemmArgs& g, Tensor& out) {
+  const int64_t stride = (g.N + 7) / 8 * 8;
+  out = Tensor::empty({g.batch * stride}, std::is_same_v<T, float> ? DType::f32 : DType::bf16, ctx);
+  const dim3 grid(static_cast<unsigned>(grid_for(g.N)), static_cast<unsigned>(g.batch));
+  round_bias<T><<<grid, kBlock, 0, stream(ctx)>>>(static_cast<T*>(out.raw()), g.bias, g.N, g.stride_bias, stride);
+  CUDA_CHECK(cudaGetLastError());
+  return stride;
+}
+
 // C (M, N) = bias broadcast over rows [+ C], for each of `batch` (C, bias)
 // pairs: the bias when it cannot go in the epilogue (a view whose address
 // cuBLASLt's bias loads may not accept).
@@ -143,7 +178,7 @@ int64_t bucket_fallbacks = 0;  // calls a bucket's plan could not serve (under p
 // heuristic's query depend on nothing but the key (and the bias pointer's
 // alignment, which is in it). A row bucket's layouts are then set to each
 // call's own M and K (set_dims below).
-Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoKey& key, const float* bias) {
+Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoKey& key, const void* bias) {
   auto it = plans.find(key);
   if (it != plans.end()) return it->second;
   Plan p;
@@ -161,11 +196,9 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
   if (key.bias) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    // (BIAS_DATA_TYPE left as it is: D's type, bf16 for a bf16 output, whose
+    // bias is the bf16 copy; fp32 otherwise.)
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    if (key.out16) {  // (the bias would otherwise be read as D's type; where fp32 is refused, no algorithm)
-      const int32_t bias_type = CUDA_R_32F;
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
-    }
     if (nb > 1)
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &key.stride_bias,
                                                   sizeof(key.stride_bias)));
@@ -197,7 +230,8 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
                  "note: cuBLASLt has no bf16-output algorithm for M=%lld N=%lld K=%lld%s%s (%s): the GEMM writes "
                  "fp32 and a pass rounds it\n",
                  static_cast<long long>(key.M), static_cast<long long>(key.N), static_cast<long long>(key.K),
-                 key.bucketed ? " (a bucket: rows up to these)" : "", key.bias ? " with an fp32 bias" : "", st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st));
+                 key.bucketed ? " (a bucket: rows up to these)" : "", key.bias ? " with a bf16 bias" : "",
+                 st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st));
   return plans.emplace(key, std::move(p)).first->second;
 }
 
@@ -239,8 +273,15 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   auto handle = static_cast<cublasLtHandle_t>(ctx.blas.cublaslt);
   float beta = g.beta;
   const float* bias = g.bias;
+  // A bf16 output adds its bias rounded to bf16 (ops/matmul.h): a copy,
+  // aligned, which the epilogue reads instead (bias_at). (Rounded before
+  // the plan is known: where none serves, gemm_into rounds it again.)
+  Tensor bias16;
+  const void* bias_at = bias;
+  int64_t stride_bias = g.stride_bias;
+  if (out16 && bias) stride_bias = rounded_bias<__nv_bfloat16>(ctx, g, bias16), bias_at = bias16.raw();
   // cuBLASLt's bias loads want 16-byte alignment, of every batch's bias too.
-  const bool bias_aligned = bias && alignment(bias, g.batch, g.stride_bias * 4) >= 16;
+  const bool bias_aligned = bias && alignment(bias_at, g.batch, stride_bias * (out16 ? 2 : 4)) >= 16;
   // The bias by its own kernel (C = bias [+ C]), the GEMM then adding onto it.
   auto bias_by_kernel = [&] {
     const dim3 grid(static_cast<unsigned>(grid_for(g.M * g.N)), static_cast<unsigned>(g.batch));
@@ -251,7 +292,7 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     beta = 1.f;
   };
   if (bias && !bias_aligned) {
-    if (out16) return false;  // (a bias kernel then a GEMM onto it would round twice)
+    if (out16) return false;  // (a bias kernel then a GEMM onto it would round twice; the copy is aligned)
     bias_by_kernel();
   }
 
@@ -270,10 +311,10 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   AlgoKey key{ctx.device.index, g.trans_a, g.trans_b, g.bf16, bias != nullptr, beta != 0.f, out16, shape.M, g.N,
               shape.K, g.lda, g.ldb, g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
               alignment(C, nb, g.stride_c * (out16 ? 2 : 4)), nb, nb > 1 ? g.stride_a : 0,
-              nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? g.stride_bias : 0,
-              bucketed, bias ? alignment(bias, nb, g.stride_bias * 4) : 0};
+              nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? stride_bias : 0,
+              bucketed, bias ? alignment(bias_at, nb, stride_bias * (out16 ? 2 : 4)) : 0};
   std::lock_guard<std::mutex> lock(plan_mutex);
-  auto plan_of = [&](const AlgoKey& k, const float* b) {
+  auto plan_of = [&](const AlgoKey& k, const void* b) {
     Plan* q = &plan_for(ctx, handle, k.bucketed ? shape : g, k, b);
     if (k.bucketed) set_dims(*q, g);
     return q;
@@ -283,15 +324,17 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   // and the plain GEMM onto it. Null: no bf16-output algorithm (fall back).
   // Its algo may be empty (none at all).
   auto find = [&]() -> Plan* {
-    Plan* q = plan_of(key, bias);
+    Plan* q = plan_of(key, bias_at);
     if (!q->algo && out16) return nullptr;
     if (!q->algo && bias) {
       bias_by_kernel();
+      bias_at = nullptr;
       key.bias = false, key.beta = true, key.stride_bias = 0, key.align_bias = 0;
       q = plan_of(key, nullptr);
     }
     if (q->algo && key.bias)  // (this call's bias: the plan holds the first call's)
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(q->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+      CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(q->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_at, sizeof(bias_at)));
     return q;
   };
   const float alpha = 1.f;
@@ -350,7 +393,10 @@ void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out) {
   }
   g.C16 = out.raw();
   if (gemm(ctx, g)) return;
-  Tensor scratch = Tensor::empty(out.shape(), DType::f32, ctx);
+  // No bf16-output algorithm: fp32 scratch, with the same bias rounded to
+  // bf16 (as fp32 values), then rounded once.
+  Tensor scratch = Tensor::empty(out.shape(), DType::f32, ctx), bias;
+  if (g.bias) g.stride_bias = rounded_bias<float>(ctx, g, bias), g.bias = bias.data<float>();
   g.C16 = nullptr, g.C = scratch.data<float>();
   gemm(ctx, g);
   cuda::to_bf16(ctx, out, scratch);
