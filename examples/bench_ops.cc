@@ -278,6 +278,23 @@ int main(int argc, char** argv) {
             return count_wrong(y, yc, 1e-4);
           });
     }
+    {  // gelu forward + backward on bf16 values, as a bf16 FFN runs it (pre and its gradient bf16, act and dact
+       // bf16): the bytes of x, y (forward) and x, dy, dx (backward), 2 each
+      Tensor xh = randn({N, H}, rng, 2.f).to(DType::bf16).to(DType::f32), dyh = randn({N, H}, rng).to(DType::bf16).to(DType::f32);
+      Tensor x = xh.to(DType::bf16).to(ctx), dy = dyh.to(DType::bf16).to(ctx);
+      Tensor y = Tensor::empty({N, H}, DType::bf16, ctx), dx = Tensor::empty({N, H}, DType::bf16, ctx);
+      add({"gelu_bf16_fwd_bwd", std::to_string(N) + "x" + std::to_string(H), 0, 0, 10.0 * N * H},
+          [&] {
+            sy::ops::gelu_forward(ctx, y, x);
+            sy::ops::gelu_backward(ctx, dx, dy, x);
+          },
+          [&] {
+            Tensor yc = Tensor::empty({N, H}, DType::f32, cpu), dxc = Tensor::zeros({N, H}, DType::f32, cpu);
+            sy::ops::gelu_forward(cpu, yc, xh);
+            sy::ops::gelu_backward(cpu, dxc, dyh, xh);
+            return count_wrong(y, yc, 1e-2) + count_wrong(dx, dxc, 1e-2);
+          });
+    }
     {  // matmul forward, fp32
       Tensor xh = randn({N, C}, rng), wh = randn({C, H}, rng, 0.03f), x = xh.to(ctx), w = wh.to(ctx);
       Tensor y = Tensor::empty({N, H}, DType::f32, ctx);
