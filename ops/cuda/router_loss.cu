@@ -6,7 +6,10 @@
 //   that chose g; the entropy terms of a thread's columns go through a fixed
 //   tree; thread 0 counts assigned, dropped and unserved. Stage 2 adds the
 //   chunks in order. Counts are exact; the double sums differ from the CPU's
-//   serial order by rounding only.
+//   serial order by rounding only. Blocks of the power of two >= G threads
+//   (32 to kBlock) and chunks of 32 items: at N 16384, G 64 that is 512
+//   blocks of 64 threads, where 64 blocks of 256 threads (192 of them idle),
+//   each walking 256 items, took 0.22 ms on an H200.
 // load_balance_loss: one block reads the routing sums: thread g computes f_g,
 //   P_g and the per-group gradient alpha G f_g / N with the CPU's operations,
 //   thread 0 adds sum_g f P in group order and writes the value; the gradient
@@ -33,7 +36,7 @@
 namespace sy::ops::cuda {
 
 namespace {
-constexpr int64_t kItems = 256;  // items per stage-1 block of routing_sums
+constexpr int64_t kItems = 32;  // items per stage-1 block of routing_sums
 constexpr int kTail = 6;         // assigned, items, dropped, unserved, entropy, budget_dropped
 constexpr int kWarps = kBlock / 32;
 }  // namespace
@@ -98,7 +101,9 @@ void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, i
   const int64_t G = r.num_groups, width = 4 * G + kTail;
   const int64_t blocks = std::max<int64_t>(1, (i1 - i0 + kItems - 1) / kItems);
   Tensor partial = Tensor::empty({blocks * width}, DType::f64, ctx);
-  routing_sum_partials<<<static_cast<unsigned>(blocks), kBlock, 0, stream(ctx)>>>(
+  int threads = 32;  // (a power of two: block_sum)
+  while (threads < G && threads < kBlock) threads *= 2;
+  routing_sum_partials<<<static_cast<unsigned>(blocks), threads, 0, stream(ctx)>>>(
       probs.data<float>(), r.group.data<int32_t>(), r.slot.data<int32_t>(), i0, i1, G, r.k, partial.data<double>());
   CUDA_CHECK(cudaGetLastError());
   add_partials<<<grid_for(width), kBlock, 0, stream(ctx)>>>(partial.data<double>(), blocks, width,
