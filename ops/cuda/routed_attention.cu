@@ -132,33 +132,51 @@ constexpr size_t nearest_smem_bytes(int D) {
   return static_cast<size_t>(2 * kNcRows + 2 * kNcChunk) * (D + 8) * sizeof(__nv_bfloat16);
 }
 
+// Every centroid set in one launch: set s's rows are x's rows
+// [s per_set, (s + 1) per_set), its centroids the prep kernel's copies at
+// s K D (s K for the norms); a block's rows never straddle two sets.
 struct NearestArgs {
-  const float* x;                 // (rows, D): this set's rows
-  const __nv_bfloat16* mu_hi;     // (K, D) bf16(mu)
-  const __nv_bfloat16* mu_lo;     // (K, D) bf16(mu - bf16(mu))
-  const float* mu;                // (K, D)
-  const float* mu_norm;           // (K) |mu_c|
-  int64_t rows, row0, T, K;       // row0: the set's first row of the stack; T rows per head
+  const float* x;                 // (sets * per_set, D)
+  const __nv_bfloat16* mu_hi;     // (sets, K, D) bf16(mu)
+  const __nv_bfloat16* mu_lo;     // (sets, K, D) bf16(mu - bf16(mu))
+  const float* mu;                // (sets, K, D)
+  const float* mu_norm;           // (sets, K) |mu_c|
+  int64_t per_set, blocks_per_set, T, K;  // T rows per head
+  int64_t first_row;              // the stack's row of x's first row (the launch's first set)
   int32_t* group;                 // (N) head * K + c
   float* weight;                  // (N) the exact score
   float* top;                     // (N)
 };
+
+// The sets' centroids, as pointers (prep's input): at most kMaxSets a launch.
+constexpr int kMaxSets = 64;
+struct CentroidSets {
+  const float* mu[kMaxSets];
+};
 }  // namespace
 
-// One thread per centroid: bf16(mu_c) split in two and |mu_c|.
-static __global__ void centroid_prep_kernel(const float* mu, int64_t K, int64_t D, __nv_bfloat16* mu_hi,
-                                            __nv_bfloat16* mu_lo, float* norm) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= K) return;
+// One warp per centroid of every set (warp w: set w / K, centroid w % K):
+// its fp32 values copied to mu_all, bf16(mu_c) split in two, and |mu_c| (a
+// butterfly over the lanes: only the candidates' margins read it, and eps
+// covers its rounding). One launch for all sets, where one thread per
+// centroid, a launch per set, walked D serially.
+static __global__ void centroid_prep_kernel(CentroidSets sets, int64_t n_sets, int64_t K, int64_t D, float* mu_all,
+                                            __nv_bfloat16* mu_hi, __nv_bfloat16* mu_lo, float* norm) {
+  const int64_t w = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= n_sets * K) return;  // (the whole warp)
+  const float* mu = sets.mu[w / K] + (w % K) * D;
   float s = 0.f;
-  for (int64_t d = 0; d < D; ++d) {
-    const float v = mu[c * D + d];
+  for (int64_t d = lane; d < D; d += 32) {
+    const float v = mu[d];
     const __nv_bfloat16 hi = __float2bfloat16_rn(v);
-    mu_hi[c * D + d] = hi;
-    mu_lo[c * D + d] = __float2bfloat16_rn(v - __bfloat162float(hi));
+    mu_all[w * D + d] = v;
+    mu_hi[w * D + d] = hi;
+    mu_lo[w * D + d] = __float2bfloat16_rn(v - __bfloat162float(hi));
     s = fmaf(v, v, s);
   }
-  norm[c] = sqrtf(s);
+  s = warp_sum(s);
+  if (lane == 0) norm[w] = sqrtf(s);
 }
 
 // The exact score x . m, D fp32 products added in order d = 0 .. D-1 (the
@@ -176,9 +194,15 @@ static __device__ __forceinline__ float exact_dot(const float* x, const float* m
 }
 
 template <int D>
-static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(NearestArgs a) {
+static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(NearestArgs args) {
   constexpr int LD = D + 8;  // mma.cuh's padded pitch
   constexpr float kEps = 1.f / 4096.f;
+  // This block's set: its rows, its centroids (the rest reads one set's view).
+  const int64_t set = blockIdx.x / args.blocks_per_set, K = args.K;
+  NearestArgs a = args;
+  a.x += set * a.per_set * D;
+  a.mu_hi += set * K * D, a.mu_lo += set * K * D, a.mu += set * K * D, a.mu_norm += set * K;
+  const int64_t row0 = a.first_row + set * a.per_set, rows = a.per_set;  // row0: the set's first row of the stack
   extern __shared__ __align__(16) unsigned char nc_smem[];
   __nv_bfloat16* const sx_hi = reinterpret_cast<__nv_bfloat16*>(nc_smem);
   __nv_bfloat16* const sx_lo = sx_hi + kNcRows * LD;
@@ -186,11 +210,11 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
   __nv_bfloat16* const smu_lo = smu_hi + kNcChunk * LD;
   __shared__ float sxn[kNcRows], snorm[kNcChunk];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
-  const int64_t r0 = int64_t(blockIdx.x) * kNcRows;
+  const int64_t r0 = (blockIdx.x % a.blocks_per_set) * kNcRows;
   for (int i = threadIdx.x; i < kNcRows * D / 2; i += blockDim.x) {  // the rows, split (past the set: 0)
     const int r = i / (D / 2), col = (i % (D / 2)) * 2;
     const int64_t gr = r0 + r;
-    const float2 v = gr < a.rows ? *reinterpret_cast<const float2*>(a.x + gr * D + col) : make_float2(0.f, 0.f);
+    const float2 v = gr < rows ? *reinterpret_cast<const float2*>(a.x + gr * D + col) : make_float2(0.f, 0.f);
     const __nv_bfloat162 hi = __floats2bfloat162_rn(v.x, v.y);
     const float2 back = __bfloat1622float2(hi);
     *reinterpret_cast<__nv_bfloat162*>(sx_hi + r * LD + col) = hi;
@@ -198,7 +222,7 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
   }
   if (threadIdx.x < kNcRows) {
     const int64_t gr = r0 + threadIdx.x;
-    sxn[threadIdx.x] = gr < a.rows ? sqrtf(exact_dot<D>(a.x + gr * D, a.x + gr * D)) : 0.f;
+    sxn[threadIdx.x] = gr < rows ? sqrtf(exact_dot<D>(a.x + gr * D, a.x + gr * D)) : 0.f;
   }
   const int lr[2] = {warp * 16 + gid, warp * 16 + gid + 8};  // this thread's rows of the C fragments
   float L[2] = {-INFINITY, -INFINITY}, best[2] = {-INFINITY, -INFINITY};
@@ -248,7 +272,7 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
       for (int e = 0; e < 4; ++e) {
         const int h = e / 2, col = 8 * j + 2 * tig + e % 2;
         const int64_t gr = r0 + lr[h], c = c0 + col;
-        if (c >= a.K || gr >= a.rows || sxn[lr[h]] == 0.f || acc[0][j][e] + kEps * sxn[lr[h]] * snorm[col] < L[h])
+        if (c >= a.K || gr >= rows || sxn[lr[h]] == 0.f || acc[0][j][e] + kEps * sxn[lr[h]] * snorm[col] < L[h])
           continue;
         const float s = exact_dot<D>(a.x + gr * D, a.mu + c * D);
         if (bc[h] < 0 || s > best[h] || (s == best[h] && c < bc[h])) best[h] = s, bc[h] = static_cast<int>(c);
@@ -266,8 +290,8 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
     // every centroid: the lowest index, without rescoring all K (eps is 0).
     if (sxn[lr[h]] == 0.f) best[h] = 0.f, bc[h] = 0;
     const int64_t gr = r0 + lr[h];
-    if (tig == 0 && gr < a.rows) {
-      const int64_t g = a.row0 + gr;  // the stack's row
+    if (tig == 0 && gr < rows) {
+      const int64_t g = row0 + gr;  // the stack's row
       a.group[g] = static_cast<int32_t>(g / a.T * a.K + (bc[h] < 0 ? 0 : bc[h]));  // (no candidate: NaN rows)
       a.weight[g] = a.top[g] = best[h];
     }
@@ -306,19 +330,33 @@ void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<co
     // (A part of the op's profile interval: the rest of it is the route's
     // sort, capacity and offsets, ops/cuda/routing.cu.)
     const OpScope part(ctx.profiler, "nearest-centroid kernel");
-    Tensor mu_hi = Tensor::empty({K * D}, DType::bf16, ctx), mu_lo = Tensor::empty({K * D}, DType::bf16, ctx);
-    Tensor norm = Tensor::empty({K}, DType::f32, ctx);
     const size_t smem = nearest_smem_bytes(static_cast<int>(D));
-    for (size_t i = 0; i < sets.size(); ++i) {
-      const int64_t rows = per_set, row0 = static_cast<int64_t>(i) * per_set;
-      if (rows == 0) continue;
-      centroid_prep_kernel<<<grid_for(K), kBlock, 0, stream(ctx)>>>(sets[i]->mu.data<float>(), K, D,
-                                                                     elems<Bf16>(mu_hi), elems<Bf16>(mu_lo),
-                                                                     norm.data<float>());
+    const int64_t n_sets = static_cast<int64_t>(sets.size()), blocks_per_set = (per_set + kNcRows - 1) / kNcRows;
+    // Up to kMaxSets sets a launch (a layer's heads: one launch), each
+    // block's rows within one set.
+    for (int64_t i0 = 0; i0 < n_sets && per_set > 0; i0 += kMaxSets) {
+      const int64_t n = std::min<int64_t>(kMaxSets, n_sets - i0);
+      CentroidSets cs{};
+      for (int64_t i = 0; i < n; ++i) cs.mu[i] = sets[i0 + i]->mu.data<float>();
+      Tensor mu_all = Tensor::empty({n * K * D}, DType::f32, ctx), norm = Tensor::empty({n * K}, DType::f32, ctx);
+      Tensor mu_hi = Tensor::empty({n * K * D}, DType::bf16, ctx), mu_lo = Tensor::empty({n * K * D}, DType::bf16, ctx);
+      centroid_prep_kernel<<<grid_for(n * K * 32), kBlock, 0, stream(ctx)>>>(
+          cs, n, K, D, mu_all.data<float>(), elems<Bf16>(mu_hi), elems<Bf16>(mu_lo), norm.data<float>());
       CUDA_CHECK(cudaGetLastError());
-      const NearestArgs a{xn.data<float>() + row0 * D, elems<Bf16>(mu_hi), elems<Bf16>(mu_lo),
-                          sets[i]->mu.data<float>(), norm.data<float>(), rows, row0, T, K, group, weight, top};
-      const unsigned grid = static_cast<unsigned>((rows + kNcRows - 1) / kNcRows);
+      const NearestArgs a{xn.data<float>() + i0 * per_set * D,
+                          elems<Bf16>(mu_hi),
+                          elems<Bf16>(mu_lo),
+                          mu_all.data<float>(),
+                          norm.data<float>(),
+                          per_set,
+                          blocks_per_set,
+                          T,
+                          K,
+                          i0 * per_set,
+                          group,
+                          weight,
+                          top};
+      const unsigned grid = static_cast<unsigned>(n * blocks_per_set);
       switch (D) {
         case 16: launch_nearest<16>(ctx, grid, smem, a); break;
         case 32: launch_nearest<32>(ctx, grid, smem, a); break;
