@@ -288,7 +288,7 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     add_bias_rows<<<grid, kBlock, 0, stream(ctx)>>>(g.C, g.ldc, bias, g.M, g.N, beta != 0.f, g.stride_c,
                                                     g.stride_bias);
     CUDA_CHECK(cudaGetLastError());
-    bias = nullptr;
+    bias = nullptr, bias_at = nullptr;
     beta = 1.f;
   };
   if (bias && !bias_aligned) {
@@ -328,7 +328,6 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     if (!q->algo && out16) return nullptr;
     if (!q->algo && bias) {
       bias_by_kernel();
-      bias_at = nullptr;
       key.bias = false, key.beta = true, key.stride_bias = 0, key.align_bias = 0;
       q = plan_of(key, nullptr);
     }
