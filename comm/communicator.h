@@ -63,8 +63,8 @@ class Communicator {
   // Stream-ordered collectives (NCCL) are timed by CUDA events and counted
   // in batches, by a later call, once done; settle_comm_seconds() counts
   // every one queued so far, waiting for those still in flight: call it
-  // before reading comm_seconds() (where the host waits anyway). MPI counts each collective as it returns: nothing
-  // to settle.
+  // before reading comm_seconds() (where the host waits anyway). MPI counts
+  // each collective as it returns: nothing to settle.
   double comm_seconds() const { return comm_seconds_; }
   virtual void settle_comm_seconds() {}
   void reset_comm_seconds() { comm_seconds_ = 0; }

@@ -446,36 +446,30 @@ class NcclCommunicator final : public Communicator {
     check_stream(send, stream, "all_to_all_v", context);
     check_stream(recv, stream, "all_to_all_v", context);
     SY_CHECK(send_rows[rank_] == recv_rows[rank_], "all_to_all_v in '" << context << "': rank " << rank_ << " sends "
-                                                                          << send_rows[rank_] << " rows to itself and receives "
-                                                                          << recv_rows[rank_]);
+                                                   << send_rows[rank_] << " rows to itself and receives "
+                                                   << recv_rows[rank_]);
+    // Each peer's first row in send and recv.
+    std::vector<int64_t> so(size_ + 1, 0), ro(size_ + 1, 0);
+    for (int p = 0; p < size_; ++p) so[p + 1] = so[p] + send_rows[p], ro[p + 1] = ro[p] + recv_rows[p];
     Staged s(*this, const_cast<Tensor&>(send), false), r(*this, recv, true);
     const size_t esize = dtype_size(send.dtype());
+    auto sent = [&](int p) { return static_cast<const char*>(s.ptr()) + so[p] * w * esize; };
+    auto received = [&](int p) { return static_cast<char*>(r.ptr()) + ro[p] * w * esize; };
     run("all_to_all_v", context, stream, s.staged() || r.staged(), [&](cudaStream_t st) {
       // Our own rows move by a device copy on the same stream, not a send to
       // ourselves: NCCL takes a self pair through its point-to-point path
       // (channels and a proxy step, about 8-18 us more than ncclAlltoAll at
       // 1-16 MiB on one H200 rank, docs/PERF.md), where a copy runs at the
       // device's copy rate. The other ranks' rows go in one group after it.
-      int64_t so_self = 0, ro_self = 0;
-      for (int p = 0; p < rank_; ++p) so_self += send_rows[p], ro_self += recv_rows[p];
       if (send_rows[rank_] > 0)
-        CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(r.ptr()) + ro_self * w * esize,
-                                   static_cast<const char*>(s.ptr()) + so_self * w * esize,
-                                   send_rows[rank_] * w * esize, cudaMemcpyDeviceToDevice, st));
+        CUDA_CHECK(cudaMemcpyAsync(received(rank_), sent(rank_), send_rows[rank_] * w * esize,
+                                   cudaMemcpyDeviceToDevice, st));
       NcclGroup group;
-      int64_t so = 0, ro = 0;
       for (int p = 0; p < size_; ++p) {
-        if (p == rank_) {
-          so += send_rows[p], ro += recv_rows[p];
-          continue;
-        }
-        if (send_rows[p] > 0)
-          NCCL_CHECK(ncclSend(static_cast<const char*>(s.ptr()) + so * w * esize, send_rows[p] * w,
-                              nccl_type(send.dtype()), p, comm_, st));
+        if (p == rank_) continue;
+        if (send_rows[p] > 0) NCCL_CHECK(ncclSend(sent(p), send_rows[p] * w, nccl_type(send.dtype()), p, comm_, st));
         if (recv_rows[p] > 0)
-          NCCL_CHECK(ncclRecv(static_cast<char*>(r.ptr()) + ro * w * esize, recv_rows[p] * w, nccl_type(recv.dtype()),
-                              p, comm_, st));
-        so += send_rows[p], ro += recv_rows[p];
+          NCCL_CHECK(ncclRecv(received(p), recv_rows[p] * w, nccl_type(recv.dtype()), p, comm_, st));
       }
       return group.end();
     });

@@ -56,7 +56,7 @@ std::vector<int> computed(const Mask& m, const Tiling& t, int len) {
                                        : attn::needs_mask(m, w0, t.warp_rows, l0, t.loop, len);
         for (int a = w0; a < w0 + t.warp_rows; ++a) {
           // the row's span, once a tile (the kernels' element mask: row_ok)
-          const attn::Span sp = masked ? (t.keys_own ? m.queries_of(a) : m.keys_of(a)) : attn::Span{};
+          const attn::Span sp = masked ? attn::row_span(m, t.keys_own, a) : attn::Span{};
           for (int c = l0; c < l0 + t.loop; ++c) {
             const int q = t.keys_own ? c : a, k = t.keys_own ? a : c;
             if (q >= len || k >= len) continue;  // never written (rows) or zero-filled and masked (columns)
@@ -256,10 +256,11 @@ TEST(AttentionTiles, SplitLayoutVisitsOnlyReachableTiles) {
 // allowed pair (written out here apart from MemberMask::ok) still counts
 // exactly once, positions with ties (a token that is both a key and a query
 // of the cluster) included, by the rows' spans (keys_of, queries_of: one
-// binary search a row, no flag read). (Planted: tile_full comparing the
-// first key's position instead of the last's fails here at once; so do
-// keys_of searching with lower_index, which drops a key at the query's own
-// position, and queries_of with upper_index.)
+// binary search a row, the loops' keys_up_to and first_query_from, no flag
+// read). (Planted: tile_full comparing the first key's position instead of
+// the last's fails here at once; so do keys_up_to searching with
+// lower_index, which drops a key at the query's own position, and
+// first_query_from with upper_index.)
 TEST(AttentionTiles, AllFlaggedSplitLayoutComputesEachAllowedPairOnce) {
   Lcg next{777};
   for (const Tiling& t : split_layout_tilings())

@@ -198,6 +198,16 @@ __global__ void attention_delta_kernel(const T* dout, const T* out, float* delta
 // ops/cuda/mma.cuh).
 // ======================================================================
 
+// The spans (attn::row_span) of this thread's C-fragment rows row0 + 16 mt
+// + 8 r, taken once a tile, or none where the tile needs no element mask.
+template <bool KEYS_OWN, int MT, class Mask>
+__device__ __forceinline__ void fragment_row_spans(attn::Span (&sp)[MT][2], const Mask& mask, bool masked, int row0) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) sp[mt][r] = masked ? attn::row_span(mask, KEYS_OWN, row0 + mt * 16 + 8 * r) : attn::Span{};
+}
+
 // acc[MT][N/8] += P * B where P (rows of this warp x K) is in registers as C
 // fragments p[MT][K/8] (fp32, rounded to bf16 here) and B is smem [K][N]
 // row-major (e.g. O += P V, dK += dS^T Q).
@@ -458,11 +468,8 @@ __global__ void __launch_bounds__(Cfg::THREADS)
       gemm_abt<MT, BN, D, LD>(p, sK, wm0, q_s, lane);
       const int q0 = qt * BN;
       const bool masked = needs_mask(mask, q0, BN, k0 + wm0, MT * 16, seq.len);
-      attn::Span sp[MT][2];  // (each key row's queries, once a tile)
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) sp[mt][r] = masked ? mask.queries_of(k0 + wm0 + mt * 16 + gid + 8 * r) : attn::Span{};
+      attn::Span sp[MT][2];  // (each key row's queries)
+      fragment_row_spans<true>(sp, mask, masked, k0 + wm0 + gid);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -587,11 +594,8 @@ __global__ void __launch_bounds__(Cfg::THREADS)
       gemm_abt<MT, BN, D, LD>(p, sQ, wm0, k_s, lane);
       const int k0 = j * BN;
       const bool masked = needs_mask(mask, q0 + wm0, MT * 16, k0, BN, seq.len);
-      attn::Span sp[MT][2];  // (each query row's keys, once a tile)
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) sp[mt][r] = masked ? mask.keys_of(q0 + wm0 + mt * 16 + gid + 8 * r) : attn::Span{};
+      attn::Span sp[MT][2];  // (each query row's keys)
+      fragment_row_spans<false>(sp, mask, masked, q0 + wm0 + gid);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll

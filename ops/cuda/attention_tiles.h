@@ -56,6 +56,13 @@ SY_HD bool row_ok(const Mask& m, const Span& s, bool keys_own, int q, int k) {
   return s.exact ? s.has(keys_own ? q : k) : m.ok(q, k);
 }
 
+// The span of a kernel's own row: a query's keys, or (keys_own) a key's
+// queries.
+template <class Mask>
+SY_HD Span row_span(const Mask& m, bool keys_own, int row) {
+  return keys_own ? m.queries_of(row) : m.keys_of(row);
+}
+
 // Causal: k <= q.
 struct CausalMask {
   SY_HD CausalMask bind(int, int64_t, int) const { return *this; }
@@ -186,24 +193,28 @@ struct MemberMask {
   SY_HD bool spans_exact() const { return all_flagged && pos && words == 0; }
   SY_HD Span keys_of(int q) const {
     if (!spans_exact()) return {};
-    return q < klen || q >= len ? span(0, 0) : span(0, upper_index(pos, klen, pos[q]));
+    return q < klen || q >= len ? span(0, 0) : span(0, keys_up_to(q));
   }
   SY_HD Span queries_of(int k) const {
     if (!spans_exact()) return {};
-    return k >= klen || k >= len ? span(0, 0) : span(klen + lower_index(pos + klen, len - klen, pos[k]), len);
+    return k >= klen ? span(0, 0) : span(first_query_from(k), len);
   }
   SY_HD int kv_begin(int) const { return 0; }
   SY_HD int kv_end(int q_last) const {
     if (!pos) return imin(q_last + 1, klen);
     const int q = imin(q_last, len - 1);  // (a warp's rows may run past the segment)
-    return q < klen ? 0 : upper_index(pos, klen, pos[q]);
+    return q < klen ? 0 : keys_up_to(q);
   }
   // Keys from klen on are seen by no query: an empty range (INT_MAX / 2, so
   // that a tile index computed from it stays far past any end).
   SY_HD int q_begin(int k_first) const {
     if (k_first >= klen) return INT_MAX / 2;
-    return pos ? klen + lower_index(pos + klen, len - klen, pos[k_first]) : k_first;
+    return pos ? first_query_from(k_first) : k_first;
   }
+  // With pos: the keys at or before query row q's position (a prefix of
+  // [0, klen)), and the first query row at or after key row k's.
+  SY_HD int keys_up_to(int q) const { return upper_index(pos, klen, pos[q]); }
+  SY_HD int first_query_from(int k) const { return klen + lower_index(pos + klen, len - klen, pos[k]); }
   SY_HD int q_end(int) const { return INT_MAX; }
   SY_HD bool tile_full(int q_first, int q_last, int, int k_last) const {
     if (!all_flagged || !pos || words > 0) return false;

@@ -133,13 +133,14 @@ constexpr size_t nearest_smem_bytes(int D) {
 }
 
 // Every centroid set in one launch: set s's rows are x's rows
-// [s per_set, (s + 1) per_set), its centroids the prep kernel's copies at
-// s K D (s K for the norms); a block's rows never straddle two sets.
+// [s per_set, (s + 1) per_set), its centroids CentroidSets' mu[s] and the
+// prep kernel's bf16 splits and norms at s K D (s K); a block's rows never
+// straddle two sets.
 struct NearestArgs {
   const float* x;                 // (sets * per_set, D)
   const __nv_bfloat16* mu_hi;     // (sets, K, D) bf16(mu)
   const __nv_bfloat16* mu_lo;     // (sets, K, D) bf16(mu - bf16(mu))
-  const float* mu;                // (sets, K, D)
+  const float* mu;                // (K, D): this block's set's (set by the kernel)
   const float* mu_norm;           // (sets, K) |mu_c|
   int64_t per_set, blocks_per_set, T, K;  // T rows per head
   int64_t first_row;              // the stack's row of x's first row (the launch's first set)
@@ -148,7 +149,7 @@ struct NearestArgs {
   float* top;                     // (N)
 };
 
-// The sets' centroids, as pointers (prep's input): at most kMaxSets a launch.
+// The sets' centroids, as pointers: at most kMaxSets a launch.
 constexpr int kMaxSets = 64;
 struct CentroidSets {
   const float* mu[kMaxSets];
@@ -156,11 +157,11 @@ struct CentroidSets {
 }  // namespace
 
 // One warp per centroid of every set (warp w: set w / K, centroid w % K):
-// its fp32 values copied to mu_all, bf16(mu_c) split in two, and |mu_c| (a
+// bf16(mu_c) split in two, and |mu_c| (a
 // butterfly over the lanes: only the candidates' margins read it, and eps
 // covers its rounding). One launch for all sets, where one thread per
 // centroid, a launch per set, walked D serially.
-static __global__ void centroid_prep_kernel(CentroidSets sets, int64_t n_sets, int64_t K, int64_t D, float* mu_all,
+static __global__ void centroid_prep_kernel(CentroidSets sets, int64_t n_sets, int64_t K, int64_t D,
                                             __nv_bfloat16* mu_hi, __nv_bfloat16* mu_lo, float* norm) {
   const int64_t w = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
@@ -170,7 +171,6 @@ static __global__ void centroid_prep_kernel(CentroidSets sets, int64_t n_sets, i
   for (int64_t d = lane; d < D; d += 32) {
     const float v = mu[d];
     const __nv_bfloat16 hi = __float2bfloat16_rn(v);
-    mu_all[w * D + d] = v;
     mu_hi[w * D + d] = hi;
     mu_lo[w * D + d] = __float2bfloat16_rn(v - __bfloat162float(hi));
     s = fmaf(v, v, s);
@@ -194,14 +194,14 @@ static __device__ __forceinline__ float exact_dot(const float* x, const float* m
 }
 
 template <int D>
-static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(NearestArgs args) {
+static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(NearestArgs args, CentroidSets sets) {
   constexpr int LD = D + 8;  // mma.cuh's padded pitch
   constexpr float kEps = 1.f / 4096.f;
   // This block's set: its rows, its centroids (the rest reads one set's view).
   const int64_t set = blockIdx.x / args.blocks_per_set, K = args.K;
   NearestArgs a = args;
   a.x += set * a.per_set * D;
-  a.mu_hi += set * K * D, a.mu_lo += set * K * D, a.mu += set * K * D, a.mu_norm += set * K;
+  a.mu_hi += set * K * D, a.mu_lo += set * K * D, a.mu = sets.mu[set], a.mu_norm += set * K;
   const int64_t row0 = a.first_row + set * a.per_set, rows = a.per_set;  // row0: the set's first row of the stack
   extern __shared__ __align__(16) unsigned char nc_smem[];
   __nv_bfloat16* const sx_hi = reinterpret_cast<__nv_bfloat16*>(nc_smem);
@@ -301,9 +301,9 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
 // D = 128 needs more than the 48 KiB of static shared memory (68 KiB):
 // the kernel's limit is raised once (smem depends on D alone).
 template <int D>
-static void launch_nearest(Ctx& ctx, unsigned grid, size_t smem, const NearestArgs& a) {
+static void launch_nearest(Ctx& ctx, unsigned grid, size_t smem, const NearestArgs& a, const CentroidSets& sets) {
   allow_smem<nearest_centroid_kernel<D>>(smem);
-  nearest_centroid_kernel<D><<<grid, kNcWarps * 32, smem, stream(ctx)>>>(a);
+  nearest_centroid_kernel<D><<<grid, kNcWarps * 32, smem, stream(ctx)>>>(a, sets);
 }
 
 namespace {
@@ -338,15 +338,15 @@ void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<co
       const int64_t n = std::min<int64_t>(kMaxSets, n_sets - i0);
       CentroidSets cs{};
       for (int64_t i = 0; i < n; ++i) cs.mu[i] = sets[i0 + i]->mu.data<float>();
-      Tensor mu_all = Tensor::empty({n * K * D}, DType::f32, ctx), norm = Tensor::empty({n * K}, DType::f32, ctx);
+      Tensor norm = Tensor::empty({n * K}, DType::f32, ctx);
       Tensor mu_hi = Tensor::empty({n * K * D}, DType::bf16, ctx), mu_lo = Tensor::empty({n * K * D}, DType::bf16, ctx);
       centroid_prep_kernel<<<grid_for(n * K * 32), kBlock, 0, stream(ctx)>>>(
-          cs, n, K, D, mu_all.data<float>(), elems<Bf16>(mu_hi), elems<Bf16>(mu_lo), norm.data<float>());
+          cs, n, K, D, elems<Bf16>(mu_hi), elems<Bf16>(mu_lo), norm.data<float>());
       CUDA_CHECK(cudaGetLastError());
       const NearestArgs a{xn.data<float>() + i0 * per_set * D,
                           elems<Bf16>(mu_hi),
                           elems<Bf16>(mu_lo),
-                          mu_all.data<float>(),
+                          nullptr,
                           norm.data<float>(),
                           per_set,
                           blocks_per_set,
@@ -358,10 +358,10 @@ void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<co
                           top};
       const unsigned grid = static_cast<unsigned>(n * blocks_per_set);
       switch (D) {
-        case 16: launch_nearest<16>(ctx, grid, smem, a); break;
-        case 32: launch_nearest<32>(ctx, grid, smem, a); break;
-        case 64: launch_nearest<64>(ctx, grid, smem, a); break;
-        default: launch_nearest<128>(ctx, grid, smem, a); break;
+        case 16: launch_nearest<16>(ctx, grid, smem, a, cs); break;
+        case 32: launch_nearest<32>(ctx, grid, smem, a, cs); break;
+        case 64: launch_nearest<64>(ctx, grid, smem, a, cs); break;
+        default: launch_nearest<128>(ctx, grid, smem, a, cs); break;
       }
       CUDA_CHECK(cudaGetLastError());
     }
