@@ -44,17 +44,21 @@
 // forward can hand back bf16(buf) and bf16(act) (packed as act: sum_g n_g H_g
 // values); backward then takes buf as that bf16 tensor and act_bf16 for dW2,
 // instead of rounding buf again and recomputing and rounding act from pre
-// (the same values; the activation's derivative still comes from pre).
+// (the activation's derivative still comes from pre; with a bf16 pre the
+// kept act is gelu of the unrounded value, below, so a recomputed one may
+// differ from it by a bf16 step).
 // In bf16 mode buf may also come as bf16, rounded by its producer (the
 // dispatch, ops/dispatch.h): the GEMMs read it as it is, and buf_bf16 is buf.
 // So may dout (combine_backward rounds it as it writes it): the GEMMs read it
 // as it is and db2 sums the rounded values, as PyTorch autocast's bias
 // gradient sums a bf16 output gradient.
-// In bf16 mode with GELU, pre may be bf16: the first GEMM writes it rounded
-// (pre = bf16(bf16(buf) W1_16 + b1)), GELU reads it widened, and backward's
-// dact = bf16(bf16(dout) W2_16^T) is rounded likewise before gelu'(pre)
-// scales it: the FFN's widest tensors in half the bytes, as PyTorch
-// autocast keeps them (runtime/layers.h's Mlp does the same).
+// In bf16 mode with GELU, pre may be bf16: then the first GEMM is matmul's
+// GELU epilogue (ops/matmul.h), z = bf16(buf) W1_16 + bf16(b1) in fp32,
+// pre = bf16(z), act = bf16(gelu(z)), and backward's dpre = bf16(gelu'(pre)
+// * bf16(dout) W2_16^T), the product not rounded before it is scaled: the
+// FFN's widest tensors in half the bytes, as PyTorch autocast keeps them,
+// and on CUDA no activation pass over them where cuBLASLt has the GELU_AUX
+// and DGELU epilogues (runtime/layers.h's Mlp does the same).
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -23,7 +23,12 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
            "matmul_forward: x is " << dtype_name(a.x.dtype()) << "; f32, or bf16 in bf16 mode (already rounded)");
   SY_CHECK(a.y.dtype() == DType::f32 || (a.y.dtype() == DType::bf16 && a.w_bf16 && !a.accumulate),
            "matmul_forward: y is " << dtype_name(a.y.dtype()) << "; f32, or bf16 in bf16 mode when not accumulated");
-  check_device(ctx, "matmul_forward", {&a.y, &a.x, &a.w, &a.b});
+  if (a.gelu) {
+    SY_CHECK(!a.accumulate, "matmul_forward: the GELU epilogue writes y (accumulate false)");
+    check_shape(*a.gelu, a.y.shape(), "matmul gelu");
+    check_dtype(*a.gelu, a.y.dtype(), "matmul gelu (y's dtype)");
+  }
+  check_device(ctx, "matmul_forward", {&a.y, &a.x, &a.w, &a.b, a.gelu});
   check_shadow(ctx, a.w_bf16, a.w, "matmul_forward");
   SY_DISPATCH(ctx, matmul_forward, ctx, a);
 }
@@ -45,7 +50,12 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
                                      << "; f32, or bf16 in bf16 mode when written (dx_accumulate false)");
   if (a.dw) check_dtype(*a.dw, DType::f32, "matmul dW");
   if (a.db) check_dtype(*a.db, DType::f32, "matmul db");
-  check_device(ctx, "matmul_backward", {a.dx, a.dw, a.db, &a.dy, &a.x, &a.w});
+  if (a.gelu_pre) {
+    SY_CHECK(a.dx && !a.dx_accumulate, "matmul_backward: the GELU epilogue writes dx (dx_accumulate false)");
+    check_shape(*a.gelu_pre, a.x.shape(), "matmul gelu_pre");
+    check_dtype(*a.gelu_pre, a.dx->dtype(), "matmul gelu_pre (dx's dtype)");
+  }
+  check_device(ctx, "matmul_backward", {a.dx, a.dw, a.db, &a.dy, &a.x, &a.w, a.gelu_pre});
   check_shadow(ctx, a.w_bf16, a.w, "matmul_backward");
   SY_DISPATCH(ctx, matmul_backward, ctx, a);
 }

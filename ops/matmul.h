@@ -38,6 +38,24 @@
 // bf16 step of that output rounded; where cuBLASLt has no such algorithm, an
 // fp32 scratch and the rounding pass); on the CPU the fp32 result is
 // rounded, bit for bit what to_bf16 gives.
+//
+// The GELU epilogue (an FFN's first GEMM and the input gradient of its
+// second; ops/gelu.h's tanh form), as cuBLASLt's GELU_AUX_BIAS and DGELU
+// epilogues compute it, from the one fp32 value z of the GEMM (its bias
+// added) before anything is rounded:
+//   forward (gelu given, y written):  y = z, gelu = gelu(z)
+//     bf16 y: y = bf16(z), gelu = bf16(gelu(z)) (not gelu of the rounded y);
+//   backward (gelu_pre given, dx written), with p = gelu_pre and
+//   g = dy W^T (bf16 mode: bf16(dy) W16^T) in fp32:
+//     dx = g * gelu'(p); bf16 dx: bf16(g * gelu'(p)), g not rounded first.
+// gelu is y's shape and dtype, gelu_pre dx's. In fp32 they are exactly
+// the separate ops (matmul then gelu_forward; matmul's dx then
+// gelu_backward). In bf16 each drops a rounding the separate ops make
+// (of z before GELU reads it; of g before it is scaled), as the fused
+// epilogue computes them: on CUDA one GEMM writes both outputs (no
+// activation pass over the FFN's widest tensors), or where cuBLASLt has
+// no such algorithm, fp32 scratch and the GELU kernels on it (the same
+// values, up to the GELU's own arithmetic: a bf16 tolerance).
 #pragma once
 #include "core/tensor.h"
 
@@ -52,6 +70,7 @@ struct MatmulArgs {
   bool w_transposed = false;
   const Tensor* w_bf16 = nullptr;  // bf16 mode: W's bf16 shadow
   Tensor* x_bf16 = nullptr;        // bf16 mode, out (optional): bf16(x), (N, K) bf16
+  Tensor* gelu = nullptr;          // out (optional): gelu(z) (the GELU epilogue above; not with accumulate)
 };
 
 struct MatmulBackwardArgs {
@@ -64,6 +83,9 @@ struct MatmulBackwardArgs {
   bool w_transposed = false;
   const Tensor* w_bf16 = nullptr;  // bf16 mode: W's bf16 shadow
   bool dx_accumulate = true;       // false: dx is written, not added to
+  // The GELU epilogue's backward (above): dx = gelu'(gelu_pre) * dy W^T,
+  // written (dx_accumulate false); gelu_pre is the forward's y.
+  const Tensor* gelu_pre = nullptr;
 };
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a);

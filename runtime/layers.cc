@@ -19,24 +19,25 @@ Linear::Linear(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t in, in
 
 Linear::Linear(Ctx& ctx, Param* shared) : ctx_(ctx), w_(shared), transposed_(true) {}
 
-Tensor Linear::forward(const Tensor& x, DType y_dtype) {
+Tensor Linear::forward(const Tensor& x, DType y_dtype, Tensor* gelu) {
   SY_CHECK(y_dtype == DType::f32 || shadow(), "Linear: a bf16 output in bf16 mode only");
   Tensor y = Tensor::empty({x.dim(0), out()}, y_dtype, ctx_);
+  if (gelu) *gelu = Tensor::empty(y.shape(), y_dtype, ctx_);
   // bf16 mode keeps x as the GEMM read it, bf16(x): what dW needs, in half the bytes.
   Tensor x16;
   ops::matmul_forward(ctx_, {y, x, w_->value, b_ ? b_->value : Tensor(), false, transposed_, shadow(),
-                             shadow() ? &x16 : nullptr});
+                             shadow() ? &x16 : nullptr, gelu});
   x_ = shadow() ? x16 : x;
   return y;
 }
 
-Tensor Linear::backward(const Tensor& dy, DType dx_dtype) {
+Tensor Linear::backward(const Tensor& dy, DType dx_dtype, const Tensor* gelu_pre) {
   // dx written by the GEMM (no zero fill, no read back); f32 even where x_ is
   // bf16, unless the caller reads it as bf16
   SY_CHECK(dx_dtype == DType::f32 || shadow(), "Linear: a bf16 gradient in bf16 mode only");
   Tensor dx = Tensor::empty(x_.shape(), dx_dtype, ctx_);
   ops::matmul_backward(ctx_, {&dx, &w_->grad, b_ ? &b_->grad : nullptr, dy, x_, w_->value, transposed_, shadow(),
-                              /*dx_accumulate=*/false});
+                              /*dx_accumulate=*/false, gelu_pre});
   return dx;
 }
 
@@ -117,21 +118,34 @@ Mlp::Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t h
 // fp32 (its kernels read fp32 only).
 bool Mlp::bf16_pre() const { return fc1_.reads_bf16() && fc2_.reads_bf16() && act_ == ops::FfnActivation::gelu; }
 
+// GELU with pre and act of one dtype (fp32, or bf16 in bf16 mode) is fc1's
+// GELU epilogue (ops/matmul.h): the GEMM writes both, and fc2's backward
+// writes dpre (on CUDA no activation pass over the layer's widest tensors,
+// in bf16 where cuBLASLt has the epilogue).
+bool Mlp::gelu_epilogue() const { return act_ == ops::FfnActivation::gelu && bf16_pre() == fc2_.reads_bf16(); }
+
 Tensor Mlp::forward(const Tensor& x) {
-  pre_ = fc1_.forward(x, bf16_pre() ? DType::bf16 : DType::f32);
+  flops_ = 2.0 * x.dim(0) * (fc1_.in() * fc1_.out() + fc2_.in() * fc2_.out());
+  const DType pre_dtype = bf16_pre() ? DType::bf16 : DType::f32;
+  Tensor act;
+  if (gelu_epilogue()) {
+    pre_ = fc1_.forward(x, pre_dtype, &act);
+    return fc2_.forward(act);
+  }
+  pre_ = fc1_.forward(x, pre_dtype);
   // The activation writes fc2's input rounded, where fc2 reads it so (bf16
   // mode); the backward reads pre_, not the activation.
   const bool act16 = fc2_.reads_bf16();
-  Tensor act = Tensor::empty({x.dim(0), fc2_.in()}, act16 ? DType::bf16 : DType::f32, ctx_);
+  act = Tensor::empty({x.dim(0), fc2_.in()}, act16 ? DType::bf16 : DType::f32, ctx_);
   if (act_ == ops::FfnActivation::swiglu)
     ops::swiglu_forward(ctx_, {act, pre_});
   else
     ops::gelu_forward(ctx_, act, pre_);
-  flops_ = 2.0 * x.dim(0) * (fc1_.in() * fc1_.out() + fc2_.in() * fc2_.out());
   return fc2_.forward(act);
 }
 
 Tensor Mlp::backward(const Tensor& dy) {
+  if (gelu_epilogue()) return fc1_.backward(fc2_.backward(dy, pre_.dtype(), &pre_));
   Tensor dact = fc2_.backward(dy, bf16_pre() ? DType::bf16 : DType::f32);
   // A bf16 fc1 reads dpre rounded: the activation's backward writes it so
   // (no zero fill, no f32 copy to round); an f32 dpre accumulates from zero.

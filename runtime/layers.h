@@ -25,8 +25,12 @@ class Linear {
   Linear(Ctx& ctx, Param* shared);
   // y (and backward's dx) f32, or bf16 where the next op reads it so: written
   // rounded by the GEMM (bf16 mode only; ops/matmul.h).
-  Tensor forward(const Tensor& x, DType y_dtype = DType::f32);
-  Tensor backward(const Tensor& dy, DType dx_dtype = DType::f32);
+  // gelu (out): also gelu(y), y's shape and dtype, from the GEMM's fp32
+  // value (matmul's GELU epilogue). gelu_pre: dx = gelu'(gelu_pre) * dy W^T
+  // instead (the epilogue's backward; gelu_pre is that forward's y, dx in
+  // its dtype).
+  Tensor forward(const Tensor& x, DType y_dtype = DType::f32, Tensor* gelu = nullptr);
+  Tensor backward(const Tensor& dy, DType dx_dtype = DType::f32, const Tensor* gelu_pre = nullptr);
   int64_t in() const { return w_->shape[transposed_ ? 1 : 0]; }
   int64_t out() const { return w_->shape[transposed_ ? 0 : 1]; }
   // Whether its GEMMs read bf16(x) (bf16 mode): forward then takes x as bf16,
@@ -138,7 +142,9 @@ class FeedForward {
 // fc2 (H, C); biases unless options.bias is false. bf16 mode: the GEMMs'
 // operands bf16 (ops/matmul.h); with GELU also fc1's output and fc2's input
 // gradient (the pre-activation and its gradient, rounded as the GEMMs write
-// them).
+// them). GELU is fc1's GELU epilogue (ops/matmul.h): gelu of the GEMM's
+// fp32 value, and in backward gelu' times fc2's fp32 input gradient, each
+// rounded once.
 class Mlp : public FeedForward {
  public:
   Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t hidden, Rng& rng, float std,
@@ -155,6 +161,7 @@ class Mlp : public FeedForward {
   Tensor pre_;  // fc1's output: f32, or bf16 (bf16_pre)
   double flops_ = 0;
   bool bf16_pre() const;
+  bool gelu_epilogue() const;
 };
 
 // What sits in a block's attention position: dense causal attention, or a

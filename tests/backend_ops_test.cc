@@ -1702,6 +1702,39 @@ std::vector<OpCase> cases() {
                    ops::matmul_backward(x, {&o[1], &o[2], &o[3], in[3], in[0], in[1], false, &w16});
                  }});
   }
+  // The GELU epilogue (ops/matmul.h): y and gelu(y) from one GEMM, and in
+  // backward dx = gelu'(pre) * dy W^T written. bf16 at a shape cuBLASLt's
+  // GELU_AUX_BIAS and DGELU take (300x256x384) and one they cannot (rows of
+  // 19 and 24 values: no multiple of 8, so fp32 scratch and the GELU
+  // kernels), and fp32 (the GEMM and the GELU kernels, class F).
+  for (const bool bf16 : {false, true})
+    for (const auto& [N, K, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 24, 19}, {300, 256, 384}})
+      c.push_back({std::string("matmul_gelu_epilogue_") + (bf16 ? "bf16_" : "f32_") + std::to_string(N) + "x" +
+                       std::to_string(K) + "x" + std::to_string(M),
+                   bf16 ? Tol::bf16 : Tol::f32,
+                   [N = N, K = K, M = M](Rng& r) {
+                     return Ins{randn({N, K}, r), randn({K, M}, r, 0.2f), randn({M}, r), randn({N, M}, r),
+                                randn({N, K}, r)};
+                   },
+                   [N = N, K = K, M = M, bf16](Ctx& x, const Ins&) {
+                     const DType d = bf16 ? DType::bf16 : DType::f32;
+                     return Outs{fresh(x, {N, M}, d), fresh(x, {N, M}, d), fresh(x, {N, K}, d), acc(x, {K, M}),
+                                 acc(x, {M})};
+                   },
+                   [bf16](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                     Tensor w16 = out(x, in[1].shape(), DType::bf16), pre = in[4];
+                     ops::to_bf16(x, w16, in[1]);
+                     if (bf16) {
+                       pre = out(x, in[4].shape(), DType::bf16);
+                       ops::to_bf16(x, pre, in[4]);
+                     }
+                     ops::MatmulArgs f{o[0], in[0], in[1], in[2], false, false, bf16 ? &w16 : nullptr};
+                     f.gelu = &o[1];
+                     ops::matmul_forward(x, f);
+                     ops::MatmulBackwardArgs b{&o[2], &o[3], &o[4], in[3], in[0], in[1], false, bf16 ? &w16 : nullptr};
+                     b.dx_accumulate = false, b.gelu_pre = &pre;
+                     ops::matmul_backward(x, b);
+                   }});
   c.push_back({"matmul_bf16_dx_written_300x256x384", Tol::bf16,
                [](Rng& r) { return Ins{randn({300, 256}, r), randn({256, 384}, r), randn({300, 384}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {300, 256}), acc(x, {256, 384})}; },
@@ -2402,7 +2435,8 @@ TEST_P(BackendOps, ExpertFfnBackwardWritesItsGradients) {
 // (ops/cuda/matmul.cu): experts on 97-112 rows, then on other counts of the
 // same bucket, make no new plan, and every call runs on its bucket's
 // algorithm (none falls back to an exact shape's plan: were the bucket's
-// layouts left at 112 rows, or refused, that would show here). f32 and bf16.
+// layouts left at 112 rows, or refused, that would show here). f32, bf16,
+// and bf16 with a bf16 pre (the GELU epilogues' plans).
 TEST_P(BackendOps, PackedExpertGemmsShareOnePlanPerRowBucket) {
   if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "CUDA's GEMM plans";
 #ifdef SY_WITH_CUDA
@@ -2414,8 +2448,9 @@ TEST_P(BackendOps, PackedExpertGemmsShareOnePlanPerRowBucket) {
   Tensor w1_16 = out(x, w1.shape(), DType::bf16), w2_16 = out(x, w2.shape(), DType::bf16);
   ops::to_bf16(x, w1_16, w1);
   ops::to_bf16(x, w2_16, w2);
-  for (const bool bf16 : {false, true}) {
-    SCOPED_TRACE(bf16 ? "bf16" : "f32");
+  for (const int mode : {0, 1, 2}) {
+    const bool bf16 = mode > 0, pre16 = mode == 2;
+    SCOPED_TRACE(pre16 ? "bf16, bf16 pre" : bf16 ? "bf16" : "f32");
     const ops::ExpertWeights w{w1, b1, w2, b2, bf16 ? &w1_16 : nullptr, bf16 ? &w2_16 : nullptr};
     size_t plans = 0;
     int64_t fallbacks = 0;
@@ -2425,7 +2460,8 @@ TEST_P(BackendOps, PackedExpertGemmsShareOnePlanPerRowBucket) {
                                                std::vector<int32_t>{0, 112, 210, 309, 412}}) {
       const int64_t R = offset.back();
       const Tensor buf = randn({R, 64}, rng).to(x), dout = randn({R, 64}, rng).to(x);
-      Tensor pre = out(x, {layout.pre_numel(offset)}), o = out(x, {R, 64}), dbuf = out(x, {R, 64});
+      Tensor pre = out(x, {layout.pre_numel(offset)}, pre16 ? DType::bf16 : DType::f32), o = out(x, {R, 64}),
+             dbuf = out(x, {R, 64});
       Tensor g[4] = {Tensor::zeros(w1.shape(), DType::f32, x), Tensor::zeros(b1.shape(), DType::f32, x),
                      Tensor::zeros(w2.shape(), DType::f32, x), Tensor::zeros(b2.shape(), DType::f32, x)};
       ops::expert_ffn_forward(x, {o, pre, buf, offset, layout, w});
@@ -2485,7 +2521,10 @@ TEST_P(BackendOps, ExpertFfnBf16DoutIsItsValuesInF32) {
 // The same for the expert FFNs (what GroupedExperts keeps in bf16 mode): the
 // forward's bf16(buf) and bf16(act) in backward give dbuf and every weight
 // gradient bit for bit those of rounding again and recomputing act; GELU
-// with biases (heterogeneous widths) and SwiGLU without.
+// with biases (heterogeneous widths) and SwiGLU without. With a bf16 pre
+// the kept act is the GELU epilogue's, gelu of the unrounded value
+// (ops/expert_ffn.h): within a bf16 step of bf16(gelu(pre)), and dW2 from
+// it is what the kept act gives, not the recomputed one (the rest as before).
 TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
   Ctx& x = ctx();
   // GELU with an f32 pre and with a bf16 one (ops/expert_ffn.h); SwiGLU's is f32.
@@ -2528,15 +2567,29 @@ TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
     EXPECT_TRUE(bitwise_equal(buf16.to(host_ctx()), buf.to(host_ctx()).to(DType::bf16))) << "buf_bf16 is not bf16(buf)";
     EXPECT_EQ(back16.raw(), given16.raw()) << "a bf16 buf is not handed back as buf_bf16";
     EXPECT_EQ(act16.numel(), 5 * 6 + 7 * 3 + 8 * 9);
+    const bool epilogue = !swiglu && pre_dtype == DType::bf16;
     if (!swiglu) {  // GELU's act is packed as pre: act_bf16 = bf16(gelu(pre)), by this backend's gelu
       Tensor a = out(x, pre.shape()), a16 = out(x, pre.shape(), DType::bf16);
       ops::gelu_forward(x, a, pre);
       ops::to_bf16(x, a16, a);
-      EXPECT_TRUE(bitwise_equal(act16.to(host_ctx()), a16.to(host_ctx()))) << "act_bf16 is not bf16(act)";
+      if (!epilogue) {
+        EXPECT_TRUE(bitwise_equal(act16.to(host_ctx()), a16.to(host_ctx()))) << "act_bf16 is not bf16(act)";
+      } else {  // gelu(z) against gelu(bf16(z)): a bf16 step apart at most (2^-7 relative, and near 0 absolute)
+        const Tensor kept = act16.to(host_ctx()).to(DType::f32), again = a16.to(host_ctx()).to(DType::f32);
+        int64_t far = 0;
+        for (int64_t i = 0; i < kept.numel(); ++i) {
+          const float k = kept.f32()[i], r = again.f32()[i];
+          far += std::fabs(k - r) > 0x1p-7f * std::max(std::fabs(r), 0.25f);
+        }
+        EXPECT_EQ(far, 0) << "act_bf16 is not the GELU epilogue's bf16(gelu(z))";
+      }
     }
     for (int reuse = 1; reuse < 3; ++reuse)
-      for (size_t i = 0; i < res[0].size(); ++i)
-        EXPECT_TRUE(bitwise_equal(res[0][i], res[reuse][i])) << "output " << i << ", reuse " << reuse;
+      for (size_t i = 0; i < res[0].size(); ++i) {
+        const bool dw2 = i == 3;  // (dW2 reads act)
+        EXPECT_TRUE(bitwise_equal(res[epilogue && dw2 ? 1 : 0][i], res[reuse][i]))
+            << "output " << i << ", reuse " << reuse;
+      }
   }
 }
 

@@ -180,6 +180,60 @@ TEST(Matmul, Bf16OutputAddsItsBiasRoundedToBf16) {
   EXPECT_EQ(y32.f32()[0], 1.f + 0x1p-8f + 0x1p-9f) << "fp32 output: the fp32 bias";
 }
 
+// The GELU epilogue (ops/matmul.h) in fp32 is exactly the separate ops:
+// matmul then gelu_forward; matmul's dx then gelu_backward on zeros.
+TEST(Matmul, GeluEpilogueInFp32IsTheSeparateOps) {
+  Ctx& ctx = host_ctx();
+  Rng rng(0x6e1);
+  const int64_t N = 7, K = 5, M = 6;
+  const Tensor x = randn({N, K}, rng), W = randn({K, M}, rng), b = randn({M}, rng), dy = randn({N, M}, rng);
+  Tensor y = zeros({N, M}), act = zeros({N, M}), y_ref = zeros({N, M}), act_ref = zeros({N, M});
+  ops::MatmulArgs fused{y, x, W, b};
+  fused.gelu = &act;
+  ops::matmul_forward(ctx, fused);
+  ops::matmul_forward(ctx, {y_ref, x, W, b});
+  ops::gelu_forward(ctx, act_ref, y_ref);
+  EXPECT_TRUE(same_bits(y, y_ref) && same_bits(act, act_ref));
+  Tensor dx = Tensor::from_host(std::vector<float>(N * K, 7.f)).reshape({N, K}), dw = zeros({K, M}), db = zeros({M});
+  Tensor dact = zeros({N, K}), dx_ref = zeros({N, K}), dw_ref = zeros({K, M}), db_ref = zeros({M});
+  const Tensor pre = randn({N, K}, rng);
+  ops::MatmulBackwardArgs back{&dx, &dw, &db, dy, x, W};
+  back.dx_accumulate = false, back.gelu_pre = &pre;
+  ops::matmul_backward(ctx, back);
+  ops::matmul_backward(ctx, {&dact, &dw_ref, &db_ref, dy, x, W});
+  ops::gelu_backward(ctx, dx_ref, dact, pre);
+  EXPECT_TRUE(same_bits(dx, dx_ref)) << "dx written (the 7s not read)";
+  EXPECT_TRUE(same_bits(dw, dw_ref) && same_bits(db, db_ref));
+}
+
+// In bf16 the epilogue rounds once, from the GEMM's fp32 value. Forward:
+// z = 1 + 2^-9 (x = [1, 1], W = [1, 2^-9]^T), y = bf16(z) = 1, and
+// gelu(z) = 0.84331 rounds to 0.84375, where gelu(bf16(z)) = gelu(1) =
+// 0.84119 would round to 0.83984375. Backward: g = dy W^T = 1 + 3 2^-9
+// (dy = [1, 1], W = [1, 3 2^-9]), gelu'(1) = 1.08296: g gelu'(1) = 1.08931
+// rounds to 1.0859375, where bf16(g) = 1.0078125 would give 1.09375.
+TEST(Matmul, Bf16GeluEpilogueRoundsOnceFromTheFp32Value) {
+  Ctx& ctx = host_ctx();
+  const Tensor x = Tensor::from_host(std::vector<float>{1.f, 1.f}).reshape({1, 2});
+  const Tensor W = Tensor::from_host(std::vector<float>{1.f, 0x1p-9f}).reshape({2, 1}), W16 = W.to(DType::bf16);
+  Tensor y = Tensor::empty({1, 1}, DType::bf16, ctx), act = Tensor::empty({1, 1}, DType::bf16, ctx);
+  ops::MatmulArgs fwd{y, x, W, Tensor(), false, false, &W16};
+  fwd.gelu = &act;
+  ops::matmul_forward(ctx, fwd);
+  EXPECT_EQ(y.to(DType::f32).f32()[0], 1.f);
+  EXPECT_EQ(act.to(DType::f32).f32()[0], 0.84375f) << "gelu of the unrounded z";
+
+  const Tensor x1 = Tensor::from_host(std::vector<float>{0.5f}).reshape({1, 1});
+  const Tensor W2 = Tensor::from_host(std::vector<float>{1.f, 3 * 0x1p-9f}).reshape({1, 2}), W2_16 = W2.to(DType::bf16);
+  const Tensor dy = Tensor::from_host(std::vector<float>{1.f, 1.f}).reshape({1, 2});
+  const Tensor pre = Tensor::from_host(std::vector<float>{1.f}).reshape({1, 1}).to(DType::bf16);
+  Tensor dx = Tensor::empty({1, 1}, DType::bf16, ctx);
+  ops::MatmulBackwardArgs back{&dx, nullptr, nullptr, dy, x1, W2, false, &W2_16};
+  back.dx_accumulate = false, back.gelu_pre = &pre;
+  ops::matmul_backward(ctx, back);
+  EXPECT_EQ(dx.to(DType::f32).f32()[0], 1.0859375f) << "the unrounded g scaled by gelu'(1)";
+}
+
 // The producers of a bf16 GEMM's input (layernorm, gelu) can write it
 // rounded: their bf16 y is their f32 y rounded, bit for bit, and a bf16 x
 // in matmul's bf16 mode is the f32 x it rounds from (y, the x_bf16 it hands
@@ -283,6 +337,13 @@ TEST(Matmul, Bf16ShadowOfTheWrongShapeOrDtypeIsRefused) {
   EXPECT_THROW(ops::matmul_forward(host_ctx(), {y, x, W, Tensor(), false, false, &f32}), Error);
 }
 
+// Elements [at, at + numel(s)) of a packed tensor, as shape s (an expert's block).
+Tensor blk(const Tensor& t, int64_t at, const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return t.reshape({t.numel()}).rows(at, at + n).reshape(s);
+}
+
 // bf16 experts are, expert by expert, matmul's bf16 mode around the fp32
 // activation, whose backward writes dpre in bf16 (as the dense Mlp does):
 // compared with that composition (forward, pre, and every gradient), for
@@ -309,11 +370,6 @@ TEST(ExpertFfn, Bf16ModeComposesBf16Matmuls) {
 
     Tensor out_ref = zeros({R, D}), pre_ref = zeros(pre.shape()), dbuf_ref = zeros({R, D}), dw1_ref = zeros(w1.shape()),
            db1_ref = zeros(b1.shape()), dw2_ref = zeros(w2.shape()), db2_ref = zeros(b2.shape());
-    auto blk = [](const Tensor& t, int64_t at, Shape s) {
-      int64_t n = 1;
-      for (int64_t d : s) n *= d;
-      return t.reshape({t.numel()}).rows(at, at + n).reshape(s);
-    };
     int64_t p0 = 0;
     for (int64_t g = 0; g < 4; ++g) {
       const int64_t r0 = offset[g], n = offset[g + 1] - r0, H = hidden[g], P = l.width(g);
@@ -345,6 +401,60 @@ TEST(ExpertFfn, Bf16ModeComposesBf16Matmuls) {
         {"db1", {&db1, &db1_ref}}, {"dw2", {&dw2, &dw2_ref}}, {"db2", {&db2, &db2_ref}}};
     for (const auto& [name, t] : outs) EXPECT_LT(rel_diff(*t.first, *t.second), 1e-6) << name;
   }
+}
+
+// With a bf16 pre (GELU in bf16 mode) the experts are matmul's GELU
+// epilogue (ops/expert_ffn.h): per expert, fc1 with gelu out, fc2, and in
+// backward fc2's dx with gelu_pre; dW2 from the act the forward kept.
+TEST(ExpertFfn, Bf16PreIsMatmulsGeluEpilogue) {
+  Ctx& ctx = host_ctx();
+  Rng rng(0xe91);
+  const int64_t D = 8, R = 20;
+  const std::vector<int64_t> hidden{6, 12, 3, 9};
+  const std::vector<int32_t> offset{0, 5, 5, 12, 20};
+  const ops::ExpertLayout l(D, hidden);
+  Tensor buf = randn({R, D}, rng), w1 = randn({l.w1_numel()}, rng, 0.4f), b1 = randn({l.total_width()}, rng, 0.3f);
+  Tensor w2 = randn({l.w2_numel()}, rng, 0.4f), b2 = randn({4 * D}, rng, 0.3f), dout = randn({R, D}, rng);
+  const Tensor w1_16 = w1.to(DType::bf16), w2_16 = w2.to(DType::bf16);
+  Tensor out = zeros({R, D}), pre = Tensor::empty({l.pre_numel(offset)}, DType::bf16, ctx), act16;
+  Tensor dbuf = zeros({R, D}), dw1 = zeros(w1.shape()), db1 = zeros(b1.shape()), dw2 = zeros(w2.shape()),
+         db2 = zeros(b2.shape());
+  const ops::ExpertWeights w{w1, b1, w2, b2, &w1_16, &w2_16};
+  ops::expert_ffn_forward(ctx, {out, pre, buf, offset, l, w, nullptr, &act16});
+  ops::ExpertFfnBackwardArgs back{dbuf, {dw1, db1, dw2, db2}, dout, buf, pre, offset, l, w, &act16};
+  ops::expert_ffn_backward(ctx, back);
+
+  Tensor out_ref = zeros({R, D}), dbuf_ref = zeros({R, D}), dw1_ref = zeros(w1.shape()), db1_ref = zeros(b1.shape()),
+         dw2_ref = zeros(w2.shape()), db2_ref = zeros(b2.shape());
+  int64_t p0 = 0;
+  for (int64_t g = 0; g < 4; ++g) {
+    const int64_t r0 = offset[g], n = offset[g + 1] - r0, H = hidden[g];
+    if (n == 0) continue;
+    const Tensor W1 = blk(w1, l.w1_offset(g), {D, H}), W1_16 = blk(w1_16, l.w1_offset(g), {D, H});
+    const Tensor W2 = blk(w2, l.w2_offset(g), {H, D}), W2_16 = blk(w2_16, l.w2_offset(g), {H, D});
+    Tensor p = Tensor::empty({n, H}, DType::bf16, ctx), a = Tensor::empty({n, H}, DType::bf16, ctx);
+    Tensor o = out_ref.rows(r0, r0 + n);
+    ops::MatmulArgs up{p, buf.rows(r0, r0 + n), W1, blk(b1, l.b1_offset(g), {H}), false, false, &W1_16};
+    up.gelu = &a;
+    ops::matmul_forward(ctx, up);
+    EXPECT_TRUE(same_bits(p.to(DType::f32), blk(pre, p0, {n, H}).to(DType::f32))) << "pre, expert " << g;
+    EXPECT_TRUE(same_bits(a.to(DType::f32), blk(act16, p0, {n, H}).to(DType::f32))) << "act, expert " << g;
+    p0 += n * H;
+    ops::matmul_forward(ctx, {o, a, W2, blk(b2, g * D, {D}), false, false, &W2_16});
+    Tensor dpre = Tensor::empty({n, H}, DType::bf16, ctx), dW2 = blk(dw2_ref, l.w2_offset(g), {H, D}),
+           dB2 = blk(db2_ref, g * D, {D}), dW1 = blk(dw1_ref, l.w1_offset(g), {D, H}),
+           dB1 = blk(db1_ref, l.b1_offset(g), {H}), dx = dbuf_ref.rows(r0, r0 + n);
+    ops::MatmulBackwardArgs down{&dpre, &dW2, &dB2, dout.rows(r0, r0 + n), a, W2, false, &W2_16};
+    down.dx_accumulate = false, down.gelu_pre = &p;
+    ops::matmul_backward(ctx, down);
+    ops::matmul_backward(ctx, {&dx, &dW1, &dB1, dpre, buf.rows(r0, r0 + n), W1, false, &W1_16});
+  }
+  // (the expert's fused GELU derivative may differ from gelu_backward's in
+  // the last bit, and then its dpre by a bf16 step, rarely)
+  const std::pair<const char*, std::pair<Tensor*, Tensor*>> outs[] = {
+      {"out", {&out, &out_ref}}, {"dbuf", {&dbuf, &dbuf_ref}}, {"dw1", {&dw1, &dw1_ref}},
+      {"db1", {&db1, &db1_ref}}, {"dw2", {&dw2, &dw2_ref}}, {"db2", {&db2, &db2_ref}}};
+  for (const auto& [name, t] : outs) EXPECT_LT(rel_diff(*t.first, *t.second), 1e-6) << name;
 }
 
 // AdamW with a shadow: w, m and v exactly as without one, and the shadow is

@@ -59,14 +59,15 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
     p0 += n * P;
     const Tensor w1_16 = bf16 ? block(*a.w.w1_bf16, l.w1_offset(g), {D, P}) : Tensor();
     const Tensor w2_16 = bf16 ? block(*a.w.w2_bf16, l.w2_offset(g), {H, D}) : Tensor();
+    // GELU: the first GEMM's GELU epilogue (ops/matmul.h), act in pre's
+    // dtype (a bf16 pre: act = bf16(gelu(z)) of the GEMM's fp32 z).
+    const bool swiglu = l.act == FfnActivation::swiglu;
+    Tensor act = Tensor::empty({n, H}, swiglu ? DType::f32 : pre.dtype(), ctx);
     cpu::matmul_forward(ctx, {pre, a.buf.rows(r0, r1), block(a.w.w1, l.w1_offset(g), {D, P}),
-                              block(a.w.b1, l.b1_offset(g), {P}), false, false, bf16 ? &w1_16 : nullptr});
-    Tensor act = Tensor::empty({n, H}, DType::f32, ctx);
-    if (l.act == FfnActivation::swiglu)
-      cpu::swiglu_forward(ctx, {act, pre});
-    else
-      cpu::gelu_forward(ctx, act, pre);
-    if (bf16 && a.act_bf16) round_into(*a.act_bf16, a0, act);
+                              block(a.w.b1, l.b1_offset(g), {P}), false, false, bf16 ? &w1_16 : nullptr, nullptr,
+                              swiglu ? nullptr : &act});
+    if (swiglu) cpu::swiglu_forward(ctx, {act, pre});
+    if (bf16 && a.act_bf16) round_into(*a.act_bf16, a0, widened(act));
     a0 += n * H;
     cpu::matmul_forward(ctx, {out, act, block(a.w.w2, l.w2_offset(g), {H, D}), block(a.w.b2, l.b2_offset(g), {D}),
                               false, false, bf16 ? &w2_16 : nullptr});
@@ -76,20 +77,20 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
 // Per expert: dact = dout W2^T written by the GEMM (no zero fill); dW2, db2
 // from act; then dpre and the first matmul's backward. GELU: act and
 // gelu'(pre) in one pass and dpre = dact * gelu'(pre) in place (the same
-// arithmetic as composing matmul_backward and gelu_backward on zeroed
-// buffers). SwiGLU: act = silu(g) * u, dpre = [dg | du] from swiglu_backward.
-// act is recomputed here even when the forward kept bf16(act): the GELU
-// derivative comes from the same pass, and the values are the same.
+// arithmetic as the GELU epilogue's backward, ops/matmul.h: dact in fp32,
+// not rounded first). SwiGLU: act = silu(g) * u, dpre = [dg | du] from
+// swiglu_backward. dW2 reads the forward's act where it kept bf16(act) (with
+// a bf16 pre, bf16(gelu(z)): not quite gelu of the rounded pre), else act
+// recomputed from pre here.
 void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   const ExpertLayout& l = a.layout;
   const int64_t G = l.groups(), D = l.D;
   const bool swiglu = l.act == FfnActivation::swiglu, bias = a.w.b1.defined(), bf16 = a.w.w1_bf16 != nullptr;
-  const bool pre16 = a.pre.dtype() == DType::bf16;
   // Written gradients: zeros added to, the sums' bits (experts without rows keep the zeros).
   if (!a.grads_accumulate)
     for (Tensor* t : {&a.dw.w1, &a.dw.b1, &a.dw.w2, &a.dw.b2})
       if (t->defined()) t->zero(ctx);
-  int64_t p0 = 0;
+  int64_t p0 = 0, a0 = 0;  // expert g's block of pre, of act
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = a.offset[g], r1 = a.offset[g + 1], n = r1 - r0, H = l.hidden[g], P = l.width(g);
     if (n == 0) continue;
@@ -110,11 +111,13 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     {  // dact = dout W2^T (bf16 mode: bf16(dout) W2_16^T, as matmul_backward's dx)
       const Tensor dy = bf16 ? bf16_operand(ctx, dout) : dout, w = bf16 ? bf16_operand(ctx, w2_16) : w2;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, D, 1.f, dy.f32(), D, w.f32(), D, 0.f, dact.f32(), H);
-      if (pre16) dact = bf16_operand(ctx, dact);  // written rounded, as the bf16 pre is
     }
     Tensor dw2 = block(a.dw.w2, l.w2_offset(g), {H, D}), db2 = block(a.dw.b2, l.b2_offset(g), {D});
     Tensor dw1 = block(a.dw.w1, l.w1_offset(g), {D, P}), db1 = block(a.dw.b1, l.b1_offset(g), {P});
-    cpu::matmul_backward(ctx, {nullptr, &dw2, bias ? &db2 : nullptr, dout, act, w2, false, bf16 ? &w2_16 : nullptr});
+    const Tensor act_kept = a.act_bf16 ? block(*a.act_bf16, a0, {n, H}) : act;
+    a0 += n * H;
+    cpu::matmul_backward(ctx,
+                         {nullptr, &dw2, bias ? &db2 : nullptr, dout, act_kept, w2, false, bf16 ? &w2_16 : nullptr});
     Tensor dpre;
     if (swiglu) {
       dpre = Tensor::zeros({n, P}, DType::f32, ctx);

@@ -4,10 +4,20 @@
 
 #include "ops/cpu/bf16_operand.h"
 #include "ops/elementwise.h"
+#include "ops/gelu.h"
 
 namespace sy::ops::cpu {
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
+  if (a.gelu) {  // the GELU epilogue (ops/matmul.h): y and gelu both from the fp32 z
+    const bool y16 = a.y.dtype() == DType::bf16;
+    Tensor z = y16 ? Tensor::empty(a.y.shape(), DType::f32, ctx) : a.y;
+    const Tensor b = y16 && a.b.defined() ? bf16_operand(ctx, a.b) : a.b;  // (a bf16 y's bias, rounded)
+    cpu::matmul_forward(ctx, {z, a.x, a.w, b, false, a.w_transposed, a.w_bf16, a.x_bf16});
+    if (y16) cpu::to_bf16(ctx, a.y, z);
+    cpu::gelu_forward(ctx, *a.gelu, z);
+    return;
+  }
   if (a.y.dtype() == DType::bf16) {  // the fp32 result, rounded (not accumulated: checked by the op)
     // ... its bias rounded to bf16 before it is added (ops/matmul.h)
     const Tensor b = a.b.defined() ? bf16_operand(ctx, a.b) : Tensor();
@@ -45,6 +55,13 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
 }
 
 void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
+  if (a.gelu_pre) {  // the GELU epilogue's backward: g = dy W^T in fp32, then dx = g gelu'(pre) (written)
+    Tensor g = Tensor::empty(a.dx->shape(), DType::f32, ctx);
+    cpu::matmul_backward(ctx, {&g, a.dw, a.db, a.dy, a.x, a.w, a.w_transposed, a.w_bf16, false});
+    if (a.dx->dtype() == DType::f32) a.dx->zero(ctx);  // (an f32 dx accumulates in gelu_backward)
+    cpu::gelu_backward(ctx, *a.dx, g, *a.gelu_pre);
+    return;
+  }
   if (a.dx && a.dx->dtype() == DType::bf16) {  // written (checked by the op): the fp32 dx, rounded
     Tensor dx = Tensor::empty(a.dx->shape(), DType::f32, ctx);
     matmul_backward(ctx, {&dx, a.dw, a.db, a.dy, a.x, a.w, a.w_transposed, a.w_bf16, false});

@@ -15,6 +15,10 @@
 //              by their GEMMs at beta 0, an expert without rows zeroed, db1, db2
 //              zeroed first; dbuf_accumulate false: dbuf written at beta 0)
 // The bracketed terms only with biases (model.bias true).
+// GELU with a bf16 pre (bf16 mode): the up GEMMs write act and pre at once
+// (the GELU_AUX[_BIAS] epilogue), and the dact GEMMs write dpre (DGELU):
+// matmul's GELU epilogue (ops/matmul.h, ops/cuda/gemm.h), no activation
+// pass forward or backward over the layer's widest tensors.
 //
 // bf16 mode (the weights' bf16 shadows given): the GEMM operands buf and
 // dout are rounded once each, for all experts, into bf16 scratch (buf kept
@@ -25,9 +29,11 @@
 // has bf16 A and B, fp32 bias (a bf16 output's rounded to bf16 first:
 // ops/matmul.h), CUBLAS_COMPUTE_32F, and an fp32 C except
 // where pre is bf16 (GELU in bf16 mode, ops/expert_ffn.h): then the first
-// GEMM writes pre and backward's first dact in bf16 (cuBLASLt's bf16 D, or
-// fp32 scratch rounded: gemm_into). dbuf and the gradients are fp32; db1
-// sums dpre's bf16 values, db2 dout's values (bf16 ones widened).
+// GEMM writes act and pre in bf16, and backward's first writes dpre, by
+// the GELU epilogues (cuBLASLt's bf16 D and aux, or fp32 scratch and the
+// GELU kernels: gemm_gelu_into, gemm_dgelu_into). dbuf and the gradients
+// are fp32; db1 sums dpre's bf16 values, db2 dout's values (bf16 ones
+// widened).
 //
 // Why not cublasGemmGroupedBatchedEx: with CUBLAS_COMPUTE_32F it needs one
 // type for A, B and C (GPU_PLAN.md), so bf16 inputs would mean bf16 outputs,
@@ -72,8 +78,8 @@ void set_batch(GemmArgs& g, const Batch& b) {
 
 // C (rows, n) [+]= A (rows, k) B (k, n) [+ bias], all row-major and contiguous;
 // C f32, or bf16 (beta 0: written rounded, gemm_into).
-void gemm_nn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, Tensor C,
-             float beta, const float* bias, const Batch& batch = {}) {
+GemmArgs nn_args(bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, float beta,
+                 const float* bias, const Batch& batch) {
   GemmArgs g;
   set_batch(g, batch);
   g.bucket_m = batch.count == 1;  // (one expert's rows: a count that changes every step)
@@ -84,12 +90,22 @@ void gemm_nn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
   g.beta = beta;
   g.ldc = n;
   g.bias = bias;
-  gemm_into(ctx, g, C);
+  return g;
+}
+void gemm_nn(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, Tensor C,
+             float beta, const float* bias, const Batch& batch = {}) {
+  gemm_into(ctx, nn_args(bf16, rows, n, k, A, B, beta, bias, batch), C);
+}
+// The same GEMM (beta 0) with the GELU epilogue (ops/matmul.h): pre = its
+// value, act = gelu of it (gemm_gelu_into), act and pre packed alike.
+void gemm_nn_gelu(Ctx& ctx, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, Tensor act,
+                  Tensor pre, const float* bias, const Batch& batch = {}) {
+  gemm_gelu_into(ctx, nn_args(true, rows, n, k, A, B, 0.f, bias, batch), act, pre);
 }
 
 // C (rows, n) [+]= A (rows, k) B^T, B stored (n, k); C f32, or bf16 (beta 0).
-void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, Tensor C,
-             float beta, const Batch& batch = {}) {
+GemmArgs nt_args(bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, float beta,
+                 const Batch& batch) {
   GemmArgs g;
   set_batch(g, batch);
   g.bucket_m = batch.count == 1;
@@ -100,7 +116,17 @@ void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void
   g.B = B, g.ldb = k;
   g.beta = beta;
   g.ldc = n;
-  gemm_into(ctx, g, C);
+  return g;
+}
+void gemm_nt(Ctx& ctx, bool bf16, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, Tensor C,
+             float beta, const Batch& batch = {}) {
+  gemm_into(ctx, nt_args(bf16, rows, n, k, A, B, beta, batch), C);
+}
+// The same GEMM (beta 0) with the GELU epilogue's backward: dpre = its value
+// times gelu'(pre) (gemm_dgelu_into), dpre and pre packed alike.
+void gemm_nt_dgelu(Ctx& ctx, int64_t rows, int64_t n, int64_t k, const void* A, const void* B, Tensor dpre,
+                   const Tensor& pre, const Batch& batch = {}) {
+  gemm_dgelu_into(ctx, nt_args(true, rows, n, k, A, B, 0.f, batch), dpre, pre);
 }
 
 // C (k, n) [+]= A^T B, A stored (rows, k), B (rows, n).
@@ -202,6 +228,13 @@ std::vector<int64_t> pre_starts(const ExpertLayout& l, const std::vector<int32_t
 // The packed act of ops/expert_ffn.h's layout: sum_g n_g H_g values.
 int64_t act_numel(const ExpertLayout& l, const std::vector<int32_t>& offset) { return act_starts(l, offset).back(); }
 
+// Whether the up GEMMs take the GELU epilogue (ops/matmul.h): GELU with a
+// bf16 pre in bf16 mode (ops/expert_ffn.h). fp32 keeps the separate ops,
+// which define the epilogue there.
+bool gelu_epilogue(const ExpertLayout& l, bool bf16, const Tensor& pre) {
+  return bf16 && l.act == FfnActivation::gelu && pre.dtype() == DType::bf16;
+}
+
 // Rows every expert holds when the experts are one width and hold equal
 // rows (the strided-batched path), else -1.
 int64_t equal_rows(const ExpertLayout& l, const std::vector<int32_t>& offset) {
@@ -286,22 +319,30 @@ void expert_ffn_forward(Ctx& ctx, const ExpertFfnArgs& a) {
   // pre: f32, or bf16 (GELU in bf16 mode: the GEMM writes it rounded)
   const int64_t eq = equal_rows(l, a.offset);  // the strided-batched path when >= 0
   const int64_t P0 = l.width(0), H0 = l.hidden[0];
+  // GELU with a bf16 pre: the up GEMMs' GELU epilogue writes act as well
+  // (ops/expert_ffn.h; packed as pre, one width per expert), no activation pass.
+  const bool fused = gelu_epilogue(l, bf16, a.pre);
+  Tensor act = fused ? Tensor::empty({act_numel(l, a.offset)}, DType::bf16, ctx) : Tensor();
   {
     const OpScope part(ctx.profiler, "up GEMMs");
-    if (eq >= 0) {  // offset[0] = 0 (ops/expert_ffn.cc checks it)
-      gemm_nn(ctx, bf16, eq, P0, D, at(buf, 0), at(w1, 0), a.pre, 0.f, bias ? b1 : nullptr,
-              {G, eq * D, D * P0, eq * P0, P0});
-    }
+    const Batch batch{G, eq * D, D * P0, eq * P0, P0};
+    if (eq >= 0 && fused)  // offset[0] = 0 (ops/expert_ffn.cc checks it)
+      gemm_nn_gelu(ctx, eq, P0, D, at(buf, 0), at(w1, 0), act, a.pre, bias ? b1 : nullptr, batch);
+    else if (eq >= 0)
+      gemm_nn(ctx, bf16, eq, P0, D, at(buf, 0), at(w1, 0), a.pre, 0.f, bias ? b1 : nullptr, batch);
     const std::vector<int64_t> pre_at = eq < 0 ? pre_starts(l, a.offset) : std::vector<int64_t>{};
     for (int64_t g = 0; g < G && eq < 0; ++g) {  // expert g's block of the packed pre (ops/expert_ffn.h)
       const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, P = l.width(g);
-      if (n > 0)
-        gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), block(a.pre, pre_at[g], n, P), 0.f,
-                bias ? b1 + l.b1_offset(g) : nullptr);
+      if (n == 0) continue;
+      const float* b = bias ? b1 + l.b1_offset(g) : nullptr;
+      if (fused)
+        gemm_nn_gelu(ctx, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), block(act, pre_at[g], n, P),
+                     block(a.pre, pre_at[g], n, P), b);
+      else
+        gemm_nn(ctx, bf16, n, P, D, at(buf, r0 * D), at(w1, l.w1_offset(g)), block(a.pre, pre_at[g], n, P), 0.f, b);
     }
   }
-  Tensor act;
-  {
+  if (!fused) {
     const OpScope part(ctx.profiler, "activation");
     act = activation(ctx, l, a.offset, a.pre, bf16 ? DType::bf16 : DType::f32);
   }
@@ -359,18 +400,30 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   }
   // Expert g's blocks of the packed act and dact, of pre and dpre.
   const std::vector<int64_t> act_at = act_starts(l, a.offset), pre_at = pre_starts(l, a.offset);
-  // dact as pre: bf16 where pre is (the GEMM writes it rounded), else f32
-  Tensor dact = Tensor::empty({act_at.back()}, a.pre.dtype(), ctx);
   const int64_t P0 = l.width(0), H0 = l.hidden[0];
+  // GELU with a bf16 pre (as the forward): the dact GEMMs' DGELU epilogue
+  // writes dpre itself (bf16, the gradient the GEMMs below read), no dact.
+  const bool fused = gelu_epilogue(l, bf16, a.pre);
+  // dact (unfused) as pre: bf16 where pre is (the GEMM writes it rounded), else f32
+  Tensor dact = fused ? Tensor() : Tensor::empty({act_at.back()}, a.pre.dtype(), ctx);
+  Tensor dpre = fused ? Tensor::empty(a.pre.shape(), DType::bf16, ctx) : Tensor();
   // The input gradients' GEMMs (bf16 or fp32 out) apart from the fp32
   // weight gradients' (experts' own blocks: independent, any order).
   {
     const OpScope part(ctx.profiler, "dact GEMMs");
-    if (eq >= 0)  // offset[0] = 0
-      gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact, 0.f, {G, eq * D, H0 * D, eq * H0, 0});
+    const Batch batch{G, eq * D, H0 * D, eq * H0, 0};
+    if (eq >= 0 && fused)  // offset[0] = 0
+      gemm_nt_dgelu(ctx, eq, H0, D, at(dout_op, 0), at(w2, 0), dpre.reshape({dpre.numel()}),
+                    a.pre.reshape({a.pre.numel()}), batch);
+    else if (eq >= 0)
+      gemm_nt(ctx, bf16, eq, H0, D, at(dout_op, 0), at(w2, 0), dact, 0.f, batch);
     for (int64_t g = 0; g < G && eq < 0; ++g) {
       const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
-      if (n > 0)
+      if (n == 0) continue;
+      if (fused)
+        gemm_nt_dgelu(ctx, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dpre, act_at[g], n, H),
+                      block(a.pre, act_at[g], n, H));
+      else
         gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dact, act_at[g], n, H), 0.f);
     }
   }
@@ -386,9 +439,9 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
   }
   // bf16 mode: the activation's backward writes dpre rounded, the operand
   // the GEMMs read and whose values db1 sums (no zero fill, no f32 copy).
-  Tensor dpre = bf16 ? Tensor::empty(a.pre.shape(), DType::bf16, ctx) : Tensor::zeros(a.pre.shape(), DType::f32, ctx);
-  {
+  if (!fused) {
     const OpScope part(ctx.profiler, "activation backward");
+    dpre = bf16 ? Tensor::empty(a.pre.shape(), DType::bf16, ctx) : Tensor::zeros(a.pre.shape(), DType::f32, ctx);
     activation_backward(ctx, l, a.offset, dpre, dact, a.pre);
   }
   const float dbuf_beta = a.dbuf_accumulate ? 1.f : 0.f;  // (written: each row is one expert's)

@@ -18,6 +18,13 @@
 // b-th reading A + b stride_a, B + b stride_b, bias + b stride_bias and
 // writing C + b stride_c (strides in elements): the equal-row expert GEMMs of
 // a padded route (ops/expert_ffn.h) in one call.
+// GELU epilogues (bf16 output only: ops/matmul.h's GELU epilogue): gelu,
+// C16 = bf16(gelu(z)) and aux = bf16(z), z the fp32 result with its bias
+// (cuBLASLt's GELU_AUX[_BIAS]); dgelu, C16 = bf16(z * gelu'(aux)) with aux
+// the forward's pre-activation, no bias (DGELU). aux is laid out as C (ldc,
+// stride_c). gemm() returns false where cuBLASLt has no such algorithm,
+// having written nothing; gemm_gelu_into and gemm_dgelu_into then compute
+// the same from fp32 scratch with the GELU kernels.
 // The descriptor, layouts and algorithm are made once per shape,
 // alignment, mode, batch and epilogue and kept (a call sets its pointers
 // and launches); per bucket of M or K where the caller says it varies (a
@@ -29,6 +36,8 @@
 #include "core/tensor.h"
 
 namespace sy::ops::cuda {
+
+enum class Epilogue { none, gelu, dgelu };
 
 struct GemmArgs {
   bool trans_a = false, trans_b = false;
@@ -49,6 +58,8 @@ struct GemmArgs {
   // the plan is kept per bucket of it, 4 to an octave (ops/cuda/matmul.cu),
   // not per value. Single GEMMs only (batch 1).
   bool bucket_m = false, bucket_k = false;
+  Epilogue epilogue = Epilogue::none;
+  void* aux = nullptr;  // gelu: written (bf16 pre-activation); dgelu: read
 };
 
 bool gemm(Ctx& ctx, const GemmArgs& g);
@@ -65,6 +76,18 @@ int64_t gemm_bucket_fallbacks();
 // region the GEMM writes (ldc its row length; a strided batch's matrices
 // back to back).
 void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out);
+
+// The GELU epilogue's two outputs (ops/matmul.h), g's output into act and
+// its pre-activation into pre (f32 or bf16 alike, each the contiguous region
+// C would be): bf16, gemm() with Epilogue::gelu where it can, else fp32
+// scratch rounded into pre and its GELU into act; f32, the GEMM into pre
+// and gelu_forward from it. g.C, g.C16, g.epilogue and g.aux are set here.
+void gemm_gelu_into(Ctx& ctx, GemmArgs g, Tensor& act, Tensor& pre);
+
+// The GELU epilogue's backward: dpre = (g's product) * gelu'(pre), written
+// (beta 0, no bias); dpre and pre both f32 or both bf16 (bf16: gemm() with
+// Epilogue::dgelu where it can, else fp32 scratch and gelu_backward).
+void gemm_dgelu_into(Ctx& ctx, GemmArgs g, Tensor& dpre, const Tensor& pre);
 
 // bf16(t) for an fp32 t, in scratch from ctx's allocator: a bf16 GEMM operand.
 Tensor bf16_copy(Ctx& ctx, const Tensor& t);

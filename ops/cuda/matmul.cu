@@ -5,6 +5,10 @@
 //
 //   forward:   y = x W [+ b] [+ y]     one GEMM, bias in the BIAS epilogue, beta = 1 to accumulate
 //   backward:  dx += dy W^T (beta = 1; 0 writes it), dW += x^T dy (beta = 1), db += column sums of dy
+//   GELU epilogue (ops/matmul.h): bf16, cuBLASLt's GELU_AUX[_BIAS] (y into
+//              the aux matrix, gelu(y) into D) and DGELU (dx = D scaled by
+//              gelu' of the aux matrix, gelu_pre); fp32, the GEMM and then
+//              the GELU kernels, which are its definition there
 //   w_transposed (W stored (M, K), a tied LM head): y = x W^T through cuBLASLt's
 //              transpose of W; dx += dy W, dW += dy^T x
 //
@@ -50,6 +54,7 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
 #include "ops/elementwise.h"
+#include "ops/gelu.h"
 #include "ops/matmul.h"
 
 namespace sy::ops::cuda {
@@ -82,9 +87,11 @@ struct AlgoKey {
   // alignment (cublasLt.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER), and experts'
   // biases at different offsets differ in it.
   uint32_t align_bias;
+  Epilogue epilogue;
+  uint32_t align_aux;  // (the same for the GELU epilogues' aux matrix)
   auto tie() const {
     return std::tie(device, ta, tb, bf16, bias, beta, out16, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, batch,
-                    stride_a, stride_b, stride_c, stride_bias, bucketed, align_bias);
+                    stride_a, stride_b, stride_c, stride_bias, bucketed, align_bias, epilogue, align_aux);
   }
   bool operator<(const AlgoKey& o) const { return tie() < o.tie(); }
 };
@@ -178,7 +185,8 @@ int64_t bucket_fallbacks = 0;  // calls a bucket's plan could not serve (under p
 // heuristic's query depend on nothing but the key (and the bias pointer's
 // alignment, which is in it). A row bucket's layouts are then set to each
 // call's own M and K (set_dims below).
-Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoKey& key, const void* bias) {
+Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoKey& key, const void* bias,
+               const void* aux) {
   auto it = plans.find(key);
   if (it != plans.end()) return it->second;
   Plan p;
@@ -193,9 +201,26 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
   p.desc.reset(d);
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
-  if (key.bias) {
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+  // The epilogue: BIAS, GELU_AUX[_BIAS] (act into D, the pre-activation
+  // into aux) or DGELU (D scaled by gelu' of aux); aux laid out as D.
+  const bool gelu = key.epilogue == Epilogue::gelu, dgelu = key.epilogue == Epilogue::dgelu;
+  if (gelu || dgelu) {
+    const cublasLtEpilogue_t epi = dgelu ? CUBLASLT_EPILOGUE_DGELU
+                                   : key.bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                              : CUBLASLT_EPILOGUE_GELU_AUX;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+    const int64_t ld = g.ldc;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
+    if (nb > 1)
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE, &key.stride_c,
+                                                  sizeof(key.stride_c)));
+  }
+  if (key.bias) {
+    if (!gelu) {
+      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    }
     // (BIAS_DATA_TYPE left as it is: D's type, bf16 for a bf16 output, whose
     // bias is the bf16 copy; fp32 otherwise.)
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
@@ -227,11 +252,13 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
   if (found > 0) p.algo = result.algo;
   if (key.out16 && !p.algo)
     std::fprintf(stderr,
-                 "note: cuBLASLt has no bf16-output algorithm for M=%lld N=%lld K=%lld%s%s (%s): the GEMM writes "
-                 "fp32 and a pass rounds it\n",
+                 "note: cuBLASLt has no bf16-output algorithm for M=%lld N=%lld K=%lld%s%s%s (%s): the GEMM writes "
+                 "fp32 and %s\n",
                  static_cast<long long>(key.M), static_cast<long long>(key.N), static_cast<long long>(key.K),
                  key.bucketed ? " (a bucket: rows up to these)" : "", key.bias ? " with a bf16 bias" : "",
-                 st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st));
+                 gelu ? " and the GELU_AUX epilogue" : dgelu ? " and the DGELU epilogue" : "",
+                 st == CUBLAS_STATUS_SUCCESS ? "none found" : cublasGetStatusString(st),
+                 gelu || dgelu ? "the GELU kernels read it" : "a pass rounds it");
   return plans.emplace(key, std::move(p)).first->second;
 }
 
@@ -267,6 +294,10 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   SY_CHECK(g.K > 0, "gemm: K = 0");
   const bool out16 = g.C16 != nullptr;
   SY_CHECK(!out16 || (g.C == nullptr && g.beta == 0.f && g.bf16), "gemm: a bf16 output is written (beta 0) from bf16 operands");
+  SY_CHECK(g.epilogue == Epilogue::none || (out16 && g.aux && (g.epilogue == Epilogue::gelu || !g.bias)),
+           "gemm: a GELU epilogue has a bf16 output and an aux matrix (DGELU: no bias)");
+  // (cuBLASLt's aux leading dimension and batch stride: multiples of 8 elements)
+  if (g.epilogue != Epilogue::none && (g.ldc % 8 != 0 || (g.batch > 1 && g.stride_c % 8 != 0))) return false;
   void* const C = out16 ? g.C16 : static_cast<void*>(g.C);
   SY_CHECK(g.batch >= 1 && g.batch <= 65535, "gemm: batch " << g.batch << " (1 to 65535)");
   SY_CHECK(ctx.blas.cublaslt, "gemm: the context has no cuBLASLt handle");
@@ -312,10 +343,11 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
               shape.K, g.lda, g.ldb, g.ldc, alignment(g.B, nb, g.stride_b * ab), alignment(g.A, nb, g.stride_a * ab),
               alignment(C, nb, g.stride_c * (out16 ? 2 : 4)), nb, nb > 1 ? g.stride_a : 0,
               nb > 1 ? g.stride_b : 0, nb > 1 ? g.stride_c : 0, nb > 1 && bias ? stride_bias : 0,
-              bucketed, bias ? alignment(bias_at, nb, stride_bias * (out16 ? 2 : 4)) : 0};
+              bucketed, bias ? alignment(bias_at, nb, stride_bias * (out16 ? 2 : 4)) : 0, g.epilogue,
+              g.aux ? alignment(g.aux, nb, g.stride_c * 2) : 0};
   std::lock_guard<std::mutex> lock(plan_mutex);
   auto plan_of = [&](const AlgoKey& k, const void* b) {
-    Plan* q = &plan_for(ctx, handle, k.bucketed ? shape : g, k, b);
+    Plan* q = &plan_for(ctx, handle, k.bucketed ? shape : g, k, b, g.aux);
     if (k.bucketed) set_dims(*q, g);
     return q;
   };
@@ -334,6 +366,9 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     if (q->algo && key.bias)  // (this call's bias: the plan holds the first call's)
       CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(q->desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_at, sizeof(bias_at)));
+    if (q->algo && key.epilogue != Epilogue::none)  // (and its aux matrix)
+      CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(q->desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g.aux, sizeof(g.aux)));
     return q;
   };
   const float alpha = 1.f;
@@ -384,6 +419,19 @@ Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
   return r;
 }
 
+namespace {
+// What a bf16 output of g holds before its one rounding, in fp32 scratch of
+// `shape`: the GEMM with g's bias rounded to bf16 (as fp32 values), no
+// epilogue. (Where cuBLASLt has no bf16-output algorithm for g.)
+Tensor fp32_of_bf16_output(Ctx& ctx, GemmArgs g, const Shape& shape) {
+  Tensor z = Tensor::empty(shape, DType::f32, ctx), bias;
+  if (g.bias) g.stride_bias = rounded_bias<float>(ctx, g, bias), g.bias = bias.data<float>();
+  g.C16 = nullptr, g.C = z.data<float>(), g.epilogue = Epilogue::none, g.aux = nullptr;
+  gemm(ctx, g);
+  return z;
+}
+}  // namespace
+
 void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out) {
   if (out.dtype() == DType::f32) {
     g.C = out.data<float>();
@@ -392,13 +440,39 @@ void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out) {
   }
   g.C16 = out.raw();
   if (gemm(ctx, g)) return;
-  // No bf16-output algorithm: fp32 scratch, with the same bias rounded to
-  // bf16 (as fp32 values), then rounded once.
-  Tensor scratch = Tensor::empty(out.shape(), DType::f32, ctx), bias;
-  if (g.bias) g.stride_bias = rounded_bias<float>(ctx, g, bias), g.bias = bias.data<float>();
-  g.C16 = nullptr, g.C = scratch.data<float>();
+  // No bf16-output algorithm: fp32 scratch, then rounded once.
+  cuda::to_bf16(ctx, out, fp32_of_bf16_output(ctx, g, out.shape()));
+}
+
+void gemm_gelu_into(Ctx& ctx, GemmArgs g, Tensor& act, Tensor& pre) {
+  SY_CHECK(act.dtype() == pre.dtype() && act.numel() == pre.numel(), "gemm_gelu_into: act and pre differ");
+  if (pre.dtype() == DType::f32) {  // (fp32: the separate ops are the epilogue exactly, ops/matmul.h)
+    gemm_into(ctx, g, pre);
+    cuda::gelu_forward(ctx, act, pre);
+    return;
+  }
+  g.C = nullptr, g.C16 = act.raw(), g.epilogue = Epilogue::gelu, g.aux = pre.raw();
+  if (gemm(ctx, g)) return;
+  // No such algorithm: z in fp32, pre = bf16(z), act = bf16(gelu(z)).
+  const Tensor z = fp32_of_bf16_output(ctx, g, pre.shape());
+  cuda::to_bf16(ctx, pre, z);
+  cuda::gelu_forward(ctx, act, z);
+}
+
+void gemm_dgelu_into(Ctx& ctx, GemmArgs g, Tensor& dpre, const Tensor& pre) {
+  SY_CHECK(dpre.dtype() == pre.dtype() && dpre.numel() == pre.numel(), "gemm_dgelu_into: dpre and pre differ");
+  SY_CHECK(!g.bias && g.beta == 0.f, "gemm_dgelu_into: dpre is written, with no bias");
+  if (dpre.dtype() == DType::bf16) {
+    g.C = nullptr, g.C16 = dpre.raw(), g.epilogue = Epilogue::dgelu, g.aux = const_cast<void*>(pre.raw());
+    if (gemm(ctx, g)) return;
+  }
+  // fp32 (or no such algorithm): the product in fp32 scratch, then
+  // gelu_backward (which adds into an f32 dpre: zeroed first).
+  Tensor dz = Tensor::empty(dpre.shape(), DType::f32, ctx);
+  g.C16 = nullptr, g.C = dz.data<float>(), g.epilogue = Epilogue::none, g.aux = nullptr;
   gemm(ctx, g);
-  cuda::to_bf16(ctx, out, scratch);
+  if (dpre.dtype() == DType::f32) dpre.zero(ctx);
+  cuda::gelu_backward(ctx, dpre, dz, pre);
 }
 
 void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
@@ -416,7 +490,10 @@ void matmul_forward(Ctx& ctx, const MatmulArgs& a) {
   g.beta = a.accumulate ? 1.f : 0.f;
   g.ldc = M;
   g.bias = a.b.defined() ? a.b.data<float>() : nullptr;
-  gemm_into(ctx, g, a.y);
+  if (a.gelu)
+    gemm_gelu_into(ctx, g, *a.gelu, a.y);
+  else
+    gemm_into(ctx, g, a.y);
 }
 
 void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
@@ -438,7 +515,10 @@ void matmul_backward(Ctx& ctx, const MatmulBackwardArgs& a) {
     g.B = bf16 ? a.w_bf16->raw() : static_cast<const void*>(a.w.data<float>()), g.ldb = a.w_transposed ? K : M;
     g.beta = a.dx_accumulate ? 1.f : 0.f;
     g.ldc = K;
-    gemm_into(ctx, g, *a.dx);
+    if (a.gelu_pre)
+      gemm_dgelu_into(ctx, g, *a.dx, *a.gelu_pre);
+    else
+      gemm_into(ctx, g, *a.dx);
   }
   if (a.dw && !a.w_transposed) {  // dW (K, M) += x^T (K, N) dy (N, M)
     GemmArgs g;
