@@ -39,6 +39,7 @@
 #include "ops/matmul.h"
 #include "ops/random.h"
 #include "ops/routing.h"
+#include "ops/swiglu.h"
 #include "runtime/model.h"
 #include "runtime/moe_layer.h"
 #include "runtime/output_file.h"
@@ -292,6 +293,22 @@ int main(int argc, char** argv) {
             Tensor yc = Tensor::empty({N, H}, DType::f32, cpu), dxc = Tensor::zeros({N, H}, DType::f32, cpu);
             sy::ops::gelu_forward(cpu, yc, xh);
             sy::ops::gelu_backward(cpu, dxc, dyh, xh);
+            return count_wrong(y, yc, 1e-2) + count_wrong(dx, dxc, 1e-2);
+          });
+    }
+    {  // swiglu forward + backward as a bf16 FFN runs it (ops/swiglu.h: x and dy fp32, y and dx bf16):
+       // the bytes of x (N, 2H, fp32) and y (forward), x, dy (fp32) and dx (N, 2H) (backward)
+      Tensor xh = randn({N, 2 * H}, rng, 2.f), dyh = randn({N, H}, rng), x = xh.to(ctx), dy = dyh.to(ctx);
+      Tensor y = Tensor::empty({N, H}, DType::bf16, ctx), dx = Tensor::empty({N, 2 * H}, DType::bf16, ctx);
+      add({"swiglu_bf16_fwd_bwd", std::to_string(N) + "x" + std::to_string(H), 0, 0, 26.0 * N * H},
+          [&] {
+            sy::ops::swiglu_forward(ctx, {y, x});
+            sy::ops::swiglu_backward(ctx, {dx, dy, x});
+          },
+          [&] {
+            Tensor yc = Tensor::empty({N, H}, DType::f32, cpu), dxc = Tensor::zeros({N, 2 * H}, DType::f32, cpu);
+            sy::ops::swiglu_forward(cpu, {yc, xh});
+            sy::ops::swiglu_backward(cpu, {dxc, dyh, xh});
             return count_wrong(y, yc, 1e-2) + count_wrong(dx, dxc, 1e-2);
           });
     }

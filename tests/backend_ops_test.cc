@@ -575,12 +575,15 @@ std::vector<OpCase> cases() {
                  ops::rmsnorm_forward(x, {o[0], o[1], in[0], in[1]});
                  ops::rmsnorm_backward(x, {o[2], o[3], in[2], in[0], in[1], o[1]});
                }});
-  c.push_back({"swiglu", Tol::f32, [](Rng& r) { return Ins{randn({29, 2 * 37}, r, 3.f), randn({29, 37}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {29, 37}), acc(x, {29, 2 * 37})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 ops::swiglu_forward(x, {o[0], in[0]});
-                 ops::swiglu_backward(x, {o[1], in[1], in[0]});
-               }});
+  // H 37: one element a thread; H 40: packs of 4 columns (ops/cuda/swiglu.cu).
+  for (const int64_t H : {37, 40})
+    c.push_back({H == 37 ? "swiglu" : "swiglu_packs", Tol::f32,
+                 [H](Rng& r) { return Ins{randn({29, 2 * H}, r, 3.f), randn({29, H}, r)}; },
+                 [H](Ctx& x, const Ins&) { return Outs{fresh(x, {29, H}), acc(x, {29, 2 * H})}; },
+                 [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::swiglu_forward(x, {o[0], in[0]});
+                   ops::swiglu_backward(x, {o[1], in[1], in[0]});
+                 }});
   // In place: the outputs start as copies of a packed qkv (rows at positions
   // up to 40000, where fp32 angles would be off by ~1e-3 rad) and of dy.
   c.push_back({"rope", Tol::f32, [](Rng& r) { return Ins{randn({21, 3 * 24}, r), ints({21}, r, 40000), randn({21, 3 * 24}, r)}; },
@@ -782,17 +785,19 @@ std::vector<OpCase> cases() {
                  EXPECT_TRUE(bitwise_equal(yw.to(host_ctx()), o[0].to(host_ctx()))) << "gelu of a bf16 x";
                  EXPECT_TRUE(bitwise_equal(dw.to(host_ctx()), o[2].to(host_ctx()))) << "gelu backward of bf16 x, dy";
                }});
-  c.push_back({"swiglu_bf16", Tol::bf16, [](Rng& r) { return Ins{randn({29, 2 * 37}, r, 3.f), randn({29, 37}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {29, 37}), fresh(x, {29, 2 * 37})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 Tensor y16 = out(x, {29, 37}, DType::bf16), d16 = out(x, {29, 2 * 37}, DType::bf16);
-                 poison(y16, x);
-                 poison(d16, x);
-                 ops::swiglu_forward(x, {y16, in[0]});
-                 ops::swiglu_backward(x, {d16, in[1], in[0]});
-                 ops::to_f32(x, o[0], y16);
-                 ops::to_f32(x, o[1], d16);
-               }});
+  for (const int64_t H : {37, 40})
+    c.push_back({H == 37 ? "swiglu_bf16" : "swiglu_bf16_packs", Tol::bf16,
+                 [H](Rng& r) { return Ins{randn({29, 2 * H}, r, 3.f), randn({29, H}, r)}; },
+                 [H](Ctx& x, const Ins&) { return Outs{fresh(x, {29, H}), fresh(x, {29, 2 * H})}; },
+                 [H](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   Tensor y16 = out(x, {29, H}, DType::bf16), d16 = out(x, {29, 2 * H}, DType::bf16);
+                   poison(y16, x);
+                   poison(d16, x);
+                   ops::swiglu_forward(x, {y16, in[0]});
+                   ops::swiglu_backward(x, {d16, in[1], in[0]});
+                   ops::to_f32(x, o[0], y16);
+                   ops::to_f32(x, o[1], d16);
+                 }});
   c.push_back({"embedding_forward", Tol::exact, [](Rng& r) { return Ins{ints({24}, r, 50), randn({50, 16}, r), randn({8, 16}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {24, 16})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::embedding_forward(x, {o[0], in[0], in[1], in[2], 8}); }});

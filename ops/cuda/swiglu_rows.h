@@ -15,6 +15,17 @@
 
 namespace sy::ops::swiglu_rows {
 
+// One element's arithmetic, shared by the functions of an index below and
+// the CUDA kernels' packs (ops/cuda/swiglu.cu): the same bits either way.
+// y = silu(g) * u = g / (1 + e^-g) * u
+SY_HD inline float value_of(float g, float u) { return g / (1.f + expf(-g)) * u; }
+// With s = sigmoid(g): dg = dy u s (1 + g (1 - s)), du = dy g s.
+SY_HD inline void grads_of(float dy, float g, float u, float& dg, float& du) {
+  const float s = 1.f / (1.f + expf(-g));
+  dg = dy * u * s * (1.f + g * (1.f - s));
+  du = dy * g * s;
+}
+
 // y = silu(g) * u = g / (1 + e^-g) * u
 struct Forward {
   float* y;        // (N, H)
@@ -22,8 +33,7 @@ struct Forward {
   int64_t H;
   SY_HD float value(int64_t i) const {
     const int64_t n = i / H, j = i % H;
-    const float g = x[n * 2 * H + j], u = x[n * 2 * H + H + j];
-    return g / (1.f + expf(-g)) * u;
+    return value_of(x[n * 2 * H + j], x[n * 2 * H + H + j]);
   }
   SY_HD void operator()(int64_t i) const { y[i] = value(i); }
 };
@@ -38,10 +48,7 @@ struct Backward {
   SY_HD void grads(int64_t i, int64_t& gi, float& dg, float& du) const {
     const int64_t n = i / H, j = i % H;
     gi = n * 2 * H + j;
-    const float g = x[gi], u = x[gi + H];
-    const float s = 1.f / (1.f + expf(-g));
-    dg = dy[i] * u * s * (1.f + g * (1.f - s));
-    du = dy[i] * g * s;
+    grads_of(dy[i], x[gi], x[gi + H], dg, du);
   }
   SY_HD void operator()(int64_t i) const {
     int64_t gi;
