@@ -4,9 +4,16 @@
 //           partials in index order, then a fixed butterfly), as the CPU does,
 //           and stored as fp32 mean/rstd; y = (x - mean) rstd [* w + b].
 // backward: one warp per row for dx (the two row means of g = dy*w and g*xhat
-//           in double, the same way); dw += sum_n dy*xhat and db += sum_n dy by
-//           the fixed-order two-stage column sum of common.cuh. No atomics
-//           anywhere: two runs are bitwise equal.
+//           in double, the same way); dw += sum_n dy*xhat and db += sum_n dy in
+//           fixed order, no atomics anywhere: two runs are bitwise equal.
+//           Rows of up to 2048 values, more than one chunk of 64 rows: the
+//           column terms are summed as dx is made, in the same pass (each
+//           lane's columns lane + 32 k in registers, the block's warps added
+//           in warp order), a partial per chunk of 64 rows that common.cuh's
+//           column_sum_finish adds to dw, db. Else (or without w) dx alone,
+//           and dw, db by column_sums over x and dy again: the pass the fused
+//           kernel saves reads x and dy a second time, a third of the
+//           backward's traffic.
 // Templated on the storage types of x (fp32 now) and y (fp32, or bf16 for a
 // bf16 GEMM's input: the fp32 value rounded as it is stored).
 #include "ops/cuda/common.cuh"
@@ -85,6 +92,88 @@ static __global__ void layernorm_dx_kernel(float* dx, const float* dy, const T* 
   }
 }
 
+constexpr int64_t kLnChunk = 64;   // rows a fused block (a partial of dw, db)
+constexpr int kLnMaxCols = 2048;  // the fused kernel's widest row: 64 columns a lane
+
+// Rows [blockIdx.x * kLnChunk, + kLnChunk): warp w takes rows w, w + kWarps,
+// ...; dx exactly as layernorm_dx_kernel (the same loops and order); lane l
+// adds dy*xhat and dy of its columns l + 32 k (k < K, K * 32 >= C) into
+// registers; at the end the warps' sums go into shared memory in warp order
+// and the block writes them as its chunk's partial, (2, chunks, C).
+template <class T, int K>
+static __global__ void __launch_bounds__(kBlock)
+    layernorm_backward_chunk(float* dx, float* partial, const float* dy, const T* x, const float* w,
+                             const float* mean, const float* rstd, int64_t N, int64_t C, int64_t chunks) {
+  extern __shared__ float sums[];  // [2][C]: dw's terms, db's
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float aw[K], ab[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) aw[k] = ab[k] = 0.f;
+  const int64_t r0 = blockIdx.x * kLnChunk, r1 = min(N, r0 + kLnChunk);
+  for (int64_t n = r0 + warp; n < r1; n += kWarps) {
+    const T* xr = x + n * C;
+    const float* dyr = dy + n * C;
+    const float m = mean[n], s = rstd[n];
+    double gsum = 0, gxsum = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t c = lane + 32 * k;
+      if (c >= C) break;
+      const float xh = (to_float(xr[c]) - m) * s;
+      const float g = dyr[c] * w[c];
+      gsum += g;
+      gxsum += g * xh;
+    }
+    const float gmean = static_cast<float>(warp_sum(gsum) / C);
+    const float gxmean = static_cast<float>(warp_sum(gxsum) / C);
+    float* dxr = dx + n * C;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t c = lane + 32 * k;
+      if (c >= C) break;
+      const float xh = (to_float(xr[c]) - m) * s;
+      const float d = dyr[c], g = d * w[c];
+      dxr[c] += s * (g - gmean - xh * gxmean);
+      aw[k] += d * xh;
+      ab[k] += d;
+    }
+  }
+  for (int q = 0; q < kWarps; ++q) {  // the warps' sums, in warp order
+    if (warp == q) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int64_t c = lane + 32 * k;
+        if (c >= C) break;
+        sums[c] = q == 0 ? aw[k] : sums[c] + aw[k];
+        sums[C + c] = q == 0 ? ab[k] : sums[C + c] + ab[k];
+      }
+    }
+    __syncthreads();
+  }
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    partial[blockIdx.x * C + c] = sums[c];
+    partial[(chunks + blockIdx.x) * C + c] = sums[C + c];
+  }
+}
+
+namespace {
+// The fused backward for rows of up to K * 32 values.
+template <int K>
+void backward_chunks(Ctx& ctx, const LayerNormBackwardArgs& a, int64_t N, int64_t C) {
+  const int64_t chunks = (N + kLnChunk - 1) / kLnChunk;
+  Tensor partial = Tensor::empty({2 * chunks * C}, DType::f32, ctx);
+  const size_t smem = sizeof(float) * 2 * static_cast<size_t>(C);  // (16 KiB at most: no opt-in)
+  layernorm_backward_chunk<float, K><<<static_cast<unsigned>(chunks), kBlock, smem, stream(ctx)>>>(
+      a.dx.data<float>(), partial.data<float>(), a.dy.data<float>(), a.x.data<float>(), a.w.data<float>(),
+      a.mean.data<float>(), a.rstd.data<float>(), N, C, chunks);
+  CUDA_CHECK(cudaGetLastError());
+  const dim3 fgrid(static_cast<unsigned>((C + 31) / 32), 2);
+  column_sum_finish<<<fgrid, 32 * kFinishParts, 0, stream(ctx)>>>(partial.data<float>(), chunks, C,
+                                                                  ColumnOut{{a.dw->data<float>(), a.db->data<float>()}});
+  CUDA_CHECK(cudaGetLastError());
+}
+}  // namespace
+
 void layernorm_forward(Ctx& ctx, const LayerNormArgs& a) {
   const int64_t N = a.x.dim(0), C = a.x.dim(1);
   if (N == 0) return;
@@ -103,6 +192,12 @@ void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a) {
   const int64_t N = a.x.dim(0), C = a.x.dim(1);
   if (N == 0) return;
   const bool affine = a.w.defined();
+  if (affine && N > kLnChunk && C <= kLnMaxCols) {  // (one chunk: column_sums' serial sum, the CPU's order)
+    if (C <= 8 * 32) return backward_chunks<8>(ctx, a, N, C);
+    if (C <= 16 * 32) return backward_chunks<16>(ctx, a, N, C);
+    if (C <= 32 * 32) return backward_chunks<32>(ctx, a, N, C);
+    return backward_chunks<kLnMaxCols / 32>(ctx, a, N, C);
+  }
   layernorm_dx_kernel<float><<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(
       a.dx.data<float>(), a.dy.data<float>(), a.x.data<float>(), affine ? a.w.data<float>() : nullptr,
       a.mean.data<float>(), a.rstd.data<float>(), N, C);
