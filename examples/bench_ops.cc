@@ -336,6 +336,64 @@ int main(int argc, char** argv) {
             return count_wrong(y, yc, 1e-4);
           });
     }
+    {  // an FFN's first GEMM in bf16 with its bias and GELU (ops/matmul.h's GELU epilogue: one GEMM writes
+       // pre and act), beside the GEMM's bf16 output then the GELU kernel (what the epilogue replaced)
+      Tensor xh = randn({N, C}, rng), wh = randn({C, H}, rng, 0.03f), bh = randn({H}, rng, 0.1f);
+      Tensor x = xh.to(ctx), w = wh.to(ctx), b = bh.to(ctx), w16 = Tensor::empty({C, H}, DType::bf16, ctx);
+      sy::ops::to_bf16(ctx, w16, w);
+      const Tensor wh16 = wh.to(DType::bf16);
+      Tensor pre = Tensor::empty({N, H}, DType::bf16, ctx), act = Tensor::empty({N, H}, DType::bf16, ctx);
+      auto check = [&] {
+        Tensor pc = Tensor::empty({N, H}, DType::bf16, cpu), ac = Tensor::empty({N, H}, DType::bf16, cpu);
+        sy::ops::MatmulArgs m{pc, xh, wh, bh, false, false, &wh16};
+        m.gelu = &ac;
+        sy::ops::matmul_forward(cpu, m);
+        return count_wrong(act, ac.to(DType::f32), 1e-2);
+      };
+      const std::string shape = std::to_string(N) + "x" + std::to_string(C) + "x" + std::to_string(H);
+      add({"ffn_up_gelu_epilogue_bf16", shape, 0, 2.0 * N * C * H, 0},
+          [&] {
+            sy::ops::MatmulArgs m{pre, x, w, b, false, false, &w16};
+            m.gelu = &act;
+            sy::ops::matmul_forward(ctx, m);
+          },
+          check);
+      add({"ffn_up_then_gelu_bf16", shape, 0, 2.0 * N * C * H, 0},
+          [&] {
+            sy::ops::matmul_forward(ctx, {pre, x, w, b, false, false, &w16});
+            sy::ops::gelu_forward(ctx, act, pre);
+          },
+          check);
+    }
+    {  // the same FFN's second GEMM's input gradient with the epilogue's backward (dpre = gelu'(pre) dy W2^T,
+       // one GEMM), beside the GEMM's bf16 dact then gelu_backward
+      Tensor dyh = randn({N, C}, rng), w2h = randn({H, C}, rng, 0.03f), preh = randn({N, H}, rng).to(DType::bf16);
+      Tensor dy = dyh.to(ctx), w2 = w2h.to(ctx), pre = preh.to(ctx), w2_16 = Tensor::empty({H, C}, DType::bf16, ctx);
+      sy::ops::to_bf16(ctx, w2_16, w2);
+      const Tensor w2h16 = w2h.to(DType::bf16), act_h = Tensor::zeros({N, H}, DType::f32, cpu), act = act_h.to(ctx);
+      Tensor dpre = Tensor::empty({N, H}, DType::bf16, ctx), dact = Tensor::empty({N, H}, DType::bf16, ctx);
+      auto check = [&] {
+        Tensor dc = Tensor::empty({N, H}, DType::bf16, cpu);
+        sy::ops::MatmulBackwardArgs m{&dc, nullptr, nullptr, dyh, act_h, w2h, false, &w2h16};
+        m.dx_accumulate = false, m.gelu_pre = &preh;
+        sy::ops::matmul_backward(cpu, m);
+        return count_wrong(dpre, dc.to(DType::f32), 1e-2);
+      };
+      const std::string shape = std::to_string(N) + "x" + std::to_string(C) + "x" + std::to_string(H);
+      add({"ffn_down_dx_dgelu_epilogue_bf16", shape, 0, 2.0 * N * C * H, 0},
+          [&] {
+            sy::ops::MatmulBackwardArgs m{&dpre, nullptr, nullptr, dy, act, w2, false, &w2_16};
+            m.dx_accumulate = false, m.gelu_pre = &pre;
+            sy::ops::matmul_backward(ctx, m);
+          },
+          check);
+      add({"ffn_down_dx_then_gelu_backward_bf16", shape, 0, 2.0 * N * C * H, 0},
+          [&] {
+            sy::ops::matmul_backward(ctx, {&dact, nullptr, nullptr, dy, act, w2, false, &w2_16, false});
+            sy::ops::gelu_backward(ctx, dpre, dact, pre);
+          },
+          check);
+    }
     {  // cross-entropy forward + backward
       const int64_t V = quick ? 256 : 32768, n = quick ? 512 : 8192;
       Tensor lh = randn({n, V}, rng, 2.f), th = Tensor::empty({n}, DType::i32, cpu);

@@ -118,11 +118,13 @@ Mlp::Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t h
 // fp32 (its kernels read fp32 only).
 bool Mlp::bf16_pre() const { return fc1_.reads_bf16() && fc2_.reads_bf16() && act_ == ops::FfnActivation::gelu; }
 
-// GELU with pre and act of one dtype (fp32, or bf16 in bf16 mode) is fc1's
-// GELU epilogue (ops/matmul.h): the GEMM writes both, and fc2's backward
-// writes dpre (on CUDA no activation pass over the layer's widest tensors,
-// in bf16 where cuBLASLt has the epilogue).
-bool Mlp::gelu_epilogue() const { return act_ == ops::FfnActivation::gelu && bf16_pre() == fc2_.reads_bf16(); }
+// GELU with fc1 and fc2 alike (fp32, or both bf16: pre and act then bf16)
+// is fc1's GELU epilogue (ops/matmul.h): the GEMM writes both, and fc2's
+// backward writes dpre (on CUDA no activation pass over the layer's widest
+// tensors, in bf16 where cuBLASLt has the epilogue).
+bool Mlp::gelu_epilogue() const {
+  return act_ == ops::FfnActivation::gelu && fc1_.reads_bf16() == fc2_.reads_bf16();
+}
 
 Tensor Mlp::forward(const Tensor& x) {
   flops_ = 2.0 * x.dim(0) * (fc1_.in() * fc1_.out() + fc2_.in() * fc2_.out());

@@ -699,10 +699,11 @@ std::vector<OpCase> cases() {
                  ops::layernorm_forward(x, {y, mean, rstd, in[0], in[1], in[2]});
                  ops::layernorm_backward(x, {o[0], &o[1], &o[2], in[3], in[0], in[1], mean, rstd});
                }});
-  // Rows of 300 and 1000 values (ops/cuda/layernorm.cu's fused chunks of 64
-  // rows, 16 and 32 columns a lane; the last chunk ragged) and of 2100 (too
-  // wide for them: dx, then column_sums).
-  for (const auto& [N, C] : std::vector<std::pair<int64_t, int64_t>>{{130, 300}, {300, 1000}, {200, 2100}})
+  // Rows of 300, 1000 and 1536 values (ops/cuda/layernorm.cu's fused chunks
+  // of 64 rows, 16, 32 and 64 columns a lane; the last chunk ragged) and of
+  // 2100 (too wide for them: dx, then column_sums).
+  for (const auto& [N, C] :
+       std::vector<std::pair<int64_t, int64_t>>{{130, 300}, {300, 1000}, {100, 1536}, {200, 2100}})
     c.push_back({"layernorm_backward_" + std::to_string(N) + "x" + std::to_string(C), Tol::f32,
                  [N = N, C = C](Rng& r) { return Ins{randn({N, C}, r, 3.f), randn({C}, r), randn({C}, r), randn({N, C}, r)}; },
                  [N = N, C = C](Ctx& x, const Ins&) { return Outs{acc(x, {N, C}), acc(x, {C}), acc(x, {C})}; },

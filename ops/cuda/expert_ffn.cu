@@ -420,9 +420,9 @@ void expert_ffn_backward(Ctx& ctx, const ExpertFfnBackwardArgs& a) {
     for (int64_t g = 0; g < G && eq < 0; ++g) {
       const int64_t r0 = a.offset[g], n = a.offset[g + 1] - r0, H = l.hidden[g];
       if (n == 0) continue;
-      if (fused)
-        gemm_nt_dgelu(ctx, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dpre, act_at[g], n, H),
-                      block(a.pre, act_at[g], n, H));
+      if (fused)  // (GELU: pre's blocks, P = H wide)
+        gemm_nt_dgelu(ctx, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dpre, pre_at[g], n, H),
+                      block(a.pre, pre_at[g], n, H));
       else
         gemm_nt(ctx, bf16, n, H, D, at(dout_op, r0 * D), at(w2, l.w2_offset(g)), block(dact, act_at[g], n, H), 0.f);
     }

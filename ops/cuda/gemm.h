@@ -22,9 +22,11 @@
 // C16 = bf16(gelu(z)) and aux = bf16(z), z the fp32 result with its bias
 // (cuBLASLt's GELU_AUX[_BIAS]); dgelu, C16 = bf16(z * gelu'(aux)) with aux
 // the forward's pre-activation, no bias (DGELU). aux is laid out as C (ldc,
-// stride_c). gemm() returns false where cuBLASLt has no such algorithm,
-// having written nothing; gemm_gelu_into and gemm_dgelu_into then compute
-// the same from fp32 scratch with the GELU kernels.
+// stride_c). gemm() returns false where cuBLASLt has no such algorithm
+// (rows or batch strides not a multiple of 8 values: at once; none found,
+// or refused at launch: a stderr note once per plan), having written
+// nothing; gemm_gelu_into and gemm_dgelu_into then compute the same from
+// fp32 scratch with the GELU kernels.
 // The descriptor, layouts and algorithm are made once per shape,
 // alignment, mode, batch and epilogue and kept (a call sets its pointers
 // and launches); per bucket of M or K where the caller says it varies (a

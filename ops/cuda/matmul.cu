@@ -168,9 +168,10 @@ static __global__ void add_bias_rows(float* C, int64_t ldc, const float* bias, i
 // (none: the heuristic found none; remembered too). A step makes the same
 // GEMMs every time (a packed route's experts: up to 6 a layer per expert),
 // so each call sets the pointers and launches: no descriptor or layout
-// created and destroyed per call. The bias pointer is the one attribute a
-// call changes (its alignment is in the key); calls hold plan_mutex from the
-// lookup to the launch, so no other thread sees a descriptor half set.
+// created and destroyed per call. The bias and aux pointers are the
+// attributes a call changes (their alignments are in the key); calls hold
+// plan_mutex from the lookup to the launch, so no other thread sees a
+// descriptor half set.
 struct Plan {
   MatmulDesc desc;
   Layout first, second, out;
@@ -182,9 +183,9 @@ int64_t bucket_fallbacks = 0;  // calls a bucket's plan could not serve (under p
 
 // key's plan, made where there is none. Column-major view: D (N, M) =
 // op'(B) (N, K) * op'(A) (K, M); the layouts, the descriptor and the
-// heuristic's query depend on nothing but the key (and the bias pointer's
-// alignment, which is in it). A row bucket's layouts are then set to each
-// call's own M and K (set_dims below).
+// heuristic's query depend on nothing but the key (and the bias and aux
+// pointers' alignments, which are in it). A row bucket's layouts are then
+// set to each call's own M and K (set_dims below).
 Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoKey& key, const void* bias,
                const void* aux) {
   auto it = plans.find(key);
@@ -306,7 +307,8 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   const float* bias = g.bias;
   // A bf16 output adds its bias rounded to bf16 (ops/matmul.h): a copy,
   // aligned, which the epilogue reads instead (bias_at). (Rounded before
-  // the plan is known: where none serves, gemm_into rounds it again.)
+  // the plan is known: where none serves, the fallback's fp32 GEMM rounds
+  // it again, fp32_of_bf16_output.)
   Tensor bias16;
   const void* bias_at = bias;
   int64_t stride_bias = g.stride_bias;
@@ -395,8 +397,18 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     key.bucketed = false, key.M = g.M, key.K = g.K;
     ++bucket_fallbacks;
   }
-  if (out16 && st == CUBLAS_STATUS_NOT_SUPPORTED) {  // (the heuristic offered it; refused all the same)
-    p->algo.reset();  // (the next call with this key falls back at once)
+  // The heuristic offered it and the launch refused it all the same (a
+  // GELU epilogue's aux pointer has no alignment preference to query by, so
+  // INVALID_VALUE there too): the next call with this key falls back at once.
+  const bool refused = st == CUBLAS_STATUS_NOT_SUPPORTED ||
+                       (key.epilogue != Epilogue::none && st == CUBLAS_STATUS_INVALID_VALUE);
+  if (out16 && refused) {
+    if (key.epilogue != Epilogue::none)
+      std::fprintf(stderr, "note: cuBLASLt refused its %s algorithm for M=%lld N=%lld K=%lld at launch (%s): fp32 "
+                   "and the GELU kernels instead\n", key.epilogue == Epilogue::gelu ? "GELU_AUX" : "DGELU",
+                   static_cast<long long>(key.M), static_cast<long long>(key.N), static_cast<long long>(key.K),
+                   cublasGetStatusString(st));
+    p->algo.reset();
     return false;
   }
   CUBLAS_CHECK(st);
@@ -446,6 +458,7 @@ void gemm_into(Ctx& ctx, GemmArgs g, Tensor& out) {
 
 void gemm_gelu_into(Ctx& ctx, GemmArgs g, Tensor& act, Tensor& pre) {
   SY_CHECK(act.dtype() == pre.dtype() && act.numel() == pre.numel(), "gemm_gelu_into: act and pre differ");
+  SY_CHECK(g.beta == 0.f, "gemm_gelu_into: pre and act are written (beta 0)");
   if (pre.dtype() == DType::f32) {  // (fp32: the separate ops are the epilogue exactly, ops/matmul.h)
     gemm_into(ctx, g, pre);
     cuda::gelu_forward(ctx, act, pre);

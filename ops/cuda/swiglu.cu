@@ -2,7 +2,7 @@
 // the host against the CPU reference). A thread takes packs of 4 adjacent
 // columns j of one row (16-byte loads of the gate and up halves, of dy and
 // of an fp32 dx; 8-byte stores of a bf16 output) where H % 4 == 0 and every
-// pointer is 16-byte aligned, else one element a thread (the index
+// pointer is aligned to its pack, else one element a thread (the index
 // functions of swiglu_rows.h). The same arithmetic per element either way,
 // so the same bits. Elementwise, one owner per output: deterministic. (One
 // element a thread made two 64-bit divisions and 4-byte loads per element,
@@ -24,6 +24,9 @@ struct alignas(sizeof(T) * kV) Cols {
 };
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+// An output's packs: 16 bytes of fp32, 8 of bf16 (an expert's block of a
+// packed bf16 act starts at a multiple of 4 values, not always of 8).
+bool pack_aligned(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % (kV * dtype_size(t.dtype())) == 0; }
 
 // The bf16 outputs of the index functions: the fp32 values rounded as they
 // are written (a bf16 y feeds a bf16 GEMM; a bf16 dx is written, not added to).
@@ -96,7 +99,7 @@ void swiglu_forward(Ctx& ctx, const SwigluArgs& a) {
   if (N * H == 0) return;
   const float* x = a.x.data<float>();
   const bool bf16 = a.y.dtype() == DType::bf16;
-  if (H % kV == 0 && aligned16(x) && aligned16(a.y.raw())) {
+  if (H % kV == 0 && aligned16(x) && pack_aligned(a.y)) {
     const int64_t packs = N * H / kV;
     if (bf16)
       swiglu_forward_packs<__nv_bfloat16><<<grid_stride(packs), kBlock, 0, stream(ctx)>>>(elems<Bf16>(a.y), x, H, packs);
@@ -116,7 +119,7 @@ void swiglu_backward(Ctx& ctx, const SwigluBackwardArgs& a) {
   if (N * H == 0) return;
   const float *x = a.x.data<float>(), *dy = a.dy.data<float>();
   const bool bf16 = a.dx.dtype() == DType::bf16;
-  if (H % kV == 0 && aligned16(x) && aligned16(dy) && aligned16(a.dx.raw())) {
+  if (H % kV == 0 && aligned16(x) && aligned16(dy) && pack_aligned(a.dx)) {
     const int64_t packs = N * H / kV;
     if (bf16)
       swiglu_backward_packs<__nv_bfloat16>
