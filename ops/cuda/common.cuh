@@ -193,6 +193,11 @@ __device__ T block_exclusive_sum(T v, T* scratch, T* total) {
 // thread - tens of microseconds a call on a GPU otherwise idle, in every
 // layer norm's and bias's backward.) With one chunk (rows <= kColumnChunk) the
 // serial sum starts from out itself: the CPU reference's order exactly.
+// A one-output F with load8 (8 adjacent columns of a row from one 16-byte
+// bf16 or two 16-byte fp32 loads) whose vec_ok() holds, and cols % 8 == 0:
+// stage 1 gives a thread 8 columns instead of one, each summed in the same
+// order (the same bits), with a row's loads 16 bytes wide instead of 2 or 4
+// (column_sum_partials8).
 
 constexpr int64_t kColumnChunk = 64;
 
@@ -220,6 +225,49 @@ static __global__ void column_sum_partials(F f, int64_t rows, int64_t cols, int6
     else
       partial[(o * static_cast<int64_t>(gridDim.y) + blockIdx.y) * cols + c] = acc[o];
   }
+}
+
+// v[0..8) = row r's elements c0 .. c0 + 7 at p (16-byte aligned), widened.
+__device__ __forceinline__ void load8_at(const float* p, float* v) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void load8_at(const __nv_bfloat16* p, float* v) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x, v[2 * i + 1] = f.y;
+  }
+}
+inline bool aligned16_ptr(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <class F, class = void>
+struct HasLoad8 : std::false_type {};
+template <class F>
+struct HasLoad8<F, std::void_t<decltype(&F::load8)>> : std::true_type {};
+
+// column_sum_partials with 8 adjacent columns a thread (F::kOut 1, F::load8).
+template <class F>
+static __global__ void column_sum_partials8(F f, int64_t rows, int64_t cols, int64_t chunk, float* partial,
+                                            float* out, bool direct) {
+  const int64_t c0 = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * 8;
+  if (c0 >= cols) return;
+  const int64_t r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+  float acc[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j] = direct ? out[c0 + j] : 0.f;
+#pragma unroll 4
+  for (int64_t r = r0; r < r1; ++r) {
+    float v[8];
+    f.load8(r, c0, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j] += v[j];
+  }
+  float* dst = direct ? out + c0 : partial + blockIdx.y * cols + c0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) dst[j] = acc[j];
 }
 
 constexpr int kFinishParts = 8;  // warps of a stage-2 block, each a strided share of the chunks
@@ -257,15 +305,21 @@ void column_sums(Ctx& ctx, F f, int64_t rows, int64_t cols, ColumnOut out) {
   int64_t chunk = kColumnChunk;
   while ((rows + chunk - 1) / chunk > 65535) chunk *= 2;
   const int64_t chunks = (rows + chunk - 1) / chunk;
-  const dim3 grid(grid_for(cols), static_cast<unsigned>(chunks));
-  if (chunks == 1) {
-    column_sum_partials<<<grid, kBlock, 0, stream(ctx)>>>(f, rows, cols, chunk, nullptr, out, true);
-    CUDA_CHECK(cudaGetLastError());
-    return;
+  bool vec8 = false;
+  if constexpr (F::kOut == 1 && HasLoad8<F>::value) vec8 = cols % 8 == 0 && f.vec_ok();
+  Tensor partial = chunks > 1 ? Tensor::empty({F::kOut * chunks * cols}, DType::f32, ctx) : Tensor();
+  float* const part = chunks > 1 ? partial.data<float>() : nullptr;
+  if (vec8) {
+    if constexpr (F::kOut == 1 && HasLoad8<F>::value) {
+      const dim3 grid(grid_for(cols / 8), static_cast<unsigned>(chunks));
+      column_sum_partials8<<<grid, kBlock, 0, stream(ctx)>>>(f, rows, cols, chunk, part, out.p[0], chunks == 1);
+    }
+  } else {
+    const dim3 grid(grid_for(cols), static_cast<unsigned>(chunks));
+    column_sum_partials<<<grid, kBlock, 0, stream(ctx)>>>(f, rows, cols, chunk, part, out, chunks == 1);
   }
-  Tensor partial = Tensor::empty({F::kOut * chunks * cols}, DType::f32, ctx);
-  column_sum_partials<<<grid, kBlock, 0, stream(ctx)>>>(f, rows, cols, chunk, partial.data<float>(), out, false);
   CUDA_CHECK(cudaGetLastError());
+  if (chunks == 1) return;
   const dim3 fgrid(static_cast<unsigned>((cols + 31) / 32), F::kOut);
   column_sum_finish<<<fgrid, 32 * kFinishParts, 0, stream(ctx)>>>(partial.data<float>(), chunks, cols, out);
   CUDA_CHECK(cudaGetLastError());
@@ -279,6 +333,8 @@ struct ColumnOf {
   const T* x;
   int64_t ld;
   __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = to_float(x[r * ld + c]); }
+  __device__ void load8(int64_t r, int64_t c0, float* v) const { load8_at(x + r * ld + c0, v); }
+  bool vec_ok() const { return ld % 8 == 0 && aligned16_ptr(x); }
 };
 
 template <class T>

@@ -154,6 +154,9 @@ struct ExpertColumns {
   const T* x;
   int64_t n, W;
   __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = to_float(x[((c / W) * n + r) * W + c % W]); }
+  // (8 columns of one expert: W % 8 == 0)
+  __device__ void load8(int64_t r, int64_t c0, float* v) const { load8_at(x + ((c0 / W) * n + r) * W + c0 % W, v); }
+  bool vec_ok() const { return W % 8 == 0 && aligned16_ptr(x); }
 };
 
 // The same over experts of one width W on unequal rows (a packed route):
@@ -172,6 +175,13 @@ struct PackedExpertColumns {
     const int64_t g = c / W, r0 = offset[g];
     v[0] = r < offset[g + 1] - r0 ? to_float(x[(r0 + r) * W + c % W]) : 0.f;
   }
+  __device__ void load8(int64_t r, int64_t c0, float* v) const {
+    const int64_t g = c0 / W, r0 = offset[g];
+    if (r < offset[g + 1] - r0) return load8_at(x + (r0 + r) * W + c0 % W, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = 0.f;
+  }
+  bool vec_ok() const { return W % 8 == 0 && aligned16_ptr(x); }
 };
 
 // out[S_g .. S_g + W_g) += the column sums of expert g's (n_g, W_g) block
