@@ -619,13 +619,16 @@ std::vector<OpCase> cases() {
                  ops::matmul_forward(x, {o[0], in[0], in[1], in[2], true, true});
                  ops::matmul_backward(x, {&o[1], &o[2], &o[3], in[4], in[0], in[1], true});
                }});
-  // More rows than one column-sum chunk (dw in two stages), C not a multiple of 32.
-  c.push_back({"rmsnorm_many_rows", Tol::f32, [](Rng& r) { return Ins{randn({150, 37}, r, 0.2f), randn({37}, r), randn({150, 37}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {150, 37}), fresh(x, {150}), acc(x, {150, 37}), acc(x, {37})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 ops::rmsnorm_forward(x, {o[0], o[1], in[0], in[1]});
-                 ops::rmsnorm_backward(x, {o[2], o[3], in[2], in[0], in[1], o[1]});
-               }});
+  // More rows than one column-sum chunk (dw in two stages), C not a multiple
+  // of 32; C 37 (one column a thread) and 40 (column_sums' 8-column packs).
+  for (const int64_t C : {37, 40})
+    c.push_back({C == 37 ? "rmsnorm_many_rows" : "rmsnorm_many_rows_c40", Tol::f32,
+                 [C](Rng& r) { return Ins{randn({150, C}, r, 0.2f), randn({C}, r), randn({150, C}, r)}; },
+                 [C](Ctx& x, const Ins&) { return Outs{fresh(x, {150, C}), fresh(x, {150}), acc(x, {150, C}), acc(x, {C})}; },
+                 [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::rmsnorm_forward(x, {o[0], o[1], in[0], in[1]});
+                   ops::rmsnorm_backward(x, {o[2], o[3], in[2], in[0], in[1], o[1]});
+                 }});
   // Positions n mod seq_len, 3 heads of 8 in rows of 30 (the last 6 columns left alone), base 500.
   c.push_back({"rope_sequence_positions", Tol::f32, [](Rng& r) { return Ins{randn({20, 30}, r), randn({20, 30}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {20, 30}), fresh(x, {20, 30})}; },

@@ -4,7 +4,8 @@
 //             combined by warp_sum's fixed butterfly; rstd, then y;
 //   backward: one warp per row for dx (the row sum of dy w xhat, the same
 //             way); dw += sum_n dy xhat by the fixed-order two-stage column
-//             sum of common.cuh (the CPU's row order exactly for N <= 64).
+//             sum of common.cuh (the CPU's row order exactly for N <= 64;
+//             8 columns a thread where C % 8 == 0, the same sums).
 // No atomics anywhere: two runs are bitwise equal.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/rmsnorm_rows.h"
@@ -27,6 +28,16 @@ struct RmsNormWeightGrad {  // the column terms of dw
   __device__ void operator()(int64_t r, int64_t c, float* v) const {
     v[0] = rows::dw_term(dy[r * C + c], x[r * C + c], rstd[r]);
   }
+  // 8 columns from 16-byte loads (column_sums' packs), the same term each
+  __device__ void load8(int64_t r, int64_t c0, float* v) const {
+    float xs[8], ds[8];
+    load8_at(x + r * C + c0, xs);
+    load8_at(dy + r * C + c0, ds);
+    const float s = rstd[r];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = rows::dw_term(ds[j], xs[j], s);
+  }
+  bool vec_ok() const { return C % 8 == 0 && aligned16_ptr(x) && aligned16_ptr(dy); }
 };
 }  // namespace
 
