@@ -8,7 +8,8 @@ one line a bar, measured figure beside the bar, "ok" or "MISSED":
   moe/dense   moe_layer_fwd_bwd(_padded, _pad_to_largest) time / dense_ffn_fwd_bwd's <= 1.3
   loop/moe    the PyTorch per-expert loop's fwd+bwd time / ours >= 25
   attention   ours / SDPA throughput, causal fwd+bwd bf16, per shape >= 0.5
-and, not a bar, the expert GEMM routes side by side (expert_gemm_*).
+and, not bars, the expert GEMM routes side by side (expert_gemm_*) and the FFN's
+GELU epilogues beside the passes they replaced (ffn_*).
 
 A figure whose rows are missing is said to be missing, not guessed: a row
 bench_ops could not time (its case threw: seconds 0, the error in its note)
@@ -127,6 +128,15 @@ def main():
             say(f"expert GEMMs {d} ({ways[0][1]['shape']}), ms and % of the GEMM ceiling: " + ", ".join(
                 f"{w} {r['seconds'] * 1e3:.3f} ({r['flops'] / r['seconds'] / gemm * 100:.0f}%)"
                 + (f" {r['wrong']} WRONG" if r.get("wrong", -1) > 0 else "") for w, r in ways))
+
+    # The FFN's GELU epilogues (ops/matmul.h) beside the passes they replaced
+    # (not a bar: what the fused GEMMs save at the FFN's shape).
+    for fused, apart in (("ffn_up_gelu_epilogue_bf16", "ffn_up_then_gelu_bf16"),
+                         ("ffn_down_dx_dgelu_epilogue_bf16", "ffn_down_dx_then_gelu_backward_bf16")):
+        f, a = timed(rows.get(fused)), timed(rows.get(apart))
+        if f and a:
+            say(f"{fused} {f['shape']}: {f['seconds'] * 1e3:.3f} ms against {apart} {a['seconds'] * 1e3:.3f} ms "
+                f"({a['seconds'] / f['seconds']:.2f}x)" + (" WRONG ELEMENTS" if f.get("wrong", -1) > 0 else ""))
 
     peers = load(args.torch_moe) or []
     loop = next((r for r in peers if r.get("case") == "moe per-expert loop fwd+bwd" and r.get("ms", 0) > 0), None)
