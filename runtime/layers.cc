@@ -1,7 +1,6 @@
 #include "runtime/layers.h"
 
 #include "ops/elementwise.h"
-#include "ops/gelu.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
 #include "ops/rmsnorm.h"
@@ -112,51 +111,39 @@ Mlp::Mlp(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t h
       fc2_(ctx, ps, name + ".fc2", hidden, C, rng, out_std, options.bias) {}
 
 // bf16 mode with GELU: the pre-activation and its gradient are bf16 too (the
-// GEMMs write them rounded; GELU reads them widened), as PyTorch autocast
-// keeps them: half the bytes of the layer's widest tensors, written once
-// and read twice (forward's GELU, backward's derivative). SwiGLU keeps them
-// fp32 (its kernels read fp32 only).
+// GEMMs write them rounded, with the epilogue's act), as PyTorch autocast
+// keeps them: half the bytes of the layer's widest tensors. SwiGLU keeps
+// them fp32 (its kernels read fp32 only).
 bool Mlp::bf16_pre() const { return fc1_.reads_bf16() && fc2_.reads_bf16() && act_ == ops::FfnActivation::gelu; }
-
-// GELU with fc1 and fc2 alike (fp32, or both bf16: pre and act then bf16)
-// is fc1's GELU epilogue (ops/matmul.h): the GEMM writes both, and fc2's
-// backward writes dpre (on CUDA no activation pass over the layer's widest
-// tensors, in bf16 where cuBLASLt has the epilogue).
-bool Mlp::gelu_epilogue() const {
-  return act_ == ops::FfnActivation::gelu && fc1_.reads_bf16() == fc2_.reads_bf16();
-}
 
 Tensor Mlp::forward(const Tensor& x) {
   flops_ = 2.0 * x.dim(0) * (fc1_.in() * fc1_.out() + fc2_.in() * fc2_.out());
-  const DType pre_dtype = bf16_pre() ? DType::bf16 : DType::f32;
   Tensor act;
-  if (gelu_epilogue()) {
-    pre_ = fc1_.forward(x, pre_dtype, &act);
+  if (act_ == ops::FfnActivation::gelu) {
+    // fc1's GELU epilogue (ops/matmul.h): the GEMM writes pre and act, in
+    // pre's dtype (on CUDA no activation pass over the layer's widest
+    // tensors, in bf16 where cuBLASLt has the epilogue); fc2 reads act as
+    // it is (bf16 mode rounds an f32 one).
+    pre_ = fc1_.forward(x, bf16_pre() ? DType::bf16 : DType::f32, &act);
     return fc2_.forward(act);
   }
-  pre_ = fc1_.forward(x, pre_dtype);
-  // The activation writes fc2's input rounded, where fc2 reads it so (bf16
-  // mode); the backward reads pre_, not the activation.
-  const bool act16 = fc2_.reads_bf16();
-  act = Tensor::empty({x.dim(0), fc2_.in()}, act16 ? DType::bf16 : DType::f32, ctx_);
-  if (act_ == ops::FfnActivation::swiglu)
-    ops::swiglu_forward(ctx_, {act, pre_});
-  else
-    ops::gelu_forward(ctx_, act, pre_);
+  pre_ = fc1_.forward(x);
+  // SwiGLU writes fc2's input rounded, where fc2 reads it so (bf16 mode);
+  // the backward reads pre_, not the activation.
+  act = Tensor::empty({x.dim(0), fc2_.in()}, fc2_.reads_bf16() ? DType::bf16 : DType::f32, ctx_);
+  ops::swiglu_forward(ctx_, {act, pre_});
   return fc2_.forward(act);
 }
 
 Tensor Mlp::backward(const Tensor& dy) {
-  if (gelu_epilogue()) return fc1_.backward(fc2_.backward(dy, pre_.dtype(), &pre_));
-  Tensor dact = fc2_.backward(dy, bf16_pre() ? DType::bf16 : DType::f32);
-  // A bf16 fc1 reads dpre rounded: the activation's backward writes it so
-  // (no zero fill, no f32 copy to round); an f32 dpre accumulates from zero.
+  // GELU: fc2's backward with the epilogue's derivative writes dpre itself, in pre's dtype.
+  if (act_ == ops::FfnActivation::gelu) return fc1_.backward(fc2_.backward(dy, pre_.dtype(), &pre_));
+  Tensor dact = fc2_.backward(dy);
+  // A bf16 fc1 reads dpre rounded: SwiGLU's backward writes it so (no zero
+  // fill, no f32 copy to round); an f32 dpre accumulates from zero.
   Tensor dpre = fc1_.reads_bf16() ? Tensor::empty(pre_.shape(), DType::bf16, ctx_)
                                   : Tensor::zeros(pre_.shape(), DType::f32, ctx_);
-  if (act_ == ops::FfnActivation::swiglu)
-    ops::swiglu_backward(ctx_, {dpre, dact, pre_});
-  else
-    ops::gelu_backward(ctx_, dpre, dact, pre_);
+  ops::swiglu_backward(ctx_, {dpre, dact, pre_});
   return fc1_.backward(dpre);
 }
 

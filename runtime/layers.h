@@ -142,9 +142,8 @@ class FeedForward {
 // fc2 (H, C); biases unless options.bias is false. bf16 mode: the GEMMs'
 // operands bf16 (ops/matmul.h); with GELU also fc1's output and fc2's input
 // gradient (the pre-activation and its gradient, rounded as the GEMMs write
-// them). GELU (fc1 and fc2 alike: the store keeps shadows for every weight
-// or none) is fc1's GELU epilogue (ops/matmul.h): gelu of the GEMM's fp32
-// value, and in backward gelu' times fc2's fp32 input gradient, each
+// them). GELU is fc1's GELU epilogue (ops/matmul.h): gelu of the GEMM's
+// fp32 value, and in backward gelu' times fc2's fp32 input gradient, each
 // rounded once.
 class Mlp : public FeedForward {
  public:
@@ -162,7 +161,6 @@ class Mlp : public FeedForward {
   Tensor pre_;  // fc1's output: f32, or bf16 (bf16_pre)
   double flops_ = 0;
   bool bf16_pre() const;
-  bool gelu_epilogue() const;
 };
 
 // What sits in a block's attention position: dense causal attention, or a

@@ -93,6 +93,16 @@ std::vector<T> download(Ctx& ctx, const T* device, int64_t n) {
 
 // ---- device helpers -------------------------------------------------------
 
+// Whether p is 16-byte aligned (a vector load's or store's address).
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// V elements of T, loaded and stored as one (aligned as 16 bytes allow): the
+// elementwise kernels' packs (ops/cuda/gelu.cu, swiglu.cu).
+template <class T, int V>
+struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) Pack {
+  T v[V];
+};
+
 // Element access in fp32 arithmetic: kernels templated on the storage type T
 // load with to_float and store with from_float<T> (bf16: round to nearest
 // even, core/dtype.h's rounding).
@@ -241,7 +251,6 @@ __device__ __forceinline__ void load8_at(const __nv_bfloat16* p, float* v) {
     v[2 * i] = f.x, v[2 * i + 1] = f.y;
   }
 }
-inline bool aligned16_ptr(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <class F, class = void>
 struct HasLoad8 : std::false_type {};
@@ -305,16 +314,18 @@ void column_sums(Ctx& ctx, F f, int64_t rows, int64_t cols, ColumnOut out) {
   int64_t chunk = kColumnChunk;
   while ((rows + chunk - 1) / chunk > 65535) chunk *= 2;
   const int64_t chunks = (rows + chunk - 1) / chunk;
-  bool vec8 = false;
-  if constexpr (F::kOut == 1 && HasLoad8<F>::value) vec8 = cols % 8 == 0 && f.vec_ok();
   Tensor partial = chunks > 1 ? Tensor::empty({F::kOut * chunks * cols}, DType::f32, ctx) : Tensor();
   float* const part = chunks > 1 ? partial.data<float>() : nullptr;
-  if (vec8) {
-    if constexpr (F::kOut == 1 && HasLoad8<F>::value) {
+  constexpr bool kPacks = F::kOut == 1 && HasLoad8<F>::value;  // (8 columns a thread where f allows)
+  bool packed = false;
+  if constexpr (kPacks) {
+    packed = cols % 8 == 0 && f.vec_ok();
+    if (packed) {
       const dim3 grid(grid_for(cols / 8), static_cast<unsigned>(chunks));
       column_sum_partials8<<<grid, kBlock, 0, stream(ctx)>>>(f, rows, cols, chunk, part, out.p[0], chunks == 1);
     }
-  } else {
+  }
+  if (!packed) {
     const dim3 grid(grid_for(cols), static_cast<unsigned>(chunks));
     column_sum_partials<<<grid, kBlock, 0, stream(ctx)>>>(f, rows, cols, chunk, part, out, chunks == 1);
   }
@@ -334,7 +345,7 @@ struct ColumnOf {
   int64_t ld;
   __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = to_float(x[r * ld + c]); }
   __device__ void load8(int64_t r, int64_t c0, float* v) const { load8_at(x + r * ld + c0, v); }
-  bool vec_ok() const { return ld % 8 == 0 && aligned16_ptr(x); }
+  bool vec_ok() const { return ld % 8 == 0 && aligned16(x); }
 };
 
 template <class T>

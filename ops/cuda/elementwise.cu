@@ -51,8 +51,6 @@ static __global__ void binary_op4(float4* y, const float4* x, int64_t n4, F f) {
 
 namespace {
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 template <class F>
 void launch(Ctx& ctx, float* y, const float* x, int64_t n, F f) {
   if (n == 0) return;

@@ -156,7 +156,7 @@ struct ExpertColumns {
   __device__ void operator()(int64_t r, int64_t c, float* v) const { v[0] = to_float(x[((c / W) * n + r) * W + c % W]); }
   // (8 columns of one expert: W % 8 == 0)
   __device__ void load8(int64_t r, int64_t c0, float* v) const { load8_at(x + ((c0 / W) * n + r) * W + c0 % W, v); }
-  bool vec_ok() const { return W % 8 == 0 && aligned16_ptr(x); }
+  bool vec_ok() const { return W % 8 == 0 && aligned16(x); }
 };
 
 // The same over experts of one width W on unequal rows (a packed route):
@@ -181,7 +181,7 @@ struct PackedExpertColumns {
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = 0.f;
   }
-  bool vec_ok() const { return W % 8 == 0 && aligned16_ptr(x); }
+  bool vec_ok() const { return W % 8 == 0 && aligned16(x); }
 };
 
 // out[S_g .. S_g + W_g) += the column sums of expert g's (n_g, W_g) block

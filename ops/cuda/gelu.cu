@@ -27,12 +27,6 @@ constexpr float kS2Pi = 0.7978845608028654f;  // sqrt(2/pi)
 constexpr float kC = 0.044715f;
 }  // namespace
 
-// V elements of T, loaded and stored as one (aligned as 16 bytes allow).
-template <class T, int V>
-struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) Pack {
-  T v[V];
-};
-
 __device__ __forceinline__ float gelu_of(float v) { return 0.5f * v * (1.f + tanhf(kS2Pi * (v + kC * v * v * v))); }
 
 __device__ __forceinline__ float gelu_grad(float v) {
@@ -77,8 +71,6 @@ static __global__ void gelu_backward_kernel(TD* dx, const TY* dy, const TX* x, i
 
 namespace {
 constexpr int kPack = 8;
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // f(V, first, count) for each part of n elements: packs of kPack where
 // every pointer is 16-byte aligned, then the rest (or all) one a thread.

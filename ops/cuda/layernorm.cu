@@ -66,6 +66,27 @@ static __global__ void layernorm_forward_kernel(TY* y, float* mean, float* rstd,
   }
 }
 
+// A row's two means for dx, by its warp: of g = dy w (dy without w) and of
+// g xhat, each lane's columns in index order in double, then warp_sum.
+template <class T>
+__device__ __forceinline__ void dx_means(const T* xr, const float* dyr, const float* w, float m, float s, int64_t C,
+                                         int lane, float& gmean, float& gxmean) {
+  double gsum = 0, gxsum = 0;
+  for (int64_t c = lane; c < C; c += 32) {
+    const float xh = (to_float(xr[c]) - m) * s;
+    const float g = w ? dyr[c] * w[c] : dyr[c];
+    gsum += g;
+    gxsum += g * xh;
+  }
+  gmean = static_cast<float>(warp_sum(gsum) / C);
+  gxmean = static_cast<float>(warp_sum(gxsum) / C);
+}
+
+// dx's term of one element: rstd (g - mean g - xhat mean(g xhat)).
+__device__ __forceinline__ float dx_term(float g, float xh, float s, float gmean, float gxmean) {
+  return s * (g - gmean - xh * gxmean);
+}
+
 template <class T>
 static __global__ void layernorm_dx_kernel(float* dx, const float* dy, const T* x, const float* w, const float* mean,
                                            const float* rstd, int64_t N, int64_t C) {
@@ -75,20 +96,12 @@ static __global__ void layernorm_dx_kernel(float* dx, const float* dy, const T* 
   const T* xr = x + n * C;
   const float* dyr = dy + n * C;
   const float m = mean[n], s = rstd[n];
-  double gsum = 0, gxsum = 0;
-  for (int64_t c = lane; c < C; c += 32) {
-    const float xh = (to_float(xr[c]) - m) * s;
-    const float g = w ? dyr[c] * w[c] : dyr[c];
-    gsum += g;
-    gxsum += g * xh;
-  }
-  const float gmean = static_cast<float>(warp_sum(gsum) / C);
-  const float gxmean = static_cast<float>(warp_sum(gxsum) / C);
+  float gmean, gxmean;
+  dx_means(xr, dyr, w, m, s, C, lane, gmean, gxmean);
   float* dxr = dx + n * C;
   for (int64_t c = lane; c < C; c += 32) {
     const float xh = (to_float(xr[c]) - m) * s;
-    const float g = w ? dyr[c] * w[c] : dyr[c];
-    dxr[c] += s * (g - gmean - xh * gxmean);
+    dxr[c] += dx_term(w ? dyr[c] * w[c] : dyr[c], xh, s, gmean, gxmean);
   }
 }
 
@@ -96,7 +109,7 @@ constexpr int64_t kLnChunk = 64;   // rows a fused block (a partial of dw, db)
 constexpr int kLnMaxCols = 2048;  // the fused kernel's widest row: 64 columns a lane
 
 // Rows [blockIdx.x * kLnChunk, + kLnChunk): warp w takes rows w, w + kWarps,
-// ...; dx exactly as layernorm_dx_kernel (the same loops and order); lane l
+// ...; dx exactly as layernorm_dx_kernel (dx_means, dx_term); lane l
 // adds dy*xhat and dy of its columns l + 32 k (k < K, K * 32 >= C) into
 // registers; at the end the warps' sums go into shared memory in warp order
 // and the block writes them as its chunk's partial, (2, chunks, C).
@@ -114,26 +127,16 @@ static __global__ void __launch_bounds__(kBlock)
     const T* xr = x + n * C;
     const float* dyr = dy + n * C;
     const float m = mean[n], s = rstd[n];
-    double gsum = 0, gxsum = 0;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int64_t c = lane + 32 * k;
-      if (c >= C) break;
-      const float xh = (to_float(xr[c]) - m) * s;
-      const float g = dyr[c] * w[c];
-      gsum += g;
-      gxsum += g * xh;
-    }
-    const float gmean = static_cast<float>(warp_sum(gsum) / C);
-    const float gxmean = static_cast<float>(warp_sum(gxsum) / C);
+    float gmean, gxmean;
+    dx_means(xr, dyr, w, m, s, C, lane, gmean, gxmean);
     float* dxr = dx + n * C;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t c = lane + 32 * k;
       if (c >= C) break;
       const float xh = (to_float(xr[c]) - m) * s;
-      const float d = dyr[c], g = d * w[c];
-      dxr[c] += s * (g - gmean - xh * gxmean);
+      const float d = dyr[c];
+      dxr[c] += dx_term(d * w[c], xh, s, gmean, gxmean);
       aw[k] += d * xh;
       ab[k] += d;
     }

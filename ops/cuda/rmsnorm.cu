@@ -37,7 +37,7 @@ struct RmsNormWeightGrad {  // the column terms of dw
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = rows::dw_term(ds[j], xs[j], s);
   }
-  bool vec_ok() const { return C % 8 == 0 && aligned16_ptr(x) && aligned16_ptr(dy); }
+  bool vec_ok() const { return C % 8 == 0 && aligned16(x) && aligned16(dy); }
 };
 }  // namespace
 

@@ -18,12 +18,6 @@ namespace sy::ops::cuda {
 namespace {
 constexpr int kV = 4;  // columns a pack
 
-template <class T>
-struct alignas(sizeof(T) * kV) Cols {
-  T v[kV];
-};
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 // An output's packs: 16 bytes of fp32, 8 of bf16 (an expert's block of a
 // packed bf16 act starts at a multiple of 4 values, not always of 8).
 bool pack_aligned(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % (kV * dtype_size(t.dtype())) == 0; }
@@ -56,12 +50,12 @@ static __global__ void swiglu_forward_packs(TY* y, const float* x, int64_t H, in
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < packs;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = p / per_row, j0 = (p % per_row) * kV;
-    const Cols<float> g = *reinterpret_cast<const Cols<float>*>(x + n * 2 * H + j0);
-    const Cols<float> u = *reinterpret_cast<const Cols<float>*>(x + n * 2 * H + H + j0);
-    Cols<TY> o;
+    const Pack<float, kV> g = *reinterpret_cast<const Pack<float, kV>*>(x + n * 2 * H + j0);
+    const Pack<float, kV> u = *reinterpret_cast<const Pack<float, kV>*>(x + n * 2 * H + H + j0);
+    Pack<TY, kV> o;
 #pragma unroll
     for (int k = 0; k < kV; ++k) o.v[k] = from_float<TY>(swiglu_rows::value_of(g.v[k], u.v[k]));
-    *reinterpret_cast<Cols<TY>*>(y + n * H + j0) = o;
+    *reinterpret_cast<Pack<TY, kV>*>(y + n * H + j0) = o;
   }
 }
 
@@ -72,13 +66,13 @@ static __global__ void swiglu_backward_packs(TD* dx, const float* dy, const floa
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < packs;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = p / per_row, j0 = (p % per_row) * kV, gi = n * 2 * H + j0;
-    const Cols<float> d = *reinterpret_cast<const Cols<float>*>(dy + n * H + j0);
-    const Cols<float> g = *reinterpret_cast<const Cols<float>*>(x + gi);
-    const Cols<float> u = *reinterpret_cast<const Cols<float>*>(x + gi + H);
-    Cols<TD> dg, du;
+    const Pack<float, kV> d = *reinterpret_cast<const Pack<float, kV>*>(dy + n * H + j0);
+    const Pack<float, kV> g = *reinterpret_cast<const Pack<float, kV>*>(x + gi);
+    const Pack<float, kV> u = *reinterpret_cast<const Pack<float, kV>*>(x + gi + H);
+    Pack<TD, kV> dg, du;
     if constexpr (std::is_same_v<TD, float>) {
-      dg = *reinterpret_cast<const Cols<float>*>(dx + gi);
-      du = *reinterpret_cast<const Cols<float>*>(dx + gi + H);
+      dg = *reinterpret_cast<const Pack<float, kV>*>(dx + gi);
+      du = *reinterpret_cast<const Pack<float, kV>*>(dx + gi + H);
     }
 #pragma unroll
     for (int k = 0; k < kV; ++k) {
@@ -89,8 +83,8 @@ static __global__ void swiglu_backward_packs(TD* dx, const float* dy, const floa
       else
         dg.v[k] = from_float<TD>(a), du.v[k] = from_float<TD>(b);
     }
-    *reinterpret_cast<Cols<TD>*>(dx + gi) = dg;
-    *reinterpret_cast<Cols<TD>*>(dx + gi + H) = du;
+    *reinterpret_cast<Pack<TD, kV>*>(dx + gi) = dg;
+    *reinterpret_cast<Pack<TD, kV>*>(dx + gi + H) = du;
   }
 }
 
