@@ -84,8 +84,13 @@ std::vector<double> RoutingTotals::P() const {
 }
 
 void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha) {
-  check_probs(dprobs, "load balance dprobs");
-  check_shape(sums, {routing_sums_size(dprobs.dim(1))}, "load balance routing sums");
+  if (dprobs.defined()) {
+    check_probs(dprobs, "load balance dprobs");
+    check_shape(sums, {routing_sums_size(dprobs.dim(1))}, "load balance routing sums");
+  }
+  SY_CHECK(sums.ndim() == 1 && sums.dim(0) >= kTail && (sums.dim(0) - kTail) % 4 == 0,
+           "load balance routing sums " << shape_str(sums.shape()) << " are not routing_sums' (4 G + " << kTail
+                                        << ")");
   check_dtype(sums, DType::f64, "load balance routing sums");
   check_value(value, 1, "load balance value");
   check_device(ctx, "load_balance_loss", {&dprobs, &value, &sums});
@@ -105,10 +110,36 @@ void load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, Tensor& value, const Te
 
 void z_loss(Ctx& ctx, Tensor& dlogits, Tensor& value, const Tensor& logits, float beta) {
   check_probs(logits, "z-loss logits");
-  check_shape(dlogits, logits.shape(), "z-loss dlogits");
+  if (dlogits.defined()) check_shape(dlogits, logits.shape(), "z-loss dlogits");
   check_value(value, 1, "z-loss value");
   check_device(ctx, "z_loss", {&dlogits, &value, &logits});
   SY_DISPATCH(ctx, z_loss, ctx, dlogits, value, logits, beta);
+}
+
+void routing_sums_logits(Ctx& ctx, Tensor& sums, const Tensor& logits, ScoreFn fn, const Route& r) {
+  check_probs(logits, "routing logits");
+  check_shape(logits, {r.num_items, r.num_groups}, "routing logits");
+  check_shape(sums, {routing_sums_size(r.num_groups)}, "routing sums");
+  check_dtype(sums, DType::f64, "routing sums");
+  check_device(ctx, "routing_sums_logits", {&sums, &logits, &r.group, &r.slot});
+  SY_DISPATCH(ctx, routing_sums_logits, ctx, sums, logits, fn, r);
+}
+
+void router_backward(Ctx& ctx, Tensor& dlogits, const RouterBackwardArgs& a) {
+  const Route& r = a.route;
+  check_probs(a.logits, "router logits");
+  check_shape(a.logits, {r.num_items, r.num_groups}, "router logits");
+  check_shape(dlogits, a.logits.shape(), "router dlogits");
+  check_dtype(dlogits, DType::f32, "router dlogits");
+  check_shape(a.dweight, {r.assignments()}, "router dweight");
+  check_dtype(a.dweight, DType::f32, "router dweight");
+  SY_CHECK(a.alpha == 0.f || a.sums, "router_backward: a load-balance coefficient " << a.alpha << " without routing sums");
+  if (a.sums) {
+    check_shape(*a.sums, {routing_sums_size(r.num_groups)}, "router routing sums");
+    check_dtype(*a.sums, DType::f64, "router routing sums");
+  }
+  check_device(ctx, "router_backward", {&dlogits, &a.logits, &a.dweight, &r.group, a.sums});
+  SY_DISPATCH(ctx, router_backward, ctx, dlogits, a);
 }
 
 float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,

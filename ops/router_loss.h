@@ -21,7 +21,9 @@
 //     parameter: the hard budget's drops (slot -2) may count as kept, so
 //     that the loss sees what the router asked for, not what was enforced.
 //
-// Each loss accumulates its gradient into dprobs or dlogits (N, G). The
+// Each loss accumulates its gradient into dprobs or dlogits (N, G) (the
+// load-balance and z-losses: where that tensor is defined; undefined, the
+// value only, for a router whose backward is router_backward below). The
 // load-balance, z- and expected-cost losses leave their values where the
 // tensors live: `value`, f64 on that device (a view of a larger tensor is
 // fine), overwritten, each rounded to f32; nothing is read back, so a router
@@ -52,6 +54,11 @@ namespace sy::ops {
 //   budget_dropped  used assignments dropped by the budget (sum of cut)
 int64_t routing_sums_size(int64_t G);
 void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0 = 0, int64_t i1 = -1);
+// The same sums with p = score_fn(logits) recomputed row by row (logits
+// (N, G) f32, r over all N items): for a gating that keeps no probabilities
+// (tokens_choose_logits with probs undefined). The same sums as
+// router_scores then routing_sums, to the probabilities' rounding.
+void routing_sums_logits(Ctx& ctx, Tensor& sums, const Tensor& logits, ScoreFn fn, const Route& r);
 
 struct RoutingTotals {
   std::vector<double> chosen, prob, kept, cut;
@@ -117,10 +124,38 @@ struct RealizedBudgetArgs {
 float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const Route& r,
                            const RealizedBudgetArgs& a);
 
+// The router's backward in one pass, from its logits (the probabilities
+// recomputed, as FlashAttention recomputes its scores): for item i,
+//   dp_ig = a_g + d weight_i / d p_ig applied to dweight_i
+//           (a_g = alpha G f_g / N, load balance from `sums`, alpha 0: none;
+//           the weights' part as route_weights_backward, renormalised or not)
+//   dl_ig = 2 beta lse_i softmax(l_i)_g / N + (J_score_fn(l_i)^T dp_i)_g
+//           (the z-loss; beta 0: none)
+// written to dlogits (N, G), not added. It is, to the probabilities'
+// rounding, this sequence (the CPU reference runs exactly it): dprobs =
+// load_balance_loss's gradient from zeros, route_weights_backward onto it,
+// dlogits = z_loss's gradient from zeros, router_scores_backward onto it.
+// Where a router keeps no probabilities and has no other losses on them
+// (runtime/router.cc): one read of the logits and one write of dlogits, for
+// the two zero-filled gradients, their clones and the three passes that
+// read and wrote them (and the probabilities' write in forward).
+struct RouterBackwardArgs {
+  const Tensor& logits;   // (N, G) f32, what the gating read
+  ScoreFn fn;
+  const Route& route;     // N items over G groups (no runs of their own)
+  const Tensor& dweight;  // (N k) f32
+  bool renormalized = false;
+  const Tensor* sums = nullptr;  // routing sums (routing_sums' layout), with alpha != 0
+  float alpha = 0, beta = 0;
+};
+void router_backward(Ctx& ctx, Tensor& dlogits, const RouterBackwardArgs& a);
+
 // The CPU reference (ops/cpu/router_loss.cc) and the CUDA kernels (ops/cuda/router_loss.cu;
 // CUDA builds): the entry points above, in cpu:: and cuda::.
 SY_DECLARE_BACKENDS(
   void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1);
+  void routing_sums_logits(Ctx& ctx, Tensor& sums, const Tensor& logits, ScoreFn fn, const Route& r);
+  void router_backward(Ctx& ctx, Tensor& dlogits, const RouterBackwardArgs& a);
   void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha);
   void load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const Route& r,
                                  int64_t group, float alpha);

@@ -96,12 +96,14 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
 }
 
 namespace {
-// The gating's logits and the probabilities it writes from them, with p.
+// The gating's logits and the probabilities it writes from them (where
+// probs is defined), with p.
 void check_gating(Ctx& ctx, const Tensor& probs, const Tensor& logits, const TokensChooseParams& p, const char* op) {
   check_matrix(logits, "router logits");
+  check_tokens_choose(ctx, logits, p, op);
+  if (!probs.defined()) return;
   check_shape(probs, logits.shape(), "router probs");
   check_dtype(probs, DType::f32, "router probs");
-  check_tokens_choose(ctx, logits, p, op);
   check_device(ctx, op, {&probs});
 }
 }  // namespace

@@ -150,12 +150,15 @@ void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, con
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
 
 // Gating: router_scores then tokens_choose, in one call: probs = score_fn(
-// logits) written (the router's losses and backward read them) and the
-// route chosen from them, bit for bit the two calls' result. On CUDA the
-// scores and the top-k are one kernel (a warp a row: the logits read once;
-// up to 128 groups the row stays in registers, the probabilities written
-// once and the choice made from the registers; past that from what the warp
-// just wrote), then tokens_choose's slot steps.
+// logits) written and the route chosen from them, bit for bit the two
+// calls' result. probs may be an undefined Tensor: then the probabilities
+// are not kept (a router that recomputes them from the logits where it
+// needs them: routing_sums_logits, router_backward in ops/router_loss.h),
+// and the route is the same. On CUDA the scores and the top-k are one
+// kernel (8 or 16 lanes a row: the logits read once; up to 128 groups and
+// k <= 8 the row stays in registers, the probabilities written once or not
+// at all, the top-k merged across the row's lanes; past that through
+// memory), then tokens_choose's slot steps.
 void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                           const TokensChooseParams& p);
 

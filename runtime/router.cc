@@ -28,6 +28,18 @@ Router::Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, con
 
 bool Router::renormalized() const { return cfg_.renormalize() && !expert_choice(cfg_); }
 
+// The probabilities are kept where more than the batch-wide load balance,
+// the z-loss and backward read them: expert choice (the groups choose from
+// them), the hard budget (its drop order), the grouped load balance and the
+// budget losses. Otherwise the gating writes none and routing_sums_logits
+// and router_backward recompute them from the logits (ops/router_loss.h):
+// one (N, G) write less in forward, and in backward one pass for the
+// losses' zero-filled gradients, their clones and three more passes.
+bool Router::keeps_probs() const {
+  return expert_choice(cfg_) || cfg_.budget_mode() != switchyard::MoeConfig::SOFT || cfg_.budget_coef() != 0 ||
+         cfg_.load_balance_tokens() > 0;
+}
+
 const ops::Route& Router::forward(const Tensor& x) {
   const int64_t N = x.dim(0);
   // Draws of element e of a (N, width) tensor are keyed by its index in the
@@ -73,7 +85,7 @@ const ops::Route& Router::forward(const Tensor& x) {
     keys = logits_.clone(ctx_);
     ops::add_into(ctx_, keys, g);
   }
-  probs_ = Tensor::empty({N, G_}, DType::f32, ctx_);
+  probs_ = keeps_probs() ? Tensor::empty({N, G_}, DType::f32, ctx_) : Tensor();
 
   const float cf = training_ ? cfg_.capacity_factor() : cfg_.capacity_factor_eval();
   if (expert_choice(cfg_)) {
@@ -93,7 +105,7 @@ const ops::Route& Router::forward(const Tensor& x) {
     // scores and choice in one call (on a GPU one kernel: the logits read once)
     ops::tokens_choose_logits(ctx_, route_, probs_, logits_, score_fn(cfg_), p);
     if (bias_on_clean) {
-      Tensor clean_probs = Tensor::empty({N, G_}, DType::f32, ctx_);
+      Tensor clean_probs;  // (not kept: only the choice's loads are read)
       p.selection_keys = nullptr;
       // Only its groups and slots are read (routing_sums), the same in a
       // padded route, which on a GPU needs no copy back: one wait less.
@@ -103,7 +115,7 @@ const ops::Route& Router::forward(const Tensor& x) {
       // This rank's sums; losses_and_stats sums them over ranks in the same
       // all-reduce as the noisy choice's (one collective per layer, not two).
       clean_sums_ = Tensor::empty({ops::routing_sums_size(G_)}, DType::f64, ctx_);
-      ops::routing_sums(ctx_, clean_sums_, clean_probs, clean);
+      ops::routing_sums_logits(ctx_, clean_sums_, clean_logits, score_fn(cfg_), clean);
     }
   }
   if (cfg_.budget_mode() != switchyard::MoeConfig::SOFT) {
@@ -132,7 +144,10 @@ void Router::losses_and_stats(int64_t N) {
   const int64_t n_sums = clean ? 2 * S : S;
   totals_ = Tensor::zeros({n_sums + kValues}, DType::f64, ctx_);
   Tensor sums = totals_.rows(0, S);
-  ops::routing_sums(ctx_, sums, probs_, route_);
+  if (probs_.defined())
+    ops::routing_sums(ctx_, sums, probs_, route_);
+  else
+    ops::routing_sums_logits(ctx_, sums, logits_, score_fn(cfg_), route_);
   if (clean) {
     Tensor dst = totals_.rows(S, 2 * S);
     dst.copy_from(clean_sums_, ctx_);
@@ -141,8 +156,10 @@ void Router::losses_and_stats(int64_t N) {
   if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(both, ctx_.stream, name_.c_str());
   Tensor values = totals_.rows(n_sums, n_sums + kValues);
 
-  aux_dprobs_ = Tensor::zeros({N, G_}, DType::f32, ctx_);
-  aux_dlogits_ = Tensor::zeros({N, G_}, DType::f32, ctx_);
+  // Without kept probabilities the losses give their values only here, and
+  // router_backward their gradients (keeps_probs()).
+  aux_dprobs_ = probs_.defined() ? Tensor::zeros({N, G_}, DType::f32, ctx_) : Tensor();
+  aux_dlogits_ = probs_.defined() ? Tensor::zeros({N, G_}, DType::f32, ctx_) : Tensor();
   // Grouped balance is computed on this rank's tokens: a group never spans ranks.
   const int64_t lb_group = cfg_.load_balance_tokens();
   SY_CHECK(lb_group == 0 || N % lb_group == 0,
@@ -230,9 +247,19 @@ const RoutingStats& Router::stats() const {
 
 void Router::backward(const Tensor& dweight, Tensor& dx) {
   // Weights and losses -> dprobs -> dlogits (+ z-loss) -> Wg, x.
-  Tensor dprobs = aux_dprobs_.clone(ctx_), dlogits = aux_dlogits_.clone(ctx_);
-  ops::route_weights_backward(ctx_, dprobs, dweight, probs_, route_, renormalized());
-  ops::router_scores_backward(ctx_, dlogits, dprobs, probs_, score_fn(cfg_));
+  Tensor dlogits;
+  if (probs_.defined()) {
+    Tensor dprobs = aux_dprobs_.clone(ctx_);
+    dlogits = aux_dlogits_.clone(ctx_);
+    ops::route_weights_backward(ctx_, dprobs, dweight, probs_, route_, renormalized());
+    ops::router_scores_backward(ctx_, dlogits, dprobs, probs_, score_fn(cfg_));
+  } else {  // the same in one pass, the probabilities recomputed (keeps_probs())
+    dlogits = Tensor::empty(logits_.shape(), DType::f32, ctx_);
+    const Tensor sums = totals_.rows(0, ops::routing_sums_size(G_));
+    ops::router_backward(ctx_, dlogits,
+                         {logits_, score_fn(cfg_), route_, dweight, renormalized(), &sums,
+                          cfg_.load_balance_coef(), cfg_.z_loss_coef()});
+  }
   // The router saw x * noise: its input gradient is scaled by the same noise.
   Tensor dxr = Tensor::zeros(dx.shape(), DType::f32, ctx_);
   ops::matmul_backward(ctx_, {&dxr, &wg_->grad, nullptr, dlogits, xr_, wg_->value});

@@ -97,6 +97,8 @@ class Router {
   }
   const Tensor& balance_bias() const { return bias_; }
   bool renormalized() const;
+  // Whether forward keeps the (N, G) probabilities (runtime/router.cc says when).
+  bool keeps_probs() const;
   int64_t num_groups() const { return G_; }
 
  private:
@@ -122,7 +124,7 @@ class Router {
   bool training_ = true;
   // saved for backward
   Tensor xr_, noise_;            // router input (jittered), jitter factors (undefined when not jittering)
-  Tensor logits_, probs_;        // (N, G)
+  Tensor logits_, probs_;        // (N, G); probs_ only where keeps_probs()
   Tensor aux_dprobs_, aux_dlogits_;  // the router losses' gradients, from forward
   ops::Route route_;
   int64_t capacity_ = 0;  // route_'s capacity before moe.pad_to_largest made it the padded stride

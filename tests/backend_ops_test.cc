@@ -1258,6 +1258,60 @@ std::vector<OpCase> cases() {
                    ops::tokens_gate(x, gg, gw, gp, in[0], fn, p);
                    for (const auto& [a, b] : {std::pair{&gp, &o[0]}, {&gg, &route.group}, {&gw, &route.weight}})
                      EXPECT_TRUE(bitwise_equal(a->to(host_ctx()), b->to(host_ctx()))) << "tokens_gate";
+                   // Without the probabilities kept (a router that recomputes them):
+                   // the same groups and weights, and the same route.
+                   Tensor none;
+                   for (Tensor* t : {&gg, &gw}) poison(*t, x);
+                   ops::tokens_gate(x, gg, gw, none, in[0], fn, p);
+                   for (const auto& [a, b] : {std::pair{&gg, &route.group}, {&gw, &route.weight}})
+                     EXPECT_TRUE(bitwise_equal(a->to(host_ctx()), b->to(host_ctx()))) << "tokens_gate, no probs";
+                   ops::Route three;
+                   ops::tokens_choose_logits(x, three, none, in[0], fn, p);
+                   for (const auto& [a, b] : {std::pair{&route.group, &three.group}, {&route.slot, &three.slot},
+                                              {&route.weight, &three.weight}, {&route.offset, &three.offset}})
+                     EXPECT_TRUE(bitwise_equal(a->to(host_ctx()), b->to(host_ctx()))) << "the route, no probs";
+                 }});
+  }
+  // The router's backward in one pass (ops::router_backward) and the routing
+  // sums from the logits: the route chosen from exact probabilities (the
+  // same on both backends), the logits' own scores recomputed. On CUDA up
+  // to 128 groups and k 8 one kernel with the row in registers (G 24 and 64
+  // with 16-byte rows, 70 without, 100 at 16 lanes a row), past that the
+  // sequence of ops (G 130; k 9); softmax and sigmoid, renormalised or not,
+  // with and without the losses.
+  struct RouterBackwardCase {
+    std::string name;
+    int64_t G;
+    int k;
+    bool sigmoid, renorm;
+    float alpha, beta;
+  };
+  for (const RouterBackwardCase& g : std::vector<RouterBackwardCase>{{"softmax_64", 64, 2, false, false, 0.3f, 0.2f},
+                                                                     {"sigmoid_renorm_24", 24, 3, true, true, 0.3f, 0.2f},
+                                                                     {"softmax_renorm_70", 70, 1, false, true, 0.1f, 0.f},
+                                                                     {"sigmoid_100", 100, 8, true, false, 0.f, 0.5f},
+                                                                     {"softmax_130", 130, 2, false, false, 0.3f, 0.2f},
+                                                                     {"softmax_k9_40", 40, 9, false, true, 0.3f, 0.2f}}) {
+    const int64_t N = 300;
+    c.push_back({"router_backward_" + g.name, Tol::f32,
+                 [=](Rng& r) { return Ins{randn({N, g.G}, r, 2.f), probs_of({N, g.G}, r), randn({N * g.k}, r)}; },
+                 [=](Ctx& x, const Ins&) {
+                   return Outs{fresh(x, {N, g.G}), fresh(x, {ops::routing_sums_size(g.G)})};
+                 },
+                 [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::TokensChooseParams p;
+                   p.k = g.k;
+                   p.capacity_factor = 0.9f;
+                   p.renormalize = g.renorm;
+                   ops::Route route;
+                   ops::tokens_choose(x, route, in[1], p);
+                   const ops::ScoreFn fn = g.sigmoid ? ops::ScoreFn::sigmoid : ops::ScoreFn::softmax;
+                   Tensor sums = out(x, {ops::routing_sums_size(g.G)}, DType::f64);
+                   ops::routing_sums_logits(x, sums, in[0], fn, route);
+                   ops::router_backward(x, o[0], {in[0], fn, route, in[2], g.renorm, &sums, g.alpha, g.beta});
+                   std::vector<float> f32;
+                   for (double v : sums.to_vector<double>()) f32.push_back(static_cast<float>(v));
+                   put(x, o[1], f32);
                  }});
   }
   // The budget step after capacity, batch and causal per run of 10 items.

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "grad_check.h"
 #include "ops/router_loss.h"
 
@@ -319,6 +321,88 @@ TEST(ZLoss, HandComputed) {
   const Tensor l = zeros({1, 2});
   Tensor d = zeros({1, 2});
   EXPECT_NEAR(z_loss(host_ctx(), d, l, 0.1f), 0.1 * std::log(2.0) * std::log(2.0), 1e-6);
+}
+
+// router_backward against finite differences of what it is the gradient of,
+// computed here in double from the logits alone: J(l) = sum_a dw_a w_a(l) +
+// alpha G sum_g f_g P_g(l) + beta mean_i lse_i(l)^2, the route's groups and
+// f fixed (counts), w_a = p of the assignment's group, or that over the
+// item's picks' sum (renormalised); softmax and sigmoid scores.
+TEST(RouterBackward, GradientOfWeightsAndLossesMatchesFiniteDifferences) {
+  Ctx& ctx = host_ctx();
+  const int64_t N = 6, G = 5, k = 2;
+  const float alpha = 0.3f, beta = 0.2f;
+  for (const ScoreFn fn : {ScoreFn::softmax, ScoreFn::sigmoid})
+    for (const bool renorm : {false, true}) {
+      Rng rng(7);
+      Tensor logits = testing::randn({N, G}, rng);
+      const Tensor dweight = testing::randn({N * k}, rng);
+      TokensChooseParams prm;
+      prm.k = k;
+      prm.renormalize = renorm;
+      Route r;
+      Tensor none;
+      tokens_choose_logits(ctx, r, none, logits, fn, prm);
+      Tensor sums = Tensor::zeros({routing_sums_size(G)}, DType::f64, ctx);
+      routing_sums_logits(ctx, sums, logits, fn, r);
+      const std::vector<double> f = RoutingTotals::read(sums, G).f();
+      const int32_t* group = r.group.data<int32_t>();
+      auto J = [&] {
+        const float* l = logits.f32();
+        double total = 0, lse2 = 0;
+        std::vector<double> P(G, 0.0);
+        for (int64_t i = 0; i < N; ++i) {
+          double mx = l[i * G], s = 0;
+          for (int64_t g = 0; g < G; ++g) mx = std::max(mx, double(l[i * G + g]));
+          for (int64_t g = 0; g < G; ++g) s += std::exp(l[i * G + g] - mx);
+          const double lse = mx + std::log(s);
+          lse2 += lse * lse;
+          std::vector<double> p(G);
+          for (int64_t g = 0; g < G; ++g)
+            p[g] = fn == ScoreFn::softmax ? std::exp(l[i * G + g] - lse) : 1 / (1 + std::exp(-double(l[i * G + g])));
+          for (int64_t g = 0; g < G; ++g) P[g] += p[g] / N;
+          double S = 0;
+          for (int64_t j = 0; j < k; ++j) S += p[group[i * k + j]];
+          for (int64_t j = 0; j < k; ++j)
+            total += dweight.f32()[i * k + j] * p[group[i * k + j]] / (renorm ? S : 1.0);
+        }
+        for (int64_t g = 0; g < G; ++g) total += alpha * G * f[g] * P[g];
+        return total + beta * lse2 / N;
+      };
+      Tensor dlogits = testing::zeros({N, G});
+      dlogits.fill(std::nanf(""));  // written, not added
+      router_backward(ctx, dlogits, {logits, fn, r, dweight, renorm, &sums, alpha, beta});
+      testing::expect_gradient(std::string(fn == ScoreFn::softmax ? "softmax" : "sigmoid") +
+                                   (renorm ? " renormalised" : ""),
+                               logits, dlogits, J, 1e-3, 1e-2);
+    }
+}
+
+// Without their gradient tensors the load-balance and z-losses give the
+// values of the full calls (a router that keeps no probabilities).
+TEST(RouterLosses, ValueOnlyIsTheFullCallsValue) {
+  Ctx& ctx = host_ctx();
+  Rng rng(3);
+  const Tensor logits = testing::randn({7, 4}, rng), probs = softmax_of(logits);
+  TokensChooseParams prm;
+  prm.k = 2;
+  const Route r = tokens_choose(probs, prm);
+  Tensor sums = Tensor::zeros({routing_sums_size(4)}, DType::f64, ctx);
+  routing_sums(ctx, sums, probs, r);
+  Tensor full = Tensor::empty({1}, DType::f64, ctx), only = Tensor::empty({1}, DType::f64, ctx), none;
+  Tensor d = zeros({7, 4});
+  ops::load_balance_loss(ctx, d, full, sums, 0.3f);
+  ops::load_balance_loss(ctx, none, only, sums, 0.3f);
+  EXPECT_GT(full.to_vector<double>()[0], 0.0);
+  EXPECT_EQ(full.to_vector<double>()[0], only.to_vector<double>()[0]);
+  ops::z_loss(ctx, d, full, logits, 0.2f);
+  ops::z_loss(ctx, none, only, logits, 0.2f);
+  EXPECT_GT(full.to_vector<double>()[0], 0.0);
+  EXPECT_EQ(full.to_vector<double>()[0], only.to_vector<double>()[0]);
+  // routing_sums_logits is router_scores then routing_sums.
+  Tensor from_logits = Tensor::zeros({routing_sums_size(4)}, DType::f64, ctx);
+  routing_sums_logits(ctx, from_logits, logits, ScoreFn::softmax, r);
+  EXPECT_EQ(from_logits.to_vector<double>(), sums.to_vector<double>());
 }
 
 }  // namespace

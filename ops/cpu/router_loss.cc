@@ -42,13 +42,14 @@ std::vector<double> sums_of(const Tensor& probs_t, const Route& r, int64_t i0, i
   return s;
 }
 
-// Adds alpha G f_g / N to dprobs[i, g] for the items [i0, i1) whose statistics
-// f and P are; returns sum_g f_g P_g.
+// Adds alpha G f_g / N to dprobs[i, g] (null: nothing) for the items [i0,
+// i1) whose statistics f and P are; returns sum_g f_g P_g.
 double add_balance_term(float* dprobs, int64_t i0, int64_t i1, int64_t N, int64_t G, const std::vector<double>& f,
                         const std::vector<double>& P, float alpha) {
   double fp = 0;
   for (int64_t g = 0; g < G; ++g) {
     fp += f[g] * P[g];
+    if (!dprobs) continue;
     const float d = static_cast<float>(alpha * G * f[g] / N);
     for (int64_t i = i0; i < i1; ++i) dprobs[i * G + g] += d;
   }
@@ -62,12 +63,34 @@ void routing_sums(Ctx&, Tensor& sums, const Tensor& probs, const Route& r, int64
 }
 
 void load_balance_loss(Ctx&, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha) {
-  const int64_t N = dprobs.dim(0), G = dprobs.dim(1);
+  // (without dprobs: the value only, N unused)
+  const int64_t N = dprobs.defined() ? dprobs.dim(0) : 1, G = (sums.numel() - routing_sums_size(0)) / 4;
   double* v = value.data<double>();
   v[0] = 0;
   if (alpha == 0.f || N == 0) return;
   const RoutingTotals t = RoutingTotals::read(sums, G);
-  v[0] = static_cast<float>(alpha * G * add_balance_term(dprobs.f32(), 0, N, N, G, t.f(), t.P(), alpha));
+  float* d = dprobs.defined() ? dprobs.f32() : nullptr;
+  v[0] = static_cast<float>(alpha * G * add_balance_term(d, 0, N, N, G, t.f(), t.P(), alpha));
+}
+
+void routing_sums_logits(Ctx& ctx, Tensor& sums, const Tensor& logits, ScoreFn fn, const Route& r) {
+  Tensor probs = Tensor::empty(logits.shape(), DType::f32, ctx);
+  cpu::router_scores(ctx, probs, logits, fn);
+  cpu::routing_sums(ctx, sums, probs, r, 0, r.num_items);
+}
+
+// The sequence ops/router_loss.h defines it by, exactly: what a router that
+// keeps its probabilities computes (runtime/router.cc), bit for bit.
+void router_backward(Ctx& ctx, Tensor& dlogits, const RouterBackwardArgs& a) {
+  const Shape shape = a.logits.shape();
+  Tensor probs = Tensor::empty(shape, DType::f32, ctx);
+  cpu::router_scores(ctx, probs, a.logits, a.fn);
+  Tensor dprobs = Tensor::zeros(shape, DType::f32, ctx), value = Tensor::empty({1}, DType::f64, ctx);
+  if (a.alpha != 0.f) cpu::load_balance_loss(ctx, dprobs, value, *a.sums, a.alpha);
+  cpu::route_weights_backward(ctx, dprobs, a.dweight, probs, a.route, a.renormalized);
+  dlogits.zero(ctx);
+  if (a.beta != 0.f) cpu::z_loss(ctx, dlogits, value, a.logits, a.beta);
+  cpu::router_scores_backward(ctx, dlogits, dprobs, probs, a.fn);
 }
 
 void load_balance_loss_grouped(Ctx&, Tensor& dprobs, Tensor& value, const Tensor& probs, const Route& r,
@@ -101,15 +124,16 @@ void z_loss(Ctx&, Tensor& dlogits, Tensor& value, const Tensor& logits, float be
   double loss = 0;
   std::vector<double> e(G);
   const float* lp = logits.f32();
-  float* dlp = dlogits.f32();
+  float* dlp = dlogits.defined() ? dlogits.f32() : nullptr;  // (undefined: the value only)
   for (int64_t i = 0; i < N; ++i) {
     const float* l = lp + i * G;
-    float* dl = dlp + i * G;
     const float mx = *std::max_element(l, l + G);
     double s = 0;
     for (int64_t g = 0; g < G; ++g) s += (e[g] = std::exp(l[g] - mx));
     const double lse = mx + std::log(s);
     loss += lse * lse;
+    if (!dlp) continue;
+    float* dl = dlp + i * G;
     for (int64_t g = 0; g < G; ++g) dl[g] += static_cast<float>(2.0 * beta * lse * (e[g] / s) / N);
   }
   v[0] = static_cast<float>(beta * loss / N);

@@ -125,16 +125,22 @@ void choose_top_k(const Tensor& probs, const TokensChooseParams& p, int32_t* gro
 }  // namespace
 
 // The reference is the composition (ops/routing.h).
+// The gating's probabilities: the caller's, or scratch where it keeps none.
+static Tensor gate_probs(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn) {
+  Tensor p = probs.defined() ? probs : Tensor::empty(logits.shape(), DType::f32, ctx);
+  cpu::router_scores(ctx, p, logits, fn);
+  return p;
+}
+
 void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                           const TokensChooseParams& p) {
-  cpu::router_scores(ctx, probs, logits, fn);
-  cpu::tokens_choose(ctx, r, probs, p);
+  cpu::tokens_choose(ctx, r, gate_probs(ctx, probs, logits, fn), p);
 }
 
 void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
                  const TokensChooseParams& p) {
-  cpu::router_scores(ctx, probs, logits, fn);
-  choose_top_k(probs, p, group.data<int32_t>(), weight.f32(), /*top_score=*/nullptr);
+  const Tensor scores = gate_probs(ctx, probs, logits, fn);
+  choose_top_k(scores, p, group.data<int32_t>(), weight.f32(), /*top_score=*/nullptr);
 }
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {

@@ -9,7 +9,10 @@
 //   serial order by rounding only. Blocks of the power of two >= G threads
 //   (32 to kBlock) and chunks of 32 items: at N 16384, G 64 that is 512
 //   blocks of 64 threads, where 64 blocks of 256 threads (192 of them idle),
-//   each walking 256 items, took 0.22 ms on an H200.
+//   each walking 256 items, took 0.22 ms on an H200. routing_sums_logits
+//   is the same kernel with p = score_fn(logits): a warp a row first puts
+//   the chunk's row maxima and sums in shared memory.
+// router_backward: up to 128 groups a row in registers (see its kernel).
 // load_balance_loss: one block reads the routing sums: thread g computes f_g,
 //   P_g and the per-group gradient alpha G f_g / N with the CPU's operations,
 //   thread 0 adds sum_g f P in group order and writes the value; the gradient
@@ -29,6 +32,7 @@
 //   and the row threads read it: the condition R > B and the value stay on
 //   the device.
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/router_rows.cuh"
 #include "ops/router_loss.h"
 
 #include <algorithm>
@@ -41,12 +45,47 @@ constexpr int kTail = 6;         // assigned, items, dropped, unserved, entropy,
 constexpr int kWarps = kBlock / 32;
 }  // namespace
 
-static __global__ void routing_sum_partials(const float* probs, const int32_t* group, const int32_t* slot, int64_t i0,
+// Where routing_sum_partials reads p: the probabilities in memory, or
+// (logits set) score_fn of the logits, softmax from the chunk's row maxima
+// and sums (rows(): a warp a row, in shared memory), router_scores' formula.
+struct ProbSource {
+  const float* probs;
+  const float* logits;
+  bool softmax;
+  int64_t G;
+};
+
+static __device__ void chunk_rows(const ProbSource& src, int64_t b0, int64_t b1, float* mx, float* sum) {
+  if (!src.logits) return;
+  const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int64_t i = b0 + threadIdx.x / 32; i < b1; i += warps) {
+    const float* l = src.logits + i * src.G;
+    float m = -INFINITY;
+    for (int64_t g = lane; g < src.G; g += 32) m = fmaxf(m, l[g]);
+    m = warp_max(m);
+    float s = 0.f;
+    for (int64_t g = lane; g < src.G; g += 32) s += expf(l[g] - m);
+    s = warp_sum(s);
+    if (lane == 0) mx[i - b0] = m, sum[i - b0] = s;
+  }
+  __syncthreads();
+}
+
+static __device__ __forceinline__ float prob_at(const ProbSource& src, int64_t i, int64_t g, const float* mx,
+                                                const float* sum, int64_t b0) {
+  if (!src.logits) return src.probs[i * src.G + g];
+  const float l = src.logits[i * src.G + g];
+  return src.softmax ? expf(l - mx[i - b0]) / sum[i - b0] : 1.f / (1.f + expf(-l));
+}
+
+static __global__ void routing_sum_partials(ProbSource src, const int32_t* group, const int32_t* slot, int64_t i0,
                                             int64_t i1, int64_t G, int64_t k, double* partial) {
   __shared__ double scratch[kBlock];
+  __shared__ float row_max[kItems], row_sum[kItems];
   const int64_t width = 4 * G + kTail;
   const int64_t b0 = i0 + blockIdx.x * kItems, b1 = min(i1, b0 + kItems);
   double* out = partial + blockIdx.x * width;
+  chunk_rows(src, b0, b1, row_max, row_sum);
   double entropy = 0;
   for (int64_t g = threadIdx.x; g < G; g += blockDim.x) {
     double chosen = 0, prob = 0, kept = 0, cut = 0;
@@ -57,7 +96,7 @@ static __global__ void routing_sum_partials(const float* probs, const int32_t* g
         kept += slot[a] >= 0;
         cut += slot[a] == -2;
       }
-      const float p = probs[i * G + g];
+      const float p = prob_at(src, i, g, row_max, row_sum, b0);
       prob += p;
       if (p > 0) entropy -= p * logf(p);
     }
@@ -97,18 +136,28 @@ static __global__ void add_partials(const double* partial, int64_t blocks, int64
   sums[e] = s;
 }
 
-void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1) {
+static void launch_routing_sums(Ctx& ctx, Tensor& sums, const ProbSource& src, const Route& r, int64_t i0,
+                                int64_t i1) {
   const int64_t G = r.num_groups, width = 4 * G + kTail;
   const int64_t blocks = std::max<int64_t>(1, (i1 - i0 + kItems - 1) / kItems);
   Tensor partial = Tensor::empty({blocks * width}, DType::f64, ctx);
   int threads = 32;  // (a power of two: block_sum)
   while (threads < G && threads < kBlock) threads *= 2;
   routing_sum_partials<<<static_cast<unsigned>(blocks), threads, 0, stream(ctx)>>>(
-      probs.data<float>(), r.group.data<int32_t>(), r.slot.data<int32_t>(), i0, i1, G, r.k, partial.data<double>());
+      src, r.group.data<int32_t>(), r.slot.data<int32_t>(), i0, i1, G, r.k, partial.data<double>());
   CUDA_CHECK(cudaGetLastError());
   add_partials<<<grid_for(width), kBlock, 0, stream(ctx)>>>(partial.data<double>(), blocks, width,
                                                             sums.data<double>());
   CUDA_CHECK(cudaGetLastError());
+}
+
+void routing_sums(Ctx& ctx, Tensor& sums, const Tensor& probs, const Route& r, int64_t i0, int64_t i1) {
+  launch_routing_sums(ctx, sums, ProbSource{probs.data<float>(), nullptr, false, r.num_groups}, r, i0, i1);
+}
+
+void routing_sums_logits(Ctx& ctx, Tensor& sums, const Tensor& logits, ScoreFn fn, const Route& r) {
+  launch_routing_sums(ctx, sums, ProbSource{nullptr, logits.data<float>(), fn == ScoreFn::softmax, r.num_groups}, r,
+                      0, r.num_items);
 }
 
 // dprobs[i, g] += d[g] for every row.
@@ -139,7 +188,8 @@ static __global__ void balance_from_sums(float* d, double* fp, double* value, co
 }
 
 void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha) {
-  const int64_t N = dprobs.dim(0), G = dprobs.dim(1);
+  // (without dprobs: the value only, N unused)
+  const int64_t N = dprobs.defined() ? dprobs.dim(0) : 1, G = (sums.numel() - kTail) / 4;
   if (alpha == 0.f || N == 0) {
     CUDA_CHECK(cudaMemsetAsync(value.raw(), 0, sizeof(double), stream(ctx)));
     return;
@@ -149,6 +199,7 @@ void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& su
   balance_from_sums<<<1, kBlock, 0, stream(ctx)>>>(d.data<float>(), fp.data<double>(), value.data<double>(),
                                                    sums.data<double>(), G, N, alpha);
   CUDA_CHECK(cudaGetLastError());
+  if (!dprobs.defined()) return;
   add_to_columns<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), d.data<float>(), N, G);
   CUDA_CHECK(cudaGetLastError());
 }
@@ -222,6 +273,7 @@ static __global__ void z_loss_rows(float* dlogits, double* lse2, const float* lo
   s = warp_sum(s);
   const double lse = mx + log(s);
   if (lane == 0) lse2[i] = lse * lse;
+  if (!dlogits) return;  // the value only
   float* dl = dlogits + i * G;
   for (int64_t g = lane; g < G; g += 32) dl[g] += static_cast<float>(2.0 * beta * lse * exp(l[g] - lse) / N);
 }
@@ -233,7 +285,8 @@ void z_loss(Ctx& ctx, Tensor& dlogits, Tensor& value, const Tensor& logits, floa
     return;
   }
   Tensor lse2 = Tensor::empty({N}, DType::f64, ctx);
-  z_loss_rows<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(dlogits.data<float>(), lse2.data<double>(),
+  z_loss_rows<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(dlogits.defined() ? dlogits.data<float>() : nullptr,
+                                                               lse2.data<double>(),
                                                                logits.data<float>(), N, G, beta);
   CUDA_CHECK(cudaGetLastError());
   Tensor total = Tensor::empty({1}, DType::f64, ctx);
@@ -352,6 +405,166 @@ float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const 
     return 0.f;
   }
   return active ? static_cast<float>(a.lambda * (a.realized - a.budget)) : 0.f;
+}
+
+// ---- router_backward ------------------------------------------------------
+//
+// Up to 128 groups and k <= 8: a row in registers (ops/cuda/router_rows.cuh,
+// L lanes a row), one read of the logits and the route, one write of dlogits.
+// The softmax is router_scores' (max, exp, sum over the row's lanes, the
+// division), the z-loss term z_loss_rows' (the sum and lse in double); the
+// picks' probabilities come from their lanes by a shuffle. The terms are
+// added in the CPU sequence's order: dp = a_g, then the weights' term; dl =
+// z, then p (dp - <p, dp>) (or p (1 - p) dp). Otherwise the sequence itself
+// on the device (scratch probabilities and gradients).
+namespace {
+struct RouterRows {
+  float* dlogits;
+  const float* logits;
+  const int32_t* group;
+  const float* dweight;
+  const float* lb;  // (G) alpha G f_g / N, or null
+  int64_t N;
+  int G, k;
+  bool softmax, renormalized;
+  float beta;
+  bool vec;
+};
+constexpr int kMaxPicks = 8;
+}  // namespace
+
+template <int L, int NV>
+static __global__ void router_backward_rows(RouterRows a) {
+  const int64_t row = blockIdx.x * static_cast<int64_t>(rows_per_block<L>()) + threadIdx.x / L;
+  const bool valid = row < a.N;
+  const int64_t i = valid ? row : 0;
+  const int sub = threadIdx.x % L, g0 = sub * NV, first_lane = threadIdx.x % 32 - sub;
+  float l[NV], p[NV], dp[NV];
+  load_row<NV>(l, a.logits + i * a.G, a.G, sub, valid, a.vec);
+  float mx = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    if (g0 + j < a.G) mx = fmaxf(mx, l[j]);
+  mx = warp_max<float, L>(mx);
+  float e[NV], s = 0.f;
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    e[j] = g0 + j < a.G ? expf(l[j] - mx) : 0.f;
+    s += e[j];
+  }
+  s = warp_sum<float, L>(s);
+#pragma unroll
+  for (int j = 0; j < NV; ++j) p[j] = a.softmax ? e[j] / s : 1.f / (1.f + expf(-l[j]));
+  if (a.lb)
+    load_row<NV>(dp, a.lb, a.G, sub, true, a.vec);
+  else
+#pragma unroll
+    for (int j = 0; j < NV; ++j) dp[j] = 0.f;
+
+  // The combine weights' term (route_weights_backward's arithmetic).
+  int g[kMaxPicks];
+  float dw[kMaxPicks], pr[kMaxPicks];
+  float S = 0.f, dot = 0.f;
+#pragma unroll
+  for (int r = 0; r < kMaxPicks; ++r) {
+    if (r >= a.k) break;  // (k is the same for every lane: the shuffles below stay converged)
+    g[r] = a.group[i * a.k + r];
+    dw[r] = a.dweight[i * a.k + r];
+    float mine = 0.f;
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+      if (g0 + j == g[r]) mine = p[j];
+    pr[r] = __shfl_sync(0xffffffffu, mine, first_lane + (g[r] >= 0 ? g[r] / NV : 0));
+    if (g[r] >= 0) S += pr[r], dot = __fadd_rn(dot, __fmul_rn(dw[r], pr[r]));  // (no FMA, as there)
+  }
+  if (!a.renormalized || !(S <= 0.f)) {  // (a NaN S passes its NaN on, as there)
+#pragma unroll
+    for (int r = 0; r < kMaxPicks; ++r) {
+      if (r >= a.k) break;
+      if (g[r] < 0) continue;
+      const float t = a.renormalized ? dw[r] / S - dot / (S * S) : dw[r];
+#pragma unroll
+      for (int j = 0; j < NV; ++j)
+        if (g0 + j == g[r]) dp[j] += t;
+    }
+  }
+
+  // z-loss (z_loss_rows' arithmetic), then the scores' Jacobian.
+  float dl[NV];
+  double lse = 0;
+  if (a.beta != 0.f) {
+    double sd = 0;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) sd += e[j];
+    sd = warp_sum<double, L>(sd);
+    lse = mx + log(sd);
+  }
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    dl[j] = a.beta != 0.f ? static_cast<float>(2.0 * a.beta * lse * exp(l[j] - lse) / a.N) : 0.f;
+  if (a.softmax) {
+    float pdp = 0.f;
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+      if (g0 + j < a.G) pdp += p[j] * dp[j];
+    pdp = warp_sum<float, L>(pdp);
+#pragma unroll
+    for (int j = 0; j < NV; ++j) dl[j] += p[j] * (dp[j] - pdp);
+  } else {
+#pragma unroll
+    for (int j = 0; j < NV; ++j) dl[j] += p[j] * (1.f - p[j]) * dp[j];
+  }
+  if (valid) store_row<NV>(a.dlogits + i * a.G, dl, a.G, sub, a.vec);
+}
+
+void router_backward(Ctx& ctx, Tensor& dlogits, const RouterBackwardArgs& a) {
+  const Route& r = a.route;
+  const int64_t N = r.num_items, G = r.num_groups;
+  if (N * G == 0) return;
+  Tensor lb, scratch_fp, scratch_value;
+  if (a.alpha != 0.f) {
+    lb = Tensor::empty({G}, DType::f32, ctx);
+    scratch_fp = Tensor::empty({G}, DType::f64, ctx);
+    scratch_value = Tensor::empty({1}, DType::f64, ctx);
+    balance_from_sums<<<1, kBlock, 0, stream(ctx)>>>(lb.data<float>(), scratch_fp.data<double>(),
+                                                     scratch_value.data<double>(), a.sums->data<double>(), G, N,
+                                                     a.alpha);
+    CUDA_CHECK(cudaGetLastError());
+  }
+  if (G <= 128 && r.k <= kMaxPicks) {
+    RouterRows rows{dlogits.data<float>(),
+                    a.logits.data<float>(),
+                    r.group.data<int32_t>(),
+                    a.dweight.data<float>(),
+                    lb.defined() ? lb.data<float>() : nullptr,
+                    N,
+                    static_cast<int>(G),
+                    static_cast<int>(r.k),
+                    a.fn == ScoreFn::softmax,
+                    a.renormalized,
+                    a.beta,
+                    false};
+    rows.vec = row_vec(G, {rows.dlogits, rows.logits, rows.lb});
+    with_row_layout(G, [&](auto L, auto NV) {
+      constexpr int kL = decltype(L)::value, kNV = decltype(NV)::value;
+      router_backward_rows<kL, kNV><<<grid_for(N, rows_per_block<kL>()), kBlock, 0, stream(ctx)>>>(rows);
+    });
+    CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  // The sequence of ops/router_loss.h.
+  Tensor probs = Tensor::empty({N, G}, DType::f32, ctx), dprobs = Tensor::zeros({N, G}, DType::f32, ctx);
+  cuda::router_scores(ctx, probs, a.logits, a.fn);
+  if (a.alpha != 0.f)
+    add_to_columns<<<grid_stride(N * G), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), lb.data<float>(), N, G);
+  CUDA_CHECK(cudaGetLastError());
+  cuda::route_weights_backward(ctx, dprobs, a.dweight, probs, r, a.renormalized);
+  dlogits.zero(ctx);
+  if (a.beta != 0.f) {
+    Tensor value = Tensor::empty({1}, DType::f64, ctx);
+    cuda::z_loss(ctx, dlogits, value, a.logits, a.beta);
+  }
+  cuda::router_scores_backward(ctx, dlogits, dprobs, probs, a.fn);
 }
 
 }  // namespace sy::ops::cuda

@@ -8,7 +8,10 @@
 //                 warp an item (<p, dp> by a butterfly).
 // tokens_choose_logits: the scores and step 1 below in one kernel of the
 //                 same layout (the logits read once, the same bits as
-//                 router_scores), then steps 2 and 3.
+//                 router_scores, the probabilities written or not), then
+//                 steps 2 and 3. Up to 128 groups and k <= 8 its top-k is
+//                 one pass (gate_topk_regs: each lane's k best, merged
+//                 across the row's lanes), the same choice as step 1's.
 // tokens_choose:
 //   1. top-k, one warp per item: k rounds of a warp argmax over the selection
 //      scores key + bias, each round restricted to the scores strictly below
@@ -52,6 +55,7 @@
 #include "ops/cuda/column_select.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cub_ops.h"
+#include "ops/cuda/router_rows.cuh"
 #include "ops/cuda/routing_steps.h"
 #include "ops/routing.h"
 
@@ -84,87 +88,56 @@ static __global__ void softmax_rows(float* probs, const float* logits, int64_t N
 }
 
 // A row of G <= L NV scores in registers, L lanes a row (L = 8 or 16:
-// a warp holds 32 / L rows; lane `sub` of its row holds groups sub + L j,
-// j < NV): the logits l read once, the probabilities written to p once and
-// left in v. Softmax: the lane's values in ascending g, then a butterfly
-// over the row's L lanes (offsets below L never leave the row), the
-// division after the exp as stored. router_scores and tokens_choose_logits
-// both take their rows from here with the same L and NV (row_layout), so
-// they give the same bits. Lanes of a row past N (valid false) take part in
-// the shuffles and write nothing. (One row a warp, as this was until
-// 2026-12-04, spent 5 shuffles a reduction and a top-k round on one row of
-// 64 groups, where 8 lanes a row spend 3 on each of 4 rows: the H200 timed
-// the gating at 39 us for 65536 x 64 logits, about an instruction-bound
-// figure, against 16 us for the softmax alone.)
+// a warp holds 32 / L rows; lane `sub` of its row holds the NV adjacent
+// groups sub NV + j, j < NV, so that a lane reads its logits as 16-byte
+// loads where the rows allow, row_vec): the logits l read once, the
+// probabilities written to p once (p null: not written, the gating that
+// leaves them to be recomputed) and left in v. Softmax: the lane's values
+// in ascending g, then a butterfly over the row's L lanes (offsets below L
+// never leave the row), the division after the exp as stored. router_scores
+// and tokens_choose_logits both take their rows from here with the same L
+// and NV (row_layout), so they give the same bits. Lanes of a row past N
+// (valid false) take part in the shuffles and write nothing. (One row a
+// warp, as this was until 2026-12-04, spent 5 shuffles a reduction and a
+// top-k round on one row of 64 groups, where 8 lanes a row spend 3 on each
+// of 4 rows. Until 2026-12-05 lane `sub` held groups sub + L j: 4-byte loads
+// and stores, 2 NV instructions a lane where NV / 2 now do.)
 template <int L, int NV>
 static __device__ __forceinline__ void scores_in_registers(float (&v)[NV], const float* l, float* p, int64_t G,
-                                                           int sub, bool valid, bool softmax) {
-#pragma unroll
-  for (int j = 0; j < NV; ++j) v[j] = valid && sub + L * j < G ? l[sub + L * j] : 0.f;
+                                                           int sub, bool valid, bool softmax, bool vec) {
+  load_row<NV>(v, l, G, sub, valid, vec);
+  const int g0 = sub * NV;
   if (softmax) {
     float mx = -INFINITY;
 #pragma unroll
     for (int j = 0; j < NV; ++j)
-      if (sub + L * j < G) mx = fmaxf(mx, v[j]);
+      if (g0 + j < G) mx = fmaxf(mx, v[j]);
     mx = warp_max<float, L>(mx);
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < NV; ++j)
-      if (sub + L * j < G) sum += (v[j] = expf(v[j] - mx));
+      if (g0 + j < G) sum += (v[j] = expf(v[j] - mx));
     sum = warp_sum<float, L>(sum);
 #pragma unroll
     for (int j = 0; j < NV; ++j)
-      if (sub + L * j < G) v[j] /= sum;
+      if (g0 + j < G) v[j] /= sum;
   } else {
 #pragma unroll
     for (int j = 0; j < NV; ++j) v[j] = 1.f / (1.f + expf(-v[j]));
   }
-  if (!valid) return;
-#pragma unroll
-  for (int j = 0; j < NV; ++j)
-    if (sub + L * j < G) p[sub + L * j] = v[j];
-}
-
-// Rows of G <= 128 groups in registers: L lanes a row, NV values a lane,
-// NV a power of two (the values past G are skipped: fewer instances).
-struct RowLayout {
-  int L, NV;
-};
-inline RowLayout row_layout(int64_t G) {
-  const int L = G <= 64 ? 8 : 16;
-  int NV = 1;
-  while (NV * L < G) NV *= 2;
-  return {L, NV};
-}
-// Calls f(integral_constant L, integral_constant NV) for G's layout (G <= 128).
-template <class F>
-void with_row_layout(int64_t G, F&& f) {
-  using std::integral_constant;
-  const RowLayout r = row_layout(G);
-  if (r.L == 16) return f(integral_constant<int, 16>{}, integral_constant<int, 8>{});
-  switch (r.NV) {
-    case 1: return f(integral_constant<int, 8>{}, integral_constant<int, 1>{});
-    case 2: return f(integral_constant<int, 8>{}, integral_constant<int, 2>{});
-    case 4: return f(integral_constant<int, 8>{}, integral_constant<int, 4>{});
-    default: return f(integral_constant<int, 8>{}, integral_constant<int, 8>{});
-  }
-}
-// Rows a block of the register kernels holds.
-template <int L>
-__host__ __device__ constexpr int rows_per_block() {
-  return kWarps * (32 / L);
+  if (valid && p) store_row<NV>(p, v, G, sub, vec);
 }
 
 // router_scores' softmax with the row in registers: the logits read once
 // and the probabilities written once, where softmax_rows reads the logits
 // twice and writes each probability twice.
 template <int L, int NV>
-static __global__ void softmax_rows_regs(float* probs, const float* logits, int64_t N, int64_t G) {
+static __global__ void softmax_rows_regs(float* probs, const float* logits, int64_t N, int64_t G, bool vec) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(rows_per_block<L>()) + threadIdx.x / L;
   const bool valid = i < N;
+  const int64_t row = valid ? i : 0;
   float v[NV];
-  scores_in_registers<L, NV>(v, logits + (valid ? i : 0) * G, probs + (valid ? i : 0) * G, G, threadIdx.x % L,
-                             valid, true);
+  scores_in_registers<L, NV>(v, logits + row * G, probs + row * G, G, threadIdx.x % L, valid, true, vec);
 }
 
 static __global__ void sigmoid_all(float* probs, const float* logits, int64_t n) {
@@ -202,7 +175,8 @@ void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn) {
   else if (G <= 128)  // the row in registers (row_layout)
     with_row_layout(G, [&](auto L, auto NV) {
       constexpr int kL = decltype(L)::value, kNV = decltype(NV)::value;
-      softmax_rows_regs<kL, kNV><<<grid_for(N, rows_per_block<kL>()), kBlock, 0, stream(ctx)>>>(p, l, N, G);
+      softmax_rows_regs<kL, kNV>
+          <<<grid_for(N, rows_per_block<kL>()), kBlock, 0, stream(ctx)>>>(p, l, N, G, row_vec(G, {p, l}));
     });
   else
     softmax_rows<<<grid, kBlock, 0, stream(ctx)>>>(p, l, N, G);
@@ -335,46 +309,97 @@ static __global__ void gate_topk_kernel(TopkArgs a, const float* logits, bool so
 }
 
 // The same with the row in registers (scores_in_registers: L lanes a row,
-// NV values a lane): the logits read once, the probabilities written once,
-// the top-k chosen from the registers (a pick's probability from its lane by
-// a shuffle), where the kernel above writes each probability twice and reads
-// the row back k + 1 times. Each round: consider() over the lane's values in
-// ascending g, then row_pick over the row's L lanes; lane 0 of the row
-// records. The tie rules are topk_row's, so the
-// same choice; the probabilities are router_scores' (the same layout).
-template <int L, int NV>
-static __global__ void gate_topk_regs(TopkArgs a, const float* logits, bool softmax) {
+// NV adjacent groups a lane), the top-k in one pass: the logits read once,
+// the probabilities written once (or not: a.probs null), no reading back.
+// Each lane keeps its K best (score, group, p) in order (score descending,
+// group ascending: topk_row's order, NaN as -inf), inserting its NV values
+// in ascending g; then log2 L butterfly steps each merge two lanes' lists:
+// the better of A_r and B_(K-1-r) is the top K of both lists as a bitonic
+// sequence (A descending, B reversed ascending), which a bitonic merge puts
+// in order. Groups are distinct, so the order is total and every lane of
+// the row ends with the same list, the row's top K; a list the row's k
+// picks are a prefix of (K the power of two >= k; lanes without K values
+// fill theirs with sentinels, below every group). Lane r < k of the row
+// writes pick r. (Until 2026-12-05 k rounds each took every value through
+// a compare against the previous pick, then a butterfly: 27 us for the
+// H200's 65536 x 64 top-2, where the softmax alone took 16 us.)
+namespace {
+struct Pick {
+  float s;  // selection score (NaN as -inf)
+  int g;    // group within the row, INT_MAX for a sentinel
+  float p;  // probability (the weight)
+};
+__device__ __forceinline__ bool better(const Pick& a, const Pick& b) { return a.s > b.s || (a.s == b.s && a.g < b.g); }
+__device__ __forceinline__ void order2(Pick& a, Pick& b) {  // a the better of the two after
+  if (better(b, a)) {
+    const Pick t = a;
+    a = b, b = t;
+  }
+}
+template <int K>
+__device__ __forceinline__ void insert(Pick (&top)[K], Pick x) {
+#pragma unroll
+  for (int r = 0; r < K; ++r) order2(top[r], x);
+}
+// The row's top K over its L lanes (see above).
+template <int L, int K>
+__device__ __forceinline__ void merge_row(Pick (&top)[K]) {
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) {
+    Pick other[K];
+#pragma unroll
+    for (int r = 0; r < K; ++r) {
+      other[r].s = __shfl_xor_sync(0xffffffffu, top[r].s, o);
+      other[r].g = __shfl_xor_sync(0xffffffffu, top[r].g, o);
+      other[r].p = __shfl_xor_sync(0xffffffffu, top[r].p, o);
+    }
+#pragma unroll
+    for (int r = 0; r < K; ++r)
+      if (better(other[K - 1 - r], top[r])) top[r] = other[K - 1 - r];
+#pragma unroll
+    for (int h = K / 2; h > 0; h >>= 1)
+#pragma unroll
+      for (int r = 0; r < K; ++r)
+        if ((r & h) == 0) order2(top[r], top[r + h]);
+  }
+}
+}  // namespace
+
+template <int L, int NV, int K>
+static __global__ void gate_topk_regs(TopkArgs a, const float* logits, bool softmax, bool vec) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(rows_per_block<L>()) + threadIdx.x / L;
   const bool valid = row < a.N;
   const int64_t i = valid ? row : 0;
-  const int sub = threadIdx.x % L, first_lane = threadIdx.x % 32 - sub;
-  float v[NV];
-  scores_in_registers<L, NV>(v, logits + i * a.G, const_cast<float*>(a.probs) + i * a.G, a.G, sub, valid, softmax);
-  const float* key = a.keys ? a.keys + i * a.G : nullptr;
-  float prev_v = 0.f, wsum = 0.f, first_p = 0.f;
-  int prev_g = -1;
-  const int64_t base = a.segment > 0 ? i / a.segment * a.G : 0;
-  for (int r = 0; r < a.k; ++r) {
-    float best_v = 0.f;
-    int best_g = -1;
+  const int sub = threadIdx.x % L, g0 = sub * NV;
+  float v[NV], key[NV], bias[NV];
+  scores_in_registers<L, NV>(v, logits + i * a.G, a.probs ? const_cast<float*>(a.probs) + i * a.G : nullptr, a.G,
+                             sub, valid, softmax, vec);
+  if (a.keys) load_row<NV>(key, a.keys + i * a.G, a.G, sub, valid, vec);
+  if (a.bias) load_row<NV>(bias, a.bias, a.G, sub, true, vec);
+  Pick top[K];
 #pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int g = sub + L * j;
-      if (valid && g < a.G)
-        consider((key ? key[g] : v[j]) + (a.bias ? a.bias[g] : 0.f), g, prev_v, prev_g, best_v, best_g);
-    }
-    row_pick<L>(best_v, best_g);
-    prev_v = best_v, prev_g = best_g;
-    // The pick's probability, from the row's lane that holds it (the row's lanes agree on best_g).
-    float mine = 0.f;
+  for (int r = 0; r < K; ++r) top[r] = {-INFINITY, INT_MAX, 0.f};
 #pragma unroll
-    for (int j = 0; j < NV; ++j)
-      if (sub + L * j == best_g) mine = v[j];
-    const float w = __shfl_sync(0xffffffffu, mine, first_lane + (best_g >= 0 ? best_g % L : 0));
-    if (r == 0) first_p = w;
-    if (valid && sub == 0 && best_g >= 0) record_pick(a, i, r, base + best_g, w, wsum);
+  for (int j = 0; j < NV; ++j) {
+    if (g0 + j >= a.G) continue;
+    float s = (a.keys ? key[j] : v[j]) + (a.bias ? bias[j] : 0.f);
+    if (s != s) s = -INFINITY;
+    insert<K>(top, Pick{s, g0 + j, v[j]});
   }
-  if (valid && sub == 0) finish_item(a, i, wsum, first_p);
+  merge_row<L, K>(top);
+  if (!valid || sub >= a.k) return;
+  // Lane sub records pick sub; every lane of the row holds the same picks.
+  const int64_t base = a.segment > 0 ? i / a.segment * a.G : 0;
+  float wsum = 0.f, mine_p = 0.f;
+  int mine_g = 0;
+#pragma unroll
+  for (int r = 0; r < K; ++r) {
+    if (r < a.k) wsum += top[r].p;  // in choice order, as record_pick adds
+    if (r == sub) mine_p = top[r].p, mine_g = top[r].g;
+  }
+  a.group[i * a.k + sub] = static_cast<int32_t>(base + mine_g);
+  a.weight[i * a.k + sub] = a.renormalize && wsum > 0 ? mine_p / wsum : mine_p;
+  if (a.top && sub == 0) a.top[i] = top[0].p;
 }
 
 // Key and value of assignment a (see the top of the file).
@@ -502,42 +527,65 @@ void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const Tokens
 
 namespace {
 // Step 1: the top-k kernel over probs, or (logits given) the gating kernel
-// that writes probs from them first; group, weight (N*k), top (N, or null:
-// not written).
-void launch_choice(Ctx& ctx, const Tensor& probs, const Tensor* logits, ScoreFn fn, const TokensChooseParams& p,
-                   int32_t* group, float* weight, float* top) {
-  const int64_t N = probs.dim(0), G = probs.dim(1);
-  const TopkArgs ta{probs.data<float>(),
-                    p.selection_keys ? p.selection_keys->data<float>() : nullptr,
-                    p.selection_bias ? p.selection_bias->data<float>() : nullptr,
-                    group,
-                    weight,
-                    top,
-                    N,
-                    static_cast<int>(G),
-                    p.k,
-                    p.renormalize,
-                    p.segment};
-  if (N == 0) return;
-  const unsigned grid = grid_for(N, kWarps);
-  const bool sm = fn == ScoreFn::softmax;
-  const float* l = logits ? logits->data<float>() : nullptr;
-  if (logits && G <= 128)  // the row in registers (row_layout, as router_scores)
-    with_row_layout(G, [&](auto L, auto NV) {
-      constexpr int kL = decltype(L)::value, kNV = decltype(NV)::value;
-      gate_topk_regs<kL, kNV><<<grid_for(N, rows_per_block<kL>()), kBlock, 0, stream(ctx)>>>(ta, l, sm);
-    });
-  else if (logits)
-    gate_topk_kernel<<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm);
+// that writes probs from them (or not: probs undefined) as it chooses;
+// group, weight (N*k), top (N, or null: not written). Up to 128 groups and
+// k <= 8 one kernel with the row in registers; otherwise the probabilities
+// go through memory (scratch where none is kept): router_scores' then
+// topk_kernel, or past 128 groups gate_topk_kernel.
+template <int L, int NV>
+void launch_regs(Ctx& ctx, const TopkArgs& ta, const float* l, bool sm, bool vec) {
+  const unsigned grid = grid_for(ta.N, rows_per_block<L>());
+  const int k = ta.k;
+  if (k <= 1)
+    gate_topk_regs<L, NV, 1><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm, vec);
+  else if (k <= 2)
+    gate_topk_regs<L, NV, 2><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm, vec);
+  else if (k <= 4)
+    gate_topk_regs<L, NV, 4><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm, vec);
   else
+    gate_topk_regs<L, NV, 8><<<grid, kBlock, 0, stream(ctx)>>>(ta, l, sm, vec);
+}
+
+void launch_choice(Ctx& ctx, Tensor* probs, const Tensor* logits, ScoreFn fn, const TokensChooseParams& p,
+                   int32_t* group, float* weight, float* top) {
+  const Tensor& scores = logits ? *logits : *probs;
+  const int64_t N = scores.dim(0), G = scores.dim(1);
+  if (N == 0) return;
+  const bool kept = probs && probs->defined();
+  const float* keys = p.selection_keys ? p.selection_keys->data<float>() : nullptr;
+  const float* bias = p.selection_bias ? p.selection_bias->data<float>() : nullptr;
+  TopkArgs ta{kept ? probs->data<float>() : nullptr, keys, bias, group, weight, top, N, static_cast<int>(G), p.k,
+              p.renormalize, p.segment};
+  const bool sm = fn == ScoreFn::softmax;
+  if (logits && G <= 128 && p.k <= 8) {  // the row in registers (row_layout, as router_scores)
+    const float* l = logits->data<float>();
+    const bool vec = row_vec(G, {l, ta.probs, keys, bias});
+    with_row_layout(G, [&](auto L, auto NV) { launch_regs<decltype(L)::value, decltype(NV)::value>(ctx, ta, l, sm, vec); });
+    CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  Tensor scratch;
+  if (logits && !kept) {
+    scratch = Tensor::empty({N, G}, DType::f32, ctx);
+    ta.probs = scratch.data<float>();
+  }
+  if (logits && G <= 128) {  // k > 8: router_scores' bits, then the top-k from memory
+    Tensor out = kept ? *probs : scratch;
+    cuda::router_scores(ctx, out, *logits, fn);
     topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
+  } else if (logits) {
+    gate_topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta, logits->data<float>(), sm);
+  } else {
+    topk_kernel<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(ta);
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 
 // tokens_choose's steps with step 1 launch_choice's.
-void choose_top_k(Ctx& ctx, Route& r, const Tensor& probs, const Tensor* logits, ScoreFn fn,
+void choose_top_k(Ctx& ctx, Route& r, Tensor* probs, const Tensor* logits, ScoreFn fn,
                   const TokensChooseParams& p) {
-  tokens_choose_by(ctx, r, probs.dim(0), probs.dim(1), p, [&](int32_t* group, float* weight, float* top) {
+  const Tensor& scores = logits ? *logits : *probs;
+  tokens_choose_by(ctx, r, scores.dim(0), scores.dim(1), p, [&](int32_t* group, float* weight, float* top) {
     launch_choice(ctx, probs, logits, fn, p, group, weight, top);
   });
 }
@@ -545,16 +593,16 @@ void choose_top_k(Ctx& ctx, Route& r, const Tensor& probs, const Tensor* logits,
 
 void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,
                  const TokensChooseParams& p) {
-  launch_choice(ctx, probs, &logits, fn, p, group.data<int32_t>(), weight.data<float>(), /*top=*/nullptr);
+  launch_choice(ctx, &probs, &logits, fn, p, group.data<int32_t>(), weight.data<float>(), /*top=*/nullptr);
 }
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
-  choose_top_k(ctx, r, probs, nullptr, ScoreFn::softmax, p);
+  choose_top_k(ctx, r, const_cast<Tensor*>(&probs), nullptr, ScoreFn::softmax, p);
 }
 
 void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                           const TokensChooseParams& p) {
-  choose_top_k(ctx, r, probs, &logits, fn, p);
+  choose_top_k(ctx, r, &probs, &logits, fn, p);
 }
 
 // ---- groups_choose --------------------------------------------------------
