@@ -17,7 +17,10 @@
 // It also computes the routing statistics and the router losses of each
 // forward (load balance, z-loss, compute budget), whose gradients backward
 // adds to the combine weights' own: dweight -> dprobs -> dlogits -> Wg and x
-// (the straight-through path of the routing core). Statistics, the
+// (the straight-through path of the routing core). Where nothing but these
+// reads the probabilities (keeps_probs() false: no expert choice, budget or
+// grouped balance) they are not kept: the statistics and backward recompute
+// them from the logits (ops::routing_sums_logits, ops::router_backward). Statistics, the
 // batch-wide load-balance loss and the realised-cost budget loss cover every
 // data-parallel rank's tokens (all-reduced routing sums); the grouped
 // load-balance loss, the z-loss and the expected-cost budget loss are over
