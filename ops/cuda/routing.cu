@@ -57,6 +57,7 @@
 #include "ops/cuda/cub_ops.h"
 #include "ops/cuda/router_rows.cuh"
 #include "ops/cuda/routing_steps.h"
+#include "ops/cuda/topk_merge.h"
 #include "ops/routing.h"
 
 #include <climits>
@@ -324,24 +325,8 @@ static __global__ void gate_topk_kernel(TopkArgs a, const float* logits, bool so
 // a compare against the previous pick, then a butterfly: 27 us for the
 // H200's 65536 x 64 top-2, where the softmax alone took 16 us.)
 namespace {
-struct Pick {
-  float s;  // selection score (NaN as -inf)
-  int g;    // group within the row, INT_MAX for a sentinel
-  float p;  // probability (the weight)
-};
-__device__ __forceinline__ bool better(const Pick& a, const Pick& b) { return a.s > b.s || (a.s == b.s && a.g < b.g); }
-__device__ __forceinline__ void order2(Pick& a, Pick& b) {  // a the better of the two after
-  if (better(b, a)) {
-    const Pick t = a;
-    a = b, b = t;
-  }
-}
-template <int K>
-__device__ __forceinline__ void insert(Pick (&top)[K], Pick x) {
-#pragma unroll
-  for (int r = 0; r < K; ++r) order2(top[r], x);
-}
-// The row's top K over its L lanes (see above).
+using topk::Pick;
+// The row's top K over its L lanes (ops/cuda/topk_merge.h).
 template <int L, int K>
 __device__ __forceinline__ void merge_row(Pick (&top)[K]) {
 #pragma unroll
@@ -353,14 +338,7 @@ __device__ __forceinline__ void merge_row(Pick (&top)[K]) {
       other[r].g = __shfl_xor_sync(0xffffffffu, top[r].g, o);
       other[r].p = __shfl_xor_sync(0xffffffffu, top[r].p, o);
     }
-#pragma unroll
-    for (int r = 0; r < K; ++r)
-      if (better(other[K - 1 - r], top[r])) top[r] = other[K - 1 - r];
-#pragma unroll
-    for (int h = K / 2; h > 0; h >>= 1)
-#pragma unroll
-      for (int r = 0; r < K; ++r)
-        if ((r & h) == 0) order2(top[r], top[r + h]);
+    topk::merge_sorted<K>(top, other);
   }
 }
 }  // namespace
@@ -378,13 +356,13 @@ static __global__ void gate_topk_regs(TopkArgs a, const float* logits, bool soft
   if (a.bias) load_row<NV>(bias, a.bias, a.G, sub, true, vec);
   Pick top[K];
 #pragma unroll
-  for (int r = 0; r < K; ++r) top[r] = {-INFINITY, INT_MAX, 0.f};
+  for (int r = 0; r < K; ++r) top[r] = topk::none();
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
     if (g0 + j >= a.G) continue;
     float s = (a.keys ? key[j] : v[j]) + (a.bias ? bias[j] : 0.f);
     if (s != s) s = -INFINITY;
-    insert<K>(top, Pick{s, g0 + j, v[j]});
+    topk::insert<K>(top, Pick{s, g0 + j, v[j]});
   }
   merge_row<L, K>(top);
   if (!valid || sub >= a.k) return;
