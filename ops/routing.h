@@ -166,7 +166,8 @@ void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logit
 // choice of policy 1, before step 2 of the CUDA notes): probs = score_fn(
 // logits), and each item's top-k groups and combine weights, bit for bit the
 // group and weight tokens_choose_logits writes into its route. group (N*k)
-// i32, weight (N*k) f32, probs (N, G) f32; p's k, renormalize,
+// i32, weight (N*k) f32, probs (N, G) f32 or undefined (not written, as
+// for tokens_choose_logits); p's k, renormalize,
 // selection_bias, selection_keys and segment are read, its capacity,
 // dropless, priority and padded are not. On CUDA: the one gating kernel.
 // What a route's buffers are not needed for (a dropless top-k whose rows are

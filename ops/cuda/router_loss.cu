@@ -411,8 +411,8 @@ float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const 
 //
 // Up to 128 groups and k <= 8: a row in registers (ops/cuda/router_rows.cuh,
 // L lanes a row), one read of the logits and the route, one write of dlogits.
-// The softmax is router_scores' (max, exp, sum over the row's lanes, the
-// division), the z-loss term z_loss_rows' (the sum and lse in double); the
+// The softmax is router_scores' (row_exp, then the division: the gating's bits),
+// the z-loss term z_loss_rows' (the sum and lse in double); the
 // picks' probabilities come from their lanes by a shuffle. The terms are
 // added in the CPU sequence's order: dp = a_g, then the weights' term; dl =
 // z, then p (dp - <p, dp>) (or p (1 - p) dp). Otherwise the sequence itself
@@ -439,20 +439,12 @@ static __global__ void router_backward_rows(RouterRows a) {
   const bool valid = row < a.N;
   const int64_t i = valid ? row : 0;
   const int sub = threadIdx.x % L, g0 = sub * NV, first_lane = threadIdx.x % 32 - sub;
-  float l[NV], p[NV], dp[NV];
+  float l[NV], e[NV], p[NV], dp[NV];
   load_row<NV>(l, a.logits + i * a.G, a.G, sub, valid, a.vec);
-  float mx = -INFINITY;
+  float mx, s;
 #pragma unroll
-  for (int j = 0; j < NV; ++j)
-    if (g0 + j < a.G) mx = fmaxf(mx, l[j]);
-  mx = warp_max<float, L>(mx);
-  float e[NV], s = 0.f;
-#pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    e[j] = g0 + j < a.G ? expf(l[j] - mx) : 0.f;
-    s += e[j];
-  }
-  s = warp_sum<float, L>(s);
+  for (int j = 0; j < NV; ++j) e[j] = l[j];  // (0 past G: load_row's)
+  row_exp<L, NV>(e, a.G, sub, mx, s);  // the softmax for either score (the z-loss's)
 #pragma unroll
   for (int j = 0; j < NV; ++j) p[j] = a.softmax ? e[j] / s : 1.f / (1.f + expf(-l[j]));
   if (a.lb)

@@ -86,4 +86,23 @@ inline bool row_vec(int64_t G, std::initializer_list<const float*> bases) {
   return true;
 }
 
+// A row's softmax numerators in registers (router_scores' arithmetic, so
+// every kernel that recomputes the probabilities gets the gating's bits):
+// v becomes exp(v - max) for the row's groups, max and sum the row's (over
+// its L lanes); p = v / sum. Values past G are left as they are.
+template <int L, int NV>
+__device__ __forceinline__ void row_exp(float (&v)[NV], int64_t G, int sub, float& max, float& sum) {
+  const int g0 = sub * NV;
+  max = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    if (g0 + j < G) max = fmaxf(max, v[j]);
+  max = warp_max<float, L>(max);
+  sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    if (g0 + j < G) sum += (v[j] = expf(v[j] - max));
+  sum = warp_sum<float, L>(sum);
+}
+
 }  // namespace sy::ops::cuda

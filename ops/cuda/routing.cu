@@ -109,16 +109,8 @@ static __device__ __forceinline__ void scores_in_registers(float (&v)[NV], const
   load_row<NV>(v, l, G, sub, valid, vec);
   const int g0 = sub * NV;
   if (softmax) {
-    float mx = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < NV; ++j)
-      if (g0 + j < G) mx = fmaxf(mx, v[j]);
-    mx = warp_max<float, L>(mx);
-    float sum = 0.f;
-#pragma unroll
-    for (int j = 0; j < NV; ++j)
-      if (g0 + j < G) sum += (v[j] = expf(v[j] - mx));
-    sum = warp_sum<float, L>(sum);
+    float mx, sum;
+    row_exp<L, NV>(v, G, sub, mx, sum);
 #pragma unroll
     for (int j = 0; j < NV; ++j)
       if (g0 + j < G) v[j] /= sum;
