@@ -426,16 +426,18 @@ int main(int argc, char** argv) {
       const int64_t V = quick ? 256 : 32768, n = quick ? 512 : 8192;
       Tensor lh = randn({n, V}, rng, 2.f), th = Tensor::empty({n}, DType::i32, cpu);
       for (int64_t i = 0; i < n; ++i) th.data<int32_t>()[i] = static_cast<int32_t>(rng.below(V));
-      Tensor l = lh.to(ctx), t = th.to(ctx), p = Tensor::empty({n, V}, DType::f32, ctx), d = Tensor::empty({n, V}, DType::f32, ctx);
+      // Traffic: the logits read by each pass, dlogits written (ops/cross_entropy.h).
+      Tensor l = lh.to(ctx), t = th.to(ctx), st = Tensor::empty({n, 2}, DType::f32, ctx),
+             d = Tensor::empty({n, V}, DType::f32, ctx);
       add({"cross_entropy_fwd_bwd", std::to_string(n) + "x" + std::to_string(V), 0, 0, 3.0 * n * V * 4},
           [&] {
-            sy::ops::cross_entropy_forward(ctx, {p, l, t});
-            sy::ops::cross_entropy_backward(ctx, {d, p, t});
+            sy::ops::cross_entropy_forward(ctx, {st, l, t});
+            sy::ops::cross_entropy_backward(ctx, {d, l, st, t});
           },
           [&] {
-            Tensor pc = Tensor::empty({n, V}, DType::f32, cpu), dc = Tensor::empty({n, V}, DType::f32, cpu);
-            sy::ops::cross_entropy_forward(cpu, {pc, lh, th});
-            sy::ops::cross_entropy_backward(cpu, {dc, pc, th});
+            Tensor sc = Tensor::empty({n, 2}, DType::f32, cpu), dc = Tensor::empty({n, V}, DType::f32, cpu);
+            sy::ops::cross_entropy_forward(cpu, {sc, lh, th});
+            sy::ops::cross_entropy_backward(cpu, {dc, lh, sc, th});
             return count_wrong(d, dc, 1e-4);
           });
     }

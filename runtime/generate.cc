@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/philox.h"
+#include "ops/routing.h"
 
 namespace sy {
 
@@ -46,7 +47,11 @@ std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::ve
     for (int64_t t = 0; t < len; ++t)
       b.inputs[t] = text[text.size() - len + t];
     model.forward(b);
-    const Tensor probs = model.probs().rows(last, last + 1).reshape({V}).to(host_ctx());
+    // The last position's softmax over the vocabulary, on the host.
+    const Tensor logits = model.logits().rows(last, last + 1).to(host_ctx());
+    Tensor row = Tensor::empty({1, V}, DType::f32, host_ctx());
+    ops::router_scores(host_ctx(), row, logits, ops::ScoreFn::softmax);
+    const Tensor probs = row.reshape({V});
     const RandomKey key{seed, random_stream(RandomPurpose::sample), 0, 0};
     const float u = bits_to_uniform(random_bits(key, text.size()).v[0]);
     text.push_back(static_cast<int32_t>(ops::sample_token(host_ctx(), probs, sp, u)));

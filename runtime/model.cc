@@ -277,8 +277,8 @@ float Transformer::forward(const Batch& batch) {
   }
   Tensor logits = head_->forward(ln_f_->forward(h));
   logits_ = logits;
-  probs_ = Tensor::empty(logits.shape(), DType::f32, ctx_);
-  const float loss = ops::cross_entropy_forward(ctx_, {probs_, logits, targets_});
+  ce_stats_ = Tensor::empty({logits.dim(0), 2}, DType::f32, ctx_);
+  const float loss = ops::cross_entropy_forward(ctx_, {ce_stats_, logits, targets_});
   check(logits, static_cast<int>(blocks_.size()) + 1);
   if (check_finite_ && first_nonfinite_ < 0 && !std::isfinite(loss)) first_nonfinite_ = static_cast<int>(blocks_.size()) + 1;
   return loss;
@@ -316,8 +316,8 @@ std::vector<std::pair<std::string, Tensor>> Transformer::balance_biases() {
 }
 
 void Transformer::backward(const std::function<void(int64_t)>& ready) {
-  Tensor dlogits = Tensor::empty(probs_.shape(), DType::f32, ctx_);
-  ops::cross_entropy_backward(ctx_, {dlogits, probs_, targets_});
+  Tensor dlogits = Tensor::empty(logits_.shape(), DType::f32, ctx_);
+  ops::cross_entropy_backward(ctx_, {dlogits, logits_, ce_stats_, targets_});
   // Tied embeddings: the head's gradient lands in wte (offset 0), which is
   // final only after the embedding's below, so ready(tail_offset_) still holds.
   Tensor dh = ln_f_->backward(head_->backward(dlogits));

@@ -134,9 +134,8 @@ class Transformer {
   // ("h<l>.moe.router.balance_bias", (G): the model's own tensor, a view).
   std::vector<CentroidSetRef> centroid_sets();
   std::vector<std::pair<std::string, Tensor>> balance_biases();
-  // The last forward's next-byte logits and probabilities, (N, V).
+  // The last forward's next-byte logits, (N, V) (their softmax: ops::router_scores).
   const Tensor& logits() const { return logits_; }
-  const Tensor& probs() const { return probs_; }
   // The forward of `batch` with every part's output checked: -1 when all are
   // finite, else the first that is not: 0 the embedding, 1 + l block l,
   // n_layers + 1 the head (ln_f, head, loss). part_name(): "embedding",
@@ -173,7 +172,7 @@ class Transformer {
   // saved
   Tensor inputs_, targets_;  // (B*T) i32
   int64_t B_ = 0;
-  Tensor logits_, probs_;
+  Tensor logits_, ce_stats_;  // ce_stats_: ops/cross_entropy.h's (N, 2)
   bool training_ = true;
   double moe_budget_ = 0;
   bool check_finite_ = false;

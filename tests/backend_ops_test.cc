@@ -834,15 +834,31 @@ std::vector<OpCase> cases() {
                  o[1].copy_from(in[3], x);
                  ops::embedding_backward(x, {o[0], o[1], in[1], in[0], 8});
                }});
-  // V 67, and V 515 > 256 (ops/cuda/cross_entropy.cu's forward block: several
-  // elements a thread).
-  for (const auto& [n, V] : std::vector<std::pair<int64_t, int64_t>>{{21, 67}, {9, 515}}) {
-    c.push_back({V == 67 ? "cross_entropy" : "cross_entropy_vocab_" + std::to_string(V), Tol::f32,
-                 [n = n, V = V](Rng& r) { return Ins{randn({n, V}, r, 2.f), ints({n}, r, V)}; },
-                 [n = n, V = V](Ctx& x, const Ins&) { return Outs{fresh(x, {n, V}), fresh(x, {n, V}), fresh(x, {1})}; },
+  // ops/cuda/cross_entropy.cu's rows: V 67 and 515 element by element (32
+  // and 256 threads, several elements a thread), V 1024 and 4100 in 16-byte
+  // vectors (4100: 1025 vectors over 256 threads, one thread with two); and
+  // "masked": V 1024 with logits at -inf (every third, and all of the first
+  // 512 in row 0, so whole threads see none above -inf).
+  for (const auto& [n, V, masked] : std::vector<std::tuple<int64_t, int64_t, bool>>{
+           {21, 67, false}, {9, 515, false}, {7, 1024, false}, {5, 4100, false}, {6, 1024, true}}) {
+    const std::string name = masked ? "cross_entropy_masked"
+                             : V == 67 ? "cross_entropy"
+                                       : "cross_entropy_vocab_" + std::to_string(V);
+    c.push_back({name, Tol::f32,
+                 [n = n, V = V, masked = masked](Rng& r) {
+                   Ins in{randn({n, V}, r, 2.f), ints({n}, r, V)};
+                   if (masked) {
+                     float* l = in[0].f32();
+                     const int32_t* y = in[1].data<int32_t>();
+                     for (int64_t i = 0; i < n * V; ++i)
+                       if ((i % 3 == 0 || i < 512) && i % V != y[i / V]) l[i] = -INFINITY;
+                   }
+                   return in;
+                 },
+                 [n = n, V = V](Ctx& x, const Ins&) { return Outs{fresh(x, {n, 2}), fresh(x, {n, V}), fresh(x, {1})}; },
                  [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    const float loss = ops::cross_entropy_forward(x, {o[0], in[0], in[1]});
-                   ops::cross_entropy_backward(x, {o[1], o[0], in[1], 0.5f});
+                   ops::cross_entropy_backward(x, {o[1], in[0], o[0], in[1], 0.5f});
                    put(x, o[2], std::vector<float>{loss});
                  }});
   }

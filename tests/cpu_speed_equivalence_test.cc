@@ -439,10 +439,17 @@ TEST(CpuSpeedEquivalence, CrossEntropy) {
       const Tensor logits = randn({N, V}, rng, 3.f);
       Tensor targets = Tensor::empty({N}, DType::i32, ctx);
       for (int64_t n = 0; n < N; ++n) targets.data<int32_t>()[n] = static_cast<int32_t>(rng.below(V));
-      Tensor probs = zeros({N, V}), probs_old = zeros({N, V});
-      const float loss = ops::cross_entropy_forward(ctx, {probs, logits, targets});
+      Tensor stats = zeros({N, 2}), dlogits = zeros({N, V}), probs_old = zeros({N, V});
+      const float loss = ops::cross_entropy_forward(ctx, {stats, logits, targets});
+      ops::cross_entropy_backward(ctx, {dlogits, logits, stats, targets});
       const float loss_old = old::cross_entropy_forward(probs_old, logits, targets);
-      expect_close("cross-entropy probs" + tag, probs, probs_old);
+      // The old gradient: (p - onehot(y)) / N from the saved probabilities.
+      Tensor dlogits_old = zeros({N, V});
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t v = 0; v < V; ++v) dlogits_old.f32()[n * V + v] = probs_old.f32()[n * V + v] / N;
+        dlogits_old.f32()[n * V + targets.data<int32_t>()[n]] -= 1.f / N;
+      }
+      expect_close("cross-entropy dlogits" + tag, dlogits, dlogits_old);
       const double rel = std::fabs(loss - loss_old) / std::max(1e-30, std::fabs(static_cast<double>(loss_old)));
       std::printf("  %-52s relative %.2e\n", ("cross-entropy loss" + tag).c_str(), rel);
       if (V > 1) EXPECT_LE(rel, kRelL2) << "cross-entropy loss" << tag << ": " << loss << " vs " << loss_old;

@@ -932,21 +932,51 @@ TEST(Attention, RefusesANegativeWindowAndTooManyHeads) {
 }
 
 TEST(CrossEntropy, UniformLogitsGiveLogV) {
-  Tensor logits = zeros({3, 256}), probs = zeros({3, 256});
-  float l = ops::cross_entropy_forward(host_ctx(), {probs, logits, tokens({0, 7, 255})});
+  Tensor logits = zeros({3, 256}), stats = zeros({3, 2});
+  float l = ops::cross_entropy_forward(host_ctx(), {stats, logits, tokens({0, 7, 255})});
   EXPECT_NEAR(l, std::log(256.f), 1e-5);
+  for (int n = 0; n < 3; ++n) {  // (m, 1/Z) = (0, 1/256), exactly
+    EXPECT_EQ(stats.f32()[2 * n], 0.f);
+    EXPECT_EQ(stats.f32()[2 * n + 1], 1.f / 256.f);
+  }
+}
+
+// A hand-computed row: logits (0, ln 3) give p = (1/4, 3/4); target 1: loss
+// -log(3/4); dlogits = scale (p - onehot) / N with N = 1.
+TEST(CrossEntropy, HandComputedRow) {
+  Tensor logits = zeros({1, 2}), stats = zeros({1, 2}), d = zeros({1, 2});
+  logits.f32()[1] = std::log(3.f);
+  const Tensor y = tokens({1});
+  const float l = ops::cross_entropy_forward(host_ctx(), {stats, logits, y});
+  EXPECT_NEAR(l, -std::log(0.75), 1e-6);
+  EXPECT_NEAR(stats.f32()[0], std::log(3.f), 1e-7);
+  EXPECT_NEAR(stats.f32()[1], 0.75f, 1e-7);  // 1 / Z, Z = e^(0 - ln 3) + e^0 = 4/3
+  ops::cross_entropy_backward(host_ctx(), {d, logits, stats, y, 2.f});
+  EXPECT_NEAR(d.f32()[0], 2 * 0.25, 1e-6);
+  EXPECT_NEAR(d.f32()[1], 2 * (0.75 - 1), 1e-6);
 }
 
 TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
   Ctx& ctx = host_ctx();
   Rng rng(8);
-  Tensor logits = randn({4, 9}, rng), probs = zeros({4, 9});
+  Tensor logits = randn({4, 9}, rng), stats = zeros({4, 2});
   const Tensor y = tokens({0, 8, 3, 3});
-  auto loss = [&] { return static_cast<double>(ops::cross_entropy_forward(ctx, {probs, logits, y})); };
+  auto loss = [&] { return static_cast<double>(ops::cross_entropy_forward(ctx, {stats, logits, y})); };
   loss();
   Tensor d = zeros({4, 9});
-  ops::cross_entropy_backward(ctx, {d, probs, y});
+  ops::cross_entropy_backward(ctx, {d, logits, stats, y});
   expect_gradient("dlogits", logits, d, loss, 1e-2);
+}
+
+TEST(CrossEntropy, RefusesBadTargetsAndAliasedGradients) {
+  Ctx& ctx = host_ctx();
+  Tensor logits = zeros({2, 5}), stats = zeros({2, 2});
+  EXPECT_THROW(ops::cross_entropy_forward(ctx, {stats, logits, tokens({0, 5})}), Error);
+  EXPECT_THROW(ops::cross_entropy_forward(ctx, {stats, logits, tokens({-1, 0})}), Error);
+  Tensor wrong = zeros({2, 1});
+  EXPECT_THROW(ops::cross_entropy_forward(ctx, {wrong, logits, tokens({0, 1})}), Error);
+  ops::cross_entropy_forward(ctx, {stats, logits, tokens({0, 1})});
+  EXPECT_THROW(ops::cross_entropy_backward(ctx, {logits, logits, stats, tokens({0, 1})}), Error);
 }
 
 TEST(AdamW, FirstStepMovesByLrTimesSign) {

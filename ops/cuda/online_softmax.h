@@ -1,0 +1,35 @@
+// A running softmax over a stream of values (Milakov & Gimelshein 2018,
+// "Online normalizer calculation for softmax"), for ops/cuda/cross_entropy.cu:
+// each thread of a row keeps m, the largest value it has seen, and
+// s = sum e^(x - m) over its values, rescaled when m grows; the row's
+// normaliser is then Z = sum_t s_t e^(m_t - M) with M = max_t m_t, in a
+// fixed order (the kernel's block_sum). One read of the row where a max pass
+// and a sum pass read it twice. tests/online_softmax_test.cc replays a row's
+// threads on the host. No CUDA headers: SY_HD is __host__ __device__ under
+// nvcc only.
+#pragma once
+#include <math.h>
+
+#include "ops/cuda/host_device.h"  // SY_HD
+
+namespace sy::ops {
+
+struct OnlineSoftmax {
+  float m = -INFINITY, s = 0.f;
+
+  // A -inf value adds nothing (e^-inf); NaN is never the max and makes s NaN.
+  SY_HD void add(float x) {
+    if (x > m) {                  // (false for NaN: it goes to the sum)
+      s = s * expf(m - x) + 1.f;  // (the first finite value: s is 0, e^-inf 0)
+      m = x;
+    } else if (x != -INFINITY) {
+      s += expf(x - m);
+    }
+  }
+
+  // This thread's part of Z given the row's max M: none where it saw no value
+  // above -inf (s is 0; a NaN it saw is in s and reaches Z).
+  SY_HD double share(float M) const { return s == 0.f ? 0.0 : static_cast<double>(s) * exp(static_cast<double>(m) - M); }
+};
+
+}  // namespace sy::ops
