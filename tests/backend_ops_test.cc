@@ -694,6 +694,24 @@ std::vector<OpCase> cases() {
   c.push_back({"layernorm_forward", Tol::f32, [](Rng& r) { return Ins{randn({33, 48}, r, 3.f), randn({48}, r), randn({48}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {33, 48}), fresh(x, {33}), fresh(x, {33})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::layernorm_forward(x, {o[0], o[1], o[2], in[0], in[1], in[2]}); }});
+  // ops/cuda/layernorm.cu's forward with the row in registers (C a multiple
+  // of 4 up to 2048): 1000 (8 vectors a lane, the last partly past the row),
+  // 2048 (16, full), 64 without w and b, and bf16 y at 1000; 48 above (one
+  // vector a lane, 20 lanes idle). Rows of 37, 70 (no affine) and 2100 take
+  // the three-pass kernel (the backward cases below run it).
+  for (const auto& [N, C, affine, bf] : std::vector<std::tuple<int64_t, int64_t, bool, bool>>{
+           {70, 1000, true, false}, {40, 2048, true, false}, {50, 64, false, false}, {70, 1000, true, true}})
+    c.push_back({"layernorm_forward_" + std::to_string(C) + (affine ? "" : "_no_affine") + (bf ? "_bf16_y" : ""),
+                 bf ? Tol::bf16 : Tol::f32,
+                 [N = N, C = C](Rng& r) { return Ins{randn({N, C}, r, 3.f), randn({C}, r), randn({C}, r)}; },
+                 [N = N, C = C](Ctx& x, const Ins&) { return Outs{fresh(x, {N, C}), fresh(x, {N}), fresh(x, {N})}; },
+                 [N = N, C = C, affine = affine, bf = bf](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   const Tensor w = affine ? in[1] : Tensor(), b = affine ? in[2] : Tensor();
+                   if (!bf) return ops::layernorm_forward(x, {o[0], o[1], o[2], in[0], w, b});
+                   Tensor y16 = out(x, {N, C}, DType::bf16);
+                   ops::layernorm_forward(x, {y16, o[1], o[2], in[0], w, b});
+                   ops::to_f32(x, o[0], y16);
+                 }});
   c.push_back({"layernorm_backward", Tol::f32,
                [](Rng& r) { return Ins{randn({130, 37}, r, 3.f), randn({37}, r), randn({37}, r), randn({130, 37}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{acc(x, {130, 37}), acc(x, {37}), acc(x, {37})}; },
