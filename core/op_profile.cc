@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "core/context.h"  // host_waits
+
 namespace sy {
 
 namespace {
@@ -30,11 +32,14 @@ std::unique_ptr<IntervalClock> host_clock() { return std::make_unique<HostClock>
 namespace {
 constexpr size_t kNone = static_cast<size_t>(-1);
 
-void add_to(std::vector<OpProfiler::Row>& totals, const std::string& name, double ms) {
+void add_to(std::vector<OpProfiler::Row>& totals, const std::string& name, double ms, double host_ms,
+            int64_t waits) {
   auto it = std::find_if(totals.begin(), totals.end(), [&](const OpProfiler::Row& r) { return r.op == name; });
-  if (it == totals.end()) it = totals.insert(totals.end(), OpProfiler::Row{name, 0, 0});
+  if (it == totals.end()) it = totals.insert(totals.end(), OpProfiler::Row{name});
   ++it->calls;
   it->ms += ms;
+  it->host_ms += host_ms;
+  it->waits += waits;
 }
 
 std::vector<OpProfiler::Row> by_time(std::vector<OpProfiler::Row> r) {
@@ -69,6 +74,8 @@ void OpProfiler::begin(const char* op) {
   iv.name = part ? open_[nest_.back()].name + " > " + op : op;
   iv.part = part;
   iv.begin = next_slot_++;
+  iv.waits_begin = host_waits();
+  iv.host_begin_s = now_s();
   clock_->mark(iv.begin);
   nest_.push_back(open_.size());
   open_.push_back(std::move(iv));
@@ -81,6 +88,8 @@ void OpProfiler::end() {
   if (i == kNone || !active_) return;
   open_[i].end = next_slot_++;
   clock_->mark(open_[i].end);
+  open_[i].host_end_s = now_s();
+  open_[i].waits_end = host_waits();
 }
 
 void OpProfiler::end_step() {
@@ -89,7 +98,8 @@ void OpProfiler::end_step() {
   if (next_slot_ > 0) clock_->wait(next_slot_ - 1);
   for (const Interval& iv : open_)
     if (iv.end > iv.begin)  // (closed within the step)
-      add_to(iv.part ? part_totals_ : totals_, iv.name, clock_->ms(iv.begin, iv.end));
+      add_to(iv.part ? part_totals_ : totals_, iv.name, clock_->ms(iv.begin, iv.end),
+             1e3 * (iv.host_end_s - iv.host_begin_s), iv.waits_end - iv.waits_begin);
   open_.clear();  // (begin_step resets the slots and the open scopes' indices)
   ++steps_;
   step_ms_ += 1e3 * (now_s() - step_start_s_);

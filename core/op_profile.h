@@ -13,6 +13,13 @@
 // around the op's launches: the GPU's time for that op's kernels (the device
 // machine has no working profiler counters, so CUDA events, as issue 17 asks).
 //
+// Beside its clock's interval each op and part records the host's own time
+// inside the call (steady clock: enqueueing its work, and any wait) and how
+// many times the host waited for the device in it (core/context.h's
+// host_waits). On a GPU these say what bounds an op: device time well above
+// host time is the device's work; host time at or above device time, or a
+// wait, means the device sat idle inside the op while the host caught up.
+//
 // Recording costs two event records per op and per part, and one wait per
 // step (for the last event), so a profiled run is slower than an unprofiled one: measure
 // speed without it, and where the time goes with it. Only the thread that
@@ -54,7 +61,9 @@ class OpProfiler {
   struct Row {
     std::string op;
     int64_t calls = 0;
-    double ms = 0;
+    double ms = 0;       // the clock's (host wall time, or the stream's events)
+    double host_ms = 0;  // the host's time inside the calls
+    int64_t waits = 0;   // the host's waits for the device inside the calls
   };
   std::vector<Row> rows() const;   // the outermost ops, by time, largest first
   std::vector<Row> parts() const;  // "op > part", by time, largest first
@@ -72,6 +81,8 @@ class OpProfiler {
     std::string name;
     size_t begin = 0, end = 0;
     bool part = false;
+    double host_begin_s = 0, host_end_s = 0;
+    int64_t waits_begin = 0, waits_end = 0;
   };
   std::vector<Interval> open_;
   std::vector<size_t> nest_;  // per open scope, its interval (kNone: not recorded)

@@ -9,7 +9,8 @@
 namespace sy {
 
 // Per op: calls and milliseconds per profiled step and the share of the
-// step's wall time; then the time inside no op (launch gaps, host work and
+// step's wall time, the host's own milliseconds inside the calls and its
+// waits for the device there; then the time inside no op (launch gaps, host work and
 // waits between ops) and the step itself; then the ops' parts ("op > part >
 // sub": the scopes inside an op, at any depth), whose time is already their op's.
 std::string op_profile_table(const OpProfiler& p);

@@ -3,8 +3,10 @@
 // the step records, and an op entry point records through SY_DISPATCH.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <thread>
 
+#include "core/context.h"
 #include "core/op_profile.h"
 #include "ops/elementwise.h"
 #include "runtime/op_profile_report.h"
@@ -89,6 +91,41 @@ TEST(OpProfiler, AScopeOpenAcrossStepsIsNotRecorded) {
   ASSERT_EQ(p.rows().size(), 1u);
   EXPECT_EQ(p.rows()[0].op, "fresh");
   EXPECT_TRUE(p.parts().empty());
+}
+
+// Each op and part also holds the host's time inside it and the host's
+// waits for the device there (core/context.h's count_host_wait): a wait
+// counts in every open scope it happens inside, and only there.
+TEST(OpProfiler, HostTimeAndWaitsPerOpAndPart) {
+  OpProfiler p(std::make_unique<CountingClock>());
+  p.begin_step();
+  {
+    const OpScope outer(&p, "outer");
+    count_host_wait();
+    {
+      const OpScope inner(&p, "inner");
+      count_host_wait();
+      count_host_wait();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  { const OpScope quiet(&p, "quiet"); }
+  count_host_wait();  // between ops: no op's
+  p.end_step();
+  const std::vector<OpProfiler::Row> rows = p.rows(), parts = p.parts();
+  ASSERT_EQ(rows.size(), 2u);
+  ASSERT_EQ(parts.size(), 1u);
+  EXPECT_EQ(rows[0].op, "outer");
+  EXPECT_EQ(rows[0].waits, 3);
+  EXPECT_EQ(rows[1].waits, 0);
+  EXPECT_EQ(parts[0].waits, 2);
+  EXPECT_GE(parts[0].host_ms, 20.0);             // the sleep, on the host's clock
+  EXPECT_GE(rows[0].host_ms, parts[0].host_ms);  // the part is inside its op
+  EXPECT_LT(rows[1].host_ms, 20.0);
+  const nlohmann::json j = op_profile_json(p);
+  EXPECT_DOUBLE_EQ(j["ops"][0]["host_waits_per_step"].get<double>(), 3.0);
+  EXPECT_GE(j["parts"][0]["host_ms_per_step"].get<double>(), 20.0);
+  EXPECT_NE(op_profile_table(p).find("host ms"), std::string::npos);
 }
 
 // An op entry point opens its scope on the Ctx's profiler (SY_DISPATCH).

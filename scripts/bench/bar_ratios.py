@@ -48,6 +48,22 @@ def say(line):
     print("bars: " + line, flush=True)
 
 
+def host_bound(prof):
+    """Ops and parts of a profile (core/op_profile.h) where the device sat idle:
+    the host's own time inside them near or above the device's, or a wait for
+    the device. Profiles from before the host columns have none; on the host
+    clock every op is the host's, so none are listed."""
+    out = []
+    if prof.get("clock") != "cuda events":
+        return out
+    for key, rows in (("op", prof.get("ops", [])), ("part", prof.get("parts", []))):
+        for r in rows:
+            ms, host, waits = r["ms_per_step"], r.get("host_ms_per_step"), r.get("host_waits_per_step", 0)
+            if host is not None and (waits > 0 or host >= 0.9 * ms):
+                out.append(f"{r[key]} {ms:.3f} ({host:.3f}, {waits:g})")
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bench-ops", required=True)
@@ -136,6 +152,9 @@ def main():
             parts = ", ".join(f"{p['part']} {p['ms_per_step']:.3f}" for p in prof.get("parts", [])[:10])
             if parts:
                 say(f"{name} parts (ms): {parts}")
+            waiting = host_bound(prof)
+            if waiting:
+                say(f"{name} ops and parts the host bounds (device ms, host ms, waits): {', '.join(waiting[:8])}")
 
     # The experts' GEMMs alone, seven ways (examples/bench_expert_gemm.h; not a
     # bar: which route the packed layer should take), the fastest first.
