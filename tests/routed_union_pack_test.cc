@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "attention_rows.h"
 #include "ops/cuda/attention_tiles.h"
@@ -142,6 +143,14 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
                                            got_o.f32(), got_lse.f32()});
   EXPECT_LE(rel_l2(got_o, o), 1e-5) << "o";
   testing::expect_lse(got_lse, lse);
+  if (D % 4 == 0) {  // merged in chunks of 4 (the device's 16-byte path): the same bits
+    Tensor o4 = poisoned({T, D}), lse4 = got_lse.clone();
+    run(T * D / 4, routed::UnionOut<routed::F32, 4>{h, c.q.f32(), c.k.f32(), c.v.f32(), p.layout, n.cnt.data(),
+                                                    n.n.data(), out.f32(), lse_p.f32(),
+                                                    1.f / std::sqrt(static_cast<float>(D)), o4.f32(), lse4.f32()});
+    EXPECT_EQ(0, std::memcmp(got_o.f32(), o4.f32(), got_o.nbytes())) << "o merged in chunks";
+    EXPECT_EQ(0, std::memcmp(got_lse.f32(), lse4.f32(), got_lse.nbytes())) << "lse merged in chunks";
+  }
 
   // the backward, from the reference's o and lse
   Tensor dout_p = poisoned({p.R, D}), o_p = poisoned({p.R, D}), lse_g = poisoned({p.R});
@@ -167,6 +176,14 @@ void expect_matches_reference(const Case& c, const ops::Clusters& cl) {
   run(T * D, routed::UnionScatter<routed::F32>{h, p.layout, n.n.data(), dqkv.f32(), c.dout.f32(), got.dq.f32(),
                                                got.dk.f32(), got.dv.f32()});
   testing::expect_grads(got, want);
+  if (D % 4 == 0) {  // scattered in chunks of 4: the same bits
+    Grads g4{c.start.dq.clone(), c.start.dk.clone(), c.start.dv.clone()};
+    run(T * D / 4, routed::UnionScatter<routed::F32, 4>{h, p.layout, n.n.data(), dqkv.f32(), c.dout.f32(), g4.dq.f32(),
+                                                        g4.dk.f32(), g4.dv.f32()});
+    EXPECT_EQ(0, std::memcmp(got.dq.f32(), g4.dq.f32(), got.dq.nbytes())) << "dq scattered in chunks";
+    EXPECT_EQ(0, std::memcmp(got.dk.f32(), g4.dk.f32(), got.dk.nbytes())) << "dk scattered in chunks";
+    EXPECT_EQ(0, std::memcmp(got.dv.f32(), g4.dv.f32(), got.dv.nbytes())) << "dv scattered in chunks";
+  }
 }
 
 ops::ClusterParams balanced() {

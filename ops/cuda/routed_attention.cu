@@ -701,6 +701,32 @@ bool tiled(const Clusters& cl, DType dt, int64_t D, const char* op) {
   return false;
 }
 
+// Routed attention's merge of a token's cluster rows into o (T tokens), and
+// the scatter of the packed gradients onto dq, dk, dv: in 16-byte chunks
+// where D and the tensors allow (the same bits), element by element
+// otherwise.
+template <class E>
+void union_out_rows(const Launch& run, int64_t T, const routed::UnionOut<E>& u) {
+  using Ty = typename E::T;
+  constexpr int V = 16 / sizeof(Ty);
+  const int64_t D = u.h.D;
+  if (routed::chunk_elems<Ty>(D, {u.q, u.k, u.v, u.out_p, u.o}) == V)
+    run(T * D / V, routed::UnionOut<E, V>{u.h, u.q, u.k, u.v, u.l, u.cnt, u.n, u.out_p, u.lse_p, u.scale, u.o, u.lse});
+  else
+    run(T * D, u);
+}
+
+template <class E>
+void union_scatter_rows(const Launch& run, int64_t T, const routed::UnionScatter<E>& u) {
+  using Ty = typename E::T;
+  constexpr int V = 16 / sizeof(Ty);
+  const int64_t D = u.h.D;
+  if (routed::chunk_elems<Ty>(D, {u.dqkv_p, u.dout, u.dq, u.dk, u.dv}) == V)
+    run(T * D / V, routed::UnionScatter<E, V>{u.h, u.l, u.n, u.dqkv_p, u.dout, u.dq, u.dk, u.dv});
+  else
+    run(T * D, u);
+}
+
 // The union packing of a prepared head: segments, rows, flags.
 struct UnionPack {
   Tensor seg, key_len, row_token, is_query, is_key;
@@ -812,9 +838,9 @@ void union_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   const Launch run{stream(ctx)};
   const int32_t *cnt = c.cnt.data<int32_t>(), *n = c.n.data<int32_t>();
   run(T, routed::UnionLse{p.head, u.layout, cnt, n, lse.data<float>(), a.lse.data<float>()});
-  run(T * D, routed::UnionOut<E>{p.head, elems<E>(a.q), elems<E>(a.k), elems<E>(a.v), u.layout, cnt, n,
-                                 elems<E>(out), lse.data<float>(), 1.f / std::sqrt(static_cast<float>(D)),
-                                 elems<E>(a.o), a.lse.data<float>()});
+  union_out_rows(run, T, routed::UnionOut<E>{p.head, elems<E>(a.q), elems<E>(a.k), elems<E>(a.v), u.layout, cnt, n,
+                                              elems<E>(out), lse.data<float>(), 1.f / std::sqrt(static_cast<float>(D)),
+                                              elems<E>(a.o), a.lse.data<float>()});
   // The key sets as the rows path builds them (its FillKeys, the same pair
   // rule), or their count alone.
   if (!a.key_sets) {
@@ -861,8 +887,9 @@ void union_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
     varlen_attention_backward(ctx, union_varlen(u, p, K, D), dqkv, dout, st->qkv, out, lse);
   }
   const OpScope part(ctx.profiler, "scatter dq dk dv");
-  run(T * D, routed::UnionScatter<E>{p.head, u.layout, st->c.n.data<int32_t>(), elems<E>(dqkv), elems<E>(a.dout),
-                                     elems<E>(a.dq), elems<E>(a.dk), elems<E>(a.dv)});
+  union_scatter_rows(run, T,
+                     routed::UnionScatter<E>{p.head, u.layout, st->c.n.data<int32_t>(), elems<E>(dqkv),
+                                             elems<E>(a.dout), elems<E>(a.dq), elems<E>(a.dk), elems<E>(a.dv)});
 }
 
 }  // namespace

@@ -170,8 +170,28 @@ struct UnionLse {
   }
 };
 
-// Element i = t * D + d of o (and lse_t at d = 0 for the lone and the none).
-template <class E>
+// V elements of T as floats (E::load each), and back (E::store each): on the
+// device one 16- or 8-byte access (copy_chunk; the caller checked the
+// alignment with chunk_elems), on the host a loop; the same values.
+template <class E, int V>
+SY_HD inline void load_chunk(float (&x)[V], const typename E::T* src) {
+  alignas(16) typename E::T buf[V];
+  copy_chunk<typename E::T, V>(buf, src);
+  for (int e = 0; e < V; ++e) x[e] = E::load(buf[e]);
+}
+template <class E, int V>
+SY_HD inline void store_chunk(typename E::T* dst, const float (&x)[V]) {
+  alignas(16) typename E::T buf[V];
+  for (int e = 0; e < V; ++e) buf[e] = E::store(x[e]);
+  copy_chunk<typename E::T, V>(dst, buf);
+}
+
+// Chunk i of o: elements t * D + d .. + V-1 (D a multiple of V; V = 1 is
+// element by element), and lse_t at d = 0 for the lone and the none. Each
+// element's arithmetic is the same whatever V (a row's weight
+// e^{lse_c - lse} is computed once a chunk instead of once an element: the
+// same value), so every V gives the same bits.
+template <class E, int V = 1>
 struct UnionOut {
   using T = typename E::T;
   Head h;  // routes only; the values are these:
@@ -184,31 +204,38 @@ struct UnionOut {
   T* o;
   float* lse;
   SY_HD void operator()(int64_t i) const {
-    const int64_t D = h.D, t = i / D, d = i % D;
+    const int64_t D = h.D, per_row = D / V, t = i / per_row, d = i % per_row * V, at = t * D + d;
     if (n[t] < 0) {
-      o[i] = E::store(0.f);
+      float zero[V];
+      for (int e = 0; e < V; ++e) zero[e] = 0.f;
+      store_chunk<E, V>(o + at, zero);
       if (d == 0) lse[t] = -INFINITY;
       return;
     }
     if (n[t] == 0) {
-      o[i] = v[i];
+      copy_chunk<T, V>(o + at, v + at);
       if (d == 0) lse[t] = dot_of<E>(q + t * D, k + t * D, D) * scale;
       return;
     }
     const float L = lse[t];
-    float acc = 0.f;
+    float acc[V];
+    for (int e = 0; e < V; ++e) acc[e] = 0.f;
     each_row(h.qs, h.W, t, [&](int64_t r, int64_t c) {
       if (cnt[r] == 0) return;
       const int64_t p = l.query_row(r, c);
-      acc += expf(lse_p[p] - L) * E::load(out_p[p * D + d]);
+      const float w = expf(lse_p[p] - L);
+      float x[V];
+      load_chunk<E, V>(x, out_p + p * D + d);
+      for (int e = 0; e < V; ++e) acc[e] += w * x[e];
     });
-    o[i] = E::store(acc);
+    store_chunk<E, V>(o + at, acc);
   }
 };
 
-// Element i = t * D + d: dq, dk, dv accumulate the packed gradients of t's
-// rows (after UnionCounts); a lone member's self pair adds dout_t to dv_t.
-template <class E>
+// Chunk i (elements t * D + d .. + V-1, as UnionOut's): dq, dk, dv
+// accumulate the packed gradients of t's rows (after UnionCounts); a lone
+// member's self pair adds dout_t to dv_t. Every V gives the same bits.
+template <class E, int V = 1>
 struct UnionScatter {
   using T = typename E::T;
   Head h;
@@ -218,23 +245,44 @@ struct UnionScatter {
   const T* dout;    // (T, D)
   T *dq, *dk, *dv;
   SY_HD void operator()(int64_t i) const {
-    const int64_t D = h.D, t = i / D, d = i % D;
+    const int64_t D = h.D, per_row = D / V, t = i / per_row, d = i % per_row * V, at = t * D + d;
+    float x[V];
     if (n[t] >= 0) {
-      float g = 0.f;
-      each_row(h.qs, h.W, t, [&](int64_t r, int64_t c) { g += E::load(dqkv_p[l.query_row(r, c) * 3 * D + d]); });
-      dq[i] = E::store(E::load(dq[i]) + g);
+      float g[V];
+      for (int e = 0; e < V; ++e) g[e] = 0.f;
+      each_row(h.qs, h.W, t, [&](int64_t r, int64_t c) {
+        load_chunk<E, V>(x, dqkv_p + l.query_row(r, c) * 3 * D + d);
+        for (int e = 0; e < V; ++e) g[e] += x[e];
+      });
+      load_chunk<E, V>(x, dq + at);
+      for (int e = 0; e < V; ++e) x[e] += g[e];
+      store_chunk<E, V>(dq + at, x);
     }
     bool key = false;
-    float gk = 0.f, gv = 0.f;
+    float gk[V], gv[V];
+    for (int e = 0; e < V; ++e) gk[e] = gv[e] = 0.f;
     each_row(h.ks, h.W, t, [&](int64_t j, int64_t c) {
       const T* g = dqkv_p + l.key_row(j, c) * 3 * D;
-      gk += E::load(g[D + d]);
-      gv += E::load(g[2 * D + d]);
+      load_chunk<E, V>(x, g + D + d);
+      for (int e = 0; e < V; ++e) gk[e] += x[e];
+      load_chunk<E, V>(x, g + 2 * D + d);
+      for (int e = 0; e < V; ++e) gv[e] += x[e];
       key = true;
     });
-    if (n[t] == 0) gv += E::load(dout[i]);
-    if (key) dk[i] = E::store(E::load(dk[i]) + gk);
-    if (key || n[t] == 0) dv[i] = E::store(E::load(dv[i]) + gv);
+    if (n[t] == 0) {
+      load_chunk<E, V>(x, dout + at);
+      for (int e = 0; e < V; ++e) gv[e] += x[e];
+    }
+    if (key) {
+      load_chunk<E, V>(x, dk + at);
+      for (int e = 0; e < V; ++e) x[e] += gk[e];
+      store_chunk<E, V>(dk + at, x);
+    }
+    if (key || n[t] == 0) {
+      load_chunk<E, V>(x, dv + at);
+      for (int e = 0; e < V; ++e) x[e] += gv[e];
+      store_chunk<E, V>(dv + at, x);
+    }
   }
 };
 
