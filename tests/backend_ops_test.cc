@@ -696,11 +696,14 @@ std::vector<OpCase> cases() {
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::layernorm_forward(x, {o[0], o[1], o[2], in[0], in[1], in[2]}); }});
   // ops/cuda/layernorm.cu's forward with the row in registers (C a multiple
   // of 4 up to 2048): 1000 (8 vectors a lane, the last partly past the row),
-  // 2048 (16, full), 64 without w and b, and bf16 y at 1000; 48 above (one
-  // vector a lane, 20 lanes idle). Rows of 37, 70 (no affine) and 2100 take
+  // 2048 (16, full), and bf16 y at 1000; rows of 16, 32 and 64 values on 4,
+  // 8 and 16 lanes, several rows a warp (N not a multiple of the rows a
+  // block: a warp's last rows past N), 64 without w and b, 32 with bf16 y;
+  // 48 above (16 lanes, 4 idle). Rows of 37, 70 (no affine) and 2100 take
   // the three-pass kernel (the backward cases below run it).
   for (const auto& [N, C, affine, bf] : std::vector<std::tuple<int64_t, int64_t, bool, bool>>{
-           {70, 1000, true, false}, {40, 2048, true, false}, {50, 64, false, false}, {70, 1000, true, true}})
+           {70, 1000, true, false}, {40, 2048, true, false}, {70, 1000, true, true}, {50, 64, false, false},
+           {77, 16, true, false}, {45, 32, true, true}})
     c.push_back({"layernorm_forward_" + std::to_string(C) + (affine ? "" : "_no_affine") + (bf ? "_bf16_y" : ""),
                  bf ? Tol::bf16 : Tol::f32,
                  [N = N, C = C](Rng& r) { return Ins{randn({N, C}, r, 3.f), randn({C}, r), randn({C}, r)}; },

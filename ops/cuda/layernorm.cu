@@ -70,8 +70,9 @@ static __global__ void layernorm_forward_kernel(TY* y, float* mean, float* rstd,
 
 // Rows whose values fit in a warp's registers (C a multiple of 4, up to
 // kLnRegCols; the pointers 16-byte aligned): the row is read once, in 16-byte
-// vectors (lane l holds vectors l + 32 k, k < NV), and the mean, the
-// variance and y come from the registers, where layernorm_forward_kernel
+// vectors (a row's L lanes, lane l of them holding vectors l + L k, k < NV;
+// rows of up to 64 values take L = 4, 8 or 16 lanes, 32 / L rows a warp),
+// and the mean, the variance and y come from the registers, where layernorm_forward_kernel
 // reads the row three times, 4 bytes a lane (at 16384 x 1024 it ran at 47%
 // of the copy rate). The same arithmetic: the sums in double, each lane's
 // values in its own order, then warp_sum (a lane's order differs, so the
@@ -93,18 +94,19 @@ __device__ __forceinline__ void store4<__nv_bfloat16>(__nv_bfloat16* p, float a,
   *reinterpret_cast<uint2*>(p) = u;  // (8 bytes: C a multiple of 4)
 }
 
-template <class TY, int NV>
+template <class TY, int NV, int L>
 static __global__ void __launch_bounds__(kBlock)
     layernorm_forward_regs(TY* y, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t N,
                            int64_t C) {
-  const int64_t n = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (n >= N) return;  // the whole warp leaves together
-  const int64_t nv = C / 4;
-  const float4* xr = reinterpret_cast<const float4*>(x + n * C);
+  constexpr int kRowsPerBlock = kBlock / L;
+  const int64_t n = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / L;
+  const int lane = threadIdx.x % L;
+  // (A warp's rows past N still take part in its shuffles: no early exit.)
+  const int64_t nv = n < N ? C / 4 : 0;
+  const float4* xr = reinterpret_cast<const float4*>(x + (n < N ? n : 0) * C);
   float4 v[NV];
 #pragma unroll
-  for (int k = 0; k < NV; ++k) v[k] = lane + 32 * k < nv ? xr[lane + 32 * k] : make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int k = 0; k < NV; ++k) v[k] = lane + L * k < nv ? xr[lane + L * k] : make_float4(0.f, 0.f, 0.f, 0.f);
   double s = 0;
 #pragma unroll
   for (int k = 0; k < NV; ++k) {  // (vectors past the row hold zeros: they add nothing)
@@ -113,25 +115,26 @@ static __global__ void __launch_bounds__(kBlock)
     s += v[k].z;
     s += v[k].w;
   }
-  const double m = warp_sum(s) / C;
+  const double m = warp_sum<double, L>(s) / C;
   double q = 0;
 #pragma unroll
   for (int k = 0; k < NV; ++k) {
-    if (lane + 32 * k >= nv) break;
+    if (lane + L * k >= nv) break;
     const double d0 = v[k].x - m, d1 = v[k].y - m, d2 = v[k].z - m, d3 = v[k].w - m;
     q += d0 * d0;
     q += d1 * d1;
     q += d2 * d2;
     q += d3 * d3;
   }
-  q = warp_sum(q) / C;
+  q = warp_sum<double, L>(q) / C;
+  if (n >= N) return;  // (past the shuffles)
   const float rs = static_cast<float>(1.0 / sqrt(q + kLayerNormEps));
   const float mf = static_cast<float>(m);
   if (lane == 0) mean[n] = mf, rstd[n] = rs;
   TY* yr = y + n * C;
 #pragma unroll
   for (int k = 0; k < NV; ++k) {
-    const int64_t i = lane + 32 * k;
+    const int64_t i = lane + L * k;
     if (i >= nv) break;
     float a0 = (v[k].x - mf) * rs, a1 = (v[k].y - mf) * rs, a2 = (v[k].z - mf) * rs, a3 = (v[k].w - mf) * rs;
     if (w) {
@@ -254,13 +257,14 @@ void backward_chunks(Ctx& ctx, const LayerNormBackwardArgs& a, int64_t N, int64_
 }  // namespace
 
 namespace {
-template <int NV>
+template <int NV, int L = 32>
 void forward_regs(Ctx& ctx, const LayerNormArgs& a, const float* w, const float* b, bool bf, int64_t N, int64_t C) {
+  const unsigned grid = grid_for(N, kBlock / L);
   if (bf)  // y rounded as it is written (a bf16 GEMM's input)
-    layernorm_forward_regs<__nv_bfloat16, NV><<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(
+    layernorm_forward_regs<__nv_bfloat16, NV, L><<<grid, kBlock, 0, stream(ctx)>>>(
         elems<Bf16>(a.y), a.mean.data<float>(), a.rstd.data<float>(), a.x.data<float>(), w, b, N, C);
   else
-    layernorm_forward_regs<float, NV><<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(
+    layernorm_forward_regs<float, NV, L><<<grid, kBlock, 0, stream(ctx)>>>(
         a.y.data<float>(), a.mean.data<float>(), a.rstd.data<float>(), a.x.data<float>(), w, b, N, C);
   CUDA_CHECK(cudaGetLastError());
 }
@@ -275,6 +279,9 @@ void layernorm_forward(Ctx& ctx, const LayerNormArgs& a) {
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (C % 4 == 0 && C <= kLnRegCols && aligned(a.x.raw()) && aligned(a.y.raw()) && (!affine || (aligned(w) && aligned(b)))) {
     const int64_t per_lane = (C / 4 + 31) / 32;  // 16-byte vectors a lane
+    if (C <= 16) return forward_regs<1, 4>(ctx, a, w, b, bf, N, C);  // (rows of 4 to 16 lanes: 32 / L rows a warp)
+    if (C <= 32) return forward_regs<1, 8>(ctx, a, w, b, bf, N, C);
+    if (C <= 64) return forward_regs<1, 16>(ctx, a, w, b, bf, N, C);
     if (per_lane <= 1) return forward_regs<1>(ctx, a, w, b, bf, N, C);
     if (per_lane <= 2) return forward_regs<2>(ctx, a, w, b, bf, N, C);
     if (per_lane <= 4) return forward_regs<4>(ctx, a, w, b, bf, N, C);
