@@ -74,9 +74,9 @@ void OpProfiler::begin(const char* op) {
   iv.name = part ? open_[nest_.back()].name + " > " + op : op;
   iv.part = part;
   iv.begin = next_slot_++;
-  iv.waits_begin = host_waits();
-  iv.host_begin_s = now_s();
   clock_->mark(iv.begin);
+  iv.waits_begin = host_waits();  // (the host's stamps inside the clock's marks: not the marks' own cost)
+  iv.host_begin_s = now_s();
   nest_.push_back(open_.size());
   open_.push_back(std::move(iv));
 }
@@ -87,9 +87,9 @@ void OpProfiler::end() {
   nest_.pop_back();
   if (i == kNone || !active_) return;
   open_[i].end = next_slot_++;
-  clock_->mark(open_[i].end);
   open_[i].host_end_s = now_s();
   open_[i].waits_end = host_waits();
+  clock_->mark(open_[i].end);
 }
 
 void OpProfiler::end_step() {

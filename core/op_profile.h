@@ -16,7 +16,9 @@
 // Beside its clock's interval each op and part records the host's own time
 // inside the call (steady clock: enqueueing its work, and any wait) and how
 // many times the host waited for the device in it (core/context.h's
-// host_waits). On a GPU these say what bounds an op: device time well above
+// host_waits: a process-wide count, so a wait on another thread, such as a
+// gradient reducer's, counts in the op this thread has open; waits on events
+// or whole streams are not counted). On a GPU these say what bounds an op: device time well above
 // host time is the device's work; host time at or above device time, or a
 // wait, means the device sat idle inside the op while the host caught up.
 //

@@ -52,6 +52,7 @@
 
 #include "core/cuda_check.h"
 #include "examples/bench_expert_gemm.h"
+#include "ops/cuda/attention_variants.h"
 #endif
 
 namespace {
@@ -756,6 +757,42 @@ int main(int argc, char** argv) {
                 return count_wrong(prefix(o, P), out_c, tol_f) +
                        count_wrong(prefix(dqkv, P, 0, Ca), prefix(dqkv_c, P, 0, Ca), tol_b);
               });
+#ifdef SY_WITH_CUDA
+          // The kernels' other tile configurations (ops/cuda/attention_variants.h),
+          // bf16 on a GPU: the forward where a variant changes it, and forward +
+          // backward; the note names the variant. bar_ratios prints the fastest
+          // per shape beside the default.
+          if (dt == DType::bf16 && rt) {
+            const std::vector<sy::ops::cuda::AttentionVariant> vs = sy::ops::cuda::attention_variants(D);
+            for (size_t v = 1; v < vs.size(); ++v) {
+              Row fr{"attention_variant_fwd_bf16", shape, 0, fwd, 0};
+              fr.note = vs[v].name + ": " + vs[v].what;
+              if (vs[v].forward)
+                add(fr, [&] { sy::ops::cuda::attention_forward_variant(ctx, {o, lse, qkv, s}, v); },
+                    [&] {
+                      Tensor out_c, dqkv_c;
+                      reference(out_c, dqkv_c);
+                      return count_wrong(prefix(o, P), out_c, tol_f);
+                    });
+              Row br{"attention_variant_fwd_bwd_bf16", shape, 0, 3.5 * fwd, 0};
+              br.note = fr.note;
+              add(br,
+                  [&] {
+                    sy::ops::cuda::attention_forward_variant(ctx, {o, lse, qkv, s}, v);
+                    sy::ops::cuda::attention_backward_variant(ctx, {dqkv, dout, qkv, o, lse, s}, v);
+                  },
+                  [&] {
+                    Tensor out_c, dqkv_c;
+                    reference(out_c, dqkv_c);
+                    dqkv.zero(ctx);
+                    sy::ops::cuda::attention_forward_variant(ctx, {o, lse, qkv, s}, v);
+                    sy::ops::cuda::attention_backward_variant(ctx, {dqkv, dout, qkv, o, lse, s}, v);
+                    return count_wrong(prefix(o, P), out_c, tol_f) +
+                           count_wrong(prefix(dqkv, P, 0, Ca), prefix(dqkv_c, P, 0, Ca), tol_b);
+                  });
+            }
+          }
+#endif
         }
     }
     {  // multi-tensor AdamW over 64M parameters: reads w, g, m, v; writes w, m, v

@@ -47,6 +47,7 @@
 #include "ops/random.h"
 #include "ops/routed_attention.h"
 #ifdef SY_WITH_CUDA
+#include "ops/cuda/attention_variants.h"
 #include "ops/cuda/attention_varlen.h"
 #include "ops/cuda/gemm.h"
 #endif
@@ -855,13 +856,14 @@ std::vector<OpCase> cases() {
                  o[1].copy_from(in[3], x);
                  ops::embedding_backward(x, {o[0], o[1], in[1], in[0], 8});
                }});
-  // ops/cuda/cross_entropy.cu's rows: V 67 and 515 element by element (32
-  // and 256 threads, several elements a thread), V 1024 and 4100 in 16-byte
-  // vectors (4100: 1025 vectors over 256 threads, one thread with two); and
-  // "masked": V 1024 with logits at -inf (every third, and all of the first
-  // 512 in row 0, so whole threads see none above -inf).
+  // ops/cuda/cross_entropy.cu's rows (16-byte vectors, a row's unaligned
+  // head and tail an element a thread): V 3 (no vector), 67 and 515 (rows
+  // starting at every offset mod 4; 32 and 256 threads), 1024 and 4100
+  // (aligned rows; 4100: 1025 vectors over 256 threads, one thread with
+  // two); and "masked": V 1024 with logits at -inf (every third, and all of
+  // the first 512 in row 0, so whole threads see none above -inf).
   for (const auto& [n, V, masked] : std::vector<std::tuple<int64_t, int64_t, bool>>{
-           {21, 67, false}, {9, 515, false}, {7, 1024, false}, {5, 4100, false}, {6, 1024, true}}) {
+           {13, 3, false}, {21, 67, false}, {9, 515, false}, {7, 1024, false}, {5, 4100, false}, {6, 1024, true}}) {
     const std::string name = masked ? "cross_entropy_masked"
                              : V == 67 ? "cross_entropy"
                                        : "cross_entropy_vocab_" + std::to_string(V);
@@ -2116,6 +2118,67 @@ TEST_P(BackendOps, AttentionBf16AgreesWithTheCpuOnRoundedInputs) {
     EXPECT_LE(rel_l2(g, dqkv_c), 3e-2) << "dqkv";
   }
 }
+
+#ifdef SY_WITH_CUDA
+// The bf16 causal attention's other tile configurations
+// (ops/cuda/attention_variants.h; bench_ops times them): each, forward and
+// backward, in class B against the CPU on the rounded inputs, two runs
+// bitwise equal, every output written; at lengths that are no multiple of
+// any tile and at one that spans several.
+TEST_P(BackendOps, AttentionBf16VariantsAgreeWithTheCpu) {
+  if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "the variants are CUDA kernels";
+  Ctx& x = ctx();
+  for (const int64_t D : {int64_t{64}, int64_t{128}})
+    for (const ops::AttentionShape s : {ops::AttentionShape{2, 77, 2 * D, 2}, ops::AttentionShape{1, 300, 2 * D, 2}}) {
+      Rng rng(0xa77 + s.T + D);
+      const Tensor qkv_b = randn({s.B, s.T, 3 * s.C}, rng).to(DType::bf16);
+      const Tensor dout_b = randn({s.B, s.T, s.C}, rng).to(DType::bf16);
+      const Tensor qkv = qkv_b.to(DType::f32), dout = dout_b.to(DType::f32);
+      Tensor out_c = Tensor::zeros({s.B, s.T, s.C}, DType::f32, host_ctx());
+      Tensor lse_c = Tensor::zeros({s.B, s.H, s.T}, DType::f32, host_ctx());
+      Tensor dqkv_c = Tensor::zeros(qkv.shape(), DType::f32, host_ctx());
+      ops::attention_forward(host_ctx(), {out_c, lse_c, qkv, s});
+      ops::attention_backward(host_ctx(), {dqkv_c, dout, qkv, out_c, lse_c, s});
+      const std::vector<ops::cuda::AttentionVariant> variants = ops::cuda::attention_variants(D);
+      ASSERT_GE(variants.size(), 2u);
+      for (size_t v = 0; v < variants.size(); ++v) {
+        SCOPED_TRACE(variants[v].name + " B " + std::to_string(s.B) + " T " + std::to_string(s.T) + " D " +
+                     std::to_string(D));
+        std::vector<Tensor> runs[2];
+        for (auto& r : runs) {
+          const Tensor q = qkv_b.to(x), d = dout_b.to(x);
+          Tensor o = out(x, {s.B, s.T, s.C}, DType::bf16), l = out(x, {s.B, s.H, s.T});
+          Tensor g = out(x, qkv.shape(), DType::bf16);
+          poison(o, x);
+          poison(l, x);
+          g.zero(x);
+          ops::cuda::attention_forward_variant(x, {o, l, q, s}, v);
+          ops::cuda::attention_backward_variant(x, {g, d, q, o, l, s}, v);
+          r = {o.to(host_ctx()), l.to(host_ctx()), g.to(host_ctx())};
+        }
+        for (int i = 0; i < 3; ++i)
+          EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
+        const Tensor o = runs[0][0].to(DType::f32), g = runs[0][2].to(DType::f32);
+        for (const Tensor* t : std::initializer_list<const Tensor*>{&o, &runs[0][1], &g})
+          for (int64_t e = 0; e < t->numel(); ++e) ASSERT_FALSE(std::isnan(t->f32()[e])) << "element " << e << " was never written";
+        EXPECT_LE(rel_l2(o, out_c), 1e-2) << "out";
+        EXPECT_LE(rel_l2(runs[0][1], lse_c), 1e-2) << "lse";
+        EXPECT_LE(rel_l2(g, dqkv_c), 3e-2) << "dqkv";
+      }
+    }
+  // What they refuse: fp32, a window, another head dim, a variant past the list.
+  const ops::AttentionShape s{1, 64, 128, 2};
+  Tensor q32 = Tensor::zeros({1, 64, 384}, DType::f32, x), o32 = Tensor::zeros({1, 64, 128}, DType::f32, x);
+  Tensor l = Tensor::zeros({1, 2, 64}, DType::f32, x);
+  EXPECT_THROW(ops::cuda::attention_forward_variant(x, {o32, l, q32, s}, 1), Error);
+  Tensor q16 = Tensor::zeros({1, 64, 384}, DType::bf16, x), o16 = Tensor::zeros({1, 64, 128}, DType::bf16, x);
+  ops::AttentionShape w = s;
+  w.window = 16;
+  EXPECT_THROW(ops::cuda::attention_forward_variant(x, {o16, l, q16, w}, 1), Error);
+  EXPECT_THROW(ops::cuda::attention_forward_variant(x, {o16, l, q16, s}, 99), Error);
+  EXPECT_TRUE(ops::cuda::attention_variants(32).empty());
+}
+#endif
 
 // key_sets = false (what the layer and bench_attention ask for): the same o,
 // lse and gradients bit for bit, and the same pair count - counted alone on

@@ -12,30 +12,12 @@ namespace sy::ops::cuda {
 
 namespace {
 
-Geom geom(const AttentionShape& s) {
-  Geom g;
-  g.B = static_cast<int>(s.B);
-  g.H = static_cast<int>(s.H);
-  g.heads = static_cast<int>(s.active_heads());
-  g.T = static_cast<int>(s.T);
-  g.C = s.C;
-  g.ld_qkv = 3 * s.C;
-  g.ld_out = s.C;
-  g.scale = 1.f / std::sqrt(static_cast<float>(s.C / s.H));
-  return g;
-}
-
 // Calls f(mask) with the shape's mask: a window shorter than the sequence,
 // or the causal mask (which a window of T keys or more is).
 template <class F>
 void with_mask(const AttentionShape& s, F&& f) {
   if (s.window > 0 && s.window < s.T) return f(WindowMask{static_cast<int>(s.window)});
   f(CausalMask{});
-}
-
-void check_size(const char* op, const AttentionShape& s) {
-  if (s.T > INT32_MAX / 2 || s.B > 65535 || s.H > 65535)
-    throw BackendError(std::string(op) + ": B, H up to 65535 and T up to 2^30 on CUDA");
 }
 
 }  // namespace

@@ -1095,9 +1095,10 @@ dim3 grid(const Geom& g, int tile) {
   return dim3(static_cast<unsigned>((g.T + tile - 1) / tile), g.heads, g.B);
 }
 
-template <int D, class Mask>
-void forward_bf16(const Geom& g, Mask mask, const bf16* qkv, bf16* out, float* lse, cudaStream_t st) {
-  using Cfg = typename Configs<D>::Fwd;
+// The bf16 launches with any tile configuration (TcCfg): Configs<D>'s
+// below; ops/cuda/attention_variants.cu's others, for a GPU run to time.
+template <class Cfg, class Mask>
+void forward_bf16_cfg(const Geom& g, Mask mask, const bf16* qkv, bf16* out, float* lse, cudaStream_t st) {
   constexpr auto k = attention_fwd_bf16<Cfg, Mask>;
   constexpr size_t smem = tc_smem_fwd<Cfg>();
   allow_smem<k>(smem);
@@ -1106,11 +1107,9 @@ void forward_bf16(const Geom& g, Mask mask, const bf16* qkv, bf16* out, float* l
   CUDA_CHECK(cudaGetLastError());
 }
 
-template <int D, class Mask>
-void backward_bf16(const Geom& g, Mask mask, const bf16* qkv, const bf16* dout, const float* lse, const float* delta,
-                   bf16* dqkv, cudaStream_t st) {
-  using Kv = typename Configs<D>::Dkdv;
-  using Q = typename Configs<D>::Dq;
+template <class Kv, class Q, class Mask>
+void backward_bf16_cfg(const Geom& g, Mask mask, const bf16* qkv, const bf16* dout, const float* lse,
+                       const float* delta, bf16* dqkv, cudaStream_t st) {
   constexpr auto kkv = attention_bwd_dkdv_bf16<Kv, Mask>;
   constexpr auto kq = attention_bwd_dq_bf16<Q, Mask>;
   constexpr size_t smem_kv = tc_smem_dkdv<Kv>(), smem_q = tc_smem_dq<Q>();
@@ -1121,6 +1120,17 @@ void backward_bf16(const Geom& g, Mask mask, const bf16* qkv, const bf16* dout, 
   CUDA_CHECK(cudaGetLastError());
   kq<<<grid(gq, Q::BM), Q::THREADS, smem_q, st>>>(qkv, dout, lse, delta, dqkv, gq, mask);
   CUDA_CHECK(cudaGetLastError());
+}
+
+template <int D, class Mask>
+void forward_bf16(const Geom& g, Mask mask, const bf16* qkv, bf16* out, float* lse, cudaStream_t st) {
+  forward_bf16_cfg<typename Configs<D>::Fwd>(g, mask, qkv, out, lse, st);
+}
+
+template <int D, class Mask>
+void backward_bf16(const Geom& g, Mask mask, const bf16* qkv, const bf16* dout, const float* lse, const float* delta,
+                   bf16* dqkv, cudaStream_t st) {
+  backward_bf16_cfg<typename Configs<D>::Dkdv, typename Configs<D>::Dq>(g, mask, qkv, dout, lse, delta, dqkv, st);
 }
 
 template <int D, class Mask>
@@ -1160,6 +1170,25 @@ void check_aligned(const char* op, std::initializer_list<const void*> ptrs) {
       throw BackendError(std::string(op) + ": a tensor is not 16-byte aligned (the kernels load 16-byte vectors)");
 }
 
+// The dense entry points' geometry (ops/attention.h's AttentionShape) and size limits.
+inline Geom geom(const AttentionShape& s) {
+  Geom g;
+  g.B = static_cast<int>(s.B);
+  g.H = static_cast<int>(s.H);
+  g.heads = static_cast<int>(s.active_heads());
+  g.T = static_cast<int>(s.T);
+  g.C = s.C;
+  g.ld_qkv = 3 * s.C;
+  g.ld_out = s.C;
+  g.scale = 1.f / std::sqrt(static_cast<float>(s.C / s.H));
+  return g;
+}
+
+inline void check_size(const char* op, const AttentionShape& s) {
+  if (s.T > INT32_MAX / 2 || s.B > 65535 || s.H > 65535)
+    throw BackendError(std::string(op) + ": B, H up to 65535 and T up to 2^30 on CUDA");
+}
+
 // One forward, any geometry and mask: the dtype and head-dim dispatch.
 template <class Mask>
 void forward_any(const char* op, const Geom& g, Mask mask, const Tensor& qkv_t, Tensor& out_t, float* lse,
@@ -1193,7 +1222,8 @@ void delta_any(const T* dout, const T* out, float* delta, const Geom& g, int64_t
     case 16: attention_delta_kernel<T, 16><<<blocks, 256, 0, st>>>(dout, out, delta, g); break;
     case 32: attention_delta_kernel<T, 32><<<blocks, 256, 0, st>>>(dout, out, delta, g); break;
     case 64: attention_delta_kernel<T, 64><<<blocks, 256, 0, st>>>(dout, out, delta, g); break;
-    default: attention_delta_kernel<T, 128><<<blocks, 256, 0, st>>>(dout, out, delta, g); break;
+    case 128: attention_delta_kernel<T, 128><<<blocks, 256, 0, st>>>(dout, out, delta, g); break;
+    default: throw BackendError("attention Delta: head dim " + std::to_string(D) + " (16, 32, 64 or 128)");
   }
   CUDA_CHECK(cudaGetLastError());
 }

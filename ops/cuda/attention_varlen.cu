@@ -65,6 +65,8 @@ void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv,
                                const Tensor& qkv, const Tensor& out, const Tensor& lse) {
   check_varlen("varlen_attention_backward", v, qkv);
   check_shape(dqkv, {v.rows, 3 * v.C}, "varlen_attention_backward dqkv");
+  check_shape(dout, {v.rows, v.C}, "varlen_attention_backward dout");
+  check_shape(out, {v.rows, v.C}, "varlen_attention_backward out");
   check_shape(lse, {v.H, v.rows}, "varlen_attention_backward lse");
   if (v.rows == 0 || v.segments == 0 || v.max_len == 0) return;
   SY_CHECK(!v.pos || (v.key_len && (v.words == 0 || (v.qbits && v.kbits && v.clusters > 0))),

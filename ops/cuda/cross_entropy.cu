@@ -2,8 +2,8 @@
 // times in all, read once by each pass and dlogits written once.
 //
 // forward:  one block per row, each thread an online softmax over its
-//           elements (ops/cuda/online_softmax.h; 16-byte loads where rows
-//           allow); the row's max M, then Z = sum_t s_t e^(m_t - M) in double
+//           elements (ops/cuda/online_softmax.h; 16-byte loads, a row's
+//           unaligned head and tail one element a thread); the row's max M, then Z = sum_t s_t e^(m_t - M) in double
 //           by a fixed tree; stats = (M, 1 / Z), and the row's loss
 //           log Z - (l_y - M) in double. The mean over rows is a fixed-order
 //           two-stage sum (common.cuh) read back once: the one synchronisation
@@ -31,6 +31,18 @@ int row_threads(int64_t V) {
   return t;
 }
 
+// Row n of a 16-byte aligned (N, V) array, as 16-byte vectors where V is no
+// multiple of 4 too: its head (the elements before its first 16-byte
+// boundary) and tail (after its last) one element a thread, its body in
+// float4s; head + 4 body + tail = V.
+struct RowSplit {
+  int64_t head, body, tail;
+};
+__device__ __forceinline__ RowSplit split_row(int64_t n, int64_t V) {
+  const int64_t head = min(V, (4 - n * V % 4) % 4), body = (V - head) / 4;
+  return {head, body, V - head - 4 * body};
+}
+
 __global__ void cross_entropy_forward_kernel(float* stats, double* row_loss, const float* logits,
                                              const int32_t* targets, int64_t V, bool vec4) {
   __shared__ float fscratch[kBlock];
@@ -39,8 +51,12 @@ __global__ void cross_entropy_forward_kernel(float* stats, double* row_loss, con
   const float* l = logits + n * V;
   OnlineSoftmax o;
   if (vec4) {
-    const float4* l4 = reinterpret_cast<const float4*>(l);
-    for (int64_t i = threadIdx.x; i < V / 4; i += blockDim.x) {
+    const RowSplit r = split_row(n, V);
+    const int64_t t = threadIdx.x;
+    if (t < r.head) o.add(l[t]);
+    if (t < r.tail) o.add(l[r.head + 4 * r.body + t]);
+    const float4* l4 = reinterpret_cast<const float4*>(l + r.head);
+    for (int64_t i = t; i < r.body; i += blockDim.x) {
       const float4 x = l4[i];
       o.add(x.x), o.add(x.y), o.add(x.z), o.add(x.w);
     }
@@ -70,21 +86,28 @@ __global__ void cross_entropy_backward_kernel(float* dlogits, const float* logit
     const float g = __fmul_rn(k, __fmul_rn(expf(x - M), inv));
     return v == y ? g - k : g;
   };
-  if (vec4) {
-    const float4* l4 = reinterpret_cast<const float4*>(l);
-    float4* d4 = reinterpret_cast<float4*>(d);
-    for (int64_t i = threadIdx.x; i < V / 4; i += blockDim.x) {
+  if (vec4) {  // (logits and dlogits rows share their split: both arrays 16-byte aligned)
+    const RowSplit r = split_row(n, V);
+    const int64_t t = threadIdx.x;
+    if (t < r.head) d[t] = grad(l[t], t);
+    if (t < r.tail) {
+      const int64_t v = r.head + 4 * r.body + t;
+      d[v] = grad(l[v], v);
+    }
+    const float4* l4 = reinterpret_cast<const float4*>(l + r.head);
+    float4* d4 = reinterpret_cast<float4*>(d + r.head);
+    for (int64_t i = t; i < r.body; i += blockDim.x) {
       const float4 x = l4[i];
-      d4[i] = make_float4(grad(x.x, 4 * i), grad(x.y, 4 * i + 1), grad(x.z, 4 * i + 2), grad(x.w, 4 * i + 3));
+      const int64_t v = r.head + 4 * i;
+      d4[i] = make_float4(grad(x.x, v), grad(x.y, v + 1), grad(x.z, v + 2), grad(x.w, v + 3));
     }
   } else {
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) d[v] = grad(l[v], v);
   }
 }
 
-// 16-byte rows: V a multiple of 4 and every pointer 16-byte aligned.
-bool rows_of_float4(int64_t V, std::initializer_list<const void*> ptrs) {
-  if (V % 4 != 0) return false;
+// 16-byte vectors (split_row): every pointer 16-byte aligned.
+bool rows_of_float4(std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs)
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
   return true;
@@ -99,7 +122,7 @@ float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a) {
   const float* logits = a.logits.data<float>();
   cross_entropy_forward_kernel<<<static_cast<unsigned>(N), row_threads(V), 0, stream(ctx)>>>(
       a.stats.data<float>(), row_loss.data<double>(), logits, a.targets.data<int32_t>(), V,
-      rows_of_float4(V, {logits}));
+      rows_of_float4({logits}));
   CUDA_CHECK(cudaGetLastError());
   return static_cast<float>(sum_f64_to_host(ctx, row_loss.data<double>(), N) / N);
 }
@@ -111,7 +134,7 @@ void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a) {
   const float* logits = a.logits.data<float>();
   float* d = a.dlogits.data<float>();
   cross_entropy_backward_kernel<<<static_cast<unsigned>(N), row_threads(V), 0, stream(ctx)>>>(
-      d, logits, a.stats.data<float>(), a.targets.data<int32_t>(), V, k, rows_of_float4(V, {logits, d}));
+      d, logits, a.stats.data<float>(), a.targets.data<int32_t>(), V, k, rows_of_float4({logits, d}));
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -710,7 +710,7 @@ void union_out_rows(const Launch& run, int64_t T, const routed::UnionOut<E>& u) 
   using Ty = typename E::T;
   constexpr int V = 16 / sizeof(Ty);
   const int64_t D = u.h.D;
-  if (routed::chunk_elems<Ty>(D, {u.q, u.k, u.v, u.out_p, u.o}) == V)
+  if (routed::chunk_elems<Ty>(D, {u.v, u.out_p, u.o}) == V)  // (q, k: read an element at a time)
     run(T * D / V, routed::UnionOut<E, V>{u.h, u.q, u.k, u.v, u.l, u.cnt, u.n, u.out_p, u.lse_p, u.scale, u.o, u.lse});
   else
     run(T * D, u);

@@ -202,6 +202,30 @@ def main():
         frac = s["seconds"] / r["seconds"]  # same work: throughput ratio = inverse time ratio
         say(f"attention fwd+bwd bf16 {r['shape']}: {frac:.2f} of SDPA's throughput "
             f"({r['seconds'] * 1e3:.3f} / {s['seconds'] * 1e3:.3f} ms; bar >= 0.5): {verdict(frac >= 0.5, r)}")
+        # The other tile configurations at this shape (not the product's
+        # kernels until one is made the default): the fastest, and each.
+        vs = [v for v in ours["ops"] if v["op"] == "attention_variant_fwd_bwd_bf16" and v["shape"] == r["shape"]
+              and timed(v)]
+        if vs:
+            best = min(vs, key=lambda v: v["seconds"])
+            each = ", ".join(f"{v['note'].split(':')[0]} {s['seconds'] / v['seconds']:.2f}"
+                             f"{'' if v.get('wrong', 0) in (0, -1) else ' (#wrong ' + str(v['wrong']) + ')'}"
+                             for v in vs)
+            say(f"  variants at {r['shape']} (of SDPA): {each}; fastest {best['note'].split(':')[0]} "
+                f"{s['seconds'] / best['seconds']:.2f}")
+            # A forward variant (it has a forward-only row) and a backward one
+            # change different kernels: the best of each together, estimated
+            # from the two rows (not timed together).
+            fwd_notes = {v["note"] for v in ours["ops"] if v["op"] == "attention_variant_fwd_bf16"
+                         and v["shape"] == r["shape"]}
+            fv = [v for v in vs if v["note"] in fwd_notes]
+            bv = [v for v in vs if v["note"] not in fwd_notes]
+            if fv and bv:
+                bf, bb = min(fv, key=lambda v: v["seconds"]), min(bv, key=lambda v: v["seconds"])
+                t = bf["seconds"] + bb["seconds"] - r["seconds"]
+                if bf["seconds"] < r["seconds"] and bb["seconds"] < r["seconds"] and t > 0:  # (both gain)
+                    say(f"  estimate, {bf['note'].split(':')[0]} with {bb['note'].split(':')[0]}: "
+                        f"{s['seconds'] / t:.2f} of SDPA")
     if not any(r["op"] == "attention_fwd_bwd_bf16" and timed(r) for r in ours["ops"]):
         say("attention: no timed attention_fwd_bwd_bf16 rows")
 
