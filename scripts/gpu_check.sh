@@ -332,7 +332,7 @@ fi
 if want bench; then
   stamp "bench"
   rm -f "$OUT/bench_ops.json" "$OUT/bench_ops.json.partial"
-  run_limited bench_ops 150 $B/bench_ops --device cuda --json "$OUT/bench_ops.json"
+  run_limited bench_ops 180 $B/bench_ops --device cuda --json "$OUT/bench_ops.json"  # (the attention variants: ~10 s more)
   summary "bench: bench_ops rc $? ($(grep -c . "$LOG/bench_ops.log") lines)"
   for name in torch_moe torch_attention; do
     run_limited "$name" 60 env PYTHONUNBUFFERED=1 python3 "scripts/bench/$name.py" --json "$LOG/$name.json"
