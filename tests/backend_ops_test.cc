@@ -2073,6 +2073,32 @@ TEST_P(BackendOps, EveryOpAgreesWithTheCpuAndReruns) {
     EXPECT_NE(std::find(ran.begin(), ran.end(), name), ran.end()) << "SY_OP_CASES names " << name << ", which is no case";
 }
 
+// Two runs of fwd_bwd(o, lse, dqkv, qkv, dout) on x with the bf16 qkv_b and
+// dout_b (o and lse poisoned, dqkv zeroed first): bitwise equal, every
+// output written, and class B against the CPU's out_c, lse_c, dqkv_c (rel L2
+// <= 1e-2 forward, 3e-2 backward).
+void expect_bf16_attention(Ctx& x, const ops::AttentionShape& s, const Tensor& qkv_b, const Tensor& dout_b,
+                           const Tensor& out_c, const Tensor& lse_c, const Tensor& dqkv_c,
+                           const std::function<void(Tensor&, Tensor&, Tensor&, const Tensor&, const Tensor&)>& fwd_bwd) {
+  std::vector<Tensor> runs[2];
+  for (auto& r : runs) {
+    const Tensor q = qkv_b.to(x), d = dout_b.to(x);
+    Tensor o = out(x, {s.B, s.T, s.C}, DType::bf16), l = out(x, {s.B, s.H, s.T}), g = out(x, qkv_b.shape(), DType::bf16);
+    poison(o, x);
+    poison(l, x);
+    g.zero(x);
+    fwd_bwd(o, l, g, q, d);
+    r = {o.to(host_ctx()), l.to(host_ctx()), g.to(host_ctx())};
+  }
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
+  const Tensor o = runs[0][0].to(DType::f32), g = runs[0][2].to(DType::f32);
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&o, &runs[0][1], &g})
+    for (int64_t e = 0; e < t->numel(); ++e) ASSERT_FALSE(std::isnan(t->f32()[e])) << "element " << e << " was never written";
+  EXPECT_LE(rel_l2(o, out_c), 1e-2) << "out";
+  EXPECT_LE(rel_l2(runs[0][1], lse_c), 1e-2) << "lse";
+  EXPECT_LE(rel_l2(g, dqkv_c), 3e-2) << "dqkv";
+}
+
 // bf16 attention (class B): the CUDA kernels on bf16 qkv and dout against
 // the fp32 CPU reference run on the same bf16-rounded values; rel L2 <= 1e-2
 // forward, 3e-2 backward; two runs bitwise equal.
@@ -2098,24 +2124,10 @@ TEST_P(BackendOps, AttentionBf16AgreesWithTheCpuOnRoundedInputs) {
     Tensor dqkv_c = Tensor::zeros(qkv.shape(), DType::f32, host_ctx());
     ops::attention_forward(host_ctx(), {out_c, lse_c, qkv, s});
     ops::attention_backward(host_ctx(), {dqkv_c, dout, qkv, out_c, lse_c, s});
-    std::vector<Tensor> runs[2];
-    for (auto& r : runs) {
-      const Tensor q = qkv_b.to(x), d = dout_b.to(x);
-      Tensor o = out(x, {s.B, s.T, s.C}, DType::bf16), l = out(x, {s.B, s.H, s.T}), g = out(x, qkv.shape(), DType::bf16);
-      poison(o, x);
-      poison(l, x);
-      g.zero(x);
+    expect_bf16_attention(x, s, qkv_b, dout_b, out_c, lse_c, dqkv_c, [&](Tensor& o, Tensor& l, Tensor& g, const Tensor& q, const Tensor& d) {
       ops::attention_forward(x, {o, l, q, s});
       ops::attention_backward(x, {g, d, q, o, l, s});
-      r = {o.to(host_ctx()), l.to(host_ctx()), g.to(host_ctx())};
-    }
-    for (int i = 0; i < 3; ++i) EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
-    const Tensor o = runs[0][0].to(DType::f32), g = runs[0][2].to(DType::f32);
-    for (const Tensor* t : std::initializer_list<const Tensor*>{&o, &runs[0][1], &g})
-      for (int64_t e = 0; e < t->numel(); ++e) ASSERT_FALSE(std::isnan(t->f32()[e])) << "element " << e << " was never written";
-    EXPECT_LE(rel_l2(o, out_c), 1e-2) << "out";
-    EXPECT_LE(rel_l2(runs[0][1], lse_c), 1e-2) << "lse";
-    EXPECT_LE(rel_l2(g, dqkv_c), 3e-2) << "dqkv";
+    });
   }
 }
 
@@ -2144,26 +2156,11 @@ TEST_P(BackendOps, AttentionBf16VariantsAgreeWithTheCpu) {
       for (size_t v = 0; v < variants.size(); ++v) {
         SCOPED_TRACE(variants[v].name + " B " + std::to_string(s.B) + " T " + std::to_string(s.T) + " D " +
                      std::to_string(D));
-        std::vector<Tensor> runs[2];
-        for (auto& r : runs) {
-          const Tensor q = qkv_b.to(x), d = dout_b.to(x);
-          Tensor o = out(x, {s.B, s.T, s.C}, DType::bf16), l = out(x, {s.B, s.H, s.T});
-          Tensor g = out(x, qkv.shape(), DType::bf16);
-          poison(o, x);
-          poison(l, x);
-          g.zero(x);
-          ops::cuda::attention_forward_variant(x, {o, l, q, s}, v);
-          ops::cuda::attention_backward_variant(x, {g, d, q, o, l, s}, v);
-          r = {o.to(host_ctx()), l.to(host_ctx()), g.to(host_ctx())};
-        }
-        for (int i = 0; i < 3; ++i)
-          EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
-        const Tensor o = runs[0][0].to(DType::f32), g = runs[0][2].to(DType::f32);
-        for (const Tensor* t : std::initializer_list<const Tensor*>{&o, &runs[0][1], &g})
-          for (int64_t e = 0; e < t->numel(); ++e) ASSERT_FALSE(std::isnan(t->f32()[e])) << "element " << e << " was never written";
-        EXPECT_LE(rel_l2(o, out_c), 1e-2) << "out";
-        EXPECT_LE(rel_l2(runs[0][1], lse_c), 1e-2) << "lse";
-        EXPECT_LE(rel_l2(g, dqkv_c), 3e-2) << "dqkv";
+        expect_bf16_attention(x, s, qkv_b, dout_b, out_c, lse_c, dqkv_c,
+                              [&](Tensor& o, Tensor& l, Tensor& g, const Tensor& q, const Tensor& d) {
+                                ops::cuda::attention_forward_variant(x, {o, l, q, s}, v);
+                                ops::cuda::attention_backward_variant(x, {g, d, q, o, l, s}, v);
+                              });
       }
     }
   // What they refuse: fp32, a window, another head dim, a variant past the list.
