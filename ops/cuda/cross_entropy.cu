@@ -31,18 +31,6 @@ int row_threads(int64_t V) {
   return t;
 }
 
-// Row n of a 16-byte aligned (N, V) array, as 16-byte vectors where V is no
-// multiple of 4 too: its head (the elements before its first 16-byte
-// boundary) and tail (after its last) one element a thread, its body in
-// float4s; head + 4 body + tail = V.
-struct RowSplit {
-  int64_t head, body, tail;
-};
-__device__ __forceinline__ RowSplit split_row(int64_t n, int64_t V) {
-  const int64_t head = min(V, (4 - n * V % 4) % 4), body = (V - head) / 4;
-  return {head, body, V - head - 4 * body};
-}
-
 __global__ void cross_entropy_forward_kernel(float* stats, double* row_loss, const float* logits,
                                              const int32_t* targets, int64_t V, bool vec4) {
   __shared__ float fscratch[kBlock];

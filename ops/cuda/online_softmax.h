@@ -5,7 +5,8 @@
 // normaliser is then Z = sum_t s_t e^(m_t - M) with M = max_t m_t, in a
 // fixed order (the kernel's block_sum). One read of the row where a max pass
 // and a sum pass read it twice. tests/online_softmax_test.cc replays a row's
-// threads on the host. No CUDA headers: SY_HD is __host__ __device__ under
+// threads on the host, dealt its elements as the kernel deals them
+// (split_row below). No CUDA headers: SY_HD is __host__ __device__ under
 // nvcc only.
 #pragma once
 #include <math.h>
@@ -31,5 +32,19 @@ struct OnlineSoftmax {
   // above -inf (s is 0; a NaN it saw is in s and reaches Z).
   SY_HD double share(float M) const { return s == 0.f ? 0.0 : static_cast<double>(s) * exp(static_cast<double>(m) - M); }
 };
+
+// Row n of a 16-byte aligned (N, V) fp32 array as ops/cuda/cross_entropy.cu
+// reads it, in 16-byte vectors whatever V: its head (the elements before
+// its first 16-byte boundary) and tail (after its last) one element a
+// thread, its body in float4s from element head on; head + 4 body + tail = V.
+struct RowSplit {
+  int64_t head, body, tail;
+};
+SY_HD inline RowSplit split_row(int64_t n, int64_t V) {
+  int64_t head = (4 - n * V % 4) % 4;
+  if (head > V) head = V;
+  const int64_t body = (V - head) / 4;
+  return {head, body, V - head - 4 * body};
+}
 
 }  // namespace sy::ops
