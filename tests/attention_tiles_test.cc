@@ -37,6 +37,12 @@ const Tiling kTilings[] = {
     {"bf16 dkdv d128", 64, 16, 32, true},     {"f32 forward/dq 64", 64, 64, 64, false},
     {"f32 forward/dq 32", 32, 32, 32, false}, {"f32 dkdv 64", 64, 64, 64, true},
     {"f32 dkdv 32", 32, 32, 32, true},
+    // ops/cuda/attention_variants.h's other bf16 tilings
+    {"variant forward d64 8x16", 128, 16, 64, false}, {"variant forward d64 bn128", 128, 32, 128, false},
+    {"variant forward d128 4x16", 64, 16, 64, false}, {"variant forward d128 bn32", 128, 16, 32, false},
+    {"variant dkdv d64 8 warps", 128, 16, 64, true},  {"variant dkdv d64 bn128", 64, 16, 128, true},
+    {"variant dkdv d128 8 warps", 128, 16, 32, true}, {"variant dq 8 warps", 128, 16, 64, false},
+    {"variant dq bn128", 64, 16, 128, false},         {"variant dq bn32", 64, 16, 32, false},
 };
 
 // How often each pair (q, k), q, k < len, is computed: the kernel's loops.

@@ -280,6 +280,7 @@ struct TcCfg {
   static constexpr int D = D_, WARPS = WARPS_, MT = MT_, BN = BN_;
   static constexpr bool QREG = QREG_;
   static constexpr int THREADS = WARPS * 32, BM = WARPS * MT * 16, LD = D + 8;
+  static_assert(D % 16 == 0 && BN % 16 == 0, "mma k-slices and ldmatrix pairs of 16");
 };
 
 // Forward. Block: BM queries of (sequence, head blockIdx.y: block_work); the
@@ -1101,6 +1102,7 @@ template <class Cfg, class Mask>
 void forward_bf16_cfg(const Geom& g, Mask mask, const bf16* qkv, bf16* out, float* lse, cudaStream_t st) {
   constexpr auto k = attention_fwd_bf16<Cfg, Mask>;
   constexpr size_t smem = tc_smem_fwd<Cfg>();
+  static_assert(smem <= 227 * 1024, "an sm_90 block's shared memory");
   allow_smem<k>(smem);
   const Geom gw = with_work(g, Cfg::BM, 0, st);
   k<<<grid(gw, Cfg::BM), Cfg::THREADS, smem, st>>>(qkv, out, lse, gw, mask);
@@ -1113,6 +1115,7 @@ void backward_bf16_cfg(const Geom& g, Mask mask, const bf16* qkv, const bf16* do
   constexpr auto kkv = attention_bwd_dkdv_bf16<Kv, Mask>;
   constexpr auto kq = attention_bwd_dq_bf16<Q, Mask>;
   constexpr size_t smem_kv = tc_smem_dkdv<Kv>(), smem_q = tc_smem_dq<Q>();
+  static_assert(smem_kv <= 227 * 1024 && smem_q <= 227 * 1024, "an sm_90 block's shared memory");
   allow_smem<kkv>(smem_kv);
   allow_smem<kq>(smem_q);
   const Geom gkv = with_work(g, Kv::BM, 0, st), gq = with_work(g, Q::BM, 1, st);

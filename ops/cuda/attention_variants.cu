@@ -56,8 +56,12 @@ const bf16* bf(const Tensor& t) { return reinterpret_cast<const bf16*>(t.data<bf
 bf16* bf(Tensor& t) { return reinterpret_cast<bf16*>(t.data<bf16_t>()); }
 
 // What every variant needs; returns the head dim.
+// (Below the op layer: the shapes are the caller's, as the entry points'
+// front end would have checked them; here only what picks a kernel.)
 int64_t check(const char* op, const AttentionShape& s, DType dt, size_t v) {
-  const int64_t D = s.H > 0 ? s.C / s.H : 0;
+  if (s.H <= 0 || s.C % s.H != 0)
+    throw BackendError(std::string(op) + ": C=" + std::to_string(s.C) + " is no multiple of H=" + std::to_string(s.H));
+  const int64_t D = s.C / s.H;
   if (dt != DType::bf16 || (s.window > 0 && s.window < s.T) || v >= table(D).size())
     throw BackendError(std::string(op) + ": variant " + std::to_string(v) + " at head dim " + std::to_string(D) +
                        " in " + dtype_name(dt) + (s.window > 0 && s.window < s.T ? " with a window" : "") +

@@ -204,27 +204,35 @@ def main():
             f"({r['seconds'] * 1e3:.3f} / {s['seconds'] * 1e3:.3f} ms; bar >= 0.5): {verdict(frac >= 0.5, r)}")
         # The other tile configurations at this shape (not the product's
         # kernels until one is made the default): the fastest, and each.
+        # (A variant's name: its note up to the colon, after any "queued ... us; ";
+        # the fastest and the estimate count only rows with nothing wrong.)
+        def vname(v):
+            note = v["note"]
+            if note.startswith("queued ") and "; " in note:
+                note = note.split("; ", 1)[1]
+            return note.split(":")[0]
+
         vs = [v for v in ours["ops"] if v["op"] == "attention_variant_fwd_bwd_bf16" and v["shape"] == r["shape"]
               and timed(v)]
+        right = [v for v in vs if v.get("wrong", 0) in (0, -1)]
         if vs:
-            best = min(vs, key=lambda v: v["seconds"])
-            each = ", ".join(f"{v['note'].split(':')[0]} {s['seconds'] / v['seconds']:.2f}"
-                             f"{'' if v.get('wrong', 0) in (0, -1) else ' (#wrong ' + str(v['wrong']) + ')'}"
-                             for v in vs)
-            say(f"  variants at {r['shape']} (of SDPA): {each}; fastest {best['note'].split(':')[0]} "
-                f"{s['seconds'] / best['seconds']:.2f}")
+            each = ", ".join(f"{vname(v)} {s['seconds'] / v['seconds']:.2f}"
+                             f"{'' if v in right else ' (#wrong ' + str(v['wrong']) + ')'}" for v in vs)
+            best = min(right, key=lambda v: v["seconds"]) if right else None
+            say(f"  variants at {r['shape']} (of SDPA): {each}" +
+                (f"; fastest {vname(best)} {s['seconds'] / best['seconds']:.2f}" if best else "; none without #wrong"))
             # A forward variant (it has a forward-only row) and a backward one
             # change different kernels: the best of each together, estimated
             # from the two rows (not timed together).
-            fwd_notes = {v["note"] for v in ours["ops"] if v["op"] == "attention_variant_fwd_bf16"
+            fwd_names = {vname(v) for v in ours["ops"] if v["op"] == "attention_variant_fwd_bf16"
                          and v["shape"] == r["shape"]}
-            fv = [v for v in vs if v["note"] in fwd_notes]
-            bv = [v for v in vs if v["note"] not in fwd_notes]
+            fv = [v for v in right if vname(v) in fwd_names]
+            bv = [v for v in right if vname(v) not in fwd_names]
             if fv and bv:
                 bf, bb = min(fv, key=lambda v: v["seconds"]), min(bv, key=lambda v: v["seconds"])
                 t = bf["seconds"] + bb["seconds"] - r["seconds"]
                 if bf["seconds"] < r["seconds"] and bb["seconds"] < r["seconds"] and t > 0:  # (both gain)
-                    say(f"  estimate, {bf['note'].split(':')[0]} with {bb['note'].split(':')[0]}: "
+                    say(f"  estimate, {vname(bf)} with {vname(bb)}: "
                         f"{s['seconds'] / t:.2f} of SDPA")
     if not any(r["op"] == "attention_fwd_bwd_bf16" and timed(r) for r in ours["ops"]):
         say("attention: no timed attention_fwd_bwd_bf16 rows")
