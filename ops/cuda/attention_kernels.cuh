@@ -160,9 +160,6 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
-
 // Rows [r0, r0 + ROWS) x D of a (len, ld) matrix into shared memory with row
 // pitch LDS elements, 16 bytes per thread and step; rows >= len zero-filled.
 template <class T, int ROWS, int D, int LDS, int NTHREADS>

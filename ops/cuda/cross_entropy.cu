@@ -95,7 +95,7 @@ __global__ void cross_entropy_backward_kernel(float* dlogits, const float* logit
 }
 
 // 16-byte vectors (split_row): every pointer 16-byte aligned.
-bool rows_of_float4(std::initializer_list<const void*> ptrs) {
+bool aligned16(std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs)
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
   return true;
@@ -110,7 +110,7 @@ float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a) {
   const float* logits = a.logits.data<float>();
   cross_entropy_forward_kernel<<<static_cast<unsigned>(N), row_threads(V), 0, stream(ctx)>>>(
       a.stats.data<float>(), row_loss.data<double>(), logits, a.targets.data<int32_t>(), V,
-      rows_of_float4({logits}));
+      aligned16({logits}));
   CUDA_CHECK(cudaGetLastError());
   return static_cast<float>(sum_f64_to_host(ctx, row_loss.data<double>(), N) / N);
 }
@@ -122,7 +122,7 @@ void cross_entropy_backward(Ctx& ctx, const CrossEntropyBackwardArgs& a) {
   const float* logits = a.logits.data<float>();
   float* d = a.dlogits.data<float>();
   cross_entropy_backward_kernel<<<static_cast<unsigned>(N), row_threads(V), 0, stream(ctx)>>>(
-      d, logits, a.stats.data<float>(), a.targets.data<int32_t>(), V, k, rows_of_float4({logits, d}));
+      d, logits, a.stats.data<float>(), a.targets.data<int32_t>(), V, k, aligned16({logits, d}));
   CUDA_CHECK(cudaGetLastError());
 }
 
