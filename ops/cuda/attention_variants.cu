@@ -12,19 +12,8 @@ namespace sy::ops::cuda {
 
 namespace {
 
-// Each variant's part: the forward's config, or the backward's two.
-template <class Cfg>
-struct Fwd {
-  using Config = Cfg;
-};
-template <class Kv, class Q>
-struct Bwd {
-  using Dkdv = Kv;
-  using Dq = Q;
-};
-
-// The tables (index = variant; 0, the default, is not listed here). The
-// registers and spills of each, from ptxas, are in the .cu's build output.
+// The tables, by index of variant (0: the default, run through the entry
+// points); ptxas -v on this file gives each kernel's registers and spills.
 //   D 64, default: forward 4 warps x 32 rows, key tiles of 64; dK/dV and dQ 4 warps x 16 rows, tiles of 64.
 //   D 128, default: forward 8 warps x 16 rows, key tiles of 64, Q in registers; dK/dV 4 x 16 keys,
 //   query tiles of 32; dQ 4 x 16 queries, key tiles of 64.
@@ -70,14 +59,14 @@ int64_t check(const char* op, const AttentionShape& s, DType dt, size_t v) {
   return D;
 }
 
-template <class F>
+template <class Cfg>
 void forward_with(Ctx& ctx, const AttentionArgs& a) {
   check_aligned("attention_forward_variant", {a.qkv.raw(), a.out.raw()});
-  forward_bf16_cfg<typename F::Config>(geom(a.shape), CausalMask{}, bf(a.qkv), bf(a.out), a.lse.data<float>(),
+  forward_bf16_cfg<Cfg>(geom(a.shape), CausalMask{}, bf(a.qkv), bf(a.out), a.lse.data<float>(),
                                        stream_of(ctx));
 }
 
-template <class B>
+template <class Kv, class Q>
 void backward_with(Ctx& ctx, const AttentionBackwardArgs& a) {
   const AttentionShape& s = a.shape;
   check_aligned("attention_backward_variant", {a.qkv.raw(), a.dqkv.raw(), a.dout.raw(), a.out.raw()});
@@ -86,7 +75,7 @@ void backward_with(Ctx& ctx, const AttentionBackwardArgs& a) {
   Tensor delta = Tensor::empty({rows * g.H}, DType::f32, ctx);  // laid out as lse
   cudaStream_t st = stream_of(ctx);
   delta_any<bf16>(bf(a.dout), bf(a.out), delta.data<float>(), g, D, rows, st);
-  backward_bf16_cfg<typename B::Dkdv, typename B::Dq>(g, CausalMask{}, bf(a.qkv), bf(a.dout), a.lse.data<float>(),
+  backward_bf16_cfg<Kv, Q>(g, CausalMask{}, bf(a.qkv), bf(a.dout), a.lse.data<float>(),
                                                       delta.data<float>(), bf(a.dqkv), st);
 }
 
@@ -100,15 +89,15 @@ void attention_forward_variant(Ctx& ctx, const AttentionArgs& a, size_t v) {
   if (!table(D)[v].forward) return cuda::attention_forward(ctx, a);  // (the default's)
   if (D == 64) {
     switch (v) {
-      case 1: return forward_with<Fwd<TcCfg<64, 4, 2, 64, true>>>(ctx, a);
-      case 2: return forward_with<Fwd<TcCfg<64, 8, 1, 64>>>(ctx, a);
-      default: return forward_with<Fwd<TcCfg<64, 4, 2, 128>>>(ctx, a);
+      case 1: return forward_with<TcCfg<64, 4, 2, 64, true>>(ctx, a);
+      case 2: return forward_with<TcCfg<64, 8, 1, 64>>(ctx, a);
+      default: return forward_with<TcCfg<64, 4, 2, 128>>(ctx, a);
     }
   }
   switch (v) {
-    case 1: return forward_with<Fwd<TcCfg<128, 8, 1, 64>>>(ctx, a);
-    case 2: return forward_with<Fwd<TcCfg<128, 4, 1, 64, true>>>(ctx, a);
-    default: return forward_with<Fwd<TcCfg<128, 8, 1, 32, true>>>(ctx, a);
+    case 1: return forward_with<TcCfg<128, 8, 1, 64>>(ctx, a);
+    case 2: return forward_with<TcCfg<128, 4, 1, 64, true>>(ctx, a);
+    default: return forward_with<TcCfg<128, 8, 1, 32, true>>(ctx, a);
   }
 }
 
@@ -117,11 +106,11 @@ void attention_backward_variant(Ctx& ctx, const AttentionBackwardArgs& a, size_t
   if (a.shape.B == 0 || a.shape.T == 0) return;
   if (v == 0 || table(D)[v].forward) return cuda::attention_backward(ctx, a);  // (the default's)
   if (D == 64) {
-    if (v == 4) return backward_with<Bwd<TcCfg<64, 8, 1, 64>, TcCfg<64, 8, 1, 64>>>(ctx, a);
-    return backward_with<Bwd<TcCfg<64, 4, 1, 128>, TcCfg<64, 4, 1, 128>>>(ctx, a);
+    if (v == 4) return backward_with<TcCfg<64, 8, 1, 64>, TcCfg<64, 8, 1, 64>>(ctx, a);
+    return backward_with<TcCfg<64, 4, 1, 128>, TcCfg<64, 4, 1, 128>>(ctx, a);
   }
-  if (v == 4) return backward_with<Bwd<TcCfg<128, 8, 1, 32>, TcCfg<128, 8, 1, 64>>>(ctx, a);
-  return backward_with<Bwd<TcCfg<128, 4, 1, 32>, TcCfg<128, 4, 1, 32>>>(ctx, a);
+  if (v == 4) return backward_with<TcCfg<128, 8, 1, 32>, TcCfg<128, 8, 1, 64>>(ctx, a);
+  return backward_with<TcCfg<128, 4, 1, 32>, TcCfg<128, 4, 1, 32>>(ctx, a);
 }
 
 }  // namespace sy::ops::cuda
