@@ -52,6 +52,7 @@
 
 #include "core/cuda_check.h"
 #include "examples/bench_expert_gemm.h"
+#include "examples/bench_varlen.h"
 #include "ops/cuda/attention_variants.h"
 #endif
 
@@ -795,6 +796,26 @@ int main(int argc, char** argv) {
 #endif
         }
     }
+#ifdef SY_WITH_CUDA
+    if (rt) {  // The varlen kernels at routed causal attention's geometry, a step at a time from the
+               // dense kernel (examples/bench_varlen.h): where routed attention's tile time goes.
+      sy::bench::VarlenLadderShape vs;
+      if (quick) vs.segments = 16, vs.side = 64;
+      try {
+        sy::bench::VarlenLadder vl(ctx, vs, 91);
+        for (sy::bench::VarlenLadderCase& c : vl.cases()) {
+          Row row{c.name, c.shape, 0, c.flops, 0};
+          row.note = c.note;
+          add(row, c.run, nullptr);
+        }
+      } catch (const std::exception& e) {  // (the layouts could not be made: one row says why)
+        Row row{"varlen_ladder", "", 0, 0, 0};
+        row.note = std::string(e.what()).substr(0, 100);
+        std::cerr << "[bench_ops] varlen_ladder: " << row.note << std::endl;
+        rows.push_back(row);
+      }
+    }
+#endif
     {  // multi-tensor AdamW over 64M parameters: reads w, g, m, v; writes w, m, v
       const int64_t n = quick ? (1 << 20) : (int64_t(1) << 26);
       Tensor w = Tensor::zeros({n}, DType::f32, ctx), g = randn({n}, rng, 1e-3f).to(ctx);

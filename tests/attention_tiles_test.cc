@@ -189,6 +189,19 @@ std::vector<Tiling> split_layout_tilings() {
   return tilings;
 }
 
+// MemberMask::ends for the segment at packed rows [row0, row0 + len), as
+// the varlen launch's row_ends_kernel makes it (row_end of each row of the
+// bound mask, at the row's packed index; the other rows poisoned), into
+// `ends`; returns its data for the unbound mask's `ends`.
+const int32_t* row_ends(const attn::MemberMask& m, int seg, int row0, int len, std::vector<int32_t>& ends) {
+  ends.assign(static_cast<size_t>(row0 + len), -99);
+  attn::MemberMask u = m;
+  u.ends = nullptr;
+  const attn::MemberMask b = u.bind(seg, row0, len);
+  for (int r = 0; r < len; ++r) ends[static_cast<size_t>(row0 + r)] = b.row_end(r);
+  return ends.data();
+}
+
 TEST(AttentionTiles, SplitLayoutComputesEachAllowedPairOnce) {
   Lcg next{4242};
   const int seg = 70, words = 2;
@@ -206,19 +219,24 @@ TEST(AttentionTiles, SplitLayoutComputesEachAllowedPairOnce) {
         kl[seg] = klen;
         attn::MemberMask m{is_q.data(), is_k.data(), kl.data()};
         m.pos = pos.data(), m.qbits = qbits.data(), m.kbits = kbits.data(), m.words = words;
-        const attn::MemberMask b = m.bind(seg, 0, len);
-        const std::vector<int> n = computed(b, t, len);
-        for (int q = 0; q < len; ++q)
-          for (int k = 0; k < len; ++k) {
-            bool allowed = k < klen && q >= klen && is_q[q] && is_k[k] && pos[k] <= pos[q];
-            if (allowed && is_q[q] == 2 && is_k[k] == 2) {
-              const uint64_t* qb = &qbits[pos[q] * words];
-              const uint64_t* kb = &kbits[pos[k] * words];
-              allowed = (qb[0] & kb[0]) == 0 && (qb[1] & kb[1] & ((uint64_t{1} << (seg - 64)) - 1)) == 0;
+        std::vector<int32_t> ends;
+        for (const bool with_ends : {false, true}) {
+          if (with_ends) m.ends = row_ends(m, seg, 0, len, ends);
+          const attn::MemberMask b = m.bind(seg, 0, len);
+          const std::vector<int> n = computed(b, t, len);
+          for (int q = 0; q < len; ++q)
+            for (int k = 0; k < len; ++k) {
+              bool allowed = k < klen && q >= klen && is_q[q] && is_k[k] && pos[k] <= pos[q];
+              if (allowed && is_q[q] == 2 && is_k[k] == 2) {
+                const uint64_t* qb = &qbits[pos[q] * words];
+                const uint64_t* kb = &kbits[pos[k] * words];
+                allowed = (qb[0] & kb[0]) == 0 && (qb[1] & kb[1] & ((uint64_t{1} << (seg - 64)) - 1)) == 0;
+              }
+              ASSERT_EQ(n[static_cast<size_t>(q) * len + k], allowed ? 1 : 0)
+                  << t.name << ", len " << len << ", key_len " << klen << ", q " << q << ", k " << k
+                  << (with_ends ? ", ends precomputed" : "");
             }
-            ASSERT_EQ(n[static_cast<size_t>(q) * len + k], allowed ? 1 : 0)
-                << t.name << ", len " << len << ", key_len " << klen << ", q " << q << ", k " << k;
-          }
+        }
       }
 }
 
@@ -273,21 +291,28 @@ TEST(AttentionTiles, AllFlaggedSplitLayoutComputesEachAllowedPairOnce) {
     for (const int len : {1, 16, 33, 100, 129, 300})
       for (const int klen : {0, 1, 15, 16, 17, 64, 65, 128}) {
         if (klen > len) continue;
-        std::vector<int32_t> is_q(len, 0), is_k(len, 0), pos(len);
-        for (int i = 0, p = 0; i < klen; ++i) pos[i] = p += static_cast<int>(next(3)), is_k[i] = 1;
-        for (int i = klen, p = 0; i < len; ++i) pos[i] = p += static_cast<int>(next(3)), is_q[i] = 1;
-        const int32_t kl[1] = {klen};
+        // The segment at packed rows [off, off + len) (bind's row0), the rows before it poisoned.
+        const int off = 3;
+        std::vector<int32_t> is_q(off + len, 9), is_k(off + len, 9), pos(off + len, -7);
+        for (int i = 0, p = 0; i < klen; ++i) pos[off + i] = p += static_cast<int>(next(3)), is_k[off + i] = 1;
+        for (int i = klen, p = 0; i < len; ++i) pos[off + i] = p += static_cast<int>(next(3)), is_q[off + i] = 1;
+        const int32_t kl[2] = {-5, klen};
         attn::MemberMask m{is_q.data(), is_k.data(), kl};
         m.pos = pos.data(), m.all_flagged = true;
-        const attn::MemberMask b = m.bind(0, 0, len);
-        ASSERT_TRUE(b.spans_exact());  // (the kernels' element mask then reads no flag)
-        const std::vector<int> n = computed(b, t, len);
-        for (int q = 0; q < len; ++q)
-          for (int k = 0; k < len; ++k) {
-            const bool allowed = k < klen && q >= klen && pos[k] <= pos[q];
-            ASSERT_EQ(n[static_cast<size_t>(q) * len + k], allowed ? 1 : 0)
-                << t.name << ", len " << len << ", key_len " << klen << ", q " << q << ", k " << k;
-          }
+        std::vector<int32_t> ends;
+        for (const bool with_ends : {false, true}) {
+          if (with_ends) m.ends = row_ends(m, 1, off, len, ends);
+          const attn::MemberMask b = m.bind(1, off, len);
+          ASSERT_TRUE(b.spans_exact());  // (the kernels' element mask then reads no flag)
+          const std::vector<int> n = computed(b, t, len);
+          for (int q = 0; q < len; ++q)
+            for (int k = 0; k < len; ++k) {
+              const bool allowed = k < klen && q >= klen && pos[off + k] <= pos[off + q];
+              ASSERT_EQ(n[static_cast<size_t>(q) * len + k], allowed ? 1 : 0)
+                  << t.name << ", len " << len << ", key_len " << klen << ", q " << q << ", k " << k
+                  << (with_ends ? ", ends precomputed" : "");
+            }
+        }
       }
 }
 
@@ -311,11 +336,13 @@ TEST(AttentionTiles, AllFlaggedSplitLayoutSkipsTheMaskBelowTheDiagonal) {
   }
 }
 
-// The varlen work list (attn::tile_work): over segments of random lengths
-// (empty ones included) and every tile size the kernels use, the blocks of
-// the grid's bound visit each (segment, tile) exactly once, in either
-// order, and the rest have no work; the list is the exclusive scan that
-// attention_kernels.cuh's tile_starts_kernel writes.
+// The varlen work list (attn::tile_work over attn::TileItem): over segments
+// of random lengths (empty ones included) and every tile size the kernels
+// use, the list built as attention_kernels.cuh's tile_list_kernel builds it
+// (an exclusive scan of the tile counts, segment_items for each segment, the
+// rest of the grid's bound marked empty) gives the blocks of the grid each
+// (segment, tile) exactly once, in segment order, a segment's tiles in
+// order or from its end, and the blocks past them no work.
 TEST(AttentionTiles, WorkListVisitsEachTileOnce) {
   uint32_t state = 99;
   auto next = [&state](uint32_t n) {
@@ -328,15 +355,21 @@ TEST(AttentionTiles, WorkListVisitsEachTileOnce) {
     for (int b = 0; b < S; ++b) seg[b + 1] = seg[b] + (next(4) == 0 ? 0 : next(trial < 10 ? 300 : 5000));
     for (const int tile : {16, 32, 64, 128})
       for (const bool last_first : {false, true}) {
-        std::vector<int32_t> work(S + 1, 0);
-        for (int b = 0; b < S; ++b) work[b + 1] = work[b] + attn::tiles_of(seg[b + 1] - seg[b], tile);
-        const int bound = (seg[S] + tile - 1) / tile + S;  // attention_kernels.cuh's grid()
-        ASSERT_LE(work[S], bound);
+        const int bound = (seg[S] + tile - 1) / tile + S;  // attention_kernels.cuh's grid_x()
+        std::vector<attn::TileItem> items(bound, attn::TileItem{7, 7, 7, 7});  // (poisoned)
+        int run = 0;
+        for (int b = 0; b < S; ++b) {
+          attn::segment_items(items.data(), run, b, seg[b + 1] - seg[b], tile);
+          run += attn::tiles_of(seg[b + 1] - seg[b], tile);
+        }
+        ASSERT_LE(run, bound);
+        for (int x = run; x < bound; ++x) items[x] = attn::TileItem{-1, 0, 0, 0};
         std::vector<std::vector<int>> seen(S);
         for (int b = 0; b < S; ++b) seen[b].assign(attn::tiles_of(seg[b + 1] - seg[b], tile), 0);
+        attn::TileWork prev{-1, 0};
         for (int x = 0; x < bound; ++x) {
-          const attn::TileWork w = attn::tile_work(work.data(), S, x, bound, 0, last_first);
-          if (x >= work[S]) {
+          const attn::TileWork w = attn::tile_work(items.data(), x, bound, 0, last_first);
+          if (x >= run) {
             EXPECT_EQ(w.b, -1) << "block " << x << " past the list";
             continue;
           }
@@ -345,10 +378,12 @@ TEST(AttentionTiles, WorkListVisitsEachTileOnce) {
           ASSERT_GE(w.tile, 0);
           ASSERT_LT(w.tile, static_cast<int>(seen[w.b].size())) << "segment " << w.b;
           ++seen[w.b][w.tile];
-          if (x > 0 && last_first && w.tile > 0) {  // a segment's tiles from its end
-            const attn::TileWork prev = attn::tile_work(work.data(), S, x - 1, bound, 0, last_first);
-            if (prev.b == w.b) EXPECT_EQ(prev.tile, w.tile + 1);
-          }
+          const int n = static_cast<int>(seen[w.b].size());
+          if (prev.b == w.b)  // a segment's tiles in order, or from its end
+            EXPECT_EQ(w.tile, last_first ? prev.tile - 1 : prev.tile + 1) << "segment " << w.b;
+          else  // a new segment, after the last: its first tile (from the end: its last)
+            EXPECT_TRUE(w.b > prev.b && w.tile == (last_first ? n - 1 : 0)) << "block " << x;
+          prev = w;
         }
         for (int b = 0; b < S; ++b)
           for (size_t j = 0; j < seen[b].size(); ++j)
@@ -356,7 +391,7 @@ TEST(AttentionTiles, WorkListVisitsEachTileOnce) {
       }
   }
   // dense: sequence z, tile x (or from the end)
-  const attn::TileWork d = attn::tile_work(nullptr, 3, 1, 5, 2, true);
+  const attn::TileWork d = attn::tile_work(nullptr, 1, 5, 2, true);
   EXPECT_EQ(d.b, 2);
   EXPECT_EQ(d.tile, 3);
 }

@@ -82,8 +82,9 @@ struct Geom {
   int heads;       // heads [0, heads) are computed (ops/attention.h: AttentionShape::heads)
   const int32_t* seg = nullptr;  // varlen: segment b is rows [seg[b], seg[b+1]); null: dense
   int64_t rows = 0;              // varlen: rows of all segments
-  const int32_t* work = nullptr;  // varlen, per launch: the work list of its tile (attn::tile_work)
-  int32_t* scratch = nullptr;     // varlen: room for two work lists (2 (B + 1)), device
+  const attn::TileItem* work = nullptr;  // varlen, per launch: the work list of its tile (attn::tile_work)
+  attn::TileItem* scratch = nullptr;     // varlen: room for two work lists of items_cap items each, device
+  int64_t items_cap = 0;                 // varlen: >= the grid's bound at any tile of 16 rows or more
   int64_t C;       // model width: q of head h at column h*D, k at C + h*D, v at 2C + h*D
   int64_t ld_qkv;  // elements between rows of qkv and dqkv (3C)
   int64_t ld_out;  // elements between rows of out and dout (C)
@@ -102,7 +103,7 @@ __device__ __forceinline__ Seq sequence(const Geom& g, int b) {
 }
 // This block's (sequence, tile): attn::tile_work on the launch's grid.
 __device__ __forceinline__ attn::TileWork block_work(const Geom& g, bool last_first) {
-  return attn::tile_work(g.work, g.B, blockIdx.x, gridDim.x, blockIdx.z, last_first);
+  return attn::tile_work(g.work, blockIdx.x, gridDim.x, blockIdx.z, last_first);
 }
 // lse and Delta of (sequence b, head h) start here: dense (B, H, T), varlen
 // (H, rows) - row r of head h at h * rows + r.
@@ -1059,8 +1060,10 @@ cudaStream_t stream_of(const Ctx& ctx) { return static_cast<cudaStream_t>(ctx.st
 
 // The varlen work list for tiles of `tile` rows (attn::tile_work): one block;
 // each thread sums the tile counts of a run of segments, an exclusive scan
-// of the threads' sums (common.cuh) places the runs.
-__global__ void __launch_bounds__(1024) tile_starts_kernel(const int32_t* __restrict__ seg, int S, int tile, int32_t* __restrict__ work) {
+// of the threads' sums (common.cuh) places the runs, and each thread writes
+// its segments' items (attn::segment_items); items [total, bound) say "none".
+__global__ void __launch_bounds__(1024) tile_list_kernel(const int32_t* __restrict__ seg, int S, int tile, int bound,
+                                                         attn::TileItem* __restrict__ items) {
   __shared__ int32_t scratch[1024];
   const int per = (S + blockDim.x - 1) / blockDim.x;
   const int lo = min(S, static_cast<int>(threadIdx.x) * per), hi = min(S, lo + per);
@@ -1069,19 +1072,32 @@ __global__ void __launch_bounds__(1024) tile_starts_kernel(const int32_t* __rest
   int32_t total = 0;
   int32_t run = block_exclusive_sum(sum, scratch, &total);
   for (int b = lo; b < hi; ++b) {
-    work[b] = run;
-    run += attn::tiles_of(seg[b + 1] - seg[b], tile);
+    const int len = seg[b + 1] - seg[b];
+    attn::segment_items(items, run, b, len, tile);
+    run += attn::tiles_of(len, tile);
   }
-  if (threadIdx.x == 0) work[S] = total;
+  for (int x = total + threadIdx.x; x < bound; x += blockDim.x) items[x] = attn::TileItem{-1, 0, 0, 0};
+}
+
+// The grid's x extent: the tiles of the block's own rows; varlen: the work
+// list's bound.
+unsigned grid_x(const Geom& g, int tile) {
+  if (g.seg) return static_cast<unsigned>((g.rows + tile - 1) / tile + g.B);
+  return static_cast<unsigned>((g.T + tile - 1) / tile);
 }
 
 // g for a launch with tiles of `tile` rows: varlen gets its work list, built
 // in scratch part `part` (0 or 1: the two kernels of a backward) on st.
 Geom with_work(const Geom& g, int tile, int part, cudaStream_t st) {
   if (!g.seg) return g;
+  const unsigned bound = grid_x(g, tile);
+  if (tile < 16 || bound > g.items_cap)
+    throw BackendError("attention: a varlen work list of " + std::to_string(bound) + " items at tiles of " +
+                       std::to_string(tile) + " rows (room for " + std::to_string(g.items_cap) + ")");
   Geom w = g;
-  w.work = g.scratch + part * (g.B + 1);
-  tile_starts_kernel<<<1, 1024, 0, st>>>(g.seg, g.B, tile, g.scratch + part * (g.B + 1));
+  attn::TileItem* items = g.scratch + part * g.items_cap;
+  w.work = items;
+  tile_list_kernel<<<1, 1024, 0, st>>>(g.seg, g.B, tile, static_cast<int>(bound), items);
   CUDA_CHECK(cudaGetLastError());
   return w;
 }
@@ -1089,8 +1105,8 @@ Geom with_work(const Geom& g, int tile, int part, cudaStream_t st) {
 // The grids: (tiles of the block's own rows, heads computed, sequences);
 // varlen: (the work list's bound, heads computed, 1).
 dim3 grid(const Geom& g, int tile) {
-  if (g.work) return dim3(static_cast<unsigned>((g.rows + tile - 1) / tile + g.B), g.heads, 1);
-  return dim3(static_cast<unsigned>((g.T + tile - 1) / tile), g.heads, g.B);
+  if (g.work) return dim3(grid_x(g, tile), g.heads, 1);
+  return dim3(grid_x(g, tile), g.heads, g.B);
 }
 
 // The bf16 launches with any tile configuration (TcCfg): Configs<D>'s

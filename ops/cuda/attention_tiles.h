@@ -175,9 +175,17 @@ struct MemberMask {
   int clusters = INT_MAX;  // segments per stacked head (bit b % clusters; INT_MAX: one head)
   int seg = 0;       // after bind: the segment's index
   bool all_flagged = false;  // see above
+  // With pos, optional: row_end(r) of every row of every segment, made once
+  // a launch (attention_kernels.cuh's row_ends_kernel), so that the spans,
+  // kv_end and q_begin take one load a row where row_end's binary search
+  // took ~log2 of the segment's rows dependent loads - per row and tile in
+  // the loops that test the element mask (a query row's span, the warps'
+  // skips), which routed causal attention's packing does on almost every tile.
+  const int32_t* ends = nullptr;
   SY_HD MemberMask bind(int b, int64_t row0, int n) const {
     return {is_query + row0, is_key + row0, key_len, n, key_len ? key_len[b] : n,
-            pos ? pos + row0 : nullptr, qbits, kbits, words, clusters, b, all_flagged};
+            pos ? pos + row0 : nullptr, qbits, kbits, words, clusters, b, all_flagged,
+            ends ? ends + row0 : nullptr};
   }
   SY_HD bool ok(int q, int k) const {
     if (!(q < len && k < klen && is_query[q] && is_key[k])) return false;
@@ -213,8 +221,21 @@ struct MemberMask {
   }
   // With pos: the keys at or before query row q's position (a prefix of
   // [0, klen)), and the first query row at or after key row k's.
-  SY_HD int keys_up_to(int q) const { return upper_index(pos, klen, pos[q]); }
-  SY_HD int first_query_from(int k) const { return klen + lower_index(pos + klen, len - klen, pos[k]); }
+  SY_HD int keys_up_to(int q) const { return ends ? ends[q] : upper_index(pos, klen, pos[q]); }
+  SY_HD int first_query_from(int k) const {
+    return ends ? ends[k] : klen + lower_index(pos + klen, len - klen, pos[k]);
+  }
+  // The one of the two a row has: a key row's first query, a query row's
+  // keys (what `ends` holds; computed by search whether or not it is set).
+  SY_HD int row_end(int r) const {
+    const MemberMask m = without_ends();
+    return r < klen ? m.first_query_from(r) : m.keys_up_to(r);
+  }
+  SY_HD MemberMask without_ends() const {
+    MemberMask m = *this;
+    m.ends = nullptr;
+    return m;
+  }
   SY_HD int q_end(int) const { return INT_MAX; }
   SY_HD bool tile_full(int q_first, int q_last, int, int k_last) const {
     if (!all_flagged || !pos || words > 0) return false;
@@ -223,26 +244,37 @@ struct MemberMask {
 };
 
 // Which (sequence, tile) a block of a launch works on.
-//   dense (work null): sequence z, tile x of the nx in the grid;
+//   dense (no list): sequence z, tile x of the nx in the grid;
 //   varlen: a work list, so the grid holds the tiles that exist rather than
 //     segments x the longest segment's tiles (which unbalanced clusters and
-//     block top-k's long segments make mostly empty): block x is the x-th
-//     (segment, tile) pair in segment order, work[b] = the tiles of the
-//     segments before b (an exclusive scan of tiles_of(len, tile)), work[S]
-//     all of them; blocks from work[S] on have none (b = -1). The grid's
-//     bound: sum_b ceil(len_b / tile) <= ceil(rows / tile) + S.
+//     block top-k's long segments make mostly empty): block x takes item x,
+//     the x-th (segment, tile) pair in segment order; segment b's items
+//     start at the tiles of the segments before it (an exclusive scan of
+//     tiles_of(len, tile)), and the items past all of them have none
+//     (b = -1). The grid's bound: sum_b ceil(len_b / tile) <= ceil(rows /
+//     tile) + S. A block reads its item in one 16-byte load: the scan alone
+//     needed a binary search of ~log2 S dependent loads a block, and at
+//     routed attention's 2048 segments of ~4 tiles each the blocks are short.
 // last_first numbers a sequence's tiles from its end (the kernels launch the
 // query tiles with the most keys first).
 struct TileWork {
   int b, tile;
 };
+struct alignas(16) TileItem {
+  int32_t b, j, n, pad;  // segment, its tile, its tiles
+};
 SY_HD inline int tiles_of(int len, int tile) { return (len + tile - 1) / tile; }
-SY_HD inline TileWork tile_work(const int32_t* work, int S, int x, int nx, int z, bool last_first) {
-  if (!work) return {z, last_first ? nx - 1 - x : x};
-  if (x >= work[S]) return {-1, 0};
-  const int b = upper_index(work, S + 1, x) - 1;
-  const int j = x - work[b], n = work[b + 1] - work[b];
-  return {b, last_first ? n - 1 - j : j};
+// Segment b's items, from `start` (the scan's value for b): what the list
+// kernel's thread for b writes (attention_kernels.cuh's tile_list_kernel).
+SY_HD inline void segment_items(TileItem* items, int start, int b, int len, int tile) {
+  const int n = tiles_of(len, tile);
+  for (int j = 0; j < n; ++j) items[start + j] = TileItem{b, j, n, 0};
+}
+SY_HD inline TileWork tile_work(const TileItem* items, int x, int nx, int z, bool last_first) {
+  if (!items) return {z, last_first ? nx - 1 - x : x};
+  const TileItem it = items[x];
+  if (it.b < 0) return {-1, 0};
+  return {it.b, last_first ? it.n - 1 - it.j : it.j};
 }
 
 // Tiles [first, end) of a loop.

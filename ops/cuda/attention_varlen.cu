@@ -12,10 +12,18 @@ namespace sy::ops::cuda {
 
 namespace {
 
-// scratch: (2 (segments + 1)) i32 on the launches' stream, for the work lists.
+// The work lists' room (attn::TileItem, 16 bytes each): the grid's bound at
+// the smallest tile any kernel takes (16 rows), for each of two lists.
+int64_t items_cap(const VarlenAttention& v) { return (v.rows + 15) / 16 + v.segments; }
+Tensor work_scratch(Ctx& ctx, const VarlenAttention& v) {
+  return Tensor::empty({2 * items_cap(v) * 4}, DType::i32, ctx);
+}
+
+// scratch: work_scratch's, on the launches' stream.
 Geom varlen_geom(const VarlenAttention& v, Tensor& scratch) {
   Geom g;
-  g.scratch = scratch.data<int32_t>();
+  g.scratch = reinterpret_cast<attn::TileItem*>(scratch.data<int32_t>());
+  g.items_cap = items_cap(v);
   g.B = static_cast<int>(v.segments);
   g.H = g.heads = static_cast<int>(v.H);
   g.T = static_cast<int>(v.max_len);
@@ -36,7 +44,21 @@ void check_varlen(const char* op, const VarlenAttention& v, const Tensor& qkv) {
     throw BackendError(std::string(op) + ": up to 65535 heads, 2^30 rows per segment, 2^31 in all");
 }
 
-attn::MemberMask member_mask(const VarlenAttention& v) {
+// ends[r] = row_end of packed row r in its segment (attn::MemberMask::ends):
+// one thread a row; the segment by a search of the offsets (an empty
+// segment's offset equals the next one's, so the last start at or before r
+// is r's segment).
+__global__ void row_ends_kernel(attn::MemberMask m, const int32_t* __restrict__ seg, int S, int64_t rows,
+                                int32_t* __restrict__ ends) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  const int b = attn::upper_index(seg, S + 1, static_cast<int32_t>(r)) - 1;
+  ends[r] = m.bind(b, seg[b], seg[b + 1] - seg[b]).row_end(static_cast<int>(r - seg[b]));
+}
+
+// The launch's mask; with positions (and row_ends), its rows' span ends
+// made on ctx's stream into `ends` (kept by the caller for the launch).
+attn::MemberMask member_mask(Ctx& ctx, const VarlenAttention& v, Tensor& ends) {
   attn::MemberMask m{v.is_query, v.is_key, v.key_len};
   m.pos = v.pos;
   m.qbits = v.qbits;
@@ -44,6 +66,13 @@ attn::MemberMask member_mask(const VarlenAttention& v) {
   m.words = v.words;
   m.clusters = v.clusters;
   m.all_flagged = v.all_flagged;
+  if (v.pos && v.row_ends) {
+    ends = Tensor::empty({v.rows}, DType::i32, ctx);
+    row_ends_kernel<<<static_cast<unsigned>((v.rows + 255) / 256), 256, 0, stream_of(ctx)>>>(
+        m, v.seg, static_cast<int>(v.segments), v.rows, ends.data<int32_t>());
+    CUDA_CHECK(cudaGetLastError());
+    m.ends = ends.data<int32_t>();
+  }
   return m;
 }
 }  // namespace
@@ -56,9 +85,9 @@ void varlen_attention_forward(Ctx& ctx, const VarlenAttention& v, const Tensor& 
   SY_CHECK(!v.pos || (v.key_len && (v.words == 0 || (v.qbits && v.kbits && v.clusters > 0))),
            "varlen_attention_forward: positions (the split layout) need key prefixes and membership bitmaps");
   check_aligned("varlen_attention_forward", {qkv.raw(), out.raw()});
-  Tensor scratch = Tensor::empty({2 * (v.segments + 1)}, DType::i32, ctx);
-  forward_any("varlen_attention_forward", varlen_geom(v, scratch), member_mask(v), qkv, out, lse.data<float>(),
-              v.C / v.H, stream_of(ctx));
+  Tensor scratch = work_scratch(ctx, v), ends;
+  forward_any("varlen_attention_forward", varlen_geom(v, scratch), member_mask(ctx, v, ends), qkv, out,
+              lse.data<float>(), v.C / v.H, stream_of(ctx));
 }
 
 void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv, const Tensor& dout,
@@ -72,9 +101,9 @@ void varlen_attention_backward(Ctx& ctx, const VarlenAttention& v, Tensor& dqkv,
   SY_CHECK(!v.pos || (v.key_len && (v.words == 0 || (v.qbits && v.kbits && v.clusters > 0))),
            "varlen_attention_backward: positions (the split layout) need key prefixes and membership bitmaps");
   check_aligned("varlen_attention_backward", {qkv.raw(), dqkv.raw(), dout.raw(), out.raw()});
-  Tensor scratch = Tensor::empty({2 * (v.segments + 1)}, DType::i32, ctx);
-  backward_any("varlen_attention_backward", ctx, varlen_geom(v, scratch), member_mask(v), v.rows, dqkv, dout, qkv,
-               out, lse.data<float>(), v.C / v.H);
+  Tensor scratch = work_scratch(ctx, v), ends;
+  backward_any("varlen_attention_backward", ctx, varlen_geom(v, scratch), member_mask(ctx, v, ends), v.rows, dqkv,
+               dout, qkv, out, lse.data<float>(), v.C / v.H);
 }
 
 }  // namespace sy::ops::cuda
