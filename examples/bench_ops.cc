@@ -20,10 +20,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/device_runtime.h"
 #include "core/error.h"
@@ -142,6 +144,47 @@ struct Row {
   std::string note;
 };
 
+// A note that says a CUDA or cuBLAS call failed (core/error.h's
+// SY_CHECK_CALL: "file:line: CUDA: expr: reason"): after a kernel faults,
+// every later row's note says so (the error is sticky).
+bool device_error(const std::string& note) {
+  return note.find(": CUDA: ") != std::string::npos || note.find(": cuBLAS: ") != std::string::npos;
+}
+
+// --resume: the rows of an earlier run's JSON up to its first device error
+// (kept as they were), and that row (its note marked), which a run past a
+// kernel fault then leaves out: gpu_check.sh's rerun, in a new process, of
+// the rows a fault cut off. Without a device error: every row (a run cut
+// off by its time limit goes on from where it stopped).
+std::vector<Row> resume_rows(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw sy::Error("--resume " + path + ": cannot be read (" + std::strerror(errno) + ")");
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text.str());
+  } catch (const std::exception& e) {
+    throw sy::Error("--resume " + path + ": not a bench_ops JSON (" + std::string(e.what()).substr(0, 80) + ")");
+  }
+  if (!j.contains("ops") || !j["ops"].is_array()) throw sy::Error("--resume " + path + ": no \"ops\" array");
+  std::vector<Row> rows;
+  for (const auto& o : j["ops"]) {
+    Row r{o.value("op", ""), o.value("shape", ""), o.value("seconds", 0.0), o.value("flops", 0.0),
+          o.value("bytes", 0.0)};
+    r.host_seconds = o.value("host_seconds", 0.0);
+    r.queued_seconds = o.value("queued_seconds", 0.0);
+    r.wrong = o.value("wrong", int64_t{-1});
+    r.note = o.value("note", "");
+    // (a row an earlier --resume left out stays out, as it was)
+    const bool fault = device_error(r.note) && r.note.rfind("skipped by --resume", 0) != 0;
+    if (fault) r.note = "skipped by --resume, after: " + r.note;
+    rows.push_back(r);
+    if (fault) break;
+  }
+  return rows;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -155,9 +198,15 @@ int main(int argc, char** argv) {
   app.add_flag("--overwrite", overwrite, "replace an existing --json file");
   app.add_option("--iters", iters, "timed runs per case (median)")->check(CLI::Range(1, 10000));
   app.add_flag("--quick", quick, "small shapes (a smoke test)");
+  std::string resume_path;
+  app.add_option("--resume", resume_path,
+                 "an earlier run's JSON: its rows up to the first whose note is a CUDA error are kept, that row "
+                 "is left out, the others run (after a kernel fault, whose error fails every later row)");
   CLI11_PARSE(app, argc, argv);
 
   return sy::run_tool([&] {
+    // (read before --json is checked or written: they may name one file)
+    const std::vector<Row> resumed = resume_path.empty() ? std::vector<Row>{} : resume_rows(resume_path);
     sy::check_output_path("--json", json_path, {}, overwrite);  // before the work, not after
     std::unique_ptr<sy::DeviceRuntime> rt;
     if (device == "cuda") rt = sy::DeviceRuntime::create(0);
@@ -247,7 +296,14 @@ int main(int argc, char** argv) {
     // that throws is a row with the error as its note (the rest still run);
     // each row is also reported on stderr as it ends, so a run cut off by a
     // time limit still says how far it got.
+    size_t next = 0;  // rows added so far: --resume's rows stand in for the first ones
     auto add = [&](Row row, const std::function<void()>& run, const std::function<int64_t()>& check) {
+      if (next < resumed.size() && resumed[next].name == row.name && resumed[next].shape == row.shape) {
+        rows.push_back(resumed[next++]);
+        write_json(false);
+        return;
+      }
+      next = resumed.size();  // (a row that is not the resumed one's: every row from here runs)
       try {
         row.seconds = time_it(ctx, rt.get(), run, warmup, iters, &row.host_seconds);
         if (rt && row.seconds > 0 && row.seconds < 1e-4) {  // the launch is a large part of one call

@@ -89,7 +89,7 @@ struct VarlenLadder::State {
   VarlenLadderShape s;
   Tensor qkv, dout, out, lse, dqkv;
   Tensor d_qkv, d_dout, d_out, d_lse, d_dqkv;  // the dense step's (S, n, .) views of them
-  Layout index, split, split_search, split_ok;
+  Layout index, split, split_ok;
   explicit State(Ctx& c) : ctx(c) {}
 };
 
@@ -105,8 +105,6 @@ VarlenLadder::VarlenLadder(Ctx& ctx, const VarlenLadderShape& s, uint64_t seed) 
   st.dqkv = Tensor::zeros({rows, 3 * D}, DType::bf16, ctx);
   st.index = index_layout(ctx, s.segments, 2 * s.side, D);
   st.split = split_layout(ctx, s.segments, s.side, D, true, seed + 2);
-  st.split_search = split_layout(ctx, s.segments, s.side, D, true, seed + 2);
-  st.split_search.v.row_ends = false;
   st.split_ok = split_layout(ctx, s.segments, s.side, D, false, seed + 2);
 }
 
@@ -145,7 +143,6 @@ std::vector<VarlenLadderCase> VarlenLadder::cases() {
   const std::string split_shape = segs + std::to_string(m) + " keys + " + std::to_string(m) + " queries D" +
                                   std::to_string(D);
   varlen("split", st.split, split_shape, "routed causal's packing: positions, all_flagged (spans, full tiles)");
-  varlen("split_search", st.split_search, split_shape, "the same, span ends by binary search a row and tile");
   varlen("split_ok", st.split_ok, split_shape, "the same, ok() pair by pair (no all_flagged)");
   return out;
 }

@@ -15,8 +15,6 @@
 //   split      S segments of m keys then m queries (positions interleaved at
 //              random, each side ascending): routed causal attention's
 //              packing and mask exactly (all_flagged: spans, full tiles)
-//   split_search  the same with each row's span end found by binary search
-//              per row and tile (before MemberMask::ends)
 //   split_ok   the same without all_flagged: ok() pair by pair
 //
 // S = 2048 (256 clusters x 8 heads), m = 256 (64k tokens over 256

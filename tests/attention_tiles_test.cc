@@ -189,16 +189,17 @@ std::vector<Tiling> split_layout_tilings() {
   return tilings;
 }
 
-// MemberMask::ends for the segment at packed rows [row0, row0 + len), as
-// the varlen launch's row_ends_kernel makes it (row_end of each row of the
-// bound mask, at the row's packed index; the other rows poisoned), into
-// `ends`; returns its data for the unbound mask's `ends`.
-const int32_t* row_ends(const attn::MemberMask& m, int seg, int row0, int len, std::vector<int32_t>& ends) {
-  ends.assign(static_cast<size_t>(row0 + len), -99);
-  attn::MemberMask u = m;
-  u.ends = nullptr;
-  const attn::MemberMask b = u.bind(seg, row0, len);
-  for (int r = 0; r < len; ++r) ends[static_cast<size_t>(row0 + r)] = b.row_end(r);
+// MemberMask::ends for segment b at packed rows [row0, row0 + len), as the
+// varlen launch's row_ends_kernel makes it: row_end_at of every row of that
+// segment, over offsets where segments 0 .. b-2 are empty (at row 0) and
+// b - 1 holds the rows before row0 (so the search passes empty segments);
+// the other rows, and 64 after the segment, poisoned. Into `ends`; returns
+// its data for the unbound mask's `ends`.
+const int32_t* row_ends(const attn::MemberMask& m, int b, int row0, int len, std::vector<int32_t>& ends) {
+  std::vector<int32_t> seg(b + 2, 0);
+  seg[b] = row0, seg[b + 1] = row0 + len;
+  ends.assign(static_cast<size_t>(row0 + len + 64), -99);
+  for (int r = row0; r < row0 + len; ++r) ends[static_cast<size_t>(r)] = m.row_end_at(seg.data(), b + 1, r);
   return ends.data();
 }
 
@@ -337,58 +338,63 @@ TEST(AttentionTiles, AllFlaggedSplitLayoutSkipsTheMaskBelowTheDiagonal) {
 }
 
 // The varlen work list (attn::tile_work over attn::TileItem): over segments
-// of random lengths (empty ones included) and every tile size the kernels
-// use, the list built as attention_kernels.cuh's tile_list_kernel builds it
-// (an exclusive scan of the tile counts, segment_items for each segment, the
-// rest of the grid's bound marked empty) gives the blocks of the grid each
-// (segment, tile) exactly once, in segment order, a segment's tiles in
-// order or from its end, and the blocks past them no work.
+// of random lengths (empty ones included), fewer and more than the list
+// kernel's threads, and every tile size the kernels use, the list built as
+// attention_kernels.cuh's tile_list_kernel builds it (each thread's run of
+// segments, thread_run; their tile sums, run_tiles; an exclusive scan of the
+// sums; each run's items, run_items; the rest of the grid's bound marked
+// empty) gives the blocks of the grid each (segment, tile) exactly once, in
+// segment order, a segment's tiles in order or from its end, and the blocks
+// past them no work. (Planted: items numbered from the segment's end fail
+// here; so does a run placed one item late.)
 TEST(AttentionTiles, WorkListVisitsEachTileOnce) {
   uint32_t state = 99;
   auto next = [&state](uint32_t n) {
     state = state * 1664525u + 1013904223u;
     return static_cast<int>((state >> 8) % n);
   };
-  for (int trial = 0; trial < 20; ++trial) {
-    const int S = 1 + next(40);
+  for (int trial = 0; trial < 24; ++trial) {
+    const int S = trial < 20 ? 1 + next(40) : 1000 + next(3000);  // (the kernel's 1024 threads: runs of 1 to 4)
     std::vector<int32_t> seg(S + 1, 0);
-    for (int b = 0; b < S; ++b) seg[b + 1] = seg[b] + (next(4) == 0 ? 0 : next(trial < 10 ? 300 : 5000));
-    for (const int tile : {16, 32, 64, 128})
-      for (const bool last_first : {false, true}) {
-        const int bound = (seg[S] + tile - 1) / tile + S;  // attention_kernels.cuh's grid_x()
-        std::vector<attn::TileItem> items(bound, attn::TileItem{7, 7, 7, 7});  // (poisoned)
-        int run = 0;
-        for (int b = 0; b < S; ++b) {
-          attn::segment_items(items.data(), run, b, seg[b + 1] - seg[b], tile);
-          run += attn::tiles_of(seg[b + 1] - seg[b], tile);
-        }
-        ASSERT_LE(run, bound);
-        for (int x = run; x < bound; ++x) items[x] = attn::TileItem{-1, 0, 0, 0};
-        std::vector<std::vector<int>> seen(S);
-        for (int b = 0; b < S; ++b) seen[b].assign(attn::tiles_of(seg[b + 1] - seg[b], tile), 0);
-        attn::TileWork prev{-1, 0};
-        for (int x = 0; x < bound; ++x) {
-          const attn::TileWork w = attn::tile_work(items.data(), x, bound, 0, last_first);
-          if (x >= run) {
-            EXPECT_EQ(w.b, -1) << "block " << x << " past the list";
-            continue;
+    for (int b = 0; b < S; ++b)
+      seg[b + 1] = seg[b] + (next(4) == 0 ? 0 : next(trial < 10 ? 300 : trial < 20 ? 5000 : 200));
+    for (const int nt : {1024, 7})
+      for (const int tile : {16, 32, 64, 128})
+        for (const bool last_first : {false, true}) {
+          const int bound = (seg[S] + tile - 1) / tile + S;  // attention_kernels.cuh's grid_x()
+          std::vector<attn::TileItem> items(bound, attn::TileItem{7, 7, 7, 7});  // (poisoned)
+          int total = 0;
+          std::vector<int> start(nt);
+          for (int t = 0; t < nt; ++t) start[t] = total, total += attn::run_tiles(seg.data(), attn::thread_run(S, t, nt), tile);
+          ASSERT_LE(total, bound);
+          for (int t = 0; t < nt; ++t) attn::run_items(items.data(), start[t], seg.data(), attn::thread_run(S, t, nt), tile);
+          for (int x = total; x < bound; ++x) items[x] = attn::TileItem{-1, 0, 0, 0};
+          std::vector<std::vector<int>> seen(S);
+          for (int b = 0; b < S; ++b) seen[b].assign(attn::tiles_of(seg[b + 1] - seg[b], tile), 0);
+          attn::TileWork prev{-1, 0};
+          for (int x = 0; x < bound; ++x) {
+            const attn::TileWork w = attn::tile_work(items.data(), x, bound, 0, last_first);
+            if (x >= total) {
+              EXPECT_EQ(w.b, -1) << "block " << x << " past the list";
+              continue;
+            }
+            ASSERT_GE(w.b, 0);
+            ASSERT_LT(w.b, S);
+            ASSERT_GE(w.tile, 0);
+            ASSERT_LT(w.tile, static_cast<int>(seen[w.b].size())) << "segment " << w.b;
+            ++seen[w.b][w.tile];
+            const int n = static_cast<int>(seen[w.b].size());
+            if (prev.b == w.b)  // a segment's tiles in order, or from its end
+              ASSERT_EQ(w.tile, last_first ? prev.tile - 1 : prev.tile + 1) << "segment " << w.b;
+            else  // a new segment, after the last: its first tile (from the end: its last)
+              ASSERT_TRUE(w.b > prev.b && w.tile == (last_first ? n - 1 : 0)) << "block " << x;
+            prev = w;
           }
-          ASSERT_GE(w.b, 0);
-          ASSERT_LT(w.b, S);
-          ASSERT_GE(w.tile, 0);
-          ASSERT_LT(w.tile, static_cast<int>(seen[w.b].size())) << "segment " << w.b;
-          ++seen[w.b][w.tile];
-          const int n = static_cast<int>(seen[w.b].size());
-          if (prev.b == w.b)  // a segment's tiles in order, or from its end
-            EXPECT_EQ(w.tile, last_first ? prev.tile - 1 : prev.tile + 1) << "segment " << w.b;
-          else  // a new segment, after the last: its first tile (from the end: its last)
-            EXPECT_TRUE(w.b > prev.b && w.tile == (last_first ? n - 1 : 0)) << "block " << x;
-          prev = w;
+          for (int b = 0; b < S; ++b)
+            for (size_t j = 0; j < seen[b].size(); ++j)
+              ASSERT_EQ(seen[b][j], 1) << "segment " << b << " tile " << j << " tile size " << tile << ", " << nt
+                                       << " threads";
         }
-        for (int b = 0; b < S; ++b)
-          for (size_t j = 0; j < seen[b].size(); ++j)
-            ASSERT_EQ(seen[b][j], 1) << "segment " << b << " tile " << j << " tile size " << tile;
-      }
   }
   // dense: sequence z, tile x (or from the end)
   const attn::TileWork d = attn::tile_work(nullptr, 1, 5, 2, true);

@@ -1061,21 +1061,15 @@ cudaStream_t stream_of(const Ctx& ctx) { return static_cast<cudaStream_t>(ctx.st
 // The varlen work list for tiles of `tile` rows (attn::tile_work): one block;
 // each thread sums the tile counts of a run of segments, an exclusive scan
 // of the threads' sums (common.cuh) places the runs, and each thread writes
-// its segments' items (attn::segment_items); items [total, bound) say "none".
+// its segments' items (attn::thread_run, run_tiles, run_items: replayed on the
+// host by tests/attention_tiles_test.cc); items [total, bound) say "none".
 __global__ void __launch_bounds__(1024) tile_list_kernel(const int32_t* __restrict__ seg, int S, int tile, int bound,
                                                          attn::TileItem* __restrict__ items) {
   __shared__ int32_t scratch[1024];
-  const int per = (S + blockDim.x - 1) / blockDim.x;
-  const int lo = min(S, static_cast<int>(threadIdx.x) * per), hi = min(S, lo + per);
-  int32_t sum = 0;
-  for (int b = lo; b < hi; ++b) sum += attn::tiles_of(seg[b + 1] - seg[b], tile);
+  const attn::SegmentRun r = attn::thread_run(S, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
   int32_t total = 0;
-  int32_t run = block_exclusive_sum(sum, scratch, &total);
-  for (int b = lo; b < hi; ++b) {
-    const int len = seg[b + 1] - seg[b];
-    attn::segment_items(items, run, b, len, tile);
-    run += attn::tiles_of(len, tile);
-  }
+  const int32_t start = block_exclusive_sum(attn::run_tiles(seg, r, tile), scratch, &total);
+  attn::run_items(items, start, seg, r, tile);
   for (int x = total + threadIdx.x; x < bound; x += blockDim.x) items[x] = attn::TileItem{-1, 0, 0, 0};
 }
 

@@ -175,15 +175,18 @@ struct MemberMask {
   int clusters = INT_MAX;  // segments per stacked head (bit b % clusters; INT_MAX: one head)
   int seg = 0;       // after bind: the segment's index
   bool all_flagged = false;  // see above
-  // With pos, optional: row_end(r) of every row of every segment, made once
-  // a launch (attention_kernels.cuh's row_ends_kernel), so that the spans,
+  // With pos: row_end(r) of every row of every segment, made once a launch
+  // (ops/cuda/attention_varlen.cu's row_ends_kernel), so that the spans,
   // kv_end and q_begin take one load a row where row_end's binary search
   // took ~log2 of the segment's rows dependent loads - per row and tile in
   // the loops that test the element mask (a query row's span, the warps'
-  // skips), which routed causal attention's packing does on almost every tile.
+  // skips), which routed causal attention's packing does on almost every
+  // tile. The kernels read nothing else (so they carry no search: its code
+  // beside the load cost the dK/dV kernel 54 registers a thread); on the
+  // host, without ends, the searches (the tests run both).
   const int32_t* ends = nullptr;
   SY_HD MemberMask bind(int b, int64_t row0, int n) const {
-    return {is_query + row0, is_key + row0, key_len, n, key_len ? key_len[b] : n,
+    return {is_query + row0, is_key + row0, key_len, n, key_len ? imin(key_len[b], n) : n,
             pos ? pos + row0 : nullptr, qbits, kbits, words, clusters, b, all_flagged,
             ends ? ends + row0 : nullptr};
   }
@@ -221,20 +224,32 @@ struct MemberMask {
   }
   // With pos: the keys at or before query row q's position (a prefix of
   // [0, klen)), and the first query row at or after key row k's.
-  SY_HD int keys_up_to(int q) const { return ends ? ends[q] : upper_index(pos, klen, pos[q]); }
+  SY_HD int keys_up_to(int q) const {
+#ifdef __CUDA_ARCH__
+    return ends[q];
+#else
+    return ends ? ends[q] : search_keys_up_to(q);
+#endif
+  }
   SY_HD int first_query_from(int k) const {
-    return ends ? ends[k] : klen + lower_index(pos + klen, len - klen, pos[k]);
+#ifdef __CUDA_ARCH__
+    return ends[k];
+#else
+    return ends ? ends[k] : search_first_query_from(k);
+#endif
   }
-  // The one of the two a row has: a key row's first query, a query row's
-  // keys (what `ends` holds; computed by search whether or not it is set).
-  SY_HD int row_end(int r) const {
-    const MemberMask m = without_ends();
-    return r < klen ? m.first_query_from(r) : m.keys_up_to(r);
-  }
-  SY_HD MemberMask without_ends() const {
-    MemberMask m = *this;
-    m.ends = nullptr;
-    return m;
+  SY_HD int search_keys_up_to(int q) const { return upper_index(pos, klen, pos[q]); }
+  SY_HD int search_first_query_from(int k) const { return klen + lower_index(pos + klen, len - klen, pos[k]); }
+  // The one of the two a row has (what `ends` holds): a key row's first
+  // query, a query row's keys; by search.
+  SY_HD int row_end(int r) const { return r < klen ? search_first_query_from(r) : search_keys_up_to(r); }
+  // row_end of packed row r of the segments seg[0..S] (r < seg[S]), for an
+  // unbound mask: its segment is the last whose start is at or before r (an
+  // empty segment's start equals the next one's). What row_ends_kernel
+  // (ops/cuda/attention_varlen.cu) writes for each row.
+  SY_HD int row_end_at(const int32_t* seg, int S, int r) const {
+    const int b = upper_index(seg, S + 1, r) - 1;
+    return bind(b, seg[b], seg[b + 1] - seg[b]).row_end(r - seg[b]);
   }
   SY_HD int q_end(int) const { return INT_MAX; }
   SY_HD bool tile_full(int q_first, int q_last, int, int k_last) const {
@@ -264,11 +279,29 @@ struct alignas(16) TileItem {
   int32_t b, j, n, pad;  // segment, its tile, its tiles
 };
 SY_HD inline int tiles_of(int len, int tile) { return (len + tile - 1) / tile; }
-// Segment b's items, from `start` (the scan's value for b): what the list
-// kernel's thread for b writes (attention_kernels.cuh's tile_list_kernel).
-SY_HD inline void segment_items(TileItem* items, int start, int b, int len, int tile) {
-  const int n = tiles_of(len, tile);
-  for (int j = 0; j < n; ++j) items[start + j] = TileItem{b, j, n, 0};
+// The list kernel's (attention_kernels.cuh's tile_list_kernel) work, thread t
+// of nt: a run of segments [lo, hi), its tiles (summed, then placed by the
+// block's exclusive scan of the sums), and their items from `start` (the
+// scan's value for the run). (A run's items are written by its one thread:
+// a few hundred for an unbalanced cluster of ~20k rows at tiles of 64.)
+struct SegmentRun {
+  int lo, hi;
+};
+SY_HD inline SegmentRun thread_run(int S, int t, int nt) {
+  const int per = (S + nt - 1) / nt, lo = imin(S, t * per);
+  return {lo, imin(S, lo + per)};
+}
+SY_HD inline int run_tiles(const int32_t* seg, SegmentRun r, int tile) {
+  int sum = 0;
+  for (int b = r.lo; b < r.hi; ++b) sum += tiles_of(seg[b + 1] - seg[b], tile);
+  return sum;
+}
+SY_HD inline void run_items(TileItem* items, int start, const int32_t* seg, SegmentRun r, int tile) {
+  for (int b = r.lo; b < r.hi; ++b) {
+    const int n = tiles_of(seg[b + 1] - seg[b], tile);
+    for (int j = 0; j < n; ++j) items[start + j] = TileItem{b, j, n, 0};
+    start += n;
+  }
 }
 SY_HD inline TileWork tile_work(const TileItem* items, int x, int nx, int z, bool last_first) {
   if (!items) return {z, last_first ? nx - 1 - x : x};

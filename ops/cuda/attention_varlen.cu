@@ -44,20 +44,17 @@ void check_varlen(const char* op, const VarlenAttention& v, const Tensor& qkv) {
     throw BackendError(std::string(op) + ": up to 65535 heads, 2^30 rows per segment, 2^31 in all");
 }
 
-// ends[r] = row_end of packed row r in its segment (attn::MemberMask::ends):
-// one thread a row; the segment by a search of the offsets (an empty
-// segment's offset equals the next one's, so the last start at or before r
-// is r's segment).
+// ends[r] = row_end of packed row r in its segment (attn::MemberMask::ends,
+// row_end_at): one thread a row.
 __global__ void row_ends_kernel(attn::MemberMask m, const int32_t* __restrict__ seg, int S, int64_t rows,
                                 int32_t* __restrict__ ends) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (r >= rows) return;
-  const int b = attn::upper_index(seg, S + 1, static_cast<int32_t>(r)) - 1;
-  ends[r] = m.bind(b, seg[b], seg[b + 1] - seg[b]).row_end(static_cast<int>(r - seg[b]));
+  if (r < rows) ends[r] = m.row_end_at(seg, S, static_cast<int>(r));
 }
 
-// The launch's mask; with positions (and row_ends), its rows' span ends
-// made on ctx's stream into `ends` (kept by the caller for the launch).
+// The launch's mask; with positions, its rows' span ends made on ctx's
+// stream into `ends` (kept by the caller for the launch): the kernels read
+// them wherever pos is set (attn::MemberMask::ends).
 attn::MemberMask member_mask(Ctx& ctx, const VarlenAttention& v, Tensor& ends) {
   attn::MemberMask m{v.is_query, v.is_key, v.key_len};
   m.pos = v.pos;
@@ -66,7 +63,7 @@ attn::MemberMask member_mask(Ctx& ctx, const VarlenAttention& v, Tensor& ends) {
   m.words = v.words;
   m.clusters = v.clusters;
   m.all_flagged = v.all_flagged;
-  if (v.pos && v.row_ends) {
+  if (v.pos) {
     ends = Tensor::empty({v.rows}, DType::i32, ctx);
     row_ends_kernel<<<static_cast<unsigned>((v.rows + 255) / 256), 256, 0, stream_of(ctx)>>>(
         m, v.seg, static_cast<int>(v.segments), v.rows, ends.data<int32_t>());

@@ -54,10 +54,6 @@ struct VarlenAttention {
   // after it a query, flag 1 (causal mode's packing): tiles below the
   // diagonal by position skip the element mask (attn::MemberMask).
   bool all_flagged = false;
-  // With pos: each row's span end made once a launch (attn::MemberMask::ends,
-  // rows i32 of scratch); false: the binary searches per row and tile
-  // instead (bench_ops's varlen ladder times both).
-  bool row_ends = true;
 };
 
 // Whether the tiled kernels (dense and varlen) have a head dim D for dtype
