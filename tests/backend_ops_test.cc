@@ -700,11 +700,14 @@ std::vector<OpCase> cases() {
   // 2048 (16, full), and bf16 y at 1000; rows of 16, 32 and 64 values on 4,
   // 8 and 16 lanes, several rows a warp (N not a multiple of the rows a
   // block: a warp's last rows past N), 64 without w and b, 32 with bf16 y;
-  // 48 above (16 lanes, 4 idle). Rows of 37, 70 (no affine) and 2100 take
-  // the three-pass kernel (the backward cases below run it).
+  // 48 above (16 lanes, 4 idle); a full warp a row with 1 vector a lane
+  // (100: the last lanes' past the row) and 2 (200, bf16 y); 12 on 4 lanes,
+  // each group's last vector lane idle. Rows of 37, 70 (no affine) and 2100
+  // take the three-pass kernel (the backward cases below run it).
   for (const auto& [N, C, affine, bf] : std::vector<std::tuple<int64_t, int64_t, bool, bool>>{
            {70, 1000, true, false}, {40, 2048, true, false}, {70, 1000, true, true}, {50, 64, false, false},
-           {77, 16, true, false}, {45, 32, true, true}})
+           {77, 16, true, false}, {45, 32, true, true}, {37, 100, true, false}, {37, 200, true, true},
+           {70, 12, true, false}})
     c.push_back({"layernorm_forward_" + std::to_string(C) + (affine ? "" : "_no_affine") + (bf ? "_bf16_y" : ""),
                  bf ? Tol::bf16 : Tol::f32,
                  [N = N, C = C](Rng& r) { return Ins{randn({N, C}, r, 3.f), randn({C}, r), randn({C}, r)}; },
@@ -725,10 +728,11 @@ std::vector<OpCase> cases() {
                  ops::layernorm_backward(x, {o[0], &o[1], &o[2], in[3], in[0], in[1], mean, rstd});
                }});
   // Rows of 300, 1000 and 1536 values (ops/cuda/layernorm.cu's fused chunks
-  // of 64 rows, 16, 32 and 64 columns a lane; the last chunk ragged) and of
-  // 2100 (too wide for them: dx, then column_sums).
-  for (const auto& [N, C] :
-       std::vector<std::pair<int64_t, int64_t>>{{130, 300}, {300, 1000}, {100, 1536}, {200, 2100}})
+  // of 64 rows, 16, 32 and 64 columns a lane; the last chunk ragged), 600
+  // rows of 256 (10 chunks: the second stage's warps take two each) and rows
+  // of 2100 (too wide for them: dx, then column_sums).
+  for (const auto& [N, C] : std::vector<std::pair<int64_t, int64_t>>{
+           {130, 300}, {300, 1000}, {100, 1536}, {600, 256}, {200, 2100}})
     c.push_back({"layernorm_backward_" + std::to_string(N) + "x" + std::to_string(C), Tol::f32,
                  [N = N, C = C](Rng& r) { return Ins{randn({N, C}, r, 3.f), randn({C}, r), randn({C}, r), randn({N, C}, r)}; },
                  [N = N, C = C](Ctx& x, const Ins&) { return Outs{acc(x, {N, C}), acc(x, {C}), acc(x, {C})}; },

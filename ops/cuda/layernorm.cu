@@ -1,6 +1,7 @@
 // Layer norm on CUDA.
 //
-// forward:  one warp per row. mean and variance are summed in double (lane
+// forward:  one warp per row (rows of up to 64 values: 4 to 16 lanes a row,
+//           several rows a warp; below). mean and variance are summed in double (lane
 //           partials in index order, then a fixed butterfly), as the CPU does,
 //           and stored as fp32 mean/rstd; y = (x - mean) rstd [* w + b].
 //           Rows of up to 2048 values, a multiple of 4: the row held in
