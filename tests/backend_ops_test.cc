@@ -1822,9 +1822,12 @@ std::vector<OpCase> cases() {
   }
   // The GELU epilogue (ops/matmul.h): y and gelu(y) from one GEMM, and in
   // backward dx = gelu'(pre) * dy W^T written. bf16 at a shape cuBLASLt's
-  // GELU_AUX_BIAS and DGELU take (300x256x384) and one they cannot (rows of
-  // 19 and 24 values: no multiple of 8, so fp32 scratch and the GELU
-  // kernels), and fp32 (the GEMM and the GELU kernels, class F).
+  // GELU_AUX_BIAS and DGELU take (300x256x384) and one whose forward it
+  // cannot (37x24x19: y's rows of 19 values, no multiple of 8, so fp32
+  // scratch and the GELU kernels; the backward's dx rows of 24 may take
+  // DGELU with operands of 19-value rows, or fall back: the DGELU fallback
+  // is sure in expert_ffn_bf16_heterogeneous_pre16), and fp32 (the GEMM and
+  // the GELU kernels, class F).
   for (const bool bf16 : {false, true})
     for (const auto& [N, K, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 24, 19}, {300, 256, 384}})
       c.push_back({std::string("matmul_gelu_epilogue_") + (bf16 ? "bf16_" : "f32_") + std::to_string(N) + "x" +
@@ -2618,6 +2621,60 @@ TEST_P(BackendOps, ExpertFfnBackwardWritesItsGradients) {
           ASSERT_EQ(got[1][2].f32()[e], 0.f) << "dw2 of the expert without rows, element " << e;
       }
     }
+}
+
+// The bf16-output GEMMs' fused epilogues are taken where cuBLASLt should
+// have them (ops/cuda/matmul.cu): a bf16 y with its bias rounded to bf16,
+// GELU_AUX_BIAS forward and DGELU backward at 300 x 256 x 384, and an
+// expert FFN on padded rows (the strided-batched GEMMs, bf16 pre). Where no
+// algorithm serves one, gemm() falls back to fp32 scratch with the same
+// values, so the value tests pass either way: this one says whether the
+// fast path ran (gemm_bf16_output_fallbacks unchanged). A failure here is
+// a finding about cuBLASLt on this GPU (stderr names the GEMM), not wrong
+// numbers.
+TEST_P(BackendOps, Bf16OutputGemmsTakeTheirEpilogues) {
+  if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "CUDA's cuBLASLt epilogues";
+#ifdef SY_WITH_CUDA
+  Ctx& x = ctx();
+  Rng rng(0xe91);
+  const int64_t N = 300, K = 256, M = 384;
+  const Tensor xin = randn({N, K}, rng).to(x), w = randn({K, M}, rng, 0.2f).to(x), b = randn({M}, rng).to(x),
+               dy = randn({N, M}, rng).to(x);
+  Tensor w16 = out(x, {K, M}, DType::bf16);
+  ops::to_bf16(x, w16, w);
+  const int64_t before = ops::cuda::gemm_bf16_output_fallbacks();
+  Tensor y = out(x, {N, M}, DType::bf16), act = out(x, {N, M}, DType::bf16), plain = out(x, {N, M}, DType::bf16);
+  ops::matmul_forward(x, {plain, xin, w, b, false, false, &w16});  // bf16 y, bias rounded to bf16
+  ops::MatmulArgs f{y, xin, w, b, false, false, &w16};
+  f.gelu = &act;
+  ops::matmul_forward(x, f);  // GELU_AUX_BIAS
+  Tensor dx = out(x, {N, K}, DType::bf16), dw = Tensor::zeros({K, M}, DType::f32, x), db = Tensor::zeros({M}, DType::f32, x);
+  ops::MatmulBackwardArgs bw{&dx, &dw, &db, dy, xin, w, false, &w16};
+  bw.dx_accumulate = false, bw.gelu_pre = &y;
+  ops::matmul_backward(x, bw);  // DGELU
+  EXPECT_EQ(ops::cuda::gemm_bf16_output_fallbacks(), before)
+      << "a bf16-output GEMM at 300x256x384 fell back to fp32 scratch (stderr names it)";
+  // An expert FFN on padded rows: 4 experts of 96 rows each, bf16 pre.
+  const ops::ExpertLayout layout(64, {128, 128, 128, 128}, ops::FfnActivation::gelu);
+  const Tensor w1 = randn({4 * 64 * 128}, rng, 0.1f).to(x), b1 = randn({4 * 128}, rng).to(x),
+               w2 = randn({4 * 128 * 64}, rng, 0.1f).to(x), b2 = randn({4, 64}, rng).to(x);
+  Tensor w1_16 = out(x, w1.shape(), DType::bf16), w2_16 = out(x, w2.shape(), DType::bf16);
+  ops::to_bf16(x, w1_16, w1);
+  ops::to_bf16(x, w2_16, w2);
+  const ops::ExpertWeights ew{w1, b1, w2, b2, &w1_16, &w2_16};
+  const std::vector<int32_t> offset{0, 96, 192, 288, 384};
+  const Tensor buf = randn({384, 64}, rng).to(x), dout = randn({384, 64}, rng).to(x);
+  Tensor pre = out(x, {layout.pre_numel(offset)}, DType::bf16), o = out(x, {384, 64}), dbuf = out(x, {384, 64});
+  Tensor g[4] = {Tensor::zeros(w1.shape(), DType::f32, x), Tensor::zeros(b1.shape(), DType::f32, x),
+                 Tensor::zeros(w2.shape(), DType::f32, x), Tensor::zeros(b2.shape(), DType::f32, x)};
+  const int64_t before_experts = ops::cuda::gemm_bf16_output_fallbacks();
+  ops::expert_ffn_forward(x, {o, pre, buf, offset, layout, ew});
+  ops::ExpertFfnBackwardArgs args{dbuf, {g[0], g[1], g[2], g[3]}, dout, buf, pre, offset, layout, ew, nullptr,
+                                  /*dbuf_accumulate=*/false};
+  ops::expert_ffn_backward(x, args);
+  EXPECT_EQ(ops::cuda::gemm_bf16_output_fallbacks(), before_experts)
+      << "an expert FFN GEMM (96 rows an expert, d 64, hidden 128) fell back to fp32 scratch (stderr names it)";
+#endif
 }
 
 // A packed route's per-expert GEMMs keep one CUDA plan per row bucket

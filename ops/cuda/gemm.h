@@ -66,10 +66,14 @@ struct GemmArgs {
 
 bool gemm(Ctx& ctx, const GemmArgs& g);
 
-// For tests: the plans made so far (every device), and the calls a row
-// bucket's plan could not serve (run on their exact shape's plan instead).
+// For tests: the plans made so far (every device), the calls a row
+// bucket's plan could not serve (run on their exact shape's plan instead),
+// and the bf16-output calls that no algorithm served (no plan, or refused at
+// launch: gemm() returned false, and its caller wrote fp32 scratch instead:
+// the same values, without the epilogue's saving).
 size_t gemm_plan_count();
 int64_t gemm_bucket_fallbacks();
+int64_t gemm_bf16_output_fallbacks();
 
 // g written into `out` (g.C and g.C16 are set from it): f32, the GEMM's C;
 // bf16 (beta 0), the GEMM's bf16 output, or where gemm() cannot, fp32

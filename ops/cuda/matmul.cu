@@ -15,7 +15,8 @@
 // bf16 mode (w_bf16 given): W is read from its bf16 shadow, x and dy are
 // rounded into bf16 scratch from ctx's allocator (ops::cuda::to_bf16, one
 // pass each; an x that comes as bf16 is read as it is), the GEMMs take bf16
-// A and B with fp32 C/D, bias and CUBLAS_COMPUTE_32F; db sums the fp32 dy.
+// A and B with fp32 C/D, bias and CUBLAS_COMPUTE_32F (but a bf16 y or dx:
+// below); db sums the fp32 dy.
 // A bf16 y or dx (written, not accumulated) is cuBLASLt's bf16 D: the fp32
 // accumulator plus the bias rounded to bf16 (ops/matmul.h's contract, and
 // the bias type cuBLASLt takes for a bf16 D: round_bias writes the copy,
@@ -180,6 +181,7 @@ struct Plan {
 std::mutex plan_mutex;
 std::map<AlgoKey, Plan> plans;
 int64_t bucket_fallbacks = 0;  // calls a bucket's plan could not serve (under plan_mutex)
+int64_t out16_fallbacks = 0;   // bf16-output calls no plan served: fp32 scratch instead (under plan_mutex)
 
 // key's plan, made where there is none. Column-major view: D (N, M) =
 // op'(B) (N, K) * op'(A) (K, M); the layouts, the descriptor and the
@@ -378,7 +380,7 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
   for (;;) {
     p = find();
-    if (!p) return false;
+    if (!p) return ++out16_fallbacks, false;
     if (p->algo) {
       st = cublasLtMatmul(handle, p->desc.get(), &alpha, g.B, p->first.get(), g.A, p->second.get(), &beta, C,
                           p->out.get(), C, p->out.get(), &*p->algo, ctx.blas.workspace, ctx.blas.workspace_bytes,
@@ -397,9 +399,10 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     key.bucketed = false, key.M = g.M, key.K = g.K;
     ++bucket_fallbacks;
   }
-  // The heuristic offered it and the launch refused it all the same (a
-  // GELU epilogue's aux pointer has no alignment preference to query by, so
-  // INVALID_VALUE there too): the next call with this key falls back at once.
+  // The heuristic offered it and the launch refused it all the same (with a
+  // GELU epilogue, INVALID_VALUE too: the heuristic read this plan's first aux
+  // pointer, whose alignment a later call's need not share): the next call
+  // with this key falls back at once.
   const bool refused = st == CUBLAS_STATUS_NOT_SUPPORTED ||
                        (key.epilogue != Epilogue::none && st == CUBLAS_STATUS_INVALID_VALUE);
   if (out16 && refused) {
@@ -409,6 +412,7 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
                    static_cast<long long>(key.M), static_cast<long long>(key.N), static_cast<long long>(key.K),
                    cublasGetStatusString(st));
     p->algo.reset();
+    ++out16_fallbacks;
     return false;
   }
   CUBLAS_CHECK(st);
@@ -423,6 +427,11 @@ size_t gemm_plan_count() {
 int64_t gemm_bucket_fallbacks() {
   std::lock_guard<std::mutex> lock(plan_mutex);
   return bucket_fallbacks;
+}
+
+int64_t gemm_bf16_output_fallbacks() {
+  std::lock_guard<std::mutex> lock(plan_mutex);
+  return out16_fallbacks;
 }
 
 Tensor bf16_copy(Ctx& ctx, const Tensor& t) {
