@@ -361,6 +361,11 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   // Its algo may be empty (none at all).
   auto find = [&]() -> Plan* {
     Plan* q = plan_of(key, bias_at);
+    if (!q->algo && out16 && key.bucketed) {  // (a bucket's shape has none: this call's own may)
+      key.bucketed = false, key.M = g.M, key.K = g.K;
+      ++bucket_fallbacks;
+      q = plan_of(key, bias_at);
+    }
     if (!q->algo && out16) return nullptr;
     if (!q->algo && bias) {
       bias_by_kernel();
