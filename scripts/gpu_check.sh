@@ -81,10 +81,14 @@ run_limited() {
   rm -rf "$CKPT"
   { [ $rc = 124 ] || [ $rc = 137 ]; } && echo "(stopped after ${lim}s)" >> "$LOG/$name.log"
   echo "[$name: rc $rc in $(( $(date +%s) - s ))s]" >> "$LOG/$name.log"
-  tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs 2> /dev/null  # the logs so far, should the call be cut off
+  # The logs so far, should the call be cut off (written aside and renamed:
+  # runs side by side each write it).
+  tar -C "$OUT" -czf "$OUT/logs.tar.gz.$BASHPID" logs 2> /dev/null
+  mv -f "$OUT/logs.tar.gz.$BASHPID" "$OUT/logs.tar.gz" 2> /dev/null
   return $rc
 }
 finish() {
+  rm -f "$OUT"/logs.tar.gz.*
   tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs 2> /dev/null && rm -rf "$LOG"
   rm -rf "$CKPT" "$OUT/bench_ops.json.partial"  # (bench_ops stopped between a write and its rename)
 }
@@ -300,6 +304,13 @@ sanitize() {
 # 4. Issue 17: every op on CUDA against the CPU, then the whole step.
 if want ops; then
   stamp "ops"
+  # The smaller suites beside backend_ops_test, each its own process on the
+  # one GPU (they check values, which sharing it does not change): device
+  # time is lent by the minute.
+  run_limited layer_cuda 90 $B/routed_attention_test --gtest_filter='*Cuda*' & p_layer=$!
+  run_limited tensor_cuda 30 $B/tensor_test --gtest_filter='*Cuda*' & p_tensor=$!
+  run_limited model_cuda 60 $B/model_test --gtest_filter='*Cuda*' & p_model=$!
+  run_limited moe_cuda 30 $B/moe_layer_test --gtest_filter='*Cuda*' & p_moe=$!
   run_limited backend_ops_cuda 150 $B/backend_ops_test --gtest_filter='*cuda*:*Cuda*:WholeStep.*' || status=1
   summary "ops: backend_ops_test (cuda): $(gtest_line backend_ops_cuda)"
   grep -E "^\[  FAILED  \] [A-Za-z]|Failure|differs|never written" "$LOG/backend_ops_cuda.log" | head -20
@@ -321,14 +332,14 @@ if want ops; then
       "failing: $(failed_cases "backend_ops_cuda_past$pass")"
     prev=backend_ops_cuda_past$pass
   done
-  run_limited layer_cuda 90 $B/routed_attention_test --gtest_filter='*Cuda*' || status=1
+  wait $p_layer || status=1
   summary "ops: routed_attention_test (the sparse attention layer on CUDA): $(gtest_line layer_cuda)"
   grep -E "^\[  FAILED  \] [A-Za-z]|Failure|leaked|differ" "$LOG/layer_cuda.log" | head -10
-  run_limited tensor_cuda 30 $B/tensor_test --gtest_filter='*Cuda*' || status=1
+  wait $p_tensor || status=1
   summary "ops: tensor_test (cuda): $(gtest_line tensor_cuda)"
-  run_limited model_cuda 60 $B/model_test --gtest_filter='*Cuda*' || status=1
+  wait $p_model || status=1
   summary "ops: model_test (mixtral_tiny's first step, GPU vs CPU): $(gtest_line model_cuda)"
-  run_limited moe_cuda 30 $B/moe_layer_test --gtest_filter='*Cuda*' || status=1
+  wait $p_moe || status=1
   summary "ops: moe_layer_test (a padded MoE step waits for nothing): $(gtest_line moe_cuda)"
   grep -E "Failure|Expected|actual" "$LOG/moe_cuda.log" | head -6
   sanitize backend_ops_cuda $B/backend_ops_test
@@ -336,13 +347,19 @@ if want ops; then
 fi
 if want train; then
   stamp "train"
-  run_limited gpu_training 240 bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" tiny switch_tiny
+  # fp32 and bf16 side by side (every run of each at once, too:
+  # gpu_training_test.sh). One head of 64: the bf16 run covers the
+  # tensor-core attention kernels too (bf16_attention in runtime/model.h);
+  # the fp32 run covers head dim 16.
+  run_limited gpu_training 240 bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" tiny switch_tiny &
+  p_fp32=$!
+  run_limited gpu_training_bf16 150 env SY_GPU_ARGS="--set precision=BF16 --set model.n_heads=1" \
+    bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" tiny switch_tiny &
+  p_bf16=$!
+  wait $p_fp32
   rc=$?; [ $rc = 0 ] || status=1
   summary "train (rc $rc): $(grep -vE '^\[' "$LOG/gpu_training.log" | tr '\n' ' ' | cut -c1-900)"
-  # One head of 64: the bf16 run covers the tensor-core attention kernels too
-  # (bf16_attention in runtime/model.h); the fp32 run above covers head dim 16.
-  run_limited gpu_training_bf16 150 env SY_GPU_ARGS="--set precision=BF16 --set model.n_heads=1" \
-    bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" tiny switch_tiny
+  wait $p_bf16
   rc=$?; [ $rc = 0 ] || status=1
   summary "train bf16 (rc $rc): $(grep -vE '^\[' "$LOG/gpu_training_bf16.log" | tr '\n' ' ' | cut -c1-900)"
 fi
