@@ -324,6 +324,20 @@ int main(int argc, char** argv) {
       write_json(false);
     };
 
+    // A family of rows from a helper (examples/bench_*.h) whose set-up may
+    // throw (its operands could not be made): then one row named for the
+    // family says why, and the rest still run.
+    auto add_family = [&](const std::string& family, const std::function<void()>& body) {
+      try {
+        body();
+      } catch (const std::exception& e) {
+        Row row{family, "", 0, 0, 0};
+        row.note = std::string(e.what()).substr(0, 100);
+        std::cerr << "[bench_ops] " << family << ": " << row.note << std::endl;
+        rows.push_back(row);
+      }
+    };
+
     const int64_t N = quick ? 512 : 16384, C = quick ? 64 : 1024, H = quick ? 256 : 4096;
     {  // layernorm forward
       Tensor xh = randn({N, C}, rng, 3.f), wh = randn({C}, rng), bh = randn({C}, rng);
@@ -697,19 +711,14 @@ int main(int argc, char** argv) {
       es.d = C;
       es.hidden = H;
       es.experts = quick ? 8 : 64;
-      try {
+      add_family("expert_gemm", [&] {
         sy::bench::ExpertGemmBench eg(ctx, es, 77);
         for (sy::bench::ExpertGemmVariant& v : eg.variants()) {
           Row row{v.name, v.shape, 0, v.flops, 0};
           row.note = v.note;
           add(row, v.run, v.check);
         }
-      } catch (const std::exception& e) {  // (the operands could not be made: one row says why)
-        Row row{"expert_gemm", "", 0, 0, 0};
-        row.note = std::string(e.what()).substr(0, 100);
-        std::cerr << "[bench_ops] expert_gemm: " << row.note << std::endl;
-        rows.push_back(row);
-      }
+      });
     }
 #endif
     {  // A transformer block (LN, attention, LN, MLP; d 1024, 16 heads of 64, hidden 4096, B x T = 8 x 2048),
@@ -857,19 +866,14 @@ int main(int argc, char** argv) {
                // dense kernel (examples/bench_varlen.h): where routed attention's tile time goes.
       sy::bench::VarlenLadderShape vs;
       if (quick) vs.segments = 16, vs.side = 64;
-      try {
+      add_family("varlen_ladder", [&] {
         sy::bench::VarlenLadder vl(ctx, vs, 91);
         for (sy::bench::VarlenLadderCase& c : vl.cases()) {
           Row row{c.name, c.shape, 0, c.flops, 0};
           row.note = c.note;
           add(row, c.run, nullptr);
         }
-      } catch (const std::exception& e) {  // (the layouts could not be made: one row says why)
-        Row row{"varlen_ladder", "", 0, 0, 0};
-        row.note = std::string(e.what()).substr(0, 100);
-        std::cerr << "[bench_ops] varlen_ladder: " << row.note << std::endl;
-        rows.push_back(row);
-      }
+      });
     }
 #endif
     {  // multi-tensor AdamW over 64M parameters: reads w, g, m, v; writes w, m, v
