@@ -19,6 +19,16 @@
 //             diagonal: P, dP and dS again, dQ += dS K
 // Every output element has one owner that adds its terms in a fixed order,
 // so two runs are bitwise equal whatever the SM count or the scheduling.
+// The price is the dq launch's S and dP again: 7 GEMM passes where
+// FlashAttention-2's backward, adding dQ from the dk/dv blocks with atomics,
+// makes 5 (the backward takes ~3.5x the forward, as the count says). Adding
+// dQ from the dk/dv blocks without atomics needs each query tile's adds in
+// a fixed order of key tiles; the one order that does not serialise the key
+// tiles (descending: the diagonal's first, each block one tile behind the
+// next) needs each key tile dispatched after the one above it, so the
+// heaviest blocks (the first key tiles) start last and leave a tail of about
+// a sequence's query tiles: ~25% at T 4k-16k with 64-row tiles, about what
+// the two passes cost; so not done.
 //
 // Two families with the same tiling and loops:
 //   bf16  tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), warps
