@@ -867,8 +867,7 @@ int main(int argc, char** argv) {
       sy::bench::VarlenLadderShape vs;
       if (quick) vs.segments = 16, vs.side = 64;
       add_family("varlen_ladder", [&] {
-        sy::bench::VarlenLadder vl(ctx, vs, 91);
-        for (sy::bench::VarlenLadderCase& c : vl.cases()) {
+        for (sy::bench::VarlenLadderCase& c : sy::bench::varlen_ladder(ctx, vs, 91)) {
           Row row{c.name, c.shape, 0, c.flops, 0};
           row.note = c.note;
           add(row, c.run, nullptr);

@@ -3,6 +3,7 @@
 #include "examples/bench_varlen.h"
 
 #include <algorithm>
+#include <memory>
 #include <numeric>
 
 #include "core/error.h"
@@ -82,40 +83,35 @@ Layout split_layout(Ctx& ctx, int64_t S, int64_t m, int64_t D, bool all_flagged,
   return l;
 }
 
-}  // namespace
-
-struct VarlenLadder::State {
+// The buffers every case shares, and each layout.
+struct LadderState {
   Ctx& ctx;
-  VarlenLadderShape s;
   Tensor qkv, dout, out, lse, dqkv;
   Tensor d_qkv, d_dout, d_out, d_lse, d_dqkv;  // the dense step's (S, n, .) views of them
   Layout index, split, split_ok;
-  explicit State(Ctx& c) : ctx(c) {}
 };
 
-VarlenLadder::VarlenLadder(Ctx& ctx, const VarlenLadderShape& s, uint64_t seed) : st_(new State(ctx)) {
+}  // namespace
+
+std::vector<VarlenLadderCase> varlen_ladder(Ctx& ctx, const VarlenLadderShape& s, uint64_t seed) {
   SY_CHECK(!ctx.device.is_cpu(), "bench_varlen: a CUDA context is needed");
-  State& st = *st_;
-  st.s = s;
-  const int64_t rows = s.segments * 2 * s.side, D = s.head_dim;
-  st.qkv = random_bf16(ctx, {rows, 3 * D}, seed);
-  st.dout = random_bf16(ctx, {rows, D}, seed + 1);
-  st.out = Tensor::empty({rows, D}, DType::bf16, ctx);
-  st.lse = Tensor::empty({1, rows}, DType::f32, ctx);
-  st.dqkv = Tensor::zeros({rows, 3 * D}, DType::bf16, ctx);
-  st.index = index_layout(ctx, s.segments, 2 * s.side, D);
-  st.split = split_layout(ctx, s.segments, s.side, D, true, seed + 2);
-  st.split_ok = split_layout(ctx, s.segments, s.side, D, false, seed + 2);
-}
+  const int64_t S = s.segments, m = s.side, D = s.head_dim, n = 2 * m, rows = S * n;
+  auto st = std::make_shared<LadderState>(LadderState{ctx});
+  st->qkv = random_bf16(ctx, {rows, 3 * D}, seed);
+  st->dout = random_bf16(ctx, {rows, D}, seed + 1);
+  st->out = Tensor::empty({rows, D}, DType::bf16, ctx);
+  st->lse = Tensor::empty({1, rows}, DType::f32, ctx);
+  st->dqkv = Tensor::zeros({rows, 3 * D}, DType::bf16, ctx);
+  st->d_qkv = st->qkv.reshape({S, n, 3 * D}), st->d_dqkv = st->dqkv.reshape({S, n, 3 * D});
+  st->d_out = st->out.reshape({S, n, D}), st->d_dout = st->dout.reshape({S, n, D});
+  st->d_lse = st->lse.reshape({S, 1, n});
+  st->index = index_layout(ctx, S, n, D);
+  st->split = split_layout(ctx, S, m, D, true, seed + 2);
+  st->split_ok = split_layout(ctx, S, m, D, false, seed + 2);
 
-VarlenLadder::~VarlenLadder() = default;
-
-std::vector<VarlenLadderCase> VarlenLadder::cases() {
-  State& st = *st_;
-  const int64_t S = st.s.segments, m = st.s.side, D = st.s.head_dim, n = 2 * m;
   std::vector<VarlenLadderCase> out;
   auto both = [&](const std::string& step, const std::string& shape, const std::string& note, double pairs,
-                  const std::function<void()>& fwd, const std::function<void()>& bwd) {
+                  std::function<void()> fwd, std::function<void()> bwd) {
     out.push_back({"varlen_ladder_" + step + "_fwd", shape, note, 4.0 * D * pairs, fwd});
     out.push_back({"varlen_ladder_" + step + "_fwd_bwd", shape, note, 14.0 * D * pairs, [fwd, bwd] {
                      fwd();
@@ -123,27 +119,24 @@ std::vector<VarlenLadderCase> VarlenLadder::cases() {
                    }});
   };
   const std::string segs = "S" + std::to_string(S) + " ";
-  {  // the dense kernel over the same rows as S sequences of n (views of the same buffers)
-    const ops::AttentionShape a{S, n, D, 1};
-    st.d_qkv = st.qkv.reshape({S, n, 3 * D}), st.d_dqkv = st.dqkv.reshape({S, n, 3 * D});
-    st.d_out = st.out.reshape({S, n, D}), st.d_dout = st.dout.reshape({S, n, D}), st.d_lse = st.lse.reshape({S, 1, n});
-    both("dense", segs + "T" + std::to_string(n) + " D" + std::to_string(D),
-         "ops::attention_*, causal: grid (tiles, 1, S), no work list", double(S) * n * (n + 1) / 2,
-         [&st, a] { ops::attention_forward(st.ctx, {st.d_out, st.d_lse, st.d_qkv, a}); },
-         [&st, a] { ops::attention_backward(st.ctx, {st.d_dqkv, st.d_dout, st.d_qkv, st.d_out, st.d_lse, a}); });
-  }
-  auto varlen = [&](const std::string& step, const Layout& l, const std::string& shape, const std::string& note) {
-    const Layout* lp = &l;
-    both(step, shape, note, l.pairs,
-         [&st, lp] { ops::cuda::varlen_attention_forward(st.ctx, lp->v, st.qkv, st.out, st.lse); },
-         [&st, lp] { ops::cuda::varlen_attention_backward(st.ctx, lp->v, st.dqkv, st.dout, st.qkv, st.out, st.lse); });
+  const ops::AttentionShape a{S, n, D, 1};  // the dense kernel over the same rows as S sequences of n
+  both("dense", segs + "T" + std::to_string(n) + " D" + std::to_string(D),
+       "ops::attention_*, causal: grid (tiles, 1, S), no work list", double(S) * n * (n + 1) / 2,
+       [st, a] { ops::attention_forward(st->ctx, {st->d_out, st->d_lse, st->d_qkv, a}); },
+       [st, a] { ops::attention_backward(st->ctx, {st->d_dqkv, st->d_dout, st->d_qkv, st->d_out, st->d_lse, a}); });
+  auto varlen = [&](const std::string& step, const Layout* l, const std::string& shape, const std::string& note) {
+    // (l is one of *st's layouts: st, captured, keeps it)
+    both(step, shape, note, l->pairs,
+         [st, l] { ops::cuda::varlen_attention_forward(st->ctx, l->v, st->qkv, st->out, st->lse); },
+         [st, l] { ops::cuda::varlen_attention_backward(st->ctx, l->v, st->dqkv, st->dout, st->qkv, st->out, st->lse); });
   };
-  varlen("index", st.index, segs + "len " + std::to_string(n) + " D" + std::to_string(D),
+  varlen("index", &st->index, segs + "len " + std::to_string(n) + " D" + std::to_string(D),
          "varlen, every row query and key: work list, MemberMask by index");
   const std::string split_shape = segs + std::to_string(m) + " keys + " + std::to_string(m) + " queries D" +
                                   std::to_string(D);
-  varlen("split", st.split, split_shape, "routed causal's packing: positions, all_flagged (spans, full tiles)");
-  varlen("split_ok", st.split_ok, split_shape, "the same, ok() pair by pair (no all_flagged)");
+  varlen("split", &st->split, split_shape,
+         "routed causal's packing: positions, all_flagged (spans, full tiles)");
+  varlen("split_ok", &st->split_ok, split_shape, "the same, ok() pair by pair (no all_flagged)");
   return out;
 }
 

@@ -25,7 +25,6 @@
 #pragma once
 #include <cstdint>
 #include <functional>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,16 +42,7 @@ struct VarlenLadderShape {
   int64_t segments = 2048, side = 256, head_dim = 64;
 };
 
-// The cases on inputs drawn on ctx's device (kept until destruction).
-class VarlenLadder {
- public:
-  VarlenLadder(Ctx& ctx, const VarlenLadderShape& s, uint64_t seed);
-  ~VarlenLadder();
-  std::vector<VarlenLadderCase> cases();
-
- private:
-  struct State;
-  std::unique_ptr<State> st_;
-};
+// The cases, on inputs drawn on ctx's device that their run()s keep.
+std::vector<VarlenLadderCase> varlen_ladder(Ctx& ctx, const VarlenLadderShape& s, uint64_t seed);
 
 }  // namespace sy::bench

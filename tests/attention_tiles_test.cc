@@ -280,12 +280,12 @@ TEST(AttentionTiles, SplitLayoutVisitsOnlyReachableTiles) {
 // before their first query by position skip the element mask, and every
 // allowed pair (written out here apart from MemberMask::ok) still counts
 // exactly once, positions with ties (a token that is both a key and a query
-// of the cluster) included, by the rows' spans (keys_of, queries_of: one
-// binary search a row, the loops' keys_up_to and first_query_from, no flag
-// read). (Planted: tile_full comparing the first key's position instead of
-// the last's fails here at once; so do keys_up_to searching with
-// lower_index, which drops a key at the query's own position, and
-// first_query_from with upper_index.)
+// of the cluster) included, by the rows' spans (keys_of, queries_of: each
+// row's end, row_end, searched or read from ends; no flag read). (Planted:
+// tile_full comparing the first key's position instead of the last's fails
+// here at once; so do a query row's end searched with lower_index, which
+// drops a key at the query's own position, and a key row's with
+// upper_index.)
 TEST(AttentionTiles, AllFlaggedSplitLayoutComputesEachAllowedPairOnce) {
   Lcg next{777};
   for (const Tiling& t : split_layout_tilings())

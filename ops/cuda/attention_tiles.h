@@ -204,45 +204,38 @@ struct MemberMask {
   SY_HD bool spans_exact() const { return all_flagged && pos && words == 0; }
   SY_HD Span keys_of(int q) const {
     if (!spans_exact()) return {};
-    return q < klen || q >= len ? span(0, 0) : span(0, keys_up_to(q));
+    return q < klen || q >= len ? span(0, 0) : span(0, row_end_of(q));
   }
   SY_HD Span queries_of(int k) const {
     if (!spans_exact()) return {};
-    return k >= klen ? span(0, 0) : span(first_query_from(k), len);
+    return k >= klen ? span(0, 0) : span(row_end_of(k), len);
   }
   SY_HD int kv_begin(int) const { return 0; }
   SY_HD int kv_end(int q_last) const {
     if (!pos) return imin(q_last + 1, klen);
     const int q = imin(q_last, len - 1);  // (a warp's rows may run past the segment)
-    return q < klen ? 0 : keys_up_to(q);
+    return q < klen ? 0 : row_end_of(q);
   }
   // Keys from klen on are seen by no query: an empty range (INT_MAX / 2, so
   // that a tile index computed from it stays far past any end).
   SY_HD int q_begin(int k_first) const {
     if (k_first >= klen) return INT_MAX / 2;
-    return pos ? first_query_from(k_first) : k_first;
+    return pos ? row_end_of(k_first) : k_first;
   }
-  // With pos: the keys at or before query row q's position (a prefix of
-  // [0, klen)), and the first query row at or after key row k's.
-  SY_HD int keys_up_to(int q) const {
+  // With pos, row r's end: a query row's keys at or before its position (a
+  // prefix of [0, klen): their count), a key row's first query row at or
+  // after its position. row_end searches; row_end_of reads `ends` (on the
+  // host, without ends, it searches).
+  SY_HD int row_end(int r) const {
+    return r < klen ? klen + lower_index(pos + klen, len - klen, pos[r]) : upper_index(pos, klen, pos[r]);
+  }
+  SY_HD int row_end_of(int r) const {
 #ifdef __CUDA_ARCH__
-    return ends[q];
+    return ends[r];
 #else
-    return ends ? ends[q] : search_keys_up_to(q);
+    return ends ? ends[r] : row_end(r);
 #endif
   }
-  SY_HD int first_query_from(int k) const {
-#ifdef __CUDA_ARCH__
-    return ends[k];
-#else
-    return ends ? ends[k] : search_first_query_from(k);
-#endif
-  }
-  SY_HD int search_keys_up_to(int q) const { return upper_index(pos, klen, pos[q]); }
-  SY_HD int search_first_query_from(int k) const { return klen + lower_index(pos + klen, len - klen, pos[k]); }
-  // The one of the two a row has (what `ends` holds): a key row's first
-  // query, a query row's keys; by search.
-  SY_HD int row_end(int r) const { return r < klen ? search_first_query_from(r) : search_keys_up_to(r); }
   // row_end of packed row r of the segments seg[0..S] (r < seg[S]), for an
   // unbound mask: its segment is the last whose start is at or before r (an
   // empty segment's start equals the next one's). What row_ends_kernel

@@ -62,8 +62,7 @@ int64_t check(const char* op, const AttentionShape& s, DType dt, size_t v) {
 template <class Cfg>
 void forward_with(Ctx& ctx, const AttentionArgs& a) {
   check_aligned("attention_forward_variant", {a.qkv.raw(), a.out.raw()});
-  forward_bf16_cfg<Cfg>(geom(a.shape), CausalMask{}, bf(a.qkv), bf(a.out), a.lse.data<float>(),
-                                       stream_of(ctx));
+  forward_bf16_cfg<Cfg>(geom(a.shape), CausalMask{}, bf(a.qkv), bf(a.out), a.lse.data<float>(), stream_of(ctx));
 }
 
 template <class Kv, class Q>
@@ -75,8 +74,8 @@ void backward_with(Ctx& ctx, const AttentionBackwardArgs& a) {
   Tensor delta = Tensor::empty({rows * g.H}, DType::f32, ctx);  // laid out as lse
   cudaStream_t st = stream_of(ctx);
   delta_any<bf16>(bf(a.dout), bf(a.out), delta.data<float>(), g, D, rows, st);
-  backward_bf16_cfg<Kv, Q>(g, CausalMask{}, bf(a.qkv), bf(a.dout), a.lse.data<float>(),
-                                                      delta.data<float>(), bf(a.dqkv), st);
+  backward_bf16_cfg<Kv, Q>(g, CausalMask{}, bf(a.qkv), bf(a.dout), a.lse.data<float>(), delta.data<float>(),
+                           bf(a.dqkv), st);
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 #include <vector>
 
@@ -93,8 +94,13 @@ std::vector<T> download(Ctx& ctx, const T* device, int64_t n) {
 
 // ---- device helpers -------------------------------------------------------
 
-// Whether p is 16-byte aligned (a vector load's or store's address).
+// Whether p (every one of ps) is 16-byte aligned (a vector load's or store's address).
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+inline bool aligned16(std::initializer_list<const void*> ps) {
+  for (const void* p : ps)
+    if (!aligned16(p)) return false;
+  return true;
+}
 
 // V elements of T, loaded and stored as one (aligned as 16 bytes allow): the
 // elementwise kernels' packs (ops/cuda/gelu.cu, swiglu.cu).

@@ -94,12 +94,6 @@ __global__ void cross_entropy_backward_kernel(float* dlogits, const float* logit
   }
 }
 
-// 16-byte vectors (split_row): every pointer 16-byte aligned.
-bool aligned16(std::initializer_list<const void*> ptrs) {
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
-}
 
 }  // namespace
 

@@ -103,10 +103,7 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, const Chunk<V>& c) {
 // V = 4 where every row of every pointer starts on a 16-byte boundary (f32
 // rows; bf16 rows on 8 bytes, which 16 implies for the base).
 bool wide_rows(int64_t D, std::initializer_list<const void*> ps) {
-  if (D % 4 != 0) return false;
-  for (const void* p : ps)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
+  return D % 4 == 0 && aligned16(ps);
 }
 
 // Warp w of the grid, and its lane.

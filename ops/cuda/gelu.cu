@@ -76,9 +76,7 @@ constexpr int kPack = 8;
 // every pointer is 16-byte aligned, then the rest (or all) one a thread.
 template <class F>
 void by_packs(int64_t n, std::initializer_list<const void*> ptrs, F f) {
-  bool aligned = true;
-  for (const void* p : ptrs) aligned = aligned && aligned16(p);
-  const int64_t packed = aligned ? n / kPack * kPack : 0;
+  const int64_t packed = aligned16(ptrs) ? n / kPack * kPack : 0;
   if (packed > 0) f(std::integral_constant<int, kPack>{}, int64_t{0}, packed);
   if (packed < n) f(std::integral_constant<int, 1>{}, packed, n - packed);
 }

@@ -385,7 +385,10 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
   for (;;) {
     p = find();
-    if (!p) return ++out16_fallbacks, false;
+    if (!p) {
+      ++out16_fallbacks;
+      return false;
+    }
     if (p->algo) {
       st = cublasLtMatmul(handle, p->desc.get(), &alpha, g.B, p->first.get(), g.A, p->second.get(), &beta, C,
                           p->out.get(), C, p->out.get(), &*p->algo, ctx.blas.workspace, ctx.blas.workspace_bytes,
