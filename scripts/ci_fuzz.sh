@@ -7,6 +7,10 @@
 # has fuzz/checkpoint_fuzz.dict). New inputs go to
 # build-fuzz/corpus/<target>/, never into the committed seeds.
 #
+# The targets run side by side, as many at once as there are cores (each
+# fuzzer is one process, one core): on CI's 2 cores, 4 targets take two turns
+# of FUZZ_SECONDS, not four. Each still gets its full time.
+#
 # A finding (crash, sanitizer report, leak, an input slower than 10 s or over
 # 2 GB; for checkpoint_fuzz one allocation of 64 MB) fails the run; the input
 # is kept in build-fuzz/findings/ and printed in base64 so it can be replayed
@@ -30,27 +34,43 @@ echo "fuzz: built in $(( $(date +%s) - start )) s"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
-fail=0
-for t in "${TARGETS[@]}"; do
-  work=$BUILD/corpus/$t findings=$BUILD/findings/$t
+# One target's run; its report (ok or FAIL, and a finding's log and input in
+# base64) goes to $BUILD/<target>.report, printed in the targets' order below.
+fuzz_one() {
+  local t=$1 work=$BUILD/corpus/$1 findings=$BUILD/findings/$1 report=$BUILD/$1.report
   rm -rf "$findings"; mkdir -p "$work" "$findings"
-  opts=() seeds=("$ROOT/fuzz/corpus/$t")
+  local opts=() seeds=("$ROOT/fuzz/corpus/$t")
   if [ "$t" = config_fuzz ]; then opts=(-dict="$BUILD/config.dict"); seeds+=("$ROOT/configs"); fi
   # Its inputs are a few KB: one allocation of 64 MB is one not bounded by the file's size.
   if [ "$t" = checkpoint_fuzz ]; then opts=(-dict="$ROOT/fuzz/checkpoint_fuzz.dict" -malloc_limit_mb=64); fi
-  start=$(date +%s)
+  local start=$(date +%s)
   if "$BUILD/bin/$t" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
        -artifact_prefix="$findings/" "${opts[@]}" "$work" "${seeds[@]}" \
        > "$BUILD/$t.log" 2>&1; then
-    echo "ok   $t: $(grep -m1 -o 'Done [0-9]* runs in [0-9]* second(s)' "$BUILD/$t.log"), $(ls "$work" | wc -l) inputs in its corpus, $(( $(date +%s) - start )) s"
+    echo "ok   $t: $(grep -m1 -o 'Done [0-9]* runs in [0-9]* second(s)' "$BUILD/$t.log"), $(ls "$work" | wc -l) inputs in its corpus, $(( $(date +%s) - start )) s" > "$report"
   else
-    fail=1
-    echo "FAIL $t: a finding (log: $BUILD/$t.log)"
-    grep -v -E '^#[0-9]+' "$BUILD/$t.log" | tail -60
-    for f in "$findings"/*; do
-      [ -f "$f" ] || continue
-      echo "--- $f ($(stat -c %s "$f") bytes), base64:"; base64 "$f"
-    done
+    {
+      echo "FAIL $t: a finding (log: $BUILD/$t.log)"
+      grep -v -E '^#[0-9]+' "$BUILD/$t.log" | tail -60
+      for f in "$findings"/*; do
+        [ -f "$f" ] || continue
+        echo "--- $f ($(stat -c %s "$f") bytes), base64:"; base64 "$f"
+      done
+    } > "$report"
   fi
+}
+AT_ONCE=${FUZZ_JOBS:-$(nproc)}
+start=$(date +%s)
+for t in "${TARGETS[@]}"; do
+  rm -f "$BUILD/$t.report"
+  fuzz_one "$t" &
+  while [ "$(jobs -rp | wc -l)" -ge "$AT_ONCE" ]; do wait -n || true; done
 done
+wait
+fail=0
+for t in "${TARGETS[@]}"; do
+  if [ -s "$BUILD/$t.report" ]; then cat "$BUILD/$t.report"; else echo "FAIL $t: no report (the fuzzer's shell died)"; fail=1; fi
+  grep -q '^FAIL' "$BUILD/$t.report" 2>/dev/null && fail=1
+done
+echo "fuzz: ${#TARGETS[@]} targets, $AT_ONCE at once, in $(( $(date +%s) - start )) s"
 exit $fail
