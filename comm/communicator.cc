@@ -1,5 +1,7 @@
 #include "comm/communicator.h"
 
+#include "core/error.h"
+
 #include <chrono>
 #include <sstream>
 
@@ -22,6 +24,15 @@ std::string ranks_str(const std::vector<int>& r) {
   std::ostringstream os;
   for (size_t i = 0; i < r.size(); ++i) os << (i ? "," : "") << r[i];
   return os.str();
+}
+
+void check_disjoint(const Tensor& send, const Tensor& recv, const char* context) {
+  const char* s = static_cast<const char*>(send.raw());
+  const char* r = static_cast<const char*>(recv.raw());
+  const size_t ns = send.nbytes(), nr = recv.nbytes();
+  SY_CHECK(ns == 0 || nr == 0 || s + ns <= r || r + nr <= s,
+           "all_to_all_v in '" << context << "': send and receive buffers overlap (" << ns << " bytes at " << static_cast<const void*>(s)
+                               << ", " << nr << " at " << static_cast<const void*>(r) << ")");
 }
 
 }  // namespace detail

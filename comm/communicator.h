@@ -11,7 +11,9 @@
 // through host memory, the copies ordered on `stream`: after the work queued
 // there so far; their writers must be queued there or already done). all_to_all_v moves rows of
 // dim 0: send_rows[r] consecutive rows go to rank r, in rank order (as the
-// group-major MoE buffer lays them out), recv_rows[r] arrive from rank r.
+// group-major MoE buffer lays them out), recv_rows[r] arrive from rank r;
+// send and recv must not overlap (NCCL copies a rank's own rows before the
+// others are sent, and MPI_Alltoallv forbids it).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -79,6 +81,9 @@ namespace detail {
 // and a group's world ranks as "0,1,3" for the one-line timeout error.
 double now_s();
 std::string ranks_str(const std::vector<int>& ranks);
+// all_to_all_v's send and recv share no byte (empty tensors never overlap);
+// else one line naming the caller's context.
+void check_disjoint(const Tensor& send, const Tensor& recv, const char* context);
 }  // namespace detail
 
 }  // namespace sy::comm

@@ -213,8 +213,9 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
   SY_CHECK(send.ndim() >= 1 && ns == send.dim(0) && recv.ndim() >= 1 && nr == recv.dim(0),
            "all_to_all_v in '" << context << "': " << ns << " rows to send from " << shape_str(send.shape()) << ", "
                                << nr << " to receive into " << shape_str(recv.shape()));
+  detail::check_disjoint(send, recv, context);
   if (size_ == 1) {  // (the rows to itself: a copy, not staged through the host and back)
-    if (send.raw() != recv.raw()) recv.copy_from(send, staging(*pinned_, stream));
+    recv.copy_from(send, staging(*pinned_, stream));
     return;
   }
   const int64_t w = std::max(row_elems(send), row_elems(recv));

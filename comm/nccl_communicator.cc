@@ -448,6 +448,9 @@ class NcclCommunicator final : public Communicator {
     SY_CHECK(send_rows[rank_] == recv_rows[rank_], "all_to_all_v in '" << context << "': rank " << rank_ << " sends "
                                                    << send_rows[rank_] << " rows to itself and receives "
                                                    << recv_rows[rank_]);
+    // (Our own rows are copied before the others are sent: with one buffer
+    // for both, the copy would overwrite rows still to be sent.)
+    detail::check_disjoint(send, recv, context);
     // Each peer's first row in send and recv.
     std::vector<int64_t> so(size_ + 1, 0), ro(size_ + 1, 0);
     for (int p = 0; p < size_; ++p) so[p + 1] = so[p] + send_rows[p], ro[p + 1] = ro[p] + recv_rows[p];

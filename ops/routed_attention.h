@@ -209,8 +209,8 @@ SY_DECLARE_BACKENDS(
                            HeadRange heads);
   void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c);  // s (T, K) = xn . mu^T
   // Causal mode's choice: tokens_choose(tp: top-1, the heads' own clusters)
-  // over stacked_centroid_scores. CUDA, at head dims 16 to 128 (multiples of
-  // 16), finds each row's nearest centroid in one kernel that never writes
+  // over stacked_centroid_scores. CUDA, at head dims 16, 32, 64 and 128
+  // (others take the scores' GEMM and tokens_choose), finds each row's nearest centroid in one kernel that never writes
   // the scores: bf16 tensor-core scores bound which centroids can be the
   // nearest, and exact f32 scores of those decide (ops/cuda/routed_attention.cu).
   void nearest_clusters(Ctx& ctx, Route& r, const Tensor& xn, const std::vector<const Centroids*>& sets,

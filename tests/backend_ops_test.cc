@@ -827,6 +827,37 @@ std::vector<OpCase> cases() {
                  EXPECT_TRUE(bitwise_equal(yw.to(host_ctx()), o[0].to(host_ctx()))) << "gelu of a bf16 x";
                  EXPECT_TRUE(bitwise_equal(dw.to(host_ctx()), o[2].to(host_ctx()))) << "gelu backward of bf16 x, dy";
                }});
+  // GELU's one-element-a-thread path (ops/cuda/gelu.cu takes packs of 8
+  // only where every pointer is 16-byte aligned; fresh tensors always are):
+  // x and dy read 4 bytes into their buffers, a bf16 y and dx written 2 bytes
+  // in. Against the CPU, and bit for bit against the packed path on aligned
+  // copies of the same values (the same arithmetic an element).
+  c.push_back({"gelu_unaligned", Tol::f32,
+               [](Rng& r) { return Ins{randn({1002}, r, 3.f), randn({1002}, r), randn({1001}, r)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001}), fresh(x, {1001}), fresh(x, {1001})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const Tensor xv = in[0].rows(1, 1002), gv = in[1].rows(1, 1002);
+                 ops::gelu_forward(x, o[0], xv);
+                 o[1].copy_from(in[2], x);  // accumulates onto random values
+                 ops::gelu_backward(x, o[1], gv, xv);
+                 Tensor y16 = out(x, {1002}, DType::bf16);
+                 poison(y16, x);
+                 Tensor y16v = y16.rows(1, 1002);
+                 ops::gelu_forward(x, y16v, xv);
+                 ops::to_f32(x, o[2], y16v);
+                 // the packed path on aligned copies: the same bits
+                 Tensor xa = out(x, {1001}), ga = out(x, {1001}), ya = out(x, {1001}), da = out(x, {1001});
+                 Tensor y16a = out(x, {1001}, DType::bf16);
+                 xa.copy_from(xv, x);
+                 ga.copy_from(gv, x);
+                 da.copy_from(in[2], x);
+                 ops::gelu_forward(x, ya, xa);
+                 ops::gelu_backward(x, da, ga, xa);
+                 ops::gelu_forward(x, y16a, xa);
+                 EXPECT_TRUE(bitwise_equal(ya.to(host_ctx()), o[0].to(host_ctx()))) << "gelu: packed vs one a thread";
+                 EXPECT_TRUE(bitwise_equal(da.to(host_ctx()), o[1].to(host_ctx()))) << "gelu backward: packed vs one a thread";
+                 EXPECT_TRUE(bitwise_equal(y16a.to(host_ctx()), y16v.to(host_ctx()))) << "bf16 gelu: packed vs one a thread";
+               }});
   for (const int64_t H : {37, 40})
     c.push_back({H == 37 ? "swiglu_bf16" : "swiglu_bf16_packs", Tol::bf16,
                  [H](Rng& r) { return Ins{randn({29, 2 * H}, r, 3.f), randn({29, H}, r)}; },
@@ -889,6 +920,23 @@ std::vector<OpCase> cases() {
                    put(x, o[2], std::vector<float>{loss});
                  }});
   }
+  // Cross-entropy's one-element-a-thread paths (ops/cuda/cross_entropy.cu
+  // takes 16-byte vectors only where logits, and in backward d too, are
+  // 16-byte aligned): logits 4 bytes into their buffer, V 1024 (every row
+  // otherwise all vectors), d written 4 bytes in.
+  c.push_back({"cross_entropy_unaligned", Tol::f32,
+               [](Rng& r) { return Ins{randn({5 * 1024 + 1}, r, 2.f), ints({5}, r, 1024)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {5, 2}), fresh(x, {5, 1024}), fresh(x, {1})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const Tensor logits = in[0].rows(1, 5 * 1024 + 1).reshape({5, 1024});
+                 const float loss = ops::cross_entropy_forward(x, {o[0], logits, in[1]});
+                 Tensor d = out(x, {5 * 1024 + 1});
+                 poison(d, x);
+                 Tensor dv = d.rows(1, 5 * 1024 + 1).reshape({5, 1024});
+                 ops::cross_entropy_backward(x, {dv, logits, o[0], in[1], 0.5f});
+                 o[1].copy_from(dv, x);
+                 put(x, o[2], std::vector<float>{loss});
+               }});
   // Dense causal attention, fp32 (class F): head dims 16 (tiny's), 32, 64 and
   // 128 (ops/cuda/attention_kernels.cuh's forward_f32<D>/backward_f32<D>), T
   // not a multiple of any tile (the fp32 kernels tile by 64 or 32; the CPU by
@@ -1220,8 +1268,8 @@ std::vector<OpCase> cases() {
   // scores and the top-k): its probabilities against the CPU (class F: the
   // device's expf), and on each backend the probabilities and the route bit
   // for bit router_scores then tokens_choose (the route is not compared
-  // across backends: ulps in the probabilities may flip a near tie). G 24
-  // and 70 (one and three values a lane), k 1 to 3; softmax by position;
+  // across backends: ulps in the probabilities may flip a near tie). G 3 to
+  // 130, k 1 to 8; softmax by position;
   // sigmoid renormalised by score with a bias; Gumbel-style selection keys in
   // runs with their own groups; padded; dropless. On CUDA up to 128 groups
   // the row stays in registers (8 lanes a row up to 64 groups, 16 past
@@ -1255,7 +1303,13 @@ std::vector<OpCase> cases() {
                                                  // lane, and in gate_topk_kernel (G > 128)
                                                  {"sigmoid_bias_24", 24, 2, true, false, false, false, 0},
                                                  {"sigmoid_bias_64", 64, 2, true, false, false, false, 0},
-                                                 {"sigmoid_bias_130", 130, 2, true, false, false, false, 0}}) {
+                                                 {"sigmoid_bias_130", 130, 2, true, false, false, false, 0},
+                                                 // each lane's k best and the butterfly merge at k 3 to
+                                                 // 8 (topk_merge.h's K 4 and 8), rows of 3 and 16 groups
+                                                 {"softmax_k3_of_3", 3, 3, false, false, false, false, 0},
+                                                 {"softmax_k4_16", 16, 4, false, false, false, false, 0},
+                                                 {"sigmoid_bias_k8_68", 68, 8, true, false, false, false, 0},
+                                                 {"softmax_k6_128", 128, 6, false, false, false, false, 0}}) {
     const int64_t N = 300;
     c.push_back({"tokens_choose_logits_" + g.name, Tol::f32,
                  [=](Rng& r) {

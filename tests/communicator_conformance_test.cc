@@ -145,6 +145,28 @@ TEST_P(Conformance, AllToAllVTaggedRowsUnevenAndEmptyEveryDtype) {
   }
 }
 
+// send and recv may not overlap (one buffer for both would have a rank's own
+// rows, copied first on NCCL, overwrite rows still to be sent): refused on
+// every rank before anything moves; adjacent views of one buffer are fine.
+TEST_P(Conformance, AllToAllVRefusesOverlappingBuffers) {
+  const int R = comm().rank(), W = comm().size();
+  std::vector<int64_t> one(W, 1);
+  Tensor buf = make({2 * W + 1, 3}, DType::f32, [&](int64_t k) { return R * 1000 + k; });
+  const Tensor send = buf.rows(0, W);
+  Tensor overlapping = buf.rows(W - 1, 2 * W - 1), adjacent = buf.rows(W, 2 * W);
+  try {
+    comm().all_to_all_v(send, one, overlapping, one, ctx().stream, "overlap");
+    ADD_FAILURE() << "overlapping send and recv were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("all_to_all_v in 'overlap': send and receive buffers overlap"),
+              std::string::npos) << e.what();
+  }
+  comm().all_to_all_v(send, one, adjacent, one, ctx().stream, "adjacent");
+  const Tensor got = adjacent.to(host_ctx());
+  for (int s = 0; s < W; ++s)  // row s: rank s's row R
+    for (int64_t e = 0; e < 3; ++e) ASSERT_EQ(got.f32()[s * 3 + e], s * 1000 + R * 3 + e) << "from rank " << s;
+}
+
 TEST_P(Conformance, AllReduceSumsEveryAddableDtype) {
   const int R = comm().rank(), W = comm().size();
   for (DType dt : kAll) {

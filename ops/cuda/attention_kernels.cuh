@@ -10,7 +10,8 @@
 // fp32; at the end O / l and lse = m + log l are written.
 //
 // Backward, without atomics, in three launches:
-//   delta     Delta_t = dout_t . out_t per (row, head), one warp each
+//   delta     Delta_t = dout_t . out_t per (row, head), a group of lanes
+//             each (one 16-byte load of dout and of out a lane)
 //   dk/dv     one block per key tile, looping over the query tiles at or
 //             after the diagonal: recomputes P^T = exp(K Q^T / sqrt(D) - lse),
 //             dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - Delta),
