@@ -230,7 +230,7 @@ TEST(RoutedUnionPack, CausalClustersAndLoneQueries) {
   expect_matches_reference(s, clusters_of(s, 1, ops::ClusterParams{}, rng));        // dense causal
   Case wide = random_case(160, 4, rng);
   expect_matches_reference(wide, clusters_of(wide, 70, ops::ClusterParams{}, rng));
-  Case lone = random_case(6, 3, rng);
+  Case lone = random_case(6, 4, rng);  // (D 4: the chunked paths see a lone query and tokens in no cluster)
   ops::Clusters cl;
   cl.queries = one_cluster(6, {1, 3, 4});
   cl.keys = one_cluster(6, {2, 3});  // query 1: no key <= 1, itself; 0, 2, 5: in no cluster
