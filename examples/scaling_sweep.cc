@@ -13,9 +13,16 @@
 // Projection (an alpha-beta model of the links): from the single-rank
 // compute time and the bytes each rank sends, step time at N is
 //   t = t_compute + t_a2a + t_ar
-//   t_compute = c1 (weak) or c1 / N (strong), times ceil(N / devices) when
-//               a CUDA run puts N ranks on fewer GPUs (they take turns on
-//               one: the MPI path's several ranks a GPU); c1 = 1-rank compute
+//   t_compute = c1 (weak) or c1 / N (strong); c1 = 1-rank compute. Where a
+//               CUDA run puts N ranks on fewer GPUs (the MPI path's several
+//               ranks a GPU), the compute is measured instead: N independent
+//               one-rank trainings at the point's per-rank batch, side by
+//               side on the GPUs, no communication (--compute-basis
+//               concurrent, the default there). Ranks sharing a GPU neither
+//               take turns (c1 x ceil(N / GPUs): a launch-bound step leaves
+//               the GPU idle for the others) nor run free (c1): what sharing
+//               costs is the GPU's and its driver's, not the links', so it is
+//               measured, and the model predicts what communication adds.
 //   t_a2a = sum over exchanges of [alpha + S (N-1)/N / busbw]      (S = bytes a rank sends)
 //   t_ar  = 2 (N-1) alpha + 2 (N-1)/N P / busbw                   (ring all-reduce of P bytes)
 // with busbw the bus bandwidth as nccl-tests defines it (algbw * (n-1)/n);
@@ -67,7 +74,10 @@ struct Measured {
   double dense_bytes = 0;     // dense gradients all-reduced per step
 };
 
-int worker(const std::string& config, const std::vector<std::string>& sets, const std::string& result) {
+// independent: each rank trains alone (no ParallelContext, EP 1), side by
+// side with the others: the compute term of ranks sharing a device.
+int worker(const std::string& config, const std::vector<std::string>& sets, const std::string& result,
+           bool independent) {
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -77,7 +87,7 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   // A CUDA run: each rank the GPU of its rank on the node (as train_switch).
   if (const int gpu = sy::comm::node_local_gpu(MPI_COMM_WORLD); gpu >= 0) opts.device = gpu;
   std::unique_ptr<sy::ParallelContext> par;
-  if (size > 1) {
+  if (size > 1 && !independent) {
     par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),
                                       cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
     opts.par = par.get();
@@ -107,11 +117,11 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   return 0;
 }
 
-// Step time at N ranks from the single-rank measurement `one` (see the top).
-// `shared`: ranks that take turns on one compute device at N (1 where each
-// has its own: CPU ranks on their own cores, one GPU a rank).
-double project(const Measured& one, int N, bool weak, const Link& L, int shared = 1) {
-  const double compute = (weak ? one.compute_s : one.compute_s / N) * shared;
+// Step time at N ranks from the single-rank measurement `one` (see the top);
+// `compute_s` > 0: the compute term measured at N (ranks sharing a device),
+// else c1 (weak) or c1 / N (strong).
+double project(const Measured& one, int N, bool weak, const Link& L, double compute_s = 0) {
+  const double compute = compute_s > 0 ? compute_s : weak ? one.compute_s : one.compute_s / N;
   if (N == 1) return compute;
   const double S = weak ? one.bytes_per_exchange : one.bytes_per_exchange / N;
   const double frac = (N - 1.0) / N;
@@ -127,14 +137,17 @@ double project(const Measured& one, int N, bool weak, const Link& L, int shared 
   return compute + a2a + ar;
 }
 
+// One mpirun of N workers, train.batch = batch (the global batch; with
+// `independent`, each rank's own).
 Measured run_one(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int N,
-                 int batch, int steps, const std::string& tag) {
+                 int batch, int steps, const std::string& tag, bool independent) {
   const std::string res = tag + ".json";
   std::ostringstream cmd;
   cmd << "mpirun --oversubscribe -np " << N << " " << argv0 << " --worker --result " << res << " --config "
-      << config << " --steps " << steps;
+      << config << " --steps " << steps << (independent ? " --independent" : "");
   for (const auto& s : sets) cmd << " --set " << s;
-  cmd << " --set train.batch=" << batch << " --set parallel.expert_parallel=" << N << " > " << tag << ".log 2>&1";
+  cmd << " --set train.batch=" << batch << " --set parallel.expert_parallel=" << (independent ? 1 : N) << " > "
+      << tag << ".log 2>&1";
   if (std::system(cmd.str().c_str()) != 0) throw sy::Error(cmd.str() + " failed; see " + tag + ".log");
   nlohmann::json j;
   std::ifstream(res) >> j;
@@ -161,9 +174,9 @@ struct Point {
 };
 
 Point run_point(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int N, int batch,
-                int steps, const std::string& tag, int repeats) {
+                int steps, const std::string& tag, int repeats, bool independent = false) {
   std::vector<Measured> runs;
-  for (int r = 0; r < repeats; ++r) runs.push_back(run_one(argv0, config, sets, N, batch, steps, tag));
+  for (int r = 0; r < repeats; ++r) runs.push_back(run_one(argv0, config, sets, N, batch, steps, tag, independent));
   auto med = [&](double Measured::*f) {
     std::vector<double> v;
     for (const Measured& m : runs) v.push_back(m.*f);
@@ -218,11 +231,17 @@ int main(int argc, char** argv) {
   int steps = 30, per_rank_batch = 8, global_batch = 16;
   double compute_s = 0, latency_us = 1.2, gpu_latency_us = 10;
   Link cpu{0, 12.0, 12.0, 1 << 30}, gpu{0, 370.0, 48.0, 8};
-  bool is_worker = false;
+  bool is_worker = false, independent = false;
   int repeats = 3;
+  std::string compute_basis = "auto";
   std::string loadavg_file = "/proc/loadavg";
   app.add_flag("--worker", is_worker, "internal: one measurement under mpirun");
   app.add_option("--result", result, "internal: where the worker writes its JSON");
+  app.add_flag("--independent", independent, "internal: each worker trains alone (the compute term's runs)");
+  app.add_option("--compute-basis", compute_basis,
+                 "the model's compute term at N ranks: single (c1, or c1 / N strong), concurrent (measured: N "
+                 "independent one-rank runs side by side), auto (concurrent where CUDA ranks share a GPU)")
+      ->check(CLI::IsMember({"auto", "single", "concurrent"}));
   app.add_option("--config", config, "model config");
   app.add_option("--set", sets, "config overrides");
   app.add_option("--ranks", ranks_arg, "comma-separated rank counts");
@@ -255,7 +274,7 @@ int main(int argc, char** argv) {
       // Only workers are MPI processes: a driver that had initialised MPI
       // would hand its own MPI environment to the mpirun it launches.
       sy::comm::MpiSession mpi(&argc, &argv);
-      return worker(config, base, result);
+      return worker(config, base, result, independent);
     }
 
     std::vector<int> ranks;
@@ -269,12 +288,17 @@ int main(int argc, char** argv) {
       setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
       setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
     }
-    // A CUDA run on fewer GPUs than ranks shares them (the model's compute term).
+    // A CUDA run on fewer GPUs than ranks shares them: the model's compute
+    // term is then measured (see the top).
     const bool on_gpu = sy::load_config(config, base).backend() == switchyard::Config::CUDA;
     const int gpus = on_gpu ? std::max(1, sy::cuda_device_count()) : 0;
-    auto shared = [&](int N) { return on_gpu ? (N + gpus - 1) / gpus : 1; };
-    if (on_gpu) std::printf("CUDA: %d GPU%s; N ranks take turns on them (the model's compute: c1 x ceil(N / %d))\n", gpus,
-                            gpus == 1 ? "" : "s", gpus);
+    auto concurrent = [&](int N) {
+      return N > 1 && (compute_basis == "concurrent" || (compute_basis == "auto" && on_gpu && N > gpus));
+    };
+    if (on_gpu)
+      std::printf("CUDA: %d GPU%s; at more ranks than that the model's compute is measured: N independent one-rank "
+                  "runs side by side (--compute-basis %s)\n",
+                  gpus, gpus == 1 ? "" : "s", compute_basis.c_str());
     const int cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
     const int most = *std::max_element(ranks.begin(), ranks.end());
     const double load = load_average(loadavg_file);
@@ -285,11 +309,13 @@ int main(int argc, char** argv) {
                    load, std::max(0, cores - most), cores, most, out.c_str());
     std::ofstream csv(out + ".csv");
     csv << "mode,ranks,tokens_per_s,step_s,compute_s,all_to_all_s,all_reduce_s,efficiency,projected_step_s,"
-           "projection_error,repeats,step_s_min,step_s_max,efficiency_min,efficiency_max,loadavg_1m,cores\n";
+           "projection_error,repeats,step_s_min,step_s_max,efficiency_min,efficiency_max,loadavg_1m,cores,"
+           "model_compute_s,compute_basis\n";
     std::printf("%d run%s per point, medians; load average %.2f on %d cores\n", repeats, repeats > 1 ? "s" : "",
                 load, cores);
-    std::printf("%-6s %5s %10s %9s %15s %9s %9s %9s %6s %13s %9s %7s\n", "mode", "ranks", "tokens/s", "step_ms",
-                "step_ms_range", "compute", "all2all", "allreduce", "eff", "eff_range", "proj_ms", "err");
+    std::printf("%-6s %5s %10s %9s %15s %9s %9s %9s %6s %13s %9s %7s %11s\n", "mode", "ranks", "tokens/s", "step_ms",
+                "step_ms_range", "compute", "all2all", "allreduce", "eff", "eff_range", "proj_ms", "err",
+                "model_c_ms");
     Measured weak1;
     for (const char* m : {"weak", "strong"}) {
       const bool weak = std::string(m) == "weak";
@@ -312,22 +338,34 @@ int main(int argc, char** argv) {
         Measured basis = one;
         basis.exchanges = x.exchanges;
         basis.bytes_per_exchange = x.bytes_per_exchange * (weak ? 1 : N);
-        const double proj = N == 1 ? one.step_s : project(basis, N, weak, cpu, shared(N));
+        // The compute term: c1 (c1 / N), or measured at N side by side.
+        double model_compute = N == 1 ? one.step_s : weak ? one.compute_s : one.compute_s / N;
+        if (concurrent(N)) {
+          if (batch % N != 0)
+            throw sy::ConfigError("--compute-basis concurrent: a batch of " + std::to_string(batch) + " over " +
+                                  std::to_string(N) + " ranks (it must divide)");
+          model_compute = run_point(argv[0], config, base, N, batch / N, steps,
+                                    out + "_" + m + std::to_string(N) + "_compute", repeats, true)
+                              .median.step_s;
+        }
+        const double proj = N == 1 ? one.step_s : project(basis, N, weak, cpu, model_compute);
         const double err = (proj - x.step_s) / x.step_s;
         char range[32], eff_range[32];
         std::snprintf(range, sizeof range, "%.2f-%.2f", pt.step_min * 1e3, pt.step_max * 1e3);
         std::snprintf(eff_range, sizeof eff_range, "%.3f-%.3f", eff_min, eff_max);
-        std::printf("%-6s %5d %10.0f %9.2f %15s %9.2f %9.2f %9.2f %6.3f %13s %9.2f %+6.1f%%\n", m, N, x.tokens_per_s,
-                    x.step_s * 1e3, range, x.compute_s * 1e3, x.a2a_s * 1e3, x.ar_s * 1e3, eff, eff_range, proj * 1e3,
-                    100 * err);
+        std::printf("%-6s %5d %10.0f %9.2f %15s %9.2f %9.2f %9.2f %6.3f %13s %9.2f %+6.1f%% %9.2f%s\n", m, N,
+                    x.tokens_per_s, x.step_s * 1e3, range, x.compute_s * 1e3, x.a2a_s * 1e3, x.ar_s * 1e3, eff,
+                    eff_range, proj * 1e3, 100 * err, model_compute * 1e3, concurrent(N) ? " m" : "");
         csv << m << "," << N << "," << x.tokens_per_s << "," << x.step_s << "," << x.compute_s << "," << x.a2a_s
             << "," << x.ar_s << "," << eff << "," << proj << "," << err << "," << repeats << "," << pt.step_min << ","
-            << pt.step_max << "," << eff_min << "," << eff_max << "," << point_load << "," << cores << "\n";
+            << pt.step_max << "," << eff_min << "," << eff_max << "," << point_load << "," << cores << ","
+            << model_compute << "," << (concurrent(N) ? "concurrent" : "single") << "\n";
         if (weak && N == ranks.back() && N > 1) weak1 = x, weak1.compute_s = one.compute_s;
         if (weak && N == ranks.back() && N == 1) weak1 = x;
       }
     }
     csv.close();
+    std::printf("(model_c_ms: the model's compute term; m: measured as N independent runs side by side)\n");
     plot(out);
 
     // Projection to GPU clusters, weak scaling, experts over all ranks.

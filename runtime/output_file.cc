@@ -23,6 +23,11 @@ void check_output_path(const std::string& option, const std::string& path,
       throw ConfigError(option + " " + path + ": is " + what + " " + input +
                         ", an input of this run; write to another file");
   }
+  // Before the work, not when the file is opened after it (a sweep's or a
+  // benchmark's minutes lost to a typo in the directory).
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent, ec))
+    throw ConfigError(option + " " + path + ": directory " + parent.string() + " does not exist");
   const fs::file_status st = fs::status(path, ec);
   if (!overwrite && fs::is_regular_file(st)) {
     const auto size = fs::file_size(path, ec);

@@ -525,16 +525,18 @@ print(rows[1024]["ours_s"] * 1e6, rows[1048576]["ours_busbw_gbs"])' "$LOG/bench_
   run_limited scaling_gpu 180 $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
     --set data.source=SYNTHETIC --set data.path= --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
     --out "$LOG/scaling_gpu" --overwrite
-  summary "scale: scaling_sweep (GPU, MPI path) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu.log" | awk '{print $1,$2,$4"ms",$NF}' | tr '\n' ';')"
+  summary "scale: scaling_sweep (GPU, MPI path) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu.log" | awk '{print $1,$2,$4"ms",$12,"(model compute "$13"ms"($14=="m"?" measured":"")")"}' | tr '\n' ';')"
+  # (At 2 and 4 ranks on the one GPU the model's compute term is measured:
+  # N independent one-rank runs side by side, scaling_sweep's
+  # --compute-basis auto; its error is then what the links add.)
   # The same sweep on a model that keeps the GPU busy (d 512, sequences of
   # 512, bf16): switch_tiny's steps are launch-bound, so ranks sharing the
-  # GPU overlap their host work and the model's c1 x ceil(N / GPUs) compute
-  # term may over-predict; this one says whether the model's error is that.
+  # GPU overlap their host work; this one's ranks contend for the GPU itself.
   run_limited scaling_gpu_busy 180 $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
     --set data.source=SYNTHETIC --set data.path= --set precision=BF16 --set model.d_model=512 --set model.n_heads=8 \
     --set model.ffn_hidden=2048 --set model.seq_len=512 --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
     --out "$LOG/scaling_gpu_busy" --overwrite
-  summary "scale: scaling_sweep (GPU busy: d 512, seq 512, bf16) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu_busy.log" | awk '{print $1,$2,$4"ms",$NF}' | tr '\n' ';')"
+  summary "scale: scaling_sweep (GPU busy: d 512, seq 512, bf16) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu_busy.log" | awk '{print $1,$2,$4"ms",$12,"(model compute "$13"ms"($14=="m"?" measured":"")")"}' | tr '\n' ';')"
 fi
 # 7. Issue 18: long-context attention beside PyTorch SDPA (its JSON feeds
 # bench_attention's "x SDPA" column; without it the column stays empty).

@@ -94,6 +94,10 @@ TEST(Metrics, RefusesNonEmptyFileUnlessOverwrite) {
   EXPECT_NE(m.find("--metrics " + old + ": exists and is not empty (11 bytes); pass --overwrite"), std::string::npos) << m;
   EXPECT_NO_THROW(check_output_path("--metrics", old, {}, true));
   EXPECT_NO_THROW(check_output_path("--metrics", empty, {}, false));
+  // A directory that does not exist: refused up front, one line naming it.
+  const std::string nodir = (t.dir / "no_such_dir" / "m.jsonl").string();
+  const std::string md = error_of([&] { check_output_path("--metrics", nodir, {}, false); });
+  EXPECT_EQ(md, "--metrics " + nodir + ": directory " + (t.dir / "no_such_dir").string() + " does not exist") << md;
 }
 
 TEST(Metrics, ProgressLineAfterADelayWithRateAndEta) {

@@ -14,15 +14,33 @@ echo "0.00 0.00 0.00 1/456 7890" > "$tmp/quiet"
   --loadavg-file "$tmp/busy" --out "$tmp/s" > "$tmp/out" 2> "$tmp/err" || { echo "FAIL sweep (uid $(id -u)):"; cat "$tmp/out" "$tmp/err" "$tmp"/*.log 2>/dev/null; exit 1; }
 grep -q "^warning: load average 99.00 exceeds the 0 of $(nproc) cores" "$tmp/err" \
   && echo "ok   busy machine warned: $(cat "$tmp/err")" || { echo "FAIL no warning for load 99:"; cat "$tmp/err"; fail=1; }
-head -1 "$tmp/s.csv" | grep -q ",repeats,step_s_min,step_s_max,efficiency_min,efficiency_max,loadavg_1m,cores$" \
+head -1 "$tmp/s.csv" | grep -q ",repeats,step_s_min,step_s_max,efficiency_min,efficiency_max,loadavg_1m,cores,model_compute_s,compute_basis$" \
   || { echo "FAIL csv header: $(head -1 "$tmp/s.csv")"; fail=1; }
 # Every row: 2 repeats, min <= median <= max for the step time and the
 # efficiency, the load read before the point, this machine's cores.
 bad=$(awk -F, -v cores="$(nproc)" 'NR > 1 {
   n++
   if ($11 != 2 || $12 > $4 || $4 > $13 || $14 > $8 + 1e-12 || $8 > $15 + 1e-12 || $16 != 99 || $17 != cores) print "row " NR ": " $0
+  if ($19 != "single") print "row " NR ": the CPU default basis is single: " $0
 } END { if (n != 4) print n " rows, want 4" }' "$tmp/s.csv")
 [ -z "$bad" ] && echo "ok   csv: 4 points, medians within their spread" || { echo "FAIL csv: $bad"; cat "$tmp/s.csv"; fail=1; }
+# The compute term measured side by side (--compute-basis concurrent, the
+# default where CUDA ranks share a GPU): at 2 ranks it comes from two
+# independent one-rank runs, and the projection adds the links' cost to it.
+"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --ranks 1,2 --steps 4 --repeats 1 --set data.synthetic_bytes=50000 \
+  --compute-basis concurrent --loadavg-file "$tmp/quiet" --out "$tmp/c" > "$tmp/out" 2> "$tmp/err" \
+  || { echo "FAIL concurrent sweep:"; cat "$tmp/out" "$tmp/err" "$tmp"/*.log 2>/dev/null; fail=1; }
+bad=$(awk -F, 'NR > 1 {
+  want = $2 == 1 ? "single" : "concurrent"
+  if ($19 != want || $18 <= 0 || ($2 == 1 && $18 != $4) || ($2 > 1 && $9 <= $18)) print "row " NR ": " $0
+}' "$tmp/c.csv")
+[ -z "$bad" ] && grep -q "m: measured as N independent runs side by side" "$tmp/out" \
+  && echo "ok   concurrent compute basis: $(awk -F, 'NR > 1 && $2 == 2 {printf "%s %.1f ms measured, %.1f ms projected; ", $1, $18 * 1e3, $9 * 1e3}' "$tmp/c.csv")" \
+  || { echo "FAIL concurrent basis: $bad"; cat "$tmp/c.csv" "$tmp/out"; fail=1; }
+# A directory that does not exist: one line before any run.
+"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --out "$tmp/none/s" > "$tmp/out" 2> "$tmp/err"; rc=$?
+[ $rc -ne 0 ] && grep -q "^error: --out $tmp/none/s.csv: directory $tmp/none does not exist$" "$tmp/err" \
+  && echo "ok   missing directory: $(cat "$tmp/err")" || { echo "FAIL missing directory: exit $rc: $(cat "$tmp/err")"; fail=1; }
 # A quiet machine: no warning.
 "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --ranks 1 --steps 4 --repeats 1 --set data.synthetic_bytes=50000 \
   --loadavg-file "$tmp/quiet" --out "$tmp/q" > "$tmp/out" 2> "$tmp/err" || { echo "FAIL quiet sweep:"; cat "$tmp/out" "$tmp/err"; fail=1; }
