@@ -156,6 +156,9 @@ TEST(ColumnSelect, KeysAscendAsScoresDescend) {
   for (size_t i = 0; i + 1 < sizeof xs / sizeof xs[0]; ++i)
     EXPECT_LT(colsel::key_of(xs[i]), colsel::key_of(xs[i + 1])) << xs[i] << " then " << xs[i + 1];
   EXPECT_EQ(colsel::key_of(0.f), colsel::key_of(-0.f));
+  // NaN, either sign, ranks with -inf (last): the CPU's nan_last.
+  EXPECT_EQ(colsel::key_of(std::nanf("")), colsel::key_of(-INFINITY));
+  EXPECT_EQ(colsel::key_of(-std::nanf("")), colsel::key_of(-INFINITY));
 }
 
 }  // namespace

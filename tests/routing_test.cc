@@ -452,6 +452,35 @@ TEST(GroupsChoose, HandComputedTopCWithTiesSlotsByPosition) {
   EXPECT_EQ(ints(r.group), (std::vector<int32_t>{-1, 0, -1, -1}));
 }
 
+// A NaN score ranks last, with -inf (ties by position), as on the GPU
+// (column_select.h's key_of): here C = 3 of (NaN, 0.5, -inf, 0.7, NaN) keeps
+// items 3, 1 and then the first of the -inf/NaN three, item 0, its weight the NaN.
+TEST(GroupsChoose, NanScoresRankLastAsMinusInfinity) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const Tensor s = probs_of({nan, 0.5f, -inf, 0.7f, -nan}, 5, 1);
+  Route r = groups_choose(s, 3);
+  EXPECT_EQ(ints(r.group), (std::vector<int32_t>{0, 0, -1, 0, -1}));
+  EXPECT_EQ(ints(r.slot), (std::vector<int32_t>{0, 1, -1, 2, -1}));
+  EXPECT_TRUE(std::isnan(r.weight.f32()[0]));
+  r = groups_choose(s, 2);  // (a NaN compared as itself would take item 1's place: a partial sort's luck)
+  EXPECT_EQ(ints(r.group), (std::vector<int32_t>{-1, 0, -1, 0, -1}));
+  r = groups_choose(s, 4);  // then item 2 (-inf) before item 4 (NaN): by position
+  EXPECT_EQ(ints(r.group), (std::vector<int32_t>{0, 0, 0, 0, -1}));
+}
+
+// Slots by top score (SlotPriority::score): a NaN top score takes the last
+// slots, after -inf's, as on the GPU (routing.cu's slot keys); item 0 NaN.
+TEST(TokensChoose, NanTopScoreTakesTheLastSlotByScore) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  // 4 items, 1 group, k 1: the top scores are the probabilities themselves.
+  const Tensor probs = probs_of({nan, 0.2f, 0.9f, 0.5f}, 4, 1);
+  TokensChooseParams p;
+  p.k = 1, p.capacity_factor = 0.75f, p.priority = SlotPriority::score;  // capacity 3
+  Route r;
+  ops::tokens_choose(host_ctx(), r, probs, p);
+  EXPECT_EQ(ints(r.slot), (std::vector<int32_t>{-1, 2, 0, 1}));
+}
+
 TEST(Threshold, RoutesAboveTau) {
   Route r = threshold_route({0.2f, 0.7f, 0.5f, 0.51f}, 0.5f);
   expect_invariants(r);

@@ -79,10 +79,16 @@ void assign_slots(Route& r, const std::vector<int64_t>& order) {
 }
 
 // Indices 0..n-1 ordered by descending key, ties to the lower index.
+// A score as the orders below rank it: NaN as -inf (last; among equals by
+// position), so every comparison is a strict weak order (NaN's is not, and
+// std::sort and partial_sort need one) and the CUDA sorts' keys agree
+// (ops/cuda/host_device.h's nan_last).
+float nan_last(float x) { return std::isnan(x) ? -std::numeric_limits<float>::infinity() : x; }
+
 std::vector<int64_t> argsort_desc(const std::vector<float>& key) {
   std::vector<int64_t> idx(key.size());
   std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return key[a] > key[b]; });
+  std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return nan_last(key[a]) > nan_last(key[b]); });
   return idx;
 }
 
@@ -187,7 +193,7 @@ void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, i
   std::vector<int64_t> idx(S);
   for (int64_t s0 = 0; s0 < N; s0 += S)
     for (int64_t g = 0; g < G; ++g) {
-      for (int64_t i = 0; i < S; ++i) col[i] = sc[(s0 + i) * G + g];
+      for (int64_t i = 0; i < S; ++i) col[i] = nan_last(sc[(s0 + i) * G + g]);
       // The first per_segment of a stable descending sort (ties to the earlier
       // item), found by a partial sort: S log C instead of S log S per group,
       // which matters for routed attention's balanced mode (K groups of T).
@@ -198,7 +204,7 @@ void groups_choose(Ctx& ctx, Route& r, const Tensor& scores, int64_t capacity, i
       for (int64_t c = 0; c < per_segment; ++c) {
         const int64_t item = s0 + idx[c];
         group[item * G + g] = static_cast<int32_t>(own_groups ? s0 / S * G + g : g);
-        weight[item * G + g] = col[idx[c]];
+        weight[item * G + g] = sc[item * G + g];  // (a NaN kept as it is)
       }
     }
   // Slots in item (position) order; nothing is dropped by construction.

@@ -43,8 +43,9 @@ namespace sy::ops::colsel {
 
 constexpr int kPasses = 4, kBins = 256;  // digits of 8 bits
 
-// The ascending key of a score (descending scores; -0 and +0 one key).
-SY_HD inline uint32_t key_of(float x) { return ~ordered_bits(x); }
+// The ascending key of a score (descending scores; -0 and +0 one key; NaN
+// that of -inf).
+SY_HD inline uint32_t key_of(float x) { return ~ordered_bits(nan_last(x)); }
 
 struct Shape {
   int64_t G;         // groups: columns of the scores

@@ -14,6 +14,10 @@
 
 namespace sy::ops {
 
+// A score as the routing sorts rank it: NaN as -inf, last (ops/cpu/routing.cc's
+// nan_last; ordered_bits alone puts a positive NaN above +inf).
+SY_HD inline float nan_last(float x) { return x != x ? -__builtin_huge_valf() : x; }
+
 // A float's bits as an unsigned integer of the same order (radix sort and
 // select keys): ascending floats give ascending keys; -0 and +0 give one key
 // (they compare equal).

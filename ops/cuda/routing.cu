@@ -379,7 +379,7 @@ static __global__ void slot_keys(const int32_t* group, const float* top, int64_t
   if (a >= n) return;
   const int sbits = by_score ? 32 : 0;
   uint64_t key = (static_cast<uint64_t>(group[a]) << (jbits + sbits)) | (static_cast<uint64_t>(a % k) << sbits);
-  if (by_score) key |= static_cast<uint32_t>(~ordered_bits(top[a / k]));
+  if (by_score) key |= static_cast<uint32_t>(~ordered_bits(nan_last(top[a / k])));
   keys[a] = key;
   values[a] = static_cast<int32_t>(a);
 }
