@@ -5,7 +5,7 @@
 //   column g of p in double (item order) and counts the chunk's assignments
 //   that chose g; the entropy terms of a thread's columns go through a fixed
 //   tree; thread 0 counts assigned, dropped and unserved. Stage 2 adds the
-//   chunks in order. Counts are exact; the double sums differ from the CPU's
+//   chunks in a fixed order (add_partials). Counts are exact; the double sums differ from the CPU's
 //   serial order by rounding only. Blocks of the power of two >= G threads
 //   (32 to kBlock) and chunks of 32 items: at N 16384, G 64 that is 512
 //   blocks of 64 threads, where 64 blocks of 256 threads (192 of them idle),
@@ -128,12 +128,28 @@ static __global__ void routing_sum_partials(ProbSource src, const int32_t* group
   }
 }
 
-static __global__ void add_partials(const double* partial, int64_t blocks, int64_t width, double* sums) {
-  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (e >= width) return;
+// Stage 2: a block per 32 of the width's columns; warp w's lane sums its
+// column over chunks w, w + kAddWarps, ... in order, then lane e of warp 0
+// adds the warps' sums in warp order (a fixed tree: the same bits every
+// run). One thread a column walking every chunk was ~2 waits for memory a
+// chunk on 262 threads (at N 16384, G 64: 512 chunks a thread, by a count;
+// four times that at 65536).
+constexpr int kAddWarps = 16;
+static __global__ void __launch_bounds__(kAddWarps * 32)
+    add_partials(const double* partial, int64_t blocks, int64_t width, double* sums) {
+  __shared__ double part[kAddWarps][32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t e = blockIdx.x * 32 + lane;
   double s = 0;
-  for (int64_t b = 0; b < blocks; ++b) s += partial[b * width + e];
-  sums[e] = s;
+  if (e < width)
+    for (int64_t b = warp; b < blocks; b += kAddWarps) s += partial[b * width + e];
+  part[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && e < width) {
+    double t = 0;
+    for (int w = 0; w < kAddWarps; ++w) t += part[w][lane];
+    sums[e] = t;
+  }
 }
 
 static void launch_routing_sums(Ctx& ctx, Tensor& sums, const ProbSource& src, const Route& r, int64_t i0,
@@ -146,8 +162,8 @@ static void launch_routing_sums(Ctx& ctx, Tensor& sums, const ProbSource& src, c
   routing_sum_partials<<<static_cast<unsigned>(blocks), threads, 0, stream(ctx)>>>(
       src, r.group.data<int32_t>(), r.slot.data<int32_t>(), i0, i1, G, r.k, partial.data<double>());
   CUDA_CHECK(cudaGetLastError());
-  add_partials<<<grid_for(width), kBlock, 0, stream(ctx)>>>(partial.data<double>(), blocks, width,
-                                                            sums.data<double>());
+  add_partials<<<static_cast<unsigned>((width + 31) / 32), kAddWarps * 32, 0, stream(ctx)>>>(
+      partial.data<double>(), blocks, width, sums.data<double>());
   CUDA_CHECK(cudaGetLastError());
 }
 
