@@ -47,7 +47,8 @@ constexpr int kWarps = kBlock / 32;
 
 // Where routing_sum_partials reads p: the probabilities in memory, or
 // (logits set) score_fn of the logits, softmax from the chunk's row maxima
-// and sums (rows(): a warp a row, in shared memory), router_scores' formula.
+// and sums (rows(): a warp a row, in shared memory): router_scores' formula,
+// its row sum added in another order (the same values up to rounding).
 struct ProbSource {
   const float* probs;
   const float* logits;
@@ -55,8 +56,10 @@ struct ProbSource {
   int64_t G;
 };
 
+// (Softmax only: sigmoid's p needs no row statistics. Every thread of the
+// block returns or reaches the barrier alike.)
 static __device__ void chunk_rows(const ProbSource& src, int64_t b0, int64_t b1, float* mx, float* sum) {
-  if (!src.logits) return;
+  if (!src.logits || !src.softmax) return;
   const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int64_t i = b0 + threadIdx.x / 32; i < b1; i += warps) {
     const float* l = src.logits + i * src.G;
