@@ -31,8 +31,9 @@ void check_disjoint(const Tensor& send, const Tensor& recv, const char* context)
   const char* r = static_cast<const char*>(recv.raw());
   const size_t ns = send.nbytes(), nr = recv.nbytes();
   SY_CHECK(ns == 0 || nr == 0 || s + ns <= r || r + nr <= s,
-           "all_to_all_v in '" << context << "': send and receive buffers overlap (" << ns << " bytes at " << static_cast<const void*>(s)
-                               << ", " << nr << " at " << static_cast<const void*>(r) << ")");
+           "all_to_all_v in '" << context << "': send and receive buffers overlap (" << ns << " bytes at "
+                               << static_cast<const void*>(s) << ", " << nr << " at " << static_cast<const void*>(r)
+                               << ")");
 }
 
 }  // namespace detail

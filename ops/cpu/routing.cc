@@ -78,13 +78,13 @@ void assign_slots(Route& r, const std::vector<int64_t>& order) {
   r.host_offset.assign(offset, offset + r.num_groups + 1);
 }
 
-// Indices 0..n-1 ordered by descending key, ties to the lower index.
 // A score as the orders below rank it: NaN as -inf (last; among equals by
 // position), so every comparison is a strict weak order (NaN's is not, and
 // std::sort and partial_sort need one) and the CUDA sorts' keys agree
 // (ops/cuda/host_device.h's nan_last).
 float nan_last(float x) { return std::isnan(x) ? -std::numeric_limits<float>::infinity() : x; }
 
+// Indices 0..n-1 ordered by descending key (nan_last), ties to the lower index.
 std::vector<int64_t> argsort_desc(const std::vector<float>& key) {
   std::vector<int64_t> idx(key.size());
   std::iota(idx.begin(), idx.end(), 0);
