@@ -117,11 +117,9 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   return 0;
 }
 
-// Step time at N ranks from the single-rank measurement `one` (see the top);
-// `compute_s` > 0: the compute term measured at N (ranks sharing a device),
-// else c1 (weak) or c1 / N (strong).
-double project(const Measured& one, int N, bool weak, const Link& L, double compute_s = 0) {
-  const double compute = compute_s > 0 ? compute_s : weak ? one.compute_s : one.compute_s / N;
+// Step time at N ranks: the compute term (see the top) plus what the links
+// add for the exchanges and dense gradients of `one`'s config.
+double project(const Measured& one, int N, bool weak, const Link& L, double compute) {
   if (N == 1) return compute;
   const double S = weak ? one.bytes_per_exchange : one.bytes_per_exchange / N;
   const double frac = (N - 1.0) / N;
@@ -379,7 +377,7 @@ int main(int argc, char** argv) {
                 g.compute_s * 1e3, g.exchanges, g.bytes_per_exchange / 1024, g.dense_bytes / (1 << 20), gpu.busbw_gbs,
                 gpu.per_node, gpu.node_gbs);
     for (int N : project_ranks) {
-      const double t = project(g, N, true, gpu);
+      const double t = project(g, N, true, gpu, g.compute_s);
       std::printf("  %5d ranks: step %8.3f ms, efficiency %.3f\n", N, t * 1e3, g.compute_s / t);
       pcsv << N << "," << t << "," << g.compute_s / t << "\n";
     }

@@ -511,6 +511,12 @@ fi
 # with the alpha-beta model's error on each point and its projection.
 if want scale; then
   stamp "scale"
+  # scaling_sweep's points from its log: mode, ranks, step, the model's
+  # error, its compute term (m: measured side by side).
+  sweep_points() {
+    grep -E '^(weak|strong)' "$LOG/$1.log" |
+      awk '{print $1, $2, $4 "ms", $12, "(model compute " $13 "ms" ($14 == "m" ? " measured" : "") ")"}' | tr '\n' ';'
+  }
   run_limited grad_overlap 150 env PYTHONUNBUFFERED=1 python3 scripts/bench/grad_overlap.py --np 4 --bin $B/train_switch \
     --mpirun "mpirun --allow-run-as-root --oversubscribe --bind-to none" --json "$LOG/grad_overlap.json"
   summary "scale: grad_overlap rc $?: $(grep -E '^hidden' "$LOG/grad_overlap.log")"
@@ -528,7 +534,7 @@ print(rows[1024]["ours_s"] * 1e6, rows[1048576]["ours_busbw_gbs"])' "$LOG/bench_
   run_limited scaling_gpu 180 $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
     --set data.source=SYNTHETIC --set data.path= --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
     --out "$LOG/scaling_gpu" --overwrite
-  summary "scale: scaling_sweep (GPU, MPI path) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu.log" | awk '{print $1,$2,$4"ms",$12,"(model compute "$13"ms"($14=="m"?" measured":"")")"}' | tr '\n' ';')"
+  summary "scale: scaling_sweep (GPU, MPI path) rc $?: $(sweep_points scaling_gpu)"
   # (At 2 and 4 ranks on the one GPU the model's compute term is measured:
   # N independent one-rank runs side by side, scaling_sweep's
   # --compute-basis auto; its error is then what the links add.)
@@ -539,7 +545,7 @@ print(rows[1024]["ours_s"] * 1e6, rows[1048576]["ours_busbw_gbs"])' "$LOG/bench_
     --set data.source=SYNTHETIC --set data.path= --set precision=BF16 --set model.d_model=512 --set model.n_heads=8 \
     --set model.ffn_hidden=2048 --set model.seq_len=512 --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
     --out "$LOG/scaling_gpu_busy" --overwrite
-  summary "scale: scaling_sweep (GPU busy: d 512, seq 512, bf16) rc $?: $(grep -E '^(weak|strong)' "$LOG/scaling_gpu_busy.log" | awk '{print $1,$2,$4"ms",$12,"(model compute "$13"ms"($14=="m"?" measured":"")")"}' | tr '\n' ';')"
+  summary "scale: scaling_sweep (GPU busy: d 512, seq 512, bf16) rc $?: $(sweep_points scaling_gpu_busy)"
 fi
 # 7. Issue 18: long-context attention beside PyTorch SDPA (its JSON feeds
 # bench_attention's "x SDPA" column; without it the column stays empty).

@@ -94,7 +94,6 @@ __global__ void cross_entropy_backward_kernel(float* dlogits, const float* logit
   }
 }
 
-
 }  // namespace
 
 float cross_entropy_forward(Ctx& ctx, const CrossEntropyArgs& a) {

@@ -5,8 +5,8 @@
 //   column g of p in double (item order) and counts the chunk's assignments
 //   that chose g; the entropy terms of a thread's columns go through a fixed
 //   tree; thread 0 counts assigned, dropped and unserved. Stage 2 adds the
-//   chunks in a fixed order (add_partials). Counts are exact; the double sums differ from the CPU's
-//   serial order by rounding only. Blocks of the power of two >= G threads
+//   chunks in a fixed order (add_partials). Counts are exact; the double
+//   sums differ from the CPU's serial order by rounding only. Blocks of the power of two >= G threads
 //   (32 to kBlock) and chunks of 32 items: at N 16384, G 64 that is 512
 //   blocks of 64 threads, where 64 blocks of 256 threads (192 of them idle),
 //   each walking 256 items, took 0.22 ms on an H200. routing_sums_logits
