@@ -10,9 +10,10 @@
 // all-to-all / all-reduce, efficiency) and <out>.png (gnuplot), with
 //   weak efficiency   = (tokens/s per rank at N) / (tokens/s at 1)
 //   strong efficiency = T1 / (N * TN)
-// Projection (an alpha-beta model of the links): from the single-rank
-// compute time and the bytes each rank sends, step time at N is
-//   t = t_compute + t_a2a + t_ar
+// Projection (runtime/scaling_model.h: an alpha-beta model of the links
+// plus the experts' load imbalance): from the single-rank compute time, the
+// bytes each rank sends and the routing, step time at N is
+//   t = t_compute + t_imb + t_a2a + t_ar
 //   t_compute = c1 (weak) or c1 / N (strong); c1 = 1-rank compute. Where a
 //               CUDA run puts N ranks on fewer GPUs (the MPI path's several
 //               ranks a GPU), the compute is measured instead: N independent
@@ -23,11 +24,11 @@
 //               the GPU idle for the others) nor run free (c1): what sharing
 //               costs is the GPU's and its driver's, not the links', so it is
 //               measured, and the model predicts what communication adds.
-//   t_a2a = sum over exchanges of [alpha + S (N-1)/N / busbw]      (S = bytes a rank sends)
-//   t_ar  = 2 (N-1) alpha + 2 (N-1)/N P / busbw                   (ring all-reduce of P bytes)
-// with busbw the bus bandwidth as nccl-tests defines it (algbw * (n-1)/n);
-// beyond gpus_per_node ranks the inter-node share of the all-to-all traffic,
-// (N - gpus_per_node)/N of it, crosses a node's link (node_gbs per node).
+//   t_imb     = e x load_excess: e = the expert FFNs' share of the 1-rank
+//               step (a profiled 1-rank run's op profile) times c1 (weak) or
+//               c1 / N (strong); the excess from the kept assignments of the
+//               same run's routers at each step, the experts in contiguous
+//               blocks over the ranks (--no-imbalance: 0).
 // The CPU runs check the model with link parameters measured by bench_comm.
 //
 // Each point runs --repeats times (default 3): the table and CSV give the
@@ -55,15 +56,10 @@
 #include "runtime/config.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
+#include "runtime/scaling_model.h"
 #include "runtime/trainer.h"
 
 namespace {
-
-struct Link {
-  double alpha_s, busbw_gbs;  // latency; bus bandwidth within a node
-  double node_gbs;            // per node, across nodes
-  int per_node;               // ranks per node
-};
 
 // What one measurement reports (rank 0, maxima over ranks).
 struct Measured {
@@ -74,10 +70,27 @@ struct Measured {
   double dense_bytes = 0;     // dense gradients all-reduced per step
 };
 
+// A step's kept shares (runtime/scaling_model.h) from the routers'
+// statistics. (Padded expert buffers, where every expert's work is even,
+// need expert_parallel 1: no sweep past one rank has them.)
+void record_kept(sy::Transformer& model, double assignments, sy::KeptShares& kept) {
+  std::vector<std::vector<double>> step;
+  for (const auto& [l, layer] : model.moe_layers()) {
+    const sy::RoutingStats& st = layer->stats();
+    const double cap = st.capacity > 0 ? static_cast<double>(st.capacity) / assignments : 1.0;
+    std::vector<double> k;  // (shares of the assignments; capacity in rows)
+    for (double share : st.load) k.push_back(std::min(share, cap));
+    step.push_back(std::move(k));
+  }
+  if (!step.empty()) kept.push_back(std::move(step));
+}
+
 // independent: each rank trains alone (no ParallelContext, EP 1), side by
 // side with the others: the compute term of ranks sharing a device.
+// profile (one rank): the op profile's share of the step in the expert FFNs
+// and the kept shares of every step, for the load-imbalance term.
 int worker(const std::string& config, const std::vector<std::string>& sets, const std::string& result,
-           bool independent) {
+           bool independent, bool profile) {
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -92,8 +105,33 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
                                       cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
     opts.par = par.get();
   }
+  sy::KeptShares kept;
+  // (a micro-batch's tokens times k: the assignments a router's load shares)
+  const double assignments = static_cast<double>(cfg.train().batch()) / cfg.train().micro_batches() *
+                             cfg.model().seq_len() * cfg.moe().top_k();
+  if (profile) {
+    opts.op_profile_path = result + ".ops.json";
+    // (before step s the routers hold step s - 1's statistics)
+    opts.before_step = [&](int64_t s, sy::Transformer& model) {
+      if (s > 2) record_kept(model, assignments, kept);
+    };
+  }
   sy::Trainer trainer(cfg, opts);
   sy::TrainResult r = trainer.run();
+  if (profile) {
+    record_kept(trainer.model(), assignments, kept);
+    nlohmann::json ops;
+    std::ifstream(opts.op_profile_path) >> ops;
+    std::remove(opts.op_profile_path.c_str());
+    double expert_ms = 0;  // (the expert FFNs: the work a rank's received rows cost)
+    for (const auto& row : ops["ops"])
+      if (row["op"] == "expert_ffn_forward" || row["op"] == "expert_ffn_backward")
+        expert_ms += row["ms_per_step"].get<double>();
+    const double step_ms = ops["step_ms"];
+    const nlohmann::json j = {{"expert_share", step_ms > 0 ? expert_ms / step_ms : 0.0}, {"kept", kept}};
+    std::ofstream(result) << j.dump() << "\n";
+    return 0;
+  }
   // The slowest rank sets the pace: maxima over ranks.
   double v[3] = {r.step_s, r.all_to_all_s, r.all_reduce_s}, mx[3];
   MPI_Allreduce(v, mx, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
@@ -119,44 +157,56 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
 
 // Step time at N ranks: the compute term (see the top) plus what the links
 // add for the exchanges and dense gradients of `one`'s config.
-double project(const Measured& one, int N, bool weak, const Link& L, double compute) {
-  if (N == 1) return compute;
+double project(const Measured& one, int N, bool weak, const sy::Link& L, double compute) {
   const double S = weak ? one.bytes_per_exchange : one.bytes_per_exchange / N;
-  const double frac = (N - 1.0) / N;
-  double a2a = 0;
-  for (int e = 0; e < static_cast<int>(one.exchanges); ++e) {
-    double t = L.alpha_s + S * frac / (L.busbw_gbs * 1e9);
-    if (N > L.per_node)  // a node's ranks send (N - per_node)/N of their rows off the node
-      t = std::max(t, L.alpha_s + L.per_node * S * (N - L.per_node) / N / (L.node_gbs * 1e9));
-    a2a += t;
-  }
-  const double ar_gbs = N > L.per_node ? L.node_gbs / L.per_node : L.busbw_gbs;
-  const double ar = 2.0 * (N - 1) * L.alpha_s + 2.0 * frac * one.dense_bytes / (ar_gbs * 1e9);
-  return compute + a2a + ar;
+  return compute + sy::link_seconds({one.exchanges, S, one.dense_bytes}, N, L);
 }
 
-// One mpirun of N workers, train.batch = batch (the global batch; with
-// `independent`, each rank's own).
-Measured run_one(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int N,
-                 int batch, int steps, const std::string& tag, bool independent) {
+// One mpirun of N workers (`flag`: --independent, --profile or none),
+// train.batch = batch (the global batch; with --independent each rank's
+// own); what rank 0 wrote.
+nlohmann::json launch(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int N,
+                      int batch, int steps, const std::string& tag, const std::string& flag) {
   const std::string res = tag + ".json";
   std::ostringstream cmd;
   cmd << "mpirun --oversubscribe -np " << N << " " << argv0 << " --worker --result " << res << " --config "
-      << config << " --steps " << steps << (independent ? " --independent" : "");
+      << config << " --steps " << steps << (flag.empty() ? "" : " " + flag);
   for (const auto& s : sets) cmd << " --set " << s;
-  cmd << " --set train.batch=" << batch << " --set parallel.expert_parallel=" << (independent ? 1 : N) << " > "
-      << tag << ".log 2>&1";
+  cmd << " --set train.batch=" << batch << " --set parallel.expert_parallel=" << (flag == "--independent" ? 1 : N)
+      << " > " << tag << ".log 2>&1";
   if (std::system(cmd.str().c_str()) != 0) throw sy::Error(cmd.str() + " failed; see " + tag + ".log");
   nlohmann::json j;
   std::ifstream(res) >> j;
   std::remove(res.c_str());
   std::remove((tag + ".log").c_str());
+  return j;
+}
+
+Measured run_one(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int N,
+                 int batch, int steps, const std::string& tag, bool independent) {
+  const nlohmann::json j = launch(argv0, config, sets, N, batch, steps, tag, independent ? "--independent" : "");
   Measured x;
   x.ranks = N;
   x.step_s = j["step_s"], x.a2a_s = j["a2a_s"], x.ar_s = j["ar_s"], x.tokens_per_s = j["tokens_per_s"];
   x.exchanges = j["exchanges"], x.bytes_per_exchange = j["bytes_per_exchange"], x.dense_bytes = j["dense_bytes"];
   x.compute_s = x.step_s - x.a2a_s - x.ar_s;
   return x;
+}
+
+// The load-imbalance term's inputs (see the top), from a profiled 1-rank run.
+struct Imbalance {
+  double expert_share = 0;  // the expert FFNs' share of the step
+  sy::KeptShares kept;
+  double excess(int N) const { return sy::load_excess(kept, N); }
+};
+
+Imbalance run_profile(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int batch,
+                      int steps, const std::string& tag) {
+  const nlohmann::json j = launch(argv0, config, sets, 1, batch, steps, tag, "--profile");
+  Imbalance m;
+  m.expert_share = j["expert_share"];
+  m.kept = j["kept"].get<sy::KeptShares>();
+  return m;
 }
 
 double median(std::vector<double> v) {
@@ -228,14 +278,17 @@ int main(int argc, char** argv) {
   std::vector<int> project_ranks = {8, 16, 64, 512};
   int steps = 30, per_rank_batch = 8, global_batch = 16;
   double compute_s = 0, latency_us = 1.2, gpu_latency_us = 10;
-  Link cpu{0, 12.0, 12.0, 1 << 30}, gpu{0, 370.0, 48.0, 8};
-  bool is_worker = false, independent = false;
+  sy::Link cpu{0, 12.0, 12.0, 1 << 30}, gpu{0, 370.0, 48.0, 8};
+  bool is_worker = false, independent = false, profile = false, no_imbalance = false;
   int repeats = 3;
   std::string compute_basis = "auto";
   std::string loadavg_file = "/proc/loadavg";
   app.add_flag("--worker", is_worker, "internal: one measurement under mpirun");
   app.add_option("--result", result, "internal: where the worker writes its JSON");
   app.add_flag("--independent", independent, "internal: each worker trains alone (the compute term's runs)");
+  app.add_flag("--profile", profile, "internal: one worker, op profile and routing (the imbalance term's run)");
+  app.add_flag("--no-imbalance", no_imbalance,
+               "leave the experts' load imbalance out of the model (no profiled 1-rank run per mode)");
   app.add_option("--compute-basis", compute_basis,
                  "the model's compute term at N ranks: single (c1, or c1 / N strong), concurrent (measured: N "
                  "independent one-rank runs side by side), auto (concurrent where CUDA ranks share a GPU)")
@@ -272,7 +325,7 @@ int main(int argc, char** argv) {
       // Only workers are MPI processes: a driver that had initialised MPI
       // would hand its own MPI environment to the mpirun it launches.
       sy::comm::MpiSession mpi(&argc, &argv);
-      return worker(config, base, result, independent);
+      return worker(config, base, result, independent, profile);
     }
 
     std::vector<int> ranks;
@@ -308,23 +361,29 @@ int main(int argc, char** argv) {
     std::ofstream csv(out + ".csv");
     csv << "mode,ranks,tokens_per_s,step_s,compute_s,all_to_all_s,all_reduce_s,efficiency,projected_step_s,"
            "projection_error,repeats,step_s_min,step_s_max,efficiency_min,efficiency_max,loadavg_1m,cores,"
-           "model_compute_s,compute_basis\n";
+           "model_compute_s,compute_basis,expert_share,load_imbalance,imbalance_s\n";
     std::printf("%d run%s per point, medians; load average %.2f on %d cores\n", repeats, repeats > 1 ? "s" : "",
                 load, cores);
-    std::printf("%-6s %5s %10s %9s %15s %9s %9s %9s %6s %13s %9s %7s %11s\n", "mode", "ranks", "tokens/s", "step_ms",
-                "step_ms_range", "compute", "all2all", "allreduce", "eff", "eff_range", "proj_ms", "err",
-                "model_c_ms");
+    std::printf("%-6s %5s %10s %9s %15s %9s %9s %9s %6s %13s %9s %7s %7s %11s\n", "mode", "ranks", "tokens/s",
+                "step_ms", "step_ms_range", "compute", "all2all", "allreduce", "eff", "eff_range", "proj_ms", "err",
+                "imb_ms", "model_c_ms");
     Measured weak1;
+    Imbalance weak_imb;
     for (const char* m : {"weak", "strong"}) {
       const bool weak = std::string(m) == "weak";
       Measured one;
       Point one_point;
+      Imbalance imb;
       for (int N : ranks) {
         const int batch = weak ? per_rank_batch * N : global_batch;
         const double point_load = load_average(loadavg_file);
         Point pt = run_point(argv[0], config, base, N, batch, steps, out + "_" + m + std::to_string(N), repeats);
         const Measured& x = pt.median;
         if (N == 1) one = x, one_point = pt;
+        // The imbalance term's profiled run, at the 1-rank point's batch.
+        if (N == 1 && !no_imbalance)
+          imb = run_profile(argv[0], config, base, batch, steps, out + "_" + m + "1_profile");
+        if (N == 1 && weak) weak_imb = imb;
         const double eff = N == 1 ? 1.0 : weak ? (x.tokens_per_s / N) / one.tokens_per_s : one.step_s / (N * x.step_s);
         // Both efficiencies are T1 / TN (weak) or T1 / (N TN) (strong): the
         // extremes pair the fastest and slowest runs of the two points.
@@ -346,24 +405,30 @@ int main(int argc, char** argv) {
                                     out + "_" + m + std::to_string(N) + "_compute", repeats, true)
                               .median.step_s;
         }
-        const double proj = N == 1 ? one.step_s : project(basis, N, weak, cpu, model_compute);
+        // The expert FFNs' time a rank (balanced) and what the most loaded rank adds.
+        const double experts_s = imb.expert_share * (weak ? one.step_s : one.step_s / N);
+        const double imbalance_s = N == 1 ? 0 : experts_s * imb.excess(N);
+        const double proj = N == 1 ? one.step_s : project(basis, N, weak, cpu, model_compute + imbalance_s);
         const double err = (proj - x.step_s) / x.step_s;
         char range[32], eff_range[32];
         std::snprintf(range, sizeof range, "%.2f-%.2f", pt.step_min * 1e3, pt.step_max * 1e3);
         std::snprintf(eff_range, sizeof eff_range, "%.3f-%.3f", eff_min, eff_max);
-        std::printf("%-6s %5d %10.0f %9.2f %15s %9.2f %9.2f %9.2f %6.3f %13s %9.2f %+6.1f%% %9.2f%s\n", m, N,
+        std::printf("%-6s %5d %10.0f %9.2f %15s %9.2f %9.2f %9.2f %6.3f %13s %9.2f %+6.1f%% %7.2f %9.2f%s\n", m, N,
                     x.tokens_per_s, x.step_s * 1e3, range, x.compute_s * 1e3, x.a2a_s * 1e3, x.ar_s * 1e3, eff,
-                    eff_range, proj * 1e3, 100 * err, model_compute * 1e3, concurrent(N) ? " m" : "");
+                    eff_range, proj * 1e3, 100 * err, imbalance_s * 1e3, model_compute * 1e3,
+                    concurrent(N) ? " m" : "");
         csv << m << "," << N << "," << x.tokens_per_s << "," << x.step_s << "," << x.compute_s << "," << x.a2a_s
             << "," << x.ar_s << "," << eff << "," << proj << "," << err << "," << repeats << "," << pt.step_min << ","
             << pt.step_max << "," << eff_min << "," << eff_max << "," << point_load << "," << cores << ","
-            << model_compute << "," << (concurrent(N) ? "concurrent" : "single") << "\n";
+            << model_compute << "," << (concurrent(N) ? "concurrent" : "single") << "," << imb.expert_share << ","
+            << 1 + imb.excess(N) << "," << imbalance_s << "\n";
         if (weak && N == ranks.back() && N > 1) weak1 = x, weak1.compute_s = one.compute_s;
         if (weak && N == ranks.back() && N == 1) weak1 = x;
       }
     }
     csv.close();
-    std::printf("(model_c_ms: the model's compute term; m: measured as N independent runs side by side)\n");
+    std::printf("(model_c_ms: the model's compute term; m: measured as N independent runs side by side; imb_ms: "
+                "what the most loaded rank's experts add to it)\n");
     plot(out);
 
     // Projection to GPU clusters, weak scaling, experts over all ranks.
@@ -371,15 +436,21 @@ int main(int argc, char** argv) {
     if (compute_s > 0) g.compute_s = compute_s;
     if (g.exchanges == 0) g.exchanges = 4;  // a single-rank sweep: assume one MoE layer
     std::ofstream pcsv(out + "_projection.csv");
-    pcsv << "ranks,step_s,efficiency\n";
-    std::printf("\nprojection (weak scaling; compute %.3f ms/step; %.0f exchanges of %.0f KiB per rank; "
-                "%.2f MiB dense gradients; links: %.0f GB/s in a node of %d, %.0f GB/s per node across):\n",
-                g.compute_s * 1e3, g.exchanges, g.bytes_per_exchange / 1024, g.dense_bytes / (1 << 20), gpu.busbw_gbs,
-                gpu.per_node, gpu.node_gbs);
+    pcsv << "ranks,step_s,efficiency,load_imbalance,imbalance_s\n";
+    // (the experts' share of the step and their loads as the 1-rank weak run
+    // measured them, also where --compute-s gives another machine's step)
+    const double experts_s = weak_imb.expert_share * g.compute_s;
+    std::printf("\nprojection (weak scaling; compute %.3f ms/step, %.1f%% of it in the experts; %.0f exchanges of %.0f "
+                "KiB per rank; %.2f MiB dense gradients; links: %.0f GB/s in a node of %d, %.0f GB/s per node "
+                "across):\n",
+                g.compute_s * 1e3, 100 * weak_imb.expert_share, g.exchanges, g.bytes_per_exchange / 1024,
+                g.dense_bytes / (1 << 20), gpu.busbw_gbs, gpu.per_node, gpu.node_gbs);
     for (int N : project_ranks) {
-      const double t = project(g, N, true, gpu, g.compute_s);
-      std::printf("  %5d ranks: step %8.3f ms, efficiency %.3f\n", N, t * 1e3, g.compute_s / t);
-      pcsv << N << "," << t << "," << g.compute_s / t << "\n";
+      const double imbalance_s = experts_s * weak_imb.excess(N);
+      const double t = project(g, N, true, gpu, g.compute_s + imbalance_s);
+      std::printf("  %5d ranks: step %8.3f ms, efficiency %.3f (load imbalance %.3f: %.3f ms)\n", N, t * 1e3,
+                  g.compute_s / t, 1 + weak_imb.excess(N), imbalance_s * 1e3);
+      pcsv << N << "," << t << "," << g.compute_s / t << "," << 1 + weak_imb.excess(N) << "," << imbalance_s << "\n";
     }
     std::printf("wrote %s.csv %s.png %s_projection.csv\n", out.c_str(), out.c_str(), out.c_str());
     return 0;

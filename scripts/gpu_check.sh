@@ -512,10 +512,12 @@ fi
 if want scale; then
   stamp "scale"
   # scaling_sweep's points from its log: mode, ranks, step, the model's
-  # error, its compute term (m: measured side by side).
+  # error, its compute term (m: measured side by side) and what the experts'
+  # load imbalance adds to it.
   sweep_points() {
     grep -E '^(weak|strong)' "$LOG/$1.log" |
-      awk '{print $1, $2, $4 "ms", $12, "(model compute " $13 "ms" ($14 == "m" ? " measured" : "") ")"}' | tr '\n' ';'
+      awk '{print $1, $2, $4 "ms", $12, "(model compute " $14 "ms" ($15 == "m" ? " measured" : "") " + imbalance " $13 "ms)"}' |
+      tr '\n' ';'
   }
   run_limited grad_overlap 150 env PYTHONUNBUFFERED=1 python3 scripts/bench/grad_overlap.py --np 4 --bin $B/train_switch \
     --mpirun "mpirun --allow-run-as-root --oversubscribe --bind-to none" --json "$LOG/grad_overlap.json"
