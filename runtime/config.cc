@@ -391,6 +391,21 @@ void validate_config(const Config& cfg, const std::string& source) {
   if (cfg.backend() == switchyard::Config::CUDA)
     c.fail("backend", "CUDA", "this build has no CUDA backend (configure with SWITCHYARD_CUDA=ON); use AUTO or CPU");
 #endif
+  // Dense attention on CUDA (every block's, some blocks' where the sparse
+  // kind covers only the last layers, and routed attention's local heads) is
+  // the tiled flash kernels alone (ops/cuda/attention_kernels.cuh); said at
+  // load, not at the first step's attention call. (Routed heads and block
+  // top-k have kernels for any head size.)
+  {
+    const int64_t D = m.d_model() / m.n_heads();
+    const bool dense = at.kind() == switchyard::AttentionConfig::DENSE ||
+                       (at.last_n_layers() > 0 && at.last_n_layers() < m.n_layers()) ||
+                       (at.kind() == switchyard::AttentionConfig::ROUTED && at.num_routing_heads() < m.n_heads());
+    if (cfg.backend() == switchyard::Config::CUDA && dense && D != 16 && D != 32 && D != 64 && D != 128)
+      c.fail("model.n_heads", m.n_heads(),
+             "gives a head size d_model / n_heads = " + std::to_string(D) +
+                 "; dense attention on CUDA has head sizes 16, 32, 64 and 128");
+  }
 
   const auto& pl = cfg.parallel();
   c.range("parallel.expert_parallel", pl.expert_parallel(), 1, 65536);

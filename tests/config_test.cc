@@ -119,6 +119,28 @@ TEST(Config, BackendCudaOnlyWhereBuilt) {
   EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
 }
 
+// Dense attention on CUDA has the tiled kernels' head sizes only: another
+// is refused at load (not at the first step's attention call), where a
+// block attends densely; routed heads and block top-k take any size.
+TEST(Config, CudaDenseAttentionHeadSizes) {
+#ifdef SY_WITH_CUDA
+  const std::string d48 = "backend: CUDA model { d_model: 96 n_heads: 2 } ";
+  const std::string msg =
+      "t.pbtxt: model.n_heads = 2: gives a head size d_model / n_heads = 48; dense attention on CUDA has head sizes "
+      "16, 32, 64 and 128";
+  expect_invalid(d48, msg);
+  expect_invalid(d48 + "attention { kind: ROUTED num_routing_heads: 1 }", msg);  // a local head
+  expect_invalid("backend: CUDA model { d_model: 96 n_heads: 2 n_layers: 2 } attention { kind: BLOCK_TOPK "
+                 "last_n_layers: 1 }",
+                 msg);
+  parse_ok(d48 + "attention { kind: ROUTED num_routing_heads: 2 }");
+  parse_ok(d48 + "attention { kind: BLOCK_TOPK }");
+  for (const char* ok : {"32 n_heads: 2", "128 n_heads: 8", "256 n_heads: 2", "512 n_heads: 4"})
+    parse_ok(std::string("backend: CUDA model { d_model: ") + ok + " }");
+#endif
+  parse_ok("backend: CPU model { d_model: 96 n_heads: 2 }");
+}
+
 TEST(Config, PrecisionFp32OrBf16) {
   EXPECT_EQ(parse_ok("").precision(), switchyard::Config::FP32);
   EXPECT_EQ(parse_ok("precision: BF16").precision(), switchyard::Config::BF16);
