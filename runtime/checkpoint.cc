@@ -460,9 +460,15 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
         out += (out.empty() ? "" : ", ") + std::to_string(h);
     return "[" + out + "]";
   };
+  // Key/value heads as resolved (0 spells n_heads).
+  auto kv_heads = [](const Config& c) {
+    return std::to_string(c.model().n_kv_heads() > 0 ? c.model().n_kv_heads() : c.model().n_heads());
+  };
+  fields.push_back("model.n_kv_heads");
   for (const std::string& f : fields) {
-    const bool w = f == "moe.expert_hidden";
-    const std::string mine = w ? widths(cfg) : field_text(cfg, f), theirs = w ? widths(old) : field_text(old, f);
+    const bool w = f == "moe.expert_hidden", kv = f == "model.n_kv_heads";
+    const std::string mine = w ? widths(cfg) : kv ? kv_heads(cfg) : field_text(cfg, f),
+                      theirs = w ? widths(old) : kv ? kv_heads(old) : field_text(old, f);
     if (mine != theirs)
       throw ConfigError(join_path(dir, kManifest) + ": " + f + " = " + mine + " in this run, " + theirs +
                         " in the checkpoint: a checkpoint loads only into the same model (the expert-parallel size "

@@ -262,6 +262,14 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("model.n_heads", m.n_heads(), 1, m.d_model());
   if (m.d_model() % m.n_heads() != 0)
     c.fail("model.d_model", m.d_model(), "must be divisible by model.n_heads = " + std::to_string(m.n_heads()));
+  c.range("model.n_kv_heads", m.n_kv_heads(), 0, m.n_heads());
+  if (m.n_kv_heads() > 0 && m.n_heads() % m.n_kv_heads() != 0)
+    c.fail("model.n_kv_heads", m.n_kv_heads(), "must divide model.n_heads = " + std::to_string(m.n_heads()));
+  if (m.n_kv_heads() > 0 && m.n_kv_heads() < m.n_heads() &&
+      cfg.attention().kind() != switchyard::AttentionConfig::DENSE)
+    c.fail("model.n_kv_heads", m.n_kv_heads(),
+           "groups key/value heads for dense attention only; attention.kind is " +
+               switchyard::AttentionConfig::Kind_Name(cfg.attention().kind()) + " (n_kv_heads 0 or n_heads)");
   c.range("model.ffn_hidden", m.ffn_hidden(), 1, 65536);
   c.range("model.seq_len", m.seq_len(), 2, 65536);
   c.range("model.init_std", m.init_std(), 0.f, 1.f, true);
@@ -471,8 +479,10 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   const double mats = m.activation() == switchyard::ModelConfig::SWIGLU ? 3 : 2;  // FFN matrices
   double params = V * C + (learned ? T * C : 0) + (m.tie_embeddings() ? 0 : C * V) + V + 2 * C;  // embeddings, head, final norm
   double acts = N * (2 * V + 4 * C);                  // logits and probabilities; embeddings
+  // Key and value width: C, or grouped-query attention's n_kv_heads heads.
+  const double KV = m.n_kv_heads() > 0 ? C / H * m.n_kv_heads() : C;
   for (int l = 0; l < L; ++l) {
-    params += 4 * C + 4 * C * C + 4 * C;  // norms, qkv and output projections
+    params += 4 * C + 2 * C * C + 2 * C * KV + 2 * C + 2 * KV;  // norms, qkv and output projections
     acts += N * (6 * C + H);              // norm outputs, q, k, v, attention output; its LSE rows
     const bool moe = E > 0 && (l + 1) % std::max(1, e.every_n_layers()) == 0;
     if (moe) {

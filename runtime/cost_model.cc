@@ -20,19 +20,24 @@ PlannedCost planned_cost(const Config& cfg) {
   const auto& dp = cfg.depth();
   const double d = m.d_model(), T = m.seq_len(), V = m.vocab_size();
   const int L = m.n_layers();
+  // The projections: q and the output d^2 each, k and v d * kv (grouped-query
+  // attention's kv = n_kv_heads * head size; d without grouping), 2 FLOPs a
+  // multiply-add: 8 d^2 for multi-head attention.
+  const double kv = m.n_kv_heads() > 0 ? d / m.n_heads() * m.n_kv_heads() : d;
+  const double proj = 4.0 * d * d + 4.0 * d * kv;
   PlannedCost p;
   p.unit = 4.0 * d * m.ffn_hidden();
   p.head = 2.0 * d * V;
   p.dense = p.head;
   for (int l = 0; l < L; ++l) {
-    p.dense += 8.0 * d * d + 2.0 * T * d + p.unit;
+    p.dense += proj + 2.0 * T * d + p.unit;
     const bool depth_routed = dp.every_n_layers() > 0 && (l + 1) % dp.every_n_layers() == 0;
     const double n = depth_routed ? static_cast<double>(ops::ceil_capacity(dp.capacity(), T)) : T;
     const double f = n / T;
     const bool sparse = at.kind() != switchyard::AttentionConfig::DENSE &&
                         (at.last_n_layers() == 0 || l >= L - at.last_n_layers());
-    const double attn = sparse ? 8.0 * d * d + 4.0 * attention_pairs(at, static_cast<int64_t>(n), m.n_heads()).sparse * d / n
-                               : 8.0 * d * d + 2.0 * n * d;
+    const double attn = sparse ? proj + 4.0 * attention_pairs(at, static_cast<int64_t>(n), m.n_heads()).sparse * d / n
+                               : proj + 2.0 * n * d;
     p.attention += f * attn;
     if (depth_routed) p.routers += 4.0 * d;
     const bool moe = e.num_experts() > 0 && (l + 1) % std::max(1, e.every_n_layers()) == 0;

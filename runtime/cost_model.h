@@ -6,10 +6,11 @@
 // spending exactly its budget.
 //
 //   unit  = 4 d_model ffn_hidden            the dense FFN per token (c_g's unit)
-//   dense = 2 d_model V + sum_l (8 d^2 + 2 T d + unit)    the model run dense
+//   proj  = 8 d^2, or 4 d^2 + 4 d kv with grouped key/value heads of width kv
+//   dense = 2 d_model V + sum_l (proj + 2 T d + unit)    the model run dense
 //   per layer l, for the fraction f_l of tokens its block processes
 //   (ceil(capacity T) / T on depth-routed blocks, else 1):
-//     attention  f_l (8 d^2 + 4 pairs(n) d / n)   n = f_l T tokens attended among
+//     attention  f_l (proj + 4 pairs(n) d / n)   n = f_l T tokens attended among
 //     ffn        f_l unit (dense FFN) or f_l (4 d H_shared) (MoE's shared expert)
 //     routers    f_l 2 d G (MoE gate) + 4 d (depth router and predictor)
 //     experts    f_l B unit (a MoE layer at budget B)

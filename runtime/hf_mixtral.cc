@@ -121,7 +121,7 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
   j["intermediate_size"] = expert_hidden(cfg);
   j["num_hidden_layers"] = m.n_layers();
   j["num_attention_heads"] = m.n_heads();
-  j["num_key_value_heads"] = m.n_heads();
+  j["num_key_value_heads"] = m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads();
   j["head_dim"] = m.d_model() / m.n_heads();
   j["hidden_act"] = "silu";
   j["max_position_embeddings"] = m.seq_len();
@@ -158,6 +158,7 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
 NamedTensors mixtral_tensors(const Config& cfg, Transformer& model) {
   const auto& m = cfg.model();
   const int64_t C = m.d_model(), V = m.vocab_size(), G = cfg.moe().num_experts(), H = expert_hidden(cfg);
+  const int64_t KV = m.n_kv_heads() > 0 ? C / m.n_heads() * m.n_kv_heads() : C;
   std::set<std::string> used;
   auto host = [&](const std::string& name, const Shape& shape) {
     Param* p = model.params().find(name);
@@ -175,10 +176,12 @@ NamedTensors mixtral_tensors(const Config& cfg, Transformer& model) {
   for (int l = 0; l < m.n_layers(); ++l) {
     const std::string h = "h" + std::to_string(l), hf = "model.layers." + std::to_string(l);
     as_is(hf + ".input_layernorm.weight", h + ".ln1.w", {C});
-    const Tensor qkv = host(h + ".attn.qkv.w", {C, 3 * C});
-    out.emplace_back(hf + ".self_attn.q_proj.weight", transposed_columns(qkv.f32(), C, 3 * C, 0, C));
-    out.emplace_back(hf + ".self_attn.k_proj.weight", transposed_columns(qkv.f32(), C, 3 * C, C, C));
-    out.emplace_back(hf + ".self_attn.v_proj.weight", transposed_columns(qkv.f32(), C, 3 * C, 2 * C, C));
+    // [q | k | v]: k and v of KV columns each (grouped-query attention's
+    // n_kv_heads heads; C without grouping), as HF's k_proj and v_proj.
+    const Tensor qkv = host(h + ".attn.qkv.w", {C, C + 2 * KV});
+    out.emplace_back(hf + ".self_attn.q_proj.weight", transposed_columns(qkv.f32(), C, C + 2 * KV, 0, C));
+    out.emplace_back(hf + ".self_attn.k_proj.weight", transposed_columns(qkv.f32(), C, C + 2 * KV, C, KV));
+    out.emplace_back(hf + ".self_attn.v_proj.weight", transposed_columns(qkv.f32(), C, C + 2 * KV, C + KV, KV));
     const Tensor proj = host(h + ".attn.proj.w", {C, C});
     out.emplace_back(hf + ".self_attn.o_proj.weight", transposed_columns(proj.f32(), C, C, 0, C));
     as_is(hf + ".post_attention_layernorm.weight", h + ".ln2.w", {C});

@@ -1,6 +1,7 @@
 #include "runtime/layers.h"
 
 #include "ops/elementwise.h"
+#include "ops/heads.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
 #include "ops/rmsnorm.h"
@@ -150,9 +151,25 @@ Tensor Mlp::backward(const Tensor& dy) {
 CausalSelfAttention::CausalSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H,
                                          Rng& rng, float std, float out_std, const AttentionOptions& options)
     : ctx_(ctx),
-      qkv_(ctx, ps, name + ".qkv", C, 3 * C, rng, std, options.bias),
+      qkv_(ctx, ps, name + ".qkv", C, C + 2 * (options.kv_heads > 0 ? options.kv_heads : H) * (C / H), rng, std,
+           options.bias),
       proj_(ctx, ps, name + ".proj", C, C, rng, out_std, options.bias),
-      C_(C), H_(H), opt_(options) {}
+      C_(C), H_(H), G_(options.kv_heads > 0 ? options.kv_heads : H), opt_(options) {}
+
+Tensor CausalSelfAttention::expand(const Tensor& g, int64_t B, int64_t T) {
+  if (!grouped()) return g.reshape({B, T, 3 * C_});
+  Tensor wide = Tensor::empty({B * T, 3 * C_}, g.dtype(), ctx_);
+  ops::expand_kv_heads(ctx_, wide, g, {H_, G_, C_ / H_});
+  return wide.reshape({B, T, 3 * C_});
+}
+
+Tensor CausalSelfAttention::reduce(const Tensor& wide) {
+  const Tensor w = wide.reshape({wide.numel() / (3 * C_), 3 * C_});
+  if (!grouped()) return w;
+  Tensor g = Tensor::empty({w.dim(0), qkv_width()}, w.dtype(), ctx_);
+  ops::reduce_kv_heads(ctx_, g, w, {H_, G_, C_ / H_});
+  return g;
+}
 
 Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) {
   shape_ = {B, T, C_, H_};
@@ -164,13 +181,13 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   // pass: the f32 values rounded, on CUDA to within one bf16 step, ops/matmul.h).
   const bool qkv_writes_bf16 = opt_.bf16 && !opt_.rope && qkv_.reads_bf16();
   if (qkv_writes_bf16) {
-    qkv16_ = qkv_.forward(x, DType::bf16).reshape({B, T, 3 * C_});
+    qkv16_ = expand(qkv_.forward(x, DType::bf16), B, T);
     qkv_out_ = Tensor();
   } else {
-    Tensor qkv = qkv_.forward(x);  // (B*T, 3C)
-    // q and k: heads [0, 2H) of the packed row; v is left alone.
-    if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, 2 * H_, C_ / H_, opt_.rope_base});
-    qkv_out_ = qkv.reshape({B, T, 3 * C_});
+    Tensor qkv = qkv_.forward(x);  // (B*T, qkv_width)
+    // q and k: heads [0, H + G) of the packed row; v is left alone.
+    if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, H_ + G_, C_ / H_, opt_.rope_base});
+    qkv_out_ = expand(qkv, B, T);
   }
   if (opt_.bf16) {
     y16_ = Tensor::empty({B, T, C_}, DType::bf16, ctx_);
@@ -192,8 +209,9 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
 }
 
 double CausalSelfAttention::flops(int64_t B, int64_t T) const {
-  // Projections 2*N*C*4C; scores and weighted sum 2 * 2*B*H*(T*T/2)*D (causal half).
-  return 2.0 * B * T * (4.0 * C_ * C_) + 2.0 * B * T * T * C_;
+  // Projections 2*N*C*(qkv_width + C) (4C^2 without grouping); scores and
+  // weighted sum 2 * 2*B*H*(T*T/2)*D (causal half).
+  return 2.0 * B * T * (C_ * static_cast<double>(qkv_width() + C_)) + 2.0 * B * T * T * C_;
 }
 
 Tensor CausalSelfAttention::backward(const Tensor& dy) {
@@ -214,7 +232,7 @@ Tensor CausalSelfAttention::backward(const Tensor& dy) {
     ops::attention_backward(ctx_, {dqkv16, dout16, qkv16_, y16_, lse_, shape_});
     // Without RoPE to undo, a bf16 qkv GEMM takes the bf16 gradient as it is
     // (its bias gradient sums the same values widened).
-    if (!opt_.rope && qkv_.reads_bf16()) return qkv_.backward(dqkv16.reshape({shape_.B * shape_.T, 3 * C_}));
+    if (!opt_.rope && qkv_.reads_bf16()) return qkv_.backward(reduce(dqkv16));
     dqkv = Tensor::empty(qkv_shape, DType::f32, ctx_);
     ops::to_f32(ctx_, dqkv, dqkv16);
   } else {
@@ -222,8 +240,8 @@ Tensor CausalSelfAttention::backward(const Tensor& dy) {
     dqkv = Tensor::zeros(qkv_shape, DType::f32, ctx_);
     ops::attention_backward(ctx_, {dqkv, dyatt.reshape({shape_.B, shape_.T, C_}), qkv_out_, y_, lse_, shape_});
   }
-  Tensor d = dqkv.reshape({shape_.B * shape_.T, 3 * C_});
-  if (opt_.rope) ops::rope_backward(ctx_, {d, positions_, shape_.T, 2 * H_, C_ / H_, opt_.rope_base});
+  Tensor d = reduce(dqkv);
+  if (opt_.rope) ops::rope_backward(ctx_, {d, positions_, shape_.T, H_ + G_, C_ / H_, opt_.rope_base});
   return qkv_.backward(d);
 }
 

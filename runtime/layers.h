@@ -116,6 +116,9 @@ struct AttentionOptions {
   // softmax and LSE stay fp32. Dense attention, and in a routed layer the
   // local heads and causal routing heads (SparseSelfAttention).
   bool bf16 = false;
+  // Key and value heads (grouped-query attention: each shared by
+  // n_heads / kv_heads query heads, ops/heads.h); 0 = one per query head.
+  int64_t kv_heads = 0;
 };
 
 // What sits in a block's feed-forward position: a dense MLP or a MoE layer.
@@ -184,7 +187,11 @@ class SelfAttention {
 };
 
 // y = proj(attention(qkv(x))); with RoPE, q and k of every head are rotated
-// (ops/rope.h) between qkv and attention.
+// (ops/rope.h) between qkv and attention. With grouped-query attention
+// (options.kv_heads G < H) qkv projects to [q (H heads) | k (G) | v (G)],
+// which expand_kv_heads widens to the packed rows of H heads each that the
+// attention kernels read (ops/heads.h; after RoPE, which rotates H + G heads),
+// and reduce_kv_heads turns their gradient back.
 class CausalSelfAttention : public SelfAttention {
  public:
   CausalSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H, Rng& rng,
@@ -199,7 +206,11 @@ class CausalSelfAttention : public SelfAttention {
  private:
   Ctx& ctx_;
   Linear qkv_, proj_;
-  int64_t C_, H_;
+  int64_t C_, H_, G_;  // G_: key/value heads
+  bool grouped() const { return G_ != H_; }
+  int64_t qkv_width() const { return C_ + 2 * G_ * (C_ / H_); }
+  Tensor expand(const Tensor& grouped, int64_t B, int64_t T);    // (B*T, qkv_width) -> (B, T, 3C)
+  Tensor reduce(const Tensor& wide);                             // (B, T, 3C) -> (B*T, qkv_width)
   AttentionOptions opt_;
   ops::AttentionShape shape_{};
   // saved for backward: qkv (after RoPE), the attention output, its lse

@@ -1046,6 +1046,25 @@ std::vector<OpCase> cases() {
   c.push_back({"merge_heads", Tol::exact, [](Rng& r) { return Ins{randn({3, 10, 4}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{acc(x, {10, 17})}; },  // columns outside [5, 17) stay 0
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::merge_heads(x, o[0], in[0], 5); }});
+  // Grouped-query attention's widening and its backward (6 query heads over
+  // 2 key/value heads of 5): copies, and sums of 3 in h's order (bitwise the
+  // CPU's in f32 and bf16).
+  c.push_back({"kv_heads_expand_reduce", Tol::exact,
+               [](Rng& r) {
+                 return Ins{randn({7, 50}, r), randn({7, 90}, r), randn({7, 50}, r).to(DType::bf16),
+                            randn({7, 90}, r).to(DType::bf16)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {7, 90}), fresh(x, {7, 50}), fresh(x, {7, 90}, DType::bf16),
+                             fresh(x, {7, 50}, DType::bf16)};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const ops::KvHeads s{6, 2, 5};
+                 ops::expand_kv_heads(x, o[0], in[0], s);
+                 ops::reduce_kv_heads(x, o[1], in[1], s);
+                 ops::expand_kv_heads(x, o[2], in[2], s);
+                 ops::reduce_kv_heads(x, o[3], in[3], s);
+               }});
   // ---- optimizer ----
   c.push_back({"adamw_update", Tol::f32,
                [](Rng& r) {

@@ -591,7 +591,7 @@ TEST_F(Refusal, ChangedModelShapeNamesTheField) {
   for (auto [field, value] : std::vector<std::pair<std::string, std::string>>{
            {"model.n_layers", "3"}, {"moe.num_experts", "8"}, {"attention.num_routing_heads", "2"},
            {"model.position", "ROPE"}, {"model.norm", "RMSNORM"}, {"model.activation", "SWIGLU"}, {"model.bias", "false"},
-           {"model.tie_embeddings", "true"}}) {
+           {"model.tie_embeddings", "true"}, {"model.n_kv_heads", "1"}}) {
     Config c = cfg_;
     apply_override(c, field + "=" + value);
     try {
@@ -604,6 +604,9 @@ TEST_F(Refusal, ChangedModelShapeNamesTheField) {
   }
   Config c = cfg_;
   apply_override(c, "train.lr=0.1");  // training settings may change
+  EXPECT_NO_THROW(check_compatible(c, read_manifest(dir_), dir_));
+  // n_kv_heads 0 and n_heads spell the same model
+  apply_override(c, "model.n_kv_heads=" + std::to_string(c.model().n_heads()));
   EXPECT_NO_THROW(check_compatible(c, read_manifest(dir_), dir_));
 }
 

@@ -119,6 +119,19 @@ TEST(Config, BackendCudaOnlyWhereBuilt) {
   EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
 }
 
+// Grouped-query attention: key/value heads dividing the query heads, for
+// dense attention.
+TEST(Config, KvHeadsDivideTheHeads) {
+  EXPECT_EQ(parse_ok("model { n_heads: 4 n_kv_heads: 2 }").model().n_kv_heads(), 2);
+  parse_ok("model { n_heads: 4 n_kv_heads: 4 }");
+  expect_invalid("model { n_heads: 4 n_kv_heads: 3 }", "t.pbtxt: model.n_kv_heads = 3: must divide model.n_heads = 4");
+  expect_invalid("model { n_heads: 4 n_kv_heads: 8 }", "t.pbtxt: model.n_kv_heads = 8:");
+  expect_invalid("model { n_heads: 4 n_kv_heads: 2 } attention { kind: BLOCK_TOPK }",
+                 "t.pbtxt: model.n_kv_heads = 2: groups key/value heads for dense attention only; attention.kind is "
+                 "BLOCK_TOPK (n_kv_heads 0 or n_heads)");
+  parse_ok("model { n_heads: 4 n_kv_heads: 4 } attention { kind: BLOCK_TOPK }");
+}
+
 // Dense attention on CUDA has the tiled kernels' head sizes only: another
 // is refused at load (not at the first step's attention call), where a
 // block attends densely; routed heads and block top-k take any size.

@@ -199,6 +199,9 @@ TEST(ExportHf, ForwardInHfConventionsMatchesTheLogits) {
   expect_logits_match(mixtral_config(4, 2, "model { init_std: 0.3 }"), 3);
   expect_logits_match(mixtral_config(4, 2, "model { init_std: 0.3 tie_embeddings: true }"), 3);
   expect_logits_match(mixtral_config(2, 1, "model { init_std: 0.3 } moe { expert_hidden: 5 }"), 2);
+  // Grouped-query attention: 4 query heads over 2 key/value heads (HF's
+  // num_key_value_heads, its k_proj and v_proj of 2 heads, repeat_kv).
+  expect_logits_match(mixtral_config(4, 2, "model { init_std: 0.3 n_heads: 4 n_kv_heads: 2 }"), 3);
 }
 
 TEST(ExportHf, RefusesWhatMixtralCannotExpress) {

@@ -86,6 +86,79 @@ TEST(Transformer, WholeModelGradientCheckLlamaLayout) {
   }
 }
 
+// Grouped-query attention in the Llama layout (RoPE rotates 4 query and 2
+// key heads): 4 query heads share 2 key/value heads; the qkv projection is
+// [q | k | v] of 16 + 8 + 8 columns. Every parameter against finite
+// differences.
+TEST(Transformer, GroupedQueryAttentionGradientCheck) {
+  Config cfg = small_config();
+  auto* m = cfg.mutable_model();
+  m->set_n_heads(4);
+  m->set_n_kv_heads(2);
+  m->set_position(switchyard::ModelConfig::ROPE);
+  m->set_rope_base(100.f);
+  validate_config(cfg, "test");
+  Transformer model(host_ctx(), cfg);
+  EXPECT_EQ(model.params().find("h0.attn.qkv.w")->shape, (Shape{16, 32}));
+  EXPECT_EQ(model.params().find("h0.attn.qkv.b")->shape, (Shape{32}));
+  Batch batch = small_batch(2, 6, 3);
+  model.params().zero_grad(host_ctx());
+  model.forward(batch);
+  model.backward();
+  auto loss = [&] { return static_cast<double>(model.forward(batch)); };
+  for (Param* p : model.params().all()) {
+    Tensor analytic = p->grad.clone();
+    testing::expect_gradient(p->name, p->value, analytic, loss, 1e-2, 3e-2, 24);
+  }
+}
+
+// A grouped model computes what multi-head attention computes with each
+// shared key/value head's weights copied to its query heads: the same loss,
+// and each shared column's gradient the sum of its copies' gradients.
+TEST(Transformer, GroupedQueryAttentionIsMultiHeadWithCopiedKeysAndValues) {
+  Config gqa = small_config(), mha = small_config();
+  for (Config* c : {&gqa, &mha}) {
+    c->mutable_model()->set_n_heads(4);
+    c->mutable_model()->set_position(switchyard::ModelConfig::ROPE);
+  }
+  gqa.mutable_model()->set_n_kv_heads(2);
+  Transformer a(host_ctx(), gqa), b(host_ctx(), mha);
+  // Head size 4; wide column of k/v head h <- grouped column of head h / 2.
+  auto source = [](int64_t c) -> int64_t {
+    if (c < 16) return c;
+    const int64_t part = c < 32 ? 0 : 1, within = c - 16 - 16 * part;
+    return 16 + 8 * part + (within / 4 / 2) * 4 + within % 4;
+  };
+  for (Param* p : a.params().all()) {
+    Param* q = b.params().find(p->name);
+    if (p->name.find(".attn.qkv.") == std::string::npos) {
+      q->value.copy_from(p->value, host_ctx());
+      continue;
+    }
+    const int64_t rows = p->shape.size() == 2 ? p->shape[0] : 1, wg = p->shape.back();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < 48; ++c) q->value.f32()[r * 48 + c] = p->value.f32()[r * wg + source(c)];
+  }
+  Batch batch = small_batch(2, 6, 9);
+  a.params().zero_grad(host_ctx());
+  b.params().zero_grad(host_ctx());
+  EXPECT_NEAR(a.forward(batch), b.forward(batch), 1e-5);
+  a.backward();
+  b.backward();
+  const Param* ga = a.params().find("h1.attn.qkv.w");
+  const Param* gb = b.params().find("h1.attn.qkv.w");
+  std::vector<double> summed(16 * 32, 0.0);
+  for (int64_t r = 0; r < 16; ++r)
+    for (int64_t c = 0; c < 48; ++c) summed[r * 32 + source(c)] += gb->grad.f32()[r * 48 + c];
+  double worst = 0, scale = 0;
+  for (int64_t i = 0; i < 16 * 32; ++i) {
+    worst = std::max(worst, std::fabs(summed[i] - ga->grad.f32()[i]));
+    scale = std::max(scale, std::fabs(summed[i]));
+  }
+  EXPECT_LT(worst, 1e-5 * (1 + scale));
+  EXPECT_GT(scale, 1e-4);
+}
+
 // Tied embeddings: the head is wte^T, so logits equal LN_f(h) wte^T, and
 // wte's gradient is the embedding's plus the head's.
 TEST(Transformer, TiedEmbeddingsGradientIsSumOfBothUses) {
@@ -134,12 +207,12 @@ TEST(Transformer, RopeHasNoPositionTable) {
 // gradient within 1e-3 relative L2 over all parameters, and two GPU runs bit
 // for bit. Weights are drawn on the host, so both models start equal; the
 // batch is random bytes (no data file needed). Skips without a GPU.
-TEST(TransformerCuda, MixtralTinyFirstStepMatchesTheCpu) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA): the GPU step is not tested here";
+void mixtral_tiny_first_step_matches_the_cpu(const std::vector<std::string>& sets) {
   // (Its data file is not read, and may not be there: ../shared does not
   // travel to the GPU machine, and validation checks data.path exists.)
-  Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/mixtral_tiny.pbtxt",
-                           {"data.source=SYNTHETIC", "data.path="});
+  std::vector<std::string> all = {"data.source=SYNTHETIC", "data.path="};
+  all.insert(all.end(), sets.begin(), sets.end());
+  Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/mixtral_tiny.pbtxt", all);
   const int64_t T = cfg.model().seq_len();
   const Batch batch = small_batch(2, T, 17);
   struct Step {
@@ -179,6 +252,18 @@ TEST(TransformerCuda, MixtralTinyFirstStepMatchesTheCpu) {
     }
   }
   EXPECT_LE(std::sqrt(num / den), 1e-3) << "gradients against the CPU (relative L2 over all parameters)";
+}
+
+TEST(TransformerCuda, MixtralTinyFirstStepMatchesTheCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA): the GPU step is not tested here";
+  mixtral_tiny_first_step_matches_the_cpu({});
+}
+
+// The same with grouped-query attention: 4 query heads over 2 key/value
+// heads (ops/heads.h's expand and reduce around the attention kernels).
+TEST(TransformerCuda, GroupedQueryAttentionFirstStepMatchesTheCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA): the GPU step is not tested here";
+  mixtral_tiny_first_step_matches_the_cpu({"model.n_kv_heads=2"});
 }
 
 // The block backward sums each residual's terms by Norm::backward_into:

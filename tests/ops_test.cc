@@ -14,6 +14,7 @@
 #include "ops/embedding.h"
 #include "ops/finite.h"
 #include "ops/gelu.h"
+#include "ops/heads.h"
 #include "ops/layernorm.h"
 #include "ops/expert_ffn.h"
 #include "ops/matmul.h"
@@ -850,6 +851,46 @@ TEST(Attention, WindowGradientsMatchFiniteDifferences) {
   ops::attention_forward(ctx, {out, lse, qkv, s});
   ops::attention_backward(ctx, {dqkv, R, qkv, out, lse, s});
   expect_gradient("dqkv", qkv, dqkv, loss, 1e-3, 2e-2, 126);
+}
+
+// Grouped-query attention's widening, on exact values: 4 query heads share 2
+// key/value heads (D 1): q as it is, k and v each repeated for its 2 query
+// heads; the reduction sums each pair.
+TEST(KvHeads, ExpandAndReduceByHand) {
+  Ctx& ctx = host_ctx();
+  const ops::KvHeads s{4, 2, 1};
+  Tensor g = Tensor::from_host(std::vector<float>{1, 2, 3, 4, 10, 20, 100, 200}).reshape({1, 8}), w = zeros({1, 12});
+  ops::expand_kv_heads(ctx, w, g, s);
+  EXPECT_EQ(w.to_vector<float>(), (std::vector<float>{1, 2, 3, 4, 10, 10, 20, 20, 100, 100, 200, 200}));
+  Tensor wide = Tensor::from_host(std::vector<float>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}).reshape({1, 12});
+  Tensor r = zeros({1, 8});
+  ops::reduce_kv_heads(ctx, r, wide, s);
+  EXPECT_EQ(r.to_vector<float>(), (std::vector<float>{1, 2, 3, 4, 5 + 6, 7 + 8, 9 + 10, 11 + 12}));
+  // bf16: the same values (exact in bf16), the sums rounded once.
+  Tensor g16 = g.to(DType::bf16), w16 = Tensor::zeros({1, 12}, DType::bf16, ctx);
+  ops::expand_kv_heads(ctx, w16, g16, s);
+  EXPECT_EQ(w16.to(DType::f32).to_vector<float>(), w.to_vector<float>());
+  Tensor r16 = Tensor::zeros({1, 8}, DType::bf16, ctx);
+  ops::reduce_kv_heads(ctx, r16, wide.to(DType::bf16), s);
+  EXPECT_EQ(r16.to(DType::f32).to_vector<float>(), r.to_vector<float>());
+  Tensor bad = zeros({1, 9});
+  EXPECT_THROW(ops::expand_kv_heads(ctx, w, bad, s), Error);
+  EXPECT_THROW(ops::expand_kv_heads(ctx, w, g, {4, 3, 1}), Error);
+}
+
+// reduce is expand's adjoint (its backward): <expand(x), y> = <x, reduce(y)>,
+// with D 3, 6 query heads over 2, 3 and 6 key/value heads.
+TEST(KvHeads, ReduceIsTheBackwardOfExpand) {
+  Ctx& ctx = host_ctx();
+  Rng rng(5);
+  for (int64_t G : {2, 3, 6}) {
+    const ops::KvHeads s{6, G, 3};
+    Tensor x = randn({5, (6 + 2 * G) * 3}, rng), y = randn({5, 54}, rng);
+    Tensor ex = zeros({5, 54}), ry = zeros({5, (6 + 2 * G) * 3});
+    ops::expand_kv_heads(ctx, ex, x, s);
+    ops::reduce_kv_heads(ctx, ry, y, s);
+    EXPECT_NEAR(dot(ex, y), dot(x, ry), 1e-4 * (1 + std::abs(dot(ex, y)))) << "G " << G;
+  }
 }
 
 // heads = 1 of 2: head 0 as in the full run, bit for bit; head 1's columns of
