@@ -8,8 +8,9 @@
 //   model.embed_tokens.weight                  (V, C)   wte as is
 //   model.layers.l.input_layernorm.weight      (C)      hl.ln1.w
 //   model.layers.l.self_attn.q_proj.weight     (C, C)   hl.attn.qkv.w[:, 0:C]^T
-//   model.layers.l.self_attn.k_proj.weight     (C, C)   hl.attn.qkv.w[:, C:2C]^T
-//   model.layers.l.self_attn.v_proj.weight     (C, C)   hl.attn.qkv.w[:, 2C:3C]^T
+//   model.layers.l.self_attn.k_proj.weight     (K, C)   hl.attn.qkv.w[:, C:C+K]^T
+//   model.layers.l.self_attn.v_proj.weight     (K, C)   hl.attn.qkv.w[:, C+K:C+2K]^T
+//     (K = n_kv_heads x head size: C without grouped-query attention)
 //   model.layers.l.self_attn.o_proj.weight     (C, C)   hl.attn.proj.w^T
 //   model.layers.l.post_attention_layernorm.weight (C)  hl.ln2.w
 //   model.layers.l.block_sparse_moe.gate.weight (G, C)  hl.moe.router.w^T

@@ -51,6 +51,9 @@ SparseSelfAttention::SparseSelfAttention(Ctx& ctx, ParamStore& ps, const std::st
       R_(routed() ? spec.cfg.num_routing_heads() : 0),
       K_(cluster_count(spec.cfg, spec.seq_len)),
       rng_(spec.seed) {
+  // (validate_config refuses grouped key/value heads with sparse attention)
+  SY_CHECK(options.kv_heads == 0 || options.kv_heads == H,
+           name << ": grouped key/value heads (" << options.kv_heads << " of " << H << ") with sparse attention");
   if (spec.shared && routed()) {
     centroids_ = spec.shared;
   } else {

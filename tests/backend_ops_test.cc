@@ -1048,11 +1048,13 @@ std::vector<OpCase> cases() {
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::merge_heads(x, o[0], in[0], 5); }});
   // Grouped-query attention's widening and its backward (6 query heads over
   // 2 key/value heads of 5): copies, and sums of 3 in h's order (bitwise the
-  // CPU's in f32 and bf16).
+  // CPU's in f32 and bf16, signed zeros too).
   c.push_back({"kv_heads_expand_reduce", Tol::exact,
                [](Rng& r) {
-                 return Ins{randn({7, 50}, r), randn({7, 90}, r), randn({7, 50}, r).to(DType::bf16),
-                            randn({7, 90}, r).to(DType::bf16)};
+                 // (with -0.0 in q columns: copied as they are, not added to 0)
+                 Tensor g = randn({7, 50}, r), w = randn({7, 90}, r);
+                 for (int64_t n = 0; n < 7; ++n) g.f32()[n * 50 + 3] = w.f32()[n * 90 + 4] = -0.0f;
+                 return Ins{g, w, g.to(DType::bf16), w.to(DType::bf16)};
                },
                [](Ctx& x, const Ins&) {
                  return Outs{fresh(x, {7, 90}), fresh(x, {7, 50}), fresh(x, {7, 90}, DType::bf16),

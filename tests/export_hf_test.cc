@@ -68,7 +68,9 @@ struct Expected {
   std::function<float(int64_t r, int64_t c)> at;
 };
 
-std::map<std::string, Expected> table(Transformer& m, int64_t C, int64_t V, int64_t G, int64_t H, int L, bool tied) {
+// K: the key and value width (C without grouped-query attention).
+std::map<std::string, Expected> table(Transformer& m, int64_t C, int64_t V, int64_t G, int64_t H, int L, bool tied,
+                                      int64_t K) {
   std::map<std::string, Expected> t;
   const float* wte = ours(m, "wte");
   t["model.embed_tokens.weight"] = {{V, C}, [=](int64_t r, int64_t c) { return wte[r * C + c]; }};
@@ -79,10 +81,11 @@ std::map<std::string, Expected> table(Transformer& m, int64_t C, int64_t V, int6
                 *w1 = ours(m, h + "moe.experts.w1"), *w2 = ours(m, h + "moe.experts.w2");
     t[p + "input_layernorm.weight"] = {{C}, [=](int64_t, int64_t c) { return ln1[c]; }};
     t[p + "post_attention_layernorm.weight"] = {{C}, [=](int64_t, int64_t c) { return ln2[c]; }};
-    // qkv.w is (C, 3C) = [Wq | Wk | Wv]; HF's q_proj is Wq^T (out, in).
-    t[p + "self_attn.q_proj.weight"] = {{C, C}, [=](int64_t r, int64_t c) { return qkv[c * 3 * C + r]; }};
-    t[p + "self_attn.k_proj.weight"] = {{C, C}, [=](int64_t r, int64_t c) { return qkv[c * 3 * C + C + r]; }};
-    t[p + "self_attn.v_proj.weight"] = {{C, C}, [=](int64_t r, int64_t c) { return qkv[c * 3 * C + 2 * C + r]; }};
+    // qkv.w is (C, C + 2K) = [Wq | Wk | Wv]; HF's q_proj is Wq^T (out, in).
+    const int64_t W = C + 2 * K;
+    t[p + "self_attn.q_proj.weight"] = {{C, C}, [=](int64_t r, int64_t c) { return qkv[c * W + r]; }};
+    t[p + "self_attn.k_proj.weight"] = {{K, C}, [=](int64_t r, int64_t c) { return qkv[c * W + C + r]; }};
+    t[p + "self_attn.v_proj.weight"] = {{K, C}, [=](int64_t r, int64_t c) { return qkv[c * W + C + K + r]; }};
     t[p + "self_attn.o_proj.weight"] = {{C, C}, [=](int64_t r, int64_t c) { return proj[c * C + r]; }};
     t[p + "block_sparse_moe.gate.weight"] = {{G, C}, [=](int64_t r, int64_t c) { return gate[c * G + r]; }};
     for (int64_t e = 0; e < G; ++e) {
@@ -138,7 +141,7 @@ TEST(ExportHf, EveryTensorElementByElementAgainstTheTable) {
     hand_set(m);
     write_mixtral_export(d / "f32", cfg, m, DType::f32, "test");
     write_mixtral_export(d / "bf16", cfg, m, DType::bf16, "test");
-    const auto want = table(m, 8, 256, 2, 6, 2, tied);
+    const auto want = table(m, 8, 256, 2, 6, 2, tied, 8);
     EXPECT_EQ(want.size(), 1u + 2 * (7 + 3 * 2) + 2);  // embed; per layer 2 norms, q k v o, gate, 3 per expert; norm, head
     check_against_table(d / "f32/model.safetensors", want, false);
     check_against_table(d / "bf16/model.safetensors", want, true);
@@ -166,6 +169,19 @@ TEST(ExportHf, EveryTensorElementByElementAgainstTheTable) {
     EXPECT_EQ(nlohmann::json::parse(in16)["torch_dtype"], "bfloat16");
     EXPECT_EQ(std::distance(fs::directory_iterator(d.path), fs::directory_iterator()), 2) << "no temporary left";
   }
+  // Grouped-query attention: 4 query heads of 2 over 2 key/value heads, so
+  // k_proj and v_proj are (4, 8) slices of qkv.w (8, 16).
+  TempDir d;
+  const Config cfg = mixtral_config(2, 2, "model { n_heads: 4 n_kv_heads: 2 }");
+  Transformer m(host_ctx(), cfg);
+  hand_set(m);
+  write_mixtral_export(d / "f32", cfg, m, DType::f32, "test");
+  check_against_table(d / "f32/model.safetensors", table(m, 8, 256, 2, 6, 2, false, 4), false);
+  std::ifstream in(d / "f32/config.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["num_attention_heads"], 4);
+  EXPECT_EQ(j["num_key_value_heads"], 2);
+  EXPECT_EQ(j["head_dim"], 2);
 }
 
 // The model's own forward against the reference reading only the export.

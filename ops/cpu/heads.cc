@@ -43,14 +43,18 @@ void expand_kv_heads(Ctx&, Tensor& out, const Tensor& in, const KvHeads& s) {
 void reduce_kv_heads(Ctx&, Tensor& out, const Tensor& in, const KvHeads& s) {
   const int64_t N = out.dim(0), Wg = out.dim(1), W = in.dim(1);
   const bool bf16 = out.dtype() == DType::bf16;
+  const int64_t C = s.heads * s.head_dim;
   std::vector<float> row(Wg);
   for (int64_t n = 0; n < N; ++n) {
     std::fill(row.begin(), row.end(), 0.f);
-    // Wide columns in order: each grouped column sums its query heads' in h's order.
-    for (int64_t c = 0; c < W; ++c)
+    // k and v: each grouped column sums its query heads' from 0 in h's order
+    // (the wide columns in order); q is copied as it is.
+    for (int64_t c = C; c < W; ++c)
       row[grouped_column(c, s)] += bf16 ? bf16_to_f32(in.data<bf16_t>()[n * W + c].bits) : in.f32()[n * W + c];
     for (int64_t c = 0; c < Wg; ++c) {
-      if (bf16) out.data<bf16_t>()[n * Wg + c].bits = f32_to_bf16(row[c]);
+      if (c < C && bf16) out.data<bf16_t>()[n * Wg + c] = in.data<bf16_t>()[n * W + c];
+      else if (c < C) out.f32()[n * Wg + c] = in.f32()[n * W + c];
+      else if (bf16) out.data<bf16_t>()[n * Wg + c].bits = f32_to_bf16(row[c]);
       else out.f32()[n * Wg + c] = row[c];
     }
   }

@@ -88,30 +88,28 @@ __global__ void reduce_kv_kernel(T* out, const T* in, KvShape s) {
   }
 }
 
+// Runs kernel<float> or kernel<bf16> (by out's dtype) over `total` elements.
+using KvF32 = void (*)(float*, const float*, KvShape);
+using KvBf16 = void (*)(__nv_bfloat16*, const __nv_bfloat16*, KvShape);
+void launch_kv(Ctx& ctx, KvF32 f32, KvBf16 bf16, int64_t total, Tensor& out, const Tensor& in, const KvShape& s) {
+  if (total == 0) return;
+  if (out.dtype() == DType::bf16)
+    bf16<<<grid_stride(total), kBlock, 0, stream(ctx)>>>(static_cast<__nv_bfloat16*>(out.raw()),
+                                                          static_cast<const __nv_bfloat16*>(in.raw()), s);
+  else
+    f32<<<grid_stride(total), kBlock, 0, stream(ctx)>>>(out.data<float>(), in.data<float>(), s);
+  CUDA_CHECK(cudaGetLastError());
+}
 }  // namespace
 
 void expand_kv_heads(Ctx& ctx, Tensor& out, const Tensor& in, const KvHeads& a) {
   const KvShape s{out.dim(0), a.heads, a.kv_heads, a.head_dim};
-  const int64_t total = s.N * s.wide();
-  if (total == 0) return;
-  if (out.dtype() == DType::bf16)
-    expand_kv_kernel<<<grid_stride(total), kBlock, 0, stream(ctx)>>>(
-        static_cast<__nv_bfloat16*>(out.raw()), static_cast<const __nv_bfloat16*>(in.raw()), s);
-  else
-    expand_kv_kernel<<<grid_stride(total), kBlock, 0, stream(ctx)>>>(out.data<float>(), in.data<float>(), s);
-  CUDA_CHECK(cudaGetLastError());
+  launch_kv(ctx, expand_kv_kernel<float>, expand_kv_kernel<__nv_bfloat16>, s.N * s.wide(), out, in, s);
 }
 
 void reduce_kv_heads(Ctx& ctx, Tensor& out, const Tensor& in, const KvHeads& a) {
   const KvShape s{out.dim(0), a.heads, a.kv_heads, a.head_dim};
-  const int64_t total = s.N * s.grouped();
-  if (total == 0) return;
-  if (out.dtype() == DType::bf16)
-    reduce_kv_kernel<<<grid_stride(total), kBlock, 0, stream(ctx)>>>(
-        static_cast<__nv_bfloat16*>(out.raw()), static_cast<const __nv_bfloat16*>(in.raw()), s);
-  else
-    reduce_kv_kernel<<<grid_stride(total), kBlock, 0, stream(ctx)>>>(out.data<float>(), in.data<float>(), s);
-  CUDA_CHECK(cudaGetLastError());
+  launch_kv(ctx, reduce_kv_kernel<float>, reduce_kv_kernel<__nv_bfloat16>, s.N * s.grouped(), out, in, s);
 }
 
 void split_heads(Ctx& ctx, Tensor& out, const Tensor& in, int64_t col0) {
