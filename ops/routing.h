@@ -23,7 +23,7 @@
 //     item takes its top-k groups by p + selection_bias (the bias moves
 //     selection only, never the weight; DeepSeek-V3's auxiliary-loss-free
 //     balancing), or by given selection keys + selection_bias (Gumbel draws);
-//     C = ceil(capacity_factor * N * k / G); overflow is dropped (and counted)
+//     C = max(ceil(capacity_factor * N * k / G), min_capacity); overflow is dropped (and counted)
 //     or, dropless, C grows to the largest count. Slots are handed out choice
 //     rank by choice rank (every item's 1st choice before any 2nd choice), in
 //     item order (POSITION: first come, first served, Switch Transformer) or
@@ -87,6 +87,7 @@ enum class SlotPriority { position, score };
 struct TokensChooseParams {
   int k = 1;
   float capacity_factor = 1.25f;
+  int64_t min_capacity = 0;  // a floor under C (DeepSpeed-MoE's min_capacity)
   bool dropless = false;
   SlotPriority priority = SlotPriority::position;
   bool renormalize = false;

@@ -341,6 +341,7 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("moe.top_k", e.top_k(), 1, std::min(8, e.num_experts()));
     c.range("moe.capacity_factor", e.capacity_factor(), 0.f, 64.f, true);
     c.range("moe.capacity_factor_eval", e.capacity_factor_eval(), 0.f, 64.f, true);
+    c.range("moe.min_capacity", e.min_capacity(), 0, 1 << 24);
     c.range("moe.every_n_layers", e.every_n_layers(), 1, m.n_layers());
     c.range("moe.jitter", e.jitter(), 0.f, 1.f, false, true);
     c.range("moe.bias_balance_rate", e.bias_balance_rate(), 0.f, 1.f);

@@ -90,11 +90,13 @@ const ops::Route& Router::forward(const Tensor& x) {
   const float cf = training_ ? cfg_.capacity_factor() : cfg_.capacity_factor_eval();
   if (expert_choice(cfg_)) {
     ops::router_scores(ctx_, probs_, logits_, score_fn(cfg_));
-    ops::groups_choose(ctx_, route_, probs_, ops::ceil_capacity(cf, static_cast<double>(N) / G_));
+    ops::groups_choose(ctx_, route_, probs_,
+                       std::max<int64_t>(ops::ceil_capacity(cf, static_cast<double>(N) / G_), cfg_.min_capacity()));
   } else {
     ops::TokensChooseParams p;
     p.k = cfg_.top_k();
     p.capacity_factor = cf;
+    p.min_capacity = cfg_.min_capacity();
     p.dropless = cfg_.dropless();
     p.priority = cfg_.slot_priority() == switchyard::MoeConfig::SCORE ? ops::SlotPriority::score
                                                                       : ops::SlotPriority::position;

@@ -1195,6 +1195,13 @@ std::vector<OpCase> cases() {
     p.capacity_factor = 1.0f;
     return p;
   }));
+  // A floor over C = ceil(0.25 * 40 * 2 / 8) = 3 (moe.min_capacity): 7.
+  c.push_back(tokens_choose_case("tokens_choose_min_capacity", 40, 8, 2, [](const Ins&) {
+    ops::TokensChooseParams p;
+    p.capacity_factor = 0.25f;
+    p.min_capacity = 7;
+    return p;
+  }));
   c.push_back(tokens_choose_case("tokens_choose_score_bias_renorm", 53, 6, 2, [](const Ins& in) {
     ops::TokensChooseParams p;
     p.capacity_factor = 0.6f;  // drops

@@ -119,6 +119,11 @@ TEST(Config, BackendCudaOnlyWhereBuilt) {
   EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
 }
 
+TEST(Config, MinCapacityIsACount) {
+  EXPECT_EQ(parse_ok("moe { num_experts: 4 min_capacity: 4 }").moe().min_capacity(), 4);
+  expect_invalid("moe { num_experts: 4 min_capacity: -1 }", "t.pbtxt: moe.min_capacity = -1: must be in [0, 16777216]");
+}
+
 // Grouped-query attention: key/value heads dividing the query heads, for
 // dense attention.
 TEST(Config, KvHeadsDivideTheHeads) {

@@ -296,6 +296,35 @@ TEST(MoeLayer, ExpertChoiceFillsEveryExpert) {
   for (int32_t c : moe.route().count.to_vector<int32_t>()) EXPECT_EQ(c, 3);
 }
 
+// moe.min_capacity is a floor under every policy's capacity, in training
+// and in evaluation: 24 tokens, 4 experts at capacity factor 0.25 would give
+// 3 (top-2) or 2 (expert choice) rows; the floor makes it 5.
+TEST(MoeLayer, MinCapacityIsAFloorForEveryPolicy) {
+  for (bool expert_choice : {true, false}) {
+    SCOPED_TRACE(expert_choice ? "expert choice" : "tokens choose");
+    Rng rng(3);
+    auto cfg = moe_config(4, expert_choice ? 1 : 2);
+    if (expert_choice) cfg.set_router(switchyard::MoeConfig::EXPERT_CHOICE);
+    cfg.set_capacity_factor(0.25f);
+    cfg.set_capacity_factor_eval(0.25f);
+    ParamStore ps;
+    MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 8, rng, 0.3f, 0.3f, 7);
+    ps.finalize(host_ctx());
+    const Tensor x = testing::randn({24, 8}, rng);
+    moe.forward(x);
+    EXPECT_EQ(moe.stats().capacity, expert_choice ? 2 : 3);
+    cfg.set_min_capacity(5);
+    ParamStore ps2;
+    MoeLayer floored(host_ctx(), ps2, "m", 8, cfg, 8, rng, 0.3f, 0.3f, 7);
+    ps2.finalize(host_ctx());
+    for (bool training : {true, false}) {
+      floored.set_training(training);
+      floored.forward(x);
+      EXPECT_EQ(floored.stats().capacity, 5) << (training ? "training" : "evaluation");
+    }
+  }
+}
+
 // Unserved tokens (no expert at all) are reported apart from dropped
 // assignments, for every policy. Expert choice drops nothing, yet the tokens
 // no expert picked get no expert output: counted from the route by hand.

@@ -143,6 +143,16 @@ TEST(TokensChoose, HandComputedTiesAndOverflow) {
   r = tokens_choose(p, prm);
   EXPECT_EQ(r.capacity, 3);
   EXPECT_EQ(r.dropped, 0);
+  // A floor of 3 under C = 2 (min_capacity): t2 keeps its slot by position.
+  prm.dropless = false;
+  prm.priority = SlotPriority::position;
+  prm.min_capacity = 3;
+  r = tokens_choose(p, prm);
+  EXPECT_EQ(r.capacity, 3);
+  EXPECT_EQ(ints(r.slot), (std::vector<int32_t>{0, 1, 2, 0}));
+  EXPECT_EQ(r.dropped, 0);
+  prm.min_capacity = 1;  // under C: no effect
+  EXPECT_EQ(tokens_choose(p, prm).capacity, 2);
 }
 
 // The gating alone: logits ln(0.9), ln(0.1) etc. give the hand-computed
