@@ -249,6 +249,11 @@ void check_finite(const pb::Message& m, const std::string& prefix, Checker& c) {
 
 }  // namespace
 
+bool is_moe_layer(const switchyard::MoeConfig& moe, int layer) {
+  return moe.num_experts() > 0 && layer >= moe.first_dense_layers() &&
+         (layer + 1) % std::max(1, moe.every_n_layers()) == 0;
+}
+
 void validate_config(const Config& cfg, const std::string& source) {
   Checker c(source);
   check_finite(cfg, "", c);
@@ -343,6 +348,13 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("moe.capacity_factor_eval", e.capacity_factor_eval(), 0.f, 64.f, true);
     c.range("moe.min_capacity", e.min_capacity(), 0, 1 << 24);
     c.range("moe.every_n_layers", e.every_n_layers(), 1, m.n_layers());
+    c.range("moe.first_dense_layers", e.first_dense_layers(), 0, m.n_layers() - 1);
+    bool any = false;
+    for (int l = 0; l < m.n_layers(); ++l) any = any || is_moe_layer(e, l);
+    if (!any)
+      c.fail("moe.first_dense_layers", e.first_dense_layers(),
+             "leaves no MoE layer among the " + std::to_string(m.n_layers()) + " with moe.every_n_layers = " +
+                 std::to_string(e.every_n_layers()));
     c.range("moe.jitter", e.jitter(), 0.f, 1.f, false, true);
     c.range("moe.bias_balance_rate", e.bias_balance_rate(), 0.f, 1.f);
     c.range("moe.load_balance_coef", e.load_balance_coef(), 0.f, 100.f);
@@ -485,7 +497,7 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   for (int l = 0; l < L; ++l) {
     params += 4 * C + 2 * C * C + 2 * C * KV + 2 * C + 2 * KV;  // norms, qkv and output projections
     acts += N * (6 * C + H);              // norm outputs, q, k, v, attention output; its LSE rows
-    const bool moe = E > 0 && (l + 1) % std::max(1, e.every_n_layers()) == 0;
+    const bool moe = is_moe_layer(e, l);
     if (moe) {
       params += C * E + E / ep * (mats * C * He + He + C) + (e.shared_expert() ? mats * C * Hs + Hs + C : 0);
       acts += N * (2 * E + e.top_k() * e.capacity_factor() * (2 * C + mats * He) +

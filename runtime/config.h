@@ -28,6 +28,11 @@ void apply_override(Config& cfg, const std::string& assignment);
 // so the text form spells out the whole resolved configuration.
 void fill_defaults(google::protobuf::Message& msg);
 
+// Whether block `layer` (0-based) has a MoE layer in its FFN position:
+// experts at all, past moe.first_dense_layers, and (layer + 1) a multiple of
+// moe.every_n_layers.
+bool is_moe_layer(const switchyard::MoeConfig& moe, int layer);
+
 // Check every field's range and the relations between fields; `source` names
 // the config in the error (a file path).
 void validate_config(const Config& cfg, const std::string& source);

@@ -40,7 +40,7 @@ PlannedCost planned_cost(const Config& cfg) {
                                : proj + 2.0 * n * d;
     p.attention += f * attn;
     if (depth_routed) p.routers += 4.0 * d;
-    const bool moe = e.num_experts() > 0 && (l + 1) % std::max(1, e.every_n_layers()) == 0;
+    const bool moe = is_moe_layer(e, l);
     if (!moe) {
       p.ffn += f * p.unit;
       continue;

@@ -70,6 +70,9 @@ void check_mixtral_expressible(const Config& cfg, const std::string& source) {
   if (e.every_n_layers() != 1)
     refuse(source, "moe.every_n_layers", std::to_string(e.every_n_layers()),
            "Mixtral has experts in every block (a dense FFN block has no Mixtral name)");
+  if (e.first_dense_layers() != 0)
+    refuse(source, "moe.first_dense_layers", std::to_string(e.first_dense_layers()),
+           "Mixtral has experts in every block (a dense FFN block has no Mixtral name)");
   if (e.router() != MoeConfig::TOKENS_CHOOSE)
     refuse(source, "moe.router", "EXPERT_CHOICE", "Mixtral's tokens choose their experts");
   if (e.score_function() != MoeConfig::SOFTMAX)

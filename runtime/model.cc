@@ -168,7 +168,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
     block_offset_.push_back(params_.numel(ParamKind::dense));
     const std::string name = "h" + std::to_string(l);
     std::unique_ptr<FeedForward> ffn;
-    if (moe.num_experts() > 0 && (l + 1) % moe.every_n_layers() == 0) {
+    if (is_moe_layer(moe, l)) {
       auto layer = std::make_unique<MoeLayer>(ctx_, params_, name + ".moe", C_, moe, m.ffn_hidden(), rng,
                                               std, out_std, cfg.train().seed() * 1000003 + l, par, ffn_options(m));
       moe_.emplace_back(l, layer.get());

@@ -119,6 +119,21 @@ TEST(Config, BackendCudaOnlyWhereBuilt) {
   EXPECT_EQ(parse_ok("backend: CPU").backend(), switchyard::Config::CPU);
 }
 
+// moe.first_dense_layers keeps the first blocks dense, and must leave a MoE
+// layer: with every_n_layers 2 over 5 layers the MoE layers are 1 and 3.
+TEST(Config, FirstDenseLayersLeaveAMoeLayer) {
+  const std::string base = "model { n_layers: 5 } moe { num_experts: 4 every_n_layers: 2 ";
+  const Config c = parse_ok(base + "first_dense_layers: 2 }");
+  std::vector<int> moe;
+  for (int l = 0; l < 5; ++l)
+    if (is_moe_layer(c.moe(), l)) moe.push_back(l);
+  EXPECT_EQ(moe, (std::vector<int>{3}));
+  expect_invalid(base + "first_dense_layers: 4 }",
+                 "t.pbtxt: moe.first_dense_layers = 4: leaves no MoE layer among the 5 with moe.every_n_layers = 2");
+  expect_invalid(base + "first_dense_layers: 5 }", "t.pbtxt: moe.first_dense_layers = 5: must be in [0, 4]");
+  EXPECT_FALSE(is_moe_layer(parse_ok("").moe(), 1));  // no experts
+}
+
 TEST(Config, MinCapacityIsACount) {
   EXPECT_EQ(parse_ok("moe { num_experts: 4 min_capacity: 4 }").moe().min_capacity(), 4);
   expect_invalid("moe { num_experts: 4 min_capacity: -1 }", "t.pbtxt: moe.min_capacity = -1: must be in [0, 16777216]");

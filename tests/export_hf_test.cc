@@ -228,6 +228,7 @@ TEST(ExportHf, RefusesWhatMixtralCannotExpress) {
       {"model { bias: true }", "t: model.bias = true: Mixtral's projections and experts have no biases"},
       {"moe { num_experts: 0 }", "t: moe.num_experts = 0: a dense model is not Mixtral-shaped"},
       {"moe { every_n_layers: 2 }", "t: moe.every_n_layers = 2: Mixtral has experts in every block"},
+      {"moe { first_dense_layers: 1 }", "t: moe.first_dense_layers = 1: Mixtral has experts in every block"},
       {"moe { router: EXPERT_CHOICE }", "t: moe.router = EXPERT_CHOICE"},
       {"moe { score_function: SIGMOID }", "t: moe.score_function = SIGMOID"},
       {"moe { renormalize: false }", "t: moe.renormalize = false: Mixtral divides the top-k weights by their sum"},

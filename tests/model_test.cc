@@ -211,6 +211,26 @@ TEST(Transformer, TiedEmbeddingsGradientIsSumOfBothUses) {
   EXPECT_GT(head_part, 1e-4);
 }
 
+// moe.first_dense_layers: block 0 keeps its dense FFN, blocks 1 and 2 route
+// (every_n_layers 1); the FLOPs count the dense block's FFN.
+TEST(Transformer, FirstDenseLayersKeepTheirFfn) {
+  Config cfg = small_config();
+  cfg.mutable_model()->set_n_layers(3);
+  cfg.mutable_moe()->set_num_experts(4);
+  cfg.mutable_moe()->set_every_n_layers(1);
+  cfg.mutable_moe()->set_first_dense_layers(1);
+  validate_config(cfg, "test");
+  Transformer model(host_ctx(), cfg);
+  EXPECT_NE(model.params().find("h0.mlp.fc1.w"), nullptr);
+  EXPECT_EQ(model.params().find("h0.moe.router.w"), nullptr);
+  for (const char* moe : {"h1.moe.router.w", "h2.moe.router.w"}) EXPECT_NE(model.params().find(moe), nullptr) << moe;
+  ASSERT_EQ(model.moe_layers().size(), 2u);
+  EXPECT_EQ(model.moe_layers()[0].first, 1);
+  const PlannedCost p = planned_cost(cfg);
+  EXPECT_DOUBLE_EQ(p.ffn, p.unit);       // one dense FFN
+  EXPECT_DOUBLE_EQ(p.moe_tokens, 2.0);   // two MoE layers
+}
+
 TEST(Transformer, RopeHasNoPositionTable) {
   Config learned = small_config(), rope = small_config();
   rope.mutable_model()->set_position(switchyard::ModelConfig::ROPE);
