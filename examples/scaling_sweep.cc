@@ -71,13 +71,17 @@ struct Measured {
 };
 
 // A step's kept shares (runtime/scaling_model.h) from the routers'
-// statistics. (Padded expert buffers, where every expert's work is even,
+// statistics: each expert's share of its layer's assignments (the route's
+// items times k: a depth-routed block's MoE layer routes only the tokens its
+// block kept), clipped at the capacity's share. (A hard budget's drops are
+// not taken off; padded expert buffers, where every expert's work is even,
 // need expert_parallel 1: no sweep past one rank has them.)
-void record_kept(sy::Transformer& model, double assignments, sy::KeptShares& kept) {
+void record_kept(sy::Transformer& model, sy::KeptShares& kept) {
   std::vector<std::vector<double>> step;
   for (const auto& [l, layer] : model.moe_layers()) {
     const sy::RoutingStats& st = layer->stats();
-    const double cap = st.capacity > 0 ? static_cast<double>(st.capacity) / assignments : 1.0;
+    const double assignments = static_cast<double>(layer->route().num_items * layer->route().k);
+    const double cap = st.capacity > 0 && assignments > 0 ? static_cast<double>(st.capacity) / assignments : 1.0;
     std::vector<double> k;  // (shares of the assignments; capacity in rows)
     for (double share : st.load) k.push_back(std::min(share, cap));
     step.push_back(std::move(k));
@@ -106,20 +110,18 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
     opts.par = par.get();
   }
   sy::KeptShares kept;
-  // (a micro-batch's tokens times k: the assignments a router's load shares)
-  const double assignments = static_cast<double>(cfg.train().batch()) / cfg.train().micro_batches() *
-                             cfg.model().seq_len() * cfg.moe().top_k();
   if (profile) {
     opts.op_profile_path = result + ".ops.json";
-    // (before step s the routers hold step s - 1's statistics)
+    // Before step s the routers hold step s - 1's statistics. (Not after the
+    // run: it ends with an evaluation, whose routing has eval capacity and
+    // no noise.)
     opts.before_step = [&](int64_t s, sy::Transformer& model) {
-      if (s > 2) record_kept(model, assignments, kept);
+      if (s > 2) record_kept(model, kept);
     };
   }
   sy::Trainer trainer(cfg, opts);
   sy::TrainResult r = trainer.run();
   if (profile) {
-    record_kept(trainer.model(), assignments, kept);
     nlohmann::json ops;
     std::ifstream(opts.op_profile_path) >> ops;
     std::remove(opts.op_profile_path.c_str());

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -346,7 +347,11 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("moe.top_k", e.top_k(), 1, std::min(8, e.num_experts()));
     c.range("moe.capacity_factor", e.capacity_factor(), 0.f, 64.f, true);
     c.range("moe.capacity_factor_eval", e.capacity_factor_eval(), 0.f, 64.f, true);
-    c.range("moe.min_capacity", e.min_capacity(), 0, 1 << 24);
+    c.range("moe.min_capacity", e.min_capacity(), 0, 1 << 20);
+    if (static_cast<int64_t>(e.min_capacity()) * e.num_experts() >= INT32_MAX)
+      c.fail("moe.min_capacity", e.min_capacity(),
+             "times moe.num_experts = " + std::to_string(e.num_experts()) +
+                 " rows must stay under 2^31 (a padded route counts its rows in 32 bits)");
     c.range("moe.every_n_layers", e.every_n_layers(), 1, m.n_layers());
     c.range("moe.first_dense_layers", e.first_dense_layers(), 0, m.n_layers() - 1);
     bool any = false;
@@ -500,8 +505,9 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
     const bool moe = is_moe_layer(e, l);
     if (moe) {
       params += C * E + E / ep * (mats * C * He + He + C) + (e.shared_expert() ? mats * C * Hs + Hs + C : 0);
-      acts += N * (2 * E + e.top_k() * e.capacity_factor() * (2 * C + mats * He) +
-                   (e.shared_expert() ? mats * Hs : 0));
+      // (expert rows: k N cf, or the experts' floors where those are more)
+      const double rows = std::max(e.top_k() * e.capacity_factor() * N, E * e.min_capacity());
+      acts += N * (2 * E + (e.shared_expert() ? mats * Hs : 0)) + rows * (2 * C + mats * He);
     } else {
       params += mats * C * F + F + C;
       acts += N * mats * F;

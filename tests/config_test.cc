@@ -136,7 +136,9 @@ TEST(Config, FirstDenseLayersLeaveAMoeLayer) {
 
 TEST(Config, MinCapacityIsACount) {
   EXPECT_EQ(parse_ok("moe { num_experts: 4 min_capacity: 4 }").moe().min_capacity(), 4);
-  expect_invalid("moe { num_experts: 4 min_capacity: -1 }", "t.pbtxt: moe.min_capacity = -1: must be in [0, 16777216]");
+  expect_invalid("moe { num_experts: 4 min_capacity: -1 }", "t.pbtxt: moe.min_capacity = -1: must be in [0, 1048576]");
+  expect_invalid("moe { num_experts: 4096 min_capacity: 1048576 }",
+                 "t.pbtxt: moe.min_capacity = 1048576: times moe.num_experts = 4096 rows must stay under 2^31");
 }
 
 // Grouped-query attention: key/value heads dividing the query heads, for
