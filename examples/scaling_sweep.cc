@@ -408,8 +408,8 @@ int main(int argc, char** argv) {
                               .median.step_s;
         }
         // The expert FFNs' time a rank (balanced) and what the most loaded rank adds.
-        const double experts_s = imb.expert_share * (weak ? one.step_s : one.step_s / N);
-        const double imbalance_s = N == 1 ? 0 : experts_s * imb.excess(N);
+        const double experts_s = imb.expert_share * (weak ? one.step_s : one.step_s / N), excess = imb.excess(N);
+        const double imbalance_s = N == 1 ? 0 : experts_s * excess;
         const double proj = N == 1 ? one.step_s : project(basis, N, weak, cpu, model_compute + imbalance_s);
         const double err = (proj - x.step_s) / x.step_s;
         char range[32], eff_range[32];
@@ -423,7 +423,7 @@ int main(int argc, char** argv) {
             << "," << x.ar_s << "," << eff << "," << proj << "," << err << "," << repeats << "," << pt.step_min << ","
             << pt.step_max << "," << eff_min << "," << eff_max << "," << point_load << "," << cores << ","
             << model_compute << "," << (concurrent(N) ? "concurrent" : "single") << "," << imb.expert_share << ","
-            << 1 + imb.excess(N) << "," << imbalance_s << "\n";
+            << 1 + excess << "," << imbalance_s << "\n";
         if (weak && N == ranks.back() && N > 1) weak1 = x, weak1.compute_s = one.compute_s;
         if (weak && N == ranks.back() && N == 1) weak1 = x;
       }
@@ -448,11 +448,11 @@ int main(int argc, char** argv) {
                 g.compute_s * 1e3, 100 * weak_imb.expert_share, g.exchanges, g.bytes_per_exchange / 1024,
                 g.dense_bytes / (1 << 20), gpu.busbw_gbs, gpu.per_node, gpu.node_gbs);
     for (int N : project_ranks) {
-      const double imbalance_s = experts_s * weak_imb.excess(N);
+      const double excess = weak_imb.excess(N), imbalance_s = experts_s * excess;
       const double t = project(g, N, true, gpu, g.compute_s + imbalance_s);
       std::printf("  %5d ranks: step %8.3f ms, efficiency %.3f (load imbalance %.3f: %.3f ms)\n", N, t * 1e3,
-                  g.compute_s / t, 1 + weak_imb.excess(N), imbalance_s * 1e3);
-      pcsv << N << "," << t << "," << g.compute_s / t << "," << 1 + weak_imb.excess(N) << "," << imbalance_s << "\n";
+                  g.compute_s / t, 1 + excess, imbalance_s * 1e3);
+      pcsv << N << "," << t << "," << g.compute_s / t << "," << 1 + excess << "," << imbalance_s << "\n";
     }
     std::printf("wrote %s.csv %s.png %s_projection.csv\n", out.c_str(), out.c_str(), out.c_str());
     return 0;

@@ -440,6 +440,7 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
   const bool sparse = cfg.attention().kind() != switchyard::AttentionConfig::DENSE ||
                       old.attention().kind() != switchyard::AttentionConfig::DENSE;
   std::vector<std::string> fields = {"model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
+                                     "model.n_kv_heads",
                                      "model.ffn_hidden", "model.seq_len", "moe.num_experts", "depth.every_n_layers",
                                      "attention.kind",
                                      // the model options: each changes the parameters or what a layer computes
@@ -452,24 +453,20 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
   if (sparse)
     fields.insert(fields.end(), {"attention.last_n_layers", "attention.num_routing_heads", "attention.num_clusters",
                                  "attention.share_centroids"});
-  // The experts' widths as resolved (empty, one value and one per expert
-  // may spell the same model).
-  auto widths = [](const Config& c) {
+  // A field as compared: as written, but the experts' widths and the
+  // key/value heads as resolved (empty, one value and one per expert may
+  // spell the same widths; n_kv_heads 0 spells n_heads).
+  auto text = [](const Config& c, const std::string& f) -> std::string {
+    if (f == "model.n_kv_heads") return std::to_string(kv_heads(c.model()));
+    if (f != "moe.expert_hidden") return field_text(c, f);
     std::string out;
     if (c.moe().num_experts() > 0)
       for (int64_t h : expert_hidden_sizes(c.moe(), c.model().ffn_hidden()))
         out += (out.empty() ? "" : ", ") + std::to_string(h);
     return "[" + out + "]";
   };
-  // Key/value heads as resolved (0 spells n_heads).
-  auto kv_heads = [](const Config& c) {
-    return std::to_string(c.model().n_kv_heads() > 0 ? c.model().n_kv_heads() : c.model().n_heads());
-  };
-  fields.push_back("model.n_kv_heads");
   for (const std::string& f : fields) {
-    const bool w = f == "moe.expert_hidden", kv = f == "model.n_kv_heads";
-    const std::string mine = w ? widths(cfg) : kv ? kv_heads(cfg) : field_text(cfg, f),
-                      theirs = w ? widths(old) : kv ? kv_heads(old) : field_text(old, f);
+    const std::string mine = text(cfg, f), theirs = text(old, f);
     if (mine != theirs)
       throw ConfigError(join_path(dir, kManifest) + ": " + f + " = " + mine + " in this run, " + theirs +
                         " in the checkpoint: a checkpoint loads only into the same model (the expert-parallel size "

@@ -271,8 +271,7 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("model.n_kv_heads", m.n_kv_heads(), 0, m.n_heads());
   if (m.n_kv_heads() > 0 && m.n_heads() % m.n_kv_heads() != 0)
     c.fail("model.n_kv_heads", m.n_kv_heads(), "must divide model.n_heads = " + std::to_string(m.n_heads()));
-  if (m.n_kv_heads() > 0 && m.n_kv_heads() < m.n_heads() &&
-      cfg.attention().kind() != switchyard::AttentionConfig::DENSE)
+  if (kv_heads(m) < m.n_heads() && cfg.attention().kind() != switchyard::AttentionConfig::DENSE)
     c.fail("model.n_kv_heads", m.n_kv_heads(),
            "groups key/value heads for dense attention only; attention.kind is " +
                switchyard::AttentionConfig::Kind_Name(cfg.attention().kind()) + " (n_kv_heads 0 or n_heads)");
@@ -498,7 +497,7 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   double params = V * C + (learned ? T * C : 0) + (m.tie_embeddings() ? 0 : C * V) + V + 2 * C;  // embeddings, head, final norm
   double acts = N * (2 * V + 4 * C);                  // logits and probabilities; embeddings
   // Key and value width: C, or grouped-query attention's n_kv_heads heads.
-  const double KV = m.n_kv_heads() > 0 ? C / H * m.n_kv_heads() : C;
+  const double KV = C / H * kv_heads(m);
   for (int l = 0; l < L; ++l) {
     params += 4 * C + 2 * C * C + 2 * C * KV + 2 * C + 2 * KV;  // norms, qkv and output projections
     acts += N * (6 * C + H);              // norm outputs, q, k, v, attention output; its LSE rows

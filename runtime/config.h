@@ -28,6 +28,9 @@ void apply_override(Config& cfg, const std::string& assignment);
 // so the text form spells out the whole resolved configuration.
 void fill_defaults(google::protobuf::Message& msg);
 
+// Key/value heads as resolved: model.n_kv_heads, or n_heads where it is 0.
+inline int kv_heads(const switchyard::ModelConfig& m) { return m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads(); }
+
 // Whether block `layer` (0-based) has a MoE layer in its FFN position:
 // experts at all, past moe.first_dense_layers, and (layer + 1) a multiple of
 // moe.every_n_layers.

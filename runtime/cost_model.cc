@@ -23,7 +23,7 @@ PlannedCost planned_cost(const Config& cfg) {
   // The projections: q and the output d^2 each, k and v d * kv (grouped-query
   // attention's kv = n_kv_heads * head size; d without grouping), 2 FLOPs a
   // multiply-add: 8 d^2 for multi-head attention.
-  const double kv = m.n_kv_heads() > 0 ? d / m.n_heads() * m.n_kv_heads() : d;
+  const double kv = d / m.n_heads() * kv_heads(m);
   const double proj = 4.0 * d * d + 4.0 * d * kv;
   PlannedCost p;
   p.unit = 4.0 * d * m.ffn_hidden();

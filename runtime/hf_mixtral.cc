@@ -124,7 +124,7 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
   j["intermediate_size"] = expert_hidden(cfg);
   j["num_hidden_layers"] = m.n_layers();
   j["num_attention_heads"] = m.n_heads();
-  j["num_key_value_heads"] = m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads();
+  j["num_key_value_heads"] = kv_heads(m);
   j["head_dim"] = m.d_model() / m.n_heads();
   j["hidden_act"] = "silu";
   j["max_position_embeddings"] = m.seq_len();
@@ -161,7 +161,7 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
 NamedTensors mixtral_tensors(const Config& cfg, Transformer& model) {
   const auto& m = cfg.model();
   const int64_t C = m.d_model(), V = m.vocab_size(), G = cfg.moe().num_experts(), H = expert_hidden(cfg);
-  const int64_t KV = m.n_kv_heads() > 0 ? C / m.n_heads() * m.n_kv_heads() : C;
+  const int64_t KV = C / m.n_heads() * kv_heads(m);
   std::set<std::string> used;
   auto host = [&](const std::string& name, const Shape& shape) {
     Param* p = model.params().find(name);

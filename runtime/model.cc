@@ -27,7 +27,7 @@ AttentionOptions attention_options(const switchyard::ModelConfig& m) {
   o.bias = m.bias();
   o.rope = m.position() == switchyard::ModelConfig::ROPE;
   o.rope_base = m.rope_base();
-  o.kv_heads = m.n_kv_heads();
+  o.kv_heads = kv_heads(m);
   return o;
 }
 
