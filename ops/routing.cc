@@ -85,13 +85,35 @@ void check_tokens_choose(Ctx& ctx, const Tensor& scores, const TokensChooseParam
   if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
   SY_CHECK(!(p.padded && p.dropless), op << ": a padded route needs a capacity known in advance, not dropless");
   SY_CHECK(p.segment >= 0 && (p.segment == 0 || N % p.segment == 0), op << ": " << N << " items in runs of " << p.segment);
+  const GroupLimit& gl = p.group_limit;
+  if (gl.on()) {
+    SY_CHECK(p.segment == 0, op << ": a group limit over runs of " << p.segment << " items (not with segment)");
+    SY_CHECK(gl.groups <= G && G % gl.groups == 0 && gl.kept >= 1 && p.k <= gl.kept * (G / gl.groups),
+             op << ": top-" << p.k << " within " << gl.kept << " of " << gl.groups << " routing groups of " << G
+                << " experts (k must fit the kept groups' experts)");
+  }
   check_device(ctx, op, {&scores, p.selection_bias, p.selection_keys});
+}
+
+// A group-limited choice's selection keys: limit_groups over the keys (or
+// the probabilities) and the bias, for the top-k to rank instead.
+Tensor limited_keys(Ctx& ctx, const Tensor& probs, const TokensChooseParams& p) {
+  Tensor keys = Tensor::empty(probs.shape(), DType::f32, ctx);
+  limit_groups(ctx, keys, p.selection_keys ? *p.selection_keys : probs, p.selection_bias, p.group_limit);
+  return keys;
 }
 }  // namespace
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
   check_matrix(probs, "router probs");
   check_tokens_choose(ctx, probs, p, "tokens_choose");
+  if (p.group_limit.on()) {
+    const Tensor keys = limited_keys(ctx, probs, p);
+    TokensChooseParams limited = p;
+    limited.selection_keys = &keys;
+    limited.group_limit = GroupLimit{};
+    return tokens_choose(ctx, r, probs, limited);
+  }
   SY_DISPATCH(ctx, tokens_choose, ctx, r, probs, p);
 }
 
@@ -111,6 +133,11 @@ void check_gating(Ctx& ctx, const Tensor& probs, const Tensor& logits, const Tok
 void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                           const TokensChooseParams& p) {
   check_gating(ctx, probs, logits, p, "tokens_choose_logits");
+  if (p.group_limit.on()) {  // the two calls the fused gating equals (the limit needs p first)
+    Tensor scores = probs.defined() ? probs : Tensor::empty(logits.shape(), DType::f32, ctx);
+    router_scores(ctx, scores, logits, fn);
+    return tokens_choose(ctx, r, scores, p);
+  }
   SY_DISPATCH(ctx, tokens_choose_logits, ctx, r, probs, logits, fn, p);
 }
 
@@ -125,6 +152,15 @@ void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const T
   check_dtype(weight, DType::f32, "gate weights");
   check_shape(weight, {n}, "gate weights");
   check_device(ctx, "tokens_gate", {&group, &weight});
+  if (p.group_limit.on()) {  // p first, then the gating on the limited keys
+    Tensor scores = probs.defined() ? probs : Tensor::empty(logits.shape(), DType::f32, ctx);
+    router_scores(ctx, scores, logits, fn);
+    const Tensor keys = limited_keys(ctx, scores, p);
+    TokensChooseParams limited = p;
+    limited.selection_keys = &keys;
+    limited.group_limit = GroupLimit{};
+    return tokens_gate(ctx, group, weight, probs, logits, fn, limited);
+  }
   SY_DISPATCH(ctx, tokens_gate, ctx, group, weight, probs, logits, fn, p);
 }
 

@@ -57,6 +57,7 @@
 
 #include "core/tensor.h"
 #include "ops/backend.h"
+#include "ops/group_limit.h"
 
 namespace sy::ops {
 
@@ -107,6 +108,12 @@ struct TokensChooseParams {
   // It is the route of one call per run with run s's groups renumbered s G + g,
   // but for dropless capacity: one number for all runs.
   int64_t segment = 0;
+  // On: items choose only among the experts of their group_limit.kept best
+  // routing groups (ops/group_limit.h, DeepSeek-V3's node-limited routing):
+  // limit_groups over the selection keys (or p) and selection_bias first,
+  // then the top-k on its output as the keys; k <= kept * G / groups. Not
+  // with segment. Every backend takes the same two steps (ops/routing.cc).
+  GroupLimit group_limit;
 };
 
 struct BudgetParams {
@@ -169,7 +176,7 @@ void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logit
 // group and weight tokens_choose_logits writes into its route. group (N*k)
 // i32, weight (N*k) f32, probs (N, G) f32 or undefined (not written, as
 // for tokens_choose_logits); p's k, renormalize,
-// selection_bias, selection_keys and segment are read, its capacity,
+// selection_bias, selection_keys, segment and group_limit are read, its capacity,
 // dropless, priority and padded are not. On CUDA: the one gating kernel.
 // What a route's buffers are not needed for (a dropless top-k whose rows are
 // gathered by group, or timing the gating on its own: bench_ops).

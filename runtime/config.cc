@@ -394,6 +394,21 @@ void validate_config(const Config& cfg, const std::string& source) {
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE &&
         e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
       c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
+    c.range("moe.expert_groups", e.expert_groups(), 0, e.num_experts());
+    if (e.expert_groups() > 0) {
+      const int per_group = e.num_experts() / e.expert_groups();
+      if (e.num_experts() % e.expert_groups() != 0)
+        c.fail("moe.expert_groups", e.expert_groups(),
+               "must divide moe.num_experts = " + std::to_string(e.num_experts()) + " (groups of consecutive experts)");
+      if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE)
+        c.fail("moe.expert_groups", e.expert_groups(), "limits a token's choice; it applies to TOKENS_CHOOSE only");
+      c.range("moe.groups_per_token", e.groups_per_token(), 1, e.expert_groups());
+      if (e.top_k() > e.groups_per_token() * per_group)
+        c.fail("moe.groups_per_token", e.groups_per_token(),
+               "times " + std::to_string(per_group) + " experts per group leaves fewer than moe.top_k = " +
+                   std::to_string(e.top_k()) + " experts to choose from");
+      c.range("moe.group_score_experts", e.group_score_experts(), 0, std::min(8, per_group));
+    }
   }
 
   const auto& at = cfg.attention();

@@ -14,6 +14,17 @@ ops::ScoreFn score_fn(const switchyard::MoeConfig& c) {
   return c.score_function() == switchyard::MoeConfig::SIGMOID ? ops::ScoreFn::sigmoid : ops::ScoreFn::softmax;
 }
 bool expert_choice(const switchyard::MoeConfig& c) { return c.router() == switchyard::MoeConfig::EXPERT_CHOICE; }
+// moe.expert_groups, groups_per_token and group_score_experts as resolved
+// (validated by validate_config): off where expert_groups is 0.
+ops::GroupLimit group_limit(const switchyard::MoeConfig& c) {
+  ops::GroupLimit g;
+  if (c.expert_groups() <= 0) return g;
+  g.groups = c.expert_groups();
+  g.kept = c.groups_per_token();
+  const int64_t per_group = c.num_experts() / c.expert_groups();
+  g.top_n = c.group_score_experts() > 0 ? c.group_score_experts() : std::min<int64_t>(2, per_group);
+  return g;
+}
 }  // namespace
 
 Router::Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, const switchyard::MoeConfig& cfg,
@@ -104,6 +115,7 @@ const ops::Route& Router::forward(const Tensor& x) {
     p.padded = cfg_.padded();
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;
     if (gumbel) p.selection_keys = &keys;
+    p.group_limit = group_limit(cfg_);  // (the clean choice below too)
     // scores and choice in one call (on a GPU one kernel: the logits read once)
     ops::tokens_choose_logits(ctx_, route_, probs_, logits_, score_fn(cfg_), p);
     if (bias_on_clean) {

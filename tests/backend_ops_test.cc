@@ -1246,6 +1246,52 @@ std::vector<OpCase> cases() {
     p.priority = ops::SlotPriority::score;
     return p;
   }, false, 3));
+  // Group-limited routing (ops/group_limit.h): the keys alone, on values
+  // drawn from five levels (ties within and across groups, -0 and +0) and
+  // -inf, 8 groups of 8 (the two best summed, 3 kept; a bias with a NaN,
+  // whose expert then ranks last) and 3 groups of 7 (the best one, 2 kept);
+  // then tokens choose within the kept groups, by p plus a bias and by
+  // selection keys. (NaN keys would pass through to the output, which must
+  // hold no NaN: tests/group_limit_test.cc ranks them on the host.)
+  struct LimitSpec { int64_t N, R, M, kept, top_n; bool bias; };
+  for (const LimitSpec l : {LimitSpec{300, 8, 8, 3, 2, true}, LimitSpec{77, 3, 7, 2, 1, false}}) {
+    const int64_t G = l.R * l.M;
+    c.push_back({"limit_groups_" + std::to_string(l.R) + "x" + std::to_string(l.M), Tol::exact,
+                 [=](Rng& r) {
+                   Tensor t = randn({l.N, G}, r);
+                   const float levels[] = {-1.f, -0.f, 0.f, 0.5f, 1.f};
+                   for (int64_t i = 0; i < t.numel(); ++i)
+                     t.f32()[i] = i % 97 == 5 ? -std::numeric_limits<float>::infinity() : levels[r.below(5)];
+                   Tensor bias = randn({G}, r, 0.25f);
+                   bias.f32()[G / 2] = std::numeric_limits<float>::quiet_NaN();
+                   return Ins{t, bias};
+                 },
+                 [=](Ctx& x, const Ins&) { return Outs{fresh(x, {l.N, G})}; },
+                 [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::GroupLimit gl;
+                   gl.groups = l.R;
+                   gl.kept = l.kept;
+                   gl.top_n = l.top_n;
+                   ops::limit_groups(x, o[0], in[0], l.bias ? &in[1] : nullptr, gl);
+                 }});
+  }
+  c.push_back(tokens_choose_case("tokens_choose_group_limit_bias", 90, 12, 3, [](const Ins& in) {
+    ops::TokensChooseParams p;
+    p.capacity_factor = 1.0f;
+    p.selection_bias = &in[1];
+    p.group_limit.groups = 4;
+    p.group_limit.kept = 2;
+    return p;
+  }));
+  c.push_back(tokens_choose_case("tokens_choose_group_limit_keys", 90, 16, 2, [](const Ins& in) {
+    ops::TokensChooseParams p;
+    p.capacity_factor = 1.0f;
+    p.selection_keys = &in[2];
+    p.group_limit.groups = 8;
+    p.group_limit.kept = 1;
+    p.group_limit.top_n = 1;
+    return p;
+  }, true));
   // (The large ones take several tiles a column and two chunks of 32 groups
   // in the CUDA select, ops/cuda/column_select.h; "ties": five values, -0
   // and +0 among them, so most of a column ties at its threshold.)
@@ -1397,6 +1443,32 @@ std::vector<OpCase> cases() {
                      EXPECT_TRUE(bitwise_equal(a->to(host_ctx()), b->to(host_ctx()))) << "the route, no probs";
                  }});
   }
+  // Gating with a group limit (the probabilities first, then the limited
+  // keys: ops/routing.cc composes it on every backend): the probabilities
+  // against the CPU (class F), and on each backend tokens_gate's groups and
+  // weights, with and without the probabilities kept, bit for bit the route's.
+  c.push_back({"tokens_choose_logits_group_limit", Tol::f32,
+               [](Rng& r) { return Ins{randn({300, 64}, r, 2.f), randn({64}, r, 0.05f)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {300, 64})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::TokensChooseParams p;
+                 p.k = 4;
+                 p.capacity_factor = 1.f;
+                 p.renormalize = true;
+                 p.selection_bias = &in[1];
+                 p.group_limit.groups = 8;
+                 p.group_limit.kept = 3;
+                 ops::Route route;
+                 ops::tokens_choose_logits(x, route, o[0], in[0], ops::ScoreFn::sigmoid, p);
+                 Tensor none, gg = out(x, {300 * 4}, DType::i32), gw = out(x, {300 * 4});
+                 for (Tensor* probs : {&o[0], &none}) {
+                   for (Tensor* t : {&gg, &gw}) poison(*t, x);
+                   Tensor kept = probs->defined() ? out(x, {300, 64}) : Tensor();
+                   ops::tokens_gate(x, gg, gw, kept, in[0], ops::ScoreFn::sigmoid, p);
+                   for (const auto& [a, b] : {std::pair{&gg, &route.group}, {&gw, &route.weight}})
+                     EXPECT_TRUE(bitwise_equal(a->to(host_ctx()), b->to(host_ctx()))) << "tokens_gate";
+                 }
+               }});
   // The router's backward in one pass (ops::router_backward) and the routing
   // sums from the logits: the route chosen from exact probabilities (the
   // same on both backends), the logits' own scores recomputed. On CUDA up

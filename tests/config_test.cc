@@ -141,6 +141,25 @@ TEST(Config, MinCapacityIsACount) {
                  "t.pbtxt: moe.min_capacity = 1048576: times moe.num_experts = 4096 rows must stay under 2^31");
 }
 
+// Group-limited routing: groups of consecutive experts dividing them, a
+// token's top_k within its groups' experts, tokens choose only.
+TEST(Config, ExpertGroupsDivideTheExpertsAndHoldTopK) {
+  const std::string moe = "moe { num_experts: 8 top_k: 2 ";
+  const Config c = parse_ok(moe + "expert_groups: 4 groups_per_token: 2 group_score_experts: 1 }");
+  EXPECT_EQ(c.moe().expert_groups(), 4);
+  parse_ok(moe + "expert_groups: 4 groups_per_token: 1 }");  // two experts of one group
+  expect_invalid(moe + "expert_groups: 3 groups_per_token: 1 }",
+                 "t.pbtxt: moe.expert_groups = 3: must divide moe.num_experts = 8");
+  expect_invalid(moe + "expert_groups: 9 groups_per_token: 1 }", "t.pbtxt: moe.expert_groups = 9: must be in [0, 8]");
+  expect_invalid(moe + "expert_groups: 4 }", "t.pbtxt: moe.groups_per_token = 0: must be in [1, 4]");
+  expect_invalid("moe { num_experts: 8 top_k: 3 expert_groups: 4 groups_per_token: 1 }",
+                 "t.pbtxt: moe.groups_per_token = 1: times 2 experts per group leaves fewer than moe.top_k = 3");
+  expect_invalid(moe + "expert_groups: 4 groups_per_token: 2 group_score_experts: 3 }",
+                 "t.pbtxt: moe.group_score_experts = 3: must be in [0, 2]");
+  expect_invalid("moe { num_experts: 8 router: EXPERT_CHOICE expert_groups: 4 groups_per_token: 2 }",
+                 "t.pbtxt: moe.expert_groups = 4: limits a token's choice; it applies to TOKENS_CHOOSE only");
+}
+
 // Grouped-query attention: key/value heads dividing the query heads, for
 // dense attention.
 TEST(Config, KvHeadsDivideTheHeads) {

@@ -229,6 +229,9 @@ TEST(ExportHf, RefusesWhatMixtralCannotExpress) {
       {"moe { num_experts: 0 }", "t: moe.num_experts = 0: a dense model is not Mixtral-shaped"},
       {"moe { every_n_layers: 2 }", "t: moe.every_n_layers = 2: Mixtral has experts in every block"},
       {"moe { first_dense_layers: 1 }", "t: moe.first_dense_layers = 1: Mixtral has experts in every block"},
+      {"moe { expert_groups: 4 groups_per_token: 2 }",
+       "t: moe.expert_groups = 4: group-limited routing changes which experts are chosen and Mixtral's tokens "
+       "choose among all"},
       {"moe { router: EXPERT_CHOICE }", "t: moe.router = EXPERT_CHOICE"},
       {"moe { score_function: SIGMOID }", "t: moe.score_function = SIGMOID"},
       {"moe { renormalize: false }", "t: moe.renormalize = false: Mixtral divides the top-k weights by their sum"},

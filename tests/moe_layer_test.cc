@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <set>
 
 #include "cuda_fixture.h"
 #include "grad_check.h"
@@ -408,6 +409,54 @@ TEST(MoeLayer, GradientsTop2RenormalizedSigmoidSharedExpert) {
   c.set_shared_expert(true);
   c.set_load_balance_coef(0.1f);
   check_layer_gradients(c, 12);
+}
+
+// Group-limited routing changes which experts are chosen, not the function
+// of the chosen ones: finite differences through a top-2 within 2 of 4
+// groups, sigmoid scores renormalised.
+TEST(MoeLayer, GradientsGroupLimitedTop2) {
+  auto c = moe_config(8, 2);
+  c.set_renormalize(true);
+  c.set_score_function(switchyard::MoeConfig::SIGMOID);
+  c.set_expert_groups(4);
+  c.set_groups_per_token(2);
+  c.set_load_balance_coef(0.1f);
+  check_layer_gradients(c, 15);
+}
+
+// In training with Gumbel noise and a balancing bias (the noisy choice and
+// the clean one the bias follows), every token's experts lie within its
+// groups_per_token groups; without the limit most tokens here use 3 or 4.
+TEST(MoeLayer, GroupLimitHoldsUnderNoiseAndBias) {
+  for (int kept : {1, 2, 0}) {
+    SCOPED_TRACE(::testing::Message() << "groups per token " << kept);
+    Rng rng(8);
+    auto cfg = moe_config(16, 4);
+    cfg.set_router_noise(1.f);
+    cfg.set_router_noise_kind(switchyard::MoeConfig::GUMBEL);
+    cfg.set_bias_balance_rate(0.01f);
+    if (kept > 0) cfg.set_expert_groups(4), cfg.set_groups_per_token(kept);
+    ParamStore ps;
+    MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 8, rng, 0.3f, 0.3f, 7);
+    ps.finalize(host_ctx());
+    const int64_t N = 256;
+    int64_t most = 0;
+    for (int step = 0; step < 3; ++step) {
+      moe.set_step(step);
+      moe.forward(testing::randn({N, 8}, rng));
+      moe.end_step();
+      const std::vector<int32_t> group = moe.route().group.to_vector<int32_t>();
+      for (int64_t i = 0; i < N; ++i) {
+        std::set<int32_t> used;
+        for (int j = 0; j < 4; ++j) used.insert(group[i * 4 + j] / 4);
+        most = std::max<int64_t>(most, static_cast<int64_t>(used.size()));
+      }
+    }
+    if (kept > 0)
+      EXPECT_LE(most, kept);
+    else
+      EXPECT_GE(most, 3);  // (the check above could fail)
+  }
 }
 
 TEST(MoeLayer, GradientsHeterogeneousExpertsUnderAHardBudget) {
