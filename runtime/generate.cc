@@ -18,6 +18,18 @@ bool causal(const Config& cfg, std::string* why) {
     return no("moe.slot_priority SCORE lets later tokens take an expert's slots");
   if (e.num_experts() > 0 && e.budget_mode() == switchyard::MoeConfig::HARD)
     return no("moe.budget_mode HARD drops by score over the whole window (HARD_CAUSAL is causal)");
+  // A capacity that can bind (C below the tokens routed): C = ceil(cf k N / E)
+  // is >= N for every N when cf k >= E, and moe.min_capacity >= seq_len
+  // holds a whole window.
+  const bool capacity_binds = e.num_experts() > 0 && !e.dropless() &&
+                              e.capacity_factor_eval() * e.top_k() < e.num_experts() &&
+                              e.min_capacity() < cfg.model().seq_len();
+  if (capacity_binds && e.top_k() > 1)
+    return no("moe.top_k >= 2 under a capacity that can bind (moe.capacity_factor_eval x top_k < num_experts): "
+              "every token's first choice takes its slot before any second choice, so later positions can fill an "
+              "expert first");
+  if (capacity_binds && cfg.depth().every_n_layers() > 0)
+    return no("a depth-routed block's MoE capacity counts the tokens the block keeps, later ones included");
   if (cfg.attention().kind() == switchyard::AttentionConfig::ROUTED &&
       cfg.attention().assignment() == switchyard::AttentionConfig::BALANCED)
     return no("attention.assignment BALANCED looks at the whole window");

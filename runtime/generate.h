@@ -7,9 +7,11 @@
 // token is drawn from the probabilities at the context's last position
 // (ops/sampling.h), with u a counter-based draw keyed by (seed, position), so
 // a seed gives the same text on every backend. With the causal parts the
-// config offers (tokens-choose routing with slots by position, CAUSAL routed
-// attention, the depth predictor at evaluation) nothing at a position depends
-// on the padding after it; causal() says whether this config is such.
+// config offers (tokens-choose routing with slots by position, top-1 or
+// dropless or under a capacity that cannot bind; CAUSAL routed attention;
+// the depth predictor at evaluation) nothing at a position depends on the
+// padding after it; causal() says whether this config is such
+// (tests/generate_test.cc checks both answers on the model).
 // There is no key/value cache: a step recomputes the window.
 #pragma once
 #include <string>

@@ -1,0 +1,94 @@
+// What runtime/generate.h's causal() promises: where it says a config is
+// causal, the logits at positions 0..p of an evaluation-mode window do not
+// change when the tokens after p do (generation pads the window after its
+// context, so padding never reaches a drawn token); and where it says not,
+// the reason is real: a top-2 router under a capacity that binds lets a later
+// token take an expert's last slot before an earlier token's second choice.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "core/rng.h"
+#include "runtime/generate.h"
+
+namespace sy {
+namespace {
+
+Config config(const std::string& extra) {
+  Config c = parse_config(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 24 seq_len: 32 init_std: 0.5 }
+    train { seed: 7 }
+  )" + extra, "test");
+  validate_config(c, "test");
+  return c;
+}
+
+// Whether the logits of positions [0, p] change when positions (p, T) are
+// redrawn, over a few prefixes p and tails.
+bool future_reaches_the_past(const Config& cfg) {
+  Transformer model(host_ctx(), cfg);
+  const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
+  Rng rng(3);
+  Batch b;
+  for (int64_t t = 0; t < T; ++t) {
+    b.inputs.push_back(static_cast<int32_t>(rng.below(V)));
+    b.targets.push_back(0);
+  }
+  if (model.needs_calibration()) model.calibrate(b);
+  model.set_training(false);
+  for (int64_t p : {3, 12, 20}) {
+    model.forward(b);
+    const std::vector<float> before = model.logits().rows(0, p + 1).to_vector<float>();
+    for (int tail = 0; tail < 8; ++tail) {
+      Batch c = b;
+      for (int64_t t = p + 1; t < T; ++t) c.inputs[t] = static_cast<int32_t>(rng.below(tail < 4 ? V : 2));
+      model.forward(c);
+      const std::vector<float> after = model.logits().rows(0, p + 1).to_vector<float>();
+      if (std::memcmp(before.data(), after.data(), before.size() * sizeof(float)) != 0) return true;
+    }
+  }
+  return false;
+}
+
+TEST(Generate, CausalConfigsIgnoreWhatFollows) {
+  for (const std::string extra : {
+           "",
+           "moe { num_experts: 4 top_k: 1 capacity_factor_eval: 0.5 every_n_layers: 1 }",
+           "moe { num_experts: 4 top_k: 2 dropless: true every_n_layers: 1 }",
+           "moe { num_experts: 4 top_k: 2 capacity_factor_eval: 2 every_n_layers: 1 }",  // C >= N
+           "moe { num_experts: 8 top_k: 2 dropless: true expert_groups: 4 groups_per_token: 1 every_n_layers: 1 }",
+           "moe { num_experts: 4 top_k: 2 dropless: true budget_mode: HARD_CAUSAL budget: 1.5 every_n_layers: 1 }",
+           "moe { num_experts: 4 top_k: 1 dropless: true every_n_layers: 1 } depth { every_n_layers: 2 tau: 0.5 }",
+           "attention { kind: ROUTED num_routing_heads: 1 num_clusters: 4 window: 4 dropless: false }",
+       }) {
+    SCOPED_TRACE(extra);
+    const Config cfg = config(extra);
+    std::string why;
+    ASSERT_TRUE(causal(cfg, &why)) << why;
+    EXPECT_FALSE(future_reaches_the_past(cfg));
+  }
+}
+
+TEST(Generate, NonCausalConfigsSayWhyAndDo) {
+  struct Case {
+    std::string extra, why;
+  };
+  for (const Case& k : std::vector<Case>{
+           {"moe { num_experts: 4 top_k: 2 capacity_factor_eval: 0.5 every_n_layers: 1 }",
+            "moe.top_k >= 2 under a capacity that can bind"},
+           {"moe { num_experts: 4 top_k: 1 capacity_factor_eval: 0.5 every_n_layers: 1 } depth { every_n_layers: 2 }",
+            "a depth-routed block's MoE capacity counts the tokens the block keeps"},
+           {"moe { num_experts: 4 router: EXPERT_CHOICE every_n_layers: 1 }", "EXPERT_CHOICE looks at the whole window"},
+       }) {
+    SCOPED_TRACE(k.extra);
+    const Config cfg = config(k.extra);
+    std::string why;
+    ASSERT_FALSE(causal(cfg));
+    causal(cfg, &why);
+    EXPECT_NE(why.find(k.why), std::string::npos) << why;
+    EXPECT_TRUE(future_reaches_the_past(cfg));
+  }
+}
+
+}  // namespace
+}  // namespace sy
