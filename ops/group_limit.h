@@ -16,11 +16,16 @@
 //
 // out then takes key's place as the selection keys of the top-k
 // (TokensChooseParams::selection_keys), which adds b again and picks only
-// among J_i's experts (k <= kept M keeps every pick finite); the combine
-// weights stay the probabilities. A NaN s_g ranks as -inf (nan_last, as the
-// top-k ranks it), and a group score is a plain float sum in that order, so
-// both backends compute it bit for bit. DeepSeek-V3 sums each group's two
-// best (top_n = 2); V2's device-limited routing takes the best (top_n = 1).
+// among J_i's experts: k <= kept M keeps every pick in J_i where the kept
+// experts' s_g are finite (a NaN one ranks as -inf, tied with the excluded,
+// and a NaN row's step is skipped anyway). The combine weights stay the
+// probabilities. A NaN s_g ranks as -inf (nan_last, as the top-k ranks it),
+// and a group score is a plain float sum in that order, so both backends
+// compute it bit for bit. DeepSeek-V3 sums each group's two best
+// (top_n = 2); V2's device-limited routing takes the best (top_n = 1).
+// The limit narrows where a token's rows go only where k > kept: a top-2
+// within 2 groups reaches 2 groups at most, as an unlimited top-2 does
+// (it still changes which experts are chosen).
 #pragma once
 #include <cstdint>
 

@@ -133,10 +133,14 @@ void check_gating(Ctx& ctx, const Tensor& probs, const Tensor& logits, const Tok
 void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                           const TokensChooseParams& p) {
   check_gating(ctx, probs, logits, p, "tokens_choose_logits");
-  if (p.group_limit.on()) {  // the two calls the fused gating equals (the limit needs p first)
+  if (p.group_limit.on()) {  // p first for the limit, then the gating on the limited keys
     Tensor scores = probs.defined() ? probs : Tensor::empty(logits.shape(), DType::f32, ctx);
     router_scores(ctx, scores, logits, fn);
-    return tokens_choose(ctx, r, scores, p);
+    const Tensor keys = limited_keys(ctx, scores, p);
+    TokensChooseParams limited = p;
+    limited.selection_keys = &keys;
+    limited.group_limit = GroupLimit{};
+    return tokens_choose_logits(ctx, r, probs, logits, fn, limited);
   }
   SY_DISPATCH(ctx, tokens_choose_logits, ctx, r, probs, logits, fn, p);
 }

@@ -112,7 +112,9 @@ struct TokensChooseParams {
   // routing groups (ops/group_limit.h, DeepSeek-V3's node-limited routing):
   // limit_groups over the selection keys (or p) and selection_bias first,
   // then the top-k on its output as the keys; k <= kept * G / groups. Not
-  // with segment. Every backend takes the same two steps (ops/routing.cc).
+  // with segment. ops/routing.cc composes the steps for every backend (the
+  // gating calls then compute p once more for the limit, and on CUDA
+  // write the limited keys once: two launches and an (N, G) pass more).
   GroupLimit group_limit;
 };
 
@@ -166,7 +168,9 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
 // kernel (8 or 16 lanes a row: the logits read once; up to 128 groups and
 // k <= 8 the row stays in registers, the probabilities written once or not
 // at all, the top-k merged across the row's lanes; past that through
-// memory), then tokens_choose's slot steps.
+// memory), then tokens_choose's slot steps. With a group limit the
+// probabilities come first (router_scores) for limit_groups, then the same
+// kernel chooses on the limited keys.
 void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                           const TokensChooseParams& p);
 
@@ -177,7 +181,8 @@ void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logit
 // i32, weight (N*k) f32, probs (N, G) f32 or undefined (not written, as
 // for tokens_choose_logits); p's k, renormalize,
 // selection_bias, selection_keys, segment and group_limit are read, its capacity,
-// dropless, priority and padded are not. On CUDA: the one gating kernel.
+// dropless, priority and padded are not. On CUDA: the one gating kernel
+// (after router_scores and limit_groups where a group limit is on).
 // What a route's buffers are not needed for (a dropless top-k whose rows are
 // gathered by group, or timing the gating on its own: bench_ops).
 void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const Tensor& logits, ScoreFn fn,

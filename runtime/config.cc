@@ -255,6 +255,15 @@ bool is_moe_layer(const switchyard::MoeConfig& moe, int layer) {
          (layer + 1) % std::max(1, moe.every_n_layers()) == 0;
 }
 
+bool is_depth_routed(const switchyard::DepthConfig& depth, int layer) {
+  return depth.every_n_layers() > 0 && (layer + 1) % depth.every_n_layers() == 0;
+}
+
+bool is_sparse_attention_layer(const switchyard::AttentionConfig& at, int layer, int n_layers) {
+  return at.kind() != switchyard::AttentionConfig::DENSE &&
+         (at.last_n_layers() == 0 || layer >= n_layers - at.last_n_layers());
+}
+
 void validate_config(const Config& cfg, const std::string& source) {
   Checker c(source);
   check_finite(cfg, "", c);
@@ -408,6 +417,10 @@ void validate_config(const Config& cfg, const std::string& source) {
                "times " + std::to_string(per_group) + " experts per group leaves fewer than moe.top_k = " +
                    std::to_string(e.top_k()) + " experts to choose from");
       c.range("moe.group_score_experts", e.group_score_experts(), 0, std::min(8, per_group));
+    } else if (e.groups_per_token() != 0) {
+      c.fail("moe.groups_per_token", e.groups_per_token(), "set while moe.expert_groups is 0 (no group limit)");
+    } else if (e.group_score_experts() != 0) {
+      c.fail("moe.group_score_experts", e.group_score_experts(), "set while moe.expert_groups is 0 (no group limit)");
     }
   }
 

@@ -35,6 +35,12 @@ inline int kv_heads(const switchyard::ModelConfig& m) { return m.n_kv_heads() > 
 // experts at all, past moe.first_dense_layers, and (layer + 1) a multiple of
 // moe.every_n_layers.
 bool is_moe_layer(const switchyard::MoeConfig& moe, int layer);
+// Whether block `layer` is depth-routed: depth.every_n_layers > 0 and
+// (layer + 1) a multiple of it.
+bool is_depth_routed(const switchyard::DepthConfig& depth, int layer);
+// Whether block `layer` runs the sparse attention kind (attention.kind not
+// DENSE, and the layer among the last attention.last_n_layers, 0: all).
+bool is_sparse_attention_layer(const switchyard::AttentionConfig& at, int layer, int n_layers);
 
 // Check every field's range and the relations between fields; `source` names
 // the config in the error (a file path).

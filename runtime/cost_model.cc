@@ -31,11 +31,10 @@ PlannedCost planned_cost(const Config& cfg) {
   p.dense = p.head;
   for (int l = 0; l < L; ++l) {
     p.dense += proj + 2.0 * T * d + p.unit;
-    const bool depth_routed = dp.every_n_layers() > 0 && (l + 1) % dp.every_n_layers() == 0;
+    const bool depth_routed = is_depth_routed(dp, l);
     const double n = depth_routed ? static_cast<double>(ops::ceil_capacity(dp.capacity(), T)) : T;
     const double f = n / T;
-    const bool sparse = at.kind() != switchyard::AttentionConfig::DENSE &&
-                        (at.last_n_layers() == 0 || l >= L - at.last_n_layers());
+    const bool sparse = is_sparse_attention_layer(at, l, L);
     const double attn = sparse ? proj + 4.0 * attention_pairs(at, static_cast<int64_t>(n), m.n_heads()).sparse * d / n
                                : proj + 2.0 * n * d;
     p.attention += f * attn;

@@ -28,8 +28,18 @@ bool causal(const Config& cfg, std::string* why) {
     return no("moe.top_k >= 2 under a capacity that can bind (moe.capacity_factor_eval x top_k < num_experts): "
               "every token's first choice takes its slot before any second choice, so later positions can fill an "
               "expert first");
-  if (capacity_binds && cfg.depth().every_n_layers() > 0)
-    return no("a depth-routed block's MoE capacity counts the tokens the block keeps, later ones included");
+  // A depth-routed block runs its layers on the tokens it keeps: a capacity
+  // there is a fraction of how many it keeps, later positions included.
+  const auto& at = cfg.attention();
+  for (int l = 0; l < cfg.model().n_layers(); ++l) {
+    if (!is_depth_routed(cfg.depth(), l)) continue;
+    if (capacity_binds && is_moe_layer(e, l))
+      return no("a depth-routed block's MoE capacity counts the tokens the block keeps, later ones included");
+    if (is_sparse_attention_layer(at, l, cfg.model().n_layers()) &&
+        at.kind() == switchyard::AttentionConfig::ROUTED && !at.dropless())
+      return no("a depth-routed block's routed-attention cluster capacity (attention.dropless false) counts the "
+                "tokens the block keeps, later ones included");
+  }
   if (cfg.attention().kind() == switchyard::AttentionConfig::ROUTED &&
       cfg.attention().assignment() == switchyard::AttentionConfig::BALANCED)
     return no("attention.assignment BALANCED looks at the whole window");

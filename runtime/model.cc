@@ -178,10 +178,9 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
                                   ffn_options(m));
     }
     const auto& dp = cfg.depth();
-    const bool depth_routed = dp.every_n_layers() > 0 && (l + 1) % dp.every_n_layers() == 0;
+    const bool depth_routed = is_depth_routed(dp, l);
     const auto& at = cfg.attention();
-    const bool sparse = at.kind() != switchyard::AttentionConfig::DENSE &&
-                        (at.last_n_layers() == 0 || l >= m.n_layers() - at.last_n_layers());
+    const bool sparse = is_sparse_attention_layer(at, l, m.n_layers());
     SparseAttentionSpec spec{at, T_, shared_centroids_.empty() ? nullptr : &shared_centroids_,
                              cfg.train().seed() * 7919 + l};
     blocks_.emplace_back(ctx_, params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,

@@ -156,6 +156,10 @@ TEST(Config, ExpertGroupsDivideTheExpertsAndHoldTopK) {
                  "t.pbtxt: moe.groups_per_token = 1: times 2 experts per group leaves fewer than moe.top_k = 3");
   expect_invalid(moe + "expert_groups: 4 groups_per_token: 2 group_score_experts: 3 }",
                  "t.pbtxt: moe.group_score_experts = 3: must be in [0, 2]");
+  expect_invalid(moe + "groups_per_token: 2 }",
+                 "t.pbtxt: moe.groups_per_token = 2: set while moe.expert_groups is 0 (no group limit)");
+  expect_invalid(moe + "group_score_experts: 1 }",
+                 "t.pbtxt: moe.group_score_experts = 1: set while moe.expert_groups is 0 (no group limit)");
   expect_invalid("moe { num_experts: 8 router: EXPERT_CHOICE expert_groups: 4 groups_per_token: 2 }",
                  "t.pbtxt: moe.expert_groups = 4: limits a token's choice; it applies to TOKENS_CHOOSE only");
 }

@@ -14,11 +14,12 @@
 namespace sy {
 namespace {
 
-Config config(const std::string& extra) {
+Config config(const std::string& extra, int layers = 2) {
   Config c = parse_config(R"(
-    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 24 seq_len: 32 init_std: 0.5 }
+    model { d_model: 16 n_heads: 2 ffn_hidden: 24 seq_len: 32 init_std: 0.5 }
     train { seed: 7 }
   )" + extra, "test");
+  c.mutable_model()->set_n_layers(layers);
   validate_config(c, "test");
   return c;
 }
@@ -51,6 +52,15 @@ bool future_reaches_the_past(const Config& cfg) {
 }
 
 TEST(Generate, CausalConfigsIgnoreWhatFollows) {
+  // Four blocks: MoE top-1 under a binding capacity in block 2 only, depth
+  // routing in blocks 1 and 3 (none of them routes the MoE layer's tokens).
+  {
+    const Config cfg = config("moe { num_experts: 4 top_k: 1 capacity_factor_eval: 0.5 every_n_layers: 3 } "
+                              "depth { every_n_layers: 2 }", 4);
+    std::string why;
+    ASSERT_TRUE(causal(cfg, &why)) << why;
+    EXPECT_FALSE(future_reaches_the_past(cfg));
+  }
   for (const std::string extra : {
            "",
            "moe { num_experts: 4 top_k: 1 capacity_factor_eval: 0.5 every_n_layers: 1 }",
@@ -79,6 +89,9 @@ TEST(Generate, NonCausalConfigsSayWhyAndDo) {
            {"moe { num_experts: 4 top_k: 1 capacity_factor_eval: 0.5 every_n_layers: 1 } depth { every_n_layers: 2 }",
             "a depth-routed block's MoE capacity counts the tokens the block keeps"},
            {"moe { num_experts: 4 router: EXPERT_CHOICE every_n_layers: 1 }", "EXPERT_CHOICE looks at the whole window"},
+           {"attention { kind: ROUTED num_routing_heads: 1 num_clusters: 4 window: 4 dropless: false "
+            "capacity_factor: 0.5 } depth { every_n_layers: 2 }",
+            "a depth-routed block's routed-attention cluster capacity"},
        }) {
     SCOPED_TRACE(k.extra);
     const Config cfg = config(k.extra);

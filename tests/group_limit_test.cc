@@ -99,7 +99,7 @@ TEST(LimitGroups, KernelStepsEqualTheReference) {
   Rng rng(11);
   const float values[] = {0.f, 0.125f, 0.25f, 0.5f, 1.f, -0.25f};
   for (const auto& [R, M] : std::vector<std::pair<int64_t, int64_t>>{{1, 5}, {2, 4}, {4, 2}, {8, 8}, {16, 1}, {3, 7}})
-    for (int64_t top_n = 1; top_n <= std::min<int64_t>(M, GroupLimit::kMaxTopN); top_n += 2)
+    for (int64_t top_n = 1; top_n <= std::min<int64_t>(M, GroupLimit::kMaxTopN); ++top_n)
       for (int64_t kept = 1; kept <= R; kept += std::max<int64_t>(1, R / 3))
         for (bool with_bias : {false, true}) {
           SCOPED_TRACE(testing::Message() << R << " groups of " << M << ", top " << top_n << ", kept " << kept

@@ -459,6 +459,38 @@ TEST(MoeLayer, GroupLimitHoldsUnderNoiseAndBias) {
   }
 }
 
+// The noiseless choice the balancing bias follows is group-limited too:
+// identical tokens with router logits (1, 0, 0.9, 0.9) over 2 groups of 2,
+// one kept. Unlimited, the clean argmax is expert 0; limited, group 1 wins
+// (e^0.9 + e^0.9 > e^1 + e^0) and its lower expert, 2, takes every token,
+// so the bias goes down on expert 2 alone. (Gumbel noise in training: the
+// noisy route splits the tokens between 2 and 3.)
+TEST(MoeLayer, BalanceBiasFollowsTheGroupLimitedCleanChoice) {
+  const int64_t N = 64, C = 4, G = 4;
+  const std::vector<float> l = {1.0f, 0.f, 0.9f, 0.9f};
+  Tensor x = testing::zeros({N, C});
+  for (int64_t i = 0; i < N; ++i) x.f32()[i * C] = 1.f;
+  for (bool limited : {true, false}) {
+    SCOPED_TRACE(limited ? "limited" : "unlimited");
+    auto cfg = moe_config(G, 1);
+    cfg.set_router_noise(1.f);
+    cfg.set_router_noise_kind(switchyard::MoeConfig::GUMBEL);
+    cfg.set_bias_balance_rate(0.01f);
+    if (limited) cfg.set_expert_groups(2), cfg.set_groups_per_token(1);
+    ParamStore ps;
+    Rng rng(6);
+    MoeLayer moe(host_ctx(), ps, "m", C, cfg, 8, rng, 0.02f, 0.02f, 9);
+    ps.finalize(host_ctx());
+    float* wg = ps.find("m.router.w")->value.f32();
+    for (int64_t a = 0; a < C * G; ++a) wg[a] = a < G ? l[a] : 0.f;
+    moe.forward(x);
+    moe.end_step();
+    const int down = limited ? 2 : 0;
+    const std::vector<float> bias = moe.balance_bias().to_vector<float>();
+    for (int g = 0; g < G; ++g) EXPECT_EQ(bias[g], g == down ? -0.01f : 0.01f) << "expert " << g;
+  }
+}
+
 TEST(MoeLayer, GradientsHeterogeneousExpertsUnderAHardBudget) {
   auto c = moe_config(4, 2);
   for (int h : {3, 11, 5, 7}) c.add_expert_hidden(h);

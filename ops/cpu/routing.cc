@@ -96,6 +96,7 @@ std::vector<int64_t> argsort_desc(const std::vector<float>& key) {
 // p of its first choice (top_score: N, or null), from probs (N, G).
 void choose_top_k(const Tensor& probs, const TokensChooseParams& p, int32_t* group, float* weight,
                   float* top_score) {
+  SY_CHECK(!p.group_limit.on(), "the CPU top-k got a group limit: ops/routing.cc applies it (limit_groups) first");
   const int64_t N = probs.dim(0), G = probs.dim(1), k = p.k;
   const float* bias = p.selection_bias ? p.selection_bias->f32() : nullptr;
   std::vector<float> sel(G);

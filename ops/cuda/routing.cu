@@ -519,6 +519,7 @@ void launch_regs(Ctx& ctx, const TopkArgs& ta, const float* l, bool sm, bool vec
 
 void launch_choice(Ctx& ctx, Tensor* probs, const Tensor* logits, ScoreFn fn, const TokensChooseParams& p,
                    int32_t* group, float* weight, float* top) {
+  SY_CHECK(!p.group_limit.on(), "the CUDA top-k got a group limit: ops/routing.cc applies it (limit_groups) first");
   const Tensor& scores = logits ? *logits : *probs;
   const int64_t N = scores.dim(0), G = scores.dim(1);
   if (N == 0) return;
