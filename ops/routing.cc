@@ -95,24 +95,40 @@ void check_tokens_choose(Ctx& ctx, const Tensor& scores, const TokensChooseParam
   check_device(ctx, op, {&scores, p.selection_bias, p.selection_keys});
 }
 
-// A group-limited choice's selection keys: limit_groups over the keys (or
-// the probabilities) and the bias, for the top-k to rank instead.
-Tensor limited_keys(Ctx& ctx, const Tensor& probs, const TokensChooseParams& p) {
-  Tensor keys = Tensor::empty(probs.shape(), DType::f32, ctx);
-  limit_groups(ctx, keys, p.selection_keys ? *p.selection_keys : probs, p.selection_bias, p.group_limit);
-  return keys;
-}
+// A group-limited choice as the backends take it: p with limit_groups'
+// output over the selection keys (or the probabilities) and the bias as its
+// selection keys, and no limit. Holds the keys params points to (no copies).
+struct LimitedChoice {
+  Tensor keys;
+  TokensChooseParams params;
+  LimitedChoice(Ctx& ctx, const Tensor& probs, const TokensChooseParams& p)
+      : keys(Tensor::empty(probs.shape(), DType::f32, ctx)), params(p) {
+    limit_groups(ctx, keys, p.selection_keys ? *p.selection_keys : probs, p.selection_bias, p.group_limit);
+    params.selection_keys = &keys;
+    params.group_limit = GroupLimit{};
+  }
+  // From logits: their probabilities first (written into probs where it is
+  // defined; the gating then writes the same bits again).
+  LimitedChoice(Ctx& ctx, const Tensor& probs, const Tensor& logits, ScoreFn fn, const TokensChooseParams& p)
+      : LimitedChoice(ctx, scores_of(ctx, probs, logits, fn), p) {}
+  LimitedChoice(const LimitedChoice&) = delete;
+  LimitedChoice& operator=(const LimitedChoice&) = delete;
+
+ private:
+  static Tensor scores_of(Ctx& ctx, const Tensor& probs, const Tensor& logits, ScoreFn fn) {
+    Tensor scores = probs.defined() ? probs : Tensor::empty(logits.shape(), DType::f32, ctx);
+    router_scores(ctx, scores, logits, fn);
+    return scores;
+  }
+};
 }  // namespace
 
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p) {
   check_matrix(probs, "router probs");
   check_tokens_choose(ctx, probs, p, "tokens_choose");
   if (p.group_limit.on()) {
-    const Tensor keys = limited_keys(ctx, probs, p);
-    TokensChooseParams limited = p;
-    limited.selection_keys = &keys;
-    limited.group_limit = GroupLimit{};
-    return tokens_choose(ctx, r, probs, limited);
+    const LimitedChoice limited(ctx, probs, p);
+    return tokens_choose(ctx, r, probs, limited.params);
   }
   SY_DISPATCH(ctx, tokens_choose, ctx, r, probs, p);
 }
@@ -134,13 +150,8 @@ void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logit
                           const TokensChooseParams& p) {
   check_gating(ctx, probs, logits, p, "tokens_choose_logits");
   if (p.group_limit.on()) {  // p first for the limit, then the gating on the limited keys
-    Tensor scores = probs.defined() ? probs : Tensor::empty(logits.shape(), DType::f32, ctx);
-    router_scores(ctx, scores, logits, fn);
-    const Tensor keys = limited_keys(ctx, scores, p);
-    TokensChooseParams limited = p;
-    limited.selection_keys = &keys;
-    limited.group_limit = GroupLimit{};
-    return tokens_choose_logits(ctx, r, probs, logits, fn, limited);
+    const LimitedChoice limited(ctx, probs, logits, fn, p);
+    return tokens_choose_logits(ctx, r, probs, logits, fn, limited.params);
   }
   SY_DISPATCH(ctx, tokens_choose_logits, ctx, r, probs, logits, fn, p);
 }
@@ -157,13 +168,8 @@ void tokens_gate(Ctx& ctx, Tensor& group, Tensor& weight, Tensor& probs, const T
   check_shape(weight, {n}, "gate weights");
   check_device(ctx, "tokens_gate", {&group, &weight});
   if (p.group_limit.on()) {  // p first, then the gating on the limited keys
-    Tensor scores = probs.defined() ? probs : Tensor::empty(logits.shape(), DType::f32, ctx);
-    router_scores(ctx, scores, logits, fn);
-    const Tensor keys = limited_keys(ctx, scores, p);
-    TokensChooseParams limited = p;
-    limited.selection_keys = &keys;
-    limited.group_limit = GroupLimit{};
-    return tokens_gate(ctx, group, weight, probs, logits, fn, limited);
+    const LimitedChoice limited(ctx, probs, logits, fn, p);
+    return tokens_gate(ctx, group, weight, probs, logits, fn, limited.params);
   }
   SY_DISPATCH(ctx, tokens_gate, ctx, group, weight, probs, logits, fn, p);
 }
