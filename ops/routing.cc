@@ -83,6 +83,11 @@ void check_tokens_choose(Ctx& ctx, const Tensor& scores, const TokensChooseParam
   SY_CHECK(p.k >= 1 && p.k <= G, "top_k = " << p.k << " with " << G << " groups");
   if (p.selection_bias) check_shape(*p.selection_bias, {G}, "selection bias");
   if (p.selection_keys) check_shape(*p.selection_keys, {N, G}, "selection keys");
+  if (p.priority_keys) {
+    check_shape(*p.priority_keys, {N}, "priority keys");
+    check_dtype(*p.priority_keys, DType::f32, "priority keys");
+    SY_CHECK(p.priority == SlotPriority::score, op << ": priority keys order the slots under SCORE priority only");
+  }
   SY_CHECK(!(p.padded && p.dropless), op << ": a padded route needs a capacity known in advance, not dropless");
   SY_CHECK(p.segment >= 0 && (p.segment == 0 || N % p.segment == 0), op << ": " << N << " items in runs of " << p.segment);
   const GroupLimit& gl = p.group_limit;
@@ -92,7 +97,7 @@ void check_tokens_choose(Ctx& ctx, const Tensor& scores, const TokensChooseParam
              op << ": top-" << p.k << " within " << gl.kept << " of " << gl.groups << " routing groups of " << G
                 << " experts (k must fit the kept groups' experts)");
   }
-  check_device(ctx, op, {&scores, p.selection_bias, p.selection_keys});
+  check_device(ctx, op, {&scores, p.selection_bias, p.selection_keys, p.priority_keys});
 }
 
 // A group-limited choice as the backends take it: p with limit_groups'

@@ -27,7 +27,8 @@
 //     or, dropless, C grows to the largest count. Slots are handed out choice
 //     rank by choice rank (every item's 1st choice before any 2nd choice), in
 //     item order (POSITION: first come, first served, Switch Transformer) or
-//     in order of the item's top score (SCORE: batch-prioritised routing, V-MoE).
+//     in order of the item's top score (SCORE: batch-prioritised routing, V-MoE)
+//     or of given priority keys (random token selection).
 //     weight = p of the chosen group, optionally renormalised over the k.
 //  2. groups choose:  each group takes its top-C items by score (expert
 //     choice; routed attention's balanced clusters; depth routing with G = 1).
@@ -97,6 +98,12 @@ struct TokensChooseParams {
   // (plus selection_bias) instead of by p; the weights are still p. Sampling a
   // group in proportion to p is keys = log p + Gumbel noise (Gumbel-max).
   const Tensor* selection_keys = nullptr;
+  // f32 (N) or null: with priority score, items take their slots in the
+  // order of these keys (descending, ties to the lower item) instead of
+  // their top score. Uniform draws make it random token selection (DeepSpeed-
+  // MoE's RTS): the drops of an overflowing expert fall on random tokens,
+  // not on the batch's last (POSITION) or its least sure (SCORE).
+  const Tensor* priority_keys = nullptr;
   // A padded route (see the top of the file); not with dropless, whose
   // capacity is a count read back from the device.
   bool padded = false;

@@ -111,6 +111,15 @@ const ops::Route& Router::forward(const Tensor& x) {
     p.dropless = cfg_.dropless();
     p.priority = cfg_.slot_priority() == switchyard::MoeConfig::SCORE ? ops::SlotPriority::score
                                                                       : ops::SlotPriority::position;
+    // Random token selection: in training the slots go in the order of a
+    // uniform draw per token (selection only, like the Gumbel keys).
+    Tensor rts;
+    if (training_ && cfg_.slot_priority() == switchyard::MoeConfig::RANDOM) {
+      rts = Tensor::empty({N}, DType::f32, ctx_);
+      ops::random_uniform(ctx_, rts, key(RandomPurpose::token_select, 1), 0.f, 1.f);
+      p.priority = ops::SlotPriority::score;
+      p.priority_keys = &rts;
+    }
     p.renormalize = cfg_.renormalize();
     p.padded = cfg_.padded();
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;

@@ -1275,6 +1275,25 @@ std::vector<OpCase> cases() {
                    ops::limit_groups(x, o[0], in[0], l.bias ? &in[1] : nullptr, gl);
                  }});
   }
+  // Random token selection: the slots in the order of priority keys (on
+  // quarter steps, so many tie: the lower token first), top-2 with drops.
+  c.push_back({"tokens_choose_priority_keys", Tol::exact,
+               [](Rng& r) {
+                 Tensor keys = randn({90}, r);
+                 for (int64_t i = 0; i < 90; ++i) keys.f32()[i] = std::round(keys.f32()[i] * 4.f) / 4.f;
+                 return Ins{probs_of({90, 6}, r), keys};
+               },
+               [](Ctx& x, const Ins&) { return route_outputs(x, 90, 2, 6); },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::TokensChooseParams p;
+                 p.k = 2;
+                 p.capacity_factor = 0.7f;
+                 p.priority = ops::SlotPriority::score;
+                 p.priority_keys = &in[1];
+                 ops::Route route;
+                 ops::tokens_choose(x, route, in[0], p);
+                 put_route(x, route, o);
+               }});
   c.push_back(tokens_choose_case("tokens_choose_group_limit_bias", 90, 12, 3, [](const Ins& in) {
     ops::TokensChooseParams p;
     p.capacity_factor = 1.0f;

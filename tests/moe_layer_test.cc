@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <set>
 
 #include "cuda_fixture.h"
@@ -489,6 +490,48 @@ TEST(MoeLayer, BalanceBiasFollowsTheGroupLimitedCleanChoice) {
     const std::vector<float> bias = moe.balance_bias().to_vector<float>();
     for (int g = 0; g < G; ++g) EXPECT_EQ(bias[g], g == down ? -0.01f : 0.01f) << "expert " << g;
   }
+}
+
+// Random token selection (slot_priority RANDOM): 400 identical tokens all
+// choose expert 0, which holds C = ceil(0.5 * 400 / 2) = 100. In training the
+// 100 kept are spread over the batch (about 25 in each quarter, where
+// POSITION keeps the first 100), the same at the same step and others at
+// the next; in evaluation the first 100, by position.
+TEST(MoeLayer, RandomTokenSelectionSpreadsTheDropsInTraining) {
+  const int64_t N = 400, C = 4;
+  Tensor x = testing::zeros({N, C});
+  for (int64_t i = 0; i < N; ++i) x.f32()[i * C] = 1.f;
+  auto cfg = moe_config(2, 1);
+  cfg.set_capacity_factor(0.5f);
+  cfg.set_capacity_factor_eval(0.5f);
+  cfg.set_slot_priority(switchyard::MoeConfig::RANDOM);
+  ParamStore ps;
+  Rng rng(6);
+  MoeLayer moe(host_ctx(), ps, "m", C, cfg, 8, rng, 0.02f, 0.02f, 9);
+  ps.finalize(host_ctx());
+  float* wg = ps.find("m.router.w")->value.f32();  // (C, G): logits (2, 0) for every token
+  for (int64_t a = 0; a < C * 2; ++a) wg[a] = a == 0 ? 2.f : 0.f;
+  auto kept = [&] {
+    moe.forward(x);
+    std::vector<int> k;
+    const std::vector<int32_t> slot = moe.route().slot.to_vector<int32_t>();
+    for (int64_t i = 0; i < N; ++i)
+      if (slot[i] >= 0) k.push_back(static_cast<int>(i));
+    return k;
+  };
+  moe.set_step(3);
+  const std::vector<int> a = kept(), again = kept();
+  ASSERT_EQ(a.size(), 100u);
+  EXPECT_EQ(a, again);
+  std::vector<int> quarter(4, 0);
+  for (int i : a) ++quarter[i / 100];
+  for (int q = 0; q < 4; ++q) EXPECT_TRUE(quarter[q] >= 10 && quarter[q] <= 40) << "quarter " << q << ": " << quarter[q];
+  moe.set_step(4);
+  EXPECT_NE(kept(), a);
+  moe.set_training(false);
+  std::vector<int> first(100);
+  std::iota(first.begin(), first.end(), 0);
+  EXPECT_EQ(kept(), first);
 }
 
 TEST(MoeLayer, GradientsHeterogeneousExpertsUnderAHardBudget) {

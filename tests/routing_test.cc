@@ -155,6 +155,37 @@ TEST(TokensChoose, HandComputedTiesAndOverflow) {
   EXPECT_EQ(tokens_choose(p, prm).capacity, 2);
 }
 
+// Priority keys (random token selection): the slots of the table above in
+// the keys' order, descending, ties to the lower token. Keys 0.2, 0.7, 0.9,
+// 0.1: t2 then t1 take expert 0's two slots and t0 drops; with t0's key
+// raised to t1's (0.7, 0.7), t0 wins the tie and t1 drops. Second choices
+// still queue behind every first choice.
+TEST(TokensChoose, PriorityKeysOrderTheSlots) {
+  const Tensor p = probs_of({0.9f, 0.1f, 0.5f, 0.5f, 0.6f, 0.4f, 0.2f, 0.8f}, 4, 2);
+  TokensChooseParams prm;
+  prm.capacity_factor = 1.0f;
+  prm.priority = SlotPriority::score;
+  Tensor keys = Tensor::from_host(std::vector<float>{0.2f, 0.7f, 0.9f, 0.1f});
+  prm.priority_keys = &keys;
+  EXPECT_EQ(ints(tokens_choose(p, prm).slot), (std::vector<int32_t>{-1, 1, 0, 0}));
+  keys.f32()[0] = 0.7f;
+  EXPECT_EQ(ints(tokens_choose(p, prm).slot), (std::vector<int32_t>{1, -1, 0, 0}));
+  // Top-2 over 2 experts at C = ceil(0.5 * 4 * 2 / 2) = 2, keys 0.8, 0.7,
+  // 0.9, 0.1 (order t2, t0, t1, t3). First choices: t2 and t0 fill e0, t1
+  // drops, t3 takes e1's slot 0. Second choices: t2 takes e1's slot 1; t0,
+  // t1 (e1) and t3 (e0) find them full.
+  prm.k = 2;
+  prm.capacity_factor = 0.5f;
+  keys.f32()[0] = 0.8f;
+  const Route r = tokens_choose(p, prm);
+  EXPECT_EQ(r.capacity, 2);
+  // assignments (t, j): groups 0,1 | 0,1 | 0,1 | 1,0
+  EXPECT_EQ(ints(r.group), (std::vector<int32_t>{0, 1, 0, 1, 0, 1, 1, 0}));
+  EXPECT_EQ(ints(r.slot), (std::vector<int32_t>{1, -1, -1, -1, 0, 1, 0, -1}));
+  prm.priority = SlotPriority::position;
+  EXPECT_THROW(tokens_choose(p, prm), Error);  // keys only order SCORE priority
+}
+
 // The gating alone: logits ln(0.9), ln(0.1) etc. give the hand-computed
 // table above's probabilities; top-1, the tie to the lower index, weights =
 // p, and every item keeps its choice (no capacity: t2 is not dropped).

@@ -157,10 +157,12 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   int32_t* group = r.group.data<int32_t>();
   std::vector<float> top_score(N);
   choose_top_k(probs, p, group, r.weight.f32(), top_score.data());
-  // Visiting order: choice rank j outermost; items by position or by top score.
+  // Visiting order: choice rank j outermost; items by position, by top score
+  // or by the priority keys.
   std::vector<int64_t> items(N);
   std::iota(items.begin(), items.end(), 0);
-  if (p.priority == SlotPriority::score) items = argsort_desc(top_score);
+  if (p.priority == SlotPriority::score)
+    items = argsort_desc(p.priority_keys ? p.priority_keys->to_vector<float>() : top_score);
   std::vector<int64_t> order;
   order.reserve(N * k);
   for (int64_t j = 0; j < k; ++j)

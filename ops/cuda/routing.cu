@@ -469,6 +469,9 @@ void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const Tokens
   // 1. the choice.
   Tensor top = Tensor::empty({N}, DType::f32, ctx);
   choose(r.group.data<int32_t>(), r.weight.data<float>(), top.data<float>());
+  if (p.priority_keys)  // the slots' order from the caller's keys, not the top scores
+    CUDA_CHECK(cudaMemcpyAsync(top.data<float>(), p.priority_keys->data<float>(), N * sizeof(float),
+                               cudaMemcpyDeviceToDevice, stream(ctx)));
 
   // 2. the slot sort.
   Tensor keys = Tensor::empty({2 * n}, DType::i64, ctx);
