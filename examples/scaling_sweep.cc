@@ -107,6 +107,7 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   if (size > 1 && !independent) {
     par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),
                                       cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
+    par->dedup_dispatch = cfg.parallel().dedup_dispatch();
     opts.par = par.get();
   }
   sy::KeptShares kept;

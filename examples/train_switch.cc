@@ -292,6 +292,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       }
       par = sy::ParallelContext::create(std::move(world_comm), cfg.parallel().expert_parallel(),
                                         cfg.parallel().timeout_s());
+      par->dedup_dispatch = cfg.parallel().dedup_dispatch();
       opts.par = par.get();
     }
     // AUTO resolves to the CPU until every op (attention included) has CUDA kernels.

@@ -16,7 +16,12 @@ void check(Ctx& ctx, const char* op, const Tensor& out, const Tensor& in, const 
 }  // namespace
 
 void gather_rows(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index) {
-  check(ctx, "gather_rows", out, in, index);
+  SY_CHECK(in.ndim() == 2 && out.ndim() == 2 && out.dim(1) == in.dim(1),
+           "gather_rows: rows " << shape_str(out.shape()) << " from " << shape_str(in.shape()));
+  check_dtype(index, DType::i64, "gather_rows");
+  check_shape(index, {out.dim(0)}, "gather_rows");
+  check_dtype(out, in.dtype(), "gather_rows");
+  check_device(ctx, "gather_rows", {&out, &in, &index});
   SY_DISPATCH(ctx, gather_rows, ctx, out, in, index);
 }
 

@@ -2,10 +2,14 @@
 // source-major layout of received rows and the expert-major layout the
 // expert GEMMs read):
 //
-//   gather_rows:   out[i] = in[index[i]]
+//   gather_rows:   out[i] = in[index[i]]     (any rows of in, repeats too:
+//                                              the deduplicated dispatch's
+//                                              expert rows from token rows)
 //   scatter_rows:  out[index[i]] = in[i]      (index a permutation: no two i
 //                                              write one row, so no atomics)
-// Shapes: in, out (R, D) any dtype of equal size; index (R) i64.
+// Shapes: gather: out (R, D), in (S, D), index (R) with values in [0, S);
+// scatter: in, out (R, D), index (R); any dtype, out's the same as in's;
+// index i64.
 #pragma once
 #include "core/tensor.h"
 #include "ops/backend.h"

@@ -475,6 +475,9 @@ void validate_config(const Config& cfg, const std::string& source) {
   if (e.num_experts() > 0 && e.pad_to_largest() && pl.expert_parallel() > 1)
     c.fail("moe.pad_to_largest", "true",
            "the expert exchange sends counted rows; pad_to_largest needs parallel.expert_parallel = 1");
+  if (pl.dedup_dispatch() && (pl.expert_parallel() == 1 || e.num_experts() == 0))
+    c.fail("parallel.dedup_dispatch", "true",
+           "set while nothing is exchanged (it needs moe.num_experts > 0 and parallel.expert_parallel > 1)");
   if (e.num_experts() > 0 && e.num_experts() % pl.expert_parallel() != 0)
     c.fail("parallel.expert_parallel", pl.expert_parallel(),
            "must divide moe.num_experts = " + std::to_string(e.num_experts()));

@@ -48,7 +48,7 @@ MoeLayer::MoeLayer(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C,
       router_(ctx, ps, name, C, cfg, expert_costs(cfg, default_hidden), rng, std, seed, par),
       experts_(ctx, ps, name, expert_hidden_sizes(cfg, default_hidden), C, first_expert(cfg, par),
                first_expert(cfg, par) + cfg.num_experts() / ep_size(par), rng, std, out_std, ffn),
-      dispatcher_(ctx, exchange(ctx, cfg, C, par), name) {
+      dispatcher_(ctx, exchange(ctx, cfg, C, par), name, par && par->dedup_dispatch) {
   if (cfg.shared_expert())
     shared_ = std::make_unique<Mlp>(ctx, ps, name + ".shared", C, shared_expert_hidden(cfg, default_hidden), rng,
                                     std, out_std, ffn);

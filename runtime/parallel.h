@@ -20,6 +20,9 @@ struct ParallelContext {
   // interleave between threads, so it gets its own).
   std::unique_ptr<comm::Communicator> grads;
   int ep_size = 1;
+  // parallel.dedup_dispatch: each token's row crosses once per rank
+  // (runtime/expert_exchange.h).
+  bool dedup_dispatch = false;
 
   // Checks world % ep (ConfigError naming parallel.expert_parallel otherwise).
   static std::unique_ptr<ParallelContext> create(std::unique_ptr<comm::Communicator> world, int ep,

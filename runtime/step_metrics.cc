@@ -130,6 +130,7 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
   if (s.world > 1) {
     line["ranks"] = s.world;
     line["comm_all_to_all_s"] = s.all_to_all_s;
+    line["comm_all_to_all_bytes"] = s.all_to_all_bytes;
     line["comm_all_reduce_s"] = s.all_reduce_s;
     line["comm_all_reduce_exposed_s"] = s.all_reduce_exposed_s;
   }

@@ -4,12 +4,18 @@
 
 namespace sy {
 
-TokenDispatcher::TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> exchange, const std::string& name)
-    : ctx_(ctx), exchange_(std::move(exchange)), name_(name) {}
+TokenDispatcher::TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> exchange, const std::string& name,
+                                 bool dedup)
+    : ctx_(ctx), exchange_(std::move(exchange)), name_(name), dedup_(dedup && exchange_) {}
 
 Tensor TokenDispatcher::dispatch(const Tensor& x, const ops::Route& r, DType dtype) {
   route_ = &r;
   N_ = x.dim(0), C_ = x.dim(1);
+  if (dedup_) {  // (the counted rows' plan still carries the outputs back)
+    exchange_->reset_counters();
+    exchange_->plan(r.host_count(), name_.c_str());
+    return exchange_->forward_tokens(x, r, dtype, name_.c_str());
+  }
   // dispatch writes every row (a padded route's unused rows 0: they go
   // through the experts finite and add nothing to the weight gradients).
   Tensor buf = Tensor::empty({r.rows(), C_}, dtype, ctx_);
@@ -40,6 +46,7 @@ Tensor TokenDispatcher::combine_backward(const Tensor& dy, Tensor& dweight, DTyp
 }
 
 Tensor TokenDispatcher::dispatch_backward(const Tensor& dbuf) {
+  if (dedup_) return exchange_->reverse_tokens(dbuf, name_.c_str());
   Tensor d = exchange_ ? exchange_->reverse(dbuf, name_.c_str()) : dbuf;
   Tensor dx = Tensor::empty({N_, C_}, DType::f32, ctx_);
   ops::dispatch_backward(ctx_, dx, d, *route_, /*accumulate=*/false);

@@ -17,8 +17,9 @@ namespace sy {
 
 class TokenDispatcher {
  public:
-  // exchange: the expert-parallel exchange, or null on one rank.
-  TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> exchange, const std::string& name);
+  // exchange: the expert-parallel exchange, or null on one rank; dedup:
+  // dispatch each token once per rank (ExpertExchange::forward_tokens).
+  TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> exchange, const std::string& name, bool dedup = false);
   // Rows of x for this rank's experts, expert-major; `dtype` bf16 rounds
   // them as they are moved (the experts' bf16 GEMM operand: one pass, and
   // half the bytes through the exchange).
@@ -39,6 +40,7 @@ class TokenDispatcher {
   Ctx& ctx_;
   std::unique_ptr<ExpertExchange> exchange_;
   std::string name_;
+  bool dedup_ = false;
   const ops::Route* route_ = nullptr;
   int64_t N_ = 0, C_ = 0;
   Tensor out_;  // group-major expert outputs, saved for combine's backward

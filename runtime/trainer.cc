@@ -370,6 +370,7 @@ TrainResult Trainer::run() {
       log.host_waits_per_step = static_cast<double>(interval_waits) / std::max<int64_t>(1, interval_steps);
     }
     log.all_to_all_s = r.all_to_all_s;
+    log.all_to_all_bytes = r.all_to_all_bytes;
     log.all_reduce_s = allreduce_s;
     log.all_reduce_exposed_s = allreduce_exposed_s;
     log.lr = r.lr;

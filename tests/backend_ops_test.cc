@@ -1040,6 +1040,19 @@ std::vector<OpCase> cases() {
                  ops::gather_rows(x, o[2], in[2], in[1]);
                  ops::scatter_rows(x, o[3], in[2], in[1]);
                }});
+  // A gather of more rows than it reads, with repeats (the deduplicated
+  // dispatch's expert rows from token rows): 13 rows from 5, f32 (16-byte
+  // words) and 14-byte bf16 rows.
+  c.push_back({"gather_rows_repeats", Tol::exact, [](Rng& r) {
+                 Tensor idx = Tensor::empty({13}, DType::i64, host_ctx());
+                 for (int i = 0; i < 13; ++i) idx.data<int64_t>()[i] = (i * 3) % 5;
+                 return Ins{randn({5, 8}, r), idx, randn({5, 7}, r).to(DType::bf16)};
+               },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {13, 8}), fresh(x, {13, 7}, DType::bf16)}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 ops::gather_rows(x, o[0], in[0], in[1]);
+                 ops::gather_rows(x, o[1], in[2], in[1]);
+               }});
   c.push_back({"split_heads", Tol::exact, [](Rng& r) { return Ins{randn({10, 24}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {2, 10, 4})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::split_heads(x, o[0], in[0], 8); }});

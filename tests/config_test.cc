@@ -164,6 +164,14 @@ TEST(Config, ExpertGroupsDivideTheExpertsAndHoldTopK) {
                  "t.pbtxt: moe.expert_groups = 4: limits a token's choice; it applies to TOKENS_CHOOSE only");
 }
 
+TEST(Config, DedupDispatchNeedsAnExchange) {
+  EXPECT_TRUE(parse_ok("moe { num_experts: 4 } parallel { expert_parallel: 2 dedup_dispatch: true }")
+                  .parallel()
+                  .dedup_dispatch());
+  expect_invalid("moe { num_experts: 4 } parallel { dedup_dispatch: true }",
+                 "t.pbtxt: parallel.dedup_dispatch = true: set while nothing is exchanged");
+}
+
 // Grouped-query attention: key/value heads dividing the query heads, for
 // dense attention.
 TEST(Config, KvHeadsDivideTheHeads) {

@@ -1,7 +1,8 @@
 // Row permutations on CUDA (any dtype: rows are moved as bytes). One thread
 // per (row, word): words are 16 bytes (uint4) where the row length and both
 // base addresses allow it, else the widest of 8, 4, 2, 1 that does. Every
-// output row has exactly one writer (index is a permutation), so no atomics.
+// output row has exactly one writer (gather: its own; scatter: index is a
+// permutation), so no atomics.
 // Indices are not range-checked on the device (the CPU reference checks).
 //
 //   gather_rows:  out[i] = in[index[i]]      scatter_rows: out[index[i]] = in[i]
@@ -34,9 +35,10 @@ void launch(Ctx& ctx, void* out, const void* in, const int64_t* index, int64_t r
 }
 
 void permute(Ctx& ctx, Tensor& out, const Tensor& in, const Tensor& index, bool gather) {
-  const int64_t rows = in.dim(0);
-  if (rows == 0 || in.nbytes() == 0) return;
-  const int64_t row_bytes = static_cast<int64_t>(in.nbytes()) / rows;
+  const Tensor& indexed = gather ? out : in;  // the side with a row per index
+  const int64_t rows = indexed.dim(0);
+  if (rows == 0 || indexed.nbytes() == 0) return;
+  const int64_t row_bytes = static_cast<int64_t>(indexed.nbytes()) / rows;
   const auto a = reinterpret_cast<uintptr_t>(out.raw()) | reinterpret_cast<uintptr_t>(in.raw());
   auto fits = [&](int64_t w) { return row_bytes % w == 0 && a % w == 0; };
   const int64_t* idx = index.data<int64_t>();
