@@ -400,6 +400,8 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("moe.pad_to_largest", "true", "pads to this step's largest count; moe.padded pads to the capacity: set one");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
+    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.slot_priority() == switchyard::MoeConfig::RANDOM)
+      c.fail("moe.slot_priority", "RANDOM", "orders a tokens-choose router's slots; expert choice fills its own");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE &&
         e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
       c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
@@ -478,6 +480,8 @@ void validate_config(const Config& cfg, const std::string& source) {
   if (pl.dedup_dispatch() && (pl.expert_parallel() == 1 || e.num_experts() == 0))
     c.fail("parallel.dedup_dispatch", "true",
            "set while nothing is exchanged (it needs moe.num_experts > 0 and parallel.expert_parallel > 1)");
+  if (pl.dedup_dispatch() && e.top_k() == 1 && e.router() == switchyard::MoeConfig::TOKENS_CHOOSE)
+    c.fail("parallel.dedup_dispatch", "true", "with moe.top_k = 1 a token has one row to send anyway");
   if (e.num_experts() > 0 && e.num_experts() % pl.expert_parallel() != 0)
     c.fail("parallel.expert_parallel", pl.expert_parallel(),
            "must divide moe.num_experts = " + std::to_string(e.num_experts()));

@@ -109,23 +109,29 @@ ExpertRows plan_expert_rows(const ExchangePlan& plan, const std::vector<int32_t>
 
 namespace {
 // A route over host-planned groups and slots, on ctx's device: groups'
-// rows are `count`, laid out group after group.
+// rows are `count`, laid out group after group. Its group, slot, count and
+// offset go up as one i32 array (one copy), views of it.
 ops::Route host_route(Ctx& ctx, int64_t items, int64_t k, const std::vector<int32_t>& group,
                       const std::vector<int32_t>& slot, const std::vector<int64_t>& count) {
   ops::Route r;
   r.num_items = items;
   r.k = k;
-  r.num_groups = static_cast<int64_t>(count.size());
-  r.host_offset.assign(r.num_groups + 1, 0);
-  for (int64_t g = 0; g < r.num_groups; ++g) r.host_offset[g + 1] = r.host_offset[g] + static_cast<int32_t>(count[g]);
-  std::vector<int32_t> c(count.begin(), count.end());
-  r.capacity = c.empty() ? 0 : *std::max_element(c.begin(), c.end());
+  const int64_t n = items * k, G = static_cast<int64_t>(count.size());
+  r.num_groups = G;
+  r.host_offset.assign(G + 1, 0);
+  for (int64_t g = 0; g < G; ++g) r.host_offset[g + 1] = r.host_offset[g] + static_cast<int32_t>(count[g]);
+  r.capacity = G == 0 ? 0 : *std::max_element(count.begin(), count.end());
   r.assigned = std::count_if(group.begin(), group.end(), [](int32_t g) { return g >= 0; });
-  r.group = Tensor::from_host(group, {items * k}).to(ctx);
-  r.slot = Tensor::from_host(slot, {items * k}).to(ctx);
-  r.weight = Tensor::zeros({items * k}, DType::f32, ctx);  // (dispatch reads no weight)
-  r.count = Tensor::from_host(c, {r.num_groups}).to(ctx);
-  r.offset = Tensor::from_host(r.host_offset, {r.num_groups + 1}).to(ctx);
+  std::vector<int32_t> packed(group);
+  packed.insert(packed.end(), slot.begin(), slot.end());
+  packed.insert(packed.end(), count.begin(), count.end());
+  packed.insert(packed.end(), r.host_offset.begin(), r.host_offset.end());
+  const Tensor up = Tensor::from_host(packed).to(ctx);
+  r.group = up.rows(0, n);
+  r.slot = up.rows(n, 2 * n);
+  r.count = up.rows(2 * n, 2 * n + G);
+  r.offset = up.rows(2 * n + G, 2 * n + 2 * G + 1);
+  r.weight = Tensor::zeros({n}, DType::f32, ctx);  // (dispatch reads no weight)
   return r;
 }
 }  // namespace
@@ -167,7 +173,8 @@ Tensor ExpertExchange::forward_tokens(const Tensor& x, const ops::Route& r, DTyp
   const int64_t C = x.dim(1);
   check_shape(x, {r.num_items, width_}, "expert exchange tokens");
   N_ = r.num_items;
-  // The plan, on the host (a device route is copied back: one wait).
+  // The plan, on the host. On a GPU the route's group and slot come back
+  // and the two plans' routes and the gather's index go up (waits).
   const ops::Route h = r.on_host();
   std::vector<int32_t> group = h.group.to_vector<int32_t>();
   std::vector<int64_t> row(r.assignments());
@@ -183,13 +190,15 @@ Tensor ExpertExchange::forward_tokens(const Tensor& x, const ops::Route& r, DTyp
   const int64_t received = std::accumulate(recv_tokens_.begin(), recv_tokens_.end(), int64_t{0});
   Tensor tokens = Tensor::empty({received, C}, dtype, ctx_);
   ep_.all_to_all_v(send, send_tokens_, tokens, recv_tokens_, ctx_.stream, context);
-  const Tensor idx_send = Tensor::from_host(t.row_in_message, {plan_.local_rows, 1}).to(ctx_);
-  Tensor idx = Tensor::empty({plan_.received_rows(), 1}, DType::i32, ctx_);
+  // (host tensors: the destination plans on the host; a device
+  // communicator stages them itself)
+  const Tensor idx_send = Tensor::from_host(t.row_in_message, {plan_.local_rows, 1});
+  Tensor idx = Tensor::empty({plan_.received_rows(), 1}, DType::i32, host_ctx());
   ep_.all_to_all_v(idx_send, plan_.send_rows, idx, plan_.recv_rows, ctx_.stream, context);
   bytes_ += static_cast<double>(send.nbytes() + idx_send.nbytes());
 
-  // The expert-major rows, gathered from the token rows (read on the host: one wait).
-  const ExpertRows e = plan_expert_rows(plan_, idx.to(host_ctx()).to_vector<int32_t>(), recv_tokens_, r.k);
+  // The expert-major rows, gathered from the token rows.
+  const ExpertRows e = plan_expert_rows(plan_, idx.to_vector<int32_t>(), recv_tokens_, r.k);
   std::vector<int64_t> per_expert(El_);
   for (int64_t x2 = 0; x2 < El_; ++x2) per_expert[x2] = plan_.offsets[x2 + 1] - plan_.offsets[x2];
   to_experts_ = host_route(ctx_, e.token_rows, r.k, e.group, e.slot, per_expert);

@@ -46,7 +46,7 @@ struct StepLog {
   // the GPU's queue of launched work.
   double host_waits_per_step = 0;
   double all_to_all_s = 0;   // last step: the expert-parallel group's collectives over its micro-batches
-  double all_to_all_bytes = 0;  // last step: bytes rank 0 sent in its MoE exchanges
+  double all_to_all_bytes = 0;  // last step: bytes rank 0 sent in its MoE exchanges (its rows to itself too)
   double all_reduce_s = 0;   // since the last log line (NCCL stream mode: dense part one step late)
   double all_reduce_exposed_s = 0;  // the part of it backward did not hide
 };

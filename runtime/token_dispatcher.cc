@@ -11,19 +11,16 @@ TokenDispatcher::TokenDispatcher(Ctx& ctx, std::unique_ptr<ExpertExchange> excha
 Tensor TokenDispatcher::dispatch(const Tensor& x, const ops::Route& r, DType dtype) {
   route_ = &r;
   N_ = x.dim(0), C_ = x.dim(1);
-  if (dedup_) {  // (the counted rows' plan still carries the outputs back)
+  if (exchange_) {
     exchange_->reset_counters();
-    exchange_->plan(r.host_count(), name_.c_str());
-    return exchange_->forward_tokens(x, r, dtype, name_.c_str());
+    exchange_->plan(r.host_count(), name_.c_str());  // (the outputs return by it, deduplicated or not)
+    if (dedup_) return exchange_->forward_tokens(x, r, dtype, name_.c_str());
   }
   // dispatch writes every row (a padded route's unused rows 0: they go
   // through the experts finite and add nothing to the weight gradients).
   Tensor buf = Tensor::empty({r.rows(), C_}, dtype, ctx_);
   ops::dispatch_forward(ctx_, buf, x, r);
-  if (!exchange_) return buf;
-  exchange_->reset_counters();
-  exchange_->plan(r.host_count(), name_.c_str());
-  return exchange_->forward(buf, name_.c_str());
+  return exchange_ ? exchange_->forward(buf, name_.c_str()) : buf;
 }
 
 const std::vector<int32_t>& TokenDispatcher::expert_offsets() const {

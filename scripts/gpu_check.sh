@@ -480,10 +480,11 @@ if want comm; then
   # (120 s: the suite now runs over both NCCL modes, at 0.1-0.2 GB/s over loopback sockets)
   run_limited nccl_np2 120 "${M[@]}" -np 2 "$(loopback $B/communicator_conformance_test)" --gtest_filter='*nccl*'
   summary "comm: NCCL 2 ranks on one GPU (not fatal): $(gtest_line nccl_np2)"
-  run_limited parallel_equivalence_cuda 120 env SY_TEST_ARGS="--set backend=CUDA" \
+  # (240 s: 9 runs of 4 ranks, the deduplicated dispatch's among them)
+  run_limited parallel_equivalence_cuda 240 env SY_TEST_ARGS="--set backend=CUDA" \
     bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
   summary "comm: EP on the GPU: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda.log" | tr '\n' ' ')"
-  run_limited parallel_equivalence_cuda_bf16 120 env SY_TEST_ARGS="--set backend=CUDA --set precision=BF16" SY_TEST_TOL=1e-2 \
+  run_limited parallel_equivalence_cuda_bf16 240 env SY_TEST_ARGS="--set backend=CUDA --set precision=BF16" SY_TEST_TOL=1e-2 \
     bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
   summary "comm: EP on the GPU, bf16: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda_bf16.log" | tr '\n' ' ')"
   # A rank that throws, hangs, exits or is killed mid-step on the GPU ends

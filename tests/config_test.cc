@@ -165,11 +165,15 @@ TEST(Config, ExpertGroupsDivideTheExpertsAndHoldTopK) {
 }
 
 TEST(Config, DedupDispatchNeedsAnExchange) {
-  EXPECT_TRUE(parse_ok("moe { num_experts: 4 } parallel { expert_parallel: 2 dedup_dispatch: true }")
+  EXPECT_TRUE(parse_ok("moe { num_experts: 4 top_k: 2 } parallel { expert_parallel: 2 dedup_dispatch: true }")
                   .parallel()
                   .dedup_dispatch());
   expect_invalid("moe { num_experts: 4 } parallel { dedup_dispatch: true }",
                  "t.pbtxt: parallel.dedup_dispatch = true: set while nothing is exchanged");
+  expect_invalid("moe { num_experts: 4 top_k: 1 } parallel { expert_parallel: 2 dedup_dispatch: true }",
+                 "t.pbtxt: parallel.dedup_dispatch = true: with moe.top_k = 1 a token has one row to send anyway");
+  expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: RANDOM }",
+                 "t.pbtxt: moe.slot_priority = RANDOM: orders a tokens-choose router's slots");
 }
 
 // Grouped-query attention: key/value heads dividing the query heads, for
