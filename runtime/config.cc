@@ -477,10 +477,10 @@ void validate_config(const Config& cfg, const std::string& source) {
   if (e.num_experts() > 0 && e.pad_to_largest() && pl.expert_parallel() > 1)
     c.fail("moe.pad_to_largest", "true",
            "the expert exchange sends counted rows; pad_to_largest needs parallel.expert_parallel = 1");
-  if (pl.dedup_dispatch() && (pl.expert_parallel() == 1 || e.num_experts() == 0))
-    c.fail("parallel.dedup_dispatch", "true",
-           "set while nothing is exchanged (it needs moe.num_experts > 0 and parallel.expert_parallel > 1)");
-  if (pl.dedup_dispatch() && e.top_k() == 1 && e.router() == switchyard::MoeConfig::TOKENS_CHOOSE)
+  // (dedup_dispatch on one rank is allowed and does nothing: scaling_sweep's
+  // one-rank points share the sweep's settings)
+  if (pl.dedup_dispatch() && e.num_experts() > 0 && e.top_k() == 1 &&
+      e.router() == switchyard::MoeConfig::TOKENS_CHOOSE)
     c.fail("parallel.dedup_dispatch", "true", "with moe.top_k = 1 a token has one row to send anyway");
   if (e.num_experts() > 0 && e.num_experts() % pl.expert_parallel() != 0)
     c.fail("parallel.expert_parallel", pl.expert_parallel(),

@@ -164,12 +164,11 @@ TEST(Config, ExpertGroupsDivideTheExpertsAndHoldTopK) {
                  "t.pbtxt: moe.expert_groups = 4: limits a token's choice; it applies to TOKENS_CHOOSE only");
 }
 
-TEST(Config, DedupDispatchNeedsAnExchange) {
+TEST(Config, DedupDispatchNeedsTwoRowsAToken) {
   EXPECT_TRUE(parse_ok("moe { num_experts: 4 top_k: 2 } parallel { expert_parallel: 2 dedup_dispatch: true }")
                   .parallel()
                   .dedup_dispatch());
-  expect_invalid("moe { num_experts: 4 } parallel { dedup_dispatch: true }",
-                 "t.pbtxt: parallel.dedup_dispatch = true: set while nothing is exchanged");
+  parse_ok("moe { num_experts: 4 top_k: 2 } parallel { dedup_dispatch: true }");  // one rank: no effect
   expect_invalid("moe { num_experts: 4 top_k: 1 } parallel { expert_parallel: 2 dedup_dispatch: true }",
                  "t.pbtxt: parallel.dedup_dispatch = true: with moe.top_k = 1 a token has one row to send anyway");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: RANDOM }",
