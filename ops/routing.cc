@@ -90,12 +90,13 @@ void check_tokens_choose(Ctx& ctx, const Tensor& scores, const TokensChooseParam
   }
   SY_CHECK(!(p.padded && p.dropless), op << ": a padded route needs a capacity known in advance, not dropless");
   SY_CHECK(p.segment >= 0 && (p.segment == 0 || N % p.segment == 0), op << ": " << N << " items in runs of " << p.segment);
+  // (limit_groups checks the groups themselves; here what the top-k needs of them)
   const GroupLimit& gl = p.group_limit;
   if (gl.on()) {
     SY_CHECK(p.segment == 0, op << ": a group limit over runs of " << p.segment << " items (not with segment)");
-    SY_CHECK(gl.groups <= G && G % gl.groups == 0 && gl.kept >= 1 && p.k <= gl.kept * (G / gl.groups),
-             op << ": top-" << p.k << " within " << gl.kept << " of " << gl.groups << " routing groups of " << G
-                << " experts (k must fit the kept groups' experts)");
+    SY_CHECK(p.k <= gl.kept * (G / gl.groups), op << ": top-" << p.k << " within " << gl.kept << " of " << gl.groups
+                                                  << " routing groups of " << G
+                                                  << " experts (k must fit the kept groups' experts)");
   }
   check_device(ctx, op, {&scores, p.selection_bias, p.selection_keys, p.priority_keys});
 }
