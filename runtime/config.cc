@@ -400,8 +400,9 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("moe.pad_to_largest", "true", "pads to this step's largest count; moe.padded pads to the capacity: set one");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
-    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.slot_priority() == switchyard::MoeConfig::RANDOM)
-      c.fail("moe.slot_priority", "RANDOM", "orders a tokens-choose router's slots; expert choice fills its own");
+    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.slot_priority() != switchyard::MoeConfig::POSITION)
+      c.fail("moe.slot_priority", switchyard::MoeConfig::SlotPriority_Name(e.slot_priority()),
+             "orders a tokens-choose router's slots; expert choice fills its own");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE &&
         e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
       c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");

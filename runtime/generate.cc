@@ -24,10 +24,10 @@ bool causal(const Config& cfg, std::string* why) {
   const bool capacity_binds = e.num_experts() > 0 && !e.dropless() &&
                               e.capacity_factor_eval() * e.top_k() < e.num_experts() &&
                               e.min_capacity() < cfg.model().seq_len();
-  if (capacity_binds && e.top_k() > 1)
+  if (capacity_binds && e.top_k() > 1 && e.slot_priority() != switchyard::MoeConfig::TOKEN_ORDER)
     return no("moe.top_k >= 2 under a capacity that can bind (moe.capacity_factor_eval x top_k < num_experts): "
               "every token's first choice takes its slot before any second choice, so later positions can fill an "
-              "expert first");
+              "expert first (moe.slot_priority TOKEN_ORDER serves token by token)");
   // A depth-routed block runs its layers on the tokens it keeps: a capacity
   // there is a fraction of how many it keeps, later positions included.
   const auto& at = cfg.attention();

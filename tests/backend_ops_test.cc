@@ -1307,6 +1307,23 @@ std::vector<OpCase> cases() {
                  ops::tokens_choose(x, route, in[0], p);
                  put_route(x, route, o);
                }});
+  // Token by token (TOKEN priority): top-3 with drops, and over runs of
+  // their own groups (the same key without choice-rank bits).
+  c.push_back(tokens_choose_case("tokens_choose_token_order", 90, 7, 3, [](const Ins&) {
+    ops::TokensChooseParams p;
+    p.capacity_factor = 0.6f;
+    p.priority = ops::SlotPriority::token;
+    return p;
+  }));
+  c.push_back(tokens_choose_case(
+      "tokens_choose_token_order_runs", 96, 5, 2,
+      [](const Ins&) {
+        ops::TokensChooseParams p;
+        p.capacity_factor = 0.8f;
+        p.priority = ops::SlotPriority::token;
+        return p;
+      },
+      false, 4));
   c.push_back(tokens_choose_case("tokens_choose_group_limit_bias", 90, 12, 3, [](const Ins& in) {
     ops::TokensChooseParams p;
     p.capacity_factor = 1.0f;

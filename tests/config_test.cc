@@ -173,6 +173,9 @@ TEST(Config, DedupDispatchNeedsTwoRowsAToken) {
                  "t.pbtxt: parallel.dedup_dispatch = true: with moe.top_k = 1 a token has one row to send anyway");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: RANDOM }",
                  "t.pbtxt: moe.slot_priority = RANDOM: orders a tokens-choose router's slots");
+  expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: TOKEN_ORDER }",
+                 "t.pbtxt: moe.slot_priority = TOKEN_ORDER: orders a tokens-choose router's slots");
+  parse_ok("moe { num_experts: 4 top_k: 2 slot_priority: TOKEN_ORDER }");
 }
 
 // Grouped-query attention: key/value heads dividing the query heads, for

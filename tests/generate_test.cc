@@ -3,7 +3,8 @@
 // change when the tokens after p do (generation pads the window after its
 // context, so padding never reaches a drawn token); and where it says not,
 // the reason is real: a top-2 router under a capacity that binds lets a later
-// token take an expert's last slot before an earlier token's second choice.
+// token take an expert's last slot before an earlier token's second choice
+// (unless the slots go token by token: moe.slot_priority TOKEN_ORDER).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -25,8 +26,9 @@ Config config(const std::string& extra, int layers = 2) {
 }
 
 // Whether the logits of positions [0, p] change when positions (p, T) are
-// redrawn, over a few prefixes p and tails.
-bool future_reaches_the_past(const Config& cfg) {
+// redrawn, over a few prefixes p and tails; in evaluation mode, or in
+// training mode (the training capacity factor).
+bool future_reaches_the_past(const Config& cfg, bool training = false) {
   Transformer model(host_ctx(), cfg);
   const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
   Rng rng(3);
@@ -36,7 +38,7 @@ bool future_reaches_the_past(const Config& cfg) {
     b.targets.push_back(0);
   }
   if (model.needs_calibration()) model.calibrate(b);
-  model.set_training(false);
+  model.set_training(training);
   for (int64_t p : {3, 12, 20}) {
     model.forward(b);
     const std::vector<float> before = model.logits().rows(0, p + 1).to_vector<float>();
@@ -66,6 +68,9 @@ TEST(Generate, CausalConfigsIgnoreWhatFollows) {
            "moe { num_experts: 4 top_k: 1 capacity_factor_eval: 0.5 every_n_layers: 1 }",
            "moe { num_experts: 4 top_k: 2 dropless: true every_n_layers: 1 }",
            "moe { num_experts: 4 top_k: 2 capacity_factor_eval: 2 every_n_layers: 1 }",  // C >= N
+           "moe { num_experts: 4 top_k: 2 capacity_factor_eval: 0.5 slot_priority: TOKEN_ORDER every_n_layers: 1 }",
+           "moe { num_experts: 8 top_k: 3 capacity_factor_eval: 0.5 slot_priority: TOKEN_ORDER expert_groups: 4 "
+           "groups_per_token: 2 every_n_layers: 1 }",
            "moe { num_experts: 8 top_k: 2 dropless: true expert_groups: 4 groups_per_token: 1 every_n_layers: 1 }",
            "moe { num_experts: 4 top_k: 2 dropless: true budget_mode: HARD_CAUSAL budget: 1.5 every_n_layers: 1 }",
            "moe { num_experts: 4 top_k: 1 dropless: true every_n_layers: 1 } depth { every_n_layers: 2 tau: 0.5 }",
@@ -77,6 +82,15 @@ TEST(Generate, CausalConfigsIgnoreWhatFollows) {
     ASSERT_TRUE(causal(cfg, &why)) << why;
     EXPECT_FALSE(future_reaches_the_past(cfg));
   }
+}
+
+// The same in a training window: at top-2 under the training capacity a
+// later token's first choice can take an earlier token's second-choice slot
+// (POSITION), which token-by-token slots (TOKEN_ORDER) rule out.
+TEST(Generate, TokenOrderSlotsAreCausalInTrainingToo) {
+  const std::string moe = "moe { num_experts: 4 top_k: 2 capacity_factor: 0.5 every_n_layers: 1 slot_priority: ";
+  EXPECT_FALSE(future_reaches_the_past(config(moe + "TOKEN_ORDER }"), /*training=*/true));
+  EXPECT_TRUE(future_reaches_the_past(config(moe + "POSITION }"), /*training=*/true));
 }
 
 TEST(Generate, NonCausalConfigsSayWhyAndDo) {

@@ -91,7 +91,7 @@ TEST(TokensChoose, InvariantsOnRandomInputs) {
         if (k > G) continue;
         for (float cf : {0.5f, 1.0f, 1.25f, 4.0f})
           for (bool dropless : {false, true})
-            for (auto pr : {SlotPriority::position, SlotPriority::score}) {
+            for (auto pr : {SlotPriority::position, SlotPriority::score, SlotPriority::token}) {
               TokensChooseParams p;
               p.k = k, p.capacity_factor = cf, p.dropless = dropless, p.priority = pr;
               Route r = tokens_choose(random_probs(N, G, rng), p);
@@ -104,6 +104,17 @@ TEST(TokensChoose, InvariantsOnRandomInputs) {
               for (int64_t i = 0; i < N; ++i) {
                 std::set<int> gs(group.begin() + i * k, group.begin() + (i + 1) * k);
                 EXPECT_EQ(gs.size(), size_t(k));
+              }
+              // TOKEN: first come, first served in assignment order - an
+              // assignment's slot is the count of its group's earlier ones,
+              // dropped once that reaches the capacity.
+              if (pr == SlotPriority::token) {
+                const std::vector<int32_t> slot = ints(r.slot);
+                std::vector<int64_t> seen(G, 0);
+                for (int64_t a = 0; a < N * k; ++a) {
+                  const int64_t s = seen[group[a]]++;
+                  EXPECT_EQ(slot[a], s < r.capacity ? s : -1) << "assignment " << a;
+                }
               }
             }
       }
@@ -184,6 +195,32 @@ TEST(TokensChoose, PriorityKeysOrderTheSlots) {
   EXPECT_EQ(ints(r.slot), (std::vector<int32_t>{1, -1, -1, -1, 0, 1, 0, -1}));
   prm.priority = SlotPriority::position;
   EXPECT_THROW(tokens_choose(p, prm), Error);  // keys only order SCORE priority
+}
+
+// Slots token by token (TOKEN priority) against choice rank by choice rank
+// (POSITION), top-2 over 2 experts at C = ceil(0.5 * 4 * 2 / 2) = 2, the
+// table above: assignments (t, j) go to groups 0,1 | 0,1 | 0,1 | 1,0.
+// Token by token t0 and t1 take both experts' slots and t2, t3 find them
+// full. Choice rank by choice rank t3's first choice (e1) takes e1's slot
+// before t1's second choice does, so t1's route depends on a later token.
+TEST(TokensChoose, TokenPriorityServesTokenByToken) {
+  const Tensor p = probs_of({0.9f, 0.1f, 0.5f, 0.5f, 0.6f, 0.4f, 0.2f, 0.8f}, 4, 2);
+  TokensChooseParams prm;
+  prm.k = 2, prm.capacity_factor = 0.5f;
+  prm.priority = SlotPriority::token;
+  Route r = tokens_choose(p, prm);
+  EXPECT_EQ(r.capacity, 2);
+  EXPECT_EQ(ints(r.group), (std::vector<int32_t>{0, 1, 0, 1, 0, 1, 1, 0}));
+  EXPECT_EQ(ints(r.slot), (std::vector<int32_t>{0, 0, 1, 1, -1, -1, -1, -1}));
+  EXPECT_EQ(r.dropped, 4);
+  prm.priority = SlotPriority::position;
+  r = tokens_choose(p, prm);
+  EXPECT_EQ(ints(r.slot), (std::vector<int32_t>{0, 1, 1, -1, -1, -1, 0, -1}));
+  // Top-1: the two orders are one.
+  prm.k = 1, prm.capacity_factor = 1.0f;
+  const Route a = tokens_choose(p, prm);
+  prm.priority = SlotPriority::token;
+  EXPECT_EQ(ints(tokens_choose(p, prm).slot), ints(a.slot));
 }
 
 // The gating alone: logits ln(0.9), ln(0.1) etc. give the hand-computed
@@ -394,7 +431,7 @@ TEST(TokensChoose, RunsWithTheirOwnGroupsAreThePerRunRoutes) {
   Rng rng(41);
   for (const auto& [runs, S, G, k, cf, prio] : std::vector<std::tuple<int64_t, int64_t, int64_t, int, float, SlotPriority>>{
            {3, 20, 4, 1, 0.8f, SlotPriority::position}, {4, 9, 5, 2, 0.6f, SlotPriority::score},
-           {2, 16, 3, 1, 0.f, SlotPriority::position}}) {
+           {2, 16, 3, 1, 0.f, SlotPriority::position}, {3, 12, 4, 3, 0.5f, SlotPriority::token}}) {
     SCOPED_TRACE(::testing::Message() << runs << " runs of " << S << ", G=" << G << " k=" << k);
     const Tensor probs = random_probs(runs * S, G, rng);
     TokensChooseParams p;
@@ -854,15 +891,15 @@ TEST(Budget, NeverExceededOnRandomInputs) {
   int64_t cases = 0, with_drops = 0;
   for (int64_t N : {1, 3, 7, 37, 128})
     for (int64_t G : {1, 2, 5, 8})
-      for (int policy = 0; policy < 4; ++policy)
+      for (int policy = 0; policy < 5; ++policy)
         for (int k : {1, 2, 3}) {
           if (k > G || (policy == 3 && k > 1)) continue;
           const Tensor probs = random_probs(N, G, rng);
           Route before;
-          if (policy < 3) {
+          if (policy != 3) {
             TokensChooseParams prm;
             prm.k = k;
-            prm.priority = policy == 1 ? SlotPriority::score : SlotPriority::position;
+            prm.priority = policy == 1 ? SlotPriority::score : policy == 4 ? SlotPriority::token : SlotPriority::position;
             prm.dropless = policy == 2;
             prm.capacity_factor = 1.0f;
             before = tokens_choose(probs, prm);

@@ -158,15 +158,19 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
   std::vector<float> top_score(N);
   choose_top_k(probs, p, group, r.weight.f32(), top_score.data());
   // Visiting order: choice rank j outermost; items by position, by top score
-  // or by the priority keys.
+  // or by the priority keys. TOKEN: items outermost, by position (the
+  // assignments in index order, a = i*k + j).
   std::vector<int64_t> items(N);
   std::iota(items.begin(), items.end(), 0);
   if (p.priority == SlotPriority::score)
     items = argsort_desc(p.priority_keys ? p.priority_keys->to_vector<float>() : top_score);
   std::vector<int64_t> order;
   order.reserve(N * k);
-  for (int64_t j = 0; j < k; ++j)
-    for (int64_t i : items) order.push_back(i * k + j);
+  if (p.priority == SlotPriority::token)
+    for (int64_t a = 0; a < N * k; ++a) order.push_back(a);
+  else
+    for (int64_t j = 0; j < k; ++j)
+      for (int64_t i : items) order.push_back(i * k + j);
 
   if (p.dropless) {
     std::vector<int64_t> load(groups, 0);

@@ -22,7 +22,8 @@
 //   2. slots: one stable radix sort (cub_ops) of the assignments a = i*k + j,
 //      input in order of a, on the 64-bit key
 //          [ group | choice rank j | ~ordered_bits(top score of item i) ]
-//            high                            low (SCORE priority only: 32 bits)
+//            high                            low (SCORE priority only: 32 bits;
+//                                            the priority keys where given)
 //      The CPU visits assignments choice rank by choice rank, items in
 //      position order (POSITION) or by descending top score with ties to the
 //      lower position (SCORE), and gives each its group's next slot. Sorted by
@@ -30,7 +31,9 @@
 //      visiting order: by j first, then (SCORE) by descending score, and among
 //      equal keys by input order, i.e. ascending position, which is both
 //      priorities' tie rule. So an assignment's slot is its rank within its
-//      group's run, kept when the rank is below the capacity.
+//      group's run, kept when the rank is below the capacity. TOKEN priority
+//      visits the assignments in index order: the key is the group alone
+//      (no j bits), and the stable sort keeps index order within a group.
 //   3. run starts by binary search, counts = min(run length, capacity)
 //      (dropless: capacity = max(1, longest run)), offsets by a one-block scan
 //      of integers (exact), slots; then the one device-to-host copy of
@@ -378,7 +381,8 @@ static __global__ void slot_keys(const int32_t* group, const float* top, int64_t
   const int64_t a = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (a >= n) return;
   const int sbits = by_score ? 32 : 0;
-  uint64_t key = (static_cast<uint64_t>(group[a]) << (jbits + sbits)) | (static_cast<uint64_t>(a % k) << sbits);
+  uint64_t key = static_cast<uint64_t>(group[a]) << (jbits + sbits);
+  if (jbits > 0) key |= static_cast<uint64_t>(a % k) << sbits;  // (none: TOKEN priority)
   if (by_score) key |= static_cast<uint32_t>(~ordered_bits(nan_last(top[a / k])));
   keys[a] = key;
   values[a] = static_cast<int32_t>(a);
@@ -460,7 +464,8 @@ void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const Tokens
   const int64_t run = p.segment > 0 ? p.segment : N, G = run > 0 ? N / run * G_run : G_run;  // all runs' groups
   const int64_t n = N * k;
   Tensor meta = init_route(ctx, r, N, k, G);
-  const int jbits = bits_for(k), sbits = p.priority == SlotPriority::score ? 32 : 0;
+  const int jbits = p.priority == SlotPriority::token ? 0 : bits_for(k);
+  const int sbits = p.priority == SlotPriority::score ? 32 : 0;
   const int shift = jbits + sbits, end_bit = bits_for(G) + shift;
   SY_CHECK(end_bit <= 64, "tokens_choose: " << G << " groups x top-" << k << " do not fit the 64-bit slot key");
   if (!p.dropless)
@@ -469,16 +474,15 @@ void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const Tokens
   // 1. the choice.
   Tensor top = Tensor::empty({N}, DType::f32, ctx);
   choose(r.group.data<int32_t>(), r.weight.data<float>(), top.data<float>());
-  if (p.priority_keys)  // the slots' order from the caller's keys, not the top scores
-    CUDA_CHECK(cudaMemcpyAsync(top.data<float>(), p.priority_keys->data<float>(), N * sizeof(float),
-                               cudaMemcpyDeviceToDevice, stream(ctx)));
+  // The slots' order: the caller's keys where given, else the top scores.
+  const float* order = p.priority_keys ? p.priority_keys->data<float>() : top.data<float>();
 
   // 2. the slot sort.
   Tensor keys = Tensor::empty({2 * n}, DType::i64, ctx);
   Tensor values = Tensor::empty({2 * n}, DType::i32, ctx);
   auto* k_in = reinterpret_cast<uint64_t*>(keys.data<int64_t>());
   int32_t* v_in = values.data<int32_t>();
-  slot_keys<<<grid_for(n), kBlock, 0, stream(ctx)>>>(r.group.data<int32_t>(), top.data<float>(), n,
+  slot_keys<<<grid_for(n), kBlock, 0, stream(ctx)>>>(r.group.data<int32_t>(), order, n,
                                                      static_cast<int>(k), jbits, sbits > 0, k_in, v_in);
   CUDA_CHECK(cudaGetLastError());
   radix_sort_pairs(ctx, k_in, k_in + n, v_in, v_in + n, n, 0, end_bit);
