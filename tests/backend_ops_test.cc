@@ -22,6 +22,7 @@
 #include <iostream>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <tuple>
 
@@ -1432,7 +1433,10 @@ std::vector<OpCase> cases() {
                                                  {"softmax_k3_of_3", 3, 3, false, false, false, false, 0},
                                                  {"softmax_k4_16", 16, 4, false, false, false, false, 0},
                                                  {"sigmoid_bias_k8_68", 68, 8, true, false, false, false, 0},
-                                                 {"softmax_k6_128", 128, 6, false, false, false, false, 0}}) {
+                                                 {"softmax_k6_128", 128, 6, false, false, false, false, 0},
+                                                 // k > 8 at G <= 128: the probabilities through
+                                                 // memory, then the k-round top-k
+                                                 {"softmax_k10_40", 40, 10, false, false, false, false, 0}}) {
     const int64_t N = 300;
     c.push_back({"tokens_choose_logits_" + g.name, Tol::f32,
                  [=](Rng& r) {
@@ -1842,8 +1846,8 @@ std::vector<OpCase> cases() {
                  for (double d : values.to_vector<double>()) v.push_back(static_cast<float>(d));
                  put(x, o[3], v);
                }});
-  // More than 256 items: ops/cuda/router_loss.cu's routing_sums in 3 stage-1
-  // blocks, summed by add_partials.
+  // More than 256 items: ops/cuda/router_loss.cu's routing_sums in 19
+  // stage-1 blocks (chunks of 32 items), then its second stage.
   c.push_back({"routing_sums_600_items", Tol::f32, [](Rng& r) { return Ins{probs_of({600, 5}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {ops::routing_sums_size(5)}), acc(x, {600, 5}), fresh(x, {1})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
@@ -2059,6 +2063,28 @@ std::vector<OpCase> cases() {
                      b.dx_accumulate = false, b.gelu_pre = &pre;
                      ops::matmul_backward(x, b);
                    }});
+  // The same without a bias (model.bias false): cuBLASLt's GELU_AUX, and
+  // DGELU with no bias gradient.
+  c.push_back({"matmul_gelu_epilogue_bf16_no_bias_300x256x384", Tol::bf16,
+               [](Rng& r) {
+                 return Ins{randn({300, 256}, r), randn({256, 384}, r, 0.2f), randn({300, 384}, r), randn({300, 256}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {300, 384}, DType::bf16), fresh(x, {300, 384}, DType::bf16),
+                             fresh(x, {300, 256}, DType::bf16), acc(x, {256, 384})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 Tensor w16 = out(x, in[1].shape(), DType::bf16), pre = out(x, in[3].shape(), DType::bf16);
+                 ops::to_bf16(x, w16, in[1]);
+                 ops::to_bf16(x, pre, in[3]);
+                 const Tensor no_bias;
+                 ops::MatmulArgs f{o[0], in[0], in[1], no_bias, false, false, &w16};
+                 f.gelu = &o[1];
+                 ops::matmul_forward(x, f);
+                 ops::MatmulBackwardArgs b{&o[2], &o[3], nullptr, in[2], in[0], in[1], false, &w16};
+                 b.dx_accumulate = false, b.gelu_pre = &pre;
+                 ops::matmul_backward(x, b);
+               }});
   c.push_back({"matmul_bf16_dx_written_300x256x384", Tol::bf16,
                [](Rng& r) { return Ins{randn({300, 256}, r), randn({256, 384}, r), randn({300, 384}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {300, 256}), acc(x, {256, 384})}; },
@@ -2116,6 +2142,31 @@ std::vector<OpCase> cases() {
                  [offset = offset, pre16](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    expert_ffn_bf16(x, in, o, offset, ops::ExpertLayout(64, {256, 256, 256, 256}), pre16);
                  }});
+  // The same equal rows without biases (model.bias false), bf16 pre: the
+  // strided batch's GELU_AUX and DGELU epilogues with no bias.
+  c.push_back({"expert_ffn_bf16_equal_rows_no_bias_pre16", Tol::bf16,
+               [](Rng& r) {
+                 return Ins{randn({640, 64}, r), randn({4, 64, 256}, r, 0.1f), randn({4, 256, 64}, r, 0.1f),
+                            randn({640, 64}, r)};
+               },
+               [](Ctx& x, const Ins&) {
+                 return Outs{fresh(x, {640, 64}), fresh(x, {640, 256}), acc(x, {640, 64}), acc(x, {4, 64, 256}),
+                             acc(x, {4, 256, 64})};
+               },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                 const std::vector<int32_t> offset{0, 160, 320, 480, 640};
+                 const ops::ExpertLayout layout(64, {256, 256, 256, 256});
+                 Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[2].shape(), DType::bf16);
+                 ops::to_bf16(x, w1, in[1]);
+                 ops::to_bf16(x, w2, in[2]);
+                 const Tensor none;
+                 Tensor no_db1, no_db2, pre = out(x, o[1].shape(), DType::bf16);
+                 poison(pre, x);
+                 const ops::ExpertWeights w{in[1], none, in[2], none, &w1, &w2};
+                 ops::expert_ffn_forward(x, {o[0], pre, in[0], offset, layout, w});
+                 ops::expert_ffn_backward(x, {o[2], {o[3], no_db1, o[4], no_db2}, in[3], in[0], pre, offset, layout, w});
+                 ops::to_f32(x, o[1], pre);
+               }});
   c.push_back({"to_bf16", Tol::exact, [](Rng& r) { return Ins{randn({1001}, r)}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001}, DType::bf16)}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::to_bf16(x, o[0], in[0]); }});
@@ -2616,6 +2667,105 @@ TEST_P(BackendOps, VarlenMemberAttentionAgreesWithSparseAttentionOverItsKeySets)
 #endif
 }
 
+// Varlen attention in routed attention's split layout (a segment's keys,
+// then its queries, each side in position order; a pair needs pos[j] <=
+// pos[i]), bf16 at head dim 64: segments of 200 keys + 60 queries and 64
+// keys + 100 queries, so whole forward (128-row) and dQ (64-row) tiles are
+// key rows that see no key - the tiles the kernels skip. Those rows get
+// o = 0 and lse = -inf exactly; the rest agree with the CPU's sparse
+// attention over the same pairs (class B); with the flags read and with
+// all_flagged; outputs poisoned first, two runs bitwise equal.
+TEST_P(BackendOps, VarlenSplitLayoutSkipsKeyOnlyTiles) {
+#ifndef SY_WITH_CUDA
+  GTEST_SKIP() << "built without CUDA";
+#else
+  if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "CUDA's kernels (the CPU reference is sparse attention)";
+  Ctx& x = ctx();
+  Ctx& h = host_ctx();
+  const int64_t D = 64;
+  const std::vector<std::pair<int32_t, int32_t>> sides = {{200, 60}, {64, 100}};  // (keys, queries)
+  std::vector<int32_t> seg = {0}, key_len, is_q, is_k, pos;
+  Rng rng(0x5b1f);
+  for (const auto& [m, q] : sides) {
+    std::vector<int32_t> p(m + q);
+    std::iota(p.begin(), p.end(), 0);
+    for (int64_t i = m + q - 1; i > 0; --i) std::swap(p[i], p[rng.between(0, i)]);
+    std::sort(p.begin(), p.begin() + m);
+    std::sort(p.begin() + m, p.end());
+    for (int32_t r = 0; r < m + q; ++r) is_k.push_back(r < m), is_q.push_back(r >= m), pos.push_back(p[r]);
+    key_len.push_back(m);
+    seg.push_back(seg.back() + m + q);
+  }
+  const int64_t rows = seg.back();
+  Tensor qkv = randn({rows, 3 * D}, rng).to(DType::bf16).to(DType::f32);
+  Tensor dout = randn({rows, D}, rng).to(DType::bf16).to(DType::f32);
+  // The reference: query row i sees the key rows j of its segment with pos[j] <= pos[i].
+  ops::KeySetsBuilder kb;
+  for (size_t b = 0; b + 1 < seg.size(); ++b)
+    for (int32_t i = seg[b]; i < seg[b + 1]; ++i) {
+      std::vector<int32_t> keys;
+      if (is_q[i])
+        for (int32_t j = seg[b]; j < seg[b + 1]; ++j)
+          if (is_k[j] && pos[j] <= pos[i]) keys.push_back(j);
+      kb.add_query(keys);
+    }
+  const ops::KeySets ks = kb.build(h);
+  auto part = [&](const Tensor& t, int64_t width, int64_t col) {
+    Tensor p = Tensor::zeros({rows, D}, DType::f32, h);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t d = 0; d < D; ++d) p.f32()[r * D + d] = t.f32()[r * width + col + d];
+    return p;
+  };
+  const Tensor q = part(qkv, 3 * D, 0), k = part(qkv, 3 * D, D), v = part(qkv, 3 * D, 2 * D);
+  Tensor o_c = Tensor::zeros({rows, D}, DType::f32, h), l_c = Tensor::zeros({rows}, DType::f32, h);
+  Tensor dq = Tensor::zeros({rows, D}, DType::f32, h), dk = dq.clone(), dv = dq.clone();
+  ops::sparse_attention_forward(h, {o_c, l_c, q, k, v, ks});
+  ops::sparse_attention_backward(h, {dq, dk, dv, dout, o_c, l_c, q, k, v, ks});
+  Tensor d_c = Tensor::zeros({rows, 3 * D}, DType::f32, h);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < D; ++d) {
+      d_c.f32()[r * 3 * D + d] = dq.f32()[r * D + d];
+      d_c.f32()[r * 3 * D + D + d] = dk.f32()[r * D + d];
+      d_c.f32()[r * 3 * D + 2 * D + d] = dv.f32()[r * D + d];
+    }
+  const Tensor seg_d = Tensor::from_host(seg).to(x), q_d = Tensor::from_host(is_q).to(x),
+               k_d = Tensor::from_host(is_k).to(x), len_d = Tensor::from_host(key_len).to(x),
+               pos_d = Tensor::from_host(pos).to(x);
+  for (const bool all_flagged : {false, true}) {
+    SCOPED_TRACE(all_flagged ? "all_flagged" : "flags read");
+    ops::cuda::VarlenAttention va;
+    va.segments = static_cast<int64_t>(sides.size()), va.max_len = 260, va.rows = rows, va.C = D, va.H = 1;
+    va.seg = seg_d.data<int32_t>(), va.is_query = q_d.data<int32_t>(), va.is_key = k_d.data<int32_t>();
+    va.key_len = len_d.data<int32_t>(), va.pos = pos_d.data<int32_t>(), va.all_flagged = all_flagged;
+    std::vector<Tensor> runs[2];
+    for (auto& r : runs) {
+      const Tensor qd = qkv.to(DType::bf16).to(x), gd = dout.to(DType::bf16).to(x);
+      Tensor o = out(x, {rows, D}, DType::bf16), l = out(x, {1, rows}), dqkv = Tensor::zeros({rows, 3 * D}, DType::bf16, x);
+      poison(o, x);
+      poison(l, x);
+      ops::cuda::varlen_attention_forward(x, va, qd, o, l);
+      ops::cuda::varlen_attention_backward(x, va, dqkv, gd, qd, o, l);
+      r = {o.to(h).to(DType::f32), l.to(h), dqkv.to(h).to(DType::f32)};
+    }
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
+    const Tensor &o = runs[0][0], &l = runs[0][1], &d = runs[0][2];
+    for (size_t b = 0; b + 1 < seg.size(); ++b)
+      for (int32_t r = seg[b]; r < seg[b + 1]; ++r) {
+        ASSERT_FALSE(std::isnan(l.f32()[r])) << "lse row " << r << " never written";
+        for (int64_t e = 0; e < D; ++e) ASSERT_FALSE(std::isnan(o.f32()[r * D + e])) << "out row " << r << " never written";
+        if (is_q[r]) {
+          ASSERT_NEAR(l.f32()[r], l_c.f32()[r], 2e-2 * (1.0 + std::fabs(l_c.f32()[r]))) << "lse row " << r;
+          continue;
+        }
+        ASSERT_EQ(l.f32()[r], -INFINITY) << "key row " << r << ": no key";
+        for (int64_t e = 0; e < D; ++e) ASSERT_EQ(o.f32()[r * D + e], 0.f) << "key row " << r << ": no key";
+      }
+    EXPECT_LE(rel_l2(o, o_c), 1e-2) << "out";
+    EXPECT_LE(rel_l2(d, d_c), 3e-2) << "dqkv";
+  }
+#endif
+}
+
 // bf16 mode: the forward hands back bf16(x) and backward takes it as x (what
 // Linear keeps): y, dx, dW, db bit for bit those of rounding x again in
 // backward, on each backend; x_bf16 is bf16(x) exactly. Plain and transposed
@@ -2660,7 +2810,7 @@ TEST_P(BackendOps, MatmulBf16OutputsAreTheF32OutputsRounded) {
   const bool cpu = GetParam() == DeviceKind::cpu;
   for (const auto& [N, K, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 24, 19}, {256, 192, 384}})
     for (const bool tw : {false, true})
-      for (const int bias : {0, 1, 2}) {  // none, aligned, a view one element in (no epilogue: the fallback)
+      for (const int bias : {0, 1, 2}) {  // none, aligned, a view one element in (its rounded copy is aligned)
         SCOPED_TRACE(std::to_string(N) + "x" + std::to_string(K) + "x" + std::to_string(M) + (tw ? " W^T" : "") +
                      (bias ? bias == 1 ? " bias" : " offset bias" : ""));
         Rng rng(0xb16 + N + tw);
