@@ -534,8 +534,11 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   double acts = N * (2 * V + 4 * C);                  // logits and probabilities; embeddings
   // Key and value width: C, or grouped-query attention's n_kv_heads heads.
   const double KV = C / H * kv_heads(m);
+  // train.recompute: the blocks' inputs, and one block's own at a time.
+  double blocks = 0, largest = 0;
   for (int l = 0; l < L; ++l) {
     params += 4 * C + 2 * C * C + 2 * C * KV + 2 * C + 2 * KV;  // norms, qkv and output projections
+    const double before = acts;
     acts += N * (6 * C + H);              // norm outputs, q, k, v, attention output; its LSE rows
     const bool moe = is_moe_layer(e, l);
     if (moe) {
@@ -547,7 +550,10 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
       params += mats * C * F + F + C;
       acts += N * mats * F;
     }
+    blocks += acts - before;
+    largest = std::max(largest, acts - before);
   }
+  if (cfg.train().recompute()) acts += largest + L * N * C - blocks;
   MemoryEstimate est;
   est.parameters = 16 * params;
   est.activations = 4 * acts;
@@ -602,7 +608,8 @@ void check_memory(const Config& cfg, int world, const MemoryPool& pool, const st
   if (pool.ranks > 1) os << " (" << pool.ranks << " ranks share " << pool.holder << ", " << bytes_str(est.total()) << " each)";
   os << " (activations " << bytes_str(est.activations) << ", parameters with gradients and AdamW state "
      << bytes_str(est.parameters) << ") but " << pool.holder << " has " << bytes_str(pool.bytes) << " of " << pool.kind
-     << "; lower model.seq_len or train.batch, or raise train.micro_batches";
+     << "; lower model.seq_len or train.batch, or raise train.micro_batches"
+     << (cfg.train().recompute() ? "" : " (or set train.recompute)");
   throw ConfigError(os.str());
 }
 

@@ -49,7 +49,8 @@ void validate_config(const Config& cfg, const std::string& source);
 // Memory one rank needs for training, estimated from the config (bytes): the
 // parameters with their gradients and AdamW moments (4 floats each; a rank's
 // expert shard) and the activations a step keeps for backward for its
-// batch / world sequences (one micro-batch's). Attention keeps no T x T
+// batch / world sequences (one micro-batch's; with train.recompute every
+// block's input and one block's activations). Attention keeps no T x T
 // matrix on either backend (ops/attention.h: backward recomputes the
 // probabilities from q, k and the LSE), so its share is its outputs and the
 // LSE rows. Meant as a lower bound (temporaries and the allocator's slack

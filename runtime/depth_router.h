@@ -78,6 +78,8 @@ class DepthRouter {
   Tensor combine(const Tensor& x, const Tensor& z);
   // Returns dz; accumulates into dx (N, C) the pass-through and router paths.
   Tensor backward(const Tensor& dy, Tensor& dx);
+  // Drops what backward reads but the route (runtime/layers.h).
+  void release() { x_ = z_ = r_ = sig_ = weight_ = pred_ = dl_ = dbudget_ = Tensor(); }
   // Statistics of the last select(): processed from the host, the rest from
   // the statistics row (one read of the shared buffer when it is stale; none
   // when nothing but processed is needed: evaluation at budget_coef 0).

@@ -39,6 +39,7 @@ class GroupedExperts {
   // unwritten (the step's first backward after ParamStore::zero_grad), else
   // added to (a later micro-batch).
   Tensor backward(const Tensor& dout);
+  void release() { buf_ = pre_ = act16_ = Tensor(); }
   // The local experts' layout (widths in local order, activation).
   const ops::ExpertLayout& layout() const { return layout_; }
   // Forward FLOPs of the last forward's expert GEMMs: sum_g 2 n_g C (P_g + H_g)

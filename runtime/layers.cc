@@ -148,6 +148,12 @@ Tensor Mlp::backward(const Tensor& dy) {
   return fc1_.backward(dpre);
 }
 
+void Mlp::release() {
+  fc1_.release();
+  fc2_.release();
+  pre_ = Tensor();
+}
+
 namespace {
 int64_t kv_heads_of(const AttentionOptions& o, int64_t H) { return o.kv_heads > 0 ? o.kv_heads : H; }
 }  // namespace
@@ -209,6 +215,12 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
     ops::attention_forward(ctx_, {y_, lse_, qkv_out_, shape_});
   }
   return proj_.forward(y_.reshape({B * T, C_}));
+}
+
+void CausalSelfAttention::release() {
+  qkv_.release();
+  proj_.release();
+  qkv_out_ = y_ = lse_ = positions_ = qkv16_ = y16_ = Tensor();
 }
 
 double CausalSelfAttention::flops(int64_t B, int64_t T) const {

@@ -3,6 +3,9 @@
 // Shapes: token rows are (N, C) with N = B*T. backward(dy) returns dx and
 // accumulates parameter gradients into Param::grad. Each layer runs its ops on
 // the Ctx it was built with (the model's device, stream and allocator).
+// release() drops what forward saved for backward (activation recomputation,
+// train.recompute: the block runs forward again before its backward); a
+// backward then needs a forward first.
 #pragma once
 #include <string>
 
@@ -36,6 +39,7 @@ class Linear {
   // Whether its GEMMs read bf16(x) (bf16 mode): forward then takes x as bf16,
   // rounded by whatever wrote it, instead of rounding it in a pass of its own.
   bool reads_bf16() const { return shadow() != nullptr; }
+  void release() { x_ = Tensor(); }
 
  private:
   // W's bf16 shadow when the store keeps them (Config.precision BF16): the
@@ -60,6 +64,7 @@ class Norm {
   // gradient sums into the buffer already holding its other term, with no
   // zeroed buffer and no separate add. dx may not be dy's storage.
   virtual void backward_into(const Tensor& dy, Tensor& dx) = 0;
+  virtual void release() = 0;
 };
 
 enum class NormKind { layernorm, rmsnorm };
@@ -72,6 +77,7 @@ class LayerNorm : public Norm {
   Tensor forward(const Tensor& x, DType y_dtype) override;  // (bf16: rounded as the kernel writes it)
   Tensor backward(const Tensor& dy) override;
   void backward_into(const Tensor& dy, Tensor& dx) override;
+  void release() override { x_ = mean_ = rstd_ = Tensor(); }
 
  private:
   Ctx& ctx_;
@@ -87,6 +93,7 @@ class RmsNorm : public Norm {
   Tensor forward(const Tensor& x, DType y_dtype) override;  // (bf16: rounded after, in a pass of its own)
   Tensor backward(const Tensor& dy) override;
   void backward_into(const Tensor& dy, Tensor& dx) override;
+  void release() override { x_ = rstd_ = Tensor(); }
 
  private:
   Ctx& ctx_;
@@ -127,6 +134,7 @@ class FeedForward {
   virtual ~FeedForward() = default;
   virtual Tensor forward(const Tensor& x) = 0;  // x (N, C) -> (N, C)
   virtual Tensor backward(const Tensor& dy) = 0;
+  virtual void release() = 0;
   virtual void set_training(bool) {}
   // The rows of the next forward are sequences of T tokens each (a causal
   // per-sequence budget needs it; the block calls it before forward).
@@ -154,6 +162,7 @@ class Mlp : public FeedForward {
       float out_std, const FfnOptions& options = {});
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
+  void release() override;
   double forward_flops() const override { return flops_; }
   bool reads_bf16() const override { return fc1_.reads_bf16(); }
 
@@ -177,6 +186,10 @@ class SelfAttention {
   virtual Tensor forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) = 0;
   Tensor forward(const Tensor& x, int64_t B, int64_t T) { return forward(x, B, T, Tensor()); }
   virtual Tensor backward(const Tensor& dy) = 0;
+  virtual void release() = 0;
+  // The next forwards repeat one already run (activation recomputation):
+  // they record no training statistics a second time.
+  virtual void set_replay(bool) {}
   virtual void set_training(bool) {}
   virtual double forward_flops() const = 0;
   // FLOPs a dense forward over B sequences of T tokens would spend.
@@ -199,6 +212,7 @@ class CausalSelfAttention : public SelfAttention {
   using SelfAttention::forward;
   Tensor forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) override;
   Tensor backward(const Tensor& dy) override;
+  void release() override;
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
   bool reads_bf16() const override { return qkv_.reads_bf16(); }

@@ -100,6 +100,25 @@ Tensor Block::inner_backward(const Tensor& dy) {
 }
 
 Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
+  if (!(recompute_ && training_)) {
+    input_ = Tensor();  // a backward reads this forward's saved activations
+    return run_forward(x, B, T);
+  }
+  Tensor y = run_forward(x, B, T);
+  release();
+  input_ = x, B_ = B, T_ = T;
+  return y;
+}
+
+void Block::release() {
+  ln1_->release();
+  ln2_->release();
+  attn_->release();
+  ffn_->release();
+  if (depth_) depth_->release();
+}
+
+Tensor Block::run_forward(const Tensor& x, int64_t B, int64_t T) {
   flops_ = attn_flops_ = ffn_flops_ = router_flops_ = 0;
   const int64_t C = x.dim(1);
   dense_attn_flops_ = attn_->flops(B, T);
@@ -140,10 +159,25 @@ Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
 }
 
 Tensor Block::backward(const Tensor& dy) {
-  if (!depth_) return inner_backward(dy);
-  Tensor dx = Tensor::zeros(dy.shape(), DType::f32, *ctx_);
-  Tensor dz = depth_->backward(dy, dx);
-  if (dz.dim(0) > 0) ops::dispatch_backward(*ctx_, dx, inner_backward(dz), depth_->route());
+  const bool repeat = input_.defined();
+  if (repeat) {
+    // The same forward again (the routers' draws are keyed by step and
+    // token; the routing state records nothing twice: set_replay), so the
+    // backward below reads what one pass would have saved, bit for bit.
+    attn_->set_replay(true);
+    run_forward(input_, B_, T_);
+    attn_->set_replay(false);
+    input_ = Tensor();
+  }
+  Tensor dx;
+  if (!depth_) {
+    dx = inner_backward(dy);
+  } else {
+    dx = Tensor::zeros(dy.shape(), DType::f32, *ctx_);
+    Tensor dz = depth_->backward(dy, dx);
+    if (dz.dim(0) > 0) ops::dispatch_backward(*ctx_, dx, inner_backward(dz), depth_->route());
+  }
+  if (repeat) release();  // (held until the next forward otherwise)
   return dx;
 }
 
@@ -185,6 +219,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
                              cfg.train().seed() * 7919 + l};
     blocks_.emplace_back(ctx_, params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
                          sparse ? &spec : nullptr, bf16_attention(cfg));
+    blocks_.back().set_recompute(cfg.train().recompute());
   }
   // The depth routers write their statistics into one buffer, so that a
   // logged step reads them for every routed block in one copy.

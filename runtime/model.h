@@ -42,7 +42,9 @@ bool bf16_attention(const switchyard::Config& cfg);
 
 // x -> x + Attn(LN1(x)) -> + FFN(LN2(.)); on a depth-routed block only the
 // tokens the DepthRouter picks go through (attending among themselves), and
-// the rest pass unchanged.
+// the rest pass unchanged. With recomputation (train.recompute) a training
+// forward keeps only x, and backward runs the forward again first: the
+// block's activations live from that repeat to the end of its backward.
 class Block {
  public:
   Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,
@@ -52,6 +54,7 @@ class Block {
   Tensor forward(const Tensor& x, int64_t B, int64_t T);
   Tensor backward(const Tensor& dy);
   void set_training(bool t);
+  void set_recompute(bool r) { recompute_ = r; }
   FeedForward& ffn() { return *ffn_; }
   SelfAttention& attention() const { return *attn_; }
   DepthRouter* depth() const { return depth_.get(); }
@@ -69,8 +72,10 @@ class Block {
   double dense_ffn_flops() const { return dense_flops_ - dense_attn_flops_; }
 
  private:
+  Tensor run_forward(const Tensor& x, int64_t B, int64_t T);  // the block's forward, saving for backward
   Tensor inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions = Tensor());
   Tensor inner_backward(const Tensor& dy);
+  void release();  // every part's saved activations dropped
 
   Ctx* ctx_;
   bool rope_;
@@ -79,6 +84,9 @@ class Block {
   std::unique_ptr<FeedForward> ffn_;
   std::unique_ptr<DepthRouter> depth_;
   bool training_ = true;
+  bool recompute_ = false;
+  Tensor input_;  // recomputation: the training forward's x, until backward
+  int64_t B_ = 0, T_ = 0;
   int64_t ffn_hidden_ = 0;
   double flops_ = 0, dense_flops_ = 0;
   double attn_flops_ = 0, ffn_flops_ = 0, router_flops_ = 0, dense_attn_flops_ = 0;

@@ -75,6 +75,13 @@ Tensor MoeLayer::forward(const Tensor& x) {
   return y;
 }
 
+void MoeLayer::release() {
+  router_.release();
+  dispatcher_.release();
+  experts_.release();
+  if (shared_) shared_->release();
+}
+
 Tensor MoeLayer::backward(const Tensor& dy) {
   Tensor dweight;
   // (bf16 mode: dout rounded as combine_backward writes it, as dispatch rounds buf)

@@ -229,6 +229,10 @@ void Router::losses_and_stats(int64_t N) {
   stats_read_ = false;
 }
 
+void Router::release() {
+  xr_ = noise_ = logits_ = probs_ = aux_dprobs_ = aux_dlogits_ = Tensor();
+}
+
 void Router::end_step() {
   if (!load_recorded_) return;  // no training forward this step (or no balancing)
   ops::update_balance_bias(ctx_, bias_, step_load_, cfg_.bias_balance_rate());

@@ -73,6 +73,10 @@ class Router {
   // dweight (N*k): the combine weights' gradient. Accumulates the router's
   // input gradient into dx (N, C) and Wg's gradient into the ParamStore.
   void backward(const Tensor& dweight, Tensor& dx);
+  // Drops what backward reads but the route (runtime/layers.h). A forward
+  // run again records the same load for the balancing bias (a row per
+  // micro-batch, written, not added): nothing counts twice.
+  void release();
   void set_training(bool t) { training_ = t; }
   // The training step the next forward's noise belongs to. A new step (or a
   // step run again) starts with no load recorded for the balancing bias.

@@ -185,7 +185,7 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
                                          &routed_saved_});
     for (int64_t r = 0; r < R_; ++r) {
       const ops::HeadRange heads{r * B, B};
-      if (training_) ops::accumulate_cluster_stats(ctx_, pending_[r], qn_, kn, clusters_, heads);
+      if (training_ && !replay_) ops::accumulate_cluster_stats(ctx_, pending_[r], qn_, kn, clusters_, heads);
       if (cp.mode == ops::ClusterMode::causal)
         assigned += static_cast<double>(
             ops::commitment_sums(ctx_, qn_, clusters_, *sets[r], sums.data<double>() + 1 + r, heads).count);
@@ -221,6 +221,18 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   if (Hs > 0) ops::merge_heads(ctx_, y, o_, h0 * D_);
   y_ = y;
   return proj_.forward(y);
+}
+
+void SparseSelfAttention::release() {
+  qkv_.release();
+  proj_.release();
+  for (Tensor* t : {&positions_, &q_, &k_, &v_, &o_, &lse_, &qkv_out_, &y_, &local_lse_, &qkv16_, &y16_, &q16_,
+                    &k16_, &v16_, &o16_, &qn_, &qn_mean_, &qn_rstd_})
+    *t = Tensor();
+  keys_.clear();
+  routed_keys_ = ops::KeySets{};
+  routed_saved_ = ops::RoutedSaved{};
+  clusters_ = ops::Clusters{};
 }
 
 bool SparseSelfAttention::needs_calibration() const {

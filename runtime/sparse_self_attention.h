@@ -68,6 +68,9 @@ class SparseSelfAttention : public SelfAttention {
   using SelfAttention::forward;
   Tensor forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) override;
   Tensor backward(const Tensor& dy) override;
+  void release() override;
+  // A repeated training forward adds nothing to the centroids' statistics.
+  void set_replay(bool r) override { replay_ = r; }
   void set_training(bool t) override { training_ = t; }
   // The next forward (in evaluation mode) initialises any uninitialised
   // centroids by k-means on its own normalised queries: a warm-up batch.
@@ -116,6 +119,7 @@ class SparseSelfAttention : public SelfAttention {
   std::vector<ops::Centroids>* centroids_;
   Rng rng_;
   bool training_ = true;
+  bool replay_ = false;
   bool calibrating_ = false;
   std::function<void(Tensor&)> reducer_, broadcaster_;
   std::vector<ops::ClusterStats> pending_;  // per routing head, since the last update

@@ -126,6 +126,7 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
     if (s.host_staging_bytes > 0) line["host_staging_gib"] = s.host_staging_bytes / 1073741824.0;
     line["host_waits_per_step"] = s.host_waits_per_step;
   }
+  if (s.host_tensor_bytes_high_water > 0) line["tensor_mem_gib"] = s.host_tensor_bytes_high_water / 1073741824.0;
   line["elapsed_s"] = s.elapsed_s;
   if (s.world > 1) {
     line["ranks"] = s.world;
@@ -242,8 +243,9 @@ std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_siz
                   p.moe_budget(cfg.budget().target()));
     out += b;
   }
-  std::snprintf(b, sizeof b, "model: %lld parameters, %d layers, d_model %d; data: %lld train ",
-                static_cast<long long>(parameters), cfg.model().n_layers(), cfg.model().d_model(),
+  std::snprintf(b, sizeof b, "model: %lld parameters, %d layers%s, d_model %d; data: %lld train ",
+                static_cast<long long>(parameters), cfg.model().n_layers(),
+                cfg.train().recompute() ? " (recomputed in backward)" : "", cfg.model().d_model(),
                 static_cast<long long>(train_size));
   out += b;
   if (train_unit != "bytes" || val_unit != "bytes") out += train_unit + " ";

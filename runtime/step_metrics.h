@@ -37,6 +37,10 @@ struct StepLog {
   double peak_tflops = 0;
   size_t device_bytes_high_water = 0;  // live tensors' peak
   size_t device_bytes_reserved = 0;    // the pool's peak from the driver (fragmentation, cache)
+  // Backend CPU: the host allocator's high-water mark of live tensor bytes
+  // (what train.recompute lowers; the process's resident size also holds
+  // the allocator's cached blocks).
+  size_t host_tensor_bytes_high_water = 0;
   // Device tensors through MPI (ranks sharing a GPU, or parallel.backend
   // MPI): host memory the communicators keep to stage them (page-locked;
   // ParallelContext::host_staging_bytes).

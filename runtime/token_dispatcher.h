@@ -33,6 +33,8 @@ class TokenDispatcher {
   Tensor combine_backward(const Tensor& dy, Tensor& dweight, DType dtype = DType::f32);
   // Returns dx (N, C) from d(dispatch()'s buffer).
   Tensor dispatch_backward(const Tensor& dbuf);
+  // Drops the expert outputs combine's backward reads (runtime/layers.h).
+  void release() { out_ = Tensor(); }
   // All-to-all bytes sent in the last forward + backward.
   double bytes_sent() const { return exchange_ ? exchange_->bytes_sent() : 0; }
 

@@ -368,6 +368,8 @@ TrainResult Trainer::run() {
       log.device_bytes_reserved = ctx_.alloc->reserved_high();
       if (opts_.par) log.host_staging_bytes = opts_.par->host_staging_bytes();
       log.host_waits_per_step = static_cast<double>(interval_waits) / std::max<int64_t>(1, interval_steps);
+    } else {
+      log.host_tensor_bytes_high_water = ctx_.alloc->high_water();
     }
     log.all_to_all_s = r.all_to_all_s;
     log.all_to_all_bytes = r.all_to_all_bytes;

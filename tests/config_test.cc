@@ -397,6 +397,15 @@ TEST(Config, MemoryEstimateRefusesWhatCannotFit) {
   EXPECT_NE(m.find("t.pbtxt: model.seq_len = 65536 with train.batch = 16: training needs about "), std::string::npos) << m;
   EXPECT_NE(m.find("but this machine has "), std::string::npos) << m;
   EXPECT_NE(m.find(" of physical memory; lower model.seq_len"), std::string::npos) << m;
+  EXPECT_NE(m.find("(or set train.recompute)"), std::string::npos) << m;
+  // Recomputation keeps every block's input (N C) and one block's own
+  // activations ((6 C + H + 2 F) N for a dense block) where all L blocks'
+  // were kept: 4 bytes x ((L - 1) (6 C + H + 2 F) - L C) N fewer.
+  Config rc = c;
+  rc.mutable_train()->set_recompute(true);
+  const double N = 16.0 * 65536, C = 64, H = 4, F = 256, L = 2;  // the defaults
+  EXPECT_DOUBLE_EQ(est.activations - estimate_memory(rc, 1).activations,
+                   4 * ((L - 1) * (6 * C + H + 2 * F) - L * C) * N);
   // Data parallelism splits the batch: 8 ranks on 8 machines need an eighth of the activations each.
   EXPECT_DOUBLE_EQ(estimate_memory(c, 8).activations, est.activations / 8);
   host.bytes = 1.0 * (1ull << 30);

@@ -131,6 +131,11 @@ TEST(Metrics, MfuAndDeviceMemoryOnlyOnADevice) {
   EXPECT_DOUBLE_EQ(line["device_mem_gib"].get<double>(), 1.5);
   EXPECT_DOUBLE_EQ(line["device_reserved_gib"].get<double>(), 2.0);
   EXPECT_FALSE(line.contains("host_staging_gib"));  // one rank to a GPU: nothing staged
+  EXPECT_FALSE(line.contains("tensor_mem_gib"));    // the CPU's
+  StepLog cpu;
+  cpu.host_tensor_bytes_high_water = size_t{1} << 29;
+  EXPECT_DOUBLE_EQ(metrics_line(cpu, r)["tensor_mem_gib"].get<double>(), 0.5);
+  EXPECT_FALSE(metrics_line(cpu, r).contains("device_mem_gib"));
   s.host_staging_bytes = size_t{1} << 28;
   EXPECT_DOUBLE_EQ(metrics_line(s, r)["host_staging_gib"].get<double>(), 0.25);
   const std::string p = progress_line(s, r);

@@ -7,6 +7,9 @@
 # (ops/random.h), so they do not depend on the number of ranks either. Every
 # step of the parallel runs reports some all-to-all time. The same with each
 # token dispatched once per rank (parallel.dedup_dispatch), in fewer bytes.
+# With activation recomputation (train.recompute: the backward's repeated
+# forward runs the exchanges and the statistics' all-reduce again) ep=4's
+# losses are the ones without it, bit for bit.
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -26,10 +29,11 @@ noisy=(--set moe.jitter=0.01 --set moe.router_noise=0.3)
 "$BIN" "${args[@]}" --metrics "$tmp/one.jsonl" > "$tmp/one.log" 2>&1 || { cat "$tmp/one.log"; exit 1; }
 "$BIN" "${args[@]}" "${noisy[@]}" --metrics "$tmp/one_noisy.jsonl" > "$tmp/one_noisy.log" 2>&1 || { cat "$tmp/one_noisy.log"; exit 1; }
 fail=0
-for run in 4 2 4_noisy 4_dedup 2_dedup; do
+for run in 4 2 4_noisy 4_dedup 2_dedup 4_recompute; do
   ep=${run%%_*} extra=() ref=one
   [ "$run" = 4_noisy ] && extra=("${noisy[@]}") ref=one_noisy
   [ "${run#*_}" = dedup ] && extra=(--set parallel.dedup_dispatch=true)
+  [ "${run#*_}" = recompute ] && extra=(--set train.recompute=true)
   "$MPIRUN" --oversubscribe -np 4 "$BIN" "${args[@]}" "${extra[@]}" --set parallel.expert_parallel=$ep --set parallel.timeout_s=120 \
     --metrics "$tmp/ep$run.jsonl" > "$tmp/ep$run.log" 2>&1 || { echo "FAIL ep=$run run"; cat "$tmp/ep$run.log"; fail=1; continue; }
   worst=$(paste <(losses "$tmp/$ref.jsonl") <(losses "$tmp/ep$run.jsonl") |
@@ -44,6 +48,9 @@ for run in 4 2 4_noisy 4_dedup 2_dedup; do
        else echo "FAIL ep=$run: worst relative loss difference $worst > $tol"; fail=1; fi ;;
   esac
 done
+if cmp -s <(losses "$tmp/ep4.jsonl") <(losses "$tmp/ep4_recompute.jsonl"); then
+  echo "ok   ep=4 recomputed: the losses of ep=4 without recomputation, bit for bit"
+else echo "FAIL ep=4 recomputed: losses differ from ep=4 without recomputation"; fail=1; fi
 # With drops (capacity factor 1, not dropless: some tokens keep no expert,
 # whose rows then send nothing and get a zero gradient), the deduplicated
 # dispatch against the counted one at the same ep: the same routes, so the
