@@ -135,6 +135,9 @@ class FeedForward {
   virtual Tensor forward(const Tensor& x) = 0;  // x (N, C) -> (N, C)
   virtual Tensor backward(const Tensor& dy) = 0;
   virtual void release() = 0;
+  // The next forwards repeat one already run (activation recomputation):
+  // their counters add to the first's where they count work done.
+  virtual void set_replay(bool) {}
   virtual void set_training(bool) {}
   // The rows of the next forward are sequences of T tokens each (a causal
   // per-sequence budget needs it; the block calls it before forward).

@@ -100,13 +100,13 @@ Tensor Block::inner_backward(const Tensor& dy) {
 }
 
 Tensor Block::forward(const Tensor& x, int64_t B, int64_t T) {
-  if (!(recompute_ && training_)) {
-    input_ = Tensor();  // a backward reads this forward's saved activations
-    return run_forward(x, B, T);
-  }
+  input_ = Tensor();
   Tensor y = run_forward(x, B, T);
+  if (!recompute_) return y;  // a backward reads this forward's saved activations
+  // Recomputing: nothing is held past the block, in evaluation (no backward
+  // follows) as in training (the backward repeats the forward from x).
   release();
-  input_ = x, B_ = B, T_ = T;
+  if (training_) input_ = x, B_ = B, T_ = T;
   return y;
 }
 
@@ -164,9 +164,16 @@ Tensor Block::backward(const Tensor& dy) {
     // The same forward again (the routers' draws are keyed by step and
     // token; the routing state records nothing twice: set_replay), so the
     // backward below reads what one pass would have saved, bit for bit.
-    attn_->set_replay(true);
+    struct Replay {  // (cleared however the repeat ends)
+      Block& b;
+      explicit Replay(Block& block) : b(block) { set(true); }
+      ~Replay() { set(false); }
+      void set(bool r) {
+        b.attn_->set_replay(r);
+        b.ffn_->set_replay(r);
+      }
+    } replay(*this);
     run_forward(input_, B_, T_);
-    attn_->set_replay(false);
     input_ = Tensor();
   }
   Tensor dx;

@@ -44,7 +44,8 @@ bool bf16_attention(const switchyard::Config& cfg);
 // tokens the DepthRouter picks go through (attending among themselves), and
 // the rest pass unchanged. With recomputation (train.recompute) a training
 // forward keeps only x, and backward runs the forward again first: the
-// block's activations live from that repeat to the end of its backward.
+// block's activations live from that repeat to the end of its backward (an
+// evaluation forward keeps none).
 class Block {
  public:
   Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,

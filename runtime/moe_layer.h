@@ -41,6 +41,7 @@ class MoeLayer : public FeedForward {
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
   void release() override;
+  void set_replay(bool r) override { dispatcher_.set_replay(r); }
   void set_training(bool t) override { router_.set_training(t); }
   void set_step(int64_t step) { router_.set_step(step); }
   void set_micro_batch(int m, int n) { router_.set_micro_batch(m, n); }

@@ -12,7 +12,7 @@ Tensor TokenDispatcher::dispatch(const Tensor& x, const ops::Route& r, DType dty
   route_ = &r;
   N_ = x.dim(0), C_ = x.dim(1);
   if (exchange_) {
-    exchange_->reset_counters();
+    if (!replay_) exchange_->reset_counters();  // (a repeated forward's bytes add to the step's)
     exchange_->plan(r.host_count(), name_.c_str());  // (the outputs return by it, deduplicated or not)
     if (dedup_) return exchange_->forward_tokens(x, r, dtype, name_.c_str());
   }

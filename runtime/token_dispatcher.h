@@ -35,6 +35,9 @@ class TokenDispatcher {
   Tensor dispatch_backward(const Tensor& dbuf);
   // Drops the expert outputs combine's backward reads (runtime/layers.h).
   void release() { out_ = Tensor(); }
+  // The next dispatches repeat a forward (activation recomputation): their
+  // bytes count on top of the first's, not instead.
+  void set_replay(bool r) { replay_ = r; }
   // All-to-all bytes sent in the last forward + backward.
   double bytes_sent() const { return exchange_ ? exchange_->bytes_sent() : 0; }
 
@@ -43,6 +46,7 @@ class TokenDispatcher {
   std::unique_ptr<ExpertExchange> exchange_;
   std::string name_;
   bool dedup_ = false;
+  bool replay_ = false;
   const ops::Route* route_ = nullptr;
   int64_t N_ = 0, C_ = 0;
   Tensor out_;  // group-major expert outputs, saved for combine's backward

@@ -47,17 +47,18 @@ struct Steps {
 };
 
 // `steps` training steps of micro_batches forward + backward each, routing
-// state moved after each (end_step); no optimizer (the weights stay, so only
-// routing state carries from one step to the next).
+// state moved after each (end_step), then an evaluation forward of the
+// whole batch; no optimizer (the weights stay, so only routing state carries
+// from one step to the next).
 Steps run(Ctx& ctx, const Config& cfg, int steps) {
   Transformer model(ctx, cfg);
   const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size(), B = cfg.train().batch();
   const int micros = cfg.train().micro_batches();
+  ctx.alloc->reset_high_water();
+  const size_t resident = ctx.alloc->bytes_in_use();  // parameters, gradients
   if (model.needs_calibration()) model.calibrate(random_batch(B, T, V, 99));
   model.set_training(true);
   Steps out;
-  ctx.alloc->reset_high_water();
-  const size_t resident = ctx.alloc->bytes_in_use();  // parameters, gradients
   for (int s = 0; s < steps; ++s) {
     model.params().zero_grad(ctx);
     model.set_step(s);
@@ -72,6 +73,9 @@ Steps run(Ctx& ctx, const Config& cfg, int steps) {
     out.grads.push_back(std::move(g));
     model.end_step();
   }
+  model.set_training(false);
+  out.loss.push_back(model.forward(random_batch(B, T, V, 7)));
+  out.aux.push_back(model.aux_loss());
   out.high_water = ctx.alloc->high_water() - resident;
   return out;
 }
@@ -121,11 +125,12 @@ TEST(Recompute, SameLossesAndGradientsBitForBit) {
   }
 }
 
-// The activations of the blocks are what recomputation stops holding: with
-// six blocks, a step's peak of live bytes (above the parameters and
-// gradients) falls by at least half of what the five blocks past the first
-// add to it (each block's input is still kept; the head's logits are not
-// affected).
+// The activations of the blocks are what recomputation stops holding, in
+// training and in evaluation: with six blocks, the peak of live bytes
+// (above the parameters and gradients) over a training step and an
+// evaluation forward keeps less than a fifth of what the five blocks past
+// the first add to it (each block's input is still kept through the
+// training forward: about a tenth here).
 TEST(Recompute, HoldsOneBlocksActivationsAtATime) {
   auto peak = [](int layers, bool recompute) {
     Config c = config("moe { num_experts: 4 top_k: 2 every_n_layers: 2 }", recompute);
@@ -134,7 +139,7 @@ TEST(Recompute, HoldsOneBlocksActivationsAtATime) {
   };
   const double one = peak(1, false), six = peak(6, false), six_r = peak(6, true);
   ASSERT_GT(six, one);
-  EXPECT_LT(six_r - one, 0.5 * (six - one)) << "peak bytes: 1 block " << one << ", 6 blocks " << six
+  EXPECT_LT(six_r - one, 0.2 * (six - one)) << "peak bytes: 1 block " << one << ", 6 blocks " << six
                                             << ", 6 blocks recomputed " << six_r;
 }
 
