@@ -56,6 +56,7 @@ SKIP=(
   checkpoint_corrupt      # refusals through the CLI: Refusal.* and checkpoint_fuzz run the reader
   nonfinite               # the non-finite policy through the CLI: NonFinite.* run it
   export_hf_cli           # export_hf's CLI: export_hf_test runs the exporter and the reference forward
+  route_report_cli        # route_report's CLI: route_analysis_test runs the analysis, sample_test the forward
   tools_overwrite         # existing outputs refused by bench_ops, bench_comm, scaling_sweep: Metrics.* run the check
   layering                # a grep of includes: no compiled code runs
 )

@@ -1,0 +1,207 @@
+// route_report: what a checkpoint's MoE routers decide by, on the CPU, over
+// the validation split's fixed evaluation batches (runtime/route_analysis.h
+// defines each figure):
+//
+//   build/bin/route_report --checkpoint latest [--compare checkpoints/step_00000400] \
+//                          [--batches 16] [--top 5] [--json report.json]
+//
+// Per MoE layer: the share of tokens served (some choice kept), how much of
+// the first choice the token id, the position in the window and the
+// previous MoE layer's first choice explain (uncertainty coefficients, 0
+// none, 1 all), with --compare the share of first choices unlike another
+// checkpoint's of the same run; then per expert its share of first choices
+// and the ids it gets most. Routing as in evaluation (no router noise,
+// capacity_factor_eval). Layers in depth-routed blocks and expert-choice
+// routers are named and skipped. Exit codes: 0 done, 2 bad input (a
+// missing or corrupt checkpoint, checkpoints of different models, data the
+// config names that is not there), 1 any other error.
+#include <cblas.h>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "runtime/checkpoint.h"
+#include "runtime/checkpoint_store.h"
+#include "runtime/output_file.h"
+#include "runtime/route_analysis.h"
+#include "runtime/run_tool.h"
+#include "runtime/training_data.h"
+
+namespace {
+
+struct Loaded {
+  std::string dir;
+  sy::Config cfg;
+  std::unique_ptr<sy::Transformer> model;
+};
+
+Loaded load(const std::string& spec, const std::string& root) {
+  Loaded l;
+  l.dir = sy::resolve_checkpoint(spec, root);
+  l.cfg = sy::read_manifest(l.dir).config();
+  l.cfg.mutable_parallel()->set_expert_parallel(1);
+  l.model = std::make_unique<sy::Transformer>(sy::host_ctx(), l.cfg);
+  sy::load_checkpoint(l.dir, l.cfg, *l.model, nullptr, /*optimizer=*/false);
+  l.model->set_training(false);
+  return l;
+}
+
+// The MoE layers the report covers: tokens choose, not in a depth-routed block.
+std::vector<int> analysed_layers(const sy::Config& cfg, std::ostream& notes) {
+  std::vector<int> out;
+  for (int l = 0; l < cfg.model().n_layers(); ++l) {
+    if (!sy::is_moe_layer(cfg.moe(), l)) continue;
+    if (cfg.moe().router() == switchyard::MoeConfig::EXPERT_CHOICE)
+      notes << "h" << l << ": an expert-choice router (tokens have no first choice): skipped\n";
+    else if (sy::is_depth_routed(cfg.depth(), l))
+      notes << "h" << l << ": in a depth-routed block (its router sees the tokens the block keeps): skipped\n";
+    else
+      out.push_back(l);
+  }
+  return out;
+}
+
+std::string id_text(int32_t id, bool bytes) {
+  if (!bytes) return std::to_string(id);
+  if (id == '\n') return "\\n";
+  if (id == ' ') return "' '";
+  if (id >= 33 && id < 127) return std::string(1, static_cast<char>(id));
+  char b[8];
+  std::snprintf(b, sizeof b, "x%02x", id);
+  return b;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"Report what a Switchyard checkpoint's MoE routers decide by"};
+  std::string spec, root = "checkpoints", compare, json_path;
+  int batches = 16, top = 5, threads = 1;
+  bool overwrite = false;
+  app.add_option("--checkpoint", spec, "a checkpoint directory, or 'latest' in --checkpoint-dir")->required();
+  app.add_option("--checkpoint-dir", root, "where 'latest' is looked up (train.checkpoint_dir)");
+  app.add_option("--compare", compare, "another checkpoint of the same run: the share of first choices that differ");
+  app.add_option("--batches", batches, "evaluation batches of the validation split")->check(CLI::Range(1, 100000));
+  app.add_option("--top", top, "ids listed per expert")->check(CLI::Range(0, 1000));
+  app.add_option("--json", json_path, "write the report as JSON here");
+  app.add_flag("--overwrite", overwrite, "replace an existing non-empty --json file");
+  app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  openblas_set_num_threads(threads);
+  if (!json_path.empty()) sy::check_output_path("--json", json_path, {}, overwrite);
+  Loaded a = load(spec, root);
+  std::unique_ptr<Loaded> b;
+  if (!compare.empty()) {
+    b = std::make_unique<Loaded>(load(compare, root));
+    sy::check_compatible(a.cfg, sy::read_manifest(b->dir), b->dir);
+  }
+  const sy::Config& cfg = a.cfg;
+  std::ostringstream notes;
+  const std::vector<int> layers = analysed_layers(cfg, notes);
+  std::cout << notes.str();
+  if (layers.empty()) {
+    std::cout << a.dir << ": no tokens-choose MoE layer to report on\n";
+    return 0;
+  }
+  const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size(), B = cfg.train().batch();
+  const int64_t E = cfg.moe().num_experts();
+  sy::TrainingData data(cfg);
+  sy::WindowSampler val(data.val(), B, T, 0);
+
+  // Every analysed layer's first choices and served flags over the batches,
+  // for each model.
+  sy::RoutingSample sample{{}, {}, V, T};
+  struct Choices {
+    std::vector<std::vector<int32_t>> first;
+    std::vector<std::vector<uint8_t>> served;
+  };
+  auto route_of = [&](sy::Transformer& model, const sy::Batch& batch, Choices& c) {
+    model.forward(batch);
+    size_t j = 0;
+    for (const auto& [l, layer] : model.moe_layers()) {
+      if (j == layers.size() || l != layers[j]) continue;
+      const sy::ops::Route r = layer->route().on_host();
+      const int32_t* group = r.group.data<int32_t>();
+      const int32_t* slot = r.slot.data<int32_t>();
+      for (int64_t i = 0; i < r.num_items; ++i) {
+        c.first[j].push_back(group[i * r.k]);
+        bool kept = false;
+        for (int64_t q = 0; q < r.k; ++q) kept = kept || slot[i * r.k + q] >= 0;
+        c.served[j].push_back(kept);
+      }
+      ++j;
+    }
+  };
+  Choices ca{std::vector<std::vector<int32_t>>(layers.size()), std::vector<std::vector<uint8_t>>(layers.size())};
+  Choices cb = ca;
+  for (int i = 0; i < batches; ++i) {
+    const sy::Batch batch = val.fixed(i);
+    for (size_t n = 0; n < batch.inputs.size(); ++n) {
+      sample.ids.push_back(batch.inputs[n]);
+      sample.position.push_back(static_cast<int32_t>(n % T));
+    }
+    route_of(*a.model, batch, ca);
+    if (b) route_of(*b->model, batch, cb);
+  }
+
+  const bool bytes = V == 256 && cfg.data().tokenizer().empty() && cfg.data().source() != switchyard::DataConfig::TOKEN_FILES;
+  nlohmann::json report = {{"checkpoint", a.dir}, {"batches", batches}, {"tokens", sample.ids.size()}};
+  if (b) report["compare"] = b->dir;
+  std::printf("route_report: %s, %d validation batches (%zu tokens)%s%s\n", a.dir.c_str(), batches, sample.ids.size(),
+              b ? ", compared with " : "", b ? b->dir.c_str() : "");
+  std::printf("%-6s %7s %7s %9s %12s %12s %9s\n", "layer", "experts", "served", "by id", "by position",
+              "by previous", "changed");
+  std::vector<sy::LayerRouting> reports;
+  for (size_t j = 0; j < layers.size(); ++j) {
+    const std::vector<int32_t> none;
+    reports.push_back(sy::analyse_layer(sample, E, ca.first[j], ca.served[j], j > 0 ? ca.first[j - 1] : none, E,
+                                        b ? cb.first[j] : none, top));
+    const sy::LayerRouting& r = reports.back();
+    auto cell = [](double v) {
+      char s[16];
+      if (v < 0)
+        std::snprintf(s, sizeof s, "-");
+      else
+        std::snprintf(s, sizeof s, "%.3f", v);
+      return std::string(s);
+    };
+    std::printf("h%-5d %7lld %7.3f %9.3f %12.3f %12s %9s\n", layers[j], static_cast<long long>(E), r.served, r.by_id,
+                r.by_position, cell(r.by_previous).c_str(), cell(r.changed).c_str());
+  }
+  for (size_t j = 0; j < layers.size(); ++j) {
+    const sy::LayerRouting& r = reports[j];
+    std::printf("h%d experts (share of first choices, kept; the %s each gets most, with their share of it):\n",
+                layers[j], bytes ? "bytes" : "ids");
+    nlohmann::json experts = nlohmann::json::array();
+    for (int64_t e = 0; e < E; ++e) {
+      const sy::ExpertProfile& p = r.experts[e];
+      std::printf("  e%-3lld %.3f %.3f |", static_cast<long long>(e), p.share, p.kept);
+      nlohmann::json ids = nlohmann::json::array();
+      for (const auto& [id, share] : p.top_ids) {
+        std::printf(" %s %.2f", id_text(id, bytes).c_str(), share);
+        ids.push_back({id, share});
+      }
+      std::printf("\n");
+      experts.push_back({{"share", p.share}, {"kept", p.kept}, {"top_ids", ids}});
+    }
+    nlohmann::json layer = {{"layer", layers[j]}, {"served", r.served}, {"by_id", r.by_id},
+                            {"by_position", r.by_position}, {"experts", experts}};
+    if (r.by_previous >= 0) layer["by_previous"] = r.by_previous;
+    if (r.changed >= 0) layer["changed"] = r.changed;
+    report["layers"].push_back(layer);
+  }
+  if (!json_path.empty()) sy::write_file(json_path, report.dump(1) + "\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return sy::run_tool([&] { return run(argc, argv); });
+}

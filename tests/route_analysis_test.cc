@@ -1,0 +1,98 @@
+// runtime/route_analysis.h on hand-computed tables: independence gives 0,
+// a choice the id decides gives 1, a half-decided one ln 2 / ln 4 bits of
+// the entropy; the Miller-Madow term; each layer figure on a small sample.
+#include "runtime/route_analysis.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace sy {
+namespace {
+
+TEST(Contingency, IndependentIsZeroDecidedIsOne) {
+  // x in {0, 1}, e in {0, 1}: every pair equally often - I = 0, H(E) = ln 2.
+  Contingency ind(2, 2);
+  for (int x = 0; x < 2; ++x)
+    for (int e = 0; e < 2; ++e)
+      for (int n = 0; n < 50; ++n) ind.add(x, e);
+  EXPECT_NEAR(ind.entropy_e(), std::log(2.0), 1e-12);
+  EXPECT_NEAR(ind.mutual_information(), 0.0, 1e-12);
+  // K_xe 4, K_x 2, K_e 2: (4 - 2 - 2 + 1) / (2 x 200).
+  EXPECT_DOUBLE_EQ(ind.miller_madow_bias(), 1.0 / 400);
+  EXPECT_EQ(ind.uncertainty_coefficient(), 0.0);  // clamped: I - bias < 0
+  // e = x: I = H(E) = ln 2; bias (2 - 2 - 2 + 1) / 200 < 0 would lift it past 1: clamped.
+  Contingency dec(2, 2);
+  for (int n = 0; n < 100; ++n) dec.add(n % 2, n % 2);
+  EXPECT_NEAR(dec.mutual_information(), std::log(2.0), 1e-12);
+  EXPECT_EQ(dec.uncertainty_coefficient(), 1.0);
+}
+
+// Four experts equally often; x in {0, 1} picks the half {0, 1} or {2, 3}
+// and the expert within the half is even: I = ln 2 of H(E) = ln 4.
+TEST(Contingency, HalfDecidedIsAHalf) {
+  Contingency c(2, 4);
+  for (int n = 0; n < 400; ++n) {
+    const int x = n % 2, e = 2 * x + (n / 2) % 2;
+    c.add(x, e);
+  }
+  EXPECT_NEAR(c.entropy_e(), std::log(4.0), 1e-12);
+  EXPECT_NEAR(c.mutual_information(), std::log(2.0), 1e-12);
+  // K_xe 4, K_x 2, K_e 4: bias (4 - 2 - 4 + 1) / 800 < 0 adds a little.
+  EXPECT_DOUBLE_EQ(c.miller_madow_bias(), -1.0 / 800);
+  EXPECT_NEAR(c.uncertainty_coefficient(), (std::log(2.0) + 1.0 / 800) / std::log(4.0), 1e-12);
+  EXPECT_THROW(c.add(2, 0), Error);
+  EXPECT_THROW(c.add(0, -1), Error);
+}
+
+// Random choices that ignore the id: the plug-in estimate is above zero by
+// about its bias, the corrected one near zero.
+TEST(Contingency, MillerMadowRemovesTheSmallSampleBias) {
+  Rng rng(3);
+  Contingency c(64, 8);
+  for (int n = 0; n < 4000; ++n) c.add(rng.below(64), rng.below(8));
+  const double mi = c.mutual_information(), bias = c.miller_madow_bias();
+  EXPECT_GT(mi, 0.5 * bias);
+  EXPECT_LT(std::fabs(mi - bias), 0.3 * bias) << "plug-in " << mi << ", expected bias " << bias;
+  EXPECT_LT(c.uncertainty_coefficient(), 0.01);
+}
+
+// A layer over 8 tokens of 2 sequences of 4: ids 0 1 2 3 | 1 0 3 2,
+// expert = id mod 2 (the id decides it; positions 0..3, buckets 0, 2, 4,
+// 6, each hold both experts once: position explains nothing), token 7
+// unserved.
+TEST(AnalyseLayer, FiguresOnAHandSample) {
+  RoutingSample s{{0, 1, 2, 3, 1, 0, 3, 2}, {0, 1, 2, 3, 0, 1, 2, 3}, 4, 4};
+  const std::vector<int32_t> first = {0, 1, 0, 1, 1, 0, 1, 0};
+  const std::vector<uint8_t> served = {1, 1, 1, 1, 1, 1, 1, 0};
+  const std::vector<int32_t> previous = {2, 2, 2, 2, 0, 1, 0, 1};  // of 3 experts
+  const std::vector<int32_t> compared = {0, 1, 0, 1, 1, 0, 0, 1};  // 2 of 8 differ
+  const LayerRouting r = analyse_layer(s, 2, first, served, previous, 3, compared, 2);
+  EXPECT_EQ(r.tokens, 8);
+  EXPECT_DOUBLE_EQ(r.served, 7.0 / 8);
+  EXPECT_EQ(r.by_id, 1.0);
+  EXPECT_EQ(r.by_position, 0.0);
+  EXPECT_GE(r.by_previous, 0.0);
+  EXPECT_LT(r.by_previous, 1.0);
+  EXPECT_DOUBLE_EQ(r.changed, 2.0 / 8);
+  ASSERT_EQ(r.experts.size(), 2u);
+  EXPECT_DOUBLE_EQ(r.experts[0].share, 0.5);
+  EXPECT_DOUBLE_EQ(r.experts[0].kept, 3.0 / 4);
+  EXPECT_DOUBLE_EQ(r.experts[1].kept, 1.0);
+  // Expert 0 gets ids 0 and 2 twice each: ties to the lower id.
+  ASSERT_EQ(r.experts[0].top_ids.size(), 2u);
+  EXPECT_EQ(r.experts[0].top_ids[0], (std::pair<int32_t, double>{0, 0.5}));
+  EXPECT_EQ(r.experts[0].top_ids[1], (std::pair<int32_t, double>{2, 0.5}));
+  // Without a previous layer or a compared run: -1.
+  const LayerRouting alone = analyse_layer(s, 2, first, served, {}, 0, {}, 1);
+  EXPECT_EQ(alone.by_previous, -1.0);
+  EXPECT_EQ(alone.changed, -1.0);
+  EXPECT_EQ(alone.experts[1].top_ids.size(), 1u);
+  EXPECT_THROW(analyse_layer(s, 2, {0, 1}, served, {}, 0, {}, 1), Error);
+}
+
+}  // namespace
+}  // namespace sy
