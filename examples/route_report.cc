@@ -24,6 +24,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "examples/tool_options.h"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/output_file.h"
@@ -80,19 +81,14 @@ int run(int argc, char** argv) {
   std::string spec, root = "checkpoints", compare, json_path;
   int batches = 16, top = 5, threads = 1;
   bool overwrite = false;
-  app.add_option("--checkpoint", spec, "a checkpoint directory, or 'latest' in --checkpoint-dir")->required();
-  app.add_option("--checkpoint-dir", root, "where 'latest' is looked up (train.checkpoint_dir)");
+  sy::add_checkpoint_options(app, spec, root);
   app.add_option("--compare", compare, "another checkpoint of the same run: the share of first choices that differ");
   app.add_option("--batches", batches, "evaluation batches of the validation split")->check(CLI::Range(1, 100000));
   app.add_option("--top", top, "ids listed per expert")->check(CLI::Range(0, 1000));
   app.add_option("--json", json_path, "write the report as JSON here");
   app.add_flag("--overwrite", overwrite, "replace an existing non-empty --json file");
   app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
+  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(threads);
   if (!json_path.empty()) sy::check_output_path("--json", json_path, {}, overwrite);
   Loaded a = load(spec, root);

@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "examples/tool_options.h"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/generate.h"
@@ -37,8 +38,7 @@ int run(int argc, char** argv) {
   int tokens = 200, threads = 1;
   sy::ops::SamplingParams sp;
   uint64_t seed = 1;
-  app.add_option("--checkpoint", spec, "a checkpoint directory, or 'latest' in --checkpoint-dir")->required();
-  app.add_option("--checkpoint-dir", root, "where 'latest' is looked up (train.checkpoint_dir)");
+  sy::add_checkpoint_options(app, spec, root);
   app.add_option("--prompt", prompt, "the text to continue (default: a newline)");
   app.add_option("--tokens", tokens, "tokens (bytes for a byte-level model) to generate")->check(CLI::Range(0, 1000000));
   app.add_option("--temperature", sp.temperature, "softmax temperature; 0 is greedy")->check(CLI::Range(0.f, 100.f));
@@ -46,11 +46,7 @@ int run(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer, "the SentencePiece .model to decode with (default: the config's data.tokenizer)");
   app.add_option("--seed", seed, "seed of the draws");
   app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
+  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(threads);
   const std::string dir = sy::resolve_checkpoint(spec, root);
   sy::Config cfg = sy::read_manifest(dir).config();
