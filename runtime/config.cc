@@ -295,6 +295,9 @@ void validate_config(const Config& cfg, const std::string& source) {
   const auto& t = cfg.train();
   c.range("train.batch", t.batch(), 1, 65536);
   c.range("train.micro_batches", t.micro_batches(), 1, 65536);
+  c.range("train.recompute_blocks", t.recompute_blocks(), 0, cfg.model().n_layers());
+  if (t.recompute_blocks() > 0 && !t.recompute())
+    c.fail("train.recompute_blocks", t.recompute_blocks(), "chooses the blocks train.recompute recomputes; set train.recompute");
   if (t.micro_batches() > 0 && t.batch() % t.micro_batches() != 0)
     c.fail("train.micro_batches", t.micro_batches(),
            "must divide train.batch = " + std::to_string(t.batch()) + " (each rank's slice splits into micro-batches)");
@@ -534,7 +537,11 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   double acts = N * (2 * V + 4 * C);                  // logits and probabilities; embeddings
   // Key and value width: C, or grouped-query attention's n_kv_heads heads.
   const double KV = C / H * kv_heads(m);
-  // train.recompute: the blocks' inputs, and one block's own at a time.
+  // train.recompute: the recomputed blocks [0, n) keep their inputs, the
+  // others their activations, to the end of the forward; a recomputed
+  // block's own come back in its backward, after every later block has
+  // dropped its (Block::backward): the larger of the two peaks.
+  const int recomputed = !cfg.train().recompute() ? 0 : cfg.train().recompute_blocks() > 0 ? cfg.train().recompute_blocks() : L;
   double blocks = 0, largest = 0;
   for (int l = 0; l < L; ++l) {
     params += 4 * C + 2 * C * C + 2 * C * KV + 2 * C + 2 * KV;  // norms, qkv and output projections
@@ -550,10 +557,16 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
       params += mats * C * F + F + C;
       acts += N * mats * F;
     }
-    blocks += acts - before;
-    largest = std::max(largest, acts - before);
+    if (l < recomputed) {
+      blocks += acts - before;
+      largest = std::max(largest, acts - before);
+    }
   }
-  if (cfg.train().recompute()) acts += largest + L * N * C - blocks;
+  if (recomputed > 0) {
+    const double kept = acts - blocks;  // (with what no block holds: logits, embeddings)
+    const double outside = N * (2 * V + 4 * C);
+    acts = std::max(kept, outside + largest) + recomputed * N * C;
+  }
   MemoryEstimate est;
   est.parameters = 16 * params;
   est.activations = 4 * acts;

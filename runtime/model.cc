@@ -184,7 +184,9 @@ Tensor Block::backward(const Tensor& dy) {
     Tensor dz = depth_->backward(dy, dx);
     if (dz.dim(0) > 0) ops::dispatch_backward(*ctx_, dx, inner_backward(dz), depth_->route());
   }
-  if (repeat) release();  // (held until the next forward otherwise)
+  // Dropped now, not at the next forward: the blocks before this one (a
+  // repeat among them) then run their backward without this one's.
+  release();
   return dx;
 }
 
@@ -226,7 +228,8 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
                              cfg.train().seed() * 7919 + l};
     blocks_.emplace_back(ctx_, params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
                          sparse ? &spec : nullptr, bf16_attention(cfg));
-    blocks_.back().set_recompute(cfg.train().recompute());
+    const int rb = cfg.train().recompute_blocks();
+    blocks_.back().set_recompute(cfg.train().recompute() && (rb == 0 || l < rb));
   }
   // The depth routers write their statistics into one buffer, so that a
   // logged step reads them for every routed block in one copy.

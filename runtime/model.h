@@ -45,7 +45,8 @@ bool bf16_attention(const switchyard::Config& cfg);
 // the rest pass unchanged. With recomputation (train.recompute) a training
 // forward keeps only x, and backward runs the forward again first: the
 // block's activations live from that repeat to the end of its backward (an
-// evaluation forward keeps none).
+// evaluation forward keeps none). Every block drops its activations at the
+// end of its backward.
 class Block {
  public:
   Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard::ModelConfig& m,

@@ -176,6 +176,10 @@ TEST(Config, DedupDispatchNeedsTwoRowsAToken) {
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: TOKEN_ORDER }",
                  "t.pbtxt: moe.slot_priority = TOKEN_ORDER: orders a tokens-choose router's slots");
   parse_ok("moe { num_experts: 4 top_k: 2 slot_priority: TOKEN_ORDER }");
+  parse_ok("train { recompute: true recompute_blocks: 2 }");
+  expect_invalid("train { recompute_blocks: 1 }",
+                 "t.pbtxt: train.recompute_blocks = 1: chooses the blocks train.recompute recomputes; set train.recompute");
+  expect_invalid("train { recompute: true recompute_blocks: 3 }", "t.pbtxt: train.recompute_blocks = 3: must be in [0, 2]");
 }
 
 // Grouped-query attention: key/value heads dividing the query heads, for
@@ -406,6 +410,11 @@ TEST(Config, MemoryEstimateRefusesWhatCannotFit) {
   const double N = 16.0 * 65536, C = 64, H = 4, F = 256, L = 2;  // the defaults
   EXPECT_DOUBLE_EQ(est.activations - estimate_memory(rc, 1).activations,
                    4 * ((L - 1) * (6 * C + H + 2 * F) - L * C) * N);
+  // Only block 0 of 2 (recompute_blocks 1): block 1's activations and block
+  // 0's input to the end of the forward, block 0's own after block 1
+  // dropped its: one block's activations fewer, one input more.
+  rc.mutable_train()->set_recompute_blocks(1);
+  EXPECT_DOUBLE_EQ(est.activations - estimate_memory(rc, 1).activations, 4 * ((6 * C + H + 2 * F) - C) * N);
   // Data parallelism splits the batch: 8 ranks on 8 machines need an eighth of the activations each.
   EXPECT_DOUBLE_EQ(estimate_memory(c, 8).activations, est.activations / 8);
   host.bytes = 1.0 * (1ull << 30);

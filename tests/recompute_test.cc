@@ -125,6 +125,25 @@ TEST(Recompute, SameLossesAndGradientsBitForBit) {
   }
 }
 
+// Some blocks only (train.recompute_blocks: the first 2 of 3): the same
+// bits, and a peak between none and all of them recomputed (6 blocks, the
+// first 3: the other 3 keep their activations through the forward).
+TEST(Recompute, TheFirstBlocksOnly) {
+  const std::string moe = variants()[1];
+  Config some = config(moe, true);
+  some.mutable_train()->set_recompute_blocks(2);
+  expect_same(run(host_ctx(), config(moe, false), 3), run(host_ctx(), some, 3));
+  auto peak = [](int recompute_blocks) {
+    Config c = config("moe { num_experts: 4 top_k: 2 every_n_layers: 2 }", recompute_blocks >= 0);
+    c.mutable_model()->set_n_layers(6);
+    if (recompute_blocks > 0) c.mutable_train()->set_recompute_blocks(recompute_blocks);
+    return run(host_ctx(), c, 1).high_water;
+  };
+  const size_t none = peak(-1), half = peak(3), all = peak(0);
+  EXPECT_LT(half, none);
+  EXPECT_LT(all, half);
+}
+
 // The activations of the blocks are what recomputation stops holding, in
 // training and in evaluation: with six blocks, the peak of live bytes
 // (above the parameters and gradients) over a training step and an
