@@ -28,6 +28,10 @@ void apply_override(Config& cfg, const std::string& assignment);
 // so the text form spells out the whole resolved configuration.
 void fill_defaults(google::protobuf::Message& msg);
 
+// What a path that is not a regular file is ("no such file", "is a
+// directory", ...); empty for a regular file. Config errors name it.
+std::string not_a_regular_file(const std::string& path);
+
 // Key/value heads as resolved: model.n_kv_heads, or n_heads where it is 0.
 inline int kv_heads(const switchyard::ModelConfig& m) { return m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads(); }
 
