@@ -13,7 +13,6 @@
 #include <fstream>
 #include <sstream>
 
-#include "core/device.h"
 #include "core/error.h"
 
 namespace sy {
