@@ -1,5 +1,5 @@
-// route_report: what a checkpoint's MoE routers decide by, on the CPU, over
-// the validation split's fixed evaluation batches (runtime/route_analysis.h
+// route_report: what a checkpoint's routers decide by, on the CPU, over the
+// validation split's fixed evaluation batches (runtime/route_analysis.h
 // defines each figure):
 //
 //   build/bin/route_report --checkpoint latest [--compare checkpoints/step_00000400] \
@@ -10,9 +10,12 @@
 // previous MoE layer's first choice explain (uncertainty coefficients, 0
 // none, 1 all), with --compare the share of first choices unlike another
 // checkpoint's of the same run; then per expert its share of first choices
-// and the ids it gets most. Routing as in evaluation (no router noise,
-// capacity_factor_eval). Layers in depth-routed blocks and expert-choice
-// routers are named and skipped. Exit codes: 0 done, 2 bad input (a
+// and the ids it gets most. Per depth-routed block: the share of tokens it
+// processes, how much the id and the position explain that, the decisions
+// changed, and the ids it processes most and least often. Routing as in
+// evaluation (no router noise, capacity_factor_eval, the depth predictor
+// where the config uses it). MoE layers in depth-routed blocks and
+// expert-choice routers are named and skipped. Exit codes: 0 done, 2 bad input (a
 // missing or corrupt checkpoint, checkpoints of different models, data the
 // config names that is not there), 1 any other error.
 #include <cblas.h>
@@ -66,6 +69,13 @@ std::vector<int> analysed_layers(const sy::Config& cfg, std::ostream& notes) {
   return out;
 }
 
+std::vector<int> depth_blocks(const sy::Config& cfg) {
+  std::vector<int> out;
+  for (int l = 0; l < cfg.model().n_layers(); ++l)
+    if (sy::is_depth_routed(cfg.depth(), l)) out.push_back(l);
+  return out;
+}
+
 std::string id_text(int32_t id, bool bytes) {
   if (!bytes) return std::to_string(id);
   if (id == '\n') return "\\n";
@@ -76,97 +86,60 @@ std::string id_text(int32_t id, bool bytes) {
   return b;
 }
 
-int run(int argc, char** argv) {
-  CLI::App app{"Report what a Switchyard checkpoint's MoE routers decide by"};
-  std::string spec, root = "checkpoints", compare, json_path;
-  int batches = 16, top = 5, threads = 1;
-  bool overwrite = false;
-  sy::add_checkpoint_options(app, spec, root);
-  app.add_option("--compare", compare, "another checkpoint of the same run: the share of first choices that differ");
-  app.add_option("--batches", batches, "evaluation batches of the validation split")->check(CLI::Range(1, 100000));
-  app.add_option("--top", top, "ids listed per expert")->check(CLI::Range(0, 1000));
-  app.add_option("--json", json_path, "write the report as JSON here");
-  app.add_flag("--overwrite", overwrite, "replace an existing non-empty --json file");
-  app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
-  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
-  openblas_set_num_threads(threads);
-  if (!json_path.empty()) sy::check_output_path("--json", json_path, {}, overwrite);
-  Loaded a = load(spec, root);
-  std::unique_ptr<Loaded> b;
-  if (!compare.empty()) {
-    b = std::make_unique<Loaded>(load(compare, root));
-    sy::check_compatible(a.cfg, sy::read_manifest(b->dir), b->dir);
-  }
-  const sy::Config& cfg = a.cfg;
-  std::ostringstream notes;
-  const std::vector<int> layers = analysed_layers(cfg, notes);
-  std::cout << notes.str();
-  if (layers.empty()) {
-    std::cout << a.dir << ": no tokens-choose MoE layer to report on\n";
-    return 0;
-  }
-  const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size(), B = cfg.train().batch();
-  const int64_t E = cfg.moe().num_experts();
-  sy::TrainingData data(cfg);
-  sy::WindowSampler val(data.val(), B, T, 0);
+std::string cell(double v) {  // -1: not measured
+  char s[16];
+  if (v < 0)
+    std::snprintf(s, sizeof s, "-");
+  else
+    std::snprintf(s, sizeof s, "%.3f", v);
+  return s;
+}
 
-  // Every analysed layer's first choices and served flags over the batches,
-  // for each model.
-  sy::RoutingSample sample{{}, {}, V, T};
-  struct Choices {
-    std::vector<std::vector<int32_t>> first;
-    std::vector<std::vector<uint8_t>> served;
-  };
-  auto route_of = [&](sy::Transformer& model, const sy::Batch& batch, Choices& c) {
-    model.forward(batch);
-    size_t j = 0;
-    for (const auto& [l, layer] : model.moe_layers()) {
-      if (j == layers.size() || l != layers[j]) continue;
-      const sy::ops::Route r = layer->route().on_host();
-      const int32_t* group = r.group.data<int32_t>();
-      const int32_t* slot = r.slot.data<int32_t>();
-      for (int64_t i = 0; i < r.num_items; ++i) {
-        c.first[j].push_back(group[i * r.k]);
-        bool kept = false;
-        for (int64_t q = 0; q < r.k; ++q) kept = kept || slot[i * r.k + q] >= 0;
-        c.served[j].push_back(kept);
-      }
-      ++j;
-    }
-  };
-  Choices ca{std::vector<std::vector<int32_t>>(layers.size()), std::vector<std::vector<uint8_t>>(layers.size())};
-  Choices cb = ca;
-  for (int i = 0; i < batches; ++i) {
-    const sy::Batch batch = val.fixed(i);
-    for (size_t n = 0; n < batch.inputs.size(); ++n) {
-      sample.ids.push_back(batch.inputs[n]);
-      sample.position.push_back(static_cast<int32_t>(n % T));
-    }
-    route_of(*a.model, batch, ca);
-    if (b) route_of(*b->model, batch, cb);
-  }
+// What one model decided over the batches: per analysed MoE layer each
+// token's first choice and whether it was served, per depth-routed block
+// whether it processed the token.
+struct Decisions {
+  std::vector<std::vector<int32_t>> first;
+  std::vector<std::vector<uint8_t>> served, processed;
+};
 
-  const bool bytes = V == 256 && cfg.data().tokenizer().empty() && cfg.data().source() != switchyard::DataConfig::TOKEN_FILES;
-  nlohmann::json report = {{"checkpoint", a.dir}, {"batches", batches}, {"tokens", sample.ids.size()}};
-  if (b) report["compare"] = b->dir;
-  std::printf("route_report: %s, %d validation batches (%zu tokens)%s%s\n", a.dir.c_str(), batches, sample.ids.size(),
-              b ? ", compared with " : "", b ? b->dir.c_str() : "");
+void record(sy::Transformer& model, const sy::Batch& batch, const std::vector<int>& layers,
+            const std::vector<int>& depth, Decisions& d) {
+  model.forward(batch);
+  d.first.resize(layers.size()), d.served.resize(layers.size()), d.processed.resize(depth.size());
+  size_t j = 0;
+  for (const auto& [l, layer] : model.moe_layers()) {
+    if (j == layers.size() || l != layers[j]) continue;
+    const sy::ops::Route r = layer->route().on_host();
+    const int32_t* group = r.group.data<int32_t>();
+    const int32_t* slot = r.slot.data<int32_t>();
+    for (int64_t i = 0; i < r.num_items; ++i) {
+      d.first[j].push_back(group[i * r.k]);
+      bool kept = false;
+      for (int64_t q = 0; q < r.k; ++q) kept = kept || slot[i * r.k + q] >= 0;
+      d.served[j].push_back(kept);
+    }
+    ++j;
+  }
+  for (size_t b = 0; b < depth.size(); ++b) {
+    const sy::ops::Route r = model.blocks()[depth[b]].depth()->route().on_host();
+    const int32_t* group = r.group.data<int32_t>();
+    for (int64_t i = 0; i < r.num_items; ++i) d.processed[b].push_back(group[i] >= 0);
+  }
+}
+
+nlohmann::json report_moe(const sy::RoutingSample& sample, const std::vector<int>& layers, int64_t E,
+                          const Decisions& a, const Decisions* b, int top, bool bytes) {
+  nlohmann::json out = nlohmann::json::array();
+  if (layers.empty()) return out;
   std::printf("%-6s %7s %7s %9s %12s %12s %9s\n", "layer", "experts", "served", "by id", "by position",
               "by previous", "changed");
   std::vector<sy::LayerRouting> reports;
+  const std::vector<int32_t> none;
   for (size_t j = 0; j < layers.size(); ++j) {
-    const std::vector<int32_t> none;
-    reports.push_back(sy::analyse_layer(sample, E, ca.first[j], ca.served[j], j > 0 ? ca.first[j - 1] : none, E,
-                                        b ? cb.first[j] : none, top));
+    reports.push_back(sy::analyse_layer(sample, E, a.first[j], a.served[j], j > 0 ? a.first[j - 1] : none, E,
+                                        b ? b->first[j] : none, top));
     const sy::LayerRouting& r = reports.back();
-    auto cell = [](double v) {
-      char s[16];
-      if (v < 0)
-        std::snprintf(s, sizeof s, "-");
-      else
-        std::snprintf(s, sizeof s, "%.3f", v);
-      return std::string(s);
-    };
     std::printf("h%-5d %7lld %7.3f %9.3f %12.3f %12s %9s\n", layers[j], static_cast<long long>(E), r.served, r.by_id,
                 r.by_position, cell(r.by_previous).c_str(), cell(r.changed).c_str());
   }
@@ -190,8 +163,92 @@ int run(int argc, char** argv) {
                             {"by_position", r.by_position}, {"experts", experts}};
     if (r.by_previous >= 0) layer["by_previous"] = r.by_previous;
     if (r.changed >= 0) layer["changed"] = r.changed;
-    report["layers"].push_back(layer);
+    out.push_back(layer);
   }
+  return out;
+}
+
+nlohmann::json report_depth(const sy::RoutingSample& sample, const std::vector<int>& depth, const Decisions& a,
+                            const Decisions* b, int top, bool bytes) {
+  nlohmann::json out = nlohmann::json::array();
+  if (depth.empty()) return out;
+  std::printf("%-6s %9s %9s %12s %9s   (depth-routed blocks)\n", "block", "processed", "by id", "by position",
+              "changed");
+  const std::vector<uint8_t> none;
+  for (size_t j = 0; j < depth.size(); ++j) {
+    const sy::DepthRouting d = sy::analyse_depth(sample, a.processed[j], b ? b->processed[j] : none, top);
+    std::printf("h%-5d %9.3f %9.3f %12.3f %9s\n", depth[j], d.processed, d.by_id, d.by_position,
+                cell(d.changed).c_str());
+    nlohmann::json block = {{"layer", depth[j]}, {"processed", d.processed}, {"by_id", d.by_id},
+                            {"by_position", d.by_position}};
+    if (d.changed >= 0) block["changed"] = d.changed;
+    for (const auto& [name, list] : {std::pair{"most_processed", &d.most_processed}, {"most_passed", &d.most_passed}}) {
+      std::printf("  h%d %s (share processed):", depth[j], name == std::string("most_processed") ? "processed most" : "passed most");
+      nlohmann::json ids = nlohmann::json::array();
+      for (const auto& [id, share] : *list) {
+        std::printf(" %s %.2f", id_text(id, bytes).c_str(), share);
+        ids.push_back({id, share});
+      }
+      std::printf("\n");
+      block[name] = ids;
+    }
+    out.push_back(block);
+  }
+  return out;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"Report what a Switchyard checkpoint's routers decide by"};
+  std::string spec, root = "checkpoints", compare, json_path;
+  int batches = 16, top = 5, threads = 1;
+  bool overwrite = false;
+  sy::add_checkpoint_options(app, spec, root);
+  app.add_option("--compare", compare, "another checkpoint of the same run: the share of decisions that differ");
+  app.add_option("--batches", batches, "evaluation batches of the validation split")->check(CLI::Range(1, 100000));
+  app.add_option("--top", top, "ids listed per expert or block")->check(CLI::Range(0, 1000));
+  app.add_option("--json", json_path, "write the report as JSON here");
+  app.add_flag("--overwrite", overwrite, "replace an existing non-empty --json file");
+  app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
+  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
+  openblas_set_num_threads(threads);
+  if (!json_path.empty()) sy::check_output_path("--json", json_path, {}, overwrite);
+  Loaded a = load(spec, root);
+  std::unique_ptr<Loaded> b;
+  if (!compare.empty()) {
+    b = std::make_unique<Loaded>(load(compare, root));
+    sy::check_compatible(a.cfg, sy::read_manifest(b->dir), b->dir);
+  }
+  const sy::Config& cfg = a.cfg;
+  std::ostringstream notes;
+  const std::vector<int> layers = analysed_layers(cfg, notes), depth = depth_blocks(cfg);
+  std::cout << notes.str();
+  if (layers.empty() && depth.empty()) {
+    std::cout << a.dir << ": no tokens-choose MoE layer or depth-routed block to report on\n";
+    return 0;
+  }
+  const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size(), B = cfg.train().batch();
+  sy::TrainingData data(cfg);
+  sy::WindowSampler val(data.val(), B, T, 0);
+  sy::RoutingSample sample{{}, {}, V, T};
+  Decisions da, db;
+  for (int i = 0; i < batches; ++i) {
+    const sy::Batch batch = val.fixed(i);
+    for (size_t n = 0; n < batch.inputs.size(); ++n) {
+      sample.ids.push_back(batch.inputs[n]);
+      sample.position.push_back(static_cast<int32_t>(n % T));
+    }
+    record(*a.model, batch, layers, depth, da);
+    if (b) record(*b->model, batch, layers, depth, db);
+  }
+
+  const bool bytes =
+      V == 256 && cfg.data().tokenizer().empty() && cfg.data().source() != switchyard::DataConfig::TOKEN_FILES;
+  nlohmann::json report = {{"checkpoint", a.dir}, {"batches", batches}, {"tokens", sample.ids.size()}};
+  if (b) report["compare"] = b->dir;
+  std::printf("route_report: %s, %d validation batches (%zu tokens)%s%s\n", a.dir.c_str(), batches, sample.ids.size(),
+              b ? ", compared with " : "", b ? b->dir.c_str() : "");
+  report["layers"] = report_moe(sample, layers, cfg.moe().num_experts(), da, b ? &db : nullptr, top, bytes);
+  report["depth"] = report_depth(sample, depth, da, b ? &db : nullptr, top, bytes);
   if (!json_path.empty()) sy::write_file(json_path, report.dump(1) + "\n");
   return 0;
 }

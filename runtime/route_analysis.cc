@@ -101,4 +101,43 @@ LayerRouting analyse_layer(const RoutingSample& s, int64_t E, const std::vector<
   return r;
 }
 
+DepthRouting analyse_depth(const RoutingSample& s, const std::vector<uint8_t>& processed,
+                           const std::vector<uint8_t>& compared, int top, int64_t min_count) {
+  const int64_t N = static_cast<int64_t>(processed.size());
+  SY_CHECK(static_cast<int64_t>(s.ids.size()) == N && static_cast<int64_t>(s.position.size()) == N,
+           "depth analysis: " << N << " decisions for " << s.ids.size() << " ids, " << s.position.size() << " positions");
+  SY_CHECK(compared.empty() || static_cast<int64_t>(compared.size()) == N, "depth analysis: compared run's size");
+  constexpr int kBuckets = 8;
+  Contingency by_id(s.vocab, 2), by_pos(kBuckets, 2);
+  DepthRouting d;
+  d.tokens = N;
+  int64_t kept = 0, changed = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const int p = processed[i] != 0;
+    by_id.add(s.ids[i], p);
+    by_pos.add(s.position[i] * kBuckets / s.seq_len, p);
+    kept += p;
+    if (!compared.empty()) changed += (compared[i] != 0) != (p != 0);
+  }
+  d.processed = N ? static_cast<double>(kept) / N : 0;
+  d.by_id = by_id.uncertainty_coefficient();
+  d.by_position = by_pos.uncertainty_coefficient();
+  if (!compared.empty()) d.changed = N ? static_cast<double>(changed) / N : 0;
+  std::vector<std::pair<int32_t, double>> rate;  // (id, share processed) of the ids seen often enough
+  for (int64_t x = 0; x < s.vocab; ++x) {
+    const int64_t n = by_id.count(x, 0) + by_id.count(x, 1);
+    if (n >= min_count) rate.push_back({static_cast<int32_t>(x), static_cast<double>(by_id.count(x, 1)) / n});
+  }
+  auto list = [&](bool high) {
+    std::vector<std::pair<int32_t, double>> r = rate;
+    std::stable_sort(r.begin(), r.end(),
+                     [&](const auto& a, const auto& b) { return high ? a.second > b.second : a.second < b.second; });
+    r.resize(std::min<size_t>(r.size(), static_cast<size_t>(std::max(0, top))));
+    return r;
+  };
+  d.most_processed = list(true);
+  d.most_passed = list(false);
+  return d;
+}
+
 }  // namespace sy

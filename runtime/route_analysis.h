@@ -16,6 +16,9 @@
 // first choice (experts that follow one another). Between two checkpoints
 // of one run (the same experts by index), `changed` is the share of tokens
 // whose first choice differs (StableMoE's routing fluctuation).
+// A depth-routed block's decision (process or pass a token) is a choice of
+// two: the same coefficients with E = {processed, passed}, and the ids
+// the block processes most and least often.
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -64,6 +67,22 @@ struct RoutingSample {
   std::vector<int32_t> position;  // (N) in [0, T)
   int64_t vocab = 0, seq_len = 0;
 };
+
+struct DepthRouting {
+  int64_t tokens = 0;
+  double processed = 0;    // share of tokens the block processed
+  double by_id = 0;        // U(processed | token id)
+  double by_position = 0;  // U(processed | position bucket)
+  double changed = -1;     // share of decisions unlike the compared run's; -1: none compared
+  // Ids seen at least `min_count` times, by the share of them processed:
+  // the highest first, and the lowest first (ties to the lower id).
+  std::vector<std::pair<int32_t, double>> most_processed, most_passed;
+};
+
+// A depth-routed block's decisions (N, 1 processed, 0 passed); compared: another
+// run's over the same tokens (empty: none).
+DepthRouting analyse_depth(const RoutingSample& s, const std::vector<uint8_t>& processed,
+                           const std::vector<uint8_t>& compared, int top = 5, int64_t min_count = 20);
 
 // One layer's first choices (N, each in [0, E)) and whether any of each
 // token's choices kept a slot. previous / compared: another layer's or

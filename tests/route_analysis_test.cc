@@ -94,5 +94,39 @@ TEST(AnalyseLayer, FiguresOnAHandSample) {
   EXPECT_THROW(analyse_layer(s, 2, {0, 1}, served, {}, 0, {}, 1), Error);
 }
 
+// A depth-routed block over 40 tokens: id 0 always processed, id 1 never,
+// id 2 every other time (10 of each id, positions cycling 0..3 of T 4, so
+// each bucket holds every id equally); compared with a run that differs on
+// two tokens. min_count 10 lists all three ids, 11 none.
+TEST(AnalyseDepth, FiguresOnAHandSample) {
+  RoutingSample s;
+  s.vocab = 4, s.seq_len = 4;
+  std::vector<uint8_t> processed, compared;
+  for (int n = 0; n < 30; ++n) {
+    const int id = n % 3;
+    s.ids.push_back(id);
+    s.position.push_back(n % 4);
+    processed.push_back(id == 0 || (id == 2 && (n / 3) % 2 == 0));
+  }
+  for (int n = 30; n < 40; ++n) s.ids.push_back(3), s.position.push_back(n % 4), processed.push_back(0);
+  compared = processed;
+  compared[0] ^= 1, compared[1] ^= 1;
+  const DepthRouting d = analyse_depth(s, processed, compared, 2, 10);
+  EXPECT_EQ(d.tokens, 40);
+  EXPECT_DOUBLE_EQ(d.processed, 15.0 / 40);
+  EXPECT_GT(d.by_id, 0.5);
+  EXPECT_LT(d.by_position, 0.05);
+  EXPECT_DOUBLE_EQ(d.changed, 2.0 / 40);
+  ASSERT_EQ(d.most_processed.size(), 2u);
+  EXPECT_EQ(d.most_processed[0], (std::pair<int32_t, double>{0, 1.0}));
+  EXPECT_EQ(d.most_processed[1], (std::pair<int32_t, double>{2, 0.5}));
+  ASSERT_EQ(d.most_passed.size(), 2u);
+  EXPECT_EQ(d.most_passed[0], (std::pair<int32_t, double>{1, 0.0}));  // ties to the lower id
+  EXPECT_EQ(d.most_passed[1], (std::pair<int32_t, double>{3, 0.0}));
+  EXPECT_TRUE(analyse_depth(s, processed, {}, 2, 11).most_processed.empty());
+  EXPECT_EQ(analyse_depth(s, processed, {}, 2, 10).changed, -1.0);
+  EXPECT_THROW(analyse_depth(s, {1, 0}, {}, 2, 10), Error);
+}
+
 }  // namespace
 }  // namespace sy

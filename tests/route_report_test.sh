@@ -4,6 +4,7 @@
 # per-expert lines whose shares add up to 1 (to the printed digits), the
 # JSON report; against an
 # earlier checkpoint some first choices changed, against itself none; a
+# depth_tiny checkpoint gets its depth-routed block's line instead; a
 # missing checkpoint and an existing --json file are refused with one line
 # and exit code 2.
 #   route_report_test.sh TRAIN_SWITCH ROUTE_REPORT SOURCE_DIR
@@ -43,5 +44,17 @@ assert abs(sum(e['share'] for e in r['layers'][1]['experts']) - 1) < 1e-9
 [ $rc = 2 ] && [ "$(wc -l < m.err)" = 1 ] && grep -q "ck/step_99" m.err || { echo "FAIL: missing checkpoint (exit $rc)"; cat m.err; fail=1; }
 "$REPORT" --checkpoint latest --checkpoint-dir ck --json r.json > o.txt 2> o.err; rc=$?
 [ $rc = 2 ] && grep -q -- "--json r.json: exists and is not empty" o.err || { echo "FAIL: existing --json written over (exit $rc)"; cat o.err; fail=1; }
-[ $fail -eq 0 ] && echo "ok   route_report: per layer and expert, JSON, compared runs, refusals"
+"$BIN" --config "$SRC/configs/depth_tiny.pbtxt" --set train.steps=20 --set train.warmup_steps=2 \
+  --set train.eval_interval=0 --set train.eval_batches=1 --set train.batch=8 --set data.synthetic_bytes=50000 \
+  --set train.checkpoint_interval=20 --set train.checkpoint_dir=dk > depth.log 2>&1 || { cat depth.log; exit 1; }
+"$REPORT" --checkpoint latest --checkpoint-dir dk --batches 1 --json d.json > d.txt 2>&1 || { echo "FAIL depth report"; cat d.txt; exit 1; }
+cat d.txt
+grep -qE "^h1 +[0-9.]+ +[0-9.]+ +[0-9.]+ +-$" d.txt || { echo "FAIL: no h1 depth row"; fail=1; }
+grep -qE "^  h1 processed most \(share processed\):" d.txt || { echo "FAIL: no processed-most line"; fail=1; }
+python3 -c "
+import json; r = json.load(open('d.json'))
+assert r['layers'] == [] and [d['layer'] for d in r['depth']] == [1], r
+assert 0 <= r['depth'][0]['processed'] <= 1
+" || { echo "FAIL: the depth JSON report"; fail=1; }
+[ $fail -eq 0 ] && echo "ok   route_report: per layer and expert, depth-routed blocks, JSON, compared runs, refusals"
 exit $fail
