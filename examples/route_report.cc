@@ -9,7 +9,9 @@
 // the first choice the token id, the position in the window and the
 // previous MoE layer's first choice explain (uncertainty coefficients, 0
 // none, 1 all), with --compare the share of first choices unlike another
-// checkpoint's of the same run; then per expert its share of first choices
+// checkpoint's of the same run and how much the other's first choice
+// explains this one's (whatever the experts' numbering: other seeds too);
+// then per expert its share of first choices
 // and the ids it gets most. Per depth-routed block: the share of tokens it
 // processes, how much the id and the position explain that, the decisions
 // changed, and the ids it processes most and least often. Routing as in
@@ -132,16 +134,17 @@ nlohmann::json report_moe(const sy::RoutingSample& sample, const std::vector<int
                           const Decisions& a, const Decisions* b, int top, bool bytes) {
   nlohmann::json out = nlohmann::json::array();
   if (layers.empty()) return out;
-  std::printf("%-6s %7s %7s %9s %12s %12s %9s\n", "layer", "experts", "served", "by id", "by position",
-              "by previous", "changed");
+  std::printf("%-6s %7s %7s %9s %12s %12s %9s %12s\n", "layer", "experts", "served", "by id", "by position",
+              "by previous", "changed", "by compared");
   std::vector<sy::LayerRouting> reports;
   const std::vector<int32_t> none;
   for (size_t j = 0; j < layers.size(); ++j) {
     reports.push_back(sy::analyse_layer(sample, E, a.first[j], a.served[j], j > 0 ? a.first[j - 1] : none, E,
                                         b ? b->first[j] : none, top));
     const sy::LayerRouting& r = reports.back();
-    std::printf("h%-5d %7lld %7.3f %9.3f %12.3f %12s %9s\n", layers[j], static_cast<long long>(E), r.served, r.by_id,
-                r.by_position, cell(r.by_previous).c_str(), cell(r.changed).c_str());
+    std::printf("h%-5d %7lld %7.3f %9.3f %12.3f %12s %9s %12s\n", layers[j], static_cast<long long>(E), r.served,
+                r.by_id, r.by_position, cell(r.by_previous).c_str(), cell(r.changed).c_str(),
+                cell(r.by_compared).c_str());
   }
   for (size_t j = 0; j < layers.size(); ++j) {
     const sy::LayerRouting& r = reports[j];
@@ -162,7 +165,7 @@ nlohmann::json report_moe(const sy::RoutingSample& sample, const std::vector<int
     nlohmann::json layer = {{"layer", layers[j]}, {"served", r.served}, {"by_id", r.by_id},
                             {"by_position", r.by_position}, {"experts", experts}};
     if (r.by_previous >= 0) layer["by_previous"] = r.by_previous;
-    if (r.changed >= 0) layer["changed"] = r.changed;
+    if (r.changed >= 0) layer["changed"] = r.changed, layer["by_compared"] = r.by_compared;
     out.push_back(layer);
   }
   return out;
@@ -203,7 +206,9 @@ int run(int argc, char** argv) {
   int batches = 16, top = 5, threads = 1;
   bool overwrite = false;
   sy::add_checkpoint_options(app, spec, root);
-  app.add_option("--compare", compare, "another checkpoint of the same run: the share of decisions that differ");
+  app.add_option("--compare", compare,
+                 "another checkpoint of the model: the decisions that differ (one run's experts by index) and how "
+                 "alike the two partitions of the tokens are (any run)");
   app.add_option("--batches", batches, "evaluation batches of the validation split")->check(CLI::Range(1, 100000));
   app.add_option("--top", top, "ids listed per expert or block")->check(CLI::Range(0, 1000));
   app.add_option("--json", json_path, "write the report as JSON here");

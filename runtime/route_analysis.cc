@@ -61,8 +61,9 @@ LayerRouting analyse_layer(const RoutingSample& s, int64_t E, const std::vector<
   SY_CHECK(compared.empty() || static_cast<int64_t>(compared.size()) == N, "route analysis: compared run's size");
   constexpr int kBuckets = 8;
   Contingency by_id(s.vocab, E), by_pos(kBuckets, E);
-  std::unique_ptr<Contingency> by_prev;
+  std::unique_ptr<Contingency> by_prev, by_cmp;
   if (!previous.empty()) by_prev = std::make_unique<Contingency>(previous_experts, E);
+  if (!compared.empty()) by_cmp = std::make_unique<Contingency>(E, E);
   LayerRouting r;
   r.tokens = N;
   r.experts.resize(E);
@@ -75,13 +76,19 @@ LayerRouting analyse_layer(const RoutingSample& s, int64_t E, const std::vector<
     if (by_prev) by_prev->add(previous[i], e);
     served_n += served[i] != 0;
     kept[e] += served[i] != 0;
-    if (!compared.empty()) changed += compared[i] != first[i];
+    if (by_cmp) {
+      changed += compared[i] != first[i];
+      by_cmp->add(compared[i], e);
+    }
   }
   r.served = N ? static_cast<double>(served_n) / N : 0;
   r.by_id = by_id.uncertainty_coefficient();
   r.by_position = by_pos.uncertainty_coefficient();
   if (by_prev) r.by_previous = by_prev->uncertainty_coefficient();
-  if (!compared.empty()) r.changed = N ? static_cast<double>(changed) / N : 0;
+  if (by_cmp) {
+    r.changed = N ? static_cast<double>(changed) / N : 0;
+    r.by_compared = by_cmp->uncertainty_coefficient();
+  }
   std::vector<int32_t> ids(s.vocab);
   for (int64_t e = 0; e < E; ++e) {
     ExpertProfile& p = r.experts[e];

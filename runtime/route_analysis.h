@@ -15,7 +15,10 @@
 // floor(8 t / T) (by place in the window), and the previous MoE layer's
 // first choice (experts that follow one another). Between two checkpoints
 // of one run (the same experts by index), `changed` is the share of tokens
-// whose first choice differs (StableMoE's routing fluctuation).
+// whose first choice differs (StableMoE's routing fluctuation); between any
+// two models of one shape, `by_compared` = U(E | the other model's first
+// choice) says how alike the two partitions of the tokens are whatever
+// the experts' numbering (1: the same partition, relabelled).
 // A depth-routed block's decision (process or pass a token) is a choice of
 // two: the same coefficients with E = {processed, passed}, and the ids
 // the block processes most and least often.
@@ -59,6 +62,7 @@ struct LayerRouting {
   double by_position = 0;      // U(E | position bucket)
   double by_previous = -1;     // U(E | the previous MoE layer's first choice); -1: no previous layer
   double changed = -1;         // share of first choices unlike the compared run's; -1: none compared
+  double by_compared = -1;     // U(E | the compared run's first choice); -1: none compared
   std::vector<ExpertProfile> experts;
 };
 
@@ -86,8 +90,8 @@ DepthRouting analyse_depth(const RoutingSample& s, const std::vector<uint8_t>& p
 
 // One layer's first choices (N, each in [0, E)) and whether any of each
 // token's choices kept a slot. previous / compared: another layer's or
-// run's first choices over the same tokens (empty: none). top: ids listed
-// per expert.
+// run's first choices over the same tokens (empty: none; the compared run's
+// experts are E too). top: ids listed per expert.
 LayerRouting analyse_layer(const RoutingSample& s, int64_t E, const std::vector<int32_t>& first,
                            const std::vector<uint8_t>& served, const std::vector<int32_t>& previous,
                            int64_t previous_experts, const std::vector<int32_t>& compared, int top = 5);

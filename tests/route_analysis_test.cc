@@ -86,10 +86,19 @@ TEST(AnalyseLayer, FiguresOnAHandSample) {
   ASSERT_EQ(r.experts[0].top_ids.size(), 2u);
   EXPECT_EQ(r.experts[0].top_ids[0], (std::pair<int32_t, double>{0, 0.5}));
   EXPECT_EQ(r.experts[0].top_ids[1], (std::pair<int32_t, double>{2, 0.5}));
+  // The same choices relabelled (experts 0 and 1 swapped): every choice
+  // changed, the same partition.
+  std::vector<int32_t> swapped = first;
+  for (int32_t& e : swapped) e = 1 - e;
+  const LayerRouting sw = analyse_layer(s, 2, first, served, {}, 0, swapped, 2);
+  EXPECT_EQ(sw.changed, 1.0);
+  EXPECT_EQ(sw.by_compared, 1.0);
+  EXPECT_LT(r.by_compared, 1.0);  // 2 of 8 moved
   // Without a previous layer or a compared run: -1.
   const LayerRouting alone = analyse_layer(s, 2, first, served, {}, 0, {}, 1);
   EXPECT_EQ(alone.by_previous, -1.0);
   EXPECT_EQ(alone.changed, -1.0);
+  EXPECT_EQ(alone.by_compared, -1.0);
   EXPECT_EQ(alone.experts[1].top_ids.size(), 1u);
   EXPECT_THROW(analyse_layer(s, 2, {0, 1}, served, {}, 0, {}, 1), Error);
 }

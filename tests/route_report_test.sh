@@ -3,7 +3,8 @@
 # in both blocks): a table row per MoE layer with its figures in [0, 1],
 # per-expert lines whose shares add up to 1 (to the printed digits), the
 # JSON report; against an
-# earlier checkpoint some first choices changed, against itself none; a
+# earlier checkpoint some first choices changed, against itself none (and
+# the same partition); a
 # depth_tiny checkpoint gets its depth-routed block's line instead; a
 # missing checkpoint and an existing --json file are refused with one line
 # and exit code 2.
@@ -23,12 +24,12 @@ head -1 a.txt | grep -qE "^route_report: ck/step_00000040, 2 validation batches 
   { echo "FAIL: header"; fail=1; }
 for l in 0 1; do
   row=$(grep -E "^h$l +8 " a.txt | head -1)
-  echo "$row" | awk '{ for (i = 3; i <= 7; ++i) if ($i != "-" && ($i < 0 || $i > 1)) bad = 1; exit bad }' ||
+  echo "$row" | awk '{ for (i = 3; i <= 8; ++i) if ($i != "-" && ($i < 0 || $i > 1)) bad = 1; exit bad }' ||
     { echo "FAIL: h$l's figures outside [0, 1]: $row"; fail=1; }
   share=$(awk -v l="h$l" '$0 ~ "^" l " experts" { on = 1; next } /^h[0-9]/ { on = 0 } on && /^  e/ { s += $2 } END { printf "%.3f", s }' a.txt)
   awk -v s="$share" 'BEGIN { exit !(s > 0.995 && s < 1.005) }' || { echo "FAIL: h$l's expert shares add up to $share"; fail=1; }
 done
-grep -qE "^h0 +8 .* - +[0-9.]+$" a.txt || { echo "FAIL: h0 has a previous layer or no change figure"; fail=1; }
+grep -qE "^h0 +8 .* - +[0-9.]+ +[0-9.]+$" a.txt || { echo "FAIL: h0 has a previous layer or no change figures"; fail=1; }
 changed=$(awk '/^h1 +8 / { print $7 }' a.txt)
 awk -v c="$changed" 'BEGIN { exit !(c > 0) }' || { echo "FAIL: nothing changed between steps 20 and 40 ($changed)"; fail=1; }
 python3 -c "
@@ -39,7 +40,8 @@ assert 'by_previous' not in r['layers'][0] and 0 <= r['layers'][1]['by_previous'
 assert abs(sum(e['share'] for e in r['layers'][1]['experts']) - 1) < 1e-9
 " || { echo "FAIL: the JSON report"; fail=1; }
 "$REPORT" --checkpoint latest --checkpoint-dir ck --compare latest --batches 1 > self.txt 2>&1 || { echo "FAIL: self compare"; fail=1; }
-[ "$(awk '/^h[01] +8 / { print $7 }' self.txt | sort -u)" = 0.000 ] || { echo "FAIL: a checkpoint against itself changed"; cat self.txt; fail=1; }
+[ "$(awk '/^h[01] +8 / { print $7, $8 }' self.txt | sort -u)" = "0.000 1.000" ] ||
+  { echo "FAIL: a checkpoint against itself changed, or is not its own partition"; cat self.txt; fail=1; }
 "$REPORT" --checkpoint ck/step_99 > m.txt 2> m.err; rc=$?
 [ $rc = 2 ] && [ "$(wc -l < m.err)" = 1 ] && grep -q "ck/step_99" m.err || { echo "FAIL: missing checkpoint (exit $rc)"; cat m.err; fail=1; }
 "$REPORT" --checkpoint latest --checkpoint-dir ck --json r.json > o.txt 2> o.err; rc=$?
