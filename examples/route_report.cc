@@ -28,6 +28,7 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "examples/tool_options.h"
 #include "runtime/checkpoint.h"
@@ -102,13 +103,14 @@ std::string cell(double v) {  // -1: not measured
 // whether it processed the token.
 struct Decisions {
   std::vector<std::vector<int32_t>> first;
-  std::vector<std::vector<uint8_t>> served, processed;
+  std::vector<std::vector<uint8_t>> first_kept, served, processed;
 };
 
 void record(sy::Transformer& model, const sy::Batch& batch, const std::vector<int>& layers,
             const std::vector<int>& depth, Decisions& d) {
   model.forward(batch);
-  d.first.resize(layers.size()), d.served.resize(layers.size()), d.processed.resize(depth.size());
+  d.first.resize(layers.size()), d.first_kept.resize(layers.size()), d.served.resize(layers.size());
+  d.processed.resize(depth.size());
   size_t j = 0;
   for (const auto& [l, layer] : model.moe_layers()) {
     if (j == layers.size() || l != layers[j]) continue;
@@ -117,6 +119,7 @@ void record(sy::Transformer& model, const sy::Batch& batch, const std::vector<in
     const int32_t* slot = r.slot.data<int32_t>();
     for (int64_t i = 0; i < r.num_items; ++i) {
       d.first[j].push_back(group[i * r.k]);
+      d.first_kept[j].push_back(slot[i * r.k] >= 0);
       bool kept = false;
       for (int64_t q = 0; q < r.k; ++q) kept = kept || slot[i * r.k + q] >= 0;
       d.served[j].push_back(kept);
@@ -130,8 +133,17 @@ void record(sy::Transformer& model, const sy::Batch& batch, const std::vector<in
   }
 }
 
-nlohmann::json report_moe(const sy::RoutingSample& sample, const std::vector<int>& layers, int64_t E,
-                          const Decisions& a, const Decisions* b, int top, bool bytes) {
+// The MoE layer before block l's, or -1.
+int previous_moe_layer(const switchyard::MoeConfig& moe, int l) {
+  for (int p = l - 1; p >= 0; --p)
+    if (sy::is_moe_layer(moe, p)) return p;
+  return -1;
+}
+
+nlohmann::json report_moe(const sy::RoutingSample& sample, const std::vector<int>& layers,
+                          const switchyard::MoeConfig& moe, const Decisions& a, const Decisions* b, int top,
+                          bool bytes) {
+  const int64_t E = moe.num_experts();
   nlohmann::json out = nlohmann::json::array();
   if (layers.empty()) return out;
   std::printf("%-6s %7s %7s %9s %12s %12s %9s %12s\n", "layer", "experts", "served", "by id", "by position",
@@ -139,8 +151,10 @@ nlohmann::json report_moe(const sy::RoutingSample& sample, const std::vector<int
   std::vector<sy::LayerRouting> reports;
   const std::vector<int32_t> none;
   for (size_t j = 0; j < layers.size(); ++j) {
-    reports.push_back(sy::analyse_layer(sample, E, a.first[j], a.served[j], j > 0 ? a.first[j - 1] : none, E,
-                                        b ? b->first[j] : none, top));
+    // The previous MoE layer: the one just before, when it is analysed too.
+    const bool previous = j > 0 && layers[j - 1] == previous_moe_layer(moe, layers[j]);
+    reports.push_back(sy::analyse_layer(sample, E, a.first[j], a.first_kept[j], a.served[j],
+                                        previous ? a.first[j - 1] : none, E, b ? b->first[j] : none, top));
     const sy::LayerRouting& r = reports.back();
     std::printf("h%-5d %7lld %7.3f %9.3f %12.3f %12s %9s %12s\n", layers[j], static_cast<long long>(E), r.served,
                 r.by_id, r.by_position, cell(r.by_previous).c_str(), cell(r.changed).c_str(),
@@ -222,6 +236,18 @@ int run(int argc, char** argv) {
   if (!compare.empty()) {
     b = std::make_unique<Loaded>(load(compare, root));
     sy::check_compatible(a.cfg, sy::read_manifest(b->dir), b->dir);
+    // The same routers to compare: each layer's first choices (or a block's
+    // decisions) in both.
+    std::ostringstream ignored;
+    const auto& ma = a.cfg.moe();
+    const auto& mb = b->cfg.moe();
+    if (ma.router() != mb.router() || analysed_layers(a.cfg, ignored) != analysed_layers(b->cfg, ignored) ||
+        depth_blocks(a.cfg) != depth_blocks(b->cfg))
+      throw sy::ConfigError(b->dir + ": moe.router = " + switchyard::MoeConfig::Router_Name(mb.router()) +
+                            ", depth.every_n_layers = " + std::to_string(b->cfg.depth().every_n_layers()) + " where " +
+                            a.dir + " has " + switchyard::MoeConfig::Router_Name(ma.router()) + " and " +
+                            std::to_string(a.cfg.depth().every_n_layers()) +
+                            ": --compare needs the same routed layers in both");
   }
   const sy::Config& cfg = a.cfg;
   std::ostringstream notes;
@@ -252,7 +278,7 @@ int run(int argc, char** argv) {
   if (b) report["compare"] = b->dir;
   std::printf("route_report: %s, %d validation batches (%zu tokens)%s%s\n", a.dir.c_str(), batches, sample.ids.size(),
               b ? ", compared with " : "", b ? b->dir.c_str() : "");
-  report["layers"] = report_moe(sample, layers, cfg.moe().num_experts(), da, b ? &db : nullptr, top, bytes);
+  report["layers"] = report_moe(sample, layers, cfg.moe(), da, b ? &db : nullptr, top, bytes);
   report["depth"] = report_depth(sample, depth, da, b ? &db : nullptr, top, bytes);
   if (!json_path.empty()) sy::write_file(json_path, report.dump(1) + "\n");
   return 0;

@@ -29,7 +29,7 @@
 //     item order (POSITION: first come, first served, Switch Transformer) or
 //     in order of the item's top score (SCORE: batch-prioritised routing, V-MoE)
 //     or of given priority keys (random token selection); or item by item,
-//     each item's choices in rank order (TOKEN: whether item i keeps a choice
+//     each item's choices in rank order (TOKEN_ORDER: whether item i keeps a choice
 //     depends on items 0..i only, so k >= 2 under a capacity is causal).
 //     weight = p of the chosen group, optionally renormalised over the k.
 //  2. groups choose:  each group takes its top-C items by score (expert
@@ -86,7 +86,7 @@ struct Route {
 };
 
 enum class ScoreFn { softmax, sigmoid };
-enum class SlotPriority { position, score, token };
+enum class SlotPriority { position, score, token_order };
 
 struct TokensChooseParams {
   int k = 1;

@@ -119,7 +119,9 @@ void check_memory(const Config& cfg, int world, const MemoryPool& pool, const st
   os << " (activations " << bytes_str(est.activations) << ", parameters with gradients and AdamW state "
      << bytes_str(est.parameters) << ") but " << pool.holder << " has " << bytes_str(pool.bytes) << " of " << pool.kind
      << "; lower model.seq_len or train.batch, or raise train.micro_batches"
-     << (cfg.train().recompute() ? "" : " (or set train.recompute)");
+     << (!cfg.train().recompute()              ? " (or set train.recompute)"
+         : cfg.train().recompute_blocks() > 0 ? " (or raise train.recompute_blocks)"
+                                              : "");
   throw ConfigError(os.str());
 }
 

@@ -50,13 +50,16 @@ double Contingency::uncertainty_coefficient() const {
 }
 
 LayerRouting analyse_layer(const RoutingSample& s, int64_t E, const std::vector<int32_t>& first,
-                           const std::vector<uint8_t>& served, const std::vector<int32_t>& previous,
+                           const std::vector<uint8_t>& first_kept, const std::vector<uint8_t>& served,
+                           const std::vector<int32_t>& previous,
                            int64_t previous_experts, const std::vector<int32_t>& compared, int top) {
   const int64_t N = static_cast<int64_t>(first.size());
+  SY_CHECK(s.vocab > 0 && s.seq_len > 0, "route analysis: vocabulary " << s.vocab << ", sequence length " << s.seq_len);
   SY_CHECK(static_cast<int64_t>(s.ids.size()) == N && static_cast<int64_t>(s.position.size()) == N &&
-               static_cast<int64_t>(served.size()) == N,
+               static_cast<int64_t>(served.size()) == N && static_cast<int64_t>(first_kept.size()) == N,
            "route analysis: " << N << " first choices for " << s.ids.size() << " ids, " << s.position.size()
-                              << " positions, " << served.size() << " served flags");
+                              << " positions, " << first_kept.size() << " kept and " << served.size()
+                              << " served flags");
   SY_CHECK(previous.empty() || static_cast<int64_t>(previous.size()) == N, "route analysis: previous layer's size");
   SY_CHECK(compared.empty() || static_cast<int64_t>(compared.size()) == N, "route analysis: compared run's size");
   constexpr int kBuckets = 8;
@@ -75,7 +78,7 @@ LayerRouting analyse_layer(const RoutingSample& s, int64_t E, const std::vector<
     by_pos.add(s.position[i] * kBuckets / s.seq_len, e);
     if (by_prev) by_prev->add(previous[i], e);
     served_n += served[i] != 0;
-    kept[e] += served[i] != 0;
+    kept[e] += first_kept[i] != 0;
     if (by_cmp) {
       changed += compared[i] != first[i];
       by_cmp->add(compared[i], e);
@@ -111,6 +114,7 @@ LayerRouting analyse_layer(const RoutingSample& s, int64_t E, const std::vector<
 DepthRouting analyse_depth(const RoutingSample& s, const std::vector<uint8_t>& processed,
                            const std::vector<uint8_t>& compared, int top, int64_t min_count) {
   const int64_t N = static_cast<int64_t>(processed.size());
+  SY_CHECK(s.vocab > 0 && s.seq_len > 0, "depth analysis: vocabulary " << s.vocab << ", sequence length " << s.seq_len);
   SY_CHECK(static_cast<int64_t>(s.ids.size()) == N && static_cast<int64_t>(s.position.size()) == N,
            "depth analysis: " << N << " decisions for " << s.ids.size() << " ids, " << s.position.size() << " positions");
   SY_CHECK(compared.empty() || static_cast<int64_t>(compared.size()) == N, "depth analysis: compared run's size");

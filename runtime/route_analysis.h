@@ -9,16 +9,18 @@
 // From counts n_xe over N samples, plug-in: I = sum n_xe/N ln(n_xe N /
 // (n_x n_e)), H(E) = -sum n_e/N ln(n_e/N), nats. The plug-in I is biased
 // upward by about (K_xe - K_x - K_e + 1) / (2 N) (Miller and Madow; K: the
-// cells with a count) - at 256 byte ids, 8 experts and 32k tokens ~0.03 of
-// H(E) = ln 8 - so that correction is subtracted, and U clamped to [0, 1].
+// cells with a count) - at 256 byte ids, 8 experts and 32k tokens at most
+// 0.027 nats, 0.013 of H(E) = ln 8 - so that correction is subtracted, and U
+// clamped to [0, 1].
 // Three X: the token id (specialisation by token), the position bucket
 // floor(8 t / T) (by place in the window), and the previous MoE layer's
 // first choice (experts that follow one another). Between two checkpoints
 // of one run (the same experts by index), `changed` is the share of tokens
 // whose first choice differs (StableMoE's routing fluctuation); between any
 // two models of one shape, `by_compared` = U(E | the other model's first
-// choice) says how alike the two partitions of the tokens are whatever
-// the experts' numbering (1: the same partition, relabelled).
+// choice) says how much the other's partition of the tokens determines
+// this one's, whatever the experts' numbering (1 with E experts each: the
+// same partition, relabelled; not symmetric in the two models).
 // A depth-routed block's decision (process or pass a token) is a choice of
 // two: the same coefficients with E = {processed, passed}, and the ids
 // the block processes most and least often.
@@ -49,7 +51,7 @@ class Contingency {
 
 struct ExpertProfile {
   double share = 0;  // of the tokens' first choices
-  double kept = 0;   // of those, the share that kept their slot
+  double kept = 0;   // of those, the share whose first choice kept its slot here
   // The ids this expert gets most often as a first choice, most first (ties
   // to the lower id), with the share of the expert's tokens each makes up.
   std::vector<std::pair<int32_t, double>> top_ids;
@@ -88,12 +90,14 @@ struct DepthRouting {
 DepthRouting analyse_depth(const RoutingSample& s, const std::vector<uint8_t>& processed,
                            const std::vector<uint8_t>& compared, int top = 5, int64_t min_count = 20);
 
-// One layer's first choices (N, each in [0, E)) and whether any of each
-// token's choices kept a slot. previous / compared: another layer's or
+// One layer's first choices (N, each in [0, E)), whether each kept its slot
+// (first_kept) and whether any of the token's choices did (served).
+// previous / compared: another layer's or
 // run's first choices over the same tokens (empty: none; the compared run's
 // experts are E too). top: ids listed per expert.
 LayerRouting analyse_layer(const RoutingSample& s, int64_t E, const std::vector<int32_t>& first,
-                           const std::vector<uint8_t>& served, const std::vector<int32_t>& previous,
+                           const std::vector<uint8_t>& first_kept, const std::vector<uint8_t>& served,
+                           const std::vector<int32_t>& previous,
                            int64_t previous_experts, const std::vector<int32_t>& compared, int top = 5);
 
 }  // namespace sy

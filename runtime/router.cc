@@ -110,7 +110,7 @@ const ops::Route& Router::forward(const Tensor& x) {
     p.min_capacity = cfg_.min_capacity();
     p.dropless = cfg_.dropless();
     p.priority = cfg_.slot_priority() == switchyard::MoeConfig::SCORE         ? ops::SlotPriority::score
-                 : cfg_.slot_priority() == switchyard::MoeConfig::TOKEN_ORDER ? ops::SlotPriority::token
+                 : cfg_.slot_priority() == switchyard::MoeConfig::TOKEN_ORDER ? ops::SlotPriority::token_order
                                                                                : ops::SlotPriority::position;
     // Random token selection: in training the slots go in the order of a
     // uniform draw per token (selection only, like the Gumbel keys).

@@ -243,9 +243,13 @@ std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_siz
                   p.moe_budget(cfg.budget().target()));
     out += b;
   }
+  std::string recomputed;  // train.recompute: which blocks
+  if (cfg.train().recompute())
+    recomputed = cfg.train().recompute_blocks() > 0
+                     ? " (blocks 0-" + std::to_string(cfg.train().recompute_blocks() - 1) + " recomputed in backward)"
+                     : " (recomputed in backward)";
   std::snprintf(b, sizeof b, "model: %lld parameters, %d layers%s, d_model %d; data: %lld train ",
-                static_cast<long long>(parameters), cfg.model().n_layers(),
-                cfg.train().recompute() ? " (recomputed in backward)" : "", cfg.model().d_model(),
+                static_cast<long long>(parameters), cfg.model().n_layers(), recomputed.c_str(), cfg.model().d_model(),
                 static_cast<long long>(train_size));
   out += b;
   if (train_unit != "bytes" || val_unit != "bytes") out += train_unit + " ";

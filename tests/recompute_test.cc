@@ -43,7 +43,9 @@ struct Steps {
   std::vector<float> loss;
   std::vector<double> aux;
   std::vector<std::vector<Tensor>> grads;  // per step, in parameter order, on the host
-  size_t high_water = 0;                   // live bytes' peak over the steps, above what was live before
+  // Live bytes' peak over the steps, above what was live before (on the CPU
+  // it includes the host copies of the gradients taken after each step).
+  size_t high_water = 0;
 };
 
 // `steps` training steps of micro_batches forward + backward each, routing

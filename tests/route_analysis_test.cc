@@ -1,5 +1,5 @@
 // runtime/route_analysis.h on hand-computed tables: independence gives 0,
-// a choice the id decides gives 1, a half-decided one ln 2 / ln 4 bits of
+// a choice the id decides gives 1, a half-decided one ln 2 / ln 4 = 0.5 of
 // the entropy; the Miller-Madow term; each layer figure on a small sample.
 #include "runtime/route_analysis.h"
 
@@ -63,25 +63,28 @@ TEST(Contingency, MillerMadowRemovesTheSmallSampleBias) {
 // A layer over 8 tokens of 2 sequences of 4: ids 0 1 2 3 | 1 0 3 2,
 // expert = id mod 2 (the id decides it; positions 0..3, buckets 0, 2, 4,
 // 6, each hold both experts once: position explains nothing), token 7
-// unserved.
+// unserved, token 3's first choice dropped but another choice kept. The
+// previous layer's choices 2 2 2 2 | 0 1 0 1 leave half the entropy
+// (I = ln 2 / 2, no Miller-Madow term); the compared run's differ on
+// tokens 6 and 7.
 TEST(AnalyseLayer, FiguresOnAHandSample) {
   RoutingSample s{{0, 1, 2, 3, 1, 0, 3, 2}, {0, 1, 2, 3, 0, 1, 2, 3}, 4, 4};
   const std::vector<int32_t> first = {0, 1, 0, 1, 1, 0, 1, 0};
   const std::vector<uint8_t> served = {1, 1, 1, 1, 1, 1, 1, 0};
+  const std::vector<uint8_t> first_kept = {1, 1, 1, 0, 1, 1, 1, 0};
   const std::vector<int32_t> previous = {2, 2, 2, 2, 0, 1, 0, 1};  // of 3 experts
   const std::vector<int32_t> compared = {0, 1, 0, 1, 1, 0, 0, 1};  // 2 of 8 differ
-  const LayerRouting r = analyse_layer(s, 2, first, served, previous, 3, compared, 2);
+  const LayerRouting r = analyse_layer(s, 2, first, first_kept, served, previous, 3, compared, 2);
   EXPECT_EQ(r.tokens, 8);
   EXPECT_DOUBLE_EQ(r.served, 7.0 / 8);
   EXPECT_EQ(r.by_id, 1.0);
   EXPECT_EQ(r.by_position, 0.0);
-  EXPECT_GE(r.by_previous, 0.0);
-  EXPECT_LT(r.by_previous, 1.0);
+  EXPECT_NEAR(r.by_previous, 0.5, 1e-12);
   EXPECT_DOUBLE_EQ(r.changed, 2.0 / 8);
   ASSERT_EQ(r.experts.size(), 2u);
   EXPECT_DOUBLE_EQ(r.experts[0].share, 0.5);
-  EXPECT_DOUBLE_EQ(r.experts[0].kept, 3.0 / 4);
-  EXPECT_DOUBLE_EQ(r.experts[1].kept, 1.0);
+  EXPECT_DOUBLE_EQ(r.experts[0].kept, 3.0 / 4);  // token 7
+  EXPECT_DOUBLE_EQ(r.experts[1].kept, 3.0 / 4);  // token 3: served, but not by its first choice
   // Expert 0 gets ids 0 and 2 twice each: ties to the lower id.
   ASSERT_EQ(r.experts[0].top_ids.size(), 2u);
   EXPECT_EQ(r.experts[0].top_ids[0], (std::pair<int32_t, double>{0, 0.5}));
@@ -90,23 +93,27 @@ TEST(AnalyseLayer, FiguresOnAHandSample) {
   // changed, the same partition.
   std::vector<int32_t> swapped = first;
   for (int32_t& e : swapped) e = 1 - e;
-  const LayerRouting sw = analyse_layer(s, 2, first, served, {}, 0, swapped, 2);
+  const LayerRouting sw = analyse_layer(s, 2, first, first_kept, served, {}, 0, swapped, 2);
   EXPECT_EQ(sw.changed, 1.0);
   EXPECT_EQ(sw.by_compared, 1.0);
-  EXPECT_LT(r.by_compared, 1.0);  // 2 of 8 moved
+  // 2 of 8 moved: cells 3, 1 | 1, 3 of 8; I = 3/4 ln 1.5 + 1/4 ln 0.5, Miller-Madow 1/16.
+  EXPECT_NEAR(r.by_compared, (0.75 * std::log(1.5) + 0.25 * std::log(0.5) - 1.0 / 16) / std::log(2.0), 1e-12);
   // Without a previous layer or a compared run: -1.
-  const LayerRouting alone = analyse_layer(s, 2, first, served, {}, 0, {}, 1);
+  const LayerRouting alone = analyse_layer(s, 2, first, first_kept, served, {}, 0, {}, 1);
   EXPECT_EQ(alone.by_previous, -1.0);
   EXPECT_EQ(alone.changed, -1.0);
   EXPECT_EQ(alone.by_compared, -1.0);
   EXPECT_EQ(alone.experts[1].top_ids.size(), 1u);
-  EXPECT_THROW(analyse_layer(s, 2, {0, 1}, served, {}, 0, {}, 1), Error);
+  EXPECT_THROW(analyse_layer(s, 2, {0, 1}, first_kept, served, {}, 0, {}, 1), Error);
+  RoutingSample no_len = s;
+  no_len.seq_len = 0;
+  EXPECT_THROW(analyse_layer(no_len, 2, first, first_kept, served, {}, 0, {}, 1), Error);
 }
 
-// A depth-routed block over 40 tokens: id 0 always processed, id 1 never,
-// id 2 every other time (10 of each id, positions cycling 0..3 of T 4, so
-// each bucket holds every id equally); compared with a run that differs on
-// two tokens. min_count 10 lists all three ids, 11 none.
+// A depth-routed block over 40 tokens: id 0 always processed, ids 1 and 3
+// never, id 2 every other time (10 of each id; positions cycle 0..3 of T
+// 4, nearly independent of the decision); compared with a run that differs
+// on two tokens. min_count 10 lists all four ids, 11 none.
 TEST(AnalyseDepth, FiguresOnAHandSample) {
   RoutingSample s;
   s.vocab = 4, s.seq_len = 4;

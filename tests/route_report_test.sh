@@ -6,8 +6,8 @@
 # earlier checkpoint some first choices changed, against itself none (and
 # the same partition); a
 # depth_tiny checkpoint gets its depth-routed block's line instead; a
-# missing checkpoint and an existing --json file are refused with one line
-# and exit code 2.
+# missing checkpoint, an existing --json file and a checkpoint with another
+# router to compare are refused with one line and exit code 2.
 #   route_report_test.sh TRAIN_SWITCH ROUTE_REPORT SOURCE_DIR
 set -u
 BIN=$1; REPORT=$2; SRC=$3
@@ -58,5 +58,13 @@ import json; r = json.load(open('d.json'))
 assert r['layers'] == [] and [d['layer'] for d in r['depth']] == [1], r
 assert 0 <= r['depth'][0]['processed'] <= 1
 " || { echo "FAIL: the depth JSON report"; fail=1; }
+# Another router over the same shapes: nothing to compare, refused.
+"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --set moe.router=EXPERT_CHOICE --set train.steps=20 \
+  --set train.warmup_steps=2 --set train.eval_interval=0 --set train.eval_batches=1 --set train.batch=8 \
+  --set data.synthetic_bytes=50000 --set train.checkpoint_interval=20 --set train.checkpoint_dir=ek > ek.log 2>&1 ||
+  { cat ek.log; exit 1; }
+"$REPORT" --checkpoint latest --checkpoint-dir ck --compare ek/step_00000020 > x.txt 2> x.err; rc=$?
+[ $rc = 2 ] && [ "$(wc -l < x.err)" = 1 ] && grep -q "^error: ek/step_00000020: moe.router = EXPERT_CHOICE" x.err ||
+  { echo "FAIL: a different router compared (exit $rc)"; cat x.err; fail=1; }
 [ $fail -eq 0 ] && echo "ok   route_report: per layer and expert, depth-routed blocks, JSON, compared runs, refusals"
 exit $fail

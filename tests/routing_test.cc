@@ -91,7 +91,7 @@ TEST(TokensChoose, InvariantsOnRandomInputs) {
         if (k > G) continue;
         for (float cf : {0.5f, 1.0f, 1.25f, 4.0f})
           for (bool dropless : {false, true})
-            for (auto pr : {SlotPriority::position, SlotPriority::score, SlotPriority::token}) {
+            for (auto pr : {SlotPriority::position, SlotPriority::score, SlotPriority::token_order}) {
               TokensChooseParams p;
               p.k = k, p.capacity_factor = cf, p.dropless = dropless, p.priority = pr;
               Route r = tokens_choose(random_probs(N, G, rng), p);
@@ -105,10 +105,10 @@ TEST(TokensChoose, InvariantsOnRandomInputs) {
                 std::set<int> gs(group.begin() + i * k, group.begin() + (i + 1) * k);
                 EXPECT_EQ(gs.size(), size_t(k));
               }
-              // TOKEN: first come, first served in assignment order - an
+              // TOKEN_ORDER: first come, first served in assignment order - an
               // assignment's slot is the count of its group's earlier ones,
               // dropped once that reaches the capacity.
-              if (pr == SlotPriority::token) {
+              if (pr == SlotPriority::token_order) {
                 const std::vector<int32_t> slot = ints(r.slot);
                 std::vector<int64_t> seen(G, 0);
                 for (int64_t a = 0; a < N * k; ++a) {
@@ -197,7 +197,7 @@ TEST(TokensChoose, PriorityKeysOrderTheSlots) {
   EXPECT_THROW(tokens_choose(p, prm), Error);  // keys only order SCORE priority
 }
 
-// Slots token by token (TOKEN priority) against choice rank by choice rank
+// Slots token by token (TOKEN_ORDER priority) against choice rank by choice rank
 // (POSITION), top-2 over 2 experts at C = ceil(0.5 * 4 * 2 / 2) = 2, the
 // table above: assignments (t, j) go to groups 0,1 | 0,1 | 0,1 | 1,0.
 // Token by token t0 and t1 take both experts' slots and t2, t3 find them
@@ -207,7 +207,7 @@ TEST(TokensChoose, TokenPriorityServesTokenByToken) {
   const Tensor p = probs_of({0.9f, 0.1f, 0.5f, 0.5f, 0.6f, 0.4f, 0.2f, 0.8f}, 4, 2);
   TokensChooseParams prm;
   prm.k = 2, prm.capacity_factor = 0.5f;
-  prm.priority = SlotPriority::token;
+  prm.priority = SlotPriority::token_order;
   Route r = tokens_choose(p, prm);
   EXPECT_EQ(r.capacity, 2);
   EXPECT_EQ(ints(r.group), (std::vector<int32_t>{0, 1, 0, 1, 0, 1, 1, 0}));
@@ -219,7 +219,7 @@ TEST(TokensChoose, TokenPriorityServesTokenByToken) {
   // Top-1: the two orders are one.
   prm.k = 1, prm.capacity_factor = 1.0f;
   const Route a = tokens_choose(p, prm);
-  prm.priority = SlotPriority::token;
+  prm.priority = SlotPriority::token_order;
   EXPECT_EQ(ints(tokens_choose(p, prm).slot), ints(a.slot));
 }
 
@@ -431,7 +431,7 @@ TEST(TokensChoose, RunsWithTheirOwnGroupsAreThePerRunRoutes) {
   Rng rng(41);
   for (const auto& [runs, S, G, k, cf, prio] : std::vector<std::tuple<int64_t, int64_t, int64_t, int, float, SlotPriority>>{
            {3, 20, 4, 1, 0.8f, SlotPriority::position}, {4, 9, 5, 2, 0.6f, SlotPriority::score},
-           {2, 16, 3, 1, 0.f, SlotPriority::position}, {3, 12, 4, 3, 0.5f, SlotPriority::token}}) {
+           {2, 16, 3, 1, 0.f, SlotPriority::position}, {3, 12, 4, 3, 0.5f, SlotPriority::token_order}}) {
     SCOPED_TRACE(::testing::Message() << runs << " runs of " << S << ", G=" << G << " k=" << k);
     const Tensor probs = random_probs(runs * S, G, rng);
     TokensChooseParams p;
@@ -882,7 +882,8 @@ void expect_budget_kept(const Route& before, const Route& r, const Tensor& score
 }
 
 // The property: on random inputs, over sizes, k, both policies (tokens choose
-// by position and by score, with capacity or dropless; expert choice), batch
+// by position, by score and token by token, with capacity or dropless;
+// expert choice), batch
 // and causal budgets, budgets from 0 up, costs dyadic (exact sums) or any
 // floats, the kept cost never exceeds the budget, only kept costly
 // assignments are dropped, lowest score first, and no more than needed.
@@ -899,7 +900,7 @@ TEST(Budget, NeverExceededOnRandomInputs) {
           if (policy != 3) {
             TokensChooseParams prm;
             prm.k = k;
-            prm.priority = policy == 1 ? SlotPriority::score : policy == 4 ? SlotPriority::token : SlotPriority::position;
+            prm.priority = policy == 1 ? SlotPriority::score : policy == 4 ? SlotPriority::token_order : SlotPriority::position;
             prm.dropless = policy == 2;
             prm.capacity_factor = 1.0f;
             before = tokens_choose(probs, prm);

@@ -166,7 +166,7 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
     items = argsort_desc(p.priority_keys ? p.priority_keys->to_vector<float>() : top_score);
   std::vector<int64_t> order;
   order.reserve(N * k);
-  if (p.priority == SlotPriority::token)
+  if (p.priority == SlotPriority::token_order)
     for (int64_t a = 0; a < N * k; ++a) order.push_back(a);
   else
     for (int64_t j = 0; j < k; ++j)

@@ -31,7 +31,7 @@
 //      visiting order: by j first, then (SCORE) by descending score, and among
 //      equal keys by input order, i.e. ascending position, which is both
 //      priorities' tie rule. So an assignment's slot is its rank within its
-//      group's run, kept when the rank is below the capacity. TOKEN priority
+//      group's run, kept when the rank is below the capacity. TOKEN_ORDER priority
 //      visits the assignments in index order: the key is the group alone
 //      (no j bits), and the stable sort keeps index order within a group.
 //   3. run starts by binary search, counts = min(run length, capacity)
@@ -382,7 +382,7 @@ static __global__ void slot_keys(const int32_t* group, const float* top, int64_t
   if (a >= n) return;
   const int sbits = by_score ? 32 : 0;
   uint64_t key = static_cast<uint64_t>(group[a]) << (jbits + sbits);
-  if (jbits > 0) key |= static_cast<uint64_t>(a % k) << sbits;  // (none: TOKEN priority)
+  if (jbits > 0) key |= static_cast<uint64_t>(a % k) << sbits;  // (none: TOKEN_ORDER priority)
   if (by_score) key |= static_cast<uint32_t>(~ordered_bits(nan_last(top[a / k])));
   keys[a] = key;
   values[a] = static_cast<int32_t>(a);
@@ -464,7 +464,7 @@ void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const Tokens
   const int64_t run = p.segment > 0 ? p.segment : N, G = run > 0 ? N / run * G_run : G_run;  // all runs' groups
   const int64_t n = N * k;
   Tensor meta = init_route(ctx, r, N, k, G);
-  const int jbits = p.priority == SlotPriority::token ? 0 : bits_for(k);
+  const int jbits = p.priority == SlotPriority::token_order ? 0 : bits_for(k);
   const int sbits = p.priority == SlotPriority::score ? 32 : 0;
   const int shift = jbits + sbits, end_bit = bits_for(G) + shift;
   SY_CHECK(end_bit <= 64, "tokens_choose: " << G << " groups x top-" << k << " do not fit the 64-bit slot key");
