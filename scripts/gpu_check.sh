@@ -441,6 +441,15 @@ print(next((m for m in (1, 2) if P + (R - P) * 4 / m <= 0.9 * total), 4))
     --metrics "$LOG/switch_gpu_b64.jsonl"
   summary "mfu: switch_gpu batch 64 in $MB micro-batch(es) rc $?: $(grep -E '^step +20/' "$LOG/switch_gpu_b64.log" | tail -1 | cut -c1-300)"
   summary "mfu: batch 64 ($MB x $(( 64 / MB ))) at 989 TFLOP/s: $(mfu_of "$LOG/switch_gpu_b64.jsonl")"
+  # Where batch 64 needed micro-batches: one pass with activation
+  # recomputation instead (train.recompute: a forward more, no second pass
+  # over the expert gradients) - its memory peak and MFU beside them.
+  if [ "$MB" -gt 1 ]; then
+    run_limited switch_gpu_b64_recompute 90 "${SG[@]}" --set train.batch=64 --set train.recompute=true \
+      --set train.steps=20 --metrics "$LOG/switch_gpu_b64_recompute.jsonl"
+    summary "mfu: switch_gpu batch 64 in one pass, recomputed, rc $?: $(grep -E '^step +20/' "$LOG/switch_gpu_b64_recompute.log" | tail -1 | cut -c1-300)"
+    summary "mfu: batch 64 recomputed at 989 TFLOP/s: $(mfu_of "$LOG/switch_gpu_b64_recompute.jsonl")"
+  fi
   # The same run again, unprofiled: its losses bit for bit the first's (issue 17).
   run_limited switch_gpu_rerun 90 "${SG[@]}" --metrics "$LOG/switch_gpu_rerun.jsonl"
   summary "mfu: switch_gpu rerun rc $?: $(python3 -c 'import json, sys
