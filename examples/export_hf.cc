@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "examples/checkpoint_tool.h"
 #include "examples/hf_mixtral_reference.h"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
@@ -35,27 +36,21 @@ int run(int argc, char** argv) {
   CLI::App app{"Export a Switchyard checkpoint to the Hugging Face Mixtral layout"};
   std::string spec, root = "checkpoints", out, dtype = "f32", verify;
   bool do_verify = false;
-  app.add_option("--checkpoint", spec, "a checkpoint directory, or 'latest' in --checkpoint-dir")->required();
-  app.add_option("--checkpoint-dir", root, "where 'latest' is looked up (train.checkpoint_dir)");
+  sy::add_checkpoint_options(app, spec, root);
   app.add_option("--out", out, "the directory to create (must not exist)")->required();
   app.add_option("--dtype", dtype, "f32 or bf16 (round to nearest even)")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--verify", verify, "compare the export's logits with the model's on this text")
       ->each([&](const std::string&) { do_verify = true; });
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
+  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(1);
   const std::string dir = sy::resolve_checkpoint(spec, root);
-  sy::Config cfg = sy::read_manifest(dir).config();
-  sy::check_mixtral_expressible(cfg, sy::join_path(dir, "manifest.pbtxt"));
-  for (const std::string& n : sy::mixtral_export_notes(cfg)) std::cerr << "note: " << n << "\n";
-  cfg.mutable_parallel()->set_expert_parallel(1);
-  cfg.mutable_moe()->set_dropless(true);  // what Mixtral computes (no parameter depends on it)
-  sy::Transformer model(sy::host_ctx(), cfg);
-  sy::load_checkpoint(dir, cfg, model, nullptr, /*optimizer=*/false);
-  model.set_training(false);
+  const sy::EvalModel loaded = sy::load_eval_model(dir, [&](sy::Config& c) {
+    sy::check_mixtral_expressible(c, sy::join_path(dir, "manifest.pbtxt"));
+    for (const std::string& n : sy::mixtral_export_notes(c)) std::cerr << "note: " << n << "\n";
+    c.mutable_moe()->set_dropless(true);  // what Mixtral computes (no parameter depends on it)
+  });
+  const sy::Config& cfg = loaded.cfg;
+  sy::Transformer& model = *loaded.model;
   const sy::DType dt = dtype == "bf16" ? sy::DType::bf16 : sy::DType::f32;
   const auto files = sy::write_mixtral_export(out, cfg, model, dt, dir);
   std::cout << "wrote " << out << ":";

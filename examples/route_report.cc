@@ -30,7 +30,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "examples/tool_options.h"
+#include "examples/checkpoint_tool.h"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/output_file.h"
@@ -39,23 +39,6 @@
 #include "runtime/training_data.h"
 
 namespace {
-
-struct Loaded {
-  std::string dir;
-  sy::Config cfg;
-  std::unique_ptr<sy::Transformer> model;
-};
-
-Loaded load(const std::string& spec, const std::string& root) {
-  Loaded l;
-  l.dir = sy::resolve_checkpoint(spec, root);
-  l.cfg = sy::read_manifest(l.dir).config();
-  l.cfg.mutable_parallel()->set_expert_parallel(1);
-  l.model = std::make_unique<sy::Transformer>(sy::host_ctx(), l.cfg);
-  sy::load_checkpoint(l.dir, l.cfg, *l.model, nullptr, /*optimizer=*/false);
-  l.model->set_training(false);
-  return l;
-}
 
 // The MoE layers the report covers: tokens choose, not in a depth-routed block.
 std::vector<int> analysed_layers(const sy::Config& cfg, std::ostream& notes) {
@@ -87,6 +70,17 @@ std::string id_text(int32_t id, bool bytes) {
   char b[8];
   std::snprintf(b, sizeof b, "x%02x", id);
   return b;
+}
+
+// Prints " <id> <share>" for each, then ends the line; the same pairs as JSON.
+nlohmann::json print_ids(const std::vector<std::pair<int32_t, double>>& ids, bool bytes) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [id, share] : ids) {
+    std::printf(" %s %.2f", id_text(id, bytes).c_str(), share);
+    out.push_back({id, share});
+  }
+  std::printf("\n");
+  return out;
 }
 
 std::string cell(double v) {  // -1: not measured
@@ -168,13 +162,7 @@ nlohmann::json report_moe(const sy::RoutingSample& sample, const std::vector<int
     for (int64_t e = 0; e < E; ++e) {
       const sy::ExpertProfile& p = r.experts[e];
       std::printf("  e%-3lld %.3f %.3f |", static_cast<long long>(e), p.share, p.kept);
-      nlohmann::json ids = nlohmann::json::array();
-      for (const auto& [id, share] : p.top_ids) {
-        std::printf(" %s %.2f", id_text(id, bytes).c_str(), share);
-        ids.push_back({id, share});
-      }
-      std::printf("\n");
-      experts.push_back({{"share", p.share}, {"kept", p.kept}, {"top_ids", ids}});
+      experts.push_back({{"share", p.share}, {"kept", p.kept}, {"top_ids", print_ids(p.top_ids, bytes)}});
     }
     nlohmann::json layer = {{"layer", layers[j]}, {"served", r.served}, {"by_id", r.by_id},
                             {"by_position", r.by_position}, {"experts", experts}};
@@ -199,16 +187,10 @@ nlohmann::json report_depth(const sy::RoutingSample& sample, const std::vector<i
     nlohmann::json block = {{"layer", depth[j]}, {"processed", d.processed}, {"by_id", d.by_id},
                             {"by_position", d.by_position}};
     if (d.changed >= 0) block["changed"] = d.changed;
-    for (const auto& [name, list] : {std::pair{"most_processed", &d.most_processed}, {"most_passed", &d.most_passed}}) {
-      std::printf("  h%d %s (share processed):", depth[j], name == std::string("most_processed") ? "processed most" : "passed most");
-      nlohmann::json ids = nlohmann::json::array();
-      for (const auto& [id, share] : *list) {
-        std::printf(" %s %.2f", id_text(id, bytes).c_str(), share);
-        ids.push_back({id, share});
-      }
-      std::printf("\n");
-      block[name] = ids;
-    }
+    std::printf("  h%d processed most (share processed):", depth[j]);
+    block["most_processed"] = print_ids(d.most_processed, bytes);
+    std::printf("  h%d passed most (share processed):", depth[j]);
+    block["most_passed"] = print_ids(d.most_passed, bytes);
     out.push_back(block);
   }
   return out;
@@ -231,10 +213,10 @@ int run(int argc, char** argv) {
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(threads);
   if (!json_path.empty()) sy::check_output_path("--json", json_path, {}, overwrite);
-  Loaded a = load(spec, root);
-  std::unique_ptr<Loaded> b;
+  sy::EvalModel a = sy::load_eval_model(sy::resolve_checkpoint(spec, root));
+  std::unique_ptr<sy::EvalModel> b;
   if (!compare.empty()) {
-    b = std::make_unique<Loaded>(load(compare, root));
+    b = std::make_unique<sy::EvalModel>(sy::load_eval_model(sy::resolve_checkpoint(compare, root)));
     sy::check_compatible(a.cfg, sy::read_manifest(b->dir), b->dir);
     // The same routers to compare: each layer's first choices (or a block's
     // decisions) in both.

@@ -22,7 +22,7 @@
 #include <filesystem>
 #include <iostream>
 
-#include "examples/tool_options.h"
+#include "examples/checkpoint_tool.h"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/generate.h"
@@ -48,12 +48,10 @@ int run(int argc, char** argv) {
   app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(threads);
-  const std::string dir = sy::resolve_checkpoint(spec, root);
-  sy::Config cfg = sy::read_manifest(dir).config();
-  cfg.mutable_parallel()->set_expert_parallel(1);
-  sy::Transformer model(sy::host_ctx(), cfg);
-  sy::load_checkpoint(dir, cfg, model, nullptr, /*optimizer=*/false);
-  model.set_training(false);
+  const sy::EvalModel loaded = sy::load_eval_model(sy::resolve_checkpoint(spec, root));
+  const std::string& dir = loaded.dir;
+  const sy::Config& cfg = loaded.cfg;
+  sy::Transformer& model = *loaded.model;
   std::string why;
   if (!sy::causal(cfg, &why)) std::cerr << "note: generation sees padding after each position: " << why << "\n";
 

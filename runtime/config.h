@@ -32,6 +32,14 @@ void fill_defaults(google::protobuf::Message& msg);
 // directory", ...); empty for a regular file. Config errors name it.
 std::string not_a_regular_file(const std::string& path);
 
+// Blocks [0, n) are recomputed in backward (train.recompute and
+// train.recompute_blocks as resolved): 0 without recomputation, n_layers
+// for every block.
+inline int recomputed_blocks(const Config& cfg) {
+  if (!cfg.train().recompute()) return 0;
+  return cfg.train().recompute_blocks() > 0 ? cfg.train().recompute_blocks() : cfg.model().n_layers();
+}
+
 // Key/value heads as resolved: model.n_kv_heads, or n_heads where it is 0.
 inline int kv_heads(const switchyard::ModelConfig& m) { return m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads(); }
 

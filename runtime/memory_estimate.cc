@@ -38,7 +38,7 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   // others their activations, to the end of the forward; a recomputed
   // block's own come back in its backward, after every later block has
   // dropped its (Block::backward): the larger of the two peaks.
-  const int recomputed = !cfg.train().recompute() ? 0 : cfg.train().recompute_blocks() > 0 ? cfg.train().recompute_blocks() : L;
+  const int recomputed = recomputed_blocks(cfg);
   double blocks = 0, largest = 0;
   for (int l = 0; l < L; ++l) {
     params += 4 * C + 2 * C * C + 2 * C * KV + 2 * C + 2 * KV;  // norms, qkv and output projections

@@ -228,8 +228,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
                              cfg.train().seed() * 7919 + l};
     blocks_.emplace_back(ctx_, params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
                          sparse ? &spec : nullptr, bf16_attention(cfg));
-    const int rb = cfg.train().recompute_blocks();
-    blocks_.back().set_recompute(cfg.train().recompute() && (rb == 0 || l < rb));
+    blocks_.back().set_recompute(l < recomputed_blocks(cfg));
   }
   // The depth routers write their statistics into one buffer, so that a
   // logged step reads them for every routed block in one copy.

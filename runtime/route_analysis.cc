@@ -113,32 +113,25 @@ LayerRouting analyse_layer(const RoutingSample& s, int64_t E, const std::vector<
 
 DepthRouting analyse_depth(const RoutingSample& s, const std::vector<uint8_t>& processed,
                            const std::vector<uint8_t>& compared, int top, int64_t min_count) {
-  const int64_t N = static_cast<int64_t>(processed.size());
-  SY_CHECK(s.vocab > 0 && s.seq_len > 0, "depth analysis: vocabulary " << s.vocab << ", sequence length " << s.seq_len);
-  SY_CHECK(static_cast<int64_t>(s.ids.size()) == N && static_cast<int64_t>(s.position.size()) == N,
-           "depth analysis: " << N << " decisions for " << s.ids.size() << " ids, " << s.position.size() << " positions");
-  SY_CHECK(compared.empty() || static_cast<int64_t>(compared.size()) == N, "depth analysis: compared run's size");
-  constexpr int kBuckets = 8;
-  Contingency by_id(s.vocab, 2), by_pos(kBuckets, 2);
+  // A choice of two groups, 1 processed and 0 passed: the layer figures.
+  auto as_choice = [](const std::vector<uint8_t>& v) {
+    std::vector<int32_t> c(v.size());
+    for (size_t i = 0; i < v.size(); ++i) c[i] = v[i] != 0;
+    return c;
+  };
+  const std::vector<int32_t> choice = as_choice(processed);
+  const LayerRouting l = analyse_layer(s, 2, choice, processed, processed, {}, 0, as_choice(compared), 0);
   DepthRouting d;
-  d.tokens = N;
-  int64_t kept = 0, changed = 0;
-  for (int64_t i = 0; i < N; ++i) {
-    const int p = processed[i] != 0;
-    by_id.add(s.ids[i], p);
-    by_pos.add(s.position[i] * kBuckets / s.seq_len, p);
-    kept += p;
-    if (!compared.empty()) changed += (compared[i] != 0) != (p != 0);
-  }
-  d.processed = N ? static_cast<double>(kept) / N : 0;
-  d.by_id = by_id.uncertainty_coefficient();
-  d.by_position = by_pos.uncertainty_coefficient();
-  if (!compared.empty()) d.changed = N ? static_cast<double>(changed) / N : 0;
+  d.tokens = l.tokens;
+  d.processed = l.experts[1].share;
+  d.by_id = l.by_id;
+  d.by_position = l.by_position;
+  d.changed = l.changed;
+  std::vector<int64_t> seen(s.vocab, 0), kept(s.vocab, 0);
+  for (size_t i = 0; i < choice.size(); ++i) ++seen[s.ids[i]], kept[s.ids[i]] += choice[i];
   std::vector<std::pair<int32_t, double>> rate;  // (id, share processed) of the ids seen often enough
-  for (int64_t x = 0; x < s.vocab; ++x) {
-    const int64_t n = by_id.count(x, 0) + by_id.count(x, 1);
-    if (n >= min_count) rate.push_back({static_cast<int32_t>(x), static_cast<double>(by_id.count(x, 1)) / n});
-  }
+  for (int64_t x = 0; x < s.vocab; ++x)
+    if (seen[x] >= min_count) rate.push_back({static_cast<int32_t>(x), static_cast<double>(kept[x]) / seen[x]});
   auto list = [&](bool high) {
     std::vector<std::pair<int32_t, double>> r = rate;
     std::stable_sort(r.begin(), r.end(),

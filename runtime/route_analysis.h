@@ -23,7 +23,7 @@
 // same partition, relabelled; not symmetric in the two models).
 // A depth-routed block's decision (process or pass a token) is a choice of
 // two: the same coefficients with E = {processed, passed}, and the ids
-// the block processes most and least often.
+// with the highest and the lowest share processed.
 #pragma once
 #include <cstdint>
 #include <utility>

@@ -244,10 +244,10 @@ std::string run_summary(const Config& cfg, int64_t parameters, int64_t train_siz
     out += b;
   }
   std::string recomputed;  // train.recompute: which blocks
-  if (cfg.train().recompute())
-    recomputed = cfg.train().recompute_blocks() > 0
-                     ? " (blocks 0-" + std::to_string(cfg.train().recompute_blocks() - 1) + " recomputed in backward)"
-                     : " (recomputed in backward)";
+  if (const int n = recomputed_blocks(cfg); n > 0)
+    recomputed = n == cfg.model().n_layers() ? " (recomputed in backward)"
+                 : n == 1                        ? " (block 0 recomputed in backward)"
+                                                 : " (blocks 0-" + std::to_string(n - 1) + " recomputed in backward)";
   std::snprintf(b, sizeof b, "model: %lld parameters, %d layers%s, d_model %d; data: %lld train ",
                 static_cast<long long>(parameters), cfg.model().n_layers(), recomputed.c_str(), cfg.model().d_model(),
                 static_cast<long long>(train_size));
