@@ -224,6 +224,13 @@ void validate_config(const Config& cfg, const std::string& source) {
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE &&
         e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
       c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
+    c.range("moe.sinkhorn_iters", e.sinkhorn_iters(), 0, 1000);
+    if (e.sinkhorn_iters() > 0 && e.router() == switchyard::MoeConfig::EXPERT_CHOICE)
+      c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(),
+             "balances the tokens' choice; expert choice is balanced by construction (TOKENS_CHOOSE only)");
+    if (e.sinkhorn_iters() > 0 && e.bias_balance_rate() > 0)
+      c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(),
+             "and moe.bias_balance_rate both offset the selection to balance it: set one");
     c.range("moe.expert_groups", e.expert_groups(), 0, e.num_experts());
     if (e.expert_groups() > 0) {
       const int per_group = e.num_experts() / e.expert_groups();

@@ -6,6 +6,7 @@
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "ops/random.h"
+#include "ops/sinkhorn.h"
 
 namespace sy {
 
@@ -125,6 +126,17 @@ const ops::Route& Router::forward(const Tensor& x) {
     p.padded = cfg_.padded();
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;
     if (gumbel) p.selection_keys = &keys;
+    // Sinkhorn balancing (ops/sinkhorn.h), training only: the top-k of the
+    // keys (the logits, noisy where noise is on, or the Gumbel keys) plus h,
+    // which gives every expert the same share of the scaled exp(keys).
+    Tensor sinkhorn_h;
+    const Tensor& sinkhorn_keys = gumbel ? keys : logits_;
+    if (training_ && cfg_.sinkhorn_iters() > 0) {
+      sinkhorn_h = Tensor::empty({G_}, DType::f32, ctx_);
+      ops::sinkhorn_balance(ctx_, sinkhorn_h, sinkhorn_keys, cfg_.sinkhorn_iters());
+      p.selection_keys = &sinkhorn_keys;
+      p.selection_bias = &sinkhorn_h;
+    }
     p.group_limit = group_limit(cfg_);  // (the clean choice below too)
     // scores and choice in one call (on a GPU one kernel: the logits read once)
     ops::tokens_choose_logits(ctx_, route_, probs_, logits_, score_fn(cfg_), p);

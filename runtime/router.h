@@ -8,6 +8,9 @@
 //            kernel on a GPU) or groups_choose (expert choice); with
 //            router_noise_kind GUMBEL, tokens choose by logits + Gumbel(0,
 //            router_noise) instead (training only; the weights stay clean)
+//            and with moe.sinkhorn_iters by those keys plus the Sinkhorn offset
+//            that balances the batch over the experts (training only;
+//            ops/sinkhorn.h)
 //
 //   route  = apply_budget(route) when moe.budget_mode is HARD or HARD_CAUSAL:
 //            the kept assignments' cost c_g (expert_costs(): FLOPs per token

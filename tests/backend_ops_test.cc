@@ -44,6 +44,7 @@
 #include "ops/permute.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "ops/sinkhorn.h"
 #include "ops/sparse_attention.h"
 #include "ops/random.h"
 #include "ops/routed_attention.h"
@@ -1288,6 +1289,17 @@ std::vector<OpCase> cases() {
                    gl.top_n = l.top_n;
                    ops::limit_groups(x, o[0], in[0], l.bias ? &in[1] : nullptr, gl);
                  }});
+  }
+  // Sinkhorn balancing (ops/sinkhorn.h): CUDA's fp32 warp rows and chunked
+  // columns against the double reference; 300 rows (two chunks, the
+  // second partial) over 64 experts, 1000 over 8 (fewer experts than a
+  // warp's lanes) and 600 over 100 (lanes of 4 and 3 values).
+  struct SinkhornSpec { int64_t N, G; int iters; };
+  for (const SinkhornSpec k : {SinkhornSpec{300, 64, 5}, SinkhornSpec{1000, 8, 20}, SinkhornSpec{600, 100, 3}}) {
+    c.push_back({"sinkhorn_" + std::to_string(k.N) + "x" + std::to_string(k.G) + "_i" + std::to_string(k.iters),
+                 Tol::f32, [=](Rng& r) { return Ins{randn({k.N, k.G}, r, 2.f)}; },
+                 [=](Ctx& x, const Ins&) { return Outs{fresh(x, {k.G})}; },
+                 [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::sinkhorn_balance(x, o[0], in[0], k.iters); }});
   }
   // Random token selection: the slots in the order of priority keys (on
   // quarter steps, so many tie: the lower token first), top-2 with drops.

@@ -75,6 +75,11 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
                  "moe.load_balance_tokens = 100: must divide train.batch / train.micro_batches * model.seq_len = ");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE router_noise_kind: GUMBEL }",
                  "moe.router_noise_kind = GUMBEL: Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
+  expect_invalid("moe { num_experts: 4 sinkhorn_iters: 1001 }", "moe.sinkhorn_iters = 1001: must be in [0, 1000]");
+  expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE sinkhorn_iters: 5 }",
+                 "moe.sinkhorn_iters = 5: balances the tokens' choice; expert choice is balanced by construction");
+  expect_invalid("moe { num_experts: 4 sinkhorn_iters: 5 bias_balance_rate: 0.01 }",
+                 "moe.sinkhorn_iters = 5: and moe.bias_balance_rate both offset the selection to balance it: set one");
 }
 
 TEST(Config, PaddedExpertsNeedAFixedCapacityAndOneExpertGroup) {

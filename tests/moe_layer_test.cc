@@ -534,6 +534,49 @@ TEST(MoeLayer, RandomTokenSelectionSpreadsTheDropsInTraining) {
   EXPECT_EQ(kept(), first);
 }
 
+// Sinkhorn balancing (moe.sinkhorn_iters, ops/sinkhorn.h): 64 tokens whose
+// router logits are (2 + t_i, 0), t_i spread evenly over (-0.5, 0.5), all
+// prefer expert 0. By the symmetry of ops/sinkhorn_test.cc's split the
+// balanced offset is h_0 - h_1 = -2, so in training the 32 tokens with
+// t_i > 0 keep expert 0 and the others go to expert 1, each with its own
+// probability as combine weight (the clean score, not the offset key); in
+// evaluation every token takes expert 0. The same at top-1 with Gumbel
+// keys would be random; without the option training sends all to 0.
+TEST(MoeLayer, SinkhornBalancesTheTrainingChoiceOnly) {
+  const int64_t N = 64, C = 4;
+  Tensor x = testing::zeros({N, C});
+  for (int64_t i = 0; i < N; ++i) {
+    x.f32()[i * C] = 1.f;
+    x.f32()[i * C + 1] = (static_cast<float>(i) + 0.5f) / N - 0.5f;  // t_i
+  }
+  for (int iters : {50, 0}) {
+    SCOPED_TRACE(::testing::Message() << "sinkhorn_iters " << iters);
+    auto cfg = moe_config(2, 1);
+    cfg.set_sinkhorn_iters(iters);
+    ParamStore ps;
+    Rng rng(6);
+    MoeLayer moe(host_ctx(), ps, "m", C, cfg, 8, rng, 0.02f, 0.02f, 9);
+    ps.finalize(host_ctx());
+    float* wg = ps.find("m.router.w")->value.f32();  // (C, G)
+    for (int64_t a = 0; a < C * 2; ++a) wg[a] = 0.f;
+    wg[0] = 2.f;  // x_0 -> expert 0's logit
+    wg[2] = 1.f;  // x_1 = t_i -> expert 0's logit
+    moe.forward(x);
+    std::vector<int32_t> group = moe.route().group.to_vector<int32_t>();
+    const std::vector<float> weight = moe.route().weight.to_vector<float>();
+    for (int64_t i = 0; i < N; ++i) {
+      const float t = x.f32()[i * C + 1], p0 = 1.f / (1.f + std::exp(-(2.f + t)));
+      const int want = iters > 0 && t < 0 ? 1 : 0;
+      ASSERT_EQ(group[i], want) << "token " << i;
+      EXPECT_NEAR(weight[i], want == 0 ? p0 : 1.f - p0, 1e-6) << "token " << i;
+    }
+    moe.set_training(false);
+    moe.forward(x);
+    group = moe.route().group.to_vector<int32_t>();
+    for (int64_t i = 0; i < N; ++i) ASSERT_EQ(group[i], 0) << "evaluation, token " << i;
+  }
+}
+
 TEST(MoeLayer, GradientsHeterogeneousExpertsUnderAHardBudget) {
   auto c = moe_config(4, 2);
   for (int h : {3, 11, 5, 7}) c.add_expert_hidden(h);
