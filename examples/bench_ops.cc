@@ -42,6 +42,7 @@
 #include "ops/random.h"
 #include "ops/router_loss.h"
 #include "ops/routing.h"
+#include "ops/sinkhorn.h"
 #include "ops/swiglu.h"
 #include "runtime/model.h"
 #include "runtime/moe_layer.h"
@@ -605,6 +606,24 @@ int main(int argc, char** argv) {
             Tensor sh = sums.to(cpu), dc = Tensor::empty({T, E}, DType::f32, cpu);
             sy::ops::router_backward(cpu, dc, {lh[last], sy::ops::ScoreFn::softmax, rh, dwh, false, &sh, 0.01f, 1e-3f});
             return count_wrong(dl, dc, 1e-4);
+          });
+      // Sinkhorn balancing (moe.sinkhorn_iters, ops/sinkhorn.h) at 8
+      // iterations: each reads the logits twice (a row pass, a column
+      // pass), the work column's bytes. #wrong against the CPU's double
+      // reference on the last buffer.
+      constexpr int kSinkhornIters = 8;
+      Tensor h = Tensor::empty({E}, DType::f32, ctx);
+      Row sink{"sinkhorn_8iters", std::to_string(T) + "x" + std::to_string(E), 0, 0, 2.0 * kSinkhornIters * T * E * 4};
+      sink.note = std::to_string(nbuf) + " logits buffers in turn; the balanced choice's offsets";
+      add(sink,
+          [&] {
+            last = turn++ % nbuf;
+            sy::ops::sinkhorn_balance(ctx, h, l[last], kSinkhornIters);
+          },
+          [&] {
+            Tensor hc = Tensor::empty({E}, DType::f32, cpu);
+            sy::ops::sinkhorn_balance(cpu, hc, lh[last], kSinkhornIters);
+            return count_wrong(h, hc, 1e-4);
           });
     }
     {  // MoE layer forward + backward against the dense FFN of equal active FLOPs; the packed route (one
