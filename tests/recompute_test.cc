@@ -105,8 +105,8 @@ const std::vector<std::string>& variants() {
       "model { position: ROPE norm: RMSNORM activation: SWIGLU bias: false } "
       "moe { num_experts: 4 top_k: 2 capacity_factor: 1.0 every_n_layers: 1 router_noise: 0.5 jitter: 0.1 "
       "bias_balance_rate: 0.01 z_loss_coef: 0.001 shared_expert: true } train { micro_batches: 2 }",
-      // Gumbel noise, expert choice under a hard budget
-      "moe { num_experts: 4 top_k: 2 every_n_layers: 2 router_noise: 1 router_noise_kind: GUMBEL }",
+      // Gumbel noise with Sinkhorn offsets over its keys, expert choice under a hard budget
+      "moe { num_experts: 4 top_k: 2 every_n_layers: 2 router_noise: 1 router_noise_kind: GUMBEL sinkhorn_iters: 3 }",
       "moe { num_experts: 4 router: EXPERT_CHOICE every_n_layers: 1 budget_mode: HARD budget: 0.8 }",
       // routed attention (centroid statistics each training forward, EMA at end_step)
       "attention { kind: ROUTED num_routing_heads: 1 num_clusters: 4 window: 8 dropless: false commitment_coef: 0.1 }",
@@ -114,8 +114,10 @@ const std::vector<std::string>& variants() {
       // adaptive depth with its predictor and budget loss
       "depth { every_n_layers: 2 capacity: 0.5 budget_coef: 0.1 } moe { num_experts: 4 top_k: 1 dropless: true "
       "every_n_layers: 1 }",
-      // bf16 (the CPU emulates its roundings): bf16 shadows, attention and pre-activations
-      "precision: BF16 model { n_heads: 1 d_model: 64 } moe { num_experts: 4 top_k: 2 every_n_layers: 2 }",
+      // bf16 (the CPU emulates its roundings): bf16 shadows, attention and pre-activations;
+      // Sinkhorn-balanced selection
+      "precision: BF16 model { n_heads: 1 d_model: 64 } moe { num_experts: 4 top_k: 2 every_n_layers: 2 "
+      "sinkhorn_iters: 4 }",
   };
   return v;
 }
