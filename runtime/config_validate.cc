@@ -231,6 +231,9 @@ void validate_config(const Config& cfg, const std::string& source) {
     if (e.sinkhorn_iters() > 0 && e.bias_balance_rate() > 0)
       c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(),
              "and moe.bias_balance_rate both offset the selection to balance it: set one");
+    if (e.sinkhorn_iters() > 0 && e.expert_groups() > 0)
+      c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(),
+             "selects by logits plus offsets, where moe.expert_groups ranks groups by their probabilities: set one");
     c.range("moe.expert_groups", e.expert_groups(), 0, e.num_experts());
     if (e.expert_groups() > 0) {
       const int per_group = e.num_experts() / e.expert_groups();

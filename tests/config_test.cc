@@ -80,6 +80,8 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
                  "moe.sinkhorn_iters = 5: balances the tokens' choice; expert choice is balanced by construction");
   expect_invalid("moe { num_experts: 4 sinkhorn_iters: 5 bias_balance_rate: 0.01 }",
                  "moe.sinkhorn_iters = 5: and moe.bias_balance_rate both offset the selection to balance it: set one");
+  expect_invalid("moe { num_experts: 4 top_k: 2 sinkhorn_iters: 5 expert_groups: 2 groups_per_token: 1 }",
+                 "moe.sinkhorn_iters = 5: selects by logits plus offsets, where moe.expert_groups ranks groups");
 }
 
 TEST(Config, PaddedExpertsNeedAFixedCapacityAndOneExpertGroup) {

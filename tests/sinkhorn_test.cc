@@ -1,15 +1,18 @@
 // Sinkhorn balancing (ops/sinkhorn.h): one step computed by hand, the
 // marginals at the fixed point, the offsets' indifference to a row's shift,
 // a hand-solved balanced split of tokens that all prefer one expert, NaN,
-// and the refusals. The router's use of it is in moe_layer_test.cc; the
+// the CUDA kernels' fp32 arithmetic replayed on the host (against the
+// reference, and a NaN kept through its merges), and the refusals. The router's use of it is in moe_layer_test.cc; the
 // CUDA kernels against this reference in backend_ops_test.cc.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "core/rng.h"
+#include "ops/cuda/online_softmax.h"
 #include "ops/sinkhorn.h"
 
 namespace sy::ops {
@@ -96,6 +99,71 @@ TEST(Sinkhorn, ANanKeyMakesEveryOffsetNan) {
   std::vector<float> a(12, 0.5f);
   a[7] = std::numeric_limits<float>::quiet_NaN();
   for (float v : balance(a, 4, 3, 2)) EXPECT_TRUE(std::isnan(v));
+}
+
+// The CUDA kernels' arithmetic (ops/cuda/sinkhorn.cu) replayed on the
+// host in fp32: a row's experts dealt to 32 lanes (expert g to lane g mod
+// 32), each lane's running sum, then the xor butterfly; a column's rows in
+// chunks of 256 (the kernel's kChunkRows), merged in chunk order.
+std::vector<float> cuda_replay(const std::vector<float>& a, int64_t N, int64_t G, int iters) {
+  constexpr int64_t kChunkRows = 256;
+  std::vector<float> h(G, 0.f), f(N);
+  const float log_n = std::log(static_cast<float>(N)), log_g = std::log(static_cast<float>(G));
+  for (int t = 0; t < iters; ++t) {
+    for (int64_t i = 0; i < N; ++i) {
+      OnlineSoftmax lane[32], next[32];
+      for (int64_t g = 0; g < G; ++g) lane[g % 32].add(a[i * G + g] + h[g]);
+      for (int d = 16; d > 0; d /= 2) {
+        for (int l = 0; l < 32; ++l) next[l] = OnlineSoftmax::merge(lane[l], lane[l ^ d]);
+        std::copy(next, next + 32, lane);
+      }
+      f[i] = -log_n - lane[0].log_sum_exp();
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      OnlineSoftmax column;
+      for (int64_t c = 0; c < N; c += kChunkRows) {
+        OnlineSoftmax part;
+        for (int64_t i = c; i < std::min(N, c + kChunkRows); ++i) part.add(a[i * G + g] + f[i]);
+        column = OnlineSoftmax::merge(column, part);
+      }
+      h[g] = -log_g - column.log_sum_exp();
+    }
+  }
+  return h;
+}
+
+// Normal keys plus a per-expert offset from -2 to 2, so h is of order 1
+// (on keys with no column preference h is a small difference of terms
+// near log N + log G, which fp32 resolves to ~1e-6 absolute only).
+std::vector<float> offset_keys(int64_t N, int64_t G, Rng& rng) {
+  std::vector<float> a(N * G);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t g = 0; g < G; ++g)
+      a[i * G + g] = static_cast<float>(rng.normal()) + 4.f * static_cast<float>(g) / static_cast<float>(G) - 2.f;
+  return a;
+}
+
+// Fewer experts than lanes (lanes with nothing to merge), 40 and 100
+// (lanes of two to four values), 700 rows (three chunks, the last partial).
+TEST(Sinkhorn, CudaArithmeticMatchesTheReference) {
+  for (const int64_t G : {8, 40, 100}) {
+    Rng rng(static_cast<uint64_t>(G));
+    const int64_t N = 700;
+    const std::vector<float> a = offset_keys(N, G, rng);
+    const std::vector<float> want = balance(a, N, G, 5), got = cuda_replay(a, N, G, 5);
+    for (int64_t g = 0; g < G; ++g) EXPECT_NEAR(got[g], want[g], 1e-5) << "G " << G << ", expert " << g;
+  }
+}
+
+// A lane whose only value is NaN holds (m = -inf, s = NaN): the merge with
+// an empty lane must keep the NaN (at G <= 16 every lane's first partner is
+// empty), and so must a chunk's.
+TEST(Sinkhorn, CudaArithmeticKeepsANan) {
+  for (const int64_t G : {3, 8, 40}) {
+    std::vector<float> a(300 * G, 0.5f);
+    a[7] = std::numeric_limits<float>::quiet_NaN();
+    for (float v : cuda_replay(a, 300, G, 2)) EXPECT_TRUE(std::isnan(v)) << "G " << G;
+  }
 }
 
 TEST(Sinkhorn, RefusesWhatItCannotBalance) {

@@ -28,6 +28,23 @@ struct OnlineSoftmax {
     }
   }
 
+  // Two running sums as one (ops/cuda/sinkhorn.cu's warp and chunk merges):
+  // the larger m, each s rescaled to it. Where neither saw a finite value
+  // (m = -inf) s is the sum of theirs: 0, or NaN where one saw a NaN, which
+  // must survive the merge as add() keeps it.
+  SY_HD static OnlineSoftmax merge(const OnlineSoftmax& a, const OnlineSoftmax& b) {
+    OnlineSoftmax o;
+    o.m = a.m > b.m ? a.m : b.m;  // (m is never NaN: add sends NaN to s)
+    if (o.m == -INFINITY) {
+      o.s = a.s + b.s;
+      return o;
+    }
+    o.s = (a.s == 0.f ? 0.f : a.s * expf(a.m - o.m)) + (b.s == 0.f ? 0.f : b.s * expf(b.m - o.m));
+    return o;
+  }
+  // log sum e^x: -inf for no finite value, NaN where a NaN was added.
+  SY_HD float log_sum_exp() const { return m + logf(s); }
+
   // This thread's part of Z given the row's max M: none where it saw no value
   // above -inf (s is 0; a NaN it saw is in s and reaches Z).
   SY_HD double share(float M) const { return s == 0.f ? 0.0 : static_cast<double>(s) * exp(static_cast<double>(m) - M); }

@@ -1,7 +1,8 @@
 // Sinkhorn balancing on CUDA (ops/sinkhorn.h): each iteration is three
 // launches. Equation (1): a warp a row, each lane a running log-sum-exp
 // (ops/cuda/online_softmax.h) over every 32nd expert, merged across the warp
-// in a fixed butterfly. Equation (2): each column's running log-sum-exp over
+// in a fixed butterfly (OnlineSoftmax::merge, replayed on the host by
+// tests/online_softmax_test.cc). Equation (2): each column's running log-sum-exp over
 // chunks of kChunkRows rows (a thread a column, a block row a chunk: each
 // row's G keys read by consecutive threads), then a thread a column merging
 // its chunks in chunk order. No atomics: the same h on every run.
@@ -15,17 +16,6 @@ namespace {
 constexpr int kChunkRows = 256;
 constexpr int kColumnBlock = 128;
 
-// Two running log-sum-exps as one (symmetric in its arguments, bit for bit:
-// the two products are added in either order to the same float).
-__device__ OnlineSoftmax merge(const OnlineSoftmax& a, const OnlineSoftmax& b) {
-  OnlineSoftmax o;
-  o.m = fmaxf(a.m, b.m);  // (m is never NaN: add sends NaN to s)
-  if (o.m == -INFINITY) return o;
-  o.s = (a.s == 0.f ? 0.f : a.s * expf(a.m - o.m)) + (b.s == 0.f ? 0.f : b.s * expf(b.m - o.m));
-  return o;
-}
-__device__ float log_sum_exp(const OnlineSoftmax& o) { return o.m + logf(o.s); }  // (-inf for no finite term)
-
 // (1): f[i] = -log N - LSE_g(a[i, g] + h[g]).
 __global__ void rows_step(const float* a, const float* h, float* f, int64_t N, int64_t G, float log_n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
@@ -37,9 +27,9 @@ __global__ void rows_step(const float* a, const float* h, float* f, int64_t N, i
     OnlineSoftmax other;
     other.m = __shfl_xor_sync(0xffffffffu, o.m, d);
     other.s = __shfl_xor_sync(0xffffffffu, o.s, d);
-    o = merge(o, other);
+    o = OnlineSoftmax::merge(o, other);
   }
-  if (lane == 0) f[i] = -log_n - log_sum_exp(o);
+  if (lane == 0) f[i] = -log_n - o.log_sum_exp();
 }
 
 // (2), first half: part[c, g] = the running LSE of a[i, g] + f[i] over chunk c's rows.
@@ -57,8 +47,8 @@ __global__ void column_finish(const OnlineSoftmax* part, float* h, int64_t chunk
   const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (g >= G) return;
   OnlineSoftmax o;
-  for (int64_t c = 0; c < chunks; ++c) o = merge(o, part[c * G + g]);
-  h[g] = -log_g - log_sum_exp(o);
+  for (int64_t c = 0; c < chunks; ++c) o = OnlineSoftmax::merge(o, part[c * G + g]);
+  h[g] = -log_g - o.log_sum_exp();
 }
 }  // namespace
 

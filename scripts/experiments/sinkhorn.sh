@@ -3,7 +3,7 @@
 # shipped (load-balance loss 0.1, router noise 0.3, a balancing bias moved by
 # the noiseless loads): synthetic corpus, 2000 steps, every training batch
 # logged, seeds 1234 and 2 (docs/experiments/sinkhorn-routing.md). One
-# thread a run, two at a time: ~12 min on 2 cores. Runs whose
+# thread a run, two at a time: ~7 min on 2 cores. Runs whose
 # $RUNS/sinkhorn/NAME.jsonl exists are skipped (RUNS defaults to build/runs);
 # the table goes to docs/sinkhorn.csv.
 set -euo pipefail
