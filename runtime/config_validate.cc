@@ -95,10 +95,6 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("model.n_kv_heads", m.n_kv_heads(), 0, m.n_heads());
   if (m.n_kv_heads() > 0 && m.n_heads() % m.n_kv_heads() != 0)
     c.fail("model.n_kv_heads", m.n_kv_heads(), "must divide model.n_heads = " + std::to_string(m.n_heads()));
-  if (kv_heads(m) < m.n_heads() && cfg.attention().kind() != switchyard::AttentionConfig::DENSE)
-    c.fail("model.n_kv_heads", m.n_kv_heads(),
-           "groups key/value heads for dense attention only; attention.kind is " +
-               switchyard::AttentionConfig::Kind_Name(cfg.attention().kind()) + " (n_kv_heads 0 or n_heads)");
   c.range("model.ffn_hidden", m.ffn_hidden(), 1, 65536);
   c.range("model.seq_len", m.seq_len(), 2, 65536);
   c.range("model.init_std", m.init_std(), 0.f, 1.f, true);

@@ -44,16 +44,15 @@ SparseSelfAttention::SparseSelfAttention(Ctx& ctx, ParamStore& ps, const std::st
                                          const AttentionOptions& options)
     : ctx_(ctx),
       cfg_(spec.cfg),
-      qkv_(ctx, ps, name + ".qkv", C, 3 * C, rng, std, options.bias),
+      qkv_(ctx, ps, name + ".qkv", C, C + 2 * (options.kv_heads > 0 ? options.kv_heads : H) * (C / H), rng, std,
+           options.bias),
       proj_(ctx, ps, name + ".proj", C, C, rng, out_std, options.bias),
       opt_(options),
-      C_(C), H_(H), D_(C / H),
+      C_(C), H_(H), G_(options.kv_heads > 0 ? options.kv_heads : H), D_(C / H),
       R_(routed() ? spec.cfg.num_routing_heads() : 0),
       K_(cluster_count(spec.cfg, spec.seq_len)),
       rng_(spec.seed) {
-  // (validate_config refuses grouped key/value heads with sparse attention)
-  SY_CHECK(options.kv_heads == 0 || options.kv_heads == H,
-           name << ": grouped key/value heads (" << options.kv_heads << " of " << H << ") with sparse attention");
+  SY_CHECK(G_ >= 1 && H_ % G_ == 0, name << ": " << G_ << " key/value heads for " << H_ << " query heads");
   if (spec.shared && routed()) {
     centroids_ = spec.shared;
   } else {
@@ -63,7 +62,7 @@ SparseSelfAttention::SparseSelfAttention(Ctx& ctx, ParamStore& ps, const std::st
 }
 
 double SparseSelfAttention::flops(int64_t B, int64_t T) const {
-  return 2.0 * B * T * (4.0 * C_ * C_) + 2.0 * B * T * T * C_;
+  return 2.0 * B * T * (C_ * static_cast<double>(qkv_width() + C_)) + 2.0 * B * T * T * C_;
 }
 
 ops::AttentionShape SparseSelfAttention::local_shape() const {
@@ -84,10 +83,17 @@ Tensor head(const Tensor& t, int64_t h, int64_t b, int64_t T) {
 Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) {
   B_ = B, T_ = T;
   const int64_t N = B * T;
+  // RoPE on q and k (heads [0, H + G) of the projected row) before
+  // clustering; then, with grouped key/value heads, the row widened to the
+  // packed (N, 3C) of H heads each that every path below reads.
   Tensor qkv = qkv_.forward(x);
-  // RoPE on q and k (heads [0, 2H) of the packed row) before clustering.
   positions_ = positions;
-  if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, 2 * H_, D_, opt_.rope_base});
+  if (opt_.rope) ops::rope_forward(ctx_, {qkv, positions_, T, H_ + G_, D_, opt_.rope_base});
+  if (G_ < H_) {
+    Tensor wide = Tensor::empty({N, 3 * C_}, DType::f32, ctx_);
+    ops::expand_kv_heads(ctx_, wide, qkv, {H_, G_, D_});
+    qkv = wide;
+  }
   // Heads [h0, H) attend one at a time (the local heads run on the packed qkv
   // below): only they are split out, q_ row block j being head h0 + j.
   const int64_t h0 = first_head(), Hs = H_ - h0;
@@ -216,7 +222,7 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   stats_.cluster_size_max = size_max;
   stats_.commitment_loss = assigned > 0 ? cfg_.commitment_coef() * commit / assigned : 0;
   commit_count_ = assigned;
-  flops_ = 2.0 * N * C_ * 4.0 * C_ + 4.0 * pairs * D_;
+  flops_ = 2.0 * N * C_ * static_cast<double>(qkv_width() + C_) + 4.0 * pairs * D_;
   if (bf16_heads()) ops::to_f32(ctx_, o_, o16_);
   if (Hs > 0) ops::merge_heads(ctx_, y, o_, h0 * D_);
   y_ = y;
@@ -333,7 +339,14 @@ Tensor SparseSelfAttention::backward(const Tensor& dy) {
                                      y_.reshape({B_, T_, C_}), local_lse_, local_shape()});
     }
   }
-  if (opt_.rope) ops::rope_backward(ctx_, {dqkv, positions_, T_, 2 * H_, D_, opt_.rope_base});
+  // The widening's backward (a shared head's gradient the sum of its query
+  // heads'), then RoPE's, as the forward ran them.
+  if (G_ < H_) {
+    Tensor narrow = Tensor::empty({N, qkv_width()}, DType::f32, ctx_);
+    ops::reduce_kv_heads(ctx_, narrow, dqkv, {H_, G_, D_});
+    dqkv = narrow;
+  }
+  if (opt_.rope) ops::rope_backward(ctx_, {dqkv, positions_, T_, H_ + G_, D_, opt_.rope_base});
   return qkv_.backward(dqkv);
 }
 

@@ -9,6 +9,13 @@
 //               blocks (ops/sparse_attention.h)
 //   y = proj(concat_h attention_h(qkv(x)))
 //
+// With grouped-query attention (model.n_kv_heads G < H) qkv projects to
+// [q (H heads) | k (G) | v (G)], and expand_kv_heads widens it (after RoPE)
+// to the packed row of H heads each that the local, routing and block top-k
+// heads read, as the dense layer does (runtime/layers.h): a routing head
+// clusters its query heads' shared keys. Its backward sums the copies'
+// gradients (reduce_kv_heads) before RoPE's backward.
+//
 // With rotary positions (model.position ROPE) q and k of every head are
 // rotated (ops/rope.h) right after qkv, before anything else sees them: the
 // routing heads' layer norm and clustering, the centroids' k-means and EMA,
@@ -114,7 +121,9 @@ class SparseSelfAttention : public SelfAttention {
   switchyard::AttentionConfig cfg_;
   Linear qkv_, proj_;
   AttentionOptions opt_;
-  int64_t C_, H_, D_, R_, K_;
+  int64_t C_, H_, G_, D_, R_, K_;  // G_: key/value heads (H_ without grouping)
+  // [q (H heads) | k (G) | v (G)]: the qkv projection's width.
+  int64_t qkv_width() const { return C_ + 2 * G_ * D_; }
   std::vector<ops::Centroids> own_;
   std::vector<ops::Centroids>* centroids_;
   Rng rng_;

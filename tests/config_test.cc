@@ -196,9 +196,8 @@ TEST(Config, KvHeadsDivideTheHeads) {
   parse_ok("model { n_heads: 4 n_kv_heads: 4 }");
   expect_invalid("model { n_heads: 4 n_kv_heads: 3 }", "t.pbtxt: model.n_kv_heads = 3: must divide model.n_heads = 4");
   expect_invalid("model { n_heads: 4 n_kv_heads: 8 }", "t.pbtxt: model.n_kv_heads = 8:");
-  expect_invalid("model { n_heads: 4 n_kv_heads: 2 } attention { kind: BLOCK_TOPK }",
-                 "t.pbtxt: model.n_kv_heads = 2: groups key/value heads for dense attention only; attention.kind is "
-                 "BLOCK_TOPK (n_kv_heads 0 or n_heads)");
+  parse_ok("model { n_heads: 4 n_kv_heads: 2 } attention { kind: BLOCK_TOPK }");
+  parse_ok("model { n_heads: 4 n_kv_heads: 1 } attention { kind: ROUTED num_routing_heads: 1 }");
   parse_ok("model { n_heads: 4 n_kv_heads: 4 } attention { kind: BLOCK_TOPK }");
 }
 

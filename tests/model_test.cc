@@ -141,6 +141,10 @@ void expect_grouped_is_multi_head(Config gqa, double loss_tol, double grad_tol) 
   }
   b.params().refresh_shadows(host_ctx());  // (bf16: the GEMMs' copies of the values set above)
   Batch batch = small_batch(2, gqa.model().seq_len(), 9);
+  if (gqa.attention().kind() == switchyard::AttentionConfig::ROUTED) {  // k-means on the same queries
+    a.calibrate(batch);
+    b.calibrate(batch);
+  }
   a.params().zero_grad(host_ctx());
   b.params().zero_grad(host_ctx());
   const double la = a.forward(batch), lb = b.forward(batch);
@@ -176,6 +180,31 @@ TEST(Transformer, GroupedQueryAttentionIsMultiHeadWithCopiedKeysAndValues) {
     // gradient is rounded once where a bf16 GEMM reads it, each copy on its own)
     expect_grouped_is_multi_head(bf16, 1e-4, 5e-3);
   }
+}
+
+// The same in the sparse layers (runtime/sparse_self_attention.h): a routed
+// layer's local heads 0-1 share key/value head 0 and its routing heads 2-3
+// head 1, which they cluster by (both assignment modes); block top-k's
+// heads choose their blocks by the shared keys. f32 with RoPE; bf16 routed.
+TEST(Transformer, GroupedQueryAttentionIsMultiHeadInSparseLayers) {
+  for (const char* attention :
+       {"kind: ROUTED num_routing_heads: 2 num_clusters: 2 window: 3",
+        "kind: ROUTED num_routing_heads: 2 num_clusters: 2 window: 3 assignment: BALANCED capacity_factor: 1.5",
+        "kind: BLOCK_TOPK block_size: 2 topk_blocks: 1"}) {
+    SCOPED_TRACE(attention);
+    Config c = small_config();
+    c.mutable_model()->set_position(switchyard::ModelConfig::ROPE);
+    c.MergeFrom(parse_config(std::string("attention { ") + attention + " }", "test"));
+    expect_grouped_is_multi_head(c, 1e-6, 1e-5);
+  }
+  // bf16: the local heads' packed qkv and the routing heads' q, k, v rounded from the widened row
+  Config bf16 = small_config();
+  bf16.set_precision(switchyard::Config::BF16);
+  bf16.mutable_model()->set_d_model(256);
+  bf16.mutable_model()->set_n_heads(4);
+  bf16.MergeFrom(parse_config("attention { kind: ROUTED num_routing_heads: 2 num_clusters: 2 window: 3 }", "test"));
+  ASSERT_TRUE(bf16_attention(bf16));
+  expect_grouped_is_multi_head(bf16, 1e-4, 5e-3);
 }
 
 // Tied embeddings: the head is wte^T, so logits equal LN_f(h) wte^T, and
