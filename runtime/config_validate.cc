@@ -227,6 +227,9 @@ void validate_config(const Config& cfg, const std::string& source) {
     if (e.sinkhorn_iters() > 0 && e.bias_balance_rate() > 0)
       c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(),
              "and moe.bias_balance_rate both offset the selection to balance it: set one");
+    c.range("moe.sinkhorn_eval_decay", e.sinkhorn_eval_decay(), 0.f, 1.f, false, true);
+    if (e.sinkhorn_at_eval() && e.sinkhorn_iters() == 0)
+      c.fail("moe.sinkhorn_at_eval", "true", "keeps a mean of the Sinkhorn offsets; set moe.sinkhorn_iters");
     if (e.sinkhorn_iters() > 0 && e.expert_groups() > 0)
       c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(),
              "selects by logits plus offsets, where moe.expert_groups ranks groups by their probabilities: set one");

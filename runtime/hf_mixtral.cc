@@ -91,6 +91,9 @@ void check_mixtral_expressible(const Config& cfg, const std::string& source) {
   if (e.bias_balance_rate() > 0)
     refuse(source, "moe.bias_balance_rate", std::to_string(e.bias_balance_rate()),
            "balancing biases change which experts are chosen and Mixtral's router has none");
+  if (e.sinkhorn_at_eval())
+    refuse(source, "moe.sinkhorn_at_eval", "true",
+           "its mean offsets change which experts are chosen and Mixtral's router has none");
   if (e.expert_groups() > 0)
     refuse(source, "moe.expert_groups", std::to_string(e.expert_groups()),
            "group-limited routing changes which experts are chosen and Mixtral's tokens choose among all");

@@ -129,6 +129,10 @@ const ops::Route& Router::forward(const Tensor& x) {
     // Sinkhorn balancing (ops/sinkhorn.h), training only: the top-k of the
     // keys (the logits, noisy where noise is on, or the Gumbel keys) plus h,
     // which gives every expert the same share of the scaled exp(keys).
+    // With sinkhorn_at_eval, evaluation selects by the logits plus the
+    // running mean of those offsets (the balancing bias, moved in end_step),
+    // and training records each micro-batch's (a row, written, not added: a
+    // replayed forward counts once).
     Tensor sinkhorn_h;
     const Tensor& sinkhorn_keys = gumbel ? keys : logits_;
     if (training_ && cfg_.sinkhorn_iters() > 0) {
@@ -136,6 +140,18 @@ const ops::Route& Router::forward(const Tensor& x) {
       ops::sinkhorn_balance(ctx_, sinkhorn_h, sinkhorn_keys, cfg_.sinkhorn_iters());
       p.selection_keys = &sinkhorn_keys;
       p.selection_bias = &sinkhorn_h;
+      if (cfg_.sinkhorn_at_eval()) {
+        if (!h_recorded_) step_h_ = Tensor::zeros({micros_, G_}, DType::f32, ctx_);
+        SY_CHECK(step_h_.dim(0) == micros_ && micro_ < micros_,
+                 name_ << ": micro-batch " << micro_ << " of " << micros_ << " in a step begun with "
+                       << step_h_.dim(0) << " micro-batches");
+        Tensor row = step_h_.rows(micro_, micro_ + 1).reshape({G_});
+        row.copy_from(sinkhorn_h, ctx_);
+        h_recorded_ = true;
+      }
+    } else if (!training_ && cfg_.sinkhorn_at_eval()) {
+      p.selection_keys = &logits_;
+      p.selection_bias = &bias_;
     }
     p.group_limit = group_limit(cfg_);  // (the clean choice below too)
     // scores and choice in one call (on a GPU one kernel: the logits read once)
@@ -246,6 +262,19 @@ void Router::release() {
 }
 
 void Router::end_step() {
+  if (h_recorded_) {
+    // bias = decay bias + (1 - decay) mean h: h over the micro-batches, then
+    // over the ranks (every rank's bias the same), in fixed order.
+    Tensor h = Tensor::zeros({G_}, DType::f32, ctx_);
+    for (int m = 0; m < micros_; ++m) ops::add_into(ctx_, h, step_h_.rows(m, m + 1).reshape({G_}));
+    const int world = par_ ? par_->world_size() : 1;
+    if (world > 1) par_->world->all_reduce_sum(h, ctx_.stream, name_.c_str());
+    const float decay = cfg_.sinkhorn_eval_decay();
+    ops::scale(ctx_, h, (1.f - decay) / static_cast<float>(micros_ * world));
+    ops::scale(ctx_, bias_, decay);
+    ops::add_into(ctx_, bias_, h);
+    h_recorded_ = false;
+  }
   if (!load_recorded_) return;  // no training forward this step (or no balancing)
   ops::update_balance_bias(ctx_, bias_, step_load_, cfg_.bias_balance_rate());
   load_recorded_ = false;

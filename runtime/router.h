@@ -85,10 +85,11 @@ class Router {
   // step run again) starts with no load recorded for the balancing bias.
   void set_step(int64_t step) {
     step_ = static_cast<uint32_t>(step);
-    load_recorded_ = false;
+    load_recorded_ = h_recorded_ = false;
   }
   // After a step's micro-batches (Transformer::end_step): the balancing bias
-  // moves once, on the load of all of them (moe.bias_balance_rate).
+  // moves once, on the load of all of them (moe.bias_balance_rate), or
+  // toward the mean of their Sinkhorn offsets (moe.sinkhorn_at_eval).
   void end_step();
   // Micro-batch m of n of this rank's slice (train.micro_batches): its noise
   // draws are keyed by its tokens' places in the global batch.
@@ -130,6 +131,8 @@ class Router {
   // m's (all-reduced): the balancing bias's load at end_step.
   Tensor step_load_;            // (micros_, G) f64, zeroed at the step's first training forward
   bool load_recorded_ = false;  // step_load_ holds this step's load
+  Tensor step_h_;               // (micros_, G) f32: each micro-batch's Sinkhorn offsets (moe.sinkhorn_at_eval)
+  bool h_recorded_ = false;
   int64_t seq_len_ = 0;
   bool training_ = true;
   // saved for backward

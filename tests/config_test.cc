@@ -80,6 +80,10 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
                  "moe.sinkhorn_iters = 5: balances the tokens' choice; expert choice is balanced by construction");
   expect_invalid("moe { num_experts: 4 sinkhorn_iters: 5 bias_balance_rate: 0.01 }",
                  "moe.sinkhorn_iters = 5: and moe.bias_balance_rate both offset the selection to balance it: set one");
+  expect_invalid("moe { num_experts: 4 sinkhorn_at_eval: true }",
+                 "moe.sinkhorn_at_eval = true: keeps a mean of the Sinkhorn offsets; set moe.sinkhorn_iters");
+  expect_invalid("moe { num_experts: 4 sinkhorn_iters: 5 sinkhorn_eval_decay: 1 }",
+                 "moe.sinkhorn_eval_decay = 1: must be in [0, 1)");
   expect_invalid("moe { num_experts: 4 top_k: 2 sinkhorn_iters: 5 expert_groups: 2 groups_per_token: 1 }",
                  "moe.sinkhorn_iters = 5: selects by logits plus offsets, where moe.expert_groups ranks groups");
 }

@@ -577,6 +577,57 @@ TEST(MoeLayer, SinkhornBalancesTheTrainingChoiceOnly) {
   }
 }
 
+// moe.sinkhorn_at_eval: evaluation selects by the logits plus the running
+// mean of the training offsets, kept in the balancing bias. The same 64
+// tokens each step (so every step's h is the same, h_0 - h_1 = -2): with
+// decay 0 the bias is the last step's h and evaluation splits the tokens
+// as training does; with decay 0.5 one step leaves half of h, not enough
+// to move any token (2 + t - 1 > 0), and twelve steps 1 - 2^-12 of it, which
+// moves the same 32 as training. Two micro-batches a step: h is their mean.
+TEST(MoeLayer, SinkhornOffsetsReachEvaluationThroughTheirMean) {
+  const int64_t N = 64, C = 4;
+  Tensor x = testing::zeros({N, C});
+  for (int64_t i = 0; i < N; ++i) {
+    x.f32()[i * C] = 1.f;
+    x.f32()[i * C + 1] = (static_cast<float>(i) + 0.5f) / N - 0.5f;  // t_i
+  }
+  struct Case { float decay; int steps; bool split; };
+  for (const Case c : {Case{0.f, 1, true}, Case{0.5f, 1, false}, Case{0.5f, 12, true}}) {
+    SCOPED_TRACE(::testing::Message() << "decay " << c.decay << ", " << c.steps << " steps");
+    auto cfg = moe_config(2, 1);
+    cfg.set_sinkhorn_iters(50);
+    cfg.set_sinkhorn_at_eval(true);
+    cfg.set_sinkhorn_eval_decay(c.decay);
+    ParamStore ps;
+    Rng rng(6);
+    MoeLayer moe(host_ctx(), ps, "m", C, cfg, 8, rng, 0.02f, 0.02f, 9);
+    ps.finalize(host_ctx());
+    float* wg = ps.find("m.router.w")->value.f32();  // (C, G): logits (2 + t_i, 0)
+    for (int64_t a = 0; a < C * 2; ++a) wg[a] = 0.f;
+    wg[0] = 2.f;
+    wg[2] = 1.f;
+    for (int s = 0; s < c.steps; ++s) {  // two micro-batches a step: their mean
+      moe.set_step(s);
+      for (int m = 0; m < 2; ++m) {
+        moe.set_micro_batch(m, 2);
+        moe.forward(x);
+      }
+      moe.end_step();
+    }
+    moe.set_micro_batch(0, 1);
+    const std::vector<float> bias = moe.balance_bias().to_vector<float>();
+    const double share = c.decay == 0.f ? 1.0 : 1.0 - std::pow(0.5, c.steps);
+    EXPECT_NEAR(bias[0] - bias[1], -2.0 * share, 1e-3);
+    moe.set_training(false);
+    moe.forward(x);
+    const std::vector<int32_t> group = moe.route().group.to_vector<int32_t>();
+    for (int64_t i = 0; i < N; ++i) {
+      const bool low = x.f32()[i * C + 1] < 0;
+      ASSERT_EQ(group[i], c.split && low ? 1 : 0) << "token " << i;
+    }
+  }
+}
+
 TEST(MoeLayer, GradientsHeterogeneousExpertsUnderAHardBudget) {
   auto c = moe_config(4, 2);
   for (int h : {3, 11, 5, 7}) c.add_expert_hidden(h);

@@ -3,7 +3,7 @@
 # shipped (load-balance loss 0.1, router noise 0.3, a balancing bias moved by
 # the noiseless loads): synthetic corpus, 2000 steps, every training batch
 # logged, seeds 1234 and 2 (docs/experiments/sinkhorn-routing.md). One
-# thread a run, two at a time: ~7 min on 2 cores. Runs whose
+# thread a run, two at a time: ~8 min on 2 cores. Runs whose
 # $RUNS/sinkhorn/NAME.jsonl exists are skipped (RUNS defaults to build/runs);
 # the table goes to docs/sinkhorn.csv.
 set -euo pipefail
@@ -26,6 +26,9 @@ runs=(
   "sk2_lb0_s1234|$S $SK=2 --set moe.load_balance_coef=0"
   "sk32_lb0_s1234|$S $SK=32 --set moe.load_balance_coef=0"
   "nobalance_s1234|$S --set moe.bias_balance_rate=0 --set moe.load_balance_coef=0"
+  # evaluation by the logits plus the running mean of the offsets (moe.sinkhorn_at_eval)
+  "sk8_lb0_eval_s1234|$S $SK=8 --set moe.load_balance_coef=0 --set moe.sinkhorn_at_eval=true"
+  "sk8_lb0_eval_s2|$S $SK=8 --set moe.load_balance_coef=0 --set moe.sinkhorn_at_eval=true --set train.seed=2"
 )
 mkdir -p "$OUT"
 for r in "${runs[@]}"; do
