@@ -3387,5 +3387,24 @@ TEST(WholeStep, GroupedQueryAttentionFirstLossesMatchTheCpu) {
     }
 }
 
+// Shared key/value heads in the sparse layers (expand_kv_heads before the
+// local, routing and block top-k heads): a routed layer of one local and
+// one routing head over one key/value head of 64, with Sinkhorn-balanced
+// experts (ops/cuda/sinkhorn.cu in a step) carrying their mean offsets to
+// evaluation; block top-k over the same heads.
+TEST(WholeStep, SparseAttentionWithGroupedHeadsFirstLossesMatchTheCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA)";
+  const std::string base = "model { d_model: 128 n_layers: 2 n_heads: 2 n_kv_heads: 1 ffn_hidden: 256 seq_len: 64 "
+                           "position: ROPE } train { batch: 8 lr: 0.003 seed: 9 } data { synthetic_bytes: 50000 } ";
+  for (const std::string layer :
+       {"attention { kind: ROUTED num_routing_heads: 1 num_clusters: 4 window: 16 } moe { num_experts: 4 "
+        "every_n_layers: 1 sinkhorn_iters: 4 sinkhorn_at_eval: true }",
+        "attention { kind: BLOCK_TOPK block_size: 16 topk_blocks: 2 }"})
+    for (const std::string precision : {"precision: FP32", "precision: BF16"}) {
+      SCOPED_TRACE(layer + ", " + precision);
+      expect_first_losses_match(base + layer + " " + precision);
+    }
+}
+
 }  // namespace
 }  // namespace sy
