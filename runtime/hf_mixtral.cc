@@ -74,7 +74,7 @@ void check_mixtral_expressible(const Config& cfg, const std::string& source) {
     refuse(source, "moe.first_dense_layers", std::to_string(e.first_dense_layers()),
            "Mixtral has experts in every block (a dense FFN block has no Mixtral name)");
   if (e.router() != MoeConfig::TOKENS_CHOOSE)
-    refuse(source, "moe.router", "EXPERT_CHOICE", "Mixtral's tokens choose their experts");
+    refuse(source, "moe.router", MoeConfig::Router_Name(e.router()), "Mixtral's tokens choose their experts by a learned router");
   if (e.score_function() != MoeConfig::SOFTMAX)
     refuse(source, "moe.score_function", "SIGMOID", "Mixtral's router is a softmax over the experts");
   if (!e.renormalize())

@@ -38,9 +38,10 @@ namespace sy {
 
 // ConfigError "<source>: <field> = <value>: <why>" for the first setting HF's
 // Mixtral cannot express: learned positions, LayerNorm, GELU, biases, no
-// experts or dense FFN blocks, shared experts, expert-choice or sigmoid
-// routing, top-k weights not renormalised, balancing biases (they change the
-// selection), adaptive depth, routed or block-sparse attention.
+// experts or dense FFN blocks, shared experts, expert-choice, hash or sigmoid
+// routing, top-k weights not renormalised, balancing biases or Sinkhorn's
+// mean offsets at evaluation (they change the selection), adaptive depth,
+// routed or block-sparse attention.
 void check_mixtral_expressible(const Config& cfg, const std::string& source);
 
 // What the export changes without refusing, one sentence each (empty when

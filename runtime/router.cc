@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ops/elementwise.h"
+#include "ops/hash_routing.h"
 #include "ops/matmul.h"
 #include "ops/random.h"
 #include "ops/sinkhorn.h"
@@ -80,8 +81,10 @@ const ops::Route& Router::forward(const Tensor& x) {
   // evaluation and inference route): the noise spreads training batches by
   // itself and would hide a preference of the clean argmax from the bias.
   const bool bias_on_clean = noisy && cfg_.bias_balance_rate() > 0 && !expert_choice(cfg_);
+  // The Sinkhorn offsets evaluation keeps are those of the noiseless logits too.
+  const bool h_on_clean = noisy && training_ && cfg_.sinkhorn_at_eval();
   clean_sums_ = Tensor();
-  const Tensor clean_logits = bias_on_clean ? logits_.clone(ctx_) : Tensor();
+  const Tensor clean_logits = bias_on_clean || h_on_clean ? logits_.clone(ctx_) : Tensor();
   if (noisy && !gumbel) {
     Tensor eps = Tensor::empty(logits_.shape(), DType::f32, ctx_);
     ops::random_normal(ctx_, eps, key(RandomPurpose::router_noise, G_), cfg_.router_noise());
@@ -126,13 +129,25 @@ const ops::Route& Router::forward(const Tensor& x) {
     p.padded = cfg_.padded();
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;
     if (gumbel) p.selection_keys = &keys;
+    // Hash routing: the keys name each token id's expert (0 there, -inf
+    // elsewhere), so the top-1 is it; the weight stays the probability.
+    Tensor hash_keys;
+    if (cfg_.router() == switchyard::MoeConfig::HASH) {
+      SY_CHECK(ids_.defined() && ids_.numel() == N,
+               name_ << ": moe.router HASH routes by token id, and no ids were given for these " << N << " rows");
+      hash_keys = Tensor::empty({N, G_}, DType::f32, ctx_);
+      ops::hash_route_keys(ctx_, hash_keys, ids_, seed_);
+      p.selection_keys = &hash_keys;
+    }
     // Sinkhorn balancing (ops/sinkhorn.h), training only: the top-k of the
     // keys (the logits, noisy where noise is on, or the Gumbel keys) plus h,
     // which gives every expert the same share of the scaled exp(keys).
-    // With sinkhorn_at_eval, evaluation selects by the logits plus the
-    // running mean of those offsets (the balancing bias, moved in end_step),
-    // and training records each micro-batch's (a row, written, not added: a
-    // replayed forward counts once).
+    // With sinkhorn_at_eval, evaluation selects by the logits plus a running
+    // mean of offsets (the balancing bias, moved in end_step), and training
+    // records each micro-batch's (a row, written, not added: a replayed
+    // forward counts once): those of the noiseless logits where noise moved
+    // the keys, which balance the choice evaluation makes (as the balancing
+    // bias follows the noiseless loads).
     Tensor sinkhorn_h;
     const Tensor& sinkhorn_keys = gumbel ? keys : logits_;
     if (training_ && cfg_.sinkhorn_iters() > 0) {
@@ -146,7 +161,10 @@ const ops::Route& Router::forward(const Tensor& x) {
                  name_ << ": micro-batch " << micro_ << " of " << micros_ << " in a step begun with "
                        << step_h_.dim(0) << " micro-batches");
         Tensor row = step_h_.rows(micro_, micro_ + 1).reshape({G_});
-        row.copy_from(sinkhorn_h, ctx_);
+        if (h_on_clean)
+          ops::sinkhorn_balance(ctx_, row, clean_logits, cfg_.sinkhorn_iters());
+        else
+          row.copy_from(sinkhorn_h, ctx_);
         h_recorded_ = true;
       }
     } else if (!training_ && cfg_.sinkhorn_at_eval()) {

@@ -7,10 +7,13 @@
 //   route  = tokens_choose(probs) (with the scores: tokens_choose_logits, one
 //            kernel on a GPU) or groups_choose (expert choice); with
 //            router_noise_kind GUMBEL, tokens choose by logits + Gumbel(0,
-//            router_noise) instead (training only; the weights stay clean)
+//            router_noise) instead (training only; the weights stay clean);
+//            with router HASH by keys naming each token id's hashed expert
+//            (ops/hash_routing.h)
 //            and with moe.sinkhorn_iters by those keys plus the Sinkhorn offset
-//            that balances the batch over the experts (training only;
-//            ops/sinkhorn.h)
+//            that balances the batch over the experts (training; evaluation
+//            by the logits plus a running mean of the offsets with
+//            moe.sinkhorn_at_eval, else by the logits; ops/sinkhorn.h)
 //
 //   route  = apply_budget(route) when moe.budget_mode is HARD or HARD_CAUSAL:
 //            the kept assignments' cost c_g (expert_costs(): FLOPs per token
@@ -97,6 +100,9 @@ class Router {
   // Tokens per sequence of the next forward's rows (HARD_CAUSAL's runs; 0:
   // the whole batch is one run).
   void set_sequence_length(int64_t T) { seq_len_ = T; }
+  // The rows' token ids (N) i32 (moe.router HASH routes by them; kept, so a
+  // replayed forward routes the same).
+  void set_token_ids(const Tensor& ids) { ids_ = ids; }
   const std::vector<float>& cost() const { return cost_; }
   const ops::Route& route() const { return route_; }
   // The last forward's statistics and losses (read from the device on the
@@ -131,6 +137,7 @@ class Router {
   // m's (all-reduced): the balancing bias's load at end_step.
   Tensor step_load_;            // (micros_, G) f64, zeroed at the step's first training forward
   bool load_recorded_ = false;  // step_load_ holds this step's load
+  Tensor ids_;  // set_token_ids
   Tensor step_h_;               // (micros_, G) f32: each micro-batch's Sinkhorn offsets (moe.sinkhorn_at_eval)
   bool h_recorded_ = false;
   int64_t seq_len_ = 0;

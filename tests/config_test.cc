@@ -193,8 +193,8 @@ TEST(Config, DedupDispatchNeedsTwoRowsAToken) {
   expect_invalid("train { recompute: true recompute_blocks: 3 }", "t.pbtxt: train.recompute_blocks = 3: must be in [0, 2]");
 }
 
-// Grouped-query attention: key/value heads dividing the query heads, for
-// dense attention.
+// Grouped-query attention: key/value heads dividing the query heads, with
+// every attention kind.
 TEST(Config, KvHeadsDivideTheHeads) {
   EXPECT_EQ(parse_ok("model { n_heads: 4 n_kv_heads: 2 }").model().n_kv_heads(), 2);
   parse_ok("model { n_heads: 4 n_kv_heads: 4 }");

@@ -237,6 +237,8 @@ TEST(ExportHf, RefusesWhatMixtralCannotExpress) {
       {"moe { renormalize: false }", "t: moe.renormalize = false: Mixtral divides the top-k weights by their sum"},
       {"moe { shared_expert: true }", "t: moe.shared_expert = true"},
       {"moe { bias_balance_rate: 0.01 }", "t: moe.bias_balance_rate = 0.010000: balancing biases"},
+      {"moe { sinkhorn_iters: 4 sinkhorn_at_eval: true }", "t: moe.sinkhorn_at_eval = true: its mean offsets"},
+      {"moe { router: HASH top_k: 1 }", "t: moe.router = HASH"},
       {"moe { expert_hidden: [8, 8, 8, 16] }", "t: moe.expert_hidden = 8,...,16: Mixtral's experts all have one width"},
       {"moe { budget_mode: HARD }", "t: moe.budget_mode = HARD: a hard compute budget drops assignments"},
       {"depth { every_n_layers: 2 }", "t: depth.every_n_layers = 2"},

@@ -151,18 +151,20 @@ void expect_grouped_is_multi_head(Config gqa, double loss_tol, double grad_tol) 
   EXPECT_NEAR(la, lb, loss_tol * std::fabs(lb));
   a.backward();
   b.backward();
-  const Param* ga = a.params().find("h1.attn.qkv.w");
-  const Param* gb = b.params().find("h1.attn.qkv.w");
-  std::vector<double> summed(C * (C + 2 * KV), 0.0);
-  for (int64_t r = 0; r < C; ++r)
-    for (int64_t c = 0; c < 3 * C; ++c) summed[r * (C + 2 * KV) + source(c)] += gb->grad.f32()[r * 3 * C + c];
-  double num = 0, den = 0;
-  for (size_t i = 0; i < summed.size(); ++i) {
-    const double d = summed[i] - ga->grad.f32()[i];
-    num += d * d, den += summed[i] * summed[i];
+  for (const std::string layer : {"h0", "h1"}) {
+    const Param* ga = a.params().find(layer + ".attn.qkv.w");
+    const Param* gb = b.params().find(layer + ".attn.qkv.w");
+    std::vector<double> summed(C * (C + 2 * KV), 0.0);
+    for (int64_t r = 0; r < C; ++r)
+      for (int64_t c = 0; c < 3 * C; ++c) summed[r * (C + 2 * KV) + source(c)] += gb->grad.f32()[r * 3 * C + c];
+    double num = 0, den = 0;
+    for (size_t i = 0; i < summed.size(); ++i) {
+      const double d = summed[i] - ga->grad.f32()[i];
+      num += d * d, den += summed[i] * summed[i];
+    }
+    EXPECT_GT(den, 1e-12);
+    EXPECT_LE(std::sqrt(num / den), grad_tol) << layer << "'s qkv gradient against the summed copies (relative L2)";
   }
-  EXPECT_GT(den, 1e-12);
-  EXPECT_LE(std::sqrt(num / den), grad_tol) << "qkv gradient against the summed copies (relative L2)";
 }
 
 TEST(Transformer, GroupedQueryAttentionIsMultiHeadWithCopiedKeysAndValues) {
@@ -185,10 +187,11 @@ TEST(Transformer, GroupedQueryAttentionIsMultiHeadWithCopiedKeysAndValues) {
 // The same in the sparse layers (runtime/sparse_self_attention.h): a routed
 // layer's local heads 0-1 share key/value head 0 and its routing heads 2-3
 // head 1, which they cluster by (both assignment modes); block top-k's
-// heads choose their blocks by the shared keys. f32 with RoPE; bf16 routed.
+// heads choose their blocks by the shared keys (the commitment loss's
+// backward in the causal routed case). f32 with RoPE; bf16 routed with RoPE.
 TEST(Transformer, GroupedQueryAttentionIsMultiHeadInSparseLayers) {
   for (const char* attention :
-       {"kind: ROUTED num_routing_heads: 2 num_clusters: 2 window: 3",
+       {"kind: ROUTED num_routing_heads: 2 num_clusters: 2 window: 3 commitment_coef: 0.5",
         "kind: ROUTED num_routing_heads: 2 num_clusters: 2 window: 3 assignment: BALANCED capacity_factor: 1.5",
         "kind: BLOCK_TOPK block_size: 2 topk_blocks: 1"}) {
     SCOPED_TRACE(attention);
@@ -202,6 +205,7 @@ TEST(Transformer, GroupedQueryAttentionIsMultiHeadInSparseLayers) {
   bf16.set_precision(switchyard::Config::BF16);
   bf16.mutable_model()->set_d_model(256);
   bf16.mutable_model()->set_n_heads(4);
+  bf16.mutable_model()->set_position(switchyard::ModelConfig::ROPE);
   bf16.MergeFrom(parse_config("attention { kind: ROUTED num_routing_heads: 2 num_clusters: 2 window: 3 }", "test"));
   ASSERT_TRUE(bf16_attention(bf16));
   expect_grouped_is_multi_head(bf16, 1e-4, 5e-3);

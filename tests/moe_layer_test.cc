@@ -578,26 +578,35 @@ TEST(MoeLayer, SinkhornBalancesTheTrainingChoiceOnly) {
 }
 
 // moe.sinkhorn_at_eval: evaluation selects by the logits plus the running
-// mean of the training offsets, kept in the balancing bias. The same 64
-// tokens each step (so every step's h is the same, h_0 - h_1 = -2): with
-// decay 0 the bias is the last step's h and evaluation splits the tokens
-// as training does; with decay 0.5 one step leaves half of h, not enough
-// to move any token (2 + t - 1 > 0), and twelve steps 1 - 2^-12 of it, which
-// moves the same 32 as training. Two micro-batches a step: h is their mean.
+// mean of the training offsets, kept in the balancing bias. Each step two
+// micro-batches of 64 tokens with router logits (2 + t_i, 0): t_i spread
+// evenly over (-0.5, 0.5), then the same shifted by 0.25, whose offsets are
+// h_0 - h_1 = -2 and -2.25 (by the symmetry of ops/sinkhorn_test.cc's
+// split), so the step's mean is -2.125. With decay 0 the bias is that mean
+// and evaluation sends to expert 1 the tokens with t_i < 0.125; with decay
+// 0.5 one step leaves half of it, which moves no token (2 + t - 1.06 > 0),
+// and twelve steps 1 - 2^-12 of it, which moves the same ones. With router
+// noise the offsets are those of the noiseless logits: the same bias.
 TEST(MoeLayer, SinkhornOffsetsReachEvaluationThroughTheirMean) {
   const int64_t N = 64, C = 4;
-  Tensor x = testing::zeros({N, C});
-  for (int64_t i = 0; i < N; ++i) {
-    x.f32()[i * C] = 1.f;
-    x.f32()[i * C + 1] = (static_cast<float>(i) + 0.5f) / N - 0.5f;  // t_i
-  }
-  struct Case { float decay; int steps; bool split; };
-  for (const Case c : {Case{0.f, 1, true}, Case{0.5f, 1, false}, Case{0.5f, 12, true}}) {
-    SCOPED_TRACE(::testing::Message() << "decay " << c.decay << ", " << c.steps << " steps");
+  auto tokens = [&](float shift) {
+    Tensor x = testing::zeros({N, C});
+    for (int64_t i = 0; i < N; ++i) {
+      x.f32()[i * C] = 1.f;
+      x.f32()[i * C + 1] = (static_cast<float>(i) + 0.5f) / N - 0.5f + shift;  // t_i
+    }
+    return x;
+  };
+  const Tensor x = tokens(0.f), shifted = tokens(0.25f);
+  struct Case { float decay; int steps; bool split; float noise; };
+  for (const Case c : {Case{0.f, 1, true, 0.f}, Case{0.5f, 1, false, 0.f}, Case{0.5f, 12, true, 0.f},
+                       Case{0.f, 1, true, 0.3f}}) {
+    SCOPED_TRACE(::testing::Message() << "decay " << c.decay << ", " << c.steps << " steps, noise " << c.noise);
     auto cfg = moe_config(2, 1);
     cfg.set_sinkhorn_iters(50);
     cfg.set_sinkhorn_at_eval(true);
     cfg.set_sinkhorn_eval_decay(c.decay);
+    cfg.set_router_noise(c.noise);
     ParamStore ps;
     Rng rng(6);
     MoeLayer moe(host_ctx(), ps, "m", C, cfg, 8, rng, 0.02f, 0.02f, 9);
@@ -606,23 +615,23 @@ TEST(MoeLayer, SinkhornOffsetsReachEvaluationThroughTheirMean) {
     for (int64_t a = 0; a < C * 2; ++a) wg[a] = 0.f;
     wg[0] = 2.f;
     wg[2] = 1.f;
-    for (int s = 0; s < c.steps; ++s) {  // two micro-batches a step: their mean
+    for (int s = 0; s < c.steps; ++s) {
       moe.set_step(s);
       for (int m = 0; m < 2; ++m) {
         moe.set_micro_batch(m, 2);
-        moe.forward(x);
+        moe.forward(m == 0 ? x : shifted);
       }
       moe.end_step();
     }
     moe.set_micro_batch(0, 1);
     const std::vector<float> bias = moe.balance_bias().to_vector<float>();
     const double share = c.decay == 0.f ? 1.0 : 1.0 - std::pow(0.5, c.steps);
-    EXPECT_NEAR(bias[0] - bias[1], -2.0 * share, 1e-3);
+    EXPECT_NEAR(bias[0] - bias[1], -2.125 * share, 1e-3);
     moe.set_training(false);
     moe.forward(x);
     const std::vector<int32_t> group = moe.route().group.to_vector<int32_t>();
     for (int64_t i = 0; i < N; ++i) {
-      const bool low = x.f32()[i * C + 1] < 0;
+      const bool low = x.f32()[i * C + 1] < 0.125f;
       ASSERT_EQ(group[i], c.split && low ? 1 : 0) << "token " << i;
     }
   }
