@@ -142,6 +142,9 @@ class FeedForward {
   // The rows of the next forward are sequences of T tokens each (a causal
   // per-sequence budget needs it; the block calls it before forward).
   virtual void set_sequence_length(int64_t) {}
+  // The token ids (N) i32 of the next forwards' rows, on the device (hash
+  // routing names experts by them; the model sets them before its blocks).
+  virtual void set_token_ids(const Tensor&) {}
   // Multiply-adds x2 spent by the last forward, for FLOP accounting.
   virtual double forward_flops() const = 0;
   // The part of forward_flops() spent deciding where tokens go (a router).

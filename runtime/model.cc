@@ -315,6 +315,7 @@ float Transformer::forward(const Batch& batch) {
     if (check_finite_ && first_nonfinite_ < 0 && ops::count_nonfinite(ctx_, out) > 0) first_nonfinite_ = part;
   };
   check(h, 0);
+  for (Block& b : blocks_) b.ffn().set_token_ids(inputs_);  // (hash routing)
   for (size_t l = 0; l < blocks_.size(); ++l) {
     h = blocks_[l].forward(h, B_, T_);
     check(h, static_cast<int>(l) + 1);

@@ -38,6 +38,7 @@
 #include "ops/expert_ffn.h"
 #include "ops/finite.h"
 #include "ops/gelu.h"
+#include "ops/hash_routing.h"
 #include "ops/heads.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
@@ -1289,6 +1290,18 @@ std::vector<OpCase> cases() {
                    gl.top_n = l.top_n;
                    ops::limit_groups(x, o[0], in[0], l.bias ? &in[1] : nullptr, gl);
                  }});
+  }
+  // Hash routing's keys (ops/hash_routing.h): integer hashing, exact; ids
+  // up to 2^31 - 1, 8 and 61 experts.
+  for (const int64_t G : {8, 61}) {
+    c.push_back({"hash_route_keys_" + std::to_string(G), Tol::exact,
+                 [](Rng& r) {
+                   Tensor ids = ints({500}, r, 50257);
+                   ids.data<int32_t>()[7] = 2147483647;
+                   return Ins{ids};
+                 },
+                 [=](Ctx& x, const Ins&) { return Outs{fresh(x, {500, G})}; },
+                 [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::hash_route_keys(x, o[0], in[0], 77); }});
   }
   // Sinkhorn balancing (ops/sinkhorn.h): CUDA's fp32 warp rows and chunked
   // columns against the double reference; 300 rows (two chunks, the

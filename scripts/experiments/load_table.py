@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""One row per run of scripts/experiments/sinkhorn.sh, from its metrics JSONL
-(train.log_interval=1): per MoE layer, the share of training batches after
+"""One row per run of scripts/experiments/sinkhorn.sh or hash_routing.sh, from
+its metrics JSONL (train.log_interval=1): per MoE layer, the share of training batches after
 warm-up (steps 21 on) with max/mean load under 1.5, the held-out pass's
 max/mean load and unserved share at the last evaluation and the median over
 the evaluations from step 1000, the mean share of training assignments
 dropped over capacity after warm-up; the last val loss; the median tokens/s.
 
-Usage: sinkhorn_table.py NAME=RUN.jsonl ...   (CSV on stdout)
+Usage: load_table.py NAME=RUN.jsonl ...   (CSV on stdout)
 """
 import json
 import statistics

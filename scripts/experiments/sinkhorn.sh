@@ -38,5 +38,5 @@ for r in "${runs[@]}"; do
 done | xargs -P 2 -I{} bash -c '{}'
 args=()
 for r in "${runs[@]}"; do args+=("${r%%|*}=$OUT/${r%%|*}.jsonl"); done
-python3 scripts/experiments/sinkhorn_table.py "${args[@]}" > docs/sinkhorn.csv
+python3 scripts/experiments/load_table.py "${args[@]}" > docs/sinkhorn.csv
 column -s, -t docs/sinkhorn.csv

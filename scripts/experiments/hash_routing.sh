@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Hash routing (moe.router HASH: each token id to a fixed, hashed expert)
+# against switch_tiny's learned router as shipped: synthetic corpus and
+# tinyshakespeare, 2000 steps, every batch logged, seeds 1234 and 2
+# (docs/experiments/hash-routing.md). Hash runs drop the balancing loss and
+# bias (they cannot move a hashed choice); "renorm": combine weight 1.
+# One thread a run, two at a time: ~10 min on 2 cores. Runs whose
+# $RUNS/hash/NAME.jsonl exists are skipped (RUNS defaults to build/runs);
+# the table goes to docs/hash_routing.csv.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-build/runs}
+OUT=$RUNS/hash
+BIN=build/bin/train_switch
+export OPENBLAS_NUM_THREADS=1
+S="--config configs/switch_tiny.pbtxt --set train.steps=2000 --set train.log_interval=1"
+T="--set data.source=TEXT_FILE --set data.path=../shared/data/tinyshakespeare.txt"
+H="--set moe.router=HASH --set moe.load_balance_coef=0 --set moe.bias_balance_rate=0"
+runs=(
+  "learned_syn_s1234|$S"
+  "learned_syn_s2|$S --set train.seed=2"
+  "hash_syn_s1234|$S $H"
+  "hash_syn_s2|$S $H --set train.seed=2"
+  "hash_renorm_syn_s1234|$S $H --set moe.renormalize=true"
+  "learned_txt_s1234|$S $T"
+  "hash_txt_s1234|$S $H $T"
+  "hash_txt_s2|$S $H $T --set train.seed=2"
+  "learned_txt_s2|$S $T --set train.seed=2"
+)
+mkdir -p "$OUT"
+for r in "${runs[@]}"; do
+  name=${r%%|*}
+  [ -f "$OUT/$name.jsonl" ] && continue
+  echo "$BIN ${r#*|} --metrics $OUT/$name.jsonl.part --overwrite > $OUT/$name.log 2>&1 && mv $OUT/$name.jsonl.part $OUT/$name.jsonl && echo done $name || { echo FAILED $name; tail -3 $OUT/$name.log; }"
+done | xargs -P 2 -I{} bash -c '{}'
+args=()
+for r in "${runs[@]}"; do args+=("${r%%|*}=$OUT/${r%%|*}.jsonl"); done
+python3 scripts/experiments/load_table.py "${args[@]}" > docs/hash_routing.csv
+column -s, -t docs/hash_routing.csv
