@@ -141,32 +141,15 @@ const ops::Route& Router::forward(const Tensor& x) {
     }
     // Sinkhorn balancing (ops/sinkhorn.h), training only: the top-k of the
     // keys (the logits, noisy where noise is on, or the Gumbel keys) plus h,
-    // which gives every expert the same share of the scaled exp(keys).
-    // With sinkhorn_at_eval, evaluation selects by the logits plus a running
-    // mean of offsets (the balancing bias, moved in end_step), and training
-    // records each micro-batch's (a row, written, not added: a replayed
-    // forward counts once): those of the noiseless logits where noise moved
-    // the keys, which balance the choice evaluation makes (as the balancing
-    // bias follows the noiseless loads).
+    // which gives every expert the same share of the scaled exp(keys). With
+    // sinkhorn_at_eval, evaluation selects by the logits plus a running mean
+    // of offsets (the balancing bias, moved in end_step).
     Tensor sinkhorn_h;
     const Tensor& sinkhorn_keys = gumbel ? keys : logits_;
     if (training_ && cfg_.sinkhorn_iters() > 0) {
-      sinkhorn_h = Tensor::empty({G_}, DType::f32, ctx_);
-      ops::sinkhorn_balance(ctx_, sinkhorn_h, sinkhorn_keys, cfg_.sinkhorn_iters());
+      sinkhorn_h = sinkhorn_offsets(sinkhorn_keys, h_on_clean ? clean_logits : Tensor());
       p.selection_keys = &sinkhorn_keys;
       p.selection_bias = &sinkhorn_h;
-      if (cfg_.sinkhorn_at_eval()) {
-        if (!h_recorded_) step_h_ = Tensor::zeros({micros_, G_}, DType::f32, ctx_);
-        SY_CHECK(step_h_.dim(0) == micros_ && micro_ < micros_,
-                 name_ << ": micro-batch " << micro_ << " of " << micros_ << " in a step begun with "
-                       << step_h_.dim(0) << " micro-batches");
-        Tensor row = step_h_.rows(micro_, micro_ + 1).reshape({G_});
-        if (h_on_clean)
-          ops::sinkhorn_balance(ctx_, row, clean_logits, cfg_.sinkhorn_iters());
-        else
-          row.copy_from(sinkhorn_h, ctx_);
-        h_recorded_ = true;
-      }
     } else if (!training_ && cfg_.sinkhorn_at_eval()) {
       p.selection_keys = &logits_;
       p.selection_bias = &bias_;
@@ -202,6 +185,27 @@ const ops::Route& Router::forward(const Tensor& x) {
   if (cfg_.pad_to_largest() && !expert_choice(cfg_)) ops::pad_to_largest(ctx_, route_, 16);
   losses_and_stats(N);
   return route_;
+}
+
+Tensor Router::sinkhorn_offsets(const Tensor& keys, const Tensor& clean) {
+  Tensor h = Tensor::empty({G_}, DType::f32, ctx_);
+  ops::sinkhorn_balance(ctx_, h, keys, cfg_.sinkhorn_iters());
+  if (!cfg_.sinkhorn_at_eval()) return h;
+  // This micro-batch's row of the step's evaluation offsets (written, not
+  // added: a replayed forward counts once): those of the noiseless logits
+  // where noise moved the keys, which balance the choice evaluation makes
+  // (as the balancing bias follows the noiseless loads).
+  if (!h_recorded_) step_h_ = Tensor::zeros({micros_, G_}, DType::f32, ctx_);
+  SY_CHECK(step_h_.dim(0) == micros_ && micro_ < micros_,
+           name_ << ": micro-batch " << micro_ << " of " << micros_ << " in a step begun with " << step_h_.dim(0)
+                 << " micro-batches");
+  Tensor row = step_h_.rows(micro_, micro_ + 1).reshape({G_});
+  if (clean.defined())
+    ops::sinkhorn_balance(ctx_, row, clean, cfg_.sinkhorn_iters());
+  else
+    row.copy_from(h, ctx_);
+  h_recorded_ = true;
+  return h;
 }
 
 void Router::losses_and_stats(int64_t N) {

@@ -137,6 +137,10 @@ class Router {
   // m's (all-reduced): the balancing bias's load at end_step.
   Tensor step_load_;            // (micros_, G) f64, zeroed at the step's first training forward
   bool load_recorded_ = false;  // step_load_ holds this step's load
+  // The Sinkhorn offsets (G) of the selection keys; with sinkhorn_at_eval
+  // records this micro-batch's evaluation offsets (of `clean`, the
+  // noiseless logits, where given) for end_step.
+  Tensor sinkhorn_offsets(const Tensor& keys, const Tensor& clean);
   Tensor ids_;  // set_token_ids
   Tensor step_h_;               // (micros_, G) f32: each micro-batch's Sinkhorn offsets (moe.sinkhorn_at_eval)
   bool h_recorded_ = false;

@@ -4,7 +4,7 @@
 # tinyshakespeare, 2000 steps, every batch logged, seeds 1234 and 2
 # (docs/experiments/hash-routing.md). Hash runs drop the balancing loss and
 # bias (they cannot move a hashed choice); "renorm": combine weight 1.
-# One thread a run, two at a time: ~10 min on 2 cores. Runs whose
+# One thread a run, two at a time: ~15 min on 2 cores. Runs whose
 # $RUNS/hash/NAME.jsonl exists are skipped (RUNS defaults to build/runs);
 # the table goes to docs/hash_routing.csv.
 set -euo pipefail
@@ -26,6 +26,12 @@ runs=(
   "hash_txt_s1234|$S $H $T"
   "hash_txt_s2|$S $H $T --set train.seed=2"
   "learned_txt_s2|$S $T --set train.seed=2"
+  # controls: the learned router without its balancing (as the hash runs),
+  # and hash routing without drops, or with weight 1
+  "learned_nobal_txt_s1234|$S $T --set moe.load_balance_coef=0 --set moe.bias_balance_rate=0"
+  "learned_nobal_txt_s2|$S $T --set moe.load_balance_coef=0 --set moe.bias_balance_rate=0 --set train.seed=2"
+  "hash_dropless_txt_s1234|$S $H $T --set moe.dropless=true"
+  "hash_renorm_txt_s1234|$S $H $T --set moe.renormalize=true"
 )
 mkdir -p "$OUT"
 for r in "${runs[@]}"; do
