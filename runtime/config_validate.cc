@@ -220,17 +220,22 @@ void validate_config(const Config& cfg, const std::string& source) {
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE &&
         e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
       c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
-    if (e.router() == switchyard::MoeConfig::HASH) {
-      const char* why = nullptr;
-      std::string field, value;
-      if (e.top_k() != 1) field = "moe.top_k", value = std::to_string(e.top_k()), why = "hash routing sends a token to one expert: 1";
-      else if (e.bias_balance_rate() > 0) field = "moe.bias_balance_rate", value = std::to_string(e.bias_balance_rate()), why = "a bias cannot move a hashed choice: 0 with router HASH";
-      else if (e.sinkhorn_iters() > 0) field = "moe.sinkhorn_iters", value = std::to_string(e.sinkhorn_iters()), why = "offsets cannot move a hashed choice: 0 with router HASH";
-      else if (e.router_noise() > 0 && e.router_noise_kind() == switchyard::MoeConfig::GUMBEL) field = "moe.router_noise_kind", value = "GUMBEL", why = "Gumbel draws pick a learned router's expert; not with router HASH";
-      else if (e.expert_groups() > 0) field = "moe.expert_groups", value = std::to_string(e.expert_groups()), why = "limits a learned router's choice; 0 with router HASH";
-      else if (cfg.depth().every_n_layers() > 0) field = "depth.every_n_layers", value = std::to_string(cfg.depth().every_n_layers()), why = "depth routing hands the experts gathered rows, which hash routing cannot name by token id: 0 with moe.router HASH";
-      if (why) c.fail(field.c_str(), value, why);
-    }
+    // Hash routing: one expert a token, named by its id; nothing that moves
+    // a learned router's choice applies.
+    const bool hash = e.router() == switchyard::MoeConfig::HASH;
+    if (hash && e.top_k() != 1)
+      c.fail("moe.top_k", e.top_k(), "hash routing sends a token to one expert: 1 with moe.router HASH");
+    if (hash && e.bias_balance_rate() > 0)
+      c.fail("moe.bias_balance_rate", e.bias_balance_rate(), "a bias cannot move a hashed choice: 0 with moe.router HASH");
+    if (hash && e.sinkhorn_iters() > 0)
+      c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(), "offsets cannot move a hashed choice: 0 with moe.router HASH");
+    if (hash && e.router_noise() > 0 && e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
+      c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a learned router's expert; not with moe.router HASH");
+    if (hash && e.expert_groups() > 0)
+      c.fail("moe.expert_groups", e.expert_groups(), "limits a learned router's choice; 0 with moe.router HASH");
+    if (hash && cfg.depth().every_n_layers() > 0)
+      c.fail("depth.every_n_layers", cfg.depth().every_n_layers(),
+             "hands the experts gathered rows, which hash routing cannot name by token id: 0 with moe.router HASH");
     c.range("moe.sinkhorn_iters", e.sinkhorn_iters(), 0, 1000);
     if (e.sinkhorn_iters() > 0 && e.router() == switchyard::MoeConfig::EXPERT_CHOICE)
       c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(),

@@ -24,7 +24,8 @@
 #                          share); a rerun, bit for bit
 #                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks; MPI on device tensors,
 #                          2 ranks), EP on the GPU, a failing rank,
-#                          bench_comm --nccl (our all_to_all_v beside ncclAlltoAll, 1 and 2 ranks)
+#                          bench_comm --nccl (our all_to_all_v beside ncclAlltoAll, 1 and 2 ranks),
+#                          a short training over NCCL with recomputation beside the MPI path's
 #                   scale  issue 19's measurements on this machine's cores and GPU: the share of the
 #                          gradient all-reduce hidden at 4 CPU ranks (scripts/bench/grad_overlap.py);
 #                          scaling_sweep over 1, 2, 4 ranks on the GPU (MPI path), with the projection,
@@ -518,6 +519,18 @@ if want comm; then
     SY_FAULT_KINDS="throw hang exit" SY_TEST_ARGS="--set backend=CUDA --set parallel.backend=NCCL" \
     bash tests/parallel_fault_test.sh "$(loopback $B/train_switch)" "$PWD" mpirun
   summary "comm: a failing rank over NCCL, 2 ranks on one GPU (not fatal): $(grep -E '^(ok|FAIL)' "$LOG/parallel_fault_nccl.log" | cut -c1-90 | tr '\n' ';')"
+  # Training over NCCL, 2 ranks on the one GPU as above, with what issues
+  # collectives inside backward and end_step: activation recomputation (the
+  # replayed routers' all-reduce beside the gradient buckets' on their own
+  # stream) and Sinkhorn's evaluation offsets (an all-reduce a layer in
+  # end_step); its losses beside the MPI path's (not fatal).
+  NT=(--config configs/switch_tiny.pbtxt --set backend=CUDA --set data.source=SYNTHETIC --set data.path=
+      --set train.steps=6 --set train.warmup_steps=1 --set train.eval_interval=6 --set train.checkpoint_interval=0
+      --set train.checkpoint_dir="$CKPT" --set train.recompute=true --set parallel.expert_parallel=2
+      --set moe.bias_balance_rate=0 --set moe.sinkhorn_iters=4 --set moe.sinkhorn_at_eval=true)
+  run_limited nccl_train_np2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL
+  run_limited mpi_train_np2 90 "${M[@]}" -np 2 $B/train_switch "${NT[@]}" --set parallel.backend=MPI
+  summary "comm: training over NCCL, recompute + Sinkhorn offsets, 2 ranks (not fatal): $(grep -h '^done' "$LOG/nccl_train_np2.log" | head -1); over MPI: $(grep -h '^done' "$LOG/mpi_train_np2.log" | head -1)"
 fi
 # Issue 19 on this machine's 16 cores: the gradient all-reduce hidden behind
 # backward at 4 CPU ranks (a dense model, overlap on then off; bar 60%), then

@@ -92,8 +92,11 @@ TEST(HashRouting, ConfigRefusals) {
     }
   };
   refuses("moe { num_experts: 4 router: HASH top_k: 2 }", "moe.top_k = 2: hash routing sends a token to one expert");
+  refuses("moe { num_experts: 4 router: HASH bias_balance_rate: 0.5 }",
+          "moe.bias_balance_rate = 0.5: a bias cannot move a hashed choice");
   refuses("moe { num_experts: 4 router: HASH sinkhorn_iters: 3 }", "moe.sinkhorn_iters = 3: offsets cannot move a hashed choice");
-  refuses("moe { num_experts: 4 router: HASH } depth { every_n_layers: 2 }", "depth.every_n_layers = 2: depth routing");
+  refuses("moe { num_experts: 4 router: HASH } depth { every_n_layers: 2 }",
+          "depth.every_n_layers = 2: hands the experts gathered rows");
 }
 
 }  // namespace
