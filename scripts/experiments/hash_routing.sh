@@ -4,7 +4,7 @@
 # tinyshakespeare, 2000 steps, every batch logged, seeds 1234 and 2
 # (docs/experiments/hash-routing.md). Hash runs drop the balancing loss and
 # bias (they cannot move a hashed choice); "renorm": combine weight 1.
-# One thread a run, two at a time: ~15 min on 2 cores. Runs whose
+# One thread a run, two at a time: ~20 min on 2 cores. Runs whose
 # $RUNS/hash/NAME.jsonl exists are skipped (RUNS defaults to build/runs);
 # the table goes to docs/hash_routing.csv.
 set -euo pipefail
@@ -32,6 +32,11 @@ runs=(
   "learned_nobal_txt_s2|$S $T --set moe.load_balance_coef=0 --set moe.bias_balance_rate=0 --set train.seed=2"
   "hash_dropless_txt_s1234|$S $H $T --set moe.dropless=true"
   "hash_renorm_txt_s1234|$S $H $T --set moe.renormalize=true"
+  # what the learned router loses to the hash by: its noise, its loss's weight
+  "learned_noise0_txt_s1234|$S $T --set moe.router_noise=0"
+  "learned_noise0_txt_s2|$S $T --set moe.router_noise=0 --set train.seed=2"
+  "learned_lb0.01_txt_s1234|$S $T --set moe.load_balance_coef=0.01"
+  "learned_lb0.01_txt_s2|$S $T --set moe.load_balance_coef=0.01 --set train.seed=2"
 )
 mkdir -p "$OUT"
 for r in "${runs[@]}"; do
