@@ -11,8 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-build/runs}
 OUT=$RUNS/hash
-BIN=build/bin/train_switch
-export OPENBLAS_NUM_THREADS=1
+source scripts/experiments/run_set.sh
 S="--config configs/switch_tiny.pbtxt --set train.steps=2000 --set train.log_interval=1"
 T="--set data.source=TEXT_FILE --set data.path=../shared/data/tinyshakespeare.txt"
 H="--set moe.router=HASH --set moe.load_balance_coef=0 --set moe.bias_balance_rate=0"
@@ -38,13 +37,4 @@ runs=(
   "learned_lb0.01_txt_s1234|$S $T --set moe.load_balance_coef=0.01"
   "learned_lb0.01_txt_s2|$S $T --set moe.load_balance_coef=0.01 --set train.seed=2"
 )
-mkdir -p "$OUT"
-for r in "${runs[@]}"; do
-  name=${r%%|*}
-  [ -f "$OUT/$name.jsonl" ] && continue
-  echo "$BIN ${r#*|} --metrics $OUT/$name.jsonl.part --overwrite > $OUT/$name.log 2>&1 && mv $OUT/$name.jsonl.part $OUT/$name.jsonl && echo done $name || { echo FAILED $name; tail -3 $OUT/$name.log; }"
-done | xargs -P 2 -I{} bash -c '{}'
-args=()
-for r in "${runs[@]}"; do args+=("${r%%|*}=$OUT/${r%%|*}.jsonl"); done
-python3 scripts/experiments/load_table.py "${args[@]}" > docs/hash_routing.csv
-column -s, -t docs/hash_routing.csv
+run_set "$OUT" docs/hash_routing.csv "${runs[@]}"

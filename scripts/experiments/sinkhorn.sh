@@ -10,8 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-build/runs}
 OUT=$RUNS/sinkhorn
-BIN=build/bin/train_switch
-export OPENBLAS_NUM_THREADS=1
+source scripts/experiments/run_set.sh
 S="--config configs/switch_tiny.pbtxt --set train.steps=2000 --set train.log_interval=1"
 # Sinkhorn replaces the bias (the two are refused together).
 SK="--set moe.bias_balance_rate=0 --set moe.sinkhorn_iters"
@@ -30,13 +29,4 @@ runs=(
   "sk8_lb0_eval_s1234|$S $SK=8 --set moe.load_balance_coef=0 --set moe.sinkhorn_at_eval=true"
   "sk8_lb0_eval_s2|$S $SK=8 --set moe.load_balance_coef=0 --set moe.sinkhorn_at_eval=true --set train.seed=2"
 )
-mkdir -p "$OUT"
-for r in "${runs[@]}"; do
-  name=${r%%|*}
-  [ -f "$OUT/$name.jsonl" ] && continue
-  echo "$BIN ${r#*|} --metrics $OUT/$name.jsonl.part --overwrite > $OUT/$name.log 2>&1 && mv $OUT/$name.jsonl.part $OUT/$name.jsonl && echo done $name || { echo FAILED $name; tail -3 $OUT/$name.log; }"
-done | xargs -P 2 -I{} bash -c '{}'
-args=()
-for r in "${runs[@]}"; do args+=("${r%%|*}=$OUT/${r%%|*}.jsonl"); done
-python3 scripts/experiments/load_table.py "${args[@]}" > docs/sinkhorn.csv
-column -s, -t docs/sinkhorn.csv
+run_set "$OUT" docs/sinkhorn.csv "${runs[@]}"
