@@ -449,7 +449,11 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
   if (cfg.model().position() == switchyard::ModelConfig::ROPE || old.model().position() == switchyard::ModelConfig::ROPE)
     fields.push_back("model.rope_base");  // no parameter, but the same weights would compute something else
   if (moe)
-    fields.insert(fields.end(), {"moe.every_n_layers", "moe.first_dense_layers", "moe.expert_hidden", "moe.shared_expert"});
+    fields.insert(fields.end(), {"moe.every_n_layers", "moe.first_dense_layers", "moe.expert_hidden", "moe.shared_expert",
+                                 "moe.router"});
+  // Hash routing's map of token ids to experts is drawn from the seed.
+  if (moe && (cfg.moe().router() == switchyard::MoeConfig::HASH || old.moe().router() == switchyard::MoeConfig::HASH))
+    fields.push_back("train.seed");
   if (sparse)
     fields.insert(fields.end(), {"attention.last_n_layers", "attention.num_routing_heads", "attention.num_clusters",
                                  "attention.share_centroids"});

@@ -225,6 +225,10 @@ void validate_config(const Config& cfg, const std::string& source) {
     const bool hash = e.router() == switchyard::MoeConfig::HASH;
     if (hash && e.top_k() != 1)
       c.fail("moe.top_k", e.top_k(), "hash routing sends a token to one expert: 1 with moe.router HASH");
+    if (hash && e.load_balance_coef() > 0)
+      c.fail("moe.load_balance_coef", e.load_balance_coef(),
+             "the loss cannot move a hashed choice (it would only scale down busy experts' weights): 0 with moe.router "
+             "HASH");
     if (hash && e.bias_balance_rate() > 0)
       c.fail("moe.bias_balance_rate", e.bias_balance_rate(), "a bias cannot move a hashed choice: 0 with moe.router HASH");
     if (hash && e.sinkhorn_iters() > 0)
@@ -324,7 +328,7 @@ void validate_config(const Config& cfg, const std::string& source) {
   // (dedup_dispatch on one rank is allowed and does nothing: scaling_sweep's
   // one-rank points share the sweep's settings)
   if (pl.dedup_dispatch() && e.num_experts() > 0 && e.top_k() == 1 &&
-      e.router() == switchyard::MoeConfig::TOKENS_CHOOSE)
+      e.router() != switchyard::MoeConfig::EXPERT_CHOICE)
     c.fail("parallel.dedup_dispatch", "true", "with moe.top_k = 1 a token has one row to send anyway");
   if (e.num_experts() > 0 && e.num_experts() % pl.expert_parallel() != 0)
     c.fail("parallel.expert_parallel", pl.expert_parallel(),

@@ -134,7 +134,8 @@ const ops::Route& Router::forward(const Tensor& x) {
     Tensor hash_keys;
     if (cfg_.router() == switchyard::MoeConfig::HASH) {
       SY_CHECK(ids_.defined() && ids_.numel() == N,
-               name_ << ": moe.router HASH routes by token id, and no ids were given for these " << N << " rows");
+               name_ << ": moe.router HASH routes by token id, and " << (ids_.defined() ? ids_.numel() : 0)
+                     << " ids were given for these " << N << " rows");
       hash_keys = Tensor::empty({N, G_}, DType::f32, ctx_);
       ops::hash_route_keys(ctx_, hash_keys, ids_, seed_);
       p.selection_keys = &hash_keys;

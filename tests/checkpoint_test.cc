@@ -591,7 +591,8 @@ TEST_F(Refusal, ChangedModelShapeNamesTheField) {
   for (auto [field, value] : std::vector<std::pair<std::string, std::string>>{
            {"model.n_layers", "3"}, {"moe.num_experts", "8"}, {"attention.num_routing_heads", "2"},
            {"model.position", "ROPE"}, {"model.norm", "RMSNORM"}, {"model.activation", "SWIGLU"}, {"model.bias", "false"},
-           {"model.tie_embeddings", "true"}, {"model.n_kv_heads", "1"}, {"moe.first_dense_layers", "1"}}) {
+           {"model.tie_embeddings", "true"}, {"model.n_kv_heads", "1"}, {"moe.first_dense_layers", "1"},
+           {"moe.router", "HASH"}}) {
     Config c = cfg_;
     apply_override(c, field + "=" + value);
     try {

@@ -13,6 +13,7 @@
 #include "core/rng.h"
 #include "ops/hash_routing.h"
 #include "runtime/model.h"
+#include "runtime/moe_layer.h"
 
 namespace sy {
 namespace {
@@ -32,7 +33,19 @@ TEST(HashRouting, EachRowNamesItsIdsExpert) {
     for (int64_t g = 0; g < G; ++g)
       EXPECT_EQ(k[i * G + g], g == e ? 0.f : -std::numeric_limits<float>::infinity()) << "row " << i << ", " << g;
   }
-  EXPECT_EQ(ops::hashed_expert(5, 11, G), ops::hashed_expert(5, 11, G));
+}
+
+// Known answers from an independent SplitMix64 (Python, the published
+// constants): seed 0, id 0 is its first output 0xE220A8397B1DCDAF, whose
+// residue mod 8 is 7; the rest the same generator at other seeds, ids
+// (up to 2^31 - 1) and expert counts.
+TEST(HashRouting, KnownAnswers) {
+  EXPECT_EQ(ops::hashed_expert(0, 0, 8), 7);
+  EXPECT_EQ(ops::hashed_expert(5, 11, 8), 6);
+  EXPECT_EQ(ops::hashed_expert(255, 11, 8), 5);
+  EXPECT_EQ(ops::hashed_expert(65, 5 * 1000003ull, 4), 3);
+  EXPECT_EQ(ops::hashed_expert(2147483647, 77, 61), 57);
+  EXPECT_EQ(ops::hashed_expert(3, 12345, 1000), 450);
 }
 
 // 4096 ids over 8 experts: each expert within 4 standard deviations of 512
@@ -51,11 +64,11 @@ TEST(HashRouting, IdsSpreadEvenlyAndTheSeedRemaps) {
 
 // In a model: layer l's route sends every token to hashed_expert(id, seed
 // of layer l = train.seed * 1000003 + l, runtime/model.cc), weight its
-// probability; without the ids a MoE layer refuses.
+// probability; handed no ids, a MoE layer refuses.
 TEST(HashRouting, AModelRoutesEveryTokenByItsId) {
   Config cfg = parse_config(R"(
     model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 24 seq_len: 8 }
-    moe { num_experts: 4 top_k: 1 every_n_layers: 1 router: HASH capacity_factor_eval: 4 }
+    moe { num_experts: 4 top_k: 1 every_n_layers: 1 router: HASH capacity_factor_eval: 4 load_balance_coef: 0 }
     train { seed: 5 }
   )", "test");
   validate_config(cfg, "test");
@@ -80,6 +93,10 @@ TEST(HashRouting, AModelRoutesEveryTokenByItsId) {
     }
   }
   EXPECT_EQ(layers, 2);
+  // A MoE layer handed no ids refuses to route.
+  MoeLayer& layer = *model.moe_layers().front().second;
+  layer.set_token_ids(Tensor());
+  EXPECT_THROW(layer.forward(Tensor::zeros({4, 16}, DType::f32, host_ctx())), Error);
 }
 
 TEST(HashRouting, ConfigRefusals) {
@@ -92,11 +109,17 @@ TEST(HashRouting, ConfigRefusals) {
     }
   };
   refuses("moe { num_experts: 4 router: HASH top_k: 2 }", "moe.top_k = 2: hash routing sends a token to one expert");
-  refuses("moe { num_experts: 4 router: HASH bias_balance_rate: 0.5 }",
-          "moe.bias_balance_rate = 0.5: a bias cannot move a hashed choice");
-  refuses("moe { num_experts: 4 router: HASH sinkhorn_iters: 3 }", "moe.sinkhorn_iters = 3: offsets cannot move a hashed choice");
-  refuses("moe { num_experts: 4 router: HASH } depth { every_n_layers: 2 }",
-          "depth.every_n_layers = 2: hands the experts gathered rows");
+  refuses("moe { num_experts: 4 router: HASH load_balance_coef: 0.01 }",
+          "moe.load_balance_coef = 0.01: the loss cannot move a hashed choice");
+  const std::string hash = "moe { num_experts: 4 router: HASH load_balance_coef: 0 ";
+  refuses(hash + "bias_balance_rate: 0.5 }", "moe.bias_balance_rate = 0.5: a bias cannot move a hashed choice");
+  refuses(hash + "sinkhorn_iters: 3 }", "moe.sinkhorn_iters = 3: offsets cannot move a hashed choice");
+  refuses(hash + "router_noise: 1 router_noise_kind: GUMBEL }", "moe.router_noise_kind = GUMBEL: Gumbel draws");
+  refuses(hash + "expert_groups: 2 groups_per_token: 1 }", "moe.expert_groups = 2: limits a learned router's choice");
+  refuses(hash + "} depth { every_n_layers: 2 }", "depth.every_n_layers = 2: hands the experts gathered rows");
+  refuses(hash + "} parallel { expert_parallel: 2 dedup_dispatch: true }",
+          "parallel.dedup_dispatch = true: with moe.top_k = 1");
+  validate_config(parse_config(hash + "}", "t"), "t");
 }
 
 }  // namespace

@@ -118,6 +118,8 @@ const std::vector<std::string>& variants() {
       // Sinkhorn-balanced selection
       "precision: BF16 model { n_heads: 1 d_model: 64 } moe { num_experts: 4 top_k: 2 every_n_layers: 2 "
       "sinkhorn_iters: 4 }",
+      // hash routing: the replayed forward routes by the same token ids
+      "moe { num_experts: 4 router: HASH every_n_layers: 1 load_balance_coef: 0 capacity_factor: 1.0 }",
   };
   return v;
 }
