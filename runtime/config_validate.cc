@@ -229,11 +229,16 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("moe.load_balance_coef", e.load_balance_coef(),
              "the loss cannot move a hashed choice (it would only scale down busy experts' weights): 0 with moe.router "
              "HASH");
+    if (hash && e.budget_coef() > 0)
+      c.fail("moe.budget_coef", e.budget_coef(),
+             "the budget loss cannot move a hashed choice either: 0 with moe.router HASH");
     if (hash && e.bias_balance_rate() > 0)
       c.fail("moe.bias_balance_rate", e.bias_balance_rate(), "a bias cannot move a hashed choice: 0 with moe.router HASH");
     if (hash && e.sinkhorn_iters() > 0)
       c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(), "offsets cannot move a hashed choice: 0 with moe.router HASH");
-    if (hash && e.router_noise() > 0 && e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
+    if (hash && e.sinkhorn_at_eval())
+      c.fail("moe.sinkhorn_at_eval", "true", "offsets cannot move a hashed choice: false with moe.router HASH");
+    if (hash && e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
       c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a learned router's expert; not with moe.router HASH");
     if (hash && e.expert_groups() > 0)
       c.fail("moe.expert_groups", e.expert_groups(), "limits a learned router's choice; 0 with moe.router HASH");

@@ -154,16 +154,12 @@ void Mlp::release() {
   pre_ = Tensor();
 }
 
-namespace {
-int64_t kv_heads_of(const AttentionOptions& o, int64_t H) { return o.kv_heads > 0 ? o.kv_heads : H; }
-}  // namespace
-
 CausalSelfAttention::CausalSelfAttention(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, int64_t H,
                                          Rng& rng, float std, float out_std, const AttentionOptions& options)
     : ctx_(ctx),
-      qkv_(ctx, ps, name + ".qkv", C, C + 2 * kv_heads_of(options, H) * (C / H), rng, std, options.bias),
+      qkv_(ctx, ps, name + ".qkv", C, C + 2 * options.kv_heads_for(H) * (C / H), rng, std, options.bias),
       proj_(ctx, ps, name + ".proj", C, C, rng, out_std, options.bias),
-      C_(C), H_(H), G_(kv_heads_of(options, H)), opt_(options) {}
+      C_(C), H_(H), G_(options.kv_heads_for(H)), opt_(options) {}
 
 Tensor CausalSelfAttention::expand(const Tensor& g, int64_t B, int64_t T) {
   if (!grouped()) return g.reshape({B, T, 3 * C_});

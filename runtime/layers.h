@@ -126,6 +126,8 @@ struct AttentionOptions {
   // Key and value heads (grouped-query attention: each shared by
   // n_heads / kv_heads query heads, ops/heads.h); 0 = one per query head.
   int64_t kv_heads = 0;
+  // kv_heads as resolved for H query heads.
+  int64_t kv_heads_for(int64_t H) const { return kv_heads > 0 ? kv_heads : H; }
 };
 
 // What sits in a block's feed-forward position: a dense MLP or a MoE layer.

@@ -82,9 +82,10 @@ const ops::Route& Router::forward(const Tensor& x) {
   // itself and would hide a preference of the clean argmax from the bias.
   const bool bias_on_clean = noisy && cfg_.bias_balance_rate() > 0 && !expert_choice(cfg_);
   // The Sinkhorn offsets evaluation keeps are those of the noiseless logits too.
-  const bool h_on_clean = noisy && training_ && cfg_.sinkhorn_at_eval();
+  const bool h_on_clean = noisy && cfg_.sinkhorn_at_eval();
   clean_sums_ = Tensor();
-  const Tensor clean_logits = bias_on_clean || h_on_clean ? logits_.clone(ctx_) : Tensor();
+  // (Gumbel draws go to separate keys: the logits stay clean.)
+  const Tensor clean_logits = !(bias_on_clean || h_on_clean) ? Tensor() : gumbel ? logits_ : logits_.clone(ctx_);
   if (noisy && !gumbel) {
     Tensor eps = Tensor::empty(logits_.shape(), DType::f32, ctx_);
     ops::random_normal(ctx_, eps, key(RandomPurpose::router_noise, G_), cfg_.router_noise());

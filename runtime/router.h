@@ -8,12 +8,12 @@
 //            kernel on a GPU) or groups_choose (expert choice); with
 //            router_noise_kind GUMBEL, tokens choose by logits + Gumbel(0,
 //            router_noise) instead (training only; the weights stay clean);
-//            with router HASH by keys naming each token id's hashed expert
-//            (ops/hash_routing.h)
-//            and with moe.sinkhorn_iters by those keys plus the Sinkhorn offset
-//            that balances the batch over the experts (training; evaluation
-//            by the logits plus a running mean of the offsets with
-//            moe.sinkhorn_at_eval, else by the logits; ops/sinkhorn.h)
+//            with moe.sinkhorn_iters by the logits (or those Gumbel keys)
+//            plus the Sinkhorn offset that balances the batch over the
+//            experts (training; evaluation by the logits plus a running mean
+//            of the offsets with moe.sinkhorn_at_eval, else by the logits;
+//            ops/sinkhorn.h); with router HASH by keys naming each token
+//            id's hashed expert (ops/hash_routing.h)
 //
 //   route  = apply_budget(route) when moe.budget_mode is HARD or HARD_CAUSAL:
 //            the kept assignments' cost c_g (expert_costs(): FLOPs per token
@@ -120,6 +120,10 @@ class Router {
 
  private:
   void losses_and_stats(int64_t N);
+  // The Sinkhorn offsets (G) of the selection keys; with sinkhorn_at_eval
+  // records this micro-batch's evaluation offsets (of `clean`, the
+  // noiseless logits, where given) for end_step.
+  Tensor sinkhorn_offsets(const Tensor& keys, const Tensor& clean);
 
   Ctx& ctx_;
   switchyard::MoeConfig cfg_;
@@ -127,7 +131,7 @@ class Router {
   int64_t C_, G_;
   ParallelContext* par_;
   Param* wg_;
-  Tensor bias_;  // (G) selection bias (auxiliary-loss-free balancing)
+  Tensor bias_;  // (G) selection bias: auxiliary-loss-free balancing, or Sinkhorn's mean offsets
   Tensor clean_sums_;  // this rank's routing sums of the noiseless choice (noisy training with the bias only)
   std::vector<float> cost_;
   uint64_t seed_;
@@ -137,10 +141,6 @@ class Router {
   // m's (all-reduced): the balancing bias's load at end_step.
   Tensor step_load_;            // (micros_, G) f64, zeroed at the step's first training forward
   bool load_recorded_ = false;  // step_load_ holds this step's load
-  // The Sinkhorn offsets (G) of the selection keys; with sinkhorn_at_eval
-  // records this micro-batch's evaluation offsets (of `clean`, the
-  // noiseless logits, where given) for end_step.
-  Tensor sinkhorn_offsets(const Tensor& keys, const Tensor& clean);
   Tensor ids_;  // set_token_ids
   Tensor step_h_;               // (micros_, G) f32: each micro-batch's Sinkhorn offsets (moe.sinkhorn_at_eval)
   bool h_recorded_ = false;

@@ -44,11 +44,10 @@ SparseSelfAttention::SparseSelfAttention(Ctx& ctx, ParamStore& ps, const std::st
                                          const AttentionOptions& options)
     : ctx_(ctx),
       cfg_(spec.cfg),
-      qkv_(ctx, ps, name + ".qkv", C, C + 2 * (options.kv_heads > 0 ? options.kv_heads : H) * (C / H), rng, std,
-           options.bias),
+      qkv_(ctx, ps, name + ".qkv", C, C + 2 * options.kv_heads_for(H) * (C / H), rng, std, options.bias),
       proj_(ctx, ps, name + ".proj", C, C, rng, out_std, options.bias),
       opt_(options),
-      C_(C), H_(H), G_(options.kv_heads > 0 ? options.kv_heads : H), D_(C / H),
+      C_(C), H_(H), G_(options.kv_heads_for(H)), D_(C / H),
       R_(routed() ? spec.cfg.num_routing_heads() : 0),
       K_(cluster_count(spec.cfg, spec.seq_len)),
       rng_(spec.seed) {

@@ -529,8 +529,10 @@ if want comm; then
       --set train.checkpoint_dir="$CKPT" --set train.recompute=true --set parallel.expert_parallel=2
       --set moe.bias_balance_rate=0 --set moe.sinkhorn_iters=4 --set moe.sinkhorn_at_eval=true)
   run_limited nccl_train_np2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL
+  rc_nccl=$?
   run_limited mpi_train_np2 90 "${M[@]}" -np 2 $B/train_switch "${NT[@]}" --set parallel.backend=MPI
-  summary "comm: training over NCCL, recompute + Sinkhorn offsets, 2 ranks (not fatal): $(grep -h '^done' "$LOG/nccl_train_np2.log" | head -1); over MPI: $(grep -h '^done' "$LOG/mpi_train_np2.log" | head -1)"
+  rc_mpi=$?
+  summary "comm: training over NCCL, recompute + Sinkhorn offsets, 2 ranks (not fatal) rc $rc_nccl: $(grep -hs '^done' "$LOG/nccl_train_np2.log" | head -1); over MPI rc $rc_mpi: $(grep -hs '^done' "$LOG/mpi_train_np2.log" | head -1)"
 fi
 # Issue 19 on this machine's 16 cores: the gradient all-reduce hidden behind
 # backward at 4 CPU ranks (a dense model, overlap on then off; bar 60%), then

@@ -3370,6 +3370,15 @@ void expect_first_losses_match(const std::string& text) {
     const float la = a.step(s).loss, lb = b.step(s).loss;
     EXPECT_LE(std::fabs(la - lb) / la, 1e-3) << "step " << s << ": cpu " << la << ", cuda " << lb;
   }
+  // The routers' selection biases after the two steps' end_step (the
+  // balancing bias, or Sinkhorn's mean offsets, which evaluation selects by).
+  const auto ba = a.model().balance_biases(), bb = b.model().balance_biases();
+  ASSERT_EQ(ba.size(), bb.size());
+  for (size_t i = 0; i < ba.size(); ++i) {
+    const std::vector<float> x = ba[i].second.to(host_ctx()).to_vector<float>(),
+                             y = bb[i].second.to(host_ctx()).to_vector<float>();
+    for (size_t g = 0; g < x.size(); ++g) EXPECT_NEAR(x[g], y[g], 1e-4) << ba[i].first << "[" << g << "]";
+  }
 }
 
 TEST(WholeStep, FirstLossesMatchTheCpu) {
@@ -3379,9 +3388,10 @@ TEST(WholeStep, FirstLossesMatchTheCpu) {
     train { batch: 8 lr: 0.003 seed: 9 }
     data { synthetic_bytes: 50000 }
   )";
-  for (const std::string moe : {"", "moe { num_experts: 4 every_n_layers: 1 }"})
+  for (const std::string moe : {"", "moe { num_experts: 4 every_n_layers: 1 }",
+                                "moe { num_experts: 4 every_n_layers: 1 router: HASH load_balance_coef: 0 }"})
     for (const std::string precision : {"precision: FP32", "precision: BF16"}) {
-      SCOPED_TRACE((moe.empty() ? "dense, " : "moe, ") + precision);
+      SCOPED_TRACE((moe.empty() ? "dense, " : moe + ", ") + precision);
       expect_first_losses_match(base + moe + precision);
     }
 }
@@ -3403,8 +3413,8 @@ TEST(WholeStep, GroupedQueryAttentionFirstLossesMatchTheCpu) {
 // Shared key/value heads in the sparse layers (expand_kv_heads before the
 // local, routing and block top-k heads): a routed layer of one local and
 // one routing head over one key/value head of 64, with Sinkhorn-balanced
-// experts (ops/cuda/sinkhorn.cu in a step) carrying their mean offsets to
-// evaluation; block top-k over the same heads.
+// experts (ops/cuda/sinkhorn.cu in a step) and their mean offsets (the
+// biases compared after the steps); block top-k over the same heads.
 TEST(WholeStep, SparseAttentionWithGroupedHeadsFirstLossesMatchTheCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no GPU visible (or built without CUDA)";
   const std::string base = "model { d_model: 128 n_layers: 2 n_heads: 2 n_kv_heads: 1 ffn_hidden: 256 seq_len: 64 "

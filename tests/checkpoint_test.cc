@@ -603,6 +603,17 @@ TEST_F(Refusal, ChangedModelShapeNamesTheField) {
           << e.what();
     }
   }
+  // Hash routing's map comes from the seed: a hashed run resumes with its own.
+  switchyard::CheckpointManifest hashed = read_manifest(dir_);
+  hashed.mutable_config()->mutable_moe()->set_router(switchyard::MoeConfig::HASH);
+  Config h = hashed.config();
+  apply_override(h, "train.seed=99");
+  try {
+    check_compatible(h, hashed, dir_);
+    ADD_FAILURE() << "a hashed run resumed with another seed";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(": train.seed = 99 in this run"), std::string::npos) << e.what();
+  }
   Config c = cfg_;
   apply_override(c, "train.lr=0.1");  // training settings may change
   EXPECT_NO_THROW(check_compatible(c, read_manifest(dir_), dir_));

@@ -114,6 +114,8 @@ TEST(HashRouting, ConfigRefusals) {
   const std::string hash = "moe { num_experts: 4 router: HASH load_balance_coef: 0 ";
   refuses(hash + "bias_balance_rate: 0.5 }", "moe.bias_balance_rate = 0.5: a bias cannot move a hashed choice");
   refuses(hash + "sinkhorn_iters: 3 }", "moe.sinkhorn_iters = 3: offsets cannot move a hashed choice");
+  refuses(hash + "sinkhorn_at_eval: true }", "moe.sinkhorn_at_eval = true: offsets cannot move a hashed choice");
+  refuses(hash + "budget_coef: 0.1 }", "moe.budget_coef = 0.1: the budget loss cannot move a hashed choice");
   refuses(hash + "router_noise: 1 router_noise_kind: GUMBEL }", "moe.router_noise_kind = GUMBEL: Gumbel draws");
   refuses(hash + "expert_groups: 2 groups_per_token: 1 }", "moe.expert_groups = 2: limits a learned router's choice");
   refuses(hash + "} depth { every_n_layers: 2 }", "depth.every_n_layers = 2: hands the experts gathered rows");

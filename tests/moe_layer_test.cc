@@ -536,7 +536,7 @@ TEST(MoeLayer, RandomTokenSelectionSpreadsTheDropsInTraining) {
 
 // Sinkhorn balancing (moe.sinkhorn_iters, ops/sinkhorn.h): 64 tokens whose
 // router logits are (2 + t_i, 0), t_i spread evenly over (-0.5, 0.5), all
-// prefer expert 0. By the symmetry of ops/sinkhorn_test.cc's split the
+// prefer expert 0. By the symmetry of tests/sinkhorn_test.cc's split the
 // balanced offset is h_0 - h_1 = -2, so in training the 32 tokens with
 // t_i > 0 keep expert 0 and the others go to expert 1, each with its own
 // probability as combine weight (the clean score, not the offset key); in
@@ -581,7 +581,7 @@ TEST(MoeLayer, SinkhornBalancesTheTrainingChoiceOnly) {
 // mean of the training offsets, kept in the balancing bias. Each step two
 // micro-batches of 64 tokens with router logits (2 + t_i, 0): t_i spread
 // evenly over (-0.5, 0.5), then the same shifted by 0.25, whose offsets are
-// h_0 - h_1 = -2 and -2.25 (by the symmetry of ops/sinkhorn_test.cc's
+// h_0 - h_1 = -2 and -2.25 (by the symmetry of tests/sinkhorn_test.cc's
 // split), so the step's mean is -2.125. With decay 0 the bias is that mean
 // and evaluation sends to expert 1 the tokens with t_i < 0.125; with decay
 // 0.5 one step leaves half of it, which moves no token (2 + t - 1.06 > 0),

@@ -120,6 +120,9 @@ const std::vector<std::string>& variants() {
       "sinkhorn_iters: 4 }",
       // hash routing: the replayed forward routes by the same token ids
       "moe { num_experts: 4 router: HASH every_n_layers: 1 load_balance_coef: 0 capacity_factor: 1.0 }",
+      // grouped key/value heads in a routed layer (widened after RoPE, summed back)
+      "model { n_heads: 2 n_kv_heads: 1 position: ROPE } attention { kind: ROUTED num_routing_heads: 1 "
+      "num_clusters: 4 window: 8 }",
   };
   return v;
 }

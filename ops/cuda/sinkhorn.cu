@@ -1,8 +1,8 @@
 // Sinkhorn balancing on CUDA (ops/sinkhorn.h): each iteration is three
 // launches. Equation (1): a warp a row, each lane a running log-sum-exp
 // (ops/cuda/online_softmax.h) over every 32nd expert, merged across the warp
-// in a fixed butterfly (OnlineSoftmax::merge, replayed on the host by
-// tests/online_softmax_test.cc). Equation (2): each column's running log-sum-exp over
+// in a fixed butterfly (OnlineSoftmax::merge; tests/sinkhorn_test.cc
+// replays these kernels' arithmetic on the host). Equation (2): each column's running log-sum-exp over
 // chunks of kChunkRows rows (a thread a column, a block row a chunk: each
 // row's G keys read by consecutive threads), then a thread a column merging
 // its chunks in chunk order. No atomics: the same h on every run.
