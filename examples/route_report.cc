@@ -217,9 +217,9 @@ int run(int argc, char** argv) {
   std::unique_ptr<sy::EvalModel> b;
   if (!compare.empty()) {
     b = std::make_unique<sy::EvalModel>(sy::load_eval_model(sy::resolve_checkpoint(compare, root)));
-    sy::check_compatible(a.cfg, sy::read_manifest(b->dir), b->dir);
     // The same routers to compare: each layer's first choices (or a block's
-    // decisions) in both.
+    // decisions) in both; then the same model (check_compatible compares the
+    // router too, but says less about why --compare needs it).
     std::ostringstream ignored;
     const auto& ma = a.cfg.moe();
     const auto& mb = b->cfg.moe();
@@ -230,6 +230,7 @@ int run(int argc, char** argv) {
                             a.dir + " has " + switchyard::MoeConfig::Router_Name(ma.router()) + " and " +
                             std::to_string(a.cfg.depth().every_n_layers()) +
                             ": --compare needs the same routed layers in both");
+    sy::check_compatible(a.cfg, sy::read_manifest(b->dir), b->dir);
   }
   const sy::Config& cfg = a.cfg;
   std::ostringstream notes;
