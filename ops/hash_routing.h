@@ -5,7 +5,10 @@
 //
 //   expert(t) = mix(s + (t + 1) * 0x9E3779B97F4A7C15) mod G
 //
-// with mix SplitMix64's finaliser (Steele et al. 2014): each id an
+// with mix SplitMix64's finaliser (Steele et al. 2014): expert(t) is draw
+// t + 1 of core/rng.h's Rng(s), mod G (the same output function, here
+// callable on the device, which Rng is not; tests/hash_routing_test.cc
+// checks the two agree). Each id an
 // independent, uniform draw, so an expert gets about V / G of the
 // vocabulary, not of the tokens (a frequent id takes its expert's whole
 // share of them). Integer arithmetic only: both backends give the same
@@ -18,6 +21,7 @@
 #pragma once
 #include <cstdint>
 
+#include "core/rng.h"
 #include "core/tensor.h"
 #include "ops/backend.h"
 #include "ops/cuda/host_device.h"
@@ -25,7 +29,7 @@
 namespace sy::ops {
 
 SY_HD inline int64_t hashed_expert(int32_t id, uint64_t seed, int64_t G) {
-  uint64_t z = seed + (static_cast<uint64_t>(static_cast<uint32_t>(id)) + 1) * 0x9E3779B97F4A7C15ull;
+  uint64_t z = seed + (static_cast<uint64_t>(static_cast<uint32_t>(id)) + 1) * Rng::kGamma;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   z ^= z >> 31;

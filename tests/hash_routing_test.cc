@@ -40,6 +40,11 @@ TEST(HashRouting, EachRowNamesItsIdsExpert) {
 // residue mod 8 is 7; the rest the same generator at other seeds, ids
 // (up to 2^31 - 1) and expert counts.
 TEST(HashRouting, KnownAnswers) {
+  for (const int32_t id : {0, 1, 17, 2147483647}) {  // draw id + 1 of the project's Rng(seed)
+    Rng rng(12345);
+    rng.skip(static_cast<uint64_t>(id));
+    EXPECT_EQ(ops::hashed_expert(id, 12345, 1000), static_cast<int64_t>(rng.next_u64() % 1000)) << id;
+  }
   EXPECT_EQ(ops::hashed_expert(0, 0, 8), 7);
   EXPECT_EQ(ops::hashed_expert(5, 11, 8), 6);
   EXPECT_EQ(ops::hashed_expert(255, 11, 8), 5);
