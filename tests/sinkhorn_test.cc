@@ -3,7 +3,7 @@
 // a hand-solved balanced split of tokens that all prefer one expert, NaN,
 // the CUDA kernels' fp32 arithmetic replayed on the host (against the
 // reference, and a NaN kept through its merges), and the refusals. The router's use of it is in moe_layer_test.cc; the
-// CUDA kernels against this reference in backend_ops_test.cc.
+// CUDA kernels against this reference in tests/backend_ops/cases_routing.cc.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -21,7 +21,7 @@
 // segments blocks, so no length is read back and long segments beside short
 // ones (unbalanced clusters, block top-k's early blocks) cost no empty blocks.
 // The CPU reference of the same pairs is ops::sparse_attention over key sets
-// built from the flags (tests/backend_ops_test.cc).
+// built from the flags (tests/backend_ops/attention_tests.cc).
 #pragma once
 #include <climits>
 #include <cstdint>
