@@ -7,7 +7,11 @@
 //   build/bin/sample --checkpoint latest ...     (latest in --checkpoint-dir, default checkpoints)
 //
 // Loads the weights and the routing state (not the optimizer state) at
-// expert_parallel 1, whatever the size the checkpoint was written at.
+// expert_parallel 1, whatever the size the checkpoint was written at, and
+// runs the model in fp32 whatever precision it trained in (a checkpoint holds
+// fp32 weights): token by token with a key/value cache where the config
+// allows (runtime/generate.h kv_cacheable; --no-kv-cache: the window again
+// for every token), else with a note saying why not.
 // A model trained on token shards encodes the prompt and decodes its output
 // through the SentencePiece model its config names (data.tokenizer, relative
 // to the working directory) or --tokenizer, read by runtime/piece_codec.h;
@@ -38,6 +42,7 @@ int run(int argc, char** argv) {
   int tokens = 200, threads = 1;
   sy::ops::SamplingParams sp;
   uint64_t seed = 1;
+  bool no_kv_cache = false;
   sy::add_checkpoint_options(app, spec, root);
   app.add_option("--prompt", prompt, "the text to continue (default: a newline)");
   app.add_option("--tokens", tokens, "tokens (bytes for a byte-level model) to generate")->check(CLI::Range(0, 1000000));
@@ -46,15 +51,19 @@ int run(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer, "the SentencePiece .model to decode with (default: the config's data.tokenizer)");
   app.add_option("--seed", seed, "seed of the draws");
   app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
+  app.add_flag("--no-kv-cache", no_kv_cache, "run the model on the whole window for every token (no key/value cache)");
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(threads);
-  const sy::EvalModel loaded = sy::load_eval_model(sy::resolve_checkpoint(spec, root));
+  const sy::EvalModel loaded = sy::load_eval_model(
+      sy::resolve_checkpoint(spec, root), [](sy::Config& c) { c.set_precision(switchyard::Config::FP32); });
   const std::string& dir = loaded.dir;
   const sy::Config& cfg = loaded.cfg;
   sy::Transformer& model = *loaded.model;
   std::string why;
-  if (!sy::causal(cfg, &why)) std::cerr << "note: generation sees padding after each position: " << why << "\n";
-
+  if (!sy::causal(cfg, &why))
+    std::cerr << "note: generation sees padding after each position: " << why << "\n";
+  else if (!no_kv_cache && !sy::kv_cacheable(cfg, &why))
+    std::cerr << "note: no key/value cache (each token runs the model on the whole window): " << why << "\n";
   if (tokenizer.empty()) tokenizer = cfg.data().tokenizer();
   const int V = cfg.model().vocab_size();
   if (tokenizer.empty() && V != 256)
@@ -63,7 +72,7 @@ int run(int argc, char** argv) {
   sy::GenerationRouting routing;
   std::string text;
   if (tokenizer.empty()) {
-    text = sy::generate(model, cfg, prompt, tokens, sp, seed, &routing);
+    text = sy::generate(model, cfg, prompt, tokens, sp, seed, &routing, !no_kv_cache);
   } else {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(tokenizer, ec))
@@ -75,7 +84,8 @@ int run(int argc, char** argv) {
       throw sy::ConfigError("tokenizer " + tokenizer + ": " + std::to_string(tok.vocab_size()) +
                             " pieces, more than the model's model.vocab_size = " + std::to_string(V));
     const std::vector<int32_t> ids =
-        sy::generate_ids(model, cfg, tok.encode(prompt.empty() ? std::string("\n") : prompt), tokens, sp, seed, &routing);
+        sy::generate_ids(model, cfg, tok.encode(prompt.empty() ? std::string("\n") : prompt), tokens, sp, seed,
+                         &routing, !no_kv_cache);
     text = tok.decode(ids);
   }
   std::cout << text << "\n";

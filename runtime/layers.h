@@ -147,6 +147,13 @@ class FeedForward {
   // The token ids (N) i32 of the next forwards' rows, on the device (hash
   // routing names experts by them; the model sets them before its blocks).
   virtual void set_token_ids(const Tensor&) {}
+  // One token of autoregressive decoding (Transformer::decode): x (1, C) at
+  // the next position of a window of `window` positions, computed as a
+  // forward over the window computes that token's row. counts: the layer's
+  // state in the cache (a MoE layer's assignments per expert at the window's
+  // positions so far, zeroed at position 0), which a MoE layer reads to drop
+  // what the window's capacity would (Router::set_decode).
+  virtual Tensor decode(const Tensor& x, int64_t /*window*/, std::vector<int64_t>& /*counts*/) { return forward(x); }
   // Multiply-adds x2 spent by the last forward, for FLOP accounting.
   virtual double forward_flops() const = 0;
   // The part of forward_flops() spent deciding where tokens go (a router).
@@ -205,6 +212,13 @@ class SelfAttention {
   virtual double aux_loss() const { return 0; }
   // Whether forward takes x as bf16 (only its qkv GEMM reads x, in bf16 mode).
   virtual bool reads_bf16() const { return false; }
+  // Autoregressive decoding with a key/value cache (runtime/generate.h): x
+  // (1, C) is the token at position pos; its key and value heads are written
+  // to row pos of k and v ((rows > pos, kv_width()) each, on the host), and it
+  // attends over rows 0 .. pos. Dense causal attention in fp32 on the CPU
+  // only; the others refuse (kv_width() 0).
+  virtual Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v);
+  virtual int64_t kv_width() const { return 0; }
 };
 
 // y = proj(attention(qkv(x))); with RoPE, q and k of every head are rotated
@@ -224,6 +238,8 @@ class CausalSelfAttention : public SelfAttention {
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
   bool reads_bf16() const override { return qkv_.reads_bf16(); }
+  Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v) override;
+  int64_t kv_width() const override { return G_ * (C_ / H_); }
 
  private:
   Ctx& ctx_;

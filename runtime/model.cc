@@ -83,6 +83,16 @@ Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor&
   return out;
 }
 
+Tensor Block::decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts) {
+  SY_CHECK(!depth_ && !training_, "Block::decode: evaluation mode, not depth-routed");
+  Tensor h = attn_->decode(ln1_->forward(x), pos, k, v);
+  ops::add_into(*ctx_, h, x);
+  ffn_->set_sequence_length(1);
+  Tensor out = ffn_->decode(ln2_->forward(h), k.dim(0), counts);
+  ops::add_into(*ctx_, out, h);
+  return out;
+}
+
 Tensor Block::inner_backward(const Tensor& dy) {
   // out = h + f(ln2(h)), h = x + a(ln1(x)): dh = dy + ln2'(f'(dy)), dx = dh +
   // ln1'(a'(dh)). The norms' backward adds into the residual's buffer (one
@@ -327,6 +337,39 @@ float Transformer::forward(const Batch& batch) {
   check(logits, static_cast<int>(blocks_.size()) + 1);
   if (check_finite_ && first_nonfinite_ < 0 && !std::isfinite(loss)) first_nonfinite_ = static_cast<int>(blocks_.size()) + 1;
   return loss;
+}
+
+KvCache Transformer::new_cache() const {
+  KvCache c;
+  for (const Block& b : blocks_) {
+    const int64_t W = b.attention().kv_width();
+    SY_CHECK(W > 0, "a key/value cache needs dense causal attention in every block");
+    c.k.push_back(Tensor::zeros({T_, W}, DType::f32, host_ctx()));
+    c.v.push_back(Tensor::zeros({T_, W}, DType::f32, host_ctx()));
+    c.counts.emplace_back();
+  }
+  for (const auto& [l, layer] : moe_) c.counts[l].assign(layer->num_experts(), 0);
+  return c;
+}
+
+Tensor Transformer::decode(int32_t token, int64_t pos, KvCache& cache) {
+  SY_CHECK(ctx_.device.is_cpu(), "Transformer::decode runs on the CPU");
+  SY_CHECK(pos >= 0 && pos < T_, "decode at position " << pos << " of a window of " << T_);
+  SY_CHECK(token >= 0 && token < V_, "token " << token << " outside the vocabulary of " << V_);
+  SY_CHECK(cache.k.size() == blocks_.size() && cache.v.size() == blocks_.size() &&
+               cache.counts.size() == blocks_.size(),
+           "a cache of another model");
+  if (pos == 0)  // a new window: no expert has a slot taken
+    for (auto& c : cache.counts) std::fill(c.begin(), c.end(), 0);
+  const Tensor id = Tensor::from_host(std::vector<int32_t>{token});
+  Tensor h = Tensor::empty({1, C_}, DType::f32, ctx_);
+  // Position pos of the table as the one row of a sequence of 1.
+  ops::embedding_forward(ctx_, {h, id, wte_->value, wpe_ ? wpe_->value.rows(pos, pos + 1) : Tensor(), 1});
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    blocks_[l].ffn().set_token_ids(id);  // (hash routing)
+    h = blocks_[l].decode(h, pos, cache.k[l], cache.v[l], cache.counts[l]);
+  }
+  return head_->forward(ln_f_->forward(h));
 }
 
 int Transformer::first_nonfinite_part(const Batch& batch) {

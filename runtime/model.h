@@ -55,6 +55,10 @@ class Block {
         const SparseAttentionSpec* sparse = nullptr, bool bf16_attention = false);
   Tensor forward(const Tensor& x, int64_t B, int64_t T);
   Tensor backward(const Tensor& dy);
+  // One token (1, C) at position pos through the block with its part of the
+  // cache (SelfAttention::decode, FeedForward::decode); evaluation mode, no
+  // depth routing.
+  Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts);
   void set_training(bool t);
   void set_recompute(bool r) { recompute_ = r; }
   FeedForward& ffn() { return *ffn_; }
@@ -109,6 +113,15 @@ struct CentroidSetRef {
   ops::Centroids* centroids;
 };
 
+// What decoding keeps (runtime/generate.h), per block: attention's keys and
+// values, (seq_len, its kv_width()) f32 on the host, row p position p's; and
+// a MoE layer's assignments per expert at the positions so far (the FFN's
+// counts, FeedForward::decode; empty for a dense FFN).
+struct KvCache {
+  std::vector<Tensor> k, v;
+  std::vector<std::vector<int64_t>> counts;
+};
+
 class Transformer {
  public:
   // ctx: where it runs; par: the process layout when running on several
@@ -146,6 +159,14 @@ class Transformer {
   std::vector<std::pair<std::string, Tensor>> balance_biases();
   // The last forward's next-byte logits, (N, V) (their softmax: ops::router_scores).
   const Tensor& logits() const { return logits_; }
+  // Autoregressive decoding (runtime/generate.h): a cache of seq_len
+  // positions, and one token at position pos through the model with it (the
+  // tokens at 0 .. pos-1 decoded through the same cache, in order; position 0
+  // starts a window); returns its next-token logits (1, V). Evaluation mode on the CPU, fp32 dense
+  // attention, no depth routing (kv_cacheable() in runtime/generate.h). The
+  // MoE layers route the one token (moe_layers()' routes: item 0).
+  KvCache new_cache() const;
+  Tensor decode(int32_t token, int64_t pos, KvCache& cache);
   // The forward of `batch` with every part's output checked: -1 when all are
   // finite, else the first that is not: 0 the embedding, 1 + l block l,
   // n_layers + 1 the head (ln_f, head, loss). part_name(): "embedding",

@@ -75,6 +75,15 @@ Tensor MoeLayer::forward(const Tensor& x) {
   return y;
 }
 
+Tensor MoeLayer::decode(const Tensor& x, int64_t window, std::vector<int64_t>& counts) {
+  struct Decoding {  // the router decodes for this forward only, whatever it throws
+    Router& r;
+    ~Decoding() { r.set_decode(0, nullptr); }
+  } decoding{router_};
+  router_.set_decode(window, &counts);
+  return forward(x);
+}
+
 void MoeLayer::release() {
   router_.release();
   dispatcher_.release();

@@ -48,6 +48,8 @@ class MoeLayer : public FeedForward {
   // After a training step's micro-batches: the balancing bias moves (Router::end_step).
   void end_step() { router_.end_step(); }
   void set_sequence_length(int64_t T) override { router_.set_sequence_length(T); }
+  Tensor decode(const Tensor& x, int64_t window, std::vector<int64_t>& counts) override;
+  int64_t num_experts() const { return router_.num_groups(); }
   void set_token_ids(const Tensor& ids) override { router_.set_token_ids(ids); }
   double forward_flops() const override { return flops_; }
   // Forward FLOPs of the last forward's router (2 N C G).

@@ -127,7 +127,7 @@ const ops::Route& Router::forward(const Tensor& x) {
       p.priority_keys = &rts;
     }
     p.renormalize = cfg_.renormalize();
-    p.padded = cfg_.padded();
+    p.padded = cfg_.padded() && decode_window_ == 0;  // (decoding drops rows: a counted route)
     if (cfg_.bias_balance_rate() > 0) p.selection_bias = &bias_;
     if (gumbel) p.selection_keys = &keys;
     // Hash routing: the keys name each token id's expert (0 there, -inf
@@ -173,6 +173,7 @@ const ops::Route& Router::forward(const Tensor& x) {
       ops::routing_sums_logits(ctx_, clean_sums_, clean_logits, score_fn(cfg_), clean);
     }
   }
+  if (decode_window_ > 0 && !expert_choice(cfg_)) drop_as_the_window_would();
   if (cfg_.budget_mode() != switchyard::MoeConfig::SOFT) {
     ops::BudgetParams bp;
     bp.cost = cost_;
@@ -184,9 +185,45 @@ const ops::Route& Router::forward(const Tensor& x) {
   capacity_ = route_.capacity;  // (the limit, before padding makes it the stride)
   // After the budget's drops (which renumber the rows): every expert's
   // buffer padded to this step's largest count (moe.pad_to_largest).
-  if (cfg_.pad_to_largest() && !expert_choice(cfg_)) ops::pad_to_largest(ctx_, route_, 16);
+  if (cfg_.pad_to_largest() && !expert_choice(cfg_) && decode_window_ == 0) ops::pad_to_largest(ctx_, route_, 16);
   losses_and_stats(N);
   return route_;
+}
+
+void Router::set_decode(int64_t window, std::vector<int64_t>* counts) {
+  SY_CHECK(window == 0 || (counts && static_cast<int64_t>(counts->size()) == G_),
+           name_ << ": decoding needs the cache's counts of " << G_ << " experts");
+  decode_window_ = window;
+  decode_counts_ = window > 0 ? counts : nullptr;
+}
+
+// A forward over the window gives expert g C slots, C = max(ceil(cf k W /
+// G), min_capacity) (ops/routing.h), handed out by position or token by
+// token: the token at position p keeps its choice of g iff fewer than C of
+// the window's assignments before it chose g. Its own forward routed it
+// alone (no drops); the choices of full experts are dropped here by the
+// budget step, each costing 1 against a budget of 0 (ops::apply_budget:
+// zero-cost choices are never dropped). Dropless windows drop nothing.
+void Router::drop_as_the_window_would() {
+  SY_CHECK(ctx_.device.is_cpu() && route_.num_items == 1 && !training_,
+           name_ << ": decoding routes one token in evaluation on the CPU");
+  const int64_t k = route_.k;
+  const int32_t* group = route_.group.data<int32_t>();
+  std::vector<float> full(G_, 0.f);
+  bool drops = false;
+  if (!cfg_.dropless()) {
+    const int64_t C = std::max(ops::ceil_capacity(cfg_.capacity_factor_eval(), static_cast<double>(decode_window_) * k / G_),
+                               static_cast<int64_t>(cfg_.min_capacity()));
+    for (int64_t a = 0; a < k; ++a)
+      if (group[a] >= 0 && (*decode_counts_)[group[a]] >= C) full[group[a]] = 1.f, drops = true;
+  }
+  for (int64_t a = 0; a < k; ++a)
+    if (group[a] >= 0) ++(*decode_counts_)[group[a]];
+  if (!drops) return;
+  ops::BudgetParams bp;
+  bp.cost = full;
+  bp.budget = 0;
+  ops::apply_budget(ctx_, route_, logits_, bp);
 }
 
 Tensor Router::sinkhorn_offsets(const Tensor& keys, const Tensor& clean) {
@@ -236,8 +273,10 @@ void Router::losses_and_stats(int64_t N) {
   // router_backward their gradients (keeps_probs()).
   aux_dprobs_ = probs_.defined() ? Tensor::zeros({N, G_}, DType::f32, ctx_) : Tensor();
   aux_dlogits_ = probs_.defined() ? Tensor::zeros({N, G_}, DType::f32, ctx_) : Tensor();
-  // Grouped balance is computed on this rank's tokens: a group never spans ranks.
-  const int64_t lb_group = cfg_.load_balance_tokens();
+  // Grouped balance is computed on this rank's tokens: a group never spans
+  // ranks. (A decoded token is routed alone: its loss, which nothing reads,
+  // the batch-wide one.)
+  const int64_t lb_group = decode_window_ > 0 ? 0 : cfg_.load_balance_tokens();
   SY_CHECK(lb_group == 0 || N % lb_group == 0,
            name_ << ": moe.load_balance_tokens = " << lb_group << " does not divide the " << N
                  << " tokens this rank routes");

@@ -103,6 +103,15 @@ class Router {
   // The rows' token ids (N) i32 (moe.router HASH routes by them; kept, so a
   // replayed forward routes the same).
   void set_token_ids(const Tensor& ids) { ids_ = ids; }
+  // Decoding (Transformer::decode; evaluation on the CPU): the next forward
+  // routes the token at the next position of a window of `window`
+  // positions, and drops the choices whose expert the window's earlier
+  // tokens have filled (moe.capacity_factor_eval's capacity for a forward
+  // over the whole window: slots by position or token by token, which
+  // causal() admits). counts (G): each expert's assignments at the window's
+  // positions so far (the cache's), which the forward adds its own to.
+  // window 0 (counts null): decoding ends.
+  void set_decode(int64_t window, std::vector<int64_t>* counts);
   const std::vector<float>& cost() const { return cost_; }
   const ops::Route& route() const { return route_; }
   // The last forward's statistics and losses (read from the device on the
@@ -120,6 +129,7 @@ class Router {
 
  private:
   void losses_and_stats(int64_t N);
+  void drop_as_the_window_would();  // set_decode
   // The Sinkhorn offsets (G) of the selection keys; with sinkhorn_at_eval
   // records this micro-batch's evaluation offsets (of `clean`, the
   // noiseless logits, where given) for end_step.
@@ -146,6 +156,8 @@ class Router {
   bool h_recorded_ = false;
   int64_t seq_len_ = 0;
   bool training_ = true;
+  int64_t decode_window_ = 0;                     // set_decode: > 0 while decoding
+  std::vector<int64_t>* decode_counts_ = nullptr;  // set_decode
   // saved for backward
   Tensor xr_, noise_;            // router input (jittered), jitter factors (undefined when not jittering)
   Tensor logits_, probs_;        // (N, G); probs_ only where keeps_probs()
