@@ -18,8 +18,17 @@
 //
 // as TokensChooseParams::selection_keys: its top-1 is the hashed expert,
 // its combine weight the router's probability (1 with renormalize).
+//
+// Balanced assignment (moe.hash_assignment BALANCED; Roller et al. 2021):
+// a table names each id's expert, expert(t) = table[t], made by
+// balanced_hash_table from the ids' counts in the training data: ids in
+// order of count, most frequent first (ties: the lower id), each to the
+// expert with the least total count so far (ties: the lower expert). Then
+// an expert's share of the tokens is about 1 / G where no single id holds
+// more (a frequent id still takes its expert's whole share).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -36,13 +45,19 @@ SY_HD inline int64_t hashed_expert(int32_t id, uint64_t seed, int64_t G) {
   return static_cast<int64_t>(z % static_cast<uint64_t>(G));
 }
 
-// keys (N, G) f32 out; ids (N) i32 token ids (>= 0).
-void hash_route_keys(Ctx& ctx, Tensor& keys, const Tensor& ids, uint64_t seed);
+// keys (N, G) f32 out; ids (N) i32 token ids (>= 0). table: undefined (the
+// hash of seed), or (V) i32 with each entry in [0, G) and every id < V
+// (the caller's promise: device data is not read back to check it).
+void hash_route_keys(Ctx& ctx, Tensor& keys, const Tensor& ids, uint64_t seed, const Tensor& table = Tensor());
+
+// The balanced table of G experts for ids 0 .. V-1 of these counts (V =
+// counts.size()), on the host.
+std::vector<int32_t> balanced_hash_table(const std::vector<int64_t>& counts, int64_t G);
 
 // The CPU reference (ops/cpu/hash_routing.cc) and the CUDA kernel
 // (ops/cuda/hash_routing.cu; CUDA builds).
 SY_DECLARE_BACKENDS(
-  void hash_route_keys(Ctx& ctx, Tensor& keys, const Tensor& ids, uint64_t seed);
+  void hash_route_keys(Ctx& ctx, Tensor& keys, const Tensor& ids, uint64_t seed, const Tensor& table);
 )
 
 }  // namespace sy::ops

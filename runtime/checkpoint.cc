@@ -451,8 +451,14 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
   if (moe)
     fields.insert(fields.end(), {"moe.every_n_layers", "moe.first_dense_layers", "moe.expert_hidden", "moe.shared_expert",
                                  "moe.router"});
-  // Hash routing's map of token ids to experts is drawn from the seed.
+  // Hash routing's map of token ids to experts: drawn from the seed, or the
+  // balanced table (compared below).
+  auto hashes = [](const Config& c, switchyard::MoeConfig::HashAssignment a) {
+    return c.moe().router() == switchyard::MoeConfig::HASH && c.moe().hash_assignment() == a;
+  };
   if (moe && (cfg.moe().router() == switchyard::MoeConfig::HASH || old.moe().router() == switchyard::MoeConfig::HASH))
+    fields.push_back("moe.hash_assignment");
+  if (moe && (hashes(cfg, switchyard::MoeConfig::SPLITMIX) || hashes(old, switchyard::MoeConfig::SPLITMIX)))
     fields.push_back("train.seed");
   if (sparse)
     fields.insert(fields.end(), {"attention.last_n_layers", "attention.num_routing_heads", "attention.num_clusters",
@@ -476,6 +482,16 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
                         " in the checkpoint: a checkpoint loads only into the same model (the expert-parallel size "
                         "may change)");
   }
+  // The balanced map where both configs give one (a config file resumed
+  // with may leave it empty: the checkpoint's is then the run's).
+  const auto &a = cfg.moe().hash_table(), &b = old.moe().hash_table();
+  if (moe && !a.empty() && !b.empty())
+    for (int i = 0; i < std::max(a.size(), b.size()); ++i)
+      if (i >= a.size() || i >= b.size() || a[i] != b[i])
+        throw ConfigError(join_path(dir, kManifest) + ": moe.hash_table[" + std::to_string(i) + "] = " +
+                          (i < a.size() ? std::to_string(a[i]) : "none") + " in this run, " +
+                          (i < b.size() ? std::to_string(b[i]) : "none") +
+                          " in the checkpoint: the balanced map of token ids to experts must stay");
 }
 
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par,

@@ -245,6 +245,19 @@ void validate_config(const Config& cfg, const std::string& source) {
     if (hash && cfg.depth().every_n_layers() > 0)
       c.fail("depth.every_n_layers", cfg.depth().every_n_layers(),
              "hands the experts gathered rows, which hash routing cannot name by token id: 0 with moe.router HASH");
+    const bool balanced = e.hash_assignment() == switchyard::MoeConfig::BALANCED;
+    if (balanced && !hash)
+      c.fail("moe.hash_assignment", "BALANCED", "maps token ids for hash routing: with moe.router HASH only");
+    if (e.hash_table_size() > 0 && !balanced)
+      c.fail("moe.hash_table", std::to_string(e.hash_table_size()) + " entries",
+             "BALANCED's map: with moe.hash_assignment BALANCED only");
+    if (e.hash_table_size() > 0 && e.hash_table_size() != cfg.model().vocab_size())
+      c.fail("moe.hash_table", std::to_string(e.hash_table_size()) + " entries",
+             "one expert a token id: model.vocab_size = " + std::to_string(cfg.model().vocab_size()) + " entries");
+    for (int i = 0; i < e.hash_table_size(); ++i)
+      if (e.hash_table(i) < 0 || e.hash_table(i) >= e.num_experts())
+        c.fail(("moe.hash_table[" + std::to_string(i) + "]").c_str(), e.hash_table(i),
+               "an expert: in [0, moe.num_experts = " + std::to_string(e.num_experts()) + ")");
     c.range("moe.sinkhorn_iters", e.sinkhorn_iters(), 0, 1000);
     if (e.sinkhorn_iters() > 0 && e.router() == switchyard::MoeConfig::EXPERT_CHOICE)
       c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(),

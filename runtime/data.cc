@@ -119,6 +119,17 @@ int64_t Split::tokens() const {
   return n;
 }
 
+std::vector<int64_t> Split::counts(int64_t V) const {
+  std::vector<int64_t> n(V, 0);
+  for (size_t r = 0; r < runs_.size(); ++r)
+    for (int64_t i = 0; i < runs_[r].n; ++i) {
+      const int32_t t = id(r, i);
+      SY_CHECK(t >= 0 && t < V, "token id " << t << " in the data, outside a vocabulary of " << V);
+      ++n[t];
+    }
+  return n;
+}
+
 int32_t Split::id(size_t run, int64_t i) const {
   const Run& r = runs_[run];
   const auto* p = static_cast<const unsigned char*>(r.ids) + i * r.width;

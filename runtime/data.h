@@ -57,6 +57,9 @@ class Split {
   const std::vector<Run>& runs() const { return runs_; }
   int64_t tokens() const;
   int32_t id(size_t run, int64_t i) const;
+  // How many times each id in [0, V) occurs (moe.hash_assignment BALANCED's
+  // counts); an id >= V is an error.
+  std::vector<int64_t> counts(int64_t V) const;
 
  private:
   std::vector<Run> runs_;

@@ -37,6 +37,11 @@ Router::Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, con
                                                              << " experts");
   wg_ = ps.add(name + ".router.w", {C_, G_}, rng, std, false);
   bias_ = Tensor::zeros({G_}, DType::f32, ctx_);
+  if (cfg.router() == switchyard::MoeConfig::HASH && cfg.hash_assignment() == switchyard::MoeConfig::BALANCED) {
+    SY_CHECK(cfg.hash_table_size() > 0,
+             name << ": moe.hash_assignment BALANCED without its moe.hash_table (training fills it from the data)");
+    hash_table_ = Tensor::from_host(std::vector<int32_t>(cfg.hash_table().begin(), cfg.hash_table().end())).to(ctx_);
+  }
 }
 
 bool Router::renormalized() const { return cfg_.renormalize() && !expert_choice(cfg_); }
@@ -138,7 +143,7 @@ const ops::Route& Router::forward(const Tensor& x) {
                name_ << ": moe.router HASH routes by token id, and " << (ids_.defined() ? ids_.numel() : 0)
                      << " ids were given for these " << N << " rows");
       hash_keys = Tensor::empty({N, G_}, DType::f32, ctx_);
-      ops::hash_route_keys(ctx_, hash_keys, ids_, seed_);
+      ops::hash_route_keys(ctx_, hash_keys, ids_, seed_, hash_table_);
       p.selection_keys = &hash_keys;
     }
     // Sinkhorn balancing (ops/sinkhorn.h), training only: the top-k of the

@@ -152,6 +152,7 @@ class Router {
   Tensor step_load_;            // (micros_, G) f64, zeroed at the step's first training forward
   bool load_recorded_ = false;  // step_load_ holds this step's load
   Tensor ids_;  // set_token_ids
+  Tensor hash_table_;  // (V) i32: moe.hash_table (BALANCED), else undefined
   Tensor step_h_;               // (micros_, G) f32: each micro-batch's Sinkhorn offsets (moe.sinkhorn_at_eval)
   bool h_recorded_ = false;
   int64_t seq_len_ = 0;

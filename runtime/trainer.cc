@@ -8,6 +8,7 @@
 
 #include "ops/adamw.h"
 #include "ops/finite.h"
+#include "ops/hash_routing.h"
 #include "runtime/checkpoint.h"
 #include "runtime/metrics.h"
 #include "runtime/op_profile_report.h"
@@ -20,6 +21,19 @@ namespace {
 std::unique_ptr<DeviceRuntime> device_for(const Config& cfg, int device) {
   if (cfg.backend() != switchyard::Config::CUDA) return nullptr;
   return DeviceRuntime::create(device);
+}
+
+// moe.hash_assignment BALANCED's map, made from the training split's counts
+// where the config has none yet (a fresh run; a resumed one carries its
+// checkpoint's): cfg gains it, so the checkpoints it writes carry it on.
+// Every rank reads the same split: the same map.
+const Config& with_hash_table(Config& cfg, const TrainingData& data) {
+  auto& e = *cfg.mutable_moe();
+  if (e.num_experts() > 0 && e.router() == switchyard::MoeConfig::HASH &&
+      e.hash_assignment() == switchyard::MoeConfig::BALANCED && e.hash_table_size() == 0)
+    for (int32_t g : ops::balanced_hash_table(data.train().counts(cfg.model().vocab_size()), e.num_experts()))
+      e.add_hash_table(g);
+  return cfg;
 }
 
 double now_s() {
@@ -77,7 +91,7 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
       device_(device_for(cfg, opts_.device)),
       ctx_(device_ ? device_->ctx() : host_ctx()),
       data_(cfg),
-      model_(ctx_, cfg, opts_.par),
+      model_(ctx_, with_hash_table(cfg_, data_), opts_.par),
       train_(data_.train(), cfg.train().batch(), cfg.model().seq_len(), cfg.train().seed() + 1),
       val_(data_.val(), cfg.train().batch(), cfg.model().seq_len(), 0),
       // Training text the loss never sees at step 1: another seed's windows.

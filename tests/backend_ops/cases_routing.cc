@@ -130,6 +130,12 @@ void add_routing_cases(std::vector<OpCase>& c) {
                  [=](Ctx& x, const Ins&) { return Outs{fresh(x, {500, G})}; },
                  [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::hash_route_keys(x, o[0], in[0], 77); }});
   }
+  // Balanced assignment's table (moe.hash_assignment BALANCED): expert
+  // table[id], 1000 ids over 13 experts.
+  c.push_back({"hash_route_keys_table_13", Tol::exact,
+               [](Rng& r) { return Ins{ints({500}, r, 1000), ints({1000}, r, 13)}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {500, 13})}; },
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::hash_route_keys(x, o[0], in[0], 77, in[1]); }});
   // Sinkhorn balancing (ops/sinkhorn.h): CUDA's fp32 warp rows and chunked
   // columns against the double reference; 300 rows (two chunks, the
   // second partial) over 64 experts, 1000 over 8 (fewer experts than a
