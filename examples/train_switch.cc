@@ -220,6 +220,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       if (config_path.empty())
         for (const auto& o : overrides) sy::apply_override(probe, o);
       checkpoint = sy::resolve_checkpoint(resume, probe.train().checkpoint_dir());
+      if (!config_path.empty()) sy::adopt_hash_table(cfg, sy::read_manifest(checkpoint));
       if (config_path.empty()) {
         source = sy::join_path(checkpoint, "manifest.pbtxt");
         cfg = sy::read_manifest(checkpoint).config();

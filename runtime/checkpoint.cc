@@ -482,8 +482,8 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
                         " in the checkpoint: a checkpoint loads only into the same model (the expert-parallel size "
                         "may change)");
   }
-  // The balanced map where both configs give one (a config file resumed
-  // with may leave it empty: the checkpoint's is then the run's).
+  // The balanced map where both configs give one (a run resumed with a
+  // config file takes the checkpoint's first: adopt_hash_table).
   const auto &a = cfg.moe().hash_table(), &b = old.moe().hash_table();
   if (moe && !a.empty() && !b.empty())
     for (int i = 0; i < std::max(a.size(), b.size()); ++i)
@@ -492,6 +492,13 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
                           (i < a.size() ? std::to_string(a[i]) : "none") + " in this run, " +
                           (i < b.size() ? std::to_string(b[i]) : "none") +
                           " in the checkpoint: the balanced map of token ids to experts must stay");
+}
+
+void adopt_hash_table(Config& cfg, const CheckpointManifest& m) {
+  const auto& old = m.config().moe();
+  if (cfg.moe().hash_table_size() == 0 && old.hash_table_size() > 0 && cfg.moe().router() == old.router() &&
+      cfg.moe().hash_assignment() == old.hash_assignment())
+    *cfg.mutable_moe()->mutable_hash_table() = old.hash_table();
 }
 
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par,

@@ -79,6 +79,12 @@ void verify_checkpoint(const std::string& dir, const switchyard::CheckpointManif
 // divide moe.num_experts.)
 void check_compatible(const Config& cfg, const switchyard::CheckpointManifest& m, const std::string& dir);
 
+// A run resumed with a config file of its own: where the file gives no
+// balanced hash table (moe.hash_table) and the checkpoint's config has one
+// under the same assignment, cfg takes the checkpoint's, the map its
+// weights were trained with, instead of one made again from today's data.
+void adopt_hash_table(Config& cfg, const switchyard::CheckpointManifest& m);
+
 // Collective: rank 0 checks compatibility and verifies every file (agreed:
 // a refusal is an AgreedError on every rank); then every rank reads what it
 // holds (dense parameters, its experts' rows, the routing state and, with

@@ -3,7 +3,8 @@
 // model that routes every token of every MoE layer by it, training that
 // fills it from the training split before its first step and checkpoints
 // that carry it (a resume with another table, or another assignment,
-// refused; the seed no longer matters), and the config's refusals.
+// refused; one with a config file of its own takes the checkpoint's), and
+// the config's refusals.
 #include <gtest/gtest.h>
 
 #include <limits>
@@ -94,8 +95,6 @@ TEST(BalancedHash, TrainingFillsTheTableAndCheckpointsCarryIt) {
   const switchyard::CheckpointManifest m = read_manifest(ck);
   const auto& got = m.config().moe().hash_table();
   EXPECT_EQ(std::vector<int32_t>(got.begin(), got.end()), want);
-  // A resume: the config a file gives (no table) and the checkpoint's agree.
-  EXPECT_NO_THROW(check_compatible(cfg, m, ck));
   Config other = m.config();
   other.mutable_moe()->set_hash_table(3, (other.moe().hash_table(3) + 1) % 4);
   try {
@@ -104,17 +103,43 @@ TEST(BalancedHash, TrainingFillsTheTableAndCheckpointsCarryIt) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("moe.hash_table[3]"), std::string::npos) << e.what();
   }
-  Config seed = m.config();
-  seed.mutable_train()->set_seed(99);  // the table, not the seed, maps the ids
-  EXPECT_NO_THROW(check_compatible(seed, m, ck));
   Config splitmix = m.config();
   splitmix.mutable_moe()->set_hash_assignment(switchyard::MoeConfig::SPLITMIX);
   splitmix.mutable_moe()->clear_hash_table();
   EXPECT_THROW(check_compatible(splitmix, m, ck), ConfigError);
-  // A resumed trainer routes by the checkpoint's table.
-  Trainer resumed(m.config(), TrainOptions{});
+  // Resumed with a config file (train_switch --config F --resume): the file
+  // has no table, and here its data differ (the synthetic corpus of another
+  // seed: another table). The run takes the checkpoint's (adopt_hash_table);
+  // a table made again from its own data would be refused.
+  Config file = cfg;
+  file.mutable_train()->set_seed(99);
+  const std::vector<int32_t> other_data =
+      ops::balanced_hash_table(TrainingData(file).train().counts(file.model().vocab_size()), 4);
+  ASSERT_NE(other_data, want);
+  Config remade = file;
+  for (int32_t g : other_data) remade.mutable_moe()->add_hash_table(g);
+  EXPECT_THROW(check_compatible(remade, m, ck), ConfigError);
+  adopt_hash_table(file, m);
+  const auto& adopted = file.moe().hash_table();
+  EXPECT_EQ(std::vector<int32_t>(adopted.begin(), adopted.end()), want);
+  EXPECT_NO_THROW(check_compatible(file, m, ck));  // (the seed no longer maps the ids)
+  Trainer resumed(file, TrainOptions{});
   resumed.restore(ck);
-  EXPECT_NO_THROW(resumed.step(2));
+  resumed.step(2);
+  // The resumed model routes by the checkpoint's table.
+  Transformer& model = resumed.model();
+  model.set_training(false);
+  Batch batch;
+  Rng rng(3);
+  for (int i = 0; i < 16; ++i) {
+    batch.inputs.push_back(static_cast<int32_t>(rng.below(256)));
+    batch.targets.push_back(0);
+  }
+  model.forward(batch);
+  for (const auto& [l, layer] : model.moe_layers()) {
+    const std::vector<int32_t> group = layer->route().group.to_vector<int32_t>();
+    for (size_t i = 0; i < batch.inputs.size(); ++i) EXPECT_EQ(group[i], want[batch.inputs[i]]) << l << ", " << i;
+  }
 }
 
 TEST(BalancedHash, ConfigRefusals) {

@@ -3,8 +3,9 @@
 # against switch_tiny's learned router as shipped: synthetic corpus and
 # tinyshakespeare, 2000 steps, every batch logged, seeds 1234 and 2
 # (docs/experiments/hash-routing.md). Hash runs drop the balancing loss and
-# bias (they cannot move a hashed choice); "renorm": combine weight 1.
-# One thread a run, two at a time: ~12 min on 2 cores; DATA names
+# bias (they cannot move a hashed choice); "renorm": combine weight 1;
+# "balanced": moe.hash_assignment BALANCED (ids by frequency).
+# One thread a run, two at a time: ~15 min on 2 cores; DATA names
 # tinyshakespeare (default ../shared/data/tinyshakespeare.txt). Runs whose
 # $RUNS/hash/NAME.jsonl exists are skipped (RUNS defaults to build/runs);
 # the table goes to docs/hash_routing.csv.
@@ -38,5 +39,11 @@ runs=(
   "learned_noise0_txt_s2|$S $T --set moe.router_noise=0 --set train.seed=2"
   "learned_lb0.01_txt_s1234|$S $T --set moe.load_balance_coef=0.01"
   "learned_lb0.01_txt_s2|$S $T --set moe.load_balance_coef=0.01 --set train.seed=2"
+  # balanced assignment: the ids by their frequency in the training split
+  "balanced_syn_s1234|$S $H --set moe.hash_assignment=BALANCED"
+  "balanced_syn_s2|$S $H --set moe.hash_assignment=BALANCED --set train.seed=2"
+  "balanced_txt_s1234|$S $H $T --set moe.hash_assignment=BALANCED"
+  "balanced_txt_s2|$S $H $T --set moe.hash_assignment=BALANCED --set train.seed=2"
+  "balanced_dropless_txt_s1234|$S $H $T --set moe.hash_assignment=BALANCED --set moe.dropless=true"
 )
 run_set "$OUT" docs/hash_routing.csv "${runs[@]}"
