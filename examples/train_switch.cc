@@ -299,6 +299,12 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     // AUTO resolves to the CPU until every op (attention included) has CUDA kernels.
     trainer = std::make_unique<sy::Trainer>(cfg, opts);
   });
+  // What each rank derived from its own copy of the data (balanced hash
+  // routing's map) must agree too: checked once every rank has its trainer.
+  if (world && trainer->config().moe().hash_table_size() != cfg.moe().hash_table_size()) {
+    const std::string mismatch = sy::hash_table_mismatch(*world, trainer->config());
+    if (!mismatch.empty()) throw sy::AgreedError(mismatch, 2);
+  }
   if (world_rank == 0) {
     if (trainer->device())
       std::cout << "switchyard: backend cuda (" << trainer->device()->name() << "), ";

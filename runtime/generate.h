@@ -35,7 +35,7 @@ struct GenerationRouting {
   struct Moe {
     int layer = 0;
     std::vector<int64_t> load;  // assignments per expert (before capacity)
-    int64_t dropped = 0;        // assignments over capacity
+    int64_t dropped = 0;        // assignments without a row (over capacity, or a budget's)
     int64_t tokens = 0;         // tokens that reached the layer
   };
   struct Depth {

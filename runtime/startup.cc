@@ -111,4 +111,16 @@ std::string config_mismatch(comm::Communicator& world, const Config& cfg, const 
   return "ranks disagree: " + line + " (ranks differing from rank 0: " + join(differ) + ")";
 }
 
+std::string hash_table_mismatch(comm::Communicator& world, const Config& cfg) {
+  if (world.size() == 1) return "";
+  std::string bytes;
+  for (int32_t g : cfg.moe().hash_table()) bytes += std::to_string(g) + ',';
+  const uint64_t mine = fnv1a(bytes);
+  const uint64_t root = static_cast<uint64_t>(broadcast_value(world, static_cast<int64_t>(mine), 0, "start-up: hash table"));
+  const std::vector<int> differ = ranks_where(world, mine != root, "start-up: hash table");
+  if (differ.empty()) return "";
+  return "ranks disagree: moe.hash_table (balanced hash routing's map, made from each rank's copy of the training "
+         "data) differs from rank 0's on ranks " + join(differ) + ": every rank must read the same data";
+}
+
 }  // namespace sy

@@ -34,4 +34,9 @@ void agree_on(comm::Communicator& world, const std::function<void()>& phase);
 // the first differing field, its values and the ranks that differ. Collective.
 std::string config_mismatch(comm::Communicator& world, const Config& cfg, const std::string& version);
 
+// The same for what each rank derives from its own copy of the training data
+// (moe.hash_table, made by the Trainer): empty when every rank's equals rank
+// 0's, else one line naming the ranks that differ. Collective.
+std::string hash_table_mismatch(comm::Communicator& world, const Config& cfg);
+
 }  // namespace sy

@@ -26,8 +26,8 @@ std::unique_ptr<DeviceRuntime> device_for(const Config& cfg, int device) {
 // moe.hash_assignment BALANCED's map, made from the training split's counts
 // where the config has none yet (a fresh run; a resumed one carries its
 // checkpoint's: adopt_hash_table): cfg gains it, so the checkpoints it
-// writes carry it on. Every rank reads its own copy of the data: the
-// constructor checks that they made the same map.
+// writes carry it on. Every rank reads its own copy of the data:
+// train_switch checks that they made the same map (Trainer::config()).
 const Config& with_hash_table(Config& cfg, const TrainingData& data) {
   auto& e = *cfg.mutable_moe();
   if (e.num_experts() > 0 && e.router() == switchyard::MoeConfig::HASH &&
@@ -112,18 +112,6 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
       throw ConfigError("moe.load_balance_tokens = " + std::to_string(lb) + ": must divide " +
                         std::to_string(forward_tokens) + ", the tokens of one rank's forward (train.batch / (ranks x " +
                         "train.micro_batches) x model.seq_len)");
-  }
-  if (world_ > 1 && cfg_.moe().hash_table_size() > 0) {  // one map on every rank (with_hash_table)
-    // FNV-1a of the entries in 40 bits: the sum over up to 8192 ranks is
-    // exact in a double.
-    uint64_t h = 1469598103934665603ull;
-    for (int32_t g : cfg_.moe().hash_table()) h = (h ^ static_cast<uint32_t>(g)) * 1099511628211ull;
-    const double mine = static_cast<double>(h >> 24);
-    const double sum = opts_.par->world->all_reduce_sum(mine, "moe.hash_table");
-    if (sum != mine * world_)
-      throw ConfigError("moe.hash_table: rank " + std::to_string(rank_) +
-                        "'s balanced map differs from another rank's (made from each rank's copy of the training "
-                        "data: the ranks must read the same data)");
   }
   if (rank_ != 0) opts_.log = nullptr, opts_.metrics_path.clear();
   if (opts_.par && world_ > 1)

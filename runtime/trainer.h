@@ -104,6 +104,9 @@ class Trainer {
   const std::vector<std::pair<int, double>>& held_out_depth() const { return held_out_depth_; }
   int64_t completed_steps() const { return step_; }
   Transformer& model() { return model_; }
+  // The run's config: the one given, with what training derives from the
+  // data (moe.hash_table, balanced hash routing's map).
+  const Config& config() const { return cfg_; }
   // The GPU the model runs on (backend CUDA), or null on the CPU.
   DeviceRuntime* device() { return device_.get(); }
 

@@ -2,8 +2,9 @@
 # Start-up under mpirun: ranks whose resolved configs differ stop together
 # with one line naming the first differing field and the ranks; a config error
 # (on every rank, or on one) is printed once, by rank 0, every rank exits 2,
-# and no MPI_ABORT banner appears; nothing hangs. Under expert parallelism the
-# printed parameter count is the global one.
+# and no MPI_ABORT banner appears; nothing hangs. Ranks that made different
+# balanced hash maps from their data stop the same way. Under expert
+# parallelism the printed parameter count is the global one.
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -41,6 +42,29 @@ grep -q "^error: rank" "$tmp/bad_everywhere.err" && { echo "FAIL bad_everywhere:
 expect bad_on_rank1 2 "error: rank 1: " "--set model.d_model=3"
 grep -q "model.d_model = 3" "$tmp/bad_on_rank1.err" || { echo "FAIL bad_on_rank1: field not named"; fail=1; }
 expect batch_split 2 "train.batch = 3: the global batch must split evenly over 2 ranks" "" --set train.batch=3
+# Balanced hash routing's map, which each rank makes from its own copy of the
+# training data (here another file at the same relative path on each rank):
+# one line naming the rank, every rank exits 2; the same file trains.
+for r in 0 1; do mkdir -p "$tmp/r$r"; done
+yes "the quick brown fox" | head -c 40000 > "$tmp/r0/data.txt"
+yes "pack my box with five dozen jugs" | head -c 40000 > "$tmp/r1/data.txt"
+printf '#!/usr/bin/env bash\ncd "$RANK_DIRS/r${OMPI_COMM_WORLD_RANK}" && exec "$@"\n' > "$tmp/own_dir.sh"
+chmod +x "$tmp/own_dir.sh"
+hash=(--set moe.router=HASH --set moe.hash_assignment=BALANCED --set moe.load_balance_coef=0
+      --set moe.bias_balance_rate=0 --set data.source=TEXT_FILE --set data.path=data.txt --set train.checkpoint_interval=0)
+RANK_DIRS=$tmp timeout 120 "$MPIRUN" --oversubscribe -np 2 -x RANK_DIRS "$tmp/own_dir.sh" "$BIN" "${args[@]}" "${hash[@]}" \
+  > "$tmp/table.out" 2> "$tmp/table.err"
+rc=$?
+if [ $rc -eq 2 ] && [ "$(grep -c '^error: ' "$tmp/table.err")" -eq 1 ] &&
+   grep -q "^error: ranks disagree: moe.hash_table .* differs from rank 0's on ranks 1" "$tmp/table.err"; then
+  echo "ok   hash_table: $(grep '^error: ' "$tmp/table.err")"
+else
+  echo "FAIL hash_table: exit $rc:"; cat "$tmp/table.err"; fail=1
+fi
+cp "$tmp/r0/data.txt" "$tmp/r1/data.txt"
+RANK_DIRS=$tmp timeout 120 "$MPIRUN" --oversubscribe -np 2 -x RANK_DIRS "$tmp/own_dir.sh" "$BIN" "${args[@]}" "${hash[@]}" \
+  > "$tmp/table_ok.out" 2>&1 && grep -q "^done:" "$tmp/table_ok.out" && echo "ok   the same data: one map" ||
+  { echo "FAIL the same data:"; cat "$tmp/table_ok.out"; fail=1; }
 # Equal configs still train, and the parameter count printed under expert
 # parallelism is the whole model's (dense once, every expert), as on one rank.
 timeout 120 "$MPIRUN" --oversubscribe -np 2 "$BIN" "${args[@]}" > "$tmp/ok.out" 2>&1 \
