@@ -61,7 +61,6 @@ bool kv_cacheable(const Config& cfg, std::string* why) {
   };
   if (!causal(cfg, why)) return false;
   if (cfg.precision() != switchyard::Config::FP32) return no("precision BF16 (the cache computes in fp32)");
-  if (cfg.depth().every_n_layers() > 0) return no("a depth-routed block attends among the tokens it keeps");
   for (int l = 0; l < cfg.model().n_layers(); ++l)
     if (is_sparse_attention_layer(cfg.attention(), l, cfg.model().n_layers()))
       return no("attention.kind is not DENSE: routed and block top-k heads choose keys over the window");

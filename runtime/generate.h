@@ -51,7 +51,9 @@ bool causal(const Config& cfg, std::string* why = nullptr);
 
 // Whether the model can decode token by token with a key/value cache and
 // give what the windowed steps give: causal(), fp32, dense attention in
-// every block, no depth routing, no causal budget (HARD_CAUSAL). A MoE
+// every block, no causal budget (HARD_CAUSAL). A depth-routed block keeps
+// the tokens its predictor keeps in its cache (causal() asks for the
+// predictor at evaluation). A MoE
 // capacity that can bind is kept as the window's: each layer counts its
 // experts' assignments since position 0 (Router::set_decode).
 bool kv_cacheable(const Config& cfg, std::string* why = nullptr);

@@ -216,27 +216,27 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   return proj_.forward(y_.reshape({B * T, C_}));
 }
 
-Tensor SelfAttention::decode(const Tensor&, int64_t, Tensor&, Tensor&) {
+Tensor SelfAttention::decode(const Tensor&, int64_t, int64_t, Tensor&, Tensor&) {
   throw ConfigError("decoding with a key/value cache takes dense causal attention only (runtime/generate.h kv_cacheable)");
 }
 
-Tensor CausalSelfAttention::decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v) {
+Tensor CausalSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v) {
   SY_CHECK(ctx_.device.is_cpu() && !opt_.bf16 && !qkv_.reads_bf16() && x.dim(0) == 1,
            "CausalSelfAttention::decode: one fp32 row on the CPU");
   const int64_t D = C_ / H_, W = kv_width();
-  SY_CHECK(pos >= 0 && k.dim(0) > pos && v.dim(0) > pos && k.dim(1) == W && v.dim(1) == W,
-           "decode at position " << pos << " with a cache of " << shape_str(k.shape()));
+  SY_CHECK(pos >= row && row >= 0 && k.dim(0) > row && v.dim(0) > row && k.dim(1) == W && v.dim(1) == W,
+           "decode at position " << pos << " into row " << row << " of a cache of " << shape_str(k.shape()));
   Tensor qkv = qkv_.forward(x);  // (1, qkv_width): [q (H heads) | k (G) | v (G)]
   if (opt_.rope) {  // q and k rotated to the token's position, as in forward
     const Tensor at = Tensor::from_host(std::vector<int32_t>{static_cast<int32_t>(pos)});
     ops::rope_forward(ctx_, {qkv, at, pos + 1, H_ + G_, D, opt_.rope_base});
   }
-  const float* row = qkv.f32();
-  std::copy(row + C_, row + C_ + W, k.f32() + pos * W);
-  std::copy(row + C_ + W, row + C_ + 2 * W, v.f32() + pos * W);
+  const float* r = qkv.f32();
+  std::copy(r + C_, r + C_ + W, k.f32() + row * W);
+  std::copy(r + C_ + W, r + C_ + 2 * W, v.f32() + row * W);
   Tensor q = Tensor::empty({C_}, DType::f32, ctx_), y = Tensor::empty({C_}, DType::f32, ctx_);
-  std::copy(row, row + C_, q.f32());
-  ops::decode_attention(ctx_, {y, q, k, v, pos + 1, H_, G_});
+  std::copy(r, r + C_, q.f32());
+  ops::decode_attention(ctx_, {y, q, k, v, row + 1, H_, G_});
   return proj_.forward(y.reshape({1, C_}));
 }
 

@@ -213,11 +213,13 @@ class SelfAttention {
   // Whether forward takes x as bf16 (only its qkv GEMM reads x, in bf16 mode).
   virtual bool reads_bf16() const { return false; }
   // Autoregressive decoding with a key/value cache (runtime/generate.h): x
-  // (1, C) is the token at position pos; its key and value heads are written
-  // to row pos of k and v ((rows > pos, kv_width()) each, on the host), and it
-  // attends over rows 0 .. pos. Dense causal attention in fp32 on the CPU
-  // only; the others refuse (kv_width() 0).
-  virtual Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v);
+  // (1, C) is the token at position pos (RoPE's), the row-th token this
+  // attention sees (pos, or in a depth-routed block its count of the tokens
+  // kept before it); its key and value heads are written to row `row` of k
+  // and v ((rows > row, kv_width()) each, on the host), and it attends over
+  // rows 0 .. row. Dense causal attention in fp32 on the CPU only; the others
+  // refuse (kv_width() 0).
+  virtual Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v);
   virtual int64_t kv_width() const { return 0; }
 };
 
@@ -238,7 +240,7 @@ class CausalSelfAttention : public SelfAttention {
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
   bool reads_bf16() const override { return qkv_.reads_bf16(); }
-  Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v) override;
+  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v) override;
   int64_t kv_width() const override { return G_ * (C_ / H_); }
 
  private:

@@ -56,9 +56,12 @@ class Block {
   Tensor forward(const Tensor& x, int64_t B, int64_t T);
   Tensor backward(const Tensor& dy);
   // One token (1, C) at position pos through the block with its part of the
-  // cache (SelfAttention::decode, FeedForward::decode); evaluation mode, no
-  // depth routing.
-  Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts);
+  // cache (SelfAttention::decode, FeedForward::decode; rows: the tokens its
+  // attention holds, which it advances); evaluation mode. A depth-routed
+  // block (its predictor at evaluation) runs on the token or passes it on,
+  // as in a forward over the window, its attention holding only the tokens
+  // it kept.
+  Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts, int64_t& rows);
   void set_training(bool t);
   void set_recompute(bool r) { recompute_ = r; }
   FeedForward& ffn() { return *ffn_; }
@@ -81,6 +84,7 @@ class Block {
   Tensor run_forward(const Tensor& x, int64_t B, int64_t T);  // the block's forward, saving for backward
   Tensor inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions = Tensor());
   Tensor inner_backward(const Tensor& dy);
+  Tensor inner_decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts, int64_t& rows);
   void release();  // every part's saved activations dropped
 
   Ctx* ctx_;
@@ -114,12 +118,14 @@ struct CentroidSetRef {
 };
 
 // What decoding keeps (runtime/generate.h), per block: attention's keys and
-// values, (seq_len, its kv_width()) f32 on the host, row p position p's; and
-// a MoE layer's assignments per expert at the positions so far (the FFN's
-// counts, FeedForward::decode; empty for a dense FFN).
+// values, (seq_len, its kv_width()) f32 on the host, row i the i-th token
+// the block ran on (position i's, but where a depth-routed block skipped
+// tokens); and a MoE layer's assignments per expert at the positions so far
+// (the FFN's counts, FeedForward::decode; empty for a dense FFN).
 struct KvCache {
   std::vector<Tensor> k, v;
   std::vector<std::vector<int64_t>> counts;
+  std::vector<int64_t> rows;  // the tokens each block's attention holds (fewer than the positions where depth-routed)
 };
 
 class Transformer {
@@ -162,9 +168,10 @@ class Transformer {
   // Autoregressive decoding (runtime/generate.h): a cache of seq_len
   // positions, and one token at position pos through the model with it (the
   // tokens at 0 .. pos-1 decoded through the same cache, in order; position 0
-  // starts a window); returns its next-token logits (1, V). Evaluation mode on the CPU, fp32 dense
-  // attention, no depth routing (kv_cacheable() in runtime/generate.h). The
-  // MoE layers route the one token (moe_layers()' routes: item 0).
+  // starts a window); returns its next-token logits (1, V). Evaluation mode
+  // on the CPU, fp32 dense attention (kv_cacheable() in runtime/generate.h).
+  // The MoE layers and depth routers route the one token (their routes:
+  // item 0).
   KvCache new_cache() const;
   Tensor decode(int32_t token, int64_t pos, KvCache& cache);
   // The forward of `batch` with every part's output checked: -1 when all are

@@ -31,7 +31,9 @@ Config config(const std::string& extra, const std::string& model = "") {
 // a floor (min_capacity 3); top-2 token by token under a capacity that binds
 // (6 slots); sigmoid scores over experts of two widths, limited to one of
 // two groups, with the per-sequence balance loss; hash routing; Sinkhorn's
-// evaluation offsets (made nonzero by model_for).
+// evaluation offsets (made nonzero by model_for); depth routing (the
+// predictor keeps about half the tokens), with RoPE and a dropless MoE in
+// the routed blocks, and with learned positions.
 std::vector<std::pair<std::string, Config>> cached_configs() {
   return {
       {"gpt2", config("")},
@@ -50,6 +52,10 @@ std::vector<std::pair<std::string, Config>> cached_configs() {
       {"hash", config("moe { num_experts: 4 router: HASH dropless: true load_balance_coef: 0 every_n_layers: 1 }")},
       {"sinkhorn", config("moe { num_experts: 4 dropless: true sinkhorn_iters: 3 sinkhorn_at_eval: true "
                           "every_n_layers: 1 }")},
+      {"depth_rope", config("depth { every_n_layers: 2 capacity: 0.5 } moe { num_experts: 4 top_k: 2 dropless: true "
+                            "every_n_layers: 1 }",
+                            "position: ROPE")},
+      {"depth", config("depth { every_n_layers: 1 capacity: 0.5 }")},
   };
 }
 
@@ -125,6 +131,14 @@ TEST(KvCache, GenerationGivesTheWindowedTokensAndRouting) {
       // The binding capacities drop (else the emulation would go untested).
       if (name == "switch" || name == "switch_padded" || name == "token_order" || name == "grouped")
         EXPECT_GT(dropped, 0);
+      ASSERT_EQ(with.depth.size(), without.depth.size());
+      for (size_t d = 0; d < with.depth.size(); ++d) {
+        EXPECT_EQ(with.depth[d].kept, without.depth[d].kept) << "block " << with.depth[d].layer;
+        EXPECT_EQ(with.depth[d].tokens, without.depth[d].tokens);
+        // Some tokens kept and some skipped (else the cache's rows would go untested).
+        EXPECT_GT(with.depth[d].kept, 0);
+        EXPECT_LT(with.depth[d].kept, with.depth[d].tokens);
+      }
     }
   }
 }
@@ -196,7 +210,6 @@ TEST(KvCache, RefusesWhatCountsTheWindowAndFallsBack) {
       {"precision: BF16", "precision BF16"},
       {"attention { kind: ROUTED last_n_layers: 1 num_routing_heads: 2 num_clusters: 4 window: 8 }",
        "attention.kind"},
-      {"depth { every_n_layers: 2 capacity: 0.5 }", "depth-routed"},
       {"moe { num_experts: 4 top_k: 1 dropless: true budget_mode: HARD_CAUSAL expert_cost: [1, 1, 2, 2] budget: 1.5 "
        "every_n_layers: 1 }",
        "HARD_CAUSAL"},
