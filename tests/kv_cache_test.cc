@@ -77,6 +77,15 @@ std::unique_ptr<Transformer> model_for(const Config& cfg) {
   return model;
 }
 
+// The evaluation forward's logits over one window of these ids.
+std::vector<float> window_logits(Transformer& model, const std::vector<int32_t>& ids) {
+  Batch b;
+  b.inputs = ids;
+  b.targets.assign(ids.size(), 0);
+  model.forward(b);
+  return model.logits().to_vector<float>();
+}
+
 double rel_l2(const float* got, const float* want, int64_t n) {
   double num = 0, den = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -94,14 +103,11 @@ TEST(KvCache, EachPositionsLogitsAreTheWindowsRow) {
     const auto m = model_for(cfg);
     Transformer& model = *m;
     const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
-    Batch b;
-    b.inputs = random_ids(T, V, 9);
-    b.targets.assign(T, 0);
-    model.forward(b);
-    const std::vector<float> window = model.logits().to_vector<float>();
+    const std::vector<int32_t> ids = random_ids(T, V, 9);
+    const std::vector<float> window = window_logits(model, ids);
     KvCache cache = model.new_cache();
     for (int64_t p = 0; p < T; ++p) {
-      const Tensor got = model.decode(b.inputs[p], p, cache);
+      const Tensor got = model.decode(ids[p], p, cache);
       EXPECT_LE(rel_l2(got.f32(), window.data() + p * V, V), 1e-5) << "position " << p;
     }
   }
@@ -187,11 +193,8 @@ TEST(KvCache, TheCacheHoldsTheStateAndForwardIsUntouched) {
   const auto m = model_for(cfg);
   Transformer& model = *m;
   const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
-  Batch b;
-  b.inputs = random_ids(T, V, 12);
-  b.targets.assign(T, 0);
-  model.forward(b);
-  const std::vector<float> before = model.logits().to_vector<float>();
+  const std::vector<int32_t> w = random_ids(T, V, 12);
+  const std::vector<float> before = window_logits(model, w);
   const std::vector<int32_t> x = random_ids(T, V, 13), y = random_ids(T, V, 14);
   KvCache alone = model.new_cache();
   std::vector<std::vector<float>> want;
@@ -201,8 +204,7 @@ TEST(KvCache, TheCacheHoldsTheStateAndForwardIsUntouched) {
     EXPECT_EQ(model.decode(x[p], p, cx).to_vector<float>(), want[p]) << "position " << p;
     model.decode(y[p], p, cy);
   }
-  model.forward(b);
-  EXPECT_EQ(model.logits().to_vector<float>(), before);
+  EXPECT_EQ(window_logits(model, w), before);
 }
 
 TEST(KvCache, RefusesWhatCountsTheWindowAndFallsBack) {
