@@ -169,7 +169,8 @@ class Transformer {
   // positions, and one token at position pos through the model with it (the
   // tokens at 0 .. pos-1 decoded through the same cache, in order; position 0
   // starts a window); returns its next-token logits (1, V). Evaluation mode
-  // on the CPU, fp32 dense attention (kv_cacheable() in runtime/generate.h).
+  // on the CPU, fp32 attention dense or a sliding window (kv_cacheable() in
+  // runtime/generate.h).
   // The MoE layers and depth routers route the one token (their routes:
   // item 0).
   KvCache new_cache() const;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ops/attention.h"
+#include "ops/decode_attention.h"
 #include "ops/elementwise.h"
 #include "ops/heads.h"
 #include "ops/layernorm.h"
@@ -78,6 +79,30 @@ Tensor head(const Tensor& t, int64_t h, int64_t b, int64_t T) {
   return t.reshape({t.dim(0) * N, D}).rows(h * N + b * T, h * N + (b + 1) * T);
 }
 }  // namespace
+
+Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v) {
+  if (kv_width() == 0) return SelfAttention::decode(x, pos, row, k, v);  // (refuses)
+  SY_CHECK(ctx_.device.is_cpu() && !opt_.bf16 && !qkv_.reads_bf16() && x.dim(0) == 1,
+           "SparseSelfAttention::decode: one fp32 row on the CPU");
+  const int64_t W = kv_width();
+  SY_CHECK(pos >= row && row >= 0 && k.dim(0) > row && v.dim(0) > row && k.dim(1) == W && v.dim(1) == W,
+           "decode at position " << pos << " into row " << row << " of a cache of " << shape_str(k.shape()));
+  Tensor qkv = qkv_.forward(x);  // (1, qkv_width): [q (H heads) | k (G) | v (G)]
+  if (opt_.rope) {
+    const Tensor at = Tensor::from_host(std::vector<int32_t>{static_cast<int32_t>(pos)});
+    ops::rope_forward(ctx_, {qkv, at, pos + 1, H_ + G_, D_, opt_.rope_base});
+  }
+  const float* r = qkv.f32();
+  std::copy(r + C_, r + C_ + W, k.f32() + row * W);
+  std::copy(r + C_ + W, r + C_ + 2 * W, v.f32() + row * W);
+  Tensor q = Tensor::empty({C_}, DType::f32, ctx_), y = Tensor::empty({C_}, DType::f32, ctx_);
+  std::copy(r, r + C_, q.f32());
+  // The window: keys u with row - w < u <= row (ops/attention.h).
+  const int64_t first = std::max<int64_t>(0, row + 1 - cfg_.window());
+  const Tensor kw = k.rows(first, row + 1), vw = v.rows(first, row + 1);
+  ops::decode_attention(ctx_, {y, q, kw, vw, row + 1 - first, H_, G_});
+  return proj_.forward(y.reshape({1, C_}));
+}
 
 Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) {
   B_ = B, T_ = T;

@@ -89,6 +89,12 @@ class SparseSelfAttention : public SelfAttention {
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
   bool reads_bf16() const override { return qkv_.reads_bf16(); }
+  // Decoding (SelfAttention::decode) where every head is local (ROUTED
+  // without routing heads: a sliding window, Mistral's attention): the
+  // token attends to the last attention.window cached rows, itself included,
+  // as the windowed forward's local heads do; kv_width() 0 otherwise.
+  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v) override;
+  int64_t kv_width() const override { return routed() && R_ == 0 ? G_ * D_ : 0; }
   double aux_loss() const override { return stats_.commitment_loss; }
   const SparseAttentionStats& stats() const { return stats_; }
   // Sums per-cluster statistics over data-parallel ranks before the EMA update.

@@ -33,7 +33,9 @@ Config config(const std::string& extra, const std::string& model = "") {
 // two groups, with the per-sequence balance loss; hash routing; Sinkhorn's
 // evaluation offsets (made nonzero by model_for); depth routing (the
 // predictor keeps about half the tokens), with RoPE and a dropless MoE in
-// the routed blocks, and with learned positions.
+// the routed blocks, and with learned positions; a sliding window of 5
+// (ROUTED without routing heads) in the last block, with RoPE and grouped
+// heads, and in every block under depth routing.
 std::vector<std::pair<std::string, Config>> cached_configs() {
   return {
       {"gpt2", config("")},
@@ -56,6 +58,10 @@ std::vector<std::pair<std::string, Config>> cached_configs() {
                             "every_n_layers: 1 }",
                             "position: ROPE")},
       {"depth", config("depth { every_n_layers: 1 capacity: 0.5 }")},
+      {"window", config("attention { kind: ROUTED last_n_layers: 1 num_routing_heads: 0 window: 5 }",
+                        "position: ROPE n_kv_heads: 2")},
+      {"window_depth", config("attention { kind: ROUTED last_n_layers: 2 num_routing_heads: 0 window: 3 } "
+                              "depth { every_n_layers: 1 capacity: 0.5 }")},
   };
 }
 
@@ -212,6 +218,7 @@ TEST(KvCache, RefusesWhatCountsTheWindowAndFallsBack) {
       {"precision: BF16", "precision BF16"},
       {"attention { kind: ROUTED last_n_layers: 1 num_routing_heads: 2 num_clusters: 4 window: 8 }",
        "attention.kind"},
+      {"attention { kind: BLOCK_TOPK last_n_layers: 1 block_size: 4 topk_blocks: 2 }", "attention.kind"},
       {"moe { num_experts: 4 top_k: 1 dropless: true budget_mode: HARD_CAUSAL expert_cost: [1, 1, 2, 2] budget: 1.5 "
        "every_n_layers: 1 }",
        "HARD_CAUSAL"},
