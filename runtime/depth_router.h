@@ -74,6 +74,9 @@ class DepthRouter {
               Rng& rng, float std);
   // Chooses the tokens to process; x (N, C) holds B sequences of T tokens.
   const ops::Route& select(const Tensor& x, int64_t B, int64_t T, bool training);
+  // Whether evaluation decides token by token (the predictor's threshold,
+  // depth.predictor_at_eval), as decoding one token at a time needs.
+  bool causal_at_eval() const { return cfg_.predictor_at_eval(); }
   // y from x (N, C) and the block's output z (route.rows(), C) on routed tokens.
   Tensor combine(const Tensor& x, const Tensor& z);
   // Returns dz; accumulates into dx (N, C) the pass-through and router paths.

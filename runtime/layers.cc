@@ -217,7 +217,9 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
 }
 
 Tensor SelfAttention::decode(const Tensor&, int64_t, int64_t, Tensor&, Tensor&) {
-  throw ConfigError("decoding with a key/value cache takes dense causal attention only (runtime/generate.h kv_cacheable)");
+  throw ConfigError(
+      "decoding with a key/value cache takes dense causal attention or a sliding window alone (runtime/generate.h "
+      "kv_cacheable)");
 }
 
 Tensor CausalSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v) {

@@ -217,8 +217,8 @@ class SelfAttention {
   // attention sees (pos, or in a depth-routed block its count of the tokens
   // kept before it); its key and value heads are written to row `row` of k
   // and v ((rows > row, kv_width()) each, on the host), and it attends over
-  // rows 0 .. row. Dense causal attention in fp32 on the CPU only; the others
-  // refuse (kv_width() 0).
+  // rows 0 .. row. Dense causal attention and a sliding window alone
+  // (SparseSelfAttention) in fp32 on the CPU; the others refuse (kv_width() 0).
   virtual Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v);
   virtual int64_t kv_width() const { return 0; }
 };

@@ -87,6 +87,8 @@ Tensor Block::decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::ve
                      int64_t& rows) {
   SY_CHECK(!training_, "Block::decode: evaluation mode");
   if (!depth_) return inner_decode(x, pos, k, v, counts, rows);
+  SY_CHECK(depth_->causal_at_eval(), "Block::decode: a depth router choosing by top-C over the window (depth."
+                                     "predictor_at_eval false) cannot decide for one token");
   // The predictor's decision for this token alone, as for each token of a
   // window (a threshold: causal() admits no other at evaluation).
   const ops::Route& r = depth_->select(x, 1, 1, false);

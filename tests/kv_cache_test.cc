@@ -33,9 +33,10 @@ Config config(const std::string& extra, const std::string& model = "") {
 // two groups, with the per-sequence balance loss; hash routing; Sinkhorn's
 // evaluation offsets (made nonzero by model_for); depth routing (the
 // predictor keeps about half the tokens), with RoPE and a dropless MoE in
-// the routed blocks, and with learned positions; a sliding window of 5
-// (ROUTED without routing heads) in the last block, with RoPE and grouped
-// heads, and in every block under depth routing.
+// the routed blocks, and with learned positions and sigmoid weights; a
+// sliding window of 5 (ROUTED without routing heads) in the last block,
+// with RoPE and grouped heads, and of 3 in every block under depth routing,
+// with learned positions and with RoPE and grouped heads.
 std::vector<std::pair<std::string, Config>> cached_configs() {
   return {
       {"gpt2", config("")},
@@ -57,11 +58,14 @@ std::vector<std::pair<std::string, Config>> cached_configs() {
       {"depth_rope", config("depth { every_n_layers: 2 capacity: 0.5 } moe { num_experts: 4 top_k: 2 dropless: true "
                             "every_n_layers: 1 }",
                             "position: ROPE")},
-      {"depth", config("depth { every_n_layers: 1 capacity: 0.5 }")},
+      {"depth", config("depth { every_n_layers: 1 capacity: 0.5 weight: SIGMOID }")},
       {"window", config("attention { kind: ROUTED last_n_layers: 1 num_routing_heads: 0 window: 5 }",
                         "position: ROPE n_kv_heads: 2")},
       {"window_depth", config("attention { kind: ROUTED last_n_layers: 2 num_routing_heads: 0 window: 3 } "
                               "depth { every_n_layers: 1 capacity: 0.5 }")},
+      {"window_depth_rope", config("attention { kind: ROUTED last_n_layers: 2 num_routing_heads: 0 window: 3 } "
+                                   "depth { every_n_layers: 1 capacity: 0.5 }",
+                                   "position: ROPE n_kv_heads: 2")},
   };
 }
 
@@ -164,9 +168,7 @@ TEST(KvCache, GenerationGivesTheWindowedTokensAndRouting) {
 TEST(KvCache, PastTheWindowTheCacheRestartsFromItsLastHalf) {
   ops::SamplingParams greedy;
   greedy.temperature = 0;
-  const auto configs = cached_configs();
-  for (const int c : {1, 2}) {  // RoPE, grouped heads, MoE; top-1 under a binding capacity
-    const auto& [name, cfg] = configs[c];
+  for (const auto& [name, cfg] : cached_configs()) {  // (every config: each block's rows restart too)
     const auto m = model_for(cfg);
     Transformer& model = *m;
     const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
@@ -195,22 +197,25 @@ TEST(KvCache, PastTheWindowTheCacheRestartsFromItsLastHalf) {
 // The cache holds the decoding state: two caches decoded in turn give what
 // each gives alone, and a windowed forward after decoding is as before it.
 TEST(KvCache, TheCacheHoldsTheStateAndForwardIsUntouched) {
-  const Config cfg = cached_configs()[2].second;  // top-1 under a binding capacity
-  const auto m = model_for(cfg);
-  Transformer& model = *m;
-  const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
-  const std::vector<int32_t> w = random_ids(T, V, 12);
-  const std::vector<float> before = window_logits(model, w);
-  const std::vector<int32_t> x = random_ids(T, V, 13), y = random_ids(T, V, 14);
-  KvCache alone = model.new_cache();
-  std::vector<std::vector<float>> want;
-  for (int64_t p = 0; p < T; ++p) want.push_back(model.decode(x[p], p, alone).to_vector<float>());
-  KvCache cx = model.new_cache(), cy = model.new_cache();
-  for (int64_t p = 0; p < T; ++p) {
-    EXPECT_EQ(model.decode(x[p], p, cx).to_vector<float>(), want[p]) << "position " << p;
-    model.decode(y[p], p, cy);
+  for (const auto& [name, cfg] : cached_configs()) {
+    if (name != "switch" && name != "window_depth_rope") continue;  // a binding capacity; windows under depth routing
+    SCOPED_TRACE(name);
+    const auto m = model_for(cfg);
+    Transformer& model = *m;
+    const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
+    const std::vector<int32_t> w = random_ids(T, V, 12);
+    const std::vector<float> before = window_logits(model, w);
+    const std::vector<int32_t> x = random_ids(T, V, 13), y = random_ids(T, V, 14);
+    KvCache alone = model.new_cache();
+    std::vector<std::vector<float>> want;
+    for (int64_t p = 0; p < T; ++p) want.push_back(model.decode(x[p], p, alone).to_vector<float>());
+    KvCache cx = model.new_cache(), cy = model.new_cache();
+    for (int64_t p = 0; p < T; ++p) {
+      EXPECT_EQ(model.decode(x[p], p, cx).to_vector<float>(), want[p]) << "position " << p;
+      model.decode(y[p], p, cy);
+    }
+    EXPECT_EQ(window_logits(model, w), before);
   }
-  EXPECT_EQ(window_logits(model, w), before);
 }
 
 TEST(KvCache, RefusesWhatCountsTheWindowAndFallsBack) {
