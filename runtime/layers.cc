@@ -216,13 +216,14 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   return proj_.forward(y_.reshape({B * T, C_}));
 }
 
-Tensor SelfAttention::decode(const Tensor&, int64_t, int64_t, Tensor&, Tensor&) {
+Tensor SelfAttention::decode(const Tensor&, int64_t, int64_t, Tensor&, Tensor&, std::vector<int64_t>&) {
   throw ConfigError(
-      "decoding with a key/value cache takes dense causal attention or a sliding window alone (runtime/generate.h "
-      "kv_cacheable)");
+      "decoding with a key/value cache takes dense causal attention or a routed layer's causal heads (runtime/"
+      "generate.h kv_cacheable)");
 }
 
-Tensor CausalSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v) {
+Tensor CausalSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
+                                   std::vector<int64_t>&) {
   SY_CHECK(ctx_.device.is_cpu() && !opt_.bf16 && !qkv_.reads_bf16() && x.dim(0) == 1,
            "CausalSelfAttention::decode: one fp32 row on the CPU");
   const int64_t D = C_ / H_, W = kv_width();

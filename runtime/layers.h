@@ -217,10 +217,13 @@ class SelfAttention {
   // attention sees (pos, or in a depth-routed block its count of the tokens
   // kept before it); its key and value heads are written to row `row` of k
   // and v ((rows > row, kv_width()) each, on the host), and it attends over
-  // rows 0 .. row. Dense causal attention and a sliding window alone
-  // (SparseSelfAttention) in fp32 on the CPU; the others refuse (kv_width() 0).
-  virtual Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v);
+  // rows 0 .. row. state: decode_state_size(rows of k) values of its own
+  // (zeroed at a window's start). Dense causal attention and a routed layer's
+  // local and causal routing heads (SparseSelfAttention) in fp32 on the CPU;
+  // the others refuse (kv_width() 0).
+  virtual Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, std::vector<int64_t>& state);
   virtual int64_t kv_width() const { return 0; }
+  virtual int64_t decode_state_size(int64_t /*rows*/) const { return 0; }
 };
 
 // y = proj(attention(qkv(x))); with RoPE, q and k of every head are rotated
@@ -240,7 +243,7 @@ class CausalSelfAttention : public SelfAttention {
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
   bool reads_bf16() const override { return qkv_.reads_bf16(); }
-  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v) override;
+  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, std::vector<int64_t>& state) override;
   int64_t kv_width() const override { return G_ * (C_ / H_); }
 
  private:

@@ -84,22 +84,22 @@ Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor&
 }
 
 Tensor Block::decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts,
-                     int64_t& rows) {
+                     int64_t& rows, std::vector<int64_t>& attn) {
   SY_CHECK(!training_, "Block::decode: evaluation mode");
-  if (!depth_) return inner_decode(x, pos, k, v, counts, rows);
+  if (!depth_) return inner_decode(x, pos, k, v, counts, rows, attn);
   SY_CHECK(depth_->causal_at_eval(), "Block::decode: a depth router choosing by top-C over the window (depth."
                                      "predictor_at_eval false) cannot decide for one token");
   // The predictor's decision for this token alone, as for each token of a
   // window (a threshold: causal() admits no other at evaluation).
   const ops::Route& r = depth_->select(x, 1, 1, false);
-  const Tensor z = r.rows() > 0 ? inner_decode(x, pos, k, v, counts, rows)
+  const Tensor z = r.rows() > 0 ? inner_decode(x, pos, k, v, counts, rows, attn)
                                 : Tensor::empty({0, x.dim(1)}, DType::f32, *ctx_);
   return depth_->combine(x, z);
 }
 
 Tensor Block::inner_decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts,
-                           int64_t& rows) {
-  Tensor h = attn_->decode(ln1_->forward(x), pos, rows++, k, v);
+                           int64_t& rows, std::vector<int64_t>& attn) {
+  Tensor h = attn_->decode(ln1_->forward(x), pos, rows++, k, v, attn);
   ops::add_into(*ctx_, h, x);
   ffn_->set_sequence_length(1);
   Tensor out = ffn_->decode(ln2_->forward(h), k.dim(0), counts);
@@ -357,11 +357,12 @@ KvCache Transformer::new_cache() const {
   KvCache c;
   for (const Block& b : blocks_) {
     const int64_t W = b.attention().kv_width();
-    SY_CHECK(W > 0, "a key/value cache needs dense causal attention or a sliding window in every block");
+    SY_CHECK(W > 0, "a key/value cache needs dense or causal routed attention in every block");
     c.k.push_back(Tensor::zeros({T_, W}, DType::f32, host_ctx()));
     c.v.push_back(Tensor::zeros({T_, W}, DType::f32, host_ctx()));
     c.counts.emplace_back();
     c.rows.push_back(0);
+    c.attn.emplace_back(b.attention().decode_state_size(T_), 0);
   }
   for (const auto& [l, layer] : moe_) c.counts[l].assign(layer->num_experts(), 0);
   return c;
@@ -372,11 +373,13 @@ Tensor Transformer::decode(int32_t token, int64_t pos, KvCache& cache) {
   SY_CHECK(pos >= 0 && pos < T_, "decode at position " << pos << " of a window of " << T_);
   SY_CHECK(token >= 0 && token < V_, "token " << token << " outside the vocabulary of " << V_);
   SY_CHECK(cache.k.size() == blocks_.size() && cache.v.size() == blocks_.size() &&
-               cache.counts.size() == blocks_.size() && cache.rows.size() == blocks_.size(),
+               cache.counts.size() == blocks_.size() && cache.rows.size() == blocks_.size() &&
+               cache.attn.size() == blocks_.size(),
            "a cache of another model");
   if (pos == 0) {  // a new window: no expert has a slot taken, no attention holds a token
     for (auto& c : cache.counts) std::fill(c.begin(), c.end(), 0);
     std::fill(cache.rows.begin(), cache.rows.end(), 0);
+    for (auto& a : cache.attn) std::fill(a.begin(), a.end(), 0);
   }
   const Tensor id = Tensor::from_host(std::vector<int32_t>{token});
   Tensor h = Tensor::empty({1, C_}, DType::f32, ctx_);
@@ -384,7 +387,7 @@ Tensor Transformer::decode(int32_t token, int64_t pos, KvCache& cache) {
   ops::embedding_forward(ctx_, {h, id, wte_->value, wpe_ ? wpe_->value.rows(pos, pos + 1) : Tensor(), 1});
   for (size_t l = 0; l < blocks_.size(); ++l) {
     blocks_[l].ffn().set_token_ids(id);  // (hash routing)
-    h = blocks_[l].decode(h, pos, cache.k[l], cache.v[l], cache.counts[l], cache.rows[l]);
+    h = blocks_[l].decode(h, pos, cache.k[l], cache.v[l], cache.counts[l], cache.rows[l], cache.attn[l]);
   }
   return head_->forward(ln_f_->forward(h));
 }

@@ -61,7 +61,8 @@ class Block {
   // block (its predictor at evaluation) runs on the token or passes it on,
   // as in a forward over the window, its attention holding only the tokens
   // it kept.
-  Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts, int64_t& rows);
+  Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts, int64_t& rows,
+                std::vector<int64_t>& attn);
   void set_training(bool t);
   void set_recompute(bool r) { recompute_ = r; }
   FeedForward& ffn() { return *ffn_; }
@@ -84,7 +85,8 @@ class Block {
   Tensor run_forward(const Tensor& x, int64_t B, int64_t T);  // the block's forward, saving for backward
   Tensor inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions = Tensor());
   Tensor inner_backward(const Tensor& dy);
-  Tensor inner_decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts, int64_t& rows);
+  Tensor inner_decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts, int64_t& rows,
+                      std::vector<int64_t>& attn);
   void release();  // every part's saved activations dropped
 
   Ctx* ctx_;
@@ -126,6 +128,7 @@ struct KvCache {
   std::vector<Tensor> k, v;
   std::vector<std::vector<int64_t>> counts;
   std::vector<int64_t> rows;  // the tokens each block's attention holds (fewer than the positions where depth-routed)
+  std::vector<std::vector<int64_t>> attn;  // each block's attention's own (SelfAttention::decode's state)
 };
 
 class Transformer {
@@ -169,7 +172,7 @@ class Transformer {
   // positions, and one token at position pos through the model with it (the
   // tokens at 0 .. pos-1 decoded through the same cache, in order; position 0
   // starts a window); returns its next-token logits (1, V). Evaluation mode
-  // on the CPU, fp32 attention dense or a sliding window (kv_cacheable() in
+  // on the CPU, fp32 attention dense or routed (kv_cacheable() in
   // runtime/generate.h).
   // The MoE layers and depth routers route the one token (their routes:
   // item 0).

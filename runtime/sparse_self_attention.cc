@@ -80,12 +80,14 @@ Tensor head(const Tensor& t, int64_t h, int64_t b, int64_t T) {
 }
 }  // namespace
 
-Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v) {
-  if (kv_width() == 0) return SelfAttention::decode(x, pos, row, k, v);  // (refuses)
+Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
+                                   std::vector<int64_t>& state) {
+  if (kv_width() == 0) return SelfAttention::decode(x, pos, row, k, v, state);  // (refuses)
   SY_CHECK(ctx_.device.is_cpu() && !opt_.bf16 && !qkv_.reads_bf16() && x.dim(0) == 1,
            "SparseSelfAttention::decode: one fp32 row on the CPU");
-  const int64_t W = kv_width();
-  SY_CHECK(pos >= row && row >= 0 && k.dim(0) > row && v.dim(0) > row && k.dim(1) == W && v.dim(1) == W,
+  const int64_t W = kv_width(), T = k.dim(0), L = H_ - R_, rep = H_ / G_;
+  SY_CHECK(pos >= row && row >= 0 && T > row && v.dim(0) == T && k.dim(1) == W && v.dim(1) == W &&
+               static_cast<int64_t>(state.size()) == decode_state_size(T),
            "decode at position " << pos << " into row " << row << " of a cache of " << shape_str(k.shape()));
   Tensor qkv = qkv_.forward(x);  // (1, qkv_width): [q (H heads) | k (G) | v (G)]
   if (opt_.rope) {
@@ -95,12 +97,54 @@ Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Te
   const float* r = qkv.f32();
   std::copy(r + C_, r + C_ + W, k.f32() + row * W);
   std::copy(r + C_ + W, r + C_ + 2 * W, v.f32() + row * W);
-  Tensor q = Tensor::empty({C_}, DType::f32, ctx_), y = Tensor::empty({C_}, DType::f32, ctx_);
-  std::copy(r, r + C_, q.f32());
-  // The window: keys u with row - w < u <= row (ops/attention.h).
-  const int64_t first = std::max<int64_t>(0, row + 1 - cfg_.window());
-  const Tensor kw = k.rows(first, row + 1), vw = v.rows(first, row + 1);
-  ops::decode_attention(ctx_, {y, q, kw, vw, row + 1 - first, H_, G_});
+  // (1, D) copies of a query head and a key/value head's cached rows.
+  auto vec = [&](const float* p) {
+    Tensor t = Tensor::empty({1, D_}, DType::f32, ctx_);
+    std::copy(p, p + D_, t.f32());
+    return t;
+  };
+  Tensor y = Tensor::zeros({C_}, DType::f32, ctx_);
+  for (int64_t h = 0; h < H_; ++h) {
+    const int64_t g = h / rep;  // its key/value head
+    std::vector<int64_t> keys;  // the cached rows it attends to, in order
+    if (h < L) {
+      // A local head: keys u with row - w < u <= row (ops/attention.h).
+      for (int64_t u = std::max<int64_t>(0, row + 1 - cfg_.window()); u <= row; ++u) keys.push_back(u);
+    } else {
+      // A routing head: its query and its key head's key, layer-normed, each
+      // to its nearest centroid (ops/routed_attention.h, causal mode).
+      const int64_t j = h - L;
+      int64_t* cluster_of = state.data() + j * T;                 // each cached key's cluster, -1 dropped
+      int64_t* q_count = state.data() + R_ * T + j * K_;          // the window's queries per cluster
+      int64_t* k_count = state.data() + R_ * T + (R_ + j) * K_;   // and keys
+      Tensor qn = Tensor::empty({1, D_}, DType::f32, ctx_), kn = qn.clone(), m = Tensor::empty({1}, DType::f32, ctx_);
+      Tensor rs = m.clone();
+      ops::layernorm_forward(ctx_, {qn, m, rs, vec(r + h * D_), Tensor(), Tensor()});
+      ops::layernorm_forward(ctx_, {kn, m, rs, vec(r + C_ + g * D_), Tensor(), Tensor()});
+      ops::ClusterParams cp;
+      cp.mode = ops::ClusterMode::causal;  // (one token alone: no drops here, the window's below)
+      ops::Clusters cl;
+      ops::assign_clusters(ctx_, cl, qn, kn, (*centroids_)[j], cp);
+      const int32_t cq = cl.queries.group.data<int32_t>()[0], ck = cl.keys.group.data<int32_t>()[0];
+      // A cluster's capacity in a forward over the window of T tokens, slots
+      // by position: C = ceil(cf T / K) (dropless: no limit).
+      const int64_t C = cfg_.dropless() ? T : ops::ceil_capacity(cfg_.capacity_factor(), static_cast<double>(T) / K_);
+      const bool q_kept = cq >= 0 && q_count[cq]++ < C, k_kept = ck >= 0 && k_count[ck]++ < C;
+      cluster_of[row] = k_kept ? ck : -1;
+      if (!q_kept) continue;  // in no cluster: o = 0
+      for (int64_t u = 0; u <= row; ++u)
+        if (cluster_of[u] == cq) keys.push_back(u);
+      if (keys.empty()) keys.push_back(row);  // no allowed key: itself
+    }
+    Tensor kk = Tensor::empty({static_cast<int64_t>(keys.size()), D_}, DType::f32, ctx_), vv = kk.clone();
+    for (size_t i = 0; i < keys.size(); ++i) {
+      std::copy_n(k.f32() + keys[i] * W + g * D_, D_, kk.f32() + i * D_);
+      std::copy_n(v.f32() + keys[i] * W + g * D_, D_, vv.f32() + i * D_);
+    }
+    Tensor o = Tensor::empty({D_}, DType::f32, ctx_);
+    ops::decode_attention(ctx_, {o, vec(r + h * D_).reshape({D_}), kk, vv, static_cast<int64_t>(keys.size()), 1, 1});
+    std::copy_n(o.f32(), D_, y.f32() + h * D_);
+  }
   return proj_.forward(y.reshape({1, C_}));
 }
 

@@ -89,12 +89,21 @@ class SparseSelfAttention : public SelfAttention {
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
   bool reads_bf16() const override { return qkv_.reads_bf16(); }
-  // Decoding (SelfAttention::decode) where every head is local (ROUTED
-  // without routing heads: a sliding window, Mistral's attention): the
-  // token attends to the last attention.window cached rows, itself included,
-  // as the windowed forward's local heads do; kv_width() 0 otherwise.
-  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v) override;
-  int64_t kv_width() const override { return routed() && R_ == 0 ? G_ * D_ : 0; }
+  // Decoding (SelfAttention::decode) in a ROUTED layer, causal assignment
+  // (BALANCED looks at the whole window: kv_width() 0, as for BLOCK_TOPK),
+  // as the windowed forward computes the token's row: a local head attends
+  // to the last attention.window cached rows, itself included; a routing
+  // head puts the token's query and key each in its nearest centroid's
+  // cluster (a cluster's capacity, not dropless, counted from the window's
+  // first token, as tokens choose by position) and attends to the cached
+  // keys of its query's cluster, or to itself where there is none (no
+  // cluster, capacity-dropped: 0). state: per routing head the cluster of
+  // each cached key (-1: dropped), then the query and key counts per cluster.
+  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, std::vector<int64_t>& state) override;
+  int64_t kv_width() const override {
+    return routed() && cfg_.assignment() == switchyard::AttentionConfig::CAUSAL ? G_ * D_ : 0;
+  }
+  int64_t decode_state_size(int64_t rows) const override { return kv_width() > 0 ? R_ * (rows + 2 * K_) : 0; }
   double aux_loss() const override { return stats_.commitment_loss; }
   const SparseAttentionStats& stats() const { return stats_; }
   // Sums per-cluster statistics over data-parallel ranks before the EMA update.

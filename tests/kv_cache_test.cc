@@ -36,7 +36,10 @@ Config config(const std::string& extra, const std::string& model = "") {
 // the routed blocks, and with learned positions and sigmoid weights; a
 // sliding window of 5 (ROUTED without routing heads) in the last block,
 // with RoPE and grouped heads, and of 3 in every block under depth routing,
-// with learned positions and with RoPE and grouped heads.
+// with learned positions and with RoPE and grouped heads; routed attention
+// (2 local heads with a window of 4 and 2 routing heads over 4 clusters,
+// calibrated) with RoPE and grouped heads, under a cluster capacity that
+// binds (6 of a window's 24 tokens), and in depth-routed blocks.
 std::vector<std::pair<std::string, Config>> cached_configs() {
   return {
       {"gpt2", config("")},
@@ -66,6 +69,12 @@ std::vector<std::pair<std::string, Config>> cached_configs() {
       {"window_depth_rope", config("attention { kind: ROUTED last_n_layers: 2 num_routing_heads: 0 window: 3 } "
                                    "depth { every_n_layers: 1 capacity: 0.5 }",
                                    "position: ROPE n_kv_heads: 2")},
+      {"routed", config("attention { kind: ROUTED last_n_layers: 1 num_routing_heads: 2 num_clusters: 4 window: 4 }",
+                        "position: ROPE n_kv_heads: 2")},
+      {"routed_capacity", config("attention { kind: ROUTED last_n_layers: 2 num_routing_heads: 2 num_clusters: 4 "
+                                 "window: 4 dropless: false capacity_factor: 1 }")},
+      {"routed_depth", config("attention { kind: ROUTED last_n_layers: 2 num_routing_heads: 2 num_clusters: 4 "
+                              "window: 4 } depth { every_n_layers: 2 capacity: 0.5 }")},
   };
 }
 
@@ -80,6 +89,12 @@ std::vector<int32_t> random_ids(int64_t n, int64_t V, uint64_t seed) {
 // offsets, or the balancing bias) drawn nonzero, as training leaves them.
 std::unique_ptr<Transformer> model_for(const Config& cfg) {
   auto model = std::make_unique<Transformer>(host_ctx(), cfg);
+  if (model->needs_calibration()) {  // routed attention's centroids: k-means on a warm-up batch
+    Batch b;
+    b.inputs = random_ids(4 * cfg.model().seq_len(), cfg.model().vocab_size(), 21);
+    b.targets.assign(b.inputs.size(), 0);
+    model->calibrate(b);
+  }
   Rng rng(8);
   for (auto& [name, bias] : model->balance_biases())
     for (int64_t g = 0; g < bias.numel(); ++g) bias.f32()[g] = static_cast<float>(rng.normal());
@@ -221,9 +236,9 @@ TEST(KvCache, TheCacheHoldsTheStateAndForwardIsUntouched) {
 TEST(KvCache, RefusesWhatCountsTheWindowAndFallsBack) {
   const std::vector<std::pair<std::string, std::string>> refused{
       {"precision: BF16", "precision BF16"},
-      {"attention { kind: ROUTED last_n_layers: 1 num_routing_heads: 2 num_clusters: 4 window: 8 }",
-       "attention.kind"},
-      {"attention { kind: BLOCK_TOPK last_n_layers: 1 block_size: 4 topk_blocks: 2 }", "attention.kind"},
+      {"attention { kind: ROUTED last_n_layers: 1 num_routing_heads: 2 num_clusters: 4 window: 8 assignment: BALANCED }",
+       "BALANCED"},
+      {"attention { kind: BLOCK_TOPK last_n_layers: 1 block_size: 4 topk_blocks: 2 }", "BLOCK_TOPK"},
       {"moe { num_experts: 4 top_k: 1 dropless: true budget_mode: HARD_CAUSAL expert_cost: [1, 1, 2, 2] budget: 1.5 "
        "every_n_layers: 1 }",
        "HARD_CAUSAL"},
