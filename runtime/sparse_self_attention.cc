@@ -114,6 +114,8 @@ Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Te
       // A routing head: its query and its key head's key, layer-normed, each
       // to its nearest centroid (ops/routed_attention.h, causal mode).
       const int64_t j = h - L;
+      SY_CHECK((*centroids_)[j].initialized, "routed attention's centroids are not initialised: a model to decode "
+                                              "comes from a checkpoint or a calibrated run");
       int64_t* cluster_of = state.data() + j * T;                 // each cached key's cluster, -1 dropped
       int64_t* q_count = state.data() + R_ * T + j * K_;          // the window's queries per cluster
       int64_t* k_count = state.data() + R_ * T + (R_ + j) * K_;   // and keys

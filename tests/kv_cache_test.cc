@@ -7,6 +7,7 @@
 // refuses what it must, and generation falls back.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/rng.h"
@@ -135,6 +136,13 @@ TEST(KvCache, EachPositionsLogitsAreTheWindowsRow) {
       const Tensor got = model.decode(ids[p], p, cache);
       EXPECT_LE(rel_l2(got.f32(), window.data() + p * V, V), 1e-5) << "position " << p;
     }
+    if (name == "routed_capacity") {  // its routing heads' keys: some over a cluster's capacity, some sharing one
+      const std::vector<int64_t>& s = cache.attn.back();  // per routing head: each key's cluster (-1 dropped), ...
+      const std::vector<int64_t> clusters(s.begin(), s.begin() + 2 * T);
+      EXPECT_NE(std::find(clusters.begin(), clusters.end(), -1), clusters.end());
+      const std::vector<int64_t> k_counts(s.begin() + 2 * T + 2 * 4, s.end());  // (after the query counts)
+      EXPECT_GE(*std::max_element(k_counts.begin(), k_counts.end()), 2);
+    }
   }
 }
 
@@ -213,7 +221,8 @@ TEST(KvCache, PastTheWindowTheCacheRestartsFromItsLastHalf) {
 // each gives alone, and a windowed forward after decoding is as before it.
 TEST(KvCache, TheCacheHoldsTheStateAndForwardIsUntouched) {
   for (const auto& [name, cfg] : cached_configs()) {
-    if (name != "switch" && name != "window_depth_rope") continue;  // a binding capacity; windows under depth routing
+    // a binding capacity; windows under depth routing; routing heads under a binding capacity
+    if (name != "switch" && name != "window_depth_rope" && name != "routed_capacity") continue;
     SCOPED_TRACE(name);
     const auto m = model_for(cfg);
     Transformer& model = *m;
