@@ -8,6 +8,10 @@
 
 namespace sy::ops {
 
+int64_t tokens_choose_capacity(const TokensChooseParams& p, int64_t run, int64_t groups) {
+  return std::max(ceil_capacity(p.capacity_factor, static_cast<double>(run) * p.k / groups), p.min_capacity);
+}
+
 int64_t ceil_capacity(double fraction, double n) {
   const double x = fraction * n;
   return static_cast<int64_t>(std::ceil(x - 1e-6 * std::fabs(x)));

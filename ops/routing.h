@@ -139,6 +139,13 @@ struct BudgetParams {
 // 1e-6 keeps ceil from counting that last ulp as one more row.
 int64_t ceil_capacity(double fraction, double n);
 
+// Tokens choose's capacity C = max(ceil(capacity_factor * run * k / groups),
+// min_capacity) for a run of `run` items over `groups` groups (not
+// dropless): the one formula of both backends, and of the decoders that
+// reproduce a window's drops one token at a time (runtime/router.cc,
+// runtime/sparse_self_attention.cc).
+int64_t tokens_choose_capacity(const TokensChooseParams& p, int64_t run, int64_t groups);
+
 // A padded route's host part: host_offset[g] = g * capacity, assigned N k,
 // dropped -1, padded (the backends' tokens_choose calls it).
 void set_padded_host_part(Route& r);

@@ -222,23 +222,28 @@ Tensor SelfAttention::decode(const Tensor&, int64_t, int64_t, Tensor&, Tensor&, 
       "generate.h kv_cacheable)");
 }
 
-Tensor CausalSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
-                                   std::vector<int64_t>&) {
-  SY_CHECK(ctx_.device.is_cpu() && !opt_.bf16 && !qkv_.reads_bf16() && x.dim(0) == 1,
-           "CausalSelfAttention::decode: one fp32 row on the CPU");
-  const int64_t D = C_ / H_, W = kv_width();
+Tensor decode_projection(Ctx& ctx, Linear& qkv, const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
+                         int64_t C, int64_t H, int64_t G, const AttentionOptions& opt) {
+  SY_CHECK(ctx.device.is_cpu() && !opt.bf16 && !qkv.reads_bf16() && x.dim(0) == 1, "decode: one fp32 row on the CPU");
+  const int64_t D = C / H, W = G * D;
   SY_CHECK(pos >= row && row >= 0 && k.dim(0) > row && v.dim(0) > row && k.dim(1) == W && v.dim(1) == W,
            "decode at position " << pos << " into row " << row << " of a cache of " << shape_str(k.shape()));
-  Tensor qkv = qkv_.forward(x);  // (1, qkv_width): [q (H heads) | k (G) | v (G)]
-  if (opt_.rope) {  // q and k rotated to the token's position, as in forward
+  Tensor y = qkv.forward(x);
+  if (opt.rope) {  // q and k rotated to the token's position, as in forward
     const Tensor at = Tensor::from_host(std::vector<int32_t>{static_cast<int32_t>(pos)});
-    ops::rope_forward(ctx_, {qkv, at, pos + 1, H_ + G_, D, opt_.rope_base});
+    ops::rope_forward(ctx, {y, at, pos + 1, H + G, D, opt.rope_base});
   }
-  const float* r = qkv.f32();
-  std::copy(r + C_, r + C_ + W, k.f32() + row * W);
-  std::copy(r + C_ + W, r + C_ + 2 * W, v.f32() + row * W);
+  const float* r = y.f32();
+  std::copy(r + C, r + C + W, k.f32() + row * W);
+  std::copy(r + C + W, r + C + 2 * W, v.f32() + row * W);
+  return y;
+}
+
+Tensor CausalSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
+                                   std::vector<int64_t>&) {
+  const Tensor qkv = decode_projection(ctx_, qkv_, x, pos, row, k, v, C_, H_, G_, opt_);
   Tensor q = Tensor::empty({C_}, DType::f32, ctx_), y = Tensor::empty({C_}, DType::f32, ctx_);
-  std::copy(r, r + C_, q.f32());
+  std::copy(qkv.f32(), qkv.f32() + C_, q.f32());
   ops::decode_attention(ctx_, {y, q, k, v, row + 1, H_, G_});
   return proj_.forward(y.reshape({1, C_}));
 }

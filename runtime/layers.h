@@ -226,6 +226,13 @@ class SelfAttention {
   virtual int64_t decode_state_size(int64_t /*rows*/) const { return 0; }
 };
 
+// Decoding's first step, shared by the layers that decode: the token's
+// projection row (1, C + 2 G D) = [q (H heads) | k (G) | v (G)] of x (1, C)
+// (fp32, on the CPU), q and k rotated to position pos where opt.rope, its key
+// and value heads written to row `row` of the cache k, v (G D values each).
+Tensor decode_projection(Ctx& ctx, Linear& qkv, const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
+                         int64_t C, int64_t H, int64_t G, const AttentionOptions& opt);
+
 // y = proj(attention(qkv(x))); with RoPE, q and k of every head are rotated
 // (ops/rope.h) between qkv and attention. With grouped-query attention
 // (options.kv_heads G < H) qkv projects to [q (H heads) | k (G) | v (G)],

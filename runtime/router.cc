@@ -217,8 +217,11 @@ void Router::drop_as_the_window_would() {
   std::vector<float> full(G_, 0.f);
   bool drops = false;
   if (!cfg_.dropless()) {
-    const int64_t C = std::max(ops::ceil_capacity(cfg_.capacity_factor_eval(), static_cast<double>(decode_window_) * k / G_),
-                               static_cast<int64_t>(cfg_.min_capacity()));
+    ops::TokensChooseParams p;  // the window's capacity, as tokens_choose sets it
+    p.k = static_cast<int>(k);
+    p.capacity_factor = cfg_.capacity_factor_eval();
+    p.min_capacity = cfg_.min_capacity();
+    const int64_t C = ops::tokens_choose_capacity(p, decode_window_, G_);
     for (int64_t a = 0; a < k; ++a)
       if (group[a] >= 0 && (*decode_counts_)[group[a]] >= C) full[group[a]] = 1.f, drops = true;
   }

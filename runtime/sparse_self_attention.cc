@@ -83,20 +83,11 @@ Tensor head(const Tensor& t, int64_t h, int64_t b, int64_t T) {
 Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
                                    std::vector<int64_t>& state) {
   if (kv_width() == 0) return SelfAttention::decode(x, pos, row, k, v, state);  // (refuses)
-  SY_CHECK(ctx_.device.is_cpu() && !opt_.bf16 && !qkv_.reads_bf16() && x.dim(0) == 1,
-           "SparseSelfAttention::decode: one fp32 row on the CPU");
   const int64_t W = kv_width(), T = k.dim(0), L = H_ - R_, rep = H_ / G_;
-  SY_CHECK(pos >= row && row >= 0 && T > row && v.dim(0) == T && k.dim(1) == W && v.dim(1) == W &&
-               static_cast<int64_t>(state.size()) == decode_state_size(T),
-           "decode at position " << pos << " into row " << row << " of a cache of " << shape_str(k.shape()));
-  Tensor qkv = qkv_.forward(x);  // (1, qkv_width): [q (H heads) | k (G) | v (G)]
-  if (opt_.rope) {
-    const Tensor at = Tensor::from_host(std::vector<int32_t>{static_cast<int32_t>(pos)});
-    ops::rope_forward(ctx_, {qkv, at, pos + 1, H_ + G_, D_, opt_.rope_base});
-  }
+  SY_CHECK(v.dim(0) == T && static_cast<int64_t>(state.size()) == decode_state_size(T),
+           "decode: a cache of " << shape_str(k.shape()) << " with " << state.size() << " values of state");
+  const Tensor qkv = decode_projection(ctx_, qkv_, x, pos, row, k, v, C_, H_, G_, opt_);
   const float* r = qkv.f32();
-  std::copy(r + C_, r + C_ + W, k.f32() + row * W);
-  std::copy(r + C_ + W, r + C_ + 2 * W, v.f32() + row * W);
   // (1, D) copies of a query head and a key/value head's cached rows.
   auto vec = [&](const float* p) {
     Tensor t = Tensor::empty({1, D_}, DType::f32, ctx_);
@@ -129,8 +120,10 @@ Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Te
       ops::assign_clusters(ctx_, cl, qn, kn, (*centroids_)[j], cp);
       const int32_t cq = cl.queries.group.data<int32_t>()[0], ck = cl.keys.group.data<int32_t>()[0];
       // A cluster's capacity in a forward over the window of T tokens, slots
-      // by position: C = ceil(cf T / K) (dropless: no limit).
-      const int64_t C = cfg_.dropless() ? T : ops::ceil_capacity(cfg_.capacity_factor(), static_cast<double>(T) / K_);
+      // by position (assign_clusters' tokens choose, k 1; dropless: no limit).
+      ops::TokensChooseParams tp;
+      tp.capacity_factor = cfg_.capacity_factor();
+      const int64_t C = cfg_.dropless() ? T : ops::tokens_choose_capacity(tp, T, K_);
       const bool q_kept = cq >= 0 && q_count[cq]++ < C, k_kept = ck >= 0 && k_count[ck]++ < C;
       cluster_of[row] = k_kept ? ck : -1;
       if (!q_kept) continue;  // in no cluster: o = 0

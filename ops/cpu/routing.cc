@@ -177,7 +177,7 @@ void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChoosePa
     for (int64_t a = 0; a < N * k; ++a) ++load[group[a]];
     r.capacity = std::max<int64_t>(1, groups > 0 ? *std::max_element(load.begin(), load.end()) : 0);
   } else {
-    r.capacity = std::max(ceil_capacity(p.capacity_factor, static_cast<double>(run) * k / G), p.min_capacity);
+    r.capacity = tokens_choose_capacity(p, run, G);
   }
   assign_slots(r, order);
   if (p.padded) {

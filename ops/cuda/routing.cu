@@ -469,7 +469,7 @@ void tokens_choose_by(Ctx& ctx, Route& r, int64_t N, int64_t G_run, const Tokens
   const int shift = jbits + sbits, end_bit = bits_for(G) + shift;
   SY_CHECK(end_bit <= 64, "tokens_choose: " << G << " groups x top-" << k << " do not fit the 64-bit slot key");
   if (!p.dropless)
-    r.capacity = std::max(ceil_capacity(p.capacity_factor, static_cast<double>(run) * k / G_run), p.min_capacity);
+    r.capacity = tokens_choose_capacity(p, run, G_run);
 
   // 1. the choice.
   Tensor top = Tensor::empty({N}, DType::f32, ctx);
