@@ -4,12 +4,18 @@
 //   build/bin/train_switch --config configs/tiny.pbtxt [--set k=v ...] [--metrics out.jsonl [--overwrite]]
 //   mpirun -np 4 build/bin/train_switch --config configs/switch_tiny.pbtxt --set parallel.expert_parallel=4
 //   build/bin/train_switch --resume latest [--set train.steps=N] [--eval-only]
+//   build/bin/train_switch --config configs/switch_tiny.pbtxt --init-from DENSE_CHECKPOINT
 //
 // --resume DIR|latest restores a checkpoint (runtime/checkpoint.h) and trains
 // on from its step; the config is the checkpoint's (--set changes fields;
 // --config replaces it, and must describe the same model). At another world
 // size set parallel.expert_parallel to one that divides it and
 // moe.num_experts: the experts are resharded.
+//
+// --init-from DIR starts a new run (step 1, a fresh optimizer and schedule)
+// from another run's weights: the same model's, or a dense model's upcycled
+// into the config's MoE layers, every expert a copy of its layer's FFN
+// (runtime/checkpoint.h, init_from_checkpoint).
 //
 // Exit codes:
 //   0  done
@@ -165,7 +171,7 @@ std::function<void(int64_t, sy::Transformer&)> fault_hook(const std::string& fau
 
 int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"Train a Switchyard model"};
-  std::string config_path, metrics_path, op_profile_path, fault, resume;
+  std::string config_path, metrics_path, op_profile_path, fault, resume, init_from;
   int64_t op_profile_steps = 0;
   std::vector<std::string> overrides;
   int threads = 1;
@@ -182,6 +188,9 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   app.add_flag("--overwrite", overwrite, "replace an existing non-empty --metrics or --op-profile file");
   app.add_option("--threads", threads, "OpenBLAS threads per rank for the CPU backend")->check(CLI::Range(1, 1024));
   app.add_option("--resume", resume, "continue from a checkpoint: its directory, or 'latest' in train.checkpoint_dir");
+  app.add_option("--init-from", init_from,
+                 "a new run from a checkpoint's weights (a directory, or a checkpoint root holding 'latest'): the "
+                 "same model's, or a dense model's with every expert a copy of its layer's FFN (upcycling)");
   app.add_flag("--eval-only", eval_only, "with --resume: validation loss and routing of the checkpoint, no training");
   app.add_option("--inject-fault", fault,
                  "testing failure handling: KIND:RANK:STEP with KIND throw, hang, exit, nan or nan_stay");
@@ -212,6 +221,10 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     }
     if (config_path.empty() && resume.empty()) throw sy::ConfigError("--config is required (or --resume a checkpoint)");
     if (eval_only && resume.empty()) throw sy::ConfigError("--eval-only needs --resume DIR|latest");
+    if (!init_from.empty() && !resume.empty())
+      throw sy::ConfigError("--init-from " + init_from + " with --resume " + resume +
+                            ": --resume continues a run, --init-from starts one from another run's weights (give one)");
+    if (!init_from.empty() && config_path.empty()) throw sy::ConfigError("--init-from needs --config (the new run's)");
     source = config_path;
     if (!config_path.empty()) cfg = sy::load_config(config_path, overrides);
     if (!resume.empty()) {
@@ -227,6 +240,10 @@ int run(int argc, char** argv, int world_rank, int world_size) {
         for (const auto& o : overrides) sy::apply_override(cfg, o);
         sy::validate_config(cfg, overrides.empty() ? source : source + " (with --set overrides)");
       }
+    }
+    if (!init_from.empty()) {
+      checkpoint = sy::resolve_checkpoint(init_from, cfg.train().checkpoint_dir());
+      sy::check_init_source(checkpoint, cfg.train().checkpoint_dir(), cfg.train().checkpoint_interval() > 0);
     }
     opts.metrics_path = metrics_path;
     opts.op_profile_path = op_profile_path;
@@ -316,7 +333,8 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     if (world_size > 1) std::cout << (nccl ? " (nccl" : " (mpi") << ", expert_parallel " << cfg.parallel().expert_parallel() << ")";
     std::cout << ", config " << source << std::endl;  // flushed: the first line, before stderr's progress
   }
-  if (!checkpoint.empty()) trainer->restore(checkpoint, !eval_only);
+  if (!checkpoint.empty() && !init_from.empty()) trainer->init_from(checkpoint);
+  if (!checkpoint.empty() && init_from.empty()) trainer->restore(checkpoint, !eval_only);
 
   if (eval_only) {
     sy::EvalReport e;

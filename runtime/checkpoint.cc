@@ -17,6 +17,7 @@
 #include <set>
 #include <sstream>
 
+#include "runtime/checkpoint_stager.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/moe_layer.h"
 #include "runtime/output_file.h"
@@ -31,6 +32,8 @@ namespace sy {
 namespace fs = std::filesystem;
 namespace pb = google::protobuf;
 using switchyard::CheckpointManifest;
+using ckpt::expert_row;
+using ckpt::Stager;
 
 namespace {
 
@@ -56,7 +59,6 @@ std::string shard_file(const char* kind, int shard, int ep) {
 // A host tensor with t's bytes (t itself on the CPU).
 Tensor host(const Tensor& t) { return t.device().is_cpu() ? t : t.to(host_ctx()); }
 
-std::string expert_row(const Param& p, int64_t g) { return p.name + ".e" + std::to_string(g); }
 // Local row i of an expert parameter's tensor (value, m or v) as one expert's
 // tensor: (C, H) for w1, or (C, H_g) when the experts' widths differ.
 Tensor row(const Param& p, const Tensor& t, int64_t i) { return p.local_row(t, i); }
@@ -215,43 +217,6 @@ void check_tensor_set(Transformer& model, const CheckpointManifest& m, const std
       throw ConfigError(join_path(dir, kManifest) + ": tensor " + name + " is missing (this model needs it)");
 }
 
-// Reads the tensors one rank needs into host tensors, checked, before
-// anything in the model changes.
-class Stager {
- public:
-  Stager(std::string dir, const CheckpointManifest& m) : dir_(std::move(dir)) {
-    for (const auto& f : m.files())
-      for (const auto& t : f.tensors()) where_[t.name()] = f.name();
-  }
-  void need(const std::string& name, const Shape& shape, Tensor dst) {
-    auto it = where_.find(name);
-    if (it == where_.end())
-      throw ConfigError(join_path(dir_, kManifest) + ": tensor " + name + " is missing (this model needs it)");
-    const SafetensorsReader& rd = reader(it->second);
-    const TensorRecord* rec = rd.find(name);
-    if (!rec) throw ConfigError(rd.path() + ": tensor " + name + " is missing (the manifest lists it here)");
-    if (rec->dtype != safetensors_dtype(dst.dtype()))
-      throw ConfigError(rd.path() + ": tensor " + name + ": dtype " + printable(rec->dtype, 40) + ", expected " +
-                        safetensors_dtype(dst.dtype()));
-    if (rec->shape != shape)
-      throw ConfigError(rd.path() + ": tensor " + name + ": shape " + shape_str(rec->shape) + ", this model has " +
-                        shape_str(shape));
-    staged_.emplace_back(dst, rd.read(*rec));
-  }
-  std::vector<std::pair<Tensor, Tensor>>& staged() { return staged_; }
-
- private:
-  const SafetensorsReader& reader(const std::string& file) {
-    auto& r = readers_[file];
-    if (!r) r = std::make_unique<SafetensorsReader>(join_path(dir_, file));
-    return *r;
-  }
-  std::string dir_;
-  std::map<std::string, std::string> where_;
-  std::map<std::string, std::unique_ptr<SafetensorsReader>> readers_;
-  std::vector<std::pair<Tensor, Tensor>> staged_;  // (the model's tensor, what goes into it)
-};
-
 }  // namespace
 
 void run_agreed(ParallelContext* par, const std::function<void()>& fn) {
@@ -339,6 +304,11 @@ std::string save_checkpoint(const std::string& root, const Config& cfg, Transfor
       e->set_initialized(c.centroids->initialized);
     }
     for (const auto& [bias, t] : model.balance_biases()) m.add_balance_biases(bias);
+    if (!state.origin.checkpoint.empty()) {
+      m.mutable_origin()->set_checkpoint(state.origin.checkpoint);
+      m.mutable_origin()->set_step(state.origin.step);
+      m.mutable_origin()->set_upcycled(state.origin.upcycled);
+    }
     std::string text;
     pb::TextFormat::PrintToString(m, &text);
     write_file(join_path(tmp, kManifest), "# Switchyard checkpoint manifest (CheckpointManifest, configs/switchyard.proto)\n" + text,
@@ -434,20 +404,21 @@ void verify_checkpoint(const std::string& dir, const CheckpointManifest& m) {
   }
 }
 
-void check_compatible(const Config& cfg, const CheckpointManifest& m, const std::string& dir) {
+void check_compatible(const Config& cfg, const CheckpointManifest& m, const std::string& dir, bool upcycle) {
   const Config& old = m.config();
-  const bool moe = cfg.moe().num_experts() > 0 || old.moe().num_experts() > 0;
+  const bool moe = !upcycle && (cfg.moe().num_experts() > 0 || old.moe().num_experts() > 0);
   const bool sparse = cfg.attention().kind() != switchyard::AttentionConfig::DENSE ||
                       old.attention().kind() != switchyard::AttentionConfig::DENSE;
   std::vector<std::string> fields = {"model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
                                      "model.n_kv_heads",
-                                     "model.ffn_hidden", "model.seq_len", "moe.num_experts", "depth.every_n_layers",
+                                     "model.ffn_hidden", "model.seq_len", "depth.every_n_layers",
                                      "attention.kind",
                                      // the model options: each changes the parameters or what a layer computes
                                      "model.position", "model.norm", "model.activation", "model.bias",
                                      "model.tie_embeddings"};
   if (cfg.model().position() == switchyard::ModelConfig::ROPE || old.model().position() == switchyard::ModelConfig::ROPE)
     fields.push_back("model.rope_base");  // no parameter, but the same weights would compute something else
+  if (!upcycle) fields.push_back("moe.num_experts");
   if (moe)
     fields.insert(fields.end(), {"moe.every_n_layers", "moe.first_dense_layers", "moe.expert_hidden", "moe.shared_expert",
                                  "moe.router"});
@@ -479,8 +450,10 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
     const std::string mine = text(cfg, f), theirs = text(old, f);
     if (mine != theirs)
       throw ConfigError(join_path(dir, kManifest) + ": " + f + " = " + mine + " in this run, " + theirs +
-                        " in the checkpoint: a checkpoint loads only into the same model (the expert-parallel size "
-                        "may change)");
+                        (upcycle ? " in the checkpoint: a dense checkpoint upcycles only into a model that is the "
+                                   "same outside its MoE layers"
+                                 : " in the checkpoint: a checkpoint loads only into the same model (the "
+                                   "expert-parallel size may change)"));
   }
   // The balanced map where both configs give one (a run resumed with a
   // config file takes the checkpoint's first: adopt_hash_table).
@@ -530,16 +503,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
         need(expert_row(*p, p->row_begin + i), p->row_shape(p->row_begin + i), row(*p, p->value, i),
              row(*p, p->m, i), row(*p, p->v, i));
     }
-    for (const CentroidSetRef& c : model.centroid_sets()) {
-      st.need(c.prefix + ".mu", c.centroids->mu.shape(), c.centroids->mu);
-      st.need(c.prefix + ".sum", c.centroids->sum.shape(), c.centroids->sum);
-      st.need(c.prefix + ".count", c.centroids->count.shape(), c.centroids->count);
-      const auto e = std::find_if(m.centroids().begin(), m.centroids().end(),
-                                   [&](const auto& s) { return s.prefix() == c.prefix; });
-      if (e == m.centroids().end())
-        throw ConfigError(join_path(dir, kManifest) + ": centroid set " + c.prefix + " is missing");
-      flags.emplace_back(&c.centroids->initialized, e->initialized());
-    }
+    ckpt::stage_centroids(st, model, m, dir, flags);
     for (const auto& [name, t] : model.balance_biases()) st.need(name, t.shape(), t);
   });
   // Everything is read and checked: now the model changes.
@@ -552,6 +516,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
   s.tokens_seen = m.tokens_seen();
   s.bad_steps = m.bad_steps();
   s.data_position = m.data_position();
+  if (m.has_origin()) s.origin = {m.origin().checkpoint(), m.origin().step(), m.origin().upcycled()};
   return s;
 }
 

@@ -50,6 +50,14 @@ namespace sy {
 // ConfigError becomes an AgreedError too).
 void run_agreed(ParallelContext* par, const std::function<void()>& fn);
 
+// Where a run's weights started (CheckpointManifest.origin): empty
+// checkpoint for a random init.
+struct RunOrigin {
+  std::string checkpoint;  // the source's directory, as given
+  int64_t step = 0;        // its steps completed
+  bool upcycled = false;   // its dense FFNs became this model's experts
+};
+
 // The trainer's counters that a checkpoint carries.
 struct TrainState {
   int64_t step = 0;            // steps completed
@@ -57,6 +65,7 @@ struct TrainState {
   int64_t tokens_seen = 0;
   int64_t bad_steps = 0;       // skipped for non-finite values, in all
   uint64_t data_position = 0;  // training batches drawn
+  RunOrigin origin;
 };
 
 // Collective over every rank: writes the checkpoint of state.step under root,
@@ -77,7 +86,10 @@ void verify_checkpoint(const std::string& dir, const switchyard::CheckpointManif
 // that changes a parameter's shape or the model's layers. (The
 // expert-parallel size may change; the config refuses one that does not
 // divide moe.num_experts.)
-void check_compatible(const Config& cfg, const switchyard::CheckpointManifest& m, const std::string& dir);
+// With upcycle, the fields outside moe.* only (a dense checkpoint into a
+// model whose MoE layers replace its FFNs).
+void check_compatible(const Config& cfg, const switchyard::CheckpointManifest& m, const std::string& dir,
+                      bool upcycle = false);
 
 // A run resumed with a config file of its own: where the file gives no
 // balanced hash table (moe.hash_table) and the checkpoint's config has one
@@ -92,5 +104,35 @@ void adopt_hash_table(Config& cfg, const switchyard::CheckpointManifest& m);
 // then writes into the model. Returns the counters.
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par,
                            bool optimizer);
+
+// A new run's weights from another run's checkpoint (train_switch
+// --init-from): fine-tuning, or sparse upcycling (Komatsuzaki et al. 2022,
+// "Sparse Upcycling: Training Mixture-of-Experts from Dense Checkpoints").
+// Collective, with load_checkpoint's checks and its all-or-nothing writes.
+//   - The same model (check_compatible): every weight and the routing
+//     state, as a resume would load them.
+//   - A dense checkpoint (moe.num_experts = 0) into this config's MoE model,
+//     the same outside moe.* (check_compatible with upcycle): every expert of
+//     layer l starts as a copy of the checkpoint's FFN of layer l (fc1 -> w1,
+//     b1; fc2 -> w2, b2), each rank its own experts; every other weight and
+//     the centroids as they are; the routers and balancing biases keep this
+//     model's init. Refused where a copy cannot be the dense FFN: an expert
+//     of another width than model.ffn_hidden, a shared expert.
+// Nothing else carries over: AdamW's moments stay zero, and the step, the
+// schedule and the token count start at 0. Returns the data stream's
+// position (so the new run does not train on the source's batches again) and
+// the origin its checkpoints record.
+//
+// Upcycling keeps the dense model's function where every token's weights
+// sum to one and no token is dropped: top-k with moe.renormalize, dropless
+// or a capacity that binds nowhere, no router noise. Then y = sum_k w_k
+// FFN(x) = FFN(x), and the language-model loss gives the routers no
+// gradient until the experts' own updates make them differ (the balance
+// losses do give one).
+struct InitFrom {
+  RunOrigin origin;
+  uint64_t data_position = 0;
+};
+InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par);
 
 }  // namespace sy

@@ -109,4 +109,14 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& root)
   throw ConfigError(spec + ": not a checkpoint (no manifest.pbtxt) nor a checkpoint directory (no latest)");
 }
 
+void check_init_source(const std::string& source, const std::string& root, bool writes_checkpoints) {
+  if (!writes_checkpoints) return;
+  std::error_code e1, e2;
+  const fs::path parent = fs::weakly_canonical(source, e1).parent_path(), mine = fs::weakly_canonical(root, e2);
+  if (!e1 && !e2 && parent == mine)
+    throw ConfigError("train.checkpoint_dir = " + root + ": the --init-from checkpoint " + source +
+                      " lies there, and this run's checkpoints would replace or prune it (give the new run "
+                      "another directory)");
+}
+
 }  // namespace sy

@@ -35,4 +35,10 @@ void prune_checkpoints(const std::string& root, int keep);
 // naming what is missing otherwise.
 std::string resolve_checkpoint(const std::string& spec, const std::string& root);
 
+// A new run's --init-from checkpoint must not lie in the root its own
+// checkpoints go to (when it writes any): publishing a step of the same
+// name would replace it, and pruning would delete it. ConfigError naming
+// train.checkpoint_dir otherwise.
+void check_init_source(const std::string& source, const std::string& root, bool writes_checkpoints);
+
 }  // namespace sy

@@ -198,7 +198,15 @@ void Trainer::restore(const std::string& dir, bool optimizer) {
   tokens_seen_ = st.tokens_seen;
   bad_steps_ = st.bad_steps;
   train_.set_position(st.data_position);
+  origin_ = st.origin;
   restored_from_ = dir;
+}
+
+void Trainer::init_from(const std::string& dir) {
+  SY_CHECK(step_ == 0 && restored_from_.empty(), "Trainer::init_from: before any step or restore");
+  const InitFrom f = init_from_checkpoint(dir, cfg_, model_, opts_.par);
+  train_.set_position(f.data_position);
+  origin_ = f.origin;
 }
 
 std::string Trainer::write_checkpoint() {
@@ -208,6 +216,7 @@ std::string Trainer::write_checkpoint() {
   st.tokens_seen = tokens_seen_;
   st.bad_steps = bad_steps_;
   st.data_position = train_.position();
+  st.origin = origin_;
   return save_checkpoint(cfg_.train().checkpoint_dir(), cfg_, model_, st, opts_.par, cfg_.train().keep_checkpoints());
 }
 
@@ -360,6 +369,10 @@ TrainResult Trainer::run() {
     if (!restored_from_.empty())
       *opts_.log << "resumed from " << restored_from_ << " after step " << start << " (" << tokens_seen_
                  << " tokens seen, batch " << train_.position() << " of the data stream)\n";
+    else if (!origin_.checkpoint.empty())
+      *opts_.log << "initialized from " << origin_.checkpoint << " (step " << origin_.step << " of its run"
+                 << (origin_.upcycled ? "; every expert a copy of its layer's dense FFN" : "")
+                 << "), data stream from batch " << train_.position() << "\n";
     opts_.log->flush();
   }
 

@@ -22,6 +22,7 @@
 
 #include "core/device_runtime.h"
 #include "core/op_profile.h"
+#include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/grad_reducer.h"
 #include "runtime/model.h"
@@ -92,6 +93,14 @@ class Trainer {
   // with `optimizer` the AdamW state, the step, the data position and the
   // routing state. The metrics file is then appended to.
   void restore(const std::string& dir, bool optimizer = true);
+  // A new run from another run's weights before run() (collective;
+  // runtime/checkpoint.h, init_from_checkpoint): the same model's, or a
+  // dense model's upcycled into this one's experts. The step, the optimizer
+  // and the metrics start afresh; the data stream goes on from the source's
+  // position.
+  void init_from(const std::string& dir);
+  // Where the weights started (empty checkpoint: a random init).
+  const RunOrigin& origin() const { return origin_; }
   TrainResult run();
   StepResult step(int64_t step);
   // Writes a checkpoint of the state after the last step (collective);
@@ -132,6 +141,7 @@ class Trainer {
   int64_t step_ = 0, optimizer_step_ = 0, tokens_seen_ = 0, bad_steps_ = 0;
   int64_t consecutive_bad_ = 0;
   std::string restored_from_;  // empty: a fresh run
+  RunOrigin origin_;           // init_from's, or a restored checkpoint's
   Batch micro_batch(const Batch& slice, int m, int n) const;
   Batch step_slice_;           // this rank's slice of the last step's batch
   Batch last_batch_;           // its last micro-batch (the slice itself with one)

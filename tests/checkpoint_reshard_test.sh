@@ -6,7 +6,8 @@
 # relative (the global batch is drawn whole, so the data stream continues at
 # another world size). Layouts that cannot work are refused with one line
 # naming the field: an EP size that does not divide num_experts, a changed
-# model shape. Experts of different widths reshard too (EP=2 -> EP=1).
+# model shape. Experts of different widths reshard too (EP=2 -> EP=1). A
+# dense checkpoint upcycled (--init-from) at EP=2 and 4 trains as at EP=1.
 #   checkpoint_reshard_test.sh TRAIN_SWITCH SOURCE_DIR MPIRUN
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
@@ -53,6 +54,22 @@ mpi 2 "${args[@]}" "${het[@]}" --set parallel.expert_parallel=2 --set train.chec
 "$BIN" --resume het2/step_00000003 --set parallel.expert_parallel=1 --set train.checkpoint_dir=het1 --metrics het1.jsonl \
   > het1.log 2>&1 && compare "heterogeneous experts, EP=2 on 2 ranks -> EP=1 on 1 rank" het2.jsonl het1.jsonl 4 \
   || { echo "FAIL heterogeneous EP=1 resume"; cat het1.log; fail=1; }
+# Upcycling a dense checkpoint (--init-from): each rank copies the FFNs into
+# its own experts, so EP=2 on 2 ranks and EP=4 on 4 ranks train on as one
+# rank does.
+dense=(--config "$SRC/configs/tiny.pbtxt" --set train.steps=3 --set train.warmup_steps=2 --set train.eval_interval=0
+       --set train.eval_batches=1 --set train.batch=8 --set train.checkpoint_interval=3 --set data.synthetic_bytes=50000
+       --set train.checkpoint_dir=dense)
+"$BIN" "${dense[@]}" > dense.log 2>&1 || { echo "FAIL dense run"; cat dense.log; exit 1; }
+up=("${args[@]}" --init-from dense/step_00000003 --set train.checkpoint_interval=0)
+"$BIN" "${up[@]}" --metrics upc1.jsonl > upc1.log 2>&1 || { echo "FAIL upcycled 1-rank run"; cat upc1.log; exit 1; }
+grep -q "initialized from dense/step_00000003 (step 3 of its run; every expert a copy" upc1.log \
+  || { echo "FAIL: no 'initialized from' line"; cat upc1.log; fail=1; }
+for ep in 2 4; do
+  mpi $ep "${up[@]}" --set parallel.expert_parallel=$ep --metrics upc$ep.jsonl > upc$ep.log 2>&1 \
+    && compare "upcycled at EP=$ep on $ep ranks = on 1 rank" upc1.jsonl upc$ep.jsonl 1 \
+    || { echo "FAIL upcycled EP=$ep run"; cat upc$ep.log; fail=1; }
+done
 
 refuse() {  # name, needle, command...
   local name=$1 needle=$2; shift 2
@@ -69,4 +86,8 @@ refuse experts "moe.num_experts = 4 in this run, 8 in the checkpoint" \
   "$BIN" --resume one/step_00000003 --set moe.num_experts=4
 refuse width "model.d_model = 32 in this run, 64 in the checkpoint" \
   "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --resume one/step_00000003 --set model.d_model=32
+refuse upcycle_shared "moe.shared_expert = true: upcycling dense/step_00000003 copies" \
+  "$BIN" "${up[@]}" --set moe.shared_expert=true
+refuse init_and_resume "--init-from dense with --resume latest: --resume continues a run" \
+  "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --init-from dense --resume latest
 exit $fail

@@ -1,0 +1,82 @@
+// What checkpoint loads share (runtime/checkpoint.cc's resume,
+// runtime/init_from.cc's new run from a checkpoint): expert rows' names, and
+// the Stager that reads and checks every tensor one rank needs before
+// anything in the model changes (all or nothing).
+#pragma once
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "switchyard.pb.h"
+#include "core/error.h"
+#include "core/tensor.h"
+#include "runtime/checkpoint_store.h"
+#include "runtime/model.h"
+#include "runtime/params.h"
+#include "runtime/safetensors.h"
+
+namespace sy::ckpt {
+
+using switchyard::CheckpointManifest;
+
+// Expert g's row of an expert parameter: "h1.moe.experts.w1.e5".
+inline std::string expert_row(const Param& p, int64_t g) { return p.name + ".e" + std::to_string(g); }
+
+// Reads the tensors one rank needs into host tensors, checked, before
+// anything in the model changes.
+class Stager {
+ public:
+  Stager(std::string dir, const CheckpointManifest& m) : dir_(std::move(dir)) {
+    for (const auto& f : m.files())
+      for (const auto& t : f.tensors()) where_[t.name()] = f.name();
+  }
+  void need(const std::string& name, const Shape& shape, Tensor dst) {
+    auto it = where_.find(name);
+    if (it == where_.end())
+      throw ConfigError(join_path(dir_, "manifest.pbtxt") + ": tensor " + name + " is missing (this model needs it)");
+    const SafetensorsReader& rd = reader(it->second);
+    const TensorRecord* rec = rd.find(name);
+    if (!rec) throw ConfigError(rd.path() + ": tensor " + name + " is missing (the manifest lists it here)");
+    if (rec->dtype != safetensors_dtype(dst.dtype()))
+      throw ConfigError(rd.path() + ": tensor " + name + ": dtype " + printable(rec->dtype, 40) + ", expected " +
+                        safetensors_dtype(dst.dtype()));
+    if (rec->shape != shape)
+      throw ConfigError(rd.path() + ": tensor " + name + ": shape " + shape_str(rec->shape) + ", this model has " +
+                        shape_str(shape));
+    staged_.emplace_back(dst, rd.read(*rec));
+  }
+  std::vector<std::pair<Tensor, Tensor>>& staged() { return staged_; }
+
+ private:
+  const SafetensorsReader& reader(const std::string& file) {
+    auto& r = readers_[file];
+    if (!r) r = std::make_unique<SafetensorsReader>(join_path(dir_, file));
+    return *r;
+  }
+  std::string dir_;
+  std::map<std::string, std::string> where_;
+  std::map<std::string, std::unique_ptr<SafetensorsReader>> readers_;
+  std::vector<std::pair<Tensor, Tensor>> staged_;  // (the model's tensor, what goes into it)
+};
+
+
+// Every centroid set of the model from routing.safetensors, and its
+// `initialized` flag from the manifest (set once the model has changed).
+inline void stage_centroids(Stager& st, Transformer& model, const CheckpointManifest& m, const std::string& dir,
+                            std::vector<std::pair<bool*, bool>>& flags) {
+  for (const CentroidSetRef& c : model.centroid_sets()) {
+    st.need(c.prefix + ".mu", c.centroids->mu.shape(), c.centroids->mu);
+    st.need(c.prefix + ".sum", c.centroids->sum.shape(), c.centroids->sum);
+    st.need(c.prefix + ".count", c.centroids->count.shape(), c.centroids->count);
+    const auto e = std::find_if(m.centroids().begin(), m.centroids().end(),
+                                [&](const auto& s) { return s.prefix() == c.prefix; });
+    if (e == m.centroids().end())
+      throw ConfigError(join_path(dir, "manifest.pbtxt") + ": centroid set " + c.prefix + " is missing");
+    flags.emplace_back(&c.centroids->initialized, e->initialized());
+  }
+}
+
+}  // namespace sy::ckpt

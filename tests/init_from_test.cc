@@ -1,0 +1,255 @@
+// A new run from another run's weights (runtime/checkpoint.h,
+// init_from_checkpoint; train_switch --init-from): sparse upcycling keeps a
+// dense model's function (each expert its layer's FFN, top-2 renormalised,
+// dropless, no noise: the same validation loss), copies the FFNs bit for bit
+// and leaves the routers at their init; the same model loads its weights
+// without the optimizer; nothing else carries over but the data position,
+// and the origin is recorded through resumes. Refusals leave the model as it
+// was.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "config_error.h"
+#include "temp_dir.h"
+#include "runtime/checkpoint.h"
+#include "runtime/checkpoint_store.h"
+#include "runtime/trainer.h"
+
+namespace sy {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::error_of;
+using testing::TempDir;
+
+using Sets = std::vector<std::string>;
+
+// A small dense model, or the same with MoE FFNs whose output is the FFN's
+// when every expert is that FFN: top-2 weights renormalised to sum to one,
+// nothing dropped, no noise in the choice. `sets` are --set overrides.
+Config make_config(const std::string& root, bool moe, const Sets& sets = {}) {
+  Config c = parse_config(std::string(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 24 seq_len: 16 }
+    train { batch: 4 steps: 6 warmup_steps: 1 eval_batches: 2 seed: 5 lr: 0.01 }
+    data { synthetic_bytes: 10000 }
+  )") + (moe ? "moe { num_experts: 4 top_k: 2 renormalize: true dropless: true every_n_layers: 1 "
+                "router_noise: 0 jitter: 0 }"
+             : ""),
+                          "test");
+  for (const std::string& o : sets) apply_override(c, o);
+  c.mutable_train()->set_checkpoint_dir(root);
+  validate_config(c, "test");
+  return c;
+}
+Config dense_config(const std::string& root, const Sets& sets = {}) { return make_config(root, false, sets); }
+Config moe_config(const std::string& root, const Sets& sets = {}) { return make_config(root, true, sets); }
+
+// The dense run's checkpoint after 3 steps (weights and biases trained away
+// from their init).
+std::string dense_checkpoint(const Config& cfg, float* val_loss = nullptr) {
+  Trainer a(cfg, {});
+  for (int s = 1; s <= 3; ++s) a.step(s);
+  if (val_loss) *val_loss = a.evaluate();
+  return a.write_checkpoint();
+}
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+Param* param(Transformer& m, const std::string& name) {
+  for (Param* p : m.params().all())
+    if (p->name == name) return p;
+  ADD_FAILURE() << "no parameter " << name;
+  return nullptr;
+}
+
+// Upcycling keeps the dense model's function: the same validation loss to
+// rounding (w a + (1 - w) a is a up to an ulp or two). A MoE from its own init
+// is far from it, so the comparison can fail.
+// `model_sets` apply to both models, `moe_sets` to the MoE only.
+void expect_dense_function(const Sets& model_sets, const Sets& moe_sets = {}) {
+  TempDir d, e;
+  float dense_loss = 0;
+  const std::string dir = dense_checkpoint(dense_config(d.path, model_sets), &dense_loss);
+  Sets sets = model_sets;
+  sets.insert(sets.end(), moe_sets.begin(), moe_sets.end());
+  Trainer fresh(moe_config(e.path, sets), {});
+  const float fresh_loss = fresh.evaluate();
+  Trainer b(moe_config(e.path, sets), {});
+  b.init_from(dir);
+  const float upcycled = b.evaluate();
+  EXPECT_NEAR(upcycled, dense_loss, 1e-5 * dense_loss) << "the upcycled model computes the dense one";
+  EXPECT_GT(std::fabs(fresh_loss - dense_loss), 1e-2) << "a fresh MoE does not (the test can fail)";
+}
+
+TEST(Upcycle, KeepsTheDenseFunction) { expect_dense_function({}); }
+
+// Every other layer routed: the dense layers load as they are.
+TEST(Upcycle, KeepsTheDenseFunctionWithDenseLayersBetween) { expect_dense_function({}, {"moe.every_n_layers=2"}); }
+
+// The Mixtral layout: SwiGLU's gate|up halves in fc1 and w1 alike, no
+// biases, RMSNorm, RoPE.
+TEST(Upcycle, KeepsTheDenseFunctionInTheLlamaLayout) {
+  expect_dense_function({"model.activation=SWIGLU", "model.bias=false", "model.norm=RMSNORM", "model.position=ROPE"});
+}
+
+// Routed attention's centroids come with the weights (calibrated: no
+// k-means again), and depth routing's router is a dense weight.
+TEST(Upcycle, KeepsTheDenseFunctionWithRoutedAttentionAndDepth) {
+  expect_dense_function({"attention.kind=ROUTED", "attention.num_routing_heads=1", "attention.window=4",
+                         "depth.every_n_layers=2", "depth.capacity=0.5"});
+}
+
+TEST(Upcycle, CopiesTheFfnsAndNothingOfTheOptimizer) {
+  TempDir d, e;
+  const Config dense = dense_config(d.path), moe = moe_config(e.path);
+  Trainer a(dense, {});
+  for (int s = 1; s <= 3; ++s) a.step(s);
+  const std::string dir = a.write_checkpoint();
+  Trainer fresh(moe, {}), b(moe, {});
+  b.init_from(dir);
+  Transformer &src = a.model(), &dst = b.model();
+  const char* pairs[][2] = {{"w1", "fc1.w"}, {"b1", "fc1.b"}, {"w2", "fc2.w"}, {"b2", "fc2.b"}};
+  for (int l = 0; l < 2; ++l) {
+    const std::string h = "h" + std::to_string(l);
+    for (const auto& [expert, fc] : pairs) {
+      Param* p = param(dst, h + ".moe.experts." + expert);
+      const Tensor& want = param(src, h + ".mlp." + fc)->value;
+      for (int64_t g = 0; g < p->local_rows(); ++g)
+        EXPECT_TRUE(same_bytes(p->local_row(p->value, g), want)) << h << " expert " << g << " " << expert;
+    }
+    EXPECT_TRUE(same_bytes(param(dst, h + ".moe.router.w")->value, param(fresh.model(), h + ".moe.router.w")->value))
+        << "the router keeps this model's init";
+  }
+  for (const char* name : {"wte", "wpe", "h1.attn.qkv.w", "h0.ln2.b", "head.w"})
+    EXPECT_TRUE(same_bytes(param(dst, name)->value, param(src, name)->value)) << name;
+  for (Param* p : dst.params().all()) {
+    const Tensor zero = Tensor::zeros(p->m.shape(), DType::f32, host_ctx());
+    EXPECT_TRUE(same_bytes(p->m, zero) && same_bytes(p->v, zero)) << p->name << ": AdamW's moments start at zero";
+  }
+  EXPECT_EQ(b.completed_steps(), 0);
+  EXPECT_EQ(b.origin().checkpoint, dir);
+  EXPECT_EQ(b.origin().step, 3);
+  EXPECT_TRUE(b.origin().upcycled);
+
+  // The data stream goes on (batch 4 after the source's 3), the counters
+  // start at 0, and the origin is in every checkpoint, also after a resume.
+  b.step(1);
+  const std::string mine = b.write_checkpoint();
+  const auto m = read_manifest(mine);
+  EXPECT_EQ(m.step(), 1);
+  EXPECT_EQ(m.optimizer_step(), 1);
+  EXPECT_EQ(m.tokens_seen(), 4 * 16);
+  EXPECT_EQ(m.data_position(), 4u);
+  EXPECT_EQ(m.origin().checkpoint(), dir);
+  EXPECT_EQ(m.origin().step(), 3);
+  EXPECT_TRUE(m.origin().upcycled());
+  Trainer c(moe, {});
+  c.restore(mine);
+  EXPECT_EQ(c.origin().checkpoint, dir);
+  EXPECT_TRUE(c.origin().upcycled);
+  // The source's batch 4 is the upcycled run's step 1 batch: the dense run's
+  // step 4 and the upcycled step see the same tokens, so with the function
+  // kept their losses agree too.
+  TempDir f;
+  Trainer g(moe_config(f.path), {});
+  g.init_from(dir);
+  const float upcycled = g.step(1).loss, dense_next = a.step(4).loss;
+  EXPECT_NEAR(upcycled, dense_next, 1e-5 * dense_next);
+}
+
+// The same model: weights (and centroids, biases) as a resume loads them,
+// but not AdamW's moments, the step or the schedule.
+TEST(InitFrom, SameModelTakesTheWeightsOnly) {
+  TempDir d, e;
+  const Sets sets = {"attention.kind=ROUTED", "attention.num_routing_heads=1", "attention.window=4",
+                     "moe.bias_balance_rate=0.01"};
+  Trainer a(moe_config(d.path, sets), {});
+  for (int s = 1; s <= 3; ++s) a.step(s);
+  const std::string dir = a.write_checkpoint();
+  Trainer b(moe_config(e.path, sets), {});
+  b.init_from(dir);
+  for (Param* p : b.model().params().all()) {
+    EXPECT_TRUE(same_bytes(p->value, param(a.model(), p->name)->value)) << p->name;
+    EXPECT_TRUE(same_bytes(p->m, Tensor::zeros(p->m.shape(), DType::f32, host_ctx()))) << p->name;
+  }
+  const auto ba = a.model().balance_biases(), bb = b.model().balance_biases();
+  ASSERT_EQ(ba.size(), 2u);
+  for (size_t i = 0; i < ba.size(); ++i) EXPECT_TRUE(same_bytes(ba[i].second, bb[i].second)) << ba[i].first;
+  EXPECT_FALSE(b.origin().upcycled);
+  EXPECT_EQ(b.completed_steps(), 0);
+  EXPECT_EQ(b.evaluate(), a.evaluate());
+}
+
+// A refusal's message, and the model as it was.
+std::string refusal(Trainer& t, const std::string& dir) {
+  std::string before;
+  for (Param* p : t.model().params().all()) before.append(static_cast<const char*>(p->value.raw()), p->value.nbytes());
+  std::string what;
+  try {
+    t.init_from(dir);
+    ADD_FAILURE() << "init_from did not refuse";
+  } catch (const AgreedError& e) {
+    what = e.what();
+  }
+  std::string after;
+  for (Param* p : t.model().params().all()) after.append(static_cast<const char*>(p->value.raw()), p->value.nbytes());
+  EXPECT_TRUE(before == after) << "a refusal changed the model";
+  EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+  return what;
+}
+
+TEST(Upcycle, RefusesWhatACopyCannotBe) {
+  TempDir d, e;
+  const std::string dir = dense_checkpoint(dense_config(d.path));
+  {
+    Trainer t(moe_config(e.path, {"moe.shared_expert=true"}), {});
+    EXPECT_EQ(refusal(t, dir).rfind("moe.shared_expert = true: upcycling " + dir, 0), 0u);
+  }
+  {
+    Trainer t(moe_config(e.path, {"moe.expert_hidden=12"}), {});
+    EXPECT_EQ(refusal(t, dir), "moe.expert_hidden = [12, 12, 12, 12]: upcycling " + dir +
+                                   " copies each layer's dense FFN (model.ffn_hidden = 24) into every expert, so each "
+                                   "must be that wide (empty or 0)");
+  }
+  {
+    Trainer t(moe_config(e.path, {"model.n_heads=4"}), {});
+    EXPECT_EQ(refusal(t, dir), join_path(dir, "manifest.pbtxt") +
+                                   ": model.n_heads = 4 in this run, 2 in the checkpoint: a dense checkpoint upcycles "
+                                   "only into a model that is the same outside its MoE layers");
+  }
+  {  // a MoE checkpoint into another MoE: not upcycling, and not the same model
+    TempDir f;
+    const std::string moe_dir = dense_checkpoint(moe_config(f.path));
+    Trainer t(moe_config(e.path, {"moe.num_experts=8"}), {});
+    EXPECT_EQ(refusal(t, moe_dir).rfind(join_path(moe_dir, "manifest.pbtxt") +
+                                            ": moe.num_experts = 8 in this run, 4 in the checkpoint: a checkpoint "
+                                            "loads only into the same model",
+                                        0),
+              0u);
+    Trainer dense(dense_config(e.path), {});  // nor a MoE's into a dense model
+    EXPECT_NE(refusal(dense, moe_dir).find("moe.num_experts = 0 in this run, 4 in the checkpoint"), std::string::npos);
+  }
+}
+
+// The source must not be among the checkpoints the new run writes and prunes.
+TEST(InitFrom, SourceOutsideTheRunsCheckpointDirectory) {
+  TempDir d, e;
+  const std::string dir = dense_checkpoint(dense_config(d.path));
+  const std::string error = error_of([&] { check_init_source(dir, d.path, true); });
+  EXPECT_EQ(error, "train.checkpoint_dir = " + d.path + ": the --init-from checkpoint " + dir +
+                       " lies there, and this run's checkpoints would replace or prune it (give the new run "
+                       "another directory)");
+  EXPECT_FALSE(error_of([&] { check_init_source(dir + "/", d.path + "/.", true); }).empty()) << "spelt otherwise";
+  EXPECT_NO_THROW(check_init_source(dir, d.path, false)) << "a run that writes no checkpoint";
+  EXPECT_NO_THROW(check_init_source(dir, e.path, true));
+}
+
+}  // namespace
+}  // namespace sy
