@@ -243,7 +243,8 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     }
     if (!init_from.empty()) {
       checkpoint = sy::resolve_checkpoint(init_from, cfg.train().checkpoint_dir());
-      sy::check_init_source(checkpoint, cfg.train().checkpoint_dir(), cfg.train().checkpoint_interval() > 0);
+      sy::check_init_source(checkpoint, cfg.train().checkpoint_dir());
+      sy::adopt_hash_table(cfg, sy::read_manifest(checkpoint));  // balanced hash routing's map, as a resume
     }
     opts.metrics_path = metrics_path;
     opts.op_profile_path = op_profile_path;

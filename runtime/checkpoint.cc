@@ -404,8 +404,9 @@ void verify_checkpoint(const std::string& dir, const CheckpointManifest& m) {
   }
 }
 
-void check_compatible(const Config& cfg, const CheckpointManifest& m, const std::string& dir, bool upcycle) {
+void check_compatible(const Config& cfg, const CheckpointManifest& m, const std::string& dir, CheckpointUse use) {
   const Config& old = m.config();
+  const bool upcycle = use == CheckpointUse::upcycle;
   const bool moe = !upcycle && (cfg.moe().num_experts() > 0 || old.moe().num_experts() > 0);
   const bool sparse = cfg.attention().kind() != switchyard::AttentionConfig::DENSE ||
                       old.attention().kind() != switchyard::AttentionConfig::DENSE;
@@ -452,8 +453,11 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
       throw ConfigError(join_path(dir, kManifest) + ": " + f + " = " + mine + " in this run, " + theirs +
                         (upcycle ? " in the checkpoint: a dense checkpoint upcycles only into a model that is the "
                                    "same outside its MoE layers"
-                                 : " in the checkpoint: a checkpoint loads only into the same model (the "
-                                   "expert-parallel size may change)"));
+                         : use == CheckpointUse::init_from
+                             ? " in the checkpoint: --init-from takes the same model's weights, or a dense "
+                               "checkpoint's (moe.num_experts = 0) into a model that adds MoE layers"
+                             : " in the checkpoint: a checkpoint loads only into the same model (the "
+                               "expert-parallel size may change)"));
   }
   // The balanced map where both configs give one (a run resumed with a
   // config file takes the checkpoint's first: adopt_hash_table).
@@ -475,12 +479,12 @@ void adopt_hash_table(Config& cfg, const CheckpointManifest& m) {
 }
 
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par,
-                           bool optimizer) {
+                           bool optimizer, CheckpointUse use) {
   CheckpointManifest m;
   run_agreed(par, [&] {
     m = read_manifest(dir);
     if (rank_of(par) != 0) return;
-    check_compatible(cfg, m, dir);
+    check_compatible(cfg, m, dir, use);
     verify_checkpoint(dir, m);
     check_tensor_set(model, m, dir, optimizer);
   });

@@ -86,10 +86,13 @@ void verify_checkpoint(const std::string& dir, const switchyard::CheckpointManif
 // that changes a parameter's shape or the model's layers. (The
 // expert-parallel size may change; the config refuses one that does not
 // divide moe.num_experts.)
-// With upcycle, the fields outside moe.* only (a dense checkpoint into a
-// model whose MoE layers replace its FFNs).
+// What the checkpoint is loaded for, which the refusal names: a resume (or
+// a tool reading it), a new run from its weights, or upcycling, which
+// compares the fields outside moe.* only (a dense checkpoint into a model
+// whose MoE layers replace its FFNs).
+enum class CheckpointUse { resume, init_from, upcycle };
 void check_compatible(const Config& cfg, const switchyard::CheckpointManifest& m, const std::string& dir,
-                      bool upcycle = false);
+                      CheckpointUse use = CheckpointUse::resume);
 
 // A run resumed with a config file of its own: where the file gives no
 // balanced hash table (moe.hash_table) and the checkpoint's config has one
@@ -103,7 +106,7 @@ void adopt_hash_table(Config& cfg, const switchyard::CheckpointManifest& m);
 // `optimizer`, the moments), checks every tensor's dtype and shape, and only
 // then writes into the model. Returns the counters.
 TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par,
-                           bool optimizer);
+                           bool optimizer, CheckpointUse use = CheckpointUse::resume);
 
 // A new run's weights from another run's checkpoint (train_switch
 // --init-from): fine-tuning, or sparse upcycling (Komatsuzaki et al. 2022,
@@ -120,8 +123,10 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
 //     of another width than model.ffn_hidden, a shared expert.
 // Nothing else carries over: AdamW's moments stay zero, and the step, the
 // schedule and the token count start at 0. Returns the data stream's
-// position (so the new run does not train on the source's batches again) and
-// the origin its checkpoints record.
+// position (with the same seed and data, the new run draws the batches the
+// source would have drawn next) and the origin its checkpoints record (the
+// source's absolute path). A run with balanced hash routing takes the
+// source's table first (adopt_hash_table), as a resume with a config does.
 //
 // Upcycling keeps the dense model's function where every token's weights
 // sum to one and no token is dropped: top-k with moe.renormalize, dropless

@@ -46,7 +46,9 @@ class Stager {
     if (rec->shape != shape)
       throw ConfigError(rd.path() + ": tensor " + name + ": shape " + shape_str(rec->shape) + ", this model has " +
                         shape_str(shape));
-    staged_.emplace_back(dst, rd.read(*rec));
+    Tensor& src = read_[name];  // read once, however many tensors it fills
+    if (!src.defined()) src = rd.read(*rec);
+    staged_.emplace_back(dst, src);
   }
   std::vector<std::pair<Tensor, Tensor>>& staged() { return staged_; }
 
@@ -59,6 +61,7 @@ class Stager {
   std::string dir_;
   std::map<std::string, std::string> where_;
   std::map<std::string, std::unique_ptr<SafetensorsReader>> readers_;
+  std::map<std::string, Tensor> read_;             // by name
   std::vector<std::pair<Tensor, Tensor>> staged_;  // (the model's tensor, what goes into it)
 };
 

@@ -100,7 +100,7 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& root)
   auto via_latest = [](const std::string& dir) {
     const std::string name = read_latest(dir);
     if (name.empty())
-      throw ConfigError(join_path(dir, "latest") + ": no checkpoint to resume from (missing or empty)");
+      throw ConfigError(join_path(dir, "latest") + ": no checkpoint there (missing or empty)");
     return join_path(dir, name);
   };
   if (spec == "latest") return via_latest(root);
@@ -109,8 +109,7 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& root)
   throw ConfigError(spec + ": not a checkpoint (no manifest.pbtxt) nor a checkpoint directory (no latest)");
 }
 
-void check_init_source(const std::string& source, const std::string& root, bool writes_checkpoints) {
-  if (!writes_checkpoints) return;
+void check_init_source(const std::string& source, const std::string& root) {
   std::error_code e1, e2;
   const fs::path parent = fs::weakly_canonical(source, e1).parent_path(), mine = fs::weakly_canonical(root, e2);
   if (!e1 && !e2 && parent == mine)

@@ -36,9 +36,10 @@ void prune_checkpoints(const std::string& root, int keep);
 std::string resolve_checkpoint(const std::string& spec, const std::string& root);
 
 // A new run's --init-from checkpoint must not lie in the root its own
-// checkpoints go to (when it writes any): publishing a step of the same
-// name would replace it, and pruning would delete it. ConfigError naming
-// train.checkpoint_dir otherwise.
-void check_init_source(const std::string& source, const std::string& root, bool writes_checkpoints);
+// checkpoints go to (every run may write one: a signal stops it with one,
+// whatever train.checkpoint_interval is): publishing a step of the same name
+// would replace it, `latest` would move, and pruning would delete it.
+// ConfigError naming train.checkpoint_dir otherwise.
+void check_init_source(const std::string& source, const std::string& root);
 
 }  // namespace sy

@@ -1,6 +1,7 @@
 // A new run from another run's checkpoint (runtime/checkpoint.h:
 // init_from_checkpoint): the same model's weights, or a dense model's
 // upcycled into this config's experts.
+#include <filesystem>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +13,7 @@
 namespace sy {
 namespace {
 
+namespace fs = std::filesystem;
 using switchyard::CheckpointManifest;
 
 // The dense FFN parameter an expert parameter starts as:
@@ -33,7 +35,7 @@ std::string dense_source(const std::string& expert_param) {
 // A copy of the dense FFN is that FFN only at its width, and only where no
 // other FFN adds to the layer's output.
 void check_upcycle(const Config& cfg, const CheckpointManifest& m, const std::string& dir) {
-  check_compatible(cfg, m, dir, /*upcycle=*/true);
+  check_compatible(cfg, m, dir, CheckpointUse::upcycle);
   const std::string from = "upcycling " + dir + " copies each layer's dense FFN";
   if (cfg.moe().shared_expert())
     throw ConfigError("moe.shared_expert = true: " + from +
@@ -53,6 +55,10 @@ void check_upcycle(const Config& cfg, const CheckpointManifest& m, const std::st
 }  // namespace
 
 InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par) {
+  // Recorded absolute: the run's checkpoints may be read from elsewhere.
+  std::error_code ec;
+  const fs::path abs = fs::weakly_canonical(dir, ec);
+  const std::string where = ec ? dir : abs.string();
   CheckpointManifest m;
   bool upcycle = false;
   run_agreed(par, [&] {
@@ -60,8 +66,8 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
     upcycle = cfg.moe().num_experts() > 0 && m.config().moe().num_experts() == 0;
   });
   if (!upcycle) {  // the same model (load_checkpoint checks it): its weights, a fresh optimizer
-    const TrainState st = load_checkpoint(dir, cfg, model, par, /*optimizer=*/false);
-    return {{dir, st.step, false}, st.data_position};
+    const TrainState st = load_checkpoint(dir, cfg, model, par, /*optimizer=*/false, CheckpointUse::init_from);
+    return {{where, st.step, false}, st.data_position};
   }
   run_agreed(par, [&] {
     if (par && par->rank() != 0) return;
@@ -76,8 +82,8 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
         const std::string src = dense_source(p->name);
         for (int64_t i = 0; i < p->local_rows(); ++i)
           st.need(src, p->row_shape(p->row_begin + i), p->local_row(p->value, i));
-      } else if (p->name.find(".moe.") == std::string::npos) {
-        st.need(p->name, p->shape, p->value);
+      } else if (p->name.find(".moe.router.") == std::string::npos) {
+        st.need(p->name, p->shape, p->value);  // (any other MoE weight: refused as missing)
       }  // else a router's weights: no counterpart, this model's init
     }
     ckpt::stage_centroids(st, model, m, dir, flags);
@@ -85,7 +91,7 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
   for (auto& [dst, src] : st.staged()) dst.copy_from(src, model.ctx());
   model.params().refresh_shadows(model.ctx());
   for (auto& [flag, v] : flags) *flag = v;
-  return {{dir, m.step(), true}, m.data_position()};
+  return {{where, m.step(), true}, m.data_position()};
 }
 
 }  // namespace sy

@@ -203,7 +203,8 @@ void Trainer::restore(const std::string& dir, bool optimizer) {
 }
 
 void Trainer::init_from(const std::string& dir) {
-  SY_CHECK(step_ == 0 && restored_from_.empty(), "Trainer::init_from: before any step or restore");
+  SY_CHECK(step_ == 0 && restored_from_.empty() && origin_.checkpoint.empty(),
+           "Trainer::init_from: once, before any step or restore");
   const InitFrom f = init_from_checkpoint(dir, cfg_, model_, opts_.par);
   train_.set_position(f.data_position);
   origin_ = f.origin;

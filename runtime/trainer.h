@@ -97,7 +97,9 @@ class Trainer {
   // runtime/checkpoint.h, init_from_checkpoint): the same model's, or a
   // dense model's upcycled into this one's experts. The step, the optimizer
   // and the metrics start afresh; the data stream goes on from the source's
-  // position.
+  // position. With balanced hash routing the config must carry the
+  // source's table (adopt_hash_table before the Trainer is made), or a table
+  // made from other data is refused.
   void init_from(const std::string& dir);
   // Where the weights started (empty checkpoint: a random init).
   const RunOrigin& origin() const { return origin_; }

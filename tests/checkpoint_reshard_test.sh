@@ -70,6 +70,17 @@ for ep in 2 4; do
     && compare "upcycled at EP=$ep on $ep ranks = on 1 rank" upc1.jsonl upc$ep.jsonl 1 \
     || { echo "FAIL upcycled EP=$ep run"; cat upc$ep.log; fail=1; }
 done
+# Fine-tuning a model with balanced hash routing on other data (--init-from,
+# the same model): the source's map of bytes to experts comes along, as with
+# --resume --config, where one made from the new data would be refused.
+hash=(--set moe.router=HASH --set moe.hash_assignment=BALANCED --set moe.load_balance_coef=0 --set moe.bias_balance_rate=0)
+"$BIN" "${args[@]}" "${hash[@]}" --set train.steps=3 --set train.checkpoint_dir=hash > hash.log 2>&1 \
+  || { echo "FAIL hash run"; cat hash.log; exit 1; }
+python3 -c "import sys; sys.stdout.write('zzzz yyy xx w. ' * 4000)" > other.txt
+"$BIN" "${args[@]}" "${hash[@]}" --set data.source=TEXT_FILE --set data.path=other.txt --set train.steps=2 \
+  --set train.checkpoint_interval=0 --init-from hash > hashft.log 2>&1 && grep -q "initialized from" hashft.log \
+  && echo "ok   balanced hash routing fine-tuned on other data with the source's table" \
+  || { echo "FAIL balanced hash fine-tuning"; cat hashft.log; fail=1; }
 
 refuse() {  # name, needle, command...
   local name=$1 needle=$2; shift 2
@@ -88,6 +99,8 @@ refuse width "model.d_model = 32 in this run, 64 in the checkpoint" \
   "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --resume one/step_00000003 --set model.d_model=32
 refuse upcycle_shared "moe.shared_expert = true: upcycling dense/step_00000003 copies" \
   "$BIN" "${up[@]}" --set moe.shared_expert=true
+refuse init_own_dir "train.checkpoint_dir = dense: the --init-from checkpoint dense/step_00000003 lies there" \
+  "$BIN" "${args[@]}" --set train.checkpoint_interval=0 --init-from dense --set train.checkpoint_dir=dense
 refuse init_and_resume "--init-from dense with --resume latest: --resume continues a run" \
   "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --init-from dense --resume latest
 exit $fail
