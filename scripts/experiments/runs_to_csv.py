@@ -7,7 +7,8 @@ are not kept in the repository: the experiment scripts write them under RUNS
 Usage: runs_to_csv.py PLOT RUNS > docs/PLOT.csv
 PLOT is one of: moe_vs_dense, moe_balance, moe_frontier, moe_seeds,
 moe_load_parts, moe_sweep, depth_vs_dense, routed_vs_local, budget,
-budget_costs, mixtral_tiny_vs_shakespeare_small, routed_vs_local_rope.
+budget_costs, mixtral_tiny_vs_shakespeare_small, routed_vs_local_rope,
+upcycling.
 A run that is missing is named on stderr and left out.
 Standard library only.
 """
@@ -252,10 +253,25 @@ def routed_vs_local_rope(w, runs):
     val_curves(w, runs, ["local_copy_rope", "routed_copy_rope"])
 
 
+def upcycling(w, runs):
+    # Validation curves on one step axis: the runs that start from the dense
+    # 1000-step checkpoint (--init-from) count their steps after its 1000.
+    w.writerow(["run", "step", "val_loss"])
+    for s in ["1234", "2"]:
+        for name, offset in [("dense1000", 0), ("dense2000", 0), ("moe2000", 0), ("dense_cont", 1000),
+                             ("upcycled", 1000), ("upcycled_switch", 1000), ("dense_cont_lr5e-4", 1000),
+                             ("upcycled_lr5e-4", 1000)]:
+            f = f"{runs}/{name}_s{s}.jsonl"
+            if have(f):
+                for d in rows(f):
+                    if "val_loss" in d:
+                        w.writerow([f"{name}_s{s}", d["step"] + offset, num(d["val_loss"])])
+
+
 PLOTS = {f.__name__: f for f in [moe_vs_dense, moe_balance, moe_frontier, moe_seeds,
                                  moe_load_parts, moe_sweep, depth_vs_dense, routed_vs_local,
                                  budget, budget_costs, mixtral_tiny_vs_shakespeare_small,
-                                 routed_vs_local_rope]}
+                                 routed_vs_local_rope, upcycling]}
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in PLOTS:
