@@ -69,7 +69,9 @@ SY_HOST_DEVICE uint64_t bits_below(uint32_t hi, uint32_t lo, uint64_t n) {
 }
 
 // Named streams: one per consumer and purpose, so no two draw the same bits.
-enum class RandomPurpose : uint32_t { data = 1, jitter = 2, router_noise = 3, gumbel = 4, sample = 5, token_select = 6 };
+enum class RandomPurpose : uint32_t {
+  data = 1, jitter = 2, router_noise = 3, gumbel = 4, sample = 5, token_select = 6, upcycle = 7
+};
 inline uint32_t random_stream(RandomPurpose p, int layer = 0) {
   return (static_cast<uint32_t>(layer) << 8) | static_cast<uint32_t>(p);
 }

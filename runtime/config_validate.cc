@@ -128,6 +128,7 @@ void validate_config(const Config& cfg, const std::string& source) {
   if (t.checkpoint_dir().empty()) c.fail("train.checkpoint_dir", "\"\"", "must name a directory");
   c.range("train.keep_checkpoints", t.keep_checkpoints(), 0, 1000000);
   c.range("train.max_bad_steps", t.max_bad_steps(), 1, 1000000);
+  c.range("train.upcycle_reinit", t.upcycle_reinit(), 0.f, 1.f);
 
   const auto& d = cfg.data();
   c.range("data.val_fraction", d.val_fraction(), 0.f, 0.5f, true);

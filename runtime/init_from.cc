@@ -1,11 +1,16 @@
 // A new run from another run's checkpoint (runtime/checkpoint.h:
 // init_from_checkpoint): the same model's weights, or a dense model's
 // upcycled into this config's experts.
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/philox.h"
+#include "ops/random.h"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_stager.h"
 #include "runtime/moe_layer.h"
@@ -52,6 +57,102 @@ void check_upcycle(const Config& cfg, const CheckpointManifest& m, const std::st
                       ") into every expert, so each must be that wide (empty or 0)");
 }
 
+// The block index of an expert parameter's layer: "h3.moe.experts.w1" -> 3.
+int layer_of(const std::string& name) {
+  SY_CHECK(name.size() > 1 && name[0] == 'h', "upcycling: parameter " << name << " names no block");
+  return std::stoi(name.substr(1));
+}
+
+// Drop-Upcycling (Nakamura et al. 2025, "Drop-Upcycling: Training Sparse
+// Mixture of Experts with Partial Re-initialization"): expert g of layer l
+// re-draws hidden unit j when j is among the round(r H) smallest of H
+// uniform keys (ties: the lower j), keyed by (seed, layer, g). Its w1
+// column (both, gate and up, for SwiGLU) and its w2 row become mean + std
+// N(0, 1) with the mean and standard deviation of the dense matrix they were
+// copied from (each half of a SwiGLU fc1 on its own), its b1 entries 0 (the
+// biases' init). Every draw is a function of (seed, layer, expert, element)
+// alone (core/philox.h), so any expert-parallel size draws the same weights.
+class DropUpcycle {
+ public:
+  DropUpcycle(const Config& cfg) : seed_(cfg.train().seed()), ratio_(cfg.train().upcycle_reinit()) {
+    H_ = cfg.model().ffn_hidden();
+    gated_ = cfg.model().activation() == switchyard::ModelConfig::SWIGLU;
+  }
+  bool active() const { return ratio_ > 0; }
+
+  // p's local row i (an expert's w1, b1 or w2, copied from the dense FFN).
+  void apply(const Param& p, int64_t i, Ctx& ctx) {
+    const std::string kind = p.name.substr(p.name.size() - 2);  // w1, b1, w2 or b2
+    if (kind == "b2") return;
+    const int64_t g = p.row_begin + i;
+    Tensor dst = p.local_row(p.value, i);
+    Tensor t = dst.to(host_ctx());
+    float* v = t.data<float>();
+    const std::vector<bool> redraw = units(layer_of(p.name), g);
+    const int64_t P = gated_ ? 2 * H_ : H_;
+    if (kind == "b1") {
+      for (int64_t j = 0; j < H_; ++j)
+        if (redraw[j])
+          for (int64_t col = j; col < P; col += H_) v[col] = 0.f;
+    } else if (kind == "w1") {  // (C, P): columns j (and H + j)
+      const int64_t C = t.dim(0);
+      const Tensor z = normals(layer_of(p.name), g, H_, C * P);
+      for (int64_t half = 0; half < P / H_; ++half) {
+        const auto [mean, std] = stats(v, C, P, half * H_, H_);
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t j = 0; j < H_; ++j)
+            if (redraw[j]) {
+              const int64_t at = c * P + half * H_ + j;
+              v[at] = mean + std * z.data<float>()[at];
+            }
+      }
+    } else {  // w2 (H, C): row j
+      const int64_t C = t.dim(1);
+      const Tensor z = normals(layer_of(p.name), g, H_ + C * P, H_ * C);
+      const auto [mean, std] = stats(v, H_, C, 0, C);
+      for (int64_t j = 0; j < H_; ++j)
+        if (redraw[j])
+          for (int64_t c = 0; c < C; ++c) v[j * C + c] = mean + std * z.data<float>()[j * C + c];
+    }
+    dst.copy_from(t, ctx);
+  }
+
+ private:
+  RandomKey key(int layer, int64_t g, uint64_t offset) const {
+    return {seed_, random_stream(RandomPurpose::upcycle, layer), static_cast<uint32_t>(g), offset};
+  }
+  std::vector<bool> units(int layer, int64_t g) const {
+    Tensor u = Tensor::empty({H_}, DType::f32, host_ctx());
+    ops::random_uniform(host_ctx(), u, key(layer, g, 0), 0.f, 1.f);
+    std::vector<int64_t> order(H_);
+    for (int64_t j = 0; j < H_; ++j) order[j] = j;
+    const float* k = u.data<float>();
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return k[a] < k[b]; });
+    const int64_t n = static_cast<int64_t>(std::floor(ratio_ * H_ + 0.5));
+    std::vector<bool> redraw(H_, false);
+    for (int64_t r = 0; r < n; ++r) redraw[order[r]] = true;
+    return redraw;
+  }
+  Tensor normals(int layer, int64_t g, uint64_t offset, int64_t n) const {
+    Tensor z = Tensor::empty({n}, DType::f32, host_ctx());
+    ops::random_normal(host_ctx(), z, key(layer, g, offset), 1.f);
+    return z;
+  }
+  // Mean and standard deviation of columns [c0, c0 + cols) of a (rows, ld)
+  // matrix, in double.
+  static std::pair<float, float> stats(const float* v, int64_t rows, int64_t ld, int64_t c0, int64_t cols) {
+    double s = 0, s2 = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = c0; c < c0 + cols; ++c) s += v[r * ld + c], s2 += double(v[r * ld + c]) * v[r * ld + c];
+    const double n = double(rows) * cols, mean = s / n;
+    return {static_cast<float>(mean), static_cast<float>(std::sqrt(std::max(0.0, s2 / n - mean * mean)))};
+  }
+  uint64_t seed_;
+  float ratio_;
+  int64_t H_ = 0;
+  bool gated_ = false;
+};
+
 }  // namespace
 
 InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par) {
@@ -64,6 +165,10 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
   run_agreed(par, [&] {
     m = read_manifest(dir);
     upcycle = cfg.moe().num_experts() > 0 && m.config().moe().num_experts() == 0;
+    if (!upcycle && cfg.train().upcycle_reinit() > 0)
+      throw ConfigError("train.upcycle_reinit = " + (std::ostringstream() << cfg.train().upcycle_reinit()).str() +
+                        ": re-draws part of each expert when upcycling a dense checkpoint, and " + dir +
+                        " is not one for this model (must be 0)");
   });
   if (!upcycle) {  // the same model (load_checkpoint checks it): its weights, a fresh optimizer
     const TrainState st = load_checkpoint(dir, cfg, model, par, /*optimizer=*/false, CheckpointUse::init_from);
@@ -89,6 +194,11 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
     ckpt::stage_centroids(st, model, m, dir, flags);
   });
   for (auto& [dst, src] : st.staged()) dst.copy_from(src, model.ctx());
+  DropUpcycle drop(cfg);
+  if (drop.active())
+    for (Param* p : model.params().all())
+      if (p->expert())
+        for (int64_t i = 0; i < p->local_rows(); ++i) drop.apply(*p, i, model.ctx());
   model.params().refresh_shadows(model.ctx());
   for (auto& [flag, v] : flags) *flag = v;
   return {{where, m.step(), true}, m.data_position()};

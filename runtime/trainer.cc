@@ -370,10 +370,13 @@ TrainResult Trainer::run() {
     if (!restored_from_.empty())
       *opts_.log << "resumed from " << restored_from_ << " after step " << start << " (" << tokens_seen_
                  << " tokens seen, batch " << train_.position() << " of the data stream)\n";
-    else if (!origin_.checkpoint.empty())
-      *opts_.log << "initialized from " << origin_.checkpoint << " (step " << origin_.step << " of its run"
-                 << (origin_.upcycled ? "; every expert a copy of its layer's dense FFN" : "")
-                 << "), data stream from batch " << train_.position() << "\n";
+    if (restored_from_.empty() && !origin_.checkpoint.empty()) {
+      *opts_.log << "initialized from " << origin_.checkpoint << " (step " << origin_.step << " of its run";
+      if (origin_.upcycled) *opts_.log << "; every expert a copy of its layer's dense FFN";
+      if (origin_.upcycled && cfg_.train().upcycle_reinit() > 0)
+        *opts_.log << " with a share " << cfg_.train().upcycle_reinit() << " of its hidden units re-drawn";
+      *opts_.log << "), data stream from batch " << train_.position() << "\n";
+    }
     opts_.log->flush();
   }
 

@@ -63,13 +63,20 @@ dense=(--config "$SRC/configs/tiny.pbtxt" --set train.steps=3 --set train.warmup
 "$BIN" "${dense[@]}" > dense.log 2>&1 || { echo "FAIL dense run"; cat dense.log; exit 1; }
 up=("${args[@]}" --init-from dense/step_00000003 --set train.checkpoint_interval=0)
 "$BIN" "${up[@]}" --metrics upc1.jsonl > upc1.log 2>&1 || { echo "FAIL upcycled 1-rank run"; cat upc1.log; exit 1; }
-grep -q "initialized from dense/step_00000003 (step 3 of its run; every expert a copy" upc1.log \
+grep -q "initialized from /.*/dense/step_00000003 (step 3 of its run; every expert a copy" upc1.log \
   || { echo "FAIL: no 'initialized from' line"; cat upc1.log; fail=1; }
 for ep in 2 4; do
   mpi $ep "${up[@]}" --set parallel.expert_parallel=$ep --metrics upc$ep.jsonl > upc$ep.log 2>&1 \
     && compare "upcycled at EP=$ep on $ep ranks = on 1 rank" upc1.jsonl upc$ep.jsonl 1 \
     || { echo "FAIL upcycled EP=$ep run"; cat upc$ep.log; fail=1; }
 done
+# Drop-Upcycling's re-drawn units are keyed by layer and global expert, not
+# by rank: EP=4 draws the weights one rank draws.
+"$BIN" "${up[@]}" --set train.upcycle_reinit=0.5 --metrics drop1.jsonl > drop1.log 2>&1 \
+  || { echo "FAIL drop-upcycled 1-rank run"; cat drop1.log; exit 1; }
+mpi 4 "${up[@]}" --set train.upcycle_reinit=0.5 --set parallel.expert_parallel=4 --metrics drop4.jsonl > drop4.log 2>&1 \
+  && compare "drop-upcycled at EP=4 on 4 ranks = on 1 rank" drop1.jsonl drop4.jsonl 1 \
+  || { echo "FAIL drop-upcycled EP=4 run"; cat drop4.log; fail=1; }
 # Fine-tuning a model with balanced hash routing on other data (--init-from,
 # the same model): the source's map of bytes to experts comes along, as with
 # --resume --config, where one made from the new data would be refused.
@@ -101,6 +108,8 @@ refuse upcycle_shared "moe.shared_expert = true: upcycling dense/step_00000003 c
   "$BIN" "${up[@]}" --set moe.shared_expert=true
 refuse init_own_dir "train.checkpoint_dir = dense: the --init-from checkpoint dense/step_00000003 lies there" \
   "$BIN" "${args[@]}" --set train.checkpoint_interval=0 --init-from dense --set train.checkpoint_dir=dense
+refuse reinit_without_init "train.upcycle_reinit = 0.5: re-draws part of each expert when --init-from upcycles" \
+  "$BIN" "${args[@]}" --set train.upcycle_reinit=0.5
 refuse init_and_resume "--init-from dense with --resume latest: --resume continues a run" \
   "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --init-from dense --resume latest
 exit $fail

@@ -8,6 +8,7 @@
 // was.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -62,11 +63,15 @@ bool same_bytes(const Tensor& a, const Tensor& b) {
   return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
-Param* param(Transformer& m, const std::string& name) {
+Param* find(Transformer& m, const std::string& name) {
   for (Param* p : m.params().all())
     if (p->name == name) return p;
-  ADD_FAILURE() << "no parameter " << name;
   return nullptr;
+}
+Param* param(Transformer& m, const std::string& name) {
+  Param* p = find(m, name);
+  if (!p) ADD_FAILURE() << "no parameter " << name;
+  return p;
 }
 
 // Upcycling keeps the dense model's function: the same validation loss to
@@ -171,6 +176,88 @@ TEST(Upcycle, CopiesTheFfnsAndNothingOfTheOptimizer) {
   g.init_from(dir);
   const float upcycled = g.step(1).loss, dense_next = a.step(4).loss;
   EXPECT_NEAR(upcycled, dense_next, 1e-5 * dense_next);
+}
+
+// Drop-Upcycling (train.upcycle_reinit r): each expert re-draws round(r H)
+// hidden units, its own set, from the dense matrices' statistics: those w1
+// columns (gate and up for SwiGLU) and w2 rows differ from the FFN's, their
+// b1 entries are 0, every other value is the FFN's bit for bit; the draws
+// repeat exactly.
+std::string refusal(Trainer& t, const std::string& dir);
+
+void expect_drop_upcycle(const Sets& model_sets, int64_t P_per_H) {
+  TempDir d, e;
+  const int64_t H = 24, C = 16;
+  Trainer a(dense_config(d.path, model_sets), {});
+  for (int s = 1; s <= 3; ++s) a.step(s);
+  const std::string dir = a.write_checkpoint();
+  Sets sets = model_sets;
+  sets.push_back("train.upcycle_reinit=0.5");
+  Trainer b(moe_config(e.path, sets), {}), again(moe_config(e.path, sets), {});
+  b.init_from(dir);
+  again.init_from(dir);
+  const bool bias = find(a.model(), "h1.mlp.fc1.b") != nullptr;
+  for (int l = 0; l < 2; ++l) {
+    const std::string h = "h" + std::to_string(l);
+    const Tensor& fc1 = param(a.model(), h + ".mlp.fc1.w")->value;
+    const Tensor& fc2 = param(a.model(), h + ".mlp.fc2.w")->value;
+    Param *w1 = param(b.model(), h + ".moe.experts.w1"), *w2 = param(b.model(), h + ".moe.experts.w2");
+    std::vector<std::vector<bool>> sets_of(4);
+    for (int64_t g = 0; g < 4; ++g) {
+      const Tensor r1 = w1->local_row(w1->value, g), r2 = w2->local_row(w2->value, g);
+      const float *v1 = r1.data<float>(), *f1 = fc1.data<float>(), *v2 = r2.data<float>(), *f2 = fc2.data<float>();
+      std::vector<bool> redrawn(H);
+      double s = 0, s2 = 0;
+      int64_t n = 0;
+      for (int64_t j = 0; j < H; ++j) {
+        int64_t diff = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          for (int64_t half = 0; half < P_per_H; ++half) {
+            const int64_t at = c * P_per_H * H + half * H + j;
+            diff += v1[at] != f1[at];
+          }
+          diff += v2[j * C + c] != f2[j * C + c];
+        }
+        ASSERT_TRUE(diff == 0 || diff == C * (P_per_H + 1)) << h << " expert " << g << " unit " << j << ": " << diff
+                                                           << " values differ: all of a unit's or none";
+        redrawn[j] = diff > 0;
+        if (redrawn[j])
+          for (int64_t c = 0; c < C; ++c) s += v2[j * C + c], s2 += double(v2[j * C + c]) * v2[j * C + c], ++n;
+      }
+      EXPECT_EQ(std::count(redrawn.begin(), redrawn.end(), true), H / 2) << h << " expert " << g;
+      // The re-drawn w2 values against the dense w2's mean and spread.
+      double fs = 0, fs2 = 0;
+      for (int64_t k = 0; k < H * C; ++k) fs += f2[k], fs2 += double(f2[k]) * f2[k];
+      const double fm = fs / (H * C), fsd = std::sqrt(fs2 / (H * C) - fm * fm), m = s / n;
+      EXPECT_NEAR(m, fm, 4 * fsd / std::sqrt(double(n))) << h << " expert " << g;
+      EXPECT_NEAR(std::sqrt(s2 / n - m * m), fsd, 0.2 * fsd) << h << " expert " << g;
+      if (bias) {
+        Param* b1 = param(b.model(), h + ".moe.experts.b1");
+        const Tensor rb = b1->local_row(b1->value, g);
+        const float* fb = param(a.model(), h + ".mlp.fc1.b")->value.data<float>();
+        for (int64_t j = 0; j < H; ++j)
+          EXPECT_EQ(rb.data<float>()[j], redrawn[j] ? 0.f : fb[j]) << h << " expert " << g << " b1 " << j;
+      }
+      sets_of[g] = redrawn;
+    }
+    EXPECT_NE(sets_of[0], sets_of[1]) << "each expert its own units";
+    EXPECT_NE(sets_of[2], sets_of[3]);
+  }
+  for (Param* p : b.model().params().all())
+    EXPECT_TRUE(same_bytes(p->value, param(again.model(), p->name)->value)) << p->name << ": the draws repeat";
+}
+
+TEST(Upcycle, DropUpcyclingRedrawsHalfOfEachExpertsUnits) { expect_drop_upcycle({}, 1); }
+TEST(Upcycle, DropUpcyclingRedrawsGateAndUpTogether) {
+  expect_drop_upcycle({"model.activation=SWIGLU", "model.bias=false"}, 2);
+}
+
+TEST(Upcycle, DropUpcyclingOnlyWhenUpcycling) {
+  TempDir d, e;
+  const std::string dir = dense_checkpoint(dense_config(d.path));
+  Trainer t(dense_config(e.path, {"train.upcycle_reinit=0.25"}), {});
+  EXPECT_EQ(refusal(t, dir), "train.upcycle_reinit = 0.25: re-draws part of each expert when upcycling a dense "
+                             "checkpoint, and " + dir + " is not one for this model (must be 0)");
 }
 
 // The same model: weights (and centroids, biases) as a resume loads them,
