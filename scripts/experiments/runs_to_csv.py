@@ -260,7 +260,7 @@ def upcycling(w, runs):
     for s in ["1234", "2"]:
         for name, offset in [("dense1000", 0), ("dense2000", 0), ("moe2000", 0), ("dense_cont", 1000),
                              ("upcycled", 1000), ("upcycled_switch", 1000), ("dense_cont_lr5e-4", 1000),
-                             ("upcycled_lr5e-4", 1000)]:
+                             ("upcycled_lr5e-4", 1000), ("upcycled_drop0.5", 1000)]:
             f = f"{runs}/{name}_s{s}.jsonl"
             if have(f):
                 for d in rows(f):

@@ -6,11 +6,13 @@
 # (c) the same MoE upcycled Switch-style (top-1, weight p, not renormalised:
 # the copy does not keep the dense function), against the dense model and
 # the MoE trained 2000 steps from scratch; (a) and (b) also at a quarter of
-# the peak learning rate (5e-4). Seeds 1234 and 2 ((c): 1234).
+# the peak learning rate (5e-4), and (b) with half of each expert's hidden
+# units re-drawn (Drop-Upcycling, train.upcycle_reinit 0.5). Seeds 1234 and
+# 2 ((c): 1234).
 # Every continuation starts a new warmup and cosine schedule and draws the
 # batches the scratch runs draw at steps 1001-2000 (the data stream goes on).
 # docs/experiments/upcycling.md; docs/upcycling.csv and docs/upcycling.png
-# come from the runs' metrics. One thread a run, two at a time: ~35 min on 2
+# come from the runs' metrics. One thread a run, two at a time: ~40 min on 2
 # cores. Runs whose $RUNS/upcycle/NAME.jsonl exists are skipped (RUNS
 # defaults to build/runs); --plot-only redraws the plot from the CSV.
 set -euo pipefail
@@ -40,7 +42,8 @@ if [ "${1:-}" != "--plot-only" ]; then
     second+=("dense_cont_s$s|$S $seed --set train.steps=1000 --init-from $OUT/ckpt_s$s"
              "upcycled_s$s|$S $MOE $seed --set train.steps=1000 --init-from $OUT/ckpt_s$s"
              "dense_cont_lr5e-4_s$s|$S $seed --set train.steps=1000 --set train.lr=0.0005 --init-from $OUT/ckpt_s$s"
-             "upcycled_lr5e-4_s$s|$S $MOE $seed --set train.steps=1000 --set train.lr=0.0005 --init-from $OUT/ckpt_s$s")
+             "upcycled_lr5e-4_s$s|$S $MOE $seed --set train.steps=1000 --set train.lr=0.0005 --init-from $OUT/ckpt_s$s"
+             "upcycled_drop0.5_s$s|$S $MOE $seed --set train.steps=1000 --set train.upcycle_reinit=0.5 --init-from $OUT/ckpt_s$s")
   done
   second+=("upcycled_switch_s1234|$S $SWITCH --set train.seed=1234 --set train.steps=1000 --init-from $OUT/ckpt_s1234")
   phase "${first[@]}"
@@ -73,7 +76,8 @@ plot "$tmp/dense2000_s1234" w lp t "dense, 2000 steps", "$tmp/moe2000_s1234" w l
      "$tmp/dense_cont_s1234" w lp t "dense, continued", "$tmp/upcycled_s1234" w lp t "upcycled, top-2 renormalised", \
      "$tmp/upcycled_switch_s1234" w lp t "upcycled, top-1 (Switch)", \
      "$tmp/dense_cont_lr5e-4_s1234" w l dt 2 t "dense, continued at lr 5e-4", \
-     "$tmp/upcycled_lr5e-4_s1234" w l dt 2 t "upcycled at lr 5e-4"
+     "$tmp/upcycled_lr5e-4_s1234" w l dt 2 t "upcycled at lr 5e-4", \
+     "$tmp/upcycled_drop0.5_s1234" w lp t "upcycled, half of each expert re-drawn"
 unset multiplot
 GP
 echo "wrote docs/upcycling.png"
