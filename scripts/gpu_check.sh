@@ -180,7 +180,8 @@ fi
 
 # 3. Build: the GPU targets only, Ninja on every core, sm_90.
 TARGETS=(train_switch)
-want ops && TARGETS+=(backend_ops_test routed_attention_test tensor_test model_test moe_layer_test recompute_test)
+want ops && TARGETS+=(backend_ops_test routed_attention_test tensor_test model_test moe_layer_test recompute_test
+                      init_from_test)
 want bench && TARGETS+=(bench_ops)
 want comm && TARGETS+=(communicator_conformance_test bench_comm)
 want scale && TARGETS+=(scaling_sweep bench_comm)
@@ -313,6 +314,7 @@ if want ops; then
   run_limited model_cuda 60 $B/model_test --gtest_filter='*Cuda*' & p_model=$!
   run_limited moe_cuda 30 $B/moe_layer_test --gtest_filter='*Cuda*' & p_moe=$!
   run_limited recompute_cuda 60 $B/recompute_test --gtest_filter='*Cuda*' & p_recompute=$!
+  run_limited upcycle_cuda 30 $B/init_from_test --gtest_filter='*Cuda*' & p_upcycle=$!
   run_limited backend_ops_cuda 150 $B/backend_ops_test --gtest_filter='*cuda*:*Cuda*:WholeStep.*' || status=1
   summary "ops: backend_ops_test (cuda): $(gtest_line backend_ops_cuda)"
   grep -E "^\[  FAILED  \] [A-Za-z]|Failure|differs|never written" "$LOG/backend_ops_cuda.log" | head -20
@@ -347,6 +349,9 @@ if want ops; then
   wait $p_recompute || status=1
   summary "ops: recompute_test (train.recompute on CUDA: losses and gradients bit for bit): $(gtest_line recompute_cuda)"
   grep -E "Failure|step [0-9]|forward [0-9]" "$LOG/recompute_cuda.log" | head -6
+  wait $p_upcycle || status=1
+  summary "ops: init_from_test (--init-from upcycling into a CUDA model, GPU vs CPU): $(gtest_line upcycle_cuda)"
+  grep -E "Failure|Expected|actual" "$LOG/upcycle_cuda.log" | head -6
   sanitize backend_ops_cuda $B/backend_ops_test
   sanitize layer_cuda $B/routed_attention_test
 fi

@@ -10,7 +10,7 @@
 #   bash scripts/gpu_prebuild.sh       then carry [".gpudeps", ".gpubin"]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-TARGETS=(train_switch backend_ops_test routed_attention_test tensor_test model_test moe_layer_test recompute_test bench_ops
+TARGETS=(train_switch backend_ops_test routed_attention_test tensor_test model_test moe_layer_test recompute_test init_from_test bench_ops
          communicator_conformance_test bench_comm scaling_sweep bench_attention)
 [ -f build-gpu/CMakeCache.txt ] ||
   cmake -G Ninja -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSWITCHYARD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90
