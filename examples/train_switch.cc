@@ -243,7 +243,11 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       }
     }
     if (init_from.empty() && resume.empty() && cfg.train().upcycle_reinit() > 0)
-      throw sy::ConfigError("train.upcycle_reinit = " + (std::ostringstream() << cfg.train().upcycle_reinit()).str() +
+      throw sy::ConfigError("train.upcycle_reinit = " + [&] {
+        std::ostringstream os;
+        os << cfg.train().upcycle_reinit();
+        return os.str();
+      }() +
                             ": re-draws part of each expert when --init-from upcycles a dense checkpoint; this run "
                             "starts from its init (must be 0 without --init-from)");
     if (!init_from.empty()) {

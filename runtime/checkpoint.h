@@ -120,7 +120,12 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
 //     b1; fc2 -> w2, b2), each rank its own experts; every other weight and
 //     the centroids as they are; the routers and balancing biases keep this
 //     model's init. Refused where a copy cannot be the dense FFN: an expert
-//     of another width than model.ffn_hidden, a shared expert.
+//     of another width than model.ffn_hidden, a shared expert. With
+//     train.upcycle_reinit r > 0 (Drop-Upcycling, Nakamura et al. 2025) each
+//     expert then re-draws its own round(r H) hidden units from the dense
+//     weights' statistics (runtime/init_from.cc, DropUpcycle), so the copies
+//     are partial and the function below is not kept; r > 0 is refused for
+//     the same model, and where it rounds to no unit.
 // Nothing else carries over: AdamW's moments stay zero, and the step, the
 // schedule and the token count start at 0. Returns the data stream's
 // position (with the same seed and data, the new run draws the batches the
@@ -128,9 +133,10 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
 // source's absolute path). A run with balanced hash routing takes the
 // source's table first (adopt_hash_table), as a resume with a config does.
 //
-// Upcycling keeps the dense model's function where every token's weights
-// sum to one and no token is dropped: top-k with moe.renormalize, dropless
-// or a capacity that binds nowhere, no router noise. Then y = sum_k w_k
+// Upcycling with exact copies keeps the dense model's function where every
+// token's weights sum to one and no token is dropped: top-k with
+// moe.renormalize, dropless or a capacity that binds nowhere, no router
+// noise. Then y = sum_k w_k
 // FFN(x) = FFN(x), and the language-model loss gives the routers no
 // gradient until the experts' own updates make them differ (the balance
 // losses do give one).

@@ -33,7 +33,19 @@ class Stager {
     for (const auto& f : m.files())
       for (const auto& t : f.tensors()) where_[t.name()] = f.name();
   }
-  void need(const std::string& name, const Shape& shape, Tensor dst) {
+  void need(const std::string& name, const Shape& shape, Tensor dst) { staged_.emplace_back(dst, source(name, shape, dst)); }
+  // The same, with dst's own host copy of the tensor, returned for the
+  // caller to change before anything is written (valid until the next call).
+  Tensor& need_copy(const std::string& name, const Shape& shape, Tensor dst) {
+    staged_.emplace_back(dst, source(name, shape, dst).clone());
+    return staged_.back().second;
+  }
+  std::vector<std::pair<Tensor, Tensor>>& staged() { return staged_; }
+
+ private:
+  // The file's tensor `name`, checked against dst's dtype and `shape`; read
+  // once however many tensors it fills.
+  const Tensor& source(const std::string& name, const Shape& shape, const Tensor& dst) {
     auto it = where_.find(name);
     if (it == where_.end())
       throw ConfigError(join_path(dir_, "manifest.pbtxt") + ": tensor " + name + " is missing (this model needs it)");
@@ -46,13 +58,10 @@ class Stager {
     if (rec->shape != shape)
       throw ConfigError(rd.path() + ": tensor " + name + ": shape " + shape_str(rec->shape) + ", this model has " +
                         shape_str(shape));
-    Tensor& src = read_[name];  // read once, however many tensors it fills
+    Tensor& src = read_[name];
     if (!src.defined()) src = rd.read(*rec);
-    staged_.emplace_back(dst, src);
+    return src;
   }
-  std::vector<std::pair<Tensor, Tensor>>& staged() { return staged_; }
-
- private:
   const SafetensorsReader& reader(const std::string& file) {
     auto& r = readers_[file];
     if (!r) r = std::make_unique<SafetensorsReader>(join_path(dir_, file));

@@ -37,6 +37,12 @@ std::string dense_source(const std::string& expert_param) {
   throw Error("upcycling: expert parameter " + expert_param + " has no dense counterpart");
 }
 
+std::string text(float v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
 // A copy of the dense FFN is that FFN only at its width, and only where no
 // other FFN adds to the layer's output.
 void check_upcycle(const Config& cfg, const CheckpointManifest& m, const std::string& dir) {
@@ -55,6 +61,11 @@ void check_upcycle(const Config& cfg, const CheckpointManifest& m, const std::st
   if (other)
     throw ConfigError("moe.expert_hidden = [" + widths + "]: " + from + " (model.ffn_hidden = " + std::to_string(H) +
                       ") into every expert, so each must be that wide (empty or 0)");
+  const float r = cfg.train().upcycle_reinit();
+  if (r > 0 && std::floor(r * H + 0.5) < 1)
+    throw ConfigError("train.upcycle_reinit = " + text(r) + ": re-draws round(r x model.ffn_hidden = " +
+                      std::to_string(H) + ") = 0 hidden units of each expert (must be 0, or at least " +
+                      text(0.5f / H) + ")");
 }
 
 // The block index of an expert parameter's layer: "h3.moe.experts.w1" -> 3.
@@ -80,15 +91,12 @@ class DropUpcycle {
   }
   bool active() const { return ratio_ > 0; }
 
-  // p's local row i (an expert's w1, b1 or w2, copied from the dense FFN).
-  void apply(const Param& p, int64_t i, Ctx& ctx) {
-    const std::string kind = p.name.substr(p.name.size() - 2);  // w1, b1, w2 or b2
-    if (kind == "b2") return;
-    const int64_t g = p.row_begin + i;
-    Tensor dst = p.local_row(p.value, i);
-    Tensor t = dst.to(host_ctx());
+  // Expert g's row of the expert parameter `param` (w1, b1 or w2: b2 has no
+  // hidden units), a host copy of the dense FFN's tensor, changed in place.
+  void apply(const std::string& param, int64_t g, Tensor& t) const {
+    const std::string kind = param.substr(param.size() - 2);
     float* v = t.data<float>();
-    const std::vector<bool> redraw = units(layer_of(p.name), g);
+    const std::vector<bool> redraw = units(layer_of(param), g);
     const int64_t P = gated_ ? 2 * H_ : H_;
     if (kind == "b1") {
       for (int64_t j = 0; j < H_; ++j)
@@ -96,7 +104,7 @@ class DropUpcycle {
           for (int64_t col = j; col < P; col += H_) v[col] = 0.f;
     } else if (kind == "w1") {  // (C, P): columns j (and H + j)
       const int64_t C = t.dim(0);
-      const Tensor z = normals(layer_of(p.name), g, H_, C * P);
+      const Tensor z = normals(layer_of(param), g, H_, C * P);
       for (int64_t half = 0; half < P / H_; ++half) {
         const auto [mean, std] = stats(v, C, P, half * H_, H_);
         for (int64_t c = 0; c < C; ++c)
@@ -107,15 +115,17 @@ class DropUpcycle {
             }
       }
     } else {  // w2 (H, C): row j
+      SY_CHECK(kind == "w2", "upcycling: " << param << " has no hidden units to re-draw");
       const int64_t C = t.dim(1);
-      const Tensor z = normals(layer_of(p.name), g, H_ + C * P, H_ * C);
+      const Tensor z = normals(layer_of(param), g, H_ + C * P, H_ * C);
       const auto [mean, std] = stats(v, H_, C, 0, C);
       for (int64_t j = 0; j < H_; ++j)
         if (redraw[j])
           for (int64_t c = 0; c < C; ++c) v[j * C + c] = mean + std * z.data<float>()[j * C + c];
     }
-    dst.copy_from(t, ctx);
   }
+  // Hidden units an expert re-draws: round(r H).
+  static int64_t count(float ratio, int64_t H) { return static_cast<int64_t>(std::floor(ratio * H + 0.5)); }
 
  private:
   RandomKey key(int layer, int64_t g, uint64_t offset) const {
@@ -128,7 +138,7 @@ class DropUpcycle {
     for (int64_t j = 0; j < H_; ++j) order[j] = j;
     const float* k = u.data<float>();
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return k[a] < k[b]; });
-    const int64_t n = static_cast<int64_t>(std::floor(ratio_ * H_ + 0.5));
+    const int64_t n = count(ratio_, H_);
     std::vector<bool> redraw(H_, false);
     for (int64_t r = 0; r < n; ++r) redraw[order[r]] = true;
     return redraw;
@@ -166,7 +176,7 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
     m = read_manifest(dir);
     upcycle = cfg.moe().num_experts() > 0 && m.config().moe().num_experts() == 0;
     if (!upcycle && cfg.train().upcycle_reinit() > 0)
-      throw ConfigError("train.upcycle_reinit = " + (std::ostringstream() << cfg.train().upcycle_reinit()).str() +
+      throw ConfigError("train.upcycle_reinit = " + text(cfg.train().upcycle_reinit()) +
                         ": re-draws part of each expert when upcycling a dense checkpoint, and " + dir +
                         " is not one for this model (must be 0)");
   });
@@ -180,13 +190,20 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
     verify_checkpoint(dir, m);
   });
   ckpt::Stager st(dir, m);
+  const DropUpcycle drop(cfg);
   std::vector<std::pair<bool*, bool>> flags;
-  run_agreed(par, [&] {
+  run_agreed(par, [&] {  // everything read, checked and re-drawn before the model changes
     for (Param* p : model.params().all()) {
-      if (p->expert()) {  // this rank's experts, each the layer's dense FFN
+      if (p->expert()) {  // this rank's experts, each the layer's dense FFN (in part, with drop)
         const std::string src = dense_source(p->name);
-        for (int64_t i = 0; i < p->local_rows(); ++i)
-          st.need(src, p->row_shape(p->row_begin + i), p->local_row(p->value, i));
+        const bool redraws = drop.active() && p->name.compare(p->name.size() - 2, 2, "b2") != 0;
+        for (int64_t i = 0; i < p->local_rows(); ++i) {
+          const int64_t g = p->row_begin + i;
+          if (redraws)
+            drop.apply(p->name, g, st.need_copy(src, p->row_shape(g), p->local_row(p->value, i)));
+          else
+            st.need(src, p->row_shape(g), p->local_row(p->value, i));
+        }
       } else if (p->name.find(".moe.router.") == std::string::npos) {
         st.need(p->name, p->shape, p->value);  // (any other MoE weight: refused as missing)
       }  // else a router's weights: no counterpart, this model's init
@@ -194,11 +211,6 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
     ckpt::stage_centroids(st, model, m, dir, flags);
   });
   for (auto& [dst, src] : st.staged()) dst.copy_from(src, model.ctx());
-  DropUpcycle drop(cfg);
-  if (drop.active())
-    for (Param* p : model.params().all())
-      if (p->expert())
-        for (int64_t i = 0; i < p->local_rows(); ++i) drop.apply(*p, i, model.ctx());
   model.params().refresh_shadows(model.ctx());
   for (auto& [flag, v] : flags) *flag = v;
   return {{where, m.step(), true}, m.data_position()};

@@ -74,6 +74,14 @@ done
 # by rank: EP=4 draws the weights one rank draws.
 "$BIN" "${up[@]}" --set train.upcycle_reinit=0.5 --metrics drop1.jsonl > drop1.log 2>&1 \
   || { echo "FAIL drop-upcycled 1-rank run"; cat drop1.log; exit 1; }
+grep -q "with a share 0.5 of its hidden units re-drawn" drop1.log || { echo "FAIL: no 're-drawn' line"; fail=1; }
+python3 - upc1.jsonl drop1.jsonl <<'PY2' || fail=1
+import json, sys
+a, b = ([json.loads(l) for l in open(f)][0] for f in sys.argv[1:])
+if a["loss"] == b["loss"]:
+    sys.exit(f"FAIL drop-upcycling changed nothing: step 1 loss {a['loss']} with and without")
+print(f"ok   drop-upcycling changes the model: step 1 loss {b['loss']:.6f} against {a['loss']:.6f}")
+PY2
 mpi 4 "${up[@]}" --set train.upcycle_reinit=0.5 --set parallel.expert_parallel=4 --metrics drop4.jsonl > drop4.log 2>&1 \
   && compare "drop-upcycled at EP=4 on 4 ranks = on 1 rank" drop1.jsonl drop4.jsonl 1 \
   || { echo "FAIL drop-upcycled EP=4 run"; cat drop4.log; fail=1; }

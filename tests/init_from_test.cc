@@ -75,6 +75,24 @@ Param* param(Transformer& m, const std::string& name) {
   return p;
 }
 
+// A refusal's message, and the model as it was.
+std::string refusal(Trainer& t, const std::string& dir) {
+  std::string before;
+  for (Param* p : t.model().params().all()) before.append(static_cast<const char*>(p->value.raw()), p->value.nbytes());
+  std::string what;
+  try {
+    t.init_from(dir);
+    ADD_FAILURE() << "init_from did not refuse";
+  } catch (const AgreedError& e) {
+    what = e.what();
+  }
+  std::string after;
+  for (Param* p : t.model().params().all()) after.append(static_cast<const char*>(p->value.raw()), p->value.nbytes());
+  EXPECT_TRUE(before == after) << "a refusal changed the model";
+  EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+  return what;
+}
+
 // Upcycling keeps the dense model's function: the same validation loss to
 // rounding (w a + (1 - w) a is a up to an ulp or two). A MoE from its own init
 // is far from it, so the comparison can fail.
@@ -180,76 +198,118 @@ TEST(Upcycle, CopiesTheFfnsAndNothingOfTheOptimizer) {
 }
 
 // Drop-Upcycling (train.upcycle_reinit r): each expert re-draws round(r H)
-// hidden units, its own set, from the dense matrices' statistics: those w1
-// columns (gate and up for SwiGLU) and w2 rows differ from the FFN's, their
-// b1 entries are 0, every other value is the FFN's bit for bit; the draws
-// repeat exactly.
-std::string refusal(Trainer& t, const std::string& dir);
+// hidden units, its own set (and another in each layer), from the dense
+// matrices' statistics: those w1 columns (gate and up for SwiGLU) and w2 rows
+// differ from the FFN's, their b1 entries (both halves) are 0, every other
+// value is the FFN's bit for bit; the draws repeat exactly. The dense weights
+// get distinct statistics first (gate half x3 + 0.3, up half x10 - 0.2, fc2
+// x25 + 2, fc1.b 0.5 + b), so the re-drawn values' mean and spread say which
+// matrix they were drawn like; w1's and w2's standardised draws must not
+// coincide (one range of the generator each).
+struct Moments {
+  double s = 0, s2 = 0;
+  int64_t n = 0;
+  void add(double v) { s += v, s2 += v * v, ++n; }
+  double mean() const { return s / n; }
+  double sd() const { return std::sqrt(std::max(0.0, s2 / n - mean() * mean())); }
+};
 
-void expect_drop_upcycle(const Sets& model_sets, int64_t P_per_H) {
+void expect_drop_upcycle(const Sets& model_sets, int64_t halves) {
   TempDir d, e;
-  const int64_t H = 24, C = 16;
+  const int64_t H = 24, C = 16, P = halves * H;
   Trainer a(dense_config(d.path, model_sets), {});
   for (int s = 1; s <= 3; ++s) a.step(s);
+  const bool bias = find(a.model(), "h1.mlp.fc1.b") != nullptr;
+  for (int l = 0; l < 2; ++l) {
+    const std::string h = "h" + std::to_string(l);
+    float* f1 = param(a.model(), h + ".mlp.fc1.w")->value.data<float>();
+    for (int64_t k = 0; k < C * P; ++k) f1[k] = k % P < H ? 3 * f1[k] + 0.3f : 10 * f1[k] - 0.2f;
+    float* f2 = param(a.model(), h + ".mlp.fc2.w")->value.data<float>();
+    for (int64_t k = 0; k < H * C; ++k) f2[k] = 25 * f2[k] + 2.f;
+    if (bias)
+      for (int64_t k = 0; k < P; ++k) param(a.model(), h + ".mlp.fc1.b")->value.data<float>()[k] += 0.5f;
+  }
   const std::string dir = a.write_checkpoint();
   Sets sets = model_sets;
   sets.push_back("train.upcycle_reinit=0.5");
   Trainer b(moe_config(e.path, sets), {}), again(moe_config(e.path, sets), {});
   b.init_from(dir);
   again.init_from(dir);
-  const bool bias = find(a.model(), "h1.mlp.fc1.b") != nullptr;
+  std::vector<std::vector<bool>> unit_sets[2];
   for (int l = 0; l < 2; ++l) {
     const std::string h = "h" + std::to_string(l);
-    const Tensor& fc1 = param(a.model(), h + ".mlp.fc1.w")->value;
-    const Tensor& fc2 = param(a.model(), h + ".mlp.fc2.w")->value;
+    const float* f1 = param(a.model(), h + ".mlp.fc1.w")->value.data<float>();
+    const float* f2 = param(a.model(), h + ".mlp.fc2.w")->value.data<float>();
+    Moments dense1[2], dense2;
+    for (int64_t k = 0; k < C * P; ++k) dense1[k % P / H].add(f1[k]);
+    for (int64_t k = 0; k < H * C; ++k) dense2.add(f2[k]);
     Param *w1 = param(b.model(), h + ".moe.experts.w1"), *w2 = param(b.model(), h + ".moe.experts.w2");
-    std::vector<std::vector<bool>> sets_of(4);
     for (int64_t g = 0; g < 4; ++g) {
+      SCOPED_TRACE(h + " expert " + std::to_string(g));
       const Tensor r1 = w1->local_row(w1->value, g), r2 = w2->local_row(w2->value, g);
-      const float *v1 = r1.data<float>(), *f1 = fc1.data<float>(), *v2 = r2.data<float>(), *f2 = fc2.data<float>();
+      const float *v1 = r1.data<float>(), *v2 = r2.data<float>();
       std::vector<bool> redrawn(H);
-      double s = 0, s2 = 0;
-      int64_t n = 0;
+      Moments got1[2], got2;
       for (int64_t j = 0; j < H; ++j) {
         int64_t diff = 0;
         for (int64_t c = 0; c < C; ++c) {
-          for (int64_t half = 0; half < P_per_H; ++half) {
-            const int64_t at = c * P_per_H * H + half * H + j;
-            diff += v1[at] != f1[at];
-          }
+          for (int64_t half = 0; half < halves; ++half) diff += v1[c * P + half * H + j] != f1[c * P + half * H + j];
           diff += v2[j * C + c] != f2[j * C + c];
         }
-        ASSERT_TRUE(diff == 0 || diff == C * (P_per_H + 1)) << h << " expert " << g << " unit " << j << ": " << diff
-                                                           << " values differ: all of a unit's or none";
+        ASSERT_TRUE(diff == 0 || diff == C * (halves + 1))
+            << "unit " << j << ": " << diff << " values differ: all of a unit's or none";
         redrawn[j] = diff > 0;
-        if (redrawn[j])
-          for (int64_t c = 0; c < C; ++c) s += v2[j * C + c], s2 += double(v2[j * C + c]) * v2[j * C + c], ++n;
+        if (!redrawn[j]) continue;
+        for (int64_t c = 0; c < C; ++c) {
+          for (int64_t half = 0; half < halves; ++half) got1[half].add(v1[c * P + half * H + j]);
+          got2.add(v2[j * C + c]);
+        }
       }
-      EXPECT_EQ(std::count(redrawn.begin(), redrawn.end(), true), H / 2) << h << " expert " << g;
-      // The re-drawn w2 values against the dense w2's mean and spread.
-      double fs = 0, fs2 = 0;
-      for (int64_t k = 0; k < H * C; ++k) fs += f2[k], fs2 += double(f2[k]) * f2[k];
-      const double fm = fs / (H * C), fsd = std::sqrt(fs2 / (H * C) - fm * fm), m = s / n;
-      EXPECT_NEAR(m, fm, 4 * fsd / std::sqrt(double(n))) << h << " expert " << g;
-      EXPECT_NEAR(std::sqrt(s2 / n - m * m), fsd, 0.2 * fsd) << h << " expert " << g;
+      EXPECT_EQ(std::count(redrawn.begin(), redrawn.end(), true), H / 2);
+      // Each re-drawn part against the dense matrix (or half) it copies.
+      auto like = [](const Moments& got, const Moments& want, const char* what) {
+        EXPECT_NEAR(got.mean(), want.mean(), 4 * want.sd() / std::sqrt(double(got.n))) << what << " mean";
+        EXPECT_NEAR(got.sd(), want.sd(), 0.2 * want.sd()) << what << " spread";
+      };
+      for (int64_t half = 0; half < halves; ++half) like(got1[half], dense1[half], half ? "w1 up half" : "w1 (gate)");
+      like(got2, dense2, "w2");
+      // The draws of w1 and w2, standardised by the statistics they were
+      // drawn with (the dense matrices'): no shared stretch of the generator.
+      auto z = [](float v, const Moments& m) { return (v - float(m.mean())) / double(float(m.sd())); };
+      std::vector<double> z1;
+      for (int64_t j = 0; j < H; ++j)
+        if (redrawn[j])
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t half = 0; half < halves; ++half) z1.push_back(z(v1[c * P + half * H + j], dense1[half]));
+      std::sort(z1.begin(), z1.end());
+      int64_t shared = 0;
+      for (int64_t j = 0; j < H; ++j)
+        if (redrawn[j])
+          for (int64_t c = 0; c < C; ++c) {
+            const double z2 = z(v2[j * C + c], dense2);
+            const auto it = std::lower_bound(z1.begin(), z1.end(), z2 - 2e-5);
+            shared += it != z1.end() && *it < z2 + 2e-5;
+          }
+      EXPECT_LE(shared, 5) << "w2's draws repeat w1's";
       if (bias) {
         Param* b1 = param(b.model(), h + ".moe.experts.b1");
         const Tensor rb = b1->local_row(b1->value, g);
         const float* fb = param(a.model(), h + ".mlp.fc1.b")->value.data<float>();
-        for (int64_t j = 0; j < H; ++j)
-          EXPECT_EQ(rb.data<float>()[j], redrawn[j] ? 0.f : fb[j]) << h << " expert " << g << " b1 " << j;
+        for (int64_t k = 0; k < P; ++k) EXPECT_EQ(rb.data<float>()[k], redrawn[k % H] ? 0.f : fb[k]) << "b1 " << k;
       }
-      sets_of[g] = redrawn;
+      unit_sets[l].push_back(redrawn);
     }
-    EXPECT_NE(sets_of[0], sets_of[1]) << "each expert its own units";
-    EXPECT_NE(sets_of[2], sets_of[3]);
+    EXPECT_NE(unit_sets[l][0], unit_sets[l][1]) << "each expert its own units";
+    EXPECT_NE(unit_sets[l][2], unit_sets[l][3]);
   }
+  for (int64_t g = 0; g < 4; ++g) EXPECT_NE(unit_sets[0][g], unit_sets[1][g]) << "each layer its own, expert " << g;
   for (Param* p : b.model().params().all())
     EXPECT_TRUE(same_bytes(p->value, param(again.model(), p->name)->value)) << p->name << ": the draws repeat";
 }
 
 TEST(Upcycle, DropUpcyclingRedrawsHalfOfEachExpertsUnits) { expect_drop_upcycle({}, 1); }
-TEST(Upcycle, DropUpcyclingRedrawsGateAndUpTogether) {
+TEST(Upcycle, DropUpcyclingRedrawsGateAndUpTogether) { expect_drop_upcycle({"model.activation=SWIGLU"}, 2); }
+TEST(Upcycle, DropUpcyclingWithoutBiases) {
   expect_drop_upcycle({"model.activation=SWIGLU", "model.bias=false"}, 2);
 }
 
@@ -259,6 +319,9 @@ TEST(Upcycle, DropUpcyclingOnlyWhenUpcycling) {
   Trainer t(dense_config(e.path, {"train.upcycle_reinit=0.25"}), {});
   EXPECT_EQ(refusal(t, dir), "train.upcycle_reinit = 0.25: re-draws part of each expert when upcycling a dense "
                              "checkpoint, and " + dir + " is not one for this model (must be 0)");
+  Trainer few(moe_config(e.path, {"train.upcycle_reinit=0.02"}), {});  // 0.02 x 24 rounds to no unit
+  EXPECT_EQ(refusal(few, dir), "train.upcycle_reinit = 0.02: re-draws round(r x model.ffn_hidden = 24) = 0 hidden "
+                               "units of each expert (must be 0, or at least 0.0208333)");
 }
 
 // On a GPU: the copies (and Drop-Upcycling's round trip through the host)
@@ -304,24 +367,6 @@ TEST(InitFrom, SameModelTakesTheWeightsOnly) {
   EXPECT_FALSE(b.origin().upcycled);
   EXPECT_EQ(b.completed_steps(), 0);
   EXPECT_EQ(b.evaluate(), a.evaluate());
-}
-
-// A refusal's message, and the model as it was.
-std::string refusal(Trainer& t, const std::string& dir) {
-  std::string before;
-  for (Param* p : t.model().params().all()) before.append(static_cast<const char*>(p->value.raw()), p->value.nbytes());
-  std::string what;
-  try {
-    t.init_from(dir);
-    ADD_FAILURE() << "init_from did not refuse";
-  } catch (const AgreedError& e) {
-    what = e.what();
-  }
-  std::string after;
-  for (Param* p : t.model().params().all()) after.append(static_cast<const char*>(p->value.raw()), p->value.nbytes());
-  EXPECT_TRUE(before == after) << "a refusal changed the model";
-  EXPECT_EQ(what.find('\n'), std::string::npos) << what;
-  return what;
 }
 
 TEST(Upcycle, RefusesWhatACopyCannotBe) {
