@@ -242,14 +242,13 @@ int run(int argc, char** argv, int world_rank, int world_size) {
         sy::validate_config(cfg, overrides.empty() ? source : source + " (with --set overrides)");
       }
     }
-    if (init_from.empty() && resume.empty() && cfg.train().upcycle_reinit() > 0)
-      throw sy::ConfigError("train.upcycle_reinit = " + [&] {
-        std::ostringstream os;
-        os << cfg.train().upcycle_reinit();
-        return os.str();
-      }() +
+    if (init_from.empty() && resume.empty() && cfg.train().upcycle_reinit() > 0) {
+      std::ostringstream r;
+      r << cfg.train().upcycle_reinit();
+      throw sy::ConfigError("train.upcycle_reinit = " + r.str() +
                             ": re-draws part of each expert when --init-from upcycles a dense checkpoint; this run "
                             "starts from its init (must be 0 without --init-from)");
+    }
     if (!init_from.empty()) {
       checkpoint = sy::resolve_checkpoint(init_from, cfg.train().checkpoint_dir());
       sy::check_init_source(checkpoint, cfg.train().checkpoint_dir());

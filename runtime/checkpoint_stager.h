@@ -33,7 +33,9 @@ class Stager {
     for (const auto& f : m.files())
       for (const auto& t : f.tensors()) where_[t.name()] = f.name();
   }
-  void need(const std::string& name, const Shape& shape, Tensor dst) { staged_.emplace_back(dst, source(name, shape, dst)); }
+  void need(const std::string& name, const Shape& shape, Tensor dst) {
+    staged_.emplace_back(dst, source(name, shape, dst));
+  }
   // The same, with dst's own host copy of the tensor, returned for the
   // caller to change before anything is written (valid until the next call).
   Tensor& need_copy(const std::string& name, const Shape& shape, Tensor dst) {
@@ -73,7 +75,6 @@ class Stager {
   std::map<std::string, Tensor> read_;             // by name
   std::vector<std::pair<Tensor, Tensor>> staged_;  // (the model's tensor, what goes into it)
 };
-
 
 // Every centroid set of the model from routing.safetensors, and its
 // `initialized` flag from the manifest (set once the model has changed).

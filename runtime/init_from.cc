@@ -43,6 +43,9 @@ std::string text(float v) {
   return os.str();
 }
 
+// Hidden units each expert re-draws under train.upcycle_reinit r: round(r H).
+int64_t reinit_units(float r, int64_t H) { return static_cast<int64_t>(std::floor(r * H + 0.5)); }
+
 // A copy of the dense FFN is that FFN only at its width, and only where no
 // other FFN adds to the layer's output.
 void check_upcycle(const Config& cfg, const CheckpointManifest& m, const std::string& dir) {
@@ -62,7 +65,7 @@ void check_upcycle(const Config& cfg, const CheckpointManifest& m, const std::st
     throw ConfigError("moe.expert_hidden = [" + widths + "]: " + from + " (model.ffn_hidden = " + std::to_string(H) +
                       ") into every expert, so each must be that wide (empty or 0)");
   const float r = cfg.train().upcycle_reinit();
-  if (r > 0 && std::floor(r * H + 0.5) < 1)
+  if (r > 0 && reinit_units(r, H) == 0)
     throw ConfigError("train.upcycle_reinit = " + text(r) + ": re-draws round(r x model.ffn_hidden = " +
                       std::to_string(H) + ") = 0 hidden units of each expert (must be 0, or at least " +
                       text(0.5f / H) + ")");
@@ -85,7 +88,7 @@ int layer_of(const std::string& name) {
 // alone (core/philox.h), so any expert-parallel size draws the same weights.
 class DropUpcycle {
  public:
-  DropUpcycle(const Config& cfg) : seed_(cfg.train().seed()), ratio_(cfg.train().upcycle_reinit()) {
+  explicit DropUpcycle(const Config& cfg) : seed_(cfg.train().seed()), ratio_(cfg.train().upcycle_reinit()) {
     H_ = cfg.model().ffn_hidden();
     gated_ = cfg.model().activation() == switchyard::ModelConfig::SWIGLU;
   }
@@ -124,8 +127,6 @@ class DropUpcycle {
           for (int64_t c = 0; c < C; ++c) v[j * C + c] = mean + std * z.data<float>()[j * C + c];
     }
   }
-  // Hidden units an expert re-draws: round(r H).
-  static int64_t count(float ratio, int64_t H) { return static_cast<int64_t>(std::floor(ratio * H + 0.5)); }
 
  private:
   RandomKey key(int layer, int64_t g, uint64_t offset) const {
@@ -138,7 +139,7 @@ class DropUpcycle {
     for (int64_t j = 0; j < H_; ++j) order[j] = j;
     const float* k = u.data<float>();
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return k[a] < k[b]; });
-    const int64_t n = count(ratio_, H_);
+    const int64_t n = reinit_units(ratio_, H_);
     std::vector<bool> redraw(H_, false);
     for (int64_t r = 0; r < n; ++r) redraw[order[r]] = true;
     return redraw;
