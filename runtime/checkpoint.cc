@@ -489,7 +489,6 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
     check_tensor_set(model, m, dir, optimizer);
   });
   Stager st(dir, m);
-  std::vector<std::pair<bool*, bool>> flags;
   run_agreed(par, [&] {
     for (Param* p : model.params().all()) {
       auto need = [&](const std::string& name, const Shape& shape, const Tensor& value, const Tensor& m1,
@@ -507,13 +506,11 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
         need(expert_row(*p, p->row_begin + i), p->row_shape(p->row_begin + i), row(*p, p->value, i),
              row(*p, p->m, i), row(*p, p->v, i));
     }
-    ckpt::stage_centroids(st, model, m, dir, flags);
+    ckpt::stage_centroids(st, model, m, dir);
     for (const auto& [name, t] : model.balance_biases()) st.need(name, t.shape(), t);
   });
   // Everything is read and checked: now the model changes.
-  for (auto& [dst, src] : st.staged()) dst.copy_from(src, model.ctx());
-  model.params().refresh_shadows(model.ctx());  // checkpoints hold the fp32 masters only
-  for (auto& [flag, v] : flags) *flag = v;
+  st.commit(model);
   TrainState s;
   s.step = m.step();
   s.optimizer_step = m.optimizer_step();

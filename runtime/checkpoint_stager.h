@@ -42,7 +42,15 @@ class Stager {
     staged_.emplace_back(dst, source(name, shape, dst).clone());
     return staged_.back().second;
   }
-  std::vector<std::pair<Tensor, Tensor>>& staged() { return staged_; }
+  // A flag to set once the tensors are written (a centroid set's `initialized`).
+  void flag(bool* at, bool value) { flags_.emplace_back(at, value); }
+  // Everything read and checked: now the model changes. The bf16 shadows
+  // are written again from the fp32 values (checkpoints hold the masters).
+  void commit(Transformer& model) {
+    for (auto& [dst, src] : staged_) dst.copy_from(src, model.ctx());
+    model.params().refresh_shadows(model.ctx());
+    for (auto& [at, value] : flags_) *at = value;
+  }
 
  private:
   // The file's tensor `name`, checked against dst's dtype and `shape`; read
@@ -74,12 +82,12 @@ class Stager {
   std::map<std::string, std::unique_ptr<SafetensorsReader>> readers_;
   std::map<std::string, Tensor> read_;             // by name
   std::vector<std::pair<Tensor, Tensor>> staged_;  // (the model's tensor, what goes into it)
+  std::vector<std::pair<bool*, bool>> flags_;
 };
 
 // Every centroid set of the model from routing.safetensors, and its
-// `initialized` flag from the manifest (set once the model has changed).
-inline void stage_centroids(Stager& st, Transformer& model, const CheckpointManifest& m, const std::string& dir,
-                            std::vector<std::pair<bool*, bool>>& flags) {
+// `initialized` flag from the manifest (set by commit).
+inline void stage_centroids(Stager& st, Transformer& model, const CheckpointManifest& m, const std::string& dir) {
   for (const CentroidSetRef& c : model.centroid_sets()) {
     st.need(c.prefix + ".mu", c.centroids->mu.shape(), c.centroids->mu);
     st.need(c.prefix + ".sum", c.centroids->sum.shape(), c.centroids->sum);
@@ -88,7 +96,7 @@ inline void stage_centroids(Stager& st, Transformer& model, const CheckpointMani
                                 [&](const auto& s) { return s.prefix() == c.prefix; });
     if (e == m.centroids().end())
       throw ConfigError(join_path(dir, "manifest.pbtxt") + ": centroid set " + c.prefix + " is missing");
-    flags.emplace_back(&c.centroids->initialized, e->initialized());
+    st.flag(&c.centroids->initialized, e->initialized());
   }
 }
 

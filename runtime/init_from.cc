@@ -192,7 +192,6 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
   });
   ckpt::Stager st(dir, m);
   const DropUpcycle drop(cfg);
-  std::vector<std::pair<bool*, bool>> flags;
   run_agreed(par, [&] {  // everything read, checked and re-drawn before the model changes
     for (Param* p : model.params().all()) {
       if (p->expert()) {  // this rank's experts, each the layer's dense FFN (in part, with drop)
@@ -209,11 +208,9 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
         st.need(p->name, p->shape, p->value);  // (any other MoE weight: refused as missing)
       }  // else a router's weights: no counterpart, this model's init
     }
-    ckpt::stage_centroids(st, model, m, dir, flags);
+    ckpt::stage_centroids(st, model, m, dir);
   });
-  for (auto& [dst, src] : st.staged()) dst.copy_from(src, model.ctx());
-  model.params().refresh_shadows(model.ctx());
-  for (auto& [flag, v] : flags) *flag = v;
+  st.commit(model);
   return {{where, m.step(), true}, m.data_position()};
 }
 
