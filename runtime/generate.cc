@@ -61,10 +61,6 @@ bool kv_cacheable(const Config& cfg, std::string* why) {
   };
   if (!causal(cfg, why)) return false;
   if (cfg.precision() != switchyard::Config::FP32) return no("precision BF16 (the cache computes in fp32)");
-  const auto& at = cfg.attention();
-  for (int l = 0; l < cfg.model().n_layers(); ++l)
-    if (is_sparse_attention_layer(at, l, cfg.model().n_layers()) && at.kind() == switchyard::AttentionConfig::BLOCK_TOPK)
-      return no("attention.kind BLOCK_TOPK chooses each query's key blocks over the window");
   if (cfg.moe().num_experts() > 0 && cfg.moe().budget_mode() == switchyard::MoeConfig::HARD_CAUSAL)
     return no("moe.budget_mode HARD_CAUSAL spends a budget over the window's earlier tokens");
   return true;

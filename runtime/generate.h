@@ -51,8 +51,8 @@ bool causal(const Config& cfg, std::string* why = nullptr);
 
 // Whether the model can decode token by token with a key/value cache and
 // give what the windowed steps give: causal(), fp32, attention in every
-// block dense or ROUTED (its causal mode, which causal() asks for; not
-// BLOCK_TOPK), no causal budget (HARD_CAUSAL). A depth-routed block keeps
+// block dense, ROUTED (its causal mode, which causal() asks for) or
+// BLOCK_TOPK, no causal budget (HARD_CAUSAL). A depth-routed block keeps
 // the tokens its predictor keeps in its cache (causal() asks for the
 // predictor at evaluation). A MoE
 // capacity that can bind is kept as the window's: each layer counts its

@@ -216,10 +216,10 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
   return proj_.forward(y_.reshape({B * T, C_}));
 }
 
-Tensor SelfAttention::decode(const Tensor&, int64_t, int64_t, Tensor&, Tensor&, std::vector<int64_t>&) {
+Tensor SelfAttention::decode(const Tensor&, int64_t, int64_t, Tensor&, Tensor&, DecodeState&) {
   throw ConfigError(
-      "decoding with a key/value cache takes dense causal attention or a routed layer's causal heads (runtime/"
-      "generate.h kv_cacheable)");
+      "decoding with a key/value cache takes dense causal attention, a routed layer's causal heads or block "
+      "top-k (runtime/generate.h kv_cacheable)");
 }
 
 Tensor decode_projection(Ctx& ctx, Linear& qkv, const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
@@ -240,7 +240,7 @@ Tensor decode_projection(Ctx& ctx, Linear& qkv, const Tensor& x, int64_t pos, in
 }
 
 Tensor CausalSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
-                                   std::vector<int64_t>&) {
+                                   DecodeState&) {
   const Tensor qkv = decode_projection(ctx_, qkv_, x, pos, row, k, v, C_, H_, G_, opt_);
   Tensor q = Tensor::empty({C_}, DType::f32, ctx_), y = Tensor::empty({C_}, DType::f32, ctx_);
   std::copy(qkv.f32(), qkv.f32() + C_, q.f32());

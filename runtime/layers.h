@@ -7,9 +7,10 @@
 // train.recompute: the block runs forward again before its backward); a
 // backward then needs a forward first.
 #pragma once
-#include <string>
-
+#include <algorithm>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "ops/attention.h"
 #include "ops/expert_ffn.h"
@@ -192,6 +193,18 @@ class Mlp : public FeedForward {
 
 // What sits in a block's attention position: dense causal attention, or a
 // sparse one (runtime/sparse_self_attention.h).
+// What an attention layer's decoding keeps besides the cached keys and
+// values (SelfAttention::decode), zeroed at a window's start: counts (a
+// routed layer's clusters) and values (block top-k's key means).
+struct DecodeState {
+  std::vector<int64_t> counts;
+  std::vector<float> values;
+  void zero() {
+    std::fill(counts.begin(), counts.end(), 0);
+    std::fill(values.begin(), values.end(), 0.f);
+  }
+};
+
 class SelfAttention {
  public:
   virtual ~SelfAttention() = default;
@@ -217,13 +230,13 @@ class SelfAttention {
   // attention sees (pos, or in a depth-routed block its count of the tokens
   // kept before it); its key and value heads are written to row `row` of k
   // and v ((rows > row, kv_width()) each, on the host), and it attends over
-  // rows 0 .. row. state: decode_state_size(rows of k) values of its own
-  // (zeroed at a window's start). Dense causal attention and a routed layer's
-  // local and causal routing heads (SparseSelfAttention) in fp32 on the CPU;
-  // the others refuse (kv_width() 0).
-  virtual Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, std::vector<int64_t>& state);
+  // rows 0 .. row. state: decode_state(rows of k), its own (zeroed at a
+  // window's start). Dense causal attention, a routed layer's local and
+  // causal routing heads and block top-k's heads (SparseSelfAttention) in
+  // fp32 on the CPU; the others refuse (kv_width() 0).
+  virtual Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, DecodeState& state);
   virtual int64_t kv_width() const { return 0; }
-  virtual int64_t decode_state_size(int64_t /*rows*/) const { return 0; }
+  virtual DecodeState decode_state(int64_t /*rows*/) const { return {}; }
 };
 
 // Decoding's first step, shared by the layers that decode: the token's
@@ -250,7 +263,7 @@ class CausalSelfAttention : public SelfAttention {
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
   bool reads_bf16() const override { return qkv_.reads_bf16(); }
-  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, std::vector<int64_t>& state) override;
+  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, DecodeState& state) override;
   int64_t kv_width() const override { return G_ * (C_ / H_); }
 
  private:

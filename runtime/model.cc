@@ -84,7 +84,7 @@ Tensor Block::inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor&
 }
 
 Tensor Block::decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts,
-                     int64_t& rows, std::vector<int64_t>& attn) {
+                     int64_t& rows, DecodeState& attn) {
   SY_CHECK(!training_, "Block::decode: evaluation mode");
   if (!depth_) return inner_decode(x, pos, k, v, counts, rows, attn);
   SY_CHECK(depth_->causal_at_eval(), "Block::decode: a depth router choosing by top-C over the window (depth."
@@ -98,7 +98,7 @@ Tensor Block::decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::ve
 }
 
 Tensor Block::inner_decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts,
-                           int64_t& rows, std::vector<int64_t>& attn) {
+                           int64_t& rows, DecodeState& attn) {
   Tensor h = attn_->decode(ln1_->forward(x), pos, rows++, k, v, attn);
   ops::add_into(*ctx_, h, x);
   ffn_->set_sequence_length(1);
@@ -362,7 +362,7 @@ KvCache Transformer::new_cache() const {
     c.v.push_back(Tensor::zeros({T_, W}, DType::f32, host_ctx()));
     c.counts.emplace_back();
     c.rows.push_back(0);
-    c.attn.emplace_back(b.attention().decode_state_size(T_), 0);
+    c.attn.push_back(b.attention().decode_state(T_));
   }
   for (const auto& [l, layer] : moe_) c.counts[l].assign(layer->num_experts(), 0);
   return c;
@@ -379,7 +379,7 @@ Tensor Transformer::decode(int32_t token, int64_t pos, KvCache& cache) {
   if (pos == 0) {  // a new window: no expert has a slot taken, no attention holds a token
     for (auto& c : cache.counts) std::fill(c.begin(), c.end(), 0);
     std::fill(cache.rows.begin(), cache.rows.end(), 0);
-    for (auto& a : cache.attn) std::fill(a.begin(), a.end(), 0);
+    for (DecodeState& a : cache.attn) a.zero();
   }
   const Tensor id = Tensor::from_host(std::vector<int32_t>{token});
   Tensor h = Tensor::empty({1, C_}, DType::f32, ctx_);

@@ -62,7 +62,7 @@ class Block {
   // as in a forward over the window, its attention holding only the tokens
   // it kept.
   Tensor decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts, int64_t& rows,
-                std::vector<int64_t>& attn);
+                DecodeState& attn);
   void set_training(bool t);
   void set_recompute(bool r) { recompute_ = r; }
   FeedForward& ffn() { return *ffn_; }
@@ -86,7 +86,7 @@ class Block {
   Tensor inner_forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions = Tensor());
   Tensor inner_backward(const Tensor& dy);
   Tensor inner_decode(const Tensor& x, int64_t pos, Tensor& k, Tensor& v, std::vector<int64_t>& counts, int64_t& rows,
-                      std::vector<int64_t>& attn);
+                      DecodeState& attn);
   void release();  // every part's saved activations dropped
 
   Ctx* ctx_;
@@ -128,7 +128,7 @@ struct KvCache {
   std::vector<Tensor> k, v;
   std::vector<std::vector<int64_t>> counts;
   std::vector<int64_t> rows;  // the tokens each block's attention holds (fewer than the positions where depth-routed)
-  std::vector<std::vector<int64_t>> attn;  // each block's attention's own (SelfAttention::decode's state)
+  std::vector<DecodeState> attn;  // each block's attention's own (SelfAttention::decode's state)
 };
 
 class Transformer {

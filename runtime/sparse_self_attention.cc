@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <numeric>
 
 #include "ops/attention.h"
 #include "ops/decode_attention.h"
@@ -80,67 +82,124 @@ Tensor head(const Tensor& t, int64_t h, int64_t b, int64_t T) {
 }
 }  // namespace
 
+DecodeState SparseSelfAttention::decode_state(int64_t rows) const {
+  DecodeState s;
+  if (kv_width() == 0) return s;
+  if (routed())
+    s.counts.assign(R_ * (rows + 2 * K_), 0);
+  else  // (G, blocks, D): a key head's block means
+    s.values.assign(G_ * ((rows + cfg_.block_size() - 1) / cfg_.block_size()) * D_, 0.f);
+  return s;
+}
+
 Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v,
-                                   std::vector<int64_t>& state) {
+                                   DecodeState& state) {
   if (kv_width() == 0) return SelfAttention::decode(x, pos, row, k, v, state);  // (refuses)
-  const int64_t W = kv_width(), T = k.dim(0), L = H_ - R_, rep = H_ / G_;
-  SY_CHECK(v.dim(0) == T && static_cast<int64_t>(state.size()) == decode_state_size(T),
-           "decode: a cache of " << shape_str(k.shape()) << " with " << state.size() << " values of state");
+  const int64_t W = kv_width(), T = k.dim(0), rep = H_ / G_;
+  const DecodeState want = decode_state(T);
+  SY_CHECK(v.dim(0) == T && state.counts.size() == want.counts.size() && state.values.size() == want.values.size(),
+           "decode: a cache of " << shape_str(k.shape()) << " with " << state.counts.size() << " counts and "
+                                 << state.values.size() << " values of state");
   const Tensor qkv = decode_projection(ctx_, qkv_, x, pos, row, k, v, C_, H_, G_, opt_);
   const float* r = qkv.f32();
-  // (1, D) copies of a query head and a key/value head's cached rows.
-  auto vec = [&](const float* p) {
-    Tensor t = Tensor::empty({1, D_}, DType::f32, ctx_);
-    std::copy(p, p + D_, t.f32());
-    return t;
-  };
+  if (!routed() && (row + 1) % cfg_.block_size() == 0) {
+    // Block row / block_size is complete: its mean per key head, summed in
+    // row order then divided, as block_topk_keysets makes it.
+    const int64_t bs = cfg_.block_size(), b = row / bs, nb = (T + bs - 1) / bs;
+    for (int64_t g = 0; g < G_; ++g) {
+      float* mean = state.values.data() + (g * nb + b) * D_;
+      std::fill(mean, mean + D_, 0.f);
+      for (int64_t u = b * bs; u <= row; ++u)
+        for (int64_t d = 0; d < D_; ++d) mean[d] += k.f32()[u * W + g * D_ + d];
+      for (int64_t d = 0; d < D_; ++d) mean[d] /= static_cast<float>(bs);
+    }
+  }
   Tensor y = Tensor::zeros({C_}, DType::f32, ctx_);
   for (int64_t h = 0; h < H_; ++h) {
     const int64_t g = h / rep;  // its key/value head
-    std::vector<int64_t> keys;  // the cached rows it attends to, in order
-    if (h < L) {
-      // A local head: keys u with row - w < u <= row (ops/attention.h).
-      for (int64_t u = std::max<int64_t>(0, row + 1 - cfg_.window()); u <= row; ++u) keys.push_back(u);
-    } else {
-      // A routing head: its query and its key head's key, layer-normed, each
-      // to its nearest centroid (ops/routed_attention.h, causal mode).
-      const int64_t j = h - L;
-      SY_CHECK((*centroids_)[j].initialized, "routed attention's centroids are not initialised: a model to decode "
-                                              "comes from a checkpoint or a calibrated run");
-      int64_t* cluster_of = state.data() + j * T;                 // each cached key's cluster, -1 dropped
-      int64_t* q_count = state.data() + R_ * T + j * K_;          // the window's queries per cluster
-      int64_t* k_count = state.data() + R_ * T + (R_ + j) * K_;   // and keys
-      Tensor qn = Tensor::empty({1, D_}, DType::f32, ctx_), kn = qn.clone(), m = Tensor::empty({1}, DType::f32, ctx_);
-      Tensor rs = m.clone();
-      ops::layernorm_forward(ctx_, {qn, m, rs, vec(r + h * D_), Tensor(), Tensor()});
-      ops::layernorm_forward(ctx_, {kn, m, rs, vec(r + C_ + g * D_), Tensor(), Tensor()});
-      ops::ClusterParams cp;
-      cp.mode = ops::ClusterMode::causal;  // (one token alone: no drops here, the window's below)
-      ops::Clusters cl;
-      ops::assign_clusters(ctx_, cl, qn, kn, (*centroids_)[j], cp);
-      const int32_t cq = cl.queries.group.data<int32_t>()[0], ck = cl.keys.group.data<int32_t>()[0];
-      // A cluster's capacity in a forward over the window of T tokens, slots
-      // by position (assign_clusters' tokens choose, k 1; dropless: no limit).
-      ops::TokensChooseParams tp;
-      tp.capacity_factor = cfg_.capacity_factor();
-      const int64_t C = cfg_.dropless() ? T : ops::tokens_choose_capacity(tp, T, K_);
-      const bool q_kept = cq >= 0 && q_count[cq]++ < C, k_kept = ck >= 0 && k_count[ck]++ < C;
-      cluster_of[row] = k_kept ? ck : -1;
-      if (!q_kept) continue;  // in no cluster: o = 0
-      for (int64_t u = 0; u <= row; ++u)
-        if (cluster_of[u] == cq) keys.push_back(u);
-      if (keys.empty()) keys.push_back(row);  // no allowed key: itself
-    }
+    const std::vector<int64_t> keys = decode_keys(h, r, row, k, state);
+    if (keys.empty()) continue;  // o = 0
     Tensor kk = Tensor::empty({static_cast<int64_t>(keys.size()), D_}, DType::f32, ctx_), vv = kk.clone();
     for (size_t i = 0; i < keys.size(); ++i) {
       std::copy_n(k.f32() + keys[i] * W + g * D_, D_, kk.f32() + i * D_);
       std::copy_n(v.f32() + keys[i] * W + g * D_, D_, vv.f32() + i * D_);
     }
-    Tensor o = Tensor::empty({D_}, DType::f32, ctx_);
-    ops::decode_attention(ctx_, {o, vec(r + h * D_).reshape({D_}), kk, vv, static_cast<int64_t>(keys.size()), 1, 1});
+    Tensor q = Tensor::empty({D_}, DType::f32, ctx_), o = q.clone();
+    std::copy_n(r + h * D_, D_, q.f32());
+    ops::decode_attention(ctx_, {o, q, kk, vv, static_cast<int64_t>(keys.size()), 1, 1});
     std::copy_n(o.f32(), D_, y.f32() + h * D_);
   }
   return proj_.forward(y.reshape({1, C_}));
+}
+
+std::vector<int64_t> SparseSelfAttention::decode_keys(int64_t h, const float* r, int64_t row, const Tensor& k,
+                                                      DecodeState& state) {
+  const int64_t T = k.dim(0), L = H_ - R_, g = h / (H_ / G_);
+  std::vector<int64_t> keys;
+  if (!routed()) {
+    // Block top-k: the complete blocks before the token's own scored by
+    // q . mean, the top k kept (ties: the lower block; a NaN score last),
+    // in block order, then the own block up to the token.
+    const int64_t bs = cfg_.block_size(), own = row / bs, nb = (T + bs - 1) / bs;
+    const float* q = r + h * D_;
+    std::vector<float> score(own);
+    for (int64_t b = 0; b < own; ++b) {
+      const float* mean = state.values.data() + (g * nb + b) * D_;
+      float s = 0;
+      for (int64_t d = 0; d < D_; ++d) s += q[d] * mean[d];
+      score[b] = std::isnan(s) ? -std::numeric_limits<float>::infinity() : s;
+    }
+    std::vector<int64_t> order(own);
+    std::iota(order.begin(), order.end(), 0);
+    const int64_t keep = std::min<int64_t>(cfg_.topk_blocks(), own);
+    std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](int64_t a, int64_t b) {
+      return score[a] > score[b] || (score[a] == score[b] && a < b);
+    });
+    std::sort(order.begin(), order.begin() + keep);
+    for (int64_t i = 0; i < keep; ++i)
+      for (int64_t u = order[i] * bs; u < (order[i] + 1) * bs; ++u) keys.push_back(u);
+    for (int64_t u = own * bs; u <= row; ++u) keys.push_back(u);
+    return keys;
+  }
+  if (h < L) {
+    // A local head: keys u with row - w < u <= row (ops/attention.h).
+    for (int64_t u = std::max<int64_t>(0, row + 1 - cfg_.window()); u <= row; ++u) keys.push_back(u);
+    return keys;
+  }
+  // A routing head: its query and its key head's key, layer-normed, each to
+  // its nearest centroid (ops/routed_attention.h, causal mode).
+  const int64_t j = h - L;
+  SY_CHECK((*centroids_)[j].initialized, "routed attention's centroids are not initialised: a model to decode "
+                                          "comes from a checkpoint or a calibrated run");
+  int64_t* cluster_of = state.counts.data() + j * T;                // each cached key's cluster, -1 dropped
+  int64_t* q_count = state.counts.data() + R_ * T + j * K_;         // the window's queries per cluster
+  int64_t* k_count = state.counts.data() + R_ * T + (R_ + j) * K_;  // and keys
+  auto vec = [&](const float* p) {  // a (1, D) copy
+    Tensor t = Tensor::empty({1, D_}, DType::f32, ctx_);
+    std::copy(p, p + D_, t.f32());
+    return t;
+  };
+  Tensor qn = Tensor::empty({1, D_}, DType::f32, ctx_), kn = qn.clone(), m = Tensor::empty({1}, DType::f32, ctx_);
+  Tensor rs = m.clone();
+  ops::layernorm_forward(ctx_, {qn, m, rs, vec(r + h * D_), Tensor(), Tensor()});
+  ops::layernorm_forward(ctx_, {kn, m, rs, vec(r + C_ + g * D_), Tensor(), Tensor()});
+  ops::ClusterParams cp;
+  cp.mode = ops::ClusterMode::causal;  // (one token alone: no drops here, the window's below)
+  ops::Clusters cl;
+  ops::assign_clusters(ctx_, cl, qn, kn, (*centroids_)[j], cp);
+  const int32_t cq = cl.queries.group.data<int32_t>()[0], ck = cl.keys.group.data<int32_t>()[0];
+  // A cluster's capacity in a forward over the window of T tokens, slots
+  // by position (assign_clusters' tokens choose, k 1; dropless: no limit).
+  ops::TokensChooseParams tp;
+  tp.capacity_factor = cfg_.capacity_factor();
+  const int64_t C = cfg_.dropless() ? T : ops::tokens_choose_capacity(tp, T, K_);
+  const bool q_kept = cq >= 0 && q_count[cq]++ < C, k_kept = ck >= 0 && k_count[ck]++ < C;
+  cluster_of[row] = k_kept ? ck : -1;
+  if (!q_kept) return keys;  // in no cluster: o = 0
+  for (int64_t u = 0; u <= row; ++u)
+    if (cluster_of[u] == cq) keys.push_back(u);
+  if (keys.empty()) keys.push_back(row);  // no allowed key: itself
+  return keys;
 }
 
 Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const Tensor& positions) {

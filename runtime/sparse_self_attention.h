@@ -89,21 +89,27 @@ class SparseSelfAttention : public SelfAttention {
   double forward_flops() const override { return flops_; }
   double flops(int64_t B, int64_t T) const override;
   bool reads_bf16() const override { return qkv_.reads_bf16(); }
-  // Decoding (SelfAttention::decode) in a ROUTED layer, causal assignment
-  // (BALANCED looks at the whole window: kv_width() 0, as for BLOCK_TOPK),
-  // as the windowed forward computes the token's row: a local head attends
-  // to the last attention.window cached rows, itself included; a routing
-  // head puts the token's query and key each in its nearest centroid's
-  // cluster (a cluster's capacity, not dropless, counted from the window's
-  // first token, as tokens choose by position) and attends to the cached
-  // keys of its query's cluster, or to itself where there is none (no
-  // cluster, capacity-dropped: 0). state: per routing head the cluster of
-  // each cached key (-1: dropped), then the query and key counts per cluster.
-  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, std::vector<int64_t>& state) override;
+  // Decoding (SelfAttention::decode), as the windowed forward computes the
+  // token's row. A ROUTED layer in causal assignment (BALANCED looks at the
+  // whole window: kv_width() 0): a local head attends to the last
+  // attention.window cached rows, itself included; a routing head puts the
+  // token's query and key each in its nearest centroid's cluster (a
+  // cluster's capacity, not dropless, counted from the window's first
+  // token, as tokens choose by position) and attends to the cached keys of
+  // its query's cluster, or to itself where there is none (no cluster,
+  // capacity-dropped: 0). state.counts: per routing head the cluster of each
+  // cached key (-1: dropped), then the query and key counts per cluster.
+  // BLOCK_TOPK: each head scores the complete blocks before its own by
+  // q . mean(K_block) and attends to its top-k and its own block up to the
+  // token (ops/sparse_attention.h's block_topk_keysets); state.values: the
+  // mean of each key head's complete blocks, made as the block's last key is
+  // cached, with block_topk_keysets' arithmetic, so the choice is the one
+  // the forward makes on the same keys.
+  Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, DecodeState& state) override;
   int64_t kv_width() const override {
-    return routed() && cfg_.assignment() == switchyard::AttentionConfig::CAUSAL ? G_ * D_ : 0;
+    return !routed() || cfg_.assignment() == switchyard::AttentionConfig::CAUSAL ? G_ * D_ : 0;
   }
-  int64_t decode_state_size(int64_t rows) const override { return kv_width() > 0 ? R_ * (rows + 2 * K_) : 0; }
+  DecodeState decode_state(int64_t rows) const override;
   double aux_loss() const override { return stats_.commitment_loss; }
   const SparseAttentionStats& stats() const { return stats_; }
   // Sums per-cluster statistics over data-parallel ranks before the EMA update.
@@ -129,6 +135,9 @@ class SparseSelfAttention : public SelfAttention {
   // (ops/sparse_attention.h's packed path); q, k, v of heads [first_head(), H)
   // rounded once per step.
   bool bf16_heads() const { return opt_.bf16; }
+  // The cached rows head h (of H) attends to in decoding the row-th token
+  // (SparseSelfAttention::decode): in position order; empty: o = 0.
+  std::vector<int64_t> decode_keys(int64_t h, const float* qkv, int64_t row, const Tensor& k, DecodeState& state);
   // The local heads [0, L) of a ROUTED layer, as the dense op computes them.
   ops::AttentionShape local_shape() const;
 

@@ -40,7 +40,10 @@ Config config(const std::string& extra, const std::string& model = "") {
 // with learned positions and with RoPE and grouped heads; routed attention
 // (2 local heads with a window of 4 and 2 routing heads over 4 clusters,
 // calibrated) with RoPE and grouped heads, under a cluster capacity that
-// binds (6 of a window's 24 tokens), and in depth-routed blocks.
+// binds (6 of a window's 24 tokens), and in depth-routed blocks; block
+// top-k (2 of up to 5 earlier blocks of 4) with RoPE and grouped heads, 1
+// block of 5 (the window's last block partial), and 1 block of 3 in
+// depth-routed blocks (blocks of the kept tokens).
 std::vector<std::pair<std::string, Config>> cached_configs() {
   return {
       {"gpt2", config("")},
@@ -76,6 +79,11 @@ std::vector<std::pair<std::string, Config>> cached_configs() {
                                  "window: 4 dropless: false capacity_factor: 1 }")},
       {"routed_depth", config("attention { kind: ROUTED last_n_layers: 2 num_routing_heads: 2 num_clusters: 4 "
                               "window: 4 } depth { every_n_layers: 2 capacity: 0.5 }")},
+      {"block_topk", config("attention { kind: BLOCK_TOPK last_n_layers: 2 block_size: 4 topk_blocks: 2 }",
+                            "position: ROPE n_kv_heads: 2")},
+      {"block_topk_partial", config("attention { kind: BLOCK_TOPK last_n_layers: 1 block_size: 5 topk_blocks: 1 }")},
+      {"block_topk_depth", config("attention { kind: BLOCK_TOPK last_n_layers: 2 block_size: 3 topk_blocks: 1 } "
+                                  "depth { every_n_layers: 1 capacity: 0.5 }")},
   };
 }
 
@@ -137,7 +145,7 @@ TEST(KvCache, EachPositionsLogitsAreTheWindowsRow) {
       EXPECT_LE(rel_l2(got.f32(), window.data() + p * V, V), 1e-5) << "position " << p;
     }
     if (name == "routed_capacity") {  // its routing heads' keys: some over a cluster's capacity, some sharing one
-      const std::vector<int64_t>& s = cache.attn.back();  // per routing head: each key's cluster (-1 dropped), ...
+      const std::vector<int64_t>& s = cache.attn.back().counts;  // per routing head: each key's cluster (-1 dropped), ...
       const std::vector<int64_t> clusters(s.begin(), s.begin() + 2 * T);
       EXPECT_NE(std::find(clusters.begin(), clusters.end(), -1), clusters.end());
       const std::vector<int64_t> k_counts(s.begin() + 2 * T + 2 * 4, s.end());  // (after the query counts)
@@ -222,7 +230,8 @@ TEST(KvCache, PastTheWindowTheCacheRestartsFromItsLastHalf) {
 TEST(KvCache, TheCacheHoldsTheStateAndForwardIsUntouched) {
   for (const auto& [name, cfg] : cached_configs()) {
     // a binding capacity; windows under depth routing; routing heads under a binding capacity
-    if (name != "switch" && name != "window_depth_rope" && name != "routed_capacity") continue;
+    // and block top-k's key means
+    if (name != "switch" && name != "window_depth_rope" && name != "routed_capacity" && name != "block_topk") continue;
     SCOPED_TRACE(name);
     const auto m = model_for(cfg);
     Transformer& model = *m;
@@ -247,7 +256,6 @@ TEST(KvCache, RefusesWhatCountsTheWindowAndFallsBack) {
       {"precision: BF16", "precision BF16"},
       {"attention { kind: ROUTED last_n_layers: 1 num_routing_heads: 2 num_clusters: 4 window: 8 assignment: BALANCED }",
        "BALANCED"},
-      {"attention { kind: BLOCK_TOPK last_n_layers: 1 block_size: 4 topk_blocks: 2 }", "BLOCK_TOPK"},
       {"moe { num_experts: 4 top_k: 1 dropless: true budget_mode: HARD_CAUSAL expert_cost: [1, 1, 2, 2] budget: 1.5 "
        "every_n_layers: 1 }",
        "HARD_CAUSAL"},
