@@ -93,6 +93,19 @@ KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window);
 // a block-mean of queries would let t see later queries of its block.
 KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t block, int64_t topk);
 
+// Block top-k's parts for one query on the host, which the CPU's
+// block_topk_keysets applies to every query and decoding with a key/value
+// cache (runtime/sparse_self_attention.h) to one. block_key_mean: the mean
+// of n key rows (D values each, rows `stride` floats apart), summed in row
+// order then divided. block_topk_query_keys: the keys of query t (q, D
+// values) given `means`, the key means of the t / block complete blocks
+// before its own (D values each): the top `topk` blocks by q . mean (ties:
+// the lower block; a NaN score ranks as -inf), in block order, then its own
+// block up to t.
+void block_key_mean(float* mean, const float* k, int64_t n, int64_t stride, int64_t D);
+void block_topk_query_keys(std::vector<int32_t>& keys, const float* q, const float* means, int64_t t, int64_t D,
+                           int64_t block, int64_t topk);
+
 // The CPU reference (ops/cpu/sparse_attention.cc) and the CUDA kernels
 // (ops/cuda/sparse_attention.cu, f32, and bf16 on block top-k's packed path
 // at head dims 64 and 128; CUDA builds, the key sets made on the device equal

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <numeric>
 
 #include "ops/attention.h"
 #include "ops/decode_attention.h"
@@ -11,6 +9,7 @@
 #include "ops/heads.h"
 #include "ops/layernorm.h"
 #include "ops/rope.h"
+#include "ops/sparse_attention.h"
 
 namespace sy {
 
@@ -106,13 +105,8 @@ Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Te
     // Block row / block_size is complete: its mean per key head, summed in
     // row order then divided, as block_topk_keysets makes it.
     const int64_t bs = cfg_.block_size(), b = row / bs, nb = (T + bs - 1) / bs;
-    for (int64_t g = 0; g < G_; ++g) {
-      float* mean = state.values.data() + (g * nb + b) * D_;
-      std::fill(mean, mean + D_, 0.f);
-      for (int64_t u = b * bs; u <= row; ++u)
-        for (int64_t d = 0; d < D_; ++d) mean[d] += k.f32()[u * W + g * D_ + d];
-      for (int64_t d = 0; d < D_; ++d) mean[d] /= static_cast<float>(bs);
-    }
+    for (int64_t g = 0; g < G_; ++g)
+      ops::block_key_mean(state.values.data() + (g * nb + b) * D_, k.f32() + b * bs * W + g * D_, bs, W, D_);
   }
   Tensor y = Tensor::zeros({C_}, DType::f32, ctx_);
   for (int64_t h = 0; h < H_; ++h) {
@@ -136,30 +130,12 @@ std::vector<int64_t> SparseSelfAttention::decode_keys(int64_t h, const float* r,
                                                       DecodeState& state) {
   const int64_t T = k.dim(0), L = H_ - R_, g = h / (H_ / G_);
   std::vector<int64_t> keys;
-  if (!routed()) {
-    // Block top-k: the complete blocks before the token's own scored by
-    // q . mean, the top k kept (ties: the lower block; a NaN score last),
-    // in block order, then the own block up to the token.
-    const int64_t bs = cfg_.block_size(), own = row / bs, nb = (T + bs - 1) / bs;
-    const float* q = r + h * D_;
-    std::vector<float> score(own);
-    for (int64_t b = 0; b < own; ++b) {
-      const float* mean = state.values.data() + (g * nb + b) * D_;
-      float s = 0;
-      for (int64_t d = 0; d < D_; ++d) s += q[d] * mean[d];
-      score[b] = std::isnan(s) ? -std::numeric_limits<float>::infinity() : s;
-    }
-    std::vector<int64_t> order(own);
-    std::iota(order.begin(), order.end(), 0);
-    const int64_t keep = std::min<int64_t>(cfg_.topk_blocks(), own);
-    std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](int64_t a, int64_t b) {
-      return score[a] > score[b] || (score[a] == score[b] && a < b);
-    });
-    std::sort(order.begin(), order.begin() + keep);
-    for (int64_t i = 0; i < keep; ++i)
-      for (int64_t u = order[i] * bs; u < (order[i] + 1) * bs; ++u) keys.push_back(u);
-    for (int64_t u = own * bs; u <= row; ++u) keys.push_back(u);
-    return keys;
+  if (!routed()) {  // block top-k over the complete blocks' key means (ops/sparse_attention.h)
+    const int64_t bs = cfg_.block_size(), nb = (T + bs - 1) / bs;
+    std::vector<int32_t> chosen;
+    ops::block_topk_query_keys(chosen, r + h * D_, state.values.data() + g * nb * D_, row, D_, bs,
+                               cfg_.topk_blocks());
+    return std::vector<int64_t>(chosen.begin(), chosen.end());
   }
   if (h < L) {
     // A local head: keys u with row - w < u <= row (ops/attention.h).

@@ -101,10 +101,11 @@ class SparseSelfAttention : public SelfAttention {
   // cached key (-1: dropped), then the query and key counts per cluster.
   // BLOCK_TOPK: each head scores the complete blocks before its own by
   // q . mean(K_block) and attends to its top-k and its own block up to the
-  // token (ops/sparse_attention.h's block_topk_keysets); state.values: the
-  // mean of each key head's complete blocks, made as the block's last key is
-  // cached, with block_topk_keysets' arithmetic, so the choice is the one
-  // the forward makes on the same keys.
+  // token; state.values: the mean of each key head's complete blocks, made
+  // as the block's last key is cached. Both by the functions the CPU's
+  // block_topk_keysets applies to every query (ops/sparse_attention.h's
+  // block_key_mean, block_topk_query_keys), so the choice is the one the
+  // forward makes on the same keys.
   Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, DecodeState& state) override;
   int64_t kv_width() const override {
     return !routed() || cfg_.assignment() == switchyard::AttentionConfig::CAUSAL ? G_ * D_ : 0;

@@ -134,41 +134,54 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t b
     return block_topk_keysets(ctx, q.to(DType::f32), k.to(DType::f32), block, topk);
   const Head h = head(q, k, k);
   const int64_t nb = (h.T + block - 1) / block;
-  // mean(K_block) per block
-  std::vector<float> kmean(nb * h.D, 0.f);
+  // mean(K_block) per block (the last one's never scored where it is partial)
+  std::vector<float> kmean(nb * h.D);
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t u0 = b * block, u1 = std::min(h.T, u0 + block);
-    for (int64_t u = u0; u < u1; ++u)
-      for (int64_t d = 0; d < h.D; ++d) kmean[b * h.D + d] += h.k[u * h.D + d];
-    for (int64_t d = 0; d < h.D; ++d) kmean[b * h.D + d] /= static_cast<float>(u1 - u0);
+    ops::block_key_mean(kmean.data() + b * h.D, h.k + u0 * h.D, u1 - u0, h.D, h.D);
   }
   KeySetsBuilder ks;
   std::vector<int32_t> keys;
-  std::vector<float> score;
-  std::vector<int64_t> order;
   for (int64_t t = 0; t < h.T; ++t) {
-    const int64_t own = t / block;
-    score.resize(own);
-    // A NaN score ranks last, as -inf: a strict weak order for partial_sort,
-    // and keep blocks whatever the values (the CUDA rows' rule too).
-    for (int64_t b = 0; b < own; ++b) {
-      score[b] = dot(h.q + t * h.D, kmean.data() + b * h.D, h.D);
-      if (std::isnan(score[b])) score[b] = -std::numeric_limits<float>::infinity();
-    }
-    order.resize(own);
-    std::iota(order.begin(), order.end(), 0);
-    const int64_t keep = std::min(topk, own);
-    std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](int64_t a, int64_t b) {
-      return score[a] > score[b] || (score[a] == score[b] && a < b);
-    });
-    std::sort(order.begin(), order.begin() + keep);  // keys in position order
-    keys.clear();
-    for (int64_t i = 0; i < keep; ++i)
-      for (int64_t u = order[i] * block; u < (order[i] + 1) * block; ++u) keys.push_back(static_cast<int32_t>(u));
-    for (int64_t u = own * block; u <= t; ++u) keys.push_back(static_cast<int32_t>(u));
+    ops::block_topk_query_keys(keys, h.q + t * h.D, kmean.data(), t, h.D, block, topk);
     ks.add_query(keys);
   }
   return ks.build(ctx);
 }
 
 }  // namespace sy::ops::cpu
+
+namespace sy::ops {
+
+void block_key_mean(float* mean, const float* k, int64_t n, int64_t stride, int64_t D) {
+  std::fill(mean, mean + D, 0.f);
+  for (int64_t u = 0; u < n; ++u)
+    for (int64_t d = 0; d < D; ++d) mean[d] += k[u * stride + d];
+  for (int64_t d = 0; d < D; ++d) mean[d] /= static_cast<float>(n);
+}
+
+void block_topk_query_keys(std::vector<int32_t>& keys, const float* q, const float* means, int64_t t, int64_t D,
+                           int64_t block, int64_t topk) {
+  const int64_t own = t / block;
+  // A NaN score ranks last, as -inf: a strict weak order for partial_sort,
+  // and keep blocks whatever the values (the CUDA rows' rule too).
+  std::vector<float> score(own);
+  for (int64_t b = 0; b < own; ++b) {
+    float s = 0;
+    for (int64_t d = 0; d < D; ++d) s += q[d] * means[b * D + d];
+    score[b] = std::isnan(s) ? -std::numeric_limits<float>::infinity() : s;
+  }
+  std::vector<int64_t> order(own);
+  std::iota(order.begin(), order.end(), 0);
+  const int64_t keep = std::min(topk, own);
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](int64_t a, int64_t b) {
+    return score[a] > score[b] || (score[a] == score[b] && a < b);
+  });
+  std::sort(order.begin(), order.begin() + keep);  // keys in position order
+  keys.clear();
+  for (int64_t i = 0; i < keep; ++i)
+    for (int64_t u = order[i] * block; u < (order[i] + 1) * block; ++u) keys.push_back(static_cast<int32_t>(u));
+  for (int64_t u = own * block; u <= t; ++u) keys.push_back(static_cast<int32_t>(u));
+}
+
+}  // namespace sy::ops
