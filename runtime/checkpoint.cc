@@ -20,6 +20,7 @@
 #include "runtime/checkpoint_stager.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/moe_layer.h"
+#include "runtime/optimizer_shard.h"
 #include "runtime/output_file.h"
 #include "runtime/safetensors.h"
 
@@ -97,6 +98,42 @@ NamedTensors expert_tensors(Transformer& model, bool moments) {
         out.emplace_back(name + kMoment2, host(row(*p, p->v, i)));
       }
     }
+  }
+  return out;
+}
+
+// The moments this rank writes (rank 0 the dense ones, rank s < ep expert
+// shard s's): its own where they are whole; where sharded
+// (parallel.shard_optimizer) gathered from the group first, so there every
+// rank calls these (runtime/optimizer_shard.h).
+NamedTensors dense_moments(Transformer& model, ParallelContext* par) {
+  ParamStore& ps = model.params();
+  if (ps.moment_parts(ParamKind::dense) == 1) return rank_of(par) == 0 ? dense_tensors(model, true) : NamedTensors{};
+  NamedTensors out;
+  for (Param* p : ps.all()) {
+    if (p->expert()) continue;
+    for (bool second : {false, true}) {
+      const Tensor t = gather_moments(model.ctx(), ps, *par, ParamKind::dense, param_elements(*p), second);
+      if (t.defined()) out.emplace_back(p->name + (second ? kMoment2 : kMoment1), t.reshape(p->shape));
+    }
+  }
+  return out;
+}
+
+NamedTensors expert_moments(Transformer& model, ParallelContext* par) {
+  ParamStore& ps = model.params();
+  if (ps.moment_parts(ParamKind::expert) == 1)
+    return rank_of(par) < ep_of(par) ? expert_tensors(model, true) : NamedTensors{};
+  NamedTensors out;  // (on replica 0 of each shard: world rank s < ep, the shard's writer)
+  for (Param* p : ps.all()) {
+    if (!p->expert()) continue;
+    for (int64_t i = 0; i < p->local_rows(); ++i)
+      for (bool second : {false, true}) {
+        const Tensor t = gather_moments(model.ctx(), ps, *par, ParamKind::expert, row_elements(*p, i), second);
+        if (t.defined())
+          out.emplace_back(expert_row(*p, p->row_begin + i) + (second ? kMoment2 : kMoment1),
+                           t.reshape(p->row_shape(p->row_begin + i)));
+      }
   }
   return out;
 }
@@ -254,17 +291,24 @@ std::string save_checkpoint(const std::string& root, const Config& cfg, Transfor
   };
   const std::map<std::string, std::string> optim_meta = {
       {"optimizer", "adamw"}, {"step", std::to_string(state.optimizer_step)}};
-  if (rows > 0 && rank < ep) {
-    double* at = digests.data<double>() + rank * slots;
-    put(at, write_safetensors(join_path(tmp, shard_file("model", rank, ep)), expert_tensors(model, false)));
-    put(at + 2 + rows, write_safetensors(join_path(tmp, shard_file("optim", rank, ep)), expert_tensors(model, true),
-                                         optim_meta));
+  // (The moments are made on every rank: where sharded, gathering them is
+  // collective. Each file's host copies are freed once it is written.)
+  if (rows > 0) {
+    const NamedTensors optim = expert_moments(model, par);
+    if (rank < ep) {
+      double* at = digests.data<double>() + rank * slots;
+      put(at, write_safetensors(join_path(tmp, shard_file("model", rank, ep)), expert_tensors(model, false)));
+      put(at + 2 + rows, write_safetensors(join_path(tmp, shard_file("optim", rank, ep)), optim, optim_meta));
+    }
   }
   FileDigest dense_model, dense_optim, routing;
   const NamedTensors routing_state = routing_tensors(model);
+  if (rank == 0) dense_model = write_safetensors(join_path(tmp, kDenseModel), dense_tensors(model, false));
+  dense_optim = [&] {
+    const NamedTensors optim = dense_moments(model, par);
+    return rank == 0 ? write_safetensors(join_path(tmp, kDenseOptim), optim, optim_meta) : FileDigest{};
+  }();
   if (rank == 0) {
-    dense_model = write_safetensors(join_path(tmp, kDenseModel), dense_tensors(model, false));
-    dense_optim = write_safetensors(join_path(tmp, kDenseOptim), dense_tensors(model, true), optim_meta);
     if (!routing_state.empty()) routing = write_safetensors(join_path(tmp, kRouting), routing_state);
   }
   if (world > 1) par->world->all_reduce_sum(digests, host_ctx().stream, "checkpoint digests");
@@ -489,22 +533,35 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
     check_tensor_set(model, m, dir, optimizer);
   });
   Stager st(dir, m);
+  ParamStore& ps = model.params();
   run_agreed(par, [&] {
-    for (Param* p : model.params().all()) {
+    for (Param* p : ps.all()) {
+      // A tensor's value, and its moments: whole, or where they are sharded
+      // (parallel.shard_optimizer) the piece of arena elements `at` this rank
+      // keeps (runtime/optimizer_shard.h).
       auto need = [&](const std::string& name, const Shape& shape, const Tensor& value, const Tensor& m1,
-                      const Tensor& m2) {
+                      const Tensor& m2, ElementRange at) {
         st.need(name, shape, value);
         if (!optimizer) return;
-        st.need(name + kMoment1, shape, m1);
-        st.need(name + kMoment2, shape, m2);
+        if (ps.moment_parts(p->kind) == 1) {
+          st.need(name + kMoment1, shape, m1);
+          st.need(name + kMoment2, shape, m2);
+          return;
+        }
+        const MomentPiece piece = moment_piece(ps, p->kind, at);
+        if (piece.n == 0) return;
+        const ParamArena& a = ps.arena(p->kind);
+        st.need_part(name + kMoment1, shape, a.m.rows(piece.dst, piece.dst + piece.n), piece.src);
+        st.need_part(name + kMoment2, shape, a.v.rows(piece.dst, piece.dst + piece.n), piece.src);
       };
       if (!p->expert()) {
-        need(p->name, p->shape, p->value, p->m, p->v);
+        need(p->name, p->shape, p->value, p->m, p->v, param_elements(*p));
         continue;
       }
+      const bool whole = ps.moment_parts(p->kind) == 1;  // (row views of m and v exist)
       for (int64_t i = 0; i < p->local_rows(); ++i)
         need(expert_row(*p, p->row_begin + i), p->row_shape(p->row_begin + i), row(*p, p->value, i),
-             row(*p, p->m, i), row(*p, p->v, i));
+             whole ? row(*p, p->m, i) : Tensor(), whole ? row(*p, p->v, i) : Tensor(), row_elements(*p, i));
     }
     ckpt::stage_centroids(st, model, m, dir);
     for (const auto& [name, t] : model.balance_biases()) st.need(name, t.shape(), t);

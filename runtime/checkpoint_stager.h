@@ -36,6 +36,13 @@ class Stager {
   void need(const std::string& name, const Shape& shape, Tensor dst) {
     staged_.emplace_back(dst, source(name, shape, dst));
   }
+  // Elements [first, first + dst.numel()) of the tensor (flat) into dst (1-D).
+  void need_part(const std::string& name, const Shape& shape, Tensor dst, int64_t first) {
+    const Tensor& src = source(name, shape, dst);
+    SY_CHECK(dst.ndim() == 1 && first >= 0 && first + dst.numel() <= src.numel(),
+             "elements [" << first << ", " << first + dst.numel() << ") of " << name << " (" << src.numel() << ")");
+    staged_.emplace_back(dst, src.reshape({src.numel()}).rows(first, first + dst.numel()));
+  }
   // The same, with dst's own host copy of the tensor, returned for the
   // caller to change before anything is written (valid until the next call).
   Tensor& need_copy(const std::string& name, const Shape& shape, Tensor dst) {

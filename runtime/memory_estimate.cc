@@ -31,6 +31,7 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
   const bool learned = m.position() == switchyard::ModelConfig::LEARNED;
   const double mats = m.activation() == switchyard::ModelConfig::SWIGLU ? 3 : 2;  // FFN matrices
   double params = V * C + (learned ? T * C : 0) + (m.tie_embeddings() ? 0 : C * V) + V + 2 * C;  // embeddings, head, final norm
+  double expert_params = 0;                           // this rank's experts (in params too)
   double acts = N * (2 * V + 4 * C);                  // logits and probabilities; embeddings
   // Key and value width: C, or grouped-query attention's n_kv_heads heads.
   const double KV = C / H * kv_heads(m);
@@ -46,7 +47,9 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
     acts += N * (6 * C + H);              // norm outputs, q, k, v, attention output; its LSE rows
     const bool moe = is_moe_layer(e, l);
     if (moe) {
-      params += C * E + E / ep * (mats * C * He + He + C) + (e.shared_expert() ? mats * C * Hs + Hs + C : 0);
+      const double local_experts = E / ep * (mats * C * He + He + C);
+      expert_params += local_experts;
+      params += C * E + local_experts + (e.shared_expert() ? mats * C * Hs + Hs + C : 0);
       // (expert rows: k N cf, or the experts' floors where those are more)
       const double rows = std::max(e.top_k() * e.capacity_factor() * N, E * e.min_capacity());
       acts += N * (2 * E + (e.shared_expert() ? mats * Hs : 0)) + rows * (2 * C + mats * He);
@@ -65,7 +68,13 @@ MemoryEstimate estimate_memory(const Config& cfg, int world) {
     acts = std::max(kept, outside + largest) + recomputed * N * C;
   }
   MemoryEstimate est;
-  est.parameters = 16 * params;
+  // Values and gradients, 8 bytes a parameter; AdamW's two moments 8 more,
+  // split over the ranks holding the same parameters where
+  // parallel.shard_optimizer (runtime/optimizer_shard.h).
+  double moments = params;
+  if (cfg.parallel().shard_optimizer() && world > 1)
+    moments = (params - expert_params) / world + expert_params / std::max(1.0, world / ep);
+  est.parameters = 8 * params + 8 * moments;
   est.activations = 4 * acts;
   return est;
 }
@@ -119,6 +128,7 @@ void check_memory(const Config& cfg, int world, const MemoryPool& pool, const st
   os << " (activations " << bytes_str(est.activations) << ", parameters with gradients and AdamW state "
      << bytes_str(est.parameters) << ") but " << pool.holder << " has " << bytes_str(pool.bytes) << " of " << pool.kind
      << "; lower model.seq_len or train.batch, or raise train.micro_batches"
+     << (world > 1 && !cfg.parallel().shard_optimizer() ? ", or set parallel.shard_optimizer" : "")
      << (!cfg.train().recompute()              ? " (or set train.recompute)"
          : cfg.train().recompute_blocks() > 0 ? " (or raise train.recompute_blocks)"
                                               : "");

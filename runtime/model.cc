@@ -8,6 +8,7 @@
 #include "ops/elementwise.h"
 #include "ops/finite.h"
 #include "runtime/cost_model.h"
+#include "runtime/optimizer_shard.h"
 
 namespace sy {
 
@@ -283,6 +284,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
   else
     head_ = std::make_unique<Linear>(ctx_, params_, "head", C_, V_, rng, std, false);
   params_.set_bf16_shadows(cfg.precision() == switchyard::Config::BF16);
+  if (par && cfg.parallel().shard_optimizer()) shard_moments(params_, *par);
   params_.finalize(ctx_);
 }
 

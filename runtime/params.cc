@@ -104,8 +104,9 @@ void ParamStore::finalize(Ctx& ctx) {
     ParamArena& a = arenas_[k];
     a.value = Tensor::empty({size[k]}, DType::f32, ctx);
     a.grad = Tensor::zeros({size[k]}, DType::f32, ctx);
-    a.m = Tensor::zeros({size[k]}, DType::f32, ctx);
-    a.v = Tensor::zeros({size[k]}, DType::f32, ctx);
+    const int64_t moments = moment_part(static_cast<ParamKind>(k), moment_parts_[k], moment_index_[k]).size();
+    a.m = Tensor::zeros({moments}, DType::f32, ctx);
+    a.v = Tensor::zeros({moments}, DType::f32, ctx);
     if (bf16_shadows_) a.value_bf16 = Tensor::empty({size[k]}, DType::bf16, ctx);
   }
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -115,14 +116,33 @@ void ParamStore::finalize(Ctx& ctx) {
     auto view = [&](const Tensor& arena) { return arena.rows(p.offset, p.offset + n).reshape(p.shape); };
     p.value = view(a.value);
     p.grad = view(a.grad);
-    p.m = view(a.m);
-    p.v = view(a.v);
+    if (moment_parts_[static_cast<int>(p.kind)] == 1) p.m = view(a.m), p.v = view(a.v);
     if (bf16_shadows_) p.value_bf16 = view(a.value_bf16);
     p.value.copy_from(Tensor::from_host(staged_[i], p.shape), ctx);
   }
   staged_.clear();
   finalized_ = true;
   refresh_shadows(ctx);
+}
+
+void ParamStore::set_moment_shard(ParamKind k, int parts, int index) {
+  SY_CHECK(!finalized_, "ParamStore::set_moment_shard after finalize");
+  SY_CHECK(parts >= 1 && index >= 0 && index < parts, "moment shard " << index << " of " << parts);
+  moment_parts_[static_cast<int>(k)] = parts;
+  moment_index_[static_cast<int>(k)] = index;
+}
+
+ElementRange ParamStore::moment_part(ParamKind k, int parts, int index) const {
+  // Boundaries at multiples of 16 elements (64 bytes): a part's values,
+  // gradients and moments (which start at its first element) then share
+  // their alignment, as the CUDA update's 16-byte path asks.
+  const int64_t n = numel(k);
+  auto boundary = [&](int i) { return i == parts ? n : n * i / parts / 16 * 16; };
+  return {boundary(index), boundary(index + 1)};
+}
+
+ElementRange ParamStore::moment_range(ParamKind k) const {
+  return moment_part(k, moment_parts(k), moment_index(k));
 }
 
 void ParamStore::set_bf16_shadows(bool on) {

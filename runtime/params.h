@@ -18,6 +18,13 @@
 // which the bf16 GEMMs read. AdamW writes it with each update (ops/adamw.h);
 // whoever writes values otherwise (finalize, a checkpoint load, an import)
 // calls refresh_shadows. Checkpoints hold the fp32 values only.
+//
+// Sharded moments (parallel.shard_optimizer, set_moment_shard before
+// finalize): of a kind's arena this rank keeps m and v of elements
+// moment_range(kind) only, part `index` of `parts` (contiguous; a part may
+// be empty where the arena has fewer than 16 elements a part); the arena's m
+// and v hold that range, and a Param's m and v are
+// undefined (runtime/optimizer_shard.h reads and writes the pieces).
 #pragma once
 #include <memory>
 #include <string>
@@ -34,7 +41,7 @@ struct Param {
   std::string name;
   Shape shape;
   Tensor value, grad;  // fp32
-  Tensor m, v;         // AdamW moments, fp32
+  Tensor m, v;         // AdamW moments, fp32 (undefined where the moments are sharded)
   Tensor value_bf16;   // bf16(value), the GEMMs' copy; undefined without shadows
   bool decay = true;   // weight decay applies (matrices); false for biases, norms
   ParamKind kind = ParamKind::dense;  // expert: sharded under expert parallelism
@@ -65,9 +72,16 @@ struct Param {
   Tensor local_row(const Tensor& t, int64_t i) const;
 };
 
+// [begin, end) of a kind's arena, in elements.
+struct ElementRange {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
 // The arenas of one kind: four fp32, and the bf16 shadows where kept.
 struct ParamArena {
-  Tensor value, grad, m, v;  // (numel) each
+  Tensor value, grad;        // (numel) each
+  Tensor m, v;               // (numel), or (moment_range's size) where sharded
   Tensor value_bf16;         // (numel) bf16 shadows, or undefined
   int64_t numel() const { return value.defined() ? value.numel() : 0; }
 };
@@ -90,6 +104,17 @@ class ParamStore {
   // Keep bf16 shadows of the values (before finalize).
   void set_bf16_shadows(bool on);
   bool has_bf16_shadows() const { return bf16_shadows_; }
+  // Keep the moments of part `index` of `parts` of kind k's arena only
+  // (before finalize; parts 1: all of them, as without).
+  void set_moment_shard(ParamKind k, int parts, int index);
+  // Part i of n of a kind's arena: [b(i), b(i + 1)), b(i) = numel i / n
+  // rounded down to a multiple of 16 elements (b(n) = numel).
+  ElementRange moment_part(ParamKind k, int parts, int index) const;
+  // The elements whose moments this rank keeps; all of the arena unsharded.
+  ElementRange moment_range(ParamKind k) const;
+  int moment_parts(ParamKind k) const { return moment_parts_[static_cast<int>(k)]; }
+  int moment_index(ParamKind k) const { return moment_index_[static_cast<int>(k)]; }
+  bool moments_sharded() const { return moment_parts_[0] > 1 || moment_parts_[1] > 1; }
   // Allocates the arenas on ctx's device and makes every Param's tensors views.
   void finalize(Ctx& ctx);
   // value_bf16 = bf16(value) over both arenas; nothing without shadows.
@@ -122,6 +147,7 @@ class ParamStore {
   void keep_slice(const std::string& name, int64_t whole, int64_t begin, int64_t end, Rng& rng, float std);
   std::vector<std::vector<float>> staged_;  // initial values until finalize()
   ParamArena arenas_[2];
+  int moment_parts_[2] = {1, 1}, moment_index_[2] = {0, 0};
   bool finalized_ = false;
   bool bf16_shadows_ = false;
 };

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <cmath>
+#include <cstdio>
 #include <ostream>
 #include <sstream>
 
@@ -12,6 +14,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/metrics.h"
 #include "runtime/op_profile_report.h"
+#include "runtime/optimizer_shard.h"
 #include "runtime/output_file.h"
 
 namespace sy {
@@ -348,10 +351,18 @@ StepResult Trainer::step(int64_t step) {
     // bits of scaling them first, without a pass over them.
     ops::AdamWConfig adam{r.lr, t.beta1(), t.beta2(), t.eps(), t.weight_decay(),
                           ops::clip_scale(r.grad_norm, t.grad_clip()) * mean_of_sum};
-    std::vector<ops::AdamWParam> update;
-    for (Param* p : params.all())
-      update.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay, p->value_bf16.defined() ? &p->value_bf16 : nullptr});
-    ops::adamw_update(ctx_, update, adam, ++optimizer_step_);
+    if (params.moments_sharded()) {
+      // ZeRO-1: this rank's elements, then every rank's to the others
+      // (runtime/optimizer_shard.h).
+      std::deque<Tensor> views;
+      ops::adamw_update(ctx_, owned_update(params, views), adam, ++optimizer_step_);
+      share_values(ctx_, params, *opts_.par);
+    } else {
+      std::vector<ops::AdamWParam> update;
+      for (Param* p : params.all())
+        update.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay, p->value_bf16.defined() ? &p->value_bf16 : nullptr});
+      ops::adamw_update(ctx_, update, adam, ++optimizer_step_);
+    }
   }
   r.seconds = now_s() - start;
   return r;
@@ -376,6 +387,21 @@ TrainResult Trainer::run() {
       if (origin_.upcycled && cfg_.train().upcycle_reinit() > 0)
         *opts_.log << " with a share " << cfg_.train().upcycle_reinit() << " of its hidden units re-drawn";
       *opts_.log << "), data stream from batch " << train_.position() << "\n";
+    }
+    const ParamStore& ps = model_.params();
+    if (ps.moments_sharded()) {
+      auto mib = [](int64_t values) {
+        char b[32];
+        std::snprintf(b, sizeof b, "%.1f MiB", 8.0 * static_cast<double>(values) / (1 << 20));
+        return std::string(b);
+      };
+      const int64_t kept = ps.arena(ParamKind::dense).m.numel() + ps.arena(ParamKind::expert).m.numel();
+      *opts_.log << "AdamW moments sharded (parallel.shard_optimizer): " << mib(kept) << " on rank 0 of "
+                 << mib(ps.numel()) << " unsharded; the dense ones over " << ps.moment_parts(ParamKind::dense)
+                 << " ranks";
+      if (ps.arena(ParamKind::expert).numel() > 0)
+        *opts_.log << ", each expert shard's over its " << ps.moment_parts(ParamKind::expert) << " replicas";
+      *opts_.log << "\n";
     }
     opts_.log->flush();
   }

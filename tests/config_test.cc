@@ -447,6 +447,29 @@ TEST(Config, MemoryEstimateRefusesWhatCannotFit) {
   EXPECT_GT(physical_memory_bytes(), 0);
 }
 
+// Values and gradients take 8 bytes a parameter; AdamW's moments 8 more,
+// split over the ranks that hold the same parameters under
+// parallel.shard_optimizer: the dense ones over the world, a rank's experts
+// over their world / ep replicas.
+TEST(Config, MemoryEstimateOfShardedMoments) {
+  const Config dense = parse_ok(""), dense_sharded = parse_ok("parallel { shard_optimizer: true }");
+  EXPECT_DOUBLE_EQ(estimate_memory(dense_sharded, 4).parameters, estimate_memory(dense, 4).parameters * 10 / 16);
+  EXPECT_DOUBLE_EQ(estimate_memory(dense_sharded, 1).parameters, estimate_memory(dense, 1).parameters);
+  const std::string moe = "moe { num_experts: 4 every_n_layers: 1 } parallel { expert_parallel: 2 ";
+  const Config m = parse_ok(moe + "}"), ms = parse_ok(moe + "shard_optimizer: true }");
+  const double P = estimate_memory(m, 4).parameters / 16;
+  // A rank's experts: 2 of 4 in each of 2 layers, each w1, b1, w2, b2 of d 64 and hidden 256.
+  const double Pe = 2 * 2 * (2 * 64 * 256 + 256 + 64);
+  EXPECT_DOUBLE_EQ(estimate_memory(ms, 4).parameters, 8 * P + 8 * ((P - Pe) / 4 + Pe / 2));
+  // The refusal names it where there is more than one rank and it is not set.
+  MemoryPool small;
+  small.bytes = 1024;
+  EXPECT_NE(error_of([&] { check_memory(m, 4, small, "t.pbtxt"); }).find("or set parallel.shard_optimizer"),
+            std::string::npos);
+  EXPECT_EQ(error_of([&] { check_memory(ms, 4, small, "t.pbtxt"); }).find("shard_optimizer"), std::string::npos);
+  EXPECT_EQ(error_of([&] { check_memory(m, 1, small, "t.pbtxt"); }).find("shard_optimizer"), std::string::npos);
+}
+
 TEST(Config, TrainingMemoryIsTheHostsOrTheRanksGpu) {
   // The CPU backend draws on this machine's memory, shared by its ranks.
   const MemoryPool cpu = training_memory(parse_ok(""), 2, 3);
