@@ -68,6 +68,7 @@ struct Measured {
   double exchanges = 0;       // all-to-alls of rows per step: 4 per MoE layer
   double bytes_per_exchange = 0;  // rows a rank sends in one: tokens * top_k * d_model * value bytes (mean)
   double dense_bytes = 0;     // dense gradients all-reduced per step
+  double gathered_bytes = 0;  // values all-gathered after a sharded update (parallel.shard_optimizer)
 };
 
 // A step's kept shares (runtime/scaling_model.h) from the routers'
@@ -160,7 +161,10 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   nlohmann::json j = {{"ranks", size}, {"step_s", mx[0] / n}, {"a2a_s", mx[1] / n}, {"ar_s", mx[2] / n},
                       {"exchanges", exchanges},
                       {"bytes_per_exchange", bytes_per_exchange},
-                      {"dense_bytes", 4.0 * dense}, {"tokens_per_s", tokens / (mx[0] / n)}};
+                      {"dense_bytes", 4.0 * dense},
+                      // (the experts, sharded over all N ranks, have one replica: only the dense values)
+                      {"gathered_bytes", cfg.parallel().shard_optimizer() ? 4.0 * dense : 0.0},
+                      {"tokens_per_s", tokens / (mx[0] / n)}};
   std::ofstream(result) << j.dump() << "\n";
   return 0;
 }
@@ -169,7 +173,7 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
 // add for the exchanges and dense gradients of `one`'s config.
 double project(const Measured& one, int N, bool weak, const sy::Link& L, double compute) {
   const double S = weak ? one.bytes_per_exchange : one.bytes_per_exchange / N;
-  return compute + sy::link_seconds({one.exchanges, S, one.dense_bytes}, N, L);
+  return compute + sy::link_seconds({one.exchanges, S, one.dense_bytes, one.gathered_bytes}, N, L);
 }
 
 // One mpirun of N workers (`flag`: --independent, --profile or none),
@@ -199,6 +203,7 @@ Measured run_one(const char* argv0, const std::string& config, const std::vector
   x.ranks = N;
   x.step_s = j["step_s"], x.a2a_s = j["a2a_s"], x.ar_s = j["ar_s"], x.tokens_per_s = j["tokens_per_s"];
   x.exchanges = j["exchanges"], x.bytes_per_exchange = j["bytes_per_exchange"], x.dense_bytes = j["dense_bytes"];
+  x.gathered_bytes = j["gathered_bytes"];
   x.compute_s = x.step_s - x.a2a_s - x.ar_s;
   return x;
 }
@@ -451,10 +456,12 @@ int main(int argc, char** argv) {
     // measured them, also where --compute-s gives another machine's step)
     const double experts_s = weak_imb.expert_share * g.compute_s;
     std::printf("\nprojection (weak scaling; compute %.3f ms/step, %.1f%% of it in the experts; %.0f exchanges of %.0f "
-                "KiB per rank; %.2f MiB dense gradients; links: %.0f GB/s in a node of %d, %.0f GB/s per node "
+                "KiB per rank; %.2f MiB dense gradients%s; links: %.0f GB/s in a node of %d, %.0f GB/s per node "
                 "across):\n",
                 g.compute_s * 1e3, 100 * weak_imb.expert_share, g.exchanges, g.bytes_per_exchange / 1024,
-                g.dense_bytes / (1 << 20), gpu.busbw_gbs, gpu.per_node, gpu.node_gbs);
+                g.dense_bytes / (1 << 20),
+                g.gathered_bytes > 0 ? ", their values all-gathered (parallel.shard_optimizer)" : "", gpu.busbw_gbs,
+                gpu.per_node, gpu.node_gbs);
     for (int N : project_ranks) {
       const double excess = weak_imb.excess(N), imbalance_s = experts_s * excess;
       const double t = project(g, N, true, gpu, g.compute_s + imbalance_s);

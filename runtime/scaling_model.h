@@ -6,10 +6,13 @@
 //   t = t_compute + t_imb + t_a2a + t_ar
 //   t_a2a = sum over exchanges of [alpha + S (N-1)/N / busbw]      (S = bytes a rank sends)
 //   t_ar  = 2 (N-1) alpha + 2 (N-1)/N P / busbw                   (ring all-reduce of P bytes)
+//   t_ag  = (N-1) alpha + (N-1)/N Q / busbw                        (the values of a sharded update,
+//                                                                   Q bytes, parallel.shard_optimizer:
+//                                                                   N broadcasts of Q/N, an all-gather)
 // with busbw the bus bandwidth as nccl-tests defines it (algbw * (n-1)/n);
 // beyond per_node ranks the inter-node share of the all-to-all traffic,
 // (N - per_node)/N of it, crosses a node's link (node_gbs per node), and the
-// all-reduce runs at a node's link shared by its ranks.
+// all-reduce and the all-gather run at a node's link shared by its ranks.
 //   t_imb = e * load_excess(kept, N)
 // with e the expert FFNs' time a rank spends in a step when the load is
 // even: each MoE layer's exchanges wait for the rank whose experts got the
@@ -30,9 +33,10 @@ struct StepTraffic {
   double exchanges = 0;           // all-to-alls of rows per step: 4 per MoE layer
   double bytes_per_exchange = 0;  // S: what a rank sends in one
   double dense_bytes = 0;         // P: dense gradients all-reduced
+  double gathered_bytes = 0;      // Q: values all-gathered after a sharded update (0: not sharded)
 };
 
-// t_a2a + t_ar at N ranks (0 at one rank).
+// t_a2a + t_ar + t_ag at N ranks (0 at one rank).
 double link_seconds(const StepTraffic& t, int N, const Link& L);
 
 // Per step, per MoE layer, per expert: the share of the layer's assignments

@@ -16,6 +16,15 @@ TEST(LinkSeconds, InsideANodeByHand) {
   EXPECT_NEAR(link_seconds({2, 1e6, 4e6}, 2, {1e-6, 10, 1, 8}), 2 * 51e-6 + 402e-6, 1e-12);
 }
 
+TEST(LinkSeconds, ShardedValuesAddAnAllGather) {
+  // As InsideANodeByHand, with 4 MB of values all-gathered after a sharded
+  // update: 1 us + 1/2 * 4 MB / 10 GB/s = 201 us more; across nodes at the
+  // node's link shared by its ranks (16 ranks, 8 a node: 15/16 * 4 MB /
+  // 0.125 GB/s = 30 ms).
+  EXPECT_NEAR(link_seconds({2, 1e6, 4e6, 4e6}, 2, {1e-6, 10, 1, 8}), 2 * 51e-6 + 402e-6 + 201e-6, 1e-12);
+  EXPECT_NEAR(link_seconds({1, 1e6, 4e6, 4e6}, 16, {0, 100, 1, 8}), 4e-3 + 60e-3 + 30e-3, 1e-12);
+}
+
 TEST(LinkSeconds, AcrossNodesTheNodeLinkBounds) {
   // 16 ranks, 8 a node: an exchange sends 8 ranks * 1 MB * 8/16 = 4 MB off the
   // node at 1 GB/s (4 ms), over the node's 15/16 MB at 100 GB/s (9.4 us); the
