@@ -134,6 +134,7 @@ nlohmann::json metrics_line(const StepLog& s, const RoutingSnapshot& r) {
     line["comm_all_to_all_bytes"] = s.all_to_all_bytes;
     line["comm_all_reduce_s"] = s.all_reduce_s;
     line["comm_all_reduce_exposed_s"] = s.all_reduce_exposed_s;
+    if (s.sharded) line["comm_share_values_s"] = s.share_values_s;
   }
   return line;
 }

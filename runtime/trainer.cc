@@ -356,7 +356,14 @@ StepResult Trainer::step(int64_t step) {
       // (runtime/optimizer_shard.h).
       std::deque<Tensor> views;
       ops::adamw_update(ctx_, owned_update(params, views), adam, ++optimizer_step_);
+      // Timed by the groups' own clocks (NCCL's events, settled: the
+      // step's earlier collectives on them are done by now).
+      comm::Communicator *w = opts_.par->world.get(), *rp = opts_.par->replicas.get();
+      w->settle_comm_seconds(), rp->settle_comm_seconds();
+      const double before = w->comm_seconds() + rp->comm_seconds();
       share_values(ctx_, params, *opts_.par);
+      w->settle_comm_seconds(), rp->settle_comm_seconds();
+      r.share_values_s = w->comm_seconds() + rp->comm_seconds() - before;
     } else {
       std::vector<ops::AdamWParam> update;
       for (Param* p : params.all())
@@ -410,7 +417,7 @@ TrainResult Trainer::run() {
   result.last_step = start;
   result.bad_steps = bad_steps_;
   const double t0 = now_s();
-  double interval_start = t0, interval_flops = 0, allreduce_s = 0, allreduce_exposed_s = 0;
+  double interval_start = t0, interval_flops = 0, allreduce_s = 0, allreduce_exposed_s = 0, share_values_s = 0;
   int64_t interval_tokens = 0, interval_steps = 0, interval_waits = 0;
   float loss_sum = 0;
   int loss_count = 0;
@@ -420,6 +427,7 @@ TrainResult Trainer::run() {
     log.step = s;
     log.steps = t.steps();
     log.world = world_;
+    log.sharded = model_.params().moments_sharded();
     if (device_) {
       log.peak_tflops = device_->peak_tflops();
       log.device_bytes_high_water = ctx_.alloc->high_water();
@@ -433,6 +441,7 @@ TrainResult Trainer::run() {
     log.all_to_all_bytes = r.all_to_all_bytes;
     log.all_reduce_s = allreduce_s;
     log.all_reduce_exposed_s = allreduce_exposed_s;
+    log.share_values_s = share_values_s;
     log.lr = r.lr;
     log.grad_norm = r.grad_norm;
     log.loss = loss_count > 0 ? loss_sum / loss_count : NAN;  // skipped steps do not count
@@ -462,7 +471,7 @@ TrainResult Trainer::run() {
       *opts_.log << progress_line(log, routing) << "\n";
       opts_.log->flush();
     }
-    allreduce_s = allreduce_exposed_s = 0;
+    allreduce_s = allreduce_exposed_s = share_values_s = 0;
     interval_start = now_s();  // evaluation time is not training time
     interval_tokens = interval_steps = interval_waits = 0;
     interval_flops = 0;
@@ -486,6 +495,7 @@ TrainResult Trainer::run() {
     result.losses.push_back(r.loss);
     allreduce_s += r.all_reduce_s;
     allreduce_exposed_s += r.all_reduce_exposed_s;
+    share_values_s += r.share_values_s;
     if (s > start + 2) {
       ++result.timed_steps;
       result.step_s += r.seconds;

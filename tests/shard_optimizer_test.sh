@@ -49,6 +49,9 @@ case_() {  # name, ranks, ep, args...
   local line="AdamW moments sharded (parallel.shard_optimizer): .* the dense ones over $np ranks"
   [ "$name" = routed ] || line+=", each expert shard's over its $((np / ep)) replicas"
   grep -q "$line" "$name.shard.log" || { echo "FAIL $name: no line on the sharded moments"; grep -i adamw "$name.shard.log"; fail=1; }
+  # The broadcasts' time in the metrics, where they run.
+  [ "$(grep -c '"comm_share_values_s":[0-9.e-]*[1-9]' "$name.shard.jsonl")" = 8 ] && ! grep -q comm_share_values_s "$name.plain.jsonl" \
+    || { echo "FAIL $name: comm_share_values_s not on every sharded step's line alone"; fail=1; }
   if [ "$(losses "$name.plain.jsonl")" != "$(losses "$name.shard.jsonl")" ]; then
     echo "FAIL $name: losses differ"; paste <(losses "$name.plain.jsonl") <(losses "$name.shard.jsonl"); fail=1; return
   fi
