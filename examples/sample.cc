@@ -83,6 +83,11 @@ int run(int argc, char** argv) {
     if (tok.vocab_size() > V)
       throw sy::ConfigError("tokenizer " + tokenizer + ": " + std::to_string(tok.vocab_size()) +
                             " pieces, more than the model's model.vocab_size = " + std::to_string(V));
+    if (tok.vocab_size() < V) {  // (a vocabulary padded past the tokenizer's: ids no piece decodes)
+      sp.vocab = tok.vocab_size();
+      std::cerr << "note: model.vocab_size = " << V << ", the tokenizer has " << tok.vocab_size()
+                << " pieces: ids " << tok.vocab_size() << " and up are never drawn\n";
+    }
     const std::vector<int32_t> ids =
         sy::generate_ids(model, cfg, tok.encode(prompt.empty() ? std::string("\n") : prompt), tokens, sp, seed,
                          &routing, !no_kv_cache);

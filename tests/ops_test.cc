@@ -1084,5 +1084,19 @@ TEST(SampleToken, InverseCdfOverTheSortedCandidates) {
   EXPECT_THROW(ops::sample_token(host_ctx(), p, {1.f, 0}, 1.f), Error);
 }
 
+// vocab: ids at or past it (a model's padding past its tokenizer's pieces)
+// are never drawn, the rest renormalised among themselves.
+TEST(SampleToken, OnlyIdsBelowVocab) {
+  Tensor p = Tensor::from_host<float>({0.1f, 0.3f, 0.6f});
+  auto draw = [&](float u, float temperature, int top_k) {
+    return ops::sample_token(host_ctx(), p, {temperature, top_k, 2}, u);
+  };
+  EXPECT_EQ(draw(0.999f, 0.f, 0), 1);  // greedy: id 2 is the most probable, but not a candidate
+  EXPECT_EQ(draw(0.74f, 1.f, 0), 1);   // 0.3 / 0.4 = 0.75 to id 1, the rest to id 0
+  EXPECT_EQ(draw(0.76f, 1.f, 0), 0);
+  EXPECT_EQ(draw(0.999999f, 1.f, 5), 0);
+  EXPECT_THROW(ops::sample_token(host_ctx(), p, {1.f, 0, 4}, 0.5f), Error);
+}
+
 }  // namespace
 }  // namespace sy

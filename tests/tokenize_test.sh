@@ -82,6 +82,14 @@ rc=$?
 "$BIN/sample" --checkpoint latest --checkpoint-dir ck --tokens 5 --tokenizer tok/moved.model > m2.txt 2>&1 \
   || { echo "FAIL: --tokenizer"; cat m2.txt; fail=1; }
 mv tok/moved.model tok/tokenizer.model
+# A vocabulary padded past the tokenizer's 400 pieces (to 448): sampling
+# never draws the ids no piece decodes (a hot temperature would otherwise
+# draw some of the 48), and says so.
+"$BIN/train_switch" --config "$SRC/configs/tiny.pbtxt" "${set_args[@]}" --set model.vocab_size=448 \
+  --set train.checkpoint_interval=6 --set train.checkpoint_dir=ck448 > train448.log 2>&1 || { echo "FAIL train_switch, vocab 448"; cat train448.log; fail=1; }
+"$BIN/sample" --checkpoint latest --checkpoint-dir ck448 --tokens 300 --temperature 3 --seed 4 > p.txt 2> p.err \
+  && grep -q "note: model.vocab_size = 448, the tokenizer has 400 pieces: ids 400 and up are never drawn" p.err \
+  || { echo "FAIL: sampling a padded vocabulary:"; cat p.err; fail=1; }
 
 # A truncated training shard: one line naming the file and the count.
 size=$(stat -c %s tok/train_000000.bin)

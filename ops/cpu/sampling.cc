@@ -9,7 +9,7 @@ namespace sy::ops::cpu {
 
 int32_t sample_token(Ctx&, const Tensor& probs, const SamplingParams& sp, float u) {
   const float* p = probs.f32();
-  const int64_t V = probs.numel();
+  const int64_t V = sp.vocab > 0 ? sp.vocab : probs.numel();  // (the candidates: ids below V)
   std::vector<int32_t> order(V);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[a] > p[b]; });
