@@ -102,9 +102,14 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t b
 // before its own (D values each): the top `topk` blocks by q . mean (ties:
 // the lower block; a NaN score ranks as -inf), in block order, then its own
 // block up to t.
+// (scratch: buffers kept between calls, or null.)
+struct BlockTopkScratch {
+  std::vector<float> score;
+  std::vector<int64_t> order;
+};
 void block_key_mean(float* mean, const float* k, int64_t n, int64_t stride, int64_t D);
 void block_topk_query_keys(std::vector<int32_t>& keys, const float* q, const float* means, int64_t t, int64_t D,
-                           int64_t block, int64_t topk);
+                           int64_t block, int64_t topk, BlockTopkScratch* scratch = nullptr);
 
 // The CPU reference (ops/cpu/sparse_attention.cc) and the CUDA kernels
 // (ops/cuda/sparse_attention.cu, f32, and bf16 on block top-k's packed path

@@ -191,8 +191,6 @@ class Mlp : public FeedForward {
   bool bf16_pre() const;
 };
 
-// What sits in a block's attention position: dense causal attention, or a
-// sparse one (runtime/sparse_self_attention.h).
 // What an attention layer's decoding keeps besides the cached keys and
 // values (SelfAttention::decode), zeroed at a window's start: counts (a
 // routed layer's clusters) and values (block top-k's key means).
@@ -205,6 +203,8 @@ struct DecodeState {
   }
 };
 
+// What sits in a block's attention position: dense causal attention, or a
+// sparse one (runtime/sparse_self_attention.h).
 class SelfAttention {
  public:
   virtual ~SelfAttention() = default;

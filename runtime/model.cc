@@ -359,7 +359,7 @@ KvCache Transformer::new_cache() const {
   KvCache c;
   for (const Block& b : blocks_) {
     const int64_t W = b.attention().kv_width();
-    SY_CHECK(W > 0, "a key/value cache needs dense or causal routed attention in every block");
+    SY_CHECK(W > 0, "a key/value cache needs dense, causal routed or block top-k attention in every block");
     c.k.push_back(Tensor::zeros({T_, W}, DType::f32, host_ctx()));
     c.v.push_back(Tensor::zeros({T_, W}, DType::f32, host_ctx()));
     c.counts.emplace_back();

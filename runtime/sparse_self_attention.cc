@@ -95,8 +95,9 @@ Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Te
                                    DecodeState& state) {
   if (kv_width() == 0) return SelfAttention::decode(x, pos, row, k, v, state);  // (refuses)
   const int64_t W = kv_width(), T = k.dim(0), rep = H_ / G_;
-  const DecodeState want = decode_state(T);
-  SY_CHECK(v.dim(0) == T && state.counts.size() == want.counts.size() && state.values.size() == want.values.size(),
+  const size_t counts = routed() ? R_ * (T + 2 * K_) : 0,
+               values = routed() ? 0 : G_ * ((T + cfg_.block_size() - 1) / cfg_.block_size()) * D_;  // (decode_state's)
+  SY_CHECK(v.dim(0) == T && state.counts.size() == counts && state.values.size() == values,
            "decode: a cache of " << shape_str(k.shape()) << " with " << state.counts.size() << " counts and "
                                  << state.values.size() << " values of state");
   const Tensor qkv = decode_projection(ctx_, qkv_, x, pos, row, k, v, C_, H_, G_, opt_);

@@ -104,8 +104,9 @@ class SparseSelfAttention : public SelfAttention {
   // token; state.values: the mean of each key head's complete blocks, made
   // as the block's last key is cached. Both by the functions the CPU's
   // block_topk_keysets applies to every query (ops/sparse_attention.h's
-  // block_key_mean, block_topk_query_keys), so the choice is the one the
-  // forward makes on the same keys.
+  // block_key_mean, block_topk_query_keys): the forward's choice on the same
+  // values (one row's projection may round otherwise than the window's, which
+  // can flip a near tie, as for the clusters and the experts).
   Tensor decode(const Tensor& x, int64_t pos, int64_t row, Tensor& k, Tensor& v, DecodeState& state) override;
   int64_t kv_width() const override {
     return !routed() || cfg_.assignment() == switchyard::AttentionConfig::CAUSAL ? G_ * D_ : 0;

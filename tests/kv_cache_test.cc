@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "core/rng.h"
+#include "ops/sparse_attention.h"
 #include "runtime/generate.h"
 
 namespace sy {
@@ -43,7 +44,8 @@ Config config(const std::string& extra, const std::string& model = "") {
 // binds (6 of a window's 24 tokens), and in depth-routed blocks; block
 // top-k (2 of up to 5 earlier blocks of 4) with RoPE and grouped heads, 1
 // block of 5 (the window's last block partial), and 1 block of 3 in
-// depth-routed blocks (blocks of the kept tokens).
+// depth-routed blocks (blocks of the kept tokens), with learned positions
+// and with RoPE and grouped heads.
 std::vector<std::pair<std::string, Config>> cached_configs() {
   return {
       {"gpt2", config("")},
@@ -84,6 +86,9 @@ std::vector<std::pair<std::string, Config>> cached_configs() {
       {"block_topk_partial", config("attention { kind: BLOCK_TOPK last_n_layers: 1 block_size: 5 topk_blocks: 1 }")},
       {"block_topk_depth", config("attention { kind: BLOCK_TOPK last_n_layers: 2 block_size: 3 topk_blocks: 1 } "
                                   "depth { every_n_layers: 1 capacity: 0.5 }")},
+      {"block_topk_depth_rope", config("attention { kind: BLOCK_TOPK last_n_layers: 2 block_size: 3 topk_blocks: 1 } "
+                                       "depth { every_n_layers: 1 capacity: 0.5 }",
+                                       "position: ROPE n_kv_heads: 2")},
   };
 }
 
@@ -143,6 +148,24 @@ TEST(KvCache, EachPositionsLogitsAreTheWindowsRow) {
     for (int64_t p = 0; p < T; ++p) {
       const Tensor got = model.decode(ids[p], p, cache);
       EXPECT_LE(rel_l2(got.f32(), window.data() + p * V, V), 1e-5) << "position " << p;
+    }
+    if (name.rfind("block_topk", 0) == 0) {
+      // The cached block means: each complete block's, per key head, exactly
+      // as block_key_mean makes it over the cache's rows.
+      for (size_t l = 0; l < cache.k.size(); ++l) {
+        const std::vector<float>& means = cache.attn[l].values;
+        if (means.empty()) continue;  // (a dense block)
+        const int64_t bs = cfg.attention().block_size(), W = cache.k[l].dim(1), D = 32 / 4;
+        const int64_t G = W / D, nb = (T + bs - 1) / bs;
+        ASSERT_EQ(static_cast<int64_t>(means.size()), G * nb * D);
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t b = 0; (b + 1) * bs <= cache.rows[l]; ++b) {
+            std::vector<float> want(D);
+            ops::block_key_mean(want.data(), cache.k[l].f32() + b * bs * W + g * D, bs, W, D);
+            EXPECT_EQ(std::vector<float>(means.begin() + (g * nb + b) * D, means.begin() + (g * nb + b + 1) * D), want)
+                << "block h" << l << ", key head " << g << ", block " << b;
+          }
+      }
     }
     if (name == "routed_capacity") {  // its routing heads' keys: some over a cluster's capacity, some sharing one
       const std::vector<int64_t>& s = cache.attn.back().counts;  // per routing head: each key's cluster (-1 dropped), ...

@@ -142,8 +142,9 @@ KeySets block_topk_keysets(Ctx& ctx, const Tensor& q, const Tensor& k, int64_t b
   }
   KeySetsBuilder ks;
   std::vector<int32_t> keys;
+  ops::BlockTopkScratch scratch;
   for (int64_t t = 0; t < h.T; ++t) {
-    ops::block_topk_query_keys(keys, h.q + t * h.D, kmean.data(), t, h.D, block, topk);
+    ops::block_topk_query_keys(keys, h.q + t * h.D, kmean.data(), t, h.D, block, topk, &scratch);
     ks.add_query(keys);
   }
   return ks.build(ctx);
@@ -161,17 +162,21 @@ void block_key_mean(float* mean, const float* k, int64_t n, int64_t stride, int6
 }
 
 void block_topk_query_keys(std::vector<int32_t>& keys, const float* q, const float* means, int64_t t, int64_t D,
-                           int64_t block, int64_t topk) {
+                           int64_t block, int64_t topk, BlockTopkScratch* scratch) {
   const int64_t own = t / block;
+  BlockTopkScratch mine;
+  BlockTopkScratch& use = scratch ? *scratch : mine;
+  std::vector<float>& score = use.score;
+  std::vector<int64_t>& order = use.order;
   // A NaN score ranks last, as -inf: a strict weak order for partial_sort,
   // and keep blocks whatever the values (the CUDA rows' rule too).
-  std::vector<float> score(own);
+  score.resize(own);
   for (int64_t b = 0; b < own; ++b) {
     float s = 0;
     for (int64_t d = 0; d < D; ++d) s += q[d] * means[b * D + d];
     score[b] = std::isnan(s) ? -std::numeric_limits<float>::infinity() : s;
   }
-  std::vector<int64_t> order(own);
+  order.resize(own);
   std::iota(order.begin(), order.end(), 0);
   const int64_t keep = std::min(topk, own);
   std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](int64_t a, int64_t b) {
