@@ -463,6 +463,14 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
                                      "model.tie_embeddings"};
   if (cfg.model().position() == switchyard::ModelConfig::ROPE || old.model().position() == switchyard::ModelConfig::ROPE)
     fields.push_back("model.rope_base");  // no parameter, but the same weights would compute something else
+  // A new run from these weights may take another window where no parameter
+  // depends on it (rotary positions, dense attention: no position table, no
+  // cluster count from the window): a longer or shorter context to
+  // fine-tune at. A resumed run keeps its window.
+  const bool rope = cfg.model().position() == switchyard::ModelConfig::ROPE &&
+                    old.model().position() == switchyard::ModelConfig::ROPE;
+  if (use != CheckpointUse::resume && rope && !sparse)
+    fields.erase(std::find(fields.begin(), fields.end(), "model.seq_len"));
   if (!upcycle) fields.push_back("moe.num_experts");
   if (moe)
     fields.insert(fields.end(), {"moe.every_n_layers", "moe.first_dense_layers", "moe.expert_hidden", "moe.shared_expert",

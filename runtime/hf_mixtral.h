@@ -63,4 +63,27 @@ NamedTensors mixtral_tensors(const Config& cfg, Transformer& model);
 std::vector<std::string> write_mixtral_export(const std::string& out_dir, const Config& cfg, Transformer& model,
                                               DType dtype, const std::string& source_note);
 
+// Import, the mapping above read backwards (examples/import_hf).
+//
+// The model and moe fields of a Hugging Face Mixtral directory's
+// config.json over `base` (the rest: data, training): RoPE (rope_theta),
+// RMSNorm, SwiGLU experts in every block of intermediate_size, no biases,
+// num_local_experts experts, num_experts_per_tok of them renormalised and
+// dropless, grouped key/value heads where num_key_value_heads says so.
+// model.seq_len stays base's (capped at max_position_embeddings). One
+// ConfigError line naming the file and the key for what Switchyard's model
+// cannot compute: another model_type, an activation other than silu, an
+// rms_norm_eps other than ops::kRmsNormEps, a sliding window shorter than
+// the window, rope_scaling, a head_dim other than hidden_size /
+// num_attention_heads, a missing key.
+Config mixtral_config_from_json(const std::string& dir, Config base);
+
+// The directory's weights into `model` (built from that config on the
+// host, expert_parallel 1): every tensor of model.safetensors, or of the
+// files model.safetensors.index.json's weight_map names; F32 or BF16
+// (widened exactly). One ConfigError line for a missing, unknown or
+// misshapen tensor, or another dtype; nothing in the model is changed
+// before every tensor is read and checked.
+void load_mixtral_weights(const std::string& dir, const Config& cfg, Transformer& model);
+
 }  // namespace sy

@@ -34,8 +34,10 @@ cd "$BUILD"
 # scripts that drive the tools through many short runs, at about five times
 # the cost under the sanitizers, for code that the unit tests below already
 # run under them (or that is not ours). Kept: sample (train_switch's one-rank
-# checkpoint, runtime/generate.cc) and check_checkpoint (EP=2 checkpoints
-# written by 2 ranks), the paths no unit test runs.
+# checkpoint, runtime/generate.cc), check_checkpoint (EP=2 checkpoints
+# written by 2 ranks), shard_optimizer (the sharded update, its gathers and
+# loads) and import_hf_cli (the import's readers on broken files), the
+# paths no unit test runs.
 SKIP=(
   loss_baseline           # loss curves vs a baseline: Transformer.* and Trainer.* run the same steps
   parallel_equivalence    # EP=4/EP=2 losses vs one rank's: ExpertParallel.* (comm_test) run the sharded layer

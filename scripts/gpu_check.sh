@@ -8,6 +8,9 @@
 #   rehearse:     bash scripts/gpu_rehearse.sh    (this script's set-up and build here, system copies hidden)
 #   prebuild:     bash scripts/gpu_prebuild.sh    (the GPU targets built here -> .gpubin/; optional)
 #   device run:   bash scripts/gpu_check.sh       carry: [".gpudeps", ".gpubin"], timeout_s: 600
+#   15 minutes of device time in all (start-up included): two calls, issue 17's stages first,
+#                 --stages ops,train,bench,mfu --budget 400 (timeout_s 480), then
+#                 --stages comm,attn,scale --budget <what is left less a minute>
 #
 #   --budget S    start no stage after S seconds from the start (default 540);
 #                 each stage's own limit is cut to what is left
@@ -25,7 +28,8 @@
 #                   comm   the communicator conformance suite (NCCL, 1 and 2 ranks; MPI on device tensors,
 #                          2 ranks), EP on the GPU, a failing rank,
 #                          bench_comm --nccl (our all_to_all_v beside ncclAlltoAll, 1 and 2 ranks),
-#                          a short training over NCCL with recomputation beside the MPI path's
+#                          a short training over NCCL with recomputation beside the MPI path's, and again
+#                          with the optimizer sharded; last, tests/shard_optimizer_test.sh on the GPU (MPI)
 #                   scale  issue 19's measurements on this machine's cores and GPU: the share of the
 #                          gradient all-reduce hidden at 4 CPU ranks (scripts/bench/grad_overlap.py);
 #                          scaling_sweep over 1, 2, 4 ranks on the GPU (MPI path), with the projection,

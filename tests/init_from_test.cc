@@ -369,6 +369,31 @@ TEST(InitFrom, SameModelTakesTheWeightsOnly) {
   EXPECT_EQ(b.evaluate(), a.evaluate());
 }
 
+// With rotary positions and dense attention no parameter depends on the
+// window: a new run may take another (a longer context to fine-tune at);
+// with a position table it may not, nor may a resumed run.
+TEST(InitFrom, AnotherWindowWhereNoParameterDependsOnIt) {
+  TempDir d, e;
+  const std::string dir = dense_checkpoint(dense_config(d.path, {"model.position=ROPE"}));
+  Trainer longer(dense_config(e.path, {"model.position=ROPE", "model.seq_len=32"}), {});
+  longer.init_from(dir);
+  for (Param* p : longer.model().params().all()) EXPECT_FALSE(p->name == "wpe") << "a position table";
+  EXPECT_TRUE(std::isfinite(longer.step(1).loss));
+  TempDir f;
+  const std::string learned = dense_checkpoint(dense_config(f.path));
+  Trainer table(dense_config(e.path, {"model.seq_len=32"}), {});
+  EXPECT_NE(refusal(table, learned).find("model.seq_len = 32 in this run, 16 in the checkpoint"), std::string::npos);
+  Trainer routed(dense_config(e.path, {"model.position=ROPE", "model.seq_len=32", "attention.kind=ROUTED",
+                                       "attention.num_routing_heads=1", "attention.window=4"}),
+                 {});
+  TempDir g;
+  const std::string routed_dir = dense_checkpoint(dense_config(g.path, {"model.position=ROPE", "attention.kind=ROUTED",
+                                                                         "attention.num_routing_heads=1",
+                                                                         "attention.window=4"}));
+  EXPECT_NE(refusal(routed, routed_dir).find("model.seq_len = 32 in this run, 16 in the checkpoint"),
+            std::string::npos);
+}
+
 TEST(Upcycle, RefusesWhatACopyCannotBe) {
   TempDir d, e;
   const std::string dir = dense_checkpoint(dense_config(d.path));

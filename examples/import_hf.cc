@@ -1,0 +1,86 @@
+// import_hf: a Hugging Face Mixtral directory (config.json and
+// model.safetensors, or shards with model.safetensors.index.json; F32 or
+// BF16) to a Switchyard checkpoint at step 0, which `sample` reads and
+// `train_switch --init-from` fine-tunes (a new run from its weights).
+// runtime/hf_mixtral.h has the mapping (export_hf's, read backwards).
+//
+//   build/bin/import_hf --hf mixtral_hf --out imported [--config base.pbtxt] [--set model.seq_len=512]
+//                       [--tokenizer mixtral_hf/tokenizer.model]
+//
+// The model and moe fields come from config.json; the rest (data, training,
+// model.seq_len) from --config and --set (defaults without). A vocabulary
+// other than bytes (vocab_size != 256) names its SentencePiece model in
+// data.tokenizer (--tokenizer, default the directory's tokenizer.model where
+// there is one) for sample to decode with; a base config without token
+// shards gets placeholder shard patterns (train_*.bin, val_*.bin), which a
+// fine-tuning run's own --config replaces. Writes OUT/step_00000000 (OUT must
+// not exist; nothing is left of it on failure). Exit codes: 0 done, 2 bad
+// input (one line naming the file and the key or tensor), 1 any other error.
+#include <cblas.h>
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <iostream>
+
+#include "examples/checkpoint_tool.h"
+#include "runtime/checkpoint.h"
+#include "runtime/hf_mixtral.h"
+#include "runtime/run_tool.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+int run(int argc, char** argv) {
+  CLI::App app{"Import a Hugging Face Mixtral directory as a Switchyard checkpoint"};
+  std::string hf, out, config, tokenizer;
+  std::vector<std::string> overrides;
+  app.add_option("--hf", hf, "the Hugging Face model directory (config.json, model.safetensors)")->required();
+  app.add_option("--out", out, "the checkpoint directory to create (must not exist); the checkpoint is OUT/step_00000000")
+      ->required();
+  app.add_option("--config", config, "a config for what config.json does not say (data, training, model.seq_len)");
+  app.add_option("--set", overrides, "override a field of that config: path.to.field=value (repeatable)");
+  app.add_option("--tokenizer", tokenizer, "the SentencePiece .model to record as data.tokenizer");
+  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
+  openblas_set_num_threads(1);
+  if (fs::exists(out)) throw sy::ConfigError(out + ": exists; the import writes a new checkpoint directory");
+  sy::Config base = config.empty() ? sy::parse_config("", "defaults") : sy::load_config(config);
+  for (const std::string& o : overrides) sy::apply_override(base, o);
+  sy::Config cfg = sy::mixtral_config_from_json(hf, base);
+  if (cfg.model().vocab_size() != 256) {
+    auto& d = *cfg.mutable_data();
+    if (tokenizer.empty() && fs::is_regular_file(fs::path(hf) / "tokenizer.model"))
+      tokenizer = (fs::path(hf) / "tokenizer.model").string();
+    if (!tokenizer.empty()) d.set_tokenizer(tokenizer);
+    if (d.source() != switchyard::DataConfig::TOKEN_FILES) {
+      d.set_source(switchyard::DataConfig::TOKEN_FILES);
+      d.clear_path();
+      d.set_token_files("train_*.bin");
+      d.set_val_token_files("val_*.bin");
+    }
+  }
+  sy::validate_config(cfg, fs::path(hf).append("config.json").string() + " (over the base config)");
+  sy::Transformer model(sy::host_ctx(), cfg);
+  sy::load_mixtral_weights(hf, cfg, model);
+  std::string dir;
+  try {
+    dir = sy::save_checkpoint(out, cfg, model, sy::TrainState{}, nullptr, 1);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(out, ec);
+    throw;
+  }
+  const auto& m = cfg.model();
+  std::cout << "imported " << hf << " (" << m.n_layers() << " layers, d_model " << m.d_model() << ", "
+            << cfg.moe().num_experts() << " experts top-" << cfg.moe().top_k() << ", vocabulary " << m.vocab_size()
+            << ", " << model.params().numel() << " parameters) to " << dir << "\n"
+            << "  sample:    build/bin/sample --checkpoint " << dir << "\n"
+            << "  fine-tune: build/bin/train_switch --config YOURS.pbtxt --init-from " << dir << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return sy::run_tool([&] { return run(argc, argv); });
+}

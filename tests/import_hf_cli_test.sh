@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# examples/import_hf reads back what export_hf writes: a mixtral_tiny
+# checkpoint (grouped key/value heads, untied head) exported in f32 and
+# imported gives every weight bit for bit, and samples of the two are the
+# same text; the same from the export split into two shard files with an
+# index, and from a tied-embedding model; a bf16 export imports to its
+# rounded values (re-exported in bf16: the same bytes); the import
+# fine-tunes with --init-from. Refused with one line and exit 2, leaving no
+# --out behind: another model_type, a short sliding window, an rms_norm_eps
+# Switchyard does not use, a tensor missing, an unknown tensor, an F16
+# tensor, an --out that exists.
+#   import_hf_cli_test.sh TRAIN_SWITCH EXPORT_HF IMPORT_HF SAMPLE SOURCE_DIR
+set -u
+BIN=$1; EXPORT=$2; IMPORT=$3; SAMPLE=$4; SRC=$5
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+cd "$tmp"
+common=(--set train.steps=3 --set train.warmup_steps=1 --set train.eval_interval=0 --set train.eval_batches=1
+        --set train.batch=4 --set data.source=SYNTHETIC --set data.path= --set data.synthetic_bytes=50000
+        --set train.checkpoint_interval=3 --set model.d_model=32 --set model.seq_len=32 --set moe.num_experts=4)
+fail=0
+"$BIN" --config "$SRC/configs/mixtral_tiny.pbtxt" "${common[@]}" --set model.n_kv_heads=2 --set model.tie_embeddings=false \
+  --set train.checkpoint_dir=mx > mx.log 2>&1 || { cat mx.log; exit 1; }
+"$BIN" --config "$SRC/configs/mixtral_tiny.pbtxt" "${common[@]}" --set model.tie_embeddings=true \
+  --set train.checkpoint_dir=tied > tied.log 2>&1 || { cat tied.log; exit 1; }
+"$EXPORT" --checkpoint latest --checkpoint-dir mx --out hf32 > e32.log 2>&1 || { cat e32.log; exit 1; }
+"$EXPORT" --checkpoint latest --checkpoint-dir mx --out hf16 --dtype bf16 > e16.log 2>&1 || { cat e16.log; exit 1; }
+"$EXPORT" --checkpoint latest --checkpoint-dir tied --out hftied > et.log 2>&1 || { cat et.log; exit 1; }
+# The f32 export as two shard files and an index, as Hugging Face saves large models.
+python3 - hf32 hfsharded <<'PY' || exit 1
+import json, os, shutil, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst)
+shutil.copy(src + "/config.json", dst)
+f = open(src + "/model.safetensors", "rb")
+n = struct.unpack("<Q", f.read(8))[0]
+head = json.loads(f.read(n))
+data = f.read()
+names = [k for k in head if k != "__metadata__"]
+def write(path, part):
+    h, off, blobs = {}, 0, []
+    for k in part:
+        b, e = head[k]["data_offsets"]
+        h[k] = {"dtype": head[k]["dtype"], "shape": head[k]["shape"], "data_offsets": [off, off + e - b]}
+        blobs.append(data[b:e]); off += e - b
+    j = json.dumps(h).encode(); j += b" " * (-len(j) % 8)
+    open(path, "wb").write(struct.pack("<Q", len(j)) + j + b"".join(blobs))
+half = len(names) // 2
+files = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+for fn, part in files.items(): write(dst + "/" + fn, part)
+json.dump({"metadata": {}, "weight_map": {k: fn for fn, part in files.items() for k in part}},
+          open(dst + "/model.safetensors.index.json", "w"))
+PY
+
+# The tensors of two checkpoints' model files, by name, equal byte for byte.
+same_weights() {
+  python3 - "$1" "$2" <<'PY'
+import glob, json, struct, sys
+def load(d):
+    out = {}
+    for p in glob.glob(d + "/model-*.safetensors"):
+        f = open(p, "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n)); data = f.read()
+        for k, v in h.items():
+            if k != "__metadata__": out[k] = (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]])
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+bad = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+print("%d tensors, %d differ%s" % (len(a), len(bad), (": " + ", ".join(bad[:4])) if bad else ""))
+sys.exit(1 if bad else 0)
+PY
+}
+for v in hf32 hfsharded hftied; do
+  ck=$([ $v = hftied ] && echo tied || echo mx)
+  if ! "$IMPORT" --hf $v --out imp_$v --set model.seq_len=32 > imp_$v.log 2>&1; then
+    echo "FAIL import $v:"; cat imp_$v.log; fail=1; continue
+  fi
+  if r=$(same_weights "$ck/step_00000003" imp_$v/step_00000000); then echo "ok   import $v: $r"
+  else echo "FAIL import $v: $r"; fail=1; fi
+  # (temperature 1: every token a draw from the probabilities, which a
+  # different function, e.g. another rope_theta, would move)
+  "$SAMPLE" --checkpoint "$ck/step_00000003" --prompt "ROMEO:" --tokens 300 --seed 5 > a.txt 2>/dev/null
+  "$SAMPLE" --checkpoint imp_$v/step_00000000 --prompt "ROMEO:" --tokens 300 --seed 5 > b.txt 2>/dev/null
+  [ -s a.txt ] && cmp -s <(head -c 306 a.txt) <(head -c 306 b.txt) && echo "ok   import $v: the same 300 sampled bytes" \
+    || { echo "FAIL import $v: samples differ"; fail=1; }
+done
+grep -q "^imported hf32 (2 layers, d_model 32, 4 experts top-2, vocabulary 256, [0-9]* parameters) to imp_hf32/step_00000000" imp_hf32.log \
+  || { echo "FAIL: no import line"; cat imp_hf32.log; fail=1; }
+# bf16: the rounded values; exported again in bf16, the same bytes.
+if "$IMPORT" --hf hf16 --out imp_hf16 > imp16.log 2>&1 && "$EXPORT" --checkpoint imp_hf16/step_00000000 --out hf16b --dtype bf16 > e16b.log 2>&1 \
+   && python3 - hf16 hf16b <<'PY'
+import json, struct, sys
+def load(p):
+    f = open(p + "/model.safetensors", "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n)); d = f.read()
+    return {k: (v["dtype"], v["shape"], d[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in h.items() if k != "__metadata__"}
+sys.exit(0 if load(sys.argv[1]) == load(sys.argv[2]) else 1)
+PY
+then echo "ok   bf16: imported and exported again, the same tensors"
+else echo "FAIL bf16 round trip"; cat imp16.log e16b.log; fail=1; fi
+# Fine-tuning from the import: a new run from its weights.
+"$BIN" --config "$SRC/configs/mixtral_tiny.pbtxt" "${common[@]}" --set model.n_kv_heads=2 --set model.tie_embeddings=false \
+  --set train.checkpoint_dir=ft --init-from imp_hf32/step_00000000 > ft.log 2>&1 \
+  && grep -q "initialized from .*imp_hf32/step_00000000 (step 0 of its run)" ft.log && grep -q "^done: loss" ft.log \
+  && echo "ok   fine-tuned from the import (--init-from)" || { echo "FAIL fine-tune:"; tail -3 ft.log; fail=1; }
+
+# Refusals: one line, exit 2, no --out left.
+refused() {  # name, expected text, then how to break a copy of hf32 (a python snippet on d)
+  local name=$1 want=$2 snippet=$3
+  rm -rf bad && cp -r hf32 bad
+  python3 -c "import json, struct, sys
+d = 'bad'
+$snippet" || { echo "FAIL $name: the breaking snippet"; fail=1; return; }
+  "$IMPORT" --hf bad --out out_$name > r.txt 2>&1
+  local rc=$?
+  if [ $rc -eq 2 ] && [ "$(grep -c . r.txt)" -eq 1 ] && grep -q "$want" r.txt && [ ! -e out_$name ]; then
+    echo "ok   refused $name: $(cat r.txt)"
+  else echo "FAIL refused $name: rc $rc, out $( [ -e out_$name ] && echo left || echo absent):"; cat r.txt; fail=1; fi
+}
+cfg() { echo "c = json.load(open(d + '/config.json')); c['$1'] = $2; json.dump(c, open(d + '/config.json', 'w'))"; }
+refused model_type 'config.json: model_type = "llama": the import reads Mixtral' "$(cfg model_type "'llama'")"
+refused window 'config.json: sliding_window = 16: Switchyard.s dense attention sees the whole window' "$(cfg sliding_window 16)"
+refused eps 'config.json: rms_norm_eps = 1e-06: Switchyard.s RMSNorm adds 1e-05' "$(cfg rms_norm_eps 1e-6)"
+# The header's tensors rewritten (every byte of the data still covered once):
+# one renamed, one more appended, one declared F16 over the same bytes.
+retensor() {
+  echo "f = open(d + '/model.safetensors', 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n)); data = f.read()
+$1
+j = json.dumps(h).encode(); j += b' ' * (-len(j) % 8); open(d + '/model.safetensors', 'wb').write(struct.pack('<Q', len(j)) + j + data)"
+}
+refused missing 'tensor model.norm.weight is missing' "$(retensor "h['ln_extra'] = h.pop('model.norm.weight')")"
+refused unknown 'tensor ln_extra is not part of a Mixtral of this config.json' \
+  "$(retensor "b = len(data); data += data[:8]; h['ln_extra'] = {'dtype': 'F32', 'shape': [2], 'data_offsets': [b, b + 8]}")"
+refused f16 'tensor model.norm.weight: dtype F16, the import reads F32 and BF16' \
+  "$(retensor "t = h['model.norm.weight']; t['dtype'] = 'F16'; t['shape'] = [2 * t['shape'][0]]")"
+mkdir exists
+"$IMPORT" --hf hf32 --out exists > x.txt 2>&1
+[ $? -eq 2 ] && grep -q "exists: exists; the import writes a new checkpoint directory" x.txt && echo "ok   refused an existing --out" \
+  || { echo "FAIL existing --out:"; cat x.txt; fail=1; }
+exit $fail
