@@ -11,7 +11,8 @@
 // model.seq_len) from --config and --set (defaults without). A vocabulary
 // other than bytes (vocab_size != 256) names its SentencePiece model in
 // data.tokenizer (--tokenizer, default the directory's tokenizer.model where
-// there is one) for sample to decode with; a base config without token
+// there is one; checked, recorded as an absolute path) for sample to decode
+// with; a base config without token
 // shards gets placeholder shard patterns (train_*.bin, val_*.bin), which a
 // fine-tuning run's own --config replaces. Writes OUT/step_00000000 (OUT must
 // not exist; nothing is left of it on failure). Exit codes: 0 done, 2 bad
@@ -25,6 +26,7 @@
 #include "examples/checkpoint_tool.h"
 #include "runtime/checkpoint.h"
 #include "runtime/hf_mixtral.h"
+#include "runtime/piece_codec.h"
 #include "runtime/run_tool.h"
 
 namespace {
@@ -47,11 +49,21 @@ int run(int argc, char** argv) {
   sy::Config base = config.empty() ? sy::parse_config("", "defaults") : sy::load_config(config);
   for (const std::string& o : overrides) sy::apply_override(base, o);
   sy::Config cfg = sy::mixtral_config_from_json(hf, base);
-  if (cfg.model().vocab_size() != 256) {
+  const int V = cfg.model().vocab_size();
+  if (V == 256 && !tokenizer.empty())
+    throw sy::ConfigError("--tokenizer " + tokenizer + ": " + hf + "'s vocab_size is 256, bytes (no tokenizer)");
+  if (V != 256) {
     auto& d = *cfg.mutable_data();
     if (tokenizer.empty() && fs::is_regular_file(fs::path(hf) / "tokenizer.model"))
       tokenizer = (fs::path(hf) / "tokenizer.model").string();
-    if (!tokenizer.empty()) d.set_tokenizer(tokenizer);
+    if (!tokenizer.empty()) {  // (checked now, recorded absolute: sample may run elsewhere)
+      if (!fs::is_regular_file(tokenizer)) throw sy::ConfigError("--tokenizer " + tokenizer + ": no such file");
+      const int pieces = sy::PieceCodec::load(tokenizer).vocab_size();
+      if (pieces > V)
+        throw sy::ConfigError("tokenizer " + tokenizer + ": " + std::to_string(pieces) + " pieces, more than " + hf +
+                              "'s vocab_size = " + std::to_string(V));
+      d.set_tokenizer(fs::absolute(tokenizer).lexically_normal().string());
+    }
     if (d.source() != switchyard::DataConfig::TOKEN_FILES) {
       d.set_source(switchyard::DataConfig::TOKEN_FILES);
       d.clear_path();
@@ -60,6 +72,7 @@ int run(int argc, char** argv) {
     }
   }
   sy::validate_config(cfg, fs::path(hf).append("config.json").string() + " (over the base config)");
+  sy::check_mixtral_weights(hf, cfg);  // (the headers, before the model takes its memory)
   sy::Transformer model(sy::host_ctx(), cfg);
   sy::load_mixtral_weights(hf, cfg, model);
   std::string dir;
@@ -73,7 +86,7 @@ int run(int argc, char** argv) {
   const auto& m = cfg.model();
   std::cout << "imported " << hf << " (" << m.n_layers() << " layers, d_model " << m.d_model() << ", "
             << cfg.moe().num_experts() << " experts top-" << cfg.moe().top_k() << ", vocabulary " << m.vocab_size()
-            << ", " << model.params().numel() << " parameters) to " << dir << "\n"
+            << ", model.seq_len " << m.seq_len() << ", " << model.params().numel() << " parameters) to " << dir << "\n"
             << "  sample:    build/bin/sample --checkpoint " << dir << "\n"
             << "  fine-tune: build/bin/train_switch --config YOURS.pbtxt --init-from " << dir << "\n";
   return 0;

@@ -78,12 +78,15 @@ std::vector<std::string> write_mixtral_export(const std::string& out_dir, const 
 // num_attention_heads, a missing key.
 Config mixtral_config_from_json(const std::string& dir, Config base);
 
+// The directory's tensors as that config needs them, from their headers
+// alone (before a model is built): every tensor of model.safetensors, or of
+// the files model.safetensors.index.json's weight_map names. One
+// ConfigError line for a missing, unknown or misshapen tensor, or a dtype
+// other than F32 and BF16.
+void check_mixtral_weights(const std::string& dir, const Config& cfg);
+
 // The directory's weights into `model` (built from that config on the
-// host, expert_parallel 1): every tensor of model.safetensors, or of the
-// files model.safetensors.index.json's weight_map names; F32 or BF16
-// (widened exactly). One ConfigError line for a missing, unknown or
-// misshapen tensor, or another dtype; nothing in the model is changed
-// before every tensor is read and checked.
+// host, expert_parallel 1; BF16 widened exactly), checked as above first.
 void load_mixtral_weights(const std::string& dir, const Config& cfg, Transformer& model);
 
 }  // namespace sy

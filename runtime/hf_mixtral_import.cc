@@ -93,7 +93,7 @@ class HfWeights {
       if (!j.contains("weight_map") || !j["weight_map"].is_object())
         throw ConfigError(index.string() + ": no weight_map object");
       for (const auto& [name, file] : j["weight_map"].items()) {
-        if (!file.is_string() || file.get<std::string>().find('/') != std::string::npos)
+        if (!file.is_string() || file.get<std::string>().find('/') != std::string::npos || file == "." || file == "..")
           throw ConfigError(index.string() + ": weight_map[" + name + "] = " + file.dump() +
                             ": must name a file in the directory");
         file_of[name] = file.get<std::string>();
@@ -122,8 +122,8 @@ class HfWeights {
     return out;
   }
   bool has(const std::string& name) const { return where_.count(name) > 0; }
-  // The tensor as f32 on the host, its shape checked.
-  Tensor read(const std::string& name, const Shape& shape) const {
+  // The tensor's header checked: present, F32 or BF16, of this shape.
+  void check(const std::string& name, const Shape& shape) const {
     auto it = where_.find(name);
     if (it == where_.end())
       throw ConfigError(dir_ + ": tensor " + name + " is missing (a Mixtral of this config.json has it)");
@@ -134,6 +134,11 @@ class HfWeights {
     if (t->shape != shape)
       throw ConfigError(r->path() + ": tensor " + name + ": shape " + shape_str(t->shape) + ", this config.json gives " +
                         shape_str(shape));
+  }
+  // The tensor as f32 on the host, its header checked.
+  Tensor read(const std::string& name, const Shape& shape) const {
+    check(name, shape);
+    const auto& [r, t] = where_.at(name);
     Tensor v = r->read(*t);
     return v.dtype() == DType::f32 ? v : v.to(DType::f32);
   }
@@ -165,6 +170,21 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   if (std::fabs(eps - ops::kRmsNormEps) > 1e-3 * ops::kRmsNormEps)
     j.refuse("rms_norm_eps", j.raw("rms_norm_eps").dump(), "Switchyard's RMSNorm adds 1e-05 (ops/rmsnorm.h)");
   if (j.has("rope_scaling")) j.refuse("rope_scaling", j.raw("rope_scaling").dump(), "Switchyard's RoPE has no scaling");
+  // RoPE's base: rope_theta, or (transformers 5) rope_parameters' own, whose
+  // rope_type must be the plain rotation; both where they agree.
+  double theta = j.number("rope_theta", 1e6);  // (transformers' MixtralConfig default)
+  if (j.has("rope_parameters")) {
+    const nlohmann::json& rp = j.raw("rope_parameters");
+    if (!rp.is_object()) j.refuse("rope_parameters", rp.dump(), "must be an object");
+    if (rp.contains("rope_type") && rp["rope_type"] != "default")
+      j.refuse("rope_parameters", rp.dump(), "Switchyard's RoPE is rope_type \"default\" (no scaling)");
+    if (rp.contains("rope_theta")) {
+      if (!rp["rope_theta"].is_number()) j.refuse("rope_parameters", rp.dump(), "its rope_theta must be a number");
+      if (j.has("rope_theta") && rp["rope_theta"].get<double>() != theta)
+        j.refuse("rope_parameters", rp.dump(), "its rope_theta differs from rope_theta = " + j.raw("rope_theta").dump());
+      theta = rp["rope_theta"].get<double>();
+    }
+  }
   const int64_t C = j.integer("hidden_size", 1, 1 << 16), L = j.integer("num_hidden_layers", 1, 1024);
   const int64_t H = j.integer("num_attention_heads", 1, 4096);
   if (C % H != 0) j.refuse("num_attention_heads", std::to_string(H), "must divide hidden_size = " + std::to_string(C));
@@ -193,7 +213,7 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   m.set_seq_len(static_cast<int32_t>(seq_len));
   m.set_init_std(static_cast<float>(j.number("initializer_range", init_std)));
   m.set_position(ModelConfig::ROPE);
-  m.set_rope_base(static_cast<float>(j.number("rope_theta", 1e6)));  // (transformers' MixtralConfig default)
+  m.set_rope_base(static_cast<float>(theta));
   m.set_norm(ModelConfig::RMSNORM);
   m.set_activation(ModelConfig::SWIGLU);
   m.set_bias(false);
@@ -213,70 +233,97 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   return cfg;
 }
 
+namespace {
+
+// The tensors a Mixtral of cfg has, by Hugging Face name, with their shapes
+// (lm_head.weight where the head is untied), in the export's order.
+std::vector<std::pair<std::string, Shape>> expected_tensors(const Config& cfg) {
+  const auto& m = cfg.model();
+  const int64_t C = m.d_model(), V = m.vocab_size(), G = cfg.moe().num_experts(), H = m.ffn_hidden();
+  const int64_t KV = C / m.n_heads() * kv_heads(m);
+  std::vector<std::pair<std::string, Shape>> out = {{"model.embed_tokens.weight", {V, C}}};
+  for (int l = 0; l < m.n_layers(); ++l) {
+    const std::string at = "model.layers." + std::to_string(l);
+    out.insert(out.end(), {{at + ".input_layernorm.weight", {C}},
+                           {at + ".self_attn.q_proj.weight", {C, C}},
+                           {at + ".self_attn.k_proj.weight", {KV, C}},
+                           {at + ".self_attn.v_proj.weight", {KV, C}},
+                           {at + ".self_attn.o_proj.weight", {C, C}},
+                           {at + ".post_attention_layernorm.weight", {C}},
+                           {at + ".block_sparse_moe.gate.weight", {G, C}}});
+    for (int64_t g = 0; g < G; ++g) {
+      const std::string ex = at + ".block_sparse_moe.experts." + std::to_string(g);
+      out.insert(out.end(), {{ex + ".w1.weight", {H, C}}, {ex + ".w2.weight", {C, H}}, {ex + ".w3.weight", {H, C}}});
+    }
+  }
+  out.push_back({"model.norm.weight", {C}});
+  if (!m.tie_embeddings()) out.push_back({"lm_head.weight", {V, C}});
+  return out;
+}
+
+// Every expected tensor's header, and no unknown tensor (a tied model's
+// lm_head.weight, the embedding's copy, and RoPE's inv_freq buffers, made
+// from rope_theta, are let through).
+void check_tensors(const HfWeights& hf, const std::string& dir, const Config& cfg) {
+  std::set<std::string> known;
+  for (const auto& [name, shape] : expected_tensors(cfg)) {
+    hf.check(name, shape);
+    known.insert(name);
+  }
+  const int64_t V = cfg.model().vocab_size(), C = cfg.model().d_model();
+  if (cfg.model().tie_embeddings() && hf.has("lm_head.weight")) {
+    hf.check("lm_head.weight", {V, C});
+    known.insert("lm_head.weight");
+  }
+  for (const std::string& name : hf.names())
+    if (!known.count(name) && name.find("rotary_emb.inv_freq") == std::string::npos)
+      throw ConfigError(dir + ": tensor " + name + " is not part of a Mixtral of this config.json");
+}
+
+}  // namespace
+
+void check_mixtral_weights(const std::string& dir, const Config& cfg) { check_tensors(HfWeights(dir), dir, cfg); }
+
 void load_mixtral_weights(const std::string& dir, const Config& cfg, Transformer& model) {
   const auto& m = cfg.model();
   const int64_t C = m.d_model(), V = m.vocab_size(), G = cfg.moe().num_experts(), H = m.ffn_hidden();
   const int64_t KV = C / m.n_heads() * kv_heads(m);
   const HfWeights hf(dir);
-  // Every tensor read and checked before the model changes: (our name, value).
-  std::vector<std::pair<std::string, Tensor>> staged;
-  std::set<std::string> used;
-  auto read = [&](const std::string& name, const Shape& shape) {
-    used.insert(name);
-    return hf.read(name, shape);
-  };
-  auto blank = [&](const std::string& name) {  // a zero host tensor of the parameter's shape
+  check_tensors(hf, dir, cfg);  // (every header first: what follows reads the data)
+  // Written in place, a tensor at a time (the model is the import's own).
+  std::set<std::string> written;
+  auto value = [&](const std::string& name) {  // the parameter's host values
     Param* p = model.params().find(name);
     SY_CHECK(p && p->value.device().is_cpu(), "import: the model has no host parameter " << name);
-    return Tensor::zeros(p->shape, DType::f32, host_ctx());
+    written.insert(name);
+    return p->value.f32();
   };
   auto as_is = [&](const std::string& ours, const std::string& theirs, const Shape& shape) {
-    staged.emplace_back(ours, read(theirs, shape));
+    const Tensor t = hf.read(theirs, shape);
+    std::copy_n(t.f32(), t.numel(), value(ours));
   };
   as_is("wte", "model.embed_tokens.weight", {V, C});
   for (int l = 0; l < m.n_layers(); ++l) {
     const std::string h = "h" + std::to_string(l), at = "model.layers." + std::to_string(l);
     as_is(h + ".ln1.w", at + ".input_layernorm.weight", {C});
-    Tensor qkv = blank(h + ".attn.qkv.w");  // (C, C + 2 KV): [q | k | v]
-    put_transposed(qkv.f32(), C, C + 2 * KV, 0, read(at + ".self_attn.q_proj.weight", {C, C}));
-    put_transposed(qkv.f32(), C, C + 2 * KV, C, read(at + ".self_attn.k_proj.weight", {KV, C}));
-    put_transposed(qkv.f32(), C, C + 2 * KV, C + KV, read(at + ".self_attn.v_proj.weight", {KV, C}));
-    staged.emplace_back(h + ".attn.qkv.w", qkv);
-    Tensor proj = blank(h + ".attn.proj.w");
-    put_transposed(proj.f32(), C, C, 0, read(at + ".self_attn.o_proj.weight", {C, C}));
-    staged.emplace_back(h + ".attn.proj.w", proj);
+    float* qkv = value(h + ".attn.qkv.w");  // (C, C + 2 KV): [q | k | v]
+    put_transposed(qkv, C, C + 2 * KV, 0, hf.read(at + ".self_attn.q_proj.weight", {C, C}));
+    put_transposed(qkv, C, C + 2 * KV, C, hf.read(at + ".self_attn.k_proj.weight", {KV, C}));
+    put_transposed(qkv, C, C + 2 * KV, C + KV, hf.read(at + ".self_attn.v_proj.weight", {KV, C}));
+    put_transposed(value(h + ".attn.proj.w"), C, C, 0, hf.read(at + ".self_attn.o_proj.weight", {C, C}));
     as_is(h + ".ln2.w", at + ".post_attention_layernorm.weight", {C});
-    Tensor router = blank(h + ".moe.router.w");
-    put_transposed(router.f32(), C, G, 0, read(at + ".block_sparse_moe.gate.weight", {G, C}));
-    staged.emplace_back(h + ".moe.router.w", router);
-    Tensor w1 = blank(h + ".moe.experts.w1"), w2 = blank(h + ".moe.experts.w2");  // (G, C, 2H), (G, H, C)
+    put_transposed(value(h + ".moe.router.w"), C, G, 0, hf.read(at + ".block_sparse_moe.gate.weight", {G, C}));
+    float* w1 = value(h + ".moe.experts.w1");  // (G, C, 2H): [gate | up]
+    float* w2 = value(h + ".moe.experts.w2");  // (G, H, C)
     for (int64_t g = 0; g < G; ++g) {
       const std::string ex = at + ".block_sparse_moe.experts." + std::to_string(g);
-      float* w1g = w1.f32() + g * C * 2 * H;
-      put_transposed(w1g, C, 2 * H, 0, read(ex + ".w1.weight", {H, C}));  // gate
-      put_transposed(w1g, C, 2 * H, H, read(ex + ".w3.weight", {H, C}));  // up
-      put_transposed(w2.f32() + g * H * C, H, C, 0, read(ex + ".w2.weight", {C, H}));  // down
+      put_transposed(w1 + g * C * 2 * H, C, 2 * H, 0, hf.read(ex + ".w1.weight", {H, C}));  // gate
+      put_transposed(w1 + g * C * 2 * H, C, 2 * H, H, hf.read(ex + ".w3.weight", {H, C}));  // up
+      put_transposed(w2 + g * H * C, H, C, 0, hf.read(ex + ".w2.weight", {C, H}));  // down
     }
-    staged.emplace_back(h + ".moe.experts.w1", w1);
-    staged.emplace_back(h + ".moe.experts.w2", w2);
   }
   as_is("ln_f.w", "model.norm.weight", {C});
-  if (!m.tie_embeddings()) {
-    Tensor head = blank("head.w");
-    put_transposed(head.f32(), C, V, 0, read("lm_head.weight", {V, C}));
-    staged.emplace_back("head.w", head);
-  } else if (hf.has("lm_head.weight")) {
-    read("lm_head.weight", {V, C});  // (tied: the embedding's copy; read for its shape)
-  }
-  for (const std::string& name : hf.names())
-    if (!used.count(name) && name.find("rotary_emb.inv_freq") == std::string::npos)  // (RoPE's, from rope_theta)
-      throw ConfigError(dir + ": tensor " + name + " is not part of a Mixtral of this config.json");
-  // Now the model changes: every parameter, once.
-  std::set<std::string> written;
-  for (auto& [name, value] : staged) {
-    model.params().find(name)->value.copy_from(value, host_ctx());
-    written.insert(name);
-  }
+  if (!m.tie_embeddings()) put_transposed(value("head.w"), C, V, 0, hf.read("lm_head.weight", {V, C}));
   for (Param* p : model.params().all())
     SY_CHECK(written.count(p->name), "import: parameter " << p->name << " has no Hugging Face Mixtral tensor");
   model.params().refresh_shadows(model.ctx());

@@ -7,8 +7,11 @@
 # rounded values (re-exported in bf16: the same bytes); the import
 # fine-tunes with --init-from. Refused with one line and exit 2, leaving no
 # --out behind: another model_type, a short sliding window, an rms_norm_eps
-# Switchyard does not use, a tensor missing, an unknown tensor, an F16
-# tensor, an --out that exists.
+# Switchyard does not use, transformers 5's rope_parameters with scaling or
+# another base, a tensor missing, an unknown tensor, an F16 tensor, a
+# config.json larger than its weights (from the headers, before the model
+# is built), a tokenizer for bytes, an --out that exists. transformers 5's
+# rope_parameters are read for the base.
 #   import_hf_cli_test.sh TRAIN_SWITCH EXPORT_HF IMPORT_HF SAMPLE SOURCE_DIR
 set -u
 BIN=$1; EXPORT=$2; IMPORT=$3; SAMPLE=$4; SRC=$5
@@ -82,8 +85,15 @@ for v in hf32 hfsharded hftied; do
   [ -s a.txt ] && cmp -s <(head -c 306 a.txt) <(head -c 306 b.txt) && echo "ok   import $v: the same 300 sampled bytes" \
     || { echo "FAIL import $v: samples differ"; fail=1; }
 done
-grep -q "^imported hf32 (2 layers, d_model 32, 4 experts top-2, vocabulary 256, [0-9]* parameters) to imp_hf32/step_00000000" imp_hf32.log \
+grep -q "^imported hf32 (2 layers, d_model 32, 4 experts top-2, vocabulary 256, model.seq_len 32, [0-9]* parameters) to imp_hf32/step_00000000" imp_hf32.log \
   || { echo "FAIL: no import line"; cat imp_hf32.log; fail=1; }
+# transformers 5 spells the base rope_parameters' rope_theta: read there.
+rm -rf v5 && cp -r hf32 v5 && python3 -c "
+import json; c = json.load(open('v5/config.json')); t = c.pop('rope_theta')
+c['rope_parameters'] = {'rope_type': 'default', 'rope_theta': t}; json.dump(c, open('v5/config.json', 'w'))"
+if "$IMPORT" --hf v5 --out imp_v5 --set model.seq_len=32 > v5.log 2>&1 && r=$(same_weights mx/step_00000003 imp_v5/step_00000000) \
+   && grep -q "rope_base: 10000" imp_v5/step_00000000/manifest.pbtxt; then echo "ok   transformers 5's rope_parameters: $r, rope_base 10000"
+else echo "FAIL rope_parameters:"; cat v5.log; grep rope_base imp_v5/step_00000000/manifest.pbtxt; fail=1; fi
 # bf16: the rounded values; exported again in bf16, the same bytes.
 if "$IMPORT" --hf hf16 --out imp_hf16 > imp16.log 2>&1 && "$EXPORT" --checkpoint imp_hf16/step_00000000 --out hf16b --dtype bf16 > e16b.log 2>&1 \
    && python3 - hf16 hf16b <<'PY'
@@ -117,6 +127,10 @@ $snippet" || { echo "FAIL $name: the breaking snippet"; fail=1; return; }
 cfg() { echo "c = json.load(open(d + '/config.json')); c['$1'] = $2; json.dump(c, open(d + '/config.json', 'w'))"; }
 refused model_type 'config.json: model_type = "llama": the import reads Mixtral' "$(cfg model_type "'llama'")"
 refused window 'config.json: sliding_window = 16: Switchyard.s dense attention sees the whole window' "$(cfg sliding_window 16)"
+refused rope_type 'config.json: rope_parameters = .*: Switchyard.s RoPE is rope_type "default"' \
+  "$(cfg rope_parameters "{'rope_type': 'yarn', 'rope_theta': 10000.0}")"
+refused rope_theta2 'config.json: rope_parameters = .*: its rope_theta differs from rope_theta = 10000.0' \
+  "$(cfg rope_parameters "{'rope_type': 'default', 'rope_theta': 500000.0}")"
 refused eps 'config.json: rms_norm_eps = 1e-06: Switchyard.s RMSNorm adds 1e-05' "$(cfg rms_norm_eps 1e-6)"
 # The header's tensors rewritten (every byte of the data still covered once):
 # one renamed, one more appended, one declared F16 over the same bytes.
@@ -130,6 +144,14 @@ refused unknown 'tensor ln_extra is not part of a Mixtral of this config.json' \
   "$(retensor "b = len(data); data += data[:8]; h['ln_extra'] = {'dtype': 'F32', 'shape': [2], 'data_offsets': [b, b + 8]}")"
 refused f16 'tensor model.norm.weight: dtype F16, the import reads F32 and BF16' \
   "$(retensor "t = h['model.norm.weight']; t['dtype'] = 'F16'; t['shape'] = [2 * t['shape'][0]]")"
+# A config.json far larger than its weights: refused from the headers, before
+# a model of its size (6.4G parameters) is built.
+refused headers 'model.safetensors: tensor model.layers.0.block_sparse_moe.experts.0.w1.weight: shape \[176, 32\], this config.json gives \[65536, 32\]' \
+  "$(cfg intermediate_size 65536); $(cfg num_hidden_layers 256)"
+rm -rf bad && cp -r hf32 bad
+"$IMPORT" --hf bad --out out_tok --tokenizer t.model > r.txt 2>&1
+[ $? -eq 2 ] && grep -q "^error: --tokenizer t.model: bad's vocab_size is 256, bytes (no tokenizer)" r.txt \
+  && echo "ok   refused a tokenizer for bytes" || { echo "FAIL tokenizer for bytes:"; cat r.txt; fail=1; }
 mkdir exists
 "$IMPORT" --hf hf32 --out exists > x.txt 2>&1
 [ $? -eq 2 ] && grep -q "exists: exists; the import writes a new checkpoint directory" x.txt && echo "ok   refused an existing --out" \
