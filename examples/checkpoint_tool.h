@@ -33,7 +33,7 @@ inline int parse_options(CLI::App& app, int argc, char** argv) {
 
 // A checkpoint's model on the host, in evaluation mode: its weights and
 // routing state (not the optimizer's), at expert_parallel 1 whatever size
-// wrote it. `edit` sees the checkpoint's config first (checks, overrides
+// wrote it, without gradients or moments (4 bytes a parameter). `edit` sees the checkpoint's config first (checks, overrides
 // that change no parameter).
 struct EvalModel {
   std::string dir;
@@ -44,7 +44,7 @@ inline EvalModel load_eval_model(const std::string& dir, const std::function<voi
   EvalModel m{dir, read_manifest(dir).config(), nullptr};
   if (edit) edit(m.cfg);
   m.cfg.mutable_parallel()->set_expert_parallel(1);
-  m.model = std::make_unique<Transformer>(host_ctx(), m.cfg);
+  m.model = std::make_unique<Transformer>(host_ctx(), m.cfg, nullptr, /*inference_only=*/true);
   load_checkpoint(dir, m.cfg, *m.model, nullptr, /*optimizer=*/false);
   m.model->set_training(false);
   return m;

@@ -566,7 +566,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
         need(p->name, p->shape, p->value, p->m, p->v, param_elements(*p));
         continue;
       }
-      const bool whole = ps.moment_parts(p->kind) == 1;  // (row views of m and v exist)
+      const bool whole = optimizer && ps.moment_parts(p->kind) == 1;  // (row views of m and v exist)
       for (int64_t i = 0; i < p->local_rows(); ++i)
         need(expert_row(*p, p->row_begin + i), p->row_shape(p->row_begin + i), row(*p, p->value, i),
              whole ? row(*p, p->m, i) : Tensor(), whole ? row(*p, p->v, i) : Tensor(), row_elements(*p, i));

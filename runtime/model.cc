@@ -215,7 +215,7 @@ Tensor Block::backward(const Tensor& dy) {
   return dx;
 }
 
-Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
+Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par, bool inference_only)
     : ctx_(ctx), cfg_(cfg), C_(cfg.model().d_model()), V_(cfg.model().vocab_size()), T_(cfg.model().seq_len()) {
   const auto& m = cfg.model();
   Rng rng(cfg.train().seed());
@@ -285,6 +285,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par)
     head_ = std::make_unique<Linear>(ctx_, params_, "head", C_, V_, rng, std, false);
   params_.set_bf16_shadows(cfg.precision() == switchyard::Config::BF16);
   if (par && cfg.parallel().shard_optimizer()) shard_moments(params_, *par);
+  params_.set_inference_only(inference_only);
   params_.finalize(ctx_);
 }
 
@@ -426,6 +427,7 @@ std::vector<std::pair<std::string, Tensor>> Transformer::balance_biases() {
 }
 
 void Transformer::backward(const std::function<void(int64_t)>& ready) {
+  SY_CHECK(!params_.inference_only(), "Transformer::backward: a model built for inference only has no gradients");
   Tensor dlogits = Tensor::empty(logits_.shape(), DType::f32, ctx_);
   ops::cross_entropy_backward(ctx_, {dlogits, logits_, ce_stats_, targets_});
   // Tied embeddings: the head's gradient lands in wte (offset 0), which is

@@ -135,7 +135,9 @@ class Transformer {
  public:
   // ctx: where it runs; par: the process layout when running on several
   // ranks (null: one rank).
-  Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par = nullptr);
+  // inference_only: no gradients or AdamW moments (ParamStore::
+  // set_inference_only), for a model that is only evaluated; backward refuses.
+  Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par = nullptr, bool inference_only = false);
   // Mean next-byte cross-entropy of the batch (nats/byte); saves activations.
   // Router losses are not included (see aux_loss()) but their gradients are
   // part of backward().

@@ -103,10 +103,12 @@ void ParamStore::finalize(Ctx& ctx) {
   for (int k = 0; k < 2; ++k) {
     ParamArena& a = arenas_[k];
     a.value = Tensor::empty({size[k]}, DType::f32, ctx);
-    a.grad = Tensor::zeros({size[k]}, DType::f32, ctx);
-    const int64_t moments = moment_part(static_cast<ParamKind>(k), moment_parts_[k], moment_index_[k]).size();
-    a.m = Tensor::zeros({moments}, DType::f32, ctx);
-    a.v = Tensor::zeros({moments}, DType::f32, ctx);
+    if (!inference_only_) {
+      a.grad = Tensor::zeros({size[k]}, DType::f32, ctx);
+      const int64_t moments = moment_part(static_cast<ParamKind>(k), moment_parts_[k], moment_index_[k]).size();
+      a.m = Tensor::zeros({moments}, DType::f32, ctx);
+      a.v = Tensor::zeros({moments}, DType::f32, ctx);
+    }
     if (bf16_shadows_) a.value_bf16 = Tensor::empty({size[k]}, DType::bf16, ctx);
   }
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -115,14 +117,19 @@ void ParamStore::finalize(Ctx& ctx) {
     const int64_t n = static_cast<int64_t>(staged_[i].size());
     auto view = [&](const Tensor& arena) { return arena.rows(p.offset, p.offset + n).reshape(p.shape); };
     p.value = view(a.value);
-    p.grad = view(a.grad);
-    if (moment_parts_[static_cast<int>(p.kind)] == 1) p.m = view(a.m), p.v = view(a.v);
+    if (!inference_only_) p.grad = view(a.grad);
+    if (!inference_only_ && moment_parts_[static_cast<int>(p.kind)] == 1) p.m = view(a.m), p.v = view(a.v);
     if (bf16_shadows_) p.value_bf16 = view(a.value_bf16);
     p.value.copy_from(Tensor::from_host(staged_[i], p.shape), ctx);
   }
   staged_.clear();
   finalized_ = true;
   refresh_shadows(ctx);
+}
+
+void ParamStore::set_inference_only(bool on) {
+  SY_CHECK(!finalized_, "ParamStore::set_inference_only after finalize");
+  inference_only_ = on;
 }
 
 void ParamStore::set_moment_shard(ParamKind k, int parts, int index) {
@@ -171,6 +178,7 @@ Param* ParamStore::find(const std::string& name) const {
 
 void ParamStore::zero_grad(Ctx& ctx) {
   SY_CHECK(finalized_, "zero_grad before finalize");
+  SY_CHECK(!inference_only_, "zero_grad: a model built for inference only has no gradients");
   arena(ParamKind::dense).grad.zero(ctx);
   for (auto& p : params_)
     if (p->expert()) p->grad_unwritten = true;

@@ -101,6 +101,12 @@ class ParamStore {
   // flat. Experts of different sizes.
   Param* add_packed_rows(const std::string& name, const std::vector<Shape>& rows, int64_t begin, int64_t end,
                          Rng& rng, float std, bool decay, ParamKind kind = ParamKind::expert);
+  // Keep no gradients and no AdamW moments (before finalize): a model that
+  // is only evaluated (sample, export_hf, route_report) holds 4 bytes a
+  // parameter where a trained one holds 16. Its Params' grad, m and v are
+  // undefined; zero_grad refuses.
+  void set_inference_only(bool on);
+  bool inference_only() const { return inference_only_; }
   // Keep bf16 shadows of the values (before finalize).
   void set_bf16_shadows(bool on);
   bool has_bf16_shadows() const { return bf16_shadows_; }
@@ -150,6 +156,7 @@ class ParamStore {
   int moment_parts_[2] = {1, 1}, moment_index_[2] = {0, 0};
   bool finalized_ = false;
   bool bf16_shadows_ = false;
+  bool inference_only_ = false;
 };
 
 }  // namespace sy

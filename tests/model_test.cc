@@ -40,6 +40,28 @@ Batch small_batch(int64_t B, int64_t T, uint64_t seed) {
   return b;
 }
 
+// A model built for inference only (the checkpoint tools') keeps its values
+// alone: the same weights and logits as a trained model's, no gradients or
+// moments, and backward refuses.
+TEST(Transformer, InferenceOnlyKeepsTheValuesAlone) {
+  Config cfg = small_config();
+  cfg.mutable_moe()->set_num_experts(4);
+  cfg.mutable_moe()->set_every_n_layers(2);
+  Transformer full(host_ctx(), cfg), lean(host_ctx(), cfg, nullptr, /*inference_only=*/true);
+  for (Transformer* m : {&full, &lean}) m->set_training(false);
+  const Batch batch = small_batch(2, 6, 3);
+  EXPECT_EQ(full.forward(batch), lean.forward(batch));
+  EXPECT_EQ(full.logits().to_vector<float>(), lean.logits().to_vector<float>());
+  for (ParamKind k : {ParamKind::dense, ParamKind::expert}) {
+    const ParamArena& a = lean.params().arena(k);
+    EXPECT_TRUE(a.value.defined() && !a.grad.defined() && !a.m.defined() && !a.v.defined());
+    EXPECT_EQ(a.numel(), full.params().arena(k).numel());
+  }
+  for (Param* p : lean.params().all()) EXPECT_FALSE(p->grad.defined() || p->m.defined() || p->v.defined()) << p->name;
+  EXPECT_THROW(lean.backward(), Error);
+  EXPECT_THROW(lean.params().zero_grad(host_ctx()), Error);
+}
+
 TEST(Transformer, WholeModelGradientCheck) {
   Config cfg = small_config();
   Transformer model(host_ctx(), cfg);
