@@ -1,7 +1,8 @@
 // import_hf: a Hugging Face Mixtral directory (config.json and
 // model.safetensors, or shards with model.safetensors.index.json; F32 or
-// BF16) to a Switchyard checkpoint at step 0, which `sample` reads and
-// `train_switch --init-from` fine-tunes (a new run from its weights).
+// BF16) to a Switchyard checkpoint of weights only at step 0, which `sample`
+// reads and `train_switch --init-from` fine-tunes (a new run from its
+// weights; --resume refuses it: it has no optimizer state).
 // runtime/hf_mixtral.h has the mapping (export_hf's, read backwards).
 //
 //   build/bin/import_hf --hf mixtral_hf --out imported [--config base.pbtxt] [--set model.seq_len=512]
@@ -73,7 +74,7 @@ int run(int argc, char** argv) {
   }
   sy::validate_config(cfg, fs::path(hf).append("config.json").string() + " (over the base config)");
   sy::check_mixtral_weights(hf, cfg);  // (the headers, before the model takes its memory)
-  sy::Transformer model(sy::host_ctx(), cfg);
+  sy::Transformer model(sy::host_ctx(), cfg, nullptr, /*inference_only=*/true);  // (a checkpoint of weights only)
   sy::load_mixtral_weights(hf, cfg, model);
   std::string dir;
   try {

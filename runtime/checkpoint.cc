@@ -239,6 +239,11 @@ std::map<std::string, Shape> model_tensors(Transformer& model, bool optimizer) {
 // Every tensor this model needs is listed, and the model files hold nothing
 // that is not part of this model.
 void check_tensor_set(Transformer& model, const CheckpointManifest& m, const std::string& dir, bool optimizer) {
+  const bool has_optim = std::any_of(m.files().begin(), m.files().end(),
+                                     [](const auto& f) { return f.name().rfind("optim-", 0) == 0; });
+  if (optimizer && !has_optim)
+    throw ConfigError(join_path(dir, kManifest) + ": a checkpoint of weights only (no optimizer state; import_hf "
+                                                  "writes such): start a new run from it with --init-from");
   const std::map<std::string, Shape> need = model_tensors(model, optimizer), weights = model_tensors(model, false);
   std::set<std::string> listed;
   for (const auto& f : m.files())
@@ -292,22 +297,26 @@ std::string save_checkpoint(const std::string& root, const Config& cfg, Transfor
   const std::map<std::string, std::string> optim_meta = {
       {"optimizer", "adamw"}, {"step", std::to_string(state.optimizer_step)}};
   // (The moments are made on every rank: where sharded, gathering them is
-  // collective. Each file's host copies are freed once it is written.)
+  // collective. Each file's host copies are freed once it is written.) A
+  // model built for inference only has none: a checkpoint of its weights.
+  const bool optimizer = !model.params().inference_only();
   if (rows > 0) {
-    const NamedTensors optim = expert_moments(model, par);
+    const NamedTensors optim = optimizer ? expert_moments(model, par) : NamedTensors{};
     if (rank < ep) {
       double* at = digests.data<double>() + rank * slots;
       put(at, write_safetensors(join_path(tmp, shard_file("model", rank, ep)), expert_tensors(model, false)));
-      put(at + 2 + rows, write_safetensors(join_path(tmp, shard_file("optim", rank, ep)), optim, optim_meta));
+      if (optimizer)
+        put(at + 2 + rows, write_safetensors(join_path(tmp, shard_file("optim", rank, ep)), optim, optim_meta));
     }
   }
   FileDigest dense_model, dense_optim, routing;
   const NamedTensors routing_state = routing_tensors(model);
   if (rank == 0) dense_model = write_safetensors(join_path(tmp, kDenseModel), dense_tensors(model, false));
-  dense_optim = [&] {
-    const NamedTensors optim = dense_moments(model, par);
-    return rank == 0 ? write_safetensors(join_path(tmp, kDenseOptim), optim, optim_meta) : FileDigest{};
-  }();
+  if (optimizer)
+    dense_optim = [&] {
+      const NamedTensors optim = dense_moments(model, par);
+      return rank == 0 ? write_safetensors(join_path(tmp, kDenseOptim), optim, optim_meta) : FileDigest{};
+    }();
   if (rank == 0) {
     if (!routing_state.empty()) routing = write_safetensors(join_path(tmp, kRouting), routing_state);
   }
@@ -329,7 +338,7 @@ std::string save_checkpoint(const std::string& root, const Config& cfg, Transfor
     m.set_world_size(world);
     m.set_expert_parallel(ep);
     add_file(m, tmp, kDenseModel, 0, dense_model);
-    add_file(m, tmp, kDenseOptim, 0, dense_optim);
+    if (optimizer) add_file(m, tmp, kDenseOptim, 0, dense_optim);
     if (rows > 0)
       for (int s = 0; s < ep; ++s) {
         const double* at = digests.data<double>() + s * slots;
@@ -339,7 +348,7 @@ std::string save_checkpoint(const std::string& root, const Config& cfg, Transfor
           return d;
         };
         add_file(m, tmp, shard_file("model", s, ep), s, digest(at, rows));
-        add_file(m, tmp, shard_file("optim", s, ep), s, digest(at + 2 + rows, 2 * rows));
+        if (optimizer) add_file(m, tmp, shard_file("optim", s, ep), s, digest(at + 2 + rows, 2 * rows));
       }
     if (!routing_state.empty()) add_file(m, tmp, kRouting, 0, routing);
     for (const CentroidSetRef& c : model.centroid_sets()) {

@@ -105,6 +105,11 @@ sys.exit(0 if load(sys.argv[1]) == load(sys.argv[2]) else 1)
 PY
 then echo "ok   bf16: imported and exported again, the same tensors"
 else echo "FAIL bf16 round trip"; cat imp16.log e16b.log; fail=1; fi
+# A checkpoint of weights only: no optimizer files, and --resume says to use --init-from.
+[ -z "$(ls imp_hf32/step_00000000 | grep optim)" ] || { echo "FAIL: optimizer files in the import: $(ls imp_hf32/step_00000000)"; fail=1; }
+"$BIN" --resume imp_hf32/step_00000000 --set train.checkpoint_dir=rs > rs.log 2>&1
+[ $? -eq 2 ] && grep -q "a checkpoint of weights only (no optimizer state; import_hf writes such): start a new run from it with --init-from" rs.log \
+  && echo "ok   weights only: no optimizer files, --resume refused naming --init-from" || { echo "FAIL --resume of the import:"; cat rs.log; fail=1; }
 # Fine-tuning from the import: a new run from its weights.
 "$BIN" --config "$SRC/configs/mixtral_tiny.pbtxt" "${common[@]}" --set model.n_kv_heads=2 --set model.tie_embeddings=false \
   --set train.checkpoint_dir=ft --init-from imp_hf32/step_00000000 > ft.log 2>&1 \
