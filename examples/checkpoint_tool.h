@@ -33,7 +33,8 @@ inline int parse_options(CLI::App& app, int argc, char** argv) {
 
 // A checkpoint's model on the host, in evaluation mode: its weights and
 // routing state (not the optimizer's), at expert_parallel 1 whatever size
-// wrote it, without gradients or moments (4 bytes a parameter). `edit` sees the checkpoint's config first (checks, overrides
+// wrote it, without gradients or moments (4 bytes a parameter; 6 with a
+// bf16 checkpoint's shadows). `edit` sees the checkpoint's config first (checks, overrides
 // that change no parameter).
 struct EvalModel {
   std::string dir;

@@ -8,11 +8,11 @@
 //   model-dense.safetensors    rank 0  every dense parameter under its name ("h0.attn.qkv.w")
 //   optim-dense.safetensors    rank 0  their AdamW moments, "<name>.exp_avg" and
 //                                      "<name>.exp_avg_sq"; metadata "step": updates applied
-//   model-experts-0000s-of-0000E.safetensors
+//   model-experts-<s>-of-<ep>.safetensors (5 digits each)
 //                              rank s  (s < ep) shard s's experts, each expert's row of each
 //                                      expert parameter under its GLOBAL index:
 //                                      "h1.moe.experts.w1.e5" is expert 5's w1, (C, H)
-//   optim-experts-0000s-of-0000E.safetensors
+//   optim-experts-<s>-of-<ep>.safetensors
 //                              rank s  those rows' moments ("h1.moe.experts.w1.e5.exp_avg")
 //   routing.safetensors        rank 0  routing state: centroid sets "<prefix>.mu", ".sum",
 //                                      ".count"; balancing biases "h1.moe.router.balance_bias"
@@ -20,6 +20,11 @@
 //                                      seen, data position, seed, bad steps, centroid flags, and
 //                                      every file with its size, CRC-32 and tensors (name, dtype,
 //                                      shape, byte range, CRC-32)
+//
+// The moments are whole in the files where the run shards them
+// (parallel.shard_optimizer: gathered to the writing ranks first). A model
+// built for inference only (import_hf's) writes no optim files: a checkpoint
+// of weights only, which --init-from and the tools read and --resume refuses.
 //
 // Tensor names do not depend on the expert-parallel size; only how they are
 // split into files does, and the manifest indexes that. So a checkpoint loads

@@ -356,14 +356,14 @@ StepResult Trainer::step(int64_t step) {
       // (runtime/optimizer_shard.h).
       std::deque<Tensor> views;
       ops::adamw_update(ctx_, owned_update(params, views), adam, ++optimizer_step_);
-      // Timed by the groups' own clocks (NCCL's events, settled: the
-      // step's earlier collectives on them are done by now).
+      // Timed by the groups' own clocks where their collectives return done
+      // (MPI). NCCL's are queued with the step: timing them here would make
+      // the host wait for the update, so they go untimed.
       comm::Communicator *w = opts_.par->world.get(), *rp = opts_.par->replicas.get();
-      w->settle_comm_seconds(), rp->settle_comm_seconds();
+      const bool timed = !w->stream_ordered() && !rp->stream_ordered();
       const double before = w->comm_seconds() + rp->comm_seconds();
       share_values(ctx_, params, *opts_.par);
-      w->settle_comm_seconds(), rp->settle_comm_seconds();
-      r.share_values_s = w->comm_seconds() + rp->comm_seconds() - before;
+      if (timed) r.share_values_s = w->comm_seconds() + rp->comm_seconds() - before;
     } else {
       std::vector<ops::AdamWParam> update;
       for (Param* p : params.all())
