@@ -312,11 +312,10 @@ std::string save_checkpoint(const std::string& root, const Config& cfg, Transfor
   FileDigest dense_model, dense_optim, routing;
   const NamedTensors routing_state = routing_tensors(model);
   if (rank == 0) dense_model = write_safetensors(join_path(tmp, kDenseModel), dense_tensors(model, false));
-  if (optimizer)
-    dense_optim = [&] {
-      const NamedTensors optim = dense_moments(model, par);
-      return rank == 0 ? write_safetensors(join_path(tmp, kDenseOptim), optim, optim_meta) : FileDigest{};
-    }();
+  if (optimizer) {
+    const NamedTensors optim = dense_moments(model, par);
+    if (rank == 0) dense_optim = write_safetensors(join_path(tmp, kDenseOptim), optim, optim_meta);
+  }
   if (rank == 0) {
     if (!routing_state.empty()) routing = write_safetensors(join_path(tmp, kRouting), routing_state);
   }

@@ -37,9 +37,9 @@ void shard_moments(ParamStore& params, const ParallelContext& par);
 // The group a kind's moments are sharded over.
 comm::Communicator& moment_group(ParallelContext& par, ParamKind k);
 
-// AdamW's parameters for the elements whose moments this rank keeps: each
-// Param's part of moment_range, as views kept in `views` (which must outlive
-// the update).
+// AdamW's parameters for the elements whose moments this rank keeps (every
+// element where they are not sharded): each Param's part of moment_range, as
+// views of the arenas kept in `views` (which must outlive the list).
 std::vector<ops::AdamWParam> owned_update(ParamStore& params, std::deque<Tensor>& views);
 
 // After owned_update's step: each rank's values to the rest of its group,

@@ -81,13 +81,17 @@ Tensor head(const Tensor& t, int64_t h, int64_t b, int64_t T) {
 }
 }  // namespace
 
+std::pair<size_t, size_t> SparseSelfAttention::decode_state_sizes(int64_t rows) const {
+  if (kv_width() == 0) return {0, 0};
+  if (routed()) return {static_cast<size_t>(R_ * (rows + 2 * K_)), 0};
+  return {0, static_cast<size_t>(G_ * ((rows + cfg_.block_size() - 1) / cfg_.block_size()) * D_)};
+}
+
 DecodeState SparseSelfAttention::decode_state(int64_t rows) const {
+  const auto [counts, values] = decode_state_sizes(rows);
   DecodeState s;
-  if (kv_width() == 0) return s;
-  if (routed())
-    s.counts.assign(R_ * (rows + 2 * K_), 0);
-  else  // (G, blocks, D): a key head's block means
-    s.values.assign(G_ * ((rows + cfg_.block_size() - 1) / cfg_.block_size()) * D_, 0.f);
+  s.counts.assign(counts, 0);
+  s.values.assign(values, 0.f);
   return s;
 }
 
@@ -95,8 +99,7 @@ Tensor SparseSelfAttention::decode(const Tensor& x, int64_t pos, int64_t row, Te
                                    DecodeState& state) {
   if (kv_width() == 0) return SelfAttention::decode(x, pos, row, k, v, state);  // (refuses)
   const int64_t W = kv_width(), T = k.dim(0), rep = H_ / G_;
-  const size_t counts = routed() ? R_ * (T + 2 * K_) : 0,
-               values = routed() ? 0 : G_ * ((T + cfg_.block_size() - 1) / cfg_.block_size()) * D_;  // (decode_state's)
+  const auto [counts, values] = decode_state_sizes(T);
   SY_CHECK(v.dim(0) == T && state.counts.size() == counts && state.values.size() == values,
            "decode: a cache of " << shape_str(k.shape()) << " with " << state.counts.size() << " counts and "
                                  << state.values.size() << " values of state");

@@ -35,6 +35,7 @@
 // join (through the next layer, with shared centroids).
 #pragma once
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "ops/routed_attention.h"
@@ -112,6 +113,10 @@ class SparseSelfAttention : public SelfAttention {
     return !routed() || cfg_.assignment() == switchyard::AttentionConfig::CAUSAL ? G_ * D_ : 0;
   }
   DecodeState decode_state(int64_t rows) const override;
+  // decode_state's sizes: (counts, values). Per routing head the cluster of
+  // each cached key, then the query and key counts per cluster; per key
+  // head of block top-k the means of its blocks.
+  std::pair<size_t, size_t> decode_state_sizes(int64_t rows) const;
   double aux_loss() const override { return stats_.commitment_loss; }
   const SparseAttentionStats& stats() const { return stats_; }
   // Sums per-cluster statistics over data-parallel ranks before the EMA update.

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <deque>
 #include <cmath>
 #include <cstdio>
 #include <ostream>
@@ -351,11 +350,12 @@ StepResult Trainer::step(int64_t step) {
     // bits of scaling them first, without a pass over them.
     ops::AdamWConfig adam{r.lr, t.beta1(), t.beta2(), t.eps(), t.weight_decay(),
                           ops::clip_scale(r.grad_norm, t.grad_clip()) * mean_of_sum};
+    // This rank's elements (all of them unless the moments are sharded),
+    // their views made once: the arenas never move.
+    if (update_.empty()) update_ = owned_update(params, update_views_);
+    ops::adamw_update(ctx_, update_, adam, ++optimizer_step_);
     if (params.moments_sharded()) {
-      // ZeRO-1: this rank's elements, then every rank's to the others
-      // (runtime/optimizer_shard.h).
-      std::deque<Tensor> views;
-      ops::adamw_update(ctx_, owned_update(params, views), adam, ++optimizer_step_);
+      // ZeRO-1: then every rank's values to the others (runtime/optimizer_shard.h).
       // Timed by the groups' own clocks where their collectives return done
       // (MPI). NCCL's are queued with the step: timing them here would make
       // the host wait for the update, so they go untimed.
@@ -364,11 +364,6 @@ StepResult Trainer::step(int64_t step) {
       const double before = w->comm_seconds() + rp->comm_seconds();
       share_values(ctx_, params, *opts_.par);
       if (timed) r.share_values_s = w->comm_seconds() + rp->comm_seconds() - before;
-    } else {
-      std::vector<ops::AdamWParam> update;
-      for (Param* p : params.all())
-        update.push_back({&p->value, &p->grad, &p->m, &p->v, p->decay, p->value_bf16.defined() ? &p->value_bf16 : nullptr});
-      ops::adamw_update(ctx_, update, adam, ++optimizer_step_);
     }
   }
   r.seconds = now_s() - start;

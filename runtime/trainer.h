@@ -14,6 +14,7 @@
 // train.max_bad_steps in a row run() stops and names the step and the first
 // part of the model whose output was non-finite.
 #pragma once
+#include <deque>
 #include <functional>
 #include <iosfwd>
 #include <memory>
@@ -22,6 +23,7 @@
 
 #include "core/device_runtime.h"
 #include "core/op_profile.h"
+#include "ops/adamw.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/grad_reducer.h"
@@ -151,6 +153,10 @@ class Trainer {
   std::string diagnose_nonfinite(int64_t step, const StepResult& r);
   bool stop_agreed();
   std::unique_ptr<OpProfiler> profiler_;  // opts_.op_profile_path set; ctx_.profiler points at it
+  // AdamW's tensors: views of the arenas over this rank's elements
+  // (runtime/optimizer_shard.h owned_update), made at the first update.
+  std::deque<Tensor> update_views_;
+  std::vector<ops::AdamWParam> update_;
   void report_op_profile();
 };
 

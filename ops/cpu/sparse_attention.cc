@@ -172,8 +172,7 @@ void block_topk_query_keys(std::vector<int32_t>& keys, const float* q, const flo
   // and keep blocks whatever the values (the CUDA rows' rule too).
   score.resize(own);
   for (int64_t b = 0; b < own; ++b) {
-    float s = 0;
-    for (int64_t d = 0; d < D; ++d) s += q[d] * means[b * D + d];
+    const float s = cpu::dot(q, means + b * D, D);
     score[b] = std::isnan(s) ? -std::numeric_limits<float>::infinity() : s;
   }
   order.resize(own);
