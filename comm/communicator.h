@@ -43,6 +43,14 @@ class Communicator {
   // In place: every element summed over the group.
   virtual void all_reduce_sum(Tensor& t, Stream stream, const char* context) = 0;
   virtual void broadcast(Tensor& t, int root, Stream stream, const char* context) = 0;
+  // In place over dim 0, uneven parts (an all-gather-v): t holds sum(rows)
+  // rows, rank r's part the rows[r] rows after those of ranks below it; each
+  // rank's part, as it holds it, reaches every rank's same rows. Here (the
+  // fallback): each part broadcast from its rank in turn, in pieces of at
+  // most 2^26 elements; the backends override it with one collective
+  // (MPI_Allgatherv; NCCL's all-gather for equal parts, else one group of
+  // broadcasts) where they can.
+  virtual void all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context);
   virtual void barrier(const char* context) = 0;
 
   // One host value summed over the group.
@@ -84,6 +92,10 @@ std::string ranks_str(const std::vector<int>& ranks);
 // all_to_all_v's send and recv share no byte (empty tensors never overlap);
 // else one line naming the caller's context.
 void check_disjoint(const Tensor& send, const Tensor& recv, const char* context);
+// all_gather_v's parts against t (one per rank, none negative, together
+// its dim 0), else one line naming the caller's context; each part's first
+// row, and their total last (size + 1 values).
+std::vector<int64_t> check_parts(const Tensor& t, const std::vector<int64_t>& rows, int size, const char* context);
 }  // namespace detail
 
 }  // namespace sy::comm

@@ -27,7 +27,7 @@ void to_mpi(const std::vector<int64_t>& counts, std::vector<int>& c, std::vector
   int64_t acc = 0;
   for (size_t i = 0; i < counts.size(); ++i) {
     SY_CHECK(counts[i] >= 0 && counts[i] <= INT32_MAX && acc <= INT32_MAX,
-             "all_to_all_v count " << counts[i] << " at displacement " << acc << " outside MPI's int range");
+             "count " << counts[i] << " at displacement " << acc << " outside MPI's int range");
     c[i] = static_cast<int>(counts[i]);
     d[i] = static_cast<int>(acc);
     acc += counts[i];
@@ -253,6 +253,24 @@ void MpiCommunicator::broadcast(Tensor& t, int root, Stream stream, const char* 
   Tensor h = on_host(t, stage);
   guarded("broadcast", context,
           [&] { return MPI_Bcast(h.raw(), static_cast<int>(t.nbytes()), MPI_BYTE, root, comm_); });
+  from_host(t, h, stage);
+}
+
+void MpiCommunicator::all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) {
+  detail::check_parts(t, rows, size_, context);
+  if (size_ == 1) return;
+  if (t.numel() > INT32_MAX) return Communicator::all_gather_v(t, rows, stream, context);
+  const int64_t w = row_elems(t);
+  std::vector<int64_t> counts(size_);
+  for (int r = 0; r < size_; ++r) counts[r] = rows[r] * w;
+  to_mpi(counts, scratch_[0], scratch_[1]);
+  const MPI_Datatype type = mpi_type(t.dtype(), false, context);
+  const Ctx stage = staging(*pinned_, stream);
+  Tensor h = on_host(t, stage);
+  guarded("all_gather_v", context, [&] {
+    return MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, h.raw(), scratch_[0].data(), scratch_[1].data(), type,
+                          comm_);
+  });
   from_host(t, h, stage);
 }
 

@@ -45,6 +45,10 @@ class MpiCommunicator : public Communicator {
                     const std::vector<int64_t>& recv_rows, Stream stream, const char* context) override;
   void all_reduce_sum(Tensor& t, Stream stream, const char* context) override;
   void broadcast(Tensor& t, int root, Stream stream, const char* context) override;
+  // MPI_Allgatherv in place (each part counted in elements: MPI's int
+  // counts and displacements; a tensor of more than 2^31 - 1 elements takes
+  // the base class's broadcasts in pieces).
+  void all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) override;
   void barrier(const char* context) override;
   using Communicator::all_reduce_sum;
   MPI_Comm handle() const { return comm_; }

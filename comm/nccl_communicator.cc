@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -491,6 +492,32 @@ class NcclCommunicator final : public Communicator {
     Staged s(*this, t, true);
     run("broadcast", context, stream, s.staged(), [&](cudaStream_t st) {
       return ncclBroadcast(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), root, comm_, st);
+    });
+  }
+
+  // Equal parts: ncclAllGather in place (rank r's part at r x count, as
+  // NCCL's in-place form wants it); uneven: one group of in-place
+  // broadcasts, a part each from its rank (NCCL has no all-gather-v).
+  void all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) override {
+    const std::vector<int64_t> first = detail::check_parts(t, rows, size_, context);
+    check_stream(t, stream, "all_gather_v", context);
+    if (size_ == 1) return;
+    const int64_t w = row_elems(t);
+    const bool equal = std::all_of(rows.begin(), rows.end(), [&](int64_t r) { return r == rows[0]; });
+    Staged s(*this, t, true);
+    char* base = static_cast<char*>(s.ptr());
+    const size_t row_bytes = w * dtype_size(t.dtype());
+    const ncclDataType_t type = nccl_type(t.dtype());
+    run("all_gather_v", context, stream, s.staged(), [&](cudaStream_t st) {
+      if (equal)
+        return ncclAllGather(base + first[rank_] * row_bytes, base, rows[0] * w, type, comm_, st);
+      NcclGroup group;
+      for (int r = 0; r < size_; ++r)
+        if (rows[r] > 0) {
+          char* part = base + first[r] * row_bytes;
+          NCCL_CHECK(ncclBroadcast(part, part, rows[r] * w, type, r, comm_, st));
+        }
+      return group.end();
     });
   }
 

@@ -7,6 +7,7 @@
 //
 //   mpirun -np 4 build/bin/bench_comm [--json docs/bench_comm_np4.json] [--iters 50]
 //   mpirun -np 1 build/bin/bench_comm --nccl [--max-mib 256] [--json out.json]
+//   mpirun -np 4 build/bin/bench_comm --all-gather [--json out.json]   (see bench_all_gather)
 // With --device, ours moves device tensors through MpiCommunicator (staged
 // through host memory: the path of several ranks sharing a GPU); the MPI
 // column stays host buffers, so ours/mpi is what the staging costs (at two
@@ -34,6 +35,66 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// --all-gather: an in-place all-gather of equal parts (a sharded update's
+// values, parallel.shard_optimizer) three ways, 1 KiB to 64 MiB in all:
+// MPI_Allgatherv on a plain buffer, our all_gather_v (the same call behind
+// the Communicator), and the base class's one broadcast a part (what the
+// sharded update ran before). busbw = total bytes / time x (n-1)/n
+// (nccl-tests' all-gather); #wrong counts the elements off their rank's
+// tag, over all three ways (any: an error after the row, exit status 1).
+nlohmann::json bench_all_gather(sy::comm::MpiCommunicator& comm, int iters) {
+  const int W = comm.size(), R = comm.rank();
+  nlohmann::json out = nlohmann::json::array();
+  if (R == 0)
+    std::printf("%12s %12s %12s %12s %12s %10s %7s\n", "bytes", "mpi_us", "ours_us", "bcasts_us", "ours_busbw",
+                "ours/mpi", "#wrong");
+  for (int64_t bytes = 1 << 10; bytes <= (int64_t{1} << 26); bytes <<= 2) {
+    const int64_t part = std::max<int64_t>(1, bytes / 4 / W);
+    std::vector<float> plain(part * W);
+    std::vector<int> c(W, static_cast<int>(part)), d(W);
+    for (int i = 0; i < W; ++i) d[i] = static_cast<int>(i * part);
+    sy::Tensor t = sy::Tensor::empty({part * W}, sy::DType::f32, sy::host_ctx());
+    const std::vector<int64_t> rows(W, part);
+    int64_t wrong = 0;
+    std::vector<double> times[3];
+    for (int it = 0; it < iters + 5; ++it) {  // 5 warm-up rounds
+      for (int way = 0; way < 3; ++way) {
+        float* v = way == 0 ? plain.data() : t.data<float>();  // (each way's buffer reset alike)
+        for (int64_t i = 0; i < part * W; ++i) v[i] = i / part == R ? static_cast<float>(R + 1) : -1.0f;
+        MPI_Barrier(MPI_COMM_WORLD);
+        const double t0 = MPI_Wtime();
+        if (way == 0)
+          MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, plain.data(), c.data(), d.data(), MPI_FLOAT,
+                         MPI_COMM_WORLD);
+        else if (way == 1)
+          comm.all_gather_v(t, rows, sy::Stream{}, "bench");
+        else
+          comm.Communicator::all_gather_v(t, rows, sy::Stream{}, "bench");
+        const double t1 = MPI_Wtime();
+        if (it >= 5) times[way].push_back(t1 - t0);
+        for (int64_t i = 0; i < part * W; ++i) wrong += v[i] != static_cast<float>(i / part + 1);
+      }
+    }
+    double m[3] = {median(times[0]), median(times[1]), median(times[2])}, mx[3];
+    MPI_Allreduce(m, mx, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    int64_t wrong_all = 0;
+    MPI_Allreduce(&wrong, &wrong_all, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    const double total = static_cast<double>(part) * 4 * W, factor = W > 1 ? double(W - 1) / W : 1.0;
+    const double bw = total / mx[1] / 1e9 * factor;
+    if (R == 0) {
+      std::printf("%12.0f %12.1f %12.1f %12.1f %7.2f GB/s %10.2f %7lld\n", total, mx[0] * 1e6, mx[1] * 1e6,
+                  mx[2] * 1e6, bw, mx[0] / mx[1], static_cast<long long>(wrong_all));
+      out.push_back({{"op", "all_gather"}, {"ranks", W}, {"bytes", total}, {"mpi_s", mx[0]}, {"ours_s", mx[1]},
+                     {"broadcasts_s", mx[2]}, {"ours_busbw_gbs", bw}, {"ratio", mx[0] / mx[1]},
+                     {"wrong", wrong_all}});
+    }
+    if (wrong_all > 0)
+      throw sy::Error("bench_comm --all-gather: " + std::to_string(wrong_all) + " elements wrong at " +
+                      std::to_string(static_cast<int64_t>(total)) + " bytes");
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -45,7 +106,9 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "write results here (rank 0)");
   app.add_flag("--overwrite", overwrite, "replace an existing --json file");
   app.add_option("--iters", iters, "timed iterations per size")->check(CLI::Range(3, 100000));
-  bool nccl = false, device = false;
+  bool nccl = false, device = false, all_gather = false;
+  app.add_flag("--all-gather", all_gather,
+               "an in-place all-gather instead: MPI_Allgatherv, ours, and one broadcast a part (host buffers)");
   app.add_flag("--device", device, "ours on device tensors (the node-local GPU), staged through the host by MPI");
   int64_t max_mib = 256;
   app.add_flag("--nccl", nccl, "on GPUs: our NCCL all_to_all_v beside ncclAlltoAll (device buffers)");
@@ -63,6 +126,11 @@ int main(int argc, char** argv) {
         });
         if (nccl) {
           const nlohmann::json rows = sy::bench::bench_nccl_all_to_all(comm, {iters, max_mib << 20});
+          if (R == 0 && !json_path.empty()) std::ofstream(json_path) << rows.dump(1) << "\n";
+          return 0;
+        }
+        if (all_gather) {
+          const nlohmann::json rows = bench_all_gather(comm, iters);
           if (R == 0 && !json_path.empty()) std::ofstream(json_path) << rows.dump(1) << "\n";
           return 0;
         }

@@ -15,14 +15,13 @@ ElementRange intersect(ElementRange a, ElementRange b) {
   return end > begin ? ElementRange{begin, end} : ElementRange{begin, begin};
 }
 
-// A broadcast of arena elements in parts of at most 64 Mi values (MPI's
-// counts are int, in bytes).
-void broadcast_range(comm::Communicator& group, Tensor t, int root, Stream stream, const char* context) {
-  constexpr int64_t kChunk = int64_t{1} << 26;
-  for (int64_t b = 0; b < t.numel(); b += kChunk) {
-    Tensor part = t.rows(b, std::min(t.numel(), b + kChunk));
-    group.broadcast(part, root, stream, context);
-  }
+// Each part's elements of arena range r (the parts are contiguous and in
+// rank order, so these are r's consecutive pieces, together all of it).
+std::vector<int64_t> pieces(const ParamStore& params, ParamKind k, ElementRange r) {
+  const int parts = params.moment_parts(k);
+  std::vector<int64_t> n(parts);
+  for (int i = 0; i < parts; ++i) n[i] = intersect(r, params.moment_part(k, parts, i)).size();
+  return n;
 }
 }  // namespace
 
@@ -65,32 +64,31 @@ void share_values(Ctx& ctx, ParamStore& params, ParallelContext& par) {
     comm::Communicator& group = moment_group(par, k);
     SY_CHECK(group.size() == parts, "moments sharded in " << parts << " parts over a group of " << group.size());
     ParamArena& a = params.arena(k);
-    for (int r = 0; r < parts; ++r) {
-      const ElementRange part = params.moment_part(k, parts, r);
-      if (part.size() == 0) continue;
-      broadcast_range(group, a.value.rows(part.begin, part.end), r, ctx.stream, "optimizer shard values");
-      if (r == params.moment_index(k) || !a.value_bf16.defined()) continue;
-      Tensor shadow = a.value_bf16.rows(part.begin, part.end);  // (our own part: AdamW wrote it)
-      ops::to_bf16(ctx, shadow, a.value.rows(part.begin, part.end));
+    const ElementRange all{0, a.value.numel()}, own = params.moment_range(k);
+    group.all_gather_v(a.value, pieces(params, k, all), ctx.stream, "optimizer shard values");
+    if (!a.value_bf16.defined()) continue;
+    // The shadows of what arrived: every element but our own part (AdamW wrote its shadows).
+    for (const ElementRange r : {ElementRange{0, own.begin}, ElementRange{own.end, all.end}}) {
+      if (r.size() == 0) continue;
+      Tensor shadow = a.value_bf16.rows(r.begin, r.end);
+      ops::to_bf16(ctx, shadow, a.value.rows(r.begin, r.end));
     }
   }
 }
 
 Tensor gather_moments(Ctx& ctx, const ParamStore& params, ParallelContext& par, ParamKind k, ElementRange r,
                       bool second) {
-  const int parts = params.moment_parts(k);
   comm::Communicator& group = moment_group(par, k);
   const ParamArena& a = params.arena(k);
   const Tensor& mine = second ? a.v : a.m;
-  const ElementRange own = params.moment_range(k);
+  const ElementRange own = params.moment_range(k), piece = intersect(r, own);
+  // (every rank holds the whole range for the all-gather; rank 0 writes it)
   Tensor whole = Tensor::empty({r.size()}, DType::f32, ctx);
-  for (int i = 0; i < parts; ++i) {
-    const ElementRange piece = intersect(r, params.moment_part(k, parts, i));
-    if (piece.size() == 0) continue;
-    Tensor dst = whole.rows(piece.begin - r.begin, piece.end - r.begin);
-    if (i == params.moment_index(k)) dst.copy_from(mine.rows(piece.begin - own.begin, piece.end - own.begin), ctx);
-    broadcast_range(group, dst, i, ctx.stream, "optimizer shard moments (checkpoint)");
-  }
+  if (piece.size() > 0)
+    whole.rows(piece.begin - r.begin, piece.end - r.begin)
+        .copy_from(mine.rows(piece.begin - own.begin, piece.end - own.begin), ctx);
+  if (params.moment_parts(k) > 1)
+    group.all_gather_v(whole, pieces(params, k, r), ctx.stream, "optimizer shard moments (checkpoint)");
   if (group.rank() != 0) return Tensor();
   return whole.device().is_cpu() ? whole : whole.to(host_ctx());
 }

@@ -14,11 +14,13 @@
 // without; each rank runs AdamW over its own elements (owned_update), each
 // element with the arithmetic of the whole update (ops/adamw.h is
 // elementwise), so the same bits; then every rank's updated values reach
-// the rest of its group (share_values: a broadcast of each rank's part,
-// together an all-gather). Checkpoints hold whole moments: gather_moments
-// brings a tensor's to its group's rank 0, the rank that writes it
-// (runtime/checkpoint.h), and moment_piece says which part of a loaded
-// tensor this rank keeps.
+// the rest of its group (share_values: one all-gather of the parts over the
+// arena, Communicator::all_gather_v; until 2026-12-06 a broadcast a part,
+// one after the other, 1.6-1.9x its time at 4-64 MiB on 2 CPU ranks,
+// docs/PERF.md). Checkpoints hold whole moments: gather_moments brings a
+// tensor's to its group's rank 0, the rank that writes it
+// (runtime/checkpoint.h), through the same all-gather, and moment_piece
+// says which part of a loaded tensor this rank keeps.
 #pragma once
 #include <deque>
 #include <vector>
@@ -42,8 +44,8 @@ comm::Communicator& moment_group(ParallelContext& par, ParamKind k);
 // views of the arenas kept in `views` (which must outlive the list).
 std::vector<ops::AdamWParam> owned_update(ParamStore& params, std::deque<Tensor>& views);
 
-// After owned_update's step: each rank's values to the rest of its group,
-// and the bf16 shadows of the values that arrived. Collective over both
+// After owned_update's step: each rank's values to the rest of its group
+// (one all-gather a group), and the bf16 shadows of the values that arrived. Collective over both
 // groups (every rank calls it).
 void share_values(Ctx& ctx, ParamStore& params, ParallelContext& par);
 

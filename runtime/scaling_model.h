@@ -6,10 +6,9 @@
 //   t = t_compute + t_imb + t_a2a + t_ar
 //   t_a2a = sum over exchanges of [alpha + S (N-1)/N / busbw]      (S = bytes a rank sends)
 //   t_ar  = 2 (N-1) alpha + 2 (N-1)/N P / busbw                   (ring all-reduce of P bytes)
-//   t_ag  = N ceil(log2 N) alpha + Q / busbw                       (the values of a sharded update,
-//                                                                   Q bytes, parallel.shard_optimizer:
-//                                                                   N broadcasts of Q/N one after the
-//                                                                   other, each a tree of log2 N steps)
+//   t_ag  = (N-1) alpha + (N-1)/N Q / busbw                        (ring all-gather of the values of a
+//                                                                   sharded update, Q bytes in all:
+//                                                                   parallel.shard_optimizer)
 // with busbw the bus bandwidth as nccl-tests defines it (algbw * (n-1)/n);
 // beyond per_node ranks the inter-node share of the all-to-all traffic,
 // (N - per_node)/N of it, crosses a node's link (node_gbs per node), and the

@@ -53,7 +53,7 @@ struct StepLog {
   double all_to_all_bytes = 0;  // last step: bytes rank 0 sent in its MoE exchanges (its rows to itself too)
   double all_reduce_s = 0;   // since the last log line (NCCL stream mode: dense part one step late)
   double all_reduce_exposed_s = 0;  // the part of it backward did not hide
-  double share_values_s = 0;  // since the last log line: a sharded update's value broadcasts (parallel.shard_optimizer; MPI only)
+  double share_values_s = 0;  // since the last log line: the sharded update's all-gathers (parallel.shard_optimizer; MPI)
   bool sharded = false;       // the moments are sharded: share_values_s is written
 };
 

@@ -64,7 +64,7 @@ struct StepResult {
   float lr = 0;
   double seconds = 0, all_reduce_s = 0, all_to_all_s = 0, all_to_all_bytes = 0;
   double all_reduce_exposed_s = 0;  // the part of all_reduce_s backward did not hide
-  double share_values_s = 0;  // parallel.shard_optimizer: the broadcasts of the updated values
+  double share_values_s = 0;  // parallel.shard_optimizer: the all-gathers of the updated values
   double flops = 0;  // this rank's forward + backward FLOPs, every micro-batch's
   bool skipped = false;  // non-finite loss or gradient norm: no update
 };

@@ -16,6 +16,7 @@
 // stream's work), with 2 ranks or more.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -189,6 +190,44 @@ TEST_P(Conformance, BroadcastFromTheLastRankEveryDtype) {
     const Tensor got = t.to(host_ctx());
     for (int64_t i = 0; i < 7; ++i) EXPECT_EQ(get(got, i), 10 + i);
   }
+}
+
+// all_gather_v in place: each rank's part tagged with its rank, row and
+// element, every other row poisoned (-1, no tag's value); uneven parts with
+// an empty one (rank 1's), then equal parts (NCCL's in-place all-gather),
+// through the backend's collective and through the base class's broadcasts.
+TEST_P(Conformance, AllGatherVUnevenEqualAndEmptyEveryDtype) {
+  const int R = comm().rank(), W = comm().size();
+  const int64_t w = 3;
+  for (const bool equal : {false, true})
+    for (const bool fallback : {false, true})
+      for (DType dt : kAll) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + (equal ? " equal" : " uneven") + (fallback ? " fallback" : ""));
+        std::vector<int64_t> rows(W), first(W + 1, 0);
+        for (int r = 0; r < W; ++r) rows[r] = equal ? 4 : (r == 1 ? 0 : r + 2), first[r + 1] = first[r] + rows[r];
+        auto owner = [&](int64_t row) {  // the rank whose part holds the row
+          return static_cast<int>(std::upper_bound(first.begin(), first.end(), row) - first.begin()) - 1;
+        };
+        Tensor t = make({first[W], w}, dt, [&](int64_t i) {
+          const int64_t row = i / w;
+          const int src = owner(row);
+          return src == R ? tag(src, 0, row - first[src], i % w, dt) : -1;
+        });
+        if (fallback) comm().Communicator::all_gather_v(t, rows, ctx().stream, "conformance");
+        else comm().all_gather_v(t, rows, ctx().stream, "conformance");
+        const Tensor got = t.to(host_ctx());
+        for (int64_t i = 0; i < got.numel(); ++i) {
+          const int64_t row = i / w;
+          const int src = owner(row);
+          ASSERT_EQ(get(got, i), tag(src, 0, row - first[src], i % w, dt)) << "row " << row << " of rank " << src;
+        }
+      }
+  // A part count that is not the group's, or parts that are not the tensor's rows: one line, nothing moved.
+  Tensor t = make({2, 1}, DType::f32, [](int64_t) { return 0; });
+  EXPECT_THROW(comm().all_gather_v(t, std::vector<int64_t>(W + 1, 0), ctx().stream, "conformance"), Error);
+  std::vector<int64_t> rows(W, 0);
+  rows[0] = 3;
+  EXPECT_THROW(comm().all_gather_v(t, rows, ctx().stream, "conformance"), Error);
 }
 
 // MPI stages device tensors through page-locked host blocks pinned once:

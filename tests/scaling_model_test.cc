@@ -17,15 +17,15 @@ TEST(LinkSeconds, InsideANodeByHand) {
 }
 
 TEST(LinkSeconds, ShardedValuesAddAnAllGather) {
-  // As InsideANodeByHand, with 4 MB of values broadcast after a sharded
-  // update, 2 MB from each rank: 2 broadcasts of 1 step (2 x 1 us) + 4 MB /
-  // 10 GB/s = 402 us more; across nodes at the node's link shared by its
-  // ranks (16 ranks, 8 a node, alpha 1 us: 16 x 4 x 1 us + 4 MB / 0.125 GB/s
-  // = 32.064 ms).
-  EXPECT_NEAR(link_seconds({2, 1e6, 4e6, 4e6}, 2, {1e-6, 10, 1, 8}), 2 * 51e-6 + 402e-6 + 402e-6, 1e-12);
+  // As InsideANodeByHand, with 4 MB of values all-gathered after a sharded
+  // update, 2 MB from each rank, a ring: 1 step of 1 us + 1/2 x 4 MB / 10
+  // GB/s = 201 us more; across nodes at the node's link shared by its ranks
+  // (16 ranks, 8 a node, alpha 1 us: 15 x 1 us + 15/16 x 4 MB / 0.125 GB/s
+  // = 30.015 ms).
+  EXPECT_NEAR(link_seconds({2, 1e6, 4e6, 4e6}, 2, {1e-6, 10, 1, 8}), 2 * 51e-6 + 402e-6 + 201e-6, 1e-12);
   EXPECT_NEAR(link_seconds({1, 1e6, 4e6, 4e6}, 16, {1e-6, 100, 1, 8}) -
                   link_seconds({1, 1e6, 4e6, 0}, 16, {1e-6, 100, 1, 8}),
-              64e-6 + 32e-3, 1e-12);
+              15e-6 + 30e-3, 1e-12);
 }
 
 TEST(LinkSeconds, AcrossNodesTheNodeLinkBounds) {
