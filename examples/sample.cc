@@ -15,7 +15,8 @@
 // A model trained on token shards encodes the prompt and decodes its output
 // through the SentencePiece model its config names (data.tokenizer, relative
 // to the working directory) or --tokenizer, read by runtime/piece_codec.h;
-// byte-level models need none.
+// byte-level models need none. Where the config names a data.bos_id (an
+// imported Mixtral's <s>) or --bos says, that token comes before the prompt.
 // runtime/generate.h describes the generation. Exit codes: 0 done, 2 bad input
 // (a checkpoint that is missing, corrupt or partial: one line naming the file
 // and the tensor), 1 any other error.
@@ -51,6 +52,9 @@ int run(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer, "the SentencePiece .model to decode with (default: the config's data.tokenizer)");
   app.add_option("--seed", seed, "seed of the draws");
   app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
+  int bos = -2;  // (the config's data.bos_id)
+  app.add_option("--bos", bos, "a token id to put before the prompt (default: the config's data.bos_id; -1: none)")
+      ->check(CLI::Range(-1, 1 << 30));
   app.add_flag("--no-kv-cache", no_kv_cache, "run the model on the whole window for every token (no key/value cache)");
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(threads);
@@ -69,6 +73,9 @@ int run(int argc, char** argv) {
   if (tokenizer.empty() && V != 256)
     throw sy::ConfigError(dir + ": model.vocab_size = " + std::to_string(V) +
                           " (token ids, not bytes) and the config names no data.tokenizer; pass --tokenizer FILE.model");
+  if (bos == -2) bos = cfg.data().bos_id();
+  if (tokenizer.empty() && bos >= 0)
+    throw sy::ConfigError("--bos " + std::to_string(bos) + ": " + dir + " is a byte-level model (no bos token)");
   sy::GenerationRouting routing;
   std::string text;
   if (tokenizer.empty()) {
@@ -88,9 +95,11 @@ int run(int argc, char** argv) {
       std::cerr << "note: model.vocab_size = " << V << ", the tokenizer has " << tok.vocab_size()
                 << " pieces: ids " << tok.vocab_size() << " and up are never drawn\n";
     }
+    if (bos >= tok.vocab_size())
+      throw sy::ConfigError("--bos " + std::to_string(bos) + ": tokenizer " + tokenizer + " has " +
+                            std::to_string(tok.vocab_size()) + " pieces");
     const std::vector<int32_t> ids =
-        sy::generate_ids(model, cfg, tok.encode(prompt.empty() ? std::string("\n") : prompt), tokens, sp, seed,
-                         &routing, !no_kv_cache);
+        sy::generate_ids(model, cfg, sy::prompt_ids(tok, prompt, bos), tokens, sp, seed, &routing, !no_kv_cache);
     text = tok.decode(ids);
   }
   std::cout << text << "\n";

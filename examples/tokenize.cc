@@ -3,6 +3,8 @@
 //
 //   build/bin/tokenize --input a.txt --input b.txt --vocab-size 2048 --out data/tok
 //   build/bin/tokenize --input c.txt --model data/tok/tokenizer.model --out data/tok2
+//   build/bin/tokenize --input d.txt --model mixtral_hf/tokenizer.model --bos 1 --out data/mix
+//                      (each input's tokens after a bos token, as an imported Mixtral was trained)
 //
 // Trains a tokenizer on the inputs (runtime/tokenizer.h has the recipe) or
 // loads an existing .model, encodes the inputs in order and writes, in --out:
@@ -106,12 +108,20 @@ int run(int argc, char** argv) {
   app.add_option("--shard-tokens", shard_tokens, "tokens per shard at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   app.add_option("--threads", threads, "tokenizer training threads")->check(CLI::Range(1, 1024));
   app.add_flag("--overwrite", overwrite, "replace the shards and tokenizer already in --out");
+  int64_t bos = -1;
+  app.add_option("--bos", bos,
+                 "a token id to put before each input's tokens (a model trained to see one first: Mixtral's <s> "
+                 "is 1; train with data.bos_id set to it)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 31));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
+  if (model.empty() && bos >= vocab_size)  // (before the training; a loaded --model's size is checked once loaded)
+    throw sy::ConfigError("--bos " + std::to_string(bos) + ": the tokenizer to train has " +
+                          std::to_string(vocab_size) + " pieces (--vocab-size)");
   std::vector<std::string> texts;
   size_t bytes = 0;
   for (const std::string& in : inputs) texts.push_back(read_text(in)), bytes += texts.back().size();
@@ -142,8 +152,13 @@ int run(int argc, char** argv) {
   }();
   const uint32_t vocab = static_cast<uint32_t>(tok.vocab_size());
 
+  if (bos >= vocab)
+    throw sy::ConfigError("--bos " + std::to_string(bos) + ": the tokenizer has " + std::to_string(vocab) + " pieces");
   std::vector<uint32_t> ids;
-  for (const std::string& t : texts) encode_into(tok, t, ids);
+  for (const std::string& t : texts) {
+    if (bos >= 0) ids.push_back(static_cast<uint32_t>(bos));
+    encode_into(tok, t, ids);
+  }
   const size_t n_val = static_cast<size_t>(static_cast<double>(ids.size()) * val_fraction);
   if (n_val == 0 || n_val == ids.size())
     throw sy::ConfigError("--val-fraction " + std::to_string(val_fraction) + ": " + std::to_string(ids.size()) +

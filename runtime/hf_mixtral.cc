@@ -146,7 +146,8 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
   j["output_router_logits"] = false;
   j["initializer_range"] = shortest(m.init_std());
   j["tie_word_embeddings"] = m.tie_embeddings();
-  j["bos_token_id"] = nullptr;
+  if (cfg.data().bos_id() >= 0) j["bos_token_id"] = cfg.data().bos_id();  // (data.bos_id: before every text)
+  else j["bos_token_id"] = nullptr;
   j["eos_token_id"] = nullptr;
   j["use_cache"] = true;
   j["torch_dtype"] = torch_dtype;
@@ -155,7 +156,9 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
       cfg.data().source() == switchyard::DataConfig::TOKEN_FILES
           ? "token ids of the training shards' tokenizer (data.tokenizer: " +
                 (cfg.data().tokenizer().empty() ? std::string("not named") : cfg.data().tokenizer()) +
-                "); not exported: ship that SentencePiece model beside these files; no special tokens"
+                "); not exported: ship that SentencePiece model beside these files; " +
+                (cfg.data().bos_id() >= 0 ? "bos_token_id before every text, no other special tokens"
+                                          : std::string("no special tokens"))
           : "bytes: token id = byte value (0-255) of UTF-8 or any other text; no tokenizer files, no special tokens";
   sy["trained_seq_len"] = m.seq_len();
   const auto notes = mixtral_export_notes(cfg);

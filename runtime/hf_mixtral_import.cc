@@ -18,6 +18,7 @@ namespace sy {
 
 namespace fs = std::filesystem;
 using switchyard::ModelConfig;
+using switchyard::DataConfig;
 using switchyard::MoeConfig;
 
 namespace {
@@ -36,9 +37,9 @@ nlohmann::json read_json(const std::string& path, const std::string& what) {
 // config.json's keys, each refused in one line naming the file and the key.
 class HfConfig {
  public:
-  explicit HfConfig(const std::string& dir)
-      : path_((fs::path(dir) / "config.json").string()), j_(read_json(path_, "a Hugging Face model directory has "
-                                                                            "config.json")) {
+  explicit HfConfig(const std::string& dir, const char* file = "config.json")
+      : path_((fs::path(dir) / file).string()), j_(read_json(path_, "a Hugging Face model directory has "
+                                                                     "config.json")) {
     if (!j_.is_object()) throw ConfigError(path_ + ": not a JSON object");
   }
   const std::string& path() const { return path_; }
@@ -80,6 +81,14 @@ class HfConfig {
   std::string path_;
   nlohmann::json j_;
 };
+
+// Whether the directory's tokenizer puts its bos token before a text:
+// tokenizer_config.json's add_bos_token (true where it or the file is
+// absent, as Llama's and Mistral's tokenizers do).
+bool adds_bos(const std::string& dir) {
+  if (!fs::exists(fs::path(dir) / "tokenizer_config.json")) return true;
+  return HfConfig(dir, "tokenizer_config.json").flag("add_bos_token", true);
+}
 
 // Where each tensor of the directory lies: model.safetensors, or the files
 // model.safetensors.index.json's weight_map names.
@@ -226,6 +235,12 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   e.set_dropless(true);
   e.set_every_n_layers(1);
   e.set_load_balance_coef(static_cast<float>(j.number("router_aux_loss_coef", 0.001)));
+  // The token every text begins with (bos_token_id, where the tokenizer
+  // adds it; a byte vocabulary has none), unless the base config says.
+  const int64_t V = m.vocab_size();
+  DataConfig& d = *cfg.mutable_data();
+  if (!d.has_bos_id() && V != 256 && j.has("bos_token_id") && adds_bos(dir))
+    d.set_bos_id(static_cast<int32_t>(j.integer("bos_token_id", 0, V - 1)));
   cfg.clear_attention();
   cfg.clear_depth();
   fill_defaults(cfg);

@@ -164,4 +164,14 @@ std::string PieceCodec::decode(const std::vector<int32_t>& ids) const {
   return out;
 }
 
+std::vector<int32_t> prompt_ids(const PieceCodec& codec, const std::string& prompt, int32_t bos_id) {
+  SY_CHECK(bos_id >= -1 && bos_id < codec.vocab_size(),
+           "bos id " << bos_id << " outside the tokenizer's " << codec.vocab_size() << " pieces");
+  std::vector<int32_t> ids;
+  if (bos_id >= 0) ids.push_back(bos_id);
+  const std::vector<int32_t> text = codec.encode(prompt.empty() && bos_id < 0 ? std::string("\n") : prompt);
+  ids.insert(ids.end(), text.begin(), text.end());
+  return ids;
+}
+
 }  // namespace sy

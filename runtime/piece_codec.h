@@ -47,4 +47,9 @@ class PieceCodec {
   bool byte_fallback_ = false, dummy_prefix_ = false;
 };
 
+// The ids a generation from `prompt` starts with: bos_id first (a config's
+// data.bos_id; none where it is -1), then the prompt's ids; an empty prompt
+// with no bos is a newline's (the model needs one id to go on from).
+std::vector<int32_t> prompt_ids(const PieceCodec& codec, const std::string& prompt, int32_t bos_id);
+
 }  // namespace sy

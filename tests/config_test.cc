@@ -119,6 +119,14 @@ TEST(Config, TokenFilesAllowLargerVocabularies) {
                  "data.path = x.txt: set while data.source is TOKEN_FILES, which reads data.token_files instead");
   expect_invalid("data { token_files: \"t\" }", "data.token_files = \"t\": set while data.source is SYNTHETIC");
   expect_invalid("data { tokenizer: \"m.model\" }", "data.tokenizer = \"m.model\": set while data.source is SYNTHETIC");
+  // data.bos_id: a token id of the vocabulary, with token shards only.
+  const std::string bos = tok.substr(0, tok.size() - 2) + " bos_id: ";
+  EXPECT_EQ(parse_ok(bos + "1 } model { vocab_size: 2048 }").data().bos_id(), 1);
+  EXPECT_EQ(parse_ok(bos + "2047 } model { vocab_size: 2048 }").data().bos_id(), 2047);
+  expect_invalid(bos + "2048 } model { vocab_size: 2048 }", "data.bos_id = 2048: must be in [-1, 2047]");
+  expect_invalid(bos + "-2 } model { vocab_size: 2048 }", "data.bos_id = -2: must be in [-1, 2047]");
+  expect_invalid("data { bos_id: 1 }", "data.bos_id = 1: set while data.source is SYNTHETIC, which does not read it "
+                                       "(byte-level data has no such token)");
 }
 
 TEST(Config, BackendCudaOnlyWhereBuilt) {

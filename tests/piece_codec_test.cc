@@ -92,6 +92,16 @@ TEST(PieceCodec, DummyPrefixIsAddedAndRemoved) {
   EXPECT_EQ(c.decode(c.encode("ab c")), "ab c");
 }
 
+TEST(PieceCodec, PromptIdsPutTheBosFirst) {
+  const PieceCodec c = codec(model(true));
+  EXPECT_EQ(prompt_ids(c, "ab", 1), std::vector<int32_t>({1, id_of(kSp), id_of("ab")}));
+  EXPECT_EQ(prompt_ids(c, "ab", -1), std::vector<int32_t>({id_of(kSp), id_of("ab")}));
+  EXPECT_EQ(prompt_ids(c, "", 1), std::vector<int32_t>({1}));  // (the bos alone: enough to go on from)
+  EXPECT_EQ(prompt_ids(c, "", -1), c.encode("\n"));
+  EXPECT_EQ(c.decode(prompt_ids(c, "ab c", 1)), "ab c");  // (a control piece, then the dummy prefix removed)
+  EXPECT_THROW(prompt_ids(c, "ab", c.vocab_size()), Error);
+}
+
 std::string refusal(const Model& m) {
   try {
     codec(m);

@@ -8,7 +8,9 @@
 # run that loads the saved tokenizer writes the same shards; train_switch trains a few
 # steps on the shards (data.source TOKEN_FILES) and checkpoints; sample
 # decodes through the tokenizer the config names, continuing the prompt; a
-# damaged shard is refused with one line naming it (exit 2).
+# damaged shard is refused with one line naming it (exit 2); a bos token
+# goes into the shards (tokenize --bos), before a sample's prompt
+# (data.bos_id, sample --bos) and through export_hf and import_hf.
 # runtime/piece_codec.h encodes the text to SentencePiece's ids.
 #   tokenize_test.sh BIN_DIR SOURCE_DIR
 set -u
@@ -91,6 +93,44 @@ mv tok/moved.model tok/tokenizer.model
   && grep -q "note: model.vocab_size = 448, the tokenizer has 400 pieces: ids 400 and up are never drawn" p.err \
   || { echo "FAIL: sampling a padded vocabulary:"; cat p.err; fail=1; }
 
+# A bos token (Mixtral's <s> habit): tokenize --bos puts it before each
+# input's tokens; a model trained with data.bos_id samples with it before the
+# prompt (sample --bos -1: without, another text), decodes it to nothing, and
+# export_hf / import_hf carry it as config.json's bos_token_id, unless the
+# directory's tokenizer_config.json says add_bos_token false.
+"$BIN/tokenize" --input text.txt --input text.txt --model tok/tokenizer.model --bos 1 --out tokb > tokb.log 2>&1 \
+  || { echo "FAIL tokenize --bos"; cat tokb.log; fail=1; }
+python3 - tok/train_000000.bin tokb/train_000000.bin <<'PY' || { echo "FAIL: the bos ids in the shard"; fail=1; }
+import struct, sys
+def ids(p):
+    d = open(p, "rb").read(); w = struct.unpack("<I", d[12:16])[0]; n = struct.unpack("<Q", d[16:24])[0]
+    return list(struct.unpack("<%d%s" % (n, "H" if w == 2 else "I"), d[32:32 + n * w]))
+a, b = ids(sys.argv[1]), ids(sys.argv[2])
+# (each input once before, twice now: the text's ids after a 1, then again; the split moved)
+sys.exit(0 if b[0] == 1 and b[1:1 + 1000] == a[:1000] and b.count(1) >= 2 else 1)
+PY
+"$BIN/tokenize" --input text.txt --vocab-size 400 --bos 400 --out tokbad > tokbad.log 2>&1
+[ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer to train has 400 pieces (--vocab-size)" tokbad.log && [ ! -e tokbad/tokenizer.model ] \
+  || { echo "FAIL: --bos past the vocabulary:"; cat tokbad.log; fail=1; }
+"$BIN/train_switch" --config "$SRC/configs/mixtral_tiny.pbtxt" "${set_args[@]}" --set data.token_files='tokb/train_*.bin' \
+  --set data.val_token_files='tokb/val_*.bin' --set data.path= --set data.bos_id=1 --set model.d_model=32 --set moe.num_experts=4 \
+  --set train.checkpoint_interval=6 --set train.checkpoint_dir=ckb > trainb.log 2>&1 || { echo "FAIL train_switch, bos"; cat trainb.log; fail=1; }
+"$BIN/sample" --checkpoint latest --checkpoint-dir ckb --prompt "Switchyard" --tokens 30 --seed 3 > b1.txt 2>/dev/null
+"$BIN/sample" --checkpoint latest --checkpoint-dir ckb --prompt "Switchyard" --tokens 30 --seed 3 --bos -1 > b0.txt 2>/dev/null
+head -1 b1.txt | grep -q "^Switchyard" && head -1 b0.txt | grep -q "^Switchyard" && ! cmp -s b1.txt b0.txt \
+  || { echo "FAIL: sampling with and without the bos:"; cat b1.txt b0.txt; fail=1; }
+"$BIN/sample" --checkpoint latest --checkpoint-dir ckb --tokens 5 --bos 400 > b2.txt 2>&1
+[ $? -eq 2 ] && grep -q "^error: --bos 400: tokenizer tok/tokenizer.model has 400 pieces" b2.txt || { echo "FAIL: sample --bos 400:"; cat b2.txt; fail=1; }
+"$BIN/export_hf" --checkpoint latest --checkpoint-dir ckb --out hfb > eb.log 2>&1 \
+  && python3 -c "import json, sys; sys.exit(json.load(open('hfb/config.json'))['bos_token_id'] != 1)" \
+  && cp tok/tokenizer.model hfb/ && "$BIN/import_hf" --hf hfb --out impb > ib.log 2>&1 \
+  && grep -q "bos_id: 1$" impb/step_00000000/manifest.pbtxt \
+  && echo '{"add_bos_token": false}' > hfb/tokenizer_config.json && "$BIN/import_hf" --hf hfb --out impb0 > ib0.log 2>&1 \
+  && grep -q "bos_id: -1$" impb0/step_00000000/manifest.pbtxt \
+  && "$BIN/sample" --checkpoint impb/step_00000000 --prompt "Switchyard" --tokens 30 --seed 3 > b3.txt 2>/dev/null \
+  && cmp -s <(head -c 60 b1.txt) <(head -c 60 b3.txt) \
+  || { echo "FAIL: bos_token_id through export_hf and import_hf:"; cat eb.log ib.log ib0.log 2>/dev/null; grep bos impb*/step_00000000/manifest.pbtxt; fail=1; }
+
 # A truncated training shard: one line naming the file and the count.
 size=$(stat -c %s tok/train_000000.bin)
 head -c $((size - 3)) tok/train_000000.bin > tok/cut.bin && mv tok/cut.bin tok/train_000000.bin
@@ -98,5 +138,5 @@ head -c $((size - 3)) tok/train_000000.bin > tok/cut.bin && mv tok/cut.bin tok/t
 rc=$?
 [ $rc -eq 2 ] && [ "$(grep -c . bad.log)" -eq 1 ] && grep -q "^error: tok/train_000000.bin: count = [0-9]*: truncated" bad.log \
   || { echo "FAIL: a truncated shard gave $rc:"; cat bad.log; fail=1; }
-[ $fail -eq 0 ] && echo "ok   tokenize: shards written, refused when present or an input, replaced whole or not at all, trained on, sampled through the tokenizer, a bad shard refused"
+[ $fail -eq 0 ] && echo "ok   tokenize: shards written, refused when present or an input, replaced whole or not at all, trained on, sampled through the tokenizer, a bos token carried, a bad shard refused"
 exit $fail
