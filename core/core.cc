@@ -47,6 +47,25 @@ float bf16_to_f32(uint16_t b) {
   return f;
 }
 
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  uint32_t u;
+  if (exp == 0x1f) {
+    u = sign | 0x7f800000u | (mant << 13);  // inf, or NaN with its payload
+  } else if (exp != 0) {
+    u = sign | ((exp + 112) << 23) | (mant << 13);  // (rebias: 127 - 15)
+  } else {
+    // zero or subnormal: mant x 2^-24, exact in float (a product of a
+    // 10-bit integer and a power of two)
+    float f = static_cast<float>(mant) * 0x1p-24f;
+    std::memcpy(&u, &f, 4);
+    u |= sign;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 std::string Device::str() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
 
 int cuda_device_count() {

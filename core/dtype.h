@@ -38,5 +38,8 @@ constexpr DType dtype_of<double>() { return DType::f64; }
 // Round to nearest even; NaN stays NaN.
 uint16_t f32_to_bf16(float f);
 float bf16_to_f32(uint16_t b);
+// IEEE binary16 (a file's F16; no tensor holds it) widened exactly:
+// subnormals, infinities and NaN (payload kept) included.
+float f16_to_f32(uint16_t h);
 
 }  // namespace sy

@@ -1,6 +1,6 @@
 // import_hf: a Hugging Face Mixtral directory (config.json and
-// model.safetensors, or shards with model.safetensors.index.json; F32 or
-// BF16) to a Switchyard checkpoint of weights only at step 0, which `sample`
+// model.safetensors, or shards with model.safetensors.index.json; F32,
+// BF16 or F16) to a Switchyard checkpoint of weights only at step 0, which `sample`
 // reads and `train_switch --init-from` fine-tunes (a new run from its
 // weights; --resume refuses it: it has no optimizer state).
 // runtime/hf_mixtral.h has the mapping (export_hf's, read backwards).

@@ -82,11 +82,11 @@ Config mixtral_config_from_json(const std::string& dir, Config base);
 // alone (before a model is built): every tensor of model.safetensors, or of
 // the files model.safetensors.index.json's weight_map names. One
 // ConfigError line for a missing, unknown or misshapen tensor, or a dtype
-// other than F32 and BF16.
+// other than F32, BF16 and F16.
 void check_mixtral_weights(const std::string& dir, const Config& cfg);
 
 // The directory's weights into `model` (built from that config on the
-// host, expert_parallel 1; BF16 widened exactly), checked as above first.
+// host, expert_parallel 1; BF16 and F16 widened exactly), checked as above first.
 void load_mixtral_weights(const std::string& dir, const Config& cfg, Transformer& model);
 
 }  // namespace sy

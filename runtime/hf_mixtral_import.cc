@@ -131,15 +131,15 @@ class HfWeights {
     return out;
   }
   bool has(const std::string& name) const { return where_.count(name) > 0; }
-  // The tensor's header checked: present, F32 or BF16, of this shape.
+  // The tensor's header checked: present, F32, BF16 or F16, of this shape.
   void check(const std::string& name, const Shape& shape) const {
     auto it = where_.find(name);
     if (it == where_.end())
       throw ConfigError(dir_ + ": tensor " + name + " is missing (a Mixtral of this config.json has it)");
     const auto& [r, t] = it->second;
-    if (t->dtype != "F32" && t->dtype != "BF16")
+    if (t->dtype != "F32" && t->dtype != "BF16" && t->dtype != "F16")
       throw ConfigError(r->path() + ": tensor " + name + ": dtype " + printable(t->dtype, 20) +
-                        ", the import reads F32 and BF16 (save the model in one of them)");
+                        ", the import reads F32, BF16 and F16 (save the model in one of them)");
     if (t->shape != shape)
       throw ConfigError(r->path() + ": tensor " + name + ": shape " + shape_str(t->shape) + ", this config.json gives " +
                         shape_str(shape));
@@ -148,8 +148,7 @@ class HfWeights {
   Tensor read(const std::string& name, const Shape& shape) const {
     check(name, shape);
     const auto& [r, t] = where_.at(name);
-    Tensor v = r->read(*t);
-    return v.dtype() == DType::f32 ? v : v.to(DType::f32);
+    return r->read_f32(*t);
   }
 
  private:

@@ -229,6 +229,24 @@ Tensor SafetensorsReader::read(const TensorRecord& r) const {
   return t;
 }
 
+Tensor SafetensorsReader::read_f32(const TensorRecord& r) const {
+  if (r.dtype != "F16") {
+    Tensor t = read(r);
+    if (t.dtype() != DType::f32 && t.dtype() != DType::bf16)
+      fail(path_, "tensor " + printable(r.name, 120) + ": dtype " + r.dtype + ", not a floating-point type");
+    return t.dtype() == DType::f32 ? t : t.to(DType::f32);
+  }
+  std::vector<uint16_t> half((r.end - r.begin) / 2);  // (little-endian, as the constructor checked)
+  std::ifstream in(path_, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(data_start_ + r.begin));
+  in.read(reinterpret_cast<char*>(half.data()), static_cast<std::streamsize>(half.size() * 2));
+  if (!in) fail(path_, "tensor " + printable(r.name, 120) + ": cannot read its bytes (file changed while reading?)");
+  Tensor t = Tensor::empty(r.shape, DType::f32, host_ctx());
+  float* v = t.data<float>();
+  for (size_t i = 0; i < half.size(); ++i) v[i] = f16_to_f32(half[i]);
+  return t;
+}
+
 uint32_t SafetensorsReader::crc32(const TensorRecord& r) const {
   std::ifstream in(path_, std::ios::binary);
   in.seekg(static_cast<std::streamoff>(data_start_ + r.begin));

@@ -63,6 +63,9 @@ class SafetensorsReader {
   uint64_t file_bytes() const { return file_bytes_; }
   // One tensor's bytes as a new host tensor (its dtype must be one this build holds).
   Tensor read(const TensorRecord& t) const;
+  // A floating-point tensor (F32, BF16, or F16, which no tensor holds) as a
+  // new f32 host tensor, widened exactly.
+  Tensor read_f32(const TensorRecord& t) const;
   // CRC-32 of one tensor's bytes.
   uint32_t crc32(const TensorRecord& t) const;
   // Size and CRC-32 of the whole file (reads it; no per-tensor CRCs).

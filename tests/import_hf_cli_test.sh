@@ -4,11 +4,12 @@
 # imported gives every weight bit for bit, and samples of the two are the
 # same text; the same from the export split into two shard files with an
 # index, and from a tied-embedding model; a bf16 export imports to its
-# rounded values (re-exported in bf16: the same bytes); the import
+# rounded values (re-exported in bf16: the same bytes), an F16 copy to its
+# values widened exactly; the import
 # fine-tunes with --init-from. Refused with one line and exit 2, leaving no
 # --out behind: another model_type, a short sliding window, an rms_norm_eps
 # Switchyard does not use, transformers 5's rope_parameters with scaling or
-# another base, a tensor missing, an unknown tensor, an F16 tensor, a
+# another base, a tensor missing, an unknown tensor, an I16 tensor, a
 # config.json larger than its weights (from the headers, before the model
 # is built), a tokenizer for bytes, an --out that exists. transformers 5's
 # rope_parameters are read for the base.
@@ -105,6 +106,36 @@ sys.exit(0 if load(sys.argv[1]) == load(sys.argv[2]) else 1)
 PY
 then echo "ok   bf16: imported and exported again, the same tensors"
 else echo "FAIL bf16 round trip"; cat imp16.log e16b.log; fail=1; fi
+# F16 (as some fine-tunes are saved): the f32 export's tensors rounded to
+# binary16 by Python's struct, imported, exported again in f32: each value
+# the exact widening of its half.
+python3 - hf32 hfh <<'PY' || { echo "FAIL: writing the F16 copy"; fail=1; }
+import json, os, shutil, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst); shutil.copy(src + "/config.json", dst)
+f = open(src + "/model.safetensors", "rb"); n = struct.unpack("<Q", f.read(8))[0]; head = json.loads(f.read(n)); data = f.read()
+h, blobs, off = {}, [], 0
+for k, v in head.items():
+    if k == "__metadata__": continue
+    b, e = v["data_offsets"]; x = struct.unpack("<%df" % ((e - b) // 4), data[b:e])
+    blob = struct.pack("<%de" % len(x), *x); blobs.append(blob)
+    h[k] = {"dtype": "F16", "shape": v["shape"], "data_offsets": [off, off + len(blob)]}; off += len(blob)
+j = json.dumps(h).encode(); j += b" " * (-len(j) % 8)
+open(dst + "/model.safetensors", "wb").write(struct.pack("<Q", len(j)) + j + b"".join(blobs))
+PY
+if "$IMPORT" --hf hfh --out imp_hfh > imph.log 2>&1 && "$EXPORT" --checkpoint imp_hfh/step_00000000 --out hfh32 > eh.log 2>&1 \
+   && python3 - hfh hfh32 <<'PY'
+import json, struct, sys
+def load(p):
+    f = open(p + "/model.safetensors", "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n)); d = f.read()
+    return {k: (v["dtype"], d[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in h.items() if k != "__metadata__"}
+half, full = load(sys.argv[1]), load(sys.argv[2])
+bad = [k for k, (t, b) in half.items()
+       if full[k][0] != "F32" or full[k][1] != struct.pack("<%df" % (len(b) // 2), *struct.unpack("<%de" % (len(b) // 2), b))]
+print("%d tensors, %d differ %s" % (len(half), len(bad), bad[:3])); sys.exit(1 if bad or len(full) != len(half) else 0)
+PY
+then echo "ok   F16: imported, every value its half widened exactly"
+else echo "FAIL F16 import"; cat imph.log eh.log; fail=1; fi
 # A checkpoint of weights only: no optimizer files, and --resume says to use --init-from.
 [ -z "$(ls imp_hf32/step_00000000 | grep optim)" ] || { echo "FAIL: optimizer files in the import: $(ls imp_hf32/step_00000000)"; fail=1; }
 "$BIN" --resume imp_hf32/step_00000000 --set train.checkpoint_dir=rs > rs.log 2>&1
@@ -138,7 +169,7 @@ refused rope_theta2 'config.json: rope_parameters = .*: its rope_theta differs f
   "$(cfg rope_parameters "{'rope_type': 'default', 'rope_theta': 500000.0}")"
 refused eps 'config.json: rms_norm_eps = 1e-06: Switchyard.s RMSNorm adds 1e-05' "$(cfg rms_norm_eps 1e-6)"
 # The header's tensors rewritten (every byte of the data still covered once):
-# one renamed, one more appended, one declared F16 over the same bytes.
+# one renamed, one more appended, one declared I16 over the same bytes.
 retensor() {
   echo "f = open(d + '/model.safetensors', 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n)); data = f.read()
 $1
@@ -147,8 +178,8 @@ j = json.dumps(h).encode(); j += b' ' * (-len(j) % 8); open(d + '/model.safetens
 refused missing 'tensor model.norm.weight is missing' "$(retensor "h['ln_extra'] = h.pop('model.norm.weight')")"
 refused unknown 'tensor ln_extra is not part of a Mixtral of this config.json' \
   "$(retensor "b = len(data); data += data[:8]; h['ln_extra'] = {'dtype': 'F32', 'shape': [2], 'data_offsets': [b, b + 8]}")"
-refused f16 'tensor model.norm.weight: dtype F16, the import reads F32 and BF16' \
-  "$(retensor "t = h['model.norm.weight']; t['dtype'] = 'F16'; t['shape'] = [2 * t['shape'][0]]")"
+refused i16 'tensor model.norm.weight: dtype I16, the import reads F32, BF16 and F16' \
+  "$(retensor "t = h['model.norm.weight']; t['dtype'] = 'I16'; t['shape'] = [2 * t['shape'][0]]")"
 # A config.json far larger than its weights: refused from the headers, before
 # a model of its size (6.4G parameters) is built.
 refused headers 'model.safetensors: tensor model.layers.0.block_sparse_moe.experts.0.w1.weight: shape \[176, 32\], this config.json gives \[65536, 32\]' \

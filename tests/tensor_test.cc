@@ -52,6 +52,29 @@ TEST(Tensor, Bf16RoundTripRoundsToNearestEven) {
   EXPECT_NEAR(back.f32()[3], -3.14159f, 3.14159f * 0x1p-8);
 }
 
+// Binary16 by hand: 1, -2, the largest finite, the smallest normal and
+// subnormal, a subnormal with more bits, +-0, +-inf, a NaN; and every one of
+// the 63488 finite values against its formula (-1)^s 2^(e-15) (1 + m/1024).
+TEST(Dtype, F16WidensExactly) {
+  EXPECT_EQ(f16_to_f32(0x3c00), 1.0f);
+  EXPECT_EQ(f16_to_f32(0xc000), -2.0f);
+  EXPECT_EQ(f16_to_f32(0x7bff), 65504.0f);
+  EXPECT_EQ(f16_to_f32(0x0400), 0x1p-14f);
+  EXPECT_EQ(f16_to_f32(0x0001), 0x1p-24f);
+  EXPECT_EQ(f16_to_f32(0x83ff), -1023 * 0x1p-24f);
+  EXPECT_EQ(f16_to_f32(0x0000), 0.0f);
+  EXPECT_TRUE(std::signbit(f16_to_f32(0x8000)) && f16_to_f32(0x8000) == 0.0f);
+  EXPECT_EQ(f16_to_f32(0x7c00), INFINITY);
+  EXPECT_EQ(f16_to_f32(0xfc00), -INFINITY);
+  EXPECT_TRUE(std::isnan(f16_to_f32(0x7e01)));
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0x1f) continue;
+    const double v = (h & 0x8000 ? -1.0 : 1.0) * (e ? std::ldexp(1.0 + m / 1024.0, e - 15) : std::ldexp(m, -24));
+    ASSERT_EQ(static_cast<double>(f16_to_f32(static_cast<uint16_t>(h))), v) << std::hex << h;
+  }
+}
+
 TEST(Tensor, WrongDtypeAccessThrows) {
   Tensor b = zeros({2}, DType::bf16);
   EXPECT_THROW(b.f32(), ShapeError);
