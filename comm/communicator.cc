@@ -26,6 +26,12 @@ void Communicator::all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Str
     }
 }
 
+void Communicator::reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream,
+                                        const char* context) {
+  detail::check_parts(t, rows, size(), context);
+  all_reduce_sum(t, stream, context);
+}
+
 namespace detail {
 
 std::vector<int64_t> check_parts(const Tensor& t, const std::vector<int64_t>& rows, int size, const char* context) {

@@ -51,6 +51,13 @@ class Communicator {
   // (MPI_Allgatherv; NCCL's all-gather for equal parts, else one group of
   // broadcasts) where they can.
   virtual void all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context);
+  // In place over dim 0, uneven parts (a reduce-scatter-v), the parts as
+  // all_gather_v's: afterwards rank r's part holds the group's sum of that
+  // part; the rest of t holds unspecified values. Here (the fallback): the
+  // whole of t summed (all_reduce_sum, which keeps that promise); the
+  // backends override it with one collective (MPI_Reduce_scatter; NCCL's
+  // reduce-scatter for equal parts, else one group of reduces) where they can.
+  virtual void reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context);
   virtual void barrier(const char* context) = 0;
 
   // One host value summed over the group.

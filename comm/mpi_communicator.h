@@ -49,6 +49,11 @@ class MpiCommunicator : public Communicator {
   // counts and displacements; a tensor of more than 2^31 - 1 elements takes
   // the base class's broadcasts in pieces).
   void all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) override;
+  // A ring of MPI_Sendrecv (N - 1 steps), each rank adding what arrives
+  // into its part (see there for why not MPI_Reduce_scatter); a part of
+  // more than 2^31 - 1 elements takes the base class's all-reduce; a device
+  // tensor gets back its own part only.
+  void reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) override;
   void barrier(const char* context) override;
   using Communicator::all_reduce_sum;
   MPI_Comm handle() const { return comm_; }
@@ -61,6 +66,7 @@ class MpiCommunicator : public Communicator {
   template <typename F>
   void guarded(const char* op, const char* context, F&& call);
   mutable std::vector<int> scratch_[4];  // MPI's int counts/displacements, reused
+  std::vector<char> ring_;               // reduce_scatter_sum_v: the part arriving, reused
   std::unique_ptr<CachingHostAllocator> pinned_;  // page-locked host blocks for device tensors
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;

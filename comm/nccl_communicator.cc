@@ -521,6 +521,32 @@ class NcclCommunicator final : public Communicator {
     });
   }
 
+  // Equal parts: ncclReduceScatter in place (our part at rank x count);
+  // uneven: one group of in-place reduces, a part each to its rank.
+  void reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream,
+                            const char* context) override {
+    const std::vector<int64_t> first = detail::check_parts(t, rows, size_, context);
+    check_stream(t, stream, "reduce_scatter", context);
+    if (size_ == 1) return;
+    const int64_t w = row_elems(t);
+    const bool equal = std::all_of(rows.begin(), rows.end(), [&](int64_t r) { return r == rows[0]; });
+    Staged s(*this, t, true);
+    char* base = static_cast<char*>(s.ptr());
+    const size_t row_bytes = w * dtype_size(t.dtype());
+    const ncclDataType_t type = nccl_type(t.dtype());
+    run("reduce_scatter", context, stream, s.staged(), [&](cudaStream_t st) {
+      if (equal)
+        return ncclReduceScatter(base, base + first[rank_] * row_bytes, rows[0] * w, type, ncclSum, comm_, st);
+      NcclGroup group;
+      for (int r = 0; r < size_; ++r)
+        if (rows[r] > 0) {
+          char* part = base + first[r] * row_bytes;
+          NCCL_CHECK(ncclReduce(part, part, rows[r] * w, type, ncclSum, r, comm_, st));
+        }
+      return group.end();
+    });
+  }
+
   void barrier(const char* context) override {
     Tensor one = Tensor::from_host(std::vector<int32_t>{1});
     all_reduce_sum(one, Stream{}, context);

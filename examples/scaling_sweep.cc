@@ -69,6 +69,7 @@ struct Measured {
   double bytes_per_exchange = 0;  // rows a rank sends in one: tokens * top_k * d_model * value bytes (mean)
   double dense_bytes = 0;     // dense gradients all-reduced per step
   double gathered_bytes = 0;  // values all-gathered after a sharded update (parallel.shard_optimizer)
+  bool scattered = false;     // dense gradients reduce-scattered (parallel.reduce_scatter_grads)
 };
 
 // A step's kept shares (runtime/scaling_model.h) from the routers'
@@ -164,6 +165,7 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
                       {"dense_bytes", 4.0 * dense},
                       // (the experts, sharded over all N ranks, have one replica: only the dense values)
                       {"gathered_bytes", cfg.parallel().shard_optimizer() ? 4.0 * dense : 0.0},
+                      {"scattered", cfg.parallel().shard_optimizer() && cfg.parallel().reduce_scatter_grads()},
                       {"tokens_per_s", tokens / (mx[0] / n)}};
   std::ofstream(result) << j.dump() << "\n";
   return 0;
@@ -173,7 +175,7 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
 // add for the exchanges and dense gradients of `one`'s config.
 double project(const Measured& one, int N, bool weak, const sy::Link& L, double compute) {
   const double S = weak ? one.bytes_per_exchange : one.bytes_per_exchange / N;
-  return compute + sy::link_seconds({one.exchanges, S, one.dense_bytes, one.gathered_bytes}, N, L);
+  return compute + sy::link_seconds({one.exchanges, S, one.dense_bytes, one.gathered_bytes, one.scattered}, N, L);
 }
 
 // One mpirun of N workers (`flag`: --independent, --profile or none),
@@ -204,6 +206,7 @@ Measured run_one(const char* argv0, const std::string& config, const std::vector
   x.step_s = j["step_s"], x.a2a_s = j["a2a_s"], x.ar_s = j["ar_s"], x.tokens_per_s = j["tokens_per_s"];
   x.exchanges = j["exchanges"], x.bytes_per_exchange = j["bytes_per_exchange"], x.dense_bytes = j["dense_bytes"];
   x.gathered_bytes = j["gathered_bytes"];
+  x.scattered = j["scattered"];
   x.compute_s = x.step_s - x.a2a_s - x.ar_s;
   return x;
 }
@@ -460,7 +463,11 @@ int main(int argc, char** argv) {
                 "across):\n",
                 g.compute_s * 1e3, 100 * weak_imb.expert_share, g.exchanges, g.bytes_per_exchange / 1024,
                 g.dense_bytes / (1 << 20),
-                g.gathered_bytes > 0 ? ", their values all-gathered (parallel.shard_optimizer)" : "", gpu.busbw_gbs,
+                g.scattered             ? " reduce-scattered, their values all-gathered (parallel.shard_optimizer, "
+                                          "reduce_scatter_grads)"
+                : g.gathered_bytes > 0 ? ", their values all-gathered (parallel.shard_optimizer)"
+                                       : "",
+                gpu.busbw_gbs,
                 gpu.per_node, gpu.node_gbs);
     for (int N : project_ranks) {
       const double excess = weak_imb.excess(N), imbalance_s = experts_s * excess;

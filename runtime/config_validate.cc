@@ -355,6 +355,9 @@ void validate_config(const Config& cfg, const std::string& source) {
   if (e.num_experts() > 0 && e.num_experts() % pl.expert_parallel() != 0)
     c.fail("parallel.expert_parallel", pl.expert_parallel(),
            "must divide moe.num_experts = " + std::to_string(e.num_experts()));
+  if (pl.reduce_scatter_grads() && !pl.shard_optimizer())
+    c.fail("parallel.reduce_scatter_grads", "true",
+           "needs parallel.shard_optimizer (a rank receives the gradient sums of the moments it keeps)");
 
   const auto& dp = cfg.depth();
   c.range("depth.every_n_layers", dp.every_n_layers(), 0, m.n_layers());

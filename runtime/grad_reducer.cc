@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "ops/elementwise.h"
+#include "runtime/optimizer_shard.h"
 
 namespace sy {
 
@@ -14,8 +15,10 @@ double now_s() {
 }  // namespace
 
 GradientReducer::GradientReducer(Ctx& ctx, ParamStore& params, ParallelContext& par, int64_t bucket_bytes,
-                                 bool overlap)
+                                 bool overlap, bool scatter)
     : ctx_(ctx), params_(params), par_(par), scale_(1.f / static_cast<float>(par.world_size())) {
+  for (ParamKind k : {ParamKind::dense, ParamKind::expert})
+    scatter_[static_cast<int>(k)] = scatter && params.moment_parts(k) > 1;
   if (overlap && par.world_size() > 1 && par.grads) {
     if (!ctx.device.is_cpu() && par.grads->stream_ordered())
       mode_ = Mode::stream;
@@ -54,10 +57,22 @@ GradientReducer::~GradientReducer() {
   thread_.join();
 }
 
-void GradientReducer::reduce(std::pair<int64_t, int64_t> range, comm::Communicator& c, Ctx& on, const char* what) {
-  Tensor t = params_.arena(ParamKind::dense).grad.rows(range.first, range.second);
-  c.all_reduce_sum(t, on.stream, what);
-  ops::scale(on, t, scale_);
+void GradientReducer::reduce(ParamKind k, std::pair<int64_t, int64_t> range, comm::Communicator& c, Ctx& on,
+                             const char* what) {
+  const Tensor& grad = params_.arena(k).grad;
+  Tensor t = grad.rows(range.first, range.second);
+  if (!scatter_[static_cast<int>(k)]) {
+    c.all_reduce_sum(t, on.stream, what);
+    ops::scale(on, t, scale_);
+    return;
+  }
+  // (c's ranks are the moments' group's, in its order: the world for the
+  // dense arena, the replicas for the experts')
+  const ElementRange r{range.first, range.second}, own = owned_elements(params_, k, r);
+  c.reduce_scatter_sum_v(t, moment_pieces(params_, k, r), on.stream, what);
+  if (own.size() == 0) return;
+  Tensor mine = grad.rows(own.begin, own.end);
+  ops::scale(on, mine, scale_);
 }
 
 void GradientReducer::worker() {
@@ -89,7 +104,7 @@ void GradientReducer::worker() {
       if (!skip) {
         marks_[i].wait_host();  // the bucket's gradients are written (on the host: at once)
         const double t0 = now_s();
-        reduce(buckets_[i], *par_.grads, side_ ? side_->ctx() : ctx_, "dense gradients");
+        reduce(ParamKind::dense, buckets_[i], *par_.grads, side_ ? side_->ctx() : ctx_, "dense gradients");
         if (side_) side_->synchronize();  // its scale done too: nothing pending once finish() wakes
         busy = now_s() - t0;
       }
@@ -125,7 +140,7 @@ void GradientReducer::ready(int64_t offset) {
     bool ordered = false;
     for (; launched_ < buckets_.size() && buckets_[launched_].first >= offset; ++launched_) {
       if (!ordered) stream_wait(side_->ctx(), ctx_), ordered = true;  // after backward's work so far
-      reduce(buckets_[launched_], *par_.grads, side_->ctx(), "dense gradients");
+      reduce(ParamKind::dense, buckets_[launched_], *par_.grads, side_->ctx(), "dense gradients");
     }
     return;
   }
@@ -169,16 +184,12 @@ ReduceTimes GradientReducer::finish() {
   } else {
     wait_for_backward();
     const double t0 = now_s();
-    for (const auto& b : buckets_) reduce(b, *par_.world, ctx_, "dense gradients");
+    for (const auto& b : buckets_) reduce(ParamKind::dense, b, *par_.world, ctx_, "dense gradients");
     t.all_reduce_s = t.exposed_s = now_s() - t0;
   }
   const double e0 = now_s();
   const int64_t n = params_.arena(ParamKind::expert).numel();
-  if (n > 0) {
-    Tensor g = params_.arena(ParamKind::expert).grad;
-    par_.replicas->all_reduce_sum(g, ctx_.stream, "expert gradients");
-    ops::scale(ctx_, g, scale_);
-  }
+  if (n > 0) reduce(ParamKind::expert, {0, n}, *par_.replicas, ctx_, "expert gradients");
   const double e = now_s() - e0;
   t.all_reduce_s += e;
   t.exposed_s += e;

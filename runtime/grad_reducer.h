@@ -65,7 +65,12 @@ struct ReduceTimes {
 
 class GradientReducer {
  public:
-  GradientReducer(Ctx& ctx, ParamStore& params, ParallelContext& par, int64_t bucket_bytes, bool overlap);
+  // scatter (parallel.reduce_scatter_grads, with sharded moments): each
+  // bucket, and the expert gradients, reduce-scattered over the moments'
+  // parts: a rank's own part holds the mean, the rest of the arena
+  // unspecified values (gradient_norm then reads the parts).
+  GradientReducer(Ctx& ctx, ParamStore& params, ParallelContext& par, int64_t bucket_bytes, bool overlap,
+                  bool scatter = false);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
@@ -79,7 +84,9 @@ class GradientReducer {
   int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
 
  private:
-  void reduce(std::pair<int64_t, int64_t> range, comm::Communicator& c, Ctx& on, const char* what);
+  // Arena kind k's elements [begin, end) summed over c and scaled: whole, or
+  // (scatter) this rank's part of them.
+  void reduce(ParamKind k, std::pair<int64_t, int64_t> range, comm::Communicator& c, Ctx& on, const char* what);
   void worker();
   void wait_for_backward();
 
@@ -87,6 +94,7 @@ class GradientReducer {
   ParamStore& params_;
   ParallelContext& par_;
   Mode mode_ = Mode::none;
+  bool scatter_[2] = {false, false};  // by ParamKind: reduce-scattered over its moments' parts
   float scale_;
   // Stream mode, and thread mode on a GPU: the second stream. Stream mode:
   // the lag of its last bucket behind backward.

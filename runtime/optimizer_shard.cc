@@ -15,15 +15,18 @@ ElementRange intersect(ElementRange a, ElementRange b) {
   return end > begin ? ElementRange{begin, end} : ElementRange{begin, begin};
 }
 
-// Each part's elements of arena range r (the parts are contiguous and in
-// rank order, so these are r's consecutive pieces, together all of it).
-std::vector<int64_t> pieces(const ParamStore& params, ParamKind k, ElementRange r) {
+}  // namespace
+
+std::vector<int64_t> moment_pieces(const ParamStore& params, ParamKind k, ElementRange r) {
   const int parts = params.moment_parts(k);
   std::vector<int64_t> n(parts);
   for (int i = 0; i < parts; ++i) n[i] = intersect(r, params.moment_part(k, parts, i)).size();
   return n;
 }
-}  // namespace
+
+ElementRange owned_elements(const ParamStore& params, ParamKind k, ElementRange r) {
+  return intersect(r, params.moment_range(k));
+}
 
 void shard_moments(ParamStore& params, const ParallelContext& par) {
   params.set_moment_shard(ParamKind::dense, par.world->size(), par.world->rank());
@@ -65,7 +68,7 @@ void share_values(Ctx& ctx, ParamStore& params, ParallelContext& par) {
     SY_CHECK(group.size() == parts, "moments sharded in " << parts << " parts over a group of " << group.size());
     ParamArena& a = params.arena(k);
     const ElementRange all{0, a.value.numel()}, own = params.moment_range(k);
-    group.all_gather_v(a.value, pieces(params, k, all), ctx.stream, "optimizer shard values");
+    group.all_gather_v(a.value, moment_pieces(params, k, all), ctx.stream, "optimizer shard values");
     if (!a.value_bf16.defined()) continue;
     // The shadows of what arrived: every element but our own part (AdamW wrote its shadows).
     for (const ElementRange r : {ElementRange{0, own.begin}, ElementRange{own.end, all.end}}) {
@@ -88,7 +91,7 @@ Tensor gather_moments(Ctx& ctx, const ParamStore& params, ParallelContext& par, 
     whole.rows(piece.begin - r.begin, piece.end - r.begin)
         .copy_from(mine.rows(piece.begin - own.begin, piece.end - own.begin), ctx);
   if (params.moment_parts(k) > 1)
-    group.all_gather_v(whole, pieces(params, k, r), ctx.stream, "optimizer shard moments (checkpoint)");
+    group.all_gather_v(whole, moment_pieces(params, k, r), ctx.stream, "optimizer shard moments (checkpoint)");
   if (group.rank() != 0) return Tensor();
   return whole.device().is_cpu() ? whole : whole.to(host_ctx());
 }

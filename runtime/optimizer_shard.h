@@ -11,7 +11,9 @@
 //
 // A step: the gradients are all-reduced whole, as without
 // (runtime/grad_reducer.h); the norm and clip factor come from them, as
-// without; each rank runs AdamW over its own elements (owned_update), each
+// without (parallel.reduce_scatter_grads: each rank receives the sums of
+// its own part only, a reduce-scatter, and the norm is the sum of the
+// parts' squares over the group: another order of the same sums); each rank runs AdamW over its own elements (owned_update), each
 // element with the arithmetic of the whole update (ops/adamw.h is
 // elementwise), so the same bits; then every rank's updated values reach
 // the rest of its group (share_values: one all-gather of the parts over the
@@ -62,6 +64,13 @@ struct MomentPiece {
   int64_t src = 0, dst = 0, n = 0;
 };
 MomentPiece moment_piece(const ParamStore& params, ParamKind k, ElementRange r);
+
+// Arena range r's pieces in the group's parts, in rank order (the parts
+// are contiguous and ordered, so r's consecutive pieces, together all of
+// it): the parts all_gather_v and reduce_scatter_sum_v take over r.
+std::vector<int64_t> moment_pieces(const ParamStore& params, ParamKind k, ElementRange r);
+// The elements of arena range r whose moments this rank keeps (maybe none).
+ElementRange owned_elements(const ParamStore& params, ParamKind k, ElementRange r);
 
 // Arena elements of a Param (its whole tensor, or an expert Param's local
 // row i: one expert's piece).

@@ -39,13 +39,21 @@ int64_t global_param_count(const ParamStore& params, ParallelContext* par) {
   return dense + static_cast<int64_t>(experts);
 }
 
-float gradient_norm(Ctx& ctx, ParamStore& params, ParallelContext* par) {
+float gradient_norm(Ctx& ctx, ParamStore& params, ParallelContext* par, bool scattered) {
   SY_CHECK(!params.grads_pending(), "gradient norm: some expert gradients are unwritten (zero_grad without a backward)");
-  const Tensor& dense = params.arena(ParamKind::dense).grad;
-  const Tensor& experts = params.arena(ParamKind::expert).grad;
-  double expert_sq = ops::grad_sq_sum(ctx, {&experts});
+  // A kind's squares: of its whole arena, or (scattered over its moments'
+  // parts) of this rank's part, summed over the part's group.
+  auto squares = [&](ParamKind k) {
+    const Tensor& g = params.arena(k).grad;
+    if (!scattered || params.moment_parts(k) == 1) return ops::grad_sq_sum(ctx, {&g});
+    const ElementRange own = params.moment_range(k);
+    const Tensor mine = g.rows(own.begin, own.end);
+    comm::Communicator& group = k == ParamKind::dense ? *par->world : *par->replicas;
+    return group.all_reduce_sum(ops::grad_sq_sum(ctx, {&mine}), "gradient norm");
+  };
+  double expert_sq = squares(ParamKind::expert);
   if (par && par->ep_size > 1) expert_sq = par->ep->all_reduce_sum(expert_sq, "gradient norm");
-  return static_cast<float>(std::sqrt(ops::grad_sq_sum(ctx, {&dense}) + expert_sq));
+  return static_cast<float>(std::sqrt(squares(ParamKind::dense) + expert_sq));
 }
 
 }  // namespace sy

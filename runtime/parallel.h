@@ -45,6 +45,9 @@ int64_t global_param_count(const ParamStore& params, ParallelContext* par);
 // before the norm is taken; every rank gets the same norm, so applies the
 // same clip factor (ops::clip_scale; the optimizer applies it as it reads
 // the gradients: AdamWConfig::grad_scale). par may be null (one rank).
-float gradient_norm(Ctx& ctx, ParamStore& params, ParallelContext* par);
+// scattered (parallel.reduce_scatter_grads): where a kind's moments are
+// sharded, a rank holds the reduced gradients of its own part only, so
+// each part's squares are summed over the part's group first.
+float gradient_norm(Ctx& ctx, ParamStore& params, ParallelContext* par, bool scattered = false);
 
 }  // namespace sy

@@ -16,7 +16,7 @@ double link_seconds(const StepTraffic& t, int N, const Link& L) {
     a2a += s;
   }
   const double ar_gbs = N > L.per_node ? L.node_gbs / L.per_node : L.busbw_gbs;
-  const double ar = 2.0 * (N - 1) * L.alpha_s + 2.0 * frac * t.dense_bytes / (ar_gbs * 1e9);
+  const double ar = (t.scattered ? 1.0 : 2.0) * ((N - 1) * L.alpha_s + frac * t.dense_bytes / (ar_gbs * 1e9));
   const double ag = t.gathered_bytes > 0 ? (N - 1) * L.alpha_s + frac * t.gathered_bytes / (ar_gbs * 1e9) : 0;
   return a2a + ar + ag;
 }

@@ -5,7 +5,9 @@
 // Step time at N ranks, experts sharded over them:
 //   t = t_compute + t_imb + t_a2a + t_ar
 //   t_a2a = sum over exchanges of [alpha + S (N-1)/N / busbw]      (S = bytes a rank sends)
-//   t_ar  = 2 (N-1) alpha + 2 (N-1)/N P / busbw                   (ring all-reduce of P bytes)
+//   t_ar  = 2 (N-1) alpha + 2 (N-1)/N P / busbw                   (ring all-reduce of P bytes; half of
+//                                                                   it, a reduce-scatter, where
+//                                                                   parallel.reduce_scatter_grads)
 //   t_ag  = (N-1) alpha + (N-1)/N Q / busbw                        (ring all-gather of the values of a
 //                                                                   sharded update, Q bytes in all:
 //                                                                   parallel.shard_optimizer)
@@ -34,6 +36,7 @@ struct StepTraffic {
   double bytes_per_exchange = 0;  // S: what a rank sends in one
   double dense_bytes = 0;         // P: dense gradients all-reduced
   double gathered_bytes = 0;      // Q: values all-gathered after a sharded update (0: not sharded)
+  bool scattered = false;         // the dense gradients reduce-scattered, not all-reduced
 };
 
 // t_a2a + t_ar + t_ag at N ranks (0 at one rank).

@@ -119,7 +119,7 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
   if (opts_.par && world_ > 1)
     reducer_ = std::make_unique<GradientReducer>(ctx_, model_.params(), *opts_.par,
                                                  static_cast<int64_t>(cfg.parallel().grad_bucket_mb() * (1 << 20)),
-                                                 cfg.parallel().overlap_grad_reduce());
+                                                 cfg.parallel().overlap_grad_reduce(), scattered_grads());
   if (!opts_.op_profile_path.empty()) {
     profiler_ = std::make_unique<OpProfiler>(device_ ? cuda_event_clock(ctx_.stream) : host_clock());
     ctx_.profiler = profiler_.get();  // (the host Ctx is process-wide: ~Trainer takes it back)
@@ -333,7 +333,7 @@ StepResult Trainer::step(int64_t step) {
   // applied with the clip factor as AdamW reads them (exactly 1 for one).
   const float mean_of_sum = 1.f / static_cast<float>(micros);
   r.loss = world_mean(opts_.par, loss_sum * mean_of_sum, "training loss");
-  r.grad_norm = gradient_norm(ctx_, params, opts_.par) * mean_of_sum;
+  r.grad_norm = gradient_norm(ctx_, params, opts_.par, scattered_grads()) * mean_of_sum;
   r.lr = learning_rate(t, step);
   // Loss and norm are the same on every rank (reduced over all of them), so
   // every rank makes the same choice.

@@ -141,6 +141,9 @@ class Trainer {
   std::vector<HeldOutRouting> held_out_;
   double held_out_compute_ = 0;  // mean compute_fraction over the last validation pass
   std::unique_ptr<GradientReducer> reducer_;  // several ranks only
+  // parallel.reduce_scatter_grads where the moments are sharded: each rank
+  // holds the reduced gradients of its own part only.
+  bool scattered_grads() { return cfg_.parallel().reduce_scatter_grads() && model_.params().moments_sharded(); }
   std::vector<std::pair<int, double>> held_out_depth_;
   // Counters a checkpoint carries (runtime/checkpoint.h, TrainState).
   int64_t step_ = 0, optimizer_step_ = 0, tokens_seen_ = 0, bad_steps_ = 0;

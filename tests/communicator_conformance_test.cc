@@ -230,6 +230,33 @@ TEST_P(Conformance, AllGatherVUnevenEqualAndEmptyEveryDtype) {
   EXPECT_THROW(comm().all_gather_v(t, rows, ctx().stream, "conformance"), Error);
 }
 
+// reduce_scatter_sum_v in place: rank R's element i is (R + 1) (i + 1); each
+// rank's own part must hold the sum W (W + 1) / 2 (i + 1), whatever the rest
+// holds; uneven parts with an empty one, equal parts, the base class's
+// all-reduce; every dtype the backend adds.
+TEST_P(Conformance, ReduceScatterVUnevenEqualAndEmptyEveryAddableDtype) {
+  const int R = comm().rank(), W = comm().size();
+  const int64_t w = 2;
+  for (const bool equal : {false, true})
+    for (const bool fallback : {false, true})
+      for (DType dt : kAll) {
+        if (dt == DType::bf16 && !is_nccl(GetParam())) continue;  // MPI cannot add bf16
+        SCOPED_TRACE(std::string(dtype_name(dt)) + (equal ? " equal" : " uneven") + (fallback ? " fallback" : ""));
+        std::vector<int64_t> rows(W), first(W + 1, 0);
+        for (int r = 0; r < W; ++r) rows[r] = equal ? 3 : (r == 1 ? 0 : 2 * r + 1), first[r + 1] = first[r] + rows[r];
+        Tensor t = make({first[W], w}, dt, [&](int64_t i) { return (R + 1) * (i % 16 + 1); });
+        if (fallback) comm().Communicator::reduce_scatter_sum_v(t, rows, ctx().stream, "conformance");
+        else comm().reduce_scatter_sum_v(t, rows, ctx().stream, "conformance");
+        const Tensor got = t.to(host_ctx());
+        for (int64_t i = first[R] * w; i < first[R + 1] * w; ++i)
+          ASSERT_EQ(get(got, i), W * (W + 1) / 2.0 * (i % 16 + 1)) << "element " << i;
+      }
+  Tensor t = make({2, 1}, DType::f32, [](int64_t) { return 0; });
+  std::vector<int64_t> rows(W, 0);
+  rows[0] = 3;
+  EXPECT_THROW(comm().reduce_scatter_sum_v(t, rows, ctx().stream, "conformance"), Error);
+}
+
 // MPI stages device tensors through page-locked host blocks pinned once:
 // repeating a collective pins nothing more; a group of one stages nothing
 // (its collectives move nothing between ranks).

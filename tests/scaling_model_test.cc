@@ -28,6 +28,15 @@ TEST(LinkSeconds, ShardedValuesAddAnAllGather) {
               15e-6 + 30e-3, 1e-12);
 }
 
+TEST(LinkSeconds, ReduceScatteredGradientsHalveTheAllReduce) {
+  // As ShardedValuesAddAnAllGather at 2 ranks, the dense gradients
+  // reduce-scattered: 1 us + 1/2 x 4 MB / 10 GB/s = 201 us where the
+  // all-reduce took 402.
+  StepTraffic t{2, 1e6, 4e6, 4e6};
+  t.scattered = true;
+  EXPECT_NEAR(link_seconds(t, 2, {1e-6, 10, 1, 8}), 2 * 51e-6 + 201e-6 + 201e-6, 1e-12);
+}
+
 TEST(LinkSeconds, AcrossNodesTheNodeLinkBounds) {
   // 16 ranks, 8 a node: an exchange sends 8 ranks * 1 MB * 8/16 = 4 MB off the
   // node at 1 GB/s (4 ms), over the node's 15/16 MB at 100 GB/s (9.4 us); the

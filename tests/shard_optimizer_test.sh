@@ -11,7 +11,9 @@
 # checkpoint and resumed sharded gives the uninterrupted losses; the
 # sharded step-4 checkpoint resumed at another layout (EP=1 on 2 ranks:
 # expert moments in 2 parts cut elsewhere) gives the losses of the same
-# resume without sharding.
+# resume without sharding. parallel.reduce_scatter_grads (each rank reduces
+# only its part's gradients) against the runs without sharding: losses and
+# gradient norms within 1e-5, and two runs identical.
 #   shard_optimizer_test.sh TRAIN_SWITCH SOURCE_DIR MPIRUN
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
@@ -66,6 +68,42 @@ case_ sizes 4 2 "${moe[@]}" --set moe.expert_hidden=128,256,128,256,64,64,256,12
 case_ ep4 4 4 "${moe[@]}"
 case_ bf16 2 1 "${moe[@]}" --set precision=BF16
 case_ routed 3 1 "${routed[@]}" --set train.batch=6
+
+# parallel.reduce_scatter_grads: each rank receives its own part's
+# gradient sums (a reduce-scatter) and the norm is summed from the parts:
+# the same sums in another order, so losses and gradient norms within 1e-5
+# (relative) of the run without sharding, and two runs identical; thread
+# mode (the buckets reduced while backward goes on) and without overlap.
+close() {  # a.jsonl b.jsonl: every step's loss and gradient norm within 1e-5
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+rows = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
+bad = [(a["step"], k, a[k], b[k]) for a, b in zip(*rows) for k in ("loss", "grad_norm")
+       if abs(a[k] - b[k]) > 1e-5 * abs(a[k])]
+same = all(a[k] == b[k] for a, b in zip(*rows) for k in ("loss", "grad_norm"))
+print("beyond 1e-5 at (step, what, without, with) %s" % bad[:3] if bad else "bit for bit" if same else "within 1e-5")
+sys.exit(1 if bad or len(rows[0]) != len(rows[1]) or len(rows[0]) == 0 else 0)
+PY
+}
+rs_case() {  # name of a case above (its plain run), ranks, ep, args...
+  local name=$1 np=$2 ep=$3; shift 3
+  local v r
+  for v in rs rs2; do
+    "$MPIRUN" --oversubscribe -np "$np" "$BIN" "$@" "${common[@]}" --set parallel.expert_parallel="$ep" \
+      --set parallel.shard_optimizer=true --set parallel.reduce_scatter_grads=true \
+      --set train.checkpoint_dir="$name.$v" --metrics "$name.$v.jsonl" > "$name.$v.log" 2>&1 \
+      || { echo "FAIL $name: the $v run"; cat "$name.$v.log"; fail=1; return; }
+  done
+  if ! r=$(close "$name.plain.jsonl" "$name.rs.jsonl"); then
+    echo "FAIL $name, reduce_scatter_grads: $r"; paste <(losses "$name.plain.jsonl") <(losses "$name.rs.jsonl"); fail=1
+  elif ! cmp -s <(losses "$name.rs.jsonl") <(losses "$name.rs2.jsonl"); then echo "FAIL $name, reduce_scatter_grads: two runs differ"; fail=1
+  else echo "ok   $name with reduce_scatter_grads ($np ranks, EP=$ep): losses and gradient norms $r of those without sharding; two runs identical"; fi
+}
+rs_case ep2 4 2 "${moe[@]}"
+rs_case sizes 4 2 "${moe[@]}" --set moe.expert_hidden=128,256,128,256,64,64,256,128 --set train.micro_batches=2 \
+  --set parallel.overlap_grad_reduce=false
+rs_case bf16 2 1 "${moe[@]}" --set precision=BF16
+rs_case routed 3 1 "${routed[@]}" --set train.batch=6
 
 # Stopped at the start of step 7 (steps 5 and 6 ran after step 4's checkpoint), resumed sharded.
 shard=(--set parallel.expert_parallel=2 --set parallel.shard_optimizer=true)
