@@ -13,9 +13,10 @@
 // (runtime/grad_reducer.h); the norm and clip factor come from them, as
 // without (parallel.reduce_scatter_grads: each rank receives the sums of
 // its own part only, a reduce-scatter, and the norm is the sum of the
-// parts' squares over the group: another order of the same sums); each rank runs AdamW over its own elements (owned_update), each
-// element with the arithmetic of the whole update (ops/adamw.h is
-// elementwise), so the same bits; then every rank's updated values reach
+// parts' squares over the group: another order of the same sums); each
+// rank runs AdamW over its own elements (owned_update), each element with
+// the arithmetic of the whole update (ops/adamw.h is elementwise), so the
+// same bits; then every rank's updated values reach
 // the rest of its group (share_values: one all-gather of the parts over the
 // arena, Communicator::all_gather_v; until 2026-12-06 a broadcast a part,
 // one after the other, 1.6-1.9x its time at 4-64 MiB on 2 CPU ranks,
