@@ -36,12 +36,15 @@ class Stager {
   void need(const std::string& name, const Shape& shape, Tensor dst) {
     staged_.emplace_back(dst, source(name, shape, dst));
   }
-  // Elements [first, first + dst.numel()) of the tensor (flat) into dst (1-D).
+  // Elements [first, first + dst.numel()) of the tensor (flat) into dst
+  // (1-D): only those read from the file (a sharded optimizer's piece of a
+  // moment, runtime/optimizer_shard.h; a part's boundary can cut a large
+  // tensor, an embedding of 50k x 4096 values has 800 MB a moment, of
+  // which a rank may keep a sliver).
   void need_part(const std::string& name, const Shape& shape, Tensor dst, int64_t first) {
-    const Tensor& src = source(name, shape, dst);
-    SY_CHECK(dst.ndim() == 1 && first >= 0 && first + dst.numel() <= src.numel(),
-             "elements [" << first << ", " << first + dst.numel() << ") of " << name << " (" << src.numel() << ")");
-    staged_.emplace_back(dst, src.reshape({src.numel()}).rows(first, first + dst.numel()));
+    const auto& [rd, rec] = record(name, shape, dst);
+    SY_CHECK(dst.ndim() == 1, "a part of " << name << " into a tensor of " << shape_str(dst.shape()));
+    staged_.emplace_back(dst, rd->read_range(*rec, first, dst.numel()));
   }
   // The same, with dst's own host copy of the tensor, returned for the
   // caller to change before anything is written (valid until the next call).
@@ -63,6 +66,15 @@ class Stager {
   // The file's tensor `name`, checked against dst's dtype and `shape`; read
   // once however many tensors it fills.
   const Tensor& source(const std::string& name, const Shape& shape, const Tensor& dst) {
+    const auto& [rd, rec] = record(name, shape, dst);
+    Tensor& src = read_[name];
+    if (!src.defined()) src = rd->read(*rec);
+    return src;
+  }
+  // Where the file's tensor `name` is, its header checked against dst's
+  // dtype and `shape`.
+  std::pair<const SafetensorsReader*, const TensorRecord*> record(const std::string& name, const Shape& shape,
+                                                                   const Tensor& dst) {
     auto it = where_.find(name);
     if (it == where_.end())
       throw ConfigError(join_path(dir_, "manifest.pbtxt") + ": tensor " + name + " is missing (this model needs it)");
@@ -75,9 +87,7 @@ class Stager {
     if (rec->shape != shape)
       throw ConfigError(rd.path() + ": tensor " + name + ": shape " + shape_str(rec->shape) + ", this model has " +
                         shape_str(shape));
-    Tensor& src = read_[name];
-    if (!src.defined()) src = rd.read(*rec);
-    return src;
+    return {&rd, rec};
   }
   const SafetensorsReader& reader(const std::string& file) {
     auto& r = readers_[file];

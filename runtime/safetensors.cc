@@ -229,6 +229,21 @@ Tensor SafetensorsReader::read(const TensorRecord& r) const {
   return t;
 }
 
+Tensor SafetensorsReader::read_range(const TensorRecord& r, int64_t first, int64_t n) const {
+  DType dt;
+  if (!dtype_from_name(r.dtype, dt))
+    fail(path_, "tensor " + printable(r.name, 120) + ": dtype " + printable(r.dtype, 40) + " cannot be loaded");
+  const int64_t esize = static_cast<int64_t>(dtype_size(dt)), numel = static_cast<int64_t>((r.end - r.begin)) / esize;
+  SY_CHECK(first >= 0 && n >= 0 && first + n <= numel,
+           "elements [" << first << ", " << first + n << ") of " << r.name << " (" << numel << ")");
+  Tensor t = Tensor::empty({n}, dt, host_ctx());
+  std::ifstream in(path_, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(data_start_ + r.begin + first * esize));
+  in.read(static_cast<char*>(t.raw()), static_cast<std::streamsize>(t.nbytes()));
+  if (!in) fail(path_, "tensor " + printable(r.name, 120) + ": cannot read its bytes (file changed while reading?)");
+  return t;
+}
+
 Tensor SafetensorsReader::read_f32(const TensorRecord& r) const {
   if (r.dtype != "F16") {
     Tensor t = read(r);

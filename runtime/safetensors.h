@@ -63,6 +63,9 @@ class SafetensorsReader {
   uint64_t file_bytes() const { return file_bytes_; }
   // One tensor's bytes as a new host tensor (its dtype must be one this build holds).
   Tensor read(const TensorRecord& t) const;
+  // Elements [first, first + n) of a tensor taken flat, as a new 1-D host
+  // tensor of its dtype (only those bytes are read).
+  Tensor read_range(const TensorRecord& t, int64_t first, int64_t n) const;
   // A floating-point tensor (F32, BF16, or F16, which no tensor holds) as a
   // new f32 host tensor, widened exactly.
   Tensor read_f32(const TensorRecord& t) const;
