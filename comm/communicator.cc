@@ -15,7 +15,7 @@ double Communicator::all_reduce_sum(double v, const char* context) {
 }
 
 void Communicator::all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) {
-  const std::vector<int64_t> first = detail::check_parts(t, rows, size(), context);
+  const std::vector<int64_t> first = detail::check_parts(t, rows, size(), "all_gather_v", context);
   const int64_t w = t.numel() == 0 ? 0 : t.numel() / t.dim(0);
   constexpr int64_t kPiece = int64_t{1} << 26;  // elements: MPI's broadcast counts bytes in an int
   const int64_t piece_rows = std::max<int64_t>(1, kPiece / std::max<int64_t>(1, w));
@@ -28,22 +28,23 @@ void Communicator::all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Str
 
 void Communicator::reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream,
                                         const char* context) {
-  detail::check_parts(t, rows, size(), context);
+  detail::check_parts(t, rows, size(), "reduce_scatter_sum_v", context);
   all_reduce_sum(t, stream, context);
 }
 
 namespace detail {
 
-std::vector<int64_t> check_parts(const Tensor& t, const std::vector<int64_t>& rows, int size, const char* context) {
+std::vector<int64_t> check_parts(const Tensor& t, const std::vector<int64_t>& rows, int size, const char* op,
+                                 const char* context) {
   SY_CHECK(static_cast<int>(rows.size()) == size,
-           "all_gather_v in '" << context << "': " << rows.size() << " parts for a group of " << size);
+           op << " in '" << context << "': " << rows.size() << " parts for a group of " << size);
   std::vector<int64_t> first(size + 1, 0);
   for (int r = 0; r < size; ++r) {
-    SY_CHECK(rows[r] >= 0, "all_gather_v in '" << context << "': rank " << r << "'s part of " << rows[r] << " rows");
+    SY_CHECK(rows[r] >= 0, op << " in '" << context << "': rank " << r << "'s part of " << rows[r] << " rows");
     first[r + 1] = first[r] + rows[r];
   }
   SY_CHECK(t.ndim() >= 1 && t.dim(0) == first[size],
-           "all_gather_v in '" << context << "': parts of " << first[size] << " rows in all, a tensor of "
+           op << " in '" << context << "': parts of " << first[size] << " rows in all, a tensor of "
                                << shape_str(t.shape()));
   return first;
 }

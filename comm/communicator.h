@@ -55,8 +55,8 @@ class Communicator {
   // all_gather_v's: afterwards rank r's part holds the group's sum of that
   // part; the rest of t holds unspecified values. Here (the fallback): the
   // whole of t summed (all_reduce_sum, which keeps that promise); the
-  // backends override it with one collective (MPI_Reduce_scatter; NCCL's
-  // reduce-scatter for equal parts, else one group of reduces) where they can.
+  // backends override it (MPI: a ring of MPI_Sendrecv; NCCL: its
+  // reduce-scatter for equal parts, else one group of reduces).
   virtual void reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context);
   virtual void barrier(const char* context) = 0;
 
@@ -99,10 +99,12 @@ std::string ranks_str(const std::vector<int>& ranks);
 // all_to_all_v's send and recv share no byte (empty tensors never overlap);
 // else one line naming the caller's context.
 void check_disjoint(const Tensor& send, const Tensor& recv, const char* context);
-// all_gather_v's parts against t (one per rank, none negative, together
-// its dim 0), else one line naming the caller's context; each part's first
+// all_gather_v's (or reduce_scatter_sum_v's: op) parts against t (one per
+// rank, none negative, together its dim 0), else one line naming the op
+// and the caller's context; each part's first
 // row, and their total last (size + 1 values).
-std::vector<int64_t> check_parts(const Tensor& t, const std::vector<int64_t>& rows, int size, const char* context);
+std::vector<int64_t> check_parts(const Tensor& t, const std::vector<int64_t>& rows, int size, const char* op,
+                                 const char* context);
 }  // namespace detail
 
 }  // namespace sy::comm

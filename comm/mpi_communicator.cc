@@ -258,7 +258,7 @@ void MpiCommunicator::broadcast(Tensor& t, int root, Stream stream, const char* 
 }
 
 void MpiCommunicator::all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) {
-  detail::check_parts(t, rows, size_, context);
+  detail::check_parts(t, rows, size_, "all_gather_v", context);
   if (size_ == 1) return;
   if (t.numel() > INT32_MAX) return Communicator::all_gather_v(t, rows, stream, context);
   const int64_t w = row_elems(t);
@@ -293,12 +293,10 @@ void add_into(void* dst, const void* src, int64_t n, DType d) {
 
 void MpiCommunicator::reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream,
                                            const char* context) {
-  const std::vector<int64_t> first = detail::check_parts(t, rows, size_, context);
+  const std::vector<int64_t> first = detail::check_parts(t, rows, size_, "reduce_scatter_sum_v", context);
   const MPI_Datatype type = mpi_type(t.dtype(), true, context);
   if (size_ == 1) return;
   const int64_t w = row_elems(t);
-  if (*std::max_element(rows.begin(), rows.end()) * w > INT32_MAX)
-    return Communicator::reduce_scatter_sum_v(t, rows, stream, context);
   const Ctx stage = staging(*pinned_, stream);
   Tensor h = on_host(t, stage);
   // A ring (N - 1 steps): at step s a rank sends its running sum of part
@@ -307,19 +305,26 @@ void MpiCommunicator::reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>
   // the whole sum of its own part. Each rank sends (N - 1)/N of t, half an
   // all-reduce's traffic; every part's sum is made in one fixed order.
   // (OpenMPI 4.1's MPI_Reduce_scatter took 2.1x MPI_Allreduce's time at 136
-  // MB on 2 ranks of this machine, this ring 0.35x: docs/PERF.md.)
+  // MB on 2 ranks of this machine, this ring 0.35x: docs/PERF.md.) Parts
+  // move in pieces of at most 2^30 elements (MPI's counts are int).
+  constexpr int64_t kPiece = int64_t{1} << 30;
   const size_t esize = dtype_size(t.dtype());
+  const int64_t largest = *std::max_element(rows.begin(), rows.end()) * w;
+  if (ring_.size() < static_cast<size_t>(std::min(largest, kPiece)) * esize)
+    ring_.resize(std::min(largest, kPiece) * esize);  // (before the watchdog is armed: it may throw)
   char* base = static_cast<char*>(h.raw());
   const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
   guarded("reduce_scatter", context, [&] {
     for (int s = 0; s < size_ - 1; ++s) {
       const int sp = ((rank_ - s - 1) % size_ + size_) % size_, rp = ((rank_ - s - 2) % size_ + size_) % size_;
       const int64_t sn = rows[sp] * w, rn = rows[rp] * w;
-      if (ring_.size() < static_cast<size_t>(rn) * esize) ring_.resize(rn * esize);
-      const int rc = MPI_Sendrecv(base + first[sp] * w * esize, static_cast<int>(sn), type, next, 0, ring_.data(),
-                                  static_cast<int>(rn), type, prev, 0, comm_, MPI_STATUS_IGNORE);
-      if (rc != MPI_SUCCESS) return rc;
-      add_into(base + first[rp] * w * esize, ring_.data(), rn, t.dtype());
+      for (int64_t at = 0; at < std::max(sn, rn); at += kPiece) {
+        const int64_t sc = std::clamp<int64_t>(sn - at, 0, kPiece), rc = std::clamp<int64_t>(rn - at, 0, kPiece);
+        const int code = MPI_Sendrecv(base + (first[sp] * w + at) * esize, static_cast<int>(sc), type, next, 0,
+                                      ring_.data(), static_cast<int>(rc), type, prev, 0, comm_, MPI_STATUS_IGNORE);
+        if (code != MPI_SUCCESS) return code;
+        add_into(base + (first[rp] * w + at) * esize, ring_.data(), rc, t.dtype());
+      }
     }
     return MPI_SUCCESS;
   });
@@ -332,7 +337,7 @@ void MpiCommunicator::barrier(const char* context) {
   guarded("barrier", context, [&] { return MPI_Barrier(comm_); });
 }
 
-size_t MpiCommunicator::host_staging_bytes() const { return pinned_->reserved(); }
+size_t MpiCommunicator::host_staging_bytes() const { return pinned_->reserved() + ring_.capacity(); }
 
 bool MpiCommunicator::concurrent_collectives() const { return MpiSession::thread_multiple(); }
 

@@ -50,14 +50,14 @@ class MpiCommunicator : public Communicator {
   // the base class's broadcasts in pieces).
   void all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) override;
   // A ring of MPI_Sendrecv (N - 1 steps), each rank adding what arrives
-  // into its part (see there for why not MPI_Reduce_scatter); a part of
-  // more than 2^31 - 1 elements takes the base class's all-reduce; a device
+  // into its part (see there for why not MPI_Reduce_scatter); a device
   // tensor gets back its own part only.
   void reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) override;
   void barrier(const char* context) override;
   using Communicator::all_reduce_sum;
   MPI_Comm handle() const { return comm_; }
-  // (page-locked, but for any block the system would not pin)
+  // (page-locked, but for any block the system would not pin; and the
+  // reduce-scatter's buffer for the part arriving)
   size_t host_staging_bytes() const override;
   bool concurrent_collectives() const override;
 

@@ -499,7 +499,7 @@ class NcclCommunicator final : public Communicator {
   // NCCL's in-place form wants it); uneven: one group of in-place
   // broadcasts, a part each from its rank (NCCL has no all-gather-v).
   void all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) override {
-    const std::vector<int64_t> first = detail::check_parts(t, rows, size_, context);
+    const std::vector<int64_t> first = detail::check_parts(t, rows, size_, "all_gather_v", context);
     check_stream(t, stream, "all_gather_v", context);
     if (size_ == 1) return;
     const int64_t w = row_elems(t);
@@ -525,7 +525,7 @@ class NcclCommunicator final : public Communicator {
   // uneven: one group of in-place reduces, a part each to its rank.
   void reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream,
                             const char* context) override {
-    const std::vector<int64_t> first = detail::check_parts(t, rows, size_, context);
+    const std::vector<int64_t> first = detail::check_parts(t, rows, size_, "reduce_scatter_sum_v", context);
     check_stream(t, stream, "reduce_scatter", context);
     if (size_ == 1) return;
     const int64_t w = row_elems(t);

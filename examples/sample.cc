@@ -73,9 +73,10 @@ int run(int argc, char** argv) {
   if (tokenizer.empty() && V != 256)
     throw sy::ConfigError(dir + ": model.vocab_size = " + std::to_string(V) +
                           " (token ids, not bytes) and the config names no data.tokenizer; pass --tokenizer FILE.model");
+  const std::string bos_from = bos == -2 ? "data.bos_id = " : "--bos ";  // (for a refusal's line)
   if (bos == -2) bos = cfg.data().bos_id();
   if (tokenizer.empty() && bos >= 0)
-    throw sy::ConfigError("--bos " + std::to_string(bos) + ": " + dir + " is a byte-level model (no bos token)");
+    throw sy::ConfigError(bos_from + std::to_string(bos) + ": " + dir + " is a byte-level model (no bos token)");
   sy::GenerationRouting routing;
   std::string text;
   if (tokenizer.empty()) {
@@ -96,7 +97,7 @@ int run(int argc, char** argv) {
                 << " pieces: ids " << tok.vocab_size() << " and up are never drawn\n";
     }
     if (bos >= tok.vocab_size())
-      throw sy::ConfigError("--bos " + std::to_string(bos) + ": tokenizer " + tokenizer + " has " +
+      throw sy::ConfigError(bos_from + std::to_string(bos) + ": tokenizer " + tokenizer + " has " +
                             std::to_string(tok.vocab_size()) + " pieces");
     const std::vector<int32_t> ids =
         sy::generate_ids(model, cfg, sy::prompt_ids(tok, prompt, bos), tokens, sp, seed, &routing, !no_kv_cache);

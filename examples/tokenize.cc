@@ -25,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
@@ -112,16 +113,20 @@ int run(int argc, char** argv) {
   app.add_option("--bos", bos,
                  "a token id to put before each input's tokens (a model trained to see one first: Mixtral's <s> "
                  "is 1; train with data.bos_id set to it)")
-      ->check(CLI::Range(int64_t{0}, int64_t{1} << 31));
+      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 31));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
-  if (model.empty() && bos >= vocab_size)  // (before the training; a loaded --model's size is checked once loaded)
-    throw sy::ConfigError("--bos " + std::to_string(bos) + ": the tokenizer to train has " +
-                          std::to_string(vocab_size) + " pieces (--vocab-size)");
+  // --bos against the vocabulary, before anything is written or trained.
+  std::optional<sy::Tokenizer> given;
+  if (!model.empty()) given.emplace(sy::Tokenizer::load(model));
+  const int64_t pieces = given ? given->vocab_size() : vocab_size;
+  if (bos >= pieces)
+    throw sy::ConfigError("--bos " + std::to_string(bos) + ": the tokenizer " + (given ? model : "to train") + " has " +
+                          std::to_string(pieces) + " pieces" + (given ? "" : " (--vocab-size)"));
   std::vector<std::string> texts;
   size_t bytes = 0;
   for (const std::string& in : inputs) texts.push_back(read_text(in)), bytes += texts.back().size();
@@ -141,7 +146,7 @@ int run(int argc, char** argv) {
   for (const fs::path& p : old) sy::check_output_path("--out", p.string(), sources, overwrite);
 
   sy::Tokenizer tok = [&] {
-    if (!model.empty()) return sy::Tokenizer::load(model);
+    if (given) return std::move(*given);
     sy::TokenizerTraining t;
     t.vocab_size = vocab_size;
     t.threads = threads;
@@ -152,8 +157,6 @@ int run(int argc, char** argv) {
   }();
   const uint32_t vocab = static_cast<uint32_t>(tok.vocab_size());
 
-  if (bos >= vocab)
-    throw sy::ConfigError("--bos " + std::to_string(bos) + ": the tokenizer has " + std::to_string(vocab) + " pieces");
   std::vector<uint32_t> ids;
   for (const std::string& t : texts) {
     if (bos >= 0) ids.push_back(static_cast<uint32_t>(bos));

@@ -6,7 +6,8 @@
 //            backward finishes them), each ending at a parameter boundary.
 //            Backward reports, block by block, from which arena offset on the
 //            gradients are final (ready()); every bucket wholly past it is
-//            all-reduced in place on its own communicator
+//            all-reduced (or, scatter: reduce-scattered over the moments'
+//            parts, parallel.reduce_scatter_grads) in place on its own communicator
 //            (ParallelContext::grads) while backward goes on:
 //              thread mode (MPI, blocking collectives): by the reducer's
 //                thread, while the main thread runs backward; on a GPU the
@@ -26,7 +27,8 @@
 //                every rank), which a thread's timing would not keep.
 //   experts: over their shard's replicas, after backward (finish()).
 // Both are then divided by the world size (each rank's loss is a mean over
-// its own tokens). Without overlap (parallel.overlap_grad_reduce false, or a
+// its own tokens; scatter: only the rank's own part, the rest left as the
+// collective left it). Without overlap (parallel.overlap_grad_reduce false, or a
 // communicator that can do neither) every bucket is reduced in finish().
 //
 // finish() reports the collective time and the part of it backward did not
@@ -82,6 +84,8 @@ class GradientReducer {
   Mode mode() const { return mode_; }
   bool overlapping() const { return mode_ != Mode::none; }
   int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  // Whether kind k's gradients are reduce-scattered (see the constructor).
+  bool scatters(ParamKind k) const { return scatter_[static_cast<int>(k)]; }
 
  private:
   // Arena kind k's elements [begin, end) summed over c and scaled: whole, or

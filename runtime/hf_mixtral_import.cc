@@ -38,8 +38,8 @@ nlohmann::json read_json(const std::string& path, const std::string& what) {
 class HfConfig {
  public:
   explicit HfConfig(const std::string& dir, const char* file = "config.json")
-      : path_((fs::path(dir) / file).string()), j_(read_json(path_, "a Hugging Face model directory has "
-                                                                     "config.json")) {
+      : path_((fs::path(dir) / file).string()),
+        j_(read_json(path_, std::string("a Hugging Face model directory has ") + file)) {
     if (!j_.is_object()) throw ConfigError(path_ + ": not a JSON object");
   }
   const std::string& path() const { return path_; }

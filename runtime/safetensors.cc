@@ -248,7 +248,7 @@ Tensor SafetensorsReader::read_f32(const TensorRecord& r) const {
   if (r.dtype != "F16") {
     Tensor t = read(r);
     if (t.dtype() != DType::f32 && t.dtype() != DType::bf16)
-      fail(path_, "tensor " + printable(r.name, 120) + ": dtype " + r.dtype + ", not a floating-point type");
+      fail(path_, "tensor " + printable(r.name, 120) + ": dtype " + r.dtype + ", not F32, BF16 or F16");
     return t.dtype() == DType::f32 ? t : t.to(DType::f32);
   }
   std::vector<uint16_t> half((r.end - r.begin) / 2);  // (little-endian, as the constructor checked)

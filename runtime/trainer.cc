@@ -403,6 +403,8 @@ TrainResult Trainer::run() {
                  << " ranks";
       if (ps.arena(ParamKind::expert).numel() > 0)
         *opts_.log << ", each expert shard's over its " << ps.moment_parts(ParamKind::expert) << " replicas";
+      if (reducer_ && (reducer_->scatters(ParamKind::dense) || reducer_->scatters(ParamKind::expert)))
+        *opts_.log << "; gradients reduce-scattered over the same parts (parallel.reduce_scatter_grads)";
       *opts_.log << "\n";
     }
     opts_.log->flush();

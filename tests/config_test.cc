@@ -455,10 +455,6 @@ TEST(Config, MemoryEstimateRefusesWhatCannotFit) {
   EXPECT_GT(physical_memory_bytes(), 0);
 }
 
-// Values and gradients take 8 bytes a parameter; AdamW's moments 8 more,
-// split over the ranks that hold the same parameters under
-// parallel.shard_optimizer: the dense ones over the world, a rank's experts
-// over their world / ep replicas.
 TEST(Config, ReduceScatterGradsNeedsShardedMoments) {
   EXPECT_TRUE(parse_ok("parallel { shard_optimizer: true reduce_scatter_grads: true }").parallel().reduce_scatter_grads());
   expect_invalid("parallel { reduce_scatter_grads: true }",
@@ -466,6 +462,10 @@ TEST(Config, ReduceScatterGradsNeedsShardedMoments) {
                  "sums of the moments it keeps)");
 }
 
+// Values and gradients take 8 bytes a parameter; AdamW's moments 8 more,
+// split over the ranks that hold the same parameters under
+// parallel.shard_optimizer: the dense ones over the world, a rank's experts
+// over their world / ep replicas.
 TEST(Config, MemoryEstimateOfShardedMoments) {
   const Config dense = parse_ok(""), dense_sharded = parse_ok("parallel { shard_optimizer: true }");
   EXPECT_DOUBLE_EQ(estimate_memory(dense_sharded, 4).parameters, estimate_memory(dense, 4).parameters * 10 / 16);

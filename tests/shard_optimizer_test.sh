@@ -30,6 +30,7 @@ routed=(--config "$SRC/configs/routed_copy.pbtxt" --set data.synthetic_bytes=500
 read -r -a more <<< "${SY_TEST_ARGS:-}"
 common+=("${more[@]}")
 fail=0
+losses_norms() { python3 -c 'import json,sys; [print(json.loads(l)["step"], repr(json.loads(l)["loss"]), repr(json.loads(l)["grad_norm"])) for l in open(sys.argv[1])]' "$1"; }
 losses() { python3 -c 'import json,sys; [print(json.loads(l)["step"], repr(json.loads(l)["loss"])) for l in open(sys.argv[1])]' "$1"; }
 same_files() {  # dir_a dir_b: every safetensors file byte for byte
   local f n=0
@@ -51,7 +52,7 @@ case_() {  # name, ranks, ep, args...
   local line="AdamW moments sharded (parallel.shard_optimizer): .* the dense ones over $np ranks"
   [ "$name" = routed ] || line+=", each expert shard's over its $((np / ep)) replicas"
   grep -q "$line" "$name.shard.log" || { echo "FAIL $name: no line on the sharded moments"; grep -i adamw "$name.shard.log"; fail=1; }
-  # The broadcasts' time in the metrics, where they run.
+  # The values' all-gather time in the metrics, where it runs.
   [ "$(grep -c '"comm_share_values_s":[0-9.e-]*[1-9]' "$name.shard.jsonl")" = 8 ] && ! grep -q comm_share_values_s "$name.plain.jsonl" \
     || { echo "FAIL $name: comm_share_values_s not on every sharded step's line alone"; fail=1; }
   if [ "$(losses "$name.plain.jsonl")" != "$(losses "$name.shard.jsonl")" ]; then
@@ -72,8 +73,9 @@ case_ routed 3 1 "${routed[@]}" --set train.batch=6
 # parallel.reduce_scatter_grads: each rank receives its own part's
 # gradient sums (a reduce-scatter) and the norm is summed from the parts:
 # the same sums in another order, so losses and gradient norms within 1e-5
-# (relative) of the run without sharding, and two runs identical; thread
-# mode (the buckets reduced while backward goes on) and without overlap.
+# (relative) of the run without sharding, and two runs identical (losses
+# and norms); the log line says the reducer scatters; thread mode (the
+# buckets reduced while backward goes on) and without overlap.
 close() {  # a.jsonl b.jsonl: every step's loss and gradient norm within 1e-5
   python3 - "$1" "$2" <<'PY'
 import json, sys
@@ -94,9 +96,12 @@ rs_case() {  # name of a case above (its plain run), ranks, ep, args...
       --set train.checkpoint_dir="$name.$v" --metrics "$name.$v.jsonl" > "$name.$v.log" 2>&1 \
       || { echo "FAIL $name: the $v run"; cat "$name.$v.log"; fail=1; return; }
   done
-  if ! r=$(close "$name.plain.jsonl" "$name.rs.jsonl"); then
+  if ! grep -q "; gradients reduce-scattered over the same parts (parallel.reduce_scatter_grads)" "$name.rs.log"; then
+    echo "FAIL $name, reduce_scatter_grads: the reducer does not scatter"; grep -i adamw "$name.rs.log"; fail=1
+  elif ! r=$(close "$name.plain.jsonl" "$name.rs.jsonl"); then
     echo "FAIL $name, reduce_scatter_grads: $r"; paste <(losses "$name.plain.jsonl") <(losses "$name.rs.jsonl"); fail=1
-  elif ! cmp -s <(losses "$name.rs.jsonl") <(losses "$name.rs2.jsonl"); then echo "FAIL $name, reduce_scatter_grads: two runs differ"; fail=1
+  elif ! cmp -s <(losses_norms "$name.rs.jsonl") <(losses_norms "$name.rs2.jsonl"); then
+    echo "FAIL $name, reduce_scatter_grads: two runs differ"; fail=1
   else echo "ok   $name with reduce_scatter_grads ($np ranks, EP=$ep): losses and gradient norms $r of those without sharding; two runs identical"; fi
 }
 rs_case ep2 4 2 "${moe[@]}"

@@ -110,8 +110,11 @@ a, b = ids(sys.argv[1]), ids(sys.argv[2])
 sys.exit(0 if b[0] == 1 and b[1:1 + 1000] == a[:1000] and b.count(1) >= 2 else 1)
 PY
 "$BIN/tokenize" --input text.txt --vocab-size 400 --bos 400 --out tokbad > tokbad.log 2>&1
-[ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer to train has 400 pieces (--vocab-size)" tokbad.log && [ ! -e tokbad/tokenizer.model ] \
+[ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer to train has 400 pieces (--vocab-size)" tokbad.log && [ ! -e tokbad ] \
   || { echo "FAIL: --bos past the vocabulary:"; cat tokbad.log; fail=1; }
+"$BIN/tokenize" --input text.txt --model tok/tokenizer.model --bos 400 --out tokbad > tokbad.log 2>&1
+[ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer tok/tokenizer.model has 400 pieces$" tokbad.log && [ ! -e tokbad ] \
+  || { echo "FAIL: --bos past a loaded --model's vocabulary:"; cat tokbad.log; fail=1; }
 "$BIN/train_switch" --config "$SRC/configs/mixtral_tiny.pbtxt" "${set_args[@]}" --set data.token_files='tokb/train_*.bin' \
   --set data.val_token_files='tokb/val_*.bin' --set data.path= --set data.bos_id=1 --set model.d_model=32 --set moe.num_experts=4 \
   --set train.checkpoint_interval=6 --set train.checkpoint_dir=ckb > trainb.log 2>&1 || { echo "FAIL train_switch, bos"; cat trainb.log; fail=1; }
