@@ -16,7 +16,9 @@
 // through the SentencePiece model its config names (data.tokenizer, relative
 // to the working directory) or --tokenizer, read by runtime/piece_codec.h;
 // byte-level models need none. Where the config names a data.bos_id (an
-// imported Mixtral's <s>) or --bos says, that token comes before the prompt.
+// imported Mixtral's <s>) or --bos says, that token comes before the prompt;
+// where it names a data.eos_id (</s>) or --eos says, generation stops after
+// drawing that token.
 // runtime/generate.h describes the generation. Exit codes: 0 done, 2 bad input
 // (a checkpoint that is missing, corrupt or partial: one line naming the file
 // and the tensor), 1 any other error.
@@ -52,8 +54,10 @@ int run(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer, "the SentencePiece .model to decode with (default: the config's data.tokenizer)");
   app.add_option("--seed", seed, "seed of the draws");
   app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
-  int bos = -2;  // (the config's data.bos_id)
+  int bos = -2, eos = -2;  // (the config's data.bos_id, data.eos_id)
   app.add_option("--bos", bos, "a token id to put before the prompt (default: the config's data.bos_id; -1: none)")
+      ->check(CLI::Range(-1, 1 << 30));
+  app.add_option("--eos", eos, "a token id after which generation stops (default: the config's data.eos_id; -1: none)")
       ->check(CLI::Range(-1, 1 << 30));
   app.add_flag("--no-kv-cache", no_kv_cache, "run the model on the whole window for every token (no key/value cache)");
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
@@ -74,9 +78,15 @@ int run(int argc, char** argv) {
     throw sy::ConfigError(dir + ": model.vocab_size = " + std::to_string(V) +
                           " (token ids, not bytes) and the config names no data.tokenizer; pass --tokenizer FILE.model");
   const std::string bos_from = bos == -2 ? "data.bos_id = " : "--bos ";  // (for a refusal's line)
+  const std::string eos_from = eos == -2 ? "data.eos_id = " : "--eos ";
   if (bos == -2) bos = cfg.data().bos_id();
+  if (eos == -2) eos = cfg.data().eos_id();
   if (tokenizer.empty() && bos >= 0)
     throw sy::ConfigError(bos_from + std::to_string(bos) + ": " + dir + " is a byte-level model (no bos token)");
+  if (tokenizer.empty() && eos >= 0)
+    throw sy::ConfigError(eos_from + std::to_string(eos) + ": " + dir + " is a byte-level model (no eos token)");
+  int generated = tokens;
+  bool stopped = false;
   sy::GenerationRouting routing;
   std::string text;
   if (tokenizer.empty()) {
@@ -96,16 +106,24 @@ int run(int argc, char** argv) {
       std::cerr << "note: model.vocab_size = " << V << ", the tokenizer has " << tok.vocab_size()
                 << " pieces: ids " << tok.vocab_size() << " and up are never drawn\n";
     }
+    if (eos >= tok.vocab_size())
+      throw sy::ConfigError(eos_from + std::to_string(eos) + ": tokenizer " + tokenizer + " has " +
+                            std::to_string(tok.vocab_size()) + " pieces");
     if (bos >= tok.vocab_size())
       throw sy::ConfigError(bos_from + std::to_string(bos) + ": tokenizer " + tokenizer + " has " +
                             std::to_string(tok.vocab_size()) + " pieces");
+    const std::vector<int32_t> context = sy::prompt_ids(tok, prompt, bos);
     const std::vector<int32_t> ids =
-        sy::generate_ids(model, cfg, sy::prompt_ids(tok, prompt, bos), tokens, sp, seed, &routing, !no_kv_cache);
+        sy::generate_ids(model, cfg, context, tokens, sp, seed, &routing, !no_kv_cache, eos);
+    generated = static_cast<int>(ids.size() - context.size());
+    stopped = generated > 0 && ids.back() == eos;
     text = tok.decode(ids);
   }
   std::cout << text << "\n";
-  std::cout << "--- " << tokens << (tokenizer.empty() ? " bytes" : " tokens") << " from " << dir << " (temperature " << sp.temperature << ", top-k "
-            << sp.top_k << ", seed " << seed << "); where they were routed:\n";
+  std::cout << "--- " << generated << (tokenizer.empty() ? " bytes" : " tokens")
+            << (stopped ? " (stopped at the end token " + std::to_string(eos) + ")" : "") << " from " << dir
+            << " (temperature " << sp.temperature << ", top-k " << sp.top_k << ", seed " << seed
+            << "); where they were routed:\n";
   char b[64];
   for (const auto& m : routing.moe) {
     int64_t assigned = 0, top = 0;

@@ -3,8 +3,8 @@
 //
 //   build/bin/tokenize --input a.txt --input b.txt --vocab-size 2048 --out data/tok
 //   build/bin/tokenize --input c.txt --model data/tok/tokenizer.model --out data/tok2
-//   build/bin/tokenize --input d.txt --model mixtral_hf/tokenizer.model --bos 1 --out data/mix
-//                      (each input's tokens after a bos token, as an imported Mixtral was trained)
+//   build/bin/tokenize --input d.txt --model mixtral_hf/tokenizer.model --bos 1 --eos 2 --out data/mix
+//                      (each input's tokens between <s> and </s>, as an imported Mixtral was trained)
 //
 // Trains a tokenizer on the inputs (runtime/tokenizer.h has the recipe) or
 // loads an existing .model, encodes the inputs in order and writes, in --out:
@@ -109,10 +109,13 @@ int run(int argc, char** argv) {
   app.add_option("--shard-tokens", shard_tokens, "tokens per shard at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   app.add_option("--threads", threads, "tokenizer training threads")->check(CLI::Range(1, 1024));
   app.add_flag("--overwrite", overwrite, "replace the shards and tokenizer already in --out");
-  int64_t bos = -1;
+  int64_t bos = -1, eos = -1;
   app.add_option("--bos", bos,
                  "a token id to put before each input's tokens (a model trained to see one first: Mixtral's <s> "
                  "is 1; train with data.bos_id set to it)")
+      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 31));
+  app.add_option("--eos", eos,
+                 "a token id to put after each input's tokens (Mixtral's </s> is 2; train with data.eos_id set to it)")
       ->check(CLI::Range(int64_t{-1}, int64_t{1} << 31));
   try {
     app.parse(argc, argv);
@@ -124,9 +127,11 @@ int run(int argc, char** argv) {
   std::optional<sy::Tokenizer> given;
   if (!model.empty()) given.emplace(sy::Tokenizer::load(model));
   const int64_t pieces = given ? given->vocab_size() : vocab_size;
-  if (bos >= pieces)
-    throw sy::ConfigError("--bos " + std::to_string(bos) + ": the tokenizer " + (given ? model : "to train") + " has " +
-                          std::to_string(pieces) + " pieces" + (given ? "" : " (--vocab-size)"));
+  for (const auto& [flag, id] : {std::pair<const char*, int64_t>{"--bos", bos}, {"--eos", eos}})
+    if (id >= pieces)
+      throw sy::ConfigError(std::string(flag) + " " + std::to_string(id) + ": the tokenizer " +
+                            (given ? model : "to train") + " has " + std::to_string(pieces) + " pieces" +
+                            (given ? "" : " (--vocab-size)"));
   std::vector<std::string> texts;
   size_t bytes = 0;
   for (const std::string& in : inputs) texts.push_back(read_text(in)), bytes += texts.back().size();
@@ -161,6 +166,7 @@ int run(int argc, char** argv) {
   for (const std::string& t : texts) {
     if (bos >= 0) ids.push_back(static_cast<uint32_t>(bos));
     encode_into(tok, t, ids);
+    if (eos >= 0) ids.push_back(static_cast<uint32_t>(eos));
   }
   const size_t n_val = static_cast<size_t>(static_cast<double>(ids.size()) * val_fraction);
   if (n_val == 0 || n_val == ids.size())

@@ -139,8 +139,10 @@ void validate_config(const Config& cfg, const std::string& source) {
     if (!d.val_token_files().empty()) c.fail("data.val_token_files", "\"" + d.val_token_files() + "\"", why);
     if (!d.tokenizer().empty()) c.fail("data.tokenizer", "\"" + d.tokenizer() + "\"", why + " (byte-level data needs none)");
     if (d.bos_id() != -1) c.fail("data.bos_id", std::to_string(d.bos_id()), why + " (byte-level data has no such token)");
+    if (d.eos_id() != -1) c.fail("data.eos_id", std::to_string(d.eos_id()), why + " (byte-level data has no such token)");
   } else {
     c.range("data.bos_id", d.bos_id(), -1, cfg.model().vocab_size() - 1);
+    c.range("data.eos_id", d.eos_id(), -1, cfg.model().vocab_size() - 1);
   }
   if (d.source() == switchyard::DataConfig::TOKEN_FILES) {
     // The patterns are expanded and the shards checked when the data is

@@ -101,7 +101,7 @@ void add_routing(Transformer& model, int64_t last, GenerationRouting& routing) {
 
 std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::vector<int32_t> text, int n,
                                   const ops::SamplingParams& sp, uint64_t seed, GenerationRouting* routing,
-                                  bool kv_cache) {
+                                  bool kv_cache, int32_t stop) {
   const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
   SY_CHECK(!text.empty(), "generation needs a non-empty context");
   for (int32_t id : text) SY_CHECK(id >= 0 && id < V, "context id " << id << " outside the vocabulary of " << V);
@@ -153,6 +153,7 @@ std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::ve
     const float u = bits_to_uniform(random_bits(key, text.size()).v[0]);
     text.push_back(static_cast<int32_t>(ops::sample_token(host_ctx(), probs, sp, u)));
     if (routing) add_routing(model, last, *routing);
+    if (text.back() == stop) break;
     if (!cached || i + 1 == n) continue;
     if (cached_n == T) {  // the window is full: rebuilt from its last T / 2 tokens
       start = static_cast<int64_t>(text.size()) - std::max<int64_t>(1, T / 2);

@@ -119,6 +119,16 @@ std::vector<std::string> mixtral_export_notes(const Config& cfg) {
   return notes;
 }
 
+namespace {
+// What config.json's vocabulary note says of bos_token_id and eos_token_id.
+std::string special_tokens(const switchyard::DataConfig& d) {
+  if (d.bos_id() < 0 && d.eos_id() < 0) return "no special tokens";
+  std::string s = d.bos_id() >= 0 ? "bos_token_id before every text" : "";
+  if (d.eos_id() >= 0) s += std::string(s.empty() ? "" : ", ") + "eos_token_id after one";
+  return s + ", no other special tokens";
+}
+}  // namespace
+
 std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtype) {
   const auto& m = cfg.model();
   const auto& e = cfg.moe();
@@ -148,7 +158,8 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
   j["tie_word_embeddings"] = m.tie_embeddings();
   if (cfg.data().bos_id() >= 0) j["bos_token_id"] = cfg.data().bos_id();  // (data.bos_id: before every text)
   else j["bos_token_id"] = nullptr;
-  j["eos_token_id"] = nullptr;
+  if (cfg.data().eos_id() >= 0) j["eos_token_id"] = cfg.data().eos_id();  // (data.eos_id: ends a text)
+  else j["eos_token_id"] = nullptr;
   j["use_cache"] = true;
   j["torch_dtype"] = torch_dtype;
   nlohmann::ordered_json sy;
@@ -157,8 +168,7 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
           ? "token ids of the training shards' tokenizer (data.tokenizer: " +
                 (cfg.data().tokenizer().empty() ? std::string("not named") : cfg.data().tokenizer()) +
                 "); not exported: ship that SentencePiece model beside these files; " +
-                (cfg.data().bos_id() >= 0 ? "bos_token_id before every text, no other special tokens"
-                                          : std::string("no special tokens"))
+                special_tokens(cfg.data())
           : "bytes: token id = byte value (0-255) of UTF-8 or any other text; no tokenizer files, no special tokens";
   sy["trained_seq_len"] = m.seq_len();
   const auto notes = mixtral_export_notes(cfg);

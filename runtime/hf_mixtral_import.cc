@@ -240,6 +240,10 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   DataConfig& d = *cfg.mutable_data();
   if (!d.has_bos_id() && V != 256 && j.has("bos_token_id") && adds_bos(dir))
     d.set_bos_id(static_cast<int32_t>(j.integer("bos_token_id", 0, V - 1)));
+  // The one that ends a text (eos_token_id: sample stops there), where it
+  // is one id (some configs list several; those are left to --set).
+  if (!d.has_eos_id() && V != 256 && j.has("eos_token_id") && j.raw("eos_token_id").is_number_integer())
+    d.set_eos_id(static_cast<int32_t>(j.integer("eos_token_id", 0, V - 1)));
   cfg.clear_attention();
   cfg.clear_depth();
   fill_defaults(cfg);

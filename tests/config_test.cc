@@ -127,6 +127,11 @@ TEST(Config, TokenFilesAllowLargerVocabularies) {
   expect_invalid(bos + "-2 } model { vocab_size: 2048 }", "data.bos_id = -2: must be in [-1, 2047]");
   expect_invalid("data { bos_id: 1 }", "data.bos_id = 1: set while data.source is SYNTHETIC, which does not read it "
                                        "(byte-level data has no such token)");
+  const std::string eos = tok.substr(0, tok.size() - 2) + " eos_id: ";
+  EXPECT_EQ(parse_ok(eos + "2 } model { vocab_size: 2048 }").data().eos_id(), 2);
+  expect_invalid(eos + "2048 } model { vocab_size: 2048 }", "data.eos_id = 2048: must be in [-1, 2047]");
+  expect_invalid("data { eos_id: 2 }", "data.eos_id = 2: set while data.source is SYNTHETIC, which does not read it "
+                                       "(byte-level data has no such token)");
 }
 
 TEST(Config, BackendCudaOnlyWhereBuilt) {

@@ -213,6 +213,27 @@ TEST(KvCache, GenerationGivesTheWindowedTokensAndRouting) {
   }
 }
 
+// A stop id (data.eos_id) ends generation at its first draw: the ids are
+// those without it up to and including that draw, cached or not; an id
+// never drawn changes nothing.
+TEST(KvCache, GenerationStopsAfterTheStopId) {
+  ops::SamplingParams sp;
+  const Config cfg = cached_configs().front().second;
+  const auto m = model_for(cfg);
+  Transformer& model = *m;
+  const std::vector<int32_t> prompt = random_ids(5, cfg.model().vocab_size(), 4);
+  const auto all = generate_ids(model, cfg, prompt, 30, sp, 3, nullptr, true);
+  const int32_t stop = all[prompt.size() + 6];  // (the 7th drawn id)
+  const auto first = std::find(all.begin() + prompt.size(), all.end(), stop);
+  const std::vector<int32_t> want(all.begin(), first + 1);
+  ASSERT_LT(want.size(), all.size());
+  for (const bool cached : {true, false})
+    EXPECT_EQ(generate_ids(model, cfg, prompt, 30, sp, 3, nullptr, cached, stop), want) << "cached " << cached;
+  int32_t never = 0;
+  while (std::find(all.begin() + prompt.size(), all.end(), never) != all.end()) ++never;
+  EXPECT_EQ(generate_ids(model, cfg, prompt, 30, sp, 3, nullptr, true, never), all);
+}
+
 // Past the window the cache restarts from the context's last T / 2 tokens:
 // the same as the windowed steps on the contexts that rule gives (each
 // token drawn from the logits of the forward over text[start ..]; start

@@ -8,9 +8,10 @@
 # run that loads the saved tokenizer writes the same shards; train_switch trains a few
 # steps on the shards (data.source TOKEN_FILES) and checkpoints; sample
 # decodes through the tokenizer the config names, continuing the prompt; a
-# damaged shard is refused with one line naming it (exit 2); a bos token
-# goes into the shards (tokenize --bos), before a sample's prompt
-# (data.bos_id, sample --bos) and through export_hf and import_hf.
+# damaged shard is refused with one line naming it (exit 2); start and end
+# tokens go into the shards (tokenize --bos, --eos), the start before a
+# sample's prompt (data.bos_id, sample --bos), both through export_hf and
+# import_hf.
 # runtime/piece_codec.h encodes the text to SentencePiece's ids.
 #   tokenize_test.sh BIN_DIR SOURCE_DIR
 set -u
@@ -93,21 +94,25 @@ mv tok/moved.model tok/tokenizer.model
   && grep -q "note: model.vocab_size = 448, the tokenizer has 400 pieces: ids 400 and up are never drawn" p.err \
   || { echo "FAIL: sampling a padded vocabulary:"; cat p.err; fail=1; }
 
-# A bos token (Mixtral's <s> habit): tokenize --bos puts it before each
-# input's tokens; a model trained with data.bos_id samples with it before the
-# prompt (sample --bos -1: without, another text), decodes it to nothing, and
-# export_hf / import_hf carry it as config.json's bos_token_id, unless the
-# directory's tokenizer_config.json says add_bos_token false.
-"$BIN/tokenize" --input text.txt --input text.txt --model tok/tokenizer.model --bos 1 --out tokb > tokb.log 2>&1 \
-  || { echo "FAIL tokenize --bos"; cat tokb.log; fail=1; }
-python3 - tok/train_000000.bin tokb/train_000000.bin <<'PY' || { echo "FAIL: the bos ids in the shard"; fail=1; }
+# Start and end tokens (Mixtral's <s> and </s>): tokenize --bos and --eos
+# put them before and after each input's tokens; a model trained with
+# data.bos_id samples with it before the prompt (sample --bos -1: without,
+# another text), decodes it to nothing, and export_hf / import_hf carry both
+# as config.json's bos_token_id and eos_token_id (the bos unless the
+# directory's tokenizer_config.json says add_bos_token false). (Stopping at
+# the eos: kv_cache_test's GenerationStopsAfterTheStopId.)
+"$BIN/tokenize" --input text.txt --input text.txt --model tok/tokenizer.model --bos 1 --eos 2 --out tokb > tokb.log 2>&1 \
+  || { echo "FAIL tokenize --bos --eos"; cat tokb.log; fail=1; }
+python3 - tok/train_000000.bin tok/val_000000.bin tokb/train_000000.bin <<'PY' || { echo "FAIL: the bos and eos ids in the shard"; fail=1; }
 import struct, sys
 def ids(p):
     d = open(p, "rb").read(); w = struct.unpack("<I", d[12:16])[0]; n = struct.unpack("<Q", d[16:24])[0]
     return list(struct.unpack("<%d%s" % (n, "H" if w == 2 else "I"), d[32:32 + n * w]))
-a, b = ids(sys.argv[1]), ids(sys.argv[2])
-# (each input once before, twice now: the text's ids after a 1, then again; the split moved)
-sys.exit(0 if b[0] == 1 and b[1:1 + 1000] == a[:1000] and b.count(1) >= 2 else 1)
+text = ids(sys.argv[1]) + ids(sys.argv[2])  # (the text's ids: its train and val shards)
+b = ids(sys.argv[3])
+# (two inputs, the text twice: 1, its ids, 2, then 1 and its ids again, cut at the split)
+n = len(text)
+sys.exit(0 if b[:n + 3] == [1] + text + [2, 1] and b[n + 3:] == text[:len(b) - n - 3] else 1)
 PY
 "$BIN/tokenize" --input text.txt --vocab-size 400 --bos 400 --out tokbad > tokbad.log 2>&1
 [ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer to train has 400 pieces (--vocab-size)" tokbad.log && [ ! -e tokbad ] \
@@ -116,7 +121,7 @@ PY
 [ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer tok/tokenizer.model has 400 pieces$" tokbad.log && [ ! -e tokbad ] \
   || { echo "FAIL: --bos past a loaded --model's vocabulary:"; cat tokbad.log; fail=1; }
 "$BIN/train_switch" --config "$SRC/configs/mixtral_tiny.pbtxt" "${set_args[@]}" --set data.token_files='tokb/train_*.bin' \
-  --set data.val_token_files='tokb/val_*.bin' --set data.path= --set data.bos_id=1 --set model.d_model=32 --set moe.num_experts=4 \
+  --set data.val_token_files='tokb/val_*.bin' --set data.path= --set data.bos_id=1 --set data.eos_id=2 --set model.d_model=32 --set moe.num_experts=4 \
   --set train.checkpoint_interval=6 --set train.checkpoint_dir=ckb > trainb.log 2>&1 || { echo "FAIL train_switch, bos"; cat trainb.log; fail=1; }
 "$BIN/sample" --checkpoint latest --checkpoint-dir ckb --prompt "Switchyard" --tokens 30 --seed 3 > b1.txt 2>/dev/null
 "$BIN/sample" --checkpoint latest --checkpoint-dir ckb --prompt "Switchyard" --tokens 30 --seed 3 --bos -1 > b0.txt 2>/dev/null
@@ -124,12 +129,14 @@ head -1 b1.txt | grep -q "^Switchyard" && head -1 b0.txt | grep -q "^Switchyard"
   || { echo "FAIL: sampling with and without the bos:"; cat b1.txt b0.txt; fail=1; }
 "$BIN/sample" --checkpoint latest --checkpoint-dir ckb --tokens 5 --bos 400 > b2.txt 2>&1
 [ $? -eq 2 ] && grep -q "^error: --bos 400: tokenizer tok/tokenizer.model has 400 pieces" b2.txt || { echo "FAIL: sample --bos 400:"; cat b2.txt; fail=1; }
+"$BIN/sample" --checkpoint latest --checkpoint-dir ckb --tokens 5 --eos 400 > b2.txt 2>&1
+[ $? -eq 2 ] && grep -q "^error: --eos 400: tokenizer tok/tokenizer.model has 400 pieces" b2.txt || { echo "FAIL: sample --eos 400:"; cat b2.txt; fail=1; }
 "$BIN/export_hf" --checkpoint latest --checkpoint-dir ckb --out hfb > eb.log 2>&1 \
-  && python3 -c "import json, sys; sys.exit(json.load(open('hfb/config.json'))['bos_token_id'] != 1)" \
+  && python3 -c "import json, sys; c = json.load(open('hfb/config.json')); sys.exit((c['bos_token_id'], c['eos_token_id']) != (1, 2))" \
   && cp tok/tokenizer.model hfb/ && "$BIN/import_hf" --hf hfb --out impb > ib.log 2>&1 \
-  && grep -q "bos_id: 1$" impb/step_00000000/manifest.pbtxt \
+  && grep -q "bos_id: 1$" impb/step_00000000/manifest.pbtxt && grep -q "eos_id: 2$" impb/step_00000000/manifest.pbtxt \
   && echo '{"add_bos_token": false}' > hfb/tokenizer_config.json && "$BIN/import_hf" --hf hfb --out impb0 > ib0.log 2>&1 \
-  && grep -q "bos_id: -1$" impb0/step_00000000/manifest.pbtxt \
+  && grep -q "bos_id: -1$" impb0/step_00000000/manifest.pbtxt && grep -q "eos_id: 2$" impb0/step_00000000/manifest.pbtxt \
   && "$BIN/sample" --checkpoint impb/step_00000000 --prompt "Switchyard" --tokens 30 --seed 3 > b3.txt 2>/dev/null \
   && cmp -s <(head -c 60 b1.txt) <(head -c 60 b3.txt) \
   || { echo "FAIL: bos_token_id through export_hf and import_hf:"; cat eb.log ib.log ib0.log 2>/dev/null; grep bos impb*/step_00000000/manifest.pbtxt; fail=1; }
