@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -73,6 +75,26 @@ inline void expect_gradient(const std::string& what, Tensor& x, const Tensor& an
                     << ": analytic " << a[worst_i] << " vs numeric " << worst_num;
   // A gradient check of an all-zero gradient proves nothing.
   EXPECT_GT(amax, 0.0) << what << ": analytic gradient is identically zero";
+}
+
+// Token ids as a host tensor.
+inline Tensor tokens(const std::vector<int32_t>& t) { return Tensor::from_host(t); }
+
+// bf16 mode's checks (Config.precision BF16): a host copy of t with every
+// element rounded to bf16 (round to nearest even); the same bytes; and the
+// relative L2 distance ||a - b|| / ||b||.
+inline Tensor rounded(const Tensor& t) { return t.to(DType::bf16).to(DType::f32); }
+inline bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+inline double rel_diff(const Tensor& a, const Tensor& b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double d = static_cast<double>(a.f32()[i]) - b.f32()[i];
+    num += d * d;
+    den += static_cast<double>(b.f32()[i]) * b.f32()[i];
+  }
+  return std::sqrt(num / den);
 }
 
 }  // namespace sy::testing
