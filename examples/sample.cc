@@ -106,11 +106,11 @@ int run(int argc, char** argv) {
       std::cerr << "note: model.vocab_size = " << V << ", the tokenizer has " << tok.vocab_size()
                 << " pieces: ids " << tok.vocab_size() << " and up are never drawn\n";
     }
-    if (eos >= tok.vocab_size())
-      throw sy::ConfigError(eos_from + std::to_string(eos) + ": tokenizer " + tokenizer + " has " +
-                            std::to_string(tok.vocab_size()) + " pieces");
     if (bos >= tok.vocab_size())
       throw sy::ConfigError(bos_from + std::to_string(bos) + ": tokenizer " + tokenizer + " has " +
+                            std::to_string(tok.vocab_size()) + " pieces");
+    if (eos >= tok.vocab_size())
+      throw sy::ConfigError(eos_from + std::to_string(eos) + ": tokenizer " + tokenizer + " has " +
                             std::to_string(tok.vocab_size()) + " pieces");
     const std::vector<int32_t> context = sy::prompt_ids(tok, prompt, bos);
     const std::vector<int32_t> ids =

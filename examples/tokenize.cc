@@ -123,7 +123,7 @@ int run(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
-  // --bos against the vocabulary, before anything is written or trained.
+  // --bos and --eos against the vocabulary, before anything is written or trained.
   std::optional<sy::Tokenizer> given;
   if (!model.empty()) given.emplace(sy::Tokenizer::load(model));
   const int64_t pieces = given ? given->vocab_size() : vocab_size;

@@ -59,13 +59,13 @@ bool causal(const Config& cfg, std::string* why = nullptr);
 // experts' assignments since position 0 (Router::set_decode).
 bool kv_cacheable(const Config& cfg, std::string* why = nullptr);
 
-// Appends n generated ids to `context` (non-empty, each < model.vocab_size);
+// Appends up to n generated ids to `context` (non-empty, each < model.vocab_size);
 // the model must be in evaluation mode. The draw for the id at position p
 // (its index in the returned sequence) is keyed by (seed, p).
 // kv_cache: decode with the cache where kv_cacheable() and the model is on
 // the CPU (false: always the windowed steps). stop: an id (data.eos_id)
-// after whose first draw generation ends, fewer than n ids appended; -1:
-// none.
+// after whose first draw generation ends (n ids appended unless it is
+// drawn sooner); -1: none.
 std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::vector<int32_t> context, int n,
                                   const ops::SamplingParams& sp, uint64_t seed, GenerationRouting* routing = nullptr,
                                   bool kv_cache = true, int32_t stop = -1);

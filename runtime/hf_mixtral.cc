@@ -124,7 +124,7 @@ namespace {
 std::string special_tokens(const switchyard::DataConfig& d) {
   if (d.bos_id() < 0 && d.eos_id() < 0) return "no special tokens";
   std::string s = d.bos_id() >= 0 ? "bos_token_id before every text" : "";
-  if (d.eos_id() >= 0) s += std::string(s.empty() ? "" : ", ") + "eos_token_id after one";
+  if (d.eos_id() >= 0) s += std::string(s.empty() ? "" : ", ") + "eos_token_id after every text";
   return s + ", no other special tokens";
 }
 }  // namespace

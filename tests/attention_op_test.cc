@@ -19,10 +19,7 @@ namespace {
 using testing::dot;
 using testing::expect_gradient;
 using testing::randn;
-using testing::rel_diff;
 using testing::rounded;
-using testing::same_bits;
-using testing::tokens;
 using testing::zeros;
 
 TEST(Attention, SingleTokenReturnsItsValue) {

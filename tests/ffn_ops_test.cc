@@ -20,9 +20,7 @@ using testing::dot;
 using testing::expect_gradient;
 using testing::randn;
 using testing::rel_diff;
-using testing::rounded;
 using testing::same_bits;
-using testing::tokens;
 using testing::zeros;
 
 // Elements [at, at + numel(s)) of a packed tensor, as shape s (an expert's block).

@@ -1,4 +1,5 @@
-// Finite-difference gradient checking shared by the op, layer and model tests.
+// Finite-difference gradient checking shared by the op, layer and model
+// tests, and the small helpers the op tests share (token ids, bf16 checks).
 #pragma once
 #include <gtest/gtest.h>
 

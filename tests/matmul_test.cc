@@ -24,7 +24,6 @@ using testing::randn;
 using testing::rel_diff;
 using testing::rounded;
 using testing::same_bits;
-using testing::tokens;
 using testing::zeros;
 
 TEST(Matmul, HandComputed) {

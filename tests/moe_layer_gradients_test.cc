@@ -12,7 +12,6 @@
 #include <numeric>
 #include <set>
 
-#include "cuda_fixture.h"
 #include "grad_check.h"
 #include "moe_test_util.h"
 #include "ops/gelu.h"
@@ -22,7 +21,6 @@ namespace sy {
 namespace {
 
 using moe_testing::check_layer_gradients;
-using moe_testing::expert_row;
 using moe_testing::moe_config;
 using moe_testing::randomize_biases;
 

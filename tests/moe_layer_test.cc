@@ -21,7 +21,6 @@
 namespace sy {
 namespace {
 
-using moe_testing::check_layer_gradients;
 using moe_testing::expert_row;
 using moe_testing::moe_config;
 using moe_testing::randomize_biases;

@@ -26,7 +26,7 @@ inline switchyard::MoeConfig moe_config(int G, int k) {
 // Expert g applied to one row: gelu(x W1 + b1) W2 + b2; S = the hidden
 // widths of the experts before g (the packed layout, ops/expert_ffn.h).
 inline std::vector<float> expert_row(ParamStore& ps, const std::string& name, int g, const float* x, int64_t C,
-                              int64_t H, int64_t S = -1) {
+                                     int64_t H, int64_t S = -1) {
   if (S < 0) S = g * H;  // equal widths
   const float* w1 = ps.find(name + ".experts.w1")->value.f32() + C * S;
   const float* b1 = ps.find(name + ".experts.b1")->value.f32() + S;

@@ -2,8 +2,9 @@
 // marginals at the fixed point, the offsets' indifference to a row's shift,
 // a hand-solved balanced split of tokens that all prefer one expert, NaN,
 // the CUDA kernels' fp32 arithmetic replayed on the host (against the
-// reference, and a NaN kept through its merges), and the refusals. The router's use of it is in moe_layer_test.cc; the
-// CUDA kernels against this reference in tests/backend_ops/cases_routing.cc.
+// reference, and a NaN kept through its merges), and the refusals. The
+// router's use of it is in moe_routing_policy_test.cc; the CUDA kernels
+// against this reference in tests/backend_ops/cases_routing.cc.
 #include <gtest/gtest.h>
 
 #include <algorithm>

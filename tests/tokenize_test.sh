@@ -117,6 +117,9 @@ PY
 "$BIN/tokenize" --input text.txt --vocab-size 400 --bos 400 --out tokbad > tokbad.log 2>&1
 [ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer to train has 400 pieces (--vocab-size)" tokbad.log && [ ! -e tokbad ] \
   || { echo "FAIL: --bos past the vocabulary:"; cat tokbad.log; fail=1; }
+"$BIN/tokenize" --input text.txt --vocab-size 400 --eos 400 --out tokbad > tokbad.log 2>&1
+[ $? -eq 2 ] && grep -q "^error: --eos 400: the tokenizer to train has 400 pieces (--vocab-size)" tokbad.log && [ ! -e tokbad ] \
+  || { echo "FAIL: --eos past the vocabulary:"; cat tokbad.log; fail=1; }
 "$BIN/tokenize" --input text.txt --model tok/tokenizer.model --bos 400 --out tokbad > tokbad.log 2>&1
 [ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer tok/tokenizer.model has 400 pieces$" tokbad.log && [ ! -e tokbad ] \
   || { echo "FAIL: --bos past a loaded --model's vocabulary:"; cat tokbad.log; fail=1; }
@@ -139,7 +142,8 @@ head -1 b1.txt | grep -q "^Switchyard" && head -1 b0.txt | grep -q "^Switchyard"
   && grep -q "bos_id: -1$" impb0/step_00000000/manifest.pbtxt && grep -q "eos_id: 2$" impb0/step_00000000/manifest.pbtxt \
   && "$BIN/sample" --checkpoint impb/step_00000000 --prompt "Switchyard" --tokens 30 --seed 3 > b3.txt 2>/dev/null \
   && cmp -s <(head -c 60 b1.txt) <(head -c 60 b3.txt) \
-  || { echo "FAIL: bos_token_id through export_hf and import_hf:"; cat eb.log ib.log ib0.log 2>/dev/null; grep bos impb*/step_00000000/manifest.pbtxt; fail=1; }
+  || { echo "FAIL: bos_token_id and eos_token_id through export_hf and import_hf:"; cat eb.log ib.log ib0.log 2>/dev/null
+       grep -E 'bos|eos' impb*/step_00000000/manifest.pbtxt; fail=1; }
 
 # A truncated training shard: one line naming the file and the count.
 size=$(stat -c %s tok/train_000000.bin)
