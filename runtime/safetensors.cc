@@ -217,30 +217,33 @@ const TensorRecord* SafetensorsReader::find(const std::string& name) const {
   return nullptr;
 }
 
-Tensor SafetensorsReader::read(const TensorRecord& r) const {
+DType SafetensorsReader::loadable(const TensorRecord& r) const {
   DType dt;
   if (!dtype_from_name(r.dtype, dt))
     fail(path_, "tensor " + printable(r.name, 120) + ": dtype " + printable(r.dtype, 40) + " cannot be loaded");
-  Tensor t = Tensor::empty(r.shape, dt, host_ctx());
+  return dt;
+}
+
+void SafetensorsReader::read_bytes(const TensorRecord& r, uint64_t offset, void* dst, size_t bytes) const {
   std::ifstream in(path_, std::ios::binary);
-  in.seekg(static_cast<std::streamoff>(data_start_ + r.begin));
-  in.read(static_cast<char*>(t.raw()), static_cast<std::streamsize>(t.nbytes()));
+  in.seekg(static_cast<std::streamoff>(data_start_ + r.begin + offset));
+  in.read(static_cast<char*>(dst), static_cast<std::streamsize>(bytes));
   if (!in) fail(path_, "tensor " + printable(r.name, 120) + ": cannot read its bytes (file changed while reading?)");
+}
+
+Tensor SafetensorsReader::read(const TensorRecord& r) const {
+  Tensor t = Tensor::empty(r.shape, loadable(r), host_ctx());
+  read_bytes(r, 0, t.raw(), t.nbytes());
   return t;
 }
 
 Tensor SafetensorsReader::read_range(const TensorRecord& r, int64_t first, int64_t n) const {
-  DType dt;
-  if (!dtype_from_name(r.dtype, dt))
-    fail(path_, "tensor " + printable(r.name, 120) + ": dtype " + printable(r.dtype, 40) + " cannot be loaded");
-  const int64_t esize = static_cast<int64_t>(dtype_size(dt)), numel = static_cast<int64_t>((r.end - r.begin)) / esize;
+  const DType dt = loadable(r);
+  const int64_t esize = static_cast<int64_t>(dtype_size(dt)), numel = static_cast<int64_t>(r.end - r.begin) / esize;
   SY_CHECK(first >= 0 && n >= 0 && first + n <= numel,
            "elements [" << first << ", " << first + n << ") of " << r.name << " (" << numel << ")");
   Tensor t = Tensor::empty({n}, dt, host_ctx());
-  std::ifstream in(path_, std::ios::binary);
-  in.seekg(static_cast<std::streamoff>(data_start_ + r.begin + first * esize));
-  in.read(static_cast<char*>(t.raw()), static_cast<std::streamsize>(t.nbytes()));
-  if (!in) fail(path_, "tensor " + printable(r.name, 120) + ": cannot read its bytes (file changed while reading?)");
+  read_bytes(r, static_cast<uint64_t>(first * esize), t.raw(), t.nbytes());
   return t;
 }
 
@@ -252,10 +255,7 @@ Tensor SafetensorsReader::read_f32(const TensorRecord& r) const {
     return t.dtype() == DType::f32 ? t : t.to(DType::f32);
   }
   std::vector<uint16_t> half((r.end - r.begin) / 2);  // (little-endian, as the constructor checked)
-  std::ifstream in(path_, std::ios::binary);
-  in.seekg(static_cast<std::streamoff>(data_start_ + r.begin));
-  in.read(reinterpret_cast<char*>(half.data()), static_cast<std::streamsize>(half.size() * 2));
-  if (!in) fail(path_, "tensor " + printable(r.name, 120) + ": cannot read its bytes (file changed while reading?)");
+  read_bytes(r, 0, half.data(), half.size() * 2);
   Tensor t = Tensor::empty(r.shape, DType::f32, host_ctx());
   float* v = t.data<float>();
   for (size_t i = 0; i < half.size(); ++i) v[i] = f16_to_f32(half[i]);

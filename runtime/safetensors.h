@@ -75,6 +75,9 @@ class SafetensorsReader {
   FileDigest digest() const;
 
  private:
+  DType loadable(const TensorRecord& t) const;  // its dtype, or one line: one this build cannot hold
+  // `bytes` of the tensor's data from `offset` on into dst.
+  void read_bytes(const TensorRecord& t, uint64_t offset, void* dst, size_t bytes) const;
   std::string path_;
   std::vector<TensorRecord> tensors_;
   std::map<std::string, std::string> metadata_;
