@@ -499,52 +499,28 @@ class NcclCommunicator final : public Communicator {
   // NCCL's in-place form wants it); uneven: one group of in-place
   // broadcasts, a part each from its rank (NCCL has no all-gather-v).
   void all_gather_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context) override {
-    const std::vector<int64_t> first = detail::check_parts(t, rows, size_, "all_gather_v", context);
-    check_stream(t, stream, "all_gather_v", context);
-    if (size_ == 1) return;
-    const int64_t w = row_elems(t);
-    const bool equal = std::all_of(rows.begin(), rows.end(), [&](int64_t r) { return r == rows[0]; });
-    Staged s(*this, t, true);
-    char* base = static_cast<char*>(s.ptr());
-    const size_t row_bytes = w * dtype_size(t.dtype());
-    const ncclDataType_t type = nccl_type(t.dtype());
-    run("all_gather_v", context, stream, s.staged(), [&](cudaStream_t st) {
-      if (equal)
-        return ncclAllGather(base + first[rank_] * row_bytes, base, rows[0] * w, type, comm_, st);
-      NcclGroup group;
-      for (int r = 0; r < size_; ++r)
-        if (rows[r] > 0) {
-          char* part = base + first[r] * row_bytes;
-          NCCL_CHECK(ncclBroadcast(part, part, rows[r] * w, type, r, comm_, st));
-        }
-      return group.end();
-    });
+    over_parts(
+        "all_gather_v", t, rows, stream, context,
+        [&](char* base, char* mine, size_t count, ncclDataType_t type, cudaStream_t st) {
+          return ncclAllGather(mine, base, count, type, comm_, st);
+        },
+        [&](char* part, size_t count, ncclDataType_t type, int r, cudaStream_t st) {
+          return ncclBroadcast(part, part, count, type, r, comm_, st);
+        });
   }
 
   // Equal parts: ncclReduceScatter in place (our part at rank x count);
   // uneven: one group of in-place reduces, a part each to its rank.
   void reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream,
                             const char* context) override {
-    const std::vector<int64_t> first = detail::check_parts(t, rows, size_, "reduce_scatter_sum_v", context);
-    check_stream(t, stream, "reduce_scatter", context);
-    if (size_ == 1) return;
-    const int64_t w = row_elems(t);
-    const bool equal = std::all_of(rows.begin(), rows.end(), [&](int64_t r) { return r == rows[0]; });
-    Staged s(*this, t, true);
-    char* base = static_cast<char*>(s.ptr());
-    const size_t row_bytes = w * dtype_size(t.dtype());
-    const ncclDataType_t type = nccl_type(t.dtype());
-    run("reduce_scatter", context, stream, s.staged(), [&](cudaStream_t st) {
-      if (equal)
-        return ncclReduceScatter(base, base + first[rank_] * row_bytes, rows[0] * w, type, ncclSum, comm_, st);
-      NcclGroup group;
-      for (int r = 0; r < size_; ++r)
-        if (rows[r] > 0) {
-          char* part = base + first[r] * row_bytes;
-          NCCL_CHECK(ncclReduce(part, part, rows[r] * w, type, ncclSum, r, comm_, st));
-        }
-      return group.end();
-    });
+    over_parts(
+        "reduce_scatter_sum_v", t, rows, stream, context,
+        [&](char* base, char* mine, size_t count, ncclDataType_t type, cudaStream_t st) {
+          return ncclReduceScatter(base, mine, count, type, ncclSum, comm_, st);
+        },
+        [&](char* part, size_t count, ncclDataType_t type, int r, cudaStream_t st) {
+          return ncclReduce(part, part, count, type, ncclSum, r, comm_, st);
+        });
   }
 
   void barrier(const char* context) override {
@@ -564,6 +540,31 @@ class NcclCommunicator final : public Communicator {
              "NCCL " << op << " in '" << context << "': a device tensor needs the stream that wrote it, not Stream{}");
   }
   static int64_t row_elems(const Tensor& t) { return t.ndim() == 0 || t.dim(0) == 0 ? 1 : t.numel() / t.dim(0); }
+
+  // An in-place collective over t's parts (all_gather_v, reduce_scatter_sum_v):
+  // where every part has as many rows, equal(base, our part, count a part);
+  // else one group of part(a part, its count, its rank) over the non-empty
+  // parts, in rank order on every rank.
+  template <typename Equal, typename Part>
+  void over_parts(const char* op, Tensor& t, const std::vector<int64_t>& rows, Stream stream, const char* context,
+                  Equal equal, Part part) {
+    const std::vector<int64_t> first = detail::check_parts(t, rows, size_, op, context);
+    check_stream(t, stream, op, context);
+    if (size_ == 1) return;
+    const int64_t w = row_elems(t);
+    const bool same = std::all_of(rows.begin(), rows.end(), [&](int64_t r) { return r == rows[0]; });
+    Staged s(*this, t, true);
+    char* base = static_cast<char*>(s.ptr());
+    const size_t row_bytes = w * dtype_size(t.dtype());
+    const ncclDataType_t type = nccl_type(t.dtype());
+    run(op, context, stream, s.staged(), [&](cudaStream_t st) {
+      if (same) return equal(base, base + first[rank_] * row_bytes, static_cast<size_t>(rows[0] * w), type, st);
+      NcclGroup group;
+      for (int r = 0; r < size_; ++r)
+        if (rows[r] > 0) NCCL_CHECK(part(base + first[r] * row_bytes, static_cast<size_t>(rows[r] * w), type, r, st));
+      return group.end();
+    });
+  }
 
   // A tensor's bytes in device memory for the collective: the tensor itself
   // when it is on a device, else a staged copy (copied back when `out`).

@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <utility>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -192,6 +193,15 @@ TEST_P(Conformance, BroadcastFromTheLastRankEveryDtype) {
   }
 }
 
+// The parts of all_gather_v's and reduce_scatter_sum_v's cases over W
+// ranks, and each one's first row (W + 1 values): equal (3 rows each) or
+// uneven (rank 1's empty, rank r's 2r + 1 rows).
+std::pair<std::vector<int64_t>, std::vector<int64_t>> parts(int W, bool equal) {
+  std::vector<int64_t> rows(W), first(W + 1, 0);
+  for (int r = 0; r < W; ++r) rows[r] = equal ? 3 : (r == 1 ? 0 : 2 * r + 1), first[r + 1] = first[r] + rows[r];
+  return {rows, first};
+}
+
 // all_gather_v in place: each rank's part tagged with its rank, row and
 // element, every other row poisoned (-1, no tag's value); uneven parts with
 // an empty one (rank 1's), then equal parts (NCCL's in-place all-gather),
@@ -203,8 +213,8 @@ TEST_P(Conformance, AllGatherVUnevenEqualAndEmptyEveryDtype) {
     for (const bool fallback : {false, true})
       for (DType dt : kAll) {
         SCOPED_TRACE(std::string(dtype_name(dt)) + (equal ? " equal" : " uneven") + (fallback ? " fallback" : ""));
-        std::vector<int64_t> rows(W), first(W + 1, 0);
-        for (int r = 0; r < W; ++r) rows[r] = equal ? 4 : (r == 1 ? 0 : r + 2), first[r + 1] = first[r] + rows[r];
+        const auto split = parts(W, equal);
+        const std::vector<int64_t> &rows = split.first, &first = split.second;
         auto owner = [&](int64_t row) {  // the rank whose part holds the row
           return static_cast<int>(std::upper_bound(first.begin(), first.end(), row) - first.begin()) - 1;
         };
@@ -242,8 +252,8 @@ TEST_P(Conformance, ReduceScatterVUnevenEqualAndEmptyEveryAddableDtype) {
       for (DType dt : kAll) {
         if (dt == DType::bf16 && !is_nccl(GetParam())) continue;  // MPI cannot add bf16
         SCOPED_TRACE(std::string(dtype_name(dt)) + (equal ? " equal" : " uneven") + (fallback ? " fallback" : ""));
-        std::vector<int64_t> rows(W), first(W + 1, 0);
-        for (int r = 0; r < W; ++r) rows[r] = equal ? 3 : (r == 1 ? 0 : 2 * r + 1), first[r + 1] = first[r] + rows[r];
+        const auto split = parts(W, equal);
+        const std::vector<int64_t> &rows = split.first, &first = split.second;
         Tensor t = make({first[W], w}, dt, [&](int64_t i) { return (R + 1) * (i % 16 + 1); });
         if (fallback) comm().Communicator::reduce_scatter_sum_v(t, rows, ctx().stream, "conformance");
         else comm().reduce_scatter_sum_v(t, rows, ctx().stream, "conformance");

@@ -83,7 +83,9 @@ inline Tensor tokens(const std::vector<int32_t>& t) { return Tensor::from_host(t
 
 // bf16 mode's checks (Config.precision BF16): a host copy of t with every
 // element rounded to bf16 (round to nearest even); the same bytes; and the
-// relative L2 distance ||a - b|| / ||b||.
+// relative L2 distance ||a - b|| / ||b|| (||b|| at least 1e-15, so an all-zero
+// b gives ||a|| x 1e15 rather than a division by zero). backend_ops/harness.h
+// uses them too.
 inline Tensor rounded(const Tensor& t) { return t.to(DType::bf16).to(DType::f32); }
 inline bool same_bits(const Tensor& a, const Tensor& b) {
   return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
@@ -95,7 +97,7 @@ inline double rel_diff(const Tensor& a, const Tensor& b) {
     num += d * d;
     den += static_cast<double>(b.f32()[i]) * b.f32()[i];
   }
-  return std::sqrt(num / den);
+  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 }  // namespace sy::testing

@@ -18,6 +18,7 @@
 #include <string>
 #include <tuple>
 
+#include "../grad_check.h"
 #include "core/device_runtime.h"
 #include "core/rng.h"
 #include "ops/adamw.h"
@@ -196,20 +197,10 @@ inline OpCase tokens_choose_case(const std::string& name, int64_t N, int64_t G, 
           }};
 }
 
-inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
-  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
-
-// Relative L2 error of got against want (host tensors), and the worst element.
-inline double rel_l2(const Tensor& got, const Tensor& want) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    const double d = static_cast<double>(got.f32()[i]) - want.f32()[i];
-    num += d * d;
-    den += static_cast<double>(want.f32()[i]) * want.f32()[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+// The same bytes, and the relative L2 error of got against want (host
+// tensors): grad_check.h's.
+inline bool bitwise_equal(const Tensor& a, const Tensor& b) { return testing::same_bits(a, b); }
+inline double rel_l2(const Tensor& got, const Tensor& want) { return testing::rel_diff(got, want); }
 
 // Runs a case on ctx; returns its outputs on the host.
 inline std::vector<Tensor> run_case(const OpCase& c, Ctx& ctx, const std::vector<Tensor>& host_inputs) {
