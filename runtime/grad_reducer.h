@@ -26,8 +26,8 @@
 //                interleaved with the buckets in program order, the same on
 //                every rank), which a thread's timing would not keep.
 //   experts: over their shard's replicas, after backward (finish()).
-// Both are then divided by the world size (each rank's loss is a mean over
-// its own tokens; scatter: only the rank's own part, the rest left as the
+// Both are then divided by the world size, as a product with the float
+// 1 / N (each rank's loss is a mean over its own tokens; scatter: only the rank's own part, the rest left as the
 // collective left it). Without overlap (parallel.overlap_grad_reduce false, or a
 // communicator that can do neither) every bucket is reduced in finish().
 //
