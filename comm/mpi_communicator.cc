@@ -163,6 +163,7 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : pinned_(pinned_host_allocator(
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &wr));
   world_ranks_.resize(size_);
   MPI_CHECK(MPI_Allgather(&wr, 1, MPI_INT, world_ranks_.data(), 1, MPI_INT, comm_));
+  one_node_ = node_local(comm_).size == size_;
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -176,6 +177,7 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) const {
   MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
   auto c = std::make_unique<MpiCommunicator>(sub);
   c->set_timeout_s(timeout_s_);
+  c->set_ring_all_reduce(ring_all_reduce_, ring_min_bytes_);
   return c;
 }
 
@@ -241,8 +243,31 @@ void MpiCommunicator::all_reduce_sum(Tensor& t, Stream stream, const char* conte
   if (size_ == 1) return;  // (the sum over one rank: t itself; a group of one, e.g. expert replicas when ep = world)
   const Ctx stage = staging(*pinned_, stream);
   Tensor h = on_host(t, stage);
-  guarded("all_reduce", context,
-          [&] { return MPI_Allreduce(MPI_IN_PLACE, h.raw(), static_cast<int>(t.numel()), type, MPI_SUM, comm_); });
+  if (!ring_all_reduce(static_cast<int64_t>(t.nbytes()))) {
+    guarded("all_reduce", context,
+            [&] { return MPI_Allreduce(MPI_IN_PLACE, h.raw(), static_cast<int>(t.numel()), type, MPI_SUM, comm_); });
+    return from_host(t, h, stage);
+  }
+  // The ring reduce-scatter over equal parts (multiples of 16 elements, the
+  // last ones shorter), then each part from its rank to all: each rank sends
+  // 2 (N - 1)/N of t, as a ring all-reduce does, and every element is summed
+  // once, in one fixed order, by its part's rank (so every rank gets the
+  // same bits).
+  const int64_t n = t.numel(), part = (n + 16 * size_ - 1) / (16 * size_) * 16;
+  std::vector<int64_t> first(size_), count(size_);
+  for (int p = 0; p < size_; ++p) {
+    first[p] = std::min(n, p * part);
+    count[p] = std::min(n, first[p] + part) - first[p];
+  }
+  reserve_ring(part, dtype_size(t.dtype()));
+  to_mpi(count, scratch_[0], scratch_[1]);
+  char* base = static_cast<char*>(h.raw());
+  guarded("all_reduce", context, [&] {
+    const int code = ring_reduce_scatter(base, first, count, t.dtype(), type);
+    if (code != MPI_SUCCESS) return code;
+    return MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base, scratch_[0].data(), scratch_[1].data(), type,
+                          comm_);
+  });
   from_host(t, h, stage);
 }
 
@@ -291,46 +316,59 @@ void add_into(void* dst, const void* src, int64_t n, DType d) {
 }
 }  // namespace
 
+void MpiCommunicator::reserve_ring(int64_t largest_elems, size_t esize) {
+  const int64_t piece = std::min(largest_elems, kRingPiece);
+  if (ring_.size() < static_cast<size_t>(piece) * esize) ring_.resize(piece * esize);
+}
+
+// A ring (N - 1 steps): at step s a rank sends its running sum of part
+// (rank - s - 1) mod N to the next rank and adds the previous rank's of part
+// (rank - s - 2) mod N into its own, so after the last step it holds the
+// whole sum of its own part. Each rank sends (N - 1)/N of the parts, half an
+// all-reduce's traffic; every part's sum is made in one fixed order. (OpenMPI
+// 4.1's MPI_Reduce_scatter took 2.1x MPI_Allreduce's time at 136 MB on 2
+// ranks of this machine, this ring 0.35x:
+// docs/experiments/mpi-reduce-scatter.md.) Parts move in pieces of at most
+// kRingPiece elements (MPI's counts are int). Every rank makes the same
+// number of calls a step, empty ones included, set by the largest part: a
+// call's send is matched by the next rank's receive of the same piece.
+// (A rank that skipped a step with nothing to send or receive left its
+// neighbours' next messages matched to the wrong calls.)
+int MpiCommunicator::ring_reduce_scatter(char* base, const std::vector<int64_t>& first,
+                                         const std::vector<int64_t>& count, DType d, MPI_Datatype type) {
+  const size_t esize = dtype_size(d);
+  const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
+  const int64_t largest = *std::max_element(count.begin(), count.end());
+  for (int s = 0; s < size_ - 1; ++s) {
+    const int sp = ((rank_ - s - 1) % size_ + size_) % size_, rp = ((rank_ - s - 2) % size_ + size_) % size_;
+    const int64_t sn = count[sp], rn = count[rp];
+    for (int64_t at = 0; at == 0 || at < largest; at += kRingPiece) {
+      const int64_t sc = std::clamp<int64_t>(sn - at, 0, kRingPiece), rc = std::clamp<int64_t>(rn - at, 0, kRingPiece);
+      const int code = MPI_Sendrecv(base + (first[sp] + at) * esize, static_cast<int>(sc), type, next, 0, ring_.data(),
+                                    static_cast<int>(rc), type, prev, 0, comm_, MPI_STATUS_IGNORE);
+      if (code != MPI_SUCCESS) return code;
+      add_into(base + (first[rp] + at) * esize, ring_.data(), rc, d);
+    }
+  }
+  return MPI_SUCCESS;
+}
+
 void MpiCommunicator::reduce_scatter_sum_v(Tensor& t, const std::vector<int64_t>& rows, Stream stream,
                                            const char* context) {
-  const std::vector<int64_t> first = detail::check_parts(t, rows, size_, "reduce_scatter_sum_v", context);
+  const std::vector<int64_t> first_row = detail::check_parts(t, rows, size_, "reduce_scatter_sum_v", context);
   const MPI_Datatype type = mpi_type(t.dtype(), true, context);
   if (size_ == 1) return;
   const int64_t w = row_elems(t);
+  std::vector<int64_t> first(size_), count(size_);
+  for (int p = 0; p < size_; ++p) first[p] = first_row[p] * w, count[p] = rows[p] * w;
   const Ctx stage = staging(*pinned_, stream);
   Tensor h = on_host(t, stage);
-  // A ring (N - 1 steps): at step s a rank sends its running sum of part
-  // (rank - s - 1) mod N to the next rank and adds the previous rank's of
-  // part (rank - s - 2) mod N into its own, so after the last step it holds
-  // the whole sum of its own part. Each rank sends (N - 1)/N of t, half an
-  // all-reduce's traffic; every part's sum is made in one fixed order.
-  // (OpenMPI 4.1's MPI_Reduce_scatter took 2.1x MPI_Allreduce's time at 136
-  // MB on 2 ranks of this machine, this ring 0.35x: docs/PERF.md.) Parts
-  // move in pieces of at most 2^30 elements (MPI's counts are int).
-  constexpr int64_t kPiece = int64_t{1} << 30;
-  const size_t esize = dtype_size(t.dtype());
-  const int64_t largest = *std::max_element(rows.begin(), rows.end()) * w;
-  if (ring_.size() < static_cast<size_t>(std::min(largest, kPiece)) * esize)
-    ring_.resize(std::min(largest, kPiece) * esize);  // (before the watchdog is armed: it may throw)
-  char* base = static_cast<char*>(h.raw());
-  const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
-  guarded("reduce_scatter", context, [&] {
-    for (int s = 0; s < size_ - 1; ++s) {
-      const int sp = ((rank_ - s - 1) % size_ + size_) % size_, rp = ((rank_ - s - 2) % size_ + size_) % size_;
-      const int64_t sn = rows[sp] * w, rn = rows[rp] * w;
-      for (int64_t at = 0; at < std::max(sn, rn); at += kPiece) {
-        const int64_t sc = std::clamp<int64_t>(sn - at, 0, kPiece), rc = std::clamp<int64_t>(rn - at, 0, kPiece);
-        const int code = MPI_Sendrecv(base + (first[sp] * w + at) * esize, static_cast<int>(sc), type, next, 0,
-                                      ring_.data(), static_cast<int>(rc), type, prev, 0, comm_, MPI_STATUS_IGNORE);
-        if (code != MPI_SUCCESS) return code;
-        add_into(base + (first[rp] * w + at) * esize, ring_.data(), rc, t.dtype());
-      }
-    }
-    return MPI_SUCCESS;
-  });
+  reserve_ring(*std::max_element(count.begin(), count.end()), dtype_size(t.dtype()));
+  guarded("reduce_scatter", context,
+          [&] { return ring_reduce_scatter(static_cast<char*>(h.raw()), first, count, t.dtype(), type); });
   if (rows[rank_] == 0 || t.device().is_cpu()) return;
-  Tensor mine = t.rows(first[rank_], first[rank_] + rows[rank_]);
-  mine.copy_from(h.rows(first[rank_], first[rank_] + rows[rank_]), stage);
+  Tensor mine = t.rows(first_row[rank_], first_row[rank_] + rows[rank_]);
+  mine.copy_from(h.rows(first_row[rank_], first_row[rank_] + rows[rank_]), stage);
 }
 
 void MpiCommunicator::barrier(const char* context) {

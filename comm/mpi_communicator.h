@@ -1,6 +1,9 @@
 // MpiCommunicator: Communicator over an MPI communicator, with MPI's own
 // blocking collectives (MPI_Alltoallv, MPI_Allreduce, ...: their tuned
-// algorithms; the non-blocking ones cost ~40% more at small sizes here).
+// algorithms; the non-blocking ones cost ~40% more at small sizes here),
+// except for sums: the reduce-scatter is a ring of our own, and so is a
+// large all-reduce on one node (OpenMPI 4.1's cost more than twice as
+// much here: docs/experiments/mpi-reduce-scatter.md).
 // The timeout is kept by a per-process watchdog thread: a collective still
 // in flight at its deadline gets one line on stderr ("error: rank R: <op> in
 // '<layer>' did not complete within T s ... world ranks ...") and the process
@@ -43,7 +46,22 @@ class MpiCommunicator : public Communicator {
                          const char* context) override;
   void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
                     const std::vector<int64_t>& recv_rows, Stream stream, const char* context) override;
+  // MPI_Allreduce; or, where every rank of the group is on one node and t
+  // holds at least kRingMinBytes, a ring: the reduce-scatter below over
+  // t split in equal parts, then MPI_Allgatherv (see there for why).
   void all_reduce_sum(Tensor& t, Stream stream, const char* context) override;
+  static constexpr int64_t kRingMinBytes = int64_t{1} << 20;
+  // on false: MPI_Allreduce for every sum (parallel.mpi_ring_all_reduce);
+  // min_bytes: the smallest sum the ring takes (bench_comm --all-reduce
+  // times it below kRingMinBytes). Kept by split()'s children.
+  void set_ring_all_reduce(bool on, int64_t min_bytes = kRingMinBytes) {
+    ring_all_reduce_ = on;
+    ring_min_bytes_ = min_bytes;
+  }
+  // Whether a sum of `bytes` takes the ring.
+  bool ring_all_reduce(int64_t bytes) const {
+    return ring_all_reduce_ && one_node_ && size_ > 1 && bytes >= ring_min_bytes_;
+  }
   void broadcast(Tensor& t, int root, Stream stream, const char* context) override;
   // MPI_Allgatherv in place (each part counted in elements: MPI's int
   // counts and displacements; a tensor of more than 2^31 - 1 elements takes
@@ -65,11 +83,22 @@ class MpiCommunicator : public Communicator {
   // Runs one blocking collective under the watchdog's deadline.
   template <typename F>
   void guarded(const char* op, const char* context, F&& call);
+  static constexpr int64_t kRingPiece = int64_t{1} << 30;  // elements a ring message moves at most
+  // The ring's buffer for the largest part arriving (before the watchdog is
+  // armed: it may throw).
+  void reserve_ring(int64_t largest_elems, size_t esize);
+  // The ring reduce-scatter over the element ranges [first[p], first[p] +
+  // count[p]) of base (part p ends up summed on rank p); an MPI code.
+  int ring_reduce_scatter(char* base, const std::vector<int64_t>& first, const std::vector<int64_t>& count, DType d,
+                          MPI_Datatype type);
   mutable std::vector<int> scratch_[4];  // MPI's int counts/displacements, reused
-  std::vector<char> ring_;               // reduce_scatter_sum_v: the part arriving, reused
+  std::vector<char> ring_;               // the ring's part arriving, reused
   std::unique_ptr<CachingHostAllocator> pinned_;  // page-locked host blocks for device tensors
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
+  bool one_node_ = false;  // every rank of comm_ on this node (shared memory)
+  bool ring_all_reduce_ = true;
+  int64_t ring_min_bytes_ = kRingMinBytes;
   std::vector<int> world_ranks_;
 };
 

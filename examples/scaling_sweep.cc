@@ -107,8 +107,9 @@ int worker(const std::string& config, const std::vector<std::string>& sets, cons
   if (const int gpu = sy::comm::node_local_gpu(MPI_COMM_WORLD); gpu >= 0) opts.device = gpu;
   std::unique_ptr<sy::ParallelContext> par;
   if (size > 1 && !independent) {
-    par = sy::ParallelContext::create(std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD),
-                                      cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
+    auto world = std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD);
+    world->set_ring_all_reduce(cfg.parallel().mpi_ring_all_reduce());
+    par = sy::ParallelContext::create(std::move(world), cfg.parallel().expert_parallel(), cfg.parallel().timeout_s());
     par->dedup_dispatch = cfg.parallel().dedup_dispatch();
     opts.par = par.get();
   }

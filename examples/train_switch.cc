@@ -315,7 +315,9 @@ int run(int argc, char** argv, int world_rank, int world_size) {
         sy::comm::MpiCommunicator bootstrap(MPI_COMM_WORLD);  // carries NCCL's unique id
         world_comm = sy::comm::make_nccl_communicator(bootstrap, opts.device, cfg.parallel().timeout_s());
       } else {
-        world_comm = std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD);
+        auto mpi = std::make_unique<sy::comm::MpiCommunicator>(MPI_COMM_WORLD);
+        mpi->set_ring_all_reduce(cfg.parallel().mpi_ring_all_reduce());
+        world_comm = std::move(mpi);
       }
       par = sy::ParallelContext::create(std::move(world_comm), cfg.parallel().expert_parallel(),
                                         cfg.parallel().timeout_s());

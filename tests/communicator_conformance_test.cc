@@ -169,15 +169,27 @@ TEST_P(Conformance, AllToAllVRefusesOverlappingBuffers) {
     for (int64_t e = 0; e < 3; ++e) ASSERT_EQ(got.f32()[s * 3 + e], s * 1000 + R * 3 + e) << "from rank " << s;
 }
 
+// Sums of (R + 1) (i mod 16 + 1), exact in every dtype: a small tensor and
+// one over 1 MiB with a tail (MPI on one node: the ring, then
+// MPI_Allgatherv); MPI also with the ring at every size (the small one's
+// later parts empty) and with MPI_Allreduce at every size.
 TEST_P(Conformance, AllReduceSumsEveryAddableDtype) {
   const int R = comm().rank(), W = comm().size();
-  for (DType dt : kAll) {
-    if (dt == DType::bf16 && !is_nccl(GetParam())) continue;  // MPI cannot add bf16
-    SCOPED_TRACE(dtype_name(dt));
-    Tensor t = make({5, 2}, dt, [&](int64_t i) { return (R + 1) * (i + 1); });
-    comm().all_reduce_sum(t, ctx().stream, "conformance");
-    const Tensor got = t.to(host_ctx());
-    for (int64_t i = 0; i < 10; ++i) EXPECT_EQ(get(got, i), W * (W + 1) / 2.0 * (i + 1)) << i;
+  const bool mpi = !is_nccl(GetParam());
+  if (mpi && W > 1) EXPECT_TRUE(mpi_world().ring_all_reduce(int64_t{1} << 20)) << "the ring is not tested";
+  for (const std::string way : {"chosen", "ring", "MPI_Allreduce"}) {  // (MPI: the ring as it chooses, always, never)
+    if (way != "chosen" && !mpi) break;
+    if (way != "chosen") mpi_world().set_ring_all_reduce(way == "ring", 0);
+    for (const int64_t n : {int64_t{10}, int64_t{(1 << 18) + 3}})
+      for (DType dt : kAll) {
+        if (dt == DType::bf16 && mpi) continue;  // MPI cannot add bf16
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " n " + std::to_string(n) + " " + way);
+        Tensor t = make({n}, dt, [&](int64_t i) { return (R + 1) * (i % 16 + 1); });
+        comm().all_reduce_sum(t, ctx().stream, "conformance");
+        const Tensor got = t.to(host_ctx());
+        for (int64_t i = 0; i < n; ++i) ASSERT_EQ(get(got, i), W * (W + 1) / 2.0 * (i % 16 + 1)) << "element " << i;
+      }
+    if (way != "chosen") mpi_world().set_ring_all_reduce(true);
   }
   EXPECT_EQ(comm().all_reduce_sum(static_cast<double>(R), "conformance"), W * (W - 1) / 2.0);
 }
@@ -195,10 +207,12 @@ TEST_P(Conformance, BroadcastFromTheLastRankEveryDtype) {
 
 // The parts of all_gather_v's and reduce_scatter_sum_v's cases over W
 // ranks, and each one's first row (W + 1 values): equal (3 rows each) or
-// uneven (rank 1's empty, rank r's 2r + 1 rows).
+// uneven (ranks 1 and 2's empty, rank r's 2r + 1 rows: at 3 ranks and more
+// a ring step where a rank sends and receives nothing, which must still
+// keep step with its neighbours).
 std::pair<std::vector<int64_t>, std::vector<int64_t>> parts(int W, bool equal) {
   std::vector<int64_t> rows(W), first(W + 1, 0);
-  for (int r = 0; r < W; ++r) rows[r] = equal ? 3 : (r == 1 ? 0 : 2 * r + 1), first[r + 1] = first[r] + rows[r];
+  for (int r = 0; r < W; ++r) rows[r] = equal ? 3 : (r == 1 || r == 2 ? 0 : 2 * r + 1), first[r + 1] = first[r] + rows[r];
   return {rows, first};
 }
 
@@ -359,10 +373,13 @@ TEST_P(Conformance, GradientReducerAveragesOverlappedOrNot) {
       reducer.finish();
       for (Param* p : dense) {
         const Tensor g = p->grad.to(host_ctx());
-        for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(g.data<float>()[i], (W + 1) / 2.f * (i + 1)) << p->name;
+        for (int64_t i = 0; i < g.numel(); ++i)
+          ASSERT_EQ(g.data<float>()[i], W * (W + 1) / 2.f * (i + 1) * (1.f / W)) << p->name;
       }
+      // (the sums times the float 1 / W, the reducer's contract: at 3 and 5
+      // ranks x / W differs from it in the last bit for some x)
       const Tensor g = e->grad.to(host_ctx());
-      for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(g.data<float>()[i], (R + 1) * (i + 1) / static_cast<float>(W));
+      for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(g.data<float>()[i], (R + 1) * (i + 1.f) * (1.f / W));
     }
   }
 }
