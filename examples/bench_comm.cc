@@ -135,15 +135,15 @@ nlohmann::json bench_all_gather(sy::comm::MpiCommunicator& comm, int iters) {
   return out;
 }
 
-// --all-reduce: a sum in place (the gradients' buckets), 1 KiB to 256 MiB
-// (x2), three ways:
+// --all-reduce: a sum in place (the gradients' buckets), 1 KiB to
+// --max-mib (256 MiB; x2), three ways:
 // MPI_Allreduce, our ring (reduce-scatter of MPI_Sendrecv steps, then
 // MPI_Allgatherv) at every size, and our all_reduce_sum as it chooses
 // (the ring from MpiCommunicator::kRingMinBytes on one node; `path` says
 // which it took). busbw = bytes / time x 2 (n-1)/n (nccl-tests'
 // all-reduce); #wrong: elements off the exact sum (rank r's element i is
 // r + 1 + i mod 7, small integers).
-nlohmann::json bench_all_reduce(sy::comm::MpiCommunicator& comm, int iters) {
+nlohmann::json bench_all_reduce(sy::comm::MpiCommunicator& comm, int iters, int64_t max_bytes) {
   const int W = comm.size(), R = comm.rank();
   sy::Tensor t[3];
   int64_t n = 0;
@@ -187,7 +187,7 @@ nlohmann::json bench_all_reduce(sy::comm::MpiCommunicator& comm, int iters) {
                    {"ours_s", mx[2]}, {"path", path}, {"ours_busbw_gbs", bw}, {"ratio", mx[0] / mx[2]},
                    {"wrong", mx[3]}});
   };
-  time_ways("all-reduce", w, W, iters, int64_t{1} << 28, 2);
+  time_ways("all-reduce", w, W, iters, max_bytes, 2);
   return out;
 }
 
@@ -210,7 +210,8 @@ int main(int argc, char** argv) {
   app.add_flag("--device", device, "ours on device tensors (the node-local GPU), staged through the host by MPI");
   int64_t max_mib = 256;
   app.add_flag("--nccl", nccl, "on GPUs: our NCCL all_to_all_v beside ncclAlltoAll (device buffers)");
-  app.add_option("--max-mib", max_mib, "--nccl: the largest size a rank sends, MiB (from 1, x4)")
+  app.add_option("--max-mib", max_mib,
+                 "--nccl: the largest size a rank sends, MiB (from 1, x4); --all-reduce: the largest sum")
       ->check(CLI::Range(1, 4096));
   CLI11_PARSE(app, argc, argv);
 
@@ -228,7 +229,8 @@ int main(int argc, char** argv) {
           return 0;
         }
         if (all_gather || all_reduce) {
-          const nlohmann::json rows = all_gather ? bench_all_gather(comm, iters) : bench_all_reduce(comm, iters);
+          const nlohmann::json rows =
+              all_gather ? bench_all_gather(comm, iters) : bench_all_reduce(comm, iters, max_mib << 20);
           if (R == 0 && !json_path.empty()) std::ofstream(json_path) << rows.dump(1) << "\n";
           return 0;
         }

@@ -212,7 +212,8 @@ TEST_P(Conformance, BroadcastFromTheLastRankEveryDtype) {
 // keep step with its neighbours).
 std::pair<std::vector<int64_t>, std::vector<int64_t>> parts(int W, bool equal) {
   std::vector<int64_t> rows(W), first(W + 1, 0);
-  for (int r = 0; r < W; ++r) rows[r] = equal ? 3 : (r == 1 || r == 2 ? 0 : 2 * r + 1), first[r + 1] = first[r] + rows[r];
+  for (int r = 0; r < W; ++r)
+    rows[r] = equal ? 3 : (r == 1 || r == 2 ? 0 : 2 * r + 1), first[r + 1] = first[r] + rows[r];
   return {rows, first};
 }
 
