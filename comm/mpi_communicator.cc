@@ -177,7 +177,7 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) const {
   MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
   auto c = std::make_unique<MpiCommunicator>(sub);
   c->set_timeout_s(timeout_s_);
-  c->set_ring_all_reduce(ring_all_reduce_, ring_min_bytes_);
+  c->ring_min_bytes_ = ring_min_bytes_;
   return c;
 }
 

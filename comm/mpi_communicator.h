@@ -3,7 +3,7 @@
 // algorithms; the non-blocking ones cost ~40% more at small sizes here),
 // except for sums: the reduce-scatter is a ring of our own, and so is a
 // large all-reduce on one node (OpenMPI 4.1's cost more than twice as
-// much here: docs/experiments/mpi-reduce-scatter.md).
+// much here: docs/experiments/mpi-reduce-scatter.md, mpi-ring-all-reduce.md).
 // The timeout is kept by a per-process watchdog thread: a collective still
 // in flight at its deadline gets one line on stderr ("error: rank R: <op> in
 // '<layer>' did not complete within T s ... world ranks ...") and the process
@@ -55,13 +55,10 @@ class MpiCommunicator : public Communicator {
   // min_bytes: the smallest sum the ring takes (bench_comm --all-reduce
   // times it below kRingMinBytes). Kept by split()'s children.
   void set_ring_all_reduce(bool on, int64_t min_bytes = kRingMinBytes) {
-    ring_all_reduce_ = on;
-    ring_min_bytes_ = min_bytes;
+    ring_min_bytes_ = on ? min_bytes : INT64_MAX;
   }
   // Whether a sum of `bytes` takes the ring.
-  bool ring_all_reduce(int64_t bytes) const {
-    return ring_all_reduce_ && one_node_ && size_ > 1 && bytes >= ring_min_bytes_;
-  }
+  bool ring_all_reduce(int64_t bytes) const { return one_node_ && size_ > 1 && bytes >= ring_min_bytes_; }
   void broadcast(Tensor& t, int root, Stream stream, const char* context) override;
   // MPI_Allgatherv in place (each part counted in elements: MPI's int
   // counts and displacements; a tensor of more than 2^31 - 1 elements takes
@@ -97,8 +94,7 @@ class MpiCommunicator : public Communicator {
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
   bool one_node_ = false;  // every rank of comm_ on this node (shared memory)
-  bool ring_all_reduce_ = true;
-  int64_t ring_min_bytes_ = kRingMinBytes;
+  int64_t ring_min_bytes_ = kRingMinBytes;  // the smallest sum the ring takes (INT64_MAX: none)
   std::vector<int> world_ranks_;
 };
 
