@@ -11,13 +11,14 @@
 #include <sstream>
 #include <thread>
 
-#if defined(__has_feature)
+// SY_LEAK_CHECK: built with AddressSanitizer (gcc says so by a macro,
+// clang by a feature), whose LeakSanitizer MpiSession runs early.
+#if defined(__SANITIZE_ADDRESS__)
+#define SY_LEAK_CHECK 1
+#elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
 #define SY_LEAK_CHECK 1
 #endif
-#endif
-#if defined(__SANITIZE_ADDRESS__) && !defined(SY_LEAK_CHECK)
-#define SY_LEAK_CHECK 1
 #endif
 #ifdef SY_LEAK_CHECK
 #include <sanitizer/lsan_interface.h>
