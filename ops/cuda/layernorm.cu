@@ -181,7 +181,7 @@ static __global__ void layernorm_dx_kernel(float* dx, const float* dy, const T* 
   float* dxr = dx + n * C;
   for (int64_t c = lane; c < C; c += 32) {
     const float xh = (to_float(xr[c]) - m) * s;
-    dxr[c] += dx_term(w ? dyr[c] * w[c] : dyr[c], xh, s, gmean, gxmean);
+    dxr[c] += dx_term(w ? __fmul_rn(dyr[c], w[c]) : dyr[c], xh, s, gmean, gxmean);
   }
 }
 
@@ -216,7 +216,7 @@ static __global__ void __launch_bounds__(kBlock)
       if (c >= C) break;
       const float xh = (to_float(xr[c]) - m) * s;
       const float d = dyr[c];
-      dxr[c] += dx_term(d * w[c], xh, s, gmean, gxmean);
+      dxr[c] += dx_term(__fmul_rn(d, w[c]), xh, s, gmean, gxmean);  // (g rounded in both kernels: no FMA into g - gmean in one alone)
       aw[k] += d * xh;
       ab[k] += d;
     }
@@ -302,7 +302,7 @@ void layernorm_backward(Ctx& ctx, const LayerNormBackwardArgs& a) {
   const int64_t N = a.x.dim(0), C = a.x.dim(1);
   if (N == 0) return;
   const bool affine = a.w.defined();
-  if (affine && N > kLnChunk && C <= kLnMaxCols) {  // (one chunk: column_sums' serial sum, the CPU's order)
+  if (affine && N > kLnChunk && C > 0 && C <= kLnMaxCols) {  // (one chunk: column_sums' serial sum, the CPU's order)
     if (C <= 8 * 32) return backward_chunks<8>(ctx, a, N, C);
     if (C <= 16 * 32) return backward_chunks<16>(ctx, a, N, C);
     if (C <= 32 * 32) return backward_chunks<32>(ctx, a, N, C);
