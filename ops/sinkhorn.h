@@ -25,8 +25,8 @@
 // h_g, the favourite a small one; shifting a row of a by a constant changes
 // f_i only.
 //
-// h (G) f32 out; keys (N, G) f32, N >= 1; iters T >= 1. A NaN key makes
-// every h_g NaN (the logits it came from make the step's loss NaN too).
+// h (G) f32 out; keys (N, G) f32, N >= 1; iters T >= 1. A NaN or +inf key
+// makes every h_g NaN (the logits it came from make the step's loss NaN too).
 // The CPU reference sums in double; CUDA in fp32, each row's LSE over a
 // warp and each column's over fixed chunks of rows merged in chunk order
 // (deterministic; class F against the CPU).

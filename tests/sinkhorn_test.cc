@@ -102,6 +102,17 @@ TEST(Sinkhorn, ANanKeyMakesEveryOffsetNan) {
   for (float v : balance(a, 4, 3, 2)) EXPECT_TRUE(std::isnan(v));
 }
 
+// A +inf key likewise (the GPU's online softmax meets exp(inf - inf)); at
+// one iteration too, where a +inf log-sum-exp would leave the other
+// columns finite on one backend alone.
+TEST(Sinkhorn, AnInfiniteKeyMakesEveryOffsetNan) {
+  for (const int iters : {1, 2}) {
+    std::vector<float> a(12, 0.5f);
+    a[4] = std::numeric_limits<float>::infinity();
+    for (float v : balance(a, 4, 3, iters)) EXPECT_TRUE(std::isnan(v)) << iters << " iterations";
+  }
+}
+
 // The CUDA kernels' arithmetic (ops/cuda/sinkhorn.cu) replayed on the
 // host in fp32: a row's experts dealt to 32 lanes (expert g to lane g mod
 // 32), each lane's running sum, then the xor butterfly; a column's rows in
@@ -158,12 +169,14 @@ TEST(Sinkhorn, CudaArithmeticMatchesTheReference) {
 
 // A lane whose only value is NaN holds (m = -inf, s = NaN): the merge with
 // an empty lane must keep the NaN (at G <= 16 every lane's first partner is
-// empty), and so must a chunk's.
+// empty), and so must a chunk's; a +inf key ends NaN there too.
 TEST(Sinkhorn, CudaArithmeticKeepsANan) {
   for (const int64_t G : {3, 8, 40}) {
     std::vector<float> a(300 * G, 0.5f);
     a[7] = std::numeric_limits<float>::quiet_NaN();
     for (float v : cuda_replay(a, 300, G, 2)) EXPECT_TRUE(std::isnan(v)) << "G " << G;
+    a[7] = std::numeric_limits<float>::infinity();  // and a +inf, at one iteration
+    for (float v : cuda_replay(a, 300, G, 1)) EXPECT_TRUE(std::isnan(v)) << "G " << G << ", +inf";
   }
 }
 

@@ -10,12 +10,15 @@
 namespace sy::ops::cpu {
 
 namespace {
-// log sum_j exp(x_j); -inf for no finite term, NaN where a term is NaN.
+// log sum_j exp(x_j); -inf for no finite term, NaN where a term is NaN or
+// +inf (what the GPU's online softmax gives there, exp(inf - inf): both
+// backends then make every h NaN, as a NaN key does).
 double log_sum_exp(const std::vector<double>& x) {
   double m = -std::numeric_limits<double>::infinity();
   for (double v : x) m = std::isnan(v) ? v : std::max(m, v);
   if (std::isnan(m)) return m;
-  if (std::isinf(m)) return m;  // all -inf (or a +inf term)
+  if (m == std::numeric_limits<double>::infinity()) return std::numeric_limits<double>::quiet_NaN();
+  if (std::isinf(m)) return m;  // all -inf
   double s = 0;
   for (double v : x) s += std::exp(v - m);
   return m + std::log(s);
