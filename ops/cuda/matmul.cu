@@ -177,11 +177,22 @@ struct Plan {
   MatmulDesc desc;
   Layout first, second, out;
   std::optional<cublasLtMatmulAlgo_t> algo;
+  // A bf16-output bucket's plan with no algorithm, once a call's exact
+  // shape had none either: the bucket's later calls fall back at once (not
+  // a plan, a heuristic query and a note per row count).
+  bool exact_none = false;
 };
 std::mutex plan_mutex;
 std::map<AlgoKey, Plan> plans;
 int64_t bucket_fallbacks = 0;  // calls a bucket's plan could not serve (under plan_mutex)
 int64_t out16_fallbacks = 0;   // bf16-output calls no plan served: fp32 scratch instead (under plan_mutex)
+
+// gemm()'s `return false` before any plan is looked up (counted as the rest).
+bool out16_refused() {
+  std::lock_guard<std::mutex> lock(plan_mutex);
+  ++out16_fallbacks;
+  return false;
+}
 
 // key's plan, made where there is none. Column-major view: D (N, M) =
 // op'(B) (N, K) * op'(A) (K, M); the layouts, the descriptor and the
@@ -300,7 +311,7 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   SY_CHECK(g.epilogue == Epilogue::none || (out16 && g.aux && (g.epilogue == Epilogue::gelu || !g.bias)),
            "gemm: a GELU epilogue has a bf16 output and an aux matrix (DGELU: no bias)");
   // (cuBLASLt's aux leading dimension and batch stride: multiples of 8 elements)
-  if (g.epilogue != Epilogue::none && (g.ldc % 8 != 0 || (g.batch > 1 && g.stride_c % 8 != 0))) return false;
+  if (g.epilogue != Epilogue::none && (g.ldc % 8 != 0 || (g.batch > 1 && g.stride_c % 8 != 0))) return out16_refused();
   void* const C = out16 ? g.C16 : static_cast<void*>(g.C);
   SY_CHECK(g.batch >= 1 && g.batch <= 65535, "gemm: batch " << g.batch << " (1 to 65535)");
   SY_CHECK(ctx.blas.cublaslt, "gemm: the context has no cuBLASLt handle");
@@ -327,7 +338,7 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     beta = 1.f;
   };
   if (bias && !bias_aligned) {
-    if (out16) return false;  // (a bias kernel then a GEMM onto it would round twice; the copy is aligned)
+    if (out16) return out16_refused();  // (a bias kernel then a GEMM onto it would round twice; the copy is aligned)
     bias_by_kernel();
   }
 
@@ -361,10 +372,13 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   // Its algo may be empty (none at all).
   auto find = [&]() -> Plan* {
     Plan* q = plan_of(key, bias_at);
-    if (!q->algo && out16 && key.bucketed) {  // (a bucket's shape has none: this call's own may)
+    if (!q->algo && out16 && key.bucketed) {  // (a bucket's shape has none: this call's own may, once)
+      if (q->exact_none) return nullptr;
+      Plan* const in_bucket = q;  // (std::map: a reference survives later insertions)
       key.bucketed = false, key.M = g.M, key.K = g.K;
       ++bucket_fallbacks;
       q = plan_of(key, bias_at);
+      in_bucket->exact_none = !q->algo;
     }
     if (!q->algo && out16) return nullptr;
     if (!q->algo && bias) {
@@ -407,10 +421,13 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
     key.bucketed = false, key.M = g.M, key.K = g.K;
     ++bucket_fallbacks;
   }
-  // The heuristic offered it and the launch refused it all the same (with a
-  // GELU epilogue, INVALID_VALUE too: the heuristic read this plan's first aux
-  // pointer, whose alignment a later call's need not share): the next call
-  // with this key falls back at once.
+  // The heuristic offered it and the launch refused it all the same: the
+  // next call with this key falls back at once. With a GELU epilogue,
+  // INVALID_VALUE too (the aux pointer's alignment is in the key, so this is
+  // a requirement of cuBLASLt's that the heuristic did not check, or a
+  // mistake in our aux attributes): the same values through the GELU
+  // kernels, a note naming the GEMM, and Bf16OutputGemmsTakeTheirEpilogues
+  // fails on the count, so neither passes unseen.
   const bool refused = st == CUBLAS_STATUS_NOT_SUPPORTED ||
                        (key.epilogue != Epilogue::none && st == CUBLAS_STATUS_INVALID_VALUE);
   if (out16 && refused) {
