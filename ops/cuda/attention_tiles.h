@@ -225,7 +225,8 @@ struct MemberMask {
   // With pos, row r's end: a query row's keys at or before its position (a
   // prefix of [0, klen): their count), a key row's first query row at or
   // after its position. row_end searches; row_end_of reads `ends` (on the
-  // host, without ends, it searches).
+  // host, without ends, it searches). On the device `ends` must be set
+  // wherever pos is: member_mask() (attention_varlen.cu) always sets both.
   SY_HD int row_end(int r) const {
     return r < klen ? klen + lower_index(pos + klen, len - klen, pos[r]) : upper_index(pos, klen, pos[r]);
   }
