@@ -12,6 +12,7 @@
 #include "attention_rows.h"
 #include "cuda_fixture.h"
 #include "grad_check.h"
+#include "ops/cuda/routed_attention_rows.h"  // centroid_dot: the kernel's exact score
 #include "ops/layernorm.h"
 #include "ops/rope.h"
 #include "ops/routed_attention.h"
@@ -760,8 +761,8 @@ TEST_F(RoutedAttentionCuda, LocalAndBlockTopkLayersMatchTheCpuAndRerunBitwise) {
 // nearest_clusters): each row sits midway between two centroids, so its two
 // best scores differ by about 1e-3 where the scores' bf16 products err by
 // ~0.1 and split bf16's by ~1e-3. The choice must still be the fp32 argmax
-// of the exact dot products (D products added in order by fma, ties to the
-// lower index), computed here on the host the same way: only the kernel's
+// of the exact dot products (routed::centroid_dot, ties to the lower
+// index), computed here on the host by the same function: only the kernel's
 // margin and exact rescoring get it right on every row. (A host emulation
 // of the kernel's products on inputs drawn this way: the argmax of plain
 // bf16 scores is another centroid on 136 of 301 rows at D 64 and 139 at
@@ -795,8 +796,8 @@ TEST_F(RoutedAttentionCuda, NearestCentroidIsTheExactArgmaxOnNearTies) {
     for (int64_t i = 0; i < T; ++i) {
       float best = -INFINITY;
       for (int64_t c = 0; c < K; ++c) {
-        float s = 0.f;
-        for (int64_t d = 0; d < D; ++d) s = std::fma(x[i * D + d], mu[c * D + d], s);
+        const float s = D == 64 ? ops::routed::centroid_dot<64>(&x[i * D], &mu[c * D])
+                                : ops::routed::centroid_dot<128>(&x[i * D], &mu[c * D]);
         if (s > best) best = s, want[i] = static_cast<int32_t>(c);
       }
     }

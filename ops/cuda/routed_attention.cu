@@ -104,9 +104,10 @@ void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c) 
 //   residuals, each |r| <= u^2 |x| elementwise, and xl.ml) plus the tensor
 //   cores' fp32 accumulation of 3 D exact products, at most ~3 D 2^-23
 //   |x||mu_c| even where they truncate (2^-14.4 at D = 128, 2^-15.4 at 64);
-//   the exact score's own fp32 rounding (D 2^-24 |x||mu_c|) adds 2^-17 at
-//   most. eps_c = 2^-12 |x||mu_c| covers the sum, 2^-13.3 at D = 128 in the
-//   worst case, 2.5 times over (more at smaller D; a host emulation of the
+//   the exact score's own fp32 rounding (routed::centroid_dot's four sums:
+//   (D / 4 + 2) 2^-24 |x||mu_c|) adds 2^-18.9 at most. eps_c = 2^-12
+//   |x||mu_c| covers the sum, 2^-13.3 at D = 128 in the worst case, 2.5
+//   times over (more at smaller D; a host emulation of the
 //   near-tie test's inputs, fp32 sums in order, saw at most 3.1e-6
 //   |x||mu_c|, 1/80 of eps);
 //   L = max over the centroids so far of s~ - eps (below the best exact score),
@@ -121,7 +122,9 @@ void centroid_scores(Ctx& ctx, Tensor& s, const Tensor& xn, const Centroids& c) 
 // each rescored by a 64-step serial dot product on one lane, and the kernel
 // took most of the selection's 9.1 ms on an H200. The split costs two more
 // mma passes; the margin, 64 times tighter, leaves about one candidate a
-// row per chunk where the running best improves, ~2 a row in all at K 256.)
+// row per chunk where the running best improves, ~2 a row in all at K 256.
+// A rescore runs on one lane while its warp waits: one chain of D dependent
+// FMAs until 2026-12-06, four chains of D / 4 since (centroid_dot).)
 
 namespace {
 constexpr int kNcWarps = 4, kNcRows = 16 * kNcWarps, kNcChunk = 64;
@@ -179,20 +182,6 @@ static __global__ void centroid_prep_kernel(CentroidSets sets, int64_t n_sets, i
   if (lane == 0) norm[w] = sqrtf(s);
 }
 
-// The exact score x . m, D fp32 products added in order d = 0 .. D-1 (the
-// kernel's one definition of it: two loads of a float2 per step pair).
-template <int D>
-static __device__ __forceinline__ float exact_dot(const float* x, const float* m) {
-  float s = 0.f;
-#pragma unroll 8
-  for (int d = 0; d < D; d += 2) {
-    const float2 a = *reinterpret_cast<const float2*>(x + d), b = *reinterpret_cast<const float2*>(m + d);
-    s = fmaf(a.x, b.x, s);
-    s = fmaf(a.y, b.y, s);
-  }
-  return s;
-}
-
 template <int D>
 static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(NearestArgs args, CentroidSets sets) {
   constexpr int LD = D + 8;  // mma.cuh's padded pitch
@@ -222,7 +211,7 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
   }
   if (threadIdx.x < kNcRows) {
     const int64_t gr = r0 + threadIdx.x;
-    sxn[threadIdx.x] = gr < rows ? sqrtf(exact_dot<D>(a.x + gr * D, a.x + gr * D)) : 0.f;
+    sxn[threadIdx.x] = gr < rows ? sqrtf(routed::centroid_dot<D>(a.x + gr * D, a.x + gr * D)) : 0.f;
   }
   const int lr[2] = {warp * 16 + gid, warp * 16 + gid + 8};  // this thread's rows of the C fragments
   float L[2] = {-INFINITY, -INFINITY}, best[2] = {-INFINITY, -INFINITY};
@@ -274,7 +263,7 @@ static __global__ void __launch_bounds__(kNcWarps * 32) nearest_centroid_kernel(
         const int64_t gr = r0 + lr[h], c = c0 + col;
         if (c >= a.K || gr >= rows || sxn[lr[h]] == 0.f || acc[0][j][e] + kEps * sxn[lr[h]] * snorm[col] < L[h])
           continue;
-        const float s = exact_dot<D>(a.x + gr * D, a.mu + c * D);
+        const float s = routed::centroid_dot<D>(a.x + gr * D, a.mu + c * D);
         if (bc[h] < 0 || s > best[h] || (s == best[h] && c < bc[h])) best[h] = s, bc[h] = static_cast<int>(c);
       }
   }

@@ -89,6 +89,28 @@ SY_HD inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// Causal mode's exact centroid score x . m (ops/cuda/routed_attention.cu's
+// nearest-centroid kernel: its rescores and row norms), D a multiple of 4:
+// four running sums by fma, sum j taking d = j mod 4, then (s0 + s1) +
+// (s2 + s3). Four chains rather than one because a rescore runs on one lane
+// while the warp waits: one chain is D dependent FMAs (64 at D 64), four are
+// D / 4. Its rounding, within (D / 4 + 2) 2^-24 |x||m|, is under the
+// kernel's margin as the single chain's was. tests/routed_attention_test.cc's
+// host argmax calls this same function.
+template <int D>
+SY_HD inline float centroid_dot(const float* x, const float* m) {
+  static_assert(D % 4 == 0, "centroid_dot: D a multiple of 4");
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma unroll 4
+  for (int d = 0; d < D; d += 4) {
+    s0 = fmaf(x[d], m[d], s0);
+    s1 = fmaf(x[d + 1], m[d + 1], s1);
+    s2 = fmaf(x[d + 2], m[d + 2], s2);
+    s3 = fmaf(x[d + 3], m[d + 3], s3);
+  }
+  return (s0 + s1) + (s2 + s3);
+}
+
 using attn::first_shared;  // (ops/cuda/attention_tiles.h: the varlen mask applies the same rule)
 
 // Bitmap words per token: none where every token has one cluster per side
