@@ -836,6 +836,7 @@ int main(int argc, char** argv) {
               });
           add({"attention_fwd_bwd_" + tag, shape, 0, 3.5 * fwd, 0},
               [&] {
+                dqkv.zero(ctx);  // (the backward adds into it: zeroed each step, as the layer does and SDPA's fresh grads pay)
                 sy::ops::attention_forward(ctx, {o, lse, qkv, s});
                 sy::ops::attention_backward(ctx, {dqkv, dout, qkv, o, lse, s});
               },
@@ -869,6 +870,7 @@ int main(int argc, char** argv) {
               br.note = fr.note;
               add(br,
                   [&] {
+                    dqkv.zero(ctx);  // (as the default's row)
                     sy::ops::cuda::attention_forward_variant(ctx, {o, lse, qkv, s}, v);
                     sy::ops::cuda::attention_backward_variant(ctx, {dqkv, dout, qkv, o, lse, s}, v);
                   },
