@@ -62,7 +62,8 @@ while [ $# -gt 0 ]; do
 done
 t0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - t0 )); }
-stamp() { echo "[gpu_check $(elapsed)s] $*"; }
+STARTS=""  # each stamp's second, for the summary's last line (the next plan's budgets)
+stamp() { echo "[gpu_check $(elapsed)s] $*"; STARTS+="${STARTS:+, }${1%% *} $(elapsed)s"; }
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
 # limit WANTED: the seconds a command may take, cut to the budget left (0: none left).
@@ -670,6 +671,7 @@ if want more; then
 fi
 
 stamp "done (status $status)"
+summary "seconds from the start at which each step began: $STARTS"
 echo "== summary"
 cat "$OUT/summary.txt"
 # The tables (whole in the JSON files and logs.tar.gz; the tool shows the end).
