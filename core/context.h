@@ -30,8 +30,16 @@ struct Ctx {
   OpProfiler* profiler = nullptr;  // set: every op entry point records its interval (train_switch --op-profile)
 };
 
-// The CPU context: host allocator, no stream, no handles.
+// The CPU context: host allocator, no stream, no handles. A copy from a
+// device through it waits for the whole device first (core/tensor.cc).
 Ctx& host_ctx();
+
+// The CPU context with `ordered`'s stream: a copy from a device through it
+// waits for the work queued on that stream only, where the tensor's writers
+// all are. Inside a training step this keeps the host from waiting for the
+// gradient reducer's side stream too (its collectives run behind backward,
+// and a replayed forward, train.recompute, copies to the host among them).
+Ctx host_ctx_on(const Ctx& ordered);
 
 // Times the host has waited for a device to copy data: Tensor copies to or
 // from the host (which wait for the stream) and ops/cuda's downloads. A

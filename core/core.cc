@@ -135,6 +135,12 @@ Ctx& host_ctx() {
   return c;
 }
 
+Ctx host_ctx_on(const Ctx& ordered) {
+  Ctx c = host_ctx();
+  c.stream = ordered.stream;
+  return c;
+}
+
 namespace {
 std::atomic<int64_t> waits{0};
 }  // namespace

@@ -46,10 +46,13 @@ std::vector<int32_t> Route::host_count() const {
   return c;
 }
 
-Route Route::on_host() const {
+Route Route::on_host() const { return on_host(host_ctx()); }
+
+Route Route::on_host(const Ctx& ordered) const {
+  const Ctx host = host_ctx_on(ordered);
   Route h = *this;
-  if (group.defined() && !group.device().is_cpu()) h.group = group.to(host_ctx());
-  if (slot.defined() && !slot.device().is_cpu()) h.slot = slot.to(host_ctx());
+  if (group.defined() && !group.device().is_cpu()) h.group = group.to(host);
+  if (slot.defined() && !slot.device().is_cpu()) h.slot = slot.to(host);
   return h;
 }
 

@@ -81,8 +81,10 @@ struct Route {
   // tensors only (the CPU reference and tests; on_host() for a device route).
   int64_t row(int64_t a) const;
   // The same route with group and slot on the host (copied, with a wait,
-  // where they are on a device), for row() and host reads.
+  // where they are on a device), for row() and host reads; `ordered`: the
+  // wait is for the stream the route was made on only (core/context.h).
   Route on_host() const;
+  Route on_host(const Ctx& ordered) const;
 };
 
 enum class ScoreFn { softmax, sigmoid };

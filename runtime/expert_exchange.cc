@@ -175,7 +175,7 @@ Tensor ExpertExchange::forward_tokens(const Tensor& x, const ops::Route& r, DTyp
   N_ = r.num_items;
   // The plan, on the host. On a GPU the route's group and slot come back
   // and the two plans' routes and the gather's index go up (waits).
-  const ops::Route h = r.on_host();
+  const ops::Route h = r.on_host(ctx_);  // (a wait for ctx_'s stream, not the reducer's)
   std::vector<int32_t> group = h.group.to_vector<int32_t>();
   std::vector<int64_t> row(r.assignments());
   for (int64_t a = 0; a < r.assignments(); ++a) row[a] = h.row(a);

@@ -302,7 +302,9 @@ Tensor SparseSelfAttention::forward(const Tensor& x, int64_t B, int64_t T, const
       if (n > 0) sizes += n, ++nonempty;
       size_max = std::max<double>(size_max, n);
     }
-    const std::vector<double> hs = sums.to(host_ctx()).to_vector<double>();  // the one wait
+    // The one wait, for ctx_'s stream alone (a replayed forward runs while
+    // the gradient reducer's collectives are queued on its side stream).
+    const std::vector<double> hs = sums.to(host_ctx_on(ctx_)).to_vector<double>();
     pairs += hs[0];
     if (cp.mode == ops::ClusterMode::causal)
       for (int64_t r = 0; r < R_; ++r) commit += hs[1 + r];
