@@ -46,8 +46,6 @@ std::vector<int32_t> Route::host_count() const {
   return c;
 }
 
-Route Route::on_host() const { return on_host(host_ctx()); }
-
 Route Route::on_host(const Ctx& ordered) const {
   const Ctx host = host_ctx_on(ordered);
   Route h = *this;

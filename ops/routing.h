@@ -81,10 +81,10 @@ struct Route {
   // tensors only (the CPU reference and tests; on_host() for a device route).
   int64_t row(int64_t a) const;
   // The same route with group and slot on the host (copied, with a wait,
-  // where they are on a device), for row() and host reads; `ordered`: the
-  // wait is for the stream the route was made on only (core/context.h).
-  Route on_host() const;
-  Route on_host(const Ctx& ordered) const;
+  // where they are on a device), for row() and host reads. The wait is for
+  // `ordered`'s stream (the one the route was made on: core/context.h's
+  // host_ctx_on), or with host_ctx() for the whole device.
+  Route on_host(const Ctx& ordered = host_ctx()) const;
 };
 
 enum class ScoreFn { softmax, sigmoid };
