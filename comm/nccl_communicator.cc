@@ -111,13 +111,14 @@ void abort_bounded(ncclComm_t comm, int device) {
 // time, then ncclCommAbort and exit 1 (mpirun ends the job). Once a
 // process: the watchdog and a non-blocking settle() share a deadline, and
 // the second to get here waits for the first to end the process.
-[[noreturn]] void fail_collective(ncclComm_t comm, const char* op, const CallSite& at, const char* nccl_error) {
+// `error`: what failed, or null for a timeout.
+[[noreturn]] void fail_collective(ncclComm_t comm, const char* op, const CallSite& at, const char* error) {
   static std::atomic<bool> failing{false};
   if (failing.exchange(true))
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
-  if (nccl_error)
-    std::fprintf(stderr, "error: rank %d: %s in '%s' failed: NCCL: %s (group of world ranks %s)\n", at.world_rank, op,
-                 at.context.c_str(), nccl_error, at.group->c_str());
+  if (error)
+    std::fprintf(stderr, "error: rank %d: %s in '%s' failed: %s (group of world ranks %s)\n", at.world_rank, op,
+                 at.context.c_str(), error, at.group->c_str());
   else
     std::fprintf(stderr,
                  "error: rank %d: %s in '%s' did not complete within %g s (group of world ranks %s): "
@@ -298,7 +299,7 @@ class Watchdog {
     }).detach();
   }
   [[noreturn]] static void fire(const Pending& p, const char* nccl_error) {
-    fail_collective(p.comm, p.op, p.at, nccl_error);
+    fail_collective(p.comm, p.op, p.at, nccl_error ? (std::string("NCCL: ") + nccl_error).c_str() : nullptr);
   }
   std::mutex mu_;
   std::deque<Pending> pending_;
@@ -621,7 +622,16 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaEventRecord(start.get(), st));
     {
       std::lock_guard<std::mutex> api(nccl_api_mutex());
-      settle(comm_, enqueue(st), op, at);
+      // A failure here ends the job as a timeout does, not by a throw: a
+      // group's call refused after others of it were queued leaves those
+      // on the stream, waiting on peers that will never post theirs, and
+      // the unwinding would then wait on that stream unwatched (Staged's
+      // copy back, the destructor's drain) with this entry withdrawn.
+      try {
+        settle(comm_, enqueue(st), op, at);
+      } catch (const std::exception& e) {
+        fail_collective(comm_, op, at, e.what());
+      }
     }
     CUDA_CHECK(cudaEventRecord(done.get(), st));
     if (!direct) CUDA_CHECK(cudaStreamWaitEvent(cs, done.get(), 0));

@@ -37,7 +37,9 @@
 // ncclCommAbort so no kernel spins forever (on a thread of its own, waited
 // for a few seconds at most: the abort may wait for a thread stuck inside
 // NCCL), and exits the process with status 1, which makes mpirun end the
-// job.
+// job. An error NCCL returns while a collective is enqueued ends it the same
+// way ("... failed: <the error> ..."), not by a throw: part of a group may be
+// queued already, and nothing could wait for it safely.
 //
 // Host tensors are staged through device memory (NCCL moves device memory
 // only). NCCL cannot put two ranks on one GPU ("Duplicate GPU detected"):
