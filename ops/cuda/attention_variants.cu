@@ -17,6 +17,18 @@ namespace {
 //   D 64, default: forward 4 warps x 32 rows, key tiles of 64; dK/dV and dQ 4 warps x 16 rows, tiles of 64.
 //   D 128, default: forward 8 warps x 16 rows, key tiles of 64, Q in registers; dK/dV 4 x 16 keys,
 //   query tiles of 32; dQ 4 x 16 queries, key tiles of 64.
+// The 4 x 32 variants give each warp two row tiles (MT 2), so every
+// fragment of the shared operand an mma.sync reads serves two: half the
+// shared-memory reads a multiply of the 16-row warps (at 16 rows a warp an
+// m16n8k16 reads 256 bytes of its B operand from shared memory, two cycles
+// of an SM's 128 bytes a cycle, more than the multiply's own issue time).
+// FlashAttention-2 gives its warps 32 or more rows for this reason. Their
+// tiles are the largest that ptxas (CUDA 13.0, sm_90) fits in 255
+// registers: 254, 213 and 232 with no spill (the forward at D 128, dQ at D 64,
+// dK/dV at D 64 with query tiles of 16), 8 bytes spilled by dK/dV at D 64
+// with query tiles of 32, none by dQ at D 128 with key tiles of 16 (238);
+// key tiles of 64 spilled 108 bytes (forward, D 128), and dK/dV at D 128
+// spilled 584 (not offered).
 const std::vector<AttentionVariant>& table(int64_t D) {
   static const std::vector<AttentionVariant> d64 = {
       {"default", "forward 4 warps x 32 query rows, key tiles of 64; dK/dV, dQ 4 warps x 16 rows, tiles of 64", false},
@@ -25,7 +37,11 @@ const std::vector<AttentionVariant>& table(int64_t D) {
       {"fwd_bn128", "forward 4 warps x 32 query rows, key tiles of 128", true},
       {"bwd_8warps", "dK/dV 8 warps x 16 keys (128), query tiles of 64; dQ 8 warps x 16 queries, key tiles of 64",
        false},
-      {"bwd_bn128", "dK/dV 4 warps x 16 keys, query tiles of 128; dQ 4 warps x 16 queries, key tiles of 128", false}};
+      {"bwd_bn128", "dK/dV 4 warps x 16 keys, query tiles of 128; dQ 4 warps x 16 queries, key tiles of 128", false},
+      {"bwd_4x32", "dK/dV 4 warps x 32 keys (128), query tiles of 32; dQ 4 warps x 32 queries (128), key tiles of 32",
+       false},
+      {"bwd_4x32_kv16",
+       "dK/dV 4 warps x 32 keys (128), query tiles of 16; dQ 4 warps x 32 queries (128), key tiles of 32", false}};
   static const std::vector<AttentionVariant> d128 = {
       {"default",
        "forward 8 warps x 16 query rows, key tiles of 64, Q in registers; dK/dV 4 warps x 16 keys, query tiles "
@@ -36,7 +52,9 @@ const std::vector<AttentionVariant>& table(int64_t D) {
       {"fwd_bn32", "forward 8 warps x 16 query rows, key tiles of 32, Q in registers", true},
       {"bwd_8warps", "dK/dV 8 warps x 16 keys (128), query tiles of 32; dQ 8 warps x 16 queries, key tiles of 64",
        false},
-      {"bwd_dq_bn32", "dK/dV as the default; dQ 4 warps x 16 queries, key tiles of 32", false}};
+      {"bwd_dq_bn32", "dK/dV as the default; dQ 4 warps x 16 queries, key tiles of 32", false},
+      {"fwd_4x32_bn32", "forward 4 warps x 32 query rows (128), key tiles of 32, Q from shared memory", true},
+      {"bwd_dq_4x32_bn16", "dK/dV as the default; dQ 4 warps x 32 queries (128), key tiles of 16", false}};
   static const std::vector<AttentionVariant> none;
   return D == 64 ? d64 : D == 128 ? d128 : none;
 }
@@ -96,7 +114,8 @@ void attention_forward_variant(Ctx& ctx, const AttentionArgs& a, size_t v) {
   switch (v) {
     case 1: return forward_with<TcCfg<128, 8, 1, 64>>(ctx, a);
     case 2: return forward_with<TcCfg<128, 4, 1, 64, true>>(ctx, a);
-    default: return forward_with<TcCfg<128, 8, 1, 32, true>>(ctx, a);
+    case 3: return forward_with<TcCfg<128, 8, 1, 32, true>>(ctx, a);
+    default: return forward_with<TcCfg<128, 4, 2, 32>>(ctx, a);
   }
 }
 
@@ -105,11 +124,18 @@ void attention_backward_variant(Ctx& ctx, const AttentionBackwardArgs& a, size_t
   if (a.shape.B == 0 || a.shape.T == 0) return;
   if (v == 0 || table(D)[v].forward) return cuda::attention_backward(ctx, a);  // (the default's)
   if (D == 64) {
-    if (v == 4) return backward_with<TcCfg<64, 8, 1, 64>, TcCfg<64, 8, 1, 64>>(ctx, a);
-    return backward_with<TcCfg<64, 4, 1, 128>, TcCfg<64, 4, 1, 128>>(ctx, a);
+    switch (v) {
+      case 4: return backward_with<TcCfg<64, 8, 1, 64>, TcCfg<64, 8, 1, 64>>(ctx, a);
+      case 5: return backward_with<TcCfg<64, 4, 1, 128>, TcCfg<64, 4, 1, 128>>(ctx, a);
+      case 6: return backward_with<TcCfg<64, 4, 2, 32>, TcCfg<64, 4, 2, 32>>(ctx, a);
+      default: return backward_with<TcCfg<64, 4, 2, 16>, TcCfg<64, 4, 2, 32>>(ctx, a);
+    }
   }
-  if (v == 4) return backward_with<TcCfg<128, 8, 1, 32>, TcCfg<128, 8, 1, 64>>(ctx, a);
-  return backward_with<TcCfg<128, 4, 1, 32>, TcCfg<128, 4, 1, 32>>(ctx, a);
+  switch (v) {
+    case 4: return backward_with<TcCfg<128, 8, 1, 32>, TcCfg<128, 8, 1, 64>>(ctx, a);
+    case 5: return backward_with<TcCfg<128, 4, 1, 32>, TcCfg<128, 4, 1, 32>>(ctx, a);
+    default: return backward_with<TcCfg<128, 4, 1, 32>, TcCfg<128, 4, 2, 16>>(ctx, a);
+  }
 }
 
 }  // namespace sy::ops::cuda
