@@ -269,7 +269,8 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     }
     if (world_size == 1 && cfg.parallel().expert_parallel() != 1)
       throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
-                            ": must divide the world size 1 (launch with mpirun -np N)");
+                            ": must divide the world size 1 (launch with mpirun -np N, or --set "
+                            "parallel.expert_parallel=1; a checkpoint resumes at another expert-parallel size)");
     if (!fault.empty()) opts.before_step = fault_hook(fault, world_rank);
     sy::check_memory(cfg, world_size, sy::training_memory(cfg, node.rank, node.size),
                      overrides.empty() ? source : source + " (with --set overrides)");

@@ -2,6 +2,7 @@
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/stubs/logging.h>
 #include <google/protobuf/text_format.h>
 
@@ -43,6 +44,19 @@ std::string field_names(const pb::Descriptor* d) {
   return s;
 }
 
+// The first word of line `line` (0-based) of text: there, the field a
+// text-format line sets.
+std::string first_word_of_line(const std::string& text, int line) {
+  std::istringstream in(text);
+  std::string l;
+  for (int i = 0; i <= line && std::getline(in, l); ++i) {
+  }
+  auto b = l.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  auto e = l.find_first_of(" \t:{", b);
+  return l.substr(b, e == std::string::npos ? std::string::npos : e - b);
+}
+
 // Collects the first parse error and turns it into one line that names the
 // file, the line, the field on that line and what was wrong.
 class FirstError : public pb::io::ErrorCollector {
@@ -70,18 +84,39 @@ class FirstError : public pb::io::ErrorCollector {
   const std::string& first() const { return first_; }
 
  private:
-  std::string field_on_line(int line) const {
-    std::istringstream in(text_);
-    std::string l;
-    for (int i = 0; i <= line && std::getline(in, l); ++i) {
-    }
-    auto b = l.find_first_not_of(" \t");
-    if (b == std::string::npos) return "";
-    auto e = l.find_first_of(" \t:{", b);
-    return l.substr(b, e == std::string::npos ? std::string::npos : e - b);
-  }
+  std::string field_on_line(int line) const { return first_word_of_line(text_, line); }
   std::string source_, text_, first_;
 };
+
+// The first integer literal of text-format `text` that is not plain
+// decimal, with its line (0-based); an empty text where none. Protobuf's
+// text format reads a leading 0 as octal (064 is 52) and 0x as hex: a config
+// value written so is almost surely meant in decimal, and read silently it
+// would change the model trained, so it is refused.
+struct NonDecimal {
+  std::string text;
+  int line = 0;
+};
+NonDecimal first_non_decimal_integer(const std::string& text) {
+  struct Quiet : pb::io::ErrorCollector {
+    void AddError(int, pb::io::ColumnNumber, const std::string&) override {}
+  } quiet;
+  pb::io::ArrayInputStream in(text.data(), static_cast<int>(text.size()));
+  pb::io::Tokenizer tok(&in, &quiet);
+  tok.set_comment_style(pb::io::Tokenizer::SH_COMMENT_STYLE);  // (as TextFormat's parser sets it)
+  tok.set_require_space_after_number(false);
+  tok.set_allow_f_after_float(true);
+  while (tok.Next())
+    if (tok.current().type == pb::io::Tokenizer::TYPE_INTEGER && tok.current().text.size() > 1 &&
+        tok.current().text[0] == '0')
+      return {tok.current().text, tok.current().line};
+  return {};
+}
+
+std::string non_decimal_why(const std::string& literal) {
+  return "'" + printable(literal, 40) + "': protobuf's text format reads an integer with a leading 0 as octal (" +
+         "and 0x as hex); write it in decimal";
+}
 
 }  // namespace
 
@@ -92,6 +127,12 @@ void parse_text_proto(const std::string& text, const std::string& source, pb::Me
   if (!parser.ParseFromString(text, &msg))
     throw ConfigError(errors.first().empty() ? source + ": cannot parse (text-format protobuf expected)"
                                              : errors.first());
+  const NonDecimal odd = first_non_decimal_integer(text);
+  if (!odd.text.empty()) {
+    const std::string field = first_word_of_line(text, odd.line);
+    throw ConfigError(source + ":" + std::to_string(odd.line + 1) + ": " +
+                      (field.empty() ? "" : "field '" + printable(field, 40) + "': ") + non_decimal_why(odd.text));
+  }
 }
 
 Config parse_config(const std::string& text, const std::string& source) {
@@ -121,6 +162,8 @@ void set_list(pb::Message* msg, const pb::FieldDescriptor* f, std::string value,
     item = trim(item);
     if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
       msg->GetReflection()->AddString(msg, f, item);
+    } else if (!first_non_decimal_integer(item).text.empty()) {
+      throw ConfigError(where + ": element " + std::to_string(i) + " of " + walked + ": " + non_decimal_why(item));
     } else if (!pb::TextFormat::ParseFieldValueFromString(item, f, msg)) {
       throw ConfigError(where + ": '" + item + "' (element " + std::to_string(i) + ") is not a valid " +
                         f->type_name() + " for " + walked + " (a list: comma-separated values)");
@@ -161,6 +204,8 @@ void apply_override(Config& cfg, const std::string& assignment) {
         msg->GetReflection()->SetString(msg, f, value);
         return;
       }
+      if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_ENUM && !first_non_decimal_integer(value).text.empty())
+        throw ConfigError(where + ": " + walked + ": " + non_decimal_why(value));
       pb::LogSilencer quiet;  // our message replaces protobuf's stderr log
       if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg)) {
         std::string allowed;

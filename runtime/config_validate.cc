@@ -270,7 +270,12 @@ void validate_config(const Config& cfg, const std::string& source) {
              "balances the tokens' choice; expert choice is balanced by construction (TOKENS_CHOOSE only)");
     if (e.sinkhorn_iters() > 0 && e.bias_balance_rate() > 0)
       c.fail("moe.sinkhorn_iters", e.sinkhorn_iters(),
-             "and moe.bias_balance_rate both offset the selection to balance it: set one");
+             [&] {
+               std::ostringstream os;
+               os << "Sinkhorn's offsets and moe.bias_balance_rate = " << e.bias_balance_rate()
+                  << " both offset the selection to balance it: set one, the other 0";
+               return os.str();
+             }());
     c.range("moe.sinkhorn_eval_decay", e.sinkhorn_eval_decay(), 0.f, 1.f, false, true);
     if (e.sinkhorn_at_eval() && e.sinkhorn_iters() == 0)
       c.fail("moe.sinkhorn_at_eval", "true", "keeps a mean of the Sinkhorn offsets; set moe.sinkhorn_iters");

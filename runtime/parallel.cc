@@ -10,7 +10,8 @@ std::unique_ptr<ParallelContext> ParallelContext::create(std::unique_ptr<comm::C
                                                          double timeout_s) {
   if (ep < 1 || world->size() % ep != 0)
     throw ConfigError("parallel.expert_parallel = " + std::to_string(ep) + ": must divide the world size " +
-                      std::to_string(world->size()));
+                      std::to_string(world->size()) + " (a checkpoint resumes at another expert-parallel size: --set " +
+                      "parallel.expert_parallel to a divisor)");
   auto p = std::make_unique<ParallelContext>();
   world->set_timeout_s(timeout_s);
   const int r = world->rank();

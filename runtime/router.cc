@@ -378,6 +378,7 @@ const RoutingStats& Router::stats() const {
   st.cost_before_budget = tot.cost_before_budget(cost_);
   st.expected_cost = tot.expected_cost(cost_);
   st.budget = cfg_.budget();
+  st.budget_applies = cfg_.budget_coef() > 0 || cfg_.budget_mode() != switchyard::MoeConfig::SOFT;
   st.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
   st.budget_loss = values[kBudget];
   stats_ = st;

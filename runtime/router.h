@@ -61,6 +61,7 @@ struct RoutingStats {
   // before the hard budget's drops, and expected from the probabilities.
   double realized_cost = 0, cost_before_budget = 0, expected_cost = 0;
   double budget = 0;           // B (moe.budget, or derived from budget.target)
+  bool budget_applies = false; // a budget loss (moe.budget_coef > 0) or a hard budget acts on B
   double budget_dropped = 0;   // share of used assignments dropped by the hard budget
   int64_t capacity = 0;
 };

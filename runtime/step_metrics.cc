@@ -32,7 +32,10 @@ RoutingSnapshot routing_snapshot(Transformer& model, int64_t tokens_per_step) {
     std::snprintf(b, sizeof b, " | L%d max/mean %.2f drop %.3f unserved %.3f", l, st.max_over_mean, st.dropped,
                   st.unserved);
     snap.brief += b;
-    if (st.budget_dropped > 0 || st.budget_loss > 0 || st.realized_cost > st.budget) {
+    // (Only where a budget is asked for: moe.budget defaults to 1, which a
+    // top-2 router's cost of 2 exceeds with nothing enforcing or penalising it.)
+    const bool budgeted = st.budget_applies || model.budget_target() > 0;
+    if (budgeted && (st.budget_dropped > 0 || st.budget_loss > 0 || st.realized_cost > st.budget)) {
       std::snprintf(b, sizeof b, " cost %.3f/%.3f bdrop %.3f", st.realized_cost, st.budget, st.budget_dropped);
       snap.brief += b;
     }

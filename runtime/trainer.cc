@@ -131,7 +131,14 @@ Trainer::~Trainer() {
 }
 
 void Trainer::report_op_profile() {
-  if (!profiler_ || profiler_->steps() == 0 || rank_ != 0) return;
+  if (!profiler_ || rank_ != 0) return;
+  if (profiler_->steps() == 0) {  // (said, not silently skipped)
+    if (opts_.log)
+      *opts_.log << "op profile: no step profiled (a run's first two steps are not), " << opts_.op_profile_path
+                 << " not written\n"
+                 << std::flush;
+    return;
+  }
   if (opts_.log) *opts_.log << op_profile_table(*profiler_) << std::flush;
   write_file(opts_.op_profile_path, op_profile_json(*profiler_).dump(1) + "\n");
 }

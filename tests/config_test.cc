@@ -79,7 +79,8 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE sinkhorn_iters: 5 }",
                  "moe.sinkhorn_iters = 5: balances the tokens' choice; expert choice is balanced by construction");
   expect_invalid("moe { num_experts: 4 sinkhorn_iters: 5 bias_balance_rate: 0.01 }",
-                 "moe.sinkhorn_iters = 5: and moe.bias_balance_rate both offset the selection to balance it: set one");
+                 "moe.sinkhorn_iters = 5: Sinkhorn's offsets and moe.bias_balance_rate = 0.01 both offset the "
+                 "selection to balance it: set one, the other 0");
   expect_invalid("moe { num_experts: 4 sinkhorn_at_eval: true }",
                  "moe.sinkhorn_at_eval = true: keeps a mean of the Sinkhorn offsets; set moe.sinkhorn_iters");
   expect_invalid("moe { num_experts: 4 sinkhorn_iters: 5 sinkhorn_eval_decay: 1 }",
@@ -351,6 +352,29 @@ TEST(Config, BadOverrides) {
   EXPECT_NE(error_of([&] { apply_override(c, "moe.expert_cost=1,x"); })
                 .find("--set moe.expert_cost=1,x: 'x' (element 1) is not a valid float for moe.expert_cost"),
             std::string::npos);
+}
+
+// Protobuf's text format reads 064 as octal (52) and 0x40 as hex: refused,
+// in --set values, list elements and config files, where plain 0, decimals,
+// floats like 0.5 and digits inside strings pass.
+TEST(Config, IntegersWithALeadingZeroAreRefused) {
+  Config c;
+  EXPECT_NE(error_of([&] { apply_override(c, "model.d_model=064"); })
+                .find("--set model.d_model=064: model.d_model: '064': protobuf's text format reads an integer with a "
+                      "leading 0 as octal"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "model.d_model=0x40"); }).find("'0x40'"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "train.lr=01"); }).find("'01'"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "moe.expert_hidden=64,064"); }).find("element 1 of moe.expert_hidden: '064'"),
+            std::string::npos);
+  expect_invalid("model {\n  d_model: 064\n}\n", "t.pbtxt:2: field 'd_model': '064': protobuf's text format");
+  expect_invalid("moe { num_experts: 4 expert_hidden: [64, 064] }", "t.pbtxt:1: field 'moe': '064'");
+  apply_override(c, "model.d_model=0");
+  apply_override(c, "train.lr=0.5");
+  apply_override(c, "data.path=data/064.txt");
+  EXPECT_EQ(c.model().d_model(), 0);
+  Config ok = parse_config("data { path: \"x/0644\" }  # 0777 in a comment\nmodel { d_model: 64 }", "t.pbtxt");
+  EXPECT_EQ(ok.model().d_model(), 64);
 }
 
 TEST(Config, SetReplacesRepeatedFields) {

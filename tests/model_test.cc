@@ -16,6 +16,7 @@
 #include "ops/adamw.h"
 #include "runtime/cost_model.h"
 #include "runtime/model.h"
+#include "runtime/step_metrics.h"
 #include "runtime/trainer.h"
 
 namespace sy {
@@ -713,4 +714,27 @@ TEST(Trainer, LongEvaluationPrintsProgress) {
 }
 
 }  // namespace
+// The progress line's "cost R/B bdrop" field appears only where a budget is
+// asked for: moe.budget defaults to 1, which top-2's cost of 2 exceeds with
+// neither a budget loss nor a hard budget acting (it read as a budget
+// overrun on every top-2 run).
+TEST(StepMetrics, CostFieldOnlyWhereABudgetActs) {
+  const auto brief = [](const std::string& moe) {
+    Config cfg = parse_config("model { d_model: 16 n_layers: 1 n_heads: 2 ffn_hidden: 16 seq_len: 8 }\n"
+                              "moe { num_experts: 4 top_k: 2 every_n_layers: 1 capacity_factor: 2 " + moe + " }",
+                              "test");
+    validate_config(cfg, "test");
+    Transformer model(host_ctx(), cfg);
+    Batch batch;
+    for (int i = 0; i < 16; ++i) batch.inputs.push_back(i * 7 % 256), batch.targets.push_back(i);
+    model.forward(batch);
+    return routing_snapshot(model, 16).brief;
+  };
+  EXPECT_EQ(brief("").find(" cost "), std::string::npos) << brief("");
+  EXPECT_NE(brief("budget: 0.5 budget_coef: 0.1").find(" cost 2.000/0.500"), std::string::npos)
+      << brief("budget: 0.5 budget_coef: 0.1");
+  EXPECT_NE(brief("budget: 1.5 budget_mode: HARD").find(" cost "), std::string::npos)
+      << brief("budget: 1.5 budget_mode: HARD");
+}
+
 }  // namespace sy

@@ -107,6 +107,11 @@ expect_exit2 op-profile-exists "ops.json: exists and is not empty" "${short[@]}"
 "$BIN" "${short[@]}" --set train.steps=6 --op-profile "$tmp/ops.json" --op-profile-steps 2 --overwrite > "$tmp/out" 2>&1 \
   && grep -q "^op profile: 2 steps" "$tmp/out" && echo "ok   op-profile-steps: the last 2 of 6" \
   || { echo "FAIL op-profile-steps"; cat "$tmp/out"; fail=1; }
+# Too few steps to profile (the first two are not): said, no file.
+"$BIN" "${short[@]}" --op-profile "$tmp/ops2.json" > "$tmp/out" 2>&1 \
+  && grep -q "^op profile: no step profiled (a run's first two steps are not), .*ops2.json not written" "$tmp/out" \
+  && [ ! -e "$tmp/ops2.json" ] && echo "ok   op-profile: two steps, none profiled, said" \
+  || { echo "FAIL op-profile with two steps"; cat "$tmp/out"; fail=1; }
 
 [ $fail -eq 0 ] && echo "all train_switch CLI checks passed"
 exit $fail
