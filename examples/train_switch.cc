@@ -264,6 +264,9 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       // A resumed run appends to its metrics file.
       sy::check_output_path("--metrics", metrics_path, inputs, overwrite || !resume.empty());
       sy::check_output_path("--op-profile", op_profile_path, inputs, overwrite);
+      // (Made now, not found unusable at the first checkpoint after the work.)
+      if (cfg.train().checkpoint_interval() > 0)
+        sy::make_output_dir("train.checkpoint_dir", cfg.train().checkpoint_dir());
       if (!op_profile_path.empty() && op_profile_path == metrics_path)
         throw sy::ConfigError("--op-profile " + op_profile_path + ": the same file as --metrics");
     }

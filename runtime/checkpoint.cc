@@ -270,17 +270,42 @@ void run_agreed(ParallelContext* par, const std::function<void()>& fn) {
   }
 }
 
+namespace {
+// save_checkpoint's writing into its unpublished directory .<name>.tmp of
+// root, and the publishing.
+std::string save_into(const std::string& root, const std::string& tmp_name, const std::string& name,
+                      const Config& cfg, Transformer& model, const TrainState& state, ParallelContext* par, int keep);
+}  // namespace
+
 std::string save_checkpoint(const std::string& root, const Config& cfg, Transformer& model, const TrainState& state,
                             ParallelContext* par, int keep) {
-  const int rank = rank_of(par), world = world_of(par), ep = ep_of(par);
+  const int rank = rank_of(par);
   const std::string name = step_dir_name(state.step), tmp_name = "." + name + ".tmp";
   const std::string tmp = join_path(root, tmp_name);
   if (rank == 0) {
-    fs::create_directories(root);
+    make_output_dir("train.checkpoint_dir", root);
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     fsync_path(root);
   }
+  // A failure from here on (a full disk, an I/O error) takes the unpublished
+  // directory with it, on whichever rank it happens (a failing rank ends the
+  // job): nothing half-written is left for the disk to hold.
+  try {
+    return save_into(root, tmp_name, name, cfg, model, state, par, keep);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+namespace {
+
+std::string save_into(const std::string& root, const std::string& tmp_name, const std::string& name,
+                      const Config& cfg, Transformer& model, const TrainState& state, ParallelContext* par, int keep) {
+  const int rank = rank_of(par), world = world_of(par), ep = ep_of(par);
+  const std::string tmp = join_path(root, tmp_name);
   if (world > 1) par->world->barrier("checkpoint directory");
 
   // Expert shards: rank s < ep writes shard s. Their digests reach rank 0
@@ -371,6 +396,8 @@ std::string save_checkpoint(const std::string& root, const Config& cfg, Transfor
   if (world > 1) par->world->barrier("checkpoint published");
   return dir;
 }
+
+}  // namespace
 
 CheckpointManifest read_manifest(const std::string& dir) {
   const std::string path = join_path(dir, kManifest);

@@ -29,12 +29,23 @@ void check_output_path(const std::string& option, const std::string& path,
   if (!parent.empty() && !fs::is_directory(parent, ec))
     throw ConfigError(option + " " + path + ": directory " + parent.string() + " does not exist");
   const fs::file_status st = fs::status(path, ec);
+  if (fs::is_directory(st)) throw ConfigError(option + " " + path + ": is a directory; name a file");
   if (!overwrite && fs::is_regular_file(st)) {
     const auto size = fs::file_size(path, ec);
     if (!ec && size > 0)
       throw ConfigError(option + " " + path + ": exists and is not empty (" + std::to_string(size) +
                         " bytes); pass --overwrite to replace it, or choose another file");
   }
+}
+
+void make_output_dir(const std::string& field, const std::string& dir) {
+  std::error_code ec;
+  if (fs::is_directory(dir, ec)) return;
+  if (fs::exists(dir, ec)) throw ConfigError(field + " = " + dir + ": exists and is not a directory");
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir))
+    throw ConfigError(field + " = " + dir + ": cannot create the directory: " +
+                      (ec ? ec.message() : std::string("not a directory after creation")));
 }
 
 void write_fully(int fd, const void* p, size_t n, const std::string& path) {

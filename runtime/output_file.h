@@ -18,6 +18,12 @@ namespace sy {
 void check_output_path(const std::string& option, const std::string& path,
                        const std::vector<std::pair<std::string, std::string>>& inputs, bool overwrite);
 
+// Makes directory `dir` (and its parents) where it is missing, before a
+// run's work: a failure is a ConfigError, one line "<field> = <dir>: ..."
+// with the system's reason (a path under /proc, an existing file, no
+// permission), where it would otherwise surface at the first checkpoint.
+void make_output_dir(const std::string& field, const std::string& dir);
+
 // Writes n bytes from p to the open descriptor fd, through short writes and
 // EINTR. A failure throws Error, one line naming the path, how far it got and
 // the system's reason (strerror), e.g. "x.bin: write failed after 0 of 3

@@ -5,6 +5,9 @@
 // under global names, refusals of corrupt, partial or foreign checkpoints that
 // leave the model and the directory untouched, and the non-finite policy.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "config_error.h"
 #include "temp_dir.h"
 #include "ops/finite.h"
 #include "runtime/checkpoint.h"
@@ -280,6 +284,43 @@ TEST(Checkpoint, RoundTripTrainsOnBitForBit) {
   EXPECT_TRUE(m.centroids(0).initialized());
   EXPECT_EQ(m.balance_biases_size(), 2);
   EXPECT_NO_THROW(verify_checkpoint(dir, m));
+}
+
+// A write that fails part-way (here a file-size limit: EFBIG, as a full
+// disk's ENOSPC) throws with the file named and leaves no unpublished
+// .step_*.tmp directory behind; an unusable train.checkpoint_dir is one line.
+TEST(Checkpoint, AFailedWriteLeavesNothingBehind) {
+  TempDir d;
+  const Config cfg = routed_config(d.path);
+  Trainer a(cfg, {});
+  a.step(1);
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);  // (the write returns EFBIG instead)
+  rlimit small = old;
+  small.rlim_cur = 4096;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string error;
+  try {
+    a.write_checkpoint();
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  EXPECT_NE(error.find(".step_00000001.tmp/"), std::string::npos) << error;
+  EXPECT_NE(error.find("write failed after"), std::string::npos) << error;
+  for (const auto& e : fs::directory_iterator(d.path)) ADD_FAILURE() << "left behind: " << e.path();
+  const std::string dir = a.write_checkpoint();  // (and a later one is whole)
+  EXPECT_NO_THROW(verify_checkpoint(dir, read_manifest(dir)));
+
+  Config bad = cfg;
+  bad.mutable_train()->set_checkpoint_dir(dir + "/manifest.pbtxt");
+  Trainer c(bad, {});
+  c.step(1);
+  EXPECT_NE(testing::error_of([&] { c.write_checkpoint(); })
+                .find("train.checkpoint_dir = " + dir + "/manifest.pbtxt: exists and is not a directory"),
+            std::string::npos);
 }
 
 // Config.precision BF16: checkpoints hold the fp32 masters; a restore

@@ -107,6 +107,15 @@ expect_exit2 op-profile-exists "ops.json: exists and is not empty" "${short[@]}"
 "$BIN" "${short[@]}" --set train.steps=6 --op-profile "$tmp/ops.json" --op-profile-steps 2 --overwrite > "$tmp/out" 2>&1 \
   && grep -q "^op profile: 2 steps" "$tmp/out" && echo "ok   op-profile-steps: the last 2 of 6" \
   || { echo "FAIL op-profile-steps"; cat "$tmp/out"; fail=1; }
+# An unusable checkpoint directory is refused before training, not at the
+# first checkpoint; an output path that is a directory too.
+expect_exit2 checkpoint-dir "train.checkpoint_dir = $tmp/m.jsonl: exists and is not a directory" "${short[@]}" \
+  --set train.checkpoint_interval=1 --set train.checkpoint_dir="$tmp/m.jsonl"
+expect_exit2 metrics-dir "--metrics $tmp: is a directory" "${short[@]}" --metrics "$tmp"
+# An integer with a leading 0 (octal to protobuf): refused.
+expect_exit2 octal "--set model.d_model=064: model.d_model: '064': protobuf's text format reads" "${short[@]}" \
+  --set model.d_model=064
+
 # Too few steps to profile (the first two are not): said, no file.
 "$BIN" "${short[@]}" --op-profile "$tmp/ops2.json" > "$tmp/out" 2>&1 \
   && grep -q "^op profile: no step profiled (a run's first two steps are not), .*ops2.json not written" "$tmp/out" \
