@@ -1,5 +1,5 @@
 // What the checkpoint tools share (sample, route_report, export_hf): their
-// checkpoint options, the parse-or-exit-code step, and the model loaded
+// checkpoint options (the parse step: examples/cli.h) and the model loaded
 // for evaluation on the CPU.
 #pragma once
 #include <CLI/CLI.hpp>
@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "examples/cli.h"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/model.h"
@@ -18,17 +19,6 @@ namespace sy {
 inline void add_checkpoint_options(CLI::App& app, std::string& spec, std::string& root) {
   app.add_option("--checkpoint", spec, "a checkpoint directory, or 'latest' in --checkpoint-dir")->required();
   app.add_option("--checkpoint-dir", root, "where 'latest' is looked up (train.checkpoint_dir)");
-}
-
-// Parses argv into app's options: -1 to go on, else the exit code (0 after
-// --help, 2 for a usage error, with CLI11's message printed).
-inline int parse_options(CLI::App& app, int argc, char** argv) {
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
-  return -1;
 }
 
 // A checkpoint's model on the host, in evaluation mode: its weights and

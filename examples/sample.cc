@@ -49,7 +49,7 @@ int run(int argc, char** argv) {
   sy::add_checkpoint_options(app, spec, root);
   app.add_option("--prompt", prompt, "the text to continue (default: a newline)");
   app.add_option("--tokens", tokens, "tokens (bytes for a byte-level model) to generate")->check(CLI::Range(0, 1000000));
-  app.add_option("--temperature", sp.temperature, "softmax temperature; 0 is greedy")->check(CLI::Range(0.f, 100.f));
+  app.add_option("--temperature", sp.temperature, "softmax temperature; 0 is greedy")->check(sy::FiniteRange(0, 100));
   app.add_option("--top-k", sp.top_k, "draw from the k most probable tokens only; 0: all")->check(CLI::Range(0, 1 << 20));
   app.add_option("--tokenizer", tokenizer, "the SentencePiece .model to decode with (default: the config's data.tokenizer)");
   app.add_option("--seed", seed, "seed of the draws");

@@ -52,6 +52,7 @@
 #include <sstream>
 
 #include "comm/mpi_communicator.h"
+#include "examples/cli.h"
 #include "core/device.h"
 #include "runtime/config.h"
 #include "runtime/output_file.h"
@@ -318,20 +319,28 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "steps per measurement (the first 2 are warm-up)")->check(CLI::Range(4, 1000000));
   app.add_option("--repeats", repeats, "runs per point; the CSV gives their median and spread")->check(CLI::Range(1, 1000));
   app.add_option("--loadavg-file", loadavg_file, "where the load average is read (testing)");
-  app.add_option("--per-rank-batch", per_rank_batch, "weak scaling: sequences per rank");
-  app.add_option("--global-batch", global_batch, "strong scaling: sequences in the global batch");
+  app.add_option("--per-rank-batch", per_rank_batch, "weak scaling: sequences per rank")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--global-batch", global_batch, "strong scaling: sequences in the global batch")
+      ->check(CLI::Range(1, 1 << 20));
   bool overwrite = false;
   app.add_option("--out", out, "output prefix: <out>.csv, <out>.png, <out>_projection.csv");
   app.add_flag("--overwrite", overwrite, "replace existing output files");
-  app.add_option("--project", project_ranks, "rank counts to project to with the GPU link parameters");
-  app.add_option("--compute-s", compute_s, "single-rank compute seconds per step for the GPU projection (default: the measured CPU one)");
-  app.add_option("--cpu-link-gbs", cpu.busbw_gbs, "MPI all-to-all bus bandwidth here (bench_comm, ~1 MB)");
-  app.add_option("--cpu-link-latency-us", latency_us, "MPI latency here (bench_comm, 1 KB)");
-  app.add_option("--gpu-link-gbs", gpu.busbw_gbs, "all-to-all bus bandwidth within an H100 NVLink node");
-  app.add_option("--gpu-link-latency-us", gpu_latency_us, "collective latency within a node");
-  app.add_option("--node-link-gbs", gpu.node_gbs, "per-node bandwidth across nodes (400 Gb/s InfiniBand)");
-  app.add_option("--gpus-per-node", gpu.per_node, "GPUs per node");
-  CLI11_PARSE(app, argc, argv);
+  app.add_option("--project", project_ranks, "rank counts to project to with the GPU link parameters")
+      ->check(CLI::Range(1, 1 << 24));
+  app.add_option("--compute-s", compute_s, "single-rank compute seconds per step for the GPU projection (default: the measured CPU one)")
+      ->check(sy::FiniteRange(0, 1e6));
+  app.add_option("--cpu-link-gbs", cpu.busbw_gbs, "MPI all-to-all bus bandwidth here (bench_comm, ~1 MB)")
+      ->check(sy::FiniteRange(1e-6, 1e9));
+  app.add_option("--cpu-link-latency-us", latency_us, "MPI latency here (bench_comm, 1 KB)")
+      ->check(sy::FiniteRange(0, 1e9));
+  app.add_option("--gpu-link-gbs", gpu.busbw_gbs, "all-to-all bus bandwidth within an H100 NVLink node")
+      ->check(sy::FiniteRange(1e-6, 1e9));
+  app.add_option("--gpu-link-latency-us", gpu_latency_us, "collective latency within a node")
+      ->check(sy::FiniteRange(0, 1e9));
+  app.add_option("--node-link-gbs", gpu.node_gbs, "per-node bandwidth across nodes (400 Gb/s InfiniBand)")
+      ->check(sy::FiniteRange(1e-6, 1e9));
+  app.add_option("--gpus-per-node", gpu.per_node, "GPUs per node")->check(CLI::Range(1, 1 << 16));
+  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   cpu.alpha_s = latency_us * 1e-6;
   gpu.alpha_s = gpu_latency_us * 1e-6;
 
@@ -349,7 +358,18 @@ int main(int argc, char** argv) {
 
     std::vector<int> ranks;
     std::stringstream ss(ranks_arg);
-    for (std::string r; std::getline(ss, r, ',');) ranks.push_back(std::stoi(r));
+    for (std::string r; std::getline(ss, r, ',');) {
+      size_t used = 0;
+      long v = 0;
+      try {
+        v = std::stol(r, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != r.size() || v < 1 || v > 4096)
+        throw sy::ConfigError("--ranks " + ranks_arg + ": '" + r + "' is not a rank count (comma-separated integers in [1, 4096])");
+      ranks.push_back(static_cast<int>(v));
+    }
     if (ranks.empty() || ranks[0] != 1) throw sy::ConfigError("--ranks " + ranks_arg + ": must start with 1 (the baseline)");
     for (const char* suffix : {".csv", ".png", "_projection.csv"})
       sy::check_output_path("--out", out + suffix, {{"the config file", config}}, overwrite);

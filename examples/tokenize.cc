@@ -29,6 +29,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "examples/cli.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 #include "runtime/token_shard.h"
@@ -117,11 +118,7 @@ int run(int argc, char** argv) {
   app.add_option("--eos", eos,
                  "a token id to put after each input's tokens (Mixtral's </s> is 2; train with data.eos_id set to it)")
       ->check(CLI::Range(int64_t{-1}, int64_t{1} << 31));
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
+  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
 
   // --bos and --eos against the vocabulary, before anything is written or trained.
   std::optional<sy::Tokenizer> given;

@@ -39,4 +39,26 @@ if "$BIN/bench_ops" --device cpu --quick --iters 1 --overwrite --json "$tmp/ops.
 else
   echo "FAIL bench_ops --overwrite:"; cat "$tmp/out"; fail=1
 fi
+# Bad values on the command line: exit 2, one line, before any work (NaN
+# passed CLI::Range: examples/cli.h's FiniteRange; --ranks was std::stoi's).
+usage() {  # usage NAME NEEDLE COMMAND...
+  local name=$1 needle=$2; shift 2
+  "$@" > "$tmp/out" 2> "$tmp/err"
+  local rc=$?
+  if [ $rc -eq 2 ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] && grep -qF -- "$needle" "$tmp/err"; then
+    echo "ok   $name: $(cat "$tmp/err")"
+  else
+    echo "FAIL $name: exit $rc"; cat "$tmp/out" "$tmp/err"; fail=1
+  fi
+}
+rm -f "$tmp"/sweep*
+usage "sample --temperature nan" "--temperature: value nan not in [0 - 100]" \
+  "$BIN/sample" --checkpoint "$tmp" --temperature nan
+usage "scaling_sweep --ranks 1,x" "--ranks 1,x: 'x' is not a rank count" \
+  "$BIN/scaling_sweep" --ranks 1,x --out "$tmp/sweep"
+usage "scaling_sweep --compute-s nan" "--compute-s: value nan not in" \
+  "$BIN/scaling_sweep" --compute-s nan --out "$tmp/sweep"
+usage "scaling_sweep --per-rank-batch -3" "--per-rank-batch" \
+  "$BIN/scaling_sweep" --per-rank-batch -3 --out "$tmp/sweep"
+[ -z "$(ls "$tmp"/sweep* 2>/dev/null)" ] || { echo "FAIL refused sweeps wrote: $(ls "$tmp"/sweep*)"; fail=1; }
 exit $fail

@@ -1,0 +1,48 @@
+// What every tool's command line shares (examples/): the parse step, whose
+// refusal is one line and exit code 2, and a range check for real-valued
+// options that also refuses NaN and infinities.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+namespace sy {
+
+// Parses argv into app's options: -1 to go on, else the exit code: 0 after
+// --help (printed), 2 for a usage error, printed as one line
+// "error: <CLI11's reason> (--help lists the options)".
+inline int parse_options(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::cerr << "error: " << e.what() << " (--help lists the options)\n";
+    return 2;
+  }
+  return -1;
+}
+
+// CLI::Range for a real value, refusing NaN too (every comparison with NaN
+// is false, so CLI::Range lets it through) and the infinities.
+inline CLI::Validator FiniteRange(double lo, double hi) {
+  std::ostringstream desc;
+  desc << "FLOAT in [" << lo << " - " << hi << "]";
+  return CLI::Validator(
+      [lo, hi, range = desc.str()](std::string& s) -> std::string {
+        double v = 0;
+        size_t used = 0;
+        try {
+          v = std::stod(s, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != s.size()) return "'" + s + "' is not a number";
+        if (!std::isfinite(v) || v < lo || v > hi) return "value " + s + " not " + range.substr(6);  // ("in [lo - hi]")
+        return std::string();
+      },
+      desc.str());
+}
+
+}  // namespace sy
