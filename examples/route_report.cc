@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -213,22 +214,36 @@ int run(int argc, char** argv) {
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(threads);
   if (!json_path.empty()) sy::check_output_path("--json", json_path, {}, overwrite);
-  sy::EvalModel a = sy::load_eval_model(sy::resolve_checkpoint(spec, root));
+  const std::string dir_a = sy::resolve_checkpoint(spec, root),
+                    dir_b = compare.empty() ? "" : sy::resolve_checkpoint(compare, root);
+  if (!json_path.empty()) {  // (not into a checkpoint: its manifest or weights replaced by the report)
+    std::error_code ec;
+    const std::filesystem::path parent = std::filesystem::path(json_path).parent_path();
+    for (const std::string& dir : {dir_a, dir_b})
+      if (!dir.empty() && std::filesystem::equivalent(parent.empty() ? "." : parent, dir, ec))
+        throw sy::ConfigError("--json " + json_path + ": inside the checkpoint " + dir + "; write the report elsewhere");
+  }
+  sy::EvalModel a = sy::load_eval_model(dir_a);
   std::unique_ptr<sy::EvalModel> b;
   if (!compare.empty()) {
-    b = std::make_unique<sy::EvalModel>(sy::load_eval_model(sy::resolve_checkpoint(compare, root)));
+    b = std::make_unique<sy::EvalModel>(sy::load_eval_model(dir_b));
     // The same routers to compare: each layer's first choices (or a block's
     // decisions) in both; then the same model (check_compatible compares the
     // router too, but says less about why --compare needs it).
     std::ostringstream ignored;
     const auto& ma = a.cfg.moe();
     const auto& mb = b->cfg.moe();
+    const auto routed = [&](const sy::Config& c) {  // "moe.router X, MoE layers [..], depth-routed blocks [..]"
+      std::string out = "moe.router " + switchyard::MoeConfig::Router_Name(c.moe().router()) + ", MoE layers [";
+      const std::vector<int> l = analysed_layers(c, ignored), d = depth_blocks(c);
+      for (size_t i = 0; i < l.size(); ++i) out += (i ? "," : "") + std::to_string(l[i]);
+      out += "], depth-routed blocks [";
+      for (size_t i = 0; i < d.size(); ++i) out += (i ? "," : "") + std::to_string(d[i]);
+      return out + "]";
+    };
     if (ma.router() != mb.router() || analysed_layers(a.cfg, ignored) != analysed_layers(b->cfg, ignored) ||
         depth_blocks(a.cfg) != depth_blocks(b->cfg))
-      throw sy::ConfigError(b->dir + ": moe.router = " + switchyard::MoeConfig::Router_Name(mb.router()) +
-                            ", depth.every_n_layers = " + std::to_string(b->cfg.depth().every_n_layers()) + " where " +
-                            a.dir + " has " + switchyard::MoeConfig::Router_Name(ma.router()) + " and " +
-                            std::to_string(a.cfg.depth().every_n_layers()) +
+      throw sy::ConfigError(b->dir + ": " + routed(b->cfg) + " where " + a.dir + " has " + routed(a.cfg) +
                             ": --compare needs the same routed layers in both");
     sy::check_compatible(a.cfg, sy::read_manifest(b->dir), b->dir);
   }

@@ -64,7 +64,12 @@ assert 0 <= r['depth'][0]['processed'] <= 1
   --set data.synthetic_bytes=50000 --set train.checkpoint_interval=20 --set train.checkpoint_dir=ek > ek.log 2>&1 ||
   { cat ek.log; exit 1; }
 "$REPORT" --checkpoint latest --checkpoint-dir ck --compare ek/step_00000020 > x.txt 2> x.err; rc=$?
-[ $rc = 2 ] && [ "$(wc -l < x.err)" = 1 ] && grep -q "^error: ek/step_00000020: moe.router = EXPERT_CHOICE" x.err ||
+[ $rc = 2 ] && [ "$(wc -l < x.err)" = 1 ] && grep -q "^error: ek/step_00000020: moe.router EXPERT_CHOICE, MoE layers \[\], depth-routed blocks \[\] where .* has moe.router TOKENS_CHOOSE, MoE layers \[0,1\]" x.err ||
   { echo "FAIL: a different router compared (exit $rc)"; cat x.err; fail=1; }
+# The report is not written into a checkpoint (its manifest replaced).
+cp ck/step_00000020/manifest.pbtxt m.keep
+"$REPORT" --checkpoint ck/step_00000020 --json ck/step_00000020/manifest.pbtxt --overwrite > x.txt 2> x.err; rc=$?
+[ $rc = 2 ] && grep -q "^error: --json ck/step_00000020/manifest.pbtxt: inside the checkpoint" x.err &&
+  cmp -s m.keep ck/step_00000020/manifest.pbtxt || { echo "FAIL: --json into the checkpoint (exit $rc)"; cat x.err; fail=1; }
 [ $fail -eq 0 ] && echo "ok   route_report: per layer and expert, depth-routed blocks, JSON, compared runs, refusals"
 exit $fail
