@@ -132,12 +132,25 @@ int run(int argc, char** argv) {
   std::vector<std::string> texts;
   size_t bytes = 0;
   for (const std::string& in : inputs) texts.push_back(read_text(in)), bytes += texts.back().size();
+  if (bytes == 0) throw sy::ConfigError("--input " + inputs.front() + (inputs.size() > 1 ? " ..." : "") + ": empty");
 
   // Refuse before any work if --out already holds outputs (of this or an
   // earlier run: every one is replaced or removed) that would be lost.
   std::error_code ec;
+  const bool made_out = !fs::exists(out, ec);
   fs::create_directories(out, ec);
-  if (ec || !fs::is_directory(out)) throw sy::ConfigError("--out " + out + ": cannot create the directory");
+  if (ec || !fs::is_directory(out))
+    throw sy::ConfigError("--out " + out + ": cannot create the directory" + (ec ? ": " + ec.message() : ""));
+  // A failure before the outputs are in place leaves no directory this run
+  // made (it is empty then: the staging directory goes first).
+  struct Unmake {
+    const std::string& dir;
+    bool armed;
+    ~Unmake() {
+      std::error_code e;
+      if (armed) fs::remove(dir, e);  // (only if empty)
+    }
+  } unmake{out, made_out};
   std::vector<std::pair<std::string, std::string>> sources;
   for (const std::string& in : inputs) sources.emplace_back("--input", in);
   sources.emplace_back("--model", model);
@@ -195,6 +208,7 @@ int run(int argc, char** argv) {
   fs::remove(stage);
   for (const fs::path& p : old)
     if (std::find(wrote.begin(), wrote.end(), p.filename()) == wrote.end()) fs::remove(p);
+  unmake.armed = false;
   const std::string tok_path = (fs::path(out) / "tokenizer.model").string();
 
   // Bytes per token of each split, for converting a loss per token into

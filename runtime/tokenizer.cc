@@ -3,6 +3,7 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <unordered_map>
@@ -66,6 +67,28 @@ Tokenizer Tokenizer::load(const std::string& path) {
   return from_proto(ss.str(), path);
 }
 
+namespace {
+
+// SentencePiece's refusals of a vocabulary size, said in our terms (its
+// message names the source line and an option, --character_coverage, that
+// the tokenizer fixes at 1.0); anything else as it comes.
+std::string training_failure(const std::string& status, int vocab_size) {
+  const std::string v = "vocab_size " + std::to_string(vocab_size) + ": ";
+  int a = 0, b = 0;
+  size_t at = status.find("Vocabulary size is smaller than required_chars. ");
+  if (at != std::string::npos && std::sscanf(status.c_str() + at + 49, "%d vs %d", &a, &b) == 2)
+    return v + "fewer pieces than the " + std::to_string(b) +
+           " that the text's distinct characters and the special and byte pieces need: raise it";
+  at = status.find("Please set it to a value <= ");
+  if (at != std::string::npos && std::sscanf(status.c_str() + at + 28, "%d", &b) == 1)
+    return v + "more pieces than this text yields (at most " + std::to_string(b) +
+           "): lower it, or train on more text";
+  if (status.find("!sentences_.empty()") != std::string::npos) return "tokenizer training: no text to train on";
+  return "tokenizer training failed: " + status;
+}
+
+}  // namespace
+
 Tokenizer Tokenizer::train(const TokenizerTraining& t) {
   ChunkIterator chunks(t.texts, static_cast<size_t>(t.max_chunk));
   const std::unordered_map<std::string, std::string> args = {
@@ -79,11 +102,11 @@ Tokenizer Tokenizer::train(const TokenizerTraining& t) {
       {"byte_fallback", "true"},
       {"max_sentence_length", std::to_string(t.max_chunk + 16)},
       {"num_threads", std::to_string(t.threads)},
-      {"minloglevel", "1"},  // warnings and errors only
+      {"minloglevel", "2"},  // errors only (what fails comes back in the status, said below in one line)
   };
   std::string proto;
   const auto st = sentencepiece::SentencePieceTrainer::Train(args, &chunks, &proto);
-  if (!st.ok()) throw ConfigError("tokenizer training failed: " + st.ToString());
+  if (!st.ok()) throw ConfigError(training_failure(st.ToString(), t.vocab_size));
   return from_proto(proto, "the trained tokenizer");
 }
 

@@ -53,6 +53,20 @@ rc=$?
 rc=$?
 [ $rc -eq 1 ] && grep -q "^error: .*train_000000.bin.*: write failed after [0-9]* of [0-9]* bytes: File too large$" full.log && [ "$(state)" = "$first" ] \
   || { echo "FAIL: a run that failed writing gave $rc and left tok/ changed:"; tail -3 full.log; diff <(echo "$first") <(state); fail=1; }
+# Refusals before any output: one error line in our terms (not
+# SentencePiece's source lines and options), exit 2, no --out directory
+# left behind by the run that made it.
+head -c 2000 text.txt > small.txt; : > empty.txt
+for args in "empty.txt 400|--input empty.txt: empty" \
+            "small.txt 270|vocab_size 270: fewer pieces than the" \
+            "small.txt 100000|vocab_size 100000: more pieces than this text yields (at most"; do
+  in=${args%% *}; rest=${args#* }; v=${rest%%|*}; want=${args#*|}
+  "$BIN/tokenize" --input "$in" --vocab-size "$v" --out made > made.log 2>&1
+  rc=$?
+  [ $rc -eq 2 ] && [ "$(grep -c '^error: ' made.log)" -eq 1 ] && ! grep -q 'LOG(\|\.cc(' made.log && grep -qF -- "$want" made.log \
+    && [ ! -e made ] && echo "ok   refused: $(grep '^error: ' made.log)" \
+    || { echo "FAIL: tokenize $in --vocab-size $v gave $rc:"; cat made.log; ls -a made 2>&1; fail=1; }
+done
 # --overwrite replaces every output (the same tokenizer and shards again), and
 # a stale shard of an earlier run goes.
 printf 'stale' > tok/train_000007.bin
