@@ -47,7 +47,9 @@ int run(int argc, char** argv) {
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(1);
   if (fs::exists(out)) throw sy::ConfigError(out + ": exists; the import writes a new checkpoint directory");
-  sy::Config base = config.empty() ? sy::parse_config("", "defaults") : sy::load_config(config);
+  // (Validated once whole: the base alone may name what the import replaces,
+  // e.g. a data.path that a tokenized vocabulary's token files supersede.)
+  sy::Config base = config.empty() ? sy::parse_config("", "defaults") : sy::read_config(config);
   for (const std::string& o : overrides) sy::apply_override(base, o);
   sy::Config cfg = sy::mixtral_config_from_json(hf, base);
   const int V = cfg.model().vocab_size();
@@ -72,7 +74,9 @@ int run(int argc, char** argv) {
       d.set_val_token_files("val_*.bin");
     }
   }
-  sy::validate_config(cfg, fs::path(hf).append("config.json").string() + " (over the base config)");
+  sy::validate_config(cfg, fs::path(hf).append("config.json").string() + " over " +
+                               (config.empty() ? std::string("the defaults") : config) +
+                               (overrides.empty() ? "" : " with --set overrides"));
   sy::check_mixtral_weights(hf, cfg);  // (the headers, before the model takes its memory)
   sy::Transformer model(sy::host_ctx(), cfg, nullptr, /*inference_only=*/true);  // (a checkpoint of weights only)
   sy::load_mixtral_weights(hf, cfg, model);

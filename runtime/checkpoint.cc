@@ -401,8 +401,12 @@ std::string save_into(const std::string& root, const std::string& tmp_name, cons
 
 CheckpointManifest read_manifest(const std::string& dir) {
   const std::string path = join_path(dir, kManifest);
+  const std::string kind = not_a_regular_file(path);  // (a link to a device would be read forever)
+  if (kind == "no such file")
+    throw ConfigError(path + ": missing (not a checkpoint, or one whose writing did not finish)");
+  if (!kind.empty()) throw ConfigError(path + ": " + kind + ", not a checkpoint manifest");
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": missing (not a checkpoint, or one whose writing did not finish)");
+  if (!in) throw ConfigError(path + ": cannot be read (not a checkpoint, or one whose writing did not finish)");
   std::stringstream ss;
   ss << in.rdbuf();
   CheckpointManifest m;

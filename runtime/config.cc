@@ -325,6 +325,13 @@ void fill_defaults(pb::Message& msg) {
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  Config cfg = read_config(path);
+  for (const auto& o : overrides) apply_override(cfg, o);
+  validate_config(cfg, overrides.empty() ? path : path + " (with --set overrides)");
+  return cfg;
+}
+
+Config read_config(const std::string& path) {
   const std::string kind = not_a_regular_file(path);
   if (!kind.empty() && kind != "no such file")
     throw ConfigError(path + ": " + kind + ", not a config file (--config takes a text-format .pbtxt file)");
@@ -332,10 +339,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (!in) throw ConfigError(path + ": cannot open config file" + (kind.empty() ? "" : ": " + kind));
   std::stringstream ss;
   ss << in.rdbuf();
-  Config cfg = parse_config(ss.str(), path);
-  for (const auto& o : overrides) apply_override(cfg, o);
-  validate_config(cfg, overrides.empty() ? path : path + " (with --set overrides)");
-  return cfg;
+  return parse_config(ss.str(), path);
 }
 
 }  // namespace sy

@@ -13,6 +13,9 @@ using Config = switchyard::Config;
 
 // Parse a text-format file, apply `overrides` ("a.b=v", in order), validate.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The config file as written, parsed but not validated (for a tool that
+// completes it from elsewhere first: import_hf).
+Config read_config(const std::string& path);
 
 // Parse text-format config text; `source` names it in errors.
 Config parse_config(const std::string& text, const std::string& source);

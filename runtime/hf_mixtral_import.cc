@@ -24,8 +24,12 @@ using switchyard::MoeConfig;
 namespace {
 
 nlohmann::json read_json(const std::string& path, const std::string& what) {
+  // (A directory opens, then fails the read with a stream's message; a
+  // device or FIFO could be read forever.)
+  if (const std::string kind = not_a_regular_file(path); !kind.empty())
+    throw ConfigError(path + ": " + kind + " (" + what + ")");
   std::ifstream in(path);
-  if (!in) throw ConfigError(path + ": no such file (" + what + ")");
+  if (!in) throw ConfigError(path + ": cannot open (" + what + ")");
   try {
     return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {

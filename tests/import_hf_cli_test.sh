@@ -184,6 +184,8 @@ refused i16 'tensor model.norm.weight: dtype I16, the import reads F32, BF16 and
 # a model of its size (6.4G parameters) is built.
 refused headers 'model.safetensors: tensor model.layers.0.block_sparse_moe.experts.0.w1.weight: shape \[176, 32\], this config.json gives \[65536, 32\]' \
   "$(cfg intermediate_size 65536); $(cfg num_hidden_layers 256)"
+refused config_dir 'bad/config.json: is a directory (a Hugging Face model directory has config.json)' \
+  "import os; os.remove(d + '/config.json'); os.mkdir(d + '/config.json')"
 rm -rf bad && cp -r hf32 bad
 "$IMPORT" --hf bad --out out_tok --tokenizer t.model > r.txt 2>&1
 [ $? -eq 2 ] && grep -q "^error: --tokenizer t.model: bad's vocab_size is 256, bytes (no tokenizer)" r.txt \
