@@ -239,8 +239,11 @@ std::vector<std::string> write_mixtral_export(const std::string& out_dir, const 
   const fs::path parent = final_path.has_parent_path() ? final_path.parent_path() : fs::path(".");
   if (!fs::is_directory(parent)) throw ConfigError(parent.string() + ": no such directory (the export's parent)");
   const fs::path tmp = parent / ("." + final_path.filename().string() + ".tmp");
-  fs::remove_all(tmp);
-  fs::create_directory(tmp);
+  std::error_code made;
+  fs::remove_all(tmp, made);
+  if (!made) fs::create_directory(tmp, made);
+  if (made)  // (e.g. a parent under /proc: the --out named, not the staging directory's path)
+    throw ConfigError(out_dir + ": cannot create the export's directory in " + parent.string() + ": " + made.message());
   try {
     NamedTensors ts = mixtral_tensors(cfg, model);
     if (dtype == DType::bf16)

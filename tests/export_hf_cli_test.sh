@@ -59,6 +59,9 @@ if [ $rc -eq 2 ] && [ "$(wc -l <<<"$out")" -eq 1 ] && grep -q "model.position = 
 else echo "FAIL: GPT-2 layout (rc $rc): $out"; fail=1; fi
 out=$("$EXPORT" --checkpoint latest --checkpoint-dir mx --out hf32 2>&1); rc=$?
 [ $rc -eq 2 ] && grep -q "hf32: exists" <<<"$out" && echo "ok   existing --out refused" || { echo "FAIL: rc $rc: $out"; fail=1; }
+out=$("$EXPORT" --checkpoint latest --checkpoint-dir mx --out /proc/sy_export_test 2>&1); rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l <<<"$out")" -eq 1 ] && grep -q "^error: /proc/sy_export_test: cannot create the export's directory in /proc: " <<<"$out" \
+  && echo "ok   unwritable --out refused: $out" || { echo "FAIL: --out under /proc (rc $rc): $out"; fail=1; }
 out=$("$EXPORT" --checkpoint latest --checkpoint-dir capped --out hfc 2>&1); rc=$?
 [ $rc -eq 0 ] && grep -q "^note: trained with capacity-limited routing" <<<"$out" && echo "ok   capacity note" \
   || { echo "FAIL: capped (rc $rc): $out"; fail=1; }
