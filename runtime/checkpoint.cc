@@ -430,6 +430,13 @@ CheckpointManifest read_manifest(const std::string& dir) {
   if (m.data_position() > UINT32_MAX)
     position("data_position", std::to_string(m.data_position()),
              "[0, " + std::to_string(UINT32_MAX) + "] (the data stream numbers its batches in 32 bits)");
+  if (m.tokens_seen() < 0) position("tokens_seen", std::to_string(m.tokens_seen()), "[0, ...)");
+  // The layout the files were written in (their shards are read by it).
+  if (m.has_world_size() && m.world_size() < 1) position("world_size", std::to_string(m.world_size()), "[1, ...)");
+  if (m.has_world_size() && m.has_expert_parallel() &&
+      (m.expert_parallel() < 1 || m.world_size() % m.expert_parallel() != 0))
+    position("expert_parallel", std::to_string(m.expert_parallel()),
+             "the divisors of world_size = " + std::to_string(m.world_size()));
   // Every file is read from the checkpoint's own directory: a name that
   // reaches elsewhere ("../x", "/x") or that the file system cannot hold is
   // refused here, before anything opens it.

@@ -82,14 +82,14 @@ std::string read_file_bytes(const std::string& path) {
   return ss.str();
 }
 
-Dataset make_dataset(const std::string& corpus, double val_fraction, int64_t seq_len) {
+Dataset make_dataset(const std::string& corpus, double val_fraction, int64_t seq_len, const std::string& source) {
   const int64_t n = static_cast<int64_t>(corpus.size());
   const int64_t n_val = static_cast<int64_t>(n * val_fraction);
   Dataset d{corpus.substr(0, n - n_val), corpus.substr(n - n_val)};
   const int64_t need = 2 * (seq_len + 1);
   if (static_cast<int64_t>(d.val.size()) < need || static_cast<int64_t>(d.train.size()) < need)
-    throw ConfigError("data: corpus of " + std::to_string(n) + " bytes is too small for seq_len " +
-                      std::to_string(seq_len) + " with val_fraction " + std::to_string(val_fraction) +
+    throw ConfigError(source + ": a corpus of " + std::to_string(n) + " bytes is too small for model.seq_len " +
+                      std::to_string(seq_len) + " with data.val_fraction " + std::to_string(val_fraction) +
                       " (each split needs at least " + std::to_string(need) + " bytes)");
   return d;
 }

@@ -103,6 +103,9 @@ class WindowSampler {
 struct Dataset {
   std::string train, val;
 };
-Dataset make_dataset(const std::string& corpus, double val_fraction, int64_t seq_len);
+// `source` names where the corpus came from in a refusal (e.g.
+// "data.path = x.txt").
+Dataset make_dataset(const std::string& corpus, double val_fraction, int64_t seq_len,
+                     const std::string& source = "data");
 
 }  // namespace sy

@@ -45,7 +45,10 @@ TrainingData::TrainingData(const Config& cfg) {
   const auto& d = cfg.data();
   const int64_t T = cfg.model().seq_len();
   if (d.source() != switchyard::DataConfig::TOKEN_FILES) {
-    bytes_ = make_dataset(corpus_for(cfg), d.val_fraction(), T);
+    bytes_ = make_dataset(corpus_for(cfg), d.val_fraction(), T,
+                          d.source() == switchyard::DataConfig::TEXT_FILE
+                              ? "data.path = " + d.path()
+                              : "data.synthetic_bytes = " + std::to_string(d.synthetic_bytes()));
     train_ = Split::of_bytes(bytes_.train);
     val_ = Split::of_bytes(bytes_.val);
     return;

@@ -10,6 +10,7 @@
 #include <csignal>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -623,6 +624,18 @@ TEST_F(Refusal, TrainingPositionOutOfRange) {
     write_bytes(path, edited);
     EXPECT_EQ(refusal(), path + ": " + want);
     EXPECT_THROW(read_manifest(dir_), ConfigError) << line;  // sample and export_hf read it too
+  }
+  // The counters and layout besides: a whole line replaced.
+  for (auto [field, line, want] : std::vector<std::array<std::string, 3>>{
+           {"tokens_seen", "tokens_seen: -1", "tokens_seen = -1: must be in [0, ...)"},
+           {"world_size", "world_size: 0", "world_size = 0: must be in [1, ...)"},
+           {"expert_parallel", "expert_parallel: 3", "expert_parallel = 3: must be in the divisors of world_size = 1"}}) {
+    const size_t at = m.find("\n" + field + ": ");
+    ASSERT_NE(at, std::string::npos) << field << " in " << m;
+    std::string edited = m;
+    edited.replace(at + 1, m.find('\n', at + 1) - at - 1, line);
+    write_bytes(path, edited);
+    EXPECT_EQ(refusal(), path + ": " + want);
   }
   write_bytes(path, m);
   EXPECT_NO_THROW(read_manifest(dir_));

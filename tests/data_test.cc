@@ -70,6 +70,14 @@ TEST(Dataset, SplitsTailForValidation) {
   EXPECT_EQ(d.train, std::string(900, 'x'));
   EXPECT_EQ(d.val, std::string(100, 'v'));
   EXPECT_THROW(make_dataset(text, 0.01, 64), ConfigError);
+  try {
+    make_dataset(text, 0.01, 64, "data.path = t.txt");
+    ADD_FAILURE() << "expected a refusal";
+  } catch (const ConfigError& e) {  // (the file named: the field and its value)
+    EXPECT_EQ(std::string(e.what()).rfind("data.path = t.txt: a corpus of 1000 bytes is too small for model.seq_len 64", 0),
+              0u)
+        << e.what();
+  }
 }
 
 }  // namespace
