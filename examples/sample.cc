@@ -93,10 +93,11 @@ int run(int argc, char** argv) {
     text = sy::generate(model, cfg, prompt, tokens, sp, seed, &routing, !no_kv_cache);
   } else {
     std::error_code ec;
-    if (!std::filesystem::is_regular_file(tokenizer, ec))
-      throw sy::ConfigError("tokenizer " + tokenizer +
-                            ": no such file (data.tokenizer is relative to the directory training ran in; "
-                            "pass --tokenizer FILE.model)");
+    if (const std::string kind = sy::not_a_regular_file(tokenizer); !kind.empty())
+      throw sy::ConfigError("tokenizer " + tokenizer + ": " + kind +
+                            (kind == "no such file" ? " (data.tokenizer is relative to the directory training ran in; "
+                                                      "pass --tokenizer FILE.model)"
+                                                    : " (--tokenizer takes a SentencePiece .model file)"));
     const sy::PieceCodec tok = sy::PieceCodec::load(tokenizer);
     if (tok.vocab_size() > V)
       throw sy::ConfigError("tokenizer " + tokenizer + ": " + std::to_string(tok.vocab_size()) +

@@ -41,7 +41,11 @@ namespace {
 
 std::string read_text(const std::string& path) {
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) throw sy::ConfigError("--input " + path + ": no such file");
+  if (!fs::is_regular_file(path, ec))
+    throw sy::ConfigError("--input " + path + ": " +
+                          (fs::is_directory(path, ec) ? "is a directory"
+                           : fs::exists(path, ec)     ? "is not a regular file"
+                                                      : "no such file"));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw sy::ConfigError("--input " + path + ": cannot open");
   std::stringstream ss;

@@ -545,12 +545,18 @@ void check_compatible(const Config& cfg, const CheckpointManifest& m, const std:
         out += (out.empty() ? "" : ", ") + std::to_string(h);
     return "[" + out + "]";
   };
+  // Why a new run could not take another window here (the one field such a
+  // run may change where nothing depends on it).
+  const std::string window_why =
+      !rope ? " (learned positions: the position table has one row a position; rotary positions would not)"
+            : " (sparse attention: its clusters or blocks follow the window)";
   for (const std::string& f : fields) {
     const std::string mine = text(cfg, f), theirs = text(old, f);
     if (mine != theirs)
       throw ConfigError(join_path(dir, kManifest) + ": " + f + " = " + mine + " in this run, " + theirs +
-                        (upcycle ? " in the checkpoint: a dense checkpoint upcycles only into a model that is the "
-                                   "same outside its MoE layers"
+                        (f == "model.seq_len" && use != CheckpointUse::resume ? " in the checkpoint" + window_why
+                         : upcycle ? " in the checkpoint: a dense checkpoint upcycles only into a model that is the "
+                                     "same outside its MoE layers"
                          : use == CheckpointUse::init_from
                              ? " in the checkpoint: --init-from takes the same model's weights, or a dense "
                                "checkpoint's (moe.num_experts = 0) into a model that adds MoE layers"

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -101,6 +102,14 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& root)
     const std::string name = read_latest(dir);
     if (name.empty())
       throw ConfigError(join_path(dir, "latest") + ": no checkpoint there (missing or empty)");
+    // It names a step directory beside it: anything else is damage, said
+    // escaped (not echoed raw to the terminal) and before it is followed.
+    const bool plain = name.size() <= 255 && name[0] != '.' && std::all_of(name.begin(), name.end(), [](char c) {
+                         return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+                       });
+    if (!plain)
+      throw ConfigError(join_path(dir, "latest") + ": \"" + printable(name, 80) +
+                        "\": not the name of a checkpoint directory beside it (damaged?)");
     return join_path(dir, name);
   };
   if (spec == "latest") return via_latest(root);

@@ -253,6 +253,19 @@ TEST(CheckpointStore, PublishReplacesLatestAndKeepsTheNewest) {
   EXPECT_THROW(resolve_checkpoint(d / "none", d.path), ConfigError);
 }
 
+// A damaged `latest` (binary bytes, a path out of the directory) is refused
+// with its bytes escaped, not followed or echoed raw.
+TEST(CheckpointStore, DamagedLatestIsRefusedEscaped) {
+  TempDir d;
+  for (const std::string junk : {std::string("\x1b[2Jstep\x01"), std::string("../elsewhere")}) {
+    std::ofstream(d / "latest") << junk << "\n";
+    const std::string m = testing::error_of([&] { resolve_checkpoint("latest", d.path); });
+    EXPECT_NE(m.find("latest: \""), std::string::npos) << m;
+    EXPECT_NE(m.find("not the name of a checkpoint directory beside it"), std::string::npos) << m;
+    EXPECT_EQ(m.find('\x1b'), std::string::npos) << "escaped";
+  }
+}
+
 TEST(Checkpoint, RoundTripTrainsOnBitForBit) {
   TempDir d;
   const Config cfg = routed_config(d.path);
