@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "runtime/piece_codec.h"
 
 namespace sy {
 
@@ -70,6 +71,21 @@ TrainingData::TrainingData(const Config& cfg) {
   if (!d.tokenizer().empty() && !std::filesystem::is_regular_file(d.tokenizer()))
     throw ConfigError("data.tokenizer = \"" + d.tokenizer() +
                       "\": no such file (paths are relative to the working directory)");
+  // ... and one that is no SentencePiece model, or has more pieces than the
+  // model's vocabulary, would be found only by sample.
+  if (!d.tokenizer().empty()) {
+    std::string why;
+    int pieces = 0;
+    try {
+      pieces = PieceCodec::load(d.tokenizer()).vocab_size();
+    } catch (const ConfigError& e) {
+      why = e.what();
+    }
+    if (!why.empty()) throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + why);
+    if (pieces > static_cast<int>(V))
+      throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + std::to_string(pieces) +
+                        " pieces, more than model.vocab_size = " + std::to_string(V));
+  }
   train_ = split_of(train_shards_);
   val_ = split_of(val_shards_);
 }

@@ -86,6 +86,12 @@ set_args=(--set data.source=TOKEN_FILES --set 'data.token_files=tok/train_*.bin'
 "$BIN/train_switch" --config "$SRC/configs/tiny.pbtxt" "${set_args[@]}" --set train.checkpoint_interval=6 \
   --set train.checkpoint_dir=ck > train.log 2>&1 || { echo "FAIL train_switch on shards"; cat train.log; exit 1; }
 grep -E "data: [0-9]+ train tokens in 1 shard / [0-9]+ val tokens in 1 shard" train.log || { echo "FAIL: no data line"; cat train.log; fail=1; }
+# A data.tokenizer that is no SentencePiece model: refused before training
+# (only sample would have found it), exit 2.
+"$BIN/train_switch" --config "$SRC/configs/tiny.pbtxt" "${set_args[@]}" --set data.tokenizer=text.txt > tt.log 2>&1
+rc=$?
+[ $rc -eq 2 ] && grep -q '^error: .*data.tokenizer = "text.txt": text.txt: not a SentencePiece model' tt.log \
+  && echo "ok   refused: $(grep '^error' tt.log)" || { echo "FAIL: a text file as data.tokenizer gave $rc:"; cat tt.log; fail=1; }
 grep -q "^done: loss" train.log || { echo "FAIL: no done line"; cat train.log; fail=1; }
 "$BIN/sample" --checkpoint latest --checkpoint-dir ck --prompt "Switchyard" --tokens 20 --seed 3 > s.txt 2> s.err \
   || { echo "FAIL sample"; cat s.err; fail=1; }
