@@ -455,7 +455,9 @@ CheckpointManifest read_manifest(const std::string& dir) {
 void verify_checkpoint(const std::string& dir, const CheckpointManifest& m) {
   for (const auto& f : m.files()) {
     const std::string path = join_path(dir, f.name());
-    if (!fs::is_regular_file(path)) throw ConfigError(path + ": missing (the manifest lists it)");
+    if (const std::string kind = not_a_regular_file(path); !kind.empty())
+      throw ConfigError(path + ": " + (kind == "no such file" ? std::string("missing") : kind) +
+                        " (the manifest lists it as a file)");
     const SafetensorsReader rd(path);
     // Names and dtypes come from the files and the manifest: printed escaped.
     auto fail = [&](const std::string& tensor, const std::string& what) {

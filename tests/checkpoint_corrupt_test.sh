@@ -40,7 +40,7 @@ refuse flipped model-experts-00000-of-00001.safetensors "tensor h1.moe.experts.b
 mutate() { python3 -c "import sys; p=sys.argv[1]; d=open(p,'rb').read(); i=d.index(b'\"F32\"', d.index(b'\"wpe\"')); open(p,'wb').write(d[:i]+b'\"I32\"'+d[i+5:])" "$1/model-dense.safetensors"; }
 refuse dtype model-dense.safetensors "tensor wpe: dtype I32 in the file, F32 in the manifest" "$BIN"
 mutate() { rm "$1/routing.safetensors"; }
-refuse missing routing.safetensors "missing (the manifest lists it)" "$BIN"
+refuse missing routing.safetensors "missing (the manifest lists it as a file)" "$BIN"
 mutate() { cp other/step_00000002/manifest.pbtxt "$1/manifest.pbtxt"; }
 refuse foreign model-dense.safetensors "tensor wte: shape \[256, 64\] in the file, \[256, 32\] in the manifest" "$BIN"
 refuse foreign_config manifest.pbtxt "model.d_model = 64 in this run, 32 in the checkpoint" "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --set train.warmup_steps=1

@@ -580,7 +580,9 @@ TEST_F(Refusal, ManifestOfAnotherModel) {
 
 TEST_F(Refusal, MissingFileAndMissingManifest) {
   fs::remove(file("optim-dense.safetensors"));
-  EXPECT_EQ(refusal(), file("optim-dense.safetensors") + ": missing (the manifest lists it)");
+  EXPECT_EQ(refusal(), file("optim-dense.safetensors") + ": missing (the manifest lists it as a file)");
+  fs::create_directory(file("optim-dense.safetensors"));
+  EXPECT_EQ(refusal(), file("optim-dense.safetensors") + ": is a directory (the manifest lists it as a file)");
   fs::remove(file("manifest.pbtxt"));
   EXPECT_EQ(refusal().rfind(file("manifest.pbtxt") + ": missing", 0), 0u);
 }
