@@ -51,8 +51,32 @@ def parse_text_proto(text):
                 value = bytes(value[1:-1], "utf-8").decode("unicode_escape")
             cur.setdefault(field, []).append(value)
         elif close:
+            if not stack:
+                raise ValueError("a '}' closes no message")
             cur = stack.pop()
+    if stack:
+        raise ValueError(f"{len(stack)} message(s) not closed: the file ends early")
     return root
+
+
+def header_problem(header):
+    """Why a safetensors header (parsed JSON) is malformed, or None."""
+    if not isinstance(header, dict):
+        return f"header is a JSON {type(header).__name__}, not an object"
+    for tname, h in header.items():
+        if tname == "__metadata__":
+            continue
+        if not isinstance(h, dict):
+            return f"tensor {tname}: its header entry is not an object"
+        dtype, shape, offsets = h.get("dtype"), h.get("shape"), h.get("data_offsets")
+        if not isinstance(dtype, str):
+            return f"tensor {tname}: no dtype"
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            return f"tensor {tname}: shape {shape!r} is not a list of sizes"
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            return f"tensor {tname}: data_offsets {offsets!r} is not [begin, end]"
+    return None
 
 
 def one(msg, field, default=None):
@@ -62,6 +86,9 @@ def one(msg, field, default=None):
 
 def check_file(directory, f, problems):
     name = one(f, "name")
+    if name is None:
+        problems.append(f"{os.path.join(directory, 'manifest.pbtxt')}: a files entry without a name")
+        return None
     path = os.path.join(directory, name)
     say = lambda tensor, what: problems.append(f"{path}: tensor {tensor}: {what}" if tensor else f"{path}: {what}")
     if not os.path.isfile(path):
@@ -79,6 +106,10 @@ def check_file(directory, f, problems):
         header = json.loads(data[8:8 + n])
     except ValueError:
         say(None, "header is not JSON")
+        return
+    why = header_problem(header)
+    if why:
+        say(None, why)
         return
     header.pop("__metadata__", None)
     body = len(data) - 8 - n
@@ -134,10 +165,25 @@ def main(argv):
     if not os.path.isfile(manifest_path):
         print(f"{manifest_path}: missing")
         return 1
-    m = parse_text_proto(open(manifest_path).read())
+    try:
+        m = parse_text_proto(open(manifest_path, encoding="utf-8", errors="replace").read())
+    except ValueError as e:
+        print(f"{manifest_path}: cannot parse: {e}")
+        return 1
     problems, tensors, files = [], {}, m.get("files", [])
+    for field in ("format_version", "step"):
+        if one(m, field) is None:
+            problems.append(f"{manifest_path}: no {field} (not a whole checkpoint manifest)")
+    if not files:
+        problems.append(f"{manifest_path}: lists no files")
     for f in files:
         tensors.update(check_file(directory, f, problems) or {})
+    # A weight file on disk that the manifest does not list (a manifest cut
+    # short loses its last entries and still parses).
+    listed_names = {one(f, "name") for f in files}
+    for entry in sorted(os.listdir(directory)):
+        if entry.endswith(".safetensors") and entry not in listed_names:
+            problems.append(f"{os.path.join(directory, entry)}: on disk but not in the manifest")
     # Expert parameters: rows e0..e(G-1) of each, whatever the files' split.
     experts = int(one(one(one(m, "config", {}), "moe", {}), "num_experts", 0))
     rows = {}

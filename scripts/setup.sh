@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PACKAGES=(build-essential cmake pkg-config protobuf-compiler libprotobuf-dev
           libopenblas-dev libopenmpi-dev openmpi-bin libgtest-dev libcli11-dev
-          nlohmann-json3-dev gnuplot-nox iproute2 libsentencepiece-dev)
+          nlohmann-json3-dev gnuplot-nox iproute2 libsentencepiece-dev python3)
 "$ROOT/scripts/install_missing.sh" "${PACKAGES[@]}"
 mkdir -p "$ROOT/build"
 JOBS=${JOBS:-$(nproc)}

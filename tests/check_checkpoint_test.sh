@@ -34,4 +34,34 @@ expect_bad truncated "model-experts-00000-of-00002.safetensors: tensor h1.moe.ex
 cp -r moe reshaped
 python3 -c "import sys; p=sys.argv[1]; d=open(p,'rb').read(); i=d.index(b'\"shape\":[256,64]'); open(p,'wb').write(d[:i]+b'\"shape\":[64,256]'+d[i+16:])" reshaped/step_00000002/model-dense.safetensors
 expect_bad reshaped "model-dense.safetensors: tensor .*: shape \[64, 256\] in the file, \[256, 64\] in the manifest"
+# Damage the checker once passed or crashed on: a manifest cut short (it lost
+# its last files' entries and still parsed; cut mid-message), an empty one, a
+# header key or an offsets list altered, a header that is a JSON list.
+cp -r moe cut
+python3 - cut/step_00000002/manifest.pbtxt <<'PY'
+import sys
+p = sys.argv[1]; t = open(p).read()
+i = t.rindex("\nfiles {")
+open(p, "w").write(t[:i + 1])
+PY
+expect_bad cut "safetensors: on disk but not in the manifest"
+cp -r moe cut2
+truncate -s 4000 cut2/step_00000002/manifest.pbtxt
+expect_bad cut2 "manifest.pbtxt: cannot parse: "
+cp -r moe empty
+: > empty/step_00000002/manifest.pbtxt
+expect_bad empty "manifest.pbtxt: no format_version"
+for case in 'dtype|"dtype":|"dtypx":|no dtype' 'offsets|"data_offsets":[0,|"data_offsets":[-1,|data_offsets' \
+            'list|*|[1,2]|header is a JSON list'; do
+  IFS='|' read -r name from to want <<<"$case"
+  cp -r moe "h_$name"
+  python3 - "h_$name/step_00000002/model-dense.safetensors" "$from" "$to" <<'PY'
+import struct, sys
+p, a, b = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
+d = open(p, "rb").read(); n = struct.unpack("<Q", d[:8])[0]; h = d[8:8 + n]
+h = b if a == b"*" else h.replace(a, b, 1)
+open(p, "wb").write(struct.pack("<Q", len(h)) + h + d[8 + n:])
+PY
+  expect_bad "h_$name" "model-dense.safetensors: .*$want"
+done
 exit $fail
