@@ -31,20 +31,33 @@ WIDTH = 1500
 
 
 def read(path):
+    try:
+        with open(path) as f:
+            lines = f.read().split("\n")
+    except OSError as e:
+        sys.exit(f"plot_metrics: {path}: {e.strerror}")
     rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == last and not lines[i].endswith("}"):  # a run still writing, or one that crashed mid-line
+                print(f"plot_metrics: {path}:{i + 1}: a partial last line, left out", file=sys.stderr)
                 continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"plot_metrics: {path}:{n}: not JSON ({e.msg})")
-            if "step" in d:  # skip summary lines some scripts append
-                rows.append(d)
+            sys.exit(f"plot_metrics: {path}:{i + 1}: not JSON ({e.msg})")
+        if isinstance(d, dict) and "step" in d:  # skip summary lines some scripts append
+            rows.append(d)
     if not rows:
         sys.exit(f"plot_metrics: {path}: no metrics lines (is it from train_switch --metrics?)")
-    return rows
+    # A resumed run appends from its checkpoint's step on: the later line of
+    # a step is the one that counts (the run that went on from there).
+    by_step = {}
+    for d in rows:
+        by_step[d["step"]] = d
+    return [by_step[s] for s in sorted(by_step)]
 
 
 class Page:
@@ -134,12 +147,17 @@ def training_row(page, rows):
     lr = page.data(series(rows, lambda d: d["lr"]))
     tps = page.data(series(rows, lambda d: d["tokens_per_s"] / 1e3))
     gn = page.data(series(rows, lambda d: d["grad_norm"]))
+    # (A non-finite loss is logged as null: such steps are left out.)
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
     last = rows[-1]
-    vals = [d for d in rows if "val_loss" in d]
-    loss_title = f"loss (nats/token): last {last['loss']:.4f}" + (
+    vals = [d for d in rows if finite(d.get("val_loss"))]
+    loss_title = (f"loss (nats/token): last {last['loss']:.4f}" if finite(last.get("loss"))
+                  else f"loss (nats/token): last step {last['step']} not finite") + (
         f", val {vals[-1]['val_loss']:.4f} at step {vals[-1]['step']}" if vals else "")
-    lo = min(d[k] for d in rows for k in ("loss", "val_loss") if k in d)
-    hi = max(d[k] for d in rows for k in ("loss", "val_loss") if k in d)
+    values = [d[k] for d in rows for k in ("loss", "val_loss") if finite(d.get(k))]
+    if not values:
+        sys.exit("plot_metrics: no finite loss to plot")
+    lo, hi = min(values), max(values)
     lo, hi = lo / 1.08, hi * 1.08
     mant = (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8) if hi / lo < 6 else (1, 2, 5)
     tics = ", ".join(f"{t * 10 ** e:g}" for e in range(-4, 4) for t in mant if lo <= t * 10 ** e <= hi)
@@ -269,6 +287,10 @@ def main():
     ap.add_argument("--title", help="page title (default: the metrics file's name)")
     a = ap.parse_args()
     out = a.out or os.path.splitext(a.metrics)[0] + ".png"
+    if "\n" in out or '"' in out:
+        sys.exit(f"plot_metrics: {out!r}: a PNG path without newlines or double quotes, please")
+    if not os.path.isdir(os.path.dirname(out) or "."):
+        sys.exit(f"plot_metrics: {out}: directory {os.path.dirname(out)} does not exist")
     if not shutil.which("gnuplot"):
         sys.exit("plot_metrics: gnuplot not found (Debian: apt-get install gnuplot-nox)")
     rows = read(a.metrics)
@@ -287,7 +309,7 @@ def main():
         r = subprocess.run(["gnuplot", os.path.join(tmp, "page.gp")], capture_output=True, text=True)
         if r.returncode != 0 or not os.path.exists(out):
             sys.stderr.write(r.stderr)
-            sys.exit(f"plot_metrics: gnuplot failed on {a.metrics}")
+            sys.exit(f"plot_metrics: gnuplot failed writing {out} from {a.metrics}")
     print(f"wrote {out}")
 
 

@@ -35,4 +35,36 @@ elif [ "$(wc -l < "$tmp/err")" -ne 1 ]; then
 else
   echo "ok   no metrics: $(cat "$tmp/err")"
 fi
+# What real runs leave (it crashed or drew lines backwards on these): a
+# resumed run's repeated steps (the later line counts), a diverged step's
+# null loss, a partial last line (a run still writing).
+python3 - "$tmp/switch_tiny.jsonl" "$tmp/odd.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+out = rows + [dict(r, loss=r["loss"] + 1) for r in rows[len(rows) // 2:]]  # a resume from the middle
+out.append(dict(rows[-1], step=rows[-1]["step"] + 2, loss=None))
+with open(sys.argv[2], "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in out) + json.dumps(rows[0])[:40])
+PY
+if python3 "$SRC/scripts/plot_metrics.py" "$tmp/odd.jsonl" "$tmp/odd.png" --title odd > "$tmp/out" 2> "$tmp/err" \
+   && grep -q "a partial last line, left out" "$tmp/err" && [ "$(stat -c %s "$tmp/odd.png")" -gt 20000 ]; then
+  echo "ok   resumed, diverged, partial: $(cat "$tmp/out")"
+else
+  echo "FAIL: the odd metrics file:"; cat "$tmp/out" "$tmp/err"; fail=1
+fi
+python3 - "$SRC/scripts" "$tmp/odd.jsonl" "$tmp/switch_tiny.jsonl" <<'PY' || { echo "FAIL: read() of repeated steps"; fail=1; }
+import sys
+sys.path.insert(0, sys.argv[1])
+import plot_metrics
+rows, first = plot_metrics.read(sys.argv[2]), plot_metrics.read(sys.argv[3])
+steps = [r["step"] for r in rows]
+assert steps == sorted(set(steps)), steps
+full = [r for r in rows if r["loss"] is not None]
+assert full[-1]["loss"] == first[-1]["loss"] + 1, "the resumed run's line of a step counts"
+assert full[0]["loss"] == first[0]["loss"]
+PY
+if python3 "$SRC/scripts/plot_metrics.py" "$tmp/missing.jsonl" 2> "$tmp/err"; then
+  echo "FAIL: a missing file accepted"; fail=1
+elif [ "$(wc -l < "$tmp/err")" -ne 1 ]; then echo "FAIL: want one line:"; cat "$tmp/err"; fail=1
+else echo "ok   missing file: $(cat "$tmp/err")"; fi
 exit $fail
