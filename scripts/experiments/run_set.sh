@@ -16,6 +16,9 @@ run_set() {
   done | xargs -P 2 -I{} bash -c '{}'
   local args=()
   for r in "$@"; do args+=("${r%%|*}=$out/${r%%|*}.jsonl"); done
-  python3 scripts/experiments/load_table.py "${args[@]}" > "$csv"
+  # (Into the CSV only when whole: a failed run's missing file left the
+  # tracked CSV empty.)
+  python3 scripts/experiments/load_table.py "${args[@]}" > "$csv.part" && mv "$csv.part" "$csv" \
+    || { rm -f "$csv.part"; echo "run_set: $csv left as it was (a run above failed)"; return 1; }
   column -s, -t "$csv"
 }
