@@ -14,6 +14,7 @@
 # OUT is given.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
+[ $# -ge 1 ] || { echo "usage: scripts/bench/op_profile.sh CONFIG [BUILD_DIR] [OUT.callgrind] (CONFIG: a name in configs/, e.g. tiny)" >&2; exit 2; }
 config=$1 build=${2:-$src/build} out=${3:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
