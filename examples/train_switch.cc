@@ -355,6 +355,12 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     sy::EvalReport e;
     e.step = trainer->completed_steps();
     e.val_loss = trainer->evaluate();
+    if (trainer->evaluation_stopped()) {
+      if (world_rank == 0)
+        std::cerr << "stopped by " << (g_signal == SIGINT ? "SIGINT" : g_signal == SIGTERM ? "SIGTERM" : "a signal to another rank")
+                  << " during the evaluation of " << checkpoint << "\n";
+      return kExitSignal;
+    }
     e.moe = trainer->held_out_routing();
     e.depth = trainer->held_out_depth();
     if (world_rank == 0) {

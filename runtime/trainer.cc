@@ -173,7 +173,16 @@ float Trainer::evaluate() {
   // Each batch in train.micro_batches forwards, as training runs it (its
   // activation memory): `forwards` forwards of equal token counts in all.
   const int micros = cfg_.train().micro_batches(), forwards = n * micros;
+  eval_stopped_ = false;
   for (int i = 0; i < n; ++i) {
+    // A stop request ends the pass here, not after it: a long evaluation
+    // kept a stopped run going for minutes, past a scheduler's grace period
+    // and its checkpoint. (Agreed: every rank leaves at the same batch.)
+    if (stop_agreed()) {
+      eval_stopped_ = true;
+      model_.set_training(true);
+      return NAN;
+    }
     const Batch batch = val_.fixed(i, rank_, world_);
     for (int part = 0; part < micros; ++part) {
       sum += model_.forward(micro_batch(batch, part, micros));
@@ -458,8 +467,8 @@ TrainResult Trainer::run() {
     // The interval's rates end here: evaluation time is not training time.
     const double trained = now_s(), dt = std::max(1e-9, trained - interval_start);
     if (eval_now) {
-      log.evaluated = true;
       log.val_loss = evaluate();
+      log.evaluated = !eval_stopped_;
       log.held_out = &held_out_;
       log.val_compute_fraction = held_out_compute_;
       result.final_val_loss = log.val_loss;
@@ -525,8 +534,10 @@ TrainResult Trainer::run() {
       return result;
     }
     const bool eval_now = s == t.steps() || (t.eval_interval() > 0 && s % t.eval_interval() == 0);
-    const bool stop = stop_agreed();
-    if (eval_now || stop || s % t.log_interval() == 0) log_step(s, r, eval_now);
+    bool stop = stop_agreed();
+    // (No evaluation once stopping: the checkpoint comes first.)
+    if (eval_now || stop || s % t.log_interval() == 0) log_step(s, r, eval_now && !stop);
+    stop = stop || (eval_now && eval_stopped_);
     const bool due = t.checkpoint_interval() > 0 && (s % t.checkpoint_interval() == 0 || s == t.steps());
     if (due || stop) result.checkpoint = write_checkpoint();
     if (stop) {

@@ -111,7 +111,11 @@ class Trainer {
   // Writes a checkpoint of the state after the last step (collective);
   // returns its directory.
   std::string write_checkpoint();
-  float evaluate();  // mean validation loss over eval_batches fixed batches
+  // Mean validation loss over eval_batches fixed batches. A stop request
+  // (SIGTERM, SIGINT: TrainOptions::stop_requested), agreed over the ranks
+  // before each batch, cuts it short: NaN, and evaluation_stopped().
+  float evaluate();
+  bool evaluation_stopped() const { return eval_stopped_; }
   // Per MoE layer, the expert load of the last evaluate() (empty for a dense model).
   const std::vector<HeldOutRouting>& held_out_routing() const { return held_out_; }
   // Per depth-routed block, the fraction of tokens it processed in the last evaluate().
@@ -147,6 +151,7 @@ class Trainer {
   std::vector<std::pair<int, double>> held_out_depth_;
   // Counters a checkpoint carries (runtime/checkpoint.h, TrainState).
   int64_t step_ = 0, optimizer_step_ = 0, tokens_seen_ = 0, bad_steps_ = 0;
+  bool eval_stopped_ = false;  // the last evaluate() was cut short by a stop request
   int64_t consecutive_bad_ = 0;
   std::string restored_from_;  // empty: a fresh run
   RunOrigin origin_;           // init_from's, or a restored checkpoint's

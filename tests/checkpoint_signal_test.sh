@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# SIGTERM and SIGINT: the step in progress finishes, a checkpoint is written,
+# SIGTERM and SIGINT: the step in progress finishes (an evaluation in progress
+# is cut short), a checkpoint is written,
 # the process exits with 4 and the metrics file ends on a complete line whose
 # step is the checkpoint's; the run then resumes from it.
 #  - SIGINT to one process: exit code 4.
@@ -53,6 +54,24 @@ check() {
 }
 
 start sigint "$BIN" "${args[@]}" && { kill -INT $job; wait $job; check sigint $? 4 SIGINT; }
+
+# SIGINT inside a long evaluation (100000 batches, minutes): the pass ends at
+# its next batch, then the checkpoint of the step before it, within seconds
+# (it used to finish the pass, then train and evaluate the next step).
+"$BIN" "${args[@]}" --set train.eval_interval=1 --set train.eval_batches=100000 \
+  --set train.checkpoint_dir=evalstop.ckpt --metrics evalstop.jsonl > evalstop.log 2>&1 &
+job=$!
+( sleep 120; kill -9 $job ) > /dev/null 2>&1 &  # (the regression would run for minutes)
+killer=$!
+for _ in $(seq 1 600); do grep -q "^evaluation [0-9]*/100000" evalstop.log && break; kill -0 $job 2>/dev/null || break; sleep 0.1; done
+if grep -q "^evaluation [0-9]*/100000" evalstop.log; then
+  t0=$(date +%s); kill -INT $job; wait $job; rc=$?; took=$(( $(date +%s) - t0 ))
+  check evalstop $rc 4 SIGINT
+  [ $took -le 30 ] && echo "ok   evalstop: stopped ${took} s after the signal" || { echo "FAIL evalstop: took $took s"; fail=1; }
+  pkill -P $killer 2>/dev/null; kill $killer 2>/dev/null
+else
+  echo "FAIL evalstop: no evaluation progress line"; cat evalstop.log; fail=1; kill -9 $job 2>/dev/null
+fi
 
 grace=(--mca odls_base_sigkill_timeout 10)
 mpi=("$MPIRUN" --oversubscribe -np 2 "${grace[@]}" "$BIN" --set parallel.expert_parallel=2 --set parallel.timeout_s=120)
