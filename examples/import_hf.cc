@@ -25,6 +25,7 @@
 #include <iostream>
 
 #include "examples/checkpoint_tool.h"
+#include "runtime/output_file.h"
 #include "runtime/checkpoint.h"
 #include "runtime/hf_mixtral.h"
 #include "runtime/piece_codec.h"
@@ -81,6 +82,7 @@ int run(int argc, char** argv) {
   sy::Transformer model(sy::host_ctx(), cfg, nullptr, /*inference_only=*/true);  // (a checkpoint of weights only)
   sy::load_mixtral_weights(hf, cfg, model);
   std::string dir;
+  sy::make_output_dir("--out", out);  // (named as the import's option, not as a training field)
   try {
     dir = sy::save_checkpoint(out, cfg, model, sy::TrainState{}, nullptr, 1);
   } catch (...) {

@@ -264,9 +264,6 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       // A resumed run appends to its metrics file.
       sy::check_output_path("--metrics", metrics_path, inputs, overwrite || !resume.empty());
       sy::check_output_path("--op-profile", op_profile_path, inputs, overwrite);
-      // (Made now, not found unusable at the first checkpoint after the work.)
-      if (cfg.train().checkpoint_interval() > 0)
-        sy::make_output_dir("train.checkpoint_dir", cfg.train().checkpoint_dir());
       if (!op_profile_path.empty() && op_profile_path == metrics_path)
         throw sy::ConfigError("--op-profile " + op_profile_path + ": the same file as --metrics");
     }
@@ -277,6 +274,10 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     if (!fault.empty()) opts.before_step = fault_hook(fault, world_rank);
     sy::check_memory(cfg, world_size, sy::training_memory(cfg, node.rank, node.size),
                      overrides.empty() ? source : source + " (with --set overrides)");
+    // Made now, after the refusals, rather than found unusable at the first
+    // checkpoint after the work (an evaluation writes none).
+    if (world_rank == 0 && !eval_only && cfg.train().checkpoint_interval() > 0)
+      sy::make_output_dir("train.checkpoint_dir", cfg.train().checkpoint_dir());
   });
   if (help) return 0;
   // Replicas must train the same model on the same data: one config, one build.
@@ -286,12 +287,10 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   }
 
   openblas_set_num_threads(threads);
-  if (eval_only) {
-    opts.log = nullptr;
-  } else {
-    opts.stop_requested = [] { return g_signal != 0; };
-    install_stop_handlers();
-  }
+  if (eval_only) opts.log = nullptr;
+  // (An evaluation too ends at its next batch, agreed over the ranks.)
+  opts.stop_requested = [] { return g_signal != 0; };
+  install_stop_handlers();
   std::unique_ptr<sy::ParallelContext> par;
   std::unique_ptr<sy::Trainer> trainer;
   bool nccl = false;

@@ -204,7 +204,7 @@ void apply_override(Config& cfg, const std::string& assignment) {
         msg->GetReflection()->SetString(msg, f, value);
         return;
       }
-      if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_ENUM && !first_non_decimal_integer(value).text.empty())
+      if (!first_non_decimal_integer(value).text.empty())  // (an enum's name is no integer; its number may be)
         throw ConfigError(where + ": " + walked + ": " + non_decimal_why(value));
       pb::LogSilencer quiet;  // our message replaces protobuf's stderr log
       if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg)) {

@@ -75,12 +75,14 @@ namespace {
 std::string training_failure(const std::string& status, int vocab_size) {
   const std::string v = "vocab_size " + std::to_string(vocab_size) + ": ";
   int a = 0, b = 0;
-  size_t at = status.find("Vocabulary size is smaller than required_chars. ");
-  if (at != std::string::npos && std::sscanf(status.c_str() + at + 49, "%d vs %d", &a, &b) == 2)
+  const std::string smaller = "Vocabulary size is smaller than required_chars. ";
+  size_t at = status.find(smaller);
+  if (at != std::string::npos && std::sscanf(status.c_str() + at + smaller.size(), "%d vs %d", &a, &b) == 2)
     return v + "fewer pieces than the " + std::to_string(b) +
            " that the text's distinct characters and the special and byte pieces need: raise it";
-  at = status.find("Please set it to a value <= ");
-  if (at != std::string::npos && std::sscanf(status.c_str() + at + 28, "%d", &b) == 1)
+  const std::string high = "Please set it to a value <= ";
+  at = status.find(high);
+  if (at != std::string::npos && std::sscanf(status.c_str() + at + high.size(), "%d", &b) == 1)
     return v + "more pieces than this text yields (at most " + std::to_string(b) +
            "): lower it, or train on more text";
   if (status.find("!sentences_.empty()") != std::string::npos) return "tokenizer training: no text to train on";

@@ -71,8 +71,10 @@ TrainingData::TrainingData(const Config& cfg) {
   if (!d.tokenizer().empty() && !std::filesystem::is_regular_file(d.tokenizer()))
     throw ConfigError("data.tokenizer = \"" + d.tokenizer() +
                       "\": no such file (paths are relative to the working directory)");
-  // ... and one that is no SentencePiece model, or has more pieces than the
-  // model's vocabulary, would be found only by sample.
+  // ... and one that is no SentencePiece model at all, or has more pieces
+  // than the model's vocabulary, would be found only by sample. (A model our
+  // decoder does not read, e.g. Unigram or NFKC, passes here: sample says so,
+  // and training does not need it.)
   if (!d.tokenizer().empty()) {
     std::string why;
     int pieces = 0;
@@ -81,8 +83,9 @@ TrainingData::TrainingData(const Config& cfg) {
     } catch (const ConfigError& e) {
       why = e.what();
     }
-    if (!why.empty()) throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + why);
-    if (pieces > static_cast<int>(V))
+    if (why.find("not a SentencePiece model") != std::string::npos)
+      throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + why);
+    if (why.empty() && pieces > static_cast<int>(V))
       throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + std::to_string(pieces) +
                         " pieces, more than model.vocab_size = " + std::to_string(V));
   }

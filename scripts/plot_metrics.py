@@ -48,7 +48,9 @@ def read(path):
                 print(f"plot_metrics: {path}:{i + 1}: a partial last line, left out", file=sys.stderr)
                 continue
             sys.exit(f"plot_metrics: {path}:{i + 1}: not JSON ({e.msg})")
-        if isinstance(d, dict) and "step" in d:  # skip summary lines some scripts append
+        # (Summary lines some scripts append, and --eval-only's lines appended
+        # to a run's file at a step it logged, are no training steps.)
+        if isinstance(d, dict) and "step" in d and not d.get("eval_only"):
             rows.append(d)
     if not rows:
         sys.exit(f"plot_metrics: {path}: no metrics lines (is it from train_switch --metrics?)")

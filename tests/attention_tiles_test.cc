@@ -43,6 +43,10 @@ const Tiling kTilings[] = {
     {"variant dkdv d64 8 warps", 128, 16, 64, true},  {"variant dkdv d64 bn128", 64, 16, 128, true},
     {"variant dkdv d128 8 warps", 128, 16, 32, true}, {"variant dq 8 warps", 128, 16, 64, false},
     {"variant dq bn128", 64, 16, 128, false},         {"variant dq bn32", 64, 16, 32, false},
+    // the variants with two row tiles a warp (32 rows)
+    {"variant forward d128 4x32 bn32", 128, 32, 32, false}, {"variant dq 4x32 bn32", 128, 32, 32, false},
+    {"variant dq 4x32 bn16", 128, 32, 16, false},           {"variant dkdv 4x32 bn32", 128, 32, 32, true},
+    {"variant dkdv 4x32 bn16", 128, 32, 16, true},
 };
 
 // How often each pair (q, k), q, k < len, is computed: the kernel's loops.

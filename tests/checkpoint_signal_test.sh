@@ -69,6 +69,17 @@ if grep -q "^evaluation [0-9]*/100000" evalstop.log; then
   check evalstop $rc 4 SIGINT
   [ $took -le 30 ] && echo "ok   evalstop: stopped ${took} s after the signal" || { echo "FAIL evalstop: took $took s"; fail=1; }
   pkill -P $killer 2>/dev/null; kill $killer 2>/dev/null
+  # --eval-only of that checkpoint, stopped the same way: exit 4, one line.
+  "$BIN" --resume evalstop.ckpt/step_00000001 --eval-only --set train.eval_batches=100000 > evalonly.log 2>&1 &
+  job=$!
+  ( sleep 120; kill -9 $job ) > /dev/null 2>&1 &
+  killer=$!
+  # (Its first line comes after the handlers are in place.)
+  for _ in $(seq 1 600); do grep -q "^switchyard: " evalonly.log && break; sleep 0.1; done
+  kill -INT $job; wait $job; rc=$?
+  pkill -P $killer 2>/dev/null; kill $killer 2>/dev/null
+  [ $rc -eq 4 ] && grep -q "^stopped by SIGINT during the evaluation of evalstop.ckpt/step_00000001" evalonly.log \
+    && echo "ok   eval-only: $(grep '^stopped' evalonly.log)" || { echo "FAIL eval-only: exit $rc"; cat evalonly.log; fail=1; }
 else
   echo "FAIL evalstop: no evaluation progress line"; cat evalstop.log; fail=1; kill -9 $job 2>/dev/null
 fi

@@ -366,6 +366,7 @@ TEST(Config, IntegersWithALeadingZeroAreRefused) {
             std::string::npos);
   EXPECT_NE(error_of([&] { apply_override(c, "model.d_model=0x40"); }).find("'0x40'"), std::string::npos);
   EXPECT_NE(error_of([&] { apply_override(c, "train.lr=01"); }).find("'01'"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "moe.router=01"); }).find("'01'"), std::string::npos);  // (an enum's number)
   EXPECT_NE(error_of([&] { apply_override(c, "moe.expert_hidden=64,064"); }).find("element 1 of moe.expert_hidden: '064'"),
             std::string::npos);
   expect_invalid("model {\n  d_model: 064\n}\n", "t.pbtxt:2: field 'd_model': '064': protobuf's text format");

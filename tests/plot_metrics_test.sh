@@ -43,6 +43,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 out = rows + [dict(r, loss=r["loss"] + 1) for r in rows[len(rows) // 2:]]  # a resume from the middle
 out.append(dict(rows[-1], step=rows[-1]["step"] + 2, loss=None))
+out.append({"step": rows[0]["step"], "eval_only": True, "val_loss": 9.0})  # (train_switch --eval-only's line)
 with open(sys.argv[2], "w") as f:
     f.write("".join(json.dumps(r) + "\n" for r in out) + json.dumps(rows[0])[:40])
 PY
@@ -61,7 +62,7 @@ steps = [r["step"] for r in rows]
 assert steps == sorted(set(steps)), steps
 full = [r for r in rows if r["loss"] is not None]
 assert full[-1]["loss"] == first[-1]["loss"] + 1, "the resumed run's line of a step counts"
-assert full[0]["loss"] == first[0]["loss"]
+assert full[0]["loss"] == first[0]["loss"], "an eval-only line does not replace a training step's"
 PY
 if python3 "$SRC/scripts/plot_metrics.py" "$tmp/missing.jsonl" 2> "$tmp/err"; then
   echo "FAIL: a missing file accepted"; fail=1
