@@ -24,6 +24,17 @@ inline int parse_options(CLI::App& app, int argc, char** argv) {
   return -1;
 }
 
+// s as a number, the whole of it (std::stod alone takes "1x" as 1).
+inline bool parse_number(const std::string& s, double& v) {
+  size_t used = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return used > 0 && used == s.size();
+}
+
 // CLI::Range for a real value, refusing NaN too (every comparison with NaN
 // is false, so CLI::Range lets it through) and the infinities.
 inline CLI::Validator FiniteRange(double lo, double hi) {
@@ -32,13 +43,7 @@ inline CLI::Validator FiniteRange(double lo, double hi) {
   return CLI::Validator(
       [lo, hi, range = desc.str()](std::string& s) -> std::string {
         double v = 0;
-        size_t used = 0;
-        try {
-          v = std::stod(s, &used);
-        } catch (const std::exception&) {
-          used = 0;
-        }
-        if (used == 0 || used != s.size()) return "'" + s + "' is not a number";
+        if (!parse_number(s, v)) return "'" + s + "' is not a number";
         if (!std::isfinite(v) || v < lo || v > hi) return "value " + s + " not " + range.substr(6);  // ("in [lo - hi]")
         return std::string();
       },

@@ -44,6 +44,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -359,14 +360,8 @@ int main(int argc, char** argv) {
     std::vector<int> ranks;
     std::stringstream ss(ranks_arg);
     for (std::string r; std::getline(ss, r, ',');) {
-      size_t used = 0;
-      long v = 0;
-      try {
-        v = std::stol(r, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used == 0 || used != r.size() || v < 1 || v > 4096)
+      double v = 0;
+      if (!sy::parse_number(r, v) || v != std::floor(v) || v < 1 || v > 4096)
         throw sy::ConfigError("--ranks " + ranks_arg + ": '" + r + "' is not a rank count (comma-separated integers in [1, 4096])");
       ranks.push_back(static_cast<int>(v));
     }

@@ -442,9 +442,7 @@ CheckpointManifest read_manifest(const std::string& dir) {
   // refused here, before anything opens it.
   for (int i = 0; i < m.files_size(); ++i) {
     const std::string& n = m.files(i).name();
-    bool plain = !n.empty() && n.size() <= 255 && n[0] != '.';
-    for (char c : n) plain = plain && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
-    if (!plain)
+    if (!plain_file_name(n))
       throw ConfigError(path + ": files[" + std::to_string(i) + "].name = \"" + printable(n, 80) +
                         "\": must be a file name in the checkpoint directory (letters, digits, '.', '_', '-'; "
                         "not starting with '.'; at most 255)");

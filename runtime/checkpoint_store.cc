@@ -97,6 +97,12 @@ void prune_checkpoints(const std::string& root, int keep) {
     if (found[i].name != latest) fs::remove_all(join_path(root, found[i].name));
 }
 
+bool plain_file_name(const std::string& name) {
+  return !name.empty() && name.size() <= 255 && name[0] != '.' && std::all_of(name.begin(), name.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+         });
+}
+
 std::string resolve_checkpoint(const std::string& spec, const std::string& root) {
   auto via_latest = [](const std::string& dir) {
     const std::string name = read_latest(dir);
@@ -104,10 +110,7 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& root)
       throw ConfigError(join_path(dir, "latest") + ": no checkpoint there (missing or empty)");
     // It names a step directory beside it: anything else is damage, said
     // escaped (not echoed raw to the terminal) and before it is followed.
-    const bool plain = name.size() <= 255 && name[0] != '.' && std::all_of(name.begin(), name.end(), [](char c) {
-                         return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
-                       });
-    if (!plain)
+    if (!plain_file_name(name))
       throw ConfigError(join_path(dir, "latest") + ": \"" + printable(name, 80) +
                         "\": not the name of a checkpoint directory beside it (damaged?)");
     return join_path(dir, name);

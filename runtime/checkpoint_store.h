@@ -30,6 +30,11 @@ void publish_checkpoint(const std::string& root, const std::string& tmp_name, co
 // (never the one `latest` names); keep = 0 keeps all.
 void prune_checkpoints(const std::string& root, int keep);
 
+// Whether `name` is a plain file name inside a checkpoint directory:
+// letters, digits, '.', '_', '-', not starting with '.', at most 255 bytes
+// (the manifest's file names and what `latest` names are read only if so).
+bool plain_file_name(const std::string& name);
+
 // The checkpoint directory `spec` means: "latest" (root/latest), a directory
 // holding manifest.pbtxt, or a checkpoint root holding `latest`. ConfigError
 // naming what is missing otherwise.
