@@ -15,7 +15,8 @@ for cfg in tiny switch_tiny; do
   for p in FP32 BF16; do
     OPENBLAS_NUM_THREADS=1 nice "$BIN" --config configs/$cfg.pbtxt --set train.steps=200 \
       --set train.log_interval=1 --set train.eval_interval=200 --set precision=$p \
-      --metrics "$OUT/$cfg-$p.jsonl" --overwrite > "$OUT/$cfg-$p.log" 2>&1
+      --metrics "$OUT/$cfg-$p.jsonl" --overwrite > "$OUT/$cfg-$p.log" 2>&1 \
+      || { echo "bf16_vs_fp32: $cfg $p failed (exit $?; log: $OUT/$cfg-$p.log):"; tail -3 "$OUT/$cfg-$p.log"; exit 1; }
   done
 done
 python3 - "$OUT" <<'PY'

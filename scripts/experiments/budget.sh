@@ -19,6 +19,7 @@ RUNS=${RUNS:-build/runs}
 OUT=$RUNS/budget
 BIN=${BIN:-build/bin/train_switch}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+source scripts/experiments/jobs.sh
 export OPENBLAS_NUM_THREADS=1
 common="--threads 1 --set train.steps=1000 --set train.eval_interval=100 --set train.log_interval=10"
 S="--config configs/switch_tiny.pbtxt"
@@ -39,11 +40,13 @@ runs=(
 )
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"
+  renice -n 10 -p $$ > /dev/null  # (the runs after it inherit it: behind interactive work)
   for r in "${runs[@]}"; do
     name=${r%%|*}
     [ -f "$OUT/$name.jsonl" ] && continue  # finished earlier (a run writes .part, renamed at the end)
-    echo "nice $BIN ${r#*|} $common --metrics $OUT/$name.jsonl.part --overwrite > $OUT/$name.log 2>&1 && mv $OUT/$name.jsonl.part $OUT/$name.jsonl && echo done $name || { echo FAILED $name; tail -3 $OUT/$name.log; }"
-  done | xargs -P 2 -I{} bash -c '{}'
+    run_bg train_run "$OUT" "$name" ${r#*|} $common
+  done
+  wait_all
   python3 scripts/experiments/runs_to_csv.py budget "$RUNS" > docs/budget.csv
   python3 scripts/experiments/runs_to_csv.py budget_costs "$RUNS" > docs/budget_costs.csv
 fi

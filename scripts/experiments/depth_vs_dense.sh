@@ -12,9 +12,11 @@ OUT=${RUNS:-build/runs}
 common=(--set train.eval_interval=50 --set train.log_interval=10)
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"
-  "$BIN" --config configs/tiny.pbtxt "${common[@]}" --metrics "$OUT/tiny_flops.jsonl" --overwrite | tail -1 &
-  "$BIN" --config configs/depth_tiny.pbtxt "${common[@]}" --metrics "$OUT/depth_tiny_flops.jsonl" --overwrite | tail -1 &
-  wait
+  source scripts/experiments/jobs.sh
+  run() { "$BIN" --config "configs/$1.pbtxt" "${common[@]}" --metrics "$OUT/$2.jsonl" --overwrite | tail -1; }
+  run_bg run tiny tiny_flops
+  run_bg run depth_tiny depth_tiny_flops
+  wait_all
   python3 scripts/experiments/runs_to_csv.py depth_vs_dense "$OUT" > docs/depth_vs_dense.csv
 fi
 # CSV (run, step, cumulative training TFLOP = step x 3 x FLOPs per token x

@@ -25,11 +25,11 @@ common=(--set data.path="$DATA" --set train.steps="$STEPS" --set train.eval_inte
         --set train.log_interval=25)
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"
-  nice "$BIN" --config configs/mixtral_tiny.pbtxt "${common[@]}" --metrics "$OUT/mixtral_tiny.jsonl" --overwrite \
-    | grep -E "^model|done" &
-  nice "$BIN" --config configs/shakespeare_small.pbtxt "${common[@]}" --metrics "$OUT/shakespeare_small.jsonl" --overwrite \
-    | grep -E "^model|done" &
-  wait
+  source scripts/experiments/jobs.sh
+  run() { nice "$BIN" --config "configs/$1.pbtxt" "${common[@]}" --metrics "$OUT/$1.jsonl" --overwrite | grep -E "^model|done"; }
+  run_bg run mixtral_tiny
+  run_bg run shakespeare_small
+  wait_all
   nice "$BIN" --config configs/mixtral_tiny.pbtxt "${common[@]}" --set model.position=LEARNED --set model.norm=LAYERNORM \
     --set model.activation=GELU --set model.bias=true --set model.ffn_hidden=256 \
     --metrics "$OUT/mixtral_tiny_gpt2_layout.jsonl" --overwrite | grep -E "^model|done"

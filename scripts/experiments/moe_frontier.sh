@@ -16,6 +16,7 @@ RUNS=${RUNS:-build/runs}
 OUT=$RUNS/frontier
 BIN=build/bin/train_switch
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+source scripts/experiments/jobs.sh
 export OPENBLAS_NUM_THREADS=1
 common="--set train.steps=2000 --set train.eval_interval=100 --set train.log_interval=10"
 S="--config configs/switch_tiny.pbtxt"
@@ -43,8 +44,9 @@ if [ "${1:-}" != "--plot-only" ]; then
   for r in "${runs[@]}"; do
     name=${r%%|*}
     [ -f "$OUT/$name.jsonl" ] && continue  # finished earlier (a run writes .part, renamed at the end)
-    echo "$BIN ${r#*|} $common --metrics $OUT/$name.jsonl.part --overwrite > $tmp/$name.log 2>&1 && mv $OUT/$name.jsonl.part $OUT/$name.jsonl && echo done $name || { echo FAILED $name; tail -3 $tmp/$name.log; }"
-  done | xargs -P 2 -I{} bash -c '{}'
+    LOGDIR=$tmp run_bg train_run "$OUT" "$name" ${r#*|} $common
+  done
+  wait_all
   python3 scripts/experiments/runs_to_csv.py moe_frontier "$RUNS" > docs/moe_frontier.csv
 fi
 column -s, -t docs/moe_frontier.csv

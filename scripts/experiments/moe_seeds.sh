@@ -27,6 +27,13 @@ for a in "$@"; do
   if [ "$a" = "--table-only" ]; then table_only=1; else SCRATCH=$a; fi
 done
 BIN=build/bin/train_switch
+source scripts/experiments/jobs.sh
+# seeds_run NAME ARGS...: the full metrics in SCRATCH, the thinned in OUT.
+seeds_run() {
+  local name=$1; shift
+  train_run "$SCRATCH" "$name" "$@" || return 1
+  python3 scripts/experiments/moe_load_stats.py "$SCRATCH/$name.jsonl" --thin "$OUT/$name.jsonl" > /dev/null
+}
 SHAKE=../shared/data/tinyshakespeare.txt
 export OPENBLAS_NUM_THREADS=1
 common="--set train.steps=2000 --set train.eval_interval=100 --set train.log_interval=1"
@@ -67,9 +74,9 @@ if [ $table_only = 0 ]; then
   for r in "${runs[@]}"; do
     name=${r%%|*}
     [ -f "$OUT/$name.jsonl" ] && continue
-    full="$SCRATCH/$name.jsonl"
-    echo "$BIN ${r#*|} $common --metrics $full.part --overwrite > $SCRATCH/$name.log 2>&1 && mv $full.part $full && python3 scripts/experiments/moe_load_stats.py $full --thin $OUT/$name.jsonl > /dev/null && echo done $name || { echo FAILED $name; tail -3 $SCRATCH/$name.log; }"
-  done | xargs -P 2 -I{} bash -c '{}'
+    run_bg seeds_run "$name" ${r#*|} $common
+  done
+  wait_all
   python3 scripts/experiments/runs_to_csv.py moe_seeds "$RUNS" > docs/moe_seeds.csv
   python3 scripts/experiments/runs_to_csv.py moe_load_parts "$RUNS" > docs/moe_load_parts.csv
 fi

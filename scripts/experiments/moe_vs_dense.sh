@@ -17,29 +17,27 @@ common=(--set train.steps=2000 --set train.eval_interval=100 --set train.log_int
 text=(--set data.source=TEXT_FILE --set data.path=$SHAKE)
 run() { local name=$1; shift; echo "== $name"; "$BIN" "$@" "${common[@]}" --metrics "$OUT/$name.jsonl" --overwrite | tail -1; }
 b64=(--set train.batch=64)
+source scripts/experiments/jobs.sh
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"
   if [ "${1:-}" = "--batch64" ]; then
-    run tiny_synthetic_b64 --config configs/tiny.pbtxt "${b64[@]}" &
-    run switch_tiny_synthetic_b64 --config configs/switch_tiny.pbtxt "${b64[@]}" &
-    wait
+    run_bg run tiny_synthetic_b64 --config configs/tiny.pbtxt "${b64[@]}"
+    run_bg run switch_tiny_synthetic_b64 --config configs/switch_tiny.pbtxt "${b64[@]}"
+    wait_all
     run switch_tiny_synthetic_b64_seq --config configs/switch_tiny.pbtxt "${b64[@]}" --set moe.load_balance_tokens=128
   fi
-  run tiny_synthetic --config configs/tiny.pbtxt &
-  run switch_tiny_synthetic --config configs/switch_tiny.pbtxt &
-  wait
-  run switch_tiny_synthetic_nolb --config configs/switch_tiny.pbtxt --set moe.load_balance_coef=0 &
+  run_bg run tiny_synthetic --config configs/tiny.pbtxt
+  run_bg run switch_tiny_synthetic --config configs/switch_tiny.pbtxt
+  run_bg run switch_tiny_synthetic_nolb --config configs/switch_tiny.pbtxt --set moe.load_balance_coef=0
   if [ -f "$SHAKE" ]; then
-    run tiny_shakespeare --config configs/tiny.pbtxt "${text[@]}" &
-    wait
-    run switch_tiny_shakespeare --config configs/switch_tiny.pbtxt "${text[@]}"
+    run_bg run tiny_shakespeare --config configs/tiny.pbtxt "${text[@]}"
+    run_bg run switch_tiny_shakespeare --config configs/switch_tiny.pbtxt "${text[@]}"
   fi
-  wait
   # Held-out load without router noise, and the per-sequence balance loss
   # (moe_sweep_plot.sh draws the first).
-  run switch_tiny_synthetic_noise0 --config configs/switch_tiny.pbtxt --set moe.router_noise=0 &
-  run switch_tiny_synthetic_seq --config configs/switch_tiny.pbtxt --set moe.load_balance_tokens=128 &
-  wait
+  run_bg run switch_tiny_synthetic_noise0 --config configs/switch_tiny.pbtxt --set moe.router_noise=0
+  run_bg run switch_tiny_synthetic_seq --config configs/switch_tiny.pbtxt --set moe.load_balance_tokens=128
+  wait_all
   python3 scripts/experiments/runs_to_csv.py moe_vs_dense "$OUT" > docs/moe_vs_dense.csv
   python3 scripts/experiments/runs_to_csv.py moe_balance "$OUT" > docs/moe_balance.csv
 fi

@@ -13,14 +13,16 @@ BIN=build/bin/train_switch
 OUT=${RUNS:-build/runs}
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"
-  "$BIN" --config configs/routed_copy.pbtxt --metrics "$OUT/routed_copy.jsonl" --overwrite | grep -E "attention FLOPs|done" &
-  "$BIN" --config configs/routed_copy.pbtxt --set attention.num_routing_heads=0 --metrics "$OUT/local_copy.jsonl" --overwrite | grep done &
-  wait
+  source scripts/experiments/jobs.sh
+  # run NAME ARGS...: one run, its summary lines shown
+  run() { local name=$1; shift; "$BIN" --config configs/routed_copy.pbtxt "$@" --metrics "$OUT/$name.jsonl" --overwrite | grep -E "attention FLOPs|done"; }
+  local_only=(--set attention.num_routing_heads=0)
   s2=(--set train.seed=2)
-  "$BIN" --config configs/routed_copy.pbtxt "${s2[@]}" --metrics "$OUT/routed_copy_seed2.jsonl" --overwrite | grep done &
-  "$BIN" --config configs/routed_copy.pbtxt "${s2[@]}" --set attention.num_routing_heads=0 \
-    --metrics "$OUT/local_copy_seed2.jsonl" --overwrite | grep done &
-  wait
+  run_bg run routed_copy
+  run_bg run local_copy "${local_only[@]}"
+  run_bg run routed_copy_seed2 "${s2[@]}"
+  run_bg run local_copy_seed2 "${s2[@]}" "${local_only[@]}"
+  wait_all
   python3 scripts/experiments/runs_to_csv.py routed_vs_local "$OUT" > docs/routed_vs_local.csv
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

@@ -19,10 +19,11 @@ STEPS=${STEPS:-1500}
 common=(--set model.position=ROPE --set train.steps="$STEPS")
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"
-  nice "$BIN" --config configs/routed_copy.pbtxt "${common[@]}" --metrics "$OUT/routed_copy_rope.jsonl" --overwrite | grep done &
-  nice "$BIN" --config configs/routed_copy.pbtxt "${common[@]}" --set attention.num_routing_heads=0 \
-    --metrics "$OUT/local_copy_rope.jsonl" --overwrite | grep done &
-  wait
+  source scripts/experiments/jobs.sh
+  run() { local name=$1; shift; nice "$BIN" --config configs/routed_copy.pbtxt "${common[@]}" "$@" --metrics "$OUT/$name.jsonl" --overwrite | grep done; }
+  run_bg run routed_copy_rope
+  run_bg run local_copy_rope --set attention.num_routing_heads=0
+  wait_all
   python3 scripts/experiments/runs_to_csv.py routed_vs_local_rope "$OUT" > docs/routed_vs_local_rope.csv
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

@@ -5,6 +5,7 @@
 # two at a time (one thread each), metrics to OUT/NAME.jsonl (a run whose
 # file exists is skipped); then load_table.py's row of every NAME into CSV,
 # shown as a table.
+source scripts/experiments/jobs.sh
 run_set() {
   local out=$1 csv=$2 r name
   shift 2
@@ -12,8 +13,9 @@ run_set() {
   for r in "$@"; do
     name=${r%%|*}
     [ -f "$out/$name.jsonl" ] && continue
-    echo "OPENBLAS_NUM_THREADS=1 build/bin/train_switch ${r#*|} --metrics $out/$name.jsonl.part --overwrite > $out/$name.log 2>&1 && mv $out/$name.jsonl.part $out/$name.jsonl && echo done $name || { echo FAILED $name; tail -3 $out/$name.log; }"
-  done | xargs -P 2 -I{} bash -c '{}'
+    run_bg train_run "$out" "$name" ${r#*|}
+  done
+  wait_all || true  # (the table below refuses a missing run)
   local args=()
   for r in "$@"; do args+=("${r%%|*}=$out/${r%%|*}.jsonl"); done
   # (Into the CSV only when whole: a failed run's missing file left the

@@ -22,14 +22,16 @@ DATA=${DATA:-../shared/data/tinyshakespeare.txt}
 S="--config configs/shakespeare_small.pbtxt --set data.path=$DATA --set train.eval_interval=100 --set train.log_interval=25"
 MOE="--set moe.num_experts=8 --set moe.top_k=2 --set moe.renormalize=true --set moe.every_n_layers=2"
 SWITCH="--set moe.num_experts=8 --set moe.top_k=1 --set moe.every_n_layers=2"
+source scripts/experiments/jobs.sh
 # NAME|ARGS ...: one train_switch a NAME, two at a time.
 phase() {
   local r name
   for r in "$@"; do
     name=${r%%|*}
     [ -f "$OUT/$name.jsonl" ] && continue
-    echo "OPENBLAS_NUM_THREADS=1 build/bin/train_switch ${r#*|} --metrics $OUT/$name.jsonl.part --overwrite > $OUT/$name.log 2>&1 && mv $OUT/$name.jsonl.part $OUT/$name.jsonl && echo done $name || { echo FAILED $name; tail -3 $OUT/$name.log; }"
-  done | xargs -P 2 -I{} bash -c '{}'
+    run_bg train_run "$OUT" "$name" ${r#*|}
+  done
+  wait_all  # (a failed first phase ends the script: the second starts from its checkpoints)
 }
 if [ "${1:-}" != "--plot-only" ]; then
   mkdir -p "$OUT"
