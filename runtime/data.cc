@@ -3,10 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "core/error.h"
+#include "runtime/config.h"
 
 namespace sy {
 
@@ -74,13 +73,7 @@ std::string synthetic_corpus(uint64_t seed, int64_t n_bytes, const SyntheticSpec
   return out;
 }
 
-std::string read_file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": cannot open data file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_file_bytes(const std::string& path) { return read_whole_file(path, "data file"); }
 
 Dataset make_dataset(const std::string& corpus, double val_fraction, int64_t seq_len, const std::string& source) {
   const int64_t n = static_cast<int64_t>(corpus.size());

@@ -11,6 +11,7 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "runtime/config.h"
+#include "runtime/data.h"
 
 namespace sy {
 namespace {
@@ -420,6 +421,20 @@ TEST(Config, NonRegularFilesAreNamed) {
   expect_invalid("data { source: TEXT_FILE path: \"" + fifo + "\" }",
                  "data.path = " + fifo + ": is a FIFO (named pipe); data must be a regular file");
   std::filesystem::remove_all(dir);
+}
+
+// /proc/self/mem is a regular file by its type whose read at offset 0
+// fails (EIO): an ifstream took the error for the end of the file, and the
+// config read as empty (every default, no error).
+TEST(Config, AReadErrorIsNamedNotTakenForAnEmptyFile) {
+  if (!std::filesystem::exists("/proc/self/mem")) GTEST_SKIP() << "no /proc/self/mem here";
+  const std::string m = error_of([&] { load_config("/proc/self/mem"); });
+  EXPECT_NE(m.find("/proc/self/mem: cannot read config file: "), std::string::npos) << m;
+  const std::string d = error_of([&] { read_file_bytes("/proc/self/mem"); });
+  EXPECT_NE(d.find("/proc/self/mem: cannot read data file: "), std::string::npos) << d;
+  EXPECT_NE(error_of([&] { load_config("/nonexistent/x.pbtxt"); })
+                .find("/nonexistent/x.pbtxt: cannot open config file: No such file or directory"),
+            std::string::npos);
 }
 
 TEST(Config, BinaryConfigIsEscapedWithTheParsersReason) {
