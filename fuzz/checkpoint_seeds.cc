@@ -6,7 +6,7 @@
 // its cut copy) for the mutator to start from. To keep seeds a few KB, only
 // "dense_full" keeps the optimizer files; the others drop them and their
 // manifest entries (what a load without the moments reads).
-//   build-fuzz/bin/checkpoint_fuzz_seeds fuzz/corpus/checkpoint_fuzz
+//   build-asan/bin/checkpoint_fuzz_seeds fuzz/corpus/checkpoint_fuzz
 #include <filesystem>
 #include <fstream>
 #include <iostream>

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fuzzing in CI: builds the libFuzzer targets (fuzz/, clang, ASan + UBSan,
-# CUDA off) in build-fuzz/ and runs each for FUZZ_SECONDS (default 45, so
+# CUDA off) in build-asan/ (scripts/clang_build.sh: after ci_sanitize.sh,
+# only the targets' own files are left to build) and runs each for FUZZ_SECONDS (default 45, so
 # that CI's whole run stays under 30 minutes on 2 cores) from its committed
 # seed corpus (fuzz/corpus/<target>/; config_fuzz also reads
 # configs/*.pbtxt and a dictionary printed from the schema; checkpoint_fuzz
 # has fuzz/checkpoint_fuzz.dict). New inputs go to
-# build-fuzz/corpus/<target>/, never into the committed seeds.
+# build-asan/corpus/<target>/, never into the committed seeds.
 #
 # The targets run side by side, as many at once as there are cores (each
 # fuzzer is one process, one core): on CI's 2 cores, 4 targets take two turns
@@ -13,22 +14,17 @@
 #
 # A finding (crash, sanitizer report, leak, an input slower than 10 s or over
 # 2 GB; for checkpoint_fuzz one allocation of 64 MB) fails the run; the input
-# is kept in build-fuzz/findings/ and printed in base64 so it can be replayed
+# is kept in build-asan/findings/ and printed in base64 so it can be replayed
 # from the log:
-#   base64 -d > crash && build-fuzz/bin/<target> crash
+#   base64 -d > crash && build-asan/bin/<target> crash
 # Run after scripts/setup.sh (its packages); installs clang's if missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECONDS_EACH=${FUZZ_SECONDS:-45}
 TARGETS=(config_fuzz data_fuzz shard_fuzz checkpoint_fuzz)
-"$ROOT/scripts/install_missing.sh" clang libclang-rt-dev llvm
-BUILD=$ROOT/build-fuzz
-mkdir -p "$BUILD"
+source "$ROOT/scripts/clang_build.sh"
 start=$(date +%s)
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
-  -DSWITCHYARD_FUZZ=ON -DSWITCHYARD_CUDA=OFF > "$BUILD/configure.log" 2>&1 \
-  || { cat "$BUILD/configure.log"; exit 1; }
-cmake --build "$BUILD" -j "${JOBS:-$(nproc)}" --target "${TARGETS[@]}" config_fuzz_dict
+clang_build "${TARGETS[@]}" config_fuzz_dict
 echo "fuzz: built in $(( $(date +%s) - start )) s"
 "$BUILD/bin/config_fuzz_dict" > "$BUILD/config.dict"
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer:
-# built with clang, CUDA off, in build-asan/, run through ctest. Any report
+# built with clang, CUDA off, in build-asan/ (scripts/clang_build.sh: the
+# build ci_fuzz.sh's targets share), run through ctest. Any report
 # (memory error, leak, undefined behaviour) ends the program that made it
 # with a non-zero exit, so its test fails and ctest prints the report.
 # LeakSanitizer skips only OpenMPI's own leaks (scripts/lsan_mpi.supp: MPI,
@@ -10,9 +11,7 @@
 #   scripts/ci_sanitize.sh [ctest arguments]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$ROOT/scripts/install_missing.sh" clang libclang-rt-dev llvm
-BUILD=$ROOT/build-asan
-mkdir -p "$BUILD"
+source "$ROOT/scripts/clang_build.sh"
 # Allocation stacks come from the fast (frame-pointer) unwinder, ASan's
 # default. A program that starts MPI has its leaks checked before
 # MPI_Finalize (comm::MpiSession), while OpenMPI's components are loaded and
@@ -25,13 +24,10 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1:detect
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$ROOT/scripts/lsan_mpi.supp:print_suppressions=0}
 start=$(date +%s)
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
-  -DSWITCHYARD_SANITIZE=ON -DSWITCHYARD_CUDA=OFF > "$BUILD/configure.log" 2>&1 \
-  || { cat "$BUILD/configure.log"; exit 1; }
 # Only the programs of the tests run below (tests/CMakeLists.txt's
 # sanitize_test_programs): the tools that only skipped scripts drive
 # (export_hf, tokenize, scaling_sweep, bench_ops, ...) are not built here.
-cmake --build "$BUILD" -j "${JOBS:-$(nproc)}" --target sanitize_test_programs
+clang_build sanitize_test_programs
 echo "sanitize: built in $(( $(date +%s) - start )) s"
 cd "$BUILD"
 # Left out here (each runs in the normal build, scripts/test.sh): end-to-end
