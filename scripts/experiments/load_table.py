@@ -35,7 +35,18 @@ def row(name, path):
     return out
 
 
-rows = [row(*a.split("=", 1)) for a in sys.argv[1:]]
+def checked_row(name, path):
+    """row(), or one line saying which run cannot give one, and exit 1."""
+    try:
+        return row(name, path)
+    except OSError as e:
+        sys.exit(f"load_table.py: {name}: cannot read {path}: {e.strerror}")
+    except (IndexError, KeyError, ValueError) as e:
+        sys.exit(f"load_table.py: {name}: {path} has no logged MoE step from 21 on and an evaluation "
+                 f"(train.log_interval=1, a MoE config, train.steps > 20): {type(e).__name__} {e}")
+
+
+rows = [checked_row(*a.split("=", 1)) for a in sys.argv[1:]]
 print(",".join(rows[0]))
 for r in rows:
     print(",".join(r.values()))
