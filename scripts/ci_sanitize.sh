@@ -63,5 +63,6 @@ SKIP=(
   route_report_cli        # route_report's CLI: route_analysis_test runs the analysis, sample_test the forward
   tools_overwrite         # existing outputs refused by bench_ops, bench_comm, scaling_sweep: Metrics.* run the check
   layering                # a grep of includes: no compiled code runs
+  experiment_jobs         # the experiment scripts' job helper: bash, no compiled code
 )
 ctest --output-on-failure -j "${CTEST_JOBS:-2}" -E "^($(IFS='|'; echo "${SKIP[*]}"))\$" "$@"
