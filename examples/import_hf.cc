@@ -25,9 +25,9 @@
 #include <iostream>
 
 #include "examples/checkpoint_tool.h"
-#include "runtime/output_file.h"
 #include "runtime/checkpoint.h"
 #include "runtime/hf_mixtral.h"
+#include "runtime/output_file.h"
 #include "runtime/piece_codec.h"
 #include "runtime/run_tool.h"
 

@@ -23,12 +23,11 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <optional>
-#include <sstream>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "examples/cli.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
@@ -46,11 +45,11 @@ std::string read_text(const std::string& path) {
                           (fs::is_directory(path, ec) ? "is a directory"
                            : fs::exists(path, ec)     ? "is not a regular file"
                                                       : "no such file"));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw sy::ConfigError("--input " + path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  try {
+    return sy::read_whole_file(path, "the text");
+  } catch (const sy::ConfigError& e) {
+    throw sy::ConfigError(std::string("--input ") + e.what());
+  }
 }
 
 // Encodes in pieces of about 1 MiB cut after a newline: memory stays

@@ -17,6 +17,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/file.h"
 #include "runtime/checkpoint_stager.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/moe_layer.h"
@@ -405,12 +406,8 @@ CheckpointManifest read_manifest(const std::string& dir) {
   if (kind == "no such file")
     throw ConfigError(path + ": missing (not a checkpoint, or one whose writing did not finish)");
   if (!kind.empty()) throw ConfigError(path + ": " + kind + ", not a checkpoint manifest");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": cannot be read (not a checkpoint, or one whose writing did not finish)");
-  std::stringstream ss;
-  ss << in.rdbuf();
   CheckpointManifest m;
-  parse_text_proto(ss.str(), path, m);
+  parse_text_proto(read_whole_file(path, "the checkpoint manifest"), path, m);
   if (m.format_version() != kFormatVersion)
     throw ConfigError(path + ": format_version = " + std::to_string(m.format_version()) + ": this build reads " +
                       std::to_string(kFormatVersion));

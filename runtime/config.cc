@@ -6,20 +6,15 @@
 #include <google/protobuf/stubs/logging.h>
 #include <google/protobuf/text_format.h>
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file.h"
 
 namespace sy {
 
@@ -341,22 +336,6 @@ Config read_config(const std::string& path) {
   if (!kind.empty() && kind != "no such file")
     throw ConfigError(path + ": " + kind + ", not a config file (--config takes a text-format .pbtxt file)");
   return parse_config(read_whole_file(path, "config file"), path);
-}
-
-std::string read_whole_file(const std::string& path, const std::string& what) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw ConfigError(path + ": cannot open " + what + ": " + std::strerror(errno));
-  std::string out;
-  char buf[1 << 16];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n > 0) { out.append(buf, static_cast<size_t>(n)); continue; }
-    if (n < 0 && errno == EINTR) continue;
-    const int err = n < 0 ? errno : 0;
-    ::close(fd);
-    if (err) throw ConfigError(path + ": cannot read " + what + ": " + std::strerror(err));
-    return out;
-  }
 }
 
 }  // namespace sy

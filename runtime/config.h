@@ -35,13 +35,6 @@ void fill_defaults(google::protobuf::Message& msg);
 // directory", ...); empty for a regular file. Config errors name it.
 std::string not_a_regular_file(const std::string& path);
 
-// The whole of a file's bytes; ConfigError naming path, what it is for
-// ("config file", "data file") and the system's reason where it cannot be
-// opened or a read fails part-way (an ifstream read an I/O error as the end
-// of the file: /proc/self/mem, a regular file by its type, read as an empty
-// config).
-std::string read_whole_file(const std::string& path, const std::string& what);
-
 // Blocks [0, n) are recomputed in backward (train.recompute and
 // train.recompute_blocks as resolved): 0 without recomputation, n_layers
 // for every block.

@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "runtime/config.h"
+#include "core/file.h"
 
 namespace sy {
 

@@ -3,7 +3,6 @@
 // into our (in, out) ones.
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -11,6 +10,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "ops/rmsnorm.h"
 #include "runtime/hf_mixtral.h"
 
@@ -28,10 +28,9 @@ nlohmann::json read_json(const std::string& path, const std::string& what) {
   // device or FIFO could be read forever.)
   if (const std::string kind = not_a_regular_file(path); !kind.empty())
     throw ConfigError(path + ": " + kind + " (" + what + ")");
-  std::ifstream in(path);
-  if (!in) throw ConfigError(path + ": cannot open (" + what + ")");
+  const std::string text = read_whole_file(path, "(" + what + ")");
   try {
-    return nlohmann::json::parse(in);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     std::string why = e.what();
     throw ConfigError(path + ": not JSON (" + why.substr(0, why.find('\n')) + ")");

@@ -2,11 +2,10 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <queue>
-#include <sstream>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "sentencepiece_model.pb.h"
 
 namespace sy {
@@ -24,20 +23,25 @@ size_t char_len(unsigned char c) {
   return 1;
 }
 
-}  // namespace
-
-PieceCodec PieceCodec::load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": cannot open the tokenizer model");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse(ss.str(), path);
-}
-
-PieceCodec PieceCodec::parse(const std::string& serialized, const std::string& name) {
+switchyard::spm::ModelProto read_model(const std::string& serialized, const std::string& name) {
   switchyard::spm::ModelProto m;
   if (!m.ParseFromString(serialized) || m.pieces_size() == 0)
     throw ConfigError(name + ": not a SentencePiece model (no pieces could be read)");
+  return m;
+}
+
+}  // namespace
+
+PieceCodec PieceCodec::load(const std::string& path) {
+  return parse(read_whole_file(path, "the tokenizer model"), path);
+}
+
+int PieceCodec::count_pieces(const std::string& path) {
+  return read_model(read_whole_file(path, "the tokenizer model"), path).pieces_size();
+}
+
+PieceCodec PieceCodec::parse(const std::string& serialized, const std::string& name) {
+  const switchyard::spm::ModelProto m = read_model(serialized, name);
   using Spec = switchyard::spm::ModelProto;
   if (m.trainer_spec().model_type() != Spec::TrainerSpec::BPE)
     throw ConfigError(name + ": trainer_spec.model_type = " +

@@ -31,6 +31,10 @@ class PieceCodec {
   // not such a model.
   static PieceCodec load(const std::string& path);
   static PieceCodec parse(const std::string& serialized, const std::string& name);
+  // The pieces of any SentencePiece model (BPE or not, whatever its
+  // normaliser: what training checks against model.vocab_size); ConfigError
+  // for a file that cannot be read or is no such model at all.
+  static int count_pieces(const std::string& path);
 
   int vocab_size() const { return static_cast<int>(pieces_.size()); }
   std::vector<int32_t> encode(const std::string& text) const;

@@ -76,16 +76,13 @@ TrainingData::TrainingData(const Config& cfg) {
   // decoder does not read, e.g. Unigram or NFKC, passes here: sample says so,
   // and training does not need it.)
   if (!d.tokenizer().empty()) {
-    std::string why;
     int pieces = 0;
     try {
-      pieces = PieceCodec::load(d.tokenizer()).vocab_size();
+      pieces = PieceCodec::count_pieces(d.tokenizer());
     } catch (const ConfigError& e) {
-      why = e.what();
+      throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + e.what());
     }
-    if (why.find("not a SentencePiece model") != std::string::npos)
-      throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + why);
-    if (why.empty() && pieces > static_cast<int>(V))
+    if (pieces > static_cast<int>(V))
       throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + std::to_string(pieces) +
                         " pieces, more than model.vocab_size = " + std::to_string(V));
   }

@@ -21,6 +21,7 @@
 #include "runtime/token_shard.h"
 #include "runtime/trainer.h"
 #include "runtime/training_data.h"
+#include "sentencepiece_model.pb.h"
 
 namespace sy {
 namespace {
@@ -340,6 +341,22 @@ TEST_F(Shards, TrainingDataRefusals) {
   c.mutable_data()->set_tokenizer(path("missing.model"));
   m = error_of([&] { TrainingData d(c); });
   EXPECT_NE(m.find("data.tokenizer = \"" + path("missing.model") + "\": no such file"), std::string::npos) << m;
+  // A SentencePiece model that sample cannot decode (Unigram) still trains;
+  // its pieces are checked against model.vocab_size all the same.
+  auto unigram = [&](int n) {
+    switchyard::spm::ModelProto mp;
+    mp.mutable_trainer_spec()->set_model_type(switchyard::spm::ModelProto::TrainerSpec::UNIGRAM);
+    for (int i = 0; i < n; ++i) mp.add_pieces()->set_piece("p" + std::to_string(i));
+    std::ofstream(path("u.model"), std::ios::binary) << mp.SerializeAsString();
+    c.mutable_data()->set_tokenizer(path("u.model"));
+  };
+  unigram(300);
+  EXPECT_NO_THROW(TrainingData d(c));
+  unigram(301);
+  m = error_of([&] { TrainingData d(c); });
+  EXPECT_NE(m.find("data.tokenizer = \"" + path("u.model") + "\": 301 pieces, more than model.vocab_size = 300"),
+            std::string::npos)
+      << m;
 }
 
 // A model over 300 token ids trains on shards: the first loss is near
