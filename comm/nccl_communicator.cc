@@ -11,6 +11,10 @@
 // (settle() polls each call out of ncclInProgress).
 #include "comm/nccl_communicator.h"
 
+#include <stdlib.h>  // setenv (POSIX)
+
+#include <cstdlib>
+
 #ifdef SY_WITH_NCCL
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -37,6 +41,11 @@ namespace sy::comm {
 
 using detail::now_s;
 using detail::ranks_str;
+
+bool nccl_launch_order_default() {
+  if (std::getenv("NCCL_LAUNCH_ORDER_IMPLICIT") != nullptr) return false;  // (the user's choice, 0 included)
+  return setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "1", /*overwrite=*/0) == 0;
+}
 
 #ifndef SY_WITH_NCCL
 
@@ -675,6 +684,7 @@ class NcclCommunicator final : public Communicator {
 
 std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator& mpi, int device, double timeout_s,
                                                      NcclMode mode) {
+  nccl_launch_order_default();  // (before NCCL's first call: the header says why)
   CUDA_CHECK(cudaSetDevice(device));
   ncclUniqueId id;
   if (mpi.rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));

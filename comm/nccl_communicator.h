@@ -67,6 +67,23 @@ enum class NcclMode {
   nonblocking,  // at once, ncclInProgress until NCCL's own thread is done; polled here
 };
 
+// NCCL_LAUNCH_ORDER_IMPLICIT=1 unless the environment sets it already (what
+// make_nccl_communicator does first; true where it set it). A rank holds
+// several communicators on one device (the world, the gradient buckets',
+// the expert-parallel groups'), and in the gradient reducer's stream mode
+// a bucket's all-reduce on the side stream can be in flight while an expert
+// all-to-all runs on the compute stream. Without an order between them, a
+// GPU that runs one rank's two kernels in the other order than a peer's can
+// deadlock (each waits for a peer stuck behind the other): NCCL's user
+// guide, "Using multiple NCCL communicators concurrently". From NCCL 2.26
+// the variable orders the launches of every communicator on a device as the
+// host issued them, which is one program order on every rank here (one
+// thread calls NCCL, in the same order everywhere); on CUDA 12.3+ a launch
+// waits only for the one before it to have started (a launch-completion
+// event), so the two still overlap each other and the compute. NCCL reads
+// it once, at its first launch; older NCCLs ignore it.
+bool nccl_launch_order_default();
+
 // One NCCL communicator per rank of `mpi` on CUDA device `device`.
 std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator& mpi, int device, double timeout_s,
                                                      NcclMode mode = NcclMode::blocking);

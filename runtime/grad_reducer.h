@@ -24,7 +24,10 @@
 //                last bucket in finish(). No thread: NCCL calls must come
 //                in one order on every rank (the expert all-to-alls go on
 //                interleaved with the buckets in program order, the same on
-//                every rank), which a thread's timing would not keep.
+//                every rank), which a thread's timing would not keep;
+//                that order is what NCCL_LAUNCH_ORDER_IMPLICIT (set by
+//                make_nccl_communicator) follows, so a bucket's all-reduce
+//                and an all-to-all in flight at once cannot deadlock.
 //   experts: over their shard's replicas, after backward (finish()).
 // Both are then divided by the world size, as a product with the float
 // 1 / N (each rank's loss is a mean over its own tokens; scatter: only the rank's own part, the rest left as the

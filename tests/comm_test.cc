@@ -2,13 +2,16 @@
 // payloads checked for exact equality, uneven and empty sends, sub-groups,
 // and MoE layers whose ranks route very different token counts.
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "comm/mpi_communicator.h"
+#include "comm/nccl_communicator.h"
 #include "grad_check.h"
 #include "mpi_main.h"
 #include "runtime/config.h"
@@ -327,6 +330,22 @@ TEST(Trainer, AllToAllTimeIsEachStepsOwnOnALateCountingCommunicator) {
     EXPECT_GT(exchanges, 0) << "step " << step;
     EXPECT_NEAR(r.all_to_all_s, own, 1e-9) << "step " << step;
   }
+}
+
+// Before NCCL's first call, every rank orders its communicators' launches
+// as the host issued them (comm/nccl_communicator.h), unless the user chose.
+TEST(NcclEnvironment, LaunchOrderIsImplicitUnlessTheUserChose) {
+  const char* const had = std::getenv("NCCL_LAUNCH_ORDER_IMPLICIT");
+  const std::string kept = had ? had : "";
+  unsetenv("NCCL_LAUNCH_ORDER_IMPLICIT");
+  EXPECT_TRUE(comm::nccl_launch_order_default());
+  ASSERT_NE(std::getenv("NCCL_LAUNCH_ORDER_IMPLICIT"), nullptr);
+  EXPECT_STREQ(std::getenv("NCCL_LAUNCH_ORDER_IMPLICIT"), "1");
+  setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "0", 1);  // the user's 0 stays 0
+  EXPECT_FALSE(comm::nccl_launch_order_default());
+  EXPECT_STREQ(std::getenv("NCCL_LAUNCH_ORDER_IMPLICIT"), "0");
+  if (had) setenv("NCCL_LAUNCH_ORDER_IMPLICIT", kept.c_str(), 1);
+  else unsetenv("NCCL_LAUNCH_ORDER_IMPLICIT");
 }
 
 }  // namespace
