@@ -20,6 +20,11 @@
 //           attention; on a GPU (f32) the key sets are packed one segment per
 //           key block inside the selection, and the attention runs on the
 //           tiled varlen kernels (ops/cuda/block_topk_pack.h).
+//   floor   "dense B<k> T<n/k>": routed attention's k clusters as one batch of
+//           k causal sequences of n / k tokens on the dense kernel (equal
+//           clusters' pairs), and PyTorch SDPA at that shape where --sdpa
+//           has it; a line under the table sets each routed row's attention
+//           part (ms less sel ms) against it.
 // The recipe is bench_ops's (llm.c's dev/cuda, nccl-tests): warm-up, the
 // median of timed runs (CUDA events on a device, the host clock on the CPU;
 // --iters runs, fewer but at least 3 where they would pass --budget seconds),
@@ -189,11 +194,23 @@ std::string fmt(const char* f, double v) {
   return b;
 }
 
-// PyTorch SDPA's seconds by (n, pass) from torch_attention.py's JSON: its
-// rows "sdpa_fwd_bf16" and "sdpa_fwd_bwd_bf16" of shape "B1 T<n> H<H> D<D>"
-// (one sequence, this run's heads and head dim); other rows are ignored.
-std::map<std::pair<int64_t, std::string>, double> read_sdpa(const std::string& path, int64_t H, int64_t D) {
-  std::map<std::pair<int64_t, std::string>, double> m;
+// The cluster counts routed attention runs at n (k = sqrt(n) and 256), where
+// n / k is a whole number of at least 16 tokens: the "dense B<k> T<n/k>"
+// rows' batches.
+std::vector<int64_t> cluster_counts(int64_t n) {
+  std::vector<int64_t> ks;
+  for (const int64_t K : {std::max<int64_t>(1, std::llround(std::sqrt(double(n)))), int64_t{256}})
+    if (n % K == 0 && n / K >= 16 && std::find(ks.begin(), ks.end(), K) == ks.end()) ks.push_back(K);
+  return ks;
+}
+
+// PyTorch SDPA's seconds by (B, T, pass) from torch_attention.py's JSON:
+// its rows "sdpa_fwd_bf16" and "sdpa_fwd_bwd_bf16" of shape "B<B> T<T> H<H>
+// D<D>" at this run's heads and head dim (B 1: one sequence of n tokens;
+// more: the batches of its --shapes); other rows are ignored.
+using SdpaTimes = std::map<std::tuple<int64_t, int64_t, std::string>, double>;
+SdpaTimes read_sdpa(const std::string& path, int64_t H, int64_t D) {
+  SdpaTimes m;
   if (path.empty()) return m;
   std::ifstream f(path);
   if (!f) throw sy::ConfigError("--sdpa " + path + ": cannot be read");
@@ -208,9 +225,9 @@ std::map<std::pair<int64_t, std::string>, double> read_sdpa(const std::string& p
     const std::string pass = op == "sdpa_fwd_bf16" ? "fwd" : op == "sdpa_fwd_bwd_bf16" ? "fwd+bwd" : "";
     long long B = 0, T = 0, h = 0, d = 0;
     if (pass.empty() || std::sscanf(r["shape"].get<std::string>().c_str(), "B%lld T%lld H%lld D%lld", &B, &T, &h, &d) != 4 ||
-        B != 1 || h != H || d != D)
+        h != H || d != D)
       continue;
-    m[{T, pass}] = r["seconds"].get<double>();
+    m[{B, T, pass}] = r["seconds"].get<double>();
   }
   return m;
 }
@@ -253,7 +270,7 @@ int main(int argc, char** argv) {
     std::sort(tokens.begin(), tokens.end());
     tokens.erase(std::unique(tokens.begin(), tokens.end()), tokens.end());
     if (!json_path.empty()) sy::check_output_path("--json", json_path, {{"--sdpa", sdpa_path}}, overwrite);
-    const std::map<std::pair<int64_t, std::string>, double> sdpa = read_sdpa(sdpa_path, H, D);
+    const SdpaTimes sdpa = read_sdpa(sdpa_path, H, D);
 
     std::unique_ptr<sy::DeviceRuntime> rt;
     if (device == "cuda") rt = sy::DeviceRuntime::create(0);
@@ -368,13 +385,54 @@ int main(int argc, char** argv) {
       }
 
       for (const char* pass : {"fwd", "fwd+bwd"}) {  // PyTorch SDPA from --sdpa, beside ours
-        const auto it = sdpa.find({n, pass});
+        const auto it = sdpa.find({1, n, pass});
         if (it == sdpa.end()) continue;
         Row r;
         r.op = "SDPA (PyTorch)", r.pass = pass, r.dtype = "bf16", r.n = n, r.pairs = dense_pairs;
         r.flops = (r.pass == "fwd" ? 4.0 : 14.0) * D * dense_pairs;
         r.seconds = it->second, r.note = "--sdpa";
         rows.push_back(r);
+      }
+
+      // Routed attention's floor: its k clusters of n / k tokens as one batch
+      // of k causal sequences on the dense kernel (the pairs of equal
+      // clusters, ~H n^2 / 2k), ours and PyTorch's where --sdpa has the shape
+      // (torch_attention.py --shapes kx<n/k>). Set against a routed row's
+      // attention part (ms less sel ms; the summary under the table), it
+      // says how much of that part is the clusters' packing, masks and
+      // merge rather than the attention itself. The baseline dtype only.
+      for (const int64_t K : cluster_counts(n)) {
+        const int64_t T = n / K;
+        const std::string op = "dense B" + std::to_string(K) + " T" + std::to_string(T);
+        const double pairs = H * double(K) * 0.5 * double(T) * (T + 1);
+        sy::ops::AttentionShape s{K, T, C, H};
+        const Tensor qkv_h = randn({K, T, 3 * C}, rng), dout_h = randn({K, T, C}, rng);
+        Tensor qkv = as(qkv_h, base_dt, ctx), dout = as(dout_h, base_dt, ctx);
+        Tensor o = Tensor::empty({K, T, C}, base_dt, ctx), lse = Tensor::empty({K, H, T}, DType::f32, ctx);
+        Tensor dqkv = Tensor::zeros({K, T, 3 * C}, base_dt, ctx);
+        auto fwd = [&] { sy::ops::attention_forward(ctx, {o, lse, qkv, s}); };
+        auto bwd = [&] { sy::ops::attention_backward(ctx, {dqkv, dout, qkv, o, lse, s}); };
+        Row r;
+        r.op = op, r.dtype = sy::dtype_name(base_dt), r.n = n, r.pairs = pairs;
+        r.note = "routed k=" + std::to_string(K) + "'s floor";
+        std::vector<double> t;
+        r.pass = "fwd", r.flops = 4.0 * D * pairs;
+        std::tie(t, r.runs) = timing.parts({fwd});
+        r.seconds = t[0];
+        rows.push_back(r);
+        r.pass = "fwd+bwd", r.flops = 14.0 * D * pairs;
+        std::tie(t, r.runs) = timing.parts({[&] { dqkv.zero(ctx), fwd(), bwd(); }});
+        r.seconds = t[0];
+        rows.push_back(r);
+        for (const char* pass : {"fwd", "fwd+bwd"}) {
+          const auto it = sdpa.find({K, T, pass});
+          if (it == sdpa.end()) continue;
+          Row p;
+          p.op = "SDPA B" + std::to_string(K) + " T" + std::to_string(T), p.pass = pass, p.dtype = "bf16", p.n = n;
+          p.pairs = pairs, p.flops = (p.pass == "fwd" ? 4.0 : 14.0) * D * pairs;
+          p.seconds = it->second, p.note = "--sdpa";
+          rows.push_back(p);
+        }
       }
 
       // The sparse methods: q, k, v, dout (H, n, D) head-major, one head a (n, D) view.
@@ -628,7 +686,7 @@ int main(int argc, char** argv) {
           speed = fmt("%.2fx", b->second->seconds / r.seconds);
           of_dense = fmt("%.1f%%", 100 * tf / (b->second->flops / b->second->seconds));
         }
-        const auto t = sdpa.find({r.n, r.pass});
+        const auto t = sdpa.find({1, r.n, r.pass});
         if (t != sdpa.end()) vs_sdpa = fmt("%.2fx", t->second / r.seconds);
         if (r.select_seconds > 0) {
           sel = fmt("%.3f", r.select_seconds * 1e3);
@@ -643,6 +701,20 @@ int main(int argc, char** argv) {
       out["rows"].push_back({{"op", r.op}, {"pass", r.pass}, {"dtype", r.dtype}, {"n", r.n}, {"seconds", r.seconds},
                              {"select_seconds", r.select_seconds}, {"pairs", r.pairs}, {"flops", r.flops},
                              {"wrong", r.wrong}, {"runs", r.runs}, {"note", r.note}});
+    }
+    // Each routed row's attention part (ms less sel ms) against its floor
+    // row at the same n, k and pass (the clusters as one batch).
+    for (const Row& r : rows) {
+      const auto k_at = r.op.find(" k=");
+      if (r.op.rfind("routed ", 0) != 0 || k_at == std::string::npos || !(r.seconds > 0)) continue;
+      const std::string K = r.op.substr(k_at + 3);
+      for (const Row& f : rows)
+        if (f.n == r.n && f.pass == r.pass && f.seconds > 0 && f.dtype == r.dtype &&
+            f.op.rfind("dense B" + K + " T", 0) == 0)
+          std::printf("%s %s %s n=%lld: attention part %.3f ms, %.2fx its floor (%s: %.3f ms)\n", r.op.c_str(),
+                      r.pass.c_str(), r.dtype.c_str(), static_cast<long long>(r.n),
+                      (r.seconds - r.select_seconds) * 1e3, (r.seconds - r.select_seconds) / f.seconds, f.op.c_str(),
+                      f.seconds * 1e3);
     }
     std::printf(
         "FLOPs per pair: 4 D forward, 14 D forward+backward (backward 10 D: s again, dP, dV, dQ, dK). ms includes\n"

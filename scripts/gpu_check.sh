@@ -572,11 +572,14 @@ print(rows[1024]["ours_s"] * 1e6, rows[1048576]["ours_busbw_gbs"])' "$LOG/bench_
   summary "scale: scaling_sweep (GPU, MPI path) rc $?: $(sweep_points scaling_gpu)"
 fi
 # 7. Issue 18: long-context attention beside PyTorch SDPA (its JSON feeds
-# bench_attention's "x SDPA" column; without it the column stays empty).
+# bench_attention's "x SDPA" column; without it the column stays empty; its
+# --shapes are the routed rows' clusters as batches, k x n/k for k = sqrt(n)
+# and 256 at each n: the floor rows).
 if want attn; then
   stamp "attn"
   run_limited torch_attention_long 90 env PYTHONUNBUFFERED=1 python3 scripts/bench/torch_attention.py \
-    --lengths 4096,16384,65536 --head-dims 64 --batch 1 --json "$LOG/torch_attention_long.json"
+    --lengths 4096,16384,65536 --head-dims 64 --batch 1 --shapes 64x64,256x16,128x128,256x64,256x256 \
+    --json "$LOG/torch_attention_long.json"
   summary "attn: torch_attention (SDPA) rc $?"
   SDPA=()
   [ -s "$LOG/torch_attention_long.json" ] && SDPA=(--sdpa "$LOG/torch_attention_long.json")
@@ -676,7 +679,7 @@ echo "== summary"
 cat "$OUT/summary.txt"
 # The tables (whole in the JSON files and logs.tar.gz; the tool shows the end).
 for f in "$LOG"/torch_*.log; do [ -f "$f" ] && { echo "== $(basename "$f" .log)"; tail -8 "$f"; }; done
-[ -f "$LOG/bench_attention.log" ] && { echo "== bench_attention"; tail -70 "$LOG/bench_attention.log"; }
+[ -f "$LOG/bench_attention.log" ] && { echo "== bench_attention"; tail -90 "$LOG/bench_attention.log"; }
 # (bench_ops' table: its last run's, a rerun past a fault holding every row)
 for f in bench_ops_resume2 bench_ops_resume1 bench_ops; do
   [ -f "$LOG/$f.log" ] && { echo "== $f (its table)"; sed -n '/^device /,$p' "$LOG/$f.log"; break; }

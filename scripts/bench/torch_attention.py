@@ -15,6 +15,10 @@ Long context (examples/bench_attention.cc's shapes, one sequence of n tokens, 8 
 
     python3 scripts/bench/torch_attention.py --lengths 4096,16384,65536 --head-dims 64 --batch 1 \
         --json torch_attention_long.json
+
+--shapes BxT,... adds batches of short sequences at each head dim: bench_attention's
+"dense B<k> T<n/k>" rows, routed attention's k clusters of n/k tokens as one batch (the
+attention part's floor when clusters are equal), e.g. --shapes 256x256 for k = 256 at 64k.
 """
 import argparse
 import json
@@ -32,6 +36,7 @@ def main():
     ap.add_argument("--lengths", default="", help="sequence lengths T, comma-separated (default 4096,16384)")
     ap.add_argument("--head-dims", default="", help="head dims D, comma-separated (default 64,128)")
     ap.add_argument("--batch", type=int, default=0, help="sequences B (default: --tokens // T)")
+    ap.add_argument("--shapes", default="", help="more shapes BxT, comma-separated (e.g. 256x256)")
     ap.add_argument("--backend", choices=["default", "flash", "efficient", "cudnn"], default="default",
                     help="restrict SDPA to one backend (default: PyTorch chooses)")
     ap.add_argument("--json", default="", help="also write the JSON here")
@@ -54,9 +59,16 @@ def main():
 
     lengths = int_list(args.lengths, [128] if args.quick else [4096, 16384], "--lengths")
     head_dims = int_list(args.head_dims, [64] if args.quick else [64, 128], "--head-dims")
-    shapes = [(T, D) for D in head_dims for T in lengths]
     if args.batch < 0:
         bad(f"--batch {args.batch}: want a positive count, or 0 for --tokens // T")
+    batched = []
+    for item in filter(None, args.shapes.split(",")):
+        parts = item.split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            bad(f"--shapes {args.shapes!r}: {item!r} is not BxT (positive integers, e.g. 256x256)")
+        batched.append((int(parts[0]), int(parts[1])))
+    shapes = [(args.batch if args.batch > 0 else max(1, args.tokens // T), T, D) for D in head_dims for T in lengths]
+    shapes += [(B, T, D) for D in head_dims for B, T in batched]
 
     import torch
     import torch.nn.functional as F
@@ -89,8 +101,7 @@ def main():
 
     H = args.heads
     rows = []
-    for T, D in shapes:
-        B = args.batch if args.batch > 0 else max(1, args.tokens // T)
+    for B, T, D in shapes:
         shape = f"B{B} T{T} H{H} D{D}"
         # One shape that fails (out of memory, a backend's refusal) is said
         # and skipped: the others' rows still reach the JSON.
