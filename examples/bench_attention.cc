@@ -24,7 +24,9 @@
 //           k causal sequences of n / k tokens on the dense kernel (equal
 //           clusters' pairs), and PyTorch SDPA at that shape where --sdpa
 //           has it; a line under the table sets each routed row's attention
-//           part (ms less sel ms) against it.
+//           part (ms less sel ms) against it. (bench_ops' varlen ladder,
+//           examples/bench_varlen.h, steps the varlen kernels alone from the
+//           dense kernel to the routed packing; this is the whole op.)
 // The recipe is bench_ops's (llm.c's dev/cuda, nccl-tests): warm-up, the
 // median of timed runs (CUDA events on a device, the host clock on the CPU;
 // --iters runs, fewer but at least 3 where they would pass --budget seconds),
