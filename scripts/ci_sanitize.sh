@@ -64,5 +64,6 @@ SKIP=(
   tools_overwrite         # existing outputs refused by bench_ops, bench_comm, scaling_sweep: Metrics.* run the check
   layering                # a grep of includes: no compiled code runs
   experiment_jobs         # the experiment scripts' job helper: bash, no compiled code
+  compare_runs            # benchmark JSON side by side: Python, no compiled code
 )
 ctest --output-on-failure -j "${CTEST_JOBS:-2}" -E "^($(IFS='|'; echo "${SKIP[*]}"))\$" "$@"

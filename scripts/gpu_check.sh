@@ -66,6 +66,17 @@ STARTS=""  # each stamp's second, for the summary's last line (the next plan's b
 stamp() { echo "[gpu_check $(elapsed)s] $*"; STARTS+="${STARTS:+, }${1%% *} $(elapsed)s"; }
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
+# compare_with_record NAME JSON: this run's JSON beside the run of record's
+# (the newest docs/gpu/NAME_*.json), row by row, into $LOG/compare_NAME.log;
+# the summary gets its count line and its device line where they differ.
+compare_with_record() {
+  local record
+  record=$(ls docs/gpu/"$1"_*.json 2> /dev/null | sort | tail -1)
+  [ -n "$record" ] && [ -s "$2" ] || return 0
+  python3 scripts/bench/compare_runs.py "$record" "$2" --min-change 0.05 > "$LOG/compare_$1.log" 2>&1
+  summary "$1 against $(basename "$record"): $(grep -E '^(devices differ|[0-9]+ of [0-9]+ rows)' "$LOG/compare_$1.log" |
+    paste -sd ' ' -) (logs/compare_$1.log)"
+}
 # limit WANTED: the seconds a command may take, cut to the budget left (0: none left).
 limit() {
   local left=$(( BUDGET - $(elapsed) ))
@@ -413,6 +424,7 @@ print("; ".join(r["op"] + " " + r["shape"] for r in json.load(open(sys.argv[1]))
   # Issue 17's bars from these three (one line each, measured beside the bar).
   python3 scripts/bench/bar_ratios.py --bench-ops "$OUT/bench_ops.json" --torch-moe "$LOG/torch_moe.json" \
     --torch-attention "$LOG/torch_attention.json" 2>&1 | tee -a "$OUT/summary.txt"
+  compare_with_record bench_ops "$OUT/bench_ops.json"
 fi
 if want mfu; then
   stamp "mfu"
@@ -586,6 +598,7 @@ if want attn; then
   rm -f "$OUT/bench_attention.json"
   run_limited bench_attention 200 $B/bench_attention --device cuda "${SDPA[@]}" --json "$OUT/bench_attention.json"
   summary "attn: bench_attention rc $? ($(grep -c . "$LOG/bench_attention.log") lines)"
+  compare_with_record bench_attention "$OUT/bench_attention.json"
   # A routed_copy-style model at n = 16k (d 256, 4 heads of 64, bf16; 128
   # clusters): tokens/s, then the same model with dense attention.
   for kind in ROUTED DENSE; do
