@@ -447,6 +447,7 @@ print("no step-20 line" if t is None else f"{100 * t / 989:.1f}% ({t:.0f} TFLOP/
   }
   summary "mfu: batch 16 at 989 TFLOP/s (issue 17's bar >= 40%): $(mfu_of "$LOG/switch_gpu.jsonl")"
   summary "mfu: op profile (steps 26-30): $(grep -A12 '^op profile' "$LOG/switch_gpu.log" | tr -s ' ' | tr '\n' ';' | cut -c1-900)"
+  compare_with_record switch_gpu_ops "$LOG/switch_gpu_ops.json"  # (the record: docs/gpu/switch_gpu_ops_*.json)
   # Batch 64: the optimizer's pass over all 1.9B parameters (~65 GB of
   # traffic a step, whatever the batch; docs/PERF.md) is paid once per 4x the
   # tokens, which the bar needs; the gap between the two MFUs is that pass's

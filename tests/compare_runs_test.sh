@@ -51,6 +51,24 @@ want '^only now \(1\): new_row 1x1$' "a row now only"
 want '^timed in neither \(1\): never_ran 3x3$' "a row timed in neither"
 want '^  moe: expert_ffn_forward: 2\.0000 -> 1\.5000 \(0\.750x\)$' "a profile op that moved"
 wont 'activation' "a profile part that did not move left out"
+# Two op profiles (train_switch --op-profile): the step, ops and parts by name.
+cat > "$tmp/prof_before.json" <<'JSON'
+{"clock": "cuda events", "step_ms": 80.0, "steps": 5, "inside_ops_ms": 75.0,
+ "ops": [{"op": "adamw_update", "ms_per_step": 13.5}, {"op": "layernorm_backward", "ms_per_step": 3.0}],
+ "parts": [{"part": "expert_ffn_forward > activation", "ms_per_step": 0.5}]}
+JSON
+cat > "$tmp/prof_now.json" <<'JSON'
+{"clock": "cuda events", "step_ms": 60.0, "steps": 5, "inside_ops_ms": 55.0,
+ "ops": [{"op": "adamw_update", "ms_per_step": 13.4}, {"op": "layernorm_backward", "ms_per_step": 1.0}],
+ "parts": []}
+JSON
+python3 "$SRC/scripts/bench/compare_runs.py" "$tmp/prof_before.json" "$tmp/prof_now.json" --min-change 0.05 > "$tmp/out" 2>&1 ||
+  { echo "FAIL: exit $? on two op profiles"; cat "$tmp/out"; exit 1; }
+want '^op profile: before ' "op profiles recognised"
+want '^layernorm_backward +3\.0000 +1\.0000 +0\.333x$' "a profiled op 3x faster"
+want '^\(the step\) +80\.0000 +60\.0000 +0\.750x$' "the step"
+wont '^adamw_update ' "an op that moved under 5% left out"
+want '^only before \(1\): expert_ffn_forward > activation$' "a part gone"
 # Bad input: one line on stderr, exit 2.
 echo '{"rows": [{"op": "dense causal", "pass": "fwd", "dtype": "bf16", "n": 4096, "seconds": 1e-3}]}' > "$tmp/attn.json"
 echo '{"ops": [{"seconds": 1}]}' > "$tmp/noop.json"

@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
 """Two runs of one benchmark side by side: bench_ops's or bench_attention's
-JSON from before a change and from after it, row by row (before ms, now ms,
-now / before), the rows that moved most first (2x slower and 2x faster alike), then the rows only one run
-has, then the op profiles' ops and parts the two share. For the GPU run
-after sessions without one: what the "changed since" list expected, read
-off one table.
+JSON, or two op profiles (train_switch --op-profile), from before a change
+and from after it, row by row (before ms, now ms, now / before), the rows
+that moved most first (2x slower and 2x faster alike), then the rows only
+one run has, then the ops and parts of the profiles inside both runs. For
+the GPU run after sessions without one: what the "changed since" list
+expected, read off one table.
 
   python3 scripts/bench/compare_runs.py docs/gpu/bench_ops_2026-12-04b.json bench_ops.json
   python3 scripts/bench/compare_runs.py docs/gpu/bench_attention_2026-12-04b.json bench_attention.json
+  python3 scripts/bench/compare_runs.py switch_gpu_profile_before.json switch_gpu_profile.json
 
 Rows match by name and shape (bench_ops: op, shape; bench_attention: op,
-pass, dtype, n). A row not timed in a run (seconds 0: its case threw) is
-"not timed" there (listed first); rows timed in neither are named at the end. Runs on different devices are compared all the same, with
-a line saying so first: their ratios then mix the change with the machine.
---min-change R lists only rows whose time moved by more than R (0.05: 5%).
+pass, dtype, n; an op profile: the step, each op and each part by name). A
+row not timed in a run (seconds 0: its case threw) is "not timed" there and
+listed first; rows timed in neither are named at the end. Runs on different
+devices are compared all the same, with a line saying so first: their
+ratios then mix the change with the machine. --min-change R lists only the
+rows whose time moved by more than R (0.05: 5%; default 0: any change).
 Bad input: one line, exit 2.
 """
 import argparse
@@ -38,7 +42,18 @@ def load(path):
         bad(f"{path}: not JSON ({e})")
     if not isinstance(j, dict):
         bad(f"{path}: not a benchmark's JSON (want an object with \"ops\" or \"rows\")")
-    if isinstance(j.get("ops"), list):
+    if isinstance(j.get("ops"), list) and isinstance(j.get("step_ms"), (int, float)):
+        # An op profile (train_switch --op-profile, core/op_profile.h): the
+        # step, its ops and their parts, each by its time a step.
+        kind = "op profile"
+        rows = [{"op": "(the step)", "seconds": j["step_ms"] / 1e3}]
+        for field, label in (("ops", "op"), ("parts", "part")):
+            for r in j.get(field) or []:
+                if not isinstance(r, dict) or not isinstance(r.get(label), str) or \
+                        not isinstance(r.get("ms_per_step"), (int, float)):
+                    bad(f"{path}: a profile row without {label} and ms_per_step: {json.dumps(r)[:120]}")
+                rows.append({"op": r[label], "seconds": r["ms_per_step"] / 1e3})
+    elif isinstance(j.get("ops"), list):
         kind, rows = "bench_ops", j["ops"]
     elif isinstance(j.get("rows"), list):
         kind, rows = "bench_attention", j["rows"]
@@ -48,7 +63,7 @@ def load(path):
     for r in rows:
         if not isinstance(r, dict) or not isinstance(r.get("op"), str) or not isinstance(r.get("seconds", 0), (int, float)):
             bad(f"{path}: a row without op and seconds: {json.dumps(r)[:120]}")
-        if kind == "bench_ops":
+        if kind != "bench_attention":
             key = (r["op"], str(r.get("shape", "")))
         else:
             key = (r["op"], str(r.get("pass", "")), str(r.get("dtype", "")), str(r.get("n", "")))
