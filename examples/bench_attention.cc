@@ -258,6 +258,9 @@ int main(int argc, char** argv) {
   app.add_option("--sdpa", sdpa_path, "PyTorch SDPA times to compare with: scripts/bench/torch_attention.py's --json");
   app.add_flag("--overwrite", overwrite, "replace an existing --json file");
   app.add_flag("--quick", quick, "small shapes, 2 heads (a smoke test)");
+  bool list_floor = false;
+  app.add_flag("--list-floor-shapes", list_floor,
+               "print the floor rows' batches as BxT,... (torch_attention.py --shapes) for --tokens, and exit");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -271,6 +274,13 @@ int main(int argc, char** argv) {
     if (quick && app.count("--heads") == 0) H = 2;
     std::sort(tokens.begin(), tokens.end());
     tokens.erase(std::unique(tokens.begin(), tokens.end()), tokens.end());
+    if (list_floor) {
+      std::string list;
+      for (const int64_t n : tokens)
+        for (const int64_t K : cluster_counts(n)) list += (list.empty() ? "" : ",") + std::to_string(K) + "x" + std::to_string(n / K);
+      std::printf("%s\n", list.c_str());
+      return 0;
+    }
     if (!json_path.empty()) sy::check_output_path("--json", json_path, {{"--sdpa", sdpa_path}}, overwrite);
     const SdpaTimes sdpa = read_sdpa(sdpa_path, H, D);
 

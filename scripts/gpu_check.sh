@@ -74,8 +74,8 @@ compare_with_record() {
   record=$(ls docs/gpu/"$1"_*.json 2> /dev/null | sort | tail -1)
   [ -n "$record" ] && [ -s "$2" ] || return 0
   python3 scripts/bench/compare_runs.py "$record" "$2" --min-change 0.05 > "$LOG/compare_$1.log" 2>&1
-  summary "$1 against $(basename "$record"): $(grep -E '^(devices differ|[0-9]+ of [0-9]+ rows)' "$LOG/compare_$1.log" |
-    paste -sd ' ' -) (logs/compare_$1.log)"
+  summary "$1 against $(basename "$record") rc $?: $(grep -E '^(devices differ|[0-9]+ of [0-9]+ rows|compare_runs:)' \
+    "$LOG/compare_$1.log" | paste -sd ' ' -) (logs/compare_$1.log)"
 }
 # limit WANTED: the seconds a command may take, cut to the budget left (0: none left).
 limit() {
@@ -586,13 +586,12 @@ print(rows[1024]["ours_s"] * 1e6, rows[1048576]["ours_busbw_gbs"])' "$LOG/bench_
 fi
 # 7. Issue 18: long-context attention beside PyTorch SDPA (its JSON feeds
 # bench_attention's "x SDPA" column; without it the column stays empty; its
-# --shapes are the routed rows' clusters as batches, k x n/k for k = sqrt(n)
-# and 256 at each n: the floor rows).
+# --shapes are the floor rows' batches, as bench_attention lists them).
 if want attn; then
   stamp "attn"
+  FLOOR=$($B/bench_attention --list-floor-shapes 2> /dev/null)
   run_limited torch_attention_long 90 env PYTHONUNBUFFERED=1 python3 scripts/bench/torch_attention.py \
-    --lengths 4096,16384,65536 --head-dims 64 --batch 1 --shapes 64x64,256x16,128x128,256x64,256x256 \
-    --json "$LOG/torch_attention_long.json"
+    --lengths 4096,16384,65536 --head-dims 64 --batch 1 --shapes "$FLOOR" --json "$LOG/torch_attention_long.json"
   summary "attn: torch_attention (SDPA) rc $?"
   SDPA=()
   [ -s "$LOG/torch_attention_long.json" ] && SDPA=(--sdpa "$LOG/torch_attention_long.json")

@@ -28,6 +28,10 @@ want '^dense B16 T16 +fwd\+bwd +f32 +256 +[0-9.]+ .* [0-9.]+x +- +- +- +routed k
 want '^routed causal k=16 fwd\+bwd f32 n=256: attention part [0-9.]+ ms, [0-9.]+x its floor \(dense B16 T16: ' \
   "a routed row against its floor"
 want '^routed causal k=256 +fwd\+bwd +f32 +512 ' "the last n's rows"
+# The floor rows' batches, listed for torch_attention.py --shapes (k = sqrt(n) and 256, n / k >= 16).
+shapes=$("$BIN" --list-floor-shapes)
+[ "$shapes" = "64x64,256x16,128x128,256x64,256x256" ] && echo "ok   floor shapes $shapes" ||
+  { echo "FAIL floor shapes: $shapes"; fail=1; }
 python3 - "$tmp/out.json" <<'PY' || fail=1
 import json, sys
 rows = json.load(open(sys.argv[1]))["rows"]
