@@ -43,8 +43,13 @@ TEST_P(BackendOps, AttentionBf16AgreesWithTheCpuOnRoundedInputs) {
     s.window = w;
     return s;
   };
+  // 89 rows (89 mod 32 = 25): a warp of two row tiles (MT 2) whose second
+  // tile is partly in the sequence (rows 80-88 of 80-95), with a second
+  // sequence after it for a stray write to land in; 77 and 300 leave that
+  // tile wholly in or wholly past the end.
   for (const ops::AttentionShape s : {ops::AttentionShape{2, 77, 128, 2}, ops::AttentionShape{1, 300, 128, 2},
                                       ops::AttentionShape{1, 100, 256, 2}, ops::AttentionShape{1, 161, 128, 1},
+                                      ops::AttentionShape{2, 89, 128, 2}, ops::AttentionShape{2, 89, 256, 2},
                                       windowed({1, 300, 128, 2}, 100), windowed({1, 161, 128, 1}, 17),
                                       windowed({2, 290, 256, 2}, 129)}) {
     SCOPED_TRACE("B " + std::to_string(s.B) + " T " + std::to_string(s.T) + " D " + std::to_string(s.C / s.H) +
@@ -73,7 +78,8 @@ TEST_P(BackendOps, AttentionBf16VariantsAgreeWithTheCpu) {
   if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "the variants are CUDA kernels";
   Ctx& x = ctx();
   for (const int64_t D : {int64_t{64}, int64_t{128}})
-    for (const ops::AttentionShape s : {ops::AttentionShape{2, 77, 2 * D, 2}, ops::AttentionShape{1, 300, 2 * D, 2}}) {
+    for (const ops::AttentionShape s : {ops::AttentionShape{2, 77, 2 * D, 2}, ops::AttentionShape{1, 300, 2 * D, 2},
+                                        ops::AttentionShape{2, 89, 2 * D, 2}}) {  // 89: as in the test above
       Rng rng(0xa77 + s.T + D);
       const Tensor qkv_b = randn({s.B, s.T, 3 * s.C}, rng).to(DType::bf16);
       const Tensor dout_b = randn({s.B, s.T, s.C}, rng).to(DType::bf16);
