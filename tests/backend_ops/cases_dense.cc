@@ -204,10 +204,12 @@ void add_dense_cases(std::vector<OpCase>& c) {
                }});
   // Rows of 300, 1000 and 1536 values (ops/cuda/layernorm.cu's fused chunks
   // of 64 rows, 16, 32 and 64 columns a lane; the last chunk ragged), 600
-  // rows of 256 (10 chunks: the second stage's warps take two each) and rows
-  // of 2100 (too wide for them: dx, then column_sums).
+  // rows of 256 (10 chunks: the second stage's warps take two each), 65
+  // rows of 2048 (the widest the chunks take, 64 columns a lane; a last
+  // chunk of one row) and rows of 2100 (too wide for them: dx, then
+  // column_sums).
   for (const auto& [N, C] : std::vector<std::pair<int64_t, int64_t>>{
-           {130, 300}, {300, 1000}, {100, 1536}, {600, 256}, {200, 2100}})
+           {130, 300}, {300, 1000}, {100, 1536}, {600, 256}, {65, 2048}, {200, 2100}})
     c.push_back({"layernorm_backward_" + std::to_string(N) + "x" + std::to_string(C), Tol::f32,
                  [N = N, C = C](Rng& r) { return Ins{randn({N, C}, r, 3.f), randn({C}, r), randn({C}, r), randn({N, C}, r)}; },
                  [N = N, C = C](Ctx& x, const Ins&) { return Outs{acc(x, {N, C}), acc(x, {C}), acc(x, {C})}; },

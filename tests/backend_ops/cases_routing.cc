@@ -143,9 +143,11 @@ void add_routing_cases(std::vector<OpCase>& c) {
   // keys carry an offset from -2 to 2, so h is of order 1: on keys with no
   // column preference h is a small difference of terms near log N + log G,
   // which fp32 resolves to ~1e-6 absolute only (a relative error of 1e-5
-  // and more on a correct kernel).
+  // and more on a correct kernel). 130 experts: a second block of columns,
+  // most of its threads past G.
   struct SinkhornSpec { int64_t N, G; int iters; };
-  for (const SinkhornSpec k : {SinkhornSpec{300, 64, 5}, SinkhornSpec{1000, 8, 20}, SinkhornSpec{600, 100, 3}}) {
+  for (const SinkhornSpec k : {SinkhornSpec{300, 64, 5}, SinkhornSpec{1000, 8, 20}, SinkhornSpec{600, 100, 3},
+                               SinkhornSpec{300, 130, 3}}) {
     c.push_back({"sinkhorn_" + std::to_string(k.N) + "x" + std::to_string(k.G) + "_i" + std::to_string(k.iters),
                  Tol::f32,
                  [=](Rng& r) {
@@ -280,6 +282,7 @@ void add_routing_cases(std::vector<OpCase>& c) {
     int k;
     bool sigmoid, keys, padded, dropless;
     int64_t segment;
+    int64_t N = 300;
   };
   for (const GateCase& g : std::vector<GateCase>{{"softmax", 24, 2, false, false, false, false, 0},
                                                  {"sigmoid_bias_score", 70, 3, true, false, false, false, 0},
@@ -304,13 +307,31 @@ void add_routing_cases(std::vector<OpCase>& c) {
                                                  {"softmax_k6_128", 128, 6, false, false, false, false, 0},
                                                  // k > 8 at G <= 128: the probabilities through
                                                  // memory, then the k-round top-k
-                                                 {"softmax_k10_40", 40, 10, false, false, false, false, 0}}) {
-    const int64_t N = 300;
+                                                 {"softmax_k10_40", 40, 10, false, false, false, false, 0},
+                                                 // k 5 to 8 on rows of 8 lanes (G <= 64): k = G = 8,
+                                                 // each lane one group and 7 empty places; k 5 with
+                                                 // 16-byte rows
+                                                 {"softmax_k8_of_8", 8, 8, false, false, false, false, 0},
+                                                 {"sigmoid_bias_k5_40", 40, 5, true, false, false, false, 0},
+                                                 // 4 values a lane without 16-byte loads (G 30)
+                                                 {"softmax_30", 30, 2, false, false, false, false, 0},
+                                                 // keys with fewer than k finite in some rows (NaN
+                                                 // ranked as -inf, -inf picked before empty places)
+                                                 {"keys_nonfinite_16", 16, 4, false, true, false, false, 0},
+                                                 // 301 rows: the last warp's rows partly past N
+                                                 {"softmax_301_rows", 24, 2, false, false, false, false, 0, 301}}) {
+    const int64_t N = g.N;
     c.push_back({"tokens_choose_logits_" + g.name, Tol::f32,
                  [=](Rng& r) {
                    Ins in{randn({N, g.G}, r, 2.f), randn({g.G}, r, 0.05f), randn({N, g.G}, r)};
                    if (g.name == "softmax_ties_100") {  // whole logits: equal probabilities across lanes and j
                      for (int64_t j = 0; j < N * g.G; ++j) in[0].f32()[j] = j < g.G ? 0.f : std::round(in[0].f32()[j]);
+                   }
+                   if (g.name == "keys_nonfinite_16") {  // rows with 0 or 2 finite keys, the rest NaN or -inf
+                     const float nan = std::numeric_limits<float>::quiet_NaN();
+                     const float ninf = -std::numeric_limits<float>::infinity();
+                     for (int64_t i = 0; i < N; i += 2)
+                       for (int64_t j = i % 4; j < g.G; ++j) in[2].f32()[i * g.G + j] = (i + j) % 3 == 0 ? nan : ninf;
                    }
                    return in;
                  },
@@ -403,14 +424,23 @@ void add_routing_cases(std::vector<OpCase>& c) {
     int k;
     bool sigmoid, renorm;
     float alpha, beta;
+    int64_t N = 300;
   };
   for (const RouterBackwardCase& g : std::vector<RouterBackwardCase>{{"softmax_64", 64, 2, false, false, 0.3f, 0.2f},
                                                                      {"sigmoid_renorm_24", 24, 3, true, true, 0.3f, 0.2f},
                                                                      {"softmax_renorm_70", 70, 1, false, true, 0.1f, 0.f},
                                                                      {"sigmoid_100", 100, 8, true, false, 0.f, 0.5f},
                                                                      {"softmax_130", 130, 2, false, false, 0.3f, 0.2f},
-                                                                     {"softmax_k9_40", 40, 9, false, true, 0.3f, 0.2f}}) {
-    const int64_t N = 300;
+                                                                     {"softmax_k9_40", 40, 9, false, true, 0.3f, 0.2f},
+                                                                     // 8 lanes of 2 and of 1 values (G 12, 6): empty
+                                                                     // lanes, a pick's probability by shuffle
+                                                                     {"softmax_renorm_12", 12, 4, false, true, 0.3f, 0.2f},
+                                                                     {"sigmoid_6", 6, 2, true, false, 0.3f, 0.2f},
+                                                                     // G 300: routing_sums' threads over several columns
+                                                                     {"softmax_300", 300, 2, false, false, 0.3f, 0.2f},
+                                                                     // 301 rows: the last warp's rows partly past N
+                                                                     {"softmax_64_301_rows", 64, 2, false, false, 0.3f, 0.2f, 301}}) {
+    const int64_t N = g.N;
     c.push_back({"router_backward_" + g.name, Tol::f32,
                  [=](Rng& r) { return Ins{randn({N, g.G}, r, 2.f), probs_of({N, g.G}, r), randn({N * g.k}, r)}; },
                  [=](Ctx& x, const Ins&) {
