@@ -194,7 +194,11 @@ void expect_bf16_runs(const std::vector<Tensor> (&runs)[2], const std::vector<Te
 // tensor-core varlen kernels) against the CPU's f32 reference on the
 // bf16-rounded inputs, class B; the key sets exactly; two runs bitwise
 // equal; outputs poisoned first. Clusters with dropped tokens and lone
-// queries (no key at or before them) included.
+// queries (no key at or before them) included. 1200 tokens in 9 clusters:
+// clusters of more keys than a tile, so tiles wholly below the diagonal
+// (no mask read) in every kernel at both head dims. At d64 a third run
+// takes every tensor as a view one element in (no 16-byte chunks: the
+// merge's, scatter's and gathers' element paths), bit for bit the first.
 TEST_P(BackendOps, RoutedAttentionBf16AgreesWithTheCpuOnRoundedInputs) {
   if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "the CPU's bf16 path is the f32 one (routed_attention_test)";
   Ctx& x = ctx();
@@ -206,7 +210,9 @@ TEST_P(BackendOps, RoutedAttentionBf16AgreesWithTheCpuOnRoundedInputs) {
                                  RoutedSpec{"d128_drops", 257, 5, 128, drops, false},
                                  RoutedSpec{"d64_shared_keys", 130, 3, 64, causal, true},
                                  RoutedSpec{"balanced_d64", 300, 17, 64, bal, false},
-                                 RoutedSpec{"balanced_70_clusters_d128", 200, 70, 128, bal, false}}) {
+                                 RoutedSpec{"balanced_70_clusters_d128", 200, 70, 128, bal, false},
+                                 RoutedSpec{"d64_1200_tokens", 1200, 9, 64, causal, false},
+                                 RoutedSpec{"d128_1200_tokens", 1200, 9, 128, causal, false}}) {
     SCOPED_TRACE(spec.name);
     const int64_t T = spec.T, D = spec.D;
     Rng rng(0xb16 + T);
@@ -220,23 +226,40 @@ TEST_P(BackendOps, RoutedAttentionBf16AgreesWithTheCpuOnRoundedInputs) {
     ops::KeySets ks_c;
     ops::routed_attention_forward(h, {o_c, lse_c, ks_c, in[0], in[1], in[2], cl_h});
     ops::routed_attention_backward(h, {dq_c, dk_c, dv_c, in[3], o_c, lse_c, in[0], in[1], in[2], ks_c, cl_h});
-    std::vector<Tensor> runs[2];
-    for (auto& r : runs) {
+    // (unaligned: a (T, D) bf16 tensor one element into its storage)
+    auto bf16_td = [&](bool unaligned) {
+      return unaligned ? Tensor::empty({T * D + 1}, DType::bf16, x).rows(1, T * D + 1).reshape({T, D})
+                       : out(x, {T, D}, DType::bf16);
+    };
+    auto run = [&](bool unaligned) {
       std::vector<Tensor> d;
-      for (int i = 0; i < 10; ++i) d.push_back(i < 4 ? in[i].to(DType::bf16).to(x) : in[i].to(x));
+      for (int i = 0; i < 10; ++i) {
+        d.push_back(i < 4 ? in[i].to(DType::bf16).to(x) : in[i].to(x));
+        if (i < 4 && unaligned) {
+          Tensor view = bf16_td(true);
+          view.copy_from(d.back(), x);
+          d.back() = view;
+        }
+      }
       const ops::Clusters cl{route_from(d[4], d[5], d[6], T), route_from(d[7], d[8], d[9], T)};
-      Tensor o = out(x, {T, D}, DType::bf16), lse = out(x, {T}), dq = out(x, {T, D}, DType::bf16),
-             dk = out(x, {T, D}, DType::bf16), dv = out(x, {T, D}, DType::bf16);
+      Tensor o = bf16_td(unaligned), lse = out(x, {T}), dq = bf16_td(unaligned), dk = bf16_td(unaligned),
+             dv = bf16_td(unaligned);
       poison(o, x);
       poison(lse, x);
       for (Tensor* g : {&dq, &dk, &dv}) g->zero(x);
       ops::KeySets ks;
       ops::routed_attention_forward(x, {o, lse, ks, d[0], d[1], d[2], cl});
       ops::routed_attention_backward(x, {dq, dk, dv, d[3], o, lse, d[0], d[1], d[2], ks, cl});
-      r = {o.to(h).to(DType::f32), lse.to(h), dq.to(h).to(DType::f32), dk.to(h).to(DType::f32),
-           dv.to(h).to(DType::f32), ks.off.to(h), ks.idx.to(h)};
-    }
+      return std::vector<Tensor>{o.to(h).to(DType::f32), lse.to(h), dq.to(h).to(DType::f32), dk.to(h).to(DType::f32),
+                                 dv.to(h).to(DType::f32), ks.off.to(h), ks.idx.to(h)};
+    };
+    std::vector<Tensor> runs[2] = {run(false), run(false)};
     expect_bf16_runs(runs, {o_c, lse_c, dq_c, dk_c, dv_c}, ks_c);
+    if (spec.name == "d64") {
+      const std::vector<Tensor> odd = run(true);
+      for (size_t i = 0; i < odd.size(); ++i)
+        EXPECT_TRUE(bitwise_equal(odd[i], runs[0][i])) << "output " << i << " differs on views one element in";
+    }
   }
 }
 
@@ -340,7 +363,11 @@ TEST_P(BackendOps, VarlenMemberAttentionAgreesWithSparseAttentionOverItsKeySets)
 // first, with this seed), get o = 0 and lse = -inf exactly; the rest agree
 // with the CPU's sparse attention over the same pairs (class B); with the
 // flags read and with all_flagged; outputs poisoned first, two runs
-// bitwise equal.
+// bitwise equal. Head dims 64 and 128. Also: a segment of 128 keys at
+// positions 0-127 then 153 queries after them all (281 rows: ragged at the
+// block, the warp, a warp's second row tile and its 8-row half; tiles
+// wholly below the diagonal, no mask read), one of keys only, one of
+// queries only and an empty one.
 TEST_P(BackendOps, VarlenSplitLayoutSkipsKeyOnlyTiles) {
 #ifndef SY_WITH_CUDA
   GTEST_SKIP() << "built without CUDA";
@@ -348,89 +375,97 @@ TEST_P(BackendOps, VarlenSplitLayoutSkipsKeyOnlyTiles) {
   if (GetParam() == DeviceKind::cpu) GTEST_SKIP() << "CUDA's kernels (the CPU reference is sparse attention)";
   Ctx& x = ctx();
   Ctx& h = host_ctx();
-  const int64_t D = 64;
-  const std::vector<std::pair<int32_t, int32_t>> sides = {{200, 60}, {64, 100}};  // (keys, queries)
-  std::vector<int32_t> seg = {0}, key_len, is_q, is_k, pos;
-  Rng rng(0x5b1f);
-  for (const auto& [m, q] : sides) {
-    std::vector<int32_t> p(m + q);
-    std::iota(p.begin(), p.end(), 0);
-    for (int64_t i = m + q - 1; i > 0; --i) std::swap(p[i], p[rng.between(0, i)]);
-    std::sort(p.begin(), p.begin() + m);
-    std::sort(p.begin() + m, p.end());
-    for (int32_t r = 0; r < m + q; ++r) is_k.push_back(r < m), is_q.push_back(r >= m), pos.push_back(p[r]);
-    key_len.push_back(m);
-    seg.push_back(seg.back() + m + q);
-  }
-  const int64_t rows = seg.back();
-  Tensor qkv = randn({rows, 3 * D}, rng).to(DType::bf16).to(DType::f32);
-  Tensor dout = randn({rows, D}, rng).to(DType::bf16).to(DType::f32);
-  // The reference: query row i sees the key rows j of its segment with pos[j] <= pos[i].
-  ops::KeySetsBuilder kb;
-  for (size_t b = 0; b + 1 < seg.size(); ++b)
-    for (int32_t i = seg[b]; i < seg[b + 1]; ++i) {
-      std::vector<int32_t> keys;
-      if (is_q[i])
-        for (int32_t j = seg[b]; j < seg[b + 1]; ++j)
-          if (is_k[j] && pos[j] <= pos[i]) keys.push_back(j);
-      kb.add_query(keys);
-    }
-  const ops::KeySets ks = kb.build(h);
-  auto part = [&](const Tensor& t, int64_t width, int64_t col) {
-    Tensor p = Tensor::zeros({rows, D}, DType::f32, h);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t d = 0; d < D; ++d) p.f32()[r * D + d] = t.f32()[r * width + col + d];
-    return p;
+  struct Side {
+    int32_t keys, queries;
+    bool keys_first;  // every key before every query (no shuffle)
   };
-  const Tensor q = part(qkv, 3 * D, 0), k = part(qkv, 3 * D, D), v = part(qkv, 3 * D, 2 * D);
-  Tensor o_c = Tensor::zeros({rows, D}, DType::f32, h), l_c = Tensor::zeros({rows}, DType::f32, h);
-  Tensor dq = Tensor::zeros({rows, D}, DType::f32, h), dk = dq.clone(), dv = dq.clone();
-  ops::sparse_attention_forward(h, {o_c, l_c, q, k, v, ks});
-  ops::sparse_attention_backward(h, {dq, dk, dv, dout, o_c, l_c, q, k, v, ks});
-  int64_t lone = 0;  // queries before every key of their segment
-  for (int64_t r = 0; r < rows; ++r) lone += is_q[r] && std::isinf(l_c.f32()[r]);
-  EXPECT_GT(lone, 0) << "the layout was meant to hold a query that sees no key";
-  Tensor d_c = Tensor::zeros({rows, 3 * D}, DType::f32, h);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < D; ++d) {
-      d_c.f32()[r * 3 * D + d] = dq.f32()[r * D + d];
-      d_c.f32()[r * 3 * D + D + d] = dk.f32()[r * D + d];
-      d_c.f32()[r * 3 * D + 2 * D + d] = dv.f32()[r * D + d];
+  const std::vector<Side> sides = {{200, 60, false}, {64, 100, false}, {128, 153, true},
+                                   {40, 0, false},   {0, 30, false},   {0, 0, false}};
+  for (const int64_t D : {int64_t{64}, int64_t{128}}) {
+    SCOPED_TRACE("D " + std::to_string(D));
+    std::vector<int32_t> seg = {0}, key_len, is_q, is_k, pos;
+    Rng rng(0x5b1f);
+    for (const auto& [m, q, keys_first] : sides) {
+      std::vector<int32_t> p(m + q);
+      std::iota(p.begin(), p.end(), 0);
+      if (!keys_first)
+        for (int64_t i = m + q - 1; i > 0; --i) std::swap(p[i], p[rng.between(0, i)]);
+      std::sort(p.begin(), p.begin() + m);
+      std::sort(p.begin() + m, p.end());
+      for (int32_t r = 0; r < m + q; ++r) is_k.push_back(r < m), is_q.push_back(r >= m), pos.push_back(p[r]);
+      key_len.push_back(m);
+      seg.push_back(seg.back() + m + q);
     }
-  const Tensor seg_d = Tensor::from_host(seg).to(x), q_d = Tensor::from_host(is_q).to(x),
-               k_d = Tensor::from_host(is_k).to(x), len_d = Tensor::from_host(key_len).to(x),
-               pos_d = Tensor::from_host(pos).to(x);
-  for (const bool all_flagged : {false, true}) {
-    SCOPED_TRACE(all_flagged ? "all_flagged" : "flags read");
-    ops::cuda::VarlenAttention va;
-    va.segments = static_cast<int64_t>(sides.size()), va.max_len = 260, va.rows = rows, va.C = D, va.H = 1;
-    va.seg = seg_d.data<int32_t>(), va.is_query = q_d.data<int32_t>(), va.is_key = k_d.data<int32_t>();
-    va.key_len = len_d.data<int32_t>(), va.pos = pos_d.data<int32_t>(), va.all_flagged = all_flagged;
-    std::vector<Tensor> runs[2];
-    for (auto& r : runs) {
-      const Tensor qd = qkv.to(DType::bf16).to(x), gd = dout.to(DType::bf16).to(x);
-      Tensor o = out(x, {rows, D}, DType::bf16), l = out(x, {1, rows}), dqkv = Tensor::zeros({rows, 3 * D}, DType::bf16, x);
-      poison(o, x);
-      poison(l, x);
-      ops::cuda::varlen_attention_forward(x, va, qd, o, l);
-      ops::cuda::varlen_attention_backward(x, va, dqkv, gd, qd, o, l);
-      r = {o.to(h).to(DType::f32), l.to(h), dqkv.to(h).to(DType::f32)};
-    }
-    for (int i = 0; i < 3; ++i) EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
-    const Tensor &o = runs[0][0], &l = runs[0][1], &d = runs[0][2];
+    const int64_t rows = seg.back();
+    Tensor qkv = randn({rows, 3 * D}, rng).to(DType::bf16).to(DType::f32);
+    Tensor dout = randn({rows, D}, rng).to(DType::bf16).to(DType::f32);
+    // The reference: query row i sees the key rows j of its segment with pos[j] <= pos[i].
+    ops::KeySetsBuilder kb;
     for (size_t b = 0; b + 1 < seg.size(); ++b)
-      for (int32_t r = seg[b]; r < seg[b + 1]; ++r) {
-        ASSERT_FALSE(std::isnan(l.f32()[r])) << "lse row " << r << " never written";
-        for (int64_t e = 0; e < D; ++e) ASSERT_FALSE(std::isnan(o.f32()[r * D + e])) << "out row " << r << " never written";
-        if (is_q[r] && !std::isinf(l_c.f32()[r])) {
-          ASSERT_NEAR(l.f32()[r], l_c.f32()[r], 2e-2 * (1.0 + std::fabs(l_c.f32()[r]))) << "lse row " << r;
-          continue;
-        }
-        ASSERT_EQ(l.f32()[r], -INFINITY) << "row " << r << ": no key";
-        for (int64_t e = 0; e < D; ++e) ASSERT_EQ(o.f32()[r * D + e], 0.f) << "row " << r << ": no key";
+      for (int32_t i = seg[b]; i < seg[b + 1]; ++i) {
+        std::vector<int32_t> keys;
+        if (is_q[i])
+          for (int32_t j = seg[b]; j < seg[b + 1]; ++j)
+            if (is_k[j] && pos[j] <= pos[i]) keys.push_back(j);
+        kb.add_query(keys);
       }
-    EXPECT_LE(rel_l2(o, o_c), 1e-2) << "out";
-    EXPECT_LE(rel_l2(d, d_c), 3e-2) << "dqkv";
+    const ops::KeySets ks = kb.build(h);
+    auto part = [&](const Tensor& t, int64_t width, int64_t col) {
+      Tensor p = Tensor::zeros({rows, D}, DType::f32, h);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t d = 0; d < D; ++d) p.f32()[r * D + d] = t.f32()[r * width + col + d];
+      return p;
+    };
+    const Tensor q = part(qkv, 3 * D, 0), k = part(qkv, 3 * D, D), v = part(qkv, 3 * D, 2 * D);
+    Tensor o_c = Tensor::zeros({rows, D}, DType::f32, h), l_c = Tensor::zeros({rows}, DType::f32, h);
+    Tensor dq = Tensor::zeros({rows, D}, DType::f32, h), dk = dq.clone(), dv = dq.clone();
+    ops::sparse_attention_forward(h, {o_c, l_c, q, k, v, ks});
+    ops::sparse_attention_backward(h, {dq, dk, dv, dout, o_c, l_c, q, k, v, ks});
+    int64_t lone = 0;  // queries before every key of their segment
+    for (int64_t r = 0; r < rows; ++r) lone += is_q[r] && std::isinf(l_c.f32()[r]);
+    EXPECT_GT(lone, 0) << "the layout was meant to hold a query that sees no key";
+    Tensor d_c = Tensor::zeros({rows, 3 * D}, DType::f32, h);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t d = 0; d < D; ++d) {
+        d_c.f32()[r * 3 * D + d] = dq.f32()[r * D + d];
+        d_c.f32()[r * 3 * D + D + d] = dk.f32()[r * D + d];
+        d_c.f32()[r * 3 * D + 2 * D + d] = dv.f32()[r * D + d];
+      }
+    const Tensor seg_d = Tensor::from_host(seg).to(x), q_d = Tensor::from_host(is_q).to(x),
+                 k_d = Tensor::from_host(is_k).to(x), len_d = Tensor::from_host(key_len).to(x),
+                 pos_d = Tensor::from_host(pos).to(x);
+    for (const bool all_flagged : {false, true}) {
+      SCOPED_TRACE(all_flagged ? "all_flagged" : "flags read");
+      ops::cuda::VarlenAttention va;
+      va.segments = static_cast<int64_t>(sides.size()), va.max_len = 281, va.rows = rows, va.C = D, va.H = 1;
+      va.seg = seg_d.data<int32_t>(), va.is_query = q_d.data<int32_t>(), va.is_key = k_d.data<int32_t>();
+      va.key_len = len_d.data<int32_t>(), va.pos = pos_d.data<int32_t>(), va.all_flagged = all_flagged;
+      std::vector<Tensor> runs[2];
+      for (auto& r : runs) {
+        const Tensor qd = qkv.to(DType::bf16).to(x), gd = dout.to(DType::bf16).to(x);
+        Tensor o = out(x, {rows, D}, DType::bf16), l = out(x, {1, rows}), dqkv = Tensor::zeros({rows, 3 * D}, DType::bf16, x);
+        poison(o, x);
+        poison(l, x);
+        ops::cuda::varlen_attention_forward(x, va, qd, o, l);
+        ops::cuda::varlen_attention_backward(x, va, dqkv, gd, qd, o, l);
+        r = {o.to(h).to(DType::f32), l.to(h), dqkv.to(h).to(DType::f32)};
+      }
+      for (int i = 0; i < 3; ++i) EXPECT_TRUE(bitwise_equal(runs[0][i], runs[1][i])) << "output " << i << " differs between two runs";
+      const Tensor &o = runs[0][0], &l = runs[0][1], &d = runs[0][2];
+      for (size_t b = 0; b + 1 < seg.size(); ++b)
+        for (int32_t r = seg[b]; r < seg[b + 1]; ++r) {
+          ASSERT_FALSE(std::isnan(l.f32()[r])) << "lse row " << r << " never written";
+          for (int64_t e = 0; e < D; ++e) ASSERT_FALSE(std::isnan(o.f32()[r * D + e])) << "out row " << r << " never written";
+          if (is_q[r] && !std::isinf(l_c.f32()[r])) {
+            ASSERT_NEAR(l.f32()[r], l_c.f32()[r], 2e-2 * (1.0 + std::fabs(l_c.f32()[r]))) << "lse row " << r;
+            continue;
+          }
+          ASSERT_EQ(l.f32()[r], -INFINITY) << "row " << r << ": no key";
+          for (int64_t e = 0; e < D; ++e) ASSERT_EQ(o.f32()[r * D + e], 0.f) << "row " << r << ": no key";
+        }
+      EXPECT_LE(rel_l2(o, o_c), 1e-2) << "out";
+      EXPECT_LE(rel_l2(d, d_c), 3e-2) << "dqkv";
+    }
   }
 #endif
 }

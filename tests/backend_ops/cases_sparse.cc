@@ -46,6 +46,9 @@ void add_sparse_cases(std::vector<OpCase>& c) {
                                  RoutedSpec{"causal_70_clusters_d16", 160, 70, 16, causal, false},
                                  RoutedSpec{"one_cluster_shared_keys_d16", 7, 1, 16, causal, true},
                                  RoutedSpec{"causal_600_tokens_d128", 600, 9, 128, causal, false},
+                                 // clusters of more keys than the f32 kernels' 64-row tiles: tiles
+                                 // wholly below the diagonal (no mask read) at D 64
+                                 RoutedSpec{"causal_1200_tokens_5_clusters_d64", 1200, 5, 64, causal, false},
                                  // balanced clusters at those head dims: the first-shared rule in the mask
                                  RoutedSpec{"balanced_d16", 61, 5, 16, bal, false},
                                  RoutedSpec{"balanced_70_clusters_d32", 160, 70, 32, bal, false},
