@@ -241,8 +241,11 @@ TEST_P(BackendOps, Bf16OutputGemmsTakeTheirEpilogues) {
   f.gelu = &act;
   ops::matmul_forward(x, f);  // GELU_AUX_BIAS
   Tensor dx = out(x, {N, K}, DType::bf16), dw = Tensor::zeros({K, M}, DType::f32, x), db = Tensor::zeros({M}, DType::f32, x);
+  // DGELU: this GEMM's x taken as gelu(pre), pre of x's shape (bf16, as dx).
+  Tensor pre16 = out(x, {N, K}, DType::bf16);
+  ops::to_bf16(x, pre16, randn({N, K}, rng).to(x));
   ops::MatmulBackwardArgs bw{&dx, &dw, &db, dy, xin, w, false, &w16};
-  bw.dx_accumulate = false, bw.gelu_pre = &y;
+  bw.dx_accumulate = false, bw.gelu_pre = &pre16;
   ops::matmul_backward(x, bw);  // DGELU
   EXPECT_EQ(ops::cuda::gemm_bf16_output_fallbacks(), before)
       << "a bf16-output GEMM at 300x256x384 fell back to fp32 scratch (stderr names it)";
