@@ -177,10 +177,6 @@ struct Plan {
   MatmulDesc desc;
   Layout first, second, out;
   std::optional<cublasLtMatmulAlgo_t> algo;
-  // A bf16-output bucket's plan with no algorithm, once a call's exact
-  // shape had none either: the bucket's later calls fall back at once (not
-  // a plan, a heuristic query and a note per row count).
-  bool exact_none = false;
 };
 std::mutex plan_mutex;
 std::map<AlgoKey, Plan> plans;
@@ -372,13 +368,16 @@ bool gemm(Ctx& ctx, const GemmArgs& g) {
   // Its algo may be empty (none at all).
   auto find = [&]() -> Plan* {
     Plan* q = plan_of(key, bias_at);
-    if (!q->algo && out16 && key.bucketed) {  // (a bucket's shape has none: this call's own may, once)
-      if (q->exact_none) return nullptr;
-      Plan* const in_bucket = q;  // (std::map: a reference survives later insertions)
+    // A bucket's shape has none: this call's own shape may. Each row count
+    // then has its own plan (one heuristic query and note per count, cached
+    // like any plan), so a count's path and bits do not depend on which
+    // counts came before (a bucket marked "none" after its first count
+    // without an algorithm would send counts that had one to the fp32
+    // fallback from then on: other bits after a resume than before it).
+    if (!q->algo && out16 && key.bucketed) {
       key.bucketed = false, key.M = g.M, key.K = g.K;
       ++bucket_fallbacks;
       q = plan_of(key, bias_at);
-      in_bucket->exact_none = !q->algo;
     }
     if (!q->algo && out16) return nullptr;
     if (!q->algo && bias) {
