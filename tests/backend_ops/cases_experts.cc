@@ -122,6 +122,24 @@ void add_expert_cases(std::vector<OpCase>& c) {
                [pre16](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  expert_ffn_bf16(x, in, o, {0, 5, 5, 12, 20}, ops::ExpertLayout(8, {6, 12, 3, 9}), pre16);
                }});
+  // Experts of widths 6, 16, 8, 24 with a bf16 pre: expert 1's block of
+  // the pre starts at element 30 (60 bytes, 4-byte aligned only), so its
+  // GELU epilogues' aux matrix is unaligned for cuBLASLt (a fallback, or a
+  // refusal at launch, with the same values); 9 and then 10 rows for it.
+  for (const auto& [name, offset, pre_numel] : std::vector<std::tuple<std::string, std::vector<int32_t>, int64_t>>{
+           {"9_rows", {0, 5, 14, 14, 20}, 318}, {"10_rows", {0, 5, 15, 15, 20}, 310}})
+    c.push_back({"expert_ffn_bf16_unaligned_pre16_" + name, Tol::bf16,
+                 [](Rng& r) {
+                   return Ins{randn({20, 8}, r), randn({8 * 54}, r, 0.3f), randn({54}, r), randn({54 * 8}, r, 0.3f),
+                              randn({4, 8}, r), randn({20, 8}, r)};
+                 },
+                 [pre_numel = pre_numel](Ctx& x, const Ins&) {
+                   return Outs{fresh(x, {20, 8}), fresh(x, {pre_numel}), acc(x, {20, 8}), acc(x, {8 * 54}), acc(x, {54}),
+                               acc(x, {54 * 8}), acc(x, {4, 8})};
+                 },
+                 [offset = offset](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   expert_ffn_bf16(x, in, o, offset, ops::ExpertLayout(8, {6, 16, 8, 24}), true);
+                 }});
   // Experts of one size with many rows each (tensor-core tiles): unequal rows
   // (a GEMM per expert), and 4 x 160 rows (a padded route: the strided batch).
   for (const bool pre16 : {false, true})
@@ -139,9 +157,13 @@ void add_expert_cases(std::vector<OpCase>& c) {
                  [offset = offset, pre16](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    expert_ffn_bf16(x, in, o, offset, ops::ExpertLayout(64, {256, 256, 256, 256}), pre16);
                  }});
-  // The same equal rows without biases (model.bias false), bf16 pre: the
-  // strided batch's GELU_AUX and DGELU epilogues with no bias.
-  c.push_back({"expert_ffn_bf16_equal_rows_no_bias_pre16", Tol::bf16,
+  // The same without biases (model.bias false), bf16 pre: the strided
+  // batch's GELU_AUX and DGELU epilogues with no bias (equal rows), and the
+  // packed experts' (a GEMM per expert, bucketed plans).
+  for (const auto& [name, offset] : std::vector<std::pair<std::string, std::vector<int32_t>>>{
+           {"expert_ffn_bf16_equal_rows_no_bias_pre16", {0, 160, 320, 480, 640}},
+           {"expert_ffn_bf16_large_no_bias_pre16", {0, 200, 200, 457, 640}}})
+  c.push_back({name, Tol::bf16,
                [](Rng& r) {
                  return Ins{randn({640, 64}, r), randn({4, 64, 256}, r, 0.1f), randn({4, 256, 64}, r, 0.1f),
                             randn({640, 64}, r)};
@@ -150,8 +172,7 @@ void add_expert_cases(std::vector<OpCase>& c) {
                  return Outs{fresh(x, {640, 64}), fresh(x, {640, 256}), acc(x, {640, 64}), acc(x, {4, 64, 256}),
                              acc(x, {4, 256, 64})};
                },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 const std::vector<int32_t> offset{0, 160, 320, 480, 640};
+               [offset = offset](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                  const ops::ExpertLayout layout(64, {256, 256, 256, 256});
                  Tensor w1 = out(x, in[1].shape(), DType::bf16), w2 = out(x, in[2].shape(), DType::bf16);
                  ops::to_bf16(x, w1, in[1]);
@@ -218,6 +239,24 @@ void add_expert_cases(std::vector<OpCase>& c) {
                    ops::expert_ffn_forward(x, {o[0], o[1], in[0], offset, layout, w});
                    ops::expert_ffn_backward(x, {o[2], {o[3], o[4], o[5], o[6]}, in[5], in[0], o[1], offset, layout, w});
                  }});
+    // The GELU ones in bf16 with a bf16 pre: widths 12 and 10 are no
+    // multiple of 8, so the strided batch's GELU epilogues are refused
+    // before cuBLASLt and the fallback runs batched (fp32 scratch over 4
+    // experts, its rounded bias's stride not its input's; the batched DGELU
+    // fallback).
+    if (e.act == ops::FfnActivation::gelu)
+      c.push_back({"expert_ffn_bf16_equal_rows_pre16_" + e.name, Tol::bf16,
+                   [=](Rng& r) {
+                     return Ins{randn({28, D}, r), randn({4, D, P}, r, 0.3f), randn({4, P}, r), randn({4, H, D}, r, 0.3f),
+                                randn({4, D}, r), randn({28, D}, r)};
+                   },
+                   [=](Ctx& x, const Ins&) {
+                     return Outs{fresh(x, {28, D}), fresh(x, {28, P}), acc(x, {28, D}), acc(x, {4, D, P}),
+                                 acc(x, {4, P}), acc(x, {4, H, D}), acc(x, {4, D})};
+                   },
+                   [=](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                     expert_ffn_bf16(x, in, o, {0, 7, 14, 21, 28}, ops::ExpertLayout(D, {H, H, H, H}), true);
+                   }});
   }
   // SwiGLU experts of one width on unequal rows, with biases: db1 (2H wide)
   // and db2 in one column-sum launch each on CUDA, experts of 3 and 7 rows
