@@ -512,8 +512,11 @@ if want comm; then
   run_limited bench_comm_nccl_np1 45 "${M[@]}" -np 1 $B/bench_comm --nccl --iters 20 --json "$LOG/bench_comm_nccl_np1.json" --overwrite
   rc=$?; [ $rc = 0 ] || status=1
   summary "comm: bench_comm --nccl -np 1 rc $rc: $(grep -E '^ +[0-9]' "$LOG/bench_comm_nccl_np1.log" | awk '{print $1":"$9" ("$2" us, non-blocking "$3", nccl "$4"; wrong "$10"/"$11")"}' | tr '\n' ' ')"
-  run_limited conformance_np1 45 "${M[@]}" -np 1 $B/communicator_conformance_test || status=1
-  summary "comm: conformance -np 1: $(gtest_line conformance_np1)"
+  # (NCCL's ENV lines: the launch order our default set before NCCL's first read of it)
+  run_limited conformance_np1 45 "${M[@]}" -np 1 env NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=ENV \
+    $B/communicator_conformance_test || status=1
+  summary "comm: conformance -np 1: $(gtest_line conformance_np1); NCCL read LAUNCH_ORDER_IMPLICIT as 1:" \
+    "$(grep -c 'NCCL_LAUNCH_ORDER_IMPLICIT set by environment to 1' "$LOG/conformance_np1.log") times"
   # MPI on device tensors at 2 ranks sharing the GPU: the gradient reducer's
   # thread waits for each bucket's event and stages it on its own stream.
   run_limited conformance_mpi_device_np2 60 "${M[@]}" -np 2 $B/communicator_conformance_test --gtest_filter='*mpi_device*' || status=1
