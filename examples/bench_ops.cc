@@ -270,6 +270,7 @@ int main(int argc, char** argv) {
       copy_what = "memcpy " + std::to_string(copy_bytes >> 20) + " MiB";
     }
 
+    size_t next = 0;  // rows added so far: --resume's rows stand in for the first ones
     // The JSON, rewritten after every row (complete: false until the last),
     // so a run stopped at a time limit still leaves the rows it timed for
     // bar_ratios.py; a temporary file renamed over it, never half a file.
@@ -281,11 +282,16 @@ int main(int argc, char** argv) {
                             {"copy_ceiling", {{"what", copy_what}, {"bytes_per_s", copy_rate}}},
                             {"ops", nlohmann::json::array()},
                             {"profiles", profiles}};
-      for (const Row& r : rows)
+      // (--resume's rows not reached yet too: a rerun that stops early
+      // never leaves a shorter file than the one it resumed)
+      auto put = [&](const Row& r) {
         out["ops"].push_back({{"op", r.name}, {"shape", r.shape}, {"seconds", r.seconds},
                               {"host_seconds", r.host_seconds}, {"queued_seconds", r.queued_seconds},
                               {"flops", r.flops}, {"bytes", r.bytes},
                               {"wrong", r.wrong}, {"note", r.note}});
+      };
+      for (const Row& r : rows) put(r);
+      for (size_t i = next; i < resumed.size(); ++i) put(resumed[i]);
       const std::string tmp = json_path + ".partial";
       sy::write_file(tmp, out.dump(1) + "\n");
       if (std::rename(tmp.c_str(), json_path.c_str()) != 0)
@@ -297,7 +303,6 @@ int main(int argc, char** argv) {
     // that throws is a row with the error as its note (the rest still run);
     // each row is also reported on stderr as it ends, so a run cut off by a
     // time limit still says how far it got.
-    size_t next = 0;  // rows added so far: --resume's rows stand in for the first ones
     auto add = [&](Row row, const std::function<void()>& run, const std::function<int64_t()>& check) {
       if (next < resumed.size() && resumed[next].name == row.name && resumed[next].shape == row.shape) {
         rows.push_back(resumed[next++]);
@@ -315,8 +320,8 @@ int main(int argc, char** argv) {
           row.note = q + row.note;
         }
         if (rt && check) row.wrong = check();
-      } catch (const std::exception& e) {
-        row.note = std::string(e.what()).substr(0, 100);
+      } catch (const std::exception& e) {  // (after the row's own note: a variant's name stays)
+        row.note = (row.note.empty() ? "" : row.note + "; ") + std::string(e.what()).substr(0, 100);
       }
       std::cerr << "[bench_ops] " << row.name << " " << row.shape << ": "
                 << (row.seconds > 0 ? std::to_string(row.seconds * 1e3) + " ms" : std::string("not timed"))
@@ -598,6 +603,8 @@ int main(int argc, char** argv) {
       // rotating buffers. #wrong against the CPU's on the last buffer.
       const Tensor dwh = randn({T * tp.k}, rng), dw = dwh.to(ctx);
       Tensor dl = Tensor::empty({T, E}, DType::f32, ctx), sums = Tensor::empty({sy::ops::routing_sums_size(E)}, DType::f64, ctx);
+      // (the route of the slots row above, which --resume may have kept and not run)
+      if (route.num_items == 0) sy::ops::tokens_choose_logits(ctx, route, none, l[last], sy::ops::ScoreFn::softmax, tp);
       sy::ops::routing_sums_logits(ctx, sums, l[last], sy::ops::ScoreFn::softmax, route);
       Row back{"router_backward", std::to_string(T) + "x" + std::to_string(E), 0, 0, 2.0 * T * E * 4};
       back.note = std::to_string(nbuf) + " logits buffers in turn; weights' gradient, load balance, z-loss";
