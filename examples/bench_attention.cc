@@ -57,9 +57,11 @@
 //   build/bin/bench_attention --device cpu --quick       (small shapes: a smoke test)
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -341,7 +343,37 @@ int main(int argc, char** argv) {
       return no_kernel.count(op.substr(0, op.find(' ')) + sy::dtype_name(dt)) > 0;
     };
 
-    for (const int64_t n : tokens) {
+    // The JSON, rewritten after every n (complete: false until the end), so
+    // a run stopped at a time limit or by a fault keeps the lengths it
+    // finished; a temporary file renamed over it, never half a file.
+    const char* dev_name = rt ? rt->name() : "cpu";
+    auto write_json = [&](bool complete) {
+      if (json_path.empty()) return;
+      nlohmann::json out = {{"device", dev_name},
+                            {"complete", complete},
+                            {"heads", H},
+                            {"head_dim", D},
+                            {"gemm_ceiling", {{"what", gemm_what}, {"flops_per_s", gemm_rate}}},
+                            {"baseline", std::string("dense causal ") + sy::dtype_name(base_dt)},
+                            {"flops_per_pair", {{"fwd", 4 * D}, {"fwd+bwd", 14 * D}}},
+                            {"checked_n", tokens.front()},
+                            {"sdpa", sdpa_path},
+                            {"rows", nlohmann::json::array()},
+                            {"profiles", profiles}};
+      for (const Row& r : rows)
+        out["rows"].push_back({{"op", r.op}, {"pass", r.pass}, {"dtype", r.dtype}, {"n", r.n}, {"seconds", r.seconds},
+                               {"select_seconds", r.select_seconds}, {"pairs", r.pairs}, {"flops", r.flops},
+                               {"wrong", r.wrong}, {"runs", r.runs}, {"note", r.note}});
+      const std::string tmp = json_path + ".partial";
+      sy::write_file(tmp, out.dump(1) + "\n");
+      if (std::rename(tmp.c_str(), json_path.c_str()) != 0)
+        throw sy::Error(json_path + ": could not replace it with " + tmp + ": " + std::strerror(errno));
+    };
+
+    // (A length whose set-up or a method outside the rows' own guards
+    // throws - out of memory, a fault - is a row that says so; the later
+    // lengths still run.)
+    for (const int64_t n : tokens) try {
       const bool check = n == tokens.front();
       const int64_t C = H * D;
       sy::Rng rng(1234 + n);
@@ -665,6 +697,14 @@ int main(int argc, char** argv) {
         }
       }
       std::cerr << "[bench_attention] n = " << n << " done: " << rows.size() << " rows so far" << std::endl;
+      write_json(false);
+    } catch (const std::exception& e) {
+      Row r;
+      r.op = "n=" + std::to_string(n), r.pass = "-", r.dtype = "-", r.n = n;
+      r.note = "stopped: " + std::string(e.what()).substr(0, 100);
+      std::cerr << "[bench_attention] n = " << n << " " << r.note << std::endl;
+      rows.push_back(r);
+      write_json(false);
     }
 
     // The table, last. Baseline: our dense causal kernel at the same n and pass,
@@ -672,17 +712,6 @@ int main(int argc, char** argv) {
     std::map<std::pair<int64_t, std::string>, const Row*> base;
     for (const Row& r : rows)
       if (r.op == "dense causal" && r.dtype == sy::dtype_name(base_dt) && r.seconds > 0) base[{r.n, r.pass}] = &r;
-    const char* dev_name = rt ? rt->name() : "cpu";
-    nlohmann::json out = {{"device", dev_name},
-                          {"heads", H},
-                          {"head_dim", D},
-                          {"gemm_ceiling", {{"what", gemm_what}, {"flops_per_s", gemm_rate}}},
-                          {"baseline", std::string("dense causal ") + sy::dtype_name(base_dt)},
-                          {"flops_per_pair", {{"fwd", 4 * D}, {"fwd+bwd", 14 * D}}},
-                          {"checked_n", tokens.front()},
-                          {"sdpa", sdpa_path},
-                          {"rows", nlohmann::json::array()},
-                          {"profiles", profiles}};
     std::printf("%s", profile_text.c_str());  // the profiles, then the table, last
     std::printf("device %s | H %lld, D %lld, one sequence | ceiling: %s %.1f TFLOP/s | baseline: dense causal %s\n",
                 dev_name, static_cast<long long>(H), static_cast<long long>(D), gemm_what.c_str(), gemm_rate / 1e12,
@@ -715,9 +744,6 @@ int main(int argc, char** argv) {
                   r.dtype.c_str(), static_cast<long long>(r.n), ms.c_str(), pairs.c_str(), rate.c_str(), speed.c_str(),
                   of_dense.c_str(), of_gemm.c_str(), vs_sdpa.c_str(), sel.c_str(), selp.c_str(), wrong.c_str(),
                   r.note.c_str());
-      out["rows"].push_back({{"op", r.op}, {"pass", r.pass}, {"dtype", r.dtype}, {"n", r.n}, {"seconds", r.seconds},
-                             {"select_seconds", r.select_seconds}, {"pairs", r.pairs}, {"flops", r.flops},
-                             {"wrong", r.wrong}, {"runs", r.runs}, {"note", r.note}});
     }
     // Each routed row's attention part (ms less sel ms) against its floor
     // row at the same n, k and pass (the clusters as one batch).
@@ -739,11 +765,7 @@ int main(int argc, char** argv) {
         "baseline at the same n and pass; x SDPA: against PyTorch SDPA causal bf16 (--sdpa). #wrong: n = %lld only,\n"
         "against the CPU reference (larger n: the CPU reference would take too long, ~n^2 for dense).\n",
         static_cast<long long>(tokens.front()));
-    if (!json_path.empty()) {
-      std::ofstream f(json_path);
-      f << out.dump(1) << "\n";
-      if (!f) throw sy::Error("--json " + json_path + ": could not write");
-    }
+    write_json(true);
     return 0;
   });
 }

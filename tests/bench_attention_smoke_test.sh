@@ -18,6 +18,9 @@ JSON
 if ! "$BIN" --device cpu --quick --iters 2 --warmup 1 --sdpa "$tmp/sdpa.json" --json "$tmp/out.json" > "$tmp/log" 2>&1; then
   echo "FAIL: bench_attention exited non-zero"; tail -5 "$tmp/log"; exit 1
 fi
+# (the JSON is rewritten after every length, complete: true only at the end)
+python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get("complete") is True else 1)' "$tmp/out.json" &&
+  echo "ok   the JSON says it is complete" || { echo "FAIL the JSON does not say it is complete"; exit 1; }
 fail=0
 want() {  # a line of the output that matches $1 (an extended regex), or FAIL $2
   if grep -qE "$1" "$tmp/log"; then echo "ok   $2"; else echo "FAIL $2 (no line matching: $1)"; fail=1; fi
