@@ -29,6 +29,7 @@
 // gradient reducer's, are not counted as ops).
 #pragma once
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 #include <thread>
@@ -104,8 +105,15 @@ class OpScope {
   OpScope(OpProfiler* p, const char* op) : p_(p) {
     if (p_) p_->begin(op);
   }
+  // (A clock that fails here - a CUDA event after a kernel fault - must not
+  // throw from a destructor, which would end the process, or unwind past
+  // the op's own error: the sticky error surfaces at the next checked call.)
   ~OpScope() {
-    if (p_) p_->end();
+    if (!p_) return;
+    try {
+      p_->end();
+    } catch (const std::exception&) {
+    }
   }
   OpScope(const OpScope&) = delete;
   OpScope& operator=(const OpScope&) = delete;
