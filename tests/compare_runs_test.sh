@@ -69,6 +69,25 @@ want '^layernorm_backward +3\.0000 +1\.0000 +0\.333x$' "a profiled op 3x faster"
 want '^\(the step\) +80\.0000 +60\.0000 +0\.750x$' "the step"
 wont '^adamw_update ' "an op that moved under 5% left out"
 want '^only before \(1\): expert_ffn_forward > activation$' "a part gone"
+# Attention variants: several rows a shape, kept apart by the variant's name
+# (the note up to its colon, after any "queued ... us; "); a profile part at
+# 0 ms before is no division by zero.
+cat > "$tmp/var_before.json" <<'JSON'
+{"device": "GPU A", "ops": [
+ {"op": "attention_variant_fwd_bwd_bf16", "shape": "B4 T4096 H8 D64", "seconds": 1e-3, "wrong": 0, "note": "fwd_qreg: Q in registers"},
+ {"op": "attention_variant_fwd_bwd_bf16", "shape": "B4 T4096 H8 D64", "seconds": 2e-3, "wrong": 0, "note": "queued 9.0 us; bwd_4x32: two row tiles"}],
+ "profiles": {"moe": {"ops": [], "parts": [{"part": "expert_ffn_forward > activation", "ms_per_step": 0.0}]}}}
+JSON
+cat > "$tmp/var_now.json" <<'JSON'
+{"device": "GPU A", "ops": [
+ {"op": "attention_variant_fwd_bwd_bf16", "shape": "B4 T4096 H8 D64", "seconds": 1e-3, "wrong": 0, "note": "fwd_qreg: Q in registers"},
+ {"op": "attention_variant_fwd_bwd_bf16", "shape": "B4 T4096 H8 D64", "seconds": 1e-3, "wrong": 0, "note": "bwd_4x32: two row tiles"}],
+ "profiles": {"moe": {"ops": [], "parts": [{"part": "expert_ffn_forward > activation", "ms_per_step": 0.5}]}}}
+JSON
+python3 "$SRC/scripts/bench/compare_runs.py" "$tmp/var_before.json" "$tmp/var_now.json" --min-change 0.05 > "$tmp/out" 2>&1 ||
+  { echo "FAIL: exit $? on variant rows"; cat "$tmp/out"; exit 1; }
+want '^attention_variant_fwd_bwd_bf16 B4 T4096 H8 D64 bwd_4x32 +2\.0000 +1\.0000 +0\.500x$' "a variant kept apart from its shape's others"
+want '^1 of 2 rows timed in both runs listed' "both variants counted"
 # Bad input: one line on stderr, exit 2.
 echo '{"rows": [{"op": "dense causal", "pass": "fwd", "dtype": "bf16", "n": 4096, "seconds": 1e-3}]}' > "$tmp/attn.json"
 echo '{"ops": [{"seconds": 1}]}' > "$tmp/noop.json"

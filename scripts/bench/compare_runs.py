@@ -65,6 +65,11 @@ def load(path):
             bad(f"{path}: a row without op and seconds: {json.dumps(r)[:120]}")
         if kind != "bench_attention":
             key = (r["op"], str(r.get("shape", "")))
+            if r["op"].startswith("attention_variant"):  # (several a shape: the variant's name from the note)
+                note = str(r.get("note", ""))
+                if note.startswith("queued ") and "; " in note:
+                    note = note.split("; ", 1)[1]
+                key += (note.split(":")[0],)
         else:
             key = (r["op"], str(r.get("pass", "")), str(r.get("dtype", "")), str(r.get("n", "")))
         keyed[key] = r
@@ -144,7 +149,7 @@ def main():
     pb, pn = profile_rows(jb), profile_rows(jn)
     shared = [(k, pb[k], pn[k]) for k in set(pb) & set(pn)]
     moved = lambda b, n: abs(math.log(n / b)) if b > 0 and n > 0 else float("inf")
-    shared = sorted((x for x in shared if abs(x[2] / x[1] - 1) > args.min_change if x[1] > 0),
+    shared = sorted((x for x in shared if x[1] > 0 and abs(x[2] / x[1] - 1) > args.min_change),
                     key=lambda x: -moved(x[1], x[2]))
     if shared:
         print("profiles, ms a step, before -> now (the rows that moved most first):")
