@@ -419,7 +419,10 @@ class NcclCommunicator final : public Communicator {
     int* buf = nullptr;
     CUDA_CHECK(cudaMalloc(&buf, sizeof(int) * (n + 1)));
     const int mine = world_ranks_[rank_];
-    CUDA_CHECK(cudaMemcpy(buf + n, &mine, sizeof(int), cudaMemcpyHostToDevice));
+    // (on stream_, the all-gather's: cudaMemcpy from pageable memory may
+    // return before its DMA lands, and stream_ does not wait for the legacy
+    // stream; the bytes of `mine` are staged before the call returns)
+    CUDA_CHECK(cudaMemcpyAsync(buf + n, &mine, sizeof(int), cudaMemcpyHostToDevice, stream_));
     settle(sub, ncclAllGather(buf + n, buf, 1, ncclInt32, sub, stream_), "ncclAllGather", at);
     std::vector<int> members(n);
     CUDA_CHECK(cudaStreamSynchronize(stream_));
