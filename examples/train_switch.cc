@@ -155,15 +155,23 @@ std::function<void(int64_t, sy::Transformer&)> fault_hook(const std::string& fau
   return [=](int64_t s, sy::Transformer& model) {
     if (world_rank != rank) return;
     const std::string victim = "h" + std::to_string(model.blocks().size() - 1) + ".ln1.w";
-    if (kind == "nan" && s == step + 1) model.params().find(victim)->value.f32()[0] = *saved;
+    // The weight's first value set to v, the old one returned: through a
+    // host copy, so on either backend.
+    auto poke = [&](float v) {
+      sy::Tensor w = model.params().find(victim)->value.rows(0, 1);
+      sy::Tensor h = w.to(sy::host_ctx());
+      const float old = h.f32()[0];
+      h.f32()[0] = v;
+      w.copy_from(h, model.ctx());
+      return old;
+    };
+    if (kind == "nan" && s == step + 1) poke(*saved);
     if (s != step) return;
     if (kind == "hang")
       for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     if (kind == "exit") std::_Exit(3);
     if (kind == "nan" || kind == "nan_stay") {
-      float* w = model.params().find(victim)->value.f32();
-      *saved = w[0];
-      w[0] = std::numeric_limits<float>::quiet_NaN();
+      *saved = poke(std::numeric_limits<float>::quiet_NaN());
       return;
     }
     throw sy::Error("injected fault on rank " + std::to_string(rank) + " at step " + std::to_string(step));
