@@ -386,12 +386,28 @@ if want train; then
   run_limited gpu_training_bf16 150 env SY_GPU_ARGS="--set precision=BF16 --set model.n_heads=1" \
     bash tests/gpu_training_test.sh "$PWD/$B/train_switch" "$PWD" tiny switch_tiny &
   p_bf16=$!
+  # Beside them, never run on a GPU before: a run stopped and resumed from
+  # its checkpoint of device tensors gives the uninterrupted run's losses and
+  # checkpoint files bit for bit (1 rank and EP=2 through MPI, MoE and routed
+  # attention with depth routing; then --eval-only), and the non-finite
+  # policy on the GPU (a NaN weight for one step skipped, kept NaN stops).
+  run_limited checkpoint_resume_cuda 150 env SY_TEST_ARGS="--set backend=CUDA" \
+    bash tests/checkpoint_resume_test.sh "$PWD/$B/train_switch" "$PWD" mpirun &
+  p_resume=$!
+  run_limited nonfinite_cuda 150 env SY_TEST_ARGS="--set backend=CUDA" \
+    bash tests/nonfinite_test.sh "$PWD/$B/train_switch" "$PWD" mpirun &
+  p_nonfinite=$!
   wait $p_fp32
   rc=$?; [ $rc = 0 ] || status=1
   summary "train (rc $rc): $(grep -vE '^\[' "$LOG/gpu_training.log" | tr '\n' ' ' | cut -c1-900)"
   wait $p_bf16
   rc=$?; [ $rc = 0 ] || status=1
   summary "train bf16 (rc $rc): $(grep -vE '^\[' "$LOG/gpu_training_bf16.log" | tr '\n' ' ' | cut -c1-900)"
+  for t in checkpoint_resume_cuda:$p_resume nonfinite_cuda:$p_nonfinite; do
+    wait "${t#*:}"
+    rc=$?; [ $rc = 0 ] || status=1
+    summary "train: ${t%%:*} (rc $rc): $(grep -E '^(ok|FAIL)' "$LOG/${t%%:*}.log" | cut -c1-110 | tr '\n' ';')"
+  done
 fi
 
 # 5. Issue 17's and 18's benchmarks, with the PyTorch peers.
@@ -696,8 +712,9 @@ cat "$OUT/summary.txt"
 # The tables (whole in the JSON files and logs.tar.gz; the tool shows the end).
 for f in "$LOG"/torch_*.log; do [ -f "$f" ] && { echo "== $(basename "$f" .log)"; tail -8 "$f"; }; done
 [ -f "$LOG/bench_attention.log" ] && { echo "== bench_attention"; tail -90 "$LOG/bench_attention.log"; }
-# (bench_ops' table: its last run's, a rerun past a fault holding every row)
+# (bench_ops' table: its last run's that printed one, a rerun past a fault holding every row)
 for f in bench_ops_resume2 bench_ops_resume1 bench_ops; do
-  [ -f "$LOG/$f.log" ] && { echo "== $f (its table)"; sed -n '/^device /,$p' "$LOG/$f.log"; break; }
+  [ -f "$LOG/$f.log" ] && grep -q '^device ' "$LOG/$f.log" &&
+    { echo "== $f (its table)"; sed -n '/^device /,$p' "$LOG/$f.log"; break; }
 done
 exit $status

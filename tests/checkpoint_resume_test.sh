@@ -6,12 +6,15 @@
 # (centroids). Then --eval-only on the final checkpoint gives the validation
 # loss the uninterrupted run printed.
 #   checkpoint_resume_test.sh TRAIN_SWITCH SOURCE_DIR MPIRUN
+# SY_TEST_ARGS: more overrides for the runs that start training (scripts/gpu_check.sh:
+# --set backend=CUDA; a resume takes them from the checkpoint's config).
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
+read -r -a more <<< "${SY_TEST_ARGS:-}"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 common=(--set train.steps=8 --set train.warmup_steps=2 --set train.log_interval=1 --set train.eval_interval=0
-        --set train.eval_batches=2 --set train.checkpoint_interval=4 --set train.batch=4)
+        --set train.eval_batches=2 --set train.checkpoint_interval=4 --set train.batch=4 "${more[@]}")
 moe=(--config "$SRC/configs/switch_tiny.pbtxt" --set data.synthetic_bytes=50000 --set moe.bias_balance_rate=0.01)
 routed=(--config "$SRC/configs/routed_copy.pbtxt" --set data.synthetic_bytes=50000 --set model.seq_len=64
         --set attention.window=16 --set depth.every_n_layers=2)

@@ -10,13 +10,15 @@
 #    non-finite layer (the poisoned weight is in block h1); the metrics file
 #    ends on that step.
 #   nonfinite_test.sh TRAIN_SWITCH SOURCE_DIR MPIRUN
+# SY_TEST_ARGS: more overrides for every run (scripts/gpu_check.sh: --set backend=CUDA).
 set -u
 BIN=$1; SRC=$2; MPIRUN=$3
+read -r -a more <<< "${SY_TEST_ARGS:-}"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 args=(--config "$SRC/configs/switch_tiny.pbtxt" --set train.steps=6 --set train.warmup_steps=2 --set train.log_interval=1
       --set train.eval_interval=0 --set train.eval_batches=1 --set train.batch=4 --set data.synthetic_bytes=50000
-      --set train.checkpoint_interval=1 --set train.keep_checkpoints=0)
+      --set train.checkpoint_interval=1 --set train.keep_checkpoints=0 "${more[@]}")
 fail=0
 skip_case() {  # name, fault rank, launcher...
   local name=$1 rank=$2; shift 2
