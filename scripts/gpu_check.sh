@@ -650,8 +650,9 @@ if want extra; then
   # replayed routers' all-reduce beside the gradient buckets' on their own
   # stream) and Sinkhorn's evaluation offsets (an all-reduce a layer in
   # end_step); its losses beside the MPI path's (not fatal).
+  # (a checkpoint at step 6: with the optimizer sharded, its moments gathered over NCCL)
   NT=(--config configs/switch_tiny.pbtxt --set backend=CUDA --set data.source=SYNTHETIC --set data.path=
-      --set train.steps=6 --set train.warmup_steps=1 --set train.eval_interval=6 --set train.checkpoint_interval=0
+      --set train.steps=6 --set train.warmup_steps=1 --set train.eval_interval=6 --set train.checkpoint_interval=6
       --set train.checkpoint_dir="$CKPT" --set train.recompute=true --set parallel.expert_parallel=2
       --set moe.bias_balance_rate=0 --set moe.sinkhorn_iters=4 --set moe.sinkhorn_at_eval=true)
   run_limited nccl_train_np2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL
@@ -678,6 +679,17 @@ if want extra; then
   b=$(grep -hs '^done' "$LOG/nccl_train_np2_rs.log")
   same=$([ -n "$b" ] && [ "$a" = "$b" ] && echo "the same" || echo "differs (rounding may)")
   summary "extra: training over NCCL, gradients reduce-scattered (not fatal) rc $rc_rs, $scat: $same as without: ${b:0:120}"
+  # The deduplicated dispatch over NCCL (top-2: a token's rows for one rank
+  # sent once; the route's index tensors staged through NCCL on the
+  # caller's stream, in the recomputed forward too): the same losses as
+  # without it (not fatal).
+  run_limited nccl_train_np2_top2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
+    --set moe.top_k=2
+  run_limited nccl_train_np2_dedup 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
+    --set moe.top_k=2 --set parallel.dedup_dispatch=true
+  a=$(grep -hs '^done' "$LOG/nccl_train_np2_top2.log") b=$(grep -hs '^done' "$LOG/nccl_train_np2_dedup.log")
+  same=$([ -n "$b" ] && [ "$a" = "$b" ] && echo same || echo "NOT the same")
+  summary "extra: training over NCCL, top-2 with the deduplicated dispatch (not fatal): $same as without: ${b:0:120}"
   # ZeRO-1 (parallel.shard_optimizer) on device tensors through MPI, last in
   # the stage (no issue's figure depends on it; not fatal): the CUDA update
   # over views of a part, the values' all-gather and the bf16 shadows of
