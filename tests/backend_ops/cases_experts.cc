@@ -31,7 +31,9 @@ void add_expert_cases(std::vector<OpCase>& c) {
   // scratch and the GELU kernels; the backward's dx rows of 24 may take
   // DGELU with operands of 19-value rows, or fall back: the DGELU fallback
   // is sure in expert_ffn_bf16_heterogeneous_pre16), and fp32 (the GEMM and
-  // the GELU kernels, class F).
+  // the GELU kernels, class F). The bf16 outputs are compared widened
+  // (class B: cuBLASLt's GELU arithmetic is its own, ops/matmul.h; the
+  // harness compares outputs that are not f32 bit for bit).
   for (const bool bf16 : {false, true})
     for (const auto& [N, K, M] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 24, 19}, {300, 256, 384}})
       c.push_back({std::string("matmul_gelu_epilogue_") + (bf16 ? "bf16_" : "f32_") + std::to_string(N) + "x" +
@@ -41,24 +43,30 @@ void add_expert_cases(std::vector<OpCase>& c) {
                      return Ins{randn({N, K}, r), randn({K, M}, r, 0.2f), randn({M}, r), randn({N, M}, r),
                                 randn({N, K}, r)};
                    },
-                   [N = N, K = K, M = M, bf16](Ctx& x, const Ins&) {
-                     const DType d = bf16 ? DType::bf16 : DType::f32;
-                     return Outs{fresh(x, {N, M}, d), fresh(x, {N, M}, d), fresh(x, {N, K}, d), acc(x, {K, M}),
-                                 acc(x, {M})};
+                   [N = N, K = K, M = M](Ctx& x, const Ins&) {
+                     return Outs{fresh(x, {N, M}), fresh(x, {N, M}), fresh(x, {N, K}), acc(x, {K, M}), acc(x, {M})};
                    },
                    [bf16](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                      Tensor w16 = out(x, in[1].shape(), DType::bf16), pre = in[4];
                      ops::to_bf16(x, w16, in[1]);
+                     // (bf16: y, gelu(y), dx into poisoned bf16 tensors, widened into o after)
+                     Tensor y = o[0], act = o[1], dx = o[2];
                      if (bf16) {
                        pre = out(x, in[4].shape(), DType::bf16);
                        ops::to_bf16(x, pre, in[4]);
+                       for (Tensor* t : {&y, &act, &dx}) {
+                         *t = out(x, t->shape(), DType::bf16);
+                         poison(*t, x);
+                       }
                      }
-                     ops::MatmulArgs f{o[0], in[0], in[1], in[2], false, false, bf16 ? &w16 : nullptr};
-                     f.gelu = &o[1];
+                     ops::MatmulArgs f{y, in[0], in[1], in[2], false, false, bf16 ? &w16 : nullptr};
+                     f.gelu = &act;
                      ops::matmul_forward(x, f);
-                     ops::MatmulBackwardArgs b{&o[2], &o[3], &o[4], in[3], in[0], in[1], false, bf16 ? &w16 : nullptr};
+                     ops::MatmulBackwardArgs b{&dx, &o[3], &o[4], in[3], in[0], in[1], false, bf16 ? &w16 : nullptr};
                      b.dx_accumulate = false, b.gelu_pre = &pre;
                      ops::matmul_backward(x, b);
+                     if (bf16)
+                       for (int i = 0; i < 3; ++i) ops::to_f32(x, o[i], i == 0 ? y : i == 1 ? act : dx);
                    }});
   // The same without a bias (model.bias false): cuBLASLt's GELU_AUX, and
   // DGELU with no bias gradient.
@@ -67,20 +75,25 @@ void add_expert_cases(std::vector<OpCase>& c) {
                  return Ins{randn({300, 256}, r), randn({256, 384}, r, 0.2f), randn({300, 384}, r), randn({300, 256}, r)};
                },
                [](Ctx& x, const Ins&) {
-                 return Outs{fresh(x, {300, 384}, DType::bf16), fresh(x, {300, 384}, DType::bf16),
-                             fresh(x, {300, 256}, DType::bf16), acc(x, {256, 384})};
+                 return Outs{fresh(x, {300, 384}), fresh(x, {300, 384}), fresh(x, {300, 256}), acc(x, {256, 384})};
                },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {  // (bf16 outputs widened into o, as above)
                  Tensor w16 = out(x, in[1].shape(), DType::bf16), pre = out(x, in[3].shape(), DType::bf16);
                  ops::to_bf16(x, w16, in[1]);
                  ops::to_bf16(x, pre, in[3]);
+                 Tensor y = out(x, {300, 384}, DType::bf16), act = out(x, {300, 384}, DType::bf16),
+                        dx = out(x, {300, 256}, DType::bf16);
+                 for (Tensor* t : {&y, &act, &dx}) poison(*t, x);
                  const Tensor no_bias;
-                 ops::MatmulArgs f{o[0], in[0], in[1], no_bias, false, false, &w16};
-                 f.gelu = &o[1];
+                 ops::MatmulArgs f{y, in[0], in[1], no_bias, false, false, &w16};
+                 f.gelu = &act;
                  ops::matmul_forward(x, f);
-                 ops::MatmulBackwardArgs b{&o[2], &o[3], nullptr, in[2], in[0], in[1], false, &w16};
+                 ops::MatmulBackwardArgs b{&dx, &o[3], nullptr, in[2], in[0], in[1], false, &w16};
                  b.dx_accumulate = false, b.gelu_pre = &pre;
                  ops::matmul_backward(x, b);
+                 ops::to_f32(x, o[0], y);
+                 ops::to_f32(x, o[1], act);
+                 ops::to_f32(x, o[2], dx);
                }});
   c.push_back({"matmul_bf16_dx_written_300x256x384", Tol::bf16,
                [](Rng& r) { return Ins{randn({300, 256}, r), randn({256, 384}, r), randn({300, 384}, r)}; },
