@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <limits>
 #include <memory>
@@ -307,7 +308,10 @@ void mixtral_tiny_first_step_matches_the_cpu(const std::vector<std::string>& set
   // travel to the GPU machine, and validation checks data.path exists.)
   std::vector<std::string> all = {"data.source=SYNTHETIC", "data.path="};
   all.insert(all.end(), sets.begin(), sets.end());
-  Config cfg = load_config(std::string(SY_SOURCE_DIR) + "/configs/mixtral_tiny.pbtxt", all);
+  // (From the source tree it was built in, else from the working directory:
+  // binaries prebuilt here run on the GPU machine from its copy's root.)
+  const std::string built_in = std::string(SY_SOURCE_DIR) + "/configs/mixtral_tiny.pbtxt";
+  Config cfg = load_config(std::filesystem::exists(built_in) ? built_in : "configs/mixtral_tiny.pbtxt", all);
   const int64_t T = cfg.model().seq_len();
   const Batch batch = small_batch(2, T, 17);
   struct Step {
