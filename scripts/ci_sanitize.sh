@@ -48,6 +48,7 @@ SKIP=(
   plot_metrics_dashboard  # gnuplot pages from metrics files: Python and gnuplot, not our C++
   bench_ops_smoke         # a timing loop over the ops that ops_test and backend_ops_test run
   bench_attention_smoke   # a timing loop over the attention ops that routed_attention_test runs
+  bench_ops_resume        # bench_ops's rerun past a fault: bench_ops is not built here
   'scaling_sweep.*'       # timing sweeps of training runs under mpirun
   multihost               # MPI over TCP between network namespaces (root only): MPI's transport, not our memory
   train_switch_cli        # the CLI's flags and refusals: config_test runs the config loader and its checks
