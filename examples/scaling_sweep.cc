@@ -40,6 +40,7 @@
 #include <cblas.h>
 #include <mpi.h>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -187,12 +188,21 @@ double project(const Measured& one, int N, bool weak, const sy::Link& L, double 
 nlohmann::json launch(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int N,
                       int batch, int steps, const std::string& tag, const std::string& flag) {
   const std::string res = tag + ".json";
+  // (each path and value one shell word, whatever it holds)
+  auto q = [](const std::string& w) {
+    std::string o = "'";
+    for (const char c : w) o += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return o + "'";
+  };
   std::ostringstream cmd;
-  cmd << "mpirun --oversubscribe -np " << N << " " << argv0 << " --worker --result " << res << " --config "
-      << config << " --steps " << steps << (flag.empty() ? "" : " " + flag);
-  for (const auto& s : sets) cmd << " --set " << s;
+  // (--bind-to none: OpenMPI binds each of 2 or fewer ranks to one core,
+  // where a rank's host thread and its gradient reducer's thread would
+  // share it, and the side-by-side runs have no reducer thread to share it)
+  cmd << "mpirun --oversubscribe --bind-to none -np " << N << " " << q(argv0) << " --worker --result " << q(res)
+      << " --config " << q(config) << " --steps " << steps << (flag.empty() ? "" : " " + flag);
+  for (const auto& s : sets) cmd << " --set " << q(s);
   cmd << " --set train.batch=" << batch << " --set parallel.expert_parallel=" << (flag == "--independent" ? 1 : N)
-      << " > " << tag << ".log 2>&1";
+      << " > " << q(tag + ".log") << " 2>&1";
   if (std::system(cmd.str().c_str()) != 0) throw sy::Error(cmd.str() + " failed; see " + tag + ".log");
   nlohmann::json j;
   std::ifstream(res) >> j;
@@ -270,9 +280,22 @@ double load_average(const std::string& file) {
   return l;
 }
 
-void plot(const std::string& out) {
+// (Without gnuplot - the GPU machine has none - no plot and a note: popen
+// succeeds there anyway, its shell exits, and the script written into the
+// pipe then ended this process by SIGPIPE, the projection unprinted.)
+bool plot(const std::string& out) {  // true: out.png written
+  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
+    std::fprintf(stderr, "note: no gnuplot: %s.png not drawn\n", out.c_str());
+    return false;
+  }
+  struct sigaction ignore {}, before {};
+  ignore.sa_handler = SIG_IGN;
+  sigaction(SIGPIPE, &ignore, &before);  // (a gnuplot that exits early: its write fails, not this process)
   std::FILE* gp = popen("gnuplot", "w");
-  if (!gp) return;
+  if (!gp) {
+    sigaction(SIGPIPE, &before, nullptr);
+    return false;
+  }
   std::fprintf(gp,
                "set terminal pngcairo noenhanced size 1100,420 font ',10'\n"
                "set output '%s.png'\nset datafile separator ','\n"
@@ -287,7 +310,9 @@ void plot(const std::string& out) {
                "plot '< grep ^weak %s.csv' u 2:8 t 'weak', '< grep ^strong %s.csv' u 2:8 t 'strong'\n"
                "unset multiplot\n",
                out.c_str(), out.c_str(), out.c_str(), out.c_str(), out.c_str());
-  pclose(gp);
+  const bool drawn = pclose(gp) == 0;
+  sigaction(SIGPIPE, &before, nullptr);
+  return drawn;
 }
 
 }  // namespace
@@ -463,7 +488,8 @@ int main(int argc, char** argv) {
     csv.close();
     std::printf("(model_c_ms: the model's compute term; m: measured as N independent runs side by side; imb_ms: "
                 "what the most loaded rank's experts add to it)\n");
-    plot(out);
+    std::fflush(stdout);  // (the table out before the plot's child process)
+    const bool plotted = plot(out);
 
     // Projection to GPU clusters, weak scaling, experts over all ranks.
     Measured g = weak1;
@@ -492,7 +518,8 @@ int main(int argc, char** argv) {
                   g.compute_s / t, 1 + excess, imbalance_s * 1e3);
       pcsv << N << "," << t << "," << g.compute_s / t << "," << 1 + excess << "," << imbalance_s << "\n";
     }
-    std::printf("wrote %s.csv %s.png %s_projection.csv\n", out.c_str(), out.c_str(), out.c_str());
+    std::printf("wrote %s.csv %s%s_projection.csv\n", out.c_str(), plotted ? (out + ".png ").c_str() : "",
+                out.c_str());
     return 0;
   });
 }
