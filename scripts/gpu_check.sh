@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU machine's one call: inventory, a build of the GPU targets, then
 # stages in the order the GPU issues come (17 training step, 19 NCCL, 18
-# routed attention's benchmarks) under one time budget, a summary, and the
-# benchmark table last (the device tool returns the end of the output).
+# routed attention's benchmarks) under one time budget, the benchmark tables,
+# and the summary last (the device tool returns the end of the output).
 #
 #   here first:   bash scripts/gpu_deps.sh        (C++ libraries that machine lacks -> .gpudeps/)
 #   rehearse:     bash scripts/gpu_rehearse.sh    (this script's set-up and build here, system copies hidden)
@@ -44,12 +44,15 @@
 #
 # Nothing is installed from a registry (that machine has none). Logs and JSON
 # go to $OUT (the device tool brings back at most 8 files: the logs are
-# tarred into one) or build-gpu/out here; $OUT/summary.txt has a line a stage.
+# written outside it and tarred into one there after every command, so $OUT
+# holds a handful of files even when a call is cut off before its end) or
+# build-gpu/out here; $OUT/summary.txt has a line a stage.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-$PWD/build-gpu/out}
-LOG=$OUT/logs
-mkdir -p "$LOG"
+LOG=$PWD/build-gpu/gpu_check_logs/logs
+rm -rf "$LOG"
+mkdir -p "$OUT" "$LOG"
 BUDGET=540
 STAGES=ops,train,bench,mfu,comm,scale,attn,extra,more
 while [ $# -gt 0 ]; do
@@ -60,6 +63,13 @@ while [ $# -gt 0 ]; do
     *) echo "gpu_check.sh: unknown argument '$1' (allowed: --budget S, --stages LIST, --no-bench)"; exit 2 ;;
   esac
 done
+# (a misspelt stage would run nothing and cost a whole call)
+for st in ${STAGES//,/ }; do
+  [[ ",ops,train,bench,mfu,comm,scale,attn,extra,more," == *",$st,"* ]] ||
+    { echo "gpu_check.sh: --stages: '$st' is no stage (ops, train, bench, mfu, comm, scale, attn, extra, more)"; exit 2; }
+done
+[[ $BUDGET =~ ^[0-9]+$ ]] && [ "$BUDGET" -ge 150 ] ||
+  { echo "gpu_check.sh: --budget $BUDGET: seconds, at least 150 (a build may take all but two minutes of it)"; exit 2; }
 t0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - t0 )); }
 STARTS=""  # each stamp's second, for the summary's last line (the next plan's budgets)
@@ -73,8 +83,10 @@ compare_with_record() {
   local record
   record=$(ls docs/gpu/"$1"_*.json 2> /dev/null | sort | tail -1)
   [ -n "$record" ] && [ -s "$2" ] || return 0
+  local rc
   python3 scripts/bench/compare_runs.py "$record" "$2" --min-change 0.05 > "$LOG/compare_$1.log" 2>&1
-  summary "$1 against $(basename "$record") rc $?: $(grep -E '^(devices differ|[0-9]+ of [0-9]+ rows|compare_runs:)' \
+  rc=$?
+  summary "$1 against $(basename "$record") rc $rc: $(grep -E '^(devices differ|[0-9]+ of [0-9]+ rows|compare_runs:)' \
     "$LOG/compare_$1.log" | paste -sd ' ' -) (logs/compare_$1.log)"
 }
 # limit WANTED: the seconds a command may take, cut to the budget left (0: none left).
@@ -102,13 +114,13 @@ run_limited() {
   echo "[$name: rc $rc in $(( $(date +%s) - s ))s]" >> "$LOG/$name.log"
   # The logs so far, should the call be cut off (written aside and renamed:
   # runs side by side each write it).
-  tar -C "$OUT" -czf "$OUT/logs.tar.gz.$BASHPID" logs 2> /dev/null
+  tar -C "$(dirname "$LOG")" -czf "$OUT/logs.tar.gz.$BASHPID" logs 2> /dev/null
   mv -f "$OUT/logs.tar.gz.$BASHPID" "$OUT/logs.tar.gz" 2> /dev/null
   return $rc
 }
 finish() {
   rm -f "$OUT"/logs.tar.gz.*
-  tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs 2> /dev/null && rm -rf "$LOG"
+  tar -C "$(dirname "$LOG")" -czf "$OUT/logs.tar.gz" logs 2> /dev/null
   rm -rf "$CKPT" "$OUT/bench_ops.json.partial"  # (bench_ops stopped between a write and its rename)
 }
 # Checkpoints a stopped run writes: on /tmp, removed after each run.
@@ -222,7 +234,10 @@ prebuilt() {
   local t missing=()
   for t in "${TARGETS[@]}"; do
     # (-r: every symbol resolved now, not at its first call mid-stage)
-    { [ -x "build-gpu/bin/$t" ] && ! ldd -r "build-gpu/bin/$t" 2>&1 | grep -qE "not found|undefined symbol"; } || missing+=("$t")
+    # (grep reads it all: with -q its early exit could end ldd by SIGPIPE,
+    # which pipefail and the ! would then count as resolved)
+    { [ -x "build-gpu/bin/$t" ] && ! ldd -r "build-gpu/bin/$t" 2>&1 | grep -E "not found|undefined symbol" > /dev/null; } ||
+      missing+=("$t")
   done
   [ ${#missing[@]} = 0 ] && build-gpu/bin/train_switch --help > /dev/null 2>> "$LOG/prebuilt.log" && return 0
   ldd "build-gpu/bin/${missing[0]:-train_switch}" 2>&1 | grep "not found" | head -5 | tee -a "$LOG/prebuilt.log"
@@ -259,7 +274,9 @@ else
   status=1
 fi
 fi
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 GTEST_COLOR=no
+# (no binding: OpenMPI binds each of 2 or fewer ranks to a core, cores 0
+# and 1 for every such job, so jobs side by side would share two cores)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 GTEST_COLOR=no OMPI_MCA_hwloc_base_binding_policy=none
 B=build-gpu/bin
 M=(mpirun --allow-run-as-root --oversubscribe)
 LINK=()  # scaling_sweep's link figures: the scale stage's measurement, else its defaults
@@ -269,7 +286,7 @@ LINK=()  # scaling_sweep's link figures: the scale stage's measurement, else its
 gtest_line() {
   local f=$LOG/$1.log
   echo "$(grep -cE '^\[       OK \] .* \([0-9]+ ms\)$' "$f") ok, $(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$f") failed," \
-       "$(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "$f") skipped$(grep -q 'stopped after' "$f" && echo ', STOPPED AT THE LIMIT')"
+       "$(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "$f") skipped$(grep -q 'stopped after' "$f" && echo ', STOPPED AT THE LIMIT')$([ -f "$f" ] && died "$1" && echo ", DIED in $(grep '^\[ RUN' "$f" | tail -1 | cut -c14-)")"
 }
 
 # died NAME: whether the process ended without gtest's closing "... ran."
@@ -652,44 +669,55 @@ if want extra; then
   # end_step); its losses beside the MPI path's (not fatal).
   # (a checkpoint at step 6: with the optimizer sharded, its moments gathered over NCCL)
   NT=(--config configs/switch_tiny.pbtxt --set backend=CUDA --set data.source=SYNTHETIC --set data.path=
-      --set train.steps=6 --set train.warmup_steps=1 --set train.eval_interval=6 --set train.checkpoint_interval=6
+      --set train.steps=6 --set train.warmup_steps=1 --set train.log_interval=1 --set train.eval_interval=6
+      --set train.checkpoint_interval=6
       --set train.checkpoint_dir="$CKPT" --set train.recompute=true --set parallel.expert_parallel=2
       --set moe.bias_balance_rate=0 --set moe.sinkhorn_iters=4 --set moe.sinkhorn_at_eval=true)
-  run_limited nccl_train_np2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL
+  # same_losses A B: whether runs A and B logged the same losses, bit for
+  # bit (their metrics files; the done lines print 6 digits).
+  same_losses() {
+    python3 - "$LOG/$1.jsonl" "$LOG/$2.jsonl" <<'PY' 2>&1 | tail -1
+import json, sys
+try:
+    a, b = ({l["step"]: (repr(l.get("loss")), repr(l.get("val_loss"))) for l in map(json.loads, open(f))} for f in sys.argv[1:])
+except Exception as e:
+    sys.exit(print(f"not compared ({type(e).__name__})"))
+diff = [s for s in a if b.get(s) != a[s]]
+print(f"losses bit for bit at {len(a)} steps" if a and not diff and set(a) == set(b)
+      else f"losses DIFFER (steps {sorted(diff)[:3]} of {len(a)}, {len(b)} logged)")
+PY
+  }
+  run_limited nccl_train_np2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
+    --metrics "$LOG/nccl_train_np2.jsonl"
   rc_nccl=$?
-  run_limited mpi_train_np2 90 "${M[@]}" -np 2 $B/train_switch "${NT[@]}" --set parallel.backend=MPI
+  run_limited mpi_train_np2 90 "${M[@]}" -np 2 $B/train_switch "${NT[@]}" --set parallel.backend=MPI \
+    --metrics "$LOG/mpi_train_np2.jsonl"
   rc_mpi=$?
-  summary "extra: training over NCCL, recompute + Sinkhorn offsets, 2 ranks (not fatal) rc $rc_nccl: $(grep -hs '^done' "$LOG/nccl_train_np2.log" | head -1); over MPI rc $rc_mpi: $(grep -hs '^done' "$LOG/mpi_train_np2.log" | head -1)"
+  summary "extra: training over NCCL, recompute + Sinkhorn offsets, 2 ranks (not fatal) rc $rc_nccl: $(grep -hs '^done' "$LOG/nccl_train_np2.log" | head -1); over MPI rc $rc_mpi: $(grep -hs '^done' "$LOG/mpi_train_np2.log" | head -1); NCCL against MPI: $(same_losses nccl_train_np2 mpi_train_np2)"
   # The same over NCCL with the optimizer sharded (its broadcasts of arena
   # views and the shadows after them): the same losses as without (not fatal).
   run_limited nccl_train_np2_shard 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
-    --set parallel.shard_optimizer=true
+    --set parallel.shard_optimizer=true --metrics "$LOG/nccl_train_np2_shard.jsonl"
   rc_shard=$?
-  a=$(grep -hs '^done' "$LOG/nccl_train_np2.log") b=$(grep -hs '^done' "$LOG/nccl_train_np2_shard.log")
-  same=$([ -n "$b" ] && [ "$a" = "$b" ] && echo same || echo "NOT the same")
-  summary "extra: training over NCCL with the optimizer sharded (not fatal) rc $rc_shard: $same as without: $(grep -hs '^done' "$LOG/nccl_train_np2_shard.log" | head -1)"
+  summary "extra: training over NCCL with the optimizer sharded (not fatal) rc $rc_shard, against without: $(same_losses nccl_train_np2 nccl_train_np2_shard): $(grep -hs '^done' "$LOG/nccl_train_np2_shard.log" | head -1)"
   # And with the gradients reduce-scattered (parallel.reduce_scatter_grads:
   # NCCL's group of in-place reduces for the uneven parts): the same losses
   # to rounding (2 ranks add a + b either way; the norm may differ in its
   # last bit). Not fatal.
   run_limited nccl_train_np2_rs 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
-    --set parallel.shard_optimizer=true --set parallel.reduce_scatter_grads=true
+    --set parallel.shard_optimizer=true --set parallel.reduce_scatter_grads=true --metrics "$LOG/nccl_train_np2_rs.jsonl"
   rc_rs=$?
   scat=$(grep -qs "gradients reduce-scattered" "$LOG/nccl_train_np2_rs.log" && echo "scattered" || echo "NOT scattered")
-  b=$(grep -hs '^done' "$LOG/nccl_train_np2_rs.log")
-  same=$([ -n "$b" ] && [ "$a" = "$b" ] && echo "the same" || echo "differs (rounding may)")
-  summary "extra: training over NCCL, gradients reduce-scattered (not fatal) rc $rc_rs, $scat: $same as without: ${b:0:120}"
+  summary "extra: training over NCCL, gradients reduce-scattered (not fatal) rc $rc_rs, $scat, against without (rounding may differ): $(same_losses nccl_train_np2 nccl_train_np2_rs): $(grep -hs '^done' "$LOG/nccl_train_np2_rs.log" | head -1 | cut -c1-120)"
   # The deduplicated dispatch over NCCL (top-2: a token's rows for one rank
   # sent once; the route's index tensors staged through NCCL on the
   # caller's stream, in the recomputed forward too): the same losses as
   # without it (not fatal).
   run_limited nccl_train_np2_top2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
-    --set moe.top_k=2
+    --set moe.top_k=2 --metrics "$LOG/nccl_train_np2_top2.jsonl"
   run_limited nccl_train_np2_dedup 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
-    --set moe.top_k=2 --set parallel.dedup_dispatch=true
-  a=$(grep -hs '^done' "$LOG/nccl_train_np2_top2.log") b=$(grep -hs '^done' "$LOG/nccl_train_np2_dedup.log")
-  same=$([ -n "$b" ] && [ "$a" = "$b" ] && echo same || echo "NOT the same")
-  summary "extra: training over NCCL, top-2 with the deduplicated dispatch (not fatal): $same as without: ${b:0:120}"
+    --set moe.top_k=2 --set parallel.dedup_dispatch=true --metrics "$LOG/nccl_train_np2_dedup.jsonl"
+  summary "extra: training over NCCL, top-2 with the deduplicated dispatch (not fatal), against without: $(same_losses nccl_train_np2_top2 nccl_train_np2_dedup): $(grep -hs '^done' "$LOG/nccl_train_np2_dedup.log" | head -1 | cut -c1-120)"
   # ZeRO-1 (parallel.shard_optimizer) on device tensors through MPI, last in
   # the stage (no issue's figure depends on it; not fatal): the CUDA update
   # over views of a part, the values' all-gather and the bf16 shadows of
@@ -719,9 +747,10 @@ fi
 
 stamp "done (status $status)"
 summary "seconds from the start at which each step began: $STARTS"
-echo "== summary"
-cat "$OUT/summary.txt"
-# The tables (whole in the JSON files and logs.tar.gz; the tool shows the end).
+# The tables first (whole in the JSON files and logs.tar.gz), then the
+# summary, last: the device tool shows the last 12,000 characters, and the
+# summary's line a check is what a reader needs first (summary.txt comes
+# back too).
 for f in "$LOG"/torch_*.log; do [ -f "$f" ] && { echo "== $(basename "$f" .log)"; tail -8 "$f"; }; done
 [ -f "$LOG/bench_attention.log" ] && { echo "== bench_attention"; tail -90 "$LOG/bench_attention.log"; }
 # (bench_ops' table: its last run's that printed one, a rerun past a fault holding every row)
@@ -729,4 +758,6 @@ for f in bench_ops_resume2 bench_ops_resume1 bench_ops; do
   [ -f "$LOG/$f.log" ] && grep -q '^device ' "$LOG/$f.log" &&
     { echo "== $f (its table)"; sed -n '/^device /,$p' "$LOG/$f.log"; break; }
 done
+echo "== summary"
+cat "$OUT/summary.txt"
 exit $status
