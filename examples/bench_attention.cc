@@ -57,11 +57,9 @@
 //   build/bin/bench_attention --device cpu --quick       (small shapes: a smoke test)
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -364,10 +362,7 @@ int main(int argc, char** argv) {
         out["rows"].push_back({{"op", r.op}, {"pass", r.pass}, {"dtype", r.dtype}, {"n", r.n}, {"seconds", r.seconds},
                                {"select_seconds", r.select_seconds}, {"pairs", r.pairs}, {"flops", r.flops},
                                {"wrong", r.wrong}, {"runs", r.runs}, {"note", r.note}});
-      const std::string tmp = json_path + ".partial";
-      sy::write_file(tmp, out.dump(1) + "\n");
-      if (std::rename(tmp.c_str(), json_path.c_str()) != 0)
-        throw sy::Error(json_path + ": could not replace it with " + tmp + ": " + std::strerror(errno));
+      sy::write_file_replacing(json_path, out.dump(1) + "\n", json_path + ".partial");
     };
 
     // (A length whose set-up or a method outside the rows' own guards

@@ -292,10 +292,7 @@ int main(int argc, char** argv) {
       };
       for (const Row& r : rows) put(r);
       for (size_t i = next; i < resumed.size(); ++i) put(resumed[i]);
-      const std::string tmp = json_path + ".partial";
-      sy::write_file(tmp, out.dump(1) + "\n");
-      if (std::rename(tmp.c_str(), json_path.c_str()) != 0)
-        throw sy::Error(json_path + ": could not replace it with " + tmp + ": " + std::strerror(errno));
+      sy::write_file_replacing(json_path, out.dump(1) + "\n", json_path + ".partial");
     };
 
     // One op case: inputs made on the host, moved to ctx; run() on ctx;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -76,6 +77,20 @@ void write_file(const std::string& path, const std::string& bytes, Sync sync) {
     throw Error(path + ": fsync failed: " + std::strerror(err));
   }
   if (::close(fd) != 0) throw Error(path + ": close failed: " + std::strerror(errno));
+}
+
+void write_file_replacing(const std::string& path, const std::string& bytes, const std::string& tmp) {
+  try {
+    write_file(tmp, bytes);
+  } catch (const Error&) {
+    std::remove(tmp.c_str());  // nothing half-written is left
+    throw;
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());
+    throw Error(path + ": cannot rename " + tmp + " into place: " + std::strerror(err));
+  }
 }
 
 }  // namespace sy

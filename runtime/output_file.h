@@ -36,4 +36,9 @@ void write_fully(int fd, const void* p, size_t n, const std::string& path);
 enum class Sync { none, fsync };
 void write_file(const std::string& path, const std::string& bytes, Sync sync = Sync::none);
 
+// Writes `bytes` to `tmp`, then renames it over `path`: a reader never sees
+// half a file (a run stopped mid-write leaves the old one, or none). On a
+// failure tmp is removed and Error names the path and strerror.
+void write_file_replacing(const std::string& path, const std::string& bytes, const std::string& tmp);
+
 }  // namespace sy

@@ -104,17 +104,7 @@ void write_token_shard(const std::string& path, const std::vector<uint32_t>& ids
     if (h.dtype == 2) store(body, kShardHeaderBytes + 2 * i, static_cast<uint16_t>(ids[i]));
     else store(body, kShardHeaderBytes + 4 * i, ids[i]);
   }
-  const std::string tmp = path + ".tmp";
-  try {
-    write_file(tmp, body);
-  } catch (const Error&) {
-    std::remove(tmp.c_str());  // nothing half-written is left
-    throw;
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot rename " + tmp + " into place: " + std::strerror(errno));
-  }
+  write_file_replacing(path, body, path + ".tmp");
 }
 
 TokenShard::TokenShard(const std::string& path, uint32_t model_vocab) : file_(path) {

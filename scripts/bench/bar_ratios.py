@@ -25,6 +25,8 @@ import argparse
 import json
 import os
 
+from compare_runs import variant_name  # (scripts/bench/, beside this file)
+
 
 def load(path):
     if not path or not os.path.exists(path):
@@ -204,13 +206,10 @@ def main():
             f"({r['seconds'] * 1e3:.3f} / {s['seconds'] * 1e3:.3f} ms; bar >= 0.5): {verdict(frac >= 0.5, r)}")
         # The other tile configurations at this shape (not the product's
         # kernels until one is made the default): the fastest, and each.
-        # (A variant's name: its note up to the colon, after any "queued ... us; ";
-        # the fastest and the estimate count only rows with nothing wrong.)
+        # (A variant's name from its note; the fastest and the estimate count
+        # only rows with nothing wrong.)
         def vname(v):
-            note = v["note"]
-            if note.startswith("queued ") and "; " in note:
-                note = note.split("; ", 1)[1]
-            return note.split(":")[0]
+            return variant_name(v["note"])
 
         vs = [v for v in ours["ops"] if v["op"] == "attention_variant_fwd_bwd_bf16" and v["shape"] == r["shape"]
               and timed(v)]

@@ -66,14 +66,19 @@ def load(path):
         if kind != "bench_attention":
             key = (r["op"], str(r.get("shape", "")))
             if r["op"].startswith("attention_variant"):  # (several a shape: the variant's name from the note)
-                note = str(r.get("note", ""))
-                if note.startswith("queued ") and "; " in note:
-                    note = note.split("; ", 1)[1]
-                key += (note.split(":")[0],)
+                key += (variant_name(str(r.get("note", ""))),)
         else:
             key = (r["op"], str(r.get("pass", "")), str(r.get("dtype", "")), str(r.get("n", "")))
         keyed[key] = r
     return kind, j, keyed
+
+
+def variant_name(note):
+    """An attention variant row's name: its note up to the colon, after any
+    "queued ... us; " that bench_ops puts first (bar_ratios.py reads it too)."""
+    if note.startswith("queued ") and "; " in note:
+        note = note.split("; ", 1)[1]
+    return note.split(":")[0]
 
 
 def name(key):
