@@ -588,12 +588,16 @@ class NcclCommunicator final : public Communicator {
       CUDA_CHECK(cudaMallocAsync(&buf_, t.nbytes(), c.stream_));
       CUDA_CHECK(cudaMemcpyAsync(buf_, t.raw(), t.nbytes(), cudaMemcpyHostToDevice, c.stream_));
     }
+    // Waits for the stream either way: the caller may write the host tensor
+    // as soon as the collective returns, and a copy from pinned memory (a
+    // send) is still reading it until the stream gets there (from pageable
+    // memory cudaMemcpyAsync returns only once it has read it, so the wait
+    // is then for the collective alone; the watchdog's entry, armed on its
+    // `done` event, still covers it).
     ~Staged() {
       if (!buf_) return;
-      if (out_) {
-        cudaMemcpyAsync(t_.raw(), buf_, t_.nbytes(), cudaMemcpyDeviceToHost, c_.stream_);
-        cudaStreamSynchronize(c_.stream_);
-      }
+      if (out_) cudaMemcpyAsync(t_.raw(), buf_, t_.nbytes(), cudaMemcpyDeviceToHost, c_.stream_);
+      cudaStreamSynchronize(c_.stream_);
       cudaFreeAsync(buf_, c_.stream_);
     }
     void* ptr() { return buf_ ? buf_ : t_.raw(); }
