@@ -321,6 +321,43 @@ TEST(AttentionTiles, AllFlaggedSplitLayoutComputesEachAllowedPairOnce) {
       }
 }
 
+// In causal mode's packing every tile a block loops over holds a pair its
+// rows compute: a query row's keys are a prefix, a key row's queries a
+// suffix, so the loops' ranges are exact. In particular a block of keys
+// positioned after every query of the segment (the segment's last keys)
+// loops over nothing: its first query row is the segment's end, and the
+// range [end / tile, ceil(end / tile)) rounded down would give it the tile
+// holding end, every pair of it masked. (Planted: key_tiles and query_tiles
+// without their `begin >= end` check fail here at len 129, key_len 128.)
+TEST(AttentionTiles, AllFlaggedSplitLayoutVisitsNoTileWithoutAPair) {
+  Lcg next{4242};
+  for (const Tiling& t : split_layout_tilings())
+    for (const int len : {1, 16, 33, 100, 129, 300})
+      for (const int klen : {0, 1, 15, 16, 17, 64, 65, 128}) {
+        if (klen > len) continue;
+        std::vector<int32_t> is_q(len, 0), is_k(len, 0), pos(len);
+        for (int i = 0, p = 0; i < klen; ++i) pos[i] = p += static_cast<int>(next(3)), is_k[i] = 1;
+        for (int i = klen, p = 0; i < len; ++i) pos[i] = p += static_cast<int>(next(3)), is_q[i] = 1;
+        const int32_t kl[1] = {klen};
+        attn::MemberMask m{is_q.data(), is_k.data(), kl};
+        m.pos = pos.data(), m.all_flagged = true;
+        const attn::MemberMask b = m.bind(0, 0, len);
+        for (int b0 = 0; b0 < len; b0 += t.own) {
+          const attn::TileRange r =
+              t.keys_own ? attn::query_tiles(b, b0, t.own, len, t.loop) : attn::key_tiles(b, b0, t.own, len, t.loop);
+          for (int j = r.first; j < r.end; ++j) {
+            bool some = false;
+            for (int a = b0; a < std::min(len, b0 + t.own) && !some; ++a)
+              for (int c = j * t.loop; c < std::min(len, (j + 1) * t.loop) && !some; ++c)
+                some = t.keys_own ? b.ok(c, a) : b.ok(a, c);
+            ASSERT_TRUE(some) << t.name << ", len " << len << ", key_len " << klen << ": the block of rows from "
+                              << b0 << " loops over tile " << j << " of " << t.loop
+                              << (t.keys_own ? " queries" : " keys") << ", none of which it pairs with";
+          }
+        }
+      }
+}
+
 // What all_flagged saves: 256 keys and 256 queries interleaved (key i at 2i,
 // query i at 2i + 1), query and key tiles of 64: of the 10 key tiles the
 // forward visits, the 6 strictly below the diagonal need no element mask;

@@ -311,18 +311,25 @@ struct TileRange {
 
 // The key tiles of `tile` keys that a block of queries [q0, q0 + rows) of a
 // sequence of len tokens loops over (forward, dQ).
+// A block whose rows see nothing gets no tiles (the kernels then leave at
+// once): rounding the first index down would otherwise give it the tile that
+// holds `end`, every pair of it masked.
 template <class Mask>
 SY_HD TileRange key_tiles(const Mask& m, int q0, int rows, int len, int tile) {
-  const int end = imin(len, m.kv_end(imin(q0 + rows, len) - 1));
-  return {m.kv_begin(q0) / tile, (end + tile - 1) / tile};
+  const int begin = m.kv_begin(q0), end = imin(len, m.kv_end(imin(q0 + rows, len) - 1));
+  if (begin >= end) return {0, 0};
+  return {begin / tile, (end + tile - 1) / tile};
 }
 
 // The query tiles of `tile` queries that a block of keys [k0, k0 + rows)
 // loops over (dK, dV).
+// (The split layout's keys positioned after every query of their segment
+// begin at its end: q_begin = len, no tiles.)
 template <class Mask>
 SY_HD TileRange query_tiles(const Mask& m, int k0, int rows, int len, int tile) {
-  const int end = imin(len, m.q_end(imin(k0 + rows, len) - 1));
-  return {m.q_begin(k0) / tile, (end + tile - 1) / tile};
+  const int begin = m.q_begin(k0), end = imin(len, m.q_end(imin(k0 + rows, len) - 1));
+  if (begin >= end) return {0, 0};
+  return {begin / tile, (end + tile - 1) / tile};
 }
 
 // Whether queries [q, q + rows) can see a key of [k0, k0 + cols): a warp
