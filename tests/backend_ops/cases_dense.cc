@@ -45,12 +45,18 @@ void add_dense_cases(std::vector<OpCase>& c) {
                  ops::matmul_forward(x, {o[0], in[0], in[1], Tensor(), false, true});
                  ops::matmul_backward(x, {&o[1], &o[2], nullptr, in[2], in[0], in[1], true});
                }});
-  c.push_back({"rmsnorm", Tol::f32, [](Rng& r) { return Ins{randn({33, 48}, r, 3.f), randn({48}, r), randn({33, 48}, r)}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {33, 48}), fresh(x, {33}), acc(x, {33, 48}), acc(x, {48})}; },
-               [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
-                 ops::rmsnorm_forward(x, {o[0], o[1], in[0], in[1]});
-                 ops::rmsnorm_backward(x, {o[2], o[3], in[2], in[0], in[1], o[1]});
-               }});
+  // C 48, and C 20: fewer columns than a warp's lanes (lanes with none)
+  for (const int64_t C : {48, 20})
+    c.push_back({C == 48 ? "rmsnorm" : "rmsnorm_c20", Tol::f32,
+                 [C](Rng& r) { return Ins{randn({C == 48 ? 33 : 40, C}, r, 3.f), randn({C}, r), randn({C == 48 ? 33 : 40, C}, r)}; },
+                 [C](Ctx& x, const Ins&) {
+                   const int64_t N = C == 48 ? 33 : 40;
+                   return Outs{fresh(x, {N, C}), fresh(x, {N}), acc(x, {N, C}), acc(x, {C})};
+                 },
+                 [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::rmsnorm_forward(x, {o[0], o[1], in[0], in[1]});
+                   ops::rmsnorm_backward(x, {o[2], o[3], in[2], in[0], in[1], o[1]});
+                 }});
   // H 37: one element a thread; H 40: packs of 4 columns (ops/cuda/swiglu.cu).
   for (const int64_t H : {37, 40})
     c.push_back({H == 37 ? "swiglu" : "swiglu_packs", Tol::f32,

@@ -28,10 +28,13 @@ void add_layout_cases(std::vector<OpCase>& c) {
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {1001})}; },
                [](Ctx& x, const Ins& in, std::vector<Tensor>& o) { ops::sigmoid(x, o[0], in[0]); }});
   c.push_back({"random_uniform_bits", Tol::exact, [](Rng&) { return Ins{}; },
-               [](Ctx& x, const Ins&) { return Outs{fresh(x, {4099}), fresh(x, {517})}; },
+               [](Ctx& x, const Ins&) { return Outs{fresh(x, {4099}), fresh(x, {517}), fresh(x, {517})}; },
                [](Ctx& x, const Ins&, std::vector<Tensor>& o) {
                  ops::random_uniform(x, o[0], RandomKey{17, random_stream(RandomPurpose::jitter, 1), 3, 1000}, 0.f, 1.f);
                  ops::random_uniform(x, o[1], RandomKey{5, random_stream(RandomPurpose::jitter, 2), 9, 0}, 0.9f, 1.1f);
+                 // elements 2^32 - 200 to 2^32 + 316: the counter's high word 0, then 1
+                 ops::random_uniform(x, o[2], RandomKey{5, random_stream(RandomPurpose::jitter, 2), 9, (uint64_t{1} << 32) - 200},
+                                     0.f, 1.f);
                }});
   c.push_back({"random_normal_gumbel", Tol::f32, [](Rng&) { return Ins{}; },
                [](Ctx& x, const Ins&) { return Outs{fresh(x, {4099}), fresh(x, {777})}; },

@@ -436,6 +436,8 @@ void add_routing_cases(std::vector<OpCase>& c) {
                                                                      // lanes, a pick's probability by shuffle
                                                                      {"softmax_renorm_12", 12, 4, false, true, 0.3f, 0.2f},
                                                                      {"sigmoid_6", 6, 2, true, false, 0.3f, 0.2f},
+                                                                     // G 30: 8 lanes of 4 values without 16-byte loads
+                                                                     {"softmax_30", 30, 2, false, false, 0.3f, 0.2f},
                                                                      // G 300: routing_sums' threads over several columns
                                                                      {"softmax_300", 300, 2, false, false, 0.3f, 0.2f},
                                                                      // 301 rows: the last warp's rows partly past N
