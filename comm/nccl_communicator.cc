@@ -293,6 +293,7 @@ class Watchdog {
                cudaSetDevice(pending_.front().at.device) == cudaSuccess &&
                cudaEventQuery(pending_.front().done.get()) == cudaSuccess)
           pending_.pop_front();
+        (void)cudaGetLastError();  // (a "not ready" answer above, core/cuda_check.h's event_done says why)
         if (pending_.empty()) continue;
         const Pending& p = pending_.front();
         if (p.comm) {
@@ -413,6 +414,10 @@ class NcclCommunicator final : public Communicator {
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     settle(sub, ncclInProgress, "ncclCommSplit", at);
+    // And for the parent's: NCCL stores the child's handle before it sets
+    // the parent back from in progress (and joins its split thread), and a
+    // call on a parent still in progress - the next split - is refused.
+    settle(comm_, ncclInProgress, "ncclCommSplit", at);
     // The new group's members, as world ranks: gathered over the new group.
     int n = 0;
     NCCL_CHECK(ncclCommCount(sub, &n));
@@ -667,7 +672,7 @@ class NcclCommunicator final : public Communicator {
     while (!timings_.empty()) {
       const auto& [start, done] = timings_.front();
       if (wait) CUDA_CHECK(cudaEventSynchronize(done.get()));
-      else if (cudaEventQuery(done.get()) != cudaSuccess) break;
+      else if (!event_done(done.get())) break;
       float ms = 0;
       cudaEventElapsedTime(&ms, start.get(), done.get());
       comm_seconds_ += ms / 1e3;
@@ -703,28 +708,30 @@ std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator& mpi, int d
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = mode == NcclMode::blocking ? 1 : 0;
   ncclComm_t comm = nullptr;
+  const double deadline = now_s() + timeout_s;
+  ncclResult_t r = ncclSuccess;
   if (mode == NcclMode::blocking) {
     // Returns once every rank has joined: a rank that never does would hang
     // it, so the watchdog holds the deadline (the one-line error, exit 1).
     const std::vector<int> world = mpi.world_ranks();
     const std::string group = ranks_str(world);  // (outlives the watch)
-    Watch watch({0, nullptr, nullptr, now_s() + timeout_s, "ncclCommInitRankConfig",
+    Watch watch({0, nullptr, nullptr, deadline, "ncclCommInitRankConfig",
                  CallSite{world[mpi.rank()], "NCCL communicator set-up", timeout_s, &group, device}});
-    const ncclResult_t r = ncclCommInitRankConfig(&comm, mpi.size(), id, mpi.rank(), &config);
-    if (r != ncclSuccess) throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
+    r = ncclCommInitRankConfig(&comm, mpi.size(), id, mpi.rank(), &config);
   } else {
-    const double deadline = now_s() + timeout_s;
-    ncclResult_t r = ncclCommInitRankConfig(&comm, mpi.size(), id, mpi.rank(), &config);
-    while (r == ncclInProgress) {
-      if (now_s() > deadline) {
-        ncclCommAbort(comm);
-        throw BackendError("NCCL communicator set-up did not complete within " + std::to_string(timeout_s) + " s");
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      NCCL_CHECK(ncclCommGetAsyncError(comm, &r));
-    }
-    if (r != ncclSuccess) throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
+    r = ncclCommInitRankConfig(&comm, mpi.size(), id, mpi.rank(), &config);
   }
+  // Polled in either mode: NCCL_COMM_BLOCKING=0 in the environment overrides
+  // config.blocking, and then the blocking set-up returns in progress too.
+  while (r == ncclInProgress) {
+    if (now_s() > deadline) {
+      ncclCommAbort(comm);
+      throw BackendError("NCCL communicator set-up did not complete within " + std::to_string(timeout_s) + " s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    NCCL_CHECK(ncclCommGetAsyncError(comm, &r));
+  }
+  if (r != ncclSuccess) throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
   return std::make_unique<NcclCommunicator>(comm, device, mpi.world_ranks(), timeout_s, mode);
 }
 

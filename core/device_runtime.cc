@@ -20,6 +20,10 @@ namespace {
 class CudaPoolAllocator final : public Allocator {
  public:
   explicit CudaPoolAllocator(int device) : device_(device) {
+    // The device first (CudaRuntime sets it again after this member is
+    // built): the pool calls below would otherwise make a context on the
+    // current device, GPU 0 in a fresh process, from every rank of a node.
+    CUDA_CHECK(cudaSetDevice(device));
     CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool_, device));
     // Keep freed memory in the pool (a cache) instead of returning it to the driver.
     uint64_t never = UINT64_MAX;
@@ -245,7 +249,7 @@ void StreamLag::mark(const Ctx& first, const Ctx& second) {
 double StreamLag::last_ms() {
   if (!marked_) return 0;
   auto a = static_cast<cudaEvent_t>(first_), b = static_cast<cudaEvent_t>(second_);
-  if (cudaEventQuery(a) != cudaSuccess || cudaEventQuery(b) != cudaSuccess) return 0;  // not done: no wait
+  if (!event_done(a) || !event_done(b)) return 0;  // not done: no wait
   float ms = 0;
   CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
   return ms > 0 ? ms : 0;

@@ -322,6 +322,21 @@ TEST_P(Conformance, CountsAndSubGroups) {
   sub->barrier("conformance");
 }
 
+// Splits one after another, as ParallelContext::create makes its groups,
+// each child used at once: a non-blocking NCCL split hands over the child
+// before its parent is back from in progress, and a call on that parent (the
+// next split) is then refused, so the split waits for the parent too.
+TEST_P(Conformance, SplitsOneAfterAnother) {
+  const int R = comm().rank(), W = comm().size();
+  for (int i = 0; i < 20; ++i) {
+    auto a = comm().split(0, R), b = comm().split(R % 2, R);
+    ASSERT_EQ(a->size(), W) << "split " << i;
+    Tensor t = make({1}, DType::i64, [&](int64_t) { return 1; });
+    b->all_reduce_sum(t, ctx().stream, "conformance");
+    EXPECT_EQ(get(t.to(host_ctx()), 0), (W + 1 - R % 2) / 2) << "split " << i;
+  }
+}
+
 // Dense buckets averaged over the world while "backward" goes on, expert
 // gradients over their replicas, overlapped and not, on this backend's
 // tensors: exact means of small integers. On a device each parameter's

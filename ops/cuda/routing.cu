@@ -764,7 +764,10 @@ void threshold_route(Ctx& ctx, Route& r, const Tensor& scores, float tau) {
 // the slots; the causal variant a scan per run with per-item fixes) is left
 // for when the GPU path is measured.
 void apply_budget(Ctx& ctx, Route& r, const Tensor& scores, const BudgetParams& p) {
-  Ctx& host = host_ctx();
+  // (Copies that wait for ctx's stream alone, where the route's writers are:
+  // host_ctx() would wait for the whole device, the gradient reducer's side
+  // stream too, where a replayed forward, train.recompute, runs this.)
+  Ctx host = host_ctx_on(ctx);
   Route h;
   h.num_items = r.num_items, h.k = r.k, h.num_groups = r.num_groups, h.capacity = r.capacity;
   h.group = r.group.to(host);
