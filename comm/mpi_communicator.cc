@@ -63,30 +63,53 @@ class Watchdog {
     const std::vector<int>* group;
   };
   static Watchdog& get() {
-    static Watchdog w;
-    return w;
+    static Watchdog* w = new Watchdog;  // never destroyed: its detached thread polls it to the end
+    return *w;
   }
-  void arm(double deadline, const Call* call) {
+  void arm(double deadline, const Call& call) {
     Slot& s = slots_[slot()];
-    s.call.store(call);
+    s.op.store(call.op), s.context.store(call.context), s.timeout_s.store(call.timeout_s);
+    s.world_rank.store(call.world_rank), s.group.store(call.group);
     s.deadline.store(deadline);
   }
   void disarm() { slots_[slot()].deadline.store(0); }
 
  private:
   static constexpr int kSlots = 8;
+  // The call by value (op and context are the caller's long-lived strings,
+  // group its communicator's), so that a call that ends as its deadline
+  // passes leaves nothing dangling for the message.
   struct Slot {
     std::atomic<double> deadline{0};
-    std::atomic<const Call*> call{nullptr};
+    std::atomic<const char*> op{nullptr}, context{nullptr};
+    std::atomic<double> timeout_s{0};
+    std::atomic<int> world_rank{0};
+    std::atomic<const std::vector<int>*> group{nullptr};
+    std::atomic<bool> taken{false};
   };
-  // This thread's slot, claimed on its first collective.
+  // This thread's slot: claimed on its first collective and given back when
+  // the thread ends, so that a process making many threads over its life
+  // (a thread-mode gradient reducer's worker per Trainer) does not run out;
+  // only 8 threads running collectives at once do.
   int slot() {
-    thread_local int mine = -1;
-    if (mine < 0) {
-      mine = next_.fetch_add(1);
-      if (mine >= kSlots) throw Error("MPI watchdog: more than 8 threads run collectives");
+    struct Claim {
+      Watchdog* w = nullptr;
+      int i = -1;
+      ~Claim() {
+        if (i < 0) return;
+        w->slots_[i].deadline.store(0);
+        w->slots_[i].taken.store(false);
+      }
+    };
+    thread_local Claim mine;
+    if (mine.i < 0) {
+      for (int i = 0; i < kSlots && mine.i < 0; ++i) {
+        bool free = false;
+        if (slots_[i].taken.compare_exchange_strong(free, true)) mine.w = this, mine.i = i;
+      }
+      if (mine.i < 0) throw Error("MPI watchdog: more than 8 threads run collectives at once");
     }
-    return mine;
+    return mine.i;
   }
   Watchdog() {
     std::thread([this] {
@@ -94,7 +117,11 @@ class Watchdog {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
         for (Slot& s : slots_) {
           const double d = s.deadline.load();
-          if (d > 0 && now_s() > d) fire(*s.call.load());
+          if (d <= 0 || now_s() <= d) continue;
+          const Call c{s.op.load(), s.context.load(), s.timeout_s.load(), s.world_rank.load(), s.group.load()};
+          // (A deadline changed meanwhile - the call ended, another began -
+          // means the fields may be the next call's: not this one's to fire.)
+          if (s.deadline.load() == d) fire(c);
         }
       }
     }).detach();
@@ -108,7 +135,6 @@ class Watchdog {
     std::_Exit(1);
   }
   Slot slots_[kSlots];
-  std::atomic<int> next_{0};
 };
 }  // namespace
 
@@ -198,7 +224,7 @@ template <typename F>
 void MpiCommunicator::guarded(const char* op, const char* context, F&& call) {
   const Watchdog::Call desc{op, context, timeout_s_, world_ranks_[rank_], &world_ranks_};
   const double t0 = now_s();
-  Watchdog::get().arm(t0 + timeout_s_, &desc);
+  Watchdog::get().arm(t0 + timeout_s_, desc);
   const int rc = call();
   Watchdog::get().disarm();
   comm_seconds_ += now_s() - t0;

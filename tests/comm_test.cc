@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -298,6 +299,30 @@ class LateCounting final : public comm::Communicator {
   std::unique_ptr<comm::Communicator> inner_;
   double pending_ = 0;
 };
+
+// The watchdog keeps a slot for each thread running collectives (8 at once
+// at most) and takes it back when the thread ends: a process that starts
+// more threads over its life than that, one after another (a thread-mode
+// gradient reducer's worker per Trainer), still runs. (Planted: slots never
+// given back fail at the ninth thread with "more than 8 threads".)
+TEST(Communicator, ThreadsOneAfterAnotherNeverRunOutOfWatchdogSlots) {
+  if (!comm::MpiSession::thread_multiple()) GTEST_SKIP() << "MPI without MPI_THREAD_MULTIPLE";
+  auto& w = world();
+  for (int i = 0; i < 12; ++i) {
+    double sum = 0;
+    std::string error;
+    std::thread t([&] {
+      try {
+        sum = w.all_reduce_sum(1.0, "watchdog slots");
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    });
+    t.join();
+    ASSERT_EQ(error, "") << "thread " << i;
+    EXPECT_EQ(sum, w.size()) << "thread " << i;
+  }
+}
 
 // The MoE all-to-all time a training step reports is its own exchanges'
 // (the expert-parallel group's calls between its start and its gradient
