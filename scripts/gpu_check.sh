@@ -81,7 +81,8 @@ want() { [[ ",$STAGES," == *",$1,"* ]]; }
 # the summary gets its count line and its device line where they differ.
 compare_with_record() {
   local record
-  record=$(ls docs/gpu/"$1"_*.json 2> /dev/null | sort | tail -1)
+  # (byte order: a locale's collation skips punctuation, and put _2026-12-04.json after _2026-12-04b.json)
+  record=$(ls docs/gpu/"$1"_*.json 2> /dev/null | LC_ALL=C sort | tail -1)
   [ -n "$record" ] && [ -s "$2" ] || return 0
   local rc
   python3 scripts/bench/compare_runs.py "$record" "$2" --min-change 0.05 > "$LOG/compare_$1.log" 2>&1

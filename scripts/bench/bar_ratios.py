@@ -29,10 +29,17 @@ from compare_runs import variant_name  # (scripts/bench/, beside this file)
 
 
 def load(path):
+    """The JSON at path, or None where there is none, or it cannot be read (a
+    writer killed mid-write: said in one line, and the bars that need it say
+    their rows are missing)."""
     if not path or not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"bars: {path}: unreadable ({type(e).__name__}: {str(e)[:120]}); its bars are left out", flush=True)
+        return None
 
 
 def timed(row):
@@ -179,20 +186,33 @@ def main():
             say(f"{fused} {f['shape']}: {f['seconds'] * 1e3:.3f} ms against {apart} {a['seconds'] * 1e3:.3f} ms "
                 f"({a['seconds'] / f['seconds']:.2f}x)" + (" WRONG ELEMENTS" if f.get("wrong", -1) > 0 else ""))
 
-    peers = load(args.torch_moe) or []
+    peers = load(args.torch_moe)
+    peers = peers if isinstance(peers, list) else []
+
+    def same_shape(peer, row):
+        # (torch_moe.py's rows name their shape as bench_ops's do; one from
+        # before that has none and is taken as it stands)
+        return "shape" not in peer or peer["shape"] == row["shape"]
+
     loop = next((r for r in peers if r.get("case") == "moe per-expert loop fwd+bwd" and r.get("ms", 0) > 0), None)
     for name in ("moe_layer_fwd_bwd", "moe_layer_fwd_bwd_padded", "moe_layer_fwd_bwd_pad_to_largest"):
         m = timed(rows.get(name))
-        if m and loop:
+        if m and loop and not same_shape(loop, m):
+            say(f"PyTorch loop / {name}: shapes differ ({loop['shape']} against {m['shape']}): no verdict")
+        elif m and loop:
             r = loop["ms"] / 1e3 / m["seconds"]
             say(f"PyTorch per-expert loop / {name}: {r:.1f}x (bar >= 25): {verdict(r >= 25, m)}")
         else:
             say(f"PyTorch loop / {name}: rows missing")
     tdense = next((r for r in peers if r.get("case") == "dense FFN h8192 fwd+bwd" and r.get("ms", 0) > 0), None)
-    if tdense and dense:
+    if tdense and dense and not same_shape(tdense, dense):
+        say(f"dense FFN fwd+bwd, ours / PyTorch: shapes differ ({tdense['shape']} against {dense['shape']})")
+    elif tdense and dense:
         say(f"dense FFN fwd+bwd, ours / PyTorch time: {dense['seconds'] * 1e3 / tdense['ms']:.2f}")
 
     sdpa = load(args.torch_attention)
+    if sdpa and not sdpa.get("complete", True):
+        say(f"{args.torch_attention}: torch_attention.py stopped before its last shape; the shapes it timed are used")
     sdpa_rows = {(r["op"], r["shape"]): r for r in (sdpa or {}).get("ops", []) if r.get("seconds", 0) > 0}
     for r in ours["ops"]:
         if r["op"] != "attention_fwd_bwd_bf16" or not timed(r):

@@ -147,6 +147,11 @@ def main():
         listed += 1
     print(f"{listed} of {len(both)} rows timed in both runs listed" +
           (f" (moved by more than {args.min_change:.0%})" if args.min_change > 0 else ""))
+    if only_before:
+        # (in the count's line format, which gpu_check's summary keeps: a run
+        # cut off by its budget must not read as a clean comparison)
+        cut = "" if jn.get("complete", True) else ", the run incomplete"
+        print(f"{len(only_before)} of {len(only_before) + len(both) + len(untimed)} rows of the record missing now{cut}")
     for label, keys in (("only before", only_before), ("only now", only_now), ("timed in neither", untimed)):
         if keys:
             print(f"{label} ({len(keys)}): " + "; ".join(name(k) for k in keys))

@@ -6,10 +6,13 @@
   moe:     a per-expert loop at T=16384, d=1024, hidden 4096, 64 experts, top-2,
            capacity factor 1.25 (tokens over capacity dropped), bf16, GELU (tanh)
   dense:   the FFN of equal active FLOPs (hidden 8192), bf16
-Forward and forward+backward, median of CUDA-event timings after warm-up.
+Forward and forward+backward, median of CUDA-event timings after warm-up. Each row
+names its shape as bench_ops's rows do (bar_ratios.py sets rows of one shape only side
+by side); --json FILE is rewritten after every row, so a run cut off keeps its rows.
 """
 import argparse
 import json
+import os
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,13 @@ def main():
     torch.manual_seed(0)
     rows = []
 
+    def add(row):  # (a temporary file renamed over the path: never half a file)
+        rows.append(row)
+        if args.json:
+            with open(args.json + ".partial", "w") as f:
+                json.dump(rows, f, indent=1)
+            os.replace(args.json + ".partial", args.json)
+
     # 8 logits buffers in turn (134 MB, past the L2), as bench_ops's gating row reads.
     logits = [torch.randn(65536, 64, device=dev) for _ in range(8)]
     turn = [0]
@@ -47,7 +57,7 @@ def main():
         return torch.topk(probs, 2, dim=-1)
     with torch.no_grad():
         ms = median_ms(gating, iters=48)
-    rows.append({"case": "gating softmax+top2 65536x64 fp32", "ms": ms, "gb_s": logits[0].numel() * 4 / ms / 1e6})
+    add({"case": "gating softmax+top2 65536x64 fp32", "ms": ms, "gb_s": logits[0].numel() * 4 / ms / 1e6})
 
     T, d, h, E, k, cf = 16384, 1024, 4096, 64, 2, 1.25
     dt = torch.bfloat16
@@ -83,8 +93,9 @@ def main():
         ms_f = median_ms(lambda: moe_forward())
     ms_fb = median_ms(lambda: (fresh(moe_params), moe_forward().backward(dy)))
     flops = 2.0 * T * k * (2 * d * h)
-    rows.append({"case": "moe per-expert loop fwd", "ms": ms_f, "tflops": flops / ms_f / 1e9})
-    rows.append({"case": "moe per-expert loop fwd+bwd", "ms": ms_fb, "tflops": 3 * flops / ms_fb / 1e9})
+    moe_shape = f"T{T} d{d} h{h} E{E} top{k} bf16"  # (bench_ops's moe_layer rows')
+    add({"case": "moe per-expert loop fwd", "shape": moe_shape, "ms": ms_f, "tflops": flops / ms_f / 1e9})
+    add({"case": "moe per-expert loop fwd+bwd", "shape": moe_shape, "ms": ms_fb, "tflops": 3 * flops / ms_fb / 1e9})
 
     d1 = (torch.randn(d, 2 * h, device=dev, dtype=dt) * 0.02).requires_grad_()
     d2 = (torch.randn(2 * h, d, device=dev, dtype=dt) * 0.02).requires_grad_()
@@ -92,16 +103,14 @@ def main():
     with torch.no_grad():
         ms_df = median_ms(dense)
     ms_dfb = median_ms(lambda: (fresh([x, d1, d2]), dense().backward(dy)))
-    rows.append({"case": "dense FFN h8192 fwd", "ms": ms_df, "tflops": flops / ms_df / 1e9})
-    rows.append({"case": "dense FFN h8192 fwd+bwd", "ms": ms_dfb, "tflops": 3 * flops / ms_dfb / 1e9})
+    dense_shape = f"T{T} d{d} h{2 * h} bf16"  # (bench_ops's dense_ffn rows')
+    add({"case": "dense FFN h8192 fwd", "shape": dense_shape, "ms": ms_df, "tflops": flops / ms_df / 1e9})
+    add({"case": "dense FFN h8192 fwd+bwd", "shape": dense_shape, "ms": ms_dfb, "tflops": 3 * flops / ms_dfb / 1e9})
 
     print(f"PyTorch {torch.__version__} on {torch.cuda.get_device_name()}")
     for r in rows:
         extra = f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else f"{r['gb_s']:.0f} GB/s"
         print(f"{r['case']:40s} {r['ms']:10.3f} ms  {extra}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":
