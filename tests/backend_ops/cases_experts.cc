@@ -137,8 +137,9 @@ void add_expert_cases(std::vector<OpCase>& c) {
                }});
   // Experts of widths 6, 16, 8, 24 with a bf16 pre: expert 1's block of
   // the pre starts at element 30 (60 bytes, 4-byte aligned only), so its
-  // GELU epilogues' aux matrix is unaligned for cuBLASLt (a fallback, or a
-  // refusal at launch, with the same values); 9 and then 10 rows for it.
+  // GELU epilogues' aux matrix is unaligned for cuBLASLt (gemm() refuses it
+  // before any plan: the fallback, with the same values); 9 and then 10
+  // rows for it.
   for (const auto& [name, offset, pre_numel] : std::vector<std::tuple<std::string, std::vector<int32_t>, int64_t>>{
            {"9_rows", {0, 5, 14, 14, 20}, 318}, {"10_rows", {0, 5, 15, 15, 20}, 310}})
     c.push_back({"expert_ffn_bf16_unaligned_pre16_" + name, Tol::bf16,
