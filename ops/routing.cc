@@ -55,6 +55,9 @@ Route Route::on_host(const Ctx& ordered) const {
 }
 
 int64_t Route::row(int64_t a) const {
+  // (data<>() does not check the device: a device route read here would
+  // dereference device pointers on the host)
+  SY_CHECK(slot.device().is_cpu() && group.device().is_cpu(), "Route::row on a device route: call on_host() first");
   const int32_t s = slot.data<int32_t>()[a];
   return s < 0 ? -1 : host_offset[group.data<int32_t>()[a]] + s;
 }
