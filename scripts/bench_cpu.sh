@@ -37,6 +37,8 @@ for p in ${PYTHON:-} /usr/bin/python3 python3; do
   if "$p" -c "import torch" 2>/dev/null; then torch_py=$p; break; fi
 done
 [ -n "$torch_py" ] || { echo "bench_cpu.sh: no python with torch (apt-get install python3-torch)" >&2; exit 2; }
+# (said before the minutes of runs, not after them)
+[ -z "$json" ] || [ -d "$(dirname "$json")" ] || { echo "bench_cpu.sh: --json $json: no directory $(dirname "$json")" >&2; exit 2; }
 
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 tmp=$(mktemp -d)
