@@ -89,7 +89,7 @@ mpi=("$MPIRUN" --oversubscribe -np 2 "${grace[@]}" "$BIN" --set parallel.expert_
 if start mpi "${mpi[@]}" "${args[@]}"; then
   kill -TERM $job; wait $job; rc=$?
   [ "$rc" -ne 0 ] || { echo "FAIL mpi: mpirun exited 0 after SIGTERM"; fail=1; }
-  check mpi "$rc" "$rc" SIGTERM
+  check mpi "$rc" 1 SIGTERM  # (mpirun's own status after a signal it received; a rank that aborts instead gives another)
   # Both ranks stopped on their own (no rank was left in a collective to time out).
   ! grep -q "did not complete" mpi.log || { echo "FAIL mpi: a collective timed out"; cat mpi.log; fail=1; }
   # The checkpoint resumes (at the same layout) and trains on.

@@ -76,7 +76,8 @@ TEST(ExpertExchangeTokens, HandWorkedSourcePlan) {
 // deduplicated dispatch (token rows, row indices, plan_expert_rows' gather)
 // equals the counted exchange's (group-major rows, plan_exchange's perm),
 // and the destination's route of token rows to experts names exactly the
-// expert rows that gather from each token row. Random routes, drops too.
+// expert rows that gather from each token row. Random routes, unused
+// choices (no expert) and capacity drops (an expert, no row) too.
 TEST(ExpertExchangeTokens, DedupEqualsTheCountedExchangeOnTaggedRows) {
   Rng rng(21);
   for (int trial = 0; trial < 40; ++trial) {
@@ -99,16 +100,20 @@ TEST(ExpertExchangeTokens, DedupEqualsTheCountedExchangeOnTaggedRows) {
           group[r][i * k + j] = rng.below(5) == 0 ? -1 : experts[j];  // some unused
         }
       }
+      // Capacity drops: an assignment with its expert but no buffer row (a
+      // token's only one on a rank among them: that rank gets no row of it).
+      std::vector<char> kept(N * k);
+      for (int64_t a = 0; a < N * k; ++a) kept[a] = group[r][a] >= 0 && rng.below(4) != 0;
       count[r].assign(G, 0);
       row[r].assign(N * k, -1);
       std::vector<int64_t> start(G + 1, 0);
-      for (int32_t g : group[r])
-        if (g >= 0) ++count[r][g];
+      for (int64_t a = 0; a < N * k; ++a)
+        if (kept[a]) ++count[r][group[r][a]];
       for (int64_t g = 0; g < G; ++g) start[g + 1] = start[g] + count[r][g];
       std::vector<int64_t> next(start.begin(), start.end() - 1);
       for (int64_t g = 0; g < G; ++g)  // slots by position within each expert
         for (int64_t a = 0; a < N * k; ++a)
-          if (group[r][a] == g) row[r][a] = next[g]++;
+          if (kept[a] && group[r][a] == g) row[r][a] = next[g]++;
     }
     auto tag = [](int64_t r, int64_t i) { return static_cast<int32_t>(r * 1000 + i); };
     std::vector<TokenRows> t(W);

@@ -76,7 +76,7 @@ for ep in 1 2; do
 done
 # A batch of 8 does not split into 3.
 out=$("$BIN" "${tiny[@]}" --set train.micro_batches=3 2>&1); rc=$?
-if [ $rc -ne 0 ] && [ "$(grep -c . <<< "$out")" -le 2 ] && grep -q "train.micro_batches" <<< "$out"; then
+if [ $rc -eq 2 ] && [ "$(grep -c . <<< "$out")" -le 2 ] && grep -q "train.micro_batches" <<< "$out"; then
   echo "ok   micro_batches=3 refused: $(grep train.micro_batches <<< "$out" | head -1)"
 else echo "FAIL micro_batches=3: rc $rc, $out"; fail=1; fi
 exit $fail

@@ -29,9 +29,15 @@ moe1=$(sed -nE 's/^  h1 moe .*\(([0-9]+) tokens\)$/\1/p' a.txt)
 # the kept tokens of the whole padded window: sample says so (stderr).
 grep -q "^note: generation sees padding after each position: a depth-routed block's MoE capacity" a.err ||
   { echo "FAIL: no note on the depth-routed MoE capacity"; cat a.err; fail=1; }
-s --seed 1 --temperature 0.9 --top-k 20 > b.txt 2> b.err; cmp -s a.txt b.txt || { echo "FAIL: same seed, other text"; fail=1; }
-s --seed 2 --temperature 0.9 --top-k 20 > c.txt 2> c.err; cmp -s a.txt c.txt && { echo "FAIL: another seed, same text"; fail=1; }
-s --seed 1 --temperature 0 > d.txt 2> d.err; s --seed 9 --temperature 0 > e.txt 2> e.err
+# (every run must succeed and print its text: two failed runs' empty files
+# would compare equal, and a failed run's differ from a.txt)
+exec 3>&1  # (the runs' own stdout goes to their files; a failure is said here)
+ran() { "$@" || { echo "FAIL: sample $* exited $?" >&3; fail=1; }; }
+ran s --seed 1 --temperature 0.9 --top-k 20 > b.txt 2> b.err; cmp -s a.txt b.txt || { echo "FAIL: same seed, other text"; fail=1; }
+ran s --seed 2 --temperature 0.9 --top-k 20 > c.txt 2> c.err
+grep -q "^A12+" c.txt && ! cmp -s a.txt c.txt || { echo "FAIL: another seed, same text (or none)"; fail=1; }
+ran s --seed 1 --temperature 0 > d.txt 2> d.err; ran s --seed 9 --temperature 0 > e.txt 2> e.err
+grep -q "^A12+" d.txt || { echo "FAIL: no greedy text"; cat d.err; fail=1; }
 [ "$(head -1 d.txt)" = "$(head -1 e.txt)" ] || { echo "FAIL: greedy depends on the seed"; fail=1; }
 [ $fail -eq 0 ] && echo "ok   sample: prompt continued, routing per layer, reproducible by seed"
 exit $fail

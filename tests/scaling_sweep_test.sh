@@ -62,7 +62,7 @@ bad=$(awk -F, 'NR > 1 {
   || { echo "FAIL concurrent basis: $bad"; cat "$tmp/c.csv" "$tmp/out"; fail=1; }
 # A directory that does not exist: one line before any run.
 "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --out "$tmp/none/s" > "$tmp/out" 2> "$tmp/err"; rc=$?
-[ $rc -ne 0 ] && grep -q "^error: --out $tmp/none/s.csv: directory $tmp/none does not exist$" "$tmp/err" \
+[ $rc -eq 2 ] && grep -q "^error: --out $tmp/none/s.csv: directory $tmp/none does not exist$" "$tmp/err" \
   && echo "ok   missing directory: $(cat "$tmp/err")" || { echo "FAIL missing directory: exit $rc: $(cat "$tmp/err")"; fail=1; }
 # A quiet machine: no warning.
 "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --ranks 1 --steps 4 --repeats 1 --set data.synthetic_bytes=50000 \
