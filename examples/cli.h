@@ -1,6 +1,6 @@
 // What every tool's command line shares (examples/): the parse step, whose
-// refusal is one line and exit code 2, and a range check for real-valued
-// options that also refuses NaN and infinities.
+// refusal is one line and exit code 2, a range check for real-valued
+// options that also refuses NaN and infinities, and one for 64-bit seeds.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <cmath>
@@ -48,6 +48,20 @@ inline CLI::Validator FiniteRange(double lo, double hi) {
         return std::string();
       },
       desc.str());
+}
+
+// A whole non-negative integer up to 2^64 - 1 (a seed): CLI11 reads "-1" into
+// an unsigned option as 2^64 - 1 and clamps one past the top, where a user
+// meant something else.
+inline CLI::Validator Unsigned64() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos ||
+            (s.size() == 20 && s > "18446744073709551615"))
+          return "'" + s + "' is not an integer in [0, 18446744073709551615]";
+        return std::string();
+      },
+      "UINT64");
 }
 
 }  // namespace sy

@@ -42,6 +42,7 @@ int run(int argc, char** argv) {
   app.add_option("--verify", verify, "compare the export's logits with the model's on this text")
       ->each([&](const std::string&) { do_verify = true; });
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
+  if (out.empty()) throw sy::ConfigError("--out \"\": empty; name the directory to create");
   openblas_set_num_threads(1);
   const std::string dir = sy::resolve_checkpoint(spec, root);
   const sy::EvalModel loaded = sy::load_eval_model(dir, [&](sy::Config& c) {

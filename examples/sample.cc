@@ -48,11 +48,11 @@ int run(int argc, char** argv) {
   bool no_kv_cache = false;
   sy::add_checkpoint_options(app, spec, root);
   app.add_option("--prompt", prompt, "the text to continue (default: a newline)");
-  app.add_option("--tokens", tokens, "tokens (bytes for a byte-level model) to generate")->check(CLI::Range(0, 1000000));
+  app.add_option("--tokens", tokens, "tokens (bytes for a byte-level model) to generate")->check(CLI::Range(1, 1000000));
   app.add_option("--temperature", sp.temperature, "softmax temperature; 0 is greedy")->check(sy::FiniteRange(0, 100));
   app.add_option("--top-k", sp.top_k, "draw from the k most probable tokens only; 0: all")->check(CLI::Range(0, 1 << 20));
   app.add_option("--tokenizer", tokenizer, "the SentencePiece .model to decode with (default: the config's data.tokenizer)");
-  app.add_option("--seed", seed, "seed of the draws");
+  app.add_option("--seed", seed, "seed of the draws")->check(sy::Unsigned64());
   app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
   int bos = -2, eos = -2;  // (the config's data.bos_id, data.eos_id)
   app.add_option("--bos", bos, "a token id to put before the prompt (default: the config's data.bos_id; -1: none)")

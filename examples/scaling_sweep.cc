@@ -46,6 +46,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -391,6 +392,18 @@ int main(int argc, char** argv) {
       ranks.push_back(static_cast<int>(v));
     }
     if (ranks.empty() || ranks[0] != 1) throw sy::ConfigError("--ranks " + ranks_arg + ": must start with 1 (the baseline)");
+    // (said before any run, not after the weak points: each strong point
+    // splits the one global batch over its ranks)
+    for (const int N : ranks)
+      if (global_batch % N != 0)
+        throw sy::ConfigError("--global-batch " + std::to_string(global_batch) + ": must split evenly over --ranks " +
+                              std::to_string(N) + " (strong scaling)");
+    {
+      std::error_code ec;
+      if (out.empty() || out.back() == '/' || std::filesystem::is_directory(out, ec))
+        throw sy::ConfigError("--out " + out + ": names a directory; give a file prefix such as " +
+                              (out.empty() ? std::string("scaling") : out + (out.back() == '/' ? "" : "/") + "scaling"));
+    }
     for (const char* suffix : {".csv", ".png", "_projection.csv"})
       sy::check_output_path("--out", out + suffix, {{"the config file", config}}, overwrite);
     // OpenMPI's mpirun refuses to run as root without its consent.

@@ -63,6 +63,7 @@
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 #include "runtime/startup.h"
+#include "runtime/token_shard.h"
 #include "runtime/trainer.h"
 
 namespace {
@@ -194,7 +195,9 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   app.add_option("--op-profile-steps", op_profile_steps,
                  "with --op-profile: profile only the last N steps (the earlier ones measure unprofiled speed)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
-  app.add_flag("--overwrite", overwrite, "replace an existing non-empty --metrics or --op-profile file");
+  app.add_flag("--overwrite", overwrite,
+               "replace an existing non-empty --metrics or --op-profile file, and another run's checkpoints in "
+               "train.checkpoint_dir");
   app.add_option("--threads", threads, "OpenBLAS threads per rank for the CPU backend")->check(CLI::Range(1, 1024));
   app.add_option("--resume", resume, "continue from a checkpoint: its directory, or 'latest' in train.checkpoint_dir");
   app.add_option("--init-from", init_from,
@@ -267,13 +270,31 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     opts.op_profile_steps = op_profile_steps;
     if (world_rank == 0) {
       const bool text = cfg.data().source() == switchyard::DataConfig::TEXT_FILE;
-      const std::vector<std::pair<std::string, std::string>> inputs = {
-          {"the config file", config_path}, {"data.path", text ? cfg.data().path() : ""}};
-      // A resumed run appends to its metrics file.
+      std::vector<std::pair<std::string, std::string>> inputs = {
+          {"the config file", config_path}, {"data.path", text ? cfg.data().path() : ""},
+          {"data.tokenizer", cfg.data().tokenizer()}};
+      // (every file the run reads: a shard written over ends the run with a
+      // bus error when it is mapped; patterns that match nothing are refused
+      // here as the data loader would)
+      for (const auto& [field, pattern] : {std::pair<const char*, std::string>{"data.token_files", cfg.data().token_files()},
+                                           {"data.val_token_files", cfg.data().val_token_files()}})
+        if (!pattern.empty())
+          for (const std::string& f : sy::expand_glob(pattern, field)) inputs.push_back({std::string("a ") + field + " shard", f});
+      // A resumed run appends to its metrics file (not --overwrite's to
+      // decide), so only to one: not into a checkpoint, not onto another file.
       sy::check_output_path("--metrics", metrics_path, inputs, overwrite || !resume.empty());
+      if (!resume.empty()) sy::check_appendable_metrics("--metrics", metrics_path);
       sy::check_output_path("--op-profile", op_profile_path, inputs, overwrite);
+      for (const auto& [option, path] : {std::pair<const char*, std::string>{"--metrics", metrics_path},
+                                         {"--op-profile", op_profile_path}})
+        sy::check_not_in_checkpoint(option, path);
       if (!op_profile_path.empty() && op_profile_path == metrics_path)
         throw sy::ConfigError("--op-profile " + op_profile_path + ": the same file as --metrics");
+      if (op_profile_path.empty() && app.count("--op-profile-steps") > 0)
+        throw sy::ConfigError("--op-profile-steps " + std::to_string(op_profile_steps) +
+                              ": needs --op-profile FILE (the profile it limits)");
+      if (!op_profile_path.empty() && eval_only)
+        throw sy::ConfigError("--op-profile " + op_profile_path + ": profiles training steps; --eval-only runs none");
     }
     if (world_size == 1 && cfg.parallel().expert_parallel() != 1)
       throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
@@ -284,8 +305,10 @@ int run(int argc, char** argv, int world_rank, int world_size) {
                      overrides.empty() ? source : source + " (with --set overrides)");
     // Made now, after the refusals, rather than found unusable at the first
     // checkpoint after the work (an evaluation writes none).
-    if (world_rank == 0 && !eval_only && cfg.train().checkpoint_interval() > 0)
+    if (world_rank == 0 && !eval_only && cfg.train().checkpoint_interval() > 0) {
+      if (resume.empty() && !overwrite) sy::check_fresh_root(cfg.train().checkpoint_dir());
       sy::make_output_dir("train.checkpoint_dir", cfg.train().checkpoint_dir());
+    }
   });
   if (help) return 0;
   // Replicas must train the same model on the same data: one config, one build.

@@ -130,4 +130,21 @@ void check_init_source(const std::string& source, const std::string& root) {
                       "another directory)");
 }
 
+void check_fresh_root(const std::string& root) {
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return;
+  std::string newest;
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("step_", 0) != 0 || !fs::exists(e.path() / "manifest.pbtxt", ec)) continue;
+    ++n;
+    if (name > newest) newest = name;
+  }
+  if (n > 0)
+    throw ConfigError("train.checkpoint_dir = " + root + ": holds another run's checkpoints (" + std::to_string(n) +
+                      ", the newest " + newest + "), which this run's would replace and prune: --resume " + root +
+                      " to go on from them, --overwrite to let this run replace them, or another directory");
+}
+
 }  // namespace sy

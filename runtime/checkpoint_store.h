@@ -47,4 +47,11 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& root)
 // ConfigError naming train.checkpoint_dir otherwise.
 void check_init_source(const std::string& source, const std::string& root);
 
+// A new run's checkpoint root must not hold another run's checkpoints (step
+// directories with a manifest): publishing would replace a step of the same
+// name, move `latest`, and pruning (train.keep_checkpoints) would delete the
+// rest. ConfigError naming the newest and the ways on (--resume, --overwrite,
+// another directory) otherwise; an absent or empty root passes.
+void check_fresh_root(const std::string& root);
+
 }  // namespace sy

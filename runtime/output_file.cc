@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "core/error.h"
 
@@ -37,6 +38,27 @@ void check_output_path(const std::string& option, const std::string& path,
       throw ConfigError(option + " " + path + ": exists and is not empty (" + std::to_string(size) +
                         " bytes); pass --overwrite to replace it, or choose another file");
   }
+}
+
+void check_not_in_checkpoint(const std::string& option, const std::string& path) {
+  if (path.empty()) return;
+  std::error_code ec;
+  const fs::path parent = fs::path(path).parent_path();
+  if (fs::exists((parent.empty() ? fs::path(".") : parent) / "manifest.pbtxt", ec))
+    throw ConfigError(option + " " + path + ": inside the checkpoint " + (parent.empty() ? "." : parent.string()) +
+                      "; write to another file");
+}
+
+void check_appendable_metrics(const std::string& option, const std::string& path) {
+  if (path.empty()) return;
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec) || fs::file_size(path, ec) == 0 || ec) return;
+  std::ifstream in(path);
+  char first = 0;
+  in >> first;  // (skips leading whitespace)
+  if (first != '{')
+    throw ConfigError(option + " " + path + ": exists and is not a metrics file (its first line is not a JSON "
+                      "object); a resumed run appends to its metrics file: name that one, or another");
 }
 
 void make_output_dir(const std::string& field, const std::string& dir) {

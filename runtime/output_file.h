@@ -18,6 +18,16 @@ namespace sy {
 void check_output_path(const std::string& option, const std::string& path,
                        const std::vector<std::pair<std::string, std::string>>& inputs, bool overwrite);
 
+// Refuses (ConfigError, one line) writing `path` inside a checkpoint (a
+// directory holding manifest.pbtxt), whatever --overwrite says: its files
+// are the checkpoint's, listed with their sizes and CRCs.
+void check_not_in_checkpoint(const std::string& option, const std::string& path);
+
+// Refuses (ConfigError, one line) appending to `path` - a resumed run's
+// --metrics, which --overwrite does not govern - where it exists, is not
+// empty and its first line is not a JSON object: not a metrics file.
+void check_appendable_metrics(const std::string& option, const std::string& path);
+
 // Makes directory `dir` (and its parents) where it is missing, before a
 // run's work: a failure is a ConfigError, one line "<field> = <dir>: ..."
 // with the system's reason (a path under /proc, an existing file, no

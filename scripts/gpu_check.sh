@@ -672,7 +672,7 @@ if want extra; then
   NT=(--config configs/switch_tiny.pbtxt --set backend=CUDA --set data.source=SYNTHETIC --set data.path=
       --set train.steps=6 --set train.warmup_steps=1 --set train.log_interval=1 --set train.eval_interval=6
       --set train.checkpoint_interval=6
-      --set train.checkpoint_dir="$CKPT" --set train.recompute=true --set parallel.expert_parallel=2
+      --set train.checkpoint_dir="$CKPT" --overwrite --set train.recompute=true --set parallel.expert_parallel=2
       --set moe.bias_balance_rate=0 --set moe.sinkhorn_iters=4 --set moe.sinkhorn_at_eval=true)
   # same_losses A B: whether runs A and B logged the same losses, bit for
   # bit (their metrics files; the done lines print 6 digits).

@@ -125,5 +125,24 @@ expect_exit2 octal "--set model.d_model=064: model.d_model: '064': protobuf's te
   && [ ! -e "$tmp/ops2.json" ] && echo "ok   op-profile: two steps, none profiled, said" \
   || { echo "FAIL op-profile with two steps"; cat "$tmp/out"; fail=1; }
 
+# Outputs that would destroy what a run reads or another run wrote: refused
+# before any work, the files untouched.
+short=(--config "$SRC/configs/tiny.pbtxt" --set train.steps=2 --set train.warmup_steps=1 --set train.eval_batches=1
+       --set data.synthetic_bytes=20000 --set train.checkpoint_interval=2 --set train.checkpoint_dir="$tmp/ck")
+"$BIN" "${short[@]}" > "$tmp/out" 2>&1 || { echo "FAIL: the checkpointed run"; cat "$tmp/out"; fail=1; }
+cp "$tmp/ck/step_00000002/manifest.pbtxt" "$tmp/manifest.before"
+expect_exit2 resume-metrics-in-checkpoint "not a metrics file" \
+  --resume "$tmp/ck/step_00000002" --set train.steps=3 --metrics "$tmp/ck/step_00000002/manifest.pbtxt"
+expect_exit2 metrics-in-checkpoint "inside the checkpoint $tmp/ck/step_00000002" \
+  "${short[@]}" --set train.checkpoint_dir="$tmp/ck2" --metrics "$tmp/ck/step_00000002/new.jsonl" --overwrite
+cmp -s "$tmp/manifest.before" "$tmp/ck/step_00000002/manifest.pbtxt" || { echo "FAIL: the checkpoint's manifest changed"; fail=1; }
+expect_exit2 another-runs-checkpoints "train.checkpoint_dir = $tmp/ck: holds another run's checkpoints (1, the newest step_00000002)" \
+  "${short[@]}"
+[ -s "$tmp/ck/step_00000002/manifest.pbtxt" ] || { echo "FAIL: the other run's checkpoint is gone"; fail=1; }
+"$BIN" "${short[@]}" --overwrite > "$tmp/out" 2>&1 && echo "ok   another-runs-checkpoints: --overwrite replaces them" ||
+  { echo "FAIL: --overwrite over another run's checkpoints"; cat "$tmp/out"; fail=1; }
+expect_exit2 op-profile-steps-alone "--op-profile-steps 3: needs --op-profile FILE" \
+  --config "$SRC/configs/tiny.pbtxt" --op-profile-steps 3
+
 [ $fail -eq 0 ] && echo "all train_switch CLI checks passed"
 exit $fail
