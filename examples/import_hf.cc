@@ -75,6 +75,23 @@ int run(int argc, char** argv) {
       d.set_val_token_files("val_*.bin");
     }
   }
+  // An override the import replaced (config.json decides the model's shape;
+  // a tokenized vocabulary the data's source) or cut (model.seq_len to
+  // max_position_embeddings) is refused, not dropped without a word.
+  const std::string imported = sy::canonical_config_text(cfg);
+  for (const std::string& o : overrides) {
+    sy::Config probe = cfg;
+    sy::apply_override(probe, o);
+    const sy::FieldDifference d = sy::first_difference(imported, sy::canonical_config_text(probe));
+    if (d.field.empty()) continue;
+    const bool data = d.field.rfind("data.", 0) == 0;
+    throw sy::ConfigError(
+        "--set " + o + ": the import sets " + d.field + " = " + d.a +
+        (data ? std::string(" (a tokenized vocabulary reads token files: set data.source=TOKEN_FILES with them)")
+              : " from " + (fs::path(hf) / "config.json").string() +
+                    (d.field == "model.seq_len" ? " (at most its max_position_embeddings)" : "") +
+                    "; drop the override"));
+  }
   sy::validate_config(cfg, fs::path(hf).append("config.json").string() + " over " +
                                (config.empty() ? std::string("the defaults") : config) +
                                (overrides.empty() ? "" : " with --set overrides"));

@@ -194,4 +194,12 @@ mkdir exists
 "$IMPORT" --hf hf32 --out exists > x.txt 2>&1
 [ $? -eq 2 ] && grep -q "exists: exists; the import writes a new checkpoint directory" x.txt && echo "ok   refused an existing --out" \
   || { echo "FAIL existing --out:"; cat x.txt; fail=1; }
+# An override the import would replace (config.json decides the model) or
+# cut (model.seq_len to max_position_embeddings) is refused, not dropped.
+for o in "model.d_model=128|the import sets model.d_model = " "model.seq_len=100000|(at most its max_position_embeddings)" \
+         "moe.top_k=1|the import sets moe.top_k = "; do
+  "$IMPORT" --hf hf32 --out ov --set "${o%%|*}" > o.txt 2>&1; rc=$?
+  [ $rc -eq 2 ] && [ "$(wc -l < o.txt)" -eq 1 ] && grep -qF "${o#*|}" o.txt && [ ! -e ov ] \
+    && echo "ok   refused --set ${o%%|*}: $(cat o.txt)" || { echo "FAIL --set ${o%%|*} (rc $rc):"; cat o.txt; fail=1; }
+done
 exit $fail
