@@ -60,6 +60,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -235,6 +236,9 @@ using SdpaTimes = std::map<std::tuple<int64_t, int64_t, std::string>, double>;
 SdpaTimes read_sdpa(const std::string& path, int64_t H, int64_t D) {
   SdpaTimes m;
   if (path.empty()) return m;
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw sy::ConfigError("--sdpa " + path + ": is a directory; name torch_attention.py's JSON file");
   std::ifstream f(path);
   if (!f) throw sy::ConfigError("--sdpa " + path + ": cannot be read");
   const nlohmann::json j = nlohmann::json::parse(f, nullptr, false);

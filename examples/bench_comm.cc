@@ -26,6 +26,7 @@
 #include "comm/mpi_communicator.h"
 #include "core/device_runtime.h"
 #include "examples/bench_comm_nccl.h"
+#include "examples/cli.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 #include "runtime/startup.h"
@@ -213,7 +214,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-mib", max_mib,
                  "--nccl: the largest size a rank sends, MiB (from 1, x4); --all-reduce: the largest sum")
       ->check(CLI::Range(1, 4096));
-  CLI11_PARSE(app, argc, argv);
+  // (one line and exit 2 on a usage error, as every tool: examples/cli.h)
+  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
 
   sy::comm::MpiCommunicator comm(MPI_COMM_WORLD);
   const int W = comm.size(), R = comm.rank();

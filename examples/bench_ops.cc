@@ -31,6 +31,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "examples/bench_common.h"
+#include "examples/cli.h"
 #include "ops/adamw.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
@@ -159,24 +160,32 @@ bool device_error(const std::string& note) {
 // off by its time limit goes on from where it stopped).
 std::vector<Row> resume_rows(const std::string& path) {
   std::ifstream in(path);
-  if (!in) throw sy::Error("--resume " + path + ": cannot be read (" + std::strerror(errno) + ")");
+  if (!in) throw sy::ConfigError("--resume " + path + ": cannot be read (" + std::strerror(errno) + ")");
   std::stringstream text;
   text << in.rdbuf();
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text.str());
   } catch (const std::exception& e) {
-    throw sy::Error("--resume " + path + ": not a bench_ops JSON (" + std::string(e.what()).substr(0, 80) + ")");
+    // (the parser's message whole: cut short it ended mid-word)
+    throw sy::ConfigError("--resume " + path + ": not a bench_ops JSON (" + std::string(e.what()) + ")");
   }
-  if (!j.contains("ops") || !j["ops"].is_array()) throw sy::Error("--resume " + path + ": no \"ops\" array");
+  if (!j.contains("ops") || !j["ops"].is_array()) throw sy::ConfigError("--resume " + path + ": no \"ops\" array");
   std::vector<Row> rows;
   for (const auto& o : j["ops"]) {
-    Row r{o.value("op", ""), o.value("shape", ""), o.value("seconds", 0.0), o.value("flops", 0.0),
-          o.value("bytes", 0.0)};
-    r.host_seconds = o.value("host_seconds", 0.0);
-    r.queued_seconds = o.value("queued_seconds", 0.0);
-    r.wrong = o.value("wrong", int64_t{-1});
-    r.note = o.value("note", "");
+    Row r;
+    try {
+      r = Row{o.value("op", ""), o.value("shape", ""), o.value("seconds", 0.0), o.value("flops", 0.0),
+              o.value("bytes", 0.0)};
+      r.host_seconds = o.value("host_seconds", 0.0);
+      r.queued_seconds = o.value("queued_seconds", 0.0);
+      r.wrong = o.value("wrong", int64_t{-1});
+      r.note = o.value("note", "");
+    } catch (const std::exception& e) {  // (a field of the wrong type: which row, and the parser's why)
+      throw sy::ConfigError("--resume " + path + ": row " + std::to_string(rows.size()) + " (\"" +
+                            (o.is_object() && o.contains("op") && o["op"].is_string() ? o["op"].get<std::string>() : "?") +
+                            "\"): " + e.what());
+    }
     // (a row an earlier --resume left out stays out, as it was)
     const bool fault = device_error(r.note) && r.note.rfind("skipped by --resume", 0) != 0;
     if (fault) r.note = "skipped by --resume, after: " + r.note;
@@ -203,7 +212,8 @@ int main(int argc, char** argv) {
   app.add_option("--resume", resume_path,
                  "an earlier run's JSON: its rows up to the first whose note is a CUDA error are kept, that row "
                  "is left out, the others run (after a kernel fault, whose error fails every later row)");
-  CLI11_PARSE(app, argc, argv);
+  // (one line and exit 2 on a usage error, as every tool: examples/cli.h)
+  if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
 
   return sy::run_tool([&] {
     // (read before --json is checked or written: they may name one file)
