@@ -44,6 +44,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <limits>
@@ -179,7 +180,24 @@ std::function<void(int64_t, sy::Transformer&)> fault_hook(const std::string& fau
   };
 }
 
+// What a run made and left empty - train.checkpoint_dir's new directories, a
+// new --metrics file - removed again as run() ends, by return or by throw: a
+// run refused after making them (bad data), or one with nothing to train,
+// leaves nothing behind.
+struct EmptyOutputs {
+  std::vector<std::string> dirs;
+  std::string metrics;  // set where the file did not exist before the run
+  ~EmptyOutputs() {
+    std::error_code ec;
+    if (!metrics.empty() && std::filesystem::is_regular_file(metrics, ec) && std::filesystem::file_size(metrics, ec) == 0 &&
+        !ec)
+      std::filesystem::remove(metrics, ec);
+    sy::remove_empty_dirs(dirs);
+  }
+};
+
 int run(int argc, char** argv, int world_rank, int world_size) {
+  EmptyOutputs made;
   CLI::App app{"Train a Switchyard model"};
   std::string config_path, metrics_path, op_profile_path, fault, resume, init_from;
   int64_t op_profile_steps = 0;
@@ -307,8 +325,10 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     // checkpoint after the work (an evaluation writes none).
     if (world_rank == 0 && !eval_only && cfg.train().checkpoint_interval() > 0) {
       if (resume.empty() && !overwrite) sy::check_fresh_root(cfg.train().checkpoint_dir());
-      sy::make_output_dir("train.checkpoint_dir", cfg.train().checkpoint_dir());
+      sy::make_output_dir("train.checkpoint_dir", cfg.train().checkpoint_dir(), &made.dirs);
     }
+    std::error_code ec;
+    if (world_rank == 0 && !metrics_path.empty() && !std::filesystem::exists(metrics_path, ec)) made.metrics = metrics_path;
   });
   if (help) return 0;
   // Replicas must train the same model on the same data: one config, one build.

@@ -61,14 +61,29 @@ void check_appendable_metrics(const std::string& option, const std::string& path
                       "object); a resumed run appends to its metrics file: name that one, or another");
 }
 
-void make_output_dir(const std::string& field, const std::string& dir) {
+void make_output_dir(const std::string& field, const std::string& dir, std::vector<std::string>* created) {
   std::error_code ec;
   if (fs::is_directory(dir, ec)) return;
   if (fs::exists(dir, ec)) throw ConfigError(field + " = " + dir + ": exists and is not a directory");
+  if (created) {  // (the missing ones: from dir up to the first that exists)
+    std::vector<std::string> missing;
+    for (fs::path p = fs::path(dir).lexically_normal(); !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+      missing.push_back(p.string());
+      if (p == p.parent_path()) break;
+    }
+    created->insert(created->end(), missing.rbegin(), missing.rend());
+  }
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir))
     throw ConfigError(field + " = " + dir + ": cannot create the directory: " +
                       (ec ? ec.message() : std::string("not a directory after creation")));
+}
+
+void remove_empty_dirs(const std::vector<std::string>& dirs) noexcept {
+  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
+    std::error_code ec;
+    if (fs::is_directory(*it, ec) && fs::is_empty(*it, ec)) fs::remove(*it, ec);
+  }
 }
 
 void write_fully(int fd, const void* p, size_t n, const std::string& path) {

@@ -32,7 +32,14 @@ void check_appendable_metrics(const std::string& option, const std::string& path
 // run's work: a failure is a ConfigError, one line "<field> = <dir>: ..."
 // with the system's reason (a path under /proc, an existing file, no
 // permission), where it would otherwise surface at the first checkpoint.
-void make_output_dir(const std::string& field, const std::string& dir);
+// `created`, where given, receives the directories this call made, the
+// outermost first (what a failed run removes again while they are empty:
+// remove_empty_dirs).
+void make_output_dir(const std::string& field, const std::string& dir, std::vector<std::string>* created = nullptr);
+
+// Removes the directories in `dirs` that are empty, the innermost (last)
+// first; errors ignored (a destructor's tidy-up).
+void remove_empty_dirs(const std::vector<std::string>& dirs) noexcept;
 
 // Writes n bytes from p to the open descriptor fd, through short writes and
 // EINTR. A failure throws Error, one line naming the path, how far it got and
