@@ -141,6 +141,12 @@ expect_exit2 another-runs-checkpoints "train.checkpoint_dir = $tmp/ck: holds ano
 [ -s "$tmp/ck/step_00000002/manifest.pbtxt" ] || { echo "FAIL: the other run's checkpoint is gone"; fail=1; }
 "$BIN" "${short[@]}" --overwrite > "$tmp/out" 2>&1 && echo "ok   another-runs-checkpoints: --overwrite replaces them" ||
   { echo "FAIL: --overwrite over another run's checkpoints"; cat "$tmp/out"; fail=1; }
+# Bad data found after the checkpoint directory was made: nothing left behind.
+head -c 300 "$SRC/README.md" > "$tmp/small.txt"
+expect_exit2 small-data-leaves-nothing "a corpus of 300 bytes is too small" --config "$SRC/configs/tiny.pbtxt" \
+  --set data.source=TEXT_FILE --set data.path="$tmp/small.txt" --set train.checkpoint_interval=2 \
+  --set train.checkpoint_dir="$tmp/made/x/y" --metrics "$tmp/made.jsonl"
+[ ! -e "$tmp/made" ] && [ ! -e "$tmp/made.jsonl" ] || { echo "FAIL small-data: left $(ls -d "$tmp"/made* 2>/dev/null)"; fail=1; }
 expect_exit2 op-profile-steps-alone "--op-profile-steps 3: needs --op-profile FILE" \
   --config "$SRC/configs/tiny.pbtxt" --op-profile-steps 3
 
