@@ -292,12 +292,19 @@ int run(int argc, char** argv, int world_rank, int world_size) {
           {"the config file", config_path}, {"data.path", text ? cfg.data().path() : ""},
           {"data.tokenizer", cfg.data().tokenizer()}};
       // (every file the run reads: a shard written over ends the run with a
-      // bus error when it is mapped; patterns that match nothing are refused
-      // here as the data loader would)
+      // bus error when it is mapped; a pattern that matches nothing is left
+      // to the data loader to refuse in its own words)
+      const bool tokens = cfg.data().source() == switchyard::DataConfig::TOKEN_FILES;
       for (const auto& [field, pattern] : {std::pair<const char*, std::string>{"data.token_files", cfg.data().token_files()},
-                                           {"data.val_token_files", cfg.data().val_token_files()}})
-        if (!pattern.empty())
-          for (const std::string& f : sy::expand_glob(pattern, field)) inputs.push_back({std::string("a ") + field + " shard", f});
+                                           {"data.val_token_files", cfg.data().val_token_files()}}) {
+        if (!tokens || pattern.empty()) continue;
+        std::vector<std::string> shards;
+        try {
+          shards = sy::expand_glob(pattern, field);
+        } catch (const sy::ConfigError&) {
+        }
+        for (const std::string& f : shards) inputs.push_back({std::string("a ") + field + " shard", f});
+      }
       // A resumed run appends to its metrics file (not --overwrite's to
       // decide), so only to one: not into a checkpoint, not onto another file.
       sy::check_output_path("--metrics", metrics_path, inputs, overwrite || !resume.empty());
