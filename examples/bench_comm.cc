@@ -214,8 +214,17 @@ int main(int argc, char** argv) {
   app.add_option("--max-mib", max_mib,
                  "--nccl: the largest size a rank sends, MiB (from 1, x4); --all-reduce: the largest sum")
       ->check(CLI::Range(1, 4096));
+  // (one benchmark a run: each of these picks one)
+  app.get_option("--all-gather")->excludes("--all-reduce")->excludes("--nccl")->excludes("--device");
+  app.get_option("--all-reduce")->excludes("--nccl")->excludes("--device");
+  app.get_option("--nccl")->excludes("--device");
   // (one line and exit 2 on a usage error, as every tool: examples/cli.h)
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
+  if (app.count("--max-mib") > 0 && !nccl && !all_reduce) {
+    std::cerr << "error: --max-mib " << max_mib << ": sizes --nccl's or --all-reduce's runs; the default "
+              << "benchmark's sizes are fixed (--help lists the options)\n";
+    return 2;
+  }
 
   sy::comm::MpiCommunicator comm(MPI_COMM_WORLD);
   const int W = comm.size(), R = comm.rank();

@@ -107,7 +107,8 @@ int run(int argc, char** argv) {
   app.add_option("--out", out, "directory for tokenizer.model and the shards")->required();
   app.add_option("--vocab-size", vocab_size, "pieces of a trained tokenizer (256 byte pieces and 3 control ids included)")
       ->check(CLI::Range(260, 1 << 20));
-  app.add_option("--model", model, "an existing SentencePiece .model to use instead of training one");
+  app.add_option("--model", model, "an existing SentencePiece .model to use instead of training one")
+      ->excludes("--vocab-size");  // (its pieces are the model's)
   app.add_option("--val-fraction", val_fraction, "tail of the token stream held out for validation")
       ->check(CLI::Range(1e-6, 0.5));
   app.add_option("--shard-tokens", shard_tokens, "tokens per shard at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 40));

@@ -46,6 +46,10 @@ rc=$?
 [ $rc -eq 2 ] && [ "$(state)" = "$first" ] \
   && grep -q "^error: --out tok/tokenizer.model: is --model tok/tokenizer.model, an input of this run" self.log \
   || { echo "FAIL: --model among the outputs gave $rc:"; cat self.log; fail=1; }
+# A model's pieces are its own: --vocab-size beside --model is refused, not ignored.
+"$BIN/tokenize" --input text.txt --model tok/tokenizer.model --vocab-size 1000 --out tok2 > vs.log 2>&1; rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l < vs.log)" -eq 1 ] && grep -q "^error: --vocab-size excludes --model" vs.log && [ ! -e tok2 ] \
+  || { echo "FAIL: --vocab-size with --model gave $rc:"; cat vs.log; fail=1; }
 # A run that fails while writing (write() gets EFBIG past a 12 KiB file size
 # limit: the tokenizer fits, the training shard does not) leaves tok/ as it was,
 # and its error names the system's reason (EFBIG).
