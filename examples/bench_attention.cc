@@ -132,15 +132,11 @@ struct Timing {
       const double ms = alone.stop_ms();
       reps_ = ms >= 1.0 ? 1 : std::min(200, std::max(1, static_cast<int>(1.0 / std::max(ms, 1e-3))));
     }
+    if (reps_ > 1) return {{sy::bench::time_queued(ctx, parts[0], reps_, iters)}, iters};
     std::vector<std::vector<double>> t(parts.size());
     int runs = iters;
     for (int i = 0; i < runs; ++i) {
-      if (rt && reps_ > 1) {
-        sy::EventTimer timer(ctx.stream);
-        timer.start();
-        for (int j = 0; j < reps_; ++j) parts[0]();
-        t[0].push_back(timer.stop_ms() / 1e3 / reps_);
-      } else if (rt) {
+      if (rt) {
         std::vector<std::unique_ptr<sy::EventTimer>> timers;
         for (size_t p = 0; p < parts.size(); ++p) timers.push_back(std::make_unique<sy::EventTimer>(ctx.stream));
         for (auto& timer : timers) timer->start();

@@ -8,7 +8,9 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
+#include "core/device_runtime.h"
 #include "core/op_profile.h"
 #include "core/tensor.h"
 #include "runtime/op_profile_report.h"
@@ -72,6 +74,25 @@ inline Tensor random_bf16_matrix(Ctx& ctx, int64_t n, uint64_t seed) {
   ops::random_normal(ctx, f, RandomKey{seed, 0, 0, 0}, 1.f);
   ops::to_bf16(ctx, b, f);
   return b;
+}
+
+// Median seconds a call of f takes queued behind the calls before it:
+// `reps` calls back to back between two events on ctx's stream, the time
+// over reps, `iters` times. The host queues the next call while the device
+// runs this one, as in a training step, where one call timed alone also
+// holds the device's wait for the host to launch it (a few microseconds:
+// most of a 10 us kernel's figure). bench_ops' queued_seconds,
+// bench_attention's small one-part rows.
+inline double time_queued(Ctx& ctx, const std::function<void()>& f, int reps, int iters) {
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    EventTimer timer(ctx.stream);
+    timer.start();
+    for (int r = 0; r < reps; ++r) f();
+    t.push_back(timer.stop_ms() / 1e3 / reps);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
 }
 
 }  // namespace sy::bench

@@ -99,24 +99,6 @@ double time_it(Ctx& ctx, sy::DeviceRuntime* rt, const std::function<void()>& f, 
   return t[t.size() / 2];
 }
 
-// Median seconds a call of f takes queued behind the calls before it:
-// `reps` calls back to back between two events, the time over reps. The
-// host queues the next call while the device runs this one, as in a
-// training step, where time_it's single call also holds the device's wait
-// for the host to launch it (a few microseconds: most of a 10 us kernel's
-// figure).
-double time_queued(Ctx& ctx, const std::function<void()>& f, int reps, int iters) {
-  std::vector<double> t;
-  for (int i = 0; i < iters; ++i) {
-    sy::EventTimer timer(ctx.stream);
-    timer.start();
-    for (int r = 0; r < reps; ++r) f();
-    t.push_back(timer.stop_ms() / 1e3 / reps);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 Tensor randn(sy::Shape s, sy::Rng& rng, float std = 1.f) {
   Tensor t = Tensor::empty(std::move(s), DType::f32, sy::host_ctx());
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(rng.normal() * std);
@@ -321,7 +303,7 @@ int main(int argc, char** argv) {
         row.seconds = time_it(ctx, rt.get(), run, warmup, iters, &row.host_seconds);
         if (rt && row.seconds > 0 && row.seconds < 1e-4) {  // the launch is a large part of one call
           const int reps = static_cast<int>(std::min(200.0, std::ceil(5e-4 / row.seconds)));
-          row.queued_seconds = time_queued(ctx, run, reps, iters);
+          row.queued_seconds = sy::bench::time_queued(ctx, run, reps, iters);
           char q[64];
           std::snprintf(q, sizeof q, "queued %.1f us; ", row.queued_seconds * 1e6);
           row.note = q + row.note;

@@ -74,6 +74,17 @@ void publish_checkpoint(const std::string& root, const std::string& tmp_name, co
   if (!aside.empty()) fs::remove_all(aside);
 }
 
+// The names of root's checkpoints: step_* directories holding a manifest.
+static std::vector<std::string> step_dirs(const std::string& root) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("step_", 0) == 0 && e.is_directory(ec) && fs::exists(e.path() / "manifest.pbtxt", ec)) names.push_back(n);
+  }
+  return names;
+}
+
 void prune_checkpoints(const std::string& root, int keep) {
   if (keep <= 0) return;
   const std::string latest = read_latest(root);
@@ -82,11 +93,9 @@ void prune_checkpoints(const std::string& root, int keep) {
     std::string name;
   };
   std::vector<Entry> found;
-  for (const auto& e : fs::directory_iterator(root)) {
-    const std::string n = e.path().filename().string();
-    if (!e.is_directory() || n.rfind("step_", 0) != 0) continue;
+  for (const std::string& n : step_dirs(root)) {
     std::error_code ec;
-    const auto t = fs::last_write_time(e.path() / "manifest.pbtxt", ec);
+    const auto t = fs::last_write_time(fs::path(root) / n / "manifest.pbtxt", ec);
     if (!ec) found.push_back({t, n});
   }
   // Newest first: by write time, then by name (step) for equal times.
@@ -133,17 +142,11 @@ void check_init_source(const std::string& source, const std::string& root) {
 void check_fresh_root(const std::string& root) {
   std::error_code ec;
   if (!fs::is_directory(root, ec)) return;
-  std::string newest;
-  int n = 0;
-  for (const auto& e : fs::directory_iterator(root, ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("step_", 0) != 0 || !fs::exists(e.path() / "manifest.pbtxt", ec)) continue;
-    ++n;
-    if (name > newest) newest = name;
-  }
-  if (n > 0)
-    throw ConfigError("train.checkpoint_dir = " + root + ": holds another run's checkpoints (" + std::to_string(n) +
-                      ", the newest " + newest + "), which this run's would replace and prune: --resume " + root +
+  const std::vector<std::string> found = step_dirs(root);
+  if (!found.empty())
+    throw ConfigError("train.checkpoint_dir = " + root + ": holds another run's checkpoints (" +
+                      std::to_string(found.size()) + ", the newest " + *std::max_element(found.begin(), found.end()) +
+                      "), which this run's would replace and prune: --resume " + root +
                       " to go on from them, --overwrite to let this run replace them, or another directory");
 }
 
