@@ -54,7 +54,15 @@ Tokenizer::~Tokenizer() = default;
 Tokenizer Tokenizer::from_proto(const std::string& serialized, const std::string& name) {
   auto impl = std::make_unique<Impl>();
   const auto st = impl->sp.LoadFromSerializedProto(serialized);
-  if (!st.ok()) throw ConfigError(name + ": not a SentencePiece model: " + st.ToString());
+  // SentencePiece's message names its own source line and the call that
+  // failed ("./src/sentencepiece_processor.cc(232) [model_proto->...]"),
+  // which says nothing to a user: a file that does not parse is said so.
+  if (!st.ok()) {
+    const std::string m = st.ToString();
+    const bool unparsed = m.find("ParseFromArray") != std::string::npos;
+    throw ConfigError(name + ": not a SentencePiece model" +
+                      (unparsed ? std::string(" (its bytes do not parse as a SentencePiece ModelProto)") : ": " + m));
+  }
   impl->proto = serialized;
   return Tokenizer(std::move(impl));
 }

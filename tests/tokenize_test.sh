@@ -46,6 +46,12 @@ rc=$?
 [ $rc -eq 2 ] && [ "$(state)" = "$first" ] \
   && grep -q "^error: --out tok/tokenizer.model: is --model tok/tokenizer.model, an input of this run" self.log \
   || { echo "FAIL: --model among the outputs gave $rc:"; cat self.log; fail=1; }
+# A --model that is no SentencePiece model: one line in our terms (not
+# SentencePiece's source line), exit 2, nothing written.
+"$BIN/tokenize" --input text.txt --model text.txt --out tokjunk > junk.log 2>&1; rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l < junk.log)" -eq 1 ] && grep -q "^error: text.txt: not a SentencePiece model" junk.log \
+  && ! grep -q '\.cc(' junk.log && [ ! -e tokjunk ] \
+  || { echo "FAIL: a text file as --model gave $rc:"; cat junk.log; fail=1; }
 # A model's pieces are its own: --vocab-size beside --model is refused, not ignored.
 "$BIN/tokenize" --input text.txt --model tok/tokenizer.model --vocab-size 1000 --out tok2 > vs.log 2>&1; rc=$?
 [ $rc -eq 2 ] && [ "$(wc -l < vs.log)" -eq 1 ] && grep -q "^error: --vocab-size excludes --model" vs.log && [ ! -e tok2 ] \
@@ -95,6 +101,7 @@ grep -E "data: [0-9]+ train tokens in 1 shard / [0-9]+ val tokens in 1 shard" tr
 "$BIN/train_switch" --config "$SRC/configs/tiny.pbtxt" "${set_args[@]}" --set data.tokenizer=text.txt > tt.log 2>&1
 rc=$?
 [ $rc -eq 2 ] && grep -q '^error: .*data.tokenizer = "text.txt": text.txt: not a SentencePiece model' tt.log \
+  && ! grep -q 'sentencepiece_processor\.cc' tt.log \
   && echo "ok   refused: $(grep '^error' tt.log)" || { echo "FAIL: a text file as data.tokenizer gave $rc:"; cat tt.log; fail=1; }
 grep -q "^done: loss" train.log || { echo "FAIL: no done line"; cat train.log; fail=1; }
 "$BIN/sample" --checkpoint latest --checkpoint-dir ck --prompt "Switchyard" --tokens 20 --seed 3 > s.txt 2> s.err \
