@@ -256,7 +256,16 @@ int run(int argc, char** argv) {
     return 0;
   }
   const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size(), B = cfg.train().batch();
-  sy::TrainingData data(cfg);
+  // The report reads the run's own validation split, as the checkpoint's
+  // config names it: a file moved since training is said as such.
+  const sy::TrainingData data = [&] {
+    try {
+      return sy::TrainingData(cfg);
+    } catch (const sy::ConfigError& e) {
+      throw sy::ConfigError(a.dir + "/manifest.pbtxt: the run's data (the report reads its validation split): " +
+                            e.what());
+    }
+  }();
   sy::WindowSampler val(data.val(), B, T, 0);
   sy::RoutingSample sample{{}, {}, V, T};
   Decisions da, db;

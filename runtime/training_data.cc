@@ -11,7 +11,15 @@ namespace {
 
 std::string corpus_for(const Config& cfg) {
   const auto& d = cfg.data();
-  if (d.source() == switchyard::DataConfig::TEXT_FILE) return read_file_bytes(d.path());
+  if (d.source() == switchyard::DataConfig::TEXT_FILE) {
+    // Validation names the field for train_switch's own config; a config
+    // read back from a checkpoint (route_report, sample's evaluation) comes
+    // here unvalidated against the file system, so say which field it is.
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(d.path(), ec))
+      throw ConfigError("data.path = \"" + d.path() + "\": no such file (paths are relative to the working directory)");
+    return read_file_bytes(d.path());
+  }
   return synthetic_corpus(cfg.train().seed(), d.synthetic_bytes(),
                           {d.synthetic_tasks(), d.copy_gap_min(), d.copy_gap_max()});
 }

@@ -7,7 +7,8 @@
 # the same partition); a
 # depth_tiny checkpoint gets its depth-routed block's line instead; a
 # missing checkpoint, an existing --json file and a checkpoint with another
-# router to compare are refused with one line and exit code 2.
+# router to compare and a run's data file moved away are refused with one
+# line and exit code 2.
 #   route_report_test.sh TRAIN_SWITCH ROUTE_REPORT SOURCE_DIR
 set -u
 BIN=$1; REPORT=$2; SRC=$3
@@ -71,5 +72,16 @@ cp ck/step_00000020/manifest.pbtxt m.keep
 "$REPORT" --checkpoint ck/step_00000020 --json ck/step_00000020/manifest.pbtxt --overwrite > x.txt 2> x.err; rc=$?
 [ $rc = 2 ] && grep -q "^error: --json ck/step_00000020/manifest.pbtxt: inside the checkpoint" x.err &&
   cmp -s m.keep ck/step_00000020/manifest.pbtxt || { echo "FAIL: --json into the checkpoint (exit $rc)"; cat x.err; fail=1; }
+# The report reads the run's own data as its checkpoint names it: a text
+# file moved since training is refused in one line naming data.path.
+python3 -c "import random; r = random.Random(1); print(''.join(r.choice('abcd efgh\\n') for _ in range(20000)))" > text.txt
+"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --set train.steps=2 --set train.warmup_steps=0 \
+  --set data.source=TEXT_FILE --set data.path=text.txt --set train.eval_interval=0 --set train.eval_batches=1 \
+  --set train.checkpoint_interval=2 --set train.checkpoint_dir=tk > tk.log 2>&1 || { cat tk.log; exit 1; }
+mv text.txt moved.txt
+"$REPORT" --checkpoint tk/step_00000002 > d.txt 2> d.err; rc=$?
+[ $rc = 2 ] && [ "$(wc -l < d.err)" = 1 ] &&
+  grep -q '^error: tk/step_00000002/manifest.pbtxt: .*data.path = "text.txt": no such file' d.err ||
+  { echo "FAIL: a moved data file (exit $rc)"; cat d.err; fail=1; }
 [ $fail -eq 0 ] && echo "ok   route_report: per layer and expert, depth-routed blocks, JSON, compared runs, refusals"
 exit $fail
