@@ -1,5 +1,7 @@
 // Op cases: routes, gating, group limits, Sinkhorn, hashing, the router's
 // backward, the budget (tests/backend_ops_test.cc).
+#include <tuple>
+
 #include "tests/backend_ops/harness.h"
 
 namespace sy::op_test {
@@ -65,6 +67,18 @@ void add_routing_cases(std::vector<OpCase>& c) {
     p.capacity_factor = 1.25f;
     return p;
   }));
+  // The top-k on given probabilities at k above 3 and over more than 128
+  // groups, exact against the CPU (the gating cases below compare their
+  // routes with the same top-k run on the probabilities they made, so a
+  // top-k wrong at large k or G fails only here).
+  for (const auto& [name, N, G, k] : std::vector<std::tuple<std::string, int64_t, int64_t, int>>{
+           {"tokens_choose_k6_of_16", 200, 16, 6}, {"tokens_choose_k10_of_40", 300, 40, 10},
+           {"tokens_choose_top2_130", 300, 130, 2}})
+    c.push_back(tokens_choose_case(name, N, G, k, [](const Ins&) {
+      ops::TokensChooseParams p;
+      p.capacity_factor = 1.25f;
+      return p;
+    }));
   // Padded: offsets g C on the device (written by the kernel, not copied) and
   // the host part set without a copy back; drops by score priority.
   c.push_back(tokens_choose_case("tokens_choose_padded_score", 53, 6, 2, [](const Ins& in) {
