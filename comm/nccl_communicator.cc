@@ -495,6 +495,8 @@ class NcclCommunicator final : public Communicator {
       }
       return group.end();
     });
+    r.finish();
+    s.finish();
   }
 
   void all_reduce_sum(Tensor& t, Stream stream, const char* context) override {
@@ -503,6 +505,7 @@ class NcclCommunicator final : public Communicator {
     run("all_reduce", context, stream, s.staged(), [&](cudaStream_t st) {
       return ncclAllReduce(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), ncclSum, comm_, st);
     });
+    s.finish();
   }
 
   void broadcast(Tensor& t, int root, Stream stream, const char* context) override {
@@ -511,6 +514,7 @@ class NcclCommunicator final : public Communicator {
     run("broadcast", context, stream, s.staged(), [&](cudaStream_t st) {
       return ncclBroadcast(s.ptr(), s.ptr(), t.numel(), nccl_type(t.dtype()), root, comm_, st);
     });
+    s.finish();
   }
 
   // Equal parts: ncclAllGather in place (rank r's part at r x count, as
@@ -582,6 +586,7 @@ class NcclCommunicator final : public Communicator {
         if (rows[r] > 0) NCCL_CHECK(part(base + first[r] * row_bytes, static_cast<size_t>(rows[r] * w), type, r, st));
       return group.end();
     });
+    s.finish();
   }
 
   // A tensor's bytes in device memory for the collective: the tensor itself
@@ -599,11 +604,26 @@ class NcclCommunicator final : public Communicator {
     // memory cudaMemcpyAsync returns only once it has read it, so the wait
     // is then for the collective alone; the watchdog's entry, armed on its
     // `done` event, still covers it).
+    // finish() after the collective: the copy back and the wait checked (a
+    // failed copy back would leave the host tensor stale, unsaid). The
+    // destructor does the same where finish() was not reached (a throw
+    // unwinding), where it must not throw: its errors are dropped, and
+    // cleared from the thread's last error so that no later check names an
+    // unrelated op.
+    void finish() {
+      if (!buf_) return;
+      void* b = buf_;
+      buf_ = nullptr;
+      if (out_) CUDA_CHECK(cudaMemcpyAsync(t_.raw(), b, t_.nbytes(), cudaMemcpyDeviceToHost, c_.stream_));
+      CUDA_CHECK(cudaStreamSynchronize(c_.stream_));
+      CUDA_CHECK(cudaFreeAsync(b, c_.stream_));
+    }
     ~Staged() {
       if (!buf_) return;
-      if (out_) cudaMemcpyAsync(t_.raw(), buf_, t_.nbytes(), cudaMemcpyDeviceToHost, c_.stream_);
-      cudaStreamSynchronize(c_.stream_);
-      cudaFreeAsync(buf_, c_.stream_);
+      if (out_) (void)cudaMemcpyAsync(t_.raw(), buf_, t_.nbytes(), cudaMemcpyDeviceToHost, c_.stream_);
+      (void)cudaStreamSynchronize(c_.stream_);
+      (void)cudaFreeAsync(buf_, c_.stream_);
+      (void)cudaGetLastError();
     }
     void* ptr() { return buf_ ? buf_ : t_.raw(); }
     bool staged() const { return buf_ != nullptr; }  // (copied on c_.stream_)

@@ -37,8 +37,13 @@ class CudaPoolAllocator final : public Allocator {
     return p;
   }
   void deallocate(void* p, size_t bytes, Stream s) override {
-    // A destructor must not throw: a failed free leaves the bytes counted.
-    if (cudaFreeAsync(p, static_cast<cudaStream_t>(s.handle)) == cudaSuccess) count_free(bytes);
+    // A destructor must not throw: a failed free leaves the bytes counted,
+    // and its error is cleared from the thread's last error, where the next
+    // launch's check would report it as that kernel's.
+    if (cudaFreeAsync(p, static_cast<cudaStream_t>(s.handle)) == cudaSuccess)
+      count_free(bytes);
+    else
+      (void)cudaGetLastError();
   }
   size_t reserved_high() const override {
     uint64_t v = 0;  // (cuuint64_t)

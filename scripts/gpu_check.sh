@@ -97,12 +97,15 @@ limit() {
   [ "$1" -lt "$left" ] && echo "$1" || echo "$left"
 }
 # run_limited NAME WANTED CMD...: runs CMD under `timeout`, output to $LOG/NAME.log.
+# MIN_S=S before it (a command that shows nothing unless it ends: a table
+# printed after its last run, losses compared at the end): not started
+# with less than S seconds left (default 20), its seconds left to the next.
 run_limited() {
   local name=$1 want_s=$2 lim s rc
   shift 2
   lim=$(limit "$want_s")
-  if [ "$lim" = 0 ]; then
-    summary "$name: not run (budget of ${BUDGET}s spent)"
+  if [ "$lim" -lt "${MIN_S:-20}" ]; then
+    summary "$name: not run (budget of ${BUDGET}s spent$([ "$lim" = 0 ] || echo ": ${lim}s left, it needs ${MIN_S}s"))"
     return 124
   fi
   s=$(date +%s)
@@ -218,6 +221,7 @@ want comm && TARGETS+=(communicator_conformance_test bench_comm)
 want scale && TARGETS+=(scaling_sweep bench_comm)
 want extra && TARGETS+=(scaling_sweep)
 want attn && TARGETS+=(bench_attention)
+mapfile -t TARGETS < <(printf '%s\n' "${TARGETS[@]}" | awk '!seen[$0]++')  # (comm, scale and extra share some)
 status=0
 # Binaries built here before the call (scripts/gpu_prebuild.sh: .gpubin/,
 # carried) where every source they were built from is unchanged and every
@@ -294,6 +298,22 @@ gtest_line() {
 # line, other than by the stage's time limit (a kernel fault can end it).
 died() {
   ! grep -qE '^\[==========\] .* ran\.' "$LOG/$1.log" && ! grep -q 'stopped after' "$LOG/$1.log"
+}
+# why NAME RC: nothing where RC is 0, else the log's first error line (the
+# reason, which a summary line should carry: the logs come back only as
+# logs.tar.gz).
+# (An error that names another log, scaling_sweep's "... failed; see F":
+# F's first error line instead.)
+why() {
+  [ "$2" = 0 ] && return 0
+  local pat='^(error|Error|FAIL|terminate|Traceback)|: error' line f
+  line=$(grep -m1 -E "$pat" "$LOG/$1.log" 2> /dev/null)
+  case $line in
+    *"failed; see "*) f=${line##*failed; see }
+                      [ -f "$f" ] && line="$(basename "$f"): $(grep -m1 -E "$pat" "$f")" ;;
+  esac
+  [ -n "$line" ] && echo " [$(echo "$line" | cut -c1-200)]"
+  return 0
 }
 # failed_tests NAME: the tests a gtest log failed, in the order they failed
 # (after a sticky CUDA error every later test fails too: the first matters),
@@ -598,9 +618,11 @@ sweep_points() {
 # with the alpha-beta model's error on each point and its projection.
 if want scale; then
   stamp "scale"
-  run_limited grad_overlap 150 env PYTHONUNBUFFERED=1 python3 scripts/bench/grad_overlap.py --np 4 --bin $B/train_switch \
+  # (its table comes after both runs: not started with under 60 s left)
+  MIN_S=60 run_limited grad_overlap 150 env PYTHONUNBUFFERED=1 python3 scripts/bench/grad_overlap.py --np 4 --bin $B/train_switch \
     --mpirun "mpirun --allow-run-as-root --oversubscribe --bind-to none" --json "$LOG/grad_overlap.json"
-  summary "scale: grad_overlap rc $?: $(grep -E '^hidden' "$LOG/grad_overlap.log")"
+  rc=$?
+  summary "scale: grad_overlap rc $rc: $(grep -E '^hidden' "$LOG/grad_overlap.log")$(why grad_overlap $rc)"
   # The model's links are those the ranks use: MPI with device tensors staged
   # through the host, measured here at 4 ranks (latency at 1 KiB, bus
   # bandwidth at 1 MiB), else scaling_sweep's defaults (this CPU machine's MPI).
@@ -616,10 +638,13 @@ print(rows[1024]["ours_s"] * 1e6, rows[1048576]["ours_busbw_gbs"])' "$LOG/bench_
   # N independent one-rank runs side by side, scaling_sweep's
   # --compute-basis auto; its error is then what the links add.)
   # (stdbuf: the points finished before a time limit stay in the log)
-  run_limited scaling_gpu 180 stdbuf -oL $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
-    --set data.source=SYNTHETIC --set data.path= --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
+  # (parallel.timeout_s 60: a rank stuck in a collective ends its point in a
+  # minute, with the one-line error, not at the stage's limit)
+  MIN_S=60 run_limited scaling_gpu 180 stdbuf -oL $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
+    --set data.source=SYNTHETIC --set data.path= --set parallel.timeout_s=60 --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
     --out "$LOG/scaling_gpu" --overwrite
-  summary "scale: scaling_sweep (GPU, MPI path) rc $?: $(sweep_points scaling_gpu)"
+  rc=$?
+  summary "scale: scaling_sweep (GPU, MPI path) rc $rc: $(sweep_points scaling_gpu)$(why scaling_gpu $rc)"
 fi
 # 7. Issue 18: long-context attention beside PyTorch SDPA (its JSON feeds
 # bench_attention's "x SDPA" column; without it the column stays empty; its
@@ -645,7 +670,8 @@ if want attn; then
       --set train.eval_interval=100000 --set train.eval_batches=1 --set train.checkpoint_interval=0 \
       --set train.checkpoint_dir="$CKPT" \
       --set attention.kind=$kind
-    summary "attn: routed_copy n=16k $kind rc $?: $(grep -E '^step' "$LOG/routed_copy_16k_$kind.log" | tail -1)"
+    rc=$?
+    summary "attn: routed_copy n=16k $kind rc $rc: $(grep -E '^step' "$LOG/routed_copy_16k_$kind.log" | tail -1)$(why "routed_copy_16k_$kind" $rc)"
   done
 fi
 # What no issue's figure rests on, after issue 18's (the second call's
@@ -658,11 +684,12 @@ if want extra; then
   # The same sweep on a model that keeps the GPU busy (d 512, sequences of
   # 512, bf16): switch_tiny's steps are launch-bound, so ranks sharing the
   # GPU overlap their host work; this one's ranks contend for the GPU itself.
-  run_limited scaling_gpu_busy 180 stdbuf -oL $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
-    --set data.source=SYNTHETIC --set data.path= --set precision=BF16 --set model.d_model=512 --set model.n_heads=8 \
+  MIN_S=60 run_limited scaling_gpu_busy 180 stdbuf -oL $B/scaling_sweep --config configs/switch_tiny.pbtxt --set backend=CUDA \
+    --set data.source=SYNTHETIC --set data.path= --set parallel.timeout_s=60 --set precision=BF16 --set model.d_model=512 --set model.n_heads=8 \
     --set model.ffn_hidden=2048 --set model.seq_len=512 --ranks 1,2,4 --repeats 1 --steps 12 "${LINK[@]}" \
     --out "$LOG/scaling_gpu_busy" --overwrite
-  summary "extra: scaling_sweep (GPU busy: d 512, seq 512, bf16) rc $?: $(sweep_points scaling_gpu_busy)"
+  rc=$?
+  summary "extra: scaling_sweep (GPU busy: d 512, seq 512, bf16) rc $rc: $(sweep_points scaling_gpu_busy)$(why scaling_gpu_busy $rc)"
   # Training over NCCL, 2 ranks on the one GPU as above, with what issues
   # collectives inside backward and end_step: activation recomputation (the
   # replayed routers' all-reduce beside the gradient buckets' on their own
@@ -673,7 +700,12 @@ if want extra; then
       --set train.steps=6 --set train.warmup_steps=1 --set train.log_interval=1 --set train.eval_interval=6
       --set train.checkpoint_interval=6
       --set train.checkpoint_dir="$CKPT" --overwrite --set train.recompute=true --set parallel.expert_parallel=2
-      --set moe.bias_balance_rate=0 --set moe.sinkhorn_iters=4 --set moe.sinkhorn_at_eval=true)
+      --set moe.bias_balance_rate=0 --set moe.sinkhorn_iters=4 --set moe.sinkhorn_at_eval=true
+      --set parallel.timeout_s=30)
+  # (parallel.timeout_s 30, where the default is 300: a collective stuck over
+  # NCCL ends the run with the one-line error naming it, inside the run's 90 s;
+  # and where a run still reaches its limit, the later NCCL runs, which would
+  # hang alike, are not started)
   # same_losses A B: whether runs A and B logged the same losses, bit for
   # bit (their metrics files; the done lines print 6 digits).
   same_losses() {
@@ -688,37 +720,51 @@ print(f"losses bit for bit at {len(a)} steps" if a and not diff and set(a) == se
       else f"losses DIFFER (steps {sorted(diff)[:3]} of {len(a)}, {len(b)} logged)")
 PY
   }
-  run_limited nccl_train_np2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
+  MIN_S=40 run_limited nccl_train_np2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
     --metrics "$LOG/nccl_train_np2.jsonl"
   rc_nccl=$?
-  run_limited mpi_train_np2 90 "${M[@]}" -np 2 $B/train_switch "${NT[@]}" --set parallel.backend=MPI \
+  NSKIP=0
+  grep -qs 'stopped after' "$LOG/nccl_train_np2.log" && NSKIP=1
+  # nccl_run NAME ARGS...: one more NCCL training, unless the first hung
+  nccl_run() {
+    local name=$1
+    shift
+    if [ $NSKIP = 1 ]; then
+      echo "not run: nccl_train_np2 reached its time limit" > "$LOG/$name.log"
+      return 125
+    fi
+    MIN_S=40 run_limited "$name" 90 "$@"
+  }
+  MIN_S=40 run_limited mpi_train_np2 90 "${M[@]}" -np 2 $B/train_switch "${NT[@]}" --set parallel.backend=MPI \
     --metrics "$LOG/mpi_train_np2.jsonl"
   rc_mpi=$?
-  summary "extra: training over NCCL, recompute + Sinkhorn offsets, 2 ranks (not fatal) rc $rc_nccl: $(grep -hs '^done' "$LOG/nccl_train_np2.log" | head -1); over MPI rc $rc_mpi: $(grep -hs '^done' "$LOG/mpi_train_np2.log" | head -1); NCCL against MPI: $(same_losses nccl_train_np2 mpi_train_np2)"
+  summary "extra: training over NCCL, recompute + Sinkhorn offsets, 2 ranks (not fatal) rc $rc_nccl: $(grep -hs '^done' "$LOG/nccl_train_np2.log" | head -1)$(why nccl_train_np2 $rc_nccl); over MPI rc $rc_mpi: $(grep -hs '^done' "$LOG/mpi_train_np2.log" | head -1)$(why mpi_train_np2 $rc_mpi); NCCL against MPI: $(same_losses nccl_train_np2 mpi_train_np2)"
   # The same over NCCL with the optimizer sharded (its broadcasts of arena
   # views and the shadows after them): the same losses as without (not fatal).
-  run_limited nccl_train_np2_shard 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
+  nccl_run nccl_train_np2_shard "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
     --set parallel.shard_optimizer=true --metrics "$LOG/nccl_train_np2_shard.jsonl"
   rc_shard=$?
-  summary "extra: training over NCCL with the optimizer sharded (not fatal) rc $rc_shard, against without: $(same_losses nccl_train_np2 nccl_train_np2_shard): $(grep -hs '^done' "$LOG/nccl_train_np2_shard.log" | head -1)"
+  summary "extra: training over NCCL with the optimizer sharded (not fatal) rc $rc_shard, against without: $(same_losses nccl_train_np2 nccl_train_np2_shard): $(grep -hs '^done' "$LOG/nccl_train_np2_shard.log" | head -1)$(why nccl_train_np2_shard $rc_shard)"
   # And with the gradients reduce-scattered (parallel.reduce_scatter_grads:
   # NCCL's group of in-place reduces for the uneven parts): the same losses
   # to rounding (2 ranks add a + b either way; the norm may differ in its
   # last bit). Not fatal.
-  run_limited nccl_train_np2_rs 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
+  nccl_run nccl_train_np2_rs "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
     --set parallel.shard_optimizer=true --set parallel.reduce_scatter_grads=true --metrics "$LOG/nccl_train_np2_rs.jsonl"
   rc_rs=$?
   scat=$(grep -qs "gradients reduce-scattered" "$LOG/nccl_train_np2_rs.log" && echo "scattered" || echo "NOT scattered")
-  summary "extra: training over NCCL, gradients reduce-scattered (not fatal) rc $rc_rs, $scat, against without (rounding may differ): $(same_losses nccl_train_np2 nccl_train_np2_rs): $(grep -hs '^done' "$LOG/nccl_train_np2_rs.log" | head -1 | cut -c1-120)"
+  summary "extra: training over NCCL, gradients reduce-scattered (not fatal) rc $rc_rs, $scat, against without (rounding may differ): $(same_losses nccl_train_np2 nccl_train_np2_rs): $(grep -hs '^done' "$LOG/nccl_train_np2_rs.log" | head -1 | cut -c1-120)$(why nccl_train_np2_rs $rc_rs)"
   # The deduplicated dispatch over NCCL (top-2: a token's rows for one rank
   # sent once; the route's index tensors staged through NCCL on the
   # caller's stream, in the recomputed forward too): the same losses as
   # without it (not fatal).
-  run_limited nccl_train_np2_top2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
+  nccl_run nccl_train_np2_top2 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
     --set moe.top_k=2 --metrics "$LOG/nccl_train_np2_top2.jsonl"
-  run_limited nccl_train_np2_dedup 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
+  rc_top2=$?
+  nccl_run nccl_train_np2_dedup "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
     --set moe.top_k=2 --set parallel.dedup_dispatch=true --metrics "$LOG/nccl_train_np2_dedup.jsonl"
-  summary "extra: training over NCCL, top-2 with the deduplicated dispatch (not fatal), against without: $(same_losses nccl_train_np2_top2 nccl_train_np2_dedup): $(grep -hs '^done' "$LOG/nccl_train_np2_dedup.log" | head -1 | cut -c1-120)"
+  rc_dedup=$?
+  summary "extra: training over NCCL, top-2 with the deduplicated dispatch (not fatal) rc $rc_top2/$rc_dedup, against without: $(same_losses nccl_train_np2_top2 nccl_train_np2_dedup): $(grep -hs '^done' "$LOG/nccl_train_np2_dedup.log" | head -1 | cut -c1-120)$(why nccl_train_np2_top2 $rc_top2)$(why nccl_train_np2_dedup $rc_dedup)"
   # ZeRO-1 (parallel.shard_optimizer) on device tensors through MPI, last in
   # the stage (no issue's figure depends on it; not fatal): the CUDA update
   # over views of a part, the values' all-gather and the bf16 shadows of
