@@ -578,12 +578,18 @@ if want comm; then
   # (120 s: the suite now runs over both NCCL modes, at 0.1-0.2 GB/s over loopback sockets)
   run_limited nccl_np2 120 "${M[@]}" -np 2 "$(loopback $B/communicator_conformance_test)" --gtest_filter='*nccl*'
   summary "comm: NCCL 2 ranks on one GPU (not fatal): $(gtest_line nccl_np2)"
-  # (240 s: 9 runs of 4 ranks, the deduplicated dispatch's among them)
+  # (240 s: 9 runs of 4 ranks, the deduplicated dispatch's among them; fp32
+  # and bf16 side by side, 8 ranks on 16 cores: they check values, which
+  # sharing the GPU does not change)
   run_limited parallel_equivalence_cuda 240 env SY_TEST_ARGS="--set backend=CUDA" \
-    bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
-  summary "comm: EP on the GPU: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda.log" | tr '\n' ' ')"
+    bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun &
+  p_eq=$!
   run_limited parallel_equivalence_cuda_bf16 240 env SY_TEST_ARGS="--set backend=CUDA --set precision=BF16" SY_TEST_TOL=1e-2 \
-    bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun || status=1
+    bash tests/parallel_equivalence_test.sh "$PWD/$B/train_switch" "$PWD" mpirun &
+  p_eq16=$!
+  wait $p_eq || status=1
+  summary "comm: EP on the GPU: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda.log" | tr '\n' ' ')"
+  wait $p_eq16 || status=1
   summary "comm: EP on the GPU, bf16: $(grep -E '^(ok|FAIL)' "$LOG/parallel_equivalence_cuda_bf16.log" | tr '\n' ' ')"
   # A rank that throws, hangs, exits or is killed mid-step on the GPU ends
   # the job within the timeout, with the one-line error.
