@@ -8,6 +8,8 @@
 #   rehearse:     bash scripts/gpu_rehearse.sh    (this script's set-up and build here, system copies hidden)
 #   prebuild:     bash scripts/gpu_prebuild.sh    (the GPU targets built here -> .gpubin/; optional)
 #   device run:   bash scripts/gpu_check.sh       carry: [".gpudeps", ".gpubin"], timeout_s: 600
+#   after it:     bash scripts/gpu_collect.sh FILES_AT DATE   (the JSON kept in docs/gpu, set beside
+#                 the records, logs unpacked, the attention plot, the summary)
 #   15 minutes of device time in all (start-up included): two calls, issue 17's stages first,
 #                 --stages ops,train,bench,mfu --budget 400 (timeout_s 480), then
 #                 --stages comm,scale,attn,extra --budget <what is left less a minute>
