@@ -79,6 +79,23 @@ void add_routing_cases(std::vector<OpCase>& c) {
       p.capacity_factor = 1.25f;
       return p;
     }));
+  // Selection keys with fewer than k finite in some rows, exact against the
+  // CPU: NaN ranks as -inf, and -inf is picked before an empty place (the
+  // gating case keys_nonfinite_16 compares two CUDA top-k's with each other).
+  c.push_back(tokens_choose_case(
+      "tokens_choose_keys_nonfinite", 300, 16, 4,
+      [](const Ins& in) {
+        ops::TokensChooseParams p;
+        p.capacity_factor = 1.25f;
+        p.selection_keys = &in[2];
+        return p;
+      },
+      true, 1, [](Ins& in) {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        const float ninf = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < 300; i += 2)  // rows with 0 or 2 finite keys, the rest NaN or -inf
+          for (int64_t j = i % 4; j < 16; ++j) in[2].f32()[i * 16 + j] = (i + j) % 3 == 0 ? nan : ninf;
+      }));
   // Padded: offsets g C on the device (written by the kernel, not copied) and
   // the host part set without a copy back; drops by score priority.
   c.push_back(tokens_choose_case("tokens_choose_padded_score", 53, 6, 2, [](const Ins& in) {
