@@ -610,13 +610,13 @@ class NcclCommunicator final : public Communicator {
     // unwinding), where it must not throw: its errors are dropped, and
     // cleared from the thread's last error so that no later check names an
     // unrelated op.
+    // (buf_ is let go only once the checks pass: a throw leaves it to the
+    // destructor to free.)
     void finish() {
       if (!buf_) return;
-      void* b = buf_;
-      buf_ = nullptr;
-      if (out_) CUDA_CHECK(cudaMemcpyAsync(t_.raw(), b, t_.nbytes(), cudaMemcpyDeviceToHost, c_.stream_));
+      if (out_) CUDA_CHECK(cudaMemcpyAsync(t_.raw(), buf_, t_.nbytes(), cudaMemcpyDeviceToHost, c_.stream_));
       CUDA_CHECK(cudaStreamSynchronize(c_.stream_));
-      CUDA_CHECK(cudaFreeAsync(b, c_.stream_));
+      CUDA_CHECK(cudaFreeAsync(std::exchange(buf_, nullptr), c_.stream_));
     }
     ~Staged() {
       if (!buf_) return;

@@ -17,7 +17,9 @@ std::string corpus_for(const Config& cfg) {
     // here unvalidated against the file system, so say which field it is.
     std::error_code ec;
     if (!std::filesystem::is_regular_file(d.path(), ec))
-      throw ConfigError("data.path = \"" + d.path() + "\": no such file (paths are relative to the working directory)");
+      throw ConfigError("data.path = \"" + d.path() + "\": " +
+                        (std::filesystem::exists(d.path(), ec) ? "not a regular file"
+                                                               : "no such file (paths are relative to the working directory)"));
     return read_file_bytes(d.path());
   }
   return synthetic_corpus(cfg.train().seed(), d.synthetic_bytes(),

@@ -103,11 +103,13 @@ limit() {
 # printed after its last run, losses compared at the end): not started
 # with less than S seconds left (default 20), its seconds left to the next.
 run_limited() {
-  local name=$1 want_s=$2 lim s rc
+  local name=$1 want_s=$2 lim s rc need=${MIN_S:-20}
   shift 2
+  [ "$need" -gt "$want_s" ] && need=$want_s
   lim=$(limit "$want_s")
-  if [ "$lim" -lt "${MIN_S:-20}" ]; then
-    summary "$name: not run (budget of ${BUDGET}s spent$([ "$lim" = 0 ] || echo ": ${lim}s left, it needs ${MIN_S}s"))"
+  if [ "$lim" -lt "$need" ]; then
+    summary "$name: not run (budget of ${BUDGET}s spent$([ "$lim" = 0 ] ||
+      echo ": $(( BUDGET - $(elapsed) ))s left, it needs ${need}s"))"
     return 124
   fi
   s=$(date +%s)
@@ -306,13 +308,16 @@ died() {
 # logs.tar.gz).
 # (An error that names another log, scaling_sweep's "... failed; see F":
 # F's first error line instead.)
+# A Python traceback: the log's last line (the exception) instead.
 why() {
   [ "$2" = 0 ] && return 0
-  local pat='^(error|Error|FAIL|terminate|Traceback)|: error' line f
+  local pat='^(error|Error|FAIL|terminate|Traceback|not run)|^[a-z_]+\.py: |: error' line f sub
   line=$(grep -m1 -E "$pat" "$LOG/$1.log" 2> /dev/null)
   case $line in
     *"failed; see "*) f=${line##*failed; see }
-                      [ -f "$f" ] && line="$(basename "$f"): $(grep -m1 -E "$pat" "$f")" ;;
+                      sub=$([ -f "$f" ] && grep -m1 -E "$pat" "$f")
+                      [ -n "$sub" ] && line="$(basename "$f"): $sub" ;;
+    Traceback*) line=$(grep . "$LOG/$1.log" | grep -v '^\[' | tail -1) ;;
   esac
   [ -n "$line" ] && echo " [$(echo "$line" | cut -c1-200)]"
   return 0
@@ -735,13 +740,16 @@ PY
   grep -qs 'stopped after' "$LOG/nccl_train_np2.log" && NSKIP=1
   # nccl_run NAME ARGS...: one more NCCL training, unless the first hung
   nccl_run() {
-    local name=$1
+    local name=$1 rc
     shift
     if [ $NSKIP = 1 ]; then
-      echo "not run: nccl_train_np2 reached its time limit" > "$LOG/$name.log"
+      echo "not run: an NCCL training before it reached its time limit" > "$LOG/$name.log"
       return 125
     fi
     MIN_S=40 run_limited "$name" 90 "$@"
+    rc=$?
+    grep -qs 'stopped after' "$LOG/$name.log" && NSKIP=1
+    return $rc
   }
   MIN_S=40 run_limited mpi_train_np2 90 "${M[@]}" -np 2 $B/train_switch "${NT[@]}" --set parallel.backend=MPI \
     --metrics "$LOG/mpi_train_np2.jsonl"

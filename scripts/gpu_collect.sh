@@ -9,80 +9,97 @@
 # TAG: the run's name in docs/gpu, its date (2026-12-09), or with a letter
 # for a second run that day (2026-12-09b).
 #   - bench_ops.json and bench_attention.json        -> docs/gpu/<name>_TAG.json
-#   - logs.tar.gz unpacked into build-gpu/runs/TAG/ (summary.txt and
+#   - logs.tar.gz unpacked into build-gpu/runs/TAG/callN/ (N: the call's
+#     number that day, 1 for the first collected; summary.txt and
 #     inventory.txt beside it), and of its logs what a later run is compared
 #     with: switch_gpu's op profile, the PyTorch peers' and bench_comm's
 #     JSON                                           -> docs/gpu/<name>_TAG.json
 #   - each kept JSON beside the newest earlier record of its name
 #     (scripts/bench/compare_runs.py, where it reads that kind), rows that
-#     moved by more than 5%, in build-gpu/runs/TAG/compare_<name>.log
+#     moved by more than 5%, in build-gpu/runs/TAG/callN/compare_<name>.log
 #   - the attention plot of the new bench_attention JSON, where gnuplot is,
-#     in build-gpu/runs/TAG/ (docs/attention_vs_length.png is the figure
+#     in build-gpu/runs/TAG/callN/ (docs/attention_vs_length.png is the figure
 #     PERF.md describes: copy it over when PERF.md's text follows)
 #   - the call's summary, last.
-# A TAG already in docs/gpu is refused unless --overwrite (a record is not
-# replaced by accident). SY_DOCS=DIR writes into DIR/gpu instead of docs/gpu,
+# The day's calls each keep their own JSON names (the first call's
+# bench_ops, the second's bench_attention): a JSON this call would write
+# that docs/gpu already holds under TAG is refused unless --overwrite (a
+# record is not replaced by accident), and nothing is written then. SY_DOCS=DIR writes into DIR/gpu instead of docs/gpu,
 # SY_RUNS=DIR the logs into DIR/TAG instead of build-gpu/runs/TAG (the
 # test's).
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
 usage="usage: bash scripts/gpu_collect.sh FILES_AT TAG [--overwrite]"
 [ $# -ge 2 ] && [ $# -le 3 ] || { echo "gpu_collect.sh: $usage"; exit 2; }
-IN=$1 TAG=$2 OVER=${3:-}
+TAG=$2 OVER=${3:-}
+IN=$(cd "$1" 2> /dev/null && pwd) || { echo "gpu_collect.sh: FILES_AT $1: not a directory"; exit 2; }
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -z "$OVER" ] || [ "$OVER" = --overwrite ] || { echo "gpu_collect.sh: '$OVER': $usage"; exit 2; }
-[ -d "$IN" ] || { echo "gpu_collect.sh: FILES_AT $IN: not a directory"; exit 2; }
 [[ $TAG =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}[a-z]?$ ]] ||
   { echo "gpu_collect.sh: TAG '$TAG': a date, YYYY-MM-DD, with a letter after it for a second run that day"; exit 2; }
 [ -s "$IN/summary.txt" ] || { echo "gpu_collect.sh: $IN/summary.txt: missing or empty (not a gpu_check.sh call's files?)"; exit 2; }
 DOCS=${SY_DOCS:-docs}/gpu
 RUN=${SY_RUNS:-build-gpu/runs}/$TAG
-mkdir -p "$DOCS" "$RUN"
-if [ -z "$OVER" ] && ls "$DOCS"/*_"$TAG".json > /dev/null 2>&1; then
-  echo "gpu_collect.sh: $DOCS already holds run $TAG ($(ls "$DOCS"/*_"$TAG".json | xargs -n1 basename | paste -sd ' ' -)): --overwrite to replace it"
-  exit 2
-fi
-cp "$IN/summary.txt" "$RUN/"
-[ -f "$IN/inventory.txt" ] && cp "$IN/inventory.txt" "$RUN/"
+STAGE=$(mktemp -d)  # the logs unpacked here first: nothing is written where the call is refused
+trap 'rm -rf "$STAGE"' EXIT
 if [ -f "$IN/logs.tar.gz" ]; then
-  rm -rf "$RUN/logs"
-  tar -C "$RUN" -xzf "$IN/logs.tar.gz" || echo "note: $IN/logs.tar.gz did not unpack whole"
+  tar -C "$STAGE" -xzf "$IN/logs.tar.gz" || echo "note: $IN/logs.tar.gz did not unpack whole"
 fi
 
-# keep NAME FILE: FILE (if there, and JSON) as docs/gpu/NAME_TAG.json, then
-# beside the newest earlier record of NAME (by name, C collation: 04 < 04b < 05).
+# What this call keeps: NAME=FILE for each JSON it brought back.
+cands=()
+for name in bench_ops bench_attention; do [ -s "$IN/$name.json" ] && cands+=("$name=$IN/$name.json"); done
+for name in switch_gpu_ops torch_moe torch_attention torch_attention_long grad_overlap \
+            bench_comm_nccl_np1 bench_comm_nccl_np2 bench_comm_device_np4; do
+  [ -s "$STAGE/logs/$name.json" ] && cands+=("$name=$STAGE/logs/$name.json")
+done
+held=()
+for c in "${cands[@]}"; do [ -e "$DOCS/${c%%=*}_$TAG.json" ] && held+=("${c%%=*}_$TAG.json"); done
+if [ -z "$OVER" ] && [ ${#held[@]} -gt 0 ]; then
+  echo "gpu_collect.sh: $DOCS already holds ${held[*]}: --overwrite to replace them"
+  exit 2
+fi
+mkdir -p "$DOCS" "$RUN"
+n=1
+while [ -e "$RUN/call$n" ]; do n=$((n + 1)); done
+CALL=$RUN/call$n
+mkdir -p "$CALL"
+cp --no-preserve=mode "$IN/summary.txt" "$CALL/"
+[ -f "$IN/inventory.txt" ] && cp --no-preserve=mode "$IN/inventory.txt" "$CALL/"
+[ -d "$STAGE/logs" ] && mv "$STAGE/logs" "$CALL/logs"
+
+# keep NAME FILE: FILE (JSON) as docs/gpu/NAME_TAG.json, then beside the
+# newest earlier record of NAME (by name, C collation: 04 < 04b < 05).
 kept=()
 keep() {
   local name=$1 f=$2 record
-  [ -s "$f" ] || return 0
   python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$f" 2> /dev/null ||
-    { echo "note: $f is not JSON (a run cut off mid-write?): not kept"; return 0; }
+    { echo "note: $(basename "$f") is not JSON (a run cut off mid-write?): not kept"; return 0; }
   record=$(ls "$DOCS/${name}"_[0-9]*.json 2> /dev/null | grep -v "_${TAG}.json$" | LC_ALL=C sort | tail -1)
-  cp "$f" "$DOCS/${name}_${TAG}.json"
+  cp --no-preserve=mode "$f" "$DOCS/${name}_${TAG}.json" || { echo "note: $name not kept (cp failed)"; return 0; }
   kept+=("$DOCS/${name}_${TAG}.json")
   case $name in
     bench_ops | bench_attention | switch_gpu_ops)
       [ -n "$record" ] || return 0
       python3 scripts/bench/compare_runs.py "$record" "$DOCS/${name}_${TAG}.json" --min-change 0.05 \
-        > "$RUN/compare_$name.log" 2>&1
+        > "$CALL/compare_$name.log" 2>&1
       echo "$name against $(basename "$record"): $(grep -E '^(devices differ|[0-9]+ of [0-9]+ rows|compare_runs:)' \
-        "$RUN/compare_$name.log" | paste -sd ' ' -) ($RUN/compare_$name.log)" ;;
+        "$CALL/compare_$name.log" | paste -sd ' ' -) ($CALL/compare_$name.log)" ;;
   esac
 }
-keep bench_ops "$IN/bench_ops.json"
-keep bench_attention "$IN/bench_attention.json"
-for name in switch_gpu_ops torch_moe torch_attention torch_attention_long torch_step grad_overlap \
-            bench_comm_nccl_np1 bench_comm_nccl_np2 bench_comm_device_np4; do
-  keep "$name" "$RUN/logs/$name.json"
+for c in "${cands[@]}"; do
+  f=${c#*=}
+  [[ $f == "$STAGE"/logs/* ]] && f=$CALL/logs/${f#"$STAGE"/logs/}
+  keep "${c%%=*}" "$f"
 done
-if [ -s "$DOCS/bench_attention_${TAG}.json" ]; then
+if [ -s "$DOCS/bench_attention_${TAG}.json" ] && [[ " ${kept[*]} " == *" $DOCS/bench_attention_${TAG}.json "* ]]; then
   if command -v gnuplot > /dev/null; then
-    python3 scripts/bench/plot_attention.py "$DOCS/bench_attention_${TAG}.json" "$RUN/attention_vs_length.png" ||
+    python3 scripts/bench/plot_attention.py "$DOCS/bench_attention_${TAG}.json" "$CALL/attention_vs_length.png" ||
       echo "note: the attention plot failed"
   else
     echo "note: no gnuplot: no attention plot"
   fi
 fi
 echo "kept: ${kept[*]:-nothing}"
-echo "logs: $RUN/logs ($(ls "$RUN/logs" 2> /dev/null | wc -l) files)"
-echo "== summary of the call ($RUN/summary.txt)"
-cat "$RUN/summary.txt"
+echo "logs: $CALL/logs ($(ls "$CALL/logs" 2> /dev/null | wc -l) files)"
+echo "== summary of the call ($CALL/summary.txt)"
+cat "$CALL/summary.txt"

@@ -14,6 +14,9 @@ for f in "$SRC"/docs/gpu/bench_attention_*.json; do
     out=$tmp/$(basename "$f" .json)_$pass.png
     python3 "$SRC/scripts/bench/plot_attention.py" "$f" "$out" --pass "$pass" > "$tmp/p.log" 2>&1 ||
       { echo "FAIL $f $pass:"; cat "$tmp/p.log"; fail=1; continue; }
+    # (the runs of record have all seven curves, SDPA's among them, at 4k, 16k and 64k)
+    grep -q "^wrote $out: 7 curves over n = 4096, 16384, 65536$" "$tmp/p.log" ||
+      { echo "FAIL $f $pass: $(cat "$tmp/p.log")"; fail=1; continue; }
     if [ "$(head -c 4 "$out" | tail -c 3)" != "PNG" ] || [ "$(stat -c %s "$out")" -lt 20000 ]; then
       echo "FAIL $f $pass: not a full PNG ($(stat -c %s "$out") bytes)"; fail=1; continue
     fi

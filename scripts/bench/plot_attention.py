@@ -122,7 +122,7 @@ def main():
              "set grid; set logscale x 2; set xlabel 'sequence length n'", xr, xt, "set key top left opaque",
              "set logscale y; set ylabel 'ms a call'", "set title 'time'",
              plot(2, [l for l, _, _ in CURVES]),
-             "set title 'speed-up over SDPA (its time / ours)'; set ylabel 'x SDPA'; set key top left",
+             "set title 'speed-up over SDPA (its time / ours)'; set ylabel 'x SDPA'; set key bottom right opaque",
              plot(3, [l for l, _, _ in CURVES if l != "SDPA (PyTorch)"],
                   f"20 with lines dt 2 lc rgb 'gray' title 'issue 18 bar at 64k (20x)'")
              if sdpa else "set label 1 'no SDPA rows (bench_attention --sdpa)' at graph 0.1,0.5; plot 1/0 notitle",
@@ -137,7 +137,7 @@ def main():
         if r.returncode != 0 or not os.path.exists(out):
             sys.stderr.write(r.stderr)
             sys.exit(f"plot_attention: gnuplot failed writing {out} from {a.bench}")
-    print(f"wrote {out}")
+    print(f"wrote {out}: {len(pts)} curves over n = {', '.join(str(n) for n in ns)}")
 
 
 if __name__ == "__main__":
