@@ -415,19 +415,31 @@ TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
       ops::to_bf16(x, a16, a);
       if (!epilogue) {
         EXPECT_TRUE(bitwise_equal(act16.to(host_ctx()), a16.to(host_ctx()))) << "act_bf16 is not bf16(act)";
-      } else {  // gelu(z) against gelu(bf16(z)): a bf16 step apart at most (2^-7 relative, and near 0 absolute)
+      } else {
+        // bf16(gelu(z)) against bf16(gelu(bf16(z))): before their roundings
+        // the two are gelu' (up to 1.13) times half a bf16 step of z apart,
+        // which is more than half a step of gelu(z) where gelu(z) lies a
+        // binade below z (z near 1: gelu(1.01) = 0.85), so the rounded values
+        // may be two steps apart (2^-6 relative; near 0, of 0.25): over a
+        // grid of 400k z in [-4, 4], 43 pass one step (the worst 1.17 steps,
+        // at z = 1.004) and none two. A wrong activation (gelu of another
+        // value, or none) is far outside that.
         const Tensor kept = act16.to(host_ctx()).to(DType::f32), again = a16.to(host_ctx()).to(DType::f32);
         int64_t far = 0;
         for (int64_t i = 0; i < kept.numel(); ++i) {
           const float k = kept.f32()[i], r = again.f32()[i];
-          far += std::fabs(k - r) > 0x1p-7f * std::max(std::fabs(r), 0.25f);
+          far += std::fabs(k - r) > 0x1p-6f * std::max(std::fabs(r), 0.25f);
         }
         EXPECT_EQ(far, 0) << "act_bf16 is not the GELU epilogue's bf16(gelu(z))";
       }
     }
+    // Every output as without reuse; dW2 reads act, which with the epilogue
+    // is gelu(z) rather than gelu(bf16(z)): there reuse 2's against reuse
+    // 1's (both read the kept act), and reuse 1's has no other to match.
     for (int reuse = 1; reuse < 3; ++reuse)
       for (size_t i = 0; i < res[0].size(); ++i) {
-        const bool dw2 = i == 3;  // (dW2 reads act)
+        const bool dw2 = i == 3;
+        if (epilogue && dw2 && reuse == 1) continue;
         EXPECT_TRUE(bitwise_equal(res[epilogue && dw2 ? 1 : 0][i], res[reuse][i]))
             << "output " << i << ", reuse " << reuse;
       }
