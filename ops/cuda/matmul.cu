@@ -249,6 +249,17 @@ Plan& plan_for(Ctx& ctx, cublasLtHandle_t handle, const GemmArgs& g, const AlgoK
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4));
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4));
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], 4));
+  if (key.out16) {
+    // A bf16 output is the fp32 sum rounded once (ops/matmul.h). The default
+    // mask also admits split-K algorithms that add their partial sums in the
+    // output type (INPLACE, OUTPUT_TYPE: bf16 partials, an error that scales
+    // with the partials rather than the result, seen chosen on an L40 by
+    // TransformerEngine); only partials kept in the compute type (fp32) are
+    // admitted, and algorithms without split-K (NONE, mask 0) always are.
+    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pr, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction,
+                                                      sizeof(reduction)));
+  }
   cublasLtMatmulHeuristicResult_t result;
   std::memset(&result, 0, sizeof(result));
   int found = 0;

@@ -1,6 +1,8 @@
 // Backend op tests of the GEMMs and expert FFNs beyond the op cases: bf16
 // rounding reuse, written gradients, cuBLASLt's epilogues and plans
 // (tests/backend_ops_test.cc).
+#include <tuple>
+
 #include "tests/backend_ops/harness.h"
 
 namespace sy::op_test {
@@ -368,14 +370,21 @@ TEST_P(BackendOps, ExpertFfnBf16DoutIsItsValuesInF32) {
 // it is what the kept act gives, not the recomputed one (the rest as before).
 TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
   Ctx& x = ctx();
-  // GELU with an f32 pre and with a bf16 one (ops/expert_ffn.h); SwiGLU's is f32.
-  for (const auto& [act, pre_dtype] : std::vector<std::pair<ops::FfnActivation, DType>>{
-           {ops::FfnActivation::gelu, DType::f32}, {ops::FfnActivation::gelu, DType::bf16},
-           {ops::FfnActivation::swiglu, DType::f32}}) {
+  // GELU with an f32 pre and with a bf16 one (ops/expert_ffn.h); SwiGLU's is
+  // f32. Hidden widths {6, 12, 3, 9}: on CUDA the bf16 pre's GELU epilogue
+  // falls back to fp32 scratch and our GELU kernels (rows of other than a
+  // multiple of 8 values); {8, 16, 8, 24}: cuBLASLt's GELU_AUX and DGELU.
+  for (const auto& [act, pre_dtype, widths] :
+       std::vector<std::tuple<ops::FfnActivation, DType, std::vector<int64_t>>>{
+           {ops::FfnActivation::gelu, DType::f32, {6, 12, 3, 9}},
+           {ops::FfnActivation::gelu, DType::bf16, {6, 12, 3, 9}},
+           {ops::FfnActivation::gelu, DType::bf16, {8, 16, 8, 24}},
+           {ops::FfnActivation::swiglu, DType::f32, {6, 12, 3, 9}}}) {
     const bool swiglu = act == ops::FfnActivation::swiglu;
-    SCOPED_TRACE(std::string(swiglu ? "swiglu" : "gelu") + (pre_dtype == DType::bf16 ? ", bf16 pre" : ""));
+    SCOPED_TRACE(std::string(swiglu ? "swiglu" : "gelu") + (pre_dtype == DType::bf16 ? ", bf16 pre" : "") +
+                 ", widths " + std::to_string(widths[0]) + "...");
     const std::vector<int32_t> offset{0, 5, 5, 12, 20};
-    const ops::ExpertLayout layout(8, {6, 12, 3, 9}, act);
+    const ops::ExpertLayout layout(8, widths, act);
     const int64_t P = layout.total_width(), S = layout.total_hidden();
     Rng rng(0xe16);
     const Tensor buf = randn({20, 8}, rng).to(x), w1 = randn({8 * P}, rng, 0.3f).to(x), w2 = randn({S * 8}, rng, 0.3f).to(x),
@@ -407,8 +416,9 @@ TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
     }
     EXPECT_TRUE(bitwise_equal(buf16.to(host_ctx()), buf.to(host_ctx()).to(DType::bf16))) << "buf_bf16 is not bf16(buf)";
     EXPECT_EQ(back16.raw(), given16.raw()) << "a bf16 buf is not handed back as buf_bf16";
-    EXPECT_EQ(act16.numel(), 5 * 6 + 7 * 3 + 8 * 9);
+    EXPECT_EQ(act16.numel(), 5 * widths[0] + 7 * widths[2] + 8 * widths[3]);
     const bool epilogue = !swiglu && pre_dtype == DType::bf16;
+    bool act_moved = false;  // (epilogue: the kept act differs from gelu(bf16(z)) somewhere)
     if (!swiglu) {  // GELU's act is packed as pre: act_bf16 = bf16(gelu(pre)), by this backend's gelu
       Tensor a = out(x, pre.shape()), a16 = out(x, pre.shape(), DType::bf16);
       ops::gelu_forward(x, a, pre);
@@ -425,6 +435,7 @@ TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
         // at z = 1.004) and none two. A wrong activation (gelu of another
         // value, or none) is far outside that.
         const Tensor kept = act16.to(host_ctx()).to(DType::f32), again = a16.to(host_ctx()).to(DType::f32);
+        act_moved = !bitwise_equal(kept, again);
         int64_t far = 0;
         for (int64_t i = 0; i < kept.numel(); ++i) {
           const float k = kept.f32()[i], r = again.f32()[i];
@@ -435,7 +446,7 @@ TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
     }
     // Every output as without reuse; dW2 reads act, which with the epilogue
     // is gelu(z) rather than gelu(bf16(z)): there reuse 2's against reuse
-    // 1's (both read the kept act), and reuse 1's has no other to match.
+    // 1's (both read the kept act), and reuse 1's against reuse 0's below.
     for (int reuse = 1; reuse < 3; ++reuse)
       for (size_t i = 0; i < res[0].size(); ++i) {
         const bool dw2 = i == 3;
@@ -443,6 +454,10 @@ TEST_P(BackendOps, ExpertFfnBf16BackwardReusesTheForwardsRounding) {
         EXPECT_TRUE(bitwise_equal(res[epilogue && dw2 ? 1 : 0][i], res[reuse][i]))
             << "output " << i << ", reuse " << reuse;
       }
+    // ... and reuse 1's dW2 did read the kept act: where that differs from
+    // gelu(bf16(z)), so does dW2 from the one recomputed without reuse.
+    if (epilogue && act_moved)
+      EXPECT_FALSE(bitwise_equal(res[0][3], res[1][3])) << "dW2 did not read the kept act";
   }
 }
 
