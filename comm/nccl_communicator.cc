@@ -605,13 +605,11 @@ class NcclCommunicator final : public Communicator {
     // is then for the collective alone; the watchdog's entry, armed on its
     // `done` event, still covers it).
     // finish() after the collective: the copy back and the wait checked (a
-    // failed copy back would leave the host tensor stale, unsaid). The
-    // destructor does the same where finish() was not reached (a throw
-    // unwinding), where it must not throw: its errors are dropped, and
-    // cleared from the thread's last error so that no later check names an
-    // unrelated op.
-    // (buf_ is let go only once the checks pass: a throw leaves it to the
-    // destructor to free.)
+    // failed copy back would leave the host tensor stale, unsaid); buf_ is
+    // let go only once they pass. The destructor does the same where
+    // finish() was not reached or threw (unwinding), where it must not
+    // throw: its errors are dropped, and cleared from the thread's last
+    // error so that no later check names an unrelated op.
     void finish() {
       if (!buf_) return;
       if (out_) CUDA_CHECK(cudaMemcpyAsync(t_.raw(), buf_, t_.nbytes(), cudaMemcpyDeviceToHost, c_.stream_));

@@ -15,11 +15,11 @@ std::string corpus_for(const Config& cfg) {
     // Validation names the field for train_switch's own config; a config
     // read back from a checkpoint (route_report, sample's evaluation) comes
     // here unvalidated against the file system, so say which field it is.
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(d.path(), ec))
-      throw ConfigError("data.path = \"" + d.path() + "\": " +
-                        (std::filesystem::exists(d.path(), ec) ? "not a regular file"
-                                                               : "no such file (paths are relative to the working directory)"));
+    // (validate_config's words: not_a_regular_file)
+    const std::string kind = not_a_regular_file(d.path());
+    if (!kind.empty())
+      throw ConfigError("data.path = \"" + d.path() + "\": " + kind +
+                        (kind == "no such file" ? " (paths are relative to the working directory)" : ""));
     return read_file_bytes(d.path());
   }
   return synthetic_corpus(cfg.train().seed(), d.synthetic_bytes(),

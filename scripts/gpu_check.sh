@@ -733,12 +733,9 @@ print(f"losses bit for bit at {len(a)} steps" if a and not diff and set(a) == se
       else f"losses DIFFER (steps {sorted(diff)[:3]} of {len(a)}, {len(b)} logged)")
 PY
   }
-  MIN_S=40 run_limited nccl_train_np2 90 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
-    --metrics "$LOG/nccl_train_np2.jsonl"
-  rc_nccl=$?
+  # nccl_run NAME ARGS...: an NCCL training, unless an earlier one reached
+  # its time limit
   NSKIP=0
-  grep -qs 'stopped after' "$LOG/nccl_train_np2.log" && NSKIP=1
-  # nccl_run NAME ARGS...: one more NCCL training, unless the first hung
   nccl_run() {
     local name=$1 rc
     shift
@@ -751,6 +748,9 @@ PY
     grep -qs 'stopped after' "$LOG/$name.log" && NSKIP=1
     return $rc
   }
+  nccl_run nccl_train_np2 "${M[@]}" -np 2 "$(loopback $B/train_switch)" "${NT[@]}" --set parallel.backend=NCCL \
+    --metrics "$LOG/nccl_train_np2.jsonl"
+  rc_nccl=$?
   MIN_S=40 run_limited mpi_train_np2 90 "${M[@]}" -np 2 $B/train_switch "${NT[@]}" --set parallel.backend=MPI \
     --metrics "$LOG/mpi_train_np2.jsonl"
   rc_mpi=$?

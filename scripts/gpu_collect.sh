@@ -45,15 +45,18 @@ if [ -f "$IN/logs.tar.gz" ]; then
   tar -C "$STAGE" -xzf "$IN/logs.tar.gz" || echo "note: $IN/logs.tar.gz did not unpack whole"
 fi
 
-# What this call keeps: NAME=FILE for each JSON it brought back.
-cands=()
-for name in bench_ops bench_attention; do [ -s "$IN/$name.json" ] && cands+=("$name=$IN/$name.json"); done
-for name in switch_gpu_ops torch_moe torch_attention torch_attention_long grad_overlap \
-            bench_comm_nccl_np1 bench_comm_nccl_np2 bench_comm_device_np4; do
-  [ -s "$STAGE/logs/$name.json" ] && cands+=("$name=$STAGE/logs/$name.json")
+# What this call keeps: the JSON it brought back, beside its summary (TOP)
+# or in its logs (LOGGED). src NAME LOGS: NAME's file, the logs unpacked in LOGS.
+TOP=(bench_ops bench_attention)
+LOGGED=(switch_gpu_ops torch_moe torch_attention torch_attention_long grad_overlap
+        bench_comm_nccl_np1 bench_comm_nccl_np2 bench_comm_device_np4)
+src() { case " ${TOP[*]} " in *" $1 "*) echo "$IN/$1.json" ;; *) echo "$2/$1.json" ;; esac; }
+names=() held=()
+for name in "${TOP[@]}" "${LOGGED[@]}"; do
+  [ -s "$(src "$name" "$STAGE/logs")" ] || continue
+  names+=("$name")
+  [ -e "$DOCS/${name}_$TAG.json" ] && held+=("${name}_$TAG.json")
 done
-held=()
-for c in "${cands[@]}"; do [ -e "$DOCS/${c%%=*}_$TAG.json" ] && held+=("${c%%=*}_$TAG.json"); done
 if [ -z "$OVER" ] && [ ${#held[@]} -gt 0 ]; then
   echo "gpu_collect.sh: $DOCS already holds ${held[*]}: --overwrite to replace them"
   exit 2
@@ -86,12 +89,8 @@ keep() {
         "$CALL/compare_$name.log" | paste -sd ' ' -) ($CALL/compare_$name.log)" ;;
   esac
 }
-for c in "${cands[@]}"; do
-  f=${c#*=}
-  [[ $f == "$STAGE"/logs/* ]] && f=$CALL/logs/${f#"$STAGE"/logs/}
-  keep "${c%%=*}" "$f"
-done
-if [ -s "$DOCS/bench_attention_${TAG}.json" ] && [[ " ${kept[*]} " == *" $DOCS/bench_attention_${TAG}.json "* ]]; then
+for name in "${names[@]}"; do keep "$name" "$(src "$name" "$CALL/logs")"; done
+if [[ " ${kept[*]} " == *" $DOCS/bench_attention_${TAG}.json "* ]]; then  # (kept by this call)
   if command -v gnuplot > /dev/null; then
     python3 scripts/bench/plot_attention.py "$DOCS/bench_attention_${TAG}.json" "$CALL/attention_vs_length.png" ||
       echo "note: the attention plot failed"

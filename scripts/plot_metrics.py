@@ -282,6 +282,29 @@ def attention_row(page, rows):
     page.row(panels)
 
 
+def check_png_out(out, tool):
+    """Exits with one line where `out` cannot be gnuplot's PNG output (also
+    scripts/bench/plot_attention.py's)."""
+    if "\n" in out or '"' in out:
+        sys.exit(f"{tool}: {out!r}: a PNG path without newlines or double quotes, please")
+    if not os.path.isdir(os.path.dirname(out) or "."):
+        sys.exit(f"{tool}: {out}: directory {os.path.dirname(out)} does not exist")
+    if not shutil.which("gnuplot"):
+        sys.exit(f"{tool}: gnuplot not found (Debian: apt-get install gnuplot-nox)")
+
+
+def run_gnuplot(script, tmp, out, tool, source):
+    """Runs gnuplot on `script` (written into tmp); exits with one line,
+    gnuplot's stderr before it, where it wrote no `out`."""
+    path = os.path.join(tmp, "page.gp")
+    with open(path, "w") as f:
+        f.write(script)
+    r = subprocess.run(["gnuplot", path], capture_output=True, text=True)
+    if r.returncode != 0 or not os.path.exists(out):
+        sys.stderr.write(r.stderr)
+        sys.exit(f"{tool}: gnuplot failed writing {out} from {source}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("metrics", help="JSONL written by train_switch --metrics")
@@ -289,12 +312,7 @@ def main():
     ap.add_argument("--title", help="page title (default: the metrics file's name)")
     a = ap.parse_args()
     out = a.out or os.path.splitext(a.metrics)[0] + ".png"
-    if "\n" in out or '"' in out:
-        sys.exit(f"plot_metrics: {out!r}: a PNG path without newlines or double quotes, please")
-    if not os.path.isdir(os.path.dirname(out) or "."):
-        sys.exit(f"plot_metrics: {out}: directory {os.path.dirname(out)} does not exist")
-    if not shutil.which("gnuplot"):
-        sys.exit("plot_metrics: gnuplot not found (Debian: apt-get install gnuplot-nox)")
+    check_png_out(out, "plot_metrics")
     rows = read(a.metrics)
     title = a.title or (f"{os.path.basename(a.metrics)}: {len(rows)} logged steps, "
                         f"last step {rows[-1]['step']}")
@@ -305,13 +323,7 @@ def main():
         moe_rows(page, rows)
         depth_row(page, rows)
         attention_row(page, rows)
-        script = page.script(out, title.replace('"', "'"))
-        with open(os.path.join(tmp, "page.gp"), "w") as f:
-            f.write(script)
-        r = subprocess.run(["gnuplot", os.path.join(tmp, "page.gp")], capture_output=True, text=True)
-        if r.returncode != 0 or not os.path.exists(out):
-            sys.stderr.write(r.stderr)
-            sys.exit(f"plot_metrics: gnuplot failed writing {out} from {a.metrics}")
+        run_gnuplot(page.script(out, title.replace('"', "'")), tmp, out, "plot_metrics", a.metrics)
     print(f"wrote {out}")
 
 

@@ -23,10 +23,11 @@ import json
 import math
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from plot_metrics import check_png_out, q, run_gnuplot  # noqa: E402 (scripts/plot_metrics.py)
 
 # The curves, in the key's order: (label, colour, a test of a row's op and n).
 def _k(op):
@@ -72,10 +73,6 @@ def points(d, pas):
     return {k: sorted(v) for k, v in out.items() if v}
 
 
-def q(s):
-    return '"' + s.replace('"', "'") + '"'
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bench", help="JSON written by bench_attention --json")
@@ -84,12 +81,7 @@ def main():
                     help="which pass to plot (default fwd+bwd)")
     a = ap.parse_args()
     out = a.out or os.path.splitext(a.bench)[0] + ".png"
-    if "\n" in out or '"' in out:
-        sys.exit(f"plot_attention: {out!r}: a PNG path without newlines or double quotes, please")
-    if not os.path.isdir(os.path.dirname(out) or "."):
-        sys.exit(f"plot_attention: {out}: directory {os.path.dirname(out)} does not exist")
-    if not shutil.which("gnuplot"):
-        sys.exit("plot_attention: gnuplot not found (Debian: apt-get install gnuplot-nox)")
+    check_png_out(out, "plot_attention")
     d = read(a.bench)
     pts = points(d, a.pas)
     if not pts:
@@ -130,13 +122,7 @@ def main():
              "set title 'share spent choosing (assignment, sort, scores, top-k)'; set key top right",
              plot(4, [l for l in pts if l in SELECTIVE], "30 with lines dt 2 lc rgb 'gray' title 'bar (30%)'"),
              "unset multiplot"]
-        gp = os.path.join(tmp, "page.gp")
-        with open(gp, "w") as f:
-            f.write("\n".join(g) + "\n")
-        r = subprocess.run(["gnuplot", gp], capture_output=True, text=True)
-        if r.returncode != 0 or not os.path.exists(out):
-            sys.stderr.write(r.stderr)
-            sys.exit(f"plot_attention: gnuplot failed writing {out} from {a.bench}")
+        run_gnuplot("\n".join(g) + "\n", tmp, out, "plot_attention", a.bench)
     print(f"wrote {out}: {len(pts)} curves over n = {', '.join(str(n) for n in ns)}")
 
 

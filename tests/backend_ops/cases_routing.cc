@@ -5,6 +5,18 @@
 #include "tests/backend_ops/harness.h"
 
 namespace sy::op_test {
+namespace {
+
+// Selection keys (N, G) with fewer than k finite in some rows: every other
+// row keeps 0 or 2 finite keys, the rest NaN or -inf.
+void make_keys_nonfinite(Tensor& keys) {
+  const int64_t N = keys.dim(0), G = keys.dim(1);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < N; i += 2)
+    for (int64_t j = i % 4; j < G; ++j) keys.f32()[i * G + j] = (i + j) % 3 == 0 ? nan : ninf;
+}
+
+}  // namespace
 
 void add_routing_cases(std::vector<OpCase>& c) {
   // ---- routing ----
@@ -90,12 +102,7 @@ void add_routing_cases(std::vector<OpCase>& c) {
         p.selection_keys = &in[2];
         return p;
       },
-      true, 1, [](Ins& in) {
-        const float nan = std::numeric_limits<float>::quiet_NaN();
-        const float ninf = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < 300; i += 2)  // rows with 0 or 2 finite keys, the rest NaN or -inf
-          for (int64_t j = i % 4; j < 16; ++j) in[2].f32()[i * 16 + j] = (i + j) % 3 == 0 ? nan : ninf;
-      }));
+      true, 1, [](Ins& in) { make_keys_nonfinite(in[2]); }));
   // Padded: offsets g C on the device (written by the kernel, not copied) and
   // the host part set without a copy back; drops by score priority.
   c.push_back(tokens_choose_case("tokens_choose_padded_score", 53, 6, 2, [](const Ins& in) {
@@ -358,12 +365,7 @@ void add_routing_cases(std::vector<OpCase>& c) {
                    if (g.name == "softmax_ties_100") {  // whole logits: equal probabilities across lanes and j
                      for (int64_t j = 0; j < N * g.G; ++j) in[0].f32()[j] = j < g.G ? 0.f : std::round(in[0].f32()[j]);
                    }
-                   if (g.name == "keys_nonfinite_16") {  // rows with 0 or 2 finite keys, the rest NaN or -inf
-                     const float nan = std::numeric_limits<float>::quiet_NaN();
-                     const float ninf = -std::numeric_limits<float>::infinity();
-                     for (int64_t i = 0; i < N; i += 2)
-                       for (int64_t j = i % 4; j < g.G; ++j) in[2].f32()[i * g.G + j] = (i + j) % 3 == 0 ? nan : ninf;
-                   }
+                   if (g.name == "keys_nonfinite_16") make_keys_nonfinite(in[2]);
                    return in;
                  },
                  [=](Ctx& x, const Ins&) { return Outs{fresh(x, {N, g.G})}; },
