@@ -117,7 +117,8 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("train.min_lr_ratio", t.min_lr_ratio(), 0.f, 1.f);
   if (t.warmup_steps() < 0 || t.warmup_steps() > t.steps())  // (a shortened run meets this first: say which)
     c.fail("train.warmup_steps", t.warmup_steps(),
-           "must be in [0, train.steps = " + std::to_string(t.steps()) + "] (set it with a shorter train.steps)");
+           "must be in [0, train.steps = " + std::to_string(t.steps()) +
+               "] (a shorter run needs fewer: lower train.warmup_steps with it, e.g. --set train.warmup_steps=0)");
   c.range("train.beta1", t.beta1(), 0.f, 1.f, false, true);
   c.range("train.beta2", t.beta2(), 0.f, 1.f, false, true);
   c.range("train.eps", t.eps(), 0.f, 1.f, true, true);

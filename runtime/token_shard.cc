@@ -3,6 +3,7 @@
 #include <glob.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 
@@ -131,16 +132,39 @@ uint32_t TokenShard::id(int64_t i) const {
   return header_.dtype == 2 ? load<uint16_t>(p) : load<uint32_t>(p);
 }
 
+namespace {
+// The first directory glob could not read and why (glob's error callback has
+// no user pointer; a thread's own copy, set by the callback, read after it).
+thread_local std::string glob_error_path;
+thread_local int glob_error_errno = 0;
+int note_glob_error(const char* path, int err) {
+  glob_error_path = path;
+  glob_error_errno = err;
+  return 1;  // stop (GLOB_ERR)
+}
+}  // namespace
+
 std::vector<std::string> expand_glob(const std::string& pattern, const std::string& field) {
   glob_t g{};
-  const int rc = ::glob(pattern.c_str(), GLOB_ERR, nullptr, &g);
+  glob_error_path.clear();
+  glob_error_errno = 0;
+  const int rc = ::glob(pattern.c_str(), GLOB_ERR, note_glob_error, &g);
   std::vector<std::string> out;
   if (rc == 0)
     for (size_t i = 0; i < g.gl_pathc; ++i) out.emplace_back(g.gl_pathv[i]);
   globfree(&g);
+  const std::string where = field + " = \"" + pattern + "\": ";
   if (rc == GLOB_NOMATCH || (rc == 0 && out.empty()))
-    throw ConfigError(field + " = \"" + pattern + "\": matches no file (patterns are relative to the working directory)");
-  if (rc != 0) throw ConfigError(field + " = \"" + pattern + "\": cannot be expanded (a directory cannot be read)");
+    throw ConfigError(where + "matches no file (patterns are relative to the working directory)");
+  // A directory of the pattern that does not exist is no match either
+  // (GLOB_ERR reports it as an error): say which.
+  if (rc == GLOB_ABORTED && (glob_error_errno == ENOENT || glob_error_errno == ENOTDIR))
+    throw ConfigError(where + "matches no file (directory " + glob_error_path +
+                      " does not exist; patterns are relative to the working directory)");
+  if (rc != 0)
+    throw ConfigError(where + "cannot be expanded (directory " +
+                      (glob_error_path.empty() ? std::string("?") : glob_error_path) +
+                      " cannot be read: " + std::strerror(glob_error_errno) + ")");
   return out;
 }
 

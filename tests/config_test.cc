@@ -71,7 +71,8 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
   expect_invalid("model { vocab_size: 100 }", "model.vocab_size = 100: must be 256");
   expect_invalid("data { val_fraction: 0 }", "data.val_fraction = 0");
   expect_invalid("train { steps: 10 warmup_steps: 11 }",
-                 "train.warmup_steps = 11: must be in [0, train.steps = 10] (set it with a shorter train.steps)");
+                 "train.warmup_steps = 11: must be in [0, train.steps = 10] (a shorter run needs fewer: lower "
+                 "train.warmup_steps with it, e.g. --set train.warmup_steps=0)");
   expect_invalid("moe { num_experts: 4 router_noise: -1 }", "moe.router_noise = -1: must be in [0, 10]");
   expect_invalid("moe { num_experts: 4 load_balance_tokens: 100 }",
                  "moe.load_balance_tokens = 100: must divide train.batch / train.micro_batches * model.seq_len = ");

@@ -334,6 +334,13 @@ TEST_F(Shards, TrainingDataRefusals) {
   EXPECT_NE(m.find("validation shards must be separate"), std::string::npos) << m;
   m = error_of([&] { TrainingData d(token_config(path("nothing_*.bin"), path("val_*.bin"), 300)); });
   EXPECT_NE(m.find("data.token_files = \"" + path("nothing_*.bin") + "\": matches no file"), std::string::npos) << m;
+  // A directory of the pattern that does not exist (a corpus not yet
+  // sharded): no match, naming it, not "cannot be read".
+  m = error_of([&] { TrainingData d(token_config(path("absent/train_*.bin"), path("val_*.bin"), 300)); });
+  EXPECT_NE(m.find("data.token_files = \"" + path("absent/train_*.bin") + "\": matches no file (directory " +
+                   path("absent") + " does not exist"),
+            std::string::npos)
+      << m;
   m = error_of([&] { TrainingData d(token_config(path("train_*.bin"), path("val_*.bin"), 200)); });
   EXPECT_NE(m.find("vocab_size = 300"), std::string::npos) << m;
   write_token_shard(path("val_000000.bin"), {1, 2, 3, 4, 5}, 300);
