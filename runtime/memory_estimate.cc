@@ -118,20 +118,41 @@ MemoryPool training_memory(const Config& cfg, int node_rank, int node_ranks) {
 void check_memory(const Config& cfg, int world, const MemoryPool& pool, const std::string& source) {
   if (pool.bytes <= 0) return;
   const MemoryEstimate est = estimate_memory(cfg, world);
-  const double need = est.total() * std::max(1, pool.ranks);
+  const int ranks = std::max(1, pool.ranks);
+  const double need = est.total() * ranks;
   if (need <= pool.bytes) return;
   const auto& m = cfg.model();
+  const auto& par = cfg.parallel();
+  // What would lower the parameters' share: a smaller model, or experts and
+  // the AdamW state split over ranks (with one rank: more ranks to split them).
+  std::string split;
+  if (cfg.moe().num_experts() > 0 && par.expert_parallel() <= 1) split = "the experts (parallel.expert_parallel)";
+  if (!par.shard_optimizer())
+    split += (split.empty() ? "" : " or ") + std::string("the AdamW state (parallel.shard_optimizer)");
+  std::string fewer_parameters = "a smaller model (model.d_model, model.n_layers, the FFN and expert widths, moe.num_experts)";
+  if (!split.empty())
+    fewer_parameters += world > 1 ? ", or " + split + " split over the ranks" : ", or more ranks (mpirun -np N) to split " + split + " over";
   std::ostringstream os;
-  os << source << ": model.seq_len = " << m.seq_len() << " with train.batch = " << cfg.train().batch()
+  os << source << ": ";
+  if (est.parameters * ranks >= pool.bytes) {
+    // No batch fits: the activations' advice would not help.
+    os << "the parameters with gradients and AdamW state alone need about " << bytes_str(est.parameters * ranks);
+    if (ranks > 1) os << " (" << ranks << " ranks share " << pool.holder << ", " << bytes_str(est.parameters) << " each)";
+    os << " but " << pool.holder << " has " << bytes_str(pool.bytes) << " of " << pool.kind << "; needs "
+       << fewer_parameters;
+    throw ConfigError(os.str());
+  }
+  os << "model.seq_len = " << m.seq_len() << " with train.batch = " << cfg.train().batch()
      << ": training needs about " << bytes_str(need);
-  if (pool.ranks > 1) os << " (" << pool.ranks << " ranks share " << pool.holder << ", " << bytes_str(est.total()) << " each)";
+  if (ranks > 1) os << " (" << ranks << " ranks share " << pool.holder << ", " << bytes_str(est.total()) << " each)";
   os << " (activations " << bytes_str(est.activations) << ", parameters with gradients and AdamW state "
      << bytes_str(est.parameters) << ") but " << pool.holder << " has " << bytes_str(pool.bytes) << " of " << pool.kind
      << "; lower model.seq_len or train.batch, or raise train.micro_batches"
-     << (world > 1 && !cfg.parallel().shard_optimizer() ? ", or set parallel.shard_optimizer" : "")
+     << (world > 1 && !par.shard_optimizer() ? ", or set parallel.shard_optimizer" : "")
      << (!cfg.train().recompute()              ? " (or set train.recompute)"
          : cfg.train().recompute_blocks() > 0 ? " (or raise train.recompute_blocks)"
                                               : "");
+  if (est.parameters > est.activations) os << "; the parameters are most of it: " << fewer_parameters;
   throw ConfigError(os.str());
 }
 

@@ -467,6 +467,34 @@ TEST(Config, MemoryEstimateRefusesWhatCannotFit) {
   EXPECT_NE(m.find("but this machine has "), std::string::npos) << m;
   EXPECT_NE(m.find(" of physical memory; lower model.seq_len"), std::string::npos) << m;
   EXPECT_NE(m.find("(or set train.recompute)"), std::string::npos) << m;
+  EXPECT_EQ(m.find("the parameters are most of it"), std::string::npos) << m;  // activations are
+  // Where the parameters alone do not fit, no batch would: the advice is the
+  // model's size and the ranks to split it over, not the batch's.
+  {
+    Config big = parse_ok("model { d_model: 512 n_layers: 4 ffn_hidden: 2048 } moe { num_experts: 64 top_k: 2 }");
+    const MemoryEstimate b = estimate_memory(big, 1);
+    EXPECT_GT(b.parameters, b.activations);
+    MemoryPool small;
+    small.bytes = b.parameters / 2;
+    std::string e = error_of([&] { check_memory(big, 1, small, "t.pbtxt"); });
+    EXPECT_NE(e.find("t.pbtxt: the parameters with gradients and AdamW state alone need about "), std::string::npos) << e;
+    EXPECT_NE(e.find("needs a smaller model (model.d_model, model.n_layers, the FFN and expert widths, "
+                     "moe.num_experts), or more ranks (mpirun -np N) to split the experts (parallel.expert_parallel) "
+                     "or the AdamW state (parallel.shard_optimizer) over"),
+              std::string::npos)
+        << e;
+    e = error_of([&] { check_memory(big, 2, small, "t.pbtxt"); });
+    EXPECT_NE(e.find("or the experts (parallel.expert_parallel) or the AdamW state (parallel.shard_optimizer) split "
+                     "over the ranks"),
+              std::string::npos)
+        << e;
+    EXPECT_EQ(e.find("train.batch"), std::string::npos) << e;
+    // Both fit apart but not together, the parameters the larger part: both pieces of advice.
+    small.bytes = (b.parameters + b.activations) * 0.99;
+    e = error_of([&] { check_memory(big, 1, small, "t.pbtxt"); });
+    EXPECT_NE(e.find("lower model.seq_len or train.batch"), std::string::npos) << e;
+    EXPECT_NE(e.find("; the parameters are most of it: a smaller model"), std::string::npos) << e;
+  }
   // Recomputation keeps every block's input (N C) and one block's own
   // activations ((6 C + H + 2 F) N for a dense block) where all L blocks'
   // were kept: 4 bytes x ((L - 1) (6 C + H + 2 F) - L C) N fewer.
@@ -526,9 +554,18 @@ TEST(Config, MemoryEstimateOfShardedMoments) {
   // The refusal names it where there is more than one rank and it is not set.
   MemoryPool small;
   small.bytes = 1024;
-  EXPECT_NE(error_of([&] { check_memory(m, 4, small, "t.pbtxt"); }).find("or set parallel.shard_optimizer"),
+  // (1024 bytes: the parameters alone do not fit, the refusal's advice is
+  // theirs; with one rank it names more ranks to shard over.)
+  EXPECT_NE(error_of([&] { check_memory(m, 4, small, "t.pbtxt"); }).find("or the AdamW state (parallel.shard_optimizer) split over the ranks"),
             std::string::npos);
   EXPECT_EQ(error_of([&] { check_memory(ms, 4, small, "t.pbtxt"); }).find("shard_optimizer"), std::string::npos);
+  EXPECT_NE(error_of([&] { check_memory(m, 1, small, "t.pbtxt"); }).find("more ranks (mpirun -np N) to split the AdamW state (parallel.shard_optimizer)"),
+            std::string::npos);
+  // Where the activations are the excess, the world size decides as before.
+  small.bytes = estimate_memory(m, 4).parameters + 1;
+  EXPECT_NE(error_of([&] { check_memory(m, 4, small, "t.pbtxt"); }).find("or set parallel.shard_optimizer"),
+            std::string::npos);
+  small.bytes = estimate_memory(m, 1).parameters + 1;
   EXPECT_EQ(error_of([&] { check_memory(m, 1, small, "t.pbtxt"); }).find("shard_optimizer"), std::string::npos);
 }
 
