@@ -42,6 +42,15 @@ class Checker {
   std::string source_;
 };
 
+// Whether anything holds a MoE layer to moe.budget: the budget loss or a
+// hard budget (a SOFT budget without the loss is only reported).
+bool moe_budget_applies(const switchyard::MoeConfig& e) {
+  return e.budget_coef() > 0 || e.budget_mode() != switchyard::MoeConfig::SOFT;
+}
+constexpr const char* kMoeBudgetUnheld =
+    "nothing holds the router to a budget with moe.budget_mode SOFT and moe.budget_coef 0: set moe.budget_coef > 0 (the "
+    "budget loss) or moe.budget_mode HARD or HARD_CAUSAL";
+
 }  // namespace
 
 namespace {
@@ -204,6 +213,7 @@ void validate_config(const Config& cfg, const std::string& source) {
              "must divide train.batch / train.micro_batches * model.seq_len = " + std::to_string(step_tokens));
     c.range("moe.budget_coef", e.budget_coef(), 0.f, 100.f);
     c.range("moe.budget", e.budget(), 0.f, 1e9f);
+    if (e.has_budget() && !moe_budget_applies(e)) c.fail("moe.budget", e.budget(), kMoeBudgetUnheld);
     if (e.expert_hidden_size() > 1 && e.expert_hidden_size() != e.num_experts())
       c.fail("moe.expert_hidden", std::to_string(e.expert_hidden_size()) + " values",
              "must be empty, one value for every expert, or hold moe.num_experts = " +
@@ -375,6 +385,8 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("depth.tau", dp.tau(), 0.f, 1.f, true, true);
   c.range("depth.budget_coef", dp.budget_coef(), 0.f, 100.f);
   c.range("depth.budget", dp.budget(), 0.f, 1.f);
+  if (dp.has_budget() && dp.every_n_layers() > 0 && dp.budget_coef() == 0)
+    c.fail("depth.budget", dp.budget(), "only the budget loss reads it, and depth.budget_coef is 0: set depth.budget_coef > 0");
 
   const auto& bu = cfg.budget();
   if (bu.target() != 0) {
@@ -382,6 +394,8 @@ void validate_config(const Config& cfg, const std::string& source) {
     if (e.num_experts() == 0)
       c.fail("budget.target", bu.target(),
              "needs MoE layers (moe.num_experts > 0): their budget is what the target sets");
+    if (!moe_budget_applies(e))
+      c.fail("budget.target", bu.target(), std::string("sets the MoE layers' moe.budget, but ") + kMoeBudgetUnheld);
     const PlannedCost p = planned_cost(cfg);
     const double B = p.moe_budget(bu.target());
     if (B < 0) {

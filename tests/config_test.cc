@@ -650,13 +650,27 @@ TEST(Config, ExpertHiddenIsAListAndOldConfigsStillLoad) {
 }
 
 TEST(Config, BudgetTarget) {
-  parse_ok("moe { num_experts: 4 } budget { target: 0.8 }");
+  parse_ok("moe { num_experts: 4 budget_coef: 1 } budget { target: 0.8 }");
+  parse_ok("moe { num_experts: 4 budget_mode: HARD } budget { target: 0.8 }");
   expect_invalid("budget { target: 0.8 }", "budget.target = 0.8: needs MoE layers (moe.num_experts > 0)");
   expect_invalid("moe { num_experts: 4 } budget { target: -1 }", "budget.target = -1: must be in (0, 64]");
   // tiny's head and attention alone are most of the dense model: a target
   // below them is refused, naming what they cost.
-  expect_invalid("moe { num_experts: 4 } budget { target: 0.1 }",
+  expect_invalid("moe { num_experts: 4 budget_coef: 1 } budget { target: 0.1 }",
                  "budget.target = 0.1: the parts outside the experts alone cost");
+  // A budget nothing holds the router to (SOFT without the budget loss, the
+  // defaults) would only be reported: refused, saying what would hold it.
+  expect_invalid("moe { num_experts: 4 } budget { target: 0.8 }",
+                 "budget.target = 0.8: sets the MoE layers' moe.budget, but nothing holds the router to a budget with "
+                 "moe.budget_mode SOFT and moe.budget_coef 0: set moe.budget_coef > 0 (the budget loss) or "
+                 "moe.budget_mode HARD or HARD_CAUSAL");
+  expect_invalid("moe { num_experts: 4 budget: 0.5 }",
+                 "moe.budget = 0.5: nothing holds the router to a budget with moe.budget_mode SOFT and moe.budget_coef 0");
+  parse_ok("moe { num_experts: 4 budget: 0.5 budget_coef: 0.1 }");
+  parse_ok("moe { num_experts: 4 budget: 0.5 budget_mode: HARD_CAUSAL }");
+  expect_invalid("model { n_layers: 2 } depth { every_n_layers: 2 budget: 0.3 }",
+                 "depth.budget = 0.3: only the budget loss reads it, and depth.budget_coef is 0");
+  parse_ok("model { n_layers: 2 } depth { every_n_layers: 2 budget: 0.3 budget_coef: 1 }");
 }
 
 TEST(Config, MissingFile) {
