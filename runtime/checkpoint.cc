@@ -360,6 +360,7 @@ std::string save_into(const std::string& root, const std::string& tmp_name, cons
     m.set_data_position(state.data_position);
     m.set_seed(cfg.train().seed());
     m.set_bad_steps(state.bad_steps);
+    m.set_bad_steps_in_a_row(state.bad_steps_in_a_row);
     m.set_world_size(world);
     m.set_expert_parallel(ep);
     add_file(m, tmp, kDenseModel, 0, dense_model);
@@ -630,6 +631,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
   s.optimizer_step = m.optimizer_step();
   s.tokens_seen = m.tokens_seen();
   s.bad_steps = m.bad_steps();
+  s.bad_steps_in_a_row = m.bad_steps_in_a_row();
   s.data_position = m.data_position();
   if (m.has_origin()) s.origin = {m.origin().checkpoint(), m.origin().step(), m.origin().upcycled()};
   return s;

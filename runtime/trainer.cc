@@ -215,6 +215,7 @@ void Trainer::restore(const std::string& dir, bool optimizer) {
   optimizer_step_ = st.optimizer_step;
   tokens_seen_ = st.tokens_seen;
   bad_steps_ = st.bad_steps;
+  consecutive_bad_ = st.bad_steps_in_a_row;
   train_.set_position(st.data_position);
   origin_ = st.origin;
   restored_from_ = dir;
@@ -234,6 +235,7 @@ std::string Trainer::write_checkpoint() {
   st.optimizer_step = optimizer_step_;
   st.tokens_seen = tokens_seen_;
   st.bad_steps = bad_steps_;
+  st.bad_steps_in_a_row = consecutive_bad_;
   st.data_position = train_.position();
   st.origin = origin_;
   return save_checkpoint(cfg_.train().checkpoint_dir(), cfg_, model_, st, opts_.par, cfg_.train().keep_checkpoints());

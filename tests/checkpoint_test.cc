@@ -712,6 +712,35 @@ TEST(NonFinite, SkippedStepChangesNothingButTheDataPosition) {
   EXPECT_EQ(m.data_position(), 3u) << "the skipped step's batch is consumed";
 }
 
+// The streak of bad steps that train.max_bad_steps stops a run at goes with
+// the checkpoint: a run resumed inside a streak counts on from it.
+TEST(NonFinite, BadStepsInARowSurviveAResume) {
+  TempDir d;
+  const Config cfg = routed_config(d.path);
+  auto poisoned_step = [](Trainer& t, int64_t s) {
+    Param* p = t.model().params().find("h1.ln1.w");
+    const float keep = p->value.f32()[0];
+    p->value.f32()[0] = NAN;
+    EXPECT_TRUE(t.step(s).skipped);
+    p->value.f32()[0] = keep;
+  };
+  Trainer a(cfg, {});
+  a.step(1);
+  poisoned_step(a, 2);
+  poisoned_step(a, 3);
+  const std::string dir = a.write_checkpoint();
+  EXPECT_EQ(read_manifest(dir).bad_steps(), 2);
+  EXPECT_EQ(read_manifest(dir).bad_steps_in_a_row(), 2);
+  Trainer b(cfg, {});
+  b.restore(dir, true);
+  poisoned_step(b, 4);
+  EXPECT_EQ(read_manifest(b.write_checkpoint()).bad_steps_in_a_row(), 3) << "the streak counts on after the resume";
+  EXPECT_FALSE(b.step(5).skipped);
+  const auto m = read_manifest(b.write_checkpoint());
+  EXPECT_EQ(m.bad_steps_in_a_row(), 0) << "a finite step ends it";
+  EXPECT_EQ(m.bad_steps(), 3);
+}
+
 TEST(NonFinite, FirstNonFinitePartIsNamed) {
   TempDir d;
   Trainer t(routed_config(d.path), {});

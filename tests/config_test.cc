@@ -199,6 +199,12 @@ TEST(Config, DedupDispatchNeedsTwoRowsAToken) {
   parse_ok("moe { num_experts: 4 top_k: 2 } parallel { dedup_dispatch: true }");  // one rank: no effect
   expect_invalid("moe { num_experts: 4 top_k: 1 } parallel { expert_parallel: 2 dedup_dispatch: true }",
                  "t.pbtxt: parallel.dedup_dispatch = true: with moe.top_k = 1 a token has one row to send anyway");
+  expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE top_k: 2 }",
+                 "moe.top_k = 2: expert choice has no count per token (each expert takes C = "
+                 "ceil(moe.capacity_factor * tokens / moe.num_experts) tokens");
+  parse_ok("moe { num_experts: 4 router: EXPERT_CHOICE capacity_factor: 2 }");
+  expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE bias_balance_rate: 0.001 }",
+                 "moe.bias_balance_rate = 0.001: an expert's bias adds the same to every token's score for it");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: RANDOM }",
                  "t.pbtxt: moe.slot_priority = RANDOM: orders a tokens-choose router's slots");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: TOKEN_ORDER }",

@@ -60,7 +60,7 @@ assert r['layers'] == [] and [d['layer'] for d in r['depth']] == [1], r
 assert 0 <= r['depth'][0]['processed'] <= 1
 " || { echo "FAIL: the depth JSON report"; fail=1; }
 # Another router over the same shapes: nothing to compare, refused.
-"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --set moe.router=EXPERT_CHOICE --set train.steps=20 \
+"$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --set moe.router=EXPERT_CHOICE --set moe.bias_balance_rate=0 --set train.steps=20 \
   --set train.warmup_steps=2 --set train.eval_interval=0 --set train.eval_batches=1 --set train.batch=8 \
   --set data.synthetic_bytes=50000 --set train.checkpoint_interval=20 --set train.checkpoint_dir=ek > ek.log 2>&1 ||
   { cat ek.log; exit 1; }
