@@ -259,6 +259,7 @@ SdpaTimes read_sdpa(const std::string& path, int64_t H, int64_t D) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Switchyard long-context attention benchmark (dense, routed, local, block top-k)"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::string device = "cuda", json_path, sdpa_path;
   std::vector<int64_t> tokens;
   bool quick = false, overwrite = false;

@@ -197,6 +197,7 @@ nlohmann::json bench_all_reduce(sy::comm::MpiCommunicator& comm, int iters, int6
 int main(int argc, char** argv) {
   sy::comm::MpiSession mpi(&argc, &argv);
   CLI::App app{"all_to_all_v benchmark"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::string json_path;
   int iters = 50;
   bool overwrite = false;

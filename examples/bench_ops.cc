@@ -181,6 +181,7 @@ std::vector<Row> resume_rows(const std::string& path) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Switchyard op benchmarks"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::string device = "cuda", json_path;
   bool quick = false;
   int iters = 20;

@@ -34,6 +34,7 @@ namespace {
 
 int run(int argc, char** argv) {
   CLI::App app{"Export a Switchyard checkpoint to the Hugging Face Mixtral layout"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::string spec, root = "checkpoints", out, dtype = "f32", verify;
   bool do_verify = false;
   sy::add_checkpoint_options(app, spec, root);

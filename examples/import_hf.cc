@@ -37,6 +37,7 @@ namespace fs = std::filesystem;
 
 int run(int argc, char** argv) {
   CLI::App app{"Import a Hugging Face Mixtral directory as a Switchyard checkpoint"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::string hf, out, config, tokenizer;
   std::vector<std::string> overrides;
   app.add_option("--hf", hf, "the Hugging Face model directory (config.json, model.safetensors)")->required();
@@ -92,6 +93,11 @@ int run(int argc, char** argv) {
                     (d.field == "model.seq_len" ? " (at most its max_position_embeddings)" : "") +
                     "; drop the override"));
   }
+  // A seq_len the base file sets and the import cut (overrides were refused above).
+  if (base.model().has_seq_len() && base.model().seq_len() != cfg.model().seq_len())
+    throw sy::ConfigError("--config " + config + ": model.seq_len = " + std::to_string(base.model().seq_len()) +
+                          ": " + (fs::path(hf) / "config.json").string() + " allows at most its " +
+                          "max_position_embeddings = " + std::to_string(cfg.model().seq_len()) + "; lower it");
   sy::validate_config(cfg, fs::path(hf).append("config.json").string() + " over " +
                                (config.empty() ? std::string("the defaults") : config) +
                                (overrides.empty() ? "" : " with --set overrides"));

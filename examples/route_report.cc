@@ -199,6 +199,7 @@ nlohmann::json report_depth(const sy::RoutingSample& sample, const std::vector<i
 
 int run(int argc, char** argv) {
   CLI::App app{"Report what a Switchyard checkpoint's routers decide by"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::string spec, root = "checkpoints", compare, json_path;
   int batches = 16, top = 5, threads = 1;
   bool overwrite = false;

@@ -41,6 +41,7 @@ namespace {
 
 int run(int argc, char** argv) {
   CLI::App app{"Generate text from a Switchyard checkpoint"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::string spec, root = "checkpoints", prompt, tokenizer;
   int tokens = 200, threads = 1;
   sy::ops::SamplingParams sp;

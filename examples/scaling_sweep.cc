@@ -320,6 +320,7 @@ bool plot(const std::string& out) {  // true: out.png written
 
 int main(int argc, char** argv) {
   CLI::App app{"Scaling sweep: weak and strong scaling over rank counts, and a projection"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::string config = "configs/switch_tiny.pbtxt", out = "docs/scaling", ranks_arg = "1,2", result;
   std::vector<std::string> sets;
   std::vector<int> project_ranks = {8, 16, 64, 512};
@@ -427,9 +428,10 @@ int main(int argc, char** argv) {
     const double load = load_average(loadavg_file);
     if (load > std::max(0, cores - most))
       std::fprintf(stderr,
-                   "warning: load average %.2f exceeds the %d of %d cores this sweep leaves free at %d ranks: "
-                   "the machine is busy and timings will vary (see the spread columns of %s.csv)\n",
-                   load, std::max(0, cores - most), cores, most, out.c_str());
+                   "warning: load average %.2f before the sweep, while its %d ranks will need %d of the %d cores "
+                   "(%d left idle): other work will share them and timings will vary (see the spread columns of "
+                   "%s.csv)\n",
+                   load, most, std::min(most, cores), cores, std::max(0, cores - most), out.c_str());
     std::ofstream csv(out + ".csv");
     csv << "mode,ranks,tokens_per_s,step_s,compute_s,all_to_all_s,all_reduce_s,efficiency,projected_step_s,"
            "projection_error,repeats,step_s_min,step_s_max,efficiency_min,efficiency_max,loadavg_1m,cores,"

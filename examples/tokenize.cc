@@ -97,6 +97,7 @@ size_t write_split(const std::string& dir, const char* split, const std::vector<
 
 int run(int argc, char** argv) {
   CLI::App app{"Train or load a SentencePiece BPE tokenizer and write token shards"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::vector<std::string> inputs;
   std::string out, model;
   int vocab_size = 2048, threads = 1;

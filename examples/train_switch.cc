@@ -199,6 +199,7 @@ struct EmptyOutputs {
 int run(int argc, char** argv, int world_rank, int world_size) {
   EmptyOutputs made;
   CLI::App app{"Train a Switchyard model"};
+  app.option_defaults()->always_capture_default();  // --help shows each default
   std::string config_path, metrics_path, op_profile_path, fault, resume, init_from;
   int64_t op_profile_steps = 0;
   std::vector<std::string> overrides;
@@ -325,6 +326,12 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       throw sy::ConfigError("parallel.expert_parallel = " + std::to_string(cfg.parallel().expert_parallel()) +
                             ": must divide the world size 1 (launch with mpirun -np N, or --set "
                             "parallel.expert_parallel=1; a checkpoint resumes at another expert-parallel size)");
+    // Said at load as a config error (exit 2, naming the field), not as the
+    // device runtime's failure at the first allocation.
+    if (cfg.backend() == switchyard::Config::CUDA && sy::node_rank_gpu(node.rank) < 0)
+      throw sy::ConfigError((overrides.empty() ? source : source + " (with --set overrides)") +
+                            ": backend = CUDA: no CUDA device is visible to this process (cudaGetDeviceCount found "
+                            "none); run where a GPU is, or --set backend=CPU (AUTO takes a GPU where there is one)");
     if (!fault.empty()) opts.before_step = fault_hook(fault, world_rank);
     sy::check_memory(cfg, world_size, sy::training_memory(cfg, node.rank, node.size),
                      overrides.empty() ? source : source + " (with --set overrides)");

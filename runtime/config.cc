@@ -69,6 +69,10 @@ class FirstError : public pb::io::ErrorCollector {
     std::string field = field_on_line(line);
     if (!field.empty()) os << "field '" << printable(field, 40) << "': ";
     os << printable(message);
+    // Protobuf names the token it found; at the end of the text there is none.
+    const std::string got = "got: ";
+    if (message.size() >= got.size() && message.compare(message.size() - got.size(), got.size(), got) == 0)
+      os << "the end of the file (a '}' missing?)";
     // Unknown field: say which fields are allowed in that message.
     const std::string key = "Message type \"";
     auto p = message.find(key);
@@ -212,6 +216,7 @@ void apply_override(Config& cfg, const std::string& assignment) {
         if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM)
           for (int i = 0; i < f->enum_type()->value_count(); ++i)
             allowed += (i ? ", " : " (allowed: ") + f->enum_type()->value(i)->name();
+        if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_BOOL) allowed = " (allowed: true, false";
         throw ConfigError(where + ": '" + value + "' is not a valid " + f->type_name() + " for " + walked +
                           (allowed.empty() ? "" : allowed + ")"));
       }

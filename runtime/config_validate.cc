@@ -213,7 +213,9 @@ void validate_config(const Config& cfg, const std::string& source) {
              "must divide train.batch / train.micro_batches * model.seq_len = " + std::to_string(step_tokens));
     c.range("moe.budget_coef", e.budget_coef(), 0.f, 100.f);
     c.range("moe.budget", e.budget(), 0.f, 1e9f);
-    if (e.has_budget() && !moe_budget_applies(e)) c.fail("moe.budget", e.budget(), kMoeBudgetUnheld);
+    // (By value, not presence: a checkpoint's config has every field set.
+    // The default 1, the dense FFN's cost, is no constraint to speak of.)
+    if (e.budget() != 1.f && !moe_budget_applies(e)) c.fail("moe.budget", e.budget(), kMoeBudgetUnheld);
     if (e.expert_hidden_size() > 1 && e.expert_hidden_size() != e.num_experts())
       c.fail("moe.expert_hidden", std::to_string(e.expert_hidden_size()) + " values",
              "must be empty, one value for every expert, or hold moe.num_experts = " +
@@ -399,7 +401,7 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("depth.tau", dp.tau(), 0.f, 1.f, true, true);
   c.range("depth.budget_coef", dp.budget_coef(), 0.f, 100.f);
   c.range("depth.budget", dp.budget(), 0.f, 1.f);
-  if (dp.has_budget() && dp.every_n_layers() > 0 && dp.budget_coef() == 0)
+  if (dp.budget() != 1.f && dp.every_n_layers() > 0 && dp.budget_coef() == 0)  // (by value: see moe.budget)
     c.fail("depth.budget", dp.budget(), "only the budget loss reads it, and depth.budget_coef is 0: set depth.budget_coef > 0");
 
   const auto& bu = cfg.budget();

@@ -207,7 +207,17 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   const int64_t max_pos = j.integer("max_position_embeddings", 1, int64_t{1} << 40, int64_t{1} << 40);
 
   Config cfg = std::move(base);
-  const int64_t seq_len = std::min<int64_t>(cfg.model().seq_len(), max_pos);
+  // model.seq_len: as the base sets it (import_hf refuses one the cap below
+  // cuts), else the length a Switchyard export says it was trained at, else
+  // the default; at most max_position_embeddings.
+  int64_t want = cfg.model().seq_len();
+  if (!cfg.model().has_seq_len() && j.has("switchyard") && j.raw("switchyard").is_object()) {
+    const nlohmann::json& sy = j.raw("switchyard");
+    if (sy.contains("trained_seq_len") && sy["trained_seq_len"].is_number_integer() &&
+        sy["trained_seq_len"].get<int64_t>() >= 1)
+      want = sy["trained_seq_len"].get<int64_t>();
+  }
+  const int64_t seq_len = std::min<int64_t>(want, max_pos);
   if (j.has("sliding_window") && j.integer("sliding_window", 1, int64_t{1} << 40) < seq_len)
     j.refuse("sliding_window", j.raw("sliding_window").dump(),
              "Switchyard's dense attention sees the whole window of model.seq_len = " + std::to_string(seq_len) +

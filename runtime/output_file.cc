@@ -28,8 +28,14 @@ void check_output_path(const std::string& option, const std::string& path,
   // Before the work, not when the file is opened after it (a sweep's or a
   // benchmark's minutes lost to a typo in the directory).
   const fs::path parent = fs::path(path).parent_path();
-  if (!parent.empty() && !fs::is_directory(parent, ec))
+  if (!parent.empty() && !fs::is_directory(parent, ec)) {
+    // A file where a directory of the path should be: named as such, not as
+    // a directory that does not exist.
+    for (fs::path p = parent; !p.empty() && p != p.root_path(); p = p.parent_path())
+      if (fs::exists(p, ec) && !fs::is_directory(p, ec))
+        throw ConfigError(option + " " + path + ": " + p.string() + " is a file, not a directory");
     throw ConfigError(option + " " + path + ": directory " + parent.string() + " does not exist");
+  }
   const fs::file_status st = fs::status(path, ec);
   if (fs::is_directory(st)) throw ConfigError(option + " " + path + ": is a directory; name a file");
   if (!overwrite && fs::is_regular_file(st)) {

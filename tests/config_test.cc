@@ -56,6 +56,9 @@ TEST(Config, UnknownFieldNamesFileLineAndAllowedFields) {
   expect_invalid("model {\n  d_modl: 3\n}\n", "t.pbtxt:2:");
   expect_invalid("model {\n  d_modl: 3\n}\n", "d_modl");
   expect_invalid("model {\n  d_modl: 3\n}\n", "allowed: vocab_size, d_model");
+  // A file that ends inside a block: protobuf finds no token; the line says
+  // what was found instead.
+  expect_invalid("model {\n  d_model: 64\n", "t.pbtxt:3:1: Expected identifier, got: the end of the file (a '}' missing?)");
 }
 
 TEST(Config, WrongTypeNamesField) {
@@ -325,7 +328,7 @@ TEST(Config, ModelOptions) {
                 .find("--set model.position=SINUSOID: 'SINUSOID' is not a valid enum for model.position (allowed: LEARNED, ROPE)"),
             std::string::npos);
   EXPECT_NE(error_of([&] { apply_override(c, "model.norm=2"); }).find("(allowed: LAYERNORM, RMSNORM)"), std::string::npos);
-  EXPECT_NE(error_of([&] { apply_override(c, "model.bias=yes"); }).find("'yes' is not a valid bool for model.bias"),
+  EXPECT_NE(error_of([&] { apply_override(c, "model.bias=yes"); }).find("'yes' is not a valid bool for model.bias (allowed: true, false)"),
             std::string::npos);
   apply_override(c, "model.activation=SWIGLU");
   EXPECT_EQ(c.model().activation(), switchyard::ModelConfig::SWIGLU);

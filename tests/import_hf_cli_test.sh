@@ -194,6 +194,20 @@ mkdir exists
 "$IMPORT" --hf hf32 --out exists > x.txt 2>&1
 [ $? -eq 2 ] && grep -q "exists: exists; the import writes a new checkpoint directory" x.txt && echo "ok   refused an existing --out" \
   || { echo "FAIL existing --out:"; cat x.txt; fail=1; }
+# model.seq_len without --config or --set: the length the export says it was
+# trained at (switchyard.trained_seq_len, set to 16 here), not the default 64
+# cut to max_position_embeddings (32); a --config whose seq_len that cuts is
+# refused.
+rm -rf hlen && cp -r hf32 hlen && python3 -c "
+import json; c = json.load(open('hlen/config.json')); c['switchyard']['trained_seq_len'] = 16
+json.dump(c, open('hlen/config.json', 'w'))"
+"$IMPORT" --hf hlen --out imp_len > len.log 2>&1 && grep -q "model.seq_len 16," len.log \
+  && echo "ok   seq_len from trained_seq_len: $(grep -o 'model.seq_len [0-9]*' len.log)" \
+  || { echo "FAIL seq_len default:"; cat len.log; fail=1; }
+printf 'model { seq_len: 512 }\n' > c512.pbtxt
+"$IMPORT" --hf hf32 --out ov --config c512.pbtxt > c.txt 2>&1; rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l < c.txt)" -eq 1 ] && grep -qF "error: --config c512.pbtxt: model.seq_len = 512: hf32/config.json allows at most its max_position_embeddings = 32; lower it" c.txt && [ ! -e ov ] \
+  && echo "ok   refused a --config seq_len past max_position_embeddings" || { echo "FAIL --config seq_len (rc $rc):"; cat c.txt; fail=1; }
 # An override the import would replace (config.json decides the model) or
 # cut (model.seq_len to max_position_embeddings) is refused, not dropped.
 for o in "model.d_model=128|the import sets model.d_model = " "model.seq_len=100000|(at most its max_position_embeddings)" \

@@ -98,6 +98,11 @@ TEST(Metrics, RefusesNonEmptyFileUnlessOverwrite) {
   const std::string nodir = (t.dir / "no_such_dir" / "m.jsonl").string();
   const std::string md = error_of([&] { check_output_path("--metrics", nodir, {}, false); });
   EXPECT_EQ(md, "--metrics " + nodir + ": directory " + (t.dir / "no_such_dir").string() + " does not exist") << md;
+  // A file where a directory should be, at the parent or further up: named as a file.
+  for (const std::string& under : {old + "/m.jsonl", old + "/sub/m.jsonl"}) {
+    const std::string mf = error_of([&] { check_output_path("--metrics", under, {}, false); });
+    EXPECT_EQ(mf, "--metrics " + under + ": " + old + " is a file, not a directory") << mf;
+  }
 }
 
 TEST(Metrics, ProgressLineAfterADelayWithRateAndEta) {

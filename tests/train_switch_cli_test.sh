@@ -51,6 +51,11 @@ expect_exit2 fault-syntax "--inject-fault throw:x:y: RANK 'x' is not an integer"
 expect_exit2 memory "model.seq_len = 65536 with train.batch = 8192: training needs about 5.0 TiB" \
   --config "$SRC/configs/tiny.pbtxt" --set model.seq_len=65536 --set train.batch=8192
 grep -q "of physical memory; lower model.seq_len or train.batch" "$tmp/err" || { echo "FAIL memory: no advice"; fail=1; }
+# backend CUDA where no GPU is visible (CI's machines): a config error at load.
+if ! ls /dev/nvidia[0-9]* > /dev/null 2>&1; then
+  expect_exit2 no-gpu "(with --set overrides): backend = CUDA: no CUDA device is visible to this process" \
+    --config "$SRC/configs/tiny.pbtxt" --set backend=CUDA
+fi
 # A list set on the command line trains.
 "$BIN" --config "$SRC/configs/switch_tiny.pbtxt" --set moe.num_experts=4 --set moe.expert_cost=1,1,4,4 --set moe.budget_coef=0.1 \
   --set train.steps=2 --set train.warmup_steps=1 --set train.eval_batches=1 --set data.synthetic_bytes=20000 \
