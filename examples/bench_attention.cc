@@ -56,6 +56,8 @@
 //   build/bin/bench_attention --device cuda --tokens 4096,16384
 //   build/bin/bench_attention --device cpu --quick       (small shapes: a smoke test)
 #include <CLI/CLI.hpp>
+
+#include "examples/cli.h"
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -283,6 +285,7 @@ int main(int argc, char** argv) {
   bool list_floor = false;
   app.add_flag("--list-floor-shapes", list_floor,
                "print the floor rows' batches as BxT,... (torch_attention.py --shapes) for --tokens, and exit");
+  sy::tidy_defaults(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

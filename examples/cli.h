@@ -13,7 +13,15 @@ namespace sy {
 // Parses argv into app's options: -1 to go on, else the exit code: 0 after
 // --help (printed), 2 for a usage error, printed as one line
 // "error: <CLI11's reason> (--help lists the options)".
+// --help shows defaults (each tool captures them), but an empty list's "[]"
+// says nothing: such options say in words what they default to. Before parse.
+inline void tidy_defaults(CLI::App& app) {
+  for (CLI::Option* o : app.get_options())
+    if (o->get_default_str() == "[]") o->default_str("");
+}
+
 inline int parse_options(CLI::App& app, int argc, char** argv) {
+  tidy_defaults(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -57,9 +57,11 @@ int run(int argc, char** argv) {
   app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::Range(1, 1024));
   int bos = -2, eos = -2;  // (the config's data.bos_id, data.eos_id)
   app.add_option("--bos", bos, "a token id to put before the prompt (default: the config's data.bos_id; -1: none)")
-      ->check(CLI::Range(-1, 1 << 30));
+      ->check(CLI::Range(-1, 1 << 30))
+      ->default_str("");  // (-2 is "not given", said in words)
   app.add_option("--eos", eos, "a token id after which generation stops (default: the config's data.eos_id; -1: none)")
-      ->check(CLI::Range(-1, 1 << 30));
+      ->check(CLI::Range(-1, 1 << 30))
+      ->default_str("");
   app.add_flag("--no-kv-cache", no_kv_cache, "run the model on the whole window for every token (no key/value cache)");
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
   openblas_set_num_threads(threads);

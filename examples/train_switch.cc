@@ -38,6 +38,8 @@
 #include <cblas.h>
 
 #include <CLI/CLI.hpp>
+
+#include "examples/cli.h"
 #include <charconv>
 #include <chrono>
 #include <climits>
@@ -242,6 +244,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   static std::ostream progress(&progress_buf);
   sy::TrainOptions opts{metrics_path, &progress};
   agreed([&] {
+    sy::tidy_defaults(app);
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
