@@ -1,8 +1,10 @@
 #include "ops/routing.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "ops/backend.h"
 
@@ -13,8 +15,14 @@ int64_t tokens_choose_capacity(const TokensChooseParams& p, int64_t run, int64_t
 }
 
 int64_t ceil_capacity(double fraction, double n) {
-  const double x = fraction * n;
-  return static_cast<int64_t>(std::ceil(x - 1e-6 * std::fabs(x)));
+  // The float's shortest decimal (0.3f -> "0.3"), read as a double: what the
+  // config said, not its float's last ulp.
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf - 1, static_cast<float>(fraction));
+  *r.ptr = '\0';
+  const double x = std::strtod(buf, nullptr) * n;
+  // (1e-12: the double product's own rounding, 0.3 x 10 = 3.0000000000000004)
+  return static_cast<int64_t>(std::ceil(x - 1e-12 * std::fabs(x)));
 }
 
 void set_padded_host_part(Route& r) {

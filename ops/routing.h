@@ -136,9 +136,13 @@ struct BudgetParams {
   int64_t segment = 0;      // causal: items per run (0: one run of all N)
 };
 
-// ceil(fraction * n) for capacities given as float fractions or factors.
-// Config floats like 0.3 are stored as 0.30000001; a relative tolerance of
-// 1e-6 keeps ceil from counting that last ulp as one more row.
+// ceil(fraction * n) for capacities given as float fractions or factors (a
+// config's float). Floats like 0.3 are stored as 0.30000001, whose last ulp
+// would count as one more row at n = 10: the product is taken of the float's
+// shortest decimal (0.3) instead, in double, with a relative tolerance of
+// 1e-12 for the double's own rounding. (A tolerance of 1e-6 on the float's
+// product, as before, ate real fractions at large n: 1.0 x 1000000.5 gave
+// 1000000 and even 1.0 x 1000000 gave 999999.)
 int64_t ceil_capacity(double fraction, double n);
 
 // Tokens choose's capacity C = max(ceil(capacity_factor * run * k / groups),

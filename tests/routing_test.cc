@@ -125,6 +125,13 @@ TEST(Capacity, FloatFractionsDoNotGainARow) {
   EXPECT_EQ(ceil_capacity(1.1f, 100), 110);  // 1.1f = 1.10000002
   EXPECT_EQ(ceil_capacity(0.31f, 10), 4);
   EXPECT_EQ(ceil_capacity(1.25f, 37.0 * 2 / 8), 12);  // 11.5625 -> 12
+  // Large capacities keep their fractions and their integers.
+  EXPECT_EQ(ceil_capacity(1.f, 1048577.0 * 8 / 256), 32769);  // 32768.03125
+  EXPECT_EQ(ceil_capacity(1.f, 1000001.0 / 64), 15626);       // 15625.015625
+  EXPECT_EQ(ceil_capacity(1.f, 1e6), 1000000);
+  EXPECT_EQ(ceil_capacity(0.3f, 1e7 / 3), 1000000);  // 0.3 x 3333333.33
+  EXPECT_EQ(ceil_capacity(0.7f, 1e6), 700000);      // 0.7f = 0.69999999
+  EXPECT_EQ(ceil_capacity(1.1f, 123457), 135803);   // 135802.7
 }
 
 TEST(TokensChoose, HandComputedTiesAndOverflow) {
