@@ -58,6 +58,7 @@
 #include "examples/cli.h"
 #include "core/device.h"
 #include "runtime/config.h"
+#include "runtime/metrics.h"
 #include "runtime/output_file.h"
 #include "runtime/run_tool.h"
 #include "runtime/scaling_model.h"
@@ -186,6 +187,11 @@ double project(const Measured& one, int N, bool weak, const sy::Link& L, double 
 // One mpirun of N workers (`flag`: --independent, --profile or none),
 // train.batch = batch (the global batch; with --independent each rank's
 // own); what rank 0 wrote.
+// The sweep's progress over its mpirun launches (rate and ETA on stderr, the
+// table on stdout): set by main once it knows how many there will be.
+sy::ProgressLine* g_progress = nullptr;
+int64_t g_launched = 0;
+
 nlohmann::json launch(const char* argv0, const std::string& config, const std::vector<std::string>& sets, int N,
                       int batch, int steps, const std::string& tag, const std::string& flag) {
   const std::string res = tag + ".json";
@@ -209,6 +215,7 @@ nlohmann::json launch(const char* argv0, const std::string& config, const std::v
   std::ifstream(res) >> j;
   std::remove(res.c_str());
   std::remove((tag + ".log").c_str());
+  if (g_progress) g_progress->done(++g_launched);
   return j;
 }
 
@@ -441,6 +448,13 @@ int main(int argc, char** argv) {
     std::printf("%-6s %5s %10s %9s %15s %9s %9s %9s %6s %13s %9s %7s %7s %11s\n", "mode", "ranks", "tokens/s",
                 "step_ms", "step_ms_range", "compute", "all2all", "allreduce", "eff", "eff_range", "proj_ms", "err",
                 "imb_ms", "model_c_ms");
+    // Every launch the loops below make: each point's repeats, the compute
+    // term's side-by-side repeats, one profiled run per mode.
+    int64_t launches = 0;
+    for (int m = 0; m < 2; ++m)
+      for (int N : ranks) launches += repeats * (concurrent(N) ? 2 : 1) + (N == 1 && !no_imbalance ? 1 : 0);
+    sy::ProgressLine progress(&std::cerr, "sweep", launches, 0, 0, "runs");
+    g_progress = &progress;
     Measured weak1;
     Imbalance weak_imb;
     for (const char* m : {"weak", "strong"}) {

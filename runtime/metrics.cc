@@ -53,8 +53,15 @@ double now_s() {
 }
 }  // namespace
 
-ProgressLine::ProgressLine(std::ostream* out, std::string what, int64_t total, double after_s, double every_s)
-    : out_(out), what_(std::move(what)), total_(total), start_(now_s()), after_s_(after_s), every_s_(every_s) {}
+ProgressLine::ProgressLine(std::ostream* out, std::string what, int64_t total, double after_s, double every_s,
+                           std::string unit)
+    : out_(out),
+      what_(std::move(what)),
+      unit_(std::move(unit)),
+      total_(total),
+      start_(now_s()),
+      after_s_(after_s),
+      every_s_(every_s) {}
 
 void ProgressLine::done(int64_t n) {
   if (!out_) return;
@@ -64,9 +71,11 @@ void ProgressLine::done(int64_t n) {
   last_ = now;
   const double rate = n / std::max(1e-9, elapsed);
   char b[160];
-  std::snprintf(b, sizeof b, "%s %lld/%lld batches | %.2f batches/s | ETA %s\n", what_.c_str(),
-                static_cast<long long>(n), static_cast<long long>(total_), rate,
-                format_duration((total_ - n) / std::max(1e-9, rate)).c_str());
+  // (slow units, a sweep's runs: per minute where under one a second)
+  const bool per_min = rate < 1;
+  std::snprintf(b, sizeof b, "%s %lld/%lld %s | %.2f %s/%s | ETA %s\n", what_.c_str(), static_cast<long long>(n),
+                static_cast<long long>(total_), unit_.c_str(), per_min ? rate * 60 : rate, unit_.c_str(),
+                per_min ? "min" : "s", format_duration((total_ - n) / std::max(1e-9, rate)).c_str());
   *out_ << b;
   out_->flush();
 }

@@ -37,17 +37,19 @@ class MetricsWriter {
   std::FILE* file_ = nullptr;
 };
 
-// Progress of a long loop (a long evaluation): silent for its first after_s
-// seconds, then one line every every_s seconds and at the end, e.g.
+// Progress of a long loop (a long evaluation, a sweep's runs): silent for its
+// first after_s seconds, then one line every every_s seconds and at the end,
+// e.g.
 //   "evaluation 1200/65536 batches | 3.2 batches/s | ETA 5:40"
 class ProgressLine {
  public:
-  ProgressLine(std::ostream* out, std::string what, int64_t total, double after_s, double every_s);
+  ProgressLine(std::ostream* out, std::string what, int64_t total, double after_s, double every_s,
+               std::string unit = "batches");
   void done(int64_t n);  // n of total finished
 
  private:
   std::ostream* out_;
-  std::string what_;
+  std::string what_, unit_;
   int64_t total_;
   double start_, after_s_, every_s_, last_ = -1;
 };

@@ -118,6 +118,12 @@ TEST(Metrics, ProgressLineAfterADelayWithRateAndEta) {
   for (int i = 1; i <= 4; ++i) later.done(i);
   EXPECT_EQ(none.str(), "");
   ProgressLine(nullptr, "evaluation", 4, 0, 0).done(1);  // no stream: silent
+  // Another unit (scaling_sweep's runs).
+  std::ostringstream runs;
+  ProgressLine sweep(&runs, "sweep", 3, 0, 0, "runs");
+  sweep.done(3);
+  EXPECT_NE(runs.str().find("sweep 3/3 runs | "), std::string::npos) << runs.str();
+  EXPECT_NE(runs.str().find(" runs/s | ETA 0:00"), std::string::npos) << runs.str();
 }
 
 // MFU and device memory appear only with a device (peak and high water set):
