@@ -86,7 +86,8 @@ struct RoutingTotals {
 // global loss. value: f64 (1).
 void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha);
 // Grouped (GShard groups; DeepSeek-V3's sequence-wise loss when group is the
-// sequence length): items split into runs of `group` consecutive items, S = N /
+// sequence length, in its form: with sigmoid scores that paper's P_sg is the
+// mean of p / sum_g p, which this is not; configs/switchyard.proto, SIGMOID): items split into runs of `group` consecutive items, S = N /
 // group of them, each with its own f_sg and P_sg;
 //   L = alpha * G * (1/S) sum_s sum_g f_sg P_sg,  dL/dp_ig = alpha G f_sg / N
 // for i in run s. group = N is the ungrouped loss. N % group == 0. value: f64 (1).

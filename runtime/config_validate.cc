@@ -247,6 +247,13 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("moe.bias_balance_rate", e.bias_balance_rate(),
              "an expert's bias adds the same to every token's score for it, so its top tokens stay its top tokens: 0 "
              "with moe.router EXPERT_CHOICE (every expert is exactly full anyway)");
+    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.renormalize())
+      c.fail("moe.renormalize", "true", "renormalizes a token's k weights; expert choice has no k a token: false with "
+                                        "moe.router EXPERT_CHOICE");
+    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.capacity_factor_eval() != 2.f)
+      c.fail("moe.capacity_factor_eval", e.capacity_factor_eval(),
+             "expert choice evaluates at moe.capacity_factor (its mean experts a token: another factor is another "
+             "function); leave it unset with moe.router EXPERT_CHOICE");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
     if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.slot_priority() != switchyard::MoeConfig::POSITION)

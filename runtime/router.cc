@@ -108,7 +108,9 @@ const ops::Route& Router::forward(const Tensor& x) {
   }
   probs_ = keeps_probs() ? Tensor::empty({N, G_}, DType::f32, ctx_) : Tensor();
 
-  const float cf = training_ ? cfg_.capacity_factor() : cfg_.capacity_factor_eval();
+  // (Expert choice: capacity_factor is its mean experts a token, so it is the
+  // model's function, kept at evaluation; Zhou et al. 2022 evaluate so too.)
+  const float cf = training_ || expert_choice(cfg_) ? cfg_.capacity_factor() : cfg_.capacity_factor_eval();
   if (expert_choice(cfg_)) {
     ops::router_scores(ctx_, probs_, logits_, score_fn(cfg_));
     ops::groups_choose(ctx_, route_, probs_,

@@ -206,6 +206,10 @@ TEST(Config, DedupDispatchNeedsTwoRowsAToken) {
                  "moe.top_k = 2: expert choice has no count per token (each expert takes C = "
                  "ceil(moe.capacity_factor * tokens / moe.num_experts) tokens");
   parse_ok("moe { num_experts: 4 router: EXPERT_CHOICE capacity_factor: 2 }");
+  expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE renormalize: true }",
+                 "moe.renormalize = true: renormalizes a token's k weights; expert choice has no k a token");
+  expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE capacity_factor_eval: 4 }",
+                 "moe.capacity_factor_eval = 4: expert choice evaluates at moe.capacity_factor");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE bias_balance_rate: 0.001 }",
                  "moe.bias_balance_rate = 0.001: an expert's bias adds the same to every token's score for it");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: RANDOM }",

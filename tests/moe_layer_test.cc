@@ -295,6 +295,25 @@ TEST(MoeLayer, MinCapacityIsAFloorForEveryPolicy) {
   }
 }
 
+// Expert choice's capacity factor is its mean experts a token, the model's
+// function: evaluation keeps it (capacity_factor_eval is tokens choose's).
+TEST(MoeLayer, ExpertChoiceEvaluatesAtItsTrainingCapacity) {
+  Rng rng(3);
+  auto cfg = moe_config(4, 1);
+  cfg.set_router(switchyard::MoeConfig::EXPERT_CHOICE);
+  cfg.set_capacity_factor(1.0f);
+  cfg.set_capacity_factor_eval(3.0f);
+  ParamStore ps;
+  MoeLayer moe(host_ctx(), ps, "m", 8, cfg, 8, rng, 0.3f, 0.3f, 7);
+  ps.finalize(host_ctx());
+  const Tensor x = testing::randn({24, 8}, rng);
+  for (bool training : {true, false}) {
+    moe.set_training(training);
+    moe.forward(x);
+    EXPECT_EQ(moe.stats().capacity, 6) << (training ? "training" : "evaluation");  // 1.0 x 24 / 4
+  }
+}
+
 // Unserved tokens (no expert at all) are reported apart from dropped
 // assignments, for every policy. Expert choice drops nothing, yet the tokens
 // no expert picked get no expert output: counted from the route by hand.
