@@ -694,10 +694,11 @@ int main(int argc, char** argv) {
         }
 
         // Local sliding window: one key set, shared by the heads (as the layer does).
-        // On a GPU the key-set kernels (f32, one thread a query) run at the
-        // checked n only: above it they took 16-21 s a length of the second
-        // H200 run's ~150 s stage, for pairs the tiled window rows time in a
-        // millisecond (and that local heads run on).
+        // On a GPU the key-set kernels (f32) run at the checked n only: above
+        // it they took 16-21 s a length of the second H200 run's ~150 s stage
+        // (one thread a query then; a warp a query since), for pairs the
+        // tiled window rows time in a millisecond (and that local heads run
+        // on).
         if (rt && dt == DType::f32 && !check && !skipped("local", dt))
           unsupported("local w=256/512", dt, n,
                       "on a GPU at n = " + std::to_string(tokens.front()) +

@@ -1,16 +1,21 @@
-// The CUDA path of attention over key sets without a GPU: the row functions
-// and step sequences of ops/cuda/sparse_attention_rows.h (what each CUDA
-// thread runs, in the CUDA launcher's order) run here on the host and are
-// compared with the CPU reference (ops/cpu/sparse_attention.cc): o, lse and
-// dq, dk, dv within 1e-5 relative L2 (class F), the local key sets and the
-// transposed key sets exactly. The radix sort is emulated by a stable sort on
-// the same keys and segment_starts by lower bounds; the launch mechanics and
-// the device's float rounding are left to the GPU tests (backend_ops_test).
+// The CUDA path of attention over key sets without a GPU: the row and warp
+// functions and step sequences of ops/cuda/sparse_attention_rows.h (what each
+// CUDA thread or warp runs, in the CUDA launcher's order) run here on the
+// host and are compared with the CPU reference (ops/cpu/sparse_attention.cc):
+// o, lse and dq, dk, dv within 1e-5 relative L2 (class F), the local key sets
+// and the transposed key sets exactly. A warp is 32 host threads whose sums
+// meet at a barrier (HostWarps), each lane with its own share of a row; the
+// radix sort is emulated by a stable sort on the same keys and
+// segment_starts by lower bounds; the launch mechanics and the device's
+// float rounding are left to the GPU tests (backend_ops_test).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <atomic>
 #include <numeric>
+#include <thread>
+#include <vector>
 
 #include "attention_rows.h"
 #include "ops/cuda/sparse_attention_rows.h"
@@ -27,6 +32,63 @@ using testing::Grads;
 using testing::HostRun;
 using testing::random_case;
 using testing::rel_l2;
+
+// warps(n, f) of the step sequences on the host: f(w, i) for every i < n on
+// one warp of 32 threads, lane l running f with w.lane() = l; w.sum(x) waits
+// for every lane's x and returns the butterfly sum of ops/cuda/common.cuh's
+// warp_sum (offsets 16, 8, 4, 2, 1), the same bits on every lane.
+class HostWarps {
+ public:
+  template <class F>
+  void operator()(int64_t n, const F& f) const {
+    Meeting m;
+    std::vector<std::thread> lanes;
+    for (int l = 0; l < 32; ++l)
+      lanes.emplace_back([&, l] {
+        const Lane w{&m, l};
+        for (int64_t i = 0; i < n; ++i) f(w, i);
+      });
+    for (std::thread& t : lanes) t.join();
+  }
+
+ private:
+  struct Meeting {
+    std::atomic<int> arrived{0};
+    std::atomic<int64_t> round{0};
+    float x[2][32] = {};  // sum s writes x[s % 2]: a lane at sum s + 2 has passed the barrier of s + 1,
+                          // so every lane has read sum s's values by then
+    // Returns once all 32 lanes have called it (a sense-reversing barrier;
+    // waiting lanes yield their core, 32 threads sharing a few).
+    void wait_all() {
+      const int64_t r = round.load(std::memory_order_acquire);
+      if (arrived.fetch_add(1, std::memory_order_acq_rel) == 31) {
+        arrived.store(0, std::memory_order_relaxed);
+        round.store(r + 1, std::memory_order_release);
+      } else {
+        while (round.load(std::memory_order_acquire) == r) std::this_thread::yield();
+      }
+    }
+  };
+  struct Lane {
+    Meeting* m;
+    int l;
+    mutable int64_t sums = 0;  // this lane's sums so far (the same on every lane)
+    int lane() const { return l; }
+    float sum(float x) const {
+      float* slot = m->x[sums++ % 2];
+      slot[l] = x;
+      m->wait_all();  // every x in
+      float v[32];
+      std::copy(slot, slot + 32, v);
+      for (int o = 16; o > 0; o >>= 1) {
+        float nv[32];
+        for (int i = 0; i < 32; ++i) nv[i] = v[i] + v[i ^ o];
+        std::copy(nv, nv + 32, v);
+      }
+      return v[l];
+    }
+  };
+};
 
 sparse::Head head_of(const Case& c, const ops::KeySets& ks) {
   const int64_t T = c.q.dim(0), D = c.q.dim(1);
@@ -65,7 +127,9 @@ Grads emulate_backward(const sparse::Head& h, int64_t P, const Case& c, const Te
           std::lower_bound(tr.sorted_key.begin(), tr.sorted_key.end(), static_cast<uint64_t>(u)) -
           tr.sorted_key.begin());
   };
-  sparse::backward_steps(HostRun{}, sort_and_starts, h, b);
+  sparse::with_lane_values(h.D, [&](auto v) {
+    sparse::backward_steps<decltype(v)::value>(HostWarps{}, sort_and_starts, h, b);
+  });
   return g;
 }
 
@@ -82,7 +146,9 @@ void expect_matches_reference(const Case& c, const ops::KeySets& ks) {
   Tensor got_o = testing::zeros({T, D}), got_lse = testing::zeros({T});
   got_o.fill(NAN);
   got_lse.fill(NAN);
-  sparse::forward_steps(HostRun{}, h, got_o.f32(), got_lse.f32());
+  sparse::with_lane_values(h.D, [&](auto v) {
+    sparse::forward_steps<decltype(v)::value>(HostWarps{}, h, got_o.f32(), got_lse.f32());
+  });
   EXPECT_LE(rel_l2(got_o, o), 1e-5) << "o";
   expect_lse(got_lse, lse);
 
@@ -123,6 +189,24 @@ TEST(SparseAttentionRows, LocalWindows) {
     Case c = random_case(45, 8, rng);
     expect_matches_reference(c, ops::local_keysets(host_ctx(), 45, w));
   }
+}
+
+// Head dims past a warp's width: each lane holds 2, 4, 8 or 16 values of a
+// row, the last of them partly past D (33: one lane's second value, 130,
+// 300), every lane's whole share (64).
+TEST(SparseAttentionRows, WideHeadsSplitOverTheLanes) {
+  Rng rng(36);
+  for (int64_t D : {33, 64, 130, 300}) {
+    SCOPED_TRACE("head dim " + std::to_string(D));
+    ASSERT_GT(sparse::lane_values(D), 0);
+    EXPECT_LE(D, 32 * sparse::lane_values(D));
+    Case c = random_case(20, D, rng);
+    expect_matches_reference(c, ops::local_keysets(host_ctx(), 20, 6));
+  }
+  Case c = random_case(12, 40, rng);
+  expect_matches_reference(c, random_keysets(12, rng));
+  EXPECT_EQ(sparse::lane_values(512), 16);
+  EXPECT_EQ(sparse::lane_values(513), 0);  // (CUDA refuses such heads)
 }
 
 TEST(SparseAttentionRows, BlockTopk) {

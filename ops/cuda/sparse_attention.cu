@@ -2,12 +2,13 @@
 // work of every thread and the order of the launches are in
 // ops/cuda/sparse_attention_rows.h; here are the buffers and the launches.
 //
-// sparse_attention_forward:   one thread per query (o, lse).
-// sparse_attention_backward:  one thread per query (Delta, dq, and its pairs
+// sparse_attention_forward:   one warp per query (o, lse).
+// sparse_attention_backward:  one warp per query (Delta, dq, and its pairs
 //   as (key, query)); the transposed key sets by the stable radix sort of
 //   cub_ops.h on the key's bits and segment_starts (util.cu), all on the
-//   device, no copy back; then one thread per key (dk, dv) over its queries in
-//   ascending order. No atomics: two runs give the same bits.
+//   device, no copy back; then one warp per key (dk, dv) over its queries in
+//   ascending order. No atomics: two runs give the same bits. Head dims up
+//   to 512 (each lane up to 16 values of a row in registers).
 // local_keysets:  one thread per query, offsets in closed form (no scan, no
 //   copy back).
 // block_topk_keysets:  one thread per element of the block means, the scores
@@ -49,9 +50,37 @@ void check_f32(const char* op, std::initializer_list<const Tensor*> ts) {
       throw BackendError(std::string(op) + ": " + dtype_name(t->dtype()) + " tensors have no CUDA kernel (f32 only)");
 }
 
+// A warp of sparse_attention_rows.h's functions: the CUDA side of its W.
+struct DeviceWarp {
+  __device__ int lane() const { return static_cast<int>(threadIdx.x & 31); }
+  __device__ float sum(float x) const { return warp_sum(x); }
+};
+
+// f(w, i) for every i < n, a warp each (grid-stride over whole warps, so every
+// lane of a warp runs the same i and the same shuffles).
+template <class F>
+__global__ void each_warp(int64_t n, F f) {
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32; i < n; i += warps)
+    f(DeviceWarp{}, i);
+}
+
+struct WarpLaunch {
+  cudaStream_t st;
+  template <class F>
+  void operator()(int64_t n, const F& f) const {
+    if (n <= 0) return;
+    each_warp<<<grid_stride(n * 32), kBlock, 0, st>>>(n, f);  // (kBlock: whole warps)
+    CUDA_CHECK(cudaGetLastError());
+  }
+};
+
 sparse::Head head_of(const Tensor& q, const Tensor& k, const Tensor& v, const KeySets& ks) {
   const int64_t T = q.dim(0), D = q.dim(1);
   SY_CHECK(T < (int64_t{1} << 31), "sparse attention: " << T << " tokens (positions are 32-bit)");
+  if (sparse::lane_values(D) == 0)
+    throw BackendError("sparse attention: head dim " + std::to_string(D) + " has no CUDA kernel (at most " +
+                       std::to_string(32 * sparse::kMaxLaneValues) + ")");
   return {q.data<float>(), k.data<float>(), v.data<float>(), T, D, 1.f / std::sqrt(static_cast<float>(D)),
           ks.off.data<int64_t>(), ks.idx.data<int32_t>()};
 }
@@ -159,7 +188,9 @@ void sparse_attention_forward(Ctx& ctx, const SparseAttentionArgs& a) {
     return a.q.dtype() == DType::bf16 ? packed_forward<Bf16>(ctx, a) : packed_forward<routed::F32>(ctx, a);
   check_f32("sparse_attention_forward", {&a.q, &a.k, &a.v, &a.o, &a.lse});
   const sparse::Head h = head_of(a.q, a.k, a.v, a.keys);
-  sparse::forward_steps(Launch{stream(ctx)}, h, a.o.data<float>(), a.lse.data<float>());
+  sparse::with_lane_values(h.D, [&](auto v) {
+    sparse::forward_steps<decltype(v)::value>(WarpLaunch{stream(ctx)}, h, a.o.data<float>(), a.lse.data<float>());
+  });
 }
 
 void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
@@ -185,7 +216,9 @@ void sparse_attention_backward(Ctx& ctx, const SparseAttentionBackwardArgs& a) {
                      bits_for(h.T));
     segment_starts(ctx, keys_out, P, 0, h.T, koff.data<int32_t>());
   };
-  sparse::backward_steps(Launch{stream(ctx)}, sort_and_starts, h, b);
+  sparse::with_lane_values(h.D, [&](auto v) {
+    sparse::backward_steps<decltype(v)::value>(WarpLaunch{stream(ctx)}, sort_and_starts, h, b);
+  });
 }
 
 KeySets local_keysets(Ctx& ctx, int64_t T, int64_t window) {

@@ -6,20 +6,20 @@
 // sequences on the host against the CPU reference, so the indexing and the
 // transposition are checked without a GPU.
 //
-// Forward, one thread per query t over its keys K(t) = idx[off[t] .. off[t+1]):
-//   two passes: m = max_j s_tj, then l = sum_j exp(s_tj - m) and
-//   o_t = sum_j exp(s_tj - m) v_j / l; lse_t = m + log l (K(t) empty: o_t = 0,
-//   lse_t = -inf). (The CPU keeps the scores and adds a_tj v_j with each
-//   weight already divided by l: the same sums up to rounding.)
+// Forward, a warp per query t over its keys K(t) = idx[off[t] .. off[t+1])
+//   (ForwardWarp below): an online softmax, m the running max, l the running
+//   sum, o_t = sum_j exp(s_tj - m) v_j / l; lse_t = m + log l (K(t) empty:
+//   o_t = 0, lse_t = -inf). (The CPU keeps the scores and adds a_tj v_j with
+//   each weight already divided by l: the same sums up to rounding.)
 // Backward, FlashAttention's form from the saved o and lse:
-//   queries  thread t: Delta_t = dout_t . o_t (kept for the key pass) and
+//   queries  warp t: Delta_t = dout_t . o_t (kept for the key pass) and
 //            dq_t += sum_j ds_tj k_j over K(t) in key-set order
-//   pairs    thread t writes (key u, query t) at the index of each of its
-//            pairs in idx; a stable radix sort on u then lists each
+//   pairs    warp t's lane 0 writes (key u, query t) at the index of each of
+//            its pairs in idx; a stable radix sort on u then lists each
 //            key's queries in ascending t (the transposed key sets, built on
 //            the device: the layer's key sets are on the device already), and
 //            koff[u] = the first sorted pair with key >= u (a lower bound)
-//   keys     thread u: dk_u += sum_t ds_tu q_t and dv_u += sum_t a_tu dout_t
+//   keys     warp u: dk_u += sum_t ds_tu q_t and dv_u += sum_t a_tu dout_t
 //            over its queries in ascending t - the CPU's order of additions
 // with a_tj = exp(s_tj - lse_t) and ds_tj = a_tj (dout_t . v_j - Delta_t) / sqrt(D).
 // Every output has one owner adding in a fixed order: no atomics, two runs
@@ -34,11 +34,12 @@
 // element of the block means, then one per query choosing its blocks (see
 // BlockTopkKeys), offsets in closed form (block_topk_offset).
 #pragma once
+#include <type_traits>
+
 #include "ops/cuda/routed_attention_rows.h"
 
 namespace sy::ops::sparse {
 
-using routed::dot;
 
 // One head of one sequence: q, k, v (T, D) contiguous, and its key sets.
 struct Head {
@@ -49,33 +50,86 @@ struct Head {
   const int32_t* idx;  // (pairs)
 };
 
+// ---- a warp a row ----------------------------------------------------------
+// Each query (forward, backward's query pass) or key (key pass) is one warp's:
+// lane l holds the elements d = l + 32 v, v < V, of every D-row it reads (V
+// = lane_values(D): D <= 32 V), and a dot product is each lane's FMAs over
+// its elements, then W::sum, the butterfly over the 32 lanes (every lane ends
+// with the same bits: ops/cuda/common.cuh's warp_sum). The loops over keys
+// and queries are the same on every lane, so every lane makes every sum.
+// (One thread a query, as before, read each row serially with its warp's 31
+// other queries' rows scattered beside it: latency-bound, 138 ms at 4k
+// tokens, w 256, on an H200.)
+constexpr int kMaxLaneValues = 16;  // D <= 512
+
+// The V for D: 1, 2, 4, 8 or 16 (a power of two: few instantiations); 0
+// past 512.
+SY_HD inline int lane_values(int64_t D) {
+  int v = 1;
+  while (32 * v < D && v < kMaxLaneValues) v *= 2;
+  return 32 * v >= D ? v : 0;
+}
+
+template <int V, class W>
+SY_HD float warp_dot(const W& w, const float (&a)[V], const float* b, int64_t D) {
+  float s = 0.f;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int64_t d = w.lane() + 32 * v;
+    if (d < D) s = fmaf(a[v], b[d], s);
+  }
+  return w.sum(s);
+}
+
+// A row's elements of this lane (0 past D).
+template <int V, class W>
+SY_HD void lane_load(const W& w, float (&x)[V], const float* row, int64_t D) {
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int64_t d = w.lane() + 32 * v;
+    x[v] = d < D ? row[d] : 0.f;
+  }
+}
+
 // ---- forward --------------------------------------------------------------
 
-struct ForwardRow {
+// Query t: an online softmax over K(t) in key-set order (FlashAttention's
+// rescaling, one key at a time), o_t = acc / l, lse_t = m + log l.
+template <int V>
+struct ForwardWarp {
   Head h;
   float* o;    // (T, D)
   float* lse;  // (T)
-  SY_HD void operator()(int64_t t) const {
+  template <class W>
+  SY_HD void operator()(const W& w, int64_t t) const {
     const int64_t D = h.D, j0 = h.off[t], j1 = h.off[t + 1];
-    const float* q = h.q + t * D;
-    float* ot = o + t * D;
-    for (int64_t d = 0; d < D; ++d) ot[d] = 0.f;
-    if (j1 == j0) {
-      lse[t] = -INFINITY;
-      return;
-    }
-    float m = -INFINITY;
-    for (int64_t j = j0; j < j1; ++j) m = fmaxf(m, dot(q, h.k + int64_t{h.idx[j]} * D, D) * h.scale);
-    float l = 0.f;
+    float q[V], acc[V];
+    lane_load(w, q, h.q + t * D, D);
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[v] = 0.f;
+    float m = -INFINITY, l = 0.f;
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t u = h.idx[j];
-      const float e = expf(dot(q, h.k + u * D, D) * h.scale - m);
-      l += e;
-      const float* v = h.v + u * D;
-      for (int64_t d = 0; d < D; ++d) ot[d] += e * v[d];
+      const float s = warp_dot(w, q, h.k + u * D, D) * h.scale;
+      const float mn = fmaxf(m, s);
+      const float c = m == -INFINITY ? 0.f : expf(m - mn);  // (the first key: nothing to rescale)
+      const float e = expf(s - mn);
+      l = l * c + e;
+      const float* vr = h.v + u * D;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const int64_t d = w.lane() + 32 * v;
+        if (d < D) acc[v] = fmaf(e, vr[d], acc[v] * c);
+      }
+      m = mn;
     }
-    for (int64_t d = 0; d < D; ++d) ot[d] /= l;
-    lse[t] = m + logf(l);
+    float* ot = o + t * D;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int64_t d = w.lane() + 32 * v;
+      if (d < D) ot[d] = j1 == j0 ? 0.f : acc[v] / l;
+    }
+    if (w.lane() == 0) lse[t] = j1 == j0 ? -INFINITY : m + logf(l);
   }
 };
 
@@ -94,73 +148,115 @@ struct BackwardBuffers {
   float *dq, *dk, *dv;         // (T, D), accumulate
 };
 
-// a and ds of pair (t, u) from the saved lse and Delta.
-struct PairGrad {
-  float a, ds;
-};
-SY_HD inline PairGrad pair_grad(const Head& h, const BackwardBuffers& b, int64_t t, int64_t u) {
-  const int64_t D = h.D;
-  const float a = expf(dot(h.q + t * D, h.k + u * D, D) * h.scale - b.lse[t]);
-  return {a, a * (dot(b.dout + t * D, h.v + u * D, D) - b.delta[t]) * h.scale};
-}
-
-// Query t: Delta_t, dq_t, and its pairs written for the transposition.
-struct BackwardQueryRow {
+// Query t: Delta_t, dq_t (its sum over K(t) in key-set order, then added to
+// dq), and its pairs written for the transposition (lane 0).
+template <int V>
+struct BackwardQueryWarp {
   Head h;
   BackwardBuffers b;
-  SY_HD void operator()(int64_t t) const {
+  template <class W>
+  SY_HD void operator()(const W& w, int64_t t) const {
     const int64_t D = h.D, j0 = h.off[t], j1 = h.off[t + 1];
-    b.delta[t] = dot(b.dout + t * D, b.o + t * D, D);
-    float* dq = b.dq + t * D;
+    float q[V], g[V], dq[V];
+    lane_load(w, q, h.q + t * D, D);
+    lane_load(w, g, b.dout + t * D, D);
+#pragma unroll
+    for (int v = 0; v < V; ++v) dq[v] = 0.f;
+    const float delta = warp_dot(w, g, b.o + t * D, D), lse = b.lse[t];
+    if (w.lane() == 0) b.delta[t] = delta;
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t u = h.idx[j];
-      const float ds = pair_grad(h, b, t, u).ds;
       const float* k = h.k + u * D;
-      for (int64_t d = 0; d < D; ++d) dq[d] += ds * k[d];
-      b.pair_key[j] = static_cast<uint64_t>(u);
-      b.pair_query[j] = static_cast<int32_t>(t);
+      const float a = expf(warp_dot(w, q, k, D) * h.scale - lse);
+      const float ds = a * (warp_dot(w, g, h.v + u * D, D) - delta) * h.scale;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const int64_t d = w.lane() + 32 * v;
+        if (d < D) dq[v] = fmaf(ds, k[d], dq[v]);
+      }
+      if (w.lane() == 0) {
+        b.pair_key[j] = static_cast<uint64_t>(u);
+        b.pair_query[j] = static_cast<int32_t>(t);
+      }
+    }
+    float* out = b.dq + t * D;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int64_t d = w.lane() + 32 * v;
+      if (d < D) out[d] += dq[v];
     }
   }
 };
 
-// Key u: dk_u and dv_u over its queries (after the sort and koff).
-struct BackwardKeyRow {
+// Key u: dk_u and dv_u over its queries in ascending t (after the sort and
+// koff), then added to dk and dv.
+template <int V>
+struct BackwardKeyWarp {
   Head h;
   BackwardBuffers b;
-  SY_HD void operator()(int64_t u) const {
+  template <class W>
+  SY_HD void operator()(const W& w, int64_t u) const {
     const int64_t D = h.D;
-    float* dk = b.dk + u * D;
-    float* dv = b.dv + u * D;
+    float k[V], vv[V], dk[V], dv[V];
+    lane_load(w, k, h.k + u * D, D);
+    lane_load(w, vv, h.v + u * D, D);
+#pragma unroll
+    for (int v = 0; v < V; ++v) dk[v] = dv[v] = 0.f;
     for (int64_t j = b.koff[u]; j < b.koff[u + 1]; ++j) {
       const int64_t t = b.key_query[j];
-      const PairGrad g = pair_grad(h, b, t, u);
       const float* q = h.q + t * D;
-      const float* gt = b.dout + t * D;
-      for (int64_t d = 0; d < D; ++d) {
-        dv[d] += g.a * gt[d];
-        dk[d] += g.ds * q[d];
+      const float* g = b.dout + t * D;
+      const float a = expf(warp_dot(w, k, q, D) * h.scale - b.lse[t]);
+      const float ds = a * (warp_dot(w, vv, g, D) - b.delta[t]) * h.scale;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const int64_t d = w.lane() + 32 * v;
+        if (d < D) {
+          dv[v] = fmaf(a, g[d], dv[v]);
+          dk[v] = fmaf(ds, q[d], dk[v]);
+        }
       }
+    }
+    float *ok = b.dk + u * D, *ov = b.dv + u * D;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int64_t d = w.lane() + 32 * v;
+      if (d < D) ok[d] += dk[v], ov[d] += dv[v];
     }
   }
 };
 
 // ---- the step sequences ----------------------------------------------------
-// run(n, f) calls f(i) for every i < n (a kernel launch on the GPU, a loop in
-// the host test), each step after the previous one has finished.
+// warps(n, f) calls f(w, i) for every i < n, each i on a warp w of its own
+// (a kernel launch on the GPU; 32 host threads a warp in the host test), each
+// step after the previous one has finished. V = lane_values(h.D).
 
-template <class Run>
-void forward_steps(const Run& run, const Head& h, float* o, float* lse) {
-  run(h.T, ForwardRow{h, o, lse});
+template <int V, class Warps>
+void forward_steps(const Warps& warps, const Head& h, float* o, float* lse) {
+  warps(h.T, ForwardWarp<V>{h, o, lse});
 }
 
 // sort_and_starts(): the stable sort of (pair_key, pair_query) into
 // (sorted_key, key_query) and koff from the sorted keys (a radix sort and
 // segment_starts on the GPU; std::stable_sort and lower bounds on the host).
-template <class Run, class SortAndStarts>
-void backward_steps(const Run& run, const SortAndStarts& sort_and_starts, const Head& h, const BackwardBuffers& b) {
-  run(h.T, BackwardQueryRow{h, b});
+template <int V, class Warps, class SortAndStarts>
+void backward_steps(const Warps& warps, const SortAndStarts& sort_and_starts, const Head& h, const BackwardBuffers& b) {
+  warps(h.T, BackwardQueryWarp<V>{h, b});
   sort_and_starts();
-  run(h.T, BackwardKeyRow{h, b});
+  warps(h.T, BackwardKeyWarp<V>{h, b});
+}
+
+// f(std::integral_constant<int, V>) for V = lane_values(D) (D <= 512; a
+// generic lambda takes V as decltype(arg)::value).
+template <class F>
+void with_lane_values(int64_t D, const F& f) {
+  switch (lane_values(D)) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+  }
 }
 
 // ---- local key sets ---------------------------------------------------------
