@@ -1,6 +1,7 @@
-// The CUDA path of routed attention's attention without a GPU: the row
-// functions and step sequences of ops/cuda/routed_attention_rows.h (what each
-// CUDA thread runs, in the CUDA launcher's order) run here on the host and
+// The CUDA path of routed attention's attention without a GPU: the row and
+// warp functions and step sequences of ops/cuda/routed_attention_rows.h (what
+// each CUDA thread or warp runs, in the CUDA launcher's order; a warp is 32
+// host threads, HostWarps) run here on the host and
 // are compared with the CPU reference (ops/cpu/routed_attention.cc and the
 // sparse backward over its key sets): o, lse and dq, dk, dv within 1e-5
 // relative L2 (class F), the union key sets exactly. Only the launch
@@ -29,6 +30,7 @@ using testing::expect_lse;
 using testing::Grads;
 using testing::HostHead;
 using testing::HostRun;
+using testing::HostWarps;
 using testing::one_cluster;
 using testing::random_case;
 using testing::rel_l2;
@@ -47,8 +49,11 @@ Result emulate_forward(const routed::Head& h, int64_t rows) {
   Result r{testing::zeros({h.T, h.D}), testing::zeros({h.T}), {}, {}};
   r.o.fill(NAN);
   r.lse.fill(NAN);
-  routed::forward_steps(HostRun{}, h, rows,
-                        {o_part.data(), lse_part.data(), cnt_part.data(), r.o.f32(), r.lse.f32(), pairs.data()});
+  routed::with_lane_values(h.D, [&](auto v) {
+    routed::forward_steps<decltype(v)::value>(
+        HostRun{}, HostWarps{}, h, rows,
+        {o_part.data(), lse_part.data(), cnt_part.data(), r.o.f32(), r.lse.f32(), pairs.data()});
+  });
   r.off = routed::key_offsets(pairs);
   const int64_t P = r.off.back();
   r.idx.assign(P, -7);
@@ -76,10 +81,12 @@ Grads emulate_backward(const routed::Head& h, int64_t qrows, int64_t krows, cons
   std::vector<float> delta(h.T, NAN), dq_part(qrows * h.D, NAN), dk_part(krows * h.D, NAN), dv_part(krows * h.D, NAN);
   std::vector<float> self_a(h.T, NAN), self_ds(h.T, NAN);
   std::vector<int32_t> cnt_part(qrows, -7), self(h.T, -7);
-  routed::backward_steps(HostRun{}, h, qrows, krows,
-                         {dout.f32(), o.f32(), lse.f32(), delta.data(), dq_part.data(), cnt_part.data(), dk_part.data(),
-                          dv_part.data(), self.data(), self_a.data(), self_ds.data(), g.dq.f32(), g.dk.f32(),
-                          g.dv.f32()});
+  routed::with_lane_values(h.D, [&](auto v) {
+    routed::backward_steps<decltype(v)::value>(
+        HostRun{}, HostWarps{}, h, qrows, krows,
+        {dout.f32(), o.f32(), lse.f32(), delta.data(), dq_part.data(), cnt_part.data(), dk_part.data(),
+         dv_part.data(), self.data(), self_a.data(), self_ds.data(), g.dq.f32(), g.dk.f32(), g.dv.f32()});
+  });
   return g;
 }
 
@@ -140,6 +147,21 @@ TEST(RoutedAttentionRows, SharedKeyListsAndOneCluster) {
   p.mode = ops::ClusterMode::balanced;
   expect_matches_reference(c, clusters_of(c, 3, p, rng, true));
   expect_matches_reference(c, clusters_of(c, 1, ops::ClusterParams{}, rng));  // dense causal
+}
+
+// Head dims past a warp's width: each lane holds 2, 4 or 8 values of a row,
+// the last partly past D (40, 130), in both modes.
+TEST(RoutedAttentionRows, WideHeadsSplitOverTheLanes) {
+  Rng rng(28);
+  for (int64_t D : {40, 130}) {
+    SCOPED_TRACE("head dim " + std::to_string(D));
+    Case c = random_case(30, D, rng);
+    expect_matches_reference(c, clusters_of(c, 3, ops::ClusterParams{}, rng));
+  }
+  ops::ClusterParams p;
+  p.mode = ops::ClusterMode::balanced;
+  Case c = random_case(24, 70, rng);
+  expect_matches_reference(c, clusters_of(c, 4, p, rng));
 }
 
 // More than 64 clusters: the bitmaps span several words, and the first shared

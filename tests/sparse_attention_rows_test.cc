@@ -12,9 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <atomic>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 #include "attention_rows.h"
@@ -30,65 +28,9 @@ using testing::expect_grads;
 using testing::expect_lse;
 using testing::Grads;
 using testing::HostRun;
+using testing::HostWarps;
 using testing::random_case;
 using testing::rel_l2;
-
-// warps(n, f) of the step sequences on the host: f(w, i) for every i < n on
-// one warp of 32 threads, lane l running f with w.lane() = l; w.sum(x) waits
-// for every lane's x and returns the butterfly sum of ops/cuda/common.cuh's
-// warp_sum (offsets 16, 8, 4, 2, 1), the same bits on every lane.
-class HostWarps {
- public:
-  template <class F>
-  void operator()(int64_t n, const F& f) const {
-    Meeting m;
-    std::vector<std::thread> lanes;
-    for (int l = 0; l < 32; ++l)
-      lanes.emplace_back([&, l] {
-        const Lane w{&m, l};
-        for (int64_t i = 0; i < n; ++i) f(w, i);
-      });
-    for (std::thread& t : lanes) t.join();
-  }
-
- private:
-  struct Meeting {
-    std::atomic<int> arrived{0};
-    std::atomic<int64_t> round{0};
-    float x[2][32] = {};  // sum s writes x[s % 2]: a lane at sum s + 2 has passed the barrier of s + 1,
-                          // so every lane has read sum s's values by then
-    // Returns once all 32 lanes have called it (a sense-reversing barrier;
-    // waiting lanes yield their core, 32 threads sharing a few).
-    void wait_all() {
-      const int64_t r = round.load(std::memory_order_acquire);
-      if (arrived.fetch_add(1, std::memory_order_acq_rel) == 31) {
-        arrived.store(0, std::memory_order_relaxed);
-        round.store(r + 1, std::memory_order_release);
-      } else {
-        while (round.load(std::memory_order_acquire) == r) std::this_thread::yield();
-      }
-    }
-  };
-  struct Lane {
-    Meeting* m;
-    int l;
-    mutable int64_t sums = 0;  // this lane's sums so far (the same on every lane)
-    int lane() const { return l; }
-    float sum(float x) const {
-      float* slot = m->x[sums++ % 2];
-      slot[l] = x;
-      m->wait_all();  // every x in
-      float v[32];
-      std::copy(slot, slot + 32, v);
-      for (int o = 16; o > 0; o >>= 1) {
-        float nv[32];
-        for (int i = 0; i < 32; ++i) nv[i] = v[i] + v[i ^ o];
-        std::copy(nv, nv + 32, v);
-      }
-      return v[l];
-    }
-  };
-};
 
 sparse::Head head_of(const Case& c, const ops::KeySets& ks) {
   const int64_t T = c.q.dim(0), D = c.q.dim(1);

@@ -380,6 +380,35 @@ struct Launch {
   }
 };
 
+// ---- one warp per index ----------------------------------------------------
+
+// The W of the rows headers' warp functions (ops/cuda/routed_attention_rows.h,
+// "a warp a row"): this lane, and the butterfly sum over the warp.
+struct DeviceWarp {
+  __device__ int lane() const { return static_cast<int>(threadIdx.x & 31); }
+  __device__ float sum(float x) const { return warp_sum(x); }
+};
+
+// f(w, i) for every i < n, a warp each (grid-stride over whole warps, so every
+// lane of a warp runs the same i and the same shuffles; blockDim a multiple of 32).
+template <class F>
+static __global__ void each_warp(int64_t n, F f) {
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32; i < n; i += warps)
+    f(DeviceWarp{}, i);
+}
+
+// warps(n, f) of the rows headers' step sequences: one launch on a stream.
+struct WarpLaunch {
+  cudaStream_t st;
+  template <class F>
+  void operator()(int64_t n, const F& f) const {
+    if (n <= 0) return;
+    each_warp<<<grid_stride(n * 32), kBlock, 0, st>>>(n, f);  // (kBlock: whole warps)
+    CUDA_CHECK(cudaGetLastError());
+  }
+};
+
 // ---- in util.cu -----------------------------------------------------------
 
 // out[0] = (sum_i x[i]) / divisor for a device f64 array, in a fixed tree of

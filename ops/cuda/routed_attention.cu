@@ -43,8 +43,9 @@
 //   where the clusters of q and k disagree - as on random heads - and it
 //   needed a radix sort.) The backward reuses the forward's packing, packed
 //   q, k, v and pair counts where the caller hands them on (RoutedSaved).
-//   Other head dims: one thread per query row, key row, query or output
-//   element, in the order of the rows header. The key sets, where wanted,
+//   Other head dims (up to 512; past it refused): one warp per query row or
+//   key row, one thread per query or output element, in the order of the
+//   rows header. The key sets, where wanted,
 //   are sorted by a radix sort on (query, key) when a query can be in
 //   several clusters; their offsets come from a scan on the host (the one
 //   copy back; without key sets, the pair count is that copy).
@@ -630,6 +631,9 @@ Prepared prepare(Ctx& ctx, const Tensor& q, const Tensor& k, const Tensor& v, co
   const int64_t T = q.dim(0), D = q.dim(1), K = cl.per_head();
   const int64_t W = routed::bitmap_words(cl.queries.k, cl.keys.k, K);
   SY_CHECK(T < (int64_t{1} << 31), "routed attention: " << T << " tokens (positions are 32-bit)");
+  if (routed::lane_values(D) == 0)
+    throw BackendError("routed attention: head dim " + std::to_string(D) + " has no CUDA kernel (at most " +
+                       std::to_string(32 * routed::kMaxLaneValues) + ")");
   Prepared p;
   p.qs = prepare_side(ctx, cl.queries, T, K, W);
   p.ks = prepare_side(ctx, cl.keys, T, K, W);
@@ -897,7 +901,9 @@ void routed_attention_forward(Ctx& ctx, const RoutedAttentionArgs& a) {
   Tensor cnt_part = Tensor::empty({rows}, DType::i32, ctx), pairs = Tensor::empty({h.T}, DType::i64, ctx);
   const routed::ForwardBuffers b{o_part.data<float>(),  lse_part.data<float>(), cnt_part.data<int32_t>(),
                                  a.o.data<float>(),     a.lse.data<float>(),    pairs.data<int64_t>()};
-  routed::forward_steps(Launch{stream(ctx)}, h, rows, b);
+  routed::with_lane_values(h.D, [&](auto v) {
+    routed::forward_steps<decltype(v)::value>(Launch{stream(ctx)}, WarpLaunch{stream(ctx)}, h, rows, b);
+  });
 
   a.keys = fill_key_sets(ctx, h, cnt_part.data<int32_t>(), download(ctx, pairs.data<int64_t>(), h.T));
   if (!a.key_sets && a.pair_count) {  // (known here: the key sets were built; staged before the call returns)
@@ -924,7 +930,9 @@ void routed_attention_backward(Ctx& ctx, const RoutedAttentionBackwardArgs& a) {
                                   dk_part.data<float>(),   dv_part.data<float>(),   self.data<int32_t>(),
                                   self_a.data<float>(),    self_ds.data<float>(),   a.dq.data<float>(),
                                   a.dk.data<float>(),      a.dv.data<float>()};
-  routed::backward_steps(Launch{stream(ctx)}, h, qrows, krows, b);
+  routed::with_lane_values(h.D, [&](auto v) {
+    routed::backward_steps<decltype(v)::value>(Launch{stream(ctx)}, WarpLaunch{stream(ctx)}, h, qrows, krows, b);
+  });
 }
 
 // k-means runs once per run, on the warm-up batch: the CPU reference on a host

@@ -1,10 +1,11 @@
 // Routed attention's attention on CUDA, written as plain functions of one row
 // or one element (equations in ops/routed_attention.h and
 // ops/sparse_attention.h). ops/cuda/routed_attention.cu gives every call its
-// own thread; tests/routed_attention_rows_test.cc runs the same functions and
-// the same step sequences on the host, against the CPU reference, so the
-// indexing, the pair rule and both merges are checked on machines without a
-// GPU. Nothing here includes CUDA headers: SY_HD is __host__ __device__ under
+// own thread, or warp (the rows that walk their pairs: "a warp a row"
+// below); tests/routed_attention_rows_test.cc runs the same functions and
+// the same step sequences on the host (a warp as 32 threads), against the
+// CPU reference, so the indexing, the lanes' shares, the pair rule and both
+// merges are checked on machines without a GPU. Nothing here includes CUDA headers: SY_HD is __host__ __device__ under
 // nvcc and nothing under a C++ compiler.
 //
 // Layout. Each side (queries, keys) is a Route over the T tokens of one head
@@ -19,10 +20,10 @@
 //   (t, u) counts in cluster c  <=>  t in queries(c), u in keys(c), u <= t and
 //                                    no cluster c' < c holds t as a query and u as a key.
 //
-// Forward (one thread per query row r = (t, c), then per query t, then per
-// element of o):
-//   rows     two passes over c's keys up to t: m = max s, then
-//            l = sum exp(s - m), o_c = sum exp(s - m) v / l; lse_c = m + log l
+// Forward (one warp per query row r = (t, c), then one thread per query t,
+// then per element of o):
+//   rows     an online softmax over c's keys up to t: m the running max, l
+//            the running sum, o_c = sum exp(s - m) v / l; lse_c = m + log l
 //            and the row's pair count (lse_c = -inf, o_c = 0 with no pair)
 //   queries  lse = M + log sum_c exp(lse_c - M) over t's clusters in ascending
 //            order (M the largest lse_c); a member of some cluster with no pair
@@ -36,10 +37,10 @@
 // Backward (the pairs recomputed from the clusters; a = exp(s - lse) with the
 // merged lse and Delta_t = dout_t . o_t, FlashAttention's form):
 //   delta        per query
-//   query rows   dq_c = sum_u ds_tu k_u over c's pairs of t, and the pair count
+//   query rows   (a warp each) dq_c = sum_u ds_tu k_u over c's pairs of t, and the pair count
 //   queries      the self pair of a member with no pair: its a and ds
 //   dq           dq_t += sum_c dq_c (ascending) + the self pair's ds k_t
-//   key rows     dk_c = sum_t ds_tu q_t, dv_c = sum_t a_tu dout_t over c's pairs of u
+//   key rows     (a warp each) dk_c = sum_t ds_tu q_t, dv_c = sum_t a_tu dout_t over c's pairs of u
 //   dk, dv       dk_u += sum_c dk_c (ascending) + self pair; dv likewise
 // with ds_tu = a_tu (dout_t . v_u - Delta_t) / sqrt(D), as the CPU's sparse
 // backward. Every output has one owner adding in a fixed order: no atomics,
@@ -48,6 +49,7 @@
 #include <math.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "ops/cuda/attention_tiles.h"
@@ -198,6 +200,60 @@ struct QueryWalk {
   }
 };
 
+// ---- a warp a row ----------------------------------------------------------
+// The per-row functions below that walk a row's pairs (ForwardRow,
+// BackwardQueryRow, BackwardKeyRow; ops/cuda/sparse_attention_rows.h's too)
+// run on a warp W each: lane l holds the elements d = l + 32 v, v < V, of
+// every D-row it reads (V = lane_values(D): D <= 32 V), and a dot product is
+// each lane's FMAs over its elements, then W::sum, the butterfly over the 32
+// lanes (every lane ends with the same bits: ops/cuda/common.cuh's warp_sum).
+// The walks over a row's pairs are the same on every lane, so every lane
+// makes every sum. (One thread a row read each D-row serially, its warp's
+// other threads' rows scattered beside it: latency-bound.)
+constexpr int kMaxLaneValues = 16;  // D <= 512
+
+// The V for D: 1, 2, 4, 8 or 16 (a power of two: few instantiations); 0
+// past 512.
+SY_HD inline int lane_values(int64_t D) {
+  int v = 1;
+  while (32 * v < D && v < kMaxLaneValues) v *= 2;
+  return 32 * v >= D ? v : 0;
+}
+
+template <int V, class W>
+SY_HD float warp_dot(const W& w, const float (&a)[V], const float* b, int64_t D) {
+  float s = 0.f;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int64_t d = w.lane() + 32 * v;
+    if (d < D) s = fmaf(a[v], b[d], s);
+  }
+  return w.sum(s);
+}
+
+// A row's elements of this lane (0 past D).
+template <int V, class W>
+SY_HD void lane_load(const W& w, float (&x)[V], const float* row, int64_t D) {
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int64_t d = w.lane() + 32 * v;
+    x[v] = d < D ? row[d] : 0.f;
+  }
+}
+
+// f(std::integral_constant<int, V>) for V = lane_values(D) (D <= 512; a
+// generic lambda takes V as decltype(arg)::value).
+template <class F>
+void with_lane_values(int64_t D, const F& f) {
+  switch (lane_values(D)) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+  }
+}
+
 // Kept rows of token t on one side, and their pair counts summed.
 SY_HD inline bool is_member(const Side& s, int64_t t) {
   for (int64_t j = 0; j < s.k; ++j)
@@ -224,34 +280,46 @@ struct ForwardBuffers {
   int64_t* pairs;    // (T) pairs of each query (its key set's size)
 };
 
-// Query row r: attention of its token over its cluster's pairs.
+// Query row r: attention of its token over its cluster's pairs, an online
+// softmax (FlashAttention's rescaling, a key at a time) on a warp.
+template <int V>
 struct ForwardRow {
   Head h;
   ForwardBuffers b;
-  SY_HD void operator()(int64_t r) const {
+  template <class W>
+  SY_HD void operator()(const W& w, int64_t r) const {
     const int64_t t = h.qs.item[r], c = h.qs.row_group[r], D = h.D;
-    const float* q = h.q + t * D;
-    float* o = b.o_part + r * D;
-    for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
-    float m = -INFINITY;
+    float q[V], acc[V];
+    lane_load(w, q, h.q + t * D, D);
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[v] = 0.f;
+    float m = -INFINITY, l = 0.f;
     int32_t n = 0;
-    KeyWalk w1(h, c, t);
-    for (int64_t u; (u = w1.next()) >= 0; ++n) m = fmaxf(m, dot(q, h.k + u * D, D) * h.scale);
-    b.cnt_part[r] = n;
-    if (n == 0) {
-      b.lse_part[r] = -INFINITY;
-      return;
+    KeyWalk walk(h, c, t);
+    for (int64_t u; (u = walk.next()) >= 0; ++n) {
+      const float s = warp_dot(w, q, h.k + u * D, D) * h.scale;
+      const float mn = fmaxf(m, s);
+      const float cr = m == -INFINITY ? 0.f : expf(m - mn);  // (the first key: nothing to rescale)
+      const float e = expf(s - mn);
+      l = l * cr + e;
+      const float* vr = h.v + u * D;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const int64_t d = w.lane() + 32 * v;
+        if (d < D) acc[v] = fmaf(e, vr[d], acc[v] * cr);
+      }
+      m = mn;
     }
-    float l = 0.f;
-    KeyWalk w2(h, c, t);
-    for (int64_t u; (u = w2.next()) >= 0;) {
-      const float e = expf(dot(q, h.k + u * D, D) * h.scale - m);
-      l += e;
-      const float* v = h.v + u * D;
-      for (int64_t d = 0; d < D; ++d) o[d] += e * v[d];
+    float* o = b.o_part + r * D;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int64_t d = w.lane() + 32 * v;
+      if (d < D) o[d] = n == 0 ? 0.f : acc[v] / l;
     }
-    for (int64_t d = 0; d < D; ++d) o[d] /= l;
-    b.lse_part[r] = m + logf(l);
+    if (w.lane() == 0) {
+      b.cnt_part[r] = n;
+      b.lse_part[r] = n == 0 ? -INFINITY : m + logf(l);
+    }
   }
 };
 
@@ -362,25 +430,39 @@ struct BackwardDelta {
   SY_HD void operator()(int64_t t) const { b.delta[t] = dot(b.dout + t * h.D, b.o + t * h.D, h.D); }
 };
 
-// Query row r: dq_c = sum over its cluster's pairs of ds k_u.
+// Query row r: dq_c = sum over its cluster's pairs of ds k_u, on a warp.
+template <int V>
 struct BackwardQueryRow {
   Head h;
   BackwardBuffers b;
-  SY_HD void operator()(int64_t r) const {
+  template <class W>
+  SY_HD void operator()(const W& w, int64_t r) const {
     const int64_t t = h.qs.item[r], c = h.qs.row_group[r], D = h.D;
-    const float* q = h.q + t * D;
-    const float* g = b.dout + t * D;
-    float* dq = b.dq_part + r * D;
-    for (int64_t d = 0; d < D; ++d) dq[d] = 0.f;
+    float q[V], g[V], dq[V];
+    lane_load(w, q, h.q + t * D, D);
+    lane_load(w, g, b.dout + t * D, D);
+#pragma unroll
+    for (int v = 0; v < V; ++v) dq[v] = 0.f;
+    const float lse = b.lse[t], delta = b.delta[t];
     int32_t n = 0;
-    KeyWalk w(h, c, t);
-    for (int64_t u; (u = w.next()) >= 0; ++n) {
+    KeyWalk walk(h, c, t);
+    for (int64_t u; (u = walk.next()) >= 0; ++n) {
       const float* k = h.k + u * D;
-      const float a = expf(dot(q, k, D) * h.scale - b.lse[t]);
-      const float ds = a * (dot(g, h.v + u * D, D) - b.delta[t]) * h.scale;
-      for (int64_t d = 0; d < D; ++d) dq[d] += ds * k[d];
+      const float a = expf(warp_dot(w, q, k, D) * h.scale - lse);
+      const float ds = a * (warp_dot(w, g, h.v + u * D, D) - delta) * h.scale;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const int64_t d = w.lane() + 32 * v;
+        if (d < D) dq[v] = fmaf(ds, k[d], dq[v]);
+      }
     }
-    b.cnt_part[r] = n;
+    float* out = b.dq_part + r * D;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int64_t d = w.lane() + 32 * v;
+      if (d < D) out[d] = dq[v];
+    }
+    if (w.lane() == 0) b.cnt_part[r] = n;
   }
 };
 
@@ -417,27 +499,40 @@ struct BackwardDq {
   }
 };
 
-// Key row r: dk_c = sum ds q_t, dv_c = sum a dout_t over its cluster's pairs.
+// Key row r: dk_c = sum ds q_t, dv_c = sum a dout_t over its cluster's
+// pairs, on a warp.
+template <int V>
 struct BackwardKeyRow {
   Head h;
   BackwardBuffers b;
-  SY_HD void operator()(int64_t r) const {
+  template <class W>
+  SY_HD void operator()(const W& w, int64_t r) const {
     const int64_t u = h.ks.item[r], c = h.ks.row_group[r], D = h.D;
-    const float* k = h.k + u * D;
-    const float* v = h.v + u * D;
-    float* dk = b.dk_part + r * D;
-    float* dv = b.dv_part + r * D;
-    for (int64_t d = 0; d < D; ++d) dk[d] = dv[d] = 0.f;
-    QueryWalk w(h, c, u);
-    for (int64_t t; (t = w.next()) >= 0;) {
+    float k[V], vv[V], dk[V], dv[V];
+    lane_load(w, k, h.k + u * D, D);
+    lane_load(w, vv, h.v + u * D, D);
+#pragma unroll
+    for (int v = 0; v < V; ++v) dk[v] = dv[v] = 0.f;
+    QueryWalk walk(h, c, u);
+    for (int64_t t; (t = walk.next()) >= 0;) {
       const float* q = h.q + t * D;
       const float* g = b.dout + t * D;
-      const float a = expf(dot(q, k, D) * h.scale - b.lse[t]);
-      const float ds = a * (dot(g, v, D) - b.delta[t]) * h.scale;
-      for (int64_t d = 0; d < D; ++d) {
-        dv[d] += a * g[d];
-        dk[d] += ds * q[d];
+      const float a = expf(warp_dot(w, k, q, D) * h.scale - b.lse[t]);
+      const float ds = a * (warp_dot(w, vv, g, D) - b.delta[t]) * h.scale;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const int64_t d = w.lane() + 32 * v;
+        if (d < D) {
+          dv[v] = fmaf(a, g[d], dv[v]);
+          dk[v] = fmaf(ds, q[d], dk[v]);
+        }
       }
+    }
+    float *ok = b.dk_part + r * D, *ov = b.dv_part + r * D;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int64_t d = w.lane() + 32 * v;
+      if (d < D) ok[d] = dk[v], ov[d] = dv[v];
     }
   }
 };
@@ -466,7 +561,9 @@ struct BackwardDkDv {
 
 // ---- the step sequences ----------------------------------------------------
 // run(n, f) calls f(i) for every i < n (a kernel launch on the GPU, a loop in
-// the host test), each step after the previous one has finished.
+// the host test), warps(n, f) calls f(w, i) for every i < n on a warp w of its
+// own (a launch of warps; 32 host threads a warp in the host test), each step
+// after the previous one has finished. V = lane_values(h.D).
 
 // Rows and bitmaps of one side: item, row_group (rows), bits (T, W; none for W = 0).
 template <class Run>
@@ -476,20 +573,21 @@ void side_steps(const Run& run, const int32_t* group, const int32_t* slot, const
   if (W > 0) run(T, MemberBits{group, slot, k, K, W, bits});
 }
 
-template <class Run>
-void forward_steps(const Run& run, const Head& h, int64_t query_rows, const ForwardBuffers& b) {
-  run(query_rows, ForwardRow{h, b});
+template <int V, class Run, class Warps>
+void forward_steps(const Run& run, const Warps& warps, const Head& h, int64_t query_rows, const ForwardBuffers& b) {
+  warps(query_rows, ForwardRow<V>{h, b});
   run(h.T, ForwardQuery{h, b});
   run(h.T * h.D, ForwardOut{h, b});
 }
 
-template <class Run>
-void backward_steps(const Run& run, const Head& h, int64_t query_rows, int64_t key_rows, const BackwardBuffers& b) {
+template <int V, class Run, class Warps>
+void backward_steps(const Run& run, const Warps& warps, const Head& h, int64_t query_rows, int64_t key_rows,
+                    const BackwardBuffers& b) {
   run(h.T, BackwardDelta{h, b});
-  run(query_rows, BackwardQueryRow{h, b});
+  warps(query_rows, BackwardQueryRow<V>{h, b});
   run(h.T, BackwardQuery{h, b});
   run(h.T * h.D, BackwardDq{h, b});
-  run(key_rows, BackwardKeyRow{h, b});
+  warps(key_rows, BackwardKeyRow<V>{h, b});
   run(h.T * h.D, BackwardDkDv{h, b});
 }
 

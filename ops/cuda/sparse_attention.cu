@@ -50,31 +50,6 @@ void check_f32(const char* op, std::initializer_list<const Tensor*> ts) {
       throw BackendError(std::string(op) + ": " + dtype_name(t->dtype()) + " tensors have no CUDA kernel (f32 only)");
 }
 
-// A warp of sparse_attention_rows.h's functions: the CUDA side of its W.
-struct DeviceWarp {
-  __device__ int lane() const { return static_cast<int>(threadIdx.x & 31); }
-  __device__ float sum(float x) const { return warp_sum(x); }
-};
-
-// f(w, i) for every i < n, a warp each (grid-stride over whole warps, so every
-// lane of a warp runs the same i and the same shuffles).
-template <class F>
-__global__ void each_warp(int64_t n, F f) {
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32; i < n; i += warps)
-    f(DeviceWarp{}, i);
-}
-
-struct WarpLaunch {
-  cudaStream_t st;
-  template <class F>
-  void operator()(int64_t n, const F& f) const {
-    if (n <= 0) return;
-    each_warp<<<grid_stride(n * 32), kBlock, 0, st>>>(n, f);  // (kBlock: whole warps)
-    CUDA_CHECK(cudaGetLastError());
-  }
-};
-
 sparse::Head head_of(const Tensor& q, const Tensor& k, const Tensor& v, const KeySets& ks) {
   const int64_t T = q.dim(0), D = q.dim(1);
   SY_CHECK(T < (int64_t{1} << 31), "sparse attention: " << T << " tokens (positions are 32-bit)");

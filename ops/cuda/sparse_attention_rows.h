@@ -34,8 +34,6 @@
 // element of the block means, then one per query choosing its blocks (see
 // BlockTopkKeys), offsets in closed form (block_topk_offset).
 #pragma once
-#include <type_traits>
-
 #include "ops/cuda/routed_attention_rows.h"
 
 namespace sy::ops::sparse {
@@ -51,45 +49,14 @@ struct Head {
 };
 
 // ---- a warp a row ----------------------------------------------------------
-// Each query (forward, backward's query pass) or key (key pass) is one warp's:
-// lane l holds the elements d = l + 32 v, v < V, of every D-row it reads (V
-// = lane_values(D): D <= 32 V), and a dot product is each lane's FMAs over
-// its elements, then W::sum, the butterfly over the 32 lanes (every lane ends
-// with the same bits: ops/cuda/common.cuh's warp_sum). The loops over keys
-// and queries are the same on every lane, so every lane makes every sum.
-// (One thread a query, as before, read each row serially with its warp's 31
-// other queries' rows scattered beside it: latency-bound, 138 ms at 4k
-// tokens, w 256, on an H200.)
-constexpr int kMaxLaneValues = 16;  // D <= 512
-
-// The V for D: 1, 2, 4, 8 or 16 (a power of two: few instantiations); 0
-// past 512.
-SY_HD inline int lane_values(int64_t D) {
-  int v = 1;
-  while (32 * v < D && v < kMaxLaneValues) v *= 2;
-  return 32 * v >= D ? v : 0;
-}
-
-template <int V, class W>
-SY_HD float warp_dot(const W& w, const float (&a)[V], const float* b, int64_t D) {
-  float s = 0.f;
-#pragma unroll
-  for (int v = 0; v < V; ++v) {
-    const int64_t d = w.lane() + 32 * v;
-    if (d < D) s = fmaf(a[v], b[d], s);
-  }
-  return w.sum(s);
-}
-
-// A row's elements of this lane (0 past D).
-template <int V, class W>
-SY_HD void lane_load(const W& w, float (&x)[V], const float* row, int64_t D) {
-#pragma unroll
-  for (int v = 0; v < V; ++v) {
-    const int64_t d = w.lane() + 32 * v;
-    x[v] = d < D ? row[d] : 0.f;
-  }
-}
+// Each query (forward, backward's query pass) or key (key pass) is one
+// warp's, as in routed_attention_rows.h (whose lane helpers these are). One
+// thread a query, before, took 138 ms at 4k tokens, w 256, on an H200.
+using routed::kMaxLaneValues;
+using routed::lane_load;
+using routed::lane_values;
+using routed::warp_dot;
+using routed::with_lane_values;
 
 // ---- forward --------------------------------------------------------------
 
@@ -244,19 +211,6 @@ void backward_steps(const Warps& warps, const SortAndStarts& sort_and_starts, co
   warps(h.T, BackwardQueryWarp<V>{h, b});
   sort_and_starts();
   warps(h.T, BackwardKeyWarp<V>{h, b});
-}
-
-// f(std::integral_constant<int, V>) for V = lane_values(D) (D <= 512; a
-// generic lambda takes V as decltype(arg)::value).
-template <class F>
-void with_lane_values(int64_t D, const F& f) {
-  switch (lane_values(D)) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 8: return f(std::integral_constant<int, 8>{});
-    case 16: return f(std::integral_constant<int, 16>{});
-  }
 }
 
 // ---- local key sets ---------------------------------------------------------
