@@ -5,8 +5,9 @@
 // below); tests/routed_attention_rows_test.cc runs the same functions and
 // the same step sequences on the host (a warp as 32 threads), against the
 // CPU reference, so the indexing, the lanes' shares, the pair rule and both
-// merges are checked on machines without a GPU. Nothing here includes CUDA headers: SY_HD is __host__ __device__ under
-// nvcc and nothing under a C++ compiler.
+// merges are checked on machines without a GPU. Nothing here includes CUDA
+// headers: SY_HD is __host__ __device__ under nvcc and nothing under a C++
+// compiler.
 //
 // Layout. Each side (queries, keys) is a Route over the T tokens of one head
 // of one sequence (K clusters, k = 1 assignment per token, or k = K with
@@ -241,6 +242,71 @@ SY_HD void lane_load(const W& w, float (&x)[V], const float* row, int64_t D) {
   }
 }
 
+// A lane's share of one row's online softmax over its keys, a key at a time
+// (FlashAttention's rescaling): m the running max, l the running sum, acc
+// the lane's elements of sum_j exp(s_j - m) v_j.
+template <int V>
+struct OnlineRow {
+  float acc[V] = {};
+  float m = -INFINITY, l = 0.f;
+  template <class W>
+  SY_HD void add(const W& w, float s, const float* vrow, int64_t D) {
+    const float mn = fmaxf(m, s);
+    const float c = m == -INFINITY ? 0.f : expf(m - mn);  // (the first key: nothing to rescale)
+    const float e = expf(s - mn);
+    l = l * c + e;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int64_t d = w.lane() + 32 * v;
+      if (d < D) acc[v] = fmaf(e, vrow[d], acc[v] * c);
+    }
+    m = mn;
+  }
+  // o = acc / l (0 without keys), and lse = m + log l (-inf) by lane 0.
+  template <class W>
+  SY_HD void write(const W& w, bool empty, float* o, float* lse, int64_t D) const {
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int64_t d = w.lane() + 32 * v;
+      if (d < D) o[d] = empty ? 0.f : acc[v] / l;
+    }
+    if (w.lane() == 0) *lse = empty ? -INFINITY : m + logf(l);
+  }
+};
+
+// A pair's a = exp(s - lse) and ds = a (dout . v - Delta) / sqrt(D) from the
+// lane's shares of the rows it holds (x, y) and the rows it reads (xr, yr):
+// a query's (q, dout) against a key's rows (k, v), or a key's (k, v) against
+// a query's (q, dout). FlashAttention's backward.
+struct PairGrad {
+  float a, ds;
+};
+template <int V, class W>
+SY_HD PairGrad warp_pair_grad(const W& w, const float (&x)[V], const float (&y)[V], const float* xr, const float* yr,
+                              float lse, float delta, float scale, int64_t D) {
+  const float a = expf(warp_dot(w, x, xr, D) * scale - lse);
+  return {a, a * (warp_dot(w, y, yr, D) - delta) * scale};
+}
+
+// acc[v] += f * row[d] on this lane's elements.
+template <int V, class W>
+SY_HD void lane_fma(const W& w, float (&acc)[V], float f, const float* row, int64_t D) {
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int64_t d = w.lane() + 32 * v;
+    if (d < D) acc[v] = fmaf(f, row[d], acc[v]);
+  }
+}
+// out[d] = acc[v] on this lane's elements (Add: out[d] += acc[v]).
+template <bool Add, int V, class W>
+SY_HD void lane_store(const W& w, const float (&acc)[V], float* out, int64_t D) {
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int64_t d = w.lane() + 32 * v;
+    if (d < D) out[d] = Add ? out[d] + acc[v] : acc[v];
+  }
+}
+
 // f(std::integral_constant<int, V>) for V = lane_values(D) (D <= 512; a
 // generic lambda takes V as decltype(arg)::value).
 template <class F>
@@ -289,37 +355,14 @@ struct ForwardRow {
   template <class W>
   SY_HD void operator()(const W& w, int64_t r) const {
     const int64_t t = h.qs.item[r], c = h.qs.row_group[r], D = h.D;
-    float q[V], acc[V];
+    float q[V];
     lane_load(w, q, h.q + t * D, D);
-#pragma unroll
-    for (int v = 0; v < V; ++v) acc[v] = 0.f;
-    float m = -INFINITY, l = 0.f;
+    OnlineRow<V> row;
     int32_t n = 0;
     KeyWalk walk(h, c, t);
-    for (int64_t u; (u = walk.next()) >= 0; ++n) {
-      const float s = warp_dot(w, q, h.k + u * D, D) * h.scale;
-      const float mn = fmaxf(m, s);
-      const float cr = m == -INFINITY ? 0.f : expf(m - mn);  // (the first key: nothing to rescale)
-      const float e = expf(s - mn);
-      l = l * cr + e;
-      const float* vr = h.v + u * D;
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const int64_t d = w.lane() + 32 * v;
-        if (d < D) acc[v] = fmaf(e, vr[d], acc[v] * cr);
-      }
-      m = mn;
-    }
-    float* o = b.o_part + r * D;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const int64_t d = w.lane() + 32 * v;
-      if (d < D) o[d] = n == 0 ? 0.f : acc[v] / l;
-    }
-    if (w.lane() == 0) {
-      b.cnt_part[r] = n;
-      b.lse_part[r] = n == 0 ? -INFINITY : m + logf(l);
-    }
+    for (int64_t u; (u = walk.next()) >= 0; ++n) row.add(w, warp_dot(w, q, h.k + u * D, D) * h.scale, h.v + u * D, D);
+    row.write(w, n == 0, b.o_part + r * D, b.lse_part + r, D);
+    if (w.lane() == 0) b.cnt_part[r] = n;
   }
 };
 
@@ -438,30 +481,16 @@ struct BackwardQueryRow {
   template <class W>
   SY_HD void operator()(const W& w, int64_t r) const {
     const int64_t t = h.qs.item[r], c = h.qs.row_group[r], D = h.D;
-    float q[V], g[V], dq[V];
+    float q[V], g[V], dq[V] = {};
     lane_load(w, q, h.q + t * D, D);
     lane_load(w, g, b.dout + t * D, D);
-#pragma unroll
-    for (int v = 0; v < V; ++v) dq[v] = 0.f;
-    const float lse = b.lse[t], delta = b.delta[t];
     int32_t n = 0;
     KeyWalk walk(h, c, t);
     for (int64_t u; (u = walk.next()) >= 0; ++n) {
-      const float* k = h.k + u * D;
-      const float a = expf(warp_dot(w, q, k, D) * h.scale - lse);
-      const float ds = a * (warp_dot(w, g, h.v + u * D, D) - delta) * h.scale;
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const int64_t d = w.lane() + 32 * v;
-        if (d < D) dq[v] = fmaf(ds, k[d], dq[v]);
-      }
+      const PairGrad p = warp_pair_grad(w, q, g, h.k + u * D, h.v + u * D, b.lse[t], b.delta[t], h.scale, D);
+      lane_fma(w, dq, p.ds, h.k + u * D, D);
     }
-    float* out = b.dq_part + r * D;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const int64_t d = w.lane() + 32 * v;
-      if (d < D) out[d] = dq[v];
-    }
+    lane_store<false>(w, dq, b.dq_part + r * D, D);
     if (w.lane() == 0) b.cnt_part[r] = n;
   }
 };
@@ -508,32 +537,17 @@ struct BackwardKeyRow {
   template <class W>
   SY_HD void operator()(const W& w, int64_t r) const {
     const int64_t u = h.ks.item[r], c = h.ks.row_group[r], D = h.D;
-    float k[V], vv[V], dk[V], dv[V];
+    float k[V], vv[V], dk[V] = {}, dv[V] = {};
     lane_load(w, k, h.k + u * D, D);
     lane_load(w, vv, h.v + u * D, D);
-#pragma unroll
-    for (int v = 0; v < V; ++v) dk[v] = dv[v] = 0.f;
     QueryWalk walk(h, c, u);
     for (int64_t t; (t = walk.next()) >= 0;) {
-      const float* q = h.q + t * D;
-      const float* g = b.dout + t * D;
-      const float a = expf(warp_dot(w, k, q, D) * h.scale - b.lse[t]);
-      const float ds = a * (warp_dot(w, vv, g, D) - b.delta[t]) * h.scale;
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const int64_t d = w.lane() + 32 * v;
-        if (d < D) {
-          dv[v] = fmaf(a, g[d], dv[v]);
-          dk[v] = fmaf(ds, q[d], dk[v]);
-        }
-      }
+      const PairGrad p = warp_pair_grad(w, k, vv, h.q + t * D, b.dout + t * D, b.lse[t], b.delta[t], h.scale, D);
+      lane_fma(w, dv, p.a, b.dout + t * D, D);
+      lane_fma(w, dk, p.ds, h.q + t * D, D);
     }
-    float *ok = b.dk_part + r * D, *ov = b.dv_part + r * D;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const int64_t d = w.lane() + 32 * v;
-      if (d < D) ok[d] = dk[v], ov[d] = dv[v];
-    }
+    lane_store<false>(w, dk, b.dk_part + r * D, D);
+    lane_store<false>(w, dv, b.dv_part + r * D, D);
   }
 };
 

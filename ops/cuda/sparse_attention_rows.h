@@ -53,9 +53,14 @@ struct Head {
 // warp's, as in routed_attention_rows.h (whose lane helpers these are). One
 // thread a query, before, took 138 ms at 4k tokens, w 256, on an H200.
 using routed::kMaxLaneValues;
+using routed::lane_fma;
 using routed::lane_load;
+using routed::lane_store;
 using routed::lane_values;
+using routed::OnlineRow;
+using routed::PairGrad;
 using routed::warp_dot;
+using routed::warp_pair_grad;
 using routed::with_lane_values;
 
 // ---- forward --------------------------------------------------------------
@@ -70,33 +75,14 @@ struct ForwardWarp {
   template <class W>
   SY_HD void operator()(const W& w, int64_t t) const {
     const int64_t D = h.D, j0 = h.off[t], j1 = h.off[t + 1];
-    float q[V], acc[V];
+    float q[V];
     lane_load(w, q, h.q + t * D, D);
-#pragma unroll
-    for (int v = 0; v < V; ++v) acc[v] = 0.f;
-    float m = -INFINITY, l = 0.f;
+    OnlineRow<V> row;
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t u = h.idx[j];
-      const float s = warp_dot(w, q, h.k + u * D, D) * h.scale;
-      const float mn = fmaxf(m, s);
-      const float c = m == -INFINITY ? 0.f : expf(m - mn);  // (the first key: nothing to rescale)
-      const float e = expf(s - mn);
-      l = l * c + e;
-      const float* vr = h.v + u * D;
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const int64_t d = w.lane() + 32 * v;
-        if (d < D) acc[v] = fmaf(e, vr[d], acc[v] * c);
-      }
-      m = mn;
+      row.add(w, warp_dot(w, q, h.k + u * D, D) * h.scale, h.v + u * D, D);
     }
-    float* ot = o + t * D;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const int64_t d = w.lane() + 32 * v;
-      if (d < D) ot[d] = j1 == j0 ? 0.f : acc[v] / l;
-    }
-    if (w.lane() == 0) lse[t] = j1 == j0 ? -INFINITY : m + logf(l);
+    row.write(w, j1 == j0, o + t * D, lse + t, D);
   }
 };
 
@@ -124,34 +110,21 @@ struct BackwardQueryWarp {
   template <class W>
   SY_HD void operator()(const W& w, int64_t t) const {
     const int64_t D = h.D, j0 = h.off[t], j1 = h.off[t + 1];
-    float q[V], g[V], dq[V];
+    float q[V], g[V], dq[V] = {};
     lane_load(w, q, h.q + t * D, D);
     lane_load(w, g, b.dout + t * D, D);
-#pragma unroll
-    for (int v = 0; v < V; ++v) dq[v] = 0.f;
-    const float delta = warp_dot(w, g, b.o + t * D, D), lse = b.lse[t];
+    const float delta = warp_dot(w, g, b.o + t * D, D);
     if (w.lane() == 0) b.delta[t] = delta;
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t u = h.idx[j];
-      const float* k = h.k + u * D;
-      const float a = expf(warp_dot(w, q, k, D) * h.scale - lse);
-      const float ds = a * (warp_dot(w, g, h.v + u * D, D) - delta) * h.scale;
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const int64_t d = w.lane() + 32 * v;
-        if (d < D) dq[v] = fmaf(ds, k[d], dq[v]);
-      }
+      const PairGrad p = warp_pair_grad(w, q, g, h.k + u * D, h.v + u * D, b.lse[t], delta, h.scale, D);
+      lane_fma(w, dq, p.ds, h.k + u * D, D);
       if (w.lane() == 0) {
         b.pair_key[j] = static_cast<uint64_t>(u);
         b.pair_query[j] = static_cast<int32_t>(t);
       }
     }
-    float* out = b.dq + t * D;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const int64_t d = w.lane() + 32 * v;
-      if (d < D) out[d] += dq[v];
-    }
+    lane_store<true>(w, dq, b.dq + t * D, D);
   }
 };
 
@@ -164,32 +137,17 @@ struct BackwardKeyWarp {
   template <class W>
   SY_HD void operator()(const W& w, int64_t u) const {
     const int64_t D = h.D;
-    float k[V], vv[V], dk[V], dv[V];
+    float k[V], vv[V], dk[V] = {}, dv[V] = {};
     lane_load(w, k, h.k + u * D, D);
     lane_load(w, vv, h.v + u * D, D);
-#pragma unroll
-    for (int v = 0; v < V; ++v) dk[v] = dv[v] = 0.f;
     for (int64_t j = b.koff[u]; j < b.koff[u + 1]; ++j) {
       const int64_t t = b.key_query[j];
-      const float* q = h.q + t * D;
-      const float* g = b.dout + t * D;
-      const float a = expf(warp_dot(w, k, q, D) * h.scale - b.lse[t]);
-      const float ds = a * (warp_dot(w, vv, g, D) - b.delta[t]) * h.scale;
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const int64_t d = w.lane() + 32 * v;
-        if (d < D) {
-          dv[v] = fmaf(a, g[d], dv[v]);
-          dk[v] = fmaf(ds, q[d], dk[v]);
-        }
-      }
+      const PairGrad p = warp_pair_grad(w, k, vv, h.q + t * D, b.dout + t * D, b.lse[t], b.delta[t], h.scale, D);
+      lane_fma(w, dv, p.a, b.dout + t * D, D);
+      lane_fma(w, dk, p.ds, h.q + t * D, D);
     }
-    float *ok = b.dk + u * D, *ov = b.dv + u * D;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const int64_t d = w.lane() + 32 * v;
-      if (d < D) ok[d] += dk[v], ov[d] += dv[v];
-    }
+    lane_store<true>(w, dk, b.dk + u * D, D);
+    lane_store<true>(w, dv, b.dv + u * D, D);
   }
 };
 
