@@ -4,7 +4,6 @@
 #include <charconv>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 
 #include "ops/backend.h"
 
@@ -14,13 +13,14 @@ int64_t tokens_choose_capacity(const TokensChooseParams& p, int64_t run, int64_t
   return std::max(ceil_capacity(p.capacity_factor, static_cast<double>(run) * p.k / groups), p.min_capacity);
 }
 
-int64_t ceil_capacity(double fraction, double n) {
+int64_t ceil_capacity(float fraction, double n) {
   // The float's shortest decimal (0.3f -> "0.3"), read as a double: what the
-  // config said, not its float's last ulp.
+  // config said, not its float's last ulp. (to_chars and from_chars: no locale.)
   char buf[32];
-  const auto r = std::to_chars(buf, buf + sizeof buf - 1, static_cast<float>(fraction));
-  *r.ptr = '\0';
-  const double x = std::strtod(buf, nullptr) * n;
+  const auto end = std::to_chars(buf, buf + sizeof buf, fraction).ptr;
+  double f = 0;
+  std::from_chars(buf, end, f);
+  const double x = f * n;
   // (1e-12: the double product's own rounding, 0.3 x 10 = 3.0000000000000004)
   return static_cast<int64_t>(std::ceil(x - 1e-12 * std::fabs(x)));
 }

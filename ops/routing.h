@@ -143,7 +143,7 @@ struct BudgetParams {
 // 1e-12 for the double's own rounding. (A tolerance of 1e-6 on the float's
 // product, as before, ate real fractions at large n: 1.0 x 1000000.5 gave
 // 1000000 and even 1.0 x 1000000 gave 999999.)
-int64_t ceil_capacity(double fraction, double n);
+int64_t ceil_capacity(float fraction, double n);
 
 // Tokens choose's capacity C = max(ceil(capacity_factor * run * k / groups),
 // min_capacity) for a run of `run` items over `groups` groups (not

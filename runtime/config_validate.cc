@@ -49,7 +49,7 @@ bool moe_budget_applies(const switchyard::MoeConfig& e) {
 }
 constexpr const char* kMoeBudgetUnheld =
     "nothing holds the router to a budget with moe.budget_mode SOFT and moe.budget_coef 0: set moe.budget_coef > 0 (the "
-    "budget loss) or moe.budget_mode HARD or HARD_CAUSAL";
+    "budget loss) or moe.budget_mode HARD or HARD_CAUSAL, or leave it unset";
 
 }  // namespace
 
@@ -362,8 +362,9 @@ void validate_config(const Config& cfg, const std::string& source) {
   // Dense attention on CUDA (every block's, some blocks' where the sparse
   // kind covers only the last layers, and routed attention's local heads) is
   // the tiled flash kernels alone (ops/cuda/attention_kernels.cuh); said at
-  // load, not at the first step's attention call. (Routed heads and block
-  // top-k have kernels for any head size.)
+  // load, not at the first step's attention call. Routed heads and block
+  // top-k have kernels for head sizes up to 512 (a warp a row past the
+  // tiled sizes: ops/cuda/routed_attention_rows.h).
   {
     const int64_t D = m.d_model() / m.n_heads();
     const bool dense = at.kind() == switchyard::AttentionConfig::DENSE ||
@@ -373,6 +374,12 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("model.n_heads", m.n_heads(),
              "gives a head size d_model / n_heads = " + std::to_string(D) +
                  "; dense attention on CUDA has head sizes 16, 32, 64 and 128");
+    const bool sparse = (at.kind() == switchyard::AttentionConfig::ROUTED && at.num_routing_heads() > 0) ||
+                        at.kind() == switchyard::AttentionConfig::BLOCK_TOPK;
+    if (cfg.backend() == switchyard::Config::CUDA && sparse && D > 512)
+      c.fail("model.n_heads", m.n_heads(),
+             "gives a head size d_model / n_heads = " + std::to_string(D) + "; " +
+                 switchyard::AttentionConfig::Kind_Name(at.kind()) + " attention on CUDA has head sizes up to 512");
   }
 
   const auto& pl = cfg.parallel();

@@ -8,7 +8,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <thread>
 #include <vector>
 
@@ -56,7 +59,16 @@ class HostWarps {
         arrived.store(0, std::memory_order_relaxed);
         round.store(r + 1, std::memory_order_release);
       } else {
-        while (round.load(std::memory_order_acquire) == r) std::this_thread::yield();
+        // (a lane that skips a sum another makes would leave the rest here:
+        // a failure after a minute, not a hang)
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        while (round.load(std::memory_order_acquire) == r) {
+          std::this_thread::yield();
+          if (std::chrono::steady_clock::now() > deadline) {
+            std::fprintf(stderr, "HostWarps: the lanes of a warp did not all reach a sum within 60 s\n");
+            std::abort();
+          }
+        }
       }
     }
   };

@@ -251,6 +251,13 @@ TEST(Config, CudaDenseAttentionHeadSizes) {
                  msg);
   parse_ok(d48 + "attention { kind: ROUTED num_routing_heads: 2 }");
   parse_ok(d48 + "attention { kind: BLOCK_TOPK }");
+  // Routed and block top-k heads past 512 (a warp a row holds 16 values a lane at most).
+  parse_ok("backend: CUDA model { d_model: 1024 n_heads: 2 } attention { kind: BLOCK_TOPK }");
+  expect_invalid("backend: CUDA model { d_model: 1040 n_heads: 2 } attention { kind: BLOCK_TOPK }",
+                 "t.pbtxt: model.n_heads = 2: gives a head size d_model / n_heads = 520; BLOCK_TOPK attention on CUDA "
+                 "has head sizes up to 512");
+  expect_invalid("backend: CUDA model { d_model: 1040 n_heads: 2 } attention { kind: ROUTED num_routing_heads: 2 }",
+                 "ROUTED attention on CUDA has head sizes up to 512");
   for (const char* ok : {"32 n_heads: 2", "128 n_heads: 8", "256 n_heads: 2", "512 n_heads: 4"})
     parse_ok(std::string("backend: CUDA model { d_model: ") + ok + " }");
 #endif

@@ -50,6 +50,8 @@
 #include <math.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -252,8 +254,10 @@ struct OnlineRow {
   template <class W>
   SY_HD void add(const W& w, float s, const float* vrow, int64_t D) {
     const float mn = fmaxf(m, s);
-    const float c = m == -INFINITY ? 0.f : expf(m - mn);  // (the first key: nothing to rescale)
-    const float e = expf(s - mn);
+    // (m -inf: nothing to rescale yet; mn -inf: every score so far -inf, whose
+    // weight is 0, as the two-pass softmax had it, not exp(-inf + inf) = NaN)
+    const float c = m == -INFINITY ? 0.f : expf(m - mn);
+    const float e = mn == -INFINITY ? 0.f : expf(s - mn);
     l = l * c + e;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
@@ -317,6 +321,7 @@ void with_lane_values(int64_t D, const F& f) {
     case 4: return f(std::integral_constant<int, 4>{});
     case 8: return f(std::integral_constant<int, 8>{});
     case 16: return f(std::integral_constant<int, 16>{});
+    default: throw std::logic_error("with_lane_values: head dim " + std::to_string(D) + " past 512 (callers refuse it)");
   }
 }
 

@@ -1,10 +1,12 @@
 // Attention over per-query key sets (ops/sparse_attention.h) on CUDA, written
 // as plain functions of one query, one key or one pair, in the style of
-// routed_attention_rows.h (whose SY_HD, dot and step-runner convention this
-// reuses). ops/cuda/sparse_attention.cu gives every call its own thread;
+// routed_attention_rows.h (whose SY_HD, step-runner convention and lane
+// helpers this reuses). ops/cuda/sparse_attention.cu gives every call its own
+// thread (the key sets' functions) or warp (the attention's: a warp a row);
 // tests/sparse_attention_rows_test.cc runs the same functions and step
-// sequences on the host against the CPU reference, so the indexing and the
-// transposition are checked without a GPU.
+// sequences on the host (a warp as 32 threads) against the CPU reference, so
+// the indexing, the lanes' shares and the transposition are checked without
+// a GPU.
 //
 // Forward, a warp per query t over its keys K(t) = idx[off[t] .. off[t+1])
 //   (ForwardWarp below): an online softmax, m the running max, l the running

@@ -37,6 +37,7 @@ void add_sparse_cases(std::vector<OpCase>& c) {
                                  RoutedSpec{"causal_300_tokens_d64", 300, 17, 64, causal, false},
                                  RoutedSpec{"one_cluster_shared_keys", 7, 1, 7, causal, true},
                                  RoutedSpec{"balanced_wide", 37, 5, 130, bal, false},
+                                 RoutedSpec{"causal_d300", 30, 3, 300, causal, false},  // 16 values a lane
                                  RoutedSpec{"balanced_shared_keys", 30, 3, 20, bal, true},
                                  RoutedSpec{"balanced_70_clusters", 160, 70, 4, bal, false},
                                  RoutedSpec{"causal_70_clusters", 160, 70, 8, causal, false},
@@ -74,6 +75,8 @@ void add_sparse_cases(std::vector<OpCase>& c) {
   c.push_back(sparse_attention_case("local_w9", 70, 16, local(70, 9)));
   c.push_back(sparse_attention_case("local_300_tokens_w64_d64", 300, 64, local(300, 64)));
   c.push_back(sparse_attention_case("local_window_past_the_sequence", 20, 130, local(20, 50)));
+  // A head of 300: the warp kernels' 16 values a lane (ops/cuda/routed_attention_rows.h).
+  c.push_back(sparse_attention_case("local_w5_d300", 24, 300, local(24, 5)));
   c.push_back(sparse_attention_case("local_one_token", 1, 8, local(1, 4)));
   c.push_back(sparse_attention_case("block_topk_8_top3", 100, 32, block_topk(8, 3)));
   c.push_back(sparse_attention_case("block_topk_5_top0", 23, 8, block_topk(5, 0)));
