@@ -22,7 +22,9 @@
 
 #include <CLI/CLI.hpp>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "examples/checkpoint_tool.h"
 #include "runtime/checkpoint.h"
@@ -114,6 +116,18 @@ int run(int argc, char** argv) {
     throw;
   }
   const auto& m = cfg.model();
+  // The window sample and fine-tuning see, where nothing chose it: the
+  // default, far below what the model was trained for.
+  if (!base.model().has_seq_len()) {
+    nlohmann::json j;
+    std::ifstream(fs::path(hf) / "config.json") >> j;
+    const bool trained = j.contains("switchyard") && j["switchyard"].contains("trained_seq_len");
+    const int64_t max_pos = j.value("max_position_embeddings", int64_t{0});
+    if (!trained && max_pos > m.seq_len())
+      std::cerr << "note: model.seq_len " << m.seq_len() << " (the default): sample and fine-tuning see windows of "
+                << m.seq_len() << " tokens, where config.json's max_position_embeddings is " << max_pos
+                << "; --set model.seq_len=N for a longer one\n";
+  }
   std::cout << "imported " << hf << " (" << m.n_layers() << " layers, d_model " << m.d_model() << ", "
             << cfg.moe().num_experts() << " experts top-" << cfg.moe().top_k() << ", vocabulary " << m.vocab_size()
             << ", model.seq_len " << m.seq_len() << ", " << model.params().numel() << " parameters) to " << dir << "\n"

@@ -152,4 +152,12 @@ struct InitFrom {
 };
 InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par);
 
+// The routing settings that change what the same MoE weights compute
+// (moe.top_k, renormalize, score_function, dropless) where cfg differs from
+// the source's config, as "field new (the source's old), ..."; empty where
+// none does or either has no experts. init_from_checkpoint prints it as a
+// note (an imported Mixtral fine-tuned under a config that left them out
+// would otherwise run top-1, unrenormalised, with drops, without a word).
+std::string routing_changes(const Config& source, const Config& cfg);
+
 }  // namespace sy

@@ -152,7 +152,10 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
   j["sliding_window"] = nullptr;
   j["attention_dropout"] = 0.0;
   j["router_jitter_noise"] = 0.0;
-  j["router_aux_loss_coef"] = shortest(e.load_balance_coef());
+  // transformers' balance loss is one over all layers' choices pooled, k at
+  // balance; ours one a layer, 1 at balance, summed: the same gradient at
+  // coef L / k (used there with output_router_logits only).
+  j["router_aux_loss_coef"] = shortest(e.load_balance_coef() * static_cast<float>(m.n_layers()) / e.top_k());
   j["output_router_logits"] = false;
   j["initializer_range"] = shortest(m.init_std());
   j["tie_word_embeddings"] = m.tie_embeddings();

@@ -134,9 +134,18 @@ class HfWeights {
     return out;
   }
   bool has(const std::string& name) const { return where_.count(name) > 0; }
+  bool fused_experts() const {
+    for (const auto& [name, at] : where_)
+      if (name.find(".mlp.experts.gate_up_proj") != std::string::npos) return true;
+    return false;
+  }
   // The tensor's header checked: present, F32, BF16 or F16, of this shape.
   void check(const std::string& name, const Shape& shape) const {
     auto it = where_.find(name);
+    if (it == where_.end() && fused_experts())
+      throw ConfigError(dir_ + ": tensor " + name + " is missing: the experts are in transformers 5's fused layout "
+                        "(mlp.experts.gate_up_proj, down_proj), which the import does not read; save the model with "
+                        "save_pretrained's default save_original_format=True");
     if (it == where_.end())
       throw ConfigError(dir_ + ": tensor " + name + " is missing (a Mixtral of this config.json has it)");
     const auto& [r, t] = it->second;
@@ -175,7 +184,8 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   const std::string type = j.text("model_type", "");
   if (type != "mixtral")
     j.refuse("model_type", "\"" + printable(type, 40) + "\"", "the import reads Mixtral (model_type \"mixtral\")");
-  if (j.text("hidden_act", "silu") != "silu")
+  const std::string act = j.text("hidden_act", "silu");
+  if (act != "silu" && act != "swish")  // (transformers' ACT2FN: the same SiLU)
     j.refuse("hidden_act", j.raw("hidden_act").dump(), "Switchyard's SwiGLU experts gate with silu");
   const double eps = j.number("rms_norm_eps", 1e-5);
   if (std::fabs(eps - ops::kRmsNormEps) > 1e-3 * ops::kRmsNormEps)
@@ -246,7 +256,16 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   e.set_renormalize(true);
   e.set_dropless(true);
   e.set_every_n_layers(1);
-  e.set_load_balance_coef(static_cast<float>(j.number("router_aux_loss_coef", 0.001)));
+  // Fine-tuning's losses as transformers trains Mixtral: its balance loss
+  // only with output_router_logits (false in Mixtral's configs), pooled over
+  // the L layers and k at balance, where ours is per layer and 1 at balance
+  // (ops/router_loss.h), summed over the layers: the same gradient at
+  // coef k / L. No z-loss.
+  // (A Switchyard export's coefficient comes back whatever the flag says.)
+  const double aux = j.number("router_aux_loss_coef", 0.001);
+  const bool balanced = j.flag("output_router_logits", false) || j.has("switchyard");
+  e.set_load_balance_coef(balanced ? static_cast<float>(aux * K / L) : 0.f);
+  e.set_z_loss_coef(0.f);
   // The token every text begins with (bos_token_id, where the tokenizer
   // adds it; a byte vocabulary has none), unless the base config says.
   const int64_t V = m.vocab_size();

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <iostream>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -70,6 +71,26 @@ void check_upcycle(const Config& cfg, const CheckpointManifest& m, const std::st
                       std::to_string(H) + ") = 0 hidden units of each expert (must be 0, or at least " +
                       text(0.5f / H) + ")");
 }
+
+}  // namespace
+
+std::string routing_changes(const Config& source, const Config& cfg) {
+  const auto &a = source.moe(), &b = cfg.moe();
+  if (a.num_experts() == 0 || b.num_experts() == 0) return "";
+  std::ostringstream os;
+  auto note = [&](const char* field, const std::string& was, const std::string& now) {
+    if (was != now) os << (os.tellp() > 0 ? ", " : "") << field << " " << now << " (the source's " << was << ")";
+  };
+  auto flag = [](bool v) { return std::string(v ? "true" : "false"); };
+  note("moe.top_k", std::to_string(a.top_k()), std::to_string(b.top_k()));
+  note("moe.renormalize", flag(a.renormalize()), flag(b.renormalize()));
+  note("moe.score_function", switchyard::MoeConfig::ScoreFunction_Name(a.score_function()),
+       switchyard::MoeConfig::ScoreFunction_Name(b.score_function()));
+  note("moe.dropless", flag(a.dropless()), flag(b.dropless()));
+  return os.str();
+}
+
+namespace {
 
 // The block index of an expert parameter's layer: "h3.moe.experts.w1" -> 3.
 int layer_of(const std::string& name) {
@@ -183,6 +204,11 @@ InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transfo
   });
   if (!upcycle) {  // the same model (load_checkpoint checks it): its weights, a fresh optimizer
     const TrainState st = load_checkpoint(dir, cfg, model, par, /*optimizer=*/false, CheckpointUse::init_from);
+    const std::string moved = routing_changes(m.config(), cfg);
+    if (!moved.empty() && (!par || par->rank() == 0))
+      std::cerr << "note: --init-from " << dir << ": " << moved
+                << ": the same weights route otherwise here than in the source (set them as it had them to keep "
+                   "its function)\n";
     return {{where, st.step, false}, st.data_position};
   }
   run_agreed(par, [&] {

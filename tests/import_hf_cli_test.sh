@@ -204,6 +204,25 @@ json.dump(c, open('hlen/config.json', 'w'))"
 "$IMPORT" --hf hlen --out imp_len > len.log 2>&1 && grep -q "model.seq_len 16," len.log \
   && echo "ok   seq_len from trained_seq_len: $(grep -o 'model.seq_len [0-9]*' len.log)" \
   || { echo "FAIL seq_len default:"; cat len.log; fail=1; }
+# The losses as transformers trains a Mixtral: a file that is no Switchyard
+# export (its switchyard block gone) balances only with output_router_logits,
+# at router_aux_loss_coef x top_k / n_layers, and has no z-loss; the default
+# window gets a note, max_position_embeddings being longer than it.
+rm -rf hfpure && cp -r hf32 hfpure && python3 -c "
+import json; c = json.load(open('hfpure/config.json')); del c['switchyard']; c['max_position_embeddings'] = 4096
+c['router_aux_loss_coef'] = 0.02; json.dump(c, open('hfpure/config.json', 'w'))"
+"$IMPORT" --hf hfpure --out imp_pure > pure.log 2>&1 && grep -q "^ *load_balance_coef: 0$" imp_pure/step_00000000/manifest.pbtxt \
+  && grep -q "^ *z_loss_coef: 0$" imp_pure/step_00000000/manifest.pbtxt \
+  && grep -q "^note: model.seq_len 64 (the default): sample and fine-tuning see windows of 64 tokens, where config.json's max_position_embeddings is 4096" pure.log \
+  && echo "ok   a transformers file: no balance loss without output_router_logits, no z-loss, a note on the window" \
+  || { echo "FAIL transformers losses:"; cat pure.log; grep -E "load_balance|z_loss" imp_pure/step_00000000/manifest.pbtxt; fail=1; }
+python3 -c "
+import json; c = json.load(open('hfpure/config.json')); c['output_router_logits'] = True
+json.dump(c, open('hfpure/config.json', 'w'))"
+rm -rf imp_pure && "$IMPORT" --hf hfpure --out imp_pure > pure.log 2>&1 \
+  && grep -q "^ *load_balance_coef: 0.02$" imp_pure/step_00000000/manifest.pbtxt \
+  && echo "ok   with output_router_logits: load_balance_coef 0.02 x 2 / 2" \
+  || { echo "FAIL output_router_logits:"; cat pure.log; grep load_balance imp_pure/step_00000000/manifest.pbtxt; fail=1; }
 printf 'model { seq_len: 512 }\n' > c512.pbtxt
 "$IMPORT" --hf hf32 --out ov --config c512.pbtxt > c.txt 2>&1; rc=$?
 [ $rc -eq 2 ] && [ "$(wc -l < c.txt)" -eq 1 ] && grep -qF "error: --config c512.pbtxt: model.seq_len = 512: hf32/config.json allows at most its max_position_embeddings = 32; lower it" c.txt && [ ! -e ov ] \

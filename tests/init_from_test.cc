@@ -372,6 +372,27 @@ TEST(InitFrom, SameModelTakesTheWeightsOnly) {
   EXPECT_EQ(b.evaluate(), a.evaluate());
 }
 
+// A new run whose routing would compute another function from the same
+// weights is told which settings moved (not refused: it may be the point).
+TEST(InitFrom, SaysWhichRoutingSettingsMoved) {
+  TempDir d, e;
+  const Config a = moe_config(d.path);
+  EXPECT_EQ(routing_changes(a, a), "");
+  const Config b = moe_config(e.path, {"moe.top_k=1", "moe.renormalize=false", "moe.dropless=false"});
+  EXPECT_EQ(routing_changes(a, b),
+            "moe.top_k 1 (the source's 2), moe.renormalize false (the source's true), moe.dropless false (the "
+            "source's true)");
+  EXPECT_EQ(routing_changes(dense_config(d.path), b), "");  // (upcycling: no routing to keep)
+  Trainer ta(a, {});
+  ta.step(1);
+  const std::string dir = ta.write_checkpoint();
+  Trainer tb(b, {});
+  ::testing::internal::CaptureStderr();
+  tb.init_from(dir);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("note: --init-from " + dir + ": moe.top_k 1 (the source's 2)"), std::string::npos) << err;
+}
+
 // With rotary positions and dense attention no parameter depends on the
 // window: a new run may take another (a longer context to fine-tune at);
 // with a position table it may not, nor may a resumed run.
