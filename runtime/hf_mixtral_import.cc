@@ -191,6 +191,9 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   if (std::fabs(eps - ops::kRmsNormEps) > 1e-3 * ops::kRmsNormEps)
     j.refuse("rms_norm_eps", j.raw("rms_norm_eps").dump(), "Switchyard's RMSNorm adds 1e-05 (ops/rmsnorm.h)");
   if (j.has("rope_scaling")) j.refuse("rope_scaling", j.raw("rope_scaling").dump(), "Switchyard's RoPE has no scaling");
+  if (j.has("partial_rotary_factor") && j.number("partial_rotary_factor", 1) != 1)
+    j.refuse("partial_rotary_factor", j.raw("partial_rotary_factor").dump(),
+             "Switchyard's RoPE rotates the whole head (1)");
   // RoPE's base: rope_theta, or (transformers 5) rope_parameters' own, whose
   // rope_type must be the plain rotation; both where they agree.
   double theta = j.number("rope_theta", 1e6);  // (transformers' MixtralConfig default)
@@ -199,6 +202,8 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
     if (!rp.is_object()) j.refuse("rope_parameters", rp.dump(), "must be an object");
     if (rp.contains("rope_type") && rp["rope_type"] != "default")
       j.refuse("rope_parameters", rp.dump(), "Switchyard's RoPE is rope_type \"default\" (no scaling)");
+    if (rp.contains("partial_rotary_factor") && !(rp["partial_rotary_factor"].is_number() && rp["partial_rotary_factor"] == 1))
+      j.refuse("rope_parameters", rp.dump(), "Switchyard's RoPE rotates the whole head (partial_rotary_factor 1)");
     if (rp.contains("rope_theta")) {
       if (!rp["rope_theta"].is_number()) j.refuse("rope_parameters", rp.dump(), "its rope_theta must be a number");
       if (j.has("rope_theta") && rp["rope_theta"].get<double>() != theta)

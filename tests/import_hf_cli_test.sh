@@ -168,6 +168,8 @@ refused rope_type 'config.json: rope_parameters = .*: Switchyard.s RoPE is rope_
 refused rope_theta2 'config.json: rope_parameters = .*: its rope_theta differs from rope_theta = 10000.0' \
   "$(cfg rope_parameters "{'rope_type': 'default', 'rope_theta': 500000.0}")"
 refused eps 'config.json: rms_norm_eps = 1e-06: Switchyard.s RMSNorm adds 1e-05' "$(cfg rms_norm_eps 1e-6)"
+refused partial_rotary 'config.json: rope_parameters = .*: Switchyard.s RoPE rotates the whole head' \
+  "$(cfg rope_parameters "{'rope_type': 'default', 'rope_theta': 10000.0, 'partial_rotary_factor': 0.5}")"
 # The header's tensors rewritten (every byte of the data still covered once):
 # one renamed, one more appended, one declared I16 over the same bytes.
 retensor() {
@@ -176,6 +178,8 @@ $1
 j = json.dumps(h).encode(); j += b' ' * (-len(j) % 8); open(d + '/model.safetensors', 'wb').write(struct.pack('<Q', len(j)) + j + data)"
 }
 refused missing 'tensor model.norm.weight is missing' "$(retensor "h['ln_extra'] = h.pop('model.norm.weight')")"
+refused fused 'is missing: the experts are in transformers 5.s fused layout (mlp.experts.gate_up_proj, down_proj)' \
+  "$(retensor "h['model.layers.0.mlp.experts.gate_up_proj'] = h.pop('model.norm.weight')")"
 refused unknown 'tensor ln_extra is not part of a Mixtral of this config.json' \
   "$(retensor "b = len(data); data += data[:8]; h['ln_extra'] = {'dtype': 'F32', 'shape': [2], 'data_offsets': [b, b + 8]}")"
 refused i16 'tensor model.norm.weight: dtype I16, the import reads F32, BF16 and F16' \
