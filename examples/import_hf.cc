@@ -121,8 +121,11 @@ int run(int argc, char** argv) {
   if (!base.model().has_seq_len()) {
     nlohmann::json j;
     std::ifstream(fs::path(hf) / "config.json") >> j;
-    const bool trained = j.contains("switchyard") && j["switchyard"].contains("trained_seq_len");
-    const int64_t max_pos = j.value("max_position_embeddings", int64_t{0});
+    const bool trained = j.contains("switchyard") && j["switchyard"].is_object() &&
+                         j["switchyard"].contains("trained_seq_len") && j["switchyard"]["trained_seq_len"].is_number_integer() &&
+                         j["switchyard"]["trained_seq_len"].get<int64_t>() >= 1;
+    const auto it = j.find("max_position_embeddings");  // (may be absent or null)
+    const int64_t max_pos = it != j.end() && it->is_number_integer() ? it->get<int64_t>() : 0;
     if (!trained && max_pos > m.seq_len())
       std::cerr << "note: model.seq_len " << m.seq_len() << " (the default): sample and fine-tuning see windows of "
                 << m.seq_len() << " tokens, where config.json's max_position_embeddings is " << max_pos

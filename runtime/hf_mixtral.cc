@@ -41,6 +41,20 @@ double shortest(float f) {
   return f;
 }
 
+// transformers' router_aux_loss_coef for our load_balance_coef a: a L / k,
+// as the shortest decimal that the import's a' = coef k / L (double, then
+// float) reads back as a itself.
+double aux_loss_coef(float a, int64_t L, int64_t k) {
+  const double x = static_cast<double>(a) * static_cast<double>(L) / static_cast<double>(k);
+  for (int digits = 1; digits <= 17; ++digits) {
+    char b[40];
+    std::snprintf(b, sizeof b, "%.*g", digits, x);
+    const double v = std::strtod(b, nullptr);
+    if (static_cast<float>(v * static_cast<double>(k) / static_cast<double>(L)) == a) return v;
+  }
+  return x;
+}
+
 // Every expert's width (check_mixtral_expressible refuses unequal widths).
 int64_t expert_hidden(const Config& cfg) {
   return expert_hidden_sizes(cfg.moe(), cfg.model().ffn_hidden()).at(0);
@@ -153,9 +167,10 @@ std::string mixtral_config_json(const Config& cfg, const std::string& torch_dtyp
   j["attention_dropout"] = 0.0;
   j["router_jitter_noise"] = 0.0;
   // transformers' balance loss is one over all layers' choices pooled, k at
-  // balance; ours one a layer, 1 at balance, summed: the same gradient at
-  // coef L / k (used there with output_router_logits only).
-  j["router_aux_loss_coef"] = shortest(e.load_balance_coef() * static_cast<float>(m.n_layers()) / e.top_k());
+  // balance; ours one a layer, 1 at balance, summed: the same scale at
+  // coef L / k (the same gradient where every layer's load is the pooled
+  // one; transformers uses it with output_router_logits only).
+  j["router_aux_loss_coef"] = aux_loss_coef(e.load_balance_coef(), m.n_layers(), e.top_k());
   j["output_router_logits"] = false;
   j["initializer_range"] = shortest(m.init_std());
   j["tie_word_embeddings"] = m.tie_embeddings();

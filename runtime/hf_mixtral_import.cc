@@ -264,8 +264,9 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   // Fine-tuning's losses as transformers trains Mixtral: its balance loss
   // only with output_router_logits (false in Mixtral's configs), pooled over
   // the L layers and k at balance, where ours is per layer and 1 at balance
-  // (ops/router_loss.h), summed over the layers: the same gradient at
-  // coef k / L. No z-loss.
+  // (ops/router_loss.h), summed over the layers: the same scale at coef k / L
+  // (the same gradient where every layer's load is the pooled one). No z-loss
+  // (a Switchyard export's z-loss is not written, so it comes back 0 too).
   // (A Switchyard export's coefficient comes back whatever the flag says.)
   const double aux = j.number("router_aux_loss_coef", 0.001);
   const bool balanced = j.flag("output_router_logits", false) || j.has("switchyard");

@@ -266,6 +266,31 @@ TEST(ExportHf, RefusesWhatMixtralCannotExpress) {
   EXPECT_TRUE(mixtral_export_notes(mixtral_config(4, 2)).empty());
 }
 
+// router_aux_loss_coef is load_balance_coef x L / k (transformers pools the
+// layers' choices, k at balance), written as the shortest decimal the import
+// reads back as the same float: 0.01 at L 10, k 8 is "0.0125", and comes back
+// 0.01f exactly (x L / k in float would write 0.012499999, read back an ulp off).
+TEST(ExportHf, BalanceCoefficientRoundTripsAtTransformersScale) {
+  TempDir d;
+  int n = 0;
+  for (const int L : {2, 7, 10})
+    for (const int k : {1, 2, 8})
+      for (const float a : {0.01f, 0.003f, 0.02f, 0.1f}) {
+        SCOPED_TRACE("L " + std::to_string(L) + " k " + std::to_string(k) + " coef " + std::to_string(a));
+        Config c = mixtral_config(8, k, "model { n_layers: " + std::to_string(L) + " }");
+        c.mutable_moe()->set_load_balance_coef(a);
+        const fs::path dir = d / ("m" + std::to_string(n++));
+        fs::create_directory(dir);
+        std::ofstream(dir / "config.json") << mixtral_config_json(c, "float32");
+        const nlohmann::json j = nlohmann::json::parse(std::ifstream(dir / "config.json"));
+        EXPECT_NEAR(j["router_aux_loss_coef"].get<double>() * k / L, a, 1e-6 * a) << "the scale";
+        if (L == 10 && k == 8 && a == 0.01f) EXPECT_EQ(j["router_aux_loss_coef"].dump(), "0.0125");
+        const Config back = mixtral_config_from_json(dir.string(), parse_config("", "defaults"));
+        EXPECT_EQ(back.moe().load_balance_coef(), a) << "bit for bit";
+        EXPECT_EQ(back.moe().z_loss_coef(), 0.f);
+      }
+}
+
 TEST(ExportHf, ExistingOutputIsRefusedAndNothingIsLeft) {
   TempDir d;
   const Config cfg = mixtral_config(2, 2);

@@ -220,12 +220,13 @@ c['router_aux_loss_coef'] = 0.02; json.dump(c, open('hfpure/config.json', 'w'))"
   && grep -q "^note: model.seq_len 64 (the default): sample and fine-tuning see windows of 64 tokens, where config.json's max_position_embeddings is 4096" pure.log \
   && echo "ok   a transformers file: no balance loss without output_router_logits, no z-loss, a note on the window" \
   || { echo "FAIL transformers losses:"; cat pure.log; grep -E "load_balance|z_loss" imp_pure/step_00000000/manifest.pbtxt; fail=1; }
+# (top-1 here, so that k / L is not 1: the weights do not depend on k)
 python3 -c "
-import json; c = json.load(open('hfpure/config.json')); c['output_router_logits'] = True
+import json; c = json.load(open('hfpure/config.json')); c['output_router_logits'] = True; c['num_experts_per_tok'] = 1
 json.dump(c, open('hfpure/config.json', 'w'))"
 rm -rf imp_pure && "$IMPORT" --hf hfpure --out imp_pure > pure.log 2>&1 \
-  && grep -q "^ *load_balance_coef: 0.02$" imp_pure/step_00000000/manifest.pbtxt \
-  && echo "ok   with output_router_logits: load_balance_coef 0.02 x 2 / 2" \
+  && grep -q "^ *load_balance_coef: 0.01$" imp_pure/step_00000000/manifest.pbtxt \
+  && echo "ok   with output_router_logits: load_balance_coef 0.02 x 1 / 2" \
   || { echo "FAIL output_router_logits:"; cat pure.log; grep load_balance imp_pure/step_00000000/manifest.pbtxt; fail=1; }
 printf 'model { seq_len: 512 }\n' > c512.pbtxt
 "$IMPORT" --hf hf32 --out ov --config c512.pbtxt > c.txt 2>&1; rc=$?
