@@ -87,6 +87,14 @@ std::string routing_changes(const Config& source, const Config& cfg) {
   note("moe.score_function", switchyard::MoeConfig::ScoreFunction_Name(a.score_function()),
        switchyard::MoeConfig::ScoreFunction_Name(b.score_function()));
   note("moe.dropless", flag(a.dropless()), flag(b.dropless()));
+  if (!a.dropless() && !b.dropless()) {  // (the capacity decides what is dropped only under one)
+    std::ostringstream x, y;
+    x << a.capacity_factor_eval();
+    y << b.capacity_factor_eval();
+    note("moe.capacity_factor_eval", x.str(), y.str());
+  }
+  note("moe.expert_groups", std::to_string(a.expert_groups()), std::to_string(b.expert_groups()));
+  note("moe.groups_per_token", std::to_string(a.groups_per_token()), std::to_string(b.groups_per_token()));
   return os.str();
 }
 

@@ -383,6 +383,9 @@ TEST(InitFrom, SaysWhichRoutingSettingsMoved) {
             "moe.top_k 1 (the source's 2), moe.renormalize false (the source's true), moe.dropless false (the "
             "source's true)");
   EXPECT_EQ(routing_changes(dense_config(d.path), b), "");  // (upcycling: no routing to keep)
+  const Config c = moe_config(e.path, {"moe.top_k=1", "moe.renormalize=false", "moe.dropless=false",
+                                       "moe.capacity_factor_eval=1.5"});
+  EXPECT_EQ(routing_changes(b, c), "moe.capacity_factor_eval 1.5 (the source's 2)");
   Trainer ta(a, {});
   ta.step(1);
   const std::string dir = ta.write_checkpoint();
