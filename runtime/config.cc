@@ -331,8 +331,26 @@ void fill_defaults(pb::Message& msg) {
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   Config cfg = read_config(path);
+  if (overrides.empty()) {
+    validate_config(cfg, path);
+    return cfg;
+  }
+  const Config file = cfg;
   for (const auto& o : overrides) apply_override(cfg, o);
-  validate_config(cfg, overrides.empty() ? path : path + " (with --set overrides)");
+  const std::string with = path + " (with --set overrides)";
+  try {
+    validate_config(cfg, with);
+  } catch (const ConfigError& e) {
+    // The same refusal of the file alone: the file is what is wrong, the
+    // overrides are not (the line names the file only).
+    const std::string why = std::string(e.what()).substr(with.size());
+    try {
+      validate_config(file, path);
+    } catch (const ConfigError& f) {
+      if (std::string(f.what()).substr(path.size()) == why) throw;
+    }
+    throw;
+  }
   return cfg;
 }
 

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -426,6 +427,24 @@ TEST(Config, EveryFloatMustBeFinite) {
 TEST(Config, DataPathNeedsTextFileSource) {
   expect_invalid("data { path: \"/etc/hostname\" }",
                  "data.path = /etc/hostname: set while data.source is SYNTHETIC, which does not read it");
+}
+
+// A refusal names the overrides only where they take part: the file's own
+// fault, the same with or without them, names the file alone.
+TEST(Config, OverridesAreNamedOnlyWhereTheyTakePart) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("sy_cfgo_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string bad = (dir / "bad.pbtxt").string(), good = (dir / "good.pbtxt").string();
+  std::ofstream(bad) << "model { d_model: 64 n_heads: 5 }\n";
+  std::ofstream(good) << "model { d_model: 64 }\n";
+  std::string m = error_of([&] { load_config(bad, {"train.lr=0.01"}); });
+  EXPECT_EQ(m.rfind(bad + ": model.d_model = 64: must be divisible by model.n_heads = 5", 0), 0u) << m;
+  m = error_of([&] { load_config(good, {"model.n_heads=5"}); });
+  EXPECT_EQ(m.rfind(good + " (with --set overrides): model.d_model = 64", 0), 0u) << m;
+  // The file's fault fixed by an override, another made by one: the overrides'.
+  m = error_of([&] { load_config(bad, {"model.n_heads=4", "train.lr=5"}); });
+  EXPECT_EQ(m.rfind(bad + " (with --set overrides): train.lr = 5", 0), 0u) << m;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Config, NonRegularFilesAreNamed) {
