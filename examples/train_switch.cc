@@ -40,6 +40,7 @@
 #include <CLI/CLI.hpp>
 
 #include "examples/cli.h"
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <climits>
@@ -331,8 +332,11 @@ int run(int argc, char** argv, int world_rank, int world_size) {
                             "parallel.expert_parallel=1; a checkpoint resumes at another expert-parallel size)");
     // Said at load as a config error (exit 2, naming the field), not as the
     // device runtime's failure at the first allocation.
+    // (the overrides named where one of them chose the backend)
+    const bool set_backend = std::any_of(overrides.begin(), overrides.end(),
+                                         [](const std::string& o) { return o.rfind("backend=", 0) == 0; });
     if (cfg.backend() == switchyard::Config::CUDA && sy::node_rank_gpu(node.rank) < 0)
-      throw sy::ConfigError((overrides.empty() ? source : source + " (with --set overrides)") +
+      throw sy::ConfigError((set_backend ? source + " (with --set overrides)" : source) +
                             ": backend = CUDA: no CUDA device is visible to this process (cudaGetDeviceCount found "
                             "none); run where a GPU is, or --set backend=CPU (AUTO takes a GPU where there is one)");
     if (!fault.empty()) opts.before_step = fault_hook(fault, world_rank);

@@ -153,9 +153,11 @@ struct InitFrom {
 InitFrom init_from_checkpoint(const std::string& dir, const Config& cfg, Transformer& model, ParallelContext* par);
 
 // The routing settings that change what the same MoE weights compute
-// (moe.top_k, renormalize, score_function, dropless, the evaluation's
-// capacity factor where neither is dropless, the group limit's expert_groups
-// and groups_per_token) where cfg differs from
+// (moe.top_k, renormalize, score_function, dropless; expert choice's
+// capacity_factor; where neither side is dropless, capacity_factor_eval,
+// min_capacity and slot_priority; the group limit's expert_groups,
+// groups_per_token and group_score_experts; sinkhorn_at_eval) where cfg
+// differs from
 // the source's config, as "field new (the source's old), ..."; empty where
 // none does or either has no experts. init_from_checkpoint prints it as a
 // note (an imported Mixtral fine-tuned under a config that left them out

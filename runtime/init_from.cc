@@ -87,14 +87,26 @@ std::string routing_changes(const Config& source, const Config& cfg) {
   note("moe.score_function", switchyard::MoeConfig::ScoreFunction_Name(a.score_function()),
        switchyard::MoeConfig::ScoreFunction_Name(b.score_function()));
   note("moe.dropless", flag(a.dropless()), flag(b.dropless()));
-  if (!a.dropless() && !b.dropless()) {  // (the capacity decides what is dropped only under one)
-    std::ostringstream x, y;
-    x << a.capacity_factor_eval();
-    y << b.capacity_factor_eval();
-    note("moe.capacity_factor_eval", x.str(), y.str());
+  auto num = [](float v) {
+    std::ostringstream o;
+    o << v;
+    return o.str();
+  };
+  // Expert choice's capacity factor is its mean experts a token (training
+  // and evaluation); tokens choose's evaluation capacity, its floor and the
+  // slot order decide what is dropped where neither side is dropless.
+  const bool choice = b.router() == switchyard::MoeConfig::EXPERT_CHOICE;
+  if (choice) note("moe.capacity_factor", num(a.capacity_factor()), num(b.capacity_factor()));
+  if (!choice && !a.dropless() && !b.dropless()) {
+    note("moe.capacity_factor_eval", num(a.capacity_factor_eval()), num(b.capacity_factor_eval()));
+    note("moe.min_capacity", std::to_string(a.min_capacity()), std::to_string(b.min_capacity()));
+    note("moe.slot_priority", switchyard::MoeConfig::SlotPriority_Name(a.slot_priority()),
+         switchyard::MoeConfig::SlotPriority_Name(b.slot_priority()));
   }
   note("moe.expert_groups", std::to_string(a.expert_groups()), std::to_string(b.expert_groups()));
   note("moe.groups_per_token", std::to_string(a.groups_per_token()), std::to_string(b.groups_per_token()));
+  note("moe.group_score_experts", std::to_string(a.group_score_experts()), std::to_string(b.group_score_experts()));
+  note("moe.sinkhorn_at_eval", flag(a.sinkhorn_at_eval()), flag(b.sinkhorn_at_eval()));
   return os.str();
 }
 

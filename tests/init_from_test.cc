@@ -386,6 +386,11 @@ TEST(InitFrom, SaysWhichRoutingSettingsMoved) {
   const Config c = moe_config(e.path, {"moe.top_k=1", "moe.renormalize=false", "moe.dropless=false",
                                        "moe.capacity_factor_eval=1.5"});
   EXPECT_EQ(routing_changes(b, c), "moe.capacity_factor_eval 1.5 (the source's 2)");
+  Config ec = moe_config(e.path, {"moe.router=EXPERT_CHOICE", "moe.top_k=1", "moe.renormalize=false",
+                                  "moe.dropless=false", "moe.capacity_factor=2"});
+  Config ec2 = ec;
+  ec2.mutable_moe()->set_capacity_factor(1.f);
+  EXPECT_EQ(routing_changes(ec, ec2), "moe.capacity_factor 1 (the source's 2)");
   Trainer ta(a, {});
   ta.step(1);
   const std::string dir = ta.write_checkpoint();
