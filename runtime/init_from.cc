@@ -87,18 +87,13 @@ std::string routing_changes(const Config& source, const Config& cfg) {
   note("moe.score_function", switchyard::MoeConfig::ScoreFunction_Name(a.score_function()),
        switchyard::MoeConfig::ScoreFunction_Name(b.score_function()));
   note("moe.dropless", flag(a.dropless()), flag(b.dropless()));
-  auto num = [](float v) {
-    std::ostringstream o;
-    o << v;
-    return o.str();
-  };
   // Expert choice's capacity factor is its mean experts a token (training
   // and evaluation); tokens choose's evaluation capacity, its floor and the
   // slot order decide what is dropped where neither side is dropless.
   const bool choice = b.router() == switchyard::MoeConfig::EXPERT_CHOICE;
-  if (choice) note("moe.capacity_factor", num(a.capacity_factor()), num(b.capacity_factor()));
+  if (choice) note("moe.capacity_factor", text(a.capacity_factor()), text(b.capacity_factor()));
   if (!choice && !a.dropless() && !b.dropless()) {
-    note("moe.capacity_factor_eval", num(a.capacity_factor_eval()), num(b.capacity_factor_eval()));
+    note("moe.capacity_factor_eval", text(a.capacity_factor_eval()), text(b.capacity_factor_eval()));
     note("moe.min_capacity", std::to_string(a.min_capacity()), std::to_string(b.min_capacity()));
     note("moe.slot_priority", switchyard::MoeConfig::SlotPriority_Name(a.slot_priority()),
          switchyard::MoeConfig::SlotPriority_Name(b.slot_priority()));
