@@ -22,9 +22,7 @@
 
 #include <CLI/CLI.hpp>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <nlohmann/json.hpp>
 
 #include "examples/checkpoint_tool.h"
 #include "runtime/checkpoint.h"
@@ -116,21 +114,8 @@ int run(int argc, char** argv) {
     throw;
   }
   const auto& m = cfg.model();
-  // The window sample and fine-tuning see, where nothing chose it: the
-  // default, far below what the model was trained for.
-  if (!base.model().has_seq_len()) {
-    nlohmann::json j;
-    std::ifstream(fs::path(hf) / "config.json") >> j;
-    const bool trained = j.contains("switchyard") && j["switchyard"].is_object() &&
-                         j["switchyard"].contains("trained_seq_len") && j["switchyard"]["trained_seq_len"].is_number_integer() &&
-                         j["switchyard"]["trained_seq_len"].get<int64_t>() >= 1;
-    const auto it = j.find("max_position_embeddings");  // (may be absent or null)
-    const int64_t max_pos = it != j.end() && it->is_number_integer() ? it->get<int64_t>() : 0;
-    if (!trained && max_pos > m.seq_len())
-      std::cerr << "note: model.seq_len " << m.seq_len() << " (the default): sample and fine-tuning see windows of "
-                << m.seq_len() << " tokens, where config.json's max_position_embeddings is " << max_pos
-                << "; --set model.seq_len=N for a longer one\n";
-  }
+  if (const std::string note = sy::mixtral_window_note(hf, base, cfg); !note.empty())
+    std::cerr << "note: " << note << "\n";
   std::cout << "imported " << hf << " (" << m.n_layers() << " layers, d_model " << m.d_model() << ", "
             << cfg.moe().num_experts() << " experts top-" << cfg.moe().top_k() << ", vocabulary " << m.vocab_size()
             << ", model.seq_len " << m.seq_len() << ", " << model.params().numel() << " parameters) to " << dir << "\n"

@@ -78,6 +78,11 @@ std::vector<std::string> write_mixtral_export(const std::string& out_dir, const 
 // num_attention_heads, a missing key.
 Config mixtral_config_from_json(const std::string& dir, Config base);
 
+// Where neither the base config nor a Switchyard export's trained_seq_len
+// chose model.seq_len and the default leaves a window shorter than
+// config.json's max_position_embeddings, a note saying so; else empty.
+std::string mixtral_window_note(const std::string& dir, const Config& base, const Config& cfg);
+
 // The directory's tensors as that config needs them, from their headers
 // alone (before a model is built): every tensor of model.safetensors, or of
 // the files model.safetensors.index.json's weight_map names. One

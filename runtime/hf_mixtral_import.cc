@@ -177,7 +177,25 @@ void put_transposed(float* dst, int64_t rows, int64_t ld, int64_t c0, const Tens
     for (int64_t r = 0; r < rows; ++r) dst[r * ld + c0 + c] = s[c * rows + r];
 }
 
+// switchyard.trained_seq_len, where a Switchyard export wrote a usable one; else 0.
+int64_t trained_seq_len(const HfConfig& j) {
+  if (!j.has("switchyard") || !j.raw("switchyard").is_object()) return 0;
+  const nlohmann::json& sy = j.raw("switchyard");
+  if (!sy.contains("trained_seq_len") || !sy["trained_seq_len"].is_number_integer()) return 0;
+  return std::max<int64_t>(0, sy["trained_seq_len"].get<int64_t>());
+}
 }  // namespace
+
+std::string mixtral_window_note(const std::string& dir, const Config& base, const Config& cfg) {
+  const HfConfig j(dir);
+  if (base.model().has_seq_len() || trained_seq_len(j) > 0 || !j.has("max_position_embeddings")) return "";
+  const int64_t max_pos = j.integer("max_position_embeddings", 1, int64_t{1} << 40);
+  const int64_t T = cfg.model().seq_len();
+  if (max_pos <= T) return "";
+  return "model.seq_len " + std::to_string(T) + " (the default): sample and fine-tuning see windows of " +
+         std::to_string(T) + " tokens, where config.json's max_position_embeddings is " + std::to_string(max_pos) +
+         "; --set model.seq_len=N for a longer one";
+}
 
 Config mixtral_config_from_json(const std::string& dir, Config base) {
   const HfConfig j(dir);
@@ -225,13 +243,8 @@ Config mixtral_config_from_json(const std::string& dir, Config base) {
   // model.seq_len: as the base sets it (import_hf refuses one the cap below
   // cuts), else the length a Switchyard export says it was trained at, else
   // the default; at most max_position_embeddings.
-  int64_t want = cfg.model().seq_len();
-  if (!cfg.model().has_seq_len() && j.has("switchyard") && j.raw("switchyard").is_object()) {
-    const nlohmann::json& sy = j.raw("switchyard");
-    if (sy.contains("trained_seq_len") && sy["trained_seq_len"].is_number_integer() &&
-        sy["trained_seq_len"].get<int64_t>() >= 1)
-      want = sy["trained_seq_len"].get<int64_t>();
-  }
+  const int64_t trained = trained_seq_len(j);
+  const int64_t want = !cfg.model().has_seq_len() && trained > 0 ? trained : cfg.model().seq_len();
   const int64_t seq_len = std::min<int64_t>(want, max_pos);
   if (j.has("sliding_window") && j.integer("sliding_window", 1, int64_t{1} << 40) < seq_len)
     j.refuse("sliding_window", j.raw("sliding_window").dump(),
