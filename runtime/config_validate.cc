@@ -233,34 +233,36 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("moe.padded", "true", "a HARD or HARD_CAUSAL budget renumbers the rows; padded needs budget_mode SOFT");
     if (e.padded() && e.pad_to_largest())
       c.fail("moe.pad_to_largest", "true", "pads to this step's largest count; moe.padded pads to the capacity: set one");
+    // Expert choice: each expert takes its top C tokens; nothing that orders
+    // or counts a token's own choices applies.
+    const bool choice = e.router() == switchyard::MoeConfig::EXPERT_CHOICE;
     // Expert choice has no per-token count: its experts take capacity_factor
     // * tokens assignments in all, so capacity_factor is the mean per token
     // (Zhou et al. 2022's c); a top_k there would be silently ignored.
-    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.top_k() != 1)
+    if (choice && e.top_k() != 1)
       c.fail("moe.top_k", e.top_k(),
              "expert choice has no count per token (each expert takes C = ceil(moe.capacity_factor * tokens / "
              "moe.num_experts) tokens, so moe.capacity_factor is the mean experts a token): 1 with moe.router "
              "EXPERT_CHOICE (for 2 a token on average, moe.capacity_factor 2)");
     // An expert's top-C over the tokens is the same with a constant added to
     // its column: the balancing bias would move and change nothing.
-    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.bias_balance_rate() > 0)
+    if (choice && e.bias_balance_rate() > 0)
       c.fail("moe.bias_balance_rate", e.bias_balance_rate(),
              "an expert's bias adds the same to every token's score for it, so its top tokens stay its top tokens: 0 "
              "with moe.router EXPERT_CHOICE (every expert is exactly full anyway)");
-    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.renormalize())
+    if (choice && e.renormalize())
       c.fail("moe.renormalize", "true", "renormalizes a token's k weights; expert choice has no k a token: false with "
                                         "moe.router EXPERT_CHOICE");
-    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.capacity_factor_eval() != 2.f)
+    if (choice && e.capacity_factor_eval() != 2.f)
       c.fail("moe.capacity_factor_eval", e.capacity_factor_eval(),
              "expert choice evaluates at moe.capacity_factor (its mean experts a token: another factor is another "
              "function); leave it unset with moe.router EXPERT_CHOICE");
-    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.dropless())
+    if (choice && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
-    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE && e.slot_priority() != switchyard::MoeConfig::POSITION)
+    if (choice && e.slot_priority() != switchyard::MoeConfig::POSITION)
       c.fail("moe.slot_priority", switchyard::MoeConfig::SlotPriority_Name(e.slot_priority()),
              "orders a tokens-choose router's slots; expert choice fills its own");
-    if (e.router() == switchyard::MoeConfig::EXPERT_CHOICE &&
-        e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
+    if (choice && e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
       c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a token's expert; they apply to TOKENS_CHOOSE only");
     // Hash routing: one expert a token, named by its id; nothing that moves
     // a learned router's choice applies.
