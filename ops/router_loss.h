@@ -4,6 +4,9 @@
 // Load balance (Switch Transformer, Fedus et al. 2021, eq. 4):
 //   L_lb = alpha * G * sum_g f_g P_g,  f_g = (assignments chosen for g) / (N k),
 //   P_g = mean_i p_ig.  f is a count (no gradient): dL/dp_ig = alpha G f_g / N.
+//   p is whatever distribution the caller passes: the MoE router passes
+//   softmax probabilities as they are and sigmoid scores normalised per row
+//   (ops::normalize_scores, runtime/router.cc), so that P sums to 1.
 // Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5):
 //   L_z = beta * mean_i (logsumexp_g l_ig)^2,  dL/dl_ig = 2 beta lse_i softmax(l_i)_g / N.
 // Compute budget, two estimators of the cost per token (c_g in units of the
@@ -86,9 +89,9 @@ struct RoutingTotals {
 // global loss. value: f64 (1).
 void load_balance_loss(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& sums, float alpha);
 // Grouped (GShard groups; DeepSeek-V3's sequence-wise loss when group is the
-// sequence length, in its form: with sigmoid scores that paper's P_sg is the
-// mean of p / sum_g p, which this is not; configs/switchyard.proto, SIGMOID): items split into runs of `group` consecutive items, S = N /
-// group of them, each with its own f_sg and P_sg;
+// sequence length, the router passing sigmoid scores normalised as that
+// paper's P_sg takes them, ops::normalize_scores): items split into runs of
+// `group` consecutive items, S = N / group of them, each with its own f_sg and P_sg;
 //   L = alpha * G * (1/S) sum_s sum_g f_sg P_sg,  dL/dp_ig = alpha G f_sg / N
 // for i in run s. group = N is the ungrouped loss. N % group == 0. value: f64 (1).
 void load_balance_loss_grouped(Ctx& ctx, Tensor& dprobs, Tensor& value, const Tensor& probs, const Route& r,
@@ -136,6 +139,9 @@ float realized_budget_loss(Ctx& ctx, Tensor& dprobs, const Tensor& probs, const 
 // rounding, this sequence (the CPU reference runs exactly it): dprobs =
 // load_balance_loss's gradient from zeros, route_weights_backward onto it,
 // dlogits = z_loss's gradient from zeros, router_scores_backward onto it.
+// (alpha's term is over p = score_fn(l) as it is; the MoE router with
+// sigmoid scores balances their normalised rows instead and so keeps its
+// probabilities and takes the unfused path.)
 // Where a router keeps no probabilities and has no other losses on them
 // (runtime/router.cc): one read of the logits and one write of dlogits, for
 // the two zero-filled gradients, their clones and the three passes that

@@ -92,6 +92,24 @@ void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, con
   SY_DISPATCH(ctx, router_scores_backward, ctx, dlogits, dprobs, probs, fn);
 }
 
+void normalize_scores(Ctx& ctx, Tensor& q, const Tensor& probs) {
+  check_matrix(probs, "router probs");
+  check_shape(q, probs.shape(), "normalised scores");
+  check_dtype(q, DType::f32, "normalised scores");
+  check_device(ctx, "normalize_scores", {&q, &probs});
+  SY_DISPATCH(ctx, normalize_scores, ctx, q, probs);
+}
+
+void normalize_scores_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dq, const Tensor& probs) {
+  check_matrix(probs, "router probs");
+  check_shape(dq, probs.shape(), "normalised scores' gradient");
+  check_shape(dprobs, probs.shape(), "router dprobs");
+  check_dtype(dq, DType::f32, "normalised scores' gradient");
+  check_dtype(dprobs, DType::f32, "router dprobs");
+  check_device(ctx, "normalize_scores_backward", {&dprobs, &dq, &probs});
+  SY_DISPATCH(ctx, normalize_scores_backward, ctx, dprobs, dq, probs);
+}
+
 namespace {
 // tokens_choose's parameters against the (N, G) scores it chooses from.
 void check_tokens_choose(Ctx& ctx, const Tensor& scores, const TokensChooseParams& p, const char* op) {

@@ -178,6 +178,17 @@ void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
 // dlogits (N, G) += J_score_fn^T dprobs: softmax p (dp - <p, dp>), sigmoid p (1-p) dp.
 void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn);
 
+// The routing distribution of sigmoid scores, whose rows do not sum to 1:
+// each row divided by its sum (DeepSeek-V3's s'_it = s_it / sum_j s_jt in its
+// complementary sequence-wise balance loss; Megatron-LM divides sigmoid scores the
+// same way for its auxiliary losses). Softmax rows need nothing.
+//   q_ig = p_ig / s_i,  s_i = sum_h p_ih    (s_i = 0: q_i = 0)
+//   dp_ij += (dq_ij - sum_g dq_ig q_ig) / s_i          (backward, added)
+// The MoE router's load-balance P_g and routing entropy are of q
+// (runtime/router.cc). probs, q, dq, dprobs (N, G) f32.
+void normalize_scores(Ctx& ctx, Tensor& q, const Tensor& probs);
+void normalize_scores_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dq, const Tensor& probs);
+
 // Tokens choose over probs (N, G) from router_scores.
 void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
 
@@ -251,6 +262,8 @@ void update_balance_bias(Ctx& ctx, Tensor& bias, const Tensor& load, float rate)
 SY_DECLARE_BACKENDS(
   void router_scores(Ctx& ctx, Tensor& probs, const Tensor& logits, ScoreFn fn);
   void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, const Tensor& probs, ScoreFn fn);
+  void normalize_scores(Ctx& ctx, Tensor& q, const Tensor& probs);
+  void normalize_scores_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dq, const Tensor& probs);
   void tokens_choose(Ctx& ctx, Route& r, const Tensor& probs, const TokensChooseParams& p);
   void tokens_choose_logits(Ctx& ctx, Route& r, Tensor& probs, const Tensor& logits, ScoreFn fn,
                             const TokensChooseParams& p);

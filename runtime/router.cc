@@ -48,14 +48,15 @@ bool Router::renormalized() const { return cfg_.renormalize() && !expert_choice(
 
 // The probabilities are kept where more than the batch-wide load balance,
 // the z-loss and backward read them: expert choice (the groups choose from
-// them), the hard budget (its drop order), the grouped load balance and the
-// budget losses. Otherwise the gating writes none and routing_sums_logits
+// them), the hard budget (its drop order), the grouped load balance, the
+// budget losses and sigmoid scores (whose statistics and balance loss are of
+// the rows normalised to sum 1, ops::normalize_scores). Otherwise the gating writes none and routing_sums_logits
 // and router_backward recompute them from the logits (ops/router_loss.h):
 // one (N, G) write less in forward, and in backward one pass for the
 // losses' zero-filled gradients, their clones and three more passes.
 bool Router::keeps_probs() const {
   return expert_choice(cfg_) || cfg_.budget_mode() != switchyard::MoeConfig::SOFT || cfg_.budget_coef() != 0 ||
-         cfg_.load_balance_tokens() > 0;
+         cfg_.load_balance_tokens() > 0 || score_fn(cfg_) == ops::ScoreFn::sigmoid;
 }
 
 const ops::Route& Router::forward(const Tensor& x) {
@@ -267,8 +268,23 @@ void Router::losses_and_stats(int64_t N) {
   const int64_t n_sums = clean ? 2 * S : S;
   totals_ = Tensor::zeros({n_sums + kValues}, DType::f64, ctx_);
   Tensor sums = totals_.rows(0, S);
-  if (probs_.defined())
-    ops::routing_sums(ctx_, sums, probs_, route_);
+  // The routing distribution whose mean is the balance loss's P_g and whose
+  // entropy is reported: the probabilities, or with sigmoid scores (rows that
+  // do not sum to 1) each row over its sum, as DeepSeek-V3's balance loss
+  // and Megatron-LM's auxiliary losses take them. With raw sigmoid
+  // scores sum_g f_g P_g falls as every score falls, so its gradient lowered
+  // all scores besides balancing them; q does not change when a row's scores
+  // scale together, and at f_g = 1/G the loss is alpha whatever the scores
+  // (its gradient 0).
+  const bool normalized = score_fn(cfg_) == ops::ScoreFn::sigmoid && probs_.defined();
+  Tensor q;
+  if (normalized) {
+    q = Tensor::empty(probs_.shape(), DType::f32, ctx_);
+    ops::normalize_scores(ctx_, q, probs_);
+  }
+  const Tensor& dist = normalized ? q : probs_;
+  if (dist.defined())
+    ops::routing_sums(ctx_, sums, dist, route_);
   else
     ops::routing_sums_logits(ctx_, sums, logits_, score_fn(cfg_), route_);
   if (clean) {
@@ -291,10 +307,14 @@ void Router::losses_and_stats(int64_t N) {
            name_ << ": moe.load_balance_tokens = " << lb_group << " does not divide the " << N
                  << " tokens this rank routes");
   Tensor lb = values.rows(kLoadBalance, kLoadBalance + 1), z = values.rows(kZ, kZ + 1);
+  // (Over q its gradient dq, then d q / d p onto the probabilities'.)
+  Tensor dq = normalized && cfg_.load_balance_coef() != 0 ? Tensor::zeros({N, G_}, DType::f32, ctx_) : Tensor();
+  Tensor& ddist = dq.defined() ? dq : aux_dprobs_;  // (coefficient 0: nothing is added)
   if (lb_group > 0)
-    ops::load_balance_loss_grouped(ctx_, aux_dprobs_, lb, probs_, route_, lb_group, cfg_.load_balance_coef());
+    ops::load_balance_loss_grouped(ctx_, ddist, lb, dist, route_, lb_group, cfg_.load_balance_coef());
   else
-    ops::load_balance_loss(ctx_, aux_dprobs_, lb, sums, cfg_.load_balance_coef());
+    ops::load_balance_loss(ctx_, ddist, lb, sums, cfg_.load_balance_coef());
+  if (dq.defined()) ops::normalize_scores_backward(ctx_, aux_dprobs_, dq, probs_);
   ops::z_loss(ctx_, aux_dlogits_, z, logits_, cfg_.z_loss_coef());
   if (cfg_.budget_coef() != 0 && cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED) {
     Tensor b = values.rows(kBudget, kBudget + 2);

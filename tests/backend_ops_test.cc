@@ -137,8 +137,12 @@ TEST(WholeStep, FirstLossesMatchTheCpu) {
     train { batch: 8 lr: 0.003 seed: 9 }
     data { synthetic_bytes: 50000 }
   )";
+  // (The sigmoid router: DeepSeek-V3's top-2 renormalised with the
+  // sequence-wise balance loss over normalised scores.)
   for (const std::string moe : {"", "moe { num_experts: 4 every_n_layers: 1 }",
-                                "moe { num_experts: 4 every_n_layers: 1 router: HASH load_balance_coef: 0 }"})
+                                "moe { num_experts: 4 every_n_layers: 1 router: HASH load_balance_coef: 0 }",
+                                "moe { num_experts: 4 every_n_layers: 1 score_function: SIGMOID top_k: 2 "
+                                "renormalize: true load_balance_tokens: 64 }"})
     for (const std::string precision : {"precision: FP32", "precision: BF16"}) {
       // (fp32 softmax MoE: a balancing bias, so that the biases compared
       // after the steps are not zeros on both sides; a routing decision the

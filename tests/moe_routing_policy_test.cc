@@ -420,5 +420,61 @@ TEST(MoeLayer, LoadBalanceTokensGroupsTheLoss) {
   EXPECT_THROW(lb_loss(24), Error);
 }
 
+// With sigmoid scores the balance loss and the entropy are over each
+// token's scores divided by their sum, q = p / sum_g p (DeepSeek-V3,
+// Megatron-LM), by hand: router logits 3 x over 4 experts (W = 3 I). Tokens
+// spread over every expert make L = alpha G sum_g (1/G) Q_g = alpha whatever
+// the scores, and the loss's gradient 0 (over raw p it was alpha sum_g P_g,
+// with a gradient lowering every score); a skewed batch gives
+// alpha G sum_g f_g Q_g from the q of its logits.
+TEST(MoeLayer, SigmoidBalanceLossIsOverNormalisedScores) {
+  const int64_t N = 4, C = 4, G = 4;
+  const float alpha = 0.5f;
+  auto run = [&](const std::vector<int>& expert, double* lb, double* entropy, double* grad_max,
+                 std::vector<double>* q_mean) {
+    auto cfg = moe_config(G, 1);
+    cfg.set_score_function(switchyard::MoeConfig::SIGMOID);
+    cfg.set_load_balance_coef(alpha);
+    ParamStore ps;
+    Rng rng(5);
+    MoeLayer moe(host_ctx(), ps, "m", C, cfg, 6, rng, 0.5f, 0.5f, 7);
+    ps.finalize(host_ctx());
+    float* w = ps.find("m.router.w")->value.f32();  // (C, G)
+    std::fill_n(w, C * G, 0.f);
+    for (int64_t g = 0; g < G; ++g) w[g * G + g] = 3.f;
+    Tensor x = testing::zeros({N, C});
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t c = 0; c < C; ++c) x.f32()[i * C + c] = c == expert[i] ? 1.f + 0.1f * i : -0.2f * (c + i);
+    moe.forward(x);
+    const std::vector<int32_t> group = moe.route().group.to_vector<int32_t>();
+    for (int64_t i = 0; i < N; ++i) EXPECT_EQ(group[i], expert[i]) << "token " << i;
+    *lb = moe.stats().lb_loss;
+    *entropy = moe.stats().entropy;
+    q_mean->assign(G, 0.0);
+    double h = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      std::vector<double> p(G);
+      double sum = 0;
+      for (int64_t g = 0; g < G; ++g) sum += (p[g] = 1 / (1 + std::exp(-3.0 * x.f32()[i * C + g])));
+      for (int64_t g = 0; g < G; ++g) (*q_mean)[g] += p[g] / sum / N, h -= p[g] / sum * std::log(p[g] / sum) / N;
+    }
+    EXPECT_NEAR(*entropy, h, 1e-5);
+    // The balance loss alone (no output gradient): its gradient on the router.
+    ps.zero_grad(host_ctx());
+    moe.backward(testing::zeros({N, C}));
+    *grad_max = 0;
+    const Tensor& dw = ps.find("m.router.w")->grad;
+    for (int64_t e = 0; e < C * G; ++e) *grad_max = std::max(*grad_max, std::fabs(double(dw.f32()[e])));
+  };
+  double lb, entropy, grad_max;
+  std::vector<double> Q;
+  run({0, 1, 2, 3}, &lb, &entropy, &grad_max, &Q);
+  EXPECT_NEAR(lb, alpha, 1e-6);
+  EXPECT_LT(grad_max, 1e-7);
+  run({0, 0, 1, 2}, &lb, &entropy, &grad_max, &Q);
+  EXPECT_NEAR(lb, alpha * G * (0.5 * Q[0] + 0.25 * Q[1] + 0.25 * Q[2]), 1e-6);
+  EXPECT_GT(grad_max, 1e-3);  // (the gradient check above could fail)
+}
+
 }  // namespace
 }  // namespace sy

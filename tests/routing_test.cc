@@ -731,6 +731,44 @@ TEST(RouteWeights, GradientThroughScoresMatchesFiniteDifferences) {
     }
 }
 
+// Sigmoid scores normalised per row, by hand, and the backward (added, not
+// written) against finite differences of a weighted sum of q.
+TEST(NormalizeScores, RowsOverTheirSumsByHandAndGradient) {
+  Ctx& ctx = host_ctx();
+  Tensor p = Tensor::from_host(std::vector<float>{1.f, 3.f, 0.f, 0.5f, 0.25f, 0.25f, 0.f, 0.f, 0.f}).reshape({3, 3});
+  Tensor q = zeros({3, 3});
+  q.fill(std::nanf(""));
+  normalize_scores(ctx, q, p);
+  const std::vector<float> want{0.25f, 0.75f, 0.f, 0.5f, 0.25f, 0.25f, 0.f, 0.f, 0.f};  // (a zero row stays 0)
+  EXPECT_EQ(q.to_vector<float>(), want);
+
+  Rng rng(8);
+  const int64_t N = 4, G = 5;
+  Tensor logits = testing::randn({N, G}, rng), R = testing::randn({N, G}, rng);
+  auto probs_of = [&] {
+    Tensor pt = zeros({N, G});
+    router_scores(ctx, pt, logits, ScoreFn::sigmoid);
+    return pt;
+  };
+  auto loss = [&] {
+    Tensor pt = probs_of(), qt = zeros({N, G});
+    normalize_scores(ctx, qt, pt);
+    return testing::dot(qt, R);
+  };
+  Tensor pt = probs_of(), dp = zeros({N, G}), dl = zeros({N, G});
+  dp.fill(1.f);  // added onto: 1 comes off below
+  normalize_scores_backward(ctx, dp, R, pt);
+  for (int64_t e = 0; e < N * G; ++e) dp.f32()[e] -= 1.f;
+  router_scores_backward(ctx, dl, dp, pt, ScoreFn::sigmoid);
+  testing::expect_gradient("dlogits through normalised sigmoid scores", logits, dl, loss, 1e-3);
+  // Scaling a row leaves q unchanged: its gradient has no component along p.
+  for (int64_t i = 0; i < N; ++i) {
+    double along = 0;
+    for (int64_t g = 0; g < G; ++g) along += dp.f32()[i * G + g] * pt.f32()[i * G + g];
+    EXPECT_NEAR(along, 0.0, 1e-6) << "row " << i;
+  }
+}
+
 // ---- the budget step -------------------------------------------------------
 
 Route with_budget(Route r, const Tensor& scores, const BudgetParams& p) {

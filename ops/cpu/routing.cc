@@ -40,6 +40,31 @@ void router_scores_backward(Ctx&, Tensor& dlogits, const Tensor& dprobs, const T
   }
 }
 
+void normalize_scores(Ctx&, Tensor& q_t, const Tensor& probs) {
+  const int64_t N = probs.dim(0), G = probs.dim(1);
+  for (int64_t i = 0; i < N; ++i) {
+    const float* p = probs.f32() + i * G;
+    float* q = q_t.f32() + i * G;
+    float s = 0;
+    for (int64_t g = 0; g < G; ++g) s += p[g];
+    for (int64_t g = 0; g < G; ++g) q[g] = s > 0 ? p[g] / s : 0.f;
+  }
+}
+
+void normalize_scores_backward(Ctx&, Tensor& dprobs, const Tensor& dq_t, const Tensor& probs) {
+  const int64_t N = probs.dim(0), G = probs.dim(1);
+  for (int64_t i = 0; i < N; ++i) {
+    const float* p = probs.f32() + i * G;
+    const float* dq = dq_t.f32() + i * G;
+    float* dp = dprobs.f32() + i * G;
+    float s = 0, dot = 0;
+    for (int64_t g = 0; g < G; ++g) s += p[g];
+    if (!(s > 0)) continue;
+    for (int64_t g = 0; g < G; ++g) dot += dq[g] * (p[g] / s);
+    for (int64_t g = 0; g < G; ++g) dp[g] += (dq[g] - dot) / s;
+  }
+}
+
 namespace {
 
 // A route of N items x k assignments over G groups, every assignment unused.

@@ -6,6 +6,8 @@
 //                 up to 128 groups 8 or 16 lanes an item, the row in
 //                 registers (row_layout), else a warp an item; backward a
 //                 warp an item (<p, dp> by a butterfly).
+// normalize_scores: a warp a row (the row sum by a butterfly); backward the
+//                 same with a second butterfly for <dq, q>.
 // tokens_choose_logits: the scores and step 1 below in one kernel of the
 //                 same layout (the logits read once, the same bits as
 //                 router_scores, the probabilities written or not), then
@@ -184,6 +186,53 @@ void router_scores_backward(Ctx& ctx, Tensor& dlogits, const Tensor& dprobs, con
   if (N * G == 0) return;
   scores_backward_rows<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(
       dlogits.data<float>(), dprobs.data<float>(), probs.data<float>(), N, G, fn == ScoreFn::softmax);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- normalize_scores -----------------------------------------------------
+
+// A warp a row: the row sum by the butterfly, then q = p / s (s = 0: 0).
+static __global__ void normalize_rows(float* q, const float* probs, int64_t N, int64_t G) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= N) return;
+  const float* p = probs + i * G;
+  float s = 0.f;
+  for (int64_t g = lane; g < G; g += 32) s += p[g];
+  s = warp_sum(s);
+  for (int64_t g = lane; g < G; g += 32) q[i * G + g] = s > 0.f ? p[g] / s : 0.f;
+}
+
+// dp += (dq - <dq, q>) / s, q = p / s recomputed: two butterflies a row.
+static __global__ void normalize_rows_backward(float* dprobs, const float* dq, const float* probs, int64_t N,
+                                               int64_t G) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= N) return;
+  const float* p = probs + i * G;
+  const float* d = dq + i * G;
+  float s = 0.f;
+  for (int64_t g = lane; g < G; g += 32) s += p[g];
+  s = warp_sum(s);
+  if (!(s > 0.f)) return;
+  float dot = 0.f;
+  for (int64_t g = lane; g < G; g += 32) dot += d[g] * (p[g] / s);
+  dot = warp_sum(dot);
+  for (int64_t g = lane; g < G; g += 32) dprobs[i * G + g] += (d[g] - dot) / s;
+}
+
+void normalize_scores(Ctx& ctx, Tensor& q, const Tensor& probs) {
+  const int64_t N = probs.dim(0), G = probs.dim(1);
+  if (N * G == 0) return;
+  normalize_rows<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(q.data<float>(), probs.data<float>(), N, G);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void normalize_scores_backward(Ctx& ctx, Tensor& dprobs, const Tensor& dq, const Tensor& probs) {
+  const int64_t N = probs.dim(0), G = probs.dim(1);
+  if (N * G == 0) return;
+  normalize_rows_backward<<<grid_for(N, kWarps), kBlock, 0, stream(ctx)>>>(dprobs.data<float>(), dq.data<float>(),
+                                                                           probs.data<float>(), N, G);
   CUDA_CHECK(cudaGetLastError());
 }
 

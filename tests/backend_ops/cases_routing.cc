@@ -31,6 +31,23 @@ void add_routing_cases(std::vector<OpCase>& c) {
                      ops::router_scores_backward(x, o[1], in[1], o[0], fn);
                    }});
   }
+  // Sigmoid scores normalised per row (the balance loss's distribution) and
+  // its backward, added onto an accumulator; G 37 and 130 (lanes over
+  // several values a row), a zero row (3) left 0 and without gradient.
+  for (const int64_t G : {37, 130})
+    c.push_back({"normalize_scores_" + std::to_string(G), Tol::f32,
+                 [G](Rng& r) {
+                   const Tensor logits = randn({40, G}, r, 2.f);
+                   Ins in{Tensor::empty({40, G}, DType::f32, host_ctx()), randn({40, G}, r)};
+                   ops::router_scores(host_ctx(), in[0], logits, ops::ScoreFn::sigmoid);
+                   for (int64_t g = 0; g < G; ++g) in[0].f32()[3 * G + g] = 0.f;
+                   return in;
+                 },
+                 [G](Ctx& x, const Ins&) { return Outs{fresh(x, {40, G}), acc(x, {40, G})}; },
+                 [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
+                   ops::normalize_scores(x, o[0], in[0]);
+                   ops::normalize_scores_backward(x, o[1], in[1], in[0]);
+                 }});
   // NaN selection keys rank last (ties to the lower group): rows 3 and 7
   // all NaN take groups 0, 1; row 5's NaN group is never above a number.
   // Without that rule the GPU left choices unwritten and indexed with them.
