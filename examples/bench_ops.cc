@@ -521,7 +521,7 @@ int main(int argc, char** argv) {
        // fused gating as a MoE layer's router runs it (ops::tokens_gate: scores, top-k and weights, on a
        // GPU one kernel, the logits read once, the probabilities not kept: runtime/router.cc's
        // keeps_probs); gating_top2_probs the same with the probabilities written (a router that keeps
-       // them: expert choice, budgets, grouped balance), which the work column does not count;
+       // them: expert choice, budgets, grouped balance, sigmoid scores), which the work column does not count;
        // gating_top2_slots is the whole route a MoE layer takes (tokens_choose_logits: the same kernel,
        // then capacity and slots by a radix sort), on a padded route (no copy back to the host inside the
        // timed call). The work column is the logits' bytes only in all three.

@@ -11,7 +11,8 @@
 //   L_z = beta * mean_i (logsumexp_g l_ig)^2,  dL/dl_ig = 2 beta lse_i softmax(l_i)_g / N.
 // Compute budget, two estimators of the cost per token (c_g in units of the
 // dense FFN's cost per token, B the budget in the same units):
-//   expected (seed 002):  C = sum_i sum_g p_ig c_g / N,
+//   expected (seed 002):  C = sum_i sum_g p_ig c_g / N (the MoE router passes
+//     c_g times top_k: a token's cost is that of its k choices),
 //     L_b = lambda * max(0, C - B),  dL/dp_ig = lambda c_g / N when C > B, else 0.
 //   realised, straight-through:  R = sum over kept assignments a = (i, g) of
 //     c_g / N_all, the cost of the routing actually done, counted over every
@@ -75,7 +76,8 @@ struct RoutingTotals {
   // budget's drops, sum_g (kept_g + cut_g) c_g / items; expected (soft), the
   // mean cost of the route's assignments per item drawn from the mean
   // probabilities: (assigned / items) sum_g P_g c_g / sum_g P_g (for softmax
-  // top-1: sum_i sum_g p_ig c_g / N).
+  // top-1: sum_i sum_g p_ig c_g / N; the MoE router's sums hold sigmoid
+  // scores over their row sums, ops::normalize_scores).
   double realized_cost(const std::vector<float>& c) const;
   double cost_before_budget(const std::vector<float>& c) const;
   double expected_cost(const std::vector<float>& c) const;

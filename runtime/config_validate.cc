@@ -257,6 +257,13 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("moe.capacity_factor_eval", e.capacity_factor_eval(),
              "expert choice evaluates at moe.capacity_factor (its mean experts a token: another factor is another "
              "function); leave it unset with moe.router EXPERT_CHOICE");
+    // Every expert takes exactly its C tokens, so the cost per token is
+    // sum_g C c_g / tokens whatever the scores: a budget loss would push on a
+    // cost nothing can move.
+    if (choice && e.budget_coef() > 0)
+      c.fail("moe.budget_coef", e.budget_coef(),
+             "expert choice fills every expert to capacity, so its cost is set by moe.capacity_factor and no loss can "
+             "lower it: 0 with moe.router EXPERT_CHOICE (moe.budget_mode HARD drops assignments over a budget)");
     if (choice && e.dropless())
       c.fail("moe.dropless", "true", "expert choice fills every expert exactly; dropless applies to TOKENS_CHOOSE only");
     if (choice && e.slot_priority() != switchyard::MoeConfig::POSITION)

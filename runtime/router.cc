@@ -307,18 +307,25 @@ void Router::losses_and_stats(int64_t N) {
            name_ << ": moe.load_balance_tokens = " << lb_group << " does not divide the " << N
                  << " tokens this rank routes");
   Tensor lb = values.rows(kLoadBalance, kLoadBalance + 1), z = values.rows(kZ, kZ + 1);
-  // (Over q its gradient dq, then d q / d p onto the probabilities'.)
-  Tensor dq = normalized && cfg_.load_balance_coef() != 0 ? Tensor::zeros({N, G_}, DType::f32, ctx_) : Tensor();
-  Tensor& ddist = dq.defined() ? dq : aux_dprobs_;  // (coefficient 0: nothing is added)
+  // The losses over the distribution (balance, expected cost) add their
+  // gradient to dq, then d q / d p takes it onto the probabilities'.
+  const bool expected = cfg_.budget_coef() != 0 && cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED;
+  Tensor dq = normalized && (cfg_.load_balance_coef() != 0 || expected) ? Tensor::zeros({N, G_}, DType::f32, ctx_)
+                                                                         : Tensor();
+  Tensor& ddist = dq.defined() ? dq : aux_dprobs_;  // (coefficients 0: nothing is added)
   if (lb_group > 0)
     ops::load_balance_loss_grouped(ctx_, ddist, lb, dist, route_, lb_group, cfg_.load_balance_coef());
   else
     ops::load_balance_loss(ctx_, ddist, lb, sums, cfg_.load_balance_coef());
-  if (dq.defined()) ops::normalize_scores_backward(ctx_, aux_dprobs_, dq, probs_);
   ops::z_loss(ctx_, aux_dlogits_, z, logits_, cfg_.z_loss_coef());
-  if (cfg_.budget_coef() != 0 && cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED) {
+  if (expected) {
+    // A token's cost is the sum over its k choices (moe.budget's units), so
+    // the expected cost is k sum_g q_ig c_g: each choice drawn from q. (Over
+    // one choice, a top-2 router's loss compared half its cost with B.)
+    std::vector<float> k_cost(cost_);
+    for (float& c : k_cost) c *= static_cast<float>(cfg_.top_k());
     Tensor b = values.rows(kBudget, kBudget + 2);
-    ops::budget_loss(ctx_, aux_dprobs_, b, probs_, cost_, cfg_.budget(), cfg_.budget_coef());
+    ops::budget_loss(ctx_, ddist, b, dist, k_cost, cfg_.budget(), cfg_.budget_coef());
   } else if (cfg_.budget_coef() != 0) {
     // On the cost the router asked for: the hard budget's drops count, so the
     // loss stays active while the budget is being enforced. R comes from the
@@ -332,6 +339,7 @@ void Router::losses_and_stats(int64_t N) {
     a.value = &b;
     ops::realized_budget_loss(ctx_, aux_dprobs_, probs_, route_, a);
   }
+  if (dq.defined()) ops::normalize_scores_backward(ctx_, aux_dprobs_, dq, probs_);
 
   if (training_ && cfg_.bias_balance_rate() > 0) {
     // Recorded, not applied: the bias moves once a step (end_step), so every

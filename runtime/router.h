@@ -24,8 +24,8 @@
 // forward (load balance, z-loss, compute budget), whose gradients backward
 // adds to the combine weights' own: dweight -> dprobs -> dlogits -> Wg and x
 // (the straight-through path of the routing core). Where nothing but these
-// reads the probabilities (keeps_probs() false: no expert choice, budget or
-// grouped balance) they are not kept: the statistics and backward recompute
+// reads the probabilities (keeps_probs() false: no expert choice, budget,
+// grouped balance or sigmoid scores) they are not kept: the statistics and backward recompute
 // them from the logits (ops::routing_sums_logits, ops::router_backward). Statistics, the
 // batch-wide load-balance loss and the realised-cost budget loss cover every
 // data-parallel rank's tokens (all-reduced routing sums); the grouped

@@ -213,6 +213,10 @@ TEST(Config, DedupDispatchNeedsTwoRowsAToken) {
                  "moe.capacity_factor_eval = 4: expert choice evaluates at moe.capacity_factor");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE bias_balance_rate: 0.001 }",
                  "moe.bias_balance_rate = 0.001: an expert's bias adds the same to every token's score for it");
+  expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE budget_coef: 0.1 }",
+                 "t.pbtxt: moe.budget_coef = 0.1: expert choice fills every expert to capacity, so its cost is set by "
+                 "moe.capacity_factor");
+  parse_ok("moe { num_experts: 4 router: EXPERT_CHOICE budget_mode: HARD budget: 0.8 }");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: RANDOM }",
                  "t.pbtxt: moe.slot_priority = RANDOM: orders a tokens-choose router's slots");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: TOKEN_ORDER }",

@@ -47,6 +47,31 @@ TEST(MoeLayer, GradientsTop2RenormalizedSigmoidSharedExpert) {
   check_layer_gradients(c, 12);
 }
 
+// The expected-cost budget loss over a top-2 sigmoid router's normalised
+// scores (k times their expected cost), beside the balance loss over the
+// same distribution.
+TEST(MoeLayer, GradientsTop2SigmoidExpectedCost) {
+  auto c = moe_config(4, 2);
+  c.set_score_function(switchyard::MoeConfig::SIGMOID);
+  c.set_load_balance_coef(0.1f);
+  c.set_budget_estimator(switchyard::MoeConfig::EXPECTED);
+  c.set_budget_coef(0.2f);
+  c.add_expert_cost(1), c.add_expert_cost(3), c.add_expert_cost(0.5), c.add_expert_cost(2);
+  c.set_budget(1.f);  // (k = 2 choices cost 2 to 6: active)
+  check_layer_gradients(c, 13);
+}
+
+// DeepSeek-V3's sequence-wise balance: the grouped loss (runs of 5 of the
+// 10 tokens) over the normalised sigmoid scores.
+TEST(MoeLayer, GradientsTop2SigmoidGroupedBalance) {
+  auto c = moe_config(4, 2);
+  c.set_renormalize(true);
+  c.set_score_function(switchyard::MoeConfig::SIGMOID);
+  c.set_load_balance_coef(0.3f);
+  c.set_load_balance_tokens(5);
+  check_layer_gradients(c, 16);
+}
+
 // Group-limited routing changes which experts are chosen, not the function
 // of the chosen ones: finite differences through a top-2 within 2 of 4
 // groups, sigmoid scores renormalised.

@@ -254,6 +254,48 @@ TEST(MoeLayer, RealizedCostAndHardBudgetByHand) {
     for (int64_t c = 0; c < C; ++c) EXPECT_EQ(yh.f32()[i * C + c], ys.f32()[i * C + c]) << "kept token " << i;
 }
 
+// The expected-cost budget loss counts every one of a token's k choices
+// (moe.budget's units, the realised cost's): lambda max(0, k mean_i sum_g
+// q_ig c_g - B), q the softmax probabilities or the sigmoid scores over their
+// sum, by hand. Experts of costs 0.5 and 2, top-2 (every token pays both:
+// realised cost 2.5), router logits (x_0, -x_0) for softmax and (x_0, 0) for
+// sigmoid. Over one choice the loss was 0 here: half the cost, under B = 1.5.
+TEST(MoeLayer, ExpectedCostCountsEveryChoice) {
+  const int64_t C = 4, N = 6, G = 2;
+  const float x0[N] = {2.f, -0.5f, 3.f, 1.5f, -0.2f, 2.5f};
+  for (const bool sigmoid : {false, true}) {
+    SCOPED_TRACE(sigmoid ? "sigmoid" : "softmax");
+    auto cfg = moe_config(G, 2);
+    cfg.add_expert_hidden(4), cfg.add_expert_hidden(16);
+    if (sigmoid) cfg.set_score_function(switchyard::MoeConfig::SIGMOID);
+    cfg.set_budget_estimator(switchyard::MoeConfig::EXPECTED);
+    cfg.set_budget(1.5f);
+    cfg.set_budget_coef(0.25f);
+    ParamStore ps;
+    Rng rng(22);
+    MoeLayer moe(host_ctx(), ps, "m", C, cfg, 8, rng, 0.5f, 0.5f, 7);
+    ps.finalize(host_ctx());
+    float* wg = ps.find("m.router.w")->value.f32();  // (C, 2)
+    std::fill_n(wg, C * G, 0.f);
+    wg[0] = 1.f, wg[1] = sigmoid ? 0.f : -1.f;
+    Tensor x = testing::zeros({N, C});
+    for (int64_t i = 0; i < N; ++i) x.f32()[i * C] = x0[i], x.f32()[i * C + 1] = 0.3f * i;
+    moe.forward(x);
+    double cost = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      const double l0 = x0[i], l1 = sigmoid ? 0.0 : -x0[i];
+      const double p0 = sigmoid ? 1 / (1 + std::exp(-l0)) : 1 / (1 + std::exp(l1 - l0)),
+                   p1 = sigmoid ? 1 / (1 + std::exp(-l1)) : 1 - p0;
+      cost += 2 * (p0 * 0.5 + p1 * 2.0) / (p0 + p1) / N;
+    }
+    const RoutingStats& st = moe.stats();
+    EXPECT_DOUBLE_EQ(st.realized_cost, 2.5);
+    EXPECT_NEAR(st.expected_cost, cost, 1e-6);
+    EXPECT_GT(cost, 1.5);  // (active)
+    EXPECT_NEAR(st.budget_loss, 0.25 * (cost - 1.5), 1e-6);
+  }
+}
+
 TEST(MoeLayer, ExpertChoiceFillsEveryExpert) {
   Rng rng(3);
   auto cfg = moe_config(4, 1);

@@ -38,7 +38,7 @@ void add_routing_cases(std::vector<OpCase>& c) {
     c.push_back({"normalize_scores_" + std::to_string(G), Tol::f32,
                  [G](Rng& r) {
                    const Tensor logits = randn({40, G}, r, 2.f);
-                   Ins in{Tensor::empty({40, G}, DType::f32, host_ctx()), randn({40, G}, r)};
+                   Ins in{Tensor::empty({40, G}, DType::f32, host_ctx()), randn({40, G}, r), randn({40, G}, r)};
                    ops::router_scores(host_ctx(), in[0], logits, ops::ScoreFn::sigmoid);
                    for (int64_t g = 0; g < G; ++g) in[0].f32()[3 * G + g] = 0.f;
                    return in;
@@ -46,6 +46,7 @@ void add_routing_cases(std::vector<OpCase>& c) {
                  [G](Ctx& x, const Ins&) { return Outs{fresh(x, {40, G}), acc(x, {40, G})}; },
                  [](Ctx& x, const Ins& in, std::vector<Tensor>& o) {
                    ops::normalize_scores(x, o[0], in[0]);
+                   o[1].copy_from(in[2], x);  // added onto what is there, not written
                    ops::normalize_scores_backward(x, o[1], in[1], in[0]);
                  }});
   // NaN selection keys rank last (ties to the lower group): rows 3 and 7
