@@ -8,6 +8,11 @@
 
 namespace sy {
 
+double ffn_flops_per_token(const switchyard::ModelConfig& m, double hidden) {
+  const double matrices = m.activation() == switchyard::ModelConfig::SWIGLU ? 3 : 2;
+  return 2.0 * matrices * m.d_model() * hidden;
+}
+
 double PlannedCost::moe_budget(double target) const {
   if (moe_tokens <= 0 || unit <= 0) return 0;
   return (target * dense - fixed()) / (unit * moe_tokens);
@@ -26,7 +31,7 @@ PlannedCost planned_cost(const Config& cfg) {
   const double kv = d / m.n_heads() * kv_heads(m);
   const double proj = 4.0 * d * d + 4.0 * d * kv;
   PlannedCost p;
-  p.unit = 4.0 * d * m.ffn_hidden();
+  p.unit = ffn_flops_per_token(m, m.ffn_hidden());
   p.head = 2.0 * d * V;
   p.dense = p.head;
   for (int l = 0; l < L; ++l) {
@@ -45,7 +50,7 @@ PlannedCost planned_cost(const Config& cfg) {
       continue;
     }
     p.routers += f * 2.0 * d * e.num_experts();
-    if (e.shared_expert()) p.ffn += f * 4.0 * d * shared_expert_hidden(e, m.ffn_hidden());
+    if (e.shared_expert()) p.ffn += f * ffn_flops_per_token(m, shared_expert_hidden(e, m.ffn_hidden()));
     p.moe_tokens += f;
   }
   return p;

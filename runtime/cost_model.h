@@ -5,13 +5,14 @@
 // balanced, depth routing at its training capacity and every MoE layer
 // spending exactly its budget.
 //
-//   unit  = 4 d_model ffn_hidden            the dense FFN per token (c_g's unit)
+//   unit  = ffn(ffn_hidden)                 the dense FFN per token (c_g's unit), where
+//     ffn(H) = 4 d H (fc1 and fc2, d H multiply-adds each), 6 d H with SwiGLU (its gate)
 //   proj  = 8 d^2, or 4 d^2 + 4 d kv with grouped key/value heads of width kv
 //   dense = 2 d_model V + sum_l (proj + 2 T d + unit)    the model run dense
 //   per layer l, for the fraction f_l of tokens its block processes
 //   (ceil(capacity T) / T on depth-routed blocks, else 1):
 //     attention  f_l (proj + 4 pairs(n) d / n)   n = f_l T tokens attended among
-//     ffn        f_l unit (dense FFN) or f_l (4 d H_shared) (MoE's shared expert)
+//     ffn        f_l unit (dense FFN) or f_l ffn(H_shared) (MoE's shared expert)
 //     routers    f_l 2 d G (MoE gate) + 4 d (depth router and predictor)
 //     experts    f_l B unit (a MoE layer at budget B)
 // so the total is fixed + B unit sum_{MoE l} f_l, and budget.target t gives
@@ -20,6 +21,12 @@
 #include "runtime/config.h"
 
 namespace sy {
+
+// Forward FLOPs per token of an FFN of hidden width `hidden` (2 a
+// multiply-add): 4 d_model hidden for fc1 and fc2, 6 d_model hidden with
+// model.activation SWIGLU (the gate, a third matrix of the same size), as
+// the layers count what they run (runtime/layers.cc, grouped_experts.cc).
+double ffn_flops_per_token(const switchyard::ModelConfig& m, double hidden);
 
 struct PlannedCost {
   double unit = 0, dense = 0;                           // FLOPs per token

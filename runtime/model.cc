@@ -46,7 +46,7 @@ Block::Block(Ctx& ctx, ParamStore& ps, const std::string& name, const switchyard
       ln1_(make_norm(norm_kind(m), ctx, ps, name + ".ln1", m.d_model(), rng)),
       ln2_(make_norm(norm_kind(m), ctx, ps, name + ".ln2", m.d_model(), rng)),
       ffn_(std::move(ffn)),
-      ffn_hidden_(m.ffn_hidden()) {
+      dense_ffn_flops_(ffn_flops_per_token(m, m.ffn_hidden())) {
   const float out_std = m.init_std() / std::sqrt(2.f * m.n_layers());
   AttentionOptions ao = attention_options(m);
   // Every kind: dense attention, a routed layer's local and routing heads,
@@ -147,7 +147,7 @@ Tensor Block::run_forward(const Tensor& x, int64_t B, int64_t T) {
   flops_ = attn_flops_ = ffn_flops_ = router_flops_ = 0;
   const int64_t C = x.dim(1);
   dense_attn_flops_ = attn_->flops(B, T);
-  dense_flops_ = dense_attn_flops_ + 4.0 * B * T * C * ffn_hidden_;  // the dense FFN: 2 N (C F + F C)
+  dense_flops_ = dense_attn_flops_ + static_cast<double>(B * T) * dense_ffn_flops_;
   if (!depth_) return inner_forward(x, B, T);
   const ops::Route& r = depth_->select(x, B, T, training_);
   Tensor xs = Tensor::empty({r.rows(), C}, DType::f32, *ctx_);
@@ -453,6 +453,8 @@ double Transformer::aux_loss() const {
   }
   return s;
 }
+
+double Transformer::cost_unit() const { return ffn_flops_per_token(cfg_.model(), cfg_.model().ffn_hidden()); }
 
 double Transformer::forward_flops() const {
   double f = 2.0 * B_ * T_ * C_ * V_;

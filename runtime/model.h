@@ -99,7 +99,7 @@ class Block {
   bool recompute_ = false;
   Tensor input_;  // recomputation: the training forward's x, until backward
   int64_t B_ = 0, T_ = 0;
-  int64_t ffn_hidden_ = 0;
+  double dense_ffn_flops_ = 0;  // the dense FFN's forward FLOPs per token
   double flops_ = 0, dense_flops_ = 0;
   double attn_flops_ = 0, ffn_flops_ = 0, router_flops_ = 0, dense_attn_flops_ = 0;
 };
@@ -193,8 +193,9 @@ class Transformer {
   double dense_forward_flops() const;
   ComputeParts compute_parts() const;
   // The cost unit: the dense FFN's forward FLOPs per token, 4 d_model
-  // ffn_hidden (the unit of c_g and of the MoE budget).
-  double cost_unit() const { return 4.0 * C_ * cfg_.model().ffn_hidden(); }
+  // ffn_hidden, 6 with SwiGLU (the unit of c_g and of the MoE budget;
+  // ffn_flops_per_token, runtime/cost_model.h).
+  double cost_unit() const;
   double budget_target() const { return cfg_.budget().target(); }
   // The moe.budget every MoE layer was built with (derived from
   // budget.target when set, else moe.budget).

@@ -62,12 +62,18 @@ Tensor MoeLayer::forward(const Tensor& x) {
   const int64_t N = x.dim(0), C = x.dim(1);
   router_flops_ = 2.0 * N * C * router_.num_groups();
   // A padded route's buffer holds G C rows, padding included; the model's
-  // FLOPs are its kept rows' (moe.padded: its N k assignments', as drops
-  // are not read back and count as served; moe.pad_to_largest: the counted
-  // ones'): the padded GEMMs' FLOPs scaled by kept / (G C), exact for
-  // experts of one width.
+  // FLOPs are its kept rows'. moe.pad_to_largest: each expert's counted rows
+  // at its own width. moe.padded: its N k assignments' (drops are not read
+  // back and count as served), the padded GEMMs' FLOPs scaled by kept /
+  // (G C), exact for experts of one width.
   double expert_flops = experts_.forward_flops();
-  if (route.padded && route.rows() > 0) {
+  const std::vector<int32_t>& counted = router_.counts_before_padding();
+  const ops::ExpertLayout& layout = experts_.layout();
+  if (route.padded && !counted.empty() && static_cast<int64_t>(counted.size()) == layout.groups()) {
+    expert_flops = 0;
+    for (int64_t g = 0; g < layout.groups(); ++g)
+      expert_flops += 2.0 * counted[g] * C * (layout.width(g) + layout.hidden[g]);
+  } else if (route.padded && route.rows() > 0) {
     const int64_t kept = route.assigned - std::max<int64_t>(route.dropped, 0) - route.budget_dropped;
     expert_flops *= static_cast<double>(kept) / route.rows();
   }

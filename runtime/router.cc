@@ -193,7 +193,13 @@ const ops::Route& Router::forward(const Tensor& x) {
   capacity_ = route_.capacity;  // (the limit, before padding makes it the stride)
   // After the budget's drops (which renumber the rows): every expert's
   // buffer padded to this step's largest count (moe.pad_to_largest).
-  if (cfg_.pad_to_largest() && !expert_choice(cfg_) && decode_window_ == 0) ops::pad_to_largest(ctx_, route_, 16);
+  // The counted rows per expert are kept for the experts' FLOPs (the padded
+  // buffer's say nothing of which expert the padding rows pad).
+  counts_before_padding_.clear();
+  if (cfg_.pad_to_largest() && !expert_choice(cfg_) && decode_window_ == 0) {
+    counts_before_padding_ = route_.host_count();
+    ops::pad_to_largest(ctx_, route_, 16);
+  }
   losses_and_stats(N);
   return route_;
 }
@@ -307,11 +313,12 @@ void Router::losses_and_stats(int64_t N) {
            name_ << ": moe.load_balance_tokens = " << lb_group << " does not divide the " << N
                  << " tokens this rank routes");
   Tensor lb = values.rows(kLoadBalance, kLoadBalance + 1), z = values.rows(kZ, kZ + 1);
-  // The losses over the distribution (balance, expected cost) add their
-  // gradient to dq, then d q / d p takes it onto the probabilities'.
+  // The losses over the distribution (balance, budget) add their gradient
+  // to dq, then d q / d p takes it onto the probabilities'.
   const bool expected = cfg_.budget_coef() != 0 && cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED;
-  Tensor dq = normalized && (cfg_.load_balance_coef() != 0 || expected) ? Tensor::zeros({N, G_}, DType::f32, ctx_)
-                                                                         : Tensor();
+  Tensor dq = normalized && (cfg_.load_balance_coef() != 0 || cfg_.budget_coef() != 0)
+                  ? Tensor::zeros({N, G_}, DType::f32, ctx_)
+                  : Tensor();
   Tensor& ddist = dq.defined() ? dq : aux_dprobs_;  // (coefficients 0: nothing is added)
   if (lb_group > 0)
     ops::load_balance_loss_grouped(ctx_, ddist, lb, dist, route_, lb_group, cfg_.load_balance_coef());
@@ -337,7 +344,9 @@ void Router::losses_and_stats(int64_t N) {
     a.count_budget_drops = true;
     a.sums = &sums;
     a.value = &b;
-    ops::realized_budget_loss(ctx_, aux_dprobs_, probs_, route_, a);
+    // (Its straight-through gradient on q too: over raw sigmoid scores it
+    // only lowered the kept ones, and every score drifted down with it.)
+    ops::realized_budget_loss(ctx_, ddist, dist, route_, a);
   }
   if (dq.defined()) ops::normalize_scores_backward(ctx_, aux_dprobs_, dq, probs_);
 

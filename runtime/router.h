@@ -115,6 +115,9 @@ class Router {
   void set_decode(int64_t window, std::vector<int64_t>* counts);
   const std::vector<float>& cost() const { return cost_; }
   const ops::Route& route() const { return route_; }
+  // Kept rows per expert of the last forward's route before moe.pad_to_largest
+  // padded it (empty when it did not).
+  const std::vector<int32_t>& counts_before_padding() const { return counts_before_padding_; }
   // The last forward's statistics and losses (read from the device on the
   // first call after it).
   const RoutingStats& stats() const;
@@ -170,6 +173,7 @@ class Router {
   // where the bias follows it) | values: load balance, z, budget loss, C].
   enum { kLoadBalance, kZ, kBudget, kBudgetCost, kValues };
   Tensor totals_;
+  std::vector<int32_t> counts_before_padding_;
   mutable RoutingStats stats_;
   mutable bool stats_read_ = true;  // stats_ holds what totals_ says
 };

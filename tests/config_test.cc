@@ -217,6 +217,17 @@ TEST(Config, DedupDispatchNeedsTwoRowsAToken) {
                  "t.pbtxt: moe.budget_coef = 0.1: expert choice fills every expert to capacity, so its cost is set by "
                  "moe.capacity_factor");
   parse_ok("moe { num_experts: 4 router: EXPERT_CHOICE budget_mode: HARD budget: 0.8 }");
+  // A soft budget below what top_k choices of the cheapest expert cost.
+  expect_invalid("moe { num_experts: 4 top_k: 2 budget: 1.5 budget_coef: 0.1 }",
+                 "t.pbtxt: moe.budget = 1.5: below the least a token's moe.top_k = 2 choices can cost (2 of the dense "
+                 "FFN, the cheapest expert's k times): under moe.budget_mode SOFT no routing meets it");
+  parse_ok("moe { num_experts: 4 top_k: 2 budget: 1.5 budget_mode: HARD }");
+  parse_ok("moe { num_experts: 4 top_k: 2 budget: 1.5 budget_coef: 0.1 expert_hidden: [64, 64, 1024, 1024] }");
+  expect_invalid("model { ffn_hidden: 256 } moe { num_experts: 4 every_n_layers: 1 budget_coef: 0.1 } "
+                 "budget { target: 0.5 }",
+                 "t.pbtxt: budget.target = 0.5: gives the MoE layers moe.budget ");
+  expect_invalid("moe { num_experts: 4 budget_coef: 0.1 expert_cost: [1, 1, 2, 2] } budget { target: 0.9 }",
+                 "t.pbtxt: budget.target = 0.9: plans the experts' share in FLOPs, and moe.expert_cost replaces");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: RANDOM }",
                  "t.pbtxt: moe.slot_priority = RANDOM: orders a tokens-choose router's slots");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE slot_priority: TOKEN_ORDER }",
@@ -693,7 +704,9 @@ TEST(Config, ExpertHiddenIsAListAndOldConfigsStillLoad) {
 }
 
 TEST(Config, BudgetTarget) {
-  parse_ok("moe { num_experts: 4 budget_coef: 1 } budget { target: 0.8 }");
+  // (Experts of two sizes: a soft budget under one token's cheapest choice is refused, below.)
+  parse_ok("model { ffn_hidden: 256 } moe { num_experts: 4 budget_coef: 1 expert_hidden: [32, 32, 256, 256] } "
+           "budget { target: 0.8 }");
   parse_ok("moe { num_experts: 4 budget_mode: HARD } budget { target: 0.8 }");
   expect_invalid("budget { target: 0.8 }", "budget.target = 0.8: needs MoE layers (moe.num_experts > 0)");
   expect_invalid("moe { num_experts: 4 } budget { target: -1 }", "budget.target = -1: must be in (0, 64]");
@@ -709,7 +722,8 @@ TEST(Config, BudgetTarget) {
                  "moe.budget_mode HARD or HARD_CAUSAL");
   expect_invalid("moe { num_experts: 4 budget: 0.5 }",
                  "moe.budget = 0.5: nothing holds the router to a budget with moe.budget_mode SOFT and moe.budget_coef 0");
-  parse_ok("moe { num_experts: 4 budget: 0.5 budget_coef: 0.1 }");
+  parse_ok("model { ffn_hidden: 256 } moe { num_experts: 4 budget: 0.5 budget_coef: 0.1 expert_hidden: [32, 32, 256, "
+           "256] }");
   parse_ok("moe { num_experts: 4 budget: 0.5 budget_mode: HARD_CAUSAL }");
   expect_invalid("model { n_layers: 2 } depth { every_n_layers: 2 budget: 0.3 }",
                  "depth.budget = 0.3: only the budget loss reads it, and depth.budget_coef is 0");

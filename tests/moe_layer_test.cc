@@ -207,9 +207,10 @@ TEST(MoeLayer, HeterogeneousExpertsAreEachTheirOwnFfn) {
 // choose expert 0 (4 tokens) and the others expert 1 (2 tokens).
 TEST(MoeLayer, RealizedCostAndHardBudgetByHand) {
   const int64_t C = 4, N = 6;
-  auto run = [&](switchyard::MoeConfig::BudgetMode mode, float budget) {
+  auto run = [&](switchyard::MoeConfig::BudgetMode mode, float budget, bool pad = false) {
     auto cfg = moe_config(2, 1);
     cfg.add_expert_hidden(4), cfg.add_expert_hidden(16);
+    cfg.set_pad_to_largest(pad);
     cfg.set_budget_mode(mode);
     cfg.set_budget(budget);
     cfg.set_budget_coef(0.25f);  // the realised-cost loss, on the cost before the budget's drops
@@ -233,6 +234,13 @@ TEST(MoeLayer, RealizedCostAndHardBudgetByHand) {
   EXPECT_DOUBLE_EQ(st.cost_before_budget, 1.0);
   EXPECT_EQ(st.budget_dropped, 0.0);
   EXPECT_DOUBLE_EQ(soft->forward_flops(), 2.0 * N * C * 2 + 4.0 * C * (4 * 4 + 2 * 16));
+  // Padded to the largest count (16 rows each, the multiple), the model's
+  // FLOPs are still each expert's kept rows at its own width (the padded
+  // GEMMs' FLOPs scaled by kept / rows spread the kept rows evenly over the
+  // two widths: 25% more here).
+  auto [padded, yp] = run(switchyard::MoeConfig::SOFT, 1.f, true);
+  EXPECT_TRUE(padded->route().padded);
+  EXPECT_DOUBLE_EQ(padded->forward_flops(), soft->forward_flops());
   // B = 0.5: 3 in all, 6 kept. Scores p = sigmoid(2 |x_0|): the expert-1
   // tokens' are the lowest (t4 0.60, t1 0.73; the others >= 0.95). Dropping
   // t4 leaves 4 > 3, then t1 leaves 2 <= 3: the four cheap tokens stay.

@@ -476,5 +476,44 @@ TEST(MoeLayer, SigmoidBalanceLossIsOverNormalisedScores) {
   EXPECT_GT(grad_max, 1e-3);  // (the gradient check above could fail)
 }
 
+// The realised-cost budget loss's straight-through gradient, with sigmoid
+// scores, is over q = p / sum p like the balance loss's: it shifts a token's
+// scores toward cheaper experts and leaves their scale alone (sum_j p_j dp_j
+// = 0 a row). Over raw p it only lowered the kept scores, and every score
+// drifted down. Router W = I, so the input gradient is dlogits; no output
+// gradient, so it is the budget loss's alone.
+TEST(MoeLayer, SigmoidBudgetGradientMovesNoScale) {
+  const int64_t N = 8, C = 4, G = 4;
+  auto cfg = moe_config(G, 1);
+  cfg.set_score_function(switchyard::MoeConfig::SIGMOID);
+  for (int h : {4, 4, 16, 16}) cfg.add_expert_hidden(h);  // costs 0.5, 0.5, 2, 2 (F 8)
+  cfg.set_budget(1.f);
+  cfg.set_budget_coef(0.5f);
+  ParamStore ps;
+  Rng rng(9);
+  MoeLayer moe(host_ctx(), ps, "m", C, cfg, 8, rng, 0.5f, 0.5f, 7);
+  ps.finalize(host_ctx());
+  float* w = ps.find("m.router.w")->value.f32();
+  std::fill_n(w, C * G, 0.f);
+  for (int64_t g = 0; g < G; ++g) w[g * G + g] = 1.f;
+  Tensor x = testing::randn({N, C}, rng);
+  for (int64_t i = 0; i < N; ++i) x.f32()[i * C + 2 + i % 2] += 3.f;  // the costly experts: R = 2 > B
+  moe.forward(x);
+  EXPECT_GT(moe.stats().realized_cost, 1.5);
+  EXPECT_GT(moe.stats().budget_loss, 0.0);
+  const Tensor dx = moe.backward(testing::zeros({N, C}));
+  double largest = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    double along = 0;  // sum_j p_j dp_j, dp_j = dl_j / (p_j (1 - p_j))
+    for (int64_t j = 0; j < G; ++j) {
+      const double p = 1 / (1 + std::exp(-double(x.f32()[i * C + j]))), dl = dx.f32()[i * C + j];
+      along += dl / (1 - p);
+      largest = std::max(largest, std::fabs(dl));
+    }
+    EXPECT_NEAR(along, 0.0, 1e-6) << "token " << i;
+  }
+  EXPECT_GT(largest, 1e-3);  // (the loss moved the scores)
+}
+
 }  // namespace
 }  // namespace sy
