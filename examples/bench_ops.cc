@@ -838,6 +838,9 @@ int main(int argc, char** argv) {
                 reference(out_c, dqkv_c);
                 return count_wrong(prefix(o, P), out_c, tol_f);
               });
+          // (3.5x forward: the backward's recomputed scores counted, as
+          // FlashAttention's benchmarks count them; a model FLOP count, MFU's,
+          // takes 3x, so these rates are hardware FLOPs, ~17% above it.)
           add({"attention_fwd_bwd_" + tag, shape, 0, 3.5 * fwd, 0},
               [&] {
                 dqkv.zero(ctx);  // (the backward adds into it: zeroed each step, as the layer does and SDPA's fresh grads pay)

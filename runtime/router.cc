@@ -267,8 +267,11 @@ Tensor Router::sinkhorn_offsets(const Tensor& keys, const Tensor& clean) {
 void Router::losses_and_stats(int64_t N) {
   // Statistics over every data-parallel rank's tokens (rank 0 reports them, so
   // a rank-local value would describe 1/world of the batch).
-  // The routing sums, and after them the noiseless choice's where the bias
-  // follows it: one buffer, one all-reduce; the losses' values after them.
+  // The routing sums, after them the noiseless choice's where the bias
+  // follows it, then the values of the losses taken on this rank's tokens
+  // (z-loss, grouped balance, expected cost; stats() reports their mean over
+  // ranks): one buffer, one all-reduce; the losses of the summed routing
+  // (batch-wide balance, realised cost) after it.
   const int64_t S = ops::routing_sums_size(G_);
   const bool clean = clean_sums_.defined();
   const int64_t n_sums = clean ? 2 * S : S;
@@ -297,8 +300,6 @@ void Router::losses_and_stats(int64_t N) {
     Tensor dst = totals_.rows(S, 2 * S);
     dst.copy_from(clean_sums_, ctx_);
   }
-  Tensor both = totals_.rows(0, n_sums);
-  if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(both, ctx_.stream, name_.c_str());
   Tensor values = totals_.rows(n_sums, n_sums + kValues);
 
   // Without kept probabilities the losses give their values only here, and
@@ -320,10 +321,10 @@ void Router::losses_and_stats(int64_t N) {
                   ? Tensor::zeros({N, G_}, DType::f32, ctx_)
                   : Tensor();
   Tensor& ddist = dq.defined() ? dq : aux_dprobs_;  // (coefficients 0: nothing is added)
+  lb_rank_local_ = lb_group > 0;
+  budget_rank_local_ = expected;
   if (lb_group > 0)
     ops::load_balance_loss_grouped(ctx_, ddist, lb, dist, route_, lb_group, cfg_.load_balance_coef());
-  else
-    ops::load_balance_loss(ctx_, ddist, lb, sums, cfg_.load_balance_coef());
   ops::z_loss(ctx_, aux_dlogits_, z, logits_, cfg_.z_loss_coef());
   if (expected) {
     // A token's cost is the sum over its k choices (moe.budget's units), so
@@ -333,7 +334,10 @@ void Router::losses_and_stats(int64_t N) {
     for (float& c : k_cost) c *= static_cast<float>(cfg_.top_k());
     Tensor b = values.rows(kBudget, kBudget + 2);
     ops::budget_loss(ctx_, ddist, b, dist, k_cost, cfg_.budget(), cfg_.budget_coef());
-  } else if (cfg_.budget_coef() != 0) {
+  }
+  if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(totals_, ctx_.stream, name_.c_str());
+  if (lb_group == 0) ops::load_balance_loss(ctx_, ddist, lb, sums, cfg_.load_balance_coef());
+  if (!expected && cfg_.budget_coef() != 0) {
     // On the cost the router asked for: the hard budget's drops count, so the
     // loss stays active while the budget is being enforced. R comes from the
     // (all-reduced) sums on the device, and so does its condition R > B.
@@ -411,15 +415,17 @@ const RoutingStats& Router::stats() const {
   st.dropped = tot.dropped / std::max(1.0, tot.assigned);
   st.unserved = tot.unserved / std::max(1.0, tot.items);
   st.entropy = tot.entropy / std::max(1.0, tot.items);
-  st.lb_loss = values[kLoadBalance];
-  st.z_loss = values[kZ];
+  // (Summed over ranks where taken on each rank's tokens: their mean.)
+  const double ranks = par_ ? par_->world_size() : 1;
+  st.lb_loss = values[kLoadBalance] / (lb_rank_local_ ? ranks : 1);
+  st.z_loss = values[kZ] / ranks;
   st.realized_cost = tot.realized_cost(cost_);
   st.cost_before_budget = tot.cost_before_budget(cost_);
   st.expected_cost = tot.expected_cost(cost_);
   st.budget = cfg_.budget();
   st.budget_applies = cfg_.budget_coef() > 0 || cfg_.budget_mode() != switchyard::MoeConfig::SOFT;
   st.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
-  st.budget_loss = values[kBudget];
+  st.budget_loss = values[kBudget] / (budget_rank_local_ ? ranks : 1);
   stats_ = st;
   stats_read_ = true;
   return stats_;

@@ -30,7 +30,8 @@
 // batch-wide load-balance loss and the realised-cost budget loss cover every
 // data-parallel rank's tokens (all-reduced routing sums); the grouped
 // load-balance loss, the z-loss and the expected-cost budget loss are over
-// this rank's.
+// this rank's, and the values reported for them are their mean over ranks
+// (summed in the same all-reduce).
 //
 // Nothing is read back in forward: the sums, the losses' values and the
 // balance bias's update stay on the device, and stats() (and aux_loss())
@@ -174,6 +175,9 @@ class Router {
   enum { kLoadBalance, kZ, kBudget, kBudgetCost, kValues };
   Tensor totals_;
   std::vector<int32_t> counts_before_padding_;
+  // Whether the last forward's balance and budget loss values were taken on
+  // this rank's tokens (summed over ranks with the routing sums).
+  bool lb_rank_local_ = false, budget_rank_local_ = false;
   mutable RoutingStats stats_;
   mutable bool stats_read_ = true;  // stats_ holds what totals_ says
 };

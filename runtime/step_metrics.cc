@@ -155,8 +155,9 @@ std::string progress_line(const StepLog& s, const RoutingSnapshot& r) {
       out += b;
     }
   }
-  std::snprintf(b, sizeof b, " | lr %.2e | %.1fk tok/s | %.2f GFLOP/s | ETA %s", s.lr, s.tokens_per_s / 1e3,
-                s.flops_per_s / 1e9, format_duration(s.eta_s).c_str());
+  // (tokens the whole job's; FLOPs rank 0's own work, so a rank's on several)
+  std::snprintf(b, sizeof b, " | lr %.2e | %.1fk tok/s | %.2f GFLOP/s%s | ETA %s", s.lr, s.tokens_per_s / 1e3,
+                s.flops_per_s / 1e9, s.world > 1 ? " a rank" : "", format_duration(s.eta_s).c_str());
   out += b;
   if (s.peak_tflops > 0) {
     std::snprintf(b, sizeof b, " | MFU %.1f%%", 100 * s.flops_per_s / 1e12 / s.peak_tflops);
