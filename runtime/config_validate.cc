@@ -452,14 +452,16 @@ void validate_config(const Config& cfg, const std::string& source) {
              "plans the experts' share in FLOPs, and moe.expert_cost replaces their FLOP costs with its own: set "
              "moe.budget with moe.expert_cost, or leave moe.expert_cost unset");
   }
-  // A soft budget no routing can meet: every token takes top_k experts, so
-  // none spends less than top_k times the cheapest expert's cost (only
+  // A soft budget no routing can meet: every token takes top_k distinct
+  // experts, so none spends less than the k cheapest experts' costs (only
   // capacity drops, which the loss would then learn to cause, go lower).
   if (e.num_experts() > 0 && e.router() == switchyard::MoeConfig::TOKENS_CHOOSE &&
       e.budget_mode() == switchyard::MoeConfig::SOFT && e.budget_coef() > 0 && e.top_k() <= e.num_experts()) {
-    const std::vector<float> cost = expert_costs(e, cfg.model().ffn_hidden());
+    std::vector<float> cost = expert_costs(e, cfg.model().ffn_hidden());
     if (static_cast<int64_t>(cost.size()) == e.num_experts()) {
-      const double least = e.top_k() * static_cast<double>(*std::min_element(cost.begin(), cost.end()));
+      std::partial_sort(cost.begin(), cost.begin() + e.top_k(), cost.end());
+      double least = 0;
+      for (int k = 0; k < e.top_k(); ++k) least += cost[k];
       const bool target = bu.target() != 0;
       const double B = target ? effective_moe_budget(cfg) : e.budget();
       if (B >= 0 && B < least) {
@@ -467,7 +469,7 @@ void validate_config(const Config& cfg, const std::string& source) {
         os.precision(4);
         if (target) os << "gives the MoE layers moe.budget " << B << ", ";
         os << "below the least a token's moe.top_k = " << e.top_k() << " choices can cost (" << least
-           << " of the dense FFN, the cheapest expert's k times): under moe.budget_mode SOFT no routing meets it and "
+           << " of the dense FFN, its k cheapest experts): under moe.budget_mode SOFT no routing meets it and "
               "the budget loss never falls; raise it, or set moe.budget_mode HARD (drops assignments to fit)";
         if (target)
           c.fail("budget.target", bu.target(), os.str());

@@ -26,8 +26,9 @@ namespace sy {
 std::vector<int64_t> expert_hidden_sizes(const switchyard::MoeConfig& cfg, int64_t ffn_hidden);
 int64_t shared_expert_hidden(const switchyard::MoeConfig& cfg, int64_t ffn_hidden);
 // c_g in units of the dense FFN's cost per token: moe.expert_cost when set,
-// else expert g's FLOPs per token (forward + backward: 12 d_model H_g) over
-// the dense FFN's (12 d_model ffn_hidden), = H_g / ffn_hidden.
+// else expert g's FLOPs per token (forward + backward: 12 d_model H_g, 18
+// with SwiGLU) over the dense FFN's (12 or 18 d_model ffn_hidden), = H_g /
+// ffn_hidden.
 std::vector<float> expert_costs(const switchyard::MoeConfig& cfg, int64_t ffn_hidden);
 
 class MoeLayer : public FeedForward {

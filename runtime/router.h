@@ -172,6 +172,8 @@ class Router {
   int64_t capacity_ = 0;  // route_'s capacity before moe.pad_to_largest made it the padded stride
   // f64 on the device: [routing sums | the noiseless choice's sums (only
   // where the bias follows it) | values: load balance, z, budget loss, C].
+  // (The values of losses taken on each rank's tokens are summed over ranks
+  // with the sums; stats() divides those it reports.)
   enum { kLoadBalance, kZ, kBudget, kBudgetCost, kValues };
   Tensor totals_;
   std::vector<int32_t> counts_before_padding_;

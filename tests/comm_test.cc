@@ -90,7 +90,9 @@ TEST(Communicator, AllToAllCountsAllReduceBroadcastSplit) {
 // share of the data-parallel average (scaled by N_local, not N).
 // `hetero` gives the experts different hidden widths (packed parameters: each
 // rank's shard is a different size and sits at Param::global_begin).
-void compare_with_single_rank(bool skew, bool router_losses, bool hetero = false) {
+// `grouped`: the balance loss per run of n tokens (each rank's slice one
+// run; reported as the mean over ranks, the one rank's mean over its runs).
+void compare_with_single_rank(bool skew, bool router_losses, bool hetero = false, bool grouped = false) {
   auto& w = world();
   const int W = w.size();
   const int64_t C = 6, H = 5, G = 2 * W, n = 7;  // n tokens per rank
@@ -102,6 +104,7 @@ void compare_with_single_rank(bool skew, bool router_losses, bool hetero = false
   cfg.set_dropless(true);
   cfg.set_load_balance_coef(router_losses ? 0.01f : 0.f);
   cfg.set_z_loss_coef(router_losses ? 0.001f : 0.f);
+  if (grouped) cfg.set_load_balance_tokens(n);
   auto par = ParallelContext::create(std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD), W, 60);
   ParamStore ps_par, ps_one;
   Rng r1(5), r2(5);
@@ -151,6 +154,7 @@ TEST(ExpertParallel, ShardedLayerEqualsOneRank) {
   compare_with_single_rank(false, false);
   compare_with_single_rank(false, true);
 }
+TEST(ExpertParallel, GroupedBalanceIsTheMeanOverRanks) { compare_with_single_rank(false, true, false, true); }
 TEST(ExpertParallel, HeterogeneousExpertsShardedLayerEqualsOneRank) {
   compare_with_single_rank(false, false, true);
   compare_with_single_rank(false, true, true);

@@ -220,7 +220,11 @@ TEST(Config, DedupDispatchNeedsTwoRowsAToken) {
   // A soft budget below what top_k choices of the cheapest expert cost.
   expect_invalid("moe { num_experts: 4 top_k: 2 budget: 1.5 budget_coef: 0.1 }",
                  "t.pbtxt: moe.budget = 1.5: below the least a token's moe.top_k = 2 choices can cost (2 of the dense "
-                 "FFN, the cheapest expert's k times): under moe.budget_mode SOFT no routing meets it");
+                 "FFN, its k cheapest experts): under moe.budget_mode SOFT no routing meets it");
+  // (Two distinct experts: 0.25 + 1, not twice the cheapest.)
+  expect_invalid("model { ffn_hidden: 256 } moe { num_experts: 4 top_k: 2 budget: 1 budget_coef: 0.1 expert_hidden: "
+                 "[64, 256, 256, 256] }",
+                 "t.pbtxt: moe.budget = 1: below the least a token's moe.top_k = 2 choices can cost (1.25 of the dense");
   parse_ok("moe { num_experts: 4 top_k: 2 budget: 1.5 budget_mode: HARD }");
   parse_ok("moe { num_experts: 4 top_k: 2 budget: 1.5 budget_coef: 0.1 expert_hidden: [64, 64, 1024, 1024] }");
   expect_invalid("model { ffn_hidden: 256 } moe { num_experts: 4 every_n_layers: 1 budget_coef: 0.1 } "

@@ -648,7 +648,7 @@ TEST(Transformer, ComputeFractionCountsExpertsAttentionAndDepthAlike) {
     EXPECT_NEAR(p.dense(), ref, 1e-9 * ref);
     EXPECT_LT(m.forward_flops(), ref) << "each of these saves compute";
     if (!m.moe_layers().empty()) {
-      // The experts' FLOPs are the realised cost in dense-FFN units (4 d F per token).
+      // The experts' FLOPs are the realised cost in dense-FFN units (4 d F per token, 6 with SwiGLU).
       double experts = 0, tokens = 0;
       for (const auto& [l, layer] : m.moe_layers()) {
         const Block& b = m.blocks()[l];

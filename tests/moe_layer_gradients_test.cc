@@ -57,7 +57,7 @@ TEST(MoeLayer, GradientsTop2SigmoidExpectedCost) {
   c.set_budget_estimator(switchyard::MoeConfig::EXPECTED);
   c.set_budget_coef(0.2f);
   c.add_expert_cost(1), c.add_expert_cost(3), c.add_expert_cost(0.5), c.add_expert_cost(2);
-  c.set_budget(1.f);  // (k = 2 choices cost 2 to 6: active)
+  c.set_budget(1.6f);  // (k = 2 distinct choices cost 1.5 to 5: active)
   check_layer_gradients(c, 13);
 }
 

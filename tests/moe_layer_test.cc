@@ -234,7 +234,8 @@ TEST(MoeLayer, RealizedCostAndHardBudgetByHand) {
   EXPECT_DOUBLE_EQ(st.cost_before_budget, 1.0);
   EXPECT_EQ(st.budget_dropped, 0.0);
   EXPECT_DOUBLE_EQ(soft->forward_flops(), 2.0 * N * C * 2 + 4.0 * C * (4 * 4 + 2 * 16));
-  // Padded to the largest count (16 rows each, the multiple), the model's
+  // Padded to the largest count (6 rows each: the capacity, below the
+  // multiple of 16), the model's
   // FLOPs are still each expert's kept rows at its own width (the padded
   // GEMMs' FLOPs scaled by kept / rows spread the kept rows evenly over the
   // two widths: 25% more here).
