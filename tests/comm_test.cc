@@ -91,7 +91,9 @@ TEST(Communicator, AllToAllCountsAllReduceBroadcastSplit) {
 // `hetero` gives the experts different hidden widths (packed parameters: each
 // rank's shard is a different size and sits at Param::global_begin).
 // `grouped`: the balance loss per run of n tokens (each rank's slice one
-// run; reported as the mean over ranks, the one rank's mean over its runs).
+// run; reported as the mean over ranks, the one rank's mean over its runs),
+// and the expected-cost budget loss (this rank's tokens, at B = 0 active on
+// every rank: the mean over ranks is the one rank's).
 void compare_with_single_rank(bool skew, bool router_losses, bool hetero = false, bool grouped = false) {
   auto& w = world();
   const int W = w.size();
@@ -104,7 +106,12 @@ void compare_with_single_rank(bool skew, bool router_losses, bool hetero = false
   cfg.set_dropless(true);
   cfg.set_load_balance_coef(router_losses ? 0.01f : 0.f);
   cfg.set_z_loss_coef(router_losses ? 0.001f : 0.f);
-  if (grouped) cfg.set_load_balance_tokens(n);
+  if (grouped) {
+    cfg.set_load_balance_tokens(n);
+    cfg.set_budget_estimator(switchyard::MoeConfig::EXPECTED);
+    cfg.set_budget(0.f);
+    cfg.set_budget_coef(0.1f);
+  }
   auto par = ParallelContext::create(std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD), W, 60);
   ParamStore ps_par, ps_one;
   Rng r1(5), r2(5);
@@ -122,6 +129,8 @@ void compare_with_single_rank(bool skew, bool router_losses, bool hetero = false
   Tensor y = sharded.forward(mine), y1 = whole.forward(all);
   for (int64_t i = 0; i < n * C; ++i) ASSERT_NEAR(y.f32()[i], y1.f32()[w.rank() * n * C + i], 1e-5f);
   EXPECT_NEAR(sharded.stats().lb_loss, whole.stats().lb_loss, 1e-6);
+  EXPECT_NEAR(sharded.stats().budget_loss, whole.stats().budget_loss, 1e-6);
+  if (grouped) EXPECT_GT(whole.stats().budget_loss, 0.0);
   EXPECT_NEAR(sharded.stats().realized_cost, whole.stats().realized_cost, 1e-12);
   EXPECT_NEAR(sharded.stats().expected_cost, whole.stats().expected_cost, 1e-9);
   // Taken on each rank's tokens and reported as the mean over ranks (the
