@@ -161,7 +161,15 @@ Tensor Block::run_forward(const Tensor& x, int64_t B, int64_t T) {
   // computed on the route's device.
   const Tensor pos = rope_ ? depth_->positions(T) : Tensor();
   Tensor z;
-  if (uniform && n[0] > 0) {
+  // A MoE block evaluates one sequence a call, whatever the counts: its
+  // capacity is then each sequence's own, not the batch's only when the
+  // counts happen to be equal; and on several ranks its collectives (routing
+  // sums, the expert exchange) pair up call by call, so every rank makes B
+  // calls, a sequence with no routed token one row of zeros whose output is
+  // dropped. (One call on a rank whose counts were equal against one a
+  // sequence on another would hang, or sum another call's statistics.)
+  const bool per_sequence = moe_ && !training_;
+  if (uniform && n[0] > 0 && !per_sequence) {
     z = inner_forward(xs, B, n[0], pos);
   } else {
     // Different counts per sequence (the causal predictor at evaluation): one
@@ -170,6 +178,10 @@ Tensor Block::run_forward(const Tensor& x, int64_t B, int64_t T) {
     z = Tensor::empty({r.rows(), C}, DType::f32, *ctx_);
     int64_t row = 0;
     for (int64_t b = 0; b < B; ++b) {
+      if (n[b] == 0 && per_sequence && ranks_ > 1) {
+        const Tensor none = Tensor::zeros({1, C}, DType::f32, *ctx_);
+        (void)inner_forward(none, 1, 1, rope_ ? Tensor::zeros({1}, DType::i32, *ctx_) : Tensor());
+      }
       if (n[b] == 0) continue;
       Tensor zb = inner_forward(xs.rows(row, row + n[b]), 1, n[b], rope_ ? pos.rows(row, row + n[b]) : Tensor());
       Tensor dst = z.rows(row, row + n[b]);
@@ -254,6 +266,7 @@ Transformer::Transformer(Ctx& ctx, const Config& cfg, ParallelContext* par, bool
     blocks_.emplace_back(ctx_, params_, name, m, std::move(ffn), rng, depth_routed ? &dp : nullptr,
                          sparse ? &spec : nullptr, bf16_attention(cfg));
     blocks_.back().set_recompute(l < recomputed_blocks(cfg));
+    blocks_.back().set_moe(is_moe_layer(moe, l), par ? par->world_size() : 1);
   }
   // The depth routers write their statistics into one buffer, so that a
   // logged step reads them for every routed block in one copy.

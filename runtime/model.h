@@ -65,6 +65,9 @@ class Block {
                 DecodeState& attn);
   void set_training(bool t);
   void set_recompute(bool r) { recompute_ = r; }
+  // The block's FFN is a MoE layer (on `ranks` ranks): a depth-routed block
+  // then evaluates one sequence a call, B calls on every rank (run_forward).
+  void set_moe(bool moe, int ranks) { moe_ = moe, ranks_ = ranks; }
   FeedForward& ffn() { return *ffn_; }
   SelfAttention& attention() const { return *attn_; }
   DepthRouter* depth() const { return depth_.get(); }
@@ -97,6 +100,8 @@ class Block {
   std::unique_ptr<DepthRouter> depth_;
   bool training_ = true;
   bool recompute_ = false;
+  bool moe_ = false;
+  int ranks_ = 1;
   Tensor input_;  // recomputation: the training forward's x, until backward
   int64_t B_ = 0, T_ = 0;
   double dense_ffn_flops_ = 0;  // the dense FFN's forward FLOPs per token

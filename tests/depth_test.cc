@@ -336,6 +336,34 @@ TEST(Depth, MoeBlockSeesOnlyRoutedTokens) {
   model.backward();  // runs through both
 }
 
+// At evaluation a depth-routed MoE block runs one sequence a call: a
+// sequence's experts, and so its output, do not depend on the sequences
+// beside it in the batch. Top-k at evaluation routes the same count in every
+// sequence, which ran the whole batch as one call with one capacity
+// (capacity_factor_eval 0.5 binds here), so a neighbour's tokens took slots.
+TEST(Depth, MoeBlockEvaluatesEachSequenceAlone) {
+  Config cfg = parse_config(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
+    moe { num_experts: 4 every_n_layers: 2 capacity_factor: 4 capacity_factor_eval: 0.5 }
+    depth { every_n_layers: 2 capacity: 0.5 predictor_at_eval: false }
+  )", "test");
+  validate_config(cfg, "test");
+  Transformer model(host_ctx(), cfg);
+  model.set_training(false);
+  // (The second sequence's: slots go by position, so the first one's
+  // tokens came first.)
+  auto second_logits = [&](int other) {
+    Batch b;
+    for (int i = 0; i < 8; ++i) b.inputs.push_back((i * other + 3) % 256), b.targets.push_back(i);
+    for (int i = 0; i < 8; ++i) b.inputs.push_back(i * 7 % 256), b.targets.push_back(i);
+    model.forward(b);
+    const std::vector<float> l = model.logits().to(host_ctx()).to_vector<float>();
+    return std::vector<float>(l.begin() + l.size() / 2, l.end());
+  };
+  const std::vector<float> a = second_logits(5);
+  for (int other : {11, 29, 53}) EXPECT_EQ(second_logits(other), a) << "beside " << other;
+}
+
 // A kept token whose router score is so negative that sigmoid is 0 in fp32
 // still gets weight 1 under the straight-through gate (s / s was 0 / 0 = NaN:
 // a real run of shakespeare_small with MoE and depth stopped on it).
