@@ -53,7 +53,7 @@ Tensor GroupedExperts::forward(const Tensor& buf, const std::vector<int32_t>& of
   buf_ = buf16.defined() ? buf16 : buf;  // (an empty buffer may come back without its bf16 copy)
   flops_ = 0;
   for (int64_t g = 0; g < layout_.groups(); ++g)
-    flops_ += 2.0 * (offsets_[g + 1] - offsets_[g]) * C_ * (layout_.width(g) + layout_.hidden[g]);
+    flops_ += static_cast<double>(offsets_[g + 1] - offsets_[g]) * row_flops(g);
   return out;
 }
 

@@ -45,6 +45,8 @@ class GroupedExperts {
   // Forward FLOPs of the last forward's expert GEMMs: sum_g 2 n_g C (P_g + H_g)
   // (two GEMMs for GELU, three for SwiGLU's gate, up and down).
   double forward_flops() const { return flops_; }
+  // Forward FLOPs of one row through expert g (local index): 2 C (P_g + H_g).
+  double row_flops(int64_t g) const { return 2.0 * C_ * (layout_.width(g) + layout_.hidden[g]); }
 
  private:
   Ctx& ctx_;

@@ -178,11 +178,12 @@ Tensor Block::run_forward(const Tensor& x, int64_t B, int64_t T) {
     z = Tensor::empty({r.rows(), C}, DType::f32, *ctx_);
     int64_t row = 0;
     for (int64_t b = 0; b < B; ++b) {
-      if (n[b] == 0 && per_sequence && ranks_ > 1) {
-        const Tensor none = Tensor::zeros({1, C}, DType::f32, *ctx_);
-        (void)inner_forward(none, 1, 1, rope_ ? Tensor::zeros({1}, DType::i32, *ctx_) : Tensor());
+      if (n[b] == 0) {
+        if (per_sequence && ranks_ > 1)
+          (void)inner_forward(Tensor::zeros({1, C}, DType::f32, *ctx_), 1, 1,
+                              rope_ ? Tensor::zeros({1}, DType::i32, *ctx_) : Tensor());
+        continue;
       }
-      if (n[b] == 0) continue;
       Tensor zb = inner_forward(xs.rows(row, row + n[b]), 1, n[b], rope_ ? pos.rows(row, row + n[b]) : Tensor());
       Tensor dst = z.rows(row, row + n[b]);
       dst.copy_from(zb, *ctx_);

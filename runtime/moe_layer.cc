@@ -68,11 +68,9 @@ Tensor MoeLayer::forward(const Tensor& x) {
   // (G C), exact for experts of one width.
   double expert_flops = experts_.forward_flops();
   const std::vector<int32_t>& counted = router_.counts_before_padding();
-  const ops::ExpertLayout& layout = experts_.layout();
-  if (route.padded && !counted.empty() && static_cast<int64_t>(counted.size()) == layout.groups()) {
+  if (route.padded && !counted.empty() && static_cast<int64_t>(counted.size()) == experts_.layout().groups()) {
     expert_flops = 0;
-    for (int64_t g = 0; g < layout.groups(); ++g)
-      expert_flops += 2.0 * counted[g] * C * (layout.width(g) + layout.hidden[g]);
+    for (size_t g = 0; g < counted.size(); ++g) expert_flops += counted[g] * experts_.row_flops(static_cast<int64_t>(g));
   } else if (route.padded && route.rows() > 0) {
     const int64_t kept = route.assigned - std::max<int64_t>(route.dropped, 0) - route.budget_dropped;
     expert_flops *= static_cast<double>(kept) / route.rows();

@@ -16,6 +16,10 @@ ops::ScoreFn score_fn(const switchyard::MoeConfig& c) {
   return c.score_function() == switchyard::MoeConfig::SIGMOID ? ops::ScoreFn::sigmoid : ops::ScoreFn::softmax;
 }
 bool expert_choice(const switchyard::MoeConfig& c) { return c.router() == switchyard::MoeConfig::EXPERT_CHOICE; }
+// The expected-cost budget loss (its value taken on this rank's tokens).
+bool expected_budget(const switchyard::MoeConfig& c) {
+  return c.budget_coef() != 0 && c.budget_estimator() == switchyard::MoeConfig::EXPECTED;
+}
 // moe.expert_groups, groups_per_token and group_score_experts as resolved
 // (validated by validate_config): off where expert_groups is 0.
 ops::GroupLimit group_limit(const switchyard::MoeConfig& c) {
@@ -35,6 +39,10 @@ Router::Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, con
       seed_(seed) {
   SY_CHECK(static_cast<int64_t>(cost_.size()) == G_, name << ": " << cost_.size() << " expert costs for " << G_
                                                              << " experts");
+  // A token's cost is the sum over its k choices (moe.budget's units), so
+  // the expected cost is k sum_g q_ig c_g: each choice drawn from q. (Over
+  // one choice, a top-2 router's loss compared half its cost with B.)
+  for (float c : cost_) k_cost_.push_back(c * static_cast<float>(cfg_.top_k()));
   wg_ = ps.add(name + ".router.w", {C_, G_}, rng, std, false);
   bias_ = Tensor::zeros({G_}, DType::f32, ctx_);
   if (cfg.router() == switchyard::MoeConfig::HASH && cfg.hash_assignment() == switchyard::MoeConfig::BALANCED) {
@@ -316,24 +324,18 @@ void Router::losses_and_stats(int64_t N) {
   Tensor lb = values.rows(kLoadBalance, kLoadBalance + 1), z = values.rows(kZ, kZ + 1);
   // The losses over the distribution (balance, budget) add their gradient
   // to dq, then d q / d p takes it onto the probabilities'.
-  const bool expected = cfg_.budget_coef() != 0 && cfg_.budget_estimator() == switchyard::MoeConfig::EXPECTED;
+  const bool expected = expected_budget(cfg_);
   Tensor dq = normalized && (cfg_.load_balance_coef() != 0 || cfg_.budget_coef() != 0)
                   ? Tensor::zeros({N, G_}, DType::f32, ctx_)
                   : Tensor();
   Tensor& ddist = dq.defined() ? dq : aux_dprobs_;  // (coefficients 0: nothing is added)
   lb_rank_local_ = lb_group > 0;
-  budget_rank_local_ = expected;
   if (lb_group > 0)
     ops::load_balance_loss_grouped(ctx_, ddist, lb, dist, route_, lb_group, cfg_.load_balance_coef());
   ops::z_loss(ctx_, aux_dlogits_, z, logits_, cfg_.z_loss_coef());
   if (expected) {
-    // A token's cost is the sum over its k choices (moe.budget's units), so
-    // the expected cost is k sum_g q_ig c_g: each choice drawn from q. (Over
-    // one choice, a top-2 router's loss compared half its cost with B.)
-    std::vector<float> k_cost(cost_);
-    for (float& c : k_cost) c *= static_cast<float>(cfg_.top_k());
     Tensor b = values.rows(kBudget, kBudget + 2);
-    ops::budget_loss(ctx_, ddist, b, dist, k_cost, cfg_.budget(), cfg_.budget_coef());
+    ops::budget_loss(ctx_, ddist, b, dist, k_cost_, cfg_.budget(), cfg_.budget_coef());
   }
   if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(totals_, ctx_.stream, name_.c_str());
   if (lb_group == 0) ops::load_balance_loss(ctx_, ddist, lb, sums, cfg_.load_balance_coef());
@@ -425,7 +427,7 @@ const RoutingStats& Router::stats() const {
   st.budget = cfg_.budget();
   st.budget_applies = cfg_.budget_coef() > 0 || cfg_.budget_mode() != switchyard::MoeConfig::SOFT;
   st.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
-  st.budget_loss = values[kBudget] / (budget_rank_local_ ? ranks : 1);
+  st.budget_loss = values[kBudget] / (expected_budget(cfg_) ? ranks : 1);
   stats_ = st;
   stats_read_ = true;
   return stats_;

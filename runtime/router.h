@@ -177,9 +177,11 @@ class Router {
   enum { kLoadBalance, kZ, kBudget, kBudgetCost, kValues };
   Tensor totals_;
   std::vector<int32_t> counts_before_padding_;
-  // Whether the last forward's balance and budget loss values were taken on
-  // this rank's tokens (summed over ranks with the routing sums).
-  bool lb_rank_local_ = false, budget_rank_local_ = false;
+  // Whether the last forward's balance loss value was taken on this rank's
+  // tokens (grouped; a decoded token takes the batch-wide one): summed over
+  // ranks with the routing sums.
+  bool lb_rank_local_ = false;
+  std::vector<float> k_cost_;  // c_g x top_k: the expected-cost loss's costs
   mutable RoutingStats stats_;
   mutable bool stats_read_ = true;  // stats_ holds what totals_ says
 };
