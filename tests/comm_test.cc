@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -367,6 +368,61 @@ TEST(Trainer, AllToAllTimeIsEachStepsOwnOnALateCountingCommunicator) {
       if (context != "gradient norm") own += s, ++exchanges;
     EXPECT_GT(exchanges, 0) << "step " << step;
     EXPECT_NEAR(r.all_to_all_s, own, 1e-9) << "step " << step;
+  }
+}
+
+// A depth-routed MoE block at evaluation on several expert-parallel ranks:
+// the causal predictor routes a different number of tokens on every rank
+// (here by each rank's own depth.tau: none, some or all of a sequence's), yet
+// every rank makes the same calls into the MoE layer, whose collectives pair
+// up call by call (runtime/model.cc, Block::run_forward): no rank waits for a
+// call another never makes (the communicator's timeout would throw), and each
+// rank's logits are those of the same model on one process. (Planted: the
+// zero row of a sequence with nothing routed left out, a rank that routes
+// nothing makes no call and the others time out.)
+TEST(Depth, MoeBlockAtEvaluationMakesTheSameCallsOnEveryRank) {
+  auto& w = world();
+  const int W = w.size();
+  if (W < 2) GTEST_SKIP() << "needs 2 ranks";
+  const int64_t B = 2, T = 8;
+  // Each case's tau per rank (rank r takes taus[r % 2]): 0.999 routes no
+  // token, 0.001 every token, 0.5 some.
+  const std::vector<std::pair<float, float>> cases = {{0.999f, 0.001f}, {0.5f, 0.001f}, {0.999f, 0.5f}};
+  for (const auto& [even, odd] : cases) {
+    const float tau = w.rank() % 2 == 0 ? even : odd;
+    Config cfg = parse_config(R"(
+      model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
+      moe { num_experts: 4 every_n_layers: 2 capacity_factor: 2 }
+      depth { every_n_layers: 2 capacity: 0.5 }
+    )", "test");
+    cfg.mutable_depth()->set_tau(tau);
+    cfg.mutable_parallel()->set_expert_parallel(W == 4 ? 4 : 2);
+    validate_config(cfg, "test");
+    auto par = ParallelContext::create(std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD),
+                                       cfg.parallel().expert_parallel(), 20);
+    Config one_cfg = cfg;
+    one_cfg.mutable_parallel()->set_expert_parallel(1);
+    Transformer sharded(host_ctx(), cfg, par.get());
+    Transformer one(host_ctx(), one_cfg);
+    sharded.set_training(false);
+    one.set_training(false);
+    Batch b;
+    for (int64_t i = 0; i < B * T; ++i)
+      b.inputs.push_back(static_cast<int32_t>((i * 37 + 11 * w.rank() + 5) % 256)), b.targets.push_back(0);
+    sharded.forward(b);
+    one.forward(b);
+    const std::vector<float> got = sharded.logits().to_vector<float>();
+    const std::vector<float> want = one.logits().to_vector<float>();
+    ASSERT_EQ(got.size(), want.size());
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+      diff += (got[i] - want[i]) * (got[i] - want[i]), norm += want[i] * want[i];
+    EXPECT_LE(std::sqrt(diff / norm), 1e-6) << "rank " << w.rank() << " tau " << tau;
+    // The case is the one named: what the routed blocks processed on this
+    // rank (depth_fractions: all, none or neither).
+    const double processed = sharded.blocks().at(1).depth()->processed();
+    if (tau > 0.99f) EXPECT_EQ(processed, 0.0) << "rank " << w.rank();
+    if (tau < 0.01f) EXPECT_EQ(processed, 1.0) << "rank " << w.rank();
   }
 }
 
