@@ -148,6 +148,14 @@ class FeedForward {
   // The token ids (N) i32 of the next forwards' rows, on the device (hash
   // routing names experts by them; the model sets them before its blocks).
   virtual void set_token_ids(const Tensor&) {}
+  // The next forwards are the parts of one (a depth-routed MoE block's
+  // sequences at evaluation, runtime/model.cc): the statistics after them
+  // are over all of their rows, as one forward's would be, until pooling is
+  // set false (a MoE layer's routing statistics; a dense FFN has none).
+  virtual void pool_statistics(bool) {}
+  // The next forward's rows are padding, run only so that every rank makes
+  // the same calls into the layer's collectives: they count in no statistic.
+  virtual void set_padding(bool) {}
   // One token of autoregressive decoding (Transformer::decode): x (1, C) at
   // the next position of a window of `window` positions, computed as a
   // forward over the window computes that token's row. counts: the layer's

@@ -176,12 +176,29 @@ Tensor Block::run_forward(const Tensor& x, int64_t B, int64_t T) {
     // sequence at a time. Activations are not kept for backward here.
     SY_CHECK(!training_, "depth routing in training must route the same count per sequence");
     z = Tensor::empty({r.rows(), C}, DType::f32, *ctx_);
+    // The MoE layer's statistics after the forward are over every
+    // sequence's tokens, as one call's would be (not the last call's); the
+    // padding rows count in none, nor in the block's FLOPs.
+    struct Pooled {  // (ended however the loop ends)
+      FeedForward& f;
+      const bool on;
+      Pooled(FeedForward& ffn, bool pool) : f(ffn), on(pool) { if (on) f.pool_statistics(true); }
+      ~Pooled() { if (on) f.pool_statistics(false); }
+    } pooled(*ffn_, per_sequence);
     int64_t row = 0;
     for (int64_t b = 0; b < B; ++b) {
       if (n[b] == 0) {
-        if (per_sequence && ranks_ > 1)
+        if (per_sequence && ranks_ > 1) {
+          const double counted[] = {flops_, attn_flops_, ffn_flops_, router_flops_};
+          struct Padding {  // (ended however the call ends)
+            FeedForward& f;
+            explicit Padding(FeedForward& ffn) : f(ffn) { f.set_padding(true); }
+            ~Padding() { f.set_padding(false); }
+          } padding(*ffn_);
           (void)inner_forward(Tensor::zeros({1, C}, DType::f32, *ctx_), 1, 1,
                               rope_ ? Tensor::zeros({1}, DType::i32, *ctx_) : Tensor());
+          flops_ = counted[0], attn_flops_ = counted[1], ffn_flops_ = counted[2], router_flops_ = counted[3];
+        }
         continue;
       }
       Tensor zb = inner_forward(xs.rows(row, row + n[b]), 1, n[b], rope_ ? pos.rows(row, row + n[b]) : Tensor());

@@ -52,6 +52,8 @@ class MoeLayer : public FeedForward {
   Tensor decode(const Tensor& x, int64_t window, std::vector<int64_t>& counts) override;
   int64_t num_experts() const { return router_.num_groups(); }
   void set_token_ids(const Tensor& ids) override { router_.set_token_ids(ids); }
+  void pool_statistics(bool on) override { router_.pool_statistics(on); }
+  void set_padding(bool p) override { router_.set_padding(p); }
   double forward_flops() const override { return flops_; }
   // Forward FLOPs of the last forward's router (2 N C G).
   double router_flops() const override { return router_flops_; }

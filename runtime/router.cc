@@ -337,6 +337,7 @@ void Router::losses_and_stats(int64_t N) {
     Tensor b = values.rows(kBudget, kBudget + 2);
     ops::budget_loss(ctx_, ddist, b, dist, k_cost_, cfg_.budget(), cfg_.budget_coef());
   }
+  if (padding_) totals_.zero(ctx_);  // (the rank's values too; those of the summed sums follow)
   if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(totals_, ctx_.stream, name_.c_str());
   if (lb_group == 0) ops::load_balance_loss(ctx_, ddist, lb, sums, cfg_.load_balance_coef());
   if (!expected && cfg_.budget_coef() != 0) {
@@ -370,7 +371,32 @@ void Router::losses_and_stats(int64_t N) {
     row.copy_from(load, ctx_);
     load_recorded_ = true;
   }
+  if (pooling_) {
+    const Tensor h = totals_.to(host_ctx());
+    const double* v = h.data<double>();
+    SY_CHECK(pooled_calls_ == 0 || static_cast<int64_t>(pool_.size()) == h.numel(),
+             name_ << ": pooled forwards with " << pool_.size() << " and " << h.numel() << " totals");
+    if (pooled_calls_ == 0) pool_.assign(v, v + h.numel());
+    else
+      for (size_t i = 0; i < pool_.size(); ++i) pool_[i] += v[i];
+    ++pooled_calls_;
+  } else {
+    pooled_calls_ = 0;
+  }
   stats_read_ = false;
+}
+
+void Router::pool_statistics(bool on) {
+  if (on) pool_.clear(), pooled_calls_ = 0;
+  if (!on && pooling_ && pooled_calls_ == 0) {
+    // No part ran (no token reached the layer on one rank): statistics of
+    // no tokens, not the forward's before.
+    stats_ = RoutingStats{};
+    stats_.load.assign(G_, 0.0);
+    stats_.budget = cfg_.budget();
+    stats_read_ = true;
+  }
+  pooling_ = on;
 }
 
 void Router::release() {
@@ -401,7 +427,9 @@ const RoutingStats& Router::stats() const {
   RoutingStats st;  // stats_ and the flag change only once the copy has come back
   st.capacity = capacity_;
   const int64_t S = ops::routing_sums_size(G_), n_sums = totals_.numel() - kValues;
-  const Tensor h = totals_.to(host_ctx());  // the one copy back, when the statistics are asked for
+  // The one copy back, when the statistics are asked for (pooled forwards
+  // were read back one by one).
+  const Tensor h = pooled_calls_ > 0 ? Tensor::from_host(pool_) : totals_.to(host_ctx());
   const ops::RoutingTotals tot = ops::RoutingTotals::read(h.rows(0, S), G_);
   const double* values = h.data<double>() + n_sums;
   const std::vector<double> f = tot.f();
@@ -418,16 +446,18 @@ const RoutingStats& Router::stats() const {
   st.unserved = tot.unserved / std::max(1.0, tot.items);
   st.entropy = tot.entropy / std::max(1.0, tot.items);
   // (Summed over ranks where taken on each rank's tokens: their mean.)
+  // (And over pooled forwards, their mean.)
   const double ranks = par_ ? par_->world_size() : 1;
-  st.lb_loss = values[kLoadBalance] / (lb_rank_local_ ? ranks : 1);
-  st.z_loss = values[kZ] / ranks;
+  const double calls = static_cast<double>(std::max<int64_t>(1, pooled_calls_));
+  st.lb_loss = values[kLoadBalance] / ((lb_rank_local_ ? ranks : 1) * calls);
+  st.z_loss = values[kZ] / (ranks * calls);
   st.realized_cost = tot.realized_cost(cost_);
   st.cost_before_budget = tot.cost_before_budget(cost_);
   st.expected_cost = tot.expected_cost(cost_);
   st.budget = cfg_.budget();
   st.budget_applies = cfg_.budget_coef() > 0 || cfg_.budget_mode() != switchyard::MoeConfig::SOFT;
   st.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
-  st.budget_loss = values[kBudget] / (expected_budget(cfg_) ? ranks : 1);
+  st.budget_loss = values[kBudget] / ((expected_budget(cfg_) ? ranks : 1) * calls);
   stats_ = st;
   stats_read_ = true;
   return stats_;

@@ -114,6 +114,15 @@ class Router {
   // positions so far (the cache's), which the forward adds its own to.
   // window 0 (counts null): decoding ends.
   void set_decode(int64_t window, std::vector<int64_t>* counts);
+  // Pooling on: the forwards from here are the parts of one (their routing
+  // sums, and so stats(), over every part's rows; the losses' values their
+  // mean over the parts), until it is set off; the next forward after that
+  // starts afresh. Each pooled forward reads its sums back (evaluation).
+  void pool_statistics(bool on);
+  // The next forwards' rows are padding (FeedForward::set_padding): this
+  // rank adds nothing to their sums and losses' values, which are still
+  // all-reduced (the other ranks' calls pair with this one).
+  void set_padding(bool p) { padding_ = p; }
   const std::vector<float>& cost() const { return cost_; }
   const ops::Route& route() const { return route_; }
   // Kept rows per expert of the last forward's route before moe.pad_to_largest
@@ -182,6 +191,9 @@ class Router {
   // ranks with the routing sums.
   bool lb_rank_local_ = false;
   std::vector<float> k_cost_;  // c_g x top_k: the expected-cost loss's costs
+  bool pooling_ = false, padding_ = false;
+  std::vector<double> pool_;  // pool_statistics: the pooled forwards' totals_, summed on the host
+  int64_t pooled_calls_ = 0;  // forwards in pool_ (0: stats() reads totals_)
   mutable RoutingStats stats_;
   mutable bool stats_read_ = true;  // stats_ holds what totals_ says
 };

@@ -190,8 +190,9 @@ float Trainer::evaluate() {
       for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->processed() / forwards;
       // Every forward routes the same number of tokens, so the pass's load is
       // the mean of the forwards' load fractions (already summed over ranks).
-      // (Not a depth-routed MoE block's: it evaluates one sequence a call,
-      // and its statistics are its last call's, runtime/model.cc.)
+      // (A depth-routed MoE block's forwards each route the tokens its
+      // predictor kept: the mean of each forward's shares, its sequences'
+      // calls pooled, runtime/model.cc.)
       for (size_t m = 0; m < moe.size(); ++m) {
         const RoutingStats& st = moe[m].second->stats();
         for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] / forwards;

@@ -377,7 +377,8 @@ TEST(Trainer, AllToAllTimeIsEachStepsOwnOnALateCountingCommunicator) {
 // every rank makes the same calls into the MoE layer, whose collectives pair
 // up call by call (runtime/model.cc, Block::run_forward): no rank waits for a
 // call another never makes (the communicator's timeout would throw), and each
-// rank's logits are those of the same model on one process. (Planted: the
+// rank's logits are those of the same model on one process, and the MoE
+// statistics count no padding row. (Planted: the
 // zero row of a sequence with nothing routed left out, a rank that routes
 // nothing makes no call and the others time out.)
 TEST(Depth, MoeBlockAtEvaluationMakesTheSameCallsOnEveryRank) {
@@ -406,9 +407,13 @@ TEST(Depth, MoeBlockAtEvaluationMakesTheSameCallsOnEveryRank) {
     Transformer one(host_ctx(), one_cfg);
     sharded.set_training(false);
     one.set_training(false);
-    Batch b;
-    for (int64_t i = 0; i < B * T; ++i)
-      b.inputs.push_back(static_cast<int32_t>((i * 37 + 11 * w.rank() + 5) % 256)), b.targets.push_back(0);
+    auto batch_of = [&](int rank) {
+      Batch b;
+      for (int64_t i = 0; i < B * T; ++i)
+        b.inputs.push_back(static_cast<int32_t>((i * 37 + 11 * rank + 5) % 256)), b.targets.push_back(0);
+      return b;
+    };
+    const Batch b = batch_of(w.rank());
     sharded.forward(b);
     one.forward(b);
     const std::vector<float> got = sharded.logits().to_vector<float>();
@@ -423,6 +428,29 @@ TEST(Depth, MoeBlockAtEvaluationMakesTheSameCallsOnEveryRank) {
     const double processed = sharded.blocks().at(1).depth()->processed();
     if (tau > 0.99f) EXPECT_EQ(processed, 0.0) << "rank " << w.rank();
     if (tau < 0.01f) EXPECT_EQ(processed, 1.0) << "rank " << w.rank();
+    // Where the even ranks route nothing, the layer's statistics (every
+    // rank's tokens, pooled over the calls) are the odd ranks' sequences'
+    // alone, evaluated by one process: the padding rows count in none.
+    if (even > 0.99f) {
+      Config odd_cfg = one_cfg;
+      odd_cfg.mutable_depth()->set_tau(odd);
+      Transformer odd_ranks(host_ctx(), odd_cfg);
+      odd_ranks.set_training(false);
+      Batch all;
+      for (int r = 1; r < W; r += 2) {
+        const Batch part = batch_of(r);
+        all.inputs.insert(all.inputs.end(), part.inputs.begin(), part.inputs.end());
+        all.targets.insert(all.targets.end(), part.targets.begin(), part.targets.end());
+      }
+      odd_ranks.forward(all);
+      const RoutingStats& got_stats = sharded.moe_layers().at(0).second->stats();
+      const RoutingStats& want_stats = odd_ranks.moe_layers().at(0).second->stats();
+      ASSERT_EQ(got_stats.load.size(), want_stats.load.size());
+      for (size_t g = 0; g < want_stats.load.size(); ++g)
+        EXPECT_NEAR(got_stats.load[g], want_stats.load[g], 1e-12) << "rank " << w.rank() << " expert " << g;
+      EXPECT_NEAR(got_stats.dropped, want_stats.dropped, 1e-12) << "rank " << w.rank();
+      EXPECT_NEAR(got_stats.entropy, want_stats.entropy, 1e-6) << "rank " << w.rank();
+    }
   }
 }
 

@@ -364,6 +364,48 @@ TEST(Depth, MoeBlockEvaluatesEachSequenceAlone) {
   for (int other : {11, 29, 53}) EXPECT_EQ(second_logits(other), a) << "beside " << other;
 }
 
+// The MoE statistics of that block after an evaluation forward are over every
+// sequence's calls (the routing sums pooled), as one call's would be: here
+// each sequence evaluated alone gives one call's, and top-k routes as many
+// tokens in each, so the batch's load and dropped share are their means.
+// (They were the last call's: the second sequence's.)
+TEST(Depth, MoeBlockStatisticsPoolEverySequence) {
+  Config cfg = parse_config(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
+    moe { num_experts: 4 every_n_layers: 2 capacity_factor: 4 capacity_factor_eval: 0.75 }
+    depth { every_n_layers: 2 capacity: 0.5 predictor_at_eval: false }
+  )", "test");
+  validate_config(cfg, "test");
+  Transformer model(host_ctx(), cfg);
+  model.set_training(false);
+  auto sequence = [](int s) {
+    Batch b;
+    for (int i = 0; i < 8; ++i) b.inputs.push_back((i * s + 3) % 256), b.targets.push_back(i);
+    return b;
+  };
+  const MoeLayer& moe = *model.moe_layers().at(0).second;
+  std::vector<RoutingStats> alone;
+  for (int s : {5, 29}) {
+    model.forward(sequence(s));
+    alone.push_back(moe.stats());
+  }
+  Batch both = sequence(5);
+  const Batch second = sequence(29);
+  both.inputs.insert(both.inputs.end(), second.inputs.begin(), second.inputs.end());
+  both.targets.insert(both.targets.end(), second.targets.begin(), second.targets.end());
+  model.forward(both);
+  const RoutingStats& pooled = moe.stats();
+  ASSERT_NE(alone[0].load, alone[1].load);  // (the check can fail)
+  for (size_t g = 0; g < pooled.load.size(); ++g)
+    EXPECT_NEAR(pooled.load[g], (alone[0].load[g] + alone[1].load[g]) / 2, 1e-12) << "expert " << g;
+  EXPECT_NEAR(pooled.dropped, (alone[0].dropped + alone[1].dropped) / 2, 1e-12);
+  EXPECT_NEAR(pooled.entropy, (alone[0].entropy + alone[1].entropy) / 2, 1e-9);
+  // The next forward's statistics are its own again (the pool starts afresh).
+  model.forward(sequence(5));
+  EXPECT_EQ(moe.stats().load, alone[0].load);
+  EXPECT_EQ(moe.stats().dropped, alone[0].dropped);
+}
+
 // A kept token whose router score is so negative that sigmoid is 0 in fp32
 // still gets weight 1 under the straight-through gate (s / s was 0 / 0 = NaN:
 // a real run of shakespeare_small with MoE and depth stopped on it).
