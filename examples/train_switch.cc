@@ -240,6 +240,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   bool help = false;
   sy::Config cfg;
   std::string checkpoint, source;
+  std::string foreign_checkpoints;  // rank 0: what another run left in train.checkpoint_dir (interval 0)
   std::cout.flush();  // what went before, in order
   static DroppingLineBuf progress_buf(STDOUT_FILENO);
   static std::ostream progress(&progress_buf);
@@ -348,6 +349,11 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       if (resume.empty() && !overwrite) sy::check_fresh_root(cfg.train().checkpoint_dir());
       sy::make_output_dir("train.checkpoint_dir", cfg.train().checkpoint_dir(), &made.dirs);
     }
+    // Without an interval only a stop writes a checkpoint, which must not
+    // replace and prune another run's either; such a run is not refused (it
+    // asked for no checkpoint), its stop writes none and says why.
+    if (world_rank == 0 && !eval_only && cfg.train().checkpoint_interval() == 0 && resume.empty() && !overwrite)
+      foreign_checkpoints = sy::checkpoints_held(cfg.train().checkpoint_dir());
     std::error_code ec;
     if (world_rank == 0 && !metrics_path.empty() && !std::filesystem::exists(metrics_path, ec)) made.metrics = metrics_path;
   });
@@ -357,6 +363,10 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     const std::string mismatch = sy::config_mismatch(*world, cfg, sy::code_version());
     if (!mismatch.empty()) throw sy::AgreedError(mismatch, 2);
   }
+  // (Rank 0 looked; every rank writes its part of a checkpoint or none.)
+  opts.checkpoint_on_stop = foreign_checkpoints.empty();
+  if (world)
+    opts.checkpoint_on_stop = world->all_reduce_sum(opts.checkpoint_on_stop ? 0.0 : 1.0, "checkpoint root") == 0;
 
   openblas_set_num_threads(threads);
   if (eval_only) opts.log = nullptr;
@@ -461,7 +471,13 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       if (world_rank == 0)
         std::cerr << "stopped by "
                   << (g_signal == SIGINT ? "SIGINT" : g_signal == SIGTERM ? "SIGTERM" : "a signal to another rank")
-                  << " after step " << r.last_step << ": checkpoint " << r.checkpoint << "\n";
+                  << " after step " << r.last_step << ": "
+                  << (!r.checkpoint.empty()
+                          ? "checkpoint " + r.checkpoint
+                          : "no checkpoint: train.checkpoint_dir = " + cfg.train().checkpoint_dir() +
+                                " holds another run's (" + foreign_checkpoints +
+                                "), which it would replace and prune (--overwrite lets a run replace them)")
+                  << "\n";
       return kExitSignal;
     case sy::TrainResult::Stop::nonfinite:
       if (world_rank == 0) std::cerr << "error: " << r.message << std::endl;

@@ -139,13 +139,19 @@ void check_init_source(const std::string& source, const std::string& root) {
                       "another directory)");
 }
 
-void check_fresh_root(const std::string& root) {
+std::string checkpoints_held(const std::string& root) {
   std::error_code ec;
-  if (!fs::is_directory(root, ec)) return;
+  if (!fs::is_directory(root, ec)) return "";
   const std::vector<std::string> found = step_dirs(root);
-  if (!found.empty())
-    throw ConfigError("train.checkpoint_dir = " + root + ": holds another run's checkpoints (" +
-                      std::to_string(found.size()) + ", the newest " + *std::max_element(found.begin(), found.end()) +
+  if (found.empty()) return "";
+  return std::to_string(found.size()) + (found.size() == 1 ? " checkpoint" : " checkpoints") + ", the newest " +
+         *std::max_element(found.begin(), found.end());
+}
+
+void check_fresh_root(const std::string& root) {
+  const std::string held = checkpoints_held(root);
+  if (!held.empty())
+    throw ConfigError("train.checkpoint_dir = " + root + ": holds another run's checkpoints (" + held +
                       "), which this run's would replace and prune: --resume " + root +
                       " to go on from them, --overwrite to let this run replace them, or another directory");
 }

@@ -53,5 +53,8 @@ void check_init_source(const std::string& source, const std::string& root);
 // rest. ConfigError naming the newest and the ways on (--resume, --overwrite,
 // another directory) otherwise; an absent or empty root passes.
 void check_fresh_root(const std::string& root);
+// The same test without throwing: "" when root holds no step directory, else
+// what it holds ("3 checkpoints, the newest step_00000900").
+std::string checkpoints_held(const std::string& root);
 
 }  // namespace sy

@@ -45,8 +45,14 @@ struct TrainOptions {
   std::function<void(int64_t step, Transformer& model)> before_step;
   // Polled on every rank after each step (has a signal arrived?). When it is
   // true on any rank, every rank stops after the same step (the flag is
-  // summed over the world), writes a checkpoint and run() returns Stop::signal.
+  // summed over the world), writes a checkpoint (checkpoint_on_stop) and
+  // run() returns Stop::signal.
   std::function<bool()> stop_requested;
+  // Whether a stop writes its checkpoint when no interval makes the step's
+  // due (false: train.checkpoint_interval 0 in a root holding another run's
+  // checkpoints, which a stop's would replace and prune; train_switch). The
+  // same on every rank.
+  bool checkpoint_on_stop = true;
   // An evaluation running longer than progress_after_s prints a progress line
   // (batches, rate, ETA) every progress_every_s seconds.
   double progress_after_s = 5, progress_every_s = 10;

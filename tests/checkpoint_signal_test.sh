@@ -55,6 +55,25 @@ check() {
 
 start sigint "$BIN" "${args[@]}" && { kill -INT $job; wait $job; check sigint $? 4 SIGINT; }
 
+# A new run without a checkpoint interval where another run's checkpoints are
+# (sigint's): it starts (it asked for none), and its stop writes none there,
+# which would replace and prune them; it says so and exits 4, the root as it
+# was. (A stop used to publish its step, move `latest` and prune the oldest.)
+if [ -f sigint.ckpt/latest ]; then
+  before=$(ls -a sigint.ckpt; cat sigint.ckpt/latest)
+  "$BIN" "${args[@]}" --set train.checkpoint_interval=0 --set train.checkpoint_dir=sigint.ckpt --metrics foreign.jsonl \
+    > foreign.log 2>&1 &
+  job=$!
+  for _ in $(seq 1 600); do [ "$(cat foreign.jsonl 2>/dev/null | wc -l)" -ge 2 ] && break; kill -0 $job 2>/dev/null || break; sleep 0.1; done
+  kill -INT $job; wait $job; rc=$?
+  line=$(grep "^stopped by SIGINT after step [0-9]*: no checkpoint: train.checkpoint_dir = sigint.ckpt holds another run's (1 checkpoint, the newest $(cat sigint.ckpt/latest))" foreign.log)
+  if [ $rc -eq 4 ] && [ -n "$line" ] && [ "$(ls -a sigint.ckpt; cat sigint.ckpt/latest)" = "$before" ]; then
+    echo "ok   foreign: $line"
+  else
+    echo "FAIL foreign: exit $rc, the root before and after:"; echo "$before"; ls -a sigint.ckpt; cat foreign.log; fail=1
+  fi
+fi
+
 # SIGINT inside a long evaluation (100000 batches, minutes): the pass ends at
 # its next batch, then the checkpoint of the step before it, within seconds
 # (it used to finish the pass, then train and evaluate the next step).
