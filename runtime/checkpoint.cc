@@ -429,6 +429,13 @@ CheckpointManifest read_manifest(const std::string& dir) {
     position("data_position", std::to_string(m.data_position()),
              "[0, " + std::to_string(UINT32_MAX) + "] (the data stream numbers its batches in 32 bits)");
   if (m.tokens_seen() < 0) position("tokens_seen", std::to_string(m.tokens_seen()), "[0, ...)");
+  // Skipped steps are steps; a negative streak would put off
+  // train.max_bad_steps' stop.
+  if (m.bad_steps() < 0 || m.bad_steps() > m.step())
+    position("bad_steps", std::to_string(m.bad_steps()), "[0, step = " + std::to_string(m.step()) + "]");
+  if (m.bad_steps_in_a_row() < 0 || m.bad_steps_in_a_row() > m.bad_steps())
+    position("bad_steps_in_a_row", std::to_string(m.bad_steps_in_a_row()),
+             "[0, bad_steps = " + std::to_string(m.bad_steps()) + "]");
   // The layout the files were written in (their shards are read by it).
   if (m.has_world_size() && m.world_size() < 1) position("world_size", std::to_string(m.world_size()), "[1, ...)");
   if (m.has_world_size() && m.has_expert_parallel() &&

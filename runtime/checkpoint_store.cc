@@ -56,11 +56,29 @@ void publish_checkpoint(const std::string& root, const std::string& tmp_name, co
   fsync_path(tmp);
   std::string aside;
   if (fs::exists(final_dir)) {
-    aside = join_path(root, "." + name + ".replaced");
-    fs::remove_all(aside);
-    rename_or_throw(final_dir, aside);
+    // A checkpoint of the same name (an abandoned run's, which `latest` may
+    // name) trades places with the new one in one step where the file
+    // system can (Linux's RENAME_EXCHANGE), and is deleted from tmp after
+    // `latest` has moved. Moved aside first and the new one renamed in, a
+    // crash or a failed second rename between the two left `latest` naming
+    // no directory, the old checkpoint hidden under a dot-name.
+    if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+      aside = tmp;
+    } else {
+      if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        throw Error("cannot exchange " + tmp + " and " + final_dir + ": " + std::strerror(errno));
+      aside = join_path(root, "." + name + ".replaced");
+      fs::remove_all(aside);
+      rename_or_throw(final_dir, aside);
+      if (std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+        const int e = errno;
+        std::rename(aside.c_str(), final_dir.c_str());  // the old one back where `latest` may look
+        throw Error("cannot rename " + tmp + " to " + final_dir + ": " + std::strerror(e));
+      }
+    }
+  } else {
+    rename_or_throw(tmp, final_dir);
   }
-  rename_or_throw(tmp, final_dir);
   fsync_path(root);
   const std::string latest_tmp = join_path(root, "latest.tmp");
   {

@@ -7,7 +7,9 @@
 //
 // Publishing: every file is fsynced by the rank that wrote it, then the
 // temporary directory; it is renamed to its final name (a checkpoint of the
-// same name, from an abandoned run, is moved aside first and deleted after),
+// same name, from an abandoned run, trades places with it in one rename and
+// is deleted after; where the file system cannot exchange, it is moved aside
+// first and put back should the rename fail),
 // the root is fsynced, and `latest` is replaced the same way (latest.tmp,
 // fsync, rename, fsync of the root). A crash at any point leaves `latest`
 // naming a complete checkpoint, or no `latest`.

@@ -236,9 +236,13 @@ TEST(CheckpointStore, PublishReplacesLatestAndKeepsTheNewest) {
   EXPECT_EQ(resolve_checkpoint("latest", d.path), d / "step_00000030");
   EXPECT_EQ(resolve_checkpoint(d.path, "elsewhere"), d / "step_00000030");
   EXPECT_EQ(resolve_checkpoint(d / "step_00000010", "elsewhere"), d / "step_00000010");
-  // A resumed run rewrites step 20: it replaces the old one and is the newest.
+  // A resumed run rewrites step 20: it replaces the old one whole (none of
+  // its files left) and is the newest; nothing is left beside it.
+  std::ofstream(join_path(d / "step_00000020", "old.safetensors")) << "x";
   write(20);
   EXPECT_EQ(read_bytes(join_path(d / "step_00000020", "manifest.pbtxt")), "step: 20\n");
+  EXPECT_FALSE(fs::exists(join_path(d / "step_00000020", "old.safetensors")));
+  for (const auto& e : fs::directory_iterator(d.path)) EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
   prune_checkpoints(d.path, 2);
   EXPECT_FALSE(fs::exists(d / "step_00000010"));
   EXPECT_TRUE(fs::exists(d / "step_00000020"));
@@ -643,6 +647,10 @@ TEST_F(Refusal, TrainingPositionOutOfRange) {
   // The counters and layout besides: a whole line replaced.
   for (auto [field, line, want] : std::vector<std::array<std::string, 3>>{
            {"tokens_seen", "tokens_seen: -1", "tokens_seen = -1: must be in [0, ...)"},
+           {"bad_steps", "bad_steps: -1", "bad_steps = -1: must be in [0, step = 2]"},
+           {"bad_steps", "bad_steps: 3", "bad_steps = 3: must be in [0, step = 2]"},
+           {"bad_steps_in_a_row", "bad_steps_in_a_row: -1", "bad_steps_in_a_row = -1: must be in [0, bad_steps = 0]"},
+           {"bad_steps_in_a_row", "bad_steps_in_a_row: 1", "bad_steps_in_a_row = 1: must be in [0, bad_steps = 0]"},
            {"world_size", "world_size: 0", "world_size = 0: must be in [1, ...)"},
            {"expert_parallel", "expert_parallel: 3", "expert_parallel = 3: must be in the divisors of world_size = 1"}}) {
     const size_t at = m.find("\n" + field + ": ");
