@@ -9,8 +9,8 @@
 // Trains a tokenizer on the inputs (runtime/tokenizer.h has the recipe) or
 // loads an existing .model, encodes the inputs in order and writes, in --out:
 //   tokenizer.model      the tokenizer (a copy of --model when given)
-//   train_NNNNNN.bin     the head of the token stream, --shard-tokens per shard
-//   val_NNNNNN.bin       its tail, a --val-fraction of the tokens
+//   train_NNNNNN.bin     each input's head, in order, --shard-tokens per shard
+//   val_NNNNNN.bin       each input's tail, a --val-fraction of its tokens
 // Every file is first written into a staging directory (--out/.tokenize.tmp)
 // and only when all of them are complete renamed into place, and stale
 // shards of an earlier run removed, so a failed run (a full disk) leaves
@@ -52,16 +52,24 @@ std::string read_text(const std::string& path) {
   }
 }
 
-// Encodes in pieces of about 1 MiB cut after a newline: memory stays
-// bounded by the piece, and decoding the ids still gives the text back.
+// Refused before any work: SentencePiece would encode a byte that is not
+// UTF-8 as U+FFFD, and the shards would decode to another text.
+void check_utf8(const std::string& path, const std::string& text) {
+  const size_t at = sy::invalid_utf8_at(text);
+  if (at == std::string::npos) return;
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[at]));
+  throw sy::ConfigError("--input " + path + ": not UTF-8 at byte " + std::to_string(at) + " (" + hex +
+                        "): the tokenizer takes UTF-8 text (convert it first, e.g. iconv -f latin1 -t utf-8)");
+}
+
+// Encodes in pieces of about 1 MiB cut after a newline (or, in a longer
+// line, between characters): memory stays bounded by the piece, and decoding
+// the ids still gives the text back.
 void encode_into(const sy::Tokenizer& tok, const std::string& text, std::vector<uint32_t>& ids) {
   const size_t piece = 1 << 20;
   for (size_t s = 0; s < text.size();) {
-    size_t e = std::min(text.size(), s + piece);
-    if (e < text.size()) {
-      const size_t nl = text.rfind('\n', e - 1);
-      if (nl != std::string::npos && nl >= s) e = nl + 1;
-    }
+    const size_t e = sy::text_piece_end(text, s, piece);
     const std::vector<uint32_t> part = tok.encode(text.substr(s, e - s));
     ids.insert(ids.end(), part.begin(), part.end());
     s = e;
@@ -110,7 +118,7 @@ int run(int argc, char** argv) {
       ->check(CLI::Range(260, 1 << 20));
   app.add_option("--model", model, "an existing SentencePiece .model to use instead of training one")
       ->excludes("--vocab-size");  // (its pieces are the model's)
-  app.add_option("--val-fraction", val_fraction, "tail of the token stream held out for validation")
+  app.add_option("--val-fraction", val_fraction, "tail of each input's tokens held out for validation")
       ->check(CLI::Range(1e-6, 0.5));
   app.add_option("--shard-tokens", shard_tokens, "tokens per shard at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   app.add_option("--threads", threads, "tokenizer training threads")->check(CLI::Range(1, 1024));
@@ -164,6 +172,7 @@ int run(int argc, char** argv) {
     if (is_output_name(e.path().filename().string())) old.push_back(e.path());
   std::sort(old.begin(), old.end());
   for (const fs::path& p : old) sy::check_output_path("--out", p.string(), sources, overwrite);
+  for (size_t i = 0; i < inputs.size(); ++i) check_utf8(inputs[i], texts[i]);
 
   sy::Tokenizer tok = [&] {
     if (given) return std::move(*given);
@@ -177,14 +186,24 @@ int run(int argc, char** argv) {
   }();
   const uint32_t vocab = static_cast<uint32_t>(tok.vocab_size());
 
-  std::vector<uint32_t> ids;
+  // Each input's tail is held out, so that validation covers every input
+  // (a corpus of several sources, or of files in some order, is measured
+  // on all of them, not on the end of the last): ids holds the training
+  // tokens, then the validation tokens from `split` on.
+  std::vector<uint32_t> ids, val_ids;
   for (const std::string& t : texts) {
-    if (bos >= 0) ids.push_back(static_cast<uint32_t>(bos));
-    encode_into(tok, t, ids);
-    if (eos >= 0) ids.push_back(static_cast<uint32_t>(eos));
+    std::vector<uint32_t> part;
+    if (bos >= 0) part.push_back(static_cast<uint32_t>(bos));
+    encode_into(tok, t, part);
+    if (eos >= 0) part.push_back(static_cast<uint32_t>(eos));
+    const size_t tail = static_cast<size_t>(static_cast<double>(part.size()) * val_fraction);
+    ids.insert(ids.end(), part.begin(), part.end() - tail);
+    val_ids.insert(val_ids.end(), part.end() - tail, part.end());
   }
-  const size_t n_val = static_cast<size_t>(static_cast<double>(ids.size()) * val_fraction);
-  if (n_val == 0 || n_val == ids.size())
+  const size_t split = ids.size(), n_val = val_ids.size();
+  ids.insert(ids.end(), val_ids.begin(), val_ids.end());
+  val_ids = {};
+  if (n_val == 0 || split == 0)
     throw sy::ConfigError("--val-fraction " + std::to_string(val_fraction) + ": " + std::to_string(ids.size()) +
                           " tokens leave an empty split");
 
@@ -193,7 +212,6 @@ int run(int argc, char** argv) {
   const fs::path stage = fs::path(out) / ".tokenize.tmp";
   fs::remove_all(stage);
   fs::create_directory(stage);
-  const size_t split = ids.size() - n_val;
   const size_t per = static_cast<size_t>(shard_tokens);
   size_t n_train = 0, n_val_shards = 0;
   try {

@@ -3,6 +3,7 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -25,11 +26,7 @@ class ChunkIterator : public sentencepiece::SentenceIterator {
   ChunkIterator(const std::vector<std::string>& texts, size_t max) {
     for (const std::string& t : texts)
       for (size_t s = 0; s < t.size();) {
-        size_t e = std::min(t.size(), s + max);
-        if (e < t.size()) {
-          const size_t nl = t.rfind('\n', e - 1);
-          if (nl != std::string::npos && nl >= s) e = nl + 1;
-        }
+        const size_t e = text_piece_end(t, s, max);
         chunks_.push_back(t.substr(s, e - s));
         s = e;
       }
@@ -122,7 +119,50 @@ Tokenizer Tokenizer::train(const TokenizerTraining& t) {
 
 int Tokenizer::vocab_size() const { return impl_->sp.GetPieceSize(); }
 
+size_t invalid_utf8_at(const std::string& text) {
+  const auto* b = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned c = b[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    // The sequence's length and the range of its second byte (Table 3-7).
+    size_t len = 0;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c == 0xE0) len = 3, lo = 0xA0;
+    else if (c >= 0xE1 && c <= 0xEF) len = 3, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c == 0xF0) len = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) len = 4;
+    else if (c == 0xF4) len = 4, hi = 0x8F;
+    else return i;
+    if (i + 1 >= n || b[i + 1] < lo || b[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k)
+      if (i + k >= n || b[i + k] < 0x80 || b[i + k] > 0xBF) return i;
+    i += len;
+  }
+  return std::string::npos;
+}
+
+size_t text_piece_end(const std::string& text, size_t begin, size_t max) {
+  size_t e = std::min(text.size(), begin + max);
+  if (e >= text.size()) return e;
+  const size_t nl = text.rfind('\n', e - 1);
+  if (nl != std::string::npos && nl >= begin) return nl + 1;
+  size_t c = e;  // back to the first byte of the character at e
+  while (c > begin && (static_cast<unsigned char>(text[c]) & 0xC0) == 0x80) --c;
+  return c > begin ? c : e;
+}
+
 std::vector<uint32_t> Tokenizer::encode(const std::string& text) const {
+  if (const size_t at = invalid_utf8_at(text); at != std::string::npos) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[at]));
+    throw Error("tokenizer: the text is not UTF-8 at byte " + std::to_string(at) + " (" + hex +
+                "): SentencePiece would replace it with U+FFFD, and decoding would not give the text back");
+  }
   std::vector<int> ids;
   const auto st = impl_->sp.Encode(text, &ids);
   if (!st.ok()) throw Error("tokenizer: cannot encode: " + st.ToString());

@@ -28,6 +28,19 @@ struct TokenizerTraining {
   int max_chunk = 4000;
 };
 
+// The offset of the first byte of `text` that is not part of a well-formed
+// UTF-8 sequence (Unicode 15, table 3-7: no overlong forms, surrogates or
+// code points past U+10FFFF), or std::string::npos when there is none.
+// SentencePiece replaces such a byte with U+FFFD before byte fallback can
+// see it, so decoding would not give the text back: encode() refuses it.
+size_t invalid_utf8_at(const std::string& text);
+
+// Where a piece of `text` that starts at `begin` and holds at most `max`
+// bytes (max >= 4) ends: after its last newline, else at `max` bytes backed
+// off to the start of a character (a cut inside one would leave two invalid
+// halves), else at the end of the text.
+size_t text_piece_end(const std::string& text, size_t begin, size_t max);
+
 class Tokenizer {
  public:
   // Error (one line naming the path) when the file is not a SentencePiece model.
@@ -39,6 +52,7 @@ class Tokenizer {
   ~Tokenizer();
 
   int vocab_size() const;
+  // Error naming the byte where `text` is not UTF-8 (invalid_utf8_at).
   std::vector<uint32_t> encode(const std::string& text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
   std::string piece(int32_t id) const;

@@ -76,6 +76,19 @@ TrainingData::TrainingData(const Config& cfg) {
         throw ConfigError("data.val_token_files = \"" + d.val_token_files() + "\": matches " + v.path() +
                           ", a training shard too (data.token_files = \"" + d.token_files() +
                           "\"); validation shards must be separate");
+  // One tokenization: every shard written with the same vocabulary (ids of
+  // another tokenizer would train and evaluate as meaningless tokens).
+  const TokenShard& first = train_shards_.front();
+  for (const auto* shards : {&train_shards_, &val_shards_})
+    for (const TokenShard& s : *shards)
+      if (s.header().vocab_size != first.header().vocab_size) {
+        const bool val = shards == &val_shards_;
+        throw ConfigError(std::string(val ? "data.val_token_files = \"" + d.val_token_files()
+                                          : "data.token_files = \"" + d.token_files()) +
+                          "\": " + s.path() + " was written with vocab_size " + std::to_string(s.header().vocab_size) +
+                          ", " + first.path() + " with " + std::to_string(first.header().vocab_size) +
+                          ": a run's shards come from one tokenizer");
+      }
   // The tokenizer is needed only to read samples, but a wrong path is
   // better found before training than after it.
   if (!d.tokenizer().empty() && !std::filesystem::is_regular_file(d.tokenizer()))
@@ -95,6 +108,10 @@ TrainingData::TrainingData(const Config& cfg) {
     if (pieces > static_cast<int>(V))
       throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + std::to_string(pieces) +
                         " pieces, more than model.vocab_size = " + std::to_string(V));
+    if (static_cast<uint32_t>(pieces) != first.header().vocab_size)
+      throw ConfigError("data.tokenizer = \"" + d.tokenizer() + "\": " + std::to_string(pieces) + " pieces, but " +
+                        first.path() + " was written with vocab_size " + std::to_string(first.header().vocab_size) +
+                        ": not the tokenizer of these shards");
   }
   train_ = split_of(train_shards_);
   val_ = split_of(val_shards_);

@@ -364,6 +364,22 @@ TEST_F(Shards, TrainingDataRefusals) {
   EXPECT_NE(m.find("data.tokenizer = \"" + path("u.model") + "\": 301 pieces, more than model.vocab_size = 300"),
             std::string::npos)
       << m;
+  // One tokenization: a tokenizer of another size than the shards', or
+  // shards of two sizes (their ids name other pieces), are refused.
+  unigram(299);
+  m = error_of([&] { TrainingData d(c); });
+  EXPECT_NE(m.find("data.tokenizer = \"" + path("u.model") + "\": 299 pieces, but " + path("train_000000.bin") +
+                   " was written with vocab_size 300: not the tokenizer of these shards"),
+            std::string::npos)
+      << m;
+  c.mutable_data()->clear_tokenizer();
+  write_token_shard(path("val_000000.bin"), {1, 2, 3, 4, 5}, 250);
+  m = error_of([&] { TrainingData d(c); });
+  EXPECT_NE(m.find("data.val_token_files = \"" + path("val_*.bin") + "\": " + path("val_000000.bin") +
+                   " was written with vocab_size 250, " + path("train_000000.bin") +
+                   " with 300: a run's shards come from one tokenizer"),
+            std::string::npos)
+      << m;
 }
 
 // A model over 300 token ids trains on shards: the first loss is near

@@ -52,6 +52,13 @@ rc=$?
 [ $rc -eq 2 ] && [ "$(wc -l < junk.log)" -eq 1 ] && grep -q "^error: text.txt: not a SentencePiece model" junk.log \
   && ! grep -q '\.cc(' junk.log && [ ! -e tokjunk ] \
   || { echo "FAIL: a text file as --model gave $rc:"; cat junk.log; fail=1; }
+# Text that is not UTF-8 (Latin-1 here): refused naming the file and the byte,
+# not encoded as U+FFFD (the shards would decode to another text).
+printf 'caf\xe9\n' > latin1.txt
+"$BIN/tokenize" --input text.txt --input latin1.txt --model tok/tokenizer.model --out toklatin > latin.log 2>&1; rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l < latin.log)" -eq 1 ] && [ ! -e toklatin ] \
+  && grep -q "^error: --input latin1.txt: not UTF-8 at byte 3 (0xE9): the tokenizer takes UTF-8 text" latin.log \
+  || { echo "FAIL: a Latin-1 --input gave $rc:"; cat latin.log; fail=1; }
 # A model's pieces are its own: --vocab-size beside --model is refused, not ignored.
 "$BIN/tokenize" --input text.txt --model tok/tokenizer.model --vocab-size 1000 --out tok2 > vs.log 2>&1; rc=$?
 [ $rc -eq 2 ] && [ "$(wc -l < vs.log)" -eq 1 ] && grep -q "^error: --vocab-size excludes --model" vs.log && [ ! -e tok2 ] \
@@ -133,16 +140,20 @@ mv tok/moved.model tok/tokenizer.model
 # the eos: kv_cache_test's GenerationStopsAfterTheStopId.)
 "$BIN/tokenize" --input text.txt --input text.txt --model tok/tokenizer.model --bos 1 --eos 2 --out tokb > tokb.log 2>&1 \
   || { echo "FAIL tokenize --bos --eos"; cat tokb.log; fail=1; }
-python3 - tok/train_000000.bin tok/val_000000.bin tokb/train_000000.bin <<'PY' || { echo "FAIL: the bos and eos ids in the shard"; fail=1; }
-import struct, sys
-def ids(p):
-    d = open(p, "rb").read(); w = struct.unpack("<I", d[12:16])[0]; n = struct.unpack("<Q", d[16:24])[0]
-    return list(struct.unpack("<%d%s" % (n, "H" if w == 2 else "I"), d[32:32 + n * w]))
-text = ids(sys.argv[1]) + ids(sys.argv[2])  # (the text's ids: its train and val shards)
-b = ids(sys.argv[3])
-# (two inputs, the text twice: 1, its ids, 2, then 1 and its ids again, cut at the split)
-n = len(text)
-sys.exit(0 if b[:n + 3] == [1] + text + [2, 1] and b[n + 3:] == text[:len(b) - n - 3] else 1)
+python3 - tok tokb <<'PY' || { echo "FAIL: the bos and eos ids in the shards, each input's tail in val"; fail=1; }
+import glob, struct, sys
+def ids(d, split):
+    out = []
+    for p in sorted(glob.glob("%s/%s_*.bin" % (d, split))):
+        b = open(p, "rb").read(); w = struct.unpack("<I", b[12:16])[0]; n = struct.unpack("<Q", b[16:24])[0]
+        out += list(struct.unpack("<%d%s" % (n, "H" if w == 2 else "I"), b[32:32 + n * w]))
+    return out
+text = ids(sys.argv[1], "train") + ids(sys.argv[1], "val")  # (the text's ids: its train and val shards)
+# Two inputs, the text twice: each 1, its ids, 2; the last tenth of each
+# input (not of the whole stream) held out, the two tails the val shards.
+part = [1] + text + [2]
+head = len(part) - int(len(part) * 0.1)
+sys.exit(0 if ids(sys.argv[2], "train") == part[:head] * 2 and ids(sys.argv[2], "val") == part[head:] * 2 else 1)
 PY
 "$BIN/tokenize" --input text.txt --vocab-size 400 --bos 400 --out tokbad > tokbad.log 2>&1
 [ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer to train has 400 pieces (--vocab-size)" tokbad.log && [ ! -e tokbad ] \

@@ -66,6 +66,55 @@ TEST(Tokenizer, RoundTripsWhitespaceAndUnseenCharacters) {
   for (const std::string& t : texts) EXPECT_EQ(round_trip(tokenizer(), t), t) << "text: " << t;
 }
 
+// Bytes that are not UTF-8 are refused, naming the first: SentencePiece
+// turned each into U+FFFD (EF BF BD), so "caf\xe9" decoded as "caf\ufffd".
+TEST(Tokenizer, RefusesTextThatIsNotUtf8) {
+  const std::vector<std::pair<std::string, size_t>> cases = {
+      {"caf\xe9 x", 3},             // Latin-1
+      {"ab\xe2\x82", 2},             // a character cut short
+      {"\xc0\xaf", 0},               // overlong '/'
+      {"x\xed\xa0\x80", 1},          // a surrogate
+      {"\xf4\x90\x80\x80", 0},       // past U+10FFFF
+      {"ok\xff", 2},
+      {"caf\xc3\xa9 \xf0\x9f\x99\x82 \xef\xbf\xbf", std::string::npos}};  // valid, to the last plane's edge
+  for (const auto& [text, at] : cases) {
+    EXPECT_EQ(invalid_utf8_at(text), at) << text;
+    if (at == std::string::npos) {
+      EXPECT_EQ(round_trip(tokenizer(), text), text);
+      continue;
+    }
+    try {
+      tokenizer().encode(text);
+      ADD_FAILURE() << "encoded " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("not UTF-8 at byte " + std::to_string(at)), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Pieces of a long text end after a newline, else between characters: a
+// line of 3-byte characters cut every 1000 bytes (not a multiple of 3) is
+// cut at character starts, and each piece round-trips.
+TEST(Tokenizer, PiecesEndBetweenCharacters) {
+  std::string line;
+  for (int i = 0; i < 1500; ++i) line += "\xe2\x82\xac";  // the euro sign
+  for (const std::string& text : {line, "ab\n" + line, line + "\nend"}) {
+    size_t pieces = 0;
+    for (size_t s = 0; s < text.size(); ++pieces) {
+      const size_t e = text_piece_end(text, s, 1000);
+      ASSERT_GT(e, s);
+      ASSERT_LE(e - s, 1000u);
+      const std::string piece = text.substr(s, e - s);
+      EXPECT_EQ(invalid_utf8_at(piece), std::string::npos) << "piece at " << s;
+      EXPECT_EQ(round_trip(tokenizer(), piece), piece);
+      s = e;
+    }
+    EXPECT_GE(pieces, 5u);
+  }
+  EXPECT_EQ(text_piece_end("ab\ncd", 0, 4), 3u);  // after the newline
+  EXPECT_EQ(text_piece_end("abc", 0, 4), 3u);       // the whole text
+}
+
 TEST(Tokenizer, SavedModelLoadsAndEncodesAlike) {
   const Tokenizer again = Tokenizer::from_proto(tokenizer().serialized(), "copy");
   const std::string text = "my lord, the king shall speak\n";

@@ -144,7 +144,7 @@ expect_exit2 resume-metrics-in-checkpoint "not a metrics file" \
 expect_exit2 metrics-in-checkpoint "inside the checkpoint $tmp/ck/step_00000002" \
   "${short[@]}" --set train.checkpoint_dir="$tmp/ck2" --metrics "$tmp/ck/step_00000002/new.jsonl" --overwrite
 cmp -s "$tmp/manifest.before" "$tmp/ck/step_00000002/manifest.pbtxt" || { echo "FAIL: the checkpoint's manifest changed"; fail=1; }
-expect_exit2 another-runs-checkpoints "train.checkpoint_dir = $tmp/ck: holds another run's checkpoints (1, the newest step_00000002)" \
+expect_exit2 another-runs-checkpoints "train.checkpoint_dir = $tmp/ck: holds another run's checkpoints (1 checkpoint, the newest step_00000002)" \
   "${short[@]}"
 [ -s "$tmp/ck/step_00000002/manifest.pbtxt" ] || { echo "FAIL: the other run's checkpoint is gone"; fail=1; }
 "$BIN" "${short[@]}" --overwrite > "$tmp/out" 2>&1 && echo "ok   another-runs-checkpoints: --overwrite replaces them" ||
