@@ -20,7 +20,8 @@ namespace sy {
 class MetricsWriter {
  public:
   MetricsWriter() = default;
-  // Creates or truncates `path`, or with append continues it (a resumed run);
+  // Creates or truncates `path`, or with append continues it (a resumed run;
+  // a last line cut short, by a run stopped mid-write, is dropped first);
   // ConfigError when it cannot be opened; an empty path writes nothing.
   explicit MetricsWriter(const std::string& path, bool append = false);
   ~MetricsWriter();  // closes without reporting; call close() to check it

@@ -544,7 +544,11 @@ TrainResult Trainer::run() {
     if (eval_now || stop || s % t.log_interval() == 0) log_step(s, r, eval_now && !stop);
     stop = stop || (eval_now && eval_stopped_);
     const bool due = t.checkpoint_interval() > 0 && (s % t.checkpoint_interval() == 0 || s == t.steps());
-    if (due || (stop && opts_.checkpoint_on_stop)) result.checkpoint = write_checkpoint();
+    if (due || (stop && opts_.checkpoint_on_stop)) {
+      const double before = now_s();
+      result.checkpoint = write_checkpoint();
+      interval_start += now_s() - before;  // nor is writing a checkpoint
+    }
     if (stop) {
       result.stop = TrainResult::Stop::signal;
       metrics.close();

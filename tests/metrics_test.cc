@@ -66,6 +66,35 @@ TEST(Metrics, WritesWholeLinesAndCloses) {
   EXPECT_FALSE(std::getline(in, c));
 }
 
+// A resumed run appends to a file whose last line a stopped run cut short
+// (a full disk, a kill): the cut line goes, so the next record starts a line
+// of its own (glued on, neither read as JSON); whole files are appended to
+// as they are. (Over 4 KiB, so the search for the newline reads back more
+// than once.)
+TEST(Metrics, AppendingDropsALastLineCutShort) {
+  TempDir t;
+  const std::string whole = "{\"step\":1,\"pad\":\"" + std::string(5000, 'x') + "\"}\n{\"step\":2}\n";
+  for (const std::string& tail : {std::string(), std::string("{\"step\":3,\"lo"), std::string(6000, 'y')}) {
+    const std::string p = (t.dir / "m.jsonl").string();
+    std::ofstream(p, std::ios::trunc) << whole << tail;
+    MetricsWriter w(p, true);
+    w.write({{"step", 3}});
+    w.close();
+    std::ifstream in(p);
+    const std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(got, whole + "{\"step\":3}\n") << "tail " << tail.substr(0, 20);
+  }
+  // Nothing but a cut line: nothing kept.
+  const std::string p = (t.dir / "cut.jsonl").string();
+  std::ofstream(p) << "{\"step\":1,\"lo";
+  MetricsWriter w(p, true);
+  w.write({{"step", 1}});
+  w.close();
+  std::ifstream in(p);
+  const std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(got, "{\"step\":1}\n");
+}
+
 TEST(Metrics, UnopenableNamesReason) {
   TempDir t;
   const std::string m = error_of([&] { MetricsWriter w(t.dir.string()); });
