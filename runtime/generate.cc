@@ -1,5 +1,7 @@
 #include "runtime/generate.h"
 
+#include <cmath>
+
 #include "core/error.h"
 #include "core/philox.h"
 #include "ops/routing.h"
@@ -144,6 +146,18 @@ std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::ve
         b.inputs[t] = text[text.size() - len + t];
       model.forward(b);
       logits = model.logits().rows(last, last + 1).to(host_ctx());
+    }
+    // A logit NaN or +inf (weights or a context that overflow) would make
+    // every probability NaN, and the draw would fall through to one fixed id:
+    // text that looks generated. Said instead, with where. (-inf is a
+    // probability of 0.)
+    {
+      const float* lg = logits.f32();
+      for (int64_t v = 0; v < V; ++v)
+        if (std::isnan(lg[v]) || lg[v] == INFINITY)
+          throw Error("generation: the next-token logits after " + std::to_string(text.size()) +
+                      " tokens are not finite (id " + std::to_string(v) + ": " + (std::isnan(lg[v]) ? "nan" : "inf") +
+                      "): the model's weights, or this context, give a non-finite forward");
     }
     // The last position's softmax over the vocabulary, on the host.
     Tensor row = Tensor::empty({1, V}, DType::f32, host_ctx());

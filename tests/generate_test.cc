@@ -140,6 +140,24 @@ TEST(Generate, TokenOrderSlotsAreCausalInTrainingToo) {
   EXPECT_TRUE(future_reaches_the_past(config(moe + "POSITION }"), /*training=*/true));
 }
 
+// A non-finite forward is said, with where, cached or not (every
+// probability NaN fell through the draw to the last candidate: id V - 1).
+TEST(Generate, NonFiniteLogitsAreRefused) {
+  const Config cfg = config("");
+  for (bool cached : {true, false}) {
+    Transformer model(host_ctx(), cfg);
+    model.set_training(false);
+    model.params().find("wte")->value.f32()[1 * 16] = NAN;  // token 1's embedding (d_model 16)
+    try {
+      generate_ids(model, cfg, {1, 2, 3}, 4, ops::SamplingParams{}, 5, nullptr, cached);
+      ADD_FAILURE() << "generated from NaN logits, cached " << cached;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("the next-token logits after 3 tokens are not finite"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 TEST(Generate, NonCausalConfigsSayWhyAndDo) {
   struct Case {
     std::string extra, why;
