@@ -371,24 +371,15 @@ void Router::losses_and_stats(int64_t N) {
     row.copy_from(load, ctx_);
     load_recorded_ = true;
   }
-  if (pooling_) {
-    const Tensor h = totals_.to(host_ctx());
-    const double* v = h.data<double>();
-    SY_CHECK(pooled_calls_ == 0 || static_cast<int64_t>(pool_.size()) == h.numel(),
-             name_ << ": pooled forwards with " << pool_.size() << " and " << h.numel() << " totals");
-    if (pooled_calls_ == 0) pool_.assign(v, v + h.numel());
-    else
-      for (size_t i = 0; i < pool_.size(); ++i) pool_[i] += v[i];
-    ++pooled_calls_;
-  } else {
-    pooled_calls_ = 0;
-  }
+  // (Kept on the device, each forward's own buffer: read once, by stats().)
+  if (pooling_) pool_.push_back(totals_);
+  else pool_.clear();
   stats_read_ = false;
 }
 
 void Router::pool_statistics(bool on) {
-  if (on) pool_.clear(), pooled_calls_ = 0;
-  if (!on && pooling_ && pooled_calls_ == 0) {
+  if (on) pool_.clear();
+  if (!on && pooling_ && pool_.empty()) {
     // No part ran (no token reached the layer on one rank): statistics of
     // no tokens, not the forward's before.
     stats_ = RoutingStats{};
@@ -427,9 +418,21 @@ const RoutingStats& Router::stats() const {
   RoutingStats st;  // stats_ and the flag change only once the copy has come back
   st.capacity = capacity_;
   const int64_t S = ops::routing_sums_size(G_), n_sums = totals_.numel() - kValues;
-  // The one copy back, when the statistics are asked for (pooled forwards
-  // were read back one by one).
-  const Tensor h = pooled_calls_ > 0 ? Tensor::from_host(pool_) : totals_.to(host_ctx());
+  // The one copy back, when the statistics are asked for (one of each
+  // pooled forward's sums, summed here).
+  Tensor h;
+  if (pool_.empty()) {
+    h = totals_.to(host_ctx());
+  } else {
+    std::vector<double> sum(static_cast<size_t>(totals_.numel()), 0.0);
+    for (const Tensor& t : pool_) {
+      SY_CHECK(t.numel() == totals_.numel(),
+               name_ << ": pooled forwards with " << t.numel() << " and " << totals_.numel() << " totals");
+      const Tensor th = t.to(host_ctx());
+      for (size_t i = 0; i < sum.size(); ++i) sum[i] += th.data<double>()[i];
+    }
+    h = Tensor::from_host(sum);
+  }
   const ops::RoutingTotals tot = ops::RoutingTotals::read(h.rows(0, S), G_);
   const double* values = h.data<double>() + n_sums;
   const std::vector<double> f = tot.f();
@@ -448,7 +451,7 @@ const RoutingStats& Router::stats() const {
   // (Summed over ranks where taken on each rank's tokens: their mean.)
   // (And over pooled forwards, their mean.)
   const double ranks = par_ ? par_->world_size() : 1;
-  const double calls = static_cast<double>(std::max<int64_t>(1, pooled_calls_));
+  const double calls = static_cast<double>(std::max<size_t>(1, pool_.size()));
   st.lb_loss = values[kLoadBalance] / ((lb_rank_local_ ? ranks : 1) * calls);
   st.z_loss = values[kZ] / (ranks * calls);
   st.realized_cost = tot.realized_cost(cost_);

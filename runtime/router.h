@@ -117,7 +117,8 @@ class Router {
   // Pooling on: the forwards from here are the parts of one (their routing
   // sums, and so stats(), over every part's rows; the losses' values their
   // mean over the parts), until it is set off; the next forward after that
-  // starts afresh. Each pooled forward reads its sums back (evaluation).
+  // starts afresh. Each pooled forward's sums stay on the device until
+  // stats() reads them.
   void pool_statistics(bool on);
   // The next forwards' rows are padding (FeedForward::set_padding): this
   // rank adds nothing to their sums and losses' values, which are still
@@ -192,8 +193,7 @@ class Router {
   bool lb_rank_local_ = false;
   std::vector<float> k_cost_;  // c_g x top_k: the expected-cost loss's costs
   bool pooling_ = false, padding_ = false;
-  std::vector<double> pool_;  // pool_statistics: the pooled forwards' totals_, summed on the host
-  int64_t pooled_calls_ = 0;  // forwards in pool_ (0: stats() reads totals_)
+  std::vector<Tensor> pool_;  // pool_statistics: the pooled forwards' totals_ (empty: stats() reads totals_)
   mutable RoutingStats stats_;
   mutable bool stats_read_ = true;  // stats_ holds what totals_ says
 };
