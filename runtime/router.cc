@@ -372,8 +372,17 @@ void Router::losses_and_stats(int64_t N) {
     load_recorded_ = true;
   }
   // (Kept on the device, each forward's own buffer: read once, by stats().)
-  if (pooling_) pool_.push_back(totals_);
-  else pool_.clear();
+  if (pooling_) {
+    pool_.push_back(totals_);
+  } else if (training_ && micros_ > 1) {
+    // A training step's micro-batches: its statistics are the step's (slot
+    // m is micro-batch m's last forward: a replayed one counts once).
+    if (micro_ == 0) pool_.clear();
+    if (static_cast<int>(pool_.size()) <= micro_) pool_.resize(micro_ + 1);
+    pool_[micro_] = totals_;
+  } else {
+    pool_.clear();
+  }
   stats_read_ = false;
 }
 
@@ -426,6 +435,7 @@ const RoutingStats& Router::stats() const {
   } else {
     std::vector<double> sum(static_cast<size_t>(totals_.numel()), 0.0);
     for (const Tensor& t : pool_) {
+      if (!t.defined()) continue;  // (a micro-batch this layer did not see)
       SY_CHECK(t.numel() == totals_.numel(),
                name_ << ": pooled forwards with " << t.numel() << " and " << totals_.numel() << " totals");
       const Tensor th = t.to(host_ctx());
@@ -451,7 +461,8 @@ const RoutingStats& Router::stats() const {
   // (Summed over ranks where taken on each rank's tokens: their mean.)
   // (And over pooled forwards, their mean.)
   const double ranks = par_ ? par_->world_size() : 1;
-  const double calls = static_cast<double>(std::max<size_t>(1, pool_.size()));
+  const double calls = static_cast<double>(std::max<int64_t>(
+      1, std::count_if(pool_.begin(), pool_.end(), [](const Tensor& t) { return t.defined(); })));
   st.lb_loss = values[kLoadBalance] / ((lb_rank_local_ ? ranks : 1) * calls);
   st.z_loss = values[kZ] / (ranks * calls);
   st.realized_cost = tot.realized_cost(cost_);

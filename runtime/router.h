@@ -130,7 +130,8 @@ class Router {
   // padded it (empty when it did not).
   const std::vector<int32_t>& counts_before_padding() const { return counts_before_padding_; }
   // The last forward's statistics and losses (read from the device on the
-  // first call after it).
+  // first call after it); in training with micro-batches, the step's so far
+  // (the routing sums of its micro-batches, the losses' values their mean).
   const RoutingStats& stats() const;
   double aux_loss() const {
     const RoutingStats& s = stats();

@@ -464,9 +464,10 @@ TrainResult Trainer::run() {
     log.grad_norm = r.grad_norm;
     log.loss = loss_count > 0 ? loss_sum / loss_count : NAN;  // skipped steps do not count
     log.bad_steps = bad_steps_;
-    // Routing statistics of this training step (its last forward: this
-    // rank's last micro-batch, whose tokens the per-token figures divide),
-    // before evaluation reroutes.
+    // Routing statistics of this training step (the MoE layers' over its
+    // micro-batches; the FLOPs its last forward's: this rank's last
+    // micro-batch, whose tokens the per-token figures divide), before
+    // evaluation reroutes.
     const RoutingSnapshot routing =
         routing_snapshot(model_, static_cast<int64_t>(last_batch_.inputs.size()));
     // The interval's rates end here: evaluation time is not training time.

@@ -288,6 +288,41 @@ TEST(Transformer, FirstDenseLayersKeepTheirFfn) {
   EXPECT_DOUBLE_EQ(p.moe_tokens, 2.0);   // two MoE layers
 }
 
+// With micro-batches a training step's routing statistics are the step's:
+// the routing sums of its micro-batches (two of equal size here, so each
+// share is the mean of the two alone), each counted once when a
+// recomputing backward replays its forward. (They were the last
+// micro-batch's.)
+TEST(Transformer, RoutingStatisticsCoverTheStepsMicroBatches) {
+  Config cfg = small_config();
+  cfg.mutable_moe()->set_num_experts(4);
+  cfg.mutable_moe()->set_every_n_layers(1);
+  cfg.mutable_moe()->set_capacity_factor(0.75f);  // (drops, to pool too)
+  validate_config(cfg, "test");
+  const Batch a = small_batch(2, 6, 1), b = small_batch(2, 6, 2);
+  std::vector<RoutingStats> alone;
+  for (const Batch* part : {&a, &b}) {
+    Transformer m(host_ctx(), cfg);
+    m.set_step(1);
+    m.forward(*part);
+    alone.push_back(m.moe_layers()[0].second->stats());
+  }
+  ASSERT_NE(alone[0].load, alone[1].load);  // (the check can fail)
+  Transformer m(host_ctx(), cfg);
+  m.set_step(1);
+  for (int part = 0; part < 2; ++part) {
+    m.set_micro_batch(part, 2);
+    m.forward(part == 0 ? a : b);
+    if (part == 0) m.forward(a);  // a replay of micro-batch 0 counts once
+  }
+  const RoutingStats& step = m.moe_layers()[0].second->stats();
+  for (size_t g = 0; g < step.load.size(); ++g)
+    EXPECT_NEAR(step.load[g], (alone[0].load[g] + alone[1].load[g]) / 2, 1e-12) << "expert " << g;
+  EXPECT_NEAR(step.dropped, (alone[0].dropped + alone[1].dropped) / 2, 1e-12);
+  EXPECT_NEAR(step.entropy, (alone[0].entropy + alone[1].entropy) / 2, 1e-9);
+  EXPECT_NEAR(step.lb_loss, (alone[0].lb_loss + alone[1].lb_loss) / 2, 1e-9);
+}
+
 TEST(Transformer, RopeHasNoPositionTable) {
   Config learned = small_config(), rope = small_config();
   rope.mutable_model()->set_position(switchyard::ModelConfig::ROPE);
