@@ -361,6 +361,7 @@ std::string save_into(const std::string& root, const std::string& tmp_name, cons
     m.set_seed(cfg.train().seed());
     m.set_bad_steps(state.bad_steps);
     m.set_bad_steps_in_a_row(state.bad_steps_in_a_row);
+    if (!state.data.empty()) m.set_data(state.data);
     m.set_world_size(world);
     m.set_expert_parallel(ep);
     add_file(m, tmp, kDenseModel, 0, dense_model);
@@ -639,6 +640,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
   s.tokens_seen = m.tokens_seen();
   s.bad_steps = m.bad_steps();
   s.bad_steps_in_a_row = m.bad_steps_in_a_row();
+  s.data = m.data();
   s.data_position = m.data_position();
   if (m.has_origin()) s.origin = {m.origin().checkpoint(), m.origin().step(), m.origin().upcycled()};
   return s;

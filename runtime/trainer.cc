@@ -222,6 +222,14 @@ void Trainer::restore(const std::string& dir, bool optimizer) {
   train_.set_position(st.data_position);
   origin_ = st.origin;
   restored_from_ = dir;
+  restored_data_ = st.data;
+}
+
+std::string Trainer::data_summary() const {
+  auto part = [&](const char* name, const Split& s, const std::string& unit) {
+    return std::string(name) + " " + std::to_string(s.tokens()) + " " + unit;
+  };
+  return part("train", data_.train(), data_.train_unit()) + ", " + part("val", data_.val(), data_.val_unit());
 }
 
 void Trainer::init_from(const std::string& dir) {
@@ -240,6 +248,7 @@ std::string Trainer::write_checkpoint() {
   st.bad_steps = bad_steps_;
   st.bad_steps_in_a_row = consecutive_bad_;
   st.data_position = train_.position();
+  st.data = data_summary();
   st.origin = origin_;
   return save_checkpoint(cfg_.train().checkpoint_dir(), cfg_, model_, st, opts_.par, cfg_.train().keep_checkpoints());
 }
@@ -404,6 +413,10 @@ TrainResult Trainer::run() {
     if (!restored_from_.empty())
       *opts_.log << "resumed from " << restored_from_ << " after step " << start << " (" << tokens_seen_
                  << " tokens seen, batch " << train_.position() << " of the data stream)\n";
+    // (Counted, not hashed: a change that keeps every count goes unseen.)
+    if (!restored_from_.empty() && !restored_data_.empty() && restored_data_ != data_summary())
+      *opts_.log << "note: the checkpoint's run drew its batches from " << restored_data_ << "; this run from "
+                 << data_summary() << ": its batches from here are not those the uninterrupted run would have drawn\n";
     if (restored_from_.empty() && !origin_.checkpoint.empty()) {
       *opts_.log << "initialized from " << origin_.checkpoint << " (step " << origin_.step << " of its run";
       if (origin_.upcycled) *opts_.log << "; every expert a copy of its layer's dense FFN";

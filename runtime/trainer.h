@@ -117,6 +117,10 @@ class Trainer {
   // Writes a checkpoint of the state after the last step (collective);
   // returns its directory.
   std::string write_checkpoint();
+  // What the batches are drawn from, counted ("train 117068 tokens in 1
+  // shard, val 13007 tokens in 1 shard"; bytes for byte-level data): kept in
+  // checkpoints, so a run resumed on other data says so.
+  std::string data_summary() const;
   // Mean validation loss over eval_batches fixed batches. A stop request
   // (SIGTERM, SIGINT: TrainOptions::stop_requested), agreed over the ranks
   // before each batch, cuts it short: NaN, and evaluation_stopped().
@@ -160,6 +164,7 @@ class Trainer {
   bool eval_stopped_ = false;  // the last evaluate() was cut short by a stop request
   int64_t consecutive_bad_ = 0;
   std::string restored_from_;  // empty: a fresh run
+  std::string restored_data_;  // the checkpoint's data_summary() (empty: an older checkpoint)
   RunOrigin origin_;           // init_from's, or a restored checkpoint's
   Batch micro_batch(const Batch& slice, int m, int n) const;
   Batch step_slice_;           // this rank's slice of the last step's batch

@@ -5,6 +5,8 @@
 // under global names, refusals of corrupt, partial or foreign checkpoints that
 // leave the model and the directory untouched, and the non-finite policy.
 #include <gtest/gtest.h>
+
+#include <sstream>
 #include <sys/resource.h>
 
 #include <csignal>
@@ -268,6 +270,35 @@ TEST(CheckpointStore, DamagedLatestIsRefusedEscaped) {
     EXPECT_NE(m.find("not the name of a checkpoint directory beside it"), std::string::npos) << m;
     EXPECT_EQ(m.find('\x1b'), std::string::npos) << "escaped";
   }
+}
+
+// A checkpoint counts the data its batches came from; a run resumed on other
+// data says so at its start (its stream draws other windows than the
+// uninterrupted run's), and on the same data says nothing.
+TEST(Checkpoint, ResumingOnOtherDataIsSaid) {
+  TempDir d;
+  Config cfg = routed_config(d.path);
+  Trainer a(cfg, {});
+  a.step(1);
+  const std::string dir = a.write_checkpoint();
+  EXPECT_EQ(read_manifest(dir).data(), "train 9000 bytes, val 1000 bytes");
+  auto start_lines = [&](const Config& c) {
+    std::ostringstream log;
+    TrainOptions o;
+    o.log = &log;
+    Config two = c;
+    two.mutable_train()->set_steps(2);
+    Trainer b(two, o);
+    b.restore(dir);
+    b.run();
+    return log.str();
+  };
+  EXPECT_EQ(start_lines(cfg).find("note: the checkpoint's run drew"), std::string::npos);
+  cfg.mutable_data()->set_synthetic_bytes(20000);
+  EXPECT_NE(start_lines(cfg).find("note: the checkpoint's run drew its batches from train 9000 bytes, val 1000 "
+                                  "bytes; this run from train 18000 bytes, val 2000 bytes: its batches from here "
+                                  "are not those the uninterrupted run would have drawn"),
+            std::string::npos);
 }
 
 TEST(Checkpoint, RoundTripTrainsOnBitForBit) {
