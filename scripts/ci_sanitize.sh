@@ -67,4 +67,4 @@ SKIP=(
   experiment_jobs         # the experiment scripts' job helper: bash, no compiled code
   compare_runs            # benchmark JSON side by side: Python, no compiled code
 )
-ctest --output-on-failure -j "${CTEST_JOBS:-2}" -E "^($(IFS='|'; echo "${SKIP[*]}"))\$" "$@"
+ctest --output-on-failure --timeout 900 -j "${CTEST_JOBS:-2}" -E "^($(IFS='|'; echo "${SKIP[*]}"))\$" "$@"

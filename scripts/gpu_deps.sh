@@ -15,5 +15,11 @@ PACKAGES=(libprotobuf-dev libprotobuf32 protobuf-compiler libprotoc32 libgtest-d
           librdmacm1 libpsm2-2 libpsm-infinipath1 libnl-3-200 libnl-route-3-200 libmunge2 libnuma1)
 mkdir -p .gpudeps
 cd .gpudeps
-apt-get download "${PACKAGES[@]}" 2>&1 | grep -v "^W: Download is performed unsandboxed" || true
+# (A name this Debian lacks fails here, not as a configure failure on the
+# GPU machine, in device time.)
+apt-get download "${PACKAGES[@]}" 2> >(grep -v "^W: Download is performed unsandboxed" >&2) ||
+  { echo "gpu_deps.sh: apt-get download failed (a package this Debian release names otherwise?)" >&2; exit 1; }
+for p in "${PACKAGES[@]}"; do
+  compgen -G "${p}_*.deb" > /dev/null || { echo "gpu_deps.sh: no ${p}_*.deb downloaded" >&2; exit 1; }
+done
 du -sh .

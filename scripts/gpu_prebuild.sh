@@ -12,8 +12,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TARGETS=(train_switch backend_ops_test routed_attention_test tensor_test model_test moe_layer_test recompute_test init_from_test bench_ops
          communicator_conformance_test bench_comm scaling_sweep bench_attention)
+GEN=()
+command -v ninja > /dev/null && GEN=(-G Ninja)  # (as gpu_check.sh: Ninja where there is one)
 [ -f build-gpu/CMakeCache.txt ] ||
-  cmake -G Ninja -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSWITCHYARD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90
+  cmake "${GEN[@]}" -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSWITCHYARD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90
 grep -q '^CMAKE_CUDA_ARCHITECTURES.*=90$' build-gpu/CMakeCache.txt ||
   { echo "gpu_prebuild.sh: build-gpu is not configured for sm_90 alone"; exit 1; }
 # What they are built from, summed before the build (a file edited while it

@@ -3,4 +3,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$ROOT/build"
-ctest --output-on-failure -j "${CTEST_JOBS:-2}" "$@"
+# --timeout: the limit of every test that sets none (the unit tests; the
+# longest test takes ~30 s), so a hung test fails, named, instead of holding
+# CI to its own limit.
+ctest --output-on-failure --timeout 300 -j "${CTEST_JOBS:-2}" "$@"
