@@ -339,7 +339,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     if (cfg.backend() == switchyard::Config::CUDA && sy::node_rank_gpu(node.rank) < 0)
       throw sy::ConfigError((set_backend ? source + " (with --set overrides)" : source) +
                             ": backend = CUDA: no CUDA device is visible to this process (cudaGetDeviceCount found "
-                            "none); run where a GPU is, or --set backend=CPU (AUTO takes a GPU where there is one)");
+                            "none); run where a GPU is, or --set backend=CPU");
     if (!fault.empty()) opts.before_step = fault_hook(fault, world_rank);
     sy::check_memory(cfg, world_size, sy::training_memory(cfg, node.rank, node.size),
                      overrides.empty() ? source : source + " (with --set overrides)");

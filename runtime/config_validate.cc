@@ -1,9 +1,11 @@
 // validate_config (runtime/config.h): every field's range and the
 // combinations the runtime refuses, one line naming the first that fails.
 #include <google/protobuf/descriptor.h>
+#include <google/protobuf/text_format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <sstream>
 
 #include "comm/nccl_communicator.h"
@@ -86,6 +88,41 @@ void check_finite(const pb::Message& m, const std::string& prefix, Checker& c) {
   }
 }
 
+// Fields of `msg` (named without the prefix) set to other than their
+// default where the runtime reads none of them: refused, "set while <why>".
+// By value, not by presence: a checkpoint's config spells out every default,
+// so a field present at its default is a field left alone. The callers
+// refuse only where the choice that leaves them unread was not made (its
+// field absent: a window set without attention.kind, say), not where a
+// config or --set chose it (--set attention.kind=DENSE as a routed config's
+// dense baseline keeps the routed fields it no longer reads).
+void refuse_unread(const pb::Message& msg, const std::string& prefix, std::initializer_list<const char*> fields,
+                   const std::string& why, Checker& c) {
+  const pb::Descriptor* d = msg.GetDescriptor();
+  const pb::Reflection* r = msg.GetReflection();
+  for (const char* name : fields) {
+    const pb::FieldDescriptor* f = d->FindFieldByName(name);
+    SY_CHECK(f && !f->is_repeated(), "refuse_unread: no single field " << prefix << name);
+    bool set = false;
+    switch (f->cpp_type()) {
+      case pb::FieldDescriptor::CPPTYPE_INT32: set = r->GetInt32(msg, f) != f->default_value_int32(); break;
+      case pb::FieldDescriptor::CPPTYPE_INT64: set = r->GetInt64(msg, f) != f->default_value_int64(); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT32: set = r->GetUInt32(msg, f) != f->default_value_uint32(); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT64: set = r->GetUInt64(msg, f) != f->default_value_uint64(); break;
+      case pb::FieldDescriptor::CPPTYPE_FLOAT: set = r->GetFloat(msg, f) != f->default_value_float(); break;
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE: set = r->GetDouble(msg, f) != f->default_value_double(); break;
+      case pb::FieldDescriptor::CPPTYPE_BOOL: set = r->GetBool(msg, f) != f->default_value_bool(); break;
+      case pb::FieldDescriptor::CPPTYPE_ENUM: set = r->GetEnumValue(msg, f) != f->default_value_enum()->number(); break;
+      case pb::FieldDescriptor::CPPTYPE_STRING: set = r->GetString(msg, f) != f->default_value_string(); break;
+      default: SY_CHECK(false, "refuse_unread: " << prefix << name << " is a message");
+    }
+    if (!set) continue;
+    std::string value;
+    pb::TextFormat::PrintFieldValueToString(msg, f, -1, &value);
+    c.fail((prefix + name).c_str(), value, "set while " + why + ", which does not read it");
+  }
+}
+
 }  // namespace
 
 void validate_config(const Config& cfg, const std::string& source) {
@@ -108,6 +145,8 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("model.seq_len", m.seq_len(), 2, 65536);
   c.range("model.init_std", m.init_std(), 0.f, 1.f, true);
   c.range("model.rope_base", m.rope_base(), 1.f, 1e9f, true);
+  if (!m.has_position())
+    refuse_unread(m, "model.", {"rope_base"}, "model.position is LEARNED (unset: the default)", c);
   if (m.position() == switchyard::ModelConfig::ROPE && (m.d_model() / m.n_heads()) % 2 != 0)
     c.fail("model.position", "ROPE",
            "needs an even head size; d_model / n_heads = " + std::to_string(m.d_model() / m.n_heads()));
@@ -291,6 +330,10 @@ void validate_config(const Config& cfg, const std::string& source) {
       c.fail("moe.sinkhorn_at_eval", "true", "offsets cannot move a hashed choice: false with moe.router HASH");
     if (hash && e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
       c.fail("moe.router_noise_kind", "GUMBEL", "Gumbel draws pick a learned router's expert; not with moe.router HASH");
+    if (!e.has_router_noise() && e.router_noise_kind() == switchyard::MoeConfig::GUMBEL)
+      c.fail("moe.router_noise_kind", "GUMBEL",
+             "draws no noise while moe.router_noise is 0 (unset): set moe.router_noise (1 for the standard Gumbel "
+             "scale)");
     if (hash && e.expert_groups() > 0)
       c.fail("moe.expert_groups", e.expert_groups(), "limits a learned router's choice; 0 with moe.router HASH");
     if (hash && cfg.depth().every_n_layers() > 0)
@@ -363,6 +406,25 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("attention.block_size", at.block_size(), 1, 65536);
     c.range("attention.topk_blocks", at.topk_blocks(), 0, 65536);
   }
+  // What each kind reads (runtime/sparse_self_attention.cc): a field of
+  // another kind would be silently ignored (a window set on dense attention
+  // trained dense attention).
+  if (!at.has_kind()) {
+    const auto kind = at.kind();
+    const std::string kind_name = "attention.kind is " + switchyard::AttentionConfig::Kind_Name(kind) +
+                                  " (unset: the default)";
+    const auto routed_fields = {"num_routing_heads", "num_clusters", "window", "assignment", "dropless",
+                                "capacity_factor", "ema_decay", "kmeans_iters", "share_centroids", "commitment_coef"};
+    if (kind != switchyard::AttentionConfig::ROUTED) refuse_unread(at, "attention.", routed_fields, kind_name, c);
+    if (kind != switchyard::AttentionConfig::BLOCK_TOPK)
+      refuse_unread(at, "attention.", {"block_size", "topk_blocks"}, kind_name, c);
+    if (kind == switchyard::AttentionConfig::DENSE) refuse_unread(at, "attention.", {"last_n_layers"}, kind_name, c);
+  }
+  if (at.kind() == switchyard::AttentionConfig::ROUTED && !at.has_num_routing_heads())
+    refuse_unread(at, "attention.",
+                  {"num_clusters", "assignment", "dropless", "capacity_factor", "ema_decay", "kmeans_iters",
+                   "share_centroids", "commitment_coef"},
+                  "attention.num_routing_heads is 0 (unset: every head local, no clusters)", c);
 
 #ifndef SY_WITH_CUDA
   if (cfg.backend() == switchyard::Config::CUDA)
@@ -420,6 +482,9 @@ void validate_config(const Config& cfg, const std::string& source) {
 
   const auto& dp = cfg.depth();
   c.range("depth.every_n_layers", dp.every_n_layers(), 0, m.n_layers());
+  if (!dp.has_every_n_layers())
+    refuse_unread(dp, "depth.", {"capacity", "weight", "predictor_at_eval", "tau", "budget_coef", "budget"},
+                  "depth.every_n_layers is 0 (unset: no depth-routed block)", c);
   c.range("depth.capacity", dp.capacity(), 0.f, 1.f, true);
   c.range("depth.tau", dp.tau(), 0.f, 1.f, true, true);
   c.range("depth.budget_coef", dp.budget_coef(), 0.f, 100.f);

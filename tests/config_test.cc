@@ -110,6 +110,37 @@ TEST(Config, PaddedExpertsNeedAFixedCapacityAndOneExpertGroup) {
                  "parallel.expert_parallel = 1");
 }
 
+// A field set (to other than its default) that only a choice left unmade
+// would read is refused, naming that choice: a window without
+// attention.kind trained dense attention. A choice made (in the file or by
+// --set: a routed config's dense baseline keeps its routed fields) and a
+// field at its default (as a checkpoint's config spells every default out)
+// pass.
+TEST(Config, FieldsNothingReadsAreRefused) {
+  const std::string unset = " (unset: the default), which does not read it";
+  expect_invalid("attention { window: 32 }", "attention.window = 32: set while attention.kind is DENSE" + unset);
+  expect_invalid("model { n_layers: 2 } attention { last_n_layers: 1 }",
+                 "attention.last_n_layers = 1: set while attention.kind is DENSE" + unset);
+  expect_invalid("attention { block_size: 32 }", "attention.block_size = 32: set while attention.kind is DENSE" + unset);
+  expect_invalid("attention { kind: ROUTED num_clusters: 4 }",
+                 "attention.num_clusters = 4: set while attention.num_routing_heads is 0 (unset: every head local, no "
+                 "clusters), which does not read it");
+  expect_invalid("model { rope_base: 500000 }",
+                 "model.rope_base = 500000: set while model.position is LEARNED" + unset);
+  expect_invalid("depth { capacity: 0.25 }",
+                 "depth.capacity = 0.25: set while depth.every_n_layers is 0 (unset: no depth-routed block), which "
+                 "does not read it");
+  expect_invalid("moe { num_experts: 4 router_noise_kind: GUMBEL }",
+                 "moe.router_noise_kind = GUMBEL: draws no noise while moe.router_noise is 0 (unset)");
+  // Choices made, and defaults spelled out: accepted.
+  parse_ok("attention { kind: DENSE window: 32 num_routing_heads: 1 num_clusters: 8 block_size: 32 }");
+  parse_ok("attention { kind: ROUTED num_routing_heads: 0 num_clusters: 4 }");
+  parse_ok("model { position: LEARNED rope_base: 500000 } depth { every_n_layers: 0 capacity: 0.25 }");
+  parse_ok("attention { window: 64 num_clusters: 0 block_size: 16 } model { rope_base: 10000 } "
+           "depth { capacity: 0.5 tau: 0.5 }");
+  parse_ok("moe { num_experts: 4 router_noise: 0 router_noise_kind: GUMBEL }");
+}
+
 TEST(Config, TokenFilesAllowLargerVocabularies) {
   const std::string tok = "data { source: TOKEN_FILES token_files: \"t/train_*.bin\" val_token_files: \"t/val_*.bin\" } ";
   // The patterns are not expanded at load: the data may not exist yet.
