@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/philox.h"
+#include "ops/elementwise.h"
 #include "ops/routing.h"
 
 namespace sy {
@@ -101,6 +102,19 @@ void add_routing(Transformer& model, int64_t last, GenerationRouting& routing) {
 }
 }  // namespace
 
+Tensor next_token_probs(const Tensor& logits, float temperature) {
+  SY_CHECK(logits.device().is_cpu() && logits.dim(0) == 1, "next_token_probs: one row of logits on the host");
+  const int64_t V = logits.dim(1);
+  Tensor scaled = logits;
+  if (temperature > 0 && temperature != 1.f) {
+    scaled = logits.clone(host_ctx());
+    ops::scale(host_ctx(), scaled, 1.f / temperature);
+  }
+  Tensor row = Tensor::empty({1, V}, DType::f32, host_ctx());
+  ops::router_scores(host_ctx(), row, scaled, ops::ScoreFn::softmax);
+  return row.reshape({V});
+}
+
 std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::vector<int32_t> text, int n,
                                   const ops::SamplingParams& sp, uint64_t seed, GenerationRouting* routing,
                                   bool kv_cache, int32_t stop) {
@@ -159,13 +173,14 @@ std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::ve
                       " tokens are not finite (id " + std::to_string(v) + ": " + (std::isnan(lg[v]) ? "nan" : "inf") +
                       "): the model's weights, or this context, give a non-finite forward");
     }
-    // The last position's softmax over the vocabulary, on the host.
-    Tensor row = Tensor::empty({1, V}, DType::f32, host_ctx());
-    ops::router_scores(host_ctx(), row, logits, ops::ScoreFn::softmax);
-    const Tensor probs = row.reshape({V});
+    // The last position's distribution over the vocabulary, on the host,
+    // the temperature already in it.
+    const Tensor probs = next_token_probs(logits, sp.temperature);
+    ops::SamplingParams draw = sp;
+    if (draw.temperature > 0) draw.temperature = 1.f;
     const RandomKey key{seed, random_stream(RandomPurpose::sample), 0, 0};
     const float u = bits_to_uniform(random_bits(key, text.size()).v[0]);
-    text.push_back(static_cast<int32_t>(ops::sample_token(host_ctx(), probs, sp, u)));
+    text.push_back(static_cast<int32_t>(ops::sample_token(host_ctx(), probs, draw, u)));
     if (routing) add_routing(model, last, *routing);
     if (text.back() == stop) break;
     if (!cached || i + 1 == n) continue;

@@ -59,6 +59,14 @@ bool causal(const Config& cfg, std::string* why = nullptr);
 // experts' assignments since position 0 (Router::set_decode).
 bool kv_cacheable(const Config& cfg, std::string* why = nullptr);
 
+// The distribution a token is drawn from: softmax(logits / temperature) of
+// a (1, V) host row, as (V) f32 (temperature 0: softmax(logits), which the
+// greedy draw takes the largest of). The temperature divides the logits,
+// not the log of probabilities already rounded to f32: a token whose
+// probability underflowed to 0 (a logit gap past ~104) keeps its share at a
+// high temperature (at 100 a gap of 110 is 25% of the mass, not 0).
+Tensor next_token_probs(const Tensor& logits, float temperature);
+
 // Appends up to n generated ids to `context` (non-empty, each < model.vocab_size);
 // the model must be in evaluation mode. The draw for the id at position p
 // (its index in the returned sequence) is keyed by (seed, p).

@@ -158,6 +158,19 @@ TEST(Generate, NonFiniteLogitsAreRefused) {
   }
 }
 
+// The temperature divides the logits: at 100 a token 110 below the best
+// keeps its share exp(-1.1) / (1 + exp(-1.1)) = 0.2497, which the
+// probabilities rounded to f32 first (0 for it) had lost; at 0 and 1 the
+// softmax itself.
+TEST(Generate, TemperatureDividesTheLogits) {
+  const Tensor logits = Tensor::from_host<float>({0.f, -110.f}, {1, 2});
+  EXPECT_NEAR(next_token_probs(logits, 100.f).f32()[1], std::exp(-1.1) / (1 + std::exp(-1.1)), 1e-6);
+  for (float t : {0.f, 1.f}) {
+    const Tensor p = next_token_probs(Tensor::from_host<float>({1.f, 2.f}, {1, 2}), t);
+    EXPECT_NEAR(p.f32()[1], 1 / (1 + std::exp(-1.0)), 1e-6) << t;
+  }
+}
+
 TEST(Generate, NonCausalConfigsSayWhyAndDo) {
   struct Case {
     std::string extra, why;
