@@ -348,6 +348,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     if (world_rank == 0 && !eval_only && cfg.train().checkpoint_interval() > 0) {
       if (resume.empty() && !overwrite) sy::check_fresh_root(cfg.train().checkpoint_dir());
       sy::make_output_dir("train.checkpoint_dir", cfg.train().checkpoint_dir(), &made.dirs);
+      sy::remove_stale_staging(cfg.train().checkpoint_dir());
     }
     // Without an interval only a stop writes a checkpoint, which must not
     // replace and prune another run's either; such a run is not refused (it

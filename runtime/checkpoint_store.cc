@@ -157,6 +157,20 @@ void check_init_source(const std::string& source, const std::string& root) {
                       "another directory)");
 }
 
+int remove_stale_staging(const std::string& root) {
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string n = e.path().filename().string();
+    const auto ends = [&](const std::string& suf) {
+      return n.size() > suf.size() && n.compare(n.size() - suf.size(), suf.size(), suf) == 0;
+    };
+    if ((n.rfind(".step_", 0) == 0 && (ends(".tmp") || ends(".replaced"))) || n == "latest.tmp") stale.push_back(e.path());
+  }
+  for (const fs::path& p : stale) fs::remove_all(p);
+  return static_cast<int>(stale.size());
+}
+
 std::string checkpoints_held(const std::string& root) {
   std::error_code ec;
   if (!fs::is_directory(root, ec)) return "";

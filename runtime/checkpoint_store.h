@@ -55,6 +55,12 @@ void check_init_source(const std::string& source, const std::string& root);
 // rest. ConfigError naming the newest and the ways on (--resume, --overwrite,
 // another directory) otherwise; an absent or empty root passes.
 void check_fresh_root(const std::string& root);
+// What a writer killed mid-checkpoint left in root (".step_*.tmp" and
+// ".step_*.replaced" directories, "latest.tmp"): nothing reads them, and
+// only writing the same step again removed them. Removed at a run's start,
+// before it writes (one writer a root). Returns how many went.
+int remove_stale_staging(const std::string& root);
+
 // The same test without throwing: "" when root holds no step directory, else
 // what it holds ("3 checkpoints, the newest step_00000900").
 std::string checkpoints_held(const std::string& root);

@@ -225,6 +225,21 @@ TEST(Safetensors, EmptyTensorBesideAnother) {
   EXPECT_EQ(rd.read(*rd.find("c")).shape(), (Shape{3, 0}));
 }
 
+// A writer killed mid-checkpoint leaves its staging behind; a run's start
+// removes it and nothing else.
+TEST(CheckpointStore, StaleStagingIsRemoved) {
+  TempDir d;
+  for (const char* dir : {".step_00000010.tmp", ".step_00000020.replaced", "step_00000030", ".other"})
+    fs::create_directories(join_path(join_path(d.path, dir), "sub"));
+  std::ofstream(join_path(d.path, "latest.tmp")) << "step_00000030\n";
+  std::ofstream(join_path(d.path, "latest")) << "step_00000030\n";
+  EXPECT_EQ(remove_stale_staging(d.path), 3);
+  for (const char* gone : {".step_00000010.tmp", ".step_00000020.replaced", "latest.tmp"})
+    EXPECT_FALSE(fs::exists(join_path(d.path, gone))) << gone;
+  for (const char* kept : {"step_00000030", ".other", "latest"}) EXPECT_TRUE(fs::exists(join_path(d.path, kept))) << kept;
+  EXPECT_EQ(remove_stale_staging(d.path), 0);
+}
+
 TEST(CheckpointStore, PublishReplacesLatestAndKeepsTheNewest) {
   TempDir d;
   auto write = [&](int64_t step) {
