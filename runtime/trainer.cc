@@ -209,6 +209,8 @@ float Trainer::evaluate() {
   model_.set_training(true);
   // This rank's kept fraction; every rank processes as many tokens.
   for (auto& [l, kept] : held_out_depth_) kept = world_mean(opts_.par, static_cast<float>(kept), "held-out depth");
+  // (So is the compute: a causal depth predictor keeps other counts on each.)
+  held_out_compute_ = world_mean(opts_.par, static_cast<float>(held_out_compute_), "held-out compute");
   return world_mean(opts_.par, static_cast<float>(sum / forwards), "validation loss");
 }
 
