@@ -336,19 +336,25 @@ TEST(Depth, MoeBlockSeesOnlyRoutedTokens) {
   model.backward();  // runs through both
 }
 
+// A MoE layer in a depth-routed block (the second), top-k at evaluation.
+Config depth_moe_config(float capacity_factor_eval) {
+  Config cfg = parse_config(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
+    moe { num_experts: 4 every_n_layers: 2 capacity_factor: 4 }
+    depth { every_n_layers: 2 capacity: 0.5 predictor_at_eval: false }
+  )", "test");
+  cfg.mutable_moe()->set_capacity_factor_eval(capacity_factor_eval);
+  validate_config(cfg, "test");
+  return cfg;
+}
+
 // At evaluation a depth-routed MoE block runs one sequence a call: a
 // sequence's experts, and so its output, do not depend on the sequences
 // beside it in the batch. Top-k at evaluation routes the same count in every
 // sequence, which ran the whole batch as one call with one capacity
 // (capacity_factor_eval 0.5 binds here), so a neighbour's tokens took slots.
 TEST(Depth, MoeBlockEvaluatesEachSequenceAlone) {
-  Config cfg = parse_config(R"(
-    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
-    moe { num_experts: 4 every_n_layers: 2 capacity_factor: 4 capacity_factor_eval: 0.5 }
-    depth { every_n_layers: 2 capacity: 0.5 predictor_at_eval: false }
-  )", "test");
-  validate_config(cfg, "test");
-  Transformer model(host_ctx(), cfg);
+  Transformer model(host_ctx(), depth_moe_config(0.5f));
   model.set_training(false);
   // (The second sequence's: slots go by position, so the first one's
   // tokens came first.)
@@ -370,13 +376,7 @@ TEST(Depth, MoeBlockEvaluatesEachSequenceAlone) {
 // tokens in each, so the batch's load and dropped share are their means.
 // (They were the last call's: the second sequence's.)
 TEST(Depth, MoeBlockStatisticsPoolEverySequence) {
-  Config cfg = parse_config(R"(
-    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
-    moe { num_experts: 4 every_n_layers: 2 capacity_factor: 4 capacity_factor_eval: 0.75 }
-    depth { every_n_layers: 2 capacity: 0.5 predictor_at_eval: false }
-  )", "test");
-  validate_config(cfg, "test");
-  Transformer model(host_ctx(), cfg);
+  Transformer model(host_ctx(), depth_moe_config(0.75f));
   model.set_training(false);
   auto sequence = [](int s) {
     Batch b;
