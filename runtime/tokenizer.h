@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "core/utf8.h"
+
 namespace sy {
 
 struct TokenizerTraining {
@@ -28,12 +30,9 @@ struct TokenizerTraining {
   int max_chunk = 4000;
 };
 
-// The offset of the first byte of `text` that is not part of a well-formed
-// UTF-8 sequence (Unicode 15, table 3-7: no overlong forms, surrogates or
-// code points past U+10FFFF), or std::string::npos when there is none.
-// SentencePiece replaces such a byte with U+FFFD before byte fallback can
-// see it, so decoding would not give the text back: encode() refuses it.
-size_t invalid_utf8_at(const std::string& text);
+// (invalid_utf8_at, core/utf8.h: SentencePiece replaces a byte that is not
+// UTF-8 with U+FFFD before byte fallback can see it, so decoding would not
+// give the text back: encode() refuses it.)
 
 // Where a piece of `text` that starts at `begin` and holds at most `max`
 // bytes (max >= 4) ends: after its last newline, else at `max` bytes backed

@@ -175,6 +175,9 @@ head -1 b1.txt | grep -q "^Switchyard" && head -1 b0.txt | grep -q "^Switchyard"
 [ $? -eq 2 ] && grep -q "^error: --bos 400: tokenizer tok/tokenizer.model has 400 pieces" b2.txt || { echo "FAIL: sample --bos 400:"; cat b2.txt; fail=1; }
 "$BIN/sample" --checkpoint latest --checkpoint-dir ckb --tokens 5 --eos 400 > b2.txt 2>&1
 [ $? -eq 2 ] && grep -q "^error: --eos 400: tokenizer tok/tokenizer.model has 400 pieces" b2.txt || { echo "FAIL: sample --eos 400:"; cat b2.txt; fail=1; }
+"$BIN/sample" --checkpoint latest --checkpoint-dir ckb --tokens 5 --prompt "$(printf 'caf\xe9')" > b2.txt 2>&1
+[ $? -eq 2 ] && grep -q "^error: --prompt: not UTF-8 at byte 3 (0xE9): tokenizer tok/tokenizer.model takes UTF-8 text" b2.txt \
+  || { echo "FAIL: sample with a Latin-1 prompt:"; cat b2.txt; fail=1; }
 "$BIN/export_hf" --checkpoint latest --checkpoint-dir ckb --out hfb > eb.log 2>&1 \
   && python3 -c "import json, sys; c = json.load(open('hfb/config.json')); sys.exit((c['bos_token_id'], c['eos_token_id']) != (1, 2))" \
   && cp tok/tokenizer.model hfb/ && "$BIN/import_hf" --hf hfb --out impb > ib.log 2>&1 \
