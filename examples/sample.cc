@@ -65,6 +65,11 @@ int run(int argc, char** argv) {
       ->default_str("");
   app.add_flag("--no-kv-cache", no_kv_cache, "run the model on the whole window for every token (no key/value cache)");
   if (const int rc = sy::parse_options(app, argc, argv); rc >= 0) return rc;
+  // (Logits are divided by it: below this, 1 / T overflows a float's range
+  // on the logits' scale, and the draw is greedy in all but name.)
+  if (sp.temperature > 0 && sp.temperature < 1e-3f)
+    throw sy::ConfigError("--temperature " + std::to_string(sp.temperature) +
+                          ": must be 0 (greedy) or at least 0.001");
   openblas_set_num_threads(threads);
   const sy::EvalModel loaded = sy::load_eval_model(
       sy::resolve_checkpoint(spec, root), [](sy::Config& c) { c.set_precision(switchyard::Config::FP32); });

@@ -11,6 +11,7 @@
 //   tokenizer.model      the tokenizer (a copy of --model when given)
 //   train_NNNNNN.bin     each input's head, in order, --shard-tokens per shard
 //   val_NNNNNN.bin       each input's tail, a --val-fraction of its tokens
+//                        (a share under 256 tokens carried to the next input)
 // Every file is first written into a staging directory (--out/.tokenize.tmp)
 // and only when all of them are complete renamed into place, and stale
 // shards of an earlier run removed, so a failed run (a full disk) leaves
@@ -189,14 +190,23 @@ int run(int argc, char** argv) {
   // Each input's tail is held out, so that validation covers every input
   // (a corpus of several sources, or of files in some order, is measured
   // on all of them, not on the end of the last): ids holds the training
-  // tokens, then the validation tokens from `split` on.
+  // tokens, then the validation tokens from `split` on. An input whose
+  // share is under kMinTail tokens passes it on to the next (the last takes
+  // what is owed), so that many small files give held-out runs, not scraps
+  // of a token or two (at --val-fraction 0.01 a file of 80 tokens owes 0.8);
+  // in all, as before, a --val-fraction of the tokens.
+  constexpr double kMinTail = 256;
   std::vector<uint32_t> ids, val_ids;
-  for (const std::string& t : texts) {
+  double owed = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
     std::vector<uint32_t> part;
     if (bos >= 0) part.push_back(static_cast<uint32_t>(bos));
-    encode_into(tok, t, part);
+    encode_into(tok, texts[i], part);
     if (eos >= 0) part.push_back(static_cast<uint32_t>(eos));
-    const size_t tail = static_cast<size_t>(static_cast<double>(part.size()) * val_fraction);
+    owed += static_cast<double>(part.size()) * val_fraction;
+    size_t tail = 0;
+    if (owed >= kMinTail || i + 1 == texts.size()) tail = std::min(part.size(), static_cast<size_t>(owed));
+    owed -= static_cast<double>(tail);
     ids.insert(ids.end(), part.begin(), part.end() - tail);
     val_ids.insert(val_ids.end(), part.end() - tail, part.end());
   }

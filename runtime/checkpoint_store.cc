@@ -65,7 +65,9 @@ void publish_checkpoint(const std::string& root, const std::string& tmp_name, co
     if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
       aside = tmp;
     } else {
-      if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+      // (EPERM: a sandbox that forbids renameat2; a real permission error
+      // fails the plain renames below as clearly.)
+      if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP && errno != EPERM)
         throw Error("cannot exchange " + tmp + " and " + final_dir + ": " + std::strerror(errno));
       aside = join_path(root, "." + name + ".replaced");
       fs::remove_all(aside);
@@ -165,7 +167,9 @@ int remove_stale_staging(const std::string& root) {
     const auto ends = [&](const std::string& suf) {
       return n.size() > suf.size() && n.compare(n.size() - suf.size(), suf.size(), suf) == 0;
     };
-    if ((n.rfind(".step_", 0) == 0 && (ends(".tmp") || ends(".replaced"))) || n == "latest.tmp") stale.push_back(e.path());
+    // (Not .step_*.replaced: after a crash between the fallback's two
+    // renames it may be the one complete copy of the step `latest` names.)
+    if ((n.rfind(".step_", 0) == 0 && ends(".tmp")) || n == "latest.tmp") stale.push_back(e.path());
   }
   for (const fs::path& p : stale) fs::remove_all(p);
   return static_cast<int>(stale.size());

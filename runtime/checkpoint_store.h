@@ -55,10 +55,11 @@ void check_init_source(const std::string& source, const std::string& root);
 // rest. ConfigError naming the newest and the ways on (--resume, --overwrite,
 // another directory) otherwise; an absent or empty root passes.
 void check_fresh_root(const std::string& root);
-// What a writer killed mid-checkpoint left in root (".step_*.tmp" and
-// ".step_*.replaced" directories, "latest.tmp"): nothing reads them, and
-// only writing the same step again removed them. Removed at a run's start,
-// before it writes (one writer a root). Returns how many went.
+// What a writer killed mid-checkpoint left in root (".step_*.tmp"
+// directories, "latest.tmp"): nothing reads them, and only writing the same
+// step again removed them. train_switch removes them at the start of a run
+// that writes checkpoints (train.checkpoint_interval > 0), before it writes
+// (one writer a root). Returns how many went.
 int remove_stale_staging(const std::string& root);
 
 // The same test without throwing: "" when root holds no step directory, else

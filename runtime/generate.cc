@@ -115,6 +115,13 @@ Tensor next_token_probs(const Tensor& logits, float temperature) {
   return row.reshape({V});
 }
 
+int32_t draw_next(const Tensor& logits, const ops::SamplingParams& sp, float u) {
+  // (The temperature is in the probabilities already.)
+  ops::SamplingParams draw = sp;
+  if (draw.temperature > 0) draw.temperature = 1.f;
+  return ops::sample_token(host_ctx(), next_token_probs(logits, sp.temperature), draw, u);
+}
+
 std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::vector<int32_t> text, int n,
                                   const ops::SamplingParams& sp, uint64_t seed, GenerationRouting* routing,
                                   bool kv_cache, int32_t stop) {
@@ -173,14 +180,9 @@ std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::ve
                       " tokens are not finite (id " + std::to_string(v) + ": " + (std::isnan(lg[v]) ? "nan" : "inf") +
                       "): the model's weights, or this context, give a non-finite forward");
     }
-    // The last position's distribution over the vocabulary, on the host,
-    // the temperature already in it.
-    const Tensor probs = next_token_probs(logits, sp.temperature);
-    ops::SamplingParams draw = sp;
-    if (draw.temperature > 0) draw.temperature = 1.f;
     const RandomKey key{seed, random_stream(RandomPurpose::sample), 0, 0};
     const float u = bits_to_uniform(random_bits(key, text.size()).v[0]);
-    text.push_back(static_cast<int32_t>(ops::sample_token(host_ctx(), probs, draw, u)));
+    text.push_back(draw_next(logits, sp, u));
     if (routing) add_routing(model, last, *routing);
     if (text.back() == stop) break;
     if (!cached || i + 1 == n) continue;

@@ -66,6 +66,10 @@ bool kv_cacheable(const Config& cfg, std::string* why = nullptr);
 // probability underflowed to 0 (a logit gap past ~104) keeps its share at a
 // high temperature (at 100 a gap of 110 is 25% of the mass, not 0).
 Tensor next_token_probs(const Tensor& logits, float temperature);
+// The next token drawn from a (1, V) host row of logits with the uniform u:
+// next_token_probs at sp.temperature, then ops::sample_token over it (its
+// top_k and vocab; temperature 1 there, or 0 for greedy).
+int32_t draw_next(const Tensor& logits, const ops::SamplingParams& sp, float u);
 
 // Appends up to n generated ids to `context` (non-empty, each < model.vocab_size);
 // the model must be in evaluation mode. The draw for the id at position p

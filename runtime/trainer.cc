@@ -415,8 +415,10 @@ TrainResult Trainer::run() {
     if (!restored_from_.empty())
       *opts_.log << "resumed from " << restored_from_ << " after step " << start << " (" << tokens_seen_
                  << " tokens seen, batch " << train_.position() << " of the data stream)\n";
-    // (Counted, not hashed: a change that keeps every count goes unseen.)
-    if (!restored_from_.empty() && !restored_data_.empty() && restored_data_ != data_summary())
+    // (Counted, not hashed: a change that keeps every count goes unseen. The
+    // training part only: other validation data draws the same batches.)
+    auto train_part = [](const std::string& d) { return d.substr(0, d.find(", val ")); };
+    if (!restored_from_.empty() && !restored_data_.empty() && train_part(restored_data_) != train_part(data_summary()))
       *opts_.log << "note: the checkpoint's run drew its batches from " << restored_data_ << "; this run from "
                  << data_summary() << ": its batches from here are not those the uninterrupted run would have drawn\n";
     if (restored_from_.empty() && !origin_.checkpoint.empty()) {

@@ -169,6 +169,14 @@ TEST(Generate, TemperatureDividesTheLogits) {
     const Tensor p = next_token_probs(Tensor::from_host<float>({1.f, 2.f}, {1, 2}), t);
     EXPECT_NEAR(p.f32()[1], 1 / (1 + std::exp(-1.0)), 1e-6) << t;
   }
+  // The draw takes it once: id 0 holds 0.75 of the mass at 100 (0.503 were
+  // the temperature applied twice, 10000), so u 0.6 draws id 0, u 0.8 id 1.
+  ops::SamplingParams sp;
+  sp.temperature = 100.f;
+  EXPECT_EQ(draw_next(logits, sp, 0.6f), 0);
+  EXPECT_EQ(draw_next(logits, sp, 0.8f), 1);
+  sp.temperature = 0.f;
+  EXPECT_EQ(draw_next(logits, sp, 0.99f), 0);  // greedy
 }
 
 TEST(Generate, NonCausalConfigsSayWhyAndDo) {

@@ -150,10 +150,13 @@ def ids(d, split):
     return out
 text = ids(sys.argv[1], "train") + ids(sys.argv[1], "val")  # (the text's ids: its train and val shards)
 # Two inputs, the text twice: each 1, its ids, 2; the last tenth of each
-# input (not of the whole stream) held out, the two tails the val shards.
+# input (not of the whole stream) held out, the two tails the val shards
+# (the second's with the fraction of a token the first left over).
 part = [1] + text + [2]
-head = len(part) - int(len(part) * 0.1)
-sys.exit(0 if ids(sys.argv[2], "train") == part[:head] * 2 and ids(sys.argv[2], "val") == part[head:] * 2 else 1)
+first = int(len(part) * 0.1)
+second = int(len(part) * 0.1 - first + len(part) * 0.1)
+train, val = ids(sys.argv[2], "train"), ids(sys.argv[2], "val")
+sys.exit(0 if train == part[:-first] + part[:-second] and val == part[-first:] + part[-second:] else 1)
 PY
 "$BIN/tokenize" --input text.txt --vocab-size 400 --bos 400 --out tokbad > tokbad.log 2>&1
 [ $? -eq 2 ] && grep -q "^error: --bos 400: the tokenizer to train has 400 pieces (--vocab-size)" tokbad.log && [ ! -e tokbad ] \

@@ -76,7 +76,7 @@ TEST(Tokenizer, RefusesTextThatIsNotUtf8) {
       {"x\xed\xa0\x80", 1},          // a surrogate
       {"\xf4\x90\x80\x80", 0},       // past U+10FFFF
       {"ok\xff", 2},
-      {"caf\xc3\xa9 \xf0\x9f\x99\x82 \xef\xbf\xbf", std::string::npos}};  // valid, to the last plane's edge
+      {"caf\xc3\xa9 \xf0\x9f\x99\x82 \xef\xbf\xbf", std::string::npos}};  // valid, U+FFFF (the first plane's last) too
   for (const auto& [text, at] : cases) {
     EXPECT_EQ(invalid_utf8_at(text), at) << text;
     if (at == std::string::npos) {
