@@ -1,5 +1,7 @@
 #include "core/utf8.h"
 
+#include <cstdio>
+
 namespace sy {
 
 size_t invalid_utf8_at(const std::string& text) {
@@ -27,6 +29,14 @@ size_t invalid_utf8_at(const std::string& text) {
     i += len;
   }
   return std::string::npos;
+}
+
+std::string utf8_problem(const std::string& text) {
+  const size_t at = invalid_utf8_at(text);
+  if (at == std::string::npos) return "";
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[at]));
+  return "not UTF-8 at byte " + std::to_string(at) + " (" + hex + ")";
 }
 
 }  // namespace sy

@@ -11,5 +11,8 @@ namespace sy {
 // UTF-8 sequence (no overlong forms, surrogates or code points past
 // U+10FFFF), or std::string::npos when there is none.
 size_t invalid_utf8_at(const std::string& text);
+// "" where text is UTF-8, else what a refusal says of it: "not UTF-8 at byte
+// 3 (0xE9)".
+std::string utf8_problem(const std::string& text);
 
 }  // namespace sy

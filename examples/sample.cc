@@ -124,12 +124,8 @@ int run(int argc, char** argv) {
                             std::to_string(tok.vocab_size()) + " pieces");
     // (A byte that is not UTF-8 would be split into pieces SentencePiece
     // never makes: a prompt the model was not trained to read.)
-    if (const size_t at = sy::invalid_utf8_at(prompt); at != std::string::npos) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(prompt[at]));
-      throw sy::ConfigError("--prompt: not UTF-8 at byte " + std::to_string(at) + " (" + hex + "): tokenizer " +
-                            tokenizer + " takes UTF-8 text");
-    }
+    if (const std::string bad = sy::utf8_problem(prompt); !bad.empty())
+      throw sy::ConfigError("--prompt: " + bad + ": tokenizer " + tokenizer + " takes UTF-8 text");
     const std::vector<int32_t> context = sy::prompt_ids(tok, prompt, bos);
     const std::vector<int32_t> ids =
         sy::generate_ids(model, cfg, context, tokens, sp, seed, &routing, !no_kv_cache, eos);

@@ -56,12 +56,9 @@ std::string read_text(const std::string& path) {
 // Refused before any work: SentencePiece would encode a byte that is not
 // UTF-8 as U+FFFD, and the shards would decode to another text.
 void check_utf8(const std::string& path, const std::string& text) {
-  const size_t at = sy::invalid_utf8_at(text);
-  if (at == std::string::npos) return;
-  char hex[8];
-  std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[at]));
-  throw sy::ConfigError("--input " + path + ": not UTF-8 at byte " + std::to_string(at) + " (" + hex +
-                        "): the tokenizer takes UTF-8 text (convert it first, e.g. iconv -f latin1 -t utf-8)");
+  if (const std::string bad = sy::utf8_problem(text); !bad.empty())
+    throw sy::ConfigError("--input " + path + ": " + bad +
+                          ": the tokenizer takes UTF-8 text (convert it first, e.g. iconv -f latin1 -t utf-8)");
 }
 
 // Encodes in pieces of about 1 MiB cut after a newline (or, in a longer

@@ -88,6 +88,11 @@ void check_finite(const pb::Message& m, const std::string& prefix, Checker& c) {
   }
 }
 
+// Routed attention's routing heads read these (its local heads the window).
+constexpr std::initializer_list<const char*> kClusterFields = {
+    "num_clusters", "assignment", "dropless", "capacity_factor", "ema_decay", "kmeans_iters", "share_centroids",
+    "commitment_coef"};
+
 // Fields of `msg` (named without the prefix) set to other than their
 // default where the runtime reads none of them: refused, "set while <why>".
 // By value, not by presence: a checkpoint's config spells out every default,
@@ -413,17 +418,16 @@ void validate_config(const Config& cfg, const std::string& source) {
     const auto kind = at.kind();
     const std::string kind_name = "attention.kind is " + switchyard::AttentionConfig::Kind_Name(kind) +
                                   " (unset: the default)";
-    const auto routed_fields = {"num_routing_heads", "num_clusters", "window", "assignment", "dropless",
-                                "capacity_factor", "ema_decay", "kmeans_iters", "share_centroids", "commitment_coef"};
-    if (kind != switchyard::AttentionConfig::ROUTED) refuse_unread(at, "attention.", routed_fields, kind_name, c);
+    if (kind != switchyard::AttentionConfig::ROUTED) {
+      refuse_unread(at, "attention.", {"num_routing_heads", "window"}, kind_name, c);
+      refuse_unread(at, "attention.", kClusterFields, kind_name, c);
+    }
     if (kind != switchyard::AttentionConfig::BLOCK_TOPK)
       refuse_unread(at, "attention.", {"block_size", "topk_blocks"}, kind_name, c);
     if (kind == switchyard::AttentionConfig::DENSE) refuse_unread(at, "attention.", {"last_n_layers"}, kind_name, c);
   }
   if (at.kind() == switchyard::AttentionConfig::ROUTED && !at.has_num_routing_heads())
-    refuse_unread(at, "attention.",
-                  {"num_clusters", "assignment", "dropless", "capacity_factor", "ema_decay", "kmeans_iters",
-                   "share_centroids", "commitment_coef"},
+    refuse_unread(at, "attention.", kClusterFields,
                   "attention.num_routing_heads is 0 (unset: every head local, no clusters)", c);
 
 #ifndef SY_WITH_CUDA

@@ -1,10 +1,9 @@
 #include "runtime/generate.h"
 
-#include <cmath>
-
 #include "core/error.h"
 #include "core/philox.h"
 #include "ops/elementwise.h"
+#include "ops/finite.h"
 #include "ops/routing.h"
 
 namespace sy {
@@ -168,18 +167,13 @@ std::vector<int32_t> generate_ids(Transformer& model, const Config& cfg, std::ve
       model.forward(b);
       logits = model.logits().rows(last, last + 1).to(host_ctx());
     }
-    // A logit NaN or +inf (weights or a context that overflow) would make
+    // A non-finite logit (weights or a context that overflow) would make
     // every probability NaN, and the draw would fall through to one fixed id:
-    // text that looks generated. Said instead, with where. (-inf is a
-    // probability of 0.)
-    {
-      const float* lg = logits.f32();
-      for (int64_t v = 0; v < V; ++v)
-        if (std::isnan(lg[v]) || lg[v] == INFINITY)
-          throw Error("generation: the next-token logits after " + std::to_string(text.size()) +
-                      " tokens are not finite (id " + std::to_string(v) + ": " + (std::isnan(lg[v]) ? "nan" : "inf") +
-                      "): the model's weights, or this context, give a non-finite forward");
-    }
+    // text that looks generated. Said instead, with where.
+    if (const int64_t bad = ops::count_nonfinite(host_ctx(), logits); bad > 0)
+      throw Error("generation: the next-token logits after " + std::to_string(text.size()) + " tokens are not finite (" +
+                  std::to_string(bad) + " of " + std::to_string(V) +
+                  "): the model's weights, or this context, give a non-finite forward");
     const RandomKey key{seed, random_stream(RandomPurpose::sample), 0, 0};
     const float u = bits_to_uniform(random_bits(key, text.size()).v[0]);
     text.push_back(draw_next(logits, sp, u));

@@ -5,10 +5,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/file.h"
 
 namespace sy {
 
@@ -18,21 +20,12 @@ namespace {
 // then reads as JSON). The cut line was never a record: it goes, back to the
 // last newline.
 void drop_partial_last_line(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return;  // (no file yet: fopen "a" makes it)
-  long size = -1, keep = -1;  // keep: the bytes up to the last newline, once found (0: none)
-  if (std::fseek(f, 0, SEEK_END) == 0) size = std::ftell(f);
-  char buf[4096];
-  for (long pos = size; pos > 0 && keep < 0;) {
-    const long n = std::min<long>(pos, sizeof buf);
-    pos -= n;
-    if (std::fseek(f, pos, SEEK_SET) != 0 || std::fread(buf, 1, n, f) != static_cast<size_t>(n)) break;  // (unread: kept)
-    for (long i = n - 1; i >= 0 && keep < 0; --i)
-      if (buf[i] == '\n') keep = pos + i + 1;
-    if (pos == 0 && keep < 0) keep = 0;
-  }
-  std::fclose(f);
-  if (keep >= 0 && keep < size && truncate(path.c_str(), keep) != 0)
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return;  // (none yet: fopen "a" makes it)
+  const std::string text = read_whole_file(path, "metrics file");
+  const size_t nl = text.rfind('\n');
+  const size_t keep = nl == std::string::npos ? 0 : nl + 1;
+  if (keep < text.size() && truncate(path.c_str(), static_cast<off_t>(keep)) != 0)
     throw ConfigError("--metrics " + path + ": cannot drop its cut-short last line: " + std::strerror(errno));
 }
 }  // namespace

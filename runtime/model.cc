@@ -143,6 +143,22 @@ void Block::release() {
   if (depth_) depth_->release();
 }
 
+namespace {
+// A FeedForward flag (pool_statistics, set_padding) on for a scope, off
+// however the scope ends; nothing where `on` is false.
+struct FfnFlag {
+  FeedForward& f;
+  void (FeedForward::*set)(bool);
+  bool on;
+  FfnFlag(FeedForward& ffn, void (FeedForward::*setter)(bool), bool enable) : f(ffn), set(setter), on(enable) {
+    if (on) (f.*set)(true);
+  }
+  ~FfnFlag() {
+    if (on) (f.*set)(false);
+  }
+};
+}  // namespace
+
 Tensor Block::run_forward(const Tensor& x, int64_t B, int64_t T) {
   flops_ = attn_flops_ = ffn_flops_ = router_flops_ = 0;
   const int64_t C = x.dim(1);
@@ -179,22 +195,13 @@ Tensor Block::run_forward(const Tensor& x, int64_t B, int64_t T) {
     // The MoE layer's statistics after the forward are over every
     // sequence's tokens, as one call's would be (not the last call's); the
     // padding rows count in none, nor in the block's FLOPs.
-    struct Pooled {  // (ended however the loop ends)
-      FeedForward& f;
-      const bool on;
-      Pooled(FeedForward& ffn, bool pool) : f(ffn), on(pool) { if (on) f.pool_statistics(true); }
-      ~Pooled() { if (on) f.pool_statistics(false); }
-    } pooled(*ffn_, per_sequence);
+    const FfnFlag pooled(*ffn_, &FeedForward::pool_statistics, per_sequence);
     int64_t row = 0;
     for (int64_t b = 0; b < B; ++b) {
       if (n[b] == 0) {
         if (per_sequence && ranks_ > 1) {
           const double counted[] = {flops_, attn_flops_, ffn_flops_, router_flops_};
-          struct Padding {  // (ended however the call ends)
-            FeedForward& f;
-            explicit Padding(FeedForward& ffn) : f(ffn) { f.set_padding(true); }
-            ~Padding() { f.set_padding(false); }
-          } padding(*ffn_);
+          const FfnFlag padding(*ffn_, &FeedForward::set_padding, true);
           (void)inner_forward(Tensor::zeros({1, C}, DType::f32, *ctx_), 1, 1,
                               rope_ ? Tensor::zeros({1}, DType::i32, *ctx_) : Tensor());
           flops_ = counted[0], attn_flops_ = counted[1], ffn_flops_ = counted[2], router_flops_ = counted[3];

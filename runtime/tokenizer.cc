@@ -130,12 +130,9 @@ size_t text_piece_end(const std::string& text, size_t begin, size_t max) {
 }
 
 std::vector<uint32_t> Tokenizer::encode(const std::string& text) const {
-  if (const size_t at = invalid_utf8_at(text); at != std::string::npos) {
-    char hex[8];
-    std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[at]));
-    throw Error("tokenizer: the text is not UTF-8 at byte " + std::to_string(at) + " (" + hex +
-                "): SentencePiece would replace it with U+FFFD, and decoding would not give the text back");
-  }
+  if (const std::string bad = utf8_problem(text); !bad.empty())
+    throw Error("tokenizer: the text is " + bad +
+                ": SentencePiece would replace it with U+FFFD, and decoding would not give the text back");
   std::vector<int> ids;
   const auto st = impl_->sp.Encode(text, &ids);
   if (!st.ok()) throw Error("tokenizer: cannot encode: " + st.ToString());
