@@ -116,6 +116,8 @@ int run(int argc, char** argv) {
   const auto& m = cfg.model();
   if (const std::string note = sy::mixtral_window_note(hf, base, cfg); !note.empty())
     std::cerr << "note: " << note << "\n";
+  if (const std::string note = sy::untrained_router_note(cfg); !note.empty())
+    std::cerr << "note: " << note << " (in fine-tuning)\n";
   std::cout << "imported " << hf << " (" << m.n_layers() << " layers, d_model " << m.d_model() << ", "
             << cfg.moe().num_experts() << " experts top-" << cfg.moe().top_k() << ", vocabulary " << m.vocab_size()
             << ", model.seq_len " << m.seq_len() << ", " << model.params().numel() << " parameters) to " << dir << "\n"

@@ -234,6 +234,15 @@ bool is_moe_layer(const switchyard::MoeConfig& moe, int layer) {
          (layer + 1) % std::max(1, moe.every_n_layers()) == 0;
 }
 
+std::string untrained_router_note(const Config& cfg) {
+  const auto& e = cfg.moe();
+  if (e.num_experts() == 0 || e.top_k() != 1 || !e.renormalize() ||
+      e.router() != switchyard::MoeConfig::TOKENS_CHOOSE)
+    return "";
+  return "moe.renormalize at moe.top_k 1: every expert weight is p / p = 1, so the loss trains no router (only "
+         "the auxiliary losses reach it); moe.renormalize=false weights the expert's output by p (Switch)";
+}
+
 bool is_depth_routed(const switchyard::DepthConfig& depth, int layer) {
   return depth.every_n_layers() > 0 && (layer + 1) % depth.every_n_layers() == 0;
 }

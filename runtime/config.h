@@ -57,6 +57,15 @@ bool is_depth_routed(const switchyard::DepthConfig& depth, int layer);
 // DENSE, and the layer among the last attention.last_n_layers, 0: all).
 bool is_sparse_attention_layer(const switchyard::AttentionConfig& at, int layer, int n_layers);
 
+// A tokens-choose router whose weights are 1 whatever the scores: a learned
+// router (not HASH) at moe.top_k 1 with moe.renormalize, where p / p = 1, so
+// the expert's output does not depend on the router and the loss trains it
+// only through the auxiliary losses (Switch weights the output by p; a top-1
+// Mixtral-style model has this router). A note saying so, for a run about to
+// train it; empty otherwise. Allowed, not refused: such a model exists
+// (import_hf takes it) and samples as it was trained.
+std::string untrained_router_note(const Config& cfg);
+
 // Check every field's range and the relations between fields; `source` names
 // the config in the error (a file path).
 void validate_config(const Config& cfg, const std::string& source);

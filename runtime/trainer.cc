@@ -421,6 +421,7 @@ TrainResult Trainer::run() {
     if (!restored_from_.empty() && !restored_data_.empty() && train_part(restored_data_) != train_part(data_summary()))
       *opts_.log << "note: the checkpoint's run drew its batches from " << restored_data_ << "; this run from "
                  << data_summary() << ": its batches from here are not those the uninterrupted run would have drawn\n";
+    if (const std::string n = untrained_router_note(cfg_); !n.empty()) *opts_.log << "note: " << n << "\n";
     if (restored_from_.empty() && !origin_.checkpoint.empty()) {
       *opts_.log << "initialized from " << origin_.checkpoint << " (step " << origin_.step << " of its run";
       if (origin_.upcycled) *opts_.log << "; every expert a copy of its layer's dense FFN";

@@ -226,7 +226,8 @@ import json; c = json.load(open('hfpure/config.json')); c['output_router_logits'
 json.dump(c, open('hfpure/config.json', 'w'))"
 rm -rf imp_pure && "$IMPORT" --hf hfpure --out imp_pure > pure.log 2>&1 \
   && grep -q "^ *load_balance_coef: 0.01$" imp_pure/step_00000000/manifest.pbtxt \
-  && echo "ok   with output_router_logits: load_balance_coef 0.02 x 1 / 2" \
+  && grep -q "^note: moe.renormalize at moe.top_k 1: every expert weight is p / p = 1, so the loss trains no router" pure.log \
+  && echo "ok   with output_router_logits: load_balance_coef 0.02 x 1 / 2; top-1 renormalised noted" \
   || { echo "FAIL output_router_logits:"; cat pure.log; grep load_balance imp_pure/step_00000000/manifest.pbtxt; fail=1; }
 printf 'model { seq_len: 512 }\n' > c512.pbtxt
 "$IMPORT" --hf hf32 --out ov --config c512.pbtxt > c.txt 2>&1; rc=$?

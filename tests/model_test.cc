@@ -757,6 +757,32 @@ TEST(Trainer, LongEvaluationPrintsProgress) {
   EXPECT_EQ(quiet.str(), "");
 }
 
+// A top-1 router whose weight is p / p = 1 is trained by nothing but the
+// auxiliary losses: the run says so at its start (not refused: a top-1
+// Mixtral-style model has one).
+TEST(Trainer, TopOneRenormalizedRouterIsNoted) {
+  auto start = [](const std::string& moe) {
+    Config c = parse_config("model { d_model: 16 n_layers: 1 n_heads: 2 ffn_hidden: 16 seq_len: 8 }\n"
+                            "train { batch: 2 steps: 1 warmup_steps: 0 eval_batches: 1 } data { synthetic_bytes: 20000 }\n"
+                            "moe { num_experts: 4 every_n_layers: 1 " + moe + " }",
+                            "test");
+    validate_config(c, "test");
+    std::ostringstream log;
+    TrainOptions o;
+    o.log = &log;
+    Trainer(c, o).run();
+    return log.str();
+  };
+  const std::string note = "note: moe.renormalize at moe.top_k 1: every expert weight is p / p = 1, so the loss "
+                           "trains no router";
+  EXPECT_NE(start("renormalize: true").find(note), std::string::npos);
+  EXPECT_NE(start("renormalize: true score_function: SIGMOID").find(note), std::string::npos);
+  EXPECT_EQ(start("").find("note: moe.renormalize"), std::string::npos);
+  EXPECT_EQ(start("top_k: 2 renormalize: true").find("note: moe.renormalize"), std::string::npos);
+  EXPECT_EQ(start("router: HASH load_balance_coef: 0 renormalize: true").find("note: moe.renormalize"),
+            std::string::npos);
+}
+
 }  // namespace
 // The progress line's "cost R/B bdrop" field appears only where a budget is
 // asked for: moe.budget defaults to 1, which top-2's cost of 2 exceeds with
