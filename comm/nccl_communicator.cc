@@ -747,9 +747,14 @@ std::unique_ptr<Communicator> make_nccl_communicator(MpiCommunicator& mpi, int d
       throw BackendError("NCCL communicator set-up did not complete within " + std::to_string(timeout_s) + " s");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    NCCL_CHECK(ncclCommGetAsyncError(comm, &r));
+    if (const ncclResult_t q = ncclCommGetAsyncError(comm, &r); q != ncclSuccess) r = q;
   }
-  if (r != ncclSuccess) throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
+  if (r != ncclSuccess) {
+    // (aborted, not left: its proxy and bootstrap threads would outlive the
+    // error and could hold up the process's exit)
+    if (comm) ncclCommAbort(comm);
+    throw BackendError(std::string("NCCL: ncclCommInitRankConfig: ") + ncclGetErrorString(r));
+  }
   return std::make_unique<NcclCommunicator>(comm, device, mpi.world_ranks(), timeout_s, mode);
 }
 
