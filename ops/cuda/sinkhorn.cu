@@ -60,14 +60,17 @@ void sinkhorn_balance(Ctx& ctx, Tensor& h, const Tensor& keys, int iters) {
   Tensor part = Tensor::empty({chunks * G * 2}, DType::f32, ctx);
   auto* parts = reinterpret_cast<OnlineSoftmax*>(part.data<float>());
   const float log_n = logf(static_cast<float>(N)), log_g = logf(static_cast<float>(G));
-  const unsigned row_blocks = grid_for(N * 32), col_blocks = grid_for(G, kColumnBlock);
+  // A column a thread: blocks of G threads rounded up to a warp (at most
+  // kColumnBlock), so that a layer of 64 experts leaves no idle half-block.
+  const int col_threads = static_cast<int>(std::min<int64_t>(kColumnBlock, (G + 31) / 32 * 32));
+  const unsigned row_blocks = grid_for(N * 32), col_blocks = grid_for(G, col_threads);
   CUDA_CHECK(cudaMemsetAsync(h.raw(), 0, G * sizeof(float), stream(ctx)));
   for (int t = 0; t < iters; ++t) {
     rows_step<<<row_blocks, kBlock, 0, stream(ctx)>>>(keys.data<float>(), h.data<float>(), f.data<float>(), N, G,
                                                        log_n);
-    column_partials<<<dim3(col_blocks, static_cast<unsigned>(chunks)), kColumnBlock, 0, stream(ctx)>>>(
+    column_partials<<<dim3(col_blocks, static_cast<unsigned>(chunks)), col_threads, 0, stream(ctx)>>>(
         keys.data<float>(), f.data<float>(), parts, N, G);
-    column_finish<<<col_blocks, kColumnBlock, 0, stream(ctx)>>>(parts, h.data<float>(), chunks, G, log_g);
+    column_finish<<<col_blocks, col_threads, 0, stream(ctx)>>>(parts, h.data<float>(), chunks, G, log_g);
   }
   CUDA_CHECK(cudaGetLastError());
 }
