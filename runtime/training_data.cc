@@ -22,7 +22,7 @@ std::string corpus_for(const Config& cfg) {
                         (kind == "no such file" ? " (paths are relative to the working directory)" : ""));
     return read_file_bytes(d.path());
   }
-  return synthetic_corpus(d.has_synthetic_seed() ? d.synthetic_seed() : cfg.train().seed(), d.synthetic_bytes(),
+  return synthetic_corpus(d.synthetic_seed() != 0 ? d.synthetic_seed() : cfg.train().seed(), d.synthetic_bytes(),
                           {d.synthetic_tasks(), d.copy_gap_min(), d.copy_gap_max()});
 }
 

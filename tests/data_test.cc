@@ -18,7 +18,8 @@ std::string text_of(const Split& s) {
 
 // A sweep over train.seed on the synthetic corpus changes the data with the
 // initialisation, the validation text included, unless data.synthetic_seed
-// holds it; unset, the corpus is train.seed's (as before the field).
+// holds it; 0 (unset, and as a checkpoint's config spells it out), the
+// corpus is train.seed's (as before the field).
 TEST(Synthetic, SyntheticSeedHoldsTheDataAcrossTrainSeeds) {
   auto splits = [](uint64_t train_seed, int64_t synthetic_seed) {
     Config c;
@@ -31,6 +32,7 @@ TEST(Synthetic, SyntheticSeedHoldsTheDataAcrossTrainSeeds) {
   EXPECT_NE(splits(1, -1).second, splits(2, -1).second);
   EXPECT_EQ(splits(1, 7), splits(2, 7));
   EXPECT_EQ(splits(1, 7), splits(7, -1));
+  EXPECT_EQ(splits(7, 0), splits(7, -1));
   EXPECT_EQ(splits(7, -1).second.size(), 2000u);
 }
 
