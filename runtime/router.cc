@@ -45,6 +45,7 @@ Router::Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, con
   for (float c : cost_) k_cost_.push_back(c * static_cast<float>(cfg_.top_k()));
   wg_ = ps.add(name + ".router.w", {C_, G_}, rng, std, false);
   bias_ = Tensor::zeros({G_}, DType::f32, ctx_);
+  one_ = Tensor::from_host(std::vector<double>{1.0}).to(ctx_);
   if (cfg.router() == switchyard::MoeConfig::HASH && cfg.hash_assignment() == switchyard::MoeConfig::BALANCED) {
     SY_CHECK(cfg.hash_table_size() > 0,
              name << ": moe.hash_assignment BALANCED without its moe.hash_table (training fills it from the data)");
@@ -284,6 +285,10 @@ void Router::losses_and_stats(int64_t N) {
   const bool clean = clean_sums_.defined();
   const int64_t n_sums = clean ? 2 * S : S;
   totals_ = Tensor::zeros({n_sums + kValues}, DType::f64, ctx_);
+  {
+    Tensor ranks = totals_.rows(n_sums + kRanks, n_sums + kRanks + 1);
+    ranks.copy_from(one_, ctx_);
+  }
   Tensor sums = totals_.rows(0, S);
   // The routing distribution whose mean is the balance loss's P_g and whose
   // entropy is reported: the probabilities, or with sigmoid scores (rows that
@@ -458,20 +463,22 @@ const RoutingStats& Router::stats() const {
   st.dropped = tot.dropped / std::max(1.0, tot.assigned);
   st.unserved = tot.unserved / std::max(1.0, tot.items);
   st.entropy = tot.entropy / std::max(1.0, tot.items);
-  // (Summed over ranks where taken on each rank's tokens: their mean.)
-  // (And over pooled forwards, their mean.)
-  const double ranks = par_ ? par_->world_size() : 1;
+  // Summed over ranks where taken on each rank's tokens, and over pooled
+  // forwards: their mean over the (rank, forward) pairs that routed tokens
+  // (a rank's padding call adds 0 to both). Taken once on summed sums: the
+  // mean over forwards.
+  const double rank_calls = std::max(1.0, values[kRanks]);
   const double calls = static_cast<double>(std::max<int64_t>(
       1, std::count_if(pool_.begin(), pool_.end(), [](const Tensor& t) { return t.defined(); })));
-  st.lb_loss = values[kLoadBalance] / ((lb_rank_local_ ? ranks : 1) * calls);
-  st.z_loss = values[kZ] / (ranks * calls);
+  st.lb_loss = values[kLoadBalance] / (lb_rank_local_ ? rank_calls : calls);
+  st.z_loss = values[kZ] / rank_calls;
   st.realized_cost = tot.realized_cost(cost_);
   st.cost_before_budget = tot.cost_before_budget(cost_);
   st.expected_cost = tot.expected_cost(cost_);
   st.budget = cfg_.budget();
   st.budget_applies = cfg_.budget_coef() > 0 || cfg_.budget_mode() != switchyard::MoeConfig::SOFT;
   st.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
-  st.budget_loss = values[kBudget] / ((expected_budget(cfg_) ? ranks : 1) * calls);
+  st.budget_loss = values[kBudget] / (expected_budget(cfg_) ? rank_calls : calls);
   stats_ = st;
   stats_read_ = true;
   return stats_;

@@ -450,6 +450,10 @@ TEST(Depth, MoeBlockAtEvaluationMakesTheSameCallsOnEveryRank) {
         EXPECT_NEAR(got_stats.load[g], want_stats.load[g], 1e-12) << "rank " << w.rank() << " expert " << g;
       EXPECT_NEAR(got_stats.dropped, want_stats.dropped, 1e-12) << "rank " << w.rank();
       EXPECT_NEAR(got_stats.entropy, want_stats.entropy, 1e-6) << "rank " << w.rank();
+      // The z-loss, taken on each rank's tokens: the mean over the calls
+      // that routed some, not over every rank's (a padding call's 0 counted).
+      ASSERT_GT(want_stats.z_loss, 0.0);
+      EXPECT_NEAR(got_stats.z_loss, want_stats.z_loss, 1e-6 * want_stats.z_loss) << "rank " << w.rank();
     }
   }
 }
