@@ -463,6 +463,8 @@ const RoutingStats& Router::stats() const {
   st.dropped = tot.dropped / std::max(1.0, tot.assigned);
   st.unserved = tot.unserved / std::max(1.0, tot.items);
   st.entropy = tot.entropy / std::max(1.0, tot.items);
+  st.items = tot.items;
+  st.assigned = tot.assigned;
   // Summed over ranks where taken on each rank's tokens, and over pooled
   // forwards: their mean over the (rank, forward) pairs that routed tokens
   // (a rank's padding call adds 0 to both). Taken once on summed sums: the

@@ -65,6 +65,10 @@ struct RoutingStats {
   bool budget_applies = false; // a budget loss (moe.budget_coef > 0) or a hard budget acts on B
   double budget_dropped = 0;   // share of used assignments dropped by the hard budget
   int64_t capacity = 0;
+  // What the shares above divide: items (tokens) and used assignments, every
+  // rank's, over the pooled forwards (0 where none routed a token). A mean
+  // over several forwards weights each by them.
+  double items = 0, assigned = 0;
 };
 
 class Router {

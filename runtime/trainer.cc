@@ -165,6 +165,7 @@ float Trainer::evaluate() {
   held_out_.clear();
   held_out_depth_.clear();
   for (const auto& [l, layer] : moe) held_out_.push_back({l, std::vector<double>(cfg_.moe().num_experts(), 0.0)});
+  std::vector<double> held_out_assigned(moe.size(), 0.0), held_out_items(moe.size(), 0.0);
   ProgressLine progress(opts_.log, "evaluation", n, opts_.progress_after_s, opts_.progress_every_s);
   held_out_compute_ = 0;
   auto& blocks = model_.blocks();
@@ -188,24 +189,35 @@ float Trainer::evaluate() {
       sum += model_.forward(micro_batch(batch, part, micros));
       held_out_compute_ += model_.forward_flops() / model_.dense_forward_flops() / forwards;
       for (auto& [l, kept] : held_out_depth_) kept += blocks[l].depth()->processed() / forwards;
-      // Every forward routes the same number of tokens, so the pass's load is
-      // the mean of the forwards' load fractions (already summed over ranks).
-      // (A depth-routed MoE block's forwards each route the tokens its
-      // predictor kept: the mean of each forward's shares, its sequences'
-      // calls pooled, runtime/model.cc.)
+      // The pass's shares: each forward's (already over every rank's tokens)
+      // weighted by what it divides, used assignments or tokens. A forward of
+      // a depth-routed MoE block routes the tokens its predictor kept (its
+      // sequences' calls pooled, runtime/model.cc), maybe none: weighted
+      // by count, such a forward adds nothing, where a mean over forwards
+      // counted its zeros and left the loads summing under 1.
       for (size_t m = 0; m < moe.size(); ++m) {
         const RoutingStats& st = moe[m].second->stats();
-        for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] / forwards;
-        held_out_[m].dropped += st.dropped / forwards;
-        held_out_[m].unserved += st.unserved / forwards;
-        held_out_[m].realized_cost += st.realized_cost / forwards;
-        held_out_[m].budget_dropped += st.budget_dropped / forwards;
+        for (size_t g = 0; g < st.load.size(); ++g) held_out_[m].load[g] += st.load[g] * st.assigned;
+        held_out_[m].dropped += st.dropped * st.assigned;
+        held_out_[m].budget_dropped += st.budget_dropped * st.assigned;
+        held_out_[m].unserved += st.unserved * st.items;
+        held_out_[m].realized_cost += st.realized_cost * st.items;
+        held_out_assigned[m] += st.assigned;
+        held_out_items[m] += st.items;
       }
     }
     progress.done(i + 1);
   }
-  for (HeldOutRouting& h : held_out_)
+  for (size_t m = 0; m < held_out_.size(); ++m) {
+    HeldOutRouting& h = held_out_[m];
+    const double a = std::max(1.0, held_out_assigned[m]), t = std::max(1.0, held_out_items[m]);
+    for (double& f : h.load) f /= a;
+    h.dropped /= a;
+    h.budget_dropped /= a;
+    h.unserved /= t;
+    h.realized_cost /= t;
     h.max_over_mean = *std::max_element(h.load.begin(), h.load.end()) * h.load.size();
+  }
   model_.set_training(true);
   // This rank's kept fraction; every rank processes as many tokens.
   for (auto& [l, kept] : held_out_depth_) kept = world_mean(opts_.par, static_cast<float>(kept), "held-out depth");

@@ -19,6 +19,7 @@
 #include "runtime/model.h"
 #include "runtime/step_metrics.h"
 #include "runtime/trainer.h"
+#include "runtime/training_data.h"
 
 namespace sy {
 namespace {
@@ -503,6 +504,59 @@ TEST(Trainer, HeldOutRoutingIsNoiselessAndNormalised) {
   model.set_step(1);
   model.forward(b);
   EXPECT_EQ(model.moe_layers()[0].second->stats().load, a);
+}
+
+// A depth-routed MoE block at evaluation routes the tokens its predictor
+// kept, so some evaluation forwards may route none: the held-out shares
+// weight each forward by what it routed, and a forward with no token adds
+// nothing (a mean over forwards counted its zero loads: their sum fell
+// under 1). The tau is picked so that of the pass's forwards (one sequence
+// each) some route none and some route tokens.
+TEST(Trainer, HeldOutSharesSkipForwardsThatRoutedNothing) {
+  Config c = parse_config(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
+    train { batch: 1 eval_batches: 12 seed: 5 }
+    data { synthetic_bytes: 20000 }
+    moe { num_experts: 4 every_n_layers: 2 capacity_factor: 2 }
+    depth { every_n_layers: 2 capacity: 0.5 }
+  )", "test");
+  validate_config(c, "test");
+  const int n = c.train().eval_batches();
+  // Each evaluation forward's routed share, at a tau: the trainer's own
+  // batches (val_.fixed) through its model.
+  auto shares = [&](float tau) {
+    Config ct = c;
+    ct.mutable_depth()->set_tau(tau);
+    Trainer t(ct, {});
+    TrainingData data(ct);
+    WindowSampler val(data.val(), ct.train().batch(), ct.model().seq_len(), 0);
+    t.model().set_training(false);
+    std::vector<double> kept;
+    for (int i = 0; i < n; ++i) {
+      t.model().forward(val.fixed(i));
+      kept.push_back(t.model().blocks().at(1).depth()->processed());
+    }
+    return kept;
+  };
+  float tau = -1;
+  for (float cand : {0.5f, 0.45f, 0.55f, 0.4f, 0.6f, 0.35f, 0.65f, 0.3f, 0.7f, 0.25f, 0.75f}) {
+    const std::vector<double> k = shares(cand);
+    const bool none = std::count(k.begin(), k.end(), 0.0) > 0, some = std::count(k.begin(), k.end(), 0.0) < n;
+    if (none && some) {
+      tau = cand;
+      break;
+    }
+  }
+  ASSERT_GT(tau, 0.f) << "no tau in the list leaves some forwards routing none and some routing tokens";
+  Config ct = c;
+  ct.mutable_depth()->set_tau(tau);
+  Trainer t(ct, {});
+  t.evaluate();
+  ASSERT_EQ(t.held_out_routing().size(), 1u);
+  const HeldOutRouting& h = t.held_out_routing()[0];
+  double sum = 0;
+  for (double f : h.load) sum += f;
+  EXPECT_NEAR(sum, 1.0, 1e-9) << "tau " << tau;
 }
 
 // The balancing bias moves once a step, on the whole step's load: after step
