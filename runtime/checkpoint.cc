@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -362,6 +363,7 @@ std::string save_into(const std::string& root, const std::string& tmp_name, cons
     m.set_bad_steps(state.bad_steps);
     m.set_bad_steps_in_a_row(state.bad_steps_in_a_row);
     if (!state.data.empty()) m.set_data(state.data);
+    m.set_train_seconds(state.train_seconds);
     m.set_world_size(world);
     m.set_expert_parallel(ep);
     add_file(m, tmp, kDenseModel, 0, dense_model);
@@ -430,6 +432,8 @@ CheckpointManifest read_manifest(const std::string& dir) {
     position("data_position", std::to_string(m.data_position()),
              "[0, " + std::to_string(UINT32_MAX) + "] (the data stream numbers its batches in 32 bits)");
   if (m.tokens_seen() < 0) position("tokens_seen", std::to_string(m.tokens_seen()), "[0, ...)");
+  if (!(m.train_seconds() >= 0) || !std::isfinite(m.train_seconds()))
+    position("train_seconds", std::to_string(m.train_seconds()), "[0, ...), finite");
   // Skipped steps are steps; a negative streak would put off
   // train.max_bad_steps' stop.
   if (m.bad_steps() < 0 || m.bad_steps() > m.step())
@@ -641,6 +645,7 @@ TrainState load_checkpoint(const std::string& dir, const Config& cfg, Transforme
   s.bad_steps = m.bad_steps();
   s.bad_steps_in_a_row = m.bad_steps_in_a_row();
   s.data = m.data();
+  s.train_seconds = m.train_seconds();
   s.data_position = m.data_position();
   if (m.has_origin()) s.origin = {m.origin().checkpoint(), m.origin().step(), m.origin().upcycled()};
   return s;

@@ -72,6 +72,7 @@ struct TrainState {
   int64_t bad_steps_in_a_row = 0;  // of them, the last ones before this step (train.max_bad_steps' streak)
   uint64_t data_position = 0;  // training batches drawn
   std::string data;            // what the batches were drawn from (Trainer::data_summary)
+  double train_seconds = 0;    // wall-clock seconds trained so far, every part of a resumed run
   RunOrigin origin;
 };
 

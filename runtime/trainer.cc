@@ -237,6 +237,7 @@ void Trainer::restore(const std::string& dir, bool optimizer) {
   origin_ = st.origin;
   restored_from_ = dir;
   restored_data_ = st.data;
+  restored_seconds_ = st.train_seconds;
 }
 
 std::string Trainer::data_summary() const {
@@ -264,6 +265,7 @@ std::string Trainer::write_checkpoint() {
   st.data_position = train_.position();
   st.data = data_summary();
   st.origin = origin_;
+  st.train_seconds = restored_seconds_ + (run_start_s_ >= 0 ? now_s() - run_start_s_ : 0.0);
   return save_checkpoint(cfg_.train().checkpoint_dir(), cfg_, model_, st, opts_.par, cfg_.train().keep_checkpoints());
 }
 
@@ -465,6 +467,7 @@ TrainResult Trainer::run() {
   result.last_step = start;
   result.bad_steps = bad_steps_;
   const double t0 = now_s();
+  run_start_s_ = t0;
   double interval_start = t0, interval_flops = 0, allreduce_s = 0, allreduce_exposed_s = 0, share_values_s = 0;
   int64_t interval_tokens = 0, interval_steps = 0, interval_waits = 0;
   float loss_sum = 0;
@@ -512,8 +515,9 @@ TrainResult Trainer::run() {
     const double now = now_s();
     log.tokens_per_s = interval_tokens / dt;
     log.flops_per_s = interval_flops / dt;
-    log.elapsed_s = now - t0;
-    log.eta_s = log.elapsed_s / (s - start) * (t.steps() - s);
+    // (elapsed over every part of a resumed run; the ETA from this part's rate)
+    log.elapsed_s = restored_seconds_ + (now - t0);
+    log.eta_s = (now - t0) / (s - start) * (t.steps() - s);
     result.tokens_per_s = log.tokens_per_s;
     metrics.write(metrics_line(log, routing));
     if (opts_.log) {

@@ -165,6 +165,8 @@ class Trainer {
   int64_t consecutive_bad_ = 0;
   std::string restored_from_;  // empty: a fresh run
   std::string restored_data_;  // the checkpoint's data_summary() (empty: an older checkpoint)
+  double restored_seconds_ = 0;  // the checkpoint's train_seconds: what this run's elapsed_s adds to its own
+  double run_start_s_ = -1;      // run()'s start (steady clock), for the checkpoints it writes
   RunOrigin origin_;           // init_from's, or a restored checkpoint's
   Batch micro_batch(const Batch& slice, int m, int n) const;
   Batch step_slice_;           // this rank's slice of the last step's batch

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "config_error.h"
+#include "core/file.h"
 #include "temp_dir.h"
 #include "ops/finite.h"
 #include "runtime/checkpoint.h"
@@ -315,6 +316,47 @@ TEST(Checkpoint, ResumingOnOtherDataIsSaid) {
                                   "bytes; this run from train 18000 bytes, val 2000 bytes: its batches from here "
                                   "are not those the uninterrupted run would have drawn"),
             std::string::npos);
+}
+
+// A resumed run's elapsed_s goes on from the time its checkpoint records
+// (every part of the run), not from 0; the checkpoint it writes records the
+// sum again.
+TEST(Checkpoint, ElapsedTimeContinuesOverAResume) {
+  TempDir d;
+  Config cfg = routed_config(d.path);
+  cfg.mutable_train()->set_steps(2);
+  Trainer a(cfg, {});
+  a.run();
+  const std::string dir = a.write_checkpoint();
+  const double first = read_manifest(dir).train_seconds();
+  EXPECT_GT(first, 0.0);
+  // As if the first part had run an hour: the resumed metrics start there.
+  const std::string manifest = dir + "/manifest.pbtxt";
+  std::string text = read_whole_file(manifest, "manifest");
+  const size_t at = text.find("train_seconds: ");
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, text.find('\n', at) - at, "train_seconds: 3600");
+  std::ofstream(manifest, std::ios::trunc) << text;
+  Config more = cfg;
+  more.mutable_train()->set_steps(4);
+  more.mutable_train()->set_log_interval(1);
+  TrainOptions o;
+  o.metrics_path = d.path + "/m.jsonl";
+  Trainer b(more, o);
+  b.restore(dir);
+  b.run();
+  std::ifstream in(o.metrics_path);
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_GE(j["elapsed_s"].get<double>(), 3600.0) << line;
+    EXPECT_LT(j["elapsed_s"].get<double>(), 3600.0 + 600.0) << line;
+    ++lines;
+  }
+  EXPECT_EQ(lines, 2);
+  const double again = read_manifest(b.write_checkpoint()).train_seconds();
+  EXPECT_GT(again, 3600.0);
 }
 
 TEST(Checkpoint, RoundTripTrainsOnBitForBit) {
