@@ -125,19 +125,26 @@ std::vector<int32_t> PieceCodec::encode(const std::string& text) const {
     consider(p.left, sym[p.left].next);
   }
   std::vector<int32_t> ids;
+  bool prev_unknown = false;  // the last symbol was not a piece and became <unk>
   for (int i = sym.empty() ? -1 : 0; i >= 0; i = sym[i].next) {
     const std::string piece = s.substr(sym[i].begin, sym[i].len);
     const auto it = mergeable_.find(piece);
     if (it != mergeable_.end()) {
       ids.push_back(it->second);
+      prev_unknown = false;
       continue;
     }
     bool bytes = byte_fallback_;
     for (unsigned char b : piece) bytes = bytes && byte_ids_[b] >= 0;
     if (!bytes) {
-      ids.push_back(unk_id_);
+      // A run of unknown symbols is one <unk>, as SentencePiece encodes it
+      // (its PopulateSentencePieceText merges them): the ids the training
+      // shards hold for the same text.
+      if (!prev_unknown) ids.push_back(unk_id_);
+      prev_unknown = true;
       continue;
     }
+    prev_unknown = false;
     for (unsigned char b : piece) ids.push_back(byte_ids_[b]);
   }
   return ids;

@@ -10,7 +10,7 @@
 // adjacent pair whose concatenation is a piece of highest score (the
 // leftmost among equals) is merged, until no pair is a piece. Each symbol
 // left is its piece's id; one that is not a piece becomes its bytes'
-// <0xNN> pieces (byte fallback) or <unk>.
+// <0xNN> pieces (byte fallback) or <unk>, a run of such symbols one <unk>.
 // Decoding: byte pieces give their byte, control pieces nothing, <unk> " ⁇ ",
 // other pieces their text with "▁" as a space.
 //

@@ -75,6 +75,11 @@ TEST(PieceCodec, UnknownCharactersFallBackToBytes) {
   Model m = model();
   m.mutable_trainer_spec()->set_byte_fallback(false);
   EXPECT_EQ(codec(m).encode("a\xc3\xa9"), std::vector<int32_t>({id_of("a"), 0}));
+  // Without byte fallback a run of unknown characters is one <unk>, as
+  // SentencePiece encodes it; a piece between two runs splits them.
+  EXPECT_EQ(codec(m).encode("\xc3\xa9\xc3\xa8xa\xc3\xa9"), std::vector<int32_t>({0, id_of("a"), 0}));
+  // With it, each character's bytes.
+  EXPECT_EQ(c.encode("\xc3\xa9x"), std::vector<int32_t>({byte_id(0xC3), byte_id(0xA9), byte_id('x')}));
 }
 
 TEST(PieceCodec, DecodesWhatItEncodes) {
