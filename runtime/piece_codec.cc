@@ -152,9 +152,16 @@ std::vector<int32_t> PieceCodec::encode(const std::string& text) const {
 
 std::string PieceCodec::decode(const std::vector<int32_t>& ids) const {
   std::string out;
+  // The dummy prefix's space is the "▁" that starts the first piece with a
+  // surface (control pieces have none), and only that: SentencePiece's
+  // decoder consumes it there, not a space that <unk>'s surface or a byte
+  // piece begins with.
+  bool first = true;
   for (size_t k = 0; k < ids.size(); ++k) {
     const int32_t id = ids[k];
     SY_CHECK(id >= 0 && id < vocab_size(), "piece id " << id << " outside the tokenizer's " << vocab_size());
+    const bool at_start = first;
+    if (types_[id] != kControl) first = false;
     switch (types_[id]) {
       case kControl: break;
       case kUnknown: out += " \xe2\x81\x87 "; break;  // " ⁇ ", SentencePiece's surface for <unk>
@@ -166,12 +173,12 @@ std::string PieceCodec::decode(const std::vector<int32_t>& ids) const {
       }
       default: {
         std::string piece = pieces_[id];
+        if (at_start && dummy_prefix_ && piece.compare(0, kSpace.size(), kSpace) == 0) piece.erase(0, kSpace.size());
         for (size_t p; (p = piece.find(kSpace)) != std::string::npos;) piece.replace(p, kSpace.size(), " ");
         out += piece;
       }
     }
   }
-  if (dummy_prefix_ && !out.empty() && out[0] == ' ') out.erase(0, 1);
   return out;
 }
 

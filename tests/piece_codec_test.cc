@@ -95,6 +95,14 @@ TEST(PieceCodec, DummyPrefixIsAddedAndRemoved) {
   const PieceCodec c = codec(model(true));
   EXPECT_EQ(c.encode("ab"), std::vector<int32_t>({id_of(kSp), id_of("ab")}));
   EXPECT_EQ(c.decode(c.encode("ab c")), "ab c");
+  EXPECT_EQ(c.decode(c.encode(" ab")), " ab");
+  // Only the "▁" that starts the first piece with a surface is the prefix's
+  // (after control pieces, which have none); a space that <unk>'s surface
+  // or a byte piece starts with is text, as SentencePiece decodes it.
+  EXPECT_EQ(c.decode({1, id_of(kSp + "a"), id_of("b")}), "ab");
+  EXPECT_EQ(c.decode({0, id_of("a")}), " \xe2\x81\x87 a");
+  EXPECT_EQ(c.decode({byte_id(' '), id_of("a")}), " a");
+  EXPECT_EQ(c.decode({id_of("a"), id_of(kSp + "a")}), "a a");
 }
 
 TEST(PieceCodec, PromptIdsPutTheBosFirst) {
