@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "runtime/config.h"
 #include "runtime/cost_model.h"
+#include "ops/routing.h"
 #include "runtime/moe_layer.h"
 
 namespace sy {
@@ -493,6 +494,20 @@ void validate_config(const Config& cfg, const std::string& source) {
   c.range("depth.tau", dp.tau(), 0.f, 1.f, true, true);
   c.range("depth.budget_coef", dp.budget_coef(), 0.f, 100.f);
   c.range("depth.budget", dp.budget(), 0.f, 1.f);
+  // A depth-routed block's MoE layer routes the rows its block kept,
+  // sequence after sequence, ceil(depth.capacity x seq_len) of each in
+  // training: balance groups must tile a sequence's, or a group spans two
+  // sequences (and a forward of an odd count of them fails mid-run).
+  if (dp.every_n_layers() > 0 && e.num_experts() > 0 && e.load_balance_tokens() > 0) {
+    bool routed_moe = false;
+    for (int l = 0; l < m.n_layers(); ++l) routed_moe = routed_moe || (is_moe_layer(e, l) && is_depth_routed(dp, l));
+    const int64_t kept = ops::ceil_capacity(dp.capacity(), static_cast<double>(m.seq_len()));
+    if (routed_moe && kept % e.load_balance_tokens() != 0)
+      c.fail("moe.load_balance_tokens", e.load_balance_tokens(),
+             "must divide the " + std::to_string(kept) +
+                 " tokens a depth-routed block keeps of each sequence (ceil(depth.capacity x model.seq_len)), "
+                 "whose MoE layer the groups would otherwise span sequences in");
+  }
   if (dp.budget() != 1.f && dp.every_n_layers() > 0 && dp.budget_coef() == 0)  // (by value: see moe.budget)
     c.fail("depth.budget", dp.budget(), "only the budget loss reads it, and depth.budget_coef is 0: set depth.budget_coef > 0");
 

@@ -320,9 +320,14 @@ void Router::losses_and_stats(int64_t N) {
   aux_dprobs_ = probs_.defined() ? Tensor::zeros({N, G_}, DType::f32, ctx_) : Tensor();
   aux_dlogits_ = probs_.defined() ? Tensor::zeros({N, G_}, DType::f32, ctx_) : Tensor();
   // Grouped balance is computed on this rank's tokens: a group never spans
-  // ranks. (A decoded token is routed alone: its loss, which nothing reads,
-  // the batch-wide one.)
-  const int64_t lb_group = decode_window_ > 0 ? 0 : cfg_.load_balance_tokens();
+  // ranks. Where the groups cannot tile the forward's tokens outside
+  // training, the batch-wide loss, whose value nothing trains: a decoded
+  // token routed alone, a depth-routed block's evaluation call (one
+  // sequence's kept tokens, any count), a generation window shorter than a
+  // group. (In training the config and the trainer have checked the tiling.)
+  const int64_t lb_cfg = cfg_.load_balance_tokens();
+  const bool untiled = lb_cfg > 0 && (decode_window_ > 0 || (!training_ && N % lb_cfg != 0));
+  const int64_t lb_group = untiled ? 0 : lb_cfg;
   SY_CHECK(lb_group == 0 || N % lb_group == 0,
            name_ << ": moe.load_balance_tokens = " << lb_group << " does not divide the " << N
                  << " tokens this rank routes");

@@ -78,6 +78,16 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
                  "train.warmup_steps = 11: must be in [0, train.steps = 10] (a shorter run needs fewer: lower "
                  "train.warmup_steps with it, e.g. --set train.warmup_steps=0)");
   expect_invalid("moe { num_experts: 4 router_noise: -1 }", "moe.router_noise = -1: must be in [0, 10]");
+  // In a depth-routed block the MoE layer routes ceil(0.5 x 128) = 64 rows
+  // a sequence: groups of 128 would span two.
+  expect_invalid("model { seq_len: 128 } moe { num_experts: 4 every_n_layers: 2 load_balance_tokens: 128 } "
+                 "depth { every_n_layers: 2 capacity: 0.5 }",
+                 "moe.load_balance_tokens = 128: must divide the 64 tokens a depth-routed block keeps of each sequence");
+  parse_ok("model { seq_len: 128 } moe { num_experts: 4 every_n_layers: 2 load_balance_tokens: 32 } "
+           "depth { every_n_layers: 2 capacity: 0.5 }");
+  // (MoE layers outside the depth-routed blocks: no constraint from them.)
+  parse_ok("model { n_layers: 4 seq_len: 128 } moe { num_experts: 4 every_n_layers: 2 load_balance_tokens: 128 } "
+           "depth { every_n_layers: 3 capacity: 0.5 }");
   expect_invalid("moe { num_experts: 4 load_balance_tokens: 100 }",
                  "moe.load_balance_tokens = 100: must divide train.batch / train.micro_batches * model.seq_len = ");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE router_noise_kind: GUMBEL }",

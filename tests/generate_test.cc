@@ -140,6 +140,20 @@ TEST(Generate, TokenOrderSlotsAreCausalInTrainingToo) {
   EXPECT_TRUE(future_reaches_the_past(config(moe + "POSITION }"), /*training=*/true));
 }
 
+// A grouped balance loss (groups of two windows here) over a generation
+// window, which is shorter: the router takes the batch-wide loss there (its
+// value trains nothing), where the groups' tiling check stopped the
+// generation; cached or not.
+TEST(Generate, GroupedBalanceDoesNotStopAGeneration) {
+  const Config cfg = config("moe { num_experts: 4 every_n_layers: 1 load_balance_tokens: 64 }");
+  for (bool cached : {true, false}) {
+    Transformer model(host_ctx(), cfg);
+    model.set_training(false);
+    EXPECT_EQ(generate_ids(model, cfg, {1, 2, 3}, 4, ops::SamplingParams{}, 5, nullptr, cached).size(), 7u)
+        << "cached " << cached;
+  }
+}
+
 // A non-finite forward is said, with where, cached or not (every
 // probability NaN fell through the draw to the last candidate: id V - 1).
 TEST(Generate, NonFiniteLogitsAreRefused) {

@@ -506,6 +506,35 @@ TEST(Trainer, HeldOutRoutingIsNoiselessAndNormalised) {
   EXPECT_EQ(model.moe_layers()[0].second->stats().load, a);
 }
 
+// A depth-routed MoE block's balance groups tile each sequence's kept rows
+// in training (4 of 8: groups of 4); at evaluation the predictor keeps any
+// count a sequence, one call each, which groups cannot tile: the batch-wide
+// loss there, where the check stopped the first evaluation.
+TEST(Trainer, DepthRoutedMoeWithGroupedBalanceEvaluates) {
+  Config c = parse_config(R"(
+    model { d_model: 16 n_layers: 2 n_heads: 2 ffn_hidden: 16 seq_len: 8 }
+    train { batch: 4 steps: 2 warmup_steps: 0 eval_batches: 3 seed: 5 }
+    data { synthetic_bytes: 20000 }
+    moe { num_experts: 4 every_n_layers: 2 capacity_factor: 2 load_balance_tokens: 4 }
+    depth { every_n_layers: 2 capacity: 0.5 }
+  )", "test");
+  validate_config(c, "test");
+  Trainer t(c, {});
+  const TrainResult r = t.run();
+  EXPECT_TRUE(std::isfinite(r.final_val_loss));
+  // (the case is the one named: some evaluation call kept a count groups of 4 cannot tile)
+  TrainingData data(c);
+  WindowSampler val(data.val(), c.train().batch(), c.model().seq_len(), 0);
+  t.model().set_training(false);
+  bool untiled = false;
+  for (int i = 0; i < c.train().eval_batches(); ++i) {
+    t.model().forward(val.fixed(i));
+    for (int64_t n : t.model().blocks().at(1).depth()->per_sequence(c.train().batch(), c.model().seq_len()))
+      untiled = untiled || n % 4 != 0;
+  }
+  EXPECT_TRUE(untiled);
+}
+
 // A depth-routed MoE block at evaluation routes the tokens its predictor
 // kept, so some evaluation forwards may route none: the held-out shares
 // weight each forward by what it routed, and a forward with no token adds
