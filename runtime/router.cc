@@ -440,8 +440,14 @@ const RoutingStats& Router::stats() const {
   // The one copy back, when the statistics are asked for (one of each
   // pooled forward's sums, summed here).
   Tensor h;
+  // Forwards in which some rank routed tokens: what a loss taken once on
+  // the summed sums (the batch-wide balance, the realised budget) is
+  // averaged over. A call every rank padded (no rank's sequence kept a
+  // token) has all-zero sums, and its 0 is no loss value.
+  double routed_calls = 0;
   if (pool_.empty()) {
     h = totals_.to(host_ctx());
+    routed_calls = 1;
   } else {
     std::vector<double> sum(static_cast<size_t>(totals_.numel()), 0.0);
     for (const Tensor& t : pool_) {
@@ -450,6 +456,7 @@ const RoutingStats& Router::stats() const {
                name_ << ": pooled forwards with " << t.numel() << " and " << totals_.numel() << " totals");
       const Tensor th = t.to(host_ctx());
       for (size_t i = 0; i < sum.size(); ++i) sum[i] += th.data<double>()[i];
+      if (th.data<double>()[n_sums + kRanks] > 0) ++routed_calls;
     }
     h = Tensor::from_host(sum);
   }
@@ -475,8 +482,7 @@ const RoutingStats& Router::stats() const {
   // (a rank's padding call adds 0 to both). Taken once on summed sums: the
   // mean over forwards.
   const double rank_calls = std::max(1.0, values[kRanks]);
-  const double calls = static_cast<double>(std::max<int64_t>(
-      1, std::count_if(pool_.begin(), pool_.end(), [](const Tensor& t) { return t.defined(); })));
+  const double calls = std::max(1.0, routed_calls);
   st.lb_loss = values[kLoadBalance] / (lb_rank_local_ ? rank_calls : calls);
   st.z_loss = values[kZ] / rank_calls;
   st.realized_cost = tot.realized_cost(cost_);

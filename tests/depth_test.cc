@@ -406,6 +406,36 @@ TEST(Depth, MoeBlockStatisticsPoolEverySequence) {
   EXPECT_EQ(moe.stats().dropped, alone[0].dropped);
 }
 
+// A call that every rank padded (no rank's sequence kept a token) holds no
+// tokens: a loss taken once on the summed sums (the batch-wide balance) is
+// the mean over the calls that routed some, with no 0 averaged in. (One
+// process here: set_padding is what every rank does in such a call.)
+TEST(Depth, CallsEveryRankPaddedAddNoLossValue) {
+  Config cfg = depth_moe_config(2.f);
+  cfg.mutable_moe()->set_load_balance_coef(0.01f);
+  cfg.mutable_moe()->set_z_loss_coef(0.001f);
+  validate_config(cfg, "test");
+  Transformer model(host_ctx(), cfg);
+  model.set_training(false);
+  MoeLayer& moe = *model.moe_layers().at(0).second;
+  std::vector<float> v(4 * 16);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.7f * static_cast<float>(i));
+  const Tensor x = Tensor::from_host(v).reshape({4, 16});
+  moe.forward(x);
+  const RoutingStats alone = moe.stats();
+  ASSERT_GT(alone.lb_loss, 0.0);
+  ASSERT_GT(alone.z_loss, 0.0);
+  moe.pool_statistics(true);
+  moe.forward(x);
+  moe.set_padding(true);
+  moe.forward(Tensor::zeros({1, 16}, DType::f32, host_ctx()));
+  moe.set_padding(false);
+  moe.pool_statistics(false);
+  EXPECT_NEAR(moe.stats().lb_loss, alone.lb_loss, 1e-12 * alone.lb_loss);
+  EXPECT_NEAR(moe.stats().z_loss, alone.z_loss, 1e-12 * alone.z_loss);
+  EXPECT_EQ(moe.stats().load, alone.load);
+}
+
 // A kept token whose router score is so negative that sigmoid is 0 in fp32
 // still gets weight 1 under the straight-through gate (s / s was 0 / 0 = NaN:
 // a real run of shakespeare_small with MoE and depth stopped on it).
