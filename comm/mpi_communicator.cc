@@ -278,8 +278,17 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
 
 void MpiCommunicator::all_reduce_sum(Tensor& t, Stream stream, const char* context) {
   const MPI_Datatype type = mpi_type(t.dtype(), true, context);
-  SY_CHECK(t.numel() <= INT32_MAX, "all_reduce in '" << context << "': " << t.numel() << " elements");
   if (size_ == 1) return;  // (the sum over one rank: t itself; a group of one, e.g. expert replicas when ep = world)
+  if (t.numel() > max_piece_) {
+    // Past MPI's int counts (a model's expert gradients past 2^31 - 1
+    // elements, one arena): in pieces, in order, on every rank alike.
+    Tensor flat = t.reshape({t.numel()});
+    for (int64_t at = 0; at < t.numel(); at += max_piece_) {
+      Tensor piece = flat.rows(at, std::min(t.numel(), at + max_piece_));
+      all_reduce_sum(piece, stream, context);
+    }
+    return;
+  }
   const Ctx stage = staging(*pinned_, stream);
   Tensor h = on_host(t, stage);
   if (!ring_all_reduce(static_cast<int64_t>(t.nbytes()))) {

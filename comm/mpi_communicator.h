@@ -57,6 +57,10 @@ class MpiCommunicator : public Communicator {
   void set_ring_all_reduce(bool on, int64_t min_bytes = kRingMinBytes) {
     ring_min_bytes_ = on ? min_bytes : INT64_MAX;
   }
+  // The most elements one reduction takes (MPI's counts are ints): a longer
+  // tensor is summed in pieces of this many, one after another (each piece
+  // as a tensor of its own; every rank the same bits). Tests lower it.
+  void set_max_piece_elements(int64_t n) { max_piece_ = n; }
   // Whether a sum of `bytes` takes the ring.
   bool ring_all_reduce(int64_t bytes) const { return one_node_ && size_ > 1 && bytes >= ring_min_bytes_; }
   void broadcast(Tensor& t, int root, Stream stream, const char* context) override;
@@ -95,6 +99,7 @@ class MpiCommunicator : public Communicator {
   int rank_ = 0, size_ = 1;
   bool one_node_ = false;  // every rank of comm_ on this node (shared memory)
   int64_t ring_min_bytes_ = kRingMinBytes;  // the smallest sum the ring takes (INT64_MAX: none)
+  int64_t max_piece_ = INT32_MAX;  // set_max_piece_elements
   std::vector<int> world_ranks_;
 };
 

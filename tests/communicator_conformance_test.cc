@@ -172,14 +172,16 @@ TEST_P(Conformance, AllToAllVRefusesOverlappingBuffers) {
 // Sums of (R + 1) (i mod 16 + 1), exact in every dtype: a small tensor and
 // one over 1 MiB with a tail (MPI on one node: the ring, then
 // MPI_Allgatherv); MPI also with the ring at every size (the small one's
-// later parts empty) and with MPI_Allreduce at every size.
+// later parts empty), with MPI_Allreduce at every size, and in pieces of at
+// most 1000 elements (the way past MPI's int counts; the last one short).
 TEST_P(Conformance, AllReduceSumsEveryAddableDtype) {
   const int R = comm().rank(), W = comm().size();
   const bool mpi = !is_nccl(GetParam());
   if (mpi && W > 1) EXPECT_TRUE(mpi_world().ring_all_reduce(int64_t{1} << 20)) << "the ring is not tested";
-  for (const std::string way : {"chosen", "ring", "MPI_Allreduce"}) {  // (MPI: the ring as it chooses, always, never)
+  for (const std::string way : {"chosen", "ring", "MPI_Allreduce", "pieces"}) {  // (MPI: the ring as it chooses, always, never)
     if (way != "chosen" && !mpi) break;
-    if (way != "chosen") mpi_world().set_ring_all_reduce(way == "ring", 0);
+    if (way == "pieces") mpi_world().set_max_piece_elements(1000), mpi_world().set_ring_all_reduce(true, 0);
+    else if (way != "chosen") mpi_world().set_ring_all_reduce(way == "ring", 0);
     for (const int64_t n : {int64_t{10}, int64_t{(1 << 18) + 3}})
       for (DType dt : kAll) {
         if (dt == DType::bf16 && mpi) continue;  // MPI cannot add bf16
@@ -190,6 +192,7 @@ TEST_P(Conformance, AllReduceSumsEveryAddableDtype) {
         for (int64_t i = 0; i < n; ++i) ASSERT_EQ(get(got, i), W * (W + 1) / 2.0 * (i % 16 + 1)) << "element " << i;
       }
     if (way != "chosen") mpi_world().set_ring_all_reduce(true);
+    if (way == "pieces") mpi_world().set_max_piece_elements(INT32_MAX);
   }
   EXPECT_EQ(comm().all_reduce_sum(static_cast<double>(R), "conformance"), W * (W - 1) / 2.0);
 }
