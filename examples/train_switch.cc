@@ -388,11 +388,18 @@ int run(int argc, char** argv, int world_rank, int world_size) {
       // GPU, each given its own NCCL_HOSTID, over sockets - unsupported by
       // NVIDIA; scripts/gpu_check.sh's NCCL fault run on its one GPU.)
       const bool on_gpu = cfg.backend() == switchyard::Config::CUDA,
-                 own_gpu = gpus >= node.size || (gpus > 0 && std::getenv("SY_NCCL_SHARED_GPU"));
+                 own_gpu_here = gpus >= node.size || (gpus > 0 && std::getenv("SY_NCCL_SHARED_GPU"));
+      // One answer on every rank: nodes may differ (2 ranks on 2 GPUs on one,
+      // 2 on 1 GPU on another), and a rank building NCCL's communicator
+      // while another builds MPI's would wait on each other's collectives.
+      const bool own_gpu = world->all_reduce_sum(own_gpu_here ? 0.0 : 1.0, "GPUs per rank") == 0;
       if (pb == switchyard::ParallelConfig::NCCL && !own_gpu)
-        throw sy::ConfigError("parallel.backend = NCCL: " + std::to_string(node.size) + " ranks on this node share " +
-                              std::to_string(gpus) + " GPU" + (gpus == 1 ? "" : "s") +
-                              "; NCCL needs one GPU per rank (use MPI, which stages through the host)");
+        throw sy::ConfigError(
+            "parallel.backend = NCCL: " +
+            (own_gpu_here ? std::string("ranks on another node share its GPUs")
+                          : std::to_string(node.size) + " ranks on this node share " + std::to_string(gpus) + " GPU" +
+                                (gpus == 1 ? "" : "s")) +
+            "; NCCL needs one GPU per rank (use MPI, which stages through the host)");
       nccl = on_gpu && own_gpu &&
              (pb == switchyard::ParallelConfig::NCCL ||
               (pb == switchyard::ParallelConfig::AUTO && sy::comm::nccl_available()));
