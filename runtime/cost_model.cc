@@ -40,7 +40,9 @@ PlannedCost planned_cost(const Config& cfg) {
     const double n = depth_routed ? static_cast<double>(ops::ceil_capacity(dp.capacity(), T)) : T;
     const double f = n / T;
     const bool sparse = is_sparse_attention_layer(at, l, L);
-    const double attn = sparse ? proj + 4.0 * attention_pairs(at, static_cast<int64_t>(n), m.n_heads()).sparse * d / n
+    // (the layer's clusters were made for T, whatever n its block keeps)
+    const double attn = sparse ? proj + 4.0 * attention_pairs(at, static_cast<int64_t>(n), m.n_heads(),
+                                                              cluster_count(at, T)).sparse * d / n
                                : proj + 2.0 * n * d;
     p.attention += f * attn;
     if (depth_routed) p.routers += 4.0 * d;

@@ -18,7 +18,7 @@ int64_t cluster_count(const switchyard::AttentionConfig& a, int64_t seq_len) {
   return std::max<int64_t>(1, std::llround(std::sqrt(static_cast<double>(seq_len))));
 }
 
-AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, int64_t n_heads) {
+AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, int64_t n_heads, int64_t clusters) {
   const double dense = 0.5 * n * (n + 1.0);
   auto window_pairs = [&](double w) {
     w = std::min<double>(w, n);
@@ -26,7 +26,7 @@ AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, 
   };
   double per_head_sum = 0;
   if (a.kind() == switchyard::AttentionConfig::ROUTED) {
-    const double k = static_cast<double>(cluster_count(a, n)), S = n / k;
+    const double k = static_cast<double>(clusters > 0 ? clusters : cluster_count(a, n)), S = n / k;
     const double routing = k * 0.5 * S * (S + 1.0);  // balanced clusters of S, causal inside
     per_head_sum = a.num_routing_heads() * routing + (n_heads - a.num_routing_heads()) * window_pairs(a.window());
   } else if (a.kind() == switchyard::AttentionConfig::BLOCK_TOPK) {

@@ -63,10 +63,13 @@ struct SparseAttentionStats {
 };
 
 // Query-key pairs of one sequence of n tokens, per layer: {this config, dense}.
+// k: the layer's cluster count (routed attention); 0 takes cluster_count(a,
+// n). A depth-routed block attends over its kept n < seq_len tokens with the
+// clusters its layer made for seq_len: cluster_count(a, seq_len).
 struct AttentionPairs {
   double sparse, dense;
 };
-AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, int64_t n_heads);
+AttentionPairs attention_pairs(const switchyard::AttentionConfig& a, int64_t n, int64_t n_heads, int64_t k = 0);
 
 class SparseSelfAttention : public SelfAttention {
  public:

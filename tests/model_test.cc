@@ -17,6 +17,7 @@
 #include "ops/adamw.h"
 #include "runtime/cost_model.h"
 #include "runtime/model.h"
+#include "runtime/sparse_self_attention.h"
 #include "runtime/step_metrics.h"
 #include "runtime/trainer.h"
 #include "runtime/training_data.h"
@@ -781,6 +782,24 @@ TEST(Transformer, ComputeFractionCountsExpertsAttentionAndDepthAlike) {
     }
   }
   }
+}
+
+// A depth-routed block's routed attention runs over its kept tokens with
+// the clusters its layer made for seq_len (round(sqrt 256) = 16), not
+// round(sqrt 128) = 11: the plan counts its pairs so.
+TEST(Transformer, PlannedRoutedAttentionInADepthRoutedBlockUsesTheLayersClusters) {
+  Config c = parse_config(
+      "model { d_model: 16 n_layers: 1 n_heads: 2 ffn_hidden: 32 seq_len: 256 } "
+      "attention { kind: ROUTED num_routing_heads: 1 window: 4 } depth { every_n_layers: 1 capacity: 0.5 }",
+      "test");
+  validate_config(c, "test");
+  const PlannedCost plan = planned_cost(c);
+  const double d = 16, n = 128, proj = 4 * d * d + 4 * d * d;
+  const auto& at = c.attention();
+  ASSERT_EQ(cluster_count(at, 256), 16);
+  const double want = n / 256 * (proj + 4.0 * attention_pairs(at, 128, 2, 16).sparse * d / n);
+  EXPECT_DOUBLE_EQ(plan.attention, want);
+  EXPECT_NE(attention_pairs(at, 128, 2, 16).sparse, attention_pairs(at, 128, 2).sparse);  // (the check can fail)
 }
 
 // budget.target sets the MoE budget so that the planned compute is the
