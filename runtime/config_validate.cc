@@ -407,6 +407,12 @@ void validate_config(const Config& cfg, const std::string& source) {
     c.range("attention.ema_decay", at.ema_decay(), 0.f, 1.f, false, true);
     c.range("attention.kmeans_iters", at.kmeans_iters(), 0, 100);
     c.range("attention.commitment_coef", at.commitment_coef(), 0.f, 100.f);
+    // (The loss pulls a query toward its one nearest centroid; under BALANCED
+    // a query sits in any number of clusters, and the layer computes none.)
+    if (at.commitment_coef() > 0 && at.assignment() == switchyard::AttentionConfig::BALANCED)
+      c.fail("attention.commitment_coef", at.commitment_coef(),
+             "applies to attention.assignment CAUSAL (each query's nearest centroid); BALANCED computes no commitment "
+             "loss: 0 there");
   }
   if (at.kind() == switchyard::AttentionConfig::BLOCK_TOPK) {
     c.range("attention.block_size", at.block_size(), 1, 65536);

@@ -88,6 +88,9 @@ TEST(Config, OutOfRangeNamesFieldValueAndRange) {
   // (MoE layers outside the depth-routed blocks: no constraint from them.)
   parse_ok("model { n_layers: 4 seq_len: 128 } moe { num_experts: 4 every_n_layers: 2 load_balance_tokens: 128 } "
            "depth { every_n_layers: 3 capacity: 0.5 }");
+  expect_invalid("attention { kind: ROUTED num_routing_heads: 1 assignment: BALANCED commitment_coef: 0.1 }",
+                 "attention.commitment_coef = 0.1: applies to attention.assignment CAUSAL");
+  parse_ok("attention { kind: ROUTED num_routing_heads: 1 commitment_coef: 0.1 }");
   expect_invalid("moe { num_experts: 4 load_balance_tokens: 100 }",
                  "moe.load_balance_tokens = 100: must divide train.batch / train.micro_batches * model.seq_len = ");
   expect_invalid("moe { num_experts: 4 router: EXPERT_CHOICE router_noise_kind: GUMBEL }",
