@@ -250,6 +250,12 @@ void Router::drop_as_the_window_would() {
   bp.cost = full;
   bp.budget = 0;
   ops::apply_budget(ctx_, route_, logits_, bp);
+  // What the budget step dropped, the window drops over capacity: slot -1,
+  // counted as a capacity drop in the statistics (as the window's forward
+  // counts it), not -2, a budget drop.
+  int32_t* slot = route_.slot.data<int32_t>();
+  for (int64_t a = 0; a < k; ++a)
+    if (slot[a] == -2) slot[a] = -1, ++route_.dropped, --route_.budget_dropped;
 }
 
 Tensor Router::sinkhorn_offsets(const Tensor& keys, const Tensor& clean) {

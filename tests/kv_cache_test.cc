@@ -144,10 +144,25 @@ TEST(KvCache, EachPositionsLogitsAreTheWindowsRow) {
     const int64_t T = cfg.model().seq_len(), V = cfg.model().vocab_size();
     const std::vector<int32_t> ids = random_ids(T, V, 9);
     const std::vector<float> window = window_logits(model, ids);
+    // "switch" (top-1, a capacity that binds): the decoded tokens' drops are
+    // the window's, and count as capacity drops, as the window's do, not as
+    // the budget's (through which decoding makes them).
+    const bool drops = name == "switch";
+    const double window_dropped = drops ? model.moe_layers().at(0).second->stats().dropped : 0;
+    double decode_dropped = 0, decode_budget_dropped = 0;
     KvCache cache = model.new_cache();
     for (int64_t p = 0; p < T; ++p) {
       const Tensor got = model.decode(ids[p], p, cache);
       EXPECT_LE(rel_l2(got.f32(), window.data() + p * V, V), 1e-5) << "position " << p;
+      if (drops) {
+        const RoutingStats& st = model.moe_layers().at(0).second->stats();
+        decode_dropped += st.dropped, decode_budget_dropped += st.budget_dropped;
+      }
+    }
+    if (drops) {
+      EXPECT_GT(window_dropped, 0.0);
+      EXPECT_NEAR(decode_dropped / static_cast<double>(T), window_dropped, 1e-12);
+      EXPECT_EQ(decode_budget_dropped, 0.0);
     }
     if (name.rfind("block_topk", 0) == 0) {
       // The cached block means: each complete block's, per key head, exactly

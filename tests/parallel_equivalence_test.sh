@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Expert + data parallelism compute what one rank computes: for the same seed
-# and global batch, dropless, the per-step training loss of ep=4 on 4 ranks
-# and of ep=2 on 4 ranks (two replicas of each expert shard) equals one
-# rank's to 1e-5 relative, for 20 steps. Noise off, and again with jitter and
+# and global batch, dropless, the per-step training loss and gradient norm
+# of ep=4 on 4 ranks and of ep=2 on 4 ranks (two replicas of each expert
+# shard) equal one rank's to 1e-5 relative, for 20 steps. Noise off, and again with jitter and
 # router noise on: draws are keyed by a token's index in the global batch
 # (ops/random.h), so they do not depend on the number of ranks either. Every
 # step of the parallel runs reports some all-to-all time. The same with each
@@ -25,6 +25,11 @@ read -r -a more <<< "${SY_TEST_ARGS:-}"
 tol=${SY_TEST_TOL:-1e-5}
 args+=("${more[@]}")
 losses() { sed -E 's/.*"loss":([-0-9.e]+).*/\1/' "$1"; }
+grad_norms() { sed -E 's/.*"grad_norm":([-0-9.e]+).*/\1/' "$1"; }
+worst_of() {  # the worst relative difference of two columns of 20 numbers, or steps=N
+  paste <("$1" "$2") <("$1" "$3") |
+    awk '{ d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > m) m = d; n++ } END { if (n != 20) print "steps=" n; else printf "%.2e", m }'
+}
 noisy=(--set moe.jitter=0.01 --set moe.router_noise=0.3)
 "$BIN" "${args[@]}" --metrics "$tmp/one.jsonl" > "$tmp/one.log" 2>&1 || { cat "$tmp/one.log"; exit 1; }
 "$BIN" "${args[@]}" "${noisy[@]}" --metrics "$tmp/one_noisy.jsonl" > "$tmp/one_noisy.log" 2>&1 || { cat "$tmp/one_noisy.log"; exit 1; }
@@ -47,6 +52,13 @@ for run in 4 2 4_noisy 4_dedup 2_dedup 4_recompute; do
     *) if awk -v w="$worst" -v t="$tol" 'BEGIN { exit !(w <= t) }'; then echo "ok   ep=$run on 4 ranks: worst relative loss difference over 20 steps $worst (tolerance $tol)"
        else echo "FAIL ep=$run: worst relative loss difference $worst > $tol"; fail=1; fi ;;
   esac
+  # The gradient norm before clipping too: the losses barely react to a
+  # gradient scaled by a constant (AdamW divides it out), the norm does. At
+  # ep=2 each expert shard has two replicas, whose gradients are averaged.
+  gworst=$(worst_of grad_norms "$tmp/$ref.jsonl" "$tmp/ep$run.jsonl")
+  if [[ "$gworst" != steps=* ]] && awk -v w="$gworst" -v t="$tol" 'BEGIN { exit !(w <= t) }'; then
+    echo "ok   ep=$run on 4 ranks: worst relative gradient-norm difference $gworst"
+  else echo "FAIL ep=$run: worst relative gradient-norm difference $gworst > $tol"; fail=1; fi
 done
 if cmp -s <(losses "$tmp/ep4.jsonl") <(losses "$tmp/ep4_recompute.jsonl"); then
   echo "ok   ep=4 recomputed: the losses of ep=4 without recomputation, bit for bit"
