@@ -4,7 +4,8 @@
 #    metrics line counts bad_steps 1, the progress line says "bad steps 1"),
 #    the checkpoints after steps 2 and 3 hold the same tensors (no parameter,
 #    optimizer or routing-state update), and training goes on with finite
-#    losses; one rank, and rank 1 of EP=2 on 2 ranks (both ranks skip).
+#    losses; one rank, rank 1 of EP=2 on 2 ranks (both ranks skip), and
+#    rank 1 of 2 with the optimizer sharded and the gradients reduce-scattered.
 #  - nan_stay:0:3 keeps it poisoned: after train.max_bad_steps = 2 bad steps
 #    the run stops with exit 3 and one line naming the step and the first
 #    non-finite layer (the poisoned weight is in block h1); the metrics file
@@ -62,6 +63,10 @@ PY
 }
 skip_case one 0 "$BIN"
 skip_case ep2 1 "$MPIRUN" --oversubscribe -np 2 "$BIN" --set parallel.expert_parallel=2 --set parallel.timeout_s=120
+# The AdamW moments sharded and the gradients reduce-scattered (2 ranks, each
+# expert shard with two replicas): a skipped step moves no part of any rank.
+skip_case sharded 1 "$MPIRUN" --oversubscribe -np 2 "$BIN" --set parallel.expert_parallel=1 --set parallel.timeout_s=120 \
+  --set parallel.shard_optimizer=true --set parallel.reduce_scatter_grads=true
 
 for launch in one ep2; do
   run=("$BIN"); rank=0
