@@ -45,7 +45,6 @@ Router::Router(Ctx& ctx, ParamStore& ps, const std::string& name, int64_t C, con
   for (float c : cost_) k_cost_.push_back(c * static_cast<float>(cfg_.top_k()));
   wg_ = ps.add(name + ".router.w", {C_, G_}, rng, std, false);
   bias_ = Tensor::zeros({G_}, DType::f32, ctx_);
-  one_ = Tensor::from_host(std::vector<double>{1.0}).to(ctx_);
   if (cfg.router() == switchyard::MoeConfig::HASH && cfg.hash_assignment() == switchyard::MoeConfig::BALANCED) {
     SY_CHECK(cfg.hash_table_size() > 0,
              name << ": moe.hash_assignment BALANCED without its moe.hash_table (training fills it from the data)");
@@ -291,10 +290,6 @@ void Router::losses_and_stats(int64_t N) {
   const bool clean = clean_sums_.defined();
   const int64_t n_sums = clean ? 2 * S : S;
   totals_ = Tensor::zeros({n_sums + kValues}, DType::f64, ctx_);
-  {
-    Tensor ranks = totals_.rows(n_sums + kRanks, n_sums + kRanks + 1);
-    ranks.copy_from(one_, ctx_);
-  }
   Tensor sums = totals_.rows(0, S);
   // The routing distribution whose mean is the balance loss's P_g and whose
   // entropy is reported: the probabilities, or with sigmoid scores (rows that
@@ -353,7 +348,12 @@ void Router::losses_and_stats(int64_t N) {
     Tensor b = values.rows(kBudget, kBudget + 2);
     ops::budget_loss(ctx_, ddist, b, dist, k_cost_, cfg_.budget(), cfg_.budget_coef());
   }
-  if (padding_) totals_.zero(ctx_);  // (the rank's values too; those of the summed sums follow)
+  if (padding_) {  // (the rank's values too; those of the summed sums follow)
+    totals_.zero(ctx_);
+    if (!one_.defined()) one_ = Tensor::from_host(std::vector<double>{1.0}).to(ctx_);
+    Tensor padded = totals_.rows(n_sums + kPadded, n_sums + kPadded + 1);
+    padded.copy_from(one_, ctx_);
+  }
   if (par_ && par_->world_size() > 1) par_->world->all_reduce_sum(totals_, ctx_.stream, name_.c_str());
   if (lb_group == 0) ops::load_balance_loss(ctx_, ddist, lb, sums, cfg_.load_balance_coef());
   if (!expected && cfg_.budget_coef() != 0) {
@@ -450,11 +450,13 @@ const RoutingStats& Router::stats() const {
   // the summed sums (the batch-wide balance, the realised budget) is
   // averaged over. A call every rank padded (no rank's sequence kept a
   // token) has all-zero sums, and its 0 is no loss value.
-  double routed_calls = 0;
+  const double world = par_ ? par_->world_size() : 1;
+  double calls = 1, routed_calls = 0;
   if (pool_.empty()) {
     h = totals_.to(host_ctx());
-    routed_calls = 1;
+    routed_calls = h.data<double>()[n_sums + kPadded] < world ? 1 : 0;
   } else {
+    calls = 0;
     std::vector<double> sum(static_cast<size_t>(totals_.numel()), 0.0);
     for (const Tensor& t : pool_) {
       if (!t.defined()) continue;  // (a micro-batch this layer did not see)
@@ -462,7 +464,8 @@ const RoutingStats& Router::stats() const {
                name_ << ": pooled forwards with " << t.numel() << " and " << totals_.numel() << " totals");
       const Tensor th = t.to(host_ctx());
       for (size_t i = 0; i < sum.size(); ++i) sum[i] += th.data<double>()[i];
-      if (th.data<double>()[n_sums + kRanks] > 0) ++routed_calls;
+      ++calls;
+      if (th.data<double>()[n_sums + kPadded] < world) ++routed_calls;
     }
     h = Tensor::from_host(sum);
   }
@@ -485,11 +488,11 @@ const RoutingStats& Router::stats() const {
   st.assigned = tot.assigned;
   // Summed over ranks where taken on each rank's tokens, and over pooled
   // forwards: their mean over the (rank, forward) pairs that routed tokens
-  // (a rank's padding call adds 0 to both). Taken once on summed sums: the
-  // mean over forwards.
-  const double rank_calls = std::max(1.0, values[kRanks]);
-  const double calls = std::max(1.0, routed_calls);
-  st.lb_loss = values[kLoadBalance] / (lb_rank_local_ ? rank_calls : calls);
+  // (a rank's padding call adds 0 to the value and 1 to `padded`). Taken
+  // once on summed sums: the mean over the forwards that routed tokens.
+  const double rank_calls = std::max(1.0, world * calls - values[kPadded]);
+  const double once = std::max(1.0, routed_calls);
+  st.lb_loss = values[kLoadBalance] / (lb_rank_local_ ? rank_calls : once);
   st.z_loss = values[kZ] / rank_calls;
   st.realized_cost = tot.realized_cost(cost_);
   st.cost_before_budget = tot.cost_before_budget(cost_);
@@ -497,7 +500,7 @@ const RoutingStats& Router::stats() const {
   st.budget = cfg_.budget();
   st.budget_applies = cfg_.budget_coef() > 0 || cfg_.budget_mode() != switchyard::MoeConfig::SOFT;
   st.budget_dropped = tot.budget_dropped / std::max(1.0, tot.assigned);
-  st.budget_loss = values[kBudget] / (expected_budget(cfg_) ? rank_calls : calls);
+  st.budget_loss = values[kBudget] / (expected_budget(cfg_) ? rank_calls : once);
   stats_ = st;
   stats_read_ = true;
   return stats_;

@@ -187,13 +187,13 @@ class Router {
   int64_t capacity_ = 0;  // route_'s capacity before moe.pad_to_largest made it the padded stride
   // f64 on the device: [routing sums | the noiseless choice's sums (only
   // where the bias follows it) | values: load balance, z, budget loss, C,
-  // ranks]. (The values of losses taken on each rank's tokens are summed
-  // over ranks with the sums; stats() divides those it reports by `ranks`,
-  // 1 a rank that routed tokens, 0 a padding call's (set_padding), summed
-  // with them: the mean over the ranks that had tokens.)
-  enum { kLoadBalance, kZ, kBudget, kBudgetCost, kRanks, kValues };
+  // padded]. (The values of losses taken on each rank's tokens are summed
+  // over ranks with the sums; stats() divides those it reports by the ranks
+  // that routed tokens: the world less `padded`, 1 in a rank's padding call
+  // (set_padding), 0 otherwise, summed with them.)
+  enum { kLoadBalance, kZ, kBudget, kBudgetCost, kPadded, kValues };
   Tensor totals_;
-  Tensor one_;  // f64 {1}, on the device: kRanks' value, copied in each forward
+  Tensor one_;  // f64 {1} on the device, made at the first padding call: kPadded's value there
   std::vector<int32_t> counts_before_padding_;
   // Whether the last forward's balance loss value was taken on this rank's
   // tokens (grouped; a decoded token takes the batch-wide one): summed over
