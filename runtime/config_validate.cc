@@ -10,9 +10,9 @@
 
 #include "comm/nccl_communicator.h"
 #include "core/error.h"
+#include "ops/routing.h"
 #include "runtime/config.h"
 #include "runtime/cost_model.h"
-#include "ops/routing.h"
 #include "runtime/moe_layer.h"
 
 namespace sy {

@@ -75,7 +75,7 @@ ctest --output-on-failure --timeout 900 -j "${CTEST_JOBS:-2}" -E "$EXCLUDE" "$@"
 # encountered a fatal error"), a known intermittent fault of the sanitizer
 # runtime (google/sanitizers #1353, #1170), seen in comm_test_np4 (4 ranks
 # on 2 cores), whose tests had all passed: about 1 run in 40 on a quiet
-# machine, 4 in 8 (then 0 in 26) while the machine was loaded. A failed
+# machine, twice in a row in one CI run while the machine was loaded. A failed
 # test is rerun only if its output holds that message and no report of
 # ours: no ASan or UBSan error, no leak list, no failed GoogleTest case.
 # Anything else fails here.
